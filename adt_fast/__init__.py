@@ -1,0 +1,13 @@
+"""adt_fast: fast Adversarial Distributional Training (Dong et al., NeurIPS 2020)."""
+
+from .ops import backends, sample_and_entropy
+
+__version__ = "0.1.0"
+
+__all__ = ["backends", "sample_and_entropy", "load_model", "__version__"]
+
+
+def load_model(path, device="cpu"):
+    """The trained classifier of a run directory or checkpoint file, in eval mode."""
+    from .train.checkpoint import load_model as _load_model
+    return _load_model(path, device=device)

@@ -1,0 +1,151 @@
+"""`adt_fast.sample_and_entropy`: the public op, its torch.library registration and autograd.
+
+The forward and backward are two custom ops (`adt_fast::sample_forward`, `adt_fast::sample_backward`)
+with fake implementations, so `torch.compile` traces a call as two opaque nodes; the backend is
+resolved inside them. The backward regenerates the normals from `seed_offset`: nothing of size
+k x N is saved between the passes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+
+from . import dispatch
+from .reference import compute_dtype
+
+_BACKEND_NAMES = ("auto", *dispatch.BACKENDS)
+
+
+@torch.library.custom_op("adt_fast::sample_forward", mutates_args=())
+def sample_forward(mean: torch.Tensor, std_param: torch.Tensor, x: Optional[torch.Tensor],
+                   noise: Optional[torch.Tensor], seed_offset: torch.Tensor, num_samples: int,
+                   epsilon: float, lo: float, hi: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    name = dispatch.select(backend, mean.device, mean.dtype)
+    return dispatch.get(name).forward(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi)
+
+
+@sample_forward.register_fake
+def _(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi, backend):
+    out = mean.new_empty((num_samples, *mean.shape))
+    nlp = mean.new_empty((num_samples, mean.shape[0]), dtype=compute_dtype(mean.dtype))
+    return out, nlp
+
+
+@torch.library.custom_op("adt_fast::sample_backward", mutates_args=())
+def sample_backward(grad_out: torch.Tensor, grad_nlp: torch.Tensor, mean: torch.Tensor,
+                    std_param: torch.Tensor, x: Optional[torch.Tensor], noise: Optional[torch.Tensor],
+                    seed_offset: torch.Tensor, num_samples: int, epsilon: float, lo: float, hi: float,
+                    backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    name = dispatch.select(backend, mean.device, mean.dtype)
+    grad_mean, grad_std, grad_x = dispatch.get(name).backward(
+        grad_out.contiguous(), grad_nlp.contiguous(), mean, std_param, x, noise, seed_offset,
+        num_samples, epsilon, lo, hi)
+    return grad_mean, grad_std, (mean.new_empty(0) if grad_x is None else grad_x)
+
+
+@sample_backward.register_fake
+def _(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi, backend):
+    return torch.empty_like(mean), torch.empty_like(std_param), (
+        mean.new_empty(0) if x is None else torch.empty_like(x))
+
+
+def _setup_context(ctx, inputs, output):
+    mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi, backend = inputs
+    ctx.save_for_backward(mean, std_param, x, noise, seed_offset)
+    ctx.settings = (num_samples, epsilon, lo, hi, backend)
+
+
+def _backward(ctx, grad_out, grad_nlp):
+    mean, std_param, x, noise, seed_offset = ctx.saved_tensors
+    grad_mean, grad_std, grad_x = sample_backward(grad_out, grad_nlp, mean, std_param, x, noise,
+                                                  seed_offset, *ctx.settings)
+    return grad_mean, grad_std, (grad_x if x is not None else None), None, None, None, None, None, None, None
+
+
+sample_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def draw_seed_offset(device: torch.device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """A fresh (seed, offset) pair from torch's generator for `device`, kept on that device."""
+    return torch.randint(0, 2**62, (2,), dtype=torch.int64, device=device, generator=generator)
+
+
+def _check_tensor(name: str, value, like: Optional[torch.Tensor] = None,
+                  shape: Optional[Sequence[int]] = None) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dtype not in dispatch.FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), "
+                        f"got {value.dtype}")
+    if like is None:
+        return
+    if value.device != like.device:
+        raise ValueError(f"{name} is on {value.device} but mean is on {like.device}")
+    if value.dtype != like.dtype:
+        raise TypeError(f"{name} has dtype {value.dtype} but mean has dtype {like.dtype}")
+    expected = tuple(like.shape if shape is None else shape)
+    if tuple(value.shape) != expected:
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(value.shape)}")
+
+
+def _check_number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
+def sample_and_entropy(mean: torch.Tensor, std_param: torch.Tensor, num_samples: int = 1,
+                       epsilon: float = 8 / 255, *, x: Optional[torch.Tensor] = None,
+                       clamp: Optional[tuple[float, float]] = (0.0, 1.0),
+                       noise: Optional[torch.Tensor] = None,
+                       generator: Optional[torch.Generator] = None,
+                       backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw k perturbations from ADT's tanh-Gaussian and return them with their -log density.
+
+    delta = epsilon * tanh(mean + softplus(std_param) * r) with r ~ N(0, 1), elementwise; mean
+    and std_param have shape (B, *S). Returns (delta, neg_log_prob): delta of shape (k, B, *S) in
+    the input dtype, or clamp(x + delta, *clamp) when `x` is given; neg_log_prob of shape (k, B),
+    the exact -log p(delta) summed over S (float32, or float64 for float64 inputs). Its mean over
+    k estimates the entropy. Differentiable w.r.t. mean, std_param and x.
+
+    `noise` (k, B, *S) replaces the generator's normals; `generator` seeds them otherwise.
+    `backend` is "auto" (or $ADT_FAST_BACKEND), "reference", "cpu", "cuda" or "triton".
+    """
+    _check_tensor("mean", mean)
+    _check_tensor("std_param", std_param, like=mean)
+    if mean.dim() < 1:
+        raise ValueError("mean must have a batch dimension: shape (B, *S), got a 0-d tensor")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int):
+        raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    epsilon = _check_number("epsilon", epsilon)
+    if epsilon <= 0:
+        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    lo, hi = -math.inf, math.inf
+    if clamp is not None:
+        if not isinstance(clamp, (tuple, list)) or len(clamp) != 2:
+            raise TypeError(f"clamp must be None or a pair (lo, hi), got {clamp!r}")
+        lo, hi = (_check_number(f"clamp[{i}]", v) for i, v in enumerate(clamp))
+        if lo >= hi:
+            raise ValueError(f"clamp must have lo < hi, got ({lo}, {hi})")
+    if x is not None:
+        _check_tensor("x", x, like=mean)
+    if noise is not None:
+        _check_tensor("noise", noise, like=mean, shape=(num_samples, *mean.shape))
+    if backend not in _BACKEND_NAMES:
+        raise ValueError(f"backend must be one of {list(_BACKEND_NAMES)}, got {backend!r}")
+    if generator is not None and noise is None and generator.device.type != mean.device.type:
+        raise ValueError(f"generator is on {generator.device} but mean is on {mean.device}")
+
+    seed_offset = (torch.zeros(2, dtype=torch.int64, device=mean.device) if noise is not None
+                   else draw_seed_offset(mean.device, generator))
+    return sample_forward(mean.contiguous(), std_param.contiguous(),
+                          None if x is None else x.contiguous(),
+                          None if noise is None else noise.contiguous(),
+                          seed_offset, num_samples, epsilon, lo, hi, backend)
