@@ -67,6 +67,20 @@ def _extension_backward(*args):
     return grad_mean, grad_std, (grad_x if args[4] is not None else None)
 
 
+def _extension_words(*args):
+    return torch.ops.adt_fast_C.philox_words(*args)
+
+
+def _reference_words(seed_offset, numel, num_samples):
+    seed, offset = (int(v) for v in seed_offset.tolist())
+    return reference.philox_words(seed, offset, numel, num_samples)
+
+
+def _triton_words(*args):
+    from .triton_kernels import philox_words
+    return philox_words(*args)
+
+
 def _triton_forward(*args):
     from .triton_kernels import sample_forward
     return sample_forward(*args)
@@ -79,7 +93,9 @@ def _triton_backward(*args):
 
 @dataclass(frozen=True)
 class Backend:
-    """A way to run the op. `forward`/`backward` take contiguous tensors (see reference.py)."""
+    """A way to run the op. `forward`/`backward` take contiguous tensors (see reference.py);
+    `philox_words(seed_offset, numel, num_samples)` returns the raw Philox words, int64 of shape
+    (ceil(k/4), numel, 4), for the bit-identity tests."""
 
     name: str
     devices: tuple[str, ...]
@@ -87,6 +103,7 @@ class Backend:
     missing: Callable[[], Optional[str]]
     forward: Callable
     backward: Callable
+    philox_words: Callable
 
     def unavailable_reason(self) -> Optional[str]:
         """Why this backend cannot run at all on this installation, or None."""
@@ -113,13 +130,13 @@ def _triton_devices() -> tuple[str, ...]:
 
 BACKENDS: dict[str, Backend] = {
     "reference": Backend("reference", ("cpu", "cuda", "meta"), FLOAT_DTYPES, lambda: None,
-                         reference.sample_forward, reference.sample_backward),
+                         reference.sample_forward, reference.sample_backward, _reference_words),
     "cpu": Backend("cpu", ("cpu",), (torch.float32, torch.float64), lambda: _extension_kernel("CPU"),
-                   _extension_forward, _extension_backward),
+                   _extension_forward, _extension_backward, _extension_words),
     "cuda": Backend("cuda", ("cuda",), FLOAT_DTYPES, lambda: _extension_kernel("CUDA"),
-                    _extension_forward, _extension_backward),
+                    _extension_forward, _extension_backward, _extension_words),
     "triton": Backend("triton", ("cuda",), FLOAT_DTYPES, _triton_available,
-                      _triton_forward, _triton_backward),
+                      _triton_forward, _triton_backward, _triton_words),
 }
 
 
