@@ -1,0 +1,85 @@
+"""The one iterative l_inf engine behind every gradient attack and every PGD-style inner loop.
+
+An attack is a loss to maximise plus a few settings (steps, step size, random start, momentum);
+the engine owns the rest: the start, the gradient, the step rule, the projection onto the
+epsilon-ball and the clamp to the valid input range.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator, Optional, Union
+
+import torch
+from torch import nn
+
+PerExampleLoss = Callable[[torch.Tensor], torch.Tensor]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every module in eval mode (BatchNorm frozen) and restore each one's flag afterwards."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+def uniform_start(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """U(-1, 1) noise shaped like x, from `generator` (which must live on x's device)."""
+    return torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator) * 2 - 1
+
+
+def per_example_start(x: torch.Tensor, example_ids: torch.Tensor, seed: int) -> torch.Tensor:
+    """U(-1, 1) noise where example i's draw depends only on (seed, example_ids[i]).
+
+    An attack on a batch then gives each example exactly what it would get attacked alone, which
+    makes evaluation independent of batch size and order.
+    """
+    draws = []
+    for example_id in example_ids.tolist():
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + int(example_id))
+        draws.append(torch.rand(x.shape[1:], generator=generator))
+    if not draws:
+        return torch.zeros_like(x)
+    return (torch.stack(draws) * 2 - 1).to(device=x.device, dtype=x.dtype)
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, epsilon: float,
+            bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """Onto the epsilon-ball around x, then into the valid input range."""
+    return torch.clamp(x + torch.clamp(x_adv - x, -epsilon, epsilon), *bounds)
+
+
+def iterative_attack(loss_fn: PerExampleLoss, x: torch.Tensor, *, epsilon: float, steps: int,
+                     step_size: float, start: Union[None, torch.Tensor] = None,
+                     momentum: Optional[float] = None,
+                     bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """Maximise loss_fn (one value per example) over the l_inf ball around x by signed steps.
+
+    start: None for x itself, else U(-1, 1) noise scaled by epsilon (a random start).
+    momentum: MIM's decay; the gradient is normalised by its per-example mean |.| and accumulated.
+    Returns a detached tensor; x is never modified, and only x_adv receives gradients.
+    """
+    if epsilon <= 0:
+        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    x = x.detach()
+    x_adv = x.clone() if start is None else project(x + epsilon * start, x, epsilon, bounds)
+    velocity = torch.zeros_like(x) if momentum is not None else None
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            loss = loss_fn(x_adv)
+            (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+        direction = grad.float()
+        if velocity is not None:
+            scale = direction.abs().flatten(1).mean(1).clamp_min(1e-12)
+            velocity = momentum * velocity + direction / scale.view(-1, *[1] * (x.dim() - 1))
+            direction = velocity
+        x_adv = project(x_adv.detach() + step_size * direction.sign().to(x.dtype), x, epsilon, bounds)
+    return x_adv.detach()

@@ -1,0 +1,39 @@
+"""Per-example losses shared by attacks (maximised) and trainers (minimised)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), y, reduction="none")
+
+
+def trades_kl(adv_logits: torch.Tensor, clean_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p(x) || p(x + delta)) per example, as TRADES' code computes its robust term."""
+    clean_log_probs = F.log_softmax(clean_logits.float(), dim=1)
+    adv_log_probs = F.log_softmax(adv_logits.float(), dim=1)
+    return (clean_log_probs.exp() * (clean_log_probs - adv_log_probs)).sum(1)
+
+
+def trades_loss(adv_logits: torch.Tensor, clean_logits: torch.Tensor, y: torch.Tensor,
+                beta: float) -> torch.Tensor:
+    """TRADES' outer objective: CE on the clean input plus beta times the robust KL."""
+    return cross_entropy(clean_logits, y) + beta * trades_kl(adv_logits, clean_logits)
+
+
+def cw_margin(logits: torch.Tensor, y: torch.Tensor, kappa: float = 50.0) -> torch.Tensor:
+    """C&W's margin loss: max over other classes minus the true logit, capped at kappa.
+
+    The true class is masked with -inf, so the max is right even when every other logit is negative.
+    """
+    logits = logits.float()
+    true_logit = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+    return torch.clamp(others.max(1).values - true_logit, max=kappa)
+
+
+def negative_cosine(features: torch.Tensor, target_features: torch.Tensor) -> torch.Tensor:
+    """Minus the cosine similarity of two feature maps, flattened per example (FeaAttack)."""
+    return -F.cosine_similarity(features.float().flatten(1), target_features.float().flatten(1), dim=1)

@@ -1,0 +1,84 @@
+"""Checkpoints that survive a kill at any moment and never run code when read.
+
+Writes go to a temporary file in the same directory, are flushed to disk and then renamed over
+the target, so a reader sees the old file or the new one, never half of one. Reads use
+torch.load(weights_only=True): a file that would need arbitrary unpickling is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+
+FORMAT = "adt_fast.checkpoint/1"
+LATEST = "checkpoint.pt"
+FINAL_MODEL = "model.pt"
+
+PathLike = Union[str, os.PathLike]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, unsafe or not ours."""
+
+
+def save_atomic(payload: dict, path: PathLike) -> Path:
+    """torch.save to `path` through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save({"format": FORMAT, **payload}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def resolve(path: PathLike) -> Path:
+    """A checkpoint file: `path` itself, or a run directory's final model, else its latest checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (FINAL_MODEL, LATEST):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"run directory {path} holds neither {FINAL_MODEL} nor {LATEST}")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return path
+
+
+def load(path: PathLike, map_location: Any = "cpu") -> dict:
+    """Read a checkpoint safely; refuse anything that is not a weights-only adt_fast checkpoint."""
+    path = resolve(path)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"refusing to load {path}: it is not a weights-only checkpoint and "
+                              f"loading it could run arbitrary code ({err})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({err})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an adt_fast checkpoint (expected format {FORMAT!r})")
+    return payload
+
+
+def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> torch.nn.Module:
+    """The classifier stored in a run directory or checkpoint file, on `device`, in eval mode."""
+    from ..models import build_model
+
+    payload = load(path, map_location=device)
+    try:
+        model = build_model(**payload["model_config"])
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint {resolve(path)} does not hold a usable model ({err})") from None
+    return model.to(device).eval()
