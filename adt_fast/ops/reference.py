@@ -75,7 +75,7 @@ def philox_normals(seed: int, offset: int, numel: int, num_samples: int,
                    dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Standard normals r[s, n] of shape (num_samples, numel) for one call of the op."""
     z = words_to_normals(philox_words(seed, offset, numel, num_samples), dtype)  # (G, N, 4)
-    return z.permute(0, 2, 1).reshape(-1, numel)[:num_samples]
+    return z.permute(0, 2, 1).reshape(z.shape[0] * SAMPLES_PER_CALL, numel)[:num_samples]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -132,8 +132,9 @@ def sample_forward(mean, std_param, x, noise, seed_offset, num_samples, epsilon,
     u = mu + softplus(rho) * r
     delta = epsilon * torch.tanh(u)
     per_element = 0.5 * r * r + log_softplus(rho) + log1m_tanh_sq(u)
-    constant = (LOG_SQRT_2PI + math.log(epsilon)) * mean[0].numel()
-    neg_log_prob = per_element.flatten(2).sum(-1) + constant
+    dims = math.prod(mean.shape[1:])
+    constant = (LOG_SQRT_2PI + math.log(epsilon)) * dims
+    neg_log_prob = per_element.reshape(num_samples, mean.shape[0], dims).sum(-1) + constant
     out = delta if x is None else torch.clamp(x.to(ctype) + delta, lo, hi)
     return out.to(mean.dtype).contiguous(), neg_log_prob
 

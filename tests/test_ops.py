@@ -1,0 +1,281 @@
+"""The public op on every backend this machine can run, against the float64 reference."""
+
+import math
+
+import pytest
+import torch
+
+import adt_fast
+from adt_fast.ops import dispatch, reference
+from adt_fast.ops.sample_and_entropy import sample_backward, sample_forward
+
+CPU = torch.device("cpu")
+KERNEL_BACKENDS = [name for name in dispatch.BACKENDS if name != "reference"]
+
+
+def runnable(backend, dtype=torch.float64):
+    reason = dispatch.get(backend).why_not(CPU, dtype)
+    if reason is not None:
+        pytest.skip(f"{backend}: {reason}")
+
+
+def rel_err(actual, expected):
+    """Largest error relative to the tensor's largest magnitude (norm-wise, flash-attention style)."""
+    actual, expected = actual.double(), expected.double()
+    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-300)).item()
+
+
+def make_inputs(shape, k, dtype=torch.float64, seed=0, with_x=True, mean_scale=1.0, rho_range=(-2, 2)):
+    g = torch.Generator().manual_seed(seed)
+    mean = (torch.randn(shape, generator=g, dtype=torch.float64) * mean_scale).to(dtype)
+    lo, hi = rho_range
+    rho = (torch.rand(shape, generator=g, dtype=torch.float64) * (hi - lo) + lo).to(dtype)
+    x = torch.rand(shape, generator=g, dtype=torch.float64).to(dtype) if with_x else None
+    noise = torch.randn((k, *shape), generator=g, dtype=torch.float64).to(dtype)
+    seed_offset = torch.randint(0, 2**62, (2,), generator=g)
+    return mean, rho, x, noise, seed_offset
+
+
+def run_both(backend, mean, rho, x, noise, seed_offset, k, eps=8 / 255, lo=0.0, hi=1.0):
+    """Forward and backward of `backend` and of the float64 reference on the same inputs."""
+    g = torch.Generator().manual_seed(1)
+    out_shape = (k, *mean.shape)
+    grad_out = torch.randn(out_shape, generator=g, dtype=torch.float64)
+    grad_nlp = torch.randn((k, mean.shape[0]), generator=g, dtype=torch.float64)
+    results = []
+    for name, cast in ((backend, mean.dtype), ("reference", torch.float64)):
+        args = [t if t is None else t.to(cast) for t in (mean, rho, x, noise)]
+        out, nlp = sample_forward(*args[:4], seed_offset, k, eps, lo, hi, name)
+        grads = sample_backward(grad_out.to(cast), grad_nlp.to(nlp.dtype), *args[:4], seed_offset, k,
+                                eps, lo, hi, name)
+        results.append((out, nlp, *grads))
+    return results
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("use_noise", [True, False])
+@pytest.mark.parametrize("with_x", [True, False])
+def test_backend_matches_float64_reference(backend, dtype, tol, use_noise, with_x):
+    runnable(backend, dtype)
+    k = 5
+    mean, rho, x, noise, seed_offset = make_inputs((3, 2, 5, 3), k, dtype, with_x=with_x)
+    results = run_both(backend, mean, rho, x, noise if use_noise else None, seed_offset, k, eps=0.3,
+                       lo=0.1, hi=0.9)
+    names = ("out", "neg_log_prob", "grad_mean", "grad_std_param", "grad_x")
+    for name, got, want in zip(names, *results):
+        if want is None or want.numel() == 0:
+            continue
+        assert got.dtype == (want.dtype if dtype == torch.float64 else
+                             (torch.float32 if name == "neg_log_prob" else dtype)), name
+        assert rel_err(got, want) <= tol, f"{name}: {rel_err(got, want)}"
+
+
+@pytest.mark.parametrize("backend", ["reference", *KERNEL_BACKENDS])
+def test_extreme_inputs_are_finite_and_exact(backend):
+    runnable(backend)
+    k = 4
+    mean = torch.linspace(-50, 50, 21, dtype=torch.float64).repeat_interleave(9).reshape(21, 9)
+    rho = torch.linspace(-80, 80, 9, dtype=torch.float64).repeat(21, 1)
+    noise = torch.randn((k, 21, 9), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        if dispatch.get(backend).why_not(CPU, dtype) is not None:
+            continue
+        got, want = run_both(backend, mean.to(dtype), rho.to(dtype), None, noise.to(dtype),
+                             torch.zeros(2, dtype=torch.int64), k, eps=0.5)
+        for g, w in zip(got[:4], want[:4]):
+            assert torch.isfinite(g).all() and torch.isfinite(w).all()
+            assert rel_err(g, w) <= tol
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_gradcheck_float64(backend):
+    runnable(backend)
+    mean, rho, x, _, seed_offset = make_inputs((2, 3, 2), 3, seed=3)
+    inputs = [t.clone().requires_grad_() for t in (mean, rho, x)]
+
+    def op(m, r, xx):
+        return sample_forward(m, r, xx, None, seed_offset, 6, 0.3, 0.2, 0.8, backend)
+
+    assert torch.autograd.gradcheck(op, inputs)
+    assert torch.autograd.gradcheck(lambda m, r: op(m, r, None), inputs[:2])
+
+
+def test_half_precision_error_within_a_small_multiple_of_plain_pytorch():
+    """Kernels in half storage must be as close to float64 as the reference computed from half inputs."""
+    k = 5
+    mean, rho, x, noise, seed_offset = make_inputs((4, 3, 4, 4), k)
+    want = run_both("reference", mean, rho, x, noise, seed_offset, k)[1]
+    for dtype in (torch.float16, torch.bfloat16):
+        baseline = run_both("reference", mean.to(dtype), rho.to(dtype), x.to(dtype), noise.to(dtype),
+                            seed_offset, k)[0]
+        for backend in KERNEL_BACKENDS:
+            if dispatch.get(backend).why_not(CPU, dtype) is not None:
+                continue
+            got = run_both(backend, mean.to(dtype), rho.to(dtype), x.to(dtype), noise.to(dtype),
+                           seed_offset, k)[0]
+            for g, b, w in zip(got, baseline, want):
+                assert rel_err(g, w) <= 2 * rel_err(b, w) + 1e-6
+
+
+@pytest.mark.parametrize("backend", ["reference", *KERNEL_BACKENDS])
+def test_generator_samples_are_normal(backend):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    runnable(backend)
+    mean = torch.full((64, 128), 0.3, dtype=torch.float64)
+    rho = torch.full_like(mean, 0.2)
+    delta, _ = adt_fast.sample_and_entropy(mean, rho, 8, 0.5, generator=torch.Generator().manual_seed(7),
+                                           backend=backend)
+    z = ((torch.atanh(delta / 0.5) - mean) / reference.softplus(rho)).flatten().numpy()
+    assert abs(z.mean()) < 0.02 and abs(z.std() - 1) < 0.02
+    assert scipy_stats.normaltest(z).pvalue > 1e-3
+    assert scipy_stats.kstest(z, "norm").pvalue > 1e-3
+
+
+def test_entropy_estimate_matches_numerical_integration():
+    integrate = pytest.importorskip("scipy.integrate")
+    eps, mu, rho = 0.7, 0.4, -0.3
+    sigma = math.log1p(math.exp(rho))
+
+    def density(d):
+        u = math.atanh(d / eps)
+        return math.exp(-0.5 * ((u - mu) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi) * eps * (1 - (d / eps) ** 2))
+
+    exact, _ = integrate.quad(lambda d: -density(d) * math.log(density(d)), -eps, eps, limit=200)
+    mean = torch.full((4000, 1), mu, dtype=torch.float64)
+    _, nlp = adt_fast.sample_and_entropy(mean, torch.full_like(mean, rho), 16, eps,
+                                         generator=torch.Generator().manual_seed(0))
+    standard_error = nlp.std().item() / math.sqrt(nlp.numel())
+    assert abs(nlp.mean().item() - exact) < 4 * standard_error
+
+
+@pytest.mark.parametrize("backend", ["reference", *KERNEL_BACKENDS])
+def test_reproducible_and_fresh_samples(backend):
+    runnable(backend, torch.float32)
+    mean, rho = torch.zeros(3, 10), torch.zeros(3, 10)
+    torch.manual_seed(11)
+    first = adt_fast.sample_and_entropy(mean, rho, 5, backend=backend)
+    second = adt_fast.sample_and_entropy(mean, rho, 5, backend=backend)
+    torch.manual_seed(11)
+    again = adt_fast.sample_and_entropy(mean, rho, 5, backend=backend)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[0], second[0])
+
+
+@pytest.mark.parametrize("backend", ["reference", *KERNEL_BACKENDS])
+def test_backward_sees_the_forward_noise(backend):
+    """Gradients through the generator path equal analytic ones with r recovered from delta."""
+    runnable(backend)
+    mean, rho, _, _, _ = make_inputs((4, 6), 1, mean_scale=0.3)
+    mean.requires_grad_(), rho.requires_grad_()
+    eps = 0.9
+    delta, nlp = adt_fast.sample_and_entropy(mean, rho, 3, eps, generator=torch.Generator().manual_seed(5),
+                                             backend=backend)
+    (delta.sum() + nlp.sum()).backward()
+    r = (torch.atanh(delta.detach() / eps) - mean.detach()) / reference.softplus(rho.detach())
+    expected = reference.sample_backward(torch.ones_like(delta), torch.ones_like(nlp), mean.detach(),
+                                         rho.detach(), None, r, None, 3, eps, -math.inf, math.inf)
+    torch.testing.assert_close(mean.grad, expected[0], rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(rho.grad, expected[1], rtol=1e-8, atol=1e-10)
+
+
+def test_cross_backend_samples_agree_for_one_seed():
+    mean, rho = torch.zeros(5, 3, 4), torch.zeros(5, 3, 4)
+    outputs = {}
+    for backend in ["reference", *KERNEL_BACKENDS]:
+        if dispatch.get(backend).why_not(CPU, torch.float32) is None:
+            outputs[backend] = adt_fast.sample_and_entropy(
+                mean, rho, 6, 0.5, generator=torch.Generator().manual_seed(3), backend=backend)
+    for backend, (delta, nlp) in outputs.items():
+        torch.testing.assert_close(delta, outputs["reference"][0], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(nlp, outputs["reference"][1], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["reference", *KERNEL_BACKENDS])
+@pytest.mark.parametrize("shape,k", [((0, 3, 2, 2), 2), ((1,), 1), ((7,), 3), ((2, 3, 5, 7), 5), ((3, 4), 64)])
+def test_shapes(backend, shape, k):
+    runnable(backend, torch.float32)
+    mean = torch.randn(shape, requires_grad=True)
+    rho = torch.randn(shape, requires_grad=True)
+    delta, nlp = adt_fast.sample_and_entropy(mean, rho, k, 0.1, backend=backend)
+    assert delta.shape == (k, *shape) and nlp.shape == (k, shape[0])
+    (delta.sum() + nlp.sum()).backward()
+    assert mean.grad.shape == shape and torch.isfinite(rho.grad).all()
+    assert (delta.abs() < 0.1).all()
+
+
+@pytest.mark.parametrize("backend", ["reference", *KERNEL_BACKENDS])
+def test_non_contiguous_inputs(backend):
+    runnable(backend)
+    base = torch.randn(4, 3, 6, 6, dtype=torch.float64)
+    mean = base.permute(0, 2, 3, 1)[:, ::2]
+    rho = torch.randn(4, 6, 6, 3, dtype=torch.float64)[:, ::2]
+    x = torch.rand(4, 3, 6, 6, dtype=torch.float64).transpose(1, 3)[:, ::2]
+    noise = torch.randn(2, *mean.shape, dtype=torch.float64)
+    got = adt_fast.sample_and_entropy(mean, rho, 2, 0.2, x=x, noise=noise, backend=backend)
+    want = adt_fast.sample_and_entropy(mean.contiguous(), rho.contiguous(), 2, 0.2, x=x.contiguous(),
+                                       noise=noise.contiguous(), backend="reference")
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_backends_report():
+    statuses = {s.name: s for s in adt_fast.backends()}
+    assert set(statuses) == {"reference", "cpu", "cuda", "triton"}
+    assert statuses["reference"].available and statuses["reference"].reason is None
+    for status in statuses.values():
+        assert status.available == (status.reason is None)
+    if not torch.cuda.is_available():
+        assert dispatch.get("cuda").why_not(CPU, torch.float32) is not None
+
+
+def test_auto_and_environment_override(monkeypatch):
+    assert dispatch.select("auto", CPU, torch.float16) == "reference"
+    monkeypatch.setenv("ADT_FAST_BACKEND", "reference")
+    assert dispatch.select("auto", CPU, torch.float32) == "reference"
+    monkeypatch.setenv("ADT_FAST_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="ADT_FAST_BACKEND"):
+        dispatch.select("auto", CPU, torch.float32)
+
+
+def test_opcheck():
+    mean, rho, x, noise, seed_offset = make_inputs((2, 3), 2, torch.float32)
+    for args in ((mean, rho, x, None), (mean, rho, None, noise)):
+        torch.library.opcheck(sample_forward, (*args, seed_offset, 2, 0.1, 0.0, 1.0, "auto"))
+        grads = (torch.randn(2, 2, 3), torch.randn(2, 2))
+        torch.library.opcheck(sample_backward, (*grads, *args, seed_offset, 2, 0.1, 0.0, 1.0, "auto"))
+
+
+def test_torch_compile_has_no_graph_breaks():
+    mean = torch.randn(2, 3, requires_grad=True)
+    rho = torch.randn(2, 3, requires_grad=True)
+
+    def loss(m, r):
+        delta, nlp = adt_fast.sample_and_entropy(m, r, 4, 0.1)
+        return delta.square().sum() + nlp.mean()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    compiled(mean, rho).backward()
+    assert torch.isfinite(mean.grad).all() and mean.grad.abs().sum() > 0
+
+
+BAD_CALLS = [
+    (lambda m, r: adt_fast.sample_and_entropy(m, r[:1]), ValueError, "std_param"),
+    (lambda m, r: adt_fast.sample_and_entropy(m.long(), r), TypeError, "mean"),
+    (lambda m, r: adt_fast.sample_and_entropy(m, r, x=torch.rand(2, 3, device="meta")), ValueError, "x"),
+    (lambda m, r: adt_fast.sample_and_entropy(m, r, 0), ValueError, "num_samples"),
+    (lambda m, r: adt_fast.sample_and_entropy(m, r, 2.0), TypeError, "num_samples"),
+    (lambda m, r: adt_fast.sample_and_entropy(m, r, 1, 0.0), ValueError, "epsilon"),
+    (lambda m, r: adt_fast.sample_and_entropy(m, r, 1, -1.0), ValueError, "epsilon"),
+    (lambda m, r: adt_fast.sample_and_entropy(m, r, 1, float("nan")), ValueError, "epsilon"),
+    (lambda m, r: adt_fast.sample_and_entropy(m, r, 2, noise=torch.randn(3, 2, 3)), ValueError, "noise"),
+    (lambda m, r: adt_fast.sample_and_entropy(m, r, 2, noise=torch.randn(2, 2, 3).double()), TypeError, "noise"),
+    (lambda m, r: adt_fast.sample_and_entropy(m, r, x=torch.rand(2, 3), clamp=(1.0, 0.0)), ValueError, "clamp"),
+    (lambda m, r: adt_fast.sample_and_entropy(m, r, backend="fastest"), ValueError, "backend"),
+    (lambda m, r: adt_fast.sample_and_entropy(m, r, backend="cuda"), RuntimeError, "cuda"),
+]
+
+
+@pytest.mark.parametrize("call,error,name", BAD_CALLS)
+def test_bad_input_names_the_argument(call, error, name):
+    with pytest.raises(error, match=name):
+        call(torch.zeros(2, 3), torch.zeros(2, 3))
