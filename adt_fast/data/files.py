@@ -1,0 +1,161 @@
+"""Readers for the official on-disk formats of CIFAR-10, CIFAR-100 and SVHN.
+
+The layouts are the ones the official archives unpack to (and torchvision reads):
+
+- CIFAR-10: ``<data_dir>/cifar-10-batches-py/data_batch_1..5`` and ``test_batch``;
+  CIFAR-100: ``<data_dir>/cifar-100-python/train`` and ``test``. Each file is a Python pickle
+  of a dict with ``b"data"`` (uint8, N x 3072, channel-major 3x32x32 rows) and ``b"labels"``
+  (CIFAR-10) or ``b"fine_labels"`` (CIFAR-100). Pickles can run code when loaded, so the
+  unpickler here accepts only the few globals these files contain (numpy arrays).
+- SVHN: ``<data_dir>/train_32x32.mat`` and ``test_32x32.mat`` (MATLAB v5): ``X`` uint8
+  (32, 32, 3, N) and ``y`` (N, 1), where label 10 stands for the digit 0.
+
+Readers return ``(images uint8 (N, C, H, W), labels int64 (N,))`` as numpy arrays.
+A missing file raises FileNotFoundError; an unreadable one raises DatasetFileError.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DatasetFileError
+from .fetch import official_urls
+
+
+@dataclass(frozen=True)
+class CifarLayout:
+    folder: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    label_key: bytes
+    num_classes: int
+
+
+CIFAR_LAYOUTS = {
+    "cifar10": CifarLayout(
+        "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), b"labels", 10
+    ),
+    "cifar100": CifarLayout("cifar-100-python", ("train",), ("test",), b"fine_labels", 100),
+}
+SVHN_NUM_CLASSES = 10
+SVHN_IMAGE_SHAPE = (32, 32, 3)
+CIFAR_ROW_SHAPE = (3, 32, 32)
+
+
+def required_files(name: str, split: str, data_dir: Path) -> list[Path]:
+    """The files ``load(name, split)`` reads, for the on-disk datasets."""
+    if name in CIFAR_LAYOUTS:
+        layout = CIFAR_LAYOUTS[name]
+        files = layout.train_files if split == "train" else layout.test_files
+        return [data_dir / layout.folder / filename for filename in files]
+    if name == "svhn":
+        return [data_dir / f"{split}_32x32.mat"]
+    raise ValueError(f"name {name!r} is not stored on disk; on-disk datasets: cifar10, cifar100, svhn")
+
+
+def read_cifar(name: str, split: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    layout = CIFAR_LAYOUTS[name]
+    batches = [_read_cifar_batch(path, name, data_dir, layout) for path in required_files(name, split, data_dir)]
+    images = np.concatenate([images for images, _ in batches])
+    labels = np.concatenate([labels for _, labels in batches])
+    return images, labels
+
+
+def read_svhn(split: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    (path,) = required_files("svhn", split, data_dir)
+    _require_file(path, "svhn", data_dir)
+    try:
+        import scipy.io
+    except ImportError as error:
+        raise ImportError("reading SVHN needs scipy: pip install scipy") from error
+    try:
+        contents = scipy.io.loadmat(path, variable_names=("X", "y"))
+    except Exception as error:  # as for pickles, a corrupt file can fail in many ways
+        raise DatasetFileError(f"cannot read SVHN file {path}: {error}; {_how_to_get('svhn', data_dir)}") from error
+    images, labels = contents.get("X"), contents.get("y")
+    if images is None or labels is None:
+        raise DatasetFileError(f"SVHN file {path} lacks the variables X and y")
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[:3] != SVHN_IMAGE_SHAPE:
+        raise DatasetFileError(
+            f"SVHN file {path}: X must be uint8 of shape (32, 32, 3, N), got {images.dtype} {images.shape}"
+        )
+    labels = labels.reshape(-1).astype(np.int64)
+    if labels.shape[0] != images.shape[3]:
+        raise DatasetFileError(f"SVHN file {path}: {images.shape[3]} images but {labels.shape[0]} labels")
+    labels[labels == 10] = 0
+    _check_label_range(labels, SVHN_NUM_CLASSES, path)
+    return np.ascontiguousarray(images.transpose(3, 2, 0, 1)), labels
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Resolves only the globals a CIFAR batch needs, so a tampered file cannot run code."""
+
+    def find_class(self, module: str, name: str):
+        allowed = _allowed_cifar_globals()
+        if (module, name) not in allowed:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
+        return allowed[(module, name)]
+
+
+def _allowed_cifar_globals() -> dict[tuple[str, str], object]:
+    # numpy 2 renamed numpy.core to numpy._core; the official files (Python 2 era) use the old name.
+    try:
+        multiarray = importlib.import_module("numpy._core.multiarray")
+    except ImportError:
+        multiarray = importlib.import_module("numpy.core.multiarray")
+    import _codecs
+
+    allowed: dict[tuple[str, str], object] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _codecs.encode,
+    }
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = multiarray._reconstruct
+        allowed[(module, "scalar")] = multiarray.scalar
+    return allowed
+
+
+def _read_cifar_batch(path: Path, name: str, data_dir: Path, layout: CifarLayout) -> tuple[np.ndarray, np.ndarray]:
+    _require_file(path, name, data_dir)
+    try:
+        with open(path, "rb") as handle:
+            batch = _CifarUnpickler(handle, encoding="bytes").load()
+    except Exception as error:  # fuzzed files raise a dozen types, MemoryError and SystemError among them
+        raise DatasetFileError(f"cannot read {name} file {path}: {error}; {_how_to_get(name, data_dir)}") from error
+    if not isinstance(batch, dict) or b"data" not in batch or layout.label_key not in batch:
+        raise DatasetFileError(f"{name} file {path} is not a batch dict with keys b'data' and {layout.label_key!r}")
+    images = batch[b"data"]
+    labels = np.asarray(batch[layout.label_key], dtype=np.int64).reshape(-1)
+    row_size = int(np.prod(CIFAR_ROW_SHAPE))
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != row_size:
+        raise DatasetFileError(f"{name} file {path}: b'data' must be a uint8 array of shape (N, {row_size})")
+    if labels.shape[0] != images.shape[0]:
+        raise DatasetFileError(f"{name} file {path}: {images.shape[0]} images but {labels.shape[0]} labels")
+    _check_label_range(labels, layout.num_classes, path)
+    return images.reshape(-1, *CIFAR_ROW_SHAPE), labels
+
+
+def _check_label_range(labels: np.ndarray, num_classes: int, path: Path) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DatasetFileError(
+            f"{path}: labels must lie in [0, {num_classes}), found [{labels.min()}, {labels.max()}]"
+        )
+
+
+def _how_to_get(name: str, data_dir: Path) -> str:
+    urls = " and ".join(official_urls(name))
+    unpack = ", unpacking archives there" if name in CIFAR_LAYOUTS else ""
+    return f"pass download=True (CLI: --download) or fetch {urls} into {data_dir}{unpack}"
+
+
+def _require_file(path: Path, name: str, data_dir: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{name} file {path.name!r} not found in {path.parent}; {_how_to_get(name, data_dir)}"
+        )

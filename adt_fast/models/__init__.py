@@ -1,0 +1,5 @@
+"""Classifiers used by adt_fast (the ADT generators live in :mod:`adt_fast.models.generators`)."""
+
+from .classifiers import ARCHS, Classifier, ClassifierHead, build_model
+
+__all__ = ["ARCHS", "Classifier", "ClassifierHead", "build_model"]
