@@ -1,0 +1,531 @@
+"""Triton kernels of the tanh-Gaussian op (the `triton` backend).
+
+Same contract as `reference.sample_forward` / `reference.sample_backward` / `reference.philox_words`
+(see docs/triton.md for the design, docs/randomness.md for the random-number mapping):
+
+- `_forward_kernel`: programs over tiles of (examples x elements). A tile loads mean/std_param
+  once, then draws all k samples of its elements, four per Philox4x32-10 call (Box-Muller cos/sin
+  on both word pairs), writes delta (or clamp(x + delta)) and one partial sum of -log p per
+  (sample, example, element chunk) into a float32 (float64) buffer that one `sum(-1)` reduces:
+  deterministic, no float atomics, and the grid fills the GPU at small batch sizes.
+- `_backward_kernel`: the same tiles; it regenerates r from (seed, offset) and accumulates the k
+  samples per element in registers; nothing of size k x N is saved by the forward.
+- `_philox_words_kernel`: the raw uint32 words, for the cross-backend bit-identity tests.
+
+`seed_offset` stays on the device and is read with `tl.load` (no host synchronisation; CUDA-graph
+safe). Compute is float32 for float16/bfloat16/float32 storage and float64 for float64. The
+scalars (epsilon, clamp bounds, the -log p constant) travel as the int64 bit patterns of their
+float64 values, so float64 kernels see them unrounded (Triton types Python floats as fp32).
+
+Only APIs present in triton 3.6 and newer are used (tl.umulhi, tl.mul/tl.add with
+sanitize_overflow, tl.exp/log/sqrt/sin/cos, tl.sum, tl.where). Everything also runs on CPU tensors
+under TRITON_INTERPRET=1 (set before this module is imported).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import struct
+
+import torch
+import triton
+import triton.language as tl
+
+try:  # triton >= 3.0 dispatches libdevice per backend
+    from triton.language.extra.libdevice import fast_logf
+except ImportError:  # pragma: no cover
+    from triton.language.extra.cuda.libdevice import fast_logf
+
+__all__ = ["sample_forward", "sample_backward", "philox_words", "launch_config"]
+
+LOG2 = math.log(2.0)
+LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+SAMPLES_PER_CALL = 4
+
+# ---- launch configuration (H100/H200-oriented defaults; see docs/triton.md) ----------------------
+# A program handles a tile of BLOCK_B examples x BLOCK_D elements of each example. The tile is the
+# largest of TILES[is_fp64] (tile size, num_warps) that still gives at least TARGET_PROGRAMS
+# programs, so small batches (B=64, S=(3,32,32): N=196608) run one element per thread in ~1500
+# programs, and large batches two elements per thread (float32 compute; ~55-70 registers). Four
+# elements per thread needs >100 registers; float64 stays at one element per thread.
+TILES = {False: ((512, 8), (256, 4), (128, 4)), True: ((256, 8), (128, 4))}
+TARGET_PROGRAMS = 1024
+MIN_BLOCK_D = 16
+WORDS_BLOCK = 512
+WORDS_NUM_WARPS = 4
+
+# Globals read inside kernels must be tl.constexpr.
+_INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+# expm1 on [-0.5, 0] by its Taylor series (Horner); beyond, exp(x) - 1 is accurate enough.
+_EXPM1_SWITCH = tl.constexpr(0.25)  # |u| below which tanh(|u|) uses the series for expm1(-2|u|)
+_LOG2 = tl.constexpr(LOG2)
+_TWO_PI_2M24 = tl.constexpr(2.0 * math.pi * 2.0**-24)  # exact power-of-two scaling of float64 2 pi
+_F3 = tl.constexpr(0.16666666666666666)  # 1/3!
+_F4 = tl.constexpr(0.041666666666666664)  # 1/4!
+_F5 = tl.constexpr(0.008333333333333333)  # 1/5!
+_F6 = tl.constexpr(0.001388888888888889)  # 1/6!
+_F7 = tl.constexpr(0.0001984126984126984)  # 1/7!
+_F8 = tl.constexpr(2.48015873015873e-05)  # 1/8!
+_F9 = tl.constexpr(2.7557319223985893e-06)  # 1/9!
+_F10 = tl.constexpr(2.755731922398589e-07)  # 1/10!
+_F11 = tl.constexpr(2.505210838544172e-08)  # 1/11!
+_F12 = tl.constexpr(2.08767569878681e-09)  # 1/12!
+_F13 = tl.constexpr(1.6059043836821613e-10)  # 1/13!
+_F14 = tl.constexpr(1.1470745597729725e-11)  # 1/14!
+
+
+# ================================================================================================
+# Device helpers
+# ================================================================================================
+
+@triton.jit
+def _c(value: tl.constexpr, CT: tl.constexpr):
+    """A scalar constant built directly in the compute type (not rounded through fp32)."""
+    return tl.full([], value, CT)
+
+
+@triton.jit
+def _f64_from_bits(bits):
+    """The float64 whose IEEE bit pattern is the integer `bits` (an int32/int64 scalar)."""
+    return bits.to(tl.int64).to(tl.float64, bitcast=True)
+
+
+@triton.jit
+def _philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10 (Salmon et al., SC'11) on uint32 blocks of one shape."""
+    for _ in tl.static_range(10):
+        hi0 = tl.umulhi(c0, 0xD2511F53)
+        lo0 = tl.mul(c0, 0xD2511F53, sanitize_overflow=False)
+        hi1 = tl.umulhi(c2, 0xCD9E8D57)
+        lo1 = tl.mul(c2, 0xCD9E8D57, sanitize_overflow=False)
+        c0 = hi1 ^ c1 ^ k0
+        c2 = hi0 ^ c3 ^ k1
+        c1 = lo1
+        c3 = lo0
+        k0 = tl.add(k0, 0x9E3779B9, sanitize_overflow=False)
+        k1 = tl.add(k1, 0xBB67AE85, sanitize_overflow=False)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _philox_block(n, seed, group_counter):
+    """Words for elements `n` (int64 block) of sample group g: key = (seed_lo, seed_hi),
+    counter = (n_lo, n_hi, (offset+g)_lo, (offset+g)_hi); group_counter = offset + g (int64)."""
+    zero = tl.zeros(n.shape, dtype=tl.uint32)
+    c0 = n.to(tl.uint32)
+    c1 = (n >> 32).to(tl.uint32)
+    c2 = zero | group_counter.to(tl.uint32)
+    c3 = zero | (group_counter >> 32).to(tl.uint32)
+    k0 = zero | seed.to(tl.uint32)
+    k1 = zero | (seed >> 32).to(tl.uint32)
+    return _philox4x32_10(c0, c1, c2, c3, k0, k1)
+
+
+@triton.jit
+def _box_muller(wa, wb, IS_FP64: tl.constexpr, CT: tl.constexpr):
+    """(r cos, r sin) from two words: a = ((wa >> 8) + 1) / 2^24, b = (wb >> 8) / 2^24."""
+    a = ((wa >> 8) + 1).to(tl.int32).to(CT) * 5.9604644775390625e-08
+    radius = tl.sqrt(-2.0 * tl.log(a))
+    j = (wb >> 8).to(tl.int32)
+    if IS_FP64:
+        angle = j.to(CT) * _c(_TWO_PI_2M24, CT)  # == (2 pi) * b, as the reference rounds it
+        cos_v = tl.cos(angle)
+        sin_v = tl.sin(angle)
+    else:
+        # Exact reduction of the 24-bit fixed-point angle to a quadrant q and a remainder
+        # theta in [-pi/4, pi/4), then Taylor polynomials (error < 2e-9 there): cheaper than
+        # two libdevice calls and at least as accurate as cos(fp32(2 pi) * b).
+        jq = (j + 2097152) >> 22
+        theta = (j - (jq << 22)).to(CT) * 3.7450702829239286e-07  # 2 pi / 2^24
+        q = jq & 3
+        t2 = theta * theta
+        sin_t = theta + theta * t2 * (-0.16666666666666666 + t2 * (
+            0.008333333333333333 + t2 * (-0.0001984126984126984 + t2 * 2.7557319223985893e-06)))
+        cos_t = 1.0 + t2 * (-0.5 + t2 * (0.041666666666666664 + t2 * (
+            -0.001388888888888889 + t2 * (2.48015873015873e-05 + t2 * -2.755731922398589e-07))))
+        cos_v = tl.where(q == 0, cos_t, tl.where(q == 1, -sin_t, tl.where(q == 2, -cos_t, sin_t)))
+        sin_v = tl.where(q == 0, sin_t, tl.where(q == 1, cos_t, tl.where(q == 2, -sin_t, -cos_t)))
+    return radius * cos_v, radius * sin_v
+
+
+@triton.jit
+def _expm1_series(x, IS_FP64: tl.constexpr, CT: tl.constexpr):
+    """expm1(x) for x in [-0.5, 0]: Taylor/Horner, degree 8 (fp32) or 14 (fp64)."""
+    if IS_FP64:
+        p = _c(_F14, CT)
+        p = p * x + _c(_F13, CT)
+        p = p * x + _c(_F12, CT)
+        p = p * x + _c(_F11, CT)
+        p = p * x + _c(_F10, CT)
+        p = p * x + _c(_F9, CT)
+        p = p * x + _c(_F8, CT)
+    else:
+        p = _c(_F8, CT)
+    p = p * x + _c(_F7, CT)
+    p = p * x + _c(_F6, CT)
+    p = p * x + _c(_F5, CT)
+    p = p * x + _c(_F4, CT)
+    p = p * x + _c(_F3, CT)
+    p = p * x + 0.5
+    p = p * x + 1.0
+    return p * x
+
+
+@triton.jit
+def _log_1_to_2(y, IS_FP64: tl.constexpr):
+    """log(y) for y in [1, 2], where an absolute error of ~1e-7 is harmless (it enters -log p
+    next to -2|u|): one MUFU.LG2 in float32 on the GPU, libm-accurate otherwise."""
+    if IS_FP64 or _INTERPRETED:
+        return tl.log(y)
+    else:
+        return fast_logf(y)
+
+
+@triton.jit
+def _tanh_parts(u, IS_FP64: tl.constexpr, CT: tl.constexpr):
+    """|u|, e = exp(-2|u|), t = tanh(u) and 1 - t^2 = 4e/(1+e)^2, accurate for tiny and huge u."""
+    a = tl.abs(u)
+    x = -2.0 * a
+    e = tl.exp(x)
+    small = a < _EXPM1_SWITCH
+    m = tl.where(small, _expm1_series(tl.where(small, x, 0.0), IS_FP64, CT), e - 1.0)  # expm1(x)
+    if IS_FP64:
+        inv = 1.0 / (2.0 + m)  # 1 / (1 + e)
+    else:
+        inv = tl.fdiv(1.0, 2.0 + m)  # div.full.f32 (2 ulp) rather than the IEEE sequence
+    t = -m * inv  # tanh(|u|)
+    t = tl.where(u < 0, -t, t)
+    dtanh = 4.0 * e * inv * inv
+    return a, e, t, dtanh
+
+
+@triton.jit
+def _softplus_parts(rho, CT: tl.constexpr):
+    """sigma = softplus(rho), log(sigma), sigmoid(rho), sigmoid(rho)/sigma: finite for all rho."""
+    z = tl.exp(-tl.abs(rho))
+    w = 1.0 + z
+    wm1 = w - 1.0
+    log1p_z = tl.where(wm1 == 0.0, z, tl.log(w) * (z / tl.where(wm1 == 0.0, 1.0, wm1)))
+    sigma = tl.maximum(rho, 0.0) + log1p_z
+    tail = rho < -20.0
+    e_tail = tl.exp(tl.minimum(rho, -20.0))
+    safe_sigma = tl.where(tail, 1.0, sigma)
+    log_sigma = tl.where(tail, rho - 0.5 * e_tail, tl.log(safe_sigma))
+    sigmoid = tl.where(rho >= 0, 1.0 / w, z / w)
+    sig_over_sp = tl.where(tail, 1.0 - 0.5 * e_tail, sigmoid / safe_sigma)
+    return sigma, log_sigma, sigmoid, sig_over_sp
+
+
+@triton.jit
+def _forward_lane(r, s, n, N, mask, rows, row_ok, B, c, n_chunks, mu, sigma, log_sigma, xv,
+                  noise_ptr, out_ptr, part_ptr, eps, lo, hi, cadd,
+                  HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr,
+                  CT: tl.constexpr):
+    """Sample s (< k) of the tile: store delta / x_adv and the tile's partial sum of -log p."""
+    s64 = s.to(tl.int64)
+    if HAS_NOISE:
+        r = tl.load(noise_ptr + (s64 * N + n), mask=mask, other=0.0).to(CT)
+    u = mu + sigma * r
+    a, e, t, dtanh = _tanh_parts(u, IS_FP64, CT)
+    delta = eps * t
+    if HAS_X:
+        o = tl.minimum(tl.maximum(xv + delta, lo), hi)
+    else:
+        o = delta
+    tl.store(out_ptr + (s64 * N + n), o.to(out_ptr.dtype.element_ty), mask=mask)
+    log1m_t2 = 2.0 * (_c(_LOG2, CT) - a - _log_1_to_2(1.0 + e, IS_FP64))
+    per_elem = tl.where(mask, 0.5 * r * r + log_sigma + log1m_t2, 0.0)
+    total = tl.sum(per_elem, axis=1) + cadd
+    tl.store(part_ptr + ((s64 * B + rows) * n_chunks + c), total, mask=row_ok)
+
+
+@triton.jit(do_not_specialize=["eps_bits", "lo_bits", "hi_bits", "const_bits"])
+def _forward_kernel(mean_ptr, std_ptr, x_ptr, noise_ptr, seed_offset_ptr, out_ptr, part_ptr,
+                    B, D, N, k, groups, n_chunks, eps_bits, lo_bits, hi_bits, const_bits,
+                    HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr,
+                    CT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid = tl.program_id(0)
+    pb = pid // n_chunks
+    c = pid - pb * n_chunks
+    rows = pb * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = c * BLOCK_D + tl.arange(0, BLOCK_D)
+    row_ok = rows < B
+    mask = row_ok[:, None] & (cols < D)[None, :]
+    n = rows.to(tl.int64)[:, None] * D + cols[None, :]
+
+    eps = _f64_from_bits(eps_bits).to(CT)
+    lo = _f64_from_bits(lo_bits).to(CT)
+    hi = _f64_from_bits(hi_bits).to(CT)
+    cadd = tl.where(c == 0, _f64_from_bits(const_bits), 0.0).to(CT)
+
+    mu = tl.load(mean_ptr + n, mask=mask, other=0.0).to(CT)
+    rho = tl.load(std_ptr + n, mask=mask, other=0.0).to(CT)
+    sigma, log_sigma, sigmoid, sig_over_sp = _softplus_parts(rho, CT)
+    if HAS_X:
+        xv = tl.load(x_ptr + n, mask=mask, other=0.0).to(CT)
+    else:
+        xv = mu
+    if not HAS_NOISE:
+        seed = tl.load(seed_offset_ptr)
+        offset = tl.load(seed_offset_ptr + 1)
+
+    # Samples 4g..4g+3 share one Philox call; lanes past k are skipped by uniform branches.
+    for g in range(0, groups):
+        s0 = g * 4
+        if HAS_NOISE:
+            r0 = mu
+            r1 = mu
+        else:
+            w0, w1, w2, w3 = _philox_block(n, seed, offset + g)
+            r0, r1 = _box_muller(w0, w1, IS_FP64, CT)
+        _forward_lane(r0, s0, n, N, mask, rows, row_ok, B, c, n_chunks, mu, sigma, log_sigma,
+                      xv, noise_ptr, out_ptr, part_ptr, eps, lo, hi, cadd,
+                      HAS_X, HAS_NOISE, IS_FP64, CT)
+        if s0 + 1 < k:
+            _forward_lane(r1, s0 + 1, n, N, mask, rows, row_ok, B, c, n_chunks, mu, sigma,
+                          log_sigma, xv, noise_ptr, out_ptr, part_ptr, eps, lo, hi, cadd,
+                          HAS_X, HAS_NOISE, IS_FP64, CT)
+        if s0 + 2 < k:
+            if HAS_NOISE:
+                r2 = mu
+                r3 = mu
+            else:
+                r2, r3 = _box_muller(w2, w3, IS_FP64, CT)
+            _forward_lane(r2, s0 + 2, n, N, mask, rows, row_ok, B, c, n_chunks, mu, sigma,
+                          log_sigma, xv, noise_ptr, out_ptr, part_ptr, eps, lo, hi, cadd,
+                          HAS_X, HAS_NOISE, IS_FP64, CT)
+            if s0 + 3 < k:
+                _forward_lane(r3, s0 + 3, n, N, mask, rows, row_ok, B, c, n_chunks, mu, sigma,
+                              log_sigma, xv, noise_ptr, out_ptr, part_ptr, eps, lo, hi, cadd,
+                              HAS_X, HAS_NOISE, IS_FP64, CT)
+
+
+@triton.jit
+def _backward_lane(r, s, n, N, mask, rows, row_ok, B, mu, sigma, xv,
+                   noise_ptr, gout_ptr, gnlp_ptr, eps, lo, hi,
+                   acc_du, acc_dur, acc_gx, acc_ge,
+                   HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr,
+                   CT: tl.constexpr):
+    """Add sample s (< k) of the tile to the gradient accumulators."""
+    s64 = s.to(tl.int64)
+    if HAS_NOISE:
+        r = tl.load(noise_ptr + (s64 * N + n), mask=mask, other=0.0).to(CT)
+    g_d = tl.load(gout_ptr + (s64 * N + n), mask=mask, other=0.0).to(CT)
+    g_e = tl.load(gnlp_ptr + (s64 * B + rows), mask=row_ok, other=0.0).to(CT)
+    u = mu + sigma * r
+    a, e, t, dtanh = _tanh_parts(u, IS_FP64, CT)
+    if HAS_X:
+        unclamped = xv + eps * t
+        g_d = tl.where((unclamped >= lo) & (unclamped <= hi), g_d, 0.0)
+        acc_gx += g_d
+    d_u = g_d * (eps * dtanh) - 2.0 * g_e[:, None] * t
+    acc_du += d_u
+    acc_dur += d_u * r
+    acc_ge += g_e
+    return acc_du, acc_dur, acc_gx, acc_ge
+
+
+@triton.jit(do_not_specialize=["eps_bits", "lo_bits", "hi_bits"])
+def _backward_kernel(gout_ptr, gnlp_ptr, mean_ptr, std_ptr, x_ptr, noise_ptr, seed_offset_ptr,
+                     gmean_ptr, gstd_ptr, gx_ptr,
+                     B, D, N, k, groups, n_chunks, eps_bits, lo_bits, hi_bits,
+                     HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr,
+                     CT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid = tl.program_id(0)
+    pb = pid // n_chunks
+    c = pid - pb * n_chunks
+    rows = pb * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = c * BLOCK_D + tl.arange(0, BLOCK_D)
+    row_ok = rows < B
+    mask = row_ok[:, None] & (cols < D)[None, :]
+    n = rows.to(tl.int64)[:, None] * D + cols[None, :]
+
+    eps = _f64_from_bits(eps_bits).to(CT)
+    lo = _f64_from_bits(lo_bits).to(CT)
+    hi = _f64_from_bits(hi_bits).to(CT)
+
+    mu = tl.load(mean_ptr + n, mask=mask, other=0.0).to(CT)
+    rho = tl.load(std_ptr + n, mask=mask, other=0.0).to(CT)
+    sigma, log_sigma, sigmoid, sig_over_sp = _softplus_parts(rho, CT)
+    if HAS_X:
+        xv = tl.load(x_ptr + n, mask=mask, other=0.0).to(CT)
+    else:
+        xv = mu
+    if not HAS_NOISE:
+        seed = tl.load(seed_offset_ptr)
+        offset = tl.load(seed_offset_ptr + 1)
+
+    acc_du = tl.zeros([BLOCK_B, BLOCK_D], dtype=CT)
+    acc_dur = tl.zeros([BLOCK_B, BLOCK_D], dtype=CT)
+    acc_gx = tl.zeros([BLOCK_B, BLOCK_D], dtype=CT)
+    acc_ge = tl.zeros([BLOCK_B], dtype=CT)
+    for g in range(0, groups):
+        s0 = g * 4
+        if HAS_NOISE:
+            r0 = mu
+            r1 = mu
+        else:
+            w0, w1, w2, w3 = _philox_block(n, seed, offset + g)
+            r0, r1 = _box_muller(w0, w1, IS_FP64, CT)
+        acc_du, acc_dur, acc_gx, acc_ge = _backward_lane(
+            r0, s0, n, N, mask, rows, row_ok, B, mu, sigma, xv, noise_ptr, gout_ptr, gnlp_ptr,
+            eps, lo, hi, acc_du, acc_dur, acc_gx, acc_ge, HAS_X, HAS_NOISE, IS_FP64, CT)
+        if s0 + 1 < k:
+            acc_du, acc_dur, acc_gx, acc_ge = _backward_lane(
+                r1, s0 + 1, n, N, mask, rows, row_ok, B, mu, sigma, xv, noise_ptr, gout_ptr,
+                gnlp_ptr, eps, lo, hi, acc_du, acc_dur, acc_gx, acc_ge,
+                HAS_X, HAS_NOISE, IS_FP64, CT)
+        if s0 + 2 < k:
+            if HAS_NOISE:
+                r2 = mu
+                r3 = mu
+            else:
+                r2, r3 = _box_muller(w2, w3, IS_FP64, CT)
+            acc_du, acc_dur, acc_gx, acc_ge = _backward_lane(
+                r2, s0 + 2, n, N, mask, rows, row_ok, B, mu, sigma, xv, noise_ptr, gout_ptr,
+                gnlp_ptr, eps, lo, hi, acc_du, acc_dur, acc_gx, acc_ge,
+                HAS_X, HAS_NOISE, IS_FP64, CT)
+            if s0 + 3 < k:
+                acc_du, acc_dur, acc_gx, acc_ge = _backward_lane(
+                    r3, s0 + 3, n, N, mask, rows, row_ok, B, mu, sigma, xv, noise_ptr, gout_ptr,
+                    gnlp_ptr, eps, lo, hi, acc_du, acc_dur, acc_gx, acc_ge,
+                    HAS_X, HAS_NOISE, IS_FP64, CT)
+
+    grad_std = sigmoid * acc_dur + sig_over_sp * acc_ge[:, None]
+    tl.store(gmean_ptr + n, acc_du.to(gmean_ptr.dtype.element_ty), mask=mask)
+    tl.store(gstd_ptr + n, grad_std.to(gstd_ptr.dtype.element_ty), mask=mask)
+    if HAS_X:
+        tl.store(gx_ptr + n, acc_gx.to(gx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _philox_words_kernel(seed_offset_ptr, out_ptr, numel, BLOCK: tl.constexpr):
+    g = tl.program_id(1)
+    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = n < numel
+    seed = tl.load(seed_offset_ptr)
+    offset = tl.load(seed_offset_ptr + 1)
+    w0, w1, w2, w3 = _philox_block(n, seed, offset + g)
+    base = out_ptr + (g.to(tl.int64) * numel + n) * 4
+    tl.store(base, w0.to(tl.int64), mask=mask)
+    tl.store(base + 1, w1.to(tl.int64), mask=mask)
+    tl.store(base + 2, w2.to(tl.int64), mask=mask)
+    tl.store(base + 3, w3.to(tl.int64), mask=mask)
+
+
+# ================================================================================================
+# Host side
+# ================================================================================================
+
+def _next_pow2(v: int) -> int:
+    return 1 << max(0, (v - 1).bit_length())
+
+
+@functools.lru_cache(maxsize=1024)
+def launch_config(batch: int, per_example: int,
+                  is_fp64: bool = False) -> tuple[int, int, int, int, int]:
+    """(BLOCK_B, BLOCK_D, n_chunks, n_programs, num_warps) for B examples of D elements (N > 0).
+
+    Programs tile (examples x elements); n_chunks = ceil(D / BLOCK_D) partial sums per
+    (sample, example) are reduced after the forward kernel.
+    """
+    numel = batch * per_example
+    tile, warps = TILES[is_fp64][-1]
+    for size, num_warps in TILES[is_fp64]:
+        if triton.cdiv(numel, size) >= TARGET_PROGRAMS:
+            tile, warps = size, num_warps
+            break
+    block_d = min(tile, max(MIN_BLOCK_D, _next_pow2(per_example)))
+    block_b = max(1, min(tile // block_d, _next_pow2(batch)))
+    n_chunks = triton.cdiv(per_example, block_d)
+    n_programs = triton.cdiv(batch, block_b) * n_chunks
+    return block_b, block_d, n_chunks, n_programs, warps
+
+
+def _bits(value: float) -> int:
+    return struct.unpack("<q", struct.pack("<d", float(value)))[0]
+
+
+@functools.lru_cache(maxsize=256)
+def _scalar_bits(epsilon: float, lo: float, hi: float,
+                 per_example: int) -> tuple[int, int, int, int]:
+    constant = (LOG_SQRT_2PI + math.log(epsilon)) * per_example  # as reference.sample_forward
+    return _bits(epsilon), _bits(lo), _bits(hi), _bits(constant)
+
+
+def _compute(dtype: torch.dtype):
+    if dtype == torch.float64:
+        return torch.float64, True, tl.float64
+    return torch.float32, False, tl.float32
+
+
+def _device_guard(tensor: torch.Tensor):
+    if tensor.is_cuda and tensor.device.index != torch.cuda.current_device():
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
+
+
+def sample_forward(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi):
+    """Triton version of `reference.sample_forward` (contiguous (B, *S) inputs)."""
+    k = num_samples
+    batch = mean.shape[0]
+    numel = mean.numel()
+    per_example = numel // batch if batch else 0
+    ctype, is_fp64, ct = _compute(mean.dtype)
+    out = torch.empty((k, *mean.shape), dtype=mean.dtype, device=mean.device)
+    if numel == 0 or k == 0:
+        return out, torch.zeros((k, batch), dtype=ctype, device=mean.device)
+    block_b, block_d, n_chunks, n_programs, warps = launch_config(batch, per_example, is_fp64)
+    eps_bits, lo_bits, hi_bits, const_bits = _scalar_bits(epsilon, lo, hi, per_example)
+    part = torch.empty((k, batch, n_chunks) if n_chunks > 1 else (k, batch),
+                       dtype=ctype, device=mean.device)
+    with _device_guard(mean):
+        _forward_kernel[(n_programs,)](
+            mean, std_param, mean if x is None else x, mean if noise is None else noise,
+            seed_offset, out, part, batch, per_example, numel, k, triton.cdiv(k, SAMPLES_PER_CALL),
+            n_chunks, eps_bits, lo_bits, hi_bits, const_bits,
+            HAS_X=x is not None, HAS_NOISE=noise is not None, IS_FP64=is_fp64, CT=ct,
+            BLOCK_B=block_b, BLOCK_D=block_d, num_warps=warps)
+    return out, (part.sum(-1) if n_chunks > 1 else part)
+
+
+def sample_backward(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, num_samples,
+                    epsilon, lo, hi):
+    """Triton version of `reference.sample_backward`: (grad_mean, grad_std_param, grad_x|None)."""
+    k = num_samples
+    batch = mean.shape[0]
+    numel = mean.numel()
+    per_example = numel // batch if batch else 0
+    _, is_fp64, ct = _compute(mean.dtype)
+    grad_mean = torch.empty_like(mean)
+    grad_std = torch.empty_like(std_param)
+    grad_x = None if x is None else torch.empty_like(x)
+    if numel == 0:
+        return grad_mean, grad_std, grad_x
+    block_b, block_d, n_chunks, n_programs, warps = launch_config(batch, per_example, is_fp64)
+    eps_bits, lo_bits, hi_bits, _ = _scalar_bits(epsilon, lo, hi, per_example)
+    with _device_guard(mean):
+        _backward_kernel[(n_programs,)](
+            grad_out, grad_nlp, mean, std_param, mean if x is None else x,
+            mean if noise is None else noise, seed_offset,
+            grad_mean, grad_std, grad_mean if grad_x is None else grad_x,
+            batch, per_example, numel, k, triton.cdiv(k, SAMPLES_PER_CALL), n_chunks,
+            eps_bits, lo_bits, hi_bits,
+            HAS_X=x is not None, HAS_NOISE=noise is not None, IS_FP64=is_fp64, CT=ct,
+            BLOCK_B=block_b, BLOCK_D=block_d, num_warps=warps)
+    return grad_mean, grad_std, grad_x
+
+
+def philox_words(seed_offset, numel, num_samples):
+    """Raw Philox words, int64 of shape (ceil(k/4), numel, 4), as `reference.philox_words`."""
+    groups = triton.cdiv(num_samples, SAMPLES_PER_CALL)
+    out = torch.empty((groups, numel, 4), dtype=torch.int64, device=seed_offset.device)
+    if groups == 0 or numel == 0:
+        return out
+    with _device_guard(seed_offset):
+        _philox_words_kernel[(triton.cdiv(numel, WORDS_BLOCK), groups)](
+            seed_offset, out, numel, BLOCK=WORDS_BLOCK, num_warps=WORDS_NUM_WARPS)
+    return out
