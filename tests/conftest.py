@@ -11,3 +11,6 @@ except ImportError:  # pragma: no cover - torch is a hard dependency
     pass
 
 os.environ.setdefault("ADT_FAST_NO_PROGRESS", "1")
+
+# The test models are tiny: one intra-op thread is faster than two and steadier on a shared box.
+torch.set_num_threads(1)

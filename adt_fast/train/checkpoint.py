@@ -36,6 +36,9 @@ def save_atomic(payload: dict, path: PathLike) -> Path:
             torch.save({"format": FORMAT, **payload}, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        mask = os.umask(0o022)  # mkstemp makes the file 0600; give it the usual permissions
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -82,3 +85,30 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> torc
     except (KeyError, TypeError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint {resolve(path)} does not hold a usable model ({err})") from None
     return model.to(device).eval()
+
+
+# ------------------------------------------------------------------------------------------------
+# Training state: random-number generator states (weights-only types: uint8 tensors and lists).
+# ------------------------------------------------------------------------------------------------
+def capture_rng(generators: dict | None = None) -> dict:
+    """torch's CPU RNG, every initialised CUDA device's RNG, and the given named generators."""
+    cuda = None
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda = torch.cuda.get_rng_state_all()
+    return {"torch": torch.get_rng_state(), "cuda": cuda,
+            "generators": {name: g.get_state() for name, g in (generators or {}).items()}}
+
+
+def restore_rng(state: dict, generators: dict | None = None) -> None:
+    """Put back what capture_rng saved; named generators must match by name."""
+    try:
+        torch.set_rng_state(state["torch"])
+        if state.get("cuda") is not None and torch.cuda.is_available():
+            saved = state["cuda"]
+            for index in range(min(len(saved), torch.cuda.device_count())):
+                torch.cuda.set_rng_state(saved[index], index)
+        saved_generators = state.get("generators", {})
+        for name, generator in (generators or {}).items():
+            generator.set_state(saved_generators[name])
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise CheckpointError(f"the checkpoint's random-number states cannot be restored ({err})") from None

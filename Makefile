@@ -1,0 +1,26 @@
+# The two commands of the README:
+#   make demo   set up what is missing, train ADT_EXP on the offline digits data, evaluate it
+#   make test   set up what is missing, run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RUN ?= runs/digits
+
+.PHONY: setup demo test bench cmake-test
+
+setup:
+	VENV=$(VENV) scripts/setup.sh
+
+demo: setup
+	$(PY) -m adt_fast train --method adt-exp --dataset digits --out $(RUN) $(if $(wildcard $(RUN)/config.json),--resume,)
+	$(PY) -m adt_fast eval --checkpoint $(RUN) --dataset digits --out $(RUN)/report.json
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) -m pytest benchmarks --benchmark-only --benchmark-group-by=param:batch
+
+cmake-test:
+	cmake -S . -B build/cmake -G Ninja -DCMAKE_BUILD_TYPE=Release
+	cmake --build build/cmake
+	ctest --test-dir build/cmake --output-on-failure

@@ -1,0 +1,118 @@
+"""`adt-fast train`: the command-line face of `adt_fast.train.fit`.
+
+Every flag defaults to "not given" (argparse.SUPPRESS), so the command knows what the user set:
+a new run fills the rest from the dataset's and method's defaults, and ``--resume`` fills it from
+the run's config.json and refuses flags that contradict it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from fractions import Fraction
+
+from .config import LOSSES, PRECISIONS, ConfigError, TrainConfig
+
+FIELDS = {f for f in TrainConfig.__dataclass_fields__}
+
+
+def number(text: str) -> float:
+    """A float, also written as a fraction: 8/255."""
+    try:
+        return float(Fraction(text)) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 0.031 or 8/255)") from None
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    from ..data import DATASETS
+    from ..models import ARCHS
+    from .methods import METHODS
+
+    def describe():
+        return "; ".join(f"{name}: {spec.description}" for name, spec in METHODS.items())
+
+    parser = subparsers.add_parser(
+        "train", help="train a classifier (standard, AT-PGD, TRADES, ADT_EXP, ...)",
+        description="Train a robust classifier into a run directory. Unset flags take the "
+                    "paper's defaults (appendix C.3) for the dataset and method; with --resume "
+                    "they come from the run's config.json. See docs/training.md.",
+        argument_default=argparse.SUPPRESS)
+    run = parser.add_argument_group("run")
+    run.add_argument("--method", choices=list(METHODS), help=describe())
+    run.add_argument("--dataset", choices=list(DATASETS))
+    run.add_argument("--out", required=True, metavar="RUN_DIR",
+                     help="run directory; must be new or empty unless --resume")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out from its last checkpoint")
+    run.add_argument("--data-dir", metavar="D", help="where dataset files live (default $ADT_FAST_DATA_DIR "
+                                                      "or ~/.cache/adt_fast/data)")
+    run.add_argument("--download", action="store_true", help="fetch missing dataset files")
+    run.add_argument("--arch", choices=list(ARCHS), help="classifier (default: the dataset's)")
+    run.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    run.add_argument("--seed", type=int, metavar="S", help="seed (default 0)")
+    run.add_argument("--save-freq", type=int, metavar="N",
+                     help="also keep checkpoint_epoch{N}.pt every N epochs; 0 = never (default 25)")
+    run.add_argument("--max-batches", type=int, metavar="N",
+                     help="cap the batches per epoch (train and test), for smoke runs")
+    run.add_argument("--tensorboard", action=argparse.BooleanOptionalAction,
+                     help="write TensorBoard scalars when tensorboard is installed (default on)")
+
+    outer = parser.add_argument_group("outer training (appendix C.3)")
+    outer.add_argument("--epochs", type=int, metavar="N", help="default 76 (C.3); 15 for digits, 5 for synthetic")
+    outer.add_argument("--batch-size", type=int, metavar="B", help="default 64")
+    outer.add_argument("--lr", type=number, metavar="LR", help="SGD learning rate, default 0.1")
+    outer.add_argument("--lr-drop", type=int, nargs="*", metavar="EPOCH",
+                       help="1-based epochs from which lr is multiplied by --lr-gamma "
+                            "(default 75 for 76 epochs; round(75 N / 76) for N epochs)")
+    outer.add_argument("--lr-gamma", type=number, metavar="G", help="default 0.1")
+    outer.add_argument("--momentum", type=number, metavar="M", help="default 0.9")
+    outer.add_argument("--weight-decay", type=number, metavar="WD", help="default 2e-4")
+    outer.add_argument("--precision", choices=PRECISIONS, help="bf16 = autocast with float32 weights")
+    outer.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                       help="channels_last memory format for the classifier and its inputs")
+
+    inner = parser.add_argument_group("perturbation / inner problem")
+    inner.add_argument("--epsilon", type=number, metavar="E",
+                       help="l_inf budget for inputs in [0, 1] (default: the dataset's, e.g. 8/255)")
+    inner.add_argument("--steps", type=int, metavar="T", help="inner steps (default 7)")
+    inner.add_argument("--step-size", type=number, metavar="A", help="PGD step (default epsilon/4)")
+    inner.add_argument("--samples", type=int, metavar="K", help="ADT MC samples per step (default 5)")
+    inner.add_argument("--lbd", type=number, metavar="L", help="ADT entropy weight lambda (default 0.01)")
+    inner.add_argument("--dist-lr", type=number, metavar="LR",
+                       help="Adam lr of the ADT distribution parameters (default 0.3)")
+    inner.add_argument("--dist-betas", type=number, nargs=2, metavar=("B1", "B2"),
+                       help="Adam betas of the distribution parameters (default 0 0)")
+    inner.add_argument("--loss", choices=LOSSES, help="ADT's inner and outer loss (default ce)")
+    inner.add_argument("--beta", type=number, metavar="BETA", help="TRADES beta (default 6.0)")
+    inner.add_argument("--backend", choices=["auto", "reference", "cpu", "cuda", "triton"],
+                       help="backend of the sampling op (default auto)")
+    parser.set_defaults(run=run_train)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The config a command line asks for; with --resume, the run's config.json under the flags."""
+    given = {name: value for name, value in vars(args).items() if name in FIELDS}
+    if given.get("resume"):
+        saved = TrainConfig.load(given["out"]).to_dict()
+        return TrainConfig.from_dict({**saved, **given})
+    missing = [flag for flag in ("method", "dataset") if flag not in given]
+    if missing:
+        raise ConfigError("a new run needs " + " and ".join(f"--{m}" for m in missing)
+                          + " (or --resume to continue the run in --out)")
+    return TrainConfig.from_dict(given)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..data import ChecksumError, DatasetFileError, DownloadError
+    from .checkpoint import CheckpointError
+    from .loop import fit
+
+    try:
+        fit(config_from_args(args))
+    except (ConfigError, CheckpointError, DatasetFileError, ChecksumError, DownloadError,
+            FileNotFoundError) as err:
+        print(f"adt-fast train: error: {err}", file=sys.stderr)
+        return 2
+    return 0

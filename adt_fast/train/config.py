@@ -1,0 +1,291 @@
+"""`TrainConfig`: every setting of a training run, its defaults (appendix C.3) and validation.
+
+A config comes in two forms. What the user writes may leave settings at ``None``, meaning "the
+default for this dataset / method" (epsilon from the dataset, T=7 for PGD-style methods, k=5 for
+ADT_EXP, ...). ``resolve()`` fills every such setting in and validates the result; the resolved
+form is what a run stores in ``config.json`` and what ``--resume`` compares against.
+
+Settings that only some methods use (steps, step size, samples, lambda, ...) are declared by each
+method's ``MethodSpec`` (see ``adt_fast.train.methods``): a method lists the ones it uses with
+their defaults, the others resolve to ``None``, and setting one that the method ignores is an error
+rather than a silent no-op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Optional, Union
+
+CONFIG_FILE = "config.json"
+PRECISIONS = ("fp32", "bf16")
+LOSSES = ("ce", "trades")
+
+# Settings that a method may or may not use. A method's spec names the ones it uses and gives
+# their defaults; issue-5 methods add theirs here (and a field below, and a flag in command.py).
+METHOD_PARAMS = ("steps", "step_size", "samples", "lbd", "dist_lr", "dist_betas", "loss", "beta")
+
+# Settings that may differ between a run and its --resume: where things are, how often snapshots
+# are written, how long to go on, and implementation choices that do not change the maths.
+RESUMABLE_CHANGES = frozenset({"out", "resume", "data_dir", "download", "epochs", "save_freq",
+                               "max_batches", "backend", "device", "tensorboard"})
+
+
+class ConfigError(ValueError):
+    """A setting that is invalid, or that conflicts with the run directory; names the flag."""
+
+
+PAPER_EPOCHS = 76
+# The offline sets are tiny (digits: 1,438 training images); their demo runs in about a minute on
+# a laptop CPU instead of C.3's 76 epochs, which were tuned for CIFAR-10.
+SMALL_DATASET_EPOCHS = {"digits": 15, "synthetic": 5}
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a config field: lr_drop -> --lr-drop."""
+    return "--" + name.replace("_", "-")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. ``None`` means "the dataset's / method's default".
+
+    The defaults are appendix C.3's: SGD with momentum 0.9, weight decay 2e-4, batch size 64,
+    lr 0.1 reduced tenfold from epoch 75 of 76 (epochs 75-76 at 0.01, as the original code's
+    ``if epoch >= 75``; other lengths N drop at round(75 N / 76)); PGD-style inner loops T=7 with step epsilon/4; ADT_EXP k=5, lambda=0.01,
+    Adam lr 0.3 with betas (0, 0) on the distribution parameters.
+    """
+
+    method: str
+    dataset: str
+    out: str
+    data_dir: Optional[str] = None
+    download: bool = False
+    arch: Optional[str] = None
+    epochs: Optional[int] = None       # C.3's 76; the small offline sets default to SMALL_DATASET_EPOCHS
+    batch_size: int = 64
+    lr: float = 0.1
+    lr_drop: Optional[list] = None      # 1-based epochs from which lr is multiplied by lr_gamma
+    lr_gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    epsilon: Optional[float] = None
+    steps: Optional[int] = None
+    step_size: Optional[float] = None
+    samples: Optional[int] = None
+    lbd: Optional[float] = None
+    dist_lr: Optional[float] = None
+    dist_betas: Optional[tuple] = None
+    loss: Optional[str] = None
+    beta: Optional[float] = None
+    precision: str = "fp32"
+    channels_last: bool = False
+    device: str = "auto"
+    seed: int = 0
+    save_freq: int = 25
+    resume: bool = False
+    backend: str = "auto"
+    max_batches: Optional[int] = None
+    tensorboard: bool = True
+
+    # ----------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        if data["dist_betas"] is not None:
+            data["dist_betas"] = list(data["dist_betas"])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown training settings: {', '.join(unknown)}")
+        data = dict(data)
+        if data.get("dist_betas") is not None:
+            data["dist_betas"] = tuple(data["dist_betas"])
+        if data.get("lr_drop") is not None:
+            data["lr_drop"] = list(data["lr_drop"])
+        missing = [name for name in ("method", "dataset", "out") if name not in data]
+        if missing:
+            raise ConfigError("missing required settings: " + ", ".join(flag(m) for m in missing))
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def load(cls, run_dir: Union[str, os.PathLike]) -> "TrainConfig":
+        """The resolved config stored in a run directory's config.json."""
+        path = Path(run_dir) / CONFIG_FILE
+        try:
+            return cls.from_json(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path} does not exist: {run_dir} is not a run directory") from None
+        except (json.JSONDecodeError, TypeError) as err:
+            raise ConfigError(f"{path} is not a valid training config ({err})") from None
+
+    # ----------------------------------------------------------------------------------------
+    def resolve(self) -> "TrainConfig":
+        """A copy with every default filled in and every setting validated (ConfigError)."""
+        from ..data import DATASETS, dataset_info
+        from ..models import ARCHS
+        from .methods import METHODS, method_spec
+
+        cfg = dataclasses.replace(self)
+        if cfg.method not in METHODS:
+            raise ConfigError(f"unknown method {cfg.method!r} (--method); choose one of {', '.join(METHODS)}")
+        if cfg.dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {cfg.dataset!r} (--dataset); choose one of {', '.join(DATASETS)}")
+        info = dataset_info(cfg.dataset)
+        if cfg.arch is None:
+            cfg.arch = info.default_arch
+        if cfg.arch not in ARCHS:
+            raise ConfigError(f"unknown arch {cfg.arch!r} (--arch); choose one of {', '.join(ARCHS)}")
+        if cfg.epsilon is None:
+            cfg.epsilon = info.epsilon
+        if not str(cfg.out):
+            raise ConfigError("--out must name a run directory")
+        cfg.out = str(cfg.out)
+        if cfg.data_dir is not None:
+            cfg.data_dir = str(cfg.data_dir)
+
+        if cfg.epochs is None:
+            cfg.epochs = SMALL_DATASET_EPOCHS.get(cfg.dataset, PAPER_EPOCHS)
+        _int(cfg, "epochs", 1)
+        _int(cfg, "batch_size", 1)
+        _int(cfg, "seed", 0)
+        _int(cfg, "save_freq", 0)
+        if cfg.max_batches is not None:
+            _int(cfg, "max_batches", 1)
+        _real(cfg, "lr", low=0.0, strict=True)
+        _real(cfg, "lr_gamma", low=0.0, strict=True)
+        _real(cfg, "momentum", low=0.0)
+        _real(cfg, "weight_decay", low=0.0)
+        _real(cfg, "epsilon", low=0.0, strict=True)
+        if cfg.lr_drop is None:
+            # C.3's schedule (drop at epoch 75 of 76) scaled to the run's length.
+            cfg.lr_drop = [max(2, round(cfg.epochs * 75 / 76))] if cfg.epochs >= 2 else []
+        if not isinstance(cfg.lr_drop, (list, tuple)) or any(
+                isinstance(e, bool) or not isinstance(e, int) or e < 2 for e in cfg.lr_drop):
+            raise ConfigError(f"--lr-drop must be a list of epochs >= 2 (1-based), got {cfg.lr_drop!r}")
+        cfg.lr_drop = sorted(int(e) for e in cfg.lr_drop)
+        if cfg.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+        for name in ("download", "channels_last", "resume", "tensorboard"):
+            if not isinstance(getattr(cfg, name), bool):
+                raise ConfigError(f"{flag(name)} must be true or false, got {getattr(cfg, name)!r}")
+        _check_backend(cfg.backend)
+        cfg.device = _resolve_device(cfg.device)
+
+        spec = method_spec(cfg.method)
+        for name in METHOD_PARAMS:
+            value = getattr(cfg, name)
+            if name not in spec.params:
+                if value is not None:
+                    raise ConfigError(f"{flag(name)} does not apply to --method {cfg.method} "
+                                      f"(it uses: {', '.join(flag(p) for p in spec.params) or 'none'})")
+                continue
+            if value is None:
+                default = spec.params[name]
+                value = default(cfg) if callable(default) else default
+            setattr(cfg, name, value)
+        if "loss" in spec.params and cfg.loss not in spec.losses:
+            raise ConfigError(f"--loss must be one of {', '.join(spec.losses)} for --method "
+                              f"{cfg.method}, got {cfg.loss!r}")
+        if "steps" in spec.params:
+            _int(cfg, "steps", 0)
+        if "step_size" in spec.params:
+            _real(cfg, "step_size", low=0.0, strict=True)
+        if "samples" in spec.params:
+            _int(cfg, "samples", 1)
+        if "lbd" in spec.params:
+            _real(cfg, "lbd", low=0.0)
+        if "dist_lr" in spec.params:
+            _real(cfg, "dist_lr", low=0.0, strict=True)
+        if "dist_betas" in spec.params:
+            betas = cfg.dist_betas
+            if (not isinstance(betas, (list, tuple)) or len(betas) != 2
+                    or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                               for b in betas)):
+                raise ConfigError(f"--dist-betas must be two numbers in [0, 1), got {betas!r}")
+            cfg.dist_betas = (float(betas[0]), float(betas[1]))
+        # beta is used only with the TRADES loss: a method whose loss can be either declares it,
+        # and it is dropped (or refused, when given) with --loss ce.
+        if "beta" in spec.params:
+            if cfg.loss == "trades" or "loss" not in spec.params:
+                _real(cfg, "beta", low=0.0)
+            elif self.beta is not None:
+                raise ConfigError(f"--beta applies only with --loss trades (--method {cfg.method} "
+                                  f"--loss {cfg.loss})")
+            else:
+                cfg.beta = None
+        spec.validate(cfg)
+        return cfg
+
+    def conflicts(self, saved: "TrainConfig") -> list:
+        """Flags whose resolved values differ from a saved run's (those that may not change)."""
+        mine, theirs = self.resolve().to_dict(), saved.to_dict()
+        out = []
+        for name in sorted(mine):
+            if name in RESUMABLE_CHANGES:
+                continue
+            if mine[name] != theirs.get(name):
+                out.append(f"{flag(name)} {_show(mine[name])} (the run has {_show(theirs.get(name))})")
+        if _device_type(mine["device"]) != _device_type(theirs["device"]):
+            out.append(f"--device {mine['device']} (the run has {theirs['device']}: the saved random "
+                       f"states belong to that device type)")
+        return out
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value)
+
+
+def _int(cfg: TrainConfig, name: str, low: int) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{flag(name)} must be an integer >= {low}, got {value!r}")
+
+
+def _real(cfg: TrainConfig, name: str, low: float, strict: bool = False) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{flag(name)} must be a finite number, got {value!r}")
+    if value < low or (strict and value == low):
+        raise ConfigError(f"{flag(name)} must be {'>' if strict else '>='} {low:g}, got {value!r}")
+    setattr(cfg, name, float(value))
+
+
+def _check_backend(name: str) -> None:
+    allowed = ("auto", "reference", "cpu", "cuda", "triton")
+    if name not in allowed:
+        raise ConfigError(f"--backend must be one of {', '.join(allowed)}, got {name!r}")
+
+
+def _device_type(device: str) -> str:
+    return device.split(":")[0]
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device {device!r} is not a torch device (try cpu, cuda or cuda:0)") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+    if parsed.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device}: only cpu and cuda devices are supported")
+    return str(parsed)

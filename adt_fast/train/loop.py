@@ -1,0 +1,284 @@
+"""`fit(config)`: the one training loop every method runs in.
+
+Run directory (``config.out``):
+
+    config.json               the resolved config (every default filled in)
+    metrics.jsonl             one JSON line per finished epoch
+    checkpoint.pt             the full training state after the last finished epoch (atomic)
+    checkpoint_epoch{N}.pt    the same, kept every --save-freq epochs
+    model.pt                  the final classifier (model_config + weights), written at the end
+    tensorboard/              TensorBoard scalars, when tensorboard is installed
+
+Resume restores the classifier, every optimiser and scheduler (the method's too), the epoch, the
+history and the random states (torch's CPU and CUDA generators and the data-order generator), all
+saved at the end of an epoch, so on CPU a resumed run ends bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import shlex
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import data as datasets
+from ..attacks.engine import eval_mode
+from ..models import build_model
+from . import checkpoint as ckpt
+from . import runlog
+from .config import CONFIG_FILE, ConfigError, TrainConfig
+from .methods import Method, Runtime, build_method
+
+SNAPSHOT = "checkpoint_epoch{epoch}.pt"
+EVAL_BATCH_SIZE = 500
+PROGRESS_EVERY = 10
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Everything a run holds in memory; built fresh for a new run and for a resume alike."""
+
+    config: TrainConfig
+    run_dir: Path
+    model: nn.Module
+    method: Method
+    optimisers: dict
+    schedulers: dict
+    data_generator: torch.Generator
+    train_data: tuple
+    test_data: tuple
+    augment: str
+    epoch: int = 0
+    history: list = dataclasses.field(default_factory=list)
+
+    # -------------------------------------------------------------------------------- state
+    def state(self) -> dict:
+        """The full training state: weights-only types, so it loads with weights_only=True."""
+        return {
+            "model_config": dict(self.model.config),
+            "model": self.model.state_dict(),
+            "method": self.config.method,
+            "config": self.config.to_dict(),
+            "epoch": self.epoch,
+            "history": list(self.history),
+            "modules": {name: module.state_dict() for name, module in self.method.modules().items()},
+            "optimisers": {name: opt.state_dict() for name, opt in self.optimisers.items()},
+            "schedulers": {name: sched.state_dict() for name, sched in self.schedulers.items()},
+            "method_state": self.method.extra_state(),
+            "rng": ckpt.capture_rng({"data": self.data_generator}),
+        }
+
+    def load_state(self, payload: dict, source: Path) -> None:
+        def refuse(why: str):
+            return ckpt.CheckpointError(f"cannot resume from {source}: {why}")
+
+        modules = self.method.modules()
+        if payload.get("method") != self.config.method:
+            raise refuse(f"it was written by method {payload.get('method')!r}, not {self.config.method!r}")
+        for kind, ours in (("modules", modules), ("optimisers", self.optimisers),
+                           ("schedulers", self.schedulers)):
+            theirs = payload.get(kind)
+            if not isinstance(theirs, dict) or set(theirs) != set(ours):
+                raise refuse(f"it holds {kind} {sorted(theirs) if isinstance(theirs, dict) else theirs!r}, "
+                             f"this run has {sorted(ours)}")
+        try:
+            self.model.load_state_dict(payload["model"])
+            for name, module in modules.items():
+                module.load_state_dict(payload["modules"][name])
+            for name, opt in self.optimisers.items():
+                opt.load_state_dict(payload["optimisers"][name])
+            for name, sched in self.schedulers.items():
+                sched.load_state_dict(payload["schedulers"][name])
+            self.method.load_extra_state(payload.get("method_state", {}))
+            self.epoch = int(payload["epoch"])
+            self.history = list(payload["history"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise ckpt.CheckpointError(f"cannot resume from {source}: {err}") from None
+        # Last: building the model and method above consumed random numbers.
+        ckpt.restore_rng(payload["rng"], {"data": self.data_generator})
+
+    def final_payload(self) -> dict:
+        return {"model_config": dict(self.model.config), "model": self.model.state_dict(),
+                "method": self.config.method, "config": self.config.to_dict(), "epoch": self.epoch,
+                "history": list(self.history)}
+
+    # -------------------------------------------------------------------------------- epochs
+    def train_epoch(self) -> dict:
+        cfg = self.config
+        x, y = self.train_data
+        batches = datasets.iterate_batches(x, y, cfg.batch_size, shuffle=True,
+                                           generator=self.data_generator, augment=self.augment)
+        total = len(batches) if cfg.max_batches is None else min(len(batches), cfg.max_batches)
+        self.model.train()
+        for module in self.method.modules().values():
+            module.train()
+        lr = self.optimisers["model"].param_groups[0]["lr"]
+        device = x.device
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        seen = 0
+        start = time.perf_counter()
+        bar = runlog.progress_bar(total, f"epoch {self.epoch + 1}/{cfg.epochs}")
+        try:
+            for index, (xb, yb) in enumerate(itertools.islice(batches, total)):
+                out = self.method.train_step(self.model, xb, yb, self.optimisers)
+                with torch.no_grad():
+                    logits = out.clean_logits
+                    if logits is None:
+                        with eval_mode(self.model):
+                            logits = self.method.runtime.forward(self.model, xb)
+                    loss_sum += out.loss.detach().float() * yb.shape[0]
+                    correct += (logits.argmax(1) == yb).sum()
+                seen += yb.shape[0]
+                bar.update(1)
+                if not bar.disable and (index % PROGRESS_EVERY == 0 or index + 1 == total):
+                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}",
+                                    acc=f"{correct.item() / seen:.3f}", refresh=False)
+        finally:
+            bar.close()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        for sched in self.schedulers.values():
+            sched.step()
+        return {"epoch": self.epoch + 1, "train_loss": loss_sum.item() / max(seen, 1),
+                "train_acc": correct.item() / max(seen, 1), "lr": lr, "seconds": seconds}
+
+    def test_accuracy(self) -> float:
+        return clean_accuracy(self.model, *self.test_data, runtime=self.method.runtime,
+                              max_batches=self.config.max_batches)
+
+
+def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, runtime: Optional[Runtime] = None,
+                   batch_size: int = EVAL_BATCH_SIZE, max_batches: Optional[int] = None) -> float:
+    """Accuracy on clean inputs, classifier in eval mode (its mode is restored afterwards)."""
+    runtime = runtime or Runtime(device=x.device)
+    correct, seen = torch.zeros((), dtype=torch.int64, device=x.device), 0
+    with eval_mode(model), torch.no_grad():
+        for index, begin in enumerate(range(0, x.shape[0], batch_size)):
+            if max_batches is not None and index >= max_batches:
+                break
+            xb, yb = x[begin:begin + batch_size], y[begin:begin + batch_size]
+            correct += (runtime.forward(model, xb).argmax(1) == yb).sum()
+            seen += yb.shape[0]
+    return correct.item() / max(seen, 1)
+
+
+# ------------------------------------------------------------------------------------------------
+def prepare_run_dir(config: TrainConfig) -> TrainConfig:
+    """Resolve the config against the run directory: refuse to overwrite, check resume conflicts.
+
+    Writes nothing: config.json is written once the data and model are built, so a run that
+    fails to start (missing dataset files, say) leaves no directory behind to block a retry.
+    """
+    cfg = config.resolve()
+    run_dir = Path(cfg.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} exists and is not a directory")
+    config_path = run_dir / CONFIG_FILE
+    if cfg.resume:
+        if not config_path.is_file():
+            raise ConfigError(f"--resume: {run_dir} holds no {CONFIG_FILE}, so there is no run to resume "
+                              f"(drop --resume to start a new run there)")
+        saved = TrainConfig.load(run_dir)
+        conflicts = cfg.conflicts(saved)
+        if conflicts:
+            raise ConfigError(f"--resume: these settings differ from {config_path}:\n  "
+                              + "\n  ".join(conflicts)
+                              + "\nresume with the run's own settings (omit these flags) or start a "
+                                "new run in another --out directory")
+    elif run_dir.is_dir() and any(run_dir.iterdir()):
+        raise ConfigError(f"--out {run_dir} is not empty; pass --resume to continue the run "
+                          f"there, or choose a new directory (nothing is ever overwritten)")
+    return cfg
+
+
+def write_config(cfg: TrainConfig) -> None:
+    """config.json (resume=False: it records the run, not this invocation)."""
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(dataclasses.replace(cfg, resume=False).to_json())
+
+
+def build_trainer(cfg: TrainConfig) -> Trainer:
+    """Data on the device, classifier, method, optimisers and schedules, seeded from cfg.seed."""
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data_generator = torch.Generator(device=device)
+    data_generator.manual_seed(cfg.seed)
+    info = datasets.dataset_info(cfg.dataset)
+    train_x, train_y = datasets.load(cfg.dataset, "train", data_dir=cfg.data_dir, download=cfg.download)
+    test_x, test_y = datasets.load(cfg.dataset, "test", data_dir=cfg.data_dir, download=cfg.download)
+    model = build_model(cfg.arch, info.num_classes, in_channels=info.channels, image_size=info.image_size)
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    runtime = Runtime(device=device, precision=cfg.precision, channels_last=cfg.channels_last,
+                      backend=cfg.backend)
+    method = build_method(cfg, model, runtime)
+    sgd = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    # lr_drop holds 1-based epochs; the scheduler counts finished epochs.
+    schedule = torch.optim.lr_scheduler.MultiStepLR(sgd, milestones=[e - 1 for e in cfg.lr_drop],
+                                                    gamma=cfg.lr_gamma)
+    optimisers, schedulers = {"model": sgd}, {"model": schedule}
+    for kind, ours, theirs in (("optimisers", optimisers, method.optimisers()),
+                               ("schedulers", schedulers, method.schedulers())):
+        if "model" in theirs:
+            raise ValueError(f"method {cfg.method} names one of its {kind} 'model', which is the classifier's")
+        ours.update(theirs)
+    return Trainer(config=cfg, run_dir=Path(cfg.out), model=model, method=method, optimisers=optimisers,
+                   schedulers=schedulers, data_generator=data_generator,
+                   train_data=(train_x.to(device), train_y.to(device)),
+                   test_data=(test_x.to(device), test_y.to(device)), augment=info.augment)
+
+
+def eval_command(run_dir: Path, dataset: str) -> str:
+    return (f"adt-fast eval --checkpoint {shlex.quote(str(run_dir))} --dataset {dataset} "
+            f"--out {shlex.quote(str(run_dir / 'report.json'))}")
+
+
+def fit(config: TrainConfig) -> Path:
+    """Train (or, with config.resume, continue) a run; returns the run directory.
+
+    Raises ConfigError for bad settings or a run directory that conflicts with them, and
+    CheckpointError for a checkpoint that cannot be read safely.
+    """
+    cfg = prepare_run_dir(config)
+    run_dir = Path(cfg.out)
+    trainer = build_trainer(cfg)
+    write_config(cfg)
+    latest = run_dir / ckpt.LATEST
+    if cfg.resume and latest.is_file():
+        trainer.load_state(ckpt.load(latest, map_location=cfg.device), latest)
+        runlog.say(f"resuming {run_dir} after epoch {trainer.epoch}/{cfg.epochs}")
+    elif cfg.resume:
+        runlog.say(f"resuming {run_dir}: no checkpoint yet, starting at epoch 1")
+    runlog.write_metrics(run_dir, trainer.history)
+    board = runlog.TensorBoard(run_dir, cfg.tensorboard, trainer.epoch)
+    try:
+        while trainer.epoch < cfg.epochs:
+            trained = trainer.train_epoch()
+            record = {"epoch": trained["epoch"], "train_loss": trained["train_loss"],
+                      "train_acc": trained["train_acc"], "test_acc": trainer.test_accuracy(),
+                      "lr": trained["lr"], "seconds": trained["seconds"]}
+            trainer.epoch += 1
+            trainer.history.append(record)
+            state = trainer.state()
+            ckpt.save_atomic(state, latest)
+            if cfg.save_freq and trainer.epoch % cfg.save_freq == 0:
+                ckpt.save_atomic(state, run_dir / SNAPSHOT.format(epoch=trainer.epoch))
+            runlog.append_metrics(run_dir, record)
+            board.log(record)
+            runlog.say(runlog.epoch_line(record, cfg.epochs))
+    finally:
+        board.close()
+    final = ckpt.save_atomic(trainer.final_payload(), run_dir / ckpt.FINAL_MODEL)
+    runlog.say(f"model saved to {final}")
+    runlog.say(f"evaluate it with:\n  {eval_command(run_dir, cfg.dataset)}")
+    return run_dir

@@ -1,0 +1,400 @@
+"""Training methods as compositions of shared pieces, and the one registry of methods by name.
+
+A method's training step is: produce a perturbed input (the *perturbation*: none, PGD, or a
+fitted explicit distribution), then minimise an *outer loss* on it. The inner problem of PGD and
+of the distribution uses an *inner loss* (CE, TRADES-KL, or the TRADES loss). So
+
+    standard      = Clean()                                    + CEOuter()
+    at-pgd        = PGD(CEInner(), uniform start)              + CEOuter()
+    trades        = PGD(TradesKLInner(), 0.001*N(0,1) start)   + TradesOuter(beta)
+    adt-exp       = ExplicitDistribution(CEInner())            + CEOuter()
+    adt-exp --loss trades
+                  = ExplicitDistribution(TradesInner(beta))    + TradesOuter(beta)
+
+Every inner problem runs with the classifier in eval mode (BatchNorm frozen, ``eval_mode``) and
+takes gradients only with respect to the perturbation or distribution parameters
+(``torch.autograd.grad`` inside the attack engine and ``fit_distribution``), so the classifier's
+``.grad`` is never touched before the outer backward.
+
+Extension (issue 5): a method may own extra trainable networks and their optimisers and
+schedulers (``modules()``, ``optimisers()``, ``schedulers()``), and extra plain state
+(``extra_state()``); the training loop moves nothing itself but checkpoints, restores, and steps
+all of them with the classifier's. Register a new method with ``register_method(MethodSpec(...))``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ..attacks.distribution import DistributionFit, fit_distribution
+from ..attacks.engine import eval_mode, iterative_attack, uniform_start
+from ..attacks.losses import cross_entropy, trades_kl, trades_loss
+
+PerExampleLoss = Callable[[torch.Tensor], torch.Tensor]
+
+# TRADES' own code starts its KL maximisation at x + 0.001 * N(0, 1): the KL and its gradient
+# vanish at x itself, and a small start keeps the search near x (a uniform start in the ball would
+# be a different attack).
+TRADES_START_STD = 0.001
+
+
+# ------------------------------------------------------------------------------------------------
+# Runtime: device, precision, memory format, op backend
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Runtime:
+    """How forward passes run: bf16 autocast (float32 master weights) and channels_last inputs."""
+
+    device: torch.device = torch.device("cpu")
+    precision: str = "fp32"
+    channels_last: bool = False
+    backend: str = "auto"
+
+    def autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """model(x) under the configured precision and memory format."""
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.autocast():
+            return model(x)
+
+
+# ------------------------------------------------------------------------------------------------
+# Inner losses: what the perturbation maximises. bind() runs once per batch (classifier in eval
+# mode) and returns a per-example loss of n*B stacked inputs (n = 1 for PGD, k for the
+# distribution's sample-major batch), so the labels / clean logits are repeated n times.
+# ------------------------------------------------------------------------------------------------
+class InnerLoss:
+    name = "inner"
+
+    def bind(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rt: Runtime) -> PerExampleLoss:
+        raise NotImplementedError
+
+
+def _repeats(x_adv: torch.Tensor, batch: int) -> int:
+    n, rem = divmod(x_adv.shape[0], batch)
+    if rem or n < 1:
+        raise ValueError(f"the inner loss got {x_adv.shape[0]} inputs for a batch of {batch}")
+    return n
+
+
+class CEInner(InnerLoss):
+    """Cross-entropy against the true labels (AT-PGD, ADT_EXP)."""
+
+    name = "ce"
+
+    def bind(self, model, x, y, rt):
+        batch = y.shape[0]
+
+        def loss_fn(x_adv):
+            return cross_entropy(rt.forward(model, x_adv), y.repeat(_repeats(x_adv, batch)))
+        return loss_fn
+
+
+def _clean_logits(model, x, rt) -> torch.Tensor:
+    with torch.no_grad():
+        return rt.forward(model, x).float()
+
+
+class TradesKLInner(InnerLoss):
+    """KL(f(x) || f(x + delta)), the clean logits fixed (TRADES' inner problem)."""
+
+    name = "trades-kl"
+
+    def bind(self, model, x, y, rt):
+        clean = _clean_logits(model, x, rt)
+
+        def loss_fn(x_adv):
+            n = _repeats(x_adv, clean.shape[0])
+            return trades_kl(rt.forward(model, x_adv), clean.repeat(n, 1))
+        return loss_fn
+
+
+class TradesInner(InnerLoss):
+    """The full TRADES loss CE(f(x), y) + beta * KL, the clean logits fixed (ADT with --loss trades).
+
+    The CE term is constant in delta; it is kept so the tracked objective is the TRADES loss
+    itself, and beta sets the balance against the entropy term lambda * H.
+    """
+
+    name = "trades"
+
+    def __init__(self, beta: float):
+        self.beta = beta
+
+    def bind(self, model, x, y, rt):
+        clean = _clean_logits(model, x, rt)
+
+        def loss_fn(x_adv):
+            n = _repeats(x_adv, clean.shape[0])
+            return trades_loss(rt.forward(model, x_adv), clean.repeat(n, 1), y.repeat(n), self.beta)
+        return loss_fn
+
+
+# ------------------------------------------------------------------------------------------------
+# Perturbations: produce the (detached) input the outer loss trains on.
+# ------------------------------------------------------------------------------------------------
+class Perturbation:
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rt: Runtime) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Clean(Perturbation):
+    """No perturbation: returns x itself (standard training)."""
+
+    def __call__(self, model, x, y, rt):
+        return x
+
+
+class PGD(Perturbation):
+    """Signed-gradient ascent in the l_inf ball (the shared attack engine), classifier in eval mode.
+
+    start: "uniform" for U(-eps, eps) (Madry et al.), "trades" for 0.001 * N(0, 1) (TRADES' code),
+    "none" for x itself. Randomness comes from torch's default generator for x's device.
+    """
+
+    STARTS = ("uniform", "trades", "none")
+
+    def __init__(self, inner: InnerLoss, *, epsilon: float, steps: int, step_size: float,
+                 start: str = "uniform"):
+        if start not in self.STARTS:
+            raise ValueError(f"start must be one of {self.STARTS}, got {start!r}")
+        self.inner, self.epsilon, self.steps, self.step_size, self.start = inner, epsilon, steps, step_size, start
+
+    def _start(self, x):
+        if self.start == "uniform":
+            return uniform_start(x)
+        if self.start == "trades":
+            return torch.randn_like(x) * (TRADES_START_STD / self.epsilon)
+        return None
+
+    def __call__(self, model, x, y, rt):
+        with eval_mode(model):
+            loss_fn = self.inner.bind(model, x, y, rt)
+            return iterative_attack(loss_fn, x, epsilon=self.epsilon, steps=self.steps,
+                                    step_size=self.step_size, start=self._start(x))
+
+
+class ExplicitDistribution(Perturbation):
+    """ADT_EXP's inner problem (Alg. 2): fit per-example (mu, rho) and return one sample of it.
+
+    Each of the T Adam steps draws k samples, runs them through the classifier in one batched
+    forward of k*B inputs and ascends E[inner loss] + lambda * H, H being the per-dimension mean
+    of -log p (see fit_distribution). The classifier then trains on one fresh sample of the final
+    distribution. ``track=True`` keeps the last fit (with its per-step objective) in ``last_fit``.
+    """
+
+    def __init__(self, inner: InnerLoss, *, epsilon: float, steps: int, samples: int, lbd: float,
+                 lr: float = 0.3, betas=(0.0, 0.0), backend: str = "auto", track: bool = False):
+        self.inner, self.epsilon, self.steps, self.samples, self.lbd = inner, epsilon, steps, samples, lbd
+        self.lr, self.betas, self.backend, self.track = lr, tuple(betas), backend, track
+        self.last_fit: Optional[DistributionFit] = None
+
+    def __call__(self, model, x, y, rt):
+        with eval_mode(model):
+            loss_fn = self.inner.bind(model, x, y, rt)
+            fit = fit_distribution(loss_fn, x, epsilon=self.epsilon, steps=self.steps,
+                                   num_samples=self.samples, lbd=self.lbd, lr=self.lr,
+                                   betas=self.betas, backend=self.backend, track=self.track)
+        if self.track:
+            self.last_fit = fit
+        return fit.sample(x, self.epsilon, 1, backend=self.backend)[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Outer losses: per-example training loss, plus the clean logits when they come for free.
+# ------------------------------------------------------------------------------------------------
+class OuterLoss:
+    def __call__(self, model, x, x_adv, y, rt) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        raise NotImplementedError
+
+
+class CEOuter(OuterLoss):
+    """CE on the perturbed input (on the clean input for standard training)."""
+
+    def __call__(self, model, x, x_adv, y, rt):
+        logits = rt.forward(model, x_adv)
+        return cross_entropy(logits, y), (logits if x_adv is x else None)
+
+
+class TradesOuter(OuterLoss):
+    """CE(f(x), y) + beta * KL(f(x) || f(x + delta)), both forwards in train mode (TRADES' code)."""
+
+    def __init__(self, beta: float):
+        self.beta = beta
+
+    def __call__(self, model, x, x_adv, y, rt):
+        clean = rt.forward(model, x)
+        adv = rt.forward(model, x_adv)
+        return trades_loss(adv, clean, y, self.beta), clean
+
+
+# ------------------------------------------------------------------------------------------------
+# Methods
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class StepOutput:
+    """One training step's result: the scalar loss minimised, and clean logits for train accuracy."""
+
+    loss: torch.Tensor
+    clean_logits: Optional[torch.Tensor] = None
+    x_adv: Optional[torch.Tensor] = None
+
+
+class Method:
+    """What the training loop knows about a method.
+
+    The loop owns the classifier, its SGD optimiser and its lr schedule. A method may add:
+    - ``modules()``: extra trainable networks (generators, q-networks), built on the runtime's
+      device; the loop switches them to train mode each epoch and checkpoints their state_dicts;
+    - ``optimisers()`` / ``schedulers()``: theirs, zeroed, stepped and checkpointed with the
+      classifier's (names must not be "model"; schedulers step once per epoch);
+    - ``extra_state()`` / ``load_extra_state()``: any other state, weights-only types only.
+    ``step`` computes the loss; ``train_step`` (zero grads, step, backward, step every optimiser)
+    can be overridden by a method whose update is not one backward of one loss.
+    """
+
+    name = "method"
+
+    def __init__(self, config, model: nn.Module, runtime: Runtime):
+        self.config = config
+        self.runtime = runtime
+
+    def modules(self) -> dict:
+        return {}
+
+    def optimisers(self) -> dict:
+        return {}
+
+    def schedulers(self) -> dict:
+        return {}
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        raise NotImplementedError
+
+    def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimisers: dict) -> StepOutput:
+        for optimiser in optimisers.values():
+            optimiser.zero_grad(set_to_none=True)
+        out = self.step(model, x, y)
+        out.loss.backward()
+        for optimiser in optimisers.values():
+            optimiser.step()
+        return out
+
+
+class ComposedMethod(Method):
+    """perturbation + outer loss; the clean logits for train accuracy come from the outer loss
+    when it has them, else from one eval-mode forward under no_grad (no BatchNorm update)."""
+
+    def __init__(self, config, model, runtime, perturbation: Perturbation, outer: OuterLoss, name: str):
+        super().__init__(config, model, runtime)
+        self.perturbation, self.outer, self.name = perturbation, outer, name
+
+    def step(self, model, x, y):
+        x_adv = self.perturbation(model, x, y, self.runtime)
+        per_example, clean_logits = self.outer(model, x, x_adv, y, self.runtime)
+        if clean_logits is None:
+            with eval_mode(model):
+                clean_logits = _clean_logits(model, x, self.runtime)
+        return StepOutput(per_example.mean(), clean_logits.detach(), x_adv)
+
+
+# ------------------------------------------------------------------------------------------------
+# Registry
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method.
+
+    params: the method-dependent settings it uses (see config.METHOD_PARAMS), each with a default
+        value or a function of the partly resolved config (e.g. step size = epsilon / 4).
+    losses: the values --loss may take (when "loss" is in params).
+    build: (resolved config, classifier, runtime) -> Method.
+    validate: extra checks on the resolved config (raise config.ConfigError).
+    """
+
+    name: str
+    build: Callable
+    params: dict = field(default_factory=dict)
+    losses: tuple = ("ce",)
+    description: str = ""
+    validate: Callable = lambda cfg: None
+
+
+METHODS: dict = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    if spec.name in METHODS:
+        raise ValueError(f"method {spec.name!r} is already registered")
+    METHODS[spec.name] = spec
+    return spec
+
+
+def method_spec(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def build_method(config, model: nn.Module, runtime: Runtime) -> Method:
+    """The method of a resolved config, for this classifier and runtime."""
+    return method_spec(config.method).build(config, model, runtime)
+
+
+def _pgd_step_size(cfg) -> float:
+    return cfg.epsilon / 4
+
+
+PGD_PARAMS = {"steps": 7, "step_size": _pgd_step_size}
+ADT_EXP_PARAMS = {"steps": 7, "samples": 5, "lbd": 0.01, "dist_lr": 0.3, "dist_betas": (0.0, 0.0),
+                  "loss": "ce", "beta": 6.0}
+
+
+def _build_standard(cfg, model, rt):
+    return ComposedMethod(cfg, model, rt, Clean(), CEOuter(), "standard")
+
+
+def _build_at_pgd(cfg, model, rt):
+    pgd = PGD(CEInner(), epsilon=cfg.epsilon, steps=cfg.steps, step_size=cfg.step_size, start="uniform")
+    return ComposedMethod(cfg, model, rt, pgd, CEOuter(), "at-pgd")
+
+
+def _build_trades(cfg, model, rt):
+    pgd = PGD(TradesKLInner(), epsilon=cfg.epsilon, steps=cfg.steps, step_size=cfg.step_size, start="trades")
+    return ComposedMethod(cfg, model, rt, pgd, TradesOuter(cfg.beta), "trades")
+
+
+def _build_adt_exp(cfg, model, rt):
+    if cfg.loss == "trades":
+        inner, outer = TradesInner(cfg.beta), TradesOuter(cfg.beta)
+    else:
+        inner, outer = CEInner(), CEOuter()
+    dist = ExplicitDistribution(inner, epsilon=cfg.epsilon, steps=cfg.steps, samples=cfg.samples,
+                                lbd=cfg.lbd, lr=cfg.dist_lr, betas=cfg.dist_betas, backend=rt.backend)
+    return ComposedMethod(cfg, model, rt, dist, outer, "adt-exp")
+
+
+register_method(MethodSpec("standard", _build_standard, {},
+                           description="cross-entropy on clean inputs"))
+register_method(MethodSpec("at-pgd", _build_at_pgd, dict(PGD_PARAMS),
+                           description="Madry et al.: train on PGD examples (T=7, step eps/4, uniform start)"))
+register_method(MethodSpec("trades", _build_trades, {**PGD_PARAMS, "beta": 6.0},
+                           description="TRADES: CE(f(x)) + beta * KL(f(x) || f(x+delta)), KL maximised by PGD"))
+register_method(MethodSpec("adt-exp", _build_adt_exp, dict(ADT_EXP_PARAMS), losses=("ce", "trades"),
+                           description="ADT_EXP (Alg. 2): per-example explicit distributions, one sample trains"))

@@ -1,0 +1,100 @@
+"""What a run reports: metrics.jsonl, TensorBoard scalars, a progress bar and one line per epoch."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+NO_PROGRESS_ENV = "ADT_FAST_NO_PROGRESS"
+SCALARS = ("train_loss", "train_acc", "test_acc", "lr", "seconds")
+
+
+def progress_enabled(stream=None) -> bool:
+    """A progress bar only on a terminal, and never with ADT_FAST_NO_PROGRESS=1."""
+    if os.environ.get(NO_PROGRESS_ENV, "") not in ("", "0"):
+        return False
+    stream = sys.stderr if stream is None else stream
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def progress_bar(total: int, desc: str):
+    """A tqdm bar over the epoch's batches (a no-op object when disabled)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, disable=not progress_enabled(),
+                dynamic_ncols=True, unit="batch")
+
+
+def write_metrics(run_dir: Path, history: list) -> None:
+    """Rewrite metrics.jsonl from a history (atomically): used when a run resumes."""
+    path = run_dir / METRICS_FILE
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=run_dir)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            for record in history:
+                handle.write(json.dumps(record) + "\n")
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def append_metrics(run_dir: Path, record: dict) -> None:
+    with open(run_dir / METRICS_FILE, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def read_metrics(run_dir) -> list:
+    """The per-epoch records of a run directory's metrics.jsonl."""
+    path = Path(run_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class TensorBoard:
+    """Scalars under run_dir/tensorboard when torch.utils.tensorboard imports; else nothing."""
+
+    def __init__(self, run_dir: Path, enabled: bool, first_epoch: int):
+        self.writer = None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return
+        # purge_step drops events a killed run wrote after its last checkpoint.
+        self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=first_epoch + 1)
+
+    def log(self, record: dict) -> None:
+        if self.writer is None:
+            return
+        for name in SCALARS:
+            if record.get(name) is not None:
+                self.writer.add_scalar(name, record[name], record["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    return (f"epoch {record['epoch']}/{epochs}  loss {record['train_loss']:.4f}  "
+            f"train_acc {record['train_acc']:.4f}  test_acc {record['test_acc']:.4f}  "
+            f"lr {record['lr']:.4g}  {record['seconds']:.1f}s")
+
+
+def say(message: str, stream: Optional[object] = None) -> None:
+    print(message, file=stream or sys.stdout, flush=True)

@@ -1,0 +1,130 @@
+"""Checkpoints: atomic writes, weights-only reads, refusal of corrupt and malicious files."""
+
+import os
+
+import pytest
+import torch
+
+from adt_fast import load_model
+from adt_fast.models import build_model
+from adt_fast.train import TrainConfig, fit
+from adt_fast.train import checkpoint as ckpt
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "at-pgd"
+    fit(TrainConfig("at-pgd", "synthetic", str(out), epochs=1, max_batches=2, tensorboard=False))
+    return out
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _malicious(path, marker):
+    """A checkpoint-shaped file whose unpickling would run a shell command."""
+    torch.save({"format": ckpt.FORMAT, "model_config": {"arch": "small-cnn", "num_classes": 10},
+                "model": _Exploit(marker)}, path)
+    return path
+
+
+def test_training_checkpoint_is_weights_only_and_complete(run_dir):
+    for name in (ckpt.LATEST, ckpt.FINAL_MODEL):
+        payload = torch.load(run_dir / name, weights_only=True)
+        assert payload["format"] == ckpt.FORMAT and payload["epoch"] == 1
+        assert payload["model_config"]["arch"] == "small-cnn"
+    state = ckpt.load(run_dir / ckpt.LATEST)
+    assert set(state["optimisers"]) == {"model"} and set(state["schedulers"]) == {"model"}
+    assert set(state["rng"]) == {"torch", "cuda", "generators"} and "data" in state["rng"]["generators"]
+    assert state["config"]["method"] == "at-pgd" and len(state["history"]) == 1
+
+
+def test_load_model_from_run_dir_or_file_in_eval_mode(run_dir):
+    for target in (run_dir, run_dir / ckpt.FINAL_MODEL, run_dir / ckpt.LATEST):
+        model = load_model(target)
+        assert not model.training and not any(m.training for m in model.modules())
+        assert model(torch.rand(2, 3, 8, 8)).shape == (2, 10)
+    reference = load_model(run_dir)
+    saved = ckpt.load(run_dir / ckpt.FINAL_MODEL)["model"]
+    assert all(torch.equal(v, saved[k]) for k, v in reference.state_dict().items())
+
+
+def test_save_atomic_leaves_no_temporary_files(tmp_path):
+    target = tmp_path / "c.pt"
+    ckpt.save_atomic({"x": torch.arange(3)}, target)
+    ckpt.save_atomic({"x": torch.arange(4)}, target)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+    assert torch.equal(ckpt.load(target)["x"], torch.arange(4))
+
+
+def test_save_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "c.pt"
+    ckpt.save_atomic({"x": torch.arange(3)}, target)
+    with pytest.raises(Exception):
+        ckpt.save_atomic({"x": lambda: None}, target)  # unpicklable: the write fails midway
+    assert torch.equal(ckpt.load(target)["x"], torch.arange(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_corrupt_checkpoint_is_refused(run_dir, tmp_path, damage):
+    data = (run_dir / ckpt.LATEST).read_bytes()
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes({"truncate": data[: len(data) // 2], "garbage": os.urandom(4096), "empty": b""}[damage])
+    with pytest.raises(ckpt.CheckpointError):
+        ckpt.load(bad)
+    with pytest.raises(ckpt.CheckpointError):
+        load_model(bad)
+
+
+def test_foreign_file_is_refused(tmp_path):
+    path = tmp_path / "plain.pt"
+    torch.save({"model": build_model("small-cnn", 10).state_dict()}, path)
+    with pytest.raises(ckpt.CheckpointError, match="not an adt_fast checkpoint"):
+        ckpt.load(path)
+
+
+def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    path = _malicious(tmp_path / "evil.pt", marker)
+    with pytest.raises(ckpt.CheckpointError, match="weights-only"):
+        ckpt.load(path)
+    with pytest.raises(ckpt.CheckpointError):
+        load_model(path)
+    assert not marker.exists()
+    # The test's own check: an unsafe load of the same file does run the command.
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_resume_refuses_a_malicious_or_corrupt_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    cfg = TrainConfig("standard", "synthetic", str(out), epochs=2, max_batches=1, tensorboard=False)
+    fit(cfg)
+    marker = tmp_path / "pwned"
+    _malicious(out / ckpt.LATEST, marker)
+    resume = TrainConfig(**{**cfg.to_dict(), "resume": True})
+    with pytest.raises(ckpt.CheckpointError):
+        fit(resume)
+    assert not marker.exists()
+    (out / ckpt.LATEST).write_bytes(b"\x80\x02garbage")
+    with pytest.raises(ckpt.CheckpointError):
+        fit(resume)
+
+
+def test_rng_capture_and_restore_round_trip():
+    generator = torch.Generator().manual_seed(5)
+    torch.manual_seed(7)
+    state = ckpt.capture_rng({"data": generator})
+    first = (torch.rand(3), torch.rand(3, generator=generator))
+    torch.rand(10), torch.rand(10, generator=generator)
+    ckpt.restore_rng(state, {"data": generator})
+    second = (torch.rand(3), torch.rand(3, generator=generator))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    with pytest.raises(ckpt.CheckpointError):
+        ckpt.restore_rng({"torch": state["torch"], "generators": {}}, {"data": generator})

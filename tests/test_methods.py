@@ -1,0 +1,194 @@
+"""The training methods' pieces: perturbations, inner and outer losses, the registry."""
+
+import pytest
+import torch
+
+from adt_fast import sample_and_entropy
+from adt_fast.attacks.losses import cross_entropy, trades_loss
+from adt_fast.data import load
+from adt_fast.models import build_model
+from adt_fast.train import (METHODS, PGD, CEInner, CEOuter, ComposedMethod, ExplicitDistribution,
+                            Runtime, TradesInner, TradesKLInner, TradesOuter, TrainConfig,
+                            build_method)
+
+EPS = 8 / 255
+
+
+@pytest.fixture(scope="module")
+def batch():
+    x, y = load("synthetic", "train")
+    return x[:16], y[:16]
+
+
+@pytest.fixture(scope="module")
+def trained_state():
+    """A small CNN trained briefly on synthetic data: a fixed model whose loss perturbations move."""
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 10, in_channels=3, image_size=8).train()
+    x, y = load("synthetic", "train")
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for step in range(40):
+        idx = torch.arange(step * 32, step * 32 + 32) % x.shape[0]
+        optimiser.zero_grad()
+        cross_entropy(model(x[idx]), y[idx]).mean().backward()
+        optimiser.step()
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture
+def model(trained_state):
+    """The trained model in train mode (BatchNorm statistics non-trivial), no gradients."""
+    model = build_model("small-cnn", 10, in_channels=3, image_size=8)
+    model.load_state_dict(trained_state)
+    return model.train()
+
+
+def _buffers(model):
+    return {name: b.clone() for name, b in model.named_buffers()}
+
+
+def _assert_untouched(model, buffers):
+    assert all(p.grad is None for p in model.parameters()), "the inner loop wrote into .grad"
+    for name, b in model.named_buffers():
+        assert torch.equal(b, buffers[name]), f"the inner loop changed BatchNorm buffer {name}"
+    assert model.training, "the model's train/eval flag was not restored"
+
+
+def test_registry_holds_the_four_methods():
+    assert {"standard", "at-pgd", "trades", "adt-exp"} <= set(METHODS)
+    assert METHODS["adt-exp"].losses == ("ce", "trades")
+
+
+@pytest.mark.parametrize("inner,start", [(CEInner(), "uniform"), (TradesKLInner(), "trades")])
+def test_pgd_stays_in_the_ball_and_box_and_leaves_the_classifier_alone(batch, model, inner, start):
+    x, y = batch
+    x = x.clone()
+    x[:4] = 0.0  # corners of the box, where the clamp binds
+    x[4:8] = 1.0
+    buffers = _buffers(model)
+    torch.manual_seed(1)
+    pgd = PGD(inner, epsilon=EPS, steps=7, step_size=EPS / 4, start=start)
+    x_adv = pgd(model, x, y, Runtime())
+    assert x_adv.shape == x.shape and not x_adv.requires_grad
+    assert (x_adv - x).abs().max() <= EPS + 1e-6
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (x_adv - x).abs().max() > EPS / 2, "PGD did not move"
+    _assert_untouched(model, buffers)
+
+
+def test_pgd_raises_the_loss(batch, model):
+    x, y = batch
+    model = model.eval()
+    torch.manual_seed(2)
+    x_adv = PGD(CEInner(), epsilon=EPS, steps=7, step_size=EPS / 4)(model, x, y, Runtime())
+    with torch.no_grad():
+        assert cross_entropy(model(x_adv), y).mean() > cross_entropy(model(x), y).mean()
+
+
+@pytest.mark.parametrize("inner", [CEInner(), TradesInner(beta=6.0)], ids=["ce", "trades"])
+def test_adt_exp_inner_objective_rises_and_classifier_untouched(batch, model, inner):
+    x, y = batch
+    buffers = _buffers(model)
+    torch.manual_seed(3)
+    dist = ExplicitDistribution(inner, epsilon=EPS, steps=7, samples=5, lbd=0.01, track=True)
+    x_adv = dist(model, x, y, Runtime())
+    objective = dist.last_fit.objective
+    assert len(objective) == 7
+    assert objective[-1] > objective[0] + 1e-3, objective
+    rises = sum(b > a for a, b in zip(objective, objective[1:]))
+    assert rises >= len(objective) - 2, objective
+    assert x_adv.shape == x.shape
+    assert (x_adv - x).abs().max() < EPS + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    _assert_untouched(model, buffers)
+
+
+def test_batched_k_gradients_match_a_loop_over_k(batch, model):
+    """One forward of k*B inputs gives the same distribution gradients as k separate forwards."""
+    x, y = batch
+    x = x.double()
+    model = model.double().eval()
+    k, lbd = 5, 0.01
+    dims = x[0].numel()
+    gen = torch.Generator().manual_seed(4)
+    mean0 = 0.3 * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    std0 = 0.3 * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    noise = torch.randn((k, *x.shape), generator=gen, dtype=torch.float64)
+    loss_fn = CEInner().bind(model, x, y, Runtime())
+
+    def grads(batched):
+        mean, std = mean0.clone().requires_grad_(), std0.clone().requires_grad_()
+        if batched:
+            x_adv, nlp = sample_and_entropy(mean, std, k, EPS, x=x, noise=noise)
+            loss = loss_fn(x_adv.flatten(0, 1)).view(k, -1).mean(0)
+            objective = loss + lbd * nlp.mean(0) / dims
+        else:
+            objective = 0
+            for j in range(k):
+                x_adv, nlp = sample_and_entropy(mean, std, 1, EPS, x=x, noise=noise[j:j + 1])
+                objective = objective + (loss_fn(x_adv[0]) + lbd * nlp[0] / dims) / k
+        g = torch.autograd.grad(objective.sum(), [mean, std])
+        assert all(p.grad is None for p in model.parameters())
+        return g
+
+    for batched_grad, loop_grad in zip(grads(True), grads(False)):
+        torch.testing.assert_close(batched_grad, loop_grad, rtol=1e-10, atol=1e-12)
+        assert batched_grad.abs().sum() > 0
+
+
+def test_trades_outer_is_the_trades_loss_and_returns_clean_logits(batch, model):
+    x, y = batch
+    model = model.eval()
+    x_adv = (x + 0.01).clamp(0, 1)
+    loss, clean = TradesOuter(beta=6.0)(model, x, x_adv, y, Runtime())
+    with torch.no_grad():
+        expected = trades_loss(model(x_adv), model(x), y, 6.0)
+        torch.testing.assert_close(loss.detach(), expected)
+        torch.testing.assert_close(clean.detach(), model(x))
+
+
+def test_ce_outer_returns_clean_logits_only_for_clean_inputs(batch, model):
+    x, y = batch
+    model = model.eval()
+    _, clean = CEOuter()(model, x, x, y, Runtime())
+    assert clean is not None
+    _, clean = CEOuter()(model, x, x.clone(), y, Runtime())
+    assert clean is None
+
+
+def _config(method, **kw):
+    return TrainConfig(method, "synthetic", "unused", tensorboard=False, **kw).resolve()
+
+
+@pytest.mark.parametrize("method,kw", [("standard", {}), ("at-pgd", {}), ("trades", {}),
+                                       ("adt-exp", {}), ("adt-exp", {"loss": "trades"})])
+def test_each_method_steps_with_clean_logits(batch, model, method, kw):
+    x, y = batch
+    cfg = _config(method, steps=2, samples=2, **kw) if method == "adt-exp" else _config(method)
+    built = build_method(cfg, model, Runtime())
+    assert isinstance(built, ComposedMethod) and built.modules() == {} and built.optimisers() == {}
+    out = built.step(model, x, y)
+    assert out.loss.dim() == 0 and out.loss.requires_grad
+    assert out.clean_logits.shape == (x.shape[0], 10) and not out.clean_logits.requires_grad
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_method_settings_resolve_per_method():
+    pgd = _config("at-pgd")
+    assert (pgd.steps, pgd.step_size, pgd.samples, pgd.lbd, pgd.beta) == (7, EPS / 4, None, None, None)
+    adt = _config("adt-exp")
+    assert (adt.steps, adt.samples, adt.lbd, adt.dist_lr, adt.dist_betas, adt.loss, adt.beta) == \
+        (7, 5, 0.01, 0.3, (0.0, 0.0), "ce", None)
+    assert _config("adt-exp", loss="trades").beta == 6.0
+    assert _config("trades", beta=1.0).beta == 1.0
+
+
+def test_bf16_and_channels_last_runtime(batch, model):
+    x, y = batch
+    model = model.to(memory_format=torch.channels_last)
+    rt = Runtime(precision="bf16", channels_last=True)
+    assert rt.forward(model, x).dtype == torch.bfloat16
+    cfg = _config("adt-exp", steps=2, samples=2, precision="bf16", channels_last=True)
+    out = build_method(cfg, model, rt).step(model, x, y)
+    out.loss.backward()
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())

@@ -1,0 +1,244 @@
+"""The training loop: run directories, metrics, resume, config validation, method extension."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from adt_fast.attacks.losses import cross_entropy
+from adt_fast.train import (METHODS, ComposedMethod, ConfigError, Method, MethodSpec, StepOutput,
+                            TrainConfig, fit, read_metrics, register_method)
+from adt_fast.train import checkpoint as ckpt
+from adt_fast.train import loop
+
+
+def _cfg(method, out, **kw):
+    settings = dict(epochs=3, max_batches=3, batch_size=32, tensorboard=False)
+    settings.update(kw)
+    return TrainConfig(method, "synthetic", str(out), **settings)
+
+
+def _kill_after(monkeypatch, cls, steps):
+    """Make the n-th training step raise KeyboardInterrupt, as a Ctrl-C there would."""
+    original = cls.train_step
+    count = {"n": 0}
+
+    def interrupted(self, *args, **kwargs):
+        count["n"] += 1
+        if count["n"] > steps:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(cls, "train_step", interrupted)
+
+
+def _same_state(a, b):
+    pa, pb = ckpt.load(a), ckpt.load(b)
+    assert set(pa["model"]) == set(pb["model"])
+    for name in pa["model"]:
+        assert torch.equal(pa["model"][name], pb["model"][name]), name
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(pa["history"]) == strip(pb["history"])
+    return pa, pb
+
+
+@pytest.mark.parametrize("method", ["adt-exp", "at-pgd"])
+def test_interrupted_then_resumed_run_is_bit_identical(tmp_path, monkeypatch, method):
+    fit(_cfg(method, tmp_path / "straight"))
+    with monkeypatch.context() as patch:
+        _kill_after(patch, ComposedMethod, 5)  # 3 batches per epoch: killed inside epoch 2
+        with pytest.raises(KeyboardInterrupt):
+            fit(_cfg(method, tmp_path / "killed"))
+    assert ckpt.load(tmp_path / "killed" / ckpt.LATEST)["epoch"] == 1
+    assert not (tmp_path / "killed" / ckpt.FINAL_MODEL).exists()
+    assert len(read_metrics(tmp_path / "killed")) == 1
+    fit(_cfg(method, tmp_path / "killed", resume=True))
+    a, b = _same_state(tmp_path / "straight" / ckpt.FINAL_MODEL, tmp_path / "killed" / ckpt.FINAL_MODEL)
+    assert b["epoch"] == 3
+    metrics = read_metrics(tmp_path / "killed")
+    assert [r["epoch"] for r in metrics] == [1, 2, 3]
+
+
+def test_run_directory_layout_and_metrics(tmp_path):
+    out = tmp_path / "run"
+    assert fit(_cfg("standard", out, epochs=2, save_freq=1, tensorboard=True)) == out
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "checkpoint_epoch1.pt",
+            "checkpoint_epoch2.pt", "tensorboard"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    metrics = read_metrics(out)
+    assert [r["epoch"] for r in metrics] == [1, 2]
+    for record in metrics:
+        assert set(record) == {"epoch", "train_loss", "train_acc", "test_acc", "lr", "seconds"}
+        assert 0 <= record["train_acc"] <= 1 and 0 <= record["test_acc"] <= 1
+    # Default schedule for 2 epochs: C.3's drop at 75 of 76, scaled: epoch 2 runs at lr/10.
+    assert metrics[0]["lr"] == pytest.approx(0.1) and metrics[1]["lr"] == pytest.approx(0.01)
+    saved = TrainConfig.load(out)
+    assert saved.resume is False and saved.epsilon == pytest.approx(8 / 255) and saved.arch == "small-cnn"
+    assert ckpt.load(out / "checkpoint_epoch1.pt")["epoch"] == 1
+    assert any((out / "tensorboard").iterdir())
+
+
+def test_training_learns_the_synthetic_task(tmp_path):
+    out = fit(_cfg("standard", tmp_path / "run", epochs=3, max_batches=None, lr_drop=[]))
+    assert read_metrics(out)[-1]["test_acc"] > 0.6
+
+
+def test_new_run_refuses_a_non_empty_directory(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty.*--resume"):
+        fit(_cfg("standard", out, epochs=1))
+    assert (out / "notes.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
+
+
+def test_resume_refuses_conflicting_settings(tmp_path):
+    out = tmp_path / "run"
+    fit(_cfg("at-pgd", out, epochs=1, max_batches=1))
+    with pytest.raises(ConfigError, match=r"--lr 0\.05"):
+        fit(_cfg("at-pgd", out, epochs=1, max_batches=1, lr=0.05, resume=True))
+    with pytest.raises(ConfigError, match="--method"):
+        fit(_cfg("standard", out, epochs=1, max_batches=1, resume=True))
+    with pytest.raises(ConfigError, match="no config.json"):
+        fit(_cfg("at-pgd", tmp_path / "missing", epochs=1, resume=True))
+
+
+def test_resume_can_extend_a_finished_run(tmp_path):
+    out = tmp_path / "run"
+    fit(_cfg("standard", out, epochs=1, max_batches=1, lr_drop=[]))
+    fit(_cfg("standard", out, epochs=1, max_batches=1, lr_drop=[], resume=True))  # finished: no-op
+    assert ckpt.load(out / ckpt.FINAL_MODEL)["epoch"] == 1
+    fit(_cfg("standard", out, epochs=2, max_batches=1, lr_drop=[], resume=True))
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2]
+    assert ckpt.load(out / ckpt.FINAL_MODEL)["epoch"] == 2
+
+
+def test_resume_before_the_first_checkpoint_starts_over(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    fit(_cfg("standard", out, epochs=1, max_batches=2))
+    with monkeypatch.context() as patch:
+        _kill_after(patch, ComposedMethod, 1)
+        with pytest.raises(KeyboardInterrupt):
+            fit(_cfg("standard", tmp_path / "killed", epochs=1, max_batches=2))
+    assert not (tmp_path / "killed" / ckpt.LATEST).exists()
+    fit(_cfg("standard", tmp_path / "killed", epochs=1, max_batches=2, resume=True))
+    _same_state(out / ckpt.FINAL_MODEL, tmp_path / "killed" / ckpt.FINAL_MODEL)
+
+
+@pytest.mark.parametrize("changes,flag", [
+    ({"method": "nope"}, "--method"), ({"dataset": "mnist"}, "--dataset"), ({"arch": "vgg"}, "--arch"),
+    ({"epsilon": 0.0}, "--epsilon"), ({"epsilon": -1.0}, "--epsilon"), ({"steps": -1}, "--steps"),
+    ({"samples": 0}, "--samples"), ({"batch_size": 0}, "--batch-size"), ({"epochs": 0}, "--epochs"),
+    ({"lr": 0.0}, "--lr"), ({"precision": "fp8"}, "--precision"), ({"loss": "hinge"}, "--loss"),
+    ({"lbd": -0.1}, "--lbd"), ({"dist_betas": (0.0, 1.0)}, "--dist-betas"), ({"device": "tpu"}, "--device"),
+    ({"backend": "magic"}, "--backend"), ({"lr_drop": [0]}, "--lr-drop"), ({"max_batches": 0}, "--max-batches"),
+    ({"epsilon": float("nan")}, "--epsilon"),
+])
+def test_bad_settings_name_their_flag(tmp_path, changes, flag):
+    settings = {"method": "adt-exp", **changes}
+    cfg = TrainConfig(settings.pop("method"), settings.pop("dataset", "synthetic"), str(tmp_path / "r"), **settings)
+    with pytest.raises(ConfigError, match=flag):
+        fit(cfg)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("method,changes,flag", [
+    ("at-pgd", {"samples": 3}, "--samples"), ("standard", {"steps": 3}, "--steps"),
+    ("at-pgd", {"loss": "trades"}, "--loss"), ("adt-exp", {"beta": 1.0}, "--beta"),
+    ("trades", {"loss": "ce"}, "--loss"), ("adt-exp", {"step_size": 0.01}, "--step-size"),
+])
+def test_settings_a_method_does_not_use_are_refused(method, changes, flag):
+    with pytest.raises(ConfigError, match=flag):
+        TrainConfig(method, "synthetic", "unused", **changes).resolve()
+
+
+def test_config_json_round_trip():
+    cfg = TrainConfig("adt-exp", "synthetic", "runs/x", loss="trades", beta=1.0, lr_drop=[5, 8]).resolve()
+    again = TrainConfig.from_json(cfg.to_json())
+    assert again == cfg and again.resolve() == cfg
+    assert json.loads(cfg.to_json())["dist_betas"] == [0.0, 0.0]
+    with pytest.raises(ConfigError, match="unknown"):
+        TrainConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+# ------------------------------------------------------------------------------------------------
+# A method that owns an extra network and optimiser (the shape of issue 5's amortised methods) is
+# checkpointed and resumed by the same loop.
+class _WithExtra(Method):
+    name = "test-extra"
+
+    def __init__(self, config, model, runtime):
+        super().__init__(config, model, runtime)
+        self.extra = nn.Linear(3 * 8 * 8, 3 * 8 * 8).to(runtime.device)
+        nn.init.zeros_(self.extra.weight)
+        self.adam = torch.optim.Adam(self.extra.parameters(), lr=1e-3)
+        self.schedule = torch.optim.lr_scheduler.StepLR(self.adam, step_size=1, gamma=0.5)
+        self.calls = 0
+
+    def modules(self):
+        return {"extra": self.extra}
+
+    def optimisers(self):
+        return {"extra": self.adam}
+
+    def schedulers(self):
+        return {"extra": self.schedule}
+
+    def extra_state(self):
+        return {"calls": self.calls}
+
+    def load_extra_state(self, state):
+        self.calls = state["calls"]
+
+    def step(self, model, x, y):
+        self.calls += 1
+        delta = 0.01 * torch.tanh(self.extra(x.flatten(1))).view_as(x)
+        logits = self.runtime.forward(model, (x + delta).clamp(0, 1))
+        return StepOutput(cross_entropy(logits, y).mean(), logits.detach())
+
+
+@pytest.fixture
+def extra_method():
+    register_method(MethodSpec("test-extra", _WithExtra, {}, description="test only"))
+    yield
+    METHODS.pop("test-extra")
+
+
+def test_extra_modules_and_optimisers_are_checkpointed_and_resumed(tmp_path, monkeypatch, extra_method):
+    fit(_cfg("test-extra", tmp_path / "straight"))
+    with monkeypatch.context() as patch:
+        _kill_after(patch, _WithExtra, 4)
+        with pytest.raises(KeyboardInterrupt):
+            fit(_cfg("test-extra", tmp_path / "killed"))
+    fit(_cfg("test-extra", tmp_path / "killed", resume=True))
+    a = ckpt.load(tmp_path / "straight" / ckpt.LATEST)
+    b = ckpt.load(tmp_path / "killed" / ckpt.LATEST)
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name])
+    for name in a["modules"]["extra"]:
+        assert torch.equal(a["modules"]["extra"][name], b["modules"]["extra"][name])
+    assert a["modules"]["extra"]["weight"].abs().sum() > 0, "the extra network did not train"
+    assert a["optimisers"]["extra"]["state"][0]["step"] == b["optimisers"]["extra"]["state"][0]["step"] == 9
+    assert a["schedulers"]["extra"]["last_epoch"] == b["schedulers"]["extra"]["last_epoch"] == 3
+    assert a["method_state"] == b["method_state"] == {"calls": 9}
+
+
+def test_clean_accuracy_restores_the_train_flag():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).train()
+    x, y = torch.eye(4)[:2].view(2, 1, 2, 2), torch.tensor([0, 1])
+    acc = loop.clean_accuracy(model, x, y)
+    assert 0 <= acc <= 1 and model.training
+
+
+def test_eval_command_points_at_the_run(tmp_path):
+    command = loop.eval_command(tmp_path / "run dir", "digits")
+    assert command.startswith("adt-fast eval --checkpoint ") and "--dataset digits" in command
+    assert "report.json" in command and "'" in command  # the space is quoted
+    assert dataclasses.is_dataclass(TrainConfig)
+
+
+@pytest.mark.parametrize("dataset,epochs", [("digits", 15), ("synthetic", 5), ("cifar10", 76)])
+def test_default_epochs_per_dataset(dataset, epochs):
+    assert TrainConfig(method="standard", dataset=dataset, out="run").resolve().epochs == epochs
