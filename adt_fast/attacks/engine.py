@@ -57,11 +57,15 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, epsilon: float,
 def iterative_attack(loss_fn: PerExampleLoss, x: torch.Tensor, *, epsilon: float, steps: int,
                      step_size: float, start: Union[None, torch.Tensor] = None,
                      momentum: Optional[float] = None,
-                     bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+                     bounds: tuple[float, float] = (0.0, 1.0),
+                     minimize: bool = False) -> torch.Tensor:
     """Maximise loss_fn (one value per example) over the l_inf ball around x by signed steps.
 
     start: None for x itself, else U(-1, 1) noise scaled by epsilon (a random start).
     momentum: MIM's decay; the gradient is normalised by its per-example mean |.| and accumulated.
+    minimize: step against the gradient instead (targeted attacks such as FeaAttack).
+    A NaN gradient component counts as zero (no step along it), so a model whose gradients
+    break cannot push x_adv to NaN; +-inf keep their sign.
     Returns a detached tensor; x is never modified, and only x_adv receives gradients.
     """
     if epsilon <= 0:
@@ -76,7 +80,9 @@ def iterative_attack(loss_fn: PerExampleLoss, x: torch.Tensor, *, epsilon: float
         with torch.enable_grad():
             loss = loss_fn(x_adv)
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-        direction = grad.float()
+        direction = torch.nan_to_num(grad.float(), nan=0.0)
+        if minimize:
+            direction = -direction
         if velocity is not None:
             scale = direction.abs().flatten(1).mean(1).clamp_min(1e-12)
             velocity = momentum * velocity + direction / scale.view(-1, *[1] * (x.dim() - 1))

@@ -34,6 +34,10 @@ def cw_margin(logits: torch.Tensor, y: torch.Tensor, kappa: float = 50.0) -> tor
     return torch.clamp(others.max(1).values - true_logit, max=kappa)
 
 
-def negative_cosine(features: torch.Tensor, target_features: torch.Tensor) -> torch.Tensor:
-    """Minus the cosine similarity of two feature maps, flattened per example (FeaAttack)."""
-    return -F.cosine_similarity(features.float().flatten(1), target_features.float().flatten(1), dim=1)
+def cosine_distance(features: torch.Tensor, target_features: torch.Tensor) -> torch.Tensor:
+    """1 - cosine similarity of two feature maps, flattened per example.
+
+    FeaAttack (appendix C.5) minimises this towards a target image of another class: the original
+    code's `pair_cos_dist`, i.e. the adversarial features are pulled towards the target's.
+    """
+    return 1 - F.cosine_similarity(features.float().flatten(1), target_features.float().flatten(1), dim=1)

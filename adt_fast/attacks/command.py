@@ -1,0 +1,232 @@
+"""`adt-fast eval`: attack a trained checkpoint with the paper's suite and write the report.
+
+    adt-fast eval --checkpoint runs/digits --dataset digits --out runs/digits/eval.json
+
+prints a progress bar, then a table laid out like the paper's Table 9, and writes eval.json,
+eval.csv and eval.png (see docs/evaluation.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import List
+
+from .suite import DEFAULT_ATTACKS, DIST_STEPS, FEATURE_TARGETS, PRECISIONS, parse_attacks
+
+EXIT_USAGE = 2
+
+
+class EvalError(Exception):
+    """A bad argument, with the flag it concerns; printed without a traceback."""
+
+    def __init__(self, flag: str, message: str):
+        super().__init__(f"{flag}: {message}")
+        self.flag = flag
+
+
+def _positive_float(text: str) -> float:
+    """A number > 0; a fraction such as 8/255 is accepted too."""
+    try:
+        if "/" in text:
+            numerator, denominator = text.split("/")
+            value = float(numerator) / float(denominator)
+        else:
+            value = float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.031 or 8/255, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _attack_list(text: str) -> List[str]:
+    try:
+        return parse_attacks(text)
+    except (ValueError, TypeError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _multiples(text: str) -> List[float]:
+    if not text.strip():
+        return []
+    values = []
+    for part in text.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        if not math.isfinite(value) or value < 0:
+            raise argparse.ArgumentTypeError(f"multiples of epsilon must be >= 0, got {part}")
+        values.append(value)
+    return values
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    from ..data import DATASETS
+    from .evaluation import DEFAULT_EPSILON_CURVE
+
+    parser = subparsers.add_parser(
+        "eval", help="attack a trained model with the paper's white-box suite",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, metavar="PATH",
+                        help="a run directory (its model.pt, else checkpoint.pt) or a checkpoint file")
+    parser.add_argument("--dataset", required=True, choices=DATASETS,
+                        help="the dataset whose test split is attacked")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="where the dataset files are (default: $ADT_FAST_DATA_DIR or ~/.cache/adt_fast/data)")
+    parser.add_argument("--download", action="store_true", help="download missing dataset files")
+    parser.add_argument("--attacks", type=_attack_list, default=list(DEFAULT_ATTACKS),
+                        metavar="LIST",
+                        help="comma-separated: fgsm, pgd20, pgd100, pgd:N, mim, cw, feature, dist, "
+                             "transfer (default: %s)" % ",".join(DEFAULT_ATTACKS))
+    parser.add_argument("--n-examples", type=_int_at_least(1), default=None, metavar="N",
+                        help="attack the first N test examples (default: the whole test split)")
+    parser.add_argument("--batch-size", type=_int_at_least(1), default=256, metavar="B")
+    parser.add_argument("--epsilon", type=_positive_float, default=None, metavar="E",
+                        help="l_inf budget for inputs in [0, 1], a number or a fraction such as 8/255 "
+                             "(default: the dataset's: 8/255 for CIFAR, 4/255 for SVHN)")
+    parser.add_argument("--source-checkpoint", default=None, metavar="PATH",
+                        help="a source model for the transfer (black-box) attack; adds 'transfer'")
+    parser.add_argument("--seed", type=_int_at_least(0), default=0, metavar="S",
+                        help="random starts and FeaAttack targets (default 0); same seed, same report")
+    parser.add_argument("--device", default="auto", metavar="DEV",
+                        help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
+    parser.add_argument("--dist-steps", type=_int_at_least(0), default=DIST_STEPS, metavar="T",
+                        help=f"steps of the distribution attack (default {DIST_STEPS})")
+    parser.add_argument("--feature-targets", type=_int_at_least(1), default=FEATURE_TARGETS, metavar="N",
+                        help=f"FeaAttack target images per input (default {FEATURE_TARGETS}; the paper uses 200)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="bf16 runs the model under autocast (default fp32)")
+    parser.add_argument("--epsilon-curve", type=_multiples,
+                        default=list(DEFAULT_EPSILON_CURVE), metavar="MULTIPLES",
+                        help="multiples of epsilon for the PGD-20 accuracy-against-epsilon curve "
+                             "(default %s; '' for none)" % ",".join(f"{m:g}" for m in DEFAULT_EPSILON_CURVE))
+    parser.add_argument("--out", required=True, metavar="REPORT.json",
+                        help="the report; REPORT.csv and REPORT.png are written beside it")
+    parser.set_defaults(run=run_eval)
+    return parser
+
+
+def _device(text: str):
+    import torch
+
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError) as err:
+        raise EvalError("--device", f"not a device: {text!r} ({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EvalError("--device", f"{text} was asked for but CUDA is not available")
+    return device
+
+
+def _load_model(path: str, flag: str, info, device):
+    """The checkpoint's classifier, checked against the dataset before any attack runs."""
+    from ..train.checkpoint import CheckpointError, load_model, resolve
+
+    try:
+        resolved = resolve(path)
+        model = load_model(resolved, device=device)
+    except FileNotFoundError:
+        raise EvalError(flag, f"checkpoint {path} does not exist") from None
+    except CheckpointError as err:
+        raise EvalError(flag, str(err)) from None
+    config = getattr(model, "config", {}) or {}
+    expected = {"num_classes": info.num_classes, "in_channels": info.channels,
+                "image_size": info.image_size}
+    what = {"num_classes": "classes", "in_channels": "input channels", "image_size": "image size"}
+    for key, value in expected.items():
+        if key in config and config[key] != value:
+            raise EvalError(flag, f"the model in {resolved} has {config[key]} {what[key]} but "
+                                  f"--dataset {info.name} has {value}: it was trained for another dataset")
+    return model, resolved
+
+
+def _load_data(args, info):
+    from ..data import load
+    from ..data.errors import ChecksumError, DatasetFileError, DownloadError
+
+    try:
+        x, y = load(args.dataset, "test", data_dir=args.data_dir, download=args.download)
+    except (DatasetFileError, DownloadError, ChecksumError, FileNotFoundError, ImportError) as err:
+        hint = "" if args.download else " (pass --download to fetch it)"
+        raise EvalError("--dataset/--data-dir", f"cannot read the {args.dataset} test split: {err}{hint}") from None
+    if args.n_examples is not None:
+        if args.n_examples > len(x):
+            print(f"note: --n-examples {args.n_examples} exceeds the {len(x)} test examples of "
+                  f"{args.dataset}; attacking all of them", file=sys.stderr)
+        x, y = x[:args.n_examples], y[:args.n_examples]
+    return x, y
+
+
+def run_eval(args) -> int:
+    try:
+        return _run(args)
+    except EvalError as err:
+        print(f"adt-fast eval: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _run(args) -> int:
+    from ..data import dataset_info
+    from .evaluation import evaluate, progress_enabled
+
+    info = dataset_info(args.dataset)
+    device = _device(args.device)
+    epsilon = args.epsilon if args.epsilon is not None else info.epsilon
+    attacks = list(args.attacks)
+    if "transfer" in attacks and args.source_checkpoint is None:
+        raise EvalError("--attacks", "'transfer' needs --source-checkpoint (the model to craft on)")
+    out = Path(args.out)
+    if out.is_dir():
+        raise EvalError("--out", f"{out} is a directory; give a file name such as {out / 'eval.json'}")
+
+    model, resolved = _load_model(args.checkpoint, "--checkpoint", info, device)
+    source, source_resolved = None, None
+    if args.source_checkpoint is not None:
+        source, source_resolved = _load_model(args.source_checkpoint, "--source-checkpoint", info, device)
+    x, y = _load_data(args, info)
+
+    started = time.perf_counter()
+    try:
+        report = evaluate(model, x, y, epsilon=epsilon, attacks=attacks, seed=args.seed,
+                          source_model=source, batch_size=args.batch_size,
+                          dist_steps=args.dist_steps, feature_targets=args.feature_targets,
+                          precision=args.precision, epsilon_curve=args.epsilon_curve,
+                          device=device, progress=progress_enabled())
+    except ValueError as err:
+        flag = "--source-checkpoint" if "source model" in str(err) else "--checkpoint"
+        raise EvalError(flag, str(err)) from None
+    elapsed = time.perf_counter() - started
+    report.meta = {"checkpoint": str(resolved), "dataset": args.dataset, "split": "test",
+                   "device": device.type,
+                   **({"source_checkpoint": str(source_resolved)} if source_resolved else {})}
+    paths = report.save(out)
+
+    name = resolved.parent.name if resolved.name in ("model.pt", "checkpoint.pt") else resolved.stem
+    print(report.table(model_name=name or "model"))
+    if report.warnings:
+        print("\nsanity checks:")
+        for warning in report.warnings:
+            print(f"  warning: {warning}")
+    else:
+        print("\nsanity checks: no sign of gradient masking")
+    print(f"\nwrote {', '.join(str(p) for p in paths)} ({elapsed:.1f} s on {device})")
+    return 0

@@ -1,0 +1,293 @@
+"""`evaluate`: run the attack suite on a model and return a :class:`Report`.
+
+The loop is batch-major: each batch is moved to the device once, and every attack of the suite
+runs on it; per-example correctness masks are kept for every attack, so the worst case (Eq. 12)
+is exact, not a bound. The PGD attacks share one trajectory: PGD-20's result is the 20th iterate
+of PGD-100's (both start from the same per-example random start, so this is exactly what a
+separate PGD-20 run would give), and the same run gives the accuracy-against-steps curve.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import Dict, Iterable, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .engine import eval_mode
+from .losses import cross_entropy
+from .report import Report, attack_order, sanity_warnings, worst_case
+from .suite import (DEFAULT_ATTACKS, DIST_LAMBDA, DIST_SAMPLES, DIST_STEPS, FEATURE_TARGETS,
+                    AttackContext, check_epsilon, check_precision,
+                    default_step_size, make_attack, parse_attacks, pgd_attack, pgd_steps)
+
+DEFAULT_EPSILON_CURVE = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
+EPSILON_CURVE_STEPS = 20
+PROGRESS_ENV = "ADT_FAST_NO_PROGRESS"
+
+
+def progress_enabled(stream=None) -> bool:
+    """Progress bars show unless $ADT_FAST_NO_PROGRESS=1 or the stream is not a terminal."""
+    stream = sys.stderr if stream is None else stream
+    if os.environ.get(PROGRESS_ENV, "") not in ("", "0"):
+        return False
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _positive_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return fallback
+
+
+def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError("x must be a floating-point tensor of inputs in [0, 1]")
+    if x.dim() < 2:
+        raise ValueError(f"x must be batched, shape (N, ...), got {tuple(x.shape)}")
+    if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise TypeError("y must be an integer tensor of class labels")
+    if y.shape != (len(x),):
+        raise ValueError(f"y must have shape ({len(x)},) to match x, got {tuple(y.shape)}")
+    if len(x) == 0:
+        raise ValueError("no examples to evaluate (x is empty)")
+    if not bool(torch.isfinite(x).all()) or float(x.min()) < 0 or float(x.max()) > 1:
+        raise ValueError("x must lie in [0, 1] (the attacks clamp to that range; a model that "
+                         "normalises its inputs must do it inside its forward)")
+    if int(y.min()) < 0:
+        raise ValueError("labels must be >= 0")
+
+
+def _check_classes(ctx: AttackContext, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   what: str) -> None:
+    with eval_mode(model), torch.no_grad():
+        logits = ctx.logits(x[:1], model)
+    if logits.dim() != 2:
+        raise ValueError(f"the {what} must return logits of shape (N, classes), got {tuple(logits.shape)}")
+    if int(y.max()) >= logits.shape[1]:
+        raise ValueError(f"the labels go up to {int(y.max())} but the {what} returns "
+                         f"{logits.shape[1]} logits: it was trained for another dataset")
+
+
+def _input_gradients(ctx: AttackContext, x: torch.Tensor, y: torch.Tensor):
+    """Per example: is the CE input gradient at x all zero, does it hold NaN/inf; NaN logits."""
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        logits = ctx.logits(x)
+        (grad,) = torch.autograd.grad(cross_entropy(logits, y).sum(), x)
+    grad = grad.flatten(1)
+    finite = torch.isfinite(grad).all(1)
+    zero = finite & (grad == 0).all(1)
+    bad_logits = ~torch.isfinite(logits.detach()).all(1)
+    correct = (logits.detach().argmax(1) == y) & ~bad_logits
+    return correct.cpu(), zero.cpu(), (~finite).cpu(), bad_logits.cpu()
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
+             attacks: Union[str, Sequence[str]] = DEFAULT_ATTACKS, seed: int = 0,
+             source_model: Optional[nn.Module] = None, batch_size: int = 256,
+             example_ids: Optional[torch.Tensor] = None, dist_steps: int = DIST_STEPS,
+             dist_samples: int = DIST_SAMPLES, dist_lambda: float = DIST_LAMBDA,
+             feature_targets: int = FEATURE_TARGETS, precision: str = "fp32",
+             epsilon_curve: Optional[Iterable[float]] = DEFAULT_EPSILON_CURVE,
+             device: Union[None, str, torch.device] = None, progress: bool = False) -> Report:
+    """Attack `model` on (x, y) with every attack in `attacks` and report robust accuracies.
+
+    model: any nn.Module mapping inputs in [0, 1] to logits (FeaAttack also needs
+        .features/.head, and is skipped with a reason otherwise); it is put in eval mode and its
+        modes are restored afterwards.
+    attacks: names or a comma-separated string (see adt_fast.attacks.suite.ATTACK_NAMES);
+        "transfer" is added when source_model is given.
+    example_ids: one id per example (default 0..n-1; pass dataset indices) keying the random
+        starts and FeaAttack targets, so results do not depend on batching.
+    epsilon_curve: multiples of epsilon at which to run PGD-20 for the accuracy-against-epsilon
+        curve (empty or None: no curve).
+    precision: "fp32" or "bf16" (autocast around the model's forward).
+    device: where to run (default: the model's device); x and y may live anywhere.
+    """
+    epsilon = check_epsilon(epsilon)
+    check_precision(precision)
+    _check_inputs(x, y)
+    batch_size = _positive_int(batch_size, "batch_size")
+    _positive_int(feature_targets, "feature_targets")
+    _positive_int(dist_steps, "dist_steps", minimum=0)
+    _positive_int(dist_samples, "dist_samples")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    names = parse_attacks(attacks)
+    if source_model is not None and "transfer" not in names:
+        names.append("transfer")
+    if "transfer" in names and source_model is None:
+        raise ValueError("the 'transfer' attack needs a source model (source_model= in Python, "
+                         "--source-checkpoint on the command line)")
+    multiples = sorted({float(m) for m in (epsilon_curve or ())})
+    for m in multiples:
+        if not math.isfinite(m) or m < 0:
+            raise ValueError(f"epsilon_curve holds multiples of epsilon >= 0, got {m}")
+
+    n = len(x)
+    y = y.long()
+    ids = (torch.arange(n) if example_ids is None else torch.as_tensor(example_ids).reshape(-1).long().cpu())
+    if len(ids) != n:
+        raise ValueError(f"example_ids has {len(ids)} entries for {n} examples")
+    if len(torch.unique(ids)) != n or int(ids.min()) < 0:
+        raise ValueError("example_ids must be distinct integers >= 0")
+    device = torch.device(device) if device is not None else _model_device(model, x.device)
+
+    ctx = AttackContext(model, seed=seed, precision=precision, pool_x=x, pool_y=y,
+                        source_model=source_model, batch_size=batch_size)
+    _check_classes(ctx, model, x[:1].to(device), y, "model")
+    if source_model is not None:
+        _check_classes(ctx, source_model, x[:1].to(device), y, "source model")
+
+    # The suite: every pgdN is served by one PGD run of the largest N.
+    attack_kwargs = dict(dist_steps=dist_steps, dist_samples=dist_samples, dist_lambda=dist_lambda,
+                         feature_targets=feature_targets)
+    pgd_names = [name for name in names if pgd_steps(name) is not None]
+    suite = {name: make_attack(name, epsilon, **attack_kwargs) for name in names
+             if pgd_steps(name) is None}
+    skipped = {}
+    for name, attack in list(suite.items()):
+        reason = attack.unavailable(ctx)
+        if reason is not None:
+            skipped[name] = reason
+            del suite[name]
+    trajectory = pgd_attack(epsilon, max(pgd_steps(n_) for n_ in pgd_names)) if pgd_names else None
+    settings = {name: make_attack(name, epsilon, **attack_kwargs).settings() for name in names}
+    for name in skipped:
+        settings[name] = {**settings[name], "skipped": skipped[name]}
+    reuse_eps = trajectory is not None and trajectory.steps >= EPSILON_CURVE_STEPS
+    eps_runs = {m: pgd_attack(m * epsilon, EPSILON_CURVE_STEPS) for m in multiples
+                if m > 0 and not (m == 1.0 and reuse_eps)}
+
+    masks: Dict[str, List[torch.Tensor]] = {name: [] for name in names if name not in skipped}
+    natural, zero_grad, nonfinite_grad, bad_logits = [], [], [], []
+    steps_correct, eps_correct = [], {m: [] for m in eps_runs}
+    dist_trace: Dict[str, List[torch.Tensor]] = {}
+
+    units = len(suite) + (1 if trajectory else 0) + len(eps_runs) + 1
+    batches = list(range(0, n, batch_size))
+    bar = _progress(total=len(batches) * units, enabled=progress)
+    try:
+        with eval_mode(model):
+            for begin in batches:
+                xb = x[begin:begin + batch_size].to(device)
+                yb = y[begin:begin + batch_size].to(device)
+                idb = ids[begin:begin + batch_size]
+                correct, zero, nonfinite, bad = _input_gradients(ctx, xb, yb)
+                natural.append(correct), zero_grad.append(zero), nonfinite_grad.append(nonfinite)
+                bad_logits.append(bad)
+                bar.update(1)
+                if trajectory is not None:
+                    bar.set_postfix_str(f"PGD-{trajectory.steps}")
+                    outcome = trajectory.run(ctx, xb, yb, idb)
+                    steps_correct.append(outcome.iterate_correct)
+                    for name in pgd_names:
+                        masks[name].append(outcome.iterate_correct[pgd_steps(name)])
+                    bar.update(1)
+                for name, attack in suite.items():
+                    bar.set_postfix_str(attack.label)
+                    outcome = attack.run(ctx, xb, yb, idb)
+                    masks[name].append(outcome.correct)
+                    for key, value in outcome.trace.items():
+                        dist_trace.setdefault(key, []).append(value)
+                    bar.update(1)
+                for m, attack in eps_runs.items():
+                    bar.set_postfix_str(f"PGD-{EPSILON_CURVE_STEPS} at {m:g} eps")
+                    eps_correct[m].append(attack.run(ctx, xb, yb, idb).correct)
+                    bar.update(1)
+    finally:
+        bar.close()
+
+    natural_mask = torch.cat(natural)
+    correct = {name: torch.cat(parts) for name, parts in masks.items()}
+    worst = worst_case(natural_mask, correct)
+    zero_count, nonfinite_count = int(torch.cat(zero_grad).sum()), int(torch.cat(nonfinite_grad).sum())
+    bad_count = int(torch.cat(bad_logits).sum())
+
+    curves: Dict[str, dict] = {}
+    if trajectory is not None:
+        per_step = torch.cat(steps_correct, dim=1).sum(1).tolist()
+        curves["pgd_steps"] = {"epsilon": epsilon, "step_size": trajectory.step_size,
+                               "points": [{"steps": t, "accuracy": count / n}
+                                          for t, count in enumerate(per_step)]}
+    if multiples:
+        points = []
+        for m in multiples:
+            if m == 0:
+                accuracy = _fraction(natural_mask)
+            elif m in eps_runs:
+                accuracy = _fraction(torch.cat(eps_correct[m]))
+            else:
+                accuracy = curves["pgd_steps"]["points"][EPSILON_CURVE_STEPS]["accuracy"]
+            points.append({"epsilon": m * epsilon, "multiple": m,
+                           "step_size": default_step_size(m * epsilon) if m > 0 else 0.0,
+                           "accuracy": accuracy})
+        curves["pgd_epsilon"] = {"steps": EPSILON_CURVE_STEPS, "points": points}
+    if dist_trace:
+        loss = torch.cat(dist_trace["loss"], dim=1).mean(1)
+        sample_acc = torch.cat(dist_trace["sample_correct"], dim=1).sum(1) / (n * dist_samples)
+        acc = torch.cat(dist_trace["correct"], dim=1).sum(1).tolist()
+        curves["dist"] = {"samples": dist_samples,
+                          "points": [{"steps": t, "loss": float(loss[t]),
+                                      "sample_accuracy": float(sample_acc[t]),
+                                      "accuracy": acc[t] / n} for t in range(len(loss))]}
+
+    warnings = [f"{name} skipped: {reason}" for name, reason in skipped.items()]
+    warnings += sanity_warnings(natural_mask, correct, zero_gradients=zero_count,
+                                nonfinite_gradients=nonfinite_count, nonfinite_logits=bad_count)
+    return Report(
+        natural_accuracy=_fraction(natural_mask),
+        robust_accuracy={name: _fraction(mask) for name, mask in correct.items()},
+        worst_case_accuracy=_fraction(worst),
+        n_examples=n,
+        epsilon=epsilon,
+        warnings=warnings,
+        attacks={name: settings[name] for name in attack_order(list(settings))},
+        skipped=skipped,
+        curves=curves,
+        gradient_check={"loss": "cross_entropy at the natural input",
+                        "zero_fraction": zero_count / n, "nonfinite_fraction": nonfinite_count / n,
+                        "nonfinite_logits_fraction": bad_count / n},
+        seed=seed,
+        precision=precision,
+        batch_size=batch_size,
+        correct={"natural": natural_mask, **correct, "worst_case": worst},
+        example_ids=ids,
+    )
+
+
+def _fraction(mask: torch.Tensor) -> float:
+    """The fraction of True entries, as an exact count / n."""
+    return int(mask.sum()) / len(mask)
+
+
+class _NoProgress:
+    def update(self, *_):
+        pass
+
+    def set_postfix_str(self, *_):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoProgress()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="adt-fast eval", unit="step", file=sys.stderr, dynamic_ncols=True)

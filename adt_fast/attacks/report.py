@@ -1,0 +1,336 @@
+"""The robustness report: worst-case accuracy, gradient-masking sanity checks, the Table 9 layout,
+and the JSON / CSV / PNG files written by `adt-fast eval`.
+
+Nothing here runs a model: :func:`adt_fast.attacks.evaluate` fills a :class:`Report` from
+per-example correctness masks, and this module summarises, checks and writes it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+from .suite import label, pgd_steps
+
+PathLike = Union[str, os.PathLike]
+
+# An attack result counts as out of line only when it is off by more than this many examples:
+# max(1 example, 0.5 % of the evaluated examples). Smaller gaps are within the noise of random
+# starts and float rounding.
+TOLERANCE_FRACTION = 0.005
+# "Many" examples with zero or non-finite input gradients.
+GRADIENT_WARN_FRACTION = 0.1
+# White-box attacks that a PGD transfer attack should never beat.
+_ITERATIVE_WHITE_BOX = ("mim", "cw")
+
+_ORDER = ("fgsm", "pgd", "mim", "cw", "feature", "dist", "transfer")
+
+
+def attack_order(names: Sequence[str]) -> List[str]:
+    """The Table 9 column order: FGSM, PGD-N (ascending N), MIM, C&W, FeaAttack, Dist, Transfer."""
+    def key(name: str) -> Tuple[int, int]:
+        steps = pgd_steps(name)
+        if steps is not None:
+            return (_ORDER.index("pgd"), steps)
+        return (_ORDER.index(name) if name in _ORDER else len(_ORDER), 0)
+    return sorted(names, key=key)
+
+
+def worst_case(natural: torch.Tensor, masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Eq. 12: robust only if correct on the natural input and under every attack that was run.
+
+    The natural input lies in every epsilon-ball, so an example the model gets wrong unattacked is
+    not robust either.
+    """
+    result = natural.clone().bool()
+    for mask in masks.values():
+        result &= mask.bool()
+    return result
+
+
+def tolerance(n: int) -> int:
+    """How many examples two attack results may differ by before a sanity check fires."""
+    return max(1, math.ceil(TOLERANCE_FRACTION * n))
+
+
+def _pct(count: int, n: int) -> str:
+    return f"{100.0 * count / n:.2f}%"
+
+
+def sanity_warnings(natural: torch.Tensor, masks: Mapping[str, torch.Tensor], *,
+                    zero_gradients: int = 0, nonfinite_gradients: int = 0,
+                    nonfinite_logits: int = 0) -> List[str]:
+    """Signs that an attack is too weak to trust (gradient masking, broken attacks).
+
+    - a white-box iterative attack (PGD-N, MIM, C&W) weaker than the transfer attack;
+    - PGD with more steps weaker than PGD with fewer;
+    - FGSM stronger than PGD;
+    - an attack that leaves more examples correct than no attack at all;
+    - zero or non-finite input gradients of the cross-entropy on many examples;
+    - non-finite logits.
+    Attack results count as out of line when they differ by more than `tolerance(n)` examples.
+    """
+    n = len(natural)
+    if n == 0:
+        return []
+    tol = tolerance(n)
+    counts = {name: int(mask.sum()) for name, mask in masks.items()}
+    natural_count = int(natural.sum())
+    pgds = sorted((pgd_steps(name), name) for name in counts if pgd_steps(name) is not None)
+    warnings: List[str] = []
+
+    if "transfer" in counts:
+        for name in [name for _, name in pgds] + [n_ for n_ in _ITERATIVE_WHITE_BOX if n_ in counts]:
+            if counts[name] > counts["transfer"] + tol:
+                warnings.append(
+                    f"white-box {label(name)} ({_pct(counts[name], n)}) is weaker than the transfer "
+                    f"attack ({_pct(counts['transfer'], n)}): gradients of this model mislead "
+                    f"white-box attacks (gradient masking?)")
+    for index, (few_steps, few) in enumerate(pgds):
+        for many_steps, many in pgds[index + 1:]:
+            if counts[many] > counts[few] + tol:
+                warnings.append(
+                    f"{label(many)} ({_pct(counts[many], n)}) is weaker than {label(few)} "
+                    f"({_pct(counts[few], n)}): more steps should never help the model much "
+                    f"(noisy or masked gradients?)")
+    if "fgsm" in counts:
+        for _, name in pgds:
+            if counts["fgsm"] + tol < counts[name]:
+                warnings.append(
+                    f"FGSM ({_pct(counts['fgsm'], n)}) is stronger than {label(name)} "
+                    f"({_pct(counts[name], n)}): the iterative attack is failing to follow the "
+                    f"gradient (gradient masking?)")
+    for name in attack_order(list(counts)):
+        if counts[name] > natural_count + tol:
+            warnings.append(
+                f"{label(name)} leaves {_pct(counts[name], n)} correct, more than the natural "
+                f"accuracy {_pct(natural_count, n)}: the attack is not working against this model")
+    if zero_gradients > GRADIENT_WARN_FRACTION * n:
+        warnings.append(
+            f"the cross-entropy's input gradient is exactly zero on {zero_gradients} of {n} "
+            f"examples ({_pct(zero_gradients, n)}): saturated softmax or gradient masking; "
+            f"gradient attacks on the cross-entropy cannot move these (trust C&W and the worst case)")
+    if nonfinite_gradients > GRADIENT_WARN_FRACTION * n:
+        warnings.append(
+            f"the cross-entropy's input gradient is NaN or infinite on {nonfinite_gradients} of {n} "
+            f"examples ({_pct(nonfinite_gradients, n)}): the attacks treat NaN components as zero, "
+            f"so their results on this model are unreliable")
+    if nonfinite_logits:
+        warnings.append(f"the model returns NaN or infinite logits on {nonfinite_logits} of {n} "
+                        f"natural inputs")
+    return warnings
+
+
+@dataclass
+class Report:
+    """The result of :func:`adt_fast.attacks.evaluate`.
+
+    Accuracies are fractions in [0, 1]. `correct` holds the per-example masks (bool tensors of
+    length n_examples, in the order of `example_ids`): "natural", each attack, "worst_case".
+    `curves` holds "pgd_steps", "pgd_epsilon" and "dist" when they were computed.
+    """
+
+    natural_accuracy: float
+    robust_accuracy: Dict[str, float]
+    worst_case_accuracy: float
+    n_examples: int
+    epsilon: float
+    warnings: List[str]
+    attacks: Dict[str, dict]
+    skipped: Dict[str, str] = field(default_factory=dict)
+    curves: Dict[str, dict] = field(default_factory=dict)
+    gradient_check: Dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+    precision: str = "fp32"
+    batch_size: int = 0
+    correct: Dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    example_ids: Optional[torch.Tensor] = field(default=None, repr=False)
+    meta: Dict[str, object] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ summaries
+    def to_dict(self) -> dict:
+        """Everything but the per-example masks, as JSON-ready values (deterministic order)."""
+        from .. import __version__
+
+        order = attack_order(list(self.robust_accuracy))
+        return {
+            "natural_accuracy": self.natural_accuracy,
+            "robust_accuracy": {name: self.robust_accuracy[name] for name in order},
+            "worst_case_accuracy": self.worst_case_accuracy,
+            "worst_case_over": ["natural", *order],
+            "n_examples": self.n_examples,
+            "epsilon": self.epsilon,
+            "warnings": list(self.warnings),
+            "attacks": {name: self.attacks[name] for name in attack_order(list(self.attacks))},
+            "skipped": dict(self.skipped),
+            "curves": self.curves,
+            "gradient_check": self.gradient_check,
+            "seed": self.seed,
+            "precision": self.precision,
+            "batch_size": self.batch_size,
+            "adt_fast_version": __version__,
+            **({"meta": self.meta} if self.meta else {}),
+        }
+
+    def columns(self) -> List[Tuple[str, str, Optional[float]]]:
+        """(key, header, accuracy) for the Table 9 layout; skipped attacks have accuracy None."""
+        names = attack_order(list(self.robust_accuracy) + list(self.skipped))
+        cols = [("natural", "Anat", self.natural_accuracy)]
+        cols += [(name, label(name), self.robust_accuracy.get(name)) for name in names]
+        cols.append(("worst_case", "Arob", self.worst_case_accuracy))
+        return cols
+
+    def table(self, model_name: str = "model") -> str:
+        """A text table laid out like the paper's Table 9 (percent, two decimals)."""
+        cols = self.columns()
+        header = ["Model"] + [head for _, head, _ in cols]
+        row = [model_name] + ["n/a" if acc is None else f"{100 * acc:.2f}%" for _, _, acc in cols]
+        widths = [max(len(a), len(b)) for a, b in zip(header, row)]
+        eps = self.epsilon
+        title = f"{self.n_examples} examples, epsilon = {eps:.6g} ({eps * 255:.4g}/255), l_inf"
+        lines = [title,
+                 "  ".join(h.ljust(w) for h, w in zip(header, widths)),
+                 "  ".join(v.ljust(w) for v, w in zip(row, widths))]
+        for name, reason in self.skipped.items():
+            lines.append(f"{label(name)} skipped: {reason}")
+        return "\n".join(line.rstrip() for line in lines)
+
+    # ------------------------------------------------------------------ files
+    def paths(self, path: PathLike) -> Tuple[Path, Path, Path]:
+        """The JSON path and, beside it, the CSV and PNG paths."""
+        path = Path(path)
+        return path, path.with_suffix(".csv"), path.with_suffix(".png")
+
+    def save(self, path: PathLike, plot: bool = True) -> Tuple[Path, ...]:
+        """Write REPORT.json, REPORT.csv and (plot=True) REPORT.png; returns the paths written."""
+        json_path, csv_path, png_path = self.paths(path)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        self.save_json(json_path)
+        self.save_csv(csv_path)
+        if not plot:
+            return json_path, csv_path
+        self.save_plot(png_path)
+        return json_path, csv_path, png_path
+
+    def save_json(self, path: PathLike) -> Path:
+        path = Path(path)
+        _write_atomic(path, json.dumps(self.to_dict(), indent=2, allow_nan=True) + "\n")
+        return path
+
+    def csv_rows(self) -> List[dict]:
+        """Long-format rows: section, name, steps, epsilon, accuracy, sample_accuracy, loss."""
+        rows = [{"section": "summary", "name": "natural", "accuracy": self.natural_accuracy,
+                 "epsilon": 0.0, "steps": 0}]
+        for name in attack_order(list(self.robust_accuracy)):
+            settings = self.attacks.get(name, {})
+            rows.append({"section": "summary", "name": name, "accuracy": self.robust_accuracy[name],
+                         "epsilon": settings.get("epsilon", self.epsilon),
+                         "steps": settings.get("steps", "")})
+        rows.append({"section": "summary", "name": "worst_case", "epsilon": self.epsilon,
+                     "accuracy": self.worst_case_accuracy})
+        steps_curve = self.curves.get("pgd_steps")
+        if steps_curve:
+            for point in steps_curve["points"]:
+                rows.append({"section": "pgd_steps", "name": "pgd", "steps": point["steps"],
+                             "epsilon": steps_curve["epsilon"], "accuracy": point["accuracy"]})
+        eps_curve = self.curves.get("pgd_epsilon")
+        if eps_curve:
+            for point in eps_curve["points"]:
+                rows.append({"section": "pgd_epsilon", "name": f"pgd{eps_curve['steps']}",
+                             "steps": eps_curve["steps"] if point["epsilon"] > 0 else 0,
+                             "epsilon": point["epsilon"], "accuracy": point["accuracy"]})
+        dist_curve = self.curves.get("dist")
+        if dist_curve:
+            for point in dist_curve["points"]:
+                rows.append({"section": "dist", "name": "dist", "steps": point["steps"],
+                             "epsilon": self.epsilon, "accuracy": point["accuracy"],
+                             "sample_accuracy": point["sample_accuracy"], "loss": point["loss"]})
+        return rows
+
+    def save_csv(self, path: PathLike) -> Path:
+        import io
+
+        path = Path(path)
+        buffer = io.StringIO()
+        fields = ["section", "name", "steps", "epsilon", "accuracy", "sample_accuracy", "loss"]
+        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        for row in self.csv_rows():
+            writer.writerow({key: row.get(key, "") for key in fields})
+        _write_atomic(path, buffer.getvalue())
+        return path
+
+    def save_plot(self, path: PathLike) -> Path:
+        """Accuracy by attack, against PGD steps, against epsilon (PGD-20), and the dist curve."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        path = Path(path)
+        panels = ["bars"] + [key for key in ("pgd_steps", "pgd_epsilon", "dist") if self.curves.get(key)]
+        figure = Figure(figsize=(4.2 * len(panels), 3.6), dpi=100)
+        FigureCanvasAgg(figure)
+        axes = figure.subplots(1, len(panels), squeeze=False)[0]
+        for ax, panel in zip(axes, panels):
+            getattr(self, f"_plot_{panel}")(ax)
+            ax.set_ylim(0, 100)
+            ax.grid(alpha=0.3)
+        figure.tight_layout()
+        tmp = path.with_name(f".{path.name}.tmp")
+        figure.savefig(tmp, format="png")
+        os.replace(tmp, path)
+        return path
+
+    def _plot_bars(self, ax) -> None:
+        cols = [(head, acc) for _, head, acc in self.columns() if acc is not None]
+        ax.bar(range(len(cols)), [100 * acc for _, acc in cols], color="tab:blue")
+        ax.set_xticks(range(len(cols)))
+        ax.set_xticklabels([head for head, _ in cols], rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"accuracy by attack, eps = {self.epsilon * 255:.3g}/255")
+
+    def _plot_pgd_steps(self, ax) -> None:
+        points = self.curves["pgd_steps"]["points"]
+        ax.plot([p["steps"] for p in points], [100 * p["accuracy"] for p in points],
+                marker="." if len(points) <= 30 else None)
+        ax.axhline(100 * self.natural_accuracy, color="gray", linestyle="--", label="natural")
+        ax.set_xlabel("PGD steps")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title("accuracy against PGD steps")
+        ax.legend(fontsize=8)
+
+    def _plot_pgd_epsilon(self, ax) -> None:
+        curve = self.curves["pgd_epsilon"]
+        points = curve["points"]
+        ax.plot([255 * p["epsilon"] for p in points], [100 * p["accuracy"] for p in points], marker="o")
+        ax.axvline(255 * self.epsilon, color="gray", linestyle="--", label="evaluated epsilon")
+        ax.set_xlabel("epsilon (x 1/255)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"PGD-{curve['steps']} accuracy against epsilon")
+        ax.legend(fontsize=8)
+
+    def _plot_dist(self, ax) -> None:
+        points = self.curves["dist"]["points"]
+        steps = [p["steps"] for p in points]
+        ax.plot(steps, [100 * p["sample_accuracy"] for p in points], marker=".", label="accuracy (samples)")
+        ax.plot(steps, [100 * p["accuracy"] for p in points], marker=".", label="accuracy (worst of k)")
+        ax.set_xlabel("distribution attack steps T")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title("explicit distribution attack (D.3)")
+        ax.legend(fontsize=8, loc="center right")
+        twin = ax.twinx()
+        twin.plot(steps, [p["loss"] for p in points], color="tab:red", linestyle=":", label="loss")
+        twin.set_ylabel("cross-entropy", color="tab:red")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

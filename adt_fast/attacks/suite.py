@@ -1,0 +1,631 @@
+"""The named attacks of the paper's evaluation (Tables 9-11, appendix C.5 and D.3).
+
+Every attack is l_inf, takes inputs in [0, 1] and runs the model in eval mode (each module's
+flag is restored afterwards). The gradient attacks are settings of the one engine,
+:func:`adt_fast.attacks.engine.iterative_attack`; they differ only in loss, step count, step size,
+random start and momentum:
+
+    fgsm       one step of size epsilon from x (no random start), cross-entropy
+    pgdN       N sign steps of epsilon/4 from a U(-eps, eps) start, cross-entropy ("pgd:N" too)
+    mim        20 steps of epsilon/4, momentum 1.0 on the gradient normalised by its mean |.|
+    cw         30 PGD steps on the C&W margin loss, kappa = 50
+    feature    FeaAttack: 50 steps of epsilon/8 pulling the features before global pooling towards
+               those of a target image of another class; n targets per input
+    dist       the explicit adversarial distribution of D.3 (Adam lr 0.3, betas (0, 0), k = 10)
+    transfer   PGD-20 crafted on a source model, scored on the evaluated model
+
+Random starts are keyed by (seed, attack stream, example id) (see ``per_example_start``), so an
+example gets the same attack whatever batch it sits in. See docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Union
+
+import torch
+from torch import nn
+
+from .distribution import fit_distribution
+from .engine import eval_mode, iterative_attack, per_example_start
+from .losses import cosine_distance, cross_entropy, cw_margin
+
+DEFAULT_ATTACKS = ("fgsm", "pgd20", "pgd100", "mim", "cw", "feature", "dist")
+ATTACK_NAMES = ("fgsm", "pgd20", "pgd100", "pgd:N", "mim", "cw", "feature", "dist", "transfer")
+PRECISIONS = ("fp32", "bf16")
+
+MIM_STEPS, MIM_DECAY = 20, 1.0
+CW_STEPS, CW_KAPPA = 30, 50.0
+FEATURE_STEPS, FEATURE_TARGETS = 50, 5
+DIST_STEPS, DIST_SAMPLES, DIST_LR, DIST_BETAS, DIST_LAMBDA = 20, 10, 0.3, (0.0, 0.0), 0.0
+TRANSFER_STEPS = 20
+
+# Each attack draws its random numbers from its own stream of the seed. Every pgdN shares one
+# stream (so PGD-20 is exactly the first 20 steps of PGD-100), and the other attacks start
+# elsewhere, which makes the worst case over attacks a little stronger.
+_STREAMS = {"pgd": 0, "mim": 1, "cw": 2, "feature": 3, "dist": 4, "transfer": 5, "fgsm": 6}
+_ID_STRIDE = 1_000_003  # per_example_start's stride: example ids below it never collide
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """The seed of one attack's random stream, derived from the evaluation seed."""
+    return int(seed) * 16 + _STREAMS[stream]
+
+
+def default_step_size(epsilon: float) -> float:
+    """PGD's sign-step size: epsilon / 4.
+
+    This is the paper's 2/255 at epsilon = 8/255 and 1/255 at epsilon = 4/255 (SVHN), carried
+    over to any other budget as the same fraction.
+    """
+    return epsilon / 4
+
+
+def check_epsilon(epsilon, name: str = "epsilon") -> float:
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(epsilon).__name__}")
+    if not math.isfinite(epsilon) or epsilon <= 0:
+        hint = " (an l_inf budget for inputs in [0, 1], e.g. 8/255)" if name == "epsilon" else ""
+        raise ValueError(f"{name} must be a finite number > 0{hint}, got {epsilon}")
+    return float(epsilon)
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+_PGD_NAME = re.compile(r"^pgd(?::|-)?(\d+)$")
+
+
+def canonical_name(name: str) -> str:
+    """'PGD:20', 'pgd-20' and 'pgd20' -> 'pgd20'; other known names lower-cased."""
+    if not isinstance(name, str):
+        raise TypeError(f"attack names are strings, got {type(name).__name__}")
+    key = name.strip().lower()
+    match = _PGD_NAME.match(key)
+    if match:
+        steps = int(match.group(1))
+        if steps < 1:
+            raise ValueError(f"attack {name!r}: PGD needs at least 1 step")
+        return f"pgd{steps}"
+    if key in ("fgsm", "mim", "cw", "feature", "dist", "transfer"):
+        return key
+    raise ValueError(f"unknown attack {name!r}; known attacks: {', '.join(ATTACK_NAMES)} "
+                     f"(pgd:N for N >= 1 steps)")
+
+
+def parse_attacks(spec: Union[str, Iterable[str]]) -> List[str]:
+    """A comma-separated string or a list of names -> canonical names, in the given order."""
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = [name for name in names if not (isinstance(name, str) and not name.strip())]
+    if not names:
+        raise ValueError(f"no attack given; known attacks: {', '.join(ATTACK_NAMES)}")
+    result: List[str] = []
+    for name in names:
+        key = canonical_name(name)
+        if key in result:
+            raise ValueError(f"attack {name!r} is listed twice")
+        result.append(key)
+    return result
+
+
+def pgd_steps(name: str) -> Optional[int]:
+    """N for a canonical 'pgdN' name, else None."""
+    match = _PGD_NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
+def label(name: str) -> str:
+    """The column header of an attack in the Table 9 layout."""
+    steps = pgd_steps(name)
+    if steps is not None:
+        return f"PGD-{steps}"
+    return {"fgsm": "FGSM", "mim": "MIM", "cw": "C&W", "feature": "FeaAttack", "dist": "Dist",
+            "transfer": "Transfer"}.get(name, name)
+
+
+# ----------------------------------------------------------------------------- context, outcome
+
+
+@dataclass
+class AttackContext:
+    """What an attack needs besides the batch: the model(s), the seed, precision, target pool.
+
+    pool_x / pool_y: where FeaAttack draws its target images from (evaluate passes the whole
+    evaluated set; left None, the attacked batch itself is the pool). batch_size bounds how many
+    (input, target) pairs FeaAttack attacks at once.
+    """
+
+    model: nn.Module
+    seed: int = 0
+    precision: str = "fp32"
+    pool_x: Optional[torch.Tensor] = None
+    pool_y: Optional[torch.Tensor] = None
+    source_model: Optional[nn.Module] = None
+    batch_size: int = 256
+
+    def __post_init__(self):
+        check_precision(self.precision)
+
+    @staticmethod
+    def _full(out: torch.Tensor) -> torch.Tensor:
+        """Autocast's bf16 outputs back to float32; float32/float64 outputs unchanged."""
+        return out if out.dtype in (torch.float32, torch.float64) else out.float()
+
+    @contextlib.contextmanager
+    def _autocast(self, x: torch.Tensor):
+        if self.precision == "bf16":
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+
+    def logits(self, x: torch.Tensor, model: Optional[nn.Module] = None) -> torch.Tensor:
+        """model(x) in the chosen precision (bf16 outputs come back as float32)."""
+        model = self.model if model is None else model
+        with self._autocast(x):
+            out = model(x)
+        return self._full(out)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        with self._autocast(x):
+            out = self.model.features(x)
+        return self._full(out)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        with self._autocast(features):
+            out = self.model.head(features)
+        return self._full(out)
+
+
+@dataclass
+class AttackOutcome:
+    """One attack on one batch.
+
+    correct: (B,) bool on CPU, whether the model still classifies the example correctly.
+    x_adv: (B, *S) an adversarial input per example (for multi-try attacks, one that broke the
+        example when one did).
+    iterate_correct: (steps + 1, B) bool on CPU for the gradient attacks, correctness at each
+        iterate (row 0 is the start, the last row the returned x_adv).
+    trace: per-step records of the distribution attack, each (T + 1, B) on CPU.
+    """
+
+    correct: torch.Tensor
+    x_adv: torch.Tensor
+    iterate_correct: Optional[torch.Tensor] = None
+    trace: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _example_ids(x: torch.Tensor, example_ids: Optional[torch.Tensor]) -> torch.Tensor:
+    if example_ids is None:
+        return torch.arange(len(x))
+    example_ids = torch.as_tensor(example_ids).reshape(-1).long().cpu()
+    if len(example_ids) != len(x):
+        raise ValueError(f"example_ids has {len(example_ids)} entries for {len(x)} inputs")
+    return example_ids
+
+
+# ----------------------------------------------------------------------------- attacks
+
+
+class Attack:
+    """A named attack: `settings()` for the report and `run()` on one batch."""
+
+    name: str
+
+    @property
+    def label(self) -> str:
+        return label(self.name)
+
+    def settings(self) -> dict:
+        raise NotImplementedError
+
+    def unavailable(self, ctx: AttackContext) -> Optional[str]:
+        """Why this attack cannot run on ctx (then it is skipped and reported), else None."""
+        return None
+
+    def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor,
+            example_ids: torch.Tensor) -> AttackOutcome:
+        raise NotImplementedError
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0,
+                example_ids: Optional[torch.Tensor] = None, **context) -> torch.Tensor:
+        """The adversarial inputs for (x, y): a convenience around run()."""
+        ctx = AttackContext(model, seed=seed, **context)
+        reason = self.unavailable(ctx)
+        if reason is not None:
+            raise ValueError(f"attack {self.name!r} cannot run: {reason}")
+        return self.run(ctx, x, y, _example_ids(x, example_ids)).x_adv
+
+
+@dataclass
+class GradientAttack(Attack):
+    """FGSM, PGD, MIM and C&W: sign steps of the shared engine on a per-example loss."""
+
+    name: str
+    epsilon: float
+    steps: int
+    step_size: float
+    loss: str = "ce"
+    random_start: bool = True
+    momentum: Optional[float] = None
+    kappa: float = CW_KAPPA
+    stream: str = "pgd"
+
+    def __post_init__(self):
+        check_epsilon(self.epsilon)
+        if self.loss not in ("ce", "cw"):
+            raise ValueError(f"loss must be 'ce' or 'cw', got {self.loss!r}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+        check_epsilon(self.step_size, "step_size")
+
+    def settings(self) -> dict:
+        out = {"norm": "linf", "epsilon": self.epsilon, "steps": self.steps,
+               "step_size": self.step_size, "random_start": self.random_start,
+               "loss": "cross_entropy" if self.loss == "ce" else "cw_margin"}
+        if self.loss == "cw":
+            out["kappa"] = self.kappa
+        if self.momentum is not None:
+            out["decay"] = self.momentum
+            out["gradient_normalisation"] = "per-example mean |grad|"
+        return out
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return cross_entropy(logits, y) if self.loss == "ce" else cw_margin(logits, y, self.kappa)
+
+    def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor,
+            example_ids: torch.Tensor, model: Optional[nn.Module] = None) -> AttackOutcome:
+        model = ctx.model if model is None else model
+        history: List[torch.Tensor] = []
+
+        def loss_fn(z: torch.Tensor) -> torch.Tensor:
+            logits = ctx.logits(z, model)
+            history.append(logits.detach().argmax(1) == y)  # stays on the device: no sync
+            return self._loss(logits, y)
+
+        start = None
+        if self.random_start:
+            start = per_example_start(x, example_ids, stream_seed(ctx.seed, self.stream))
+        with eval_mode(model):
+            x_adv = iterative_attack(loss_fn, x, epsilon=self.epsilon, steps=self.steps,
+                                     step_size=self.step_size, start=start, momentum=self.momentum)
+            with torch.no_grad():
+                final = ctx.logits(x_adv, model).argmax(1) == y
+        history.append(final)
+        return AttackOutcome(final.cpu(), x_adv, iterate_correct=torch.stack(history).cpu())
+
+
+def fgsm_attack(epsilon: float) -> GradientAttack:
+    return GradientAttack("fgsm", epsilon, steps=1, step_size=epsilon, random_start=False,
+                          stream="fgsm")
+
+
+def pgd_attack(epsilon: float, steps: int = 20, step_size: Optional[float] = None,
+               stream: str = "pgd") -> GradientAttack:
+    step = default_step_size(epsilon) if step_size is None else step_size
+    return GradientAttack(f"pgd{steps}", epsilon, steps=steps, step_size=step, stream=stream)
+
+
+def mim_attack(epsilon: float, steps: int = MIM_STEPS, decay: float = MIM_DECAY,
+               step_size: Optional[float] = None) -> GradientAttack:
+    step = default_step_size(epsilon) if step_size is None else step_size
+    return GradientAttack("mim", epsilon, steps=steps, step_size=step, momentum=decay, stream="mim")
+
+
+def cw_attack(epsilon: float, steps: int = CW_STEPS, kappa: float = CW_KAPPA,
+              step_size: Optional[float] = None) -> GradientAttack:
+    step = default_step_size(epsilon) if step_size is None else step_size
+    return GradientAttack("cw", epsilon, steps=steps, step_size=step, loss="cw", kappa=kappa,
+                          stream="cw")
+
+
+def has_feature_split(model: nn.Module) -> bool:
+    return callable(getattr(model, "features", None)) and callable(getattr(model, "head", None))
+
+
+def choose_targets(y: torch.Tensor, example_ids: torch.Tensor, pool_y: torch.Tensor,
+                   num_targets: int, seed: int) -> torch.Tensor:
+    """(B, num_targets) indices into the pool, each of a class other than the example's.
+
+    Drawn without replacement when the pool has enough such images, from a generator keyed by
+    (seed, example id), so an example's targets do not depend on its batch.
+    """
+    pool_y = pool_y.cpu()
+    candidates: Dict[int, torch.Tensor] = {}
+    rows = []
+    for label_value, example_id in zip(y.cpu().tolist(), example_ids.tolist()):
+        if label_value not in candidates:
+            candidates[label_value] = (pool_y != label_value).nonzero().squeeze(1)
+        others = candidates[label_value]
+        if len(others) == 0:
+            raise ValueError(f"no image of a class other than {label_value} to serve as a "
+                             f"FeaAttack target")
+        generator = torch.Generator().manual_seed(seed * _ID_STRIDE + int(example_id))
+        if len(others) >= num_targets:
+            pick = torch.randperm(len(others), generator=generator)[:num_targets]
+        else:
+            pick = torch.randint(len(others), (num_targets,), generator=generator)
+        rows.append(others[pick])
+    return torch.stack(rows) if rows else torch.zeros(0, num_targets, dtype=torch.long)
+
+
+@dataclass
+class FeatureAttack(Attack):
+    """FeaAttack (appendix C.5): features pulled towards those of another class's image.
+
+    For each input and each of `targets` target images of another class, 50 sign steps of
+    epsilon/8 from a uniform start minimise the cosine distance between model.features(x_adv)
+    and model.features(target) (the feature map before global pooling). As in the original code's
+    early stop, an input counts as broken as soon as some iterate of some target's attack is
+    misclassified; the predictions come for free from the features the loss needs.
+    """
+
+    epsilon: float
+    targets: int = FEATURE_TARGETS
+    steps: int = FEATURE_STEPS
+    step_size: Optional[float] = None
+    name: str = "feature"
+
+    def __post_init__(self):
+        check_epsilon(self.epsilon)
+        if self.step_size is None:
+            self.step_size = self.epsilon / 8
+        if isinstance(self.targets, bool) or not isinstance(self.targets, int) or self.targets < 1:
+            raise ValueError(f"the number of FeaAttack targets must be an integer >= 1, "
+                             f"got {self.targets!r}")
+
+    def settings(self) -> dict:
+        return {"norm": "linf", "epsilon": self.epsilon, "steps": self.steps,
+                "step_size": self.step_size, "random_start": True, "targets": self.targets,
+                "loss": "cosine distance of the features before global pooling to a target "
+                        "image of another class (minimised)",
+                "broken_if": "any iterate of any target's attack is misclassified"}
+
+    def unavailable(self, ctx: AttackContext) -> Optional[str]:
+        if not has_feature_split(ctx.model):
+            return ("the model has no .features(x) / .head(features) split (the feature map "
+                    "before global pooling), which FeaAttack needs")
+        if ctx.pool_y is not None and len(torch.unique(ctx.pool_y)) < 2:
+            return "the evaluated examples hold a single class, so there is no target of another class"
+        return None
+
+    def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor,
+            example_ids: torch.Tensor) -> AttackOutcome:
+        model = ctx.model
+        pool_x, pool_y = (x, y) if ctx.pool_x is None else (ctx.pool_x, ctx.pool_y)
+        seed = stream_seed(ctx.seed, "feature")
+        targets = choose_targets(y, example_ids, pool_y, self.targets, seed)
+        batch = len(x)
+        broken = torch.zeros(batch, dtype=torch.bool)
+        x_out = x.detach().clone()
+        chunk = max(1, ctx.batch_size // max(1, batch))
+        with eval_mode(model):
+            for first in range(0, self.targets, chunk):
+                alive = (~broken).nonzero().squeeze(1)
+                if len(alive) == 0:
+                    break
+                js = list(range(first, min(first + chunk, self.targets)))
+                rows = [(int(i), j) for j in js for i in alive.tolist()]
+                index = torch.tensor([i for i, _ in rows], dtype=torch.long)
+                which = torch.tensor([j for _, j in rows], dtype=torch.long)
+                x_rep, y_rep = x[index.to(x.device)], y[index.to(y.device)]
+                ids = example_ids[index] * self.targets + which
+                target_x = pool_x[targets[index, which].to(pool_x.device)].to(x.device)
+                with torch.no_grad():
+                    target_features = ctx.features(target_x)
+                hit, witness = self._attack_pairs(ctx, x_rep, y_rep, ids, target_features, seed)
+                hit = hit.cpu()
+                for row, (i, _) in enumerate(rows):
+                    if hit[row] and not broken[i]:
+                        broken[i] = True
+                        x_out[i] = witness[row]
+                    elif not broken[i]:
+                        x_out[i] = witness[row]
+        return AttackOutcome(~broken, x_out)
+
+    def _attack_pairs(self, ctx, x, y, ids, target_features, seed):
+        """Attack each (input, target) row; whether some iterate was misclassified, and which."""
+        state = {"hit": torch.zeros(len(x), dtype=torch.bool, device=x.device),
+                 "witness": x.detach().clone()}
+
+        def record(z: torch.Tensor, features: torch.Tensor) -> None:
+            # branch-free, so that no step waits for the device
+            new = (ctx.head(features).detach().argmax(1) != y) & ~state["hit"]
+            state["witness"] = torch.where(new.view(-1, *[1] * (z.dim() - 1)),
+                                           z.detach().to(state["witness"].dtype), state["witness"])
+            state["hit"] = state["hit"] | new
+
+        def loss_fn(z: torch.Tensor) -> torch.Tensor:
+            features = ctx.features(z)
+            record(z, features)
+            return cosine_distance(features, target_features)
+
+        start = per_example_start(x, ids, seed)
+        x_adv = iterative_attack(loss_fn, x, epsilon=self.epsilon, steps=self.steps,
+                                 step_size=self.step_size, start=start, minimize=True)
+        with torch.no_grad():
+            record(x_adv, ctx.features(x_adv))
+        witness = torch.where(state["hit"].view(-1, *[1] * (x.dim() - 1)), state["witness"], x_adv)
+        return state["hit"], witness
+
+
+@dataclass
+class DistributionAttack(Attack):
+    """The explicit adversarial-distribution attack of appendix D.3.
+
+    Per-example (mean, std_param) fitted by :func:`fit_distribution` (Adam, lr 0.3, betas (0, 0),
+    k samples per step, T steps) to maximise the expected cross-entropy (+ lambda * entropy;
+    lambda = 0 by default: an attack only wants loss). The trace records, before each step and
+    after the last, the mean loss and accuracy of the k samples; an example counts as broken
+    when any of k fresh samples from the fitted distribution is misclassified.
+    """
+
+    epsilon: float
+    steps: int = DIST_STEPS
+    samples: int = DIST_SAMPLES
+    lr: float = DIST_LR
+    betas: tuple = DIST_BETAS
+    lbd: float = DIST_LAMBDA
+    name: str = "dist"
+
+    def __post_init__(self):
+        check_epsilon(self.epsilon)
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(f"the distribution attack's steps must be an integer >= 0, got {self.steps!r}")
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
+            raise ValueError(f"the distribution attack's samples must be an integer >= 1, got {self.samples!r}")
+
+    def settings(self) -> dict:
+        return {"norm": "linf", "epsilon": self.epsilon, "steps": self.steps,
+                "samples": self.samples, "optimizer": "adam", "lr": self.lr,
+                "betas": list(self.betas), "lambda": self.lbd, "loss": "cross_entropy",
+                "broken_if": f"any of {self.samples} samples of the fitted distribution is misclassified"}
+
+    def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor,
+            example_ids: torch.Tensor) -> AttackOutcome:
+        batch, k = len(x), self.samples
+        y_k = y.repeat(k)
+        losses: List[torch.Tensor] = []
+        correct: List[torch.Tensor] = []
+
+        def score(z: torch.Tensor) -> torch.Tensor:
+            logits = ctx.logits(z)
+            loss = cross_entropy(logits, y_k)
+            losses.append(loss.detach().view(k, batch).mean(0))
+            correct.append((logits.detach().argmax(1) == y_k).view(k, batch))
+            return loss
+
+        seed = stream_seed(ctx.seed, "dist") * _ID_STRIDE + int(example_ids[0]) if batch else 0
+        generator = torch.Generator(device=x.device).manual_seed(seed)
+        with eval_mode(ctx.model):
+            fit = fit_distribution(score, x.detach(), epsilon=self.epsilon, steps=self.steps,
+                                   num_samples=k, lbd=self.lbd, lr=self.lr, betas=self.betas,
+                                   generator=generator)
+            samples = fit.sample(x.detach(), self.epsilon, num_samples=k, generator=generator)
+            with torch.no_grad():
+                score(samples.flatten(0, 1))
+        final = correct[-1]
+        first_broken = (~final).float().argmax(0)  # the first misclassified sample, else 0
+        x_adv = samples[first_broken, torch.arange(batch, device=x.device)]
+        trace = {"loss": torch.stack(losses).cpu(),
+                 "sample_correct": torch.stack([c.sum(0) for c in correct]).cpu(),
+                 "correct": torch.stack([c.all(0) for c in correct]).cpu()}
+        return AttackOutcome(final.all(0).cpu(), x_adv, trace=trace)
+
+
+@dataclass
+class TransferAttack(Attack):
+    """Black-box transfer: PGD crafted on ctx.source_model, scored on ctx.model."""
+
+    epsilon: float
+    steps: int = TRANSFER_STEPS
+    step_size: Optional[float] = None
+    name: str = "transfer"
+
+    def __post_init__(self):
+        check_epsilon(self.epsilon)
+        self.inner = pgd_attack(self.epsilon, self.steps, self.step_size, stream="transfer")
+
+    def settings(self) -> dict:
+        return {**self.inner.settings(), "crafted_on": "source model", "scored_on": "evaluated model"}
+
+    def unavailable(self, ctx: AttackContext) -> Optional[str]:
+        if ctx.source_model is None:
+            return "no source model (source_model= / --source-checkpoint) to craft examples on"
+        return None
+
+    def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor,
+            example_ids: torch.Tensor) -> AttackOutcome:
+        crafted = self.inner.run(ctx, x, y, example_ids, model=ctx.source_model)
+        with eval_mode(ctx.model), torch.no_grad():
+            correct = (ctx.logits(crafted.x_adv).argmax(1) == y).cpu()
+        return AttackOutcome(correct, crafted.x_adv)
+
+
+def make_attack(name: str, epsilon: float, *, dist_steps: int = DIST_STEPS,
+                dist_samples: int = DIST_SAMPLES, dist_lambda: float = DIST_LAMBDA,
+                feature_targets: int = FEATURE_TARGETS) -> Attack:
+    """The attack called `name` (see ATTACK_NAMES) with the paper's settings for `epsilon`."""
+    key = canonical_name(name)
+    epsilon = check_epsilon(epsilon)
+    steps = pgd_steps(key)
+    if steps is not None:
+        return pgd_attack(epsilon, steps)
+    if key == "fgsm":
+        return fgsm_attack(epsilon)
+    if key == "mim":
+        return mim_attack(epsilon)
+    if key == "cw":
+        return cw_attack(epsilon)
+    if key == "feature":
+        return FeatureAttack(epsilon, targets=feature_targets)
+    if key == "dist":
+        return DistributionAttack(epsilon, steps=dist_steps, samples=dist_samples, lbd=dist_lambda)
+    return TransferAttack(epsilon)
+
+
+# ----------------------------------------------------------------------------- functional API
+
+
+def _perturb(attack: Attack, model, x, y, seed, example_ids, precision, **context):
+    return attack.perturb(model, x, y, seed=seed, example_ids=example_ids, precision=precision,
+                          **context)
+
+
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, *,
+         precision: str = "fp32") -> torch.Tensor:
+    """clamp(x + epsilon * sign(grad CE), 0, 1)."""
+    return _perturb(fgsm_attack(epsilon), model, x, y, 0, None, precision)
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, steps: int = 20, *,
+        step_size: Optional[float] = None, seed: int = 0,
+        example_ids: Optional[torch.Tensor] = None, precision: str = "fp32") -> torch.Tensor:
+    """PGD-steps on cross-entropy from a per-example U(-eps, eps) start."""
+    return _perturb(pgd_attack(epsilon, steps, step_size), model, x, y, seed, example_ids, precision)
+
+
+def mim(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, steps: int = MIM_STEPS,
+        *, decay: float = MIM_DECAY, step_size: Optional[float] = None, seed: int = 0,
+        example_ids: Optional[torch.Tensor] = None, precision: str = "fp32") -> torch.Tensor:
+    """The momentum iterative method (decay 1.0, normalised gradient)."""
+    return _perturb(mim_attack(epsilon, steps, decay, step_size), model, x, y, seed, example_ids,
+                    precision)
+
+
+def cw(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, steps: int = CW_STEPS,
+       *, kappa: float = CW_KAPPA, step_size: Optional[float] = None, seed: int = 0,
+       example_ids: Optional[torch.Tensor] = None, precision: str = "fp32") -> torch.Tensor:
+    """PGD on the C&W margin loss (kappa 50)."""
+    return _perturb(cw_attack(epsilon, steps, kappa, step_size), model, x, y, seed, example_ids,
+                    precision)
+
+
+def feature_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, *,
+                   targets: int = FEATURE_TARGETS, steps: int = FEATURE_STEPS,
+                   pool_x: Optional[torch.Tensor] = None, pool_y: Optional[torch.Tensor] = None,
+                   seed: int = 0, example_ids: Optional[torch.Tensor] = None,
+                   precision: str = "fp32", batch_size: int = 256) -> AttackOutcome:
+    """FeaAttack; returns the outcome (per-example `correct` and an adversarial `x_adv`)."""
+    attack = FeatureAttack(epsilon, targets=targets, steps=steps)
+    ctx = AttackContext(model, seed=seed, precision=precision, pool_x=pool_x, pool_y=pool_y,
+                        batch_size=batch_size)
+    reason = attack.unavailable(ctx)
+    if reason is not None:
+        raise ValueError(f"attack 'feature' cannot run: {reason}")
+    return attack.run(ctx, x, y, _example_ids(x, example_ids))
+
+
+def transfer(source_model: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             epsilon: float, *, steps: int = TRANSFER_STEPS, seed: int = 0,
+             example_ids: Optional[torch.Tensor] = None, precision: str = "fp32") -> AttackOutcome:
+    """PGD-steps crafted on source_model; `correct` is measured on model."""
+    attack = TransferAttack(epsilon, steps=steps)
+    ctx = AttackContext(model, seed=seed, precision=precision, source_model=source_model)
+    return attack.run(ctx, x, y, _example_ids(x, example_ids))
