@@ -11,7 +11,7 @@ import argparse
 import sys
 from fractions import Fraction
 
-from .config import LOSSES, PRECISIONS, ConfigError, TrainConfig
+from .config import LOSSES, NO_HINGE, PRECISIONS, ConfigError, TrainConfig
 
 FIELDS = {f for f in TrainConfig.__dataclass_fields__}
 
@@ -24,6 +24,16 @@ def number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 0.031 or 8/255)") from None
 
 
+def hinge(text: str):
+    """--hinge: a number, or 'none' for no hinge."""
+    if text.strip().lower() == NO_HINGE:
+        return NO_HINGE
+    try:
+        return number(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor {NO_HINGE}") from None
+
+
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     from ..data import DATASETS
     from ..models import ARCHS
@@ -33,7 +43,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         return "; ".join(f"{name}: {spec.description}" for name, spec in METHODS.items())
 
     parser = subparsers.add_parser(
-        "train", help="train a classifier (standard, AT-PGD, TRADES, ADT_EXP, ...)",
+        "train", help="train a classifier (standard, AT-PGD, TRADES, ADT_EXP, ADT_EXP-AM, ADT_IMP-AM, ...)",
         description="Train a robust classifier into a run directory. Unset flags take the "
                     "paper's defaults (appendix C.3) for the dataset and method; with --resume "
                     "they come from the run's config.json. See docs/training.md.",
@@ -78,15 +88,28 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     inner.add_argument("--steps", type=int, metavar="T", help="inner steps (default 7)")
     inner.add_argument("--step-size", type=number, metavar="A", help="PGD step (default epsilon/4)")
     inner.add_argument("--samples", type=int, metavar="K", help="ADT MC samples per step (default 5)")
-    inner.add_argument("--lbd", type=number, metavar="L", help="ADT entropy weight lambda (default 0.01)")
+    inner.add_argument("--lbd", type=number, metavar="L",
+                       help="ADT entropy weight lambda (default 0.01; 1.0 for adt-imp-am)")
     inner.add_argument("--dist-lr", type=number, metavar="LR",
                        help="Adam lr of the ADT distribution parameters (default 0.3)")
     inner.add_argument("--dist-betas", type=number, nargs=2, metavar=("B1", "B2"),
                        help="Adam betas of the distribution parameters (default 0 0)")
-    inner.add_argument("--loss", choices=LOSSES, help="ADT's inner and outer loss (default ce)")
+    inner.add_argument("--loss", choices=LOSSES,
+                       help="ADT's inner and outer loss (adt-exp, adt-exp-am, adt-imp-am; default ce)")
     inner.add_argument("--beta", type=number, metavar="BETA", help="TRADES beta (default 6.0)")
     inner.add_argument("--backend", choices=["auto", "reference", "cpu", "cuda", "triton"],
                        help="backend of the sampling op (default auto)")
+
+    amortised = parser.add_argument_group("amortised ADT and baselines (docs/amortized.md)")
+    amortised.add_argument("--generator-lr", type=number, metavar="LR",
+                           help="Adam lr of the generator (adt-exp-am, adt-imp-am, l2l; default 2e-4, constant)")
+    amortised.add_argument("--generator-width", type=int, metavar="W",
+                           help="generator width, Table 7's 256 filters (default 256)")
+    amortised.add_argument("--hinge", type=hinge, metavar="H",
+                           help="adt-imp-am: reward the entropy bound only up to -H, or 'none' for the "
+                                "plain bound (default 0.9, the authors' code)")
+    amortised.add_argument("--alp-weight", type=number, metavar="W",
+                           help="alp: weight of the logit pairing penalty (default 0.5)")
     parser.set_defaults(run=run_train)
     return parser
 

@@ -27,7 +27,9 @@ LOSSES = ("ce", "trades")
 
 # Settings that a method may or may not use. A method's spec names the ones it uses and gives
 # their defaults; issue-5 methods add theirs here (and a field below, and a flag in command.py).
-METHOD_PARAMS = ("steps", "step_size", "samples", "lbd", "dist_lr", "dist_betas", "loss", "beta")
+METHOD_PARAMS = ("steps", "step_size", "samples", "lbd", "dist_lr", "dist_betas", "loss", "beta",
+                 "generator_lr", "generator_width", "hinge", "alp_weight")
+NO_HINGE = "none"  # --hinge none: ADT_IMP-AM's plain bound (Eq. A.3), no cap
 
 # Settings that may differ between a run and its --resume: where things are, how often snapshots
 # are written, how long to go on, and implementation choices that do not change the maths.
@@ -57,7 +59,8 @@ class TrainConfig:
     The defaults are appendix C.3's: SGD with momentum 0.9, weight decay 2e-4, batch size 64,
     lr 0.1 reduced tenfold from epoch 75 of 76 (epochs 75-76 at 0.01, as the original code's
     ``if epoch >= 75``; other lengths N drop at round(75 N / 76)); PGD-style inner loops T=7 with step epsilon/4; ADT_EXP k=5, lambda=0.01,
-    Adam lr 0.3 with betas (0, 0) on the distribution parameters.
+    Adam lr 0.3 with betas (0, 0) on the distribution parameters; the amortised methods' generator
+    Adam lr 2e-4 (docs/amortized.md).
     """
 
     method: str
@@ -82,6 +85,10 @@ class TrainConfig:
     dist_betas: Optional[tuple] = None
     loss: Optional[str] = None
     beta: Optional[float] = None
+    generator_lr: Optional[float] = None
+    generator_width: Optional[int] = None
+    hinge: Optional[Union[float, str]] = None   # a number, or NO_HINGE
+    alp_weight: Optional[float] = None
     precision: str = "fp32"
     channels_last: bool = False
     device: str = "auto"
@@ -218,6 +225,17 @@ class TrainConfig:
                                for b in betas)):
                 raise ConfigError(f"--dist-betas must be two numbers in [0, 1), got {betas!r}")
             cfg.dist_betas = (float(betas[0]), float(betas[1]))
+        if "generator_lr" in spec.params:
+            _real(cfg, "generator_lr", low=0.0, strict=True)
+        if "generator_width" in spec.params:
+            _int(cfg, "generator_width", 1)
+        if "hinge" in spec.params and cfg.hinge != NO_HINGE:
+            if isinstance(cfg.hinge, bool) or not isinstance(cfg.hinge, (int, float)) \
+                    or not math.isfinite(cfg.hinge):
+                raise ConfigError(f"--hinge must be a finite number or {NO_HINGE}, got {cfg.hinge!r}")
+            cfg.hinge = float(cfg.hinge)
+        if "alp_weight" in spec.params:
+            _real(cfg, "alp_weight", low=0.0)
         # beta is used only with the TRADES loss: a method whose loss can be either declares it,
         # and it is dropped (or refused, when given) with --loss ce.
         if "beta" in spec.params:

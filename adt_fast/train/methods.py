@@ -398,3 +398,6 @@ register_method(MethodSpec("trades", _build_trades, {**PGD_PARAMS, "beta": 6.0},
                            description="TRADES: CE(f(x)) + beta * KL(f(x) || f(x+delta)), KL maximised by PGD"))
 register_method(MethodSpec("adt-exp", _build_adt_exp, dict(ADT_EXP_PARAMS), losses=("ce", "trades"),
                            description="ADT_EXP (Alg. 2): per-example explicit distributions, one sample trains"))
+
+# Issue 5's methods (adt-exp-am, adt-imp-am, at-fgsm, alp, l2l) register themselves on import.
+from . import amortized_methods  # noqa: E402,F401

@@ -1,0 +1,265 @@
+"""The amortised methods (ADT_EXP-AM, ADT_IMP-AM, their TRADES variants) and the AT-FGSM, ALP and
+L2L baselines in the training loop and the command: end to end, resume, checkpoints, flags, and the
+one-backward simultaneous update."""
+
+import copy
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import adt_fast
+from adt_fast import amortized as am
+from adt_fast.attacks.losses import cross_entropy, trades_loss
+from adt_fast.cli import main
+from adt_fast.models import build_model
+from adt_fast.train import ComposedMethod, ConfigError, Runtime, TrainConfig, build_method, fit, read_metrics
+from adt_fast.train import checkpoint as ckpt
+from adt_fast.train.amortized_methods import AmortizedMethod, ImplicitGenerator, LeastLikelyFGSM
+
+from test_train import _kill_after, _same_state  # the loop's resume-test helpers
+
+FAST = ["--dataset", "synthetic", "--epochs", "1", "--max-batches", "2", "--batch-size", "32",
+        "--no-tensorboard"]
+SMALL_GEN = ["--generator-width", "8"]  # Table 7's 256 is ~10 M parameters: too slow for a test
+
+# (command-line method and flags, the method's own networks)
+CASES = [
+    (["adt-exp-am", *SMALL_GEN], {"generator"}),
+    (["adt-imp-am", *SMALL_GEN], {"generator", "q"}),
+    (["l2l", *SMALL_GEN], {"generator"}),
+    (["at-fgsm"], set()),
+    (["alp"], set()),
+    (["adt-exp-am", "--loss", "trades", "--beta", "1.0", *SMALL_GEN], {"generator"}),
+    (["adt-imp-am", "--loss", "trades", "--beta", "6", *SMALL_GEN], {"generator", "q"}),
+]
+IDS = ["adt-exp-am", "adt-imp-am", "l2l", "at-fgsm", "alp", "adt-exp-am-trades", "adt-imp-am-trades"]
+
+
+@pytest.mark.parametrize("args,networks", CASES, ids=IDS)
+def test_every_method_runs_end_to_end(tmp_path, capsys, args, networks):
+    out = tmp_path / "run"
+    assert main(["train", "--method", *args, *FAST, "--out", str(out)]) == 0
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "model.pt"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["method"] == args[0]
+    if "--loss" in args:
+        assert config["loss"] == "trades" and config["beta"] == float(args[args.index("--beta") + 1])
+    [record] = read_metrics(out)
+    assert all(torch.isfinite(torch.tensor(record[k])) for k in ("train_loss", "train_acc", "test_acc"))
+    model = adt_fast.load_model(out)
+    with torch.no_grad():
+        assert model(torch.rand(4, 3, 8, 8)).shape == (4, 10)
+    assert str(out / "model.pt") in capsys.readouterr().out
+
+    state = ckpt.load(out / ckpt.LATEST)
+    assert set(state["modules"]) == networks
+    assert set(state["optimisers"]) == {"model"} | networks
+    for name in networks:  # trained: Adam took one step per batch
+        steps = {float(s["step"]) for s in state["optimisers"][name]["state"].values()}
+        assert steps == {2.0}, name
+        assert state["modules"][name], name
+
+
+@pytest.mark.parametrize("args,networks", CASES[:5], ids=IDS[:5])
+def test_interrupted_then_resumed_run_is_bit_identical(tmp_path, monkeypatch, args, networks):
+    method, flags = args[0], {"generator_width": 8} if networks else {}
+
+    def cfg(out, **kw):
+        return TrainConfig(method, "synthetic", str(out), epochs=2, max_batches=2, batch_size=16,
+                           tensorboard=False, **flags, **kw)
+
+    fit(cfg(tmp_path / "straight"))
+    cls = AmortizedMethod if networks else ComposedMethod
+    with monkeypatch.context() as patch:
+        _kill_after(patch, cls, 3)  # 2 batches per epoch: killed inside epoch 2
+        with pytest.raises(KeyboardInterrupt):
+            fit(cfg(tmp_path / "killed"))
+    assert ckpt.load(tmp_path / "killed" / ckpt.LATEST)["epoch"] == 1
+    fit(cfg(tmp_path / "killed", resume=True))
+    a, b = _same_state(tmp_path / "straight" / ckpt.LATEST, tmp_path / "killed" / ckpt.LATEST)
+    assert set(a["modules"]) == set(b["modules"]) == networks
+    for name in networks:
+        for key, value in a["modules"][name].items():
+            assert torch.equal(value, b["modules"][name][key]), (name, key)
+        for index, slot in a["optimisers"][name]["state"].items():
+            for key, value in slot.items():
+                assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["optimisers"][name]["state"][index][key]))
+    for key, value in a["optimisers"]["model"]["state"].items():
+        assert torch.equal(value["momentum_buffer"], b["optimisers"]["model"]["state"][key]["momentum_buffer"])
+
+
+# ------------------------------------------------------------------------------------------------
+# One backward: the classifier descends, the generator (and q) ascend the same objective.
+# ------------------------------------------------------------------------------------------------
+def _params(module):
+    return [p for p in module.parameters()]
+
+
+def _manual(method, model, gen, q, x, y, cfg):
+    """The step computed without gradient reversal: L (the classifier's loss), H and the gradients."""
+    eps = cfg.epsilon
+    inputs = am.generator_inputs(model, x, y, eps)
+    if method == "adt-exp-am":
+        x_adv, entropy = am.explicit_perturbation(gen(inputs), x, eps)
+    elif method == "adt-imp-am":
+        z = am.sample_noise(x.shape[0], gen.noise_dim)
+        x_adv, t = am.tanh_perturbation(gen(inputs, z), x, eps)
+        entropy = am.entropy_lower_bound(*q(t), z, hinge=None)
+    else:
+        (x_adv, _), entropy = am.tanh_perturbation(gen(inputs), x, eps), None
+    if cfg.loss == "trades":
+        clean = model(x)
+        loss = trades_loss(model(x_adv), clean, y, cfg.beta).mean()
+    else:
+        loss = cross_entropy(model(x_adv), y).mean()
+    grad = lambda out, net: torch.autograd.grad(out, _params(net), retain_graph=True)  # noqa: E731
+    lbd = cfg.lbd or 0.0
+    g_model = grad(loss, model)
+    g_gen = grad(loss + lbd * entropy.mean(), gen) if entropy is not None else grad(loss, gen)
+    g_q = grad(lbd * entropy.mean(), q) if q is not None else None
+    return loss, g_model, g_gen, g_q
+
+
+@pytest.mark.parametrize("method,extra", [("adt-exp-am", {}), ("adt-imp-am", {"hinge": "none"}), ("l2l", {}),
+                                          ("adt-imp-am", {"hinge": "none", "loss": "trades", "beta": 2.0})],
+                         ids=["exp", "imp", "l2l", "imp-trades"])
+def test_one_step_descends_for_the_classifier_and_ascends_for_the_generator(method, extra):
+    torch.manual_seed(0)
+    cfg = TrainConfig(method, "synthetic", "unused", generator_width=4, epsilon=0.1, **extra).resolve()
+    model = build_model("small-cnn", 10, in_channels=3, image_size=8).train()
+    amortised = build_method(cfg, model, Runtime())
+    nets = amortised.modules()
+    gen, q = nets["generator"].train(), nets.get("q")
+    if q is not None:
+        q.train()
+    x, y = torch.rand(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    model_c, gen_c, q_c = copy.deepcopy(model), copy.deepcopy(gen), copy.deepcopy(q)
+
+    # The method's step, with plain SGD (lr 1, no momentum) in place of its optimisers: the update
+    # is then minus the gradient of the one backwarded scalar.
+    sgd = {"model": torch.optim.SGD(model.parameters(), lr=1.0)}
+    sgd.update({name: torch.optim.SGD(net.parameters(), lr=1.0) for name, net in nets.items()})
+    before = {name: [p.detach().clone() for p in net.parameters()] for name, net in
+              {"model": model, **nets}.items()}
+    torch.manual_seed(1)
+    out = amortised.train_step(model, x, y, sgd)
+    torch.manual_seed(1)
+    loss, g_model, g_gen, g_q = _manual(method, model_c, gen_c, q_c, x, y, cfg)
+
+    assert out.loss.item() == pytest.approx(loss.item(), rel=1e-6)  # reports the classifier's loss
+    moved = {name: [p.detach() - b for p, b in zip(net.parameters(), before[name])]
+             for name, net in {"model": model, **nets}.items()}
+    for delta, grad in zip(moved["model"], g_model):   # theta <- theta - dL/dtheta: descent
+        torch.testing.assert_close(delta, -grad, rtol=1e-4, atol=1e-6)
+    for delta, grad in zip(moved["generator"], g_gen):  # phi <- phi + d(L + lbd H)/dphi: ascent
+        torch.testing.assert_close(delta, grad, rtol=1e-4, atol=1e-6)
+    if q is not None:                                   # psi <- psi + lbd dH/dpsi: ascent on the bound
+        for delta, grad in zip(moved["q"], g_q):
+            torch.testing.assert_close(delta, grad, rtol=1e-4, atol=1e-6)
+        assert sum(g.abs().sum() for g in g_q) > 0
+    assert sum((d * g).sum() for d, g in zip(moved["model"], g_model)) < 0
+    assert sum((d * g).sum() for d, g in zip(moved["generator"], g_gen)) > 0
+    # The generator's inputs and the train-accuracy logits came from eval-mode forwards: BatchNorm
+    # statistics moved exactly as the manual step's train-mode forwards moved them.
+    for name, buffer in model.named_buffers():
+        torch.testing.assert_close(buffer, dict(model_c.named_buffers())[name], rtol=1e-6, atol=1e-7)
+    assert all(p.grad is not None for p in model.parameters()) and model.training
+
+
+def test_imp_am_hinge_setting_reaches_the_bound():
+    def hinge_of(**kw):
+        cfg = TrainConfig("adt-imp-am", "synthetic", "unused", generator_width=4, **kw).resolve()
+        perturbation = build_method(cfg, build_model("small-cnn", 10, in_channels=3, image_size=8),
+                                    Runtime()).perturbation
+        assert isinstance(perturbation, ImplicitGenerator)
+        return cfg.hinge, perturbation.hinge, perturbation.hinge_over
+
+    assert hinge_of() == (am.DEFAULT_HINGE, am.DEFAULT_HINGE, "batch")
+    assert hinge_of(hinge="none") == ("none", None, "batch")
+    assert hinge_of(hinge=0.5) == (0.5, 0.5, "batch")
+
+
+def test_defaults_follow_the_paper():
+    exp = TrainConfig("adt-exp-am", "synthetic", "unused").resolve()
+    imp = TrainConfig("adt-imp-am", "synthetic", "unused").resolve()
+    alp = TrainConfig("alp", "synthetic", "unused").resolve()
+    assert (exp.lbd, exp.loss, exp.beta, exp.generator_lr, exp.generator_width) == (0.01, "ce", None, 2e-4, 256)
+    assert (imp.lbd, imp.hinge, imp.generator_lr) == (1.0, 0.9, 2e-4)
+    assert (alp.steps, alp.step_size, alp.alp_weight) == (7, pytest.approx(2 / 255), 0.5)
+    fgsm = TrainConfig("at-fgsm", "synthetic", "unused").resolve()
+    assert all(getattr(fgsm, p) is None for p in ("steps", "lbd", "generator_lr", "alp_weight", "hinge"))
+    model = build_model("small-cnn", 10, in_channels=3, image_size=8)
+    method = build_method(dataclasses.replace(imp, generator_width=4), model, Runtime())
+    gen_opt, q_opt = method.optimisers()["generator"], method.optimisers()["q"]
+    assert gen_opt.defaults["lr"] == 2e-4 and gen_opt.defaults["betas"] == (0.5, 0.999)
+    assert q_opt.defaults["lr"] == 2e-4 and method.schedulers() == {}  # constant lr
+    assert method.optimisers() is method.optimisers() and method.modules()["q"] is method.modules()["q"]
+
+
+def test_at_fgsm_trains_on_least_likely_fgsm_examples():
+    torch.manual_seed(0)
+    cfg = TrainConfig("at-fgsm", "synthetic", "unused").resolve()
+    model = build_model("small-cnn", 10, in_channels=3, image_size=8).train()
+    method = build_method(cfg, model, Runtime())
+    assert isinstance(method.perturbation, LeastLikelyFGSM)
+    x, y = torch.rand(8, 3, 8, 8) * 0.5 + 0.25, torch.randint(0, 10, (8,))
+    expected = am.least_likely_fgsm(model, x, cfg.epsilon)
+    out = method.step(model, x, y)
+    torch.testing.assert_close(out.x_adv, expected)
+    torch.testing.assert_close((out.x_adv - x).abs(), torch.full_like(x, cfg.epsilon))
+    assert model.training
+
+
+def test_alp_loss_is_the_mixed_batch_alp_loss():
+    torch.manual_seed(0)
+    cfg = TrainConfig("alp", "synthetic", "unused", alp_weight=2.0, steps=2).resolve()
+    model = build_model("small-cnn", 10, in_channels=3, image_size=8).train()
+    method = build_method(cfg, model, Runtime())
+    x, y = torch.rand(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    reference = copy.deepcopy(model)
+    out = method.step(model, x, y)
+    assert ((out.x_adv - x).abs() <= cfg.epsilon + 1e-6).all() and not torch.equal(out.x_adv, x)
+    logits = reference(torch.cat([x, out.x_adv]))
+    expected = am.alp_loss(logits[:8], logits[8:], y, 2.0).mean()
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Flags
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method,changes,flag", [
+    ("adt-imp-am", {"hinge": "sometimes"}, "--hinge"), ("adt-imp-am", {"hinge": float("inf")}, "--hinge"),
+    ("adt-exp-am", {"generator_lr": 0.0}, "--generator-lr"), ("l2l", {"generator_width": 0}, "--generator-width"),
+    ("alp", {"alp_weight": -1.0}, "--alp-weight"), ("adt-exp-am", {"hinge": 0.5}, "--hinge"),
+    ("at-pgd", {"alp_weight": 0.5}, "--alp-weight"), ("l2l", {"lbd": 0.1}, "--lbd"),
+    ("l2l", {"loss": "trades"}, "--loss"), ("at-fgsm", {"steps": 3}, "--steps"),
+    ("adt-exp-am", {"beta": 1.0}, "--beta"), ("adt-imp-am", {"loss": "hinge"}, "--loss"),
+    ("at-fgsm", {"generator_width": 8}, "--generator-width"), ("adt-exp", {"generator_lr": 1e-3}, "--generator-lr"),
+])
+def test_bad_or_inapplicable_settings_name_their_flag(method, changes, flag):
+    with pytest.raises(ConfigError, match=flag):
+        TrainConfig(method, "synthetic", "unused", **changes).resolve()
+
+
+def test_flags_reach_the_config(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--method", "adt-imp-am", *FAST, "--out", str(out), "--generator-width", "4",
+                 "--generator-lr", "1e-3", "--hinge", "none", "--lbd", "0.5"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert {k: config[k] for k in ("generator_width", "generator_lr", "hinge", "lbd")} == \
+        {"generator_width": 4, "generator_lr": 1e-3, "hinge": "none", "lbd": 0.5}
+    out2 = tmp_path / "alp"
+    assert main(["train", "--method", "alp", *FAST, "--out", str(out2), "--alp-weight", "1/4", "--steps", "1"]) == 0
+    assert json.loads((out2 / "config.json").read_text())["alp_weight"] == 0.25
+    with pytest.raises(SystemExit):
+        main(["train", "--method", "adt-imp-am", *FAST, "--out", str(tmp_path / "x"), "--hinge", "big"])
+    assert "--hinge" in capsys.readouterr().err
+    assert main(["train", "--method", "at-fgsm", *FAST, "--out", str(tmp_path / "y"), "--hinge", "0.5"]) == 2
+    assert "--hinge does not apply to --method at-fgsm" in capsys.readouterr().err
+    # Resume takes the run's settings and refuses a different hinge.
+    assert main(["train", "--resume", "--out", str(out), "--epochs", "2"]) == 0
+    assert main(["train", "--resume", "--out", str(out), "--hinge", "0.9"]) == 2
+    assert "--hinge" in capsys.readouterr().err
