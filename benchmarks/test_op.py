@@ -1,0 +1,72 @@
+"""Forward + backward of the tanh-Gaussian op, k=5, inputs (B, 3, 32, 32).
+
+Compared in the same run: every backend that can serve the device, the original ADT code's form
+(k samples drawn one after another in a Python loop, eager), the eager vectorised reference and
+torch.compile of the vectorised reference.
+Run: pytest benchmarks/test_op.py --benchmark-only --benchmark-group-by=param:batch
+"""
+
+import pytest
+import torch
+
+import adt_fast
+from adt_fast.ops import dispatch, reference
+
+from baselines import original_sample
+from conftest import BATCH_SIZES, DEVICE
+
+K = 5
+EPSILON = 8 / 255
+
+
+def original_code_form(mean, std_param, x):
+    """The original ADT code's form: k samples drawn one after another (benchmarks/baselines.py)."""
+    outs, nlps = zip(*(original_sample(mean, std_param, x, EPSILON) for _ in range(K)))
+    return torch.stack(outs), torch.stack(nlps)
+
+
+def vectorised_reference(mean, std_param, x):
+    noise = torch.randn((K, *mean.shape), device=mean.device, dtype=mean.dtype)
+    return reference.sample_forward(mean, std_param, x, noise, None, K, EPSILON, 0.0, 1.0)
+
+
+compiled_reference = torch.compile(vectorised_reference)
+
+
+def ours(backend):
+    def run(mean, std_param, x):
+        return adt_fast.sample_and_entropy(mean, std_param, K, EPSILON, x=x, backend=backend)
+    return run
+
+
+IMPLEMENTATIONS = {
+    "original-loop-eager": original_code_form,
+    "reference-eager": vectorised_reference,
+    "reference-compiled": compiled_reference,
+    **{f"adt_fast-{name}": ours(name) for name in dispatch.BACKENDS if name != "reference"},
+}
+
+
+@pytest.mark.parametrize("batch", BATCH_SIZES)
+@pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
+def test_forward_backward(timed, benchmark, impl, batch):
+    if impl.startswith("adt_fast-"):
+        reason = dispatch.get(impl.removeprefix("adt_fast-")).why_not(DEVICE, torch.float32)
+        if reason is not None:
+            pytest.skip(reason)
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    shape = (batch, 3, 32, 32)
+    mean = torch.randn(shape, device=DEVICE, generator=g).mul_(0.1).requires_grad_()
+    std_param = torch.randn(shape, device=DEVICE, generator=g).requires_grad_()
+    x = torch.rand(shape, device=DEVICE, generator=g)
+    grad_out = torch.randn((K, *shape), device=DEVICE, generator=g)
+    grad_nlp = torch.randn((K, batch), device=DEVICE, generator=g)
+    fn = IMPLEMENTATIONS[impl]
+
+    def step():
+        out, nlp = fn(mean, std_param, x)
+        torch.autograd.backward((out, nlp), (grad_out, grad_nlp))
+        mean.grad = std_param.grad = None
+
+    benchmark.extra_info.update(device=str(DEVICE), k=K, shape=list(shape))
+    timed(step)
