@@ -26,7 +26,6 @@ term; that is the one difference from ``Method.train_step``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -124,15 +123,6 @@ class ImplicitGenerator(GeneratorPerturbation):
 # ------------------------------------------------------------------------------------------------
 # The amortised method: generator perturbation + a shared outer loss, one backward.
 # ------------------------------------------------------------------------------------------------
-@dataclass
-class AmortizedStepOutput(StepOutput):
-    """StepOutput plus ``objective``, the scalar that is backwarded (loss - lambda * entropy), and
-    ``entropy``, the entropy term's batch mean (detached; None for L2L), for logging."""
-
-    objective: Optional[torch.Tensor] = None
-    entropy: Optional[torch.Tensor] = None
-
-
 class AmortizedMethod(Method):
     """A generator perturbation trained jointly with the classifier by gradient reversal.
 
@@ -165,20 +155,9 @@ class AmortizedMethod(Method):
         if clean_logits is None:  # one eval-mode forward (no BatchNorm update), as ComposedMethod
             with eval_mode(model):
                 clean_logits = _clean_logits(model, x, self.runtime)
-        return AmortizedStepOutput(per_example.mean(), clean_logits.detach(), x_adv.detach(),
-                                   objective=objective,
-                                   entropy=None if entropy is None else entropy.detach().mean())
-
-    def train_step(self, model, x, y, optimisers):
-        # Method.train_step, backwarding the objective (with its entropy term) rather than the
-        # reported classifier loss.
-        for optimiser in optimisers.values():
-            optimiser.zero_grad(set_to_none=True)
-        out = self.step(model, x, y)
-        out.objective.backward()
-        for optimiser in optimisers.values():
-            optimiser.step()
-        return out
+        return StepOutput(per_example.mean(), clean_logits.detach(), x_adv.detach(),
+                          objective=objective,
+                          entropy=None if entropy is None else entropy.detach().mean())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -282,5 +261,5 @@ register_method(MethodSpec("l2l", _build_l2l, dict(GENERATOR_PARAMS),
                            description="Chen et al.'s learning-to-learn: a generator trained to maximise CE, "
                                        "one example, no entropy"))
 
-__all__ = ["ALPOuter", "AmortizedMethod", "AmortizedStepOutput", "DirectGenerator", "ExplicitGenerator",
+__all__ = ["ALPOuter", "AmortizedMethod", "DirectGenerator", "ExplicitGenerator",
            "GeneratorPerturbation", "ImplicitGenerator", "LeastLikelyFGSM"]

@@ -243,11 +243,15 @@ class TradesOuter(OuterLoss):
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class StepOutput:
-    """One training step's result: the scalar loss minimised, and clean logits for train accuracy."""
+    """One training step's result: the reported loss, clean logits for train accuracy, and the
+    scalar that is backwarded when it differs from the loss (an amortised method's loss minus
+    lambda times its entropy term, whose detached batch mean is kept for logging)."""
 
     loss: torch.Tensor
     clean_logits: Optional[torch.Tensor] = None
     x_adv: Optional[torch.Tensor] = None
+    objective: Optional[torch.Tensor] = None
+    entropy: Optional[torch.Tensor] = None
 
 
 class Method:
@@ -291,7 +295,7 @@ class Method:
         for optimiser in optimisers.values():
             optimiser.zero_grad(set_to_none=True)
         out = self.step(model, x, y)
-        out.loss.backward()
+        (out.loss if out.objective is None else out.objective).backward()
         for optimiser in optimisers.values():
             optimiser.step()
         return out
