@@ -1,0 +1,386 @@
+// The one binding file: registers the torch-free kernels of csrc/cpu (and csrc/cuda in CUDA
+// builds, ADT_FAST_WITH_CUDA) as torch ops in the namespace adt_fast_C, and defines the Python
+// module adt_fast._C (importing it registers the ops):
+//
+//   adt_fast_C::sample_forward(mean, std_param, x?, noise?, seed_offset, num_samples, epsilon, lo, hi)
+//       -> (out [k, *mean.shape] in mean's dtype, neg_log_prob [k, B] float32 / float64)
+//   adt_fast_C::sample_backward(grad_out, grad_nlp, mean, std_param, x?, noise?, seed_offset,
+//                               num_samples, epsilon, lo, hi) -> (grad_mean, grad_std_param, grad_x)
+//   adt_fast_C::philox_words(seed_offset, numel, num_samples) -> int64 [ceil(k/4), numel, 4]
+//
+// The maths is in adt_fast/ops/reference.py (the spec); this file only validates and allocates.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "cpu/adt_cpu.h"
+
+#if defined(ADT_FAST_WITH_CUDA)
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "cuda/adt_cuda.h"
+#endif
+
+#define ADT_FAST_STR_(...) #__VA_ARGS__
+#define ADT_FAST_STR(...) ADT_FAST_STR_(__VA_ARGS__)
+#if defined(ADT_FAST_VERSION_TOKENS)
+#define ADT_FAST_VERSION ADT_FAST_STR(ADT_FAST_VERSION_TOKENS)
+#else
+#define ADT_FAST_VERSION "unknown"
+#endif
+
+namespace {
+
+using at::Tensor;
+using OptTensor = c10::optional<Tensor>;
+
+bool is_supported_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+std::vector<int64_t> with_samples(int64_t k, at::IntArrayRef sizes) {
+  std::vector<int64_t> out{k};
+  out.insert(out.end(), sizes.begin(), sizes.end());
+  return out;
+}
+
+void check_tensor_like(const char* op, const char* name, const Tensor& t, const Tensor& mean,
+                       at::IntArrayRef sizes, at::ScalarType dtype) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " is an undefined tensor");
+  TORCH_CHECK(t.device() == mean.device(), op, ": ", name, " is on ", t.device(), " but mean is on ",
+              mean.device());
+  TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " has dtype ", t.scalar_type(), ", expected ", dtype);
+  TORCH_CHECK(t.sizes() == sizes, op, ": ", name, " must have shape ", sizes, ", got ", t.sizes());
+}
+
+struct Dims {
+  int64_t batch, dim;
+};
+
+// Validation shared by every op (defence in depth: the Python layer checks first).
+Dims check_common(const char* op, const Tensor& mean, const Tensor& std_param, const OptTensor& x,
+                  const OptTensor& noise, const Tensor& seed_offset, int64_t k, double epsilon, double lo,
+                  double hi) {
+  TORCH_CHECK(mean.defined(), op, ": mean is an undefined tensor");
+  TORCH_CHECK(is_supported_float(mean.scalar_type()), op,
+              ": mean must be float16, bfloat16, float32 or float64, got ", mean.scalar_type());
+  TORCH_CHECK(mean.dim() >= 1, op, ": mean must have a batch dimension (B, *S), got a 0-d tensor");
+  TORCH_CHECK(k >= 1, op, ": num_samples must be >= 1, got ", k);
+  TORCH_CHECK(std::isfinite(epsilon) && epsilon > 0, op, ": epsilon must be finite and > 0, got ", epsilon);
+  TORCH_CHECK(lo < hi, op, ": the clamp bounds must satisfy lo < hi, got lo=", lo, " hi=", hi);
+  check_tensor_like(op, "std_param", std_param, mean, mean.sizes(), mean.scalar_type());
+  if (x.has_value() && x->defined()) check_tensor_like(op, "x", *x, mean, mean.sizes(), mean.scalar_type());
+  if (noise.has_value() && noise->defined()) {
+    check_tensor_like(op, "noise", *noise, mean, with_samples(k, mean.sizes()), mean.scalar_type());
+  }
+  TORCH_CHECK(seed_offset.defined() && seed_offset.scalar_type() == at::kLong && seed_offset.numel() == 2, op,
+              ": seed_offset must be an int64 tensor of 2 values (seed, offset), got ",
+              seed_offset.defined() ? seed_offset.toString() : std::string("undefined"), " of shape ",
+              seed_offset.defined() ? seed_offset.sizes() : at::IntArrayRef{});
+  TORCH_CHECK(seed_offset.device() == mean.device(), op, ": seed_offset is on ", seed_offset.device(),
+              " but mean is on ", mean.device());
+  Dims d;
+  d.batch = mean.size(0);
+  d.dim = 1;
+  for (int64_t i = 1; i < mean.dim(); ++i) d.dim *= mean.size(i);
+  return d;
+}
+
+void check_grads(const char* op, const Tensor& grad_out, const Tensor& grad_nlp, const Tensor& mean, int64_t k,
+                 int64_t batch) {
+  TORCH_CHECK(grad_out.defined() && grad_out.device() == mean.device(), op,
+              ": grad_out must be a tensor on mean's device");
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(with_samples(k, mean.sizes())), op,
+              ": grad_out must have shape ", at::IntArrayRef(with_samples(k, mean.sizes())), ", got ",
+              grad_out.sizes());
+  TORCH_CHECK(at::isFloatingType(grad_out.scalar_type()), op, ": grad_out must be floating, got ",
+              grad_out.scalar_type());
+  TORCH_CHECK(grad_nlp.defined() && grad_nlp.device() == mean.device(), op,
+              ": grad_nlp must be a tensor on mean's device");
+  TORCH_CHECK(grad_nlp.sizes() == at::IntArrayRef({k, batch}), op, ": grad_nlp must have shape [", k, ", ",
+              batch, "], got ", grad_nlp.sizes());
+  TORCH_CHECK(at::isFloatingType(grad_nlp.scalar_type()), op, ": grad_nlp must be floating, got ",
+              grad_nlp.scalar_type());
+}
+
+bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
+
+OptTensor contiguous_as(const OptTensor& t, at::ScalarType dtype) {
+  if (!present(t)) return c10::nullopt;
+  return t->to(dtype).contiguous();
+}
+
+template <class T>
+const T* ptr_or_null(const OptTensor& t) {
+  return present(t) ? t->data_ptr<T>() : nullptr;
+}
+
+std::pair<uint64_t, uint64_t> read_seed_offset_cpu(const Tensor& seed_offset) {
+  const Tensor so = seed_offset.contiguous();
+  const int64_t* p = so.data_ptr<int64_t>();
+  return {static_cast<uint64_t>(p[0]), static_cast<uint64_t>(p[1])};
+}
+
+// ---- CPU ----------------------------------------------------------------------------------------
+
+std::tuple<Tensor, Tensor> forward_cpu(const Tensor& mean_in, const Tensor& std_in, const OptTensor& x_in,
+                                       const OptTensor& noise_in, const Tensor& seed_offset, int64_t k,
+                                       double epsilon, double lo, double hi) {
+  const char* op = "adt_fast_C::sample_forward";
+  const Dims d = check_common(op, mean_in, std_in, x_in, noise_in, seed_offset, k, epsilon, lo, hi);
+  const at::ScalarType dtype = mean_in.scalar_type();
+  if (dtype == at::kHalf || dtype == at::kBFloat16) {  // computed in float32, stored back
+    auto result = forward_cpu(mean_in.to(at::kFloat), std_in.to(at::kFloat), contiguous_as(x_in, at::kFloat),
+                              contiguous_as(noise_in, at::kFloat), seed_offset, k, epsilon, lo, hi);
+    return {std::get<0>(result).to(dtype), std::get<1>(result)};
+  }
+  const Tensor mean = mean_in.contiguous(), std_param = std_in.contiguous();
+  const OptTensor x = contiguous_as(x_in, dtype), noise = contiguous_as(noise_in, dtype);
+  Tensor out = at::empty(with_samples(k, mean.sizes()), mean.options());
+  Tensor nlp = at::empty({k, d.batch}, mean.options());
+  const auto [seed, offset] = read_seed_offset_cpu(seed_offset);
+  const int threads = at::get_num_threads();
+  if (dtype == at::kFloat) {
+    adt_fast::cpu::sample_forward(mean.data_ptr<float>(), std_param.data_ptr<float>(), ptr_or_null<float>(x),
+                                  ptr_or_null<float>(noise), seed, offset, d.batch, d.dim, k, epsilon, lo, hi,
+                                  out.data_ptr<float>(), nlp.data_ptr<float>(), threads);
+  } else {
+    adt_fast::cpu::sample_forward(mean.data_ptr<double>(), std_param.data_ptr<double>(), ptr_or_null<double>(x),
+                                  ptr_or_null<double>(noise), seed, offset, d.batch, d.dim, k, epsilon, lo, hi,
+                                  out.data_ptr<double>(), nlp.data_ptr<double>(), threads);
+  }
+  return {out, nlp};
+}
+
+std::tuple<Tensor, Tensor, Tensor> backward_cpu(const Tensor& grad_out_in, const Tensor& grad_nlp_in,
+                                                const Tensor& mean_in, const Tensor& std_in, const OptTensor& x_in,
+                                                const OptTensor& noise_in, const Tensor& seed_offset, int64_t k,
+                                                double epsilon, double lo, double hi) {
+  const char* op = "adt_fast_C::sample_backward";
+  const Dims d = check_common(op, mean_in, std_in, x_in, noise_in, seed_offset, k, epsilon, lo, hi);
+  check_grads(op, grad_out_in, grad_nlp_in, mean_in, k, d.batch);
+  const at::ScalarType dtype = mean_in.scalar_type();
+  if (dtype == at::kHalf || dtype == at::kBFloat16) {
+    auto result = backward_cpu(grad_out_in.to(at::kFloat), grad_nlp_in.to(at::kFloat), mean_in.to(at::kFloat),
+                               std_in.to(at::kFloat), contiguous_as(x_in, at::kFloat),
+                               contiguous_as(noise_in, at::kFloat), seed_offset, k, epsilon, lo, hi);
+    const Tensor& gx = std::get<2>(result);
+    return {std::get<0>(result).to(dtype), std::get<1>(result).to(dtype), gx.numel() ? gx.to(dtype) : mean_in.new_empty({0})};
+  }
+  const at::ScalarType ctype = compute_type(dtype);
+  const Tensor mean = mean_in.contiguous(), std_param = std_in.contiguous();
+  const Tensor grad_out = grad_out_in.to(dtype).contiguous(), grad_nlp = grad_nlp_in.to(ctype).contiguous();
+  const OptTensor x = contiguous_as(x_in, dtype), noise = contiguous_as(noise_in, dtype);
+  Tensor grad_mean = at::empty_like(mean), grad_std = at::empty_like(std_param);
+  Tensor grad_x = present(x) ? at::empty_like(mean) : mean.new_empty({0});
+  const auto [seed, offset] = read_seed_offset_cpu(seed_offset);
+  const int threads = at::get_num_threads();
+  if (dtype == at::kFloat) {
+    adt_fast::cpu::sample_backward(grad_out.data_ptr<float>(), grad_nlp.data_ptr<float>(), mean.data_ptr<float>(),
+                                   std_param.data_ptr<float>(), ptr_or_null<float>(x), ptr_or_null<float>(noise),
+                                   seed, offset, d.batch, d.dim, k, epsilon, lo, hi, grad_mean.data_ptr<float>(),
+                                   grad_std.data_ptr<float>(), present(x) ? grad_x.data_ptr<float>() : nullptr,
+                                   threads);
+  } else {
+    adt_fast::cpu::sample_backward(grad_out.data_ptr<double>(), grad_nlp.data_ptr<double>(),
+                                   mean.data_ptr<double>(), std_param.data_ptr<double>(), ptr_or_null<double>(x),
+                                   ptr_or_null<double>(noise), seed, offset, d.batch, d.dim, k, epsilon, lo, hi,
+                                   grad_mean.data_ptr<double>(), grad_std.data_ptr<double>(),
+                                   present(x) ? grad_x.data_ptr<double>() : nullptr, threads);
+  }
+  return {grad_mean, grad_std, grad_x};
+}
+
+void check_words_args(const Tensor& seed_offset, int64_t numel, int64_t k) {
+  const char* op = "adt_fast_C::philox_words";
+  TORCH_CHECK(seed_offset.scalar_type() == at::kLong && seed_offset.numel() == 2, op,
+              ": seed_offset must be an int64 tensor of 2 values (seed, offset)");
+  TORCH_CHECK(numel >= 0, op, ": numel must be >= 0, got ", numel);
+  TORCH_CHECK(k >= 1, op, ": num_samples must be >= 1, got ", k);
+}
+
+Tensor philox_words_cpu(const Tensor& seed_offset, int64_t numel, int64_t k) {
+  check_words_args(seed_offset, numel, k);
+  Tensor out = at::empty({(k + 3) / 4, numel, 4}, seed_offset.options().dtype(at::kLong));
+  const auto [seed, offset] = read_seed_offset_cpu(seed_offset);
+  adt_fast::cpu::philox_words(seed, offset, numel, k, out.data_ptr<int64_t>(), at::get_num_threads());
+  return out;
+}
+
+// ---- Meta (shapes only) ------------------------------------------------------------------------
+
+std::tuple<Tensor, Tensor> forward_meta(const Tensor& mean, const Tensor& std_param, const OptTensor& x,
+                                        const OptTensor& noise, const Tensor& seed_offset, int64_t k,
+                                        double epsilon, double lo, double hi) {
+  const Dims d = check_common("adt_fast_C::sample_forward", mean, std_param, x, noise, seed_offset, k, epsilon,
+                              lo, hi);
+  return {at::empty(with_samples(k, mean.sizes()), mean.options()),
+          at::empty({k, d.batch}, mean.options().dtype(compute_type(mean.scalar_type())))};
+}
+
+std::tuple<Tensor, Tensor, Tensor> backward_meta(const Tensor& grad_out, const Tensor& grad_nlp,
+                                                 const Tensor& mean, const Tensor& std_param, const OptTensor& x,
+                                                 const OptTensor& noise, const Tensor& seed_offset, int64_t k,
+                                                 double epsilon, double lo, double hi) {
+  const char* op = "adt_fast_C::sample_backward";
+  const Dims d = check_common(op, mean, std_param, x, noise, seed_offset, k, epsilon, lo, hi);
+  check_grads(op, grad_out, grad_nlp, mean, k, d.batch);
+  return {at::empty_like(mean), at::empty_like(std_param), present(x) ? at::empty_like(mean) : mean.new_empty({0})};
+}
+
+Tensor philox_words_meta(const Tensor& seed_offset, int64_t numel, int64_t k) {
+  check_words_args(seed_offset, numel, k);
+  return at::empty({(k + 3) / 4, numel, 4}, seed_offset.options().dtype(at::kLong));
+}
+
+// ---- CUDA ---------------------------------------------------------------------------------------
+
+#if defined(ADT_FAST_WITH_CUDA)
+
+adt_fast::cuda::DType cuda_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return adt_fast::cuda::DType::kFloat32;
+    case at::kDouble: return adt_fast::cuda::DType::kFloat64;
+    case at::kHalf: return adt_fast::cuda::DType::kFloat16;
+    case at::kBFloat16: return adt_fast::cuda::DType::kBFloat16;
+    default: TORCH_CHECK(false, "adt_fast_C: unsupported dtype ", t);
+  }
+}
+
+const void* cptr_or_null(const OptTensor& t) { return present(t) ? t->data_ptr() : nullptr; }
+
+std::tuple<Tensor, Tensor> forward_cuda(const Tensor& mean_in, const Tensor& std_in, const OptTensor& x_in,
+                                        const OptTensor& noise_in, const Tensor& seed_offset_in, int64_t k,
+                                        double epsilon, double lo, double hi) {
+  const char* op = "adt_fast_C::sample_forward";
+  const Dims d = check_common(op, mean_in, std_in, x_in, noise_in, seed_offset_in, k, epsilon, lo, hi);
+  const c10::cuda::CUDAGuard guard(mean_in.device());
+  const at::ScalarType dtype = mean_in.scalar_type();
+  const Tensor mean = mean_in.contiguous(), std_param = std_in.contiguous(), seed_offset = seed_offset_in.contiguous();
+  const OptTensor x = contiguous_as(x_in, dtype), noise = contiguous_as(noise_in, dtype);
+  Tensor out = at::empty(with_samples(k, mean.sizes()), mean.options());
+  Tensor nlp = at::empty({k, d.batch}, mean.options().dtype(compute_type(dtype)));
+  const adt_fast::cuda::DType dt = cuda_dtype(dtype);
+  const size_t ws_bytes = adt_fast::cuda::forward_workspace_bytes(dt, d.batch, d.dim, k);
+  Tensor workspace = at::empty({static_cast<int64_t>(ws_bytes)}, mean.options().dtype(at::kByte));
+  const char* err = adt_fast::cuda::sample_forward(
+      dt, mean.data_ptr(), std_param.data_ptr(), cptr_or_null(x), cptr_or_null(noise),
+      seed_offset.data_ptr<int64_t>(), d.batch, d.dim, k, epsilon, lo, hi, out.data_ptr(), nlp.data_ptr(),
+      ws_bytes ? workspace.data_ptr() : nullptr, c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == nullptr, op, ": CUDA kernel launch failed: ", err);
+  return {out, nlp};
+}
+
+std::tuple<Tensor, Tensor, Tensor> backward_cuda(const Tensor& grad_out_in, const Tensor& grad_nlp_in,
+                                                 const Tensor& mean_in, const Tensor& std_in,
+                                                 const OptTensor& x_in, const OptTensor& noise_in,
+                                                 const Tensor& seed_offset_in, int64_t k, double epsilon,
+                                                 double lo, double hi) {
+  const char* op = "adt_fast_C::sample_backward";
+  const Dims d = check_common(op, mean_in, std_in, x_in, noise_in, seed_offset_in, k, epsilon, lo, hi);
+  check_grads(op, grad_out_in, grad_nlp_in, mean_in, k, d.batch);
+  const c10::cuda::CUDAGuard guard(mean_in.device());
+  const at::ScalarType dtype = mean_in.scalar_type();
+  const Tensor mean = mean_in.contiguous(), std_param = std_in.contiguous(), seed_offset = seed_offset_in.contiguous();
+  const Tensor grad_out = grad_out_in.to(dtype).contiguous();
+  const Tensor grad_nlp = grad_nlp_in.to(compute_type(dtype)).contiguous();
+  const OptTensor x = contiguous_as(x_in, dtype), noise = contiguous_as(noise_in, dtype);
+  Tensor grad_mean = at::empty_like(mean), grad_std = at::empty_like(std_param);
+  Tensor grad_x = present(x) ? at::empty_like(mean) : mean.new_empty({0});
+  const char* err = adt_fast::cuda::sample_backward(
+      cuda_dtype(dtype), grad_out.data_ptr(), grad_nlp.data_ptr(), mean.data_ptr(), std_param.data_ptr(),
+      cptr_or_null(x), cptr_or_null(noise), seed_offset.data_ptr<int64_t>(), d.batch, d.dim, k, epsilon, lo, hi,
+      grad_mean.data_ptr(), grad_std.data_ptr(), present(x) ? grad_x.data_ptr() : nullptr,
+      c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == nullptr, op, ": CUDA kernel launch failed: ", err);
+  return {grad_mean, grad_std, grad_x};
+}
+
+Tensor philox_words_cuda(const Tensor& seed_offset_in, int64_t numel, int64_t k) {
+  check_words_args(seed_offset_in, numel, k);
+  const c10::cuda::CUDAGuard guard(seed_offset_in.device());
+  const Tensor seed_offset = seed_offset_in.contiguous();
+  Tensor out = at::empty({(k + 3) / 4, numel, 4}, seed_offset.options().dtype(at::kLong));
+  const char* err = adt_fast::cuda::philox_words(seed_offset.data_ptr<int64_t>(), numel, k,
+                                                 out.data_ptr<int64_t>(), c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == nullptr, "adt_fast_C::philox_words: CUDA kernel launch failed: ", err);
+  return out;
+}
+
+#endif  // ADT_FAST_WITH_CUDA
+
+}  // namespace
+
+TORCH_LIBRARY(adt_fast_C, m) {
+  m.def(
+      "sample_forward(Tensor mean, Tensor std_param, Tensor? x, Tensor? noise, Tensor seed_offset, "
+      "int num_samples, float epsilon, float lo, float hi) -> (Tensor, Tensor)");
+  m.def(
+      "sample_backward(Tensor grad_out, Tensor grad_nlp, Tensor mean, Tensor std_param, Tensor? x, "
+      "Tensor? noise, Tensor seed_offset, int num_samples, float epsilon, float lo, float hi) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def("philox_words(Tensor seed_offset, int numel, int num_samples) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(adt_fast_C, CPU, m) {
+  m.impl("sample_forward", &forward_cpu);
+  m.impl("sample_backward", &backward_cpu);
+  m.impl("philox_words", &philox_words_cpu);
+}
+
+TORCH_LIBRARY_IMPL(adt_fast_C, Meta, m) {
+  m.impl("sample_forward", &forward_meta);
+  m.impl("sample_backward", &backward_meta);
+  m.impl("philox_words", &philox_words_meta);
+}
+
+#if defined(ADT_FAST_WITH_CUDA)
+TORCH_LIBRARY_IMPL(adt_fast_C, CUDA, m) {
+  m.impl("sample_forward", &forward_cuda);
+  m.impl("sample_backward", &backward_cuda);
+  m.impl("philox_words", &philox_words_cuda);
+}
+#endif
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "adt_fast C++/CUDA kernels. Importing this module registers torch.ops.adt_fast_C.";
+  m.def(
+      "build_info",
+      [] {
+        py::dict info;
+        info["version"] = ADT_FAST_VERSION;
+        info["cpu_isa"] = adt_fast::cpu::isa();
+        info["cpu_isas"] = adt_fast::cpu::available_isas();
+        info["openmp"] = adt_fast::cpu::has_openmp();
+        info["openmp_threads"] = adt_fast::cpu::default_num_threads();
+#if defined(ADT_FAST_WITH_CUDA)
+        info["cuda"] = true;
+        info["cuda_archs"] = adt_fast::cuda::compiled_architectures();
+#else
+        info["cuda"] = false;
+        info["cuda_archs"] = "";
+#endif
+#if defined(__VERSION__)
+        info["compiler"] = __VERSION__;
+#endif
+        return info;
+      },
+      "How the extension was built: version, CPU instruction set in use, OpenMP, CUDA.");
+  m.def("cpu_isa", [] { return std::string(adt_fast::cpu::isa()); },
+        "The instruction set the CPU kernels run with (avx512, avx2 or generic).");
+  m.def(
+      "set_cpu_isa", [](const std::string& name) { return adt_fast::cpu::set_isa(name.c_str()); },
+      py::arg("name"),
+      "Force the CPU kernels' instruction set (for tests); False if it is unknown or unsupported here.");
+}

@@ -1,0 +1,93 @@
+// The per-element maths of the tanh-Gaussian op (DESIGN §1), shared by the CPU and CUDA kernels.
+// Templated on the compute type: float (for float, half and bfloat16 storage) or double.
+// Every function is branch-free (selects only), so the CPU loops vectorise.
+//
+//   sigma = softplus(rho),  u = mu + sigma r,  t = tanh(u),  delta = eps t
+//   -log p = r^2/2 + log sigma + log(1 - t^2) + [log(2 pi)/2 + log eps]   (per element)
+//
+// These follow adt_fast/ops/reference.py exactly (not torch's threshold=20 softplus):
+//   softplus(rho)      = max(rho, 0) + log1p(exp(-|rho|))
+//   log softplus(rho)  = rho - exp(rho)/2 for rho < -20, else log(softplus(rho))
+//   sigmoid/softplus   = 1 - exp(rho)/2 for rho < -20, else sigmoid(rho) / softplus(rho)
+//   log(1 - t^2)       = 2 (log 2 - |u| - softplus(-2|u|)), softplus(-2|u|) = log(2 + expm1(-2|u|))
+//   1 - t^2            = 4 e / (1 + e)^2 with e = exp(-2|u|)    (exact in relative terms)
+//   tanh|u|            = -expm1(-2|u|) / (2 + expm1(-2|u|))     (accurate for tiny |u|)
+#pragma once
+
+#include "common.h"
+#include "fastmath.h"
+
+namespace adt_fast {
+
+constexpr double kLogSoftplusTail = -20.0;
+
+template <class T>
+struct RhoTerms {
+  T sigma;                  // softplus(rho)
+  T log_sigma;              // log softplus(rho)
+  T sigmoid;                // sigmoid(rho) = d sigma / d rho
+  T sigmoid_over_softplus;  // d log sigma / d rho
+};
+
+template <class T>
+ADT_FN RhoTerms<T> rho_terms(T rho) {
+  const T zero = T(0);
+  const T a = rho < zero ? -rho : rho;
+  const T e = math::exp_(-a);  // exp(-|rho|) in (0, 1]; = exp(rho) where rho < 0
+  const T sp = (rho > zero ? rho : zero) + math::log1p_(e);
+  const T inv = T(1) / (T(1) + e);
+  const T sig = rho >= zero ? inv : e * inv;
+  const bool tail = rho < T(kLogSoftplusTail);
+  const T min_normal = math::Traits<T>::kMinNormal;
+  const T sp_safe = sp > min_normal ? sp : min_normal;  // only tail lanes ever need this
+  RhoTerms<T> out;
+  out.sigma = sp;
+  out.log_sigma = tail ? rho - T(0.5) * e : math::log_(sp_safe);
+  out.sigmoid = sig;
+  out.sigmoid_over_softplus = tail ? T(1) - T(0.5) * e : sig / sp_safe;
+  return out;
+}
+
+template <class T>
+struct TanhTerms {
+  T t;      // tanh(u)
+  T dtanh;  // 1 - tanh(u)^2
+  T log1m;  // log(1 - tanh(u)^2)
+};
+
+template <class T>
+ADT_FN TanhTerms<T> tanh_terms(T u) {
+  const T a = u < T(0) ? -u : u;
+  T em, e;
+  math::expm1_exp<T>(T(-2) * a, em, e);  // em = expm1(-2|u|), e = exp(-2|u|)
+  const T den = T(2) + em;               // 1 + e, to within rounding of 1 + e
+  const T rden = T(1) / den;
+  const T ta = -em * rden;               // tanh|u|
+  TanhTerms<T> out;
+  out.t = u < T(0) ? -ta : ta;
+  out.dtanh = T(4) * e * rden * rden;
+  // softplus(-2|u|) = log1p(e) = log(den): den carries 1 + e to a relative rounding, so the log
+  // is as accurate in absolute terms as log1p (what matters once added to log 2 - |u|).
+  out.log1m = T(2) * ((T(kLog2) - a) - math::log_(den));
+  return out;
+}
+
+// The per-element, per-sample part of -log p: r^2/2 + log sigma + log(1 - t^2).
+template <class T>
+ADT_FN T neg_log_prob_term(T r, T log_sigma, T log1m) {
+  return T(0.5) * r * r + log_sigma + log1m;
+}
+
+// torch.clamp(v, lo, hi) (lo <= hi).
+template <class T>
+ADT_FN T clamp_(T v, T lo, T hi) {
+  v = v < lo ? lo : v;
+  return v > hi ? hi : v;
+}
+
+// The constant of -log p per example: D (log(2 pi)/2 + log eps), in double.
+inline double neg_log_prob_constant(int64_t dim, double epsilon) {
+  return (kLogSqrt2Pi + std::log(epsilon)) * static_cast<double>(dim);
+}
+
+}  // namespace adt_fast

@@ -1,0 +1,375 @@
+// The CPU kernels, written once and compiled once per instruction set by kernels_<isa>.cpp, which
+// define ADT_ISA_NS (a namespace), ADT_ISA_NAME and ADT_TABLE_FN, include every header first and
+// then this file under `#pragma GCC target(...)`. Nothing here is parallel: cpu_api.cpp splits the
+// work into fixed ranges and runs them with OpenMP.
+//
+// Layout: the flat element range is walked in tiles of kTile elements. Per tile, structure-of-
+// arrays buffers hold the per-element terms (mu, sigma, log sigma), the Philox words of one
+// sample group (4 samples per call) and their normals; every inner loop is a branch-free
+// `omp simd` loop over the tile that g++ -O3 vectorises (no libm calls: see core/fastmath.h).
+#if !defined(ADT_ISA_NS) || !defined(ADT_ISA_NAME) || !defined(ADT_TABLE_FN)
+#error "kernels_impl.h is included by kernels_<isa>.cpp only"
+#endif
+#if defined(__GNUC__) && !defined(__clang__) && (!defined(__NO_TRAPPING_MATH__) || !defined(__NO_MATH_ERRNO__))
+// Without these flags g++ keeps the selects of core/elementwise.h as branches (it may not
+// speculate floating-point operations) and calls sqrt through errno checks: nothing vectorises
+// below AVX-512, and the kernels run up to 10x slower. Results are the same either way.
+#warning "compile the CPU kernels with -fno-trapping-math -fno-math-errno (setup.py and CMakeLists.txt do)"
+#endif
+
+namespace adt_fast {
+namespace cpu {
+namespace ADT_ISA_NS {
+
+constexpr int kTile = 256;
+
+// Philox words of elements [n0, n0 + len), scalar (portable; also the vector loops' remainder).
+inline void philox_tile_scalar(PhiloxKey key, uint64_t n0, uint64_t ctr, int begin, int len, uint32_t* __restrict w0,
+                               uint32_t* __restrict w1, uint32_t* __restrict w2, uint32_t* __restrict w3) {
+  const uint32_t c2 = static_cast<uint32_t>(ctr), c3 = static_cast<uint32_t>(ctr >> 32);
+  const uint32_t k0 = key.k0, k1 = key.k1;
+  for (int i = begin; i < len; ++i) {
+    const uint64_t n = n0 + static_cast<uint64_t>(i);
+    uint32_t x0 = static_cast<uint32_t>(n), x1 = static_cast<uint32_t>(n >> 32), x2 = c2, x3 = c3;
+    philox4x32_10(x0, x1, x2, x3, k0, k1);
+    w0[i] = x0;
+    w1[i] = x1;
+    w2[i] = x2;
+    w3[i] = x3;
+  }
+}
+
+#if defined(ADT_FAST_X86_MULTIVERSION) && defined(ADT_ISA_LEVEL)
+// Philox with SIMD intrinsics: the compiler's own vectorisation of the 32x32->64-bit products
+// (zero-extend, 64-bit multiply, repack) is several times slower than mul_epu32 on even and odd
+// lanes. ADT_ISA_LEVEL: 2 = AVX-512 (16 lanes), 1 = AVX2 (8 lanes), 0 = SSE2 (4 lanes).
+#if ADT_ISA_LEVEL == 2
+using VecU = __m512i;
+constexpr int kLanes = 16;
+ADT_FN VecU v_set1(uint32_t v) { return _mm512_set1_epi32(static_cast<int>(v)); }
+ADT_FN VecU v_iota() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
+ADT_FN VecU v_add(VecU a, VecU b) { return _mm512_add_epi32(a, b); }
+ADT_FN VecU v_xor3(VecU a, VecU b, VecU c) { return _mm512_ternarylogic_epi32(a, b, c, 0x96); }
+ADT_FN void v_store(uint32_t* p, VecU v) { _mm512_storeu_si512(reinterpret_cast<void*>(p), v); }
+// (hi, lo) 32-bit halves of a * m for every 32-bit lane.
+ADT_FN void v_mulhilo(VecU a, VecU m, VecU& hi, VecU& lo) {
+  const VecU even = _mm512_mul_epu32(a, m);
+  const VecU odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+}
+#elif ADT_ISA_LEVEL == 1
+using VecU = __m256i;
+constexpr int kLanes = 8;
+ADT_FN VecU v_set1(uint32_t v) { return _mm256_set1_epi32(static_cast<int>(v)); }
+ADT_FN VecU v_iota() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
+ADT_FN VecU v_add(VecU a, VecU b) { return _mm256_add_epi32(a, b); }
+ADT_FN VecU v_xor3(VecU a, VecU b, VecU c) { return _mm256_xor_si256(_mm256_xor_si256(a, b), c); }
+ADT_FN void v_store(uint32_t* p, VecU v) { _mm256_storeu_si256(reinterpret_cast<VecU*>(p), v); }
+ADT_FN void v_mulhilo(VecU a, VecU m, VecU& hi, VecU& lo) {
+  const VecU even = _mm256_mul_epu32(a, m);
+  const VecU odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+}
+#else
+using VecU = __m128i;
+constexpr int kLanes = 4;
+ADT_FN VecU v_set1(uint32_t v) { return _mm_set1_epi32(static_cast<int>(v)); }
+ADT_FN VecU v_iota() { return _mm_setr_epi32(0, 1, 2, 3); }
+ADT_FN VecU v_add(VecU a, VecU b) { return _mm_add_epi32(a, b); }
+ADT_FN VecU v_xor3(VecU a, VecU b, VecU c) { return _mm_xor_si128(_mm_xor_si128(a, b), c); }
+ADT_FN void v_store(uint32_t* p, VecU v) { _mm_storeu_si128(reinterpret_cast<VecU*>(p), v); }
+ADT_FN void v_mulhilo(VecU a, VecU m, VecU& hi, VecU& lo) {  // SSE2 has no blend: mask and or
+  const VecU odd_mask = _mm_set_epi32(-1, 0, -1, 0);
+  const VecU even = _mm_mul_epu32(a, m);
+  const VecU odd = _mm_mul_epu32(_mm_srli_epi64(a, 32), m);
+  hi = _mm_or_si128(_mm_srli_epi64(even, 32), _mm_and_si128(odd, odd_mask));
+  lo = _mm_or_si128(_mm_andnot_si128(odd_mask, even), _mm_slli_epi64(odd, 32));
+}
+#endif
+
+// Philox's rounds form a serial dependency chain (multiply, shift, blend, xor): kUnroll
+// independent vectors are interleaved so that the chain's latency is hidden.
+constexpr int kUnroll = 4;  // measured best for AVX-512, AVX2 and SSE2 (6 spills on AVX-512)
+
+inline void philox_tile(PhiloxKey key, uint64_t n0, uint64_t ctr, int len, uint32_t* __restrict w0,
+                        uint32_t* __restrict w1, uint32_t* __restrict w2, uint32_t* __restrict w3) {
+  constexpr int kStep = kLanes * kUnroll;
+  const VecU m0 = v_set1(kPhiloxM0), m1 = v_set1(kPhiloxM1), iota = v_iota();
+  const VecU c2_init = v_set1(static_cast<uint32_t>(ctr)), c3_init = v_set1(static_cast<uint32_t>(ctr >> 32));
+  int i = 0;
+  for (; i + kStep <= len; i += kStep) {
+    const uint64_t base = n0 + static_cast<uint64_t>(i);
+    if (static_cast<uint32_t>(base) > 0xffffffffu - (kStep - 1)) break;  // n's low word wraps: scalar
+    VecU c0[kUnroll], c1[kUnroll], c2[kUnroll], c3[kUnroll];
+    for (int u = 0; u < kUnroll; ++u) {
+      c0[u] = v_add(v_set1(static_cast<uint32_t>(base) + static_cast<uint32_t>(u * kLanes)), iota);
+      c1[u] = v_set1(static_cast<uint32_t>(base >> 32));
+      c2[u] = c2_init;
+      c3[u] = c3_init;
+    }
+    uint32_t k0 = key.k0, k1 = key.k1;
+#pragma GCC unroll 10
+    for (int round = 0; round < kPhiloxRounds; ++round) {
+      const VecU kv0 = v_set1(k0), kv1 = v_set1(k1);
+#pragma GCC unroll 4
+      for (int u = 0; u < kUnroll; ++u) {
+        VecU hi0, lo0, hi1, lo1;
+        v_mulhilo(c0[u], m0, hi0, lo0);
+        v_mulhilo(c2[u], m1, hi1, lo1);
+        c0[u] = v_xor3(hi1, c1[u], kv0);
+        c2[u] = v_xor3(hi0, c3[u], kv1);
+        c1[u] = lo1;
+        c3[u] = lo0;
+      }
+      k0 += kPhiloxW0;
+      k1 += kPhiloxW1;
+    }
+    for (int u = 0; u < kUnroll; ++u) {
+      v_store(w0 + i + u * kLanes, c0[u]);
+      v_store(w1 + i + u * kLanes, c1[u]);
+      v_store(w2 + i + u * kLanes, c2[u]);
+      v_store(w3 + i + u * kLanes, c3[u]);
+    }
+  }
+  philox_tile_scalar(key, n0, ctr, i, len, w0, w1, w2, w3);
+}
+#else
+inline void philox_tile(PhiloxKey key, uint64_t n0, uint64_t ctr, int len, uint32_t* __restrict w0,
+                        uint32_t* __restrict w1, uint32_t* __restrict w2, uint32_t* __restrict w3) {
+  philox_tile_scalar(key, n0, ctr, 0, len, w0, w1, w2, w3);
+}
+#endif
+
+template <class T>
+inline void normals_tile(int len, const uint32_t* __restrict wa, const uint32_t* __restrict wb,
+                         T* __restrict z_cos, T* __restrict z_sin) {
+#pragma omp simd
+  for (int i = 0; i < len; ++i) {
+    T zc, zs;
+    box_muller<T>(wa[i], wb[i], zc, zs);
+    z_cos[i] = zc;
+    z_sin[i] = zs;
+  }
+}
+
+// The normals of sample group g for the tile: lanes [0, lanes) of z.
+template <class T>
+inline void group_normals(PhiloxKey key, uint64_t offset, int64_t g, int lanes, uint64_t n0, int len,
+                          uint32_t (&w)[4][kTile], T (&z)[4][kTile]) {
+  philox_tile(key, n0, offset + static_cast<uint64_t>(g), len, w[0], w[1], w[2], w[3]);
+  normals_tile<T>(len, w[0], w[1], z[0], z[1]);
+  if (lanes > 2) normals_tile<T>(len, w[2], w[3], z[2], z[3]);
+}
+
+// Adds the sums of term[0, len) over each example's segment to that example's partial sum.
+template <class T>
+inline void add_segment_sums(const T* __restrict term, int len, int64_t n0, int64_t dim, int64_t num_chunks,
+                             int64_t chunk, int64_t k, int64_t s, double* __restrict partial) {
+  int i = 0;
+  while (i < len) {
+    const int64_t b = (n0 + i) / dim;
+    const int end = static_cast<int>(std::min<int64_t>(len, (b + 1) * dim - n0));
+    T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+    for (int j = i; j < end; ++j) acc += term[j];
+    partial[(b * num_chunks + chunk) * k + s] += static_cast<double>(acc);
+    i = end;
+  }
+}
+
+template <class T, bool kNoise, bool kX>
+void forward_range(const detail::ForwardArgs<T>& a, int64_t n_begin, int64_t n_end, int64_t chunk,
+                   double* partial) {
+  alignas(64) T mu[kTile], sigma[kTile], log_sigma[kTile], term[kTile];
+  alignas(64) T z[4][kTile];
+  alignas(64) uint32_t w[4][kTile];
+  const PhiloxKey key = philox_key(a.seed);
+  const int64_t groups = num_groups(a.num_samples);
+  const T eps = a.epsilon, lo = a.lo, hi = a.hi;
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kTile) {
+    const int len = static_cast<int>(std::min<int64_t>(kTile, n_end - n0));
+    {
+      const T* __restrict mean = a.mean + n0;
+      const T* __restrict rho = a.std_param + n0;
+#pragma omp simd
+      for (int i = 0; i < len; ++i) {
+        const RhoTerms<T> rt = rho_terms<T>(rho[i]);
+        mu[i] = mean[i];
+        sigma[i] = rt.sigma;
+        log_sigma[i] = rt.log_sigma;
+      }
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      const int lanes = static_cast<int>(std::min<int64_t>(kSamplesPerCall, a.num_samples - kSamplesPerCall * g));
+      if constexpr (!kNoise) group_normals<T>(key, a.offset, g, lanes, static_cast<uint64_t>(n0), len, w, z);
+      for (int l = 0; l < lanes; ++l) {
+        const int64_t s = kSamplesPerCall * g + l;
+        const T* __restrict rs = kNoise ? a.noise + s * a.numel + n0 : z[l];
+        T* __restrict out = a.out + s * a.numel + n0;
+        if constexpr (kX) {
+          const T* __restrict x = a.x + n0;
+#pragma omp simd
+          for (int i = 0; i < len; ++i) {
+            const T r = rs[i];
+            const TanhTerms<T> tt = tanh_terms<T>(mu[i] + sigma[i] * r);
+            out[i] = clamp_<T>(x[i] + eps * tt.t, lo, hi);
+            term[i] = neg_log_prob_term<T>(r, log_sigma[i], tt.log1m);
+          }
+        } else {
+#pragma omp simd
+          for (int i = 0; i < len; ++i) {
+            const T r = rs[i];
+            const TanhTerms<T> tt = tanh_terms<T>(mu[i] + sigma[i] * r);
+            out[i] = eps * tt.t;
+            term[i] = neg_log_prob_term<T>(r, log_sigma[i], tt.log1m);
+          }
+        }
+        add_segment_sums<T>(term, len, n0, a.dim, a.num_chunks, chunk, a.num_samples, s, partial);
+      }
+    }
+  }
+}
+
+// Fills v[0, len) with src[s * batch + b] of each element's example b.
+template <class T>
+inline void fill_per_example(T* __restrict v, int len, int64_t n0, int64_t dim, const T* __restrict src) {
+  int i = 0;
+  while (i < len) {
+    const int64_t b = (n0 + i) / dim;
+    const int end = static_cast<int>(std::min<int64_t>(len, (b + 1) * dim - n0));
+    const T value = src[b];
+    for (int j = i; j < end; ++j) v[j] = value;
+    i = end;
+  }
+}
+
+template <class T, bool kNoise, bool kX>
+void backward_range(const detail::BackwardArgs<T>& a, int64_t n_begin, int64_t n_end) {
+  alignas(64) T mu[kTile], sigma[kTile], sigmoid[kTile], sos[kTile], ge[kTile], ge_sum[kTile];
+  alignas(64) T acc_du[kTile], acc_dur[kTile], acc_gx[kTile];
+  alignas(64) T z[4][kTile];
+  alignas(64) uint32_t w[4][kTile];
+  const PhiloxKey key = philox_key(a.seed);
+  const int64_t groups = num_groups(a.num_samples);
+  const int64_t k = a.num_samples;
+  const T eps = a.epsilon, lo = a.lo, hi = a.hi;
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kTile) {
+    const int len = static_cast<int>(std::min<int64_t>(kTile, n_end - n0));
+    {
+      const T* __restrict mean = a.mean + n0;
+      const T* __restrict rho = a.std_param + n0;
+#pragma omp simd
+      for (int i = 0; i < len; ++i) {
+        const RhoTerms<T> rt = rho_terms<T>(rho[i]);
+        mu[i] = mean[i];
+        sigma[i] = rt.sigma;
+        sigmoid[i] = rt.sigmoid;
+        sos[i] = rt.sigmoid_over_softplus;
+        acc_du[i] = T(0);
+        acc_dur[i] = T(0);
+        acc_gx[i] = T(0);
+        ge_sum[i] = T(0);
+      }
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      const int lanes = static_cast<int>(std::min<int64_t>(kSamplesPerCall, k - kSamplesPerCall * g));
+      if constexpr (!kNoise) group_normals<T>(key, a.offset, g, lanes, static_cast<uint64_t>(n0), len, w, z);
+      for (int l = 0; l < lanes; ++l) {
+        const int64_t s = kSamplesPerCall * g + l;
+        const T* __restrict rs = kNoise ? a.noise + s * a.numel + n0 : z[l];
+        const T* __restrict gout = a.grad_out + s * a.numel + n0;
+        fill_per_example<T>(ge, len, n0, a.dim, a.grad_nlp + s * a.batch);
+        if constexpr (kX) {
+          const T* __restrict x = a.x + n0;
+#pragma omp simd
+          for (int i = 0; i < len; ++i) {
+            const T r = rs[i];
+            const TanhTerms<T> tt = tanh_terms<T>(mu[i] + sigma[i] * r);
+            const T unclamped = x[i] + eps * tt.t;
+            const bool pass = (unclamped >= lo) & (unclamped <= hi);
+            const T gd = pass ? gout[i] : T(0);
+            const T du = gd * (eps * tt.dtanh) - T(2) * ge[i] * tt.t;
+            acc_gx[i] += gd;
+            acc_du[i] += du;
+            acc_dur[i] += du * r;
+            ge_sum[i] += ge[i];
+          }
+        } else {
+#pragma omp simd
+          for (int i = 0; i < len; ++i) {
+            const T r = rs[i];
+            const TanhTerms<T> tt = tanh_terms<T>(mu[i] + sigma[i] * r);
+            const T du = gout[i] * (eps * tt.dtanh) - T(2) * ge[i] * tt.t;
+            acc_du[i] += du;
+            acc_dur[i] += du * r;
+            ge_sum[i] += ge[i];
+          }
+        }
+      }
+    }
+    T* __restrict grad_mean = a.grad_mean + n0;
+    T* __restrict grad_std = a.grad_std_param + n0;
+#pragma omp simd
+    for (int i = 0; i < len; ++i) {
+      grad_mean[i] = acc_du[i];
+      grad_std[i] = sigmoid[i] * acc_dur[i] + sos[i] * ge_sum[i];
+    }
+    if constexpr (kX) {
+      T* __restrict grad_x = a.grad_x + n0;
+      for (int i = 0; i < len; ++i) grad_x[i] = acc_gx[i];
+    }
+  }
+}
+
+void words_range(uint64_t seed, uint64_t offset, int64_t numel, int64_t groups, int64_t n_begin,
+                 int64_t n_end, int64_t* out) {
+  alignas(64) uint32_t w[4][kTile];
+  const PhiloxKey key = philox_key(seed);
+  for (int64_t g = 0; g < groups; ++g) {
+    for (int64_t n0 = n_begin; n0 < n_end; n0 += kTile) {
+      const int len = static_cast<int>(std::min<int64_t>(kTile, n_end - n0));
+      philox_tile(key, static_cast<uint64_t>(n0), offset + static_cast<uint64_t>(g), len, w[0], w[1], w[2],
+                  w[3]);
+      int64_t* __restrict dst = out + (g * numel + n0) * 4;
+      for (int i = 0; i < len; ++i) {
+        dst[4 * i + 0] = w[0][i];
+        dst[4 * i + 1] = w[1][i];
+        dst[4 * i + 2] = w[2][i];
+        dst[4 * i + 3] = w[3][i];
+      }
+    }
+  }
+}
+
+void philox_tile_entry(uint64_t seed, uint64_t ctr, uint64_t n0, int len, uint32_t* w0, uint32_t* w1, uint32_t* w2,
+                       uint32_t* w3) {
+  philox_tile(philox_key(seed), n0, ctr, len, w0, w1, w2, w3);
+}
+
+}  // namespace ADT_ISA_NS
+
+namespace detail {
+
+const KernelTable& ADT_TABLE_FN() {
+  using namespace ADT_ISA_NS;
+  static const KernelTable table = {
+      ADT_ISA_NAME,
+      {{&forward_range<float, false, false>, &forward_range<float, false, true>},
+       {&forward_range<float, true, false>, &forward_range<float, true, true>}},
+      {{&forward_range<double, false, false>, &forward_range<double, false, true>},
+       {&forward_range<double, true, false>, &forward_range<double, true, true>}},
+      {{&backward_range<float, false, false>, &backward_range<float, false, true>},
+       {&backward_range<float, true, false>, &backward_range<float, true, true>}},
+      {{&backward_range<double, false, false>, &backward_range<double, false, true>},
+       {&backward_range<double, true, false>, &backward_range<double, true, true>}},
+      &words_range,
+      &philox_tile_entry,
+  };
+  return table;
+}
+
+}  // namespace detail
+}  // namespace cpu
+}  // namespace adt_fast

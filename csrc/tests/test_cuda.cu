@@ -1,0 +1,221 @@
+// CUDA kernels against the CPU kernels (ctest). Exits with 77 (ctest: skipped) without a GPU.
+// Raw Philox words must be bit-identical; outputs and gradients within 1e-12 (float64) and
+// 1e-5 (float32) norm-wise relative error, and loose bounds for float16 / bfloat16 storage.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdlib>
+#include <initializer_list>
+#include <type_traits>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "core/philox.h"
+#include "cpu/adt_cpu.h"
+#include "cuda/adt_cuda.h"
+
+namespace {
+
+int g_failures = 0;
+
+#define CHECK(cond, ...)                                            \
+  do {                                                              \
+    if (!(cond)) {                                                  \
+      ++g_failures;                                                 \
+      std::printf("FAIL %s:%d: %s -- ", __FILE__, __LINE__, #cond); \
+      std::printf(__VA_ARGS__);                                     \
+      std::printf("\n");                                            \
+    }                                                               \
+  } while (0)
+
+#define CUDA_OK(expr)                                                                               \
+  do {                                                                                              \
+    const cudaError_t err_ = (expr);                                                                \
+    if (err_ != cudaSuccess) {                                                                      \
+      std::printf("CUDA error %s at %s:%d: %s\n", cudaGetErrorString(err_), __FILE__, __LINE__, #expr); \
+      std::exit(1);                                                                                 \
+    }                                                                                               \
+  } while (0)
+
+template <class T>
+struct Device {
+  T* ptr = nullptr;
+  size_t n = 0;
+  explicit Device(size_t count) : n(count) { CUDA_OK(cudaMalloc(&ptr, std::max<size_t>(1, count) * sizeof(T))); }
+  Device(const std::vector<T>& host) : Device(host.size()) {
+    CUDA_OK(cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  ~Device() { cudaFree(ptr); }
+  std::vector<T> get() const {
+    std::vector<T> h(n);
+    CUDA_OK(cudaMemcpy(h.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return h;
+  }
+};
+
+double to_double(float v) { return v; }
+double to_double(double v) { return v; }
+double to_double(__half v) { return __half2float(v); }
+double to_double(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <class S>
+S from_double(double v) { return static_cast<S>(v); }
+template <>
+__half from_double<__half>(double v) { return __float2half_rn(static_cast<float>(v)); }
+template <>
+__nv_bfloat16 from_double<__nv_bfloat16>(double v) { return __float2bfloat16_rn(static_cast<float>(v)); }
+
+template <class S>
+std::vector<S> convert(const std::vector<double>& v) {
+  std::vector<S> out;
+  for (double d : v) out.push_back(from_double<S>(d));
+  return out;
+}
+template <class S>
+std::vector<double> widen(const std::vector<S>& v) {
+  std::vector<double> out;
+  for (const S& s : v) out.push_back(to_double(s));
+  return out;
+}
+
+double rel_err(const std::vector<double>& a, const std::vector<double>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < b.size(); ++i) {
+    num = std::max(num, std::fabs(a[i] - b[i]));
+    den = std::max(den, std::fabs(b[i]));
+  }
+  return b.empty() ? 0.0 : num / std::max(den, 1e-300);
+}
+
+template <class S>
+adt_fast::cuda::DType dtype_of();
+template <>
+adt_fast::cuda::DType dtype_of<float>() { return adt_fast::cuda::DType::kFloat32; }
+template <>
+adt_fast::cuda::DType dtype_of<double>() { return adt_fast::cuda::DType::kFloat64; }
+template <>
+adt_fast::cuda::DType dtype_of<__half>() { return adt_fast::cuda::DType::kFloat16; }
+template <>
+adt_fast::cuda::DType dtype_of<__nv_bfloat16>() { return adt_fast::cuda::DType::kBFloat16; }
+
+// Runs the CUDA kernels with storage S and the CPU kernels in double on the values S holds.
+template <class S>
+void check(const char* name, int64_t batch, int64_t dim, int64_t k, bool use_noise, bool use_x, double tol) {
+  using C = typename std::conditional<std::is_same<S, double>::value, double, float>::type;
+  const int64_t n = batch * dim;
+  std::mt19937_64 rng(static_cast<uint64_t>(batch * 1000 + dim + k));
+  std::normal_distribution<double> normal;
+  std::uniform_real_distribution<double> uni(0.0, 1.0);
+  std::vector<double> mean, rho, x, noise, gout, gnlp;
+  for (int64_t i = 0; i < n; ++i) {
+    mean.push_back(to_double(from_double<S>(normal(rng))));
+    rho.push_back(to_double(from_double<S>(-4 + 7 * uni(rng))));
+    x.push_back(to_double(from_double<S>(uni(rng))));
+  }
+  for (int64_t i = 0; i < k * n; ++i) {
+    noise.push_back(to_double(from_double<S>(normal(rng))));
+    gout.push_back(to_double(from_double<S>(normal(rng))));
+  }
+  for (int64_t i = 0; i < k * batch; ++i) gnlp.push_back(static_cast<double>(static_cast<C>(normal(rng))));
+  const double eps = 0.3, lo = use_x ? 0.1 : -INFINITY, hi = use_x ? 0.9 : INFINITY;
+  const int64_t so_host[2] = {0x1234567890abcdefLL, 987654321LL};
+
+  // CPU in double: the truth up to float rounding.
+  std::vector<double> out_ref(k * n), nlp_ref(k * batch), gm_ref(n), gs_ref(n), gx_ref(n);
+  adt_fast::cpu::sample_forward(mean.data(), rho.data(), use_x ? x.data() : nullptr, use_noise ? noise.data() : nullptr,
+                                static_cast<uint64_t>(so_host[0]), static_cast<uint64_t>(so_host[1]), batch, dim, k,
+                                eps, lo, hi, out_ref.data(), nlp_ref.data());
+  adt_fast::cpu::sample_backward(gout.data(), gnlp.data(), mean.data(), rho.data(), use_x ? x.data() : nullptr,
+                                 use_noise ? noise.data() : nullptr, static_cast<uint64_t>(so_host[0]),
+                                 static_cast<uint64_t>(so_host[1]), batch, dim, k, eps, lo, hi, gm_ref.data(),
+                                 gs_ref.data(), use_x ? gx_ref.data() : nullptr);
+
+  Device<S> d_mean(convert<S>(mean)), d_rho(convert<S>(rho)), d_x(convert<S>(x)), d_noise(convert<S>(noise)),
+      d_gout(convert<S>(gout));
+  std::vector<C> gnlp_c(gnlp.begin(), gnlp.end());
+  Device<C> d_gnlp(gnlp_c);
+  Device<int64_t> d_so(std::vector<int64_t>(so_host, so_host + 2));
+  Device<S> d_out(k * n), d_gm(n), d_gs(n), d_gx(n);
+  Device<C> d_nlp(k * batch);
+  const size_t ws = adt_fast::cuda::forward_workspace_bytes(dtype_of<S>(), batch, dim, k);
+  Device<unsigned char> d_ws(ws);
+  const char* err = adt_fast::cuda::sample_forward(dtype_of<S>(), d_mean.ptr, d_rho.ptr, use_x ? d_x.ptr : nullptr,
+                                                   use_noise ? d_noise.ptr : nullptr, d_so.ptr, batch, dim, k, eps, lo,
+                                                   hi, d_out.ptr, d_nlp.ptr, d_ws.ptr, nullptr);
+  CHECK(err == nullptr, "forward launch: %s", err);
+  err = adt_fast::cuda::sample_backward(dtype_of<S>(), d_gout.ptr, d_gnlp.ptr, d_mean.ptr, d_rho.ptr,
+                                        use_x ? d_x.ptr : nullptr, use_noise ? d_noise.ptr : nullptr, d_so.ptr, batch,
+                                        dim, k, eps, lo, hi, d_gm.ptr, d_gs.ptr, use_x ? d_gx.ptr : nullptr, nullptr);
+  CHECK(err == nullptr, "backward launch: %s", err);
+  CUDA_OK(cudaDeviceSynchronize());
+  std::vector<double> gm = widen(d_gm.get()), gs = widen(d_gs.get()), gx = widen(d_gx.get());
+  if (use_x) {
+    // Where x + delta lies within rounding of a clamp bound the two sides may disagree on whether
+    // the gradient passes: leave those elements out of the gradient comparison.
+    for (int64_t i = 0; i < n; ++i) {
+      const double sigma = rho[i] > 0 ? rho[i] + std::log1p(std::exp(-rho[i])) : std::log1p(std::exp(rho[i]));
+      bool near = false;
+      for (int64_t s = 0; s < k; ++s) {
+        const double r = use_noise ? noise[s * n + i]
+                                   : adt_fast::philox_normal<double>(static_cast<uint64_t>(so_host[0]),
+                                                                     static_cast<uint64_t>(so_host[1]), i, s);
+        const double v = x[i] + eps * std::tanh(mean[i] + sigma * r);
+        near = near || std::fabs(v - lo) < 1e-4 || std::fabs(v - hi) < 1e-4;
+      }
+      if (near) gm[i] = gm_ref[i], gs[i] = gs_ref[i], gx[i] = gx_ref[i];
+    }
+  }
+  const double e_out = rel_err(widen(d_out.get()), out_ref), e_nlp = rel_err(widen(d_nlp.get()), nlp_ref);
+  const double e_gm = rel_err(gm, gm_ref), e_gs = rel_err(gs, gs_ref);
+  const double e_gx = use_x ? rel_err(gx, gx_ref) : 0.0;
+  const double worst = std::max({e_out, e_nlp, e_gm, e_gs, e_gx});
+  std::printf("  %-9s B=%-5" PRId64 " D=%-6" PRId64 " k=%-3" PRId64 " noise=%d x=%d  max rel err %.2e\n", name, batch,
+              dim, k, use_noise, use_x, worst);
+  CHECK(worst <= tol, "%s: out %.2e nlp %.2e grad_mean %.2e grad_std %.2e grad_x %.2e > %.1e", name, e_out, e_nlp,
+        e_gm, e_gs, e_gx, tol);
+}
+
+void check_words() {
+  const int64_t so_host[2] = {-3LL, (1LL << 62) - 1};
+  const int64_t numel = 70001, k = 11, groups = (k + 3) / 4;
+  Device<int64_t> d_so(std::vector<int64_t>(so_host, so_host + 2));
+  Device<int64_t> d_words(groups * numel * 4);
+  const char* err = adt_fast::cuda::philox_words(d_so.ptr, numel, k, d_words.ptr, nullptr);
+  CHECK(err == nullptr, "philox_words launch: %s", err);
+  std::vector<int64_t> cpu(groups * numel * 4);
+  adt_fast::cpu::philox_words(static_cast<uint64_t>(so_host[0]), static_cast<uint64_t>(so_host[1]), numel, k,
+                              cpu.data());
+  CHECK(d_words.get() == cpu, "CUDA Philox words differ from the CPU ones");
+}
+
+}  // namespace
+
+int main() {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::printf("no CUDA device: skipped\n");
+    return 77;
+  }
+  cudaDeviceProp prop;
+  CUDA_OK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("CUDA kernels (%s) on %s\n", adt_fast::cuda::compiled_architectures(), prop.name);
+  check_words();
+  const int64_t shapes[][3] = {{3, 37, 5}, {2, 5000, 3}, {700, 1, 9}, {64, 3072, 5}, {4, 300, 64}};
+  for (const auto& s : shapes) {
+    for (int noise = 0; noise < 2; ++noise) {
+      for (int x = 0; x < 2; ++x) {
+        check<double>("float64", s[0], s[1], s[2], noise, x, 1e-12);
+        check<float>("float32", s[0], s[1], s[2], noise, x, 1e-5);
+        check<__half>("float16", s[0], s[1], s[2], noise, x, 2e-3);
+        check<__nv_bfloat16>("bfloat16", s[0], s[1], s[2], noise, x, 2e-2);
+      }
+    }
+  }
+  std::printf("%d failures\n", g_failures);
+  return g_failures == 0 ? 0 : 1;
+}

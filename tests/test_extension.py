@@ -1,0 +1,376 @@
+"""The compiled extension adt_fast._C itself: build information, op registration, argument checks,
+OpenMP results independent of the thread count, every compiled CPU instruction set, large shapes,
+and (with a GPU) the CUDA kernels against the CPU ones. The cross-backend agreement with the
+reference lives in test_ops.py; this file calls torch.ops.adt_fast_C directly."""
+
+import math
+
+import pytest
+import torch
+
+from adt_fast.ops import reference
+
+C = pytest.importorskip("adt_fast._C", reason="the C++ extension is not built")
+ops = torch.ops.adt_fast_C
+
+INF = math.inf
+HAS_CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key("adt_fast_C::sample_forward", "CUDA")
+
+
+def rel_err(actual, expected):
+    """Largest error relative to the largest magnitude (as in test_ops.py)."""
+    actual, expected = actual.double().cpu(), expected.double().cpu()
+    if expected.numel() == 0:
+        return 0.0
+    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-300)).item()
+
+
+def make(shape, k, dtype=torch.float64, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.randn(shape, generator=g, dtype=torch.float64)
+    rho = torch.rand(shape, generator=g, dtype=torch.float64) * 6 - 4
+    x = torch.rand(shape, generator=g, dtype=torch.float64)
+    noise = torch.randn((k, *shape), generator=g, dtype=torch.float64)
+    grad_out = torch.randn((k, *shape), generator=g, dtype=torch.float64)
+    grad_nlp = torch.randn((k, shape[0]), generator=g, dtype=torch.float64)
+    seed_offset = torch.randint(0, 2**62, (2,), generator=g)
+    ctype = torch.float64 if dtype == torch.float64 else torch.float32
+    cast = dict(dtype=dtype, device=device)
+    return dict(mean=mean.to(**cast), rho=rho.to(**cast), x=x.to(**cast), noise=noise.to(**cast),
+                grad_out=grad_out.to(**cast), grad_nlp=grad_nlp.to(dtype=ctype, device=device),
+                seed_offset=seed_offset.to(device))
+
+
+def run_ext(t, k, use_noise, use_x, eps=0.3, lo=0.1, hi=0.9):
+    x = t["x"] if use_x else None
+    noise = t["noise"] if use_noise else None
+    if not use_x:
+        lo, hi = -INF, INF
+    out, nlp = ops.sample_forward(t["mean"], t["rho"], x, noise, t["seed_offset"], k, eps, lo, hi)
+    grads = ops.sample_backward(t["grad_out"], t["grad_nlp"], t["mean"], t["rho"], x, noise, t["seed_offset"],
+                                k, eps, lo, hi)
+    return (out, nlp, *grads)
+
+
+def near_clamp_bounds(t, k, use_noise, eps=0.3, lo=0.1, hi=0.9, margin=1e-4):
+    """Elements where some sample's x + delta lies within `margin` of a clamp bound: a float32
+    kernel and the float64 reference may disagree there on whether the gradient passes."""
+    d = {key: v.double().cpu() for key, v in t.items() if key != "seed_offset"}
+    if use_noise:
+        r = d["noise"]
+    else:
+        seed, offset = (int(v) for v in t["seed_offset"].cpu())
+        r = reference.philox_normals(seed, offset, d["mean"].numel(), k).reshape(k, *d["mean"].shape)
+    v = d["x"] + eps * torch.tanh(d["mean"] + reference.softplus(d["rho"]) * r)
+    return (((v - lo).abs() < margin) | ((v - hi).abs() < margin)).any(0)
+
+
+def compare(got, want, tol, near=None):
+    """rel_err of (out, nlp, grad_mean, grad_std, grad_x), gradients outside `near` only."""
+    for i, (g, w) in enumerate(zip(got, want)):
+        if near is not None and i >= 2 and w.numel():
+            g, w = g.double().cpu().masked_fill(near, 0), w.double().cpu().masked_fill(near, 0)
+        assert rel_err(g, w) <= tol, (i, rel_err(g, w))
+
+
+def run_ref(t, k, use_noise, use_x, eps=0.3, lo=0.1, hi=0.9):
+    d = {key: v.double().cpu() for key, v in t.items() if key != "seed_offset"}
+    x = d["x"] if use_x else None
+    noise = d["noise"] if use_noise else None
+    if not use_x:
+        lo, hi = -INF, INF
+    so = t["seed_offset"].cpu()
+    out, nlp = reference.sample_forward(d["mean"], d["rho"], x, noise, so, k, eps, lo, hi)
+    gm, gs, gx = reference.sample_backward(d["grad_out"], d["grad_nlp"], d["mean"], d["rho"], x, noise, so, k,
+                                           eps, lo, hi)
+    return (out, nlp, gm, gs, gx if gx is not None else torch.empty(0))
+
+
+# ---- build and registration ----------------------------------------------------------------------
+
+def test_build_info():
+    info = C.build_info()
+    assert info["version"] == "0.1.0"
+    assert info["cpu_isa"] in info["cpu_isas"].split(",")
+    assert "generic" in info["cpu_isas"].split(",")
+    assert info["cpu_isa"] == C.cpu_isa()
+    assert info["cuda"] == HAS_CUDA_KERNELS
+    if info["cuda"]:
+        assert info["cuda_archs"]
+    assert isinstance(info["openmp"], bool) and info["openmp_threads"] >= 1
+
+
+def test_ops_are_registered_for_cpu_and_meta():
+    for name in ("sample_forward", "sample_backward", "philox_words"):
+        for key in ("CPU", "Meta"):
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"adt_fast_C::{name}", key), (name, key)
+
+
+def test_meta_shapes():
+    mean = torch.empty(4, 3, 5, device="meta")
+    so = torch.empty(2, dtype=torch.int64, device="meta")
+    out, nlp = ops.sample_forward(mean, mean, None, None, so, 6, 0.1, 0.0, 1.0)
+    assert out.shape == (6, 4, 3, 5) and nlp.shape == (6, 4) and nlp.dtype == torch.float32
+    gm, gs, gx = ops.sample_backward(out, nlp, mean, mean, mean, None, so, 6, 0.1, 0.0, 1.0)
+    assert gm.shape == gs.shape == gx.shape == mean.shape
+    assert ops.philox_words(so, 10, 9).shape == (3, 10, 4)
+
+
+def test_set_cpu_isa_rejects_unknown_names():
+    current = C.cpu_isa()
+    assert not C.set_cpu_isa("sse9")
+    assert C.cpu_isa() == current
+
+
+# ---- correctness on larger shapes, every instruction set ------------------------------------------
+
+@pytest.fixture(params=C.build_info()["cpu_isas"].split(","))
+def cpu_isa(request):
+    previous = C.cpu_isa()
+    assert C.set_cpu_isa(request.param)
+    yield request.param
+    C.set_cpu_isa(previous)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("use_noise", [False, True])
+@pytest.mark.parametrize("use_x", [False, True])
+def test_every_isa_matches_reference(cpu_isa, dtype, tol, use_noise, use_x):
+    # (5, 3, 17, 11): 561 elements per example (tile remainders); k=6 leaves a half-used group.
+    k = 6
+    t = make((5, 3, 17, 11), k, dtype)
+    for got, want in zip(run_ext(t, k, use_noise, use_x), run_ref(t, k, use_noise, use_x)):
+        assert rel_err(got, want) <= tol
+
+
+@pytest.mark.parametrize("shape,k", [((64, 3, 32, 32), 5), ((2, 9000), 3), ((5000,), 7), ((3, 50), 67)])
+def test_large_shapes_match_reference(shape, k):
+    t = make(shape, k, torch.float32, seed=1)
+    for use_noise in (False, True):
+        near = near_clamp_bounds(t, k, use_noise)
+        compare(run_ext(t, k, use_noise, True), run_ref(t, k, use_noise, True), 1e-5, near)
+
+
+def test_extreme_inputs_float64_and_float32():
+    k = 4
+    mean = torch.linspace(-50, 50, 21, dtype=torch.float64).repeat_interleave(9).reshape(21, 9)
+    rho = torch.linspace(-80, 80, 9, dtype=torch.float64).repeat(21, 1)
+    base = make((21, 9), k)
+    base.update(mean=mean, rho=rho)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        ctype = torch.float64 if dtype == torch.float64 else torch.float32
+        t = {key: (v.to(ctype) if key == "grad_nlp" else v if key == "seed_offset" else v.to(dtype))
+             for key, v in base.items()}
+        for use_noise in (False, True):
+            got = run_ext(t, k, use_noise, False, eps=0.5)
+            want = run_ref(base, k, use_noise, False, eps=0.5)
+            for g, w in zip(got[:4], want[:4]):
+                assert torch.isfinite(g).all()
+                assert rel_err(g, w) <= tol
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_storage_on_cpu_computes_in_float32(dtype):
+    k = 3
+    t = make((4, 2, 8), k, dtype)
+    got = run_ext(t, k, True, True)
+    # The reference on the same half inputs computes in float32 and stores in the input dtype.
+    want_out, want_nlp = reference.sample_forward(t["mean"], t["rho"], t["x"], t["noise"], t["seed_offset"], k,
+                                                  0.3, 0.1, 0.9)
+    assert got[0].dtype == dtype and got[1].dtype == torch.float32
+    assert got[2].dtype == got[3].dtype == got[4].dtype == dtype
+    assert rel_err(got[0], want_out) <= 1e-2
+    assert rel_err(got[1], want_nlp) <= 1e-5
+
+
+def test_noncontiguous_inputs():
+    k = 2
+    t = make((6, 4), k)
+    mean_t, rho_t = t["mean"].t().contiguous().t(), t["rho"].t().contiguous().t()
+    assert not mean_t.is_contiguous()
+    a = ops.sample_forward(mean_t, rho_t, None, t["noise"], t["seed_offset"], k, 0.2, -INF, INF)
+    b = ops.sample_forward(t["mean"], t["rho"], None, t["noise"], t["seed_offset"], k, 0.2, -INF, INF)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 2), (3, 0), (0,)])
+def test_empty_shapes(shape):
+    k = 5
+    mean = torch.zeros(shape)
+    so = torch.zeros(2, dtype=torch.int64)
+    out, nlp = ops.sample_forward(mean, mean, mean, None, so, k, 0.1, 0.0, 1.0)
+    assert out.shape == (k, *shape) and nlp.shape == (k, shape[0])
+    assert torch.equal(nlp, torch.zeros_like(nlp))  # no elements: -log p = 0
+    grads = ops.sample_backward(out, nlp, mean, mean, mean, None, so, k, 0.1, 0.0, 1.0)
+    assert all(g.shape == mean.shape for g in grads)
+
+
+# ---- threads and determinism ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape,k", [((64, 3, 32, 32), 5), ((2, 20000), 3), ((40000,), 2)])
+def test_results_do_not_depend_on_thread_count(shape, k):
+    t = make(shape, k, torch.float32, seed=2)
+    previous = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(run_ext(t, k, False, True))
+    finally:
+        torch.set_num_threads(previous)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+def test_repeated_calls_are_bitwise_identical():
+    k = 5
+    t = make((8, 3, 16, 16), k, torch.float32)
+    first, second = run_ext(t, k, False, False), run_ext(t, k, False, False)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+# ---- raw Philox words ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed,offset,numel,k", [
+    (0, 0, 1, 1), (-1, 2**62 - 1, 300, 5), (123456789012345, 2**32 - 1, 4097, 9), (7, 3, 0, 4),
+    (2**62, 0, 70000, 2)])
+def test_philox_words_bit_identical_to_reference(seed, offset, numel, k):
+    so = torch.tensor([seed, offset], dtype=torch.int64)
+    got = ops.philox_words(so, numel, k)
+    want = reference.philox_words(seed, offset, numel, k)
+    assert got.dtype == torch.int64 and got.shape == want.shape
+    assert torch.equal(got, want)
+
+
+def test_philox_path_uses_the_reference_normals():
+    k = 9
+    t = make((3, 40), k)
+    out, _ = ops.sample_forward(t["mean"], t["rho"], None, None, t["seed_offset"], k, 0.7, -INF, INF)
+    seed, offset = (int(v) for v in t["seed_offset"])
+    r = reference.philox_normals(seed, offset, 120, k).reshape(k, 3, 40)
+    want, _ = reference.sample_forward(t["mean"], t["rho"], None, r, t["seed_offset"], k, 0.7, -INF, INF)
+    assert rel_err(out, want) <= 1e-13
+
+
+# ---- argument checks in the binding -------------------------------------------------------------
+
+def _fwd(**changes):
+    args = dict(mean=torch.zeros(2, 3), std_param=torch.zeros(2, 3), x=None, noise=None,
+                seed_offset=torch.zeros(2, dtype=torch.int64), num_samples=2, epsilon=0.1, lo=0.0, hi=1.0)
+    args.update(changes)
+    return ops.sample_forward(*args.values())
+
+
+@pytest.mark.parametrize("changes,word", [
+    (dict(std_param=torch.zeros(2, 4)), "std_param"),
+    (dict(std_param=torch.zeros(2, 3, dtype=torch.float64)), "std_param"),
+    (dict(mean=torch.zeros(2, 3, dtype=torch.int32)), "mean"),
+    (dict(mean=torch.zeros(()), std_param=torch.zeros(())), "batch dimension"),
+    (dict(x=torch.zeros(3, 2)), "x"),
+    (dict(noise=torch.zeros(3, 2, 3)), "noise"),
+    (dict(noise=torch.zeros(2, 2, 3, dtype=torch.float64)), "noise"),
+    (dict(seed_offset=torch.zeros(3, dtype=torch.int64)), "seed_offset"),
+    (dict(seed_offset=torch.zeros(2)), "seed_offset"),
+    (dict(num_samples=0), "num_samples"),
+    (dict(epsilon=0.0), "epsilon"),
+    (dict(epsilon=math.nan), "epsilon"),
+    (dict(lo=1.0, hi=0.0), "lo"),
+])
+def test_forward_rejects_bad_arguments(changes, word):
+    with pytest.raises(RuntimeError, match=word):
+        _fwd(**changes)
+
+
+def test_backward_rejects_bad_gradients():
+    mean = torch.zeros(2, 3)
+    so = torch.zeros(2, dtype=torch.int64)
+    with pytest.raises(RuntimeError, match="grad_out"):
+        ops.sample_backward(torch.zeros(2, 3), torch.zeros(2, 2), mean, mean, None, None, so, 2, 0.1, 0.0, 1.0)
+    with pytest.raises(RuntimeError, match="grad_nlp"):
+        ops.sample_backward(torch.zeros(2, 2, 3), torch.zeros(2), mean, mean, None, None, so, 2, 0.1, 0.0, 1.0)
+    with pytest.raises(RuntimeError, match="num_samples"):
+        ops.philox_words(so, 5, 0)
+
+
+# ---- CUDA kernels (need a GPU) ------------------------------------------------------------------
+
+cuda_only = pytest.mark.skipif(not (HAS_CUDA_KERNELS and torch.cuda.is_available()),
+                               reason="needs the CUDA kernels and a GPU")
+
+
+@pytest.mark.cuda
+@cuda_only
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("use_noise", [False, True])
+@pytest.mark.parametrize("use_x", [False, True])
+@pytest.mark.parametrize("shape,k", [((5, 3, 17, 11), 6), ((64, 3, 32, 32), 5), ((2, 9000), 3), ((700,), 9)])
+def test_cuda_matches_reference(dtype, tol, use_noise, use_x, shape, k):
+    t = make(shape, k, dtype, device="cuda")
+    got = run_ext(t, k, use_noise, use_x)
+    assert all(g.device.type == "cuda" for g in got)
+    near = near_clamp_bounds(t, k, use_noise) if use_x and dtype != torch.float64 else None
+    compare(got, run_ref(t, k, use_noise, use_x), tol, near)
+
+
+@pytest.mark.cuda
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_half_storage_matches_cpu_half_path(dtype):
+    k = 5
+    t = make((16, 3, 8, 8), k, dtype, device="cuda")
+    t_cpu = {key: v.cpu() for key, v in t.items()}
+    near = near_clamp_bounds(t, k, False, margin=1e-2)
+    for i, (g, c) in enumerate(zip(run_ext(t, k, False, True), run_ext(t_cpu, k, False, True))):
+        assert g.dtype == c.dtype
+        if i >= 2:
+            g, c = g.float().cpu().masked_fill(near, 0), c.float().masked_fill(near, 0)
+        assert rel_err(g, c) <= (1e-2 if g.dtype == dtype else 1e-5)
+
+
+@pytest.mark.cuda
+@cuda_only
+def test_cuda_words_bit_identical_and_deterministic():
+    so = torch.tensor([-5, 2**62 - 3], dtype=torch.int64)
+    got = ops.philox_words(so.cuda(), 100003, 11)
+    assert torch.equal(got.cpu(), ops.philox_words(so, 100003, 11))
+    t = make((64, 3, 32, 32), 5, torch.float32, device="cuda")
+    first, second = run_ext(t, 5, False, True), run_ext(t, 5, False, True)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.cuda
+@cuda_only
+def test_cuda_graph_capture_reads_seed_offset_on_device():
+    k = 5
+    t = make((64, 3, 32, 32), k, torch.float32, device="cuda")
+    so = t["seed_offset"].clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        ops.sample_forward(t["mean"], t["rho"], None, None, so, k, 0.1, -INF, INF)  # warm-up
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, nlp = ops.sample_forward(t["mean"], t["rho"], None, None, so, k, 0.1, -INF, INF)
+    so.copy_(torch.tensor([11, 22], device="cuda"))
+    graph.replay()
+    torch.cuda.synchronize()
+    want, want_nlp = ops.sample_forward(t["mean"], t["rho"], None, None, so, k, 0.1, -INF, INF)
+    assert torch.equal(out, want) and torch.equal(nlp, want_nlp)
+
+
+def test_opcheck_schemas_and_fake_kernels():
+    mean = torch.randn(3, 4, dtype=torch.float64)
+    rho, x = torch.randn(3, 4, dtype=torch.float64), torch.rand(3, 4, dtype=torch.float64)
+    so = torch.tensor([1, 2])
+    utils = ("test_schema", "test_faketensor", "test_aot_dispatch_static")
+    torch.library.opcheck(ops.sample_forward, (mean, rho, None, None, so, 5, 0.3, -INF, INF), test_utils=utils)
+    torch.library.opcheck(ops.sample_forward, (mean.float(), rho.float(), x.float(), torch.randn(5, 3, 4), so, 5,
+                                               0.3, 0.1, 0.9), test_utils=utils)
+    go, gn = torch.randn(5, 3, 4, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    torch.library.opcheck(ops.sample_backward, (go, gn, mean, rho, x, None, so, 5, 0.3, 0.1, 0.9),
+                          test_utils=utils[:2])
+    torch.library.opcheck(ops.philox_words, (so, 10, 5), test_utils=utils[:2])
