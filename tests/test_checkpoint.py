@@ -1,6 +1,7 @@
 """Checkpoints: atomic writes, weights-only reads, refusal of corrupt and malicious files."""
 
 import os
+import random
 
 import pytest
 import torch
@@ -71,11 +72,11 @@ def test_save_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage0", "garbage1", "garbage2", "empty"])
 def test_corrupt_checkpoint_is_refused(run_dir, tmp_path, damage):
     data = (run_dir / ckpt.LATEST).read_bytes()
     bad = tmp_path / "bad.pt"
-    bad.write_bytes({"truncate": data[: len(data) // 2], "garbage": os.urandom(4096), "empty": b""}[damage])
+    bad.write_bytes({"truncate": data[: len(data) // 2], **{f"garbage{i}": random.Random(i).randbytes(4096) for i in range(3)}, "empty": b""}[damage])
     with pytest.raises(ckpt.CheckpointError):
         ckpt.load(bad)
     with pytest.raises(ckpt.CheckpointError):

@@ -229,7 +229,9 @@ def test_backends_report():
 
 
 def test_auto_and_environment_override(monkeypatch):
-    assert dispatch.select("auto", CPU, torch.float16) == "reference"
+    assert dispatch.select("auto", torch.device("meta"), torch.float16) == "reference"
+    if dispatch.get("cpu").unavailable_reason() is None:
+        assert dispatch.select("auto", CPU, torch.float32) == "cpu"
     monkeypatch.setenv("ADT_FAST_BACKEND", "reference")
     assert dispatch.select("auto", CPU, torch.float32) == "reference"
     monkeypatch.setenv("ADT_FAST_BACKEND", "nonsense")

@@ -11,6 +11,7 @@ import functools
 import importlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -31,7 +32,10 @@ def _load_extension() -> Optional[str]:
     try:
         importlib.import_module("adt_fast._C")
     except ImportError as err:
-        return f"the C++ extension adt_fast._C is not built ({err}); run `pip install -e .`"
+        build_log = Path(__file__).resolve().parent.parent / "_C_build_error.txt"
+        why = f"; the build said: {build_log.read_text().strip()}" if build_log.is_file() else ""
+        return (f"the C++ extension adt_fast._C is not built ({err}){why}; "
+                f"run `pip install --no-build-isolation -v -e .`")
     return None
 
 
@@ -131,7 +135,7 @@ def _triton_devices() -> tuple[str, ...]:
 BACKENDS: dict[str, Backend] = {
     "reference": Backend("reference", ("cpu", "cuda", "meta"), FLOAT_DTYPES, lambda: None,
                          reference.sample_forward, reference.sample_backward, _reference_words),
-    "cpu": Backend("cpu", ("cpu",), (torch.float32, torch.float64), lambda: _extension_kernel("CPU"),
+    "cpu": Backend("cpu", ("cpu",), FLOAT_DTYPES, lambda: _extension_kernel("CPU"),
                    _extension_forward, _extension_backward, _extension_words),
     "cuda": Backend("cuda", ("cuda",), FLOAT_DTYPES, lambda: _extension_kernel("CUDA"),
                     _extension_forward, _extension_backward, _extension_words),

@@ -67,8 +67,9 @@ def load(path: PathLike, map_location: Any = "cpu") -> dict:
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"refusing to load {path}: it is not a weights-only checkpoint and "
                               f"loading it could run arbitrary code ({err})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({err})") from None
+    except Exception as err:  # a damaged file can fail anywhere inside the zip/unpickler
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated "
+                              f"({type(err).__name__}: {err})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an adt_fast checkpoint (expected format {FORMAT!r})")
     return payload
