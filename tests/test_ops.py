@@ -281,3 +281,60 @@ BAD_CALLS = [
 def test_bad_input_names_the_argument(call, error, name):
     with pytest.raises(error, match=name):
         call(torch.zeros(2, 3), torch.zeros(2, 3))
+
+
+GPU_BACKENDS = ("cuda", "triton")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("use_noise", [True, False])
+def test_gpu_backend_matches_float64_reference(backend, dtype, tol, use_noise):
+    gpu = torch.device("cuda")
+    reason = dispatch.get(backend).why_not(gpu, dtype)
+    if reason is not None:
+        pytest.skip(reason)
+    k = 5
+    mean, rho, x, noise, seed_offset = make_inputs((33, 3, 8, 8), k, torch.float64)
+    g = torch.Generator().manual_seed(1)
+    grads = (torch.randn((k, *mean.shape), generator=g, dtype=torch.float64),
+             torch.randn((k, mean.shape[0]), generator=g, dtype=torch.float64))
+    results = []
+    for name, device, cast in ((backend, gpu, dtype), ("reference", CPU, torch.float64)):
+        args = [t.to(device, cast) for t in (mean, rho, x)] + [noise.to(device, cast) if use_noise else None]
+        out, nlp = sample_forward(*args, seed_offset.to(device), k, 0.3, 0.1, 0.9, name)
+        back = sample_backward(grads[0].to(device, cast), grads[1].to(device, nlp.dtype), *args,
+                               seed_offset.to(device), k, 0.3, 0.1, 0.9, name)
+        results.append([t.cpu() for t in (out, nlp, *back)])
+    for got, want in zip(*results):
+        assert rel_err(got, want) <= tol
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_philox_words_match_reference(backend):
+    if dispatch.get(backend).why_not(torch.device("cuda"), torch.float32) is not None:
+        pytest.skip(dispatch.get(backend).why_not(torch.device("cuda"), torch.float32))
+    seed_offset = torch.tensor([2**61 + 12345, 2**33 + 7])
+    got = dispatch.get(backend).philox_words(seed_offset.cuda(), 1000, 9).cpu()
+    assert torch.equal(got, dispatch.get("reference").philox_words(seed_offset, 1000, 9))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_call_does_not_synchronise_and_is_reproducible():
+    mean = torch.zeros(64, 3, 32, 32, device="cuda", requires_grad=True)
+    rho = torch.zeros_like(mean, requires_grad=True)
+    torch.manual_seed(0)
+    torch.cuda.set_sync_debug_mode("error")  # any host synchronisation raises
+    try:
+        delta, nlp = adt_fast.sample_and_entropy(mean, rho, 5)
+        (delta.sum() + nlp.sum()).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.manual_seed(0)
+    again, _ = adt_fast.sample_and_entropy(mean, rho, 5)
+    assert torch.equal(delta, again)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -134,3 +135,22 @@ def test_plot_without_curves(tmp_path):
                     n_examples=10, epsilon=0.1, warnings=[], attacks={"fgsm": {}})
     path = report.save_plot(tmp_path / "plain.png")
     assert path.stat().st_size > 0
+
+
+def test_missing_matplotlib_skips_only_the_png(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    report = Report(natural_accuracy=0.5, robust_accuracy={"fgsm": 0.2}, worst_case_accuracy=0.2,
+                    n_examples=10, epsilon=0.1, warnings=[], attacks={"fgsm": {}})
+    with pytest.warns(UserWarning, match="matplotlib"):
+        written = report.save(tmp_path / "r.json")
+    assert [p.suffix for p in written] == [".json", ".csv"]
+    assert (tmp_path / "r.json").is_file() and not (tmp_path / "r.png").exists()

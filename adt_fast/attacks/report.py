@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -209,14 +210,21 @@ class Report:
         return path, path.with_suffix(".csv"), path.with_suffix(".png")
 
     def save(self, path: PathLike, plot: bool = True) -> Tuple[Path, ...]:
-        """Write REPORT.json, REPORT.csv and (plot=True) REPORT.png; returns the paths written."""
+        """Write REPORT.json, REPORT.csv and (plot=True) REPORT.png; returns the paths written.
+
+        Without matplotlib the PNG is skipped with a warning: the attacks' results are never lost.
+        """
         json_path, csv_path, png_path = self.paths(path)
         json_path.parent.mkdir(parents=True, exist_ok=True)
         self.save_json(json_path)
         self.save_csv(csv_path)
         if not plot:
             return json_path, csv_path
-        self.save_plot(png_path)
+        try:
+            self.save_plot(png_path)
+        except ImportError as err:
+            warnings.warn(f"{png_path} not written: {err}", stacklevel=2)
+            return json_path, csv_path
         return json_path, csv_path, png_path
 
     def save_json(self, path: PathLike) -> Path:
@@ -269,8 +277,11 @@ class Report:
 
     def save_plot(self, path: PathLike) -> Path:
         """Accuracy by attack, against PGD steps, against epsilon (PGD-20), and the dist curve."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        try:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+        except ImportError:
+            raise ImportError("the plot needs matplotlib: pip install 'adt-fast[plot]'") from None
 
         path = Path(path)
         panels = ["bars"] + [key for key in ("pgd_steps", "pgd_epsilon", "dist") if self.curves.get(key)]

@@ -1,0 +1,120 @@
+"""GPU-only timings of the op (issue 6): device time by CUDA-graph replay, and the host floor.
+
+- graph replay: forward+backward captured once in a CUDA graph and replayed REPLAYS times per
+  timed round, so a round's median / REPLAYS is the op's GPU time with no Python or launch cost;
+- trivial autograd pair: a torch.autograd.Function launching one trivial Triton kernel forward and
+  one backward, the host-side floor of a Python autograd op, to compare the eager call against.
+Run: pytest benchmarks/test_op_gpu.py --benchmark-only --benchmark-group-by=param:batch
+"""
+
+import pytest
+import torch
+
+import adt_fast
+from adt_fast.ops import dispatch
+
+from conftest import BATCH_SIZES, DEVICE
+
+pytestmark = pytest.mark.skipif(DEVICE.type != "cuda", reason="GPU-only suite")
+
+K = 5
+REPLAYS = 100
+
+
+def make_inputs(batch, dtype=torch.float32):
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    shape = (batch, 3, 32, 32)
+    mean = torch.randn(shape, device=DEVICE, generator=g).mul_(0.1).to(dtype).requires_grad_()
+    std_param = torch.randn(shape, device=DEVICE, generator=g).to(dtype).requires_grad_()
+    x = torch.rand(shape, device=DEVICE, generator=g).to(dtype)
+    grads = (torch.randn((K, *shape), device=DEVICE, generator=g).to(dtype),
+             torch.randn((K, batch), device=DEVICE, generator=g))
+    return mean, std_param, x, grads
+
+
+def forward_backward(backend, mean, std_param, x, grads):
+    out, nlp = adt_fast.sample_and_entropy(mean, std_param, K, 8 / 255, x=x, backend=backend)
+    torch.autograd.backward((out, nlp), grads)
+
+
+@pytest.mark.parametrize("batch", BATCH_SIZES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_graph_replay(timed, benchmark, backend, dtype, batch):
+    reason = dispatch.get(backend).why_not(DEVICE, dtype)
+    if reason is not None:
+        pytest.skip(reason)
+    mean, std_param, x, grads = make_inputs(batch, dtype)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            mean.grad = std_param.grad = None
+            forward_backward(backend, mean, std_param, x, grads)
+    torch.cuda.current_stream().wait_stream(side)
+    mean.grad = std_param.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        forward_backward(backend, mean, std_param, x, grads)
+
+    def replay():
+        for _ in range(REPLAYS):
+            graph.replay()
+
+    benchmark.extra_info.update(replays_per_round=REPLAYS, k=K, dtype=str(dtype))
+    timed(replay)
+
+
+@pytest.mark.parametrize("batch", BATCH_SIZES)
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_eager_autograd_call(timed, benchmark, backend, batch):
+    reason = dispatch.get(backend).why_not(DEVICE, torch.float32)
+    if reason is not None:
+        pytest.skip(reason)
+    mean, std_param, x, grads = make_inputs(batch)
+
+    def call():
+        forward_backward(backend, mean, std_param, x, grads)
+        mean.grad = std_param.grad = None
+
+    timed(call)
+
+
+def _trivial_pair():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def scale_kernel(src, dst, n, BLOCK: tl.constexpr):
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(dst + i, tl.load(src + i, mask=i < n) * 2.0, mask=i < n)
+
+    def launch(t):
+        out = torch.empty_like(t)
+        scale_kernel[(triton.cdiv(t.numel(), 1024),)](t, out, t.numel(), BLOCK=1024)
+        return out
+
+    class TrivialPair(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return launch(t)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return launch(grad)
+
+    return TrivialPair
+
+
+@pytest.mark.parametrize("batch", [64])
+def test_trivial_autograd_pair(timed, benchmark, batch):
+    pytest.importorskip("triton")
+    pair = _trivial_pair()
+    mean, _, _, _ = make_inputs(batch)
+    grad = torch.ones_like(mean)
+
+    def call():
+        pair.apply(mean).backward(grad)
+        mean.grad = None
+
+    timed(call)
