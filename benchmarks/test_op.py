@@ -70,3 +70,36 @@ def test_forward_backward(timed, benchmark, impl, batch):
 
     benchmark.extra_info.update(device=str(DEVICE), k=K, shape=list(shape))
     timed(step)
+
+
+class _TrivialPair(torch.autograd.Function):
+    """One elementwise op forward and one backward: the host-side floor of a Python autograd op."""
+
+    @staticmethod
+    def forward(ctx, t):
+        return t * 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 2
+
+
+@pytest.mark.parametrize("impl", ["trivial-autograd-pair", *[f"adt_fast-{n}" for n in dispatch.BACKENDS]])
+def test_host_overhead(timed, benchmark, impl):
+    """A (4, 8) input, so the time is the call's host cost: validation, seeding, dispatch, autograd."""
+    if impl.startswith("adt_fast-"):
+        reason = dispatch.get(impl.removeprefix("adt_fast-")).why_not(DEVICE, torch.float32)
+        if reason is not None:
+            pytest.skip(reason)
+    mean = torch.zeros(4, 8, device=DEVICE, requires_grad=True)
+    std_param = torch.zeros(4, 8, device=DEVICE, requires_grad=True)
+
+    def call():
+        if impl == "trivial-autograd-pair":
+            out, nlp = _TrivialPair.apply(mean), _TrivialPair.apply(std_param)
+        else:
+            out, nlp = adt_fast.sample_and_entropy(mean, std_param, K, EPSILON, backend=impl.removeprefix("adt_fast-"))
+        (out.sum() + nlp.sum()).backward()
+        mean.grad = std_param.grad = None
+
+    timed(call)

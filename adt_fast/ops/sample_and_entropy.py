@@ -1,9 +1,12 @@
 """`adt_fast.sample_and_entropy`: the public op, its torch.library registration and autograd.
 
-The forward and backward are two custom ops (`adt_fast::sample_forward`, `adt_fast::sample_backward`)
-with fake implementations, so `torch.compile` traces a call as two opaque nodes; the backend is
-resolved inside them. The backward regenerates the normals from `seed_offset`: nothing of size
-k x N is saved between the passes.
+Two launch paths reach the same backend functions:
+- under `torch.compile`, two custom ops (`adt_fast::sample_forward`, `adt_fast::sample_backward`)
+  with fake implementations, so the op is traced as two opaque nodes without graph breaks;
+- in eager mode, a plain autograd.Function, which skips the custom-op machinery's Python
+  overhead (about 60 us a call on the development CPU).
+Either way the backward regenerates the normals from `seed_offset`: nothing of size k x N is
+saved between the passes.
 """
 
 from __future__ import annotations
@@ -40,10 +43,13 @@ def sample_backward(grad_out: torch.Tensor, grad_nlp: torch.Tensor, mean: torch.
                     seed_offset: torch.Tensor, num_samples: int, epsilon: float, lo: float, hi: float,
                     backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     name = dispatch.select(backend, mean.device, mean.dtype)
-    grad_mean, grad_std, grad_x = dispatch.get(name).backward(
-        grad_out.contiguous(), grad_nlp.contiguous(), mean, std_param, x, noise, seed_offset,
-        num_samples, epsilon, lo, hi)
+    grad_mean, grad_std, grad_x = _backend_backward(name, grad_out, grad_nlp, mean, std_param, x, noise,
+                                                    seed_offset, num_samples, epsilon, lo, hi)
     return grad_mean, grad_std, (mean.new_empty(0) if grad_x is None else grad_x)
+
+
+def _backend_backward(name, grad_out, grad_nlp, *saved_and_settings):
+    return dispatch.get(name).backward(grad_out.contiguous(), grad_nlp.contiguous(), *saved_and_settings)
 
 
 @sample_backward.register_fake
@@ -66,6 +72,23 @@ def _backward(ctx, grad_out, grad_nlp):
 
 
 sample_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerSampleAndEntropy(torch.autograd.Function):
+    """The eager launch path: the same backend calls as the custom ops, minus their dispatch."""
+
+    @staticmethod
+    def forward(ctx, mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi, name):
+        ctx.save_for_backward(mean, std_param, x, noise, seed_offset)
+        ctx.settings = (num_samples, epsilon, lo, hi)
+        ctx.backend = name
+        return dispatch.get(name).forward(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_nlp):
+        grad_mean, grad_std, grad_x = _backend_backward(ctx.backend, grad_out, grad_nlp, *ctx.saved_tensors,
+                                                        *ctx.settings)
+        return grad_mean, grad_std, grad_x, None, None, None, None, None, None, None
 
 
 def draw_seed_offset(device: torch.device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -145,7 +168,8 @@ def sample_and_entropy(mean: torch.Tensor, std_param: torch.Tensor, num_samples:
 
     seed_offset = (torch.zeros(2, dtype=torch.int64, device=mean.device) if noise is not None
                    else draw_seed_offset(mean.device, generator))
-    return sample_forward(mean.contiguous(), std_param.contiguous(),
-                          None if x is None else x.contiguous(),
-                          None if noise is None else noise.contiguous(),
-                          seed_offset, num_samples, epsilon, lo, hi, backend)
+    args = (mean.contiguous(), std_param.contiguous(), None if x is None else x.contiguous(),
+            None if noise is None else noise.contiguous(), seed_offset, num_samples, epsilon, lo, hi)
+    if torch.compiler.is_compiling():
+        return sample_forward(*args, backend)
+    return _EagerSampleAndEntropy.apply(*args, dispatch.select(backend, mean.device, mean.dtype))
