@@ -338,3 +338,26 @@ def test_gpu_call_does_not_synchronise_and_is_reproducible():
     torch.manual_seed(0)
     again, _ = adt_fast.sample_and_entropy(mean, rho, 5)
     assert torch.equal(delta, again)
+
+
+@pytest.mark.parametrize("backend", ["reference", *KERNEL_BACKENDS])
+@pytest.mark.parametrize("with_x", [False, True])
+def test_backward_holds_order_n_memory(backend, with_x):
+    """What autograd keeps between the passes: the inputs and (seed, offset), never k x N normals."""
+    runnable(backend, torch.float32)
+    k, shape = 64, (3, 4, 5)
+    mean = torch.zeros(shape, requires_grad=True)
+    rho = torch.zeros(shape, requires_grad=True)
+    x = torch.rand(shape, requires_grad=True) if with_x else None
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out, nlp = adt_fast.sample_and_entropy(mean, rho, k, 0.1, x=x, backend=backend)
+    n = mean.numel()
+    assert sum(saved) <= (3 if with_x else 2) * n + 2
+    (out.sum() + nlp.sum()).backward()
+    assert torch.isfinite(mean.grad).all()
