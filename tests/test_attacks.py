@@ -204,7 +204,7 @@ def test_cw_margin_masks_the_true_class_when_every_other_logit_is_negative():
 # ----------------------------------------------------------------------------- batch independence
 
 
-@pytest.mark.parametrize("name", ["fgsm", "pgd20", "mim", "cw", "feature", "transfer"])
+@pytest.mark.parametrize("name", ["fgsm", "pgd20", "mim", "cw", "feature", "transfer", "dist"])
 def test_attacking_a_batch_equals_attacking_each_item_alone(name):
     model = _random_net(0).double()
     source = _random_net(1).double()
@@ -221,9 +221,9 @@ def test_attacking_a_batch_equals_attacking_each_item_alone(name):
         assert bool(alone.correct[0]) == bool(whole.correct[i])
 
 
-def test_evaluation_does_not_depend_on_batch_size_except_the_distribution_attack(synthetic, trained):
+def test_evaluation_does_not_depend_on_batch_size(synthetic, trained):
     _, _, x, y = synthetic
-    kwargs = dict(epsilon=EPS, seed=4, attacks="pgd:5,feature", feature_targets=2,
+    kwargs = dict(epsilon=EPS, seed=4, attacks="pgd:5,feature,dist", feature_targets=2, dist_steps=3,
                   epsilon_curve=())
     model = copy.deepcopy(trained).double()
     x, y = x[:16].double(), y[:16]
@@ -434,3 +434,16 @@ def test_other_bad_inputs(synthetic):
         evaluate(model, x, y, epsilon=EPS, attacks="fgsm", precision="fp8")
     with pytest.raises(ValueError, match="shape"):
         evaluate(model, x, y[:-1], epsilon=EPS, attacks="fgsm")
+
+
+def test_per_example_normals_are_standard_normal_and_keyed_by_example():
+    from adt_fast.attacks.engine import per_example_normals
+
+    x = torch.zeros(3, 2, 50, 50)
+    ids = torch.tensor([7, 8, 7])
+    r = per_example_normals(x, ids, seed=3, draw=0, num_samples=6)
+    assert r.shape == (6, *x.shape)
+    assert abs(r.mean()) < 0.02 and abs(r.std() - 1) < 0.02
+    assert torch.equal(r[:, 0], r[:, 2]) and not torch.equal(r[:, 0], r[:, 1])
+    assert not torch.equal(r, per_example_normals(x, ids, seed=3, draw=1, num_samples=6))
+    assert not torch.equal(r, per_example_normals(x, ids, seed=4, draw=0, num_samples=6))

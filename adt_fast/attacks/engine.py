@@ -13,6 +13,8 @@ from typing import Callable, Iterator, Optional, Union
 import torch
 from torch import nn
 
+from ..ops import reference
+
 PerExampleLoss = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -46,6 +48,26 @@ def per_example_start(x: torch.Tensor, example_ids: torch.Tensor, seed: int) -> 
     if not draws:
         return torch.zeros_like(x)
     return (torch.stack(draws) * 2 - 1).to(device=x.device, dtype=x.dtype)
+
+
+def per_example_normals(x: torch.Tensor, example_ids: torch.Tensor, seed: int, draw: int,
+                        num_samples: int) -> torch.Tensor:
+    """Standard normals (k, *x.shape) where example i's depend only on (seed, example_ids[i], draw).
+
+    Philox4x32-10 and the Box-Muller mapping of docs/randomness.md, keyed by (example id, seed)
+    instead of one seed per call, with counter (element, 0, draw * ceil(k/4) + group, 0). Used
+    where the op's own per-call stream would tie an example's samples to its batch position.
+    """
+    groups = -(-num_samples // reference.SAMPLES_PER_CALL)
+    ids = example_ids.to(device=x.device, dtype=torch.int64)[:, None]
+    key = (ids & reference.MASK32, torch.full_like(ids, int(seed) & reference.MASK32))
+    element = torch.arange(x[0].numel(), device=x.device, dtype=torch.int64).expand(len(x), -1)
+    zero = torch.zeros_like(element)
+    words = torch.stack([torch.stack(reference.philox4x32(
+        (element, zero, torch.full_like(element, draw * groups + g), zero), key), dim=-1)
+        for g in range(groups)])                                                   # (G, B, D, 4)
+    normals = reference.words_to_normals(words).permute(0, 3, 1, 2).reshape(groups * 4, *x.shape)
+    return normals[:num_samples].to(x.dtype).contiguous()
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, epsilon: float,

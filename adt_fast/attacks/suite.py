@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .distribution import fit_distribution
-from .engine import eval_mode, iterative_attack, per_example_start
+from .engine import eval_mode, iterative_attack, per_example_normals, per_example_start
 from .losses import cosine_distance, cross_entropy, cw_margin
 
 DEFAULT_ATTACKS = ("fgsm", "pgd20", "pgd100", "mim", "cw", "feature", "dist")
@@ -501,13 +501,16 @@ class DistributionAttack(Attack):
             correct.append((logits.detach().argmax(1) == y_k).view(k, batch))
             return loss
 
-        seed = stream_seed(ctx.seed, "dist") * _ID_STRIDE + int(example_ids[0]) if batch else 0
-        generator = torch.Generator(device=x.device).manual_seed(seed)
+        seed = stream_seed(ctx.seed, "dist")
+
+        def noise(draw: int) -> torch.Tensor:
+            return per_example_normals(x, example_ids, seed, draw, k)
+
         with eval_mode(ctx.model):
             fit = fit_distribution(score, x.detach(), epsilon=self.epsilon, steps=self.steps,
                                    num_samples=k, lbd=self.lbd, lr=self.lr, betas=self.betas,
-                                   generator=generator)
-            samples = fit.sample(x.detach(), self.epsilon, num_samples=k, generator=generator)
+                                   noise=noise)
+            samples = fit.sample(x.detach(), self.epsilon, num_samples=k, noise=noise(self.steps))
             with torch.no_grad():
                 score(samples.flatten(0, 1))
         final = correct[-1]
