@@ -220,6 +220,39 @@ def _softplus_parts(rho, CT: tl.constexpr):
 
 
 @triton.jit
+def _load_tile(mean_ptr, std_ptr, x_ptr, seed_offset_ptr, B, D, n_chunks, eps_bits, lo_bits, hi_bits,
+               HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr, CT: tl.constexpr,
+               BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's tile of (examples x elements), its inputs and the per-element rho terms."""
+    pid = tl.program_id(0)
+    pb = pid // n_chunks
+    c = pid - pb * n_chunks
+    rows = pb * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = c * BLOCK_D + tl.arange(0, BLOCK_D)
+    row_ok = rows < B
+    mask = row_ok[:, None] & (cols < D)[None, :]
+    n = rows.to(tl.int64)[:, None] * D + cols[None, :]
+    eps = _f64_from_bits(eps_bits).to(CT)
+    lo = _f64_from_bits(lo_bits).to(CT)
+    hi = _f64_from_bits(hi_bits).to(CT)
+    mu = tl.load(mean_ptr + n, mask=mask, other=0.0).to(CT)
+    rho = tl.load(std_ptr + n, mask=mask, other=0.0).to(CT)
+    sigma, log_sigma, sigmoid, sig_over_sp = _softplus_parts(rho, CT)
+    if HAS_X:
+        xv = tl.load(x_ptr + n, mask=mask, other=0.0).to(CT)
+    else:
+        xv = mu
+    if HAS_NOISE:
+        seed = tl.zeros([], dtype=tl.int64)
+        offset = seed
+    else:
+        seed = tl.load(seed_offset_ptr)
+        offset = tl.load(seed_offset_ptr + 1)
+    return (c, rows, row_ok, mask, n, eps, lo, hi, mu, sigma, log_sigma, sigmoid, sig_over_sp, xv,
+            seed, offset)
+
+
+@triton.jit
 def _forward_lane(r, s, n, N, mask, rows, row_ok, B, c, n_chunks, mu, sigma, log_sigma, xv,
                   noise_ptr, out_ptr, part_ptr, eps, lo, hi, cadd,
                   HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr,
@@ -247,30 +280,10 @@ def _forward_kernel(mean_ptr, std_ptr, x_ptr, noise_ptr, seed_offset_ptr, out_pt
                     B, D, N, k, groups, n_chunks, eps_bits, lo_bits, hi_bits, const_bits,
                     HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr,
                     CT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid = tl.program_id(0)
-    pb = pid // n_chunks
-    c = pid - pb * n_chunks
-    rows = pb * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = c * BLOCK_D + tl.arange(0, BLOCK_D)
-    row_ok = rows < B
-    mask = row_ok[:, None] & (cols < D)[None, :]
-    n = rows.to(tl.int64)[:, None] * D + cols[None, :]
-
-    eps = _f64_from_bits(eps_bits).to(CT)
-    lo = _f64_from_bits(lo_bits).to(CT)
-    hi = _f64_from_bits(hi_bits).to(CT)
+    (c, rows, row_ok, mask, n, eps, lo, hi, mu, sigma, log_sigma, sigmoid, sig_over_sp, xv, seed,
+     offset) = _load_tile(mean_ptr, std_ptr, x_ptr, seed_offset_ptr, B, D, n_chunks, eps_bits, lo_bits,
+                          hi_bits, HAS_X, HAS_NOISE, CT, BLOCK_B, BLOCK_D)
     cadd = tl.where(c == 0, _f64_from_bits(const_bits), 0.0).to(CT)
-
-    mu = tl.load(mean_ptr + n, mask=mask, other=0.0).to(CT)
-    rho = tl.load(std_ptr + n, mask=mask, other=0.0).to(CT)
-    sigma, log_sigma, sigmoid, sig_over_sp = _softplus_parts(rho, CT)
-    if HAS_X:
-        xv = tl.load(x_ptr + n, mask=mask, other=0.0).to(CT)
-    else:
-        xv = mu
-    if not HAS_NOISE:
-        seed = tl.load(seed_offset_ptr)
-        offset = tl.load(seed_offset_ptr + 1)
 
     # Samples 4g..4g+3 share one Philox call; lanes past k are skipped by uniform branches.
     for g in range(0, groups):
@@ -334,29 +347,9 @@ def _backward_kernel(gout_ptr, gnlp_ptr, mean_ptr, std_ptr, x_ptr, noise_ptr, se
                      B, D, N, k, groups, n_chunks, eps_bits, lo_bits, hi_bits,
                      HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr,
                      CT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid = tl.program_id(0)
-    pb = pid // n_chunks
-    c = pid - pb * n_chunks
-    rows = pb * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = c * BLOCK_D + tl.arange(0, BLOCK_D)
-    row_ok = rows < B
-    mask = row_ok[:, None] & (cols < D)[None, :]
-    n = rows.to(tl.int64)[:, None] * D + cols[None, :]
-
-    eps = _f64_from_bits(eps_bits).to(CT)
-    lo = _f64_from_bits(lo_bits).to(CT)
-    hi = _f64_from_bits(hi_bits).to(CT)
-
-    mu = tl.load(mean_ptr + n, mask=mask, other=0.0).to(CT)
-    rho = tl.load(std_ptr + n, mask=mask, other=0.0).to(CT)
-    sigma, log_sigma, sigmoid, sig_over_sp = _softplus_parts(rho, CT)
-    if HAS_X:
-        xv = tl.load(x_ptr + n, mask=mask, other=0.0).to(CT)
-    else:
-        xv = mu
-    if not HAS_NOISE:
-        seed = tl.load(seed_offset_ptr)
-        offset = tl.load(seed_offset_ptr + 1)
+    (c, rows, row_ok, mask, n, eps, lo, hi, mu, sigma, log_sigma, sigmoid, sig_over_sp, xv, seed,
+     offset) = _load_tile(mean_ptr, std_ptr, x_ptr, seed_offset_ptr, B, D, n_chunks, eps_bits, lo_bits,
+                          hi_bits, HAS_X, HAS_NOISE, CT, BLOCK_B, BLOCK_D)
 
     acc_du = tl.zeros([BLOCK_B, BLOCK_D], dtype=CT)
     acc_dur = tl.zeros([BLOCK_B, BLOCK_D], dtype=CT)
