@@ -361,3 +361,12 @@ def test_backward_holds_order_n_memory(backend, with_x):
     assert sum(saved) <= (3 if with_x else 2) * n + 2
     (out.sum() + nlp.sum()).backward()
     assert torch.isfinite(mean.grad).all()
+
+
+def test_double_backward_raises_instead_of_returning_zeros():
+    mean = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    rho = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    delta, nlp = adt_fast.sample_and_entropy(mean, rho, 2, 0.1)
+    (grad,) = torch.autograd.grad((delta.square().sum() + nlp.sum()), mean, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(grad.sum(), mean)

@@ -15,6 +15,7 @@ import math
 from typing import Optional, Sequence
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from . import dispatch
 from .reference import compute_dtype
@@ -85,6 +86,7 @@ class _EagerSampleAndEntropy(torch.autograd.Function):
         return dispatch.get(name).forward(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi)
 
     @staticmethod
+    @once_differentiable  # the fused backward has no derivative of its own: say so, never return 0
     def backward(ctx, grad_out, grad_nlp):
         grad_mean, grad_std, grad_x = _backend_backward(ctx.backend, grad_out, grad_nlp, *ctx.saved_tensors,
                                                         *ctx.settings)
