@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN ?= runs/digits
 
-.PHONY: setup demo test bench cmake-test
+.PHONY: setup demo test bench bench-smoke cmake-test
 
 setup:
 	VENV=$(VENV) scripts/setup.sh
@@ -19,6 +19,9 @@ test: setup
 
 bench: setup
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-group-by=param:batch
+
+bench-smoke: setup
+	$(PY) -m pytest benchmarks --benchmark-disable -q
 
 cmake-test:
 	cmake -S . -B build/cmake -G Ninja -DCMAKE_BUILD_TYPE=Release
