@@ -18,7 +18,7 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) -m pytest benchmarks --benchmark-only --benchmark-group-by=param:batch
+	$(PY) -m pytest benchmarks --benchmark-only --benchmark-group-by=func,param:batch
 
 bench-smoke: setup
 	$(PY) -m pytest benchmarks --benchmark-disable -q

@@ -38,7 +38,7 @@ bench() {
     --benchmark-columns=median,iqr,rounds --benchmark-sort=name \
     --benchmark-json="$OUT_DIR/$name.json" "$@" || status=1
 }
-bench op benchmarks/test_op.py --benchmark-group-by=param:batch
+bench op benchmarks/test_op.py --benchmark-group-by=func,param:batch
 bench op_gpu benchmarks/test_op_gpu.py --benchmark-group-by=func,param:batch
-bench train_step benchmarks/test_train_step.py --benchmark-group-by=param:mode
+bench train_step benchmarks/test_train_step.py --benchmark-group-by=param:mode,param:batch
 exit $status

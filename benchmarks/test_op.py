@@ -3,7 +3,7 @@
 Compared in the same run: every backend that can serve the device, the original ADT code's form
 (k samples drawn one after another in a Python loop, eager), the eager vectorised reference and
 torch.compile of the vectorised reference.
-Run: pytest benchmarks/test_op.py --benchmark-only --benchmark-group-by=param:batch
+Run: pytest benchmarks/test_op.py --benchmark-only --benchmark-group-by=func,param:batch
 """
 
 import pytest
@@ -84,15 +84,16 @@ class _TrivialPair(torch.autograd.Function):
         return grad * 2
 
 
+@pytest.mark.parametrize("batch", [4])
 @pytest.mark.parametrize("impl", ["trivial-autograd-pair", *[f"adt_fast-{n}" for n in dispatch.BACKENDS]])
-def test_host_overhead(timed, benchmark, impl):
+def test_host_overhead(timed, benchmark, impl, batch):
     """A (4, 8) input, so the time is the call's host cost: validation, seeding, dispatch, autograd."""
     if impl.startswith("adt_fast-"):
         reason = dispatch.get(impl.removeprefix("adt_fast-")).why_not(DEVICE, torch.float32)
         if reason is not None:
             pytest.skip(reason)
-    mean = torch.zeros(4, 8, device=DEVICE, requires_grad=True)
-    std_param = torch.zeros(4, 8, device=DEVICE, requires_grad=True)
+    mean = torch.zeros(batch, 8, device=DEVICE, requires_grad=True)
+    std_param = torch.zeros(batch, 8, device=DEVICE, requires_grad=True)
 
     def call():
         if impl == "trivial-autograd-pair":

@@ -20,14 +20,14 @@ GPU = DEVICE.type == "cuda"
 ARCH = "wrn-28-10" if GPU else "small-cnn"
 GENERATOR_WIDTH = 256 if GPU else 32
 MODES = ("fp32", "bf16-channels-last") if GPU else ("fp32",)
-BATCH = 64
+BATCH = 64  # also a test parameter, so every suite can be grouped by param:batch
 EPSILON = 8 / 255
 
 
-def make_batch():
+def make_batch(batch):
     g = torch.Generator(device=DEVICE).manual_seed(0)
-    x = torch.rand((BATCH, 3, 32, 32), device=DEVICE, generator=g)
-    y = torch.randint(0, 10, (BATCH,), device=DEVICE, generator=g)
+    x = torch.rand((batch, 3, 32, 32), device=DEVICE, generator=g)
+    y = torch.randint(0, 10, (batch,), device=DEVICE, generator=g)
     return x, y
 
 
@@ -39,9 +39,10 @@ def make_model(mode):
     return model
 
 
+@pytest.mark.parametrize("batch", [BATCH])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("method", list(METHODS))
-def test_training_iteration(timed, benchmark, method, mode):
+def test_training_iteration(timed, benchmark, method, mode, batch):
     settings = {"generator_width": GENERATOR_WIDTH} if method in ("adt-exp-am", "adt-imp-am", "l2l") else {}
     cfg = TrainConfig(method=method, dataset="cifar10", out="unused", arch=ARCH, device=str(DEVICE),
                       precision="bf16" if mode != "fp32" else "fp32",
@@ -50,16 +51,17 @@ def test_training_iteration(timed, benchmark, method, mode):
     runtime = Runtime(device=DEVICE, precision=cfg.precision, channels_last=cfg.channels_last)
     trainer_method = build_method(cfg, model, runtime)
     optimisers = {"model": torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), **trainer_method.optimisers()}
-    x, y = make_batch()
+    x, y = make_batch(batch)
     model.train()
-    benchmark.extra_info.update(device=str(DEVICE), arch=ARCH, batch=BATCH)
+    benchmark.extra_info.update(device=str(DEVICE), arch=ARCH)
     timed(lambda: trainer_method.train_step(model, x, y, optimisers), rounds=None if GPU else 5)
 
 
+@pytest.mark.parametrize("batch", [BATCH])
 @pytest.mark.parametrize("mode", ["fp32"])
-def test_original_code_adt_exp_iteration(timed, benchmark, mode):
+def test_original_code_adt_exp_iteration(timed, benchmark, mode, batch):
     model = make_model(mode)
     optimiser = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    x, y = make_batch()
-    benchmark.extra_info.update(device=str(DEVICE), arch=ARCH, batch=BATCH)
+    x, y = make_batch(batch)
+    benchmark.extra_info.update(device=str(DEVICE), arch=ARCH)
     timed(lambda: original_adt_exp_step(model, optimiser, x, y, epsilon=EPSILON), rounds=None if GPU else 5)
