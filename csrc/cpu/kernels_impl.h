@@ -208,23 +208,17 @@ void forward_range(const detail::ForwardArgs<T>& a, int64_t n_begin, int64_t n_e
         const int64_t s = kSamplesPerCall * g + l;
         const T* __restrict rs = kNoise ? a.noise + s * a.numel + n0 : z[l];
         T* __restrict out = a.out + s * a.numel + n0;
-        if constexpr (kX) {
-          const T* __restrict x = a.x + n0;
+        const T* __restrict x = kX ? a.x + n0 : nullptr;
 #pragma omp simd
-          for (int i = 0; i < len; ++i) {
-            const T r = rs[i];
-            const TanhTerms<T> tt = tanh_terms<T>(mu[i] + sigma[i] * r);
+        for (int i = 0; i < len; ++i) {
+          const T r = rs[i];
+          const TanhTerms<T> tt = tanh_terms<T>(mu[i] + sigma[i] * r);
+          if constexpr (kX) {
             out[i] = clamp_<T>(x[i] + eps * tt.t, lo, hi);
-            term[i] = neg_log_prob_term<T>(r, log_sigma[i], tt.log1m);
-          }
-        } else {
-#pragma omp simd
-          for (int i = 0; i < len; ++i) {
-            const T r = rs[i];
-            const TanhTerms<T> tt = tanh_terms<T>(mu[i] + sigma[i] * r);
+          } else {
             out[i] = eps * tt.t;
-            term[i] = neg_log_prob_term<T>(r, log_sigma[i], tt.log1m);
           }
+          term[i] = neg_log_prob_term<T>(r, log_sigma[i], tt.log1m);
         }
         add_segment_sums<T>(term, len, n0, a.dim, a.num_chunks, chunk, a.num_samples, s, partial);
       }
@@ -281,31 +275,21 @@ void backward_range(const detail::BackwardArgs<T>& a, int64_t n_begin, int64_t n
         const T* __restrict rs = kNoise ? a.noise + s * a.numel + n0 : z[l];
         const T* __restrict gout = a.grad_out + s * a.numel + n0;
         fill_per_example<T>(ge, len, n0, a.dim, a.grad_nlp + s * a.batch);
-        if constexpr (kX) {
-          const T* __restrict x = a.x + n0;
+        const T* __restrict x = kX ? a.x + n0 : nullptr;
 #pragma omp simd
-          for (int i = 0; i < len; ++i) {
-            const T r = rs[i];
-            const TanhTerms<T> tt = tanh_terms<T>(mu[i] + sigma[i] * r);
+        for (int i = 0; i < len; ++i) {
+          const T r = rs[i];
+          const TanhTerms<T> tt = tanh_terms<T>(mu[i] + sigma[i] * r);
+          T gd = gout[i];
+          if constexpr (kX) {  // the gradient passes where the clamp did not bind, as torch.clamp's
             const T unclamped = x[i] + eps * tt.t;
-            const bool pass = (unclamped >= lo) & (unclamped <= hi);
-            const T gd = pass ? gout[i] : T(0);
-            const T du = gd * (eps * tt.dtanh) - T(2) * ge[i] * tt.t;
+            gd = ((unclamped >= lo) & (unclamped <= hi)) ? gd : T(0);
             acc_gx[i] += gd;
-            acc_du[i] += du;
-            acc_dur[i] += du * r;
-            ge_sum[i] += ge[i];
           }
-        } else {
-#pragma omp simd
-          for (int i = 0; i < len; ++i) {
-            const T r = rs[i];
-            const TanhTerms<T> tt = tanh_terms<T>(mu[i] + sigma[i] * r);
-            const T du = gout[i] * (eps * tt.dtanh) - T(2) * ge[i] * tt.t;
-            acc_du[i] += du;
-            acc_dur[i] += du * r;
-            ge_sum[i] += ge[i];
-          }
+          const T du = gd * (eps * tt.dtanh) - T(2) * ge[i] * tt.t;
+          acc_du[i] += du;
+          acc_dur[i] += du * r;
+          ge_sum[i] += ge[i];
         }
       }
     }

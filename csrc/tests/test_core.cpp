@@ -14,24 +14,13 @@
 
 #include "core/elementwise.h"
 #include "core/philox.h"
+#include "tests/check.h"
 #include "cpu/adt_cpu.h"
 #include "cpu/kernels.h"
 
 namespace {
 
-int g_failures = 0;
-int g_checks = 0;
-
-#define CHECK(cond, ...)                                                       \
-  do {                                                                         \
-    ++g_checks;                                                                \
-    if (!(cond)) {                                                             \
-      ++g_failures;                                                            \
-      std::printf("FAIL %s:%d: %s -- ", __FILE__, __LINE__, #cond);            \
-      std::printf(__VA_ARGS__);                                                \
-      std::printf("\n");                                                       \
-    }                                                                          \
-  } while (0)
+using adt_test::rel_err;
 
 // ---- Philox ----------------------------------------------------------------------------------
 
@@ -323,16 +312,6 @@ Result run_kernels(const Problem& p, const Inputs& in, int threads) {
   return r;
 }
 
-// Norm-wise relative error: max |a - b| / max |b|.
-double rel_err(const std::vector<double>& a, const std::vector<double>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < b.size(); ++i) {
-    num = std::max(num, std::fabs(a[i] - b[i]));
-    den = std::max(den, std::fabs(b[i]));
-  }
-  return b.empty() ? 0.0 : num / std::max(den, 1e-300);
-}
-
 bool all_finite(const std::vector<double>& v) {
   for (double d : v)
     if (!std::isfinite(d)) return false;
@@ -456,6 +435,5 @@ int main() {
   test_kernels();
   test_extremes();
   test_empty();
-  std::printf("%d checks, %d failures\n", g_checks, g_failures);
-  return g_failures == 0 ? 0 : 1;
+  return adt_test::report();
 }

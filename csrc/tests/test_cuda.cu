@@ -17,22 +17,13 @@
 #include <vector>
 
 #include "core/philox.h"
+#include "tests/check.h"
 #include "cpu/adt_cpu.h"
 #include "cuda/adt_cuda.h"
 
 namespace {
 
-int g_failures = 0;
-
-#define CHECK(cond, ...)                                            \
-  do {                                                              \
-    if (!(cond)) {                                                  \
-      ++g_failures;                                                 \
-      std::printf("FAIL %s:%d: %s -- ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                                     \
-      std::printf("\n");                                            \
-    }                                                               \
-  } while (0)
+using adt_test::rel_err;
 
 #define CUDA_OK(expr)                                                                               \
   do {                                                                                              \
@@ -81,15 +72,6 @@ std::vector<double> widen(const std::vector<S>& v) {
   std::vector<double> out;
   for (const S& s : v) out.push_back(to_double(s));
   return out;
-}
-
-double rel_err(const std::vector<double>& a, const std::vector<double>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < b.size(); ++i) {
-    num = std::max(num, std::fabs(a[i] - b[i]));
-    den = std::max(den, std::fabs(b[i]));
-  }
-  return b.empty() ? 0.0 : num / std::max(den, 1e-300);
 }
 
 template <class S>
@@ -216,6 +198,5 @@ int main() {
       }
     }
   }
-  std::printf("%d failures\n", g_failures);
-  return g_failures == 0 ? 0 : 1;
+  return adt_test::report();
 }
