@@ -253,6 +253,27 @@ def _load_tile(mean_ptr, std_ptr, x_ptr, seed_offset_ptr, B, D, n_chunks, eps_bi
 
 
 @triton.jit
+def _group_normals(n, seed, offset, g, s0, k, placeholder, HAS_NOISE: tl.constexpr,
+                   IS_FP64: tl.constexpr, CT: tl.constexpr):
+    """The normals of samples s0..s0+3 (one Philox call); the second Box-Muller pair only when
+    sample s0+2 exists. With noise the lanes load r themselves and get `placeholder`."""
+    if HAS_NOISE:
+        r0 = placeholder
+        r1 = placeholder
+        r2 = placeholder
+        r3 = placeholder
+    else:
+        w0, w1, w2, w3 = _philox_block(n, seed, offset + g)
+        r0, r1 = _box_muller(w0, w1, IS_FP64, CT)
+        if s0 + 2 < k:
+            r2, r3 = _box_muller(w2, w3, IS_FP64, CT)
+        else:
+            r2 = r0
+            r3 = r1
+    return r0, r1, r2, r3
+
+
+@triton.jit
 def _forward_lane(r, s, n, N, mask, rows, row_ok, B, c, n_chunks, mu, sigma, log_sigma, xv,
                   noise_ptr, out_ptr, part_ptr, eps, lo, hi, cadd,
                   HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr,
@@ -288,30 +309,11 @@ def _forward_kernel(mean_ptr, std_ptr, x_ptr, noise_ptr, seed_offset_ptr, out_pt
     # Samples 4g..4g+3 share one Philox call; lanes past k are skipped by uniform branches.
     for g in range(0, groups):
         s0 = g * 4
-        if HAS_NOISE:
-            r0 = mu
-            r1 = mu
-        else:
-            w0, w1, w2, w3 = _philox_block(n, seed, offset + g)
-            r0, r1 = _box_muller(w0, w1, IS_FP64, CT)
-        _forward_lane(r0, s0, n, N, mask, rows, row_ok, B, c, n_chunks, mu, sigma, log_sigma,
-                      xv, noise_ptr, out_ptr, part_ptr, eps, lo, hi, cadd,
-                      HAS_X, HAS_NOISE, IS_FP64, CT)
-        if s0 + 1 < k:
-            _forward_lane(r1, s0 + 1, n, N, mask, rows, row_ok, B, c, n_chunks, mu, sigma,
-                          log_sigma, xv, noise_ptr, out_ptr, part_ptr, eps, lo, hi, cadd,
-                          HAS_X, HAS_NOISE, IS_FP64, CT)
-        if s0 + 2 < k:
-            if HAS_NOISE:
-                r2 = mu
-                r3 = mu
-            else:
-                r2, r3 = _box_muller(w2, w3, IS_FP64, CT)
-            _forward_lane(r2, s0 + 2, n, N, mask, rows, row_ok, B, c, n_chunks, mu, sigma,
-                          log_sigma, xv, noise_ptr, out_ptr, part_ptr, eps, lo, hi, cadd,
-                          HAS_X, HAS_NOISE, IS_FP64, CT)
-            if s0 + 3 < k:
-                _forward_lane(r3, s0 + 3, n, N, mask, rows, row_ok, B, c, n_chunks, mu, sigma,
+        r0, r1, r2, r3 = _group_normals(n, seed, offset, g, s0, k, mu, HAS_NOISE, IS_FP64, CT)
+        for lane in tl.static_range(4):
+            r = r0 if lane == 0 else (r1 if lane == 1 else (r2 if lane == 2 else r3))
+            if s0 + lane < k:
+                _forward_lane(r, s0 + lane, n, N, mask, rows, row_ok, B, c, n_chunks, mu, sigma,
                               log_sigma, xv, noise_ptr, out_ptr, part_ptr, eps, lo, hi, cadd,
                               HAS_X, HAS_NOISE, IS_FP64, CT)
 
@@ -357,33 +359,12 @@ def _backward_kernel(gout_ptr, gnlp_ptr, mean_ptr, std_ptr, x_ptr, noise_ptr, se
     acc_ge = tl.zeros([BLOCK_B], dtype=CT)
     for g in range(0, groups):
         s0 = g * 4
-        if HAS_NOISE:
-            r0 = mu
-            r1 = mu
-        else:
-            w0, w1, w2, w3 = _philox_block(n, seed, offset + g)
-            r0, r1 = _box_muller(w0, w1, IS_FP64, CT)
-        acc_du, acc_dur, acc_gx, acc_ge = _backward_lane(
-            r0, s0, n, N, mask, rows, row_ok, B, mu, sigma, xv, noise_ptr, gout_ptr, gnlp_ptr,
-            eps, lo, hi, acc_du, acc_dur, acc_gx, acc_ge, HAS_X, HAS_NOISE, IS_FP64, CT)
-        if s0 + 1 < k:
-            acc_du, acc_dur, acc_gx, acc_ge = _backward_lane(
-                r1, s0 + 1, n, N, mask, rows, row_ok, B, mu, sigma, xv, noise_ptr, gout_ptr,
-                gnlp_ptr, eps, lo, hi, acc_du, acc_dur, acc_gx, acc_ge,
-                HAS_X, HAS_NOISE, IS_FP64, CT)
-        if s0 + 2 < k:
-            if HAS_NOISE:
-                r2 = mu
-                r3 = mu
-            else:
-                r2, r3 = _box_muller(w2, w3, IS_FP64, CT)
-            acc_du, acc_dur, acc_gx, acc_ge = _backward_lane(
-                r2, s0 + 2, n, N, mask, rows, row_ok, B, mu, sigma, xv, noise_ptr, gout_ptr,
-                gnlp_ptr, eps, lo, hi, acc_du, acc_dur, acc_gx, acc_ge,
-                HAS_X, HAS_NOISE, IS_FP64, CT)
-            if s0 + 3 < k:
+        r0, r1, r2, r3 = _group_normals(n, seed, offset, g, s0, k, mu, HAS_NOISE, IS_FP64, CT)
+        for lane in tl.static_range(4):
+            r = r0 if lane == 0 else (r1 if lane == 1 else (r2 if lane == 2 else r3))
+            if s0 + lane < k:
                 acc_du, acc_dur, acc_gx, acc_ge = _backward_lane(
-                    r3, s0 + 3, n, N, mask, rows, row_ok, B, mu, sigma, xv, noise_ptr, gout_ptr,
+                    r, s0 + lane, n, N, mask, rows, row_ok, B, mu, sigma, xv, noise_ptr, gout_ptr,
                     gnlp_ptr, eps, lo, hi, acc_du, acc_dur, acc_gx, acc_ge,
                     HAS_X, HAS_NOISE, IS_FP64, CT)
 
