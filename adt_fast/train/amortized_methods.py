@@ -32,11 +32,10 @@ import torch
 from torch import nn
 
 from .. import amortized as am
-from ..attacks.engine import eval_mode
 from ..models.generators import PerturbationGenerator, QNetwork
 from .config import NO_HINGE
 from .methods import (CEInner, CEOuter, ComposedMethod, Method, MethodSpec, OuterLoss, Perturbation, PGD,
-                      Runtime, StepOutput, TradesOuter, _clean_logits, _pgd_step_size, register_method)
+                      Runtime, StepOutput, TradesOuter, accuracy_logits, _pgd_step_size, register_method)
 
 
 def _run(rt: Runtime, net: nn.Module, *args: torch.Tensor):
@@ -152,10 +151,8 @@ class AmortizedMethod(Method):
         x_adv, entropy = self.perturbation(model, x, y, self.runtime)
         per_example, clean_logits = self.outer(model, x, am.reverse_gradient(x_adv), y, self.runtime)
         objective = am.amortized_loss(per_example, entropy, self.lbd)
-        if clean_logits is None:  # one eval-mode forward (no BatchNorm update), as ComposedMethod
-            with eval_mode(model):
-                clean_logits = _clean_logits(model, x, self.runtime)
-        return StepOutput(per_example.mean(), clean_logits.detach(), x_adv.detach(),
+        return StepOutput(per_example.mean(), accuracy_logits(model, x, clean_logits, self.runtime),
+                          x_adv.detach(),
                           objective=objective,
                           entropy=None if entropy is None else entropy.detach().mean())
 

@@ -128,12 +128,8 @@ class Trainer:
             for index, (xb, yb) in enumerate(itertools.islice(batches, total)):
                 out = self.method.train_step(self.model, xb, yb, self.optimisers)
                 with torch.no_grad():
-                    logits = out.clean_logits
-                    if logits is None:
-                        with eval_mode(self.model):
-                            logits = self.method.runtime.forward(self.model, xb)
                     loss_sum += out.loss.detach().float() * yb.shape[0]
-                    correct += (logits.argmax(1) == yb).sum()
+                    correct += (out.clean_logits.argmax(1) == yb).sum()
                 seen += yb.shape[0]
                 bar.update(1)
                 if not bar.disable and (index % PROGRESS_EVERY == 0 or index + 1 == total):

@@ -105,6 +105,15 @@ def _clean_logits(model, x, rt) -> torch.Tensor:
         return rt.forward(model, x).float()
 
 
+def accuracy_logits(model, x, clean_logits, rt) -> torch.Tensor:
+    """Clean logits for train accuracy: the outer loss's when it computed them, else one eval-mode
+    forward under no_grad (no BatchNorm update), before the update."""
+    if clean_logits is None:
+        with eval_mode(model):
+            clean_logits = _clean_logits(model, x, rt)
+    return clean_logits.detach()
+
+
 class TradesKLInner(InnerLoss):
     """KL(f(x) || f(x + delta)), the clean logits fixed (TRADES' inner problem)."""
 
@@ -248,7 +257,7 @@ class StepOutput:
     lambda times its entropy term, whose detached batch mean is kept for logging)."""
 
     loss: torch.Tensor
-    clean_logits: Optional[torch.Tensor] = None
+    clean_logits: torch.Tensor
     x_adv: Optional[torch.Tensor] = None
     objective: Optional[torch.Tensor] = None
     entropy: Optional[torch.Tensor] = None
@@ -302,8 +311,7 @@ class Method:
 
 
 class ComposedMethod(Method):
-    """perturbation + outer loss; the clean logits for train accuracy come from the outer loss
-    when it has them, else from one eval-mode forward under no_grad (no BatchNorm update)."""
+    """perturbation + outer loss; train accuracy from accuracy_logits."""
 
     def __init__(self, config, model, runtime, perturbation: Perturbation, outer: OuterLoss, name: str):
         super().__init__(config, model, runtime)
@@ -312,10 +320,7 @@ class ComposedMethod(Method):
     def step(self, model, x, y):
         x_adv = self.perturbation(model, x, y, self.runtime)
         per_example, clean_logits = self.outer(model, x, x_adv, y, self.runtime)
-        if clean_logits is None:
-            with eval_mode(model):
-                clean_logits = _clean_logits(model, x, self.runtime)
-        return StepOutput(per_example.mean(), clean_logits.detach(), x_adv)
+        return StepOutput(per_example.mean(), accuracy_logits(model, x, clean_logits, self.runtime), x_adv)
 
 
 # ------------------------------------------------------------------------------------------------
