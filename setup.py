@@ -104,9 +104,10 @@ def _extension_setup():
         return [], {}
 
     debug = _flag("ADT_FAST_DEBUG")
-    opt = ["-O0", "-g"] if debug else ["-O3", "-g0"]  # -g0: smaller .so, faster build
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    # -g0 (smaller .so) is a host-compiler flag only: nvcc 13 rejects it with "Unknown option".
     # No -std flag: torch picks the standard its headers need (C++17, or C++20 from torch 2.13 on).
-    cxx_flags = [*opt, "-fopenmp", "-fno-math-errno", "-fno-trapping-math",
+    cxx_flags = [*opt, *([] if debug else ["-g0"]), "-fopenmp", "-fno-math-errno", "-fno-trapping-math",
                  f"-DADT_FAST_VERSION_TOKENS={VERSION}", "-Wno-unknown-pragmas"]
     link_flags = ["-fopenmp"]
     if sys.platform == "darwin":  # Apple clang has no -fopenmp; the kernels then run on one thread
