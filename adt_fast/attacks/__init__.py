@@ -1,5 +1,6 @@
-"""White-box and transfer attacks, the shared iterative engine, the explicit-distribution fit, and
-the robustness evaluation (`evaluate` -> `Report`). See docs/evaluation.md."""
+"""White-box and transfer attacks, AutoAttack, the shared iterative engine, the
+explicit-distribution fit, and the robustness evaluation (`evaluate` -> `Report`).
+See docs/evaluation.md."""
 
 from .distribution import DistributionFit, fit_distribution
 from .engine import eval_mode, iterative_attack, per_example_start, project, uniform_start
@@ -10,7 +11,8 @@ from .suite import (ATTACK_NAMES, DEFAULT_ATTACKS, Attack, AttackContext, Attack
                     default_step_size, feature_attack, fgsm, make_attack, mim, parse_attacks, pgd,
                     transfer)
 
-__all__ = ["DistributionFit", "fit_distribution", "eval_mode", "iterative_attack",
+__all__ = ["APGDAttack", "AutoAttack", "FABAttack", "SquareAttack", "apgd", "apgd_checkpoints",
+           "DistributionFit", "fit_distribution", "eval_mode", "iterative_attack",
            "per_example_start", "project", "uniform_start",
            "evaluate", "Report", "DEFAULT_EPSILON_CURVE", "sanity_warnings", "worst_case",
            "ATTACK_NAMES", "DEFAULT_ATTACKS", "Attack", "AttackContext", "AttackOutcome",

@@ -8,7 +8,8 @@ epsilon-ball and the clamp to the valid input range.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Optional, Union
+from dataclasses import dataclass
+from typing import Callable, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -16,6 +17,8 @@ from torch import nn
 from ..ops import reference
 
 PerExampleLoss = Callable[[torch.Tensor], torch.Tensor]
+# One forward, two answers per example: the loss to maximise and whether the input is adversarial.
+LossAndHit = Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
 
 
 @contextlib.contextmanager
@@ -70,6 +73,21 @@ def per_example_normals(x: torch.Tensor, example_ids: torch.Tensor, seed: int, d
     return normals[:num_samples].to(x.dtype).contiguous()
 
 
+def per_example_words(example_ids: torch.Tensor, seed: int, draw: int,
+                      device: Union[None, str, torch.device] = None) -> torch.Tensor:
+    """(B, 4) random 32-bit words (int64) where row i depends only on (seed, example_ids[i], draw).
+
+    Philox4x32-10 keyed by (example id, seed) with counter (0, 1, draw, 0): a counter that
+    per_example_normals never uses, so the two never share words. Cheap enough to call once per
+    iteration of a long attack (Square's 5,000 queries) on the device itself.
+    """
+    ids = example_ids.to(device=device, dtype=torch.int64)
+    key = (ids & reference.MASK32, torch.full_like(ids, int(seed) & reference.MASK32))
+    zero = torch.zeros_like(ids)
+    counter = (zero, zero + 1, zero + (int(draw) & reference.MASK32), zero)
+    return torch.stack(reference.philox4x32(counter, key), dim=-1)
+
+
 def project(x_adv: torch.Tensor, x: torch.Tensor, epsilon: float,
             bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
     """Onto the epsilon-ball around x, then into the valid input range."""
@@ -111,3 +129,113 @@ def iterative_attack(loss_fn: PerExampleLoss, x: torch.Tensor, *, epsilon: float
             direction = velocity
         x_adv = project(x_adv.detach() + step_size * direction.sign().to(x.dtype), x, epsilon, bounds)
     return x_adv.detach()
+
+
+# ----------------------------------------------------------------------------- APGD's step rule
+
+
+def apgd_checkpoints(steps: int) -> List[int]:
+    """The iterations w_j after which APGD may halve its step (Croce & Hein, ICML 2020, Sec. 3.2).
+
+    p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), w_j = ceil(p_j * steps),
+    kept while w_j <= steps. Computed in hundredths, so that 0.41 * 100 is 41 and not 41.000001.
+    For 100 steps: 22, 41, 57, 70, 80, 87, 93, 99, the reference implementation's schedule.
+    """
+    hundredths = [0, 22]
+    while hundredths[-1] < 100:
+        hundredths.append(hundredths[-1] + max(hundredths[-1] - hundredths[-2] - 3, 6))
+    points: List[int] = []
+    for p in hundredths[1:]:
+        w = -(-p * steps // 100)
+        if 1 <= w <= steps and (not points or w > points[-1]):
+            points.append(w)
+    return points
+
+
+@dataclass
+class APGDRun:
+    """One APGD run on a batch.
+
+    broken: (B,) bool, whether some iterate (the start included) was adversarial.
+    x_adv: (B, *S) the first adversarial iterate where one was found, else the highest-loss point.
+    loss_best: (B,) the highest loss seen. step_sizes: (steps, B) the step size of each step.
+    """
+
+    broken: torch.Tensor
+    x_adv: torch.Tensor
+    loss_best: torch.Tensor
+    step_sizes: torch.Tensor
+
+
+def apgd(loss_fn: LossAndHit, x: torch.Tensor, *, epsilon: float, steps: int,
+         start: Optional[torch.Tensor] = None, rho: float = 0.75, momentum: float = 0.75,
+         bounds: tuple[float, float] = (0.0, 1.0)) -> APGDRun:
+    """Auto-PGD (Croce & Hein, ICML 2020, Alg. 1) on the l_inf ball around x.
+
+    The step starts at 2 * epsilon, per example; the first step is a plain projected sign step,
+    later ones mix in the previous move with weight 1 - momentum. At each checkpoint w_j
+    (:func:`apgd_checkpoints`) an example's step is halved, and it restarts from its best point,
+    when (1) at most rho of the steps since w_{j-1} raised the loss, or (2) the step was not
+    halved at w_{j-1} and the best loss has not risen since. The losses compared in (1) run from
+    the iterate at w_{j-1} (the start for j = 1) to the one at w_j.
+    start: None for x itself, else noise that is scaled per example to l_inf norm epsilon
+    (APGD's start: x + epsilon * t / max|t|). NaN gradient components count as zero.
+    """
+    if epsilon <= 0:
+        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    x = x.detach()
+    view = (-1,) + (1,) * (x.dim() - 1)
+    if start is None:
+        x_adv = x.clone()
+    else:
+        scale = start.flatten(1).abs().max(1).values.clamp_min(1e-12).view(view)
+        x_adv = torch.clamp(x + epsilon * start / scale, *bounds)
+
+    def value_and_grad(z: torch.Tensor):
+        z = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss, hit = loss_fn(z)
+            (grad,) = torch.autograd.grad(loss.sum(), z)
+        return loss.detach().float(), hit.detach(), torch.nan_to_num(grad.float(), nan=0.0)
+
+    loss, hit, grad = value_and_grad(x_adv)
+    broken, x_hit = hit.clone(), x_adv.clone()
+    loss_best, x_best, grad_best = loss.clone(), x_adv.clone(), grad.clone()
+    step = torch.full((len(x),), 2.0 * epsilon, device=x.device)
+    step_sizes = []
+    checkpoints = apgd_checkpoints(steps)
+    previous_check, losses = 0, [loss]
+    loss_best_at_check = loss_best.clone()
+    halved_at_check = torch.ones_like(broken)  # condition (2) cannot fire at the first checkpoint
+    x_prev = x_adv
+    for i in range(steps):
+        step_sizes.append(step)
+        weight = momentum if i > 0 else 1.0
+        z = project(x_adv + step.view(view).to(x.dtype) * grad.sign().to(x.dtype), x, epsilon, bounds)
+        x_next = project(x_adv + weight * (z - x_adv) + (1 - weight) * (x_adv - x_prev),
+                         x, epsilon, bounds)
+        x_prev, x_adv = x_adv, x_next
+        loss, hit, grad = value_and_grad(x_adv)
+        new_hit = hit & ~broken
+        x_hit = torch.where(new_hit.view(view), x_adv, x_hit)
+        broken = broken | hit
+        better = loss > loss_best
+        x_best = torch.where(better.view(view), x_adv, x_best)
+        grad_best = torch.where(better.view(view), grad, grad_best)
+        loss_best = torch.where(better, loss, loss_best)
+        losses.append(loss)
+        if checkpoints and i + 1 == checkpoints[0]:
+            span = checkpoints.pop(0) - previous_check
+            window = torch.stack(losses[previous_check:])
+            rises = (window[1:] > window[:-1]).sum(0)
+            halve = (rises <= rho * span) | (~halved_at_check & (loss_best <= loss_best_at_check))
+            step = torch.where(halve, step / 2, step)
+            x_adv = torch.where(halve.view(view), x_best, x_adv)
+            grad = torch.where(halve.view(view), grad_best, grad)
+            halved_at_check, loss_best_at_check = halve, loss_best.clone()
+            previous_check = i + 1
+    x_out = torch.where(broken.view(view), x_hit, x_best)
+    sizes = torch.stack(step_sizes) if step_sizes else torch.zeros(0, len(x), device=x.device)
+    return APGDRun(broken, x_out.detach(), loss_best, sizes)

@@ -17,14 +17,18 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from .autoattack import COMPONENTS as AUTOATTACK_VERSIONS, GRADIENT_COMPONENTS
 from .engine import eval_mode
 from .losses import cross_entropy
 from .report import Report, attack_order, sanity_warnings, worst_case
-from .suite import (DEFAULT_ATTACKS, DIST_LAMBDA, DIST_SAMPLES, DIST_STEPS, FEATURE_TARGETS,
+from .suite import (CW_STEPS, DEFAULT_ATTACKS, DIST_LAMBDA, DIST_SAMPLES, DIST_STEPS,
+                    FEATURE_TARGETS, PAPER_ATTACKS, PAPER_CW_STEPS, PAPER_FEATURE_TARGETS,
                     AttackContext, check_epsilon, check_precision,
                     default_step_size, make_attack, parse_attacks, pgd_attack, pgd_steps)
 
 DEFAULT_EPSILON_CURVE = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
+DEFAULT_EPSILON = 8 / 255  # the CIFAR-10 budget of the paper and of RobustBench
+PROTOCOLS = ("default", "paper")
 EPSILON_CURVE_STEPS = 20
 PROGRESS_ENV = "ADT_FAST_NO_PROGRESS"
 
@@ -95,12 +99,14 @@ def _input_gradients(ctx: AttackContext, x: torch.Tensor, y: torch.Tensor):
     return correct.cpu(), zero.cpu(), (~finite).cpu(), bad_logits.cpu()
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
-             attacks: Union[str, Sequence[str]] = DEFAULT_ATTACKS, seed: int = 0,
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+             epsilon: float = DEFAULT_EPSILON,
+             attacks: Union[None, str, Sequence[str]] = None, seed: int = 0,
              source_model: Optional[nn.Module] = None, batch_size: int = 256,
              example_ids: Optional[torch.Tensor] = None, dist_steps: int = DIST_STEPS,
              dist_samples: int = DIST_SAMPLES, dist_lambda: float = DIST_LAMBDA,
-             feature_targets: int = FEATURE_TARGETS, precision: str = "fp32",
+             feature_targets: Optional[int] = None, cw_steps: Optional[int] = None,
+             protocol: str = "default", precision: str = "fp32",
              epsilon_curve: Optional[Iterable[float]] = DEFAULT_EPSILON_CURVE,
              device: Union[None, str, torch.device] = None, progress: bool = False) -> Report:
     """Attack `model` on (x, y) with every attack in `attacks` and report robust accuracies.
@@ -108,8 +114,15 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: flo
     model: any nn.Module mapping inputs in [0, 1] to logits (FeaAttack also needs
         .features/.head, and is skipped with a reason otherwise); it is put in eval mode and its
         modes are restored afterwards.
-    attacks: names or a comma-separated string (see adt_fast.attacks.suite.ATTACK_NAMES);
-        "transfer" is added when source_model is given.
+    epsilon: the l_inf budget (default 8/255, the paper's and RobustBench's CIFAR-10 budget).
+    attacks: names or a comma-separated string (see adt_fast.attacks.suite.ATTACK_NAMES;
+        default: the paper's suite, DEFAULT_ATTACKS); "transfer" is added when source_model is
+        given. "autoattack" runs AutoAttack's standard version, "autoattack-fast" APGD-CE + APGD-T.
+    protocol: "paper" runs the six columns of Tables 9-11 (plus any `attacks` given) with the
+        authors' settings: FeaAttack with 200 targets per input, C&W with 20 steps; the report
+        then also holds the paper's A_rob over exactly those six.
+    feature_targets, cw_steps: FeaAttack's targets per input (default 5) and C&W's steps
+        (default 30); fixed by protocol="paper".
     example_ids: one id per example (default 0..n-1; pass dataset indices) keying the random
         starts and FeaAttack targets, so results do not depend on batching.
     epsilon_curve: multiples of epsilon at which to run PGD-20 for the accuracy-against-epsilon
@@ -121,12 +134,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: flo
     check_precision(precision)
     _check_inputs(x, y)
     batch_size = _positive_int(batch_size, "batch_size")
-    _positive_int(feature_targets, "feature_targets")
+    names, feature_targets, cw_steps = _protocol(protocol, attacks, feature_targets, cw_steps)
     _positive_int(dist_steps, "dist_steps", minimum=0)
     _positive_int(dist_samples, "dist_samples")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    names = parse_attacks(attacks)
     if source_model is not None and "transfer" not in names:
         names.append("transfer")
     if "transfer" in names and source_model is None:
@@ -154,7 +166,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: flo
 
     # The suite: every pgdN is served by one PGD run of the largest N.
     attack_kwargs = dict(dist_steps=dist_steps, dist_samples=dist_samples, dist_lambda=dist_lambda,
-                         feature_targets=feature_targets)
+                         feature_targets=feature_targets, cw_steps=cw_steps)
     pgd_names = [name for name in names if pgd_steps(name) is not None]
     suite = {name: make_attack(name, epsilon, **attack_kwargs) for name in names
              if pgd_steps(name) is None}
@@ -175,7 +187,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: flo
     masks: Dict[str, List[torch.Tensor]] = {name: [] for name in names if name not in skipped}
     natural, zero_grad, nonfinite_grad, bad_logits = [], [], [], []
     steps_correct, eps_correct = [], {m: [] for m in eps_runs}
-    dist_trace: Dict[str, List[torch.Tensor]] = {}
+    traces: Dict[str, Dict[str, List[torch.Tensor]]] = {name: {} for name in suite}
 
     units = len(suite) + (1 if trajectory else 0) + len(eps_runs) + 1
     batches = list(range(0, n, batch_size))
@@ -202,7 +214,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: flo
                     outcome = attack.run(ctx, xb, yb, idb)
                     masks[name].append(outcome.correct)
                     for key, value in outcome.trace.items():
-                        dist_trace.setdefault(key, []).append(value)
+                        traces[name].setdefault(key, []).append(value)
                     bar.update(1)
                 for m, attack in eps_runs.items():
                     bar.set_postfix_str(f"PGD-{EPSILON_CURVE_STEPS} at {m:g} eps")
@@ -236,6 +248,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: flo
                            "step_size": default_step_size(m * epsilon) if m > 0 else 0.0,
                            "accuracy": accuracy})
         curves["pgd_epsilon"] = {"steps": EPSILON_CURVE_STEPS, "points": points}
+    dist_trace = traces.get("dist")
     if dist_trace:
         loss = torch.cat(dist_trace["loss"], dim=1).mean(1)
         sample_acc = torch.cat(dist_trace["sample_correct"], dim=1).sum(1) / (n * dist_samples)
@@ -245,13 +258,23 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: flo
                                       "sample_accuracy": float(sample_acc[t]),
                                       "accuracy": acc[t] / n} for t in range(len(loss))]}
 
+    stages = {name: {key: torch.cat(parts) for key, parts in traces[name].items()}
+              for name in AUTOATTACK_VERSIONS if name in traces}
+    for name, stage in stages.items():
+        curves[name] = autoattack_curve(stage, n)
+    paper = (worst_case(natural_mask, {name: correct[name] for name in PAPER_ATTACKS})
+             if all(name in correct for name in PAPER_ATTACKS) else None)
+
     warnings = [f"{name} skipped: {reason}" for name, reason in skipped.items()]
     warnings += sanity_warnings(natural_mask, correct, zero_gradients=zero_count,
-                                nonfinite_gradients=nonfinite_count, nonfinite_logits=bad_count)
+                                nonfinite_gradients=nonfinite_count, nonfinite_logits=bad_count,
+                                **masking_gains(natural_mask, correct, stages))
     return Report(
         natural_accuracy=_fraction(natural_mask),
         robust_accuracy={name: _fraction(mask) for name, mask in correct.items()},
         worst_case_accuracy=_fraction(worst),
+        paper_worst_case_accuracy=None if paper is None else _fraction(paper),
+        protocol=protocol,
         n_examples=n,
         epsilon=epsilon,
         warnings=warnings,
@@ -264,9 +287,64 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: flo
         seed=seed,
         precision=precision,
         batch_size=batch_size,
-        correct={"natural": natural_mask, **correct, "worst_case": worst},
+        correct={"natural": natural_mask, **correct, "worst_case": worst,
+                 **({} if paper is None else {"paper_worst_case": paper})},
         example_ids=ids,
     )
+
+
+def _protocol(protocol: str, attacks, feature_targets: Optional[int], cw_steps: Optional[int]):
+    """The attack names, FeaAttack targets and C&W steps that `protocol` asks for."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if protocol == "default":
+        names = parse_attacks(DEFAULT_ATTACKS if attacks is None else attacks)
+        targets = FEATURE_TARGETS if feature_targets is None else feature_targets
+        steps = CW_STEPS if cw_steps is None else cw_steps
+    else:
+        for value, paper, what in ((feature_targets, PAPER_FEATURE_TARGETS, "feature_targets"),
+                                   (cw_steps, PAPER_CW_STEPS, "cw_steps")):
+            if value is not None and value != paper:
+                raise ValueError(f"protocol 'paper' fixes {what} to {paper}; got {value}")
+        extra = [] if attacks is None else parse_attacks(attacks)
+        names = list(PAPER_ATTACKS) + [name for name in extra if name not in PAPER_ATTACKS]
+        targets, steps = PAPER_FEATURE_TARGETS, PAPER_CW_STEPS
+    return names, _positive_int(targets, "feature_targets"), _positive_int(steps, "cw_steps")
+
+
+def autoattack_curve(stage: Dict[str, torch.Tensor], n: int) -> dict:
+    """Per AutoAttack component: how many points it attacked, how many stayed robust, its own
+    accuracy on those points and the running AutoAttack accuracy after it."""
+    points, before = [], stage["robust_before"]
+    for key, after in stage.items():
+        if not key.startswith("robust_after:"):
+            continue
+        attacked, robust = int(before.sum()), int(after.sum())
+        points.append({"attack": key.split(":", 1)[1], "attacked": attacked, "robust": robust,
+                       "accuracy_on_attacked": robust / attacked if attacked else None,
+                       "accuracy": robust / n})
+        before = after
+    return {"points": points}
+
+
+def masking_gains(natural: torch.Tensor, correct: Dict[str, torch.Tensor],
+                  stages: Dict[str, Dict[str, torch.Tensor]]) -> Dict[str, int]:
+    """How many points Square broke that every gradient attack left robust, and how many
+    APGD-T broke that APGD-CE left robust; from AutoAttack's stages and from stand-alone runs."""
+    square_gain, targeted_gain = torch.zeros_like(natural), torch.zeros_like(natural)
+    for stage in stages.values():
+        keys = list(stage)
+        if "robust_after:square" in stage:
+            before = stage[keys[keys.index("robust_after:square") - 1]]
+            square_gain |= before & ~stage["robust_after:square"]
+        if "robust_after:apgd-t" in stage and "robust_after:apgd-ce" in stage:
+            targeted_gain |= stage["robust_after:apgd-ce"] & ~stage["robust_after:apgd-t"]
+    gradient = [correct[name] for name in GRADIENT_COMPONENTS if name in correct]
+    if "square" in correct and gradient:
+        square_gain |= worst_case(natural, dict(enumerate(gradient))) & ~correct["square"]
+    if "apgd-ce" in correct and "apgd-t" in correct:
+        targeted_gain |= natural & correct["apgd-ce"] & ~correct["apgd-t"]
+    return {"gradient_free_gain": int(square_gain.sum()), "targeted_gain": int(targeted_gain.sum())}
 
 
 def _fraction(mask: torch.Tensor) -> float:

@@ -41,3 +41,23 @@ def cosine_distance(features: torch.Tensor, target_features: torch.Tensor) -> to
     code's `pair_cos_dist`, i.e. the adversarial features are pulled towards the target's.
     """
     return 1 - F.cosine_similarity(features.float().flatten(1), target_features.float().flatten(1), dim=1)
+
+
+def dlr(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The Difference of Logits Ratio (Croce & Hein, ICML 2020, Eq. 6), untargeted.
+
+    -(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3 + 1e-12), with z_pi the logits sorted in decreasing
+    order: invariant to shifting and rescaling the logits, so saturated softmaxes cannot hide the
+    margin from the attack. Needs at least 3 classes.
+    """
+    logits = logits.float()
+    top = logits.sort(dim=1, descending=True).values
+    return cw_margin(logits, y, float("inf")) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def dlr_targeted(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The targeted DLR: -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12). Needs 4 classes."""
+    logits = logits.float()
+    top = logits.sort(dim=1, descending=True).values
+    gap = logits.gather(1, y[:, None]).squeeze(1) - logits.gather(1, target[:, None]).squeeze(1)
+    return -gap / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)

@@ -18,7 +18,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .suite import label, pgd_steps
+from .suite import PAPER_ATTACKS, label, pgd_steps
 
 PathLike = Union[str, os.PathLike]
 
@@ -30,8 +30,17 @@ TOLERANCE_FRACTION = 0.005
 GRADIENT_WARN_FRACTION = 0.1
 # White-box attacks that a PGD transfer attack should never beat.
 _ITERATIVE_WHITE_BOX = ("mim", "cw")
+# Square (gradient-free) breaking points that every gradient attack left robust, on more than this
+# fraction of the evaluated points: AutoAttack's own sign of gradient masking.
+GRADIENT_FREE_WARN_FRACTION = 0.01
+# APGD-T (targeted DLR) breaking points that APGD-CE left robust, on more than this fraction of
+# the evaluated points. On models with honest gradients the targeted attacks add a point or two
+# (Croce & Hein, 2020, Table 2); far more means that the cross-entropy's gradient misleads
+# (saturated softmax, rescaled logits).
+TARGETED_WARN_FRACTION = 0.05
 
-_ORDER = ("fgsm", "pgd", "mim", "cw", "feature", "dist", "transfer")
+_ORDER = ("fgsm", "pgd", "mim", "cw", "feature", "dist", "transfer", "apgd-ce", "apgd-dlr",
+          "apgd-t", "fab-t", "square", "autoattack-fast", "autoattack")
 
 
 def attack_order(names: Sequence[str]) -> List[str]:
@@ -67,7 +76,8 @@ def _pct(count: int, n: int) -> str:
 
 def sanity_warnings(natural: torch.Tensor, masks: Mapping[str, torch.Tensor], *,
                     zero_gradients: int = 0, nonfinite_gradients: int = 0,
-                    nonfinite_logits: int = 0) -> List[str]:
+                    nonfinite_logits: int = 0, gradient_free_gain: int = 0,
+                    targeted_gain: int = 0) -> List[str]:
     """Signs that an attack is too weak to trust (gradient masking, broken attacks).
 
     - a white-box iterative attack (PGD-N, MIM, C&W) weaker than the transfer attack;
@@ -75,7 +85,10 @@ def sanity_warnings(natural: torch.Tensor, masks: Mapping[str, torch.Tensor], *,
     - FGSM stronger than PGD;
     - an attack that leaves more examples correct than no attack at all;
     - zero or non-finite input gradients of the cross-entropy on many examples;
-    - non-finite logits.
+    - non-finite logits;
+    - Square breaking more than 1 % of the points that every gradient attack left robust
+      (`gradient_free_gain` of them), APGD-T breaking more than 5 % that APGD-CE left robust
+      (`targeted_gain`).
     Attack results count as out of line when they differ by more than `tolerance(n)` examples.
     """
     n = len(natural)
@@ -126,6 +139,16 @@ def sanity_warnings(natural: torch.Tensor, masks: Mapping[str, torch.Tensor], *,
     if nonfinite_logits:
         warnings.append(f"the model returns NaN or infinite logits on {nonfinite_logits} of {n} "
                         f"natural inputs")
+    if gradient_free_gain > GRADIENT_FREE_WARN_FRACTION * n:
+        warnings.append(
+            f"the gradient-free Square attack broke {gradient_free_gain} of {n} points "
+            f"({_pct(gradient_free_gain, n)}) that the gradient attacks (APGD, FAB) left robust: "
+            f"the gradients of this model mislead (gradient masking?)")
+    if targeted_gain > TARGETED_WARN_FRACTION * n:
+        warnings.append(
+            f"the targeted APGD-T broke {targeted_gain} of {n} points ({_pct(targeted_gain, n)}) "
+            f"that the untargeted APGD-CE left robust: the cross-entropy's gradient misleads "
+            f"(saturated softmax or rescaled logits?)")
     return warnings
 
 
@@ -133,7 +156,9 @@ def sanity_warnings(natural: torch.Tensor, masks: Mapping[str, torch.Tensor], *,
 class Report:
     """The result of :func:`adt_fast.attacks.evaluate`.
 
-    Accuracies are fractions in [0, 1]. `correct` holds the per-example masks (bool tensors of
+    Accuracies are fractions in [0, 1]. worst_case_accuracy is A_rob over the natural input and
+    every attack that ran; paper_worst_case_accuracy, when all six ran, A_rob over exactly the
+    paper's six columns (FGSM, PGD-20, PGD-100, MIM, C&W, FeaAttack), as in Tables 9-11. `correct` holds the per-example masks (bool tensors of
     length n_examples, in the order of `example_ids`): "natural", each attack, "worst_case".
     `curves` holds "pgd_steps", "pgd_epsilon" and "dist" when they were computed.
     """
@@ -154,6 +179,8 @@ class Report:
     correct: Dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     example_ids: Optional[torch.Tensor] = field(default=None, repr=False)
     meta: Dict[str, object] = field(default_factory=dict)
+    paper_worst_case_accuracy: Optional[float] = None
+    protocol: str = "default"
 
     # ------------------------------------------------------------------ summaries
     def to_dict(self) -> dict:
@@ -166,6 +193,10 @@ class Report:
             "robust_accuracy": {name: self.robust_accuracy[name] for name in order},
             "worst_case_accuracy": self.worst_case_accuracy,
             "worst_case_over": ["natural", *order],
+            **({} if self.paper_worst_case_accuracy is None else {
+                "paper_worst_case_accuracy": self.paper_worst_case_accuracy,
+                "paper_worst_case_over": ["natural", *PAPER_ATTACKS]}),
+            "protocol": self.protocol,
             "n_examples": self.n_examples,
             "epsilon": self.epsilon,
             "warnings": list(self.warnings),
@@ -185,6 +216,8 @@ class Report:
         names = attack_order(list(self.robust_accuracy) + list(self.skipped))
         cols = [("natural", "Anat", self.natural_accuracy)]
         cols += [(name, label(name), self.robust_accuracy.get(name)) for name in names]
+        if self.paper_worst_case_accuracy is not None:
+            cols.append(("paper_worst_case", "Arob-paper", self.paper_worst_case_accuracy))
         cols.append(("worst_case", "Arob", self.worst_case_accuracy))
         return cols
 
@@ -201,6 +234,16 @@ class Report:
                  "  ".join(v.ljust(w) for v, w in zip(row, widths))]
         for name, reason in self.skipped.items():
             lines.append(f"{label(name)} skipped: {reason}")
+        if self.paper_worst_case_accuracy is not None:
+            lines.append("Arob-paper: worst case over the natural input and the paper's six attacks "
+                         f"({', '.join(label(name) for name in PAPER_ATTACKS)}), as in Tables 9-11")
+        ran = [label(name) for name in attack_order(list(self.robust_accuracy))]
+        lines.append(f"Arob: worst case over the natural input and every attack run ({', '.join(ran)})")
+        for name in ("autoattack", "autoattack-fast"):
+            curve = self.curves.get(name)
+            if curve:
+                steps = [f"{label(p['attack'])} {p['robust']}/{p['attacked']}" for p in curve["points"]]
+                lines.append(f"{label(name)}, robust/attacked per component in turn: {', '.join(steps)}")
         return "\n".join(line.rstrip() for line in lines)
 
     # ------------------------------------------------------------------ files
@@ -241,6 +284,9 @@ class Report:
             rows.append({"section": "summary", "name": name, "accuracy": self.robust_accuracy[name],
                          "epsilon": settings.get("epsilon", self.epsilon),
                          "steps": settings.get("steps", "")})
+        if self.paper_worst_case_accuracy is not None:
+            rows.append({"section": "summary", "name": "paper_worst_case", "epsilon": self.epsilon,
+                         "accuracy": self.paper_worst_case_accuracy})
         rows.append({"section": "summary", "name": "worst_case", "epsilon": self.epsilon,
                      "accuracy": self.worst_case_accuracy})
         steps_curve = self.curves.get("pgd_steps")

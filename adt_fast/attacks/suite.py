@@ -34,19 +34,27 @@ from .engine import eval_mode, iterative_attack, per_example_normals, per_exampl
 from .losses import cosine_distance, cross_entropy, cw_margin
 
 DEFAULT_ATTACKS = ("fgsm", "pgd20", "pgd100", "mim", "cw", "feature", "dist")
-ATTACK_NAMES = ("fgsm", "pgd20", "pgd100", "pgd:N", "mim", "cw", "feature", "dist", "transfer")
+AUTOATTACK_NAMES = ("autoattack", "autoattack-fast", "apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr")
+ATTACK_NAMES = ("fgsm", "pgd20", "pgd100", "pgd:N", "mim", "cw", "feature", "dist", "transfer",
+                *AUTOATTACK_NAMES)
+# The six columns of the paper's Tables 9-11, over which its A_rob is taken.
+PAPER_ATTACKS = ("fgsm", "pgd20", "pgd100", "mim", "cw", "feature")
 PRECISIONS = ("fp32", "bf16")
 
 MIM_STEPS, MIM_DECAY = 20, 1.0
 CW_STEPS, CW_KAPPA = 30, 50.0
 FEATURE_STEPS, FEATURE_TARGETS = 50, 5
+# --protocol paper: the authors' settings where the appendix is silent (FeaAttack's targets per
+# input are C.5's 200; their evaluation script runs C&W for 20 steps).
+PAPER_FEATURE_TARGETS, PAPER_CW_STEPS = 200, 20
 DIST_STEPS, DIST_SAMPLES, DIST_LR, DIST_BETAS, DIST_LAMBDA = 20, 10, 0.3, (0.0, 0.0), 0.0
 TRANSFER_STEPS = 20
 
 # Each attack draws its random numbers from its own stream of the seed. Every pgdN shares one
 # stream (so PGD-20 is exactly the first 20 steps of PGD-100), and the other attacks start
 # elsewhere, which makes the worst case over attacks a little stronger.
-_STREAMS = {"pgd": 0, "mim": 1, "cw": 2, "feature": 3, "dist": 4, "transfer": 5, "fgsm": 6}
+_STREAMS = {"pgd": 0, "mim": 1, "cw": 2, "feature": 3, "dist": 4, "transfer": 5, "fgsm": 6,
+            "apgd-ce": 7, "apgd-t": 8, "square": 9, "apgd-dlr": 10}
 _ID_STRIDE = 1_000_003  # per_example_start's stride: example ids below it never collide
 
 
@@ -93,7 +101,7 @@ def canonical_name(name: str) -> str:
         if steps < 1:
             raise ValueError(f"attack {name!r}: PGD needs at least 1 step")
         return f"pgd{steps}"
-    if key in ("fgsm", "mim", "cw", "feature", "dist", "transfer"):
+    if key in ("fgsm", "mim", "cw", "feature", "dist", "transfer") + AUTOATTACK_NAMES:
         return key
     raise ValueError(f"unknown attack {name!r}; known attacks: {', '.join(ATTACK_NAMES)} "
                      f"(pgd:N for N >= 1 steps)")
@@ -126,7 +134,9 @@ def label(name: str) -> str:
     if steps is not None:
         return f"PGD-{steps}"
     return {"fgsm": "FGSM", "mim": "MIM", "cw": "C&W", "feature": "FeaAttack", "dist": "Dist",
-            "transfer": "Transfer"}.get(name, name)
+            "transfer": "Transfer", "apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "fab-t": "FAB-T",
+            "square": "Square", "apgd-dlr": "APGD-DLR", "autoattack": "AutoAttack",
+            "autoattack-fast": "AA-fast"}.get(name, name)
 
 
 # ----------------------------------------------------------------------------- context, outcome
@@ -553,10 +563,15 @@ class TransferAttack(Attack):
 
 def make_attack(name: str, epsilon: float, *, dist_steps: int = DIST_STEPS,
                 dist_samples: int = DIST_SAMPLES, dist_lambda: float = DIST_LAMBDA,
-                feature_targets: int = FEATURE_TARGETS) -> Attack:
-    """The attack called `name` (see ATTACK_NAMES) with the paper's settings for `epsilon`."""
+                feature_targets: int = FEATURE_TARGETS, cw_steps: int = CW_STEPS) -> Attack:
+    """The attack called `name` (see ATTACK_NAMES) with the paper's settings for `epsilon`
+    (AutoAttack's attacks with the reference implementation's)."""
     key = canonical_name(name)
     epsilon = check_epsilon(epsilon)
+    if key in AUTOATTACK_NAMES:
+        from .autoattack import make_component  # autoattack builds on this module's classes
+
+        return make_component(key, epsilon)
     steps = pgd_steps(key)
     if steps is not None:
         return pgd_attack(epsilon, steps)
@@ -565,7 +580,7 @@ def make_attack(name: str, epsilon: float, *, dist_steps: int = DIST_STEPS,
     if key == "mim":
         return mim_attack(epsilon)
     if key == "cw":
-        return cw_attack(epsilon)
+        return cw_attack(epsilon, steps=cw_steps)
     if key == "feature":
         return FeatureAttack(epsilon, targets=feature_targets)
     if key == "dist":

@@ -1,0 +1,414 @@
+"""AutoAttack (Croce & Hein, ICML 2020) on the shared engine: APGD-CE, APGD-T, FAB-T, Square.
+
+    apgd-ce     APGD on the cross-entropy, 100 steps, 1 restart
+    apgd-dlr    APGD on the DLR loss, 100 steps, 1 restart (the "plus" and "rand" versions' attack)
+    apgd-t      APGD on the targeted DLR loss, for each of the 9 classes with the highest clean
+                logits after the top one, 100 steps each
+    fab-t       targeted FAB (Croce & Hein, ICML 2020b), the same 9 targets, 100 steps each
+    square      Square Attack (Andriushchenko et al., ECCV 2020), 5,000 queries, p_init 0.8
+    autoattack  the standard version: apgd-ce, apgd-t, fab-t, square, each on the points that
+                are still robust after the previous ones
+    autoattack-fast  apgd-ce, then apgd-t
+
+APGD is a step rule of the engine (:func:`adt_fast.attacks.engine.apgd`); FAB and Square have
+their own steps but share the engine's projection, clamp and per-example random streams (keyed
+by (seed, attack, example id)), so no result depends on batch size or order. Every attack runs
+only on the points the model classifies correctly (the others are already broken), as the
+reference implementation does. See docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+
+from .engine import apgd, eval_mode, per_example_start, per_example_words, project
+from .losses import cross_entropy, cw_margin, dlr, dlr_targeted
+from .suite import Attack, AttackContext, AttackOutcome, check_epsilon, stream_seed
+
+APGD_STEPS, APGD_RESTARTS, APGD_RHO, APGD_MOMENTUM = 100, 1, 0.75, 0.75
+TARGETS = 9
+FAB_STEPS, FAB_ALPHA_MAX, FAB_ETA, FAB_BETA = 100, 0.1, 1.05, 0.9
+SQUARE_QUERIES, SQUARE_P_INIT = 5000, 0.8
+COMPONENTS = {"autoattack": ("apgd-ce", "apgd-t", "fab-t", "square"),
+              "autoattack-fast": ("apgd-ce", "apgd-t")}
+# Attacks that follow the input gradient (the gradient-masking checks compare Square with them).
+GRADIENT_COMPONENTS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t")
+
+
+def _count(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _clean(ctx: AttackContext, x: torch.Tensor, y: torch.Tensor):
+    """The clean logits and which examples the model gets right (the ones worth attacking)."""
+    with torch.no_grad():
+        logits = ctx.logits(x)
+    return logits, logits.argmax(1) == y
+
+
+def _targets(logits: torch.Tensor, count: int) -> torch.Tensor:
+    """(B, count): the classes with the 2nd, 3rd, ... highest clean logits (APGD-T, FAB-T)."""
+    if logits.shape[1] < count + 1:
+        raise ValueError(f"a targeted attack with {count} targets needs at least {count + 1} "
+                         f"classes; the model returns {logits.shape[1]}")
+    return logits.argsort(dim=1, descending=True)[:, 1:count + 1]
+
+
+class _Tries:
+    """Bookkeeping for attacks that make several tries per example (restarts, targets).
+
+    Each try runs only on the examples that are still robust; a broken example keeps the
+    adversarial input of the try that broke it.
+    """
+
+    def __init__(self, x: torch.Tensor, robust: torch.Tensor):
+        self.robust = robust.clone()
+        self.x_adv = x.detach().clone()
+
+    def alive(self) -> torch.Tensor:
+        return self.robust.nonzero().squeeze(1)
+
+    def record(self, index: torch.Tensor, broken: torch.Tensor, x_adv: torch.Tensor) -> None:
+        hit = index[broken]
+        self.robust[hit] = False
+        self.x_adv[hit] = x_adv[broken].to(self.x_adv.dtype)
+
+    def outcome(self, **trace) -> AttackOutcome:
+        return AttackOutcome(self.robust.cpu(), self.x_adv, trace=trace)
+
+
+@dataclass
+class APGDAttack(Attack):
+    """APGD on the cross-entropy ("ce"), the DLR loss ("dlr") or the targeted DLR ("dlr-targeted").
+
+    The targeted version tries, in turn, each of the `targets` classes with the highest clean
+    logits after the top one; every try (target x restart) draws its start from its own
+    per-example stream.
+    """
+
+    name: str
+    epsilon: float
+    loss: str = "ce"
+    steps: int = APGD_STEPS
+    restarts: int = APGD_RESTARTS
+    targets: int = TARGETS
+    rho: float = APGD_RHO
+    momentum: float = APGD_MOMENTUM
+
+    def __post_init__(self):
+        check_epsilon(self.epsilon)
+        if self.loss not in ("ce", "dlr", "dlr-targeted"):
+            raise ValueError(f"APGD's loss must be 'ce', 'dlr' or 'dlr-targeted', got {self.loss!r}")
+        _count(self.steps, "APGD's steps")
+        _count(self.restarts, "APGD's restarts")
+        _count(self.targets, "APGD's targets")
+        if not 0 < self.rho < 1:
+            raise ValueError(f"APGD's rho must lie in (0, 1), got {self.rho}")
+        if not 0 < self.momentum <= 1:
+            raise ValueError(f"APGD's momentum must lie in (0, 1], got {self.momentum}")
+
+    @property
+    def targeted(self) -> bool:
+        return self.loss == "dlr-targeted"
+
+    def settings(self) -> dict:
+        out = {"norm": "linf", "epsilon": self.epsilon, "steps": self.steps,
+               "restarts": self.restarts, "initial_step_size": 2 * self.epsilon,
+               "rho": self.rho, "momentum": self.momentum,
+               "loss": {"ce": "cross_entropy", "dlr": "dlr", "dlr-targeted": "dlr_targeted"}[self.loss],
+               "broken_if": "any iterate is misclassified"}
+        if self.targeted:
+            out["targets"] = self.targets
+        return out
+
+    def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor,
+            example_ids: torch.Tensor) -> AttackOutcome:
+        seed = stream_seed(ctx.seed, self.name)
+        tries_per_example = (self.targets if self.targeted else 1) * self.restarts
+        with eval_mode(ctx.model):
+            logits, correct = _clean(ctx, x, y)
+            targets = _targets(logits, self.targets) if self.targeted else None
+            tries = _Tries(x, correct)
+            for target in range(self.targets if self.targeted else 1):
+                for restart in range(self.restarts):
+                    index = tries.alive()
+                    if len(index) == 0:
+                        break
+                    xs, ys, ids = x[index], y[index], example_ids[index.cpu()]
+                    aim = None if targets is None else targets[index, target]
+                    start = per_example_start(
+                        xs, ids * tries_per_example + target * self.restarts + restart, seed)
+                    run = apgd(self._loss_fn(ctx, ys, aim), xs, epsilon=self.epsilon,
+                               steps=self.steps, start=start, rho=self.rho, momentum=self.momentum)
+                    tries.record(index, run.broken, run.x_adv)
+        return tries.outcome()
+
+    def _loss_fn(self, ctx: AttackContext, y: torch.Tensor, target: Optional[torch.Tensor]):
+        def loss_and_hit(z: torch.Tensor):
+            logits = ctx.logits(z)
+            if self.loss == "ce":
+                loss = cross_entropy(logits, y)
+            elif self.loss == "dlr":
+                loss = dlr(logits, y)
+            else:
+                loss = dlr_targeted(logits, y, target)
+            return loss, logits.detach().argmax(1) != y
+        return loss_and_hit
+
+
+def linf_hyperplane_projection(points: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The smallest-l_inf move d per row with w . (points + d) = b and points + d in [0, 1].
+
+    Rows are flattened inputs (B, D). Moving coordinate i by at most lam in the direction that
+    raises w . z gains |w_i| * min(lam, room_i), with room_i the distance to the box face on that
+    side; the total gain g(lam) is concave, piecewise linear and increasing, so the smallest lam
+    with g(lam) = |b - w . points| lies on the segment between two sorted rooms and follows from
+    cumulative sums. A hyperplane out of reach inside the box gets the move to the box's
+    farthest corner in that direction.
+    """
+    gap = b - (w * points).sum(1)
+    direction = torch.where(gap >= 0, 1.0, -1.0).to(w.dtype)[:, None] * w.sign()
+    room = torch.where(direction > 0, 1 - points, points).clamp_min(0)
+    weight = w.abs()
+    need = gap.abs()
+    room_sorted, order = room.sort(dim=1)
+    weight_sorted = weight.gather(1, order)
+    # gain with lam = room_sorted[:, k]: sum_{i <= k} w_i room_i + room_k * sum_{i > k} w_i
+    spent = (weight_sorted * room_sorted).cumsum(1)
+    weight_after = weight_sorted.sum(1, keepdim=True) - weight_sorted.cumsum(1)
+    gain = spent + room_sorted * weight_after
+    k = torch.searchsorted(gain, need[:, None].contiguous()).clamp_max(w.shape[1] - 1)
+    spent_before = (spent.gather(1, k) - (weight_sorted * room_sorted).gather(1, k))
+    weight_from = weight_after.gather(1, k) + weight_sorted.gather(1, k)
+    lam = ((need[:, None] - spent_before) / weight_from.clamp_min(1e-30)).clamp_min(0)
+    reachable = gain[:, -1:] >= need[:, None]
+    lam = torch.where(reachable, lam, room_sorted[:, -1:])
+    return direction * torch.minimum(lam, room) * (w != 0)
+
+
+@dataclass
+class FABAttack(Attack):
+    """Targeted FAB, l_inf (Croce & Hein, "Minimally distorted adversarial examples with a fast
+    adaptive boundary attack", ICML 2020), as AutoAttack runs it: no random start, 100 steps per
+    target. Each step linearises z_t - z_y at the iterate, projects both the iterate and the
+    original point onto that hyperplane (inside [0, 1]), and moves to a mix of the two with
+    weight alpha = min(|d_iterate| / (|d_iterate| + |d_original|), alpha_max), overshooting by eta;
+    after reaching the other side it steps back towards the original by beta. An example is broken
+    when the smallest adversarial point found lies within epsilon.
+    """
+
+    epsilon: float
+    targets: int = TARGETS
+    steps: int = FAB_STEPS
+    alpha_max: float = FAB_ALPHA_MAX
+    eta: float = FAB_ETA
+    beta: float = FAB_BETA
+    name: str = "fab-t"
+
+    def __post_init__(self):
+        check_epsilon(self.epsilon)
+        _count(self.steps, "FAB's steps")
+        _count(self.targets, "FAB's targets")
+
+    def settings(self) -> dict:
+        return {"norm": "linf", "epsilon": self.epsilon, "steps": self.steps,
+                "targets": self.targets, "alpha_max": self.alpha_max, "eta": self.eta,
+                "beta": self.beta, "random_start": False,
+                "broken_if": "the smallest adversarial point found lies within epsilon"}
+
+    def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor,
+            example_ids: torch.Tensor) -> AttackOutcome:
+        with eval_mode(ctx.model):
+            logits, correct = _clean(ctx, x, y)
+            targets = _targets(logits, self.targets)
+            tries = _Tries(x, correct)
+            for target in range(self.targets):
+                index = tries.alive()
+                if len(index) == 0:
+                    break
+                broken, x_adv = self._attack(ctx, x[index], y[index], targets[index, target])
+                tries.record(index, broken, x_adv)
+        return tries.outcome()
+
+    def _attack(self, ctx, x0, y, target):
+        batch = len(x0)
+        view = (-1,) + (1,) * (x0.dim() - 1)
+        flat0 = x0.detach().flatten(1)
+        x1 = flat0.clone()
+        best = flat0.clone()
+        best_norm = torch.full((batch,), math.inf, device=x0.device, dtype=x0.dtype)
+        rows = torch.arange(batch, device=x0.device)
+        for _ in range(self.steps):
+            z = x1.view_as(x0).detach().requires_grad_(True)
+            with torch.enable_grad():
+                logits = ctx.logits(z)
+                gap = logits[rows, target] - logits[rows, y]
+                (grad,) = torch.autograd.grad(gap.sum(), z)
+            w = torch.nan_to_num(grad.flatten(1), nan=0.0)
+            b = (w * x1).sum(1) - gap.detach().to(w.dtype)
+            d = linf_hyperplane_projection(torch.cat([x1, flat0]), torch.cat([w, w]), torch.cat([b, b]))
+            d_iterate, d_original = d[:batch], d[batch:]
+            a_iterate = d_iterate.abs().amax(1).clamp_min(1e-8)
+            a_original = d_original.abs().amax(1).clamp_min(1e-8)
+            alpha = (a_iterate / (a_iterate + a_original)).clamp(0, self.alpha_max)[:, None]
+            x1 = ((x1 + self.eta * d_iterate) * (1 - alpha)
+                  + (flat0 + self.eta * d_original) * alpha).clamp(0, 1)
+            with torch.no_grad():
+                adversarial = ctx.logits(x1.view_as(x0)).argmax(1) != y
+            norm = (x1 - flat0).abs().amax(1)
+            better = adversarial & (norm < best_norm)
+            best = torch.where(better[:, None], x1, best)
+            best_norm = torch.where(better, norm, best_norm)
+            x1 = torch.where(adversarial[:, None], flat0 + self.beta * (x1 - flat0), x1)
+        broken = best_norm <= self.epsilon
+        return broken, torch.where(broken.view(view), best.view_as(x0), x0)
+
+
+def square_p(p_init: float, query: int, queries: int) -> float:
+    """Square's schedule for the fraction p of pixels a square covers, rescaled to `queries`.
+
+    The Square Attack paper's halvings at 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 of
+    10,000 queries, scaled to the budget as the reference implementation does.
+    """
+    it = int(query / queries * 10000)
+    halvings = sum(it > bound for bound in (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000))
+    return p_init / 2 ** halvings
+
+
+@dataclass
+class SquareAttack(Attack):
+    """Square Attack, l_inf, untargeted, on the margin loss z_y - max_{j != y} z_j. No gradients.
+
+    Starts from vertical stripes (x + epsilon * a random sign per channel and column); each query
+    proposes, for every example still robust, a square of side s (from the p schedule) at a
+    random position set to x +- epsilon (one random sign per channel), and keeps it if the margin
+    drops. An example is broken once its margin is <= 0.
+    """
+
+    epsilon: float
+    queries: int = SQUARE_QUERIES
+    p_init: float = SQUARE_P_INIT
+    name: str = "square"
+
+    def __post_init__(self):
+        check_epsilon(self.epsilon)
+        _count(self.queries, "Square's queries")
+        if not 0 < self.p_init <= 1:
+            raise ValueError(f"Square's p_init must lie in (0, 1], got {self.p_init}")
+
+    def settings(self) -> dict:
+        return {"norm": "linf", "epsilon": self.epsilon, "queries": self.queries,
+                "p_init": self.p_init, "loss": "margin", "gradients": False,
+                "broken_if": "the margin z_y - max_{j != y} z_j reaches <= 0"}
+
+    def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor,
+            example_ids: torch.Tensor) -> AttackOutcome:
+        if x.dim() != 4:
+            raise ValueError(f"Square needs images (N, C, H, W), got shape {tuple(x.shape)}")
+        channels, height, width = x.shape[1:]
+        if channels > 64:
+            raise ValueError(f"Square draws one sign per channel from 64 random bits; "
+                             f"the input has {channels} channels")
+        seed = stream_seed(ctx.seed, self.name)
+        with eval_mode(ctx.model), torch.no_grad():
+            stripes = per_example_start(x, example_ids, seed)[:, :, :1, :].sign()
+            stripes = torch.where(stripes == 0, torch.ones_like(stripes), stripes)
+            correct = _clean(ctx, x, y)[1]
+            # examples the model already gets wrong are broken by x itself
+            x_best = torch.where(correct.view(-1, 1, 1, 1),
+                                 torch.clamp(x + self.epsilon * stripes, 0, 1), x)
+            margin = torch.where(correct, self._margin(ctx, x_best, y), torch.full_like(y, -1.0, dtype=torch.float32))
+            rows = torch.arange(height, device=x.device).view(1, 1, -1, 1)
+            cols = torch.arange(width, device=x.device).view(1, 1, 1, -1)
+            bits = torch.arange(channels, device=x.device)
+            for query in range(self.queries):
+                index = (margin > 0).nonzero().squeeze(1)
+                if len(index) == 0:
+                    break
+                p = square_p(self.p_init, query, self.queries)
+                side = min(max(int(round(math.sqrt(p * height * width))), 1), height, width)
+                words = per_example_words(example_ids[index.cpu()], seed, query, x.device)
+                top = (words[:, 0] % (height - side + 1)).view(-1, 1, 1, 1)
+                left = (words[:, 1] % (width - side + 1)).view(-1, 1, 1, 1)
+                sign_bits = torch.where(bits < 32, words[:, 2:3] >> (bits % 32), words[:, 3:4] >> (bits % 32)) & 1
+                signs = (2 * sign_bits - 1).to(x.dtype).view(-1, channels, 1, 1)
+                inside = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
+                xs = x[index]
+                proposal = torch.where(inside, torch.clamp(xs + self.epsilon * signs, 0, 1), x_best[index])
+                proposal = project(proposal, xs, self.epsilon)
+                new_margin = self._margin(ctx, proposal, y[index])
+                better = new_margin < margin[index]
+                margin[index] = torch.where(better, new_margin, margin[index])
+                x_best[index] = torch.where(better.view(-1, 1, 1, 1), proposal, x_best[index])
+        broken = margin <= 0
+        x_adv = torch.where(broken.view(-1, 1, 1, 1), x_best, x)
+        return AttackOutcome((~broken).cpu(), x_adv)
+
+    @staticmethod
+    def _margin(ctx: AttackContext, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return -cw_margin(ctx.logits(z), y, float("inf"))
+
+
+@dataclass
+class AutoAttack(Attack):
+    """AutoAttack's standard version ("autoattack") or APGD-CE + APGD-T ("autoattack-fast").
+
+    Each component attacks only the points that are still robust after the previous ones; the
+    outcome's trace holds, per component, which points were still robust after it
+    ("robust_after:<component>"), from which the report takes each component's accuracy on the
+    points it saw.
+    """
+
+    name: str
+    epsilon: float
+    components: List[Attack] = field(default_factory=list)
+
+    def __post_init__(self):
+        check_epsilon(self.epsilon)
+        if self.name not in COMPONENTS:
+            raise ValueError(f"AutoAttack's version must be one of {', '.join(COMPONENTS)}, got {self.name!r}")
+        if not self.components:
+            self.components = [make_component(name, self.epsilon) for name in COMPONENTS[self.name]]
+
+    def settings(self) -> dict:
+        return {"norm": "linf", "epsilon": self.epsilon,
+                "version": "standard" if self.name == "autoattack" else "fast (apgd-ce, apgd-t)",
+                "components": {attack.name: attack.settings() for attack in self.components},
+                "broken_if": "any component breaks the point; each runs only on the points the "
+                             "previous ones left robust"}
+
+    def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor,
+            example_ids: torch.Tensor) -> AttackOutcome:
+        with eval_mode(ctx.model):
+            tries = _Tries(x, _clean(ctx, x, y)[1])
+        trace = {"robust_before": tries.robust.cpu().clone()}
+        for attack in self.components:
+            index = tries.alive()
+            if len(index):
+                outcome = attack.run(ctx, x[index], y[index], example_ids[index.cpu()])
+                tries.record(index, ~outcome.correct.to(index.device), outcome.x_adv)
+            trace[f"robust_after:{attack.name}"] = tries.robust.cpu().clone()
+        return tries.outcome(**trace)
+
+
+def make_component(name: str, epsilon: float) -> Attack:
+    """One of AutoAttack's attacks, or an AutoAttack version, with the reference's settings."""
+    if name == "apgd-ce":
+        return APGDAttack("apgd-ce", epsilon, loss="ce")
+    if name == "apgd-dlr":
+        return APGDAttack("apgd-dlr", epsilon, loss="dlr")
+    if name == "apgd-t":
+        return APGDAttack("apgd-t", epsilon, loss="dlr-targeted")
+    if name == "fab-t":
+        return FABAttack(epsilon)
+    if name == "square":
+        return SquareAttack(epsilon)
+    if name in COMPONENTS:
+        return AutoAttack(name, epsilon)
+    raise ValueError(f"not an AutoAttack attack: {name!r}")

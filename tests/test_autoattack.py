@@ -1,0 +1,379 @@
+"""AutoAttack on the shared engine: APGD's step-size rules on scripted losses, the l_inf contract,
+batch independence, zero-gradient models, the ensemble in `evaluate`, the gradient-masking
+checks, the paper protocol's two A_rob figures, and bad arguments."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from adt_fast.attacks import autoattack, evaluate, sanity_warnings
+from adt_fast.attacks.autoattack import (APGDAttack, AutoAttack, FABAttack, SquareAttack,
+                                         linf_hyperplane_projection, square_p)
+from adt_fast.attacks.engine import apgd, apgd_checkpoints
+from adt_fast.attacks.losses import dlr, dlr_targeted
+from adt_fast.attacks.suite import AttackContext, parse_attacks
+
+EPS = 0.1
+
+
+def _random_net(seed: int, classes: int = 10) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(6 * 8 * 8, classes)).eval()
+
+
+def _small(name: str, epsilon: float = EPS):
+    """The components with budgets small enough for a unit test."""
+    return {"apgd-ce": APGDAttack("apgd-ce", epsilon, loss="ce", steps=12),
+            "apgd-dlr": APGDAttack("apgd-dlr", epsilon, loss="dlr", steps=12),
+            "apgd-t": APGDAttack("apgd-t", epsilon, loss="dlr-targeted", steps=8, targets=3),
+            "fab-t": FABAttack(epsilon, steps=8, targets=3),
+            "square": SquareAttack(epsilon, queries=60)}[name]
+
+
+def _small_autoattack(name: str, epsilon: float = EPS) -> AutoAttack:
+    return AutoAttack(name, epsilon, [_small(c, epsilon) for c in autoattack.COMPONENTS[name]])
+
+
+def _batch(n: int = 6, seed: int = 5, dtype=torch.float64):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, 8, 8, generator=generator, dtype=dtype)
+    return x
+
+
+# ----------------------------------------------------------------------------- APGD's rules
+
+
+def test_checkpoint_schedule_is_the_papers():
+    assert apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    # p_j = 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 -> ceil(p_j * 10), duplicates dropped
+    assert apgd_checkpoints(10) == [3, 5, 6, 7, 8, 9, 10]
+    assert apgd_checkpoints(1) == [1]
+    assert apgd_checkpoints(0) == []
+
+
+def _scripted(values):
+    """A loss that ignores the input's value and returns values[k] at the k-th evaluation."""
+    calls = {"k": 0}
+
+    def loss_fn(z):
+        value = torch.full((len(z),), float(values[calls["k"]]), dtype=z.dtype)
+        calls["k"] += 1
+        return value + 0 * z.flatten(1).sum(1), torch.zeros(len(z), dtype=torch.bool)
+    return loss_fn
+
+
+def _run_scripted(values, steps=100):
+    x = torch.full((1, 1, 2, 2), 0.5, dtype=torch.float64)
+    return apgd(_scripted(values), x, epsilon=EPS, steps=steps).step_sizes[:, 0]
+
+
+def test_a_loss_that_rises_every_step_keeps_the_first_step_size():
+    sizes = _run_scripted(range(101))
+    assert torch.all(sizes == 2 * EPS)
+
+
+def test_a_flat_loss_halves_the_step_at_every_checkpoint():
+    sizes = _run_scripted([1.0] * 101)
+    expected = [2 * EPS / 2 ** sum(w <= i for w in apgd_checkpoints(100)) for i in range(100)]
+    torch.testing.assert_close(sizes, torch.tensor(expected, dtype=sizes.dtype))
+
+
+def test_condition_one_counts_rises_against_rho():
+    # 17 rises of 22 transitions up to w_1 = 22 is more than 0.75 * 22 = 16.5: no halving;
+    # 16 rises is not: halved.
+    for rises, halved in ((17, False), (16, True)):
+        values = [float(t) if t <= rises else float(rises) for t in range(23)] + \
+                 [100.0 + t for t in range(78)]
+        sizes = _run_scripted(values)
+        assert float(sizes[22]) == pytest.approx(EPS if halved else 2 * EPS), rises
+        assert float(sizes[21]) == pytest.approx(2 * EPS)
+
+
+def test_condition_two_halves_when_the_best_loss_stalls():
+    # rising to 22 until w_1 = 22 (no halving), then a saw tooth below that best: 18 rises of 19
+    # transitions up to w_2 = 41 keep condition (1) quiet, but the best loss has not improved
+    # and the step was not halved at w_1, so condition (2) halves it; then the loss rises again.
+    values = list(range(23)) + list(range(19)) + [100 + t for t in range(59)]
+    sizes = _run_scripted(values)
+    assert torch.all(sizes[:41] == 2 * EPS)
+    assert torch.all(sizes[41:] == EPS)
+
+
+def test_halving_restarts_from_the_best_point():
+    # The loss is highest at the start (x itself) and its gradient points up. Step 0 goes to the
+    # ball's edge x + eps, where the iterate stays, never beating the start: at w_1 = 22 the step
+    # is halved to eps and the iterate goes back to x. Step 22 is then
+    # P(x + 0.75 * eps + 0.25 * (x - (x + eps))) = x + eps / 2; without the restart it would stay
+    # at x + eps.
+    x = torch.full((1, 1, 1, 1), 0.5, dtype=torch.float64)
+    seen = []
+
+    def loss_fn(z):
+        seen.append(z.detach().clone())
+        bonus = 100.0 if len(seen) == 1 else 0.0
+        return z.flatten(1).sum(1) + bonus, torch.zeros(1, dtype=torch.bool)
+
+    run = apgd(loss_fn, x, epsilon=EPS, steps=100)
+    assert float(seen[22]) == pytest.approx(0.5 + EPS)
+    assert float(seen[23]) == pytest.approx(0.5 + EPS / 2)
+    assert float(run.step_sizes[22, 0]) == pytest.approx(EPS)
+
+
+def test_dlr_losses_match_their_formulas():
+    logits = torch.tensor([[3.0, 1.0, 0.5, -1.0, 2.0]])
+    y, t = torch.tensor([0]), torch.tensor([4])
+    # sorted: 3, 2, 1, 0.5, -1
+    assert float(dlr(logits, y)) == pytest.approx(-(3 - 2) / (3 - 1))
+    assert float(dlr_targeted(logits, y, t)) == pytest.approx(-(3 - 2) / (3 - 0.5 * (1 + 0.5)))
+    # invariant to shifting and scaling the logits
+    assert float(dlr(5 * logits + 7, y)) == pytest.approx(float(dlr(logits, y)))
+
+
+# ----------------------------------------------------------------------------- FAB and Square pieces
+
+
+def test_linf_hyperplane_projection_is_the_smallest_move_onto_the_plane():
+    generator = torch.Generator().manual_seed(0)
+    points = torch.rand(50, 7, generator=generator, dtype=torch.float64)
+    w = torch.randn(50, 7, generator=generator, dtype=torch.float64)
+    w[:5, :3] = 0
+    b = (w * torch.rand(50, 7, generator=generator, dtype=torch.float64)).sum(1)  # reachable
+    d = linf_hyperplane_projection(points, w, b)
+    moved = points + d
+    assert torch.all(moved >= -1e-12) and torch.all(moved <= 1 + 1e-12)
+    torch.testing.assert_close((w * moved).sum(1), b)
+    # optimality: with any smaller radius the best achievable move falls short of the plane
+    radius = d.abs().amax(1)
+    gap = b - (w * points).sum(1)
+    direction = gap.sign()[:, None] * w.sign()
+    room = torch.where(direction > 0, 1 - points, points)
+    smaller = (radius * 0.999)[:, None]
+    assert torch.all((w.abs() * torch.minimum(smaller, room)).sum(1) < gap.abs())
+
+
+def test_square_p_schedule():
+    assert square_p(0.8, 0, 10000) == 0.8
+    assert square_p(0.8, 11, 10000) == 0.4
+    assert square_p(0.8, 9000, 10000) == 0.8 / 512
+    assert square_p(0.8, 5, 5000) == 0.8  # rescaled: query 5 of 5,000 is 10 of 10,000
+    assert square_p(0.8, 6, 5000) == 0.4
+
+
+# ----------------------------------------------------------------------------- the l_inf contract
+
+
+ALL = ["apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "autoattack", "autoattack-fast"]
+
+
+def _attack(name):
+    return _small_autoattack(name) if name.startswith("autoattack") else _small(name)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_adversarial_inputs_stay_in_the_ball_and_range_and_inputs_are_untouched(name):
+    model = _random_net(0).double()
+    x = _batch(8)
+    x[0] = 0.0  # corners of the box
+    x[1] = 1.0
+    y = model(x).argmax(1)  # every point starts correct
+    y[-1] = (y[-1] + 1) % 10  # one starts wrong: it is broken without attack
+    x_copy, y_copy = x.clone(), y.clone()
+    outcome = _attack(name).run(AttackContext(model, seed=1), x, y, torch.arange(8))
+    assert torch.equal(x, x_copy) and torch.equal(y, y_copy)
+    assert (outcome.x_adv - x).abs().max() <= EPS + 1e-12
+    assert outcome.x_adv.min() >= 0 and outcome.x_adv.max() <= 1
+    assert not bool(outcome.correct[-1])
+    # an example reported broken is misclassified at the returned input
+    with torch.no_grad():
+        wrong = model(outcome.x_adv).argmax(1) != y
+    assert torch.all(wrong[~outcome.correct])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_same_seed_same_result_whatever_the_batch_size_and_order(name):
+    model = _random_net(0).double()
+    x = _batch(5)
+    y = torch.tensor([0, 1, 2, 1, 0])
+    ids = torch.tensor([17, 3, 250, 9, 42])
+    ctx = AttackContext(model, seed=11)
+    attack = _attack(name)
+    whole = attack.run(ctx, x, y, ids)
+    order = torch.tensor([3, 0, 4, 2, 1])
+    shuffled = attack.run(ctx, x[order], y[order], ids[order])
+    torch.testing.assert_close(shuffled.x_adv, whole.x_adv[order], atol=1e-12, rtol=0)
+    assert torch.equal(shuffled.correct, whole.correct[order])
+    for i in (0, 2):
+        alone = attack.run(ctx, x[i:i + 1], y[i:i + 1], ids[i:i + 1])
+        torch.testing.assert_close(alone.x_adv[0], whole.x_adv[i], atol=1e-12, rtol=0)
+        assert bool(alone.correct[0]) == bool(whole.correct[i])
+    again = attack.run(ctx, x, y, ids)
+    assert torch.equal(again.x_adv, whole.x_adv)
+
+
+class DetachedLinear(nn.Module):
+    """Logit 0 = sum(x - 0.5), the others 0, with the input detached: zero input gradients.
+
+    At x = 0.55 everywhere, the margin of class 0 is 0.05 * 64 = 3.2; moving every pixel down by
+    epsilon = 0.1 makes it -3.2, while a random start moves it by about +-0.5.
+    """
+
+    def forward(self, x):
+        score = (x.detach() - 0.5).flatten(1).sum(1) + 0 * x.flatten(1).sum(1)
+        return torch.cat([score[:, None], torch.zeros(len(x), 9, dtype=x.dtype)], 1)
+
+
+def test_a_zero_gradient_model_defeats_gradient_attacks_but_not_square():
+    model = DetachedLinear()
+    x = torch.full((4, 1, 8, 8), 0.55, dtype=torch.float64)
+    y = torch.zeros(4, dtype=torch.long)
+    ctx = AttackContext(model, seed=0)
+    for name in ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t"):
+        assert bool(_small(name).run(ctx, x, y, torch.arange(4)).correct.all()), name
+    square = SquareAttack(EPS, queries=300).run(ctx, x, y, torch.arange(4))
+    assert not bool(square.correct.any())
+
+
+def test_bf16_runs_and_keeps_the_contract():
+    model = _random_net(0)
+    x = _batch(4, dtype=torch.float32)
+    y = model(x).argmax(1)
+    outcome = _small("apgd-ce").run(AttackContext(model, precision="bf16"), x, y, torch.arange(4))
+    assert (outcome.x_adv - x).abs().max() <= EPS + 1e-6
+    assert outcome.x_adv.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+@pytest.fixture
+def small_components(monkeypatch):
+    monkeypatch.setattr(autoattack, "make_component",
+                        lambda name, eps: _small_autoattack(name, eps) if name.startswith("autoattack")
+                        else _small(name, eps))
+
+
+def test_autoattack_in_evaluate_reports_components_and_joins_the_worst_case(small_components):
+    model = _random_net(0)
+    x = _batch(12, dtype=torch.float32)
+    y = model(x).argmax(1)
+    y[:2] = (y[:2] + 1) % 10
+    report = evaluate(model, x, y, epsilon=0.03, attacks="pgd:3,autoattack,square", seed=0,
+                      epsilon_curve=(), batch_size=5)
+    assert set(report.robust_accuracy) == {"pgd3", "autoattack", "square"}
+    curve = report.curves["autoattack"]["points"]
+    assert [p["attack"] for p in curve] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert curve[0]["attacked"] == 10  # the naturally correct points
+    for before, after in zip(curve, curve[1:]):
+        assert after["attacked"] == before["robust"]
+    assert curve[-1]["accuracy"] == report.robust_accuracy["autoattack"]
+    worst = report.correct["worst_case"]
+    assert torch.all(worst <= report.correct["autoattack"])
+    assert report.worst_case_accuracy <= report.robust_accuracy["autoattack"]
+    assert report.paper_worst_case_accuracy is None
+    table = report.table("m")
+    assert "AutoAttack" in table and "robust/attacked per component" in table
+    assert report.to_dict()["attacks"]["autoattack"]["components"]["apgd-ce"]["loss"] == "cross_entropy"
+
+
+def test_paper_protocol_keeps_both_figures(monkeypatch):
+    from adt_fast.attacks import suite
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+            self.linear = nn.Linear(4, 10)
+
+        def features(self, x):
+            return self.body(x)
+
+        def head(self, f):
+            return self.linear(f.mean((2, 3)))
+
+        def forward(self, x):
+            return self.head(self.features(x))
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    x = _batch(6, dtype=torch.float32)
+    y = model(x).argmax(1)
+    y[:3] = (y[:3] + 1) % 10  # two classes at least, so FeaAttack has targets
+    monkeypatch.setattr(suite, "PAPER_FEATURE_TARGETS", 2)
+    from adt_fast.attacks import evaluation
+    monkeypatch.setattr(evaluation, "PAPER_FEATURE_TARGETS", 2)
+    report = evaluate(model, x, y, epsilon=0.03, protocol="paper", attacks="dist", dist_steps=1,
+                      epsilon_curve=())
+    assert set(report.robust_accuracy) == {"fgsm", "pgd20", "pgd100", "mim", "cw", "feature", "dist"}
+    assert report.attacks["cw"]["steps"] == 20 and report.attacks["feature"]["targets"] == 2
+    assert report.paper_worst_case_accuracy >= report.worst_case_accuracy
+    data = report.to_dict()
+    assert data["paper_worst_case_over"] == ["natural", "fgsm", "pgd20", "pgd100", "mim", "cw", "feature"]
+    assert "dist" in data["worst_case_over"] and data["protocol"] == "paper"
+    lines = report.table("m").splitlines()
+    assert lines[1].split()[-2:] == ["Arob-paper", "Arob"]
+    assert any(line.startswith("Arob-paper: worst case over") for line in lines)
+
+
+def test_masking_checks():
+    natural = torch.ones(100, dtype=torch.bool)
+    masks = {"autoattack": torch.ones(100, dtype=torch.bool)}
+    assert sanity_warnings(natural, masks, gradient_free_gain=1) == []
+    assert "Square" in sanity_warnings(natural, masks, gradient_free_gain=2)[0]
+    assert sanity_warnings(natural, masks, targeted_gain=5) == []
+    assert "APGD-T" in sanity_warnings(natural, masks, targeted_gain=6)[0]
+
+
+def test_square_beating_gradient_attacks_is_flagged_by_evaluate(monkeypatch):
+    model = DetachedLinear()
+    x = torch.full((4, 1, 8, 8), 0.55)
+    y = torch.zeros(4, dtype=torch.long)
+    aa = AutoAttack("autoattack", EPS, [_small(c) for c in ("apgd-ce", "apgd-t", "fab-t")]
+                    + [SquareAttack(EPS, queries=300)])
+    monkeypatch.setattr(autoattack, "make_component", lambda name, eps: aa)
+    report = evaluate(model, x, y, epsilon=EPS, attacks="autoattack", epsilon_curve=())
+    assert report.robust_accuracy["autoattack"] == 0
+    assert any("gradient-free Square" in w for w in report.warnings)
+
+
+# ----------------------------------------------------------------------------- bad arguments
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: APGDAttack("apgd-ce", EPS, loss="mse"), "loss"),
+    (lambda: APGDAttack("apgd-ce", EPS, steps=0), "steps"),
+    (lambda: APGDAttack("apgd-ce", EPS, restarts=0), "restarts"),
+    (lambda: APGDAttack("apgd-ce", EPS, rho=1.5), "rho"),
+    (lambda: APGDAttack("apgd-ce", -1.0), "epsilon"),
+    (lambda: FABAttack(EPS, targets=0), "targets"),
+    (lambda: SquareAttack(EPS, queries=0), "queries"),
+    (lambda: SquareAttack(EPS, p_init=0), "p_init"),
+    (lambda: AutoAttack("autoattack-plus", EPS), "version"),
+])
+def test_bad_settings_are_refused(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_bad_evaluate_arguments():
+    model = _random_net(0)
+    x = _batch(2, dtype=torch.float32)
+    y = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="protocol"):
+        evaluate(model, x, y, protocol="robustbench")
+    with pytest.raises(ValueError, match="feature_targets"):
+        evaluate(model, x, y, protocol="paper", feature_targets=5)
+    with pytest.raises(ValueError, match="listed twice"):
+        parse_attacks("autoattack,AutoAttack")
+    with pytest.raises(ValueError, match="unknown attack"):
+        parse_attacks("apgd")
+
+
+def test_targeted_attacks_need_enough_classes():
+    model = _random_net(0, classes=3).double()
+    x = _batch(2)
+    y = model(x).argmax(1)
+    with pytest.raises(ValueError, match="at least 10 classes"):
+        APGDAttack("apgd-t", EPS, loss="dlr-targeted").run(AttackContext(model), x, y, torch.arange(2))
