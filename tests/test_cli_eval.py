@@ -39,7 +39,7 @@ def test_eval_on_a_run_directory_writes_json_csv_png(checkpoints, capsys):
     assert code == 0
     header = next(line for line in printed.splitlines() if line.startswith("Model"))
     assert header.split() == ["Model", "Anat", "FGSM", "PGD-20", "PGD-100", "MIM", "C&W",
-                              "FeaAttack", "Dist", "Arob"]
+                              "FeaAttack", "Dist", "Arob-paper", "Arob"]
     assert "sanity checks" in printed
     report = json.loads(out.read_text())
     assert report["n_examples"] == 6

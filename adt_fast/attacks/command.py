@@ -1,6 +1,8 @@
-"""`adt-fast eval`: attack a trained checkpoint with the paper's suite and write the report.
+"""`adt-fast eval`: attack a trained model with the paper's suite or AutoAttack, write the report.
 
     adt-fast eval --checkpoint runs/digits --dataset digits --out runs/digits/eval.json
+    adt-fast eval --model mypackage.models:build --weights model.pt --mean 0.49,0.48,0.45 \
+        --std 0.25,0.24,0.26 --dataset cifar10 --attacks autoattack --out eval.json
 
 prints a progress bar, then a table laid out like the paper's Table 9, and writes eval.json,
 eval.csv and eval.png (see docs/evaluation.md).
@@ -15,7 +17,8 @@ import time
 from pathlib import Path
 from typing import List
 
-from .suite import DEFAULT_ATTACKS, DIST_STEPS, FEATURE_TARGETS, PRECISIONS, parse_attacks
+from .suite import (DEFAULT_ATTACKS, DIST_STEPS, FEATURE_TARGETS, PAPER_ATTACKS,
+                    PAPER_FEATURE_TARGETS, PRECISIONS, parse_attacks)
 
 EXIT_USAGE = 2
 
@@ -77,6 +80,16 @@ def _multiples(text: str) -> List[float]:
     return values
 
 
+def _floats(text: str) -> List[float]:
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    return values
+
+
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     from ..data import DATASETS
     from .evaluation import DEFAULT_EPSILON_CURVE
@@ -84,17 +97,33 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "eval", help="attack a trained model with the paper's white-box suite",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, metavar="PATH",
-                        help="a run directory (its model.pt, else checkpoint.pt) or a checkpoint file")
+    parser.add_argument("--checkpoint", default=None, metavar="PATH",
+                        help="a run directory (its model.pt, else checkpoint.pt) or a checkpoint "
+                             "file (or --model for a model trained elsewhere)")
+    parser.add_argument("--model", default=None, metavar="MODULE:FACTORY",
+                        help="build the model by calling an importable factory with no arguments, "
+                             "e.g. mypackage.models:wrn28 (instead of --checkpoint)")
+    parser.add_argument("--weights", default=None, metavar="FILE",
+                        help="a state dict for --model, read with torch.load(weights_only=True)")
+    parser.add_argument("--mean", type=_floats, default=None, metavar="M1,M2,...",
+                        help="per-channel mean the --model expects its inputs normalised with "
+                             "(with --std); the attacks still work on inputs in [0, 1]")
+    parser.add_argument("--std", type=_floats, default=None, metavar="S1,S2,...",
+                        help="per-channel standard deviation, with --mean")
+    parser.add_argument("--protocol", choices=("default", "paper"), default="default",
+                        help="paper: the six columns of Tables 9-11 with the authors' settings "
+                             f"(FeaAttack {PAPER_FEATURE_TARGETS} targets, C&W 20 steps) and their "
+                             "A_rob; --attacks then adds to them")
     parser.add_argument("--dataset", required=True, choices=DATASETS,
                         help="the dataset whose test split is attacked")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="where the dataset files are (default: $ADT_FAST_DATA_DIR or ~/.cache/adt_fast/data)")
     parser.add_argument("--download", action="store_true", help="download missing dataset files")
-    parser.add_argument("--attacks", type=_attack_list, default=list(DEFAULT_ATTACKS),
-                        metavar="LIST",
+    parser.add_argument("--attacks", type=_attack_list, default=None, metavar="LIST",
                         help="comma-separated: fgsm, pgd20, pgd100, pgd:N, mim, cw, feature, dist, "
-                             "transfer (default: %s)" % ",".join(DEFAULT_ATTACKS))
+                             "transfer, autoattack, autoattack-fast, apgd-ce, apgd-t, fab-t, square, "
+                             "apgd-dlr (default: %s; with --protocol paper: %s)"
+                             % (",".join(DEFAULT_ATTACKS), ",".join(PAPER_ATTACKS)))
     parser.add_argument("--n-examples", type=_int_at_least(1), default=None, metavar="N",
                         help="attack the first N test examples (default: the whole test split)")
     parser.add_argument("--batch-size", type=_int_at_least(1), default=256, metavar="B")
@@ -109,8 +138,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                         help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     parser.add_argument("--dist-steps", type=_int_at_least(0), default=DIST_STEPS, metavar="T",
                         help=f"steps of the distribution attack (default {DIST_STEPS})")
-    parser.add_argument("--feature-targets", type=_int_at_least(1), default=FEATURE_TARGETS, metavar="N",
-                        help=f"FeaAttack target images per input (default {FEATURE_TARGETS}; the paper uses 200)")
+    parser.add_argument("--feature-targets", type=_int_at_least(1), default=None, metavar="N",
+                        help=f"FeaAttack target images per input (default {FEATURE_TARGETS}; the paper "
+                             f"uses {PAPER_FEATURE_TARGETS}, which --protocol paper sets)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="bf16 runs the model under autocast (default fp32)")
     parser.add_argument("--epsilon-curve", type=_multiples,
@@ -159,6 +189,45 @@ def _load_model(path: str, flag: str, info, device):
     return model, resolved
 
 
+def _load_external(args, info, device):
+    """--model/--weights/--mean/--std: a model trained elsewhere, checked on one input."""
+    import torch
+
+    from ..models.external import (ExternalModelError, Normalized, build_from_factory,
+                                   check_normalisation, load_weights)
+
+    for flag in ("mean", "std"):
+        values = getattr(args, flag)
+        if values is not None and len(values) != info.channels:
+            raise EvalError(f"--{flag}", f"{len(values)} values for the {info.channels} input "
+                                         f"channels of {info.name}")
+    flag = "--mean/--std"
+    try:
+        check_normalisation(args.mean, args.std)
+        flag = "--model"
+        model = build_from_factory(args.model)
+        flag = "--weights"
+        if args.weights is not None:
+            load_weights(model, args.weights)
+    except ExternalModelError as err:
+        raise EvalError(flag, str(err)) from None
+    if args.mean is not None:
+        model = Normalized(model, args.mean, args.std)
+    model = model.to(device).eval()
+    probe = torch.zeros(1, info.channels, info.image_size, info.image_size, device=device)
+    try:
+        with torch.no_grad():
+            logits = model(probe)
+    except Exception as err:  # the user's forward
+        raise EvalError("--model", f"the model fails on a {tuple(probe.shape)} input of "
+                                   f"{info.name}: {type(err).__name__}: {err}") from None
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] != info.num_classes:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise EvalError("--model", f"the model returns {shape} for one input; {info.name} needs "
+                                   f"logits of shape (1, {info.num_classes})")
+    return model
+
+
 def _load_data(args, info):
     from ..data import load
     from ..data.errors import ChecksumError, DatasetFileError, DownloadError
@@ -191,14 +260,28 @@ def _run(args) -> int:
     info = dataset_info(args.dataset)
     device = _device(args.device)
     epsilon = args.epsilon if args.epsilon is not None else info.epsilon
-    attacks = list(args.attacks)
-    if "transfer" in attacks and args.source_checkpoint is None:
+    attacks = None if args.attacks is None else list(args.attacks)
+    if (args.checkpoint is None) == (args.model is None):
+        raise EvalError("--checkpoint/--model", "give exactly one: --checkpoint for an adt_fast run, "
+                                                "--model MODULE:FACTORY for a model trained elsewhere")
+    if (args.mean is None) != (args.std is None):
+        raise EvalError("--mean/--std", "give both or neither")
+    if args.model is None and (args.mean is not None or args.weights is not None):
+        flag = "--weights" if args.weights is not None else "--mean/--std"
+        raise EvalError(flag, "goes with --model (an adt_fast checkpoint holds its own weights and "
+                              "takes inputs in [0, 1])")
+    if args.protocol == "paper" and args.feature_targets not in (None, PAPER_FEATURE_TARGETS):
+        raise EvalError("--feature-targets", f"--protocol paper fixes it to {PAPER_FEATURE_TARGETS}")
+    if attacks and "transfer" in attacks and args.source_checkpoint is None:
         raise EvalError("--attacks", "'transfer' needs --source-checkpoint (the model to craft on)")
     out = Path(args.out)
     if out.is_dir():
         raise EvalError("--out", f"{out} is a directory; give a file name such as {out / 'eval.json'}")
 
-    model, resolved = _load_model(args.checkpoint, "--checkpoint", info, device)
+    if args.model is not None:
+        model, resolved = _load_external(args, info, device), None
+    else:
+        model, resolved = _load_model(args.checkpoint, "--checkpoint", info, device)
     source, source_resolved = None, None
     if args.source_checkpoint is not None:
         source, source_resolved = _load_model(args.source_checkpoint, "--source-checkpoint", info, device)
@@ -209,18 +292,25 @@ def _run(args) -> int:
         report = evaluate(model, x, y, epsilon=epsilon, attacks=attacks, seed=args.seed,
                           source_model=source, batch_size=args.batch_size,
                           dist_steps=args.dist_steps, feature_targets=args.feature_targets,
-                          precision=args.precision, epsilon_curve=args.epsilon_curve,
+                          protocol=args.protocol, precision=args.precision, epsilon_curve=args.epsilon_curve,
                           device=device, progress=progress_enabled())
     except ValueError as err:
-        flag = "--source-checkpoint" if "source model" in str(err) else "--checkpoint"
+        flag = ("--source-checkpoint" if "source model" in str(err)
+                else "--checkpoint" if args.model is None else "--model")
         raise EvalError(flag, str(err)) from None
     elapsed = time.perf_counter() - started
-    report.meta = {"checkpoint": str(resolved), "dataset": args.dataset, "split": "test",
+    origin = ({"checkpoint": str(resolved)} if resolved is not None else
+              {"model": args.model, "weights": args.weights,
+               **({"mean": args.mean, "std": args.std} if args.mean is not None else {})})
+    report.meta = {**origin, "dataset": args.dataset, "split": "test",
                    "device": device.type,
                    **({"source_checkpoint": str(source_resolved)} if source_resolved else {})}
     paths = report.save(out)
 
-    name = resolved.parent.name if resolved.name in ("model.pt", "checkpoint.pt") else resolved.stem
+    if resolved is None:
+        name = args.model.rpartition(":")[2]
+    else:
+        name = resolved.parent.name if resolved.name in ("model.pt", "checkpoint.pt") else resolved.stem
     print(report.table(model_name=name or "model"))
     if report.warnings:
         print("\nsanity checks:")

@@ -1,5 +1,7 @@
 """Classifiers used by adt_fast (the ADT generators live in :mod:`adt_fast.models.generators`)."""
 
 from .classifiers import ARCHS, Classifier, ClassifierHead, build_model
+from .external import ExternalModelError, Normalized, load_external_model
 
-__all__ = ["ARCHS", "Classifier", "ClassifierHead", "build_model"]
+__all__ = ["ARCHS", "Classifier", "ClassifierHead", "build_model", "ExternalModelError",
+           "Normalized", "load_external_model"]

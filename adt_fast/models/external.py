@@ -1,0 +1,128 @@
+"""Models trained elsewhere: build one from an importable factory, load its weights safely, and
+wrap it so that it takes inputs in [0, 1] when it was trained on normalised ones.
+
+    load_external_model("torchvision.models:resnet18", "weights.pt", mean=..., std=...)
+
+Weights are read with torch.load(weights_only=True): a file that needs arbitrary unpickling is
+refused. Every failure raises ExternalModelError with a message that says what went wrong.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+# Wrappers that training scripts commonly put around a state dict.
+_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+class ExternalModelError(ValueError):
+    """The factory, the weights or the normalisation cannot give a usable model."""
+
+
+class Normalized(nn.Module):
+    """model((x - mean) / std) per channel (dim 1), so attacks can work on inputs in [0, 1].
+
+    A wrapped model's .features / .head split (FeaAttack's) is kept.
+    """
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+        if callable(getattr(model, "features", None)) and callable(getattr(model, "head", None)):
+            self.features = lambda x: self.model.features(self._normalise(x))
+            self.head = self.model.head
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[1] != len(self.mean):
+            raise ValueError(f"the normalisation has {len(self.mean)} channels but the input has "
+                             f"shape {tuple(x.shape)} (channels on dim 1)")
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return (x - self.mean.view(shape).to(x.dtype)) / self.std.view(shape).to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self._normalise(x))
+
+
+def check_normalisation(mean: Optional[Sequence[float]], std: Optional[Sequence[float]]) -> None:
+    if (mean is None) != (std is None):
+        raise ExternalModelError("mean and std go together: give both or neither")
+    if mean is None:
+        return
+    if len(mean) == 0 or len(mean) != len(std):
+        raise ExternalModelError(f"mean and std need one value per channel, the same number of "
+                                 f"each; got {len(mean)} and {len(std)}")
+    if any(not (s > 0) or s == float("inf") for s in std):
+        raise ExternalModelError(f"std values must be finite and > 0, got {list(std)}")
+
+
+def build_from_factory(spec: str) -> nn.Module:
+    """Call the factory named "package.module:attribute" (attribute may be dotted) with no arguments."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ExternalModelError(f"expected MODULE:FACTORY such as mypackage.models:build, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ExternalModelError(f"cannot import {module_name!r} ({err}); is it installed, or on "
+                                 f"PYTHONPATH?") from None
+    factory = module
+    for part in attribute.split("."):
+        if not hasattr(factory, part):
+            raise ExternalModelError(f"{module_name!r} has no attribute {attribute!r}")
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise ExternalModelError(f"{spec} is not callable (a function or class that builds the model)")
+    try:
+        model = factory()
+    except Exception as err:  # the user's code: report whatever it raised, with its type
+        raise ExternalModelError(f"calling {spec}() failed: {type(err).__name__}: {err}") from None
+    if not isinstance(model, nn.Module):
+        raise ExternalModelError(f"{spec}() returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def load_weights(model: nn.Module, path: Union[str, os.PathLike]) -> None:
+    """Load a state dict (or a dict holding one under state_dict / model_state_dict / model)."""
+    if not os.path.isfile(path):
+        raise ExternalModelError(f"weights file {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ExternalModelError(f"refusing to load {path}: it is not a weights-only file and "
+                                 f"loading it could run arbitrary code ({err})") from None
+    except Exception as err:
+        raise ExternalModelError(f"cannot read {path} ({type(err).__name__}: {err})") from None
+    if isinstance(payload, dict):
+        for key in _STATE_DICT_KEYS:
+            if isinstance(payload.get(key), dict):
+                payload = payload[key]
+                break
+    if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise ExternalModelError(f"{path} holds no state dict (a dict of tensors, or one under "
+                                 f"{', '.join(_STATE_DICT_KEYS)})")
+    try:
+        model.load_state_dict(payload)
+    except RuntimeError as err:
+        raise ExternalModelError(f"the weights in {path} do not fit the model: {err}") from None
+
+
+def load_external_model(spec: str, weights: Union[None, str, os.PathLike] = None, *,
+                        mean: Optional[Sequence[float]] = None,
+                        std: Optional[Sequence[float]] = None,
+                        device: Union[str, torch.device] = "cpu") -> nn.Module:
+    """The model of `spec` with `weights` loaded, normalisation wrapped around it, in eval mode."""
+    check_normalisation(mean, std)
+    model = build_from_factory(spec)
+    if weights is not None:
+        load_weights(model, weights)
+    if mean is not None:
+        model = Normalized(model, mean, std)
+    return model.to(device).eval()
