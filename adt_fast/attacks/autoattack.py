@@ -33,6 +33,7 @@ APGD_STEPS, APGD_RESTARTS, APGD_RHO, APGD_MOMENTUM = 100, 1, 0.75, 0.75
 TARGETS = 9
 FAB_STEPS, FAB_ALPHA_MAX, FAB_ETA, FAB_BETA = 100, 0.1, 1.05, 0.9
 SQUARE_QUERIES, SQUARE_P_INIT = 5000, 0.8
+_WORD_BLOCK = 256  # Square's random words are drawn for this many queries at a time
 COMPONENTS = {"autoattack": ("apgd-ce", "apgd-t", "fab-t", "square"),
               "autoattack-fast": ("apgd-ce", "apgd-t")}
 # Attacks that follow the input gradient (the gradient-masking checks compare Square with them).
@@ -331,9 +332,12 @@ class SquareAttack(Attack):
                 index = (margin > 0).nonzero().squeeze(1)
                 if len(index) == 0:
                     break
+                if query % _WORD_BLOCK == 0:
+                    block = per_example_words(example_ids, seed, torch.arange(
+                        query, min(query + _WORD_BLOCK, self.queries)), x.device)
                 p = square_p(self.p_init, query, self.queries)
                 side = min(max(int(round(math.sqrt(p * height * width))), 1), height, width)
-                words = per_example_words(example_ids[index.cpu()], seed, query, x.device)
+                words = block[index, query % _WORD_BLOCK]
                 top = (words[:, 0] % (height - side + 1)).view(-1, 1, 1, 1)
                 left = (words[:, 1] % (width - side + 1)).view(-1, 1, 1, 1)
                 sign_bits = torch.where(bits < 32, words[:, 2:3] >> (bits % 32), words[:, 3:4] >> (bits % 32)) & 1

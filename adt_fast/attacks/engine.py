@@ -73,18 +73,20 @@ def per_example_normals(x: torch.Tensor, example_ids: torch.Tensor, seed: int, d
     return normals[:num_samples].to(x.dtype).contiguous()
 
 
-def per_example_words(example_ids: torch.Tensor, seed: int, draw: int,
+def per_example_words(example_ids: torch.Tensor, seed: int, draws: torch.Tensor,
                       device: Union[None, str, torch.device] = None) -> torch.Tensor:
-    """(B, 4) random 32-bit words (int64) where row i depends only on (seed, example_ids[i], draw).
+    """(B, D, 4) random 32-bit words (int64): row i, draw j depends only on
+    (seed, example_ids[i], draws[j]).
 
     Philox4x32-10 keyed by (example id, seed) with counter (0, 1, draw, 0): a counter that
-    per_example_normals never uses, so the two never share words. Cheap enough to call once per
-    iteration of a long attack (Square's 5,000 queries) on the device itself.
+    per_example_normals never uses, so the two never share words. One call serves a block of
+    draws (Square's queries), which keeps the per-query cost on the host negligible.
     """
-    ids = example_ids.to(device=device, dtype=torch.int64)
+    ids = example_ids.to(device=device, dtype=torch.int64)[:, None]
+    draws = torch.as_tensor(draws, dtype=torch.int64, device=ids.device)[None, :] & reference.MASK32
     key = (ids & reference.MASK32, torch.full_like(ids, int(seed) & reference.MASK32))
-    zero = torch.zeros_like(ids)
-    counter = (zero, zero + 1, zero + (int(draw) & reference.MASK32), zero)
+    zero = torch.zeros_like(ids * draws)
+    counter = (zero, zero + 1, zero + draws, zero)
     return torch.stack(reference.philox4x32(counter, key), dim=-1)
 
 
