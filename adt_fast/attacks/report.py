@@ -39,7 +39,7 @@ CSV_FIELDS = ["section", "name", "steps", "epsilon", "accuracy", "sample_accurac
 CSV_DIGITS = 6
 JSON_MARK_KEYS = {"natural_accuracy", "robust_accuracy", "worst_case_accuracy", "adt_fast_version"}
 PNG_MARK_KEY, PNG_MARK = "Title", "adt_fast eval report"
-PNG_MARK_WITHIN = 4096  # matplotlib writes its text chunks before the image data
+MARK_WITHIN = 4096  # the first bytes hold the marks (matplotlib writes text chunks before the image)
 
 _ORDER = ("fgsm", "pgd", "mim", "cw", "feature", "dist", "transfer")
 
@@ -376,7 +376,7 @@ def _is_earlier_report(path: Path) -> bool:
     """Whether `path` is a file that Report.save wrote (the kind follows the suffix)."""
     try:
         with open(path, "rb") as handle:
-            head = handle.read(PNG_MARK_WITHIN)
+            head = handle.read(MARK_WITHIN)
             suffix = path.suffix.lower()
             if suffix == ".png":
                 return head.startswith(b"\x89PNG") and f"{PNG_MARK_KEY}\0{PNG_MARK}".encode() in head
