@@ -11,8 +11,9 @@
     autoattack-fast  apgd-ce, then apgd-t
 
 APGD is a step rule of the engine (:func:`adt_fast.attacks.engine.apgd`); FAB and Square have
-their own steps but share the engine's projection, clamp and per-example random streams (keyed
-by (seed, attack, example id)), so no result depends on batch size or order. Every attack runs
+their own steps (whose iterates stay in the ball by construction) but share the context's
+forward (precision), eval mode and the engine's per-example random streams (keyed by
+(seed, attack, example id)), so no result depends on batch size or order. Every attack runs
 only on the points the model classifies correctly (the others are already broken), as the
 reference implementation does. See docs/evaluation.md.
 """
@@ -25,7 +26,7 @@ from typing import List, Optional
 
 import torch
 
-from .engine import apgd, eval_mode, per_example_start, per_example_words, project
+from .engine import apgd, eval_mode, per_example_start, per_example_words
 from .losses import cross_entropy, cw_margin, dlr, dlr_targeted
 from .suite import Attack, AttackContext, AttackOutcome, check_epsilon, stream_seed
 
@@ -343,9 +344,9 @@ class SquareAttack(Attack):
                 sign_bits = torch.where(bits < 32, words[:, 2:3] >> (bits % 32), words[:, 3:4] >> (bits % 32)) & 1
                 signs = (2 * sign_bits - 1).to(x.dtype).view(-1, channels, 1, 1)
                 inside = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
-                xs = x[index]
-                proposal = torch.where(inside, torch.clamp(xs + self.epsilon * signs, 0, 1), x_best[index])
-                proposal = project(proposal, xs, self.epsilon)
+                # inside the square x +- epsilon, outside the best point: in the ball already
+                proposal = torch.where(inside, torch.clamp(x[index] + self.epsilon * signs, 0, 1),
+                                       x_best[index])
                 new_margin = self._margin(ctx, proposal, y[index])
                 better = new_margin < margin[index]
                 margin[index] = torch.where(better, new_margin, margin[index])
