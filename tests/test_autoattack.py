@@ -15,6 +15,8 @@ from adt_fast.attacks.engine import apgd, apgd_checkpoints
 from adt_fast.attacks.losses import dlr, dlr_targeted
 from adt_fast.attacks.suite import AttackContext, parse_attacks
 
+from test_attacks import TinyNet
+
 EPS = 0.1
 
 
@@ -279,31 +281,14 @@ def test_autoattack_in_evaluate_reports_components_and_joins_the_worst_case(smal
 
 
 def test_paper_protocol_keeps_both_figures(monkeypatch):
-    from adt_fast.attacks import suite
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
-            self.linear = nn.Linear(4, 10)
-
-        def features(self, x):
-            return self.body(x)
-
-        def head(self, f):
-            return self.linear(f.mean((2, 3)))
-
-        def forward(self, x):
-            return self.head(self.features(x))
+    from adt_fast.attacks import evaluation
 
     torch.manual_seed(0)
-    model = Net().eval()
+    model = TinyNet(width=4).eval()  # with the .features / .head split FeaAttack needs
     x = _batch(6, dtype=torch.float32)
     y = model(x).argmax(1)
     y[:3] = (y[:3] + 1) % 10  # two classes at least, so FeaAttack has targets
-    monkeypatch.setattr(suite, "PAPER_FEATURE_TARGETS", 2)
-    from adt_fast.attacks import evaluation
-    monkeypatch.setattr(evaluation, "PAPER_FEATURE_TARGETS", 2)
+    monkeypatch.setattr(evaluation, "PAPER_FEATURE_TARGETS", 2)  # 200 in earnest
     report = evaluate(model, x, y, epsilon=0.03, protocol="paper", attacks="dist", dist_steps=1,
                       epsilon_curve=())
     assert set(report.robust_accuracy) == {"fgsm", "pgd20", "pgd100", "mim", "cw", "feature", "dist"}
