@@ -236,7 +236,8 @@ def _extension_setup():
                     raise _cuda_required(f"building it failed ({err})") from err
                 _warn(f"building the CUDA kernels failed ({err}); retrying adt_fast._C with the CPU "
                       "kernels only (pip install -v shows the compiler's messages)")
-                self.extensions = [cpu_extension()]
+                # The CPU-only configuration, keeping what setuptools attached to the extension
+                vars(self.extensions[0]).update(vars(cpu_extension()))
                 super().build_extensions()
 
         def _record_error(self, message):

@@ -158,22 +158,23 @@ def test_require_cuda_with_a_cpu_torch(monkeypatch):
 
 def _build_command(tmp_path, monkeypatch, fail_when):
     """setup.py's build_ext on a CUDA configuration, with torch's build replaced by a recorder that
-    raises when `fail_when(extension)`; returns (command, recorded extensions)."""
+    raises when `fail_when(extension)`; returns (command, [(sources, nvcc flags) of each build])."""
     ext_modules, cmdclass = setup_py._extension_setup()
     built = []
 
     def fake_build_extensions(self):
         ext = self.extensions[0]
-        built.append(ext)
+        built.append((list(ext.sources), list(ext.extra_compile_args.get("nvcc", []))))
         if fail_when(ext):
             raise RuntimeError("nvcc fatal : Unknown option '-g0'")
+        self.get_outputs()  # as setuptools does after a build: needs what finalize_options attached
 
     monkeypatch.setattr(cpp_extension.BuildExtension, "build_extensions", fake_build_extensions)
     from setuptools import Distribution
     command = cmdclass["build_ext"](Distribution({"name": "adt-fast", "ext_modules": ext_modules}))
-    command.extensions = ext_modules
     command.build_temp = str(tmp_path / "temp")
     command.build_lib = str(tmp_path / "lib")
+    command.ensure_finalized()
     return command, built
 
 
@@ -184,10 +185,12 @@ def _has_cuda_sources(ext):
 def test_failed_cuda_build_retries_with_the_cpu_kernels(cuda_torch, monkeypatch, tmp_path, capsys):
     command, built = _build_command(tmp_path, monkeypatch, _has_cuda_sources)
     command.build_extensions()
-    assert [_has_cuda_sources(ext) for ext in built] == [True, False]
+    (cuda_sources, nvcc_flags), (cpu_sources, _) = built
+    assert cuda_sources == setup_py.CPU_SOURCES + setup_py.CUDA_SOURCES
+    assert cpu_sources == setup_py.CPU_SOURCES
     header = Path(command.build_temp) / setup_py.TARGETS_HEADER
     assert header.read_text() == "#define ADT_FAST_CUDA_ARCHS_TOKENS sm_90,compute_90\n"
-    assert built[0].extra_compile_args["nvcc"][-2:] == ["--pre-include", str(header)]
+    assert nvcc_flags[-2:] == ["--pre-include", str(header)]
     assert "building the CUDA kernels failed (nvcc fatal : Unknown option '-g0')" in capsys.readouterr().err
 
 
