@@ -158,3 +158,12 @@ def test_standard_training_pays_no_extra_forward(monkeypatch):
     out = method.train_step(model, x, y, {"model": torch.optim.SGD(model.parameters(), lr=0.1)},
                             measure_accuracy=True)
     assert calls == [1] and out.clean_logits.shape == (8, 10)
+
+
+def test_mode_line_names_precision_memory_format_and_passes():
+    cfg = _cfg("unused", precision="bf16", channels_last=True).resolve()
+    line = tuning.mode_line(cfg, {"samples_per_pass": 1, "chosen_by": "measurement"})
+    assert line.startswith("mode: cpu, bf16 autocast") and "channels_last" in line
+    assert "3 samples x 16 inputs in passes of 1 sample, chosen by measurement" in line
+    plain = tuning.mode_line(_cfg("unused", method="at-pgd").resolve(), {})
+    assert plain == "mode: cpu, fp32, memory format contiguous (NCHW)"
