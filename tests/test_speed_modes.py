@@ -167,3 +167,13 @@ def test_mode_line_names_precision_memory_format_and_passes():
     assert "3 samples x 16 inputs in passes of 1 sample, chosen by measurement" in line
     plain = tuning.mode_line(_cfg("unused", method="at-pgd").resolve(), {})
     assert plain == "mode: cpu, fp32, memory format contiguous (NCHW)"
+
+
+@pytest.mark.parametrize("record", ['{"samples_per_pass": 0, "chosen_by": "measurement"}',
+                                    '{"samples_per_pass": "2", "chosen_by": "measurement"}', "not json"])
+def test_invalid_record_is_measured_again(tmp_path, record):
+    fit(_cfg(tmp_path / "run"))
+    (tmp_path / "run" / tuning.TUNING_FILE).write_text(record)
+    fit(_cfg(tmp_path / "run", epochs=2, resume=True))
+    recorded = json.loads((tmp_path / "run" / tuning.TUNING_FILE).read_text())
+    assert recorded["chosen_by"] == "measurement" and recorded["samples_per_pass"] in (1, 2, 3)

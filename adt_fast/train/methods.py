@@ -229,8 +229,11 @@ class ExplicitDistribution(Perturbation):
     def tune(self, model, x, y, rt, recorded=None):
         if not self.measure_passes:
             return {"samples_per_pass": self.samples_per_pass or self.samples, "chosen_by": "--samples-per-pass"}
-        if recorded and recorded.get("chosen_by") == "measurement" and "samples_per_pass" in recorded:
-            return recorded
+        recorded = recorded or {}
+        per_pass = recorded.get("samples_per_pass")
+        if (recorded.get("chosen_by") == "measurement" and isinstance(per_pass, int)
+                and not isinstance(per_pass, bool) and per_pass >= 1):
+            return recorded  # a record that is not a valid measurement is measured again
         with eval_mode(model):
             best, seconds = choose_samples_per_pass(self.inner.bind(model, x, y, rt), x, self.samples)
         return {"samples_per_pass": best, "chosen_by": "measurement",
