@@ -9,9 +9,9 @@ back by ``--resume``; a flag (``--samples-per-pass``) overrides the measurement.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from ..files import write_atomic
 
 TUNING_FILE = "tuning.json"
 
@@ -23,7 +23,8 @@ def load_or_measure(run_dir: Path, method, model, x, y, *, resume: bool) -> dict
     recorded = _read(path) if resume else None
     tuning = method.tune(model, x, y, recorded=recorded)
     if tuning:
-        _write_atomic(path, tuning)
+        text = json.dumps(tuning, indent=2, sort_keys=True) + "\n"
+        write_atomic(path, lambda handle: handle.write(text), mode="w")
     method.apply_tuning(tuning)
     return tuning
 
@@ -48,15 +49,3 @@ def mode_line(cfg, tuning: dict) -> str:
         line += (f", inner loop {cfg.samples} samples x {cfg.batch_size} inputs in passes of "
                  f"{per_pass} sample{'s' if per_pass != 1 else ''}, chosen by {tuning.get('chosen_by', 'record')}")
     return line
-
-
-def _write_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
