@@ -61,5 +61,5 @@ bench() {
 }
 bench op benchmarks/test_op.py --benchmark-group-by=func,param:batch
 bench op_gpu benchmarks/test_op_gpu.py --benchmark-group-by=func,param:batch
-bench train_step benchmarks/test_train_step.py --benchmark-group-by=param:mode,param:batch
+bench train_step benchmarks/test_train_step.py --benchmark-group-by=param:arch,param:mode
 exit $status
