@@ -6,7 +6,7 @@ See docs/data.md for the on-disk formats, downloading and the per-dataset defaul
 
 from .batches import AUGMENTATIONS, BatchIterator, augment_batch, iterate_batches
 from .custom import default_cache_dir, detect_layout
-from .datasets import (DATASETS, SOURCE_FILE, SPLITS, DatasetInfo, DatasetSpecError, LoadedDataset, check_source,
+from .datasets import (CUSTOM_SMALL_IMAGE, DATASETS, SOURCE_FILE, SPLITS, DatasetInfo, DatasetSpecError, LoadedDataset, check_source,
                        dataset_info, default_data_dir, from_arrays, load, open_dataset, read_source, reopen)
 from .errors import ChecksumError, DatasetFileError, DownloadError
 from .fetch import download
@@ -14,6 +14,7 @@ from .fetch import download
 __all__ = [
     "AUGMENTATIONS",
     "BatchIterator",
+    "CUSTOM_SMALL_IMAGE",
     "ChecksumError",
     "DATASETS",
     "DatasetFileError",
