@@ -30,6 +30,7 @@ from torch import nn
 
 from .. import data as datasets
 from ..attacks.engine import eval_mode
+from ..files import os_error_text, unwritable_reason, write_atomic
 from ..models import build_model
 from . import checkpoint as ckpt
 from . import runlog
@@ -169,23 +170,22 @@ def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, runtim
 
 # ------------------------------------------------------------------------------------------------
 def prepare_run_dir(config: TrainConfig, dataset: Optional[datasets.DatasetInfo] = None) -> TrainConfig:
-    """Resolve the config against the run directory: refuse to overwrite, check resume conflicts.
+    """Resolve the config against the run directory: refuse to overwrite, check resume conflicts
+    and that the run directory can be written.
 
-    Writes nothing: config.json is written once the data and model are built, so a run that
-    fails to start (missing dataset files, say) leaves no directory behind to block a retry.
+    Writes nothing: the run directory is written only once the data, model and checkpoint are
+    loaded (`start_run`), so a run that fails to start leaves nothing behind to block a retry.
     ``dataset`` is the info of data already opened (your own data; see ``TrainConfig.resolve``).
     """
-    cfg = config.resolve(dataset)
-    run_dir = Path(cfg.out)
+    run_dir = Path(config.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} exists and is not a directory")
     config_path = run_dir / CONFIG_FILE
-    if cfg.resume:
+    if config.resume:
         if not config_path.is_file():
             raise ConfigError(f"--resume: {run_dir} holds no {CONFIG_FILE}, so there is no run to resume "
                               f"(drop --resume to start a new run there)")
-        saved = TrainConfig.load(run_dir)
-        conflicts = cfg.conflicts(saved, dataset)
+        conflicts = config.conflicts(TrainConfig.load(run_dir), dataset)
         if conflicts:
             raise ConfigError(f"--resume: these settings differ from {config_path}:\n  "
                               + "\n  ".join(conflicts)
@@ -194,15 +194,46 @@ def prepare_run_dir(config: TrainConfig, dataset: Optional[datasets.DatasetInfo]
     elif run_dir.is_dir() and any(run_dir.iterdir()):
         raise ConfigError(f"--out {run_dir} is not empty; pass --resume to continue the run "
                           f"there, or choose a new directory (nothing is ever overwritten)")
+    cfg = config.resolve(dataset)
+    unwritable = unwritable_reason(run_dir)
+    if unwritable is not None:
+        raise ConfigError(f"--out {run_dir}: cannot write the run there ({unwritable})")
     return cfg
 
 
-def write_config(cfg: TrainConfig, source: dict) -> None:
-    """config.json (resume=False: it records the run, not this invocation) and dataset.json."""
+def check_resumable(cfg: TrainConfig, done: int) -> None:
+    """A resume may extend a run, never record fewer epochs than its checkpoint holds."""
+    if cfg.epochs < done:
+        raise ConfigError(f"--epochs {cfg.epochs}: {cfg.out} has already trained {done} epochs; "
+                          f"to train longer pass --epochs N with N > {done} (omit --epochs to keep "
+                          f"the run's own length)")
+
+
+def start_run(cfg: TrainConfig, history: list, source: dict) -> None:
+    """The run's first writes: config.json (resume=False: it records the run, not this
+    invocation), dataset.json (where the data came from) and metrics.jsonl; a place that refuses
+    them is a ConfigError, not a traceback."""
     run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(dataclasses.replace(cfg, resume=False).to_json())
-    (run_dir / datasets.SOURCE_FILE).write_text(json.dumps(source, indent=2, sort_keys=True) + "\n")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        text = dataclasses.replace(cfg, resume=False).to_json()
+        write_atomic(run_dir / CONFIG_FILE, lambda handle: handle.write(text), mode="w")
+        record = json.dumps(source, indent=2, sort_keys=True) + "\n"
+        write_atomic(run_dir / datasets.SOURCE_FILE, lambda handle: handle.write(record), mode="w")
+        runlog.write_metrics(run_dir, history)
+    except OSError as err:
+        raise ConfigError(f"--out {run_dir}: cannot write the run there ({os_error_text(err)})") from None
+
+
+def interrupted_message(run_dir: Path) -> str:
+    """What an interrupt left behind, and how to go on from it."""
+    if (run_dir / ckpt.LATEST).is_file():
+        return (f"interrupted: {run_dir / ckpt.LATEST} (the last completed epoch) is intact; "
+                f"continue with: adt-fast train --resume --out {shlex.quote(str(run_dir))}")
+    if (run_dir / CONFIG_FILE).is_file():
+        return (f"interrupted before the first epoch finished, so there is no checkpoint yet; "
+                f"adt-fast train --resume --out {shlex.quote(str(run_dir))} starts it again from epoch 1")
+    return "interrupted before the run started; nothing was written"
 
 
 def open_data(config: TrainConfig, data: Optional[tuple] = None) -> Optional[datasets.LoadedDataset]:
@@ -288,11 +319,12 @@ def fit(config: TrainConfig, data: Optional[tuple] = None) -> Path:
 
     ``data=(x_train, y_train, x_test, y_test)`` trains on arrays in memory (tensors or numpy;
     ``config.dataset`` then only names them); otherwise ``config.dataset`` is a dataset name, an
-    .npz file or an image folder. The data is validated before anything is written.
+    .npz file or an image folder.
 
-    Raises ConfigError for bad settings or a run directory that conflicts with them,
-    DatasetFileError for invalid data, and CheckpointError for a checkpoint that cannot be read
-    safely.
+    Everything is checked before the run directory is touched (settings, device, backend, run
+    directory, data, and on resume the checkpoint): ConfigError for bad settings, a run directory
+    that conflicts with them or cannot be written, CheckpointError for a checkpoint that cannot
+    be read safely, DatasetFileError for invalid data (or data that changed under a resume).
     """
     dataset = open_data(config, data)
     cfg = prepare_run_dir(config, dataset.info if dataset is not None else None)
@@ -303,14 +335,16 @@ def fit(config: TrainConfig, data: Optional[tuple] = None) -> Path:
         _check_same_data(run_dir, dataset)
     _announce(config, cfg, dataset)
     trainer = build_trainer(cfg, dataset)
-    write_config(cfg, dataset.source)
     latest = run_dir / ckpt.LATEST
-    if cfg.resume and latest.is_file():
+    resumed = cfg.resume and latest.is_file()
+    if resumed:
         trainer.load_state(ckpt.load(latest, map_location=cfg.device), latest)
+        check_resumable(cfg, trainer.epoch)
+    start_run(cfg, trainer.history, dataset.source)
+    if resumed:
         runlog.say(f"resuming {run_dir} after epoch {trainer.epoch}/{cfg.epochs}")
     elif cfg.resume:
         runlog.say(f"resuming {run_dir}: no checkpoint yet, starting at epoch 1")
-    runlog.write_metrics(run_dir, trainer.history)
     board = runlog.TensorBoard(run_dir, cfg.tensorboard, trainer.epoch)
     try:
         while trainer.epoch < cfg.epochs:
