@@ -332,50 +332,35 @@ def test_launch_config():
 
 _COMPILE_SCRIPT = r"""
 import sys
-import triton
-import triton.language as tl
 try:
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
     import triton.backends.nvidia  # noqa: F401
+    from triton.backends.compiler import GPUTarget  # noqa: F401
 except ImportError as err:
     print("SKIP no NVIDIA backend in this triton:", err)
     sys.exit(0)
+sys.path.insert(0, sys.argv[1])
+import sass_report
 from adt_fast.ops import triton_kernels as tk
 
-
-def signature(fn, store, compute, constexprs):
-    sig = {}
-    for name in fn.arg_names:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name == "seed_offset_ptr":
-            sig[name] = "*i64"
-        elif name in ("part_ptr", "gnlp_ptr"):
-            sig[name] = "*" + compute
-        elif name.endswith("_ptr"):
-            sig[name] = "*" + store
-        else:
-            sig[name] = "i64" if name.endswith("_bits") else "i32"
-    return sig
-
-
-target = GPUTarget("cuda", 90, 32)
-for store, has_x, has_noise in (("fp32", True, False), ("bf16", False, False),
-                                 ("fp64", True, True)):
+for store, has_x, has_noise, gout in (("fp32", True, False, 1), ("bf16", False, False, 3),
+                                      ("fp64", True, True, 0)):
     is_fp64 = store == "fp64"
     block_b, block_d, _, _, warps = tk.launch_config(64, 3072, is_fp64)
-    constexprs = dict(HAS_X=has_x, HAS_NOISE=has_noise, IS_FP64=is_fp64,
-                      CT=tl.float64 if is_fp64 else tl.float32, BLOCK_B=block_b, BLOCK_D=block_d)
+    constexprs = dict(HAS_X=has_x, HAS_NOISE=has_noise, GOUT=gout, HAS_GNLP=gout != 0,
+                      BLOCK_B=block_b, BLOCK_D=block_d, **tk.sample_constexprs(5, block_b, warps))
     for fn in (tk._forward_kernel, tk._backward_kernel):
         try:
-            sig = signature(fn, store, "fp64" if is_fp64 else "fp32", constexprs)
-            src = ASTSource(fn=fn, signature=sig, constexprs=constexprs)
+            kernel = sass_report.compile_triton(tk, fn, store, constexprs, warps)
         except TypeError as err:
             print("SKIP compile API differs:", err)
             sys.exit(0)
-        kernel = triton.compile(src, target=target, options={"num_warps": warps})
-        assert "mul.wide.u32" in kernel.asm["ptx"] or "mul.hi.u32" in kernel.asm["ptx"]
+        ptx = kernel.asm["ptx"]
+        assert has_noise or "mul.hi.u32" in ptx  # Philox's products
+        forward = fn is tk._forward_kernel
+        if not is_fp64:  # the float32 fast paths (log(1 - t^2) only in the forward)
+            assert "ex2.approx.ftz.f32" in ptx and ("lg2.approx.ftz.f32" in ptx or not forward)
+        if has_x and forward:  # the clamp keeps NaN: PTX min/max.NaN, not plain min/max
+            assert "max.NaN.f" in ptx and "min.NaN.f" in ptx, "the clamp drops NaN"
         assert kernel.asm["cubin"]
 print("OK")
 """
@@ -390,11 +375,11 @@ def test_kernels_compile_for_sm90():
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(adt_fast.ops.__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(adt_fast.ops.__file__))))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    result = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True,
-                            text=True, timeout=300)
+    benchmarks = os.path.join(root, "benchmarks")
+    result = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, benchmarks], env=env,
+                            capture_output=True, text=True, timeout=300)
     if result.returncode == 0 and result.stdout.startswith("SKIP"):
         pytest.skip(result.stdout.strip())
     if result.returncode != 0 and "ptxas" in result.stderr:
