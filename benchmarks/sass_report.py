@@ -17,7 +17,10 @@ Counting method (a dynamic count along one thread's common path, not a static si
   its exit test after TRIPS trips; unconditional branches, CALL and RET are
   followed; the walk ends at an unconditional EXIT. Each instruction met is counted once, so the
   loop body counts TRIPS times and the prologue and epilogue once.
-- TRIPS is the number of sample groups, ceil(k / 4) = 2 at k = 5 (four samples per Philox call).
+- TRIPS is the number of sample groups, ceil(k / 4) = 2 at k = 5 (four samples per Philox call),
+  and applies to the sample-group loop: the innermost loop whose body holds a Philox call (20
+  wide/high 32-bit multiplies). Any other loop (over tiles, over blocks of samples) runs once:
+  it handles one element per thread per trip.
   A kernel whose sample loop holds guarded lanes is therefore counted as if its last, partial
   group were whole: an upper bound, marked "(≤)". A Triton module that runs only whole groups in
   its loop and the k mod 4 remaining samples as straight-line code specialised at compile time
@@ -28,9 +31,10 @@ Counting method (a dynamic count along one thread's common path, not a static si
   samples are included: "per element of mean, all k samples".
 - The separate reduction of partial -log p sums (a tiny second kernel or `sum(-1)`) works per
   (sample, example, chunk), not per element, and is not counted.
-- Shared memory in the hot path: the STS/LDS/BAR instructions met on the walk are reported, and
-  flagged as layout conversions when they sit inside a loop body or exceed one block reduction per
-  sample (Triton's convert_layout through shared memory shows up as STS, BAR, LDS).
+- Shared memory: the STS/LDS/BAR instructions met on the walk are reported per element, with
+  "(in loop)" when some sit inside the sample-group loop. In a Triton kernel those are layout
+  conversions or block reductions (convert_layout through shared memory shows up as STS, BAR,
+  LDS); in the CUDA kernels, the explicit reduction buffers.
 
 Occupancy is the theoretical one on sm_90 at the kernel's block size: min over 32 blocks/SM, 2048
 threads/SM, 65536 registers/SM (allocated per warp in units of 256) and 228 KiB shared memory/SM
@@ -134,13 +138,14 @@ class Walk:
     count: int  # instructions executed by one thread on the common path
     ops: Counter  # opcode base -> count
     loops: list[tuple[int, int]]  # (header address, body size in instructions) of loops met
-    smem_in_loops: int  # STS/LDS/BAR met inside a loop body
+    smem_in_loops: int  # STS/LDS/BAR met inside the sample-group loop
     branches_assumed: int  # conditional forward branches assumed not taken
 
 
 def walk(instrs: list[Instr], trips: int, max_steps: int = 2_000_000) -> Walk:
     """The dynamic count of one thread's common path (see the module docstring for the rules)."""
     index = {ins.addr: i for i, ins in enumerate(instrs)}
+    loop_trips = sample_loop_trips(instrs, trips)
     taken: Counter = Counter()
     ops: Counter = Counter()
     loops: dict[int, int] = {}
@@ -157,7 +162,8 @@ def walk(instrs: list[Instr], trips: int, max_steps: int = 2_000_000) -> Walk:
             break  # the self-loop padding after the last EXIT
         count += 1
         ops[base] += 1
-        if base in ("STS", "LDS", "BAR", "LDSM") and any(h <= ins.addr <= h + 16 * s for h, s in loops.items()):
+        if base in ("STS", "LDS", "BAR", "LDSM") and any(instrs[index[latch]].target <= ins.addr <= latch
+                                                          for latch in loop_trips):
             smem_in_loops += 1
         if base == "EXIT" and unconditional:
             break
@@ -174,7 +180,7 @@ def walk(instrs: list[Instr], trips: int, max_steps: int = 2_000_000) -> Walk:
             if unconditional:
                 if ins.target < ins.addr:  # the latch of a loop tested at its top
                     loops[ins.target] = (ins.addr - ins.target) // 16 + 1
-                    if taken[ins.addr] < trips - 1:
+                    if taken[ins.addr] < loop_trips.get(ins.addr, 1) - 1:
                         taken[ins.addr] += 1
                         i = index[ins.target]
                         continue
@@ -187,7 +193,7 @@ def walk(instrs: list[Instr], trips: int, max_steps: int = 2_000_000) -> Walk:
                 continue
             if ins.target < ins.addr:  # a loop latch
                 loops[ins.target] = (ins.addr - ins.target) // 16 + 1
-                if taken[ins.addr] < trips - 1:
+                if taken[ins.addr] < loop_trips.get(ins.addr, 1) - 1:
                     taken[ins.addr] += 1
                     i = index[ins.target]
                     continue
@@ -200,6 +206,31 @@ def walk(instrs: list[Instr], trips: int, max_steps: int = 2_000_000) -> Walk:
     else:
         raise ValueError("the walk did not end (a loop without an exit?)")
     return Walk(count, ops, sorted(loops.items()), smem_in_loops, assumed)
+
+
+PHILOX_MULTIPLIES = 20  # one Philox4x32-10 call: two 32x32 -> 64-bit products per round
+
+
+def sample_loop_trips(instrs: list[Instr], trips: int) -> dict[int, int]:
+    """Latch address -> trips. The sample-group loop is the innermost loop whose body holds a
+    Philox call (at least 20 wide/high 32-bit multiplies); it runs `trips` times, every other loop
+    (a grid-stride loop over tiles, a loop of row blocks) once per element. Without such a loop
+    (a toy kernel), every loop runs `trips` times."""
+    loops = [(ins.target, ins.addr) for ins in instrs
+             if ins.op.startswith("BRA") and ".DIV" not in ins.op and ins.target is not None
+             and ins.target < ins.addr]
+    index = {ins.addr: i for i, ins in enumerate(instrs)}
+
+    def multiplies(head, latch):
+        return sum(x.op.startswith(("IMAD.WIDE.U32", "IMAD.HI.U32", "UIMAD.WIDE.U32"))
+                   for x in instrs[index[head]:index[latch] + 1])
+
+    philox = [(h, l) for h, l in loops if multiplies(h, l) >= PHILOX_MULTIPLIES]
+    if not philox:
+        return {latch: trips for _, latch in loops}
+    innermost = [(h, l) for h, l in philox
+                 if not any((h2, l2) != (h, l) and h <= h2 and l2 <= l for h2, l2 in philox)]
+    return {latch: trips for _, latch in innermost}
 
 
 def _skips_slow_path(skipped: list[Instr]) -> bool:
@@ -350,7 +381,9 @@ def cuda_counts(tree: Path, workdir: Path, k: int) -> list[KernelCount]:
         if len(matches) != 1:
             raise LookupError(f"{base}<float, false, true...> not found once in {sorted(demangled.values())}")
         fn = matches[0]
-        threads = _max_threads(elf, fn) or 256
+        threads = _max_threads(elf, fn)
+        if threads is None:
+            raise LookupError(f"{base} has no __launch_bounds__: its block size is unknown")
         regs, smem = usage[fn]
         counts.append(KernelCount("cuda", direction, base, regs, threads, per_thread, smem,
                                   walk(functions[fn], math.ceil(k / SAMPLES_PER_CALL)),
@@ -360,10 +393,8 @@ def cuda_counts(tree: Path, workdir: Path, k: int) -> list[KernelCount]:
 
 def _max_threads(elf: str, function: str) -> Optional[int]:
     """The block size fixed by __launch_bounds__ (EIATTR_MAX_THREADS of the function's section)."""
-    section = re.search(rf"\.nv\.info\.{re.escape(function)}\b(.*?)(?=\n\.nv\.info|\Z)", elf, re.S)
-    if not section:
-        return None
-    m = re.search(r"EIATTR_MAX_THREADS.*?Value:\s*(0x[0-9a-f]+)", section.group(1), re.S)
+    section = re.search(rf"^\.nv\.info\.{re.escape(function)}\s*$(.*?)(?=^\.|\Z)", elf, re.S | re.M)
+    m = section and re.search(r"EIATTR_MAX_THREADS.*?Value:\s*(0x[0-9a-f]+)", section.group(1), re.S)
     return int(m.group(1), 16) if m else None
 
 
@@ -448,7 +479,7 @@ def triton_counts(tree: Path, workdir: Path, k: int, batch: int, per_example: in
 
 def _row(ref: str, c: KernelCount) -> str:
     blocks, occ, limiter = occupancy(c.regs, c.threads, c.smem)
-    flag = "in loop!" if c.walk.smem_in_loops else ("-" if c.smem_ops == 0 else f"{c.smem_ops:g}/elem")
+    flag = "-" if c.smem_ops == 0 else f"{c.smem_ops:g}/elem" + (" (in loop)" if c.walk.smem_in_loops else "")
     bound = "" if c.exact else " (≤)"
     return (f"| {ref} | {c.backend} | {c.direction} | {c.regs} | {c.threads} x {c.elements_per_thread} | "
             f"{blocks} ({occ:.0%}, {limiter}) | {c.smem} | {c.per_element:.0f}{bound} | {flag} |")
