@@ -104,6 +104,15 @@ __device__ __forceinline__ void group_normals(const Seed& seed, uint64_t n, int 
   if (lanes > 2) box_muller<C>(w2, w3, z[2], z[3]);
 }
 
+// Sample l of the group: its Philox normal, or the next row of `noise` (then advanced by numel).
+template <bool kNoise, class C, class S>
+__device__ __forceinline__ C next_normal(const C (&z)[kSamplesPerCall], int l, const S*& noise, int64_t numel) {
+  if (!kNoise) return z[l];
+  const C r = load(noise);
+  noise += numel;
+  return r;
+}
+
 template <class S>
 struct ForwardParams {
   using C = typename ComputeOf<S>::type;
@@ -174,13 +183,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM<S>) forward_kernel(cons
 #pragma unroll
           for (int l = 0; l < kSamplesPerCall; ++l) {
             if (l < lanes) {
-              C r;
-              if (kNoise) {
-                r = load(noise);
-                noise += p.numel;
-              } else {
-                r = z[l];
-              }
+              const C r = next_normal<kNoise>(z, l, noise, p.numel);
               const TanhTerms<C> tt = tanh_terms<C>(mu + sigma * r);
               const C d = p.eps * tt.t;
               store(out, kX ? clamp_<C>(xv + d, p.lo, p.hi) : d);
@@ -288,13 +291,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM<S>) backward_kernel(con
 #pragma unroll
       for (int l = 0; l < kSamplesPerCall; ++l) {
         if (l < lanes) {
-          C r;
-          if (kNoise) {
-            r = load(noise);
-            noise += p.numel;
-          } else {
-            r = z[l];
-          }
+          const C r = next_normal<kNoise>(z, l, noise, p.numel);
           const TanhTerms<C> tt = tanh_terms<C>(mu + sigma * r);
           const C ge_s = __ldg(ge);
           ge += p.ge_sample_stride;
