@@ -354,6 +354,23 @@ def _forward_sample(r, out_s, part_s, noise_s, mask, split_first, split_cadd, mu
         tl.store(part_s, parts, mask=split_first)
 
 
+@triton.jit
+def _forward_group(g, LANES: tl.constexpr, n, seed, offset, out_s, part_s, noise_s, part_step, N, mask,
+                   split_first, split_cadd, mu, sigma, log_sigma, xv, eps, lo, hi, HAS_X: tl.constexpr,
+                   HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr, CT: tl.constexpr,
+                   SPLIT: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Samples 4g .. 4g + LANES - 1 (one Philox call); returns the pointers advanced past them."""
+    r0, r1, r2, r3 = _group_normals(n, seed, offset, g, LANES > 2, mu, HAS_NOISE, IS_FP64, CT)
+    for lane in tl.static_range(LANES):
+        r = r0 if lane == 0 else (r1 if lane == 1 else (r2 if lane == 2 else r3))
+        _forward_sample(r, out_s, part_s, noise_s, mask, split_first, split_cadd, mu, sigma, log_sigma,
+                        xv, eps, lo, hi, HAS_X, HAS_NOISE, IS_FP64, CT, SPLIT, BLOCK_D)
+        out_s += N
+        noise_s += N
+        part_s += part_step
+    return out_s, noise_s, part_s
+
+
 @triton.jit(do_not_specialize=["eps_bits", "lo_bits", "hi_bits", "const_bits"])
 def _forward_kernel(mean_ptr, std_ptr, x_ptr, noise_ptr, seed_offset_ptr, out_ptr, part_ptr,
                     B, D, N, full_groups, n_chunks, eps_bits, lo_bits, hi_bits, const_bits,
@@ -380,27 +397,16 @@ def _forward_kernel(mean_ptr, std_ptr, x_ptr, noise_ptr, seed_offset_ptr, out_pt
     out_s = out_ptr + n  # pointers of sample s, advanced by one sample at a time
     noise_s = noise_ptr + n
 
-    # Whole groups of four samples (one Philox call each) in the loop: no lane guards in it.
+    # Whole groups of four samples (one Philox call each) in the loop, no lane guards in it; then
+    # the k mod 4 remaining samples, straight-line code specialised at compile time.
     for g in range(0, full_groups):
-        r0, r1, r2, r3 = _group_normals(n, seed, offset, g, True, mu, HAS_NOISE, IS_FP64, CT)
-        for lane in tl.static_range(4):
-            r = r0 if lane == 0 else (r1 if lane == 1 else (r2 if lane == 2 else r3))
-            _forward_sample(r, out_s, part_s, noise_s, mask, split_first, split_cadd, mu, sigma,
-                            log_sigma, xv, eps, lo, hi, HAS_X, HAS_NOISE, IS_FP64, CT, SPLIT, BLOCK_D)
-            out_s += N
-            noise_s += N
-            part_s += part_step
-    # The k mod 4 remaining samples, straight-line code specialised at compile time.
+        out_s, noise_s, part_s = _forward_group(
+            g, 4, n, seed, offset, out_s, part_s, noise_s, part_step, N, mask, split_first, split_cadd,
+            mu, sigma, log_sigma, xv, eps, lo, hi, HAS_X, HAS_NOISE, IS_FP64, CT, SPLIT, BLOCK_D)
     if TAIL > 0:
-        r0, r1, r2, r3 = _group_normals(n, seed, offset, full_groups, TAIL > 2, mu, HAS_NOISE,
-                                        IS_FP64, CT)
-        for lane in tl.static_range(TAIL):
-            r = r0 if lane == 0 else (r1 if lane == 1 else r2)
-            _forward_sample(r, out_s, part_s, noise_s, mask, split_first, split_cadd, mu, sigma,
-                            log_sigma, xv, eps, lo, hi, HAS_X, HAS_NOISE, IS_FP64, CT, SPLIT, BLOCK_D)
-            out_s += N
-            noise_s += N
-            part_s += part_step
+        _forward_group(full_groups, TAIL, n, seed, offset, out_s, part_s, noise_s, part_step, N, mask,
+                       split_first, split_cadd, mu, sigma, log_sigma, xv, eps, lo, hi, HAS_X, HAS_NOISE,
+                       IS_FP64, CT, SPLIT, BLOCK_D)
 
 
 @triton.jit
@@ -435,6 +441,25 @@ def _backward_sample(r, gout_s, gnlp_s, noise_s, mask, row_ok, mu, sigma, xv, g_
     return acc_du, acc_dur, acc_gx, acc_ge
 
 
+@triton.jit
+def _backward_group(g, LANES: tl.constexpr, n, seed, offset, gout_s, gnlp_s, noise_s, N, B, mask, row_ok,
+                    mu, sigma, xv, g_pre, eps, lo, hi, acc_du, acc_dur, acc_gx, acc_ge,
+                    GOUT: tl.constexpr, HAS_GNLP: tl.constexpr, HAS_X: tl.constexpr,
+                    HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr, CT: tl.constexpr):
+    """Samples 4g .. 4g + LANES - 1 (one Philox call) into the accumulators; returns them and the
+    pointers advanced past the samples."""
+    r0, r1, r2, r3 = _group_normals(n, seed, offset, g, LANES > 2, mu, HAS_NOISE, IS_FP64, CT)
+    for lane in tl.static_range(LANES):
+        r = r0 if lane == 0 else (r1 if lane == 1 else (r2 if lane == 2 else r3))
+        acc_du, acc_dur, acc_gx, acc_ge = _backward_sample(
+            r, gout_s, gnlp_s, noise_s, mask, row_ok, mu, sigma, xv, g_pre, eps, lo, hi,
+            acc_du, acc_dur, acc_gx, acc_ge, GOUT, HAS_GNLP, HAS_X, HAS_NOISE, IS_FP64, CT)
+        gout_s += N
+        noise_s += N
+        gnlp_s += B
+    return acc_du, acc_dur, acc_gx, acc_ge, gout_s, gnlp_s, noise_s
+
+
 @triton.jit(do_not_specialize=["eps_bits", "lo_bits", "hi_bits"])
 def _backward_kernel(gout_ptr, gnlp_ptr, mean_ptr, std_ptr, x_ptr, noise_ptr, seed_offset_ptr,
                      gmean_ptr, gstd_ptr, gx_ptr,
@@ -461,26 +486,14 @@ def _backward_kernel(gout_ptr, gnlp_ptr, mean_ptr, std_ptr, x_ptr, noise_ptr, se
     acc_gx = tl.zeros([BLOCK_B, BLOCK_D], dtype=CT)
     acc_ge = tl.zeros([BLOCK_B], dtype=CT)
     for g in range(0, full_groups):
-        r0, r1, r2, r3 = _group_normals(n, seed, offset, g, True, mu, HAS_NOISE, IS_FP64, CT)
-        for lane in tl.static_range(4):
-            r = r0 if lane == 0 else (r1 if lane == 1 else (r2 if lane == 2 else r3))
-            acc_du, acc_dur, acc_gx, acc_ge = _backward_sample(
-                r, gout_s, gnlp_s, noise_s, mask, row_ok, mu, sigma, xv, g_pre, eps, lo, hi,
-                acc_du, acc_dur, acc_gx, acc_ge, GOUT, HAS_GNLP, HAS_X, HAS_NOISE, IS_FP64, CT)
-            gout_s += N
-            noise_s += N
-            gnlp_s += B
+        acc_du, acc_dur, acc_gx, acc_ge, gout_s, gnlp_s, noise_s = _backward_group(
+            g, 4, n, seed, offset, gout_s, gnlp_s, noise_s, N, B, mask, row_ok, mu, sigma, xv, g_pre,
+            eps, lo, hi, acc_du, acc_dur, acc_gx, acc_ge, GOUT, HAS_GNLP, HAS_X, HAS_NOISE, IS_FP64, CT)
     if TAIL > 0:
-        r0, r1, r2, r3 = _group_normals(n, seed, offset, full_groups, TAIL > 2, mu, HAS_NOISE,
-                                        IS_FP64, CT)
-        for lane in tl.static_range(TAIL):
-            r = r0 if lane == 0 else (r1 if lane == 1 else r2)
-            acc_du, acc_dur, acc_gx, acc_ge = _backward_sample(
-                r, gout_s, gnlp_s, noise_s, mask, row_ok, mu, sigma, xv, g_pre, eps, lo, hi,
-                acc_du, acc_dur, acc_gx, acc_ge, GOUT, HAS_GNLP, HAS_X, HAS_NOISE, IS_FP64, CT)
-            gout_s += N
-            noise_s += N
-            gnlp_s += B
+        acc_du, acc_dur, acc_gx, acc_ge, gout_s, gnlp_s, noise_s = _backward_group(
+            full_groups, TAIL, n, seed, offset, gout_s, gnlp_s, noise_s, N, B, mask, row_ok, mu, sigma,
+            xv, g_pre, eps, lo, hi, acc_du, acc_dur, acc_gx, acc_ge, GOUT, HAS_GNLP, HAS_X, HAS_NOISE,
+            IS_FP64, CT)
 
     grad_std = sigmoid * acc_dur + sig_over_sp * acc_ge[:, None]
     tl.store(gmean_ptr + n, acc_du.to(gmean_ptr.dtype.element_ty), mask=mask)
