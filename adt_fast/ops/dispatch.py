@@ -80,7 +80,11 @@ def python_seed_offset(mean, noise, seed_offset, generator) -> torch.Tensor:
 
 @functools.cache
 def _extension_op(name: str):
-    """The op's single overload, resolved once (calling the packet resolves it on every call)."""
+    """The op's single overload, resolved once (calling the packet resolves it on every call).
+    Loads the extension first, so a backend called without select() works too."""
+    reason = _load_extension()
+    if reason is not None:
+        raise RuntimeError(reason)
     return getattr(torch.ops.adt_fast_C, name).default
 
 
