@@ -3,6 +3,7 @@
 Run directory (``config.out``):
 
     config.json               the resolved config (every default filled in)
+    dataset.json              where the data came from: a name, or a path and its content hash
     metrics.jsonl             one JSON line per finished epoch
     checkpoint.pt             the full training state after the last finished epoch (atomic)
     checkpoint_epoch{N}.pt    the same, kept every --save-freq epochs
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import shlex
 import time
 from pathlib import Path
@@ -31,13 +33,16 @@ from ..attacks.engine import eval_mode
 from ..files import os_error_text, unwritable_reason, write_atomic
 from ..models import build_model
 from . import checkpoint as ckpt
-from . import runlog
+from . import runlog, tuning
 from .config import CONFIG_FILE, ConfigError, TrainConfig
 from .methods import Method, Runtime, build_method
 
 SNAPSHOT = "checkpoint_epoch{epoch}.pt"
 EVAL_BATCH_SIZE = 500
 PROGRESS_EVERY = 10
+# Methods without clean logits of their own measure train accuracy on every TRAIN_ACC_EVERY-th
+# batch (one eval-mode forward there), unless --exact-train-acc asks for every batch.
+TRAIN_ACC_EVERY = 10
 
 
 @dataclasses.dataclass
@@ -122,20 +127,23 @@ class Trainer:
         device = x.device
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen = 0
+        seen, counted = 0, 0
         start = time.perf_counter()
         bar = runlog.progress_bar(total, f"epoch {self.epoch + 1}/{cfg.epochs}")
         try:
             for index, (xb, yb) in enumerate(itertools.islice(batches, total)):
-                out = self.method.train_step(self.model, xb, yb, self.optimisers)
+                measure = cfg.exact_train_acc or index % TRAIN_ACC_EVERY == 0
+                out = self.method.train_step(self.model, xb, yb, self.optimisers, measure_accuracy=measure)
                 with torch.no_grad():
                     loss_sum += out.loss.detach().float() * yb.shape[0]
-                    correct += (out.clean_logits.argmax(1) == yb).sum()
+                    if out.clean_logits is not None:
+                        correct += (out.clean_logits.argmax(1) == yb).sum()
+                        counted += yb.shape[0]
                 seen += yb.shape[0]
                 bar.update(1)
                 if not bar.disable and (index % PROGRESS_EVERY == 0 or index + 1 == total):
                     bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}",
-                                    acc=f"{correct.item() / seen:.3f}", refresh=False)
+                                    acc=f"{correct.item() / max(counted, 1):.3f}", refresh=False)
         finally:
             bar.close()
         if device.type == "cuda":
@@ -144,7 +152,7 @@ class Trainer:
         for sched in self.schedulers.values():
             sched.step()
         return {"epoch": self.epoch + 1, "train_loss": loss_sum.item() / max(seen, 1),
-                "train_acc": correct.item() / max(seen, 1), "lr": lr, "seconds": seconds}
+                "train_acc": correct.item() / max(counted, 1), "lr": lr, "seconds": seconds}
 
     def test_accuracy(self) -> float:
         return clean_accuracy(self.model, *self.test_data, runtime=self.method.runtime,
@@ -167,12 +175,13 @@ def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, runtim
 
 
 # ------------------------------------------------------------------------------------------------
-def prepare_run_dir(config: TrainConfig) -> TrainConfig:
+def prepare_run_dir(config: TrainConfig, dataset: Optional[datasets.DatasetInfo] = None) -> TrainConfig:
     """Resolve the config against the run directory: refuse to overwrite, check resume conflicts
     and that the run directory can be written.
 
     Writes nothing: the run directory is written only once the data, model and checkpoint are
     loaded (`start_run`), so a run that fails to start leaves nothing behind to block a retry.
+    ``dataset`` is the info of data already opened (your own data; see ``TrainConfig.resolve``).
     """
     run_dir = Path(config.out)
     if run_dir.exists() and not run_dir.is_dir():
@@ -182,7 +191,7 @@ def prepare_run_dir(config: TrainConfig) -> TrainConfig:
         if not config_path.is_file():
             raise ConfigError(f"--resume: {run_dir} holds no {CONFIG_FILE}, so there is no run to resume "
                               f"(drop --resume to start a new run there)")
-        conflicts = config.conflicts(TrainConfig.load(run_dir))
+        conflicts = config.conflicts(TrainConfig.load(run_dir), dataset)
         if conflicts:
             raise ConfigError(f"--resume: these settings differ from {config_path}:\n  "
                               + "\n  ".join(conflicts)
@@ -191,7 +200,7 @@ def prepare_run_dir(config: TrainConfig) -> TrainConfig:
     elif run_dir.is_dir() and any(run_dir.iterdir()):
         raise ConfigError(f"--out {run_dir} is not empty; pass --resume to continue the run "
                           f"there, or choose a new directory (nothing is ever overwritten)")
-    cfg = config.resolve()
+    cfg = config.resolve(dataset)
     unwritable = unwritable_reason(run_dir)
     if unwritable is not None:
         raise ConfigError(f"--out {run_dir}: cannot write the run there ({unwritable})")
@@ -206,14 +215,17 @@ def check_resumable(cfg: TrainConfig, done: int) -> None:
                           f"the run's own length)")
 
 
-def start_run(cfg: TrainConfig, history: list) -> None:
+def start_run(cfg: TrainConfig, history: list, source: dict) -> None:
     """The run's first writes: config.json (resume=False: it records the run, not this
-    invocation) and metrics.jsonl; a place that refuses them is a ConfigError, not a traceback."""
+    invocation), dataset.json (where the data came from) and metrics.jsonl; a place that refuses
+    them is a ConfigError, not a traceback."""
     run_dir = Path(cfg.out)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         text = dataclasses.replace(cfg, resume=False).to_json()
         write_atomic(run_dir / CONFIG_FILE, lambda handle: handle.write(text), mode="w")
+        record = json.dumps(source, indent=2, sort_keys=True) + "\n"
+        write_atomic(run_dir / datasets.SOURCE_FILE, lambda handle: handle.write(record), mode="w")
         runlog.write_metrics(run_dir, history)
     except OSError as err:
         raise ConfigError(f"--out {run_dir}: cannot write the run there ({os_error_text(err)})") from None
@@ -230,15 +242,53 @@ def interrupted_message(run_dir: Path) -> str:
     return "interrupted before the run started; nothing was written"
 
 
-def build_trainer(cfg: TrainConfig) -> Trainer:
+def open_data(config: TrainConfig, data: Optional[tuple] = None) -> Optional[datasets.LoadedDataset]:
+    """Your own data, opened and validated before the flags are resolved (its image size sets the
+    default arch); None for a named dataset, which is loaded once the flags check out."""
+    try:
+        if data is not None:
+            if config.image_size is not None:
+                raise datasets.DatasetSpecError("image_size resizes an image folder; it does not apply to data=")
+            if not isinstance(data, (tuple, list)) or len(data) != 4:
+                raise datasets.DatasetSpecError("data must be the tuple (x_train, y_train, x_test, y_test)")
+            return datasets.from_arrays(*data, name=str(config.dataset))
+        if config.dataset in datasets.DATASETS:
+            return None
+        return datasets.open_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
+                                     image_size=config.image_size)
+    except datasets.DatasetSpecError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _check_same_data(run_dir: Path, dataset: datasets.LoadedDataset) -> None:
+    """--resume: the data must be the data the run started on (its recorded content hash)."""
+    record = datasets.read_source(run_dir)
+    if record is not None:
+        datasets.check_source(dataset, record)
+
+
+def _announce(config: TrainConfig, cfg: TrainConfig, dataset: datasets.LoadedDataset) -> None:
+    """The log lines about the data: its layout and the defaults it implied."""
+    for note in dataset.notes:
+        runlog.say(note)
+    if dataset.source["kind"] == "named":
+        return
+    if config.epsilon is None:
+        runlog.say(f"--epsilon not given: {cfg.epsilon:.6g} (8/255, the default for your own data; "
+                   f"set --epsilon for your data's scale)")
+    if config.arch is None:
+        runlog.say(f"--arch not given: {cfg.arch} (images of {dataset.info.image_size} px; small-cnn "
+                   f"below {datasets.CUSTOM_SMALL_IMAGE}, resnet18 from there)")
+
+
+def build_trainer(cfg: TrainConfig, dataset: datasets.LoadedDataset) -> Trainer:
     """Data on the device, classifier, method, optimisers and schedules, seeded from cfg.seed."""
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     data_generator = torch.Generator(device=device)
     data_generator.manual_seed(cfg.seed)
-    info = datasets.dataset_info(cfg.dataset)
-    train_x, train_y = datasets.load(cfg.dataset, "train", data_dir=cfg.data_dir, download=cfg.download)
-    test_x, test_y = datasets.load(cfg.dataset, "test", data_dir=cfg.data_dir, download=cfg.download)
+    info = dataset.info
+    (train_x, train_y), (test_x, test_y) = dataset.train, dataset.test
     model = build_model(cfg.arch, info.num_classes, in_channels=info.channels, image_size=info.image_size)
     model = model.to(device)
     if cfg.channels_last:
@@ -263,32 +313,48 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
                    test_data=(test_x.to(device), test_y.to(device)), augment=info.augment)
 
 
-def eval_command(run_dir: Path, dataset: str) -> str:
-    return (f"adt-fast eval --checkpoint {shlex.quote(str(run_dir))} --dataset {dataset} "
+def eval_command(run_dir: Path, source: dict) -> str:
+    """How to evaluate the run; eval finds your own files from dataset.json by itself."""
+    dataset = {"named": f" --dataset {source.get('name')}", "arrays": " --dataset DATA"}.get(source["kind"], "")
+    return (f"adt-fast eval --checkpoint {shlex.quote(str(run_dir))}{dataset} "
             f"--out {shlex.quote(str(run_dir / 'report.json'))}")
 
 
-def fit(config: TrainConfig) -> Path:
+def fit(config: TrainConfig, data: Optional[tuple] = None) -> Path:
     """Train (or, with config.resume, continue) a run; returns the run directory.
+
+    ``data=(x_train, y_train, x_test, y_test)`` trains on arrays in memory (tensors or numpy;
+    ``config.dataset`` then only names them); otherwise ``config.dataset`` is a dataset name, an
+    .npz file or an image folder.
 
     Everything is checked before the run directory is touched (settings, device, backend, run
     directory, data, and on resume the checkpoint): ConfigError for bad settings, a run directory
     that conflicts with them or cannot be written, CheckpointError for a checkpoint that cannot
-    be read safely.
+    be read safely, DatasetFileError for invalid data (or data that changed under a resume).
     """
-    cfg = prepare_run_dir(config)
+    dataset = open_data(config, data)
+    cfg = prepare_run_dir(config, dataset.info if dataset is not None else None)
+    if dataset is None:
+        dataset = datasets.open_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download)
     run_dir = Path(cfg.out)
-    trainer = build_trainer(cfg)
+    if cfg.resume:
+        _check_same_data(run_dir, dataset)
+    _announce(config, cfg, dataset)
+    trainer = build_trainer(cfg, dataset)
     latest = run_dir / ckpt.LATEST
     resumed = cfg.resume and latest.is_file()
     if resumed:
         trainer.load_state(ckpt.load(latest, map_location=cfg.device), latest)
         check_resumable(cfg, trainer.epoch)
-    start_run(cfg, trainer.history)
+    start_run(cfg, trainer.history, dataset.source)
     if resumed:
         runlog.say(f"resuming {run_dir} after epoch {trainer.epoch}/{cfg.epochs}")
     elif cfg.resume:
         runlog.say(f"resuming {run_dir}: no checkpoint yet, starting at epoch 1")
+    train_x, train_y = trainer.train_data
+    chosen = tuning.load_or_measure(run_dir, trainer.method, trainer.model, train_x[:cfg.batch_size],
+                                    train_y[:cfg.batch_size], resume=cfg.resume)
+    runlog.say(tuning.mode_line(cfg, chosen))
     board = runlog.TensorBoard(run_dir, cfg.tensorboard, trainer.epoch)
     try:
         while trainer.epoch < cfg.epochs:
@@ -309,5 +375,5 @@ def fit(config: TrainConfig) -> Path:
         board.close()
     final = ckpt.save_atomic(trainer.final_payload(), run_dir / ckpt.FINAL_MODEL)
     runlog.say(f"model saved to {final}")
-    runlog.say(f"evaluate it with:\n  {eval_command(run_dir, cfg.dataset)}")
+    runlog.say(f"evaluate it with:\n  {eval_command(run_dir, dataset.source)}")
     return run_dir
