@@ -81,3 +81,9 @@ def test_bad_model_arguments_name_the_flag(args, flag, message, weights, tmp_pat
 def test_python_loader_errors_are_typed():
     with pytest.raises(ExternalModelError, match="cannot import"):
         load_external_model("no_such_module_xyz:build")
+
+
+def test_model_needs_a_dataset(tmp_path, capsys):
+    code = main(["eval", "--model", FACTORY, "--n-examples", "4", "--out", str(tmp_path / "e.json")])
+    assert code == 2
+    assert "error: --dataset: required with --model" in capsys.readouterr().err
