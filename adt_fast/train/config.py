@@ -98,6 +98,7 @@ class TrainConfig:
     backend: str = "auto"
     max_batches: Optional[int] = None
     tensorboard: bool = True
+    sync_bn: Optional[bool] = None     # None: on when the networks have BatchNorm (resolved by the trainer)
 
     # ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -190,6 +191,8 @@ class TrainConfig:
         for name in ("download", "channels_last", "resume", "tensorboard"):
             if not isinstance(getattr(cfg, name), bool):
                 raise ConfigError(f"{flag(name)} must be true or false, got {getattr(cfg, name)!r}")
+        if cfg.sync_bn is not None and not isinstance(cfg.sync_bn, bool):
+            raise ConfigError(f"--sync-bn must be true, false or unset, got {cfg.sync_bn!r}")
         _check_backend(cfg.backend)
         cfg.device = _resolve_device(cfg.device)
 
@@ -254,8 +257,8 @@ class TrainConfig:
         mine, theirs = self.resolve().to_dict(), saved.to_dict()
         out = []
         for name in sorted(mine):
-            if name in RESUMABLE_CHANGES:
-                continue
+            if name in RESUMABLE_CHANGES or (name == "sync_bn" and mine[name] is None):
+                continue  # an unset --sync-bn takes the run's
             if mine[name] != theirs.get(name):
                 out.append(f"{flag(name)} {_show(mine[name])} (the run has {_show(theirs.get(name))})")
         if _device_type(mine["device"]) != _device_type(theirs["device"]):
