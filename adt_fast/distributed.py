@@ -106,9 +106,9 @@ class World:
 
 
 def _interleave(parts: list):
-    first = parts[0]
-    if isinstance(first, dict):
-        return {key: _interleave([part[key] for part in parts]) for key in first}
+    if any(isinstance(part, dict) for part in parts):  # a rank without items may lack some keys
+        keys = dict.fromkeys(key for part in parts for key in part)
+        return {key: _interleave([part.get(key, []) for part in parts]) for key in keys}
     total = sum(len(part) for part in parts)
     return [parts[i % len(parts)][i // len(parts)] for i in range(total)]
 
@@ -127,7 +127,7 @@ def local_device(requested: str) -> str:
         return str(device)
     local_rank = int(os.environ["LOCAL_RANK"])
     if device.index is not None and device.index != local_rank:
-        raise DistributedError(f"--device {requested}: under torchrun each process uses the GPU its "
+        raise DistributedError(f"under torchrun each process uses the GPU its "
                                f"LOCAL_RANK names (cuda:{local_rank} here); pass --device cuda "
                                f"(or restrict GPUs with CUDA_VISIBLE_DEVICES)")
     if local_rank >= torch.cuda.device_count():

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import List
 
+from ..distributed import DistributedError, local_device, session
 from .suite import DEFAULT_ATTACKS, DIST_STEPS, FEATURE_TARGETS, PRECISIONS, parse_attacks
 
 EXIT_USAGE = 2
@@ -127,14 +128,17 @@ def _device(text: str):
     import torch
 
     if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        text = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(text)
     except (RuntimeError, ValueError) as err:
         raise EvalError("--device", f"not a device: {text!r} ({err})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EvalError("--device", f"{text} was asked for but CUDA is not available")
-    return device
+    try:
+        return torch.device(local_device(str(device)))  # under torchrun: cuda:LOCAL_RANK
+    except DistributedError as err:
+        raise EvalError("--device", f"{text}: {err}") from None
 
 
 def _load_model(path: str, flag: str, info, device):
@@ -206,14 +210,18 @@ def _run(args) -> int:
 
     started = time.perf_counter()
     try:
-        report = evaluate(model, x, y, epsilon=epsilon, attacks=attacks, seed=args.seed,
-                          source_model=source, batch_size=args.batch_size,
-                          dist_steps=args.dist_steps, feature_targets=args.feature_targets,
-                          precision=args.precision, epsilon_curve=args.epsilon_curve,
-                          device=device, progress=progress_enabled())
+        # Under torchrun the ranks share the batches; each gets the whole report, rank 0 writes it.
+        with session(str(device)) as world:
+            report = evaluate(model, x, y, epsilon=epsilon, attacks=attacks, seed=args.seed,
+                              source_model=source, batch_size=args.batch_size,
+                              dist_steps=args.dist_steps, feature_targets=args.feature_targets,
+                              precision=args.precision, epsilon_curve=args.epsilon_curve,
+                              device=device, progress=progress_enabled(), distributed=world.parallel)
     except ValueError as err:
         flag = "--source-checkpoint" if "source model" in str(err) else "--checkpoint"
         raise EvalError(flag, str(err)) from None
+    if not world.main:
+        return 0
     elapsed = time.perf_counter() - started
     report.meta = {"checkpoint": str(resolved), "dataset": args.dataset, "split": "test",
                    "device": device.type,
@@ -228,5 +236,6 @@ def _run(args) -> int:
             print(f"  warning: {warning}")
     else:
         print("\nsanity checks: no sign of gradient masking")
-    print(f"\nwrote {', '.join(str(p) for p in paths)} ({elapsed:.1f} s on {device})")
+    on = f"{world.size} processes" if world.parallel else str(device)
+    print(f"\nwrote {', '.join(str(p) for p in paths)} ({elapsed:.1f} s on {on})")
     return 0

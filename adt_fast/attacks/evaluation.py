@@ -17,6 +17,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..distributed import World
+from ..distributed import current as dist_world
 from .engine import eval_mode
 from .losses import cross_entropy
 from .report import Report, attack_order, sanity_warnings, worst_case
@@ -102,7 +104,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: flo
              dist_samples: int = DIST_SAMPLES, dist_lambda: float = DIST_LAMBDA,
              feature_targets: int = FEATURE_TARGETS, precision: str = "fp32",
              epsilon_curve: Optional[Iterable[float]] = DEFAULT_EPSILON_CURVE,
-             device: Union[None, str, torch.device] = None, progress: bool = False) -> Report:
+             device: Union[None, str, torch.device] = None, progress: bool = False,
+             distributed: bool = False) -> Report:
     """Attack `model` on (x, y) with every attack in `attacks` and report robust accuracies.
 
     model: any nn.Module mapping inputs in [0, 1] to logits (FeaAttack also needs
@@ -116,6 +119,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: flo
         curve (empty or None: no curve).
     precision: "fp32" or "bf16" (autocast around the model's forward).
     device: where to run (default: the model's device); x and y may live anywhere.
+    distributed: split the batches over the ranks of torch.distributed's initialised group (every
+        rank must call, with the same arguments) and gather the per-example results; every rank
+        returns the full report, identical to a single process's (the batches are the same, and
+        each example's attack is keyed by its id).
     """
     epsilon = check_epsilon(epsilon)
     check_precision(precision)
@@ -178,8 +185,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: flo
     dist_trace: Dict[str, List[torch.Tensor]] = {}
 
     units = len(suite) + (1 if trajectory else 0) + len(eps_runs) + 1
-    batches = list(range(0, n, batch_size))
-    bar = _progress(total=len(batches) * units, enabled=progress)
+    world = dist_world() if distributed else World()
+    batches = world.share(list(range(0, n, batch_size)))
+    bar = _progress(total=len(batches) * units, enabled=progress and world.main)
     try:
         with eval_mode(model):
             for begin in batches:
@@ -210,6 +218,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: flo
                     bar.update(1)
     finally:
         bar.close()
+    if world.parallel:
+        gathered = world.gather_shares({
+            "natural": natural, "zero": zero_grad, "nonfinite": nonfinite_grad, "bad": bad_logits,
+            "steps": steps_correct, "masks": masks, "eps": eps_correct, "dist": dist_trace})
+        natural, zero_grad, nonfinite_grad = gathered["natural"], gathered["zero"], gathered["nonfinite"]
+        bad_logits, steps_correct, masks = gathered["bad"], gathered["steps"], gathered["masks"]
+        eps_correct, dist_trace = gathered["eps"], gathered["dist"]
 
     natural_mask = torch.cat(natural)
     correct = {name: torch.cat(parts) for name, parts in masks.items()}

@@ -306,7 +306,7 @@ def fit(config: TrainConfig) -> Path:
     try:
         device = distributed.local_device(cfg.device)
     except distributed.DistributedError as err:
-        raise ConfigError(str(err)) from None
+        raise ConfigError(f"--device {cfg.device}: {err}") from None
     with distributed.session(device) as world:
         return _fit(dataclasses.replace(cfg, device=device), world)
 
