@@ -146,11 +146,15 @@ def setup(device: str) -> World:
         return World()
     if not dist.is_initialized():
         device = torch.device(device)
+        store, rank, size = next(dist.rendezvous("env://", timeout=timeout()))
+        # Keys of each torchrun attempt apart: a restarted group must not read the addresses
+        # its killed predecessor published (gloo then connects to a dead port).
+        store = dist.PrefixStore(f"adt_fast/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-            dist.init_process_group("nccl", timeout=timeout(), device_id=device)
-        else:
-            dist.init_process_group("gloo", timeout=timeout())
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank,
+                                world_size=size, timeout=timeout(),
+                                device_id=device if device.type == "cuda" else None)
     return current()
 
 

@@ -1,0 +1,67 @@
+"""What tests/test_distributed.py runs under torchrun (not a test module itself).
+
+    python -m torch.distributed.run ... tests/distributed_worker.py methods OUT
+        trains each of METHODS (small settings, --sync-bn) into OUT/<method>, in one process group;
+    python -m torch.distributed.run ... tests/distributed_worker.py kill-after STEPS -- TRAIN ARGS
+        `adt-fast train TRAIN ARGS`, except that on the group's first attempt rank 1 SIGKILLs
+        itself after STEPS training steps (torchrun --max-restarts then restarts the group).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+METHODS = ("standard", "at-pgd", "adt-exp", "adt-exp-am")
+
+
+def small_config(method: str, out: Path, **overrides):
+    from adt_fast.train import TrainConfig
+
+    extra = {"generator_width": 8} if method == "adt-exp-am" else {}
+    if method in ("at-pgd", "adt-exp"):
+        extra["steps"] = 2
+    if method == "adt-exp":
+        extra["samples"] = 2
+    settings = dict(method=method, dataset="synthetic", out=str(out), epochs=2, max_batches=2,
+                    batch_size=16, lr_drop=[], tensorboard=False, sync_bn=True, **extra)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def train_methods(out: Path) -> None:
+    from adt_fast import distributed
+    from adt_fast.train import fit
+
+    with distributed.session("cpu"):
+        for method in METHODS:
+            fit(small_config(method, out / method))
+
+
+def kill_after(steps: int, argv: list) -> int:
+    from adt_fast.cli import main
+    from adt_fast.train.methods import Method
+
+    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" and os.environ.get("RANK") == "1":
+        original, taken = Method.train_step, []
+
+        def train_step(self, *args, **kwargs):
+            taken.append(1)
+            if len(taken) > steps:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(self, *args, **kwargs)
+
+        Method.train_step = train_step
+    return main(["train", *argv])
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    if mode == "methods":
+        train_methods(Path(sys.argv[2]))
+    elif mode == "kill-after":
+        sys.exit(kill_after(int(sys.argv[2]), sys.argv[4:]))
+    else:
+        sys.exit(f"unknown mode {mode!r}")
