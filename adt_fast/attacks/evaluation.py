@@ -17,8 +17,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..distributed import World
-from ..distributed import current as dist_world
+from ..distributed import World, current as dist_world
 from .engine import eval_mode
 from .losses import cross_entropy
 from .report import Report, attack_order, sanity_warnings, worst_case
