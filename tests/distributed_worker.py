@@ -1,7 +1,8 @@
 """What tests/test_distributed.py runs under torchrun (not a test module itself).
 
-    python -m torch.distributed.run ... tests/distributed_worker.py methods OUT
-        trains each of METHODS (small settings, --sync-bn) into OUT/<method>, in one process group;
+    python -m torch.distributed.run ... tests/distributed_worker.py methods OUT [METHOD ...]
+        trains each method (default METHODS; small settings, --sync-bn) into OUT/<method>, in one
+        process group;
     python -m torch.distributed.run ... tests/distributed_worker.py kill-after STEPS -- TRAIN ARGS
         `adt-fast train TRAIN ARGS`, except that on the group's first attempt rank 1 SIGKILLs
         itself after STEPS training steps (torchrun --max-restarts then restarts the group).
@@ -15,13 +16,14 @@ import sys
 from pathlib import Path
 
 METHODS = ("standard", "at-pgd", "adt-exp", "adt-exp-am")
+OTHER_METHODS = ("trades", "adt-imp-am", "at-fgsm", "alp", "l2l")
 
 
 def small_config(method: str, out: Path, **overrides):
     from adt_fast.train import TrainConfig
 
-    extra = {"generator_width": 8} if method == "adt-exp-am" else {}
-    if method in ("at-pgd", "adt-exp"):
+    extra = {"generator_width": 8} if method in ("adt-exp-am", "adt-imp-am", "l2l") else {}
+    if method in ("at-pgd", "adt-exp", "trades", "alp"):
         extra["steps"] = 2
     if method == "adt-exp":
         extra["samples"] = 2
@@ -31,12 +33,12 @@ def small_config(method: str, out: Path, **overrides):
     return TrainConfig(**settings)
 
 
-def train_methods(out: Path) -> None:
+def train_methods(out: Path, methods) -> None:
     from adt_fast import distributed
     from adt_fast.train import fit
 
     with distributed.session("cpu"):
-        for method in METHODS:
+        for method in methods:
             fit(small_config(method, out / method))
 
 
@@ -60,7 +62,7 @@ def kill_after(steps: int, argv: list) -> int:
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "methods":
-        train_methods(Path(sys.argv[2]))
+        train_methods(Path(sys.argv[2]), sys.argv[3:] or METHODS)
     elif mode == "kill-after":
         sys.exit(kill_after(int(sys.argv[2]), sys.argv[4:]))
     else:

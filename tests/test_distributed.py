@@ -27,7 +27,7 @@ from adt_fast.train import loop
 from adt_fast.train.checkpoint import load
 
 sys.path.insert(0, str(Path(__file__).parent))
-from distributed_worker import METHODS, small_config  # noqa: E402
+from distributed_worker import METHODS, OTHER_METHODS, small_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).parent / "distributed_worker.py"
@@ -84,6 +84,16 @@ def test_two_processes_train_as_one(tmp_path):
         if method == "adt-exp-am":  # the generator's gradients are all-reduced too
             ckpt_ours, ckpt_theirs = load(parallel / "checkpoint.pt"), load(single / "checkpoint.pt")
             assert_same_weights(ckpt_ours["modules"]["generator"], ckpt_theirs["modules"]["generator"])
+
+
+def test_every_other_method_runs_under_torchrun(tmp_path):
+    """TRADES (two train-mode forwards), ADT_IMP-AM (generator and q), AT-FGSM, ALP, L2L."""
+    torchrun(str(WORKER), "methods", str(tmp_path / "parallel"), *OTHER_METHODS)
+    for method in OTHER_METHODS:
+        parallel = tmp_path / "parallel" / method
+        assert [r["epoch"] for r in read_metrics(parallel)] == [1, 2]
+        if method != "adt-imp-am":  # its entropy hinge acts on each rank's batch mean
+            assert_same_run(parallel, fit(small_config(method, tmp_path / "single" / method)))
 
 
 def test_killed_worker_restarts_and_resumes_then_continues_on_one_process(tmp_path):
