@@ -43,7 +43,8 @@ def throughput(procs: int, args: argparse.Namespace) -> float:
                    *(["--arch", args.arch] if args.arch else [])]
         env = {**os.environ, "ADT_FAST_NO_PROGRESS": "1"}
         if args.device == "cpu":
-            env["OMP_NUM_THREADS"] = str(args.threads)
+            threads = max(1, args.threads_total // procs) if args.threads_total else args.threads
+            env["OMP_NUM_THREADS"] = str(threads)
         subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=args.timeout)
         records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     images = args.batches * args.batch_size
@@ -61,9 +62,13 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8, help="batches per epoch")
     parser.add_argument("--epochs", type=int, default=4, help="epochs (the first is warm-up)")
     parser.add_argument("--threads", type=int, default=1, help="OMP threads per process on CPU")
+    parser.add_argument("--threads-total", type=int, default=None,
+                        help="instead: this many OMP threads shared out over the processes (same cores for every row)")
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()
-    print(f"{args.method} on {args.dataset}, global batch {args.batch_size}, {args.device}")
+    threads = f"{args.threads_total} threads in total" if args.threads_total else f"{args.threads} thread(s) per process"
+    print(f"{args.method} on {args.dataset}, global batch {args.batch_size}, {args.device}"
+          + (f", {threads}" if args.device == "cpu" else ""))
     print("| processes | images/s | speed-up | efficiency vs linear |")
     print("|---|---|---|---|")
     base = None
