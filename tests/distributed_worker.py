@@ -5,7 +5,9 @@
         process group;
     python -m torch.distributed.run ... tests/distributed_worker.py kill-after STEPS -- TRAIN ARGS
         `adt-fast train TRAIN ARGS`, except that on the group's first attempt rank 1 SIGKILLs
-        itself after STEPS training steps (torchrun --max-restarts then restarts the group).
+        itself after STEPS training steps (torchrun --max-restarts then restarts the group);
+    python -m torch.distributed.run ... tests/distributed_worker.py fail-after STEPS -- TRAIN ARGS
+        the same, but rank 1 raises FAILURE instead (a real error, which must end the run).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 
 METHODS = ("standard", "at-pgd", "adt-exp", "adt-exp-am")
+FAILURE = "a corrupt batch on rank 1"
 OTHER_METHODS = ("trades", "adt-imp-am", "at-fgsm", "alp", "l2l")
 
 
@@ -42,7 +45,7 @@ def train_methods(out: Path, methods) -> None:
             fit(small_config(method, out / method))
 
 
-def kill_after(steps: int, argv: list) -> int:
+def stop_after(steps: int, argv: list, kill: bool) -> int:
     from adt_fast.cli import main
     from adt_fast.train.methods import Method
 
@@ -51,8 +54,10 @@ def kill_after(steps: int, argv: list) -> int:
 
         def train_step(self, *args, **kwargs):
             taken.append(1)
-            if len(taken) > steps:
+            if len(taken) > steps and kill:
                 os.kill(os.getpid(), signal.SIGKILL)
+            if len(taken) > steps:
+                raise RuntimeError(FAILURE)
             return original(self, *args, **kwargs)
 
         Method.train_step = train_step
@@ -63,7 +68,7 @@ if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "methods":
         train_methods(Path(sys.argv[2]), sys.argv[3:] or METHODS)
-    elif mode == "kill-after":
-        sys.exit(kill_after(int(sys.argv[2]), sys.argv[4:]))
+    elif mode in ("kill-after", "fail-after"):
+        sys.exit(stop_after(int(sys.argv[2]), sys.argv[4:], kill=mode == "kill-after"))
     else:
         sys.exit(f"unknown mode {mode!r}")

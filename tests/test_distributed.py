@@ -27,7 +27,7 @@ from adt_fast.train import loop
 from adt_fast.train.checkpoint import load
 
 sys.path.insert(0, str(Path(__file__).parent))
-from distributed_worker import METHODS, OTHER_METHODS, small_config  # noqa: E402
+from distributed_worker import FAILURE, METHODS, OTHER_METHODS, small_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).parent / "distributed_worker.py"
@@ -40,13 +40,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(*args: str, nproc: int = 2, extra: tuple = ()) -> subprocess.CompletedProcess:
+def torchrun(*args: str, nproc: int = 2, extra: tuple = (), ok: bool = True) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", *extra, *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ADT_FAST_NO_PROGRESS": "1", "ADT_FAST_DIST_TIMEOUT": "120"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=LAUNCH_TIMEOUT_S)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    assert (result.returncode == 0) == ok, result.stdout[-3000:] + result.stderr[-6000:]
     return result
 
 
@@ -114,6 +114,14 @@ def test_killed_worker_restarts_and_resumes_then_continues_on_one_process(tmp_pa
     assert [r["epoch"] for r in read_metrics(run)] == [1, 2, 3, 4]
     assert_same_run(run, single)
     assert_same_weights(load(run / "model.pt")["model"], load(single / "model.pt")["model"])
+
+
+def test_a_failing_worker_ends_the_run_with_its_reason(tmp_path):
+    argv = ["--method", "standard", "--dataset", "synthetic", "--out", str(tmp_path / "run"), "--epochs", "2",
+            "--batch-size", "16", "--no-tensorboard"]
+    result = torchrun(str(WORKER), "fail-after", "2", "--", *argv, ok=False)
+    assert FAILURE in result.stderr
+    assert not (tmp_path / "run" / "model.pt").exists()
 
 
 def test_two_process_eval_report_equals_one_process(tmp_path):
