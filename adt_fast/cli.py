@@ -7,25 +7,36 @@ import sys
 from typing import Optional, Sequence
 
 
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line, `adt-fast train: error: ...`; --help still prints everything."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .attacks.command import add_eval_parser
     from .train.command import add_train_parser
 
-    parser = argparse.ArgumentParser(prog="adt-fast", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="adt-fast", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)  # subparsers are Parsers too
     add_train_parser(commands)
     add_eval_parser(commands)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Each command reports its own interrupts (what was kept, how to go on)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted: the last completed epoch's checkpoint is intact; rerun with --resume",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # before a command could say anything more precise
+        print(f"adt-fast {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

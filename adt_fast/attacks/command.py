@@ -12,13 +12,16 @@ import argparse
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import Any, List, Optional
 
 from ..distributed import DistributedError, local_device, session
-from .suite import DEFAULT_ATTACKS, DIST_STEPS, FEATURE_TARGETS, PRECISIONS, parse_attacks
+from .suite import (DEFAULT_ATTACKS, DIST_STEPS, FEATURE_TARGETS, MAX_EPSILON, PRECISIONS,
+                    parse_attacks)
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 class EvalError(Exception):
@@ -29,8 +32,8 @@ class EvalError(Exception):
         self.flag = flag
 
 
-def _positive_float(text: str) -> float:
-    """A number > 0; a fraction such as 8/255 is accepted too."""
+def _epsilon(text: str) -> float:
+    """A budget in (0, 1] for inputs in [0, 1]; a fraction such as 8/255 is accepted too."""
     try:
         if "/" in text:
             numerator, denominator = text.split("/")
@@ -39,8 +42,9 @@ def _positive_float(text: str) -> float:
             value = float(text)
     except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"expected a number such as 0.031 or 8/255, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    if not math.isfinite(value) or value <= 0 or value > MAX_EPSILON:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, {MAX_EPSILON:g}] for inputs in "
+                                         f"[0, 1], got {text}")
     return value
 
 
@@ -99,7 +103,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--n-examples", type=_int_at_least(1), default=None, metavar="N",
                         help="attack the first N test examples (default: the whole test split)")
     parser.add_argument("--batch-size", type=_int_at_least(1), default=256, metavar="B")
-    parser.add_argument("--epsilon", type=_positive_float, default=None, metavar="E",
+    parser.add_argument("--epsilon", type=_epsilon, default=None, metavar="E",
                         help="l_inf budget for inputs in [0, 1], a number or a fraction such as 8/255 "
                              "(default: the dataset's: 8/255 for CIFAR, 4/255 for SVHN)")
     parser.add_argument("--source-checkpoint", default=None, metavar="PATH",
@@ -119,7 +123,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                         help="multiples of epsilon for the PGD-20 accuracy-against-epsilon curve "
                              "(default %s; '' for none)" % ",".join(f"{m:g}" for m in DEFAULT_EPSILON_CURVE))
     parser.add_argument("--out", required=True, metavar="REPORT.json",
-                        help="the report; REPORT.csv and REPORT.png are written beside it")
+                        help="the report, a name ending in .json; REPORT.csv and REPORT.png are "
+                             "written beside it. Only earlier reports are ever replaced")
     parser.set_defaults(run=run_eval)
     return parser
 
@@ -127,40 +132,55 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 def _device(text: str):
     import torch
 
-    if text == "auto":
-        text = "cuda" if torch.cuda.is_available() else "cpu"
+    from ..devices import DeviceError, resolve_device
+
     try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError) as err:
-        raise EvalError("--device", f"not a device: {text!r} ({err})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EvalError("--device", f"{text} was asked for but CUDA is not available")
+        device = resolve_device(text)
+    except DeviceError as err:
+        raise EvalError("--device", str(err)) from None
     try:
         return torch.device(local_device(str(device)))  # under torchrun: cuda:LOCAL_RANK
     except DistributedError as err:
         raise EvalError("--device", f"{text}: {err}") from None
 
 
-def _load_model(path: str, flag: str, info, device):
+def _load_model(resolved, flag: str, info, device):
     """The checkpoint's classifier, checked against the dataset before any attack runs."""
-    from ..train.checkpoint import CheckpointError, load_model, resolve
+    from ..train.checkpoint import CheckpointError, load_model
 
     try:
-        resolved = resolve(path)
         model = load_model(resolved, device=device)
-    except FileNotFoundError:
-        raise EvalError(flag, f"checkpoint {path} does not exist") from None
     except CheckpointError as err:
         raise EvalError(flag, str(err)) from None
     config = getattr(model, "config", {}) or {}
     expected = {"num_classes": info.num_classes, "in_channels": info.channels,
                 "image_size": info.image_size}
-    what = {"num_classes": "classes", "in_channels": "input channels", "image_size": "image size"}
     for key, value in expected.items():
         if key in config and config[key] != value:
-            raise EvalError(flag, f"the model in {resolved} has {config[key]} {what[key]} but "
-                                  f"--dataset {info.name} has {value}: it was trained for another dataset")
-    return model, resolved
+            raise EvalError(flag, f"the model in {resolved} {_shape_words(key, config[key], 'takes')} "
+                                  f"but --dataset {info.name} {_shape_words(key, value, 'has')}: "
+                                  f"it was trained for another dataset")
+    return model
+
+
+def _shape_words(key: str, value: int, verb: str) -> str:
+    """'has 10 classes', 'takes 1 input channel(s)', 'has 8x8 images'."""
+    if key == "num_classes":
+        return f"{'predicts' if verb == 'takes' else verb} {value} classes"
+    if key == "in_channels":
+        return f"{verb} {value} input channel{'s' if value != 1 else ''}"
+    return f"{verb} {value}x{value} images"
+
+
+def _resolve_checkpoint(path: str, flag: str):
+    from ..train.checkpoint import CheckpointError, resolve
+
+    try:
+        return resolve(path)
+    except FileNotFoundError:
+        raise EvalError(flag, f"checkpoint {path} does not exist") from None
+    except CheckpointError as err:
+        raise EvalError(flag, str(err)) from None
 
 
 def _load_data(args, info):
@@ -180,55 +200,112 @@ def _load_data(args, info):
     return x, y
 
 
+@dataclass
+class EvalPlan:
+    """Everything an evaluation needs, checked before the first attack step."""
+
+    device: Any
+    epsilon: float
+    attacks: List[str]
+    model: Any
+    checkpoint: Path
+    source: Any
+    source_checkpoint: Optional[Path]
+    x: Any
+    y: Any
+    out: Path
+
+
+def plan(args) -> EvalPlan:
+    """Check everything before any work: settings, device, output paths, checkpoints, data, and
+    that the attacks can run on the device; create the output folder last. EvalError if not."""
+    from ..data import dataset_info
+    from ..files import make_writable_dir, os_error_text, unwritable_reason
+    from .evaluation import check_attacks_can_run, check_epsilon_curve
+    from .report import report_paths
+
+    info = dataset_info(args.dataset)
+    device = _device(args.device)
+    epsilon = args.epsilon if args.epsilon is not None else info.epsilon
+    try:
+        check_epsilon_curve(args.epsilon_curve, epsilon)
+    except ValueError as err:
+        raise EvalError("--epsilon-curve", str(err)) from None
+    attacks = list(args.attacks)
+    if "transfer" in attacks and args.source_checkpoint is None:
+        raise EvalError("--attacks", "'transfer' needs --source-checkpoint (the model to craft on)")
+
+    checkpoint = _resolve_checkpoint(args.checkpoint, "--checkpoint")
+    source_checkpoint = None
+    if args.source_checkpoint is not None:
+        source_checkpoint = _resolve_checkpoint(args.source_checkpoint, "--source-checkpoint")
+    try:
+        out = report_paths(args.out, protect=[p for p in (checkpoint, source_checkpoint) if p])[0]
+    except (ValueError, OSError) as err:
+        raise EvalError("--out", str(err)) from None
+    unwritable = unwritable_reason(out.parent)
+    if unwritable is not None:
+        raise EvalError("--out", f"cannot write the report in {out.parent} ({unwritable})")
+
+    model = _load_model(checkpoint, "--checkpoint", info, device)
+    source = None
+    if source_checkpoint is not None:
+        source = _load_model(source_checkpoint, "--source-checkpoint", info, device)
+    x, y = _load_data(args, info)
+    try:
+        check_attacks_can_run(attacks, device, x.dtype)
+    except ValueError as err:
+        raise EvalError("--device", str(err)) from None
+    try:
+        make_writable_dir(out.parent)
+    except OSError as err:
+        raise EvalError("--out", f"cannot write the report in {out.parent} "
+                                 f"({os_error_text(err)})") from None
+    return EvalPlan(device, epsilon, attacks, model, checkpoint, source, source_checkpoint, x, y, out)
+
+
 def run_eval(args) -> int:
     try:
         return _run(args)
     except EvalError as err:
         print(f"adt-fast eval: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("adt-fast eval: interrupted before the report was written; no file was changed "
+              "(rerun the command to evaluate)", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _run(args) -> int:
-    from ..data import dataset_info
     from .evaluation import evaluate, progress_enabled
 
-    info = dataset_info(args.dataset)
-    device = _device(args.device)
-    epsilon = args.epsilon if args.epsilon is not None else info.epsilon
-    attacks = list(args.attacks)
-    if "transfer" in attacks and args.source_checkpoint is None:
-        raise EvalError("--attacks", "'transfer' needs --source-checkpoint (the model to craft on)")
-    out = Path(args.out)
-    if out.is_dir():
-        raise EvalError("--out", f"{out} is a directory; give a file name such as {out / 'eval.json'}")
-
-    model, resolved = _load_model(args.checkpoint, "--checkpoint", info, device)
-    source, source_resolved = None, None
-    if args.source_checkpoint is not None:
-        source, source_resolved = _load_model(args.source_checkpoint, "--source-checkpoint", info, device)
-    x, y = _load_data(args, info)
-
+    job = plan(args)
     started = time.perf_counter()
     try:
         # Under torchrun the ranks share the batches; each gets the whole report, rank 0 writes it.
-        with session(str(device)) as world:
-            report = evaluate(model, x, y, epsilon=epsilon, attacks=attacks, seed=args.seed,
-                              source_model=source, batch_size=args.batch_size,
+        with session(str(job.device)) as world:
+            report = evaluate(job.model, job.x, job.y, epsilon=job.epsilon, attacks=job.attacks,
+                              seed=args.seed, source_model=job.source, batch_size=args.batch_size,
                               dist_steps=args.dist_steps, feature_targets=args.feature_targets,
                               precision=args.precision, epsilon_curve=args.epsilon_curve,
-                              device=device, progress=progress_enabled(), distributed=world.parallel)
+                              device=job.device, progress=progress_enabled(), distributed=world.parallel)
     except ValueError as err:
         flag = "--source-checkpoint" if "source model" in str(err) else "--checkpoint"
         raise EvalError(flag, str(err)) from None
     if not world.main:
         return 0
     elapsed = time.perf_counter() - started
-    report.meta = {"checkpoint": str(resolved), "dataset": args.dataset, "split": "test",
-                   "device": device.type,
-                   **({"source_checkpoint": str(source_resolved)} if source_resolved else {})}
-    paths = report.save(out)
+    report.meta = {"checkpoint": str(job.checkpoint), "dataset": args.dataset, "split": "test",
+                   "device": job.device.type,
+                   **({"source_checkpoint": str(job.source_checkpoint)} if job.source_checkpoint else {})}
+    protect = [p for p in (job.checkpoint, job.source_checkpoint) if p]
+    try:
+        paths = report.save(job.out, protect=protect)
+    except (ValueError, OSError) as err:  # a file appeared, or the place changed, during the attacks
+        raise EvalError("--out", f"the report could not be written: {err}") from None
 
-    name = resolved.parent.name if resolved.name in ("model.pt", "checkpoint.pt") else resolved.stem
+    checkpoint = job.checkpoint
+    name = checkpoint.parent.name if checkpoint.name in ("model.pt", "checkpoint.pt") else checkpoint.stem
     print(report.table(model_name=name or "model"))
     if report.warnings:
         print("\nsanity checks:")
@@ -236,6 +313,6 @@ def _run(args) -> int:
             print(f"  warning: {warning}")
     else:
         print("\nsanity checks: no sign of gradient masking")
-    on = f"{world.size} processes" if world.parallel else str(device)
+    on = f"{world.size} processes" if world.parallel else str(job.device)
     print(f"\nwrote {', '.join(str(p) for p in paths)} ({elapsed:.1f} s on {on})")
     return 0

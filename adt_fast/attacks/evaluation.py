@@ -22,7 +22,7 @@ from .engine import eval_mode
 from .losses import cross_entropy
 from .report import Report, attack_order, sanity_warnings, worst_case
 from .suite import (DEFAULT_ATTACKS, DIST_LAMBDA, DIST_SAMPLES, DIST_STEPS, FEATURE_TARGETS,
-                    AttackContext, check_epsilon, check_precision,
+                    MAX_EPSILON, AttackContext, check_epsilon, check_precision,
                     default_step_size, make_attack, parse_attacks, pgd_attack, pgd_steps)
 
 DEFAULT_EPSILON_CURVE = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
@@ -69,6 +69,29 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
                          "normalises its inputs must do it inside its forward)")
     if int(y.min()) < 0:
         raise ValueError("labels must be >= 0")
+
+
+def check_epsilon_curve(multiples: Optional[Iterable[float]], epsilon: float) -> List[float]:
+    """The curve's multiples of epsilon, sorted and distinct; each budget m * epsilon in [0, 1]."""
+    checked = sorted({float(m) for m in (multiples or ())})
+    for m in checked:
+        if not math.isfinite(m) or m < 0:
+            raise ValueError(f"epsilon_curve holds multiples of epsilon >= 0, got {m:g}")
+        if m * epsilon > MAX_EPSILON:
+            raise ValueError(f"epsilon_curve's multiple {m:g} of epsilon {epsilon:.6g} is a budget of "
+                             f"{m * epsilon:.6g}, above {MAX_EPSILON:g} (inputs lie in [0, 1])")
+    return checked
+
+
+def check_attacks_can_run(names: Sequence[str], device: torch.device, dtype: torch.dtype) -> None:
+    """The distribution attack samples with the op: some backend must serve this device now."""
+    from ..ops import dispatch
+
+    if "dist" in names:
+        try:
+            dispatch.select("auto", device, dtype)
+        except (RuntimeError, ValueError) as err:
+            raise ValueError(f"the distribution attack cannot run on {device}: {err}") from None
 
 
 def _check_classes(ctx: AttackContext, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -138,10 +161,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: flo
     if "transfer" in names and source_model is None:
         raise ValueError("the 'transfer' attack needs a source model (source_model= in Python, "
                          "--source-checkpoint on the command line)")
-    multiples = sorted({float(m) for m in (epsilon_curve or ())})
-    for m in multiples:
-        if not math.isfinite(m) or m < 0:
-            raise ValueError(f"epsilon_curve holds multiples of epsilon >= 0, got {m}")
+    multiples = check_epsilon_curve(epsilon_curve, epsilon)
 
     n = len(x)
     y = y.long()
@@ -151,6 +171,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: flo
     if len(torch.unique(ids)) != n or int(ids.min()) < 0:
         raise ValueError("example_ids must be distinct integers >= 0")
     device = torch.device(device) if device is not None else _model_device(model, x.device)
+    check_attacks_can_run(names, device, x.dtype)
 
     ctx = AttackContext(model, seed=seed, precision=precision, pool_x=x, pool_y=y,
                         source_model=source_model, batch_size=batch_size)
@@ -252,11 +273,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: flo
         curves["pgd_epsilon"] = {"steps": EPSILON_CURVE_STEPS, "points": points}
     if dist_trace:
         loss = torch.cat(dist_trace["loss"], dim=1).mean(1)
-        sample_acc = torch.cat(dist_trace["sample_correct"], dim=1).sum(1) / (n * dist_samples)
+        sample_correct = torch.cat(dist_trace["sample_correct"], dim=1).sum(1).tolist()
         acc = torch.cat(dist_trace["correct"], dim=1).sum(1).tolist()
         curves["dist"] = {"samples": dist_samples,
                           "points": [{"steps": t, "loss": float(loss[t]),
-                                      "sample_accuracy": float(sample_acc[t]),
+                                      "sample_accuracy": sample_correct[t] / (n * dist_samples),
                                       "accuracy": acc[t] / n} for t in range(len(loss))]}
 
     warnings = [f"{name} skipped: {reason}" for name, reason in skipped.items()]

@@ -8,6 +8,7 @@ per-example correctness masks, and this module summarises, checks and writes it.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -18,6 +19,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..files import write_atomic
 from .suite import label, pgd_steps
 
 PathLike = Union[str, os.PathLike]
@@ -30,6 +32,14 @@ TOLERANCE_FRACTION = 0.005
 GRADIENT_WARN_FRACTION = 0.1
 # White-box attacks that a PGD transfer attack should never beat.
 _ITERATIVE_WHITE_BOX = ("mim", "cw")
+
+# The files: the CSV rounds its numbers for reading (the JSON keeps full precision), and each kind
+# carries what identifies it as a report, so a later save replaces reports and nothing else.
+CSV_FIELDS = ["section", "name", "steps", "epsilon", "accuracy", "sample_accuracy", "loss"]
+CSV_DIGITS = 6
+JSON_MARK_KEYS = {"natural_accuracy", "robust_accuracy", "worst_case_accuracy", "adt_fast_version"}
+PNG_MARK_KEY, PNG_MARK = "Title", "adt_fast eval report"
+MARK_WITHIN = 4096  # the first bytes hold the marks (matplotlib writes text chunks before the image)
 
 _ORDER = ("fgsm", "pgd", "mim", "cw", "feature", "dist", "transfer")
 
@@ -204,33 +214,29 @@ class Report:
         return "\n".join(line.rstrip() for line in lines)
 
     # ------------------------------------------------------------------ files
-    def paths(self, path: PathLike) -> Tuple[Path, Path, Path]:
-        """The JSON path and, beside it, the CSV and PNG paths."""
-        path = Path(path)
-        return path, path.with_suffix(".csv"), path.with_suffix(".png")
-
-    def save(self, path: PathLike, plot: bool = True) -> Tuple[Path, ...]:
+    def save(self, path: PathLike, plot: bool = True,
+             protect: Sequence[PathLike] = ()) -> Tuple[Path, ...]:
         """Write REPORT.json, REPORT.csv and (plot=True) REPORT.png; returns the paths written.
 
-        Without matplotlib the PNG is skipped with a warning: the attacks' results are never lost.
+        The paths are checked first (:func:`report_paths`), and all three files are rendered before
+        the first is written, each atomically. Without matplotlib the PNG is skipped with a
+        warning: the attacks' results are never lost.
         """
-        json_path, csv_path, png_path = self.paths(path)
+        json_path, csv_path, png_path = report_paths(path, protect)
+        staged = {json_path: self.json_text().encode(), csv_path: self.csv_text().encode()}
+        if plot:
+            try:
+                staged[png_path] = self.png_bytes()
+            except ImportError as err:
+                warnings.warn(f"{png_path} not written: {err}", stacklevel=2)
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        self.save_json(json_path)
-        self.save_csv(csv_path)
-        if not plot:
-            return json_path, csv_path
-        try:
-            self.save_plot(png_path)
-        except ImportError as err:
-            warnings.warn(f"{png_path} not written: {err}", stacklevel=2)
-            return json_path, csv_path
-        return json_path, csv_path, png_path
+        for target, data in staged.items():
+            write_atomic(target, lambda handle, data=data: handle.write(data))
+        return tuple(staged)
 
-    def save_json(self, path: PathLike) -> Path:
-        path = Path(path)
-        _write_atomic(path, json.dumps(self.to_dict(), indent=2, allow_nan=True) + "\n")
-        return path
+    def json_text(self) -> str:
+        """The JSON report, full precision."""
+        return json.dumps(self.to_dict(), indent=2, allow_nan=True) + "\n"
 
     def csv_rows(self) -> List[dict]:
         """Long-format rows: section, name, steps, epsilon, accuracy, sample_accuracy, loss."""
@@ -262,20 +268,16 @@ class Report:
                              "sample_accuracy": point["sample_accuracy"], "loss": point["loss"]})
         return rows
 
-    def save_csv(self, path: PathLike) -> Path:
-        import io
-
-        path = Path(path)
+    def csv_text(self) -> str:
+        """The CSV report, numbers rounded to CSV_DIGITS significant digits for reading."""
         buffer = io.StringIO()
-        fields = ["section", "name", "steps", "epsilon", "accuracy", "sample_accuracy", "loss"]
-        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
         writer.writeheader()
         for row in self.csv_rows():
-            writer.writerow({key: row.get(key, "") for key in fields})
-        _write_atomic(path, buffer.getvalue())
-        return path
+            writer.writerow({key: _readable(row.get(key, "")) for key in CSV_FIELDS})
+        return buffer.getvalue()
 
-    def save_plot(self, path: PathLike) -> Path:
+    def png_bytes(self) -> bytes:
         """Accuracy by attack, against PGD steps, against epsilon (PGD-20), and the dist curve."""
         try:
             from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -283,7 +285,6 @@ class Report:
         except ImportError:
             raise ImportError("the plot needs matplotlib: pip install 'adt-fast[plot]'") from None
 
-        path = Path(path)
         panels = ["bars"] + [key for key in ("pgd_steps", "pgd_epsilon", "dist") if self.curves.get(key)]
         figure = Figure(figsize=(4.2 * len(panels), 3.6), dpi=100)
         FigureCanvasAgg(figure)
@@ -293,10 +294,9 @@ class Report:
             ax.set_ylim(0, 100)
             ax.grid(alpha=0.3)
         figure.tight_layout()
-        tmp = path.with_name(f".{path.name}.tmp")
-        figure.savefig(tmp, format="png")
-        os.replace(tmp, path)
-        return path
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", metadata={PNG_MARK_KEY: PNG_MARK})
+        return buffer.getvalue()
 
     def _plot_bars(self, ax) -> None:
         cols = [(head, acc) for _, head, acc in self.columns() if acc is not None]
@@ -340,8 +340,49 @@ class Report:
         twin.set_ylabel("cross-entropy", color="tab:red")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _readable(value):
+    """A float for a person to read: float32 noise and binary fractions rounded away."""
+    return f"{value:.{CSV_DIGITS}g}" if isinstance(value, float) else value
+
+
+def report_paths(path: PathLike, protect: Sequence[PathLike] = ()) -> Tuple[Path, Path, Path]:
+    """REPORT.json and, beside it, REPORT.csv and REPORT.png, checked before anything is written.
+
+    The name must end in .json. Each of the three may replace only an earlier report of its own
+    kind (a JSON report, the report CSV's header, a PNG carrying the report's mark), never another
+    file and never one of `protect` (the checkpoints being evaluated): ValueError or
+    FileExistsError say which and why.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".json":
+        raise ValueError(f"{path} must name the JSON report, ending in .json (REPORT.csv and "
+                         f"REPORT.png are written beside it)")
+    paths = (path, path.with_suffix(".csv"), path.with_suffix(".png"))
+    for target in paths:
+        if target.is_dir():
+            raise FileExistsError(f"{target} is a directory")
+        if not target.exists():
+            continue
+        for kept in protect:
+            if os.path.exists(kept) and os.path.samefile(target, kept):
+                raise FileExistsError(f"{target} is the checkpoint being evaluated")
+        if not _is_earlier_report(target):
+            raise FileExistsError(f"{target} exists and is not an earlier adt_fast report; "
+                                  f"choose another name (nothing else is ever overwritten)")
+    return paths
+
+
+def _is_earlier_report(path: Path) -> bool:
+    """Whether `path` is a file that Report.save wrote (the kind follows the suffix)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(MARK_WITHIN)
+            suffix = path.suffix.lower()
+            if suffix == ".png":
+                return head.startswith(b"\x89PNG") and f"{PNG_MARK_KEY}\0{PNG_MARK}".encode() in head
+            if suffix == ".csv":
+                return head.startswith((",".join(CSV_FIELDS) + "\n").encode())
+            report = json.loads(head + handle.read())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and JSON_MARK_KEYS <= set(report)

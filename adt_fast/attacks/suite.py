@@ -64,12 +64,16 @@ def default_step_size(epsilon: float) -> float:
     return epsilon / 4
 
 
+# Inputs lie in [0, 1]: an l_inf budget of 1 already reaches every input, a larger one means nothing.
+MAX_EPSILON = 1.0
+
+
 def check_epsilon(epsilon, name: str = "epsilon") -> float:
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(epsilon).__name__}")
-    if not math.isfinite(epsilon) or epsilon <= 0:
+    if not math.isfinite(epsilon) or epsilon <= 0 or epsilon > MAX_EPSILON:
         hint = " (an l_inf budget for inputs in [0, 1], e.g. 8/255)" if name == "epsilon" else ""
-        raise ValueError(f"{name} must be a finite number > 0{hint}, got {epsilon}")
+        raise ValueError(f"{name} must be a finite number in (0, {MAX_EPSILON:g}]{hint}, got {epsilon}")
     return float(epsilon)
 
 
@@ -497,7 +501,7 @@ class DistributionAttack(Attack):
         def score(z: torch.Tensor) -> torch.Tensor:
             logits = ctx.logits(z)
             loss = cross_entropy(logits, y_k)
-            losses.append(loss.detach().view(k, batch).mean(0))
+            losses.append(_sample_mean(loss.detach().view(k, batch)))
             correct.append((logits.detach().argmax(1) == y_k).view(k, batch))
             return loss
 
@@ -520,6 +524,18 @@ class DistributionAttack(Attack):
                  "sample_correct": torch.stack([c.sum(0) for c in correct]).cpu(),
                  "correct": torch.stack([c.all(0) for c in correct]).cpu()}
         return AttackOutcome(final.all(0).cpu(), x_adv, trace=trace)
+
+
+def _sample_mean(per_sample: torch.Tensor) -> torch.Tensor:
+    """(k, B) -> (B,): each example's mean over its k samples, added in sample order.
+
+    torch's mean(0) sums a (k, 1) column as contiguous memory (vectorised partial sums) and a
+    (k, B) matrix row by row, so the last bits of the mean would depend on the batch size.
+    """
+    total = per_sample[0].clone()
+    for row in per_sample[1:]:
+        total += row
+    return total / len(per_sample)
 
 
 @dataclass

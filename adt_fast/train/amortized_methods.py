@@ -244,6 +244,7 @@ def _build_alp(cfg, model, rt):
 
 
 register_method(MethodSpec("adt-exp-am", _build_adt_exp_am, dict(ADT_EXP_AM_PARAMS), losses=("ce", "trades"),
+                           uses_sampling_op=True,
                            description="ADT_EXP-AM (Alg. 3): a generator outputs the explicit distribution, "
                                        "one sample, one simultaneous update"))
 register_method(MethodSpec("adt-imp-am", _build_adt_imp_am, dict(ADT_IMP_AM_PARAMS), losses=("ce", "trades"),

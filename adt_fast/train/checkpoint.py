@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, Union
 
 import torch
+
+from ..devices import resolve_device
+from ..files import write_atomic
 
 FORMAT = "adt_fast.checkpoint/1"
 LATEST = "checkpoint.pt"
@@ -30,20 +32,7 @@ def save_atomic(payload: dict, path: PathLike) -> Path:
     """torch.save to `path` through a temporary file and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save({"format": FORMAT, **payload}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        mask = os.umask(0o022)  # mkstemp makes the file 0600; give it the usual permissions
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda handle: torch.save({"format": FORMAT, **payload}, handle))
 
 
 def resolve(path: PathLike) -> Path:
@@ -59,9 +48,23 @@ def resolve(path: PathLike) -> Path:
     return path
 
 
+# torch.save writes a zip archive; every zip starts with a local file header.
+ZIP_MAGIC = b"PK\x03\x04"
+
+
 def load(path: PathLike, map_location: Any = "cpu") -> dict:
-    """Read a checkpoint safely; refuse anything that is not a weights-only adt_fast checkpoint."""
+    """Read a checkpoint safely; refuse anything that is not a weights-only adt_fast checkpoint.
+
+    A device name as map_location is checked first (DeviceError), so a device this machine lacks
+    is never reported as a damaged file.
+    """
     path = resolve(path)
+    if isinstance(map_location, (str, torch.device)):
+        map_location = resolve_device(map_location)
+    with open(path, "rb") as handle:
+        if not ZIP_MAGIC.startswith(handle.read(len(ZIP_MAGIC))):  # a shorter head: truncated
+            raise CheckpointError(f"{path} is not an adt_fast checkpoint (not a torch.save zip "
+                                  f"archive)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -79,6 +82,7 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> torc
     """The classifier stored in a run directory or checkpoint file, on `device`, in eval mode."""
     from ..models import build_model
 
+    device = resolve_device(device)
     payload = load(path, map_location=device)
     try:
         model = build_model(**payload["model_config"])

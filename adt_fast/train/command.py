@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from fractions import Fraction
+from pathlib import Path
 
 from .config import LOSSES, NO_HINGE, PRECISIONS, ConfigError, TrainConfig
 
@@ -133,7 +134,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run_train(args: argparse.Namespace) -> int:
     from ..data import ChecksumError, DatasetFileError, DownloadError
     from .checkpoint import CheckpointError
-    from .loop import fit
+    from .loop import fit, interrupted_message
 
     try:
         fit(config_from_args(args))
@@ -141,4 +142,7 @@ def run_train(args: argparse.Namespace) -> int:
             FileNotFoundError) as err:
         print(f"adt-fast train: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"adt-fast train: {interrupted_message(Path(args.out))}", file=sys.stderr)
+        return 130
     return 0

@@ -144,6 +144,7 @@ class TrainConfig:
     # ----------------------------------------------------------------------------------------
     def resolve(self) -> "TrainConfig":
         """A copy with every default filled in and every setting validated (ConfigError)."""
+        from ..attacks.suite import MAX_EPSILON
         from ..data import DATASETS, dataset_info
         from ..models import ARCHS
         from .methods import METHODS, method_spec
@@ -178,7 +179,7 @@ class TrainConfig:
         _real(cfg, "lr_gamma", low=0.0, strict=True)
         _real(cfg, "momentum", low=0.0)
         _real(cfg, "weight_decay", low=0.0)
-        _real(cfg, "epsilon", low=0.0, strict=True)
+        _real(cfg, "epsilon", low=0.0, strict=True, high=MAX_EPSILON)
         if cfg.lr_drop is None:
             # C.3's schedule (drop at epoch 75 of 76) scaled to the run's length.
             cfg.lr_drop = [max(2, round(cfg.epochs * 75 / 76))] if cfg.epochs >= 2 else []
@@ -197,6 +198,7 @@ class TrainConfig:
         cfg.device = _resolve_device(cfg.device)
 
         spec = method_spec(cfg.method)
+        _check_backend_serves(cfg, spec)
         for name in METHOD_PARAMS:
             value = getattr(cfg, name)
             if name not in spec.params:
@@ -253,16 +255,25 @@ class TrainConfig:
         return cfg
 
     def conflicts(self, saved: "TrainConfig") -> list:
-        """Flags whose resolved values differ from a saved run's (those that may not change)."""
-        mine, theirs = self.resolve().to_dict(), saved.to_dict()
-        out = []
-        for name in sorted(mine):
-            if name in RESUMABLE_CHANGES or (name == "sync_bn" and mine[name] is None):
-                continue  # an unset --sync-bn takes the run's
-            if mine[name] != theirs.get(name):
-                out.append(f"{flag(name)} {_show(mine[name])} (the run has {_show(theirs.get(name))})")
-        if _device_type(mine["device"]) != _device_type(theirs["device"]):
-            out.append(f"--device {mine['device']} (the run has {theirs['device']}: the saved random "
+        """Flags that differ from a saved run's and may not change on resume.
+
+        The settings asked for (not None) are compared as given, so only they are named: --method,
+        not the --steps default that would follow from it. Only when none differs are the resolved
+        configs compared, for a difference that no asked-for setting explains.
+        """
+        theirs, asked = saved.to_dict(), self.to_dict()
+        out = [f"{flag(name)} {_show(asked[name])} (the run has {_show(theirs.get(name))})"
+               for name in sorted(asked) if name not in RESUMABLE_CHANGES
+               and asked[name] is not None and asked[name] != theirs.get(name)]
+        if not out:
+            mine = self.resolve().to_dict()
+            out = [f"{flag(name)} {_show(mine[name])} (the run has {_show(theirs.get(name))})"
+                   for name in sorted(mine)
+                   if name not in RESUMABLE_CHANGES and mine[name] != theirs.get(name)
+                   and not (name == "sync_bn" and mine[name] is None)]  # unset: the run's
+        device = _resolve_device(self.device)
+        if _device_type(device) != _device_type(theirs["device"]):
+            out.append(f"--device {device} (the run has {theirs['device']}: the saved random "
                        f"states belong to that device type)")
         return out
 
@@ -277,12 +288,15 @@ def _int(cfg: TrainConfig, name: str, low: int) -> None:
         raise ConfigError(f"{flag(name)} must be an integer >= {low}, got {value!r}")
 
 
-def _real(cfg: TrainConfig, name: str, low: float, strict: bool = False) -> None:
+def _real(cfg: TrainConfig, name: str, low: float, strict: bool = False,
+          high: Optional[float] = None) -> None:
     value = getattr(cfg, name)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigError(f"{flag(name)} must be a finite number, got {value!r}")
     if value < low or (strict and value == low):
         raise ConfigError(f"{flag(name)} must be {'>' if strict else '>='} {low:g}, got {value!r}")
+    if high is not None and value > high:
+        raise ConfigError(f"{flag(name)} must be <= {high:g}, got {value!r}")
     setattr(cfg, name, float(value))
 
 
@@ -292,21 +306,39 @@ def _check_backend(name: str) -> None:
         raise ConfigError(f"--backend must be one of {', '.join(allowed)}, got {name!r}")
 
 
+def _check_backend_serves(cfg: TrainConfig, spec) -> None:
+    """--backend applies only to methods that sample with the op, and must serve the device now."""
+    import torch
+
+    from ..ops import dispatch
+
+    if not spec.uses_sampling_op:
+        if cfg.backend != "auto":
+            raise ConfigError(f"--backend does not apply to --method {cfg.method}: it never calls "
+                              f"the sampling op (only {', '.join(_sampling_methods())} do)")
+        return
+    # The op always runs in float32 (bf16 autocast covers the classifier only).
+    try:
+        dispatch.select(cfg.backend, torch.device(cfg.device), torch.float32)
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(f"--backend {cfg.backend} cannot run this training on {cfg.device}: "
+                          f"{err}") from None
+
+
+def _sampling_methods() -> list:
+    from .methods import METHODS
+
+    return [name for name, spec in METHODS.items() if spec.uses_sampling_op]
+
+
 def _device_type(device: str) -> str:
     return device.split(":")[0]
 
 
 def _resolve_device(device: str) -> str:
-    import torch
+    from ..devices import DeviceError, resolve_device
 
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"--device {device!r} is not a torch device (try cpu, cuda or cuda:0)") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
-    if parsed.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device {device}: only cpu and cuda devices are supported")
-    return str(parsed)
+        return str(resolve_device(device))
+    except DeviceError as err:
+        raise ConfigError(f"--device: {err}") from None

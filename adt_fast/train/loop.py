@@ -30,6 +30,7 @@ from .. import data as datasets
 from .. import distributed
 from ..attacks.engine import eval_mode
 from ..distributed import World
+from ..files import os_error_text, unwritable_reason, write_atomic
 from ..models import build_model
 from . import checkpoint as ckpt
 from . import runlog
@@ -188,22 +189,21 @@ def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, runtim
 
 # ------------------------------------------------------------------------------------------------
 def prepare_run_dir(config: TrainConfig) -> TrainConfig:
-    """Resolve the config against the run directory: refuse to overwrite, check resume conflicts.
+    """Resolve the config against the run directory: refuse to overwrite, check resume conflicts
+    and that the run directory can be written.
 
-    Writes nothing: config.json is written once the data and model are built, so a run that
-    fails to start (missing dataset files, say) leaves no directory behind to block a retry.
+    Writes nothing: the run directory is written only once the data, model and checkpoint are
+    loaded (`start_run`), so a run that fails to start leaves nothing behind to block a retry.
     """
-    cfg = config.resolve()
-    run_dir = Path(cfg.out)
+    run_dir = Path(config.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} exists and is not a directory")
     config_path = run_dir / CONFIG_FILE
-    if cfg.resume:
+    if config.resume:
         if not config_path.is_file():
             raise ConfigError(f"--resume: {run_dir} holds no {CONFIG_FILE}, so there is no run to resume "
                               f"(drop --resume to start a new run there)")
-        saved = TrainConfig.load(run_dir)
-        conflicts = cfg.conflicts(saved)
+        conflicts = config.conflicts(TrainConfig.load(run_dir))
         if conflicts:
             raise ConfigError(f"--resume: these settings differ from {config_path}:\n  "
                               + "\n  ".join(conflicts)
@@ -212,14 +212,43 @@ def prepare_run_dir(config: TrainConfig) -> TrainConfig:
     elif run_dir.is_dir() and any(run_dir.iterdir()):
         raise ConfigError(f"--out {run_dir} is not empty; pass --resume to continue the run "
                           f"there, or choose a new directory (nothing is ever overwritten)")
+    cfg = config.resolve()
+    unwritable = unwritable_reason(run_dir)
+    if unwritable is not None:
+        raise ConfigError(f"--out {run_dir}: cannot write the run there ({unwritable})")
     return cfg
 
 
-def write_config(cfg: TrainConfig) -> None:
-    """config.json (resume=False: it records the run, not this invocation)."""
+def check_resumable(cfg: TrainConfig, done: int) -> None:
+    """A resume may extend a run, never record fewer epochs than its checkpoint holds."""
+    if cfg.epochs < done:
+        raise ConfigError(f"--epochs {cfg.epochs}: {cfg.out} has already trained {done} epochs; "
+                          f"to train longer pass --epochs N with N > {done} (omit --epochs to keep "
+                          f"the run's own length)")
+
+
+def start_run(cfg: TrainConfig, history: list) -> None:
+    """The run's first writes: config.json (resume=False: it records the run, not this
+    invocation) and metrics.jsonl; a place that refuses them is a ConfigError, not a traceback."""
     run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(dataclasses.replace(cfg, resume=False).to_json())
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        text = dataclasses.replace(cfg, resume=False).to_json()
+        write_atomic(run_dir / CONFIG_FILE, lambda handle: handle.write(text), mode="w")
+        runlog.write_metrics(run_dir, history)
+    except OSError as err:
+        raise ConfigError(f"--out {run_dir}: cannot write the run there ({os_error_text(err)})") from None
+
+
+def interrupted_message(run_dir: Path) -> str:
+    """What an interrupt left behind, and how to go on from it."""
+    if (run_dir / ckpt.LATEST).is_file():
+        return (f"interrupted: {run_dir / ckpt.LATEST} (the last completed epoch) is intact; "
+                f"continue with: adt-fast train --resume --out {shlex.quote(str(run_dir))}")
+    if (run_dir / CONFIG_FILE).is_file():
+        return (f"interrupted before the first epoch finished, so there is no checkpoint yet; "
+                f"adt-fast train --resume --out {shlex.quote(str(run_dir))} starts it again from epoch 1")
+    return "interrupted before the run started; nothing was written"
 
 
 def build_trainer(cfg: TrainConfig, world: World = World()) -> Trainer:
@@ -296,8 +325,10 @@ def eval_command(run_dir: Path, dataset: str) -> str:
 def fit(config: TrainConfig) -> Path:
     """Train (or, with config.resume, continue) a run; returns the run directory.
 
-    Raises ConfigError for bad settings or a run directory that conflicts with them, and
-    CheckpointError for a checkpoint that cannot be read safely.
+    Everything is checked before the run directory is touched (settings, device, backend, run
+    directory, data, and on resume the checkpoint): ConfigError for bad settings, a run directory
+    that conflicts with them or cannot be written, CheckpointError for a checkpoint that cannot
+    be read safely.
     """
     if distributed.restarted() and not config.resume and (Path(config.out) / CONFIG_FILE).is_file():
         # torchrun restarted the group after a failure: continue from the last checkpoint.
@@ -315,19 +346,20 @@ def _fit(cfg: TrainConfig, world: World) -> Path:
     """The run itself; rank 0 alone writes the run directory and prints."""
     run_dir = Path(cfg.out)
     trainer = build_trainer(cfg, world)
-    world.barrier()  # every rank has checked the directory before rank 0 writes into it
+    latest = run_dir / ckpt.LATEST
+    resumed = cfg.resume and latest.is_file()
+    if resumed:
+        trainer.load_state(ckpt.load(latest, map_location=cfg.device), latest)
+        check_resumable(cfg, trainer.epoch)
+    world.barrier()  # every rank has checked the directory and read the checkpoint before rank 0 writes
     say = runlog.say if world.main else (lambda message: None)
     if world.main:
-        write_config(cfg)
-    latest = run_dir / ckpt.LATEST
-    if cfg.resume and latest.is_file():
-        trainer.load_state(ckpt.load(latest, map_location=cfg.device), latest)
+        start_run(cfg, trainer.history)
+    if resumed:
         say(f"resuming {run_dir} after epoch {trainer.epoch}/{cfg.epochs}"
             + (f" on {world.size} processes" if world.parallel else ""))
     elif cfg.resume:
         say(f"resuming {run_dir}: no checkpoint yet, starting at epoch 1")
-    if world.main:
-        runlog.write_metrics(run_dir, trainer.history)
     board = runlog.TensorBoard(run_dir, cfg.tensorboard and world.main, trainer.epoch)
     try:
         while trainer.epoch < cfg.epochs:

@@ -355,6 +355,7 @@ class MethodSpec:
     losses: the values --loss may take (when "loss" is in params).
     build: (resolved config, classifier, runtime) -> Method.
     validate: extra checks on the resolved config (raise config.ConfigError).
+    uses_sampling_op: whether it calls adt_fast.sample_and_entropy, so --backend applies.
     """
 
     name: str
@@ -363,6 +364,7 @@ class MethodSpec:
     losses: tuple = ("ce",)
     description: str = ""
     validate: Callable = lambda cfg: None
+    uses_sampling_op: bool = False
 
 
 METHODS: dict = {}
@@ -426,6 +428,7 @@ register_method(MethodSpec("at-pgd", _build_at_pgd, dict(PGD_PARAMS),
 register_method(MethodSpec("trades", _build_trades, {**PGD_PARAMS, "beta": 6.0},
                            description="TRADES: CE(f(x)) + beta * KL(f(x) || f(x+delta)), KL maximised by PGD"))
 register_method(MethodSpec("adt-exp", _build_adt_exp, dict(ADT_EXP_PARAMS), losses=("ce", "trades"),
+                           uses_sampling_op=True,
                            description="ADT_EXP (Alg. 2): per-example explicit distributions, one sample trains"))
 
 # Issue 5's methods (adt-exp-am, adt-imp-am, at-fgsm, alp, l2l) register themselves on import.

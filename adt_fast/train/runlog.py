@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional
+
+from ..files import write_atomic
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -33,23 +34,8 @@ def progress_bar(total: int, desc: str, show: bool = True):
 
 def write_metrics(run_dir: Path, history: list) -> None:
     """Rewrite metrics.jsonl from a history (atomically): used when a run resumes."""
-    path = run_dir / METRICS_FILE
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=run_dir)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            for record in history:
-                handle.write(json.dumps(record) + "\n")
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    text = "".join(json.dumps(record) + "\n" for record in history)
+    write_atomic(run_dir / METRICS_FILE, lambda handle: handle.write(text), mode="w")
 
 
 def append_metrics(run_dir: Path, record: dict) -> None:

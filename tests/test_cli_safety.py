@@ -1,0 +1,378 @@
+"""Nothing lost, nothing half-written (issue 14): each case is the user's command line, checked
+for its exit code, its one-line message, and that every file that existed before is byte-identical
+afterwards (and, for a refused command, that nothing new was written)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import adt_fast
+from adt_fast.attacks import evaluation
+from adt_fast.cli import main
+from adt_fast.devices import DeviceError
+from adt_fast.train import loop
+from adt_fast.train.checkpoint import save_atomic
+
+TINY = ["--dataset", "synthetic", "--max-batches", "1", "--batch-size", "16", "--no-tensorboard"]
+ADT_TINY = ["--method", "adt-exp", "--steps", "1", "--samples", "1", *TINY]
+EVAL_FAST = ["--dataset", "synthetic", "--n-examples", "4", "--attacks", "fgsm",
+             "--epsilon-curve", ""]
+
+
+def snapshot(root: Path) -> dict:
+    """Every file under root (relative path -> bytes)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def refused(argv, capsys, code=2) -> str:
+    """Run the command; it must stop with `code` and one line on stderr, which is returned."""
+    try:
+        result = main(argv)
+    except SystemExit as stop:  # argparse
+        result = stop.code
+    assert result == code
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 3-epoch ADT_EXP run (it calls the sampling op, so --backend applies)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert main(["train", *ADT_TINY, "--epochs", "3", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    return out
+
+
+def _checkpoint(path, image_size=8):
+    torch.manual_seed(0)
+    model = adt_fast.models.build_model("small-cnn", 10, 3, image_size)
+    return save_atomic({"model_config": model.config, "model": model.state_dict()}, path)
+
+
+@pytest.fixture
+def no_attacks(monkeypatch):
+    """Any attack step fails the test: refusals must come before the work."""
+    def attacked(*args, **kwargs):
+        raise AssertionError("the attacks ran before the input was checked")
+    monkeypatch.setattr(evaluation, "evaluate", attacked)
+
+
+def _subprocess(argv, env_drop=()):
+    env = {k: v for k, v in os.environ.items() if k not in env_drop}
+    env["ADT_FAST_NO_PROGRESS"] = "1"
+    env["PYTHONPATH"] = str(Path(adt_fast.__file__).resolve().parents[1])
+    return subprocess.run([sys.executable, "-m", "adt_fast", *argv], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+# 1. eval never replaces what it did not write ---------------------------------------------------
+@pytest.mark.parametrize("target", ["model.pt", "config.json", "metrics.jsonl", "rep.csv", "rep.png"])
+def test_eval_out_never_replaces_a_file_it_did_not_write(run_copy, tmp_path, capsys, no_attacks, target):
+    before = snapshot(tmp_path)
+    err = refused(["eval", "--checkpoint", str(run_copy), *EVAL_FAST,
+                   "--out", str(run_copy / target)], capsys)
+    assert err.startswith("adt-fast eval: error: --out")
+    if target.endswith(".json"):
+        assert "not an earlier adt_fast report" in err
+    else:
+        assert "must name the JSON report, ending in .json" in err
+    assert snapshot(tmp_path) == before
+
+
+def test_eval_out_is_never_the_checkpoint(tmp_path, capsys, no_attacks):
+    checkpoint = _checkpoint(tmp_path / "model.json")
+    before = snapshot(tmp_path)
+    err = refused(["eval", "--checkpoint", str(checkpoint), *EVAL_FAST, "--out", str(checkpoint)], capsys)
+    assert "is the checkpoint being evaluated" in err
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("sibling", ["rep.csv", "rep.png"])
+def test_eval_refuses_a_foreign_sibling_before_attacking(run_copy, tmp_path, capsys, no_attacks, sibling):
+    (tmp_path / sibling).write_text("my own notes\n")
+    before = snapshot(tmp_path)
+    err = refused(["eval", "--checkpoint", str(run_copy), *EVAL_FAST,
+                   "--out", str(tmp_path / "rep.json")], capsys)
+    assert f"{tmp_path / sibling} exists and is not an earlier adt_fast report" in err
+    assert snapshot(tmp_path) == before
+
+
+def test_eval_replaces_its_own_earlier_report(run_copy, tmp_path, capsys):
+    out = tmp_path / "reports" / "rep.json"
+    argv = ["eval", "--checkpoint", str(run_copy), *EVAL_FAST, "--out", str(out)]
+    assert main(argv) == 0
+    first = snapshot(out.parent)
+    assert sorted(first) == ["rep.csv", "rep.json", "rep.png"]
+    assert main(argv) == 0
+    assert snapshot(out.parent) == first  # same seed, same bytes; nothing else left behind
+    printed = capsys.readouterr().out
+    assert f"wrote {out}, {out.with_suffix('.csv')}, {out.with_suffix('.png')}" in printed
+
+
+# 2. eval checks where the report goes before it attacks -----------------------------------------
+def test_eval_out_under_a_file_is_refused_before_attacking(run_copy, tmp_path, capsys, no_attacks):
+    (tmp_path / "afile").write_text("x")
+    before = snapshot(tmp_path)
+    err = refused(["eval", "--checkpoint", str(run_copy), *EVAL_FAST,
+                   "--out", str(tmp_path / "afile" / "r.json")], capsys)
+    assert "cannot write the report" in err and "is a file, not a folder" in err
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits")
+def test_eval_out_in_a_read_only_folder_is_refused_before_attacking(run_copy, tmp_path, capsys, no_attacks):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        err = refused(["eval", "--checkpoint", str(run_copy), *EVAL_FAST,
+                       "--out", str(locked / "r.json")], capsys)
+    finally:
+        locked.chmod(0o755)
+    assert "cannot write the report" in err and "not writable" in err
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux sysfs")
+def test_eval_out_where_even_root_cannot_write_is_refused_before_attacking(run_copy, capsys, no_attacks):
+    # sysfs refuses new files to everyone, root included, although access(2) says yes: only
+    # trying to create a file finds out, and eval does that before it attacks.
+    err = refused(["eval", "--checkpoint", str(run_copy), *EVAL_FAST,
+                   "--out", "/sys/adt_fast_test/r.json"], capsys)
+    assert "cannot write the report in /sys/adt_fast_test" in err
+
+
+def test_eval_creates_its_output_folder_before_attacking_and_says_so_on_interrupt(
+        run_copy, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "new" / "sub" / "r.json"
+    seen = {}
+
+    def interrupted(*args, **kwargs):
+        seen["folder"] = out.parent.is_dir()
+        raise KeyboardInterrupt
+    monkeypatch.setattr(evaluation, "evaluate", interrupted)
+    err = refused(["eval", "--checkpoint", str(run_copy), *EVAL_FAST, "--out", str(out)], capsys, code=130)
+    assert seen["folder"]
+    assert err == ("adt-fast eval: interrupted before the report was written; no file was changed "
+                   "(rerun the command to evaluate)")
+    assert not any(out.parent.iterdir())
+
+
+# 3. a backend that cannot serve stops train before anything is written --------------------------
+def test_train_with_a_backend_that_cannot_serve_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    done = _subprocess(["train", *ADT_TINY, "--epochs", "1", "--backend", "triton", "--device", "cpu",
+                        "--out", str(out)], env_drop=("TRITON_INTERPRET",))
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("adt-fast train: error: --backend triton cannot run this training on cpu")
+    assert not out.exists()
+
+
+def test_resume_with_a_backend_that_cannot_serve_changes_nothing(run_copy, capsys):
+    before = snapshot(run_copy)
+    err = refused(["train", "--resume", "--out", str(run_copy), "--backend", "cuda"], capsys)
+    assert err.startswith("adt-fast train: error: --backend cuda cannot run this training on cpu")
+    assert snapshot(run_copy) == before
+    assert json.loads((run_copy / "config.json").read_text())["backend"] == "auto"
+
+
+# 4. a damaged checkpoint leaves config.json alone -----------------------------------------------
+def test_resume_from_a_damaged_checkpoint_changes_nothing(run_copy, capsys):
+    latest = run_copy / "checkpoint.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    before = snapshot(run_copy)
+    err = refused(["train", "--resume", "--out", str(run_copy), "--epochs", "5"], capsys)
+    assert "corrupt or truncated" in err
+    assert snapshot(run_copy) == before
+
+
+# 5. never record fewer epochs than were trained -------------------------------------------------
+def test_resume_with_fewer_epochs_than_done_is_refused(run_copy, capsys):
+    before = snapshot(run_copy)
+    err = refused(["train", "--resume", "--out", str(run_copy), "--epochs", "1"], capsys)
+    assert err == (f"adt-fast train: error: --epochs 1: {run_copy} has already trained 3 epochs; "
+                   f"to train longer pass --epochs N with N > 3 (omit --epochs to keep the run's own "
+                   f"length)")
+    assert snapshot(run_copy) == before
+
+
+# 6. a place train cannot write to is a clean error ----------------------------------------------
+def test_train_under_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    before = snapshot(tmp_path)
+    err = refused(["train", *ADT_TINY, "--out", str(tmp_path / "afile" / "run")], capsys)
+    assert "cannot write the run there" in err and "is a file, not a folder" in err
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux sysfs")
+def test_train_where_even_root_cannot_write_is_a_clean_error(capsys):
+    err = refused(["train", *ADT_TINY, "--out", "/sys/adt_fast_run"], capsys)
+    assert err.startswith("adt-fast train: error: --out /sys/adt_fast_run: cannot write the run there")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits")
+def test_train_in_a_read_only_folder_is_refused(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        err = refused(["train", *ADT_TINY, "--out", str(locked / "run")], capsys)
+    finally:
+        locked.chmod(0o755)
+    assert "not writable" in err and not (locked / "run").exists()
+
+
+# 7. errors say what is wrong --------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_an_unsupported_device_is_a_device_error(run_copy, tmp_path, capsys, command):
+    before = snapshot(tmp_path)
+    if command == "train":
+        argv = ["train", *ADT_TINY, "--device", "mps", "--out", str(tmp_path / "new")]
+    else:
+        argv = ["eval", "--checkpoint", str(run_copy), *EVAL_FAST, "--device", "mps",
+                "--out", str(tmp_path / "r.json")]
+    err = refused(argv, capsys)
+    assert "--device" in err and "only cpu and cuda devices are supported" in err
+    assert "corrupt" not in err
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_load_model_on_a_missing_cuda_is_a_device_error(finished_run):
+    with pytest.raises(DeviceError, match="CUDA is not available on this machine"):
+        adt_fast.load_model(finished_run, device="cuda")
+
+
+def test_a_text_file_is_not_an_adt_fast_checkpoint(tmp_path, capsys, no_attacks):
+    notes = tmp_path / "notes.pt"
+    notes.write_text("hello, these are notes\n")
+    before = snapshot(tmp_path)
+    err = refused(["eval", "--checkpoint", str(notes), *EVAL_FAST, "--out", str(tmp_path / "r.json")], capsys)
+    assert f"{notes} is not an adt_fast checkpoint" in err
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("after_epochs", [0, 1])
+def test_train_interrupt_says_what_it_kept(tmp_path, capsys, monkeypatch, after_epochs):
+    trained = loop.Trainer.train_epoch
+
+    def train_epoch(self):
+        if self.epoch == after_epochs:
+            raise KeyboardInterrupt
+        return trained(self)
+    monkeypatch.setattr(loop.Trainer, "train_epoch", train_epoch)
+    out = tmp_path / "run"
+    err = refused(["train", *ADT_TINY, "--epochs", "3", "--out", str(out)], capsys, code=130)
+    if after_epochs:
+        assert err == (f"adt-fast train: interrupted: {out / 'checkpoint.pt'} (the last completed "
+                       f"epoch) is intact; continue with: adt-fast train --resume --out {out}")
+    else:
+        assert "intact" not in err and "no checkpoint yet" in err
+        assert not (out / "checkpoint.pt").exists()
+
+
+def test_train_interrupt_before_the_run_starts(tmp_path, capsys, monkeypatch):
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(loop, "build_trainer", interrupted)
+    err = refused(["train", *ADT_TINY, "--out", str(tmp_path / "run")], capsys, code=130)
+    assert err == "adt-fast train: interrupted before the run started; nothing was written"
+    assert not (tmp_path / "run").exists()
+
+
+# 8. absurd budgets ------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["--epsilon", "1e300"], "argument --epsilon: must be a number in (0, 1] for inputs in [0, 1]"),
+    (["--epsilon", "1.5"], "argument --epsilon: must be a number in (0, 1]"),
+    (["--epsilon-curve", "0,1e300"], "--epsilon-curve: epsilon_curve's multiple 1e+300 of epsilon"),
+    (["--epsilon", "0.5", "--epsilon-curve", "0,1,3"], "is a budget of 1.5, above 1"),
+])
+def test_eval_refuses_budgets_beyond_the_input_range(run_copy, tmp_path, capsys, no_attacks, argv, message):
+    before = snapshot(tmp_path)
+    err = refused(["eval", "--checkpoint", str(run_copy), "--dataset", "synthetic",
+                   "--out", str(tmp_path / "r.json"), *argv], capsys)
+    assert message in err
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("value", ["1e300", "1.5"])
+def test_train_refuses_epsilon_above_one(tmp_path, capsys, value):
+    err = refused(["train", *ADT_TINY, "--epsilon", value, "--out", str(tmp_path / "run")], capsys)
+    assert err == f"adt-fast train: error: --epsilon must be <= 1, got {float(value)!r}"
+    assert not (tmp_path / "run").exists()
+
+
+# 9. smaller things ------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", [["train", "--method", "nope", "--out", "x"],
+                                     ["eval", "--checkpoint", "c", "--dataset", "synthetic"]])
+def test_usage_errors_are_one_line_and_help_is_complete(command, capsys):
+    err = refused(command, capsys)
+    assert err.startswith(f"adt-fast {command[0]}: error: ") and "usage" not in err
+    with pytest.raises(SystemExit) as stop:
+        main([command[0], "--help"])
+    assert stop.value.code == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("usage: adt-fast")
+    assert ("--alp-weight" if command[0] == "train" else "--epsilon-curve") in printed
+
+
+def test_resume_conflicts_name_only_the_settings_given(run_copy, capsys):
+    before = snapshot(run_copy)
+    code = main(["train", "--resume", "--out", str(run_copy), "--method", "at-pgd", "--lr", "0.5"])
+    err = capsys.readouterr().err
+    assert code == 2
+    listed = re.findall(r"^  (--[a-z-]+) ", err, flags=re.M)
+    assert listed == ["--lr", "--method"]
+    assert snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize("method", ["standard", "at-pgd", "adt-imp-am"])
+def test_backend_is_refused_by_methods_that_never_sample(tmp_path, capsys, method):
+    err = refused(["train", "--method", method, *TINY, "--backend", "reference",
+                   "--out", str(tmp_path / "run")], capsys)
+    assert f"--backend does not apply to --method {method}" in err
+    assert "adt-exp, adt-exp-am" in err
+
+
+def test_image_size_mismatch_is_worded_as_sizes(tmp_path, capsys, no_attacks):
+    checkpoint = _checkpoint(tmp_path / "big.pt", image_size=16)
+    err = refused(["eval", "--checkpoint", str(checkpoint), *EVAL_FAST, "--out", str(tmp_path / "r.json")],
+                  capsys)
+    assert "takes 16x16 images but --dataset synthetic has 8x8 images" in err
+
+
+def test_reports_do_not_depend_on_batch_size_and_csv_is_rounded(run_copy, tmp_path):
+    reports = []
+    for batch in (1, 3, 8):
+        out = tmp_path / f"b{batch}.json"
+        assert main(["eval", "--checkpoint", str(run_copy), "--dataset", "synthetic", "--n-examples", "8",
+                     "--attacks", "fgsm,pgd:2,dist", "--dist-steps", "3", "--epsilon-curve", "0,1.5",
+                     "--batch-size", str(batch), "--out", str(out)]) == 0
+        report = json.loads(out.read_text())
+        assert report.pop("batch_size") == batch
+        reports.append((report, out.with_suffix(".csv").read_bytes()))
+    assert all(r == reports[0] for r in reports[1:])
+    csv_text = reports[0][1].decode()
+    cells = [cell for line in csv_text.splitlines()[1:] for cell in line.split(",")]
+    significant = [len(c.replace(".", "").lstrip("0")) for c in cells if re.fullmatch(r"[0-9.]+", c)]
+    assert max(significant) <= 6                             # no float32 noise, no 0.15000000000000002
+    assert "0.0313725" in csv_text                           # epsilon, 6 significant digits
+    assert reports[0][0]["epsilon"] == 8 / 255                # the JSON keeps full precision
