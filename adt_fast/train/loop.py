@@ -251,13 +251,14 @@ def interrupted_message(run_dir: Path) -> str:
     return "interrupted before the run started; nothing was written"
 
 
-def build_trainer(cfg: TrainConfig, world: World = World()) -> Trainer:
+def build_trainer(cfg: TrainConfig, world: Optional[World] = None) -> Trainer:
     """Data on the device, classifier, method, optimisers and schedules, seeded from cfg.seed.
 
     cfg.sync_bn left at None resolves here (on when the networks have BatchNorm). In a world of
-    several processes: the global batch must split evenly, BatchNorm is synchronised when
-    cfg.sync_bn, and DDP wraps the training step.
+    several processes (default: the initialised process group's): the global batch must split
+    evenly, BatchNorm is synchronised when cfg.sync_bn, and DDP wraps the training step.
     """
+    world = world or distributed.current()
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     data_generator = torch.Generator(device=device)
@@ -345,7 +346,7 @@ def fit(config: TrainConfig) -> Path:
 def _fit(cfg: TrainConfig, world: World) -> Path:
     """The run itself; rank 0 alone writes the run directory and prints."""
     run_dir = Path(cfg.out)
-    trainer = build_trainer(cfg, world)
+    trainer = build_trainer(cfg)  # in `world`, the process group joined by fit
     latest = run_dir / ckpt.LATEST
     resumed = cfg.resume and latest.is_file()
     if resumed:
