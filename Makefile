@@ -1,11 +1,14 @@
 # The two commands of the README:
 #   make demo   set up what is missing, train ADT_EXP on the offline digits data, evaluate it
 #   make test   set up what is missing, run the test suite
+# and for the CUDA build (no GPU needed):
+#   make cuda-build   build adt_fast._C against torch's CUDA wheel (a venv in ~/.cache/adt_fast)
+#                     and fail unless build_info() lists the CUDA kernels (scripts/cuda_build.sh)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN ?= runs/digits
 
-.PHONY: setup demo test bench bench-smoke cmake-test
+.PHONY: setup demo test bench bench-smoke cmake-test cuda-build
 
 setup:
 	VENV=$(VENV) scripts/setup.sh
@@ -27,3 +30,6 @@ cmake-test:
 	cmake -S . -B build/cmake -G Ninja -DCMAKE_BUILD_TYPE=Release
 	cmake --build build/cmake
 	ctest --test-dir build/cmake --output-on-failure
+
+cuda-build:
+	scripts/cuda_build.sh

@@ -2,12 +2,15 @@
 # On a GPU machine with torch (CUDA build), triton and nvcc but no internet: build the extension,
 # run the GPU tests (marker `cuda`) and print every benchmark table. Installs nothing from the
 # network. Budget: under 8 minutes. Results also go to ${OUT:-benchmarks/out}/ as JSON.
+# It stops with an error, before any test, unless torch sees a GPU and the `cuda` backend is
+# available: otherwise every CUDA test and benchmark would skip and the run would look green.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 OUT_DIR=${OUT:-benchmarks/out}
 mkdir -p "$OUT_DIR"
 export ADT_FAST_CUDA_ARCH=${ADT_FAST_CUDA_ARCH:-9.0}
+export ADT_FAST_REQUIRE_CUDA=1   # a CUDA build that fails fails the install (setup.py)
 status=0
 
 echo "== machine ($(date -u +%F))"
@@ -16,9 +19,27 @@ $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.ve
 
 echo "== build"
 start=$(date +%s)
-$PY -m pip install --no-build-isolation --no-deps --no-index -q -e . || status=1
+if ! $PY -m pip install --no-build-isolation --no-deps --no-index -q -e .; then
+  echo "run_gpu.sh: FAILED: building adt_fast with its CUDA kernels failed (the error is above)" >&2
+  exit 1
+fi
 echo "build took $(( $(date +%s) - start )) s"
-$PY -c "import adt_fast; [print(f'  {b.name:9s}', 'ok' if b.available else b.reason) for b in adt_fast.backends()]"
+$PY - <<'PY' || exit 1
+import sys
+
+import torch
+
+import adt_fast
+
+backends = {b.name: b for b in adt_fast.backends()}
+for b in backends.values():
+    print(f"  {b.name:9s}", "ok" if b.available else b.reason)
+if not torch.cuda.is_available():
+    sys.exit("run_gpu.sh: FAILED: torch sees no CUDA GPU; this script measures the GPU backends")
+if not backends["cuda"].available:
+    sys.exit(f"run_gpu.sh: FAILED: the cuda backend is not available ({backends['cuda'].reason})")
+print("  build_info:", adt_fast._C.build_info())
+PY
 
 echo "== GPU tests"
 $PY -m pytest -q -m cuda tests -p no:cacheprovider || status=1
@@ -40,5 +61,5 @@ bench() {
 }
 bench op benchmarks/test_op.py --benchmark-group-by=func,param:batch
 bench op_gpu benchmarks/test_op_gpu.py --benchmark-group-by=func,param:batch
-bench train_step benchmarks/test_train_step.py --benchmark-group-by=param:mode,param:batch
+bench train_step benchmarks/test_train_step.py --benchmark-group-by=param:arch,param:mode
 exit $status

@@ -161,16 +161,23 @@ def _config(method, **kw):
 
 @pytest.mark.parametrize("method,kw", [("standard", {}), ("at-pgd", {}), ("trades", {}),
                                        ("adt-exp", {}), ("adt-exp", {"loss": "trades"})])
-def test_each_method_steps_with_clean_logits(batch, model, method, kw):
+def test_each_method_steps_with_clean_logits_when_it_has_them(batch, model, method, kw):
     x, y = batch
     cfg = _config(method, steps=2, samples=2, **kw) if method == "adt-exp" else _config(method)
     built = build_method(cfg, model, Runtime())
     assert isinstance(built, ComposedMethod) and built.modules() == {} and built.optimisers() == {}
     out = built.step(model, x, y)
     assert out.loss.dim() == 0 and out.loss.requires_grad
-    assert out.clean_logits.shape == (x.shape[0], 10) and not out.clean_logits.requires_grad
+    # Clean logits only where the outer loss computes them; train_step adds them on request.
+    if method in ("standard", "trades") or kw:
+        assert out.clean_logits.shape == (x.shape[0], 10) and not out.clean_logits.requires_grad
+    else:
+        assert out.clean_logits is None
     out.loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+    sgd = {"model": torch.optim.SGD(model.parameters(), lr=0.0)}
+    measured = built.train_step(model, x, y, sgd, measure_accuracy=True)
+    assert measured.clean_logits.shape == (x.shape[0], 10) and not measured.clean_logits.requires_grad
 
 
 def test_method_settings_resolve_per_method():

@@ -7,6 +7,7 @@ E_k[loss(x + delta)] + lambda * H, where delta = epsilon * tanh(mean + softplus(
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -41,38 +42,97 @@ def fit_distribution(loss_fn: BatchedLoss, x: torch.Tensor, *, epsilon: float, s
                      num_samples: int, lbd: float, lr: float = 0.3, betas=(0.0, 0.0),
                      generator: Optional[torch.Generator] = None, backend: str = "auto",
                      track: bool = False,
-                     noise: Optional[Callable[[int], torch.Tensor]] = None) -> DistributionFit:
+                     noise: Optional[Callable[[int], torch.Tensor]] = None,
+                     samples_per_pass: Optional[int] = None) -> DistributionFit:
     """Maximise E[loss_fn(x + delta)] + lbd * H(p(delta)) over per-example (mean, std_param).
 
-    loss_fn takes the k*B adversarial inputs in one batch (shape (k*B, *S)) and returns k*B
-    per-example losses. The entropy enters as the per-dimension mean of -log p, as the original
+    loss_fn takes a batch of m*B adversarial inputs (m whole samples, sample-major) and returns
+    m*B per-example losses. The entropy enters as the per-dimension mean of -log p, as the original
     code does, so the paper's lambda values carry over. Only the distribution parameters get
     gradients (torch.autograd.grad): a model inside loss_fn accumulates nothing in its .grad.
     `track` records the objective, loss and entropy before each step (a host sync per step).
     `noise(step)`, if given, supplies the (k, *x.shape) normals of each step instead of the op's
     generator (e.g. per-example streams that make an attack independent of batching).
+    `samples_per_pass` sends the k samples through loss_fn m at a time (None: all k at once).
+    The k*B batch is drawn and differentiated through the op as one; only the classifier's
+    passes are split, so the result is the same up to how the classifier's kernels treat batch
+    size (bit-identical with oneDNN on CPU in fp32, see tests/test_distribution_passes.py). A
+    smaller pass keeps the activations in cache: on a 2-core CPU with a 32 MiB L3, five 64-image
+    passes of small-cnn ran faster than one of 320 images (benchmarks/RESULTS.md).
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+    if samples_per_pass is not None and (isinstance(samples_per_pass, bool) or samples_per_pass < 1):
+        raise ValueError(f"samples_per_pass must be an integer >= 1 or None, got {samples_per_pass!r}")
     x = x.detach()
     mean = torch.zeros_like(x, requires_grad=True)
     std_param = torch.zeros_like(mean, requires_grad=True)
     optimiser = torch.optim.Adam([mean, std_param], lr=lr, betas=betas)
     fit = DistributionFit(mean, std_param)
     dims = x[0].numel()
+    per_pass = num_samples if samples_per_pass is None else min(samples_per_pass, num_samples)
     for step in range(steps):
         with torch.enable_grad():
             x_adv, neg_log_prob = sample_and_entropy(mean, std_param, num_samples, epsilon, x=x,
                                                      noise=None if noise is None else noise(step),
                                                      generator=generator, backend=backend)
-            loss = loss_fn(x_adv.flatten(0, 1)).view(num_samples, -1).mean(0)
+            per_example, input_grad = _losses_and_input_grads(loss_fn, x_adv.detach(), per_pass)
+            loss = per_example.view(num_samples, -1).mean(0)
             entropy = neg_log_prob.mean(0) / dims
-            objective = loss + lbd * entropy
-            mean.grad, std_param.grad = torch.autograd.grad(-objective.sum(), [mean, std_param])
+            # d(-objective.sum())/d(entropy) = -lbd; input_grad is d(-objective.sum())/d(x_adv).
+            mean.grad, std_param.grad = torch.autograd.grad(
+                [x_adv, entropy], [mean, std_param],
+                [input_grad, torch.full_like(entropy, -lbd)])
         if track:
+            objective = loss + lbd * entropy.detach()
             fit.objective.append(objective.mean().item())
             fit.loss.append(loss.mean().item())
             fit.entropy_per_dim.append(entropy.mean().item())
         optimiser.step()
     fit.mean, fit.std_param = mean.detach(), std_param.detach()
     return fit
+
+
+def _losses_and_input_grads(loss_fn: BatchedLoss, x_adv: torch.Tensor, per_pass: int):
+    """Per-example losses of the (k, B, *S) inputs and d(-mean_k loss summed over B)/d(x_adv),
+    the classifier run on per_pass samples at a time (gradients w.r.t. the inputs only)."""
+    num_samples = x_adv.shape[0]
+    losses, grads = [], []
+    for start in range(0, num_samples, per_pass):
+        chunk = x_adv[start:start + per_pass].flatten(0, 1).requires_grad_()
+        chunk_loss = loss_fn(chunk)
+        # The same -1/k that mean(0) of -objective.sum() sends back to every per-example loss.
+        weight = torch.full_like(chunk_loss, -1.0) / num_samples
+        grads.append(torch.autograd.grad(chunk_loss, chunk, weight)[0])
+        losses.append(chunk_loss.detach())
+    grad = grads[0] if len(grads) == 1 else torch.cat(grads)
+    return torch.cat(losses) if len(losses) > 1 else losses[0], grad.view_as(x_adv)
+
+
+def choose_samples_per_pass(loss_fn: BatchedLoss, x: torch.Tensor, num_samples: int,
+                            repeats: int = 2) -> tuple[int, dict]:
+    """The samples per classifier pass that ran fastest per sample on this device and model.
+
+    Times loss_fn's forward plus its input gradient on m copies of the batch x for m in
+    1, 2, 4, ... and num_samples (best of `repeats` after one warm-up each) and returns the
+    fastest m with the measured seconds per sample by m. Uses no random numbers.
+    """
+    candidates = sorted({min(2 ** i, num_samples) for i in range(num_samples.bit_length())} | {num_samples})
+    seconds = {}
+    for m in candidates:
+        inputs = x.detach().repeat(m, *([1] * (x.dim() - 1)))
+        best = float("inf")
+        for attempt in range(repeats + 1):
+            _sync(x.device)
+            start = time.perf_counter()
+            _losses_and_input_grads(loss_fn, inputs.view(m, *x.shape), m)
+            _sync(x.device)
+            if attempt:  # the first run warms up kernels and the allocator
+                best = min(best, time.perf_counter() - start)
+        seconds[m] = best / m
+    return min(seconds, key=seconds.get), seconds
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -35,7 +35,7 @@ from .. import amortized as am
 from ..models.generators import PerturbationGenerator, QNetwork
 from .config import NO_HINGE
 from .methods import (CEInner, CEOuter, ComposedMethod, Method, MethodSpec, OuterLoss, Perturbation, PGD,
-                      Runtime, StepOutput, TradesOuter, accuracy_logits, _pgd_step_size, register_method)
+                      Runtime, StepOutput, TradesOuter, _detached, _pgd_step_size, register_method)
 
 
 def _run(rt: Runtime, net: nn.Module, *args: torch.Tensor):
@@ -151,7 +151,7 @@ class AmortizedMethod(Method):
         x_adv, entropy = self.perturbation(model, x, y, self.runtime)
         per_example, clean_logits = self.outer(model, x, am.reverse_gradient(x_adv), y, self.runtime)
         objective = am.amortized_loss(per_example, entropy, self.lbd)
-        return StepOutput(per_example.mean(), accuracy_logits(model, x, clean_logits, self.runtime),
+        return StepOutput(per_example.mean(), _detached(clean_logits),
                           x_adv.detach(),
                           objective=objective,
                           entropy=None if entropy is None else entropy.detach().mean())

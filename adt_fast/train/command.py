@@ -12,7 +12,7 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
-from .config import LOSSES, NO_HINGE, PRECISIONS, ConfigError, TrainConfig
+from .config import AUTO, LOSSES, NO_HINGE, PRECISIONS, ConfigError, TrainConfig
 
 FIELDS = {f for f in TrainConfig.__dataclass_fields__}
 
@@ -33,6 +33,16 @@ def hinge(text: str):
         return number(text)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor {NO_HINGE}") from None
+
+
+def samples_per_pass(text: str):
+    """--samples-per-pass: a positive integer, or 'auto'."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither an integer nor {AUTO}") from None
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -68,6 +78,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                      help="cap the batches per epoch (train and test), for smoke runs")
     run.add_argument("--tensorboard", action=argparse.BooleanOptionalAction,
                      help="write TensorBoard scalars when tensorboard is installed (default on)")
+    run.add_argument("--exact-train-acc", action=argparse.BooleanOptionalAction,
+                     help="train_acc from every batch, at one extra eval-mode forward per batch for "
+                          "methods without clean logits (default: from a sample of batches)")
 
     outer = parser.add_argument_group("outer training (appendix C.3)")
     outer.add_argument("--epochs", type=int, metavar="N", help="default 76 (C.3); 15 for digits, 5 for synthetic")
@@ -101,6 +114,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     inner.add_argument("--loss", choices=LOSSES,
                        help="ADT's inner and outer loss (adt-exp, adt-exp-am, adt-imp-am; default ce)")
     inner.add_argument("--beta", type=number, metavar="BETA", help="TRADES beta (default 6.0)")
+    inner.add_argument("--samples-per-pass", type=samples_per_pass, metavar="M|auto",
+                       help="adt-exp: send the k samples through the classifier M at a time "
+                            "(same result; default auto: measured at the start of the run)")
     inner.add_argument("--backend", choices=["auto", "reference", "cpu", "cuda", "triton"],
                        help="backend of the sampling op (default auto)")
 

@@ -24,17 +24,19 @@ from typing import Any, Optional, Union
 CONFIG_FILE = "config.json"
 PRECISIONS = ("fp32", "bf16")
 LOSSES = ("ce", "trades")
+AUTO = "auto"  # --samples-per-pass auto: measured at the start of the run (train/tuning.py)
 
 # Settings that a method may or may not use. A method's spec names the ones it uses and gives
 # their defaults; issue-5 methods add theirs here (and a field below, and a flag in command.py).
 METHOD_PARAMS = ("steps", "step_size", "samples", "lbd", "dist_lr", "dist_betas", "loss", "beta",
-                 "generator_lr", "generator_width", "hinge", "alp_weight")
+                 "generator_lr", "generator_width", "hinge", "alp_weight", "samples_per_pass")
 NO_HINGE = "none"  # --hinge none: ADT_IMP-AM's plain bound (Eq. A.3), no cap
 
 # Settings that may differ between a run and its --resume: where things are, how often snapshots
 # are written, how long to go on, and implementation choices that do not change the maths.
 RESUMABLE_CHANGES = frozenset({"out", "resume", "data_dir", "download", "epochs", "save_freq",
-                               "max_batches", "backend", "device", "tensorboard"})
+                               "max_batches", "backend", "device", "tensorboard",
+                               "samples_per_pass", "exact_train_acc"})
 
 
 class ConfigError(ValueError):
@@ -89,6 +91,7 @@ class TrainConfig:
     generator_width: Optional[int] = None
     hinge: Optional[Union[float, str]] = None   # a number, or NO_HINGE
     alp_weight: Optional[float] = None
+    samples_per_pass: Optional[Union[int, str]] = None   # an integer, or AUTO
     precision: str = "fp32"
     channels_last: bool = False
     device: str = "auto"
@@ -99,6 +102,7 @@ class TrainConfig:
     max_batches: Optional[int] = None
     tensorboard: bool = True
     sync_bn: Optional[bool] = None     # None: on when the networks have BatchNorm (resolved by the trainer)
+    exact_train_acc: bool = False       # train accuracy on every batch, even at one extra forward
 
     # ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -189,7 +193,7 @@ class TrainConfig:
         cfg.lr_drop = sorted(int(e) for e in cfg.lr_drop)
         if cfg.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
-        for name in ("download", "channels_last", "resume", "tensorboard"):
+        for name in ("download", "channels_last", "resume", "tensorboard", "exact_train_acc"):
             if not isinstance(getattr(cfg, name), bool):
                 raise ConfigError(f"{flag(name)} must be true or false, got {getattr(cfg, name)!r}")
         if cfg.sync_bn is not None and not isinstance(cfg.sync_bn, bool):
@@ -241,6 +245,11 @@ class TrainConfig:
             cfg.hinge = float(cfg.hinge)
         if "alp_weight" in spec.params:
             _real(cfg, "alp_weight", low=0.0)
+        if "samples_per_pass" in spec.params and cfg.samples_per_pass != AUTO and (
+                isinstance(cfg.samples_per_pass, bool) or not isinstance(cfg.samples_per_pass, int)
+                or cfg.samples_per_pass < 1):
+            raise ConfigError(f"--samples-per-pass must be an integer >= 1 or {AUTO}, "
+                              f"got {cfg.samples_per_pass!r}")
         # beta is used only with the TRADES loss: a method whose loss can be either declares it,
         # and it is dropped (or refused, when given) with --loss ce.
         if "beta" in spec.params:

@@ -33,7 +33,7 @@ from ..distributed import World
 from ..files import os_error_text, unwritable_reason, write_atomic
 from ..models import build_model
 from . import checkpoint as ckpt
-from . import runlog
+from . import runlog, tuning
 from .config import CONFIG_FILE, ConfigError, TrainConfig
 from .methods import Method, Runtime, build_method
 from .parallel import DataParallel
@@ -41,6 +41,9 @@ from .parallel import DataParallel
 SNAPSHOT = "checkpoint_epoch{epoch}.pt"
 EVAL_BATCH_SIZE = 500
 PROGRESS_EVERY = 10
+# Methods without clean logits of their own measure train accuracy on every TRAIN_ACC_EVERY-th
+# batch (one eval-mode forward there), unless --exact-train-acc asks for every batch.
+TRAIN_ACC_EVERY = 10
 
 
 @dataclasses.dataclass
@@ -132,7 +135,7 @@ class Trainer:
         device = x.device
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen = 0
+        seen, counted = 0, 0
         start = time.perf_counter()
         bar = runlog.progress_bar(total, f"epoch {self.epoch + 1}/{cfg.epochs}", show=self.world.main)
         step = None if self.parallel is None else self.parallel.step
@@ -140,15 +143,19 @@ class Trainer:
             for index, (xb, yb) in enumerate(itertools.islice(batches, total)):
                 if self.parallel is not None:
                     xb, yb = self.parallel.split(xb, yb)
-                out = self.method.train_step(self.model, xb, yb, self.optimisers, step=step)
+                measure = cfg.exact_train_acc or index % TRAIN_ACC_EVERY == 0
+                out = self.method.train_step(self.model, xb, yb, self.optimisers, measure_accuracy=measure,
+                                             step=step)
                 with torch.no_grad():
                     loss_sum += out.loss.detach().float() * yb.shape[0]
-                    correct += (out.clean_logits.argmax(1) == yb).sum()
+                    if out.clean_logits is not None:
+                        correct += (out.clean_logits.argmax(1) == yb).sum()
+                        counted += yb.shape[0]
                 seen += yb.shape[0]
                 bar.update(1)
                 if not bar.disable and (index % PROGRESS_EVERY == 0 or index + 1 == total):
                     bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}",
-                                    acc=f"{correct.item() / seen:.3f}", refresh=False)
+                                    acc=f"{correct.item() / max(counted, 1):.3f}", refresh=False)
         finally:
             bar.close()
         if device.type == "cuda":
@@ -158,11 +165,12 @@ class Trainer:
             sched.step()
         # Over every rank's share; then rank 0's BatchNorm statistics everywhere (they differ
         # between ranks without --sync-bn), so testing and the checkpoint see one model.
-        loss_total, correct_total, seen = self.world.sum([loss_sum.item(), correct.item(), seen], device)
+        loss_total, correct_total, seen, counted = self.world.sum(
+            [loss_sum.item(), correct.item(), seen, counted], device)
         for module in (self.model, *self.method.modules().values()):
             self.world.broadcast_buffers(module)
         return {"epoch": self.epoch + 1, "train_loss": loss_total / max(seen, 1),
-                "train_acc": correct_total / max(seen, 1), "lr": lr, "seconds": seconds}
+                "train_acc": correct_total / max(counted, 1), "lr": lr, "seconds": seconds}
 
     def test_accuracy(self) -> float:
         return clean_accuracy(self.model, *self.test_data, runtime=self.method.runtime,
@@ -361,6 +369,10 @@ def _fit(cfg: TrainConfig, world: World) -> Path:
             + (f" on {world.size} processes" if world.parallel else ""))
     elif cfg.resume:
         say(f"resuming {run_dir}: no checkpoint yet, starting at epoch 1")
+    train_x, train_y = trainer.train_data
+    chosen = tuning.load_or_measure(run_dir, trainer.method, trainer.model, train_x[:cfg.batch_size],
+                                    train_y[:cfg.batch_size], resume=cfg.resume, write=world.main)
+    say(tuning.mode_line(cfg, chosen))
     board = runlog.TensorBoard(run_dir, cfg.tensorboard and world.main, trainer.epoch)
     try:
         while trainer.epoch < cfg.epochs:

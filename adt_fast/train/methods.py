@@ -31,10 +31,11 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ..attacks.distribution import DistributionFit, fit_distribution
+from ..attacks.distribution import DistributionFit, choose_samples_per_pass, fit_distribution
 from ..attacks.engine import eval_mode, iterative_attack, uniform_start
 from ..attacks.losses import cross_entropy, trades_kl, trades_loss
 from ..distributed import BatchShard
+from .config import AUTO
 
 PerExampleLoss = Callable[[torch.Tensor], torch.Tensor]
 
@@ -129,6 +130,10 @@ def accuracy_logits(model, x, clean_logits, rt) -> torch.Tensor:
     return clean_logits.detach()
 
 
+def _detached(logits: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if logits is None else logits.detach()
+
+
 class TradesKLInner(InnerLoss):
     """KL(f(x) || f(x + delta)), the clean logits fixed (TRADES' inner problem)."""
 
@@ -170,6 +175,14 @@ class TradesInner(InnerLoss):
 class Perturbation:
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rt: Runtime) -> torch.Tensor:
         raise NotImplementedError
+
+    def tune(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rt: Runtime,
+             recorded: Optional[dict] = None) -> dict:
+        """Implementation choices that do not change the result (see Method.tune); {} if none."""
+        return {}
+
+    def apply_tuning(self, tuning: dict) -> None:
+        pass
 
 
 class Clean(Perturbation):
@@ -215,13 +228,35 @@ class ExplicitDistribution(Perturbation):
     forward of k*B inputs and ascends E[inner loss] + lambda * H, H being the per-dimension mean
     of -log p (see fit_distribution). The classifier then trains on one fresh sample of the final
     distribution. ``track=True`` keeps the last fit (with its per-step objective) in ``last_fit``.
+    ``samples_per_pass`` splits the k*B batch into classifier passes of that many samples (None:
+    one pass; "auto": one pass until ``tune`` has measured the fastest split).
     """
 
     def __init__(self, inner: InnerLoss, *, epsilon: float, steps: int, samples: int, lbd: float,
-                 lr: float = 0.3, betas=(0.0, 0.0), backend: str = "auto", track: bool = False):
+                 lr: float = 0.3, betas=(0.0, 0.0), backend: str = "auto", track: bool = False,
+                 samples_per_pass=None):
         self.inner, self.epsilon, self.steps, self.samples, self.lbd = inner, epsilon, steps, samples, lbd
         self.lr, self.betas, self.backend, self.track = lr, tuple(betas), backend, track
+        self.measure_passes = samples_per_pass == AUTO
+        self.samples_per_pass = None if self.measure_passes else samples_per_pass
         self.last_fit: Optional[DistributionFit] = None
+
+    def tune(self, model, x, y, rt, recorded=None):
+        if not self.measure_passes:
+            return {"samples_per_pass": self.samples_per_pass or self.samples, "chosen_by": "--samples-per-pass"}
+        recorded = recorded or {}
+        per_pass = recorded.get("samples_per_pass")
+        if (recorded.get("chosen_by") == "measurement" and isinstance(per_pass, int)
+                and not isinstance(per_pass, bool) and per_pass >= 1):
+            return recorded  # a record that is not a valid measurement is measured again
+        with eval_mode(model):
+            best, seconds = choose_samples_per_pass(self.inner.bind(model, x, y, rt), x, self.samples)
+        return {"samples_per_pass": best, "chosen_by": "measurement",
+                "seconds_per_sample": {str(m): t for m, t in seconds.items()}}
+
+    def apply_tuning(self, tuning):
+        if self.measure_passes and "samples_per_pass" in tuning:
+            self.samples_per_pass = int(tuning["samples_per_pass"])
 
     def __call__(self, model, x, y, rt):
         with eval_mode(model):
@@ -229,7 +264,8 @@ class ExplicitDistribution(Perturbation):
             fit = fit_distribution(loss_fn, x, epsilon=self.epsilon, steps=self.steps,
                                    num_samples=self.samples, lbd=self.lbd, lr=self.lr,
                                    betas=self.betas, backend=self.backend, track=self.track,
-                                   noise=lambda step: rt.op_noise(x, self.samples))
+                                   noise=lambda step: rt.op_noise(x, self.samples),
+                                   samples_per_pass=self.samples_per_pass)
         if self.track:
             self.last_fit = fit
         return fit.sample(x, self.epsilon, 1, backend=self.backend, noise=rt.op_noise(x, 1))[0]
@@ -268,12 +304,13 @@ class TradesOuter(OuterLoss):
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class StepOutput:
-    """One training step's result: the reported loss, clean logits for train accuracy, and the
+    """One training step's result: the reported loss, the clean logits for train accuracy when
+    the step computed them anyway (else None; ``train_step`` adds them on request), and the
     scalar that is backwarded when it differs from the loss (an amortised method's loss minus
     lambda times its entropy term, whose detached batch mean is kept for logging)."""
 
     loss: torch.Tensor
-    clean_logits: torch.Tensor
+    clean_logits: Optional[torch.Tensor]
     x_adv: Optional[torch.Tensor] = None
     objective: Optional[torch.Tensor] = None
     entropy: Optional[torch.Tensor] = None
@@ -289,7 +326,9 @@ class Method:
       classifier's (names must not be "model"; schedulers step once per epoch);
     - ``extra_state()`` / ``load_extra_state()``: any other state, weights-only types only.
     ``step`` computes the loss; ``train_step`` (zero grads, step, backward, step every optimiser)
-    can be overridden by a method whose update is not one backward of one loss.
+    can be overridden by a method whose update is not one backward of one loss. ``tune`` /
+    ``apply_tuning`` measure and set implementation choices that leave the result unchanged
+    (how ADT_EXP splits its k*B batch); the loop records them in the run directory.
     """
 
     name = "method"
@@ -313,17 +352,32 @@ class Method:
     def load_extra_state(self, state: dict) -> None:
         pass
 
+    def tune(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             recorded: Optional[dict] = None) -> dict:
+        """Settings that leave the result unchanged, for this device and model: a flag's value, else
+        `recorded` (what an earlier invocation of the run chose), else measured on the batch (x, y)
+        without using random numbers. JSON types; {} when the method has none."""
+        return {}
+
+    def apply_tuning(self, tuning: dict) -> None:
+        pass
+
     def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         raise NotImplementedError
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimisers: dict,
+                   measure_accuracy: bool = False,
                    step: Optional[Callable[[nn.Module, torch.Tensor, torch.Tensor], StepOutput]] = None
                    ) -> StepOutput:
-        """One update; `step` replaces ``self.step`` (the data-parallel wrapper, whose objective
-        DDP all-reduces in the backward)."""
+        """One update. With measure_accuracy, out.clean_logits is never None: a step that has no
+        clean logits of its own pays one eval-mode forward for them (accuracy_logits). `step`
+        replaces ``self.step`` (the data-parallel wrapper, whose objective DDP all-reduces in the
+        backward)."""
         for optimiser in optimisers.values():
             optimiser.zero_grad(set_to_none=True)
         out = (step or self.step)(model, x, y)
+        if measure_accuracy and out.clean_logits is None:
+            out.clean_logits = accuracy_logits(model, x, None, self.runtime)
         (out.loss if out.objective is None else out.objective).backward()
         for optimiser in optimisers.values():
             optimiser.step()
@@ -331,7 +385,7 @@ class Method:
 
 
 class ComposedMethod(Method):
-    """perturbation + outer loss; train accuracy from accuracy_logits."""
+    """perturbation + outer loss; clean logits when the outer loss computes them."""
 
     def __init__(self, config, model, runtime, perturbation: Perturbation, outer: OuterLoss, name: str):
         super().__init__(config, model, runtime)
@@ -340,7 +394,13 @@ class ComposedMethod(Method):
     def step(self, model, x, y):
         x_adv = self.perturbation(model, x, y, self.runtime)
         per_example, clean_logits = self.outer(model, x, x_adv, y, self.runtime)
-        return StepOutput(per_example.mean(), accuracy_logits(model, x, clean_logits, self.runtime), x_adv)
+        return StepOutput(per_example.mean(), _detached(clean_logits), x_adv)
+
+    def tune(self, model, x, y, recorded=None):
+        return self.perturbation.tune(model, x, y, self.runtime, recorded)
+
+    def apply_tuning(self, tuning):
+        self.perturbation.apply_tuning(tuning)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -394,7 +454,7 @@ def _pgd_step_size(cfg) -> float:
 
 PGD_PARAMS = {"steps": 7, "step_size": _pgd_step_size}
 ADT_EXP_PARAMS = {"steps": 7, "samples": 5, "lbd": 0.01, "dist_lr": 0.3, "dist_betas": (0.0, 0.0),
-                  "loss": "ce", "beta": 6.0}
+                  "loss": "ce", "beta": 6.0, "samples_per_pass": AUTO}
 
 
 def _build_standard(cfg, model, rt):
@@ -417,7 +477,8 @@ def _build_adt_exp(cfg, model, rt):
     else:
         inner, outer = CEInner(), CEOuter()
     dist = ExplicitDistribution(inner, epsilon=cfg.epsilon, steps=cfg.steps, samples=cfg.samples,
-                                lbd=cfg.lbd, lr=cfg.dist_lr, betas=cfg.dist_betas, backend=rt.backend)
+                                lbd=cfg.lbd, lr=cfg.dist_lr, betas=cfg.dist_betas, backend=rt.backend,
+                                samples_per_pass=cfg.samples_per_pass)
     return ComposedMethod(cfg, model, rt, dist, outer, "adt-exp")
 
 
