@@ -2,26 +2,37 @@
 // builds, ADT_FAST_WITH_CUDA) as torch ops in the namespace adt_fast_C, and defines the Python
 // module adt_fast._C (importing it registers the ops):
 //
-//   adt_fast_C::sample_forward(mean, std_param, x?, noise?, seed_offset, num_samples, epsilon, lo, hi)
-//       -> (out [k, *mean.shape] in mean's dtype, neg_log_prob [k, B] float32 / float64)
-//   adt_fast_C::sample_backward(grad_out, grad_nlp, mean, std_param, x?, noise?, seed_offset,
+//   adt_fast_C::sample_forward(mean, std_param, x?, noise?, seed_offset?, generator?, num_samples,
+//                              epsilon, lo, hi) -> (out [k, *mean.shape] in mean's dtype,
+//                              neg_log_prob [k, B] float32 / float64, seed_offset_used int64 [2])
+//   adt_fast_C::sample_backward(grad_out?, grad_nlp?, mean, std_param, x?, noise?, seed_offset,
 //                               num_samples, epsilon, lo, hi) -> (grad_mean, grad_std_param, grad_x)
 //   adt_fast_C::philox_words(seed_offset, numel, num_samples) -> int64 [ceil(k/4), numel, 4]
 //
-// The maths is in adt_fast/ops/reference.py (the spec); this file only validates and allocates.
+// Without seed_offset and noise, the forward draws (seed, offset) here from `generator` or the
+// device's default generator (docs/randomness.md) and returns the pair it used; the backward is
+// given that pair. An absent gradient is zero; grad_out expanded over the samples or from a
+// scalar is read in place (docs/kernels.md). The maths is in adt_fast/ops/reference.py (the spec);
+// this file only validates, draws seeds and allocates.
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
+
+#include <mutex>
 
 #include <cmath>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "core/common.h"
 #include "cpu/adt_cpu.h"
 
 #if defined(ADT_FAST_WITH_CUDA)
+#include <ATen/cuda/CUDAGeneratorImpl.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -67,8 +78,19 @@ struct Dims {
 };
 
 // Validation shared by every op (defence in depth: the Python layer checks first).
+bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
+
+void check_seed_offset(const char* op, const Tensor& seed_offset, const Tensor& mean) {
+  TORCH_CHECK(seed_offset.defined() && seed_offset.scalar_type() == at::kLong && seed_offset.numel() == 2, op,
+              ": seed_offset must be an int64 tensor of 2 values (seed, offset), got ",
+              seed_offset.defined() ? seed_offset.toString() : std::string("undefined"), " of shape ",
+              seed_offset.defined() ? seed_offset.sizes() : at::IntArrayRef{});
+  TORCH_CHECK(seed_offset.device() == mean.device(), op, ": seed_offset is on ", seed_offset.device(),
+              " but mean is on ", mean.device());
+}
+
 Dims check_common(const char* op, const Tensor& mean, const Tensor& std_param, const OptTensor& x,
-                  const OptTensor& noise, const Tensor& seed_offset, int64_t k, double epsilon, double lo,
+                  const OptTensor& noise, const OptTensor& seed_offset, int64_t k, double epsilon, double lo,
                   double hi) {
   TORCH_CHECK(mean.defined(), op, ": mean is an undefined tensor");
   TORCH_CHECK(is_supported_float(mean.scalar_type()), op,
@@ -82,12 +104,7 @@ Dims check_common(const char* op, const Tensor& mean, const Tensor& std_param, c
   if (noise.has_value() && noise->defined()) {
     check_tensor_like(op, "noise", *noise, mean, with_samples(k, mean.sizes()), mean.scalar_type());
   }
-  TORCH_CHECK(seed_offset.defined() && seed_offset.scalar_type() == at::kLong && seed_offset.numel() == 2, op,
-              ": seed_offset must be an int64 tensor of 2 values (seed, offset), got ",
-              seed_offset.defined() ? seed_offset.toString() : std::string("undefined"), " of shape ",
-              seed_offset.defined() ? seed_offset.sizes() : at::IntArrayRef{});
-  TORCH_CHECK(seed_offset.device() == mean.device(), op, ": seed_offset is on ", seed_offset.device(),
-              " but mean is on ", mean.device());
+  if (present(seed_offset)) check_seed_offset(op, *seed_offset, mean);
   Dims d;
   d.batch = mean.size(0);
   d.dim = 1;
@@ -95,24 +112,53 @@ Dims check_common(const char* op, const Tensor& mean, const Tensor& std_param, c
   return d;
 }
 
-void check_grads(const char* op, const Tensor& grad_out, const Tensor& grad_nlp, const Tensor& mean, int64_t k,
-                 int64_t batch) {
-  TORCH_CHECK(grad_out.defined() && grad_out.device() == mean.device(), op,
-              ": grad_out must be a tensor on mean's device");
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(with_samples(k, mean.sizes())), op,
-              ": grad_out must have shape ", at::IntArrayRef(with_samples(k, mean.sizes())), ", got ",
-              grad_out.sizes());
-  TORCH_CHECK(at::isFloatingType(grad_out.scalar_type()), op, ": grad_out must be floating, got ",
-              grad_out.scalar_type());
-  TORCH_CHECK(grad_nlp.defined() && grad_nlp.device() == mean.device(), op,
-              ": grad_nlp must be a tensor on mean's device");
-  TORCH_CHECK(grad_nlp.sizes() == at::IntArrayRef({k, batch}), op, ": grad_nlp must have shape [", k, ", ",
-              batch, "], got ", grad_nlp.sizes());
-  TORCH_CHECK(at::isFloatingType(grad_nlp.scalar_type()), op, ": grad_nlp must be floating, got ",
-              grad_nlp.scalar_type());
+void check_grads(const char* op, const OptTensor& grad_out, const OptTensor& grad_nlp, const Tensor& mean,
+                 int64_t k, int64_t batch) {
+  if (present(grad_out)) {
+    TORCH_CHECK(grad_out->device() == mean.device(), op, ": grad_out is on ", grad_out->device(),
+                " but mean is on ", mean.device());
+    TORCH_CHECK(grad_out->sizes() == at::IntArrayRef(with_samples(k, mean.sizes())), op,
+                ": grad_out must have shape ", at::IntArrayRef(with_samples(k, mean.sizes())), ", got ",
+                grad_out->sizes());
+    TORCH_CHECK(at::isFloatingType(grad_out->scalar_type()), op, ": grad_out must be floating, got ",
+                grad_out->scalar_type());
+  }
+  if (present(grad_nlp)) {
+    TORCH_CHECK(grad_nlp->device() == mean.device(), op, ": grad_nlp is on ", grad_nlp->device(),
+                " but mean is on ", mean.device());
+    TORCH_CHECK(grad_nlp->sizes() == at::IntArrayRef({k, batch}), op, ": grad_nlp must have shape [", k, ", ",
+                batch, "], got ", grad_nlp->sizes());
+    TORCH_CHECK(at::isFloatingType(grad_nlp->scalar_type()), op, ": grad_nlp must be floating, got ",
+                grad_nlp->scalar_type());
+  }
 }
 
-bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
+// grad_out as the kernels read it: element (s, n) at data[s * sample_stride + n * element_stride].
+// Contiguous, expanded over the samples (g.expand(k, ...) of a contiguous (B, *S): strides (0, 1))
+// and a broadcast scalar (delta.sum()'s gradient: (0, 0)) are read in place; any other layout is
+// made contiguous. Undefined data means a zero gradient.
+struct GradOut {
+  Tensor data;
+  int64_t sample_stride = 0, element_stride = 0;
+};
+
+GradOut grad_out_layout(const OptTensor& g_in, at::ScalarType dtype, int64_t numel) {
+  GradOut g;
+  if (!present(g_in)) return g;
+  const Tensor& t = *g_in;
+  const bool all_zero = std::all_of(t.strides().begin(), t.strides().end(), [](int64_t v) { return v == 0; });
+  if (t.numel() > 0 && !t.is_contiguous() && all_zero) {
+    g.data = t.as_strided({1}, {1}).to(dtype);
+  } else if (t.numel() > 0 && t.dim() >= 1 && t.stride(0) == 0 && t.size(0) > 1 && t.select(0, 0).is_contiguous()) {
+    g.data = t.select(0, 0).to(dtype).contiguous();
+    g.element_stride = 1;
+  } else {
+    g.data = t.to(dtype).contiguous();
+    g.sample_stride = numel;
+    g.element_stride = 1;
+  }
+  return g;
+}
 
 OptTensor contiguous_as(const OptTensor& t, at::ScalarType dtype) {
   if (!present(t)) return c10::nullopt;
@@ -130,24 +176,50 @@ std::pair<uint64_t, uint64_t> read_seed_offset_cpu(const Tensor& seed_offset) {
   return {static_cast<uint64_t>(p[0]), static_cast<uint64_t>(p[1])};
 }
 
+// A fresh (seed, offset) from the CPU generator (or `generator`), both below 2^62 (so offset + g
+// never wraps: docs/randomness.md), drawn exactly as torch.randint(0, 2**62, (2,), generator=g)
+// draws them (random64() mod the range, in order): the Python-launched backends draw that way,
+// so one generator state gives the same samples on every CPU backend.
+std::pair<uint64_t, uint64_t> draw_seed_offset_cpu(const c10::optional<at::Generator>& generator) {
+  auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
+  std::lock_guard<std::mutex> lock(gen->mutex_);
+  constexpr uint64_t kRange = uint64_t{1} << 62;
+  const uint64_t seed = gen->random64() % kRange;
+  const uint64_t offset = gen->random64() % kRange;
+  return {seed, offset};
+}
+
+Tensor seed_offset_tensor(uint64_t seed, uint64_t offset, const Tensor& like) {
+  Tensor t = at::empty({2}, like.options().dtype(at::kLong));
+  t.data_ptr<int64_t>()[0] = static_cast<int64_t>(seed);
+  t.data_ptr<int64_t>()[1] = static_cast<int64_t>(offset);
+  return t;
+}
+
 // ---- CPU ----------------------------------------------------------------------------------------
 
-std::tuple<Tensor, Tensor> forward_cpu(const Tensor& mean_in, const Tensor& std_in, const OptTensor& x_in,
-                                       const OptTensor& noise_in, const Tensor& seed_offset, int64_t k,
-                                       double epsilon, double lo, double hi) {
+std::tuple<Tensor, Tensor, Tensor> forward_cpu(const Tensor& mean_in, const Tensor& std_in, const OptTensor& x_in,
+                                               const OptTensor& noise_in, const OptTensor& seed_offset_in,
+                                               const c10::optional<at::Generator>& generator, int64_t k,
+                                               double epsilon, double lo, double hi) {
   const char* op = "adt_fast_C::sample_forward";
-  const Dims d = check_common(op, mean_in, std_in, x_in, noise_in, seed_offset, k, epsilon, lo, hi);
+  const Dims d = check_common(op, mean_in, std_in, x_in, noise_in, seed_offset_in, k, epsilon, lo, hi);
+  uint64_t seed = 0, offset = 0;
+  if (!present(noise_in)) {
+    std::tie(seed, offset) =
+        present(seed_offset_in) ? read_seed_offset_cpu(*seed_offset_in) : draw_seed_offset_cpu(generator);
+  }
+  const Tensor used = seed_offset_tensor(seed, offset, mean_in);
   const at::ScalarType dtype = mean_in.scalar_type();
   if (dtype == at::kHalf || dtype == at::kBFloat16) {  // computed in float32, stored back
     auto result = forward_cpu(mean_in.to(at::kFloat), std_in.to(at::kFloat), contiguous_as(x_in, at::kFloat),
-                              contiguous_as(noise_in, at::kFloat), seed_offset, k, epsilon, lo, hi);
-    return {std::get<0>(result).to(dtype), std::get<1>(result)};
+                              contiguous_as(noise_in, at::kFloat), used, c10::nullopt, k, epsilon, lo, hi);
+    return {std::get<0>(result).to(dtype), std::get<1>(result), used};
   }
   const Tensor mean = mean_in.contiguous(), std_param = std_in.contiguous();
   const OptTensor x = contiguous_as(x_in, dtype), noise = contiguous_as(noise_in, dtype);
   Tensor out = at::empty(with_samples(k, mean.sizes()), mean.options());
   Tensor nlp = at::empty({k, d.batch}, mean.options());
-  const auto [seed, offset] = read_seed_offset_cpu(seed_offset);
   const int threads = at::get_num_threads();
   if (dtype == at::kFloat) {
     adt_fast::cpu::sample_forward(mean.data_ptr<float>(), std_param.data_ptr<float>(), ptr_or_null<float>(x),
@@ -158,10 +230,10 @@ std::tuple<Tensor, Tensor> forward_cpu(const Tensor& mean_in, const Tensor& std_
                                   ptr_or_null<double>(noise), seed, offset, d.batch, d.dim, k, epsilon, lo, hi,
                                   out.data_ptr<double>(), nlp.data_ptr<double>(), threads);
   }
-  return {out, nlp};
+  return {out, nlp, used};
 }
 
-std::tuple<Tensor, Tensor, Tensor> backward_cpu(const Tensor& grad_out_in, const Tensor& grad_nlp_in,
+std::tuple<Tensor, Tensor, Tensor> backward_cpu(const OptTensor& grad_out_in, const OptTensor& grad_nlp_in,
                                                 const Tensor& mean_in, const Tensor& std_in, const OptTensor& x_in,
                                                 const OptTensor& noise_in, const Tensor& seed_offset, int64_t k,
                                                 double epsilon, double lo, double hi) {
@@ -169,33 +241,34 @@ std::tuple<Tensor, Tensor, Tensor> backward_cpu(const Tensor& grad_out_in, const
   const Dims d = check_common(op, mean_in, std_in, x_in, noise_in, seed_offset, k, epsilon, lo, hi);
   check_grads(op, grad_out_in, grad_nlp_in, mean_in, k, d.batch);
   const at::ScalarType dtype = mean_in.scalar_type();
-  if (dtype == at::kHalf || dtype == at::kBFloat16) {
-    auto result = backward_cpu(grad_out_in.to(at::kFloat), grad_nlp_in.to(at::kFloat), mean_in.to(at::kFloat),
-                               std_in.to(at::kFloat), contiguous_as(x_in, at::kFloat),
-                               contiguous_as(noise_in, at::kFloat), seed_offset, k, epsilon, lo, hi);
-    const Tensor& gx = std::get<2>(result);
-    return {std::get<0>(result).to(dtype), std::get<1>(result).to(dtype), gx.numel() ? gx.to(dtype) : mean_in.new_empty({0})};
-  }
   const at::ScalarType ctype = compute_type(dtype);
-  const Tensor mean = mean_in.contiguous(), std_param = std_in.contiguous();
-  const Tensor grad_out = grad_out_in.to(dtype).contiguous(), grad_nlp = grad_nlp_in.to(ctype).contiguous();
-  const OptTensor x = contiguous_as(x_in, dtype), noise = contiguous_as(noise_in, dtype);
+  const bool half = dtype == at::kHalf || dtype == at::kBFloat16;  // computed in float32, stored back
+  const at::ScalarType kdtype = half ? at::kFloat : dtype;
+  const Tensor mean = mean_in.to(kdtype).contiguous(), std_param = std_in.to(kdtype).contiguous();
+  const GradOut go = grad_out_layout(grad_out_in, kdtype, d.batch * d.dim);
+  const OptTensor grad_nlp = contiguous_as(grad_nlp_in, ctype);
+  const OptTensor x = contiguous_as(x_in, kdtype), noise = contiguous_as(noise_in, kdtype);
   Tensor grad_mean = at::empty_like(mean), grad_std = at::empty_like(std_param);
   Tensor grad_x = present(x) ? at::empty_like(mean) : mean.new_empty({0});
   const auto [seed, offset] = read_seed_offset_cpu(seed_offset);
   const int threads = at::get_num_threads();
-  if (dtype == at::kFloat) {
-    adt_fast::cpu::sample_backward(grad_out.data_ptr<float>(), grad_nlp.data_ptr<float>(), mean.data_ptr<float>(),
+  if (kdtype == at::kFloat) {
+    adt_fast::cpu::sample_backward(go.data.defined() ? go.data.data_ptr<float>() : nullptr, go.sample_stride,
+                                   go.element_stride, ptr_or_null<float>(grad_nlp), mean.data_ptr<float>(),
                                    std_param.data_ptr<float>(), ptr_or_null<float>(x), ptr_or_null<float>(noise),
                                    seed, offset, d.batch, d.dim, k, epsilon, lo, hi, grad_mean.data_ptr<float>(),
                                    grad_std.data_ptr<float>(), present(x) ? grad_x.data_ptr<float>() : nullptr,
                                    threads);
   } else {
-    adt_fast::cpu::sample_backward(grad_out.data_ptr<double>(), grad_nlp.data_ptr<double>(),
-                                   mean.data_ptr<double>(), std_param.data_ptr<double>(), ptr_or_null<double>(x),
-                                   ptr_or_null<double>(noise), seed, offset, d.batch, d.dim, k, epsilon, lo, hi,
-                                   grad_mean.data_ptr<double>(), grad_std.data_ptr<double>(),
-                                   present(x) ? grad_x.data_ptr<double>() : nullptr, threads);
+    adt_fast::cpu::sample_backward(go.data.defined() ? go.data.data_ptr<double>() : nullptr, go.sample_stride,
+                                   go.element_stride, ptr_or_null<double>(grad_nlp), mean.data_ptr<double>(),
+                                   std_param.data_ptr<double>(), ptr_or_null<double>(x), ptr_or_null<double>(noise),
+                                   seed, offset, d.batch, d.dim, k, epsilon, lo, hi, grad_mean.data_ptr<double>(),
+                                   grad_std.data_ptr<double>(), present(x) ? grad_x.data_ptr<double>() : nullptr,
+                                   threads);
+  }
+  if (half) {
+    return {grad_mean.to(dtype), grad_std.to(dtype), grad_x.numel() ? grad_x.to(dtype) : mean_in.new_empty({0})};
   }
   return {grad_mean, grad_std, grad_x};
 }
@@ -218,16 +291,19 @@ Tensor philox_words_cpu(const Tensor& seed_offset, int64_t numel, int64_t k) {
 
 // ---- Meta (shapes only) ------------------------------------------------------------------------
 
-std::tuple<Tensor, Tensor> forward_meta(const Tensor& mean, const Tensor& std_param, const OptTensor& x,
-                                        const OptTensor& noise, const Tensor& seed_offset, int64_t k,
-                                        double epsilon, double lo, double hi) {
+std::tuple<Tensor, Tensor, Tensor> forward_meta(const Tensor& mean, const Tensor& std_param, const OptTensor& x,
+                                                const OptTensor& noise, const OptTensor& seed_offset,
+                                                const c10::optional<at::Generator>& generator, int64_t k,
+                                                double epsilon, double lo, double hi) {
+  (void)generator;
   const Dims d = check_common("adt_fast_C::sample_forward", mean, std_param, x, noise, seed_offset, k, epsilon,
                               lo, hi);
   return {at::empty(with_samples(k, mean.sizes()), mean.options()),
-          at::empty({k, d.batch}, mean.options().dtype(compute_type(mean.scalar_type())))};
+          at::empty({k, d.batch}, mean.options().dtype(compute_type(mean.scalar_type()))),
+          at::empty({2}, mean.options().dtype(at::kLong))};
 }
 
-std::tuple<Tensor, Tensor, Tensor> backward_meta(const Tensor& grad_out, const Tensor& grad_nlp,
+std::tuple<Tensor, Tensor, Tensor> backward_meta(const OptTensor& grad_out, const OptTensor& grad_nlp,
                                                  const Tensor& mean, const Tensor& std_param, const OptTensor& x,
                                                  const OptTensor& noise, const Tensor& seed_offset, int64_t k,
                                                  double epsilon, double lo, double hi) {
@@ -258,29 +334,68 @@ adt_fast::cuda::DType cuda_dtype(at::ScalarType t) {
 
 const void* cptr_or_null(const OptTensor& t) { return present(t) ? t->data_ptr() : nullptr; }
 
-std::tuple<Tensor, Tensor> forward_cuda(const Tensor& mean_in, const Tensor& std_in, const OptTensor& x_in,
-                                        const OptTensor& noise_in, const Tensor& seed_offset_in, int64_t k,
-                                        double epsilon, double lo, double hi) {
+// Philox state from torch's CUDA generator, as its fused dropout takes it: no kernel launch, no
+// host synchronisation, and inside CUDA-graph capture the kernels read the seed and offset from
+// the graph's device memory (at::cuda::philox::unpack's rule). The offset advances by at least the
+// ceil(k/4) counter values one call uses (torch wants multiples of 4), so calls never overlap.
+adt_fast::cuda::SeedSource draw_seed_cuda(const c10::optional<at::Generator>& generator, const at::Device& device,
+                                          int64_t k) {
+  auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
+      generator, at::cuda::detail::getDefaultCUDAGenerator(device.index()));
+  const uint64_t increment = static_cast<uint64_t>((adt_fast::num_groups(k) + 3) / 4 * 4);
+  at::PhiloxCudaState state;
+  {
+    std::lock_guard<std::mutex> lock(gen->mutex_);
+    state = gen->philox_cuda_state(increment);
+  }
+  adt_fast::cuda::SeedSource src;
+  if (state.captured_) {
+    src.seed_ptr = state.seed_.ptr;
+    src.offset_ptr = state.offset_.ptr;
+    src.offset_add = state.offset_intragraph_;
+  } else {
+    src.seed_value = state.seed_.val;
+    src.offset_value = state.offset_.val;
+  }
+  return src;
+}
+
+adt_fast::cuda::SeedSource seed_from_tensor(const Tensor& seed_offset) {
+  adt_fast::cuda::SeedSource src;
+  src.seed_ptr = seed_offset.data_ptr<int64_t>();
+  src.offset_ptr = src.seed_ptr + 1;
+  return src;
+}
+
+std::tuple<Tensor, Tensor, Tensor> forward_cuda(const Tensor& mean_in, const Tensor& std_in, const OptTensor& x_in,
+                                                const OptTensor& noise_in, const OptTensor& seed_offset_in,
+                                                const c10::optional<at::Generator>& generator, int64_t k,
+                                                double epsilon, double lo, double hi) {
   const char* op = "adt_fast_C::sample_forward";
   const Dims d = check_common(op, mean_in, std_in, x_in, noise_in, seed_offset_in, k, epsilon, lo, hi);
   const c10::cuda::CUDAGuard guard(mean_in.device());
   const at::ScalarType dtype = mean_in.scalar_type();
-  const Tensor mean = mean_in.contiguous(), std_param = std_in.contiguous(), seed_offset = seed_offset_in.contiguous();
+  const Tensor mean = mean_in.contiguous(), std_param = std_in.contiguous();
   const OptTensor x = contiguous_as(x_in, dtype), noise = contiguous_as(noise_in, dtype);
+  const Tensor seed_offset = present(seed_offset_in) ? seed_offset_in->contiguous() : Tensor();
+  adt_fast::cuda::SeedSource src;
+  if (!present(noise)) src = seed_offset.defined() ? seed_from_tensor(seed_offset) : draw_seed_cuda(generator, mean.device(), k);
+  Tensor used = at::empty({2}, mean.options().dtype(at::kLong));
+  src.used = used.data_ptr<int64_t>();
   Tensor out = at::empty(with_samples(k, mean.sizes()), mean.options());
   Tensor nlp = at::empty({k, d.batch}, mean.options().dtype(compute_type(dtype)));
   const adt_fast::cuda::DType dt = cuda_dtype(dtype);
   const size_t ws_bytes = adt_fast::cuda::forward_workspace_bytes(dt, d.batch, d.dim, k);
   Tensor workspace = at::empty({static_cast<int64_t>(ws_bytes)}, mean.options().dtype(at::kByte));
   const char* err = adt_fast::cuda::sample_forward(
-      dt, mean.data_ptr(), std_param.data_ptr(), cptr_or_null(x), cptr_or_null(noise),
-      seed_offset.data_ptr<int64_t>(), d.batch, d.dim, k, epsilon, lo, hi, out.data_ptr(), nlp.data_ptr(),
-      ws_bytes ? workspace.data_ptr() : nullptr, c10::cuda::getCurrentCUDAStream().stream());
+      dt, mean.data_ptr(), std_param.data_ptr(), cptr_or_null(x), cptr_or_null(noise), src, d.batch, d.dim, k,
+      epsilon, lo, hi, out.data_ptr(), nlp.data_ptr(), ws_bytes ? workspace.data_ptr() : nullptr,
+      c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == nullptr, op, ": CUDA kernel launch failed: ", err);
-  return {out, nlp};
+  return {out, nlp, used};
 }
 
-std::tuple<Tensor, Tensor, Tensor> backward_cuda(const Tensor& grad_out_in, const Tensor& grad_nlp_in,
+std::tuple<Tensor, Tensor, Tensor> backward_cuda(const OptTensor& grad_out_in, const OptTensor& grad_nlp_in,
                                                  const Tensor& mean_in, const Tensor& std_in,
                                                  const OptTensor& x_in, const OptTensor& noise_in,
                                                  const Tensor& seed_offset_in, int64_t k, double epsilon,
@@ -291,16 +406,16 @@ std::tuple<Tensor, Tensor, Tensor> backward_cuda(const Tensor& grad_out_in, cons
   const c10::cuda::CUDAGuard guard(mean_in.device());
   const at::ScalarType dtype = mean_in.scalar_type();
   const Tensor mean = mean_in.contiguous(), std_param = std_in.contiguous(), seed_offset = seed_offset_in.contiguous();
-  const Tensor grad_out = grad_out_in.to(dtype).contiguous();
-  const Tensor grad_nlp = grad_nlp_in.to(compute_type(dtype)).contiguous();
+  const GradOut go = grad_out_layout(grad_out_in, dtype, d.batch * d.dim);
+  const OptTensor grad_nlp = contiguous_as(grad_nlp_in, compute_type(dtype));
   const OptTensor x = contiguous_as(x_in, dtype), noise = contiguous_as(noise_in, dtype);
   Tensor grad_mean = at::empty_like(mean), grad_std = at::empty_like(std_param);
   Tensor grad_x = present(x) ? at::empty_like(mean) : mean.new_empty({0});
   const char* err = adt_fast::cuda::sample_backward(
-      cuda_dtype(dtype), grad_out.data_ptr(), grad_nlp.data_ptr(), mean.data_ptr(), std_param.data_ptr(),
-      cptr_or_null(x), cptr_or_null(noise), seed_offset.data_ptr<int64_t>(), d.batch, d.dim, k, epsilon, lo, hi,
-      grad_mean.data_ptr(), grad_std.data_ptr(), present(x) ? grad_x.data_ptr() : nullptr,
-      c10::cuda::getCurrentCUDAStream().stream());
+      cuda_dtype(dtype), go.data.defined() ? go.data.data_ptr() : nullptr, go.sample_stride, go.element_stride,
+      cptr_or_null(grad_nlp), mean.data_ptr(), std_param.data_ptr(), cptr_or_null(x), cptr_or_null(noise),
+      seed_from_tensor(seed_offset), d.batch, d.dim, k, epsilon, lo, hi, grad_mean.data_ptr(), grad_std.data_ptr(),
+      present(x) ? grad_x.data_ptr() : nullptr, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == nullptr, op, ": CUDA kernel launch failed: ", err);
   return {grad_mean, grad_std, grad_x};
 }
@@ -322,10 +437,10 @@ Tensor philox_words_cuda(const Tensor& seed_offset_in, int64_t numel, int64_t k)
 
 TORCH_LIBRARY(adt_fast_C, m) {
   m.def(
-      "sample_forward(Tensor mean, Tensor std_param, Tensor? x, Tensor? noise, Tensor seed_offset, "
-      "int num_samples, float epsilon, float lo, float hi) -> (Tensor, Tensor)");
+      "sample_forward(Tensor mean, Tensor std_param, Tensor? x, Tensor? noise, Tensor? seed_offset, "
+      "Generator? generator, int num_samples, float epsilon, float lo, float hi) -> (Tensor, Tensor, Tensor)");
   m.def(
-      "sample_backward(Tensor grad_out, Tensor grad_nlp, Tensor mean, Tensor std_param, Tensor? x, "
+      "sample_backward(Tensor? grad_out, Tensor? grad_nlp, Tensor mean, Tensor std_param, Tensor? x, "
       "Tensor? noise, Tensor seed_offset, int num_samples, float epsilon, float lo, float hi) "
       "-> (Tensor, Tensor, Tensor)");
   m.def("philox_words(Tensor seed_offset, int numel, int num_samples) -> Tensor");

@@ -1,4 +1,9 @@
+import functools
+import http.server
 import os
+import threading
+
+import pytest
 
 # Without a GPU, the Triton backend runs on CPU tensors through Triton's interpreter; the flag
 # must be set before triton is first imported.
@@ -14,3 +19,22 @@ os.environ.setdefault("ADT_FAST_NO_PROGRESS", "1")
 
 # The test models are tiny: one intra-op thread is faster than two and steadier on a shared box.
 torch.set_num_threads(1)
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    """Serves tmp_path/served over HTTP on 127.0.0.1; yields (folder, base_url)."""
+    served = tmp_path / "served"
+    served.mkdir()
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=served))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()

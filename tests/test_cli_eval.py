@@ -112,7 +112,7 @@ def test_transfer_without_a_source(checkpoints, capsys):
 @pytest.mark.parametrize("flag, value", [("--epsilon", "0"), ("--epsilon", "-0.1"),
                                          ("--epsilon", "nan"), ("--attacks", "fgsm,foo"),
                                          ("--attacks", "pgd:0"), ("--n-examples", "0"),
-                                         ("--dataset", "mnist"), ("--precision", "fp16")])
+                                         ("--precision", "fp16")])
 def test_bad_arguments_name_the_flag(flag, value, checkpoints, capsys):
     argv = ["eval", "--checkpoint", str(checkpoints["run"]), "--dataset", "synthetic",
             "--out", str(checkpoints["root"] / "x.json"), flag, value]
@@ -120,6 +120,12 @@ def test_bad_arguments_name_the_flag(flag, value, checkpoints, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert f"argument {flag}" in capsys.readouterr().err
+
+
+def test_an_unknown_dataset_names_the_flag(checkpoints, capsys):
+    assert main(["eval", "--checkpoint", str(checkpoints["run"]), "--dataset", "imagenet",
+                 "--out", str(checkpoints["root"] / "x.json")]) == 2
+    assert "--dataset: --dataset 'imagenet' is neither a dataset name" in capsys.readouterr().err
 
 
 def test_progress_bar_switch(monkeypatch):

@@ -290,7 +290,7 @@ def test_train_interrupt_says_what_it_kept(tmp_path, capsys, monkeypatch, after_
 
 
 def test_train_interrupt_before_the_run_starts(tmp_path, capsys, monkeypatch):
-    def interrupted(cfg):
+    def interrupted(*args):
         raise KeyboardInterrupt
     monkeypatch.setattr(loop, "build_trainer", interrupted)
     err = refused(["train", *ADT_TINY, "--out", str(tmp_path / "run")], capsys, code=130)

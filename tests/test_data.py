@@ -1,12 +1,9 @@
-import functools
 import hashlib
-import http.server
 import io
 import os
 import pickle
 import sys
 import tarfile
-import threading
 
 import numpy as np
 import pytest
@@ -148,25 +145,6 @@ def test_corrupt_svhn_file_is_reported_with_its_path(tmp_path):
 # ---------------------------------------------------------------------------------- downloading
 
 
-@pytest.fixture
-def file_server(tmp_path):
-    """Serves tmp_path/served over HTTP on 127.0.0.1; yields (folder, base_url)."""
-    served = tmp_path / "served"
-    served.mkdir()
-
-    class QuietHandler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=served))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield served, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
-
-
 def _serve_cifar10_archive(tmp_path, served):
     written = _write_cifar10(tmp_path / "source")
     archive = served / "cifar-10-python.tar.gz"
@@ -261,8 +239,8 @@ def test_dataset_info_matches_the_paper_settings():
 
 
 def test_unknown_dataset_and_split_are_named():
-    with pytest.raises(ValueError, match="mnist") as error:
-        dataset_info("mnist")
+    with pytest.raises(ValueError, match="imagenet") as error:
+        dataset_info("imagenet")
     assert all(name in str(error.value) for name in DATASETS)
     with pytest.raises(ValueError, match="split.*'valid'"):
         load("synthetic", "valid")

@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from adt_fast import data as datasets
 from adt_fast import distributed
 from adt_fast.distributed import BatchShard, World
 from adt_fast.ops import sample_and_entropy
@@ -205,7 +206,8 @@ def test_sync_bn_on_networks_without_batchnorm_is_an_error(tmp_path, monkeypatch
         fit(small_config("standard", tmp_path / "run"))
     assert not (tmp_path / "run").exists()
     cfg = small_config("standard", tmp_path / "run", sync_bn=None).resolve()
-    assert loop.build_trainer(cfg).config.sync_bn is False  # unset: off without BatchNorm
+    trainer = loop.build_trainer(cfg, datasets.open_dataset("synthetic"))
+    assert trainer.config.sync_bn is False  # unset: off without BatchNorm
 
 
 def test_resume_with_another_sync_bn_is_refused(tmp_path):

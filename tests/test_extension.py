@@ -46,7 +46,7 @@ def run_ext(t, k, use_noise, use_x, eps=0.3, lo=0.1, hi=0.9):
     noise = t["noise"] if use_noise else None
     if not use_x:
         lo, hi = -INF, INF
-    out, nlp = ops.sample_forward(t["mean"], t["rho"], x, noise, t["seed_offset"], k, eps, lo, hi)
+    out, nlp, _ = ops.sample_forward(t["mean"], t["rho"], x, noise, t["seed_offset"], None, k, eps, lo, hi)
     grads = ops.sample_backward(t["grad_out"], t["grad_nlp"], t["mean"], t["rho"], x, noise, t["seed_offset"],
                                 k, eps, lo, hi)
     return (out, nlp, *grads)
@@ -109,8 +109,11 @@ def test_ops_are_registered_for_cpu_and_meta():
 def test_meta_shapes():
     mean = torch.empty(4, 3, 5, device="meta")
     so = torch.empty(2, dtype=torch.int64, device="meta")
-    out, nlp = ops.sample_forward(mean, mean, None, None, so, 6, 0.1, 0.0, 1.0)
+    out, nlp, used = ops.sample_forward(mean, mean, None, None, so, None, 6, 0.1, 0.0, 1.0)
     assert out.shape == (6, 4, 3, 5) and nlp.shape == (6, 4) and nlp.dtype == torch.float32
+    assert used.shape == (2,) and used.dtype == torch.int64
+    assert ops.sample_forward(mean, mean, None, None, None, None, 6, 0.1, 0.0, 1.0)[2].shape == (2,)
+    assert ops.sample_backward(None, None, mean, mean, None, None, so, 6, 0.1, 0.0, 1.0)[0].shape == mean.shape
     gm, gs, gx = ops.sample_backward(out, nlp, mean, mean, mean, None, so, 6, 0.1, 0.0, 1.0)
     assert gm.shape == gs.shape == gx.shape == mean.shape
     assert ops.philox_words(so, 10, 9).shape == (3, 10, 4)
@@ -188,8 +191,8 @@ def test_noncontiguous_inputs():
     t = make((6, 4), k)
     mean_t, rho_t = t["mean"].t().contiguous().t(), t["rho"].t().contiguous().t()
     assert not mean_t.is_contiguous()
-    a = ops.sample_forward(mean_t, rho_t, None, t["noise"], t["seed_offset"], k, 0.2, -INF, INF)
-    b = ops.sample_forward(t["mean"], t["rho"], None, t["noise"], t["seed_offset"], k, 0.2, -INF, INF)
+    a = ops.sample_forward(mean_t, rho_t, None, t["noise"], t["seed_offset"], None, k, 0.2, -INF, INF)
+    b = ops.sample_forward(t["mean"], t["rho"], None, t["noise"], t["seed_offset"], None, k, 0.2, -INF, INF)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
@@ -198,7 +201,7 @@ def test_empty_shapes(shape):
     k = 5
     mean = torch.zeros(shape)
     so = torch.zeros(2, dtype=torch.int64)
-    out, nlp = ops.sample_forward(mean, mean, mean, None, so, k, 0.1, 0.0, 1.0)
+    out, nlp, _ = ops.sample_forward(mean, mean, mean, None, so, None, k, 0.1, 0.0, 1.0)
     assert out.shape == (k, *shape) and nlp.shape == (k, shape[0])
     assert torch.equal(nlp, torch.zeros_like(nlp))  # no elements: -log p = 0
     grads = ops.sample_backward(out, nlp, mean, mean, mean, None, so, k, 0.1, 0.0, 1.0)
@@ -247,18 +250,104 @@ def test_philox_words_bit_identical_to_reference(seed, offset, numel, k):
 def test_philox_path_uses_the_reference_normals():
     k = 9
     t = make((3, 40), k)
-    out, _ = ops.sample_forward(t["mean"], t["rho"], None, None, t["seed_offset"], k, 0.7, -INF, INF)
+    out, _, _ = ops.sample_forward(t["mean"], t["rho"], None, None, t["seed_offset"], None, k, 0.7, -INF, INF)
     seed, offset = (int(v) for v in t["seed_offset"])
     r = reference.philox_normals(seed, offset, 120, k).reshape(k, 3, 40)
     want, _ = reference.sample_forward(t["mean"], t["rho"], None, r, t["seed_offset"], k, 0.7, -INF, INF)
     assert rel_err(out, want) <= 1e-13
 
 
+# ---- seeds drawn in C++, absent and expanded gradients ---------------------------------------------
+
+def _draw(t, k, generator=None, device="cpu"):
+    return ops.sample_forward(t["mean"], t["rho"], None, None, None, generator, k, 0.3, -INF, INF)
+
+
+def test_cpu_seed_comes_from_torch_generator_and_advances():
+    k = 5
+    t = make((4, 30), k, torch.float32)
+    torch.manual_seed(123)
+    first, second = _draw(t, k), _draw(t, k)
+    torch.manual_seed(123)
+    again = _draw(t, k)
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)  # torch.manual_seed reproduces the C++ draw
+    assert not torch.equal(first[2], second[2]) and not torch.equal(first[0], second[0])  # each call advances
+    assert 0 <= int(first[2][1]) < 2**62  # offset + group never wraps
+    torch.manual_seed(123)  # the same pair as the Python-launched backends draw: one seed, one sample set
+    assert torch.equal(first[2], torch.randint(0, 2**62, (2,), dtype=torch.int64))
+    replay = ops.sample_forward(t["mean"], t["rho"], None, None, first[2], None, k, 0.3, -INF, INF)
+    for a, b in zip(first, replay):
+        assert torch.equal(a, b)  # the reported pair is the one the kernels used
+
+
+def test_explicit_generator_leaves_the_default_one_alone():
+    k = 3
+    t = make((2, 10), k, torch.float64)
+    state = torch.get_rng_state()
+    a = _draw(t, k, torch.Generator().manual_seed(9))
+    b = _draw(t, k, torch.Generator().manual_seed(9))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
+
+
+def test_noise_reports_zero_seed_offset():
+    k = 2
+    t = make((3, 4), k)
+    _, _, used = ops.sample_forward(t["mean"], t["rho"], None, t["noise"], None, None, k, 0.3, -INF, INF)
+    assert torch.equal(used, torch.zeros(2, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("use_x", [False, True])
+def test_backward_none_grads_equal_zero_grads(dtype, use_x):
+    k = 5
+    t = make((3, 2, 7), k, dtype)
+    x = t["x"] if use_x else None
+    lo, hi = (0.1, 0.9) if use_x else (-INF, INF)
+    common = (t["mean"], t["rho"], x, None, t["seed_offset"], k, 0.3, lo, hi)
+    zo, zn = torch.zeros_like(t["grad_out"]), torch.zeros_like(t["grad_nlp"])
+    for go, gn, go_ref, gn_ref in ((None, t["grad_nlp"], zo, t["grad_nlp"]), (t["grad_out"], None, t["grad_out"], zn),
+                                   (None, None, zo, zn)):
+        for a, b in zip(ops.sample_backward(go, gn, *common), ops.sample_backward(go_ref, gn_ref, *common)):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_expanded_grads_are_read_in_place_bit_identically(dtype):
+    k = 6
+    t = make((5, 3, 17), k, dtype)
+    common = (t["grad_nlp"], t["mean"], t["rho"], t["x"], None, t["seed_offset"], k, 0.3, 0.1, 0.9)
+    per_example = t["grad_out"][0]
+    for grad in (per_example.expand(k, *per_example.shape),                        # strides (0, 1)
+                 torch.tensor(0.7, dtype=dtype).expand(k, *per_example.shape),     # all strides 0
+                 t["grad_out"].transpose(1, 2).contiguous().transpose(1, 2)):      # other: copied
+        assert not grad.is_contiguous()
+        for a, b in zip(ops.sample_backward(grad, *common), ops.sample_backward(grad.contiguous(), *common)):
+            assert torch.equal(a, b)
+
+
+def test_eager_op_passes_absent_and_broadcast_grads_through():
+    import adt_fast
+    k = 4
+    t = make((3, 8), k, torch.float64)
+    mean, rho = t["mean"].clone().requires_grad_(), t["rho"].clone().requires_grad_()
+    torch.manual_seed(5)
+    delta, nlp = adt_fast.sample_and_entropy(mean, rho, k, 0.3, clamp=None, backend="cpu")
+    delta.sum().backward()  # nlp unused: its gradient is None, delta's a broadcast scalar
+    torch.manual_seed(5)
+    _, _, used = _draw(t, k)
+    want = ops.sample_backward(torch.ones(k, 3, 8, dtype=torch.float64), None, t["mean"], t["rho"], None, None, used,
+                               k, 0.3, -INF, INF)
+    assert torch.equal(mean.grad, want[0]) and torch.equal(rho.grad, want[1])
+
+
 # ---- argument checks in the binding -------------------------------------------------------------
 
 def _fwd(**changes):
     args = dict(mean=torch.zeros(2, 3), std_param=torch.zeros(2, 3), x=None, noise=None,
-                seed_offset=torch.zeros(2, dtype=torch.int64), num_samples=2, epsilon=0.1, lo=0.0, hi=1.0)
+                seed_offset=torch.zeros(2, dtype=torch.int64), generator=None, num_samples=2, epsilon=0.1, lo=0.0,
+                hi=1.0)
     args.update(changes)
     return ops.sample_forward(*args.values())
 
@@ -350,16 +439,83 @@ def test_cuda_graph_capture_reads_seed_offset_on_device():
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        ops.sample_forward(t["mean"], t["rho"], None, None, so, k, 0.1, -INF, INF)  # warm-up
+        ops.sample_forward(t["mean"], t["rho"], None, None, so, None, k, 0.1, -INF, INF)  # warm-up
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out, nlp = ops.sample_forward(t["mean"], t["rho"], None, None, so, k, 0.1, -INF, INF)
+        out, nlp, _ = ops.sample_forward(t["mean"], t["rho"], None, None, so, None, k, 0.1, -INF, INF)
     so.copy_(torch.tensor([11, 22], device="cuda"))
     graph.replay()
     torch.cuda.synchronize()
-    want, want_nlp = ops.sample_forward(t["mean"], t["rho"], None, None, so, k, 0.1, -INF, INF)
+    want, want_nlp, _ = ops.sample_forward(t["mean"], t["rho"], None, None, so, None, k, 0.1, -INF, INF)
     assert torch.equal(out, want) and torch.equal(nlp, want_nlp)
+
+
+@pytest.mark.cuda
+@cuda_only
+def test_cuda_seed_from_torch_generator_without_host_sync():
+    k = 5
+    t = make((16, 3, 8, 8), k, torch.float32, device="cuda")
+    torch.cuda.manual_seed(77)
+    torch.cuda.set_sync_debug_mode("error")  # a host synchronisation would raise
+    try:
+        first, second = _draw(t, k), _draw(t, k)
+        torch.cuda.manual_seed(77)
+        again = _draw(t, k)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
+    assert not torch.equal(first[2], second[2]) and not torch.equal(first[0], second[0])
+    replay = ops.sample_forward(t["mean"], t["rho"], None, None, first[2], None, k, 0.3, -INF, INF)
+    for a, b in zip(first, replay):
+        assert torch.equal(a, b)
+    g = torch.Generator(device="cuda").manual_seed(3)
+    h = torch.Generator(device="cuda").manual_seed(3)
+    assert torch.equal(_draw(t, k, g)[0], _draw(t, k, h)[0])
+
+
+@pytest.mark.cuda
+@cuda_only
+def test_cuda_graph_replays_draw_fresh_seeds_from_the_generator():
+    k = 5
+    t = make((64, 3, 32, 32), k, torch.float32, device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        _draw(t, k)  # warm-up
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, nlp, used = _draw(t, k)
+    results = []
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        results.append((out.clone(), nlp.clone(), used.clone()))
+    assert not torch.equal(results[0][2], results[1][2]) and not torch.equal(results[0][0], results[1][0])
+    for got_out, got_nlp, got_used in results:  # each replay used the pair it reports
+        want = ops.sample_forward(t["mean"], t["rho"], None, None, got_used, None, k, 0.3, -INF, INF)
+        assert torch.equal(got_out, want[0]) and torch.equal(got_nlp, want[1])
+
+
+@pytest.mark.cuda
+@cuda_only
+@pytest.mark.parametrize("shape", [(64, 3, 32, 32), (1000, 3), (3, 700), (1, 5000)])
+def test_cuda_absent_and_expanded_grads_match_cpu(shape):
+    k = 5
+    t = make(shape, k, torch.float64, device="cuda")
+    t_cpu = {key: v.cpu() for key, v in t.items()}
+    per_example = t["grad_out"][0]
+    for go in (None, per_example.expand(k, *shape), torch.tensor(0.5, dtype=torch.float64, device="cuda").expand(
+            k, *shape)):
+        for gn in (None, t["grad_nlp"]):
+            args = (t["mean"], t["rho"], t["x"], None, t["seed_offset"], k, 0.3, 0.1, 0.9)
+            got = ops.sample_backward(go, gn, *args)
+            want = ops.sample_backward(None if go is None else go.cpu(), None if gn is None else gn.cpu(),
+                                       *(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
+            near = near_clamp_bounds(t_cpu, k, False)
+            compare(got, want, 1e-12, near)
 
 
 def test_opcheck_schemas_and_fake_kernels():
@@ -367,10 +523,13 @@ def test_opcheck_schemas_and_fake_kernels():
     rho, x = torch.randn(3, 4, dtype=torch.float64), torch.rand(3, 4, dtype=torch.float64)
     so = torch.tensor([1, 2])
     utils = ("test_schema", "test_faketensor", "test_aot_dispatch_static")
-    torch.library.opcheck(ops.sample_forward, (mean, rho, None, None, so, 5, 0.3, -INF, INF), test_utils=utils)
-    torch.library.opcheck(ops.sample_forward, (mean.float(), rho.float(), x.float(), torch.randn(5, 3, 4), so, 5,
-                                               0.3, 0.1, 0.9), test_utils=utils)
+    torch.library.opcheck(ops.sample_forward, (mean, rho, None, None, so, None, 5, 0.3, -INF, INF),
+                          test_utils=utils)
+    torch.library.opcheck(ops.sample_forward, (mean.float(), rho.float(), x.float(), torch.randn(5, 3, 4), so,
+                                               None, 5, 0.3, 0.1, 0.9), test_utils=utils)
     go, gn = torch.randn(5, 3, 4, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
     torch.library.opcheck(ops.sample_backward, (go, gn, mean, rho, x, None, so, 5, 0.3, 0.1, 0.9),
+                          test_utils=utils[:2])
+    torch.library.opcheck(ops.sample_backward, (None, gn, mean, rho, x, None, so, 5, 0.3, 0.1, 0.9),
                           test_utils=utils[:2])
     torch.library.opcheck(ops.philox_words, (so, 10, 5), test_utils=utils[:2])

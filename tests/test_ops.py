@@ -239,6 +239,86 @@ def test_auto_and_environment_override(monkeypatch):
         dispatch.select("auto", CPU, torch.float32)
 
 
+def test_backend_choice_is_cached_but_follows_the_environment(monkeypatch):
+    """select() resolves once per (request, device type, dtype, $ADT_FAST_BACKEND,
+    $TRITON_INTERPRET): a repeated call does not re-resolve, and changing either variable after
+    import still changes the answer."""
+    monkeypatch.delenv("ADT_FAST_BACKEND", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    first = dispatch.select("auto", CPU, torch.float32)
+    assert first in ("cpu", "reference")
+
+    def no_resolving(*args):
+        raise AssertionError("resolved again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(dispatch, "_resolve", no_resolving)
+        assert dispatch.select("auto", CPU, torch.float32) == first
+    monkeypatch.setenv("ADT_FAST_BACKEND", "reference")
+    assert dispatch.select("auto", CPU, torch.float32) == "reference"
+    monkeypatch.delenv("ADT_FAST_BACKEND")
+    assert dispatch.select("auto", CPU, torch.float32) == first
+    if dispatch.get("triton").missing() is None:
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+            dispatch.select("triton", CPU, torch.float32)
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        assert dispatch.select("triton", CPU, torch.float32) == "triton"
+    assert dispatch.get("triton") is dispatch.get("triton")  # no per-call rebuild
+
+
+def test_backends_tell_the_truth_about_this_machine(monkeypatch):
+    """Without a CUDA device the cuda backend is unavailable, and triton too unless
+    TRITON_INTERPRET=1 lets it run CPU tensors."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    status = {s.name: s for s in adt_fast.backends()}
+    assert not status["cuda"].available and status["cuda"].reason
+    assert not status["triton"].available and "TRITON_INTERPRET=1" in status["triton"].reason
+    if dispatch.get("triton").missing() is None:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        assert {s.name: s for s in adt_fast.backends()}["triton"].available
+
+
+@pytest.mark.parametrize("backend", ["reference", *KERNEL_BACKENDS])
+@pytest.mark.parametrize("layout", ["none", "scalar", "per_element", "strided"])
+def test_backend_backward_takes_none_and_expanded_gradients(backend, layout):
+    """The backend contract: None is a zero gradient, and expanded grad_out (all strides 0, or
+    strides (0, contiguous)) or any strided one gives what the materialised gradient gives."""
+    runnable(backend)
+    k, shape = 3, (2, 5)
+    mean, rho, x, _, seed_offset = make_inputs(shape, k)
+    g = torch.Generator().manual_seed(7)
+    grad_out = {"none": None,
+                "scalar": torch.tensor(0.7, dtype=torch.float64).expand(k, *shape),
+                "per_element": torch.randn(shape, generator=g, dtype=torch.float64).expand(k, *shape),
+                "strided": torch.randn((*shape, k), generator=g, dtype=torch.float64).movedim(-1, 0)}[layout]
+    grad_nlp = None if layout == "strided" else torch.randn((k, shape[0]), generator=g, dtype=torch.float64)
+    run = dispatch.get(backend).backward
+    got = run(grad_out, grad_nlp, mean, rho, x, None, seed_offset, k, 0.1, 0.0, 1.0)
+    dense = lambda t, shp: torch.zeros(shp, dtype=torch.float64) if t is None else t.contiguous()  # noqa: E731
+    want = reference.sample_backward(dense(grad_out, (k, *shape)), dense(grad_nlp, (k, shape[0])), mean, rho,
+                                     x, None, seed_offset, k, 0.1, 0.0, 1.0)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_backend_forward_draws_and_returns_its_seed():
+    """forward(seed_offset=None) draws (seed, offset) from the generator and returns them, so a
+    backward (or a rerun with that pair) sees the same samples; noise= draws nothing."""
+    mean, rho, x, noise, _ = make_inputs((2, 4), 3)
+    for backend in ["reference", *KERNEL_BACKENDS]:
+        if dispatch.get(backend).why_not(CPU, torch.float64) is not None:
+            continue
+        forward = dispatch.get(backend).forward
+        out, nlp, used = forward(mean, rho, x, None, None, torch.Generator().manual_seed(5), 3, 0.1, 0.0, 1.0)
+        again, _, used_again = forward(mean, rho, x, None, used, None, 3, 0.1, 0.0, 1.0)
+        assert used.dtype == torch.int64 and used.shape == (2,) and torch.equal(used, used_again)
+        assert torch.equal(out, again), backend
+        if backend in ("reference", "triton"):  # the Python-launched backends
+            _, _, with_noise = forward(mean, rho, x, noise, None, None, 3, 0.1, 0.0, 1.0)
+            assert torch.equal(with_noise, torch.zeros(2, dtype=torch.int64)), backend
+
+
 def test_opcheck():
     mean, rho, x, noise, seed_offset = make_inputs((2, 3), 2, torch.float32)
     for args in ((mean, rho, x, None), (mean, rho, None, noise)):

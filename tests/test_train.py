@@ -128,7 +128,7 @@ def test_resume_before_the_first_checkpoint_starts_over(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("changes,flag", [
-    ({"method": "nope"}, "--method"), ({"dataset": "mnist"}, "--dataset"), ({"arch": "vgg"}, "--arch"),
+    ({"method": "nope"}, "--method"), ({"dataset": "imagenet"}, "--dataset"), ({"arch": "vgg"}, "--arch"),
     ({"epsilon": 0.0}, "--epsilon"), ({"epsilon": -1.0}, "--epsilon"), ({"steps": -1}, "--steps"),
     ({"samples": 0}, "--samples"), ({"batch_size": 0}, "--batch-size"), ({"epochs": 0}, "--epochs"),
     ({"lr": 0.0}, "--lr"), ({"precision": "fp8"}, "--precision"), ({"loss": "hinge"}, "--loss"),
@@ -233,7 +233,7 @@ def test_clean_accuracy_restores_the_train_flag():
 
 
 def test_eval_command_points_at_the_run(tmp_path):
-    command = loop.eval_command(tmp_path / "run dir", "digits")
+    command = loop.eval_command(tmp_path / "run dir", {"kind": "named", "name": "digits"})
     assert command.startswith("adt-fast eval --checkpoint ") and "--dataset digits" in command
     assert "report.json" in command and "'" in command  # the space is quoted
     assert dataclasses.is_dataclass(TrainConfig)

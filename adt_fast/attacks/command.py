@@ -2,6 +2,9 @@
 
     adt-fast eval --checkpoint runs/digits --dataset digits --out runs/digits/eval.json
 
+Without --dataset, the run directory's dataset.json says which data the model was trained on (a
+named dataset, or your own .npz / image folder, refused if its content changed since).
+
 prints a progress bar, then a table laid out like the paper's Table 9, and writes eval.json,
 eval.csv and eval.png (see docs/evaluation.md).
 """
@@ -91,8 +94,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, metavar="PATH",
                         help="a run directory (its model.pt, else checkpoint.pt) or a checkpoint file")
-    parser.add_argument("--dataset", required=True, choices=DATASETS,
-                        help="the dataset whose test split is attacked")
+    parser.add_argument("--dataset", default=None, metavar="NAME|PATH",
+                        help=f"the dataset whose test split is attacked: {', '.join(DATASETS)}, an .npz "
+                             f"file or an image folder (default: the one the run recorded in dataset.json)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="where the dataset files are (default: $ADT_FAST_DATA_DIR or ~/.cache/adt_fast/data)")
     parser.add_argument("--download", action="store_true", help="download missing dataset files")
@@ -183,19 +187,52 @@ def _resolve_checkpoint(path: str, flag: str):
         raise EvalError(flag, str(err)) from None
 
 
-def _load_data(args, info):
-    from ..data import load
-    from ..data.errors import ChecksumError, DatasetFileError, DownloadError
+def _dataset(args, checkpoint: Path):
+    """(info, a function returning the test split): --dataset, else the run's dataset.json.
 
+    A named dataset's test split is read only when asked for (after the checkpoint has been
+    checked); your own data is opened here, since its classes and image size come from it.
+    """
+    from ..data import (DATASETS, SOURCE_FILE, ChecksumError, DatasetFileError, DatasetSpecError, DownloadError,
+                        dataset_info, load, open_dataset, read_source, reopen)
+
+    run_dir = checkpoint.parent
+    name = args.dataset
     try:
-        x, y = load(args.dataset, "test", data_dir=args.data_dir, download=args.download)
-    except (DatasetFileError, DownloadError, ChecksumError, FileNotFoundError, ImportError) as err:
-        hint = "" if args.download else " (pass --download to fetch it)"
-        raise EvalError("--dataset/--data-dir", f"cannot read the {args.dataset} test split: {err}{hint}") from None
+        record = read_source(run_dir)
+        if name is None and record is None:
+            raise EvalError("--dataset", f"not given, and {run_dir} holds no {SOURCE_FILE} saying what the "
+                                         f"model was trained on; pass --dataset NAME|PATH")
+        if name is None and record["kind"] != "named":
+            loaded = reopen(record, data_dir=args.data_dir, download=args.download)
+            print(f"data: {loaded.info.name} (from {run_dir / SOURCE_FILE}, content hash checked)", file=sys.stderr)
+            return loaded.info, lambda: loaded.test
+        name = record["name"] if name is None else name
+        if name not in DATASETS:
+            # The run's own folder given again is read at the size the run resized it to.
+            same = record is not None and record.get("path") == str(Path(name).expanduser().resolve())
+            loaded = open_dataset(name, data_dir=args.data_dir, download=args.download,
+                                  image_size=record.get("resize") if same else None)
+            return loaded.info, lambda: loaded.test
+    except DatasetSpecError as err:
+        raise EvalError("--dataset", str(err)) from None
+    except (DatasetFileError, FileNotFoundError, ImportError) as err:
+        raise EvalError("--dataset", f"cannot read the data: {err}") from None
+
+    def test_split():
+        try:
+            return load(name, "test", data_dir=args.data_dir, download=args.download)
+        except (DatasetFileError, DownloadError, ChecksumError, FileNotFoundError, ImportError) as err:
+            hint = "" if args.download else " (pass --download to fetch it)"
+            raise EvalError("--dataset/--data-dir", f"cannot read the {name} test split: {err}{hint}") from None
+    return dataset_info(name), test_split
+
+
+def _limit(args, info, x, y):
     if args.n_examples is not None:
         if args.n_examples > len(x):
             print(f"note: --n-examples {args.n_examples} exceeds the {len(x)} test examples of "
-                  f"{args.dataset}; attacking all of them", file=sys.stderr)
+                  f"{info.name}; attacking all of them", file=sys.stderr)
         x, y = x[:args.n_examples], y[:args.n_examples]
     return x, y
 
@@ -214,23 +251,17 @@ class EvalPlan:
     x: Any
     y: Any
     out: Path
+    dataset: str            # the name or absolute path of the data attacked
 
 
 def plan(args) -> EvalPlan:
     """Check everything before any work: settings, device, output paths, checkpoints, data, and
     that the attacks can run on the device; create the output folder last. EvalError if not."""
-    from ..data import dataset_info
     from ..files import make_writable_dir, os_error_text, unwritable_reason
     from .evaluation import check_attacks_can_run, check_epsilon_curve
     from .report import report_paths
 
-    info = dataset_info(args.dataset)
     device = _device(args.device)
-    epsilon = args.epsilon if args.epsilon is not None else info.epsilon
-    try:
-        check_epsilon_curve(args.epsilon_curve, epsilon)
-    except ValueError as err:
-        raise EvalError("--epsilon-curve", str(err)) from None
     attacks = list(args.attacks)
     if "transfer" in attacks and args.source_checkpoint is None:
         raise EvalError("--attacks", "'transfer' needs --source-checkpoint (the model to craft on)")
@@ -239,6 +270,13 @@ def plan(args) -> EvalPlan:
     source_checkpoint = None
     if args.source_checkpoint is not None:
         source_checkpoint = _resolve_checkpoint(args.source_checkpoint, "--source-checkpoint")
+    # The data after the checkpoint: without --dataset, the run directory says which it is.
+    info, test_split = _dataset(args, checkpoint)
+    epsilon = args.epsilon if args.epsilon is not None else info.epsilon
+    try:
+        check_epsilon_curve(args.epsilon_curve, epsilon)
+    except ValueError as err:
+        raise EvalError("--epsilon-curve", str(err)) from None
     try:
         out = report_paths(args.out, protect=[p for p in (checkpoint, source_checkpoint) if p])[0]
     except (ValueError, OSError) as err:
@@ -251,7 +289,7 @@ def plan(args) -> EvalPlan:
     source = None
     if source_checkpoint is not None:
         source = _load_model(source_checkpoint, "--source-checkpoint", info, device)
-    x, y = _load_data(args, info)
+    x, y = _limit(args, info, *test_split())
     try:
         check_attacks_can_run(attacks, device, x.dtype)
     except ValueError as err:
@@ -261,7 +299,7 @@ def plan(args) -> EvalPlan:
     except OSError as err:
         raise EvalError("--out", f"cannot write the report in {out.parent} "
                                  f"({os_error_text(err)})") from None
-    return EvalPlan(device, epsilon, attacks, model, checkpoint, source, source_checkpoint, x, y, out)
+    return EvalPlan(device, epsilon, attacks, model, checkpoint, source, source_checkpoint, x, y, out, info.name)
 
 
 def run_eval(args) -> int:
@@ -295,7 +333,7 @@ def _run(args) -> int:
     if not world.main:
         return 0
     elapsed = time.perf_counter() - started
-    report.meta = {"checkpoint": str(job.checkpoint), "dataset": args.dataset, "split": "test",
+    report.meta = {"checkpoint": str(job.checkpoint), "dataset": job.dataset, "split": "test",
                    "device": job.device.type,
                    **({"source_checkpoint": str(job.source_checkpoint)} if job.source_checkpoint else {})}
     protect = [p for p in (job.checkpoint, job.source_checkpoint) if p]

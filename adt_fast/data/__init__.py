@@ -1,26 +1,40 @@
-"""Datasets (CIFAR-10/100, SVHN, sklearn digits, synthetic) and on-device batching.
+"""Datasets (CIFAR-10/100, SVHN, MNIST, Fashion-MNIST, sklearn digits, synthetic, your own
+.npz files, image folders and arrays) and on-device batching.
 
 See docs/data.md for the on-disk formats, downloading and the per-dataset defaults.
 """
 
 from .batches import AUGMENTATIONS, BatchIterator, augment_batch, iterate_batches
-from .datasets import DATASETS, SPLITS, DatasetInfo, dataset_info, default_data_dir, load
+from .custom import default_cache_dir, detect_layout
+from .datasets import (CUSTOM_SMALL_IMAGE, DATASETS, SOURCE_FILE, SPLITS, DatasetInfo, DatasetSpecError, LoadedDataset, check_source,
+                       dataset_info, default_data_dir, from_arrays, load, open_dataset, read_source, reopen)
 from .errors import ChecksumError, DatasetFileError, DownloadError
 from .fetch import download
 
 __all__ = [
     "AUGMENTATIONS",
     "BatchIterator",
+    "CUSTOM_SMALL_IMAGE",
     "ChecksumError",
     "DATASETS",
     "DatasetFileError",
     "DatasetInfo",
+    "DatasetSpecError",
     "DownloadError",
+    "LoadedDataset",
+    "SOURCE_FILE",
     "SPLITS",
     "augment_batch",
+    "check_source",
     "dataset_info",
+    "default_cache_dir",
     "default_data_dir",
+    "detect_layout",
     "download",
+    "from_arrays",
     "iterate_batches",
     "load",
+    "open_dataset",
+    "read_source",
+    "reopen",
 ]

@@ -1,16 +1,20 @@
-"""The dataset registry (settings from appendix C.1/C.3) and the one entry point, ``load``."""
+"""The dataset registry (settings from appendix C.1/C.3), ``load`` for a named dataset's split,
+and ``open_dataset`` / ``from_arrays`` for a whole dataset, named or your own (``custom``)."""
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import fetch
-from .files import CIFAR_LAYOUTS, read_cifar, read_svhn, required_files
+from .custom import MIN_IMAGE_SIZE, Splits, read_image_folder, read_npz, splits_from_arrays
+from .errors import DatasetFileError
+from .files import CIFAR_LAYOUTS, IDX_FOLDERS, read_cifar, read_idx_dataset, read_svhn, required_files
 from .small_datasets import make_synthetic, read_digits
 
 SPLITS = ("train", "test")
@@ -45,14 +49,29 @@ _DATASETS = {
         # digit-preserving budget, where 8/255 would be under a seventh of one level.
         DatasetInfo("digits", 10, 1, 8, 0.1, "none", "small-cnn"),
         DatasetInfo("synthetic", 10, 3, 8, 8 / 255, "none", "small-cnn"),
+        # The robustness literature's MNIST budgets (Madry et al.; TRADES) and Madry et al.'s CNN.
+        DatasetInfo("mnist", 10, 1, 28, 0.3, "none", "madry-cnn"),
+        DatasetInfo("fashion-mnist", 10, 1, 28, 0.1, "none", "madry-cnn"),
     )
 }
 DATASETS = tuple(_DATASETS)
 
+# Your own data (an .npz, an image folder, arrays): CIFAR's budget, no augmentation, and an arch
+# by image size: the small CNN below 32 px, CIFAR's ResNet-18 from 32 px up.
+CUSTOM_EPSILON = 8 / 255
+CUSTOM_SMALL_IMAGE = 32
+SOURCE_FILE = "dataset.json"     # where a run directory records its data's origin
+
+
+class DatasetSpecError(ValueError):
+    """The dataset argument itself is wrong: an unknown name, a missing path, an option that
+    does not apply to this kind of dataset."""
+
 
 def dataset_info(name: str) -> DatasetInfo:
     if name not in _DATASETS:
-        raise ValueError(f"unknown dataset name {name!r}; choose one of {', '.join(DATASETS)}")
+        raise ValueError(f"unknown dataset name {name!r}; choose one of {', '.join(DATASETS)}, or give "
+                         f"the path of an .npz file or an image folder")
     return _DATASETS[name]
 
 
@@ -65,8 +84,8 @@ def load(name: str, split: str, data_dir: str | os.PathLike | None = None,
          download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Load a split as ``(x, y)``: x float32 NCHW in [0, 1] (contiguous, CPU), y int64.
 
-    For cifar10, cifar100 and svhn, files are read from ``data_dir`` (default: see
-    ``default_data_dir``); with ``download=True`` missing files are fetched first.
+    For cifar10, cifar100, svhn, mnist and fashion-mnist, files are read from ``data_dir``
+    (default: see ``default_data_dir``); with ``download=True`` missing files are fetched first.
     digits and synthetic need no files.
     """
     dataset_info(name)
@@ -80,7 +99,12 @@ def load(name: str, split: str, data_dir: str | os.PathLike | None = None,
         directory = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
         if download and not all(path.is_file() for path in required_files(name, split, directory)):
             fetch.download(name, directory)
-        images, labels = read_cifar(name, split, directory) if name in CIFAR_LAYOUTS else read_svhn(split, directory)
+        if name in CIFAR_LAYOUTS:
+            images, labels = read_cifar(name, split, directory)
+        elif name in IDX_FOLDERS:
+            images, labels = read_idx_dataset(name, split, directory)
+        else:
+            images, labels = read_svhn(split, directory)
     return _to_tensors(images, labels)
 
 
@@ -88,3 +112,118 @@ def _to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, t
     x = torch.from_numpy(np.ascontiguousarray(images))
     x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
     return x.contiguous(), torch.from_numpy(labels).long()
+
+
+# ------------------------------------------------------------------------------------------------
+# Whole datasets, named or your own
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoadedDataset:
+    """Both splits as tensors (x float32 NCHW in [0, 1] on the CPU, y int64), what a run needs to
+    know (``info``), where they came from (``source``, recorded in a run directory's
+    SOURCE_FILE) and lines for the log (``notes``: the layout detected, the defaults taken)."""
+
+    info: DatasetInfo
+    train: tuple
+    test: tuple
+    source: dict
+    notes: tuple = field(default_factory=tuple)
+
+
+def open_dataset(spec: str, *, data_dir: str | os.PathLike | None = None, download: bool = False,
+                 image_size: int | None = None, cache_dir: str | os.PathLike | None = None) -> LoadedDataset:
+    """A named dataset, an .npz file or an image folder (``spec`` is the name or the path).
+
+    ``image_size`` resizes an image folder's images to N x N; ``data_dir`` and ``download``
+    apply to named datasets. Raises DatasetSpecError for a bad ``spec`` or option, and
+    DatasetFileError (naming the file) for data that is unreadable or invalid.
+    """
+    spec = str(spec)
+    if image_size is not None:
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
+            raise DatasetSpecError(f"--image-size must be an integer >= {MIN_IMAGE_SIZE}, got {image_size!r}")
+        if not Path(spec).expanduser().is_dir():
+            raise DatasetSpecError(f"--image-size resizes the images of an image folder; --dataset {spec} is not one")
+    if spec in _DATASETS:
+        train = load(spec, "train", data_dir=data_dir, download=download)
+        test = load(spec, "test", data_dir=data_dir, download=download)
+        return LoadedDataset(dataset_info(spec), train, test, {"kind": "named", "name": spec})
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DatasetSpecError(f"--dataset {spec!r} is neither a dataset name ({', '.join(DATASETS)}) nor an "
+                               f"existing .npz file or image folder")
+    for flag, value in (("--download", download), ("--data-dir", data_dir)):
+        if value:
+            raise DatasetSpecError(f"{flag} applies to the named datasets; --dataset {spec} is a path")
+    path = path.resolve()
+    if path.is_dir():
+        splits, kind = read_image_folder(path, image_size, cache_dir), "image-folder"
+    else:
+        splits, kind = read_npz(path), "npz"
+    return _custom_dataset(str(path), splits, {"kind": kind, "path": str(path), "resize": image_size})
+
+
+def from_arrays(x_train, y_train, x_test, y_test, name: str = "arrays") -> LoadedDataset:
+    """In-memory data (torch tensors or numpy arrays), validated as an .npz's arrays are."""
+    arrays = {key: _as_numpy(value) for key, value in
+              zip(("x_train", "y_train", "x_test", "y_test"), (x_train, y_train, x_test, y_test))}
+    splits = splits_from_arrays(arrays, f"data ({name})")
+    return _custom_dataset(name, splits, {"kind": "arrays", "name": name})
+
+
+def _as_numpy(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _custom_dataset(name: str, splits: Splits, source: dict) -> LoadedDataset:
+    channels, size, _ = splits.image_shape
+    arch = "small-cnn" if size < CUSTOM_SMALL_IMAGE else "resnet18"
+    info = DatasetInfo(name, splits.num_classes, channels, size, CUSTOM_EPSILON, "none", arch)
+    source = {**source, "sha256": splits.fingerprint(), "num_classes": splits.num_classes,
+              "channels": channels, "image_size": size, **({"classes": list(splits.classes)} if splits.classes else {})}
+    return LoadedDataset(info, _to_tensors(splits.x_train, splits.y_train), _to_tensors(splits.x_test, splits.y_test),
+                         source, splits.notes)
+
+
+def read_source(run_dir: str | os.PathLike) -> dict | None:
+    """The data record a run directory holds (SOURCE_FILE), or None if it has none."""
+    path = Path(run_dir) / SOURCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise DatasetFileError(f"{path} is not a readable data record ({error})") from None
+    if not isinstance(record, dict) or "kind" not in record:
+        raise DatasetFileError(f"{path} is not a data record (no 'kind')")
+    return record
+
+
+def reopen(record: dict, *, data_dir: str | os.PathLike | None = None, download: bool = False) -> LoadedDataset:
+    """The dataset a run recorded, refused (DatasetFileError) if its content hash changed."""
+    kind = record.get("kind")
+    if kind == "named":
+        return open_dataset(record["name"], data_dir=data_dir, download=download)
+    if kind == "arrays":
+        raise DatasetSpecError(f"the run was trained on in-memory arrays ({record.get('name')}); they cannot "
+                               f"be found again: pass --dataset")
+    if kind not in ("npz", "image-folder"):
+        raise DatasetFileError(f"unknown data record kind {kind!r}")
+    path = record["path"]
+    if not Path(path).exists():
+        raise DatasetSpecError(f"the run's data {path} no longer exists; pass --dataset to give it")
+    loaded = open_dataset(path, image_size=record.get("resize"))
+    check_source(loaded, record)
+    return loaded
+
+
+def check_source(loaded: LoadedDataset, record: dict) -> None:
+    """Refuse data whose content hash differs from the one a run recorded."""
+    expected, actual = record.get("sha256"), loaded.source.get("sha256")
+    if expected is not None and actual != expected:
+        where = record.get("path") or record.get("name")
+        raise DatasetFileError(f"{where} has changed since the run recorded it: its content hash was "
+                               f"sha256 {expected[:16]}..., it is now {str(actual)[:16]}...; refusing to "
+                               f"mix data (train a new run, or restore the original data)")

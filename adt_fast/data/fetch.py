@@ -1,4 +1,4 @@
-"""Download the official CIFAR-10, CIFAR-100 and SVHN files and check their MD5 sums.
+"""Download the official CIFAR-10, CIFAR-100, SVHN, MNIST and Fashion-MNIST files and check their MD5 sums.
 
 Each file is streamed to a temporary file next to its destination, verified, then renamed into
 place, so an interrupted or tampered download never leaves a file that looks complete. Archives
@@ -29,15 +29,31 @@ TIMEOUT_SECONDS = 60
 
 @dataclass(frozen=True)
 class Resource:
-    """One file published for a dataset; ``extract`` marks a tar.gz to unpack."""
+    """One file published for a dataset; ``extract`` marks a tar.gz to unpack.
+
+    ``folder`` is where it goes under the data directory (torchvision's ``MNIST/raw`` layout, say);
+    ``path`` (folder/filename) is its key in MD5_CHECKSUMS and where a mirror serves it.
+    """
 
     filename: str
     official_base_url: str
     extract: bool
+    folder: str = ""
+
+    @property
+    def path(self) -> str:
+        return f"{self.folder}/{self.filename}" if self.folder else self.filename
 
 
 _CIFAR_HOST = "https://www.cs.toronto.edu/~kriz"
 _SVHN_HOST = "http://ufldl.stanford.edu/housenumbers"
+# PyTorch's mirror of LeCun's files (the one torchvision falls back to) and Zalando's own bucket.
+_MNIST_HOST = "https://ossci-datasets.s3.amazonaws.com/mnist"
+_FASHION_MNIST_HOST = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com"
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte")
+# torchvision's folder layout: <data_dir>/<folder>/raw/<file>[.gz]
+IDX_FOLDERS = {"mnist": "MNIST/raw", "fashion-mnist": "FashionMNIST/raw"}
 
 RESOURCES: dict[str, tuple[Resource, ...]] = {
     "cifar10": (Resource("cifar-10-python.tar.gz", _CIFAR_HOST, extract=True),),
@@ -46,14 +62,25 @@ RESOURCES: dict[str, tuple[Resource, ...]] = {
         Resource("train_32x32.mat", _SVHN_HOST, extract=False),
         Resource("test_32x32.mat", _SVHN_HOST, extract=False),
     ),
+    **{name: tuple(Resource(f"{stem}.gz", host, extract=False, folder=IDX_FOLDERS[name]) for stem in IDX_FILES)
+       for name, host in (("mnist", _MNIST_HOST), ("fashion-mnist", _FASHION_MNIST_HOST))},
 }
 
-# Keyed by file name; tests replace entries to serve their own archives.
+# Keyed by Resource.path; tests replace entries to serve their own files. The MNIST and
+# Fashion-MNIST sums are the ones torchvision's datasets/mnist.py publishes.
 MD5_CHECKSUMS: dict[str, str] = {
     "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
     "cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85",
     "train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
     "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
+    "MNIST/raw/train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "MNIST/raw/train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "MNIST/raw/t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "MNIST/raw/t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    "FashionMNIST/raw/train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "FashionMNIST/raw/train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "FashionMNIST/raw/t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "FashionMNIST/raw/t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
 }
 
 
@@ -66,19 +93,24 @@ def download(name: str, data_dir: str | os.PathLike, base_url: str | None = None
     """Fetch (if needed), verify and unpack dataset ``name`` into ``data_dir``; returns the dir.
 
     ``base_url`` (or the ADT_FAST_DATA_URL environment variable) replaces the official host,
-    e.g. for a mirror; the file names stay the same. A file already present with the right
-    checksum is not fetched again.
+    e.g. for a mirror, which serves each file at its path under the data directory
+    (``MNIST/raw/train-images-idx3-ubyte.gz``, ``cifar-10-python.tar.gz``). A file already
+    present with the right checksum is not fetched again.
     """
     resources = _resources(name)
     data_dir = Path(data_dir).expanduser()
     data_dir.mkdir(parents=True, exist_ok=True)
     host_override = base_url or os.environ.get(BASE_URL_ENV)
     for resource in resources:
-        destination = data_dir / resource.filename
-        expected_md5 = MD5_CHECKSUMS[resource.filename]
+        destination = data_dir / resource.path
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        expected_md5 = MD5_CHECKSUMS[resource.path]
         if not (destination.is_file() and file_md5(destination) == expected_md5):
-            host = (host_override or resource.official_base_url).rstrip("/")
-            _fetch_verified(f"{host}/{resource.filename}", destination, expected_md5)
+            if host_override:
+                url = f"{host_override.rstrip('/')}/{resource.path}"
+            else:
+                url = f"{resource.official_base_url}/{resource.filename}"
+            _fetch_verified(url, destination, expected_md5)
         if resource.extract:
             _extract_tar_safely(destination, data_dir)
     return data_dir

@@ -1,4 +1,4 @@
-"""Readers for the official on-disk formats of CIFAR-10, CIFAR-100 and SVHN.
+"""Readers for the official on-disk formats of CIFAR-10, CIFAR-100, SVHN, MNIST and Fashion-MNIST.
 
 The layouts are the ones the official archives unpack to (and torchvision reads):
 
@@ -9,6 +9,12 @@ The layouts are the ones the official archives unpack to (and torchvision reads)
   unpickler here accepts only the few globals these files contain (numpy arrays).
 - SVHN: ``<data_dir>/train_32x32.mat`` and ``test_32x32.mat`` (MATLAB v5): ``X`` uint8
   (32, 32, 3, N) and ``y`` (N, 1), where label 10 stands for the digit 0.
+- MNIST / Fashion-MNIST: torchvision's layout, ``<data_dir>/MNIST/raw/`` and
+  ``<data_dir>/FashionMNIST/raw/`` holding ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+  ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte``, each gzipped (``.gz``, as published)
+  or not (as torchvision unpacks them; the unpacked file wins when both exist). IDX format: two
+  zero bytes, a type byte (0x08 = uint8), the number of dimensions, each dimension as a big-endian
+  uint32, then the data.
 
 Readers return ``(images uint8 (N, C, H, W), labels int64 (N,))`` as numpy arrays.
 A missing file raises FileNotFoundError; an unreadable one raises DatasetFileError.
@@ -16,15 +22,17 @@ A missing file raises FileNotFoundError; an unreadable one raises DatasetFileErr
 
 from __future__ import annotations
 
+import gzip
 import importlib
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DatasetFileError
-from .fetch import official_urls
+from .fetch import IDX_FOLDERS, official_urls
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,9 @@ CIFAR_LAYOUTS = {
     "cifar100": CifarLayout("cifar-100-python", ("train",), ("test",), b"fine_labels", 100),
 }
 SVHN_NUM_CLASSES = 10
+IDX_NUM_CLASSES = 10
+IDX_UBYTE = 0x08
+IDX_SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 SVHN_IMAGE_SHAPE = (32, 32, 3)
 CIFAR_ROW_SHAPE = (3, 32, 32)
 
@@ -55,7 +66,55 @@ def required_files(name: str, split: str, data_dir: Path) -> list[Path]:
         return [data_dir / layout.folder / filename for filename in files]
     if name == "svhn":
         return [data_dir / f"{split}_32x32.mat"]
-    raise ValueError(f"name {name!r} is not stored on disk; on-disk datasets: cifar10, cifar100, svhn")
+    if name in IDX_FOLDERS:
+        prefix = IDX_SPLIT_PREFIX[split]
+        return [_idx_file(data_dir / IDX_FOLDERS[name] / f"{prefix}-{kind}") for kind in ("images-idx3-ubyte",
+                                                                                       "labels-idx1-ubyte")]
+    raise ValueError(f"name {name!r} is not stored on disk; on-disk datasets: cifar10, cifar100, svhn, "
+                     f"{', '.join(IDX_FOLDERS)}")
+
+
+def _idx_file(unpacked: Path) -> Path:
+    """The unpacked IDX file if present, else the published .gz next to it."""
+    return unpacked if unpacked.is_file() else unpacked.with_name(unpacked.name + ".gz")
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """A uint8 IDX array of ``ndim`` dimensions; the header must account for every byte."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
+        raise DatasetFileError(f"cannot read IDX file {path}: {error}") from error
+    header_bytes = 4 + 4 * ndim
+    if len(raw) < header_bytes:
+        raise DatasetFileError(f"IDX file {path} is truncated: {len(raw)} bytes, shorter than its header")
+    if raw[0] != 0 or raw[1] != 0 or raw[2] != IDX_UBYTE or raw[3] != ndim:
+        raise DatasetFileError(
+            f"IDX file {path} has magic number {raw[:4].hex()}; expected 0000{IDX_UBYTE:02x}{ndim:02x} "
+            f"(uint8 data of {ndim} dimension{'s' if ndim > 1 else ''})"
+        )
+    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    expected = int(np.prod(shape, dtype=np.int64))
+    actual = len(raw) - header_bytes
+    if actual != expected:
+        what = "truncated" if actual < expected else "longer than its header says"
+        raise DatasetFileError(f"IDX file {path} is {what}: the header gives shape {shape} "
+                               f"({expected} bytes of data), the file holds {actual}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header_bytes).reshape(shape).copy()  # writable for torch
+
+
+def read_idx_dataset(name: str, split: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    images_path, labels_path = required_files(name, split, data_dir)
+    for path in (images_path, labels_path):
+        _require_file(path, name, data_dir)
+    images, labels = read_idx(images_path, 3), read_idx(labels_path, 1).astype(np.int64)
+    if labels.shape[0] != images.shape[0]:
+        raise DatasetFileError(f"{name}: {images_path} holds {images.shape[0]} images but {labels_path} "
+                               f"holds {labels.shape[0]} labels")
+    _check_label_range(labels, IDX_NUM_CLASSES, labels_path)
+    return images[:, None], labels
 
 
 def read_cifar(name: str, split: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -151,11 +210,13 @@ def _check_label_range(labels: np.ndarray, num_classes: int, path: Path) -> None
 def _how_to_get(name: str, data_dir: Path) -> str:
     urls = " and ".join(official_urls(name))
     unpack = ", unpacking archives there" if name in CIFAR_LAYOUTS else ""
-    return f"pass download=True (CLI: --download) or fetch {urls} into {data_dir}{unpack}"
+    target = data_dir / IDX_FOLDERS[name] if name in IDX_FOLDERS else data_dir
+    return f"pass download=True (CLI: --download) or fetch {urls} into {target}{unpack}"
 
 
 def _require_file(path: Path, name: str, data_dir: Path) -> None:
     if not path.is_file():
+        shown = path.name.removesuffix(".gz") + "[.gz]" if name in IDX_FOLDERS else path.name
         raise FileNotFoundError(
-            f"{name} file {path.name!r} not found in {path.parent}; {_how_to_get(name, data_dir)}"
+            f"{name} file {shown!r} not found in {path.parent}; {_how_to_get(name, data_dir)}"
         )

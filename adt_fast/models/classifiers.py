@@ -1,4 +1,5 @@
-"""Image classifiers: WideResNet-28-10 (the paper's), CIFAR ResNet-18 and a small CNN.
+"""Image classifiers: WideResNet-28-10 (the paper's), CIFAR ResNet-18, a small CNN, and Madry et
+al.'s MNIST CNN.
 
 Every classifier takes images in [0, 1] and splits into two stages so attacks can reach the
 representation before pooling (the feature attack of appendix C.5):
@@ -7,7 +8,9 @@ representation before pooling (the feature attack of appendix C.5):
 
 ``features`` returns the (N, C, h, w) map before global average pooling; ``head`` pools and
 applies the final linear layer. Pooling is a mean over the spatial dims (not ``.view``), so the
-models accept channels_last inputs and any image size >= 8.
+models accept channels_last inputs and any image size >= 8. The MNIST CNN is the exception: as
+in Madry et al., its head flattens the last feature map into two fully connected layers, so it
+is built for one image size.
 
 Inputs are not mean/std-normalised: each first convolution is followed by batch normalisation,
 which absorbs the input scale, and attacks then work directly in pixel space.
@@ -18,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ARCHS = ("wrn-28-10", "resnet18", "small-cnn")
+ARCHS = ("wrn-28-10", "resnet18", "small-cnn", "madry-cnn")
 MIN_IMAGE_SIZE = 8
 
 
@@ -40,10 +43,10 @@ class ClassifierHead(nn.Module):
 class Classifier(nn.Module):
     """A feature extractor plus a :class:`ClassifierHead`, remembering how it was built."""
 
-    def __init__(self, body: nn.Module, feature_channels: int, config: dict):
+    def __init__(self, body: nn.Module, feature_channels: int, config: dict, head: nn.Module | None = None):
         super().__init__()
         self.body = body
-        self.head = ClassifierHead(feature_channels, config["num_classes"])
+        self.head = head if head is not None else ClassifierHead(feature_channels, config["num_classes"])
         self.config = dict(config)
         _initialise(self)
 
@@ -151,6 +154,31 @@ def _small_cnn_body(in_channels: int) -> tuple[nn.Module, int]:
     return nn.Sequential(*layers), 64
 
 
+class FlattenHead(nn.Module):
+    """Flatten, a hidden fully connected layer with ReLU, then the logits (Madry et al.'s head)."""
+
+    def __init__(self, in_features: int, hidden: int, num_classes: int):
+        super().__init__()
+        self.hidden = nn.Linear(in_features, hidden)
+        self.linear = nn.Linear(hidden, num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.relu(self.hidden(features.flatten(1))))
+
+
+MADRY_HIDDEN = 1024
+
+
+def _madry_cnn(in_channels: int, image_size: int, num_classes: int) -> tuple[nn.Module, int, nn.Module]:
+    """The MNIST model of Madry et al.'s MNIST challenge (github.com/MadryLab/mnist_challenge,
+    model.py): conv 5x5 32 + ReLU + max-pool 2, conv 5x5 64 + ReLU + max-pool 2, FC 1024 + ReLU,
+    FC to the logits; "same" padding, no batch normalisation. 3.3 M parameters at 28x28."""
+    body = nn.Sequential(nn.Conv2d(in_channels, 32, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+                         nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+    side = image_size // 2 // 2
+    return body, 64, FlattenHead(64 * side * side, MADRY_HIDDEN, num_classes)
+
+
 def _require_positive_int(value, name: str, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -163,11 +191,14 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3, image_size: i
     _require_positive_int(num_classes, "num_classes")
     _require_positive_int(in_channels, "in_channels")
     _require_positive_int(image_size, "image_size", MIN_IMAGE_SIZE)
+    head = None
     if arch == "wrn-28-10":
         body, feature_channels = _wide_resnet_body(in_channels, depth=28, widen_factor=10)
     elif arch == "resnet18":
         body, feature_channels = _resnet18_body(in_channels)
+    elif arch == "madry-cnn":
+        body, feature_channels, head = _madry_cnn(in_channels, image_size, num_classes)
     else:
         body, feature_channels = _small_cnn_body(in_channels)
     config = {"arch": arch, "num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
-    return Classifier(body, feature_channels, config)
+    return Classifier(body, feature_channels, config, head)

@@ -62,17 +62,61 @@ def _triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def draw_seed_offset(device: torch.device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """A fresh (seed, offset) pair from torch's generator for `device`, kept on that device
+    (offset below 2**62, so offset + group never wraps: docs/randomness.md)."""
+    return torch.randint(0, 2**62, (2,), dtype=torch.int64, device=device, generator=generator)
+
+
+def python_seed_offset(mean, noise, seed_offset, generator) -> torch.Tensor:
+    """The (seed, offset) a Python-launched backend uses: the given one, zeros under `noise=`
+    (nothing random is drawn), else a fresh pair from the generator."""
+    if seed_offset is not None:
+        return seed_offset
+    if noise is not None:
+        return torch.zeros(2, dtype=torch.int64, device=mean.device)
+    return draw_seed_offset(mean.device, generator)
+
+
+@functools.cache
+def _extension_op(name: str):
+    """The op's single overload, resolved once (calling the packet resolves it on every call).
+    Loads the extension first, so a backend called without select() works too."""
+    reason = _load_extension()
+    if reason is not None:
+        raise RuntimeError(reason)
+    return getattr(torch.ops.adt_fast_C, name).default
+
+
 def _extension_forward(*args):
-    return torch.ops.adt_fast_C.sample_forward(*args)
+    return _extension_op("sample_forward")(*args)
 
 
-def _extension_backward(*args):
-    grad_mean, grad_std, grad_x = torch.ops.adt_fast_C.sample_backward(*args)
-    return grad_mean, grad_std, (grad_x if args[4] is not None else None)
+def _extension_backward(grad_out, grad_nlp, mean, std_param, x, *rest):
+    grad_mean, grad_std, grad_x = _extension_op("sample_backward")(grad_out, grad_nlp, mean, std_param, x, *rest)
+    return grad_mean, grad_std, (grad_x if x is not None else None)
 
 
 def _extension_words(*args):
-    return torch.ops.adt_fast_C.philox_words(*args)
+    return _extension_op("philox_words")(*args)
+
+
+def _seeded(forward: Callable) -> Callable:
+    """A Python-launched forward `(mean, std_param, x, noise, seed_offset, k, eps, lo, hi) ->
+    (out, nlp)` under the Backend contract: it takes `generator` and returns the seed it used."""
+    def call(mean, std_param, x, noise, seed_offset, generator, *settings):
+        seed_offset = python_seed_offset(mean, noise, seed_offset, generator)
+        return (*forward(mean, std_param, x, noise, seed_offset, *settings), seed_offset)
+    return call
+
+
+def _reference_backward(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, num_samples, *settings):
+    # None is a zero gradient: a broadcast zero view, never k x N zeros.
+    zero = mean.new_zeros(())
+    grad_out = zero.expand(num_samples, *mean.shape) if grad_out is None else grad_out
+    grad_nlp = (zero.expand(num_samples, mean.shape[0]) if grad_nlp is None else grad_nlp)
+    return reference.sample_backward(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset,
+                                     num_samples, *settings)
 
 
 def _reference_words(seed_offset, numel, num_samples):
@@ -80,29 +124,30 @@ def _reference_words(seed_offset, numel, num_samples):
     return reference.philox_words(seed, offset, numel, num_samples)
 
 
-def _triton_words(*args):
-    from .triton_kernels import philox_words
-    return philox_words(*args)
-
-
-def _triton_forward(*args):
-    from .triton_kernels import sample_forward
-    return sample_forward(*args)
-
-
-def _triton_backward(*args):
-    from .triton_kernels import sample_backward
-    return sample_backward(*args)
+def _triton_call(name: str) -> Callable:
+    """A function of triton_kernels, imported on first use (triton is an optional dependency)."""
+    def call(*args):
+        from . import triton_kernels
+        return getattr(triton_kernels, name)(*args)
+    return call
 
 
 @dataclass(frozen=True)
 class Backend:
-    """A way to run the op. `forward`/`backward` take contiguous tensors (see reference.py);
-    `philox_words(seed_offset, numel, num_samples)` returns the raw Philox words, int64 of shape
-    (ceil(k/4), numel, 4), for the bit-identity tests."""
+    """A way to run the op (the contract every backend follows; see docs/kernels.md):
+
+    forward(mean, std_param, x?, noise?, seed_offset?, generator?, k, eps, lo, hi)
+        -> (out, neg_log_prob, seed_offset_used); a None seed_offset is drawn from `generator`
+        (or torch's default generator of the device), or zeros under `noise=`;
+    backward(grad_out?, grad_nlp?, mean, std_param, x?, noise?, seed_offset, k, eps, lo, hi)
+        -> (grad_mean, grad_std_param, grad_x or None); a None gradient is zero, and grad_out may
+        be contiguous, fully expanded (all strides 0) or expanded over k (strides (0, contiguous));
+        anything else is made contiguous;
+    philox_words(seed_offset, numel, k) -> int64 (ceil(k/4), numel, 4), for the bit-identity tests.
+    mean, std_param, x and noise are contiguous."""
 
     name: str
-    devices: tuple[str, ...]
+    devices: Callable[[], tuple[str, ...]]
     dtypes: tuple[torch.dtype, ...]
     missing: Callable[[], Optional[str]]
     forward: Callable
@@ -110,15 +155,19 @@ class Backend:
     philox_words: Callable
 
     def unavailable_reason(self) -> Optional[str]:
-        """Why this backend cannot run at all on this installation, or None."""
-        return self.missing()
+        """Why this backend cannot run at all on this machine and installation, or None."""
+        reason = self.missing()
+        if reason is None and not self.devices():
+            reason = ("no CUDA device here, and CPU tensors need TRITON_INTERPRET=1"
+                      if self.name == "triton" else "no CUDA device here")
+        return reason
 
     def why_not(self, device: torch.device, dtype: torch.dtype) -> Optional[str]:
         """Why this backend cannot serve tensors of this device and dtype, or None."""
-        reason = self.unavailable_reason()
+        reason = self.missing()
         if reason is not None:
             return reason
-        if device.type not in self.devices:
+        if device.type not in self.devices():
             if self.name == "triton" and device.type == "cpu":
                 return "triton runs CPU tensors only under TRITON_INTERPRET=1"
             return f"{self.name} does not run on {device.type} tensors"
@@ -128,27 +177,27 @@ class Backend:
         return None
 
 
+def _cuda_devices() -> tuple[str, ...]:
+    """("cuda",) when this machine has a CUDA device (a CUDA tensor implies one)."""
+    return ("cuda",) if torch.cuda.is_available() else ()
+
+
 def _triton_devices() -> tuple[str, ...]:
-    return ("cuda", "cpu") if _triton_interpreted() else ("cuda",)
+    """Read on every call: TRITON_INTERPRET may be set after import (the test suites do)."""
+    return _cuda_devices() + (("cpu",) if _triton_interpreted() else ())
 
 
 BACKENDS: dict[str, Backend] = {
-    "reference": Backend("reference", ("cpu", "cuda", "meta"), FLOAT_DTYPES, lambda: None,
-                         reference.sample_forward, reference.sample_backward, _reference_words),
-    "cpu": Backend("cpu", ("cpu",), FLOAT_DTYPES, lambda: _extension_kernel("CPU"),
+    "reference": Backend("reference", lambda: ("cpu", "cuda", "meta"), FLOAT_DTYPES, lambda: None,
+                         _seeded(reference.sample_forward), _reference_backward, _reference_words),
+    "cpu": Backend("cpu", lambda: ("cpu",), FLOAT_DTYPES, lambda: _extension_kernel("CPU"),
                    _extension_forward, _extension_backward, _extension_words),
-    "cuda": Backend("cuda", ("cuda",), FLOAT_DTYPES, lambda: _extension_kernel("CUDA"),
+    "cuda": Backend("cuda", _cuda_devices, FLOAT_DTYPES, lambda: _extension_kernel("CUDA"),
                     _extension_forward, _extension_backward, _extension_words),
-    "triton": Backend("triton", ("cuda",), FLOAT_DTYPES, _triton_available,
-                      _triton_forward, _triton_backward, _triton_words),
+    "triton": Backend("triton", _triton_devices, FLOAT_DTYPES, _triton_available,
+                      _seeded(_triton_call("sample_forward")), _triton_call("sample_backward"),
+                      _triton_call("philox_words")),
 }
-
-
-def _backend(name: str) -> Backend:
-    backend = BACKENDS[name]
-    if name == "triton":  # TRITON_INTERPRET may be set after import
-        backend = Backend(**{**backend.__dict__, "devices": _triton_devices()})
-    return backend
 
 
 @dataclass(frozen=True)
@@ -159,28 +208,44 @@ class BackendStatus:
 
 
 def backends() -> list[BackendStatus]:
-    """Each backend, whether it is usable on this installation, and why not."""
+    """Each backend, whether it is usable on this machine and installation, and why not."""
     return [BackendStatus(name, reason is None, reason)
-            for name in BACKENDS for reason in [_backend(name).unavailable_reason()]]
+            for name, backend in BACKENDS.items() for reason in [backend.unavailable_reason()]]
+
+
+# (requested, device type, dtype, $ADT_FAST_BACKEND, $TRITON_INTERPRET) -> backend name. The two
+# variables are part of the key because they may change after import; whether the extension
+# and triton load, and whether CUDA is present, cannot change within a process.
+_SELECTED: dict[tuple, str] = {}
 
 
 def select(requested: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The backend name that serves this call, or a ValueError/RuntimeError saying why none can."""
+    """The backend name that serves this call, or a ValueError/RuntimeError saying why none can.
+    Cached, so a call costs two environment reads and a dict lookup (errors are not cached)."""
     if not isinstance(requested, str):
         raise TypeError(f"backend must be a string, got {type(requested).__name__}")
+    env = os.environ.get(BACKEND_ENV)
+    key = (requested, device.type, dtype, env, os.environ.get("TRITON_INTERPRET"))
+    name = _SELECTED.get(key)
+    if name is None:
+        name = _SELECTED[key] = _resolve(requested, device, dtype, env)
+    return name
+
+
+def _resolve(requested: str, device: torch.device, dtype: torch.dtype, env: Optional[str]) -> str:
     if requested == "auto":
-        requested = os.environ.get(BACKEND_ENV, "auto") or "auto"
+        requested = env or "auto"
     if requested != "auto" and requested not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {sorted(BACKENDS)}, got {requested!r}"
-                         f"{' (from $' + BACKEND_ENV + ')' if os.environ.get(BACKEND_ENV) == requested else ''}")
+                         f"{' (from $' + BACKEND_ENV + ')' if env == requested else ''}")
     if requested != "auto":
-        reason = _backend(requested).why_not(device, dtype)
+        reason = BACKENDS[requested].why_not(device, dtype)
         if reason is not None:
             raise RuntimeError(f"backend={requested!r} cannot serve this call: {reason}")
         return requested
     reasons = []
     for name in AUTO_PRIORITY.get(device.type, ("reference",)):
-        reason = _backend(name).why_not(device, dtype)
+        reason = BACKENDS[name].why_not(device, dtype)
         if reason is None:
             return name
         reasons.append(f"{name}: {reason}")
@@ -188,4 +253,4 @@ def select(requested: str, device: torch.device, dtype: torch.dtype) -> str:
 
 
 def get(name: str) -> Backend:
-    return _backend(name)
+    return BACKENDS[name]

@@ -2,9 +2,13 @@
 
 Two launch paths reach the same backend functions:
 - under `torch.compile`, two custom ops (`adt_fast::sample_forward`, `adt_fast::sample_backward`)
-  with fake implementations, so the op is traced as two opaque nodes without graph breaks;
+  with fake implementations, so the op is traced as two opaque nodes without graph breaks; this
+  path draws `seed_offset` in Python (a traced tensor op) and passes it explicitly;
 - in eager mode, a plain autograd.Function, which skips the custom-op machinery's Python
-  overhead (about 60 us a call on the development CPU).
+  overhead (about 60 us a call on the development CPU). It passes no seed: the backend draws
+  (seed, offset) from the generator itself (the C++ and CUDA backends with no extra kernel launch)
+  and returns the pair it used. Absent gradients stay None and expanded ones stay views: the
+  backends read them in place, so nothing of size k x N is materialised for them.
 Either way the backward regenerates the normals from `seed_offset`: nothing of size k x N is
 saved between the passes.
 """
@@ -29,7 +33,9 @@ def sample_forward(mean: torch.Tensor, std_param: torch.Tensor, x: Optional[torc
                    noise: Optional[torch.Tensor], seed_offset: torch.Tensor, num_samples: int,
                    epsilon: float, lo: float, hi: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     name = dispatch.select(backend, mean.device, mean.dtype)
-    return dispatch.get(name).forward(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi)
+    out, nlp, _ = dispatch.get(name).forward(mean, std_param, x, noise, seed_offset, None, num_samples, epsilon,
+                                             lo, hi)
+    return out, nlp
 
 
 @sample_forward.register_fake
@@ -45,13 +51,9 @@ def sample_backward(grad_out: torch.Tensor, grad_nlp: torch.Tensor, mean: torch.
                     seed_offset: torch.Tensor, num_samples: int, epsilon: float, lo: float, hi: float,
                     backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     name = dispatch.select(backend, mean.device, mean.dtype)
-    grad_mean, grad_std, grad_x = _backend_backward(name, grad_out, grad_nlp, mean, std_param, x, noise,
-                                                    seed_offset, num_samples, epsilon, lo, hi)
+    grad_mean, grad_std, grad_x = dispatch.get(name).backward(grad_out, grad_nlp, mean, std_param, x, noise,
+                                                              seed_offset, num_samples, epsilon, lo, hi)
     return grad_mean, grad_std, (mean.new_empty(0) if grad_x is None else grad_x)
-
-
-def _backend_backward(name, grad_out, grad_nlp, *saved_and_settings):
-    return dispatch.get(name).backward(grad_out.contiguous(), grad_nlp.contiguous(), *saved_and_settings)
 
 
 @sample_backward.register_fake
@@ -80,23 +82,23 @@ class _EagerSampleAndEntropy(torch.autograd.Function):
     """The eager launch path: the same backend calls as the custom ops, minus their dispatch."""
 
     @staticmethod
-    def forward(ctx, mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi, name):
+    def forward(ctx, mean, std_param, x, noise, generator, num_samples, epsilon, lo, hi, name):
+        out, nlp, seed_offset = dispatch.get(name).forward(mean, std_param, x, noise, None, generator,
+                                                           num_samples, epsilon, lo, hi)
         ctx.save_for_backward(mean, std_param, x, noise, seed_offset)
         ctx.settings = (num_samples, epsilon, lo, hi)
         ctx.backend = name
-        return dispatch.get(name).forward(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not k x N zeros
+        return out, nlp
 
     @staticmethod
     @once_differentiable  # the fused backward has no derivative of its own: say so, never return 0
     def backward(ctx, grad_out, grad_nlp):
-        grad_mean, grad_std, grad_x = _backend_backward(ctx.backend, grad_out, grad_nlp, *ctx.saved_tensors,
-                                                        *ctx.settings)
+        if grad_out is None and grad_nlp is None:
+            return (None,) * 10
+        grad_mean, grad_std, grad_x = dispatch.get(ctx.backend).backward(grad_out, grad_nlp, *ctx.saved_tensors,
+                                                                         *ctx.settings)
         return grad_mean, grad_std, grad_x, None, None, None, None, None, None, None
-
-
-def draw_seed_offset(device: torch.device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """A fresh (seed, offset) pair from torch's generator for `device`, kept on that device."""
-    return torch.randint(0, 2**62, (2,), dtype=torch.int64, device=device, generator=generator)
 
 
 def draw_normals(shape: Sequence[int], num_samples: int, *, rows: Optional[tuple[int, int]] = None,
@@ -113,7 +115,7 @@ def draw_normals(shape: Sequence[int], num_samples: int, *, rows: Optional[tuple
     """
     numel, row = math.prod(shape), math.prod(shape[1:])
     start, stop = (0, shape[0]) if rows is None else rows
-    seed_offset = draw_seed_offset(device, generator)
+    seed_offset = dispatch.draw_seed_offset(device, generator)
     words = dispatch.get(dispatch.select(backend, device, dtype)).philox_words(seed_offset, numel, num_samples)
     words = words[:, start * row:stop * row].to(device)
     normals = reference.normals_from_words(words, num_samples, compute_dtype(dtype))
@@ -190,10 +192,11 @@ def sample_and_entropy(mean: torch.Tensor, std_param: torch.Tensor, num_samples:
     if generator is not None and noise is None and generator.device.type != mean.device.type:
         raise ValueError(f"generator is on {generator.device} but mean is on {mean.device}")
 
-    seed_offset = (torch.zeros(2, dtype=torch.int64, device=mean.device) if noise is not None
-                   else draw_seed_offset(mean.device, generator))
-    args = (mean.contiguous(), std_param.contiguous(), None if x is None else x.contiguous(),
-            None if noise is None else noise.contiguous(), seed_offset, num_samples, epsilon, lo, hi)
+    tensors = (mean.contiguous(), std_param.contiguous(), None if x is None else x.contiguous(),
+               None if noise is None else noise.contiguous())
+    settings = (num_samples, epsilon, lo, hi)
     if torch.compiler.is_compiling():
-        return sample_forward(*args, backend)
-    return _EagerSampleAndEntropy.apply(*args, dispatch.select(backend, mean.device, mean.dtype))
+        seed_offset = dispatch.python_seed_offset(mean, noise, None, generator)
+        return sample_forward(*tensors, seed_offset, *settings, backend)
+    return _EagerSampleAndEntropy.apply(*tensors, generator, *settings,
+                                        dispatch.select(backend, mean.device, mean.dtype))

@@ -34,12 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-try:  # triton >= 3.0 dispatches libdevice per backend
-    from triton.language.extra.libdevice import fast_logf
-except ImportError:  # pragma: no cover
-    from triton.language.extra.cuda.libdevice import fast_logf
-
-__all__ = ["sample_forward", "sample_backward", "philox_words", "launch_config"]
+__all__ = ["sample_forward", "sample_backward", "philox_words", "launch_config", "grad_out_layout"]
 
 LOG2 = math.log(2.0)
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -56,12 +51,17 @@ TARGET_PROGRAMS = 1024
 MIN_BLOCK_D = 16
 WORDS_BLOCK = 512
 WORDS_NUM_WARPS = 4
+# What the kernels are written for, said at every launch: FMA contraction on (Triton >= 3.10
+# turns it off by default; the float32 error budget in docs/triton.md assumes it).
+COMPILE_OPTIONS = {"enable_fp_fusion": True}
 
 # Globals read inside kernels must be tl.constexpr.
 _INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 # expm1 on [-0.5, 0] by its Taylor series (Horner); beyond, exp(x) - 1 is accurate enough.
 _EXPM1_SWITCH = tl.constexpr(0.25)  # |u| below which tanh(|u|) uses the series for expm1(-2|u|)
 _LOG2 = tl.constexpr(LOG2)
+_LN2 = tl.constexpr(LOG2)  # float32 kernels: ln 2 (rounded to fp32 by triton)
+_M2_LOG2E = tl.constexpr(-2.0 / LOG2)  # -2 log2(e): exp(-2a) = 2^(a * _M2_LOG2E)
 _TWO_PI_2M24 = tl.constexpr(2.0 * math.pi * 2.0**-24)  # exact power-of-two scaling of float64 2 pi
 _F3 = tl.constexpr(0.16666666666666666)  # 1/3!
 _F4 = tl.constexpr(0.041666666666666664)  # 1/4!
@@ -113,14 +113,15 @@ def _philox4x32_10(c0, c1, c2, c3, k0, k1):
 @triton.jit
 def _philox_block(n, seed, group_counter):
     """Words for elements `n` (int64 block) of sample group g: key = (seed_lo, seed_hi),
-    counter = (n_lo, n_hi, (offset+g)_lo, (offset+g)_hi); group_counter = offset + g (int64)."""
-    zero = tl.zeros(n.shape, dtype=tl.uint32)
+    counter = (n_lo, n_hi, (offset+g)_lo, (offset+g)_hi); group_counter = offset + g (int64).
+    The key and the group's counter words are scalars: the compiler keeps them (and the key
+    schedule) in uniform registers, shared by the whole warp."""
     c0 = n.to(tl.uint32)
     c1 = (n >> 32).to(tl.uint32)
-    c2 = zero | group_counter.to(tl.uint32)
-    c3 = zero | (group_counter >> 32).to(tl.uint32)
-    k0 = zero | seed.to(tl.uint32)
-    k1 = zero | (seed >> 32).to(tl.uint32)
+    c2 = group_counter.to(tl.uint32)
+    c3 = (group_counter >> 32).to(tl.uint32)
+    k0 = seed.to(tl.uint32)
+    k1 = (seed >> 32).to(tl.uint32)
     return _philox4x32_10(c0, c1, c2, c3, k0, k1)
 
 
@@ -146,8 +147,13 @@ def _box_muller(wa, wb, IS_FP64: tl.constexpr, CT: tl.constexpr):
             0.008333333333333333 + t2 * (-0.0001984126984126984 + t2 * 2.7557319223985893e-06)))
         cos_t = 1.0 + t2 * (-0.5 + t2 * (0.041666666666666664 + t2 * (
             -0.001388888888888889 + t2 * (2.48015873015873e-05 + t2 * -2.755731922398589e-07))))
-        cos_v = tl.where(q == 0, cos_t, tl.where(q == 1, -sin_t, tl.where(q == 2, -cos_t, sin_t)))
-        sin_v = tl.where(q == 0, sin_t, tl.where(q == 1, cos_t, tl.where(q == 2, -sin_t, -cos_t)))
+        # quadrant q: (cos, sin)(theta + q pi/2) = swap (q odd) and negate (cos: q = 1, 2;
+        # sin: q = 2, 3) the pair (cos_t, sin_t).
+        odd = (q & 1) != 0
+        cos_v = tl.where(odd, sin_t, cos_t)
+        sin_v = tl.where(odd, cos_t, sin_t)
+        cos_v = tl.where(((q + 1) & 2) != 0, -cos_v, cos_v)
+        sin_v = tl.where((q & 2) != 0, -sin_v, sin_v)
     return radius * cos_v, radius * sin_v
 
 
@@ -175,53 +181,90 @@ def _expm1_series(x, IS_FP64: tl.constexpr, CT: tl.constexpr):
 
 
 @triton.jit
-def _log_1_to_2(y, IS_FP64: tl.constexpr):
-    """log(y) for y in [1, 2], where an absolute error of ~1e-7 is harmless (it enters -log p
-    next to -2|u|): one MUFU.LG2 in float32 on the GPU, libm-accurate otherwise."""
-    if IS_FP64 or _INTERPRETED:
-        return tl.log(y)
+def _exp2_ftz(x):
+    """2^x for x <= 0 in one MUFU.EX2 (ex2.approx.ftz.f32: 2 ulp; results below 2^-126 flush to
+    zero, harmless where it is used: e = exp(-2|u|) next to 1). The interpreter: tl.exp2."""
+    if _INTERPRETED:
+        return tl.exp2(x)
     else:
-        return fast_logf(y)
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+
+
+@triton.jit
+def _log2_1_to_2(y):
+    """log2(y) for y in [1, 2] in one MUFU.LG2 (absolute error ~1e-7, harmless where it is used:
+    next to -2|u| in log(1 - t^2)). The interpreter: tl.log2."""
+    if _INTERPRETED:
+        return tl.log2(y)
+    else:
+        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [y], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+
+
+@triton.jit
+def _div(a, b, IS_FP64: tl.constexpr):
+    """a / b: IEEE in float64; div.full.f32 (2 ulp, one MUFU.RCP) in float32."""
+    if IS_FP64:
+        return a / b
+    else:
+        return tl.fdiv(a, b)
 
 
 @triton.jit
 def _tanh_parts(u, IS_FP64: tl.constexpr, CT: tl.constexpr):
-    """|u|, e = exp(-2|u|), t = tanh(u) and 1 - t^2 = 4e/(1+e)^2, accurate for tiny and huge u."""
+    """(t = tanh(u), 1 - t^2, log(1 - t^2)) from one exp: with e = exp(-2|u|),
+    t = sign(u) (1 - e) / (1 + e), 1 - t^2 = 4e / (1 + e)^2 (no cancellation) and
+    log(1 - t^2) = 2 log 2 - 2|u| - 2 log(1 + e), finite for any finite u.
+
+    float32: e = 2^q with q = -2|u| log2(e) (one MUFU.EX2), log(1 + e) by one MUFU.LG2; t has an
+    absolute error ~1e-7 (relative error grows for |u| < 1e-3, which the float32 tolerance,
+    relative to the output's scale, allows). float64: 1 - e comes from expm1's series below
+    |u| = 0.25, so t stays accurate to a few ulp relative."""
     a = tl.abs(u)
-    x = -2.0 * a
-    e = tl.exp(x)
-    small = a < _EXPM1_SWITCH
-    m = tl.where(small, _expm1_series(tl.where(small, x, 0.0), IS_FP64, CT), e - 1.0)  # expm1(x)
     if IS_FP64:
-        inv = 1.0 / (2.0 + m)  # 1 / (1 + e)
+        x = -2.0 * a
+        e = tl.exp(x)
+        small = a < _EXPM1_SWITCH
+        one_minus_e = -tl.where(small, _expm1_series(tl.where(small, x, 0.0), IS_FP64, CT), e - 1.0)
+        inv = 1.0 / (1.0 + e)
+        log1m_t2 = 2.0 * (_c(_LOG2, CT) - a - tl.log(1.0 + e))
     else:
-        inv = tl.fdiv(1.0, 2.0 + m)  # div.full.f32 (2 ulp) rather than the IEEE sequence
-    t = -m * inv  # tanh(|u|)
+        q = a * _M2_LOG2E
+        e = _exp2_ftz(q)
+        one_plus_e = 1.0 + e
+        one_minus_e = 1.0 - e
+        inv = tl.fdiv(1.0, one_plus_e)  # div.full.f32: 2 ulp, one MUFU.RCP
+        # 2 log 2 - 2|u| - 2 log(1 + e) = ln2 (2 + q - 2 log2(1 + e))
+        log1m_t2 = _LN2 * (2.0 + q - 2.0 * _log2_1_to_2(one_plus_e))
+    t = one_minus_e * inv  # tanh(|u|)
     t = tl.where(u < 0, -t, t)
     dtanh = 4.0 * e * inv * inv
-    return a, e, t, dtanh
+    return t, dtanh, log1m_t2
 
 
 @triton.jit
-def _softplus_parts(rho, CT: tl.constexpr):
-    """sigma = softplus(rho), log(sigma), sigmoid(rho), sigmoid(rho)/sigma: finite for all rho."""
+def _softplus_parts(rho, IS_FP64: tl.constexpr):
+    """sigma = softplus(rho), log(sigma), sigmoid(rho), sigmoid(rho)/sigma: finite for all rho.
+    Once per element; every sample of the element reuses them."""
     z = tl.exp(-tl.abs(rho))
     w = 1.0 + z
     wm1 = w - 1.0
-    log1p_z = tl.where(wm1 == 0.0, z, tl.log(w) * (z / tl.where(wm1 == 0.0, 1.0, wm1)))
+    log1p_z = tl.where(wm1 == 0.0, z, tl.log(w) * _div(z, tl.where(wm1 == 0.0, 1.0, wm1), IS_FP64))
     sigma = tl.maximum(rho, 0.0) + log1p_z
     tail = rho < -20.0
     e_tail = tl.exp(tl.minimum(rho, -20.0))
     safe_sigma = tl.where(tail, 1.0, sigma)
     log_sigma = tl.where(tail, rho - 0.5 * e_tail, tl.log(safe_sigma))
-    sigmoid = tl.where(rho >= 0, 1.0 / w, z / w)
-    sig_over_sp = tl.where(tail, 1.0 - 0.5 * e_tail, sigmoid / safe_sigma)
+    inv_w = _div(1.0, w, IS_FP64)
+    sigmoid = tl.where(rho >= 0, inv_w, z * inv_w)
+    sig_over_sp = tl.where(tail, 1.0 - 0.5 * e_tail, _div(sigmoid, safe_sigma, IS_FP64))
     return sigma, log_sigma, sigmoid, sig_over_sp
 
 
 @triton.jit
 def _load_tile(mean_ptr, std_ptr, x_ptr, seed_offset_ptr, B, D, n_chunks, eps_bits, lo_bits, hi_bits,
-               HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr, CT: tl.constexpr,
+               HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr, CT: tl.constexpr,
                BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
     """This program's tile of (examples x elements), its inputs and the per-element rho terms."""
     pid = tl.program_id(0)
@@ -237,7 +280,7 @@ def _load_tile(mean_ptr, std_ptr, x_ptr, seed_offset_ptr, B, D, n_chunks, eps_bi
     hi = _f64_from_bits(hi_bits).to(CT)
     mu = tl.load(mean_ptr + n, mask=mask, other=0.0).to(CT)
     rho = tl.load(std_ptr + n, mask=mask, other=0.0).to(CT)
-    sigma, log_sigma, sigmoid, sig_over_sp = _softplus_parts(rho, CT)
+    sigma, log_sigma, sigmoid, sig_over_sp = _softplus_parts(rho, IS_FP64)
     if HAS_X:
         xv = tl.load(x_ptr + n, mask=mask, other=0.0).to(CT)
     else:
@@ -253,10 +296,11 @@ def _load_tile(mean_ptr, std_ptr, x_ptr, seed_offset_ptr, B, D, n_chunks, eps_bi
 
 
 @triton.jit
-def _group_normals(n, seed, offset, g, s0, k, placeholder, HAS_NOISE: tl.constexpr,
+def _group_normals(n, seed, offset, g, BOTH_PAIRS: tl.constexpr, placeholder, HAS_NOISE: tl.constexpr,
                    IS_FP64: tl.constexpr, CT: tl.constexpr):
-    """The normals of samples s0..s0+3 (one Philox call); the second Box-Muller pair only when
-    sample s0+2 exists. With noise the lanes load r themselves and get `placeholder`."""
+    """The normals of samples 4g..4g+3 (one Philox call); the second Box-Muller pair only when
+    BOTH_PAIRS (a tail group of one or two samples skips it). With noise the lanes load r
+    themselves and get `placeholder`."""
     if HAS_NOISE:
         r0 = placeholder
         r1 = placeholder
@@ -265,7 +309,7 @@ def _group_normals(n, seed, offset, g, s0, k, placeholder, HAS_NOISE: tl.constex
     else:
         w0, w1, w2, w3 = _philox_block(n, seed, offset + g)
         r0, r1 = _box_muller(w0, w1, IS_FP64, CT)
-        if s0 + 2 < k:
+        if BOTH_PAIRS:
             r2, r3 = _box_muller(w2, w3, IS_FP64, CT)
         else:
             r2 = r0
@@ -274,99 +318,182 @@ def _group_normals(n, seed, offset, g, s0, k, placeholder, HAS_NOISE: tl.constex
 
 
 @triton.jit
-def _forward_lane(r, s, n, N, mask, rows, row_ok, B, c, n_chunks, mu, sigma, log_sigma, xv,
-                  noise_ptr, out_ptr, part_ptr, eps, lo, hi, cadd,
-                  HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr,
-                  CT: tl.constexpr):
-    """Sample s (< k) of the tile: store delta / x_adv and the tile's partial sum of -log p."""
-    s64 = s.to(tl.int64)
+def _clamp(v, lo, hi):
+    """torch.clamp: NaN stays NaN (PTX min/max would return the bound)."""
+    return tl.minimum(tl.maximum(v, lo, propagate_nan=tl.PropagateNan.ALL), hi,
+                      propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _forward_sample(r, out_s, part_s, noise_s, mask, split_first, split_cadd, mu, sigma, log_sigma, xv,
+                    eps, lo, hi, HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr,
+                    CT: tl.constexpr, SPLIT: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One sample of the tile: store delta / x_adv at out_s and the tile's partial sums of -log p
+    at part_s (pointers already advanced to this sample).
+
+    SPLIT == 1: one sum per example row of the tile (a block-wide reduction). SPLIT > 1 (one
+    example per tile): one sum per warp, shuffles only, stored by the warp's first element; the
+    host's `sum(-1)` adds the parts. Every tensor here keeps the reduction's layout, so nothing
+    goes through shared memory."""
     if HAS_NOISE:
-        r = tl.load(noise_ptr + (s64 * N + n), mask=mask, other=0.0).to(CT)
+        r = tl.load(noise_s, mask=mask, other=0.0).to(CT)
     u = mu + sigma * r
-    a, e, t, dtanh = _tanh_parts(u, IS_FP64, CT)
+    t, dtanh, log1m_t2 = _tanh_parts(u, IS_FP64, CT)
     delta = eps * t
     if HAS_X:
-        o = tl.minimum(tl.maximum(xv + delta, lo), hi)
+        o = _clamp(xv + delta, lo, hi)
     else:
         o = delta
-    tl.store(out_ptr + (s64 * N + n), o.to(out_ptr.dtype.element_ty), mask=mask)
-    log1m_t2 = 2.0 * (_c(_LOG2, CT) - a - _log_1_to_2(1.0 + e, IS_FP64))
+    tl.store(out_s, o.to(out_s.dtype.element_ty), mask=mask)
     per_elem = tl.where(mask, 0.5 * r * r + log_sigma + log1m_t2, 0.0)
-    total = tl.sum(per_elem, axis=1) + cadd
-    tl.store(part_ptr + ((s64 * B + rows) * n_chunks + c), total, mask=row_ok)
+    if SPLIT == 1:
+        tl.store(part_s, tl.sum(per_elem, axis=1) + split_cadd, mask=split_first)
+    else:
+        parts = tl.sum(tl.reshape(per_elem, [SPLIT, BLOCK_D // SPLIT]), axis=1, keep_dims=True)
+        parts = tl.broadcast_to(parts + split_cadd, [SPLIT, BLOCK_D // SPLIT])
+        tl.store(part_s, parts, mask=split_first)
+
+
+@triton.jit
+def _forward_group(g, LANES: tl.constexpr, n, seed, offset, out_s, part_s, noise_s, part_step, N, mask,
+                   split_first, split_cadd, mu, sigma, log_sigma, xv, eps, lo, hi, HAS_X: tl.constexpr,
+                   HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr, CT: tl.constexpr,
+                   SPLIT: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Samples 4g .. 4g + LANES - 1 (one Philox call); returns the pointers advanced past them."""
+    r0, r1, r2, r3 = _group_normals(n, seed, offset, g, LANES > 2, mu, HAS_NOISE, IS_FP64, CT)
+    for lane in tl.static_range(LANES):
+        r = r0 if lane == 0 else (r1 if lane == 1 else (r2 if lane == 2 else r3))
+        _forward_sample(r, out_s, part_s, noise_s, mask, split_first, split_cadd, mu, sigma, log_sigma,
+                        xv, eps, lo, hi, HAS_X, HAS_NOISE, IS_FP64, CT, SPLIT, BLOCK_D)
+        out_s += N
+        noise_s += N
+        part_s += part_step
+    return out_s, noise_s, part_s
 
 
 @triton.jit(do_not_specialize=["eps_bits", "lo_bits", "hi_bits", "const_bits"])
 def _forward_kernel(mean_ptr, std_ptr, x_ptr, noise_ptr, seed_offset_ptr, out_ptr, part_ptr,
-                    B, D, N, k, groups, n_chunks, eps_bits, lo_bits, hi_bits, const_bits,
+                    B, D, N, full_groups, n_chunks, eps_bits, lo_bits, hi_bits, const_bits,
+                    TAIL: tl.constexpr, SPLIT: tl.constexpr,
                     HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr,
                     CT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
     (c, rows, row_ok, mask, n, eps, lo, hi, mu, sigma, log_sigma, sigmoid, sig_over_sp, xv, seed,
      offset) = _load_tile(mean_ptr, std_ptr, x_ptr, seed_offset_ptr, B, D, n_chunks, eps_bits, lo_bits,
-                          hi_bits, HAS_X, HAS_NOISE, CT, BLOCK_B, BLOCK_D)
-    cadd = tl.where(c == 0, _f64_from_bits(const_bits), 0.0).to(CT)
+                          hi_bits, HAS_X, HAS_NOISE, IS_FP64, CT, BLOCK_B, BLOCK_D)
+    cadd = tl.where(c == 0, _f64_from_bits(const_bits), 0.0).to(CT)  # chunk 0 adds the constant
+    n_parts = n_chunks * SPLIT
+    if SPLIT == 1:  # part index c of row `rows`
+        part_s = part_ptr + (rows.to(tl.int64) * n_parts + c)
+        split_first = row_ok
+        split_cadd = cadd
+    else:  # part c * SPLIT + (element's warp) of example pb, stored by the part's first element
+        per_part: tl.constexpr = BLOCK_D // SPLIT
+        split = tl.reshape(tl.arange(0, BLOCK_D) // per_part, [SPLIT, per_part])
+        split_first = tl.reshape(tl.arange(0, BLOCK_D) % per_part == 0, [SPLIT, per_part])
+        split_cadd = tl.where(split == 0, cadd, 0.0)
+        pb = tl.program_id(0) // n_chunks
+        part_s = part_ptr + ((pb.to(tl.int64) * n_parts + c * SPLIT) + split)
+    part_step = B.to(tl.int64) * n_parts
+    out_s = out_ptr + n  # pointers of sample s, advanced by one sample at a time
+    noise_s = noise_ptr + n
 
-    # Samples 4g..4g+3 share one Philox call; lanes past k are skipped by uniform branches.
-    for g in range(0, groups):
-        s0 = g * 4
-        r0, r1, r2, r3 = _group_normals(n, seed, offset, g, s0, k, mu, HAS_NOISE, IS_FP64, CT)
-        for lane in tl.static_range(4):
-            r = r0 if lane == 0 else (r1 if lane == 1 else (r2 if lane == 2 else r3))
-            if s0 + lane < k:
-                _forward_lane(r, s0 + lane, n, N, mask, rows, row_ok, B, c, n_chunks, mu, sigma,
-                              log_sigma, xv, noise_ptr, out_ptr, part_ptr, eps, lo, hi, cadd,
-                              HAS_X, HAS_NOISE, IS_FP64, CT)
+    # Whole groups of four samples (one Philox call each) in the loop, no lane guards in it; then
+    # the k mod 4 remaining samples, straight-line code specialised at compile time.
+    for g in range(0, full_groups):
+        out_s, noise_s, part_s = _forward_group(
+            g, 4, n, seed, offset, out_s, part_s, noise_s, part_step, N, mask, split_first, split_cadd,
+            mu, sigma, log_sigma, xv, eps, lo, hi, HAS_X, HAS_NOISE, IS_FP64, CT, SPLIT, BLOCK_D)
+    if TAIL > 0:
+        _forward_group(full_groups, TAIL, n, seed, offset, out_s, part_s, noise_s, part_step, N, mask,
+                       split_first, split_cadd, mu, sigma, log_sigma, xv, eps, lo, hi, HAS_X, HAS_NOISE,
+                       IS_FP64, CT, SPLIT, BLOCK_D)
 
 
 @triton.jit
-def _backward_lane(r, s, n, N, mask, rows, row_ok, B, mu, sigma, xv,
-                   noise_ptr, gout_ptr, gnlp_ptr, eps, lo, hi,
-                   acc_du, acc_dur, acc_gx, acc_ge,
-                   HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr,
-                   CT: tl.constexpr):
-    """Add sample s (< k) of the tile to the gradient accumulators."""
-    s64 = s.to(tl.int64)
+def _backward_sample(r, gout_s, gnlp_s, noise_s, mask, row_ok, mu, sigma, xv, g_pre, eps, lo, hi,
+                     acc_du, acc_dur, acc_gx, acc_ge,
+                     GOUT: tl.constexpr, HAS_GNLP: tl.constexpr, HAS_X: tl.constexpr,
+                     HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr, CT: tl.constexpr):
+    """Add one sample to the gradient accumulators (pointers advanced to this sample). GOUT says
+    how grad_out is laid out (see `_backward_kernel`); g_pre is its value when it does not depend
+    on the sample."""
     if HAS_NOISE:
-        r = tl.load(noise_ptr + (s64 * N + n), mask=mask, other=0.0).to(CT)
-    g_d = tl.load(gout_ptr + (s64 * N + n), mask=mask, other=0.0).to(CT)
-    g_e = tl.load(gnlp_ptr + (s64 * B + rows), mask=row_ok, other=0.0).to(CT)
+        r = tl.load(noise_s, mask=mask, other=0.0).to(CT)
     u = mu + sigma * r
-    a, e, t, dtanh = _tanh_parts(u, IS_FP64, CT)
-    if HAS_X:
-        unclamped = xv + eps * t
-        g_d = tl.where((unclamped >= lo) & (unclamped <= hi), g_d, 0.0)
-        acc_gx += g_d
-    d_u = g_d * (eps * dtanh) - 2.0 * g_e[:, None] * t
+    t, dtanh, log1m_t2 = _tanh_parts(u, IS_FP64, CT)
+    d_u = tl.zeros_like(u)
+    if GOUT != 0:
+        if GOUT == 1:
+            g_d = tl.load(gout_s, mask=mask, other=0.0).to(CT)
+        else:
+            g_d = g_pre
+        if HAS_X:
+            unclamped = xv + eps * t
+            g_d = tl.where((unclamped >= lo) & (unclamped <= hi), g_d, 0.0)
+            acc_gx += g_d
+        d_u = g_d * (eps * dtanh)
+    if HAS_GNLP:
+        g_e = tl.load(gnlp_s, mask=row_ok, other=0.0).to(CT)
+        d_u = d_u - 2.0 * g_e[:, None] * t
+        acc_ge += g_e
     acc_du += d_u
     acc_dur += d_u * r
-    acc_ge += g_e
     return acc_du, acc_dur, acc_gx, acc_ge
+
+
+@triton.jit
+def _backward_group(g, LANES: tl.constexpr, n, seed, offset, gout_s, gnlp_s, noise_s, N, B, mask, row_ok,
+                    mu, sigma, xv, g_pre, eps, lo, hi, acc_du, acc_dur, acc_gx, acc_ge,
+                    GOUT: tl.constexpr, HAS_GNLP: tl.constexpr, HAS_X: tl.constexpr,
+                    HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr, CT: tl.constexpr):
+    """Samples 4g .. 4g + LANES - 1 (one Philox call) into the accumulators; returns them and the
+    pointers advanced past the samples."""
+    r0, r1, r2, r3 = _group_normals(n, seed, offset, g, LANES > 2, mu, HAS_NOISE, IS_FP64, CT)
+    for lane in tl.static_range(LANES):
+        r = r0 if lane == 0 else (r1 if lane == 1 else (r2 if lane == 2 else r3))
+        acc_du, acc_dur, acc_gx, acc_ge = _backward_sample(
+            r, gout_s, gnlp_s, noise_s, mask, row_ok, mu, sigma, xv, g_pre, eps, lo, hi,
+            acc_du, acc_dur, acc_gx, acc_ge, GOUT, HAS_GNLP, HAS_X, HAS_NOISE, IS_FP64, CT)
+        gout_s += N
+        noise_s += N
+        gnlp_s += B
+    return acc_du, acc_dur, acc_gx, acc_ge, gout_s, gnlp_s, noise_s
 
 
 @triton.jit(do_not_specialize=["eps_bits", "lo_bits", "hi_bits"])
 def _backward_kernel(gout_ptr, gnlp_ptr, mean_ptr, std_ptr, x_ptr, noise_ptr, seed_offset_ptr,
                      gmean_ptr, gstd_ptr, gx_ptr,
-                     B, D, N, k, groups, n_chunks, eps_bits, lo_bits, hi_bits,
+                     B, D, N, full_groups, n_chunks, eps_bits, lo_bits, hi_bits,
+                     TAIL: tl.constexpr, GOUT: tl.constexpr, HAS_GNLP: tl.constexpr,
                      HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr,
                      CT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+    """GOUT: 0 no grad_out (zero), 1 contiguous (k, N), 2 expanded over k (one value per element,
+    strides (0, contiguous)), 3 one value for everything (all strides 0, e.g. from delta.sum())."""
     (c, rows, row_ok, mask, n, eps, lo, hi, mu, sigma, log_sigma, sigmoid, sig_over_sp, xv, seed,
      offset) = _load_tile(mean_ptr, std_ptr, x_ptr, seed_offset_ptr, B, D, n_chunks, eps_bits, lo_bits,
-                          hi_bits, HAS_X, HAS_NOISE, CT, BLOCK_B, BLOCK_D)
-
+                          hi_bits, HAS_X, HAS_NOISE, IS_FP64, CT, BLOCK_B, BLOCK_D)
+    if GOUT == 2:
+        g_pre = tl.load(gout_ptr + n, mask=mask, other=0.0).to(CT)
+    elif GOUT == 3:
+        g_pre = tl.zeros_like(mu) + tl.load(gout_ptr).to(CT)
+    else:
+        g_pre = mu
+    gout_s = gout_ptr + n  # pointers of sample s, advanced by one sample at a time
+    noise_s = noise_ptr + n
+    gnlp_s = gnlp_ptr + rows
     acc_du = tl.zeros([BLOCK_B, BLOCK_D], dtype=CT)
     acc_dur = tl.zeros([BLOCK_B, BLOCK_D], dtype=CT)
     acc_gx = tl.zeros([BLOCK_B, BLOCK_D], dtype=CT)
     acc_ge = tl.zeros([BLOCK_B], dtype=CT)
-    for g in range(0, groups):
-        s0 = g * 4
-        r0, r1, r2, r3 = _group_normals(n, seed, offset, g, s0, k, mu, HAS_NOISE, IS_FP64, CT)
-        for lane in tl.static_range(4):
-            r = r0 if lane == 0 else (r1 if lane == 1 else (r2 if lane == 2 else r3))
-            if s0 + lane < k:
-                acc_du, acc_dur, acc_gx, acc_ge = _backward_lane(
-                    r, s0 + lane, n, N, mask, rows, row_ok, B, mu, sigma, xv, noise_ptr, gout_ptr,
-                    gnlp_ptr, eps, lo, hi, acc_du, acc_dur, acc_gx, acc_ge,
-                    HAS_X, HAS_NOISE, IS_FP64, CT)
+    for g in range(0, full_groups):
+        acc_du, acc_dur, acc_gx, acc_ge, gout_s, gnlp_s, noise_s = _backward_group(
+            g, 4, n, seed, offset, gout_s, gnlp_s, noise_s, N, B, mask, row_ok, mu, sigma, xv, g_pre,
+            eps, lo, hi, acc_du, acc_dur, acc_gx, acc_ge, GOUT, HAS_GNLP, HAS_X, HAS_NOISE, IS_FP64, CT)
+    if TAIL > 0:
+        acc_du, acc_dur, acc_gx, acc_ge, gout_s, gnlp_s, noise_s = _backward_group(
+            full_groups, TAIL, n, seed, offset, gout_s, gnlp_s, noise_s, N, B, mask, row_ok, mu, sigma,
+            xv, g_pre, eps, lo, hi, acc_du, acc_dur, acc_gx, acc_ge, GOUT, HAS_GNLP, HAS_X, HAS_NOISE,
+            IS_FP64, CT)
 
     grad_std = sigmoid * acc_dur + sig_over_sp * acc_ge[:, None]
     tl.store(gmean_ptr + n, acc_du.to(gmean_ptr.dtype.element_ty), mask=mask)
@@ -442,6 +569,19 @@ def _device_guard(tensor: torch.Tensor):
     return contextlib.nullcontext()
 
 
+def sample_loop_trips(num_samples: int) -> int:
+    """Trips of the kernels' sample loop: whole groups of four samples (Philox words of one call);
+    the k mod 4 rest is compile-time-specialised straight-line code (`sample_constexprs`)."""
+    return num_samples // SAMPLES_PER_CALL
+
+
+def sample_constexprs(num_samples: int, block_b: int, num_warps: int) -> dict:
+    """The kernels' compile-time parameters of a launch: TAIL = k mod 4 (both kernels) and SPLIT,
+    the partial -log p sums per (sample, example, chunk) (forward): one per warp when a tile
+    holds one example (warp shuffles only), else one per example row (a block reduction)."""
+    return {"TAIL": num_samples % SAMPLES_PER_CALL, "SPLIT": num_warps if block_b == 1 else 1}
+
+
 def sample_forward(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi):
     """Triton version of `reference.sample_forward` (contiguous (B, *S) inputs)."""
     k = num_samples
@@ -453,22 +593,42 @@ def sample_forward(mean, std_param, x, noise, seed_offset, num_samples, epsilon,
     if numel == 0 or k == 0:
         return out, torch.zeros((k, batch), dtype=ctype, device=mean.device)
     block_b, block_d, n_chunks, n_programs, warps = launch_config(batch, per_example, is_fp64)
+    constexprs = sample_constexprs(k, block_b, warps)
     eps_bits, lo_bits, hi_bits, const_bits = _scalar_bits(epsilon, lo, hi, per_example)
-    part = torch.empty((k, batch, n_chunks) if n_chunks > 1 else (k, batch),
-                       dtype=ctype, device=mean.device)
+    n_parts = n_chunks * constexprs["SPLIT"]
+    part = torch.empty((k, batch, n_parts) if n_parts > 1 else (k, batch), dtype=ctype, device=mean.device)
     with _device_guard(mean):
         _forward_kernel[(n_programs,)](
             mean, std_param, mean if x is None else x, mean if noise is None else noise,
-            seed_offset, out, part, batch, per_example, numel, k, triton.cdiv(k, SAMPLES_PER_CALL),
-            n_chunks, eps_bits, lo_bits, hi_bits, const_bits,
+            seed_offset, out, part, batch, per_example, numel, sample_loop_trips(k), n_chunks,
+            eps_bits, lo_bits, hi_bits, const_bits, **constexprs,
             HAS_X=x is not None, HAS_NOISE=noise is not None, IS_FP64=is_fp64, CT=ct,
-            BLOCK_B=block_b, BLOCK_D=block_d, num_warps=warps)
-    return out, (part.sum(-1) if n_chunks > 1 else part)
+            BLOCK_B=block_b, BLOCK_D=block_d, num_warps=warps, **COMPILE_OPTIONS)
+    return out, (part.sum(-1) if n_parts > 1 else part)
+
+
+GRAD_ZERO, GRAD_FULL, GRAD_PER_ELEMENT, GRAD_SCALAR = range(4)
+
+
+def grad_out_layout(grad_out, num_samples: int, shape) -> tuple[int, "torch.Tensor | None"]:
+    """How the kernels read grad_out, without a k x N copy: absent (zero), contiguous, expanded
+    over k (strides (0, contiguous...)), or one value broadcast everywhere (all strides 0, as
+    delta.sum() gives); anything else is made contiguous."""
+    if grad_out is None:
+        return GRAD_ZERO, None
+    if grad_out.is_contiguous():
+        return GRAD_FULL, grad_out
+    if all(stride == 0 for stride in grad_out.stride()):
+        return GRAD_SCALAR, grad_out
+    if grad_out.stride(0) == 0 and grad_out[0].is_contiguous():
+        return GRAD_PER_ELEMENT, grad_out
+    return GRAD_FULL, grad_out.contiguous()
 
 
 def sample_backward(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, num_samples,
                     epsilon, lo, hi):
-    """Triton version of `reference.sample_backward`: (grad_mean, grad_std_param, grad_x|None)."""
+    """Triton version of `reference.sample_backward`: (grad_mean, grad_std_param, grad_x|None).
+    A None gradient is zero; grad_out may be expanded (`grad_out_layout`)."""
     k = num_samples
     batch = mean.shape[0]
     numel = mean.numel()
@@ -479,17 +639,20 @@ def sample_backward(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, 
     grad_x = None if x is None else torch.empty_like(x)
     if numel == 0:
         return grad_mean, grad_std, grad_x
+    gout_mode, grad_out = grad_out_layout(grad_out, k, mean.shape)
+    if grad_nlp is not None:
+        grad_nlp = grad_nlp.contiguous()  # (k, B): small
     block_b, block_d, n_chunks, n_programs, warps = launch_config(batch, per_example, is_fp64)
     eps_bits, lo_bits, hi_bits, _ = _scalar_bits(epsilon, lo, hi, per_example)
     with _device_guard(mean):
         _backward_kernel[(n_programs,)](
-            grad_out, grad_nlp, mean, std_param, mean if x is None else x,
-            mean if noise is None else noise, seed_offset,
+            mean if grad_out is None else grad_out, mean if grad_nlp is None else grad_nlp,
+            mean, std_param, mean if x is None else x, mean if noise is None else noise, seed_offset,
             grad_mean, grad_std, grad_mean if grad_x is None else grad_x,
-            batch, per_example, numel, k, triton.cdiv(k, SAMPLES_PER_CALL), n_chunks,
-            eps_bits, lo_bits, hi_bits,
+            batch, per_example, numel, sample_loop_trips(k), n_chunks, eps_bits, lo_bits, hi_bits,
+            TAIL=sample_constexprs(k, block_b, warps)["TAIL"], GOUT=gout_mode, HAS_GNLP=grad_nlp is not None,
             HAS_X=x is not None, HAS_NOISE=noise is not None, IS_FP64=is_fp64, CT=ct,
-            BLOCK_B=block_b, BLOCK_D=block_d, num_warps=warps)
+            BLOCK_B=block_b, BLOCK_D=block_d, num_warps=warps, **COMPILE_OPTIONS)
     return grad_mean, grad_std, grad_x
 
 

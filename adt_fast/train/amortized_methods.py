@@ -35,7 +35,8 @@ from .. import amortized as am
 from ..models.generators import PerturbationGenerator, QNetwork
 from .config import NO_HINGE
 from .methods import (CEInner, CEOuter, ComposedMethod, Method, MethodSpec, OuterLoss, Perturbation, PGD,
-                      Runtime, StepOutput, TradesOuter, _detached, _pgd_step_size, register_method)
+                      Runtime, StepOutput, TradesOuter, _detached, _pgd_step_size, inner_entropy_weight,
+                      register_method)
 
 
 def _run(rt: Runtime, net: nn.Module, *args: torch.Tensor):
@@ -191,18 +192,24 @@ class ALPOuter(OuterLoss):
 # ------------------------------------------------------------------------------------------------
 # Builders and registration
 # ------------------------------------------------------------------------------------------------
-GENERATOR_PARAMS = {"generator_lr": am.GENERATOR_LR, "generator_width": 256}
-ADT_EXP_AM_PARAMS = {"lbd": am.EXP_AM_LAMBDA, "loss": "ce", "beta": 6.0, **GENERATOR_PARAMS}
-ADT_IMP_AM_PARAMS = {"lbd": am.IMP_AM_LAMBDA, "hinge": am.DEFAULT_HINGE, "loss": "ce", "beta": 6.0,
+GENERATOR_PARAMS = {"generator_lr": am.GENERATOR_LR, "generator_width": 256, "generator_grad": "per-example"}
+ADT_EXP_AM_PARAMS = {"lbd": am.EXP_AM_LAMBDA, "loss": "ce", "beta": 6.0, "beta_scales_entropy": False,
                      **GENERATOR_PARAMS}
+ADT_IMP_AM_PARAMS = {"lbd": am.IMP_AM_LAMBDA, "hinge": am.DEFAULT_HINGE, "loss": "ce", "beta": 6.0,
+                     "beta_scales_entropy": False, **GENERATOR_PARAMS}
 ALP_PARAMS = {"steps": 7, "step_size": _pgd_step_size, "alp_weight": am.ALP_WEIGHT}
 
 
-def _generator(cfg, rt: Runtime, mode: str) -> PerturbationGenerator:
-    from ..data import dataset_info
+def _generator(cfg, model: nn.Module, rt: Runtime, mode: str) -> PerturbationGenerator:
+    """A generator for the classifier's input shape (its config: channels, image size)."""
+    shape = model.config
+    return PerturbationGenerator(shape["in_channels"], shape["image_size"], mode,
+                                 width=cfg.generator_width).to(rt.device)
 
-    info = dataset_info(cfg.dataset)
-    return PerturbationGenerator(info.channels, info.image_size, mode, width=cfg.generator_width).to(rt.device)
+
+def _batch_mean(cfg) -> bool:
+    """--generator-grad batch-mean: g1, g2 of the batch-mean CE, as the authors' code (C.2 says per example)."""
+    return cfg.generator_grad == "batch-mean"
 
 
 def _outer(cfg) -> OuterLoss:
@@ -210,28 +217,26 @@ def _outer(cfg) -> OuterLoss:
 
 
 def _build_adt_exp_am(cfg, model, rt):
-    generator = _generator(cfg, rt, "explicit")
-    return AmortizedMethod(cfg, model, rt, ExplicitGenerator(generator, epsilon=cfg.epsilon), _outer(cfg),
-                           cfg.lbd, {"generator": am.generator_optimizer(generator, lr=cfg.generator_lr)},
-                           "adt-exp-am")
+    generator = _generator(cfg, model, rt, "explicit")
+    perturbation = ExplicitGenerator(generator, epsilon=cfg.epsilon, batch_mean=_batch_mean(cfg))
+    return AmortizedMethod(cfg, model, rt, perturbation, _outer(cfg), inner_entropy_weight(cfg),
+                           {"generator": am.generator_optimizer(generator, lr=cfg.generator_lr)}, "adt-exp-am")
 
 
 def _build_adt_imp_am(cfg, model, rt):
-    from ..data import dataset_info
-
-    info = dataset_info(cfg.dataset)
-    generator = _generator(cfg, rt, "implicit")
-    q = QNetwork(info.channels, info.image_size, noise_dim=generator.noise_dim).to(rt.device)
+    generator = _generator(cfg, model, rt, "implicit")
+    q = QNetwork(model.config["in_channels"], model.config["image_size"], noise_dim=generator.noise_dim).to(rt.device)
     hinge = None if cfg.hinge == NO_HINGE else cfg.hinge
-    perturbation = ImplicitGenerator(generator, q, epsilon=cfg.epsilon, hinge=hinge)
+    perturbation = ImplicitGenerator(generator, q, epsilon=cfg.epsilon, hinge=hinge, batch_mean=_batch_mean(cfg))
     optimisers = {"generator": am.generator_optimizer(generator, lr=cfg.generator_lr), "q": am.q_optimizer(q)}
-    return AmortizedMethod(cfg, model, rt, perturbation, _outer(cfg), cfg.lbd, optimisers, "adt-imp-am")
+    return AmortizedMethod(cfg, model, rt, perturbation, _outer(cfg), inner_entropy_weight(cfg), optimisers,
+                           "adt-imp-am")
 
 
 def _build_l2l(cfg, model, rt):
-    generator = _generator(cfg, rt, "direct")
-    return AmortizedMethod(cfg, model, rt, DirectGenerator(generator, epsilon=cfg.epsilon), CEOuter(), 0.0,
-                           {"generator": am.generator_optimizer(generator, lr=cfg.generator_lr)}, "l2l")
+    generator = _generator(cfg, model, rt, "direct")
+    return AmortizedMethod(cfg, model, rt, DirectGenerator(generator, epsilon=cfg.epsilon, batch_mean=_batch_mean(cfg)),
+                           CEOuter(), 0.0, {"generator": am.generator_optimizer(generator, lr=cfg.generator_lr)}, "l2l")
 
 
 def _build_at_fgsm(cfg, model, rt):

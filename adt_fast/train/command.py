@@ -12,7 +12,7 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
-from .config import AUTO, LOSSES, NO_HINGE, PRECISIONS, ConfigError, TrainConfig
+from .config import AUTO, GENERATOR_GRADS, LOSSES, NO_HINGE, PRECISIONS, TRADES_INNERS, ConfigError, TrainConfig
 
 FIELDS = {f for f in TrainConfig.__dataclass_fields__}
 
@@ -61,7 +61,12 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS)
     run = parser.add_argument_group("run")
     run.add_argument("--method", choices=list(METHODS), help=describe())
-    run.add_argument("--dataset", choices=list(DATASETS))
+    run.add_argument("--dataset", metavar="NAME|PATH",
+                     help=f"{', '.join(DATASETS)}; or your own data: an .npz file (x_train, y_train, "
+                          f"x_test, y_test) or an image folder (train/<class>/*, test/<class>/*); "
+                          f"see docs/data.md")
+    run.add_argument("--image-size", type=int, metavar="N",
+                     help="resize an image folder's images to N x N (default: keep their one size)")
     run.add_argument("--out", required=True, metavar="RUN_DIR",
                      help="run directory; must be new or empty unless --resume")
     run.add_argument("--resume", action="store_true",
@@ -117,6 +122,12 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     inner.add_argument("--samples-per-pass", type=samples_per_pass, metavar="M|auto",
                        help="adt-exp: send the k samples through the classifier M at a time "
                             "(same result; default auto: measured at the start of the run)")
+    inner.add_argument("--beta-scales-entropy", action=argparse.BooleanOptionalAction,
+                       help="ADT with --loss trades: inner objective CE + beta*(KL + lambda*H) instead of "
+                            "the default CE + beta*KL + lambda*H (docs/training.md)")
+    inner.add_argument("--trades-inner", choices=TRADES_INNERS,
+                       help="trades: at-pgd = T=7, step eps/4 (default, C.4's AT-PGD); trades-code = 10 "
+                            "steps of 0.007 at eps 8/255 (TRADES' own code; the step scales with eps)")
     inner.add_argument("--backend", choices=["auto", "reference", "cpu", "cuda", "triton"],
                        help="backend of the sampling op (default auto)")
 
@@ -125,6 +136,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                            help="Adam lr of the generator (adt-exp-am, adt-imp-am, l2l; default 2e-4, constant)")
     amortised.add_argument("--generator-width", type=int, metavar="W",
                            help="generator width, Table 7's 256 filters (default 256)")
+    amortised.add_argument("--generator-grad", choices=GENERATOR_GRADS,
+                           help="the generator's input gradients g1, g2: per-example (default, the "
+                                "appendix) or batch-mean (the authors' released code)")
     amortised.add_argument("--hinge", type=hinge, metavar="H",
                            help="adt-imp-am: reward the entropy bound only up to -H, or 'none' for the "
                                 "plain bound (default 0.9, the authors' code)")

@@ -28,8 +28,14 @@ AUTO = "auto"  # --samples-per-pass auto: measured at the start of the run (trai
 
 # Settings that a method may or may not use. A method's spec names the ones it uses and gives
 # their defaults; issue-5 methods add theirs here (and a field below, and a flag in command.py).
-METHOD_PARAMS = ("steps", "step_size", "samples", "lbd", "dist_lr", "dist_betas", "loss", "beta",
-                 "generator_lr", "generator_width", "hinge", "alp_weight", "samples_per_pass")
+# trades_inner comes first: the defaults of steps and step_size depend on it.
+METHOD_PARAMS = ("trades_inner", "steps", "step_size", "samples", "lbd", "dist_lr", "dist_betas", "loss", "beta",
+                 "beta_scales_entropy", "generator_lr", "generator_width", "generator_grad", "hinge", "alp_weight",
+                 "samples_per_pass")
+# Used only with --loss trades: dropped with --loss ce, refused there when given.
+TRADES_LOSS_PARAMS = ("beta", "beta_scales_entropy")
+GENERATOR_GRADS = ("per-example", "batch-mean")
+TRADES_INNERS = ("at-pgd", "trades-code")
 NO_HINGE = "none"  # --hinge none: ADT_IMP-AM's plain bound (Eq. A.3), no cap
 
 # Settings that may differ between a run and its --resume: where things are, how often snapshots
@@ -70,6 +76,7 @@ class TrainConfig:
     out: str
     data_dir: Optional[str] = None
     download: bool = False
+    image_size: Optional[int] = None    # resize an image folder's images to N x N
     arch: Optional[str] = None
     epochs: Optional[int] = None       # C.3's 76; the small offline sets default to SMALL_DATASET_EPOCHS
     batch_size: int = 64
@@ -87,8 +94,11 @@ class TrainConfig:
     dist_betas: Optional[tuple] = None
     loss: Optional[str] = None
     beta: Optional[float] = None
+    beta_scales_entropy: Optional[bool] = None
+    trades_inner: Optional[str] = None
     generator_lr: Optional[float] = None
     generator_width: Optional[int] = None
+    generator_grad: Optional[str] = None
     hinge: Optional[Union[float, str]] = None   # a number, or NO_HINGE
     alp_weight: Optional[float] = None
     samples_per_pass: Optional[Union[int, str]] = None   # an integer, or AUTO
@@ -146,19 +156,31 @@ class TrainConfig:
             raise ConfigError(f"{path} is not a valid training config ({err})") from None
 
     # ----------------------------------------------------------------------------------------
-    def resolve(self) -> "TrainConfig":
-        """A copy with every default filled in and every setting validated (ConfigError)."""
+    def resolve(self, dataset=None) -> "TrainConfig":
+        """A copy with every default filled in and every setting validated (ConfigError).
+
+        ``dataset``: the ``DatasetInfo`` of data already opened (``fit`` passes it); without it
+        a dataset given by path is opened here to learn its classes and image size.
+        """
         from ..attacks.suite import MAX_EPSILON
-        from ..data import DATASETS, dataset_info
+        from ..data import DATASETS, DatasetSpecError, dataset_info, open_dataset
         from ..models import ARCHS
+        from ..models.classifiers import MIN_IMAGE_SIZE
         from .methods import METHODS, method_spec
 
         cfg = dataclasses.replace(self)
         if cfg.method not in METHODS:
             raise ConfigError(f"unknown method {cfg.method!r} (--method); choose one of {', '.join(METHODS)}")
-        if cfg.dataset not in DATASETS:
-            raise ConfigError(f"unknown dataset {cfg.dataset!r} (--dataset); choose one of {', '.join(DATASETS)}")
-        info = dataset_info(cfg.dataset)
+        if cfg.image_size is not None:
+            _int(cfg, "image_size", MIN_IMAGE_SIZE)
+        info = dataset
+        if info is None:
+            try:
+                info = (dataset_info(cfg.dataset) if cfg.dataset in DATASETS and cfg.image_size is None
+                        else open_dataset(cfg.dataset, image_size=cfg.image_size).info)
+            except DatasetSpecError as err:
+                raise ConfigError(str(err)) from None
+        cfg.dataset = info.name
         if cfg.arch is None:
             cfg.arch = info.default_arch
         if cfg.arch not in ARCHS:
@@ -250,32 +272,41 @@ class TrainConfig:
                 or cfg.samples_per_pass < 1):
             raise ConfigError(f"--samples-per-pass must be an integer >= 1 or {AUTO}, "
                               f"got {cfg.samples_per_pass!r}")
-        # beta is used only with the TRADES loss: a method whose loss can be either declares it,
-        # and it is dropped (or refused, when given) with --loss ce.
-        if "beta" in spec.params:
-            if cfg.loss == "trades" or "loss" not in spec.params:
-                _real(cfg, "beta", low=0.0)
-            elif self.beta is not None:
-                raise ConfigError(f"--beta applies only with --loss trades (--method {cfg.method} "
+        _choice(cfg, "generator_grad", GENERATOR_GRADS)
+        _choice(cfg, "trades_inner", TRADES_INNERS)
+        # beta (and whether it scales the entropy term) is used only with the TRADES loss: a
+        # method whose loss can be either declares it, and it is dropped (or refused, when
+        # given) with --loss ce.
+        for name in TRADES_LOSS_PARAMS:
+            if name not in spec.params or cfg.loss == "trades" or "loss" not in spec.params:
+                continue
+            if getattr(self, name) is not None:
+                raise ConfigError(f"{flag(name)} applies only with --loss trades (--method {cfg.method} "
                                   f"--loss {cfg.loss})")
-            else:
-                cfg.beta = None
+            setattr(cfg, name, None)
+        if cfg.beta is not None:
+            _real(cfg, "beta", low=0.0)
+        if cfg.beta_scales_entropy is not None and not isinstance(cfg.beta_scales_entropy, bool):
+            raise ConfigError(f"--beta-scales-entropy must be true or false, got {cfg.beta_scales_entropy!r}")
         spec.validate(cfg)
         return cfg
 
-    def conflicts(self, saved: "TrainConfig") -> list:
+    def conflicts(self, saved: "TrainConfig", dataset=None) -> list:
         """Flags that differ from a saved run's and may not change on resume.
 
         The settings asked for (not None) are compared as given, so only they are named: --method,
         not the --steps default that would follow from it. Only when none differs are the resolved
-        configs compared, for a difference that no asked-for setting explains.
+        configs compared, for a difference that no asked-for setting explains. ``dataset``: as
+        for ``resolve`` (a dataset path is compared as the absolute path it resolves to).
         """
         theirs, asked = saved.to_dict(), self.to_dict()
+        if dataset is not None:
+            asked["dataset"] = dataset.name
         out = [f"{flag(name)} {_show(asked[name])} (the run has {_show(theirs.get(name))})"
                for name in sorted(asked) if name not in RESUMABLE_CHANGES
                and asked[name] is not None and asked[name] != theirs.get(name)]
         if not out:
-            mine = self.resolve().to_dict()
+            mine = self.resolve(dataset).to_dict()
             out = [f"{flag(name)} {_show(mine[name])} (the run has {_show(theirs.get(name))})"
                    for name in sorted(mine)
                    if name not in RESUMABLE_CHANGES and mine[name] != theirs.get(name)
@@ -307,6 +338,12 @@ def _real(cfg: TrainConfig, name: str, low: float, strict: bool = False,
     if high is not None and value > high:
         raise ConfigError(f"{flag(name)} must be <= {high:g}, got {value!r}")
     setattr(cfg, name, float(value))
+
+
+def _choice(cfg: TrainConfig, name: str, choices: tuple) -> None:
+    value = getattr(cfg, name)
+    if value is not None and value not in choices:
+        raise ConfigError(f"{flag(name)} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def _check_backend(name: str) -> None:

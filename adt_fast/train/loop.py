@@ -3,6 +3,7 @@
 Run directory (``config.out``):
 
     config.json               the resolved config (every default filled in)
+    dataset.json              where the data came from: a name, or a path and its content hash
     metrics.jsonl             one JSON line per finished epoch
     checkpoint.pt             the full training state after the last finished epoch (atomic)
     checkpoint_epoch{N}.pt    the same, kept every --save-freq epochs
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import shlex
 import time
 from pathlib import Path
@@ -196,12 +198,13 @@ def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, runtim
 
 
 # ------------------------------------------------------------------------------------------------
-def prepare_run_dir(config: TrainConfig) -> TrainConfig:
+def prepare_run_dir(config: TrainConfig, dataset: Optional[datasets.DatasetInfo] = None) -> TrainConfig:
     """Resolve the config against the run directory: refuse to overwrite, check resume conflicts
     and that the run directory can be written.
 
     Writes nothing: the run directory is written only once the data, model and checkpoint are
     loaded (`start_run`), so a run that fails to start leaves nothing behind to block a retry.
+    ``dataset`` is the info of data already opened (your own data; see ``TrainConfig.resolve``).
     """
     run_dir = Path(config.out)
     if run_dir.exists() and not run_dir.is_dir():
@@ -211,7 +214,7 @@ def prepare_run_dir(config: TrainConfig) -> TrainConfig:
         if not config_path.is_file():
             raise ConfigError(f"--resume: {run_dir} holds no {CONFIG_FILE}, so there is no run to resume "
                               f"(drop --resume to start a new run there)")
-        conflicts = config.conflicts(TrainConfig.load(run_dir))
+        conflicts = config.conflicts(TrainConfig.load(run_dir), dataset)
         if conflicts:
             raise ConfigError(f"--resume: these settings differ from {config_path}:\n  "
                               + "\n  ".join(conflicts)
@@ -220,7 +223,7 @@ def prepare_run_dir(config: TrainConfig) -> TrainConfig:
     elif run_dir.is_dir() and any(run_dir.iterdir()):
         raise ConfigError(f"--out {run_dir} is not empty; pass --resume to continue the run "
                           f"there, or choose a new directory (nothing is ever overwritten)")
-    cfg = config.resolve()
+    cfg = config.resolve(dataset)
     unwritable = unwritable_reason(run_dir)
     if unwritable is not None:
         raise ConfigError(f"--out {run_dir}: cannot write the run there ({unwritable})")
@@ -235,14 +238,17 @@ def check_resumable(cfg: TrainConfig, done: int) -> None:
                           f"the run's own length)")
 
 
-def start_run(cfg: TrainConfig, history: list) -> None:
+def start_run(cfg: TrainConfig, history: list, source: dict) -> None:
     """The run's first writes: config.json (resume=False: it records the run, not this
-    invocation) and metrics.jsonl; a place that refuses them is a ConfigError, not a traceback."""
+    invocation), dataset.json (where the data came from) and metrics.jsonl; a place that refuses
+    them is a ConfigError, not a traceback."""
     run_dir = Path(cfg.out)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         text = dataclasses.replace(cfg, resume=False).to_json()
         write_atomic(run_dir / CONFIG_FILE, lambda handle: handle.write(text), mode="w")
+        record = json.dumps(source, indent=2, sort_keys=True) + "\n"
+        write_atomic(run_dir / datasets.SOURCE_FILE, lambda handle: handle.write(record), mode="w")
         runlog.write_metrics(run_dir, history)
     except OSError as err:
         raise ConfigError(f"--out {run_dir}: cannot write the run there ({os_error_text(err)})") from None
@@ -259,7 +265,46 @@ def interrupted_message(run_dir: Path) -> str:
     return "interrupted before the run started; nothing was written"
 
 
-def build_trainer(cfg: TrainConfig, world: Optional[World] = None) -> Trainer:
+def open_data(config: TrainConfig, data: Optional[tuple] = None) -> Optional[datasets.LoadedDataset]:
+    """Your own data, opened and validated before the flags are resolved (its image size sets the
+    default arch); None for a named dataset, which is loaded once the flags check out."""
+    try:
+        if data is not None:
+            if config.image_size is not None:
+                raise datasets.DatasetSpecError("image_size resizes an image folder; it does not apply to data=")
+            if not isinstance(data, (tuple, list)) or len(data) != 4:
+                raise datasets.DatasetSpecError("data must be the tuple (x_train, y_train, x_test, y_test)")
+            return datasets.from_arrays(*data, name=str(config.dataset))
+        if config.dataset in datasets.DATASETS:
+            return None
+        return datasets.open_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
+                                     image_size=config.image_size)
+    except datasets.DatasetSpecError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _check_same_data(run_dir: Path, dataset: datasets.LoadedDataset) -> None:
+    """--resume: the data must be the data the run started on (its recorded content hash)."""
+    record = datasets.read_source(run_dir)
+    if record is not None:
+        datasets.check_source(dataset, record)
+
+
+def _announce(config: TrainConfig, cfg: TrainConfig, dataset: datasets.LoadedDataset) -> None:
+    """The log lines about the data: its layout and the defaults it implied."""
+    for note in dataset.notes:
+        runlog.say(note)
+    if dataset.source["kind"] == "named":
+        return
+    if config.epsilon is None:
+        runlog.say(f"--epsilon not given: {cfg.epsilon:.6g} (8/255, the default for your own data; "
+                   f"set --epsilon for your data's scale)")
+    if config.arch is None:
+        runlog.say(f"--arch not given: {cfg.arch} (images of {dataset.info.image_size} px; small-cnn "
+                   f"below {datasets.CUSTOM_SMALL_IMAGE}, resnet18 from there)")
+
+
+def build_trainer(cfg: TrainConfig, dataset: datasets.LoadedDataset, world: Optional[World] = None) -> Trainer:
     """Data on the device, classifier, method, optimisers and schedules, seeded from cfg.seed.
 
     cfg.sync_bn left at None resolves here (on when the networks have BatchNorm). In a world of
@@ -271,9 +316,8 @@ def build_trainer(cfg: TrainConfig, world: Optional[World] = None) -> Trainer:
     torch.manual_seed(cfg.seed)
     data_generator = torch.Generator(device=device)
     data_generator.manual_seed(cfg.seed)
-    info = datasets.dataset_info(cfg.dataset)
-    train_x, train_y = datasets.load(cfg.dataset, "train", data_dir=cfg.data_dir, download=cfg.download)
-    test_x, test_y = datasets.load(cfg.dataset, "test", data_dir=cfg.data_dir, download=cfg.download)
+    info = dataset.info
+    (train_x, train_y), (test_x, test_y) = dataset.train, dataset.test
     model = build_model(cfg.arch, info.num_classes, in_channels=info.channels, image_size=info.image_size)
     model = model.to(device)
     if cfg.channels_last:
@@ -326,35 +370,48 @@ def _check_world_batches(cfg: TrainConfig, num_train: int, world: World) -> None
                           f"batch size that leaves no remainder or one of at least {world.size}")
 
 
-def eval_command(run_dir: Path, dataset: str) -> str:
-    return (f"adt-fast eval --checkpoint {shlex.quote(str(run_dir))} --dataset {dataset} "
+def eval_command(run_dir: Path, source: dict) -> str:
+    """How to evaluate the run; eval finds your own files from dataset.json by itself."""
+    dataset = {"named": f" --dataset {source.get('name')}", "arrays": " --dataset DATA"}.get(source["kind"], "")
+    return (f"adt-fast eval --checkpoint {shlex.quote(str(run_dir))}{dataset} "
             f"--out {shlex.quote(str(run_dir / 'report.json'))}")
 
 
-def fit(config: TrainConfig) -> Path:
+def fit(config: TrainConfig, data: Optional[tuple] = None) -> Path:
     """Train (or, with config.resume, continue) a run; returns the run directory.
+
+    ``data=(x_train, y_train, x_test, y_test)`` trains on arrays in memory (tensors or numpy;
+    ``config.dataset`` then only names them); otherwise ``config.dataset`` is a dataset name, an
+    .npz file or an image folder.
 
     Everything is checked before the run directory is touched (settings, device, backend, run
     directory, data, and on resume the checkpoint): ConfigError for bad settings, a run directory
     that conflicts with them or cannot be written, CheckpointError for a checkpoint that cannot
-    be read safely.
+    be read safely, DatasetFileError for invalid data (or data that changed under a resume).
     """
     if distributed.restarted() and not config.resume and (Path(config.out) / CONFIG_FILE).is_file():
         # torchrun restarted the group after a failure: continue from the last checkpoint.
         config = dataclasses.replace(config, resume=True)
-    cfg = prepare_run_dir(config)
+    dataset = open_data(config, data)
+    cfg = prepare_run_dir(config, dataset.info if dataset is not None else None)
+    if dataset is None:
+        dataset = datasets.open_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download)
+    if cfg.resume:
+        _check_same_data(Path(cfg.out), dataset)
     try:
         device = distributed.local_device(cfg.device)
     except distributed.DistributedError as err:
         raise ConfigError(f"--device {cfg.device}: {err}") from None
     with distributed.session(device) as world:
-        return _fit(dataclasses.replace(cfg, device=device), world)
+        return _fit(dataclasses.replace(cfg, device=device), config, dataset, world)
 
 
-def _fit(cfg: TrainConfig, world: World) -> Path:
+def _fit(cfg: TrainConfig, config: TrainConfig, dataset: datasets.LoadedDataset, world: World) -> Path:
     """The run itself; rank 0 alone writes the run directory and prints."""
     run_dir = Path(cfg.out)
-    trainer = build_trainer(cfg)  # in `world`, the process group joined by fit
+    if world.main:
+        _announce(config, cfg, dataset)
+    trainer = build_trainer(cfg, dataset)  # in `world`, the process group joined by fit
     latest = run_dir / ckpt.LATEST
     resumed = cfg.resume and latest.is_file()
     if resumed:
@@ -363,7 +420,7 @@ def _fit(cfg: TrainConfig, world: World) -> Path:
     world.barrier()  # every rank has checked the directory and read the checkpoint before rank 0 writes
     say = runlog.say if world.main else (lambda message: None)
     if world.main:
-        start_run(cfg, trainer.history)
+        start_run(cfg, trainer.history, dataset.source)
     if resumed:
         say(f"resuming {run_dir} after epoch {trainer.epoch}/{cfg.epochs}"
             + (f" on {world.size} processes" if world.parallel else ""))
@@ -395,6 +452,6 @@ def _fit(cfg: TrainConfig, world: World) -> Path:
     if world.main:
         final = ckpt.save_atomic(trainer.final_payload(), run_dir / ckpt.FINAL_MODEL)
         say(f"model saved to {final}")
-        say(f"evaluate it with:\n  {eval_command(run_dir, cfg.dataset)}")
+        say(f"evaluate it with:\n  {eval_command(run_dir, dataset.source)}")
     world.barrier()  # no rank leaves (and tears the group down) while rank 0 still writes
     return run_dir

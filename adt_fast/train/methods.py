@@ -25,6 +25,7 @@ all of them with the classifier's. Register a new method with ``register_method(
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -452,9 +453,48 @@ def _pgd_step_size(cfg) -> float:
     return cfg.epsilon / 4
 
 
+def inner_entropy_weight(cfg) -> float:
+    """lambda, or beta * lambda with --loss trades --beta-scales-entropy.
+
+    The ADT inner objective with the TRADES loss is CE + beta * KL + lambda * H by default, so
+    relative to the KL term the entropy weighs lambda / beta; --beta-scales-entropy makes it
+    CE + beta * (KL + lambda * H), the entropy weighing lambda against the KL as against CE
+    without TRADES (docs/training.md).
+    """
+    return cfg.lbd * cfg.beta if cfg.loss == "trades" and cfg.beta_scales_entropy else cfg.lbd
+
+
+# TRADES' own CIFAR-10 script (train_trades_cifar10.py): 10 steps of 0.007 at epsilon 0.031;
+# --trades-inner trades-code takes that, the step scaled with epsilon (0.007 at 8/255).
+TRADES_CODE_STEPS = 10
+TRADES_CODE_STEP = 0.007 / (8 / 255)
+
+
+def _trades_steps(cfg) -> int:
+    return TRADES_CODE_STEPS if cfg.trades_inner == "trades-code" else 7
+
+
+def _trades_step_size(cfg) -> float:
+    return cfg.epsilon * TRADES_CODE_STEP if cfg.trades_inner == "trades-code" else _pgd_step_size(cfg)
+
+
+def _validate_trades(cfg) -> None:
+    from .config import ConfigError
+
+    if cfg.trades_inner != "trades-code":
+        return
+    wanted = {"steps": _trades_steps(cfg), "step_size": _trades_step_size(cfg)}
+    for name, value in wanted.items():
+        if not math.isclose(getattr(cfg, name), value, rel_tol=1e-9):
+            raise ConfigError(f"--trades-inner trades-code sets --{name.replace('_', '-')} {value:g}; "
+                              f"it contradicts --{name.replace('_', '-')} {getattr(cfg, name):g} "
+                              f"(use --trades-inner at-pgd to choose steps and step size yourself)")
+
+
 PGD_PARAMS = {"steps": 7, "step_size": _pgd_step_size}
+TRADES_PARAMS = {"trades_inner": "at-pgd", "steps": _trades_steps, "step_size": _trades_step_size, "beta": 6.0}
 ADT_EXP_PARAMS = {"steps": 7, "samples": 5, "lbd": 0.01, "dist_lr": 0.3, "dist_betas": (0.0, 0.0),
-                  "loss": "ce", "beta": 6.0, "samples_per_pass": AUTO}
+                  "loss": "ce", "beta": 6.0, "beta_scales_entropy": False, "samples_per_pass": AUTO}
 
 
 def _build_standard(cfg, model, rt):
@@ -477,8 +517,8 @@ def _build_adt_exp(cfg, model, rt):
     else:
         inner, outer = CEInner(), CEOuter()
     dist = ExplicitDistribution(inner, epsilon=cfg.epsilon, steps=cfg.steps, samples=cfg.samples,
-                                lbd=cfg.lbd, lr=cfg.dist_lr, betas=cfg.dist_betas, backend=rt.backend,
-                                samples_per_pass=cfg.samples_per_pass)
+                                lbd=inner_entropy_weight(cfg), lr=cfg.dist_lr, betas=cfg.dist_betas,
+                                backend=rt.backend, samples_per_pass=cfg.samples_per_pass)
     return ComposedMethod(cfg, model, rt, dist, outer, "adt-exp")
 
 
@@ -486,7 +526,7 @@ register_method(MethodSpec("standard", _build_standard, {},
                            description="cross-entropy on clean inputs"))
 register_method(MethodSpec("at-pgd", _build_at_pgd, dict(PGD_PARAMS),
                            description="Madry et al.: train on PGD examples (T=7, step eps/4, uniform start)"))
-register_method(MethodSpec("trades", _build_trades, {**PGD_PARAMS, "beta": 6.0},
+register_method(MethodSpec("trades", _build_trades, dict(TRADES_PARAMS), validate=_validate_trades,
                            description="TRADES: CE(f(x)) + beta * KL(f(x) || f(x+delta)), KL maximised by PGD"))
 register_method(MethodSpec("adt-exp", _build_adt_exp, dict(ADT_EXP_PARAMS), losses=("ce", "trades"),
                            uses_sampling_op=True,

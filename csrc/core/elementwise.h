@@ -11,7 +11,8 @@
 //   sigmoid/softplus   = 1 - exp(rho)/2 for rho < -20, else sigmoid(rho) / softplus(rho)
 //   log(1 - t^2)       = 2 (log 2 - |u| - softplus(-2|u|)), softplus(-2|u|) = log(2 + expm1(-2|u|))
 //   1 - t^2            = 4 e / (1 + e)^2 with e = exp(-2|u|)    (exact in relative terms)
-//   tanh|u|            = -expm1(-2|u|) / (2 + expm1(-2|u|))     (accurate for tiny |u|)
+//   tanh|u|            = (1 - e) / (1 + e), 1 - e = -expm1(-2|u|) on the host (accurate for tiny
+//                        |u|); the device's float path uses one ex2.approx (docs/kernels.md)
 #pragma once
 
 #include "common.h"
@@ -32,19 +33,18 @@ struct RhoTerms {
 template <class T>
 ADT_FN RhoTerms<T> rho_terms(T rho) {
   const T zero = T(0);
-  const T a = rho < zero ? -rho : rho;
-  const T e = math::exp_(-a);  // exp(-|rho|) in (0, 1]; = exp(rho) where rho < 0
+  const T e = math::exp_(-math::abs_(rho));  // exp(-|rho|) in (0, 1]; = exp(rho) where rho < 0
   const T sp = (rho > zero ? rho : zero) + math::log1p_(e);
-  const T inv = T(1) / (T(1) + e);
+  const T inv = math::rcp_(T(1) + e);
   const T sig = rho >= zero ? inv : e * inv;
   const bool tail = rho < T(kLogSoftplusTail);
   const T min_normal = math::Traits<T>::kMinNormal;
   const T sp_safe = sp > min_normal ? sp : min_normal;  // only tail lanes ever need this
   RhoTerms<T> out;
   out.sigma = sp;
-  out.log_sigma = tail ? rho - T(0.5) * e : math::log_(sp_safe);
+  out.log_sigma = tail ? rho - T(0.5) * e : math::log_abs_err(sp_safe);
   out.sigmoid = sig;
-  out.sigmoid_over_softplus = tail ? T(1) - T(0.5) * e : sig / sp_safe;
+  out.sigmoid_over_softplus = tail ? T(1) - T(0.5) * e : math::div_(sig, sp_safe);
   return out;
 }
 
@@ -57,18 +57,17 @@ struct TanhTerms {
 
 template <class T>
 ADT_FN TanhTerms<T> tanh_terms(T u) {
-  const T a = u < T(0) ? -u : u;
-  T em, e;
-  math::expm1_exp<T>(T(-2) * a, em, e);  // em = expm1(-2|u|), e = exp(-2|u|)
-  const T den = T(2) + em;               // 1 + e, to within rounding of 1 + e
-  const T rden = T(1) / den;
-  const T ta = -em * rden;               // tanh|u|
+  const T a = math::abs_(u);
+  T e, one_minus_e;
+  math::exp_neg2(a, e, one_minus_e);  // e = exp(-2|u|) and 1 - e: the sample's one exponential
+  const T den = T(2) - one_minus_e;   // 1 + e
+  const T rden = math::rcp_(den);
   TanhTerms<T> out;
-  out.t = u < T(0) ? -ta : ta;
+  out.t = math::with_sign_of(one_minus_e * rden, u);
   out.dtanh = T(4) * e * rden * rden;
   // softplus(-2|u|) = log1p(e) = log(den): den carries 1 + e to a relative rounding, so the log
   // is as accurate in absolute terms as log1p (what matters once added to log 2 - |u|).
-  out.log1m = T(2) * ((T(kLog2) - a) - math::log_(den));
+  out.log1m = T(2) * ((T(kLog2) - a) - math::log_1to2(den));
   return out;
 }
 

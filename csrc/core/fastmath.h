@@ -380,22 +380,169 @@ ADT_FN double log1p_(double x) {
 #endif
 }
 
-// sin(2 pi b), cos(2 pi b) for b in [0, 1).
-ADT_FN void sincos_2pi(float b, float& s, float& c) {
+// sin(2 pi b), cos(2 pi b) for b in [0, 1) (host; the device takes the word, see sincos_2pi_word).
+template <class T>
+ADT_FN void sincos_2pi(T b, T& s, T& c) {
+  sincos_2pi_poly<T>(b, s, c);
+}
+
+// ---- the per-sample primitives --------------------------------------------------------------
+// Host (and device double): the accurate functions above. Device float: PTX's approximate
+// instructions (one MUFU each), whose documented error bounds and the resulting budget against
+// the tests' tolerance are in docs/kernels.md ("Device float maths"). ftz: results below 2^-126
+// flush to 0, which changes nothing the op returns (see there).
 #if defined(__CUDA_ARCH__)
-  sincospif(2.0f * b, &s, &c);
+__device__ __forceinline__ float ptx_ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float ptx_lg2(float x) {
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float ptx_rcp(float x) {
+  float y;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float ptx_sqrt(float x) {
+  float y;
+  asm("sqrt.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+#endif
+
+// |x| (a select on the host, where it vectorises; a free operand modifier on the device).
+ADT_FN float abs_(float x) {
+#if defined(__CUDA_ARCH__)
+  return fabsf(x);
 #else
-  sincos_2pi_poly<float>(b, s, c);
+  return x < 0.0f ? -x : x;
 #endif
 }
 
-ADT_FN void sincos_2pi(double b, double& s, double& c) {
+ADT_FN double abs_(double x) {
 #if defined(__CUDA_ARCH__)
-  sincospi(2.0 * b, &s, &c);
+  return fabs(x);
 #else
-  sincos_2pi_poly<double>(b, s, c);
+  return x < 0.0 ? -x : x;
 #endif
 }
+
+// log(x) for positive normal x, where an absolute error of ~2e-7 (float) is enough: log sigma,
+// which only enters -log p as a summand.
+ADT_FN float log_abs_err(float x) {
+#if defined(__CUDA_ARCH__)
+  return ptx_lg2(x) * 0.69314718055994530942f;
+#else
+  return log_poly<float>(x);
+#endif
+}
+
+ADT_FN double log_abs_err(double x) { return log_(x); }
+
+// a / b for b in [2^-126, 2^126] (float: one rcp.approx and a multiply on the device).
+ADT_FN float div_(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdividef(a, b);
+#else
+  return a / b;
+#endif
+}
+
+ADT_FN double div_(double a, double b) { return a / b; }
+
+// e = exp(-2a) and 1 - e for a >= 0 (host: 1 - e as -expm1(-2a), accurate for tiny a).
+ADT_FN void exp_neg2(float a, float& e, float& one_minus_e) {
+#if defined(__CUDA_ARCH__)
+  e = ptx_ex2(a * -2.88539008177792681472f);  // -2 log2(e)
+  one_minus_e = 1.0f - e;
+#else
+  float em;
+  expm1_exp<float>(-2.0f * a, em, e);
+  one_minus_e = -em;
+#endif
+}
+
+ADT_FN void exp_neg2(double a, double& e, double& one_minus_e) {
+  double em;
+  expm1_exp<double>(-2.0 * a, em, e);
+  one_minus_e = -em;
+}
+
+// 1 / x for x in [1, 2].
+ADT_FN float rcp_(float x) {
+#if defined(__CUDA_ARCH__)
+  return ptx_rcp(x);
+#else
+  return 1.0f / x;
+#endif
+}
+
+ADT_FN double rcp_(double x) { return 1.0 / x; }
+
+// log(x) for x in [1, 2].
+ADT_FN float log_1to2(float x) {
+#if defined(__CUDA_ARCH__)
+  return ptx_lg2(x) * 0.69314718055994530942f;
+#else
+  return log_poly<float>(x);
+#endif
+}
+
+ADT_FN double log_1to2(double x) { return log_(x); }
+
+// copysign(magnitude, sign of v) where a zero v counts as positive (the host's select).
+ADT_FN float with_sign_of(float magnitude, float v) {
+#if defined(__CUDA_ARCH__)
+  return copysignf(magnitude, v);
+#else
+  return v < 0.0f ? -magnitude : magnitude;
+#endif
+}
+
+ADT_FN double with_sign_of(double magnitude, double v) { return v < 0.0 ? -magnitude : magnitude; }
+
+// -log(1 - c) for 0 <= c <= 1/16 (Taylor through c^7; truncation below 5e-10 relative). The device
+// uses it where lg2.approx's absolute error would swamp a logarithm close to 0.
+template <class T>
+ADT_FN T neg_log1m_series(T c) {
+  T q = T(1) / T(7);
+  q = q * c + T(1) / T(6);
+  q = q * c + T(1) / T(5);
+  q = q * c + T(1) / T(4);
+  q = q * c + T(1) / T(3);
+  q = q * c + T(0.5);
+  q = q * c + T(1);
+  return q * c;
+}
+
+// Box-Muller's squared radius -2 ln a for a = ((w >> 8) + 1) 2^-24 in (0, 1].
+ADT_FN float neg2_log_uniform(float a) {
+#if defined(__CUDA_ARCH__)
+  const float c = 1.0f - a;  // exact (a >= 1/2 wherever it is used)
+  const float near1 = 2.0f * neg_log1m_series<float>(c);
+  const float far = ptx_lg2(a) * -1.38629436111989061883f;  // -2 ln 2
+  return c <= 0.0625f ? near1 : far;
+#else
+  return -2.0f * log_poly<float>(a);
+#endif
+}
+
+ADT_FN double neg2_log_uniform(double a) { return -2.0 * log_(a); }
+
+// sqrt(x) for x >= 0.
+ADT_FN float sqrt_fast(float x) {
+#if defined(__CUDA_ARCH__)
+  return ptx_sqrt(x);
+#else
+  return sqrt_(x);
+#endif
+}
+
+ADT_FN double sqrt_fast(double x) { return sqrt_(x); }
 
 }  // namespace math
 }  // namespace adt_fast

@@ -84,12 +84,33 @@ ADT_FN T uniform_closed1(uint32_t w) {
   return static_cast<T>(static_cast<int32_t>(w >> 8)) * static_cast<T>(5.9604644775390625e-08);
 }
 
+// sin(2 pi b(w)) and cos(2 pi b(w)). The device float path takes the angle from the signed word,
+// 2 pi ((int32) w >> 8) 2^-24 in [-pi, pi): the same angle as 2 pi b(w) up to a whole turn, in the
+// range where sin.approx/cos.approx hold their documented bound (docs/kernels.md).
+template <class T>
+ADT_FN void sincos_2pi_word(uint32_t w, T& s, T& c) {
+  math::sincos_2pi<T>(uniform_closed1<T>(w), s, c);
+}
+
+#if defined(__CUDA_ARCH__)
+template <>
+__device__ __forceinline__ void sincos_2pi_word<float>(uint32_t w, float& s, float& c) {
+  const float angle = static_cast<float>(static_cast<int32_t>(w) >> 8) * 3.7450702e-07f;  // 2 pi / 2^24
+  __sincosf(angle, &s, &c);
+}
+
+template <>
+__device__ __forceinline__ void sincos_2pi_word<double>(uint32_t w, double& s, double& c) {
+  sincospi(2.0 * uniform_closed1<double>(w), &s, &c);
+}
+#endif
+
 // Two normals from a pair of words: (sqrt(-2 ln a(wa)) cos(2 pi b(wb)), ... sin(2 pi b(wb))).
 template <class T>
 ADT_FN void box_muller(uint32_t wa, uint32_t wb, T& z_cos, T& z_sin) {
-  const T radius = math::sqrt_(T(-2) * math::log_(uniform_open0<T>(wa)));
+  const T radius = math::sqrt_fast(math::neg2_log_uniform(uniform_open0<T>(wa)));
   T s, c;
-  math::sincos_2pi(uniform_closed1<T>(wb), s, c);
+  sincos_2pi_word<T>(wb, s, c);
   z_cos = radius * c;
   z_sin = radius * s;
 }

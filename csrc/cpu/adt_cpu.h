@@ -23,12 +23,17 @@ void sample_forward(const double* mean, const double* std_param, const double* x
                     double epsilon, double lo, double hi, double* out, double* neg_log_prob,
                     int num_threads = 0);
 
-void sample_backward(const float* grad_out, const float* grad_nlp, const float* mean,
+// grad_out element (s, n) is grad_out[s * grad_out_sample_stride + n * grad_out_element_stride]:
+// (numel, 1) contiguous, (0, 1) expanded over the samples, (0, 0) a broadcast scalar. A null
+// grad_out or grad_nlp is a zero gradient.
+void sample_backward(const float* grad_out, int64_t grad_out_sample_stride, int64_t grad_out_element_stride,
+                     const float* grad_nlp, const float* mean,
                      const float* std_param, const float* x, const float* noise, uint64_t seed,
                      uint64_t offset, int64_t batch, int64_t dim, int64_t num_samples, double epsilon,
                      double lo, double hi, float* grad_mean, float* grad_std_param, float* grad_x,
                      int num_threads = 0);
-void sample_backward(const double* grad_out, const double* grad_nlp, const double* mean,
+void sample_backward(const double* grad_out, int64_t grad_out_sample_stride, int64_t grad_out_element_stride,
+                     const double* grad_nlp, const double* mean,
                      const double* std_param, const double* x, const double* noise, uint64_t seed,
                      uint64_t offset, int64_t batch, int64_t dim, int64_t num_samples, double epsilon,
                      double lo, double hi, double* grad_mean, double* grad_std_param, double* grad_x,

@@ -183,7 +183,8 @@ void forward_impl(const T* mean, const T* std_param, const T* x, const T* noise,
 }
 
 template <class T>
-void backward_impl(const T* grad_out, const T* grad_nlp, const T* mean, const T* std_param, const T* x,
+void backward_impl(const T* grad_out, int64_t go_sample_stride, int64_t go_element_stride, const T* grad_nlp,
+                   const T* mean, const T* std_param, const T* x,
                    const T* noise, uint64_t seed, uint64_t offset, int64_t batch, int64_t dim, int64_t k,
                    double epsilon, double lo, double hi, T* grad_mean, T* grad_std, T* grad_x,
                    int num_threads) {
@@ -195,7 +196,7 @@ void backward_impl(const T* grad_out, const T* grad_nlp, const T* mean, const T*
     return;
   }
   const Plan plan(batch, dim);
-  detail::BackwardArgs<T> args{grad_out, grad_nlp, mean,  std_param, x,         noise,
+  detail::BackwardArgs<T> args{grad_out, go_sample_stride, go_element_stride, grad_nlp, mean,  std_param, x, noise,
                                grad_mean, grad_std, grad_x, seed,     offset,    batch,
                                dim,       batch * dim, k,   static_cast<T>(epsilon), static_cast<T>(lo),
                                static_cast<T>(hi)};
@@ -225,20 +226,22 @@ void sample_forward(const double* mean, const double* std_param, const double* x
                        neg_log_prob, num_threads);
 }
 
-void sample_backward(const float* grad_out, const float* grad_nlp, const float* mean, const float* std_param,
+void sample_backward(const float* grad_out, int64_t go_sample_stride, int64_t go_element_stride,
+                     const float* grad_nlp, const float* mean, const float* std_param,
                      const float* x, const float* noise, uint64_t seed, uint64_t offset, int64_t batch,
                      int64_t dim, int64_t num_samples, double epsilon, double lo, double hi, float* grad_mean,
                      float* grad_std_param, float* grad_x, int num_threads) {
-  backward_impl<float>(grad_out, grad_nlp, mean, std_param, x, noise, seed, offset, batch, dim, num_samples,
+  backward_impl<float>(grad_out, go_sample_stride, go_element_stride, grad_nlp, mean, std_param, x, noise, seed, offset, batch, dim, num_samples,
                        epsilon, lo, hi, grad_mean, grad_std_param, grad_x, num_threads);
 }
 
-void sample_backward(const double* grad_out, const double* grad_nlp, const double* mean,
+void sample_backward(const double* grad_out, int64_t go_sample_stride, int64_t go_element_stride,
+                     const double* grad_nlp, const double* mean,
                      const double* std_param, const double* x, const double* noise, uint64_t seed,
                      uint64_t offset, int64_t batch, int64_t dim, int64_t num_samples, double epsilon,
                      double lo, double hi, double* grad_mean, double* grad_std_param, double* grad_x,
                      int num_threads) {
-  backward_impl<double>(grad_out, grad_nlp, mean, std_param, x, noise, seed, offset, batch, dim, num_samples,
+  backward_impl<double>(grad_out, go_sample_stride, go_element_stride, grad_nlp, mean, std_param, x, noise, seed, offset, batch, dim, num_samples,
                         epsilon, lo, hi, grad_mean, grad_std_param, grad_x, num_threads);
 }
 

@@ -26,8 +26,9 @@ struct ForwardArgs {
 
 template <class T>
 struct BackwardArgs {
-  const T* grad_out;
-  const T* grad_nlp;
+  const T* grad_out;  // null: zero
+  int64_t go_sample_stride, go_element_stride;
+  const T* grad_nlp;  // null: zero
   const T* mean;
   const T* std_param;
   const T* x;

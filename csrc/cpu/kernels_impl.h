@@ -226,9 +226,13 @@ void forward_range(const detail::ForwardArgs<T>& a, int64_t n_begin, int64_t n_e
   }
 }
 
-// Fills v[0, len) with src[s * batch + b] of each element's example b.
+// Fills v[0, len) with src[b] of each element's example b (zeros where src is null).
 template <class T>
 inline void fill_per_example(T* __restrict v, int len, int64_t n0, int64_t dim, const T* __restrict src) {
+  if (src == nullptr) {
+    std::fill(v, v + len, T(0));
+    return;
+  }
   int i = 0;
   while (i < len) {
     const int64_t b = (n0 + i) / dim;
@@ -239,10 +243,19 @@ inline void fill_per_example(T* __restrict v, int len, int64_t n0, int64_t dim, 
   }
 }
 
+// Sample s's grad_out over the tile [n0, n0 + len): read in place when it is laid out per element,
+// else (a broadcast value, or zero) written into `fill` (the same values either way).
+template <class T>
+inline const T* grad_out_tile(const detail::BackwardArgs<T>& a, int64_t s, int64_t n0, int len, T* fill) {
+  if (a.grad_out != nullptr && a.go_element_stride != 0) return a.grad_out + s * a.go_sample_stride + n0;
+  std::fill(fill, fill + len, a.grad_out != nullptr ? a.grad_out[s * a.go_sample_stride] : T(0));
+  return fill;
+}
+
 template <class T, bool kNoise, bool kX>
 void backward_range(const detail::BackwardArgs<T>& a, int64_t n_begin, int64_t n_end) {
   alignas(64) T mu[kTile], sigma[kTile], sigmoid[kTile], sos[kTile], ge[kTile], ge_sum[kTile];
-  alignas(64) T acc_du[kTile], acc_dur[kTile], acc_gx[kTile];
+  alignas(64) T acc_du[kTile], acc_dur[kTile], acc_gx[kTile], gd_fill[kTile];
   alignas(64) T z[4][kTile];
   alignas(64) uint32_t w[4][kTile];
   const PhiloxKey key = philox_key(a.seed);
@@ -273,8 +286,8 @@ void backward_range(const detail::BackwardArgs<T>& a, int64_t n_begin, int64_t n
       for (int l = 0; l < lanes; ++l) {
         const int64_t s = kSamplesPerCall * g + l;
         const T* __restrict rs = kNoise ? a.noise + s * a.numel + n0 : z[l];
-        const T* __restrict gout = a.grad_out + s * a.numel + n0;
-        fill_per_example<T>(ge, len, n0, a.dim, a.grad_nlp + s * a.batch);
+        const T* __restrict gout = grad_out_tile(a, s, n0, len, gd_fill);
+        fill_per_example<T>(ge, len, n0, a.dim, a.grad_nlp ? a.grad_nlp + s * a.batch : nullptr);
         const T* __restrict x = kX ? a.x + n0 : nullptr;
 #pragma omp simd
         for (int i = 0; i < len; ++i) {

@@ -2,9 +2,10 @@
 //
 // Storage dtypes float32, float64, float16 and bfloat16; the kernels compute in float (double for
 // float64). neg_log_prob / grad_nlp are float, or double for float64. Shapes as in
-// cpu/adt_cpu.h. `seed_offset` points at two int64 values (seed, offset) in device memory: the
-// kernels read them there, so no host synchronisation is needed (CUDA-graph capturable). Every
-// function returns nullptr on success, else the CUDA error string of the failed launch.
+// cpu/adt_cpu.h. Every function returns nullptr on success, else the CUDA error string of the
+// failed launch (peeked, so an unrelated pending error is neither cleared nor blamed on us... it
+// is reported, since the peek cannot tell whose it is: the caller's check is the same as torch's
+// C10_CUDA_KERNEL_LAUNCH_CHECK).
 #pragma once
 
 #include <cstddef>
@@ -17,19 +18,38 @@ namespace cuda {
 
 enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
-// Bytes of device scratch memory sample_forward needs (per-block partial sums of -log p); may be 0.
+// Where the kernels take Philox's (seed, offset) from, with no host synchronisation:
+//   seed   = seed_ptr ? *seed_ptr : seed_value
+//   offset = (offset_ptr ? *offset_ptr : offset_value) + offset_add
+// An int64 seed_offset tensor is (seed_ptr, seed_ptr + 1); torch's PhiloxCudaState is the values
+// outside CUDA-graph capture and (seed_.ptr, offset_.ptr, offset_intragraph_) inside it, the way
+// at::cuda::philox::unpack reads it. The forward kernel writes the pair it used to `used` (two
+// int64 in device memory; zeros when noise is given) when `used` is not null.
+struct SeedSource {
+  const int64_t* seed_ptr = nullptr;
+  const int64_t* offset_ptr = nullptr;
+  uint64_t seed_value = 0;
+  uint64_t offset_value = 0;
+  uint64_t offset_add = 0;
+  int64_t* used = nullptr;
+};
+
+// Bytes of device scratch memory sample_forward needs (partial sums of examples that span blocks).
 size_t forward_workspace_bytes(DType dtype, int64_t batch, int64_t dim, int64_t num_samples);
 
 const char* sample_forward(DType dtype, const void* mean, const void* std_param, const void* x,
-                           const void* noise, const int64_t* seed_offset, int64_t batch, int64_t dim,
+                           const void* noise, const SeedSource& seed, int64_t batch, int64_t dim,
                            int64_t num_samples, double epsilon, double lo, double hi, void* out,
                            void* neg_log_prob, void* workspace, CUstream_st* stream);
 
-const char* sample_backward(DType dtype, const void* grad_out, const void* grad_nlp, const void* mean,
-                            const void* std_param, const void* x, const void* noise,
-                            const int64_t* seed_offset, int64_t batch, int64_t dim, int64_t num_samples,
-                            double epsilon, double lo, double hi, void* grad_mean, void* grad_std_param,
-                            void* grad_x, CUstream_st* stream);
+// grad_out [k, B, *S] is read at s * grad_out_sample_stride + n * grad_out_element_stride (strides
+// in elements: (N, 1) contiguous, (0, 1) expanded over k, (0, 0) a broadcast scalar); null means
+// zero, as does a null grad_nlp (contiguous [k, B] otherwise).
+const char* sample_backward(DType dtype, const void* grad_out, int64_t grad_out_sample_stride,
+                            int64_t grad_out_element_stride, const void* grad_nlp, const void* mean,
+                            const void* std_param, const void* x, const void* noise, const SeedSource& seed,
+                            int64_t batch, int64_t dim, int64_t num_samples, double epsilon, double lo,
+                            double hi, void* grad_mean, void* grad_std_param, void* grad_x, CUstream_st* stream);
 
 // The raw Philox words as int64 holding uint32 values: [ceil(num_samples / 4), numel, 4].
 const char* philox_words(const int64_t* seed_offset, int64_t numel, int64_t num_samples, int64_t* out,

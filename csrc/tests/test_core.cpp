@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/elementwise.h"
+#include "core/intdiv.h"
 #include "core/philox.h"
 #include "tests/check.h"
 #include "cpu/adt_cpu.h"
@@ -185,6 +186,53 @@ void test_primitives(const char* name, double tol) {
   CHECK(adt_fast::math::log_poly<T>(T(1)) == T(0), "log(1) must be 0");
 }
 
+// ---- host parts of the device float path ---------------------------------------------------------
+
+// What the CUDA kernels compute with host-checkable maths: Box-Muller's -log near a = 1 (the
+// series that replaces lg2.approx there), the signed-word angle of sincos_2pi_word (the same
+// angle as 2 pi b(w) up to a whole turn), and the multiply-high example index.
+void test_device_float_pieces() {
+  using LD = long double;
+  double worst_series = 0;
+  for (uint32_t m = (1u << 24) - 1; m >= (1u << 24) - (1u << 20); m -= 37) {  // a in [15/16, 1]
+    const float a = adt_fast::uniform_open0<float>(m << 8);
+    const float c = 1.0f - a;  // exact
+    const LD want = -std::log(static_cast<LD>(a));
+    if (want > 0) {
+      const double err = static_cast<double>(std::fabs((adt_fast::math::neg_log1m_series<float>(c) - want) / want));
+      worst_series = std::max(worst_series, err);
+    }
+  }
+  std::printf("  -log(1 - c) series for c <= 1/16: max rel err %.2e\n", worst_series);
+  CHECK(worst_series <= 3e-7, "-log(1 - c) series error %.2e above float rounding", worst_series);
+
+  std::mt19937_64 rng(11);
+  double worst_angle = 0;
+  for (int i = 0; i < 100000; ++i) {
+    const uint32_t w = static_cast<uint32_t>(rng());
+    const LD turn = static_cast<LD>(static_cast<int32_t>(w) >> 8) / 16777216.0L;  // device angle / 2 pi
+    const LD b = static_cast<LD>(adt_fast::uniform_closed1<double>(w));
+    const LD diff = b - turn;  // 0 or 1: a whole turn
+    worst_angle = std::max(worst_angle, static_cast<double>(std::fabs(diff - std::round(diff))));
+  }
+  CHECK(worst_angle == 0.0, "signed-word angle differs from 2 pi b(w) by %.3g turns", worst_angle);
+
+  const uint32_t divisors[] = {1, 2, 3, 7, 255, 256, 257, 3072, 65537, 1000003, 0x7fffffffu};
+  for (uint32_t d : divisors) {
+    const adt_fast::FastDivider div(d);
+    for (uint64_t n : {uint64_t{0}, uint64_t{1}, uint64_t{d} - 1, uint64_t{d}, uint64_t{d} + 1, uint64_t{3} * d + 5,
+                       uint64_t{0x7fffffff}, uint64_t{0x7ffffffe}, uint64_t{123456789}}) {
+      if (n > 0x7fffffffu) continue;
+      CHECK(div.div(static_cast<uint32_t>(n)) == n / d, "FastDivider(%u).div(%" PRIu64 ") = %u", d, n,
+            div.div(static_cast<uint32_t>(n)));
+    }
+    for (int i = 0; i < 2000; ++i) {
+      const uint32_t n = static_cast<uint32_t>(rng() & 0x7fffffffu);
+      CHECK(div.div(n) == n / d, "FastDivider(%u).div(%u) = %u", d, n, div.div(n));
+    }
+  }
+}
+
 // ---- the kernels against a scalar loop -------------------------------------------------------
 
 double softplus(double r) { return r > 0 ? r + std::log1p(std::exp(-r)) : std::log1p(std::exp(r)); }
@@ -300,7 +348,7 @@ Result run_kernels(const Problem& p, const Inputs& in, int threads) {
   const T* np = p.noise ? noise.data() : nullptr;
   adt_fast::cpu::sample_forward(mean.data(), rho.data(), xp, np, in.seed, in.offset, p.batch, p.dim, p.k, p.eps, p.lo,
                                 p.hi, out.data(), nlp.data(), threads);
-  adt_fast::cpu::sample_backward(grad_out.data(), grad_nlp.data(), mean.data(), rho.data(), xp, np, in.seed,
+  adt_fast::cpu::sample_backward(grad_out.data(), n_total, 1, grad_nlp.data(), mean.data(), rho.data(), xp, np, in.seed,
                                  in.offset, p.batch, p.dim, p.k, p.eps, p.lo, p.hi, gm.data(), gs.data(),
                                  p.x ? gx.data() : nullptr, threads);
   Result r;
@@ -415,8 +463,8 @@ void test_empty() {
   bool zeros = true;
   for (float v : nlp) zeros = zeros && v == 0.0f;
   CHECK(zeros, "D = 0 must give -log p = 0");
-  adt_fast::cpu::sample_backward(static_cast<const double*>(nullptr), nullptr, nullptr, nullptr, nullptr, nullptr, 1,
-                                 2, 0, 4, 2, 0.1, 0.0, 1.0, nullptr, nullptr, nullptr, 0);
+  adt_fast::cpu::sample_backward(static_cast<const double*>(nullptr), 0, 0, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                 1, 2, 0, 4, 2, 0.1, 0.0, 1.0, nullptr, nullptr, nullptr, 0);
   adt_fast::cpu::philox_words(1, 2, 0, 5, nullptr, 0);
 }
 
@@ -432,6 +480,7 @@ int main() {
   test_normals_mapping();
   test_primitives<float>("float", 4e-7);
   test_primitives<double>("double", 1e-15);
+  test_device_float_pieces();
   test_kernels();
   test_extremes();
   test_empty();

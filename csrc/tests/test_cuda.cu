@@ -112,7 +112,7 @@ void check(const char* name, int64_t batch, int64_t dim, int64_t k, bool use_noi
   adt_fast::cpu::sample_forward(mean.data(), rho.data(), use_x ? x.data() : nullptr, use_noise ? noise.data() : nullptr,
                                 static_cast<uint64_t>(so_host[0]), static_cast<uint64_t>(so_host[1]), batch, dim, k,
                                 eps, lo, hi, out_ref.data(), nlp_ref.data());
-  adt_fast::cpu::sample_backward(gout.data(), gnlp.data(), mean.data(), rho.data(), use_x ? x.data() : nullptr,
+  adt_fast::cpu::sample_backward(gout.data(), n, 1, gnlp.data(), mean.data(), rho.data(), use_x ? x.data() : nullptr,
                                  use_noise ? noise.data() : nullptr, static_cast<uint64_t>(so_host[0]),
                                  static_cast<uint64_t>(so_host[1]), batch, dim, k, eps, lo, hi, gm_ref.data(),
                                  gs_ref.data(), use_x ? gx_ref.data() : nullptr);
@@ -124,14 +124,17 @@ void check(const char* name, int64_t batch, int64_t dim, int64_t k, bool use_noi
   Device<int64_t> d_so(std::vector<int64_t>(so_host, so_host + 2));
   Device<S> d_out(k * n), d_gm(n), d_gs(n), d_gx(n);
   Device<C> d_nlp(k * batch);
+  adt_fast::cuda::SeedSource seed;
+  seed.seed_ptr = d_so.ptr;
+  seed.offset_ptr = d_so.ptr + 1;
   const size_t ws = adt_fast::cuda::forward_workspace_bytes(dtype_of<S>(), batch, dim, k);
   Device<unsigned char> d_ws(ws);
   const char* err = adt_fast::cuda::sample_forward(dtype_of<S>(), d_mean.ptr, d_rho.ptr, use_x ? d_x.ptr : nullptr,
-                                                   use_noise ? d_noise.ptr : nullptr, d_so.ptr, batch, dim, k, eps, lo,
+                                                   use_noise ? d_noise.ptr : nullptr, seed, batch, dim, k, eps, lo,
                                                    hi, d_out.ptr, d_nlp.ptr, d_ws.ptr, nullptr);
   CHECK(err == nullptr, "forward launch: %s", err);
-  err = adt_fast::cuda::sample_backward(dtype_of<S>(), d_gout.ptr, d_gnlp.ptr, d_mean.ptr, d_rho.ptr,
-                                        use_x ? d_x.ptr : nullptr, use_noise ? d_noise.ptr : nullptr, d_so.ptr, batch,
+  err = adt_fast::cuda::sample_backward(dtype_of<S>(), d_gout.ptr, n, 1, d_gnlp.ptr, d_mean.ptr, d_rho.ptr,
+                                        use_x ? d_x.ptr : nullptr, use_noise ? d_noise.ptr : nullptr, seed, batch,
                                         dim, k, eps, lo, hi, d_gm.ptr, d_gs.ptr, use_x ? d_gx.ptr : nullptr, nullptr);
   CHECK(err == nullptr, "backward launch: %s", err);
   CUDA_OK(cudaDeviceSynchronize());

@@ -1,0 +1,375 @@
+"""Your own data: arrays in an .npz file, a folder of images, or arrays already in memory.
+
+All three end as the same validated pair of splits. Everything is checked before a run starts
+(a bad file never leaves a half-written run directory behind), and every error names the file
+and what is wrong with it (``DatasetFileError``).
+
+- ``.npz`` (keras' mnist.npz layout): ``x_train``, ``y_train``, ``x_test``, ``y_test``.
+- image folder (torchvision's ImageFolder layout): ``train/<class>/*`` and ``test/<class>/*``,
+  decoded with Pillow once and cached as uint8 arrays (see ``read_image_folder``).
+- arrays: the ``data=(x_train, y_train, x_test, y_test)`` of ``adt_fast.train.fit``.
+
+Images are uint8 in 0..255 or floats in [0, 1], shaped N x H x W, N x H x W x C or N x C x H x W
+(``detect_layout``); labels are integers 0..C-1 with every class present in the training split.
+The content hash (``fingerprint``) is what a run directory records so that evaluation and resume
+can tell whether the data changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DatasetFileError
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+SPLITS = ("train", "test")
+MIN_IMAGE_SIZE = 8             # the classifiers' minimum, adt_fast.models.classifiers.MIN_IMAGE_SIZE
+CACHE_DIR_ENV = "ADT_FAST_CACHE_DIR"
+DEFAULT_CACHE_DIR = Path("~/.cache/adt_fast/image-folders")
+CACHE_FORMAT = "adt_fast.image-folder/1"
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+                              ".ppm", ".pgm", ".pbm"})
+GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+LAYOUT_NAMES = {"NHW": "N x H x W (grayscale)", "NHWC": "N x H x W x C (channels last)",
+                "NCHW": "N x C x H x W (channels first)"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """Validated data: uint8 or float32 images (N, C, H, W) and int64 labels, per split."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    notes: tuple[str, ...] = ()          # what was detected, for the run's log
+    classes: tuple[str, ...] = ()        # class names (image folders)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])
+
+    def fingerprint(self) -> str:
+        """sha256 of the arrays as read (dtype, shape and bytes) and of the class names."""
+        digest = hashlib.sha256()
+        for array in (self.x_train, self.y_train, self.x_test, self.y_test):
+            array = np.ascontiguousarray(array)
+            digest.update(f"{array.dtype.str}{array.shape};".encode())
+            digest.update(memoryview(array).cast("B"))
+        digest.update("\n".join(self.classes).encode())
+        return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------
+# Arrays (npz, in memory)
+# ------------------------------------------------------------------------------------------------
+def detect_layout(shape: tuple[int, ...]) -> tuple[str, bool]:
+    """``(layout, ambiguous)`` for an image array's shape, or ValueError.
+
+    Images must be square, which decides the layout: N x H x W x C when axes 1 and 2 are equal,
+    N x C x H x W when axes 2 and 3 are. When all three are equal (N x 28 x 28 x 28, say) either
+    reading is square; channels last is taken (keras' and numpy's convention) and ``ambiguous``
+    is True so the log can say so.
+    """
+    if len(shape) == 3:
+        return "NHW", False
+    if len(shape) != 4:
+        raise ValueError(f"images must be N x H x W, N x H x W x C or N x C x H x W; got shape {shape}")
+    _, a, b, c = shape
+    if a == b:
+        return "NHWC", b == c
+    if b == c:
+        return "NCHW", False
+    raise ValueError(f"images must be square, but shape {shape} is neither N x H x W x C with H == W "
+                     f"nor N x C x H x W with H == W")
+
+
+def _images(array: np.ndarray, where: str) -> tuple[np.ndarray, str]:
+    """Images as (N, C, H, W), uint8 or float32, checked; and a note saying how they were read."""
+    try:
+        layout, ambiguous = detect_layout(array.shape)
+    except ValueError as error:
+        raise DatasetFileError(f"{where}: {error}") from None
+    if array.dtype == np.uint8:
+        pass
+    elif np.issubdtype(array.dtype, np.floating):
+        array = array.astype(np.float32, copy=False)
+        finite = np.isfinite(array)
+        if not finite.all():
+            raise DatasetFileError(f"{where}: {int(array.size - finite.sum())} pixel values are NaN or infinite")
+        low, high = float(array.min(initial=0.0)), float(array.max(initial=0.0))
+        if low < 0.0 or high > 1.0:
+            hint = " (divide 0-255 values by 255, or store them as uint8)" if high > 1.0 else ""
+            raise DatasetFileError(f"{where}: float pixels must lie in [0, 1], found [{low:g}, {high:g}]{hint}")
+    else:
+        raise DatasetFileError(f"{where}: pixels must be uint8 (0-255) or float (0-1), got dtype {array.dtype}")
+    if layout == "NHW":
+        array = array[:, None]
+    elif layout == "NHWC":
+        array = array.transpose(0, 3, 1, 2)
+    channels, height, width = array.shape[1:]
+    if array.shape[0] == 0:
+        raise DatasetFileError(f"{where}: holds no images")
+    if height < MIN_IMAGE_SIZE:
+        raise DatasetFileError(f"{where}: images are {height}x{width}; the classifiers need at least "
+                               f"{MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}")
+    note = (f"{where}: shape {tuple(array.shape[:1]) + tuple(_original_shape(array.shape, layout))} read as "
+            f"{LAYOUT_NAMES[layout]}: {array.shape[0]} images of {height}x{width}, {channels} channel(s)")
+    if ambiguous:
+        note += " (either layout gives square images; channels last was assumed)"
+    return np.ascontiguousarray(array), note
+
+
+def _original_shape(nchw: tuple[int, ...], layout: str) -> tuple[int, ...]:
+    _, c, h, w = nchw
+    return {"NHW": (h, w), "NHWC": (h, w, c), "NCHW": (c, h, w)}[layout]
+
+
+def _labels(array: np.ndarray, where: str, num_images: int) -> np.ndarray:
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 1:
+        hint = " (one-hot labels? store the class index: y.argmax(1))" if array.ndim == 2 else ""
+        raise DatasetFileError(f"{where}: labels must be a vector of N class indices, got shape {array.shape}{hint}")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise DatasetFileError(f"{where}: labels must be integers 0..C-1, got dtype {array.dtype}")
+    if array.shape[0] != num_images:
+        raise DatasetFileError(f"{where}: {array.shape[0]} labels for {num_images} images")
+    if array.size and array.min() < 0:
+        raise DatasetFileError(f"{where}: labels must be integers 0..C-1, found {array.min()}")
+    return array.astype(np.int64)
+
+
+def splits_from_arrays(arrays: dict, origin: str, classes: tuple[str, ...] = ()) -> Splits:
+    """Validate ``x_train, y_train, x_test, y_test`` (numpy arrays) from ``origin`` (a file name)."""
+    _require_keys(arrays, origin)
+    images, labels, notes = {}, {}, []
+    for split in SPLITS:
+        images[split], note = _images(np.asarray(arrays[f"x_{split}"]), f"{origin}: x_{split}")
+        labels[split] = _labels(np.asarray(arrays[f"y_{split}"]), f"{origin}: y_{split}", images[split].shape[0])
+        notes.append(note)
+    if images["train"].shape[1:] != images["test"].shape[1:]:
+        raise DatasetFileError(f"{origin}: x_train images are {_chw(images['train'])} but x_test images are "
+                               f"{_chw(images['test'])}")
+    num_classes = int(labels["train"].max()) + 1
+    present = np.bincount(labels["train"], minlength=num_classes)
+    empty = np.flatnonzero(present == 0)
+    if empty.size:
+        raise DatasetFileError(
+            f"{origin}: y_train has labels up to {num_classes - 1} but no example of class(es) "
+            f"{', '.join(map(str, empty[:10]))}; labels must be 0..C-1 with every class present "
+            f"(1-based labels? subtract 1)")
+    if labels["test"].size and labels["test"].max() >= num_classes:
+        raise DatasetFileError(f"{origin}: y_test has label {labels['test'].max()}, but y_train has only "
+                               f"{num_classes} classes (0..{num_classes - 1})")
+    return Splits(images["train"], labels["train"], images["test"], labels["test"], num_classes,
+                  tuple(notes), classes)
+
+
+def _require_keys(found, origin: str) -> None:
+    missing = [key for key in NPZ_KEYS if key not in found]
+    if missing:
+        raise DatasetFileError(f"{origin}: missing {', '.join(missing)} (found: {', '.join(sorted(found)) or 'nothing'});"
+                               f" it must hold {', '.join(NPZ_KEYS)}, as keras' mnist.npz does")
+
+
+def _chw(images: np.ndarray) -> str:
+    return "x".join(map(str, images.shape[1:])) + " (C x H x W)"
+
+
+def read_npz(path: Path) -> Splits:
+    """The four arrays of an .npz file (never unpickled), validated."""
+    try:
+        with np.load(path, allow_pickle=False) as contents:
+            _require_keys(contents.files, str(path))
+            arrays = {key: contents[key] for key in NPZ_KEYS}
+    except (FileNotFoundError, DatasetFileError):
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        raise DatasetFileError(f"cannot read {path} as an .npz file: {error}") from error
+    return splits_from_arrays(arrays, str(path))
+
+
+# ------------------------------------------------------------------------------------------------
+# Image folders
+# ------------------------------------------------------------------------------------------------
+def default_cache_dir() -> Path:
+    """$ADT_FAST_CACHE_DIR if set, else ~/.cache/adt_fast/image-folders."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR).expanduser()
+
+
+def _class_files(class_dir: str) -> list[tuple[str, int, int]]:
+    """(path, size, mtime_ns) of every visible file under a class folder, sorted by path.
+
+    os.walk and os.stat on strings: on 10,000 files pathlib's rglob and relative_to took
+    seconds, which was most of a cached load.
+    """
+    files = []
+    for folder, subfolders, names in os.walk(class_dir):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        for name in names:
+            if name.startswith("."):
+                continue
+            path = os.path.join(folder, name)
+            if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                raise DatasetFileError(f"{path}: not an image file (expected one of "
+                                       f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
+            stat = os.stat(path)
+            files.append((path, stat.st_size, stat.st_mtime_ns))
+    return sorted(files)
+
+
+def scan_image_folder(root: Path) -> dict[str, list[tuple[str, list[tuple[str, int, int]]]]]:
+    """{split: [(class name, its files as (path, size, mtime_ns))]}, classes sorted by name, the
+    layout checked; hidden files and folders (a leading dot) are skipped."""
+    layout = "an image folder holds train/<class>/<image> and test/<class>/<image>"
+    found = {}
+    for split in SPLITS:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            raise DatasetFileError(f"{root}: no {split}/ folder; {layout}")
+        entries = sorted((entry for entry in os.scandir(split_dir) if not entry.name.startswith(".")),
+                         key=lambda entry: entry.name)
+        strays = [entry.path for entry in entries if not entry.is_dir()]
+        if strays:
+            raise DatasetFileError(f"{strays[0]}: a file directly in {split}/; {layout}")
+        classes = []
+        for entry in entries:
+            files = _class_files(entry.path)
+            if not files:
+                raise DatasetFileError(f"{entry.path}: empty class folder (no images)")
+            classes.append((entry.name, files))
+        if not classes:
+            raise DatasetFileError(f"{split_dir}: no class folders; {layout}")
+        found[split] = classes
+    train_names = [name for name, _ in found["train"]]
+    test_names = [name for name, _ in found["test"]]
+    if train_names != test_names:
+        only_train = sorted(set(train_names) - set(test_names))
+        only_test = sorted(set(test_names) - set(train_names))
+        raise DatasetFileError(f"{root}: train/ and test/ must have the same class folders; "
+                               f"only in train/: {only_train or 'none'}, only in test/: {only_test or 'none'}")
+    return found
+
+
+def _manifest(root: Path, found: dict, image_size: int | None) -> str:
+    """A hash of every file's path, size and mtime (and the resize): the cache key."""
+    digest = hashlib.sha256(f"{CACHE_FORMAT};{image_size}".encode())
+    prefix = len(str(root)) + 1
+    for split in SPLITS:
+        for _, files in found[split]:
+            for path, size, mtime in files:
+                digest.update(f"{path[prefix:]}\0{size}\0{mtime}\n".encode())
+    return digest.hexdigest()
+
+
+def _decode(path: str, image_size: int | None, first: dict) -> np.ndarray:
+    """One image as uint8 (H, W) or (H, W, 3); ``first`` remembers the first size seen."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            gray = image.mode in GRAYSCALE_MODES
+            if image_size is None:
+                size = image.size
+                if size[0] != size[1]:
+                    raise DatasetFileError(f"{path}: image is {size[0]}x{size[1]}, not square; pass "
+                                           f"--image-size N (image_size=N) to resize every image to N x N")
+                if first.setdefault("size", (size, path))[0] != size:
+                    (width, height), other = first["size"]
+                    raise DatasetFileError(
+                        f"{path}: image is {size[0]}x{size[1]} but {other} is {width}x{height}; the images "
+                        f"must share one size, or pass --image-size N (image_size=N) to resize them to N x N")
+            converted = image.convert("L" if gray else "RGB")
+            if image_size is not None and converted.size != (image_size, image_size):
+                converted = converted.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            return np.asarray(converted)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+        if isinstance(error, DatasetFileError):
+            raise
+        raise DatasetFileError(f"{path}: cannot be read as an image ({error})") from None
+
+
+def _decode_folder(found: dict, image_size: int | None) -> dict:
+    first: dict = {}
+    arrays = {}
+    for split in SPLITS:
+        images, labels = [], []
+        for index, (_, files) in enumerate(found[split]):
+            images += [_decode(path, image_size, first) for path, _, _ in files]
+            labels += [index] * len(files)
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = images, np.asarray(labels, dtype=np.int64)
+    colour = any(image.ndim == 3 for split in SPLITS for image in arrays[f"x_{split}"])
+    for split in SPLITS:
+        images = arrays[f"x_{split}"]
+        if colour:
+            images = [np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image for image in images]
+        arrays[f"x_{split}"] = np.stack(images)
+    return arrays
+
+
+def read_image_folder(root: Path, image_size: int | None = None, cache_dir: Path | None = None) -> Splits:
+    """An ImageFolder-style tree as validated uint8 splits, decoded once and cached.
+
+    Classes are the train/ subfolders sorted by name (test/ must have the same ones); files are
+    read recursively inside a class folder, hidden files and folders (a leading dot) skipped.
+    Images are grayscale (1 channel) when every one of them is, else RGB (grayscale ones
+    replicated, alpha dropped). The decoded arrays go to ``cache_dir`` (default
+    ``default_cache_dir()``) keyed by the folder's path and ``image_size``, and are reused while
+    every file's path, size and mtime are unchanged.
+    """
+    root = Path(root).resolve()
+    found = scan_image_folder(root)
+    classes = tuple(name for name, _ in found["train"])
+    manifest = _manifest(root, found, image_size)
+    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    key = hashlib.sha256(f"{root}\0{image_size}".encode()).hexdigest()[:24]
+    cache_file = cache_dir / f"{key}.npz"
+    arrays = _read_cache(cache_file, manifest)
+    if arrays is None:
+        arrays = _decode_folder(found, image_size)
+        cache_note = _write_cache(cache_file, manifest, arrays)
+    else:
+        cache_note = f"decoded images read from the cache {cache_file}"
+    splits = splits_from_arrays(arrays, str(root), classes)
+    channels, size, _ = splits.image_shape
+    shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
+    resized = " (resized)" if image_size is not None else ""
+    note = (f"{root}: image folder, {len(classes)} classes sorted by name ({shown}), {len(splits.y_train)} "
+            f"train / {len(splits.y_test)} test images of {size}x{size}{resized}, {channels} channel(s); {cache_note}")
+    return dataclasses.replace(splits, notes=(note,))
+
+
+def _read_cache(path: Path, manifest: str) -> dict | None:
+    try:
+        with np.load(path, allow_pickle=False) as contents:
+            if str(contents["manifest"]) != manifest:
+                return None
+            return {key: contents[key] for key in NPZ_KEYS}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+        return None        # absent, stale or damaged: decode again
+
+
+def _write_cache(path: Path, manifest: str, arrays: dict) -> str:
+    """Write the cache atomically; a cache that cannot be written only costs the next run time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.savez(handle, manifest=np.asarray(manifest), **arrays)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except OSError as error:
+        return f"could not cache the decoded images in {path} ({error}); the next run decodes them again"
+    return f"decoded images cached in {path}"

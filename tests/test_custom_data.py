@@ -1,0 +1,326 @@
+"""MNIST-family IDX files, your own .npz files and image folders: round trips and refusals."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from adt_fast.data import (DatasetFileError, DatasetSpecError, dataset_info, detect_layout, download, from_arrays,
+                           load, open_dataset)
+from adt_fast.data import custom, fetch
+from adt_fast.models import build_model
+from adt_fast.models.classifiers import MIN_IMAGE_SIZE
+
+PIL = pytest.importorskip("PIL.Image")
+
+
+# ---------------------------------------------------------------------------------- IDX (MNIST)
+def _idx_bytes(array: np.ndarray) -> bytes:
+    return bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def _write_mnist(folder, compressed: bool, seed: int = 0) -> dict:
+    """Small MNIST-format files in torchvision's layout; returns {split: (images, labels)}."""
+    rng = np.random.default_rng(seed)
+    raw = folder / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for split, prefix, count in (("train", "train", 12), ("test", "t10k", 5)):
+        images = rng.integers(0, 256, size=(count, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=count, dtype=np.uint8)
+        for kind, array in (("images-idx3-ubyte", images), ("labels-idx1-ubyte", labels)):
+            payload = _idx_bytes(array)
+            path = raw / f"{prefix}-{kind}"
+            if compressed:
+                path.with_name(path.name + ".gz").write_bytes(gzip.compress(payload))
+            else:
+                path.write_bytes(payload)
+        written[split] = (images, labels)
+    return written
+
+
+@pytest.mark.parametrize("compressed", [True, False], ids=["gz", "raw"])
+def test_idx_files_round_trip(tmp_path, compressed):
+    written = _write_mnist(tmp_path, compressed)
+    for split, (images, labels) in written.items():
+        x, y = load("mnist", split, data_dir=tmp_path)
+        assert x.shape == (len(labels), 1, 28, 28) and x.dtype == torch.float32
+        torch.testing.assert_close(x, torch.from_numpy(images).float()[:, None] / 255)
+        assert y.tolist() == labels.tolist()
+
+
+def test_mnist_defaults():
+    mnist, fashion = dataset_info("mnist"), dataset_info("fashion-mnist")
+    assert (mnist.epsilon, fashion.epsilon) == (0.3, 0.1)
+    assert mnist.augment == fashion.augment == "none"
+    assert mnist.default_arch == fashion.default_arch == "madry-cnn"
+    assert (mnist.num_classes, mnist.channels, mnist.image_size) == (10, 1, 28)
+    model = build_model("madry-cnn", 10, 1, 28)
+    assert sum(p.numel() for p in model.parameters()) == 3_274_634   # Madry et al.'s 3.27 M
+    assert model.features(torch.rand(2, 1, 28, 28)).shape == (2, 64, 7, 7)
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert MIN_IMAGE_SIZE == custom.MIN_IMAGE_SIZE
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda b: b[:-7], "truncated"),
+    (lambda b: b + b"\0\0", "longer than its header"),
+    (lambda b: b[:3] + b"\x02" + b[4:], "magic number"),
+    (lambda b: b[:10], "truncated"),
+], ids=["truncated", "trailing", "magic", "short-header"])
+def test_damaged_idx_files_are_refused_naming_the_file(tmp_path, damage, message):
+    _write_mnist(tmp_path, compressed=False)
+    path = tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(DatasetFileError, match=message) as error:
+        load("mnist", "test", data_dir=tmp_path)
+    assert str(path) in str(error.value)
+
+
+def test_idx_count_mismatch_and_corrupt_gzip_are_refused(tmp_path):
+    _write_mnist(tmp_path, compressed=True)
+    raw = tmp_path / "MNIST" / "raw"
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(np.zeros(4, np.uint8))))
+    with pytest.raises(DatasetFileError, match="5 images but .* 4 labels"):
+        load("mnist", "test", data_dir=tmp_path)
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(DatasetFileError, match="train-images-idx3-ubyte.gz"):
+        load("mnist", "train", data_dir=tmp_path)
+
+
+def test_missing_mnist_names_the_layout_and_download(tmp_path):
+    with pytest.raises(FileNotFoundError) as error:
+        load("fashion-mnist", "train", data_dir=tmp_path)
+    message = str(error.value)
+    assert "FashionMNIST/raw" in message and "download=True" in message and "fashion-mnist.s3" in message
+
+
+def test_mnist_download_fetches_verifies_and_reads(tmp_path, file_server, monkeypatch):
+    served, base_url = file_server
+    written = _write_mnist(served, compressed=True)
+    for resource in fetch.RESOURCES["mnist"]:
+        monkeypatch.setitem(fetch.MD5_CHECKSUMS, resource.path,
+                            hashlib.md5((served / resource.path).read_bytes()).hexdigest())
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("ADT_FAST_DATA_URL", base_url)
+    x, y = load("mnist", "test", data_dir=data_dir, download=True)
+    assert y.tolist() == written["test"][1].tolist()
+    assert sorted(os.listdir(data_dir / "MNIST" / "raw")) == sorted(r.filename for r in fetch.RESOURCES["mnist"])
+    # A wrong published checksum: the download is discarded.
+    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "FashionMNIST/raw/train-images-idx3-ubyte.gz", "0" * 32)
+    (served / "FashionMNIST").symlink_to(served / "MNIST")
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        download("fashion-mnist", data_dir, base_url=base_url)
+    assert not (data_dir / "FashionMNIST" / "raw" / "train-images-idx3-ubyte.gz").exists()
+
+
+def test_published_checksums_are_torchvisions():
+    assert fetch.MD5_CHECKSUMS["MNIST/raw/train-images-idx3-ubyte.gz"] == "f68b3c2dcbeaaa9fbdd348bbdeb94873"
+    assert fetch.MD5_CHECKSUMS["FashionMNIST/raw/t10k-labels-idx1-ubyte.gz"] == "bb300cfdad3c16e7a12a480ee83cd310"
+    assert all(r.path in fetch.MD5_CHECKSUMS for name in ("mnist", "fashion-mnist") for r in fetch.RESOURCES[name])
+
+
+# ---------------------------------------------------------------------------------- npz
+def _arrays(rng, layout: str, dtype, n_train=10, n_test=4, size=8, channels=3, classes=3):
+    images = rng.random((n_train + n_test, channels, size, size)).astype(np.float32)
+    if dtype == np.uint8:
+        images = (images * 255).astype(np.uint8)
+    expected = torch.from_numpy(images).float() / (255 if dtype == np.uint8 else 1)
+    stored = {"NCHW": images, "NHWC": images.transpose(0, 2, 3, 1), "NHW": images[:, 0]}[layout]
+    if layout == "NHW":
+        expected = expected[:, :1]
+    labels = np.arange(n_train + n_test) % classes
+    arrays = {"x_train": stored[:n_train], "y_train": labels[:n_train],
+              "x_test": stored[n_train:], "y_test": labels[n_train:]}
+    return arrays, expected[:n_train], expected[n_train:]
+
+
+@pytest.mark.parametrize("layout,dtype,channels", [("NHW", np.uint8, 1), ("NHWC", np.uint8, 3), ("NHWC", np.float32, 1),
+                                                   ("NCHW", np.float32, 3), ("NCHW", np.uint8, 1),
+                                                   ("NHWC", np.float64, 4)])
+def test_npz_layouts_round_trip(tmp_path, layout, dtype, channels):
+    arrays, x_train, x_test = _arrays(np.random.default_rng(0), layout, dtype, channels=channels)
+    path = tmp_path / "data.npz"
+    np.savez(path, **arrays)
+    loaded = open_dataset(str(path))
+    torch.testing.assert_close(loaded.train[0], x_train)
+    torch.testing.assert_close(loaded.test[0], x_test)
+    assert loaded.train[1].dtype == torch.int64 and loaded.test[1].tolist() == arrays["y_test"].tolist()
+    info = loaded.info
+    assert (info.num_classes, info.channels, info.image_size, info.epsilon) == (3, x_train.shape[1], 8, 8 / 255)
+    assert info.default_arch == "small-cnn" and info.name == str(path.resolve())
+    assert any(f"read as {custom.LAYOUT_NAMES[layout]}" in note for note in loaded.notes)
+    assert loaded.source["kind"] == "npz" and len(loaded.source["sha256"]) == 64
+
+
+def test_layout_detection_rules():
+    assert detect_layout((5, 28, 28)) == ("NHW", False)
+    assert detect_layout((5, 32, 32, 3)) == ("NHWC", False)
+    assert detect_layout((5, 3, 32, 32)) == ("NCHW", False)
+    assert detect_layout((5, 1, 28, 28)) == ("NCHW", False)
+    assert detect_layout((5, 16, 16, 16)) == ("NHWC", True)     # either reading is square
+    with pytest.raises(ValueError, match="square"):
+        detect_layout((5, 28, 32, 3))
+
+
+def test_arch_default_follows_the_image_size():
+    rng = np.random.default_rng(0)
+    for size, arch in ((8, "small-cnn"), (31, "small-cnn"), (32, "resnet18")):
+        loaded = from_arrays(rng.random((4, size, size)), np.arange(4) % 2, rng.random((2, size, size)), np.arange(2))
+        assert loaded.info.default_arch == arch
+
+
+def _bad(arrays, **changes):
+    return {**arrays, **changes}
+
+
+BAD_NPZ = {
+    "missing key": (lambda a: {k: v for k, v in a.items() if k != "y_test"}, "missing y_test"),
+    "label too large": (lambda a: _bad(a, y_test=a["y_test"] + 5), "y_test has label"),
+    "negative label": (lambda a: _bad(a, y_train=a["y_train"] - 1), "labels must be integers 0..C-1"),
+    "float labels": (lambda a: _bad(a, y_train=a["y_train"].astype(np.float32)), "labels must be integers"),
+    "one-hot labels": (lambda a: _bad(a, y_train=np.eye(3)[a["y_train"]].astype(int)), "one-hot"),
+    "1-based labels": (lambda a: _bad(a, y_train=a["y_train"] + 1, y_test=a["y_test"] + 1), "no example of class"),
+    "lengths": (lambda a: _bad(a, y_train=a["y_train"][:-1]), "9 labels for 10 images"),
+    "nan": (lambda a: _bad(a, x_train=np.where(np.arange(8) == 3, np.nan, a["x_train"]).astype(np.float32)),
+            "NaN or infinite"),
+    "range": (lambda a: _bad(a, x_test=a["x_test"] * 255), r"must lie in \[0, 1\]"),
+    "int pixels": (lambda a: _bad(a, x_train=(a["x_train"] * 255).astype(np.int64)), "uint8 .* or float"),
+    "not square": (lambda a: _bad(a, x_train=a["x_train"][:, :, :6]), "square"),
+    "shapes differ": (lambda a: _bad(a, x_test=np.repeat(a["x_test"], 3, axis=3)), "x_test images are 3x8x8"),
+    "too small": (lambda a: {k: (v[:, :4, :4] if k.startswith("x") else v) for k, v in a.items()}, "at least 8x8"),
+    "empty": (lambda a: _bad(a, x_test=a["x_test"][:0], y_test=a["y_test"][:0]), "holds no images"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_NPZ))
+def test_bad_npz_is_refused_naming_the_file(tmp_path, case):
+    damage, message = BAD_NPZ[case]
+    arrays, _, _ = _arrays(np.random.default_rng(0), "NHWC", np.float32, channels=1)
+    path = tmp_path / "bad.npz"
+    np.savez(path, **damage(arrays))
+    with pytest.raises(DatasetFileError, match=message) as error:
+        open_dataset(str(path))
+    assert str(path.resolve()) in str(error.value)
+
+
+def test_unreadable_npz_and_pickled_arrays_are_refused(tmp_path):
+    path = tmp_path / "junk.npz"
+    path.write_bytes(b"not a zip file")
+    with pytest.raises(DatasetFileError, match="junk.npz"):
+        open_dataset(str(path))
+    arrays, _, _ = _arrays(np.random.default_rng(0), "NHWC", np.float32)
+    np.savez(path, **_bad(arrays, y_train=np.array([object()] * 10)))
+    with pytest.raises(DatasetFileError, match="junk.npz"):
+        open_dataset(str(path))
+
+
+def test_dataset_arguments_that_do_not_apply_are_refused(tmp_path):
+    with pytest.raises(DatasetSpecError, match="neither a dataset name"):
+        open_dataset(str(tmp_path / "nowhere.npz"))
+    arrays, _, _ = _arrays(np.random.default_rng(0), "NHWC", np.float32)
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(DatasetSpecError, match="image folder"):
+        open_dataset(str(tmp_path / "d.npz"), image_size=16)
+    with pytest.raises(DatasetSpecError, match="--download"):
+        open_dataset(str(tmp_path / "d.npz"), download=True)
+
+
+# ---------------------------------------------------------------------------------- image folders
+def _write_folder(root, size=8, colour=True, per_class=(3, 2), classes=("cat", "ant", "bee"), fmt="png"):
+    """An ImageFolder tree; returns {split: (uint8 NCHW images, labels)} in the reader's order."""
+    rng = np.random.default_rng(1)
+    expected = {}
+    for split, count in zip(("train", "test"), per_class):
+        images, labels = [], []
+        for index, name in enumerate(sorted(classes)):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                shape = (size, size, 3) if colour else (size, size)
+                pixels = rng.integers(0, 256, size=shape, dtype=np.uint8)
+                PIL.fromarray(pixels).save(folder / f"{i:03d}.{fmt}")
+                images.append(pixels.transpose(2, 0, 1) if colour else pixels[None])
+                labels.append(index)
+        expected[split] = (np.stack(images), np.array(labels))
+    return expected
+
+
+@pytest.mark.parametrize("colour", [True, False], ids=["rgb", "gray"])
+def test_image_folder_round_trips_and_is_cached(tmp_path, monkeypatch, colour):
+    expected = _write_folder(tmp_path / "images", colour=colour)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ADT_FAST_CACHE_DIR", str(cache))
+    loaded = open_dataset(str(tmp_path / "images"))
+    for split, (images, labels) in expected.items():
+        x, y = getattr(loaded, split)
+        torch.testing.assert_close(x, torch.from_numpy(images).float() / 255)
+        assert y.tolist() == labels.tolist()
+    assert loaded.source["classes"] == ["ant", "bee", "cat"] and loaded.info.channels == (3 if colour else 1)
+    assert "cached in" in loaded.notes[0] and len(list(cache.iterdir())) == 1
+
+    # The second run reads the cache and decodes nothing.
+    monkeypatch.setattr(custom, "_decode", lambda *a: pytest.fail("decoded again despite the cache"))
+    again = open_dataset(str(tmp_path / "images"))
+    assert "read from the cache" in again.notes[0]
+    assert again.source["sha256"] == loaded.source["sha256"]
+    torch.testing.assert_close(again.train[0], loaded.train[0])
+
+
+def test_a_changed_image_invalidates_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADT_FAST_CACHE_DIR", str(tmp_path / "cache"))
+    _write_folder(tmp_path / "images")
+    first = open_dataset(str(tmp_path / "images"))
+    target = tmp_path / "images" / "test" / "bee" / "000.png"
+    PIL.fromarray(np.zeros((8, 8, 3), np.uint8)).save(target)
+    os.utime(target, ns=(1, 1))
+    second = open_dataset(str(tmp_path / "images"))
+    assert second.source["sha256"] != first.source["sha256"] and "cached in" in second.notes[0]
+    assert second.test[0][2].abs().sum() == 0      # bee is class 1: test images 2 and 3
+
+
+def test_image_size_resizes_mixed_sizes(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADT_FAST_CACHE_DIR", str(tmp_path / "cache"))
+    _write_folder(tmp_path / "images", size=12)
+    PIL.fromarray(np.zeros((20, 16, 3), np.uint8)).save(tmp_path / "images" / "train" / "ant" / "big.png")
+    with pytest.raises(DatasetFileError, match="big.png: image is 16x20, not square"):
+        open_dataset(str(tmp_path / "images"))
+    loaded = open_dataset(str(tmp_path / "images"), image_size=10)
+    assert loaded.train[0].shape == (10, 3, 10, 10) and loaded.source["resize"] == 10
+
+
+BAD_FOLDERS = {
+    "mixed sizes": (lambda r: PIL.fromarray(np.zeros((9, 9, 3), np.uint8)).save(r / "train" / "cat" / "z.png"),
+                    "z.png: image is 9x9 but"),
+    "empty class": (lambda r: (r / "test" / "dog").mkdir() or (r / "train" / "dog").mkdir(), "dog: empty class"),
+    "non-image file": (lambda r: (r / "train" / "bee" / "notes.txt").write_text("hi"), "notes.txt: not an image"),
+    "corrupt image": (lambda r: (r / "test" / "ant" / "x.png").write_bytes(b"\x89PNG broken"),
+                      "x.png: cannot be read as an image"),
+    "class mismatch": (lambda r: __import__("shutil").rmtree(r / "test" / "cat"), "only in train/: \\['cat'\\]"),
+    "no test folder": (lambda r: __import__("shutil").rmtree(r / "test"), "no test/ folder"),
+    "stray file": (lambda r: (r / "train" / "readme.png").write_bytes(b""), "a file directly in train/"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FOLDERS))
+def test_bad_image_folders_are_refused_naming_the_file(tmp_path, monkeypatch, case):
+    monkeypatch.setenv("ADT_FAST_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "images"
+    _write_folder(root)
+    damage, message = BAD_FOLDERS[case]
+    damage(root)
+    with pytest.raises(DatasetFileError, match=message):
+        open_dataset(str(root))
+
+
+def test_hidden_files_are_skipped(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADT_FAST_CACHE_DIR", str(tmp_path / "cache"))
+    _write_folder(tmp_path / "images")
+    (tmp_path / "images" / "train" / "ant" / ".DS_Store").write_bytes(b"\0")
+    assert open_dataset(str(tmp_path / "images")).train[0].shape[0] == 9

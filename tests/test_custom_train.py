@@ -1,0 +1,214 @@
+"""Training and evaluating on your own data (npz, image folder, arrays) end to end, and the
+authors' variants as flags (--generator-grad, --beta-scales-entropy, --trades-inner)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from adt_fast.cli import main
+from adt_fast.data import DatasetFileError
+from adt_fast.models import build_model
+from adt_fast.train import ConfigError, TrainConfig, build_method, fit
+from adt_fast.train.methods import Runtime
+
+PIL = pytest.importorskip("PIL.Image")
+
+FAST = ["--epochs", "1", "--max-batches", "2", "--batch-size", "8", "--no-tensorboard", "--device", "cpu"]
+EVAL_FAST = ["--n-examples", "4", "--attacks", "fgsm,pgd:2", "--epsilon-curve", ""]
+
+
+def _tiny_arrays(seed=0, size=8):
+    """Two classes told apart by brightness, N x H x W x 1 uint8 (keras' layout)."""
+    rng = np.random.default_rng(seed)
+    def split(n):
+        labels = np.arange(n) % 2
+        images = (rng.random((n, size, size, 1)) * 100 + 120 * labels[:, None, None, None]).astype(np.uint8)
+        return images, labels
+    (x_train, y_train), (x_test, y_test) = split(16), split(8)
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+def test_train_then_eval_on_an_npz_finds_the_data_by_itself(tmp_path, capsys):
+    data = tmp_path / "tiny.npz"
+    np.savez(data, **_tiny_arrays())
+    run = tmp_path / "run"
+    assert main(["train", "--method", "at-pgd", "--dataset", str(data), *FAST, "--out", str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert "read as N x H x W x C (channels last)" in printed
+    assert "--epsilon not given: 0.0313725 (8/255" in printed and "--arch not given: small-cnn" in printed
+    config = json.loads((run / "config.json").read_text())
+    assert config["dataset"] == str(data.resolve()) and config["arch"] == "small-cnn"
+    source = json.loads((run / "dataset.json").read_text())
+    assert source["kind"] == "npz" and source["path"] == str(data.resolve()) and len(source["sha256"]) == 64
+    assert f"adt-fast eval --checkpoint {run} --out" in printed
+
+    report = tmp_path / "report.json"
+    assert main(["eval", "--checkpoint", str(run), *EVAL_FAST, "--out", str(report)]) == 0
+    meta = json.loads(report.read_text())
+    assert meta["meta"]["dataset"] == str(data.resolve()) and meta["epsilon"] == pytest.approx(8 / 255)
+
+    # The data changes: eval (without --dataset) and resume both refuse it.
+    np.savez(data, **_tiny_arrays(seed=1))
+    assert main(["eval", "--checkpoint", str(run), *EVAL_FAST, "--out", str(report)]) == 2
+    assert "has changed since the run recorded it" in capsys.readouterr().err
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2"]) == 2
+    assert "has changed since the run recorded it" in capsys.readouterr().err
+
+
+def test_train_then_eval_on_an_image_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ADT_FAST_CACHE_DIR", str(tmp_path / "cache"))
+    arrays = _tiny_arrays()
+    for split in ("train", "test"):
+        for index, (image, label) in enumerate(zip(arrays[f"x_{split}"], arrays[f"y_{split}"])):
+            folder = tmp_path / "images" / split / ("dark", "light")[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            PIL.fromarray(np.repeat(image, 3, axis=2)).save(folder / f"{index}.png")
+    run = tmp_path / "run"
+    assert main(["train", "--method", "standard", "--dataset", str(tmp_path / "images"), "--image-size", "12",
+                 "--epsilon", "0.1", *FAST, "--out", str(run)]) == 0
+    assert "2 classes sorted by name (dark, light)" in capsys.readouterr().out
+    source = json.loads((run / "dataset.json").read_text())
+    assert (source["kind"], source["resize"], source["image_size"], source["classes"]) == \
+        ("image-folder", 12, 12, ["dark", "light"])
+    assert adt_fast_model_config(run) == {"arch": "small-cnn", "num_classes": 2, "in_channels": 3, "image_size": 12}
+    report = tmp_path / "report.json"
+    assert main(["eval", "--checkpoint", str(run / "model.pt"), *EVAL_FAST, "--out", str(report)]) == 0
+    # Given explicitly, the run's folder is read at the run's --image-size.
+    assert main(["eval", "--checkpoint", str(run), "--dataset", str(tmp_path / "images"), *EVAL_FAST,
+                 "--out", str(report)]) == 0
+
+
+def adt_fast_model_config(run):
+    import adt_fast
+
+    return dict(adt_fast.load_model(run).config)
+
+
+def test_fit_takes_tensors_and_records_them(tmp_path):
+    arrays = _tiny_arrays()
+    data = tuple(torch.from_numpy(arrays[key]) for key in ("x_train", "y_train", "x_test", "y_test"))
+    cfg = TrainConfig("standard", "my-arrays", str(tmp_path / "run"), epochs=1, max_batches=1, tensorboard=False,
+                      device="cpu")
+    run = fit(cfg, data=data)
+    assert json.loads((run / "config.json").read_text())["dataset"] == "my-arrays"
+    source = json.loads((run / "dataset.json").read_text())
+    assert source["kind"] == "arrays" and source["num_classes"] == 2 and source["channels"] == 1
+    # Resuming with other arrays is refused before anything trains.
+    other = (data[0].flip(0),) + data[1:]
+    with pytest.raises(DatasetFileError, match="changed since the run recorded it"):
+        fit(dataclasses.replace(TrainConfig.load(run), resume=True, epochs=2), data=other)
+
+
+def test_bad_data_leaves_no_run_directory(tmp_path, capsys):
+    arrays = _tiny_arrays()
+    arrays["y_test"] = arrays["y_test"] + 7
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **arrays)
+    run = tmp_path / "run"
+    assert main(["train", "--method", "standard", "--dataset", str(bad), *FAST, "--out", str(run)]) == 2
+    assert "bad.npz: y_test has label 8" in capsys.readouterr().err
+    assert not run.exists()
+    with pytest.raises(DatasetFileError, match=r"data \(x\): y_train: 3 labels for 16 images"):
+        fit(TrainConfig("standard", "x", str(run)), data=(arrays["x_train"], arrays["y_train"][:3],
+                                                          arrays["x_test"], arrays["y_test"]))
+    assert not run.exists()
+    assert main(["train", "--method", "standard", "--dataset", "cifar10", "--image-size", "16",
+                 *FAST, "--out", str(run)]) == 2
+    assert "--image-size resizes the images of an image folder" in capsys.readouterr().err
+    assert not run.exists()
+
+
+def test_eval_without_dataset_on_a_bare_checkpoint_asks_for_one(tmp_path, capsys):
+    from adt_fast.train.checkpoint import save_atomic
+
+    model = build_model("small-cnn", 10, 3, 8)
+    save_atomic({"model_config": model.config, "model": model.state_dict()}, tmp_path / "model.pt")
+    assert main(["eval", "--checkpoint", str(tmp_path / "model.pt"), *EVAL_FAST,
+                 "--out", str(tmp_path / "r.json")]) == 2
+    assert "holds no dataset.json" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- the authors' variants
+def _method(method, **kw):
+    if method in ("adt-exp-am", "adt-imp-am", "l2l"):
+        kw.setdefault("generator_width", 4)
+    cfg = TrainConfig(method, "synthetic", "unused", **kw).resolve()
+    return cfg, build_method(cfg, build_model("small-cnn", 10, 3, 8), Runtime())
+
+
+@pytest.mark.parametrize("method", ["adt-exp-am", "adt-imp-am", "l2l"])
+def test_generator_grad_batch_mean_feeds_batch_mean_gradients(method):
+    x, y = torch.rand(6, 3, 8, 8), torch.randint(0, 10, (6,))
+    inputs = {}
+    for choice in ("per-example", "batch-mean"):
+        cfg, built = _method(method, generator_grad=choice)
+        torch.manual_seed(0)
+        model = build_model("small-cnn", 10, 3, 8)
+        inputs[choice] = built.perturbation.inputs(model, x, y, Runtime())
+    assert cfg.generator_grad == "batch-mean"
+    # [x, g1, g2]: x unchanged, g1 of the batch-mean CE is the per-example g1 over B.
+    torch.testing.assert_close(inputs["batch-mean"][:, :3], inputs["per-example"][:, :3])
+    torch.testing.assert_close(inputs["batch-mean"][:, 3:6], inputs["per-example"][:, 3:6] / 6)
+    with pytest.raises(ConfigError, match="--generator-grad must be one of per-example, batch-mean"):
+        _method(method, generator_grad="mean")
+
+
+@pytest.mark.parametrize("method", ["adt-exp", "adt-exp-am", "adt-imp-am"])
+def test_beta_scales_entropy_multiplies_lambda_by_beta(method):
+    def weight(**kw):
+        cfg, built = _method(method, loss="trades", beta=4.0, lbd=0.5, **kw)
+        return built.perturbation.lbd if method == "adt-exp" else built.lbd
+
+    assert weight() == 0.5
+    assert weight(beta_scales_entropy=True) == 2.0
+    with pytest.raises(ConfigError, match="--beta-scales-entropy applies only with --loss trades"):
+        _method(method, beta_scales_entropy=True)
+
+
+def test_beta_scales_entropy_changes_the_explicit_fit():
+    """The flag reaches the objective: the entropy term of the fitted distribution grows with beta."""
+    cfg, default = _method("adt-exp", loss="trades", beta=4.0, steps=1, samples=2)
+    _, scaled = _method("adt-exp", loss="trades", beta=4.0, steps=1, samples=2, beta_scales_entropy=True)
+    assert scaled.perturbation.lbd == pytest.approx(4.0 * default.perturbation.lbd)
+    model = build_model("small-cnn", 10, 3, 8).eval()
+    x, y = torch.rand(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    samples = []
+    for built in (default, scaled):
+        torch.manual_seed(0)
+        samples.append(built.perturbation(model, x, y, Runtime()))
+    assert not torch.equal(samples[0], samples[1])
+
+
+def test_trades_inner_trades_code_runs_tradess_own_loop():
+    cfg, built = _method("trades")
+    assert (cfg.trades_inner, built.perturbation.steps, built.perturbation.step_size) == \
+        ("at-pgd", 7, pytest.approx(2 / 255))
+    cfg, built = _method("trades", trades_inner="trades-code")
+    assert (built.perturbation.steps, built.perturbation.step_size) == (10, pytest.approx(0.007))
+    _, built = _method("trades", trades_inner="trades-code", epsilon=16 / 255)
+    assert built.perturbation.step_size == pytest.approx(0.014)
+    with pytest.raises(ConfigError, match="contradicts --steps 3"):
+        _method("trades", trades_inner="trades-code", steps=3)
+    with pytest.raises(ConfigError, match="--trades-inner does not apply to --method at-pgd"):
+        _method("at-pgd", trades_inner="trades-code")
+
+
+def test_variant_flags_reach_the_config_from_the_command_line(tmp_path):
+    runs = {
+        "trades": ["--method", "trades", "--trades-inner", "trades-code"],
+        "exp": ["--method", "adt-exp", "--loss", "trades", "--beta-scales-entropy", "--steps", "1", "--samples", "1"],
+        "l2l": ["--method", "l2l", "--generator-grad", "batch-mean", "--generator-width", "4"],
+    }
+    for name, flags in runs.items():
+        out = tmp_path / name
+        assert main(["train", *flags, "--dataset", "synthetic", "--epochs", "1", "--max-batches", "1",
+                     "--no-tensorboard", "--out", str(out)]) == 0
+        config = json.loads((out / "config.json").read_text())
+        assert {"trades": config["trades_inner"] == "trades-code" and config["steps"] == 10,
+                "exp": config["beta_scales_entropy"] is True,
+                "l2l": config["generator_grad"] == "batch-mean"}[name]

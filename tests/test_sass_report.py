@@ -1,0 +1,88 @@
+"""benchmarks/sass_report.py: the SASS parser, the dynamic-count walk and the occupancy formula."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import sass_report  # noqa: E402
+
+# cuobjdump's layout: an address comment, optional predicate, opcode, operands, encoding comment.
+TOY_SASS = """
+	code for sm_90
+		Function : toy
+	.headerflags	@"EF_CUDA_SM90 EF_CUDA_VIRTUAL_SM(EF_CUDA_SM90)"
+        /*0000*/                   LDC R1, c[0x0][0x28] ;                     /* 0x00000a00ff017b82 */
+                                                                              /* 0x000fe20000000800 */
+        /*0010*/                   ISETP.GE.AND P0, PT, R0, R17, PT ;         /* 0x000000110000720c */
+        /*0020*/               @P0 EXIT ;                                     /* 0x000000000000094d */
+        /*0030*/                   FFMA R2, R2, R3, R4 ;                      /* 0x0 */
+        /*0040*/              @!P1 BRA 0x80 ;                                 /* 0x0 */
+        /*0050*/                   MOV R5, R2 ;                               /* 0x0 */
+        /*0060*/                   CALL.REL.NOINC 0x100 ;                     /* 0x0 */
+        /*0070*/                   BRA 0x90 ;                                 /* 0x0 */
+        /*0080*/                   MUFU.RCP R5, R2 ;                          /* 0x0 */
+        /*0090*/                   BRA.DIV UR4, 0x100 ;                       /* 0x0 */
+        /*00a0*/              @P2 BRA 0xc0 ;                                  /* 0x0 */
+        /*00b0*/                   STG.E desc[UR4][R6.64], R5 ;               /* 0x0 */
+        /*00c0*/                   IADD3 R7, R7, 0x1, RZ ;                    /* 0x0 */
+        /*00d0*/              @P3 BRA 0x30 ;                                  /* 0x0 */
+        /*00e0*/                   EXIT ;                                     /* 0x0 */
+        /*00f0*/                   BRA 0xf0;                                  /* 0x0 */
+        /*0100*/                   FADD R5, R5, 1 ;                           /* 0x0 */
+        /*0110*/                   RET.REL.NODEC R2 0x0 ;                     /* 0x0 */
+"""
+
+
+def test_walk_follows_the_documented_rules():
+    (name, instrs), = sass_report.parse_sass(TOY_SASS).items()
+    assert name == "toy" and len(instrs) == 18 and instrs[4].target == 0x80 and instrs[4].pred == "@!P1"
+    # prologue 0x00-0x20 (3, the predicated EXIT not taken); body 0x30-0xd0: the branch over the
+    # slow-path CALL is taken (FFMA, BRA, MUFU), BRA.DIV and @P2 fall through (BRA.DIV, BRA, STG,
+    # IADD3, latch): 8 per trip; then the final EXIT.
+    for trips in (1, 2, 5):
+        walk = sass_report.walk(instrs, trips)
+        assert walk.count == 3 + 8 * trips + 1
+        assert walk.loops == [(0x30, 11)] and walk.ops["CALL"] == 0 and walk.ops["STG"] == trips
+
+
+def test_occupancy_on_sm90():
+    assert sass_report.occupancy(32, 128, 0)[:2] == (16, 1.0)  # threads limit
+    assert sass_report.occupancy(64, 256, 0) == (4, 0.5, "registers")  # 64 regs: 4 x 256 threads
+    assert sass_report.occupancy(40, 128, 0)[0] == 12  # 40 regs -> 1280 per warp
+    assert sass_report.occupancy(16, 32, 0) == (32, 0.5, "blocks")
+    assert sass_report.occupancy(16, 256, 100_000)[2] == "shared memory"
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None and not os.path.exists("/usr/local/cuda/bin/nvcc"),
+                    reason="nvcc missing")
+def test_counts_a_compiled_loop(tmp_path):
+    """A real cubin: registers and block size parse, and one more trip adds exactly the loop body."""
+    if sass_report.find_tool("cuobjdump") is None:
+        pytest.skip("cuobjdump missing")
+    source = tmp_path / "toy.cu"
+    source.write_text(
+        "__global__ void __launch_bounds__(128) toy(const float* x, float* y, int n, int k) {\n"
+        "  int i = blockIdx.x * blockDim.x + threadIdx.x;\n"
+        "  if (i >= n) return;\n"
+        "  float acc = 0.f;\n"
+        "#pragma unroll 1\n"
+        "  for (int s = 0; s < k; ++s) acc = acc * 0.5f + x[i + s * n];\n"
+        "  y[i] = acc;\n"
+        "}\n")
+    cubin = tmp_path / "toy.cubin"
+    nvcc = sass_report.find_tool("nvcc")
+    subprocess.run([nvcc, "-cubin", "-arch=sm_90", "-O3", "-o", str(cubin), str(source)], check=True)
+    functions, usage = sass_report.disassemble(cubin)
+    (name, instrs), = functions.items()
+    assert "toy" in name and usage[name][0] > 0
+    elf = subprocess.run([sass_report.find_tool("cuobjdump"), "-elf", str(cubin)], capture_output=True,
+                         text=True, check=True).stdout
+    assert sass_report._max_threads(elf, name) == 128
+    one, three = sass_report.walk(instrs, 1), sass_report.walk(instrs, 3)
+    (_, body), = one.loops
+    assert three.count - one.count == 2 * body and three.ops["LDG"] == 3 * one.ops["LDG"]
