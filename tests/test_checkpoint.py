@@ -41,7 +41,7 @@ def test_training_checkpoint_is_weights_only_and_complete(run_dir):
         assert payload["model_config"]["arch"] == "small-cnn"
     state = ckpt.load(run_dir / ckpt.LATEST)
     assert set(state["optimisers"]) == {"model"} and set(state["schedulers"]) == {"model"}
-    assert set(state["rng"]) == {"torch", "cuda", "generators"} and "data" in state["rng"]["generators"]
+    assert set(state["rng"]) == {"torch", "cuda", "cuda_device", "generators"} and "data" in state["rng"]["generators"]
     assert state["config"]["method"] == "at-pgd" and len(state["history"]) == 1
 
 

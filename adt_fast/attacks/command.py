@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional
 
+from ..distributed import DistributedError, local_device, session
 from .suite import (DEFAULT_ATTACKS, DIST_STEPS, FEATURE_TARGETS, MAX_EPSILON, PAPER_ATTACKS, PAPER_FEATURE_TARGETS, PRECISIONS,
                     parse_attacks)
 
@@ -159,12 +160,18 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _device(text: str):
+    import torch
+
     from ..devices import DeviceError, resolve_device
 
     try:
-        return resolve_device(text)
+        device = resolve_device(text)
     except DeviceError as err:
         raise EvalError("--device", str(err)) from None
+    try:
+        return torch.device(local_device(str(device)))  # under torchrun: cuda:LOCAL_RANK
+    except DistributedError as err:
+        raise EvalError("--device", f"{text}: {err}") from None
 
 
 def _load_model(resolved, flag: str, info, device):
@@ -402,16 +409,20 @@ def _run(args) -> int:
     job = plan(args)
     started = time.perf_counter()
     try:
-        report = evaluate(job.model, job.x, job.y, epsilon=job.epsilon, attacks=job.attacks,
-                          seed=args.seed, source_model=job.source, batch_size=args.batch_size,
-                          dist_steps=args.dist_steps, feature_targets=args.feature_targets,
-                          protocol=args.protocol, precision=args.precision,
-                          epsilon_curve=args.epsilon_curve, device=job.device,
-                          progress=progress_enabled())
+        # Under torchrun the ranks share the batches; each gets the whole report, rank 0 writes it.
+        with session(str(job.device)) as world:
+            report = evaluate(job.model, job.x, job.y, epsilon=job.epsilon, attacks=job.attacks,
+                              seed=args.seed, source_model=job.source, batch_size=args.batch_size,
+                              dist_steps=args.dist_steps, feature_targets=args.feature_targets,
+                              protocol=args.protocol, precision=args.precision,
+                              epsilon_curve=args.epsilon_curve, device=job.device,
+                              progress=progress_enabled(), distributed=world.parallel)
     except ValueError as err:
         flag = ("--source-checkpoint" if "source model" in str(err)
                 else "--checkpoint" if args.model is None else "--model")
         raise EvalError(flag, str(err)) from None
+    if not world.main:
+        return 0
     elapsed = time.perf_counter() - started
     origin = ({"checkpoint": str(job.checkpoint)} if job.checkpoint is not None else
               {"model": args.model, "weights": args.weights,
@@ -437,5 +448,6 @@ def _run(args) -> int:
             print(f"  warning: {warning}")
     else:
         print("\nsanity checks: no sign of gradient masking")
-    print(f"\nwrote {', '.join(str(p) for p in paths)} ({elapsed:.1f} s on {job.device})")
+    on = f"{world.size} processes" if world.parallel else str(job.device)
+    print(f"\nwrote {', '.join(str(p) for p in paths)} ({elapsed:.1f} s on {on})")
     return 0

@@ -17,6 +17,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..distributed import World, current as dist_world
 from .autoattack import COMPONENTS as AUTOATTACK_VERSIONS, GRADIENT_COMPONENTS
 from .engine import eval_mode
 from .losses import cross_entropy
@@ -131,7 +132,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
              feature_targets: Optional[int] = None, cw_steps: Optional[int] = None,
              protocol: str = "default", precision: str = "fp32",
              epsilon_curve: Optional[Iterable[float]] = DEFAULT_EPSILON_CURVE,
-             device: Union[None, str, torch.device] = None, progress: bool = False) -> Report:
+             device: Union[None, str, torch.device] = None, progress: bool = False,
+             distributed: bool = False) -> Report:
     """Attack `model` on (x, y) with every attack in `attacks` and report robust accuracies.
 
     model: any nn.Module mapping inputs in [0, 1] to logits (FeaAttack also needs
@@ -152,6 +154,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         curve (empty or None: no curve).
     precision: "fp32" or "bf16" (autocast around the model's forward).
     device: where to run (default: the model's device); x and y may live anywhere.
+    distributed: split the batches over the ranks of torch.distributed's initialised group (every
+        rank must call, with the same arguments) and gather the per-example results; every rank
+        returns the full report, identical to a single process's (the batches are the same, and
+        each example's attack is keyed by its id).
     """
     epsilon = check_epsilon(epsilon)
     check_precision(precision)
@@ -211,8 +217,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     traces: Dict[str, Dict[str, List[torch.Tensor]]] = {name: {} for name in suite}
 
     units = len(suite) + (1 if trajectory else 0) + len(eps_runs) + 1
-    batches = list(range(0, n, batch_size))
-    bar = _progress(total=len(batches) * units, enabled=progress)
+    world = dist_world() if distributed else World()
+    batches = world.share(list(range(0, n, batch_size)))
+    bar = _progress(total=len(batches) * units, enabled=progress and world.main)
     try:
         with eval_mode(model):
             for begin in batches:
@@ -243,6 +250,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                     bar.update(1)
     finally:
         bar.close()
+    if world.parallel:
+        gathered = world.gather_shares({
+            "natural": natural, "zero": zero_grad, "nonfinite": nonfinite_grad, "bad": bad_logits,
+            "steps": steps_correct, "masks": masks, "eps": eps_correct, "traces": traces})
+        natural, zero_grad, nonfinite_grad = gathered["natural"], gathered["zero"], gathered["nonfinite"]
+        bad_logits, steps_correct, masks = gathered["bad"], gathered["steps"], gathered["masks"]
+        eps_correct, traces = gathered["eps"], gathered["traces"]
 
     natural_mask = torch.cat(natural)
     correct = {name: torch.cat(parts) for name, parts in masks.items()}

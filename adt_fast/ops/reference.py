@@ -74,8 +74,14 @@ def words_to_normals(words: torch.Tensor, dtype: torch.dtype = torch.float64) ->
 def philox_normals(seed: int, offset: int, numel: int, num_samples: int,
                    dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Standard normals r[s, n] of shape (num_samples, numel) for one call of the op."""
-    z = words_to_normals(philox_words(seed, offset, numel, num_samples), dtype)  # (G, N, 4)
-    return z.permute(0, 2, 1).reshape(z.shape[0] * SAMPLES_PER_CALL, numel)[:num_samples]
+    return normals_from_words(philox_words(seed, offset, numel, num_samples), num_samples, dtype)
+
+
+def normals_from_words(words: torch.Tensor, num_samples: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Words (G, n, 4) of n elements -> their normals r[s, n], shape (num_samples, n): lane l of
+    group g is sample 4 g + l."""
+    z = words_to_normals(words, dtype)  # (G, n, 4)
+    return z.permute(0, 2, 1).reshape(z.shape[0] * SAMPLES_PER_CALL, words.shape[1])[:num_samples]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

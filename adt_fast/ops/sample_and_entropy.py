@@ -22,6 +22,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import dispatch
+from . import reference
 from .reference import compute_dtype
 
 _BACKEND_NAMES = ("auto", *dispatch.BACKENDS)
@@ -98,6 +99,27 @@ class _EagerSampleAndEntropy(torch.autograd.Function):
         grad_mean, grad_std, grad_x = dispatch.get(ctx.backend).backward(grad_out, grad_nlp, *ctx.saved_tensors,
                                                                          *ctx.settings)
         return grad_mean, grad_std, grad_x, None, None, None, None, None, None, None
+
+
+def draw_normals(shape: Sequence[int], num_samples: int, *, rows: Optional[tuple[int, int]] = None,
+                 device: torch.device, dtype: torch.dtype = torch.float32,
+                 generator: Optional[torch.Generator] = None, backend: str = "auto") -> torch.Tensor:
+    """The normals (k, *shape) that one call of the op on a mean of `shape` would draw, materialised.
+
+    The same (seed, offset) draw from the generator and the same Philox mapping as the op's own
+    (docs/randomness.md), so ``sample_and_entropy(mean, rho, k, noise=draw_normals(mean.shape, k,
+    ...))`` equals the call without `noise` up to float rounding of Box-Muller, and advances the
+    generator alike. ``rows=(start, stop)`` keeps only those rows of the batch dimension: a
+    data-parallel rank's share of a global batch gets exactly the normals a single process would
+    give those examples.
+    """
+    numel, row = math.prod(shape), math.prod(shape[1:])
+    start, stop = (0, shape[0]) if rows is None else rows
+    seed_offset = dispatch.draw_seed_offset(device, generator)
+    words = dispatch.get(dispatch.select(backend, device, dtype)).philox_words(seed_offset, numel, num_samples)
+    words = words[:, start * row:stop * row].to(device)
+    normals = reference.normals_from_words(words, num_samples, compute_dtype(dtype))
+    return normals.reshape(num_samples, stop - start, *shape[1:]).to(dtype)
 
 
 def _check_tensor(name: str, value, like: Optional[torch.Tensor] = None,

@@ -93,7 +93,7 @@ class ExplicitGenerator(GeneratorPerturbation):
 
     def __call__(self, model, x, y, rt):
         out = _run(rt, self.generator, self.inputs(model, x, y, rt))
-        return am.explicit_perturbation(out, x, self.epsilon, backend=rt.backend)
+        return am.explicit_perturbation(out, x, self.epsilon, backend=rt.backend, noise=rt.op_noise(x, 1))
 
 
 class ImplicitGenerator(GeneratorPerturbation):
@@ -114,7 +114,7 @@ class ImplicitGenerator(GeneratorPerturbation):
 
     def __call__(self, model, x, y, rt):
         inputs = self.inputs(model, x, y, rt)
-        z = am.sample_noise(x.shape[0], self.generator.noise_dim, x.device)
+        z = rt.draw(lambda like: am.sample_noise(like.shape[0], self.generator.noise_dim, like.device), x)
         x_adv, t = am.tanh_perturbation(_run(rt, self.generator, inputs, z), x, self.epsilon)
         q_mean, q_std = _run(rt, self.q, t)
         return x_adv, am.entropy_lower_bound(q_mean, q_std, z, hinge=self.hinge, hinge_over=self.hinge_over)

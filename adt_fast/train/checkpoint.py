@@ -95,20 +95,30 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> torc
 # ------------------------------------------------------------------------------------------------
 # Training state: random-number generator states (weights-only types: uint8 tensors and lists).
 # ------------------------------------------------------------------------------------------------
-def capture_rng(generators: dict | None = None) -> dict:
-    """torch's CPU RNG, every initialised CUDA device's RNG, and the given named generators."""
+def capture_rng(generators: dict | None = None, cuda_device: int | None = None) -> dict:
+    """torch's CPU RNG, every initialised CUDA device's RNG, and the given named generators.
+
+    `cuda_device`: the GPU the run trains on; its index is saved so that a resume on another
+    GPU (another rank, another world size) continues that GPU's stream.
+    """
     cuda = None
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         cuda = torch.cuda.get_rng_state_all()
-    return {"torch": torch.get_rng_state(), "cuda": cuda,
+    return {"torch": torch.get_rng_state(), "cuda": cuda, "cuda_device": cuda_device,
             "generators": {name: g.get_state() for name, g in (generators or {}).items()}}
 
 
-def restore_rng(state: dict, generators: dict | None = None) -> None:
-    """Put back what capture_rng saved; named generators must match by name."""
+def restore_rng(state: dict, generators: dict | None = None, cuda_device: int | None = None) -> None:
+    """Put back what capture_rng saved; named generators must match by name.
+
+    With `cuda_device`, the stream of the GPU the saved run trained on goes to that device
+    (under torchrun every rank holds the same streams, and each trains on its own GPU)."""
     try:
         torch.set_rng_state(state["torch"])
-        if state.get("cuda") is not None and torch.cuda.is_available():
+        saved_device = state.get("cuda_device")
+        if state.get("cuda") is not None and cuda_device is not None and saved_device is not None:
+            torch.cuda.set_rng_state(state["cuda"][saved_device], cuda_device)
+        elif state.get("cuda") is not None and torch.cuda.is_available():
             saved = state["cuda"]
             for index in range(min(len(saved), torch.cuda.device_count())):
                 torch.cuda.set_rng_state(saved[index], index)

@@ -100,6 +100,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     outer.add_argument("--precision", choices=PRECISIONS, help="bf16 = autocast with float32 weights")
     outer.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                        help="channels_last memory format for the classifier and its inputs")
+    outer.add_argument("--sync-bn", action=argparse.BooleanOptionalAction,
+                       help="under torchrun, BatchNorm statistics over the global batch (SyncBatchNorm); "
+                            "default on when the networks have BatchNorm (docs/distributed.md)")
 
     inner = parser.add_argument_group("perturbation / inner problem")
     inner.add_argument("--epsilon", type=number, metavar="E",

@@ -111,6 +111,7 @@ class TrainConfig:
     backend: str = "auto"
     max_batches: Optional[int] = None
     tensorboard: bool = True
+    sync_bn: Optional[bool] = None     # None: on when the networks have BatchNorm (resolved by the trainer)
     exact_train_acc: bool = False       # train accuracy on every batch, even at one extra forward
 
     # ----------------------------------------------------------------------------------------
@@ -217,6 +218,8 @@ class TrainConfig:
         for name in ("download", "channels_last", "resume", "tensorboard", "exact_train_acc"):
             if not isinstance(getattr(cfg, name), bool):
                 raise ConfigError(f"{flag(name)} must be true or false, got {getattr(cfg, name)!r}")
+        if cfg.sync_bn is not None and not isinstance(cfg.sync_bn, bool):
+            raise ConfigError(f"--sync-bn must be true, false or unset, got {cfg.sync_bn!r}")
         _check_backend(cfg.backend)
         cfg.device = _resolve_device(cfg.device)
 
@@ -306,7 +309,8 @@ class TrainConfig:
             mine = self.resolve(dataset).to_dict()
             out = [f"{flag(name)} {_show(mine[name])} (the run has {_show(theirs.get(name))})"
                    for name in sorted(mine)
-                   if name not in RESUMABLE_CHANGES and mine[name] != theirs.get(name)]
+                   if name not in RESUMABLE_CHANGES and mine[name] != theirs.get(name)
+                   and not (name == "sync_bn" and mine[name] is None)]  # unset: the run's
         device = _resolve_device(self.device)
         if _device_type(device) != _device_type(theirs["device"]):
             out.append(f"--device {device} (the run has {theirs['device']}: the saved random "

@@ -29,13 +29,16 @@ import torch
 from torch import nn
 
 from .. import data as datasets
+from .. import distributed
 from ..attacks.engine import eval_mode
+from ..distributed import World
 from ..files import os_error_text, unwritable_reason, write_atomic
 from ..models import build_model
 from . import checkpoint as ckpt
 from . import runlog, tuning
 from .config import CONFIG_FILE, ConfigError, TrainConfig
 from .methods import Method, Runtime, build_method
+from .parallel import DataParallel
 
 SNAPSHOT = "checkpoint_epoch{epoch}.pt"
 EVAL_BATCH_SIZE = 500
@@ -61,6 +64,8 @@ class Trainer:
     augment: str
     epoch: int = 0
     history: list = dataclasses.field(default_factory=list)
+    world: World = World()
+    parallel: Optional[DataParallel] = None
 
     # -------------------------------------------------------------------------------- state
     def state(self) -> dict:
@@ -76,7 +81,7 @@ class Trainer:
             "optimisers": {name: opt.state_dict() for name, opt in self.optimisers.items()},
             "schedulers": {name: sched.state_dict() for name, sched in self.schedulers.items()},
             "method_state": self.method.extra_state(),
-            "rng": ckpt.capture_rng({"data": self.data_generator}),
+            "rng": ckpt.capture_rng({"data": self.data_generator}, self._cuda_device()),
         }
 
     def load_state(self, payload: dict, source: Path) -> None:
@@ -106,7 +111,12 @@ class Trainer:
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise ckpt.CheckpointError(f"cannot resume from {source}: {err}") from None
         # Last: building the model and method above consumed random numbers.
-        ckpt.restore_rng(payload["rng"], {"data": self.data_generator})
+        ckpt.restore_rng(payload["rng"], {"data": self.data_generator}, self._cuda_device())
+
+    def _cuda_device(self) -> Optional[int]:
+        """The GPU whose random stream is the run's (every rank's stream is the same)."""
+        device = self.train_data[0].device
+        return device.index if device.type == "cuda" else None
 
     def final_payload(self) -> dict:
         return {"model_config": dict(self.model.config), "model": self.model.state_dict(),
@@ -129,11 +139,15 @@ class Trainer:
         correct = torch.zeros((), device=device, dtype=torch.int64)
         seen, counted = 0, 0
         start = time.perf_counter()
-        bar = runlog.progress_bar(total, f"epoch {self.epoch + 1}/{cfg.epochs}")
+        bar = runlog.progress_bar(total, f"epoch {self.epoch + 1}/{cfg.epochs}", show=self.world.main)
+        step = None if self.parallel is None else self.parallel.step
         try:
             for index, (xb, yb) in enumerate(itertools.islice(batches, total)):
+                if self.parallel is not None:
+                    xb, yb = self.parallel.split(xb, yb)
                 measure = cfg.exact_train_acc or index % TRAIN_ACC_EVERY == 0
-                out = self.method.train_step(self.model, xb, yb, self.optimisers, measure_accuracy=measure)
+                out = self.method.train_step(self.model, xb, yb, self.optimisers, measure_accuracy=measure,
+                                             step=step)
                 with torch.no_grad():
                     loss_sum += out.loss.detach().float() * yb.shape[0]
                     if out.clean_logits is not None:
@@ -151,27 +165,36 @@ class Trainer:
         seconds = time.perf_counter() - start
         for sched in self.schedulers.values():
             sched.step()
-        return {"epoch": self.epoch + 1, "train_loss": loss_sum.item() / max(seen, 1),
-                "train_acc": correct.item() / max(counted, 1), "lr": lr, "seconds": seconds}
+        # Over every rank's share; then rank 0's BatchNorm statistics everywhere (they differ
+        # between ranks without --sync-bn), so testing and the checkpoint see one model.
+        loss_total, correct_total, seen, counted = self.world.sum(
+            [loss_sum.item(), correct.item(), seen, counted], device)
+        for module in (self.model, *self.method.modules().values()):
+            self.world.broadcast_buffers(module)
+        return {"epoch": self.epoch + 1, "train_loss": loss_total / max(seen, 1),
+                "train_acc": correct_total / max(counted, 1), "lr": lr, "seconds": seconds}
 
     def test_accuracy(self) -> float:
         return clean_accuracy(self.model, *self.test_data, runtime=self.method.runtime,
-                              max_batches=self.config.max_batches)
+                              max_batches=self.config.max_batches, world=self.world)
 
 
 def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, runtime: Optional[Runtime] = None,
-                   batch_size: int = EVAL_BATCH_SIZE, max_batches: Optional[int] = None) -> float:
-    """Accuracy on clean inputs, classifier in eval mode (its mode is restored afterwards)."""
+                   batch_size: int = EVAL_BATCH_SIZE, max_batches: Optional[int] = None,
+                   world: World = World()) -> float:
+    """Accuracy on clean inputs, classifier in eval mode (its mode is restored afterwards).
+
+    Under data parallelism each rank tests its round-robin share of the batches."""
     runtime = runtime or Runtime(device=x.device)
     correct, seen = torch.zeros((), dtype=torch.int64, device=x.device), 0
+    begins = list(range(0, x.shape[0], batch_size))[:max_batches]
     with eval_mode(model), torch.no_grad():
-        for index, begin in enumerate(range(0, x.shape[0], batch_size)):
-            if max_batches is not None and index >= max_batches:
-                break
+        for begin in world.share(begins):
             xb, yb = x[begin:begin + batch_size], y[begin:begin + batch_size]
             correct += (runtime.forward(model, xb).argmax(1) == yb).sum()
             seen += yb.shape[0]
-    return correct.item() / max(seen, 1)
+    correct_total, seen = world.sum([correct.item(), seen], x.device)
+    return correct_total / max(seen, 1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,8 +304,14 @@ def _announce(config: TrainConfig, cfg: TrainConfig, dataset: datasets.LoadedDat
                    f"below {datasets.CUSTOM_SMALL_IMAGE}, resnet18 from there)")
 
 
-def build_trainer(cfg: TrainConfig, dataset: datasets.LoadedDataset) -> Trainer:
-    """Data on the device, classifier, method, optimisers and schedules, seeded from cfg.seed."""
+def build_trainer(cfg: TrainConfig, dataset: datasets.LoadedDataset, world: Optional[World] = None) -> Trainer:
+    """Data on the device, classifier, method, optimisers and schedules, seeded from cfg.seed.
+
+    cfg.sync_bn left at None resolves here (on when the networks have BatchNorm). In a world of
+    several processes (default: the initialised process group's): the global batch must split
+    evenly, BatchNorm is synchronised when cfg.sync_bn, and DDP wraps the training step.
+    """
+    world = world or distributed.current()
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     data_generator = torch.Generator(device=device)
@@ -307,10 +336,38 @@ def build_trainer(cfg: TrainConfig, dataset: datasets.LoadedDataset) -> Trainer:
         if "model" in theirs:
             raise ValueError(f"method {cfg.method} names one of its {kind} 'model', which is the classifier's")
         ours.update(theirs)
+    networks = (model, *method.modules().values())
+    has_bn = distributed.has_batchnorm(*networks)
+    if cfg.sync_bn and not has_bn:
+        raise ConfigError(f"--sync-bn: neither the classifier ({cfg.arch}) nor the method's networks have "
+                          f"BatchNorm layers, so there is nothing to synchronise; drop the flag")
+    cfg.sync_bn = has_bn if cfg.sync_bn is None else cfg.sync_bn
+    parallel = None
+    if world.parallel:
+        _check_world_batches(cfg, len(train_y), world)
+        if cfg.sync_bn:
+            for network in networks:
+                distributed.convert_sync_batchnorm(network, device)
+        parallel = DataParallel(method, model, world, device)
     return Trainer(config=cfg, run_dir=Path(cfg.out), model=model, method=method, optimisers=optimisers,
                    schedulers=schedulers, data_generator=data_generator,
                    train_data=(train_x.to(device), train_y.to(device)),
-                   test_data=(test_x.to(device), test_y.to(device)), augment=info.augment)
+                   test_data=(test_x.to(device), test_y.to(device)), augment=info.augment,
+                   world=world, parallel=parallel)
+
+
+def _check_world_batches(cfg: TrainConfig, num_train: int, world: World) -> None:
+    """--batch-size is global: it must split evenly, and so must reach every rank at the epoch's end."""
+    if cfg.batch_size % world.size:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch and must be divisible by the "
+                          f"number of processes ({world.size}); each would train on "
+                          f"{cfg.batch_size / world.size:g} examples")
+    batches, last = divmod(num_train, cfg.batch_size)
+    reached = cfg.max_batches is None or cfg.max_batches > batches
+    if reached and 0 < last < world.size:
+        raise ConfigError(f"--batch-size {cfg.batch_size}: the last batch of each epoch holds {last} of the "
+                          f"{num_train} training examples, fewer than the {world.size} processes; choose a "
+                          f"batch size that leaves no remainder or one of at least {world.size}")
 
 
 def eval_command(run_dir: Path, source: dict) -> str:
@@ -332,30 +389,48 @@ def fit(config: TrainConfig, data: Optional[tuple] = None) -> Path:
     that conflicts with them or cannot be written, CheckpointError for a checkpoint that cannot
     be read safely, DatasetFileError for invalid data (or data that changed under a resume).
     """
+    if distributed.restarted() and not config.resume and (Path(config.out) / CONFIG_FILE).is_file():
+        # torchrun restarted the group after a failure: continue from the last checkpoint.
+        config = dataclasses.replace(config, resume=True)
     dataset = open_data(config, data)
     cfg = prepare_run_dir(config, dataset.info if dataset is not None else None)
     if dataset is None:
         dataset = datasets.open_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download)
-    run_dir = Path(cfg.out)
     if cfg.resume:
-        _check_same_data(run_dir, dataset)
-    _announce(config, cfg, dataset)
-    trainer = build_trainer(cfg, dataset)
+        _check_same_data(Path(cfg.out), dataset)
+    try:
+        device = distributed.local_device(cfg.device)
+    except distributed.DistributedError as err:
+        raise ConfigError(f"--device {cfg.device}: {err}") from None
+    with distributed.session(device) as world:
+        return _fit(dataclasses.replace(cfg, device=device), config, dataset, world)
+
+
+def _fit(cfg: TrainConfig, config: TrainConfig, dataset: datasets.LoadedDataset, world: World) -> Path:
+    """The run itself; rank 0 alone writes the run directory and prints."""
+    run_dir = Path(cfg.out)
+    if world.main:
+        _announce(config, cfg, dataset)
+    trainer = build_trainer(cfg, dataset)  # in `world`, the process group joined by fit
     latest = run_dir / ckpt.LATEST
     resumed = cfg.resume and latest.is_file()
     if resumed:
         trainer.load_state(ckpt.load(latest, map_location=cfg.device), latest)
         check_resumable(cfg, trainer.epoch)
-    start_run(cfg, trainer.history, dataset.source)
+    world.barrier()  # every rank has checked the directory and read the checkpoint before rank 0 writes
+    say = runlog.say if world.main else (lambda message: None)
+    if world.main:
+        start_run(cfg, trainer.history, dataset.source)
     if resumed:
-        runlog.say(f"resuming {run_dir} after epoch {trainer.epoch}/{cfg.epochs}")
+        say(f"resuming {run_dir} after epoch {trainer.epoch}/{cfg.epochs}"
+            + (f" on {world.size} processes" if world.parallel else ""))
     elif cfg.resume:
-        runlog.say(f"resuming {run_dir}: no checkpoint yet, starting at epoch 1")
+        say(f"resuming {run_dir}: no checkpoint yet, starting at epoch 1")
     train_x, train_y = trainer.train_data
     chosen = tuning.load_or_measure(run_dir, trainer.method, trainer.model, train_x[:cfg.batch_size],
-                                    train_y[:cfg.batch_size], resume=cfg.resume)
-    runlog.say(tuning.mode_line(cfg, chosen))
-    board = runlog.TensorBoard(run_dir, cfg.tensorboard, trainer.epoch)
+                                    train_y[:cfg.batch_size], resume=cfg.resume, write=world.main)
+    say(tuning.mode_line(cfg, chosen))
+    board = runlog.TensorBoard(run_dir, cfg.tensorboard and world.main, trainer.epoch)
     try:
         while trainer.epoch < cfg.epochs:
             trained = trainer.train_epoch()
@@ -364,16 +439,19 @@ def fit(config: TrainConfig, data: Optional[tuple] = None) -> Path:
                       "lr": trained["lr"], "seconds": trained["seconds"]}
             trainer.epoch += 1
             trainer.history.append(record)
-            state = trainer.state()
-            ckpt.save_atomic(state, latest)
-            if cfg.save_freq and trainer.epoch % cfg.save_freq == 0:
-                ckpt.save_atomic(state, run_dir / SNAPSHOT.format(epoch=trainer.epoch))
-            runlog.append_metrics(run_dir, record)
-            board.log(record)
-            runlog.say(runlog.epoch_line(record, cfg.epochs))
+            if world.main:
+                state = trainer.state()
+                ckpt.save_atomic(state, latest)
+                if cfg.save_freq and trainer.epoch % cfg.save_freq == 0:
+                    ckpt.save_atomic(state, run_dir / SNAPSHOT.format(epoch=trainer.epoch))
+                runlog.append_metrics(run_dir, record)
+                board.log(record)
+            say(runlog.epoch_line(record, cfg.epochs))
     finally:
         board.close()
-    final = ckpt.save_atomic(trainer.final_payload(), run_dir / ckpt.FINAL_MODEL)
-    runlog.say(f"model saved to {final}")
-    runlog.say(f"evaluate it with:\n  {eval_command(run_dir, dataset.source)}")
+    if world.main:
+        final = ckpt.save_atomic(trainer.final_payload(), run_dir / ckpt.FINAL_MODEL)
+        say(f"model saved to {final}")
+        say(f"evaluate it with:\n  {eval_command(run_dir, dataset.source)}")
+    world.barrier()  # no rank leaves (and tears the group down) while rank 0 still writes
     return run_dir

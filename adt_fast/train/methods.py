@@ -35,6 +35,7 @@ from torch import nn
 from ..attacks.distribution import DistributionFit, choose_samples_per_pass, fit_distribution
 from ..attacks.engine import eval_mode, iterative_attack, uniform_start
 from ..attacks.losses import cross_entropy, trades_kl, trades_loss
+from ..distributed import BatchShard
 from .config import AUTO
 
 PerExampleLoss = Callable[[torch.Tensor], torch.Tensor]
@@ -50,17 +51,31 @@ TRADES_START_STD = 0.001
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class Runtime:
-    """How forward passes run: bf16 autocast (float32 master weights) and channels_last inputs."""
+    """How forward passes run: bf16 autocast (float32 master weights) and channels_last inputs.
+
+    ``shard``: under data parallelism, which rows of the global batch this process holds; the
+    random numbers of a step are then drawn for the global batch and sliced (``draw``,
+    ``op_noise``), so every example gets what a single process would give it.
+    """
 
     device: torch.device = torch.device("cpu")
     precision: str = "fp32"
     channels_last: bool = False
     backend: str = "auto"
+    shard: Optional[BatchShard] = None
 
     def autocast(self):
         if self.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def draw(self, sample: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """`sample(like)`: random numbers shaped like the batch (this rank's rows of the global draw)."""
+        return sample(like) if self.shard is None else self.shard.draw(sample, like)
+
+    def op_noise(self, like: torch.Tensor, num_samples: int) -> Optional[torch.Tensor]:
+        """Normals for one call of the sampling op on `like`: None (the op draws them) in one process."""
+        return None if self.shard is None else self.shard.op_normals(like, num_samples, self.backend)
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """model(x) under the configured precision and memory format."""
@@ -193,18 +208,18 @@ class PGD(Perturbation):
             raise ValueError(f"start must be one of {self.STARTS}, got {start!r}")
         self.inner, self.epsilon, self.steps, self.step_size, self.start = inner, epsilon, steps, step_size, start
 
-    def _start(self, x):
+    def _start(self, x, rt):
         if self.start == "uniform":
-            return uniform_start(x)
+            return rt.draw(uniform_start, x)
         if self.start == "trades":
-            return torch.randn_like(x) * (TRADES_START_STD / self.epsilon)
+            return rt.draw(torch.randn_like, x) * (TRADES_START_STD / self.epsilon)
         return None
 
     def __call__(self, model, x, y, rt):
         with eval_mode(model):
             loss_fn = self.inner.bind(model, x, y, rt)
             return iterative_attack(loss_fn, x, epsilon=self.epsilon, steps=self.steps,
-                                    step_size=self.step_size, start=self._start(x))
+                                    step_size=self.step_size, start=self._start(x, rt))
 
 
 class ExplicitDistribution(Perturbation):
@@ -250,10 +265,11 @@ class ExplicitDistribution(Perturbation):
             fit = fit_distribution(loss_fn, x, epsilon=self.epsilon, steps=self.steps,
                                    num_samples=self.samples, lbd=self.lbd, lr=self.lr,
                                    betas=self.betas, backend=self.backend, track=self.track,
+                                   noise=lambda step: rt.op_noise(x, self.samples),
                                    samples_per_pass=self.samples_per_pass)
         if self.track:
             self.last_fit = fit
-        return fit.sample(x, self.epsilon, 1, backend=self.backend)[0]
+        return fit.sample(x, self.epsilon, 1, backend=self.backend, noise=rt.op_noise(x, 1))[0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -351,12 +367,16 @@ class Method:
         raise NotImplementedError
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimisers: dict,
-                   measure_accuracy: bool = False) -> StepOutput:
+                   measure_accuracy: bool = False,
+                   step: Optional[Callable[[nn.Module, torch.Tensor, torch.Tensor], StepOutput]] = None
+                   ) -> StepOutput:
         """One update. With measure_accuracy, out.clean_logits is never None: a step that has no
-        clean logits of its own pays one eval-mode forward for them (accuracy_logits)."""
+        clean logits of its own pays one eval-mode forward for them (accuracy_logits). `step`
+        replaces ``self.step`` (the data-parallel wrapper, whose objective DDP all-reduces in the
+        backward)."""
         for optimiser in optimisers.values():
             optimiser.zero_grad(set_to_none=True)
-        out = self.step(model, x, y)
+        out = (step or self.step)(model, x, y)
         if measure_accuracy and out.clean_logits is None:
             out.clean_logits = accuracy_logits(model, x, None, self.runtime)
         (out.loss if out.objective is None else out.objective).backward()

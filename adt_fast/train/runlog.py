@@ -24,11 +24,11 @@ def progress_enabled(stream=None) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
-def progress_bar(total: int, desc: str):
-    """A tqdm bar over the epoch's batches (a no-op object when disabled)."""
+def progress_bar(total: int, desc: str, show: bool = True):
+    """A tqdm bar over the epoch's batches (a no-op object when disabled or not `show`)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, leave=False, disable=not progress_enabled(),
+    return tqdm(total=total, desc=desc, leave=False, disable=not (show and progress_enabled()),
                 dynamic_ncols=True, unit="batch")
 
 

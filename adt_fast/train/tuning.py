@@ -16,13 +16,14 @@ from ..files import write_atomic
 TUNING_FILE = "tuning.json"
 
 
-def load_or_measure(run_dir: Path, method, model, x, y, *, resume: bool) -> dict:
+def load_or_measure(run_dir: Path, method, model, x, y, *, resume: bool, write: bool = True) -> dict:
     """Apply the method's speed settings: a flag's value, else (on resume) the recorded
-    measurement, else a fresh one on the batch (x, y); the result is written to run_dir."""
+    measurement, else a fresh one on the batch (x, y); the result is written to run_dir (unless
+    not `write`: under torchrun each rank measures for itself, rank 0 alone writes)."""
     path = Path(run_dir) / TUNING_FILE
     recorded = _read(path) if resume else None
     tuning = method.tune(model, x, y, recorded=recorded)
-    if tuning:
+    if tuning and write:
         text = json.dumps(tuning, indent=2, sort_keys=True) + "\n"
         write_atomic(path, lambda handle: handle.write(text), mode="w")
     method.apply_tuning(tuning)

@@ -1,0 +1,298 @@
+"""torch.distributed plumbing shared by training and evaluation (torchrun, DDP, NCCL or gloo).
+
+Nothing here launches processes or implements a collective: ``torchrun`` starts the workers and
+sets RANK / WORLD_SIZE / LOCAL_RANK; this module joins its process group (NCCL for CUDA, gloo for
+CPU, with a timeout so that a dead or failing worker ends the run instead of hanging it), picks
+the device LOCAL_RANK names, and offers the few torch.distributed calls the trainer and the
+evaluator need. Without torchrun's environment every function is a no-op for a world of one.
+
+Semantics that do not depend on the number of processes (docs/distributed.md):
+- a global batch is split into contiguous shares, one per rank (:class:`BatchShard`);
+- random numbers that a single process would draw for the whole batch are drawn for the whole
+  batch on every rank (all ranks hold the same generator states) and each rank keeps its rows;
+- BatchNorm statistics come from the whole global batch when BatchNorm is synchronised
+  (:func:`convert_sync_batchnorm`; torch's SyncBatchNorm on CUDA, an all-reduce version on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+TIMEOUT_ENV = "ADT_FAST_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 600
+_LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+class DistributedError(ValueError):
+    """A setup that cannot run data-parallel (device, batch size, ...); names the flag."""
+
+
+def launched() -> bool:
+    """Whether torchrun (or an equivalent launcher) started this process as one of a group."""
+    return all(name in os.environ for name in _LAUNCH_ENV)
+
+
+def restarted() -> bool:
+    """Whether torchrun restarted the worker group after a failure (--max-restarts)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+
+
+def timeout() -> datetime.timedelta:
+    text = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        seconds = float(text) if text else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise DistributedError(f"${TIMEOUT_ENV} must be a number of seconds, got {text!r}") from None
+    if seconds <= 0:
+        raise DistributedError(f"${TIMEOUT_ENV} must be > 0 seconds, got {text!r}")
+    return datetime.timedelta(seconds=seconds)
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the group: rank, size, and its local rank on the node."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that writes files and prints."""
+        return self.rank == 0
+
+    @property
+    def parallel(self) -> bool:
+        return self.size > 1
+
+    def barrier(self) -> None:
+        if dist.is_initialized():
+            dist.barrier()
+
+    def sum(self, values: list, device: torch.device) -> list:
+        """Element-wise sum over ranks of a list of numbers (float64 on the wire)."""
+        if not dist.is_initialized():
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) on every rank."""
+        if dist.is_initialized():
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=0)
+
+    def share(self, items: list) -> list:
+        """This rank's items of a list dealt round-robin (item i goes to rank i mod size)."""
+        return items[self.rank::self.size]
+
+    def gather_shares(self, local: dict) -> dict:
+        """Undo :meth:`share`: `local` maps names to lists (one entry per local item, nested dicts
+        allowed); returns the same structure with every list in the global item order."""
+        if not self.parallel:
+            return local
+        parts = [None] * self.size
+        dist.all_gather_object(parts, local)
+        return _interleave(parts)
+
+
+def _interleave(parts: list):
+    if any(isinstance(part, dict) for part in parts):  # a rank without items may lack some keys
+        keys = dict.fromkeys(key for part in parts for key in part)
+        return {key: _interleave([part.get(key, []) for part in parts]) for key in keys}
+    total = sum(len(part) for part in parts)
+    return [parts[i % len(parts)][i // len(parts)] for i in range(total)]
+
+
+def current() -> World:
+    """The world this process belongs to (a world of one when no group is initialised)."""
+    if not dist.is_initialized():
+        return World()
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def local_device(requested: str) -> str:
+    """The device of this process: under torchrun `cuda` means cuda:LOCAL_RANK; `cpu` stays."""
+    device = torch.device(requested)
+    if not launched() or device.type != "cuda":
+        return str(device)
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if device.index is not None and device.index != local_rank:
+        raise DistributedError(f"under torchrun each process uses the GPU its "
+                               f"LOCAL_RANK names (cuda:{local_rank} here); pass --device cuda "
+                               f"(or restrict GPUs with CUDA_VISIBLE_DEVICES)")
+    if local_rank >= torch.cuda.device_count():
+        raise DistributedError(f"LOCAL_RANK {local_rank} has no GPU: this node has "
+                               f"{torch.cuda.device_count()}; start at most that many processes per node")
+    return f"cuda:{local_rank}"
+
+
+def setup(device: str) -> World:
+    """Join torchrun's process group (once) for work on `device`; a world of one without torchrun.
+
+    NCCL for CUDA devices, gloo for CPU; every collective times out after $ADT_FAST_DIST_TIMEOUT
+    seconds (600 by default), so a worker that died or failed ends the run with an error.
+    """
+    if not launched():
+        return World()
+    if not dist.is_initialized():
+        device = torch.device(device)
+        store, rank, size = next(dist.rendezvous("env://", timeout=timeout()))
+        # Keys of each torchrun attempt apart: a restarted group must not read the addresses
+        # its killed predecessor published (gloo then connects to a dead port).
+        store = dist.PrefixStore(f"adt_fast/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank,
+                                world_size=size, timeout=timeout(),
+                                device_id=device if device.type == "cuda" else None)
+    return current()
+
+
+@contextlib.contextmanager
+def session(device: str) -> Iterator[World]:
+    """:func:`setup` for the length of a command; leaves the group as it was found."""
+    owned = launched() and not dist.is_initialized()
+    world = setup(device)
+    try:
+        yield world
+    finally:
+        if owned and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------------------
+# A rank's share of a global batch
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BatchShard:
+    """Rows [start, stop) of a global batch of `total` examples, for one of `size` ranks.
+
+    `weight` turns the rank's mean loss into its share of the global mean once DDP has averaged
+    the gradients over ranks: size * (stop - start) / total (1.0 when the batch splits evenly).
+    """
+
+    start: int
+    stop: int
+    total: int
+    size: int
+
+    @classmethod
+    def of(cls, total: int, world: World) -> "BatchShard":
+        """Contiguous, as even as possible (the first total mod size ranks get one more row)."""
+        if total < world.size:
+            raise DistributedError(f"a batch of {total} examples cannot feed {world.size} processes "
+                                   f"(every rank needs at least one example)")
+        base, extra = divmod(total, world.size)
+        start = world.rank * base + min(world.rank, extra)
+        return cls(start, start + base + (world.rank < extra), total, world.size)
+
+    @property
+    def weight(self) -> float:
+        return self.size * (self.stop - self.start) / self.total
+
+    def rows(self, tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        return tensor.narrow(dim, self.start, self.stop - self.start)
+
+    def draw(self, sample: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """`sample(t)` draws random numbers shaped like t; run it for the global batch, keep ours."""
+        full = like.new_empty((self.total, *like.shape[1:]))
+        return self.rows(sample(full))
+
+    def op_normals(self, like: torch.Tensor, num_samples: int, backend: str) -> torch.Tensor:
+        """The sampling op's normals (k, B_local, *S) for our rows of the global batch."""
+        from .ops.sample_and_entropy import draw_normals
+
+        return draw_normals((self.total, *like.shape[1:]), num_samples, rows=(self.start, self.stop),
+                            device=like.device, dtype=like.dtype, backend=backend)
+
+
+# ------------------------------------------------------------------------------------------------
+# Synchronised BatchNorm
+# ------------------------------------------------------------------------------------------------
+def has_batchnorm(*modules: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for module in modules for m in module.modules())
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """dist.all_reduce (sum) as a differentiable function: the gradient of a sum over ranks is the
+    sum over ranks of the gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the process group's whole batch for CPU tensors, which torch's SyncBatchNorm
+    kernels (and DDP's check on them) do not serve.
+
+    In training, the global batch's mean and (biased) variance come from two differentiable
+    all-reduces: the sum and count, then the sum of squares about the
+    global mean (two passes, so no cancellation); autograd all-reduces their gradients in the
+    backward, as torch's CUDA implementation does. Running statistics are updated as
+    nn.BatchNorm does, with the unbiased variance. In eval mode it is plain BatchNorm.
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self.training or not dist.is_initialized() or dist.get_world_size() == 1:
+            return super().forward(input)
+        all_reduce = _AllReduceSum.apply
+        self._check_input_dim(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                factor = 1.0 / float(self.num_batches_tracked)
+        dims = [0, *range(2, input.dim())]
+        shape = [1, -1, *[1] * (input.dim() - 2)]
+        count = torch.tensor([input.numel() / input.shape[1]], dtype=input.dtype)
+        totals = all_reduce(torch.cat([input.sum(dims), count]))
+        n = totals[-1].detach()
+        mean = totals[:-1] / n
+        centred = input - mean.view(shape)
+        var = all_reduce(centred.square().sum(dims)) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, factor)
+                self.running_var.lerp_(var * (n / (n - 1)), factor)
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm of `module` synchronised over the process group, in place.
+
+    torch's converter keeps the same parameter and buffer tensors (optimisers built before stay
+    valid). On CPU its nn.SyncBatchNorm layers are re-classed to CPUSyncBatchNorm, a sibling
+    class over the same state.
+    """
+    module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if torch.device(device).type == "cpu":
+        for layer in module.modules():
+            if type(layer) is nn.SyncBatchNorm:
+                layer.__class__ = CPUSyncBatchNorm
+    return module

@@ -1,0 +1,74 @@
+"""What tests/test_distributed.py runs under torchrun (not a test module itself).
+
+    python -m torch.distributed.run ... tests/distributed_worker.py methods OUT [METHOD ...]
+        trains each method (default METHODS; small settings, --sync-bn) into OUT/<method>, in one
+        process group;
+    python -m torch.distributed.run ... tests/distributed_worker.py kill-after STEPS -- TRAIN ARGS
+        `adt-fast train TRAIN ARGS`, except that on the group's first attempt rank 1 SIGKILLs
+        itself after STEPS training steps (torchrun --max-restarts then restarts the group);
+    python -m torch.distributed.run ... tests/distributed_worker.py fail-after STEPS -- TRAIN ARGS
+        the same, but rank 1 raises FAILURE instead (a real error, which must end the run).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+METHODS = ("standard", "at-pgd", "adt-exp", "adt-exp-am")
+FAILURE = "a corrupt batch on rank 1"
+OTHER_METHODS = ("trades", "adt-imp-am", "at-fgsm", "alp", "l2l")
+
+
+def small_config(method: str, out: Path, **overrides):
+    from adt_fast.train import TrainConfig
+
+    extra = {"generator_width": 8} if method in ("adt-exp-am", "adt-imp-am", "l2l") else {}
+    if method in ("at-pgd", "adt-exp", "trades", "alp"):
+        extra["steps"] = 2
+    if method == "adt-exp":
+        extra["samples"] = 2
+    settings = dict(method=method, dataset="synthetic", out=str(out), epochs=2, max_batches=2,
+                    batch_size=16, lr_drop=[], tensorboard=False, sync_bn=True, **extra)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def train_methods(out: Path, methods) -> None:
+    from adt_fast import distributed
+    from adt_fast.train import fit
+
+    with distributed.session("cpu"):
+        for method in methods:
+            fit(small_config(method, out / method))
+
+
+def stop_after(steps: int, argv: list, kill: bool) -> int:
+    from adt_fast.cli import main
+    from adt_fast.train.methods import Method
+
+    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" and os.environ.get("RANK") == "1":
+        original, taken = Method.train_step, []
+
+        def train_step(self, *args, **kwargs):
+            taken.append(1)
+            if len(taken) > steps and kill:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if len(taken) > steps:
+                raise RuntimeError(FAILURE)
+            return original(self, *args, **kwargs)
+
+        Method.train_step = train_step
+    return main(["train", *argv])
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    if mode == "methods":
+        train_methods(Path(sys.argv[2]), sys.argv[3:] or METHODS)
+    elif mode in ("kill-after", "fail-after"):
+        sys.exit(stop_after(int(sys.argv[2]), sys.argv[4:], kill=mode == "kill-after"))
+    else:
+        sys.exit(f"unknown mode {mode!r}")

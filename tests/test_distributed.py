@@ -1,0 +1,228 @@
+"""Data-parallel training and sharded evaluation under torchrun (gloo, CPU, 2 processes).
+
+Every launch goes through `python -m torch.distributed.run` on 127.0.0.1 with a free port and a
+timeout; the runs are tiny (synthetic data, a few steps) so that each launch takes seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from adt_fast import data as datasets
+from adt_fast import distributed
+from adt_fast.distributed import BatchShard, World
+from adt_fast.ops import sample_and_entropy
+from adt_fast.ops.sample_and_entropy import draw_normals
+from adt_fast.train import ConfigError, TrainConfig, fit, read_metrics
+from adt_fast.train import loop
+from adt_fast.train.checkpoint import load
+
+sys.path.insert(0, str(Path(__file__).parent))
+from distributed_worker import FAILURE, METHODS, OTHER_METHODS, small_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).parent / "distributed_worker.py"
+LAUNCH_TIMEOUT_S = 240
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(*args: str, nproc: int = 2, extra: tuple = (), ok: bool = True) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", *extra, *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ADT_FAST_NO_PROGRESS": "1", "ADT_FAST_DIST_TIMEOUT": "120"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=LAUNCH_TIMEOUT_S)
+    assert (result.returncode == 0) == ok, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
+
+
+def assert_same_run(parallel: Path, single: Path, epochs=None) -> None:
+    """Metrics and final weights of two runs agree to float32 reduction-order tolerance."""
+    a, b = read_metrics(parallel), read_metrics(single)
+    if epochs is not None:
+        a, b = a[:epochs], b[:epochs]
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
+    for mine, theirs in zip(a, b):
+        for key in ("train_loss", "train_acc", "test_acc", "lr"):
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-5), (key, mine, theirs)
+
+
+def assert_same_weights(parallel: dict, single: dict) -> None:
+    assert parallel.keys() == single.keys()
+    for name in parallel:
+        torch.testing.assert_close(parallel[name].float(), single[name].float(), rtol=1e-4, atol=1e-5,
+                                   msg=lambda m: f"{name}: {m}")
+
+
+# ------------------------------------------------------------------------------------------------
+# launched: training, elastic restart, evaluation
+# ------------------------------------------------------------------------------------------------
+def test_two_processes_train_as_one(tmp_path):
+    """Same global batch and seed, --sync-bn: 2 ranks give 1 process's losses and weights."""
+    torchrun(str(WORKER), "methods", str(tmp_path / "parallel"))
+    for method in METHODS:
+        single = fit(small_config(method, tmp_path / "single" / method))
+        parallel = tmp_path / "parallel" / method
+        assert_same_run(parallel, single)
+        theirs, ours = load(single / "model.pt"), load(parallel / "model.pt")
+        assert_same_weights(ours["model"], theirs["model"])
+        assert json.loads((parallel / "config.json").read_text())["sync_bn"] is True
+        if method == "adt-exp-am":  # the generator's gradients are all-reduced too
+            ckpt_ours, ckpt_theirs = load(parallel / "checkpoint.pt"), load(single / "checkpoint.pt")
+            assert_same_weights(ckpt_ours["modules"]["generator"], ckpt_theirs["modules"]["generator"])
+
+
+def test_every_other_method_runs_under_torchrun(tmp_path):
+    """TRADES (two train-mode forwards), ADT_IMP-AM (generator and q), AT-FGSM, ALP, L2L."""
+    torchrun(str(WORKER), "methods", str(tmp_path / "parallel"), *OTHER_METHODS)
+    for method in OTHER_METHODS:
+        parallel = tmp_path / "parallel" / method
+        assert [r["epoch"] for r in read_metrics(parallel)] == [1, 2]
+        if method != "adt-imp-am":  # its entropy hinge acts on each rank's batch mean
+            assert_same_run(parallel, fit(small_config(method, tmp_path / "single" / method)))
+
+
+def test_killed_worker_restarts_and_resumes_then_continues_on_one_process(tmp_path):
+    run = tmp_path / "run"
+    cfg = small_config("at-pgd", run, epochs=3, max_batches=3)
+    argv = ["--method", "at-pgd", "--dataset", "synthetic", "--out", str(run), "--epochs", "3",
+            "--max-batches", "3", "--batch-size", "16", "--lr-drop", "--steps", "2", "--no-tensorboard",
+            "--sync-bn"]
+    # rank 1 dies in epoch 2 (after 4 steps) of the first attempt
+    result = torchrun(str(WORKER), "kill-after", "4", "--", *argv, extra=("--max-restarts", "1"))
+    assert f"resuming {run} after epoch 1/3 on 2 processes" in result.stdout
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2, 3]
+    single = fit(small_config("at-pgd", tmp_path / "single", epochs=4, max_batches=3))
+    assert_same_run(run, single, epochs=3)
+
+    # the 2-process run continues on 1 process
+    fit(dataclasses.replace(TrainConfig.load(run), resume=True, epochs=4))
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2, 3, 4]
+    assert_same_run(run, single)
+    assert_same_weights(load(run / "model.pt")["model"], load(single / "model.pt")["model"])
+
+
+def test_a_failing_worker_ends_the_run_with_its_reason(tmp_path):
+    argv = ["--method", "standard", "--dataset", "synthetic", "--out", str(tmp_path / "run"), "--epochs", "2",
+            "--batch-size", "16", "--no-tensorboard"]
+    result = torchrun(str(WORKER), "fail-after", "2", "--", *argv, ok=False)
+    assert FAILURE in result.stderr
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_two_process_eval_report_equals_one_process(tmp_path):
+    from adt_fast.cli import main
+
+    run = fit(small_config("standard", tmp_path / "run", epochs=1))
+    args = ["--checkpoint", str(run), "--dataset", "synthetic", "--n-examples", "40", "--batch-size", "8",
+            "--attacks", "fgsm,pgd:3,cw,feature,dist", "--dist-steps", "2", "--feature-targets", "1",
+            "--epsilon-curve", "0,2", "--device", "cpu"]
+    assert main(["eval", *args, "--out", str(tmp_path / "one" / "r.json")]) == 0
+    result = torchrun("-m", "adt_fast", "eval", *args, "--out", str(tmp_path / "two" / "r.json"))
+    assert "on 2 processes" in result.stdout
+    one = json.loads((tmp_path / "one" / "r.json").read_text())
+    two = json.loads((tmp_path / "two" / "r.json").read_text())
+    assert one.keys() == two.keys()
+    for key in one:
+        assert two[key] == one[key], key
+    assert (tmp_path / "two" / "r.csv").read_text() == (tmp_path / "one" / "r.csv").read_text()
+
+
+# ------------------------------------------------------------------------------------------------
+# in-process: shares, random numbers, bad setups
+# ------------------------------------------------------------------------------------------------
+def test_batch_shares_cover_the_batch_and_weight_the_mean():
+    for total, size in ((16, 2), (15, 4), (5, 5)):
+        shards = [BatchShard.of(total, World(rank, size)) for rank in range(size)]
+        assert [s.start for s in shards] == [0] + [s.stop for s in shards[:-1]]
+        assert shards[-1].stop == total
+        assert sum(s.weight for s in shards) == pytest.approx(size)
+    with pytest.raises(distributed.DistributedError, match="cannot feed 4 processes"):
+        BatchShard.of(3, World(0, 4))
+
+
+def test_gathered_shares_come_back_in_global_order():
+    parts = [{"a": [0, 2, 4], "d": {"k": ["x0", "x2", "x4"]}}, {"a": [1, 3], "d": {"k": ["x1", "x3"]}}]
+    assert distributed._interleave(parts) == {"a": [0, 1, 2, 3, 4], "d": {"k": ["x0", "x1", "x2", "x3", "x4"]}}
+    # a rank without items (more ranks than batches) has lazily filled dicts empty
+    parts = [{"a": [0], "d": {"k": ["x0"]}}, {"a": [1], "d": {"k": ["x1"]}}, {"a": [], "d": {}}]
+    assert distributed._interleave(parts) == {"a": [0, 1], "d": {"k": ["x0", "x1"]}}
+    assert World(1, 3).share(list(range(7))) == [1, 4]
+
+
+def test_a_shard_draws_its_rows_of_the_global_random_numbers():
+    like = torch.zeros(6, 3, 4, 4)
+    shard = BatchShard.of(10, World(1, 2))
+    torch.manual_seed(3)
+    full = torch.rand(10, 3, 4, 4)
+    torch.manual_seed(3)
+    torch.testing.assert_close(shard.draw(torch.rand_like, like[:5]), full[5:], rtol=0, atol=0)
+    # the op's own normals, materialised, for rows of the batch
+    mean, rho = torch.randn(10, 3, 4, 4), torch.randn(10, 3, 4, 4)
+    torch.manual_seed(4)
+    x_adv, nlp = sample_and_entropy(mean, rho, 3, 0.1)
+    after = torch.rand(1)
+    torch.manual_seed(4)
+    noise = draw_normals(mean.shape, 3, rows=(5, 10), device=mean.device)
+    assert torch.equal(torch.rand(1), after)  # the generator advanced as the op's call does
+    mine, my_nlp = sample_and_entropy(mean[5:], rho[5:], 3, 0.1, noise=noise)
+    torch.testing.assert_close(mine, x_adv[:, 5:], rtol=0, atol=1e-6)
+    torch.testing.assert_close(my_nlp, nlp[:, 5:], rtol=1e-5, atol=1e-4)
+
+
+def test_global_batch_must_split_over_the_processes(tmp_path):
+    cfg = small_config("standard", tmp_path / "run", batch_size=15).resolve()
+    with pytest.raises(ConfigError, match="--batch-size 15 is the global batch and must be divisible by"):
+        loop._check_world_batches(cfg, 500, World(0, 2))
+    cfg = small_config("standard", tmp_path / "run", batch_size=33, max_batches=None).resolve()
+    with pytest.raises(ConfigError, match="the last batch of each epoch holds 5 of the 500"):
+        loop._check_world_batches(cfg, 500, World(0, 11))
+    loop._check_world_batches(dataclasses.replace(cfg, max_batches=3), 500, World(0, 11))  # never reached
+
+
+def test_sync_bn_on_networks_without_batchnorm_is_an_error(tmp_path, monkeypatch):
+    def without_batchnorm(arch, num_classes, in_channels, image_size):
+        model = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, num_classes))
+        model.config = {"arch": arch}
+        return model
+
+    monkeypatch.setattr(loop, "build_model", without_batchnorm)
+    with pytest.raises(ConfigError, match="--sync-bn: neither the classifier .* have BatchNorm"):
+        fit(small_config("standard", tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+    cfg = small_config("standard", tmp_path / "run", sync_bn=None).resolve()
+    trainer = loop.build_trainer(cfg, datasets.open_dataset("synthetic"))
+    assert trainer.config.sync_bn is False  # unset: off without BatchNorm
+
+
+def test_resume_with_another_sync_bn_is_refused(tmp_path):
+    run = fit(small_config("standard", tmp_path / "run", epochs=1))
+    with pytest.raises(ConfigError, match=r"--sync-bn false \(the run has true\)"):
+        fit(dataclasses.replace(TrainConfig.load(run), resume=True, sync_bn=False))
+    fit(dataclasses.replace(TrainConfig.load(run), resume=True, sync_bn=None, epochs=2))  # unset: the run's
+
+
+def test_torchrun_device_is_the_local_rank(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.local_device("cpu") == "cpu"
+    with pytest.raises(distributed.DistributedError, match=r"LOCAL_RANK names \(cuda:1 here\)"):
+        distributed.local_device("cuda:0")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert distributed.restarted()
