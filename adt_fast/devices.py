@@ -1,8 +1,10 @@
-"""The one place a device name is checked: a device problem is reported as a device problem."""
+"""Devices: the one place a device name is checked (a device problem is reported as a device
+problem), what a device can do natively, and how long something takes on it."""
 
 from __future__ import annotations
 
-from typing import Union
+import time
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -31,3 +33,50 @@ def resolve_device(device: Union[None, str, torch.device]) -> torch.device:
             raise DeviceError(f"device {device}: this machine has {torch.cuda.device_count()} "
                               f"CUDA device(s)")
     return parsed
+
+
+# oneDNN's own test for bf16 in hardware (AVX-512 BF16 or AMX); named in the warning users see.
+CPU_BF16_CHECK = "torch.ops.mkldnn._is_mkldnn_bf16_supported()"
+
+
+def has_native_bf16(device: Union[str, torch.device]) -> bool:
+    """Whether bfloat16 convolutions and matrix products run in hardware on `device`: on CPU
+    oneDNN's check (AVX-512 BF16 or AMX), on CUDA compute capability 8.0 (Ampere) or later.
+    Without it torch emulates bf16 in float32 arithmetic, slower than fp32 itself."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def bf16_emulation_warning(device: Union[str, torch.device]) -> Optional[str]:
+    """What to tell a user who asked for bf16 on `device` where it is emulated; None where it is native."""
+    device = torch.device(device)
+    if has_native_bf16(device):
+        return None
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return (f"bf16 is emulated on {torch.cuda.get_device_name(device)} (compute capability "
+                f"{major}.{minor}, native bf16 needs 8.0 or later) and runs slower than fp32; "
+                f"use --precision fp32 on this GPU")
+    return (f"bf16 is emulated on this CPU ({CPU_BF16_CHECK} is False: no AVX-512 BF16 or AMX) "
+            f"and runs about 10x slower than fp32; use --precision fp32 on this machine")
+
+
+def best_seconds(run: Callable[[], object], device: Union[str, torch.device], repeats: int = 2) -> float:
+    """The fastest of `repeats` timed calls of run(), after one untimed call that warms up the
+    kernels and the allocator; CUDA work is waited for before the clock is read."""
+    device = torch.device(device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    best = float("inf")
+    for attempt in range(repeats + 1):
+        sync()
+        start = time.perf_counter()
+        run()
+        sync()
+        if attempt:
+            best = min(best, time.perf_counter() - start)
+    return best

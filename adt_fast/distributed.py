@@ -85,6 +85,14 @@ class World:
         dist.all_reduce(tensor)
         return tensor.tolist()
 
+    def broadcast(self, value):
+        """Rank 0's `value` (any picklable object) on every rank: a choice all ranks must share."""
+        if not dist.is_initialized():
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def broadcast_buffers(self, module: nn.Module) -> None:
         """Rank 0's buffers (BatchNorm running statistics) on every rank."""
         if dist.is_initialized():

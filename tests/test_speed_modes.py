@@ -1,12 +1,15 @@
 """Issue 13: ADT_EXP's split inner passes, the recorded speed settings, and train accuracy
 without an extra forward per step."""
 
+import dataclasses
 import json
 import math
+import warnings
 
 import pytest
 import torch
 
+from adt_fast import devices
 from adt_fast.attacks import distribution
 from adt_fast.attacks.distribution import choose_samples_per_pass, fit_distribution
 from adt_fast.attacks.engine import eval_mode
@@ -107,6 +110,7 @@ def test_flag_overrides_the_measurement(tmp_path, monkeypatch):
                         lambda *a, **kw: pytest.fail("measured although --samples-per-pass was given"))
     fit(_cfg(tmp_path / "run", samples_per_pass=1))
     recorded = json.loads((tmp_path / "run" / tuning.TUNING_FILE).read_text())
+    recorded.pop(tuning.MEMORY_FORMAT)
     assert recorded == {"samples_per_pass": 1, "chosen_by": "--samples-per-pass"}
 
 
@@ -160,13 +164,18 @@ def test_standard_training_pays_no_extra_forward(monkeypatch):
     assert calls == [1] and out.clean_logits.shape == (8, 10)
 
 
-def test_mode_line_names_precision_memory_format_and_passes():
+def test_mode_line_names_precision_memory_format_and_passes(monkeypatch):
+    monkeypatch.setattr(devices, "has_native_bf16", lambda device: True)
     cfg = _cfg("unused", precision="bf16", channels_last=True).resolve()
-    line = tuning.mode_line(cfg, {"samples_per_pass": 1, "chosen_by": "measurement"})
-    assert line.startswith("mode: cpu, bf16 autocast") and "channels_last" in line
+    memory = {"channels_last": True, "chosen_by": "--channels-last"}
+    line = tuning.mode_line(cfg, {"samples_per_pass": 1, "chosen_by": "measurement", tuning.MEMORY_FORMAT: memory})
+    assert line.startswith("mode: cpu, bf16 autocast") and "channels_last, chosen by --channels-last" in line
     assert "3 samples x 16 inputs in passes of 1 sample, chosen by measurement" in line
-    plain = tuning.mode_line(_cfg("unused", method="at-pgd").resolve(), {})
-    assert plain == "mode: cpu, fp32, memory format contiguous (NCHW)"
+    memory = {"channels_last": False, "chosen_by": "measurement",
+              "seconds": {"contiguous": 0.0441, "channels_last": 0.0893}}
+    plain = tuning.mode_line(_cfg("unused", method="at-pgd").resolve(), {tuning.MEMORY_FORMAT: memory})
+    assert plain == ("mode: cpu, fp32, memory format contiguous (NCHW), chosen by measurement (contiguous "
+                     "44.1 ms, channels_last 89.3 ms per forward + input gradient)")
 
 
 @pytest.mark.parametrize("record", ['{"samples_per_pass": 0, "chosen_by": "measurement"}',
@@ -177,3 +186,127 @@ def test_invalid_record_is_measured_again(tmp_path, record):
     fit(_cfg(tmp_path / "run", epochs=2, resume=True))
     recorded = json.loads((tmp_path / "run" / tuning.TUNING_FILE).read_text())
     assert recorded["chosen_by"] == "measurement" and recorded["samples_per_pass"] in (1, 2, 3)
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory format: measured at the start of a run, recorded, reused on resume; flags win
+# ------------------------------------------------------------------------------------------------
+def _conv_weight(model):
+    return next(p for p in model.parameters() if p.dim() == 4)
+
+
+@pytest.fixture
+def built_models(monkeypatch):
+    """The classifiers the runs build, to look at their memory format."""
+    built, real = [], loop.build_model
+    monkeypatch.setattr(loop, "build_model", lambda *a, **kw: built.append(real(*a, **kw)) or built[-1])
+    return built
+
+
+def test_memory_format_is_measured_once_recorded_and_reused_on_resume(tmp_path, monkeypatch, capsys,
+                                                                       built_models):
+    timed, layouts = [], []
+    monkeypatch.setattr(tuning, "time_memory_formats", lambda *a, **kw: timed.append(1) or
+                        {"contiguous": 0.002, "channels_last": 0.001})
+    real = distribution.choose_samples_per_pass
+
+    def passes_in_layout(*args, **kwargs):  # the passes are measured in the chosen format
+        layouts.append(_conv_weight(built_models[-1]).is_contiguous(memory_format=torch.channels_last))
+        return real(*args, **kwargs)
+    monkeypatch.setattr("adt_fast.train.methods.choose_samples_per_pass", passes_in_layout)
+    fit(_cfg(tmp_path / "run"))
+    recorded = json.loads((tmp_path / "run" / tuning.TUNING_FILE).read_text())
+    assert recorded[tuning.MEMORY_FORMAT] == {"channels_last": True, "chosen_by": "measurement",
+                                              "seconds": {"contiguous": 0.002, "channels_last": 0.001}}
+    assert timed == [1] and layouts == [True]
+    assert "memory format channels_last, chosen by measurement" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["channels_last"] == "auto"
+
+    # Resume: the recorded choice, even against what a measurement would say now.
+    monkeypatch.setattr(tuning, "time_memory_formats", lambda *a, **kw: pytest.fail("measured on resume"))
+    fit(_cfg(tmp_path / "run", epochs=2, resume=True))
+    assert _conv_weight(built_models[-1]).is_contiguous(memory_format=torch.channels_last)
+    assert json.loads((tmp_path / "run" / tuning.TUNING_FILE).read_text()) == recorded
+    assert "memory format channels_last, chosen by measurement" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_memory_format_flag_overrides_the_measurement_and_the_record(tmp_path, monkeypatch, built_models, flag):
+    fit(_cfg(tmp_path / "run", method="standard"))  # measured: contiguous (conftest)
+    monkeypatch.setattr(tuning, "time_memory_formats", lambda *a, **kw: pytest.fail("measured despite the flag"))
+    fit(_cfg(tmp_path / "new", method="standard", channels_last=flag))
+    fit(_cfg(tmp_path / "run", method="standard", epochs=2, resume=True, channels_last=flag))
+    for run in ("new", "run"):
+        recorded = json.loads((tmp_path / run / tuning.TUNING_FILE).read_text())
+        assert recorded[tuning.MEMORY_FORMAT] == {"channels_last": flag,
+                                                  "chosen_by": "--channels-last" if flag else "--no-channels-last"}
+        assert json.loads((tmp_path / run / "config.json").read_text())["channels_last"] is flag
+    assert _conv_weight(built_models[-1]).is_contiguous(memory_format=torch.channels_last) is flag
+
+
+def test_old_runs_resume_in_the_contiguous_format_they_ran_in(tmp_path, monkeypatch):
+    """Runs made before the measurement have channels_last false in config.json and no record."""
+    fit(_cfg(tmp_path / "run", method="standard"))
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**config, "channels_last": False}))
+    (tmp_path / "run" / tuning.TUNING_FILE).unlink()
+    monkeypatch.setattr(tuning, "time_memory_formats", lambda *a, **kw: pytest.fail("measured an old run"))
+    fit(dataclasses.replace(TrainConfig.load(tmp_path / "run"), resume=True, epochs=2))
+    recorded = json.loads((tmp_path / "run" / tuning.TUNING_FILE).read_text())
+    assert recorded[tuning.MEMORY_FORMAT] == {"channels_last": False, "chosen_by": "--no-channels-last"}
+
+
+def test_a_classifier_without_convolutions_is_not_measured(tmp_path, monkeypatch):
+    def without_convolutions(arch, num_classes, in_channels, image_size):
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_channels * image_size ** 2, num_classes))
+        model.config = {"arch": arch}
+        return model
+    monkeypatch.setattr(loop, "build_model", without_convolutions)
+    monkeypatch.setattr(tuning, "time_memory_formats", lambda *a, **kw: pytest.fail("measured an MLP"))
+    fit(_cfg(tmp_path / "run", method="standard"))
+    recorded = json.loads((tmp_path / "run" / tuning.TUNING_FILE).read_text())
+    assert recorded[tuning.MEMORY_FORMAT] == {"channels_last": False, "chosen_by": tuning.NOT_A_CONV_NET}
+
+
+def test_inputs_that_are_not_images_are_not_measured(monkeypatch):
+    from adt_fast.train.methods import Runtime
+
+    monkeypatch.setattr(tuning, "time_memory_formats", lambda *a, **kw: pytest.fail("measured flat inputs"))
+    model = torch.nn.Sequential(torch.nn.Unflatten(1, (1, 4, 4)), torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten())
+    memory = tuning._memory_format("auto", None, model, torch.rand(4, 16), torch.zeros(4, dtype=torch.long),
+                                   Runtime())
+    assert memory == {"channels_last": False, "chosen_by": tuning.NOT_A_CONV_NET}
+
+
+def test_timing_the_formats_draws_no_random_numbers_and_leaves_batchnorm_alone(steady_memory_format):
+    from adt_fast.train.methods import Runtime
+
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 10, in_channels=3, image_size=8)
+    x, y = torch.rand(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    state = torch.get_rng_state()
+    runtime = Runtime()
+    seconds = steady_memory_format(model, x, y, runtime, repeats=1)
+    assert torch.equal(state, torch.get_rng_state())
+    assert set(seconds) == {"contiguous", "channels_last"} and all(t > 0 for t in seconds.values())
+    assert all(torch.equal(before[name], t) for name, t in model.state_dict().items())
+    assert model.training and all(p.grad is None for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------------
+# bf16 where the device has no native bf16
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("native", [False, True])
+def test_emulated_bf16_is_announced_loudly(tmp_path, monkeypatch, capsys, native):
+    monkeypatch.setattr(devices, "has_native_bf16", lambda device: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(_cfg(tmp_path / "run", method="standard", precision="bf16", max_batches=1))
+    said = [str(w.message) for w in caught if devices.CPU_BF16_CHECK in str(w.message)]
+    mode = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("mode:"))
+    if native:
+        assert said == [] and "SLOW" not in mode and "emulated" not in mode
+    else:
+        assert len(said) == 1 and "about 10x slower than fp32" in said[0]
+        assert f"SLOW: bf16 is emulated on this CPU ({devices.CPU_BF16_CHECK} is False" in mode

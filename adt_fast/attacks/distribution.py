@@ -7,12 +7,13 @@ E_k[loss(x + delta)] + lambda * H, where delta = epsilon * tanh(mean + softplus(
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Optional
 
 import torch
 
+from ..devices import best_seconds
 from ..ops import sample_and_entropy
 
 BatchedLoss = Callable[[torch.Tensor], torch.Tensor]
@@ -120,19 +121,6 @@ def choose_samples_per_pass(loss_fn: BatchedLoss, x: torch.Tensor, num_samples: 
     candidates = sorted({min(2 ** i, num_samples) for i in range(num_samples.bit_length())} | {num_samples})
     seconds = {}
     for m in candidates:
-        inputs = x.detach().repeat(m, *([1] * (x.dim() - 1)))
-        best = float("inf")
-        for attempt in range(repeats + 1):
-            _sync(x.device)
-            start = time.perf_counter()
-            _losses_and_input_grads(loss_fn, inputs.view(m, *x.shape), m)
-            _sync(x.device)
-            if attempt:  # the first run warms up kernels and the allocator
-                best = min(best, time.perf_counter() - start)
-        seconds[m] = best / m
+        inputs = x.detach().repeat(m, *([1] * (x.dim() - 1))).view(m, *x.shape)
+        seconds[m] = best_seconds(partial(_losses_and_input_grads, loss_fn, inputs, m), x.device, repeats) / m
     return min(seconds, key=seconds.get), seconds
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

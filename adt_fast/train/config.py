@@ -24,7 +24,7 @@ from typing import Any, Optional, Union
 CONFIG_FILE = "config.json"
 PRECISIONS = ("fp32", "bf16")
 LOSSES = ("ce", "trades")
-AUTO = "auto"  # --samples-per-pass auto: measured at the start of the run (train/tuning.py)
+AUTO = "auto"  # --samples-per-pass, memory format: measured at the start of the run (train/tuning.py)
 
 # Settings that a method may or may not use. A method's spec names the ones it uses and gives
 # their defaults; issue-5 methods add theirs here (and a field below, and a flag in command.py).
@@ -39,10 +39,11 @@ TRADES_INNERS = ("at-pgd", "trades-code")
 NO_HINGE = "none"  # --hinge none: ADT_IMP-AM's plain bound (Eq. A.3), no cap
 
 # Settings that may differ between a run and its --resume: where things are, how often snapshots
-# are written, how long to go on, and implementation choices that do not change the maths.
+# are written, how long to go on, and implementation choices that do not change the maths (the
+# memory format and the backend change float32 results in the last bits only).
 RESUMABLE_CHANGES = frozenset({"out", "resume", "data_dir", "download", "epochs", "save_freq",
                                "max_batches", "backend", "device", "tensorboard",
-                               "samples_per_pass", "exact_train_acc"})
+                               "samples_per_pass", "exact_train_acc", "channels_last"})
 
 
 class ConfigError(ValueError):
@@ -103,7 +104,7 @@ class TrainConfig:
     alp_weight: Optional[float] = None
     samples_per_pass: Optional[Union[int, str]] = None   # an integer, or AUTO
     precision: str = "fp32"
-    channels_last: bool = False
+    channels_last: Optional[Union[bool, str]] = None   # true, false, or AUTO (the default): measured
     device: str = "auto"
     seed: int = 0
     save_freq: int = 25
@@ -149,7 +150,8 @@ class TrainConfig:
         """The resolved config stored in a run directory's config.json."""
         path = Path(run_dir) / CONFIG_FILE
         try:
-            return cls.from_json(path.read_text())
+            stored = json.loads(path.read_text())
+            return _fill_later_settings(cls.from_dict(stored), stored)
         except FileNotFoundError:
             raise ConfigError(f"{path} does not exist: {run_dir} is not a run directory") from None
         except (json.JSONDecodeError, TypeError) as err:
@@ -215,7 +217,11 @@ class TrainConfig:
         cfg.lr_drop = sorted(int(e) for e in cfg.lr_drop)
         if cfg.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
-        for name in ("download", "channels_last", "resume", "tensorboard", "exact_train_acc"):
+        if cfg.channels_last is None:
+            cfg.channels_last = AUTO
+        if not isinstance(cfg.channels_last, bool) and cfg.channels_last != AUTO:
+            raise ConfigError(f"--channels-last must be true, false or {AUTO}, got {cfg.channels_last!r}")
+        for name in ("download", "resume", "tensorboard", "exact_train_acc"):
             if not isinstance(getattr(cfg, name), bool):
                 raise ConfigError(f"{flag(name)} must be true or false, got {getattr(cfg, name)!r}")
         if cfg.sync_bn is not None and not isinstance(cfg.sync_bn, bool):
@@ -232,10 +238,7 @@ class TrainConfig:
                     raise ConfigError(f"{flag(name)} does not apply to --method {cfg.method} "
                                       f"(it uses: {', '.join(flag(p) for p in spec.params) or 'none'})")
                 continue
-            if value is None:
-                default = spec.params[name]
-                value = default(cfg) if callable(default) else default
-            setattr(cfg, name, value)
+            setattr(cfg, name, _method_default(cfg, spec, name) if value is None else value)
         if "loss" in spec.params and cfg.loss not in spec.losses:
             raise ConfigError(f"--loss must be one of {', '.join(spec.losses)} for --method "
                               f"{cfg.method}, got {cfg.loss!r}")
@@ -278,7 +281,7 @@ class TrainConfig:
         # method whose loss can be either declares it, and it is dropped (or refused, when
         # given) with --loss ce.
         for name in TRADES_LOSS_PARAMS:
-            if name not in spec.params or cfg.loss == "trades" or "loss" not in spec.params:
+            if not _unused_without_trades_loss(cfg, spec, name):
                 continue
             if getattr(self, name) is not None:
                 raise ConfigError(f"{flag(name)} applies only with --loss trades (--method {cfg.method} "
@@ -316,6 +319,35 @@ class TrainConfig:
             out.append(f"--device {device} (the run has {theirs['device']}: the saved random "
                        f"states belong to that device type)")
         return out
+
+
+def _method_default(cfg: TrainConfig, spec, name: str) -> Any:
+    """A method setting's default, which may follow from the config's other settings."""
+    default = spec.params[name]
+    return default(cfg) if callable(default) else default
+
+
+def _unused_without_trades_loss(cfg: TrainConfig, spec, name: str) -> bool:
+    """Whether `name` is a TRADES-loss setting (beta, ...) of a method running with another loss."""
+    return (name in TRADES_LOSS_PARAMS and name in spec.params and "loss" in spec.params
+            and cfg.loss != "trades")
+
+
+def _fill_later_settings(cfg: TrainConfig, stored: dict) -> TrainConfig:
+    """A run written before one of its method's settings existed (--generator-grad,
+    --beta-scales-entropy, --trades-inner, ...) has no entry for it in config.json. It ran with
+    that setting's default, since a new setting's default keeps the old behaviour, so the default
+    fills the gap: --resume then compares and continues with it instead of reporting a conflict
+    with a null."""
+    from .methods import METHODS
+
+    spec = METHODS.get(cfg.method)
+    if spec is None:  # resolve() reports the unknown method
+        return cfg
+    for name in METHOD_PARAMS:
+        if name not in stored and name in spec.params and not _unused_without_trades_loss(cfg, spec, name):
+            setattr(cfg, name, _method_default(cfg, spec, name))
+    return cfg
 
 
 def _show(value: Any) -> str:

@@ -22,6 +22,7 @@ import itertools
 import json
 import shlex
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -31,6 +32,7 @@ from torch import nn
 from .. import data as datasets
 from .. import distributed
 from ..attacks.engine import eval_mode
+from ..devices import bf16_emulation_warning
 from ..distributed import World
 from ..files import os_error_text, unwritable_reason, write_atomic
 from ..models import build_model
@@ -174,6 +176,18 @@ class Trainer:
         return {"epoch": self.epoch + 1, "train_loss": loss_total / max(seen, 1),
                 "train_acc": correct_total / max(counted, 1), "lr": lr, "seconds": seconds}
 
+    def tune(self) -> dict:
+        """Settle the speed settings (memory format, then the method's; see tuning.py), then, in
+        a world of several processes, wrap the training step in DDP, whose gradient buckets take
+        the parameters' final layout."""
+        cfg, (x, y) = self.config, self.train_data
+        chosen = tuning.load_or_measure(self.run_dir, self.method, self.model, x[:cfg.batch_size],
+                                        y[:cfg.batch_size], channels_last=cfg.channels_last,
+                                        resume=cfg.resume, world=self.world)
+        if self.world.parallel:
+            self.parallel = DataParallel(self.method, self.model, self.world, x.device)
+        return chosen
+
     def test_accuracy(self) -> float:
         return clean_accuracy(self.model, *self.test_data, runtime=self.method.runtime,
                               max_batches=self.config.max_batches, world=self.world)
@@ -309,7 +323,8 @@ def build_trainer(cfg: TrainConfig, dataset: datasets.LoadedDataset, world: Opti
 
     cfg.sync_bn left at None resolves here (on when the networks have BatchNorm). In a world of
     several processes (default: the initialised process group's): the global batch must split
-    evenly, BatchNorm is synchronised when cfg.sync_bn, and DDP wraps the training step.
+    evenly and BatchNorm is synchronised when cfg.sync_bn; DDP wraps the training step once the
+    memory format is settled (``Trainer.tune``). The classifier starts in contiguous NCHW.
     """
     world = world or distributed.current()
     device = torch.device(cfg.device)
@@ -320,10 +335,7 @@ def build_trainer(cfg: TrainConfig, dataset: datasets.LoadedDataset, world: Opti
     (train_x, train_y), (test_x, test_y) = dataset.train, dataset.test
     model = build_model(cfg.arch, info.num_classes, in_channels=info.channels, image_size=info.image_size)
     model = model.to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    runtime = Runtime(device=device, precision=cfg.precision, channels_last=cfg.channels_last,
-                      backend=cfg.backend)
+    runtime = Runtime(device=device, precision=cfg.precision, backend=cfg.backend)
     method = build_method(cfg, model, runtime)
     sgd = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
@@ -342,18 +354,16 @@ def build_trainer(cfg: TrainConfig, dataset: datasets.LoadedDataset, world: Opti
         raise ConfigError(f"--sync-bn: neither the classifier ({cfg.arch}) nor the method's networks have "
                           f"BatchNorm layers, so there is nothing to synchronise; drop the flag")
     cfg.sync_bn = has_bn if cfg.sync_bn is None else cfg.sync_bn
-    parallel = None
     if world.parallel:
         _check_world_batches(cfg, len(train_y), world)
         if cfg.sync_bn:
             for network in networks:
                 distributed.convert_sync_batchnorm(network, device)
-        parallel = DataParallel(method, model, world, device)
     return Trainer(config=cfg, run_dir=Path(cfg.out), model=model, method=method, optimisers=optimisers,
                    schedulers=schedulers, data_generator=data_generator,
                    train_data=(train_x.to(device), train_y.to(device)),
                    test_data=(test_x.to(device), test_y.to(device)), augment=info.augment,
-                   world=world, parallel=parallel)
+                   world=world)
 
 
 def _check_world_batches(cfg: TrainConfig, num_train: int, world: World) -> None:
@@ -426,10 +436,11 @@ def _fit(cfg: TrainConfig, config: TrainConfig, dataset: datasets.LoadedDataset,
             + (f" on {world.size} processes" if world.parallel else ""))
     elif cfg.resume:
         say(f"resuming {run_dir}: no checkpoint yet, starting at epoch 1")
-    train_x, train_y = trainer.train_data
-    chosen = tuning.load_or_measure(run_dir, trainer.method, trainer.model, train_x[:cfg.batch_size],
-                                    train_y[:cfg.batch_size], resume=cfg.resume, write=world.main)
+    chosen = trainer.tune()
     say(tuning.mode_line(cfg, chosen))
+    emulated = bf16_emulation_warning(cfg.device) if cfg.precision == "bf16" else None
+    if emulated and world.main:
+        warnings.warn(emulated, stacklevel=3)
     board = runlog.TensorBoard(run_dir, cfg.tensorboard and world.main, trainer.epoch)
     try:
         while trainer.epoch < cfg.epochs:

@@ -77,6 +77,12 @@ class Runtime:
         """Normals for one call of the sampling op on `like`: None (the op draws them) in one process."""
         return None if self.shard is None else self.shard.op_normals(like, num_samples, self.backend)
 
+    def set_memory_format(self, model: nn.Module, channels_last: bool) -> None:
+        """The classifier's 4-D weights and, from now on, its 4-D inputs in channels_last (NHWC),
+        or in contiguous NCHW; the parameters stay the same objects (optimisers keep them)."""
+        model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        self.channels_last = channels_last
+
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """model(x) under the configured precision and memory format."""
         if self.channels_last and x.dim() == 4:

@@ -1,9 +1,19 @@
 """The run's speed settings: measured once per run, recorded in the run directory, reused on resume.
 
-A method's implementation choices that leave its result unchanged (so far: how many of ADT_EXP's
-k samples go through the classifier per pass) depend on the device and the model, so they are
-measured on the run's first training batch when a run starts, written to ``tuning.json`` and read
-back by ``--resume``; a flag (``--samples-per-pass``) overrides the measurement.
+Two choices depend on the device and the model and are made on the run's first training batch
+when a run starts, written to ``tuning.json`` and read back by ``--resume`` (never measured again
+there):
+
+- the classifier's memory format (``"memory_format"``): contiguous NCHW or channels_last, the
+  faster for its forward plus input gradient, unless ``--channels-last`` / ``--no-channels-last``
+  says; it changes float32 results in the last bits (other convolution kernels), which is why
+  it is recorded rather than silent;
+- the method's own (so far: how many of ADT_EXP's k samples go through the classifier per pass,
+  the top-level ``"samples_per_pass"``), measured in the chosen memory format; a flag
+  (``--samples-per-pass``) overrides it.
+
+Under torchrun, rank 0 makes every choice and the other ranks take it: DDP needs one memory format
+on every rank, since its gradient buckets follow the parameters' layout.
 """
 
 from __future__ import annotations
@@ -11,23 +21,71 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
+from ..attacks.engine import eval_mode
+from ..attacks.losses import cross_entropy
+from ..devices import best_seconds, bf16_emulation_warning
+from ..distributed import World
 from ..files import write_atomic
 
 TUNING_FILE = "tuning.json"
+MEMORY_FORMAT = "memory_format"
+# A classifier channels_last cannot speed up: its inputs are not images (N, C, H, W), or it has
+# no 4-D (convolution) weights to lay out.
+NOT_A_CONV_NET = "not a 2-D convolutional network"
 
 
-def load_or_measure(run_dir: Path, method, model, x, y, *, resume: bool, write: bool = True) -> dict:
-    """Apply the method's speed settings: a flag's value, else (on resume) the recorded
-    measurement, else a fresh one on the batch (x, y); the result is written to run_dir (unless
-    not `write`: under torchrun each rank measures for itself, rank 0 alone writes)."""
+def load_or_measure(run_dir: Path, method, model, x, y, *, channels_last, resume: bool,
+                    world: World = World()) -> dict:
+    """Settle and apply the run's speed settings: the memory format (`channels_last`: True or
+    False as the flag says, or "auto"), then the method's. A flag's value wins; else, on resume, the
+    recorded choice; else a fresh measurement on the batch (x, y), which draws no random numbers.
+    Rank 0 decides and writes run_dir/tuning.json; every rank applies its choice."""
     path = Path(run_dir) / TUNING_FILE
-    recorded = _read(path) if resume else None
-    tuning = method.tune(model, x, y, recorded=recorded)
-    if tuning and write:
+    tuning = None
+    if world.main:
+        recorded = (_read(path) if resume else None) or {}
+        memory = _memory_format(channels_last, recorded.get(MEMORY_FORMAT), model, x, y, method.runtime)
+        method.runtime.set_memory_format(model, memory["channels_last"])  # the method measures in it
+        ours = {key: value for key, value in recorded.items() if key != MEMORY_FORMAT}
+        tuning = {**method.tune(model, x, y, recorded=ours), MEMORY_FORMAT: memory}
         text = json.dumps(tuning, indent=2, sort_keys=True) + "\n"
         write_atomic(path, lambda handle: handle.write(text), mode="w")
+    tuning = world.broadcast(tuning)
+    method.runtime.set_memory_format(model, tuning[MEMORY_FORMAT]["channels_last"])
     method.apply_tuning(tuning)
     return tuning
+
+
+def _memory_format(flag, recorded, model, x, y, runtime) -> dict:
+    if isinstance(flag, bool):
+        return {"channels_last": bool(flag), "chosen_by": "--channels-last" if flag else "--no-channels-last"}
+    if isinstance(recorded, dict) and isinstance(recorded.get("channels_last"), bool) \
+            and isinstance(recorded.get("chosen_by"), str):
+        return recorded  # a record that is not valid is measured again
+    if x.dim() != 4 or not any(p.dim() == 4 for p in model.parameters()):
+        return {"channels_last": False, "chosen_by": NOT_A_CONV_NET}
+    seconds = time_memory_formats(model, x, y, runtime)
+    return {"channels_last": seconds["channels_last"] < seconds["contiguous"], "chosen_by": "measurement",
+            "seconds": seconds}
+
+
+def time_memory_formats(model, x, y, runtime, repeats: int = 2) -> dict:
+    """Seconds of one forward plus input gradient of the batch (x, y) through the classifier in
+    each memory format, eval mode (no BatchNorm update) and the run's precision, the fastest of
+    `repeats` after a warm-up. Draws no random numbers; leaves the model in channels_last."""
+
+    def forward_and_input_gradient():
+        inputs = x.detach().requires_grad_(True)
+        torch.autograd.grad(cross_entropy(runtime.forward(model, inputs), y).sum(), inputs)
+
+    seconds = {}
+    with eval_mode(model):
+        for name, channels_last in (("contiguous", False), ("channels_last", True)):
+            runtime.set_memory_format(model, channels_last)
+            seconds[name] = best_seconds(forward_and_input_gradient, x.device, repeats)
+    return seconds
 
 
 def _read(path: Path):
@@ -42,11 +100,24 @@ def _read(path: Path):
 
 def mode_line(cfg, tuning: dict) -> str:
     """What `adt-fast train` prints before the first epoch: device, precision, memory format, passes."""
-    precision = "bf16 autocast (fp32 weights, op and distribution parameters)" if cfg.precision == "bf16" else "fp32"
-    memory = "channels_last" if cfg.channels_last else "contiguous (NCHW)"
-    line = f"mode: {cfg.device}, {precision}, memory format {memory}"
+    precision = "fp32"
+    if cfg.precision == "bf16":
+        precision = "bf16 autocast (fp32 weights, op and distribution parameters)"
+        emulated = bf16_emulation_warning(cfg.device)
+        if emulated:
+            precision += f" -- SLOW: {emulated}"
+    line = f"mode: {cfg.device}, {precision}, memory format {_describe_memory_format(tuning[MEMORY_FORMAT])}"
     if "samples_per_pass" in tuning:
         per_pass = tuning["samples_per_pass"]
         line += (f", inner loop {cfg.samples} samples x {cfg.batch_size} inputs in passes of "
                  f"{per_pass} sample{'s' if per_pass != 1 else ''}, chosen by {tuning.get('chosen_by', 'record')}")
     return line
+
+
+def _describe_memory_format(memory: dict) -> str:
+    name = "channels_last" if memory["channels_last"] else "contiguous (NCHW)"
+    seconds = memory.get("seconds")
+    if memory["chosen_by"] == "measurement" and isinstance(seconds, dict):
+        timed = ", ".join(f"{key} {1000 * value:.3g} ms" for key, value in seconds.items())
+        return f"{name}, chosen by measurement ({timed} per forward + input gradient)"
+    return f"{name}, chosen by {memory['chosen_by']}"
