@@ -12,6 +12,7 @@ from adt_fast.train import (METHODS, ComposedMethod, ConfigError, Method, Method
                             TrainConfig, fit, read_metrics, register_method)
 from adt_fast.train import checkpoint as ckpt
 from adt_fast.train import loop
+from adt_fast.train.config import flag
 
 
 def _cfg(method, out, **kw):
@@ -242,3 +243,33 @@ def test_eval_command_points_at_the_run(tmp_path):
 @pytest.mark.parametrize("dataset,epochs", [("digits", 15), ("synthetic", 5), ("cifar10", 76)])
 def test_default_epochs_per_dataset(dataset, epochs):
     assert TrainConfig(method="standard", dataset=dataset, out="run").resolve().epochs == epochs
+
+
+# Settings added after the first runs were written (issue 12's variants, issue 13's speed flags):
+# an older config.json has no entry for them.
+LATER_SETTINGS = ("generator_grad", "beta_scales_entropy", "trades_inner", "image_size", "samples_per_pass",
+                  "exact_train_acc")
+
+
+@pytest.mark.parametrize("method,settings,default", [
+    ("trades", {"steps": 1}, {"trades_inner": "at-pgd"}),
+    ("adt-exp", {"steps": 1, "samples": 1, "loss": "trades"}, {"beta_scales_entropy": False}),
+    ("adt-exp-am", {"generator_width": 4}, {"generator_grad": "per-example"}),
+    ("adt-imp-am", {"generator_width": 4, "loss": "trades"}, {"generator_grad": "per-example",
+                                                              "beta_scales_entropy": False}),
+    ("l2l", {"generator_width": 4}, {"generator_grad": "per-example"}),
+])
+def test_runs_older_than_a_setting_resume_with_its_default(tmp_path, method, settings, default):
+    out = tmp_path / "run"
+    fit(_cfg(method, out, epochs=1, max_batches=1, batch_size=16, lr_drop=[], **settings))
+    stored = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({k: v for k, v in stored.items() if k not in LATER_SETTINGS}))
+    saved = TrainConfig.load(out)
+    assert {name: getattr(saved, name) for name in default} == default
+    name, value = next(iter(default.items()))
+    other = {"trades_inner": "trades-code", "beta_scales_entropy": True, "generator_grad": "batch-mean"}[name]
+    with pytest.raises(ConfigError, match=rf'{flag(name)} {json.dumps(other)} \(the run has {json.dumps(value)}\)'):
+        fit(dataclasses.replace(saved, resume=True, epochs=2, **{name: other}))
+    fit(dataclasses.replace(saved, resume=True, epochs=2))
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2]
+    assert {k: json.loads((out / "config.json").read_text())[k] for k in default} == default
