@@ -4,6 +4,7 @@ standard-trained model, FeaAttack's targets, the distribution attack's curve, tr
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -393,6 +394,19 @@ def test_bf16_autocast(trained, synthetic):
     assert report.robust_accuracy["pgd3"] < report.natural_accuracy
     x_adv = pgd(trained, x[:4], y[:4], EPS, 3, precision="bf16")
     assert x_adv.dtype == torch.float32 and (x_adv - x[:4]).abs().max() <= EPS + 1e-6
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_evaluation_warns_where_bf16_is_emulated(trained, synthetic, monkeypatch, native):
+    from adt_fast import devices
+
+    monkeypatch.setattr(devices, "has_native_bf16", lambda device: native)
+    _, _, x, y = synthetic
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        evaluate(trained, x[:4], y[:4], epsilon=EPS, attacks="fgsm", precision="bf16", epsilon_curve=())
+    said = [str(w.message) for w in caught if devices.CPU_BF16_CHECK in str(w.message)]
+    assert said == ([] if native else [devices.bf16_emulation_warning("cpu")])
 
 
 # ----------------------------------------------------------------------------- bad input

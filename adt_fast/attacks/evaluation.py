@@ -13,10 +13,12 @@ import math
 import os
 import sys
 from typing import Dict, Iterable, List, Optional, Sequence, Union
+from warnings import warn
 
 import torch
 from torch import nn
 
+from ..devices import bf16_emulation_warning
 from ..distributed import World, current as dist_world
 from .autoattack import COMPONENTS as AUTOATTACK_VERSIONS, GRADIENT_COMPONENTS
 from .engine import eval_mode
@@ -184,6 +186,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         raise ValueError("example_ids must be distinct integers >= 0")
     device = torch.device(device) if device is not None else _model_device(model, x.device)
     check_attacks_can_run(names, device, x.dtype)
+    emulated = bf16_emulation_warning(device) if precision == "bf16" else None
+    if emulated:
+        warn(emulated, stacklevel=2)
 
     ctx = AttackContext(model, seed=seed, precision=precision, pool_x=x, pool_y=y,
                         source_model=source_model, batch_size=batch_size)
