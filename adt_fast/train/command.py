@@ -97,9 +97,13 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     outer.add_argument("--lr-gamma", type=number, metavar="G", help="default 0.1")
     outer.add_argument("--momentum", type=number, metavar="M", help="default 0.9")
     outer.add_argument("--weight-decay", type=number, metavar="WD", help="default 2e-4")
-    outer.add_argument("--precision", choices=PRECISIONS, help="bf16 = autocast with float32 weights")
+    outer.add_argument("--precision", choices=PRECISIONS,
+                       help="bf16 = autocast with float32 weights; emulated and about 10x slower than fp32 "
+                            "on CPUs without AVX-512 BF16 / AMX (the run says so)")
     outer.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
-                       help="channels_last memory format for the classifier and its inputs")
+                       help="channels_last (or, with --no-channels-last, contiguous NCHW) memory format for "
+                            "the classifier and its inputs (default: the faster, measured at the start of "
+                            "the run and recorded in tuning.json; changes fp32 results in the last bits)")
     outer.add_argument("--sync-bn", action=argparse.BooleanOptionalAction,
                        help="under torchrun, BatchNorm statistics over the global batch (SyncBatchNorm); "
                             "default on when the networks have BatchNorm (docs/distributed.md)")
