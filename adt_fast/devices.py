@@ -4,7 +4,7 @@ problem), what a device can do natively, and how long something takes on it."""
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional, Union
+from typing import Callable, Hashable, Mapping, Optional, Union
 
 import torch
 
@@ -63,20 +63,27 @@ def bf16_emulation_warning(device: Union[str, torch.device]) -> Optional[str]:
             f"and runs about 10x slower than fp32; use --precision fp32 on this machine")
 
 
-def best_seconds(run: Callable[[], object], device: Union[str, torch.device], repeats: int = 2) -> float:
-    """The fastest of `repeats` timed calls of run(), after one untimed call that warms up the
-    kernels and the allocator; CUDA work is waited for before the clock is read."""
+def best_seconds(runs: Mapping[Hashable, Callable[[], object]], device: Union[str, torch.device],
+                 repeats: int = 2) -> dict:
+    """The fastest of `repeats` timed calls of each of `runs`, by key. Every run is called once
+    untimed first (kernels, allocator), then the runs take turns, round after round, so a change
+    in the machine's load falls on all of them alike; CUDA work is waited for before the clock
+    is read."""
     device = torch.device(device)
 
-    def sync():
+    def timed(run) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-    best = float("inf")
-    for attempt in range(repeats + 1):
-        sync()
         start = time.perf_counter()
         run()
-        sync()
-        if attempt:
-            best = min(best, time.perf_counter() - start)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    for run in runs.values():
+        run()
+    best = {key: float("inf") for key in runs}
+    for _ in range(repeats):
+        for key, run in runs.items():
+            best[key] = min(best[key], timed(run))
     return best

@@ -292,6 +292,7 @@ def test_timing_the_formats_draws_no_random_numbers_and_leaves_batchnorm_alone(s
     assert set(seconds) == {"contiguous", "channels_last"} and all(t > 0 for t in seconds.values())
     assert all(torch.equal(before[name], t) for name, t in model.state_dict().items())
     assert model.training and all(p.grad is None for p in model.parameters())
+    assert _conv_weight(model).is_contiguous()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -304,9 +305,12 @@ def test_emulated_bf16_is_announced_loudly(tmp_path, monkeypatch, capsys, native
         warnings.simplefilter("always")
         fit(_cfg(tmp_path / "run", method="standard", precision="bf16", max_batches=1))
     said = [str(w.message) for w in caught if devices.CPU_BF16_CHECK in str(w.message)]
-    mode = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("mode:"))
+    out = capsys.readouterr().out
+    mode = next(line for line in out.splitlines() if line.startswith("mode:"))
+    assert mode.startswith("mode: cpu, bf16 autocast (fp32 weights, op and distribution parameters)")
     if native:
-        assert said == [] and "SLOW" not in mode and "emulated" not in mode
+        assert said == [] and "EMULATED" not in mode and "WARNING" not in out
     else:
         assert len(said) == 1 and "about 10x slower than fp32" in said[0]
-        assert f"SLOW: bf16 is emulated on this CPU ({devices.CPU_BF16_CHECK} is False" in mode
+        assert "bf16 autocast (fp32 weights, op and distribution parameters), EMULATED (SLOW)," in mode
+        assert f"{mode}\nWARNING: bf16 is emulated on this CPU ({devices.CPU_BF16_CHECK} is False" in out

@@ -115,12 +115,11 @@ def choose_samples_per_pass(loss_fn: BatchedLoss, x: torch.Tensor, num_samples: 
     """The samples per classifier pass that ran fastest per sample on this device and model.
 
     Times loss_fn's forward plus its input gradient on m copies of the batch x for m in
-    1, 2, 4, ... and num_samples (best of `repeats` after one warm-up each) and returns the
+    1, 2, 4, ... and num_samples (best of `repeats`, in turns, after one warm-up each) and returns the
     fastest m with the measured seconds per sample by m. Uses no random numbers.
     """
     candidates = sorted({min(2 ** i, num_samples) for i in range(num_samples.bit_length())} | {num_samples})
-    seconds = {}
-    for m in candidates:
-        inputs = x.detach().repeat(m, *([1] * (x.dim() - 1))).view(m, *x.shape)
-        seconds[m] = best_seconds(partial(_losses_and_input_grads, loss_fn, inputs, m), x.device, repeats) / m
+    runs = {m: partial(_losses_and_input_grads, loss_fn, x.detach().unsqueeze(0).repeat(m, *[1] * x.dim()), m)
+            for m in candidates}
+    seconds = {m: total / m for m, total in best_seconds(runs, x.device, repeats).items()}
     return min(seconds, key=seconds.get), seconds

@@ -18,7 +18,10 @@ on every rank, since its gradient buckets follow the parameters' layout.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from copy import deepcopy
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -60,7 +63,7 @@ def load_or_measure(run_dir: Path, method, model, x, y, *, channels_last, resume
 
 def _memory_format(flag, recorded, model, x, y, runtime) -> dict:
     if isinstance(flag, bool):
-        return {"channels_last": bool(flag), "chosen_by": "--channels-last" if flag else "--no-channels-last"}
+        return {"channels_last": flag, "chosen_by": "--channels-last" if flag else "--no-channels-last"}
     if isinstance(recorded, dict) and isinstance(recorded.get("channels_last"), bool) \
             and isinstance(recorded.get("chosen_by"), str):
         return recorded  # a record that is not valid is measured again
@@ -71,21 +74,24 @@ def _memory_format(flag, recorded, model, x, y, runtime) -> dict:
             "seconds": seconds}
 
 
-def time_memory_formats(model, x, y, runtime, repeats: int = 2) -> dict:
+def time_memory_formats(model, x, y, runtime, repeats: int = 3) -> dict:
     """Seconds of one forward plus input gradient of the batch (x, y) through the classifier in
-    each memory format, eval mode (no BatchNorm update) and the run's precision, the fastest of
-    `repeats` after a warm-up. Draws no random numbers; leaves the model in channels_last."""
+    each memory format: eval mode (no BatchNorm update), the run's precision, the fastest of
+    `repeats` taken in turns (devices.best_seconds) on the model and a channels_last copy of it.
+    Draws no random numbers; leaves the model contiguous."""
 
-    def forward_and_input_gradient():
+    def forward_and_input_gradient(network, layout):
         inputs = x.detach().requires_grad_(True)
-        torch.autograd.grad(cross_entropy(runtime.forward(model, inputs), y).sum(), inputs)
+        torch.autograd.grad(cross_entropy(layout.forward(network, inputs), y).sum(), inputs)
 
-    seconds = {}
+    runtime.set_memory_format(model, False)
     with eval_mode(model):
-        for name, channels_last in (("contiguous", False), ("channels_last", True)):
-            runtime.set_memory_format(model, channels_last)
-            seconds[name] = best_seconds(forward_and_input_gradient, x.device, repeats)
-    return seconds
+        copy = deepcopy(model)
+        runtime_copy = dataclasses.replace(runtime)
+        runtime_copy.set_memory_format(copy, True)
+        runs = {"contiguous": partial(forward_and_input_gradient, model, runtime),
+                "channels_last": partial(forward_and_input_gradient, copy, runtime_copy)}
+        return best_seconds(runs, x.device, repeats)
 
 
 def _read(path: Path):
@@ -99,19 +105,20 @@ def _read(path: Path):
 
 
 def mode_line(cfg, tuning: dict) -> str:
-    """What `adt-fast train` prints before the first epoch: device, precision, memory format, passes."""
+    """What `adt-fast train` prints before the first epoch: device, precision, memory format, passes;
+    and a second line, WARNING: ..., where bf16 is asked for but emulated."""
+    emulated = bf16_emulation_warning(cfg.device) if cfg.precision == "bf16" else None
     precision = "fp32"
     if cfg.precision == "bf16":
         precision = "bf16 autocast (fp32 weights, op and distribution parameters)"
-        emulated = bf16_emulation_warning(cfg.device)
         if emulated:
-            precision += f" -- SLOW: {emulated}"
+            precision += ", EMULATED (SLOW)"
     line = f"mode: {cfg.device}, {precision}, memory format {_describe_memory_format(tuning[MEMORY_FORMAT])}"
     if "samples_per_pass" in tuning:
         per_pass = tuning["samples_per_pass"]
         line += (f", inner loop {cfg.samples} samples x {cfg.batch_size} inputs in passes of "
                  f"{per_pass} sample{'s' if per_pass != 1 else ''}, chosen by {tuning.get('chosen_by', 'record')}")
-    return line
+    return line + (f"\nWARNING: {emulated}" if emulated else "")
 
 
 def _describe_memory_format(memory: dict) -> str:
