@@ -2,7 +2,9 @@
 
     python -m torch.distributed.run ... tests/distributed_worker.py methods OUT [METHOD ...]
         trains each method (default METHODS; small settings, --sync-bn) into OUT/<method>, in one
-        process group;
+        process group, in the contiguous format that rank 0 measures as the faster;
+    python -m torch.distributed.run ... tests/distributed_worker.py methods-channels-last OUT [METHOD ...]
+        the same in channels_last;
     python -m torch.distributed.run ... tests/distributed_worker.py kill-after STEPS -- TRAIN ARGS
         `adt-fast train TRAIN ARGS`, except that on the group's first attempt rank 1 SIGKILLs
         itself after STEPS training steps (torchrun --max-restarts then restarts the group);
@@ -36,6 +38,19 @@ def small_config(method: str, out: Path, **overrides):
     return TrainConfig(**settings)
 
 
+def pin_memory_format(channels_last: bool) -> None:
+    """Rank 0 measures `channels_last` (or contiguous) as the faster memory format: a real timing
+    of the tiny test models is noise, and the single-process runs these are compared with pin
+    theirs. Any other rank that measured fails the run: every rank takes rank 0's choice."""
+    from adt_fast.train import tuning
+
+    def measured(*args, **kwargs):
+        if os.environ.get("RANK") != "0":
+            raise RuntimeError(f"rank {os.environ.get('RANK')} measured the memory format itself")
+        return {"contiguous": 2.0, "channels_last": 1.0} if channels_last else {"contiguous": 1.0, "channels_last": 2.0}
+    tuning.time_memory_formats = measured
+
+
 def train_methods(out: Path, methods) -> None:
     from adt_fast import distributed
     from adt_fast.train import fit
@@ -66,9 +81,11 @@ def stop_after(steps: int, argv: list, kill: bool) -> int:
 
 if __name__ == "__main__":
     mode = sys.argv[1]
-    if mode == "methods":
+    if mode in ("methods", "methods-channels-last"):
+        pin_memory_format(channels_last=mode == "methods-channels-last")
         train_methods(Path(sys.argv[2]), sys.argv[3:] or METHODS)
     elif mode in ("kill-after", "fail-after"):
+        pin_memory_format(channels_last=False)
         sys.exit(stop_after(int(sys.argv[2]), sys.argv[4:], kill=mode == "kill-after"))
     else:
         sys.exit(f"unknown mode {mode!r}")

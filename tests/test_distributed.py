@@ -87,6 +87,22 @@ def test_two_processes_train_as_one(tmp_path):
             assert_same_weights(ckpt_ours["modules"]["generator"], ckpt_theirs["modules"]["generator"])
 
 
+def test_rank_0_chooses_the_memory_format_for_every_rank(tmp_path):
+    """Rank 0 measures (the worker fails any other rank that does), every rank trains in its
+    choice, channels_last here, and DDP's buckets follow: the result is one process's in
+    channels_last. (ADT_EXP-AM is left out: its generator's Adam turns the last-bit differences
+    of channels_last kernels on other batch sizes into differences of the order of its lr.)"""
+    methods = ("standard", "adt-exp")
+    torchrun(str(WORKER), "methods-channels-last", str(tmp_path / "parallel"), *methods)
+    for method in methods:
+        parallel = tmp_path / "parallel" / method
+        assert json.loads((parallel / "tuning.json").read_text())["memory_format"] == {
+            "channels_last": True, "chosen_by": "measurement", "seconds": {"contiguous": 2.0, "channels_last": 1.0}}
+        single = fit(small_config(method, tmp_path / "single" / method, channels_last=True))
+        assert_same_run(parallel, single)
+        assert_same_weights(load(parallel / "model.pt")["model"], load(single / "model.pt")["model"])
+
+
 def test_every_other_method_runs_under_torchrun(tmp_path):
     """TRADES (two train-mode forwards), ADT_IMP-AM (generator and q), AT-FGSM, ALP, L2L."""
     torchrun(str(WORKER), "methods", str(tmp_path / "parallel"), *OTHER_METHODS)
