@@ -179,13 +179,17 @@ def test_mode_line_names_precision_memory_format_and_passes(monkeypatch):
 
 
 @pytest.mark.parametrize("record", ['{"samples_per_pass": 0, "chosen_by": "measurement"}',
-                                    '{"samples_per_pass": "2", "chosen_by": "measurement"}', "not json"])
+                                    '{"samples_per_pass": "2", "chosen_by": "measurement"}', "not json",
+                                    '{"samples_per_pass": 2, "chosen_by": "measurement", '
+                                    '"memory_format": {"channels_last": "yes", "chosen_by": "measurement"}}'])
 def test_invalid_record_is_measured_again(tmp_path, record):
     fit(_cfg(tmp_path / "run"))
     (tmp_path / "run" / tuning.TUNING_FILE).write_text(record)
     fit(_cfg(tmp_path / "run", epochs=2, resume=True))
     recorded = json.loads((tmp_path / "run" / tuning.TUNING_FILE).read_text())
     assert recorded["chosen_by"] == "measurement" and recorded["samples_per_pass"] in (1, 2, 3)
+    assert recorded[tuning.MEMORY_FORMAT] == {"channels_last": False, "chosen_by": "measurement",
+                                              "seconds": {"contiguous": 0.001, "channels_last": 0.002}}
 
 
 # ------------------------------------------------------------------------------------------------
