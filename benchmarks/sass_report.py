@@ -20,15 +20,18 @@ Counting method (a dynamic count along one thread's common path, not a static si
 - TRIPS is the number of sample groups, ceil(k / 4) = 2 at k = 5 (four samples per Philox call),
   and applies to the sample-group loop: the innermost loop whose body holds a Philox call (20
   wide/high 32-bit multiplies). Any other loop (over tiles, over blocks of samples) runs once:
-  it handles one element per thread per trip.
+  it handles one element per thread per trip. CUDA kernels whose source defines kMaxPass are
+  templated on the samples of a launch and unroll them; for k <= kMaxPass the instantiation for
+  k is counted, its innermost Philox loop is the loop over a thread's kElementsPerThread
+  elements, TRIPS is kElementsPerThread, and the count is exact.
   A kernel whose sample loop holds guarded lanes is therefore counted as if its last, partial
   group were whole: an upper bound, marked "(≤)". A Triton module that runs only whole groups in
   its loop and the k mod 4 remaining samples as straight-line code specialised at compile time
   says so (`sample_loop_trips(k)`, `sample_constexprs(k, ...)`); its count is exact for that k.
 - Instructions per element = the per-thread count divided by the elements one thread handles
-  (BLOCK_B * BLOCK_D / threads for Triton; 1 for the CUDA kernels unless the source defines
-  kElementsPerThread), so the prologue and epilogue are amortised over those elements and the k
-  samples are included: "per element of mean, all k samples".
+  (BLOCK_B * BLOCK_D / threads for Triton; 1 for the CUDA kernels unless kernels.cu or
+  core/chunking.h defines kElementsPerThread), so the prologue and epilogue are amortised over
+  those elements and the k samples are included: "per element of mean, all k samples".
 - The separate reduction of partial -log p sums (a tiny second kernel or `sum(-1)`) works per
   (sample, example, chunk), not per element, and is not counted.
 - Shared memory: the STS/LDS/BAR instructions met on the walk are reported per element, with
@@ -370,24 +373,32 @@ def cuda_counts(tree: Path, workdir: Path, k: int) -> list[KernelCount]:
           str(source)])
     functions, usage = disassemble(cubin)
     demangled = _demangle(functions)
-    text = source.read_text()
+    # kElementsPerThread: in kernels.cu, or in core/chunking.h where the work split lives.
+    chunking = tree / "csrc" / "core" / "chunking.h"
+    text = source.read_text() + (chunking.read_text() if chunking.is_file() else "")
     m = re.search(r"kElementsPerThread\s*=\s*(\d+)", text)
     per_thread = int(m.group(1)) if m else 1
     elf = _run([find_tool("cuobjdump"), "-elf", str(cubin)])
+    # Kernels templated on the samples of a launch (kernels.cu's kMaxPass) unroll them: the one
+    # instantiated for k has no sample loop; the innermost loop holding Philox calls is the loop
+    # over a thread's elements, which runs kElementsPerThread times, and the count is exact.
+    m = re.search(r"kMaxPass\s*=\s*(\d+)", text)
+    unrolled = m is not None and k <= int(m.group(1))
     counts = []
     for direction, base in _CUDA_KERNELS.items():
-        pattern = re.compile(rf"\b{base}<float, false, true")
+        pattern = re.compile(rf"\b{base}<float, false, true, {k}>" if unrolled else rf"\b{base}<float, false, true")
         matches = [f for f, d in demangled.items() if pattern.search(d)]
         if len(matches) != 1:
-            raise LookupError(f"{base}<float, false, true...> not found once in {sorted(demangled.values())}")
+            raise LookupError(f"{pattern.pattern} not found once in {sorted(demangled.values())}")
         fn = matches[0]
         threads = _max_threads(elf, fn)
         if threads is None:
             raise LookupError(f"{base} has no __launch_bounds__: its block size is unknown")
         regs, smem = usage[fn]
+        trips = per_thread if unrolled else math.ceil(k / SAMPLES_PER_CALL)
         counts.append(KernelCount("cuda", direction, base, regs, threads, per_thread, smem,
-                                  walk(functions[fn], math.ceil(k / SAMPLES_PER_CALL)),
-                                  exact=k % SAMPLES_PER_CALL == 0))
+                                  walk(functions[fn], trips),
+                                  exact=unrolled or k % SAMPLES_PER_CALL == 0))
     return counts
 
 

@@ -33,7 +33,7 @@ struct RhoTerms {
 template <class T>
 ADT_FN RhoTerms<T> rho_terms(T rho) {
   const T zero = T(0);
-  const T e = math::exp_(-math::abs_(rho));  // exp(-|rho|) in (0, 1]; = exp(rho) where rho < 0
+  const T e = math::exp_neg_abs(rho);  // exp(-|rho|) in (0, 1]; = exp(rho) where rho < 0
   const T sp = (rho > zero ? rho : zero) + math::log1p_(e);
   const T inv = math::rcp_(T(1) + e);
   const T sig = rho >= zero ? inv : e * inv;
@@ -71,7 +71,13 @@ ADT_FN TanhTerms<T> tanh_terms(T u) {
   return out;
 }
 
-// The per-element, per-sample part of -log p: r^2/2 + log sigma + log(1 - t^2).
+// The part of -log p's per-element term that changes with the sample: r^2/2 + log(1 - t^2).
+template <class T>
+ADT_FN T sample_term(T r, T log1m) {
+  return T(0.5) * r * r + log1m;
+}
+
+// The per-element, per-sample term of -log p: r^2/2 + log sigma + log(1 - t^2).
 template <class T>
 ADT_FN T neg_log_prob_term(T r, T log_sigma, T log1m) {
   return T(0.5) * r * r + log_sigma + log1m;

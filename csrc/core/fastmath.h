@@ -356,6 +356,25 @@ ADT_FN double log_(double x) {
 #endif
 }
 
+// ---- the per-sample primitives --------------------------------------------------------------
+// Host (and device double): the accurate functions above. Device float: PTX's approximate
+// instructions (one MUFU each), whose documented error bounds and the resulting budget against
+// the tests' tolerance are in docs/kernels.md ("Device float maths"). ftz: results below 2^-126
+// flush to 0, which changes nothing the op returns (see there).
+#if defined(__CUDA_ARCH__)
+#define ADT_FAST_PTX_UNARY(NAME, INSTRUCTION)               \
+  __device__ __forceinline__ float NAME(float x) {          \
+    float y;                                                \
+    asm(INSTRUCTION " %0, %1;" : "=f"(y) : "f"(x));         \
+    return y;                                               \
+  }
+ADT_FAST_PTX_UNARY(ptx_ex2, "ex2.approx.ftz.f32")
+ADT_FAST_PTX_UNARY(ptx_lg2, "lg2.approx.ftz.f32")
+ADT_FAST_PTX_UNARY(ptx_rcp, "rcp.approx.ftz.f32")
+ADT_FAST_PTX_UNARY(ptx_sqrt, "sqrt.approx.ftz.f32")
+#undef ADT_FAST_PTX_UNARY
+#endif
+
 // log(1 + x) for x >= 0.
 template <class T>
 ADT_FN T log1p_poly(T x) {
@@ -364,9 +383,19 @@ ADT_FN T log1p_poly(T x) {
   return log_poly<T>(u) - c / u;
 }
 
+// log(1 + x) for x >= 0 (device float: the Taylor series below 1/16, where it is within 1e-8
+// relative, else lg2.approx(1 + x) ln 2, within 1.1e-7 absolute; docs/kernels.md).
 ADT_FN float log1p_(float x) {
 #if defined(__CUDA_ARCH__)
-  return log1pf(x);
+  float q = -1.0f / 6.0f;
+  q = q * x + 1.0f / 5.0f;
+  q = q * x - 1.0f / 4.0f;
+  q = q * x + 1.0f / 3.0f;
+  q = q * x - 1.0f / 2.0f;
+  q = q * x + 1.0f;
+  const float series = q * x;
+  const float far = ptx_lg2(1.0f + x) * 0.69314718055994530942f;
+  return x < 0.0625f ? series : far;
 #else
   return log1p_poly<float>(x);
 #endif
@@ -386,33 +415,6 @@ ADT_FN void sincos_2pi(T b, T& s, T& c) {
   sincos_2pi_poly<T>(b, s, c);
 }
 
-// ---- the per-sample primitives --------------------------------------------------------------
-// Host (and device double): the accurate functions above. Device float: PTX's approximate
-// instructions (one MUFU each), whose documented error bounds and the resulting budget against
-// the tests' tolerance are in docs/kernels.md ("Device float maths"). ftz: results below 2^-126
-// flush to 0, which changes nothing the op returns (see there).
-#if defined(__CUDA_ARCH__)
-__device__ __forceinline__ float ptx_ex2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-__device__ __forceinline__ float ptx_lg2(float x) {
-  float y;
-  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-__device__ __forceinline__ float ptx_rcp(float x) {
-  float y;
-  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-__device__ __forceinline__ float ptx_sqrt(float x) {
-  float y;
-  asm("sqrt.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-#endif
 
 // |x| (a select on the host, where it vectorises; a free operand modifier on the device).
 ADT_FN float abs_(float x) {
@@ -453,6 +455,18 @@ ADT_FN float div_(float a, float b) {
 }
 
 ADT_FN double div_(double a, double b) { return a / b; }
+
+// exp(-|x|) (device float: one ex2.approx; its relative error, 2 ulp plus |x| 2^-24 from the
+// argument's rounding, moves softplus by under 1e-8 absolute).
+ADT_FN float exp_neg_abs(float x) {
+#if defined(__CUDA_ARCH__)
+  return ptx_ex2(fabsf(x) * -1.44269504088896340736f);
+#else
+  return exp_(-abs_(x));
+#endif
+}
+
+ADT_FN double exp_neg_abs(double x) { return exp_(-abs_(x)); }
 
 // e = exp(-2a) and 1 - e for a >= 0 (host: 1 - e as -expm1(-2a), accurate for tiny a).
 ADT_FN void exp_neg2(float a, float& e, float& one_minus_e) {
@@ -505,12 +519,11 @@ ADT_FN float with_sign_of(float magnitude, float v) {
 
 ADT_FN double with_sign_of(double magnitude, double v) { return v < 0.0 ? -magnitude : magnitude; }
 
-// -log(1 - c) for 0 <= c <= 1/16 (Taylor through c^7; truncation below 5e-10 relative). The device
+// -log(1 - c) for 0 <= c <= 1/16 (Taylor through c^6; truncation below 1e-8 relative). The device
 // uses it where lg2.approx's absolute error would swamp a logarithm close to 0.
 template <class T>
 ADT_FN T neg_log1m_series(T c) {
-  T q = T(1) / T(7);
-  q = q * c + T(1) / T(6);
+  T q = T(1) / T(6);
   q = q * c + T(1) / T(5);
   q = q * c + T(1) / T(4);
   q = q * c + T(1) / T(3);

@@ -1,14 +1,18 @@
 // CUDA kernels of the tanh-Gaussian op. Torch-free: device pointers, sizes and a stream.
 //
-// Forward: a grid over the flat elements in tiles of kThreads (one element per thread), so no
-// lane idles however small an example is. A thread draws all k samples of its element, four per
-// Philox call (core/philox.h), writes them, and keeps each sample's -log p term in shared memory;
-// once per tile (per kRows samples when k > kRows) the block adds the terms of each (sample,
-// example) segment of the tile with a fixed tree: examples inside the tile go straight to
-// neg_log_prob, the ends of examples that cross a tile edge to a workspace, which a small second
-// kernel adds up in tile order. No atomics: results are deterministic.
-// Backward: a grid-stride loop over the elements; it regenerates r from (seed, offset) and sums
-// the k samples in registers.
+// Work is split into chunks: up to 8 * L consecutive elements of one example, handled by a group
+// of L lanes of a warp (L = 32 for examples of 256 elements or more, down to 1 for tiny ones;
+// lane j takes elements j + L i), so loads and stores are coalesced and no lane idles on a small
+// example. The number of samples a launch handles is a template parameter (kPass <= kMaxPass;
+// larger k takes several launches), so the sample loop unrolls into straight-line code: four
+// samples per Philox call (core/philox.h), a partial last group specialised at compile time.
+// Forward: a lane draws, writes and scores the samples of its elements, summing each sample's
+// -log p terms in a register; one shuffle tree per sample and chunk adds the group's lanes. An
+// example that is one chunk gets neg_log_prob directly; otherwise each chunk's sums go to a
+// workspace that a small second kernel adds up in chunk order. No atomics, no shared memory:
+// results are deterministic.
+// Backward: the same chunks; a lane regenerates r from (seed, offset) and sums the samples in
+// registers; the example's grad_nlp values are read once per chunk.
 // The per-element maths is core/elementwise.h, shared with the CPU kernels; see docs/kernels.md.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -18,6 +22,7 @@
 #include <climits>
 #include <type_traits>
 
+#include "../core/chunking.h"
 #include "../core/elementwise.h"
 #include "../core/intdiv.h"
 #include "../core/philox.h"
@@ -29,12 +34,12 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
+constexpr int kMaxPass = 8;  // samples per launch: accumulators live in registers
 // Full occupancy (32 registers per thread) for float compute; double needs twice the registers.
 template <class S>
 constexpr int kBlocksPerSM = (std::is_same<S, double>::value ? 1024 : 2048) / kThreads;
-constexpr int kRows = 8;                   // samples whose terms shared memory holds at once
-constexpr int64_t kMaxBlocks = 1 << 20;    // grid-stride beyond this
-static_assert(kRows % kSamplesPerCall == 0, "a row block holds whole sample groups");
+constexpr int64_t kMaxBlocks = 1 << 20;  // grid-stride beyond this
+static_assert(kMaxPass % kSamplesPerCall == 0, "a pass starts at a whole sample group");
 
 template <class S>
 struct ComputeOf {
@@ -45,10 +50,16 @@ struct ComputeOf<double> {
   using type = double;
 };
 
-__device__ __forceinline__ float load(const float* p) { return __ldg(p); }
-__device__ __forceinline__ double load(const double* p) { return __ldg(p); }
-__device__ __forceinline__ float load(const __half* p) { return __half2float(__ldg(p)); }
-__device__ __forceinline__ float load(const __nv_bfloat16* p) { return __bfloat162float(__ldg(p)); }
+__device__ __forceinline__ float widen(float v) { return v; }
+__device__ __forceinline__ double widen(double v) { return v; }
+__device__ __forceinline__ float widen(__half v) { return __half2float(v); }
+__device__ __forceinline__ float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// A read of an input (through the read-only data cache) in the compute type.
+template <class S>
+__device__ __forceinline__ auto load(const S* p) {
+  return widen(__ldg(p));
+}
 
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(double* p, double v) { *p = v; }
@@ -58,29 +69,30 @@ __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2
 // A zero of every storage type, for gradients that are absent (read with stride 0).
 __device__ const double kZero[1] = {0.0};
 
+// The sum over each group of `width` lanes (a power of two <= 32), in lane 0 of the group.
 template <class C>
-__device__ __forceinline__ C warp_sum(C v) {
+__device__ __forceinline__ C group_sum(C v, int width) {
 #pragma unroll
-  for (int delta = 16; delta > 0; delta >>= 1) v += __shfl_down_sync(0xffffffffu, v, delta);
+  for (int delta = 16; delta > 0; delta >>= 1) {
+    const C other = __shfl_down_sync(0xffffffffu, v, delta, width);
+    v += delta < width ? other : C(0);
+  }
   return v;
 }
 
-// The example of flat element n: a multiply-high when every index fits 31 bits.
-struct ExampleOf {
-  FastDivider fast;
-  int64_t dim;
-  bool narrow;
-  __device__ __forceinline__ int64_t operator()(int64_t n) const {
-    return narrow ? static_cast<int64_t>(fast.div(static_cast<uint32_t>(n))) : n / dim;
+// Calls f(chunk, lane in its group) for the chunks of this thread's group: a grid-stride loop in
+// which every lane of a warp runs the same trips (a group past the end gets an empty chunk), so
+// the warp's shuffles always have all 32 lanes.
+template <class F>
+__device__ __forceinline__ void for_each_chunk(const Chunking& chunks, F&& f) {
+  const int per_warp = chunks.per_warp();
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kWarps * per_warp;
+  for (int64_t first = (static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5)) * per_warp;
+       first < chunks.count; first += step) {
+    int lane;
+    const Chunk c = chunks.of_lane(first, threadIdx.x & 31, lane);
+    f(c, lane);
   }
-};
-
-ExampleOf example_of(int64_t batch, int64_t dim) {
-  ExampleOf e;
-  e.dim = dim;
-  e.narrow = batch * dim < (int64_t{1} << 31);
-  if (e.narrow) e.fast = FastDivider(static_cast<uint32_t>(dim));
-  return e;
 }
 
 struct Seed {
@@ -95,22 +107,42 @@ __device__ __forceinline__ Seed read_seed(const SeedSource& src) {
   return Seed{philox_key(seed), offset};
 }
 
-// The normals of sample group g of element n: lanes [0, lanes) of z.
-template <class C>
-__device__ __forceinline__ void group_normals(const Seed& seed, uint64_t n, int g, int lanes, C (&z)[4]) {
+// The normals of sample group g of element n: lanes [0, kLanes) of z (kLanes known at compile time,
+// so a partial group computes only what it uses).
+template <int kLanes, class C>
+__device__ __forceinline__ void group_normals(const Seed& seed, uint64_t n, uint64_t g, C (&z)[kSamplesPerCall]) {
   uint32_t w0, w1, w2, w3;
-  philox_words4(seed.key, n, seed.offset + static_cast<uint64_t>(g), w0, w1, w2, w3);
+  philox_words4(seed.key, n, seed.offset + g, w0, w1, w2, w3);
   box_muller<C>(w0, w1, z[0], z[1]);
-  if (lanes > 2) box_muller<C>(w2, w3, z[2], z[3]);
+  if (kLanes > 2) box_muller<C>(w2, w3, z[2], z[3]);
 }
 
-// Sample l of the group: its Philox normal, or the next row of `noise` (then advanced by numel).
-template <bool kNoise, class C, class S>
-__device__ __forceinline__ C next_normal(const C (&z)[kSamplesPerCall], int l, const S*& noise, int64_t numel) {
-  if (!kNoise) return z[l];
-  const C r = load(noise);
-  noise += numel;
-  return r;
+// Calls f(s, r) for the pass's samples s = 0 .. kPass-1 of element n in order, r its normal:
+// Philox's (group (s0 + s) / 4 of the stream) or row s0 + s of `noise`.
+template <int kPass, bool kNoise, class C, class S, class F>
+__device__ __forceinline__ void for_each_sample(const Seed& seed, const S* noise, int64_t numel, int s0, int64_t n,
+                                                F&& f) {
+  if (kNoise) noise += static_cast<int64_t>(s0) * numel + n;
+#pragma unroll
+  for (int g = 0; g * kSamplesPerCall < kPass; ++g) {
+    constexpr int kFull = kSamplesPerCall;
+    C z[kFull];
+    if (!kNoise) {
+      if (kPass - g * kFull >= kFull) {
+        group_normals<kFull, C>(seed, static_cast<uint64_t>(n), static_cast<uint64_t>(s0 / kFull + g), z);
+      } else {
+        group_normals<(kPass % kFull), C>(seed, static_cast<uint64_t>(n), static_cast<uint64_t>(s0 / kFull + g), z);
+      }
+    }
+#pragma unroll
+    for (int l = 0; l < kFull; ++l) {
+      const int s = g * kFull + l;
+      if (s < kPass) {
+        f(s, kNoise ? load(noise) : z[l]);
+        if (kNoise) noise += numel;
+      }
+    }
+  }
 }
 
 template <class S>
@@ -123,124 +155,74 @@ struct ForwardParams {
   SeedSource seed;
   S* out;
   C* nlp;
-  C* partial;  // [k][tiles][2]: the tile's first and last example where they cross its edges
-  int64_t batch, dim, numel, tiles;
-  ExampleOf example_of;
-  bool tile_in_one_example;  // dim is a multiple of kThreads: tile t lies in example t / tiles_of
-  ExampleOf example_of_tile;  // t -> t / (dim / kThreads)
-  int k;
+  C* partial;  // [k][B][chunks per example], when an example spans several chunks
+  int64_t batch, numel;
+  Chunking chunks;
+  int s0;  // the pass's first sample
   C eps, lo, hi;
   double constant;
 };
 
-// Example b's sum of sample s over the tile: its -log p if the tile holds all of the example,
-// else its piece for combine_partials_kernel (slot 0: the tile's first example, 1: its last).
-template <class S, class C>
-__device__ __forceinline__ void write_sum(const ForwardParams<S>& p, int s, int64_t b, int64_t n0, int64_t tile,
-                                          int64_t first, C v) {
-  const int64_t start = b * p.dim - n0;
-  if (start >= 0 && start + p.dim <= kThreads) {
-    p.nlp[s * p.batch + b] = static_cast<C>(static_cast<double>(v) + p.constant);
-  } else {
-    p.partial[(s * p.tiles + tile) * 2 + (b == first ? 0 : 1)] = v;
-  }
-}
-
-template <class S, bool kNoise, bool kX>
+template <class S, bool kNoise, bool kX, int kPass>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSM<S>) forward_kernel(const ForwardParams<S> p) {
   using C = typename ComputeOf<S>::type;
-  __shared__ C red[kRows][kThreads];
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   Seed seed{{0u, 0u}, 0};
   if (!kNoise) seed = read_seed(p.seed);
-  if (p.seed.used != nullptr && blockIdx.x == 0 && tid == 0) {
+  if (p.seed.used != nullptr && p.s0 == 0 && blockIdx.x == 0 && threadIdx.x == 0) {
     p.seed.used[0] = static_cast<int64_t>(kNoise ? 0 : (uint64_t{seed.key.k1} << 32 | seed.key.k0));
     p.seed.used[1] = static_cast<int64_t>(kNoise ? 0 : seed.offset);
   }
-  for (int64_t tile = blockIdx.x; tile < p.tiles; tile += gridDim.x) {
-    const int64_t n0 = tile * kThreads;
-    const int len = static_cast<int>(p.numel - n0 < kThreads ? p.numel - n0 : kThreads);
-    const int64_t n = n0 + tid;
-    const bool active = tid < len;
-    C mu = C(0), sigma = C(0), log_sigma = C(0), xv = C(0);
-    if (active) {
-      mu = load(p.mean + n);
+  for_each_chunk(p.chunks, [&](const Chunk& c, int lane) {
+    const int lanes = p.chunks.lanes;
+    C acc[kPass];
+#pragma unroll
+    for (int s = 0; s < kPass; ++s) acc[s] = C(0);
+    C log_sigma_sum = C(0);
+#pragma unroll 1
+    for (int i = 0; i < kElementsPerThread; ++i) {
+      if (lanes * i >= c.len) break;  // the same for the whole group
+      const int at = lane + lanes * i;
+      const bool valid = at < c.len;
+      // A lane past the chunk's end redoes the chunk's first element (storing the same values
+      // again) and leaves its terms out.
+      const int64_t n = c.start + (valid ? at : 0);
+      const C mu = load(p.mean + n);
       const RhoTerms<C> rt = rho_terms<C>(load(p.std_param + n));
-      sigma = rt.sigma;
-      log_sigma = rt.log_sigma;
-      if (kX) xv = load(p.x + n);
+      const C xv = kX ? load(p.x + n) : C(0);
+      if (valid) log_sigma_sum += rt.log_sigma;
+      S* out = p.out + static_cast<int64_t>(p.s0) * p.numel + n;
+      for_each_sample<kPass, kNoise, C>(seed, p.noise, p.numel, p.s0, n, [&](int s, C r) {
+        const TanhTerms<C> tt = tanh_terms<C>(mu + rt.sigma * r);
+        const C d = p.eps * tt.t;
+        store(out, kX ? clamp_<C>(xv + d, p.lo, p.hi) : d);
+        out += p.numel;
+        if (valid) acc[s] += sample_term<C>(r, tt.log1m);
+      });
     }
-    for (int s0 = 0; s0 < p.k; s0 += kRows) {
-      const int rows = min(kRows, p.k - s0);
-      if (active) {
-        S* out = p.out + s0 * p.numel + n;
-        const S* noise = kNoise ? p.noise + s0 * p.numel + n : nullptr;
-        C* term = &red[0][tid];
-        for (int g = s0 / kSamplesPerCall; g * kSamplesPerCall < s0 + rows; ++g) {
-          const int lanes = min(kSamplesPerCall, p.k - kSamplesPerCall * g);
-          C z[kSamplesPerCall];
-          if (!kNoise) group_normals<C>(seed, static_cast<uint64_t>(n), g, lanes, z);
+    // An example of one chunk gets its -log p, else the chunk's sum goes to its workspace slot.
+    const bool whole = p.chunks.per_example == 1;
+    C* dst = whole ? p.nlp + static_cast<int64_t>(p.s0) * p.batch + c.example
+                   : p.partial + (static_cast<int64_t>(p.s0) * p.batch + c.example) * p.chunks.per_example +
+                         c.index;
+    const int64_t row_step = whole ? p.batch : p.batch * p.chunks.per_example;
+    const double add = whole ? p.constant : 0.0;
 #pragma unroll
-          for (int l = 0; l < kSamplesPerCall; ++l) {
-            if (l < lanes) {
-              const C r = next_normal<kNoise>(z, l, noise, p.numel);
-              const TanhTerms<C> tt = tanh_terms<C>(mu + sigma * r);
-              const C d = p.eps * tt.t;
-              store(out, kX ? clamp_<C>(xv + d, p.lo, p.hi) : d);
-              out += p.numel;
-              *term = neg_log_prob_term<C>(r, log_sigma, tt.log1m);
-              term += kThreads;
-            }
-          }
-        }
-      } else {
-        for (int row = 0; row < rows; ++row) red[row][tid] = C(0);  // the fast path sums whole rows
-      }
-      __syncthreads();
-      const int64_t first = p.tile_in_one_example ? p.example_of_tile(tile) : p.example_of(n0);
-      const int64_t examples = p.tile_in_one_example ? 1 : p.example_of(n0 + len - 1) - first + 1;
-      if (examples == 1) {
-        // The whole tile is one example's: warp w adds row w, eight consecutive terms per lane.
-        if (warp < rows) {
-          C v = C(0);
-#pragma unroll
-          for (int j = 0; j < kThreads / 32; ++j) v += red[warp][lane * (kThreads / 32) + j];
-          v = warp_sum<C>(v);
-          if (lane == 0) write_sum(p, s0 + warp, first, n0, tile, first, v);
-        }
-      } else {
-        // One warp per (sample, example) segment of the tile: lanes stride over it, then a tree.
-        for (int64_t pair = warp; pair < rows * examples; pair += kWarps) {
-          const int row = static_cast<int>(pair / examples);
-          const int64_t b = first + pair % examples;
-          const int64_t start = b * p.dim - n0, end = start + p.dim;  // relative to the tile
-          const int lo_i = start > 0 ? static_cast<int>(start) : 0;
-          const int hi_i = end < len ? static_cast<int>(end) : len;
-          C v = C(0);
-          for (int i = lo_i + lane; i < hi_i; i += 32) v += red[row][i];
-          v = warp_sum<C>(v);
-          if (lane == 0) write_sum(p, s0 + row, b, n0, tile, first, v);
-        }
-      }
-      __syncthreads();
+    for (int s = 0; s < kPass; ++s) {
+      const C v = group_sum<C>(acc[s] + log_sigma_sum, lanes);
+      if (lane == 0 && c.len > 0) dst[s * row_step] = static_cast<C>(static_cast<double>(v) + add);
     }
-  }
+  });
 }
 
-// neg_log_prob of the examples that cross tile edges: their pieces added in tile order.
+// neg_log_prob of examples that span several chunks: their chunk sums added in chunk order.
 template <class C>
-__global__ void combine_partials_kernel(const C* __restrict partial, int64_t batch, int64_t dim, int k,
-                                        int64_t tiles, double constant, C* __restrict nlp) {
-  const int64_t rows = static_cast<int64_t>(k) * batch;
+__global__ void combine_partials_kernel(const C* __restrict partial, int64_t rows, int64_t per_example,
+                                        double constant, C* __restrict nlp) {
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; row < rows;
        row += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t s = row / batch, b = row % batch;
-    const int64_t t0 = b * dim / kThreads, t1 = ((b + 1) * dim - 1) / kThreads;
-    if (t0 == t1) continue;  // inside one tile: written by the forward kernel
-    const bool first_of_t0 = (t0 * kThreads) / dim == b;
-    const C* ps = partial + s * tiles * 2;
-    double acc = static_cast<double>(ps[t0 * 2 + (first_of_t0 ? 0 : 1)]);
-    for (int64_t t = t0 + 1; t <= t1; ++t) acc += static_cast<double>(ps[t * 2]);
+    const C* ps = partial + row * per_example;
+    double acc = 0.0;
+    for (int64_t j = 0; j < per_example; ++j) acc += static_cast<double>(ps[j]);
     nlp[row] = static_cast<C>(acc + constant);
   }
 }
@@ -261,59 +243,67 @@ struct BackwardParams {
   S* grad_std_param;
   S* grad_x;
   int64_t batch, numel;
-  ExampleOf example_of;
-  int k;
+  Chunking chunks;
+  int s0;
+  bool accumulate;  // add to the gradients of the earlier passes
   C eps, lo, hi;
 };
 
-template <class S, bool kNoise, bool kX>
+template <class S, bool kNoise, bool kX, int kPass>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSM<S>) backward_kernel(const BackwardParams<S> p) {
   using C = typename ComputeOf<S>::type;
   Seed seed{{0u, 0u}, 0};
   if (!kNoise) seed = read_seed(p.seed);
-  const S* grad_out = p.grad_out != nullptr ? p.grad_out : reinterpret_cast<const S*>(kZero);
+  const S* grad_out = (p.grad_out != nullptr ? p.grad_out : reinterpret_cast<const S*>(kZero)) +
+                      static_cast<int64_t>(p.s0) * p.go_sample_stride;
   const C* grad_nlp = p.grad_nlp != nullptr ? p.grad_nlp : reinterpret_cast<const C*>(kZero);
-  for (int64_t n = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; n < p.numel;
-       n += static_cast<int64_t>(gridDim.x) * kThreads) {
-    const int64_t b = p.example_of(n);
-    const C mu = load(p.mean + n);
-    const C rho = load(p.std_param + n);
-    const C sigma = rho_terms<C>(rho).sigma;
-    const C xv = kX ? load(p.x + n) : C(0);
-    const S* go = grad_out + n * p.go_element_stride;
-    const C* ge = grad_nlp + b * p.ge_example_stride;
-    const S* noise = kNoise ? p.noise + n : nullptr;
-    C acc_du = C(0), acc_dur = C(0), acc_gx = C(0), ge_sum = C(0);
-    for (int g = 0; g * kSamplesPerCall < p.k; ++g) {
-      const int lanes = min(kSamplesPerCall, p.k - kSamplesPerCall * g);
-      C z[kSamplesPerCall];
-      if (!kNoise) group_normals<C>(seed, static_cast<uint64_t>(n), g, lanes, z);
+  for_each_chunk(p.chunks, [&](const Chunk& c, int lane) {
+    const int lanes = p.chunks.lanes;
+    // d(loss)/d(-log p) of the example's samples: -2 ge t enters d/du, ge d log sigma / d rho.
+    C ge[kPass];
+    C ge_sum = C(0);
 #pragma unroll
-      for (int l = 0; l < kSamplesPerCall; ++l) {
-        if (l < lanes) {
-          const C r = next_normal<kNoise>(z, l, noise, p.numel);
-          const TanhTerms<C> tt = tanh_terms<C>(mu + sigma * r);
-          const C ge_s = __ldg(ge);
-          ge += p.ge_sample_stride;
-          C gd = load(go);
-          go += p.go_sample_stride;
-          if (kX) {  // the gradient passes where the clamp did not bind, as torch.clamp's
-            const C unclamped = xv + p.eps * tt.t;
-            gd = (unclamped >= p.lo && unclamped <= p.hi) ? gd : C(0);
-            acc_gx += gd;
-          }
-          const C du = gd * (p.eps * tt.dtanh) - C(2) * ge_s * tt.t;
-          acc_du += du;
-          acc_dur += du * r;
-          ge_sum += ge_s;
-        }
-      }
+    for (int s = 0; s < kPass; ++s) {
+      ge[s] = __ldg(grad_nlp + (p.s0 + s) * p.ge_sample_stride + c.example * p.ge_example_stride);
+      ge_sum += ge[s];
     }
-    const RhoTerms<C> rt = rho_terms<C>(rho);  // the rest of the rho terms, off the sample loop
-    store(p.grad_mean + n, acc_du);
-    store(p.grad_std_param + n, rt.sigmoid * acc_dur + rt.sigmoid_over_softplus * ge_sum);
-    if (kX) store(p.grad_x + n, acc_gx);
-  }
+#pragma unroll 1
+    for (int i = 0; i < kElementsPerThread; ++i) {
+      const int at = lane + lanes * i;
+      if (at >= c.len) break;
+      const int64_t n = c.start + at;
+      const C mu = load(p.mean + n);
+      const C rho = load(p.std_param + n);
+      const RhoTerms<C> rt = rho_terms<C>(rho);
+      const C xv = kX ? load(p.x + n) : C(0);
+      const S* go = grad_out + n * p.go_element_stride;
+      C acc_du = C(0), acc_dur = C(0), acc_gx = C(0);
+      for_each_sample<kPass, kNoise, C>(seed, p.noise, p.numel, p.s0, n, [&](int s, C r) {
+        const TanhTerms<C> tt = tanh_terms<C>(mu + rt.sigma * r);
+        C gd = load(go);
+        go += p.go_sample_stride;
+        if (kX) {  // the gradient passes where the clamp did not bind, as torch.clamp's
+          const C unclamped = xv + p.eps * tt.t;
+          gd = (unclamped >= p.lo && unclamped <= p.hi) ? gd : C(0);
+          acc_gx += gd;
+        }
+        const C du = gd * (p.eps * tt.dtanh) - C(2) * ge[s] * tt.t;
+        acc_du += du;
+        acc_dur += du * r;
+      });
+      C g_mean = acc_du;
+      C g_std = rt.sigmoid * acc_dur + rt.sigmoid_over_softplus * ge_sum;
+      C g_x = acc_gx;
+      if (p.accumulate) {
+        g_mean += widen(p.grad_mean[n]);
+        g_std += widen(p.grad_std_param[n]);
+        if (kX) g_x += widen(p.grad_x[n]);
+      }
+      store(p.grad_mean + n, g_mean);
+      store(p.grad_std_param + n, g_std);
+      if (kX) store(p.grad_x + n, g_x);
+    }
+  });
 }
 
 __global__ void philox_words_kernel(const int64_t* __restrict seed_offset, int64_t numel, int64_t groups,
@@ -347,10 +337,31 @@ unsigned grid_for(int64_t work, int64_t per_block) {
   return static_cast<unsigned>(std::min<int64_t>((work + per_block - 1) / per_block, kMaxBlocks));
 }
 
-int64_t num_tiles(int64_t batch, int64_t dim) { return (batch * dim + kThreads - 1) / kThreads; }
+// launch(noise, x, pass) with each as a compile-time constant (std::integral_constant).
+template <class F>
+void with_variant(bool noise, bool x, int pass, F&& launch) {
+  const auto with_pass = [&](auto kNoise, auto kX) {
+    switch (pass) {
+      case 1: return launch(kNoise, kX, std::integral_constant<int, 1>{});
+      case 2: return launch(kNoise, kX, std::integral_constant<int, 2>{});
+      case 3: return launch(kNoise, kX, std::integral_constant<int, 3>{});
+      case 4: return launch(kNoise, kX, std::integral_constant<int, 4>{});
+      case 5: return launch(kNoise, kX, std::integral_constant<int, 5>{});
+      case 6: return launch(kNoise, kX, std::integral_constant<int, 6>{});
+      case 7: return launch(kNoise, kX, std::integral_constant<int, 7>{});
+      default: return launch(kNoise, kX, std::integral_constant<int, kMaxPass>{});
+    }
+  };
+  static_assert(kMaxPass == 8, "with_variant lists the passes 1..8");
+  if (noise) {
+    x ? with_pass(std::true_type{}, std::true_type{}) : with_pass(std::true_type{}, std::false_type{});
+  } else {
+    x ? with_pass(std::false_type{}, std::true_type{}) : with_pass(std::false_type{}, std::false_type{});
+  }
+}
 
-// Whether some example crosses a tile edge (then the forward needs the workspace and the combine).
-bool examples_cross_tiles(int64_t batch, int64_t dim) { return batch > 1 && kThreads % dim != 0; }
+// The passes of k samples: kMaxPass at a time, the rest in the last.
+int pass_size(int64_t k, int64_t s0) { return static_cast<int>(std::min<int64_t>(kMaxPass, k - s0)); }
 
 template <class S>
 const char* forward_typed(const void* mean, const void* std_param, const void* x, const void* noise,
@@ -369,34 +380,29 @@ const char* forward_typed(const void* mean, const void* std_param, const void* x
   p.nlp = nlp;
   p.partial = static_cast<C*>(workspace);
   p.batch = batch;
-  p.dim = dim;
   p.numel = batch * dim;
-  p.tiles = num_tiles(batch, dim);
-  p.example_of = example_of(batch, std::max<int64_t>(dim, 1));
-  p.tile_in_one_example = dim > 0 && dim % kThreads == 0;
-  if (p.tile_in_one_example) p.example_of_tile = example_of(batch, dim / kThreads);
-  p.k = static_cast<int>(k);
+  p.chunks = Chunking::of(batch, dim);
   p.eps = static_cast<C>(epsilon);
   p.lo = static_cast<C>(lo);
   p.hi = static_cast<C>(hi);
   p.constant = neg_log_prob_constant(dim, epsilon);
-  // With no elements the kernel still runs (one block, no tiles) to report the (seed, offset).
-  const unsigned grid = std::max(1u, grid_for(p.tiles, 1));
-  if (noise != nullptr) {
-    if (x != nullptr) forward_kernel<S, true, true><<<grid, kThreads, 0, stream>>>(p);
-    else forward_kernel<S, true, false><<<grid, kThreads, 0, stream>>>(p);
-  } else {
-    if (x != nullptr) forward_kernel<S, false, true><<<grid, kThreads, 0, stream>>>(p);
-    else forward_kernel<S, false, false><<<grid, kThreads, 0, stream>>>(p);
+  // With no elements the kernel still runs (one block, no chunks) to report the (seed, offset).
+  const unsigned grid = std::max(1u, grid_for(p.chunks.count, kWarps * (32 / p.chunks.lanes)));
+  for (int64_t s0 = 0; s0 < k; s0 += kMaxPass) {
+    p.s0 = static_cast<int>(s0);
+    with_variant(noise != nullptr, x != nullptr, pass_size(k, s0), [&](auto kNoise, auto kX, auto kPass) {
+      forward_kernel<S, decltype(kNoise)::value, decltype(kX)::value, decltype(kPass)::value>
+          <<<grid, kThreads, 0, stream>>>(p);
+    });
   }
   if (p.numel == 0 && batch > 0) {  // -log p of an empty example: the empty sum
     if (cudaMemsetAsync(nlp, 0, sizeof(C) * static_cast<size_t>(k * batch), stream) != cudaSuccess) {
       return launch_error();
     }
   }
-  if (p.numel > 0 && examples_cross_tiles(batch, dim)) {
-    combine_partials_kernel<C><<<grid_for(k * batch, 128), 128, 0, stream>>>(p.partial, batch, dim, p.k, p.tiles,
-                                                                            p.constant, nlp);
+  if (p.chunks.per_example > 1) {
+    combine_partials_kernel<C><<<grid_for(k * batch, 128), 128, 0, stream>>>(p.partial, k * batch,
+                                                                            p.chunks.per_example, p.constant, nlp);
   }
   return launch_error();
 }
@@ -410,6 +416,13 @@ const char* backward_typed(const void* grad_out, int64_t go_sample_stride, int64
   using C = typename ComputeOf<S>::type;
   if (batch <= 0 || dim <= 0) return nullptr;
   if (k > INT_MAX) return "adt_fast: num_samples must fit 31 bits";
+  if (k <= 0) {  // no samples: every gradient is the empty sum
+    const size_t bytes = sizeof(S) * static_cast<size_t>(batch * dim);
+    for (void* g : {grad_mean, grad_std, grad_x}) {
+      if (g != nullptr && cudaMemsetAsync(g, 0, bytes, stream) != cudaSuccess) return launch_error();
+    }
+    return launch_error();
+  }
   BackwardParams<S> p;
   p.grad_out = static_cast<const S*>(grad_out);
   p.go_sample_stride = grad_out != nullptr ? go_sample_stride : 0;
@@ -427,18 +440,18 @@ const char* backward_typed(const void* grad_out, int64_t go_sample_stride, int64
   p.grad_x = static_cast<S*>(grad_x);
   p.batch = batch;
   p.numel = batch * dim;
-  p.example_of = example_of(batch, dim);
-  p.k = static_cast<int>(std::max<int64_t>(k, 0));
+  p.chunks = Chunking::of(batch, dim);
   p.eps = static_cast<C>(epsilon);
   p.lo = static_cast<C>(lo);
   p.hi = static_cast<C>(hi);
-  const unsigned grid = grid_for(p.numel, kThreads);
-  if (noise != nullptr) {
-    if (x != nullptr) backward_kernel<S, true, true><<<grid, kThreads, 0, stream>>>(p);
-    else backward_kernel<S, true, false><<<grid, kThreads, 0, stream>>>(p);
-  } else {
-    if (x != nullptr) backward_kernel<S, false, true><<<grid, kThreads, 0, stream>>>(p);
-    else backward_kernel<S, false, false><<<grid, kThreads, 0, stream>>>(p);
+  const unsigned grid = grid_for(p.chunks.count, kWarps * (32 / p.chunks.lanes));
+  for (int64_t s0 = 0; s0 < k; s0 += kMaxPass) {
+    p.s0 = static_cast<int>(s0);
+    p.accumulate = s0 > 0;
+    with_variant(noise != nullptr, x != nullptr, pass_size(k, s0), [&](auto kNoise, auto kX, auto kPass) {
+      backward_kernel<S, decltype(kNoise)::value, decltype(kX)::value, decltype(kPass)::value>
+          <<<grid, kThreads, 0, stream>>>(p);
+    });
   }
   return launch_error();
 }
@@ -448,8 +461,9 @@ size_t compute_size(DType dtype) { return dtype == DType::kFloat64 ? sizeof(doub
 }  // namespace
 
 size_t forward_workspace_bytes(DType dtype, int64_t batch, int64_t dim, int64_t num_samples) {
-  if (batch <= 0 || dim <= 0 || num_samples <= 0 || !examples_cross_tiles(batch, dim)) return 0;
-  return compute_size(dtype) * static_cast<size_t>(num_samples * num_tiles(batch, dim) * 2);
+  const Chunking chunks = Chunking::of(batch, dim);
+  if (batch <= 0 || num_samples <= 0 || chunks.per_example <= 1) return 0;
+  return compute_size(dtype) * static_cast<size_t>(num_samples * chunks.count);
 }
 
 #define ADT_FAST_DISPATCH(dtype, FN, ...)                                        \
