@@ -2,7 +2,9 @@
 ADT_EXP iteration in the same run; and one epoch of every method on digits.
 
 Iterations (batch 64, 3x32x32): on GPU WRN-28-10 (the paper's setting), on CPU small-cnn and
-resnet18; modes fp32, fp32 + channels_last and bf16 autocast + channels_last. The methods run as
+resnet18; modes fp32, fp32 + channels_last, bf16 autocast + channels_last, and `default`: what
+`adt-fast train` runs without flags (fp32 in the memory format measured at the start of the run,
+train.tuning.time_memory_formats; the choice is in the benchmark's extra_info). The methods run as
 `adt-fast train` runs them: ADT_EXP splits its k*B inner batch as measured by `Method.tune`, and
 train accuracy costs no extra forward (the loop measures it on one batch in ten). The amortised
 generators use Table 7's width 256 on GPU and 32 on CPU. The original code's iteration
@@ -18,6 +20,7 @@ import torch
 from adt_fast.models import build_model
 from adt_fast.train import TrainConfig, fit
 from adt_fast.train.methods import METHODS, Runtime, build_method
+from adt_fast.train.tuning import time_memory_formats
 
 from baselines import original_adt_exp_step
 from conftest import DEVICE
@@ -25,7 +28,7 @@ from conftest import DEVICE
 GPU = DEVICE.type == "cuda"
 ARCHS = ("wrn-28-10",) if GPU else ("small-cnn", "resnet18")
 GENERATOR_WIDTH = 256 if GPU else 32
-MODES = ("fp32", "fp32-channels-last", "bf16-channels-last")
+MODES = ("default", "fp32", "fp32-channels-last", "bf16-channels-last")
 BATCH = 64  # also a test parameter, so every suite can be grouped by param:batch
 EPSILON = 8 / 255
 # A resnet18 ADT_EXP iteration takes tens of seconds on a 2-core CPU.
@@ -57,15 +60,20 @@ def rounds(arch):
 @pytest.mark.parametrize("method", list(METHODS))
 def test_training_iteration(timed, benchmark, method, arch, mode, batch):
     settings = {"generator_width": GENERATOR_WIDTH} if method in ("adt-exp-am", "adt-imp-am", "l2l") else {}
+    default = mode == "default"
     cfg = TrainConfig(method=method, dataset="cifar10", out="unused", arch=arch, device=str(DEVICE),
-                      precision=mode.split("-")[0], channels_last=mode.endswith("channels-last"),
-                      **settings).resolve()
+                      precision="fp32" if default else mode.split("-")[0],
+                      channels_last=mode.endswith("channels-last"), **settings).resolve()
     model = make_model(arch, mode)
     runtime = Runtime(device=DEVICE, precision=cfg.precision, channels_last=cfg.channels_last)
+    x, y = make_batch(batch)
+    if default:  # what fit() does before the first epoch: the faster memory format, then the rest
+        seconds = time_memory_formats(model, x, y, runtime)
+        runtime.set_memory_format(model, seconds["channels_last"] < seconds["contiguous"])
+        benchmark.extra_info.update(memory_format_seconds=seconds)
     trainer_method = build_method(cfg, model, runtime)
     optimisers = {"model": torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), **trainer_method.optimisers()}
-    x, y = make_batch(batch)
-    tuning = trainer_method.tune(model, x, y)  # what fit() does before the first epoch
+    tuning = trainer_method.tune(model, x, y)
     trainer_method.apply_tuning(tuning)
     model.train()
     benchmark.extra_info.update(device=str(DEVICE), arch=arch, tuning=tuning)
