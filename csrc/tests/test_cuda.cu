@@ -190,7 +190,10 @@ int main() {
   CUDA_OK(cudaGetDeviceProperties(&prop, 0));
   std::printf("CUDA kernels (%s) on %s\n", adt_fast::cuda::compiled_architectures(), prop.name);
   check_words();
-  const int64_t shapes[][3] = {{3, 37, 5}, {2, 5000, 3}, {700, 1, 9}, {64, 3072, 5}, {4, 300, 64}};
+  // (B, D, k): D picks the lanes per chunk (1 for D <= 8, then 2, 4, 8, 16, 32) and whether an
+  // example spans chunks (D > 256); k > 8 takes several launches.
+  const int64_t shapes[][3] = {{3, 37, 5}, {2, 5000, 3}, {700, 1, 9}, {64, 3072, 5}, {4, 300, 64},
+                               {33, 12, 4}, {5, 20, 6}, {9, 100, 8}, {7, 256, 1}, {3, 257, 2}};
   for (const auto& s : shapes) {
     for (int noise = 0; noise < 2; ++noise) {
       for (int x = 0; x < 2; ++x) {
