@@ -145,21 +145,43 @@ __device__ __forceinline__ void for_each_sample(const Seed& seed, const S* noise
   }
 }
 
+// What both passes read: the op's inputs, sizes and the pass of samples a launch handles.
 template <class S>
-struct ForwardParams {
+struct Inputs {
   using C = typename ComputeOf<S>::type;
   const S* mean;
   const S* std_param;
   const S* x;
   const S* noise;
   SeedSource seed;
-  S* out;
-  C* nlp;
-  C* partial;  // [k][B][chunks per example], when an example spans several chunks
   int64_t batch, numel;
   Chunking chunks;
   int s0;  // the pass's first sample
   C eps, lo, hi;
+
+  Inputs(const void* mean_, const void* std_param_, const void* x_, const void* noise_, const SeedSource& seed_,
+         int64_t batch_, int64_t dim, double epsilon, double lo_, double hi_)
+      : mean(static_cast<const S*>(mean_)),
+        std_param(static_cast<const S*>(std_param_)),
+        x(static_cast<const S*>(x_)),
+        noise(static_cast<const S*>(noise_)),
+        seed(seed_),
+        batch(batch_),
+        numel(batch_ * dim),
+        chunks(Chunking::of(batch_, dim)),
+        s0(0),
+        eps(static_cast<C>(epsilon)),
+        lo(static_cast<C>(lo_)),
+        hi(static_cast<C>(hi_)) {}
+};
+
+template <class S>
+struct ForwardParams : Inputs<S> {
+  using C = typename ComputeOf<S>::type;
+  using Inputs<S>::Inputs;
+  S* out;
+  C* nlp;
+  C* partial;  // [k][B][chunks per example], when an example spans several chunks
   double constant;
 };
 
@@ -228,25 +250,17 @@ __global__ void combine_partials_kernel(const C* __restrict partial, int64_t row
 }
 
 template <class S>
-struct BackwardParams {
+struct BackwardParams : Inputs<S> {
   using C = typename ComputeOf<S>::type;
+  using Inputs<S>::Inputs;
   const S* grad_out;
   int64_t go_sample_stride, go_element_stride;
   const C* grad_nlp;
   int64_t ge_sample_stride, ge_example_stride;
-  const S* mean;
-  const S* std_param;
-  const S* x;
-  const S* noise;
-  SeedSource seed;
   S* grad_mean;
   S* grad_std_param;
   S* grad_x;
-  int64_t batch, numel;
-  Chunking chunks;
-  int s0;
   bool accumulate;  // add to the gradients of the earlier passes
-  C eps, lo, hi;
 };
 
 template <class S, bool kNoise, bool kX, int kPass>
@@ -370,21 +384,10 @@ const char* forward_typed(const void* mean, const void* std_param, const void* x
   using C = typename ComputeOf<S>::type;
   C* nlp = static_cast<C*>(nlp_v);
   if (k <= 0 || k > INT_MAX) return k <= 0 ? nullptr : "adt_fast: num_samples must fit 31 bits";
-  ForwardParams<S> p;
-  p.mean = static_cast<const S*>(mean);
-  p.std_param = static_cast<const S*>(std_param);
-  p.x = static_cast<const S*>(x);
-  p.noise = static_cast<const S*>(noise);
-  p.seed = seed;
+  ForwardParams<S> p(mean, std_param, x, noise, seed, batch, dim, epsilon, lo, hi);
   p.out = static_cast<S*>(out);
   p.nlp = nlp;
   p.partial = static_cast<C*>(workspace);
-  p.batch = batch;
-  p.numel = batch * dim;
-  p.chunks = Chunking::of(batch, dim);
-  p.eps = static_cast<C>(epsilon);
-  p.lo = static_cast<C>(lo);
-  p.hi = static_cast<C>(hi);
   p.constant = neg_log_prob_constant(dim, epsilon);
   // With no elements the kernel still runs (one block, no chunks) to report the (seed, offset).
   const unsigned grid = std::max(1u, grid_for(p.chunks.count, kWarps * (32 / p.chunks.lanes)));
@@ -423,27 +426,16 @@ const char* backward_typed(const void* grad_out, int64_t go_sample_stride, int64
     }
     return launch_error();
   }
-  BackwardParams<S> p;
+  BackwardParams<S> p(mean, std_param, x, noise, seed, batch, dim, epsilon, lo, hi);
   p.grad_out = static_cast<const S*>(grad_out);
   p.go_sample_stride = grad_out != nullptr ? go_sample_stride : 0;
   p.go_element_stride = grad_out != nullptr ? go_element_stride : 0;
   p.grad_nlp = static_cast<const C*>(grad_nlp);
   p.ge_sample_stride = grad_nlp != nullptr ? batch : 0;
   p.ge_example_stride = grad_nlp != nullptr ? 1 : 0;
-  p.mean = static_cast<const S*>(mean);
-  p.std_param = static_cast<const S*>(std_param);
-  p.x = static_cast<const S*>(x);
-  p.noise = static_cast<const S*>(noise);
-  p.seed = seed;
   p.grad_mean = static_cast<S*>(grad_mean);
   p.grad_std_param = static_cast<S*>(grad_std);
   p.grad_x = static_cast<S*>(grad_x);
-  p.batch = batch;
-  p.numel = batch * dim;
-  p.chunks = Chunking::of(batch, dim);
-  p.eps = static_cast<C>(epsilon);
-  p.lo = static_cast<C>(lo);
-  p.hi = static_cast<C>(hi);
   const unsigned grid = grid_for(p.chunks.count, kWarps * (32 / p.chunks.lanes));
   for (int64_t s0 = 0; s0 < k; s0 += kMaxPass) {
     p.s0 = static_cast<int>(s0);
