@@ -15,7 +15,7 @@ import torch
 
 from adt_fast.train import TrainConfig
 from adt_fast.train.methods import Runtime, build_method
-from adt_fast.train.tuning import time_memory_formats
+from adt_fast.train.tuning import prefers_channels_last, time_memory_formats
 
 from baselines import original_adt_exp_step
 from test_train_step import BATCH, DEVICE, EPSILON, make_batch, make_model
@@ -31,7 +31,7 @@ def ours(arch, mode, x, y):
     runtime = Runtime(device=DEVICE, precision="fp32")
     if mode == "default":
         seconds = time_memory_formats(model, x, y, runtime)
-        runtime.set_memory_format(model, seconds["channels_last"] < seconds["contiguous"])
+        runtime.set_memory_format(model, prefers_channels_last(seconds))
     else:
         runtime.set_memory_format(model, cfg.channels_last)
     method = build_method(cfg, model, runtime)

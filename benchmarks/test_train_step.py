@@ -20,7 +20,7 @@ import torch
 from adt_fast.models import build_model
 from adt_fast.train import TrainConfig, fit
 from adt_fast.train.methods import METHODS, Runtime, build_method
-from adt_fast.train.tuning import time_memory_formats
+from adt_fast.train.tuning import prefers_channels_last, time_memory_formats
 
 from baselines import original_adt_exp_step
 from conftest import DEVICE
@@ -67,9 +67,9 @@ def test_training_iteration(timed, benchmark, method, arch, mode, batch):
     model = make_model(arch, mode)
     runtime = Runtime(device=DEVICE, precision=cfg.precision, channels_last=cfg.channels_last)
     x, y = make_batch(batch)
-    if default:  # what fit() does before the first epoch: the faster memory format, then the rest
+    if default:  # what fit() does before the first epoch: the measured memory format, then the rest
         seconds = time_memory_formats(model, x, y, runtime)
-        runtime.set_memory_format(model, seconds["channels_last"] < seconds["contiguous"])
+        runtime.set_memory_format(model, prefers_channels_last(seconds))
         benchmark.extra_info.update(memory_format_seconds=seconds)
     trainer_method = build_method(cfg, model, runtime)
     optimisers = {"model": torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), **trainer_method.optimisers()}
