@@ -63,11 +63,11 @@ def bf16_emulation_warning(device: Union[str, torch.device]) -> Optional[str]:
             f"and runs about 10x slower than fp32; use --precision fp32 on this machine")
 
 
-def best_seconds(runs: Mapping[Hashable, Callable[[], object]], device: Union[str, torch.device],
-                 repeats: int = 2) -> dict:
-    """The fastest of `repeats` timed calls of each of `runs`, by key. Every run is called once
-    untimed first (kernels, allocator), then the runs take turns, round after round, so a change
-    in the machine's load falls on all of them alike; CUDA work is waited for before the clock
+def seconds_in_turns(runs: Mapping[Hashable, Callable[[], object]], device: Union[str, torch.device],
+                     rounds: int) -> dict:
+    """Seconds of `rounds` timed calls of each of `runs`, by key. Every run is called once untimed
+    first (kernels, allocator), then the runs take turns, round after round, so a change in the
+    machine's load or speed falls on all of them alike; CUDA work is waited for before the clock
     is read."""
     device = torch.device(device)
 
@@ -82,8 +82,14 @@ def best_seconds(runs: Mapping[Hashable, Callable[[], object]], device: Union[st
 
     for run in runs.values():
         run()
-    best = {key: float("inf") for key in runs}
-    for _ in range(repeats):
+    seconds = {key: [] for key in runs}
+    for _ in range(rounds):
         for key, run in runs.items():
-            best[key] = min(best[key], timed(run))
-    return best
+            seconds[key].append(timed(run))
+    return seconds
+
+
+def best_seconds(runs: Mapping[Hashable, Callable[[], object]], device: Union[str, torch.device],
+                 repeats: int = 2) -> dict:
+    """The fastest of `repeats` calls of each of `runs` taken in turns (seconds_in_turns), by key."""
+    return {key: min(values) for key, values in seconds_in_turns(runs, device, repeats).items()}

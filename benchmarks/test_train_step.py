@@ -20,7 +20,7 @@ import torch
 from adt_fast.models import build_model
 from adt_fast.train import TrainConfig, fit
 from adt_fast.train.methods import METHODS, Runtime, build_method
-from adt_fast.train.tuning import prefers_channels_last, time_memory_formats
+from adt_fast.train.tuning import measure_memory_format
 
 from baselines import original_adt_exp_step
 from conftest import DEVICE
@@ -54,11 +54,10 @@ def rounds(arch):
     return None if GPU else CPU_ROUNDS[arch]
 
 
-@pytest.mark.parametrize("batch", [BATCH])
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("method", list(METHODS))
-def test_training_iteration(timed, benchmark, method, arch, mode, batch):
+def training_step(method, arch, mode, x, y, info=None):
+    """One training step of `method` as `adt-fast train` runs it in `mode` (the `default` mode
+    measures the memory format as fit() does), with fit()'s tuning applied. `info` (a dict)
+    receives the choices made."""
     settings = {"generator_width": GENERATOR_WIDTH} if method in ("adt-exp-am", "adt-imp-am", "l2l") else {}
     default = mode == "default"
     cfg = TrainConfig(method=method, dataset="cifar10", out="unused", arch=arch, device=str(DEVICE),
@@ -66,29 +65,43 @@ def test_training_iteration(timed, benchmark, method, arch, mode, batch):
                       channels_last=mode.endswith("channels-last"), **settings).resolve()
     model = make_model(arch, mode)
     runtime = Runtime(device=DEVICE, precision=cfg.precision, channels_last=cfg.channels_last)
-    x, y = make_batch(batch)
+    info = {} if info is None else info
     if default:  # what fit() does before the first epoch: the measured memory format, then the rest
-        seconds = time_memory_formats(model, x, y, runtime)
-        runtime.set_memory_format(model, prefers_channels_last(seconds))
-        benchmark.extra_info.update(memory_format_seconds=seconds)
+        info["memory_format"] = measure_memory_format(model, x, y, runtime)
+        runtime.set_memory_format(model, info["memory_format"]["channels_last"])
     trainer_method = build_method(cfg, model, runtime)
     optimisers = {"model": torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), **trainer_method.optimisers()}
-    tuning = trainer_method.tune(model, x, y)
-    trainer_method.apply_tuning(tuning)
+    info["tuning"] = trainer_method.tune(model, x, y)
+    trainer_method.apply_tuning(info["tuning"])
     model.train()
-    benchmark.extra_info.update(device=str(DEVICE), arch=arch, tuning=tuning)
-    timed(lambda: trainer_method.train_step(model, x, y, optimisers), rounds=rounds(arch))
+    return lambda: trainer_method.train_step(model, x, y, optimisers)
+
+
+def original_step(arch, x, y):
+    """The original code's ADT_EXP iteration (baselines.py), fp32, its only mode."""
+    model = make_model(arch, "fp32")
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return lambda: original_adt_exp_step(model, optimiser, x, y, epsilon=EPSILON)
+
+
+@pytest.mark.parametrize("batch", [BATCH])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", list(METHODS))
+def test_training_iteration(timed, benchmark, method, arch, mode, batch):
+    x, y = make_batch(batch)
+    step = training_step(method, arch, mode, x, y, benchmark.extra_info)
+    benchmark.extra_info.update(device=str(DEVICE), arch=arch)
+    timed(step, rounds=rounds(arch))
 
 
 @pytest.mark.parametrize("batch", [BATCH])
 @pytest.mark.parametrize("mode", ["fp32"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_original_code_adt_exp_iteration(timed, benchmark, arch, mode, batch):
-    model = make_model(arch, mode)
-    optimiser = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     x, y = make_batch(batch)
     benchmark.extra_info.update(device=str(DEVICE), arch=arch)
-    timed(lambda: original_adt_exp_step(model, optimiser, x, y, epsilon=EPSILON), rounds=rounds(arch))
+    timed(original_step(arch, x, y), rounds=rounds(arch))
 
 
 @pytest.mark.parametrize("batch", [BATCH])

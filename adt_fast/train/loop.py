@@ -437,8 +437,8 @@ def _fit(cfg: TrainConfig, config: TrainConfig, dataset: datasets.LoadedDataset,
     elif cfg.resume:
         say(f"resuming {run_dir}: no checkpoint yet, starting at epoch 1")
     chosen = trainer.tune()
-    say(tuning.mode_line(cfg, chosen))
     emulated = bf16_emulation_warning(cfg.device) if cfg.precision == "bf16" else None
+    say(tuning.mode_line(cfg, chosen, emulated))
     if emulated and world.main:
         warnings.warn(emulated, stacklevel=3)
     board = runlog.TensorBoard(run_dir, cfg.tensorboard and world.main, trainer.epoch)

@@ -23,12 +23,13 @@ import json
 from copy import deepcopy
 from functools import partial
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from ..attacks.engine import eval_mode
 from ..attacks.losses import cross_entropy
-from ..devices import best_seconds, bf16_emulation_warning
+from ..devices import best_seconds
 from ..distributed import World
 from ..files import write_atomic
 
@@ -67,6 +68,11 @@ def _memory_format(flag, recorded, model, x, y, runtime) -> dict:
     if isinstance(recorded, dict) and isinstance(recorded.get("channels_last"), bool) \
             and isinstance(recorded.get("chosen_by"), str):
         return recorded  # a record that is not valid is measured again
+    return measure_memory_format(model, x, y, runtime)
+
+
+def measure_memory_format(model, x, y, runtime) -> dict:
+    """The memory format a run without a flag or a record takes, as recorded in tuning.json."""
     if x.dim() != 4 or not any(p.dim() == 4 for p in model.parameters()):
         return {"channels_last": False, "chosen_by": NOT_A_CONV_NET}
     seconds = time_memory_formats(model, x, y, runtime)
@@ -114,10 +120,9 @@ def _read(path: Path):
     return data if isinstance(data, dict) else None
 
 
-def mode_line(cfg, tuning: dict) -> str:
+def mode_line(cfg, tuning: dict, emulated: Optional[str] = None) -> str:
     """What `adt-fast train` prints before the first epoch: device, precision, memory format, passes;
-    and a second line, WARNING: ..., where bf16 is asked for but emulated."""
-    emulated = bf16_emulation_warning(cfg.device) if cfg.precision == "bf16" else None
+    and a second line, WARNING: ..., with `emulated` (devices.bf16_emulation_warning) if given."""
     precision = "fp32"
     if cfg.precision == "bf16":
         precision = "bf16 autocast (fp32 weights, op and distribution parameters)"

@@ -20,7 +20,7 @@ struct Chunk {
 // examples (down to one lane per example), so that no lane idles on a small example.
 struct Chunking {
   int64_t dim = 0, per_example = 0, count = 0;  // chunks per example, chunks in all
-  int lanes = 1, lanes_log2 = 0, size = kElementsPerThread;  // lanes and elements per chunk
+  int lanes_log2 = 0;  // a chunk's group has 2^lanes_log2 lanes
   FastDivider fast;  // c / per_example when every chunk index fits 31 bits
   bool narrow = true;
 
@@ -28,15 +28,15 @@ struct Chunking {
     Chunking c;
     c.dim = dim;
     while (c.lanes_log2 < 5 && (int64_t{kElementsPerThread} << c.lanes_log2) < dim) ++c.lanes_log2;
-    c.lanes = 1 << c.lanes_log2;
-    c.size = c.lanes * kElementsPerThread;
-    c.per_example = dim > 0 ? (dim + c.size - 1) / c.size : 0;
+    c.per_example = dim > 0 ? (dim + c.size() - 1) / c.size() : 0;
     c.count = batch * c.per_example;
     c.narrow = c.count < (int64_t{1} << 31);
     if (c.narrow && c.per_example > 0) c.fast = FastDivider(static_cast<uint32_t>(c.per_example));
     return c;
   }
 
+  ADT_FN int lanes() const { return 1 << lanes_log2; }
+  ADT_FN int size() const { return kElementsPerThread << lanes_log2; }  // elements per chunk
   ADT_FN int per_warp() const { return 32 >> lanes_log2; }
 
   // Chunk c (empty past the last one).
@@ -44,13 +44,13 @@ struct Chunking {
     if (c >= count) return Chunk{0, 0, 0, 0};
     const int64_t b = narrow ? static_cast<int64_t>(fast.div(static_cast<uint32_t>(c))) : c / per_example;
     const int64_t j = c - b * per_example;
-    const int64_t left = dim - j * size;
-    return Chunk{b, j, b * dim + j * size, static_cast<int>(left < size ? left : size)};
+    const int64_t left = dim - j * size();
+    return Chunk{b, j, b * dim + j * size(), static_cast<int>(left < size() ? left : size())};
   }
 
   // The chunk of `lane` of a warp whose first chunk is `first`, and the lane's place in its group.
   ADT_FN Chunk of_lane(int64_t first, int lane, int& lane_in_group) const {
-    lane_in_group = lane & (lanes - 1);
+    lane_in_group = lane & (lanes() - 1);
     return (*this)(first + (lane >> lanes_log2));
   }
 };

@@ -77,10 +77,10 @@ ADT_FN T sample_term(T r, T log1m) {
   return T(0.5) * r * r + log1m;
 }
 
-// The per-element, per-sample term of -log p: r^2/2 + log sigma + log(1 - t^2).
+// The per-element, per-sample term of -log p: r^2/2 + log(1 - t^2) + log sigma.
 template <class T>
 ADT_FN T neg_log_prob_term(T r, T log_sigma, T log1m) {
-  return T(0.5) * r * r + log_sigma + log1m;
+  return sample_term(r, log1m) + log_sigma;
 }
 
 // torch.clamp(v, lo, hi) (lo <= hi).

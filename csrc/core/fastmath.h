@@ -356,25 +356,6 @@ ADT_FN double log_(double x) {
 #endif
 }
 
-// ---- the per-sample primitives --------------------------------------------------------------
-// Host (and device double): the accurate functions above. Device float: PTX's approximate
-// instructions (one MUFU each), whose documented error bounds and the resulting budget against
-// the tests' tolerance are in docs/kernels.md ("Device float maths"). ftz: results below 2^-126
-// flush to 0, which changes nothing the op returns (see there).
-#if defined(__CUDA_ARCH__)
-#define ADT_FAST_PTX_UNARY(NAME, INSTRUCTION)               \
-  __device__ __forceinline__ float NAME(float x) {          \
-    float y;                                                \
-    asm(INSTRUCTION " %0, %1;" : "=f"(y) : "f"(x));         \
-    return y;                                               \
-  }
-ADT_FAST_PTX_UNARY(ptx_ex2, "ex2.approx.ftz.f32")
-ADT_FAST_PTX_UNARY(ptx_lg2, "lg2.approx.ftz.f32")
-ADT_FAST_PTX_UNARY(ptx_rcp, "rcp.approx.ftz.f32")
-ADT_FAST_PTX_UNARY(ptx_sqrt, "sqrt.approx.ftz.f32")
-#undef ADT_FAST_PTX_UNARY
-#endif
-
 // log(1 + x) for x >= 0.
 template <class T>
 ADT_FN T log1p_poly(T x) {
@@ -383,19 +364,9 @@ ADT_FN T log1p_poly(T x) {
   return log_poly<T>(u) - c / u;
 }
 
-// log(1 + x) for x >= 0 (device float: the Taylor series below 1/16, where it is within 1e-8
-// relative, else lg2.approx(1 + x) ln 2, within 1.1e-7 absolute; docs/kernels.md).
 ADT_FN float log1p_(float x) {
 #if defined(__CUDA_ARCH__)
-  float q = -1.0f / 6.0f;
-  q = q * x + 1.0f / 5.0f;
-  q = q * x - 1.0f / 4.0f;
-  q = q * x + 1.0f / 3.0f;
-  q = q * x - 1.0f / 2.0f;
-  q = q * x + 1.0f;
-  const float series = q * x;
-  const float far = ptx_lg2(1.0f + x) * 0.69314718055994530942f;
-  return x < 0.0625f ? series : far;
+  return log1pf(x);
 #else
   return log1p_poly<float>(x);
 #endif
@@ -415,6 +386,24 @@ ADT_FN void sincos_2pi(T b, T& s, T& c) {
   sincos_2pi_poly<T>(b, s, c);
 }
 
+// ---- the per-sample primitives --------------------------------------------------------------
+// Host (and device double): the accurate functions above. Device float: PTX's approximate
+// instructions (one MUFU each), whose documented error bounds and the resulting budget against
+// the tests' tolerance are in docs/kernels.md ("Device float maths"). ftz: results below 2^-126
+// flush to 0, which changes nothing the op returns (see there).
+#if defined(__CUDA_ARCH__)
+#define ADT_FAST_PTX_UNARY(NAME, INSTRUCTION)               \
+  __device__ __forceinline__ float NAME(float x) {          \
+    float y;                                                \
+    asm(INSTRUCTION " %0, %1;" : "=f"(y) : "f"(x));         \
+    return y;                                               \
+  }
+ADT_FAST_PTX_UNARY(ptx_ex2, "ex2.approx.ftz.f32")
+ADT_FAST_PTX_UNARY(ptx_lg2, "lg2.approx.ftz.f32")
+ADT_FAST_PTX_UNARY(ptx_rcp, "rcp.approx.ftz.f32")
+ADT_FAST_PTX_UNARY(ptx_sqrt, "sqrt.approx.ftz.f32")
+#undef ADT_FAST_PTX_UNARY
+#endif
 
 // |x| (a select on the host, where it vectorises; a free operand modifier on the device).
 ADT_FN float abs_(float x) {
@@ -456,8 +445,8 @@ ADT_FN float div_(float a, float b) {
 
 ADT_FN double div_(double a, double b) { return a / b; }
 
-// exp(-|x|) (device float: one ex2.approx; its relative error, 2 ulp plus |x| 2^-24 from the
-// argument's rounding, moves softplus by under 1e-8 absolute).
+// exp(-|x|) (device float: one ex2.approx, relative error 2 ulp plus |x| 2^-24 from rounding
+// the argument; softplus(rho) = max(rho, 0) + log1p(exp(-|rho|)) moves by at most 1.2e-7).
 ADT_FN float exp_neg_abs(float x) {
 #if defined(__CUDA_ARCH__)
   return ptx_ex2(fabsf(x) * -1.44269504088896340736f);

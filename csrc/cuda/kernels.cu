@@ -24,7 +24,6 @@
 
 #include "../core/chunking.h"
 #include "../core/elementwise.h"
-#include "../core/intdiv.h"
 #include "../core/philox.h"
 #include "adt_cuda.h"
 
@@ -195,7 +194,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM<S>) forward_kernel(cons
     p.seed.used[1] = static_cast<int64_t>(kNoise ? 0 : seed.offset);
   }
   for_each_chunk(p.chunks, [&](const Chunk& c, int lane) {
-    const int lanes = p.chunks.lanes;
+    const int lanes = p.chunks.lanes();
     C acc[kPass];
 #pragma unroll
     for (int s = 0; s < kPass; ++s) acc[s] = C(0);
@@ -272,7 +271,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM<S>) backward_kernel(con
                       static_cast<int64_t>(p.s0) * p.go_sample_stride;
   const C* grad_nlp = p.grad_nlp != nullptr ? p.grad_nlp : reinterpret_cast<const C*>(kZero);
   for_each_chunk(p.chunks, [&](const Chunk& c, int lane) {
-    const int lanes = p.chunks.lanes;
+    const int lanes = p.chunks.lanes();
     // d(loss)/d(-log p) of the example's samples: -2 ge t enters d/du, ge d log sigma / d rho.
     C ge[kPass];
     C ge_sum = C(0);
@@ -351,6 +350,9 @@ unsigned grid_for(int64_t work, int64_t per_block) {
   return static_cast<unsigned>(std::min<int64_t>((work + per_block - 1) / per_block, kMaxBlocks));
 }
 
+// Blocks for the chunks: each of a block's warps takes chunks.per_warp() chunks per trip.
+unsigned grid_for(const Chunking& chunks) { return grid_for(chunks.count, kWarps * chunks.per_warp()); }
+
 // launch(noise, x, pass) with each as a compile-time constant (std::integral_constant).
 template <class F>
 void with_variant(bool noise, bool x, int pass, F&& launch) {
@@ -390,7 +392,7 @@ const char* forward_typed(const void* mean, const void* std_param, const void* x
   p.partial = static_cast<C*>(workspace);
   p.constant = neg_log_prob_constant(dim, epsilon);
   // With no elements the kernel still runs (one block, no chunks) to report the (seed, offset).
-  const unsigned grid = std::max(1u, grid_for(p.chunks.count, kWarps * (32 / p.chunks.lanes)));
+  const unsigned grid = std::max(1u, grid_for(p.chunks));
   for (int64_t s0 = 0; s0 < k; s0 += kMaxPass) {
     p.s0 = static_cast<int>(s0);
     with_variant(noise != nullptr, x != nullptr, pass_size(k, s0), [&](auto kNoise, auto kX, auto kPass) {
@@ -436,7 +438,7 @@ const char* backward_typed(const void* grad_out, int64_t go_sample_stride, int64
   p.grad_mean = static_cast<S*>(grad_mean);
   p.grad_std_param = static_cast<S*>(grad_std);
   p.grad_x = static_cast<S*>(grad_x);
-  const unsigned grid = grid_for(p.chunks.count, kWarps * (32 / p.chunks.lanes));
+  const unsigned grid = grid_for(p.chunks);
   for (int64_t s0 = 0; s0 < k; s0 += kMaxPass) {
     p.s0 = static_cast<int>(s0);
     p.accumulate = s0 > 0;

@@ -480,8 +480,8 @@ void test_chunking() {
       const adt_fast::Chunking chunks = adt_fast::Chunking::of(batch, dim);
       int expected_lanes = 1;  // the fewest lanes (a power of two, at most 32) whose chunk holds D
       while (expected_lanes < 32 && expected_lanes * adt_fast::kElementsPerThread < dim) expected_lanes *= 2;
-      CHECK(chunks.lanes == expected_lanes, "B=%lld D=%lld: %d lanes per chunk, want %d", (long long)batch,
-            (long long)dim, chunks.lanes, expected_lanes);
+      CHECK(chunks.lanes() == expected_lanes, "B=%lld D=%lld: %d lanes per chunk, want %d", (long long)batch,
+            (long long)dim, chunks.lanes(), expected_lanes);
       std::vector<int> taken(static_cast<size_t>(batch * dim), 0);
       std::vector<int> slots(static_cast<size_t>(batch * chunks.per_example), 0);
       const int per_warp = chunks.per_warp();
@@ -491,13 +491,13 @@ void test_chunking() {
             int j;
             const adt_fast::Chunk c = chunks.of_lane(first, lane, j);
             if (c.len == 0) continue;
-            CHECK(c.start == c.example * dim + c.index * chunks.size && c.len <= chunks.size &&
+            CHECK(c.start == c.example * dim + c.index * chunks.size() && c.len <= chunks.size() &&
                       c.index < chunks.per_example && c.start + c.len <= (c.example + 1) * dim,
                   "B=%lld D=%lld: chunk at %lld is not inside example %lld", (long long)batch, (long long)dim,
                   (long long)c.start, (long long)c.example);
             if (j == 0) ++slots[static_cast<size_t>(c.example * chunks.per_example + c.index)];
             for (int i = 0; i < adt_fast::kElementsPerThread; ++i) {
-              const int at = j + chunks.lanes * i;
+              const int at = j + chunks.lanes() * i;
               if (at < c.len) ++taken[static_cast<size_t>(c.start + at)];
             }
           }
