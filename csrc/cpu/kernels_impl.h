@@ -262,6 +262,7 @@ void backward_range(const detail::BackwardArgs<T>& a, int64_t n_begin, int64_t n
   const int64_t groups = num_groups(a.num_samples);
   const int64_t k = a.num_samples;
   const T eps = a.epsilon, lo = a.lo, hi = a.hi;
+  const T eps4 = T(4) * eps;  // times (1 - t^2) / 4
   for (int64_t n0 = n_begin; n0 < n_end; n0 += kTile) {
     const int len = static_cast<int>(std::min<int64_t>(kTile, n_end - n0));
     {
@@ -299,7 +300,7 @@ void backward_range(const detail::BackwardArgs<T>& a, int64_t n_begin, int64_t n
             gd = ((unclamped >= lo) & (unclamped <= hi)) ? gd : T(0);
             acc_gx[i] += gd;
           }
-          const T du = gd * (eps * tt.dtanh) - T(2) * ge[i] * tt.t;
+          const T du = gd * (eps4 * tt.quarter_dtanh) - T(2) * ge[i] * tt.t;
           acc_du[i] += du;
           acc_dur[i] += du * r;
           ge_sum[i] += ge[i];

@@ -210,14 +210,14 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM<S>) forward_kernel(cons
       const C mu = load(p.mean + n);
       const RhoTerms<C> rt = rho_terms<C>(load(p.std_param + n));
       const C xv = kX ? load(p.x + n) : C(0);
-      if (valid) log_sigma_sum += rt.log_sigma;
+      if (valid) log_sigma_sum += rt.log_sigma + C(2 * kLog2);  // the 2 log 2 each sample term lacks
       S* out = p.out + static_cast<int64_t>(p.s0) * p.numel + n;
       for_each_sample<kPass, kNoise, C>(seed, p.noise, p.numel, p.s0, n, [&](int s, C r) {
         const TanhTerms<C> tt = tanh_terms<C>(mu + rt.sigma * r);
         const C d = p.eps * tt.t;
         store(out, kX ? clamp_<C>(xv + d, p.lo, p.hi) : d);
         out += p.numel;
-        if (valid) acc[s] += sample_term<C>(r, tt.log1m);
+        if (valid) acc[s] = add_doubled_sample_term<C>(acc[s], r, tt);
       });
     }
     // An example of one chunk gets its -log p, else the chunk's sum goes to its workspace slot.
@@ -229,7 +229,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM<S>) forward_kernel(cons
     const double add = whole ? p.constant : 0.0;
 #pragma unroll
     for (int s = 0; s < kPass; ++s) {
-      const C v = group_sum<C>(acc[s] + log_sigma_sum, lanes);
+      const C v = group_sum<C>(C(0.5) * acc[s] + log_sigma_sum, lanes);
       if (lane == 0 && c.len > 0) dst[s * row_step] = static_cast<C>(static_cast<double>(v) + add);
     }
   });
@@ -280,6 +280,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM<S>) backward_kernel(con
       ge[s] = __ldg(grad_nlp + (p.s0 + s) * p.ge_sample_stride + c.example * p.ge_example_stride);
       ge_sum += ge[s];
     }
+    const C eps4 = C(4) * p.eps;  // times (1 - t^2) / 4
 #pragma unroll 1
     for (int i = 0; i < kElementsPerThread; ++i) {
       const int at = lane + lanes * i;
@@ -300,7 +301,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM<S>) backward_kernel(con
           gd = (unclamped >= p.lo && unclamped <= p.hi) ? gd : C(0);
           acc_gx += gd;
         }
-        const C du = gd * (p.eps * tt.dtanh) - C(2) * ge[s] * tt.t;
+        const C du = gd * (eps4 * tt.quarter_dtanh) - C(2) * ge[s] * tt.t;
         acc_du += du;
         acc_dur += du * r;
       });

@@ -189,23 +189,33 @@ void test_primitives(const char* name, double tol) {
 
 // ---- host parts of the device float path ---------------------------------------------------------
 
-// What the CUDA kernels compute with host-checkable maths: Box-Muller's -log near a = 1 (the
-// series that replaces lg2.approx there), the signed-word angle of sincos_2pi_word (the same
-// angle as 2 pi b(w) up to a whole turn), and the multiply-high example index.
+// What the CUDA kernels compute with host-checkable maths: Box-Muller's -2 log near a = 1 (the
+// polynomial that replaces lg2.approx there), log1p on [0, 1] (softplus), the signed-word angle of
+// sincos_2pi_word (the same angle as 2 pi b(w) up to a whole turn), and the multiply-high example
+// index. The polynomials use fmaf, which rounds as the device's FFMA does.
 void test_device_float_pieces() {
   using LD = long double;
   double worst_series = 0;
-  for (uint32_t m = (1u << 24) - 1; m >= (1u << 24) - (1u << 20); m -= 37) {  // a in [15/16, 1]
+  for (uint32_t m = (1u << 24) - 1; m >= (1u << 24) - (1u << 20); --m) {  // every a in [15/16, 1)
     const float a = adt_fast::uniform_open0<float>(m << 8);
     const float c = 1.0f - a;  // exact
-    const LD want = -std::log(static_cast<LD>(a));
-    if (want > 0) {
-      const double err = static_cast<double>(std::fabs((adt_fast::math::neg_log1m_series<float>(c) - want) / want));
-      worst_series = std::max(worst_series, err);
-    }
+    const LD want = -2 * std::log(static_cast<LD>(a));
+    const double err = static_cast<double>(std::fabs((adt_fast::math::neg2_log1m_near0(c) - want) / want));
+    worst_series = std::max(worst_series, err);
   }
-  std::printf("  -log(1 - c) series for c <= 1/16: max rel err %.2e\n", worst_series);
-  CHECK(worst_series <= 3e-7, "-log(1 - c) series error %.2e above float rounding", worst_series);
+  std::printf("  -2 log(1 - c) for c <= 1/16: max rel err %.2e\n", worst_series);
+  CHECK(worst_series <= 2e-7, "-2 log(1 - c) polynomial error %.2e above float rounding", worst_series);
+
+  double worst_log1p = 0;
+  const auto check_log1p = [&](float x) {
+    const LD want = std::log1p(static_cast<LD>(x));
+    const double err = static_cast<double>(std::fabs((adt_fast::math::log1p_unit_poly(x) - want) / want));
+    worst_log1p = std::max(worst_log1p, err);
+  };
+  for (uint32_t i = 1; i <= (1u << 22); ++i) check_log1p(static_cast<float>(i) * 0x1p-22f);  // (0, 1]
+  for (int e = 23; e <= 126; ++e) check_log1p(std::ldexp(1.5f, -e));                        // tiny
+  std::printf("  log1p on [0, 1]: max rel err %.2e\n", worst_log1p);
+  CHECK(worst_log1p <= 2e-7, "log1p polynomial error %.2e above float rounding", worst_log1p);
 
   std::mt19937_64 rng(11);
   double worst_angle = 0;
