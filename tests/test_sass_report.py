@@ -86,3 +86,53 @@ def test_counts_a_compiled_loop(tmp_path):
     one, three = sass_report.walk(instrs, 1), sass_report.walk(instrs, 3)
     (_, body), = one.loops
     assert three.count - one.count == 2 * body and three.ops["LDG"] == 3 * one.ops["LDG"]
+
+
+UNROLLED_TOY_CONSTANTS = "constexpr int kMaxPass = 8;\nconstexpr int kElementsPerThread = 4;\n"
+UNROLLED_TOY = """
+template <class S, bool kNoise, bool kX, int kPass>
+__global__ void __launch_bounds__(128) {name}(const unsigned* in, unsigned* out, int n) {{
+  const int first = blockIdx.x * blockDim.x * kElementsPerThread + threadIdx.x;
+#pragma unroll 1
+  for (int e = 0; e < kElementsPerThread; ++e) {{
+    const int i = first + e * blockDim.x;
+    if (i >= n) break;
+    unsigned a = in[i], b = a ^ 0x1234u;
+#pragma unroll
+    for (int r = 0; r < 10 * kPass; ++r) {{  // ten "Philox rounds" per sample
+      b ^= __umulhi(a, 0xD2511F53u);
+      a = a * 0xCD9E8D57u + b;
+    }}
+    out[i] = a ^ b;
+  }}
+}}
+template __global__ void {name}<float, false, true, 4>(const unsigned*, unsigned*, int);
+template __global__ void {name}<float, false, true, 5>(const unsigned*, unsigned*, int);
+template __global__ void {name}<float, true, true, 5>(const unsigned*, unsigned*, int);
+"""
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None and not os.path.exists("/usr/local/cuda/bin/nvcc"),
+                    reason="nvcc missing")
+def test_counts_kernels_templated_on_the_samples(tmp_path):
+    """kernels.cu's form (kMaxPass, kElementsPerThread): the k = 5 instantiation without noise is
+    counted, its element loop runs kElementsPerThread times, and the count is per element, exact."""
+    if sass_report.find_tool("cuobjdump") is None:
+        pytest.skip("cuobjdump missing")
+    cuda = tmp_path / "tree" / "csrc" / "cuda"
+    cuda.mkdir(parents=True)
+    (cuda / "kernels.cu").write_text(UNROLLED_TOY_CONSTANTS + UNROLLED_TOY.format(name="forward_kernel")
+                                     + UNROLLED_TOY.format(name="backward_kernel"))
+    counts = sass_report.cuda_counts(tmp_path / "tree", tmp_path, 5)
+    assert [c.direction for c in counts] == ["forward", "backward"]
+    cubin = next(tmp_path.glob("cuda-*.cubin"))
+    functions, _ = sass_report.disassemble(cubin)
+    demangled = sass_report._demangle(functions)
+    for c in counts:
+        assert c.exact and c.elements_per_thread == 4 and c.threads == 128
+        name = next(f for f, d in demangled.items() if f"{c.name}<float, false, true, 5>" in d)
+        one, four = sass_report.walk(functions[name], 1), sass_report.walk(functions[name], 4)
+        (_, body), = one.loops
+        assert c.walk.count == four.count == one.count + 3 * body
+        assert c.per_element == four.count / 4
+        assert c.walk.ops["STG"] == 4
