@@ -259,7 +259,7 @@ struct BackwardParams : Inputs<S> {
   S* grad_mean;
   S* grad_std_param;
   S* grad_x;
-  bool accumulate;  // add to the gradients of the earlier passes
+  bool accumulate;  // add to the gradients of the earlier passes (only passes of kMaxPass samples)
 };
 
 template <class S, bool kNoise, bool kX, int kPass>
@@ -308,7 +308,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM<S>) backward_kernel(con
       C g_mean = acc_du;
       C g_std = rt.sigmoid * acc_dur + rt.sigmoid_over_softplus * ge_sum;
       C g_x = acc_gx;
-      if (p.accumulate) {
+      if (kPass == kMaxPass && p.accumulate) {
         g_mean += widen(p.grad_mean[n]);
         g_std += widen(p.grad_std_param[n]);
         if (kX) g_x += widen(p.grad_x[n]);
@@ -377,7 +377,7 @@ void with_variant(bool noise, bool x, int pass, F&& launch) {
   }
 }
 
-// The passes of k samples: kMaxPass at a time, the rest in the last.
+// The passes of k samples: kMaxPass at a time, and the rest.
 int pass_size(int64_t k, int64_t s0) { return static_cast<int>(std::min<int64_t>(kMaxPass, k - s0)); }
 
 template <class S>
@@ -440,14 +440,19 @@ const char* backward_typed(const void* grad_out, int64_t go_sample_stride, int64
   p.grad_std_param = static_cast<S*>(grad_std);
   p.grad_x = static_cast<S*>(grad_x);
   const unsigned grid = grid_for(p.chunks);
-  for (int64_t s0 = 0; s0 < k; s0 += kMaxPass) {
+  const auto launch = [&](int64_t s0, bool accumulate) {
     p.s0 = static_cast<int>(s0);
-    p.accumulate = s0 > 0;
+    p.accumulate = accumulate;
     with_variant(noise != nullptr, x != nullptr, pass_size(k, s0), [&](auto kNoise, auto kX, auto kPass) {
       backward_kernel<S, decltype(kNoise)::value, decltype(kX)::value, decltype(kPass)::value>
           <<<grid, kThreads, 0, stream>>>(p);
     });
-  }
+  };
+  // The partial pass (k mod kMaxPass samples) first, so that only passes of kMaxPass samples ever
+  // add to earlier ones: the other kernels carry no code to read the gradients back.
+  const int64_t partial = k % kMaxPass;
+  if (partial > 0) launch(k - partial, false);
+  for (int64_t s0 = 0; s0 < k - partial; s0 += kMaxPass) launch(s0, partial > 0 || s0 > 0);
   return launch_error();
 }
 
