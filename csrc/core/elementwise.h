@@ -9,7 +9,8 @@
 //   softplus(rho)      = max(rho, 0) + log1p(exp(-|rho|))
 //   log softplus(rho)  = rho - exp(rho)/2 for rho < -20, else log(softplus(rho))
 //   sigmoid/softplus   = 1 - exp(rho)/2 for rho < -20, else sigmoid(rho) / softplus(rho)
-//   log(1 - t^2)       = 2 (log 2 - |u| - softplus(-2|u|)), softplus(-2|u|) = log(2 + expm1(-2|u|))
+//   log(1 - t^2)       = 2 log 2 + log2((1 - t^2) / 4) log 2, log2((1 - t^2) / 4) = -2|u| log2(e)
+//                        - 2 log2(1 + e), finite for any finite u
 //   1 - t^2            = 4 e / (1 + e)^2 with e = exp(-2|u|)    (exact in relative terms)
 //   tanh|u|            = (1 - e) / (1 + e), 1 - e = -expm1(-2|u|) on the host (accurate for tiny
 //                        |u|); the device's float path uses one ex2.approx (docs/kernels.md)
@@ -50,9 +51,8 @@ ADT_FN RhoTerms<T> rho_terms(T rho) {
 
 template <class T>
 struct TanhTerms {
-  T t;      // tanh(u)
-  T quarter_dtanh;  // (1 - tanh(u)^2) / 4
-  T log1m;  // log(1 - tanh(u)^2)
+  T t;                   // tanh(u)
+  T quarter_dtanh;       // (1 - tanh(u)^2) / 4
   T log2_quarter_dtanh;  // log2((1 - t^2) / 4) = log2(e) - 2 log2(1 + e), e = exp(-2|u|)
 };
 
@@ -66,39 +66,27 @@ ADT_FN TanhTerms<T> tanh_terms(T u) {
   TanhTerms<T> out;
   out.t = math::with_sign_of(one_minus_e * rden, u);
   out.quarter_dtanh = e * rden * rden;
-  // softplus(-2|u|) = log1p(e) = log(den): den carries 1 + e to a relative rounding, so the log
-  // is as accurate in absolute terms as log1p (what matters once added to log 2 - |u|).
-  out.log1m = T(2) * ((T(kLog2) - a) - math::log_1to2(den));
+  // log2(1 + e) = log2(den): den carries 1 + e to a relative rounding, so the log is as accurate
+  // in absolute terms as log1p (what matters once added to log2(e) = -2|u| log2(e)).
   out.log2_quarter_dtanh = math::fma_(T(-2), math::log2_1to2(den), math::log2_exp_neg2(a));
   return out;
 }
 
-// acc + 2 (r^2/2 + log(1 - t^2)) - 4 log 2 = acc + r^2 + 2 log 2 log2((1 - t^2) / 4): the sample's
-// term of -log p doubled and less its constant. On the device that is three fused multiply-adds
-// (with the log2 of exp(-2|u|) that ex2 took); the CUDA forward halves the sum and adds the 2 log 2
-// per element once (kernels.cu).
+// acc + 2 (r^2/2 + log(1 - t^2)) - 4 log 2 = acc + r^2 + 2 log 2 log2((1 - t^2) / 4), from r and
+// TanhTerms::log2_quarter_dtanh: the sample's term of -log p doubled and less its constant, two
+// fused multiply-adds on the device (with the log2 of exp(-2|u|) that ex2 took). The CUDA forward
+// sums these and halves the sum once. (Scalars, not the struct by reference: a reference to a
+// loop-local struct stops g++ vectorising the CPU loops.)
 template <class T>
-ADT_FN T add_doubled_sample_term(T acc, T r, const TanhTerms<T>& tt) {
+ADT_FN T add_doubled_sample_term(T acc, T r, T log2_quarter_dtanh) {
   acc = r * r + acc;
-  return T(2 * kLog2) * tt.log2_quarter_dtanh + acc;
-}
-
-// The part of -log p's per-element term that changes with the sample: r^2/2 + log(1 - t^2).
-template <class T>
-ADT_FN T sample_term(T r, T log1m) {
-  return T(0.5) * r * r + log1m;
+  return T(2 * kLog2) * log2_quarter_dtanh + acc;
 }
 
 // The per-element, per-sample term of -log p: r^2/2 + log(1 - t^2) + log sigma.
 template <class T>
-ADT_FN T neg_log_prob_term(T r, T log_sigma, T log1m) {
-  return sample_term(r, log1m) + log_sigma;
-}
-
-// torch.clamp(v, lo, hi) (lo <= hi; NaN stays NaN).
-template <class T>
-ADT_FN T clamp_(T v, T lo, T hi) {
-  return math::clamp_nan<T>(v, lo, hi);
+ADT_FN T neg_log_prob_term(T r, T log_sigma, T log2_quarter_dtanh) {
+  return T(0.5) * add_doubled_sample_term(T(0), r, log2_quarter_dtanh) + (log_sigma + T(2 * kLog2));
 }
 
 // The constant of -log p per example: D (log(2 pi)/2 + log eps), in double.

@@ -364,22 +364,6 @@ ADT_FN T log1p_poly(T x) {
   return log_poly<T>(u) - c / u;
 }
 
-ADT_FN float log1p_(float x) {
-#if defined(__CUDA_ARCH__)
-  return log1pf(x);
-#else
-  return log1p_poly<float>(x);
-#endif
-}
-
-ADT_FN double log1p_(double x) {
-#if defined(__CUDA_ARCH__)
-  return log1p(x);
-#else
-  return log1p_poly<double>(x);
-#endif
-}
-
 // log(1 + x) for x in [0, 1] as x + x^2 q(x), q a degree-8 fit (least squares on Chebyshev nodes,
 // weighted for relative error): nine fused multiply-adds, a multiply and no branch (CUDA's
 // log1pf takes about twice the instructions and a special-case branch). fmaf rounds once on host
@@ -397,7 +381,8 @@ ADT_FN float log1p_unit_poly(float x) {
   return fmaf(q * x, x, x);
 }
 
-// log(1 + x) for x in [0, 1]: the polynomial above on the device, log1p_ on the host.
+// log(1 + x) for x in [0, 1] (softplus): device float the polynomial above, device double CUDA's
+// log1p, the host its branch-free polynomial.
 ADT_FN float log1p_unit(float x) {
 #if defined(__CUDA_ARCH__)
   return log1p_unit_poly(x);
@@ -406,7 +391,13 @@ ADT_FN float log1p_unit(float x) {
 #endif
 }
 
-ADT_FN double log1p_unit(double x) { return log1p_(x); }
+ADT_FN double log1p_unit(double x) {
+#if defined(__CUDA_ARCH__)
+  return log1p(x);
+#else
+  return log1p_poly<double>(x);
+#endif
+}
 
 // sin(2 pi b), cos(2 pi b) for b in [0, 1) (host; the device takes the word, see sincos_2pi_word).
 template <class T>
@@ -533,17 +524,6 @@ ADT_FN float rcp_(float x) {
 
 ADT_FN double rcp_(double x) { return 1.0 / x; }
 
-// log(x) for x in [1, 2].
-ADT_FN float log_1to2(float x) {
-#if defined(__CUDA_ARCH__)
-  return ptx_lg2(x) * 0.69314718055994530942f;
-#else
-  return log_poly<float>(x);
-#endif
-}
-
-ADT_FN double log_1to2(double x) { return log_(x); }
-
 // log2(x) for x in [1, 2] (device float: one lg2.approx).
 ADT_FN float log2_1to2(float x) {
 #if defined(__CUDA_ARCH__)
@@ -595,14 +575,14 @@ ADT_FN double neg2_log_uniform(double a) { return -2.0 * log_(a); }
 // torch.clamp(v, lo, hi) for lo <= hi: a NaN v stays NaN (selects on the host; on sm_80 and up,
 // PTX's NaN-propagating max/min, one instruction each).
 template <class T>
-ADT_FN T clamp_nan(T v, T lo, T hi) {
+ADT_FN T clamp_(T v, T lo, T hi) {
   v = v < lo ? lo : v;
   return v > hi ? hi : v;
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 template <>
-__device__ __forceinline__ float clamp_nan<float>(float v, float lo, float hi) {
+__device__ __forceinline__ float clamp_<float>(float v, float lo, float hi) {
   float out;
   asm("max.NaN.f32 %0, %1, %2;" : "=f"(out) : "f"(v), "f"(lo));
   asm("min.NaN.f32 %0, %1, %2;" : "=f"(out) : "f"(out), "f"(hi));

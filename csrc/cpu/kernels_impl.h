@@ -214,11 +214,11 @@ void forward_range(const detail::ForwardArgs<T>& a, int64_t n_begin, int64_t n_e
           const T r = rs[i];
           const TanhTerms<T> tt = tanh_terms<T>(mu[i] + sigma[i] * r);
           if constexpr (kX) {
-            out[i] = clamp_<T>(x[i] + eps * tt.t, lo, hi);
+            out[i] = math::clamp_<T>(x[i] + eps * tt.t, lo, hi);
           } else {
             out[i] = eps * tt.t;
           }
-          term[i] = neg_log_prob_term<T>(r, log_sigma[i], tt.log1m);
+          term[i] = neg_log_prob_term<T>(r, log_sigma[i], tt.log2_quarter_dtanh);
         }
         add_segment_sums<T>(term, len, n0, a.dim, a.num_chunks, chunk, a.num_samples, s, partial);
       }

@@ -215,9 +215,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM<S>) forward_kernel(cons
       for_each_sample<kPass, kNoise, C>(seed, p.noise, p.numel, p.s0, n, [&](int s, C r) {
         const TanhTerms<C> tt = tanh_terms<C>(mu + rt.sigma * r);
         const C d = p.eps * tt.t;
-        store(out, kX ? clamp_<C>(xv + d, p.lo, p.hi) : d);
+        store(out, kX ? math::clamp_<C>(xv + d, p.lo, p.hi) : d);
         out += p.numel;
-        if (valid) acc[s] = add_doubled_sample_term<C>(acc[s], r, tt);
+        if (valid) acc[s] = add_doubled_sample_term<C>(acc[s], r, tt.log2_quarter_dtanh);
       });
     }
     // An example of one chunk gets its -log p, else the chunk's sum goes to its workspace slot.

@@ -479,7 +479,6 @@ void test_empty() {
   adt_fast::cpu::philox_words(1, 2, 0, 5, nullptr, 0);
 }
 
-
 // The CUDA kernels' work split (core/chunking.h), replayed on the host the way for_each_chunk
 // walks it with a small grid: every element is taken by exactly one (lane, i), chunks name
 // their example and place correctly, and a group of lanes never straddles two examples.
