@@ -401,8 +401,10 @@ for store, has_x, has_noise, gout in (("fp32", True, False, 1), ("bf16", False, 
         ptx = kernel.asm["ptx"]
         assert has_noise or "mul.hi.u32" in ptx  # Philox's products
         forward = fn is tk._forward_kernel
-        if not is_fp64:  # the float32 fast paths (log(1 - t^2) only in the forward)
-            assert "ex2.approx.ftz.f32" in ptx and ("lg2.approx.ftz.f32" in ptx or not forward)
+        if not is_fp64:  # the float32 fast paths: tanh and softplus (ex2, rcp), the Box-Muller
+            # radius (lg2, sqrt), log(1 - t^2) and log sigma (lg2, forward)
+            for op in ("ex2", "rcp") + (() if has_noise else ("lg2", "sqrt")):
+                assert f"{op}.approx.ftz.f32" in ptx, op
         if has_x and forward and not is_fp64:  # the clamp keeps NaN: min/max.NaN.f32 (float64
             # has no .NaN form; triton selects on isnan there)
             assert "max.NaN.f" in ptx and "min.NaN.f" in ptx, "the clamp drops NaN"

@@ -129,16 +129,22 @@ def _philox_block(n, seed, group_counter):
 def _box_muller(wa, wb, IS_FP64: tl.constexpr, CT: tl.constexpr):
     """(r cos, r sin) from two words: a = ((wa >> 8) + 1) / 2^24, b = (wb >> 8) / 2^24."""
     a = ((wa >> 8) + 1).to(tl.int32).to(CT) * 5.9604644775390625e-08
-    radius = tl.sqrt(-2.0 * tl.log(a))
     j = (wb >> 8).to(tl.int32)
     if IS_FP64:
+        radius = tl.sqrt(-2.0 * tl.log(a))
         angle = j.to(CT) * _c(_TWO_PI_2M24, CT)  # == (2 pi) * b, as the reference rounds it
         cos_v = tl.cos(angle)
         sin_v = tl.sin(angle)
     else:
-        # Exact reduction of the 24-bit fixed-point angle to a quadrant q and a remainder
-        # theta in [-pi/4, pi/4), then Taylor polynomials (error < 2e-9 there): cheaper than
-        # two libdevice calls and at least as accurate as cos(fp32(2 pi) * b).
+        # The radius as the CUDA kernels compute it: -2 ln a by lg2.approx, and where its
+        # absolute error would swamp a logarithm near 0 (a > 15/16) by a polynomial in the exact
+        # c = 1 - a; at most 7e-7 absolute in the radius (docs/kernels.md).
+        c = 1.0 - a
+        radius = _approx(tl.where(c <= 0.0625, _neg2_log1m_near0(c), _approx(a, "lg2") * -1.3862943611198906),
+                         "sqrt")
+        # The angle: an exact reduction of the 24-bit fixed-point angle to a quadrant q and a
+        # remainder theta in [-pi/4, pi/4), then Taylor polynomials (error < 2e-9 there). Not
+        # sin/cos.approx: their error, up to 9.2e-7 in cos and sin, is scaled by the radius.
         jq = (j + 2097152) >> 22
         theta = (j - (jq << 22)).to(CT) * 3.7450702829239286e-07  # 2 pi / 2^24
         q = jq & 3
@@ -181,34 +187,55 @@ def _expm1_series(x, IS_FP64: tl.constexpr, CT: tl.constexpr):
 
 
 @triton.jit
-def _exp2_ftz(x):
-    """2^x for x <= 0 in one MUFU.EX2 (ex2.approx.ftz.f32: 2 ulp; results below 2^-126 flush to
-    zero, harmless where it is used: e = exp(-2|u|) next to 1). The interpreter: tl.exp2."""
+def _approx(x, OP: tl.constexpr):
+    """One MUFU instruction of PTX's approximate float32 family (OP: "ex2", "lg2", "rcp" or
+    "sqrt"), as the CUDA kernels use them (docs/kernels.md, "Device float maths", has their
+    documented bounds; ftz flushes results below 2^-126 to zero, which changes nothing the op
+    returns). The interpreter runs the exact tl function instead."""
     if _INTERPRETED:
-        return tl.exp2(x)
+        if OP == "ex2":
+            y = tl.exp2(x)
+        elif OP == "lg2":
+            y = tl.log2(x)
+        elif OP == "rcp":
+            y = 1.0 / x
+        else:
+            y = tl.sqrt(x)
     else:
-        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
+        if OP == "ex2":
+            asm: tl.constexpr = "ex2.approx.ftz.f32 $0, $1;"
+        elif OP == "lg2":
+            asm: tl.constexpr = "lg2.approx.ftz.f32 $0, $1;"
+        elif OP == "rcp":
+            asm: tl.constexpr = "rcp.approx.ftz.f32 $0, $1;"
+        else:
+            asm: tl.constexpr = "sqrt.approx.ftz.f32 $0, $1;"
+        y = tl.inline_asm_elementwise(asm, "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+    return y
 
 
 @triton.jit
-def _log2_1_to_2(y):
-    """log2(y) for y in [1, 2] in one MUFU.LG2 (absolute error ~1e-7, harmless where it is used:
-    next to -2|u| in log(1 - t^2)). The interpreter: tl.log2."""
-    if _INTERPRETED:
-        return tl.log2(y)
-    else:
-        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [y], dtype=tl.float32,
-                                         is_pure=True, pack=1)
+def _log1p_unit_poly(x):
+    """log(1 + x) for x in [0, 1] as x + x^2 q(x): core/fastmath.h's log1p_unit_poly (1.2 ulp)."""
+    q = -0.0032271984964609146 * x + 0.01979079470038414
+    q = q * x - 0.056882403790950775
+    q = q * x + 0.10600826144218445
+    q = q * x - 0.15308032929897308
+    q = q * x + 0.1967889964580536
+    q = q * x - 0.24955376982688904
+    q = q * x + 0.3333020508289337
+    q = q * x - 0.4999992251396179
+    return (q * x) * x + x
 
 
 @triton.jit
-def _div(a, b, IS_FP64: tl.constexpr):
-    """a / b: IEEE in float64; div.full.f32 (2 ulp, one MUFU.RCP) in float32."""
-    if IS_FP64:
-        return a / b
-    else:
-        return tl.fdiv(a, b)
+def _neg2_log1m_near0(c):
+    """-2 log(1 - c) for 0 <= c <= 1/16: core/fastmath.h's neg2_log1m_near0 (1.2e-7 relative)."""
+    q = 0.4570601284503937 * c + 0.49678531289100647
+    q = q * c + 0.6667395234107971
+    q = q * c + 0.9999994039535522
+    q = q * c + 2.0
+    return q * c
 
 
 @triton.jit
@@ -231,12 +258,12 @@ def _tanh_parts(u, IS_FP64: tl.constexpr, CT: tl.constexpr):
         log1m_t2 = 2.0 * (_c(_LOG2, CT) - a - tl.log(1.0 + e))
     else:
         q = a * _M2_LOG2E
-        e = _exp2_ftz(q)
+        e = _approx(q, "ex2")
         one_plus_e = 1.0 + e
         one_minus_e = 1.0 - e
-        inv = tl.fdiv(1.0, one_plus_e)  # div.full.f32: 2 ulp, one MUFU.RCP
+        inv = _approx(one_plus_e, "rcp")
         # 2 log 2 - 2|u| - 2 log(1 + e) = ln2 (2 + q - 2 log2(1 + e))
-        log1m_t2 = _LN2 * (2.0 + q - 2.0 * _log2_1_to_2(one_plus_e))
+        log1m_t2 = _LN2 * (2.0 + q - 2.0 * _approx(one_plus_e, "lg2"))
     t = one_minus_e * inv  # tanh(|u|)
     t = tl.where(u < 0, -t, t)
     dtanh = 4.0 * e * inv * inv
@@ -247,18 +274,31 @@ def _tanh_parts(u, IS_FP64: tl.constexpr, CT: tl.constexpr):
 def _softplus_parts(rho, IS_FP64: tl.constexpr):
     """sigma = softplus(rho), log(sigma), sigmoid(rho), sigmoid(rho)/sigma: finite for all rho.
     Once per element; every sample of the element reuses them."""
-    z = tl.exp(-tl.abs(rho))
-    w = 1.0 + z
-    wm1 = w - 1.0
-    log1p_z = tl.where(wm1 == 0.0, z, tl.log(w) * _div(z, tl.where(wm1 == 0.0, 1.0, wm1), IS_FP64))
-    sigma = tl.maximum(rho, 0.0) + log1p_z
-    tail = rho < -20.0
-    e_tail = tl.exp(tl.minimum(rho, -20.0))
-    safe_sigma = tl.where(tail, 1.0, sigma)
-    log_sigma = tl.where(tail, rho - 0.5 * e_tail, tl.log(safe_sigma))
-    inv_w = _div(1.0, w, IS_FP64)
-    sigmoid = tl.where(rho >= 0, inv_w, z * inv_w)
-    sig_over_sp = tl.where(tail, 1.0 - 0.5 * e_tail, _div(sigmoid, safe_sigma, IS_FP64))
+    if IS_FP64:
+        z = tl.exp(-tl.abs(rho))
+        w = 1.0 + z
+        wm1 = w - 1.0
+        log1p_z = tl.where(wm1 == 0.0, z, tl.log(w) * (z / tl.where(wm1 == 0.0, 1.0, wm1)))
+        sigma = tl.maximum(rho, 0.0) + log1p_z
+        tail = rho < -20.0
+        e_tail = tl.exp(tl.minimum(rho, -20.0))
+        safe_sigma = tl.where(tail, 1.0, sigma)
+        log_sigma = tl.where(tail, rho - 0.5 * e_tail, tl.log(safe_sigma))
+        inv_w = 1.0 / w
+        sigmoid = tl.where(rho >= 0, inv_w, z * inv_w)
+        sig_over_sp = tl.where(tail, 1.0 - 0.5 * e_tail, sigmoid / safe_sigma)
+    else:
+        # The CUDA kernels' float path (core/elementwise.h rho_terms): z = exp(-|rho|) by one
+        # ex2.approx, which is exp(rho) itself in the tail; log1p(z) by the polynomial, which
+        # keeps sigma's relative accuracy where it is tiny.
+        z = _approx(tl.abs(rho) * -1.4426950408889634, "ex2")
+        sigma = tl.maximum(rho, 0.0) + _log1p_unit_poly(z)
+        inv_w = _approx(1.0 + z, "rcp")
+        sigmoid = tl.where(rho >= 0, inv_w, z * inv_w)
+        tail = rho < -20.0
+        safe_sigma = tl.where(sigma > 1.1754943508222875e-38, sigma, 1.1754943508222875e-38)
+        log_sigma = tl.where(tail, rho - 0.5 * z, _approx(safe_sigma, "lg2") * _LN2)
+        sig_over_sp = tl.where(tail, 1.0 - 0.5 * z, sigmoid * _approx(safe_sigma, "rcp"))
     return sigma, log_sigma, sigmoid, sig_over_sp
 
 
