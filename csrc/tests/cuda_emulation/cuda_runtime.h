@@ -1,0 +1,47 @@
+// Stand-in for the CUDA runtime API on the CPU (see emulation.h): memory is host memory, launches
+// run at once, and nothing ever fails.
+#pragma once
+
+#include <cstdlib>
+#include <cstring>
+
+#include "emulation.h"
+
+struct CUstream_st;
+typedef CUstream_st* cudaStream_t;
+
+enum cudaError_t { cudaSuccess = 0 };
+enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2 };
+
+struct cudaDeviceProp {
+  char name[256];
+};
+
+inline const char* cudaGetErrorString(cudaError_t) { return "no error (emulated)"; }
+inline cudaError_t cudaPeekAtLastError() { return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+inline cudaError_t cudaGetDeviceCount(int* count) {
+  *count = 1;
+  return cudaSuccess;
+}
+inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int) {
+  std::strcpy(prop->name, "the CPU (csrc/tests/cuda_emulation)");
+  return cudaSuccess;
+}
+template <class T>
+cudaError_t cudaMalloc(T** ptr, size_t bytes) {
+  *ptr = static_cast<T*>(std::malloc(bytes));
+  return cudaSuccess;
+}
+inline cudaError_t cudaFree(void* ptr) {
+  std::free(ptr);
+  return cudaSuccess;
+}
+inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
+  std::memcpy(dst, src, bytes);
+  return cudaSuccess;
+}
+inline cudaError_t cudaMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t = nullptr) {
+  std::memset(ptr, value, bytes);
+  return cudaSuccess;
+}
