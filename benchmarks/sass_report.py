@@ -16,7 +16,8 @@ Counting method (a dynamic count along one thread's common path, not a static si
   latch) is taken until its loop has run TRIPS times, and a loop tested at its top leaves through
   its exit test after TRIPS trips; unconditional branches, CALL and RET are
   followed; the walk ends at an unconditional EXIT. Each instruction met is counted once, so the
-  loop body counts TRIPS times and the prologue and epilogue once.
+  loop body counts TRIPS times and the prologue and epilogue once; a loop inside another runs
+  its trips on every entry.
 - TRIPS is the number of sample groups, ceil(k / 4) = 2 at k = 5 (four samples per Philox call),
   and applies to the sample-group loop: the innermost loop whose body holds a Philox call (20
   wide/high 32-bit multiplies). Any other loop (over tiles, over blocks of samples) runs once:
@@ -187,6 +188,7 @@ def walk(instrs: list[Instr], trips: int, max_steps: int = 2_000_000) -> Walk:
                         taken[ins.addr] += 1
                         i = index[ins.target]
                         continue
+                    taken[ins.addr] = 0  # the next entry runs its trips again
                     exit_to = _loop_exit(instrs, index, ins)
                     if exit_to is None:
                         break
@@ -200,6 +202,7 @@ def walk(instrs: list[Instr], trips: int, max_steps: int = 2_000_000) -> Walk:
                     taken[ins.addr] += 1
                     i = index[ins.target]
                     continue
+                taken[ins.addr] = 0  # the loop exits; the next entry runs its trips again
             elif _skips_slow_path(instrs[i + 1:index[ins.target]]):
                 i = index[ins.target]  # jumps over a call to an out-of-line slow path: taken
                 continue

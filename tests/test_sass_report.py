@@ -50,6 +50,30 @@ def test_walk_follows_the_documented_rules():
         assert walk.loops == [(0x30, 11)] and walk.ops["CALL"] == 0 and walk.ops["STG"] == trips
 
 
+# An outer loop (0x10-0x50) around an inner one (0x20-0x30): with no Philox multiplies in either,
+# every loop runs TRIPS times, and the inner one TRIPS times on each entry.
+NESTED_SASS = """
+		Function : nested
+        /*0000*/                   MOV R1, RZ ;                               /* 0x0 */
+        /*0010*/                   IADD3 R2, R2, 0x1, RZ ;                    /* 0x0 */
+        /*0020*/                   FFMA R3, R3, R3, R4 ;                      /* 0x0 */
+        /*0030*/              @P1 BRA 0x20 ;                                  /* 0x0 */
+        /*0040*/                   FADD R4, R4, R3 ;                          /* 0x0 */
+        /*0050*/              @P0 BRA 0x10 ;                                  /* 0x0 */
+        /*0060*/                   EXIT ;                                     /* 0x0 */
+        /*0070*/                   BRA 0x70;                                  /* 0x0 */
+"""
+
+
+def test_walk_runs_an_inner_loop_its_trips_on_every_entry():
+    (_, instrs), = sass_report.parse_sass(NESTED_SASS).items()
+    for trips in (1, 2, 3):
+        walk = sass_report.walk(instrs, trips)
+        # MOV, then per outer trip: IADD3, trips x (FFMA, latch), FADD, latch; then EXIT
+        assert walk.count == 1 + trips * (2 + 2 * trips + 1) + 1
+        assert walk.ops["FFMA"] == trips * trips
+
+
 def test_occupancy_on_sm90():
     assert sass_report.occupancy(32, 128, 0)[:2] == (16, 1.0)  # threads limit
     assert sass_report.occupancy(64, 256, 0) == (4, 0.5, "registers")  # 64 regs: 4 x 256 threads
