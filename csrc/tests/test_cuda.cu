@@ -1,4 +1,5 @@
-// CUDA kernels against the CPU kernels (ctest). Exits with 77 (ctest: skipped) without a GPU.
+// CUDA kernels against the CPU kernels (ctest core_cuda on a GPU, exit 77 = skipped without one;
+// core_cuda_emulated runs the same on the CPU, see tests/cuda_emulation/emulation.h).
 // Raw Philox words must be bit-identical; outputs and gradients within 1e-12 (float64) and
 // 1e-5 (float32) norm-wise relative error, and loose bounds for float16 / bfloat16 storage.
 #include <cuda_bf16.h>
@@ -165,6 +166,112 @@ void check(const char* name, int64_t batch, int64_t dim, int64_t k, bool use_noi
         e_gm, e_gs, e_gx, tol);
 }
 
+// Backward with grad_out laid out per element (s, n), expanded over the samples (0, 1), one value
+// for everything (0, 0) or absent, and grad_nlp present or absent: the same as the CPU kernels.
+void check_gradient_layouts(int64_t batch, int64_t dim, int64_t k) {
+  const int64_t n = batch * dim;
+  std::mt19937_64 rng(static_cast<uint64_t>(batch * 31 + dim * 7 + k));
+  std::normal_distribution<double> normal;
+  std::vector<double> mean(n), rho(n), x(n), gout(k * n), gnlp(k * batch);
+  for (auto* v : {&mean, &rho, &x, &gout, &gnlp}) {
+    for (double& e : *v) e = normal(rng);
+  }
+  for (double& e : x) e = 0.5 + 0.2 * e;
+  const uint64_t seed = 0xfeedbeefULL, offset = 12345;
+  Device<double> d_mean(mean), d_rho(rho), d_x(x), d_gout(gout), d_gnlp(gnlp);
+  Device<int64_t> d_so(std::vector<int64_t>{static_cast<int64_t>(seed), static_cast<int64_t>(offset)});
+  adt_fast::cuda::SeedSource src;
+  src.seed_ptr = d_so.ptr;
+  src.offset_ptr = d_so.ptr + 1;
+  const struct {
+    const char* name;
+    bool present;
+    int64_t sample_stride, element_stride;
+  } layouts[] = {{"per element", true, n, 1}, {"expanded", true, 0, 1}, {"one value", true, 0, 0}, {"absent", false, 0, 0}};
+  for (const auto& layout : layouts) {
+    for (const bool with_nlp : {true, false}) {
+      std::vector<double> gm_ref(n), gs_ref(n), gx_ref(n);
+      adt_fast::cpu::sample_backward(layout.present ? gout.data() : nullptr, layout.sample_stride, layout.element_stride,
+                                     with_nlp ? gnlp.data() : nullptr, mean.data(), rho.data(), x.data(), nullptr, seed,
+                                     offset, batch, dim, k, 0.3, 0.1, 0.9, gm_ref.data(), gs_ref.data(), gx_ref.data());
+      Device<double> d_gm(n), d_gs(n), d_gx(n);
+      const char* err = adt_fast::cuda::sample_backward(
+          adt_fast::cuda::DType::kFloat64, layout.present ? d_gout.ptr : nullptr, layout.sample_stride,
+          layout.element_stride, with_nlp ? d_gnlp.ptr : nullptr, d_mean.ptr, d_rho.ptr, d_x.ptr, nullptr, src, batch,
+          dim, k, 0.3, 0.1, 0.9, d_gm.ptr, d_gs.ptr, d_gx.ptr, nullptr);
+      CHECK(err == nullptr, "backward launch: %s", err);
+      CUDA_OK(cudaDeviceSynchronize());
+      const double worst = std::max({rel_err(d_gm.get(), gm_ref), rel_err(d_gs.get(), gs_ref), rel_err(d_gx.get(), gx_ref)});
+      CHECK(worst <= 1e-12, "grad_out %s, grad_nlp %s, B=%" PRId64 " D=%" PRId64 " k=%" PRId64 ": rel err %.2e",
+            layout.name, with_nlp ? "present" : "absent", batch, dim, k, worst);
+    }
+  }
+}
+
+// (seed, offset) as values (torch's generator outside CUDA-graph capture) or as pointers plus
+// offset_add (inside capture): the samples of (seed, offset + offset_add), and the forward writes
+// the pair it used to `used`.
+void check_seed_sources() {
+  const int64_t batch = 4, dim = 300, k = 6, n = batch * dim;
+  const uint64_t seed = 0x0123456789abcdefULL, offset = 1000, add = 77;
+  std::vector<double> mean(n, 0.25), rho(n, -0.5);
+  std::vector<double> out_ref(k * n), nlp_ref(k * batch);
+  adt_fast::cpu::sample_forward(mean.data(), rho.data(), nullptr, nullptr, seed, offset + add, batch, dim, k, 0.3,
+                                -INFINITY, INFINITY, out_ref.data(), nlp_ref.data());
+  Device<double> d_mean(mean), d_rho(rho);
+  Device<int64_t> d_so(std::vector<int64_t>{static_cast<int64_t>(seed), static_cast<int64_t>(offset)});
+  for (const bool pointers : {false, true}) {
+    adt_fast::cuda::SeedSource src;
+    if (pointers) {
+      src.seed_ptr = d_so.ptr;
+      src.offset_ptr = d_so.ptr + 1;
+    } else {
+      src.seed_value = seed;
+      src.offset_value = offset;
+    }
+    src.offset_add = add;
+    Device<int64_t> d_used(std::vector<int64_t>{-1, -1});
+    src.used = d_used.ptr;
+    Device<double> d_out(k * n), d_nlp(k * batch);
+    Device<unsigned char> d_ws(adt_fast::cuda::forward_workspace_bytes(adt_fast::cuda::DType::kFloat64, batch, dim, k));
+    const char* err = adt_fast::cuda::sample_forward(adt_fast::cuda::DType::kFloat64, d_mean.ptr, d_rho.ptr, nullptr,
+                                                     nullptr, src, batch, dim, k, 0.3, -INFINITY, INFINITY, d_out.ptr,
+                                                     d_nlp.ptr, d_ws.ptr, nullptr);
+    CHECK(err == nullptr, "forward launch: %s", err);
+    CUDA_OK(cudaDeviceSynchronize());
+    const double worst = std::max(rel_err(d_out.get(), out_ref), rel_err(d_nlp.get(), nlp_ref));
+    CHECK(worst <= 1e-12, "seed and offset as %s: rel err %.2e", pointers ? "pointers" : "values", worst);
+    const std::vector<int64_t> used = d_used.get();
+    CHECK(used[0] == static_cast<int64_t>(seed) && used[1] == static_cast<int64_t>(offset + add),
+          "seed and offset as %s: used (%" PRId64 ", %" PRId64 ")", pointers ? "pointers" : "values", used[0], used[1]);
+  }
+}
+
+// Empty shapes launch nothing they should not: -log p of an empty example is 0, and k = 0 leaves
+// every gradient 0 (the empty sum).
+void check_empty() {
+  adt_fast::cuda::SeedSource src;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  Device<double> d_nlp(std::vector<double>(2 * 3, nan)), d_scratch(std::vector<double>(8, nan));
+  const char* err = adt_fast::cuda::sample_forward(adt_fast::cuda::DType::kFloat64, d_scratch.ptr, d_scratch.ptr,
+                                                   nullptr, nullptr, src, 3, 0, 2, 0.3, -INFINITY, INFINITY,
+                                                   d_scratch.ptr, d_nlp.ptr, nullptr, nullptr);
+  CHECK(err == nullptr, "forward of D = 0: %s", err);
+  err = adt_fast::cuda::sample_forward(adt_fast::cuda::DType::kFloat64, d_scratch.ptr, d_scratch.ptr, nullptr, nullptr,
+                                       src, 0, 5, 2, 0.3, -INFINITY, INFINITY, d_scratch.ptr, d_nlp.ptr, nullptr, nullptr);
+  CHECK(err == nullptr, "forward of B = 0: %s", err);
+  CUDA_OK(cudaDeviceSynchronize());
+  CHECK(d_nlp.get() == std::vector<double>(6, 0.0), "-log p of empty examples is not 0");
+  Device<double> d_mean(std::vector<double>(6, 0.1)), d_gm(std::vector<double>(6, nan)), d_gs(std::vector<double>(6, nan));
+  err = adt_fast::cuda::sample_backward(adt_fast::cuda::DType::kFloat64, nullptr, 0, 0, nullptr, d_mean.ptr, d_mean.ptr,
+                                        nullptr, nullptr, src, 2, 3, 0, 0.3, -INFINITY, INFINITY, d_gm.ptr, d_gs.ptr,
+                                        nullptr, nullptr);
+  CHECK(err == nullptr, "backward of k = 0: %s", err);
+  CUDA_OK(cudaDeviceSynchronize());
+  CHECK(d_gm.get() == std::vector<double>(6, 0.0) && d_gs.get() == std::vector<double>(6, 0.0),
+        "gradients of k = 0 are not 0");
+}
+
 void check_words() {
   const int64_t so_host[2] = {-3LL, (1LL << 62) - 1};
   const int64_t numel = 70001, k = 11, groups = (k + 3) / 4;
@@ -190,6 +297,9 @@ int main() {
   CUDA_OK(cudaGetDeviceProperties(&prop, 0));
   std::printf("CUDA kernels (%s) on %s\n", adt_fast::cuda::compiled_architectures(), prop.name);
   check_words();
+  check_seed_sources();
+  check_empty();
+  for (const auto& s : {std::vector<int64_t>{3, 37, 5}, {2, 600, 11}, {16, 4, 3}}) check_gradient_layouts(s[0], s[1], s[2]);
   // (B, D, k): D picks the lanes per chunk (1 for D <= 8, then 2, 4, 8, 16, 32) and whether an
   // example spans chunks (D > 256); k > 8 takes several launches.
   const int64_t shapes[][3] = {{3, 37, 5}, {2, 5000, 3}, {700, 1, 9}, {64, 3072, 5}, {4, 300, 64},
