@@ -15,6 +15,16 @@
 #define ADT_FN inline
 #endif
 
+// The device's arithmetic (CUDA's math functions, PTX's approximate instructions) instead of the
+// host's branch-free polynomials: in CUDA device code, and in ctest core_cuda_emulated, which runs
+// the CUDA kernels on the CPU with stand-ins for those instructions
+// (csrc/tests/cuda_emulation/emulation.h).
+#if defined(__CUDA_ARCH__) || defined(ADT_FAST_EMULATE_DEVICE)
+#define ADT_FAST_DEVICE_MATH 1
+#else
+#define ADT_FAST_DEVICE_MATH 0
+#endif
+
 namespace adt_fast {
 
 // 0.5 * log(2 pi) and log(2): the constants of -log p (DESIGN §1).

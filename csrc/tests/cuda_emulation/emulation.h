@@ -12,13 +12,19 @@
 // that would diverge around a shuffle (some at a shuffle, some finished, or at different numbers
 // of shuffles) abort the test with a message, where a GPU would hang or read garbage.
 //
-// What it is not: the device's arithmetic. Without __CUDA_ARCH__ the kernels compute with the
-// host's accurate functions (core/fastmath.h), so this checks the kernels' structure, not the
-// approximate instructions (docs/kernels.md has their error budget; a GPU run checks them).
+// The device's arithmetic: the build defines ADT_FAST_EMULATE_DEVICE, so the kernels take their
+// device code paths (core/common.h's ADT_FAST_DEVICE_MATH): CUDA's math functions are the host's,
+// and PTX's approximate instructions (ex2, lg2, rcp, sqrt.approx.ftz and __sincosf's sin/cos) are
+// the exact value moved by up to the bound docs/kernels.md budgets for ("Device float maths"),
+// by an amount and in a direction that a hash of the argument picks. So the float32 comparisons
+// at 1e-5 test the device formulas and that error budget, with every approximate instruction
+// off by as much as its documented bound allows. What the hardware really returns within those
+// bounds, and its speed, only a GPU run shows.
 #pragma once
 
 #include <ucontext.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -199,4 +205,61 @@ void operator|(void (*kernel)(Params...), const LaunchArgs<Args...>& launch) {
 template <class T>
 T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
   return adt_emu::Warp::current()->shfl_down(mask, v, delta, width);
+}
+
+// ---- the device's math -------------------------------------------------------------------------
+
+inline uint32_t __umulhi(uint32_t a, uint32_t b) {
+  return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
+}
+
+inline void sincospi(double x, double* s, double* c) {
+  *s = std::sin(M_PI * x);
+  *c = std::cos(M_PI * x);
+}
+
+namespace adt_emu {
+
+// A deterministic value in [-1, 1] from the argument's bits and the instruction.
+inline double jitter(float x, uint32_t salt) {
+  uint32_t h;
+  std::memcpy(&h, &x, sizeof h);
+  h = (h ^ salt) * 0x9E3779B1u;
+  h ^= h >> 15;
+  h *= 0x85EBCA77u;
+  h ^= h >> 13;
+  h *= 0xC2B2AE3Du;
+  h ^= h >> 16;
+  return h / 2147483647.5 - 1.0;
+}
+
+// float's flush-to-zero of results below 2^-126 (the .ftz instructions).
+inline float ftz(double v) { return std::fabs(v) < 0x1p-126 ? 0.0f : static_cast<float>(v); }
+
+}  // namespace adt_emu
+
+namespace adt_fast {
+namespace math {
+
+// ex2.approx.ftz: 2 ulp.
+inline float ptx_ex2(float x) { return adt_emu::ftz(std::exp2(double(x)) * (1 + 0x1p-22 * adt_emu::jitter(x, 1))); }
+// rcp.approx.ftz: 1 ulp.
+inline float ptx_rcp(float x) { return adt_emu::ftz(1.0 / x * (1 + 0x1p-23 * adt_emu::jitter(x, 2))); }
+// sqrt.approx.ftz: 1 ulp.
+inline float ptx_sqrt(float x) { return adt_emu::ftz(std::sqrt(double(x)) * (1 + 0x1p-23 * adt_emu::jitter(x, 3))); }
+// lg2.approx.ftz: 2^-21.41 absolute for x in [0.5, 2], 3 ulp elsewhere.
+inline float ptx_lg2(float x) {
+  const double l = std::log2(double(x));
+  const double bound = (x >= 0.5f && x <= 2.0f) ? 0x1p-21 * std::exp2(-0.41) : 3 * 0x1p-23 * std::fabs(l);
+  return static_cast<float>(l + bound * adt_emu::jitter(x, 4));
+}
+
+}  // namespace math
+}  // namespace adt_fast
+
+// __sincosf (sin.approx and cos.approx): 2^-21.41 absolute for x in [-pi, pi].
+inline void __sincosf(float x, float* s, float* c) {
+  const double bound = 0x1p-21 * std::exp2(-0.41);
+  *s = static_cast<float>(std::sin(double(x)) + bound * adt_emu::jitter(x, 5));
+  *c = static_cast<float>(std::cos(double(x)) + bound * adt_emu::jitter(x, 6));
 }
