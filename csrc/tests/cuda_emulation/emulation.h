@@ -17,9 +17,9 @@
 // and PTX's approximate instructions (ex2, lg2, rcp, sqrt.approx.ftz and __sincosf's sin/cos) are
 // the exact value moved by up to the bound docs/kernels.md budgets for ("Device float maths"),
 // by an amount and in a direction that a hash of the argument picks. So the float32 comparisons
-// at 1e-5 test the device formulas and that error budget, with every approximate instruction
-// off by as much as its documented bound allows. What the hardware really returns within those
-// bounds, and its speed, only a GPU run shows.
+// at 1e-5 test the device formulas and that error budget, with every approximate instruction off
+// by up to its documented bound. What the hardware really returns within those bounds, and its
+// speed, only a GPU run shows.
 #pragma once
 
 #include <ucontext.h>
