@@ -19,10 +19,12 @@
 // host's branch-free polynomials: in CUDA device code, and in ctest core_cuda_emulated, which runs
 // the CUDA kernels on the CPU with stand-ins for those instructions
 // (csrc/tests/cuda_emulation/emulation.h).
+// A function-like macro, so that `#if ADT_FAST_DEVICE_MATH()` in a header that forgot to include
+// this one is a compile error instead of a silent host path on the device.
 #if defined(__CUDA_ARCH__) || defined(ADT_FAST_EMULATE_DEVICE)
-#define ADT_FAST_DEVICE_MATH 1
+#define ADT_FAST_DEVICE_MATH() 1
 #else
-#define ADT_FAST_DEVICE_MATH 0
+#define ADT_FAST_DEVICE_MATH() 0
 #endif
 
 namespace adt_fast {

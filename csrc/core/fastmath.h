@@ -299,7 +299,7 @@ ADT_FN void sincos_2pi_poly(T b, T& s, T& c) {
 // ---- the primitives the kernels call ---------------------------------------------------------
 
 ADT_FN float sqrt_(float x) {
-#if ADT_FAST_DEVICE_MATH
+#if ADT_FAST_DEVICE_MATH()
   return sqrtf(x);
 #elif defined(__GNUC__)
   return __builtin_sqrtf(x);
@@ -309,7 +309,7 @@ ADT_FN float sqrt_(float x) {
 }
 
 ADT_FN double sqrt_(double x) {
-#if ADT_FAST_DEVICE_MATH
+#if ADT_FAST_DEVICE_MATH()
   return sqrt(x);
 #elif defined(__GNUC__)
   return __builtin_sqrt(x);
@@ -320,7 +320,7 @@ ADT_FN double sqrt_(double x) {
 
 // exp(x) (used with x <= 0).
 ADT_FN float exp_(float x) {
-#if ADT_FAST_DEVICE_MATH
+#if ADT_FAST_DEVICE_MATH()
   return expf(x);
 #else
   float em, e;
@@ -330,7 +330,7 @@ ADT_FN float exp_(float x) {
 }
 
 ADT_FN double exp_(double x) {
-#if ADT_FAST_DEVICE_MATH
+#if ADT_FAST_DEVICE_MATH()
   return exp(x);
 #else
   double em, e;
@@ -341,7 +341,7 @@ ADT_FN double exp_(double x) {
 
 // log(x) for positive normal finite x.
 ADT_FN float log_(float x) {
-#if ADT_FAST_DEVICE_MATH
+#if ADT_FAST_DEVICE_MATH()
   return logf(x);
 #else
   return log_poly<float>(x);
@@ -349,7 +349,7 @@ ADT_FN float log_(float x) {
 }
 
 ADT_FN double log_(double x) {
-#if ADT_FAST_DEVICE_MATH
+#if ADT_FAST_DEVICE_MATH()
   return log(x);
 #else
   return log_poly<double>(x);
@@ -384,7 +384,7 @@ ADT_FN float log1p_unit_poly(float x) {
 // log(1 + x) for x in [0, 1] (softplus): device float the polynomial above, device double CUDA's
 // log1p, the host its branch-free polynomial.
 ADT_FN float log1p_unit(float x) {
-#if ADT_FAST_DEVICE_MATH
+#if ADT_FAST_DEVICE_MATH()
   return log1p_unit_poly(x);
 #else
   return log1p_poly<float>(x);
@@ -392,7 +392,7 @@ ADT_FN float log1p_unit(float x) {
 }
 
 ADT_FN double log1p_unit(double x) {
-#if ADT_FAST_DEVICE_MATH
+#if ADT_FAST_DEVICE_MATH()
   return log1p(x);
 #else
   return log1p_poly<double>(x);
@@ -426,7 +426,7 @@ ADT_FAST_PTX_UNARY(ptx_sqrt, "sqrt.approx.ftz.f32")
 
 // |x| (a select on the host, where it vectorises; a free operand modifier on the device).
 ADT_FN float abs_(float x) {
-#if ADT_FAST_DEVICE_MATH
+#if ADT_FAST_DEVICE_MATH()
   return fabsf(x);
 #else
   return x < 0.0f ? -x : x;
@@ -434,7 +434,7 @@ ADT_FN float abs_(float x) {
 }
 
 ADT_FN double abs_(double x) {
-#if ADT_FAST_DEVICE_MATH
+#if ADT_FAST_DEVICE_MATH()
   return fabs(x);
 #else
   return x < 0.0 ? -x : x;
@@ -444,7 +444,7 @@ ADT_FN double abs_(double x) {
 // log(x) for positive normal x, where an absolute error of ~2e-7 (float) is enough: log sigma,
 // which only enters -log p as a summand.
 ADT_FN float log_abs_err(float x) {
-#if ADT_FAST_DEVICE_MATH
+#if ADT_FAST_DEVICE_MATH()
   return ptx_lg2(x) * 0.69314718055994530942f;
 #else
   return log_poly<float>(x);
@@ -456,7 +456,7 @@ ADT_FN double log_abs_err(double x) { return log_(x); }
 // a / b for b in [2^-126, 2^126] (float: one rcp.approx.ftz and a multiply on the device;
 // __fdividef's non-ftz reciprocal adds a rescaling for subnormal b, which cannot occur here).
 ADT_FN float div_(float a, float b) {
-#if ADT_FAST_DEVICE_MATH
+#if ADT_FAST_DEVICE_MATH()
   return a * ptx_rcp(b);
 #else
   return a / b;
@@ -468,7 +468,7 @@ ADT_FN double div_(double a, double b) { return a / b; }
 // exp(-|x|) (device float: one ex2.approx, relative error 2 ulp plus |x| 2^-24 from rounding
 // the argument; softplus(rho) = max(rho, 0) + log1p(exp(-|rho|)) moves by at most 1.2e-7).
 ADT_FN float exp_neg_abs(float x) {
-#if ADT_FAST_DEVICE_MATH
+#if ADT_FAST_DEVICE_MATH()
   return ptx_ex2(fabsf(x) * -1.44269504088896340736f);
 #else
   return exp_(-abs_(x));
@@ -481,7 +481,7 @@ ADT_FN double exp_neg_abs(double x) { return exp_(-abs_(x)); }
 // without FMA hardware do not call libm).
 template <class T>
 ADT_FN T fma_(T a, T b, T c) {
-#if ADT_FAST_DEVICE_MATH
+#if ADT_FAST_DEVICE_MATH()
   return fma(a, b, c);
 #else
   return a * b + c;
@@ -497,7 +497,7 @@ ADT_FN T log2_exp_neg2(T a) {
 
 // e = exp(-2a) and 1 - e for a >= 0 (host: 1 - e as -expm1(-2a), accurate for tiny a).
 ADT_FN void exp_neg2(float a, float& e, float& one_minus_e) {
-#if ADT_FAST_DEVICE_MATH
+#if ADT_FAST_DEVICE_MATH()
   e = ptx_ex2(log2_exp_neg2(a));
   one_minus_e = 1.0f - e;
 #else
@@ -515,7 +515,7 @@ ADT_FN void exp_neg2(double a, double& e, double& one_minus_e) {
 
 // 1 / x for x in [1, 2].
 ADT_FN float rcp_(float x) {
-#if ADT_FAST_DEVICE_MATH
+#if ADT_FAST_DEVICE_MATH()
   return ptx_rcp(x);
 #else
   return 1.0f / x;
@@ -526,7 +526,7 @@ ADT_FN double rcp_(double x) { return 1.0 / x; }
 
 // log2(x) for x in [1, 2] (device float: one lg2.approx).
 ADT_FN float log2_1to2(float x) {
-#if ADT_FAST_DEVICE_MATH
+#if ADT_FAST_DEVICE_MATH()
   return ptx_lg2(x);
 #else
   return log_poly<float>(x) * 1.44269504088896340736f;
@@ -537,7 +537,7 @@ ADT_FN double log2_1to2(double x) { return log_(x) * 1.44269504088896340736; }
 
 // copysign(magnitude, sign of v) where a zero v counts as positive (the host's select).
 ADT_FN float with_sign_of(float magnitude, float v) {
-#if ADT_FAST_DEVICE_MATH
+#if ADT_FAST_DEVICE_MATH()
   return copysignf(magnitude, v);
 #else
   return v < 0.0f ? -magnitude : magnitude;
@@ -560,7 +560,7 @@ ADT_FN float neg2_log1m_near0(float c) {
 
 // Box-Muller's squared radius -2 ln a for a = ((w >> 8) + 1) 2^-24 in (0, 1].
 ADT_FN float neg2_log_uniform(float a) {
-#if ADT_FAST_DEVICE_MATH
+#if ADT_FAST_DEVICE_MATH()
   const float c = 1.0f - a;  // exact (a >= 1/2 wherever it is used)
   const float near1 = neg2_log1m_near0(c);
   const float far = ptx_lg2(a) * -1.38629436111989061883f;  // -2 ln 2
@@ -592,7 +592,7 @@ __device__ __forceinline__ float clamp_<float>(float v, float lo, float hi) {
 
 // sqrt(x) for x >= 0.
 ADT_FN float sqrt_fast(float x) {
-#if ADT_FAST_DEVICE_MATH
+#if ADT_FAST_DEVICE_MATH()
   return ptx_sqrt(x);
 #else
   return sqrt_(x);

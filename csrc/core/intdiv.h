@@ -19,7 +19,7 @@ struct FastDivider {
   }
 
   ADT_FN uint32_t div(uint32_t n) const {
-#if ADT_FAST_DEVICE_MATH
+#if ADT_FAST_DEVICE_MATH()
     const uint32_t t = __umulhi(n, magic);
 #else
     const uint32_t t = static_cast<uint32_t>((static_cast<uint64_t>(n) * magic) >> 32);

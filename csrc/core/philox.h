@@ -31,7 +31,7 @@ ADT_FN PhiloxKey philox_key(uint64_t seed) {
 
 ADT_FN void philox_round(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t k0,
                          uint32_t k1) {
-#if ADT_FAST_DEVICE_MATH
+#if ADT_FAST_DEVICE_MATH()
   const uint32_t hi0 = __umulhi(kPhiloxM0, c0), lo0 = kPhiloxM0 * c0;
   const uint32_t hi1 = __umulhi(kPhiloxM1, c2), lo1 = kPhiloxM1 * c2;
 #else
@@ -92,7 +92,7 @@ ADT_FN void sincos_2pi_word(uint32_t w, T& s, T& c) {
   math::sincos_2pi<T>(uniform_closed1<T>(w), s, c);
 }
 
-#if ADT_FAST_DEVICE_MATH
+#if ADT_FAST_DEVICE_MATH()
 template <>
 __device__ __forceinline__ void sincos_2pi_word<float>(uint32_t w, float& s, float& c) {
   const float angle = static_cast<float>(static_cast<int32_t>(w) >> 8) * 3.7450702e-07f;  // 2 pi / 2^24
