@@ -410,7 +410,7 @@ ADT_FN void sincos_2pi(T b, T& s, T& c) {
 // instructions (one MUFU each), whose documented error bounds and the resulting budget against
 // the tests' tolerance are in docs/kernels.md ("Device float maths"). ftz: results below 2^-126
 // flush to 0, which changes nothing the op returns (see there).
-#if defined(__CUDA_ARCH__)  // the emulation defines its own (see common.h)
+#if defined(__CUDA_ARCH__)  // ctest's emulation defines its own (tests/cuda_emulation/emulation.h)
 #define ADT_FAST_PTX_UNARY(NAME, INSTRUCTION)               \
   __device__ __forceinline__ float NAME(float x) {          \
     float y;                                                \
