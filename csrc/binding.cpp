@@ -7,7 +7,7 @@
 //                              neg_log_prob [k, B] float32 / float64, seed_offset_used int64 [2])
 //   adt_fast_C::sample_backward(grad_out?, grad_nlp?, mean, std_param, x?, noise?, seed_offset,
 //                               num_samples, epsilon, lo, hi) -> (grad_mean, grad_std_param, grad_x)
-//   adt_fast_C::philox_words(seed_offset, numel, num_samples) -> int64 [ceil(k/4), numel, 4]
+//   adt_fast_C::philox_words(seed_offset, numel, num_samples) -> int64 [k, ceil(numel/4), 4]
 //
 // Without seed_offset and noise, the forward draws (seed, offset) here from `generator` or the
 // device's default generator (docs/randomness.md) and returns the pair it used; the backward is
@@ -283,7 +283,7 @@ void check_words_args(const Tensor& seed_offset, int64_t numel, int64_t k) {
 
 Tensor philox_words_cpu(const Tensor& seed_offset, int64_t numel, int64_t k) {
   check_words_args(seed_offset, numel, k);
-  Tensor out = at::empty({(k + 3) / 4, numel, 4}, seed_offset.options().dtype(at::kLong));
+  Tensor out = at::empty({k, adt_fast::num_quads(numel), 4}, seed_offset.options().dtype(at::kLong));
   const auto [seed, offset] = read_seed_offset_cpu(seed_offset);
   adt_fast::cpu::philox_words(seed, offset, numel, k, out.data_ptr<int64_t>(), at::get_num_threads());
   return out;
@@ -315,7 +315,7 @@ std::tuple<Tensor, Tensor, Tensor> backward_meta(const OptTensor& grad_out, cons
 
 Tensor philox_words_meta(const Tensor& seed_offset, int64_t numel, int64_t k) {
   check_words_args(seed_offset, numel, k);
-  return at::empty({(k + 3) / 4, numel, 4}, seed_offset.options().dtype(at::kLong));
+  return at::empty({k, adt_fast::num_quads(numel), 4}, seed_offset.options().dtype(at::kLong));
 }
 
 // ---- CUDA ---------------------------------------------------------------------------------------
@@ -337,12 +337,13 @@ const void* cptr_or_null(const OptTensor& t) { return present(t) ? t->data_ptr()
 // Philox state from torch's CUDA generator, as its fused dropout takes it: no kernel launch, no
 // host synchronisation, and inside CUDA-graph capture the kernels read the seed and offset from
 // the graph's device memory (at::cuda::philox::unpack's rule). The offset advances by at least the
-// ceil(k/4) counter values one call uses (torch wants multiples of 4), so calls never overlap.
+// k counter values one call uses (offset + s for sample s; torch wants multiples of 4), so calls
+// never overlap.
 adt_fast::cuda::SeedSource draw_seed_cuda(const c10::optional<at::Generator>& generator, const at::Device& device,
                                           int64_t k) {
   auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
       generator, at::cuda::detail::getDefaultCUDAGenerator(device.index()));
-  const uint64_t increment = static_cast<uint64_t>((adt_fast::num_groups(k) + 3) / 4 * 4);
+  const uint64_t increment = static_cast<uint64_t>((k + 3) / 4 * 4);
   at::PhiloxCudaState state;
   {
     std::lock_guard<std::mutex> lock(gen->mutex_);
@@ -424,7 +425,7 @@ Tensor philox_words_cuda(const Tensor& seed_offset_in, int64_t numel, int64_t k)
   check_words_args(seed_offset_in, numel, k);
   const c10::cuda::CUDAGuard guard(seed_offset_in.device());
   const Tensor seed_offset = seed_offset_in.contiguous();
-  Tensor out = at::empty({(k + 3) / 4, numel, 4}, seed_offset.options().dtype(at::kLong));
+  Tensor out = at::empty({k, adt_fast::num_quads(numel), 4}, seed_offset.options().dtype(at::kLong));
   const char* err = adt_fast::cuda::philox_words(seed_offset.data_ptr<int64_t>(), numel, k,
                                                  out.data_ptr<int64_t>(), c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == nullptr, "adt_fast_C::philox_words: CUDA kernel launch failed: ", err);

@@ -116,7 +116,7 @@ def test_meta_shapes():
     assert ops.sample_backward(None, None, mean, mean, None, None, so, 6, 0.1, 0.0, 1.0)[0].shape == mean.shape
     gm, gs, gx = ops.sample_backward(out, nlp, mean, mean, mean, None, so, 6, 0.1, 0.0, 1.0)
     assert gm.shape == gs.shape == gx.shape == mean.shape
-    assert ops.philox_words(so, 10, 9).shape == (3, 10, 4)
+    assert ops.philox_words(so, 10, 9).shape == (9, 3, 4)  # (k, ceil(numel / 4), 4)
 
 
 def test_set_cpu_isa_rejects_unknown_names():
@@ -139,7 +139,7 @@ def cpu_isa(request):
 @pytest.mark.parametrize("use_noise", [False, True])
 @pytest.mark.parametrize("use_x", [False, True])
 def test_every_isa_matches_reference(cpu_isa, dtype, tol, use_noise, use_x):
-    # (5, 3, 17, 11): 561 elements per example (tile remainders); k=6 leaves a half-used group.
+    # (5, 3, 17, 11): 561 elements per example (tile remainders, examples that start mid-quad).
     k = 6
     t = make((5, 3, 17, 11), k, dtype)
     for got, want in zip(run_ext(t, k, use_noise, use_x), run_ref(t, k, use_noise, use_x)):
@@ -238,13 +238,31 @@ def test_repeated_calls_are_bitwise_identical():
 
 @pytest.mark.parametrize("seed,offset,numel,k", [
     (0, 0, 1, 1), (-1, 2**62 - 1, 300, 5), (123456789012345, 2**32 - 1, 4097, 9), (7, 3, 0, 4),
-    (2**62, 0, 70000, 2)])
+    (2**62, 0, 70000, 2), (9, 2**32 - 2, 70001, 3)])
 def test_philox_words_bit_identical_to_reference(seed, offset, numel, k):
     so = torch.tensor([seed, offset], dtype=torch.int64)
     got = ops.philox_words(so, numel, k)
     want = reference.philox_words(seed, offset, numel, k)
     assert got.dtype == torch.int64 and got.shape == want.shape
     assert torch.equal(got, want)
+
+
+# The work is split into ranges of whole examples, or of 4096-element pieces of one example, and
+# a range starts mid-quad wherever dim is not a multiple of 4: the quad's words are then drawn
+# for the elements on each side of the range boundary. (9, 1027): ranges of 3 examples, starting
+# at elements 3081 and 6162; (3, 4099): pieces starting at 4099, 8195, 8198, 12294 (and 3-element
+# pieces); (2, 2, 2053): 4106-element examples in two pieces each.
+@pytest.mark.parametrize("shape,k", [((9, 1027), 3), ((3, 4099), 3), ((2, 2, 2053), 2)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_ranges_that_start_mid_quad_match_reference(cpu_isa, shape, k, threads):
+    t = make(shape, k, torch.float64, seed=3)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        got = run_ext(t, k, False, False)
+    finally:
+        torch.set_num_threads(previous)
+    compare(got, run_ref(t, k, False, False), 1e-12)
 
 
 def test_philox_path_uses_the_reference_normals():
@@ -273,7 +291,7 @@ def test_cpu_seed_comes_from_torch_generator_and_advances():
     for a, b in zip(first, again):
         assert torch.equal(a, b)  # torch.manual_seed reproduces the C++ draw
     assert not torch.equal(first[2], second[2]) and not torch.equal(first[0], second[0])  # each call advances
-    assert 0 <= int(first[2][1]) < 2**62  # offset + group never wraps
+    assert 0 <= int(first[2][1]) < 2**62  # offset + sample never wraps
     torch.manual_seed(123)  # the same pair as the Python-launched backends draw: one seed, one sample set
     assert torch.equal(first[2], torch.randint(0, 2**62, (2,), dtype=torch.int64))
     replay = ops.sample_forward(t["mean"], t["rho"], None, None, first[2], None, k, 0.3, -INF, INF)

@@ -201,7 +201,7 @@ def test_shapes(backend, shape, k):
     assert delta.shape == (k, *shape) and nlp.shape == (k, shape[0])
     (delta.sum() + nlp.sum()).backward()
     assert mean.grad.shape == shape and torch.isfinite(rho.grad).all()
-    assert (delta.abs() < 0.1).all()
+    assert (delta.abs() <= 0.1).all()  # tanh(u) rounds to 1 in float32 for |u| > 9
 
 
 @pytest.mark.parametrize("backend", ["reference", *KERNEL_BACKENDS])

@@ -28,14 +28,15 @@ def numpy_philox(counter, key):
 
 
 def numpy_words(seed, offset, numel, num_samples):
-    n = np.arange(numel, dtype=np.uint64)
-    groups = []
-    for g in range((num_samples + 3) // 4):
-        base = offset + g
-        counter = (n & np.uint64(0xFFFFFFFF), n >> np.uint64(32),
-                   np.full_like(n, base & 0xFFFFFFFF), np.full_like(n, base >> 32))
-        groups.append(numpy_philox(counter, (seed & 0xFFFFFFFF, seed >> 32)))
-    return np.stack(groups).astype(np.int64)
+    """(k, ceil(numel/4), 4): sample s of quad q (elements 4q .. 4q+3) has counter (q, offset + s)."""
+    q = np.arange(-(-numel // 4), dtype=np.uint64)
+    samples = []
+    for s in range(num_samples):
+        base = offset + s
+        counter = (q & np.uint64(0xFFFFFFFF), q >> np.uint64(32),
+                   np.full_like(q, base & 0xFFFFFFFF), np.full_like(q, base >> 32))
+        samples.append(numpy_philox(counter, (seed & 0xFFFFFFFF, seed >> 32)))
+    return np.stack(samples).astype(np.int64)
 
 
 @pytest.mark.parametrize("counter,key,expected", KATS)
@@ -56,13 +57,25 @@ def usable_backends():
 
 @pytest.mark.parametrize("backend", usable_backends())
 @pytest.mark.parametrize("seed,offset,numel,k", [
-    (0, 0, 7, 1), (123456789, 5, 33, 5), (2**62 - 1, 2**40 + 3, 9, 9), (2**63 + 17, 2**32 - 1, 4, 4)])
+    (0, 0, 7, 1), (123456789, 5, 33, 5), (2**62 - 1, 2**40 + 3, 9, 9), (2**63 + 17, 2**32 - 3, 4, 4),
+    (5, 2**33, 17 * 4096 + 3, 2)])  # offset + s crosses 2^32; many ranges of quads, a partial last quad
 def test_backend_words_match_numpy(backend, seed, offset, numel, k):
     seed_offset = torch.tensor([seed - 2**64 if seed >= 2**63 else seed, offset], dtype=torch.int64)
     words = dispatch.get(backend).philox_words(seed_offset, numel, k)
     expected = numpy_words(seed, offset, numel, k)
-    assert words.dtype == torch.int64
+    assert words.dtype == torch.int64 and words.shape == (k, -(-numel // 4), 4)
     np.testing.assert_array_equal(words.cpu().numpy(), expected)
+
+
+def test_reference_normals_take_lane_n_mod_4_of_quad_n_div_4():
+    seed, offset, numel, k = 2**40 + 9, 77, 10, 3
+    words = torch.from_numpy(numpy_words(seed, offset, numel, k))  # (3, 3, 4)
+    z = reference.words_to_normals(words)
+    r = reference.philox_normals(seed, offset, numel, k)
+    assert r.shape == (k, numel)
+    for s in range(k):
+        for n in range(numel):
+            assert r[s, n] == z[s, n // 4, n % 4]
 
 
 def test_normals_follow_the_documented_box_muller():

@@ -68,18 +68,20 @@ def _assert_close(actual, expected, rtol, what=""):
 @pytest.mark.parametrize("seed, offset, numel, k", [
     (0, 0, 1, 1),
     (0x123456789ABCDEF0, 42, 37, 9),
-    ((1 << 64) - 1, (1 << 32) - 2, 19, 12),  # offset + g carries into the high counter word
+    ((1 << 64) - 1, (1 << 32) - 2, 19, 12),  # offset + s carries into the high counter word
     (2**62 + 12345, 2**61 + 3, 600, 5),
+    (5, 6, 4 * tk.WORDS_BLOCK + 12, 2),  # quads over two programs
 ])
 def test_philox_words_bit_identical(seed, offset, numel, k):
     words = tk.philox_words(_seed_offset(seed, offset), numel, k)
     expected = reference.philox_words(seed, offset, numel, k)
-    assert words.dtype == torch.int64 and words.shape == (math.ceil(k / 4), numel, 4)
+    assert words.dtype == torch.int64 and words.shape == (k, math.ceil(numel / 4), 4)
     assert torch.equal(words, expected)
 
 
 def test_philox_words_empty():
-    assert tk.philox_words(_seed_offset(1, 2), 0, 5).shape == (2, 0, 4)
+    assert tk.philox_words(_seed_offset(1, 2), 0, 5).shape == (5, 0, 4)
+    assert tk.philox_words(_seed_offset(1, 2), 7, 0).shape == (0, 2, 4)
 
 
 @triton.jit
@@ -133,7 +135,7 @@ def _normals_kernel(words_ptr, out_ptr, numel, IS_FP64: tl.constexpr, CT: tl.con
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_box_muller_matches_reference(dtype):
-    words = reference.philox_words(987654321, 5, 1000, 4)[0]
+    words = reference.philox_words(987654321, 5, 4000, 1)[0]  # 1000 quads of sample 0
     # Edge words: radius uniform a = 1 and a = 2^-24; angles 0, pi/2, pi, just below 2 pi, ...
     edge = [0xFFFFFFFF, 0x00000000, 0x3FFFFFFF, 0x40000000, 0x7FFFFFFF, 0x80000000, 0xBFFFFF00,
             0xC0000000, 0xFFFFFF00, 0x1FFFFF00, 0x20000000, 0xDFFFFF00]
@@ -150,6 +152,48 @@ def test_box_muller_matches_reference(dtype):
         assert err.max() <= 1e-14 * expected.abs().max()
     else:  # a few float32 ulp of max(|r|, 1)
         assert (err <= 4 * 2.0**-23 * expected.abs().clamp(min=1.0)).all(), err.max()
+
+
+@triton.jit
+def _tile_normals_kernel(mean_ptr, seed_offset_ptr, out_ptr, B, D, N, num_samples, n_chunks, bits,
+                         QUAD_ALIGNED: tl.constexpr, IS_FP64: tl.constexpr, CT: tl.constexpr,
+                         BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The normals r[s, n] exactly as the op's kernels draw them for their tiles."""
+    tile = tk._load_tile(mean_ptr, mean_ptr, mean_ptr, seed_offset_ptr, B, D, n_chunks, bits, bits, bits,
+                         QUAD_ALIGNED, False, False, IS_FP64, CT, BLOCK_B, BLOCK_D)
+    mask, n, quads, mu, seed, offset = tile[3], tile[4], tile[5], tile[9], tile[15], tile[16]
+    for s in range(0, num_samples):
+        r = tk._sample_normals(n, quads, seed, offset + s, mu, QUAD_ALIGNED, False, IS_FP64, CT)
+        tl.store(out_ptr + s * N + n, r, mask=mask)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", [
+    (3, 8),     # aligned: two quads per row, rows packed in one tile
+    (2, 300),   # aligned, three chunks, the last one masked
+    (5, 12),    # aligned, masked rows and columns
+    (3, 7),     # D % 4 != 0: quads straddle rows (elements 4..7 are row 0's 4..6 and row 1's 0)
+    (4, 9),
+    (2, 301),   # D % 4 != 0 over three chunks: a quad straddles two rows and two programs
+])
+def test_tile_normals_follow_the_quad_stream(shape, dtype):
+    """Element n of sample s takes lane n mod 4 of the Philox call for quad n // 4 and counter word
+    offset + s (reference.philox_normals), on the aligned path (one call per quad, the four
+    normals interleaved) and on the per-element fallback, which must agree with it for any D."""
+    batch, d = shape
+    k, seed, offset = 3, 0xDEADBEEF12345678, (1 << 32) - 2  # offset + s carries
+    block_b, block_d, n_chunks, n_programs, warps = tk.launch_config(batch, d)
+    expected = reference.philox_normals(seed, offset, batch * d, k, torch.float64)
+    is_fp64 = dtype == torch.float64
+    for aligned in sorted({False, tk.sample_constexprs(per_example=d)["QUAD_ALIGNED"]}):
+        out = torch.zeros(k, batch * d, dtype=dtype)
+        _tile_normals_kernel[(n_programs,)](
+            torch.zeros(shape, dtype=dtype), _seed_offset(seed, offset), out, batch, d, batch * d, k,
+            n_chunks, 0, QUAD_ALIGNED=aligned, IS_FP64=is_fp64,
+            CT=tl.float64 if is_fp64 else tl.float32, BLOCK_B=block_b, BLOCK_D=block_d, num_warps=warps)
+        err = (out.double() - expected).abs()
+        bound = 1e-14 if is_fp64 else 4 * 2.0**-23  # as test_box_muller_matches_reference
+        assert (err <= bound * expected.abs().clamp(min=1.0)).all(), (aligned, err.max())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -206,16 +250,21 @@ def _compare(shape, dtype, k, with_x, with_noise, seed_offset=None, epsilon=EPS,
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("with_x", [False, True])
 @pytest.mark.parametrize("with_noise", [False, True])
-def test_matches_reference(dtype, with_x, with_noise):
-    _compare((3, 2, 5, 7), dtype, 5, with_x, with_noise)
+@pytest.mark.parametrize("shape", [(3, 2, 4, 6), (3, 2, 5, 7)])  # D = 48 (quads aligned), D = 70
+def test_matches_reference(shape, dtype, with_x, with_noise):
+    _compare(shape, dtype, 5, with_x, with_noise)
 
 
 @pytest.mark.parametrize("shape, k", [
     ((3, 300), 6),    # several element chunks per example: partial sums reduced after the kernel
+    ((2, 301), 3),    # the same with D % 4 != 0: quads straddle rows and chunks
     ((5,), 1),        # D = 1: many examples per program
     ((6, 3), 5),      # D = 3, B = 6: row-tiled with masked rows and columns
+    ((4, 7), 2),      # D = 7, D = 9: quads straddle rows of one tile
+    ((3, 9), 4),
+    ((5, 12), 3),     # D = 12: aligned quads, several rows per tile, masked rows and columns
     ((1, 3, 4, 4), 2),
-    ((2, 3), 66),     # k > 64: 17 sample groups, partial last group
+    ((2, 3), 66),     # k > 64 (counter words offset .. offset + 65)
 ])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_shapes_and_sample_counts(shape, k, dtype):
@@ -224,11 +273,12 @@ def test_shapes_and_sample_counts(shape, k, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("with_noise", [False, True])
-def test_extreme_inputs(dtype, with_noise):
+@pytest.mark.parametrize("d", [40, 41])
+def test_extreme_inputs(d, dtype, with_noise):
     """|mean| up to 50 and std_param over [-80, 80]: finite and equal to the float64 reference."""
-    shape = (4, 41)
-    mean = torch.linspace(-50, 50, 41, dtype=torch.float64).repeat(4, 1)
-    std = torch.linspace(-80, 80, 4 * 41, dtype=torch.float64).reshape(4, 41)
+    shape = (4, d)
+    mean = torch.linspace(-50, 50, d, dtype=torch.float64).repeat(4, 1)
+    std = torch.linspace(-80, 80, 4 * d, dtype=torch.float64).reshape(4, d)
     k = 3
     g = torch.Generator().manual_seed(5)
     noise = torch.randn((k, *shape), generator=g, dtype=torch.float64) * 2 if with_noise else None
@@ -347,31 +397,32 @@ def test_empty_inputs(shape):
         assert (grads[2] is None) == (x is None)
 
 
-def test_same_seed_same_samples_and_offsets_differ():
-    mean, std, _ = _inputs((2, 33), torch.float32)
+@pytest.mark.parametrize("d", [32, 33])
+def test_same_seed_same_samples_and_offsets_differ(d):
+    mean, std, _ = _inputs((2, d), torch.float32)
     a = tk.sample_forward(mean, std, None, None, _seed_offset(5, 10), 6, EPS, -math.inf, math.inf)
     b = tk.sample_forward(mean, std, None, None, _seed_offset(5, 10), 6, EPS, -math.inf, math.inf)
     c = tk.sample_forward(mean, std, None, None, _seed_offset(5, 11), 6, EPS, -math.inf, math.inf)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    # offset 11 = offset 10 shifted by one sample group (4 samples): samples 4, 5 reappear as 0, 1
-    assert torch.equal(c[0][:2], a[0][4:6])
-    assert not torch.equal(c[0][2:], a[0][:4])
+    # offset 11 = offset 10 shifted by one sample: samples 1..5 reappear as 0..4
+    assert torch.equal(c[0][:5], a[0][1:]) and torch.equal(c[1][:5], a[1][1:])
+    assert not torch.equal(c[0][5], a[0][0])
 
 
 def test_launch_config():
-    for is_fp64 in (False, True):
-        for batch, d in ((64, 3072), (512, 3072), (4096, 3072), (1, 1), (1000, 1), (3, 70),
-                         (7, 300)):
-            block_b, block_d, n_chunks, n_programs, warps = tk.launch_config(batch, d, is_fp64)
-            assert block_d >= tk.MIN_BLOCK_D and n_chunks * block_d >= d > (n_chunks - 1) * block_d
-            assert n_programs == math.ceil(batch / block_b) * n_chunks
-            assert block_b * block_d in dict(tk.TILES[is_fp64]) or block_b * block_d < 128
-            assert warps in (1, 2, 4, 8, 16)
-    # the ADT shape at small batch fills an H100 (132 SMs): one element per thread
-    assert tk.launch_config(64, 3072, False)[3] >= tk.TARGET_PROGRAMS
-    assert tk.launch_config(4096, 3072, False)[:2] == (1, 512)
-
-
+    """Tiles of TILE elements, one quad of four consecutive elements per thread."""
+    assert tk.TILE == tk.NORMALS_PER_CALL * 32 * tk.NUM_WARPS
+    for batch, d in ((64, 3072), (512, 3072), (4096, 3072), (1, 1), (1000, 1), (3, 70), (7, 300),
+                     (5, 12)):
+        block_b, block_d, n_chunks, n_programs, warps = tk.launch_config(batch, d)
+        assert block_d >= tk.MIN_BLOCK_D and block_d % tk.NORMALS_PER_CALL == 0
+        assert n_chunks * block_d >= d > (n_chunks - 1) * block_d
+        assert n_programs == math.ceil(batch / block_b) * n_chunks and warps == tk.NUM_WARPS
+        assert block_b * block_d == tk.TILE or block_b * block_d < tk.TILE and block_b >= batch
+    assert tk.launch_config(64, 3072)[:4] == (1, 128, 24, 1536)
+    assert tk.sample_loop_trips(5) == 5
+    assert tk.sample_constexprs(per_example=12) == {"QUAD_ALIGNED": True}
+    assert tk.sample_constexprs(per_example=70) == {"QUAD_ALIGNED": False}
 
 
 _COMPILE_SCRIPT = r"""
@@ -386,21 +437,26 @@ sys.path.insert(0, sys.argv[1])
 import sass_report
 from adt_fast.ops import triton_kernels as tk
 
-for store, has_x, has_noise, gout in (("fp32", True, False, 1), ("bf16", False, False, 3),
-                                      ("fp64", True, True, 0)):
+philox = {}
+for store, has_x, has_noise, gout, d in (("fp32", True, False, 1, 3072), ("bf16", False, False, 3, 3072),
+                                         ("fp64", True, True, 0, 3072),
+                                         ("fp32", True, False, 2, 3073)):  # D % 4 != 0
     is_fp64 = store == "fp64"
-    block_b, block_d, _, _, warps = tk.launch_config(64, 3072, is_fp64)
+    block_b, block_d, _, _, warps = tk.launch_config(64, d)
     constexprs = dict(HAS_X=has_x, HAS_NOISE=has_noise, GOUT=gout, HAS_GNLP=gout != 0,
-                      BLOCK_B=block_b, BLOCK_D=block_d, **tk.sample_constexprs(5, block_b, warps))
+                      BLOCK_B=block_b, BLOCK_D=block_d, **tk.sample_constexprs(per_example=d))
     for fn in (tk._forward_kernel, tk._backward_kernel):
         try:
-            kernel = sass_report.compile_triton(tk, fn, store, constexprs, warps)
+            # specialised as a launch is: aligned pointers, B, D and N divisible by 16 where they are
+            kernel = sass_report.compile_triton(tk, fn, store, constexprs, warps,
+                                                {"B": 64, "D": d, "N": 64 * d})
         except TypeError as err:
             print("SKIP compile API differs:", err)
             sys.exit(0)
         ptx = kernel.asm["ptx"]
-        assert has_noise or "mul.hi.u32" in ptx  # Philox's products
         forward = fn is tk._forward_kernel
+        philox[store, d, forward] = ptx.count("mul.hi.u32")  # Philox's products
+        assert has_noise != (philox[store, d, forward] > 0)
         if not is_fp64:  # the float32 fast paths: tanh and softplus (ex2, rcp), the Box-Muller
             # radius (lg2, sqrt), log(1 - t^2) and log sigma (lg2, forward)
             for op in ("ex2", "rcp") + (() if has_noise else ("lg2", "sqrt")):
@@ -408,7 +464,11 @@ for store, has_x, has_noise, gout in (("fp32", True, False, 1), ("bf16", False, 
         if has_x and forward and not is_fp64:  # the clamp keeps NaN: min/max.NaN.f32 (float64
             # has no .NaN form; triton selects on isnan there)
             assert "max.NaN.f" in ptx and "min.NaN.f" in ptx, "the clamp drops NaN"
+        # a quad per thread, one warp: no layout conversion or reduction through shared memory
+        assert kernel.metadata.shared == 0, (store, d, fn.__name__, kernel.metadata.shared)
         assert kernel.asm["cubin"]
+for forward in (True, False):  # D % 4 != 0: one Philox call per element instead of per quad
+    assert philox["fp32", 3073, forward] == 4 * philox["fp32", 3072, forward], philox
 print("OK")
 """
 

@@ -57,11 +57,13 @@ def per_example_normals(x: torch.Tensor, example_ids: torch.Tensor, seed: int, d
                         num_samples: int) -> torch.Tensor:
     """Standard normals (k, *x.shape) where example i's depend only on (seed, example_ids[i], draw).
 
-    Philox4x32-10 and the Box-Muller mapping of docs/randomness.md, keyed by (example id, seed)
-    instead of one seed per call, with counter (element, 0, draw * ceil(k/4) + group, 0). Used
-    where the op's own per-call stream would tie an example's samples to its batch position.
+    Philox4x32-10 and the Box-Muller of docs/randomness.md, keyed by (example id, seed) instead of
+    one seed per call, with counter (element, 0, draw * ceil(k/4) + group, 0): one call serves
+    samples 4 group .. 4 group + 3 of an element (the op's stream gives a call to a quad of
+    elements instead). Used where the op's own per-call stream would tie an example's samples to
+    its batch position.
     """
-    groups = -(-num_samples // reference.SAMPLES_PER_CALL)
+    groups = -(-num_samples // reference.NORMALS_PER_CALL)
     ids = example_ids.to(device=x.device, dtype=torch.int64)[:, None]
     key = (ids & reference.MASK32, torch.full_like(ids, int(seed) & reference.MASK32))
     element = torch.arange(x[0].numel(), device=x.device, dtype=torch.int64).expand(len(x), -1)

@@ -64,7 +64,7 @@ def _triton_interpreted() -> bool:
 
 def draw_seed_offset(device: torch.device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """A fresh (seed, offset) pair from torch's generator for `device`, kept on that device
-    (offset below 2**62, so offset + group never wraps: docs/randomness.md)."""
+    (offset below 2**62, so offset + sample never wraps: docs/randomness.md)."""
     return torch.randint(0, 2**62, (2,), dtype=torch.int64, device=device, generator=generator)
 
 
@@ -143,7 +143,7 @@ class Backend:
         -> (grad_mean, grad_std_param, grad_x or None); a None gradient is zero, and grad_out may
         be contiguous, fully expanded (all strides 0) or expanded over k (strides (0, contiguous));
         anything else is made contiguous;
-    philox_words(seed_offset, numel, k) -> int64 (ceil(k/4), numel, 4), for the bit-identity tests.
+    philox_words(seed_offset, numel, k) -> int64 (k, ceil(numel/4), 4), for the bit-identity tests.
     mean, std_param, x and noise are contiguous."""
 
     name: str

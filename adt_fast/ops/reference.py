@@ -15,7 +15,7 @@ MASK32 = 0xFFFFFFFF
 PHILOX_MUL = (0xD2511F53, 0xCD9E8D57)
 PHILOX_WEYL = (0x9E3779B9, 0xBB67AE85)
 PHILOX_ROUNDS = 10
-SAMPLES_PER_CALL = 4
+NORMALS_PER_CALL = 4  # one Philox call, four words, four normals (the op: of four consecutive elements)
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 LOG2 = math.log(2.0)
 
@@ -39,22 +39,21 @@ def philox4x32(counter: tuple[torch.Tensor, ...], key: tuple[int, int]) -> tuple
 
 
 def philox_words(seed: int, offset: int, numel: int, num_samples: int) -> torch.Tensor:
-    """Raw Philox outputs, shape (ceil(k/4), numel, 4), int64 holding uint32 values.
+    """Raw Philox outputs, shape (k, ceil(numel/4), 4), int64 holding uint32 values.
 
-    Element n and sample group g use key (seed_lo, seed_hi) and counter
-    (n_lo, n_hi, (offset+g)_lo, (offset+g)_hi): see docs/randomness.md.
+    Sample s of the quad q (elements 4q .. 4q+3) uses key (seed_lo, seed_hi) and counter
+    (q_lo, q_hi, (offset+s)_lo, (offset+s)_hi): see docs/randomness.md.
     """
     seed &= (1 << 64) - 1
     key = (seed & MASK32, seed >> 32)
-    groups = -(-num_samples // SAMPLES_PER_CALL)
-    n = torch.arange(numel, dtype=torch.int64)
+    q = torch.arange(-(-numel // NORMALS_PER_CALL), dtype=torch.int64)
     words = []
-    for g in range(groups):
-        base = (offset + g) & ((1 << 64) - 1)
-        c2 = torch.full_like(n, base & MASK32)
-        c3 = torch.full_like(n, base >> 32)
-        words.append(torch.stack(philox4x32((n & MASK32, n >> 32, c2, c3), key), dim=-1))
-    return torch.stack(words) if words else torch.empty(0, numel, 4, dtype=torch.int64)
+    for s in range(num_samples):
+        base = (offset + s) & ((1 << 64) - 1)
+        c2 = torch.full_like(q, base & MASK32)
+        c3 = torch.full_like(q, base >> 32)
+        words.append(torch.stack(philox4x32((q & MASK32, q >> 32, c2, c3), key), dim=-1))
+    return torch.stack(words) if words else torch.empty(0, q.numel(), 4, dtype=torch.int64)
 
 
 def words_to_normals(words: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -74,14 +73,14 @@ def words_to_normals(words: torch.Tensor, dtype: torch.dtype = torch.float64) ->
 def philox_normals(seed: int, offset: int, numel: int, num_samples: int,
                    dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Standard normals r[s, n] of shape (num_samples, numel) for one call of the op."""
-    return normals_from_words(philox_words(seed, offset, numel, num_samples), num_samples, dtype)
+    return normals_from_words(philox_words(seed, offset, numel, num_samples), numel, dtype)
 
 
-def normals_from_words(words: torch.Tensor, num_samples: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Words (G, n, 4) of n elements -> their normals r[s, n], shape (num_samples, n): lane l of
-    group g is sample 4 g + l."""
-    z = words_to_normals(words, dtype)  # (G, n, 4)
-    return z.permute(0, 2, 1).reshape(z.shape[0] * SAMPLES_PER_CALL, words.shape[1])[:num_samples]
+def normals_from_words(words: torch.Tensor, numel: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Words (k, Q, 4) of Q quads -> the normals r[s, n] of their first `numel` elements, shape
+    (k, numel): lane l of quad q is element 4 q + l."""
+    z = words_to_normals(words, dtype)  # (k, Q, 4)
+    return z.reshape(z.shape[0], -1)[:, :numel]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -117,8 +117,11 @@ def draw_normals(shape: Sequence[int], num_samples: int, *, rows: Optional[tuple
     start, stop = (0, shape[0]) if rows is None else rows
     seed_offset = dispatch.draw_seed_offset(device, generator)
     words = dispatch.get(dispatch.select(backend, device, dtype)).philox_words(seed_offset, numel, num_samples)
-    words = words[:, start * row:stop * row].to(device)
-    normals = reference.normals_from_words(words, num_samples, compute_dtype(dtype))
+    # Only the quads that hold rows [start, stop) are turned into normals.
+    first, end = start * row, stop * row
+    quads = words[:, first // reference.NORMALS_PER_CALL:-(-end // reference.NORMALS_PER_CALL)].to(device)
+    normals = reference.normals_from_words(quads, end - first + first % reference.NORMALS_PER_CALL,
+                                           compute_dtype(dtype))[:, first % reference.NORMALS_PER_CALL:]
     return normals.reshape(num_samples, stop - start, *shape[1:]).to(dtype)
 
 

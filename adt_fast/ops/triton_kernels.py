@@ -3,11 +3,12 @@
 Same contract as `reference.sample_forward` / `reference.sample_backward` / `reference.philox_words`
 (see docs/triton.md for the design, docs/randomness.md for the random-number mapping):
 
-- `_forward_kernel`: programs over tiles of (examples x elements). A tile loads mean/std_param
-  once, then draws all k samples of its elements, four per Philox4x32-10 call (Box-Muller cos/sin
-  on both word pairs), writes delta (or clamp(x + delta)) and one partial sum of -log p per
-  (sample, example, element chunk) into a float32 (float64) buffer that one `sum(-1)` reduces:
-  deterministic, no float atomics, and the grid fills the GPU at small batch sizes.
+- `_forward_kernel`: programs over tiles of (examples x elements), one quad of four consecutive
+  elements per thread. A tile loads mean/std_param once, then draws the k samples of its elements,
+  one Philox4x32-10 call per quad and sample (Box-Muller cos/sin on both word pairs: the normals
+  of the quad's four elements), writes delta (or clamp(x + delta)) and one partial sum of -log p
+  per (sample, example, element chunk) into a float32 (float64) buffer that one `sum(-1)`
+  reduces: deterministic, no float atomics.
 - `_backward_kernel`: the same tiles; it regenerates r from (seed, offset) and accumulates the k
   samples per element in registers; nothing of size k x N is saved by the forward.
 - `_philox_words_kernel`: the raw uint32 words, for the cross-backend bit-identity tests.
@@ -38,16 +39,16 @@ __all__ = ["sample_forward", "sample_backward", "philox_words", "launch_config",
 
 LOG2 = math.log(2.0)
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
-SAMPLES_PER_CALL = 4
+NORMALS_PER_CALL = 4  # one Philox call: the normals of one quad (four consecutive elements)
 
-# ---- launch configuration (H100/H200-oriented defaults; see docs/triton.md) ----------------------
-# A program handles a tile of BLOCK_B examples x BLOCK_D elements of each example. The tile is the
-# largest of TILES[is_fp64] (tile size, num_warps) that still gives at least TARGET_PROGRAMS
-# programs, so small batches (B=64, S=(3,32,32): N=196608) run one element per thread in ~1500
-# programs, and large batches two elements per thread (float32 compute; ~55-70 registers). Four
-# elements per thread needs >100 registers; float64 stays at one element per thread.
-TILES = {False: ((512, 8), (256, 4), (128, 4)), True: ((256, 8), (128, 4))}
-TARGET_PROGRAMS = 1024
+# ---- launch configuration (see docs/triton.md) ---------------------------------------------------
+# A program handles a tile of BLOCK_B examples x BLOCK_D elements of each example, TILE elements
+# in all: one quad per thread, so a thread draws its four normals with one Philox call per sample
+# and no normal crosses threads (fewer elements per thread would repeat the quad's call in each
+# thread that holds one of its elements; two quads cost 96-138 registers). One warp per program:
+# the row sums of -log p are warp shuffles, nothing goes through shared memory.
+NUM_WARPS = 1
+TILE = NORMALS_PER_CALL * 32 * NUM_WARPS
 MIN_BLOCK_D = 16
 WORDS_BLOCK = 512
 WORDS_NUM_WARPS = 4
@@ -111,15 +112,15 @@ def _philox4x32_10(c0, c1, c2, c3, k0, k1):
 
 
 @triton.jit
-def _philox_block(n, seed, group_counter):
-    """Words for elements `n` (int64 block) of sample group g: key = (seed_lo, seed_hi),
-    counter = (n_lo, n_hi, (offset+g)_lo, (offset+g)_hi); group_counter = offset + g (int64).
-    The key and the group's counter words are scalars: the compiler keeps them (and the key
+def _philox_block(q, seed, sample_counter):
+    """Words of quads `q` (int64 block) for one sample: key = (seed_lo, seed_hi),
+    counter = (q_lo, q_hi, (offset+s)_lo, (offset+s)_hi); sample_counter = offset + s (int64).
+    The key and the sample's counter words are scalars: the compiler keeps them (and the key
     schedule) in uniform registers, shared by the whole warp."""
-    c0 = n.to(tl.uint32)
-    c1 = (n >> 32).to(tl.uint32)
-    c2 = group_counter.to(tl.uint32)
-    c3 = (group_counter >> 32).to(tl.uint32)
+    c0 = q.to(tl.uint32)
+    c1 = (q >> 32).to(tl.uint32)
+    c2 = sample_counter.to(tl.uint32)
+    c3 = (sample_counter >> 32).to(tl.uint32)
     k0 = seed.to(tl.uint32)
     k1 = (seed >> 32).to(tl.uint32)
     return _philox4x32_10(c0, c1, c2, c3, k0, k1)
@@ -304,9 +305,10 @@ def _softplus_parts(rho, IS_FP64: tl.constexpr):
 
 @triton.jit
 def _load_tile(mean_ptr, std_ptr, x_ptr, seed_offset_ptr, B, D, n_chunks, eps_bits, lo_bits, hi_bits,
-               HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr, CT: tl.constexpr,
-               BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
-    """This program's tile of (examples x elements), its inputs and the per-element rho terms."""
+               QUAD_ALIGNED: tl.constexpr, HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr,
+               IS_FP64: tl.constexpr, CT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's tile of (examples x elements), its inputs, the per-element rho terms and the
+    Philox quad indices of `_sample_normals`."""
     pid = tl.program_id(0)
     pb = pid // n_chunks
     c = pid - pb * n_chunks
@@ -315,6 +317,16 @@ def _load_tile(mean_ptr, std_ptr, x_ptr, seed_offset_ptr, B, D, n_chunks, eps_bi
     row_ok = rows < B
     mask = row_ok[:, None] & (cols < D)[None, :]
     n = rows.to(tl.int64)[:, None] * D + cols[None, :]
+    if QUAD_ALIGNED:  # D % 4 == 0: the tile's BLOCK_D // 4 quads of each row are whole
+        first = (rows.to(tl.int64) * D + c * BLOCK_D) >> 2  # each row's first quad in the tile
+        quads = first[:, None] + tl.arange(0, BLOCK_D // 4)[None, :]
+        # ... which the compiler infers only where it specialises D % 16 == 0. Told, it gives each
+        # thread a whole quad in loads and stores too, as in the normals: 16-byte accesses and no
+        # layout conversion in the sample loop, whatever D.
+        n = tl.multiple_of(n, [1, 4])
+        mask = tl.max_constancy(mask, [1, 4])
+    else:  # each element's own quad
+        quads = n >> 2
     eps = _f64_from_bits(eps_bits).to(CT)
     lo = _f64_from_bits(lo_bits).to(CT)
     hi = _f64_from_bits(hi_bits).to(CT)
@@ -331,30 +343,33 @@ def _load_tile(mean_ptr, std_ptr, x_ptr, seed_offset_ptr, B, D, n_chunks, eps_bi
     else:
         seed = tl.load(seed_offset_ptr)
         offset = tl.load(seed_offset_ptr + 1)
-    return (c, rows, row_ok, mask, n, eps, lo, hi, mu, sigma, log_sigma, sigmoid, sig_over_sp, xv,
-            seed, offset)
+    return (c, rows, row_ok, mask, n, quads, eps, lo, hi, mu, sigma, log_sigma, sigmoid, sig_over_sp,
+            xv, seed, offset)
 
 
 @triton.jit
-def _group_normals(n, seed, offset, g, BOTH_PAIRS: tl.constexpr, placeholder, HAS_NOISE: tl.constexpr,
-                   IS_FP64: tl.constexpr, CT: tl.constexpr):
-    """The normals of samples 4g..4g+3 (one Philox call); the second Box-Muller pair only when
-    BOTH_PAIRS (a tail group of one or two samples skips it). With noise the lanes load r
-    themselves and get `placeholder`."""
+def _sample_normals(n, quads, seed, sample_counter, placeholder, QUAD_ALIGNED: tl.constexpr,
+                    HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr, CT: tl.constexpr):
+    """The normals of one sample (counter word offset + s) for the tile's elements `n`.
+
+    Aligned quads: one Philox call per quad, Box-Muller on both word pairs, the four normals
+    interleaved into elements 4q .. 4q+3. Otherwise one call per element (quads = n >> 2) that
+    keeps the pair and the cos or sin of its lane n & 3: four times the Philox work. With noise
+    the samples load r themselves and get `placeholder`."""
     if HAS_NOISE:
-        r0 = placeholder
-        r1 = placeholder
-        r2 = placeholder
-        r3 = placeholder
+        r = placeholder
     else:
-        w0, w1, w2, w3 = _philox_block(n, seed, offset + g)
-        r0, r1 = _box_muller(w0, w1, IS_FP64, CT)
-        if BOTH_PAIRS:
-            r2, r3 = _box_muller(w2, w3, IS_FP64, CT)
+        w0, w1, w2, w3 = _philox_block(quads, seed, sample_counter)
+        if QUAD_ALIGNED:
+            z0, z1 = _box_muller(w0, w1, IS_FP64, CT)
+            z2, z3 = _box_muller(w2, w3, IS_FP64, CT)
+            r = tl.interleave(tl.interleave(z0, z2), tl.interleave(z1, z3))  # z0 z1 z2 z3 per quad
         else:
-            r2 = r0
-            r3 = r1
-    return r0, r1, r2, r3
+            lane = n & 3
+            second = lane >= 2
+            r_cos, r_sin = _box_muller(tl.where(second, w2, w0), tl.where(second, w3, w1), IS_FP64, CT)
+            r = tl.where((lane & 1) != 0, r_sin, r_cos)
+    return r
 
 
 @triton.jit
@@ -365,16 +380,12 @@ def _clamp(v, lo, hi):
 
 
 @triton.jit
-def _forward_sample(r, out_s, part_s, noise_s, mask, split_first, split_cadd, mu, sigma, log_sigma, xv,
-                    eps, lo, hi, HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr,
-                    CT: tl.constexpr, SPLIT: tl.constexpr, BLOCK_D: tl.constexpr):
-    """One sample of the tile: store delta / x_adv at out_s and the tile's partial sums of -log p
-    at part_s (pointers already advanced to this sample).
-
-    SPLIT == 1: one sum per example row of the tile (a block-wide reduction). SPLIT > 1 (one
-    example per tile): one sum per warp, shuffles only, stored by the warp's first element; the
-    host's `sum(-1)` adds the parts. Every tensor here keeps the reduction's layout, so nothing
-    goes through shared memory."""
+def _forward_sample(r, out_s, part_s, noise_s, mask, row_ok, cadd, mu, sigma, log_sigma, xv, eps, lo, hi,
+                    HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr,
+                    CT: tl.constexpr):
+    """One sample of the tile: store delta / x_adv at out_s and each example row's partial sum of
+    -log p at part_s (pointers already advanced to this sample); the host's `sum(-1)` adds the
+    chunks of a row."""
     if HAS_NOISE:
         r = tl.load(noise_s, mask=mask, other=0.0).to(CT)
     u = mu + sigma * r
@@ -386,67 +397,31 @@ def _forward_sample(r, out_s, part_s, noise_s, mask, split_first, split_cadd, mu
         o = delta
     tl.store(out_s, o.to(out_s.dtype.element_ty), mask=mask)
     per_elem = tl.where(mask, 0.5 * r * r + log_sigma + log1m_t2, 0.0)
-    if SPLIT == 1:
-        tl.store(part_s, tl.sum(per_elem, axis=1) + split_cadd, mask=split_first)
-    else:
-        parts = tl.sum(tl.reshape(per_elem, [SPLIT, BLOCK_D // SPLIT]), axis=1, keep_dims=True)
-        parts = tl.broadcast_to(parts + split_cadd, [SPLIT, BLOCK_D // SPLIT])
-        tl.store(part_s, parts, mask=split_first)
-
-
-@triton.jit
-def _forward_group(g, LANES: tl.constexpr, n, seed, offset, out_s, part_s, noise_s, part_step, N, mask,
-                   split_first, split_cadd, mu, sigma, log_sigma, xv, eps, lo, hi, HAS_X: tl.constexpr,
-                   HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr, CT: tl.constexpr,
-                   SPLIT: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Samples 4g .. 4g + LANES - 1 (one Philox call); returns the pointers advanced past them."""
-    r0, r1, r2, r3 = _group_normals(n, seed, offset, g, LANES > 2, mu, HAS_NOISE, IS_FP64, CT)
-    for lane in tl.static_range(LANES):
-        r = r0 if lane == 0 else (r1 if lane == 1 else (r2 if lane == 2 else r3))
-        _forward_sample(r, out_s, part_s, noise_s, mask, split_first, split_cadd, mu, sigma, log_sigma,
-                        xv, eps, lo, hi, HAS_X, HAS_NOISE, IS_FP64, CT, SPLIT, BLOCK_D)
-        out_s += N
-        noise_s += N
-        part_s += part_step
-    return out_s, noise_s, part_s
+    tl.store(part_s, tl.sum(per_elem, axis=1) + cadd, mask=row_ok)
 
 
 @triton.jit(do_not_specialize=["eps_bits", "lo_bits", "hi_bits", "const_bits"])
 def _forward_kernel(mean_ptr, std_ptr, x_ptr, noise_ptr, seed_offset_ptr, out_ptr, part_ptr,
-                    B, D, N, full_groups, n_chunks, eps_bits, lo_bits, hi_bits, const_bits,
-                    TAIL: tl.constexpr, SPLIT: tl.constexpr,
-                    HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr,
-                    CT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
-    (c, rows, row_ok, mask, n, eps, lo, hi, mu, sigma, log_sigma, sigmoid, sig_over_sp, xv, seed,
+                    B, D, N, num_samples, n_chunks, eps_bits, lo_bits, hi_bits, const_bits,
+                    QUAD_ALIGNED: tl.constexpr, HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr,
+                    IS_FP64: tl.constexpr, CT: tl.constexpr, BLOCK_B: tl.constexpr,
+                    BLOCK_D: tl.constexpr):
+    (c, rows, row_ok, mask, n, quads, eps, lo, hi, mu, sigma, log_sigma, sigmoid, sig_over_sp, xv, seed,
      offset) = _load_tile(mean_ptr, std_ptr, x_ptr, seed_offset_ptr, B, D, n_chunks, eps_bits, lo_bits,
-                          hi_bits, HAS_X, HAS_NOISE, IS_FP64, CT, BLOCK_B, BLOCK_D)
+                          hi_bits, QUAD_ALIGNED, HAS_X, HAS_NOISE, IS_FP64, CT, BLOCK_B, BLOCK_D)
     cadd = tl.where(c == 0, _f64_from_bits(const_bits), 0.0).to(CT)  # chunk 0 adds the constant
-    n_parts = n_chunks * SPLIT
-    if SPLIT == 1:  # part index c of row `rows`
-        part_s = part_ptr + (rows.to(tl.int64) * n_parts + c)
-        split_first = row_ok
-        split_cadd = cadd
-    else:  # part c * SPLIT + (element's warp) of example pb, stored by the part's first element
-        per_part: tl.constexpr = BLOCK_D // SPLIT
-        split = tl.reshape(tl.arange(0, BLOCK_D) // per_part, [SPLIT, per_part])
-        split_first = tl.reshape(tl.arange(0, BLOCK_D) % per_part == 0, [SPLIT, per_part])
-        split_cadd = tl.where(split == 0, cadd, 0.0)
-        pb = tl.program_id(0) // n_chunks
-        part_s = part_ptr + ((pb.to(tl.int64) * n_parts + c * SPLIT) + split)
-    part_step = B.to(tl.int64) * n_parts
+    part_s = part_ptr + (rows.to(tl.int64) * n_chunks + c)  # part c of each row, advanced per sample
+    part_step = B.to(tl.int64) * n_chunks
     out_s = out_ptr + n  # pointers of sample s, advanced by one sample at a time
     noise_s = noise_ptr + n
 
-    # Whole groups of four samples (one Philox call each) in the loop, no lane guards in it; then
-    # the k mod 4 remaining samples, straight-line code specialised at compile time.
-    for g in range(0, full_groups):
-        out_s, noise_s, part_s = _forward_group(
-            g, 4, n, seed, offset, out_s, part_s, noise_s, part_step, N, mask, split_first, split_cadd,
-            mu, sigma, log_sigma, xv, eps, lo, hi, HAS_X, HAS_NOISE, IS_FP64, CT, SPLIT, BLOCK_D)
-    if TAIL > 0:
-        _forward_group(full_groups, TAIL, n, seed, offset, out_s, part_s, noise_s, part_step, N, mask,
-                       split_first, split_cadd, mu, sigma, log_sigma, xv, eps, lo, hi, HAS_X, HAS_NOISE,
-                       IS_FP64, CT, SPLIT, BLOCK_D)
+    for s in range(0, num_samples):  # one Philox call per quad and sample
+        r = _sample_normals(n, quads, seed, offset + s, mu, QUAD_ALIGNED, HAS_NOISE, IS_FP64, CT)
+        _forward_sample(r, out_s, part_s, noise_s, mask, row_ok, cadd, mu, sigma, log_sigma, xv, eps, lo,
+                        hi, HAS_X, HAS_NOISE, IS_FP64, CT)
+        out_s += N
+        noise_s += N
+        part_s += part_step
 
 
 @triton.jit
@@ -481,37 +456,18 @@ def _backward_sample(r, gout_s, gnlp_s, noise_s, mask, row_ok, mu, sigma, xv, g_
     return acc_du, acc_dur, acc_gx, acc_ge
 
 
-@triton.jit
-def _backward_group(g, LANES: tl.constexpr, n, seed, offset, gout_s, gnlp_s, noise_s, N, B, mask, row_ok,
-                    mu, sigma, xv, g_pre, eps, lo, hi, acc_du, acc_dur, acc_gx, acc_ge,
-                    GOUT: tl.constexpr, HAS_GNLP: tl.constexpr, HAS_X: tl.constexpr,
-                    HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr, CT: tl.constexpr):
-    """Samples 4g .. 4g + LANES - 1 (one Philox call) into the accumulators; returns them and the
-    pointers advanced past the samples."""
-    r0, r1, r2, r3 = _group_normals(n, seed, offset, g, LANES > 2, mu, HAS_NOISE, IS_FP64, CT)
-    for lane in tl.static_range(LANES):
-        r = r0 if lane == 0 else (r1 if lane == 1 else (r2 if lane == 2 else r3))
-        acc_du, acc_dur, acc_gx, acc_ge = _backward_sample(
-            r, gout_s, gnlp_s, noise_s, mask, row_ok, mu, sigma, xv, g_pre, eps, lo, hi,
-            acc_du, acc_dur, acc_gx, acc_ge, GOUT, HAS_GNLP, HAS_X, HAS_NOISE, IS_FP64, CT)
-        gout_s += N
-        noise_s += N
-        gnlp_s += B
-    return acc_du, acc_dur, acc_gx, acc_ge, gout_s, gnlp_s, noise_s
-
-
 @triton.jit(do_not_specialize=["eps_bits", "lo_bits", "hi_bits"])
 def _backward_kernel(gout_ptr, gnlp_ptr, mean_ptr, std_ptr, x_ptr, noise_ptr, seed_offset_ptr,
                      gmean_ptr, gstd_ptr, gx_ptr,
-                     B, D, N, full_groups, n_chunks, eps_bits, lo_bits, hi_bits,
-                     TAIL: tl.constexpr, GOUT: tl.constexpr, HAS_GNLP: tl.constexpr,
+                     B, D, N, num_samples, n_chunks, eps_bits, lo_bits, hi_bits,
+                     QUAD_ALIGNED: tl.constexpr, GOUT: tl.constexpr, HAS_GNLP: tl.constexpr,
                      HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr,
                      CT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
     """GOUT: 0 no grad_out (zero), 1 contiguous (k, N), 2 expanded over k (one value per element,
     strides (0, contiguous)), 3 one value for everything (all strides 0, e.g. from delta.sum())."""
-    (c, rows, row_ok, mask, n, eps, lo, hi, mu, sigma, log_sigma, sigmoid, sig_over_sp, xv, seed,
+    (c, rows, row_ok, mask, n, quads, eps, lo, hi, mu, sigma, log_sigma, sigmoid, sig_over_sp, xv, seed,
      offset) = _load_tile(mean_ptr, std_ptr, x_ptr, seed_offset_ptr, B, D, n_chunks, eps_bits, lo_bits,
-                          hi_bits, HAS_X, HAS_NOISE, IS_FP64, CT, BLOCK_B, BLOCK_D)
+                          hi_bits, QUAD_ALIGNED, HAS_X, HAS_NOISE, IS_FP64, CT, BLOCK_B, BLOCK_D)
     if GOUT == 2:
         g_pre = tl.load(gout_ptr + n, mask=mask, other=0.0).to(CT)
     elif GOUT == 3:
@@ -525,15 +481,14 @@ def _backward_kernel(gout_ptr, gnlp_ptr, mean_ptr, std_ptr, x_ptr, noise_ptr, se
     acc_dur = tl.zeros([BLOCK_B, BLOCK_D], dtype=CT)
     acc_gx = tl.zeros([BLOCK_B, BLOCK_D], dtype=CT)
     acc_ge = tl.zeros([BLOCK_B], dtype=CT)
-    for g in range(0, full_groups):
-        acc_du, acc_dur, acc_gx, acc_ge, gout_s, gnlp_s, noise_s = _backward_group(
-            g, 4, n, seed, offset, gout_s, gnlp_s, noise_s, N, B, mask, row_ok, mu, sigma, xv, g_pre,
-            eps, lo, hi, acc_du, acc_dur, acc_gx, acc_ge, GOUT, HAS_GNLP, HAS_X, HAS_NOISE, IS_FP64, CT)
-    if TAIL > 0:
-        acc_du, acc_dur, acc_gx, acc_ge, gout_s, gnlp_s, noise_s = _backward_group(
-            full_groups, TAIL, n, seed, offset, gout_s, gnlp_s, noise_s, N, B, mask, row_ok, mu, sigma,
-            xv, g_pre, eps, lo, hi, acc_du, acc_dur, acc_gx, acc_ge, GOUT, HAS_GNLP, HAS_X, HAS_NOISE,
-            IS_FP64, CT)
+    for s in range(0, num_samples):  # one Philox call per quad and sample
+        r = _sample_normals(n, quads, seed, offset + s, mu, QUAD_ALIGNED, HAS_NOISE, IS_FP64, CT)
+        acc_du, acc_dur, acc_gx, acc_ge = _backward_sample(
+            r, gout_s, gnlp_s, noise_s, mask, row_ok, mu, sigma, xv, g_pre, eps, lo, hi,
+            acc_du, acc_dur, acc_gx, acc_ge, GOUT, HAS_GNLP, HAS_X, HAS_NOISE, IS_FP64, CT)
+        gout_s += N
+        noise_s += N
+        gnlp_s += B
 
     grad_std = sigmoid * acc_dur + sig_over_sp * acc_ge[:, None]
     tl.store(gmean_ptr + n, acc_du.to(gmean_ptr.dtype.element_ty), mask=mask)
@@ -543,14 +498,14 @@ def _backward_kernel(gout_ptr, gnlp_ptr, mean_ptr, std_ptr, x_ptr, noise_ptr, se
 
 
 @triton.jit
-def _philox_words_kernel(seed_offset_ptr, out_ptr, numel, BLOCK: tl.constexpr):
-    g = tl.program_id(1)
-    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = n < numel
+def _philox_words_kernel(seed_offset_ptr, out_ptr, n_quads, BLOCK: tl.constexpr):
+    s = tl.program_id(1)
+    q = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = q < n_quads
     seed = tl.load(seed_offset_ptr)
     offset = tl.load(seed_offset_ptr + 1)
-    w0, w1, w2, w3 = _philox_block(n, seed, offset + g)
-    base = out_ptr + (g.to(tl.int64) * numel + n) * 4
+    w0, w1, w2, w3 = _philox_block(q, seed, offset + s)
+    base = out_ptr + (s.to(tl.int64) * n_quads + q) * 4
     tl.store(base, w0.to(tl.int64), mask=mask)
     tl.store(base + 1, w1.to(tl.int64), mask=mask)
     tl.store(base + 2, w2.to(tl.int64), mask=mask)
@@ -566,24 +521,17 @@ def _next_pow2(v: int) -> int:
 
 
 @functools.lru_cache(maxsize=1024)
-def launch_config(batch: int, per_example: int,
-                  is_fp64: bool = False) -> tuple[int, int, int, int, int]:
+def launch_config(batch: int, per_example: int) -> tuple[int, int, int, int, int]:
     """(BLOCK_B, BLOCK_D, n_chunks, n_programs, num_warps) for B examples of D elements (N > 0).
 
     Programs tile (examples x elements); n_chunks = ceil(D / BLOCK_D) partial sums per
     (sample, example) are reduced after the forward kernel.
     """
-    numel = batch * per_example
-    tile, warps = TILES[is_fp64][-1]
-    for size, num_warps in TILES[is_fp64]:
-        if triton.cdiv(numel, size) >= TARGET_PROGRAMS:
-            tile, warps = size, num_warps
-            break
-    block_d = min(tile, max(MIN_BLOCK_D, _next_pow2(per_example)))
-    block_b = max(1, min(tile // block_d, _next_pow2(batch)))
+    block_d = min(TILE, max(MIN_BLOCK_D, _next_pow2(per_example)))
+    block_b = max(1, min(TILE // block_d, _next_pow2(batch)))
     n_chunks = triton.cdiv(per_example, block_d)
     n_programs = triton.cdiv(batch, block_b) * n_chunks
-    return block_b, block_d, n_chunks, n_programs, warps
+    return block_b, block_d, n_chunks, n_programs, NUM_WARPS
 
 
 def _bits(value: float) -> int:
@@ -610,16 +558,15 @@ def _device_guard(tensor: torch.Tensor):
 
 
 def sample_loop_trips(num_samples: int) -> int:
-    """Trips of the kernels' sample loop: whole groups of four samples (Philox words of one call);
-    the k mod 4 rest is compile-time-specialised straight-line code (`sample_constexprs`)."""
-    return num_samples // SAMPLES_PER_CALL
+    """Trips of the kernels' sample loop: one per sample (one Philox call per quad each), no tail."""
+    return num_samples
 
 
-def sample_constexprs(num_samples: int, block_b: int, num_warps: int) -> dict:
-    """The kernels' compile-time parameters of a launch: TAIL = k mod 4 (both kernels) and SPLIT,
-    the partial -log p sums per (sample, example, chunk) (forward): one per warp when a tile
-    holds one example (warp shuffles only), else one per example row (a block reduction)."""
-    return {"TAIL": num_samples % SAMPLES_PER_CALL, "SPLIT": num_warps if block_b == 1 else 1}
+def sample_constexprs(*, per_example: int) -> dict:
+    """The kernels' compile-time parameters of a launch besides dtypes, optional inputs and the
+    tile: QUAD_ALIGNED = D % 4 == 0, whether a tile's quads are whole (one Philox call per quad)
+    or may straddle rows (one call per element). Keyword-only: it does not depend on k."""
+    return {"QUAD_ALIGNED": per_example % NORMALS_PER_CALL == 0}
 
 
 def sample_forward(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi):
@@ -632,19 +579,18 @@ def sample_forward(mean, std_param, x, noise, seed_offset, num_samples, epsilon,
     out = torch.empty((k, *mean.shape), dtype=mean.dtype, device=mean.device)
     if numel == 0 or k == 0:
         return out, torch.zeros((k, batch), dtype=ctype, device=mean.device)
-    block_b, block_d, n_chunks, n_programs, warps = launch_config(batch, per_example, is_fp64)
-    constexprs = sample_constexprs(k, block_b, warps)
+    block_b, block_d, n_chunks, n_programs, warps = launch_config(batch, per_example)
     eps_bits, lo_bits, hi_bits, const_bits = _scalar_bits(epsilon, lo, hi, per_example)
-    n_parts = n_chunks * constexprs["SPLIT"]
-    part = torch.empty((k, batch, n_parts) if n_parts > 1 else (k, batch), dtype=ctype, device=mean.device)
+    part = torch.empty((k, batch, n_chunks) if n_chunks > 1 else (k, batch), dtype=ctype,
+                       device=mean.device)
     with _device_guard(mean):
         _forward_kernel[(n_programs,)](
             mean, std_param, mean if x is None else x, mean if noise is None else noise,
             seed_offset, out, part, batch, per_example, numel, sample_loop_trips(k), n_chunks,
-            eps_bits, lo_bits, hi_bits, const_bits, **constexprs,
+            eps_bits, lo_bits, hi_bits, const_bits, **sample_constexprs(per_example=per_example),
             HAS_X=x is not None, HAS_NOISE=noise is not None, IS_FP64=is_fp64, CT=ct,
             BLOCK_B=block_b, BLOCK_D=block_d, num_warps=warps, **COMPILE_OPTIONS)
-    return out, (part.sum(-1) if n_parts > 1 else part)
+    return out, (part.sum(-1) if n_chunks > 1 else part)
 
 
 GRAD_ZERO, GRAD_FULL, GRAD_PER_ELEMENT, GRAD_SCALAR = range(4)
@@ -682,7 +628,7 @@ def sample_backward(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, 
     gout_mode, grad_out = grad_out_layout(grad_out, k, mean.shape)
     if grad_nlp is not None:
         grad_nlp = grad_nlp.contiguous()  # (k, B): small
-    block_b, block_d, n_chunks, n_programs, warps = launch_config(batch, per_example, is_fp64)
+    block_b, block_d, n_chunks, n_programs, warps = launch_config(batch, per_example)
     eps_bits, lo_bits, hi_bits, _ = _scalar_bits(epsilon, lo, hi, per_example)
     with _device_guard(mean):
         _backward_kernel[(n_programs,)](
@@ -690,19 +636,19 @@ def sample_backward(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, 
             mean, std_param, mean if x is None else x, mean if noise is None else noise, seed_offset,
             grad_mean, grad_std, grad_mean if grad_x is None else grad_x,
             batch, per_example, numel, sample_loop_trips(k), n_chunks, eps_bits, lo_bits, hi_bits,
-            TAIL=sample_constexprs(k, block_b, warps)["TAIL"], GOUT=gout_mode, HAS_GNLP=grad_nlp is not None,
+            **sample_constexprs(per_example=per_example), GOUT=gout_mode, HAS_GNLP=grad_nlp is not None,
             HAS_X=x is not None, HAS_NOISE=noise is not None, IS_FP64=is_fp64, CT=ct,
             BLOCK_B=block_b, BLOCK_D=block_d, num_warps=warps, **COMPILE_OPTIONS)
     return grad_mean, grad_std, grad_x
 
 
 def philox_words(seed_offset, numel, num_samples):
-    """Raw Philox words, int64 of shape (ceil(k/4), numel, 4), as `reference.philox_words`."""
-    groups = triton.cdiv(num_samples, SAMPLES_PER_CALL)
-    out = torch.empty((groups, numel, 4), dtype=torch.int64, device=seed_offset.device)
-    if groups == 0 or numel == 0:
+    """Raw Philox words, int64 of shape (k, ceil(numel/4), 4), as `reference.philox_words`."""
+    n_quads = triton.cdiv(numel, NORMALS_PER_CALL)
+    out = torch.empty((num_samples, n_quads, 4), dtype=torch.int64, device=seed_offset.device)
+    if num_samples == 0 or n_quads == 0:
         return out
     with _device_guard(seed_offset):
-        _philox_words_kernel[(triton.cdiv(numel, WORDS_BLOCK), groups)](
-            seed_offset, out, numel, BLOCK=WORDS_BLOCK, num_warps=WORDS_NUM_WARPS)
+        _philox_words_kernel[(triton.cdiv(n_quads, WORDS_BLOCK), num_samples)](
+            seed_offset, out, n_quads, BLOCK=WORDS_BLOCK, num_warps=WORDS_NUM_WARPS)
     return out

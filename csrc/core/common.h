@@ -32,8 +32,8 @@ namespace adt_fast {
 // 0.5 * log(2 pi) and log(2): the constants of -log p (DESIGN §1).
 constexpr double kLogSqrt2Pi = 0.91893853320467274178;
 constexpr double kLog2 = 0.69314718055994530942;
-// Philox draws four words per call; one call serves four samples of an element.
-constexpr int kSamplesPerCall = 4;
+// Philox draws four words per call; one call serves one sample of four consecutive elements (a quad).
+constexpr int kElementsPerCall = 4;
 
 // std::bit_cast for C++14/17 host and device code (memcpy compiles to a register move).
 template <class To, class From>
@@ -44,7 +44,7 @@ ADT_FN To bit_cast(const From& from) {
   return to;
 }
 
-// Number of Philox calls (sample groups) that k samples need.
-ADT_FN int64_t num_groups(int64_t k) { return (k + kSamplesPerCall - 1) / kSamplesPerCall; }
+// Number of quads (Philox counters per sample) that numel elements span.
+ADT_FN int64_t num_quads(int64_t numel) { return (numel + kElementsPerCall - 1) / kElementsPerCall; }
 
 }  // namespace adt_fast

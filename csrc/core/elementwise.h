@@ -24,28 +24,48 @@ namespace adt_fast {
 constexpr double kLogSoftplusTail = -20.0;
 
 template <class T>
-struct RhoTerms {
-  T sigma;                  // softplus(rho)
-  T log_sigma;              // log softplus(rho)
+struct RhoGrads {
   T sigmoid;                // sigmoid(rho) = d sigma / d rho
   T sigmoid_over_softplus;  // d log sigma / d rho
 };
 
 template <class T>
-ADT_FN RhoTerms<T> rho_terms(T rho) {
-  const T zero = T(0);
-  const T e = math::exp_neg_abs(rho);  // exp(-|rho|) in (0, 1]; = exp(rho) where rho < 0
-  const T sp = (rho > zero ? rho : zero) + math::log1p_unit(e);
+struct RhoTerms {
+  T sigma;      // softplus(rho)
+  T log_sigma;  // log softplus(rho)
+  RhoGrads<T> grads;
+};
+
+// The derivatives from rho, e = exp(-|rho|) and sp = softplus(rho): a kernel that holds sigma
+// needs only the exponential again, not the log1p.
+template <class T>
+ADT_FN RhoGrads<T> rho_grads(T rho, T e, T sp) {
   const T inv = math::rcp_(T(1) + e);
-  const T sig = rho >= zero ? inv : e * inv;
   const bool tail = rho < T(kLogSoftplusTail);
   const T min_normal = math::Traits<T>::kMinNormal;
   const T sp_safe = sp > min_normal ? sp : min_normal;  // only tail lanes ever need this
+  RhoGrads<T> out;
+  out.sigmoid = rho >= T(0) ? inv : e * inv;
+  out.sigmoid_over_softplus = tail ? T(1) - T(0.5) * e : math::div_(out.sigmoid, sp_safe);
+  return out;
+}
+
+template <class T>
+ADT_FN T softplus_from(T rho, T e) {  // softplus(rho) from e = exp(-|rho|)
+  return (rho > T(0) ? rho : T(0)) + math::log1p_unit(e);
+}
+
+template <class T>
+ADT_FN RhoTerms<T> rho_terms(T rho) {
+  const T e = math::exp_neg_abs(rho);  // exp(-|rho|) in (0, 1]; = exp(rho) where rho < 0
+  const T sp = softplus_from(rho, e);
+  const bool tail = rho < T(kLogSoftplusTail);
+  const T min_normal = math::Traits<T>::kMinNormal;
+  const T sp_safe = sp > min_normal ? sp : min_normal;
   RhoTerms<T> out;
   out.sigma = sp;
   out.log_sigma = tail ? rho - T(0.5) * e : math::log_abs_err(sp_safe);
-  out.sigmoid = sig;
-  out.sigmoid_over_softplus = tail ? T(1) - T(0.5) * e : math::div_(sig, sp_safe);
+  out.grads = rho_grads(rho, e, sp);
   return out;
 }
 

@@ -1,8 +1,8 @@
 // Philox4x32-10 and the "four normals per call" Box-Muller mapping of docs/randomness.md.
 //
 //   key     = (seed mod 2^32, seed div 2^32)
-//   counter = (n mod 2^32, n div 2^32, (offset + g) mod 2^32, (offset + g) div 2^32)
-//   for element n (row-major index in mean) and sample group g = s div 4, lane = s mod 4;
+//   counter = (q mod 2^32, q div 2^32, (offset + s) mod 2^32, (offset + s) div 2^32)
+//   for sample s of element n (row-major index in mean), quad q = n div 4, lane = n mod 4;
 //   a(w) = ((w >> 8) + 1) / 2^24 in (0, 1],  b(w) = (w >> 8) / 2^24 in [0, 1)
 //   lane 0: sqrt(-2 ln a(w0)) cos(2 pi b(w1))   lane 1: ... sin(2 pi b(w1))
 //   lane 2: sqrt(-2 ln a(w2)) cos(2 pi b(w3))   lane 3: ... sin(2 pi b(w3))
@@ -63,13 +63,13 @@ ADT_FN void philox4x32_10(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3
   }
 }
 
-// The four words of element n, sample group g: counter (n, offset + g) as two 64-bit halves.
-ADT_FN void philox_words4(PhiloxKey key, uint64_t n, uint64_t offset_plus_g, uint32_t& w0,
+// The four words of quad q, sample s: counter (q, offset + s) as two 64-bit halves.
+ADT_FN void philox_words4(PhiloxKey key, uint64_t q, uint64_t offset_plus_s, uint32_t& w0,
                           uint32_t& w1, uint32_t& w2, uint32_t& w3) {
-  w0 = static_cast<uint32_t>(n);
-  w1 = static_cast<uint32_t>(n >> 32);
-  w2 = static_cast<uint32_t>(offset_plus_g);
-  w3 = static_cast<uint32_t>(offset_plus_g >> 32);
+  w0 = static_cast<uint32_t>(q);
+  w1 = static_cast<uint32_t>(q >> 32);
+  w2 = static_cast<uint32_t>(offset_plus_s);
+  w3 = static_cast<uint32_t>(offset_plus_s >> 32);
   philox4x32_10(w0, w1, w2, w3, key.k0, key.k1);
 }
 
@@ -119,9 +119,9 @@ ADT_FN void box_muller(uint32_t wa, uint32_t wb, T& z_cos, T& z_sin) {
 template <class T>
 ADT_FN T philox_normal(uint64_t seed, uint64_t offset, uint64_t n, int64_t s) {
   uint32_t w[4];
-  philox_words4(philox_key(seed), n, offset + static_cast<uint64_t>(s / kSamplesPerCall), w[0], w[1],
-                w[2], w[3]);
-  const int lane = static_cast<int>(s % kSamplesPerCall);
+  philox_words4(philox_key(seed), n / kElementsPerCall, offset + static_cast<uint64_t>(s), w[0], w[1], w[2],
+                w[3]);
+  const int lane = static_cast<int>(n % kElementsPerCall);
   T zc, zs;
   box_muller<T>(w[lane < 2 ? 0 : 2], w[lane < 2 ? 1 : 3], zc, zs);
   return (lane & 1) ? zs : zc;

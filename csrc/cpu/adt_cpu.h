@@ -2,7 +2,7 @@
 //
 // Shapes (row-major, contiguous): mean, std_param, x: [batch, dim]; noise, out, grad_out:
 // [num_samples, batch, dim]; neg_log_prob, grad_nlp: [num_samples, batch]; words:
-// [ceil(num_samples / 4), numel, 4]. x and noise may be null (then grad_x must be null too).
+// [num_samples, ceil(numel / 4), 4]. x and noise may be null (then grad_x must be null too).
 // With noise == null the normals come from Philox(seed, offset) as in docs/randomness.md.
 // lo/hi clamp x + delta (pass -inf/+inf for none); they are ignored when x is null.
 // Results do not depend on num_threads (0 = OpenMP's default): the work is split in fixed chunks
@@ -39,7 +39,8 @@ void sample_backward(const double* grad_out, int64_t grad_out_sample_stride, int
                      double lo, double hi, double* grad_mean, double* grad_std_param, double* grad_x,
                      int num_threads = 0);
 
-// The raw Philox words, as int64 holding uint32 values: [ceil(num_samples / 4), numel, 4].
+// The raw Philox words, as int64 holding uint32 values: [num_samples, ceil(numel / 4), 4], those of
+// sample s and quad q (elements 4q .. 4q+3) at [s, q].
 void philox_words(uint64_t seed, uint64_t offset, int64_t numel, int64_t num_samples, int64_t* out,
                   int num_threads = 0);
 

@@ -70,7 +70,9 @@ const KernelTable& table() {
 }
 
 // Work split: ranges of whole examples (about kChunk elements) when examples are small, else
-// kChunk-element pieces of one example. It depends on (batch, dim) only, never on threads.
+// kChunk-element pieces of one example. It depends on (batch, dim) only, never on threads. A
+// range starts mid-quad where dim is not a multiple of 4; a quad two ranges share is drawn by both
+// (kernels_impl.h, tile_end).
 constexpr int64_t kChunk = 4096;
 
 struct Plan {
@@ -247,13 +249,13 @@ void sample_backward(const double* grad_out, int64_t go_sample_stride, int64_t g
 
 void philox_words(uint64_t seed, uint64_t offset, int64_t numel, int64_t num_samples, int64_t* out,
                   int num_threads) {
-  const int64_t groups = num_groups(num_samples);
-  if (numel <= 0 || groups <= 0) return;
-  const int64_t tasks = (numel + kChunk - 1) / kChunk;
+  const int64_t quads = num_quads(numel);
+  if (quads <= 0 || num_samples <= 0) return;
+  const int64_t tasks = (quads + kChunk - 1) / kChunk;  // ranges of kChunk quads
   const detail::WordsFn fn = table().words;
-  const int threads = resolve_threads(num_threads, tasks, numel * groups * 4);
+  const int threads = resolve_threads(num_threads, tasks, quads * num_samples * 4);
   run_tasks(tasks, threads, [&](int64_t t) {
-    fn(seed, offset, numel, groups, t * kChunk, std::min(numel, (t + 1) * kChunk), out);
+    fn(seed, offset, quads, num_samples, t * kChunk, std::min(quads, (t + 1) * kChunk), out);
   });
 }
 

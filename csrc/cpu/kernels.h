@@ -47,10 +47,11 @@ using ForwardFn = void (*)(const ForwardArgs<T>&, int64_t n_begin, int64_t n_end
                            double* partial);
 template <class T>
 using BackwardFn = void (*)(const BackwardArgs<T>&, int64_t n_begin, int64_t n_end);
-using WordsFn = void (*)(uint64_t seed, uint64_t offset, int64_t numel, int64_t groups, int64_t n_begin,
-                         int64_t n_end, int64_t* out);
-// Philox words of elements [n0, n0 + len) (len <= 256) for counter high half ctr (tests).
-using PhiloxTileFn = void (*)(uint64_t seed, uint64_t ctr, uint64_t n0, int len, uint32_t* w0, uint32_t* w1,
+// Words of the quads [q_begin, q_end) of every sample into out, shaped [num_samples, quads, 4].
+using WordsFn = void (*)(uint64_t seed, uint64_t offset, int64_t quads, int64_t num_samples, int64_t q_begin,
+                         int64_t q_end, int64_t* out);
+// Philox words of quads [q0, q0 + len) for counter high half ctr (tests).
+using PhiloxTileFn = void (*)(uint64_t seed, uint64_t ctr, uint64_t q0, int len, uint32_t* w0, uint32_t* w1,
                               uint32_t* w2, uint32_t* w3);
 
 struct KernelTable {

@@ -3,10 +3,11 @@
 // then this file under `#pragma GCC target(...)`. Nothing here is parallel: cpu_api.cpp splits the
 // work into fixed ranges and runs them with OpenMP.
 //
-// Layout: the flat element range is walked in tiles of kTile elements. Per tile, structure-of-
-// arrays buffers hold the per-element terms (mu, sigma, log sigma), the Philox words of one
-// sample group (4 samples per call) and their normals; every inner loop is a branch-free
-// `omp simd` loop over the tile that g++ -O3 vectorises (no libm calls: see core/fastmath.h).
+// Layout: the flat element range is walked in tiles of up to kTile elements. Per tile, structure-
+// of-arrays buffers hold the per-element terms (mu, sigma, log sigma); per tile and sample, the
+// Philox words of the quads that cover the tile (one call per quad: four consecutive elements)
+// and their normals, first per quad lane, then interleaved into element order. Every inner loop
+// is a branch-free `omp simd` loop that g++ -O3 vectorises (no libm calls: see core/fastmath.h).
 #if !defined(ADT_ISA_NS) || !defined(ADT_ISA_NAME) || !defined(ADT_TABLE_FN)
 #error "kernels_impl.h is included by kernels_<isa>.cpp only"
 #endif
@@ -21,16 +22,21 @@ namespace adt_fast {
 namespace cpu {
 namespace ADT_ISA_NS {
 
+// A tile's elements; a multiple of the quad size, so that a tile ending on a quad boundary spans
+// at most kTileQuads quads (see tile_end).
 constexpr int kTile = 256;
+constexpr int kTileQuads = kTile / kElementsPerCall;
+static_assert(kTile % kElementsPerCall == 0, "tiles hold whole quads");
 
-// Philox words of elements [n0, n0 + len), scalar (portable; also the vector loops' remainder).
-inline void philox_tile_scalar(PhiloxKey key, uint64_t n0, uint64_t ctr, int begin, int len, uint32_t* __restrict w0,
+// Philox words of quads [q0, q0 + len) for counter high half ctr, scalar (portable; also where
+// q's low word wraps inside a vector).
+inline void philox_tile_scalar(PhiloxKey key, uint64_t q0, uint64_t ctr, int begin, int len, uint32_t* __restrict w0,
                                uint32_t* __restrict w1, uint32_t* __restrict w2, uint32_t* __restrict w3) {
   const uint32_t c2 = static_cast<uint32_t>(ctr), c3 = static_cast<uint32_t>(ctr >> 32);
   const uint32_t k0 = key.k0, k1 = key.k1;
   for (int i = begin; i < len; ++i) {
-    const uint64_t n = n0 + static_cast<uint64_t>(i);
-    uint32_t x0 = static_cast<uint32_t>(n), x1 = static_cast<uint32_t>(n >> 32), x2 = c2, x3 = c3;
+    const uint64_t q = q0 + static_cast<uint64_t>(i);
+    uint32_t x0 = static_cast<uint32_t>(q), x1 = static_cast<uint32_t>(q >> 32), x2 = c2, x3 = c3;
     philox4x32_10(x0, x1, x2, x3, k0, k1);
     w0[i] = x0;
     w1[i] = x1;
@@ -93,15 +99,19 @@ ADT_FN void v_mulhilo(VecU a, VecU m, VecU& hi, VecU& lo) {  // SSE2 has no blen
 // independent vectors are interleaved so that the chain's latency is hidden.
 constexpr int kUnroll = 4;  // measured best for AVX-512, AVX2 and SSE2 (6 spills on AVX-512)
 
-inline void philox_tile(PhiloxKey key, uint64_t n0, uint64_t ctr, int len, uint32_t* __restrict w0,
+// Philox words of quads [q0, q0 + len) for counter high half ctr. A tile spans only kTileQuads
+// quads (one step on AVX-512), so partial steps are common: the last one runs vectorised too, into
+// `part`, and keeps its first len - i words (cheaper than up to kStep - 1 scalar calls).
+inline void philox_tile(PhiloxKey key, uint64_t q0, uint64_t ctr, int len, uint32_t* __restrict w0,
                         uint32_t* __restrict w1, uint32_t* __restrict w2, uint32_t* __restrict w3) {
   constexpr int kStep = kLanes * kUnroll;
   const VecU m0 = v_set1(kPhiloxM0), m1 = v_set1(kPhiloxM1), iota = v_iota();
   const VecU c2_init = v_set1(static_cast<uint32_t>(ctr)), c3_init = v_set1(static_cast<uint32_t>(ctr >> 32));
+  alignas(64) uint32_t part[4][kStep];
   int i = 0;
-  for (; i + kStep <= len; i += kStep) {
-    const uint64_t base = n0 + static_cast<uint64_t>(i);
-    if (static_cast<uint32_t>(base) > 0xffffffffu - (kStep - 1)) break;  // n's low word wraps: scalar
+  for (; i < len; i += kStep) {
+    const uint64_t base = q0 + static_cast<uint64_t>(i);
+    if (static_cast<uint32_t>(base) > 0xffffffffu - (kStep - 1)) break;  // q's low word wraps: scalar
     VecU c0[kUnroll], c1[kUnroll], c2[kUnroll], c3[kUnroll];
     for (int u = 0; u < kUnroll; ++u) {
       c0[u] = v_add(v_set1(static_cast<uint32_t>(base) + static_cast<uint32_t>(u * kLanes)), iota);
@@ -126,19 +136,28 @@ inline void philox_tile(PhiloxKey key, uint64_t n0, uint64_t ctr, int len, uint3
       k0 += kPhiloxW0;
       k1 += kPhiloxW1;
     }
+    const bool whole = i + kStep <= len;
+    uint32_t* const dst[4] = {whole ? w0 + i : part[0], whole ? w1 + i : part[1], whole ? w2 + i : part[2],
+                              whole ? w3 + i : part[3]};
     for (int u = 0; u < kUnroll; ++u) {
-      v_store(w0 + i + u * kLanes, c0[u]);
-      v_store(w1 + i + u * kLanes, c1[u]);
-      v_store(w2 + i + u * kLanes, c2[u]);
-      v_store(w3 + i + u * kLanes, c3[u]);
+      v_store(dst[0] + u * kLanes, c0[u]);
+      v_store(dst[1] + u * kLanes, c1[u]);
+      v_store(dst[2] + u * kLanes, c2[u]);
+      v_store(dst[3] + u * kLanes, c3[u]);
+    }
+    if (!whole) {
+      std::copy(part[0], part[0] + (len - i), w0 + i);
+      std::copy(part[1], part[1] + (len - i), w1 + i);
+      std::copy(part[2], part[2] + (len - i), w2 + i);
+      std::copy(part[3], part[3] + (len - i), w3 + i);
     }
   }
-  philox_tile_scalar(key, n0, ctr, i, len, w0, w1, w2, w3);
+  philox_tile_scalar(key, q0, ctr, i, len, w0, w1, w2, w3);
 }
 #else
-inline void philox_tile(PhiloxKey key, uint64_t n0, uint64_t ctr, int len, uint32_t* __restrict w0,
+inline void philox_tile(PhiloxKey key, uint64_t q0, uint64_t ctr, int len, uint32_t* __restrict w0,
                         uint32_t* __restrict w1, uint32_t* __restrict w2, uint32_t* __restrict w3) {
-  philox_tile_scalar(key, n0, ctr, 0, len, w0, w1, w2, w3);
+  philox_tile_scalar(key, q0, ctr, 0, len, w0, w1, w2, w3);
 }
 #endif
 
@@ -154,13 +173,40 @@ inline void normals_tile(int len, const uint32_t* __restrict wa, const uint32_t*
   }
 }
 
-// The normals of sample group g for the tile: lanes [0, lanes) of z.
+// r[4 j + l] = lane l of quad j: the quads' normals in element order.
 template <class T>
-inline void group_normals(PhiloxKey key, uint64_t offset, int64_t g, int lanes, uint64_t n0, int len,
-                          uint32_t (&w)[4][kTile], T (&z)[4][kTile]) {
-  philox_tile(key, n0, offset + static_cast<uint64_t>(g), len, w[0], w[1], w[2], w[3]);
-  normals_tile<T>(len, w[0], w[1], z[0], z[1]);
-  if (lanes > 2) normals_tile<T>(len, w[2], w[3], z[2], z[3]);
+inline void interleave_quads(int quads, const T* __restrict z0, const T* __restrict z1, const T* __restrict z2,
+                             const T* __restrict z3, T* __restrict r) {
+#pragma omp simd
+  for (int j = 0; j < quads; ++j) {
+    r[kElementsPerCall * j + 0] = z0[j];
+    r[kElementsPerCall * j + 1] = z1[j];
+    r[kElementsPerCall * j + 2] = z2[j];
+    r[kElementsPerCall * j + 3] = z3[j];
+  }
+}
+
+// The end of the tile that starts at n0: kTile elements after n0's quad starts, or the range's
+// end. Tiles then end on quad boundaries, so that no quad is drawn twice within a range; only a
+// range's first tile may start mid-quad (ranges start at b * dim + c * 4096, and dim is any size).
+inline int64_t tile_end(int64_t n0, int64_t n_end) {
+  return std::min<int64_t>(n_end, n0 - n0 % kElementsPerCall + kTile);
+}
+
+// Sample s's normals r[s, n] for the tile [n0, n0 + len), returned as a pointer to r[s, n0]:
+// the quads that cover the tile are drawn (one Philox call each) and Box-Muller'd lane pair by
+// lane pair, then interleaved into r, whose first n0 mod 4 entries belong to elements before n0.
+template <class T>
+inline const T* sample_normals(PhiloxKey key, uint64_t offset, int64_t s, int64_t n0, int len,
+                               uint32_t (&w)[4][kTileQuads], T (&z)[4][kTileQuads], T (&r)[kTile]) {
+  const int lead = static_cast<int>(n0 % kElementsPerCall);
+  const int quads = (lead + len + kElementsPerCall - 1) / kElementsPerCall;
+  philox_tile(key, static_cast<uint64_t>(n0 / kElementsPerCall), offset + static_cast<uint64_t>(s), quads, w[0],
+              w[1], w[2], w[3]);
+  normals_tile<T>(quads, w[0], w[1], z[0], z[1]);
+  normals_tile<T>(quads, w[2], w[3], z[2], z[3]);
+  interleave_quads<T>(quads, z[0], z[1], z[2], z[3], r);
+  return r + lead;
 }
 
 // Adds the sums of term[0, len) over each example's segment to that example's partial sum.
@@ -182,14 +228,14 @@ inline void add_segment_sums(const T* __restrict term, int len, int64_t n0, int6
 template <class T, bool kNoise, bool kX>
 void forward_range(const detail::ForwardArgs<T>& a, int64_t n_begin, int64_t n_end, int64_t chunk,
                    double* partial) {
-  alignas(64) T mu[kTile], sigma[kTile], log_sigma[kTile], term[kTile];
-  alignas(64) T z[4][kTile];
-  alignas(64) uint32_t w[4][kTile];
+  alignas(64) T mu[kTile], sigma[kTile], log_sigma[kTile], term[kTile], normals[kTile];
+  alignas(64) T z[4][kTileQuads];
+  alignas(64) uint32_t w[4][kTileQuads];
   const PhiloxKey key = philox_key(a.seed);
-  const int64_t groups = num_groups(a.num_samples);
   const T eps = a.epsilon, lo = a.lo, hi = a.hi;
-  for (int64_t n0 = n_begin; n0 < n_end; n0 += kTile) {
-    const int len = static_cast<int>(std::min<int64_t>(kTile, n_end - n0));
+  for (int64_t n0 = n_begin, n1; n0 < n_end; n0 = n1) {
+    n1 = tile_end(n0, n_end);
+    const int len = static_cast<int>(n1 - n0);
     {
       const T* __restrict mean = a.mean + n0;
       const T* __restrict rho = a.std_param + n0;
@@ -201,27 +247,23 @@ void forward_range(const detail::ForwardArgs<T>& a, int64_t n_begin, int64_t n_e
         log_sigma[i] = rt.log_sigma;
       }
     }
-    for (int64_t g = 0; g < groups; ++g) {
-      const int lanes = static_cast<int>(std::min<int64_t>(kSamplesPerCall, a.num_samples - kSamplesPerCall * g));
-      if constexpr (!kNoise) group_normals<T>(key, a.offset, g, lanes, static_cast<uint64_t>(n0), len, w, z);
-      for (int l = 0; l < lanes; ++l) {
-        const int64_t s = kSamplesPerCall * g + l;
-        const T* __restrict rs = kNoise ? a.noise + s * a.numel + n0 : z[l];
-        T* __restrict out = a.out + s * a.numel + n0;
-        const T* __restrict x = kX ? a.x + n0 : nullptr;
+    for (int64_t s = 0; s < a.num_samples; ++s) {
+      const T* __restrict rs =
+          kNoise ? a.noise + s * a.numel + n0 : sample_normals<T>(key, a.offset, s, n0, len, w, z, normals);
+      T* __restrict out = a.out + s * a.numel + n0;
+      const T* __restrict x = kX ? a.x + n0 : nullptr;
 #pragma omp simd
-        for (int i = 0; i < len; ++i) {
-          const T r = rs[i];
-          const TanhTerms<T> tt = tanh_terms<T>(mu[i] + sigma[i] * r);
-          if constexpr (kX) {
-            out[i] = math::clamp_<T>(x[i] + eps * tt.t, lo, hi);
-          } else {
-            out[i] = eps * tt.t;
-          }
-          term[i] = neg_log_prob_term<T>(r, log_sigma[i], tt.log2_quarter_dtanh);
+      for (int i = 0; i < len; ++i) {
+        const T r = rs[i];
+        const TanhTerms<T> tt = tanh_terms<T>(mu[i] + sigma[i] * r);
+        if constexpr (kX) {
+          out[i] = math::clamp_<T>(x[i] + eps * tt.t, lo, hi);
+        } else {
+          out[i] = eps * tt.t;
         }
-        add_segment_sums<T>(term, len, n0, a.dim, a.num_chunks, chunk, a.num_samples, s, partial);
+        term[i] = neg_log_prob_term<T>(r, log_sigma[i], tt.log2_quarter_dtanh);
       }
+      add_segment_sums<T>(term, len, n0, a.dim, a.num_chunks, chunk, a.num_samples, s, partial);
     }
   }
 }
@@ -255,16 +297,15 @@ inline const T* grad_out_tile(const detail::BackwardArgs<T>& a, int64_t s, int64
 template <class T, bool kNoise, bool kX>
 void backward_range(const detail::BackwardArgs<T>& a, int64_t n_begin, int64_t n_end) {
   alignas(64) T mu[kTile], sigma[kTile], sigmoid[kTile], sos[kTile], ge[kTile], ge_sum[kTile];
-  alignas(64) T acc_du[kTile], acc_dur[kTile], acc_gx[kTile], gd_fill[kTile];
-  alignas(64) T z[4][kTile];
-  alignas(64) uint32_t w[4][kTile];
+  alignas(64) T acc_du[kTile], acc_dur[kTile], acc_gx[kTile], gd_fill[kTile], normals[kTile];
+  alignas(64) T z[4][kTileQuads];
+  alignas(64) uint32_t w[4][kTileQuads];
   const PhiloxKey key = philox_key(a.seed);
-  const int64_t groups = num_groups(a.num_samples);
-  const int64_t k = a.num_samples;
   const T eps = a.epsilon, lo = a.lo, hi = a.hi;
   const T eps4 = T(4) * eps;  // times (1 - t^2) / 4
-  for (int64_t n0 = n_begin; n0 < n_end; n0 += kTile) {
-    const int len = static_cast<int>(std::min<int64_t>(kTile, n_end - n0));
+  for (int64_t n0 = n_begin, n1; n0 < n_end; n0 = n1) {
+    n1 = tile_end(n0, n_end);
+    const int len = static_cast<int>(n1 - n0);
     {
       const T* __restrict mean = a.mean + n0;
       const T* __restrict rho = a.std_param + n0;
@@ -273,38 +314,34 @@ void backward_range(const detail::BackwardArgs<T>& a, int64_t n_begin, int64_t n
         const RhoTerms<T> rt = rho_terms<T>(rho[i]);
         mu[i] = mean[i];
         sigma[i] = rt.sigma;
-        sigmoid[i] = rt.sigmoid;
-        sos[i] = rt.sigmoid_over_softplus;
+        sigmoid[i] = rt.grads.sigmoid;
+        sos[i] = rt.grads.sigmoid_over_softplus;
         acc_du[i] = T(0);
         acc_dur[i] = T(0);
         acc_gx[i] = T(0);
         ge_sum[i] = T(0);
       }
     }
-    for (int64_t g = 0; g < groups; ++g) {
-      const int lanes = static_cast<int>(std::min<int64_t>(kSamplesPerCall, k - kSamplesPerCall * g));
-      if constexpr (!kNoise) group_normals<T>(key, a.offset, g, lanes, static_cast<uint64_t>(n0), len, w, z);
-      for (int l = 0; l < lanes; ++l) {
-        const int64_t s = kSamplesPerCall * g + l;
-        const T* __restrict rs = kNoise ? a.noise + s * a.numel + n0 : z[l];
-        const T* __restrict gout = grad_out_tile(a, s, n0, len, gd_fill);
-        fill_per_example<T>(ge, len, n0, a.dim, a.grad_nlp ? a.grad_nlp + s * a.batch : nullptr);
-        const T* __restrict x = kX ? a.x + n0 : nullptr;
+    for (int64_t s = 0; s < a.num_samples; ++s) {
+      const T* __restrict rs =
+          kNoise ? a.noise + s * a.numel + n0 : sample_normals<T>(key, a.offset, s, n0, len, w, z, normals);
+      const T* __restrict gout = grad_out_tile(a, s, n0, len, gd_fill);
+      fill_per_example<T>(ge, len, n0, a.dim, a.grad_nlp ? a.grad_nlp + s * a.batch : nullptr);
+      const T* __restrict x = kX ? a.x + n0 : nullptr;
 #pragma omp simd
-        for (int i = 0; i < len; ++i) {
-          const T r = rs[i];
-          const TanhTerms<T> tt = tanh_terms<T>(mu[i] + sigma[i] * r);
-          T gd = gout[i];
-          if constexpr (kX) {  // the gradient passes where the clamp did not bind, as torch.clamp's
-            const T unclamped = x[i] + eps * tt.t;
-            gd = ((unclamped >= lo) & (unclamped <= hi)) ? gd : T(0);
-            acc_gx[i] += gd;
-          }
-          const T du = gd * (eps4 * tt.quarter_dtanh) - T(2) * ge[i] * tt.t;
-          acc_du[i] += du;
-          acc_dur[i] += du * r;
-          ge_sum[i] += ge[i];
+      for (int i = 0; i < len; ++i) {
+        const T r = rs[i];
+        const TanhTerms<T> tt = tanh_terms<T>(mu[i] + sigma[i] * r);
+        T gd = gout[i];
+        if constexpr (kX) {  // the gradient passes where the clamp did not bind, as torch.clamp's
+          const T unclamped = x[i] + eps * tt.t;
+          gd = ((unclamped >= lo) & (unclamped <= hi)) ? gd : T(0);
+          acc_gx[i] += gd;
         }
+        const T du = gd * (eps4 * tt.quarter_dtanh) - T(2) * ge[i] * tt.t;
+        acc_du[i] += du;
+        acc_dur[i] += du * r;
+        ge_sum[i] += ge[i];
       }
     }
     T* __restrict grad_mean = a.grad_mean + n0;
@@ -321,16 +358,17 @@ void backward_range(const detail::BackwardArgs<T>& a, int64_t n_begin, int64_t n
   }
 }
 
-void words_range(uint64_t seed, uint64_t offset, int64_t numel, int64_t groups, int64_t n_begin,
-                 int64_t n_end, int64_t* out) {
+// The words of quads [q_begin, q_end) of every sample into out, shaped [num_samples, quads, 4].
+void words_range(uint64_t seed, uint64_t offset, int64_t quads, int64_t num_samples, int64_t q_begin,
+                 int64_t q_end, int64_t* out) {
   alignas(64) uint32_t w[4][kTile];
   const PhiloxKey key = philox_key(seed);
-  for (int64_t g = 0; g < groups; ++g) {
-    for (int64_t n0 = n_begin; n0 < n_end; n0 += kTile) {
-      const int len = static_cast<int>(std::min<int64_t>(kTile, n_end - n0));
-      philox_tile(key, static_cast<uint64_t>(n0), offset + static_cast<uint64_t>(g), len, w[0], w[1], w[2],
+  for (int64_t s = 0; s < num_samples; ++s) {
+    for (int64_t q0 = q_begin; q0 < q_end; q0 += kTile) {
+      const int len = static_cast<int>(std::min<int64_t>(kTile, q_end - q0));
+      philox_tile(key, static_cast<uint64_t>(q0), offset + static_cast<uint64_t>(s), len, w[0], w[1], w[2],
                   w[3]);
-      int64_t* __restrict dst = out + (g * numel + n0) * 4;
+      int64_t* __restrict dst = out + (s * quads + q0) * 4;
       for (int i = 0; i < len; ++i) {
         dst[4 * i + 0] = w[0][i];
         dst[4 * i + 1] = w[1][i];
@@ -341,9 +379,9 @@ void words_range(uint64_t seed, uint64_t offset, int64_t numel, int64_t groups, 
   }
 }
 
-void philox_tile_entry(uint64_t seed, uint64_t ctr, uint64_t n0, int len, uint32_t* w0, uint32_t* w1, uint32_t* w2,
+void philox_tile_entry(uint64_t seed, uint64_t ctr, uint64_t q0, int len, uint32_t* w0, uint32_t* w1, uint32_t* w2,
                        uint32_t* w3) {
-  philox_tile(philox_key(seed), n0, ctr, len, w0, w1, w2, w3);
+  philox_tile(philox_key(seed), q0, ctr, len, w0, w1, w2, w3);
 }
 
 }  // namespace ADT_ISA_NS

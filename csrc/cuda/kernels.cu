@@ -1,16 +1,17 @@
 // CUDA kernels of the tanh-Gaussian op. Torch-free: device pointers, sizes and a stream.
 //
 // Work is split into chunks: up to 8 * L consecutive elements of one example, handled by a group
-// of L lanes of a warp (L = 32 for examples of 256 elements or more, down to 1 for tiny ones;
-// lane j takes elements j + L i), so loads and stores are coalesced and no lane idles on a small
-// example. The number of samples a launch handles is a template parameter (kPass <= kMaxPass;
-// larger k takes several launches), so the sample loop unrolls into straight-line code: four
-// samples per Philox call (core/philox.h), a partial last group specialised at compile time.
-// Forward: a lane draws, writes and scores the samples of its elements, summing each sample's
-// -log p terms in a register; one shuffle tree per sample and chunk adds the group's lanes. An
-// example that is one chunk gets neg_log_prob directly; otherwise each chunk's sums go to a
-// workspace that a small second kernel adds up in chunk order. No atomics, no shared memory:
-// results are deterministic.
+// of L lanes of a warp (L = 32 for examples of 256 elements or more, down to 1 for tiny ones), so
+// no lane idles on a small example. A lane works on quads, the four consecutive elements whose
+// normals of one sample come from one Philox call (docs/randomness.md): quads j, j + L, ... of
+// its chunk, so a warp's accesses are coalesced and, when D is a multiple of 4 and every array is
+// aligned (kVec), each quad is one 16-byte load or store. A launch handles up to kMaxPass samples
+// (larger k takes several launches), a template parameter of the vector path.
+// Forward: a lane draws, writes and scores the samples of its quads, summing each sample's -log p
+// terms in a register; one shuffle tree per sample and chunk adds the group's lanes. An example
+// that is one chunk gets neg_log_prob directly; otherwise each chunk's sums go to a workspace that
+// a small second kernel adds up in chunk order. No atomics, no shared memory: results are
+// deterministic.
 // Backward: the same chunks; a lane regenerates r from (seed, offset) and sums the samples in
 // registers; the example's grad_nlp values are read once per chunk.
 // The per-element maths is core/elementwise.h, shared with the CPU kernels; see docs/kernels.md.
@@ -20,6 +21,8 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdint>
+#include <initializer_list>
 #include <type_traits>
 
 #include "../core/chunking.h"
@@ -38,7 +41,6 @@ constexpr int kMaxPass = 8;  // samples per launch: accumulators live in registe
 template <class S>
 constexpr int kBlocksPerSM = (std::is_same<S, double>::value ? 1024 : 2048) / kThreads;
 constexpr int64_t kMaxBlocks = 1 << 20;  // grid-stride beyond this
-static_assert(kMaxPass % kSamplesPerCall == 0, "a pass starts at a whole sample group");
 
 template <class S>
 struct ComputeOf {
@@ -106,41 +108,161 @@ __device__ __forceinline__ Seed read_seed(const SeedSource& src) {
   return Seed{philox_key(seed), offset};
 }
 
-// The normals of sample group g of element n: lanes [0, kLanes) of z (kLanes known at compile time,
-// so a partial group computes only what it uses).
-template <int kLanes, class C>
-__device__ __forceinline__ void group_normals(const Seed& seed, uint64_t n, uint64_t g, C (&z)[kSamplesPerCall]) {
-  uint32_t w0, w1, w2, w3;
-  philox_words4(seed.key, n, seed.offset + g, w0, w1, w2, w3);
-  box_muller<C>(w0, w1, z[0], z[1]);
-  if (kLanes > 2) box_muller<C>(w2, w3, z[2], z[3]);
+// One quad of a storage type as a single access: float4 and two double2 through the read-only
+// path; 16-bit types as an 8-byte struct. (A plain struct copy of four floats is not reliably
+// one 16-byte access: nvcc splits some into four.)
+template <class S>
+struct alignas(8) Four {
+  S v[4];
+};
+
+__device__ __forceinline__ void load4(const float* p, float (&v)[4]) {
+  const float4 f = __ldg(reinterpret_cast<const float4*>(p));
+  v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+}
+__device__ __forceinline__ void load4(const double* p, double (&v)[4]) {
+  const double2 a = __ldg(reinterpret_cast<const double2*>(p)), b = __ldg(reinterpret_cast<const double2*>(p + 2));
+  v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+}
+template <class S>
+__device__ __forceinline__ void load4(const S* p, float (&v)[4]) {
+  const Four<S> f = *reinterpret_cast<const Four<S>*>(p);
+#pragma unroll
+  for (int e = 0; e < 4; ++e) v[e] = widen(f.v[e]);
 }
 
-// Calls f(s, r) for the pass's samples s = 0 .. kPass-1 of element n in order, r its normal:
-// Philox's (group (s0 + s) / 4 of the stream) or row s0 + s of `noise`.
-template <int kPass, bool kNoise, class C, class S, class F>
-__device__ __forceinline__ void for_each_sample(const Seed& seed, const S* noise, int64_t numel, int s0, int64_t n,
-                                                F&& f) {
-  if (kNoise) noise += static_cast<int64_t>(s0) * numel + n;
+__device__ __forceinline__ void store4(float* p, const float (&v)[4]) {
+#if defined(__CUDA_ARCH__)  // nvcc splits all but the first of a pass's float4 stores into four
+  asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(v[0]), "f"(v[1]), "f"(v[2]), "f"(v[3]));
+#else
+  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+#endif
+}
+__device__ __forceinline__ void store4(double* p, const double (&v)[4]) {
+  reinterpret_cast<double2*>(p)[0] = make_double2(v[0], v[1]);
+  reinterpret_cast<double2*>(p)[1] = make_double2(v[2], v[3]);
+}
+template <class S>
+__device__ __forceinline__ void store4(S* p, const float (&v)[4]) {
+  Four<S> f;
 #pragma unroll
-  for (int g = 0; g * kSamplesPerCall < kPass; ++g) {
-    constexpr int kFull = kSamplesPerCall;
-    C z[kFull];
-    if (!kNoise) {
-      if (kPass - g * kFull >= kFull) {
-        group_normals<kFull, C>(seed, static_cast<uint64_t>(n), static_cast<uint64_t>(s0 / kFull + g), z);
-      } else {
-        group_normals<(kPass % kFull), C>(seed, static_cast<uint64_t>(n), static_cast<uint64_t>(s0 / kFull + g), z);
-      }
-    }
+  for (int e = 0; e < 4; ++e) store(&f.v[e], v[e]);
+  *reinterpret_cast<Four<S>*>(p) = f;
+}
+
+// A lane's quad of a chunk: elements [first, last) of the quad starting at element n4 belong to
+// the chunk (first = last = 0 when the lane has no quad on this trip). A chunk starts on a quad
+// boundary when D is a multiple of 4; otherwise its first and last quads are shared with the
+// neighbouring chunks, each of which draws the quad's normals and handles its own elements.
+struct LaneQuad {
+  int64_t n4;
+  int first, last;
+};
+
+// The quads of chunk c: q0, the first, and how many.
+struct ChunkQuads {
+  int64_t q0;
+  int count;
+  ADT_FN static ChunkQuads of(const Chunk& c) {
+    const int64_t q0 = c.start / kElementsPerCall;
+    return ChunkQuads{q0, c.len > 0 ? static_cast<int>((c.start + c.len - 1) / kElementsPerCall - q0 + 1) : 0};
+  }
+  // Quad j of the chunk, or (j >= count) the chunk's first quad with no elements. kVec: the
+  // chunk is whole quads (D a multiple of 4).
+  template <bool kVec>
+  ADT_FN LaneQuad lane_quad(const Chunk& c, int j) const {
+    const bool valid = j < count;
+    const int64_t n4 = (q0 + (valid ? j : 0)) * kElementsPerCall;
+    if (kVec) return LaneQuad{n4, 0, valid ? kElementsPerCall : 0};
+    const int64_t from = c.start - n4, to = c.start + c.len - n4;
+    const int first = static_cast<int>(from > 0 ? from : 0);
+    const int last = static_cast<int>(to < kElementsPerCall ? to : kElementsPerCall);
+    return valid ? LaneQuad{n4, first, last} : LaneQuad{n4, 0, 0};
+  }
+};
+
+// Whether element e of the quad is the chunk's. kVec: all four or none.
+template <bool kVec>
+__device__ __forceinline__ bool holds(const LaneQuad& lq, int e) {
+  return kVec ? lq.last > 0 : (e >= lq.first && e < lq.last);
+}
+
+// The quad's values at p in the compute type: kVec (whole quads, every array aligned for a
+// vector access), one 16-byte load (8 for 16-bit types, two for double) of a quad that always
+// lies in the chunk (a lane with none reads the chunk's first); otherwise a load per element of
+// the chunk and zero elsewhere.
+template <bool kVec, class S, class C>
+__device__ __forceinline__ void load_quad(const S* p, const LaneQuad& lq, C (&v)[4]) {
+  if (kVec) {
+    load4(p, v);
+  } else {
 #pragma unroll
-    for (int l = 0; l < kFull; ++l) {
-      const int s = g * kFull + l;
-      if (s < kPass) {
-        f(s, kNoise ? load(noise) : z[l]);
-        if (kNoise) noise += numel;
-      }
+    for (int e = 0; e < 4; ++e) v[e] = holds<false>(lq, e) ? load(p + e) : C(0);
+  }
+}
+
+// Stores the chunk's elements of the quad.
+template <bool kVec, class S, class C>
+__device__ __forceinline__ void store_quad(S* p, const LaneQuad& lq, const C (&v)[4]) {
+  if (kVec) {
+    if (lq.last > 0) store4(p, v);
+  } else {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (holds<false>(lq, e)) store(p + e, v[e]);
     }
+  }
+}
+
+// p, hidden from nvvm's optimiser: a load through it stays where it is written instead of being
+// merged with an earlier one or hoisted out of the sample loop (ptxas may still hoist it). Measured
+// with benchmarks/sass_report.py: 2 instructions per element fewer for the backward's mean and x,
+// 6 for its std_param read again after the loop.
+template <class S>
+__device__ __forceinline__ const S* opaque(const S* p) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("" : "+l"(p));
+#else
+  asm volatile("" : "+r"(p));
+#endif
+  return p;
+}
+
+// The normals of sample s of quad q (docs/randomness.md): Box-Muller on both word pairs.
+template <class C>
+__device__ __forceinline__ void quad_normals(const Seed& seed, uint64_t q, uint64_t s, C (&z)[4]) {
+  uint32_t w0, w1, w2, w3;
+  philox_words4(seed.key, q, seed.offset + s, w0, w1, w2, w3);
+  box_muller<C>(w0, w1, z[0], z[1]);
+  box_muller<C>(w2, w3, z[2], z[3]);
+}
+
+// A lane takes quads lane, lane + L, ... of its chunk: two when D is a multiple of 4 (8 * L
+// elements), one more when the chunk starts mid-quad.
+constexpr int kQuadsPerLane = kElementsPerThread / kElementsPerCall + 1;
+static_assert(kElementsPerThread % kElementsPerCall == 0, "a lane's elements are whole quads");
+
+// The pass's normals of quad lq, one sample at a time: f(s, z) for s = 0 .. count-1, z the four
+// elements' normals of sample s0 + s (Philox's, or rows of `noise`). kUnroll: the samples as
+// straight-line code, at most kUnroll of them (the forward indexes its per-sample sums by s);
+// otherwise a loop, which keeps ptxas from interleaving the Philox calls of several samples: the
+// backward holds 24 values of its quad across the samples, and two samples' Philox state on top
+// of them spills.
+template <int kUnroll, bool kNoise, bool kVec, class C, class S, class F>
+__device__ __forceinline__ void for_each_sample(const Seed& seed, const S* noise, int64_t numel, int s0, int count,
+                                                const LaneQuad& lq, F&& f) {
+  if (kNoise) noise += static_cast<int64_t>(s0) * numel + lq.n4;
+#pragma unroll(kUnroll > 0 ? kUnroll : 1)
+  for (int s = 0; s < (kUnroll > 0 ? kUnroll : count); ++s) {
+    if (kUnroll > 0 && s >= count) break;
+    C z[4];
+    if (kNoise) {
+      load_quad<kVec>(noise, lq, z);
+      noise += numel;
+    } else {
+      quad_normals<C>(seed, static_cast<uint64_t>(lq.n4) / kElementsPerCall, static_cast<uint64_t>(s0 + s), z);
+    }
+    f(s, z);
   }
 }
 
@@ -155,7 +277,8 @@ struct Inputs {
   SeedSource seed;
   int64_t batch, numel;
   Chunking chunks;
-  int s0;  // the pass's first sample
+  int s0;    // the pass's first sample
+  int pass;  // and how many samples it has
   C eps, lo, hi;
 
   Inputs(const void* mean_, const void* std_param_, const void* x_, const void* noise_, const SeedSource& seed_,
@@ -169,6 +292,7 @@ struct Inputs {
         numel(batch_ * dim),
         chunks(Chunking::of(batch_, dim)),
         s0(0),
+        pass(0),
         eps(static_cast<C>(epsilon)),
         lo(static_cast<C>(lo_)),
         hi(static_cast<C>(hi_)) {}
@@ -184,9 +308,12 @@ struct ForwardParams : Inputs<S> {
   double constant;
 };
 
-template <class S, bool kNoise, bool kX, int kPass>
+// kPass: the samples of the launch, known at compile time for the vector path (which all common
+// shapes take); the element-wise path is compiled once with kMaxPass and runs p.pass of them.
+template <class S, bool kNoise, bool kX, bool kVec, int kPass>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSM<S>) forward_kernel(const ForwardParams<S> p) {
   using C = typename ComputeOf<S>::type;
+  const int pass = kVec ? kPass : p.pass;
   Seed seed{{0u, 0u}, 0};
   if (!kNoise) seed = read_seed(p.seed);
   if (p.seed.used != nullptr && p.s0 == 0 && blockIdx.x == 0 && threadIdx.x == 0) {
@@ -195,29 +322,39 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM<S>) forward_kernel(cons
   }
   for_each_chunk(p.chunks, [&](const Chunk& c, int lane) {
     const int lanes = p.chunks.lanes();
+    const ChunkQuads quads = ChunkQuads::of(c);
     C acc[kPass];
 #pragma unroll
     for (int s = 0; s < kPass; ++s) acc[s] = C(0);
     C log_sigma_sum = C(0);
 #pragma unroll 1
-    for (int i = 0; i < kElementsPerThread; ++i) {
-      if (lanes * i >= c.len) break;  // the same for the whole group
-      const int at = lane + lanes * i;
-      const bool valid = at < c.len;
-      // A lane past the chunk's end redoes the chunk's first element (storing the same values
-      // again) and leaves its terms out.
-      const int64_t n = c.start + (valid ? at : 0);
-      const C mu = load(p.mean + n);
-      const RhoTerms<C> rt = rho_terms<C>(load(p.std_param + n));
-      const C xv = kX ? load(p.x + n) : C(0);
-      if (valid) log_sigma_sum += rt.log_sigma + C(2 * kLog2);  // the 2 log 2 each sample term lacks
-      S* out = p.out + static_cast<int64_t>(p.s0) * p.numel + n;
-      for_each_sample<kPass, kNoise, C>(seed, p.noise, p.numel, p.s0, n, [&](int s, C r) {
-        const TanhTerms<C> tt = tanh_terms<C>(mu + rt.sigma * r);
-        const C d = p.eps * tt.t;
-        store(out, kX ? math::clamp_<C>(xv + d, p.lo, p.hi) : d);
+    for (int i = 0; i < kQuadsPerLane; ++i) {
+      if (lanes * i >= quads.count) break;  // the same for the whole group
+      // A lane past the chunk's last quad runs the trip with no elements (first = last).
+      const LaneQuad lq = quads.template lane_quad<kVec>(c, lane + lanes * i);
+      C mu[4], rho[4], xv[4], sigma[4];
+      load_quad<kVec>(p.mean + lq.n4, lq, mu);
+      load_quad<kVec>(p.std_param + lq.n4, lq, rho);
+      if (kX) load_quad<kVec>(p.x + lq.n4, lq, xv);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const RhoTerms<C> rt = rho_terms<C>(rho[e]);
+        sigma[e] = rt.sigma;
+        // the 2 log 2 each sample term lacks
+        if (holds<kVec>(lq, e)) log_sigma_sum += rt.log_sigma + C(2 * kLog2);
+      }
+      S* out = p.out + static_cast<int64_t>(p.s0) * p.numel + lq.n4;
+      for_each_sample<kPass, kNoise, kVec, C>(seed, p.noise, p.numel, p.s0, pass, lq, [&](int s, const C(&z)[4]) {
+        C o[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const TanhTerms<C> tt = tanh_terms<C>(mu[e] + sigma[e] * z[e]);
+          const C d = p.eps * tt.t;
+          o[e] = kX ? math::clamp_<C>(xv[e] + d, p.lo, p.hi) : d;
+          if (holds<kVec>(lq, e)) acc[s] = add_doubled_sample_term<C>(acc[s], z[e], tt.log2_quarter_dtanh);
+        }
+        store_quad<kVec>(out, lq, o);
         out += p.numel;
-        if (valid) acc[s] = add_doubled_sample_term<C>(acc[s], r, tt.log2_quarter_dtanh);
       });
     }
     // An example of one chunk gets its -log p, else the chunk's sum goes to its workspace slot.
@@ -229,6 +366,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM<S>) forward_kernel(cons
     const double add = whole ? p.constant : 0.0;
 #pragma unroll
     for (int s = 0; s < kPass; ++s) {
+      if (s >= pass) break;  // the same for the whole warp
       const C v = group_sum<C>(C(0.5) * acc[s] + log_sigma_sum, lanes);
       if (lane == 0 && c.len > 0) dst[s * row_step] = static_cast<C>(static_cast<double>(v) + add);
     }
@@ -253,7 +391,7 @@ struct BackwardParams : Inputs<S> {
   using C = typename ComputeOf<S>::type;
   using Inputs<S>::Inputs;
   const S* grad_out;
-  int64_t go_sample_stride, go_element_stride;
+  int64_t go_sample_stride, go_element_stride;  // element stride 1, or 0 (one value per sample)
   const C* grad_nlp;
   int64_t ge_sample_stride, ge_example_stride;
   S* grad_mean;
@@ -262,9 +400,11 @@ struct BackwardParams : Inputs<S> {
   bool accumulate;  // add to the gradients of the earlier passes (only passes of kMaxPass samples)
 };
 
-template <class S, bool kNoise, bool kX, int kPass>
+// kPass as in the forward.
+template <class S, bool kNoise, bool kX, bool kVec, int kPass>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSM<S>) backward_kernel(const BackwardParams<S> p) {
   using C = typename ComputeOf<S>::type;
+  const int pass = kVec ? kPass : p.pass;
   Seed seed{{0u, 0u}, 0};
   if (!kNoise) seed = read_seed(p.seed);
   const S* grad_out = (p.grad_out != nullptr ? p.grad_out : reinterpret_cast<const S*>(kZero)) +
@@ -272,66 +412,96 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM<S>) backward_kernel(con
   const C* grad_nlp = p.grad_nlp != nullptr ? p.grad_nlp : reinterpret_cast<const C*>(kZero);
   for_each_chunk(p.chunks, [&](const Chunk& c, int lane) {
     const int lanes = p.chunks.lanes();
+    const ChunkQuads quads = ChunkQuads::of(c);
     // d(loss)/d(-log p) of the example's samples: -2 ge t enters d/du, ge d log sigma / d rho.
-    C ge[kPass];
+    const C* ge = grad_nlp + p.s0 * p.ge_sample_stride + c.example * p.ge_example_stride;
     C ge_sum = C(0);
 #pragma unroll
     for (int s = 0; s < kPass; ++s) {
-      ge[s] = __ldg(grad_nlp + (p.s0 + s) * p.ge_sample_stride + c.example * p.ge_example_stride);
-      ge_sum += ge[s];
+      if (s < pass) ge_sum += __ldg(ge + s * p.ge_sample_stride);
     }
     const C eps4 = C(4) * p.eps;  // times (1 - t^2) / 4
 #pragma unroll 1
-    for (int i = 0; i < kElementsPerThread; ++i) {
-      const int at = lane + lanes * i;
-      if (at >= c.len) break;
-      const int64_t n = c.start + at;
-      const C mu = load(p.mean + n);
-      const C rho = load(p.std_param + n);
-      const RhoTerms<C> rt = rho_terms<C>(rho);
-      const C xv = kX ? load(p.x + n) : C(0);
-      const S* go = grad_out + n * p.go_element_stride;
-      C acc_du = C(0), acc_dur = C(0), acc_gx = C(0);
-      for_each_sample<kPass, kNoise, C>(seed, p.noise, p.numel, p.s0, n, [&](int s, C r) {
-        const TanhTerms<C> tt = tanh_terms<C>(mu + rt.sigma * r);
-        C gd = load(go);
-        go += p.go_sample_stride;
-        if (kX) {  // the gradient passes where the clamp did not bind, as torch.clamp's
-          const C unclamped = xv + p.eps * tt.t;
-          gd = (unclamped >= p.lo && unclamped <= p.hi) ? gd : C(0);
-          acc_gx += gd;
+    for (int i = 0; i < kQuadsPerLane; ++i) {
+      const int j = lane + lanes * i;
+      if (j >= quads.count) break;
+      const LaneQuad lq = quads.template lane_quad<kVec>(c, j);
+      C rho[4], sigma[4];
+      load_quad<kVec>(p.std_param + lq.n4, lq, rho);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sigma[e] = softplus_from<C>(rho[e], math::exp_neg_abs(rho[e]));
+      C acc_du[4], acc_dur[4], acc_gx[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc_du[e] = acc_dur[e] = acc_gx[e] = C(0);
+      const S* go = grad_out + lq.n4 * p.go_element_stride;
+      for_each_sample<0, kNoise, kVec, C>(seed, p.noise, p.numel, p.s0, pass, lq, [&](int s, const C(&z)[4]) {
+        C mu[4], xv[4], gd[4];
+        load_quad<kVec>(opaque(p.mean) + lq.n4, lq, mu);
+        if (kX) load_quad<kVec>(opaque(p.x) + lq.n4, lq, xv);
+        if (p.go_element_stride != 0) {
+          load_quad<kVec>(go, lq, gd);
+        } else {
+          const C g = load(go);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) gd[e] = g;
         }
-        const C du = gd * (eps4 * tt.quarter_dtanh) - C(2) * ge[s] * tt.t;
-        acc_du += du;
-        acc_dur += du * r;
+        go += p.go_sample_stride;
+        const C ge_s = __ldg(ge + s * p.ge_sample_stride);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const TanhTerms<C> tt = tanh_terms<C>(mu[e] + sigma[e] * z[e]);
+          C g = gd[e];
+          if (kX) {  // the gradient passes where the clamp did not bind, as torch.clamp's
+            const C unclamped = xv[e] + p.eps * tt.t;
+            g = (unclamped >= p.lo && unclamped <= p.hi) ? g : C(0);
+            acc_gx[e] += g;
+          }
+          const C du = g * (eps4 * tt.quarter_dtanh) - C(2) * ge_s * tt.t;
+          acc_du[e] += du;
+          acc_dur[e] += du * z[e];
+        }
       });
-      C g_mean = acc_du;
-      C g_std = rt.sigmoid * acc_dur + rt.sigmoid_over_softplus * ge_sum;
-      C g_x = acc_gx;
-      if (kPass == kMaxPass && p.accumulate) {
-        g_mean += widen(p.grad_mean[n]);
-        g_std += widen(p.grad_std_param[n]);
-        if (kX) g_x += widen(p.grad_x[n]);
+      C g_mean[4], g_std[4];
+      load_quad<kVec>(opaque(p.std_param) + lq.n4, lq, rho);  // read again rather than held
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {  // exp(-|rho|) again rather than held across the loop
+        const RhoGrads<C> rg = rho_grads<C>(rho[e], math::exp_neg_abs(rho[e]), sigma[e]);
+        g_mean[e] = acc_du[e];
+        g_std[e] = rg.sigmoid * acc_dur[e] + rg.sigmoid_over_softplus * ge_sum;
       }
-      store(p.grad_mean + n, g_mean);
-      store(p.grad_std_param + n, g_std);
-      if (kX) store(p.grad_x + n, g_x);
+      if (kPass == kMaxPass && p.accumulate) {
+        C prev[4];
+        load_quad<kVec>(p.grad_mean + lq.n4, lq, prev);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) g_mean[e] += prev[e];
+        load_quad<kVec>(p.grad_std_param + lq.n4, lq, prev);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) g_std[e] += prev[e];
+        if (kX) {
+          load_quad<kVec>(p.grad_x + lq.n4, lq, prev);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc_gx[e] += prev[e];
+        }
+      }
+      store_quad<kVec>(p.grad_mean + lq.n4, lq, g_mean);
+      store_quad<kVec>(p.grad_std_param + lq.n4, lq, g_std);
+      if (kX) store_quad<kVec>(p.grad_x + lq.n4, lq, acc_gx);
     }
   });
 }
 
-__global__ void philox_words_kernel(const int64_t* __restrict seed_offset, int64_t numel, int64_t groups,
+__global__ void philox_words_kernel(const int64_t* __restrict seed_offset, int64_t quads, int64_t samples,
                                     int64_t* __restrict out) {
   SeedSource src;
   src.seed_ptr = seed_offset;
   src.offset_ptr = seed_offset + 1;
   const Seed seed = read_seed(src);
-  const int64_t total = numel * groups;
+  const int64_t total = quads * samples;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t g = i / numel, n = i % numel;
+    const int64_t s = i / quads, q = i % quads;
     uint32_t w0, w1, w2, w3;
-    philox_words4(seed.key, static_cast<uint64_t>(n), seed.offset + static_cast<uint64_t>(g), w0, w1, w2, w3);
+    philox_words4(seed.key, static_cast<uint64_t>(q), seed.offset + static_cast<uint64_t>(s), w0, w1, w2, w3);
     int64_t* dst = out + i * 4;
     dst[0] = w0;
     dst[1] = w1;
@@ -354,27 +524,70 @@ unsigned grid_for(int64_t work, int64_t per_block) {
 // Blocks for the chunks: each of a block's warps takes chunks.per_warp() chunks per trip.
 unsigned grid_for(const Chunking& chunks) { return grid_for(chunks.count, kWarps * chunks.per_warp()); }
 
-// launch(noise, x, pass) with each as a compile-time constant (std::integral_constant).
+// f(std::bool_constant<b>...) for the runtime bools b: one instantiation per combination.
 template <class F>
-void with_variant(bool noise, bool x, int pass, F&& launch) {
-  const auto with_pass = [&](auto kNoise, auto kX) {
-    switch (pass) {
-      case 1: return launch(kNoise, kX, std::integral_constant<int, 1>{});
-      case 2: return launch(kNoise, kX, std::integral_constant<int, 2>{});
-      case 3: return launch(kNoise, kX, std::integral_constant<int, 3>{});
-      case 4: return launch(kNoise, kX, std::integral_constant<int, 4>{});
-      case 5: return launch(kNoise, kX, std::integral_constant<int, 5>{});
-      case 6: return launch(kNoise, kX, std::integral_constant<int, 6>{});
-      case 7: return launch(kNoise, kX, std::integral_constant<int, 7>{});
-      default: return launch(kNoise, kX, std::integral_constant<int, kMaxPass>{});
-    }
-  };
-  static_assert(kMaxPass == 8, "with_variant lists the passes 1..8");
-  if (noise) {
-    x ? with_pass(std::true_type{}, std::true_type{}) : with_pass(std::true_type{}, std::false_type{});
+void with_bools(F&& f) {
+  f();
+}
+template <class F, class... Rest>
+void with_bools(F&& f, bool b, Rest... rest) {
+  if (b) {
+    with_bools([&](auto... tail) { f(std::true_type{}, tail...); }, rest...);
   } else {
-    x ? with_pass(std::false_type{}, std::true_type{}) : with_pass(std::false_type{}, std::false_type{});
+    with_bools([&](auto... tail) { f(std::false_type{}, tail...); }, rest...);
   }
+}
+
+// f(std::integral_constant<int, pass>) for pass in 1 .. kMaxPass.
+template <class F>
+void with_pass(int pass, F&& f) {
+  static_assert(kMaxPass == 8, "with_pass lists the passes 1..8");
+  switch (pass) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    default: return f(std::integral_constant<int, kMaxPass>{});
+  }
+}
+
+// The float and 16-bit kernels have a vector path; float64 takes the element-wise one only (it is
+// rare on a GPU, and each instantiation costs nvcc time).
+template <class S>
+constexpr bool kHasVec = !std::is_same<S, double>::value;
+
+// launch(kNoise, kX, kVec, kPass) as compile-time constants (static constexpr members of the
+// arguments' types): the vector path for each pass of 1 .. kMaxPass samples, the element-wise path
+// once, with kMaxPass (it runs p.pass samples).
+template <class S, class F>
+void with_variant(bool noise, bool x, bool vec, int pass, F&& launch) {
+  with_bools(
+      [&](auto kNoise, auto kX, auto kVec) {
+        constexpr bool kVecPath = decltype(kVec)::value && kHasVec<S>;
+        const auto go = [&](auto kPass) {
+          launch(std::bool_constant<decltype(kNoise)::value>{}, std::bool_constant<decltype(kX)::value>{},
+                 std::bool_constant<kVecPath>{}, kPass);
+        };
+        if constexpr (kVecPath) {
+          with_pass(pass, go);
+        } else {
+          go(std::integral_constant<int, kMaxPass>{});
+        }
+      },
+      noise, x, vec && kHasVec<S>);
+}
+
+// Whether the kernels can take every quad whole, as one vector access: D a multiple of 4 (so
+// chunks and rows of samples start on a quad) and every array (null: absent) aligned.
+template <class S>
+bool quads_aligned(int64_t dim, std::initializer_list<const void*> arrays) {
+  constexpr uintptr_t align = sizeof(S) == 2 ? 8 : 16;
+  bool ok = dim % kElementsPerCall == 0;
+  for (const void* a : arrays) ok = ok && reinterpret_cast<uintptr_t>(a) % align == 0;
+  return ok;
 }
 
 // The passes of k samples: kMaxPass at a time, and the rest.
@@ -392,12 +605,14 @@ const char* forward_typed(const void* mean, const void* std_param, const void* x
   p.nlp = nlp;
   p.partial = static_cast<C*>(workspace);
   p.constant = neg_log_prob_constant(dim, epsilon);
+  const bool vec = quads_aligned<S>(dim, {mean, std_param, x, noise, out});
   // With no elements the kernel still runs (one block, no chunks) to report the (seed, offset).
   const unsigned grid = std::max(1u, grid_for(p.chunks));
   for (int64_t s0 = 0; s0 < k; s0 += kMaxPass) {
     p.s0 = static_cast<int>(s0);
-    with_variant(noise != nullptr, x != nullptr, pass_size(k, s0), [&](auto kNoise, auto kX, auto kPass) {
-      forward_kernel<S, decltype(kNoise)::value, decltype(kX)::value, decltype(kPass)::value>
+    p.pass = pass_size(k, s0);
+    with_variant<S>(noise != nullptr, x != nullptr, vec, p.pass, [&](auto kNoise, auto kX, auto kVec, auto kPass) {
+      forward_kernel<S, decltype(kNoise)::value, decltype(kX)::value, decltype(kVec)::value, decltype(kPass)::value>
           <<<grid, kThreads, 0, stream>>>(p);
     });
   }
@@ -439,12 +654,16 @@ const char* backward_typed(const void* grad_out, int64_t go_sample_stride, int64
   p.grad_mean = static_cast<S*>(grad_mean);
   p.grad_std_param = static_cast<S*>(grad_std);
   p.grad_x = static_cast<S*>(grad_x);
+  const bool vec = quads_aligned<S>(dim, {mean, std_param, x, noise, grad_mean, grad_std, grad_x,
+                                          p.go_element_stride != 0 ? grad_out : nullptr}) &&
+                   p.go_sample_stride % kElementsPerCall == 0;
   const unsigned grid = grid_for(p.chunks);
   const auto launch = [&](int64_t s0, bool accumulate) {
     p.s0 = static_cast<int>(s0);
+    p.pass = pass_size(k, s0);
     p.accumulate = accumulate;
-    with_variant(noise != nullptr, x != nullptr, pass_size(k, s0), [&](auto kNoise, auto kX, auto kPass) {
-      backward_kernel<S, decltype(kNoise)::value, decltype(kX)::value, decltype(kPass)::value>
+    with_variant<S>(noise != nullptr, x != nullptr, vec, p.pass, [&](auto kNoise, auto kX, auto kVec, auto kPass) {
+      backward_kernel<S, decltype(kNoise)::value, decltype(kX)::value, decltype(kVec)::value, decltype(kPass)::value>
           <<<grid, kThreads, 0, stream>>>(p);
     });
   };
@@ -495,11 +714,11 @@ const char* sample_backward(DType dtype, const void* grad_out, int64_t grad_out_
 
 const char* philox_words(const int64_t* seed_offset, int64_t numel, int64_t num_samples, int64_t* out,
                          CUstream_st* stream) {
-  const int64_t groups = num_groups(num_samples);
-  const int64_t total = numel * groups;
+  const int64_t quads = num_quads(numel);
+  const int64_t total = quads * num_samples;
   if (total <= 0) return nullptr;
   const int threads = 256;
-  philox_words_kernel<<<grid_for(total, threads), threads, 0, stream>>>(seed_offset, numel, groups, out);
+  philox_words_kernel<<<grid_for(total, threads), threads, 0, stream>>>(seed_offset, quads, num_samples, out);
   return launch_error();
 }
 

@@ -46,35 +46,38 @@ void test_philox_kat() {
           "Philox4x32-10(%08x %08x %08x %08x; %08x %08x) = %08x %08x %08x %08x, expected %08x %08x %08x %08x",
           kat.c[0], kat.c[1], kat.c[2], kat.c[3], kat.k[0], kat.k[1], c0, c1, c2, c3, kat.out[0], kat.out[1],
           kat.out[2], kat.out[3]);
-    // The same through the (seed, n, offset) mapping of docs/randomness.md.
+    // The same through the (seed, quad, offset + s) mapping of docs/randomness.md.
     const uint64_t seed = (static_cast<uint64_t>(kat.k[1]) << 32) | kat.k[0];
-    const uint64_t n = (static_cast<uint64_t>(kat.c[1]) << 32) | kat.c[0];
+    const uint64_t q = (static_cast<uint64_t>(kat.c[1]) << 32) | kat.c[0];
     const uint64_t ctr = (static_cast<uint64_t>(kat.c[3]) << 32) | kat.c[2];
     uint32_t w[4];
-    adt_fast::philox_words4(adt_fast::philox_key(seed), n, ctr, w[0], w[1], w[2], w[3]);
+    adt_fast::philox_words4(adt_fast::philox_key(seed), q, ctr, w[0], w[1], w[2], w[3]);
     CHECK(std::memcmp(w, kat.out, sizeof(w)) == 0, "philox_words4 disagrees with the KAT");
   }
 }
 
-// Words of the CPU entry point against philox_words4, element by element.
+// Words of the CPU entry point, [k, ceil(numel / 4), 4], against philox_words4, quad by quad:
+// numel not a multiple of 4 (a last partial quad), and quads in several ranges.
 void test_words_entry_point() {
-  const uint64_t seed = 0xfedcba9876543210ull, offset = (1ull << 62) - 2;  // offset + g crosses 2^32 words
-  const int64_t numel = 9001, k = 13, groups = (k + 3) / 4;
-  std::vector<int64_t> words(static_cast<size_t>(groups * numel * 4));
+  const uint64_t seed = 0xfedcba9876543210ull, offset = 0xffffffffull - 5;  // offset + s crosses 2^32
+  const int64_t numel = 4 * 4096 + 9001, k = 13, quads = adt_fast::num_quads(numel);
+  CHECK(quads == 6347, "num_quads(%" PRId64 ") = %" PRId64 ", want 6347", numel, quads);
+  std::vector<int64_t> words(static_cast<size_t>(k * quads * 4), -1);
   adt_fast::cpu::philox_words(seed, offset, numel, k, words.data(), 2);
   int bad = 0;
-  for (int64_t g = 0; g < groups; ++g) {
-    for (int64_t n = 0; n < numel; ++n) {
+  for (int64_t s = 0; s < k; ++s) {
+    for (int64_t q = 0; q < quads; ++q) {
       uint32_t w[4];
-      adt_fast::philox_words4(adt_fast::philox_key(seed), static_cast<uint64_t>(n), offset + g, w[0], w[1], w[2],
+      adt_fast::philox_words4(adt_fast::philox_key(seed), static_cast<uint64_t>(q), offset + s, w[0], w[1], w[2],
                               w[3]);
-      for (int l = 0; l < 4; ++l) bad += words[(g * numel + n) * 4 + l] != static_cast<int64_t>(w[l]);
+      for (int l = 0; l < 4; ++l) bad += words[(s * quads + q) * 4 + l] != static_cast<int64_t>(w[l]);
     }
   }
   CHECK(bad == 0, "%d words of cpu::philox_words differ from philox_words4", bad);
 }
 
-// The SIMD Philox of every compiled instruction set, also where n's low word wraps inside a vector.
+// The SIMD Philox of every compiled instruction set (quads [q0, q0 + len): whole and partial
+// vector steps), also where q's low word wraps inside a vector.
 void test_simd_philox_tiles() {
   std::vector<const adt_fast::cpu::detail::KernelTable*> tables{&adt_fast::cpu::detail::table_generic()};
 #if defined(ADT_FAST_X86_MULTIVERSION)
@@ -85,17 +88,19 @@ void test_simd_philox_tiles() {
   const uint64_t seed = 0x0123456789abcdefull, ctr = 0xfffffffeull;
   const uint64_t starts[] = {0ull, 5ull, 0xffffffffull - 100, 0xffffffffull - 7, (7ull << 32) + 3};
   for (const auto* table : tables) {
-    for (uint64_t n0 : starts) {
-      for (int len : {256, 255, 17, 1}) {
-        uint32_t w[4][256];
-        table->philox_tile(seed, ctr, n0, len, w[0], w[1], w[2], w[3]);
+    for (uint64_t q0 : starts) {
+      for (int len : {256, 255, 100, 64, 63, 17, 1}) {
+        uint32_t w[4][257];
+        for (auto& lane : w) std::fill(std::begin(lane), std::end(lane), 0xa5a5a5a5u);
+        table->philox_tile(seed, ctr, q0, len, w[0], w[1], w[2], w[3]);
         int bad = 0;
         for (int i = 0; i < len; ++i) {
           uint32_t v[4];
-          adt_fast::philox_words4(adt_fast::philox_key(seed), n0 + i, ctr, v[0], v[1], v[2], v[3]);
+          adt_fast::philox_words4(adt_fast::philox_key(seed), q0 + i, ctr, v[0], v[1], v[2], v[3]);
           for (int l = 0; l < 4; ++l) bad += w[l][i] != v[l];
         }
-        CHECK(bad == 0, "%s Philox tile at n0=%" PRIu64 " len=%d: %d words differ", table->name, n0, len, bad);
+        for (int l = 0; l < 4; ++l) bad += w[l][len] != 0xa5a5a5a5u;  // nothing written past len
+        CHECK(bad == 0, "%s Philox tile at q0=%" PRIu64 " len=%d: %d words differ", table->name, q0, len, bad);
       }
     }
   }
@@ -109,9 +114,12 @@ void test_normals_mapping() {
     double r;
   };
   const Case cases[] = {
-      {0ull, 0, 0.05694197258112666},  {0ull, 1, 0.7856133730497549},    {0ull, 2, 1.0099409530995496},
-      {0ull, 3, 1.401235434238142},    {1ull, 4, 0.05135269977917048},   {4097ull, 5, 1.2452126823593246},
-      {4097ull, 7, 1.1417874804559942}, {4294967301ull, 2, 0.6648921644803425}, {123456ull, 9, 0.550657861233903},
+      {0ull, 0, 0.05694197258112666},        {1ull, 0, 0.7856133730497549},
+      {2ull, 0, 1.0099409530995496},         {3ull, 0, 1.401235434238142},
+      {5ull, 4, -1.8856760167124171},        {4097ull, 5, -0.2861325602556563},
+      {4098ull, 7, 0.25704071590547134},     {4099ull, 7, -0.11932742020044022},
+      {4294967301ull, 2, -1.2668865646226453}, {17179869190ull, 3, 3.73190091648122},  // quad 2^32 + 1
+      {123456ull, 9, -0.37165896464630366},
   };
   const uint64_t seed = 0x0123456789abcdefull, offset = 42;
   for (const Case& c : cases) {
@@ -255,11 +263,11 @@ double log1m_tanh_sq(double u) {
   return 2 * (std::log(2.0) - a - softplus(-2 * a));
 }
 
-// r[s, n] with libm (what adt_fast/ops/reference.py does in float64).
+// r[s, n] with libm (what adt_fast/ops/reference.py does in float64): lane n mod 4 of quad n div 4.
 double scalar_normal(uint64_t seed, uint64_t offset, uint64_t n, int64_t s) {
   uint32_t w[4];
-  adt_fast::philox_words4(adt_fast::philox_key(seed), n, offset + static_cast<uint64_t>(s / 4), w[0], w[1], w[2], w[3]);
-  const int lane = static_cast<int>(s % 4);
+  adt_fast::philox_words4(adt_fast::philox_key(seed), n / 4, offset + static_cast<uint64_t>(s), w[0], w[1], w[2], w[3]);
+  const int lane = static_cast<int>(n % 4);
   const uint32_t wa = w[lane < 2 ? 0 : 2], wb = w[lane < 2 ? 1 : 3];
   const double a = ((wa >> 8) + 1.0) / 16777216.0, b = (wb >> 8) / 16777216.0;
   const double radius = std::sqrt(-2 * std::log(a)), angle = 2 * 3.14159265358979323846 * b;
@@ -412,7 +420,8 @@ void test_kernels() {
       {2, 5000, 3, false, false, 0.5, -inf, inf},  // examples split into chunks
       {700, 1, 9, false, false, 0.1, -inf, inf},   // many examples per chunk
       {4, 300, 64, false, false, 8.0 / 255, -inf, inf},
-      {5, 1031, 6, false, false, 0.2, -inf, inf},
+      {5, 1031, 6, false, false, 0.2, -inf, inf},  // ranges of 3 examples: the second starts mid-quad
+      {3, 4099, 3, false, false, 0.4, -inf, inf},  // chunks of examples that start mid-quad
   };
   int problems = 0;
   for (const char* isa : {"avx512", "avx2", "generic"}) {

@@ -37,13 +37,17 @@ using adt_test::rel_err;
 
 template <class T>
 struct Device {
-  T* ptr = nullptr;
+  T* base = nullptr;
+  T* ptr = nullptr;  // base + shift: shift 1 takes the kernels off their vector loads and stores
   size_t n = 0;
-  explicit Device(size_t count) : n(count) { CUDA_OK(cudaMalloc(&ptr, std::max<size_t>(1, count) * sizeof(T))); }
-  Device(const std::vector<T>& host) : Device(host.size()) {
+  explicit Device(size_t count, size_t shift = 0) : n(count) {
+    CUDA_OK(cudaMalloc(&base, (std::max<size_t>(1, count) + shift) * sizeof(T)));
+    ptr = base + shift;
+  }
+  Device(const std::vector<T>& host, size_t shift = 0) : Device(host.size(), shift) {
     CUDA_OK(cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice));
   }
-  ~Device() { cudaFree(ptr); }
+  ~Device() { cudaFree(base); }
   std::vector<T> get() const {
     std::vector<T> h(n);
     CUDA_OK(cudaMemcpy(h.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost));
@@ -88,7 +92,8 @@ adt_fast::cuda::DType dtype_of<__nv_bfloat16>() { return adt_fast::cuda::DType::
 
 // Runs the CUDA kernels with storage S and the CPU kernels in double on the values S holds.
 template <class S>
-void check(const char* name, int64_t batch, int64_t dim, int64_t k, bool use_noise, bool use_x, double tol) {
+void check(const char* name, int64_t batch, int64_t dim, int64_t k, bool use_noise, bool use_x, double tol,
+           size_t shift = 0) {
   using C = typename std::conditional<std::is_same<S, double>::value, double, float>::type;
   const int64_t n = batch * dim;
   std::mt19937_64 rng(static_cast<uint64_t>(batch * 1000 + dim + k));
@@ -118,12 +123,12 @@ void check(const char* name, int64_t batch, int64_t dim, int64_t k, bool use_noi
                                  static_cast<uint64_t>(so_host[1]), batch, dim, k, eps, lo, hi, gm_ref.data(),
                                  gs_ref.data(), use_x ? gx_ref.data() : nullptr);
 
-  Device<S> d_mean(convert<S>(mean)), d_rho(convert<S>(rho)), d_x(convert<S>(x)), d_noise(convert<S>(noise)),
-      d_gout(convert<S>(gout));
+  Device<S> d_mean(convert<S>(mean), shift), d_rho(convert<S>(rho), shift), d_x(convert<S>(x), shift),
+      d_noise(convert<S>(noise), shift), d_gout(convert<S>(gout), shift);
   std::vector<C> gnlp_c(gnlp.begin(), gnlp.end());
   Device<C> d_gnlp(gnlp_c);
   Device<int64_t> d_so(std::vector<int64_t>(so_host, so_host + 2));
-  Device<S> d_out(k * n), d_gm(n), d_gs(n), d_gx(n);
+  Device<S> d_out(k * n, shift), d_gm(n, shift), d_gs(n, shift), d_gx(n, shift);
   Device<C> d_nlp(k * batch);
   adt_fast::cuda::SeedSource seed;
   seed.seed_ptr = d_so.ptr;
@@ -160,8 +165,8 @@ void check(const char* name, int64_t batch, int64_t dim, int64_t k, bool use_noi
   const double e_gm = rel_err(gm, gm_ref), e_gs = rel_err(gs, gs_ref);
   const double e_gx = use_x ? rel_err(gx, gx_ref) : 0.0;
   const double worst = std::max({e_out, e_nlp, e_gm, e_gs, e_gx});
-  std::printf("  %-9s B=%-5" PRId64 " D=%-6" PRId64 " k=%-3" PRId64 " noise=%d x=%d  max rel err %.2e\n", name, batch,
-              dim, k, use_noise, use_x, worst);
+  std::printf("  %-9s B=%-5" PRId64 " D=%-6" PRId64 " k=%-3" PRId64 " noise=%d x=%d%s  max rel err %.2e\n", name,
+              batch, dim, k, use_noise, use_x, shift ? " misaligned" : "", worst);
   CHECK(worst <= tol, "%s: out %.2e nlp %.2e grad_mean %.2e grad_std %.2e grad_x %.2e > %.1e", name, e_out, e_nlp,
         e_gm, e_gs, e_gx, tol);
 }
@@ -274,12 +279,12 @@ void check_empty() {
 
 void check_words() {
   const int64_t so_host[2] = {-3LL, (1LL << 62) - 1};
-  const int64_t numel = 70001, k = 11, groups = (k + 3) / 4;
+  const int64_t numel = 70001, k = 11, words = k * adt_fast::num_quads(numel) * 4;
   Device<int64_t> d_so(std::vector<int64_t>(so_host, so_host + 2));
-  Device<int64_t> d_words(groups * numel * 4);
+  Device<int64_t> d_words(words);
   const char* err = adt_fast::cuda::philox_words(d_so.ptr, numel, k, d_words.ptr, nullptr);
   CHECK(err == nullptr, "philox_words launch: %s", err);
-  std::vector<int64_t> cpu(groups * numel * 4);
+  std::vector<int64_t> cpu(words);
   adt_fast::cpu::philox_words(static_cast<uint64_t>(so_host[0]), static_cast<uint64_t>(so_host[1]), numel, k,
                               cpu.data());
   CHECK(d_words.get() == cpu, "CUDA Philox words differ from the CPU ones");
@@ -300,9 +305,10 @@ int main() {
   check_seed_sources();
   check_empty();
   for (const auto& s : {std::vector<int64_t>{3, 37, 5}, {2, 600, 11}, {16, 4, 3}}) check_gradient_layouts(s[0], s[1], s[2]);
-  // (B, D, k): D picks the lanes per chunk (1 for D <= 8, then 2, 4, 8, 16, 32) and whether an
-  // example spans chunks (D > 256); k > 8 takes several launches.
-  const int64_t shapes[][3] = {{3, 37, 5}, {2, 5000, 3}, {700, 1, 9}, {64, 3072, 5}, {4, 300, 64},
+  // (B, D, k): D picks the lanes per chunk (1 for D <= 8, then 2, 4, 8, 16, 32), whether an
+  // example spans chunks (D > 256) and whether chunks start on a quad (D a multiple of 4: vector
+  // loads and stores; otherwise quads shared by neighbouring chunks); k > 8 takes several launches.
+  const int64_t shapes[][3] = {{5, 6, 3}, {3, 37, 5}, {2, 5000, 3}, {700, 1, 9}, {64, 3072, 5}, {4, 300, 64},
                                {33, 12, 4}, {5, 20, 6}, {9, 100, 8}, {7, 256, 1}, {3, 257, 2}};
   for (const auto& s : shapes) {
     for (int noise = 0; noise < 2; ++noise) {
@@ -312,6 +318,14 @@ int main() {
         check<__half>("float16", s[0], s[1], s[2], noise, x, 2e-3);
         check<__nv_bfloat16>("bfloat16", s[0], s[1], s[2], noise, x, 2e-2);
       }
+    }
+  }
+  // D a multiple of 4 with every array one element off its alignment: the element-wise path.
+  for (const auto& s : {std::vector<int64_t>{3, 64, 5}, {2, 600, 9}}) {
+    for (int noise = 0; noise < 2; ++noise) {
+      check<double>("float64", s[0], s[1], s[2], noise, 1, 1e-12, 1);
+      check<float>("float32", s[0], s[1], s[2], noise, 1, 1e-5, 1);
+      check<__half>("float16", s[0], s[1], s[2], noise, 1, 2e-3, 1);
     }
   }
   return adt_test::report();

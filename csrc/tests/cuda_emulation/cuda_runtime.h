@@ -7,6 +7,16 @@
 
 #include "emulation.h"
 
+// The vector types the kernels use for 16-byte accesses (vector_types.h), with their alignment.
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+struct alignas(16) double2 {
+  double x, y;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+inline double2 make_double2(double x, double y) { return double2{x, y}; }
+
 struct CUstream_st;
 typedef CUstream_st* cudaStream_t;
 
