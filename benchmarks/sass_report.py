@@ -18,17 +18,22 @@ Counting method (a dynamic count along one thread's common path, not a static si
   followed; the walk ends at an unconditional EXIT. Each instruction met is counted once, so the
   loop body counts TRIPS times and the prologue and epilogue once; a loop inside another runs
   its trips on every entry.
-- TRIPS is the number of sample groups, ceil(k / 4) = 2 at k = 5 (four samples per Philox call),
-  and applies to the sample-group loop: the innermost loop whose body holds a Philox call (20
+- For the kernels of the random stream before 2026-12-03 (four samples of an element per Philox
+  call), TRIPS is the number of sample groups, ceil(k / 4) = 2 at k = 5, and applies to the
+  sample-group loop: the innermost loop whose body holds a Philox call (20
   wide/high 32-bit multiplies). Any other loop (over tiles, over blocks of samples) runs once:
   it handles one element per thread per trip. CUDA kernels whose source defines kMaxPass are
   templated on the samples of a launch and unroll them; for k <= kMaxPass the instantiation for
   k is counted, its innermost Philox loop is the loop over a thread's kElementsPerThread
-  elements, TRIPS is kElementsPerThread, and the count is exact.
+  elements, TRIPS is kElementsPerThread, and the count is exact. With one Philox call per quad
+  of elements and sample (core/common.h's kElementsPerCall = 4, docs/randomness.md) that loop
+  runs kElementsPerThread / 4 times, over a thread's quads; when it holds a loop over the k
+  samples (a loop holding one Philox call; the backward's), that one runs k times on each trip.
   A kernel whose sample loop holds guarded lanes is therefore counted as if its last, partial
-  group were whole: an upper bound, marked "(≤)". A Triton module that runs only whole groups in
-  its loop and the k mod 4 remaining samples as straight-line code specialised at compile time
-  says so (`sample_loop_trips(k)`, `sample_constexprs(k, ...)`); its count is exact for that k.
+  group were whole: an upper bound, marked "(≤)". A Triton module says how many trips its sample
+  loop runs (`sample_loop_trips(k)`: the whole groups, with the k mod 4 remaining samples as
+  straight-line code, in the old stream; k, one sample per trip, in the quad stream) and which
+  compile-time constants a launch adds (`sample_constexprs`); its count is then exact for that k.
 - Instructions per element = the per-thread count divided by the elements one thread handles
   (BLOCK_B * BLOCK_D / threads for Triton; 1 for the CUDA kernels unless kernels.cu or
   core/chunking.h defines kElementsPerThread), so the prologue and epilogue are amortised over
@@ -52,6 +57,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import inspect
 import math
 import os
 import re
@@ -146,10 +152,11 @@ class Walk:
     branches_assumed: int  # conditional forward branches assumed not taken
 
 
-def walk(instrs: list[Instr], trips: int, max_steps: int = 2_000_000) -> Walk:
-    """The dynamic count of one thread's common path (see the module docstring for the rules)."""
+def walk(instrs: list[Instr], trips: "int | dict[int, int]", max_steps: int = 2_000_000) -> Walk:
+    """The dynamic count of one thread's common path (see the module docstring for the rules).
+    `trips`: the sample-group loop's trips, or the trips of each loop by latch address."""
     index = {ins.addr: i for i, ins in enumerate(instrs)}
-    loop_trips = sample_loop_trips(instrs, trips)
+    loop_trips = trips if isinstance(trips, dict) else sample_loop_trips(instrs, trips)
     taken: Counter = Counter()
     ops: Counter = Counter()
     loops: dict[int, int] = {}
@@ -217,21 +224,46 @@ def walk(instrs: list[Instr], trips: int, max_steps: int = 2_000_000) -> Walk:
 PHILOX_MULTIPLIES = 20  # one Philox4x32-10 call: two 32x32 -> 64-bit products per round
 
 
+def _loops(instrs: list[Instr]) -> list[tuple[int, int]]:
+    """(head, latch) of every loop: the targets of backward branches."""
+    return [(ins.target, ins.addr) for ins in instrs
+            if ins.op.startswith("BRA") and ".DIV" not in ins.op and ins.target is not None
+            and ins.target < ins.addr]
+
+
+def _multiplies(instrs: list[Instr], head: int, latch: int) -> int:
+    """Wide/high 32-bit multiplies in [head, latch]: 20 per Philox4x32-10 call."""
+    return sum(head <= x.addr <= latch and x.op.startswith(("IMAD.WIDE.U32", "IMAD.HI.U32", "UIMAD.WIDE.U32"))
+               for x in instrs)
+
+
+def quad_loop_trips(instrs: list[Instr], k: int, quads: int) -> dict[int, int]:
+    """Latch -> trips for kernels that draw one Philox call per quad of elements and sample: the
+    innermost loop holding Philox calls is the loop over a thread's `quads` quads when it holds
+    several calls (the samples unrolled; ptxas may hoist a few multiplies of the first), else the
+    loop over the k samples, inside the loop over quads."""
+    philox = [(h, l) for h, l in _loops(instrs) if _multiplies(instrs, h, l) >= PHILOX_MULTIPLIES]
+    trips = {}
+    for h, l in philox:
+        if any((h2, l2) != (h, l) and h <= h2 and l2 <= l for h2, l2 in philox):
+            continue  # not innermost
+        if _multiplies(instrs, h, l) >= 2 * PHILOX_MULTIPLIES:
+            trips[l] = quads
+            continue
+        trips[l] = k
+        around = [(h2, l2) for h2, l2 in philox if (h2, l2) != (h, l) and h2 <= h and l <= l2]
+        if around:
+            trips[min(around, key=lambda hl: hl[1] - hl[0])[1]] = quads
+    return trips
+
+
 def sample_loop_trips(instrs: list[Instr], trips: int) -> dict[int, int]:
     """Latch address -> trips. The sample-group loop is the innermost loop whose body holds a
     Philox call (at least 20 wide/high 32-bit multiplies); it runs `trips` times, every other loop
     (a grid-stride loop over tiles, a loop of row blocks) once per element. Without such a loop
     (a toy kernel), every loop runs `trips` times."""
-    loops = [(ins.target, ins.addr) for ins in instrs
-             if ins.op.startswith("BRA") and ".DIV" not in ins.op and ins.target is not None
-             and ins.target < ins.addr]
-    index = {ins.addr: i for i, ins in enumerate(instrs)}
-
-    def multiplies(head, latch):
-        return sum(x.op.startswith(("IMAD.WIDE.U32", "IMAD.HI.U32", "UIMAD.WIDE.U32"))
-                   for x in instrs[index[head]:index[latch] + 1])
-
-    philox = [(h, l) for h, l in loops if multiplies(h, l) >= PHILOX_MULTIPLIES]
+    loops = _loops(instrs)
+    philox = [(h, l) for h, l in loops if _multiplies(instrs, h, l) >= PHILOX_MULTIPLIES]
     if not philox:
         return {latch: trips for _, latch in loops}
     innermost = [(h, l) for h, l in philox
@@ -387,9 +419,14 @@ def cuda_counts(tree: Path, workdir: Path, k: int) -> list[KernelCount]:
     # over a thread's elements, which runs kElementsPerThread times, and the count is exact.
     m = re.search(r"kMaxPass\s*=\s*(\d+)", text)
     unrolled = m is not None and k <= int(m.group(1))
+    # A stream with one Philox call per quad of elements (core/common.h's kElementsPerCall): the
+    # loop over a thread's elements takes a quad per trip.
+    common = tree / "csrc" / "core" / "common.h"
+    m = re.search(r"kElementsPerCall\s*=\s*(\d+)", common.read_text() if common.is_file() else "")
+    per_trip = int(m.group(1)) if m else 1
     counts = []
     for direction, base in _CUDA_KERNELS.items():
-        pattern = re.compile(rf"\b{base}<float, false, true, {k}>" if unrolled else rf"\b{base}<float, false, true")
+        pattern = re.compile(rf"\b{base}<float, false, true, (?:true, )?(?:{k}|false)>" if unrolled else rf"\b{base}<float, false, true")
         matches = [f for f, d in demangled.items() if pattern.search(d)]
         if len(matches) != 1:
             raise LookupError(f"{pattern.pattern} not found once in {sorted(demangled.values())}")
@@ -398,7 +435,10 @@ def cuda_counts(tree: Path, workdir: Path, k: int) -> list[KernelCount]:
         if threads is None:
             raise LookupError(f"{base} has no __launch_bounds__: its block size is unknown")
         regs, smem = usage[fn]
-        trips = per_thread if unrolled else math.ceil(k / SAMPLES_PER_CALL)
+        if unrolled and per_trip > 1:
+            trips = quad_loop_trips(functions[fn], k, per_thread // per_trip)
+        else:
+            trips = per_thread if unrolled else math.ceil(k / SAMPLES_PER_CALL)
         counts.append(KernelCount("cuda", direction, base, regs, threads, per_thread, smem,
                                   walk(functions[fn], trips),
                                   exact=unrolled or k % SAMPLES_PER_CALL == 0))
@@ -444,8 +484,11 @@ def triton_signature(fn, store: str, compute: str, constexprs: dict) -> dict[str
     return sig
 
 
-def compile_triton(tk, fn, store: str, constexprs: dict, num_warps: int):
-    """triton.compile for sm_90 (no GPU needed): the CompiledKernel, cubin in asm['cubin']."""
+def compile_triton(tk, fn, store: str, constexprs: dict, num_warps: int, ints: Optional[dict] = None):
+    """triton.compile for sm_90 (no GPU needed): the CompiledKernel, cubin in asm['cubin'].
+
+    Specialised as a launch is: pointers 16-byte aligned (torch's allocations), and the integer
+    arguments named in `ints` divisible by 16 where their value is."""
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
@@ -455,26 +498,48 @@ def compile_triton(tk, fn, store: str, constexprs: dict, num_warps: int):
     constexprs = {"IS_FP64": is_fp64, "CT": tl.float64 if is_fp64 else tl.float32, **constexprs}
     constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
     sig = triton_signature(fn, store, "fp64" if is_fp64 else "fp32", constexprs)
+    ints = ints or {}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+             if name not in constexprs and (name.endswith("_ptr") or ints.get(name, 1) % 16 == 0)}
     options = {"num_warps": num_warps}
     options.update(getattr(tk, "COMPILE_OPTIONS", {}))  # else this triton's defaults, as launched
-    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs)
+    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def _triton_launch(tk, k: int, batch: int, per_example: int) -> tuple[int, int, int, dict]:
+    """(BLOCK_B, BLOCK_D, num_warps, sample constexprs) of a revision's triton_kernels.py, whose
+    helpers' signatures changed with the quad stream (launch_config lost is_fp64;
+    sample_constexprs became keyword-only on per_example)."""
+    config = tk.launch_config
+    n_args = len(inspect.signature(config).parameters)
+    block_b, block_d, _, _, warps = config(batch, per_example) if n_args == 2 else config(batch, per_example, False)
+    constexprs_of = getattr(tk, "sample_constexprs", None)
+    if constexprs_of is None:
+        extra = {}
+    elif "per_example" in inspect.signature(constexprs_of).parameters:
+        extra = constexprs_of(per_example=per_example)
+    else:
+        extra = constexprs_of(k, block_b, warps)
+    return block_b, block_d, warps, extra
 
 
 def triton_counts(tree: Path, workdir: Path, k: int, batch: int, per_example: int) -> list[KernelCount]:
     """The float32 kernels with x and without noise, tiled for (batch, per_example)."""
     tk = load_triton_module(tree)
-    block_b, block_d, _, _, warps = tk.launch_config(batch, per_example, False)
+    block_b, block_d, warps, extra = _triton_launch(tk, k, batch, per_example)
     threads = warps * 32
     constexprs = dict(HAS_X=True, HAS_NOISE=False, HAS_GNLP=True, GOUT=1, BLOCK_B=block_b, BLOCK_D=block_d,
-                      **getattr(tk, "sample_constexprs", lambda *_: {})(k, block_b, warps))
-    # Kernels that run whole sample groups in their loop and a compile-time tail say so.
+                      **extra)
+    # Kernels whose sample loop has no partial group (a compile-time tail, or one sample per
+    # trip) say how many trips it runs.
     trips_of = getattr(tk, "sample_loop_trips", None)
     trips = trips_of(k) if trips_of else math.ceil(k / SAMPLES_PER_CALL)
     exact = trips_of is not None or k % SAMPLES_PER_CALL == 0
+    ints = {"B": batch, "D": per_example, "N": batch * per_example}
     counts = []
     for direction, fn in (("forward", tk._forward_kernel), ("backward", tk._backward_kernel)):
-        kernel = compile_triton(tk, fn, "fp32", constexprs, warps)
+        kernel = compile_triton(tk, fn, "fp32", constexprs, warps, ints)
         cubin = workdir / f"triton-{direction}-{_tag(tree)}.cubin"
         cubin.write_bytes(kernel.asm["cubin"])
         functions, usage = disassemble(cubin)

@@ -74,6 +74,45 @@ def test_walk_runs_an_inner_loop_its_trips_on_every_entry():
         assert walk.ops["FFMA"] == trips * trips
 
 
+def _loop_sass(name: str, multiplies: int, nested: bool) -> str:
+    """A kernel whose loop holds `multiplies` Philox multiplies, inside an outer loop if `nested`."""
+    lines, addr = [], 0
+
+    def emit(text):
+        nonlocal addr
+        lines.append(f"        /*{addr:04x}*/                   {text} ;     /* 0x0 */")
+        addr += 0x10
+
+    emit("MOV R1, RZ")
+    outer = addr
+    emit("IADD3 R2, R2, 0x1, RZ")
+    inner = addr
+    for _ in range(multiplies):
+        emit("IMAD.WIDE.U32 R4, R4, -0x2daee0ad, RZ")
+    emit(f"@P1 BRA 0x{inner:x}")
+    if nested:
+        emit("FADD R6, R6, R4")
+        emit(f"@P0 BRA 0x{outer:x}")
+    emit("EXIT")
+    emit(f"BRA 0x{addr:x}")
+    return f"\t\tFunction : {name}\n" + "\n".join(lines) + "\n"
+
+
+def test_quad_loop_trips():
+    """One Philox call per quad and sample: a loop holding one call is the sample loop (k trips)
+    inside the loop over quads; a loop holding several is the quad loop with the samples unrolled."""
+    (_, rolled), = sass_report.parse_sass(_loop_sass("rolled", 20, nested=True)).items()
+    trips = sass_report.quad_loop_trips(rolled, k=5, quads=2)
+    assert sorted(trips.values()) == [2, 5]
+    walk = sass_report.walk(rolled, trips)
+    # MOV, then 2 x (IADD3, 5 x (20 multiplies, latch), FADD, latch), EXIT
+    assert walk.count == 1 + 2 * (1 + 5 * 21 + 2) + 1
+    (_, unrolled), = sass_report.parse_sass(_loop_sass("unrolled", 98, nested=False)).items()
+    trips = sass_report.quad_loop_trips(unrolled, k=5, quads=2)
+    assert list(trips.values()) == [2]
+    assert sass_report.walk(unrolled, trips).count == 2 + 2 * 99 + 1
+
+
 def test_occupancy_on_sm90():
     assert sass_report.occupancy(32, 128, 0)[:2] == (16, 1.0)  # threads limit
     assert sass_report.occupancy(64, 256, 0) == (4, 0.5, "registers")  # 64 regs: 4 x 256 threads
