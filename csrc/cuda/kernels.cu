@@ -37,9 +37,11 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxPass = 8;  // samples per launch: accumulators live in registers
-// Full occupancy (32 registers per thread) for float compute; double needs twice the registers.
-template <class S>
-constexpr int kBlocksPerSM = (std::is_same<S, double>::value ? 1024 : 2048) / kThreads;
+// 4 blocks (1024 threads, 64 registers) per SM for every type. Measured on an H200
+// (benchmarks/RESULTS.md, 2026-12-04): at full occupancy's 32 registers the float kernels spill,
+// the spills' local-memory traffic nearly doubled the DRAM bytes, and forward + backward took
+// 533 us at B = 4096 against 329 us here (40 registers: 371 us).
+constexpr int kBlocksPerSM = 1024 / kThreads;
 constexpr int64_t kMaxBlocks = 1 << 20;  // grid-stride beyond this
 
 template <class S>
@@ -311,7 +313,7 @@ struct ForwardParams : Inputs<S> {
 // kPass: the samples of the launch, known at compile time for the vector path (which all common
 // shapes take); the element-wise path is compiled once with kMaxPass and runs p.pass of them.
 template <class S, bool kNoise, bool kX, bool kVec, int kPass>
-__global__ void __launch_bounds__(kThreads, kBlocksPerSM<S>) forward_kernel(const ForwardParams<S> p) {
+__global__ void __launch_bounds__(kThreads, kBlocksPerSM) forward_kernel(const ForwardParams<S> p) {
   using C = typename ComputeOf<S>::type;
   const int pass = kVec ? kPass : p.pass;
   Seed seed{{0u, 0u}, 0};
@@ -402,7 +404,7 @@ struct BackwardParams : Inputs<S> {
 
 // kPass as in the forward.
 template <class S, bool kNoise, bool kX, bool kVec, int kPass>
-__global__ void __launch_bounds__(kThreads, kBlocksPerSM<S>) backward_kernel(const BackwardParams<S> p) {
+__global__ void __launch_bounds__(kThreads, kBlocksPerSM) backward_kernel(const BackwardParams<S> p) {
   using C = typename ComputeOf<S>::type;
   const int pass = kVec ? kPass : p.pass;
   Seed seed{{0u, 0u}, 0};
