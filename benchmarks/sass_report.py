@@ -237,12 +237,17 @@ def _multiplies(instrs: list[Instr], head: int, latch: int) -> int:
                for x in instrs)
 
 
+def _philox_loops(instrs: list[Instr]) -> list[tuple[int, int]]:
+    """The loops whose body holds at least one Philox call."""
+    return [(h, l) for h, l in _loops(instrs) if _multiplies(instrs, h, l) >= PHILOX_MULTIPLIES]
+
+
 def quad_loop_trips(instrs: list[Instr], k: int, quads: int) -> dict[int, int]:
     """Latch -> trips for kernels that draw one Philox call per quad of elements and sample: the
     innermost loop holding Philox calls is the loop over a thread's `quads` quads when it holds
     several calls (the samples unrolled; ptxas may hoist a few multiplies of the first), else the
     loop over the k samples, inside the loop over quads."""
-    philox = [(h, l) for h, l in _loops(instrs) if _multiplies(instrs, h, l) >= PHILOX_MULTIPLIES]
+    philox = _philox_loops(instrs)
     trips = {}
     for h, l in philox:
         if any((h2, l2) != (h, l) and h <= h2 and l2 <= l for h2, l2 in philox):
@@ -262,10 +267,9 @@ def sample_loop_trips(instrs: list[Instr], trips: int) -> dict[int, int]:
     Philox call (at least 20 wide/high 32-bit multiplies); it runs `trips` times, every other loop
     (a grid-stride loop over tiles, a loop of row blocks) once per element. Without such a loop
     (a toy kernel), every loop runs `trips` times."""
-    loops = _loops(instrs)
-    philox = [(h, l) for h, l in loops if _multiplies(instrs, h, l) >= PHILOX_MULTIPLIES]
+    philox = _philox_loops(instrs)
     if not philox:
-        return {latch: trips for _, latch in loops}
+        return {latch: trips for _, latch in _loops(instrs)}
     innermost = [(h, l) for h, l in philox
                  if not any((h2, l2) != (h, l) and h <= h2 and l2 <= l for h2, l2 in philox)]
     return {latch: trips for _, latch in innermost}

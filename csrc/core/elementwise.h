@@ -36,17 +36,28 @@ struct RhoTerms {
   RhoGrads<T> grads;
 };
 
+// Whether rho is in softplus's tail, where log sigma and d log sigma / d rho take their series.
+template <class T>
+ADT_FN bool softplus_tail(T rho) {
+  return rho < T(kLogSoftplusTail);
+}
+
+// softplus(rho) kept at or above the smallest normal, for the log and the division outside the
+// tail (only tail lanes, whose results are then discarded, ever need the floor).
+template <class T>
+ADT_FN T softplus_floored(T sp) {
+  const T min_normal = math::Traits<T>::kMinNormal;
+  return sp > min_normal ? sp : min_normal;
+}
+
 // The derivatives from rho, e = exp(-|rho|) and sp = softplus(rho): a kernel that holds sigma
 // needs only the exponential again, not the log1p.
 template <class T>
 ADT_FN RhoGrads<T> rho_grads(T rho, T e, T sp) {
   const T inv = math::rcp_(T(1) + e);
-  const bool tail = rho < T(kLogSoftplusTail);
-  const T min_normal = math::Traits<T>::kMinNormal;
-  const T sp_safe = sp > min_normal ? sp : min_normal;  // only tail lanes ever need this
   RhoGrads<T> out;
   out.sigmoid = rho >= T(0) ? inv : e * inv;
-  out.sigmoid_over_softplus = tail ? T(1) - T(0.5) * e : math::div_(out.sigmoid, sp_safe);
+  out.sigmoid_over_softplus = softplus_tail(rho) ? T(1) - T(0.5) * e : math::div_(out.sigmoid, softplus_floored(sp));
   return out;
 }
 
@@ -59,12 +70,9 @@ template <class T>
 ADT_FN RhoTerms<T> rho_terms(T rho) {
   const T e = math::exp_neg_abs(rho);  // exp(-|rho|) in (0, 1]; = exp(rho) where rho < 0
   const T sp = softplus_from(rho, e);
-  const bool tail = rho < T(kLogSoftplusTail);
-  const T min_normal = math::Traits<T>::kMinNormal;
-  const T sp_safe = sp > min_normal ? sp : min_normal;
   RhoTerms<T> out;
   out.sigma = sp;
-  out.log_sigma = tail ? rho - T(0.5) * e : math::log_abs_err(sp_safe);
+  out.log_sigma = softplus_tail(rho) ? rho - T(0.5) * e : math::log_abs_err(softplus_floored(sp));
   out.grads = rho_grads(rho, e, sp);
   return out;
 }

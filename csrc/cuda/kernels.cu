@@ -569,17 +569,14 @@ void with_variant(bool noise, bool x, bool vec, int pass, F&& launch) {
   with_bools(
       [&](auto kNoise, auto kX, auto kVec) {
         constexpr bool kVecPath = decltype(kVec)::value && kHasVec<S>;
-        const auto go = [&](auto kPass) {
-          launch(std::bool_constant<decltype(kNoise)::value>{}, std::bool_constant<decltype(kX)::value>{},
-                 std::bool_constant<kVecPath>{}, kPass);
-        };
+        const auto go = [&](auto kPass) { launch(kNoise, kX, std::bool_constant<kVecPath>{}, kPass); };
         if constexpr (kVecPath) {
           with_pass(pass, go);
         } else {
           go(std::integral_constant<int, kMaxPass>{});
         }
       },
-      noise, x, vec && kHasVec<S>);
+      noise, x, vec);
 }
 
 // Whether the kernels can take every quad whole, as one vector access: D a multiple of 4 (so
