@@ -533,14 +533,15 @@ def triton_counts(tree: Path, workdir: Path, k: int, batch: int, per_example: in
     tk = load_triton_module(tree)
     block_b, block_d, warps, extra = _triton_launch(tk, k, batch, per_example)
     threads = warps * 32
-    constexprs = dict(HAS_X=True, HAS_NOISE=False, HAS_GNLP=True, GOUT=1, BLOCK_B=block_b, BLOCK_D=block_d,
-                      **extra)
+    # A contiguous grad_nlp: its example stride 1 is specialised to a constant, as a launch does.
+    constexprs = dict(HAS_X=True, WANT_GX=True, HAS_NOISE=False, HAS_GNLP=True, GOUT=1, BLOCK_B=block_b,
+                      BLOCK_D=block_d, gnlp_example_stride=1, **extra)
     # Kernels whose sample loop has no partial group (a compile-time tail, or one sample per
     # trip) say how many trips it runs.
     trips_of = getattr(tk, "sample_loop_trips", None)
     trips = trips_of(k) if trips_of else math.ceil(k / SAMPLES_PER_CALL)
     exact = trips_of is not None or k % SAMPLES_PER_CALL == 0
-    ints = {"B": batch, "D": per_example, "N": batch * per_example}
+    ints = {"B": batch, "D": per_example, "N": batch * per_example, "gnlp_sample_stride": batch}
     counts = []
     for direction, fn in (("forward", tk._forward_kernel), ("backward", tk._backward_kernel)):
         kernel = compile_triton(tk, fn, "fp32", constexprs, warps, ints)

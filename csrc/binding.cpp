@@ -6,13 +6,14 @@
 //                              epsilon, lo, hi) -> (out [k, *mean.shape] in mean's dtype,
 //                              neg_log_prob [k, B] float32 / float64, seed_offset_used int64 [2])
 //   adt_fast_C::sample_backward(grad_out?, grad_nlp?, mean, std_param, x?, noise?, seed_offset,
-//                               num_samples, epsilon, lo, hi) -> (grad_mean, grad_std_param, grad_x)
+//                               num_samples, epsilon, lo, hi, need_grad_x=True)
+//                               -> (grad_mean, grad_std_param, grad_x; empty without x or need_grad_x)
 //   adt_fast_C::philox_words(seed_offset, numel, num_samples) -> int64 [k, ceil(numel/4), 4]
 //
 // Without seed_offset and noise, the forward draws (seed, offset) here from `generator` or the
 // device's default generator (docs/randomness.md) and returns the pair it used; the backward is
 // given that pair. An absent gradient is zero; grad_out expanded over the samples or from a
-// scalar is read in place (docs/kernels.md). The maths is in adt_fast/ops/reference.py (the spec);
+// scalar, and grad_nlp of any strides, are read in place (docs/kernels.md). The maths is in adt_fast/ops/reference.py (the spec);
 // this file only validates, draws seeds and allocates.
 #include <torch/extension.h>
 #include <torch/library.h>
@@ -160,6 +161,28 @@ GradOut grad_out_layout(const OptTensor& g_in, at::ScalarType dtype, int64_t num
   return g;
 }
 
+// grad_nlp [k, B] as the kernels read it: in place whatever its strides (nlp.sum() gives (0, 0)),
+// converted only when its dtype is not the compute type. Undefined data means a zero gradient.
+struct GradNlp {
+  Tensor data;
+  int64_t sample_stride = 0, example_stride = 0;
+};
+
+GradNlp grad_nlp_layout(const OptTensor& g_in, at::ScalarType ctype) {
+  GradNlp g;
+  if (!present(g_in)) return g;
+  g.data = g_in->to(ctype);
+  g.sample_stride = g.data.stride(0);
+  g.example_stride = g.data.stride(1);
+  return g;
+}
+
+// The x gradient's buffer: only when x is given and its gradient wanted (else an empty tensor and
+// a null pointer for the kernels, which then still mask the other gradients by the clamp).
+Tensor grad_x_buffer(const OptTensor& x, bool need_grad_x, const Tensor& like) {
+  return present(x) && need_grad_x ? at::empty_like(like) : like.new_empty({0});
+}
+
 OptTensor contiguous_as(const OptTensor& t, at::ScalarType dtype) {
   if (!present(t)) return c10::nullopt;
   return t->to(dtype).contiguous();
@@ -236,7 +259,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_cpu(const Tensor& mean_in, const Tens
 std::tuple<Tensor, Tensor, Tensor> backward_cpu(const OptTensor& grad_out_in, const OptTensor& grad_nlp_in,
                                                 const Tensor& mean_in, const Tensor& std_in, const OptTensor& x_in,
                                                 const OptTensor& noise_in, const Tensor& seed_offset, int64_t k,
-                                                double epsilon, double lo, double hi) {
+                                                double epsilon, double lo, double hi, bool need_grad_x) {
   const char* op = "adt_fast_C::sample_backward";
   const Dims d = check_common(op, mean_in, std_in, x_in, noise_in, seed_offset, k, epsilon, lo, hi);
   check_grads(op, grad_out_in, grad_nlp_in, mean_in, k, d.batch);
@@ -246,25 +269,27 @@ std::tuple<Tensor, Tensor, Tensor> backward_cpu(const OptTensor& grad_out_in, co
   const at::ScalarType kdtype = half ? at::kFloat : dtype;
   const Tensor mean = mean_in.to(kdtype).contiguous(), std_param = std_in.to(kdtype).contiguous();
   const GradOut go = grad_out_layout(grad_out_in, kdtype, d.batch * d.dim);
-  const OptTensor grad_nlp = contiguous_as(grad_nlp_in, ctype);
+  const GradNlp ge = grad_nlp_layout(grad_nlp_in, ctype);
   const OptTensor x = contiguous_as(x_in, kdtype), noise = contiguous_as(noise_in, kdtype);
   Tensor grad_mean = at::empty_like(mean), grad_std = at::empty_like(std_param);
-  Tensor grad_x = present(x) ? at::empty_like(mean) : mean.new_empty({0});
+  Tensor grad_x = grad_x_buffer(x, need_grad_x, mean);
   const auto [seed, offset] = read_seed_offset_cpu(seed_offset);
   const int threads = at::get_num_threads();
   if (kdtype == at::kFloat) {
     adt_fast::cpu::sample_backward(go.data.defined() ? go.data.data_ptr<float>() : nullptr, go.sample_stride,
-                                   go.element_stride, ptr_or_null<float>(grad_nlp), mean.data_ptr<float>(),
+                                   go.element_stride, ge.data.defined() ? ge.data.data_ptr<float>() : nullptr,
+                                   ge.sample_stride, ge.example_stride, mean.data_ptr<float>(),
                                    std_param.data_ptr<float>(), ptr_or_null<float>(x), ptr_or_null<float>(noise),
                                    seed, offset, d.batch, d.dim, k, epsilon, lo, hi, grad_mean.data_ptr<float>(),
-                                   grad_std.data_ptr<float>(), present(x) ? grad_x.data_ptr<float>() : nullptr,
+                                   grad_std.data_ptr<float>(), grad_x.numel() ? grad_x.data_ptr<float>() : nullptr,
                                    threads);
   } else {
     adt_fast::cpu::sample_backward(go.data.defined() ? go.data.data_ptr<double>() : nullptr, go.sample_stride,
-                                   go.element_stride, ptr_or_null<double>(grad_nlp), mean.data_ptr<double>(),
+                                   go.element_stride, ge.data.defined() ? ge.data.data_ptr<double>() : nullptr,
+                                   ge.sample_stride, ge.example_stride, mean.data_ptr<double>(),
                                    std_param.data_ptr<double>(), ptr_or_null<double>(x), ptr_or_null<double>(noise),
                                    seed, offset, d.batch, d.dim, k, epsilon, lo, hi, grad_mean.data_ptr<double>(),
-                                   grad_std.data_ptr<double>(), present(x) ? grad_x.data_ptr<double>() : nullptr,
+                                   grad_std.data_ptr<double>(), grad_x.numel() ? grad_x.data_ptr<double>() : nullptr,
                                    threads);
   }
   if (half) {
@@ -306,11 +331,11 @@ std::tuple<Tensor, Tensor, Tensor> forward_meta(const Tensor& mean, const Tensor
 std::tuple<Tensor, Tensor, Tensor> backward_meta(const OptTensor& grad_out, const OptTensor& grad_nlp,
                                                  const Tensor& mean, const Tensor& std_param, const OptTensor& x,
                                                  const OptTensor& noise, const Tensor& seed_offset, int64_t k,
-                                                 double epsilon, double lo, double hi) {
+                                                 double epsilon, double lo, double hi, bool need_grad_x) {
   const char* op = "adt_fast_C::sample_backward";
   const Dims d = check_common(op, mean, std_param, x, noise, seed_offset, k, epsilon, lo, hi);
   check_grads(op, grad_out, grad_nlp, mean, k, d.batch);
-  return {at::empty_like(mean), at::empty_like(std_param), present(x) ? at::empty_like(mean) : mean.new_empty({0})};
+  return {at::empty_like(mean), at::empty_like(std_param), grad_x_buffer(x, need_grad_x, mean)};
 }
 
 Tensor philox_words_meta(const Tensor& seed_offset, int64_t numel, int64_t k) {
@@ -400,7 +425,7 @@ std::tuple<Tensor, Tensor, Tensor> backward_cuda(const OptTensor& grad_out_in, c
                                                  const Tensor& mean_in, const Tensor& std_in,
                                                  const OptTensor& x_in, const OptTensor& noise_in,
                                                  const Tensor& seed_offset_in, int64_t k, double epsilon,
-                                                 double lo, double hi) {
+                                                 double lo, double hi, bool need_grad_x) {
   const char* op = "adt_fast_C::sample_backward";
   const Dims d = check_common(op, mean_in, std_in, x_in, noise_in, seed_offset_in, k, epsilon, lo, hi);
   check_grads(op, grad_out_in, grad_nlp_in, mean_in, k, d.batch);
@@ -408,15 +433,16 @@ std::tuple<Tensor, Tensor, Tensor> backward_cuda(const OptTensor& grad_out_in, c
   const at::ScalarType dtype = mean_in.scalar_type();
   const Tensor mean = mean_in.contiguous(), std_param = std_in.contiguous(), seed_offset = seed_offset_in.contiguous();
   const GradOut go = grad_out_layout(grad_out_in, dtype, d.batch * d.dim);
-  const OptTensor grad_nlp = contiguous_as(grad_nlp_in, compute_type(dtype));
+  const GradNlp ge = grad_nlp_layout(grad_nlp_in, compute_type(dtype));
   const OptTensor x = contiguous_as(x_in, dtype), noise = contiguous_as(noise_in, dtype);
   Tensor grad_mean = at::empty_like(mean), grad_std = at::empty_like(std_param);
-  Tensor grad_x = present(x) ? at::empty_like(mean) : mean.new_empty({0});
+  Tensor grad_x = grad_x_buffer(x, need_grad_x, mean);
   const char* err = adt_fast::cuda::sample_backward(
       cuda_dtype(dtype), go.data.defined() ? go.data.data_ptr() : nullptr, go.sample_stride, go.element_stride,
-      cptr_or_null(grad_nlp), mean.data_ptr(), std_param.data_ptr(), cptr_or_null(x), cptr_or_null(noise),
-      seed_from_tensor(seed_offset), d.batch, d.dim, k, epsilon, lo, hi, grad_mean.data_ptr(), grad_std.data_ptr(),
-      present(x) ? grad_x.data_ptr() : nullptr, c10::cuda::getCurrentCUDAStream().stream());
+      ge.data.defined() ? ge.data.data_ptr() : nullptr, ge.sample_stride, ge.example_stride, mean.data_ptr(),
+      std_param.data_ptr(), cptr_or_null(x), cptr_or_null(noise), seed_from_tensor(seed_offset), d.batch, d.dim, k,
+      epsilon, lo, hi, grad_mean.data_ptr(), grad_std.data_ptr(), grad_x.numel() ? grad_x.data_ptr() : nullptr,
+      c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == nullptr, op, ": CUDA kernel launch failed: ", err);
   return {grad_mean, grad_std, grad_x};
 }
@@ -442,8 +468,8 @@ TORCH_LIBRARY(adt_fast_C, m) {
       "Generator? generator, int num_samples, float epsilon, float lo, float hi) -> (Tensor, Tensor, Tensor)");
   m.def(
       "sample_backward(Tensor? grad_out, Tensor? grad_nlp, Tensor mean, Tensor std_param, Tensor? x, "
-      "Tensor? noise, Tensor seed_offset, int num_samples, float epsilon, float lo, float hi) "
-      "-> (Tensor, Tensor, Tensor)");
+      "Tensor? noise, Tensor seed_offset, int num_samples, float epsilon, float lo, float hi, "
+      "bool need_grad_x=True) -> (Tensor, Tensor, Tensor)");
   m.def("philox_words(Tensor seed_offset, int numel, int num_samples) -> Tensor");
 }
 

@@ -280,10 +280,12 @@ def test_backends_tell_the_truth_about_this_machine(monkeypatch):
 
 
 @pytest.mark.parametrize("backend", ["reference", *KERNEL_BACKENDS])
+@pytest.mark.parametrize("nlp_layout", ["none", "scalar", "per_example", "strided"])
 @pytest.mark.parametrize("layout", ["none", "scalar", "per_element", "strided"])
-def test_backend_backward_takes_none_and_expanded_gradients(backend, layout):
+def test_backend_backward_takes_none_and_expanded_gradients(backend, layout, nlp_layout):
     """The backend contract: None is a zero gradient, and expanded grad_out (all strides 0, or
-    strides (0, contiguous)) or any strided one gives what the materialised gradient gives."""
+    strides (0, contiguous)) or any strided one gives what the materialised gradient gives; so does
+    grad_nlp of any strides (nlp.sum() gives all zeros, an expanded (B,) (0, 1))."""
     runnable(backend)
     k, shape = 3, (2, 5)
     mean, rho, x, _, seed_offset = make_inputs(shape, k)
@@ -292,7 +294,10 @@ def test_backend_backward_takes_none_and_expanded_gradients(backend, layout):
                 "scalar": torch.tensor(0.7, dtype=torch.float64).expand(k, *shape),
                 "per_element": torch.randn(shape, generator=g, dtype=torch.float64).expand(k, *shape),
                 "strided": torch.randn((*shape, k), generator=g, dtype=torch.float64).movedim(-1, 0)}[layout]
-    grad_nlp = None if layout == "strided" else torch.randn((k, shape[0]), generator=g, dtype=torch.float64)
+    grad_nlp = {"none": None,
+                "scalar": torch.tensor(-0.3, dtype=torch.float64).expand(k, shape[0]),
+                "per_example": torch.randn(shape[0], generator=g, dtype=torch.float64).expand(k, shape[0]),
+                "strided": torch.randn((shape[0], k), generator=g, dtype=torch.float64).t()}[nlp_layout]
     run = dispatch.get(backend).backward
     got = run(grad_out, grad_nlp, mean, rho, x, None, seed_offset, k, 0.1, 0.0, 1.0)
     dense = lambda t, shp: torch.zeros(shp, dtype=torch.float64) if t is None else t.contiguous()  # noqa: E731
@@ -300,6 +305,46 @@ def test_backend_backward_takes_none_and_expanded_gradients(backend, layout):
                                      x, None, seed_offset, k, 0.1, 0.0, 1.0)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("backend", ["reference", *KERNEL_BACKENDS])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_backend_backward_without_x_gradient(backend, dtype):
+    """need_grad_x=False: no x gradient, and the others exactly as with it (x still masks them by
+    the clamp, which binds for some elements here)."""
+    runnable(backend, dtype)
+    k, shape = 4, (3, 6)
+    mean, rho, x, _, seed_offset = make_inputs(shape, k, dtype, mean_scale=3.0)
+    g = torch.Generator().manual_seed(3)
+    grads = (torch.randn((k, *shape), generator=g).to(dtype), torch.randn((k, shape[0]), generator=g))
+    grads = (grads[0], grads[1].to(torch.float64 if dtype == torch.float64 else torch.float32))
+    run = dispatch.get(backend).backward
+    with_x = run(*grads, mean, rho, x, None, seed_offset, k, 0.5, 0.0, 1.0)
+    without = run(*grads, mean, rho, x, None, seed_offset, k, 0.5, 0.0, 1.0, need_grad_x=False)
+    unclamped = run(*grads, mean, rho, None, None, seed_offset, k, 0.5, 0.0, 1.0)
+    assert with_x[2] is not None and without[2] is None
+    assert not torch.equal(with_x[0], unclamped[0])  # the clamp binds: x matters to grad_mean
+    assert torch.equal(with_x[0], without[0]) and torch.equal(with_x[1], without[1])
+
+
+def test_op_asks_for_x_gradient_only_when_x_requires_grad(monkeypatch):
+    """The eager path passes need_grad_x = whether x requires grad, so the trainers' backward (x
+    data, no grad) neither accumulates nor writes it."""
+    import dataclasses
+    seen = []
+    cpu = dispatch.get("cpu") if dispatch.get("cpu").why_not(CPU, torch.float32) is None else dispatch.get("reference")
+
+    def spy(*args, need_grad_x=True):
+        seen.append(need_grad_x)
+        return cpu.backward(*args, need_grad_x=need_grad_x)
+    monkeypatch.setitem(dispatch.BACKENDS, cpu.name, dataclasses.replace(cpu, backward=spy))
+    mean, rho, x, _, _ = make_inputs((2, 8), 3, torch.float32)
+    mean.requires_grad_()
+    for x_grad in (False, True):
+        xin = x.clone().requires_grad_(x_grad)
+        out, nlp = adt_fast.sample_and_entropy(mean, rho, 3, 0.1, x=xin, backend=cpu.name)
+        (out.sum() + nlp.mean()).backward()
+        assert seen[-1] is x_grad and (xin.grad is not None) is x_grad
 
 
 def test_backend_forward_draws_and_returns_its_seed():
@@ -325,6 +370,7 @@ def test_opcheck():
         torch.library.opcheck(sample_forward, (*args, seed_offset, 2, 0.1, 0.0, 1.0, "auto"))
         grads = (torch.randn(2, 2, 3), torch.randn(2, 2))
         torch.library.opcheck(sample_backward, (*grads, *args, seed_offset, 2, 0.1, 0.0, 1.0, "auto"))
+        torch.library.opcheck(sample_backward, (*grads, *args, seed_offset, 2, 0.1, 0.0, 1.0, "auto", False))
 
 
 def test_torch_compile_has_no_graph_breaks():

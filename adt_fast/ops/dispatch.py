@@ -93,9 +93,10 @@ def _extension_forward(*args):
     return _extension_op("sample_forward")(*args)
 
 
-def _extension_backward(grad_out, grad_nlp, mean, std_param, x, *rest):
-    grad_mean, grad_std, grad_x = _extension_op("sample_backward")(grad_out, grad_nlp, mean, std_param, x, *rest)
-    return grad_mean, grad_std, (grad_x if x is not None else None)
+def _extension_backward(grad_out, grad_nlp, mean, std_param, x, *rest, need_grad_x=True):
+    grad_mean, grad_std, grad_x = _extension_op("sample_backward")(grad_out, grad_nlp, mean, std_param, x, *rest,
+                                                                   need_grad_x)
+    return grad_mean, grad_std, (grad_x if x is not None and need_grad_x else None)
 
 
 def _extension_words(*args):
@@ -111,13 +112,14 @@ def _seeded(forward: Callable) -> Callable:
     return call
 
 
-def _reference_backward(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, num_samples, *settings):
+def _reference_backward(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, num_samples, *settings,
+                        need_grad_x=True):
     # None is a zero gradient: a broadcast zero view, never k x N zeros.
     zero = mean.new_zeros(())
     grad_out = zero.expand(num_samples, *mean.shape) if grad_out is None else grad_out
     grad_nlp = (zero.expand(num_samples, mean.shape[0]) if grad_nlp is None else grad_nlp)
     return reference.sample_backward(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset,
-                                     num_samples, *settings)
+                                     num_samples, *settings, need_grad_x=need_grad_x)
 
 
 def _reference_words(seed_offset, numel, num_samples):
@@ -127,9 +129,9 @@ def _reference_words(seed_offset, numel, num_samples):
 
 def _triton_call(name: str) -> Callable:
     """A function of triton_kernels, imported on first use (triton is an optional dependency)."""
-    def call(*args):
+    def call(*args, **kwargs):
         from . import triton_kernels
-        return getattr(triton_kernels, name)(*args)
+        return getattr(triton_kernels, name)(*args, **kwargs)
     return call
 
 
@@ -140,10 +142,12 @@ class Backend:
     forward(mean, std_param, x?, noise?, seed_offset?, generator?, k, eps, lo, hi)
         -> (out, neg_log_prob, seed_offset_used); a None seed_offset is drawn from `generator`
         (or torch's default generator of the device), or zeros under `noise=`;
-    backward(grad_out?, grad_nlp?, mean, std_param, x?, noise?, seed_offset, k, eps, lo, hi)
+    backward(grad_out?, grad_nlp?, mean, std_param, x?, noise?, seed_offset, k, eps, lo, hi,
+             need_grad_x=True)
         -> (grad_mean, grad_std_param, grad_x or None); a None gradient is zero, and grad_out may
         be contiguous, fully expanded (all strides 0) or expanded over k (strides (0, contiguous));
-        anything else is made contiguous;
+        anything else is made contiguous; grad_nlp (k, B) is read in place whatever its strides;
+        grad_x is None without x or need_grad_x, and then never computed or written;
     philox_words(seed_offset, numel, k) -> int64 (k, ceil(numel/4), 4), for the bit-identity tests.
     mean, std_param, x and noise are contiguous."""
 

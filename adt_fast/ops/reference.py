@@ -145,13 +145,14 @@ def sample_forward(mean, std_param, x, noise, seed_offset, num_samples, epsilon,
 
 
 def sample_backward(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset,
-                    num_samples, epsilon, lo, hi):
+                    num_samples, epsilon, lo, hi, need_grad_x=True):
     """Gradients w.r.t. (mean, std_param, x) with r held fixed (reparameterisation).
 
     With g_d the gradient of delta and g_e that of -log p (t = tanh(u), s' = sigmoid(rho)):
       grad_mean      = sum_k g_d eps (1 - t^2)           + g_e (-2 t)
       grad_std_param = sum_k g_d eps (1 - t^2) r s'      + g_e (s' / sigma - 2 t r s')
-    With x, g_d passes only where the clamp did not bind (torch.clamp's rule) and grad_x = sum_k g_d.
+    With x, g_d passes only where the clamp did not bind (torch.clamp's rule) and grad_x = sum_k g_d
+    (None without x or when `need_grad_x` is false).
     """
     ctype = compute_dtype(mean.dtype)
     mu, rho = mean.to(ctype), std_param.to(ctype)
@@ -164,7 +165,8 @@ def sample_backward(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset,
     if x is not None:
         unclamped = x.to(ctype) + epsilon * t
         g_d = torch.where((unclamped >= lo) & (unclamped <= hi), g_d, 0.0)
-        grad_x = g_d.sum(0).to(x.dtype)
+        if need_grad_x:
+            grad_x = g_d.sum(0).to(x.dtype)
     g_e = grad_nlp.to(ctype).reshape(num_samples, -1, *([1] * (mean.dim() - 1)))
     d_u = g_d * (epsilon * dtanh) - 2.0 * g_e * t
     grad_mean = d_u.sum(0)

@@ -9,6 +9,8 @@ Two launch paths reach the same backend functions:
   (seed, offset) from the generator itself (the C++ and CUDA backends with no extra kernel launch)
   and returns the pair it used. Absent gradients stay None and expanded ones stay views: the
   backends read them in place, so nothing of size k x N is materialised for them.
+Either way x's gradient is computed only when x requires grad (the trainers' x does not): the
+backward then neither accumulates nor writes it.
 Either way the backward regenerates the normals from `seed_offset`: nothing of size k x N is
 saved between the passes.
 """
@@ -49,17 +51,19 @@ def _(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi, back
 def sample_backward(grad_out: torch.Tensor, grad_nlp: torch.Tensor, mean: torch.Tensor,
                     std_param: torch.Tensor, x: Optional[torch.Tensor], noise: Optional[torch.Tensor],
                     seed_offset: torch.Tensor, num_samples: int, epsilon: float, lo: float, hi: float,
-                    backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    backend: str, need_grad_x: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     name = dispatch.select(backend, mean.device, mean.dtype)
     grad_mean, grad_std, grad_x = dispatch.get(name).backward(grad_out, grad_nlp, mean, std_param, x, noise,
-                                                              seed_offset, num_samples, epsilon, lo, hi)
+                                                              seed_offset, num_samples, epsilon, lo, hi,
+                                                              need_grad_x=need_grad_x)
     return grad_mean, grad_std, (mean.new_empty(0) if grad_x is None else grad_x)
 
 
 @sample_backward.register_fake
-def _(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi, backend):
+def _(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi, backend,
+      need_grad_x=True):
     return torch.empty_like(mean), torch.empty_like(std_param), (
-        mean.new_empty(0) if x is None else torch.empty_like(x))
+        torch.empty_like(x) if x is not None and need_grad_x else mean.new_empty(0))
 
 
 def _setup_context(ctx, inputs, output):
@@ -70,9 +74,10 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, grad_nlp):
     mean, std_param, x, noise, seed_offset = ctx.saved_tensors
+    need_grad_x = x is not None and ctx.needs_input_grad[2]
     grad_mean, grad_std, grad_x = sample_backward(grad_out, grad_nlp, mean, std_param, x, noise,
-                                                  seed_offset, *ctx.settings)
-    return grad_mean, grad_std, (grad_x if x is not None else None), None, None, None, None, None, None, None
+                                                  seed_offset, *ctx.settings, need_grad_x)
+    return grad_mean, grad_std, (grad_x if need_grad_x else None), None, None, None, None, None, None, None
 
 
 sample_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -97,7 +102,8 @@ class _EagerSampleAndEntropy(torch.autograd.Function):
         if grad_out is None and grad_nlp is None:
             return (None,) * 10
         grad_mean, grad_std, grad_x = dispatch.get(ctx.backend).backward(grad_out, grad_nlp, *ctx.saved_tensors,
-                                                                         *ctx.settings)
+                                                                         *ctx.settings,
+                                                                         need_grad_x=ctx.needs_input_grad[2])
         return grad_mean, grad_std, grad_x, None, None, None, None, None, None, None
 
 

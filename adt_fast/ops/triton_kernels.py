@@ -428,10 +428,11 @@ def _forward_kernel(mean_ptr, std_ptr, x_ptr, noise_ptr, seed_offset_ptr, out_pt
 def _backward_sample(r, gout_s, gnlp_s, noise_s, mask, row_ok, mu, sigma, xv, g_pre, eps, lo, hi,
                      acc_du, acc_dur, acc_gx, acc_ge,
                      GOUT: tl.constexpr, HAS_GNLP: tl.constexpr, HAS_X: tl.constexpr,
-                     HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr, CT: tl.constexpr):
+                     WANT_GX: tl.constexpr, HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr,
+                     CT: tl.constexpr):
     """Add one sample to the gradient accumulators (pointers advanced to this sample). GOUT says
     how grad_out is laid out (see `_backward_kernel`); g_pre is its value when it does not depend
-    on the sample."""
+    on the sample. WANT_GX: x's gradient is accumulated (x, when given, masks g_d either way)."""
     if HAS_NOISE:
         r = tl.load(noise_s, mask=mask, other=0.0).to(CT)
     u = mu + sigma * r
@@ -445,7 +446,8 @@ def _backward_sample(r, gout_s, gnlp_s, noise_s, mask, row_ok, mu, sigma, xv, g_
         if HAS_X:
             unclamped = xv + eps * t
             g_d = tl.where((unclamped >= lo) & (unclamped <= hi), g_d, 0.0)
-            acc_gx += g_d
+            if WANT_GX:
+                acc_gx += g_d
         d_u = g_d * (eps * dtanh)
     if HAS_GNLP:
         g_e = tl.load(gnlp_s, mask=row_ok, other=0.0).to(CT)
@@ -459,12 +461,15 @@ def _backward_sample(r, gout_s, gnlp_s, noise_s, mask, row_ok, mu, sigma, xv, g_
 @triton.jit(do_not_specialize=["eps_bits", "lo_bits", "hi_bits"])
 def _backward_kernel(gout_ptr, gnlp_ptr, mean_ptr, std_ptr, x_ptr, noise_ptr, seed_offset_ptr,
                      gmean_ptr, gstd_ptr, gx_ptr,
-                     B, D, N, num_samples, n_chunks, eps_bits, lo_bits, hi_bits,
+                     B, D, N, num_samples, n_chunks, eps_bits, lo_bits, hi_bits, gnlp_sample_stride,
+                     gnlp_example_stride,
                      QUAD_ALIGNED: tl.constexpr, GOUT: tl.constexpr, HAS_GNLP: tl.constexpr,
-                     HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr,
-                     CT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+                     HAS_X: tl.constexpr, WANT_GX: tl.constexpr, HAS_NOISE: tl.constexpr,
+                     IS_FP64: tl.constexpr, CT: tl.constexpr, BLOCK_B: tl.constexpr,
+                     BLOCK_D: tl.constexpr):
     """GOUT: 0 no grad_out (zero), 1 contiguous (k, N), 2 expanded over k (one value per element,
-    strides (0, contiguous)), 3 one value for everything (all strides 0, e.g. from delta.sum())."""
+    strides (0, contiguous)), 3 one value for everything (all strides 0, e.g. from delta.sum()).
+    grad_nlp (k, B) is read with its own strides."""
     (c, rows, row_ok, mask, n, quads, eps, lo, hi, mu, sigma, log_sigma, sigmoid, sig_over_sp, xv, seed,
      offset) = _load_tile(mean_ptr, std_ptr, x_ptr, seed_offset_ptr, B, D, n_chunks, eps_bits, lo_bits,
                           hi_bits, QUAD_ALIGNED, HAS_X, HAS_NOISE, IS_FP64, CT, BLOCK_B, BLOCK_D)
@@ -476,7 +481,7 @@ def _backward_kernel(gout_ptr, gnlp_ptr, mean_ptr, std_ptr, x_ptr, noise_ptr, se
         g_pre = mu
     gout_s = gout_ptr + n  # pointers of sample s, advanced by one sample at a time
     noise_s = noise_ptr + n
-    gnlp_s = gnlp_ptr + rows
+    gnlp_s = gnlp_ptr + rows * gnlp_example_stride
     acc_du = tl.zeros([BLOCK_B, BLOCK_D], dtype=CT)
     acc_dur = tl.zeros([BLOCK_B, BLOCK_D], dtype=CT)
     acc_gx = tl.zeros([BLOCK_B, BLOCK_D], dtype=CT)
@@ -485,15 +490,15 @@ def _backward_kernel(gout_ptr, gnlp_ptr, mean_ptr, std_ptr, x_ptr, noise_ptr, se
         r = _sample_normals(n, quads, seed, offset + s, mu, QUAD_ALIGNED, HAS_NOISE, IS_FP64, CT)
         acc_du, acc_dur, acc_gx, acc_ge = _backward_sample(
             r, gout_s, gnlp_s, noise_s, mask, row_ok, mu, sigma, xv, g_pre, eps, lo, hi,
-            acc_du, acc_dur, acc_gx, acc_ge, GOUT, HAS_GNLP, HAS_X, HAS_NOISE, IS_FP64, CT)
+            acc_du, acc_dur, acc_gx, acc_ge, GOUT, HAS_GNLP, HAS_X, WANT_GX, HAS_NOISE, IS_FP64, CT)
         gout_s += N
         noise_s += N
-        gnlp_s += B
+        gnlp_s += gnlp_sample_stride
 
     grad_std = sigmoid * acc_dur + sig_over_sp * acc_ge[:, None]
     tl.store(gmean_ptr + n, acc_du.to(gmean_ptr.dtype.element_ty), mask=mask)
     tl.store(gstd_ptr + n, grad_std.to(gstd_ptr.dtype.element_ty), mask=mask)
-    if HAS_X:
+    if WANT_GX:
         tl.store(gx_ptr + n, acc_gx.to(gx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -612,9 +617,9 @@ def grad_out_layout(grad_out, num_samples: int, shape) -> tuple[int, "torch.Tens
 
 
 def sample_backward(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, num_samples,
-                    epsilon, lo, hi):
+                    epsilon, lo, hi, need_grad_x=True):
     """Triton version of `reference.sample_backward`: (grad_mean, grad_std_param, grad_x|None).
-    A None gradient is zero; grad_out may be expanded (`grad_out_layout`)."""
+    A None gradient is zero; grad_out may be expanded (`grad_out_layout`), grad_nlp any strides."""
     k = num_samples
     batch = mean.shape[0]
     numel = mean.numel()
@@ -622,12 +627,10 @@ def sample_backward(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, 
     _, is_fp64, ct = _compute(mean.dtype)
     grad_mean = torch.empty_like(mean)
     grad_std = torch.empty_like(std_param)
-    grad_x = None if x is None else torch.empty_like(x)
+    grad_x = None if x is None or not need_grad_x else torch.empty_like(x)
     if numel == 0:
         return grad_mean, grad_std, grad_x
     gout_mode, grad_out = grad_out_layout(grad_out, k, mean.shape)
-    if grad_nlp is not None:
-        grad_nlp = grad_nlp.contiguous()  # (k, B): small
     block_b, block_d, n_chunks, n_programs, warps = launch_config(batch, per_example)
     eps_bits, lo_bits, hi_bits, _ = _scalar_bits(epsilon, lo, hi, per_example)
     with _device_guard(mean):
@@ -636,8 +639,10 @@ def sample_backward(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, 
             mean, std_param, mean if x is None else x, mean if noise is None else noise, seed_offset,
             grad_mean, grad_std, grad_mean if grad_x is None else grad_x,
             batch, per_example, numel, sample_loop_trips(k), n_chunks, eps_bits, lo_bits, hi_bits,
+            *((0, 0) if grad_nlp is None else grad_nlp.stride()),
             **sample_constexprs(per_example=per_example), GOUT=gout_mode, HAS_GNLP=grad_nlp is not None,
-            HAS_X=x is not None, HAS_NOISE=noise is not None, IS_FP64=is_fp64, CT=ct,
+            HAS_X=x is not None, WANT_GX=grad_x is not None, HAS_NOISE=noise is not None, IS_FP64=is_fp64,
+            CT=ct,
             BLOCK_B=block_b, BLOCK_D=block_d, num_warps=warps, **COMPILE_OPTIONS)
     return grad_mean, grad_std, grad_x
 

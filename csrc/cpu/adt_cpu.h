@@ -1,8 +1,10 @@
 // Public, torch-free API of the CPU kernels (raw pointers and sizes).
 //
 // Shapes (row-major, contiguous): mean, std_param, x: [batch, dim]; noise, out, grad_out:
-// [num_samples, batch, dim]; neg_log_prob, grad_nlp: [num_samples, batch]; words:
-// [num_samples, ceil(numel / 4), 4]. x and noise may be null (then grad_x must be null too).
+// [num_samples, batch, dim]; neg_log_prob: [num_samples, batch] (grad_nlp: strided, below); words:
+// [num_samples, ceil(numel / 4), 4]. x and noise may be null (then grad_x must be null too);
+// grad_x may be null with x given, when x's gradient is not wanted (the clamp still masks the
+// others' gradients).
 // With noise == null the normals come from Philox(seed, offset) as in docs/randomness.md.
 // lo/hi clamp x + delta (pass -inf/+inf for none); they are ignored when x is null.
 // Results do not depend on num_threads (0 = OpenMP's default): the work is split in fixed chunks
@@ -24,16 +26,20 @@ void sample_forward(const double* mean, const double* std_param, const double* x
                     int num_threads = 0);
 
 // grad_out element (s, n) is grad_out[s * grad_out_sample_stride + n * grad_out_element_stride]:
-// (numel, 1) contiguous, (0, 1) expanded over the samples, (0, 0) a broadcast scalar. A null
-// grad_out or grad_nlp is a zero gradient.
+// (numel, 1) contiguous, (0, 1) expanded over the samples, (0, 0) a broadcast scalar. grad_nlp
+// element (s, b) is grad_nlp[s * grad_nlp_sample_stride + b * grad_nlp_example_stride] (any
+// strides: (batch, 1) contiguous, (0, 0) from nlp.sum()). A null grad_out or grad_nlp is a zero
+// gradient.
 void sample_backward(const float* grad_out, int64_t grad_out_sample_stride, int64_t grad_out_element_stride,
-                     const float* grad_nlp, const float* mean,
+                     const float* grad_nlp, int64_t grad_nlp_sample_stride,
+                     int64_t grad_nlp_example_stride, const float* mean,
                      const float* std_param, const float* x, const float* noise, uint64_t seed,
                      uint64_t offset, int64_t batch, int64_t dim, int64_t num_samples, double epsilon,
                      double lo, double hi, float* grad_mean, float* grad_std_param, float* grad_x,
                      int num_threads = 0);
 void sample_backward(const double* grad_out, int64_t grad_out_sample_stride, int64_t grad_out_element_stride,
-                     const double* grad_nlp, const double* mean,
+                     const double* grad_nlp, int64_t grad_nlp_sample_stride,
+                     int64_t grad_nlp_example_stride, const double* mean,
                      const double* std_param, const double* x, const double* noise, uint64_t seed,
                      uint64_t offset, int64_t batch, int64_t dim, int64_t num_samples, double epsilon,
                      double lo, double hi, double* grad_mean, double* grad_std_param, double* grad_x,

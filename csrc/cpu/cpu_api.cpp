@@ -186,7 +186,7 @@ void forward_impl(const T* mean, const T* std_param, const T* x, const T* noise,
 
 template <class T>
 void backward_impl(const T* grad_out, int64_t go_sample_stride, int64_t go_element_stride, const T* grad_nlp,
-                   const T* mean, const T* std_param, const T* x,
+                   int64_t ge_sample_stride, int64_t ge_example_stride, const T* mean, const T* std_param, const T* x,
                    const T* noise, uint64_t seed, uint64_t offset, int64_t batch, int64_t dim, int64_t k,
                    double epsilon, double lo, double hi, T* grad_mean, T* grad_std, T* grad_x,
                    int num_threads) {
@@ -198,9 +198,9 @@ void backward_impl(const T* grad_out, int64_t go_sample_stride, int64_t go_eleme
     return;
   }
   const Plan plan(batch, dim);
-  detail::BackwardArgs<T> args{grad_out, go_sample_stride, go_element_stride, grad_nlp, mean,  std_param, x, noise,
-                               grad_mean, grad_std, grad_x, seed,     offset,    batch,
-                               dim,       batch * dim, k,   static_cast<T>(epsilon), static_cast<T>(lo),
+  detail::BackwardArgs<T> args{grad_out,  go_sample_stride, go_element_stride, grad_nlp, ge_sample_stride,
+                               ge_example_stride, mean, std_param, x, noise, grad_mean, grad_std, grad_x, seed,
+                               offset, batch, dim, batch * dim, k, static_cast<T>(epsilon), static_cast<T>(lo),
                                static_cast<T>(hi)};
   const detail::BackwardFn<T> fn = backward_fn<T>(table(), noise != nullptr, x != nullptr);
   const int threads = resolve_threads(num_threads, plan.tasks, batch * dim * k);
@@ -229,22 +229,24 @@ void sample_forward(const double* mean, const double* std_param, const double* x
 }
 
 void sample_backward(const float* grad_out, int64_t go_sample_stride, int64_t go_element_stride,
-                     const float* grad_nlp, const float* mean, const float* std_param,
-                     const float* x, const float* noise, uint64_t seed, uint64_t offset, int64_t batch,
-                     int64_t dim, int64_t num_samples, double epsilon, double lo, double hi, float* grad_mean,
-                     float* grad_std_param, float* grad_x, int num_threads) {
-  backward_impl<float>(grad_out, go_sample_stride, go_element_stride, grad_nlp, mean, std_param, x, noise, seed, offset, batch, dim, num_samples,
-                       epsilon, lo, hi, grad_mean, grad_std_param, grad_x, num_threads);
+                     const float* grad_nlp, int64_t ge_sample_stride, int64_t ge_example_stride,
+                     const float* mean, const float* std_param, const float* x, const float* noise, uint64_t seed,
+                     uint64_t offset, int64_t batch, int64_t dim, int64_t num_samples, double epsilon, double lo,
+                     double hi, float* grad_mean, float* grad_std_param, float* grad_x, int num_threads) {
+  backward_impl<float>(grad_out, go_sample_stride, go_element_stride, grad_nlp, ge_sample_stride, ge_example_stride,
+                       mean, std_param, x, noise, seed, offset, batch, dim, num_samples, epsilon, lo, hi, grad_mean,
+                       grad_std_param, grad_x, num_threads);
 }
 
 void sample_backward(const double* grad_out, int64_t go_sample_stride, int64_t go_element_stride,
-                     const double* grad_nlp, const double* mean,
-                     const double* std_param, const double* x, const double* noise, uint64_t seed,
-                     uint64_t offset, int64_t batch, int64_t dim, int64_t num_samples, double epsilon,
-                     double lo, double hi, double* grad_mean, double* grad_std_param, double* grad_x,
-                     int num_threads) {
-  backward_impl<double>(grad_out, go_sample_stride, go_element_stride, grad_nlp, mean, std_param, x, noise, seed, offset, batch, dim, num_samples,
-                        epsilon, lo, hi, grad_mean, grad_std_param, grad_x, num_threads);
+                     const double* grad_nlp, int64_t ge_sample_stride, int64_t ge_example_stride,
+                     const double* mean, const double* std_param, const double* x, const double* noise,
+                     uint64_t seed, uint64_t offset, int64_t batch, int64_t dim, int64_t num_samples,
+                     double epsilon, double lo, double hi, double* grad_mean, double* grad_std_param,
+                     double* grad_x, int num_threads) {
+  backward_impl<double>(grad_out, go_sample_stride, go_element_stride, grad_nlp, ge_sample_stride,
+                        ge_example_stride, mean, std_param, x, noise, seed, offset, batch, dim, num_samples, epsilon,
+                        lo, hi, grad_mean, grad_std_param, grad_x, num_threads);
 }
 
 void philox_words(uint64_t seed, uint64_t offset, int64_t numel, int64_t num_samples, int64_t* out,

@@ -28,14 +28,15 @@ template <class T>
 struct BackwardArgs {
   const T* grad_out;  // null: zero
   int64_t go_sample_stride, go_element_stride;
-  const T* grad_nlp;  // null: zero
+  const T* grad_nlp;  // null: zero; element (s, b) at s * ge_sample_stride + b * ge_example_stride
+  int64_t ge_sample_stride, ge_example_stride;
   const T* mean;
   const T* std_param;
   const T* x;
   const T* noise;
   T* grad_mean;
   T* grad_std_param;
-  T* grad_x;
+  T* grad_x;  // null: not wanted (x still masks the other gradients)
   uint64_t seed, offset;
   int64_t batch, dim, numel, num_samples;
   T epsilon, lo, hi;

@@ -268,9 +268,10 @@ void forward_range(const detail::ForwardArgs<T>& a, int64_t n_begin, int64_t n_e
   }
 }
 
-// Fills v[0, len) with src[b] of each element's example b (zeros where src is null).
+// Fills v[0, len) with src[b * stride] of each element's example b (zeros where src is null).
 template <class T>
-inline void fill_per_example(T* __restrict v, int len, int64_t n0, int64_t dim, const T* __restrict src) {
+inline void fill_per_example(T* __restrict v, int len, int64_t n0, int64_t dim, const T* __restrict src,
+                             int64_t stride) {
   if (src == nullptr) {
     std::fill(v, v + len, T(0));
     return;
@@ -279,7 +280,7 @@ inline void fill_per_example(T* __restrict v, int len, int64_t n0, int64_t dim, 
   while (i < len) {
     const int64_t b = (n0 + i) / dim;
     const int end = static_cast<int>(std::min<int64_t>(len, (b + 1) * dim - n0));
-    const T value = src[b];
+    const T value = src[b * stride];
     for (int j = i; j < end; ++j) v[j] = value;
     i = end;
   }
@@ -326,7 +327,8 @@ void backward_range(const detail::BackwardArgs<T>& a, int64_t n_begin, int64_t n
       const T* __restrict rs =
           kNoise ? a.noise + s * a.numel + n0 : sample_normals<T>(key, a.offset, s, n0, len, w, z, normals);
       const T* __restrict gout = grad_out_tile(a, s, n0, len, gd_fill);
-      fill_per_example<T>(ge, len, n0, a.dim, a.grad_nlp ? a.grad_nlp + s * a.batch : nullptr);
+      fill_per_example<T>(ge, len, n0, a.dim, a.grad_nlp ? a.grad_nlp + s * a.ge_sample_stride : nullptr,
+                          a.ge_example_stride);
       const T* __restrict x = kX ? a.x + n0 : nullptr;
 #pragma omp simd
       for (int i = 0; i < len; ++i) {
@@ -351,7 +353,7 @@ void backward_range(const detail::BackwardArgs<T>& a, int64_t n_begin, int64_t n
       grad_mean[i] = acc_du[i];
       grad_std[i] = sigmoid[i] * acc_dur[i] + sos[i] * ge_sum[i];
     }
-    if constexpr (kX) {
+    if (kX && a.grad_x != nullptr) {
       T* __restrict grad_x = a.grad_x + n0;
       for (int i = 0; i < len; ++i) grad_x[i] = acc_gx[i];
     }

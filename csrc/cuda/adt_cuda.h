@@ -43,10 +43,12 @@ const char* sample_forward(DType dtype, const void* mean, const void* std_param,
                            void* neg_log_prob, void* workspace, CUstream_st* stream);
 
 // grad_out [k, B, *S] is read at s * grad_out_sample_stride + n * grad_out_element_stride (strides
-// in elements: (N, 1) contiguous, (0, 1) expanded over k, (0, 0) a broadcast scalar); null means
-// zero, as does a null grad_nlp (contiguous [k, B] otherwise).
+// in elements: (N, 1) contiguous, (0, 1) expanded over k, (0, 0) a broadcast scalar), grad_nlp
+// [k, B] at s * grad_nlp_sample_stride + b * grad_nlp_example_stride (any strides); null means
+// zero. A null grad_x with x given: x's gradient is not wanted (the clamp still masks the others).
 const char* sample_backward(DType dtype, const void* grad_out, int64_t grad_out_sample_stride,
-                            int64_t grad_out_element_stride, const void* grad_nlp, const void* mean,
+                            int64_t grad_out_element_stride, const void* grad_nlp, int64_t grad_nlp_sample_stride,
+                            int64_t grad_nlp_example_stride, const void* mean,
                             const void* std_param, const void* x, const void* noise, const SeedSource& seed,
                             int64_t batch, int64_t dim, int64_t num_samples, double epsilon, double lo,
                             double hi, void* grad_mean, void* grad_std_param, void* grad_x, CUstream_st* stream);

@@ -398,7 +398,7 @@ struct BackwardParams : Inputs<S> {
   int64_t ge_sample_stride, ge_example_stride;
   S* grad_mean;
   S* grad_std_param;
-  S* grad_x;
+  S* grad_x;  // null: not wanted
   bool accumulate;  // add to the gradients of the earlier passes (only passes of kMaxPass samples)
 };
 
@@ -479,7 +479,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) backward_kernel(const 
         load_quad<kVec>(p.grad_std_param + lq.n4, lq, prev);
 #pragma unroll
         for (int e = 0; e < 4; ++e) g_std[e] += prev[e];
-        if (kX) {
+        if (kX && p.grad_x != nullptr) {
           load_quad<kVec>(p.grad_x + lq.n4, lq, prev);
 #pragma unroll
           for (int e = 0; e < 4; ++e) acc_gx[e] += prev[e];
@@ -487,7 +487,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) backward_kernel(const 
       }
       store_quad<kVec>(p.grad_mean + lq.n4, lq, g_mean);
       store_quad<kVec>(p.grad_std_param + lq.n4, lq, g_std);
-      if (kX) store_quad<kVec>(p.grad_x + lq.n4, lq, acc_gx);
+      if (kX && p.grad_x != nullptr) store_quad<kVec>(p.grad_x + lq.n4, lq, acc_gx);
     }
   });
 }
@@ -629,8 +629,9 @@ const char* forward_typed(const void* mean, const void* std_param, const void* x
 
 template <class S>
 const char* backward_typed(const void* grad_out, int64_t go_sample_stride, int64_t go_element_stride,
-                           const void* grad_nlp, const void* mean, const void* std_param, const void* x,
-                           const void* noise, const SeedSource& seed, int64_t batch, int64_t dim, int64_t k,
+                           const void* grad_nlp, int64_t ge_sample_stride, int64_t ge_example_stride,
+                           const void* mean, const void* std_param, const void* x, const void* noise,
+                           const SeedSource& seed, int64_t batch, int64_t dim, int64_t k,
                            double epsilon, double lo, double hi, void* grad_mean, void* grad_std, void* grad_x,
                            cudaStream_t stream) {
   using C = typename ComputeOf<S>::type;
@@ -648,8 +649,8 @@ const char* backward_typed(const void* grad_out, int64_t go_sample_stride, int64
   p.go_sample_stride = grad_out != nullptr ? go_sample_stride : 0;
   p.go_element_stride = grad_out != nullptr ? go_element_stride : 0;
   p.grad_nlp = static_cast<const C*>(grad_nlp);
-  p.ge_sample_stride = grad_nlp != nullptr ? batch : 0;
-  p.ge_example_stride = grad_nlp != nullptr ? 1 : 0;
+  p.ge_sample_stride = grad_nlp != nullptr ? ge_sample_stride : 0;
+  p.ge_example_stride = grad_nlp != nullptr ? ge_example_stride : 0;
   p.grad_mean = static_cast<S*>(grad_mean);
   p.grad_std_param = static_cast<S*>(grad_std);
   p.grad_x = static_cast<S*>(grad_x);
@@ -702,13 +703,14 @@ const char* sample_forward(DType dtype, const void* mean, const void* std_param,
 }
 
 const char* sample_backward(DType dtype, const void* grad_out, int64_t grad_out_sample_stride,
-                            int64_t grad_out_element_stride, const void* grad_nlp, const void* mean,
-                            const void* std_param, const void* x, const void* noise, const SeedSource& seed,
-                            int64_t batch, int64_t dim, int64_t num_samples, double epsilon, double lo,
-                            double hi, void* grad_mean, void* grad_std_param, void* grad_x, CUstream_st* stream) {
+                            int64_t grad_out_element_stride, const void* grad_nlp, int64_t grad_nlp_sample_stride,
+                            int64_t grad_nlp_example_stride, const void* mean, const void* std_param, const void* x,
+                            const void* noise, const SeedSource& seed, int64_t batch, int64_t dim,
+                            int64_t num_samples, double epsilon, double lo, double hi, void* grad_mean,
+                            void* grad_std_param, void* grad_x, CUstream_st* stream) {
   ADT_FAST_DISPATCH(dtype, backward_typed, grad_out, grad_out_sample_stride, grad_out_element_stride, grad_nlp,
-                    mean, std_param, x, noise, seed, batch, dim, num_samples, epsilon, lo, hi, grad_mean,
-                    grad_std_param, grad_x, stream);
+                    grad_nlp_sample_stride, grad_nlp_example_stride, mean, std_param, x, noise, seed, batch, dim,
+                    num_samples, epsilon, lo, hi, grad_mean, grad_std_param, grad_x, stream);
 }
 
 const char* philox_words(const int64_t* seed_offset, int64_t numel, int64_t num_samples, int64_t* out,

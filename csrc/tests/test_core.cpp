@@ -367,7 +367,7 @@ Result run_kernels(const Problem& p, const Inputs& in, int threads) {
   const T* np = p.noise ? noise.data() : nullptr;
   adt_fast::cpu::sample_forward(mean.data(), rho.data(), xp, np, in.seed, in.offset, p.batch, p.dim, p.k, p.eps, p.lo,
                                 p.hi, out.data(), nlp.data(), threads);
-  adt_fast::cpu::sample_backward(grad_out.data(), n_total, 1, grad_nlp.data(), mean.data(), rho.data(), xp, np, in.seed,
+  adt_fast::cpu::sample_backward(grad_out.data(), n_total, 1, grad_nlp.data(), p.batch, 1, mean.data(), rho.data(), xp, np, in.seed,
                                  in.offset, p.batch, p.dim, p.k, p.eps, p.lo, p.hi, gm.data(), gs.data(),
                                  p.x ? gx.data() : nullptr, threads);
   Result r;
@@ -483,7 +483,7 @@ void test_empty() {
   bool zeros = true;
   for (float v : nlp) zeros = zeros && v == 0.0f;
   CHECK(zeros, "D = 0 must give -log p = 0");
-  adt_fast::cpu::sample_backward(static_cast<const double*>(nullptr), 0, 0, nullptr, nullptr, nullptr, nullptr, nullptr,
+  adt_fast::cpu::sample_backward(static_cast<const double*>(nullptr), 0, 0, nullptr, 0, 0, nullptr, nullptr, nullptr, nullptr,
                                  1, 2, 0, 4, 2, 0.1, 0.0, 1.0, nullptr, nullptr, nullptr, 0);
   adt_fast::cpu::philox_words(1, 2, 0, 5, nullptr, 0);
 }

@@ -118,7 +118,7 @@ void check(const char* name, int64_t batch, int64_t dim, int64_t k, bool use_noi
   adt_fast::cpu::sample_forward(mean.data(), rho.data(), use_x ? x.data() : nullptr, use_noise ? noise.data() : nullptr,
                                 static_cast<uint64_t>(so_host[0]), static_cast<uint64_t>(so_host[1]), batch, dim, k,
                                 eps, lo, hi, out_ref.data(), nlp_ref.data());
-  adt_fast::cpu::sample_backward(gout.data(), n, 1, gnlp.data(), mean.data(), rho.data(), use_x ? x.data() : nullptr,
+  adt_fast::cpu::sample_backward(gout.data(), n, 1, gnlp.data(), batch, 1, mean.data(), rho.data(), use_x ? x.data() : nullptr,
                                  use_noise ? noise.data() : nullptr, static_cast<uint64_t>(so_host[0]),
                                  static_cast<uint64_t>(so_host[1]), batch, dim, k, eps, lo, hi, gm_ref.data(),
                                  gs_ref.data(), use_x ? gx_ref.data() : nullptr);
@@ -139,7 +139,7 @@ void check(const char* name, int64_t batch, int64_t dim, int64_t k, bool use_noi
                                                    use_noise ? d_noise.ptr : nullptr, seed, batch, dim, k, eps, lo,
                                                    hi, d_out.ptr, d_nlp.ptr, d_ws.ptr, nullptr);
   CHECK(err == nullptr, "forward launch: %s", err);
-  err = adt_fast::cuda::sample_backward(dtype_of<S>(), d_gout.ptr, n, 1, d_gnlp.ptr, d_mean.ptr, d_rho.ptr,
+  err = adt_fast::cuda::sample_backward(dtype_of<S>(), d_gout.ptr, n, 1, d_gnlp.ptr, batch, 1, d_mean.ptr, d_rho.ptr,
                                         use_x ? d_x.ptr : nullptr, use_noise ? d_noise.ptr : nullptr, seed, batch,
                                         dim, k, eps, lo, hi, d_gm.ptr, d_gs.ptr, use_x ? d_gx.ptr : nullptr, nullptr);
   CHECK(err == nullptr, "backward launch: %s", err);
@@ -172,7 +172,9 @@ void check(const char* name, int64_t batch, int64_t dim, int64_t k, bool use_noi
 }
 
 // Backward with grad_out laid out per element (s, n), expanded over the samples (0, 1), one value
-// for everything (0, 0) or absent, and grad_nlp present or absent: the same as the CPU kernels.
+// for everything (0, 0) or absent, grad_nlp per example (B, 1), expanded over the samples (0, 1),
+// one value (0, 0) or absent, and x's gradient wanted or not: the same as the CPU kernels given
+// dense gradients (the CPU kernels read the same layouts, and must agree with themselves exactly).
 void check_gradient_layouts(int64_t batch, int64_t dim, int64_t k) {
   const int64_t n = batch * dim;
   std::mt19937_64 rng(static_cast<uint64_t>(batch * 31 + dim * 7 + k));
@@ -188,27 +190,49 @@ void check_gradient_layouts(int64_t batch, int64_t dim, int64_t k) {
   adt_fast::cuda::SeedSource src;
   src.seed_ptr = d_so.ptr;
   src.offset_ptr = d_so.ptr + 1;
-  const struct {
+  struct Layout {
     const char* name;
     bool present;
     int64_t sample_stride, element_stride;
-  } layouts[] = {{"per element", true, n, 1}, {"expanded", true, 0, 1}, {"one value", true, 0, 0}, {"absent", false, 0, 0}};
-  for (const auto& layout : layouts) {
-    for (const bool with_nlp : {true, false}) {
-      std::vector<double> gm_ref(n), gs_ref(n), gx_ref(n);
-      adt_fast::cpu::sample_backward(layout.present ? gout.data() : nullptr, layout.sample_stride, layout.element_stride,
-                                     with_nlp ? gnlp.data() : nullptr, mean.data(), rho.data(), x.data(), nullptr, seed,
-                                     offset, batch, dim, k, 0.3, 0.1, 0.9, gm_ref.data(), gs_ref.data(), gx_ref.data());
-      Device<double> d_gm(n), d_gs(n), d_gx(n);
-      const char* err = adt_fast::cuda::sample_backward(
-          adt_fast::cuda::DType::kFloat64, layout.present ? d_gout.ptr : nullptr, layout.sample_stride,
-          layout.element_stride, with_nlp ? d_gnlp.ptr : nullptr, d_mean.ptr, d_rho.ptr, d_x.ptr, nullptr, src, batch,
-          dim, k, 0.3, 0.1, 0.9, d_gm.ptr, d_gs.ptr, d_gx.ptr, nullptr);
-      CHECK(err == nullptr, "backward launch: %s", err);
-      CUDA_OK(cudaDeviceSynchronize());
-      const double worst = std::max({rel_err(d_gm.get(), gm_ref), rel_err(d_gs.get(), gs_ref), rel_err(d_gx.get(), gx_ref)});
-      CHECK(worst <= 1e-12, "grad_out %s, grad_nlp %s, B=%" PRId64 " D=%" PRId64 " k=%" PRId64 ": rel err %.2e",
-            layout.name, with_nlp ? "present" : "absent", batch, dim, k, worst);
+  };
+  const Layout out_layouts[] = {
+      {"per element", true, n, 1}, {"expanded", true, 0, 1}, {"one value", true, 0, 0}, {"absent", false, 0, 0}};
+  const Layout nlp_layouts[] = {
+      {"per example", true, batch, 1}, {"expanded", true, 0, 1}, {"one value", true, 0, 0}, {"absent", false, 0, 0}};
+  // The layout's values written out densely: element (s, i) of a [k, count] array.
+  const auto dense = [k](const std::vector<double>& v, const Layout& l, int64_t count) {
+    std::vector<double> d(k * count, 0.0);
+    for (int64_t s = 0; s < k; ++s) {
+      for (int64_t i = 0; i < count && l.present; ++i) d[s * count + i] = v[s * l.sample_stride + i * l.element_stride];
+    }
+    return d;
+  };
+  for (const Layout& go : out_layouts) {
+    for (const Layout& ge : nlp_layouts) {
+      const std::vector<double> go_dense = dense(gout, go, n), ge_dense = dense(gnlp, ge, batch);
+      std::vector<double> gm_ref(n), gs_ref(n), gx_ref(n), gm_cpu(n), gs_cpu(n);
+      adt_fast::cpu::sample_backward(go_dense.data(), n, 1, ge_dense.data(), batch, 1, mean.data(), rho.data(),
+                                     x.data(), nullptr, seed, offset, batch, dim, k, 0.3, 0.1, 0.9, gm_ref.data(),
+                                     gs_ref.data(), gx_ref.data());
+      adt_fast::cpu::sample_backward(go.present ? gout.data() : nullptr, go.sample_stride, go.element_stride,
+                                     ge.present ? gnlp.data() : nullptr, ge.sample_stride, ge.element_stride,
+                                     mean.data(), rho.data(), x.data(), nullptr, seed, offset, batch, dim, k, 0.3, 0.1,
+                                     0.9, gm_cpu.data(), gs_cpu.data(), nullptr);
+      CHECK(gm_cpu == gm_ref && gs_cpu == gs_ref, "CPU: grad_out %s, grad_nlp %s, no grad_x: differs from dense",
+            go.name, ge.name);
+      for (const bool want_gx : {true, false}) {
+        Device<double> d_gm(n), d_gs(n), d_gx(n);
+        const char* err = adt_fast::cuda::sample_backward(
+            adt_fast::cuda::DType::kFloat64, go.present ? d_gout.ptr : nullptr, go.sample_stride, go.element_stride,
+            ge.present ? d_gnlp.ptr : nullptr, ge.sample_stride, ge.element_stride, d_mean.ptr, d_rho.ptr, d_x.ptr,
+            nullptr, src, batch, dim, k, 0.3, 0.1, 0.9, d_gm.ptr, d_gs.ptr, want_gx ? d_gx.ptr : nullptr, nullptr);
+        CHECK(err == nullptr, "backward launch: %s", err);
+        CUDA_OK(cudaDeviceSynchronize());
+        const double worst = std::max({rel_err(d_gm.get(), gm_ref), rel_err(d_gs.get(), gs_ref),
+                                       want_gx ? rel_err(d_gx.get(), gx_ref) : 0.0});
+        CHECK(worst <= 1e-12, "grad_out %s, grad_nlp %s, grad_x %s, B=%" PRId64 " D=%" PRId64 " k=%" PRId64
+              ": rel err %.2e", go.name, ge.name, want_gx ? "wanted" : "not wanted", batch, dim, k, worst);
+      }
     }
   }
 }
@@ -268,7 +292,7 @@ void check_empty() {
   CUDA_OK(cudaDeviceSynchronize());
   CHECK(d_nlp.get() == std::vector<double>(6, 0.0), "-log p of empty examples is not 0");
   Device<double> d_mean(std::vector<double>(6, 0.1)), d_gm(std::vector<double>(6, nan)), d_gs(std::vector<double>(6, nan));
-  err = adt_fast::cuda::sample_backward(adt_fast::cuda::DType::kFloat64, nullptr, 0, 0, nullptr, d_mean.ptr, d_mean.ptr,
+  err = adt_fast::cuda::sample_backward(adt_fast::cuda::DType::kFloat64, nullptr, 0, 0, nullptr, 0, 0, d_mean.ptr, d_mean.ptr,
                                         nullptr, nullptr, src, 2, 3, 0, 0.3, -INFINITY, INFINITY, d_gm.ptr, d_gs.ptr,
                                         nullptr, nullptr);
   CHECK(err == nullptr, "backward of k = 0: %s", err);
