@@ -2,6 +2,10 @@
 
 - graph replay: forward+backward captured once in a CUDA graph and replayed REPLAYS times per
   timed round, so a round's median / REPLAYS is the op's GPU time with no Python or launch cost;
+- the floor of graph replay: a forward and a backward Triton kernel that move exactly the op's
+  bytes (float32, k = 5, x given, no x gradient: 72 per element) and compute nothing, captured
+  and replayed the same way; at small B it is the launch and memory latency of two kernels, at
+  large B the bandwidth floor, both measured on the machine rather than taken from a datasheet;
 - trivial autograd pair: a torch.autograd.Function launching one trivial Triton kernel forward and
   one backward, the host-side floor of a Python autograd op, to compare the eager call against.
 Run: pytest benchmarks/test_op_gpu.py --benchmark-only --benchmark-group-by=param:batch
@@ -37,6 +41,28 @@ def forward_backward(backend, mean, std_param, x, grads):
     torch.autograd.backward((out, nlp), grads)
 
 
+def time_graph_replay(timed, benchmark, step, reset):
+    """Capture step() in a CUDA graph (after warm-up on a side stream) and time REPLAYS replays."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            reset()
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    reset()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+
+    def replay():
+        for _ in range(REPLAYS):
+            graph.replay()
+
+    benchmark.extra_info.update(replays_per_round=REPLAYS, k=K)
+    timed(replay)
+
+
 @pytest.mark.parametrize("batch", BATCH_SIZES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
@@ -45,24 +71,65 @@ def test_graph_replay(timed, benchmark, backend, dtype, batch):
     if reason is not None:
         pytest.skip(reason)
     mean, std_param, x, grads = make_inputs(batch, dtype)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            mean.grad = std_param.grad = None
-            forward_backward(backend, mean, std_param, x, grads)
-    torch.cuda.current_stream().wait_stream(side)
-    mean.grad = std_param.grad = None
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        forward_backward(backend, mean, std_param, x, grads)
 
-    def replay():
-        for _ in range(REPLAYS):
-            graph.replay()
+    def reset():
+        mean.grad = std_param.grad = None
 
-    benchmark.extra_info.update(replays_per_round=REPLAYS, k=K, dtype=str(dtype))
-    timed(replay)
+    benchmark.extra_info.update(dtype=str(dtype))
+    time_graph_replay(timed, benchmark, lambda: forward_backward(backend, mean, std_param, x, grads), reset)
+
+
+def _same_bytes_pair():
+    """(forward, backward): Triton kernels with the op's memory traffic and no arithmetic to speak
+    of. forward reads mean, std_param, x and writes K rows; backward reads K rows of gradient and
+    mean, std_param, x, and writes two gradients."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def forward_kernel(m, s, x, out, n, K: tl.constexpr, BLOCK: tl.constexpr):
+        i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        ok = i < n
+        v = tl.load(m + i, mask=ok) + tl.load(s + i, mask=ok) + tl.load(x + i, mask=ok)
+        for k in tl.static_range(K):
+            tl.store(out + k * n + i, v, mask=ok)
+
+    @triton.jit
+    def backward_kernel(g, m, s, x, gm, gs, n, K: tl.constexpr, BLOCK: tl.constexpr):
+        i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        ok = i < n
+        acc = tl.load(m + i, mask=ok) + tl.load(s + i, mask=ok) + tl.load(x + i, mask=ok)
+        for k in tl.static_range(K):
+            acc += tl.load(g + k * n + i, mask=ok)
+        tl.store(gm + i, acc, mask=ok)
+        tl.store(gs + i, acc, mask=ok)
+
+    def grid(n):
+        return (triton.cdiv(n, 1024),)
+
+    def forward(m, s, x, out):
+        forward_kernel[grid(m.numel())](m, s, x, out, m.numel(), K=K, BLOCK=1024)
+
+    def backward(g, m, s, x, gm, gs):
+        backward_kernel[grid(m.numel())](g, m, s, x, gm, gs, m.numel(), K=K, BLOCK=1024)
+
+    return forward, backward
+
+
+@pytest.mark.parametrize("batch", BATCH_SIZES)
+def test_graph_replay_floor(timed, benchmark, batch):
+    pytest.importorskip("triton")
+    forward, backward = _same_bytes_pair()
+    mean, std_param, x, (grad_out, _) = make_inputs(batch)
+    mean, std_param = mean.detach(), std_param.detach()
+    out, grad_mean, grad_std = torch.empty_like(grad_out), torch.empty_like(mean), torch.empty_like(mean)
+
+    def step():
+        forward(mean, std_param, x, out)
+        backward(grad_out, mean, std_param, x, grad_mean, grad_std)
+
+    benchmark.extra_info.update(dtype="torch.float32", bytes_per_element=4 * (3 + K + K + 3 + 2))
+    time_graph_replay(timed, benchmark, step, lambda: None)
 
 
 @pytest.mark.parametrize("batch", BATCH_SIZES)
