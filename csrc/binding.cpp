@@ -293,7 +293,7 @@ std::tuple<Tensor, Tensor, Tensor> backward_cpu(const OptTensor& grad_out_in, co
                                    threads);
   }
   if (half) {
-    return {grad_mean.to(dtype), grad_std.to(dtype), grad_x.numel() ? grad_x.to(dtype) : mean_in.new_empty({0})};
+    return {grad_mean.to(dtype), grad_std.to(dtype), grad_x.to(dtype)};
   }
   return {grad_mean, grad_std, grad_x};
 }

@@ -7,7 +7,7 @@ import torch
 
 import adt_fast
 from adt_fast.ops import dispatch, reference
-from adt_fast.ops.sample_and_entropy import sample_backward, sample_forward
+from adt_fast.ops.sample_and_entropy import draw_normals, sample_backward, sample_forward
 
 CPU = torch.device("cpu")
 KERNEL_BACKENDS = [name for name in dispatch.BACKENDS if name != "reference"]
@@ -229,7 +229,8 @@ def test_backends_report():
 
 
 def test_auto_and_environment_override(monkeypatch):
-    assert dispatch.select("auto", torch.device("meta"), torch.float16) == "reference"
+    with pytest.raises(RuntimeError, match="reference does not run on meta tensors"):
+        dispatch.select("auto", torch.device("meta"), torch.float16)
     if dispatch.get("cpu").unavailable_reason() is None:
         assert dispatch.select("auto", CPU, torch.float32) == "cpu"
     monkeypatch.setenv("ADT_FAST_BACKEND", "reference")
@@ -374,16 +375,51 @@ def test_opcheck():
 
 
 def test_torch_compile_has_no_graph_breaks():
+    """Also when epsilon varies between calls (Dynamo then traces it as a symbolic float, which
+    the argument checks must handle: math.isfinite on it would break the graph)."""
     mean = torch.randn(2, 3, requires_grad=True)
     rho = torch.randn(2, 3, requires_grad=True)
 
-    def loss(m, r):
-        delta, nlp = adt_fast.sample_and_entropy(m, r, 4, 0.1)
+    def loss(m, r, eps):
+        delta, nlp = adt_fast.sample_and_entropy(m, r, 4, eps)
         return delta.square().sum() + nlp.mean()
 
     compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    compiled(mean, rho).backward()
-    assert torch.isfinite(mean.grad).all() and mean.grad.abs().sum() > 0
+    for eps in (0.1, 0.2, 0.3):
+        mean.grad = None
+        compiled(mean, rho, eps).backward()
+        assert torch.isfinite(mean.grad).all() and mean.grad.abs().sum() > 0
+
+
+def test_meta_tensors_give_shapes():
+    mean = torch.empty(4, 3, 5, device="meta", requires_grad=True)
+    delta, nlp = adt_fast.sample_and_entropy(mean, torch.empty_like(mean), 2, x=torch.empty_like(mean))
+    assert delta.shape == (2, 4, 3, 5) and nlp.shape == (2, 4) and delta.device.type == "meta"
+    (delta.sum() + nlp.sum()).backward()
+    assert mean.grad.shape == mean.shape and mean.grad.device.type == "meta"
+
+
+def test_numpy_scalars_and_one_sided_clamp():
+    import numpy as np
+    mean, rho = torch.zeros(2, 3), torch.zeros(2, 3)
+    x = torch.full((2, 3), 0.99)
+    out, _ = adt_fast.sample_and_entropy(mean, rho, np.int64(3), np.float32(0.5), x=x, clamp=(-math.inf, 1.0),
+                                         generator=torch.Generator().manual_seed(0))
+    want, _ = adt_fast.sample_and_entropy(mean, rho, 3, float(np.float32(0.5)), x=x, clamp=None,
+                                          generator=torch.Generator().manual_seed(0))
+    assert out.shape == (3, 2, 3) and out.max() <= 1.0 and out.min() < 0.99
+    torch.testing.assert_close(out, want.clamp(max=1.0), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["reference", *KERNEL_BACKENDS])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_empty_half_precision_input_gives_x_its_gradient(backend, dtype):
+    runnable(backend, dtype)
+    mean = torch.zeros(0, 3, dtype=dtype, requires_grad=True)
+    x = torch.zeros(0, 3, dtype=dtype, requires_grad=True)
+    delta, nlp = adt_fast.sample_and_entropy(mean, torch.zeros(0, 3, dtype=dtype), 2, x=x, backend=backend)
+    (delta.float().sum() + nlp.sum()).backward()
+    assert x.grad.shape == x.shape and mean.grad.shape == mean.shape
 
 
 BAD_CALLS = [
@@ -398,6 +434,11 @@ BAD_CALLS = [
     (lambda m, r: adt_fast.sample_and_entropy(m, r, 2, noise=torch.randn(3, 2, 3)), ValueError, "noise"),
     (lambda m, r: adt_fast.sample_and_entropy(m, r, 2, noise=torch.randn(2, 2, 3).double()), TypeError, "noise"),
     (lambda m, r: adt_fast.sample_and_entropy(m, r, x=torch.rand(2, 3), clamp=(1.0, 0.0)), ValueError, "clamp"),
+    (lambda m, r: adt_fast.sample_and_entropy(m, r, x=torch.rand(2, 3), clamp=(0.0, math.nan)), ValueError,
+     "clamp"),
+    (lambda m, r: adt_fast.sample_and_entropy(m, r, generator=5), TypeError, "generator"),
+    (lambda m, r: adt_fast.sample_and_entropy(m, r, 2, noise=torch.randn(2, 2, 3, requires_grad=True)),
+     ValueError, "noise requires grad"),
     (lambda m, r: adt_fast.sample_and_entropy(m, r, backend="fastest"), ValueError, "backend"),
     (lambda m, r: adt_fast.sample_and_entropy(m, r, backend="cuda"), RuntimeError, "cuda"),
 ]
@@ -451,6 +492,32 @@ def test_gpu_philox_words_match_reference(backend):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_draw_normals_are_the_eager_calls(backend):
+    """draw_normals takes the pair the backend's eager forward takes (the cuda backend's comes
+    from the generator's Philox state, not torch.randint), so a data-parallel rank's rows get the
+    normals a single process would use."""
+    if dispatch.get(backend).why_not(torch.device("cuda"), torch.float32) is not None:
+        pytest.skip(dispatch.get(backend).why_not(torch.device("cuda"), torch.float32))
+    mean, rho = torch.randn(10, 3, 8, 8, device="cuda"), torch.randn(10, 3, 8, 8, device="cuda")
+    torch.manual_seed(4)
+    delta, nlp = adt_fast.sample_and_entropy(mean, rho, 3, 0.1, backend=backend)
+    after = torch.rand(1, device="cuda")
+    torch.manual_seed(4)
+    noise = draw_normals(mean.shape, 3, rows=(5, 10), device=mean.device, backend=backend)
+    assert torch.equal(torch.rand(1, device="cuda"), after)  # the generator advanced alike
+    mine, my_nlp = adt_fast.sample_and_entropy(mean[5:], rho[5:], 3, 0.1, noise=noise, backend=backend)
+    torch.testing.assert_close(mine, delta[:, 5:], rtol=0, atol=1e-6)
+    torch.testing.assert_close(my_nlp, nlp[:, 5:], rtol=1e-5, atol=1e-4)
+
+
+def test_draw_normals_checks_its_rows():
+    with pytest.raises(ValueError, match="rows must be"):
+        draw_normals((5, 3), 2, rows=(2, 9), device="cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_call_does_not_synchronise_and_is_reproducible():
     mean = torch.zeros(64, 3, 32, 32, device="cuda", requires_grad=True)
     rho = torch.zeros_like(mean, requires_grad=True)
@@ -489,10 +556,14 @@ def test_backward_holds_order_n_memory(backend, with_x):
     assert torch.isfinite(mean.grad).all()
 
 
-def test_double_backward_raises_instead_of_returning_zeros():
+@pytest.mark.parametrize("loss", ["square", "sum"])
+def test_double_backward_raises_instead_of_returning_zeros(loss):
+    """Also when the incoming gradients are constants (sum), where torch's once_differentiable
+    would hand back a constant and the second derivative would silently lose the op's term."""
     mean = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
     rho = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
     delta, nlp = adt_fast.sample_and_entropy(mean, rho, 2, 0.1)
-    (grad,) = torch.autograd.grad((delta.square().sum() + nlp.sum()), mean, create_graph=True)
-    with pytest.raises(RuntimeError):
-        torch.autograd.grad(grad.sum(), mean)
+    out_loss = delta.square().sum() if loss == "square" else delta.sum()
+    (grad,) = torch.autograd.grad(out_loss + nlp.sum(), mean, create_graph=True)
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.grad(grad.square().sum(), mean)

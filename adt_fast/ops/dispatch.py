@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,18 @@ def _extension_words(*args):
     return _extension_op("philox_words")(*args)
 
 
+def _extension_seed(device, generator, num_samples):
+    """The pair the extension's forward draws (on CUDA from the generator's Philox state, unlike
+    torch.randint), got from a forward over no elements, which draws and reports it alike."""
+    empty = torch.empty(0, device=device)
+    return _extension_forward(empty, empty, None, None, None, generator, num_samples, 1.0, -math.inf,
+                              math.inf)[2]
+
+
+def _python_seed(device, generator, num_samples):
+    return draw_seed_offset(device, generator)
+
+
 def _seeded(forward: Callable) -> Callable:
     """A Python-launched forward `(mean, std_param, x, noise, seed_offset, k, eps, lo, hi) ->
     (out, nlp)` under the Backend contract: it takes `generator` and returns the seed it used."""
@@ -148,7 +161,9 @@ class Backend:
         be contiguous, fully expanded (all strides 0) or expanded over k (strides (0, contiguous));
         anything else is made contiguous; grad_nlp (k, B) is read in place whatever its strides;
         grad_x is None without x or need_grad_x, and then never computed or written;
-    philox_words(seed_offset, numel, k) -> int64 (k, ceil(numel/4), 4), for the bit-identity tests.
+    philox_words(seed_offset, numel, k) -> int64 (k, ceil(numel/4), 4), for the bit-identity tests;
+    draw_seed(device, generator, k) -> the (seed, offset) its forward would draw for k samples,
+        advancing the generator alike (draw_normals: the op's normals, materialised).
     mean, std_param, x and noise are contiguous."""
 
     name: str
@@ -158,6 +173,7 @@ class Backend:
     forward: Callable
     backward: Callable
     philox_words: Callable
+    draw_seed: Callable
 
     def unavailable_reason(self) -> Optional[str]:
         """Why this backend cannot run at all on this machine and installation, or None."""
@@ -193,15 +209,15 @@ def _triton_devices() -> tuple[str, ...]:
 
 
 BACKENDS: dict[str, Backend] = {
-    "reference": Backend("reference", lambda: ("cpu", "cuda", "meta"), FLOAT_DTYPES, lambda: None,
-                         _seeded(reference.sample_forward), _reference_backward, _reference_words),
+    "reference": Backend("reference", lambda: ("cpu", "cuda"), FLOAT_DTYPES, lambda: None,
+                         _seeded(reference.sample_forward), _reference_backward, _reference_words, _python_seed),
     "cpu": Backend("cpu", lambda: ("cpu",), FLOAT_DTYPES, lambda: _extension_kernel("CPU"),
-                   _extension_forward, _extension_backward, _extension_words),
+                   _extension_forward, _extension_backward, _extension_words, _extension_seed),
     "cuda": Backend("cuda", _cuda_devices, FLOAT_DTYPES, lambda: _extension_kernel("CUDA"),
-                    _extension_forward, _extension_backward, _extension_words),
+                    _extension_forward, _extension_backward, _extension_words, _extension_seed),
     "triton": Backend("triton", _triton_devices, FLOAT_DTYPES, _triton_available,
                       _seeded(_triton_call("sample_forward")), _triton_call("sample_backward"),
-                      _triton_call("philox_words")),
+                      _triton_call("philox_words"), _python_seed),
 }
 
 

@@ -2,8 +2,12 @@
 
 Two launch paths reach the same backend functions:
 - under `torch.compile`, two custom ops (`adt_fast::sample_forward`, `adt_fast::sample_backward`)
-  with fake implementations, so the op is traced as two opaque nodes without graph breaks; this
-  path draws `seed_offset` in Python (a traced tensor op) and passes it explicitly;
+  with fake implementations, so the op is traced as two opaque nodes without graph breaks (meta
+  tensors take this path too: the fake implementations give their shapes); it draws
+  `seed_offset` in Python with torch.randint (a traced tensor op) and passes it explicitly. On
+  the CPU that is the draw the eager path makes; on CUDA it is not (the eager cuda backend takes
+  the generator's Philox state, as torch's dropout does), so there eager and compiled runs of one
+  seed see different samples, each run reproducible;
 - in eager mode, a plain autograd.Function, which skips the custom-op machinery's Python
   overhead (about 60 us a call on the development CPU). It passes no seed: the backend draws
   (seed, offset) from the generator itself (the C++ and CUDA backends with no extra kernel launch)
@@ -17,11 +21,13 @@ saved between the passes.
 
 from __future__ import annotations
 
+import functools
 import math
+import numbers
+import operator
 from typing import Optional, Sequence
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import dispatch
 from . import reference
@@ -83,6 +89,38 @@ def _backward(ctx, grad_out, grad_nlp):
 sample_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _FirstOrderOnly(torch.autograd.Function):
+    """The fused backward's gradients, passed through; differentiating them raises. They depend on
+    the op's inputs and on the incoming gradients through arithmetic autograd never saw, so
+    `anchors` (those that require grad) are inputs here: any second derivative reaches this node.
+    (torch's once_differentiable wraps only when an incoming gradient requires grad: with
+    nlp.sum() a second derivative would silently miss the op's term.)"""
+
+    @staticmethod
+    def forward(ctx, count, *tensors_and_anchors):
+        return tuple(None if t is None else t.clone() for t in tensors_and_anchors[:count])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError("adt_fast.sample_and_entropy has no second derivative: its fused backward is "
+                           "first-order only")
+
+
+def _first_order_only(backward):
+    """Runs `backward` without building a graph; under create_graph=True its gradients come back
+    through _FirstOrderOnly, anchored to everything they depend on that requires grad."""
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        with torch.no_grad():
+            outputs = backward(ctx, *grads)
+        if not torch.is_grad_enabled():
+            return outputs
+        anchors = [t for t in (*grads, *ctx.saved_tensors) if t is not None and t.requires_grad]
+        tensors = outputs[:3]
+        return (*_FirstOrderOnly.apply(len(tensors), *tensors, *anchors), *outputs[3:])
+    return wrapper
+
+
 class _EagerSampleAndEntropy(torch.autograd.Function):
     """The eager launch path: the same backend calls as the custom ops, minus their dispatch."""
 
@@ -97,7 +135,7 @@ class _EagerSampleAndEntropy(torch.autograd.Function):
         return out, nlp
 
     @staticmethod
-    @once_differentiable  # the fused backward has no derivative of its own: say so, never return 0
+    @_first_order_only  # the fused backward has no derivative of its own: say so, never return 0
     def backward(ctx, grad_out, grad_nlp):
         if grad_out is None and grad_nlp is None:
             return (None,) * 10
@@ -112,8 +150,8 @@ def draw_normals(shape: Sequence[int], num_samples: int, *, rows: Optional[tuple
                  generator: Optional[torch.Generator] = None, backend: str = "auto") -> torch.Tensor:
     """The normals (k, *shape) that one call of the op on a mean of `shape` would draw, materialised.
 
-    The same (seed, offset) draw from the generator and the same Philox mapping as the op's own
-    (docs/randomness.md), so ``sample_and_entropy(mean, rho, k, noise=draw_normals(mean.shape, k,
+    The (seed, offset) that backend's own eager forward would draw from the generator (on CUDA,
+    the cuda backend's is not torch.randint's) and the same Philox mapping (docs/randomness.md), so ``sample_and_entropy(mean, rho, k, noise=draw_normals(mean.shape, k,
     ...))`` equals the call without `noise` up to float rounding of Box-Muller, and advances the
     generator alike. ``rows=(start, stop)`` keeps only those rows of the batch dimension: a
     data-parallel rank's share of a global batch gets exactly the normals a single process would
@@ -121,8 +159,12 @@ def draw_normals(shape: Sequence[int], num_samples: int, *, rows: Optional[tuple
     """
     numel, row = math.prod(shape), math.prod(shape[1:])
     start, stop = (0, shape[0]) if rows is None else rows
-    seed_offset = dispatch.draw_seed_offset(device, generator)
-    words = dispatch.get(dispatch.select(backend, device, dtype)).philox_words(seed_offset, numel, num_samples)
+    if not 0 <= start < stop <= shape[0]:
+        raise ValueError(f"rows must be (start, stop) with 0 <= start < stop <= {shape[0]} (the batch of "
+                         f"shape {tuple(shape)}), got {rows}")
+    chosen = dispatch.get(dispatch.select(backend, torch.device(device), dtype))
+    seed_offset = chosen.draw_seed(device, generator, num_samples)
+    words = chosen.philox_words(seed_offset, numel, num_samples)
     # Only the quads that hold rows [start, stop) are turned into normals.
     first, end = start * row, stop * row
     quads = words[:, first // reference.NORMALS_PER_CALL:-(-end // reference.NORMALS_PER_CALL)].to(device)
@@ -149,12 +191,15 @@ def _check_tensor(name: str, value, like: Optional[torch.Tensor] = None,
         raise ValueError(f"{name} must have shape {expected}, got {tuple(value.shape)}")
 
 
-def _check_number(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def _check_number(name: str, value, *, infinite_ok: bool = False) -> float:
+    """A real number (numpy scalars too) as a float. Comparisons rather than math.isfinite, which
+    torch.compile cannot trace on a varying value."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
+    value = float(value)
+    if value != value or not (infinite_ok or -math.inf < value < math.inf):
+        raise ValueError(f"{name} must be {'a number' if infinite_ok else 'finite'}, got {value}")
+    return value
 
 
 def sample_and_entropy(mean: torch.Tensor, std_param: torch.Tensor, num_samples: int = 1,
@@ -178,8 +223,9 @@ def sample_and_entropy(mean: torch.Tensor, std_param: torch.Tensor, num_samples:
     _check_tensor("std_param", std_param, like=mean)
     if mean.dim() < 1:
         raise ValueError("mean must have a batch dimension: shape (B, *S), got a 0-d tensor")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int):
+    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
         raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
+    num_samples = operator.index(num_samples)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     epsilon = _check_number("epsilon", epsilon)
@@ -189,22 +235,27 @@ def sample_and_entropy(mean: torch.Tensor, std_param: torch.Tensor, num_samples:
     if clamp is not None:
         if not isinstance(clamp, (tuple, list)) or len(clamp) != 2:
             raise TypeError(f"clamp must be None or a pair (lo, hi), got {clamp!r}")
-        lo, hi = (_check_number(f"clamp[{i}]", v) for i, v in enumerate(clamp))
+        lo, hi = (_check_number(f"clamp[{i}]", v, infinite_ok=True) for i, v in enumerate(clamp))
         if lo >= hi:
             raise ValueError(f"clamp must have lo < hi, got ({lo}, {hi})")
     if x is not None:
         _check_tensor("x", x, like=mean)
     if noise is not None:
         _check_tensor("noise", noise, like=mean, shape=(num_samples, *mean.shape))
+        if noise.requires_grad:
+            raise ValueError("noise requires grad, but the op gives no gradient for it: pass noise.detach(), "
+                             "or learn mean and std_param instead (the reparameterisation)")
     if backend not in _BACKEND_NAMES:
         raise ValueError(f"backend must be one of {list(_BACKEND_NAMES)}, got {backend!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if generator is not None and noise is None and generator.device.type != mean.device.type:
         raise ValueError(f"generator is on {generator.device} but mean is on {mean.device}")
 
     tensors = (mean.contiguous(), std_param.contiguous(), None if x is None else x.contiguous(),
                None if noise is None else noise.contiguous())
     settings = (num_samples, epsilon, lo, hi)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or mean.device.type == "meta":  # meta: the ops' fake kernels
         seed_offset = dispatch.python_seed_offset(mean, noise, None, generator)
         return sample_forward(*tensors, seed_offset, *settings, backend)
     return _EagerSampleAndEntropy.apply(*tensors, generator, *settings,
