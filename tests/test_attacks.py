@@ -461,3 +461,12 @@ def test_per_example_normals_are_standard_normal_and_keyed_by_example():
     assert torch.equal(r[:, 0], r[:, 2]) and not torch.equal(r[:, 0], r[:, 1])
     assert not torch.equal(r, per_example_normals(x, ids, seed=3, draw=1, num_samples=6))
     assert not torch.equal(r, per_example_normals(x, ids, seed=4, draw=0, num_samples=6))
+
+
+def test_star_import_gives_every_public_name():
+    import adt_fast.attacks as attacks
+
+    namespace: dict = {}
+    exec("from adt_fast.attacks import *", namespace)
+    assert set(attacks.__all__) <= set(namespace)
+    assert len(set(attacks.__all__)) == len(attacks.__all__)

@@ -362,3 +362,55 @@ def test_targeted_attacks_need_enough_classes():
     y = model(x).argmax(1)
     with pytest.raises(ValueError, match="at least 10 classes"):
         APGDAttack("apgd-t", EPS, loss="dlr-targeted").run(AttackContext(model), x, y, torch.arange(2))
+
+
+class _CountingForwards(nn.Module):
+    """A model that counts its forwards, to see whether any attack step ran."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.forwards = 0
+
+    def forward(self, x):
+        self.forwards += 1
+        return self.model(x)
+
+
+@pytest.mark.parametrize("classes, attacks, refused, needed", [
+    (5, "pgd20,mim,apgd-t", "'apgd-t'", "at least 10 classes"),
+    (5, "fgsm,fab-t", "'fab-t'", "at least 10 classes"),
+    (5, "pgd20,autoattack", "'autoattack'", "at least 10 classes"),
+    (2, "pgd20,apgd-dlr", "'apgd-dlr'", "at least 3 classes"),
+])
+def test_too_few_classes_stop_evaluate_before_any_attack_runs(classes, attacks, refused, needed):
+    model = _CountingForwards(_random_net(0, classes=classes))
+    x = _batch(4, dtype=torch.float32)
+    y = torch.arange(4) % classes
+    with pytest.raises(ValueError) as caught:
+        evaluate(model, x, y, epsilon=EPS, attacks=attacks, epsilon_curve=())
+    message = str(caught.value)
+    assert message.startswith("attacks: ") and refused in message and needed in message
+    assert f"the model returns {classes}" in message
+    assert model.forwards <= 1  # the one forward that reads the number of classes
+
+
+def test_dlr_refuses_too_few_classes_clearly():
+    two_classes = torch.tensor([[1.0, 0.0]])
+    with pytest.raises(ValueError, match="DLR loss needs .* at least 3 classes"):
+        dlr(two_classes, torch.tensor([0]))
+    with pytest.raises(ValueError, match="targeted DLR loss needs .* at least 4 classes"):
+        dlr_targeted(torch.zeros(1, 3), torch.tensor([0]), torch.tensor([1]))
+    model = _random_net(0, classes=2).double()
+    x = _batch(2)
+    with pytest.raises(ValueError, match="'apgd-dlr' .* at least 3 classes"):
+        APGDAttack("apgd-dlr", EPS, loss="dlr").perturb(model, x, torch.tensor([0, 1]))
+
+
+def test_class_needs_follow_the_number_of_targets():
+    assert APGDAttack("apgd-t", EPS, loss="dlr-targeted", targets=5).classes_needed()[0] == 6
+    assert APGDAttack("apgd-t", EPS, loss="dlr-targeted", targets=1).classes_needed()[0] == 4
+    assert FABAttack(EPS, targets=2).classes_needed()[0] == 3
+    assert APGDAttack("apgd-ce", EPS).classes_needed() is None
+    assert SquareAttack(EPS).classes_needed() is None
+    assert AutoAttack("autoattack", EPS).classes_needed()[0] == 10

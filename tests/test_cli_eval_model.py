@@ -87,3 +87,23 @@ def test_model_needs_a_dataset(tmp_path, capsys):
     code = main(["eval", "--model", FACTORY, "--n-examples", "4", "--out", str(tmp_path / "e.json")])
     assert code == 2
     assert "error: --dataset: required with --model" in capsys.readouterr().err
+
+
+def test_attacks_needing_more_classes_than_the_dataset_has_blame_attacks(tmp_path, monkeypatch, capsys):
+    np = pytest.importorskip("numpy")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
+    labels = np.arange(10) % 5
+    np.savez(tmp_path / "five.npz", x_train=images, y_train=labels, x_test=images, y_test=labels)
+    (tmp_path / "five_class_models.py").write_text(
+        "from torch import nn\n\n"
+        "def build():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code = main(["eval", "--model", "five_class_models:build", "--dataset", str(tmp_path / "five.npz"),
+                 "--attacks", "pgd20,mim,apgd-t", "--epsilon-curve", "", "--out", str(tmp_path / "e.json")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "error: --attacks: 'apgd-t'" in err and "at least 10 classes" in err, err
+    assert "returns 5" in err and "Traceback" not in err
+    assert not (tmp_path / "e.json").exists()

@@ -111,3 +111,55 @@ def test_small_cnn_learns_the_synthetic_dataset():
     with torch.no_grad():
         accuracy = (model.eval()(x_test).argmax(1) == y_test).float().mean().item()
     assert accuracy > 0.9
+
+
+# ----------------------------------------------------------------------------- Normalized
+
+
+def _normalized(model):
+    from adt_fast.models import Normalized
+
+    return Normalized(model, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]).eval()
+
+
+def test_normalized_keeps_the_feature_split_only_when_the_model_has_one():
+    x = torch.rand(2, 3, 8, 8)
+    wrapped = _normalized(_built("small-cnn", num_classes=10, in_channels=3, image_size=8))
+    _check_split_matches_forward(wrapped, x, 10)
+    torch.testing.assert_close(wrapped.features(x), wrapped.model.features((x - 0.5) / 0.25))
+    plain = _normalized(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10)))
+    assert not hasattr(plain, "features") and not hasattr(plain, "head")
+
+
+def test_a_copy_of_a_normalized_model_computes_features_with_its_own_weights():
+    import copy
+
+    original = _normalized(_built("small-cnn", num_classes=10, in_channels=3, image_size=8))
+    duplicate = copy.deepcopy(original)
+    with torch.no_grad():
+        for parameter in duplicate.parameters():
+            parameter.add_(1.0)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        assert not torch.allclose(duplicate.features(x), original.features(x))
+        torch.testing.assert_close(duplicate.head(duplicate.features(x)), duplicate(x))
+
+
+def test_a_normalized_model_saves_and_loads_whole_and_by_state_dict(tmp_path):
+    model = _normalized(_built("small-cnn", num_classes=10, in_channels=3, image_size=8))
+    keys = list(model.state_dict())
+    assert not any(key.startswith("head.") for key in keys)
+    assert len(keys) == len(set(keys)) == len(model.model.state_dict()) + 2  # + mean, std
+    torch.save(model, tmp_path / "whole.pt")
+    loaded = torch.load(tmp_path / "whole.pt", weights_only=False)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.features(x), model.features(x))
+        torch.testing.assert_close(loaded(x), model(x))
+    fresh = _normalized(_built("small-cnn", num_classes=10, in_channels=3, image_size=8))
+    with torch.no_grad():
+        for parameter in fresh.parameters():
+            parameter.zero_()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x))

@@ -2,8 +2,10 @@
 explicit-distribution fit, and the robustness evaluation (`evaluate` -> `Report`).
 See docs/evaluation.md."""
 
+from .autoattack import APGDAttack, AutoAttack, FABAttack, SquareAttack
 from .distribution import DistributionFit, fit_distribution
-from .engine import eval_mode, iterative_attack, per_example_start, project, uniform_start
+from .engine import (apgd, apgd_checkpoints, eval_mode, iterative_attack, per_example_start,
+                     project, uniform_start)
 from .evaluation import DEFAULT_EPSILON_CURVE, evaluate
 from .report import Report, sanity_warnings, worst_case
 from .suite import (ATTACK_NAMES, DEFAULT_ATTACKS, Attack, AttackContext, AttackOutcome,

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
 from .engine import apgd, eval_mode, per_example_start, per_example_words
-from .losses import cross_entropy, cw_margin, dlr, dlr_targeted
+from .losses import DLR_CLASSES, DLR_TARGETED_CLASSES, cross_entropy, cw_margin, dlr, dlr_targeted
 from .suite import Attack, AttackContext, AttackOutcome, check_epsilon, stream_seed
 
 APGD_STEPS, APGD_RESTARTS, APGD_RHO, APGD_MOMENTUM = 100, 1, 0.75, 0.75
@@ -47,19 +47,28 @@ def _count(value, name: str, minimum: int = 1) -> int:
     return value
 
 
-def _clean(ctx: AttackContext, x: torch.Tensor, y: torch.Tensor):
-    """The clean logits and which examples the model gets right (the ones worth attacking)."""
+def _clean(ctx: AttackContext, attack: Attack, x: torch.Tensor, y: torch.Tensor):
+    """The clean logits and which examples the model gets right (the ones worth attacking).
+
+    The first forward of every attack here: a model with too few classes for `attack` is
+    refused before any step (`evaluate` checks this up front; this covers a direct run).
+    """
     with torch.no_grad():
         logits = ctx.logits(x)
+    problem = attack.too_few_classes(logits.shape[1])
+    if problem is not None:
+        raise ValueError(problem)
     return logits, logits.argmax(1) == y
 
 
 def _targets(logits: torch.Tensor, count: int) -> torch.Tensor:
     """(B, count): the classes with the 2nd, 3rd, ... highest clean logits (APGD-T, FAB-T)."""
-    if logits.shape[1] < count + 1:
-        raise ValueError(f"a targeted attack with {count} targets needs at least {count + 1} "
-                         f"classes; the model returns {logits.shape[1]}")
     return logits.argsort(dim=1, descending=True)[:, 1:count + 1]
+
+
+def _targets_need(count: int) -> Tuple[int, str]:
+    """The classes that `count` targets beside the predicted class need, and why."""
+    return count + 1, f"it targets the {count} classes with the highest clean logits after the top one"
 
 
 class _Tries:
@@ -119,6 +128,16 @@ class APGDAttack(Attack):
     def targeted(self) -> bool:
         return self.loss == "dlr-targeted"
 
+    def classes_needed(self) -> Optional[Tuple[int, str]]:
+        if self.loss == "dlr":
+            return DLR_CLASSES, "the DLR loss divides by the gap between the 1st and 3rd largest logits"
+        if self.targeted:
+            count, why = _targets_need(self.targets)
+            if count < DLR_TARGETED_CLASSES:
+                return DLR_TARGETED_CLASSES, "the targeted DLR loss reads the 4 largest logits"
+            return count, why
+        return None
+
     def settings(self) -> dict:
         out = {"norm": "linf", "epsilon": self.epsilon, "steps": self.steps,
                "restarts": self.restarts, "initial_step_size": 2 * self.epsilon,
@@ -134,7 +153,7 @@ class APGDAttack(Attack):
         seed = stream_seed(ctx.seed, self.name)
         tries_per_example = (self.targets if self.targeted else 1) * self.restarts
         with eval_mode(ctx.model):
-            logits, correct = _clean(ctx, x, y)
+            logits, correct = _clean(ctx, self, x, y)
             targets = _targets(logits, self.targets) if self.targeted else None
             tries = _Tries(x, correct)
             for target in range(self.targets if self.targeted else 1):
@@ -224,10 +243,13 @@ class FABAttack(Attack):
                 "beta": self.beta, "random_start": False,
                 "broken_if": "the smallest adversarial point found lies within epsilon"}
 
+    def classes_needed(self) -> Optional[Tuple[int, str]]:
+        return _targets_need(self.targets)
+
     def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor,
             example_ids: torch.Tensor) -> AttackOutcome:
         with eval_mode(ctx.model):
-            logits, correct = _clean(ctx, x, y)
+            logits, correct = _clean(ctx, self, x, y)
             targets = _targets(logits, self.targets)
             tries = _Tries(x, correct)
             for target in range(self.targets):
@@ -321,7 +343,7 @@ class SquareAttack(Attack):
         with eval_mode(ctx.model), torch.no_grad():
             stripes = per_example_start(x, example_ids, seed)[:, :, :1, :].sign()
             stripes = torch.where(stripes == 0, torch.ones_like(stripes), stripes)
-            correct = _clean(ctx, x, y)[1]
+            correct = _clean(ctx, self, x, y)[1]
             # examples the model already gets wrong are broken by x itself
             x_best = torch.where(correct.view(-1, 1, 1, 1),
                                  torch.clamp(x + self.epsilon * stripes, 0, 1), x)
@@ -388,10 +410,19 @@ class AutoAttack(Attack):
                 "broken_if": "any component breaks the point; each runs only on the points the "
                              "previous ones left robust"}
 
+    def classes_needed(self) -> Optional[Tuple[int, str]]:
+        """What the most demanding component needs: any component may get to run."""
+        needs = [(need, attack) for attack in self.components
+                 if (need := attack.classes_needed()) is not None]
+        if not needs:
+            return None
+        (count, why), attack = max(needs, key=lambda pair: pair[0][0])
+        return count, f"its {attack.label}: {why}"
+
     def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor,
             example_ids: torch.Tensor) -> AttackOutcome:
         with eval_mode(ctx.model):
-            tries = _Tries(x, _clean(ctx, x, y)[1])
+            tries = _Tries(x, _clean(ctx, self, x, y)[1])
         trace = {"robust_before": tries.robust.cpu().clone()}
         for attack in self.components:
             index = tries.alive()

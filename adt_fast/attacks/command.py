@@ -20,7 +20,7 @@ from typing import Any, List, Optional
 
 from ..distributed import DistributedError, local_device, session
 from .suite import (DEFAULT_ATTACKS, DIST_STEPS, FEATURE_TARGETS, MAX_EPSILON, PAPER_ATTACKS, PAPER_FEATURE_TARGETS, PRECISIONS,
-                    parse_attacks)
+                    class_shortfall, make_attack, parse_attacks)
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -372,9 +372,14 @@ def plan(args) -> EvalPlan:
     source = None
     if source_checkpoint is not None:
         source = _load_model(source_checkpoint, "--source-checkpoint", info, device)
+    # Both loaders made sure the model returns the dataset's number of classes.
+    names = _attacks_to_run(args.protocol, attacks)
+    too_few = class_shortfall((make_attack(name, epsilon) for name in names), info.num_classes)
+    if too_few is not None:
+        raise EvalError("--attacks", too_few)
     x, y = _limit(args, info, *test_split())
     try:
-        check_attacks_can_run(_attacks_to_run(args.protocol, attacks), device, x.dtype)
+        check_attacks_can_run(names, device, x.dtype)
     except ValueError as err:
         raise EvalError("--device", str(err)) from None
     try:

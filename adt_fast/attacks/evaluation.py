@@ -27,7 +27,8 @@ from .report import Report, attack_order, sanity_warnings, worst_case
 from .suite import (CW_STEPS, DEFAULT_ATTACKS, DIST_LAMBDA, DIST_SAMPLES, DIST_STEPS,
                     FEATURE_TARGETS, MAX_EPSILON, PAPER_ATTACKS, PAPER_CW_STEPS,
                     PAPER_FEATURE_TARGETS, AttackContext, check_epsilon, check_precision,
-                    default_step_size, make_attack, parse_attacks, pgd_attack, pgd_steps)
+                    class_shortfall, default_step_size, make_attack, parse_attacks, pgd_attack,
+                    pgd_steps)
 
 DEFAULT_EPSILON_CURVE = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
 DEFAULT_EPSILON = 8 / 255  # the CIFAR-10 budget of the paper and of RobustBench
@@ -101,7 +102,8 @@ def check_attacks_can_run(names: Sequence[str], device: torch.device, dtype: tor
 
 
 def _check_classes(ctx: AttackContext, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                   what: str) -> None:
+                   what: str) -> int:
+    """The number of classes `model` returns, checked against the labels with one forward."""
     with eval_mode(model), torch.no_grad():
         logits = ctx.logits(x[:1], model)
     if logits.dim() != 2:
@@ -109,6 +111,7 @@ def _check_classes(ctx: AttackContext, model: nn.Module, x: torch.Tensor, y: tor
     if int(y.max()) >= logits.shape[1]:
         raise ValueError(f"the labels go up to {int(y.max())} but the {what} returns "
                          f"{logits.shape[1]} logits: it was trained for another dataset")
+    return logits.shape[1]
 
 
 def _input_gradients(ctx: AttackContext, x: torch.Tensor, y: torch.Tensor):
@@ -190,18 +193,22 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     if emulated:
         warn(emulated, stacklevel=2)
 
+    attacks_asked = {name: make_attack(name, epsilon, dist_steps=dist_steps,
+                                       dist_samples=dist_samples, dist_lambda=dist_lambda,
+                                       feature_targets=feature_targets, cw_steps=cw_steps)
+                     for name in names}
     ctx = AttackContext(model, seed=seed, precision=precision, pool_x=x, pool_y=y,
                         source_model=source_model, batch_size=batch_size)
-    _check_classes(ctx, model, x[:1].to(device), y, "model")
+    num_classes = _check_classes(ctx, model, x[:1].to(device), y, "model")
+    too_few = class_shortfall(attacks_asked.values(), num_classes)
+    if too_few is not None:
+        raise ValueError(f"attacks: {too_few}")
     if source_model is not None:
         _check_classes(ctx, source_model, x[:1].to(device), y, "source model")
 
     # The suite: every pgdN is served by one PGD run of the largest N.
-    attack_kwargs = dict(dist_steps=dist_steps, dist_samples=dist_samples, dist_lambda=dist_lambda,
-                         feature_targets=feature_targets, cw_steps=cw_steps)
     pgd_names = [name for name in names if pgd_steps(name) is not None]
-    suite = {name: make_attack(name, epsilon, **attack_kwargs) for name in names
-             if pgd_steps(name) is None}
+    suite = {name: attack for name, attack in attacks_asked.items() if pgd_steps(name) is None}
     skipped = {}
     for name, attack in list(suite.items()):
         reason = attack.unavailable(ctx)
@@ -209,7 +216,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
             skipped[name] = reason
             del suite[name]
     trajectory = pgd_attack(epsilon, max(pgd_steps(n_) for n_ in pgd_names)) if pgd_names else None
-    settings = {name: make_attack(name, epsilon, **attack_kwargs).settings() for name in names}
+    settings = {name: attack.settings() for name, attack in attacks_asked.items()}
     for name in skipped:
         settings[name] = {**settings[name], "skipped": skipped[name]}
     reuse_eps = trajectory is not None and trajectory.steps >= EPSILON_CURVE_STEPS

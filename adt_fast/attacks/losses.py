@@ -43,6 +43,16 @@ def cosine_distance(features: torch.Tensor, target_features: torch.Tensor) -> to
     return 1 - F.cosine_similarity(features.float().flatten(1), target_features.float().flatten(1), dim=1)
 
 
+# The DLR losses' denominators read the 3rd (untargeted) and 4th (targeted) largest logits.
+DLR_CLASSES, DLR_TARGETED_CLASSES = 3, 4
+
+
+def _check_dlr_classes(logits: torch.Tensor, needed: int, loss: str) -> None:
+    if logits.dim() != 2 or logits.shape[1] < needed:
+        raise ValueError(f"the {loss} loss needs logits of shape (N, classes) with at least "
+                         f"{needed} classes, got {tuple(logits.shape)}")
+
+
 def dlr(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The Difference of Logits Ratio (Croce & Hein, ICML 2020, Eq. 6), untargeted.
 
@@ -50,6 +60,7 @@ def dlr(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     order: invariant to shifting and rescaling the logits, so saturated softmaxes cannot hide the
     margin from the attack. Needs at least 3 classes.
     """
+    _check_dlr_classes(logits, DLR_CLASSES, "DLR")
     logits = logits.float()
     top = logits.sort(dim=1, descending=True).values
     return cw_margin(logits, y, float("inf")) / (top[:, 0] - top[:, 2] + 1e-12)
@@ -57,6 +68,7 @@ def dlr(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def dlr_targeted(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The targeted DLR: -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12). Needs 4 classes."""
+    _check_dlr_classes(logits, DLR_TARGETED_CLASSES, "targeted DLR")
     logits = logits.float()
     top = logits.sort(dim=1, descending=True).values
     gap = logits.gather(1, y[:, None]).squeeze(1) - logits.gather(1, target[:, None]).squeeze(1)

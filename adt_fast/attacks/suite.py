@@ -24,11 +24,12 @@ import contextlib
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Union
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
+from ..models.external import has_feature_split
 from .distribution import fit_distribution
 from .engine import eval_mode, iterative_attack, per_example_normals, per_example_start
 from .losses import cosine_distance, cross_entropy, cw_margin
@@ -243,6 +244,21 @@ class Attack:
         """Why this attack cannot run on ctx (then it is skipped and reported), else None."""
         return None
 
+    def classes_needed(self) -> Optional[Tuple[int, str]]:
+        """The fewest classes the model must return for this attack's loss or targets to exist,
+        and why; None when any classifier will do. Checked before any attack runs, since the
+        attack itself would only fail deep inside its steps."""
+        return None
+
+    def too_few_classes(self, num_classes: int) -> Optional[str]:
+        """Why a model returning `num_classes` logits is too small for this attack, else None."""
+        need = self.classes_needed()
+        if need is None or num_classes >= need[0]:
+            return None
+        count, why = need
+        return (f"{self.name!r} ({self.label}) needs a model with at least {count} classes "
+                f"({why}); the model returns {num_classes}")
+
     def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor,
             example_ids: torch.Tensor) -> AttackOutcome:
         raise NotImplementedError
@@ -337,10 +353,6 @@ def cw_attack(epsilon: float, steps: int = CW_STEPS, kappa: float = CW_KAPPA,
     step = default_step_size(epsilon) if step_size is None else step_size
     return GradientAttack("cw", epsilon, steps=steps, step_size=step, loss="cw", kappa=kappa,
                           stream="cw")
-
-
-def has_feature_split(model: nn.Module) -> bool:
-    return callable(getattr(model, "features", None)) and callable(getattr(model, "head", None))
 
 
 def choose_targets(y: torch.Tensor, example_ids: torch.Tensor, pool_y: torch.Tensor,
@@ -575,6 +587,12 @@ class TransferAttack(Attack):
         with eval_mode(ctx.model), torch.no_grad():
             correct = (ctx.logits(crafted.x_adv).argmax(1) == y).cpu()
         return AttackOutcome(correct, crafted.x_adv)
+
+
+def class_shortfall(attacks: Iterable[Attack], num_classes: int) -> Optional[str]:
+    """Why the first of `attacks` that needs more than `num_classes` classes cannot run, else None."""
+    problems = (attack.too_few_classes(num_classes) for attack in attacks)
+    return next((problem for problem in problems if problem is not None), None)
 
 
 def make_attack(name: str, epsilon: float, *, dist_steps: int = DIST_STEPS,

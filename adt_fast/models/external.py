@@ -25,20 +25,29 @@ class ExternalModelError(ValueError):
     """The factory, the weights or the normalisation cannot give a usable model."""
 
 
+def has_feature_split(model: nn.Module) -> bool:
+    """Whether model has FeaAttack's .features(x) / .head(features) split."""
+    return callable(getattr(model, "features", None)) and callable(getattr(model, "head", None))
+
+
 class Normalized(nn.Module):
     """model((x - mean) / std) per channel (dim 1), so attacks can work on inputs in [0, 1].
 
-    A wrapped model's .features / .head split (FeaAttack's) is kept.
+    A wrapped model's .features / .head split (FeaAttack's) is kept: the constructor then
+    returns a :class:`NormalizedFeatureSplit`, so that a model without the split still has none.
     """
+
+    def __new__(cls, model: Optional[nn.Module] = None, *args, **kwargs):
+        # Unpickling and deepcopy call __new__ with no arguments on the class already chosen.
+        if cls is Normalized and has_feature_split(model):
+            cls = NormalizedFeatureSplit
+        return super().__new__(cls)
 
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         self.model = model
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
-        if callable(getattr(model, "features", None)) and callable(getattr(model, "head", None)):
-            self.features = lambda x: self.model.features(self._normalise(x))
-            self.head = self.model.head
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or x.shape[1] != len(self.mean):
@@ -49,6 +58,16 @@ class Normalized(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(self._normalise(x))
+
+
+class NormalizedFeatureSplit(Normalized):
+    """A :class:`Normalized` model whose wrapped model has the .features / .head split."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.features(self._normalise(x))
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.head(features)
 
 
 def check_normalisation(mean: Optional[Sequence[float]], std: Optional[Sequence[float]]) -> None:
