@@ -81,6 +81,8 @@ def test_damaged_idx_files_are_refused_naming_the_file(tmp_path, damage, message
     with pytest.raises(DatasetFileError, match=message) as error:
         load("mnist", "test", data_dir=tmp_path)
     assert str(path) in str(error.value)
+    # download=True would verify the .gz files, not this unpacked one: the hint says so.
+    assert "; delete it: the published t10k-images-idx3-ubyte.gz beside it is then read" in str(error.value)
 
 
 def test_idx_count_mismatch_and_corrupt_gzip_are_refused(tmp_path):
@@ -221,6 +223,32 @@ def test_unreadable_npz_and_pickled_arrays_are_refused(tmp_path):
         open_dataset(str(path))
 
 
+def _not_an_npz(folder, case: str):
+    """A file given as --dataset that is no .npz: a lone .npy array, text, an .npz cut short."""
+    if case == "npy":
+        path = folder / "x.npy"
+        np.save(path, np.zeros((4, 8, 8), np.uint8))
+    elif case == "text":
+        path = folder / "data.csv"
+        path.write_text("label,pixel\n0,255\n")
+    else:
+        path = folder / "cut.npz"
+        np.savez(path, **_arrays(np.random.default_rng(0), "NHWC", np.uint8)[0])
+        path.write_bytes(path.read_bytes()[:-100])
+    return path
+
+
+@pytest.mark.parametrize("case", ["npy", "text", "truncated npz"])
+def test_files_that_are_not_npz_archives_are_named(tmp_path, case):
+    path = _not_an_npz(tmp_path, case)
+    with pytest.raises(DatasetFileError) as error:
+        open_dataset(str(path))
+    message = str(error.value)
+    assert message.startswith(f"{path.resolve()}: not an .npz archive")
+    assert "x_train, y_train, x_test, y_test" in message
+    assert "allow_pickle" not in message      # numpy's hint: loading it unsafely
+
+
 def test_dataset_arguments_that_do_not_apply_are_refused(tmp_path):
     with pytest.raises(DatasetSpecError, match="neither a dataset name"):
         open_dataset(str(tmp_path / "nowhere.npz"))
@@ -305,6 +333,10 @@ BAD_FOLDERS = {
     "class mismatch": (lambda r: __import__("shutil").rmtree(r / "test" / "cat"), "only in train/: \\['cat'\\]"),
     "no test folder": (lambda r: __import__("shutil").rmtree(r / "test"), "no test/ folder"),
     "stray file": (lambda r: (r / "train" / "readme.png").write_bytes(b""), "a file directly in train/"),
+    "float beyond 1": (lambda r: PIL.fromarray(np.full((8, 8), 255, np.float32)).save(r / "test" / "ant" / "f.tif"),
+                       r"f.tif: a mode F image's pixels must lie in \[0, 1\] \(1 is white\), found \[255, 255\]"),
+    "int beyond 16 bits": (lambda r: PIL.fromarray(np.full((8, 8), 70000, np.int32)).save(r / "train" / "bee" / "i.tif"),
+                           r"i.tif: a mode I image's pixels must lie in \[0, 65535\]"),
 }
 
 
@@ -324,3 +356,52 @@ def test_hidden_files_are_skipped(tmp_path, monkeypatch):
     _write_folder(tmp_path / "images")
     (tmp_path / "images" / "train" / "ant" / ".DS_Store").write_bytes(b"\0")
     assert open_dataset(str(tmp_path / "images")).train[0].shape[0] == 9
+
+
+def _deep_gray(mode: str):
+    """(pixels as fractions of white, the image, the format to save it in) for a grayscale mode
+    deeper than 8 bits; Pillow reads the file back in that mode."""
+    fractions = np.linspace(0, 1, 64).reshape(8, 8)
+    if mode == "F":
+        return fractions, PIL.fromarray(fractions.astype(np.float32)), "tif"
+    stored = np.rint(fractions * 65535).astype(np.uint16)
+    if mode == "I;16":
+        image, fmt = PIL.fromarray(stored), "png"
+    elif mode == "I;16B":
+        image, fmt = PIL.frombytes("I;16B", (8, 8), stored.astype(">u2").tobytes()), "tif"
+    else:  # 32-bit integer
+        image, fmt = PIL.fromarray(stored.astype(np.int32)), "tif"
+    return stored / 65535, image, fmt
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I", "F"])
+def test_deep_grayscale_images_are_scaled_not_clipped(tmp_path, monkeypatch, mode):
+    monkeypatch.setenv("ADT_FAST_CACHE_DIR", str(tmp_path / "cache"))
+    fractions, image, fmt = _deep_gray(mode)
+    for split in ("train", "test"):
+        for name, pixels in (("gradient", image), ("mirrored", image.transpose(PIL.Transpose.FLIP_LEFT_RIGHT))):
+            (tmp_path / "images" / split / name).mkdir(parents=True, exist_ok=True)
+            pixels.save(tmp_path / "images" / split / name / f"0.{fmt}")
+    assert PIL.open(tmp_path / "images" / "test" / "gradient" / f"0.{fmt}").mode == mode
+    loaded = open_dataset(str(tmp_path / "images"))
+    assert loaded.info.channels == 1
+    expected = torch.from_numpy(np.stack([fractions, fractions[:, ::-1]])[:, None]).float()
+    # Rounded to 8 bits like every decoded image: within half a step of 1/255.
+    torch.testing.assert_close(loaded.test[0], expected, rtol=0, atol=0.5 / 255 + 1e-6)
+    assert loaded.test[0].max() == 1.0
+
+
+def test_deep_grayscale_beside_colour_images_is_scaled_and_replicated(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADT_FAST_CACHE_DIR", str(tmp_path / "cache"))
+    fractions, image, fmt = _deep_gray("I;16")
+    for split in ("train", "test"):
+        for name in ("gray", "colour"):
+            (tmp_path / "images" / split / name).mkdir(parents=True, exist_ok=True)
+        image.save(tmp_path / "images" / split / "gray" / f"0.{fmt}")
+        PIL.fromarray(np.full((*fractions.shape, 3), 200, np.uint8), "RGB").save(
+            tmp_path / "images" / split / "colour" / "0.png")
+    loaded = open_dataset(str(tmp_path / "images"))
+    assert loaded.info.channels == 3
+    expected = torch.from_numpy(fractions).float().expand(3, *fractions.shape)
+    gray = loaded.test[0][loaded.test[1] == 1][0]  # classes sorted by name: colour 0, gray 1
+    torch.testing.assert_close(gray, expected, rtol=0, atol=0.5 / 255 + 1e-6)

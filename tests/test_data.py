@@ -173,6 +173,39 @@ def test_load_downloads_from_the_environment_url(tmp_path, file_server, monkeypa
     _assert_loaded(*load("cifar10", "test", data_dir=tmp_path / "data", download=True), *written["test"])
 
 
+def test_download_true_unpacks_a_damaged_batch_again(tmp_path, file_server, monkeypatch):
+    served, base_url = file_server
+    written, checksum = _serve_cifar10_archive(tmp_path, served)
+    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", checksum)
+    data_dir = tmp_path / "data"
+    download("cifar10", data_dir, base_url=base_url)
+    damaged = data_dir / "cifar-10-batches-py" / "test_batch"
+    damaged.write_bytes(damaged.read_bytes()[:200])
+    with pytest.raises(DatasetFileError) as error:
+        load("cifar10", "test", data_dir=data_dir)
+    message = str(error.value)
+    assert str(damaged) in message and "; delete it, or rerun with download=True (CLI: --download)" in message
+    monkeypatch.setenv("ADT_FAST_DATA_URL", base_url)
+    _assert_loaded(*load("cifar10", "test", data_dir=data_dir, download=True), *written["test"])
+
+
+def test_download_true_fetches_a_truncated_file_again(tmp_path, file_server, monkeypatch):
+    scipy_io = pytest.importorskip("scipy.io")
+    served, base_url = file_server
+    stored = np.random.default_rng(3).integers(0, 256, size=(32, 32, 3, 2), dtype=np.uint8)
+    for filename in ("train_32x32.mat", "test_32x32.mat"):
+        scipy_io.savemat(served / filename, {"X": stored, "y": np.array([[1], [2]], dtype=np.uint8)})
+        monkeypatch.setitem(fetch.MD5_CHECKSUMS, filename, hashlib.md5((served / filename).read_bytes()).hexdigest())
+    published = (served / "test_32x32.mat").read_bytes()
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "test_32x32.mat").write_bytes(published[:len(published) // 2])   # an interrupted copy
+    monkeypatch.setenv("ADT_FAST_DATA_URL", base_url)
+    x, y = load("svhn", "test", data_dir=data_dir, download=True)
+    assert y.tolist() == [1, 2] and x[1, 2, 3, 4] == pytest.approx(stored[3, 4, 2, 1] / 255)
+    assert (data_dir / "test_32x32.mat").read_bytes() == published
+
+
 def test_download_with_wrong_checksum_leaves_nothing_behind(tmp_path, file_server, monkeypatch):
     served, base_url = file_server
     _, checksum = _serve_cifar10_archive(tmp_path, served)

@@ -33,10 +33,14 @@ SPLITS = ("train", "test")
 MIN_IMAGE_SIZE = 8             # the classifiers' minimum, adt_fast.models.classifiers.MIN_IMAGE_SIZE
 CACHE_DIR_ENV = "ADT_FAST_CACHE_DIR"
 DEFAULT_CACHE_DIR = Path("~/.cache/adt_fast/image-folders")
-CACHE_FORMAT = "adt_fast.image-folder/1"
+CACHE_FORMAT = "adt_fast.image-folder/2"    # /1 caches hold 16-bit and float grayscale clipped
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                               ".ppm", ".pgm", ".pbm"})
-GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+# Grayscale modes deeper than 8 bits, and the value each gives white. Pillow opens 16-bit PNG and
+# TIFF as I;16 (I;16B big-endian), and 16-bit PGM as I, scaled to 0..65535 whatever the file's
+# maxval; so I (32-bit integer TIFFs too) is read on the 16-bit scale. Float (F) TIFFs hold [0, 1].
+DEEP_GRAYSCALE_WHITE = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+GRAYSCALE_MODES = frozenset({"1", "L", "LA", *DEEP_GRAYSCALE_WHITE})
 LAYOUT_NAMES = {"NHW": "N x H x W (grayscale)", "NHWC": "N x H x W x C (channels last)",
                 "NCHW": "N x C x H x W (channels first)"}
 
@@ -186,11 +190,20 @@ def _chw(images: np.ndarray) -> str:
 
 
 def read_npz(path: Path) -> Splits:
-    """The four arrays of an .npz file (never unpickled), validated."""
+    """The four arrays of an .npz file (never unpickled), validated.
+
+    The zip check comes first: given anything else, numpy returns an .npy's bare array, or
+    takes the file (a .mat, text) for a pickle and suggests allow_pickle, an unsafe fix.
+    """
     try:
-        with np.load(path, allow_pickle=False) as contents:
-            _require_keys(contents.files, str(path))
-            arrays = {key: contents[key] for key in NPZ_KEYS}
+        with open(path, "rb") as handle:
+            if not zipfile.is_zipfile(handle):
+                raise DatasetFileError(f"{path}: not an .npz archive, or a truncated one (an .npz is a zip of "
+                                       f"{', '.join(NPZ_KEYS)}, as numpy.savez writes them)")
+            handle.seek(0)
+            with np.load(handle, allow_pickle=False) as contents:
+                _require_keys(contents.files, str(path))
+                arrays = {key: contents[key] for key in NPZ_KEYS}
     except (FileNotFoundError, DatasetFileError):
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
@@ -289,6 +302,8 @@ def _decode(path: str, image_size: int | None, first: dict) -> np.ndarray:
                     raise DatasetFileError(
                         f"{path}: image is {size[0]}x{size[1]} but {other} is {width}x{height}; the images "
                         f"must share one size, or pass --image-size N (image_size=N) to resize them to N x N")
+            if image.mode in DEEP_GRAYSCALE_WHITE:
+                image = _deep_gray_to_8bit(image, path)
             converted = image.convert("L" if gray else "RGB")
             if image_size is not None and converted.size != (image_size, image_size):
                 converted = converted.resize((image_size, image_size), Image.Resampling.BILINEAR)
@@ -297,6 +312,21 @@ def _decode(path: str, image_size: int | None, first: dict) -> np.ndarray:
         if isinstance(error, DatasetFileError):
             raise
         raise DatasetFileError(f"{path}: cannot be read as an image ({error})") from None
+
+
+def _deep_gray_to_8bit(image, path: str):
+    """A 16-bit or float grayscale image as mode L, scaled by its white and rounded to the 8 bits
+    every decoded image has; Pillow's convert("L") would clip 16-bit values at 255 and truncate
+    [0, 1] floats to 0 or 1."""
+    from PIL import Image
+
+    white = DEEP_GRAYSCALE_WHITE[image.mode]
+    pixels = np.asarray(image, dtype=np.float64)
+    low, high = float(pixels.min()), float(pixels.max())
+    if not (0.0 <= low and high <= white):      # NaN fails too
+        raise DatasetFileError(f"{path}: a mode {image.mode} image's pixels must lie in [0, {white:g}] "
+                               f"({white:g} is white), found [{low:g}, {high:g}]")
+    return Image.fromarray(np.rint(pixels * (255 / white)).astype(np.uint8), "L")
 
 
 def _decode_folder(found: dict, image_size: int | None) -> dict:
@@ -323,7 +353,8 @@ def read_image_folder(root: Path, image_size: int | None = None, cache_dir: Path
     Classes are the train/ subfolders sorted by name (test/ must have the same ones); files are
     read recursively inside a class folder, hidden files and folders (a leading dot) skipped.
     Images are grayscale (1 channel) when every one of them is, else RGB (grayscale ones
-    replicated, alpha dropped). The decoded arrays go to ``cache_dir`` (default
+    replicated, alpha dropped); 16-bit and float grayscale is scaled to 8 bits
+    (``DEEP_GRAYSCALE_WHITE``). The decoded arrays go to ``cache_dir`` (default
     ``default_cache_dir()``) keyed by the folder's path and ``image_size``, and are reused while
     every file's path, size and mtime are unchanged.
     """

@@ -85,8 +85,11 @@ def load(name: str, split: str, data_dir: str | os.PathLike | None = None,
     """Load a split as ``(x, y)``: x float32 NCHW in [0, 1] (contiguous, CPU), y int64.
 
     For cifar10, cifar100, svhn, mnist and fashion-mnist, files are read from ``data_dir``
-    (default: see ``default_data_dir``); with ``download=True`` missing files are fetched first.
-    digits and synthetic need no files.
+    (default: see ``default_data_dir``). With ``download=True`` missing files are fetched first,
+    and a file that cannot be read is repaired: ``fetch.download`` checks the published files
+    against their MD5, fetches a damaged one again and unpacks archives again, and the split is
+    read once more. Only then, not on every run: data-parallel ranks share the folder, and
+    unpacking replaces it. digits and synthetic need no files.
     """
     dataset_info(name)
     if split not in SPLITS:
@@ -99,13 +102,22 @@ def load(name: str, split: str, data_dir: str | os.PathLike | None = None,
         directory = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
         if download and not all(path.is_file() for path in required_files(name, split, directory)):
             fetch.download(name, directory)
-        if name in CIFAR_LAYOUTS:
-            images, labels = read_cifar(name, split, directory)
-        elif name in IDX_FOLDERS:
-            images, labels = read_idx_dataset(name, split, directory)
-        else:
-            images, labels = read_svhn(split, directory)
+        try:
+            images, labels = _read_files(name, split, directory)
+        except DatasetFileError:
+            if not download:
+                raise
+            fetch.download(name, directory)
+            images, labels = _read_files(name, split, directory)
     return _to_tensors(images, labels)
+
+
+def _read_files(name: str, split: str, directory: Path) -> tuple[np.ndarray, np.ndarray]:
+    if name in CIFAR_LAYOUTS:
+        return read_cifar(name, split, directory)
+    if name in IDX_FOLDERS:
+        return read_idx_dataset(name, split, directory)
+    return read_svhn(split, directory)
 
 
 def _to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

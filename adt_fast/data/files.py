@@ -17,7 +17,8 @@ The layouts are the ones the official archives unpack to (and torchvision reads)
   uint32, then the data.
 
 Readers return ``(images uint8 (N, C, H, W), labels int64 (N,))`` as numpy arrays.
-A missing file raises FileNotFoundError; an unreadable one raises DatasetFileError.
+A missing file raises FileNotFoundError; an unreadable one raises DatasetFileError (both say
+how to get or repair the file).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DatasetFileError
-from .fetch import IDX_FOLDERS, official_urls
+from .fetch import IDX_FILES, IDX_FOLDERS, official_urls
 
 
 @dataclass(frozen=True)
@@ -86,14 +87,15 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         with opener(path, "rb") as handle:
             raw = handle.read()
     except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
-        raise DatasetFileError(f"cannot read IDX file {path}: {error}") from error
+        raise DatasetFileError(f"cannot read IDX file {path}: {error}; {_how_to_repair(path)}") from error
     header_bytes = 4 + 4 * ndim
     if len(raw) < header_bytes:
-        raise DatasetFileError(f"IDX file {path} is truncated: {len(raw)} bytes, shorter than its header")
+        raise DatasetFileError(f"IDX file {path} is truncated: {len(raw)} bytes, shorter than its header; "
+                               f"{_how_to_repair(path)}")
     if raw[0] != 0 or raw[1] != 0 or raw[2] != IDX_UBYTE or raw[3] != ndim:
         raise DatasetFileError(
             f"IDX file {path} has magic number {raw[:4].hex()}; expected 0000{IDX_UBYTE:02x}{ndim:02x} "
-            f"(uint8 data of {ndim} dimension{'s' if ndim > 1 else ''})"
+            f"(uint8 data of {ndim} dimension{'s' if ndim > 1 else ''}); {_how_to_repair(path)}"
         )
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     expected = int(np.prod(shape, dtype=np.int64))
@@ -101,7 +103,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     if actual != expected:
         what = "truncated" if actual < expected else "longer than its header says"
         raise DatasetFileError(f"IDX file {path} is {what}: the header gives shape {shape} "
-                               f"({expected} bytes of data), the file holds {actual}")
+                               f"({expected} bytes of data), the file holds {actual}; {_how_to_repair(path)}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header_bytes).reshape(shape).copy()  # writable for torch
 
 
@@ -135,7 +137,7 @@ def read_svhn(split: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         contents = scipy.io.loadmat(path, variable_names=("X", "y"))
     except Exception as error:  # as for pickles, a corrupt file can fail in many ways
-        raise DatasetFileError(f"cannot read SVHN file {path}: {error}; {_how_to_get('svhn', data_dir)}") from error
+        raise DatasetFileError(f"cannot read SVHN file {path}: {error}; {_how_to_repair(path)}") from error
     images, labels = contents.get("X"), contents.get("y")
     if images is None or labels is None:
         raise DatasetFileError(f"SVHN file {path} lacks the variables X and y")
@@ -186,7 +188,7 @@ def _read_cifar_batch(path: Path, name: str, data_dir: Path, layout: CifarLayout
         with open(path, "rb") as handle:
             batch = _CifarUnpickler(handle, encoding="bytes").load()
     except Exception as error:  # fuzzed files raise a dozen types, MemoryError and SystemError among them
-        raise DatasetFileError(f"cannot read {name} file {path}: {error}; {_how_to_get(name, data_dir)}") from error
+        raise DatasetFileError(f"cannot read {name} file {path}: {error}; {_how_to_repair(path)}") from error
     if not isinstance(batch, dict) or b"data" not in batch or layout.label_key not in batch:
         raise DatasetFileError(f"{name} file {path} is not a batch dict with keys b'data' and {layout.label_key!r}")
     images = batch[b"data"]
@@ -212,6 +214,17 @@ def _how_to_get(name: str, data_dir: Path) -> str:
     unpack = ", unpacking archives there" if name in CIFAR_LAYOUTS else ""
     target = data_dir / IDX_FOLDERS[name] if name in IDX_FOLDERS else data_dir
     return f"pass download=True (CLI: --download) or fetch {urls} into {target}{unpack}"
+
+
+def _how_to_repair(path: Path) -> str:
+    """The fix for a file that exists but cannot be read (an interrupted copy, say). download=True
+    then re-verifies and re-fetches the published files and unpacks archives again; an IDX file
+    unpacked by hand or by torchvision has no published checksum, so it is left alone and read first."""
+    if path.name in IDX_FILES:
+        return (f"delete it: the published {path.name}.gz beside it is then read (download=True, CLI: "
+                f"--download, fetches that if missing)")
+    return ("delete it, or rerun with download=True (CLI: --download) to check the downloaded files against "
+            "their published MD5, fetch any missing or damaged one again and unpack archives again")
 
 
 def _require_file(path: Path, name: str, data_dir: Path) -> None:
