@@ -2,24 +2,32 @@
 
 `write_atomic` writes a temporary file in the target's folder, flushes and fsyncs it, and renames
 it over the target, so a reader (or a kill at any moment) sees the old file or the new one, never
-half of one. `unwritable_reason` and `make_writable_dir` let a command check where its results
-will go before it spends hours computing them.
+half of one; only a kill during the write leaves its temporary file, which
+`remove_atomic_leftovers` clears. `unwritable_reason` and `make_writable_dir` let a command check
+where its results will go before it spends hours computing them. `lock_folder` keeps two
+processes from writing the same folder at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import IO, Callable, Optional, Union
+from typing import IO, Callable, Iterator, Optional, Union
 
 PathLike = Union[str, os.PathLike]
+
+# write_atomic's temporary files: ".TARGET." + mkstemp's 8 random characters + ".tmp".
+ATOMIC_SUFFIX = ".tmp"
+ATOMIC_LEFTOVER = re.compile(r"\..+\.[a-z0-9_]{8}" + re.escape(ATOMIC_SUFFIX))
 
 
 def write_atomic(path: PathLike, write: Callable[[IO], None], mode: str = "wb") -> Path:
     """Call write(handle) on a temporary file beside `path`, then rename it over `path`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=ATOMIC_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, mode) as handle:
             write(handle)
@@ -33,6 +41,42 @@ def write_atomic(path: PathLike, write: Callable[[IO], None], mode: str = "wb") 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_atomic_leftovers(folder: PathLike) -> list:
+    """Delete the temporary files that killed write_atomic calls left in `folder`; their names.
+
+    Only files named exactly as write_atomic names them go; call it only while no other process
+    writes to `folder` (see lock_folder), since a running write's temporary file looks the same.
+    """
+    removed = []
+    for entry in sorted(Path(folder).iterdir()):
+        if ATOMIC_LEFTOVER.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+            entry.unlink()
+            removed.append(entry.name)
+    return removed
+
+
+class FolderBusy(OSError):
+    """Another process holds the folder's lock (lock_folder)."""
+
+
+@contextlib.contextmanager
+def lock_folder(folder: PathLike) -> Iterator[None]:
+    """Hold an exclusive flock(2) on `folder` itself for the block; FolderBusy at once when another
+    process holds it. Locking the folder writes no lock file, and the kernel drops the lock when
+    its holder dies, so a killed run never blocks the next one."""
+    import fcntl  # POSIX only, as flock is
+
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderBusy(f"{folder} is locked by another process") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def unwritable_reason(folder: PathLike) -> Optional[str]:

@@ -244,6 +244,23 @@ def test_bad_or_inapplicable_settings_name_their_flag(method, changes, flag):
         TrainConfig(method, "synthetic", "unused", **changes).resolve()
 
 
+@pytest.mark.parametrize("batch_size,holds", [
+    ("479", "the last batch of each epoch would hold 1 of the 1438 training examples"),  # 1438 = 3 * 479 + 1
+    ("1", "every training batch would hold one example"),
+])
+def test_adt_imp_am_refuses_a_training_batch_of_one_before_writing(tmp_path, capsys, batch_size, holds):
+    """On 8 px digits the q-network's BatchNorm ends at 1x1 features: a batch of one example is a
+    ValueError in training mode, which crashed the run at the first epoch's end."""
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--method", "adt-imp-am", *SMALL_GEN, "--batch-size", batch_size,
+                 "--epochs", "1", "--no-tensorboard", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"adt-fast train: error: --batch-size {batch_size}: {holds}, and the BatchNorm "
+                          f"layers of the q-network need at least 2 examples in training")
+    assert not out.exists()
+
+
 def test_flags_reach_the_config(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--method", "adt-imp-am", *FAST, "--out", str(out), "--generator-width", "4",

@@ -2,11 +2,15 @@
 
 import os
 import random
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from adt_fast import load_model
+from adt_fast.files import remove_atomic_leftovers
 from adt_fast.models import build_model
 from adt_fast.train import TrainConfig, fit
 from adt_fast.train import checkpoint as ckpt
@@ -70,6 +74,24 @@ def test_save_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
         ckpt.save_atomic({"x": lambda: None}, target)  # unpicklable: the write fails midway
     assert torch.equal(ckpt.load(target)["x"], torch.arange(3))
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_the_leftover_of_a_killed_save_is_recognised_and_nothing_else(tmp_path):
+    """SIGKILL inside save_atomic leaves its temporary file; remove_atomic_leftovers knows its name."""
+    target = tmp_path / "checkpoint.pt"
+    ckpt.save_atomic({"x": torch.arange(3)}, target)
+    killed = ("import os, signal, sys, torch\n"
+              "from adt_fast.train.checkpoint import save_atomic\n"
+              "torch.save = lambda obj, handle: (handle.write(b'half'), os.kill(os.getpid(), signal.SIGKILL))\n"
+              "save_atomic({'x': 1}, sys.argv[1])\n")
+    done = subprocess.run([sys.executable, "-c", killed, str(target)], timeout=120)
+    assert done.returncode == -signal.SIGKILL
+    (tmp_path / "notes.tmp").write_text("mine")
+    leftover = [p.name for p in tmp_path.iterdir() if p.name not in ("checkpoint.pt", "notes.tmp")]
+    assert len(leftover) == 1 and leftover[0].startswith(".checkpoint.pt.")
+    assert remove_atomic_leftovers(tmp_path) == leftover
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "notes.tmp"]
+    assert torch.equal(ckpt.load(target)["x"], torch.arange(3))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage0", "garbage1", "garbage2", "empty"])

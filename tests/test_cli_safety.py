@@ -19,6 +19,7 @@ import adt_fast
 from adt_fast.attacks import evaluation
 from adt_fast.cli import main
 from adt_fast.devices import DeviceError
+from adt_fast.files import lock_folder
 from adt_fast.train import loop
 from adt_fast.train.checkpoint import save_atomic
 
@@ -287,6 +288,37 @@ def test_train_interrupt_says_what_it_kept(tmp_path, capsys, monkeypatch, after_
     else:
         assert "intact" not in err and "no checkpoint yet" in err
         assert not (out / "checkpoint.pt").exists()
+
+
+def test_train_into_a_run_directory_another_process_trains_is_refused(run_copy, capsys):
+    before = snapshot(run_copy)
+    with lock_folder(run_copy):  # what the other process's run holds
+        err = refused(["train", "--resume", "--out", str(run_copy), "--epochs", "5"], capsys)
+    assert err == (f"adt-fast train: error: --out {run_copy}: another process is training this run "
+                   f"directory (it holds its lock); wait for it to end, or choose another --out")
+    assert snapshot(run_copy) == before
+
+
+def test_eval_after_a_longer_resume_was_interrupted_reads_the_newest_epoch(run_copy, capsys, monkeypatch):
+    trained = loop.Trainer.train_epoch
+
+    def train_epoch(self):
+        if self.epoch == 4:
+            raise KeyboardInterrupt
+        return trained(self)
+    monkeypatch.setattr(loop.Trainer, "train_epoch", train_epoch)
+    refused(["train", "--resume", "--out", str(run_copy), "--epochs", "5"], capsys, code=130)
+    seen = {}
+
+    def record(model, *args, **kwargs):
+        seen["weights"] = {k: v.clone() for k, v in model.state_dict().items()}
+        raise KeyboardInterrupt
+    monkeypatch.setattr(evaluation, "evaluate", record)
+    refused(["eval", "--checkpoint", str(run_copy), *EVAL_FAST, "--out", str(run_copy / "r.json")], capsys,
+            code=130)
+    newest = torch.load(run_copy / "checkpoint.pt", weights_only=True)
+    assert newest["epoch"] == 4
+    assert all(torch.equal(seen["weights"][k], v) for k, v in newest["model"].items())
 
 
 def test_train_interrupt_before_the_run_starts(tmp_path, capsys, monkeypatch):

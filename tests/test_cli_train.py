@@ -67,6 +67,14 @@ def test_resume_takes_the_runs_settings(tmp_path, capsys):
     assert "--lr" in err and "config.json" in err
 
 
+def test_resume_takes_the_runs_lr_drop_in_any_order(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--method", "standard", *FAST, "--lr-drop", "5", "3", "--out", str(out)]) == 0
+    assert main(["train", "--resume", "--out", str(out), "--lr-drop", "5", "3", "--epochs", "2"]) == 0, \
+        capsys.readouterr().err
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2]
+
+
 @pytest.mark.parametrize("argv,flag", [
     (["--method", "adt-exp", "--epsilon", "-1"], "--epsilon"),
     (["--method", "adt-exp", "--steps", "-2"], "--steps"),
@@ -75,6 +83,7 @@ def test_resume_takes_the_runs_settings(tmp_path, capsys):
     (["--method", "at-pgd", "--samples", "3"], "--samples"),
     (["--method", "adt-exp", "--beta", "3"], "--beta"),
     (["--dataset", "synthetic"], "--method"),
+    (["--method", "standard", "--seed", str(2**64)], "--seed"),
 ])
 def test_bad_flags_are_clear_errors(tmp_path, capsys, argv, flag):
     base = [] if "--dataset" in argv else ["--dataset", "synthetic"]

@@ -2,17 +2,22 @@
 
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
 from torch import nn
 
+import adt_fast
+from adt_fast import data as datasets
 from adt_fast.attacks.losses import cross_entropy
+from adt_fast.distributed import World
+from adt_fast.files import lock_folder
 from adt_fast.train import (METHODS, ComposedMethod, ConfigError, Method, MethodSpec, StepOutput,
                             TrainConfig, fit, read_metrics, register_method)
 from adt_fast.train import checkpoint as ckpt
 from adt_fast.train import loop
-from adt_fast.train.config import flag
+from adt_fast.train.config import MAX_SEED, flag
 
 
 def _cfg(method, out, **kw):
@@ -116,6 +121,147 @@ def test_resume_can_extend_a_finished_run(tmp_path):
     assert ckpt.load(out / ckpt.FINAL_MODEL)["epoch"] == 2
 
 
+def _stop_after_epoch(monkeypatch, epoch):
+    """Ctrl-C as epoch `epoch` + 1 starts, once `epoch` epochs are checkpointed."""
+    trained = loop.Trainer.train_epoch
+
+    def train_epoch(self):
+        if self.epoch == epoch:
+            raise KeyboardInterrupt
+        return trained(self)
+    monkeypatch.setattr(loop.Trainer, "train_epoch", train_epoch)
+
+
+def test_a_longer_resume_cut_short_leaves_its_newest_weights_to_eval(tmp_path, monkeypatch, capsys):
+    """A finished run's model.pt must not outlive a resume that trains further: eval --checkpoint
+    RUN_DIR (resolve, load_model) would score it instead of the newer checkpoint."""
+    out = tmp_path / "run"
+    fit(_cfg("standard", out, epochs=1, max_batches=1, lr_drop=[]))
+    _stop_after_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(_cfg("standard", out, epochs=3, max_batches=1, lr_drop=[], resume=True))
+    assert f"removed {out / ckpt.FINAL_MODEL}" in capsys.readouterr().out
+    assert not (out / ckpt.FINAL_MODEL).exists()
+    assert ckpt.resolve(out) == out / ckpt.LATEST
+    newest = ckpt.load(out)
+    assert newest["epoch"] == 2
+    model = adt_fast.load_model(out)  # what adt-fast eval --checkpoint RUN_DIR loads
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, newest["model"][name]), name
+
+
+def test_resume_accepts_the_runs_lr_drop_in_any_order(tmp_path):
+    out = tmp_path / "run"
+    fit(_cfg("standard", out, epochs=1, max_batches=1, lr_drop=[5, 3]))
+    assert TrainConfig.load(out).lr_drop == [3, 5]
+    fit(_cfg("standard", out, epochs=2, max_batches=1, lr_drop=[5, 3], resume=True))
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2]
+    with pytest.raises(ConfigError, match=r"--lr-drop \[3, 4\] \(the run has \[3, 5\]\)"):
+        fit(_cfg("standard", out, epochs=2, max_batches=1, lr_drop=[4, 3], resume=True))
+
+
+def test_the_largest_seed_trains(tmp_path):
+    out = fit(_cfg("standard", tmp_path / "run", epochs=1, max_batches=1, seed=MAX_SEED))
+    assert TrainConfig.load(out).seed == 2**64 - 1
+
+
+def test_resume_removes_only_the_temporary_files_of_killed_atomic_writes(tmp_path, capsys):
+    out = tmp_path / "run"
+    fit(_cfg("standard", out, epochs=1, max_batches=1, lr_drop=[]))
+    leftovers = [".checkpoint.pt.k2x_9qaz.tmp", ".metrics.jsonl.abcdefgh.tmp"]
+    kept = [".notes.tmp", "checkpoint.pt.k2x_9qaz.tmp", ".checkpoint.pt.k2x_9qaz.tmp.keep",
+            ".checkpoint.pt.ABCDEFGH.tmp", ".checkpoint.pt.abc.tmp"]
+    for name in leftovers + kept:
+        (out / name).write_text("mine")
+    (out / ".model.pt.dir00000.tmp").mkdir()  # not a file: not the writer's
+    fit(_cfg("standard", out, epochs=1, max_batches=1, lr_drop=[], resume=True))
+    assert "removed 2 temporary file(s)" in capsys.readouterr().out
+    assert not any((out / name).exists() for name in leftovers)
+    assert all((out / name).read_text() == "mine" for name in kept)
+    assert (out / ".model.pt.dir00000.tmp").is_dir()
+
+
+def test_a_run_directory_trains_in_one_process_at_a_time(tmp_path):
+    out = tmp_path / "run"
+    fit(_cfg("standard", out, epochs=1, max_batches=1, lr_drop=[]))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with lock_folder(out):  # as another process training there holds it
+        with pytest.raises(ConfigError, match=f"--out {out}: another process is training this run directory"):
+            fit(_cfg("standard", out, epochs=2, max_batches=1, lr_drop=[], resume=True))
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    fit(_cfg("standard", out, epochs=2, max_batches=1, lr_drop=[], resume=True))  # released
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2]
+
+
+def test_a_run_that_goes_on_while_a_resume_starts_is_not_overwritten(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    fit(_cfg("standard", out, epochs=2, max_batches=1, lr_drop=[]))
+    checked = loop.check_resumable
+
+    def meanwhile(cfg, done):  # another process finishes an epoch after this one read the checkpoint
+        checked(cfg, done)
+        state = ckpt.load(out / ckpt.LATEST)
+        ckpt.save_atomic({**state, "epoch": 3}, out / ckpt.LATEST)
+    monkeypatch.setattr(loop, "check_resumable", meanwhile)
+    with pytest.raises(ConfigError, match="another process wrote checkpoint.pt while this resume was starting"):
+        fit(_cfg("standard", out, epochs=4, max_batches=1, lr_drop=[], resume=True))
+    assert ckpt.load(out / ckpt.LATEST)["epoch"] == 3 and len(read_metrics(out)) == 2
+
+
+def test_a_new_run_started_meanwhile_in_the_same_out_is_not_overwritten(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    built = loop.build_trainer
+
+    def meanwhile(cfg, dataset, world=None):  # another process starts a run there first
+        trainer = built(cfg, dataset, world)
+        out.mkdir()
+        (out / "config.json").write_text("theirs")
+        return trainer
+    monkeypatch.setattr(loop, "build_trainer", meanwhile)
+    with pytest.raises(ConfigError, match="another process started a run there"):
+        fit(_cfg("standard", out, epochs=1, max_batches=1))
+    assert [p.name for p in out.iterdir()] == ["config.json"] and (out / "config.json").read_text() == "theirs"
+
+
+def _digits(**settings):
+    cfg = TrainConfig(settings.pop("method", "standard"), "digits", "unused", epochs=1, **settings).resolve()
+    return cfg, datasets.open_dataset("digits")
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"arch": "resnet18", "batch_size": 479},  # digits: 1438 = 3 * 479 + 1
+     "--batch-size 479: the last batch of each epoch would hold 1 of the 1438 training examples, and the "
+     "BatchNorm layers of the classifier (resnet18) need at least 2 examples in training"),
+    ({"arch": "resnet18", "batch_size": 1}, "--batch-size 1: every training batch would hold one example"),
+    ({"method": "adt-imp-am", "generator_width": 4, "batch_size": 479}, "BatchNorm layers of the q-network"),
+    ({"method": "adt-imp-am", "generator_width": 4, "batch_size": 1}, "every training batch would hold one"),
+])
+def test_a_training_batch_of_one_is_refused_where_batchnorm_needs_two(settings, message):
+    """resnet18 and the q-network end at 1x1 features on 8 px images: training-mode BatchNorm
+    refuses a single value per channel, which would crash the run at an epoch's end."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        loop.build_trainer(*_digits(**settings))
+
+
+@pytest.mark.parametrize("settings", [
+    {"batch_size": 479},                                        # small-cnn trains on one example
+    {"arch": "resnet18", "batch_size": 479, "max_batches": 3},  # stops before the last batch
+    {"arch": "resnet18", "batch_size": 478},                    # a last batch of 4
+])
+def test_batches_that_batchnorm_can_train_on_are_accepted(settings):
+    loop.build_trainer(*_digits(**settings))
+
+
+def test_a_batch_of_one_per_process_is_refused_unless_batchnorm_is_synchronised():
+    cfg, _ = _digits(arch="resnet18", batch_size=2, sync_bn=False)
+    with pytest.raises(ConfigError, match="every training batch would hold one example per process"):
+        loop._check_two_examples(cfg, 1438, World(size=2), ["the classifier (resnet18)"])
+    loop._check_two_examples(dataclasses.replace(cfg, sync_bn=True), 1438, World(size=2),
+                             ["the classifier (resnet18)"])
+    with pytest.raises(ConfigError, match=r"would hold 2 of the 1438 training examples \(1 per process\)"):
+        loop._check_two_examples(dataclasses.replace(cfg, batch_size=4), 1438, World(size=2), ["q"])
+
+
 def test_resume_before_the_first_checkpoint_starts_over(tmp_path, monkeypatch):
     out = tmp_path / "run"
     fit(_cfg("standard", out, epochs=1, max_batches=2))
@@ -135,7 +281,7 @@ def test_resume_before_the_first_checkpoint_starts_over(tmp_path, monkeypatch):
     ({"lr": 0.0}, "--lr"), ({"precision": "fp8"}, "--precision"), ({"loss": "hinge"}, "--loss"),
     ({"lbd": -0.1}, "--lbd"), ({"dist_betas": (0.0, 1.0)}, "--dist-betas"), ({"device": "tpu"}, "--device"),
     ({"backend": "magic"}, "--backend"), ({"lr_drop": [0]}, "--lr-drop"), ({"max_batches": 0}, "--max-batches"),
-    ({"epsilon": float("nan")}, "--epsilon"),
+    ({"epsilon": float("nan")}, "--epsilon"), ({"seed": 2**64}, "--seed"),
 ])
 def test_bad_settings_name_their_flag(tmp_path, changes, flag):
     settings = {"method": "adt-exp", **changes}

@@ -36,7 +36,7 @@ from ..models.generators import PerturbationGenerator, QNetwork
 from .config import NO_HINGE
 from .methods import (CEInner, CEOuter, ComposedMethod, Method, MethodSpec, OuterLoss, Perturbation, PGD,
                       Runtime, StepOutput, TradesOuter, _detached, _pgd_step_size, inner_entropy_weight,
-                      register_method)
+                      needs_two_examples, register_method)
 
 
 def _run(rt: Runtime, net: nn.Module, *args: torch.Tensor):
@@ -66,6 +66,10 @@ class GeneratorPerturbation:
 
     def modules(self) -> dict:
         return {"generator": self.generator}
+
+    def networks_needing_two_examples(self, x: torch.Tensor) -> list:
+        """See Method.networks_needing_two_examples; the generator keeps the image size (stride 1)."""
+        return []
 
     def inputs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rt: Runtime) -> torch.Tensor:
         return am.generator_inputs(model, x, y, self.epsilon, forward=lambda inp: rt.forward(model, inp),
@@ -112,6 +116,10 @@ class ImplicitGenerator(GeneratorPerturbation):
     def modules(self) -> dict:
         return {"generator": self.generator, "q": self.q}
 
+    def networks_needing_two_examples(self, x):
+        """q ends in 1x1 features on images of up to 23 px (smaller ones are padded to 20)."""
+        return ["the q-network"] if needs_two_examples(self.q, torch.zeros_like(x)) else []
+
     def __call__(self, model, x, y, rt):
         inputs = self.inputs(model, x, y, rt)
         z = rt.draw(lambda like: am.sample_noise(like.shape[0], self.generator.noise_dim, like.device), x)
@@ -147,6 +155,9 @@ class AmortizedMethod(Method):
 
     def schedulers(self) -> dict:
         return self._schedulers
+
+    def networks_needing_two_examples(self, x):
+        return self.perturbation.networks_needing_two_examples(x)
 
     def step(self, model, x, y):
         x_adv, entropy = self.perturbation(model, x, y, self.runtime)

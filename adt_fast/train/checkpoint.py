@@ -36,7 +36,10 @@ def save_atomic(payload: dict, path: PathLike) -> Path:
 
 
 def resolve(path: PathLike) -> Path:
-    """A checkpoint file: `path` itself, or a run directory's final model, else its latest checkpoint."""
+    """A checkpoint file: `path` itself, or a run directory's final model, else its latest checkpoint.
+
+    model.pt is never older than checkpoint.pt: a resume that trains further removes it first
+    (loop.clear_for_resume), so a run directory always resolves to its newest model."""
     path = Path(path)
     if path.is_dir():
         for name in (FINAL_MODEL, LATEST):

@@ -51,6 +51,7 @@ class ConfigError(ValueError):
 
 
 PAPER_EPOCHS = 76
+MAX_SEED = 2**64 - 1  # torch.manual_seed takes an unsigned 64-bit seed
 # The offline sets are tiny (digits: 1,438 training images); their demo runs in about a minute on
 # a laptop CPU instead of C.3's 76 epochs, which were tuned for CIFAR-10.
 SMALL_DATASET_EPOCHS = {"digits": 15, "synthetic": 5}
@@ -199,7 +200,7 @@ class TrainConfig:
             cfg.epochs = SMALL_DATASET_EPOCHS.get(cfg.dataset, PAPER_EPOCHS)
         _int(cfg, "epochs", 1)
         _int(cfg, "batch_size", 1)
-        _int(cfg, "seed", 0)
+        _int(cfg, "seed", 0, high=MAX_SEED)
         _int(cfg, "save_freq", 0)
         if cfg.max_batches is not None:
             _int(cfg, "max_batches", 1)
@@ -211,10 +212,7 @@ class TrainConfig:
         if cfg.lr_drop is None:
             # C.3's schedule (drop at epoch 75 of 76) scaled to the run's length.
             cfg.lr_drop = [max(2, round(cfg.epochs * 75 / 76))] if cfg.epochs >= 2 else []
-        if not isinstance(cfg.lr_drop, (list, tuple)) or any(
-                isinstance(e, bool) or not isinstance(e, int) or e < 2 for e in cfg.lr_drop):
-            raise ConfigError(f"--lr-drop must be a list of epochs >= 2 (1-based), got {cfg.lr_drop!r}")
-        cfg.lr_drop = sorted(int(e) for e in cfg.lr_drop)
+        cfg.lr_drop = _sorted_lr_drop(cfg.lr_drop)
         if cfg.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
         if cfg.channels_last is None:
@@ -305,6 +303,8 @@ class TrainConfig:
         theirs, asked = saved.to_dict(), self.to_dict()
         if dataset is not None:
             asked["dataset"] = dataset.name
+        if asked["lr_drop"] is not None:  # the run stores its drops sorted: --lr-drop 5 3 is its 3 5
+            asked["lr_drop"] = _sorted_lr_drop(asked["lr_drop"])
         out = [f"{flag(name)} {_show(asked[name])} (the run has {_show(theirs.get(name))})"
                for name in sorted(asked) if name not in RESUMABLE_CHANGES
                and asked[name] is not None and asked[name] != theirs.get(name)]
@@ -354,10 +354,20 @@ def _show(value: Any) -> str:
     return json.dumps(value)
 
 
-def _int(cfg: TrainConfig, name: str, low: int) -> None:
+def _int(cfg: TrainConfig, name: str, low: int, high: Optional[int] = None) -> None:
     value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{flag(name)} must be an integer >= {low}, got {value!r}")
+    if (isinstance(value, bool) or not isinstance(value, int) or value < low
+            or (high is not None and value > high)):
+        bounds = f">= {low}" if high is None else f"from {low} to {high}"
+        raise ConfigError(f"{flag(name)} must be an integer {bounds}, got {value!r}")
+
+
+def _sorted_lr_drop(epochs: Any) -> list:
+    """--lr-drop validated and in order (the scheduler and config.json keep it sorted)."""
+    if not isinstance(epochs, (list, tuple)) or any(
+            isinstance(e, bool) or not isinstance(e, int) or e < 2 for e in epochs):
+        raise ConfigError(f"--lr-drop must be a list of epochs >= 2 (1-based), got {epochs!r}")
+    return sorted(int(e) for e in epochs)
 
 
 def _real(cfg: TrainConfig, name: str, low: float, strict: bool = False,

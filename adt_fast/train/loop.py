@@ -7,8 +7,13 @@ Run directory (``config.out``):
     metrics.jsonl             one JSON line per finished epoch
     checkpoint.pt             the full training state after the last finished epoch (atomic)
     checkpoint_epoch{N}.pt    the same, kept every --save-freq epochs
-    model.pt                  the final classifier (model_config + weights), written at the end
+    model.pt                  the final classifier (model_config + weights), written at the end;
+                              a resume that trains further removes it first, so that the run
+                              directory always means its newest model (checkpoint.resolve)
     tensorboard/              TensorBoard scalars, when tensorboard is installed
+
+Rank 0 holds a lock on the run directory from its first write to the end (``claim_run_dir``):
+one process trains a run directory at a time.
 
 Resume restores the classifier, every optimiser and scheduler (the method's too), the epoch, the
 history and the random states (torch's CPU and CUDA generators and the data-order generator), all
@@ -17,6 +22,7 @@ saved at the end of an epoch, so on CPU a resumed run ends bit-identical to an u
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -34,12 +40,13 @@ from .. import distributed
 from ..attacks.engine import eval_mode
 from ..devices import bf16_emulation_warning
 from ..distributed import World
-from ..files import os_error_text, unwritable_reason, write_atomic
+from ..files import (FolderBusy, lock_folder, os_error_text, remove_atomic_leftovers, unwritable_reason,
+                     write_atomic)
 from ..models import build_model
 from . import checkpoint as ckpt
 from . import runlog, tuning
 from .config import CONFIG_FILE, ConfigError, TrainConfig
-from .methods import Method, Runtime, build_method
+from .methods import Method, Runtime, build_method, needs_two_examples
 from .parallel import DataParallel
 
 SNAPSHOT = "checkpoint_epoch{epoch}.pt"
@@ -252,20 +259,47 @@ def check_resumable(cfg: TrainConfig, done: int) -> None:
                           f"the run's own length)")
 
 
+@contextlib.contextmanager
+def _writing(run_dir: Path):
+    """A place that refuses the run's writes is a one-line ConfigError naming --out, not a traceback."""
+    try:
+        yield
+    except OSError as err:
+        raise ConfigError(f"--out {run_dir}: cannot write the run there ({os_error_text(err)})") from None
+
+
 def start_run(cfg: TrainConfig, history: list, source: dict) -> None:
     """The run's first writes: config.json (resume=False: it records the run, not this
-    invocation), dataset.json (where the data came from) and metrics.jsonl; a place that refuses
-    them is a ConfigError, not a traceback."""
+    invocation), dataset.json (where the data came from) and metrics.jsonl."""
     run_dir = Path(cfg.out)
-    try:
+    with _writing(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
         text = dataclasses.replace(cfg, resume=False).to_json()
         write_atomic(run_dir / CONFIG_FILE, lambda handle: handle.write(text), mode="w")
         record = json.dumps(source, indent=2, sort_keys=True) + "\n"
         write_atomic(run_dir / datasets.SOURCE_FILE, lambda handle: handle.write(record), mode="w")
         runlog.write_metrics(run_dir, history)
-    except OSError as err:
-        raise ConfigError(f"--out {run_dir}: cannot write the run there ({os_error_text(err)})") from None
+
+
+def clear_for_resume(run_dir: Path, trains_on: bool) -> None:
+    """What a resume removes before it trains, and says so: temporary files of writes that a kill
+    cut short, and, when it trains further from a checkpoint (`trains_on`), model.pt.
+    checkpoint.pt holds model.pt's weights and, from the next epoch on, newer ones; left in
+    place, the old model.pt is what eval --checkpoint RUN_DIR and load_model(RUN_DIR) would read
+    after an interrupt."""
+    final = run_dir / ckpt.FINAL_MODEL
+    with _writing(run_dir):
+        leftovers = remove_atomic_leftovers(run_dir)
+        retire = trains_on and final.is_file()
+        if retire:
+            final.unlink()
+    if leftovers:
+        runlog.say(f"removed {len(leftovers)} temporary file(s) of writes the interrupted run did not "
+                   f"finish: {', '.join(leftovers)}")
+    if retire:
+        runlog.say(f"removed {final}, written when the run last ended: until this run ends, "
+                   f"{run_dir / ckpt.LATEST} holds the newest model (what eval --checkpoint "
+                   f"{shlex.quote(str(run_dir))} reads)")
 
 
 def interrupted_message(run_dir: Path) -> str:
@@ -324,7 +358,9 @@ def build_trainer(cfg: TrainConfig, dataset: datasets.LoadedDataset, world: Opti
     cfg.sync_bn left at None resolves here (on when the networks have BatchNorm). In a world of
     several processes (default: the initialised process group's): the global batch must split
     evenly and BatchNorm is synchronised when cfg.sync_bn; DDP wraps the training step once the
-    memory format is settled (``Trainer.tune``). The classifier starts in contiguous NCHW.
+    memory format is settled (``Trainer.tune``). A network whose BatchNorm would see a single
+    value per channel refuses a batch size that leaves a training batch of one example (one per
+    process). The classifier starts in contiguous NCHW.
     """
     world = world or distributed.current()
     device = torch.device(cfg.device)
@@ -356,14 +392,25 @@ def build_trainer(cfg: TrainConfig, dataset: datasets.LoadedDataset, world: Opti
     cfg.sync_bn = has_bn if cfg.sync_bn is None else cfg.sync_bn
     if world.parallel:
         _check_world_batches(cfg, len(train_y), world)
-        if cfg.sync_bn:
-            for network in networks:
-                distributed.convert_sync_batchnorm(network, device)
+    one_example = train_x[:1].to(device)
+    cramped = [f"the classifier ({cfg.arch})"] if needs_two_examples(model, one_example) else []
+    _check_two_examples(cfg, len(train_y), world, cramped + method.networks_needing_two_examples(one_example))
+    if world.parallel and cfg.sync_bn:
+        for network in networks:
+            distributed.convert_sync_batchnorm(network, device)
     return Trainer(config=cfg, run_dir=Path(cfg.out), model=model, method=method, optimisers=optimisers,
                    schedulers=schedulers, data_generator=data_generator,
                    train_data=(train_x.to(device), train_y.to(device)),
                    test_data=(test_x.to(device), test_y.to(device)), augment=info.augment,
                    world=world)
+
+
+def _last_batch(cfg: TrainConfig, num_train: int) -> int:
+    """The size of the smaller batch that ends each epoch, or 0 when there is none (the batch size
+    divides the training set) or --max-batches stops the epoch before it."""
+    batches, last = divmod(num_train, cfg.batch_size)
+    reached = cfg.max_batches is None or cfg.max_batches > batches
+    return last if reached else 0
 
 
 def _check_world_batches(cfg: TrainConfig, num_train: int, world: World) -> None:
@@ -372,12 +419,31 @@ def _check_world_batches(cfg: TrainConfig, num_train: int, world: World) -> None
         raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch and must be divisible by the "
                           f"number of processes ({world.size}); each would train on "
                           f"{cfg.batch_size / world.size:g} examples")
-    batches, last = divmod(num_train, cfg.batch_size)
-    reached = cfg.max_batches is None or cfg.max_batches > batches
-    if reached and 0 < last < world.size:
+    last = _last_batch(cfg, num_train)
+    if 0 < last < world.size:
         raise ConfigError(f"--batch-size {cfg.batch_size}: the last batch of each epoch holds {last} of the "
                           f"{num_train} training examples, fewer than the {world.size} processes; choose a "
                           f"batch size that leaves no remainder or one of at least {world.size}")
+
+
+def _check_two_examples(cfg: TrainConfig, num_train: int, world: World, networks: list) -> None:
+    """Networks whose BatchNorm sees one value per channel per example (see needs_two_examples)
+    need two examples in every training batch of every process; BatchNorm synchronised over
+    several processes counts the global batch, which holds one per process at least."""
+    if not networks or (world.parallel and cfg.sync_bn):
+        return
+    per_process = " per process" if world.parallel else ""
+    need = (f"and the BatchNorm layers of {' and '.join(networks)} need at least 2 examples{per_process} "
+            f"in training (their features end at 1x1)")
+    if cfg.batch_size // world.size < 2:
+        raise ConfigError(f"--batch-size {cfg.batch_size}: every training batch would hold one "
+                          f"example{per_process}, {need}; choose --batch-size {2 * world.size} or more")
+    last = _last_batch(cfg, num_train)
+    if 0 < last // world.size < 2:
+        shares = f" ({last // world.size} per process)" if world.parallel else ""
+        raise ConfigError(f"--batch-size {cfg.batch_size}: the last batch of each epoch would hold {last} "
+                          f"of the {num_train} training examples{shares}, {need}; choose a batch size "
+                          f"that divides {num_train} or leaves a last batch of at least {2 * world.size}")
 
 
 def eval_command(run_dir: Path, source: dict) -> str:
@@ -417,20 +483,65 @@ def fit(config: TrainConfig, data: Optional[tuple] = None) -> Path:
 
 
 def _fit(cfg: TrainConfig, config: TrainConfig, dataset: datasets.LoadedDataset, world: World) -> Path:
-    """The run itself; rank 0 alone writes the run directory and prints."""
+    """The run itself; rank 0 alone writes the run directory, holding its lock, and prints."""
     run_dir = Path(cfg.out)
     if world.main:
         _announce(config, cfg, dataset)
     trainer = build_trainer(cfg, dataset)  # in `world`, the process group joined by fit
     latest = run_dir / ckpt.LATEST
-    resumed = cfg.resume and latest.is_file()
-    if resumed:
+    loaded = _identity(latest) if cfg.resume else None
+    if loaded is not None:
         trainer.load_state(ckpt.load(latest, map_location=cfg.device), latest)
         check_resumable(cfg, trainer.epoch)
     world.barrier()  # every rank has checked the directory and read the checkpoint before rank 0 writes
+    with claim_run_dir(cfg, loaded) if world.main else contextlib.nullcontext():
+        _train(trainer, dataset.source, resumed=loaded is not None)
+    world.barrier()  # no rank leaves (and tears the group down) while rank 0 still writes
+    return run_dir
+
+
+def _identity(path: Path) -> Optional[tuple]:
+    """A file's inode, size and modification time (None when absent): rewriting it changes them."""
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+@contextlib.contextmanager
+def claim_run_dir(cfg: TrainConfig, loaded: Optional[tuple]):
+    """Rank 0's lock on the run directory, from its first write to the end of the run, so that two
+    processes never train into one --out. Under the lock the directory must still be as this run
+    found it: empty for a new run; for a resume, `loaded` (the _identity of the checkpoint it read,
+    None for none). A run that started or went on there meanwhile is a ConfigError; nothing is
+    written."""
+    run_dir = Path(cfg.out)
+    with _writing(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(lock_folder(run_dir))
+        except FolderBusy:
+            raise ConfigError(f"--out {run_dir}: another process is training this run directory (it holds "
+                              f"its lock); wait for it to end, or choose another --out") from None
+        if not cfg.resume and any(run_dir.iterdir()):
+            raise ConfigError(f"--out {run_dir}: another process started a run there while this one was "
+                              f"starting; choose another --out (nothing is ever overwritten)")
+        if cfg.resume and _identity(run_dir / ckpt.LATEST) != loaded:
+            raise ConfigError(f"--out {run_dir}: another process wrote {ckpt.LATEST} while this resume was "
+                              f"starting; resume again to continue from it")
+        yield
+
+
+def _train(trainer: Trainer, source: dict, resumed: bool) -> None:
+    """Write the run's start, train the remaining epochs (a checkpoint after each) and save model.pt."""
+    cfg, run_dir, world = trainer.config, trainer.run_dir, trainer.world
+    latest = run_dir / ckpt.LATEST
     say = runlog.say if world.main else (lambda message: None)
     if world.main:
-        start_run(cfg, trainer.history, dataset.source)
+        start_run(cfg, trainer.history, source)
+        if cfg.resume:
+            clear_for_resume(run_dir, trains_on=resumed and trainer.epoch < cfg.epochs)
     if resumed:
         say(f"resuming {run_dir} after epoch {trainer.epoch}/{cfg.epochs}"
             + (f" on {world.size} processes" if world.parallel else ""))
@@ -440,7 +551,7 @@ def _fit(cfg: TrainConfig, config: TrainConfig, dataset: datasets.LoadedDataset,
     emulated = bf16_emulation_warning(cfg.device) if cfg.precision == "bf16" else None
     say(tuning.mode_line(cfg, chosen, emulated))
     if emulated and world.main:
-        warnings.warn(emulated, stacklevel=3)
+        warnings.warn(emulated, stacklevel=4)  # fit's caller
     board = runlog.TensorBoard(run_dir, cfg.tensorboard and world.main, trainer.epoch)
     try:
         while trainer.epoch < cfg.epochs:
@@ -463,6 +574,4 @@ def _fit(cfg: TrainConfig, config: TrainConfig, dataset: datasets.LoadedDataset,
     if world.main:
         final = ckpt.save_atomic(trainer.final_payload(), run_dir / ckpt.FINAL_MODEL)
         say(f"model saved to {final}")
-        say(f"evaluate it with:\n  {eval_command(run_dir, dataset.source)}")
-    world.barrier()  # no rank leaves (and tears the group down) while rank 0 still writes
-    return run_dir
+        say(f"evaluate it with:\n  {eval_command(run_dir, source)}")

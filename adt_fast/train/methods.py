@@ -46,6 +46,26 @@ PerExampleLoss = Callable[[torch.Tensor], torch.Tensor]
 TRADES_START_STD = 0.001
 
 
+def needs_two_examples(network: nn.Module, example: torch.Tensor) -> bool:
+    """Whether a BatchNorm layer of `network` normalises a single value per channel when the
+    network reads `example`, a batch of one (features at 1x1): training-mode BatchNorm refuses
+    such a batch, so every training batch must hold at least two examples. One eval-mode forward,
+    no random numbers drawn, no state changed."""
+    per_channel = []
+
+    def record(layer, inputs):
+        per_channel.append(inputs[0].numel() // inputs[0].shape[1])
+    hooks = [layer.register_forward_pre_hook(record) for layer in network.modules()
+             if isinstance(layer, nn.modules.batchnorm._BatchNorm)]
+    try:
+        with eval_mode(network), torch.no_grad():
+            network(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return min(per_channel, default=2) < 2
+
+
 # ------------------------------------------------------------------------------------------------
 # Runtime: device, precision, memory format, op backend
 # ------------------------------------------------------------------------------------------------
@@ -368,6 +388,12 @@ class Method:
 
     def apply_tuning(self, tuning: dict) -> None:
         pass
+
+    def networks_needing_two_examples(self, x: torch.Tensor) -> list:
+        """Names of the method's networks that cannot train on a batch of one example (`x`: one
+        training image, (1, C, H, W); see needs_two_examples), for the loop to refuse a
+        --batch-size that would give them one. [] when it has none."""
+        return []
 
     def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         raise NotImplementedError
