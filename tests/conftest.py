@@ -52,3 +52,19 @@ def steady_memory_format(monkeypatch):
     monkeypatch.setattr(tuning, "time_memory_formats",
                         lambda *args, **kwargs: {"contiguous": 0.001, "channels_last": 0.002})
     yield real
+
+
+@pytest.fixture
+def stop_after_epoch(monkeypatch):
+    """stop_after_epoch(n): a Ctrl-C as epoch n + 1 starts, once n epochs are checkpointed."""
+    from adt_fast.train import loop
+
+    trained = loop.Trainer.train_epoch
+
+    def arm(epoch: int) -> None:
+        def train_epoch(self):
+            if self.epoch == epoch:
+                raise KeyboardInterrupt
+            return trained(self)
+        monkeypatch.setattr(loop.Trainer, "train_epoch", train_epoch)
+    return arm

@@ -272,14 +272,8 @@ def test_a_text_file_is_not_an_adt_fast_checkpoint(tmp_path, capsys, no_attacks)
 
 
 @pytest.mark.parametrize("after_epochs", [0, 1])
-def test_train_interrupt_says_what_it_kept(tmp_path, capsys, monkeypatch, after_epochs):
-    trained = loop.Trainer.train_epoch
-
-    def train_epoch(self):
-        if self.epoch == after_epochs:
-            raise KeyboardInterrupt
-        return trained(self)
-    monkeypatch.setattr(loop.Trainer, "train_epoch", train_epoch)
+def test_train_interrupt_says_what_it_kept(tmp_path, capsys, stop_after_epoch, after_epochs):
+    stop_after_epoch(after_epochs)
     out = tmp_path / "run"
     err = refused(["train", *ADT_TINY, "--epochs", "3", "--out", str(out)], capsys, code=130)
     if after_epochs:
@@ -299,14 +293,9 @@ def test_train_into_a_run_directory_another_process_trains_is_refused(run_copy, 
     assert snapshot(run_copy) == before
 
 
-def test_eval_after_a_longer_resume_was_interrupted_reads_the_newest_epoch(run_copy, capsys, monkeypatch):
-    trained = loop.Trainer.train_epoch
-
-    def train_epoch(self):
-        if self.epoch == 4:
-            raise KeyboardInterrupt
-        return trained(self)
-    monkeypatch.setattr(loop.Trainer, "train_epoch", train_epoch)
+def test_eval_after_a_longer_resume_was_interrupted_reads_the_newest_epoch(run_copy, capsys, monkeypatch,
+                                                                           stop_after_epoch):
+    stop_after_epoch(4)
     refused(["train", "--resume", "--out", str(run_copy), "--epochs", "5"], capsys, code=130)
     seen = {}
 

@@ -121,23 +121,12 @@ def test_resume_can_extend_a_finished_run(tmp_path):
     assert ckpt.load(out / ckpt.FINAL_MODEL)["epoch"] == 2
 
 
-def _stop_after_epoch(monkeypatch, epoch):
-    """Ctrl-C as epoch `epoch` + 1 starts, once `epoch` epochs are checkpointed."""
-    trained = loop.Trainer.train_epoch
-
-    def train_epoch(self):
-        if self.epoch == epoch:
-            raise KeyboardInterrupt
-        return trained(self)
-    monkeypatch.setattr(loop.Trainer, "train_epoch", train_epoch)
-
-
-def test_a_longer_resume_cut_short_leaves_its_newest_weights_to_eval(tmp_path, monkeypatch, capsys):
+def test_a_longer_resume_cut_short_leaves_its_newest_weights_to_eval(tmp_path, stop_after_epoch, capsys):
     """A finished run's model.pt must not outlive a resume that trains further: eval --checkpoint
     RUN_DIR (resolve, load_model) would score it instead of the newer checkpoint."""
     out = tmp_path / "run"
     fit(_cfg("standard", out, epochs=1, max_batches=1, lr_drop=[]))
-    _stop_after_epoch(monkeypatch, 2)
+    stop_after_epoch(2)
     with pytest.raises(KeyboardInterrupt):
         fit(_cfg("standard", out, epochs=3, max_batches=1, lr_drop=[], resume=True))
     assert f"removed {out / ckpt.FINAL_MODEL}" in capsys.readouterr().out
