@@ -6,8 +6,8 @@
 # available: otherwise every CUDA test and benchmark would skip and the run would look green.
 # Stages run in order of what matters most (correctness, then the op, then training) and each has
 # a time limit in seconds, so a slow stage costs its own rows, not the rest of a short lease:
-#   LIMIT_TESTS (each of the two test stages) LIMIT_OP_GPU LIMIT_OP LIMIT_TRAIN LIMIT_CMAKE
-#   (defaults below, about 12 minutes in all; 0 skips a stage)
+#   LIMIT_TESTS (each of the two test stages) LIMIT_OP_GPU LIMIT_PROFILE LIMIT_OP LIMIT_TRAIN LIMIT_CMAKE
+#   (defaults below, about 13 minutes in all; 0 skips a stage)
 #   TRAIN_FILTER   a pytest -k expression for the train-step suite (default: all of it)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -73,6 +73,8 @@ bench() {
     --benchmark-json="$OUT_DIR/$name.json" "$@"
 }
 bench op_gpu "${LIMIT_OP_GPU:-120}" benchmarks/test_op_gpu.py --benchmark-group-by=func,param:batch
+stage "kernels of one call (profile_gpu.py)" "${LIMIT_PROFILE:-60}" \
+  $PY benchmarks/profile_gpu.py --batch 64 512 4096
 bench op "${LIMIT_OP:-120}" benchmarks/test_op.py --benchmark-group-by=func,param:batch
 bench train_step "${LIMIT_TRAIN:-150}" benchmarks/test_train_step.py --benchmark-group-by=param:arch,param:mode \
   ${TRAIN_FILTER:+-k "$TRAIN_FILTER"}
