@@ -56,6 +56,19 @@ def test_eval_on_a_run_directory_writes_json_csv_png(checkpoints, capsys):
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_eval_says_which_epoch_of_a_run_it_scored(checkpoints, capsys):
+    """A checkpoint.pt written mid-run is a legitimate target; the report must not pass it off as
+    the finished model."""
+    model = build_model("small-cnn", 10, 3, 8)
+    path = save_atomic({"model_config": model.config, "model": model.state_dict(), "method": "adt-exp",
+                        "epoch": 3, "config": {"epochs": 10}}, checkpoints["root"] / "mid" / "checkpoint.pt")
+    out = checkpoints["root"] / "mid.json"
+    assert main(["eval", "--checkpoint", str(path.parent), "--dataset", "synthetic", "--n-examples", "2",
+                 "--attacks", "fgsm", "--epsilon-curve", "", "--out", str(out)]) == 0
+    assert f"model: adt-exp after 3 of 10 epochs, from {path} (training had not finished)" in capsys.readouterr().out
+    assert json.loads(out.read_text())["meta"]["trained"] == {"method": "adt-exp", "epoch": 3, "epochs": 10}
+
+
 def test_eval_with_a_source_checkpoint_adds_the_transfer_column_and_is_deterministic(checkpoints, capsys):
     outs = [checkpoints["root"] / f"transfer{i}.json" for i in range(2)]
     for out in outs:

@@ -134,9 +134,10 @@ def test_a_longer_resume_cut_short_leaves_its_newest_weights_to_eval(tmp_path, s
     assert ckpt.resolve(out) == out / ckpt.LATEST
     newest = ckpt.load(out)
     assert newest["epoch"] == 2
-    model = adt_fast.load_model(out)  # what adt-fast eval --checkpoint RUN_DIR loads
+    model, trained = ckpt.read_model(out)  # what adt-fast eval --checkpoint RUN_DIR loads
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, newest["model"][name]), name
+    assert trained == {"method": "standard", "epoch": 2, "epochs": 3}  # eval's report says so
 
 
 def test_resume_accepts_the_runs_lr_drop_in_any_order(tmp_path):

@@ -175,11 +175,12 @@ def _device(text: str):
 
 
 def _load_model(resolved, flag: str, info, device):
-    """The checkpoint's classifier, checked against the dataset before any attack runs."""
-    from ..train.checkpoint import CheckpointError, load_model
+    """The checkpoint's classifier, checked against the dataset before any attack runs, and what
+    trained it (checkpoint.read_model)."""
+    from ..train.checkpoint import CheckpointError, read_model
 
     try:
-        model = load_model(resolved, device=device)
+        model, trained = read_model(resolved, device=device)
     except CheckpointError as err:
         raise EvalError(flag, str(err)) from None
     config = getattr(model, "config", {}) or {}
@@ -190,7 +191,7 @@ def _load_model(resolved, flag: str, info, device):
             raise EvalError(flag, f"the model in {resolved} {_shape_words(key, config[key], 'takes')} "
                                   f"but --dataset {info.name} {_shape_words(key, value, 'has')}: "
                                   f"it was trained for another dataset")
-    return model
+    return model, trained
 
 
 def _shape_words(key: str, value: int, verb: str) -> str:
@@ -313,6 +314,7 @@ class EvalPlan:
     attacks: List[str]
     model: Any
     checkpoint: Optional[Path]
+    trained: dict           # the checkpoint's method and epochs; empty for --model
     source: Any
     source_checkpoint: Optional[Path]
     x: Any
@@ -365,13 +367,14 @@ def plan(args) -> EvalPlan:
     if unwritable is not None:
         raise EvalError("--out", f"cannot write the report in {out.parent} ({unwritable})")
 
+    trained = {}
     if args.model is not None:
         model = _load_external(args, info, device)
     else:
-        model = _load_model(checkpoint, "--checkpoint", info, device)
+        model, trained = _load_model(checkpoint, "--checkpoint", info, device)
     source = None
     if source_checkpoint is not None:
-        source = _load_model(source_checkpoint, "--source-checkpoint", info, device)
+        source = _load_model(source_checkpoint, "--source-checkpoint", info, device)[0]
     # Both loaders made sure the model returns the dataset's number of classes.
     names = _attacks_to_run(args.protocol, attacks)
     too_few = class_shortfall((make_attack(name, epsilon) for name in names), info.num_classes)
@@ -387,7 +390,8 @@ def plan(args) -> EvalPlan:
     except OSError as err:
         raise EvalError("--out", f"cannot write the report in {out.parent} "
                                  f"({os_error_text(err)})") from None
-    return EvalPlan(device, epsilon, attacks, model, checkpoint, source, source_checkpoint, x, y, out, info.name)
+    return EvalPlan(device, epsilon, attacks, model, checkpoint, trained, source, source_checkpoint, x, y, out,
+                    info.name)
 
 
 def _attacks_to_run(protocol: str, attacks: Optional[List[str]]) -> List[str]:
@@ -429,7 +433,8 @@ def _run(args) -> int:
     if not world.main:
         return 0
     elapsed = time.perf_counter() - started
-    origin = ({"checkpoint": str(job.checkpoint)} if job.checkpoint is not None else
+    origin = ({"checkpoint": str(job.checkpoint), **({"trained": job.trained} if job.trained else {})}
+              if job.checkpoint is not None else
               {"model": args.model, "weights": args.weights,
                **({"mean": args.mean, "std": args.std} if args.mean is not None else {})})
     report.meta = {**origin, "dataset": job.dataset, "split": "test",
@@ -447,6 +452,10 @@ def _run(args) -> int:
     else:
         name = checkpoint.parent.name if checkpoint.name in ("model.pt", "checkpoint.pt") else checkpoint.stem
     print(report.table(model_name=name or "model"))
+    if {"epoch", "epochs"} <= job.trained.keys():
+        unfinished = " (training had not finished)" if job.trained["epoch"] < job.trained["epochs"] else ""
+        print(f"\nmodel: {job.trained.get('method', 'a run')} after {job.trained['epoch']} of "
+              f"{job.trained['epochs']} epochs, from {checkpoint}{unfinished}")
     if report.warnings:
         print("\nsanity checks:")
         for warning in report.warnings:

@@ -83,6 +83,13 @@ def load(path: PathLike, map_location: Any = "cpu") -> dict:
 
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> torch.nn.Module:
     """The classifier stored in a run directory or checkpoint file, on `device`, in eval mode."""
+    return read_model(path, device)[0]
+
+
+def read_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> tuple[torch.nn.Module, dict]:
+    """load_model's classifier and what trained it ({"method", "epoch", "epochs"}, those the file
+    holds), so a report can say which point of a run it scored: a checkpoint.pt mid-run, or the
+    final model.pt."""
     from ..models import build_model
 
     device = resolve_device(device)
@@ -92,7 +99,11 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> torc
         model.load_state_dict(payload["model"])
     except (KeyError, TypeError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint {resolve(path)} does not hold a usable model ({err})") from None
-    return model.to(device).eval()
+    config = payload.get("config")
+    found = {"method": payload.get("method"), "epoch": payload.get("epoch"),
+             "epochs": config.get("epochs") if isinstance(config, dict) else None}
+    trained = {key: value for key, value in found.items() if isinstance(value, (str, int))}
+    return model.to(device).eval(), trained
 
 
 # ------------------------------------------------------------------------------------------------
