@@ -32,8 +32,9 @@ def small_config(method: str, out: Path, **overrides):
         extra["steps"] = 2
     if method == "adt-exp":
         extra["samples"] = 2
+    # CPU and gloo on any machine: a second rank would have no GPU of its own on a one-GPU machine
     settings = dict(method=method, dataset="synthetic", out=str(out), epochs=2, max_batches=2,
-                    batch_size=16, lr_drop=[], tensorboard=False, sync_bn=True, **extra)
+                    batch_size=16, lr_drop=[], tensorboard=False, sync_bn=True, device="cpu", **extra)
     settings.update(overrides)
     return TrainConfig(**settings)
 

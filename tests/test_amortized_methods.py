@@ -67,9 +67,9 @@ def test_every_method_runs_end_to_end(tmp_path, capsys, args, networks):
 def test_interrupted_then_resumed_run_is_bit_identical(tmp_path, monkeypatch, args, networks):
     method, flags = args[0], {"generator_width": 8} if networks else {}
 
-    def cfg(out, **kw):
+    def cfg(out, **kw):  # on CPU on any machine: the bit-for-bit guarantee is CPU's (docs/training.md)
         return TrainConfig(method, "synthetic", str(out), epochs=2, max_batches=2, batch_size=16,
-                           tensorboard=False, **flags, **kw)
+                           tensorboard=False, device="cpu", **flags, **kw)
 
     fit(cfg(tmp_path / "straight"))
     cls = AmortizedMethod if networks else ComposedMethod

@@ -151,3 +151,36 @@ def test_rng_capture_and_restore_round_trip():
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     with pytest.raises(ckpt.CheckpointError):
         ckpt.restore_rng({"torch": state["torch"], "generators": {}}, {"data": generator})
+
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_rng_states_of_a_checkpoint_loaded_onto_the_gpu_restore(tmp_path):
+    """A resume loads its checkpoint onto the training device, so the saved generator states
+    arrive as CUDA tensors; torch takes them only on the CPU. The first resume on a GPU failed
+    with 'RNG state must be a torch.ByteTensor' (H200, 2026-12-04)."""
+    generator = torch.Generator(device="cuda").manual_seed(5)
+    torch.manual_seed(7)
+    torch.rand(1, device="cuda")  # CUDA initialised: its stream is captured too
+    path = ckpt.save_atomic({"rng": ckpt.capture_rng({"data": generator}, 0)}, tmp_path / "c.pt")
+    first = (torch.rand(3), torch.rand(3, device="cuda"), torch.rand(3, device="cuda", generator=generator))
+    state = ckpt.load(path, map_location="cuda")["rng"]
+    assert state["torch"].device.type == "cuda"  # what made the resume fail
+    ckpt.restore_rng(state, {"data": generator}, 0)
+    second = (torch.rand(3), torch.rand(3, device="cuda"), torch.rand(3, device="cuda", generator=generator))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_a_run_on_the_gpu_resumes_and_goes_on(tmp_path):
+    out = tmp_path / "run"
+    cfg = TrainConfig("adt-exp", "synthetic", str(out), epochs=1, max_batches=2, batch_size=16, steps=1,
+                      samples=2, tensorboard=False, device="cuda")
+    fit(cfg)
+    fit(TrainConfig(**{**cfg.to_dict(), "epochs": 2, "resume": True}))
+    payload = ckpt.load(out / ckpt.FINAL_MODEL)
+    assert payload["epoch"] == 2 and payload["config"]["device"].startswith("cuda")

@@ -118,7 +118,7 @@ def test_killed_worker_restarts_and_resumes_then_continues_on_one_process(tmp_pa
     cfg = small_config("at-pgd", run, epochs=3, max_batches=3)
     argv = ["--method", "at-pgd", "--dataset", "synthetic", "--out", str(run), "--epochs", "3",
             "--max-batches", "3", "--batch-size", "16", "--lr-drop", "--steps", "2", "--no-tensorboard",
-            "--sync-bn"]
+            "--sync-bn", "--device", "cpu"]
     # rank 1 dies in epoch 2 (after 4 steps) of the first attempt
     result = torchrun(str(WORKER), "kill-after", "4", "--", *argv, extra=("--max-restarts", "1"))
     assert f"resuming {run} after epoch 1/3 on 2 processes" in result.stdout
@@ -135,7 +135,7 @@ def test_killed_worker_restarts_and_resumes_then_continues_on_one_process(tmp_pa
 
 def test_a_failing_worker_ends_the_run_with_its_reason(tmp_path):
     argv = ["--method", "standard", "--dataset", "synthetic", "--out", str(tmp_path / "run"), "--epochs", "2",
-            "--batch-size", "16", "--no-tensorboard"]
+            "--batch-size", "16", "--no-tensorboard", "--device", "cpu"]
     result = torchrun(str(WORKER), "fail-after", "2", "--", *argv, ok=False)
     assert FAILURE in result.stderr
     assert not (tmp_path / "run" / "model.pt").exists()

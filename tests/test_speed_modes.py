@@ -72,7 +72,8 @@ def test_choice_of_samples_per_pass_measures_every_candidate_without_randomness(
 
 
 def _cfg(out, method="adt-exp", **kw):
-    settings = dict(epochs=1, max_batches=2, batch_size=16, tensorboard=False, lr_drop=[])
+    # CPU on any machine: the tests compare runs bit for bit and read "mode: cpu"
+    settings = dict(epochs=1, max_batches=2, batch_size=16, tensorboard=False, lr_drop=[], device="cpu")
     if method == "adt-exp":
         settings.update(steps=1, samples=3)
     settings.update(kw)

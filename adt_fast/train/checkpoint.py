@@ -126,18 +126,23 @@ def restore_rng(state: dict, generators: dict | None = None, cuda_device: int | 
     """Put back what capture_rng saved; named generators must match by name.
 
     With `cuda_device`, the stream of the GPU the saved run trained on goes to that device
-    (under torchrun every rank holds the same streams, and each trains on its own GPU)."""
+    (under torchrun every rank holds the same streams, and each trains on its own GPU).
+    The states may come from a checkpoint loaded onto the GPU; torch takes them as CPU tensors."""
     try:
-        torch.set_rng_state(state["torch"])
+        torch.set_rng_state(_on_cpu(state["torch"]))
         saved_device = state.get("cuda_device")
         if state.get("cuda") is not None and cuda_device is not None and saved_device is not None:
-            torch.cuda.set_rng_state(state["cuda"][saved_device], cuda_device)
+            torch.cuda.set_rng_state(_on_cpu(state["cuda"][saved_device]), cuda_device)
         elif state.get("cuda") is not None and torch.cuda.is_available():
             saved = state["cuda"]
             for index in range(min(len(saved), torch.cuda.device_count())):
-                torch.cuda.set_rng_state(saved[index], index)
+                torch.cuda.set_rng_state(_on_cpu(saved[index]), index)
         saved_generators = state.get("generators", {})
         for name, generator in (generators or {}).items():
-            generator.set_state(saved_generators[name])
+            generator.set_state(_on_cpu(saved_generators[name]))
     except (KeyError, TypeError, RuntimeError) as err:
         raise CheckpointError(f"the checkpoint's random-number states cannot be restored ({err})") from None
+
+
+def _on_cpu(value):
+    return value.cpu() if isinstance(value, torch.Tensor) else value
