@@ -11,7 +11,7 @@ import torch
 
 import adt_fast
 from adt_fast.cli import main
-from adt_fast.train import read_metrics
+from adt_fast.train import loop, read_metrics
 
 FAST = ["--dataset", "synthetic", "--epochs", "1", "--max-batches", "2", "--batch-size", "32",
         "--no-tensorboard"]
@@ -65,6 +65,20 @@ def test_resume_takes_the_runs_settings(tmp_path, capsys):
     assert main(["train", "--resume", "--out", str(out), "--lr", "0.1"]) == 2
     err = capsys.readouterr().err
     assert "--lr" in err and "config.json" in err
+
+
+def test_resume_lifts_a_smoke_runs_batch_cap_with_max_batches_all(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--method", "standard", *FAST, "--out", str(out)]) == 0  # FAST: 2 batches
+    steps = []
+    original = loop.Method.train_step
+    monkeypatch.setattr(loop.Method, "train_step", lambda self, *a, **kw: steps.append(1) or original(self, *a, **kw))
+    assert main(["train", "--resume", "--out", str(out), "--epochs", "2", "--max-batches", "all"]) == 0
+    assert len(steps) > 2 and [r["epoch"] for r in read_metrics(out)] == [1, 2]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["train", "--resume", "--out", str(out), "--max-batches", "most"])
+    assert "argument --max-batches: 'most' is neither an integer nor all" in capsys.readouterr().err
 
 
 def test_resume_takes_the_runs_lr_drop_in_any_order(tmp_path, capsys):

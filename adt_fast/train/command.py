@@ -14,6 +14,8 @@ from pathlib import Path
 
 from .config import AUTO, GENERATOR_GRADS, LOSSES, NO_HINGE, PRECISIONS, TRADES_INNERS, ConfigError, TrainConfig
 
+ALL_BATCHES = "all"
+
 FIELDS = {f for f in TrainConfig.__dataclass_fields__}
 
 
@@ -43,6 +45,16 @@ def samples_per_pass(text: str):
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is neither an integer nor {AUTO}") from None
+
+
+def max_batches(text: str):
+    """--max-batches: a positive integer, or 'all' (no cap: how a resume lifts a smoke run's cap)."""
+    if text.strip().lower() == ALL_BATCHES:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither an integer nor {ALL_BATCHES}") from None
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -79,8 +91,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, metavar="S", help="seed (default 0)")
     run.add_argument("--save-freq", type=int, metavar="N",
                      help="also keep checkpoint_epoch{N}.pt every N epochs; 0 = never (default 25)")
-    run.add_argument("--max-batches", type=int, metavar="N",
-                     help="cap the batches per epoch (train and test), for smoke runs")
+    run.add_argument("--max-batches", type=max_batches, metavar="N|all",
+                     help="cap the batches per epoch (train and test), for smoke runs; 'all' lifts "
+                          "a run's cap on --resume (default: all)")
     run.add_argument("--tensorboard", action=argparse.BooleanOptionalAction,
                      help="write TensorBoard scalars when tensorboard is installed (default on)")
     run.add_argument("--exact-train-acc", action=argparse.BooleanOptionalAction,
