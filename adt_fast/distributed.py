@@ -144,6 +144,15 @@ def local_device(requested: str) -> str:
     return f"cuda:{local_rank}"
 
 
+def run_device(device: str) -> str:
+    """The device a run records in config.json: under torchrun a rank's cuda:LOCAL_RANK is the
+    run's `cuda`, so that a later --resume, on any number of processes, gives each rank its own GPU
+    (rank 0's cuda:0 would be refused on every other rank)."""
+    if launched() and torch.device(device).type == "cuda":
+        return "cuda"
+    return device
+
+
 def setup(device: str) -> World:
     """Join torchrun's process group (once) for work on `device`; a world of one without torchrun.
 

@@ -176,11 +176,25 @@ def test_rng_states_of_a_checkpoint_loaded_onto_the_gpu_restore(tmp_path):
 
 @pytest.mark.cuda
 @needs_gpu
-def test_a_run_on_the_gpu_resumes_and_goes_on(tmp_path):
+def test_a_run_on_the_gpu_resumes_and_goes_on(tmp_path, monkeypatch):
+    """ADT_EXP-AM: a generator with its Adam. After the resume the weights and Adam's moments are
+    on the GPU and Adam's step counts on the CPU, as in a fresh run (a step count on the GPU
+    costs a host read per parameter tensor and step)."""
+    from adt_fast.train import loop
+
     out = tmp_path / "run"
-    cfg = TrainConfig("adt-exp", "synthetic", str(out), epochs=1, max_batches=2, batch_size=16, steps=1,
-                      samples=2, tensorboard=False, device="cuda")
+    cfg = TrainConfig("adt-exp-am", "synthetic", str(out), epochs=1, max_batches=2, batch_size=16,
+                      generator_width=8, tensorboard=False, device="cuda")
     fit(cfg)
+    resumed, load_state = [], loop.Trainer.load_state
+    monkeypatch.setattr(loop.Trainer, "load_state", lambda self, *a: resumed.append(self) or load_state(self, *a))
     fit(TrainConfig(**{**cfg.to_dict(), "epochs": 2, "resume": True}))
     payload = ckpt.load(out / ckpt.FINAL_MODEL)
     assert payload["epoch"] == 2 and payload["config"]["device"].startswith("cuda")
+    optimisers = resumed[0].optimisers
+    states = [state for opt in optimisers.values() for state in opt.state.values()]
+    assert states and any(isinstance(opt, torch.optim.Adam) for opt in optimisers.values())
+    for state in states:
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                assert value.device.type == ("cpu" if key == "step" else "cuda"), key

@@ -242,3 +242,28 @@ def test_torchrun_device_is_the_local_rank(monkeypatch):
         distributed.local_device("cuda:0")
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     assert distributed.restarted()
+
+
+def test_a_torchrun_run_records_cuda_not_rank_0s_gpu(tmp_path, monkeypatch):
+    """Rank 0 trains on cuda:0; config.json must say `cuda`, or a later --resume under torchrun
+    would hand cuda:0 to every rank and rank 1 would refuse it."""
+    cfg = small_config("standard", tmp_path / "run")
+    monkeypatch.setattr(distributed, "launched", lambda: False)
+    assert distributed.run_device("cuda:1") == "cuda:1" and distributed.run_device("cpu") == "cpu"
+    monkeypatch.setattr(distributed, "launched", lambda: True)
+    assert distributed.run_device("cuda:0") == "cuda" and distributed.run_device("cpu") == "cpu"
+    loop.start_run(dataclasses.replace(cfg, device="cuda:0"), [], {"kind": "named", "name": "synthetic"})
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["device"] == "cuda"
+
+
+def test_speed_settings_are_measured_on_one_ranks_share_of_a_batch(tmp_path, monkeypatch):
+    """Each rank steps on batch_size / world size examples; rank 0 must time that, not the
+    global batch (k times which, at a data-parallel batch size, need not fit on one GPU)."""
+    measured = []
+    monkeypatch.setattr(loop.tuning, "load_or_measure", lambda run_dir, method, model, x, y, **kw: measured.append(len(x)) or {})
+    monkeypatch.setattr(loop, "DataParallel", lambda *args: None)
+    cfg = small_config("standard", tmp_path / "run", batch_size=16).resolve()
+    dataset = datasets.open_dataset("synthetic")
+    loop.build_trainer(cfg, dataset, World(rank=0, size=2)).tune()
+    loop.build_trainer(cfg, dataset, World()).tune()
+    assert measured == [8, 16]

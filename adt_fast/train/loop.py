@@ -186,11 +186,11 @@ class Trainer:
     def tune(self) -> dict:
         """Settle the speed settings (memory format, then the method's; see tuning.py), then, in
         a world of several processes, wrap the training step in DDP, whose gradient buckets take
-        the parameters' final layout."""
+        the parameters' final layout. Measured on one rank's share of a batch, what each step runs."""
         cfg, (x, y) = self.config, self.train_data
-        chosen = tuning.load_or_measure(self.run_dir, self.method, self.model, x[:cfg.batch_size],
-                                        y[:cfg.batch_size], channels_last=cfg.channels_last,
-                                        resume=cfg.resume, world=self.world)
+        share = cfg.batch_size // self.world.size
+        chosen = tuning.load_or_measure(self.run_dir, self.method, self.model, x[:share], y[:share],
+                                        channels_last=cfg.channels_last, resume=cfg.resume, world=self.world)
         if self.world.parallel:
             self.parallel = DataParallel(self.method, self.model, self.world, x.device)
         return chosen
@@ -274,7 +274,7 @@ def start_run(cfg: TrainConfig, history: list, source: dict) -> None:
     run_dir = Path(cfg.out)
     with _writing(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
-        text = dataclasses.replace(cfg, resume=False).to_json()
+        text = dataclasses.replace(cfg, resume=False, device=distributed.run_device(cfg.device)).to_json()
         write_atomic(run_dir / CONFIG_FILE, lambda handle: handle.write(text), mode="w")
         record = json.dumps(source, indent=2, sort_keys=True) + "\n"
         write_atomic(run_dir / datasets.SOURCE_FILE, lambda handle: handle.write(record), mode="w")
@@ -491,7 +491,10 @@ def _fit(cfg: TrainConfig, config: TrainConfig, dataset: datasets.LoadedDataset,
     latest = run_dir / ckpt.LATEST
     loaded = _identity(latest) if cfg.resume else None
     if loaded is not None:
-        trainer.load_state(ckpt.load(latest, map_location=cfg.device), latest)
+        # Read onto the CPU: load_state_dict puts weights and optimiser state on the parameters'
+        # devices, and Adam's step counts stay on the CPU as in a fresh run (on the GPU, every step
+        # would read each one back to the host).
+        trainer.load_state(ckpt.load(latest, map_location="cpu"), latest)
         check_resumable(cfg, trainer.epoch)
     world.barrier()  # every rank has checked the directory and read the checkpoint before rank 0 writes
     with claim_run_dir(cfg, loaded) if world.main else contextlib.nullcontext():
