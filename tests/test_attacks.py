@@ -234,6 +234,16 @@ def test_evaluation_does_not_depend_on_batch_size(synthetic, trained):
         assert torch.equal(small.correct[name], large.correct[name]), name
 
 
+def test_a_model_on_another_device_than_device_is_a_clear_error(synthetic):
+    """evaluate moves the batches to `device`, not the models; a model left elsewhere used to fail
+    inside its first forward with torch's device-mismatch error."""
+    _, _, x, y = synthetic
+    with pytest.raises(ValueError, match=r"model is on cpu but device='meta': move it there first"):
+        evaluate(_random_net(), x[:4], y[:4], epsilon=EPS, attacks="fgsm", device="meta")
+    with pytest.raises(ValueError, match=r"source_model is on meta but device='cpu'"):
+        evaluate(_random_net(), x[:4], y[:4], epsilon=EPS, attacks="fgsm", source_model=_random_net().to("meta"))
+
+
 def test_the_same_seed_gives_the_same_report(synthetic, trained):
     _, _, x, y = synthetic
     kwargs = dict(epsilon=EPS, attacks="fgsm,pgd:5,feature,dist", feature_targets=1,

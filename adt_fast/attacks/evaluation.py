@@ -60,6 +60,14 @@ def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
     return fallback
 
 
+def _check_on_device(model: nn.Module, device: torch.device, name: str) -> None:
+    """evaluate moves the batches, not the models: a model elsewhere is the caller's to move."""
+    where = _model_device(model, device)
+    if where.type != device.type or None not in (where.index, device.index) and where.index != device.index:
+        raise ValueError(f"{name} is on {where} but device={str(device)!r}: move it there first "
+                         f"({name}.to({str(device)!r})), or leave device unset to run where the model is")
+
+
 def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError("x must be a floating-point tensor of inputs in [0, 1]")
@@ -158,7 +166,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     epsilon_curve: multiples of epsilon at which to run PGD-20 for the accuracy-against-epsilon
         curve (empty or None: no curve).
     precision: "fp32" or "bf16" (autocast around the model's forward).
-    device: where to run (default: the model's device); x and y may live anywhere.
+    device: where to run (default: the model's device), where the models must already be; x and y
+        may live anywhere.
     distributed: split the batches over the ranks of torch.distributed's initialised group (every
         rank must call, with the same arguments) and gather the per-example results; every rank
         returns the full report, identical to a single process's (the batches are the same, and
@@ -188,6 +197,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     if len(torch.unique(ids)) != n or int(ids.min()) < 0:
         raise ValueError("example_ids must be distinct integers >= 0")
     device = torch.device(device) if device is not None else _model_device(model, x.device)
+    _check_on_device(model, device, "model")
+    if source_model is not None:
+        _check_on_device(source_model, device, "source_model")
     check_attacks_can_run(names, device, x.dtype)
     emulated = bf16_emulation_warning(device) if precision == "bf16" else None
     if emulated:
