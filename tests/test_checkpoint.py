@@ -140,6 +140,14 @@ def test_resume_refuses_a_malicious_or_corrupt_checkpoint(tmp_path):
         fit(resume)
 
 
+def test_read_model_reports_only_well_typed_training_facts(tmp_path):
+    """A hand-made file may hold anything there; eval compares epoch with epochs."""
+    model = build_model("small-cnn", 10, 3, 8)
+    path = ckpt.save_atomic({"model_config": model.config, "model": model.state_dict(), "method": "adt-exp",
+                             "epoch": True, "config": {"epochs": "10"}}, tmp_path / "odd.pt")
+    assert ckpt.read_model(path)[1] == {"method": "adt-exp"}
+
+
 def test_rng_capture_and_restore_round_trip():
     generator = torch.Generator().manual_seed(5)
     torch.manual_seed(7)
@@ -159,9 +167,9 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 @pytest.mark.cuda
 @needs_gpu
 def test_rng_states_of_a_checkpoint_loaded_onto_the_gpu_restore(tmp_path):
-    """A resume loads its checkpoint onto the training device, so the saved generator states
-    arrive as CUDA tensors; torch takes them only on the CPU. The first resume on a GPU failed
-    with 'RNG state must be a torch.ByteTensor' (H200, 2026-12-04)."""
+    """States read onto a GPU arrive as CUDA tensors; torch takes them only on the CPU. The first
+    resume on a GPU read its checkpoint there and failed with 'RNG state must be a torch.ByteTensor'
+    (H200, 2026-12-04); a resume now reads onto the CPU, and restore_rng accepts either."""
     generator = torch.Generator(device="cuda").manual_seed(5)
     torch.manual_seed(7)
     torch.rand(1, device="cuda")  # CUDA initialised: its stream is captured too
@@ -184,7 +192,7 @@ def test_a_run_on_the_gpu_resumes_and_goes_on(tmp_path, monkeypatch):
 
     out = tmp_path / "run"
     cfg = TrainConfig("adt-exp-am", "synthetic", str(out), epochs=1, max_batches=2, batch_size=16,
-                      generator_width=8, tensorboard=False, device="cuda")
+                      generator_width=8, lr_drop=[], tensorboard=False, device="cuda")
     fit(cfg)
     resumed, load_state = [], loop.Trainer.load_state
     monkeypatch.setattr(loop.Trainer, "load_state", lambda self, *a: resumed.append(self) or load_state(self, *a))

@@ -427,7 +427,7 @@ def _run(args) -> int:
                               epsilon_curve=args.epsilon_curve, device=job.device,
                               progress=progress_enabled(), distributed=world.parallel)
     except ValueError as err:
-        flag = ("--source-checkpoint" if "source model" in str(err)
+        flag = ("--source-checkpoint" if "source model" in str(err) or "source_model" in str(err)
                 else "--checkpoint" if args.model is None else "--model")
         raise EvalError(flag, str(err)) from None
     if not world.main:

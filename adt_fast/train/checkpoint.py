@@ -93,7 +93,7 @@ def read_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> tupl
     from ..models import build_model
 
     device = resolve_device(device)
-    payload = load(path, map_location=device)
+    payload = load(path)  # onto the CPU: a checkpoint.pt also holds optimiser and generator state
     try:
         model = build_model(**payload["model_config"])
         model.load_state_dict(payload["model"])
@@ -102,7 +102,9 @@ def read_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> tupl
     config = payload.get("config")
     found = {"method": payload.get("method"), "epoch": payload.get("epoch"),
              "epochs": config.get("epochs") if isinstance(config, dict) else None}
-    trained = {key: value for key, value in found.items() if isinstance(value, (str, int))}
+    kinds = {"method": str, "epoch": int, "epochs": int}
+    trained = {key: value for key, value in found.items()
+               if isinstance(value, kinds[key]) and not isinstance(value, bool)}
     return model.to(device).eval(), trained
 
 
