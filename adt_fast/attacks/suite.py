@@ -436,23 +436,24 @@ class FeatureAttack(Attack):
                 alive = (~broken).nonzero().squeeze(1)
                 if len(alive) == 0:
                     break
-                js = list(range(first, min(first + chunk, self.targets)))
-                rows = [(int(i), j) for j in js for i in alive.tolist()]
-                index = torch.tensor([i for i, _ in rows], dtype=torch.long)
-                which = torch.tensor([j for _, j in rows], dtype=torch.long)
+                count = min(first + chunk, self.targets) - first
+                # rows target-major: row t * len(alive) + a pairs input alive[a] with target first + t
+                index = alive.repeat(count)
+                which = torch.arange(first, first + count).repeat_interleave(len(alive))
                 x_rep, y_rep = x[index.to(x.device)], y[index.to(y.device)]
                 ids = example_ids[index] * self.targets + which
                 target_x = pool_x[targets[index, which].to(pool_x.device)].to(x.device)
                 with torch.no_grad():
                     target_features = ctx.features(target_x)
                 hit, witness = self._attack_pairs(ctx, x_rep, y_rep, ids, target_features, seed)
-                hit = hit.cpu()
-                for row, (i, _) in enumerate(rows):
-                    if hit[row] and not broken[i]:
-                        broken[i] = True
-                        x_out[i] = witness[row]
-                    elif not broken[i]:
-                        x_out[i] = witness[row]
+                hit = hit.cpu().view(count, len(alive))
+                # each input keeps the witness of its first target that broke it, else its last
+                # target's; one gather on the device, not a copy per row
+                broke = hit.any(0)
+                pick = torch.where(broke, hit.to(torch.uint8).argmax(0), count - 1)
+                rows = pick * len(alive) + torch.arange(len(alive))
+                x_out[alive.to(x_out.device)] = witness[rows.to(witness.device)]
+                broken[alive] = broke
         return AttackOutcome(~broken, x_out)
 
     def _attack_pairs(self, ctx, x, y, ids, target_features, seed):
