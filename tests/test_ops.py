@@ -2,6 +2,8 @@
 
 import math
 
+import warnings
+
 import pytest
 import torch
 
@@ -238,6 +240,22 @@ def test_auto_and_environment_override(monkeypatch):
     monkeypatch.setenv("ADT_FAST_BACKEND", "nonsense")
     with pytest.raises(ValueError, match="ADT_FAST_BACKEND"):
         dispatch.select("auto", CPU, torch.float32)
+
+
+def test_auto_says_when_it_falls_back_to_the_reference(monkeypatch):
+    """A GPU user whose CUDA kernels did not build and who has no triton must hear that every ADT
+    step runs the slow reference, and why; the fused backend's own choice stays silent."""
+    class Unbuilt:
+        def why_not(self, device, dtype):
+            return "built without CPU kernels"
+
+    if dispatch.get("cpu").why_not(CPU, torch.float32) is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert dispatch._resolve("auto", CPU, torch.float32, None) == "cpu"
+    monkeypatch.setitem(dispatch.BACKENDS, "cpu", Unbuilt())
+    with pytest.warns(RuntimeWarning, match=r"pure-PyTorch reference on cpu .* because cpu: built without CPU kernels"):
+        assert dispatch._resolve("auto", CPU, torch.float32, None) == "reference"
 
 
 def test_backend_choice_is_cached_but_follows_the_environment(monkeypatch):

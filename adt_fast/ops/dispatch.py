@@ -11,6 +11,7 @@ import functools
 import importlib
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -268,6 +269,10 @@ def _resolve(requested: str, device: torch.device, dtype: torch.dtype, env: Opti
     for name in AUTO_PRIORITY.get(device.type, ("reference",)):
         reason = BACKENDS[name].why_not(device, dtype)
         if reason is None:
+            if name == "reference" and reasons:  # once per (device type, dtype, ...): select caches
+                warnings.warn(f"adt_fast: backend 'auto' runs the sampling op on the pure-PyTorch "
+                              f"reference on {device.type} ({dtype}), many times slower than a fused "
+                              f"backend, because {'; '.join(reasons)}", RuntimeWarning, stacklevel=4)
             return name
         reasons.append(f"{name}: {reason}")
     raise RuntimeError("no backend can serve this call: " + "; ".join(reasons))
