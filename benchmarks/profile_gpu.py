@@ -13,6 +13,7 @@ gaps between kernels grow, so only the durations are taken from the trace.)
 """
 
 import argparse
+import importlib.util
 import statistics
 import sys
 from pathlib import Path
@@ -84,7 +85,18 @@ def device_events(graph):
     return sorted(events, key=lambda e: e[1])
 
 
+def why_not(backend):
+    if backend == "floor":
+        return None if importlib.util.find_spec("triton") else "triton is not installed"
+    from adt_fast.ops import dispatch
+    return dispatch.get(backend).why_not(torch.device("cuda"), torch.float32)
+
+
 def report(backend, batch):
+    reason = why_not(backend)
+    if reason is not None:
+        print(f"{backend:7s} B={batch:5d}: skipped ({reason})")
+        return
     graph = captured(*step_for(backend, batch))
     replay = replay_us(graph)
     events = device_events(graph)
