@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_op_gpu import _same_bytes_pair, forward_backward, make_inputs  # noqa: E402
+from test_op_gpu import _same_bytes_pair, capture_graph, forward_backward, make_inputs  # noqa: E402
 
 REPLAYS = 50
 
@@ -41,21 +41,6 @@ def step_for(backend, batch):
         forward(m, s, x, out)
         backward(g, m, s, x, gm, gs)
     return step, (lambda: None)
-
-
-def captured(step, reset):
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            reset()
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    reset()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    return graph
 
 
 def replay_us(graph):
@@ -97,7 +82,7 @@ def report(backend, batch):
     if reason is not None:
         print(f"{backend:7s} B={batch:5d}: skipped ({reason})")
         return
-    graph = captured(*step_for(backend, batch))
+    graph = capture_graph(*step_for(backend, batch))
     replay = replay_us(graph)
     events = device_events(graph)
     if not events or len(events) % REPLAYS:

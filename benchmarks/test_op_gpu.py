@@ -41,8 +41,8 @@ def forward_backward(backend, mean, std_param, x, grads):
     torch.autograd.backward((out, nlp), grads)
 
 
-def time_graph_replay(timed, benchmark, step, reset):
-    """Capture step() in a CUDA graph (after warm-up on a side stream) and time REPLAYS replays."""
+def capture_graph(step, reset):
+    """step() captured in a CUDA graph, after a warm-up on a side stream."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -54,6 +54,12 @@ def time_graph_replay(timed, benchmark, step, reset):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step()
+    return graph
+
+
+def time_graph_replay(timed, benchmark, step, reset):
+    """Capture step() in a CUDA graph and time REPLAYS replays."""
+    graph = capture_graph(step, reset)
 
     def replay():
         for _ in range(REPLAYS):

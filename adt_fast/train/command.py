@@ -37,24 +37,20 @@ def hinge(text: str):
         raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor {NO_HINGE}") from None
 
 
-def samples_per_pass(text: str):
-    """--samples-per-pass: a positive integer, or 'auto'."""
-    if text.strip().lower() == AUTO:
-        return AUTO
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither an integer nor {AUTO}") from None
+def integer_or(word: str, meaning):
+    """An argparse type: an integer, or `word`, which stands for `meaning`."""
+    def parse(text: str):
+        if text.strip().lower() == word:
+            return meaning
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is neither an integer nor {word}") from None
+    return parse
 
 
-def max_batches(text: str):
-    """--max-batches: a positive integer, or 'all' (no cap: how a resume lifts a smoke run's cap)."""
-    if text.strip().lower() == ALL_BATCHES:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither an integer nor {ALL_BATCHES}") from None
+samples_per_pass = integer_or(AUTO, AUTO)  # --samples-per-pass: a positive integer, or 'auto'
+max_batches = integer_or(ALL_BATCHES, None)  # --max-batches N, or 'all': no cap (lifts a run's on --resume)
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
