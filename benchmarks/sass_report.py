@@ -21,7 +21,8 @@ Counting method (a dynamic count along one thread's common path, not a static si
 - For the kernels of the random stream before 2026-12-03 (four samples of an element per Philox
   call), TRIPS is the number of sample groups, ceil(k / 4) = 2 at k = 5, and applies to the
   sample-group loop: the innermost loop whose body holds a Philox call (20
-  wide/high 32-bit multiplies). Any other loop (over tiles, over blocks of samples) runs once:
+  wide/high 32-bit multiplies, or 19 when ptxas hoists the first round's product of a word that
+  is the same for every trip). Any other loop (over tiles, over blocks of samples) runs once:
   it handles one element per thread per trip. CUDA kernels whose source defines kMaxPass are
   templated on the samples of a launch and unroll them; for k <= kMaxPass the instantiation for
   k is counted, its innermost Philox loop is the loop over a thread's kElementsPerThread
@@ -222,6 +223,9 @@ def walk(instrs: list[Instr], trips: "int | dict[int, int]", max_steps: int = 2_
 
 
 PHILOX_MULTIPLIES = 20  # one Philox4x32-10 call: two 32x32 -> 64-bit products per round
+# A loop over samples whose quad is fixed may have the first round's product of the quad's word
+# hoisted out of it (the counter's other word is the sample's): such a loop still holds a call.
+PHILOX_HOISTED = 1
 
 
 def _loops(instrs: list[Instr]) -> list[tuple[int, int]]:
@@ -239,7 +243,7 @@ def _multiplies(instrs: list[Instr], head: int, latch: int) -> int:
 
 def _philox_loops(instrs: list[Instr]) -> list[tuple[int, int]]:
     """The loops whose body holds at least one Philox call."""
-    return [(h, l) for h, l in _loops(instrs) if _multiplies(instrs, h, l) >= PHILOX_MULTIPLIES]
+    return [(h, l) for h, l in _loops(instrs) if _multiplies(instrs, h, l) >= PHILOX_MULTIPLIES - PHILOX_HOISTED]
 
 
 def quad_loop_trips(instrs: list[Instr], k: int, quads: int) -> dict[int, int]:
@@ -264,9 +268,9 @@ def quad_loop_trips(instrs: list[Instr], k: int, quads: int) -> dict[int, int]:
 
 def sample_loop_trips(instrs: list[Instr], trips: int) -> dict[int, int]:
     """Latch address -> trips. The sample-group loop is the innermost loop whose body holds a
-    Philox call (at least 20 wide/high 32-bit multiplies); it runs `trips` times, every other loop
-    (a grid-stride loop over tiles, a loop of row blocks) once per element. Without such a loop
-    (a toy kernel), every loop runs `trips` times."""
+    Philox call (at least 19 wide/high 32-bit multiplies: PHILOX_HOISTED); it runs `trips`
+    times, every other loop (a grid-stride loop over tiles, a loop of row blocks) once per
+    element. Without such a loop (a toy kernel), every loop runs `trips` times."""
     philox = _philox_loops(instrs)
     if not philox:
         return {latch: trips for _, latch in _loops(instrs)}

@@ -85,6 +85,29 @@ def test_graph_replay(timed, benchmark, backend, dtype, batch):
     time_graph_replay(timed, benchmark, lambda: forward_backward(backend, mean, std_param, x, grads), reset)
 
 
+@pytest.mark.parametrize("batch", BATCH_SIZES)
+@pytest.mark.parametrize("split", ["default", "small-calls"])
+def test_graph_replay_work_split(timed, benchmark, split, batch):
+    """The CUDA kernels under each work split (docs/kernels.md), float32: the measurement behind
+    the size at which `auto` changes split."""
+    reason = dispatch.get("cuda").why_not(DEVICE, torch.float32)
+    if reason is not None:
+        pytest.skip(reason)
+    from adt_fast import _C
+
+    mean, std_param, x, grads = make_inputs(batch)
+
+    def reset():
+        mean.grad = std_param.grad = None
+
+    assert _C.set_cuda_work_split(split)
+    try:  # the split is read at launch, so the captured graph keeps it
+        benchmark.extra_info.update(split=split)
+        time_graph_replay(timed, benchmark, lambda: forward_backward("cuda", mean, std_param, x, grads), reset)
+    finally:
+        _C.set_cuda_work_split("auto")
+
+
 def _same_bytes_pair():
     """(forward, backward): Triton kernels with the op's memory traffic and no arithmetic to speak
     of. forward reads mean, std_param, x and writes K rows; backward reads K rows of gradient and

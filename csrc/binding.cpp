@@ -525,4 +525,25 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "set_cpu_isa", [](const std::string& name) { return adt_fast::cpu::set_isa(name.c_str()); },
       py::arg("name"),
       "Force the CPU kernels' instruction set (for tests); False if it is unknown or unsupported here.");
+  m.def(
+      "set_cuda_work_split",
+      [](const std::string& name) {
+#if defined(ADT_FAST_WITH_CUDA)
+        using adt_fast::cuda::WorkSplit;
+        const WorkSplit split = name == "auto" ? WorkSplit::kAuto
+                                : name == "default" ? WorkSplit::kDefault
+                                : name == "small-calls" ? WorkSplit::kSmallCalls
+                                                        : static_cast<WorkSplit>(-1);
+        if (static_cast<int>(split) < 0) return false;
+        adt_fast::cuda::set_work_split(split);
+        return true;
+#else
+        (void)name;
+        return false;
+#endif
+      },
+      py::arg("name"),
+      "Force the CUDA kernels' work split, 'auto' (by the call's size), 'default' or 'small-calls' "
+      "(docs/kernels.md; for tests and benchmarks, process-wide); False if the name is unknown or "
+      "the extension has no CUDA kernels.");
 }

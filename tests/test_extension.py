@@ -125,6 +125,11 @@ def test_set_cpu_isa_rejects_unknown_names():
     assert C.cpu_isa() == current
 
 
+def test_set_cuda_work_split_takes_its_names_only_with_cuda_kernels():
+    assert not C.set_cuda_work_split("fastest")
+    assert C.set_cuda_work_split("auto") == C.build_info()["cuda"]
+
+
 # ---- correctness on larger shapes, every instruction set ------------------------------------------
 
 @pytest.fixture(params=C.build_info()["cpu_isas"].split(","))
@@ -407,18 +412,45 @@ cuda_only = pytest.mark.skipif(not (HAS_CUDA_KERNELS and torch.cuda.is_available
                                reason="needs the CUDA kernels and a GPU")
 
 
+@pytest.fixture(params=["default", "small-calls"])
+def cuda_work_split(request):
+    assert C.set_cuda_work_split(request.param)
+    yield request.param
+    C.set_cuda_work_split("auto")
+
+
 @pytest.mark.cuda
 @cuda_only
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("use_noise", [False, True])
 @pytest.mark.parametrize("use_x", [False, True])
 @pytest.mark.parametrize("shape,k", [((5, 3, 17, 11), 6), ((64, 3, 32, 32), 5), ((2, 9000), 3), ((700,), 9)])
-def test_cuda_matches_reference(dtype, tol, use_noise, use_x, shape, k):
+def test_cuda_matches_reference(cuda_work_split, dtype, tol, use_noise, use_x, shape, k):
     t = make(shape, k, dtype, device="cuda")
     got = run_ext(t, k, use_noise, use_x)
     assert all(g.device.type == "cuda" for g in got)
     near = near_clamp_bounds(t, k, use_noise) if use_x and dtype != torch.float64 else None
     compare(got, run_ref(t, k, use_noise, use_x), tol, near)
+
+
+@pytest.mark.cuda
+@cuda_only
+def test_cuda_work_splits_differ_only_in_the_order_of_log_prob_sums():
+    """The split moves no sample: outputs and gradients are bit-identical, -log p is summed over
+    other chunks (float32 rounding apart)."""
+    k = 5
+    t = make((64, 3, 32, 32), k, torch.float32, device="cuda")
+    runs = {}
+    for split in ("default", "small-calls"):
+        assert C.set_cuda_work_split(split)
+        try:
+            runs[split] = run_ext(t, k, False, True)
+        finally:
+            C.set_cuda_work_split("auto")
+    (out_d, nlp_d, *grads_d), (out_s, nlp_s, *grads_s) = runs.values()
+    assert torch.equal(out_d, out_s)
+    assert all(torch.equal(a, b) for a, b in zip(grads_d, grads_s))
+    assert rel_err(nlp_s, nlp_d) <= 1e-6
 
 
 @pytest.mark.cuda

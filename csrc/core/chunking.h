@@ -7,27 +7,33 @@
 
 namespace adt_fast {
 
-constexpr int kElementsPerThread = 8;  // benchmarks/sass_report.py divides its count by this
+// Elements per lane: the default split's (benchmarks/sass_report.py divides its count by this),
+// and the small-call split's, which gives a call too small to fill a GPU twice the lanes
+// (docs/kernels.md, "Work split").
+constexpr int kElementsPerThread = 8;
+constexpr int kElementsPerThreadSmallCalls = 4;
 
-// A chunk: up to kElementsPerThread * lanes consecutive elements of one example, handled by a
-// group of `lanes` lanes of a warp, lane j of the group taking elements start + j + lanes * i.
+// A chunk: up to per_lane * lanes consecutive elements of one example, handled by a group of
+// `lanes` lanes of a warp, lane j of the group taking elements start + j + lanes * i.
 struct Chunk {
   int64_t example, index, start;  // index: the chunk's place in its example
   int len;                        // 0 for a group past the last chunk
 };
 
-// Groups are 32 lanes for examples of 8 * 32 = 256 elements or more, and narrower for smaller
+// Groups are 32 lanes for examples of per_lane * 32 elements or more, and narrower for smaller
 // examples (down to one lane per example), so that no lane idles on a small example.
 struct Chunking {
   int64_t dim = 0, per_example = 0, count = 0;  // chunks per example, chunks in all
+  int per_lane = kElementsPerThread;  // elements per lane of a chunk
   int lanes_log2 = 0;  // a chunk's group has 2^lanes_log2 lanes
   FastDivider fast;  // c / per_example when every chunk index fits 31 bits
   bool narrow = true;
 
-  static Chunking of(int64_t batch, int64_t dim) {
+  static Chunking of(int64_t batch, int64_t dim, int per_lane = kElementsPerThread) {
     Chunking c;
     c.dim = dim;
-    while (c.lanes_log2 < 5 && (int64_t{kElementsPerThread} << c.lanes_log2) < dim) ++c.lanes_log2;
+    c.per_lane = per_lane;
+    while (c.lanes_log2 < 5 && (int64_t{per_lane} << c.lanes_log2) < dim) ++c.lanes_log2;
     c.per_example = dim > 0 ? (dim + c.size() - 1) / c.size() : 0;
     c.count = batch * c.per_example;
     c.narrow = c.count < (int64_t{1} << 31);
@@ -36,7 +42,7 @@ struct Chunking {
   }
 
   ADT_FN int lanes() const { return 1 << lanes_log2; }
-  ADT_FN int size() const { return kElementsPerThread << lanes_log2; }  // elements per chunk
+  ADT_FN int size() const { return per_lane << lanes_log2; }  // elements per chunk
   ADT_FN int per_warp() const { return 32 >> lanes_log2; }
 
   // Chunk c (empty past the last one).

@@ -34,7 +34,12 @@ struct SeedSource {
   int64_t* used = nullptr;
 };
 
-// Bytes of device scratch memory sample_forward needs (partial sums of examples that span blocks).
+// How the kernels split a call over lanes and blocks (docs/kernels.md, "Work split"): kAuto picks
+// by the call's size; the others force a split, for tests and benchmarks. Process-wide.
+enum class WorkSplit : int { kAuto = 0, kDefault = 1, kSmallCalls = 2 };
+void set_work_split(WorkSplit split);
+
+// Bytes of device scratch memory sample_forward needs (partial sums of examples that span chunks).
 size_t forward_workspace_bytes(DType dtype, int64_t batch, int64_t dim, int64_t num_samples);
 
 const char* sample_forward(DType dtype, const void* mean, const void* std_param, const void* x,

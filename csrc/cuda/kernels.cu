@@ -20,6 +20,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstdint>
 #include <initializer_list>
@@ -34,8 +35,7 @@ namespace adt_fast {
 namespace cuda {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
+constexpr int kThreads = 256;  // the default split's blocks; the small-call split's have half
 constexpr int kMaxPass = 8;  // samples per launch: accumulators live in registers
 // 4 blocks (1024 threads, 64 registers) per SM for every type. Measured on an H200
 // (benchmarks/RESULTS.md, 2026-12-04): at full occupancy's 32 registers the float kernels spill,
@@ -89,8 +89,9 @@ __device__ __forceinline__ C group_sum(C v, int width) {
 template <class F>
 __device__ __forceinline__ void for_each_chunk(const Chunking& chunks, F&& f) {
   const int per_warp = chunks.per_warp();
-  const int64_t step = static_cast<int64_t>(gridDim.x) * kWarps * per_warp;
-  for (int64_t first = (static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5)) * per_warp;
+  const int warps = static_cast<int>(blockDim.x >> 5);
+  const int64_t step = static_cast<int64_t>(gridDim.x) * warps * per_warp;
+  for (int64_t first = (static_cast<int64_t>(blockIdx.x) * warps + (threadIdx.x >> 5)) * per_warp;
        first < chunks.count; first += step) {
     int lane;
     const Chunk c = chunks.of_lane(first, threadIdx.x & 31, lane);
@@ -232,9 +233,9 @@ __device__ __forceinline__ const S* opaque(const S* p) {
 
 // The normals of sample s of quad q (docs/randomness.md): Box-Muller on both word pairs.
 template <class C>
-__device__ __forceinline__ void quad_normals(const Seed& seed, uint64_t q, uint64_t s, C (&z)[4]) {
+__device__ __forceinline__ void quad_normals(const Seed& seed, uint64_t q, uint64_t offset_plus_s, C (&z)[4]) {
   uint32_t w0, w1, w2, w3;
-  philox_words4(seed.key, q, seed.offset + s, w0, w1, w2, w3);
+  philox_words4(seed.key, q, offset_plus_s, w0, w1, w2, w3);
   box_muller<C>(w0, w1, z[0], z[1]);
   box_muller<C>(w2, w3, z[2], z[3]);
 }
@@ -254,6 +255,8 @@ template <int kUnroll, bool kNoise, bool kVec, class C, class S, class F>
 __device__ __forceinline__ void for_each_sample(const Seed& seed, const S* noise, int64_t numel, int s0, int count,
                                                 const LaneQuad& lq, F&& f) {
   if (kNoise) noise += static_cast<int64_t>(s0) * numel + lq.n4;
+  const uint64_t q = static_cast<uint64_t>(lq.n4) / kElementsPerCall;
+  uint64_t counter = seed.offset + static_cast<uint64_t>(s0);  // Philox's (offset + s), kept running
 #pragma unroll(kUnroll > 0 ? kUnroll : 1)
   for (int s = 0; s < (kUnroll > 0 ? kUnroll : count); ++s) {
     if (kUnroll > 0 && s >= count) break;
@@ -262,7 +265,7 @@ __device__ __forceinline__ void for_each_sample(const Seed& seed, const S* noise
       load_quad<kVec>(noise, lq, z);
       noise += numel;
     } else {
-      quad_normals<C>(seed, static_cast<uint64_t>(lq.n4) / kElementsPerCall, static_cast<uint64_t>(s0 + s), z);
+      quad_normals<C>(seed, q, counter++, z);
     }
     f(s, z);
   }
@@ -284,7 +287,7 @@ struct Inputs {
   C eps, lo, hi;
 
   Inputs(const void* mean_, const void* std_param_, const void* x_, const void* noise_, const SeedSource& seed_,
-         int64_t batch_, int64_t dim, double epsilon, double lo_, double hi_)
+         int64_t batch_, int64_t dim, int per_lane, double epsilon, double lo_, double hi_)
       : mean(static_cast<const S*>(mean_)),
         std_param(static_cast<const S*>(std_param_)),
         x(static_cast<const S*>(x_)),
@@ -292,7 +295,7 @@ struct Inputs {
         seed(seed_),
         batch(batch_),
         numel(batch_ * dim),
-        chunks(Chunking::of(batch_, dim)),
+        chunks(Chunking::of(batch_, dim, per_lane)),
         s0(0),
         pass(0),
         eps(static_cast<C>(epsilon)),
@@ -436,6 +439,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) backward_kernel(const 
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc_du[e] = acc_dur[e] = acc_gx[e] = C(0);
       const S* go = grad_out + lq.n4 * p.go_element_stride;
+      const C* ge_at = ge;  // sample s's grad_nlp, kept running like go
       for_each_sample<0, kNoise, kVec, C>(seed, p.noise, p.numel, p.s0, pass, lq, [&](int s, const C(&z)[4]) {
         C mu[4], xv[4], gd[4];
         load_quad<kVec>(opaque(p.mean) + lq.n4, lq, mu);
@@ -448,7 +452,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) backward_kernel(const 
           for (int e = 0; e < 4; ++e) gd[e] = g;
         }
         go += p.go_sample_stride;
-        const C ge_s = __ldg(ge + s * p.ge_sample_stride);
+        const C ge_s = __ldg(ge_at);
+        ge_at += p.ge_sample_stride;
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const TanhTerms<C> tt = tanh_terms<C>(mu[e] + sigma[e] * z[e]);
@@ -523,8 +528,31 @@ unsigned grid_for(int64_t work, int64_t per_block) {
   return static_cast<unsigned>(std::min<int64_t>((work + per_block - 1) / per_block, kMaxBlocks));
 }
 
-// Blocks for the chunks: each of a block's warps takes chunks.per_warp() chunks per trip.
-unsigned grid_for(const Chunking& chunks) { return grid_for(chunks.count, kWarps * chunks.per_warp()); }
+// Blocks of `threads` for the chunks: each of a block's warps takes chunks.per_warp() chunks per trip.
+unsigned grid_for(const Chunking& chunks, int threads) { return grid_for(chunks.count, threads / 32 * chunks.per_warp()); }
+
+// The work split of a call (docs/kernels.md, "Work split"). The default, 8 elements per lane in
+// blocks of 8 warps, spends the fewest instructions per element. A call of fewer than
+// kSmallCallElements elements would leave part of a GPU idle with it (at B = 64, D = 3072, 96
+// blocks for an H100's or H200's 132 SMs), so it takes 4 elements per lane in blocks of 4 warps:
+// four times the blocks. The choice depends on (B, D) only, never on the device, so a call gives
+// the same results on any GPU; set_work_split forces one (tests, benchmarks).
+struct Split {
+  int per_lane, threads;
+};
+constexpr int64_t kSmallCallElements = int64_t{1} << 20;  // 512 default blocks: about one wave
+constexpr Split kDefaultSplit{kElementsPerThread, kThreads};
+constexpr Split kSmallCallSplit{kElementsPerThreadSmallCalls, kThreads / 2};
+std::atomic<int> forced_split{static_cast<int>(WorkSplit::kAuto)};
+
+Split split_for(int64_t numel) {
+  switch (static_cast<WorkSplit>(forced_split.load(std::memory_order_relaxed))) {
+    case WorkSplit::kDefault: return kDefaultSplit;
+    case WorkSplit::kSmallCalls: return kSmallCallSplit;
+    case WorkSplit::kAuto: break;
+  }
+  return numel < kSmallCallElements ? kSmallCallSplit : kDefaultSplit;
+}
 
 // f(std::bool_constant<b>...) for the runtime bools b: one instantiation per combination.
 template <class F>
@@ -599,20 +627,21 @@ const char* forward_typed(const void* mean, const void* std_param, const void* x
   using C = typename ComputeOf<S>::type;
   C* nlp = static_cast<C*>(nlp_v);
   if (k <= 0 || k > INT_MAX) return k <= 0 ? nullptr : "adt_fast: num_samples must fit 31 bits";
-  ForwardParams<S> p(mean, std_param, x, noise, seed, batch, dim, epsilon, lo, hi);
+  const Split split = split_for(batch * dim);
+  ForwardParams<S> p(mean, std_param, x, noise, seed, batch, dim, split.per_lane, epsilon, lo, hi);
   p.out = static_cast<S*>(out);
   p.nlp = nlp;
   p.partial = static_cast<C*>(workspace);
   p.constant = neg_log_prob_constant(dim, epsilon);
   const bool vec = quads_aligned<S>(dim, {mean, std_param, x, noise, out});
   // With no elements the kernel still runs (one block, no chunks) to report the (seed, offset).
-  const unsigned grid = std::max(1u, grid_for(p.chunks));
+  const unsigned grid = std::max(1u, grid_for(p.chunks, split.threads));
   for (int64_t s0 = 0; s0 < k; s0 += kMaxPass) {
     p.s0 = static_cast<int>(s0);
     p.pass = pass_size(k, s0);
     with_variant<S>(noise != nullptr, x != nullptr, vec, p.pass, [&](auto kNoise, auto kX, auto kVec, auto kPass) {
       forward_kernel<S, decltype(kNoise)::value, decltype(kX)::value, decltype(kVec)::value, decltype(kPass)::value>
-          <<<grid, kThreads, 0, stream>>>(p);
+          <<<grid, split.threads, 0, stream>>>(p);
     });
   }
   if (p.numel == 0 && batch > 0) {  // -log p of an empty example: the empty sum
@@ -644,7 +673,8 @@ const char* backward_typed(const void* grad_out, int64_t go_sample_stride, int64
     }
     return launch_error();
   }
-  BackwardParams<S> p(mean, std_param, x, noise, seed, batch, dim, epsilon, lo, hi);
+  const Split split = split_for(batch * dim);
+  BackwardParams<S> p(mean, std_param, x, noise, seed, batch, dim, split.per_lane, epsilon, lo, hi);
   p.grad_out = static_cast<const S*>(grad_out);
   p.go_sample_stride = grad_out != nullptr ? go_sample_stride : 0;
   p.go_element_stride = grad_out != nullptr ? go_element_stride : 0;
@@ -657,14 +687,14 @@ const char* backward_typed(const void* grad_out, int64_t go_sample_stride, int64
   const bool vec = quads_aligned<S>(dim, {mean, std_param, x, noise, grad_mean, grad_std, grad_x,
                                           p.go_element_stride != 0 ? grad_out : nullptr}) &&
                    p.go_sample_stride % kElementsPerCall == 0;
-  const unsigned grid = grid_for(p.chunks);
+  const unsigned grid = grid_for(p.chunks, split.threads);
   const auto launch = [&](int64_t s0, bool accumulate) {
     p.s0 = static_cast<int>(s0);
     p.pass = pass_size(k, s0);
     p.accumulate = accumulate;
     with_variant<S>(noise != nullptr, x != nullptr, vec, p.pass, [&](auto kNoise, auto kX, auto kVec, auto kPass) {
       backward_kernel<S, decltype(kNoise)::value, decltype(kX)::value, decltype(kVec)::value, decltype(kPass)::value>
-          <<<grid, kThreads, 0, stream>>>(p);
+          <<<grid, split.threads, 0, stream>>>(p);
     });
   };
   // The partial pass (k mod kMaxPass samples) first, so that only passes of kMaxPass samples ever
@@ -679,11 +709,19 @@ size_t compute_size(DType dtype) { return dtype == DType::kFloat64 ? sizeof(doub
 
 }  // namespace
 
+// Enough for either split, so that a set_work_split between this and the launch cannot overrun.
 size_t forward_workspace_bytes(DType dtype, int64_t batch, int64_t dim, int64_t num_samples) {
-  const Chunking chunks = Chunking::of(batch, dim);
-  if (batch <= 0 || num_samples <= 0 || chunks.per_example <= 1) return 0;
-  return compute_size(dtype) * static_cast<size_t>(num_samples * chunks.count);
+  size_t bytes = 0;
+  for (const Split split : {kDefaultSplit, kSmallCallSplit}) {
+    const Chunking chunks = Chunking::of(batch, dim, split.per_lane);
+    if (batch > 0 && num_samples > 0 && chunks.per_example > 1) {
+      bytes = std::max(bytes, compute_size(dtype) * static_cast<size_t>(num_samples * chunks.count));
+    }
+  }
+  return bytes;
 }
+
+void set_work_split(WorkSplit split) { forced_split.store(static_cast<int>(split), std::memory_order_relaxed); }
 
 #define ADT_FAST_DISPATCH(dtype, FN, ...)                                        \
   switch (dtype) {                                                               \

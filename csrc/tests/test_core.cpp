@@ -493,38 +493,40 @@ void test_empty() {
 // their example and place correctly, and a group of lanes never straddles two examples.
 void test_chunking() {
   const int warps_in_grid = 3 * 8;  // 3 blocks of 8 warps: the grid-stride loop runs several trips
-  for (int64_t batch : {1, 2, 7, 33}) {
-    for (int64_t dim : {1, 3, 8, 9, 17, 31, 64, 200, 255, 256, 257, 784, 3072}) {
-      const adt_fast::Chunking chunks = adt_fast::Chunking::of(batch, dim);
-      int expected_lanes = 1;  // the fewest lanes (a power of two, at most 32) whose chunk holds D
-      while (expected_lanes < 32 && expected_lanes * adt_fast::kElementsPerThread < dim) expected_lanes *= 2;
-      CHECK(chunks.lanes() == expected_lanes, "B=%lld D=%lld: %d lanes per chunk, want %d", (long long)batch,
-            (long long)dim, chunks.lanes(), expected_lanes);
-      std::vector<int> taken(static_cast<size_t>(batch * dim), 0);
-      std::vector<int> slots(static_cast<size_t>(batch * chunks.per_example), 0);
-      const int per_warp = chunks.per_warp();
-      for (int w = 0; w < warps_in_grid; ++w) {
-        for (int64_t first = int64_t{w} * per_warp; first < chunks.count; first += int64_t{warps_in_grid} * per_warp) {
-          for (int lane = 0; lane < 32; ++lane) {
-            int j;
-            const adt_fast::Chunk c = chunks.of_lane(first, lane, j);
-            if (c.len == 0) continue;
-            CHECK(c.start == c.example * dim + c.index * chunks.size() && c.len <= chunks.size() &&
-                      c.index < chunks.per_example && c.start + c.len <= (c.example + 1) * dim,
-                  "B=%lld D=%lld: chunk at %lld is not inside example %lld", (long long)batch, (long long)dim,
-                  (long long)c.start, (long long)c.example);
-            if (j == 0) ++slots[static_cast<size_t>(c.example * chunks.per_example + c.index)];
-            for (int i = 0; i < adt_fast::kElementsPerThread; ++i) {
-              const int at = j + chunks.lanes() * i;
-              if (at < c.len) ++taken[static_cast<size_t>(c.start + at)];
+  for (const int per_lane : {adt_fast::kElementsPerThread, adt_fast::kElementsPerThreadSmallCalls}) {
+    for (int64_t batch : {1, 2, 7, 33}) {
+      for (int64_t dim : {1, 3, 8, 9, 17, 31, 64, 200, 255, 256, 257, 784, 3072}) {
+        const adt_fast::Chunking chunks = adt_fast::Chunking::of(batch, dim, per_lane);
+        int expected_lanes = 1;  // the fewest lanes (a power of two, at most 32) whose chunk holds D
+        while (expected_lanes < 32 && expected_lanes * per_lane < dim) expected_lanes *= 2;
+        CHECK(chunks.lanes() == expected_lanes, "B=%lld D=%lld: %d lanes per chunk, want %d", (long long)batch,
+              (long long)dim, chunks.lanes(), expected_lanes);
+        std::vector<int> taken(static_cast<size_t>(batch * dim), 0);
+        std::vector<int> slots(static_cast<size_t>(batch * chunks.per_example), 0);
+        const int per_warp = chunks.per_warp();
+        for (int w = 0; w < warps_in_grid; ++w) {
+          for (int64_t first = int64_t{w} * per_warp; first < chunks.count; first += int64_t{warps_in_grid} * per_warp) {
+            for (int lane = 0; lane < 32; ++lane) {
+              int j;
+              const adt_fast::Chunk c = chunks.of_lane(first, lane, j);
+              if (c.len == 0) continue;
+              CHECK(c.start == c.example * dim + c.index * chunks.size() && c.len <= chunks.size() &&
+                        c.index < chunks.per_example && c.start + c.len <= (c.example + 1) * dim,
+                    "B=%lld D=%lld: chunk at %lld is not inside example %lld", (long long)batch, (long long)dim,
+                    (long long)c.start, (long long)c.example);
+              if (j == 0) ++slots[static_cast<size_t>(c.example * chunks.per_example + c.index)];
+              for (int i = 0; i < per_lane; ++i) {
+                const int at = j + chunks.lanes() * i;
+                if (at < c.len) ++taken[static_cast<size_t>(c.start + at)];
+              }
             }
           }
         }
+        CHECK(std::all_of(taken.begin(), taken.end(), [](int t) { return t == 1; }),
+              "B=%lld D=%lld: some element is not taken exactly once", (long long)batch, (long long)dim);
+        CHECK(std::all_of(slots.begin(), slots.end(), [](int t) { return t == 1; }),
+              "B=%lld D=%lld: some (example, chunk) sum is not written exactly once", (long long)batch, (long long)dim);
       }
-      CHECK(std::all_of(taken.begin(), taken.end(), [](int t) { return t == 1; }),
-            "B=%lld D=%lld: some element is not taken exactly once", (long long)batch, (long long)dim);
-      CHECK(std::all_of(slots.begin(), slots.end(), [](int t) { return t == 1; }),
-            "B=%lld D=%lld: some (example, chunk) sum is not written exactly once", (long long)batch, (long long)dim);
     }
   }
 }

@@ -326,31 +326,41 @@ int main() {
   CUDA_OK(cudaGetDeviceProperties(&prop, 0));
   std::printf("CUDA kernels (%s) on %s\n", adt_fast::cuda::compiled_architectures(), prop.name);
   check_words();
-  check_seed_sources();
-  check_empty();
-  for (const auto& s : {std::vector<int64_t>{3, 37, 5}, {2, 600, 11}, {16, 4, 3}}) check_gradient_layouts(s[0], s[1], s[2]);
-  // (B, D, k): D picks the lanes per chunk (1 for D <= 8, then 2, 4, 8, 16, 32), whether an
-  // example spans chunks (D > 256) and whether chunks start on a quad (D a multiple of 4: vector
-  // loads and stores; otherwise quads shared by neighbouring chunks); k > 8 takes several launches.
-  const int64_t shapes[][3] = {{5, 6, 3}, {3, 37, 5}, {2, 5000, 3}, {700, 1, 9}, {64, 3072, 5}, {4, 300, 64},
-                               {33, 12, 4}, {5, 20, 6}, {9, 100, 8}, {7, 256, 1}, {3, 257, 2}};
-  for (const auto& s : shapes) {
-    for (int noise = 0; noise < 2; ++noise) {
-      for (int x = 0; x < 2; ++x) {
-        check<double>("float64", s[0], s[1], s[2], noise, x, 1e-12);
-        check<float>("float32", s[0], s[1], s[2], noise, x, 1e-5);
-        check<__half>("float16", s[0], s[1], s[2], noise, x, 2e-3);
-        check<__nv_bfloat16>("bfloat16", s[0], s[1], s[2], noise, x, 2e-2);
+  // Every check under both work splits (the calls here are small, so auto would take the
+  // small-call split for all of them).
+  for (const auto split : {adt_fast::cuda::WorkSplit::kDefault, adt_fast::cuda::WorkSplit::kSmallCalls}) {
+    adt_fast::cuda::set_work_split(split);
+    std::printf("work split: %s\n", split == adt_fast::cuda::WorkSplit::kDefault ? "default" : "small calls");
+    check_seed_sources();
+    check_empty();
+    for (const auto& s : {std::vector<int64_t>{3, 37, 5}, {2, 600, 11}, {16, 4, 3}}) {
+      check_gradient_layouts(s[0], s[1], s[2]);
+    }
+    // (B, D, k): D picks the lanes per chunk (1 for D <= 8 elements per lane, then 2, 4, 8, 16,
+    // 32), whether an example spans chunks (D > 256 or 128) and whether chunks start on a quad (D
+    // a multiple of 4: vector loads and stores; otherwise quads shared by neighbouring chunks);
+    // k > 8 takes several launches.
+    const int64_t shapes[][3] = {{5, 6, 3}, {3, 37, 5}, {2, 5000, 3}, {700, 1, 9}, {64, 3072, 5}, {4, 300, 64},
+                                 {33, 12, 4}, {5, 20, 6}, {9, 100, 8}, {7, 256, 1}, {3, 257, 2}, {6, 129, 3}};
+    for (const auto& s : shapes) {
+      for (int noise = 0; noise < 2; ++noise) {
+        for (int x = 0; x < 2; ++x) {
+          check<double>("float64", s[0], s[1], s[2], noise, x, 1e-12);
+          check<float>("float32", s[0], s[1], s[2], noise, x, 1e-5);
+          check<__half>("float16", s[0], s[1], s[2], noise, x, 2e-3);
+          check<__nv_bfloat16>("bfloat16", s[0], s[1], s[2], noise, x, 2e-2);
+        }
+      }
+    }
+    // D a multiple of 4 with every array one element off its alignment: the element-wise path.
+    for (const auto& s : {std::vector<int64_t>{3, 64, 5}, {2, 600, 9}}) {
+      for (int noise = 0; noise < 2; ++noise) {
+        check<double>("float64", s[0], s[1], s[2], noise, 1, 1e-12, 1);
+        check<float>("float32", s[0], s[1], s[2], noise, 1, 1e-5, 1);
+        check<__half>("float16", s[0], s[1], s[2], noise, 1, 2e-3, 1);
       }
     }
   }
-  // D a multiple of 4 with every array one element off its alignment: the element-wise path.
-  for (const auto& s : {std::vector<int64_t>{3, 64, 5}, {2, 600, 9}}) {
-    for (int noise = 0; noise < 2; ++noise) {
-      check<double>("float64", s[0], s[1], s[2], noise, 1, 1e-12, 1);
-      check<float>("float32", s[0], s[1], s[2], noise, 1, 1e-5, 1);
-      check<__half>("float16", s[0], s[1], s[2], noise, 1, 2e-3, 1);
-    }
-  }
+  adt_fast::cuda::set_work_split(adt_fast::cuda::WorkSplit::kAuto);
   return adt_test::report();
 }
