@@ -60,7 +60,7 @@ _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 # ------------------------------------------------------------------------------------------------
 def generator_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, *,
                      forward: Optional[Forward] = None, batch_mean: bool = False,
-                     bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+                     batch_size: Optional[int] = None, bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
     """``[x, g1, g2]`` concatenated on channels, shape (B, 3*C, H, W), detached (C.2).
 
     g1 = grad_x CE(f(x), y) and g2 = grad_x CE(f(x_fgsm), y) at the FGSM point
@@ -70,14 +70,15 @@ def generator_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon
 
     The gradients are per-example (of the summed CE), so they do not depend on the batch size;
     ``batch_mean=True`` divides them by B, which is what the authors' code feeds (F.cross_entropy
-    with its default mean). ``forward(inp)`` replaces ``model(inp)`` (e.g. the trainer's autocast
-    and channels_last wrapper).
+    with its default mean): ``batch_size`` when given (the global batch, of which x is one
+    process's rows under data parallelism), else x's rows. ``forward(inp)`` replaces
+    ``model(inp)`` (e.g. the trainer's autocast and channels_last wrapper).
     """
     if epsilon <= 0:
         raise ValueError(f"epsilon must be > 0, got {epsilon}")
     fwd = forward if forward is not None else model
     x = x.detach()
-    scale = 1.0 / x.shape[0] if batch_mean else 1.0
+    scale = 1.0 / (batch_size or x.shape[0]) if batch_mean else 1.0
     with eval_mode(model), torch.enable_grad():
         x0 = x.clone().requires_grad_(True)
         (g1,) = torch.autograd.grad(cross_entropy(fwd(x0), y).sum() * scale, x0)

@@ -1,7 +1,9 @@
 """The original ADT code's forms, timed as baselines (never used by the library).
 
-They follow the authors' implementation: k samples drawn one after another with torch.randn,
-+1e-8 inside the logs, and a full backward per sample that also fills the classifier's .grad.
+They follow the authors' implementation (adt_exp.py): k samples drawn one after another with
+torch.randn, +1e-8 inside the logs, a full backward per sample that also fills the classifier's
+.grad, and the distribution's gradients never zeroed between steps (they add up; docs/training.md
+§2a, `--dist-grad accumulated`).
 """
 
 import math
@@ -21,17 +23,17 @@ def original_sample(mean, std_param, x, epsilon):
 
 
 def original_adt_exp_step(model, optimiser, x, y, *, epsilon, steps=7, samples=5, lbd=0.01):
-    """One ADT_EXP training iteration as the original code writes it (Alg. 2, eager, fp32)."""
+    """One ADT_EXP training iteration as the original code writes it (Alg. 2 with its gradients
+    accumulated over the steps, eager, fp32)."""
     mean = torch.zeros_like(x, requires_grad=True)
     std_param = torch.zeros_like(x, requires_grad=True)
     adam = torch.optim.Adam([mean, std_param], lr=0.3, betas=(0.0, 0.0))
     model.eval()
     for _ in range(steps):
-        adam.zero_grad()
         for _ in range(samples):
             x_adv, neg_log_prob = original_sample(mean, std_param, x, epsilon)
             loss = F.cross_entropy(model(x_adv), y) + lbd * neg_log_prob.mean() / x[0].numel()
-            (-loss / samples).backward()
+            (-loss).backward()
         adam.step()
     model.train()
     with torch.no_grad():

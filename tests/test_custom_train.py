@@ -12,6 +12,7 @@ import torch
 
 from adt_fast.cli import main
 from adt_fast.data import DatasetFileError
+from adt_fast.distributed import BatchShard, World
 from adt_fast.models import build_model
 from adt_fast.train import ConfigError, TrainConfig, build_method, fit
 from adt_fast.train.methods import Runtime
@@ -158,6 +159,17 @@ def test_generator_grad_batch_mean_feeds_batch_mean_gradients(method):
         _method(method, generator_grad="mean")
 
 
+def test_generator_grad_batch_mean_is_over_the_global_batch_under_data_parallelism():
+    """A rank's rows get the inputs one process gives them: the mean is over the global batch."""
+    x, y = torch.rand(6, 3, 8, 8), torch.randint(0, 10, (6,))
+    _, built = _method("adt-exp-am", generator_grad="batch-mean")
+    model = build_model("small-cnn", 10, 3, 8)
+    whole = built.perturbation.inputs(model, x, y, Runtime())
+    shard = BatchShard.of(6, World(1, 2))
+    rows = built.perturbation.inputs(model, shard.rows(x), shard.rows(y), Runtime(shard=shard))
+    torch.testing.assert_close(rows, shard.rows(whole))
+
+
 @pytest.mark.parametrize("method", ["adt-exp", "adt-exp-am", "adt-imp-am"])
 def test_beta_scales_entropy_multiplies_lambda_by_beta(method):
     def weight(**kw):
@@ -184,6 +196,17 @@ def test_beta_scales_entropy_changes_the_explicit_fit():
     assert not torch.equal(samples[0], samples[1])
 
 
+def test_dist_grad_accumulated_reaches_the_fit():
+    cfg, built = _method("adt-exp")
+    assert cfg.dist_grad == "per-step" and not built.perturbation.accumulate_grads
+    cfg, built = _method("adt-exp", dist_grad="accumulated")
+    assert built.perturbation.accumulate_grads
+    with pytest.raises(ConfigError, match="--dist-grad must be one of per-step, accumulated"):
+        _method("adt-exp", dist_grad="sum")
+    with pytest.raises(ConfigError, match="--dist-grad does not apply to --method at-pgd"):
+        _method("at-pgd", dist_grad="accumulated")
+
+
 def test_trades_inner_trades_code_runs_tradess_own_loop():
     cfg, built = _method("trades")
     assert (cfg.trades_inner, built.perturbation.steps, built.perturbation.step_size) == \
@@ -201,7 +224,8 @@ def test_trades_inner_trades_code_runs_tradess_own_loop():
 def test_variant_flags_reach_the_config_from_the_command_line(tmp_path):
     runs = {
         "trades": ["--method", "trades", "--trades-inner", "trades-code"],
-        "exp": ["--method", "adt-exp", "--loss", "trades", "--beta-scales-entropy", "--steps", "1", "--samples", "1"],
+        "exp": ["--method", "adt-exp", "--loss", "trades", "--beta-scales-entropy", "--dist-grad", "accumulated",
+                "--steps", "1", "--samples", "1"],
         "l2l": ["--method", "l2l", "--generator-grad", "batch-mean", "--generator-width", "4"],
     }
     for name, flags in runs.items():
@@ -210,5 +234,5 @@ def test_variant_flags_reach_the_config_from_the_command_line(tmp_path):
                      "--no-tensorboard", "--out", str(out)]) == 0
         config = json.loads((out / "config.json").read_text())
         assert {"trades": config["trades_inner"] == "trades-code" and config["steps"] == 10,
-                "exp": config["beta_scales_entropy"] is True,
+                "exp": config["beta_scales_entropy"] is True and config["dist_grad"] == "accumulated",
                 "l2l": config["generator_grad"] == "batch-mean"}[name]

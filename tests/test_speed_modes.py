@@ -57,6 +57,27 @@ def test_split_passes_give_bit_identical_distributions(classifier_loss, per_pass
     assert whole.mean.abs().max() > 0  # the fit moved
 
 
+def test_accumulated_grads_step_on_the_running_sum(classifier_loss, monkeypatch):
+    """--dist-grad accumulated (the authors' adt_exp.py): step t's Adam sees the sum of the t + 1
+    gradients so far. With lr 0 and the same normals every step, each step's own gradient is the
+    same, so the sum is (t + 1) times it."""
+    loss_fn, x = classifier_loss
+    normals = torch.randn(SAMPLES, *x.shape, generator=torch.Generator().manual_seed(2))
+    seen = {}
+
+    def recording_step(self, *args, **kwargs):
+        seen[mode].append(self.param_groups[0]["params"][0].grad.clone())
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    for mode in (False, True):
+        seen[mode] = []
+        fit_distribution(loss_fn, x, epsilon=8 / 255, steps=3, num_samples=SAMPLES, lbd=0.01, lr=0.0,
+                         accumulate_grads=mode, noise=lambda step: normals)
+    assert seen[False][0].abs().max() > 0
+    for t, (own, summed) in enumerate(zip(seen[False], seen[True])):
+        torch.testing.assert_close(summed, (t + 1) * own)
+
+
 def test_bad_samples_per_pass_is_refused(classifier_loss):
     for bad in (0, -1, True):
         with pytest.raises(ValueError, match="samples_per_pass"):

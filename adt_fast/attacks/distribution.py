@@ -41,6 +41,7 @@ class DistributionFit:
 
 def fit_distribution(loss_fn: BatchedLoss, x: torch.Tensor, *, epsilon: float, steps: int,
                      num_samples: int, lbd: float, lr: float = 0.3, betas=(0.0, 0.0),
+                     accumulate_grads: bool = False,
                      generator: Optional[torch.Generator] = None, backend: str = "auto",
                      track: bool = False,
                      noise: Optional[Callable[[int], torch.Tensor]] = None,
@@ -55,6 +56,9 @@ def fit_distribution(loss_fn: BatchedLoss, x: torch.Tensor, *, epsilon: float, s
     `noise(step)`, if given, supplies the (k, *x.shape) normals of each step instead of the op's
     generator (e.g. per-example streams that make an attack independent of batching).
     `samples_per_pass` sends the k samples through loss_fn m at a time (None: all k at once).
+    `accumulate_grads=True` steps on the sum of every step's gradient so far instead of the
+    step's own (Alg. 2): what the authors' adt_exp.py does, which never zeroes its Adam's
+    gradients; with betas (0, 0) a step then follows the sign of the running sum.
     The k*B batch is drawn and differentiated through the op as one; only the classifier's
     passes are split, so the result is the same up to how the classifier's kernels treat batch
     size (bit-identical with oneDNN on CPU in fp32, see tests/test_distribution_passes.py). A
@@ -81,9 +85,13 @@ def fit_distribution(loss_fn: BatchedLoss, x: torch.Tensor, *, epsilon: float, s
             loss = per_example.view(num_samples, -1).mean(0)
             entropy = neg_log_prob.mean(0) / dims
             # d(-objective.sum())/d(entropy) = -lbd; input_grad is d(-objective.sum())/d(x_adv).
-            mean.grad, std_param.grad = torch.autograd.grad(
-                [x_adv, entropy], [mean, std_param],
-                [input_grad, torch.full_like(entropy, -lbd)])
+            grads = torch.autograd.grad([x_adv, entropy], [mean, std_param],
+                                        [input_grad, torch.full_like(entropy, -lbd)])
+        if accumulate_grads and step > 0:
+            mean.grad += grads[0]
+            std_param.grad += grads[1]
+        else:
+            mean.grad, std_param.grad = grads
         if track:
             objective = loss + lbd * entropy.detach()
             fit.objective.append(objective.mean().item())

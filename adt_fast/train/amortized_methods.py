@@ -73,7 +73,7 @@ class GeneratorPerturbation:
 
     def inputs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rt: Runtime) -> torch.Tensor:
         return am.generator_inputs(model, x, y, self.epsilon, forward=lambda inp: rt.forward(model, inp),
-                                   batch_mean=self.batch_mean)
+                                   batch_mean=self.batch_mean, batch_size=rt.batch_size(x))
 
     def __call__(self, model, x, y, rt) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         raise NotImplementedError

@@ -12,7 +12,8 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
-from .config import AUTO, GENERATOR_GRADS, LOSSES, NO_HINGE, PRECISIONS, TRADES_INNERS, ConfigError, TrainConfig
+from .config import (AUTO, DIST_GRADS, GENERATOR_GRADS, LOSSES, NO_HINGE, PRECISIONS, TRADES_INNERS, ConfigError,
+                     TrainConfig)
 
 ALL_BATCHES = "all"
 
@@ -129,6 +130,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                        help="Adam lr of the ADT distribution parameters (default 0.3)")
     inner.add_argument("--dist-betas", type=number, nargs=2, metavar=("B1", "B2"),
                        help="Adam betas of the distribution parameters (default 0 0)")
+    inner.add_argument("--dist-grad", choices=DIST_GRADS,
+                       help="adt-exp: each Adam step on its own gradient (per-step, default, Alg. 2) or "
+                            "on the sum of all so far (accumulated, the authors' released adt_exp.py)")
     inner.add_argument("--loss", choices=LOSSES,
                        help="ADT's inner and outer loss (adt-exp, adt-exp-am, adt-imp-am; default ce)")
     inner.add_argument("--beta", type=number, metavar="BETA", help="TRADES beta (default 6.0)")

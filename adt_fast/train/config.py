@@ -29,12 +29,13 @@ AUTO = "auto"  # --samples-per-pass, memory format: measured at the start of the
 # Settings that a method may or may not use. A method's spec names the ones it uses and gives
 # their defaults; issue-5 methods add theirs here (and a field below, and a flag in command.py).
 # trades_inner comes first: the defaults of steps and step_size depend on it.
-METHOD_PARAMS = ("trades_inner", "steps", "step_size", "samples", "lbd", "dist_lr", "dist_betas", "loss", "beta",
-                 "beta_scales_entropy", "generator_lr", "generator_width", "generator_grad", "hinge", "alp_weight",
-                 "samples_per_pass")
+METHOD_PARAMS = ("trades_inner", "steps", "step_size", "samples", "lbd", "dist_lr", "dist_betas", "dist_grad",
+                 "loss", "beta", "beta_scales_entropy", "generator_lr", "generator_width", "generator_grad", "hinge",
+                 "alp_weight", "samples_per_pass")
 # Used only with --loss trades: dropped with --loss ce, refused there when given.
 TRADES_LOSS_PARAMS = ("beta", "beta_scales_entropy")
 GENERATOR_GRADS = ("per-example", "batch-mean")
+DIST_GRADS = ("per-step", "accumulated")
 TRADES_INNERS = ("at-pgd", "trades-code")
 NO_HINGE = "none"  # --hinge none: ADT_IMP-AM's plain bound (Eq. A.3), no cap
 
@@ -94,6 +95,7 @@ class TrainConfig:
     lbd: Optional[float] = None
     dist_lr: Optional[float] = None
     dist_betas: Optional[tuple] = None
+    dist_grad: Optional[str] = None
     loss: Optional[str] = None
     beta: Optional[float] = None
     beta_scales_entropy: Optional[bool] = None
@@ -274,6 +276,7 @@ class TrainConfig:
             raise ConfigError(f"--samples-per-pass must be an integer >= 1 or {AUTO}, "
                               f"got {cfg.samples_per_pass!r}")
         _choice(cfg, "generator_grad", GENERATOR_GRADS)
+        _choice(cfg, "dist_grad", DIST_GRADS)
         _choice(cfg, "trades_inner", TRADES_INNERS)
         # beta (and whether it scales the entropy term) is used only with the TRADES loss: a
         # method whose loss can be either declares it, and it is dropped (or refused, when

@@ -93,6 +93,10 @@ class Runtime:
         """`sample(like)`: random numbers shaped like the batch (this rank's rows of the global draw)."""
         return sample(like) if self.shard is None else self.shard.draw(sample, like)
 
+    def batch_size(self, like: torch.Tensor) -> int:
+        """The global batch that `like` (this process's rows) belongs to."""
+        return like.shape[0] if self.shard is None else self.shard.total
+
     def op_noise(self, like: torch.Tensor, num_samples: int) -> Optional[torch.Tensor]:
         """Normals for one call of the sampling op on `like`: None (the op draws them) in one process."""
         return None if self.shard is None else self.shard.op_normals(like, num_samples, self.backend)
@@ -257,13 +261,15 @@ class ExplicitDistribution(Perturbation):
     distribution. ``track=True`` keeps the last fit (with its per-step objective) in ``last_fit``.
     ``samples_per_pass`` splits the k*B batch into classifier passes of that many samples (None:
     one pass; "auto": one pass until ``tune`` has measured the fastest split).
+    ``accumulate_grads``: the authors' adt_exp.py's step rule (see fit_distribution).
     """
 
     def __init__(self, inner: InnerLoss, *, epsilon: float, steps: int, samples: int, lbd: float,
-                 lr: float = 0.3, betas=(0.0, 0.0), backend: str = "auto", track: bool = False,
-                 samples_per_pass=None):
+                 lr: float = 0.3, betas=(0.0, 0.0), accumulate_grads: bool = False, backend: str = "auto",
+                 track: bool = False, samples_per_pass=None):
         self.inner, self.epsilon, self.steps, self.samples, self.lbd = inner, epsilon, steps, samples, lbd
         self.lr, self.betas, self.backend, self.track = lr, tuple(betas), backend, track
+        self.accumulate_grads = accumulate_grads
         self.measure_passes = samples_per_pass == AUTO
         self.samples_per_pass = None if self.measure_passes else samples_per_pass
         self.last_fit: Optional[DistributionFit] = None
@@ -290,7 +296,8 @@ class ExplicitDistribution(Perturbation):
             loss_fn = self.inner.bind(model, x, y, rt)
             fit = fit_distribution(loss_fn, x, epsilon=self.epsilon, steps=self.steps,
                                    num_samples=self.samples, lbd=self.lbd, lr=self.lr,
-                                   betas=self.betas, backend=self.backend, track=self.track,
+                                   betas=self.betas, accumulate_grads=self.accumulate_grads,
+                                   backend=self.backend, track=self.track,
                                    noise=lambda step: rt.op_noise(x, self.samples),
                                    samples_per_pass=self.samples_per_pass)
         if self.track:
@@ -525,7 +532,7 @@ def _validate_trades(cfg) -> None:
 
 PGD_PARAMS = {"steps": 7, "step_size": _pgd_step_size}
 TRADES_PARAMS = {"trades_inner": "at-pgd", "steps": _trades_steps, "step_size": _trades_step_size, "beta": 6.0}
-ADT_EXP_PARAMS = {"steps": 7, "samples": 5, "lbd": 0.01, "dist_lr": 0.3, "dist_betas": (0.0, 0.0),
+ADT_EXP_PARAMS = {"steps": 7, "samples": 5, "lbd": 0.01, "dist_lr": 0.3, "dist_betas": (0.0, 0.0), "dist_grad": "per-step",
                   "loss": "ce", "beta": 6.0, "beta_scales_entropy": False, "samples_per_pass": AUTO}
 
 
@@ -550,7 +557,8 @@ def _build_adt_exp(cfg, model, rt):
         inner, outer = CEInner(), CEOuter()
     dist = ExplicitDistribution(inner, epsilon=cfg.epsilon, steps=cfg.steps, samples=cfg.samples,
                                 lbd=inner_entropy_weight(cfg), lr=cfg.dist_lr, betas=cfg.dist_betas,
-                                backend=rt.backend, samples_per_pass=cfg.samples_per_pass)
+                                accumulate_grads=cfg.dist_grad == "accumulated", backend=rt.backend,
+                                samples_per_pass=cfg.samples_per_pass)
     return ComposedMethod(cfg, model, rt, dist, outer, "adt-exp")
 
 
