@@ -8,6 +8,8 @@ off; the difference is what launching and scheduling the kernels costs. (Under t
 gaps between kernels grow, so only the durations are taken from the trace.)
 
     python benchmarks/profile_gpu.py                    # the table, B = 64 and 4096
+    python benchmarks/profile_gpu.py --cuda-splits default small-calls   # the CUDA kernels under
+        each work split (docs/kernels.md), forced with adt_fast._C.set_cuda_work_split
     ncu --profile-from-start off ... python benchmarks/profile_gpu.py --one cuda 4096
         (one eager forward + backward between cudaProfilerStart and Stop, for Nsight Compute)
 """
@@ -77,22 +79,23 @@ def why_not(backend):
     return dispatch.get(backend).why_not(torch.device("cuda"), torch.float32)
 
 
-def report(backend, batch):
+def report(backend, batch, label=None):
+    label = label or backend
     reason = why_not(backend)
     if reason is not None:
-        print(f"{backend:7s} B={batch:5d}: skipped ({reason})")
+        print(f"{label:7s} B={batch:5d}: skipped ({reason})")
         return
     graph = capture_graph(*step_for(backend, batch))
     replay = replay_us(graph)
     events = device_events(graph)
     if not events or len(events) % REPLAYS:
-        print(f"{backend:7s} B={batch:5d}: replay {replay:7.1f} us; the trace had {len(events)} device "
+        print(f"{label:7s} B={batch:5d}: replay {replay:7.1f} us; the trace had {len(events)} device "
               f"events for {REPLAYS} replays, not a whole number per replay")
         return
     per = len(events) // REPLAYS
     calls = [events[i * per:(i + 1) * per] for i in range(REPLAYS)]
     durations = [statistics.median(c[j][2] - c[j][1] for c in calls) for j in range(per)]
-    print(f"{backend:7s} B={batch:5d}: replay {replay:7.1f} us, kernels' sum {sum(durations):7.1f} us, "
+    print(f"{label:7s} B={batch:5d}: replay {replay:7.1f} us, kernels' sum {sum(durations):7.1f} us, "
           f"{per} kernels:")
     for (name, _, _), d in zip(calls[0], durations):
         print(f"    {d:8.1f} us  {name[:110]}")
@@ -103,6 +106,8 @@ def main():
     parser.add_argument("--one", nargs=2, metavar=("BACKEND", "BATCH"),
                         help="one warm-up and one profiled eager call, for Nsight Compute")
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 4096])
+    parser.add_argument("--cuda-splits", nargs="+", default=["auto"], choices=["auto", "default", "small-calls"],
+                        help="profile the cuda backend under each of these work splits (default: auto)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("profile_gpu.py: needs a CUDA GPU")
@@ -118,8 +123,24 @@ def main():
         return
     print(torch.cuda.get_device_name(), "torch", torch.__version__)
     for batch in args.batch:
-        for backend in ("cuda", "triton", "floor"):
+        for split in args.cuda_splits:
+            report_cuda_split(batch, split)
+        for backend in ("triton", "floor"):
             report(backend, batch)
+
+
+def report_cuda_split(batch, split):
+    """report("cuda", batch) with the kernels' work split forced (the graph keeps what it captured)."""
+    if split == "auto":
+        return report("cuda", batch)
+    from adt_fast import _C
+    if not _C.set_cuda_work_split(split):
+        print(f"cuda    B={batch:5d}: skipped (no CUDA kernels in adt_fast._C)")
+        return
+    try:
+        report("cuda", batch, f"cuda[{split}]")
+    finally:
+        _C.set_cuda_work_split("auto")
 
 
 if __name__ == "__main__":

@@ -75,8 +75,8 @@ bench() {
     --benchmark-json="$OUT_DIR/$name.json" "$@"
 }
 bench op_gpu "${LIMIT_OP_GPU:-120}" benchmarks/test_op_gpu.py --benchmark-group-by=func,param:batch
-stage "kernels of one call (profile_gpu.py)" "${LIMIT_PROFILE:-60}" \
-  $PY benchmarks/profile_gpu.py --batch 64 512 4096
+stage "kernels of one call (profile_gpu.py)" "${LIMIT_PROFILE:-90}" \
+  $PY benchmarks/profile_gpu.py --batch 64 512 4096 --cuda-splits default small-calls
 bench op "${LIMIT_OP:-120}" benchmarks/test_op.py --benchmark-group-by=func,param:batch
 bench train_step "${LIMIT_TRAIN:-150}" benchmarks/test_train_step.py --benchmark-group-by=param:arch,param:mode \
   ${TRAIN_FILTER:+-k "$TRAIN_FILTER"}
