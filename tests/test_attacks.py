@@ -244,6 +244,43 @@ def test_a_model_on_another_device_than_device_is_a_clear_error(synthetic):
         evaluate(_random_net(), x[:4], y[:4], epsilon=EPS, attacks="fgsm", source_model=_random_net().to("meta"))
 
 
+class NanGradientNet(TinyNet):
+    """Finite logits, NaN input gradients: where() routes the NaN derivative of sqrt at the
+    negative pre-activations it does not select into the backward."""
+
+    def features(self, x):
+        h = self.body[:-1](x)  # before the last ReLU
+        return torch.where(h > 0, h, torch.sqrt(h))
+
+
+def test_nan_gradients_do_not_turn_the_distribution_attack_into_nan(synthetic):
+    _, _, x, y = synthetic
+    torch.manual_seed(0)
+    model = NanGradientNet().eval()
+    ctx = AttackContext(model, seed=0)
+    outcome = DistributionAttack(EPS, steps=3, samples=2).run(ctx, x[:8], y[:8], torch.arange(8))
+    assert torch.isfinite(outcome.x_adv).all()
+    assert ((outcome.x_adv - x[:8]).abs() <= EPS + 1e-6).all()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(dist_lambda=float("nan")), r"dist_lambda must be a finite number >= 0, got nan"),
+    (dict(seed=2**32), r"seed must be an integer in \[0, 4294967295\], got 4294967296"),
+    (dict(epsilon_curve="0,1"), r"epsilon_curve is a sequence of numbers .* not the string '0,1'"),
+    (dict(epsilon_curve=(0.5, "x")), r"epsilon_curve holds numbers"),
+])
+def test_bad_evaluation_arguments_name_themselves(synthetic, kwargs, message):
+    _, _, x, y = synthetic
+    with pytest.raises(ValueError, match=message):
+        evaluate(_random_net(), x[:4], y[:4], epsilon=EPS, attacks="fgsm", **kwargs)
+
+
+def test_the_largest_seed_runs_every_random_stream(synthetic):
+    _, _, x, y = synthetic
+    evaluate(_random_net(), x[:4], y[:4], epsilon=EPS, attacks="pgd:1,mim,feature,dist", feature_targets=1,
+             dist_steps=1, seed=suite.MAX_SEED, epsilon_curve=())
+
+
 def test_the_same_seed_gives_the_same_report(synthetic, trained):
     _, _, x, y = synthetic
     kwargs = dict(epsilon=EPS, attacks="fgsm,pgd:5,feature,dist", feature_targets=1,

@@ -156,12 +156,12 @@ def test_linf_hyperplane_projection_is_the_smallest_move_onto_the_plane():
     assert torch.all((w.abs() * torch.minimum(smaller, room)).sum(1) < gap.abs())
 
 
-def test_square_p_schedule():
-    assert square_p(0.8, 0, 10000) == 0.8
-    assert square_p(0.8, 11, 10000) == 0.4
-    assert square_p(0.8, 9000, 10000) == 0.8 / 512
-    assert square_p(0.8, 5, 5000) == 0.8  # rescaled: query 5 of 5,000 is 10 of 10,000
-    assert square_p(0.8, 6, 5000) == 0.4
+def test_square_p_schedule_is_autoattacks_not_rescaled():
+    assert square_p(0.8, 0) == 0.8
+    assert square_p(0.8, 10) == 0.8 and square_p(0.8, 11) == 0.4
+    assert square_p(0.8, 3500) == 0.8 / 64  # AutoAttack (resc_schedule=False); rescaled to 5,000: 0.8 / 256
+    assert square_p(0.8, 4999) == 0.8 / 128  # the last of its 5,000 queries
+    assert square_p(0.8, 9000) == 0.8 / 512
 
 
 # ----------------------------------------------------------------------------- the l_inf contract

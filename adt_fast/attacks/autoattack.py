@@ -294,14 +294,14 @@ class FABAttack(Attack):
         return broken, torch.where(broken.view(view), best.view_as(x0), x0)
 
 
-def square_p(p_init: float, query: int, queries: int) -> float:
-    """Square's schedule for the fraction p of pixels a square covers, rescaled to `queries`.
+def square_p(p_init: float, query: int) -> float:
+    """Square's schedule for the fraction p of pixels a square covers at `query`.
 
-    The Square Attack paper's halvings at 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 of
-    10,000 queries, scaled to the budget as the reference implementation does.
+    The Square Attack paper's halvings after 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000
+    queries, not rescaled to the budget: what AutoAttack's standard version runs (it builds Square
+    with resc_schedule=False, so its 5,000 queries never reach the last two halvings).
     """
-    it = int(query / queries * 10000)
-    halvings = sum(it > bound for bound in (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000))
+    halvings = sum(query > bound for bound in (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000))
     return p_init / 2 ** halvings
 
 
@@ -358,7 +358,7 @@ class SquareAttack(Attack):
                 if query % _WORD_BLOCK == 0:
                     block = per_example_words(example_ids, seed, torch.arange(
                         query, min(query + _WORD_BLOCK, self.queries)), x.device)
-                p = square_p(self.p_init, query, self.queries)
+                p = square_p(self.p_init, query)
                 side = min(max(int(round(math.sqrt(p * height * width))), 1), height, width)
                 words = block[index, query % _WORD_BLOCK]
                 top = (words[:, 0] % (height - side + 1)).view(-1, 1, 1, 1)

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 from ..distributed import DistributedError, local_device, session
-from .suite import (DEFAULT_ATTACKS, DIST_STEPS, FEATURE_TARGETS, MAX_EPSILON, PAPER_ATTACKS, PAPER_FEATURE_TARGETS, PRECISIONS,
-                    class_shortfall, make_attack, parse_attacks)
+from .suite import (DEFAULT_ATTACKS, DIST_STEPS, FEATURE_TARGETS, MAX_EPSILON, MAX_SEED, PAPER_ATTACKS,
+                    PAPER_FEATURE_TARGETS, PRECISIONS, class_shortfall, make_attack, parse_attacks)
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -50,14 +50,15 @@ def _epsilon(text: str) -> float:
     return value
 
 
-def _int_at_least(minimum: int):
+def _int_at_least(minimum: int, maximum: Optional[int] = None):
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}" if maximum is None
+                                             else f"must be in [{minimum}, {maximum}], got {value}")
         return value
     return parse
 
@@ -137,7 +138,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                              "(default: the dataset's: 8/255 for CIFAR, 4/255 for SVHN)")
     parser.add_argument("--source-checkpoint", default=None, metavar="PATH",
                         help="a source model for the transfer (black-box) attack; adds 'transfer'")
-    parser.add_argument("--seed", type=_int_at_least(0), default=0, metavar="S",
+    parser.add_argument("--seed", type=_int_at_least(0, MAX_SEED), default=0, metavar="S",
                         help="random starts and FeaAttack targets (default 0); same seed, same report")
     parser.add_argument("--device", default="auto", metavar="DEV",
                         help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
@@ -291,7 +292,7 @@ def _dataset(args, checkpoint: Optional[Path]):
         try:
             return load(name, "test", data_dir=args.data_dir, download=args.download)
         except (DatasetFileError, DownloadError, ChecksumError, FileNotFoundError, ImportError) as err:
-            hint = "" if args.download else " (pass --download to fetch it)"
+            hint = "" if args.download or isinstance(err, ImportError) else " (pass --download to fetch it)"
             raise EvalError("--dataset/--data-dir", f"cannot read the {name} test split: {err}{hint}") from None
     return dataset_info(name), test_split
 
@@ -444,8 +445,17 @@ def _run(args) -> int:
     try:
         paths = report.save(job.out, protect=protect)
     except (ValueError, OSError) as err:  # a file appeared, or the place changed, during the attacks
-        raise EvalError("--out", f"the report could not be written: {err}") from None
+        _print_results(report, job, args)  # the attacks' results are not lost
+        raise EvalError("--out", f"the report could not be written: {err} (the results are printed "
+                                 f"above)") from None
+    _print_results(report, job, args)
+    on = f"{world.size} processes" if world.parallel else str(job.device)
+    print(f"\nwrote {', '.join(str(p) for p in paths)} ({elapsed:.1f} s on {on})")
+    return 0
 
+
+def _print_results(report, job, args) -> None:
+    """The results table, which model was scored, and the sanity checks, on stdout."""
     checkpoint = job.checkpoint
     if checkpoint is None:
         name = args.model.rpartition(":")[2]
@@ -462,6 +472,3 @@ def _run(args) -> int:
             print(f"  warning: {warning}")
     else:
         print("\nsanity checks: no sign of gradient masking")
-    on = f"{world.size} processes" if world.parallel else str(job.device)
-    print(f"\nwrote {', '.join(str(p) for p in paths)} ({elapsed:.1f} s on {on})")
-    return 0

@@ -7,6 +7,7 @@ E_k[loss(x + delta)] + lambda * H, where delta = epsilon * tanh(mean + softplus(
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Optional
@@ -56,6 +57,9 @@ def fit_distribution(loss_fn: BatchedLoss, x: torch.Tensor, *, epsilon: float, s
     `noise(step)`, if given, supplies the (k, *x.shape) normals of each step instead of the op's
     generator (e.g. per-example streams that make an attack independent of batching).
     `samples_per_pass` sends the k samples through loss_fn m at a time (None: all k at once).
+    NaN components of the classifier's input gradient count as zero, as in the other attacks
+    (attacks/engine.py): a model whose gradient is NaN somewhere cannot turn the distribution's
+    parameters, and so every sample, into NaN.
     `accumulate_grads=True` steps on the sum of every step's gradient so far instead of the
     step's own (Alg. 2): what the authors' adt_exp.py does, which never zeroes its Adam's
     gradients; with betas (0, 0) a step then follows the sign of the running sum.
@@ -67,6 +71,9 @@ def fit_distribution(loss_fn: BatchedLoss, x: torch.Tensor, *, epsilon: float, s
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+    for name, value in (("lbd", lbd), ("lr", lr)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     if samples_per_pass is not None and (isinstance(samples_per_pass, bool) or samples_per_pass < 1):
         raise ValueError(f"samples_per_pass must be an integer >= 1 or None, got {samples_per_pass!r}")
     x = x.detach()
@@ -112,7 +119,7 @@ def _losses_and_input_grads(loss_fn: BatchedLoss, x_adv: torch.Tensor, per_pass:
         chunk_loss = loss_fn(chunk)
         # The same -1/k that mean(0) of -objective.sum() sends back to every per-example loss.
         weight = torch.full_like(chunk_loss, -1.0) / num_samples
-        grads.append(torch.autograd.grad(chunk_loss, chunk, weight)[0])
+        grads.append(torch.autograd.grad(chunk_loss, chunk, weight)[0].nan_to_num(nan=0.0))
         losses.append(chunk_loss.detach())
     grad = grads[0] if len(grads) == 1 else torch.cat(grads)
     return torch.cat(losses) if len(losses) > 1 else losses[0], grad.view_as(x_adv)

@@ -25,7 +25,7 @@ from .engine import eval_mode
 from .losses import cross_entropy
 from .report import Report, attack_order, sanity_warnings, worst_case
 from .suite import (CW_STEPS, DEFAULT_ATTACKS, DIST_LAMBDA, DIST_SAMPLES, DIST_STEPS,
-                    FEATURE_TARGETS, MAX_EPSILON, PAPER_ATTACKS, PAPER_CW_STEPS,
+                    FEATURE_TARGETS, MAX_EPSILON, MAX_SEED, PAPER_ATTACKS, PAPER_CW_STEPS,
                     PAPER_FEATURE_TARGETS, AttackContext, check_epsilon, check_precision,
                     class_shortfall, default_step_size, make_attack, parse_attacks, pgd_attack,
                     pgd_steps)
@@ -88,7 +88,12 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
 
 def check_epsilon_curve(multiples: Optional[Iterable[float]], epsilon: float) -> List[float]:
     """The curve's multiples of epsilon, sorted and distinct; each budget m * epsilon in [0, 1]."""
-    checked = sorted({float(m) for m in (multiples or ())})
+    if isinstance(multiples, (str, bytes)):
+        raise ValueError(f"epsilon_curve is a sequence of numbers (multiples of epsilon), not the string {multiples!r}")
+    try:
+        checked = sorted({float(m) for m in (multiples or ())})
+    except (TypeError, ValueError):
+        raise ValueError(f"epsilon_curve holds numbers (multiples of epsilon), got {multiples!r}") from None
     for m in checked:
         if not math.isfinite(m) or m < 0:
             raise ValueError(f"epsilon_curve holds multiples of epsilon >= 0, got {m:g}")
@@ -180,8 +185,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     names, feature_targets, cw_steps = _protocol(protocol, attacks, feature_targets, cw_steps)
     _positive_int(dist_steps, "dist_steps", minimum=0)
     _positive_int(dist_samples, "dist_samples")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+    if isinstance(dist_lambda, bool) or not isinstance(dist_lambda, (int, float)) \
+            or not math.isfinite(dist_lambda) or dist_lambda < 0:
+        raise ValueError(f"dist_lambda must be a finite number >= 0, got {dist_lambda!r}")
     if source_model is not None and "transfer" not in names:
         names.append("transfer")
     if "transfer" in names and source_model is None:

@@ -19,7 +19,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..files import write_atomic
+from ..files import os_error_text, write_atomic
 from .suite import PAPER_ATTACKS, label, pgd_steps
 
 PathLike = Union[str, os.PathLike]
@@ -273,8 +273,14 @@ class Report:
             except ImportError as err:
                 warnings.warn(f"{png_path} not written: {err}", stacklevel=2)
         json_path.parent.mkdir(parents=True, exist_ok=True)
+        written: List[Path] = []
         for target, data in staged.items():
-            write_atomic(target, lambda handle, data=data: handle.write(data))
+            try:
+                write_atomic(target, lambda handle, data=data: handle.write(data))
+            except OSError as err:  # a full disk: say which files of the set are there
+                kept = f"; {', '.join(map(str, written))} written before it" if written else ""
+                raise OSError(f"{target}: {os_error_text(err)}{kept}") from None
+            written.append(target)
         return tuple(staged)
 
     def json_text(self) -> str:

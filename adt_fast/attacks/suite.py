@@ -57,6 +57,9 @@ TRANSFER_STEPS = 20
 _STREAMS = {"pgd": 0, "mim": 1, "cw": 2, "feature": 3, "dist": 4, "transfer": 5, "fgsm": 6,
             "apgd-ce": 7, "apgd-t": 8, "square": 9, "apgd-dlr": 10}
 _ID_STRIDE = 1_000_003  # per_example_start's stride: example ids below it never collide
+# The largest evaluation seed: the per-example streams key Philox on 32 bits of it, and a larger
+# one would also overflow torch's 64-bit manual_seed once stream_seed and _ID_STRIDE scale it.
+MAX_SEED = 2**32 - 1
 
 
 def stream_seed(seed: int, stream: str) -> int:
@@ -507,6 +510,11 @@ class DistributionAttack(Attack):
             raise ValueError(f"the distribution attack's steps must be an integer >= 0, got {self.steps!r}")
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
             raise ValueError(f"the distribution attack's samples must be an integer >= 1, got {self.samples!r}")
+        for name in ("lbd", "lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0:
+                raise ValueError(f"the distribution attack's {name} must be a finite number >= 0, got {value!r}")
 
     def settings(self) -> dict:
         return {"norm": "linf", "epsilon": self.epsilon, "steps": self.steps,
