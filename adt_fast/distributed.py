@@ -20,7 +20,7 @@ import contextlib
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -43,6 +43,14 @@ def launched() -> bool:
 def restarted() -> bool:
     """Whether torchrun restarted the worker group after a failure (--max-restarts)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+
+
+def job_id() -> Optional[str]:
+    """torchrun's id of this job, the same in every attempt: its rendezvous id, a fresh uuid on one
+    node (or with --standalone) unless --rdzv-id sets it. None outside torchrun, and for the id
+    "none" that a rendezvous given without --rdzv-id gets: such jobs cannot be told apart."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    return run_id if run_id not in ("", "none") else None
 
 
 def timeout() -> datetime.timedelta:

@@ -50,6 +50,7 @@ from .methods import Method, Runtime, build_method, needs_two_examples
 from .parallel import DataParallel
 
 SNAPSHOT = "checkpoint_epoch{epoch}.pt"
+JOB_FILE = "torchrun_job.json"  # which torchrun job last started or resumed the run
 EVAL_BATCH_SIZE = 500
 PROGRESS_EVERY = 10
 # Methods without clean logits of their own measure train accuracy on every TRAIN_ACC_EVERY-th
@@ -242,8 +243,10 @@ def prepare_run_dir(config: TrainConfig, dataset: Optional[datasets.DatasetInfo]
                               + "\nresume with the run's own settings (omit these flags) or start a "
                                 "new run in another --out directory")
     elif run_dir.is_dir() and any(run_dir.iterdir()):
+        restart = (" (torchrun restarted this job, which resumes only a run that it started itself, and"
+                   " tells so by torchrun's --rdzv-id)") if distributed.restarted() else ""
         raise ConfigError(f"--out {run_dir} is not empty; pass --resume to continue the run "
-                          f"there, or choose a new directory (nothing is ever overwritten)")
+                          f"there, or choose a new directory (nothing is ever overwritten){restart}")
     cfg = config.resolve(dataset)
     unwritable = unwritable_reason(run_dir)
     if unwritable is not None:
@@ -260,12 +263,16 @@ def check_resumable(cfg: TrainConfig, done: int) -> None:
 
 
 @contextlib.contextmanager
-def _writing(run_dir: Path):
-    """A place that refuses the run's writes is a one-line ConfigError naming --out, not a traceback."""
+def _writing(run_dir: Path, started: bool = False):
+    """A place that refuses the run's writes (a full disk, a file size limit) is a one-line
+    ConfigError naming --out, not a traceback; once the run has `started`, it also says what the
+    run kept (every write is atomic, so the last checkpoint is whole) and how to go on."""
     try:
         yield
     except OSError as err:
-        raise ConfigError(f"--out {run_dir}: cannot write the run there ({os_error_text(err)})") from None
+        note = _how_to_go_on(run_dir) if started else None
+        raise ConfigError(f"--out {run_dir}: cannot write the run there ({os_error_text(err)})"
+                          + (f"; {note}" if note else "")) from None
 
 
 def start_run(cfg: TrainConfig, history: list, source: dict) -> None:
@@ -276,6 +283,9 @@ def start_run(cfg: TrainConfig, history: list, source: dict) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         text = dataclasses.replace(cfg, resume=False, device=distributed.run_device(cfg.device)).to_json()
         write_atomic(run_dir / CONFIG_FILE, lambda handle: handle.write(text), mode="w")
+        job = distributed.job_id()
+        if job is not None:
+            write_atomic(run_dir / JOB_FILE, lambda handle: handle.write(json.dumps({"job": job}) + "\n"), mode="w")
         record = json.dumps(source, indent=2, sort_keys=True) + "\n"
         write_atomic(run_dir / datasets.SOURCE_FILE, lambda handle: handle.write(record), mode="w")
         runlog.write_metrics(run_dir, history)
@@ -302,14 +312,23 @@ def clear_for_resume(run_dir: Path, trains_on: bool) -> None:
                    f"{shlex.quote(str(run_dir))} reads)")
 
 
+def _how_to_go_on(run_dir: Path) -> Optional[str]:
+    """What a run cut short kept, and the command that goes on from it (None: nothing was written)."""
+    resume = f"adt-fast train --resume --out {shlex.quote(str(run_dir))}"
+    if (run_dir / ckpt.LATEST).is_file():
+        return f"{run_dir / ckpt.LATEST} (the last completed epoch) is intact; continue with: {resume}"
+    if (run_dir / CONFIG_FILE).is_file():
+        return f"there is no checkpoint yet; {resume} starts it again from epoch 1"
+    return None
+
+
 def interrupted_message(run_dir: Path) -> str:
     """What an interrupt left behind, and how to go on from it."""
+    note = _how_to_go_on(run_dir)
     if (run_dir / ckpt.LATEST).is_file():
-        return (f"interrupted: {run_dir / ckpt.LATEST} (the last completed epoch) is intact; "
-                f"continue with: adt-fast train --resume --out {shlex.quote(str(run_dir))}")
-    if (run_dir / CONFIG_FILE).is_file():
-        return (f"interrupted before the first epoch finished, so there is no checkpoint yet; "
-                f"adt-fast train --resume --out {shlex.quote(str(run_dir))} starts it again from epoch 1")
+        return f"interrupted: {note}"
+    if note is not None:
+        return f"interrupted before the first epoch finished, so {note}"
     return "interrupted before the run started; nothing was written"
 
 
@@ -465,7 +484,7 @@ def fit(config: TrainConfig, data: Optional[tuple] = None) -> Path:
     that conflicts with them or cannot be written, CheckpointError for a checkpoint that cannot
     be read safely, DatasetFileError for invalid data (or data that changed under a resume).
     """
-    if distributed.restarted() and not config.resume and (Path(config.out) / CONFIG_FILE).is_file():
+    if distributed.restarted() and not config.resume and _started_by_this_job(Path(config.out)):
         # torchrun restarted the group after a failure: continue from the last checkpoint.
         config = dataclasses.replace(config, resume=True)
     dataset = open_data(config, data)
@@ -501,6 +520,18 @@ def _fit(cfg: TrainConfig, config: TrainConfig, dataset: datasets.LoadedDataset,
         _train(trainer, dataset.source, resumed=loaded is not None)
     world.barrier()  # no rank leaves (and tears the group down) while rank 0 still writes
     return run_dir
+
+
+def _started_by_this_job(run_dir: Path) -> bool:
+    """Whether this torchrun job started (or last resumed) the run in run_dir, so that a restart
+    may resume it. A run that was there before the job, whose first attempt refused to touch it,
+    is not: the restart refuses it the same way."""
+    job = distributed.job_id()
+    try:
+        recorded = json.loads((run_dir / JOB_FILE).read_text()).get("job")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return job is not None and recorded == job and (run_dir / CONFIG_FILE).is_file()
 
 
 def _identity(path: Path) -> Optional[tuple]:
@@ -550,7 +581,8 @@ def _train(trainer: Trainer, source: dict, resumed: bool) -> None:
             + (f" on {world.size} processes" if world.parallel else ""))
     elif cfg.resume:
         say(f"resuming {run_dir}: no checkpoint yet, starting at epoch 1")
-    chosen = trainer.tune()
+    with _writing(run_dir, started=True):  # tuning.json
+        chosen = trainer.tune()
     emulated = bf16_emulation_warning(cfg.device) if cfg.precision == "bf16" else None
     say(tuning.mode_line(cfg, chosen, emulated))
     if emulated and world.main:
@@ -565,16 +597,18 @@ def _train(trainer: Trainer, source: dict, resumed: bool) -> None:
             trainer.epoch += 1
             trainer.history.append(record)
             if world.main:
-                state = trainer.state()
-                ckpt.save_atomic(state, latest)
-                if cfg.save_freq and trainer.epoch % cfg.save_freq == 0:
-                    ckpt.save_atomic(state, run_dir / SNAPSHOT.format(epoch=trainer.epoch))
-                runlog.append_metrics(run_dir, record)
+                with _writing(run_dir, started=True):
+                    state = trainer.state()
+                    ckpt.save_atomic(state, latest)
+                    if cfg.save_freq and trainer.epoch % cfg.save_freq == 0:
+                        ckpt.save_atomic(state, run_dir / SNAPSHOT.format(epoch=trainer.epoch))
+                    runlog.append_metrics(run_dir, record)
                 board.log(record)
             say(runlog.epoch_line(record, cfg.epochs))
     finally:
         board.close()
     if world.main:
-        final = ckpt.save_atomic(trainer.final_payload(), run_dir / ckpt.FINAL_MODEL)
+        with _writing(run_dir, started=True):
+            final = ckpt.save_atomic(trainer.final_payload(), run_dir / ckpt.FINAL_MODEL)
         say(f"model saved to {final}")
         say(f"evaluate it with:\n  {eval_command(run_dir, source)}")
