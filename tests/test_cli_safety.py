@@ -223,6 +223,63 @@ def test_train_under_a_file_is_refused(tmp_path, capsys):
     assert snapshot(tmp_path) == before
 
 
+def test_a_missing_optional_package_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    digits = ["--method", "standard", "--dataset", "digits", *TINY[2:]]
+    assert main(["train", *digits, "--epochs", "1", "--out", str(tmp_path / "trained")]) == 0
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # the import fails as if not installed
+    wanted = "the digits dataset needs scikit-learn: pip install scikit-learn (or pip install 'adt-fast[data]')"
+    err = refused(["train", *digits, "--out", str(tmp_path / "run")], capsys)
+    assert err.endswith(wanted)
+    err = refused(["eval", "--checkpoint", str(tmp_path / "trained"), "--dataset", "digits", "--attacks", "fgsm",
+                   "--out", str(tmp_path / "report.json")], capsys)
+    assert err.endswith(wanted), err  # and no "--download" hint: downloading would not help
+
+
+def test_a_report_that_cannot_be_written_still_prints_the_results(finished_run, tmp_path, capsys, monkeypatch):
+    from adt_fast.attacks import report as report_module
+
+    real = report_module.write_atomic
+
+    def full_after_json(path, write, **kwargs):
+        if str(path).endswith(".csv"):
+            raise OSError(28, "No space left on device")
+        return real(path, write, **kwargs)
+
+    monkeypatch.setattr(report_module, "write_atomic", full_after_json)
+    out = tmp_path / "rep.json"
+    assert main(["eval", "--checkpoint", str(finished_run), *EVAL_FAST, "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "worst case" in captured.out.lower()  # the table
+    assert captured.err.strip() == (f"adt-fast eval: error: --out: the report could not be written: "
+                                    f"{tmp_path / 'rep.csv'}: No space left on device; {out} written before "
+                                    f"it (the results are printed above)")
+
+
+@pytest.mark.parametrize("failing_epoch", [1, 2])
+def test_a_full_disk_during_training_says_what_was_kept(tmp_path, capsys, monkeypatch, failing_epoch):
+    """A write that fails mid-run (here: checkpoint.pt of an epoch) is one line naming --out, with
+    what the run kept and the command that goes on from it; the last checkpoint is whole."""
+    calls = []
+
+    def full_disk(payload, path):
+        calls.append(path)
+        if len(calls) == failing_epoch:
+            raise OSError(28, "No space left on device")
+        return save_atomic(payload, path)
+
+    monkeypatch.setattr(loop.ckpt, "save_atomic", full_disk)
+    out = tmp_path / "run"
+    err = refused(["train", *ADT_TINY, "--epochs", "3", "--out", str(out)], capsys)
+    assert err.startswith(f"adt-fast train: error: --out {out}: cannot write the run there (No space left on device)")
+    if failing_epoch == 1:
+        assert err.endswith(f"there is no checkpoint yet; adt-fast train --resume --out {out} starts it again "
+                            f"from epoch 1")
+    else:
+        assert err.endswith(f"{out / 'checkpoint.pt'} (the last completed epoch) is intact; continue with: "
+                            f"adt-fast train --resume --out {out}")
+        assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
 @pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux sysfs")
 def test_train_where_even_root_cannot_write_is_a_clean_error(capsys):
     err = refused(["train", *ADT_TINY, "--out", "/sys/adt_fast_run"], capsys)

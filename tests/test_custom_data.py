@@ -163,12 +163,21 @@ def test_npz_layouts_round_trip(tmp_path, layout, dtype, channels):
 
 def test_layout_detection_rules():
     assert detect_layout((5, 28, 28)) == ("NHW", False)
+    with pytest.raises(ValueError, match="square"):
+        detect_layout((5, 8, 10))
     assert detect_layout((5, 32, 32, 3)) == ("NHWC", False)
     assert detect_layout((5, 3, 32, 32)) == ("NCHW", False)
     assert detect_layout((5, 1, 28, 28)) == ("NCHW", False)
     assert detect_layout((5, 16, 16, 16)) == ("NHWC", True)     # either reading is square
     with pytest.raises(ValueError, match="square"):
         detect_layout((5, 28, 32, 3))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_float_tensors_of_any_width_are_read(dtype):
+    images = torch.rand(4, 8, 8).to(dtype)
+    loaded = from_arrays(images, torch.arange(4) % 2, images[:2], torch.arange(2))
+    torch.testing.assert_close(loaded.train[0][:, 0], images.float())
 
 
 def test_arch_default_follows_the_image_size():
@@ -195,6 +204,11 @@ BAD_NPZ = {
     "range": (lambda a: _bad(a, x_test=a["x_test"] * 255), r"must lie in \[0, 1\]"),
     "int pixels": (lambda a: _bad(a, x_train=(a["x_train"] * 255).astype(np.int64)), "uint8 .* or float"),
     "not square": (lambda a: _bad(a, x_train=a["x_train"][:, :, :6]), "square"),
+    "not square, N x H x W": (lambda a: _bad(a, x_train=a["x_train"][:, :, :6, 0]), "H != W"),
+    "unlabelled sentinel": (lambda a: _bad(a, y_train=np.where(np.arange(10) == 4, 0xFFFFFFFF, a["y_train"]).astype(np.uint32)),
+                            "at most the 10 training images .* found 4294967295"),
+    "label beyond int64": (lambda a: _bad(a, y_test=np.full(a["y_test"].shape, 2**63, np.uint64)),
+                           "found 9223372036854775808"),
     "shapes differ": (lambda a: _bad(a, x_test=np.repeat(a["x_test"], 3, axis=3)), "x_test images are 3x8x8"),
     "too small": (lambda a: {k: (v[:, :4, :4] if k.startswith("x") else v) for k, v in a.items()}, "at least 8x8"),
     "empty": (lambda a: _bad(a, x_test=a["x_test"][:0], y_test=a["y_test"][:0]), "holds no images"),

@@ -8,7 +8,7 @@ from .batches import AUGMENTATIONS, BatchIterator, augment_batch, iterate_batche
 from .custom import default_cache_dir, detect_layout
 from .datasets import (CUSTOM_SMALL_IMAGE, DATASETS, SOURCE_FILE, SPLITS, DatasetInfo, DatasetSpecError, LoadedDataset, check_source,
                        dataset_info, default_data_dir, from_arrays, load, open_dataset, read_source, reopen)
-from .errors import ChecksumError, DatasetFileError, DownloadError
+from .errors import ChecksumError, DatasetFileError, DownloadError, MissingDependencyError
 from .fetch import download
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "DatasetSpecError",
     "DownloadError",
     "LoadedDataset",
+    "MissingDependencyError",
     "SOURCE_FILE",
     "SPLITS",
     "augment_batch",

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetFileError
+from .errors import DatasetFileError, MissingDependencyError
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 SPLITS = ("train", "test")
@@ -84,6 +84,8 @@ def detect_layout(shape: tuple[int, ...]) -> tuple[str, bool]:
     is True so the log can say so.
     """
     if len(shape) == 3:
+        if shape[1] != shape[2]:
+            raise ValueError(f"images must be square, but shape {shape} is N x H x W with H != W")
         return "NHW", False
     if len(shape) != 4:
         raise ValueError(f"images must be N x H x W, N x H x W x C or N x C x H x W; got shape {shape}")
@@ -122,7 +124,7 @@ def _images(array: np.ndarray, where: str) -> tuple[np.ndarray, str]:
     channels, height, width = array.shape[1:]
     if array.shape[0] == 0:
         raise DatasetFileError(f"{where}: holds no images")
-    if height < MIN_IMAGE_SIZE:
+    if min(height, width) < MIN_IMAGE_SIZE:
         raise DatasetFileError(f"{where}: images are {height}x{width}; the classifiers need at least "
                                f"{MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}")
     note = (f"{where}: shape {tuple(array.shape[:1]) + tuple(_original_shape(array.shape, layout))} read as "
@@ -137,7 +139,7 @@ def _original_shape(nchw: tuple[int, ...], layout: str) -> tuple[int, ...]:
     return {"NHW": (h, w), "NHWC": (h, w, c), "NCHW": (c, h, w)}[layout]
 
 
-def _labels(array: np.ndarray, where: str, num_images: int) -> np.ndarray:
+def _labels(array: np.ndarray, where: str, num_images: int, label_bound: int) -> np.ndarray:
     if array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]
     if array.ndim != 1:
@@ -149,6 +151,12 @@ def _labels(array: np.ndarray, where: str, num_images: int) -> np.ndarray:
         raise DatasetFileError(f"{where}: {array.shape[0]} labels for {num_images} images")
     if array.size and array.min() < 0:
         raise DatasetFileError(f"{where}: labels must be integers 0..C-1, found {array.min()}")
+    # Every class needs a training example, so no label reaches the number of training images (an
+    # "unlabelled" sentinel such as 0xFFFFFFFF, or an unsigned value that int64 would wrap): it is
+    # refused here, before the cast, and before bincount would allocate a count per value up to it.
+    if array.size and array.max() >= label_bound:
+        raise DatasetFileError(f"{where}: labels must be integers 0..C-1, with C at most the {label_bound} "
+                               f"training images (every class needs one), found {array.max()}")
     return array.astype(np.int64)
 
 
@@ -158,7 +166,8 @@ def splits_from_arrays(arrays: dict, origin: str, classes: tuple[str, ...] = ())
     images, labels, notes = {}, {}, []
     for split in SPLITS:
         images[split], note = _images(np.asarray(arrays[f"x_{split}"]), f"{origin}: x_{split}")
-        labels[split] = _labels(np.asarray(arrays[f"y_{split}"]), f"{origin}: y_{split}", images[split].shape[0])
+        labels[split] = _labels(np.asarray(arrays[f"y_{split}"]), f"{origin}: y_{split}", images[split].shape[0],
+                                label_bound=images["train"].shape[0])
         notes.append(note)
     if images["train"].shape[1:] != images["test"].shape[1:]:
         raise DatasetFileError(f"{origin}: x_train images are {_chw(images['train'])} but x_test images are "
@@ -286,7 +295,10 @@ def _manifest(root: Path, found: dict, image_size: int | None) -> str:
 
 def _decode(path: str, image_size: int | None, first: dict) -> np.ndarray:
     """One image as uint8 (H, W) or (H, W, 3); ``first`` remembers the first size seen."""
-    from PIL import Image, UnidentifiedImageError
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as error:
+        raise MissingDependencyError("reading a folder of images", "pillow") from error
 
     try:
         with Image.open(path) as image:

@@ -185,7 +185,10 @@ def from_arrays(x_train, y_train, x_test, y_test, name: str = "arrays") -> Loade
 
 def _as_numpy(value) -> np.ndarray:
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if value.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds every value
+            value = value.float()
+        return value.numpy()
     return np.asarray(value)
 
 

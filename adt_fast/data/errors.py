@@ -11,3 +11,11 @@ class ChecksumError(ValueError):
 
 class DownloadError(OSError):
     """A dataset file could not be fetched or unpacked."""
+
+
+class MissingDependencyError(ImportError):
+    """An optional package that reading this data needs is not installed; the message says which
+    and how to install it (`pip install 'adt-fast[data]'` has them all)."""
+
+    def __init__(self, what: str, package: str):
+        super().__init__(f"{what} needs {package}: pip install {package} (or pip install 'adt-fast[data]')")

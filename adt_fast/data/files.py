@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetFileError
+from .errors import DatasetFileError, MissingDependencyError
 from .fetch import IDX_FILES, IDX_FOLDERS, official_urls
 
 
@@ -133,7 +133,7 @@ def read_svhn(split: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         import scipy.io
     except ImportError as error:
-        raise ImportError("reading SVHN needs scipy: pip install scipy") from error
+        raise MissingDependencyError("reading SVHN", "scipy") from error
     try:
         contents = scipy.io.loadmat(path, variable_names=("X", "y"))
     except Exception as error:  # as for pickles, a corrupt file can fail in many ways

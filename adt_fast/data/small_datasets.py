@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import MissingDependencyError
+
 DIGITS_TRAIN_FRACTION = 0.8
 DIGITS_SPLIT_SEED = 0
 DIGITS_MAX_PIXEL = 16.0
@@ -25,7 +27,7 @@ def read_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         from sklearn.datasets import load_digits
     except ImportError as error:
-        raise ImportError("the digits dataset needs scikit-learn: pip install scikit-learn") from error
+        raise MissingDependencyError("the digits dataset", "scikit-learn") from error
     bunch = load_digits()
     images = (bunch.images / DIGITS_MAX_PIXEL).astype(np.float32)[:, None]
     labels = bunch.target.astype(np.int64)

@@ -179,14 +179,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..data import ChecksumError, DatasetFileError, DownloadError
+    from ..data import ChecksumError, DatasetFileError, DownloadError, MissingDependencyError
     from .checkpoint import CheckpointError
     from .loop import fit, interrupted_message
 
     try:
         fit(config_from_args(args))
     except (ConfigError, CheckpointError, DatasetFileError, ChecksumError, DownloadError,
-            FileNotFoundError) as err:
+            FileNotFoundError, MissingDependencyError) as err:
         print(f"adt-fast train: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
