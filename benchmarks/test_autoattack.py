@@ -70,7 +70,7 @@ def _torchattacks_reference_settings(model, x, y):
         ta.APGD(model, eps=EPSILON, steps=100, n_restarts=1, loss="ce", seed=0),
         ta.APGDT(model, eps=EPSILON, steps=100, n_restarts=1, n_classes=10, seed=0),
         ta.FAB(model, eps=EPSILON, steps=100, n_restarts=1, multi_targeted=True, n_classes=10, seed=0),
-        ta.Square(model, eps=EPSILON, n_queries=5000, n_restarts=1, seed=0)])
+        ta.Square(model, eps=EPSILON, n_queries=5000, n_restarts=1, resc_schedule=False, seed=0)])
     return _correct(model, attack(x, y), y)
 
 

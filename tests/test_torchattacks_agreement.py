@@ -59,7 +59,7 @@ def _theirs(name, model):
         return torchattacks.APGD(model, eps=EPS, steps=100, n_restarts=1, loss="ce", seed=0)
     if name == "apgd-t":
         return torchattacks.APGDT(model, eps=EPS, steps=100, n_restarts=1, n_classes=10, seed=0)
-    return torchattacks.Square(model, eps=EPS, n_queries=5000, n_restarts=1, p_init=0.8, seed=0)
+    return torchattacks.Square(model, eps=EPS, n_queries=5000, n_restarts=1, p_init=0.8, resc_schedule=False, seed=0)
 
 
 @pytest.mark.slow
