@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import socket
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
@@ -46,11 +47,17 @@ def restarted() -> bool:
 
 
 def job_id() -> Optional[str]:
-    """torchrun's id of this job, the same in every attempt: its rendezvous id, a fresh uuid on one
-    node (or with --standalone) unless --rdzv-id sets it. None outside torchrun, and for the id
-    "none" that a rendezvous given without --rdzv-id gets: such jobs cannot be told apart."""
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
-    return run_id if run_id not in ("", "none") else None
+    """An id of this torchrun job, the same in every attempt; None outside torchrun.
+
+    torchrun's rendezvous id when it has one: --rdzv-id, or a fresh uuid for a plain one-node
+    launch or --standalone. With --master-port or --rdzv-endpoint and no --rdzv-id it is "none";
+    then the id is this node's torchrun process (its elastic agent, our parent, which restarts the
+    workers itself): the same across the job's restarts on this node, different on other nodes,
+    which is why several nodes should pass --rdzv-id."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return None
+    run_id = os.environ["TORCHELASTIC_RUN_ID"]
+    return run_id if run_id not in ("", "none") else f"agent {socket.gethostname()}:{os.getppid()}"
 
 
 def timeout() -> datetime.timedelta:

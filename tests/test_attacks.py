@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -273,6 +274,14 @@ def test_bad_evaluation_arguments_name_themselves(synthetic, kwargs, message):
     _, _, x, y = synthetic
     with pytest.raises(ValueError, match=message):
         evaluate(_random_net(), x[:4], y[:4], epsilon=EPS, attacks="fgsm", **kwargs)
+
+
+def test_epsilon_curve_takes_any_sequence_of_numbers():
+    from adt_fast.attacks.evaluation import check_epsilon_curve
+
+    for curve in ((1.0, 0.5), [0.5, 1.0, 1.0], np.array([1.0, 0.5]), torch.tensor([0.5, 1.0])):
+        assert check_epsilon_curve(curve, EPS) == [0.5, 1.0]
+    assert check_epsilon_curve(None, EPS) == check_epsilon_curve((), EPS) == []
 
 
 def test_the_largest_seed_runs_every_random_stream(synthetic):

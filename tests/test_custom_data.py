@@ -180,6 +180,16 @@ def test_float_tensors_of_any_width_are_read(dtype):
     torch.testing.assert_close(loaded.train[0][:, 0], images.float())
 
 
+def test_missing_dependency_error_survives_pickling():
+    import pickle
+
+    from adt_fast.data import MissingDependencyError
+
+    error = pickle.loads(pickle.dumps(MissingDependencyError("reading SVHN", "scipy")))
+    assert isinstance(error, ImportError)
+    assert str(error) == "reading SVHN needs scipy: pip install scipy (or pip install 'adt-fast[data]')"
+
+
 def test_arch_default_follows_the_image_size():
     rng = np.random.default_rng(0)
     for size, arch in ((8, "small-cnn"), (31, "small-cnn"), (32, "resnet18")):

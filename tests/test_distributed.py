@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -44,8 +43,7 @@ def free_port() -> int:
 
 def torchrun(*args: str, nproc: int = 2, extra: tuple = (), ok: bool = True) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
-               "--rdzv-id", f"test-{uuid.uuid4()}", *extra, *args]
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", *extra, *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ADT_FAST_NO_PROGRESS": "1", "ADT_FAST_DIST_TIMEOUT": "120"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=LAUNCH_TIMEOUT_S)
@@ -246,17 +244,21 @@ def test_torchrun_device_is_the_local_rank(monkeypatch):
     assert distributed.restarted()
 
 
-@pytest.mark.parametrize("recorded", [None, "another-job", "this-job"])
-def test_a_restarted_job_resumes_only_a_run_that_it_started(tmp_path, monkeypatch, recorded):
+@pytest.mark.parametrize("run_id,recorded", [("this-job", None), ("this-job", "another-job"),
+                                             ("this-job", "this-job"), ("none", "this node's agent")])
+def test_a_restarted_job_resumes_only_a_run_that_it_started(tmp_path, monkeypatch, run_id, recorded):
     """A restart after a first attempt that refused a non-empty --out must refuse it again, not
-    train the run that was there before the job (torchrun restarts on any failure)."""
+    train the run that was there before the job (torchrun restarts on any failure). A job with
+    rendezvous id "none" (an explicit endpoint without --rdzv-id) is known by its agent."""
     run = fit(small_config("standard", tmp_path / "run", epochs=1))
-    if recorded is not None:
-        (run / loop.JOB_FILE).write_text(json.dumps({"job": recorded}))
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "this-job")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", run_id)
+    ours = distributed.job_id()
+    assert ours == run_id or (run_id == "none" and ours.startswith("agent "))
+    if recorded is not None:
+        (run / loop.JOB_FILE).write_text(json.dumps({"job": ours if recorded == "this node's agent" else recorded}))
     again = dataclasses.replace(TrainConfig.load(run), epochs=2)
-    if recorded != "this-job":
+    if recorded not in ("this-job", "this node's agent"):
         before = {p.name: p.read_bytes() for p in run.iterdir()}
         with pytest.raises(ConfigError, match=r"is not empty; .*\(torchrun restarted this job, which resumes only"):
             fit(again)
@@ -264,7 +266,7 @@ def test_a_restarted_job_resumes_only_a_run_that_it_started(tmp_path, monkeypatc
     else:
         fit(again)
         assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
-        assert json.loads((run / loop.JOB_FILE).read_text()) == {"job": "this-job"}
+        assert json.loads((run / loop.JOB_FILE).read_text()) == {"job": ours}
 
 
 def test_a_torchrun_run_records_cuda_not_rank_0s_gpu(tmp_path, monkeypatch):

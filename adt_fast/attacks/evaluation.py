@@ -91,8 +91,8 @@ def check_epsilon_curve(multiples: Optional[Iterable[float]], epsilon: float) ->
     if isinstance(multiples, (str, bytes)):
         raise ValueError(f"epsilon_curve is a sequence of numbers (multiples of epsilon), not the string {multiples!r}")
     try:
-        checked = sorted({float(m) for m in (multiples or ())})
-    except (TypeError, ValueError):
+        checked = sorted({float(m) for m in (() if multiples is None else multiples)})
+    except (TypeError, ValueError, RuntimeError):
         raise ValueError(f"epsilon_curve holds numbers (multiples of epsilon), got {multiples!r}") from None
     for m in checked:
         if not math.isfinite(m) or m < 0:

@@ -19,3 +19,7 @@ class MissingDependencyError(ImportError):
 
     def __init__(self, what: str, package: str):
         super().__init__(f"{what} needs {package}: pip install {package} (or pip install 'adt-fast[data]')")
+        self.what, self.package = what, package
+
+    def __reduce__(self):  # two arguments, not the message: picklable (e.g. from a DataLoader worker)
+        return type(self), (self.what, self.package)
