@@ -60,7 +60,8 @@ def bf16_emulation_warning(device: Union[str, torch.device]) -> Optional[str]:
                 f"{major}.{minor}, native bf16 needs 8.0 or later) and runs slower than fp32; "
                 f"use --precision fp32 on this GPU")
     return (f"bf16 is emulated on this CPU ({CPU_BF16_CHECK} is False: no AVX-512 BF16 or AMX) "
-            f"and runs about 10x slower than fp32; use --precision fp32 on this machine")
+            f"and runs many times slower than fp32 (16x for an ADT_EXP iteration in our measurement); "
+            f"use --precision fp32 on this machine")
 
 
 def seconds_in_turns(runs: Mapping[Hashable, Callable[[], object]], device: Union[str, torch.device],

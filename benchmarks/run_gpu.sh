@@ -35,7 +35,10 @@ stage() {  # stage NAME LIMIT COMMAND...: run COMMAND under a time limit; a fail
 
 echo "== machine ($(date -u '+%F %H:%M UTC'))"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
-$PY -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+# Without triton the Triton rows, the same-bytes floor and the trivial pair would all skip and the
+# run would still look green: stop here instead.
+$PY -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" \
+  || { echo "run_gpu.sh: FAILED: torch and triton must both import (the error is above)" >&2; exit 1; }
 command -v nvcc >/dev/null && nvcc --version | tail -2
 
 echo "== build"
@@ -85,6 +88,9 @@ if command -v cmake >/dev/null && command -v ninja >/dev/null; then
   stage "CMake build + ctest (CUDA core tests run here)" "${LIMIT_CMAKE:-120}" bash -c \
     "cmake -S . -B build/cmake-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null \
      && cmake --build build/cmake-gpu >/dev/null && ctest --test-dir build/cmake-gpu --output-on-failure"
+elif [ "${LIMIT_CMAKE:-120}" -ne 0 ]; then
+  echo "run_gpu.sh: FAILED: cmake and ninja are needed for the CUDA ctest stage (LIMIT_CMAKE=0 skips it)" >&2
+  status=1
 fi
 stage "the rest of the test suite (default device: the GPU)" "${LIMIT_SUITE:-300}" \
   $PY -m pytest -q -p no:cacheprovider -m "not cuda" tests --ignore=tests/test_ops.py --ignore=tests/test_philox.py

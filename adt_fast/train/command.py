@@ -108,7 +108,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     outer.add_argument("--momentum", type=number, metavar="M", help="default 0.9")
     outer.add_argument("--weight-decay", type=number, metavar="WD", help="default 2e-4")
     outer.add_argument("--precision", choices=PRECISIONS,
-                       help="bf16 = autocast with float32 weights; emulated and about 10x slower than fp32 "
+                       help="bf16 = autocast with float32 weights; emulated and many times slower than fp32 "
                             "on CPUs without AVX-512 BF16 / AMX (the run says so)")
     outer.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                        help="channels_last (or, with --no-channels-last, contiguous NCHW) memory format for "
