@@ -245,6 +245,40 @@ def test_a_model_on_another_device_than_device_is_a_clear_error(synthetic):
         evaluate(_random_net(), x[:4], y[:4], epsilon=EPS, attacks="fgsm", source_model=_random_net().to("meta"))
 
 
+class NormalisingNet(TinyNet):
+    """Normalises in forward, which head(features(x)) skips: FeaAttack would attack another function."""
+
+    def forward(self, x):
+        return self.head(self.features((x - 0.5) / 0.25))
+
+
+class PoolingInForwardNet(nn.Module):
+    """A common layout: .features a conv stack, pooling in forward, .head a bare Linear that
+    cannot take the feature map."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("net,reason", [(NormalisingNet, "does not give model"), (PoolingInForwardNet, "fails")])
+def test_feature_attack_is_skipped_when_the_split_is_not_the_forward(synthetic, net, reason):
+    _, _, x, y = synthetic
+    torch.manual_seed(0)
+    report = evaluate(net().eval(), x[:8], y[:8], epsilon=EPS, attacks="fgsm,feature", feature_targets=1,
+                      epsilon_curve=())
+    assert "feature" not in report.robust_accuracy
+    assert reason in report.attacks["feature"]["skipped"]
+    torch.manual_seed(0)
+    plain = evaluate(_random_net(), x[:8], y[:8], epsilon=EPS, attacks="feature", feature_targets=1,
+                     epsilon_curve=())
+    assert "feature" in plain.robust_accuracy
+
+
 class NanGradientNet(TinyNet):
     """Finite logits, NaN input gradients: where() routes the NaN derivative of sqrt at the
     negative pre-activations it does not select into the backward."""

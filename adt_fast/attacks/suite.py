@@ -45,6 +45,7 @@ PRECISIONS = ("fp32", "bf16")
 MIM_STEPS, MIM_DECAY = 20, 1.0
 CW_STEPS, CW_KAPPA = 30, 50.0
 FEATURE_STEPS, FEATURE_TARGETS = 50, 5
+FEATURE_SPLIT_PROBE = 4  # inputs on which FeaAttack checks that head(features(x)) is model(x)
 # --protocol paper: the authors' settings where the appendix is silent (FeaAttack's targets per
 # input are C.5's 200; their evaluation script runs C&W for 20 steps).
 PAPER_FEATURE_TARGETS, PAPER_CW_STEPS = 200, 20
@@ -422,6 +423,25 @@ class FeatureAttack(Attack):
                     "before global pooling), which FeaAttack needs")
         if ctx.pool_y is not None and len(torch.unique(ctx.pool_y)) < 2:
             return "the evaluated examples hold a single class, so there is no target of another class"
+        if ctx.pool_x is not None:
+            return self._split_disagrees(ctx, ctx.pool_x[:FEATURE_SPLIT_PROBE])
+        return None
+
+    @staticmethod
+    def _split_disagrees(ctx: AttackContext, probe: torch.Tensor) -> Optional[str]:
+        """FeaAttack scores head(features(z)): a split that is not the model's forward (its
+        normalisation or pooling left in forward) would score another function, or fail mid-run."""
+        device = next((p.device for p in ctx.model.parameters()), probe.device)
+        probe = probe.to(device)
+        try:
+            with eval_mode(ctx.model), torch.no_grad():
+                whole, split = ctx.logits(probe), ctx.head(ctx.features(probe))
+        except Exception as err:  # noqa: BLE001 - the user's split, whatever it raises
+            return f"head(features(x)) fails on the model ({type(err).__name__}: {err}), so FeaAttack cannot run"
+        scale = 1.0 + float(whole.abs().max()) if whole.numel() else 1.0
+        if split.shape != whole.shape or not torch.allclose(split, whole, rtol=1e-3, atol=1e-3 * scale):
+            return ("head(features(x)) does not give model(x) (normalisation or pooling left in forward?), "
+                    "so FeaAttack would attack another function")
         return None
 
     def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor,
