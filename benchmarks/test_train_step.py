@@ -8,7 +8,9 @@ train.tuning.time_memory_formats; the choice is in the benchmark's extra_info). 
 `adt-fast train` runs them: ADT_EXP splits its k*B inner batch as measured by `Method.tune`, and
 train accuracy costs no extra forward (the loop measures it on one batch in ten). The amortised
 generators use Table 7's width 256 on GPU and 32 on CPU. The original code's iteration
-(baselines.py) runs in fp32, its only mode.
+(baselines.py) runs in fp32, its only mode, eagerly and with its classifier under torch.compile
+(mode `fp32-torch-compile`: what a user of that code gets from one line; the warm-up call
+compiles, outside the timed rounds).
 
 Run: pytest benchmarks/test_train_step.py --benchmark-only --benchmark-group-by=param:arch,param:mode
 (-k "adt-exp or original" for the decisive rows; -k digits for the epochs).
@@ -77,11 +79,13 @@ def training_step(method, arch, mode, x, y, info=None):
     return lambda: trainer_method.train_step(model, x, y, optimisers)
 
 
-def original_step(arch, x, y):
-    """The original code's ADT_EXP iteration (baselines.py), fp32, its only mode."""
+def original_step(arch, x, y, compiled=False):
+    """The original code's ADT_EXP iteration (baselines.py), fp32, its only mode; `compiled`:
+    its classifier wrapped in torch.compile (the optimiser steps the same parameters)."""
     model = make_model(arch, "fp32")
     optimiser = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    return lambda: original_adt_exp_step(model, optimiser, x, y, epsilon=EPSILON)
+    forward = torch.compile(model) if compiled else model
+    return lambda: original_adt_exp_step(forward, optimiser, x, y, epsilon=EPSILON)
 
 
 @pytest.mark.parametrize("batch", [BATCH])
@@ -96,12 +100,12 @@ def test_training_iteration(timed, benchmark, method, arch, mode, batch):
 
 
 @pytest.mark.parametrize("batch", [BATCH])
-@pytest.mark.parametrize("mode", ["fp32"])
+@pytest.mark.parametrize("mode", ["fp32", "fp32-torch-compile"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_original_code_adt_exp_iteration(timed, benchmark, arch, mode, batch):
     x, y = make_batch(batch)
     benchmark.extra_info.update(device=str(DEVICE), arch=arch)
-    timed(original_step(arch, x, y), rounds=rounds(arch))
+    timed(original_step(arch, x, y, compiled=mode == "fp32-torch-compile"), rounds=rounds(arch))
 
 
 @pytest.mark.parametrize("batch", [BATCH])
