@@ -320,8 +320,9 @@ def test_epsilon_curve_takes_any_sequence_of_numbers():
 
 def test_the_largest_seed_runs_every_random_stream(synthetic):
     _, _, x, y = synthetic
-    evaluate(_random_net(), x[:4], y[:4], epsilon=EPS, attacks="pgd:1,mim,feature,dist", feature_targets=1,
-             dist_steps=1, seed=suite.MAX_SEED, epsilon_curve=())
+    report = evaluate(_random_net(), x[:4], y[:4], epsilon=EPS, attacks="pgd:1,mim,feature,dist",
+                      feature_targets=1, dist_steps=1, seed=suite.MAX_SEED, epsilon_curve=())
+    assert set(report.robust_accuracy) == {"pgd1", "mim", "feature", "dist"}
 
 
 def test_the_same_seed_gives_the_same_report(synthetic, trained):

@@ -40,6 +40,13 @@ class DistributionFit:
         return x_adv
 
 
+def check_non_negative(value, name: str) -> float:
+    """A finite real number >= 0 (lambda, a learning rate), or ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def fit_distribution(loss_fn: BatchedLoss, x: torch.Tensor, *, epsilon: float, steps: int,
                      num_samples: int, lbd: float, lr: float = 0.3, betas=(0.0, 0.0),
                      accumulate_grads: bool = False,
@@ -71,9 +78,8 @@ def fit_distribution(loss_fn: BatchedLoss, x: torch.Tensor, *, epsilon: float, s
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    for name, value in (("lbd", lbd), ("lr", lr)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    check_non_negative(lbd, "lbd")
+    check_non_negative(lr, "lr")
     if samples_per_pass is not None and (isinstance(samples_per_pass, bool) or samples_per_pass < 1):
         raise ValueError(f"samples_per_pass must be an integer >= 1 or None, got {samples_per_pass!r}")
     x = x.detach()

@@ -21,6 +21,13 @@ PerExampleLoss = Callable[[torch.Tensor], torch.Tensor]
 LossAndHit = Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
 
 
+def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
+    """Where the model's first parameter or buffer lives (fallback for a model with neither)."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return fallback
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put every module in eval mode (BatchNorm frozen) and restore each one's flag afterwards."""

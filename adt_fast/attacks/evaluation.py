@@ -21,7 +21,8 @@ from torch import nn
 from ..devices import bf16_emulation_warning
 from ..distributed import World, current as dist_world
 from .autoattack import COMPONENTS as AUTOATTACK_VERSIONS, GRADIENT_COMPONENTS
-from .engine import eval_mode
+from .distribution import check_non_negative
+from .engine import eval_mode, model_device
 from .losses import cross_entropy
 from .report import Report, attack_order, sanity_warnings, worst_case
 from .suite import (CW_STEPS, DEFAULT_ATTACKS, DIST_LAMBDA, DIST_SAMPLES, DIST_STEPS,
@@ -54,15 +55,9 @@ def _positive_int(value, name: str, minimum: int = 1) -> int:
     return value
 
 
-def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return fallback
-
-
 def _check_on_device(model: nn.Module, device: torch.device, name: str) -> None:
     """evaluate moves the batches, not the models: a model elsewhere is the caller's to move."""
-    where = _model_device(model, device)
+    where = model_device(model, device)
     if where.type != device.type or None not in (where.index, device.index) and where.index != device.index:
         raise ValueError(f"{name} is on {where} but device={str(device)!r}: move it there first "
                          f"({name}.to({str(device)!r})), or leave device unset to run where the model is")
@@ -187,9 +182,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     _positive_int(dist_samples, "dist_samples")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
-    if isinstance(dist_lambda, bool) or not isinstance(dist_lambda, (int, float)) \
-            or not math.isfinite(dist_lambda) or dist_lambda < 0:
-        raise ValueError(f"dist_lambda must be a finite number >= 0, got {dist_lambda!r}")
+    check_non_negative(dist_lambda, "dist_lambda")
     if source_model is not None and "transfer" not in names:
         names.append("transfer")
     if "transfer" in names and source_model is None:
@@ -204,7 +197,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         raise ValueError(f"example_ids has {len(ids)} entries for {n} examples")
     if len(torch.unique(ids)) != n or int(ids.min()) < 0:
         raise ValueError("example_ids must be distinct integers >= 0")
-    device = torch.device(device) if device is not None else _model_device(model, x.device)
+    device = torch.device(device) if device is not None else model_device(model, x.device)
     _check_on_device(model, device, "model")
     if source_model is not None:
         _check_on_device(source_model, device, "source_model")

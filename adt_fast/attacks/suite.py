@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from ..models.external import has_feature_split
-from .distribution import fit_distribution
-from .engine import eval_mode, iterative_attack, per_example_normals, per_example_start
+from .distribution import check_non_negative, fit_distribution
+from .engine import eval_mode, iterative_attack, model_device, per_example_normals, per_example_start
 from .losses import cosine_distance, cross_entropy, cw_margin
 
 DEFAULT_ATTACKS = ("fgsm", "pgd20", "pgd100", "mim", "cw", "feature", "dist")
@@ -431,8 +431,7 @@ class FeatureAttack(Attack):
     def _split_disagrees(ctx: AttackContext, probe: torch.Tensor) -> Optional[str]:
         """FeaAttack scores head(features(z)): a split that is not the model's forward (its
         normalisation or pooling left in forward) would score another function, or fail mid-run."""
-        device = next((p.device for p in ctx.model.parameters()), probe.device)
-        probe = probe.to(device)
+        probe = probe.to(model_device(ctx.model, probe.device))
         try:
             with eval_mode(ctx.model), torch.no_grad():
                 whole, split = ctx.logits(probe), ctx.head(ctx.features(probe))
@@ -531,10 +530,7 @@ class DistributionAttack(Attack):
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
             raise ValueError(f"the distribution attack's samples must be an integer >= 1, got {self.samples!r}")
         for name in ("lbd", "lr"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value < 0:
-                raise ValueError(f"the distribution attack's {name} must be a finite number >= 0, got {value!r}")
+            check_non_negative(getattr(self, name), f"the distribution attack's {name}")
 
     def settings(self) -> dict:
         return {"norm": "linf", "epsilon": self.epsilon, "steps": self.steps,

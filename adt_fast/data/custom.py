@@ -124,7 +124,7 @@ def _images(array: np.ndarray, where: str) -> tuple[np.ndarray, str]:
     channels, height, width = array.shape[1:]
     if array.shape[0] == 0:
         raise DatasetFileError(f"{where}: holds no images")
-    if min(height, width) < MIN_IMAGE_SIZE:
+    if height < MIN_IMAGE_SIZE:
         raise DatasetFileError(f"{where}: images are {height}x{width}; the classifiers need at least "
                                f"{MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}")
     note = (f"{where}: shape {tuple(array.shape[:1]) + tuple(_original_shape(array.shape, layout))} read as "

@@ -243,8 +243,8 @@ def prepare_run_dir(config: TrainConfig, dataset: Optional[datasets.DatasetInfo]
                               + "\nresume with the run's own settings (omit these flags) or start a "
                                 "new run in another --out directory")
     elif run_dir.is_dir() and any(run_dir.iterdir()):
-        restart = (" (torchrun restarted this job, which resumes only a run that it started itself, and"
-                   " tells so by torchrun's --rdzv-id)") if distributed.restarted() else ""
+        restart = (" (torchrun restarted this job, which resumes only a run that it started itself: "
+                   "docs/distributed.md)") if distributed.restarted() else ""
         raise ConfigError(f"--out {run_dir} is not empty; pass --resume to continue the run "
                           f"there, or choose a new directory (nothing is ever overwritten){restart}")
     cfg = config.resolve(dataset)

@@ -532,8 +532,9 @@ def _validate_trades(cfg) -> None:
 
 PGD_PARAMS = {"steps": 7, "step_size": _pgd_step_size}
 TRADES_PARAMS = {"trades_inner": "at-pgd", "steps": _trades_steps, "step_size": _trades_step_size, "beta": 6.0}
-ADT_EXP_PARAMS = {"steps": 7, "samples": 5, "lbd": 0.01, "dist_lr": 0.3, "dist_betas": (0.0, 0.0), "dist_grad": "per-step",
-                  "loss": "ce", "beta": 6.0, "beta_scales_entropy": False, "samples_per_pass": AUTO}
+ADT_EXP_PARAMS = {"steps": 7, "samples": 5, "lbd": 0.01, "dist_lr": 0.3, "dist_betas": (0.0, 0.0),
+                  "dist_grad": "per-step", "loss": "ce", "beta": 6.0, "beta_scales_entropy": False,
+                  "samples_per_pass": AUTO}
 
 
 def _build_standard(cfg, model, rt):
