@@ -26,6 +26,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from ..checks import check_int
 from .engine import apgd, eval_mode, per_example_start, per_example_words
 from .losses import DLR_CLASSES, DLR_TARGETED_CLASSES, cross_entropy, cw_margin, dlr, dlr_targeted
 from .suite import Attack, AttackContext, AttackOutcome, check_epsilon, stream_seed
@@ -39,12 +40,6 @@ COMPONENTS = {"autoattack": ("apgd-ce", "apgd-t", "fab-t", "square"),
               "autoattack-fast": ("apgd-ce", "apgd-t")}
 # Attacks that follow the input gradient (the gradient-masking checks compare Square with them).
 GRADIENT_COMPONENTS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t")
-
-
-def _count(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def _clean(ctx: AttackContext, attack: Attack, x: torch.Tensor, y: torch.Tensor):
@@ -116,9 +111,9 @@ class APGDAttack(Attack):
         check_epsilon(self.epsilon)
         if self.loss not in ("ce", "dlr", "dlr-targeted"):
             raise ValueError(f"APGD's loss must be 'ce', 'dlr' or 'dlr-targeted', got {self.loss!r}")
-        _count(self.steps, "APGD's steps")
-        _count(self.restarts, "APGD's restarts")
-        _count(self.targets, "APGD's targets")
+        check_int(self.steps, "APGD's steps")
+        check_int(self.restarts, "APGD's restarts")
+        check_int(self.targets, "APGD's targets")
         if not 0 < self.rho < 1:
             raise ValueError(f"APGD's rho must lie in (0, 1), got {self.rho}")
         if not 0 < self.momentum <= 1:
@@ -234,8 +229,8 @@ class FABAttack(Attack):
 
     def __post_init__(self):
         check_epsilon(self.epsilon)
-        _count(self.steps, "FAB's steps")
-        _count(self.targets, "FAB's targets")
+        check_int(self.steps, "FAB's steps")
+        check_int(self.targets, "FAB's targets")
 
     def settings(self) -> dict:
         return {"norm": "linf", "epsilon": self.epsilon, "steps": self.steps,
@@ -322,7 +317,7 @@ class SquareAttack(Attack):
 
     def __post_init__(self):
         check_epsilon(self.epsilon)
-        _count(self.queries, "Square's queries")
+        check_int(self.queries, "Square's queries")
         if not 0 < self.p_init <= 1:
             raise ValueError(f"Square's p_init must lie in (0, 1], got {self.p_init}")
 

@@ -18,6 +18,7 @@ from warnings import warn
 import torch
 from torch import nn
 
+from ..checks import check_int
 from ..devices import bf16_emulation_warning
 from ..distributed import World, current as dist_world
 from .autoattack import COMPONENTS as AUTOATTACK_VERSIONS, GRADIENT_COMPONENTS
@@ -47,12 +48,6 @@ def progress_enabled(stream=None) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError):
         return False
-
-
-def _positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def _check_on_device(model: nn.Module, device: torch.device, name: str) -> None:
@@ -176,12 +171,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     epsilon = check_epsilon(epsilon)
     check_precision(precision)
     _check_inputs(x, y)
-    batch_size = _positive_int(batch_size, "batch_size")
+    batch_size = check_int(batch_size, "batch_size")
     names, feature_targets, cw_steps = _protocol(protocol, attacks, feature_targets, cw_steps)
-    _positive_int(dist_steps, "dist_steps", minimum=0)
-    _positive_int(dist_samples, "dist_samples")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+    check_int(dist_steps, "dist_steps", minimum=0)
+    check_int(dist_samples, "dist_samples")
+    check_int(seed, "seed", 0, MAX_SEED)
     check_non_negative(dist_lambda, "dist_lambda")
     if source_model is not None and "transfer" not in names:
         names.append("transfer")
@@ -369,7 +363,7 @@ def _protocol(protocol: str, attacks, feature_targets: Optional[int], cw_steps: 
         extra = [] if attacks is None else parse_attacks(attacks)
         names = list(PAPER_ATTACKS) + [name for name in extra if name not in PAPER_ATTACKS]
         targets, steps = PAPER_FEATURE_TARGETS, PAPER_CW_STEPS
-    return names, _positive_int(targets, "feature_targets"), _positive_int(steps, "cw_steps")
+    return names, check_int(targets, "feature_targets"), check_int(steps, "cw_steps")
 
 
 def autoattack_curve(stage: Dict[str, torch.Tensor], n: int) -> dict:

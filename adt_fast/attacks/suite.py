@@ -29,6 +29,7 @@ from typing import Dict, Iterable, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from ..checks import check_int
 from ..models.external import has_feature_split
 from .distribution import check_non_negative, fit_distribution
 from .engine import eval_mode, iterative_attack, model_device, per_example_normals, per_example_start
@@ -295,8 +296,7 @@ class GradientAttack(Attack):
         check_epsilon(self.epsilon)
         if self.loss not in ("ce", "cw"):
             raise ValueError(f"loss must be 'ce' or 'cw', got {self.loss!r}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+        check_int(self.steps, "steps")
         check_epsilon(self.step_size, "step_size")
 
     def settings(self) -> dict:
@@ -406,9 +406,7 @@ class FeatureAttack(Attack):
         check_epsilon(self.epsilon)
         if self.step_size is None:
             self.step_size = self.epsilon / 8
-        if isinstance(self.targets, bool) or not isinstance(self.targets, int) or self.targets < 1:
-            raise ValueError(f"the number of FeaAttack targets must be an integer >= 1, "
-                             f"got {self.targets!r}")
+        check_int(self.targets, "the number of FeaAttack targets")
 
     def settings(self) -> dict:
         return {"norm": "linf", "epsilon": self.epsilon, "steps": self.steps,
@@ -525,10 +523,8 @@ class DistributionAttack(Attack):
 
     def __post_init__(self):
         check_epsilon(self.epsilon)
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
-            raise ValueError(f"the distribution attack's steps must be an integer >= 0, got {self.steps!r}")
-        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
-            raise ValueError(f"the distribution attack's samples must be an integer >= 1, got {self.samples!r}")
+        check_int(self.steps, "the distribution attack's steps", minimum=0)
+        check_int(self.samples, "the distribution attack's samples")
         for name in ("lbd", "lr"):
             check_non_negative(getattr(self, name), f"the distribution attack's {name}")
 

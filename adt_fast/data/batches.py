@@ -13,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_int
+
 AUGMENTATIONS = ("none", "crop_flip")
 CROP_PADDING = 4
 
@@ -59,8 +61,7 @@ class BatchIterator:
             raise ValueError(f"x and y must hold the same number of examples, got {x.shape[0]} and {y.shape[0]}")
         if x.device != y.device:
             raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_int(batch_size, "batch_size")
         if augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
         self.x, self.y = x, y

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..checks import check_int
+
 ARCHS = ("wrn-28-10", "resnet18", "small-cnn", "madry-cnn")
 MIN_IMAGE_SIZE = 8
 
@@ -179,18 +181,13 @@ def _madry_cnn(in_channels: int, image_size: int, num_classes: int) -> tuple[nn.
     return body, 64, FlattenHead(64 * side * side, MADRY_HIDDEN, num_classes)
 
 
-def _require_positive_int(value, name: str, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
 def build_model(arch: str, num_classes: int, in_channels: int = 3, image_size: int = 32) -> Classifier:
     """Build a classifier by name; ``model.config`` holds these arguments for checkpoints."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    _require_positive_int(num_classes, "num_classes")
-    _require_positive_int(in_channels, "in_channels")
-    _require_positive_int(image_size, "image_size", MIN_IMAGE_SIZE)
+    check_int(num_classes, "num_classes")
+    check_int(in_channels, "in_channels")
+    check_int(image_size, "image_size", MIN_IMAGE_SIZE)
     head = None
     if arch == "wrn-28-10":
         body, feature_channels = _wide_resnet_body(in_channels, depth=28, widen_factor=10)

@@ -58,6 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_int
+
 MODES = ("explicit", "implicit", "direct")
 NOISE_DIM = 64
 NOISE_HIDDEN = 256
@@ -76,12 +78,6 @@ def _pair(image_size: ImageSize) -> tuple[int, int]:
     if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size):
         raise ValueError(f"image_size must be a positive int or an (H, W) pair, got {image_size!r}")
     return size
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
 
 
 def _conv3x3(cin: int, cout: int, bias: bool = False) -> nn.Conv2d:
@@ -123,11 +119,11 @@ class PerturbationGenerator(nn.Module):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.in_channels = _positive_int(in_channels, "in_channels")
+        self.in_channels = check_int(in_channels, "in_channels")
         self.image_size = _pair(image_size)
         self.mode = mode
-        self.noise_dim = _positive_int(noise_dim, "noise_dim") if mode == "implicit" else 0
-        self.width = _positive_int(width, "width")
+        self.noise_dim = check_int(noise_dim, "noise_dim") if mode == "implicit" else 0
+        self.width = check_int(width, "width")
         self.out_channels = 2 * in_channels if mode == "explicit" else in_channels
         height, width_px = self.image_size
 
@@ -200,9 +196,9 @@ class QNetwork(nn.Module):
     def __init__(self, in_channels: int, image_size: ImageSize, noise_dim: int = NOISE_DIM,
                  min_std: float = 1e-3, negative_slope: float = 0.01):
         super().__init__()
-        self.in_channels = _positive_int(in_channels, "in_channels")
+        self.in_channels = check_int(in_channels, "in_channels")
         self.image_size = _pair(image_size)
-        self.noise_dim = _positive_int(noise_dim, "noise_dim")
+        self.noise_dim = check_int(noise_dim, "noise_dim")
         if not (isinstance(min_std, (int, float)) and math.isfinite(min_std) and min_std > 0):
             raise ValueError(f"min_std must be a finite number > 0, got {min_std!r}")
         self.min_std = float(min_std)

@@ -1,0 +1,15 @@
+"""Argument checks every layer shares, so one kind of mistake gets one wording everywhere."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+def check_int(value, name: str, minimum: int = 1, maximum: Optional[int] = None) -> int:
+    """``value`` if it is an int (not a bool) in [minimum, maximum]; a ValueError naming ``name``
+    otherwise. A float such as 5.0 is refused: a count given as a float is usually a mistake."""
+    if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
+            or (maximum is not None and value > maximum)):
+        bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be an integer {bounds}, got {value!r}")
+    return value
