@@ -37,6 +37,7 @@ from torch import nn
 
 from .attacks.engine import eval_mode, iterative_attack, project
 from .attacks.losses import cross_entropy
+from .attacks.suite import check_epsilon
 from .ops import sample_and_entropy
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -74,8 +75,7 @@ def generator_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon
     process's rows under data parallelism), else x's rows. ``forward(inp)`` replaces
     ``model(inp)`` (e.g. the trainer's autocast and channels_last wrapper).
     """
-    if epsilon <= 0:
-        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    check_epsilon(epsilon)
     fwd = forward if forward is not None else model
     x = x.detach()
     scale = 1.0 / (batch_size or x.shape[0]) if batch_mean else 1.0
@@ -141,11 +141,11 @@ def explicit_perturbation(generator_out: torch.Tensor, x: torch.Tensor, epsilon:
     authors' code leaves out, are included; they change no gradient. ``noise`` (1, B, C, H, W)
     replaces the normals; ``generator`` seeds them otherwise.
     """
-    c = x.shape[1]
-    if generator_out.dim() != 4 or generator_out.shape[1] != 2 * c or generator_out.shape[0] != x.shape[0] \
-            or generator_out.shape[2:] != x.shape[2:]:
-        raise ValueError(f"generator_out must have shape ({x.shape[0]}, {2 * c}, {x.shape[2]}, {x.shape[3]}), "
-                         f"got {tuple(generator_out.shape)}")
+    if x.dim() != 4:
+        raise ValueError(f"x must be a batch of images (B, C, H, W), got shape {tuple(x.shape)}")
+    b, c, h, w = x.shape
+    if generator_out.shape != (b, 2 * c, h, w):
+        raise ValueError(f"generator_out must have shape ({b}, {2 * c}, {h}, {w}), got {tuple(generator_out.shape)}")
     out = generator_out.to(x.dtype)
     mean, std_param = out[:, :c], out[:, c:]
     x_adv, neg_log_prob = sample_and_entropy(mean, std_param, 1, epsilon, x=x.detach(), clamp=bounds,
@@ -160,6 +160,7 @@ def tanh_perturbation(generator_out: torch.Tensor, x: torch.Tensor, epsilon: flo
     x_adv = clamp(x + delta, *bounds) (the engine's ``project``), differentiable w.r.t.
     generator_out; t in (-1, 1), shape (B, C, H, W), is what the q-network reads.
     """
+    check_epsilon(epsilon)
     if generator_out.shape != x.shape:
         raise ValueError(f"generator_out must have the shape of x {tuple(x.shape)}, "
                          f"got {tuple(generator_out.shape)}")

@@ -159,6 +159,9 @@ def test_explicit_perturbation_is_one_sample_of_the_op_with_per_dim_entropy():
     torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="generator_out"):
         am.explicit_perturbation(out[:, :3], x, 0.1)
+    for flat in (x.flatten(2), x.flatten(1)):  # the shape check once crashed building its message
+        with pytest.raises(ValueError, match=r"x must be a batch of images \(B, C, H, W\)"):
+            am.explicit_perturbation(out, flat, 0.1)
 
 
 def test_tanh_perturbation():
@@ -171,6 +174,15 @@ def test_tanh_perturbation():
     x_adv.sum().backward()
     inside = ((x + 0.2 * torch.tanh(out)) > 0) & ((x + 0.2 * torch.tanh(out)) < 1)
     torch.testing.assert_close(out.grad[inside], (0.2 * (1 - torch.tanh(out) ** 2))[inside].detach())
+
+
+@pytest.mark.parametrize("epsilon", [-0.1, 0.0, math.nan, math.inf])
+def test_perturbations_refuse_a_bad_epsilon(epsilon):
+    x, out = torch.rand(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    with pytest.raises(ValueError, match="epsilon must be a finite number"):
+        am.tanh_perturbation(out, x, epsilon)  # a negative one once clamped every pixel to x - |epsilon|
+    with pytest.raises(ValueError, match="epsilon must be a finite number"):
+        am.generator_inputs(nn.Flatten(), x, torch.zeros(2, dtype=torch.long), epsilon)
 
 
 def test_sample_noise_is_uniform_and_seedable():

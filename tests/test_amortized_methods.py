@@ -99,15 +99,18 @@ def _params(module):
 
 
 def _manual(method, model, gen, q, x, y, cfg):
-    """The step computed without gradient reversal: L (the classifier's loss), H and the gradients."""
-    eps = cfg.epsilon
+    """The step computed without gradient reversal: L (the classifier's loss), the gradients and, for
+    ADT_IMP-AM, the unhinged bound's batch mean."""
+    eps, bound = cfg.epsilon, None
     inputs = am.generator_inputs(model, x, y, eps)
     if method == "adt-exp-am":
         x_adv, entropy = am.explicit_perturbation(gen(inputs), x, eps)
     elif method == "adt-imp-am":
         z = am.sample_noise(x.shape[0], gen.noise_dim)
         x_adv, t = am.tanh_perturbation(gen(inputs, z), x, eps)
-        entropy = am.entropy_lower_bound(*q(t), z, hinge=None)
+        q_mean, q_std = q(t)
+        entropy = am.entropy_lower_bound(q_mean, q_std, z, hinge=None if cfg.hinge == "none" else cfg.hinge)
+        bound = am.entropy_lower_bound(q_mean, q_std, z, hinge=None).mean().item()
     else:
         (x_adv, _), entropy = am.tanh_perturbation(gen(inputs), x, eps), None
     if cfg.loss == "trades":
@@ -120,12 +123,15 @@ def _manual(method, model, gen, q, x, y, cfg):
     g_model = grad(loss, model)
     g_gen = grad(loss + lbd * entropy.mean(), gen) if entropy is not None else grad(loss, gen)
     g_q = grad(lbd * entropy.mean(), q) if q is not None else None
-    return loss, g_model, g_gen, g_q
+    return loss, g_model, g_gen, g_q, bound
 
 
+# The bound starts at -1.22 here: the hinge of 2.0 binds (it caps the bound, so q gets no gradient
+# and the generator only its loss's), the default 0.9 and 0.5 do not, "none" never does.
 @pytest.mark.parametrize("method,extra", [("adt-exp-am", {}), ("adt-imp-am", {"hinge": "none"}), ("l2l", {}),
-                                          ("adt-imp-am", {"hinge": "none", "loss": "trades", "beta": 2.0})],
-                         ids=["exp", "imp", "l2l", "imp-trades"])
+                                          ("adt-imp-am", {"hinge": "none", "loss": "trades", "beta": 2.0}),
+                                          ("adt-imp-am", {}), ("adt-imp-am", {"hinge": 0.5}), ("adt-imp-am", {"hinge": 2.0})],
+                         ids=["exp", "imp", "l2l", "imp-trades", "imp-hinge-default", "imp-hinge-0.5", "imp-hinge-2"])
 def test_one_step_descends_for_the_classifier_and_ascends_for_the_generator(method, extra):
     torch.manual_seed(0)
     cfg = TrainConfig(method, "synthetic", "unused", generator_width=4, epsilon=0.1, **extra).resolve()
@@ -147,7 +153,7 @@ def test_one_step_descends_for_the_classifier_and_ascends_for_the_generator(meth
     torch.manual_seed(1)
     out = amortised.train_step(model, x, y, sgd)
     torch.manual_seed(1)
-    loss, g_model, g_gen, g_q = _manual(method, model_c, gen_c, q_c, x, y, cfg)
+    loss, g_model, g_gen, g_q, bound = _manual(method, model_c, gen_c, q_c, x, y, cfg)
 
     assert out.loss.item() == pytest.approx(loss.item(), rel=1e-6)  # reports the classifier's loss
     moved = {name: [p.detach() - b for p, b in zip(net.parameters(), before[name])]
@@ -159,7 +165,9 @@ def test_one_step_descends_for_the_classifier_and_ascends_for_the_generator(meth
     if q is not None:                                   # psi <- psi + lbd dH/dpsi: ascent on the bound
         for delta, grad in zip(moved["q"], g_q):
             torch.testing.assert_close(delta, grad, rtol=1e-4, atol=1e-6)
-        assert sum(g.abs().sum() for g in g_q) > 0
+        binds = cfg.hinge != "none" and bound > -cfg.hinge
+        assert binds == (cfg.hinge == 2.0), f"the setup changed: the bound is {bound}"
+        assert bool(sum(d.abs().sum() for d in moved["q"]) > 0) == (not binds)
     assert sum((d * g).sum() for d, g in zip(moved["model"], g_model)) < 0
     assert sum((d * g).sum() for d, g in zip(moved["generator"], g_gen)) > 0
     # The generator's inputs and the train-accuracy logits came from eval-mode forwards: BatchNorm
