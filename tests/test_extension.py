@@ -4,6 +4,7 @@ and (with a GPU) the CUDA kernels against the CPU ones. The cross-backend agreem
 reference lives in test_ops.py; this file calls torch.ops.adt_fast_C directly."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -123,6 +124,27 @@ def test_set_cpu_isa_rejects_unknown_names():
     current = C.cpu_isa()
     assert not C.set_cpu_isa("sse9")
     assert C.cpu_isa() == current
+
+
+@pytest.mark.parametrize("forced", ["sse9", "avx2"])
+def test_a_cpu_isa_forced_by_the_environment_is_taken_or_the_user_warned(forced):
+    """The C++ side falls back silently: the Python layer must say so when it loads the extension."""
+    import subprocess
+    import sys
+
+    code = ("import warnings, torch, adt_fast, adt_fast._C as C\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            "    adt_fast.sample_and_entropy(torch.zeros(2, 3), torch.zeros(2, 3), 1, backend='cpu')\n"
+            "print(C.cpu_isa()); print([str(w.message) for w in caught])\n")
+    env = {**os.environ, "ADT_FAST_CPU_ISA": forced}
+    taken, messages = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                     check=True).stdout.splitlines()
+    usable = C.build_info()["cpu_isas"].split(",")
+    if forced in usable:
+        assert taken == forced and "ADT_FAST_CPU_ISA" not in messages
+    else:
+        assert taken == usable[0] and f"$ADT_FAST_CPU_ISA='{forced}' is ignored" in messages
 
 
 def test_set_cuda_work_split_takes_its_names_only_with_cuda_kernels():

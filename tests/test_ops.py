@@ -240,6 +240,9 @@ def test_auto_and_environment_override(monkeypatch):
     monkeypatch.setenv("ADT_FAST_BACKEND", "nonsense")
     with pytest.raises(ValueError, match="ADT_FAST_BACKEND"):
         dispatch.select("auto", CPU, torch.float32)
+    monkeypatch.setenv("ADT_FAST_BACKEND", "cuda")  # the user never wrote backend="cuda": say where it came from
+    with pytest.raises(RuntimeError, match=r"backend='cuda' \(from \$ADT_FAST_BACKEND\) cannot serve"):
+        dispatch.select("auto", CPU, torch.float32)
 
 
 def test_auto_says_when_it_falls_back_to_the_reference(monkeypatch):

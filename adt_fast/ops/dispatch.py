@@ -22,6 +22,7 @@ from . import reference
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 BACKEND_ENV = "ADT_FAST_BACKEND"
+CPU_ISA_ENV = "ADT_FAST_CPU_ISA"
 
 # CUDA tensors: the CUDA C++ kernels first, then Triton. Measured on an H200 (benchmarks/RESULTS.md,
 # 2026-12-04): CUDA's eager call costs a third of Triton's host time at B = 64, and in CUDA-graph
@@ -33,13 +34,24 @@ AUTO_PRIORITY = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "refere
 def _load_extension() -> Optional[str]:
     """Import adt_fast._C (it registers torch.ops.adt_fast_C); returns why it failed, if it did."""
     try:
-        importlib.import_module("adt_fast._C")
+        extension = importlib.import_module("adt_fast._C")
     except ImportError as err:
         build_log = Path(__file__).resolve().parent.parent / "_C_build_error.txt"
         why = f"; the build said: {build_log.read_text().strip()}" if build_log.is_file() else ""
         return (f"the C++ extension adt_fast._C is not built ({err}){why}; "
                 f"run `pip install --no-build-isolation -v -e .`")
+    _warn_if_cpu_isa_ignored(extension)
     return None
+
+
+def _warn_if_cpu_isa_ignored(extension) -> None:
+    """The C++ side falls back to the best instruction set when $ADT_FAST_CPU_ISA names one it
+    cannot use; someone who forced one (to compare speeds, say) must hear that it was not taken."""
+    forced, taken = os.environ.get(CPU_ISA_ENV), extension.cpu_isa()
+    if forced and forced != taken:
+        usable = extension.build_info()["cpu_isas"]
+        warnings.warn(f"${CPU_ISA_ENV}={forced!r} is ignored: the CPU kernels can use {usable.replace(',', ', ')} on this machine; "
+                      f"they use {taken}", RuntimeWarning, stacklevel=3)
 
 
 @functools.cache
@@ -263,7 +275,8 @@ def _resolve(requested: str, device: torch.device, dtype: torch.dtype, env: Opti
     if requested != "auto":
         reason = BACKENDS[requested].why_not(device, dtype)
         if reason is not None:
-            raise RuntimeError(f"backend={requested!r} cannot serve this call: {reason}")
+            raise RuntimeError(f"backend={requested!r}{' (from $' + BACKEND_ENV + ')' if env == requested else ''} "
+                               f"cannot serve this call: {reason}")
         return requested
     reasons = []
     for name in AUTO_PRIORITY.get(device.type, ("reference",)):
