@@ -280,7 +280,9 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     all-reduces: the sum and count, then the sum of squares about the
     global mean (two passes, so no cancellation); autograd all-reduces their gradients in the
     backward, as torch's CUDA implementation does. Running statistics are updated as
-    nn.BatchNorm does, with the unbiased variance. In eval mode it is plain BatchNorm.
+    nn.BatchNorm does, with the unbiased variance. In eval mode it is plain BatchNorm. The
+    statistics are taken in float32 (float64 for float64 input) whatever the input's type, as
+    nn.BatchNorm's kernels do under bf16 autocast, and the output has the input's type.
     """
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
@@ -299,20 +301,21 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
                 factor = 1.0 / float(self.num_batches_tracked)
         dims = [0, *range(2, input.dim())]
         shape = [1, -1, *[1] * (input.dim() - 2)]
-        count = torch.tensor([input.numel() / input.shape[1]], dtype=input.dtype)
-        totals = all_reduce(torch.cat([input.sum(dims), count]))
+        values = input.to(torch.promote_types(input.dtype, torch.float32))
+        count = torch.tensor([input.numel() / input.shape[1]], dtype=values.dtype)
+        totals = all_reduce(torch.cat([values.sum(dims), count]))
         n = totals[-1].detach()
         mean = totals[:-1] / n
-        centred = input - mean.view(shape)
+        centred = values - mean.view(shape)
         var = all_reduce(centred.square().sum(dims)) / n
         if self.track_running_stats:
             with torch.no_grad():
-                self.running_mean.lerp_(mean, factor)
-                self.running_var.lerp_(var * (n / (n - 1)), factor)
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+                self.running_var.lerp_((var * (n / (n - 1))).to(self.running_var.dtype), factor)
         out = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
-        return out
+        return out.to(input.dtype)
 
 
 def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:

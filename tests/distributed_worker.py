@@ -9,7 +9,10 @@
         `adt-fast train TRAIN ARGS`, except that on the group's first attempt rank 1 SIGKILLs
         itself after STEPS training steps (torchrun --max-restarts then restarts the group);
     python -m torch.distributed.run ... tests/distributed_worker.py fail-after STEPS -- TRAIN ARGS
-        the same, but rank 1 raises FAILURE instead (a real error, which must end the run).
+        the same, but rank 1 raises FAILURE instead (a real error, which must end the run);
+    python -m torch.distributed.run ... tests/distributed_worker.py sync-bn OUT
+        each rank runs its share of sync_bn_batch() through a synchronised BatchNorm, in float32
+        and in bfloat16 under autocast, and saves what came out to OUT/rank<R>.pt.
 """
 
 from __future__ import annotations
@@ -61,6 +64,42 @@ def train_methods(out: Path, methods) -> None:
             fit(small_config(method, out / method))
 
 
+def sync_bn_batch():
+    """A global batch, BatchNorm's affine parameters and the weights of the loss sum(w * out)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 3, 4, 4, generator=generator) * 2 + 1
+    affine = torch.randn(2, 3, generator=generator)
+    return x, affine, torch.randn(8, 3, 4, 4, generator=generator)
+
+
+def sync_bn_layer(out: Path) -> None:
+    import torch
+    from torch import distributed as dist
+    from torch import nn
+
+    from adt_fast import distributed
+
+    x, affine, loss_weights = sync_bn_batch()
+    with distributed.session("cpu"):
+        rank, world = dist.get_rank(), dist.get_world_size()
+        saved = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            layer = distributed.convert_sync_batchnorm(nn.BatchNorm2d(3), torch.device("cpu"))
+            with torch.no_grad():
+                layer.weight.copy_(affine[0])
+                layer.bias.copy_(affine[1])
+            share = x.chunk(world)[rank].to(dtype).requires_grad_(True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                y = layer(share)
+            (y.float() * loss_weights.chunk(world)[rank]).sum().backward()
+            saved[str(dtype)] = {"out": y.detach(), "grad": share.grad, "running_mean": layer.running_mean,
+                                 "running_var": layer.running_var}
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(saved, out / f"rank{rank}.pt")
+
+
 def stop_after(steps: int, argv: list, kill: bool) -> int:
     from adt_fast.cli import main
     from adt_fast.train.methods import Method
@@ -85,6 +124,8 @@ if __name__ == "__main__":
     if mode in ("methods", "methods-channels-last"):
         pin_memory_format(channels_last=mode == "methods-channels-last")
         train_methods(Path(sys.argv[2]), sys.argv[3:] or METHODS)
+    elif mode == "sync-bn":
+        sync_bn_layer(Path(sys.argv[2]))
     elif mode in ("kill-after", "fail-after"):
         pin_memory_format(channels_last=False)
         sys.exit(stop_after(int(sys.argv[2]), sys.argv[4:], kill=mode == "kill-after"))

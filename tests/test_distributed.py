@@ -28,7 +28,7 @@ from adt_fast.train import loop
 from adt_fast.train.checkpoint import load
 
 sys.path.insert(0, str(Path(__file__).parent))
-from distributed_worker import FAILURE, METHODS, OTHER_METHODS, small_config  # noqa: E402
+from distributed_worker import FAILURE, METHODS, OTHER_METHODS, small_config, sync_bn_batch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).parent / "distributed_worker.py"
@@ -85,6 +85,30 @@ def test_two_processes_train_as_one(tmp_path):
         if method == "adt-exp-am":  # the generator's gradients are all-reduced too
             ckpt_ours, ckpt_theirs = load(parallel / "checkpoint.pt"), load(single / "checkpoint.pt")
             assert_same_weights(ckpt_ours["modules"]["generator"], ckpt_theirs["modules"]["generator"])
+
+
+def test_cpu_sync_batchnorm_is_batchnorm_over_the_global_batch_also_under_bf16_autocast(tmp_path):
+    """Each rank's share of the output and of the input gradient, and the running statistics, are
+    those of one BatchNorm over the whole batch; under bf16 autocast too (its statistics once
+    stayed in bfloat16 and the running-statistics update failed on the float32 buffers)."""
+    torchrun(str(WORKER), "sync-bn", str(tmp_path))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    x, affine, loss_weights = sync_bn_batch()
+    for dtype, tol in ((torch.float32, dict(rtol=1e-5, atol=1e-5)), (torch.bfloat16, dict(rtol=2e-2, atol=4e-2))):
+        layer = nn.BatchNorm2d(3)
+        with torch.no_grad():
+            layer.weight.copy_(affine[0])
+            layer.bias.copy_(affine[1])
+        batch = x.to(dtype).float().clone().requires_grad_(True)  # the same values, statistics in float32
+        y = layer(batch)
+        (y * loss_weights).sum().backward()
+        got = [r[str(dtype)] for r in ranks]
+        assert all(g["out"].dtype == dtype for g in got)
+        torch.testing.assert_close(torch.cat([g["out"].float() for g in got]), y.detach(), **tol)
+        torch.testing.assert_close(torch.cat([g["grad"].float() for g in got]), batch.grad, **tol)
+        for g in got:
+            torch.testing.assert_close(g["running_mean"], layer.running_mean, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(g["running_var"], layer.running_var, rtol=1e-5, atol=1e-6)
 
 
 def test_rank_0_chooses_the_memory_format_for_every_rank(tmp_path):
