@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from adt_fast import data as datasets
-from adt_fast import distributed
+from adt_fast import distributed, files
 from adt_fast.distributed import BatchShard, World
 from adt_fast.ops import sample_and_entropy
 from adt_fast.ops.sample_and_entropy import draw_normals
@@ -291,6 +291,28 @@ def test_a_restarted_job_resumes_only_a_run_that_it_started(tmp_path, monkeypatc
         fit(again)
         assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
         assert json.loads((run / loop.JOB_FILE).read_text()) == {"job": ours}
+
+
+@pytest.mark.parametrize("recorded", ["this-job", "another-job"])
+def test_a_restart_after_a_kill_before_config_json_starts_the_run_afresh(tmp_path, monkeypatch, recorded):
+    """The job file is the run's first write: a first attempt killed before config.json leaves it
+    (and perhaps a temporary file of the cut write), and the restart must start the run, not
+    refuse a directory that its own job made. Another job's such directory stays refused."""
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "this-job")
+    (run / loop.JOB_FILE).write_text(json.dumps({"job": recorded}))
+    leftover = run / ".config.json.abcd1234.tmp"
+    leftover.write_text("{")
+    assert files.ATOMIC_LEFTOVER.fullmatch(leftover.name)
+    if recorded == "another-job":
+        with pytest.raises(ConfigError, match="is not empty"):
+            fit(small_config("standard", run, epochs=1))
+        return
+    fit(small_config("standard", run, epochs=1))
+    assert [r["epoch"] for r in read_metrics(run)] == [1] and not leftover.exists()
+    assert json.loads((run / loop.JOB_FILE).read_text()) == {"job": "this-job"}
 
 
 def test_a_torchrun_run_records_cuda_not_rank_0s_gpu(tmp_path, monkeypatch):

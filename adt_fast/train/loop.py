@@ -40,8 +40,8 @@ from .. import distributed
 from ..attacks.engine import eval_mode
 from ..devices import bf16_emulation_warning
 from ..distributed import World
-from ..files import (FolderBusy, lock_folder, os_error_text, remove_atomic_leftovers, unwritable_reason,
-                     write_atomic)
+from ..files import (ATOMIC_LEFTOVER, FolderBusy, lock_folder, os_error_text, remove_atomic_leftovers,
+                     unwritable_reason, write_atomic)
 from ..models import build_model
 from . import checkpoint as ckpt
 from . import runlog, tuning
@@ -242,7 +242,7 @@ def prepare_run_dir(config: TrainConfig, dataset: Optional[datasets.DatasetInfo]
                               + "\n  ".join(conflicts)
                               + "\nresume with the run's own settings (omit these flags) or start a "
                                 "new run in another --out directory")
-    elif run_dir.is_dir() and any(run_dir.iterdir()):
+    elif run_dir.is_dir() and not _empty_for_a_new_run(run_dir):
         restart = (" (torchrun restarted this job, which resumes only a run that it started itself: "
                    "docs/distributed.md)") if distributed.restarted() else ""
         raise ConfigError(f"--out {run_dir} is not empty; pass --resume to continue the run "
@@ -276,16 +276,18 @@ def _writing(run_dir: Path, started: bool = False):
 
 
 def start_run(cfg: TrainConfig, history: list, source: dict) -> None:
-    """The run's first writes: config.json (resume=False: it records the run, not this
-    invocation), dataset.json (where the data came from) and metrics.jsonl."""
+    """The run's first writes: under torchrun the job that starts it (first, so that a restart
+    after a kill at any later point knows the directory is its own), config.json (resume=False: it
+    records the run, not this invocation), dataset.json (where the data came from) and
+    metrics.jsonl."""
     run_dir = Path(cfg.out)
     with _writing(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
-        text = dataclasses.replace(cfg, resume=False, device=distributed.run_device(cfg.device)).to_json()
-        write_atomic(run_dir / CONFIG_FILE, lambda handle: handle.write(text), mode="w")
         job = distributed.job_id()
         if job is not None:
             write_atomic(run_dir / JOB_FILE, lambda handle: handle.write(json.dumps({"job": job}) + "\n"), mode="w")
+        text = dataclasses.replace(cfg, resume=False, device=distributed.run_device(cfg.device)).to_json()
+        write_atomic(run_dir / CONFIG_FILE, lambda handle: handle.write(text), mode="w")
         record = json.dumps(source, indent=2, sort_keys=True) + "\n"
         write_atomic(run_dir / datasets.SOURCE_FILE, lambda handle: handle.write(record), mode="w")
         runlog.write_metrics(run_dir, history)
@@ -527,11 +529,26 @@ def _started_by_this_job(run_dir: Path) -> bool:
     may resume it. A run that was there before the job, whose first attempt refused to touch it,
     is not: the restart refuses it the same way."""
     job = distributed.job_id()
+    return job is not None and _recorded_job(run_dir) == job and (run_dir / CONFIG_FILE).is_file()
+
+
+def _recorded_job(run_dir: Path) -> Optional[str]:
     try:
-        recorded = json.loads((run_dir / JOB_FILE).read_text()).get("job")
+        return json.loads((run_dir / JOB_FILE).read_text()).get("job")
     except (OSError, ValueError, AttributeError):
-        return False
-    return job is not None and recorded == job and (run_dir / CONFIG_FILE).is_file()
+        return None
+
+
+def _empty_for_a_new_run(run_dir: Path) -> bool:
+    """Whether a new run may start in the existing run_dir: it is empty, or a torchrun restart
+    finds only what its own first attempt wrote before config.json (the job file, and temporary
+    files of writes that a kill cut short)."""
+    entries = list(run_dir.iterdir())
+    if not entries:
+        return True
+    job = distributed.job_id()
+    return (distributed.restarted() and job is not None and _recorded_job(run_dir) == job
+            and all(e.name == JOB_FILE or ATOMIC_LEFTOVER.fullmatch(e.name) for e in entries))
 
 
 def _identity(path: Path) -> Optional[tuple]:
@@ -558,9 +575,11 @@ def claim_run_dir(cfg: TrainConfig, loaded: Optional[tuple]):
         except FolderBusy:
             raise ConfigError(f"--out {run_dir}: another process is training this run directory (it holds "
                               f"its lock); wait for it to end, or choose another --out") from None
-        if not cfg.resume and any(run_dir.iterdir()):
+        if not cfg.resume and not _empty_for_a_new_run(run_dir):
             raise ConfigError(f"--out {run_dir}: another process started a run there while this one was "
                               f"starting; choose another --out (nothing is ever overwritten)")
+        if not cfg.resume:
+            remove_atomic_leftovers(run_dir)  # of the first attempt's writes (_empty_for_a_new_run)
         if cfg.resume and _identity(run_dir / ckpt.LATEST) != loaded:
             raise ConfigError(f"--out {run_dir}: another process wrote {ckpt.LATEST} while this resume was "
                               f"starting; resume again to continue from it")
