@@ -71,6 +71,13 @@ def timeout() -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds)
 
 
+def check_timeout() -> None:
+    """Under a launcher, $ADT_FAST_DIST_TIMEOUT read before any work: a bad value is a setup error
+    (DistributedError), not a traceback from inside the process group's setup."""
+    if launched():
+        timeout()
+
+
 @dataclass(frozen=True)
 class World:
     """This process's place in the group: rank, size, and its local rank on the node."""

@@ -244,7 +244,7 @@ def test_sync_bn_on_networks_without_batchnorm_is_an_error(tmp_path, monkeypatch
     monkeypatch.setattr(loop, "build_model", without_batchnorm)
     with pytest.raises(ConfigError, match="--sync-bn: neither the classifier .* have BatchNorm"):
         fit(small_config("standard", tmp_path / "run"))
-    assert not (tmp_path / "run").exists()
+    assert not any(tmp_path.iterdir())
     cfg = small_config("standard", tmp_path / "run", sync_bn=None).resolve()
     trainer = loop.build_trainer(cfg, datasets.open_dataset("synthetic"))
     assert trainer.config.sync_bn is False  # unset: off without BatchNorm
@@ -313,6 +313,23 @@ def test_a_restart_after_a_kill_before_config_json_starts_the_run_afresh(tmp_pat
     fit(small_config("standard", run, epochs=1))
     assert [r["epoch"] for r in read_metrics(run)] == [1] and not leftover.exists()
     assert json.loads((run / loop.JOB_FILE).read_text()) == {"job": "this-job"}
+
+
+@pytest.mark.parametrize("value,problem", [("abc", "must be a number of seconds"), ("0", "must be > 0 seconds")])
+def test_a_bad_dist_timeout_is_a_one_line_error_before_any_work(tmp_path, monkeypatch, capsys, value, problem):
+    """It once surfaced as a traceback from the group's setup in train, and as a --checkpoint
+    error in eval."""
+    from adt_fast.cli import main
+
+    monkeypatch.setattr(distributed, "launched", lambda: True)
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, value)
+    expected = f"error: ${distributed.TIMEOUT_ENV} {problem}, got '{value}'"
+    assert main(["train", "--method", "standard", "--dataset", "synthetic", "--out", str(tmp_path / "run")]) == 2
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--dataset", "synthetic",
+                 "--out", str(tmp_path / "report.json")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"adt-fast train: {expected}", f"adt-fast eval: {expected}"]
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_torchrun_run_records_cuda_not_rank_0s_gpu(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional
 
-from ..distributed import DistributedError, local_device, session
+from ..distributed import DistributedError, check_timeout, local_device, session
 from .suite import (DEFAULT_ATTACKS, DIST_STEPS, FEATURE_TARGETS, MAX_EPSILON, MAX_SEED, PAPER_ATTACKS,
                     PAPER_FEATURE_TARGETS, PRECISIONS, class_shortfall, make_attack, parse_attacks)
 
@@ -27,10 +27,11 @@ EXIT_INTERRUPTED = 130
 
 
 class EvalError(Exception):
-    """A bad argument, with the flag it concerns; printed without a traceback."""
+    """A bad argument, with the flag it concerns (None for a setting that is not a flag, such as an
+    environment variable the message names); printed without a traceback."""
 
-    def __init__(self, flag: str, message: str):
-        super().__init__(f"{flag}: {message}")
+    def __init__(self, flag: Optional[str], message: str):
+        super().__init__(message if flag is None else f"{flag}: {message}")
         self.flag = flag
 
 
@@ -332,6 +333,10 @@ def plan(args) -> EvalPlan:
     from .report import report_paths
 
     device = _device(args.device)
+    try:
+        check_timeout()
+    except DistributedError as err:
+        raise EvalError(None, str(err)) from None
     attacks = None if args.attacks is None else list(args.attacks)
     if (args.checkpoint is None) == (args.model is None):
         raise EvalError("--checkpoint/--model", "give exactly one: --checkpoint for an adt_fast run, "

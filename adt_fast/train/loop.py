@@ -499,6 +499,10 @@ def fit(config: TrainConfig, data: Optional[tuple] = None) -> Path:
         device = distributed.local_device(cfg.device)
     except distributed.DistributedError as err:
         raise ConfigError(f"--device {cfg.device}: {err}") from None
+    try:
+        distributed.check_timeout()
+    except distributed.DistributedError as err:
+        raise ConfigError(str(err)) from None
     with distributed.session(device) as world:
         return _fit(dataclasses.replace(cfg, device=device), config, dataset, world)
 
