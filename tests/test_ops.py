@@ -395,6 +395,20 @@ def test_opcheck():
         torch.library.opcheck(sample_backward, (*grads, *args, seed_offset, 2, 0.1, 0.0, 1.0, "auto", False))
 
 
+@pytest.mark.parametrize("bad", ["meta", "float", "shape"])
+def test_custom_ops_called_directly_refuse_a_bad_seed_offset(bad):
+    """A meta seed_offset among CPU tensors once sent the call to the fake kernel, which returned
+    unwritten memory; the reference read a float pair by truncating it."""
+    mean, rho, x, _, seed_offset = make_inputs((2, 3), 2, torch.float32)
+    seed_offset = {"meta": seed_offset.to("meta"), "float": seed_offset.double(),
+                   "shape": seed_offset.repeat(2)}[bad]
+    with pytest.raises(ValueError, match="seed_offset must be an int64 tensor of 2 values"):
+        sample_forward(mean, rho, x, None, seed_offset, 2, 0.1, 0.0, 1.0, "reference")
+    with pytest.raises(ValueError, match="seed_offset must be an int64 tensor of 2 values"):
+        sample_backward(torch.ones(2, 2, 3), torch.ones(2, 2), mean, rho, x, None, seed_offset, 2, 0.1, 0.0, 1.0,
+                        "reference")
+
+
 def test_torch_compile_has_no_graph_breaks():
     """Also when epsilon varies between calls (Dynamo then traces it as a symbolic float, which
     the argument checks must handle: math.isfinite on it would break the graph)."""

@@ -32,7 +32,7 @@ def numpy_words(seed, offset, numel, num_samples):
     q = np.arange(-(-numel // 4), dtype=np.uint64)
     samples = []
     for s in range(num_samples):
-        base = offset + s
+        base = (offset + s) % 2**64  # docs/randomness.md: (offset + s) div 2^32 mod 2^32
         counter = (q & np.uint64(0xFFFFFFFF), q >> np.uint64(32),
                    np.full_like(q, base & 0xFFFFFFFF), np.full_like(q, base >> 32))
         samples.append(numpy_philox(counter, (seed & 0xFFFFFFFF, seed >> 32)))
@@ -58,9 +58,10 @@ def usable_backends():
 @pytest.mark.parametrize("backend", usable_backends())
 @pytest.mark.parametrize("seed,offset,numel,k", [
     (0, 0, 7, 1), (123456789, 5, 33, 5), (2**62 - 1, 2**40 + 3, 9, 9), (2**63 + 17, 2**32 - 3, 4, 4),
-    (5, 2**33, 17 * 4096 + 3, 2)])  # offset + s crosses 2^32; many ranges of quads, a partial last quad
+    (5, 2**33, 17 * 4096 + 3, 2),  # offset + s crosses 2^32; many ranges of quads, a partial last quad
+    (7, 2**64 - 2, 5, 4)])  # offset + s wraps at 2^64
 def test_backend_words_match_numpy(backend, seed, offset, numel, k):
-    seed_offset = torch.tensor([seed - 2**64 if seed >= 2**63 else seed, offset], dtype=torch.int64)
+    seed_offset = torch.tensor([v - 2**64 if v >= 2**63 else v for v in (seed, offset)], dtype=torch.int64)
     words = dispatch.get(backend).philox_words(seed_offset, numel, k)
     expected = numpy_words(seed, offset, numel, k)
     assert words.dtype == torch.int64 and words.shape == (k, -(-numel // 4), 4)

@@ -45,15 +45,17 @@ def philox_words(seed: int, offset: int, numel: int, num_samples: int) -> torch.
     (q_lo, q_hi, (offset+s)_lo, (offset+s)_hi): see docs/randomness.md.
     """
     seed &= (1 << 64) - 1
+    offset &= (1 << 64) - 1
     key = (seed & MASK32, seed >> 32)
     q = torch.arange(-(-numel // NORMALS_PER_CALL), dtype=torch.int64)
-    words = []
-    for s in range(num_samples):
-        base = (offset + s) & ((1 << 64) - 1)
-        c2 = torch.full_like(q, base & MASK32)
-        c3 = torch.full_like(q, base >> 32)
-        words.append(torch.stack(philox4x32((q & MASK32, q >> 32, c2, c3), key), dim=-1))
-    return torch.stack(words) if words else torch.empty(0, q.numel(), 4, dtype=torch.int64)
+    # (offset + s) mod 2^64 as two 32-bit words, for every sample at once (int64 holds the carry)
+    s = torch.arange(num_samples, dtype=torch.int64)
+    low = (offset & MASK32) + (s & MASK32)
+    high = ((offset >> 32) + (s >> 32) + (low >> 32)) & MASK32
+    counter = [q & MASK32, q >> 32, low & MASK32, high]
+    counter = [c.reshape(1, -1) if i < 2 else c.reshape(-1, 1) for i, c in enumerate(counter)]
+    counter = [c.expand(num_samples, q.numel()) for c in counter]
+    return torch.stack(philox4x32(tuple(counter), key), dim=-1)
 
 
 def words_to_normals(words: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:

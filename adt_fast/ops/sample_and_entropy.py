@@ -36,10 +36,30 @@ from .reference import compute_dtype
 _BACKEND_NAMES = ("auto", *dispatch.BACKENDS)
 
 
+def _check_op_tensors(mean, std_param, x, noise, seed_offset, num_samples, grads=()) -> None:
+    """The custom ops' own checks, in their real and fake implementations alike: called directly
+    (torch.ops.adt_fast.*), one meta tensor among CPU ones sends a call to the fake, whose outputs
+    are never written, and the reference would read any seed_offset it is given."""
+    _check_tensor("mean", mean)
+    _check_tensor("std_param", std_param, like=mean)
+    if x is not None:
+        _check_tensor("x", x, like=mean)
+    if noise is not None:
+        _check_tensor("noise", noise, like=mean, shape=(num_samples, *mean.shape))
+    for name, grad in grads:
+        if grad is not None and grad.device != mean.device:
+            raise ValueError(f"{name} is on {grad.device} but mean is on {mean.device}")
+    if seed_offset.dtype != torch.int64 or tuple(seed_offset.shape) != (2,) or seed_offset.device != mean.device:
+        raise ValueError(f"seed_offset must be an int64 tensor of 2 values (seed, offset) on mean's device "
+                         f"{mean.device}, got {seed_offset.dtype} of shape {tuple(seed_offset.shape)} on "
+                         f"{seed_offset.device}")
+
+
 @torch.library.custom_op("adt_fast::sample_forward", mutates_args=())
 def sample_forward(mean: torch.Tensor, std_param: torch.Tensor, x: Optional[torch.Tensor],
                    noise: Optional[torch.Tensor], seed_offset: torch.Tensor, num_samples: int,
                    epsilon: float, lo: float, hi: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_op_tensors(mean, std_param, x, noise, seed_offset, num_samples)
     name = dispatch.select(backend, mean.device, mean.dtype)
     out, nlp, _ = dispatch.get(name).forward(mean, std_param, x, noise, seed_offset, None, num_samples, epsilon,
                                              lo, hi)
@@ -48,6 +68,7 @@ def sample_forward(mean: torch.Tensor, std_param: torch.Tensor, x: Optional[torc
 
 @sample_forward.register_fake
 def _(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi, backend):
+    _check_op_tensors(mean, std_param, x, noise, seed_offset, num_samples)
     out = mean.new_empty((num_samples, *mean.shape))
     nlp = mean.new_empty((num_samples, mean.shape[0]), dtype=compute_dtype(mean.dtype))
     return out, nlp
@@ -58,6 +79,8 @@ def sample_backward(grad_out: torch.Tensor, grad_nlp: torch.Tensor, mean: torch.
                     std_param: torch.Tensor, x: Optional[torch.Tensor], noise: Optional[torch.Tensor],
                     seed_offset: torch.Tensor, num_samples: int, epsilon: float, lo: float, hi: float,
                     backend: str, need_grad_x: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_op_tensors(mean, std_param, x, noise, seed_offset, num_samples,
+                      grads=(("grad_out", grad_out), ("grad_nlp", grad_nlp)))
     name = dispatch.select(backend, mean.device, mean.dtype)
     grad_mean, grad_std, grad_x = dispatch.get(name).backward(grad_out, grad_nlp, mean, std_param, x, noise,
                                                               seed_offset, num_samples, epsilon, lo, hi,
@@ -68,6 +91,8 @@ def sample_backward(grad_out: torch.Tensor, grad_nlp: torch.Tensor, mean: torch.
 @sample_backward.register_fake
 def _(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi, backend,
       need_grad_x=True):
+    _check_op_tensors(mean, std_param, x, noise, seed_offset, num_samples,
+                      grads=(("grad_out", grad_out), ("grad_nlp", grad_nlp)))
     return torch.empty_like(mean), torch.empty_like(std_param), (
         torch.empty_like(x) if x is not None and need_grad_x else mean.new_empty(0))
 
