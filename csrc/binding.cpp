@@ -59,19 +59,23 @@ bool is_supported_float(at::ScalarType t) {
 
 at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-std::vector<int64_t> with_samples(int64_t k, at::IntArrayRef sizes) {
-  std::vector<int64_t> out{k};
+// Shapes are checked and built as SymInts (sym_sizes, sym_numel): the Meta kernels then serve
+// torch.compile(dynamic=True), whose fake tensors have symbolic sizes that sizes() and numel()
+// refuse; on real tensors the SymInts are plain integers.
+template <class Size>
+std::vector<Size> with_samples(int64_t k, c10::ArrayRef<Size> sizes) {
+  std::vector<Size> out{Size(k)};
   out.insert(out.end(), sizes.begin(), sizes.end());
   return out;
 }
 
 void check_tensor_like(const char* op, const char* name, const Tensor& t, const Tensor& mean,
-                       at::IntArrayRef sizes, at::ScalarType dtype) {
+                       c10::SymIntArrayRef sizes, at::ScalarType dtype) {
   TORCH_CHECK(t.defined(), op, ": ", name, " is an undefined tensor");
   TORCH_CHECK(t.device() == mean.device(), op, ": ", name, " is on ", t.device(), " but mean is on ",
               mean.device());
   TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " has dtype ", t.scalar_type(), ", expected ", dtype);
-  TORCH_CHECK(t.sizes() == sizes, op, ": ", name, " must have shape ", sizes, ", got ", t.sizes());
+  TORCH_CHECK(t.sym_sizes() == sizes, op, ": ", name, " must have shape ", sizes, ", got ", t.sym_sizes());
 }
 
 struct Dims {
@@ -82,17 +86,17 @@ struct Dims {
 bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
 
 void check_seed_offset(const char* op, const Tensor& seed_offset, const Tensor& mean) {
-  TORCH_CHECK(seed_offset.defined() && seed_offset.scalar_type() == at::kLong && seed_offset.numel() == 2, op,
+  TORCH_CHECK(seed_offset.defined() && seed_offset.scalar_type() == at::kLong && seed_offset.sym_numel() == 2, op,
               ": seed_offset must be an int64 tensor of 2 values (seed, offset), got ",
               seed_offset.defined() ? seed_offset.toString() : std::string("undefined"), " of shape ",
-              seed_offset.defined() ? seed_offset.sizes() : at::IntArrayRef{});
+              seed_offset.defined() ? seed_offset.sym_sizes() : c10::SymIntArrayRef{});
   TORCH_CHECK(seed_offset.device() == mean.device(), op, ": seed_offset is on ", seed_offset.device(),
               " but mean is on ", mean.device());
 }
 
-Dims check_common(const char* op, const Tensor& mean, const Tensor& std_param, const OptTensor& x,
-                  const OptTensor& noise, const OptTensor& seed_offset, int64_t k, double epsilon, double lo,
-                  double hi) {
+void check_arguments(const char* op, const Tensor& mean, const Tensor& std_param, const OptTensor& x,
+                     const OptTensor& noise, const OptTensor& seed_offset, int64_t k, double epsilon, double lo,
+                     double hi) {
   TORCH_CHECK(mean.defined(), op, ": mean is an undefined tensor");
   TORCH_CHECK(is_supported_float(mean.scalar_type()), op,
               ": mean must be float16, bfloat16, float32 or float64, got ", mean.scalar_type());
@@ -100,12 +104,19 @@ Dims check_common(const char* op, const Tensor& mean, const Tensor& std_param, c
   TORCH_CHECK(k >= 1, op, ": num_samples must be >= 1, got ", k);
   TORCH_CHECK(std::isfinite(epsilon) && epsilon > 0, op, ": epsilon must be finite and > 0, got ", epsilon);
   TORCH_CHECK(lo < hi, op, ": the clamp bounds must satisfy lo < hi, got lo=", lo, " hi=", hi);
-  check_tensor_like(op, "std_param", std_param, mean, mean.sizes(), mean.scalar_type());
-  if (x.has_value() && x->defined()) check_tensor_like(op, "x", *x, mean, mean.sizes(), mean.scalar_type());
+  check_tensor_like(op, "std_param", std_param, mean, mean.sym_sizes(), mean.scalar_type());
+  if (x.has_value() && x->defined()) check_tensor_like(op, "x", *x, mean, mean.sym_sizes(), mean.scalar_type());
   if (noise.has_value() && noise->defined()) {
-    check_tensor_like(op, "noise", *noise, mean, with_samples(k, mean.sizes()), mean.scalar_type());
+    check_tensor_like(op, "noise", *noise, mean, with_samples(k, mean.sym_sizes()), mean.scalar_type());
   }
   if (present(seed_offset)) check_seed_offset(op, *seed_offset, mean);
+}
+
+// The checks, and the sizes the real kernels are given.
+Dims check_common(const char* op, const Tensor& mean, const Tensor& std_param, const OptTensor& x,
+                  const OptTensor& noise, const OptTensor& seed_offset, int64_t k, double epsilon, double lo,
+                  double hi) {
+  check_arguments(op, mean, std_param, x, noise, seed_offset, k, epsilon, lo, hi);
   Dims d;
   d.batch = mean.size(0);
   d.dim = 1;
@@ -114,21 +125,22 @@ Dims check_common(const char* op, const Tensor& mean, const Tensor& std_param, c
 }
 
 void check_grads(const char* op, const OptTensor& grad_out, const OptTensor& grad_nlp, const Tensor& mean,
-                 int64_t k, int64_t batch) {
+                 int64_t k) {
   if (present(grad_out)) {
     TORCH_CHECK(grad_out->device() == mean.device(), op, ": grad_out is on ", grad_out->device(),
                 " but mean is on ", mean.device());
-    TORCH_CHECK(grad_out->sizes() == at::IntArrayRef(with_samples(k, mean.sizes())), op,
-                ": grad_out must have shape ", at::IntArrayRef(with_samples(k, mean.sizes())), ", got ",
-                grad_out->sizes());
+    const auto expected = with_samples(k, mean.sym_sizes());
+    TORCH_CHECK(grad_out->sym_sizes() == c10::SymIntArrayRef(expected), op, ": grad_out must have shape ",
+                c10::SymIntArrayRef(expected), ", got ", grad_out->sym_sizes());
     TORCH_CHECK(at::isFloatingType(grad_out->scalar_type()), op, ": grad_out must be floating, got ",
                 grad_out->scalar_type());
   }
   if (present(grad_nlp)) {
     TORCH_CHECK(grad_nlp->device() == mean.device(), op, ": grad_nlp is on ", grad_nlp->device(),
                 " but mean is on ", mean.device());
-    TORCH_CHECK(grad_nlp->sizes() == at::IntArrayRef({k, batch}), op, ": grad_nlp must have shape [", k, ", ",
-                batch, "], got ", grad_nlp->sizes());
+    const c10::SymInt batch = mean.sym_size(0);
+    TORCH_CHECK(grad_nlp->sym_sizes() == c10::SymIntArrayRef({c10::SymInt(k), batch}), op,
+                ": grad_nlp must have shape [", k, ", ", batch, "], got ", grad_nlp->sym_sizes());
     TORCH_CHECK(at::isFloatingType(grad_nlp->scalar_type()), op, ": grad_nlp must be floating, got ",
                 grad_nlp->scalar_type());
   }
@@ -262,7 +274,7 @@ std::tuple<Tensor, Tensor, Tensor> backward_cpu(const OptTensor& grad_out_in, co
                                                 double epsilon, double lo, double hi, bool need_grad_x) {
   const char* op = "adt_fast_C::sample_backward";
   const Dims d = check_common(op, mean_in, std_in, x_in, noise_in, seed_offset, k, epsilon, lo, hi);
-  check_grads(op, grad_out_in, grad_nlp_in, mean_in, k, d.batch);
+  check_grads(op, grad_out_in, grad_nlp_in, mean_in, k);
   const at::ScalarType dtype = mean_in.scalar_type();
   const at::ScalarType ctype = compute_type(dtype);
   const bool half = dtype == at::kHalf || dtype == at::kBFloat16;  // computed in float32, stored back
@@ -300,7 +312,7 @@ std::tuple<Tensor, Tensor, Tensor> backward_cpu(const OptTensor& grad_out_in, co
 
 void check_words_args(const Tensor& seed_offset, int64_t numel, int64_t k) {
   const char* op = "adt_fast_C::philox_words";
-  TORCH_CHECK(seed_offset.scalar_type() == at::kLong && seed_offset.numel() == 2, op,
+  TORCH_CHECK(seed_offset.scalar_type() == at::kLong && seed_offset.sym_numel() == 2, op,
               ": seed_offset must be an int64 tensor of 2 values (seed, offset)");
   TORCH_CHECK(numel >= 0, op, ": numel must be >= 0, got ", numel);
   TORCH_CHECK(k >= 1, op, ": num_samples must be >= 1, got ", k);
@@ -321,10 +333,9 @@ std::tuple<Tensor, Tensor, Tensor> forward_meta(const Tensor& mean, const Tensor
                                                 const c10::optional<at::Generator>& generator, int64_t k,
                                                 double epsilon, double lo, double hi) {
   (void)generator;
-  const Dims d = check_common("adt_fast_C::sample_forward", mean, std_param, x, noise, seed_offset, k, epsilon,
-                              lo, hi);
-  return {at::empty(with_samples(k, mean.sizes()), mean.options()),
-          at::empty({k, d.batch}, mean.options().dtype(compute_type(mean.scalar_type()))),
+  check_arguments("adt_fast_C::sample_forward", mean, std_param, x, noise, seed_offset, k, epsilon, lo, hi);
+  return {at::empty_symint(with_samples(k, mean.sym_sizes()), mean.options()),
+          at::empty_symint({c10::SymInt(k), mean.sym_size(0)}, mean.options().dtype(compute_type(mean.scalar_type()))),
           at::empty({2}, mean.options().dtype(at::kLong))};
 }
 
@@ -333,8 +344,8 @@ std::tuple<Tensor, Tensor, Tensor> backward_meta(const OptTensor& grad_out, cons
                                                  const OptTensor& noise, const Tensor& seed_offset, int64_t k,
                                                  double epsilon, double lo, double hi, bool need_grad_x) {
   const char* op = "adt_fast_C::sample_backward";
-  const Dims d = check_common(op, mean, std_param, x, noise, seed_offset, k, epsilon, lo, hi);
-  check_grads(op, grad_out, grad_nlp, mean, k, d.batch);
+  check_arguments(op, mean, std_param, x, noise, seed_offset, k, epsilon, lo, hi);
+  check_grads(op, grad_out, grad_nlp, mean, k);
   return {at::empty_like(mean), at::empty_like(std_param), grad_x_buffer(x, need_grad_x, mean)};
 }
 
@@ -428,7 +439,7 @@ std::tuple<Tensor, Tensor, Tensor> backward_cuda(const OptTensor& grad_out_in, c
                                                  double lo, double hi, bool need_grad_x) {
   const char* op = "adt_fast_C::sample_backward";
   const Dims d = check_common(op, mean_in, std_in, x_in, noise_in, seed_offset_in, k, epsilon, lo, hi);
-  check_grads(op, grad_out_in, grad_nlp_in, mean_in, k, d.batch);
+  check_grads(op, grad_out_in, grad_nlp_in, mean_in, k);
   const c10::cuda::CUDAGuard guard(mean_in.device());
   const at::ScalarType dtype = mean_in.scalar_type();
   const Tensor mean = mean_in.contiguous(), std_param = std_in.contiguous(), seed_offset = seed_offset_in.contiguous();

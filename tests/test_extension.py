@@ -594,14 +594,16 @@ def test_opcheck_schemas_and_fake_kernels():
     mean = torch.randn(3, 4, dtype=torch.float64)
     rho, x = torch.randn(3, 4, dtype=torch.float64), torch.rand(3, 4, dtype=torch.float64)
     so = torch.tensor([1, 2])
-    utils = ("test_schema", "test_faketensor", "test_aot_dispatch_static")
+    # test_aot_dispatch_dynamic: the Meta kernels check and build shapes as SymInts (they once
+    # called numel() and sizes(), which symbolic sizes refuse).
+    utils = ("test_schema", "test_faketensor", "test_aot_dispatch_static", "test_aot_dispatch_dynamic")
     torch.library.opcheck(ops.sample_forward, (mean, rho, None, None, so, None, 5, 0.3, -INF, INF),
                           test_utils=utils)
     torch.library.opcheck(ops.sample_forward, (mean.float(), rho.float(), x.float(), torch.randn(5, 3, 4), so,
                                                None, 5, 0.3, 0.1, 0.9), test_utils=utils)
     go, gn = torch.randn(5, 3, 4, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
     torch.library.opcheck(ops.sample_backward, (go, gn, mean, rho, x, None, so, 5, 0.3, 0.1, 0.9),
-                          test_utils=utils[:2])
+                          test_utils=utils)
     torch.library.opcheck(ops.sample_backward, (None, gn, mean, rho, x, None, so, 5, 0.3, 0.1, 0.9),
-                          test_utils=utils[:2])
-    torch.library.opcheck(ops.philox_words, (so, 10, 5), test_utils=utils[:2])
+                          test_utils=utils)
+    torch.library.opcheck(ops.philox_words, (so, 10, 5), test_utils=utils)
