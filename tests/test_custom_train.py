@@ -14,7 +14,7 @@ from adt_fast.cli import main
 from adt_fast.data import DatasetFileError
 from adt_fast.distributed import BatchShard, World
 from adt_fast.models import build_model
-from adt_fast.train import ConfigError, TrainConfig, build_method, fit
+from adt_fast.train import ConfigError, TrainConfig, build_method, fit, read_metrics
 from adt_fast.train.methods import Runtime
 
 PIL = pytest.importorskip("PIL.Image")
@@ -103,6 +103,23 @@ def test_fit_takes_tensors_and_records_them(tmp_path):
     other = (data[0].flip(0),) + data[1:]
     with pytest.raises(DatasetFileError, match="changed since the run recorded it"):
         fit(dataclasses.replace(TrainConfig.load(run), resume=True, epochs=2), data=other)
+
+
+def test_arrays_in_memory_need_their_own_name_and_are_resumed_from_python(tmp_path, capsys):
+    """A built-in name once gave the arrays that dataset's epoch default (and eval --dataset would
+    open the built-in data); a CLI resume once said --dataset 'my-arrays' is no file."""
+    arrays = _tiny_arrays()
+    data = tuple(arrays[key] for key in ("x_train", "y_train", "x_test", "y_test"))
+    for name in ("digits", "synthetic"):
+        with pytest.raises(ConfigError, match=rf"{name!r} is a built-in dataset"):
+            fit(TrainConfig("standard", name, str(tmp_path / name), epochs=1), data=data)
+    run = fit(TrainConfig("standard", "my-arrays", str(tmp_path / "run"), epochs=1, max_batches=1,
+                          tensorboard=False, device="cpu"), data=data)
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2"]) == 2
+    assert "was trained on arrays in memory, which cannot be found again; resume it from Python" in \
+        capsys.readouterr().err
+    fit(dataclasses.replace(TrainConfig.load(run), resume=True, epochs=2), data=data)
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
 
 
 def test_bad_data_leaves_no_run_directory(tmp_path, capsys):

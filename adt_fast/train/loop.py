@@ -343,13 +343,31 @@ def open_data(config: TrainConfig, data: Optional[tuple] = None) -> Optional[dat
                 raise datasets.DatasetSpecError("image_size resizes an image folder; it does not apply to data=")
             if not isinstance(data, (tuple, list)) or len(data) != 4:
                 raise datasets.DatasetSpecError("data must be the tuple (x_train, y_train, x_test, y_test)")
+            if config.dataset in datasets.DATASETS:
+                raise datasets.DatasetSpecError(
+                    f"with data=, TrainConfig.dataset only names your arrays, and {config.dataset!r} is a built-in "
+                    f"dataset: its defaults (epochs) and eval --dataset {config.dataset} would take that dataset "
+                    f"instead; choose another name")
             return datasets.from_arrays(*data, name=str(config.dataset))
+        if config.resume and _trained_on_arrays(Path(config.out)):
+            raise datasets.DatasetSpecError(
+                f"--resume: {config.out} was trained on arrays in memory, which cannot be found again; resume it "
+                f"from Python with the same arrays: fit(dataclasses.replace(TrainConfig.load(run), resume=True), "
+                f"data=(x_train, y_train, x_test, y_test))")
         if config.dataset in datasets.DATASETS:
             return None
         return datasets.open_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
                                      image_size=config.image_size)
     except datasets.DatasetSpecError as err:
         raise ConfigError(str(err)) from None
+
+
+def _trained_on_arrays(run_dir: Path) -> bool:
+    try:
+        record = datasets.read_source(run_dir)
+    except datasets.DatasetFileError:
+        return False  # the resume reports the unreadable record itself
+    return record is not None and record.get("kind") == "arrays"
 
 
 def _check_same_data(run_dir: Path, dataset: datasets.LoadedDataset) -> None:
