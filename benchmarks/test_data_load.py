@@ -81,8 +81,10 @@ def _open_folder(work):
 
 def test_image_folder_decode(benchmark, files):
     work, _, images = files
-    dataset = benchmark.pedantic(_open_folder, args=(work,), setup=lambda: shutil.rmtree(work / "cache", ignore_errors=True),
-                                 rounds=ROUNDS)
+    def empty_cache():
+        shutil.rmtree(work / "cache", ignore_errors=True)
+
+    dataset = benchmark.pedantic(_open_folder, args=(work,), setup=empty_cache, rounds=ROUNDS)
     assert len(dataset.train[0]) + len(dataset.test[0]) == images
     assert any((work / "cache").iterdir()), "the decoded arrays were not cached"
 

@@ -49,9 +49,9 @@ def _warn_if_cpu_isa_ignored(extension) -> None:
     cannot use; someone who forced one (to compare speeds, say) must hear that it was not taken."""
     forced, taken = os.environ.get(CPU_ISA_ENV), extension.cpu_isa()
     if forced and forced != taken:
-        usable = extension.build_info()["cpu_isas"]
-        warnings.warn(f"${CPU_ISA_ENV}={forced!r} is ignored: the CPU kernels can use {usable.replace(',', ', ')} on this machine; "
-                      f"they use {taken}", RuntimeWarning, stacklevel=3)
+        usable = extension.build_info()["cpu_isas"].replace(",", ", ")
+        warnings.warn(f"${CPU_ISA_ENV}={forced!r} is ignored: the CPU kernels can use {usable} on this "
+                      f"machine; they use {taken}", RuntimeWarning, stacklevel=3)
 
 
 @functools.cache
