@@ -373,8 +373,9 @@ const void* cptr_or_null(const OptTensor& t) { return present(t) ? t->data_ptr()
 // Philox state from torch's CUDA generator, as its fused dropout takes it: no kernel launch, no
 // host synchronisation, and inside CUDA-graph capture the kernels read the seed and offset from
 // the graph's device memory (at::cuda::philox::unpack's rule). The offset advances by at least the
-// k counter values one call uses (offset + s for sample s; torch wants multiples of 4), so calls
-// never overlap.
+// k counter values one call uses (offset + s for sample s; torch wants multiples of 4), so our
+// calls never overlap; the key is the seed XOR kGeneratorSeedXor, so they never meet the counters
+// of torch's own random ops either (adt_cuda.h).
 adt_fast::cuda::SeedSource draw_seed_cuda(const c10::optional<at::Generator>& generator, const at::Device& device,
                                           int64_t k) {
   auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
@@ -394,6 +395,7 @@ adt_fast::cuda::SeedSource draw_seed_cuda(const c10::optional<at::Generator>& ge
     src.seed_value = state.seed_.val;
     src.offset_value = state.offset_.val;
   }
+  src.seed_xor = adt_fast::cuda::kGeneratorSeedXor;
   return src;
 }
 

@@ -549,6 +549,22 @@ def test_cuda_seed_from_torch_generator_without_host_sync():
 
 @pytest.mark.cuda
 @cuda_only
+def test_cuda_key_is_not_the_generators_seed_so_torch_random_ops_never_repeat_our_normals():
+    """torch's CUDA random ops key Philox with the generator's seed and give thread i the counters
+    (offset / 4 + j, i); ours are (quad, offset + s). Under one key the first threads of a randn
+    after an ADT call returned that call's normals (review, 2026-12-05): the key is now the seed
+    XOR kGeneratorSeedXor (csrc/cuda/adt_cuda.h)."""
+    generator_seed_xor = 0x9E3779B97F4A7C15
+    k = 8
+    t = make((1, 4096), k, torch.float32, device="cuda")
+    torch.cuda.manual_seed(0)
+    used = _draw(t, k)[2].cpu()
+    seed = torch.cuda.initial_seed()
+    assert int(used[0]) % 2**64 == seed ^ generator_seed_xor  # a key torch's own ops never use
+
+
+@pytest.mark.cuda
+@cuda_only
 def test_cuda_graph_replays_draw_fresh_seeds_from_the_generator():
     k = 5
     t = make((64, 3, 32, 32), k, torch.float32, device="cuda")

@@ -3,9 +3,8 @@
 // Storage dtypes float32, float64, float16 and bfloat16; the kernels compute in float (double for
 // float64). neg_log_prob / grad_nlp are float, or double for float64. Shapes as in
 // cpu/adt_cpu.h. Every function returns nullptr on success, else the CUDA error string of the
-// failed launch (peeked, so an unrelated pending error is neither cleared nor blamed on us... it
-// is reported, since the peek cannot tell whose it is: the caller's check is the same as torch's
-// C10_CUDA_KERNEL_LAUNCH_CHECK).
+// failed launch, read and cleared with cudaGetLastError as torch's C10_CUDA_KERNEL_LAUNCH_CHECK
+// does (left pending, a non-sticky error would surface at torch's next check, blamed on its op).
 #pragma once
 
 #include <cstddef>
@@ -19,7 +18,7 @@ namespace cuda {
 enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
 // Where the kernels take Philox's (seed, offset) from, with no host synchronisation:
-//   seed   = seed_ptr ? *seed_ptr : seed_value
+//   seed   = (seed_ptr ? *seed_ptr : seed_value) ^ seed_xor
 //   offset = (offset_ptr ? *offset_ptr : offset_value) + offset_add
 // An int64 seed_offset tensor is (seed_ptr, seed_ptr + 1); torch's PhiloxCudaState is the values
 // outside CUDA-graph capture and (seed_.ptr, offset_.ptr, offset_intragraph_) inside it, the way
@@ -31,8 +30,15 @@ struct SeedSource {
   uint64_t seed_value = 0;
   uint64_t offset_value = 0;
   uint64_t offset_add = 0;
+  uint64_t seed_xor = 0;
   int64_t* used = nullptr;
 };
+
+// seed_xor for a seed from torch's CUDA generator (docs/randomness.md): torch's own random ops key
+// Philox with the generator's seed itself and give each thread the counters (offset / 4 + j,
+// thread), a layout that crosses ours, (quad, offset + s); with this key no counter of theirs is
+// ever one of ours. A given seed_offset is used as it is (seed_xor 0).
+constexpr uint64_t kGeneratorSeedXor = 0x9E3779B97F4A7C15ULL;
 
 // How the kernels split a call over lanes and blocks (docs/kernels.md, "Work split"): kAuto picks
 // by the call's size; the others force a split, for tests and benchmarks. Process-wide.

@@ -105,7 +105,7 @@ struct Seed {
 };
 
 __device__ __forceinline__ Seed read_seed(const SeedSource& src) {
-  const uint64_t seed = src.seed_ptr ? static_cast<uint64_t>(__ldg(src.seed_ptr)) : src.seed_value;
+  const uint64_t seed = (src.seed_ptr ? static_cast<uint64_t>(__ldg(src.seed_ptr)) : src.seed_value) ^ src.seed_xor;
   const uint64_t offset = (src.offset_ptr ? static_cast<uint64_t>(__ldg(src.offset_ptr)) : src.offset_value) +
                           src.offset_add;
   return Seed{philox_key(seed), offset};
@@ -517,10 +517,11 @@ __global__ void philox_words_kernel(const int64_t* __restrict seed_offset, int64
   }
 }
 
-// The launch's error, peeked: cudaGetLastError would also clear (and blame us for) an error left
-// pending by someone else's earlier launch.
+// The launches' error, read and cleared as torch's C10_CUDA_KERNEL_LAUNCH_CHECK reads it: a
+// non-sticky error (a bad launch configuration) left pending would be raised again by torch's next
+// check, against an op that did nothing wrong.
 const char* launch_error() {
-  const cudaError_t err = cudaPeekAtLastError();
+  const cudaError_t err = cudaGetLastError();
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }
 
@@ -649,7 +650,7 @@ const char* forward_typed(const void* mean, const void* std_param, const void* x
       return launch_error();
     }
   }
-  if (p.chunks.per_example > 1) {
+  if (p.chunks.per_example > 1 && batch > 0) {  // (a launch of 0 blocks is an error)
     combine_partials_kernel<C><<<grid_for(k * batch, 128), 128, 0, stream>>>(p.partial, k * batch,
                                                                             p.chunks.per_example, p.constant, nlp);
   }

@@ -249,8 +249,15 @@ void check_seed_sources() {
                                 -INFINITY, INFINITY, out_ref.data(), nlp_ref.data());
   Device<double> d_mean(mean), d_rho(rho);
   Device<int64_t> d_so(std::vector<int64_t>{static_cast<int64_t>(seed), static_cast<int64_t>(offset)});
-  for (const bool pointers : {false, true}) {
+  // ... and with torch's generator as the source, the key is that seed XOR kGeneratorSeedXor.
+  const uint64_t mixed = seed ^ adt_fast::cuda::kGeneratorSeedXor;
+  std::vector<double> out_mixed(k * n), nlp_mixed(k * batch);
+  adt_fast::cpu::sample_forward(mean.data(), rho.data(), nullptr, nullptr, mixed, offset + add, batch, dim, k, 0.3,
+                                -INFINITY, INFINITY, out_mixed.data(), nlp_mixed.data());
+  for (const int variant : {0, 1, 2}) {
+    const bool pointers = variant == 1, generator = variant == 2;
     adt_fast::cuda::SeedSource src;
+    if (generator) src.seed_xor = adt_fast::cuda::kGeneratorSeedXor;
     if (pointers) {
       src.seed_ptr = d_so.ptr;
       src.offset_ptr = d_so.ptr + 1;
@@ -268,11 +275,13 @@ void check_seed_sources() {
                                                      d_nlp.ptr, d_ws.ptr, nullptr);
     CHECK(err == nullptr, "forward launch: %s", err);
     CUDA_OK(cudaDeviceSynchronize());
-    const double worst = std::max(rel_err(d_out.get(), out_ref), rel_err(d_nlp.get(), nlp_ref));
-    CHECK(worst <= 1e-12, "seed and offset as %s: rel err %.2e", pointers ? "pointers" : "values", worst);
+    const char* how = generator ? "values from the generator" : pointers ? "pointers" : "values";
+    const double worst = std::max(rel_err(d_out.get(), generator ? out_mixed : out_ref),
+                                  rel_err(d_nlp.get(), generator ? nlp_mixed : nlp_ref));
+    CHECK(worst <= 1e-12, "seed and offset as %s: rel err %.2e", how, worst);
     const std::vector<int64_t> used = d_used.get();
-    CHECK(used[0] == static_cast<int64_t>(seed) && used[1] == static_cast<int64_t>(offset + add),
-          "seed and offset as %s: used (%" PRId64 ", %" PRId64 ")", pointers ? "pointers" : "values", used[0], used[1]);
+    CHECK(used[0] == static_cast<int64_t>(generator ? mixed : seed) && used[1] == static_cast<int64_t>(offset + add),
+          "seed and offset as %s: used (%" PRId64 ", %" PRId64 ")", how, used[0], used[1]);
   }
 }
 
@@ -286,9 +295,12 @@ void check_empty() {
                                                    nullptr, nullptr, src, 3, 0, 2, 0.3, -INFINITY, INFINITY,
                                                    d_scratch.ptr, d_nlp.ptr, nullptr, nullptr);
   CHECK(err == nullptr, "forward of D = 0: %s", err);
-  err = adt_fast::cuda::sample_forward(adt_fast::cuda::DType::kFloat64, d_scratch.ptr, d_scratch.ptr, nullptr, nullptr,
-                                       src, 0, 5, 2, 0.3, -INFINITY, INFINITY, d_scratch.ptr, d_nlp.ptr, nullptr, nullptr);
-  CHECK(err == nullptr, "forward of B = 0: %s", err);
+  for (const int64_t dim : {5, 300}) {  // 300: examples span chunks, so a non-empty batch would be combined
+    err = adt_fast::cuda::sample_forward(adt_fast::cuda::DType::kFloat64, d_scratch.ptr, d_scratch.ptr, nullptr,
+                                         nullptr, src, 0, dim, 2, 0.3, -INFINITY, INFINITY, d_scratch.ptr, d_nlp.ptr,
+                                         nullptr, nullptr);
+    CHECK(err == nullptr, "forward of B = 0, D = %" PRId64 ": %s", dim, err);
+  }
   CUDA_OK(cudaDeviceSynchronize());
   CHECK(d_nlp.get() == std::vector<double>(6, 0.0), "-log p of empty examples is not 0");
   Device<double> d_mean(std::vector<double>(6, 0.1)), d_gm(std::vector<double>(6, nan)), d_gs(std::vector<double>(6, nan));

@@ -28,7 +28,7 @@ struct cudaDeviceProp {
 };
 
 inline const char* cudaGetErrorString(cudaError_t) { return "no error (emulated)"; }
-inline cudaError_t cudaPeekAtLastError() { return cudaSuccess; }
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 inline cudaError_t cudaGetDeviceCount(int* count) {
   *count = 1;

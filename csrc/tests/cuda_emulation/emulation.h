@@ -191,6 +191,9 @@ void operator|(void (*kernel)(Params...), const LaunchArgs<Args...>& launch) {
   if (launch.block.x % kWarp != 0 || launch.block.y != 1 || launch.grid.y != 1) {
     fail("only 1-D launches of whole warps are emulated");
   }
+  if (launch.grid.x == 0 || launch.block.x == 0) {
+    fail("a launch of no blocks or no threads, which a GPU refuses (invalid configuration argument)");
+  }
   const std::function<void()> body = [&] { std::apply([&](const auto&... a) { kernel(a...); }, launch.args); };
   gridDim = launch.grid;
   blockDim = launch.block;
