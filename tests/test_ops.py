@@ -1,7 +1,8 @@
 """The public op on every backend this machine can run, against the float64 reference."""
 
 import math
-
+import sys
+import types
 import warnings
 
 import pytest
@@ -264,7 +265,10 @@ def test_auto_says_when_it_falls_back_to_the_reference(monkeypatch):
 def test_backend_choice_is_cached_but_follows_the_environment(monkeypatch):
     """select() resolves once per (request, device type, dtype, $ADT_FAST_BACKEND,
     $TRITON_INTERPRET): a repeated call does not re-resolve, and changing either variable after
-    import still changes the answer."""
+    import still changes the answer (TRITON_INTERPRET until the kernels are imported, whose mode
+    then decides: test_backends_tell_the_truth_about_this_machine)."""
+    triton_missing = dispatch.get("triton").missing()  # imports the kernels in this run's mode
+    monkeypatch.delitem(sys.modules, "adt_fast.ops.triton_kernels", raising=False)  # as if not yet
     monkeypatch.delenv("ADT_FAST_BACKEND", raising=False)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     first = dispatch.select("auto", CPU, torch.float32)
@@ -280,7 +284,7 @@ def test_backend_choice_is_cached_but_follows_the_environment(monkeypatch):
     assert dispatch.select("auto", CPU, torch.float32) == "reference"
     monkeypatch.delenv("ADT_FAST_BACKEND")
     assert dispatch.select("auto", CPU, torch.float32) == first
-    if dispatch.get("triton").missing() is None:
+    if triton_missing is None:
         with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
             dispatch.select("triton", CPU, torch.float32)
         monkeypatch.setenv("TRITON_INTERPRET", "1")
@@ -291,14 +295,22 @@ def test_backend_choice_is_cached_but_follows_the_environment(monkeypatch):
 def test_backends_tell_the_truth_about_this_machine(monkeypatch):
     """Without a CUDA device the cuda backend is unavailable, and triton too unless
     TRITON_INTERPRET=1 lets it run CPU tensors."""
+    triton_missing = dispatch.get("triton").missing()  # imports the kernels in this run's mode
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    kernels = "adt_fast.ops.triton_kernels"
+    monkeypatch.delitem(sys.modules, kernels, raising=False)  # as if not imported yet: the variable decides
     status = {s.name: s for s in adt_fast.backends()}
     assert not status["cuda"].available and status["cuda"].reason
     assert not status["triton"].available and "TRITON_INTERPRET=1" in status["triton"].reason
-    if dispatch.get("triton").missing() is None:
+    if triton_missing is None:
         monkeypatch.setenv("TRITON_INTERPRET", "1")
         assert {s.name: s for s in adt_fast.backends()}["triton"].available
+        # Imported in compiled mode, then the variable set: the kernels cannot run CPU tensors
+        # (a call once failed deep in triton with "0 active drivers"), and it says why.
+        monkeypatch.setitem(sys.modules, kernels, types.SimpleNamespace(INTERPRETED=False))
+        triton = {s.name: s for s in adt_fast.backends()}["triton"]
+        assert not triton.available and "set after adt_fast's Triton kernels were imported" in triton.reason
 
 
 @pytest.mark.parametrize("backend", ["reference", *KERNEL_BACKENDS])
@@ -393,6 +405,20 @@ def test_opcheck():
         grads = (torch.randn(2, 2, 3), torch.randn(2, 2))
         torch.library.opcheck(sample_backward, (*grads, *args, seed_offset, 2, 0.1, 0.0, 1.0, "auto"))
         torch.library.opcheck(sample_backward, (*grads, *args, seed_offset, 2, 0.1, 0.0, 1.0, "auto", False))
+
+
+@pytest.mark.parametrize("k,eps,lo,hi,message", [(0, 0.1, 0.0, 1.0, "num_samples must be >= 1"),
+                                                 (2, -0.1, 0.0, 1.0, "epsilon must be finite and > 0"),
+                                                 (2, math.nan, 0.0, 1.0, "epsilon must be finite and > 0"),
+                                                 (2, 0.1, 1.0, 0.0, "lo < hi")])
+def test_custom_ops_called_directly_refuse_bad_settings(k, eps, lo, hi, message):
+    """The Python-launched backends once gave empty outputs for k = 0 and a math domain error for a
+    negative epsilon."""
+    mean, rho, x, _, seed_offset = make_inputs((2, 3), 2, torch.float32)
+    with pytest.raises(ValueError, match=message):
+        sample_forward(mean, rho, x, None, seed_offset, k, eps, lo, hi, "reference")
+    with pytest.raises(ValueError, match=message):
+        sample_backward(None, None, mean, rho, x, None, seed_offset, k, eps, lo, hi, "reference")
 
 
 @pytest.mark.parametrize("bad", ["meta", "float", "shape"])

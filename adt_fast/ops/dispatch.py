@@ -11,6 +11,7 @@ import functools
 import importlib
 import math
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,8 +193,8 @@ class Backend:
         """Why this backend cannot run at all on this machine and installation, or None."""
         reason = self.missing()
         if reason is None and not self.devices():
-            reason = ("no CUDA device here, and CPU tensors need TRITON_INTERPRET=1"
-                      if self.name == "triton" else "no CUDA device here")
+            reason = f"no CUDA device here, and {_triton_cpu_reason()}" if self.name == "triton" \
+                else "no CUDA device here"
         return reason
 
     def why_not(self, device: torch.device, dtype: torch.dtype) -> Optional[str]:
@@ -203,7 +204,7 @@ class Backend:
             return reason
         if device.type not in self.devices():
             if self.name == "triton" and device.type == "cpu":
-                return "triton runs CPU tensors only under TRITON_INTERPRET=1"
+                return _triton_cpu_reason()
             return f"{self.name} does not run on {device.type} tensors"
         if dtype not in self.dtypes:
             names = ", ".join(str(d).replace("torch.", "") for d in self.dtypes)
@@ -216,9 +217,23 @@ def _cuda_devices() -> tuple[str, ...]:
     return ("cuda",) if torch.cuda.is_available() else ()
 
 
+def _triton_runs_cpu() -> bool:
+    """Under Triton's interpreter only, which triton.jit picks when the kernels are decorated: once
+    adt_fast.ops.triton_kernels is imported its mode decides, before that TRITON_INTERPRET (read
+    on every call: it may be set after adt_fast is imported, as the test suites do)."""
+    kernels = sys.modules.get("adt_fast.ops.triton_kernels")
+    return kernels.INTERPRETED if kernels is not None else _triton_interpreted()
+
+
+def _triton_cpu_reason() -> str:
+    if _triton_interpreted():
+        return ("TRITON_INTERPRET=1 was set after adt_fast's Triton kernels were imported in compiled mode; "
+                "set it before they are imported")
+    return "triton runs CPU tensors only under TRITON_INTERPRET=1"
+
+
 def _triton_devices() -> tuple[str, ...]:
-    """Read on every call: TRITON_INTERPRET may be set after import (the test suites do)."""
-    return _cuda_devices() + (("cpu",) if _triton_interpreted() else ())
+    return _cuda_devices() + (("cpu",) if _triton_runs_cpu() else ())
 
 
 BACKENDS: dict[str, Backend] = {

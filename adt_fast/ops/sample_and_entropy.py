@@ -36,10 +36,17 @@ from .reference import compute_dtype
 _BACKEND_NAMES = ("auto", *dispatch.BACKENDS)
 
 
-def _check_op_tensors(mean, std_param, x, noise, seed_offset, num_samples, grads=()) -> None:
+def _check_op_arguments(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi, grads=()) -> None:
     """The custom ops' own checks, in their real and fake implementations alike: called directly
     (torch.ops.adt_fast.*), one meta tensor among CPU ones sends a call to the fake, whose outputs
-    are never written, and the reference would read any seed_offset it is given."""
+    are never written, and the Python-launched backends would take any seed_offset, count or
+    epsilon they are given."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if not 0 < epsilon < math.inf:
+        raise ValueError(f"epsilon must be finite and > 0, got {epsilon}")
+    if not lo < hi:
+        raise ValueError(f"the clamp bounds must satisfy lo < hi, got lo={lo} hi={hi}")
     _check_tensor("mean", mean)
     _check_tensor("std_param", std_param, like=mean)
     if x is not None:
@@ -59,7 +66,7 @@ def _check_op_tensors(mean, std_param, x, noise, seed_offset, num_samples, grads
 def sample_forward(mean: torch.Tensor, std_param: torch.Tensor, x: Optional[torch.Tensor],
                    noise: Optional[torch.Tensor], seed_offset: torch.Tensor, num_samples: int,
                    epsilon: float, lo: float, hi: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_op_tensors(mean, std_param, x, noise, seed_offset, num_samples)
+    _check_op_arguments(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi)
     name = dispatch.select(backend, mean.device, mean.dtype)
     out, nlp, _ = dispatch.get(name).forward(mean, std_param, x, noise, seed_offset, None, num_samples, epsilon,
                                              lo, hi)
@@ -68,7 +75,7 @@ def sample_forward(mean: torch.Tensor, std_param: torch.Tensor, x: Optional[torc
 
 @sample_forward.register_fake
 def _(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi, backend):
-    _check_op_tensors(mean, std_param, x, noise, seed_offset, num_samples)
+    _check_op_arguments(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi)
     out = mean.new_empty((num_samples, *mean.shape))
     nlp = mean.new_empty((num_samples, mean.shape[0]), dtype=compute_dtype(mean.dtype))
     return out, nlp
@@ -79,8 +86,8 @@ def sample_backward(grad_out: torch.Tensor, grad_nlp: torch.Tensor, mean: torch.
                     std_param: torch.Tensor, x: Optional[torch.Tensor], noise: Optional[torch.Tensor],
                     seed_offset: torch.Tensor, num_samples: int, epsilon: float, lo: float, hi: float,
                     backend: str, need_grad_x: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _check_op_tensors(mean, std_param, x, noise, seed_offset, num_samples,
-                      grads=(("grad_out", grad_out), ("grad_nlp", grad_nlp)))
+    _check_op_arguments(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi,
+                        grads=(("grad_out", grad_out), ("grad_nlp", grad_nlp)))
     name = dispatch.select(backend, mean.device, mean.dtype)
     grad_mean, grad_std, grad_x = dispatch.get(name).backward(grad_out, grad_nlp, mean, std_param, x, noise,
                                                               seed_offset, num_samples, epsilon, lo, hi,
@@ -91,8 +98,8 @@ def sample_backward(grad_out: torch.Tensor, grad_nlp: torch.Tensor, mean: torch.
 @sample_backward.register_fake
 def _(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi, backend,
       need_grad_x=True):
-    _check_op_tensors(mean, std_param, x, noise, seed_offset, num_samples,
-                      grads=(("grad_out", grad_out), ("grad_nlp", grad_nlp)))
+    _check_op_arguments(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi,
+                        grads=(("grad_out", grad_out), ("grad_nlp", grad_nlp)))
     return torch.empty_like(mean), torch.empty_like(std_param), (
         torch.empty_like(x) if x is not None and need_grad_x else mean.new_empty(0))
 

@@ -45,19 +45,23 @@ NORMALS_PER_CALL = 4  # one Philox call: the normals of one quad (four consecuti
 # A program handles a tile of BLOCK_B examples x BLOCK_D elements of each example, TILE elements
 # in all: one quad per thread, so a thread draws its four normals with one Philox call per sample
 # and no normal crosses threads (fewer elements per thread would repeat the quad's call in each
-# thread that holds one of its elements; two quads cost 96-138 registers). One warp per program:
-# the row sums of -log p are warp shuffles, nothing goes through shared memory.
+# thread that holds one of its elements; two quads per thread cost 80 and 125 registers in the
+# forward and backward: docs/triton.md). One warp per program: the row sums of -log p are warp
+# shuffles, nothing goes through shared memory.
 NUM_WARPS = 1
 TILE = NORMALS_PER_CALL * 32 * NUM_WARPS
 MIN_BLOCK_D = 16
 WORDS_BLOCK = 512
 WORDS_NUM_WARPS = 4
+MAX_GRID_Y = 65535  # CUDA's limit on a grid's y dimension
 # What the kernels are written for, said at every launch: FMA contraction on (Triton >= 3.10
 # turns it off by default; the float32 error budget in docs/triton.md assumes it).
 COMPILE_OPTIONS = {"enable_fp_fusion": True}
 
-# Globals read inside kernels must be tl.constexpr.
-_INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+# Fixed at import: triton.jit picks the interpreter when a kernel is decorated (dispatch reads it to
+# know whether CPU tensors can run). Globals read inside kernels must be tl.constexpr.
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_INTERPRETED = tl.constexpr(INTERPRETED)
 # expm1 on [-0.5, 0] by its Taylor series (Horner); beyond, exp(x) - 1 is accurate enough.
 _EXPM1_SWITCH = tl.constexpr(0.25)  # |u| below which tanh(|u|) uses the series for expm1(-2|u|)
 _LOG2 = tl.constexpr(LOG2)
@@ -503,8 +507,8 @@ def _backward_kernel(gout_ptr, gnlp_ptr, mean_ptr, std_ptr, x_ptr, noise_ptr, se
 
 
 @triton.jit
-def _philox_words_kernel(seed_offset_ptr, out_ptr, n_quads, BLOCK: tl.constexpr):
-    s = tl.program_id(1)
+def _philox_words_kernel(seed_offset_ptr, out_ptr, n_quads, s0, BLOCK: tl.constexpr):
+    s = s0 + tl.program_id(1)
     q = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = q < n_quads
     seed = tl.load(seed_offset_ptr)
@@ -574,8 +578,15 @@ def sample_constexprs(*, per_example: int) -> dict:
     return {"QUAD_ALIGNED": per_example % NORMALS_PER_CALL == 0}
 
 
+def _contiguous(*tensors):
+    """The kernels index rows flat: a strided view (the public op passes none, a direct call of
+    the custom op may) is copied first; free for contiguous tensors."""
+    return tuple(None if t is None else t.contiguous() for t in tensors)
+
+
 def sample_forward(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi):
-    """Triton version of `reference.sample_forward` (contiguous (B, *S) inputs)."""
+    """Triton version of `reference.sample_forward`."""
+    mean, std_param, x, noise = _contiguous(mean, std_param, x, noise)
     k = num_samples
     batch = mean.shape[0]
     numel = mean.numel()
@@ -620,6 +631,7 @@ def sample_backward(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, 
                     epsilon, lo, hi, need_grad_x=True):
     """Triton version of `reference.sample_backward`: (grad_mean, grad_std_param, grad_x|None).
     A None gradient is zero; grad_out may be expanded (`grad_out_layout`), grad_nlp any strides."""
+    mean, std_param, x, noise = _contiguous(mean, std_param, x, noise)
     k = num_samples
     batch = mean.shape[0]
     numel = mean.numel()
@@ -654,6 +666,7 @@ def philox_words(seed_offset, numel, num_samples):
     if num_samples == 0 or n_quads == 0:
         return out
     with _device_guard(seed_offset):
-        _philox_words_kernel[(triton.cdiv(n_quads, WORDS_BLOCK), num_samples)](
-            seed_offset, out, n_quads, BLOCK=WORDS_BLOCK, num_warps=WORDS_NUM_WARPS)
+        for s0 in range(0, num_samples, MAX_GRID_Y):  # the samples are the grid's y axis
+            _philox_words_kernel[(triton.cdiv(n_quads, WORDS_BLOCK), min(MAX_GRID_Y, num_samples - s0))](
+                seed_offset, out, n_quads, s0, BLOCK=WORDS_BLOCK, num_warps=WORDS_NUM_WARPS)
     return out
