@@ -429,3 +429,58 @@ def test_deep_grayscale_beside_colour_images_is_scaled_and_replicated(tmp_path, 
     expected = torch.from_numpy(fractions).float().expand(3, *fractions.shape)
     gray = loaded.test[0][loaded.test[1] == 1][0]  # classes sorted by name: colour 0, gray 1
     torch.testing.assert_close(gray, expected, rtol=0, atol=0.5 / 255 + 1e-6)
+
+
+# Validation bounds, the fingerprint and the image cache key (mutation review).
+def _valid_arrays(**kw):
+    a = {"x_train": np.zeros((4, 8, 8), np.uint8), "y_train": np.array([0, 1, 0, 1]),
+         "x_test": np.zeros((2, 8, 8), np.uint8), "y_test": np.array([0, 1])}
+    a.update(kw)
+    return a
+
+
+def test_float_pixels_above_one_are_refused():
+    with pytest.raises(DatasetFileError, match=r"\[0, 1\]"):
+        custom.splits_from_arrays(_valid_arrays(x_train=np.full((4, 8, 8), 1.2, np.float32)), "f")
+
+
+def test_label_bounds_are_exact():
+    with pytest.raises(DatasetFileError):
+        custom.splits_from_arrays(_valid_arrays(y_test=np.array([0, 2])), "f")       # 2 classes: 2 is out
+    with pytest.raises(DatasetFileError):
+        custom.splits_from_arrays(_valid_arrays(y_train=np.array([0, 1, 2, 4])), "f")  # 4 == #train images
+
+
+def test_column_labels_are_accepted():
+    s = custom.splits_from_arrays(_valid_arrays(y_train=np.array([[0], [1], [0], [1]])), "f")
+    assert s.y_train.shape == (4,)
+
+
+def test_images_below_8_pixels_are_refused():
+    with pytest.raises(DatasetFileError, match="at least"):
+        custom.splits_from_arrays(_valid_arrays(x_train=np.zeros((4, 7, 7), np.uint8),
+                                                 x_test=np.zeros((2, 7, 7), np.uint8)), "f")
+
+
+def test_fingerprint_depends_on_class_names():
+    a = custom.splits_from_arrays(_valid_arrays(), "f", ("cat", "dog"))
+    b = custom.splits_from_arrays(_valid_arrays(), "f", ("dog", "cat"))
+    assert a.fingerprint() != b.fingerprint()
+
+
+def test_image_cache_notices_a_rewritten_file_of_the_same_size(tmp_path):
+    from PIL import Image
+    root = tmp_path / "imgs"
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            Image.fromarray(np.full((8, 8), 10, np.uint8)).save(root / split / c / "0.png")
+    first = custom.read_image_folder(root, cache_dir=tmp_path / "cache")
+    path = root / "train" / "a" / "0.png"
+    size = path.stat().st_size
+    Image.fromarray(np.full((8, 8), 200, np.uint8)).save(path)
+    assert path.stat().st_size == size
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    second = custom.read_image_folder(root, cache_dir=tmp_path / "cache")
+    assert first.x_train[0].max() == 10 and second.x_train[0].max() == 200

@@ -10,6 +10,7 @@ from adt_fast.models import build_model
 from adt_fast.train import (METHODS, PGD, CEInner, CEOuter, ComposedMethod, ExplicitDistribution,
                             Runtime, TradesInner, TradesKLInner, TradesOuter, TrainConfig,
                             build_method)
+from adt_fast.train.methods import inner_entropy_weight
 
 EPS = 8 / 255
 
@@ -199,3 +200,25 @@ def test_bf16_and_channels_last_runtime(batch, model):
     out = build_method(cfg, model, rt).step(model, x, y)
     out.loss.backward()
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+# TRADES' start and ADT's entropy weight, which no other test pinned (mutation review).
+def test_trades_start_is_0_001_times_a_standard_normal():
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 10, 3, 8).eval()
+    x = torch.full((64, 3, 8, 8), 0.5)
+    out = PGD(TradesKLInner(), epsilon=8 / 255, steps=0, step_size=2 / 255, start="trades")(
+        model, x, torch.zeros(64, dtype=torch.long), Runtime())
+    assert (out - x).std().item() == pytest.approx(0.001, rel=0.05)
+
+
+def test_trades_method_starts_its_inner_loop_like_trades():
+    torch.manual_seed(0)
+    cfg = TrainConfig("trades", "synthetic", "unused", tensorboard=False).resolve()
+    assert build_method(cfg, build_model("small-cnn", 10, 3, 8), Runtime()).perturbation.start == "trades"
+
+
+def test_beta_scales_entropy_weight():
+    cfg = TrainConfig("adt-exp", "synthetic", "unused", tensorboard=False, loss="trades", beta=6.0,
+                      beta_scales_entropy=True, lbd=0.01).resolve()
+    assert inner_entropy_weight(cfg) == pytest.approx(0.06)

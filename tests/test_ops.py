@@ -628,3 +628,28 @@ def test_double_backward_raises_instead_of_returning_zeros(loss):
     (grad,) = torch.autograd.grad(out_loss + nlp.sum(), mean, create_graph=True)
     with pytest.raises(RuntimeError, match="no second derivative"):
         torch.autograd.grad(grad.square().sum(), mean)
+
+
+# The reference below rho = -20 and at the clamp's bounds, where the float64 comparisons above cannot
+# see a wrong tail term (e^-40 is below their resolution) or a strict inequality (mutation review).
+def test_log_softplus_tail_is_accurate():
+    rho = torch.tensor([-20.5, -25.0, -30.0], dtype=torch.float64)
+    want = torch.tensor([math.log(math.log1p(math.exp(r))) for r in rho.tolist()], dtype=torch.float64)
+    torch.testing.assert_close(reference.log_softplus(rho), want, rtol=1e-14, atol=0)
+    want_d = torch.tensor([(1 / (1 + math.exp(-r))) / math.log1p(math.exp(r)) for r in rho.tolist()],
+                          dtype=torch.float64)
+    torch.testing.assert_close(reference.sigmoid_over_softplus(rho), want_d, rtol=1e-14, atol=0)
+
+
+def test_gradient_passes_at_the_clamp_boundary_like_torch_clamp():
+    k = 1
+    mean = torch.zeros(2, 3, dtype=torch.float64)
+    rho = torch.zeros(2, 3, dtype=torch.float64)
+    noise = torch.zeros(k, 2, 3, dtype=torch.float64)          # delta = 0 exactly
+    x = torch.tensor([[0.0, 1.0, 0.5], [0.0, 1.0, 0.5]], dtype=torch.float64)
+    grad_out = torch.ones(k, 2, 3, dtype=torch.float64)
+    grad_nlp = torch.zeros(k, 2, dtype=torch.float64)
+    _, _, gx = reference.sample_backward(grad_out, grad_nlp, mean, rho, x, noise, None, k, 0.1, 0.0, 1.0)
+    xr = x.clone().requires_grad_()
+    (want,) = torch.autograd.grad(torch.clamp(xr + 0.1 * torch.tanh(mean), 0.0, 1.0).sum(), xr)
+    torch.testing.assert_close(gx, want)

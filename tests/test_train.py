@@ -410,3 +410,31 @@ def test_runs_older_than_a_setting_resume_with_its_default(tmp_path, method, set
     fit(dataclasses.replace(saved, resume=True, epochs=2))
     assert [r["epoch"] for r in read_metrics(out)] == [1, 2]
     assert {k: json.loads((out / "config.json").read_text())[k] for k in default} == default
+
+
+# The logged loss, the optimiser's C.3 settings and the test accuracy's eval mode (mutation review).
+def _standard_cfg(out, **kw):
+    settings = dict(epochs=1, max_batches=2, batch_size=32, tensorboard=False, device="cpu")
+    settings.update(kw)
+    return TrainConfig("standard", "synthetic", str(out), **settings)
+
+
+def test_train_loss_is_the_per_example_mean_and_sgd_gets_c3_settings(tmp_path):
+    out = fit(_standard_cfg(tmp_path / "r"))
+    assert 1.5 < read_metrics(out)[0]["train_loss"] < 3.5      # ~ln 10 in the first two batches
+    group = ckpt.load(out / "checkpoint.pt")["optimisers"]["model"]["param_groups"][0]
+    assert group["momentum"] == 0.9 and group["weight_decay"] == pytest.approx(2e-4)
+
+
+def test_clean_accuracy_is_eval_mode_and_counts_every_batch():
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 2)).train()
+    x = torch.rand(5, 1, 2, 2)
+    before = model[1].running_mean.clone()
+    with torch.no_grad():
+        model.eval()
+        pred = model(x).argmax(1)
+        model.train()
+    y = 1 - pred
+    y[-1] = pred[-1]                     # only the last example (alone in the last batch) is right
+    assert loop.clean_accuracy(model, x, y, batch_size=2) == pytest.approx(1 / 5)
+    assert torch.equal(model[1].running_mean, before)

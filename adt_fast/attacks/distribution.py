@@ -72,7 +72,8 @@ def fit_distribution(loss_fn: BatchedLoss, x: torch.Tensor, *, epsilon: float, s
     gradients; with betas (0, 0) a step then follows the sign of the running sum.
     The k*B batch is drawn and differentiated through the op as one; only the classifier's
     passes are split, so the result is the same up to how the classifier's kernels treat batch
-    size (bit-identical with oneDNN on CPU in fp32, see tests/test_distribution_passes.py). A
+    size (bit-identical with oneDNN on CPU in fp32: tests/test_speed_modes.py,
+    test_split_passes_give_bit_identical_distributions). A
     smaller pass keeps the activations in cache: on a 2-core CPU with a 32 MiB L3, five 64-image
     passes of small-cnn ran faster than one of 320 images (benchmarks/RESULTS.md).
     """

@@ -1,0 +1,247 @@
+"""The attacks, their losses and the evaluation's bookkeeping against formulas written out here,
+independently of the code: MI-FGSM, the C&W margin, TRADES' KL, the random start, FeaAttack's
+direction, the distribution attack's rule, the PGD columns and worst cases. Each test was written
+to fail on a mutation of the code that every other test let pass (a mutation-testing review,
+2026-12-05)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adt_fast.attacks import AttackContext, DistributionAttack, evaluate, make_attack, suite
+from adt_fast.attacks import losses
+from adt_fast.attacks.distribution import _losses_and_input_grads, fit_distribution
+from adt_fast.attacks.engine import iterative_attack, per_example_start
+from adt_fast.attacks.evaluation import masking_gains
+
+from test_attacks import TinyNet
+
+
+def test_trades_kl_and_loss_match_the_textbook_formulas():
+    g = torch.Generator().manual_seed(0)
+    clean, adv = 2 * torch.randn(6, 5, generator=g), 2 * torch.randn(6, 5, generator=g)
+    y = torch.randint(5, (6,), generator=g)
+    p, q = clean.softmax(1), adv.softmax(1)
+    kl = (p * (p.log() - q.log())).sum(1)                              # KL(p_clean || p_adv)
+    torch.testing.assert_close(losses.trades_kl(adv, clean), kl)
+    ce_clean = -clean.log_softmax(1).gather(1, y[:, None]).squeeze(1)  # CE on the CLEAN logits
+    torch.testing.assert_close(losses.trades_loss(adv, clean, y, 6.0), ce_clean + 6.0 * kl)
+
+
+def test_cw_margin_is_capped_at_kappa_50():
+    logits, y = torch.tensor([[0.0, 100.0, -3.0]]), torch.tensor([0])
+    assert losses.cw_margin(logits, y).item() == 50.0
+    assert make_attack("cw", 0.1).settings()["kappa"] == 50.0
+
+
+def test_cw_attack_ascends_the_cw_margin_not_the_cross_entropy():
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    x = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(8) % 10
+    ids = torch.arange(8)
+    got = make_attack("cw", 0.1).perturb(model, x, y, seed=0, example_ids=ids)
+    start = per_example_start(x, ids, suite.stream_seed(0, "cw"))
+    want = iterative_attack(lambda z: losses.cw_margin(model(z), y, 50.0), x, epsilon=0.1, steps=30,
+                            step_size=0.1 / 4, start=start)
+    torch.testing.assert_close(got, want)
+
+
+def _mim_reference(model, x, y, eps, steps, step, decay, start):
+    """Dong et al.'s MI-FGSM written out: g <- mu g + grad / mean|grad|, x <- proj(x + a sign(g))."""
+    x_adv = torch.clamp(x + eps * start, 0, 1)
+    g = torch.zeros_like(x)
+    for _ in range(steps):
+        z = x_adv.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(z), y, reduction="sum"), z)
+        g = decay * g + grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True)
+        x_adv = torch.clamp(torch.min(torch.max(x_adv + step * g.sign(), x - eps), x + eps), 0, 1)
+    return x_adv
+
+
+def test_mim_is_mi_fgsm_with_decay_1_and_normalised_gradient():
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    x = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(8) % 10
+    ids = torch.arange(8)
+    got = make_attack("mim", 0.1).perturb(model, x, y, seed=0, example_ids=ids)
+    start = per_example_start(x, ids, suite.stream_seed(0, "mim"))
+    want = _mim_reference(model, x, y, 0.1, 20, 0.1 / 4, 1.0, start)
+    mismatch = ((got - want).abs() > 1e-6).float().mean().item()
+    assert mismatch < 0.01, mismatch
+
+
+def test_random_start_is_uniform_over_the_whole_ball():
+    x = torch.full((64, 3, 8, 8), 0.5)
+    s = per_example_start(x, torch.arange(64), 7)
+    assert s.min() < -0.95 and s.max() > 0.95 and abs(s.mean().item()) < 0.02
+    out = iterative_attack(lambda z: z.sum((1, 2, 3)), x, epsilon=0.1, steps=0, step_size=0.01, start=s)
+    torch.testing.assert_close(out, x + 0.1 * s)
+
+
+def test_minimize_steps_against_the_gradient():
+    x = torch.full((2, 4), 0.5)
+    out = iterative_attack(lambda z: z.sum(1), x, epsilon=0.1, steps=1, step_size=0.1, minimize=True)
+    torch.testing.assert_close(out, x - 0.1)
+
+
+def test_feature_attack_minimises_with_step_eps_over_8(monkeypatch):
+    seen = {}
+    real = suite.iterative_attack
+
+    def spy(loss_fn, x, **kw):
+        seen.update(kw)
+        return real(loss_fn, x, **kw)
+    monkeypatch.setattr(suite, "iterative_attack", spy)
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    x = torch.rand(4, 3, 8, 8)
+    suite.feature_attack(model, x, torch.tensor([0, 1, 2, 3]), 0.08, targets=1, steps=2)
+    assert seen["minimize"] is True and seen["step_size"] == pytest.approx(0.01)
+
+
+def test_attacks_draw_from_distinct_streams():
+    seeds = {suite.stream_seed(5, s) for s in suite._STREAMS}
+    assert len(seeds) == len(suite._STREAMS)
+
+
+def test_distribution_attack_breaks_an_example_iff_some_sample_is_misclassified():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 10)).eval()
+    x = torch.rand(32, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    y = model(x).argmax(1).detach()
+    k = 10
+    out = DistributionAttack(0.01, steps=2, samples=k).run(AttackContext(model), x, y, torch.arange(32))
+    sc = out.trace["sample_correct"][-1]
+    assert ((0 < sc) & (sc < k)).any(), "no example with mixed samples: pick another epsilon"
+    assert torch.equal(out.correct, sc == k)
+    with torch.no_grad():
+        assert torch.equal(model(out.x_adv).argmax(1) == y, out.correct)
+
+
+def test_input_grads_are_minus_the_sample_mean_of_the_loss():
+    k, b = 3, 4
+    xa = torch.rand(k, b, 5, dtype=torch.float64)
+    w = torch.randn(5, dtype=torch.float64)
+    loss_fn = lambda z: (z @ w) ** 2  # noqa: E731
+    _, grad = _losses_and_input_grads(loss_fn, xa, 2)
+    z = xa.clone().requires_grad_()
+    (want,) = torch.autograd.grad(-loss_fn(z.flatten(0, 1)).view(k, b).mean(0).sum(), z)
+    torch.testing.assert_close(grad, want)
+
+
+def test_fit_starts_at_zero_and_tracks_loss_plus_lambda_entropy():
+    x = torch.rand(3, 1, 8, 8)
+    w = torch.randn(64)
+    loss_fn = lambda z: (z.flatten(1) @ w)  # noqa: E731
+    fit0 = fit_distribution(loss_fn, x, epsilon=0.1, steps=0, num_samples=2, lbd=0.5)
+    assert (fit0.mean == 0).all() and (fit0.std_param == 0).all()
+    fit = fit_distribution(loss_fn, x, epsilon=0.1, steps=3, num_samples=2, lbd=0.5, track=True)
+    for o, l, h in zip(fit.objective, fit.loss, fit.entropy_per_dim):
+        assert o == pytest.approx(l + 0.5 * h, rel=1e-6)
+
+
+class Wobbly(nn.Module):
+    """An oscillating score: PGD's correctness keeps flipping from step to step."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3 * 8 * 8, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x):
+        s = torch.sin(200 * (x.flatten(1) @ self.w))
+        return torch.stack([s, 0.3 * torch.ones_like(s)], 1)
+
+
+def test_pgd_columns_and_eps_curve_are_the_right_iterates():
+    model = Wobbly().eval()
+    x = torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    y = torch.zeros(64, dtype=torch.long)
+    report = evaluate(model, x, y, epsilon=0.05, attacks="pgd20,pgd25", epsilon_curve=(1,), batch_size=64)
+    alone = make_attack("pgd20", 0.05).run(AttackContext(model), x, y, torch.arange(64)).correct
+    assert torch.equal(report.correct["pgd20"], alone)
+    points = report.curves["pgd_steps"]["points"]
+    assert points[20]["accuracy"] != points[25]["accuracy"], "pick data where PGD-20 != PGD-25"
+    assert report.curves["pgd_epsilon"]["points"][0]["accuracy"] == report.robust_accuracy["pgd20"]
+
+
+class NanNet(nn.Module):
+    def forward(self, x):
+        return x.flatten(1)[:, :3] * float("nan")
+
+
+def test_nan_logits_are_never_counted_correct():
+    x = torch.rand(4, 1, 2, 2)
+    report = evaluate(NanNet(), x, torch.zeros(4, dtype=torch.long), epsilon=0.1, attacks="fgsm",
+                      epsilon_curve=())
+    assert report.natural_accuracy == 0.0
+
+
+class FirstPixel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([3.0, -3.0]))
+
+    def forward(self, x):
+        return x.flatten(1)[:, :1] * self.w
+
+
+def test_zero_gradient_check_needs_every_component_zero():
+    x = torch.rand(6, 1, 4, 4)
+    report = evaluate(FirstPixel(), x, torch.zeros(6, dtype=torch.long), epsilon=0.1, attacks="fgsm",
+                      epsilon_curve=())
+    assert report.gradient_check["zero_fraction"] == 0.0
+
+
+def test_dist_curve_sample_accuracy_is_a_fraction_of_all_samples():
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    x = torch.rand(8, 3, 8, 8)
+    y = model(x).argmax(1).detach()
+    report = evaluate(model, x, y, epsilon=0.01, attacks="dist", dist_steps=1, dist_samples=4,
+                      epsilon_curve=())
+    for p in report.curves["dist"]["points"]:
+        assert p["accuracy"] <= p["sample_accuracy"] <= 1.0
+
+
+def test_targeted_gain_ignores_naturally_wrong_points():
+    f, t = torch.tensor([False]), torch.tensor([True])
+    gains = masking_gains(f, {"apgd-ce": t, "apgd-t": f}, {})
+    assert gains["targeted_gain"] == 0
+
+
+def test_paper_worst_case_is_over_the_six_columns_only(monkeypatch):
+    from adt_fast.attacks import evaluation
+    from adt_fast.attacks.suite import AttackOutcome
+    monkeypatch.setattr(evaluation, "PAPER_FEATURE_TARGETS", 2)
+    monkeypatch.setattr(suite.DistributionAttack, "run",
+                        lambda self, ctx, x, y, ids: AttackOutcome(torch.zeros(len(x), dtype=torch.bool), x))
+    torch.manual_seed(0)
+    model = TinyNet(width=4).eval()
+    x = torch.rand(6, 3, 8, 8)
+    y = model(x).argmax(1).detach()
+    y[:2] = (y[:2] + 1) % 10
+    report = evaluate(model, x, y, epsilon=0.001, protocol="paper", attacks="dist", dist_steps=1, epsilon_curve=())
+    want = report.correct["natural"].clone()
+    for name in suite.PAPER_ATTACKS:
+        want &= report.correct[name]
+    assert want.any(), "pick data that survives the six"
+    assert torch.equal(report.correct["paper_worst_case"], want)
+
+
+def test_distribution_attack_settings_are_d3s():
+    s = make_attack("dist", 0.1).settings()
+    assert (s["lr"], s["betas"], s["samples"], s["steps"], s["lambda"]) == (0.3, [0.0, 0.0], 10, 20, 0.0)
+
+
+def test_a_nan_gradient_component_does_not_freeze_mim():
+    x = torch.full((3, 5), 0.5)
+
+    def loss_fn(z):
+        return (z * torch.tensor([float("nan"), 1.0, -1.0, 0.0, 2.0])).sum(1)
+    out = iterative_attack(loss_fn, x, epsilon=0.1, steps=3, step_size=0.05, momentum=1.0)
+    torch.testing.assert_close(out - x, torch.tensor([[0.0, 0.1, -0.1, 0.0, 0.1]]).expand(3, 5))
