@@ -388,3 +388,50 @@ def test_optimisers_and_generator_schedule():
     g_opt.step()
     sched.step()
     assert g_opt.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+# The global batch of batch-mean gradients, the hinge over the batch mean, ALP's gradients, q's betas
+# (mutation review 2026-12-05).
+def test_batch_mean_gradients_divide_by_the_global_batch():
+    """Under data parallelism x is one process's rows of a larger batch: batch_mean divides by
+    batch_size (the global batch), as F.cross_entropy's mean over the whole batch does."""
+    torch.manual_seed(1)
+    model = _bn_classifier().eval()
+    x, y = torch.rand(5, 1, 8, 8), torch.randint(0, NUM_CLASSES, (5,))
+    per_example = am.generator_inputs(model, x, y, 0.1)
+    global_mean = am.generator_inputs(model, x, y, 0.1, batch_mean=True, batch_size=20)
+    torch.testing.assert_close(global_mean[:, 1:], per_example[:, 1:] / 20)
+    torch.testing.assert_close(global_mean[:, :1], x)
+
+
+def test_default_hinge_is_on_the_batch_mean_not_per_example():
+    """The authors' relu(-mean_i U_i - th): with the batch mean above -0.9 every example loses the
+    same amount, mean U + 0.9, even those below -0.9 (a per-example clamp would leave them alone)."""
+    z = torch.zeros(2, 4)
+    per_example = torch.tensor([-0.5, -1.2])                       # mean -0.85 > -0.9
+    std = torch.exp(-per_example - 0.5 * math.log(2 * math.pi))[:, None].expand(2, 4)
+    plain = am.entropy_lower_bound(torch.zeros(2, 4), std, z, hinge=None)
+    torch.testing.assert_close(plain, per_example)
+    hinged = am.entropy_lower_bound(torch.zeros(2, 4), std, z)      # hinge 0.9, over the batch
+    torch.testing.assert_close(hinged, per_example - 0.05)
+    torch.testing.assert_close(hinged.mean(), torch.tensor(-0.9))
+
+
+def test_alp_gradients_flow_into_both_logits():
+    """Kannan et al.'s code: the mixed-batch CE and the pairing term both reach clean and adversarial logits."""
+    torch.manual_seed(10)
+    clean = torch.randn(5, 10, requires_grad=True)
+    adv = torch.randn(5, 10, requires_grad=True)
+    y = torch.randint(0, 10, (5,))
+    got = torch.autograd.grad(am.alp_loss(clean, adv, y, weight=0.5).sum(), (clean, adv))
+    expected_loss = (0.5 * (F.cross_entropy(clean, y, reduction="none") + F.cross_entropy(adv, y, reduction="none"))
+                     + 0.5 * ((adv - clean) ** 2).mean(1))
+    expected = torch.autograd.grad(expected_loss.sum(), (clean, adv))
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
+
+
+def test_q_optimiser_has_adams_default_betas():
+    """The authors' optimizer_encoder = Adam(lr=2e-4): default betas (0.9, 0.999)."""
+    q_opt = am.q_optimizer(nn.Linear(2, 2))
+    assert q_opt.param_groups[0]["betas"] == (0.9, 0.999) and q_opt.param_groups[0]["lr"] == 2e-4

@@ -14,6 +14,7 @@ from adt_fast import amortized as am
 from adt_fast.attacks.losses import cross_entropy, trades_loss
 from adt_fast.cli import main
 from adt_fast.models import build_model
+from adt_fast.models.generators import PerturbationGenerator, QNetwork
 from adt_fast.train import ComposedMethod, ConfigError, Runtime, TrainConfig, build_method, fit, read_metrics
 from adt_fast.train import checkpoint as ckpt
 from adt_fast.train.amortized_methods import AmortizedMethod, ImplicitGenerator, LeastLikelyFGSM
@@ -288,3 +289,45 @@ def test_flags_reach_the_config(tmp_path, capsys):
     assert main(["train", "--resume", "--out", str(out), "--epochs", "2"]) == 0
     assert main(["train", "--resume", "--out", str(out), "--hinge", "0.9"]) == 2
     assert "--hinge" in capsys.readouterr().err
+
+
+# The generator's width, the runtime's backend and the hinge's batch-mean form through the methods
+# (mutation review 2026-12-05).
+@pytest.mark.parametrize("method", ["adt-exp-am", "adt-imp-am", "l2l"])
+def test_the_generator_has_the_configured_width(method):
+    cfg = TrainConfig(method, "synthetic", "unused", generator_width=4).resolve()
+    built = build_method(cfg, build_model("small-cnn", 10, in_channels=3, image_size=8), Runtime())
+    generator = built.modules()["generator"]
+    assert generator.width == 4 and generator.body[0].out_channels == 4
+
+
+def test_the_runtime_backend_reaches_the_sampling_op(monkeypatch):
+    seen = []
+    real = am.explicit_perturbation
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("backend", "auto"))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(am, "explicit_perturbation", spy)
+    cfg = TrainConfig("adt-exp-am", "synthetic", "unused", generator_width=4).resolve()
+    model = build_model("small-cnn", 10, in_channels=3, image_size=8)
+    method = build_method(cfg, model, Runtime(backend="reference"))
+    method.step(model, torch.rand(4, 3, 8, 8), torch.randint(0, 10, (4,)))
+    assert seen == ["reference"]
+
+
+def test_implicit_generator_hinges_the_batch_mean_by_default():
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 10, in_channels=3, image_size=8).eval()
+    gen = PerturbationGenerator(3, 8, "implicit", width=4).eval()
+    q = QNetwork(3, 8).eval()
+    x, y = torch.rand(6, 3, 8, 8), torch.randint(0, 10, (6,))
+
+    def entropy(hinge):
+        torch.manual_seed(5)
+        return ImplicitGenerator(gen, q, epsilon=0.1, hinge=hinge)(model, x, y, Runtime())[1].detach()
+
+    plain = entropy(None)
+    hinge = -plain.mean().item() + 0.01          # binds on the batch mean, not on every example
+    assert (plain < -hinge).any() and (plain > -hinge).any()
+    torch.testing.assert_close(entropy(hinge), plain - 0.01)

@@ -4,6 +4,8 @@ checks, the paper protocol's two A_rob figures, and bad arguments."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -414,3 +416,373 @@ def test_class_needs_follow_the_number_of_targets():
     assert APGDAttack("apgd-ce", EPS).classes_needed() is None
     assert SquareAttack(EPS).classes_needed() is None
     assert AutoAttack("autoattack", EPS).classes_needed()[0] == 10
+
+
+# APGD's step rule and targets, FAB's update, Square's stripes, size and reach, against the
+# reference's rules (tests written to fail on mutations the ones above let pass; review 2026-12-05).
+class Ladder(nn.Module):
+    """Ten logits 0, -1, -2, ..., -9 at x = 0.5; only class 2's moves, by 40 * mean(x - 0.5).
+
+    Moving every pixel up by epsilon = 0.1 lifts logit 2 to +2: the point is broken, and only
+    through class 2, the third-highest class. Class 1 (second) cannot be reached, the untargeted
+    DLR loss (whose runner-up is class 1) pushes class 2 down, and so do the targeted DLR toward
+    class 1 and FAB toward class 1 (a constant gap: zero gradient).
+    """
+
+    def forward(self, x):
+        s = 40.0 * (x - 0.5).flatten(1).mean(1)
+        base = -torch.arange(10, dtype=x.dtype).expand(len(x), 10)
+        return base + torch.nn.functional.one_hot(torch.tensor(2), 10).to(x.dtype) * s[:, None]
+
+
+def _ladder_batch(n=4):
+    generator = torch.Generator().manual_seed(0)
+    return 0.5 + 0.002 * (torch.rand(n, 1, 8, 8, generator=generator, dtype=torch.float64) - 0.5)
+
+
+@pytest.mark.parametrize("attack", [
+    APGDAttack("apgd-ce", EPS, loss="ce", steps=12),
+    APGDAttack("apgd-t", EPS, loss="dlr-targeted", steps=8, targets=2),
+    FABAttack(EPS, steps=8, targets=2),
+    SquareAttack(EPS, queries=60),
+    AutoAttack("autoattack", EPS, [APGDAttack("apgd-ce", EPS, loss="dlr", steps=8),  # misled on purpose
+                                   APGDAttack("apgd-t", EPS, loss="dlr-targeted", steps=8, targets=2)]),
+], ids=["apgd-ce", "apgd-t", "fab-t", "square", "autoattack"])
+def test_every_attack_breaks_a_point_only_the_third_class_can_break(attack):
+    model = Ladder()
+    x = _ladder_batch()
+    y = torch.zeros(len(x), dtype=torch.long)
+    assert torch.all(model(x).argmax(1) == 0)
+    assert torch.equal(model(x).argsort(1, descending=True)[:, :3], torch.tensor([[0, 1, 2]] * len(x)))
+    outcome = attack.run(AttackContext(model, seed=0), x, y, torch.arange(len(x)))
+    assert not bool(outcome.correct.any())
+    assert torch.all(model(outcome.x_adv).argmax(1) != y)
+    assert (outcome.x_adv - x).abs().max() <= EPS + 1e-12
+
+
+def test_the_untargeted_dlr_and_the_first_target_alone_cannot_break_the_ladder():
+    """The two halves of the test above: what makes its targeted attacks need their 2nd target."""
+    model, x = Ladder(), _ladder_batch()
+    y = torch.zeros(len(x), dtype=torch.long)
+    ctx = AttackContext(model, seed=0)
+    for attack in (APGDAttack("apgd-dlr", EPS, loss="dlr", steps=8),
+                   APGDAttack("apgd-t", EPS, loss="dlr-targeted", steps=8, targets=1),
+                   FABAttack(EPS, steps=8, targets=1)):
+        assert bool(attack.run(ctx, x, y, torch.arange(len(x))).correct.all()), attack.name
+
+
+# ----------------------------------------------------------------------------- starts, eval mode, settings
+
+
+class Recording(nn.Module):
+    """A model with zero input gradients (nothing ever gets broken) that records its inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        score = (x.detach() - 0.5).flatten(1).sum(1) + 0 * x.flatten(1).sum(1)
+        return torch.cat([score[:, None] + 10, torch.zeros(len(x), 9, dtype=x.dtype)], 1)
+
+
+def test_apgd_starts_each_try_at_its_own_random_point_on_the_sphere():
+    """APGD's start is x + eps * t / ||t||_inf (Croce & Hein 2020, as the reference code), one per
+    restart and per target. With 1 step each try makes two forwards after the clean one."""
+    x = torch.full((1, 1, 4, 4), 0.5, dtype=torch.float64)
+    y = torch.zeros(1, dtype=torch.long)
+    for attack, tries in ((APGDAttack("apgd-ce", EPS, steps=1, restarts=3), 3),
+                          (APGDAttack("apgd-t", EPS, loss="dlr-targeted", steps=1, targets=3), 3)):
+        model = Recording()
+        attack.run(AttackContext(model, seed=0), x, y, torch.arange(1))
+        starts = [model.seen[1 + 2 * k] for k in range(tries)]
+        assert len(model.seen) == 1 + 2 * tries
+        for start in starts:
+            assert float((start - x).abs().max()) == pytest.approx(EPS, abs=1e-12)
+        for a in range(tries):
+            for b in range(a):
+                assert not torch.equal(starts[a], starts[b]), (attack.name, a, b)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_attacks_run_in_eval_mode_and_leave_batchnorm_alone(name):
+    torch.manual_seed(0)
+    model = TinyNet(batchnorm=True).double()
+    with torch.no_grad():  # running statistics far from any batch's
+        model.body[1].running_mean.fill_(0.2)
+        model.body[1].running_var.fill_(3.0)
+    x = _batch(6)
+    y = model.eval()(x).argmax(1)
+    expected = _attack(name).run(AttackContext(model, seed=3), x, y, torch.arange(6))
+    model.train()
+    running = model.body[1].running_mean.clone()
+    outcome = _attack(name).run(AttackContext(model, seed=3), x, y, torch.arange(6))
+    assert model.training and model.body[1].training
+    torch.testing.assert_close(model.body[1].running_mean, running, rtol=0, atol=0)
+    assert torch.equal(outcome.correct, expected.correct)
+    torch.testing.assert_close(outcome.x_adv, expected.x_adv, rtol=0, atol=1e-12)
+
+
+def test_components_have_the_reference_settings():
+    """AutoAttack's standard version (Croce & Hein 2020, autoattack.py, version='standard')."""
+    eps = 8 / 255
+    parts = AutoAttack("autoattack", eps).settings()["components"]
+    assert list(parts) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    for name in ("apgd-ce", "apgd-t"):
+        s = parts[name]
+        assert (s["steps"], s["restarts"], s["rho"], s["momentum"]) == (100, 1, 0.75, 0.75), name
+        assert s["initial_step_size"] == 2 * eps
+    assert parts["apgd-t"]["targets"] == 9
+    fab = parts["fab-t"]
+    assert (fab["steps"], fab["targets"], fab["alpha_max"], fab["eta"], fab["beta"]) == (100, 9, 0.1, 1.05, 0.9)
+    assert (parts["square"]["queries"], parts["square"]["p_init"]) == (5000, 0.8)
+
+
+def test_apgd_attack_passes_its_settings_to_the_engine(monkeypatch):
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return apgd(*args, **kwargs)
+    monkeypatch.setattr(autoattack, "apgd", spy)
+    model = _random_net(0).double()
+    x = _batch(2)
+    APGDAttack("apgd-ce", 0.02, steps=3, rho=0.6, momentum=0.9).run(
+        AttackContext(model), x, model(x).argmax(1), torch.arange(2))
+    assert seen and all((k["steps"], k["rho"], k["momentum"], k["epsilon"]) == (3, 0.6, 0.9, 0.02) for k in seen)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_batch_independence_with_every_point_attacked(name):
+    """As test_same_seed_same_result_whatever_the_batch_size_and_order, but with every point
+    classified correctly, so that all of them are attacked (there, 4 of 5 start misclassified)."""
+    model = _random_net(0).double()
+    x = _batch(6)
+    y = model(x).argmax(1)
+    ids = torch.tensor([17, 3, 250, 9, 42, 5])
+    ctx = AttackContext(model, seed=11)
+    attack = _attack(name)
+    whole = attack.run(ctx, x, y, ids)
+    assert not bool(whole.correct.all())  # something was broken by the attack itself
+    order = torch.tensor([3, 0, 4, 2, 1, 5])
+    shuffled = attack.run(ctx, x[order], y[order], ids[order])
+    torch.testing.assert_close(shuffled.x_adv, whole.x_adv[order], atol=1e-12, rtol=0)
+    assert torch.equal(shuffled.correct, whole.correct[order])
+    for i in range(6):
+        alone = attack.run(ctx, x[i:i + 1], y[i:i + 1], ids[i:i + 1])
+        torch.testing.assert_close(alone.x_adv[0], whole.x_adv[i], atol=1e-12, rtol=0)
+
+
+# ----------------------------------------------------------------------------- FAB's update
+
+
+class LinearGap(nn.Module):
+    """Class 1's logit a . (z - x) - r * ||a||_1, class 0's 0, the others -5: the l_inf distance
+    from x to class 1's side is exactly r, along sign(a)."""
+
+    def __init__(self, x, a, r):
+        super().__init__()
+        self.x, self.a, self.r = x, a, r
+
+    def forward(self, z):
+        s = (z - self.x).flatten(1) @ self.a - self.r * self.a.abs().sum()
+        return torch.cat([torch.zeros(len(z), 1, dtype=z.dtype), s[:, None],
+                          torch.full((len(z), 8), -5.0, dtype=z.dtype)], 1)
+
+
+def _fab_on_a_line(steps, alpha_max, eta, beta):
+    """FAB's iteration in units of r along the one direction a linear gap leaves it: p is the
+    iterate's position (1 = on the plane), both projections are exact, no box face binds."""
+    p, best = 0.0, math.inf
+    for _ in range(steps):
+        a_iterate, a_original = abs(1 - p), 1.0
+        alpha = min(a_iterate / (a_iterate + a_original), alpha_max)
+        p = (p + eta * (1 - p)) * (1 - alpha) + eta * alpha
+        if p > 1:
+            best = min(best, p)
+            p = beta * p
+    return best
+
+
+@pytest.mark.parametrize("steps,beta", [(1, 0.9), (3, 0.9), (8, 0.9), (8, 0.5)])
+def test_fab_follows_its_update_rule_on_a_linear_model(steps, beta):
+    """Croce & Hein (ICML 2020b), Alg. 1: the mix with weight min(alpha, alpha_max), the
+    overshoot eta on both projections, the step back by beta, and the smallest adversarial
+    point kept."""
+    x = 0.3 + 0.4 * torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    a = torch.randn(16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    r = EPS / 1.1
+    attack = FABAttack(EPS, steps=steps, targets=1, beta=beta)
+    outcome = attack.run(AttackContext(LinearGap(x, a, r)), x, torch.zeros(3, dtype=torch.long), torch.arange(3))
+    expected = _fab_on_a_line(steps, attack.alpha_max, attack.eta, beta) * r
+    assert expected <= EPS
+    assert not bool(outcome.correct.any())
+    norms = (outcome.x_adv - x).flatten(1).abs().amax(1)
+    torch.testing.assert_close(norms, torch.full_like(norms, expected), rtol=1e-9, atol=0)
+
+
+# ----------------------------------------------------------------------------- Square
+
+
+class Counting(nn.Module):
+    """Logit 0 = K - (number of pixels moved by about epsilon from the image x), the others 0."""
+
+    def __init__(self, x, k):
+        super().__init__()
+        self.x, self.k = x, k
+
+    def forward(self, z):
+        moved = ((z - self.x).abs() > EPS / 2).flatten(1).sum(1).to(z.dtype)
+        score = self.k - moved + 0 * z.flatten(1).sum(1)
+        return torch.cat([score[:, None], torch.zeros(len(z), 9, dtype=z.dtype)], 1)
+
+
+def test_square_starts_from_vertical_stripes():
+    """Andriushchenko et al. (2020), Alg. 2 and the reference code: x + eps * a random sign per
+    channel and column moves every pixel; one query can move at most a 7 x 7 square of 8 x 8."""
+    image = 0.3 + 0.4 * torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = image.expand(4, -1, -1, -1).clone()  # one image, four example ids: four random stripes
+    model = Counting(image, 63.5)  # correct at x, broken once all 64 pixels move
+    outcome = SquareAttack(EPS, queries=1).run(AttackContext(model), x, torch.zeros(4, dtype=torch.long),
+                                               torch.arange(4))
+    assert not bool(outcome.correct.any())
+
+
+class Corner(nn.Module):
+    """Logit 0 = 1 + 2 * (z - image)[..., -1, -1] / eps: broken only by moving the last row's last pixel down."""
+
+    def __init__(self, x):
+        super().__init__()
+        self.x = x
+
+    def forward(self, z):
+        score = 1 + 2 * (z - self.x)[:, 0, -1, -1] / EPS
+        return torch.cat([score[:, None], torch.zeros(len(z), 9, dtype=z.dtype)], 1)
+
+
+def test_square_reaches_the_last_row_and_column():
+    """The paper's sampler draws positions from [0, h - s] (docs/evaluation.md): the last row and
+    column can be moved."""
+    image = 0.3 + 0.4 * torch.rand(1, 1, 6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = image.expand(8, -1, -1, -1).clone()
+    outcome = SquareAttack(EPS, queries=300).run(AttackContext(Corner(image), seed=0), x,
+                                                torch.zeros(8, dtype=torch.long), torch.arange(8))
+    assert not bool(outcome.correct.any())
+
+
+class Constant(nn.Module):
+    """Always class 0 by a margin of 1 (Square never improves), recording its inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, z):
+        self.seen.append(z.detach().clone())
+        return torch.cat([torch.ones(len(z), 1, dtype=z.dtype), torch.zeros(len(z), 9, dtype=z.dtype)], 1) \
+            + 0 * z.flatten(1).sum(1, keepdim=True)
+
+
+def test_square_side_is_the_rounded_root_of_p_times_the_pixels():
+    """s = round(sqrt(p * h * w)) (the reference: int(round(math.sqrt(p * n_features / c)))):
+    9 on 10 x 10 images at p = 0.8, where truncation would give 8."""
+    x = 0.3 + 0.4 * torch.rand(6, 3, 10, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    model = Constant()
+    SquareAttack(EPS, queries=1).run(AttackContext(model), x, torch.zeros(6, dtype=torch.long), torch.arange(6))
+    # forwards: the clean x, the stripes, the first proposal
+    stripes, proposal = model.seen[1], model.seen[2]
+    changed = (stripes != proposal).any(1)  # (B, H, W)
+    rows = changed.any(2).sum(1)  # stripes are vertical: a square changes all its rows or none
+    assert int(rows.max()) == 9
+
+
+# ----------------------------------------------------------------------------- APGD's step rule corners
+
+
+def test_the_first_step_is_a_plain_sign_step_of_twice_epsilon():
+    """Alg. 1: x_1 = P(x_0 + eta * sign(grad)), no momentum yet; later steps mix in 0.25 of the last move."""
+    x = torch.full((1, 1, 1, 1), 0.2, dtype=torch.float64)
+    seen = []
+
+    def loss_fn(z):
+        seen.append(z.detach().clone())
+        return z.flatten(1).sum(1), torch.zeros(1, dtype=torch.bool)
+
+    apgd(loss_fn, x, epsilon=0.3, steps=2)
+    assert float(seen[1]) == pytest.approx(0.5)        # P(0.2 + 0.6) = 0.5, not 0.2 + 0.75 * 0.3
+
+
+def test_condition_one_halves_at_exactly_rho_times_the_span():
+    """check_oscillation in the reference: halve when rises <= rho * span. Between w_2 = 41 and
+    w_3 = 57 the span is 16 and rho * 16 = 12: exactly 12 rises halve the step."""
+    values = list(range(42)) + [42 + t for t in range(12)] + [52, 51, 50, 49] + [200 + t for t in range(43)]
+    assert len(values) == 101
+    sizes = _run_scripted(values)
+    assert torch.all(sizes[:57] == 2 * EPS)
+    assert float(sizes[57]) == pytest.approx(EPS)
+
+
+def test_condition_two_cannot_fire_at_the_first_checkpoint():
+    """The start is the best point up to w_1 = 22 but the loss rose 21 times of 22: neither
+    condition halves (condition (2) needs a previous checkpoint without halving)."""
+    values = [50.0] + [float(t) for t in range(22)] + [100.0 + t for t in range(78)]
+    sizes = _run_scripted(values)
+    assert torch.all(sizes == 2 * EPS)
+
+
+def test_condition_two_does_not_fire_after_a_halving():
+    """Halved at w_1 (a flat loss); then 18 rises of 19 below the best up to w_2 = 41: no
+    improvement, but the step was halved at w_1, so condition (2) stays quiet."""
+    values = [1.0] * 23 + [0.01 * t for t in range(19)] + [100.0 + t for t in range(59)]
+    sizes = _run_scripted(values)
+    assert torch.all(sizes[:22] == 2 * EPS)
+    assert torch.all(sizes[22:] == EPS)
+
+
+def test_halving_restarts_from_the_best_point_with_its_gradient():
+    """At a halving APGD goes back to x_best *and* its gradient (the reference restores grad_best)."""
+    x = torch.full((1, 1, 1, 1), 0.5, dtype=torch.float64)
+    seen = []
+
+    def loss_fn(z):
+        seen.append(z.detach().clone())
+        bonus = 100.0 if len(seen) == 1 else 0.0
+        return -(z.flatten(1).sum(1) - 0.58) ** 2 + bonus, torch.zeros(1, dtype=torch.bool)
+
+    run = apgd(loss_fn, x, epsilon=EPS, steps=100)
+    assert float(run.step_sizes[22, 0]) == pytest.approx(EPS)
+    # step 22 from x_best = 0.5 with sign(grad at 0.5) = +1: P(0.5 + 0.75 * 0.1 + 0.25 * (0.5 - x_prev))
+    x_prev = float(seen[21])
+    expected = min(max(0.5 + 0.75 * EPS + 0.25 * (0.5 - x_prev), 0.5 - EPS), 0.5 + EPS)
+    assert float(seen[22]) > 0.58  # where the gradient points down
+    assert float(seen[23]) == pytest.approx(expected)
+
+
+def test_a_broken_point_returns_an_iterate_that_was_a_hit():
+    """x_adv of a broken example must be an iterate at which the loss reported a hit, even when
+    later iterates have a higher loss."""
+    x = torch.full((1, 1, 1, 1), 0.5, dtype=torch.float64)
+    seen = []
+
+    def loss_fn(z):
+        seen.append(z.detach().clone())
+        hit = torch.tensor([len(seen) == 1])
+        return z.flatten(1).sum(1), hit
+
+    run = apgd(loss_fn, x, epsilon=EPS, steps=5)
+    assert bool(run.broken[0])
+    torch.testing.assert_close(run.x_adv, seen[0])
+
+
+def test_square_keeps_only_proposals_that_lower_the_margin():
+    """Reference: idx_improved = loss_new < loss_min. On a model whose margin never changes no
+    proposal is kept, so each one differs from the stripes in one square at most."""
+    x = 0.3 + 0.4 * torch.rand(4, 3, 10, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    model = Constant()
+    SquareAttack(EPS, queries=10).run(AttackContext(model), x, torch.zeros(4, dtype=torch.long), torch.arange(4))
+    stripes = model.seen[1]
+    assert len(model.seen) == 12
+    for proposal in model.seen[2:]:
+        changed = (stripes != proposal).any(1)
+        assert int(changed.any(2).sum(1).max()) <= 9

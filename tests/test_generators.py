@@ -1,7 +1,10 @@
 """Shapes and contracts of the amortised-ADT networks (Tables 7 and 8)."""
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from adt_fast.models.generators import MODES, PerturbationGenerator, QNetwork, ResidualBlock
@@ -110,3 +113,66 @@ def test_q_std_stays_finite_for_extreme_outputs():
         q.out.bias[3:] = 1e4
     _, std = q(torch.zeros(2, 1, 8, 8))
     assert torch.isfinite(std).all()
+
+
+# The residual block's formula, the noise encoder, the q-network and both initialisations
+# (mutation review 2026-12-05).
+@pytest.mark.parametrize("cin,cout", [(4, 8), (8, 8)])
+def test_residual_block_computes_its_formula(cin, cout):
+    """The authors' ResnetBlock: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))."""
+    torch.manual_seed(0)
+    block = ResidualBlock(cin, cout).eval()
+    with torch.no_grad():
+        for bn in (m for m in block.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.bias.normal_()
+            bn.running_mean.normal_()
+    x = torch.randn(2, cin, 6, 6)
+    with torch.no_grad():
+        out = block.bn2(block.conv2(F.relu(block.bn1(block.conv1(x)))))
+        torch.testing.assert_close(block(x), F.relu(out + block.shortcut(x)))
+
+
+def test_noise_encoder_is_fc_relu_fc_relu_and_its_map_reaches_the_output():
+    """C.2 and the authors' code: z -> FC(256) + ReLU -> FC(H*W) + ReLU -> a 1xHxW channel."""
+    torch.manual_seed(0)
+    gen = PerturbationGenerator(1, 8, "implicit", noise_dim=5, width=4).eval()
+    assert [type(m) for m in gen.noise_encoder] == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU]
+    z = torch.rand(3, 5) * 2 - 1
+    assert gen.noise_encoder(z).min() >= 0
+    inputs = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        a, b = gen(inputs, z), gen(inputs, -z)
+    assert not torch.allclose(a, b)  # the noise changes the perturbation: a distribution, not a point
+
+
+def test_generator_initialisation_is_pix2pix_normal_002():
+    """The authors' init_net(init_type='normal', gain 0.02): conv/linear weights N(0, 0.02),
+    biases 0, BatchNorm weights N(1, 0.02) (not exactly 1), BatchNorm biases 0."""
+    torch.manual_seed(0)
+    gen = PerturbationGenerator(3, 32, "implicit", width=32)
+    weights = torch.cat([m.weight.flatten() for m in gen.modules() if isinstance(m, (nn.Conv2d, nn.Linear))])
+    assert weights.mean().abs() < 1e-3 and weights.std().item() == pytest.approx(0.02, rel=0.05)
+    bn = torch.cat([m.weight for m in gen.modules() if isinstance(m, nn.BatchNorm2d)]).detach()
+    assert bn.mean().item() == pytest.approx(1.0, abs=0.01) and bn.std().item() == pytest.approx(0.02, rel=0.2)
+
+
+def test_q_network_uses_leaky_relu_001_and_average_pooling():
+    torch.manual_seed(0)
+    q = QNetwork(1, 24, noise_dim=3).eval()
+    slopes = {m.negative_slope for m in q.modules() if isinstance(m, nn.LeakyReLU)}
+    assert slopes == {0.01}
+    t = torch.rand(2, 1, 24, 24) * 2 - 1
+    with torch.no_grad():
+        raw = q.out(q.features(t).mean(dim=(2, 3)))
+        mean, std = q(t)
+    torch.testing.assert_close(mean, raw[:, :3])
+    torch.testing.assert_close(std, F.softplus(raw[:, 3:]) + q.min_std)
+
+
+def test_q_network_initialisation_is_the_authors():
+    """Encoder in the authors' generator.py: conv weights N(0, sqrt(2 / (k*k*out)))."""
+    torch.manual_seed(0)
+    q = QNetwork(3, 32)
+    for conv in (m for m in q.modules() if isinstance(m, nn.Conv2d)):
+        fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels
+        assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / fan_out), rel=0.1)

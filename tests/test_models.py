@@ -1,8 +1,12 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from adt_fast.models import ARCHS, build_model
+from adt_fast.models.classifiers import BasicBlock, PreActWideBlock
 
 SMALL_ARCHS = ("small-cnn", "resnet18")
 
@@ -163,3 +167,98 @@ def test_a_normalized_model_saves_and_loads_whole_and_by_state_dict(tmp_path):
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), model(x))
+
+
+# Each block's formula, WRN's strides, the heads and the initialisation (mutation review 2026-12-05).
+def _randomise_batchnorm(module):
+    """Non-trivial affine parameters and running statistics, so BN is not near the identity."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for bn in (m for m in module.modules() if isinstance(m, nn.BatchNorm2d)):
+            n = bn.num_features
+            bn.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+            bn.bias.copy_(torch.randn(n, generator=generator))
+            bn.running_mean.copy_(torch.randn(n, generator=generator))
+            bn.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+    return module.eval()
+
+
+@pytest.mark.parametrize("cin,cout,stride", [(4, 4, 1), (4, 8, 2)])
+def test_pre_activation_wide_block_computes_its_formula(cin, cout, stride):
+    """Zagoruyko & Komodakis (and the WRN code of Madry et al., TRADES, ADT):
+    a = relu(bn1(x)); out = conv2(relu(bn2(conv1(a)))) + (x, or shortcut(a) when the shape changes)."""
+    torch.manual_seed(0)
+    block = _randomise_batchnorm(PreActWideBlock(cin, cout, stride))
+    x = torch.randn(2, cin, 8, 8)
+    with torch.no_grad():
+        a = F.relu(block.bn1(x))
+        residual = x if block.shortcut is None else block.shortcut(a)
+        expected = block.conv2(F.relu(block.bn2(block.conv1(a)))) + residual
+        torch.testing.assert_close(block(x), expected)
+
+
+@pytest.mark.parametrize("cin,cout,stride", [(4, 4, 1), (4, 8, 2)])
+def test_basic_block_computes_its_formula(cin, cout, stride):
+    """He et al. (2016): relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))."""
+    torch.manual_seed(0)
+    block = _randomise_batchnorm(BasicBlock(cin, cout, stride))
+    x = torch.randn(2, cin, 8, 8)
+    with torch.no_grad():
+        out = block.bn2(block.conv2(F.relu(block.bn1(block.conv1(x)))))
+        expected = F.relu(out + block.shortcut(x))
+        torch.testing.assert_close(block(x), expected)
+
+
+def test_wide_resnet_groups_have_strides_1_2_2_and_end_in_bn_relu():
+    model = _built("wrn-28-10", num_classes=10)
+    blocks = [m for m in model.body if isinstance(m, PreActWideBlock)]
+    assert len(blocks) == 12
+    assert [b.conv1.stride[0] for b in blocks] == [1, 1, 1, 1, 2, 1, 1, 1, 2, 1, 1, 1]
+    assert [b.conv1.out_channels for b in blocks[::4]] == [160, 320, 640]
+    assert isinstance(model.body[-2], nn.BatchNorm2d) and isinstance(model.body[-1], nn.ReLU)
+
+
+@pytest.mark.parametrize("arch", ["small-cnn", "resnet18"])
+def test_features_are_post_relu(arch):
+    model = _randomise_batchnorm(_built(arch, num_classes=10, in_channels=3, image_size=8))
+    with torch.no_grad():
+        assert model.features(torch.rand(4, 3, 8, 8)).min() >= 0
+
+
+def test_small_cnn_is_three_conv_bn_relu_with_one_stride_2():
+    model = _built("small-cnn", num_classes=10, in_channels=3, image_size=8)
+    assert model.features(torch.rand(2, 3, 8, 8)).shape == (2, 64, 4, 4)
+    assert sum(p.numel() for p in model.parameters()) == 57_130
+    convs = [m for m in model.body if isinstance(m, nn.Conv2d)]
+    assert [(c.out_channels, c.stride[0]) for c in convs] == [(32, 1), (64, 2), (64, 1)]
+
+
+@pytest.mark.parametrize("arch", ["small-cnn", "resnet18", "madry-cnn"])
+def test_heads_compute_their_formula(arch):
+    """Global average pooling then the linear layer; Madry et al.'s head: flatten, FC + ReLU, FC."""
+    size = 28 if arch == "madry-cnn" else 8
+    model = _built(arch, num_classes=10, in_channels=1, image_size=size)
+    features = torch.randn(3, *model.features(torch.rand(1, 1, size, size)).shape[1:])
+    with torch.no_grad():
+        if arch == "madry-cnn":
+            expected = model.head.linear(F.relu(model.head.hidden(features.flatten(1))))
+        else:
+            expected = model.head.linear(features.mean(dim=(2, 3)))
+        torch.testing.assert_close(model.head(features), expected)
+
+
+def test_convolutions_get_he_initialisation_on_fan_out():
+    """std sqrt(2 / (k * k * out_channels)), as the WRN / ResNet code (n = k*k*out)."""
+    model = _built("resnet18", num_classes=10)
+    for conv in (model.body[0], model.body[5].conv1, model.body[7].conv1):  # in != out: fan_in differs
+        fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels
+        assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / fan_out), rel=0.1), conv
+
+
+@pytest.mark.parametrize("arch", ["wrn-28-10", "resnet18", "small-cnn"])
+def test_batchnorm_layers_have_pytorch_defaults(arch):
+    """momentum 0.1 and eps 1e-5 (TF's decay 0.9 in Madry et al.'s WRN; PyTorch's defaults in
+    TRADES' and the authors' code)."""
+    model = _built(arch, num_classes=10)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(bn.momentum == 0.1 and bn.eps == 1e-5 for bn in bns)
