@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from adt_fast import load_model
+from adt_fast.devices import DeviceError
 from adt_fast.files import remove_atomic_leftovers
 from adt_fast.models import build_model
 from adt_fast.train import TrainConfig, fit
@@ -206,3 +207,139 @@ def test_a_run_on_the_gpu_resumes_and_goes_on(tmp_path, monkeypatch):
         for key, value in state.items():
             if torch.is_tensor(value):
                 assert value.device.type == ("cpu" if key == "step" else "cuda"), key
+
+
+# Resolution order, device errors, the saved GPU's stream, and write_atomic's fsync, permissions and
+# interruption (mutation review 2026-12-05).
+def test_a_run_directory_resolves_to_its_final_model_before_its_checkpoint(tmp_path):
+    """resolve's order is the contract: model.pt, else checkpoint.pt (mutant: the other order)."""
+    model = build_model("small-cnn", 10, 3, 8)
+    for name, epoch in ((ckpt.LATEST, 1), (ckpt.FINAL_MODEL, 2)):
+        ckpt.save_atomic({"model_config": model.config, "model": model.state_dict(), "epoch": epoch},
+                         tmp_path / name)
+    assert ckpt.resolve(tmp_path) == tmp_path / ckpt.FINAL_MODEL
+    assert ckpt.read_model(tmp_path)[1] == {"epoch": 2}
+    (tmp_path / ckpt.FINAL_MODEL).unlink()
+    assert ckpt.resolve(tmp_path) == tmp_path / ckpt.LATEST
+
+
+def test_a_map_location_this_machine_lacks_is_a_device_error_not_a_damaged_file(run_dir):
+    """load's docstring: a device name is checked first, so a missing GPU is never called corruption
+    (mutant: the check dropped; torch.load's RuntimeError is then reported as a corrupt file)."""
+    with pytest.raises(DeviceError):
+        ckpt.load(run_dir / ckpt.LATEST, map_location="cuda:99")
+    assert not issubclass(DeviceError, ckpt.CheckpointError)
+
+
+def test_the_saved_gpus_stream_goes_to_the_gpu_the_resume_trains_on(monkeypatch):
+    """capture_rng records the run's GPU, restore_rng puts that GPU's stream on the resuming
+    process's GPU (another rank, another world size). Simulated on the CPU: torch.cuda's RNG calls
+    are replaced by fakes that record what they were given."""
+    streams = [torch.tensor([i] * 16, dtype=torch.uint8) for i in range(3)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: list(streams))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, device)))
+    state = ckpt.capture_rng({}, cuda_device=2)
+    assert state["cuda_device"] == 2
+    ckpt.restore_rng(state, {}, cuda_device=0)
+    assert len(restored) == 1 and restored[0][1] == 0 and torch.equal(restored[0][0], streams[2])
+
+
+def test_save_atomic_fsyncs_the_whole_file_before_the_rename(tmp_path, monkeypatch):
+    """A crash (power loss) after the rename must not leave an empty checkpoint.pt: the data reach
+    the disk before the rename (mutant: the fsync dropped, which no other test notices)."""
+    from adt_fast import files
+
+    target, synced, real_fsync = tmp_path / "c.pt", [], os.fsync
+
+    def fsync(fd):
+        synced.append((os.fstat(fd).st_size, target.exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    ckpt.save_atomic({"x": torch.arange(3)}, target)
+    assert synced == [(target.stat().st_size, False)]
+
+
+def test_save_atomic_gives_the_file_the_usual_permissions(tmp_path):
+    """mkstemp makes 0600 files; a checkpoint or report gets 0666 less the umask, as open() would
+    give it (mutant: the chmod dropped, so nobody else can read model.pt)."""
+    old = os.umask(0o022)
+    try:
+        path = ckpt.save_atomic({"x": torch.arange(3)}, tmp_path / "c.pt")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_an_interrupted_save_leaves_the_old_file_and_no_temporary_file(tmp_path, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt, not an Exception) inside the write: only a kill may leave the
+    temporary file (files.py's docstring; mutant: `except Exception`)."""
+    target = tmp_path / "c.pt"
+    ckpt.save_atomic({"x": torch.arange(3)}, target)
+
+    def interrupted(obj, handle):
+        handle.write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_atomic({"x": torch.arange(4)}, target)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+    assert torch.equal(ckpt.load(target)["x"], torch.arange(3))
+
+
+def test_leftover_removal_keeps_a_symlink_with_a_leftovers_name(tmp_path):
+    """Only write_atomic's own temporary files go: a symbolic link that happens to look like one
+    stays (mutant: the is_symlink check dropped)."""
+    from adt_fast.files import remove_atomic_leftovers
+
+    (tmp_path / "notes").write_text("mine")
+    (tmp_path / ".checkpoint.pt.abcd1234.tmp").symlink_to(tmp_path / "notes")
+    assert remove_atomic_leftovers(tmp_path) == []
+    assert (tmp_path / ".checkpoint.pt.abcd1234.tmp").is_symlink()
+
+
+def _read_only_mount():
+    """A folder on a read-only mount, where access(2) says no even to root (containers mount
+    /proc/sys read-only); None if there is none."""
+    for point in ("/proc/sys", "/sys/fs/cgroup"):
+        if os.path.isdir(point) and os.access(point, os.X_OK) and not os.access(point, os.W_OK):
+            return point
+    return None
+
+
+def test_a_folder_on_a_read_only_mount_is_unwritable_even_for_root(tmp_path):
+    """unwritable_reason asks access(2) for write permission, which read-only mounts refuse to
+    everyone (mutant: only X_OK asked). As a user, a 0555 folder shows it; as root only a
+    read-only mount does."""
+    from adt_fast.files import unwritable_reason
+
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o555)
+        try:
+            assert unwritable_reason(locked / "run") == f"{locked} is not writable"
+        finally:
+            locked.chmod(0o755)
+        return
+    point = _read_only_mount()
+    if point is None:
+        pytest.skip("no read-only mount here")
+    assert unwritable_reason(os.path.join(point, "adt_fast_new")) == f"{point} is not writable"
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs Linux sysfs")
+def test_make_writable_dir_tries_a_file_where_access_says_yes_but_creation_fails():
+    """sysfs folders that exist pass access(2) for root and mkdir(exist_ok=True), yet refuse new
+    files: only the probe file finds out (mutant: the probe dropped; then eval would attack for
+    hours and fail at writing its report)."""
+    from adt_fast.files import make_writable_dir
+
+    with pytest.raises(OSError):
+        make_writable_dir("/sys/kernel")

@@ -355,3 +355,47 @@ def test_speed_settings_are_measured_on_one_ranks_share_of_a_batch(tmp_path, mon
     loop.build_trainer(cfg, dataset, World(rank=0, size=2)).tune()
     loop.build_trainer(cfg, dataset, World()).tune()
     assert measured == [8, 16]
+
+
+# restarted(), the agent's job id across attempts, and a shard's mid-quad rows (mutation review 2026-12-05).
+def test_restarted_only_after_a_restart(monkeypatch):
+    """The first attempt (TORCHELASTIC_RESTART_COUNT 0, or no torchrun) is no restart (mutant:
+    `>= 0`, which calls every run a restart and may resume a run another job with the same
+    --rdzv-id left)."""
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    assert not distributed.restarted()
+    for count, restarted in (("0", False), ("", False), ("1", True), ("3", True)):
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", count)
+        assert distributed.restarted() is restarted, count
+
+
+@pytest.mark.parametrize("run_id", ["none", ""])
+def test_a_job_without_a_rendezvous_id_is_known_by_its_agent_in_every_attempt(monkeypatch, run_id):
+    """Without a rendezvous id the job is this node's torchrun agent, the workers' parent: two
+    attempts (two worker processes of one agent, played here by this test's process) give the same
+    id (mutants: the worker's own pid, different in every attempt; an empty id taken as the job's)."""
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", run_id)
+    attempt = [sys.executable, "-c", "from adt_fast.distributed import job_id; print(job_id())"]
+    ids = {subprocess.run(attempt, capture_output=True, text=True, check=True, env=os.environ).stdout.strip()
+           for _ in range(2)}
+    assert len(ids) == 1 and ids.pop().endswith(f":{os.getpid()}")
+    assert distributed.job_id().startswith("agent ")
+
+
+@pytest.mark.parametrize("rows", [(0, 3), (3, 7), (7, 10), (9, 10)])
+def test_a_shard_draws_its_rows_of_the_op_normals_mid_quad(rows):
+    """As test_a_shard_draws_its_rows_of_the_global_random_numbers, with rows of 3 values, so a
+    rank's first value falls inside one of Philox's quads of 4 (mutants: quad offset ignored;
+    normals counted wrongly). The shard's op_normals are those rows of the single-process call."""
+    start, stop = rows
+    mean, rho = torch.randn(10, 3), torch.randn(10, 3)
+    torch.manual_seed(4)
+    x_adv, nlp = sample_and_entropy(mean, rho, 3, 0.1, clamp=None)
+    torch.manual_seed(4)
+    noise = draw_normals(mean.shape, 3, rows=rows, device=mean.device)
+    mine, my_nlp = sample_and_entropy(mean[start:stop], rho[start:stop], 3, 0.1, clamp=None, noise=noise)
+    torch.testing.assert_close(mine, x_adv[:, start:stop], rtol=0, atol=1e-6)
+    torch.testing.assert_close(my_nlp, nlp[:, start:stop], rtol=1e-5, atol=1e-4)
+    shard = distributed.BatchShard(start, stop, 10, 2)
+    torch.manual_seed(4)
+    assert torch.equal(shard.op_normals(mean[start:stop], 3, "auto"), noise)

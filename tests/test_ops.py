@@ -1,5 +1,6 @@
 """The public op on every backend this machine can run, against the float64 reference."""
 
+import dataclasses
 import math
 import sys
 import types
@@ -653,3 +654,187 @@ def test_gradient_passes_at_the_clamp_boundary_like_torch_clamp():
     xr = x.clone().requires_grad_()
     (want,) = torch.autograd.grad(torch.clamp(xr + 0.1 * torch.tanh(mean), 0.0, 1.0).sum(), xr)
     torch.testing.assert_close(gx, want)
+
+
+# The autograd wrapper's contracts, draw_normals with a generator and mid-quad rows, compiled calls'
+# generator, the defaults and the CUDA priority of auto (mutation review 2026-12-05).
+CPU = torch.device("cpu")
+
+
+def _inputs_without_noise(shape, k, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    rho = (torch.rand(shape, generator=g, dtype=torch.float64) * 4 - 2).to(dtype)
+    x = torch.rand(shape, generator=g, dtype=torch.float64).to(dtype)
+    seed_offset = torch.randint(0, 2**62, (2,), generator=g)
+    return mean, rho, x, seed_offset
+
+
+def _spy_backward(monkeypatch):
+    """The backend the op runs on CPU, its backward replaced by one that records its arguments."""
+    cpu = dispatch.get("cpu") if dispatch.get("cpu").why_not(CPU, torch.float32) is None else dispatch.get("reference")
+    seen = []
+
+    def spy(grad_out, grad_nlp, *args, need_grad_x=True):
+        seen.append({"grad_out": grad_out, "grad_nlp": grad_nlp, "need_grad_x": need_grad_x})
+        return cpu.backward(grad_out, grad_nlp, *args, need_grad_x=need_grad_x)
+    monkeypatch.setitem(dispatch.BACKENDS, cpu.name, dataclasses.replace(cpu, backward=spy))
+    return cpu.name, seen
+
+
+def test_custom_op_asks_for_x_gradient_only_when_x_requires_grad(monkeypatch):
+    """The torch.compile path (the custom ops' autograd) as the eager one: need_grad_x is whether x
+    requires grad (mutant: whether x is given), and x gets a gradient exactly then."""
+    name, seen = _spy_backward(monkeypatch)
+    mean, rho, x, seed_offset = _inputs_without_noise((2, 8), 3, torch.float32)
+    mean.requires_grad_()
+    for x_grad in (False, True):
+        xin = x.clone().requires_grad_(x_grad)
+        out, nlp = sample_forward(mean, rho, xin, None, seed_offset, 3, 0.1, 0.0, 1.0, name)
+        (out.sum() + nlp.mean()).backward()
+        assert seen[-1]["need_grad_x"] is x_grad and (xin.grad is not None) is x_grad
+
+
+@pytest.mark.parametrize("used", ["delta", "nlp"])
+def test_eager_op_passes_an_unused_outputs_gradient_as_none(monkeypatch, used):
+    """An output that the loss does not use sends None to the backend, never k x N zeros
+    (sample_and_entropy's docstring; mutant: set_materialize_grads(False) dropped)."""
+    name, seen = _spy_backward(monkeypatch)
+    mean, rho, _, _ = _inputs_without_noise((3, 8), 4, torch.float32)
+    mean.requires_grad_()
+    delta, nlp = adt_fast.sample_and_entropy(mean, rho, 4, 0.1, backend=name)
+    (delta.sum() if used == "delta" else nlp.sum()).backward()
+    unused = "grad_nlp" if used == "delta" else "grad_out"
+    assert seen[-1][unused] is None
+
+
+def test_draw_normals_refuses_an_empty_row_range():
+    """rows=(start, stop) must hold at least one row (mutant: start == stop accepted)."""
+    with pytest.raises(ValueError, match="rows must be"):
+        draw_normals((5, 3), 2, rows=(2, 2), device="cpu")
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("rows", [(0, 10), (3, 7), (5, 10), (9, 10)])
+def test_draw_normals_are_the_eager_calls_with_a_generator(backend, rows):
+    """On the CPU, as test_gpu_draw_normals_are_the_eager_calls on a GPU: an explicit generator's
+    normals (mutant: draw_normals ignores `generator`), rows that start in the middle of a Philox
+    quad (row size 3: mutant: an off-by-one in the quad slicing), the generator advanced alike."""
+    if dispatch.get(backend).why_not(CPU, torch.float32) is not None:
+        pytest.skip(dispatch.get(backend).why_not(CPU, torch.float32))
+    mean, rho = torch.randn(10, 3), torch.randn(10, 3)
+    start, stop = rows
+    gen = torch.Generator().manual_seed(11)
+    delta, nlp = adt_fast.sample_and_entropy(mean, rho, 3, 0.1, clamp=None, generator=gen, backend=backend)
+    after = torch.rand(1, generator=gen)
+    gen = torch.Generator().manual_seed(11)
+    torch.manual_seed(0)
+    default_before = torch.get_rng_state()
+    noise = draw_normals(mean.shape, 3, rows=rows, device=CPU, generator=gen, backend=backend)
+    assert torch.equal(torch.rand(1, generator=gen), after)  # the generator advanced as the op's call does
+    assert torch.equal(torch.get_rng_state(), default_before)  # and the default one not at all
+    mine, my_nlp = adt_fast.sample_and_entropy(mean[start:stop], rho[start:stop], 3, 0.1, clamp=None, noise=noise,
+                                               backend=backend)
+    torch.testing.assert_close(mine, delta[:, start:stop], rtol=0, atol=1e-6)
+    torch.testing.assert_close(my_nlp, nlp[:, start:stop], rtol=1e-5, atol=1e-4)
+
+
+def test_a_generator_of_another_device_type_is_refused():
+    """A CPU generator for meta (or CUDA) tensors names `generator` (mutant: the check dropped; the
+    meta call then succeeds and a CUDA one fails deep in the backend)."""
+    meta = torch.zeros(2, 3, device="meta")
+    with pytest.raises(ValueError, match="generator is on cpu but mean is on meta"):
+        adt_fast.sample_and_entropy(meta, meta, 2, generator=torch.Generator())
+
+
+def test_compiled_call_takes_its_generator():
+    """Under torch.compile the seed is drawn in Python from `generator` (a graph break,
+    docs/randomness.md): on the CPU the compiled call equals the eager one with that generator,
+    and torch's default generator is left alone (mutant: the compiled path passes no generator)."""
+    mean, rho = torch.randn(4, 6), torch.randn(4, 6)
+    backend = "cpu" if dispatch.get("cpu").why_not(CPU, torch.float32) is None else "reference"
+
+    def call(m, r, g):
+        return adt_fast.sample_and_entropy(m, r, 3, 0.1, generator=g, backend=backend)
+
+    eager = call(mean, rho, torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    compiled = torch.compile(call, backend="aot_eager")(mean, rho, torch.Generator().manual_seed(3))
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(compiled[0], eager[0]) and torch.equal(compiled[1], eager[1])
+
+
+def test_custom_ops_called_directly_refuse_equal_clamp_bounds():
+    """lo == hi is no interval (the public op says so too; mutant: `lo <= hi` accepted by the ops)."""
+    from adt_fast.ops.sample_and_entropy import sample_backward
+
+    mean, rho, x, seed_offset = _inputs_without_noise((2, 3), 2, torch.float32)
+    with pytest.raises(ValueError, match="lo < hi"):
+        sample_forward(mean, rho, x, None, seed_offset, 2, 0.1, 0.5, 0.5, "reference")
+    with pytest.raises(ValueError, match="lo < hi"):
+        sample_backward(None, None, mean, rho, x, None, seed_offset, 2, 0.1, 0.5, 0.5, "reference")
+    with pytest.raises(ValueError, match="clamp"):
+        adt_fast.sample_and_entropy(mean, rho, 2, 0.1, x=x, clamp=(0.5, 0.5))
+
+
+def test_meta_tensors_give_the_eager_dtypes():
+    """The fake kernels give neg_log_prob in float32 for half-precision inputs, as the backends do
+    (mutant: the fake gives it in the input's dtype, so torch.compile traces a wrong dtype)."""
+    for dtype, nlp_dtype in ((torch.float16, torch.float32), (torch.bfloat16, torch.float32),
+                             (torch.float32, torch.float32), (torch.float64, torch.float64)):
+        meta = torch.zeros(2, 3, device="meta", dtype=dtype)
+        delta, nlp = adt_fast.sample_and_entropy(meta, meta, 4)
+        _, eager_nlp = adt_fast.sample_and_entropy(torch.zeros(2, 3, dtype=dtype), torch.zeros(2, 3, dtype=dtype), 4)
+        assert (delta.dtype, nlp.dtype) == (dtype, nlp_dtype) and eager_nlp.dtype == nlp_dtype
+
+
+def test_defaults_are_epsilon_8_over_255_and_the_unit_clamp():
+    """sample_and_entropy's defaults: epsilon 8/255 (the paper's CIFAR-10 budget) and clamp (0, 1)
+    (mutants: another epsilon; no clamp)."""
+    mean, rho, x, _ = _inputs_without_noise((3, 5), 2, torch.float64)
+    mean = mean * 4  # tanh saturates: |delta| close to epsilon
+    x[0], x[1] = 0.0, 1.0  # at the bounds: x + delta leaves [0, 1] for about half the elements
+    got = adt_fast.sample_and_entropy(mean, rho, 2, x=x, generator=torch.Generator().manual_seed(1))
+    want = adt_fast.sample_and_entropy(mean, rho, 2, 8 / 255, x=x, clamp=(0.0, 1.0),
+                                       generator=torch.Generator().manual_seed(1))
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    unclamped = adt_fast.sample_and_entropy(mean, rho, 2, 8 / 255, x=x, clamp=None,
+                                            generator=torch.Generator().manual_seed(1))[0]
+    assert not torch.equal(unclamped, got[0])  # the clamp binds here
+
+
+def test_auto_prefers_cuda_then_triton_then_the_reference_on_cuda_tensors(monkeypatch):
+    """AUTO_PRIORITY for CUDA tensors, checked with stand-in backends (no GPU needed): the CUDA C++
+    kernels first, Triton when they cannot serve, the reference last and with a warning (mutant:
+    triton before cuda)."""
+    class Ready:
+        def why_not(self, device, dtype):
+            return None
+
+    class Unbuilt:
+        def why_not(self, device, dtype):
+            return "not built"
+
+    cuda = torch.device("cuda")
+    monkeypatch.setitem(dispatch.BACKENDS, "cuda", Ready())
+    monkeypatch.setitem(dispatch.BACKENDS, "triton", Ready())
+    assert dispatch._resolve("auto", cuda, torch.float32, None) == "cuda"
+    monkeypatch.setitem(dispatch.BACKENDS, "cuda", Unbuilt())
+    assert dispatch._resolve("auto", cuda, torch.float32, None) == "triton"
+    monkeypatch.setitem(dispatch.BACKENDS, "triton", Unbuilt())
+    with pytest.warns(RuntimeWarning, match="because cuda: not built; triton: not built"):
+        assert dispatch._resolve("auto", cuda, torch.float32, None) == "reference"
+
+
+def test_backend_choice_is_cached_per_dtype(monkeypatch):
+    """select's cache key holds the dtype: a dtype that no backend serves is refused even after a
+    float32 call of the same request and device was cached (mutant: dtype left out of the key)."""
+    monkeypatch.delenv("ADT_FAST_BACKEND", raising=False)
+    monkeypatch.setattr(dispatch, "_SELECTED", {})
+    assert dispatch.select("auto", CPU, torch.float32) in ("cpu", "reference")
+    assert dispatch.select("reference", CPU, torch.float32) == "reference"
+    with pytest.raises(RuntimeError, match="supports dtypes"):
+        dispatch.select("reference", CPU, torch.int32)
+    with pytest.raises(RuntimeError, match="no backend can serve"):
+        dispatch.select("auto", CPU, torch.int32)

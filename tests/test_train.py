@@ -17,7 +17,7 @@ from adt_fast.train import (METHODS, ComposedMethod, ConfigError, Method, Method
                             TrainConfig, fit, read_metrics, register_method)
 from adt_fast.train import checkpoint as ckpt
 from adt_fast.train import loop
-from adt_fast.train.config import MAX_SEED, flag
+from adt_fast.train.config import MAX_SEED, RESUMABLE_CHANGES, flag
 
 
 def _cfg(method, out, **kw):
@@ -438,3 +438,63 @@ def test_clean_accuracy_is_eval_mode_and_counts_every_batch():
     y[-1] = pred[-1]                     # only the last example (alone in the last batch) is right
     assert loop.clean_accuracy(model, x, y, batch_size=2) == pytest.approx(1 / 5)
     assert torch.equal(model[1].running_mean, before)
+
+
+# C.3's batch size and lr drop, the resume conflicts of seed, precision and device, save_freq, and
+# booleans as integer settings (mutation review 2026-12-05).
+def test_c3_defaults_batch_size_and_the_lr_drop_at_epoch_75_of_76():
+    """Appendix C.3: batch size 64, lr 0.1 reduced to 0.01 in the 75th of 76 epochs (mutants: batch
+    size 128; the drop at round(74 N / 76), i.e. epoch 74)."""
+    cfg = TrainConfig("at-pgd", "cifar10", "run", device="cpu").resolve()
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_gamma, cfg.lr_drop) == (76, 64, 0.1, 0.1, [75])
+    # Other lengths drop at round(75 N / 76), never before epoch 2.
+    assert TrainConfig("standard", "cifar10", "run", epochs=20, device="cpu").resolve().lr_drop == [20]
+    assert TrainConfig("standard", "cifar10", "run", epochs=2, device="cpu").resolve().lr_drop == [2]
+    assert TrainConfig("standard", "cifar10", "run", epochs=1, device="cpu").resolve().lr_drop == []
+
+
+def test_resume_refuses_another_seed(tmp_path):
+    """The seed decides the run's random numbers: a --resume that asks for another is a conflict
+    (mutant: seed among RESUMABLE_CHANGES, silently accepted)."""
+    saved = TrainConfig("standard", "synthetic", str(tmp_path / "r"), device="cpu").resolve()
+    asked = TrainConfig("standard", "synthetic", str(tmp_path / "r"), device="cpu", seed=1, resume=True)
+    assert "seed" not in RESUMABLE_CHANGES
+    assert any(c.startswith("--seed 1 (the run has 0)") for c in asked.conflicts(saved))
+
+
+def test_resume_on_another_device_type_is_a_conflict(tmp_path):
+    """--device may change on resume, but not its type: the saved random states belong to the
+    device type the run trained on (mutant: that check dropped). Simulated with a saved config
+    that says cuda; this machine's cpu resumes it."""
+    saved = TrainConfig("standard", "synthetic", str(tmp_path / "r"), device="cpu").resolve()
+    saved.device = "cuda"
+    asked = TrainConfig("standard", "synthetic", str(tmp_path / "r"), device="cpu", resume=True)
+    conflicts = asked.conflicts(saved)
+    assert len(conflicts) == 1 and conflicts[0].startswith("--device cpu (the run has cuda")
+
+
+def test_save_freq_defaults_to_25_and_0_means_no_snapshots(tmp_path):
+    """docs/training.md: --save-freq 25 (0 = none) (mutants: 0 refused; another default)."""
+    from adt_fast.train import fit
+
+    assert TrainConfig("standard", "synthetic", "run", device="cpu").resolve().save_freq == 25
+    out = fit(TrainConfig("standard", "synthetic", str(tmp_path / "r"), epochs=1, max_batches=1, save_freq=0,
+                          tensorboard=False, device="cpu"))
+    assert not list(out.glob("checkpoint_epoch*.pt")) and (out / "checkpoint.pt").is_file()
+
+
+@pytest.mark.parametrize("name", ["epochs", "batch_size", "seed", "save_freq", "max_batches"])
+def test_a_boolean_is_not_an_integer_setting(name):
+    """A hand-written config.json's `true` is not 1 (mutant: _int's bool check dropped)."""
+    from adt_fast.train import ConfigError
+
+    with pytest.raises(ConfigError, match=name.replace("_", "-")):
+        TrainConfig("standard", "synthetic", "run", device="cpu", **{name: True}).resolve()
+
+
+def test_resume_refuses_another_precision(tmp_path):
+    """bf16 changes the maths of every step, not only the last bits: it is not among the settings a
+    resume may change (mutant: precision added to RESUMABLE_CHANGES)."""
+    saved = TrainConfig("standard", "synthetic", str(tmp_path / "r"), device="cpu").resolve()
+    asked = TrainConfig("standard", "synthetic", str(tmp_path / "r"), device="cpu", precision="bf16", resume=True)
+    assert any(c.startswith('--precision "bf16" (the run has "fp32")') for c in asked.conflicts(saved))
