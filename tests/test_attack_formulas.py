@@ -37,12 +37,16 @@ def test_cw_margin_is_capped_at_kappa_50():
     assert make_attack("cw", 0.1).settings()["kappa"] == 50.0
 
 
-def test_cw_attack_ascends_the_cw_margin_not_the_cross_entropy():
+def _tiny_batch():
+    """TinyNet and 8 inputs with their labels and example ids, the same in every test."""
     torch.manual_seed(0)
     model = TinyNet().eval()
     x = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    y = torch.arange(8) % 10
-    ids = torch.arange(8)
+    return model, x, torch.arange(8) % 10, torch.arange(8)
+
+
+def test_cw_attack_ascends_the_cw_margin_not_the_cross_entropy():
+    model, x, y, ids = _tiny_batch()
     got = make_attack("cw", 0.1).perturb(model, x, y, seed=0, example_ids=ids)
     start = per_example_start(x, ids, suite.stream_seed(0, "cw"))
     want = iterative_attack(lambda z: losses.cw_margin(model(z), y, 50.0), x, epsilon=0.1, steps=30,
@@ -63,11 +67,7 @@ def _mim_reference(model, x, y, eps, steps, step, decay, start):
 
 
 def test_mim_is_mi_fgsm_with_decay_1_and_normalised_gradient():
-    torch.manual_seed(0)
-    model = TinyNet().eval()
-    x = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    y = torch.arange(8) % 10
-    ids = torch.arange(8)
+    model, x, y, ids = _tiny_batch()
     got = make_attack("mim", 0.1).perturb(model, x, y, seed=0, example_ids=ids)
     start = per_example_start(x, ids, suite.stream_seed(0, "mim"))
     want = _mim_reference(model, x, y, 0.1, 20, 0.1 / 4, 1.0, start)

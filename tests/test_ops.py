@@ -661,15 +661,6 @@ def test_gradient_passes_at_the_clamp_boundary_like_torch_clamp():
 CPU = torch.device("cpu")
 
 
-def _inputs_without_noise(shape, k, dtype=torch.float64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    mean = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
-    rho = (torch.rand(shape, generator=g, dtype=torch.float64) * 4 - 2).to(dtype)
-    x = torch.rand(shape, generator=g, dtype=torch.float64).to(dtype)
-    seed_offset = torch.randint(0, 2**62, (2,), generator=g)
-    return mean, rho, x, seed_offset
-
-
 def _spy_backward(monkeypatch):
     """The backend the op runs on CPU, its backward replaced by one that records its arguments."""
     cpu = dispatch.get("cpu") if dispatch.get("cpu").why_not(CPU, torch.float32) is None else dispatch.get("reference")
@@ -686,7 +677,7 @@ def test_custom_op_asks_for_x_gradient_only_when_x_requires_grad(monkeypatch):
     """The torch.compile path (the custom ops' autograd) as the eager one: need_grad_x is whether x
     requires grad (mutant: whether x is given), and x gets a gradient exactly then."""
     name, seen = _spy_backward(monkeypatch)
-    mean, rho, x, seed_offset = _inputs_without_noise((2, 8), 3, torch.float32)
+    mean, rho, x, _, seed_offset = make_inputs((2, 8), 3, torch.float32)
     mean.requires_grad_()
     for x_grad in (False, True):
         xin = x.clone().requires_grad_(x_grad)
@@ -700,7 +691,7 @@ def test_eager_op_passes_an_unused_outputs_gradient_as_none(monkeypatch, used):
     """An output that the loss does not use sends None to the backend, never k x N zeros
     (sample_and_entropy's docstring; mutant: set_materialize_grads(False) dropped)."""
     name, seen = _spy_backward(monkeypatch)
-    mean, rho, _, _ = _inputs_without_noise((3, 8), 4, torch.float32)
+    mean, rho, _, _, _ = make_inputs((3, 8), 4, torch.float32)
     mean.requires_grad_()
     delta, nlp = adt_fast.sample_and_entropy(mean, rho, 4, 0.1, backend=name)
     (delta.sum() if used == "delta" else nlp.sum()).backward()
@@ -769,7 +760,7 @@ def test_custom_ops_called_directly_refuse_equal_clamp_bounds():
     """lo == hi is no interval (the public op says so too; mutant: `lo <= hi` accepted by the ops)."""
     from adt_fast.ops.sample_and_entropy import sample_backward
 
-    mean, rho, x, seed_offset = _inputs_without_noise((2, 3), 2, torch.float32)
+    mean, rho, x, _, seed_offset = make_inputs((2, 3), 2, torch.float32)
     with pytest.raises(ValueError, match="lo < hi"):
         sample_forward(mean, rho, x, None, seed_offset, 2, 0.1, 0.5, 0.5, "reference")
     with pytest.raises(ValueError, match="lo < hi"):
@@ -792,7 +783,7 @@ def test_meta_tensors_give_the_eager_dtypes():
 def test_defaults_are_epsilon_8_over_255_and_the_unit_clamp():
     """sample_and_entropy's defaults: epsilon 8/255 (the paper's CIFAR-10 budget) and clamp (0, 1)
     (mutants: another epsilon; no clamp)."""
-    mean, rho, x, _ = _inputs_without_noise((3, 5), 2, torch.float64)
+    mean, rho, x, _, _ = make_inputs((3, 5), 2, torch.float64)
     mean = mean * 4  # tanh saturates: |delta| close to epsilon
     x[0], x[1] = 0.0, 1.0  # at the bounds: x + delta leaves [0, 1] for about half the elements
     got = adt_fast.sample_and_entropy(mean, rho, 2, x=x, generator=torch.Generator().manual_seed(1))
