@@ -92,6 +92,21 @@ def test_extreme_inputs_are_finite_and_exact(backend):
             assert rel_err(g, w) <= tol
 
 
+@pytest.mark.parametrize("backend", ["reference", *KERNEL_BACKENDS])
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # the interpreter casting 1e300
+def test_huge_epsilon_and_clamp_bounds_past_float32_match_the_reference(backend):
+    """Every finite epsilon and bound is legal: in float32 an epsilon near FLT_MAX gives finite
+    gradients where the exact ones are finite (4 eps is not), and bounds past FLT_MAX clamp nothing."""
+    runnable(backend, torch.float32)
+    k = 3
+    mean, rho, x, noise, seed_offset = make_inputs((3, 7), k, torch.float32)
+    got, want = run_both(backend, mean, rho, x, noise, seed_offset, k, eps=1e38, lo=-1e300, hi=1e300)
+    for name, g, w in zip(("out", "neg_log_prob", "grad_mean", "grad_std_param", "grad_x"), got, want):
+        assert torch.isfinite(w).all(), name
+        assert torch.isfinite(g).all(), name
+        assert rel_err(g, w) <= 1e-5, f"{name}: {rel_err(g, w)}"
+
+
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_gradcheck_float64(backend):
     runnable(backend)

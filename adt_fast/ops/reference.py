@@ -118,6 +118,12 @@ def sigmoid_over_softplus(rho: torch.Tensor) -> torch.Tensor:
     return torch.where(rho < -20.0, 1.0 - 0.5 * torch.exp(tail), torch.sigmoid(body) / softplus(body))
 
 
+def in_compute_dtype(bound: float, ctype: torch.dtype) -> float:
+    """A clamp bound past ctype's range as +-inf, as the kernels' conversions make it
+    (torch.clamp refuses a float32 tensor a bound it cannot represent)."""
+    return bound if abs(bound) <= torch.finfo(ctype).max else math.copysign(math.inf, bound)
+
+
 def standard_normals(mean, noise, seed_offset, num_samples, ctype):
     """r of shape (k, *mean.shape): the given noise, or Philox normals of (seed, offset)."""
     if noise is not None:
@@ -142,7 +148,10 @@ def sample_forward(mean, std_param, x, noise, seed_offset, num_samples, epsilon,
     dims = math.prod(mean.shape[1:])
     constant = (LOG_SQRT_2PI + math.log(epsilon)) * dims
     neg_log_prob = per_element.reshape(num_samples, mean.shape[0], dims).sum(-1) + constant
-    out = delta if x is None else torch.clamp(x.to(ctype) + delta, lo, hi)
+    if x is None:
+        out = delta
+    else:
+        out = torch.clamp(x.to(ctype) + delta, in_compute_dtype(lo, ctype), in_compute_dtype(hi, ctype))
     return out.to(mean.dtype).contiguous(), neg_log_prob
 
 
@@ -166,6 +175,7 @@ def sample_backward(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset,
     grad_x = None
     if x is not None:
         unclamped = x.to(ctype) + epsilon * t
+        lo, hi = in_compute_dtype(lo, ctype), in_compute_dtype(hi, ctype)
         g_d = torch.where((unclamped >= lo) & (unclamped <= hi), g_d, 0.0)
         if need_grad_x:
             grad_x = g_d.sum(0).to(x.dtype)
