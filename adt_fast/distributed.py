@@ -27,6 +27,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+if dist.is_available():
+    # Before any process group exists: its functions take group=group.WORLD as a default, bound at
+    # import. Imported later (DDP does, through torch._dynamo), that default keeps the world group
+    # alive after destroy_process_group(), and gloo's threads torn down at interpreter exit can
+    # abort a rank ("terminate called without an active exception").
+    import torch.distributed.nn  # noqa: F401
+
 TIMEOUT_ENV = "ADT_FAST_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600
 _LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")

@@ -62,6 +62,21 @@ def train_methods(out: Path, methods) -> None:
     with distributed.session("cpu"):
         for method in methods:
             fit(small_config(method, out / method))
+    if live_gloo_threads():  # a group kept alive past its session may abort the rank at exit
+        sys.exit(f"gloo threads still running after the session: {live_gloo_threads()}")
+
+
+def live_gloo_threads() -> list:
+    """Names of this process's gloo threads (Linux); none once the process group is freed."""
+    names = []
+    for comm in Path("/proc/self/task").glob("*/comm"):
+        try:
+            name = comm.read_text().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        if "gloo" in name:
+            names.append(name)
+    return names
 
 
 def sync_bn_batch():
