@@ -25,7 +25,7 @@ from .suite import PAPER_ATTACKS, label, pgd_steps
 PathLike = Union[str, os.PathLike]
 
 # An attack result counts as out of line only when it is off by more than this many examples:
-# max(1 example, 0.5 % of the evaluated examples). Smaller gaps are within the noise of random
+# max(1 example, 0.5 % of the evaluated examples rounded up). Smaller gaps are within the noise of random
 # starts and float rounding.
 TOLERANCE_FRACTION = 0.005
 # "Many" examples with zero or non-finite input gradients.

@@ -1,0 +1,66 @@
+"""adt_fast/files.py: atomic writes, error text and the run folder lock, against their docstrings."""
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from adt_fast import files
+
+
+def test_os_error_text_names_the_file():
+    """Docstring: 'Read-only file system: /x/y'."""
+    err = OSError(errno.EROFS, "Read-only file system", "/x/y")
+    assert files.os_error_text(err) == "Read-only file system: /x/y"
+    assert files.os_error_text(OSError(errno.EROFS, "Read-only file system")) == "Read-only file system"
+
+
+def test_write_atomic_writes_its_temporary_file_beside_the_target(tmp_path):
+    """The temporary file is in the target's folder (same file system, so the rename is atomic,
+    and remove_atomic_leftovers finds it there)."""
+    seen = []
+
+    def write(handle):  # an os.fdopen handle is named by its fd: look at the folder instead
+        seen.extend(p.name for p in tmp_path.iterdir())
+        handle.write(b"x")
+
+    files.write_atomic(tmp_path / "out.bin", write)
+    leftovers = seen
+    assert len(leftovers) == 1 and files.ATOMIC_LEFTOVER.fullmatch(leftovers[0])
+    assert (tmp_path / "out.bin").read_bytes() == b"x"
+
+
+def test_lock_folder_is_exclusive_across_processes(tmp_path):
+    """lock_folder: FolderBusy at once when another process holds it - also while that process
+    holds it (a shared lock would let both in)."""
+    code = ("import sys, time; from adt_fast.files import lock_folder\n"
+            "with lock_folder(sys.argv[1]):\n    print('held', flush=True); time.sleep(30)\n")
+    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        assert child.stdout.readline().strip() == "held"
+        with pytest.raises(files.FolderBusy):
+            with files.lock_folder(tmp_path):
+                pass
+    finally:
+        child.kill()
+        child.wait()
+    with files.lock_folder(tmp_path):   # free again once its holder died
+        pass
+
+
+@pytest.mark.parametrize("mode,data", [("wb", b"abc" * 10), ("w", "abc" * 10)])
+def test_write_atomic_fsyncs_all_the_written_bytes(tmp_path, monkeypatch, mode, data):
+    """files.py: the temporary file is flushed and fsynced before the rename, so the fsync must
+    see every byte written (Python's buffer flushed first), not whatever reached the OS so far."""
+    synced, real_fsync = [], os.fsync
+
+    def fsync(fd):
+        synced.append(os.fstat(fd).st_size)
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    files.write_atomic(tmp_path / "f", lambda handle: handle.write(data), mode=mode)
+    assert synced == [30]

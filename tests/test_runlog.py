@@ -1,0 +1,75 @@
+"""adt_fast/train/runlog.py (metrics.jsonl, progress, TensorBoard scalars)."""
+import json
+
+import pytest
+
+from adt_fast.train import runlog
+
+
+class _Tty:
+    def __init__(self, tty):
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+
+def test_progress_only_on_a_terminal_and_never_with_no_progress(monkeypatch):
+    monkeypatch.delenv(runlog.NO_PROGRESS_ENV, raising=False)
+    assert runlog.progress_enabled(_Tty(True)) is True
+    assert runlog.progress_enabled(_Tty(False)) is False
+    assert runlog.progress_enabled(object()) is False          # no isatty at all: a pipe-like object
+    monkeypatch.setenv(runlog.NO_PROGRESS_ENV, "0")
+    assert runlog.progress_enabled(_Tty(True)) is True
+    monkeypatch.setenv(runlog.NO_PROGRESS_ENV, "1")
+    assert runlog.progress_enabled(_Tty(True)) is False
+
+
+def test_progress_bar_is_disabled_when_not_shown(monkeypatch):
+    """progress_bar(show=False) is a no-op even on a terminal (the non-main ranks)."""
+    pytest.importorskip("tqdm")
+    monkeypatch.delenv(runlog.NO_PROGRESS_ENV, raising=False)
+    monkeypatch.setattr(runlog, "progress_enabled", lambda stream=None: False)
+    bar = runlog.progress_bar(3, "x", show=True)
+    assert bar.disable
+    bar.close()
+    monkeypatch.setattr(runlog, "progress_enabled", lambda stream=None: True)
+    bar = runlog.progress_bar(3, "x", show=False)
+    assert bar.disable
+    bar.close()
+
+
+def test_metrics_round_trip_and_append(tmp_path):
+    history = [{"epoch": 1, "test_acc": 0.5}, {"epoch": 2, "test_acc": 0.6}]
+    runlog.write_metrics(tmp_path, history)
+    assert runlog.read_metrics(tmp_path) == history
+    runlog.append_metrics(tmp_path, {"epoch": 3, "test_acc": 0.7})
+    assert [r["epoch"] for r in runlog.read_metrics(tmp_path)] == [1, 2, 3]
+
+
+def test_read_metrics_skips_blank_lines(tmp_path):
+    (tmp_path / runlog.METRICS_FILE).write_text(json.dumps({"epoch": 1}) + "\n\n" + json.dumps({"epoch": 2}) + "\n  \n")
+    assert runlog.read_metrics(tmp_path) == [{"epoch": 1}, {"epoch": 2}]
+
+
+def _scalars(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_steps_are_epochs_and_a_resume_purges_only_later_ones(tmp_path):
+    """Scalars are logged at step = epoch; a run resumed from epoch 1's checkpoint drops the
+    events a killed run wrote after it (epoch 2) but keeps epoch 1's."""
+    pytest.importorskip("tensorboard")
+    record = lambda epoch, acc: {"epoch": epoch, "train_loss": 1.0, "train_acc": 0.1, "test_acc": acc,
+                                 "lr": 0.1, "seconds": 1.0}
+    board = runlog.TensorBoard(tmp_path, True, first_epoch=0)
+    board.log(record(1, 0.25))
+    board.log(record(2, 0.5))             # killed after this, checkpoint at epoch 1
+    board.close()
+    board = runlog.TensorBoard(tmp_path, True, first_epoch=1)
+    board.log(record(2, 0.75))
+    board.close()
+    assert _scalars(tmp_path / runlog.TENSORBOARD_DIR)["test_acc"] == [(1, 0.25), (2, 0.75)]
