@@ -151,3 +151,35 @@ def test_progress_bar_switch(monkeypatch):
     assert not progress_enabled(io.StringIO())
     monkeypatch.setenv("ADT_FAST_NO_PROGRESS", "1")
     assert not progress_enabled(Terminal())
+
+
+def test_eval_hands_evaluate_the_seed_precision_and_curve_it_was_given(checkpoints, monkeypatch, tmp_path):
+    """The flags reach evaluate() as given, and the epsilon curve defaults to evaluate()'s own."""
+    from adt_fast.attacks import evaluation
+
+    class Called(Exception):
+        pass
+
+    seen = {}
+
+    def record(model, x, y, **kwargs):
+        seen.update(kwargs)
+        raise Called
+
+    monkeypatch.setattr(evaluation, "evaluate", record)
+    with pytest.raises(Called):
+        main(["eval", "--checkpoint", str(checkpoints["run"]), "--dataset", "synthetic", "--n-examples", "4",
+              "--seed", "7", "--precision", "bf16", "--out", str(tmp_path / "r.json")])
+    assert seen["seed"] == 7 and seen["precision"] == "bf16"
+    assert seen["epsilon_curve"] == list(evaluation.DEFAULT_EPSILON_CURVE)
+
+
+def test_eval_epsilon_may_be_the_whole_input_range():
+    """--epsilon takes (0, 1] for inputs in [0, 1]: 1 is allowed, more is not."""
+    from adt_fast.attacks.suite import MAX_EPSILON
+    from adt_fast.cli import build_parser
+
+    args = ["eval", "--checkpoint", "run", "--out", "r.json", "--epsilon"]
+    assert build_parser().parse_args([*args, str(MAX_EPSILON)]).epsilon == MAX_EPSILON
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*args, str(MAX_EPSILON * 1.01)])
