@@ -350,3 +350,30 @@ def test_emulated_bf16_is_announced_loudly(tmp_path, monkeypatch, capsys, native
         assert len(said) == 1 and "runs many times slower than fp32" in said[0]
         assert "bf16 autocast (fp32 weights, op and distribution parameters), EMULATED (SLOW)," in mode
         assert f"{mode}\nWARNING: bf16 is emulated on this CPU ({devices.CPU_BF16_CHECK} is False" in out
+
+
+def test_each_memory_format_is_timed_under_its_own_name(steady_memory_format, monkeypatch):
+    """time_memory_formats: the 'channels_last' time is of a run in channels_last, the 'contiguous'
+    time of one in NCHW, so the faster format is the one chosen (not its opposite)."""
+    from adt_fast.train.methods import Runtime
+
+    model = build_model("small-cnn", 10, 3, 8)
+    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    layouts = []
+    first_conv.register_forward_pre_hook(  # copied with the model, so it sees both networks
+        lambda module, args: layouts.append(
+            (args[0].is_contiguous(), module.weight.is_contiguous(memory_format=torch.channels_last)
+             and not module.weight.is_contiguous())))
+
+    def each_run_once(runs, device, repeats):
+        seen = {}
+        for name, run in runs.items():
+            layouts.clear()
+            run()
+            seen[name] = layouts[-1]
+        return seen
+
+    monkeypatch.setattr(tuning, "best_seconds", each_run_once)
+    x, y = torch.rand(2, 3, 8, 8), torch.tensor([0, 1])
+    seen = steady_memory_format(model, x, y, Runtime())
+    assert seen == {"contiguous": (True, False), "channels_last": (False, True)}  # (input NCHW, weights NHWC)
