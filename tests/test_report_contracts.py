@@ -106,3 +106,49 @@ def test_table_prints_autoattack_robust_over_attacked():
                     curves={"autoattack-fast": curve}, worst_case_accuracy=0.125)
     line = report.table().splitlines()[-1]
     assert "3/4" in line and "1/3" in line and "4/3" not in line, line
+
+
+def _csv_rows(report: Report):
+    return list(csv.DictReader(report.csv_text().splitlines()))
+
+
+def test_csv_summary_rows():
+    report = _small(robust_accuracy={"fgsm": 0.625, "square": 0.5}, attacks={"fgsm": {"steps": 1}, "square": {}})
+    rows = {r["name"]: r for r in _csv_rows(report) if r["section"] == "summary"}
+    assert float(rows["natural"]["epsilon"]) == 0.0           # the natural input is attacked with budget 0
+    assert rows["square"]["steps"] == ""                       # no steps setting: blank, not 0 steps
+
+
+def test_csv_curve_rows():
+    curves = {"pgd_epsilon": {"steps": 20, "points": [
+                  {"epsilon": 0.0, "multiple": 0, "step_size": 0.0, "accuracy": 0.75},
+                  {"epsilon": 0.25, "multiple": 1, "step_size": 0.0625, "accuracy": 0.5}]},
+              "dist": {"samples": 4, "points": [
+                  {"steps": 0, "loss": 0.5, "sample_accuracy": 0.7, "accuracy": 0.6}]}}
+    rows = _csv_rows(_small(curves=curves))
+    eps = [r for r in rows if r["section"] == "pgd_epsilon"]
+    assert [r["steps"] for r in eps] == ["0", "20"]           # no PGD steps at budget 0
+    (dist,) = [r for r in rows if r["section"] == "dist"]
+    assert (dist["accuracy"], dist["sample_accuracy"]) == ("0.6", "0.7")
+
+
+def test_report_name_suffix_is_case_insensitive(tmp_path):
+    from adt_fast.attacks.report import report_paths
+
+    paths = report_paths(tmp_path / "R.JSON")
+    assert [p.name for p in paths] == ["R.JSON", "R.csv", "R.png"]
+
+
+def test_only_exact_earlier_reports_are_replaced(tmp_path):
+    from adt_fast.attacks.report import CSV_FIELDS, report_paths
+
+    # a CSV whose header merely starts with the report's columns is someone else's table
+    (tmp_path / "a.csv").write_text(",".join(CSV_FIELDS) + ",notes\n1,2,3,4,5,6,7,8\n")
+    with pytest.raises(FileExistsError, match="not an earlier adt_fast report"):
+        report_paths(tmp_path / "a.json")
+    # a JSON with one of the report's keys is not a report: all the mark keys are needed
+    (tmp_path / "b.json").write_text(json.dumps({"natural_accuracy": 0.9, "notes": "mine"}))
+    with pytest.raises(FileExistsError, match="not an earlier adt_fast report"):
+        report_paths(tmp_path / "b.json")
+    _small().save(tmp_path / "c.json", plot=False)
+    report_paths(tmp_path / "c.json")  # its own earlier report is fine
