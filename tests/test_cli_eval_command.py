@@ -1,0 +1,52 @@
+"""`adt-fast eval`: what the command says of the run it scored, the name of a --model row, and
+--protocol paper's extra attacks checked before any attack runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adt_fast.cli import main
+from adt_fast.models import build_model
+from adt_fast.train.checkpoint import save_atomic
+
+FAST = ["--dataset", "synthetic", "--n-examples", "2", "--attacks", "fgsm", "--epsilon-curve", ""]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 10, 3, 8)
+    path = save_atomic({"model_config": model.config, "model": model.state_dict(), "method": "adt-exp",
+                        "epoch": 4, "config": {"epochs": 4}}, tmp_path_factory.mktemp("c") / "run" / "model.pt")
+    return path.parent
+
+
+def test_a_finished_run_is_not_called_unfinished(finished_run, tmp_path, capsys):
+    assert main(["eval", "--checkpoint", str(finished_run), *FAST, "--out", str(tmp_path / "r.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "after 4 of 4 epochs" in printed and "had not finished" not in printed
+
+
+def test_the_table_names_a_factory_model_by_its_factory(tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert main(["eval", "--model", "external_models:build", *FAST,
+                 "--out", str(out)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("build ")]
+    assert len(rows) == 1, "the result row is named after the factory, 'build'"
+
+
+def test_paper_protocol_extras_are_checked_against_the_classes_before_attacking(tmp_path, monkeypatch, capsys):
+    np = pytest.importorskip("numpy")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
+    labels = np.arange(10) % 5
+    np.savez(tmp_path / "five.npz", x_train=images, y_train=labels, x_test=images, y_test=labels)
+    (tmp_path / "five_models.py").write_text(
+        "from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code = main(["eval", "--model", "five_models:build", "--dataset", str(tmp_path / "five.npz"),
+                 "--protocol", "paper", "--attacks", "apgd-t", "--epsilon-curve", "",
+                 "--out", str(tmp_path / "e.json")])
+    assert code == 2
+    assert "error: --attacks: 'apgd-t'" in capsys.readouterr().err
