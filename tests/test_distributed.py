@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -44,9 +45,12 @@ def free_port() -> int:
 def torchrun(*args: str, nproc: int = 2, extra: tuple = (), ok: bool = True) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", *extra, *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ADT_FAST_NO_PROGRESS": "1", "ADT_FAST_DIST_TIMEOUT": "120"}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=LAUNCH_TIMEOUT_S)
+    # torchrun leaves a torchelastic_* log folder in the temporary directory after every launch.
+    with tempfile.TemporaryDirectory(prefix="adt_fast_torchrun_") as scratch:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "ADT_FAST_NO_PROGRESS": "1",
+               "ADT_FAST_DIST_TIMEOUT": "120", "TMPDIR": scratch}
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=LAUNCH_TIMEOUT_S)
     assert (result.returncode == 0) == ok, result.stdout[-3000:] + result.stderr[-6000:]
     return result
 
