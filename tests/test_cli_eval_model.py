@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import pickle
+import sys
 
 import pytest
 import torch
+from torch import nn
 
 from adt_fast.cli import main
 from adt_fast.models import Normalized, load_external_model
@@ -107,3 +109,93 @@ def test_attacks_needing_more_classes_than_the_dataset_has_blame_attacks(tmp_pat
     assert "error: --attacks: 'apgd-t'" in err and "at least 10 classes" in err, err
     assert "returns 5" in err and "Traceback" not in err
     assert not (tmp_path / "e.json").exists()
+
+
+@pytest.mark.parametrize("factory", ["Detached", "NoGradForward"])
+def test_a_model_without_input_gradients_is_evaluated_and_flagged_as_masking(factory, tmp_path, capsys):
+    """A detached or no_grad forward is a gradient-masking defence to score, not a crash."""
+    out = tmp_path / "e.json"
+    code = main(["eval", "--model", f"external_models:{factory}", *FAST[:-2], "--attacks", "fgsm,pgd:2,square",
+                 "--out", str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    report = json.loads(out.read_text())
+    assert report["gradient_check"]["zero_fraction"] == 1.0
+    assert "input gradient is exactly zero on 4 of 4 examples" in printed.out
+
+
+@pytest.mark.parametrize("spec, weights, message", [
+    ("external_models:ThroughNumpy", None, "fails on a (2, 3, 8, 8) input of synthetic that requires grad"),
+    ("external_models:FailsOnBigBatches", None, "the model failed during the attacks: RuntimeError: only small batches"),
+    ("RAISES:build", None, "importing 'raises_on_import' failed: RuntimeError: broken module"),
+    ("external_models.py:build", None, "is a file path; give the module's import name"),
+    (FACTORY, "DIRECTORY", "is a directory, not a weights file"),
+    (FACTORY, "WHOLE", "holds an object of class torch.nn.modules.container.Sequential"),
+    (FACTORY, "TEXT", "weights-only loading stopped at 'Unsupported operand"),
+    (FACTORY, "EMPTY", "as a torch.save file (EOFError"),
+    (FACTORY, "WIDE", "1 shape differs (3.weight (10, 100) vs (10, 256))"),
+    (FACTORY, "RENAMED", "4 missing (0.weight, 0.bias, 3.weight and 1 more); 4 unexpected (net.0.weight"),
+])
+def test_model_failures_are_one_line_errors_naming_the_flag(spec, weights, message, tmp_path, monkeypatch, capsys):
+    """The user's import, forward and weights file fail with the flag and the cause, no traceback."""
+    (tmp_path / "raises_on_import.py").write_text("raise RuntimeError('broken module')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "folder").mkdir()
+    torch.save(external_models.build(), tmp_path / "whole.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint\n")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    wide = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(100, 10))
+    torch.save(wide.state_dict(), tmp_path / "wide.pt")
+    torch.save(external_models.Detached().state_dict(), tmp_path / "renamed.pt")
+    files = {"DIRECTORY": "folder", "WHOLE": "whole.pt", "TEXT": "text.pt", "EMPTY": "empty.pt",
+             "WIDE": "wide.pt", "RENAMED": "renamed.pt"}
+    args = ["--model", spec.replace("RAISES", "raises_on_import")]
+    if weights is not None:
+        args += ["--weights", str(tmp_path / files[weights])]
+    code = main(["eval", *args, *FAST, "--out", str(tmp_path / "e.json")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    flag = "--weights" if weights else "--model"
+    assert f"error: {flag}: " in err and message in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "e.json").exists()
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod."])
+def test_weights_saved_from_a_wrapped_model_load_without_their_prefix(prefix, tmp_path):
+    """DistributedDataParallel and torch.compile prefix every key; such files are the common case."""
+    trained = external_models.build()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.5)
+    torch.save({prefix + k: v for k, v in trained.state_dict().items()}, tmp_path / "w.pt")
+    model = load_external_model(FACTORY, tmp_path / "w.pt")
+    x = torch.rand(2, 3, 8, 8)
+    torch.testing.assert_close(model(x), trained(x))
+
+
+def test_a_model_instance_can_be_named_instead_of_a_factory(tmp_path, capsys):
+    code = main(["eval", "--model", "external_models:instance", *FAST, "--out", str(tmp_path / "e.json")])
+    assert code == 0, capsys.readouterr().err
+
+
+def test_the_seed_repeats_a_randomised_model(tmp_path, capsys):
+    """--seed seeds the randomness inside the user's forward too: same seed, same report."""
+    args = ["eval", "--model", "external_models:Randomised", *FAST[:3], "32", *FAST[4:-2],
+            "--attacks", "fgsm,pgd:2"]
+    reports = []
+    for name in ("a.json", "b.json"):
+        torch.manual_seed(len(reports))  # whatever the process drew before must not matter
+        assert main([*args, "--out", str(tmp_path / name)]) == 0, capsys.readouterr().err
+        reports.append((tmp_path / name).read_bytes())
+    assert reports[0] == reports[1]
+
+
+def test_a_module_in_the_working_folder_is_found_when_it_is_not_on_sys_path(tmp_path, monkeypatch, capsys):
+    """The installed adt-fast script's sys.path starts at its own folder, not at the working one."""
+    (tmp_path / "my_local_models.py").write_text(
+        "from external_models import build\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path), ".")])
+    code = main(["eval", "--model", "my_local_models:build", *FAST, "--out", str(tmp_path / "e.json")])
+    assert code == 0, capsys.readouterr().err

@@ -27,7 +27,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from ..checks import check_int
-from .engine import apgd, eval_mode, per_example_start, per_example_words
+from .engine import apgd, eval_mode, input_gradient, per_example_start, per_example_words
 from .losses import DLR_CLASSES, DLR_TARGETED_CLASSES, cross_entropy, cw_margin, dlr, dlr_targeted
 from .suite import Attack, AttackContext, AttackOutcome, check_epsilon, stream_seed
 
@@ -268,7 +268,7 @@ class FABAttack(Attack):
             with torch.enable_grad():
                 logits = ctx.logits(z)
                 gap = logits[rows, target] - logits[rows, y]
-                (grad,) = torch.autograd.grad(gap.sum(), z)
+                grad = input_gradient(gap.sum(), z)
             w = torch.nan_to_num(grad.flatten(1), nan=0.0)
             b = (w * x1).sum(1) - gap.detach().to(w.dtype)
             d = linf_hyperplane_projection(torch.cat([x1, flat0]), torch.cat([w, w]), torch.cat([b, b]))

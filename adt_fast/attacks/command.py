@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -232,6 +233,10 @@ def _load_external(args, info, device):
     try:
         check_normalisation(args.mean, args.std)
         flag = "--model"
+        _import_from_working_dir()
+        # A factory's random initialisation, and randomness in the forward (a randomised defence),
+        # then repeat with the seed.
+        torch.manual_seed(args.seed)
         model = build_from_factory(args.model)
         flag = "--weights"
         if args.weights is not None:
@@ -240,19 +245,41 @@ def _load_external(args, info, device):
         raise EvalError(flag, str(err)) from None
     if args.mean is not None:
         model = Normalized(model, args.mean, args.std)
-    model = model.to(device).eval()
-    probe = torch.zeros(1, info.channels, info.image_size, info.image_size, device=device)
     try:
-        with torch.no_grad():
-            logits = model(probe)
+        model = model.to(device).eval()
+    except Exception as err:  # e.g. out of memory, or a model on the meta device
+        raise EvalError("--model", f"cannot move the model to {device}: {type(err).__name__}: {err}") from None
+    _probe(model, info, device)
+    return model
+
+
+def _import_from_working_dir() -> None:
+    """Let --model name a module in the current folder, as `python -m adt_fast` can, when started
+    as the installed `adt-fast` script (whose sys.path starts at the script's folder)."""
+    here = os.getcwd()
+    if not any(entry in ("", here) for entry in sys.path):
+        sys.path.insert(0, here)
+
+
+def _probe(model, info, device) -> None:
+    """Run the model as the attacks will, on two inputs that require grad, with a backward pass, so
+    a model that fails the attacks says so before any attack runs."""
+    import torch
+
+    probe = torch.zeros(2, info.channels, info.image_size, info.image_size, device=device,
+                        requires_grad=True)
+    try:
+        logits = model(probe)
+        if isinstance(logits, torch.Tensor) and logits.requires_grad:
+            torch.autograd.grad(logits.float().sum(), probe, allow_unused=True)
     except Exception as err:  # the user's forward
-        raise EvalError("--model", f"the model fails on a {tuple(probe.shape)} input of "
-                                   f"{info.name}: {type(err).__name__}: {err}") from None
+        raise EvalError("--model", f"the model fails on a {tuple(probe.shape)} input of {info.name} "
+                                   f"that requires grad, as the attacks give it: "
+                                   f"{type(err).__name__}: {err}") from None
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] != info.num_classes:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise EvalError("--model", f"the model returns {shape} for one input; {info.name} needs "
-                                   f"logits of shape (1, {info.num_classes})")
-    return model
+        raise EvalError("--model", f"the model returns {shape} for two inputs; {info.name} needs "
+                                   f"logits of shape (2, {info.num_classes})")
 
 
 def _dataset(args, checkpoint: Optional[Path]):
@@ -419,6 +446,8 @@ def run_eval(args) -> int:
 
 
 def _run(args) -> int:
+    import torch
+
     from .evaluation import evaluate, progress_enabled
 
     job = plan(args)
@@ -432,10 +461,17 @@ def _run(args) -> int:
                               protocol=args.protocol, precision=args.precision,
                               epsilon_curve=args.epsilon_curve, device=job.device,
                               progress=progress_enabled(), distributed=world.parallel)
+    except DistributedError as err:
+        raise EvalError(None, str(err)) from None
     except ValueError as err:
         flag = ("--source-checkpoint" if "source model" in str(err) or "source_model" in str(err)
                 else "--checkpoint" if args.model is None else "--model")
         raise EvalError(flag, str(err)) from None
+    except Exception as err:
+        if args.model is None or isinstance(err, getattr(torch.distributed, "DistError", ())):
+            raise
+        # The user's forward failed on some batch or attack that the probe did not show.
+        raise EvalError("--model", f"the model failed during the attacks: {type(err).__name__}: {err}") from None
     if not world.main:
         return 0
     elapsed = time.perf_counter() - started

@@ -16,6 +16,7 @@ import torch
 
 from ..devices import best_seconds
 from ..ops import sample_and_entropy
+from .engine import input_gradient
 
 BatchedLoss = Callable[[torch.Tensor], torch.Tensor]
 
@@ -126,7 +127,7 @@ def _losses_and_input_grads(loss_fn: BatchedLoss, x_adv: torch.Tensor, per_pass:
         chunk_loss = loss_fn(chunk)
         # The same -1/k that mean(0) of -objective.sum() sends back to every per-example loss.
         weight = torch.full_like(chunk_loss, -1.0) / num_samples
-        grads.append(torch.autograd.grad(chunk_loss, chunk, weight)[0].nan_to_num(nan=0.0))
+        grads.append(input_gradient(chunk_loss, chunk, weight).nan_to_num(nan=0.0))
         losses.append(chunk_loss.detach())
     grad = grads[0] if len(grads) == 1 else torch.cat(grads)
     return torch.cat(losses) if len(losses) > 1 else losses[0], grad.view_as(x_adv)

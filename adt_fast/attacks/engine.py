@@ -99,6 +99,20 @@ def per_example_words(example_ids: torch.Tensor, seed: int, draws: torch.Tensor,
     return torch.stack(reference.philox4x32(counter, key), dim=-1)
 
 
+def input_gradient(loss: torch.Tensor, inputs: torch.Tensor,
+                   weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """d(loss)/d(inputs), or d(loss . weight)/d(inputs) for a weighted sum.
+
+    Zeros where the model does not depend on its input through autograd (it detaches the input,
+    or runs under no_grad): such a model is evaluated, and the sanity checks report its zero
+    gradients as a sign of masking, rather than every gradient attack failing.
+    """
+    if not loss.requires_grad:
+        return torch.zeros_like(inputs)
+    (grad,) = torch.autograd.grad(loss, inputs, weight, allow_unused=True, materialize_grads=True)
+    return grad
+
+
 def project(x_adv: torch.Tensor, x: torch.Tensor, epsilon: float,
             bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
     """Onto the epsilon-ball around x, then into the valid input range."""
@@ -130,7 +144,7 @@ def iterative_attack(loss_fn: PerExampleLoss, x: torch.Tensor, *, epsilon: float
         x_adv.requires_grad_(True)
         with torch.enable_grad():
             loss = loss_fn(x_adv)
-            (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+            grad = input_gradient(loss.sum(), x_adv)
         direction = torch.nan_to_num(grad.float(), nan=0.0)
         if minimize:
             direction = -direction
@@ -208,7 +222,7 @@ def apgd(loss_fn: LossAndHit, x: torch.Tensor, *, epsilon: float, steps: int,
         z = z.detach().requires_grad_(True)
         with torch.enable_grad():
             loss, hit = loss_fn(z)
-            (grad,) = torch.autograd.grad(loss.sum(), z)
+            grad = input_gradient(loss.sum(), z)
         return loss.detach().float(), hit.detach(), torch.nan_to_num(grad.float(), nan=0.0)
 
     loss, hit, grad = value_and_grad(x_adv)

@@ -23,7 +23,7 @@ from ..devices import bf16_emulation_warning
 from ..distributed import World, current as dist_world
 from .autoattack import COMPONENTS as AUTOATTACK_VERSIONS, GRADIENT_COMPONENTS
 from .distribution import check_non_negative
-from .engine import eval_mode, model_device
+from .engine import eval_mode, input_gradient, model_device
 from .losses import cross_entropy
 from .report import Report, attack_order, sanity_warnings, worst_case
 from .suite import (CW_STEPS, DEFAULT_ATTACKS, DIST_LAMBDA, DIST_SAMPLES, DIST_STEPS,
@@ -122,7 +122,7 @@ def _input_gradients(ctx: AttackContext, x: torch.Tensor, y: torch.Tensor):
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         logits = ctx.logits(x)
-        (grad,) = torch.autograd.grad(cross_entropy(logits, y).sum(), x)
+        grad = input_gradient(cross_entropy(logits, y).sum(), x)
     grad = grad.flatten(1)
     finite = torch.isfinite(grad).all(1)
     zero = finite & (grad == 0).all(1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+import re
 from typing import Optional, Sequence, Union
 
 import torch
@@ -19,6 +20,8 @@ from torch import nn
 
 # Wrappers that training scripts commonly put around a state dict.
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+# Prefixes that wrapping a model puts on every key of its state dict (DDP/DataParallel, torch.compile).
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 class ExternalModelError(ValueError):
@@ -83,22 +86,31 @@ def check_normalisation(mean: Optional[Sequence[float]], std: Optional[Sequence[
 
 
 def build_from_factory(spec: str) -> nn.Module:
-    """Call the factory named "package.module:attribute" (attribute may be dotted) with no arguments."""
+    """The model "package.module:attribute" names (attribute may be dotted): a factory called with
+    no arguments, or a model instance itself."""
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise ExternalModelError(f"expected MODULE:FACTORY such as mypackage.models:build, got {spec!r}")
+    if module_name.endswith(".py") or os.sep in module_name:
+        raise ExternalModelError(f"{module_name!r} is a file path; give the module's import name "
+                                 f"(models:build for models.py in the current folder or on PYTHONPATH)")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise ExternalModelError(f"cannot import {module_name!r} ({err}); is it installed, or on "
                                  f"PYTHONPATH?") from None
+    except Exception as err:  # the user's module raised while being imported (SyntaxError included)
+        raise ExternalModelError(f"importing {module_name!r} failed: {type(err).__name__}: {err}") from None
     factory = module
     for part in attribute.split("."):
         if not hasattr(factory, part):
             raise ExternalModelError(f"{module_name!r} has no attribute {attribute!r}")
         factory = getattr(factory, part)
+    if isinstance(factory, nn.Module):
+        return factory
     if not callable(factory):
-        raise ExternalModelError(f"{spec} is not callable (a function or class that builds the model)")
+        raise ExternalModelError(f"{spec} is neither a model nor callable (a function or class that "
+                                 f"builds the model)")
     try:
         model = factory()
     except Exception as err:  # the user's code: report whatever it raised, with its type
@@ -108,17 +120,60 @@ def build_from_factory(spec: str) -> nn.Module:
     return model
 
 
+def _refusal(err: Exception) -> str:
+    """Why torch's weights-only unpickler stopped, in a few words (its own message is long)."""
+    text = str(err)
+    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if refused:
+        return (f"it holds an object of class {refused.group(1)}, which weights-only loading refuses "
+                f"(unpickling it could run arbitrary code)")
+    detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    return (f"weights-only loading stopped at '{detail.group(1).strip() if detail else text.splitlines()[0]}' "
+            f"(a damaged file, one not written by torch.save, or one whose unpickling could run "
+            f"arbitrary code)")
+
+
+def _strip_wrapper_prefix(state: dict, model: nn.Module) -> dict:
+    """Keys without the prefix that DistributedDataParallel/DataParallel ("module.") or
+    torch.compile ("_orig_mod.") put on every key, when every key has it and the model's have not."""
+    wanted = model.state_dict().keys()
+    for prefix in _WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in wanted):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _misfit(model: nn.Module, state: dict) -> str:
+    """What differs between the weights and the model, in one line."""
+    wanted = model.state_dict()
+    missing = [k for k in wanted if k not in state]
+    unexpected = [k for k in state if k not in wanted]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(wanted[k].shape)}" for k in wanted
+              if k in state and state[k].shape != wanted[k].shape]
+    parts = []
+    for label, names in (("missing", missing), ("unexpected", unexpected), ("shape differs", shapes)):
+        if names:
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            parts.append(f"{len(names)} {label} ({', '.join(names[:3])}{more})")
+    return "; ".join(parts)
+
+
 def load_weights(model: nn.Module, path: Union[str, os.PathLike]) -> None:
-    """Load a state dict (or a dict holding one under state_dict / model_state_dict / model)."""
+    """Load a state dict (or a dict holding one under state_dict / model_state_dict / model).
+
+    A prefix that wrapping put on every key ("module.", "_orig_mod.") is removed first."""
+    if os.path.isdir(path):
+        raise ExternalModelError(f"{path} is a directory, not a weights file")
     if not os.path.isfile(path):
         raise ExternalModelError(f"weights file {path} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ExternalModelError(f"refusing to load {path}: it is not a weights-only file and "
-                                 f"loading it could run arbitrary code ({err})") from None
+        raise ExternalModelError(f"refusing to load {path}: {_refusal(err)}; save model.state_dict() "
+                                 f"alone and pass that file") from None
     except Exception as err:
-        raise ExternalModelError(f"cannot read {path} ({type(err).__name__}: {err})") from None
+        raise ExternalModelError(f"cannot read {path} as a torch.save file "
+                                 f"({type(err).__name__}: {err})") from None
     if isinstance(payload, dict):
         for key in _STATE_DICT_KEYS:
             if isinstance(payload.get(key), dict):
@@ -127,10 +182,12 @@ def load_weights(model: nn.Module, path: Union[str, os.PathLike]) -> None:
     if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
         raise ExternalModelError(f"{path} holds no state dict (a dict of tensors, or one under "
                                  f"{', '.join(_STATE_DICT_KEYS)})")
+    payload = _strip_wrapper_prefix(payload, model)
     try:
         model.load_state_dict(payload)
     except RuntimeError as err:
-        raise ExternalModelError(f"the weights in {path} do not fit the model: {err}") from None
+        misfit = _misfit(model, payload) or f"{err}".splitlines()[0]
+        raise ExternalModelError(f"the weights in {path} do not fit the model: {misfit}") from None
 
 
 def load_external_model(spec: str, weights: Union[None, str, os.PathLike] = None, *,
