@@ -153,3 +153,12 @@ def test_missing_matplotlib_skips_only_the_png(tmp_path, monkeypatch):
         written = report.save(tmp_path / "r.json")
     assert [p.suffix for p in written] == [".json", ".csv"]
     assert (tmp_path / "r.json").is_file() and not (tmp_path / "r.png").exists()
+
+
+def test_a_report_saved_without_a_plot_removes_the_earlier_reports_plot(tmp_path):
+    """A stale PNG beside a new report would show results that are not this report's."""
+    _report().save(tmp_path / "r.json")
+    assert (tmp_path / "r.png").is_file()
+    written = _report().save(tmp_path / "r.json", plot=False)
+    assert [p.suffix for p in written] == [".json", ".csv"]
+    assert not (tmp_path / "r.png").exists()

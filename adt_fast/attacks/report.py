@@ -263,7 +263,8 @@ class Report:
 
         The paths are checked first (:func:`report_paths`), and all three files are rendered before
         the first is written, each atomically. Without matplotlib the PNG is skipped with a
-        warning: the attacks' results are never lost.
+        warning: the attacks' results are never lost. An earlier report's PNG is removed when no
+        PNG is written, so the plot beside a report is always its own.
         """
         json_path, csv_path, png_path = report_paths(path, protect)
         staged = {json_path: self.json_text().encode(), csv_path: self.csv_text().encode()}
@@ -281,6 +282,8 @@ class Report:
                 kept = f"; {', '.join(map(str, written))} written before it" if written else ""
                 raise OSError(f"{target}: {os_error_text(err)}{kept}") from None
             written.append(target)
+        if png_path not in staged and png_path.exists():
+            png_path.unlink()  # an earlier report's plot (report_paths checked), no longer this one's
         return tuple(staged)
 
     def json_text(self) -> str:
