@@ -50,3 +50,13 @@ def test_paper_protocol_extras_are_checked_against_the_classes_before_attacking(
                  "--out", str(tmp_path / "e.json")])
     assert code == 2
     assert "error: --attacks: 'apgd-t'" in capsys.readouterr().err
+
+def test_std_without_mean_is_refused_also_with_a_checkpoint(finished_run, tmp_path, capsys):
+    """--mean and --std: 'give both or neither'. With --checkpoint, only --mean is caught by the
+    goes-with---model check; a lone --std must be refused too, not silently ignored while the
+    report is written as if it had been applied."""
+    out = tmp_path / "r.json"
+    code = main(["eval", "--checkpoint", str(finished_run), "--std", "0.2,0.2,0.2", *FAST, "--out", str(out)])
+    assert code == 2
+    assert "error: --mean/--std" in capsys.readouterr().err
+    assert not out.exists()

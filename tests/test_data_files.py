@@ -131,3 +131,48 @@ def test_image_size_equal_to_the_minimum_is_accepted(tmp_path, monkeypatch):
             PIL.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(folder / "0.png")
     loaded = open_dataset(str(tmp_path / "imgs"), image_size=MIN_IMAGE_SIZE)
     assert loaded.train[0].shape[-2:] == (MIN_IMAGE_SIZE, MIN_IMAGE_SIZE)
+
+def test_idx_magic_number_must_start_with_two_zero_bytes(tmp_path):
+    """The IDX magic number is 00 00 TYPE NDIM: a file whose first two bytes are not zero is not an
+    IDX file (a different format, or a damaged one) even if its type and dimension bytes fit."""
+    _write_mnist(tmp_path, compressed=False)
+    path = tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    for index in (0, 1):
+        data = bytearray(_idx_bytes(np.zeros(5, np.uint8)))
+        data[index] = 0x01
+        path.write_bytes(bytes(data))
+        with pytest.raises(DatasetFileError, match="magic number"):
+            load("mnist", "test", data_dir=tmp_path)
+
+
+def test_idx_split_with_no_examples_loads_as_empty_tensors(tmp_path):
+    """The label-range check looks at the labels only when there are some: a split that holds
+    zero examples reads as empty tensors, not as numpy's 'zero-size array' error."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "t10k-images-idx3-ubyte").write_bytes(_idx_bytes(np.zeros((0, 28, 28), np.uint8)))
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(0, np.uint8)))
+    x, y = load("mnist", "test", data_dir=tmp_path)
+    assert tuple(x.shape) == (0, 1, 28, 28) and tuple(y.shape) == (0,)
+
+
+def test_idx_images_that_are_not_square_keep_rows_and_columns(tmp_path):
+    """IDX images are (N, rows, cols) and load() returns NCHW: x[n, 0] is image n as stored, also
+    when rows != cols (a square test cannot tell rows from columns)."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = np.arange(2 * 28 * 30, dtype=np.uint32).astype(np.uint8).reshape(2, 28, 30)
+    (raw / "t10k-images-idx3-ubyte").write_bytes(_idx_bytes(images))
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(_idx_bytes(np.array([3, 4], np.uint8)))
+    x, _ = load("mnist", "test", data_dir=tmp_path)
+    assert tuple(x.shape) == (2, 1, 28, 30)
+    assert x[1, 0, 5, 29].item() == pytest.approx(images[1, 5, 29] / 255)
+
+
+def test_data_dir_default_without_the_environment_variable_is_the_documented_cache(tmp_path, monkeypatch):
+    """docs/data.md: 'If data_dir is not given it is $ADT_FAST_DATA_DIR, else ~/.cache/adt_fast/data'."""
+    monkeypatch.delenv("ADT_FAST_DATA_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    written = _write_mnist(tmp_path / ".cache" / "adt_fast" / "data", compressed=False)
+    x, y = load("mnist", "test")
+    assert y.tolist() == written["test"][1].tolist()

@@ -99,3 +99,16 @@ PUBLISHED = {
 
 def test_every_published_checksum_is_torchvisions():
     assert fetch.MD5_CHECKSUMS == PUBLISHED
+
+def test_archive_unpacks_into_a_data_dir_reached_through_a_symlink(tmp_path, file_server, monkeypatch):
+    """The unsafe-member check compares resolved paths: the staging folder must be resolved too,
+    or every member of an archive unpacked under a symlinked data_dir (a data disk linked into
+    the home folder, say) looks as if it escaped the folder and the download is refused."""
+    served, base_url = file_server
+    archive = _serve_tiny_cifar(tmp_path, served)
+    real = tmp_path / "disk" / "data"
+    real.mkdir(parents=True)
+    (tmp_path / "data").symlink_to(real, target_is_directory=True)
+    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+    download("cifar10", tmp_path / "data", base_url=base_url)
+    assert (real / "cifar-10-batches-py" / "x").read_bytes() == b"payload" * 1000

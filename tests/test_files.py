@@ -64,3 +64,16 @@ def test_write_atomic_fsyncs_all_the_written_bytes(tmp_path, monkeypatch, mode, 
     monkeypatch.setattr(files.os, "fsync", fsync)
     files.write_atomic(tmp_path / "f", lambda handle: handle.write(data), mode=mode)
     assert synced == [30]
+
+def test_write_atomic_leaves_a_reader_of_the_old_file_reading_the_old_file_whole(tmp_path):
+    """The docstring's promise: a reader sees the old file or the new one, never half of one. So the
+    new file must arrive by rename (a new inode), not by rewriting the target in place - a reader
+    that opened the target before the write keeps reading the old bytes, all of them."""
+    target = tmp_path / "report.json"
+    target.write_bytes(b"old" * 1000)
+    with open(target, "rb", buffering=0) as reader:   # unbuffered: every read goes to the file
+        first = reader.read(3)
+        files.write_atomic(target, lambda handle: handle.write(b"new"))
+        rest = reader.read()
+    assert first + rest == b"old" * 1000
+    assert target.read_bytes() == b"new"
