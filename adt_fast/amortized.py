@@ -116,10 +116,14 @@ def amortized_loss(loss: torch.Tensor, entropy: Optional[torch.Tensor], lbd: flo
 
     ``loss`` is the classifier's per-example loss computed through ``reverse_gradient``;
     ``entropy`` the per-example entropy estimate (explicit_perturbation) or bound
-    (entropy_lower_bound), or None for L2L. See the module docstring for the signs.
+    (entropy_lower_bound), or None for L2L. See the module docstring for the signs. The entropy
+    term is kept at ``lbd == 0`` (times 0: its networks get zero gradients, not none).
     """
     total = loss.mean()
-    if entropy is not None and lbd != 0:
+    if entropy is not None:
+        # Also at lbd == 0: the entropy's networks (q) then stay in the graph with exactly zero
+        # gradients, which DDP needs (it expects a gradient for every parameter), and which
+        # leave them unchanged under Adam without weight decay (zero moments, zero step).
         total = total - lbd * entropy.mean()
     return total
 
@@ -182,7 +186,8 @@ HINGE_OVER = ("batch", "example")
 
 
 def entropy_lower_bound(q_mean: torch.Tensor, q_std: torch.Tensor, z: torch.Tensor, *,
-                        hinge: Optional[float] = DEFAULT_HINGE, hinge_over: str = "batch") -> torch.Tensor:
+                        hinge: Optional[float] = DEFAULT_HINGE, hinge_over: str = "batch",
+                        hinge_mean: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
     """The variational entropy bound U(q) of Eq. A.2 without its constant, one value per example.
 
     Returns (B,) values: the mean over the noise_dim dimensions of the diagonal Gaussian
@@ -194,6 +199,11 @@ def entropy_lower_bound(q_mean: torch.Tensor, q_std: torch.Tensor, z: torch.Tens
     the batch mean, ``min(mean_i U_i, -hinge)``; ``hinge_over="batch"`` returns
     ``U_i - relu(mean_i U_i + hinge)``, whose batch mean is exactly that (and so are its
     gradients). ``hinge_over="example"`` clamps each example: ``min(U_i, -hinge)``.
+
+    ``hinge_mean(values)`` is the batch mean the hinge acts on (default ``values.mean()``).
+    Under data parallelism, where the rows are one process's share of a global batch, pass a
+    differentiable mean over the global batch (an all-reduced sum over the global batch size), so
+    that the hinge acts on the global batch as in one process.
     """
     if q_mean.dim() != 2 or q_std.shape != q_mean.shape or z.shape != q_mean.shape:
         raise ValueError(f"q_mean, q_std and z must all have shape (B, noise_dim); got "
@@ -208,7 +218,8 @@ def entropy_lower_bound(q_mean: torch.Tensor, q_std: torch.Tensor, z: torch.Tens
         return bound
     if hinge_over == "example":
         return torch.clamp(bound, max=-hinge)
-    return bound - F.relu(bound.mean() + hinge)
+    mean = bound.mean() if hinge_mean is None else hinge_mean(bound)
+    return bound - F.relu(mean + hinge)
 
 
 # ------------------------------------------------------------------------------------------------

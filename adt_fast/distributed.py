@@ -254,6 +254,12 @@ class BatchShard:
         full = like.new_empty((self.total, *like.shape[1:]))
         return self.rows(sample(full))
 
+    def global_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """The global batch's mean of per-example values, given our rows' values. Differentiable:
+        the backward all-reduces the gradient, so after DDP's share-weighted average every
+        example's gradient through it is the one process's."""
+        return _AllReduceSum.apply(values.sum()) / self.total
+
     def op_normals(self, like: torch.Tensor, num_samples: int, backend: str) -> torch.Tensor:
         """The sampling op's normals (k, B_local, *S) for our rows of the global batch."""
         from .ops.sample_and_entropy import draw_normals

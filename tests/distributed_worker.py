@@ -2,7 +2,8 @@
 
     python -m torch.distributed.run ... tests/distributed_worker.py methods OUT [METHOD ...]
         trains each method (default METHODS; small settings, --sync-bn) into OUT/<method>, in one
-        process group, in the contiguous format that rank 0 measures as the faster;
+        process group, in the contiguous format that rank 0 measures as the faster; a METHOD may
+        also be one of VARIANTS, a method with other settings;
     python -m torch.distributed.run ... tests/distributed_worker.py methods-channels-last OUT [METHOD ...]
         the same in channels_last;
     python -m torch.distributed.run ... tests/distributed_worker.py kill-after STEPS -- TRAIN ARGS
@@ -25,10 +26,22 @@ from pathlib import Path
 METHODS = ("standard", "at-pgd", "adt-exp", "adt-exp-am")
 FAILURE = "a corrupt batch on rank 1"
 OTHER_METHODS = ("trades", "adt-imp-am", "at-fgsm", "alp", "l2l")
+# name: (method, settings). ADT_IMP-AM with no entropy term (q must stay in DDP's graph), and with
+# a hinge of 1.2, within the spread of the tiny runs' batch-mean bounds (about -1.13 to -1.26):
+# active on some global batches but not on some ranks' shares, or the other way round.
+VARIANTS = {
+    "adt-imp-am-lbd0": ("adt-imp-am", {"lbd": 0.0}),
+    "adt-imp-am-trades-beta0": ("adt-imp-am", {"loss": "trades", "beta": 0.0, "beta_scales_entropy": True}),
+    "adt-imp-am-hinge1.2": ("adt-imp-am", {"hinge": 1.2}),
+}
 
 
 def small_config(method: str, out: Path, **overrides):
     from adt_fast.train import TrainConfig
+
+    if method in VARIANTS:
+        method, settings = VARIANTS[method]
+        overrides = {**settings, **overrides}
 
     extra = {"generator_width": 8} if method in ("adt-exp-am", "adt-imp-am", "l2l") else {}
     if method in ("at-pgd", "adt-exp", "trades", "alp"):

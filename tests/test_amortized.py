@@ -1,5 +1,6 @@
 """The shared pieces of amortised ADT and of the AT-FGSM / ALP / L2L baselines."""
 
+import copy
 import math
 
 import pytest
@@ -435,3 +436,74 @@ def test_q_optimiser_has_adams_default_betas():
     """The authors' optimizer_encoder = Adam(lr=2e-4): default betas (0.9, 0.999)."""
     q_opt = am.q_optimizer(nn.Linear(2, 2))
     assert q_opt.param_groups[0]["betas"] == (0.9, 0.999) and q_opt.param_groups[0]["lr"] == 2e-4
+
+
+# lambda 0 keeps q in the graph (DDP once failed without its gradients); the hinge's batch mean is
+# the global batch's under data parallelism (issue review 2026-12-06).
+def test_amortized_loss_at_lambda_0_gives_the_entropy_networks_zero_gradients_and_adam_no_step(task):
+    """At lbd == 0 the objective's value and the generator's gradients are those without the
+    entropy term, bit for bit; q gets gradients of exactly zero (not None: DDP expects a gradient
+    for every parameter), and Adam's step on them leaves q as it was."""
+    model, x, y = task
+    torch.manual_seed(2)
+    gen, q = PerturbationGenerator(1, 8, "implicit", width=4), QNetwork(1, 8)
+    z = am.sample_noise(x.shape[0])
+    inputs = am.generator_inputs(model, x, y, 0.1)
+
+    def objective(with_entropy):
+        x_adv, t = am.tanh_perturbation(gen(inputs, z), x, 0.1)
+        loss = cross_entropy(model(am.reverse_gradient(x_adv)), y)
+        return am.amortized_loss(loss, am.entropy_lower_bound(*q(t), z) if with_entropy else None, 0.0)
+
+    without = objective(False)
+    without.backward()
+    expected = [p.grad.clone() for p in gen.parameters()]
+    gen.zero_grad(set_to_none=True)
+    assert all(p.grad is None for p in q.parameters())
+    total = objective(True)
+    assert torch.equal(total, without)
+    total.backward()
+    for got, want in zip((p.grad for p in gen.parameters()), expected):
+        assert torch.equal(got, want)
+    assert all(p.grad is not None and not p.grad.any() for p in q.parameters())
+    before = copy.deepcopy(q.state_dict())
+    optimiser = am.q_optimizer(q)
+    for _ in range(3):
+        optimiser.step()
+    for name, value in q.named_parameters():
+        assert torch.equal(value, before[name]), name
+
+
+@pytest.mark.parametrize("offset", [-0.02, 0.02], ids=["binds-on-a-share", "binds-on-the-batch"])
+def test_the_batch_hinge_on_the_global_mean_gives_each_share_one_process_gradient(offset):
+    """Two ranks' shares (uneven: 3 and 5 rows) with the hinge on the global batch's mean
+    (``hinge_mean``): every row's hinged value is one process's, and DDP's average of the two
+    objectives weighted by share (N x share / global batch, adt_fast.train.parallel) has one
+    process's gradient; the hinge on each share's own mean (the former behaviour) has neither."""
+    torch.manual_seed(3)
+    z = am.sample_noise(8, 6)
+    q_mean = (z + 0.3 * torch.randn(8, 6)).requires_grad_(True)
+    q_std = torch.full((8, 6), 0.45)
+    plain = am.entropy_lower_bound(q_mean, q_std, z, hinge=None)
+    hinge = -plain.mean().item() + offset        # binds on the global batch iff offset > 0
+    shares = [(0, 3), (3, 8)]
+    assert any((plain[a:b].mean().item() > -hinge) != (offset > 0) for a, b in shares)  # not so on a share
+    single = am.entropy_lower_bound(q_mean, q_std, z, hinge=hinge)
+    (expected,) = torch.autograd.grad(single.mean(), q_mean)
+
+    def ranks(global_mean):
+        values, objective = [], 0
+        for a, b in shares:
+            # The all-reduced sum over the global batch, in one graph: its gradient reaches every
+            # share's rows, as _AllReduceSum's backward sends each rank's gradient to all ranks.
+            mean = (lambda v, a=a, b=b: (v.sum() + plain[:a].sum() + plain[b:].sum()) / 8) if global_mean else None
+            hinged = am.entropy_lower_bound(q_mean[a:b], q_std[a:b], z[a:b], hinge=hinge, hinge_mean=mean)
+            values.append(hinged)
+            objective = objective + len(shares) * (b - a) / 8 * hinged.mean() / len(shares)
+        return torch.cat(values), torch.autograd.grad(objective, q_mean)[0]
+
+    values, grad = ranks(global_mean=True)
+    torch.testing.assert_close(values, single)
+    torch.testing.assert_close(grad, expected)
+    values, grad = ranks(global_mean=False)
+    assert not torch.allclose(values, single) and not torch.allclose(grad, expected)

@@ -331,3 +331,25 @@ def test_implicit_generator_hinges_the_batch_mean_by_default():
     hinge = -plain.mean().item() + 0.01          # binds on the batch mean, not on every example
     assert (plain < -hinge).any() and (plain > -hinge).any()
     torch.testing.assert_close(entropy(hinge), plain - 0.01)
+
+
+# lambda 0 (issue review 2026-12-06): q stays in the step's graph, with zero gradients.
+@pytest.mark.parametrize("extra", [{"lbd": 0.0}, {"loss": "trades", "beta": 0.0, "beta_scales_entropy": True}],
+                         ids=["lbd-0", "trades-beta-0-scales-entropy"])
+def test_adt_imp_am_without_entropy_weight_gives_q_zero_gradients_and_leaves_it_alone(extra):
+    """The entropy term stays in the objective times 0: every q parameter gets a gradient (DDP
+    fails on parameters without one), exactly zero, so q's Adam leaves it as built."""
+    torch.manual_seed(0)
+    cfg = TrainConfig("adt-imp-am", "synthetic", "unused", generator_width=4, **extra).resolve()
+    model = build_model("small-cnn", 10, in_channels=3, image_size=8)
+    method = build_method(cfg, model, Runtime())
+    q = method.modules()["q"]
+    before = copy.deepcopy(dict(q.named_parameters()))
+    optimisers = {"model": torch.optim.SGD(model.parameters(), lr=0.1), **method.optimisers()}
+    for _ in range(2):
+        method.train_step(model, torch.rand(4, 3, 8, 8), torch.randint(0, 10, (4,)), optimisers)
+        assert all(p.grad is not None and not p.grad.any() for p in q.parameters())
+    for name, value in q.named_parameters():
+        assert torch.equal(value, before[name]), name
+    if "beta" not in extra:  # with beta 0 the generator's KL term has no weight either
+        assert any(p.grad is not None and p.grad.any() for p in method.modules()["generator"].parameters())

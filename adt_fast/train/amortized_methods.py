@@ -102,7 +102,8 @@ class ExplicitGenerator(GeneratorPerturbation):
 
 class ImplicitGenerator(GeneratorPerturbation):
     """ADT_IMP-AM (Alg. 4): delta = eps * tanh(G(x, g1, g2, z)), z ~ U(-1, 1)^64, and the bound
-    U(q) = mean_j log q(z_j | delta) of Eq. A.2 / A.3 (hinged at -hinge unless hinge is None)."""
+    U(q) = mean_j log q(z_j | delta) of Eq. A.2 / A.3 (hinged at -hinge unless hinge is None).
+    Under data parallelism the batch hinge acts on the global batch's mean of the bound."""
 
     mode = "implicit"
 
@@ -125,7 +126,8 @@ class ImplicitGenerator(GeneratorPerturbation):
         z = rt.draw(lambda like: am.sample_noise(like.shape[0], self.generator.noise_dim, like.device), x)
         x_adv, t = am.tanh_perturbation(_run(rt, self.generator, inputs, z), x, self.epsilon)
         q_mean, q_std = _run(rt, self.q, t)
-        return x_adv, am.entropy_lower_bound(q_mean, q_std, z, hinge=self.hinge, hinge_over=self.hinge_over)
+        return x_adv, am.entropy_lower_bound(q_mean, q_std, z, hinge=self.hinge, hinge_over=self.hinge_over,
+                                             hinge_mean=None if rt.shard is None else rt.shard.global_mean)
 
 
 # ------------------------------------------------------------------------------------------------
