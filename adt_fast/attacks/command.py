@@ -123,7 +123,11 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                              "A_rob; --attacks then adds to them")
     parser.add_argument("--dataset", default=None, metavar="NAME|PATH",
                         help=f"the dataset whose test split is attacked: {', '.join(DATASETS)}, an .npz "
-                             f"file or an image folder (default: the one the run recorded in dataset.json)")
+                             f"file (only x_test, y_test are read) or an image folder (only test/ is read) "
+                             f"(default: the one the run recorded in dataset.json)")
+    parser.add_argument("--image-size", type=int, default=None, metavar="N",
+                        help="resize an image folder's images to N x N, the size the model takes (default: "
+                             "their one size; for the run's own folder, the size the run recorded)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="where the dataset files are (default: $ADT_FAST_DATA_DIR or ~/.cache/adt_fast/data)")
     parser.add_argument("--download", action="store_true", help="download missing dataset files")
@@ -177,9 +181,10 @@ def _device(text: str):
         raise EvalError("--device", f"{text}: {err}") from None
 
 
-def _load_model(resolved, flag: str, info, device):
-    """The checkpoint's classifier, checked against the dataset before any attack runs, and what
-    trained it (checkpoint.read_model)."""
+def _load_model(resolved, flag: str, info, device, fit_classes=None):
+    """The checkpoint's classifier, checked against the dataset before any attack runs, what
+    trained it (checkpoint.read_model), and the dataset's info with the model's number of classes
+    when the data takes it from the model (``fit_classes``, see ``_with_model_classes``)."""
     from ..train.checkpoint import CheckpointError, read_model
 
     try:
@@ -187,14 +192,33 @@ def _load_model(resolved, flag: str, info, device):
     except CheckpointError as err:
         raise EvalError(flag, str(err)) from None
     config = getattr(model, "config", {}) or {}
+    if "num_classes" in config:
+        info = _with_model_classes(info, fit_classes, config["num_classes"])
     expected = {"num_classes": info.num_classes, "in_channels": info.channels,
                 "image_size": info.image_size}
     for key, value in expected.items():
         if key in config and config[key] != value:
+            resize = key == "image_size" and fit_classes is not None and Path(info.name).is_dir()  # your own folder
             raise EvalError(flag, f"the model in {resolved} {_shape_words(key, config[key], 'takes')} "
                                   f"but --dataset {info.name} {_shape_words(key, value, 'has')}: "
-                                  f"it was trained for another dataset")
-    return model, trained
+                                  + (f"pass --image-size {config[key]} to resize the folder's images to the "
+                                     f"model's size" if resize else "it was trained for another dataset"))
+    return model, trained, info
+
+
+def _with_model_classes(info, fit_classes, num_classes: int):
+    """The dataset's info for a model predicting ``num_classes`` classes. Your own test split read
+    alone takes the model's count (``fit_classes`` is TestSplit.info, which refuses labels that
+    cannot be the model's classes); other data (``fit_classes`` None) keeps its own, which the
+    callers compare with the model's."""
+    from ..data import DatasetSpecError
+
+    if fit_classes is None:
+        return info
+    try:
+        return fit_classes(num_classes)
+    except DatasetSpecError as err:
+        raise EvalError("--dataset", str(err)) from None
 
 
 def _shape_words(key: str, value: int, verb: str) -> str:
@@ -217,8 +241,9 @@ def _resolve_checkpoint(path: str, flag: str):
         raise EvalError(flag, str(err)) from None
 
 
-def _load_external(args, info, device):
-    """--model/--weights/--mean/--std: a model trained elsewhere, checked on one input."""
+def _load_external(args, info, device, fit_classes=None):
+    """--model/--weights/--mean/--std: a model trained elsewhere, checked on one input; and the
+    dataset's info with the model's number of classes where the data takes it (``fit_classes``)."""
     import torch
 
     from ..models.external import (ExternalModelError, Normalized, build_from_factory,
@@ -249,8 +274,12 @@ def _load_external(args, info, device):
         model = model.to(device).eval()
     except Exception as err:  # e.g. out of memory, or a model on the meta device
         raise EvalError("--model", f"cannot move the model to {device}: {type(err).__name__}: {err}") from None
-    _probe(model, info, device)
-    return model
+    num_classes = _probe(model, info, device)
+    info = _with_model_classes(info, fit_classes, num_classes)
+    if num_classes != info.num_classes:
+        raise EvalError("--model", f"the model returns (2, {num_classes}) for two inputs; {info.name} needs "
+                                   f"logits of shape (2, {info.num_classes})")
+    return model, info
 
 
 def _import_from_working_dir() -> None:
@@ -261,9 +290,10 @@ def _import_from_working_dir() -> None:
         sys.path.insert(0, here)
 
 
-def _probe(model, info, device) -> None:
+def _probe(model, info, device) -> int:
     """Run the model as the attacks will, on two inputs that require grad, with a backward pass, so
-    a model that fails the attacks says so before any attack runs."""
+    a model that fails the attacks says so before any attack runs; the number of classes it
+    predicts."""
     import torch
 
     probe = torch.zeros(2, info.channels, info.image_size, info.image_size, device=device,
@@ -276,20 +306,26 @@ def _probe(model, info, device) -> None:
         raise EvalError("--model", f"the model fails on a {tuple(probe.shape)} input of {info.name} "
                                    f"that requires grad, as the attacks give it: "
                                    f"{type(err).__name__}: {err}") from None
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] != info.num_classes:
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != 2:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise EvalError("--model", f"the model returns {shape} for two inputs; {info.name} needs "
-                                   f"logits of shape (2, {info.num_classes})")
+        raise EvalError("--model", f"the model returns {shape} for two inputs; it must return logits of "
+                                   f"shape (2, number of classes)")
+    return logits.shape[1]
 
 
 def _dataset(args, checkpoint: Optional[Path]):
-    """(info, a function returning the test split): --dataset, else the run's dataset.json.
+    """(info, a function returning the test split, ``fit_classes``): --dataset, else the run's
+    dataset.json.
 
     A named dataset's test split is read only when asked for (after the checkpoint has been
-    checked); your own data is opened here, since its classes and image size come from it.
+    checked). Your own data's test split is read here, since its image size and channels come
+    from it, and alone: its train arrays (train/) are never used. Its labels need not show every
+    class, so its number of classes is the model's: ``fit_classes`` (TestSplit.info) gives its
+    info for the model's count; it is None for data that knows its classes (a named dataset, a
+    run's recorded data, re-read whole to check its content hash).
     """
     from ..data import (DATASETS, SOURCE_FILE, ChecksumError, DatasetFileError, DatasetSpecError, DownloadError,
-                        dataset_info, load, open_dataset, read_source, reopen)
+                        dataset_info, load, open_test_split, read_source, reopen, resize_problem)
 
     name = args.dataset
     if checkpoint is None and name is None:
@@ -301,16 +337,23 @@ def _dataset(args, checkpoint: Optional[Path]):
             raise EvalError("--dataset", f"not given, and {run_dir} holds no {SOURCE_FILE} saying what the "
                                          f"model was trained on; pass --dataset NAME|PATH")
         if name is None and record["kind"] != "named":
+            _check_recorded_size(args.image_size, record)
             loaded = reopen(record, data_dir=args.data_dir, download=args.download)
             print(f"data: {loaded.info.name} (from {run_dir / SOURCE_FILE}, content hash checked)", file=sys.stderr)
-            return loaded.info, lambda: loaded.test
+            return loaded.info, lambda: loaded.test, None
         name = record["name"] if name is None else name
+        problem = resize_problem(name, args.image_size)
+        if problem is not None:
+            raise EvalError("--image-size", problem)
         if name not in DATASETS:
-            # The run's own folder given again is read at the size the run resized it to.
+            # The run's own folder given again is read at the size the run resized it to, unless
+            # --image-size says another (which the model's image size must then be).
             same = record is not None and record.get("path") == str(Path(name).expanduser().resolve())
-            loaded = open_dataset(name, data_dir=args.data_dir, download=args.download,
-                                  image_size=record.get("resize") if same else None)
-            return loaded.info, lambda: loaded.test
+            image_size = args.image_size
+            if image_size is None and same:
+                image_size = record.get("resize")
+            data = open_test_split(name, image_size=image_size, data_dir=args.data_dir, download=args.download)
+            return data.info(data.fewest_classes), lambda: data.test, data.info
     except DatasetSpecError as err:
         raise EvalError("--dataset", str(err)) from None
     except (DatasetFileError, FileNotFoundError, ImportError) as err:
@@ -322,7 +365,21 @@ def _dataset(args, checkpoint: Optional[Path]):
         except (DatasetFileError, DownloadError, ChecksumError, FileNotFoundError, ImportError) as err:
             hint = "" if args.download or isinstance(err, ImportError) else " (pass --download to fetch it)"
             raise EvalError("--dataset/--data-dir", f"cannot read the {name} test split: {err}{hint}") from None
-    return dataset_info(name), test_split
+    return dataset_info(name), test_split, None
+
+
+def _check_recorded_size(image_size: Optional[int], record: dict) -> None:
+    """--image-size without --dataset: the run's data is re-read as recorded (its content hash
+    checked), so --image-size may only restate the size its model takes."""
+    if image_size is None:
+        return
+    where, size = record.get("path", record.get("name")), record.get("image_size")
+    if record["kind"] != "image-folder":
+        raise EvalError("--image-size", f"resizes the images of an image folder; the run's data {where} is not one")
+    if image_size != size:
+        raise EvalError("--image-size", f"the run's model takes the {size}x{size} images it recorded from {where}; "
+                                        f"to read a folder at {image_size}x{image_size}, for a model of that size, "
+                                        f"pass the folder as --dataset")
 
 
 def _limit(args, info, x, y):
@@ -386,7 +443,7 @@ def plan(args) -> EvalPlan:
     if args.source_checkpoint is not None:
         source_checkpoint = _resolve_checkpoint(args.source_checkpoint, "--source-checkpoint")
     # The data after the checkpoint: without --dataset, the run directory says which it is.
-    info, test_split = _dataset(args, checkpoint)
+    info, test_split, fit_classes = _dataset(args, checkpoint)
     epsilon = args.epsilon if args.epsilon is not None else info.epsilon
     try:
         check_epsilon_curve(args.epsilon_curve, epsilon)
@@ -402,13 +459,14 @@ def plan(args) -> EvalPlan:
 
     trained = {}
     if args.model is not None:
-        model = _load_external(args, info, device)
+        model, info = _load_external(args, info, device, fit_classes)
     else:
-        model, trained = _load_model(checkpoint, "--checkpoint", info, device)
+        model, trained, info = _load_model(checkpoint, "--checkpoint", info, device, fit_classes)
     source = None
     if source_checkpoint is not None:
         source = _load_model(source_checkpoint, "--source-checkpoint", info, device)[0]
-    # Both loaders made sure the model returns the dataset's number of classes.
+    # Both loaders made sure the model returns the dataset's number of classes (your own test
+    # split's is the model's).
     names = _attacks_to_run(args.protocol, attacks)
     too_few = class_shortfall((make_attack(name, epsilon) for name in names), info.num_classes)
     if too_few is not None:

@@ -6,8 +6,9 @@ See docs/data.md for the on-disk formats, downloading and the per-dataset defaul
 
 from .batches import AUGMENTATIONS, BatchIterator, augment_batch, iterate_batches
 from .custom import default_cache_dir, detect_layout
-from .datasets import (CUSTOM_SMALL_IMAGE, DATASETS, SOURCE_FILE, SPLITS, DatasetInfo, DatasetSpecError, LoadedDataset, check_source,
-                       dataset_info, default_data_dir, from_arrays, load, open_dataset, read_source, reopen)
+from .datasets import (CUSTOM_SMALL_IMAGE, DATASETS, SOURCE_FILE, SPLITS, DatasetInfo, DatasetSpecError, LoadedDataset,
+                       TestSplit, check_source, dataset_info, default_data_dir, from_arrays, load, open_dataset,
+                       open_test_split, read_source, reopen, resize_problem)
 from .errors import ChecksumError, DatasetFileError, DownloadError, MissingDependencyError
 from .fetch import download
 
@@ -25,6 +26,7 @@ __all__ = [
     "MissingDependencyError",
     "SOURCE_FILE",
     "SPLITS",
+    "TestSplit",
     "augment_batch",
     "check_source",
     "dataset_info",
@@ -36,6 +38,8 @@ __all__ = [
     "iterate_batches",
     "load",
     "open_dataset",
+    "open_test_split",
     "read_source",
     "reopen",
+    "resize_problem",
 ]

@@ -9,6 +9,10 @@ and what is wrong with it (``DatasetFileError``).
   decoded with Pillow once and cached as uint8 arrays (see ``read_image_folder``).
 - arrays: the ``data=(x_train, y_train, x_test, y_test)`` of ``adt_fast.train.fit``.
 
+Evaluation reads the test split alone (``read_npz_test``, ``read_image_folder_test``): an .npz
+then needs only ``x_test``, ``y_test`` and a folder only ``test/``; the number of classes is then
+the model's (``datasets.TestSplit``), since test labels need not show every class.
+
 Images are uint8 in 0..255 or floats in [0, 1], shaped N x H x W, N x H x W x C or N x C x H x W
 (``detect_layout``); labels are integers 0..C-1 with every class present in the training split.
 The content hash (``fingerprint``) is what a run directory records so that evaluation and resume
@@ -29,7 +33,9 @@ import numpy as np
 from .errors import DatasetFileError, MissingDependencyError
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+TEST_KEYS = ("x_test", "y_test")
 SPLITS = ("train", "test")
+TEST_ONLY = ("test",)
 MIN_IMAGE_SIZE = 8             # the classifiers' minimum, adt_fast.models.classifiers.MIN_IMAGE_SIZE
 CACHE_DIR_ENV = "ADT_FAST_CACHE_DIR"
 DEFAULT_CACHE_DIR = Path("~/.cache/adt_fast/image-folders")
@@ -70,6 +76,19 @@ class Splits:
             digest.update(memoryview(array).cast("B"))
         digest.update("\n".join(self.classes).encode())
         return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class TestArrays:
+    """The test split alone, validated as in ``Splits``; labels are checked against the model's
+    classes later (``datasets.TestSplit.info``), not against a training split."""
+
+    __test__ = False               # not a pytest test class, despite its name
+
+    x_test: np.ndarray
+    y_test: np.ndarray
+    notes: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()        # an image folder's test/ class folders, sorted by name
 
 
 # ------------------------------------------------------------------------------------------------
@@ -139,7 +158,9 @@ def _original_shape(nchw: tuple[int, ...], layout: str) -> tuple[int, ...]:
     return {"NHW": (h, w), "NHWC": (h, w, c), "NCHW": (c, h, w)}[layout]
 
 
-def _labels(array: np.ndarray, where: str, num_images: int, label_bound: int) -> np.ndarray:
+def _labels(array: np.ndarray, where: str, num_images: int, label_bound: int | None) -> np.ndarray:
+    """int64 labels; ``label_bound`` is the training images' count, None for a test split read alone
+    (whose labels the model's class count bounds later)."""
     if array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]
     if array.ndim != 1:
@@ -154,9 +175,11 @@ def _labels(array: np.ndarray, where: str, num_images: int, label_bound: int) ->
     # Every class needs a training example, so no label reaches the number of training images (an
     # "unlabelled" sentinel such as 0xFFFFFFFF, or an unsigned value that int64 would wrap): it is
     # refused here, before the cast, and before bincount would allocate a count per value up to it.
-    if array.size and array.max() >= label_bound:
+    if label_bound is not None and array.size and array.max() >= label_bound:
         raise DatasetFileError(f"{where}: labels must be integers 0..C-1, with C at most the {label_bound} "
                                f"training images (every class needs one), found {array.max()}")
+    if array.size and array.max() > np.iinfo(np.int64).max:      # a test split read alone: a uint64 the cast would wrap
+        raise DatasetFileError(f"{where}: labels must be integers 0..C-1, found {array.max()}")
     return array.astype(np.int64)
 
 
@@ -187,11 +210,20 @@ def splits_from_arrays(arrays: dict, origin: str, classes: tuple[str, ...] = ())
                   tuple(notes), classes)
 
 
-def _require_keys(found, origin: str) -> None:
-    missing = [key for key in NPZ_KEYS if key not in found]
+def test_split_from_arrays(arrays: dict, origin: str, classes: tuple[str, ...] = ()) -> TestArrays:
+    """Validate ``x_test, y_test`` alone (evaluation); any other array is ignored."""
+    _require_keys(arrays, origin, TEST_KEYS)
+    images, note = _images(np.asarray(arrays["x_test"]), f"{origin}: x_test")
+    labels = _labels(np.asarray(arrays["y_test"]), f"{origin}: y_test", images.shape[0], label_bound=None)
+    return TestArrays(images, labels, (note,), classes)
+
+
+def _require_keys(found, origin: str, keys: tuple[str, ...] = NPZ_KEYS) -> None:
+    missing = [key for key in keys if key not in found]
     if missing:
+        purpose = "as keras' mnist.npz does" if keys == NPZ_KEYS else "the test split that is evaluated"
         raise DatasetFileError(f"{origin}: missing {', '.join(missing)} (found: {', '.join(sorted(found)) or 'nothing'});"
-                               f" it must hold {', '.join(NPZ_KEYS)}, as keras' mnist.npz does")
+                               f" it must hold {', '.join(keys)}, {purpose}")
 
 
 def _chw(images: np.ndarray) -> str:
@@ -199,7 +231,17 @@ def _chw(images: np.ndarray) -> str:
 
 
 def read_npz(path: Path) -> Splits:
-    """The four arrays of an .npz file (never unpickled), validated.
+    """The four arrays of an .npz file (never unpickled), validated."""
+    return splits_from_arrays(_npz_arrays(path, NPZ_KEYS), str(path))
+
+
+def read_npz_test(path: Path) -> TestArrays:
+    """An .npz file's ``x_test``, ``y_test`` alone (evaluation); train arrays are not read."""
+    return test_split_from_arrays(_npz_arrays(path, TEST_KEYS), str(path))
+
+
+def _npz_arrays(path: Path, keys: tuple[str, ...]) -> dict:
+    """``keys`` of an .npz file, never unpickled.
 
     The zip check comes first: given anything else, numpy returns an .npy's bare array, or
     takes the file (a .mat, text) for a pickle and suggests allow_pickle, an unsafe fix.
@@ -211,13 +253,12 @@ def read_npz(path: Path) -> Splits:
                                        f"{', '.join(NPZ_KEYS)}, as numpy.savez writes them)")
             handle.seek(0)
             with np.load(handle, allow_pickle=False) as contents:
-                _require_keys(contents.files, str(path))
-                arrays = {key: contents[key] for key in NPZ_KEYS}
+                _require_keys(contents.files, str(path), keys)
+                return {key: contents[key] for key in keys}
     except (FileNotFoundError, DatasetFileError):
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
         raise DatasetFileError(f"cannot read {path} as an .npz file: {error}") from error
-    return splits_from_arrays(arrays, str(path))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -249,12 +290,18 @@ def _class_files(class_dir: str) -> list[tuple[str, int, int]]:
     return sorted(files)
 
 
-def scan_image_folder(root: Path) -> dict[str, list[tuple[str, list[tuple[str, int, int]]]]]:
-    """{split: [(class name, its files as (path, size, mtime_ns))]}, classes sorted by name, the
-    layout checked; hidden files and folders (a leading dot) are skipped."""
-    layout = "an image folder holds train/<class>/<image> and test/<class>/<image>"
+def scan_image_folder(root: Path, splits: tuple[str, ...] = SPLITS
+                      ) -> dict[str, list[tuple[str, list[tuple[str, int, int]]]]]:
+    """{split: [(class name, its files as (path, size, mtime_ns))]} for ``splits``, classes sorted
+    by name, the layout checked; hidden files and folders (a leading dot) are skipped.
+
+    With ``splits=TEST_ONLY`` (evaluation) train/ may be absent; when present only its class
+    folders' names are listed, to hold it to test/'s classes, and none of its files.
+    """
+    layout = ("an image folder holds train/<class>/<image> and test/<class>/<image>" if splits == SPLITS else
+              "an image folder to evaluate on holds test/<class>/<image> (train/ is not read)")
     found = {}
-    for split in SPLITS:
+    for split in splits:
         split_dir = root / split
         if not split_dir.is_dir():
             raise DatasetFileError(f"{root}: no {split}/ folder; {layout}")
@@ -272,8 +319,14 @@ def scan_image_folder(root: Path) -> dict[str, list[tuple[str, list[tuple[str, i
         if not classes:
             raise DatasetFileError(f"{split_dir}: no class folders; {layout}")
         found[split] = classes
-    train_names = [name for name, _ in found["train"]]
     test_names = [name for name, _ in found["test"]]
+    if "train" in found:
+        train_names = [name for name, _ in found["train"]]
+    elif (root / "train").is_dir():
+        train_names = sorted(entry.name for entry in os.scandir(root / "train")
+                             if entry.is_dir() and not entry.name.startswith("."))
+    else:
+        train_names = test_names
     if train_names != test_names:
         only_train = sorted(set(train_names) - set(test_names))
         only_test = sorted(set(test_names) - set(train_names))
@@ -283,11 +336,12 @@ def scan_image_folder(root: Path) -> dict[str, list[tuple[str, list[tuple[str, i
 
 
 def _manifest(root: Path, found: dict, image_size: int | None) -> str:
-    """A hash of every file's path, size and mtime (and the resize): the cache key."""
-    digest = hashlib.sha256(f"{CACHE_FORMAT};{image_size}".encode())
+    """A hash of every file's path, size and mtime (and the resize, and which splits were read):
+    what a cache must match to be used."""
+    digest = hashlib.sha256(f"{CACHE_FORMAT};{image_size}{_splits_tag(tuple(found))}".encode())
     prefix = len(str(root)) + 1
-    for split in SPLITS:
-        for _, files in found[split]:
+    for split, classes in found.items():
+        for _, files in classes:
             for path, size, mtime in files:
                 digest.update(f"{path[prefix:]}\0{size}\0{mtime}\n".encode())
     return digest.hexdigest()
@@ -341,17 +395,23 @@ def _deep_gray_to_8bit(image, path: str):
     return Image.fromarray(np.rint(pixels * (255 / white)).astype(np.uint8), "L")
 
 
+def _splits_tag(splits: tuple[str, ...]) -> str:
+    """'' for both splits (the cache names and manifests they always had), else the splits read,
+    so a test-only decode and a full one never take each other's cache."""
+    return "" if splits == SPLITS else "\0" + ",".join(splits)
+
+
 def _decode_folder(found: dict, image_size: int | None) -> dict:
     first: dict = {}
     arrays = {}
-    for split in SPLITS:
+    for split, classes in found.items():
         images, labels = [], []
-        for index, (_, files) in enumerate(found[split]):
+        for index, (_, files) in enumerate(classes):
             images += [_decode(path, image_size, first) for path, _, _ in files]
             labels += [index] * len(files)
         arrays[f"x_{split}"], arrays[f"y_{split}"] = images, np.asarray(labels, dtype=np.int64)
-    colour = any(image.ndim == 3 for split in SPLITS for image in arrays[f"x_{split}"])
-    for split in SPLITS:
+    colour = any(image.ndim == 3 for split in found for image in arrays[f"x_{split}"])
+    for split in found:
         images = arrays[f"x_{split}"]
         if colour:
             images = [np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image for image in images]
@@ -371,33 +431,60 @@ def read_image_folder(root: Path, image_size: int | None = None, cache_dir: Path
     every file's path, size and mtime are unchanged.
     """
     root = Path(root).resolve()
-    found = scan_image_folder(root)
-    classes = tuple(name for name, _ in found["train"])
+    arrays, classes, cache_note = _decoded_folder(root, image_size, cache_dir, SPLITS)
+    splits = splits_from_arrays(arrays, str(root), classes)
+    counts = f"{len(splits.y_train)} train / {len(splits.y_test)} test images"
+    return dataclasses.replace(splits, notes=(_folder_note(root, classes, counts, splits.x_test, image_size,
+                                                           cache_note),))
+
+
+def read_image_folder_test(root: Path, image_size: int | None = None, cache_dir: Path | None = None) -> TestArrays:
+    """An image folder's test/ alone (evaluation), as ``read_image_folder`` reads it: classes are
+    test/'s folders sorted by name. train/ is not decoded; when present, its class folders must
+    be test/'s. Channels come from test/'s images alone. Cached apart from whole-folder reads."""
+    root = Path(root).resolve()
+    arrays, classes, cache_note = _decoded_folder(root, image_size, cache_dir, TEST_ONLY)
+    test = test_split_from_arrays(arrays, str(root), classes)
+    counts = f"{len(test.y_test)} test images (train/ not read)"
+    return dataclasses.replace(test, notes=(_folder_note(root, classes, counts, test.x_test, image_size, cache_note),))
+
+
+def _decoded_folder(root: Path, image_size: int | None, cache_dir: Path | None,
+                    splits: tuple[str, ...]) -> tuple[dict, tuple[str, ...], str]:
+    """(the ``splits``' arrays, decoded or from the cache; the class names; a note on the cache)."""
+    found = scan_image_folder(root, splits)
+    classes = tuple(name for name, _ in found["test"])
     manifest = _manifest(root, found, image_size)
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    key = hashlib.sha256(f"{root}\0{image_size}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{root}\0{image_size}{_splits_tag(splits)}".encode()).hexdigest()[:24]
     cache_file = cache_dir / f"{key}.npz"
-    arrays = _read_cache(cache_file, manifest)
+    keys = [f"{kind}_{split}" for split in splits for kind in ("x", "y")]
+    arrays = _read_cache(cache_file, manifest, keys)
     if arrays is None:
         arrays = _decode_folder(found, image_size)
-        cache_note = _write_cache(cache_file, manifest, arrays)
-    else:
-        cache_note = f"decoded images read from the cache {cache_file}"
-    splits = splits_from_arrays(arrays, str(root), classes)
-    channels, size, _ = splits.image_shape
-    shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
+        return arrays, classes, _write_cache(cache_file, manifest, arrays)
+    return arrays, classes, f"decoded images read from the cache {cache_file}"
+
+
+def class_list(classes: tuple[str, ...]) -> str:
+    """The first ten class names, for messages."""
+    return ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
+
+
+def _folder_note(root: Path, classes: tuple[str, ...], counts: str, images: np.ndarray, image_size: int | None,
+                 cache_note: str) -> str:
+    channels, size, _ = images.shape[1:]
     resized = " (resized)" if image_size is not None else ""
-    note = (f"{root}: image folder, {len(classes)} classes sorted by name ({shown}), {len(splits.y_train)} "
-            f"train / {len(splits.y_test)} test images of {size}x{size}{resized}, {channels} channel(s); {cache_note}")
-    return dataclasses.replace(splits, notes=(note,))
+    return (f"{root}: image folder, {len(classes)} classes sorted by name ({class_list(classes)}), {counts} of "
+            f"{size}x{size}{resized}, {channels} channel(s); {cache_note}")
 
 
-def _read_cache(path: Path, manifest: str) -> dict | None:
+def _read_cache(path: Path, manifest: str, keys: list[str]) -> dict | None:
     try:
         with np.load(path, allow_pickle=False) as contents:
             if str(contents["manifest"]) != manifest:
                 return None
-            return {key: contents[key] for key in NPZ_KEYS}
+            return {key: contents[key] for key in keys}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
         return None        # absent, stale or damaged: decode again
 

@@ -1,5 +1,6 @@
 """The dataset registry (settings from appendix C.1/C.3), ``load`` for a named dataset's split,
-and ``open_dataset`` / ``from_arrays`` for a whole dataset, named or your own (``custom``)."""
+``open_dataset`` / ``from_arrays`` for a whole dataset, named or your own (``custom``), and
+``open_test_split`` for your own data's test split alone (evaluation)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import numpy as np
 import torch
 
 from . import fetch
-from .custom import MIN_IMAGE_SIZE, Splits, read_image_folder, read_npz, splits_from_arrays
+from .custom import (MIN_IMAGE_SIZE, Splits, class_list, read_image_folder, read_image_folder_test, read_npz,
+                     read_npz_test, splits_from_arrays)
 from .errors import DatasetFileError
 from .files import CIFAR_LAYOUTS, IDX_FOLDERS, read_cifar, read_idx_dataset, read_svhn, required_files
 from .small_datasets import make_synthetic, read_digits
@@ -151,15 +153,39 @@ def open_dataset(spec: str, *, data_dir: str | os.PathLike | None = None, downlo
     DatasetFileError (naming the file) for data that is unreadable or invalid.
     """
     spec = str(spec)
-    if image_size is not None:
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
-            raise DatasetSpecError(f"--image-size must be an integer >= {MIN_IMAGE_SIZE}, got {image_size!r}")
-        if not Path(spec).expanduser().is_dir():
-            raise DatasetSpecError(f"--image-size resizes the images of an image folder; --dataset {spec} is not one")
+    _check_resize(spec, image_size)
     if spec in _DATASETS:
         train = load(spec, "train", data_dir=data_dir, download=download)
         test = load(spec, "test", data_dir=data_dir, download=download)
         return LoadedDataset(dataset_info(spec), train, test, {"kind": "named", "name": spec})
+    path = _own_data_path(spec, data_dir, download)
+    if path.is_dir():
+        splits, kind = read_image_folder(path, image_size, cache_dir), "image-folder"
+    else:
+        splits, kind = read_npz(path), "npz"
+    return _custom_dataset(str(path), splits, {"kind": kind, "path": str(path), "resize": image_size})
+
+
+def resize_problem(spec: str, image_size) -> str | None:
+    """Why ``image_size`` (--image-size) cannot resize ``spec``'s images, or None if it can."""
+    if image_size is None:
+        return None
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
+        return f"must be an integer >= {MIN_IMAGE_SIZE}, got {image_size!r}"
+    if not Path(spec).expanduser().is_dir():
+        return f"resizes the images of an image folder; --dataset {spec} is not one"
+    return None
+
+
+def _check_resize(spec: str, image_size) -> None:
+    problem = resize_problem(spec, image_size)
+    if problem is not None:
+        raise DatasetSpecError(f"--image-size {problem}")
+
+
+def _own_data_path(spec: str, data_dir, download: bool) -> Path:
+    """The absolute path of your own data; DatasetSpecError if there is none, or for the options
+    of named datasets."""
     path = Path(spec).expanduser()
     if not path.exists():
         raise DatasetSpecError(f"--dataset {spec!r} is neither a dataset name ({', '.join(DATASETS)}) nor an "
@@ -167,12 +193,60 @@ def open_dataset(spec: str, *, data_dir: str | os.PathLike | None = None, downlo
     for flag, value in (("--download", download), ("--data-dir", data_dir)):
         if value:
             raise DatasetSpecError(f"{flag} applies to the named datasets; --dataset {spec} is a path")
-    path = path.resolve()
-    if path.is_dir():
-        splits, kind = read_image_folder(path, image_size, cache_dir), "image-folder"
-    else:
-        splits, kind = read_npz(path), "npz"
-    return _custom_dataset(str(path), splits, {"kind": kind, "path": str(path), "resize": image_size})
+    return path.resolve()
+
+
+@dataclass(frozen=True)
+class TestSplit:
+    """Your own data's test split read alone (``open_test_split``), for evaluation: ``test`` is
+    (x, y) as in LoadedDataset. Test labels need not show every class, so the number of classes is
+    the model's: ``info(num_classes)`` checks that the labels can be its classes."""
+
+    __test__ = False               # not a pytest test class, despite its name
+
+    name: str                      # the file's or folder's absolute path
+    test: tuple
+    classes: tuple = ()            # an image folder's test/ class folders by name: label i is the i-th
+    notes: tuple = ()
+
+    @property
+    def fewest_classes(self) -> int:
+        """The fewest classes a model needs for these labels: one per class folder, else the
+        largest label + 1."""
+        return len(self.classes) if self.classes else int(self.test[1].max()) + 1
+
+    def info(self, num_classes: int) -> DatasetInfo:
+        """This data for a model predicting ``num_classes`` classes; DatasetSpecError when the
+        labels cannot be that model's: a folder's classes are counted, so one missing class folder
+        (which would shift every later label) is refused rather than mislabelling."""
+        if self.classes and len(self.classes) != num_classes:
+            raise DatasetSpecError(
+                f"{self.name}: test/ has {len(self.classes)} class folders ({class_list(self.classes)}) but the model "
+                f"predicts {num_classes} classes; label i is the i-th test/ folder by name, so test/ needs one "
+                f"folder per class of the model (a missing one would shift every later label)")
+        if self.fewest_classes > num_classes:
+            raise DatasetSpecError(f"{self.name}: y_test has label {self.fewest_classes - 1}, but the model predicts "
+                                   f"{num_classes} classes (labels 0..{num_classes - 1})")
+        _, channels, size, _ = self.test[0].shape
+        return _custom_info(self.name, num_classes, channels, size)
+
+
+def open_test_split(spec: str | os.PathLike, *, image_size: int | None = None,
+                    cache_dir: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
+                    download: bool = False) -> TestSplit:
+    """Your own data's test split alone: an .npz's ``x_test``, ``y_test`` (other arrays ignored)
+    or an image folder's test/ (train/ not decoded), validated as ``open_dataset`` does.
+
+    ``data_dir`` and ``download`` are refused as ``open_dataset`` refuses them for a path; a named
+    dataset's test split is ``load(name, "test")``.
+    """
+    spec = str(spec)
+    if spec in _DATASETS:
+        raise DatasetSpecError(f"{spec} is a named dataset; load({spec!r}, 'test') reads its test split")
+    _check_resize(spec, image_size)
+    path = _own_data_path(spec, data_dir, download)
+    arrays = read_image_folder_test(path, image_size, cache_dir) if path.is_dir() else read_npz_test(path)
+    return TestSplit(str(path), _to_tensors(arrays.x_test, arrays.y_test), arrays.classes, arrays.notes)
 
 
 def from_arrays(x_train, y_train, x_test, y_test, name: str = "arrays") -> LoadedDataset:
@@ -192,10 +266,14 @@ def _as_numpy(value) -> np.ndarray:
     return np.asarray(value)
 
 
+def _custom_info(name: str, num_classes: int, channels: int, size: int) -> DatasetInfo:
+    arch = "small-cnn" if size < CUSTOM_SMALL_IMAGE else "resnet18"
+    return DatasetInfo(name, num_classes, channels, size, CUSTOM_EPSILON, "none", arch)
+
+
 def _custom_dataset(name: str, splits: Splits, source: dict) -> LoadedDataset:
     channels, size, _ = splits.image_shape
-    arch = "small-cnn" if size < CUSTOM_SMALL_IMAGE else "resnet18"
-    info = DatasetInfo(name, splits.num_classes, channels, size, CUSTOM_EPSILON, "none", arch)
+    info = _custom_info(name, splits.num_classes, channels, size)
     source = {**source, "sha256": splits.fingerprint(), "num_classes": splits.num_classes,
               "channels": channels, "image_size": size, **({"classes": list(splits.classes)} if splits.classes else {})}
     return LoadedDataset(info, _to_tensors(splits.x_train, splits.y_train), _to_tensors(splits.x_test, splits.y_test),
