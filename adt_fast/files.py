@@ -11,6 +11,7 @@ processes from writing the same folder at once.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import tempfile
@@ -107,6 +108,15 @@ def make_writable_dir(folder: PathLike) -> Path:
     os.close(fd)
     os.unlink(probe)
     return folder
+
+
+def sha256_of(path: PathLike) -> str:
+    """The file's SHA-256, hex: what a report records to name the weights it scored."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def os_error_text(err: OSError) -> str:

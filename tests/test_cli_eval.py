@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,6 +54,8 @@ def test_eval_on_a_run_directory_writes_json_csv_png(checkpoints, capsys):
     assert len(report["curves"]["pgd_steps"]["points"]) == 101
     assert len(report["curves"]["dist"]["points"]) == 3
     assert report["meta"]["checkpoint"].endswith("model.pt")
+    scored = Path(report["meta"]["checkpoint"]).read_bytes()
+    assert report["meta"]["checkpoint_sha256"] == hashlib.sha256(scored).hexdigest()
     assert out.with_suffix(".csv").read_text().startswith("section,name,steps,epsilon,accuracy")
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 

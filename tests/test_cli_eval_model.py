@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import sys
@@ -199,3 +200,14 @@ def test_a_module_in_the_working_folder_is_found_when_it_is_not_on_sys_path(tmp_
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path), ".")])
     code = main(["eval", "--model", "my_local_models:build", *FAST, "--out", str(tmp_path / "e.json")])
     assert code == 0, capsys.readouterr().err
+
+
+def test_the_report_names_the_weights_it_scored_by_their_hash(weights, tmp_path, capsys):
+    """A path can be overwritten by the next training run; the hash says which weights were scored."""
+    root, _ = weights
+    out = tmp_path / "e.json"
+    assert main(["eval", "--model", FACTORY, "--weights", str(root / "plain.pt"), *FAST,
+                 "--out", str(out)]) == 0, capsys.readouterr().err
+    meta = json.loads(out.read_text())["meta"]
+    assert meta["weights"] == str((root / "plain.pt").resolve())
+    assert meta["weights_sha256"] == hashlib.sha256((root / "plain.pt").read_bytes()).hexdigest()

@@ -407,12 +407,13 @@ class EvalPlan:
     y: Any
     out: Path
     dataset: str            # the name or absolute path of the data attacked
+    weights_sha256: Optional[str]   # of the checkpoint or --weights file, as read for the model
 
 
 def plan(args) -> EvalPlan:
     """Check everything before any work: settings, device, output paths, checkpoints, data, and
     that the attacks can run on the device; create the output folder last. EvalError if not."""
-    from ..files import make_writable_dir, os_error_text, unwritable_reason
+    from ..files import make_writable_dir, os_error_text, sha256_of, unwritable_reason
     from .evaluation import check_attacks_can_run, check_epsilon_curve
     from .report import report_paths
 
@@ -462,6 +463,12 @@ def plan(args) -> EvalPlan:
         model, info = _load_external(args, info, device, fit_classes)
     else:
         model, trained, info = _load_model(checkpoint, "--checkpoint", info, device, fit_classes)
+    weights_file = checkpoint if args.model is None else args.weights
+    try:
+        weights_sha256 = None if weights_file is None else sha256_of(weights_file)
+    except OSError as err:  # the file went away after it was read
+        flag = "--checkpoint" if args.model is None else "--weights"
+        raise EvalError(flag, f"cannot read {weights_file} ({os_error_text(err)})") from None
     source = None
     if source_checkpoint is not None:
         source = _load_model(source_checkpoint, "--source-checkpoint", info, device)[0]
@@ -482,7 +489,7 @@ def plan(args) -> EvalPlan:
         raise EvalError("--out", f"cannot write the report in {out.parent} "
                                  f"({os_error_text(err)})") from None
     return EvalPlan(device, epsilon, attacks, model, checkpoint, trained, source, source_checkpoint, x, y, out,
-                    info.name)
+                    info.name, weights_sha256)
 
 
 def _attacks_to_run(protocol: str, attacks: Optional[List[str]]) -> List[str]:
@@ -533,9 +540,11 @@ def _run(args) -> int:
     if not world.main:
         return 0
     elapsed = time.perf_counter() - started
-    origin = ({"checkpoint": str(job.checkpoint), **({"trained": job.trained} if job.trained else {})}
+    weights = None if args.weights is None else str(Path(args.weights).resolve())
+    origin = ({"checkpoint": str(job.checkpoint), "checkpoint_sha256": job.weights_sha256,
+               **({"trained": job.trained} if job.trained else {})}
               if job.checkpoint is not None else
-              {"model": args.model, "weights": args.weights,
+              {"model": args.model, "weights": weights, "weights_sha256": job.weights_sha256,
                **({"mean": args.mean, "std": args.std} if args.mean is not None else {})})
     report.meta = {**origin, "dataset": job.dataset, "split": "test",
                    "device": job.device.type,
