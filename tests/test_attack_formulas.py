@@ -14,7 +14,7 @@ from torch import nn
 from adt_fast.attacks import AttackContext, DistributionAttack, evaluate, make_attack, suite
 from adt_fast.attacks import losses
 from adt_fast.attacks.distribution import _losses_and_input_grads, fit_distribution
-from adt_fast.attacks.engine import iterative_attack, per_example_start
+from adt_fast.attacks.engine import iterative_attack, per_example_normals, per_example_start
 from adt_fast.attacks.evaluation import masking_gains
 
 from test_attacks import TinyNet
@@ -245,3 +245,195 @@ def test_a_nan_gradient_component_does_not_freeze_mim():
         return (z * torch.tensor([float("nan"), 1.0, -1.0, 0.0, 2.0])).sum(1)
     out = iterative_attack(loss_fn, x, epsilon=0.1, steps=3, step_size=0.05, momentum=1.0)
     torch.testing.assert_close(out - x, torch.tensor([[0.0, 0.1, -0.1, 0.0, 0.1]]).expand(3, 5))
+
+
+def test_random_starts_depend_on_the_seed():
+    """per_example_start is keyed by (seed, example id): another seed (or another attack's stream
+    of the same seed) must give other starts, else --seed and the separate streams mean nothing."""
+    x = torch.zeros(3, 1, 4, 4)
+    ids = torch.arange(3)
+    assert not torch.equal(per_example_start(x, ids, 0), per_example_start(x, ids, 1))
+    assert not torch.equal(per_example_start(x, ids, suite.stream_seed(0, "pgd")),
+                           per_example_start(x, ids, suite.stream_seed(0, "mim")))
+
+
+def test_each_draw_of_per_example_normals_is_fresh():
+    """The distribution attack's step t uses draw t: with k = 10 samples (3 Philox counters per
+    element and draw) no normal may be reused by the next draw."""
+    x = torch.zeros(2, 1, 2, 2)
+    ids = torch.arange(2)
+    first, second = (per_example_normals(x, ids, 7, draw, 10) for draw in (0, 1))
+    shared = torch.isin(second.flatten(), first.flatten())
+    assert not bool(shared.any())
+
+
+def test_mim_with_another_decay_follows_mi_fgsm():
+    """mim(decay=mu) is g <- mu g + grad / mean|grad|; with the default mu = 1 a dropped decay
+    factor would go unnoticed. On a 1-d loss -(z - 0.53)^2 the normalised gradient is sign(0.53 - z):
+    mu = 0 gives plain sign steps that turn back at once, mu = 1 keeps going."""
+    x = torch.full((1, 1), 0.5)
+
+    def loss_fn(z):
+        return -((z - 0.53) ** 2).sum(1)
+
+    def reference(mu, steps=4, step=0.02, eps=0.1):
+        z, g = 0.5, 0.0
+        for _ in range(steps):
+            g = mu * g + (1.0 if z < 0.53 else -1.0)
+            z = min(max(z + step * (1 if g > 0 else -1 if g < 0 else 0), 0.5 - eps), 0.5 + eps)
+        return z
+
+    for mu in (0.0, 0.5, 1.0):
+        out = iterative_attack(loss_fn, x, epsilon=0.1, steps=4, step_size=0.02, momentum=mu)
+        assert float(out) == pytest.approx(reference(mu), abs=1e-6), mu
+
+
+def test_the_engine_refuses_a_zero_budget():
+    """epsilon = 0 is no attack at all: iterative_attack refuses it as its docstring says (> 0)."""
+    with pytest.raises(ValueError, match="epsilon"):
+        iterative_attack(lambda z: z.sum(1), torch.zeros(1, 2), epsilon=0.0, steps=1, step_size=0.1)
+
+
+def test_a_budget_of_exactly_one_is_accepted():
+    """docs/evaluation.md refuses eps <= 0 or eps > 1 only: eps = 1 is a valid (if useless) budget."""
+    assert suite.check_epsilon(1.0) == 1.0
+    assert make_attack("pgd20", 1.0).epsilon == 1.0
+
+
+def test_feature_attack_runs_c5s_50_steps_of_eps_over_8():
+    """Appendix C.5: alpha = eps / 8 and 50 optimisation steps."""
+    s = make_attack("feature", 0.08).settings()
+    assert (s["steps"], s["step_size"]) == (50, pytest.approx(0.01))
+
+
+def test_feature_targets_are_keyed_by_example_id():
+    """Two inputs of the same class get their own random targets (keyed by (seed, example id)),
+    not one shared draw for the whole class."""
+    pool_y = torch.arange(200) % 2
+    y = torch.zeros(2, dtype=torch.long)
+    chosen = suite.choose_targets(y, torch.tensor([3, 4]), pool_y, 5, seed=0)
+    assert not torch.equal(chosen[0], chosen[1])
+
+
+def test_feature_targets_are_distinct_when_exactly_enough_exist():
+    """Without replacement whenever the pool holds at least as many images of other classes as
+    targets asked for (docs: with replacement only when fewer)."""
+    pool_y = torch.tensor([0, 1, 1, 1, 1])
+    for example_id in range(20):
+        chosen = suite.choose_targets(torch.tensor([0]), torch.tensor([example_id]), pool_y, 4, seed=0)
+        assert sorted(chosen[0].tolist()) == [1, 2, 3, 4]
+
+
+def test_feature_attack_keeps_an_input_broken_by_an_earlier_target_chunk(monkeypatch):
+    """With batch_size = len(x) one target runs at a time; an input broken by target 0 is not
+    attacked again, and later targets that fail cannot mark it robust again."""
+    calls = []
+
+    def fake_pairs(self, ctx, x, y, ids, target_features, seed):
+        which = ids % self.targets
+        calls.append(len(x))
+        return which == 0, x.detach().clone()  # only the first target breaks its input
+    monkeypatch.setattr(suite.FeatureAttack, "_attack_pairs", fake_pairs)
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    x = torch.rand(2, 3, 8, 8)
+    outcome = suite.feature_attack(model, x, torch.tensor([0, 1]), 0.1, targets=3, batch_size=2)
+    assert not bool(outcome.correct.any())
+    assert calls == [2]  # targets 1 and 2 are never run: both inputs are already broken
+
+
+def test_feature_attack_starts_each_target_at_its_own_point(monkeypatch):
+    """Each (input, target) pair gets its own uniform start (keyed by example id x targets +
+    target), so 5 targets are 5 attempts, not 5 copies of one start."""
+    starts = []
+    real = suite.iterative_attack
+
+    def spy(loss_fn, x, **kw):
+        starts.append(kw["start"].clone())
+        return real(loss_fn, x, **kw)
+    monkeypatch.setattr(suite, "iterative_attack", spy)
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    x = torch.rand(1, 3, 8, 8)
+    pool_x, pool_y = torch.rand(4, 3, 8, 8), torch.tensor([1, 2, 3, 4])
+    suite.feature_attack(model, x, torch.tensor([0]), 0.001, targets=3, steps=1, pool_x=pool_x,
+                         pool_y=pool_y, batch_size=3)
+    rows = torch.cat(starts)
+    assert len(rows) == 3
+    assert not torch.equal(rows[0], rows[1]) and not torch.equal(rows[1], rows[2])
+
+
+class _MeanSplit(nn.Module):
+    """features = the image, head: class 0 iff the mean pixel exceeds 0.5 (a 2-class split)."""
+
+    def features(self, x):
+        return x
+
+    def head(self, f):
+        s = f.flatten(1).mean(1) - 0.5
+        return torch.stack([s, -s], 1)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def test_feature_attack_scores_its_final_iterate(monkeypatch):
+    """'Broken' means that some iterate is misclassified (C.5, the original early stop); the
+    iterate that the last step returns counts too, not only those the loss was evaluated at."""
+    x = torch.full((1, 1, 4, 4), 0.6)
+    monkeypatch.setattr(suite, "iterative_attack", lambda loss_fn, x, **kw: torch.full_like(x, 0.4))
+    outcome = suite.feature_attack(_MeanSplit(), x, torch.tensor([0]), 0.3, targets=1, steps=1,
+                                   pool_x=torch.cat([x, torch.full_like(x, 0.2)]), pool_y=torch.tensor([0, 1]))
+    assert not bool(outcome.correct[0])
+    torch.testing.assert_close(outcome.x_adv, torch.full_like(x, 0.4))
+
+
+def test_distribution_attack_draws_fresh_normals_for_every_step_and_the_final_samples(monkeypatch):
+    """D.3 / docs: each of the T steps estimates its gradient from new samples, and the k samples
+    that score the fitted distribution are fresh too: draws 0, 1, ..., T."""
+    draws = []
+    real = suite.per_example_normals
+
+    def spy(x, ids, seed, draw, k):
+        draws.append(draw)
+        return real(x, ids, seed, draw, k)
+    monkeypatch.setattr(suite, "per_example_normals", spy)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    DistributionAttack(0.1, steps=3, samples=2).run(AttackContext(model), torch.rand(2, 1, 4, 4),
+                                                    torch.tensor([0, 1]), torch.arange(2))
+    assert draws == [0, 1, 2, 3]
+
+
+def test_distribution_trace_loss_is_the_mean_over_samples():
+    """trace['loss'] is each example's mean cross-entropy over its k samples: on a model whose
+    logits ignore the input every sample has the same loss, which the mean must equal."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.tensor([1.0, 0.0, -1.0]))
+    y = torch.tensor([0, 2])
+    out = DistributionAttack(0.1, steps=2, samples=4).run(AttackContext(model), torch.rand(2, 1, 4, 4), y,
+                                                          torch.arange(2))
+    want = F.cross_entropy(model[1].bias.detach().expand(2, 3), y, reduction="none")
+    torch.testing.assert_close(out.trace["loss"], want.expand(3, 2))
+
+
+def test_fit_steps_with_adam_betas_zero_are_lr_sign_steps():
+    """D.3's optimiser is Adam with betas (0, 0): every step moves each mean by lr * sign(grad)
+    (up to Adam's 1e-8). On a loss linear in x_adv the mean's gradient keeps the sign of w, so
+    after 3 steps mean = 3 * lr * sign(w) exactly; Adam's default betas would not give that."""
+    x = torch.full((2, 1, 4, 4), 0.5)
+    w = torch.randn(16, generator=torch.Generator().manual_seed(0))
+    fit = fit_distribution(lambda z: z.flatten(1) @ w, x, epsilon=0.1, steps=3, num_samples=4, lbd=0.0,
+                           lr=0.3, betas=(0.0, 0.0), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(fit.mean, (0.9 * w.sign()).view(1, 1, 4, 4).expand(2, -1, -1, -1),
+                               rtol=0, atol=1e-5)
+
+
+def test_losses_are_float32_even_for_bf16_logits():
+    """docs/evaluation.md (Precision): losses stay in float32 whatever precision the model runs in."""
+    logits = torch.randn(4, 10).bfloat16()
+    y = torch.arange(4)
+    ce = losses.cross_entropy(logits, y)
+    assert ce.dtype == torch.float32
+    torch.testing.assert_close(ce, F.cross_entropy(logits.float(), y, reduction="none"))

@@ -786,3 +786,139 @@ def test_square_keeps_only_proposals_that_lower_the_margin():
     for proposal in model.seen[2:]:
         changed = (stripes != proposal).any(1)
         assert int(changed.any(2).sum(1).max()) <= 9
+
+
+def _scripted_signs(signs, hits=(), flat=False):
+    """Gradient sign s_k at the k-th evaluation, value k (a loss that rises every step, so that no
+    checkpoint halves) or 0 (flat); hit at the calls in `hits`; records every evaluated point."""
+    seen = []
+
+    def loss_fn(z):
+        k = len(seen)
+        seen.append(z.detach().clone())
+        s = signs[k] if k < len(signs) else 1.0
+        value = s * (z - z.detach()).flatten(1).sum(1) + (0.0 if flat else float(k))
+        return value, torch.tensor([k in hits])
+    return loss_fn, seen
+
+
+def test_the_second_step_already_mixes_in_the_last_move():
+    """Alg. 1: only step 0 is a plain step; from step 1 on x_{k+1} = P(x_k + 0.75 (z - x_k) +
+    0.25 (x_k - x_{k-1})). Gradient up, then down: 0.5 -> 0.6 -> 0.6 + 0.75 (0.4 - 0.6) + 0.25 * 0.1."""
+    loss_fn, seen = _scripted_signs([1.0, -1.0])
+    apgd(loss_fn, torch.full((1, 1), 0.5, dtype=torch.float64), epsilon=EPS, steps=2)
+    assert float(seen[1]) == pytest.approx(0.6)
+    assert float(seen[2]) == pytest.approx(0.475)
+
+
+def test_apgd_projects_the_momentum_step_onto_the_ball():
+    """The mix with the last move can point out of the ball (x_k on the edge, the last move
+    outwards): every iterate APGD evaluates stays within eps of x."""
+    loss_fn, seen = _scripted_signs([1.0] * 10)
+    x = torch.full((1, 1), 0.5, dtype=torch.float64)
+    apgd(loss_fn, x, epsilon=EPS, steps=5)
+    assert max(float((z - x).abs().max()) for z in seen) <= EPS + 1e-12
+
+
+def test_apgd_returns_the_first_adversarial_iterate():
+    """APGDRun.x_adv: 'the first adversarial iterate where one was found' (later hits do not replace it)."""
+    loss_fn, seen = _scripted_signs([1.0, -1.0, 1.0, 1.0], hits=(2, 3))
+    run = apgd(loss_fn, torch.full((1, 1), 0.5, dtype=torch.float64), epsilon=EPS, steps=4)
+    assert bool(run.broken[0]) and not torch.equal(seen[2], seen[3])
+    torch.testing.assert_close(run.x_adv, seen[2])
+
+
+def test_apgd_keeps_the_earliest_point_of_the_highest_loss():
+    """x_best moves only when the loss rises strictly (the reference: loss > loss_best): on a flat
+    loss with a non-zero gradient the best point stays the start."""
+    loss_fn, seen = _scripted_signs([1.0] * 10, flat=True)
+    x = torch.full((1, 1), 0.5, dtype=torch.float64)
+    run = apgd(loss_fn, x, epsilon=EPS, steps=5)
+    assert not torch.equal(seen[-1], x)
+    torch.testing.assert_close(run.x_adv, x)
+
+
+def test_halving_restores_the_gradient_of_a_best_point_that_is_not_the_start():
+    """At a halving APGD restarts from x_best with x_best's own gradient (the reference's
+    grad_best), here the first iterate 0.6 (loss +100) whose gradient points down, unlike the
+    start's. Step 22 is then P(0.6 + 0.75 (0.5 - 0.6) + 0.25 (0.6 - x_21))."""
+    x = torch.full((1, 1), 0.5, dtype=torch.float64)
+    seen = []
+
+    def loss_fn(z):
+        seen.append(z.detach().clone())
+        bonus = 100.0 if len(seen) == 2 else 0.0
+        return -(z.flatten(1).sum(1) - 0.58) ** 2 + bonus, torch.zeros(1, dtype=torch.bool)
+
+    run = apgd(loss_fn, x, epsilon=EPS, steps=100)
+    assert float(seen[1]) == pytest.approx(0.6)
+    assert float(run.step_sizes[22, 0]) == pytest.approx(EPS)
+    expected = min(max(0.6 + 0.75 * (0.5 - 0.6) + 0.25 * (0.6 - float(seen[21])), 0.4), 0.6)
+    assert float(seen[23]) == pytest.approx(expected)
+
+
+def test_dlr_is_not_capped_like_the_cw_margin():
+    """Eq. 6 has no kappa: -(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3) = 200 / 200 here."""
+    logits = torch.tensor([[0.0, 200.0, 100.0]])
+    assert float(dlr(logits, torch.tensor([0]))) == pytest.approx(1.0)
+
+
+def test_dlr_losses_stay_finite_on_tied_logits():
+    """The 1e-12 in the denominators: logits whose top three (four) tie give 0, not NaN."""
+    logits = torch.zeros(2, 10)
+    y = torch.tensor([0, 1])
+    assert torch.equal(dlr(logits, y), torch.zeros(2))
+    assert torch.equal(dlr_targeted(logits, y, torch.tensor([2, 3])), torch.zeros(2))
+
+
+def test_square_stripes_are_constant_down_each_column():
+    """Andriushchenko et al. (2020), Alg. 2: the start is x + eps * one sign per channel and
+    column (vertical stripes), the same in every row."""
+    image = 0.3 + 0.4 * torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = image.expand(4, -1, -1, -1).clone()
+    outcome = SquareAttack(EPS, queries=1).run(AttackContext(Counting(image, 63.5)), x,
+                                               torch.zeros(4, dtype=torch.long), torch.arange(4))
+    delta = outcome.x_adv - x
+    assert not bool(outcome.correct.any())
+    torch.testing.assert_close(delta, delta[:, :, :1, :].expand_as(delta))
+    assert bool((delta[:, :, 0, :].std(-1) > 0).all())  # and not one sign for the whole image
+
+
+class _WrongOnlyAtX(nn.Module):
+    """Misclassified (class 1) exactly at its anchor x and correct (class 0) everywhere else in
+    the ball, with zero input gradient there: only the unattacked point is adversarial."""
+
+    def __init__(self, anchor):
+        super().__init__()
+        self.anchor = anchor
+
+    def forward(self, z):
+        d = (z - self.anchor).flatten(1).abs().amax(1)
+        score = torch.clamp(1e3 * d, max=1.0) - 0.5 + 0 * z.flatten(1).sum(1)
+        return torch.cat([score[:, None], torch.zeros(len(z), 9, dtype=z.dtype)], 1)
+
+
+@pytest.mark.parametrize("attack", [APGDAttack("apgd-ce", EPS, steps=3), SquareAttack(EPS, queries=20)],
+                         ids=["apgd-ce", "square"])
+def test_a_naturally_misclassified_point_is_broken_and_not_attacked(attack):
+    """Every AutoAttack component runs only on the points the model gets right; the others are
+    broken by x itself (docs: 'and only on points the model gets right unattacked'), even when
+    every perturbed point in the ball would be classified correctly."""
+    x = torch.full((1, 1, 4, 4), 0.5, dtype=torch.float64)
+    outcome = attack.run(AttackContext(_WrongOnlyAtX(x)), x, torch.zeros(1, dtype=torch.long), torch.arange(1))
+    assert not bool(outcome.correct[0])
+    torch.testing.assert_close(outcome.x_adv, x)
+
+
+def test_every_target_and_restart_of_apgd_t_starts_at_its_own_point():
+    """The start of try (target t, restart r) is keyed by id * tries + t * restarts + r: with 2
+    targets x 2 restarts the four starts differ (t + r would give targets 0/1 shared starts)."""
+    x = torch.full((1, 1, 4, 4), 0.5, dtype=torch.float64)
+    model = Recording()
+    APGDAttack("apgd-t", EPS, loss="dlr-targeted", steps=1, targets=2, restarts=2).run(
+        AttackContext(model, seed=0), x, torch.zeros(1, dtype=torch.long), torch.arange(1))
+    starts = [model.seen[1 + 2 * k] for k in range(4)]
+    assert len(model.seen) == 9
+    for a in range(4):
+        for b in range(a):
+            assert not torch.equal(starts[a], starts[b]), (a, b)
