@@ -922,3 +922,22 @@ def test_every_target_and_restart_of_apgd_t_starts_at_its_own_point():
     for a in range(4):
         for b in range(a):
             assert not torch.equal(starts[a], starts[b]), (a, b)
+
+
+class _Tied(nn.Module):
+    """Classes 0 and 3 tie for every input; argmax picks 0."""
+
+    def forward(self, x):
+        out = torch.full((len(x), 10), -1.0, dtype=x.dtype) + 0 * x.flatten(1).sum(1, keepdim=True)
+        out[:, 0] = out[:, 3] = 1.0
+        return out
+
+
+def test_square_scores_a_tie_as_the_model_classifies_it():
+    """A point whose returned x_adv the model still classifies as y (argmax, the rule of natural
+    accuracy and of every other attack) is not broken."""
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(4, dtype=torch.long)
+    model = _Tied()
+    outcome = SquareAttack(0.1, queries=20).run(AttackContext(model), x, y, torch.arange(4))
+    assert torch.equal(outcome.correct, model(outcome.x_adv).argmax(1) == y)

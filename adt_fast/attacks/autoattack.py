@@ -342,7 +342,9 @@ class SquareAttack(Attack):
             # examples the model already gets wrong are broken by x itself
             x_best = torch.where(correct.view(-1, 1, 1, 1),
                                  torch.clamp(x + self.epsilon * stripes, 0, 1), x)
-            margin = torch.where(correct, self._margin(ctx, x_best, y), torch.full_like(y, -1.0, dtype=torch.float32))
+            margin, wrong = self._margin(ctx, x_best, y)
+            margin = torch.where(correct, margin, torch.full_like(margin, -1.0))
+            wrong = wrong | ~correct
             rows = torch.arange(height, device=x.device).view(1, 1, -1, 1)
             cols = torch.arange(width, device=x.device).view(1, 1, 1, -1)
             bits = torch.arange(channels, device=x.device)
@@ -364,17 +366,22 @@ class SquareAttack(Attack):
                 # inside the square x +- epsilon, outside the best point: in the ball already
                 proposal = torch.where(inside, torch.clamp(x[index] + self.epsilon * signs, 0, 1),
                                        x_best[index])
-                new_margin = self._margin(ctx, proposal, y[index])
+                new_margin, new_wrong = self._margin(ctx, proposal, y[index])
                 better = new_margin < margin[index]
                 margin[index] = torch.where(better, new_margin, margin[index])
+                wrong[index] = torch.where(better, new_wrong, wrong[index])
                 x_best[index] = torch.where(better.view(-1, 1, 1, 1), proposal, x_best[index])
-        broken = margin <= 0
-        x_adv = torch.where(broken.view(-1, 1, 1, 1), x_best, x)
-        return AttackOutcome((~broken).cpu(), x_adv)
+        # The search stops at margin <= 0, as the reference's does; a point counts as broken when
+        # the model misclassifies it (argmax), as for every other attack: at an exact tie of the
+        # logits the two differ.
+        x_adv = torch.where(wrong.view(-1, 1, 1, 1), x_best, x)
+        return AttackOutcome((~wrong).cpu(), x_adv)
 
     @staticmethod
-    def _margin(ctx: AttackContext, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return -cw_margin(ctx.logits(z), y, float("inf"))
+    def _margin(ctx: AttackContext, z: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The margin the search lowers, and whether the model misclassifies z, from one forward."""
+        logits = ctx.logits(z)
+        return -cw_margin(logits, y, float("inf")), logits.argmax(1) != y
 
 
 @dataclass
