@@ -14,7 +14,7 @@ from torch import nn
 from adt_fast.attacks import AttackContext, DistributionAttack, evaluate, make_attack, suite
 from adt_fast.attacks import losses
 from adt_fast.attacks.distribution import _losses_and_input_grads, fit_distribution
-from adt_fast.attacks.engine import iterative_attack, per_example_normals, per_example_start
+from adt_fast.attacks.engine import example_seed, iterative_attack, per_example_normals, per_example_start
 from adt_fast.attacks.evaluation import masking_gains
 
 from test_attacks import TinyNet
@@ -437,3 +437,25 @@ def test_losses_are_float32_even_for_bf16_logits():
     ce = losses.cross_entropy(logits, y)
     assert ce.dtype == torch.float32
     torch.testing.assert_close(ce, F.cross_entropy(logits.float(), y, reduction="none"))
+
+
+def test_per_example_streams_of_different_attacks_never_share_draws_for_large_ids():
+    """FeaAttack's ids are example x targets + target (200 targets under --protocol paper), so on
+    SVHN-sized evaluations they pass 1_000_003, the stride between streams' seeds: the stride alone
+    gave FeaAttack's example 10001 (target 5) the transfer attack's start of example 199."""
+    x = torch.zeros(1, 3, 4, 4)
+    targets, stride = 200, 1_000_003
+    feature = per_example_start(x, torch.tensor([10001 * targets + 5]), suite.stream_seed(0, "feature"))
+    transfer = per_example_start(x, torch.tensor([10001 * targets + 5 - 2 * stride]), suite.stream_seed(0, "transfer"))
+    assert not torch.equal(feature, transfer)
+    keys = {example_seed(s, i) for s in range(3) for i in (0, 1, stride - 1, stride, 2 * stride, 5_000_000)}
+    assert len(keys) == 18
+
+
+def test_per_example_starts_of_ids_below_the_stride_keep_their_published_keys():
+    """Reports made so far used seed * 1_000_003 + id; the same seed must give the same report."""
+    x = torch.zeros(2, 3, 4, 4)
+    start = per_example_start(x, torch.tensor([7, 999_999]), 41)
+    for row, example_id in enumerate((7, 999_999)):
+        expected = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(41 * 1_000_003 + example_id))
+        torch.testing.assert_close(start[row], expected * 2 - 1, rtol=0, atol=0)

@@ -8,6 +8,7 @@ epsilon-ball and the clamp to the valid input range.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Tuple, Union
 
@@ -45,6 +46,25 @@ def uniform_start(x: torch.Tensor, generator: Optional[torch.Generator] = None) 
     return torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator) * 2 - 1
 
 
+# Keys of per-example torch generators: seed * _ID_STRIDE + id for ids in [0, _ID_STRIDE) (the keys
+# every report so far was made with), and a 62-bit hash of (seed, id) placed above 2^62 for other
+# ids, which FeaAttack's (example, target) and APGD-T's (example, try) ids reach on large
+# evaluations, where the stride alone would give one stream's examples another stream's draws.
+# Streams' seeds are below 2^36 (suite.MAX_SEED * 16 + 15), so the first range ends below 2^56.
+_ID_STRIDE = 1_000_003
+_HASHED_KEYS = 1 << 62
+
+
+def example_seed(seed: int, example_id: int) -> int:
+    """The torch seed of one example's draws in the stream `seed`, different for every (seed, id)
+    (for hashed ids: but for a chance of about n^2 / 2^63 among n of them)."""
+    seed, example_id = int(seed), int(example_id)
+    if 0 <= example_id < _ID_STRIDE:
+        return seed * _ID_STRIDE + example_id
+    digest = hashlib.blake2b(f"{seed}:{example_id}".encode(), digest_size=8).digest()
+    return _HASHED_KEYS + (int.from_bytes(digest, "little") >> 2)
+
+
 def per_example_start(x: torch.Tensor, example_ids: torch.Tensor, seed: int) -> torch.Tensor:
     """U(-1, 1) noise where example i's draw depends only on (seed, example_ids[i]).
 
@@ -53,7 +73,7 @@ def per_example_start(x: torch.Tensor, example_ids: torch.Tensor, seed: int) -> 
     """
     draws = []
     for example_id in example_ids.tolist():
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + int(example_id))
+        generator = torch.Generator().manual_seed(example_seed(seed, example_id))
         draws.append(torch.rand(x.shape[1:], generator=generator))
     if not draws:
         return torch.zeros_like(x)

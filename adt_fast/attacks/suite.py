@@ -32,7 +32,8 @@ from torch import nn
 from ..checks import check_int
 from ..models.external import has_feature_split
 from .distribution import check_non_negative, fit_distribution
-from .engine import eval_mode, iterative_attack, model_device, per_example_normals, per_example_start
+from .engine import (eval_mode, example_seed, iterative_attack, model_device, per_example_normals,
+                     per_example_start)
 from .losses import cosine_distance, cross_entropy, cw_margin
 
 DEFAULT_ATTACKS = ("fgsm", "pgd20", "pgd100", "mim", "cw", "feature", "dist")
@@ -58,9 +59,8 @@ TRANSFER_STEPS = 20
 # elsewhere, which makes the worst case over attacks a little stronger.
 _STREAMS = {"pgd": 0, "mim": 1, "cw": 2, "feature": 3, "dist": 4, "transfer": 5, "fgsm": 6,
             "apgd-ce": 7, "apgd-t": 8, "square": 9, "apgd-dlr": 10}
-_ID_STRIDE = 1_000_003  # per_example_start's stride: example ids below it never collide
 # The largest evaluation seed: the per-example streams key Philox on 32 bits of it, and a larger
-# one would also overflow torch's 64-bit manual_seed once stream_seed and _ID_STRIDE scale it.
+# one would also overflow torch's 64-bit manual_seed once stream_seed and engine.example_seed scale it.
 MAX_SEED = 2**32 - 1
 
 
@@ -376,7 +376,7 @@ def choose_targets(y: torch.Tensor, example_ids: torch.Tensor, pool_y: torch.Ten
         if len(others) == 0:
             raise ValueError(f"no image of a class other than {label_value} to serve as a "
                              f"FeaAttack target")
-        generator = torch.Generator().manual_seed(seed * _ID_STRIDE + int(example_id))
+        generator = torch.Generator().manual_seed(example_seed(seed, example_id))
         if len(others) >= num_targets:
             pick = torch.randperm(len(others), generator=generator)[:num_targets]
         else:
