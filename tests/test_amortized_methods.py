@@ -353,3 +353,74 @@ def test_adt_imp_am_without_entropy_weight_gives_q_zero_gradients_and_leaves_it_
         assert torch.equal(value, before[name]), name
     if "beta" not in extra:  # with beta 0 the generator's KL term has no weight either
         assert any(p.grad is not None and p.grad.any() for p in method.modules()["generator"].parameters())
+
+
+# Killers from a mutation review of the AT-FGSM and ALP baselines: closed forms on a linear model.
+class _Linear(torch.nn.Module):
+    def __init__(self, weight):
+        super().__init__()
+        self.weight = torch.nn.Parameter(weight)
+
+    def forward(self, x):
+        return x.flatten(1) @ self.weight.T
+
+
+def test_at_fgsm_steps_eps_against_the_least_likely_class_gradient():
+    """Kurakin et al.'s step l.l.: x' = clamp(x - eps * sign(grad_x CE(f(x), argmin f(x)))), with
+    no random start; for f(x) = W x that gradient is W^T (softmax(Wx) - onehot(argmin))."""
+    gen = torch.Generator().manual_seed(0)
+    model = _Linear(torch.randn(5, 12, generator=gen))
+    x = 0.2 + 0.6 * torch.rand(4, 3, 2, 2, generator=gen)
+    eps = 0.05
+    x_adv = LeastLikelyFGSM(epsilon=eps)(model, x, torch.zeros(4, dtype=torch.long), Runtime())
+    with torch.no_grad():
+        logits = model(x)
+        target = torch.nn.functional.one_hot(logits.argmin(1), 5).float()
+        grad = ((logits.softmax(1) - target) @ model.weight).view_as(x)
+    torch.testing.assert_close(x_adv, (x - eps * grad.sign()).clamp(0, 1))
+
+
+def test_at_fgsm_picks_the_least_likely_class_with_the_classifier_in_eval_mode():
+    """The target class and the gradient come from the eval-mode classifier (BatchNorm frozen):
+    the step equals the one taken on an eval-mode copy, though the model is in train mode."""
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 10, 3, 8).train()
+    with torch.no_grad():  # non-trivial running statistics
+        for _ in range(3):
+            model(torch.rand(32, 3, 8, 8))
+    x = torch.rand(8, 3, 8, 8)
+    x_adv = LeastLikelyFGSM(epsilon=8 / 255)(model, x, torch.zeros(8, dtype=torch.long), Runtime())
+    assert model.training
+    expected = am.least_likely_fgsm(copy.deepcopy(model).eval(), x, 8 / 255)
+    torch.testing.assert_close(x_adv, expected)
+
+
+def test_alp_loss_is_mixed_ce_plus_weighted_mean_squared_logit_gap():
+    """Kannan et al.: (CE(f(x)) + CE(f(x'))) / 2 + w * mean_c (f(x) - f(x'))^2, gradients into both
+    logits (d/d clean of the pairing term is -2 w (adv - clean) / C)."""
+    clean = torch.tensor([[1.0, -2.0, 0.5]], requires_grad=True)
+    adv = torch.tensor([[0.0, 1.0, 0.5]])
+    y = torch.tensor([0])
+    loss = am.alp_loss(clean, adv, y, 0.3)
+    gap = (1.0 + 9.0 + 0.0) / 3
+    expected = 0.5 * (cross_entropy(clean, y) + cross_entropy(adv, y)) + 0.3 * gap
+    torch.testing.assert_close(loss, expected.detach())
+    assert am.ALP_WEIGHT == 0.5 and am.alp_loss(clean, adv, y).item() == pytest.approx(
+        (0.5 * (cross_entropy(clean, y) + cross_entropy(adv, y)) + 0.5 * gap).item())
+    (penalty_grad,) = torch.autograd.grad(am.alp_penalty(clean, adv, 0.3).sum(), clean)
+    torch.testing.assert_close(penalty_grad, -2 * 0.3 * (adv - clean.detach()) / 3)
+
+
+def test_alp_outer_is_one_mixed_batch_with_the_configured_weight():
+    """ALP's outer loss runs clean and adversarial inputs as one 2B train-mode batch (shared
+    BatchNorm statistics), returns the clean half's logits, and uses --alp-weight."""
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 10, 3, 8).train()
+    x, x_adv, y = torch.rand(8, 3, 8, 8), torch.rand(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    cfg = TrainConfig("alp", "synthetic", "unused", tensorboard=False, alp_weight=0.2).resolve()
+    outer = build_method(cfg, model, Runtime()).outer
+    loss, clean = outer(model, x, x_adv, y, Runtime())
+    with torch.no_grad():
+        logits = model(torch.cat([x, x_adv]))
+        torch.testing.assert_close(clean.detach(), logits[:8])
+        torch.testing.assert_close(loss.detach(), am.alp_loss(logits[:8], logits[8:], y, 0.2))

@@ -459,3 +459,26 @@ def test_per_example_starts_of_ids_below_the_stride_keep_their_published_keys():
     for row, example_id in enumerate((7, 999_999)):
         expected = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(41 * 1_000_003 + example_id))
         torch.testing.assert_close(start[row], expected * 2 - 1, rtol=0, atol=0)
+
+
+# Killers from a mutation review of fit_distribution as ADT_EXP's inner loop (Alg. 2, C.3).
+def test_fit_distribution_defaults_and_step_bookkeeping_are_alg2s():
+    """Defaults are C.3's Adam lr 0.3 with betas (0, 0); T steps each draw their own normals
+    (noise(step) for step 0..T-1) and record one objective; lambda < 0 is refused."""
+    x = torch.full((2, 1, 4, 4), 0.5)
+    w = torch.randn(16, generator=torch.Generator().manual_seed(0))
+    loss_fn = lambda z: (z.flatten(1) @ w) ** 2  # noqa: E731
+    asked = []
+
+    def noise(step):
+        asked.append(step)
+        return torch.randn((3, *x.shape), generator=torch.Generator().manual_seed(10 + step))
+
+    common = dict(epsilon=0.1, steps=3, num_samples=3, lbd=0.1, noise=noise, track=True)
+    default = fit_distribution(loss_fn, x, **common)
+    assert asked == [0, 1, 2] and len(default.objective) == 3
+    explicit = fit_distribution(loss_fn, x, lr=0.3, betas=(0.0, 0.0), **common)
+    torch.testing.assert_close(default.mean, explicit.mean)
+    torch.testing.assert_close(default.std_param, explicit.std_param)
+    with pytest.raises(ValueError, match="lbd"):
+        fit_distribution(loss_fn, x, epsilon=0.1, steps=1, num_samples=1, lbd=-0.1)

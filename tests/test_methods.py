@@ -222,3 +222,112 @@ def test_beta_scales_entropy_weight():
     cfg = TrainConfig("adt-exp", "synthetic", "unused", tensorboard=False, loss="trades", beta=6.0,
                       beta_scales_entropy=True, lbd=0.01).resolve()
     assert inner_entropy_weight(cfg) == pytest.approx(0.06)
+
+
+# Killers from a mutation review of the training methods (starts, inner losses on stacked
+# batches, ADT_EXP's final sample, TRADES' outer mode, the per-method wiring).
+def _textbook_kl(clean_logits, adv_logits):
+    p = clean_logits.softmax(1)
+    return (p * (p.log() - adv_logits.log_softmax(1))).sum(1)
+
+
+def test_pgd_uniform_start_is_uniform_in_the_ball():
+    """AT-PGD (Madry et al.) starts at x + U(-eps, eps): with no steps the output is that start,
+    whose spread is eps / sqrt(3) per pixel (a missing start would return x itself)."""
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 10, 3, 8).eval()
+    x = torch.full((64, 3, 8, 8), 0.5)
+    out = PGD(CEInner(), epsilon=EPS, steps=0, step_size=EPS / 4, start="uniform")(
+        model, x, torch.zeros(64, dtype=torch.long), Runtime())
+    delta = out - x
+    assert delta.abs().max() <= EPS + 1e-7
+    assert delta.std().item() == pytest.approx(EPS / 3 ** 0.5, rel=0.05)
+
+
+@pytest.mark.parametrize("method", ["at-pgd", "alp"])
+def test_at_pgd_and_alp_start_their_pgd_uniformly(method):
+    """Both train on Madry et al.'s PGD, which starts uniformly in the ball (docs/training.md)."""
+    cfg = TrainConfig(method, "synthetic", "unused", tensorboard=False).resolve()
+    assert build_method(cfg, build_model("small-cnn", 10, 3, 8), Runtime()).perturbation.start == "uniform"
+
+
+def test_inner_losses_score_each_example_of_a_stacked_batch_against_its_own_clean_input(batch, model):
+    """Inner losses take n*B sample-major inputs (k samples of ADT_EXP): input j*B + i pairs with
+    example i's label and clean logits, and the KL is KL(f(x) || f(x + delta)) (TRADES), not the
+    reverse."""
+    x, y = batch
+    model = model.eval()
+    gen = torch.Generator().manual_seed(5)
+    stacked = (x.repeat(2, 1, 1, 1) + 0.05 * torch.randn((2 * x.shape[0], *x.shape[1:]), generator=gen)).clamp(0, 1)
+    with torch.no_grad():
+        clean, adv = model(x).repeat(2, 1), model(stacked)
+        kl = _textbook_kl(clean, adv)
+        torch.testing.assert_close(TradesKLInner().bind(model, x, y, Runtime())(stacked), kl)
+        torch.testing.assert_close(TradesInner(beta=6.0).bind(model, x, y, Runtime())(stacked),
+                                   cross_entropy(clean, y.repeat(2)) + 6.0 * kl)
+        torch.testing.assert_close(CEInner().bind(model, x, y, Runtime())(stacked),
+                                   cross_entropy(adv, y.repeat(2)))
+
+
+def test_adt_exp_trains_on_a_random_sample_of_the_fitted_distribution(batch, model):
+    """Alg. 2 trains on a sample delta ~ p_phi, not on the distribution's mode: with no fitting
+    steps (mu = rho = 0) the sample is eps * tanh(softplus(0) * r), spread over the ball, and two
+    calls draw different samples."""
+    x, y = batch
+    dist = ExplicitDistribution(CEInner(), epsilon=EPS, steps=0, samples=2, lbd=0.01)
+    torch.manual_seed(6)
+    first = dist(model, x, y, Runtime())
+    second = dist(model, x, y, Runtime())
+    inside = (x > EPS) & (x < 1 - EPS)  # no clamping at the box
+    assert (first - x)[inside].abs().mean() > EPS / 4
+    assert not torch.equal(first, second)
+
+
+def test_trades_outer_runs_both_forwards_in_train_mode(batch, model):
+    """TRADES' code computes f(x) and f(x + delta) in train mode (docs/training.md): with the
+    model in train mode, the returned clean logits are train-mode BatchNorm logits."""
+    x, y = batch
+    x_adv = (x + 0.01).clamp(0, 1)
+    _, clean = TradesOuter(beta=6.0)(model, x, x_adv, y, Runtime())
+    assert model.training
+    with torch.no_grad():
+        torch.testing.assert_close(clean.detach(), model(x))
+
+
+def test_explicit_distribution_fits_with_its_own_settings(batch, model):
+    """ExplicitDistribution is fit_distribution on the inner loss, with the steps, samples,
+    lambda, Adam lr and betas and step rule it was given (non-default here), nothing else."""
+    from adt_fast.attacks.distribution import fit_distribution
+    x, y = batch
+    settings = dict(epsilon=EPS, steps=3, lbd=0.5)
+    adam = dict(lr=0.2, betas=(0.5, 0.9), accumulate_grads=True)
+    dist = ExplicitDistribution(CEInner(), samples=3, track=True, **settings, **adam)
+    torch.manual_seed(7)
+    dist(model, x, y, Runtime())
+    torch.manual_seed(7)
+    loss_fn = CEInner().bind(model.eval(), x, y, Runtime())  # the inner problem's eval mode
+    fit = fit_distribution(loss_fn, x, num_samples=3, track=True, **settings, **adam)
+    torch.testing.assert_close(dist.last_fit.mean, fit.mean)
+    torch.testing.assert_close(dist.last_fit.std_param, fit.std_param)
+
+
+def test_adt_exp_builds_its_distribution_from_the_config():
+    """Every ADT_EXP setting of the config reaches the inner problem (Alg. 2: T, k, lambda, Adam's
+    lr and betas, the step rule), and --loss trades uses the TRADES loss inside and out."""
+    cfg = TrainConfig("adt-exp", "synthetic", "unused", tensorboard=False, steps=3, samples=2, lbd=0.2,
+                      dist_lr=0.1, dist_betas=(0.5, 0.9), dist_grad="accumulated").resolve()
+    dist = build_method(cfg, build_model("small-cnn", 10, 3, 8), Runtime()).perturbation
+    assert (dist.steps, dist.samples, dist.lbd, dist.lr, dist.betas, dist.accumulate_grads) == \
+        (3, 2, 0.2, 0.1, (0.5, 0.9), True)
+    cfg = TrainConfig("adt-exp", "synthetic", "unused", tensorboard=False, loss="trades", beta=2.0,
+                      lbd=0.01, beta_scales_entropy=True).resolve()
+    built = build_method(cfg, build_model("small-cnn", 10, 3, 8), Runtime())
+    assert isinstance(built.perturbation.inner, TradesInner) and built.perturbation.inner.beta == 2.0
+    assert isinstance(built.outer, TradesOuter) and built.outer.beta == 2.0
+    assert built.perturbation.lbd == pytest.approx(0.02)
+
+
+def test_trades_method_uses_the_configured_beta_outside():
+    """--beta of --method trades weighs the KL of the outer loss."""
+    cfg = TrainConfig("trades", "synthetic", "unused", tensorboard=False, beta=2.0).resolve()
+    assert build_method(cfg, build_model("small-cnn", 10, 3, 8), Runtime()).outer.beta == 2.0

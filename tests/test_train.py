@@ -498,3 +498,68 @@ def test_resume_refuses_another_precision(tmp_path):
     saved = TrainConfig("standard", "synthetic", str(tmp_path / "r"), device="cpu").resolve()
     asked = TrainConfig("standard", "synthetic", str(tmp_path / "r"), device="cpu", precision="bf16", resume=True)
     assert any(c.startswith('--precision "bf16" (the run has "fp32")') for c in asked.conflicts(saved))
+
+
+# Killers from a mutation review of the training config: C.3's defaults, the per-method
+# defaults (C.3, C.4, TRADES' and Kannan et al.'s code) and the validation bounds.
+def _resolved(method, dataset="synthetic", **kw):
+    return TrainConfig(method, dataset, "unused", tensorboard=False, **kw).resolve()
+
+
+def test_defaults_are_appendix_c3():
+    """SGD momentum 0.9, weight decay 2e-4, batch 64, lr 0.1 dropped tenfold at epoch 75 of 76."""
+    cfg = _resolved("standard", "cifar10")
+    assert (cfg.epochs, cfg.lr_drop, cfg.lr, cfg.lr_gamma, cfg.momentum, cfg.weight_decay, cfg.batch_size) == \
+        (76, [75], 0.1, 0.1, 0.9, 2e-4, 64)
+    assert _resolved("standard", epochs=40).lr_drop == [39]      # round(40 * 75 / 76)
+    assert _resolved("standard", epochs=1).lr_drop == []
+    assert _resolved("standard", "digits").epochs == 15
+
+
+@pytest.mark.parametrize("method,expected", [
+    ("at-pgd", dict(steps=7, step_size=2 / 255)),
+    ("alp", dict(steps=7, step_size=2 / 255, alp_weight=0.5)),
+    ("trades", dict(steps=7, step_size=2 / 255, beta=6.0, trades_inner="at-pgd")),
+    ("adt-exp", dict(steps=7, samples=5, lbd=0.01, dist_lr=0.3, dist_betas=(0.0, 0.0),
+                     dist_grad="per-step", loss="ce")),
+])
+def test_method_defaults_follow_the_paper_and_the_baselines_code(method, expected):
+    """C.3 / C.4: PGD-style loops T=7, step eps/4 (8/255 on synthetic); TRADES beta 6; ALP 0.5;
+    ADT_EXP k=5, lambda 0.01, Adam lr 0.3 betas (0, 0), stepping on each step's own gradient."""
+    cfg = _resolved(method)
+    assert cfg.step_size == pytest.approx(expected.pop("step_size", cfg.step_size))
+    assert {name: getattr(cfg, name) for name in expected} == expected
+
+
+def test_trades_code_inner_is_ten_steps_of_0_007_at_8_255():
+    """--trades-inner trades-code takes train_trades_cifar10.py's 10 steps of 0.007 at eps 0.031,
+    and refuses a contradicting --steps."""
+    cfg = _resolved("trades", trades_inner="trades-code")
+    assert (cfg.steps, cfg.step_size) == (10, pytest.approx(0.007))
+    assert _resolved("trades", trades_inner="trades-code", epsilon=16 / 255).step_size == pytest.approx(0.014)
+    with pytest.raises(ConfigError, match="--steps"):
+        _resolved("trades", trades_inner="trades-code", steps=7)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(method="adt-exp", dist_betas=(0.5, 1.0)), dict(method="adt-exp", samples=0),
+    dict(method="adt-exp", dist_lr=0.0), dict(method="at-pgd", step_size=0.0),
+    dict(method="trades", beta=-1.0), dict(method="at-pgd", epsilon=1.5),
+])
+def test_out_of_range_method_settings_are_refused(settings):
+    """Adam's betas lie in [0, 1), k >= 1, learning and step sizes > 0, beta >= 0, eps <= the cap."""
+    with pytest.raises(ConfigError):
+        _resolved(**settings)
+
+
+@pytest.mark.parametrize("settings", [dict(method="adt-exp", lbd=0.0), dict(method="at-pgd", steps=0),
+                                      dict(method="alp", alp_weight=0.0)])
+def test_zero_entropy_weight_steps_and_pairing_weight_are_allowed(settings):
+    """lambda 0 (no entropy term), T=0 (train on the start) and ALP weight 0 are valid settings."""
+    _resolved(**settings)
+
+
+def test_beta_is_dropped_with_the_ce_loss():
+    """beta only applies to --loss trades: a CE run stores none (so --resume compares nothing)."""
+    cfg = _resolved("adt-exp")
+    assert cfg.beta is None and cfg.beta_scales_entropy is None
