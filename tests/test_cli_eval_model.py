@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 import sys
 
 import pytest
@@ -211,3 +212,26 @@ def test_the_report_names_the_weights_it_scored_by_their_hash(weights, tmp_path,
     meta = json.loads(out.read_text())["meta"]
     assert meta["weights"] == str((root / "plain.pt").resolve())
     assert meta["weights_sha256"] == hashlib.sha256((root / "plain.pt").read_bytes()).hexdigest()
+
+
+def test_a_factory_takes_literal_arguments_from_the_spec(tmp_path, capsys):
+    """Constructors such as torchvision's resnet18(num_classes=10) need arguments to fit a dataset."""
+    model = load_external_model("external_models:sized(6, num_classes=10)")
+    assert model[0].out_channels == 6 and model[3].out_features == 10
+    out = tmp_path / "e.json"
+    assert main(["eval", "--model", "external_models:sized(num_classes=10)", *FAST, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "\nsized " in printed
+    assert json.loads(out.read_text())["meta"]["model"] == "external_models:sized(num_classes=10)"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("external_models:sized(__import__('os'))", "must be Python literals"),
+    ("external_models:sized(**{'width': 3})", "must be Python literals"),
+    ("external_models:sized(3", "arguments go in parentheses at the end"),
+    ("external_models:sized(depth=3)", "calling external_models:sized(depth=3) failed: TypeError"),
+    ("external_models:instance(3)", "is a model, not a factory"),
+])
+def test_factory_arguments_that_are_not_literals_or_do_not_fit_are_refused(spec, message):
+    with pytest.raises(ExternalModelError, match=re.escape(message)):
+        load_external_model(spec)

@@ -108,8 +108,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                         help="a run directory (its model.pt, else checkpoint.pt) or a checkpoint "
                              "file (or --model for a model trained elsewhere)")
     parser.add_argument("--model", default=None, metavar="MODULE:FACTORY",
-                        help="build the model by calling an importable factory with no arguments, "
-                             "e.g. mypackage.models:wrn28 (instead of --checkpoint)")
+                        help="build the model by calling an importable factory, with no arguments "
+                             "or the literal ones given, e.g. mypackage.models:wrn28 or "
+                             "'torchvision.models:resnet18(num_classes=10)' (instead of --checkpoint)")
     parser.add_argument("--weights", default=None, metavar="FILE",
                         help="a state dict for --model, read with torch.load(weights_only=True)")
     parser.add_argument("--mean", type=_floats, default=None, metavar="M1,M2,...",
@@ -566,7 +567,7 @@ def _print_results(report, job, args) -> None:
     """The results table, which model was scored, and the sanity checks, on stdout."""
     checkpoint = job.checkpoint
     if checkpoint is None:
-        name = args.model.rpartition(":")[2]
+        name = args.model.partition("(")[0].rpartition(":")[2]
     else:
         name = checkpoint.parent.name if checkpoint.name in ("model.pt", "checkpoint.pt") else checkpoint.stem
     print(report.table(model_name=name or "model"))

@@ -9,6 +9,7 @@ refused. Every failure raises ExternalModelError with a message that says what w
 
 from __future__ import annotations
 
+import ast
 import importlib
 import os
 import pickle
@@ -85,9 +86,33 @@ def check_normalisation(mean: Optional[Sequence[float]], std: Optional[Sequence[
         raise ExternalModelError(f"std values must be finite and > 0, got {list(std)}")
 
 
+def _factory_arguments(spec: str) -> tuple[str, tuple, dict]:
+    """"module:factory(3, num_classes=10)" -> ("module:factory", (3,), {"num_classes": 10}).
+
+    Arguments must be Python literals (ast.literal_eval): a spec never runs code of its own."""
+    name, paren, rest = spec.partition("(")
+    if not paren:
+        return spec, (), {}
+    if not rest.endswith(")"):
+        raise ExternalModelError(f"{spec!r}: arguments go in parentheses at the end, as in "
+                                 f"mypackage.models:build(num_classes=10)")
+    try:
+        call = ast.parse(f"f({rest}", mode="eval").body
+        if any(k.arg is None for k in call.keywords) or any(isinstance(a, ast.Starred) for a in call.args):
+            raise ValueError("* and ** are not literals")
+        args = tuple(ast.literal_eval(a) for a in call.args)
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    except (SyntaxError, ValueError) as err:
+        raise ExternalModelError(f"{spec!r}: the factory's arguments must be Python literals "
+                                 f"(numbers, strings, True/False/None, tuples, lists, dicts): {err}") from None
+    return name, args, kwargs
+
+
 def build_from_factory(spec: str) -> nn.Module:
     """The model "package.module:attribute" names (attribute may be dotted): a factory called with
-    no arguments, or a model instance itself."""
+    the literal arguments the spec gives, if any ("...:resnet18(num_classes=10)"), or a model
+    instance itself."""
+    spec, args, kwargs = _factory_arguments(spec)
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise ExternalModelError(f"expected MODULE:FACTORY such as mypackage.models:build, got {spec!r}")
@@ -107,16 +132,19 @@ def build_from_factory(spec: str) -> nn.Module:
             raise ExternalModelError(f"{module_name!r} has no attribute {attribute!r}")
         factory = getattr(factory, part)
     if isinstance(factory, nn.Module):
+        if args or kwargs:
+            raise ExternalModelError(f"{spec} is a model, not a factory: it takes no arguments")
         return factory
     if not callable(factory):
         raise ExternalModelError(f"{spec} is neither a model nor callable (a function or class that "
                                  f"builds the model)")
+    call = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
     try:
-        model = factory()
+        model = factory(*args, **kwargs)
     except Exception as err:  # the user's code: report whatever it raised, with its type
-        raise ExternalModelError(f"calling {spec}() failed: {type(err).__name__}: {err}") from None
+        raise ExternalModelError(f"calling {spec}({call}) failed: {type(err).__name__}: {err}") from None
     if not isinstance(model, nn.Module):
-        raise ExternalModelError(f"{spec}() returned a {type(model).__name__}, not a torch.nn.Module")
+        raise ExternalModelError(f"{spec}({call}) returned a {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
