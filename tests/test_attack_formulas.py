@@ -6,6 +6,8 @@ to fail on a mutation of the code that every other test let pass (a mutation-tes
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -482,3 +484,56 @@ def test_fit_distribution_defaults_and_step_bookkeeping_are_alg2s():
     torch.testing.assert_close(default.std_param, explicit.std_param)
     with pytest.raises(ValueError, match="lbd"):
         fit_distribution(loss_fn, x, epsilon=0.1, steps=1, num_samples=1, lbd=-0.1)
+
+
+# Killers from a second mutation review of fit_distribution (Alg. 2's inner loop): the entropy's
+# per-dimension scaling, and that both parameters are optimised and accumulated.
+def test_fit_entropy_is_the_per_dimension_mean_of_minus_log_p_per_example():
+    """The entropy term is -log p(delta) of one example divided by its own dimension count (not the
+    batch's): at the start (mean 0, sigma = softplus(0) = log 2) with given normals r it is, per
+    element, r^2/2 + log(2 pi)/2 + log(log 2) + log(1 - tanh(sigma r)^2) + log epsilon, averaged
+    over elements, samples and examples, whatever the batch size."""
+    x = torch.full((3, 1, 4, 4), 0.5)
+    r = torch.randn(2, *x.shape, generator=torch.Generator().manual_seed(4))
+    fit = fit_distribution(lambda z: z.flatten(1).sum(1), x, epsilon=0.1, steps=1, num_samples=2, lbd=0.5,
+                           noise=lambda step: r, track=True)
+    u = math.log(2.0) * r.double()
+    per_element = (0.5 * r.double() ** 2 + 0.5 * math.log(2 * math.pi) + math.log(math.log(2.0))
+                   + torch.log1p(-torch.tanh(u) ** 2) + math.log(0.1))
+    assert fit.entropy_per_dim[0] == pytest.approx(per_element.mean().item(), rel=1e-5)
+
+
+def test_fit_steps_both_the_mean_and_the_std_parameter_by_lr_sign():
+    """Alg. 2 ascends over (mu, rho) together. With Adam betas (0, 0) the first step moves every
+    component of both by exactly lr * sign(grad), so |mean| = |std_param| = lr after one step
+    (the entropy term makes both gradients non-zero)."""
+    x = torch.full((2, 1, 4, 4), 0.5)
+    w = torch.randn(16, generator=torch.Generator().manual_seed(0))
+    fit = fit_distribution(lambda z: z.flatten(1) @ w, x, epsilon=0.1, steps=1, num_samples=3, lbd=1.0,
+                           lr=0.3, betas=(0.0, 0.0), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(fit.mean.abs(), torch.full_like(x, 0.3), rtol=0, atol=1e-5)
+    torch.testing.assert_close(fit.std_param.abs(), torch.full_like(x, 0.3), rtol=0, atol=1e-5)
+
+
+def test_accumulated_grads_sum_every_step_for_both_parameters(monkeypatch):
+    """--dist-grad accumulated (the authors' adt_exp.py never zeroes Adam's gradients): step t sees
+    (t + 1) times the step's own gradient, for the mean and for std_param alike, when every step
+    draws the same normals and the parameters do not move (Adam.step recorded, not run)."""
+    x = torch.full((2, 1, 4, 4), 0.5)
+    w = torch.randn(16, generator=torch.Generator().manual_seed(0))
+    r = torch.randn(3, *x.shape, generator=torch.Generator().manual_seed(2))
+    seen = {}
+
+    def recording_step(self, *args, **kwargs):
+        seen[mode].append([p.grad.clone() for p in self.param_groups[0]["params"]])
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    for mode in (False, True):
+        seen[mode] = []
+        fit_distribution(lambda z: (z.flatten(1) @ w) ** 2, x, epsilon=0.1, steps=3, num_samples=3, lbd=0.5,
+                         accumulate_grads=mode, noise=lambda step: r)
+    assert len(seen[True]) == 3
+    for t, (own, summed) in enumerate(zip(seen[False], seen[True])):
+        assert own[0].abs().max() > 0 and own[1].abs().max() > 0
+        for mine, total in zip(own, summed):
+            torch.testing.assert_close(total, (t + 1) * mine)
