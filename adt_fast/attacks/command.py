@@ -1,8 +1,7 @@
 """`adt-fast eval`: attack a trained model with the paper's suite or AutoAttack, write the report.
 
     adt-fast eval --checkpoint runs/digits --dataset digits --out runs/digits/eval.json
-    adt-fast eval --model mypackage.models:build --weights model.pt --mean 0.49,0.48,0.45 \
-        --std 0.25,0.24,0.26 --dataset cifar10 --attacks autoattack --out eval.json
+    adt-fast eval --model mypackage.models:build --weights model.pt --dataset cifar10 --out eval.json
 
 prints a progress bar, then a table laid out like the paper's Table 9, and writes eval.json,
 eval.csv and eval.png (see docs/evaluation.md).
@@ -139,14 +138,17 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                              % (",".join(DEFAULT_ATTACKS), ",".join(PAPER_ATTACKS)))
     parser.add_argument("--n-examples", type=_int_at_least(1), default=None, metavar="N",
                         help="attack the first N test examples (default: the whole test split)")
-    parser.add_argument("--batch-size", type=_int_at_least(1), default=256, metavar="B")
+    parser.add_argument("--batch-size", type=_int_at_least(1), default=256, metavar="B",
+                        help="examples per batch (default 256); no result depends on it")
     parser.add_argument("--epsilon", type=_epsilon, default=None, metavar="E",
                         help="l_inf budget for inputs in [0, 1], a number or a fraction such as 8/255 "
                              "(default: the dataset's: 8/255 for CIFAR, 4/255 for SVHN)")
     parser.add_argument("--source-checkpoint", default=None, metavar="PATH",
                         help="a source model for the transfer (black-box) attack; adds 'transfer'")
     parser.add_argument("--seed", type=_int_at_least(0, MAX_SEED), default=0, metavar="S",
-                        help="random starts and FeaAttack targets (default 0); same seed, same report")
+                        help="random starts, FeaAttack targets and the distribution attack's samples, "
+                             "and with --model torch's generator before the factory runs (default 0); "
+                             "same seed, same report")
     parser.add_argument("--device", default="auto", metavar="DEV",
                         help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     parser.add_argument("--dist-steps", type=_int_at_least(0), default=DIST_STEPS, metavar="T",
