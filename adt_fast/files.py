@@ -110,11 +110,12 @@ def make_writable_dir(folder: PathLike) -> Path:
     return folder
 
 
-def sha256_of(path: PathLike) -> str:
-    """The file's SHA-256, hex: what a report records to name the weights it scored."""
-    digest = hashlib.sha256()
+def file_digest(path: PathLike, algorithm: str = "sha256") -> str:
+    """The file's hash, hex, read in 1 MiB blocks: a download's MD5 check, the SHA-256 a report
+    records to name the weights it scored."""
+    digest = hashlib.new(algorithm, usedforsecurity=algorithm != "md5")  # MD5: integrity checks only
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
+        while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
 

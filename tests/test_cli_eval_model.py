@@ -229,6 +229,7 @@ def test_a_factory_takes_literal_arguments_from_the_spec(tmp_path, capsys):
     ("external_models:sized(__import__('os'))", "must be Python literals"),
     ("external_models:sized(**{'width': 3})", "must be Python literals"),
     ("external_models:sized(3", "arguments go in parentheses at the end"),
+    ("external_models:sized(3) + sized(4)", "must close the spec, as one call"),
     ("external_models:sized(depth=3)", "calling external_models:sized(depth=3) failed: TypeError"),
     ("external_models:instance(3)", "is a model, not a factory"),
 ])

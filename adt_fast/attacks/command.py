@@ -245,7 +245,7 @@ def _resolve_checkpoint(path: str, flag: str):
 
 
 def _load_external(args, info, device, fit_classes=None):
-    """--model/--weights/--mean/--std: a model trained elsewhere, checked on one input; and the
+    """--model/--weights/--mean/--std: a model trained elsewhere, checked as the attacks run it; and the
     dataset's info with the model's number of classes where the data takes it (``fit_classes``)."""
     import torch
 
@@ -416,7 +416,7 @@ class EvalPlan:
 def plan(args) -> EvalPlan:
     """Check everything before any work: settings, device, output paths, checkpoints, data, and
     that the attacks can run on the device; create the output folder last. EvalError if not."""
-    from ..files import make_writable_dir, os_error_text, sha256_of, unwritable_reason
+    from ..files import make_writable_dir, os_error_text, file_digest, unwritable_reason
     from .evaluation import check_attacks_can_run, check_epsilon_curve
     from .report import report_paths
 
@@ -468,7 +468,7 @@ def plan(args) -> EvalPlan:
         model, trained, info = _load_model(checkpoint, "--checkpoint", info, device, fit_classes)
     weights_file = checkpoint if args.model is None else args.weights
     try:
-        weights_sha256 = None if weights_file is None else sha256_of(weights_file)
+        weights_sha256 = None if weights_file is None else file_digest(weights_file)
     except OSError as err:  # the file went away after it was read
         flag = "--checkpoint" if args.model is None else "--weights"
         raise EvalError(flag, f"cannot read {weights_file} ({os_error_text(err)})") from None

@@ -19,6 +19,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import file_digest
 from .errors import ChecksumError, DatasetFileError, DownloadError
 
 BASE_URL_ENV = "ADT_FAST_DATA_URL"
@@ -105,7 +106,7 @@ def download(name: str, data_dir: str | os.PathLike, base_url: str | None = None
         destination = data_dir / resource.path
         destination.parent.mkdir(parents=True, exist_ok=True)
         expected_md5 = MD5_CHECKSUMS[resource.path]
-        if not (destination.is_file() and file_md5(destination) == expected_md5):
+        if not (destination.is_file() and file_digest(destination, "md5") == expected_md5):
             if host_override:
                 url = f"{host_override.rstrip('/')}/{resource.path}"
             else:
@@ -114,14 +115,6 @@ def download(name: str, data_dir: str | os.PathLike, base_url: str | None = None
         if resource.extract:
             _extract_tar_safely(destination, data_dir)
     return data_dir
-
-
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)  # integrity check only
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _resources(name: str) -> tuple[Resource, ...]:

@@ -98,6 +98,8 @@ def _factory_arguments(spec: str) -> tuple[str, tuple, dict]:
                                  f"mypackage.models:build(num_classes=10)")
     try:
         call = ast.parse(f"f({rest}", mode="eval").body
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "f"):
+            raise ValueError("the arguments must close the spec, as one call")
         if any(k.arg is None for k in call.keywords) or any(isinstance(a, ast.Starred) for a in call.args):
             raise ValueError("* and ** are not literals")
         args = tuple(ast.literal_eval(a) for a in call.args)
