@@ -236,3 +236,70 @@ def test_a_factory_takes_literal_arguments_from_the_spec(tmp_path, capsys):
 def test_factory_arguments_that_are_not_literals_or_do_not_fit_are_refused(spec, message):
     with pytest.raises(ExternalModelError, match=re.escape(message)):
         load_external_model(spec)
+
+
+def _source_weights(path):
+    """Weights for external_models.sized(6) that differ from its initialisation."""
+    source = external_models.sized(6)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.mul_(-1.5)
+    torch.save(source.state_dict(), path)
+    return source
+
+
+SOURCE = ["--source-model", "external_models:sized(6)", "--source-mean", "0.5,0.5,0.5",
+          "--source-std", "0.25,0.25,0.25"]
+
+
+def test_a_source_model_trained_elsewhere_crafts_the_transfer_attack(tmp_path, capsys):
+    """--source-model/--source-weights/--source-mean/--source-std build the transfer attack's source
+    as --model builds the evaluated model; the report names it and the hash of its weights."""
+    from adt_fast.attacks.command import plan
+    from adt_fast.cli import build_parser
+
+    trained = _source_weights(tmp_path / "source.pt")
+    argv = ["eval", "--model", FACTORY, *FAST, *SOURCE, "--source-weights", str(tmp_path / "source.pt")]
+    job = plan(build_parser().parse_args([*argv, "--out", str(tmp_path / "p.json")]))
+    x = torch.rand(2, 3, 8, 8)
+    torch.testing.assert_close(job.source(x), trained((x - 0.5) / 0.25))
+    reports = []
+    for name in ("a.json", "b.json"):
+        out = tmp_path / name
+        assert main([*argv, "--out", str(out)]) == 0, capsys.readouterr().err
+        reports.append(out.read_text())
+    assert reports[0] == reports[1]
+    report = json.loads(reports[0])
+    assert set(report["robust_accuracy"]) == {"pgd2", "transfer"}
+    meta = report["meta"]
+    assert meta["source_model"] == "external_models:sized(6)" and meta["source_mean"] == [0.5] * 3
+    assert meta["source_weights"] == str((tmp_path / "source.pt").resolve())
+    assert meta["source_weights_sha256"] == hashlib.sha256((tmp_path / "source.pt").read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("args, flag, message", [
+    (["--source-model", FACTORY, "--source-checkpoint", "x"], "--source-checkpoint/--source-model", "at most one"),
+    (["--source-weights", "SOURCE"], "--source-weights", "goes with --source-model"),
+    (["--source-mean", "0.5,0.5,0.5", "--source-std", "0.2,0.2,0.2"], "--source-mean/--source-std",
+     "goes with --source-model"),
+    (["--source-model", FACTORY, "--source-mean", "0.5,0.5,0.5"], "--source-mean/--source-std", "both"),
+    (["--source-model", FACTORY, "--source-mean", "0.5", "--source-std", "0.2"], "--source-mean", "3 input channels"),
+    (["--source-model", "external_models:wide"], "--source-model", "fails on"),
+    (["--source-model", "external_models:fails"], "--source-model", "factory exploded"),
+    (["--source-model", "external_models:sized(6)", "--source-weights", "WIDE"], "--source-weights", "do not fit"),
+    (["--source-model", "external_models:sized(num_classes=5)"], "--source-model", "needs logits of shape (2, 10)"),
+    (["--source-model", "external_models:FailsOnBigBatches"], "--model/--source-model",
+     "one of the models failed during the attacks: RuntimeError: only small batches"),
+    (["--attacks", "transfer"], "--attacks", "'transfer' needs --source-checkpoint or --source-model"),
+])
+def test_bad_source_model_arguments_name_the_flag(args, flag, message, weights, tmp_path, capsys):
+    root, _ = weights
+    _source_weights(tmp_path / "source.pt")
+    names = {"WIDE": root / "wide.pt", "SOURCE": tmp_path / "source.pt"}
+    args = [str(names.get(a, a)) for a in args]
+    code = main(["eval", "--model", FACTORY, *FAST, *args, "--out", str(tmp_path / "e.json")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"error: {flag}: " in err and message in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "e.json").exists()

@@ -145,10 +145,19 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                              "(default: the dataset's: 8/255 for CIFAR, 4/255 for SVHN)")
     parser.add_argument("--source-checkpoint", default=None, metavar="PATH",
                         help="a source model for the transfer (black-box) attack; adds 'transfer'")
+    parser.add_argument("--source-model", default=None, metavar="MODULE:FACTORY",
+                        help="instead of --source-checkpoint: a source model trained elsewhere, "
+                             "as --model builds one; adds 'transfer'")
+    parser.add_argument("--source-weights", default=None, metavar="FILE",
+                        help="a state dict for --source-model, as --weights for --model")
+    parser.add_argument("--source-mean", type=_floats, default=None, metavar="M1,M2,...",
+                        help="per-channel mean the --source-model expects (with --source-std)")
+    parser.add_argument("--source-std", type=_floats, default=None, metavar="S1,S2,...",
+                        help="per-channel standard deviation, with --source-mean")
     parser.add_argument("--seed", type=_int_at_least(0, MAX_SEED), default=0, metavar="S",
                         help="random starts, FeaAttack targets and the distribution attack's samples, "
-                             "and with --model torch's generator before the factory runs (default 0); "
-                             "same seed, same report")
+                             "and with --model or --source-model torch's generator before each factory "
+                             "runs (default 0); same seed, same report")
     parser.add_argument("--device", default="auto", metavar="DEV",
                         help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     parser.add_argument("--dist-steps", type=_int_at_least(0), default=DIST_STEPS, metavar="T",
@@ -244,44 +253,81 @@ def _resolve_checkpoint(path: str, flag: str):
         raise EvalError(flag, str(err)) from None
 
 
-def _load_external(args, info, device, fit_classes=None):
-    """--model/--weights/--mean/--std: a model trained elsewhere, checked as the attacks run it; and the
-    dataset's info with the model's number of classes where the data takes it (``fit_classes``)."""
+@dataclass(frozen=True)
+class ModelFlags:
+    """A model trained elsewhere as the flags give it: --model, --weights, --mean, --std for the
+    evaluated model, their --source-* twins for the transfer attack's source."""
+
+    prefix: str                     # "--" or "--source-"
+    checkpoint: Optional[str]       # the alternative: --checkpoint or --source-checkpoint
+    spec: Optional[str]
+    weights: Optional[str]
+    mean: Optional[List[float]]
+    std: Optional[List[float]]
+
+    @classmethod
+    def read(cls, args, prefix: str) -> "ModelFlags":
+        names = [prefix[2:].replace("-", "_") + name for name in ("checkpoint", "model", "weights", "mean", "std")]
+        return cls(prefix, *(getattr(args, name) for name in names))
+
+    def flag(self, *names: str) -> str:
+        """'--source-mean/--source-std' for ("mean", "std")."""
+        return "/".join(self.prefix + name for name in names)
+
+    def check(self, required: bool) -> None:
+        """The flags' combinations, before anything is read."""
+        given = (self.checkpoint is not None) + (self.spec is not None)
+        if given > 1 or (required and given == 0):
+            raise EvalError(self.flag("checkpoint", "model"),
+                            f"give {'exactly' if required else 'at most'} one: {self.flag('checkpoint')} for an "
+                            f"adt_fast run, {self.flag('model')} MODULE:FACTORY for a model trained elsewhere")
+        if (self.mean is None) != (self.std is None):
+            raise EvalError(self.flag("mean", "std"), "give both or neither")
+        if self.spec is None and (self.mean is not None or self.weights is not None):
+            flag = self.flag("weights") if self.weights is not None else self.flag("mean", "std")
+            raise EvalError(flag, f"goes with {self.flag('model')} (an adt_fast checkpoint holds its own "
+                                  f"weights and takes inputs in [0, 1])")
+
+
+def _load_external(flags: ModelFlags, seed: int, info, device, fit_classes=None):
+    """A model trained elsewhere (``flags``), checked as the attacks run it; and the dataset's info
+    with the model's number of classes where the data takes it (``fit_classes``)."""
     import torch
 
     from ..models.external import (ExternalModelError, Normalized, build_from_factory,
                                    check_normalisation, load_weights)
 
-    for flag in ("mean", "std"):
-        values = getattr(args, flag)
+    for name in ("mean", "std"):
+        values = getattr(flags, name)
         if values is not None and len(values) != info.channels:
-            raise EvalError(f"--{flag}", f"{len(values)} values for the {info.channels} input "
-                                         f"channels of {info.name}")
-    flag = "--mean/--std"
+            raise EvalError(flags.flag(name), f"{len(values)} values for the {info.channels} input "
+                                              f"channels of {info.name}")
+    flag = flags.flag("mean", "std")
     try:
-        check_normalisation(args.mean, args.std)
-        flag = "--model"
+        check_normalisation(flags.mean, flags.std)
+        flag = flags.flag("model")
         _import_from_working_dir()
         # A factory's random initialisation, and randomness in the forward (a randomised defence),
         # then repeat with the seed.
-        torch.manual_seed(args.seed)
-        model = build_from_factory(args.model)
-        flag = "--weights"
-        if args.weights is not None:
-            load_weights(model, args.weights)
+        torch.manual_seed(seed)
+        model = build_from_factory(flags.spec)
+        flag = flags.flag("weights")
+        if flags.weights is not None:
+            load_weights(model, flags.weights)
     except ExternalModelError as err:
         raise EvalError(flag, str(err)) from None
-    if args.mean is not None:
-        model = Normalized(model, args.mean, args.std)
+    if flags.mean is not None:
+        model = Normalized(model, flags.mean, flags.std)
+    flag = flags.flag("model")
     try:
         model = model.to(device).eval()
     except Exception as err:  # e.g. out of memory, or a model on the meta device
-        raise EvalError("--model", f"cannot move the model to {device}: {type(err).__name__}: {err}") from None
-    num_classes = _probe(model, info, device)
+        raise EvalError(flag, f"cannot move the model to {device}: {type(err).__name__}: {err}") from None
+    num_classes = _probe(model, info, device, flag)
     info = _with_model_classes(info, fit_classes, num_classes)
     if num_classes != info.num_classes:
-        raise EvalError("--model", f"the model returns (2, {num_classes}) for two inputs; {info.name} needs "
-                                   f"logits of shape (2, {info.num_classes})")
+        raise EvalError(flag, f"the model returns (2, {num_classes}) for two inputs; {info.name} needs "
+                              f"logits of shape (2, {info.num_classes})")
     return model, info
 
 
@@ -293,7 +339,7 @@ def _import_from_working_dir() -> None:
         sys.path.insert(0, here)
 
 
-def _probe(model, info, device) -> int:
+def _probe(model, info, device, flag: str) -> int:
     """Run the model as the attacks will, on two inputs that require grad, with a backward pass, so
     a model that fails the attacks says so before any attack runs; the number of classes it
     predicts."""
@@ -306,13 +352,13 @@ def _probe(model, info, device) -> int:
         if isinstance(logits, torch.Tensor) and logits.requires_grad:
             torch.autograd.grad(logits.float().sum(), probe, allow_unused=True)
     except Exception as err:  # the user's forward
-        raise EvalError("--model", f"the model fails on a {tuple(probe.shape)} input of {info.name} "
-                                   f"that requires grad, as the attacks give it: "
-                                   f"{type(err).__name__}: {err}") from None
+        raise EvalError(flag, f"the model fails on a {tuple(probe.shape)} input of {info.name} "
+                              f"that requires grad, as the attacks give it: "
+                              f"{type(err).__name__}: {err}") from None
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != 2:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise EvalError("--model", f"the model returns {shape} for two inputs; it must return logits of "
-                                   f"shape (2, number of classes)")
+        raise EvalError(flag, f"the model returns {shape} for two inputs; it must return logits of "
+                              f"shape (2, number of classes)")
     return logits.shape[1]
 
 
@@ -411,12 +457,13 @@ class EvalPlan:
     out: Path
     dataset: str            # the name or absolute path of the data attacked
     weights_sha256: Optional[str]   # of the checkpoint or --weights file, as read for the model
+    source_sha256: Optional[str]    # the same for the source model
 
 
 def plan(args) -> EvalPlan:
     """Check everything before any work: settings, device, output paths, checkpoints, data, and
     that the attacks can run on the device; create the output folder last. EvalError if not."""
-    from ..files import make_writable_dir, os_error_text, file_digest, unwritable_reason
+    from ..files import make_writable_dir, os_error_text, unwritable_reason
     from .evaluation import check_attacks_can_run, check_epsilon_curve
     from .report import report_paths
 
@@ -426,19 +473,14 @@ def plan(args) -> EvalPlan:
     except DistributedError as err:
         raise EvalError(None, str(err)) from None
     attacks = None if args.attacks is None else list(args.attacks)
-    if (args.checkpoint is None) == (args.model is None):
-        raise EvalError("--checkpoint/--model", "give exactly one: --checkpoint for an adt_fast run, "
-                                                "--model MODULE:FACTORY for a model trained elsewhere")
-    if (args.mean is None) != (args.std is None):
-        raise EvalError("--mean/--std", "give both or neither")
-    if args.model is None and (args.mean is not None or args.weights is not None):
-        flag = "--weights" if args.weights is not None else "--mean/--std"
-        raise EvalError(flag, "goes with --model (an adt_fast checkpoint holds its own weights and "
-                              "takes inputs in [0, 1])")
+    target, source_flags = ModelFlags.read(args, "--"), ModelFlags.read(args, "--source-")
+    target.check(required=True)
+    source_flags.check(required=False)
     if args.protocol == "paper" and args.feature_targets not in (None, PAPER_FEATURE_TARGETS):
         raise EvalError("--feature-targets", f"--protocol paper fixes it to {PAPER_FEATURE_TARGETS}")
-    if attacks and "transfer" in attacks and args.source_checkpoint is None:
-        raise EvalError("--attacks", "'transfer' needs --source-checkpoint (the model to craft on)")
+    if attacks and "transfer" in attacks and source_flags.checkpoint is None and source_flags.spec is None:
+        raise EvalError("--attacks", "'transfer' needs --source-checkpoint or --source-model (the model to "
+                                     "craft on)")
 
     checkpoint = None
     if args.checkpoint is not None:
@@ -463,20 +505,18 @@ def plan(args) -> EvalPlan:
 
     trained = {}
     if args.model is not None:
-        model, info = _load_external(args, info, device, fit_classes)
+        model, info = _load_external(target, args.seed, info, device, fit_classes)
     else:
         model, trained, info = _load_model(checkpoint, "--checkpoint", info, device, fit_classes)
-    weights_file = checkpoint if args.model is None else args.weights
-    try:
-        weights_sha256 = None if weights_file is None else file_digest(weights_file)
-    except OSError as err:  # the file went away after it was read
-        flag = "--checkpoint" if args.model is None else "--weights"
-        raise EvalError(flag, f"cannot read {weights_file} ({os_error_text(err)})") from None
+    weights_sha256 = _digest(target, checkpoint)
     source = None
     if source_checkpoint is not None:
         source = _load_model(source_checkpoint, "--source-checkpoint", info, device)[0]
-    # Both loaders made sure the model returns the dataset's number of classes (your own test
-    # split's is the model's).
+    elif source_flags.spec is not None:
+        source = _load_external(source_flags, args.seed, info, device)[0]
+    source_sha256 = _digest(source_flags, source_checkpoint)
+    # Both loaders made sure the models return the dataset's number of classes (your own test
+    # split's is the evaluated model's).
     names = _attacks_to_run(args.protocol, attacks)
     too_few = class_shortfall((make_attack(name, epsilon) for name in names), info.num_classes)
     if too_few is not None:
@@ -492,7 +532,20 @@ def plan(args) -> EvalPlan:
         raise EvalError("--out", f"cannot write the report in {out.parent} "
                                  f"({os_error_text(err)})") from None
     return EvalPlan(device, epsilon, attacks, model, checkpoint, trained, source, source_checkpoint, x, y, out,
-                    info.name, weights_sha256)
+                    info.name, weights_sha256, source_sha256)
+
+
+def _digest(flags: ModelFlags, checkpoint: Optional[Path]) -> Optional[str]:
+    """The SHA-256 of the file a model's weights were read from (its checkpoint or weights file);
+    None for a model built without one."""
+    from ..files import file_digest, os_error_text
+
+    path, flag = ((checkpoint, flags.flag("checkpoint")) if checkpoint is not None
+                  else (flags.weights, flags.flag("weights")))
+    try:
+        return None if path is None else file_digest(path)
+    except OSError as err:  # the file went away after it was read
+        raise EvalError(flag, f"cannot read {path} ({os_error_text(err)})") from None
 
 
 def _attacks_to_run(protocol: str, attacks: Optional[List[str]]) -> List[str]:
@@ -532,26 +585,26 @@ def _run(args) -> int:
     except DistributedError as err:
         raise EvalError(None, str(err)) from None
     except ValueError as err:
-        flag = ("--source-checkpoint" if "source model" in str(err) or "source_model" in str(err)
-                else "--checkpoint" if args.model is None else "--model")
+        source = "source model" in str(err) or "source_model" in str(err)
+        flag = ("--source-checkpoint" if args.source_model is None else "--source-model") if source else (
+            "--checkpoint" if args.model is None else "--model")
         raise EvalError(flag, str(err)) from None
     except Exception as err:
-        if args.model is None or isinstance(err, getattr(torch.distributed, "DistError", ())):
-            raise
         # The user's forward failed on some batch or attack that the probe did not show.
-        raise EvalError("--model", f"the model failed during the attacks: {type(err).__name__}: {err}") from None
+        elsewhere = "/".join(flag for flag, spec in (("--model", args.model), ("--source-model", args.source_model))
+                             if spec is not None)
+        if not elsewhere or isinstance(err, getattr(torch.distributed, "DistError", ())):
+            raise
+        which = "the model" if "/" not in elsewhere else "one of the models"
+        raise EvalError(elsewhere, f"{which} failed during the attacks: {type(err).__name__}: {err}") from None
     if not world.main:
         return 0
     elapsed = time.perf_counter() - started
-    weights = None if args.weights is None else str(Path(args.weights).resolve())
-    origin = ({"checkpoint": str(job.checkpoint), "checkpoint_sha256": job.weights_sha256,
-               **({"trained": job.trained} if job.trained else {})}
-              if job.checkpoint is not None else
-              {"model": args.model, "weights": weights, "weights_sha256": job.weights_sha256,
-               **({"mean": args.mean, "std": args.std} if args.mean is not None else {})})
-    report.meta = {**origin, "dataset": job.dataset, "split": "test",
-                   "device": job.device.type,
-                   **({"source_checkpoint": str(job.source_checkpoint)} if job.source_checkpoint else {})}
+    source = {} if job.source is None else _origin(ModelFlags.read(args, "--source-"), job.source_checkpoint,
+                                                   job.source_sha256)
+    report.meta = {**_origin(ModelFlags.read(args, "--"), job.checkpoint, job.weights_sha256, job.trained),
+                   "dataset": job.dataset, "split": "test", "device": job.device.type,
+                   **{f"source_{key}": value for key, value in source.items()}}
     protect = [p for p in (job.checkpoint, job.source_checkpoint) if p]
     try:
         paths = report.save(job.out, protect=protect)
@@ -563,6 +616,17 @@ def _run(args) -> int:
     on = f"{world.size} processes" if world.parallel else str(job.device)
     print(f"\nwrote {', '.join(str(p) for p in paths)} ({elapsed:.1f} s on {on})")
     return 0
+
+
+def _origin(flags: ModelFlags, checkpoint: Optional[Path], sha256: Optional[str],
+            trained: Optional[dict] = None) -> dict:
+    """Which model was scored, for the report's meta: the checkpoint, or the --model flags (the
+    weights file as an absolute path), with the SHA-256 of the file read."""
+    if checkpoint is not None:
+        return {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256, **({"trained": trained} if trained else {})}
+    weights = None if flags.weights is None else str(Path(flags.weights).resolve())
+    return {"model": flags.spec, "weights": weights, "weights_sha256": sha256,
+            **({"mean": flags.mean, "std": flags.std} if flags.mean is not None else {})}
 
 
 def _print_results(report, job, args) -> None:

@@ -181,7 +181,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         names.append("transfer")
     if "transfer" in names and source_model is None:
         raise ValueError("the 'transfer' attack needs a source model (source_model= in Python, "
-                         "--source-checkpoint on the command line)")
+                         "--source-checkpoint or --source-model on the command line)")
     multiples = check_epsilon_curve(epsilon_curve, epsilon)
 
     n = len(x)

@@ -599,7 +599,7 @@ class TransferAttack(Attack):
 
     def unavailable(self, ctx: AttackContext) -> Optional[str]:
         if ctx.source_model is None:
-            return "no source model (source_model= / --source-checkpoint) to craft examples on"
+            return "no source model (source_model= / --source-checkpoint / --source-model) to craft examples on"
         return None
 
     def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor,
