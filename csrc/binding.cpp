@@ -346,7 +346,10 @@ std::tuple<Tensor, Tensor, Tensor> backward_meta(const OptTensor& grad_out, cons
   const char* op = "adt_fast_C::sample_backward";
   check_arguments(op, mean, std_param, x, noise, seed_offset, k, epsilon, lo, hi);
   check_grads(op, grad_out, grad_nlp, mean, k);
-  return {at::empty_like(mean), at::empty_like(std_param), grad_x_buffer(x, need_grad_x, mean)};
+  // Contiguous, as the kernels write them (empty_like would keep a channels_last input's strides).
+  const Tensor grad_mean = at::empty_symint(mean.sym_sizes(), mean.options());
+  return {grad_mean, at::empty_symint(std_param.sym_sizes(), std_param.options()),
+          grad_x_buffer(x, need_grad_x, grad_mean)};
 }
 
 Tensor philox_words_meta(const Tensor& seed_offset, int64_t numel, int64_t k) {

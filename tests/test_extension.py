@@ -623,3 +623,10 @@ def test_opcheck_schemas_and_fake_kernels():
     torch.library.opcheck(ops.sample_backward, (None, gn, mean, rho, x, None, so, 5, 0.3, 0.1, 0.9),
                           test_utils=utils)
     torch.library.opcheck(ops.philox_words, (so, 10, 5), test_utils=utils)
+    # A channels_last input: the Meta kernel once gave its gradients the input's strides, the
+    # kernels contiguous ones.
+    mean, rho, x = (torch.randn(2, 3, 4, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+                    for _ in range(3))
+    go, gn = torch.randn(5, 2, 3, 4, 5, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    torch.library.opcheck(ops.sample_backward, (go, gn, mean, rho, x, None, so, 5, 0.3, 0.1, 0.9),
+                          test_utils=utils)

@@ -95,7 +95,7 @@ def test_extreme_inputs_are_finite_and_exact(backend):
 @pytest.mark.parametrize("backend", ["reference", *KERNEL_BACKENDS])
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # the interpreter casting 1e300
 def test_huge_epsilon_and_clamp_bounds_past_float32_match_the_reference(backend):
-    """Every finite epsilon and bound is legal: in float32 an epsilon near FLT_MAX gives finite
+    """Every epsilon up to FLT_MAX and every bound is legal: in float32 an epsilon near FLT_MAX gives finite
     gradients where the exact ones are finite (4 eps is not), and bounds past FLT_MAX clamp nothing."""
     runnable(backend, torch.float32)
     k = 3
@@ -424,8 +424,9 @@ def test_opcheck():
 
 
 @pytest.mark.parametrize("k,eps,lo,hi,message", [(0, 0.1, 0.0, 1.0, "num_samples must be >= 1"),
-                                                 (2, -0.1, 0.0, 1.0, "epsilon must be finite and > 0"),
-                                                 (2, math.nan, 0.0, 1.0, "epsilon must be finite and > 0"),
+                                                 (2, -0.1, 0.0, 1.0, "epsilon must be > 0"),
+                                                 (2, math.nan, 0.0, 1.0, "epsilon must be > 0"),
+                                                 (2, 1e39, 0.0, 1.0, "epsilon must be > 0 and at most 3.403e"),
                                                  (2, 0.1, 1.0, 0.0, "lo < hi")])
 def test_custom_ops_called_directly_refuse_bad_settings(k, eps, lo, hi, message):
     """The Python-launched backends once gave empty outputs for k = 0 and a math domain error for a
@@ -435,6 +436,46 @@ def test_custom_ops_called_directly_refuse_bad_settings(k, eps, lo, hi, message)
         sample_forward(mean, rho, x, None, seed_offset, k, eps, lo, hi, "reference")
     with pytest.raises(ValueError, match=message):
         sample_backward(None, None, mean, rho, x, None, seed_offset, k, eps, lo, hi, "reference")
+
+
+@pytest.mark.parametrize("which, value, message", [
+    ("grad_out", torch.ones(2, 3), r"grad_out must have shape \(2, 2, 3\), got \(2, 3\)"),
+    ("grad_out", torch.ones(1, 2, 3), r"grad_out must have shape \(2, 2, 3\)"),
+    ("grad_nlp", torch.ones(3), r"grad_nlp must have shape \(2, 2\), got \(3,\)"),
+    ("grad_nlp", torch.ones(2, 2, dtype=torch.int64), "grad_nlp must be a floating tensor"),
+])
+def test_custom_backward_called_directly_refuses_gradients_of_the_wrong_shape(which, value, message):
+    """The reference backend once broadcast them silently; the cpu backend refused them."""
+    mean, rho, x, _, seed_offset = make_inputs((2, 3), 2, torch.float32)
+    grads = {"grad_out": torch.ones(2, 2, 3), "grad_nlp": torch.ones(2, 2), which: value}
+    with pytest.raises((ValueError, TypeError), match=message):
+        sample_backward(grads["grad_out"], grads["grad_nlp"], mean, rho, x, None, seed_offset, 2, 0.1, 0.0, 1.0,
+                        "reference")
+
+
+def test_a_number_of_samples_past_int64_is_refused_by_name():
+    """The cpu backend's binding once answered "Expected a value of type 'int' ... found type 'int'"."""
+    mean = torch.zeros(1, 2)
+    with pytest.raises(ValueError, match=r"num_samples must be >= 1 and < 2\*\*63, got 9223372036854775808"):
+        adt_fast.sample_and_entropy(mean, mean, 2**63, backend="cpu")
+
+
+def test_an_epsilon_past_the_compute_dtype_is_refused_not_turned_into_inf():
+    """float32 kernels would compute with inf and return -inf or NaN perturbations."""
+    mean = torch.zeros(1, 2)
+    with pytest.raises(ValueError, match="epsilon must be > 0 and at most 3.403e"):
+        adt_fast.sample_and_entropy(mean, mean - 100, 1, 1e39, clamp=None)
+    out, _ = adt_fast.sample_and_entropy(mean.double(), mean.double() - 100, 1, 1e39, clamp=None)
+    assert torch.isfinite(out).all()
+
+
+def test_the_fake_backward_gives_the_real_outputs_contiguous_strides():
+    """A channels_last mean once got channels_last fake gradients but contiguous real ones, which
+    would make torch.compile trace a wrong layout (the compiled op's own Meta kernel: test_extension.py)."""
+    mean, rho, x, _, seed_offset = make_inputs((2, 3, 4, 5), 2, torch.float32)
+    mean, rho, x = (t.contiguous(memory_format=torch.channels_last) for t in (mean, rho, x))
+    grads = (torch.randn(2, 2, 3, 4, 5), torch.randn(2, 2))
+    torch.library.opcheck(sample_backward, (*grads, mean, rho, x, None, seed_offset, 2, 0.1, 0.0, 1.0, "reference"))
 
 
 @pytest.mark.parametrize("bad", ["meta", "float", "shape"])

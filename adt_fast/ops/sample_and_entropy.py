@@ -41,21 +41,21 @@ def _check_op_arguments(mean, std_param, x, noise, seed_offset, num_samples, eps
     (torch.ops.adt_fast.*), one meta tensor among CPU ones sends a call to the fake, whose outputs
     are never written, and the Python-launched backends would take any seed_offset, count or
     epsilon they are given."""
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if not 0 < epsilon < math.inf:
-        raise ValueError(f"epsilon must be finite and > 0, got {epsilon}")
+    _check_num_samples(num_samples)
     if not lo < hi:
         raise ValueError(f"the clamp bounds must satisfy lo < hi, got lo={lo} hi={hi}")
     _check_tensor("mean", mean)
+    _check_epsilon(epsilon, mean.dtype)
     _check_tensor("std_param", std_param, like=mean)
     if x is not None:
         _check_tensor("x", x, like=mean)
     if noise is not None:
         _check_tensor("noise", noise, like=mean, shape=(num_samples, *mean.shape))
+    # The incoming gradients: the backends read them in any floating dtype, as autograd gives them.
+    shapes = {"grad_out": (num_samples, *mean.shape), "grad_nlp": (num_samples, mean.shape[0])}
     for name, grad in grads:
-        if grad is not None and grad.device != mean.device:
-            raise ValueError(f"{name} is on {grad.device} but mean is on {mean.device}")
+        if grad is not None:
+            _check_tensor(name, grad, device=mean.device, shape=shapes[name])
     if seed_offset.dtype != torch.int64 or tuple(seed_offset.shape) != (2,) or seed_offset.device != mean.device:
         raise ValueError(f"seed_offset must be an int64 tensor of 2 values (seed, offset) on mean's device "
                          f"{mean.device}, got {seed_offset.dtype} of shape {tuple(seed_offset.shape)} on "
@@ -92,7 +92,9 @@ def sample_backward(grad_out: torch.Tensor, grad_nlp: torch.Tensor, mean: torch.
     grad_mean, grad_std, grad_x = dispatch.get(name).backward(grad_out, grad_nlp, mean, std_param, x, noise,
                                                               seed_offset, num_samples, epsilon, lo, hi,
                                                               need_grad_x=need_grad_x)
-    return grad_mean, grad_std, (mean.new_empty(0) if grad_x is None else grad_x)
+    # Contiguous whatever the backend (the reference's autograd keeps an input's layout), as the fake says.
+    return grad_mean.contiguous(), grad_std.contiguous(), (mean.new_empty(0) if grad_x is None
+                                                           else grad_x.contiguous())
 
 
 @sample_backward.register_fake
@@ -100,8 +102,9 @@ def _(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, num_samples, e
       need_grad_x=True):
     _check_op_arguments(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi,
                         grads=(("grad_out", grad_out), ("grad_nlp", grad_nlp)))
-    return torch.empty_like(mean), torch.empty_like(std_param), (
-        torch.empty_like(x) if x is not None and need_grad_x else mean.new_empty(0))
+    # Contiguous, as the real op returns them (empty_like would keep a channels_last input's strides).
+    return mean.new_empty(mean.shape), std_param.new_empty(std_param.shape), (
+        mean.new_empty(x.shape) if x is not None and need_grad_x else mean.new_empty(0))
 
 
 def _setup_context(ctx, inputs, output):
@@ -206,21 +209,37 @@ def draw_normals(shape: Sequence[int], num_samples: int, *, rows: Optional[tuple
 
 
 def _check_tensor(name: str, value, like: Optional[torch.Tensor] = None,
-                  shape: Optional[Sequence[int]] = None) -> None:
+                  shape: Optional[Sequence[int]] = None, device: Optional[torch.device] = None) -> None:
+    """A floating tensor; with `like` (mean), on its device, of its dtype and shape (or `shape`);
+    with `device` alone, on that device and of `shape`, in any floating dtype."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.dtype not in dispatch.FLOAT_DTYPES:
         raise TypeError(f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), "
                         f"got {value.dtype}")
-    if like is None:
+    if like is None and device is None:
         return
-    if value.device != like.device:
-        raise ValueError(f"{name} is on {value.device} but mean is on {like.device}")
-    if value.dtype != like.dtype:
+    device = like.device if device is None else device
+    if value.device != device:
+        raise ValueError(f"{name} is on {value.device} but mean is on {device}")
+    if like is not None and value.dtype != like.dtype:
         raise TypeError(f"{name} has dtype {value.dtype} but mean has dtype {like.dtype}")
     expected = tuple(like.shape if shape is None else shape)
     if tuple(value.shape) != expected:
         raise ValueError(f"{name} must have shape {expected}, got {tuple(value.shape)}")
+
+
+def _check_num_samples(num_samples: int) -> None:
+    if not 1 <= num_samples < 2**63:
+        raise ValueError(f"num_samples must be >= 1 and < 2**63, got {num_samples}")
+
+
+def _check_epsilon(epsilon: float, dtype: torch.dtype) -> None:
+    """Finite and > 0 in the dtype the kernels compute in: a larger one would become inf there."""
+    largest = torch.finfo(compute_dtype(dtype)).max
+    if not 0 < epsilon <= largest:
+        raise ValueError(f"epsilon must be > 0 and at most {largest:.4g} (the largest {compute_dtype(dtype)}, "
+                         f"which the op computes in for {dtype} inputs), got {epsilon}")
 
 
 def _check_number(name: str, value, *, infinite_ok: bool = False) -> float:
@@ -258,11 +277,9 @@ def sample_and_entropy(mean: torch.Tensor, std_param: torch.Tensor, num_samples:
     if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
         raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
     num_samples = operator.index(num_samples)
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    _check_num_samples(num_samples)
     epsilon = _check_number("epsilon", epsilon)
-    if epsilon <= 0:
-        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    _check_epsilon(epsilon, mean.dtype)
     lo, hi = -math.inf, math.inf
     if clamp is not None:
         if not isinstance(clamp, (tuple, list)) or len(clamp) != 2:
