@@ -150,8 +150,9 @@ def build_from_factory(spec: str) -> nn.Module:
     return model
 
 
-def _refusal(err: Exception) -> str:
-    """Why torch's weights-only unpickler stopped, in a few words (its own message is long)."""
+def weights_only_refusal(err: Exception) -> str:
+    """Why torch's weights-only unpickler stopped, in a few words: its own message is many lines,
+    and advises turning the safety off."""
     text = str(err)
     refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
     if refused:
@@ -199,8 +200,8 @@ def load_weights(model: nn.Module, path: Union[str, os.PathLike]) -> None:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ExternalModelError(f"refusing to load {path}: {_refusal(err)}; save model.state_dict() "
-                                 f"alone and pass that file") from None
+        raise ExternalModelError(f"refusing to load {path}: {weights_only_refusal(err)}; save "
+                                 f"model.state_dict() alone and pass that file") from None
     except Exception as err:
         raise ExternalModelError(f"cannot read {path} as a torch.save file "
                                  f"({type(err).__name__}: {err})") from None
