@@ -1,5 +1,6 @@
 """Checkpoints: atomic writes, weights-only reads, refusal of corrupt and malicious files."""
 
+import json
 import os
 import random
 import signal
@@ -139,6 +140,32 @@ def test_resume_refuses_a_malicious_or_corrupt_checkpoint(tmp_path):
     (out / ckpt.LATEST).write_bytes(b"\x80\x02garbage")
     with pytest.raises(ckpt.CheckpointError):
         fit(resume)
+
+
+def test_an_unsafe_checkpoint_is_refused_in_one_line_without_torchs_advice(tmp_path):
+    """torch's refusal is many lines and advises loading with weights_only=False; ours says why in
+    one line (models.external.weights_only_refusal)."""
+    path = tmp_path / "whole.pt"
+    torch.save({"format": ckpt.FORMAT, "model": torch.nn.Linear(2, 2)}, path)
+    with pytest.raises(ckpt.CheckpointError) as refused:
+        ckpt.load(path)
+    assert str(refused.value) == (f"refusing to load {path}: it is not a weights-only checkpoint: it holds an "
+                                  f"object of class torch.nn.modules.linear.Linear, which weights-only loading "
+                                  f"refuses (unpickling it could run arbitrary code)")
+
+
+def test_checkpoints_record_the_runs_config_as_config_json_does(tmp_path):
+    """Not the invocation's: after a resume (resume true) and under torchrun (the rank's cuda:N) the
+    checkpoints hold what config.json holds, the run's settings."""
+    out = tmp_path / "run"
+    cfg = TrainConfig("standard", "synthetic", str(out), epochs=1, max_batches=1, save_freq=1, tensorboard=False,
+                      device="cpu")
+    fit(cfg)
+    fit(TrainConfig(**{**cfg.to_dict(), "epochs": 2, "resume": True}))
+    recorded = json.loads((out / "config.json").read_text())
+    assert recorded["resume"] is False and recorded["epochs"] == 2
+    for name in (ckpt.LATEST, ckpt.FINAL_MODEL, "checkpoint_epoch2.pt"):
+        assert ckpt.load(out / name)["config"] == recorded, name
 
 
 def test_read_model_reports_only_well_typed_training_facts(tmp_path):

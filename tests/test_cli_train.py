@@ -54,6 +54,16 @@ def test_flags_reach_the_config(tmp_path):
     assert (out / "checkpoint_epoch1.pt").is_file()
 
 
+def test_the_eval_command_printed_names_the_runs_own_epsilon(tmp_path, capsys):
+    """eval defaults to the dataset's budget (synthetic: 8/255); a run trained at 4/255 is to be
+    scored at 4/255."""
+    out = tmp_path / "run"
+    assert main(["train", "--method", "at-pgd", "--steps", "1", *FAST, "--epsilon", "4/255", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = out / "report.json"
+    assert f"adt-fast eval --checkpoint {out} --dataset synthetic --epsilon 4/255 --out {report}" in printed
+
+
 def test_resume_takes_the_runs_settings(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--method", "at-pgd", *FAST, "--lr", "0.05", "--out", str(out)]) == 0
@@ -98,6 +108,8 @@ def test_resume_takes_the_runs_lr_drop_in_any_order(tmp_path, capsys):
     (["--method", "adt-exp", "--beta", "3"], "--beta"),
     (["--dataset", "synthetic"], "--method"),
     (["--method", "standard", "--seed", str(2**64)], "--seed"),
+    (["--method", "standard", "--epsilon", "0.1"], "--epsilon does not apply to --method standard"),
+    (["--method", "adt-exp", "--samples", "2", "--samples-per-pass", "7"], "--samples-per-pass 7"),
 ])
 def test_bad_flags_are_clear_errors(tmp_path, capsys, argv, flag):
     base = [] if "--dataset" in argv else ["--dataset", "synthetic"]

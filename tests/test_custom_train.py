@@ -71,7 +71,7 @@ def test_train_then_eval_on_an_image_folder(tmp_path, capsys, monkeypatch):
             PIL.fromarray(np.repeat(image, 3, axis=2)).save(folder / f"{index}.png")
     run = tmp_path / "run"
     assert main(["train", "--method", "standard", "--dataset", str(tmp_path / "images"), "--image-size", "12",
-                 "--epsilon", "0.1", *FAST, "--out", str(run)]) == 0
+                 *FAST, "--out", str(run)]) == 0
     assert "2 classes sorted by name (dark, light)" in capsys.readouterr().out
     source = json.loads((run / "dataset.json").read_text())
     assert (source["kind"], source["resize"], source["image_size"], source["classes"]) == \

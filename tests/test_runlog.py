@@ -59,17 +59,22 @@ def _scalars(folder):
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def test_tensorboard_steps_are_epochs_and_a_resume_purges_only_later_ones(tmp_path):
-    """Scalars are logged at step = epoch; a run resumed from epoch 1's checkpoint drops the
-    events a killed run wrote after it (epoch 2) but keeps epoch 1's."""
+def _record(epoch, acc):
+    return {"epoch": epoch, "train_loss": 1.0, "train_acc": 0.1, "test_acc": acc, "lr": 0.1, "seconds": 1.0}
+
+
+def test_tensorboard_steps_are_epochs_and_a_resume_logs_its_checkpoints_epoch_once(tmp_path):
+    """Scalars are logged at step = epoch. A run killed after epoch 2's checkpoint, before or after
+    it logged epoch 2, resumes with epoch 2's record: events from step 2 on are purged and it is
+    logged again, so each epoch has one point."""
     pytest.importorskip("tensorboard")
-    record = lambda epoch, acc: {"epoch": epoch, "train_loss": 1.0, "train_acc": 0.1, "test_acc": acc,
-                                 "lr": 0.1, "seconds": 1.0}
-    board = runlog.TensorBoard(tmp_path, True, first_epoch=0)
-    board.log(record(1, 0.25))
-    board.log(record(2, 0.5))             # killed after this, checkpoint at epoch 1
-    board.close()
-    board = runlog.TensorBoard(tmp_path, True, first_epoch=1)
-    board.log(record(2, 0.75))
-    board.close()
-    assert _scalars(tmp_path / runlog.TENSORBOARD_DIR)["test_acc"] == [(1, 0.25), (2, 0.75)]
+    for logged_before_the_kill in ([1], [1, 2]):
+        folder = tmp_path / str(len(logged_before_the_kill))
+        board = runlog.TensorBoard(folder, True, history=[])
+        for epoch in logged_before_the_kill:
+            board.log(_record(epoch, 0.25))
+        board.close()
+        board = runlog.TensorBoard(folder, True, history=[_record(1, 0.25), _record(2, 0.5)])
+        board.log(_record(3, 0.75))
+        board.close()
+        assert _scalars(folder / runlog.TENSORBOARD_DIR)["test_acc"] == [(1, 0.25), (2, 0.5), (3, 0.75)]

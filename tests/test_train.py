@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import re
+import shlex
 
 import pytest
 import torch
@@ -82,7 +83,7 @@ def test_run_directory_layout_and_metrics(tmp_path):
     # Default schedule for 2 epochs: C.3's drop at 75 of 76, scaled: epoch 2 runs at lr/10.
     assert metrics[0]["lr"] == pytest.approx(0.1) and metrics[1]["lr"] == pytest.approx(0.01)
     saved = TrainConfig.load(out)
-    assert saved.resume is False and saved.epsilon == pytest.approx(8 / 255) and saved.arch == "small-cnn"
+    assert saved.resume is False and saved.epsilon is None and saved.arch == "small-cnn"  # standard: no budget
     assert ckpt.load(out / "checkpoint_epoch1.pt")["epoch"] == 1
     assert any((out / "tensorboard").iterdir())
 
@@ -95,10 +96,29 @@ def test_training_learns_the_synthetic_task(tmp_path):
 def test_new_run_refuses_a_non_empty_directory(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="not empty.*--resume"):
+    for name in ("notes.txt", "a", "b", "c"):
+        (out / name).write_text("mine")
+    with pytest.raises(ConfigError) as refused:
         fit(_cfg("standard", out, epochs=1))
-    assert (out / "notes.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
+    assert str(refused.value) == (f"--out {out} is not empty; it holds other files (a, b, c and 1 more) and no "
+                                  f"run to resume (no config.json): choose a new or empty directory (nothing is "
+                                  f"ever overwritten)")  # no --resume: there is nothing to resume
+    assert (out / "notes.txt").read_text() == "mine" and len(list(out.iterdir())) == 4
+    (out / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match=re.escape(f"--out {out} is not empty; it holds a run (config.json): "
+                                                    f"pass --resume to continue it")):
+        fit(_cfg("standard", out, epochs=1))
+
+
+def test_a_new_run_starts_where_a_killed_first_write_left_only_its_temporary_file(tmp_path):
+    """SIGKILL during the first config.json write leaves .config.json.XXXXXXXX.tmp and nothing else:
+    there is no run to resume, so a new run takes the directory and removes the leftover."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".config.json.abcd1234.tmp").write_text('{"method": "sta')
+    fit(_cfg("standard", out, epochs=1, max_batches=1))
+    assert not (out / ".config.json.abcd1234.tmp").exists()
+    assert TrainConfig.load(out).method == "standard" and ckpt.load(out / ckpt.FINAL_MODEL)["epoch"] == 1
 
 
 def test_resume_refuses_conflicting_settings(tmp_path):
@@ -139,6 +159,23 @@ def test_a_longer_resume_cut_short_leaves_its_newest_weights_to_eval(tmp_path, s
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, newest["model"][name]), name
     assert trained == {"method": "standard", "epoch": 2, "epochs": 3}  # eval's report says so
+
+
+def test_a_resume_from_python_takes_the_settings_left_at_their_defaults_from_the_run(tmp_path):
+    """As the command's unset flags: a fresh TrainConfig names what it changes and nothing else
+    (here the run's own lr_drop, lr, batch size, batch cap and TensorBoard setting)."""
+    out = tmp_path / "run"
+    fit(_cfg("at-pgd", out, epochs=2, lr=0.05, batch_size=16, max_batches=2, steps=1))
+    before = json.loads((out / "config.json").read_text())
+    fit(TrainConfig("at-pgd", "synthetic", str(out), resume=True, device="cpu", steps=1, epochs=3))
+    assert json.loads((out / "config.json").read_text()) == {**before, "epochs": 3}
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2, 3]
+    assert not (out / "tensorboard").exists()
+    with pytest.raises(ConfigError, match=r"--steps 2 \(the run has 1\)"):  # a given setting still conflicts
+        fit(TrainConfig("at-pgd", "synthetic", str(out), resume=True, device="cpu", steps=2, epochs=3))
+    # A default value is given by naming it, as the command's --max-batches all lifts the cap.
+    fit(TrainConfig("at-pgd", "synthetic", str(out), resume=True, max_batches=None), given={"max_batches"})
+    assert json.loads((out / "config.json").read_text()) == {**before, "epochs": 3, "max_batches": None}
 
 
 def test_resume_accepts_the_runs_lr_drop_in_any_order(tmp_path):
@@ -251,6 +288,93 @@ def test_a_batch_of_one_per_process_is_refused_unless_batchnorm_is_synchronised(
                              ["the classifier (resnet18)"])
     with pytest.raises(ConfigError, match=r"would hold 2 of the 1438 training examples \(1 per process\)"):
         loop._check_two_examples(dataclasses.replace(cfg, batch_size=4), 1438, World(size=2), ["q"])
+
+
+def _trained_then_lost_its_checkpoint(out, keep):
+    """A finished 3-epoch run with snapshots, whose checkpoint.pt and all but `keep` are gone."""
+    fit(_cfg("standard", out, epochs=3, max_batches=1, save_freq=1))
+    (out / ckpt.LATEST).unlink()
+    for name in (ckpt.FINAL_MODEL, "checkpoint_epoch1.pt", "checkpoint_epoch2.pt", "checkpoint_epoch3.pt"):
+        if name not in keep:
+            (out / name).unlink()
+    if "metrics.jsonl" not in keep:
+        (out / "metrics.jsonl").write_text("")
+
+
+@pytest.mark.parametrize("keep,found,how", [
+    ({"model.pt"}, "model.pt", "start a new run in another --out"),
+    ({"metrics.jsonl"}, "metrics.jsonl with 3 epoch(s)", "start a new run in another --out"),
+    ({"checkpoint_epoch2.pt"}, "checkpoint_epoch2.pt", "COPY"),
+    ({"checkpoint_epoch1.pt", "checkpoint_epoch2.pt", "checkpoint_epoch3.pt"}, "2 snapshots up to checkpoint_epoch3.pt",
+     "COPY"),
+    ({"model.pt", "checkpoint_epoch1.pt", "metrics.jsonl"}, "model.pt, metrics.jsonl with 3 epoch(s)", "COPY"),
+])
+def test_resume_without_a_checkpoint_refuses_a_run_that_trained(tmp_path, keep, found, how):
+    """Without checkpoint.pt a resume would start from epoch 1: right for a run killed before its
+    first checkpoint, wrong where model.pt, a metrics line or a later snapshot shows it trained
+    (it would overwrite them and leave model.pt stale)."""
+    out = tmp_path / "run"
+    _trained_then_lost_its_checkpoint(out, keep)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    if how == "COPY":
+        newest = out / max(name for name in keep if name.startswith("checkpoint_epoch"))
+        how = f"to go on from the newest snapshot, copy it: cp {newest} {out / ckpt.LATEST}"
+    with pytest.raises(ConfigError) as refused:
+        fit(_cfg("standard", out, epochs=3, max_batches=1, save_freq=1, resume=True))
+    assert str(refused.value) == (f"--resume: {out} holds no checkpoint.pt but {found}: the run trained, and "
+                                  f"starting it again from epoch 1 would overwrite them; {how}")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_the_copied_snapshot_the_refusal_suggests_resumes_the_run(tmp_path):
+    out = tmp_path / "run"
+    _trained_then_lost_its_checkpoint(out, {"checkpoint_epoch1.pt", "metrics.jsonl"})
+    (out / ckpt.LATEST).write_bytes((out / "checkpoint_epoch1.pt").read_bytes())
+    fit(_cfg("standard", out, epochs=3, max_batches=1, save_freq=1, resume=True))
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2, 3] and ckpt.load(out / ckpt.FINAL_MODEL)["epoch"] == 3
+
+
+def _interrupt_at_a_write(monkeypatch, epoch, after):
+    """A Ctrl-C right after epoch `epoch`'s write of `after` (the snapshot or checkpoint.pt)."""
+    saved = loop.ckpt.save_atomic
+
+    def save_then_stop(payload, path):
+        written = saved(payload, path)
+        if payload["epoch"] == epoch and path.name == after:
+            raise KeyboardInterrupt
+        return written
+    monkeypatch.setattr(loop.ckpt, "save_atomic", save_then_stop)
+
+
+def _tensorboard_steps(out):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    return [event.step for event in events.Scalars("test_acc")]
+
+
+@pytest.mark.parametrize("epoch", [1, 2])
+@pytest.mark.parametrize("after", ["snapshot", "checkpoint.pt"])
+def test_a_kill_around_an_epochs_checkpoint_loses_no_snapshot_metrics_line_or_tensorboard_point(
+        tmp_path, monkeypatch, epoch, after):
+    """The snapshot is written before checkpoint.pt: a kill between them redoes the epoch and
+    writes it again; a kill after checkpoint.pt finds it there. metrics.jsonl and TensorBoard end
+    with exactly one entry per epoch, also for the epoch whose entries the kill cut off."""
+    pytest.importorskip("tensorboard")
+    settings = dict(epochs=3, max_batches=2, save_freq=1, steps=1, tensorboard=True)
+    fit(_cfg("at-pgd", tmp_path / "straight", **settings))
+    out = tmp_path / "killed"
+    with monkeypatch.context() as patch:
+        _interrupt_at_a_write(patch, epoch, f"checkpoint_epoch{epoch}.pt" if after == "snapshot" else after)
+        with pytest.raises(KeyboardInterrupt):
+            fit(_cfg("at-pgd", out, **settings))
+    assert (out / f"checkpoint_epoch{epoch}.pt").is_file()
+    fit(_cfg("at-pgd", out, resume=True, **settings))
+    for name in ("checkpoint_epoch1.pt", "checkpoint_epoch2.pt", "checkpoint_epoch3.pt", ckpt.FINAL_MODEL):
+        _same_state(tmp_path / "straight" / name, out / name)
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2, 3]
+    assert _tensorboard_steps(out) == [1, 2, 3]
 
 
 def test_resume_before_the_first_checkpoint_starts_over(tmp_path, monkeypatch):
@@ -375,6 +499,38 @@ def test_eval_command_points_at_the_run(tmp_path):
     assert command.startswith("adt-fast eval --checkpoint ") and "--dataset digits" in command
     assert "report.json" in command and "'" in command  # the space is quoted
     assert dataclasses.is_dataclass(TrainConfig)
+
+
+@pytest.mark.parametrize("epsilon,shown", [(0.1, None), (4 / 255, "4/255"), (0.05, "0.05"),
+                                           (0.123456789, "0.123456789"), (None, None)])
+def test_eval_command_names_the_runs_budget_when_it_is_not_the_datasets(tmp_path, epsilon, shown):
+    """eval's --epsilon defaults to the dataset's (digits: 0.1): a run trained at another budget is
+    scored at its own, written so that eval reads back exactly the run's float."""
+    from adt_fast.cli import build_parser
+
+    command = loop.eval_command(tmp_path, {"kind": "named", "name": "digits"}, epsilon, dataset_epsilon=0.1)
+    args = build_parser().parse_args(shlex.split(command)[1:])
+    if shown is None:
+        assert "--epsilon" not in command and args.epsilon is None
+    else:
+        assert f"--dataset digits --epsilon {shown} --out" in command and args.epsilon == epsilon
+
+
+def test_epsilon_is_refused_for_standard_training_and_old_standard_runs_resume(tmp_path):
+    """Standard training has no perturbation: --epsilon changes nothing it computes (its metrics
+    are clean accuracies), so it is refused and resolves to None, like an unused method setting.
+    Runs written before recorded the dataset's epsilon; they resume, and record None from then on."""
+    with pytest.raises(ConfigError, match=re.escape("--epsilon does not apply to --method standard")):
+        _resolved("standard", epsilon=0.1)
+    assert _resolved("standard").epsilon is None and _resolved("at-pgd").epsilon == pytest.approx(8 / 255)
+    out = tmp_path / "run"
+    fit(_cfg("standard", out, epochs=1, max_batches=1))
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["epsilon"] is None
+    (out / "config.json").write_text(json.dumps({**stored, "epsilon": 0.1}))  # as an older run recorded it
+    fit(_cfg("standard", out, epochs=2, max_batches=1, resume=True))
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2]
+    assert json.loads((out / "config.json").read_text())["epsilon"] is None
 
 
 @pytest.mark.parametrize("dataset,epochs", [("digits", 15), ("synthetic", 5), ("cifar10", 76)])
@@ -557,6 +713,16 @@ def test_out_of_range_method_settings_are_refused(settings):
 def test_zero_entropy_weight_steps_and_pairing_weight_are_allowed(settings):
     """lambda 0 (no entropy term), T=0 (train on the start) and ALP weight 0 are valid settings."""
     _resolved(**settings)
+
+
+def test_more_samples_per_pass_than_samples_are_refused():
+    """A pass cannot hold more of the k samples than there are: --samples-per-pass 7 with k = 2
+    ran passes of 2 and reported 7 (mode line, tuning.json)."""
+    with pytest.raises(ConfigError) as refused:
+        _resolved("adt-exp", samples=2, samples_per_pass=7)
+    assert str(refused.value) == ("--samples-per-pass 7: a pass cannot hold more than the --samples 2 samples "
+                                  "drawn per step; choose 1 to 2 or auto")
+    assert _resolved("adt-exp", samples=2, samples_per_pass=2).samples_per_pass == 2
 
 
 def test_beta_is_dropped_with_the_ce_loss():

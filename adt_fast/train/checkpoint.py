@@ -16,6 +16,7 @@ import torch
 
 from ..devices import resolve_device
 from ..files import write_atomic
+from ..models.external import weights_only_refusal
 
 FORMAT = "adt_fast.checkpoint/1"
 LATEST = "checkpoint.pt"
@@ -70,9 +71,9 @@ def load(path: PathLike, map_location: Any = "cpu") -> dict:
                                   f"archive)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(f"refusing to load {path}: it is not a weights-only checkpoint and "
-                              f"loading it could run arbitrary code ({err})") from None
+    except pickle.UnpicklingError as err:  # torch's message is many lines and advises unsafe loading
+        raise CheckpointError(f"refusing to load {path}: it is not a weights-only checkpoint: "
+                              f"{weights_only_refusal(err)}") from None
     except Exception as err:  # a damaged file can fail anywhere inside the zip/unpickler
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated "
                               f"({type(err).__name__}: {err})") from None

@@ -13,7 +13,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from .config import (AUTO, DIST_GRADS, GENERATOR_GRADS, LOSSES, NO_HINGE, PRECISIONS, TRADES_INNERS, ConfigError,
-                     TrainConfig)
+                     TrainConfig, resume_config)
 
 ALL_BATCHES = "all"
 
@@ -165,12 +165,16 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def given_settings(args: argparse.Namespace) -> dict:
+    """The settings the command line gives (every flag defaults to "not given")."""
+    return {name: value for name, value in vars(args).items() if name in FIELDS}
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The config a command line asks for; with --resume, the run's config.json under the flags."""
-    given = {name: value for name, value in vars(args).items() if name in FIELDS}
+    given = given_settings(args)
     if given.get("resume"):
-        saved = TrainConfig.load(given["out"]).to_dict()
-        return TrainConfig.from_dict({**saved, **given})
+        return resume_config(TrainConfig.load(given["out"]), given)
     missing = [flag for flag in ("method", "dataset") if flag not in given]
     if missing:
         raise ConfigError("a new run needs " + " and ".join(f"--{m}" for m in missing)
@@ -184,7 +188,9 @@ def run_train(args: argparse.Namespace) -> int:
     from .loop import fit, interrupted_message
 
     try:
-        fit(config_from_args(args))
+        # The flags given, by name: a flag that sets a default value is still given (fit takes a
+        # TrainConfig field at its default as unset on resume).
+        fit(config_from_args(args), given=given_settings(args))
     except (ConfigError, CheckpointError, DatasetFileError, ChecksumError, DownloadError,
             FileNotFoundError, MissingDependencyError) as err:
         print(f"adt-fast train: error: {err}", file=sys.stderr)

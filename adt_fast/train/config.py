@@ -38,6 +38,9 @@ GENERATOR_GRADS = ("per-example", "batch-mean")
 DIST_GRADS = ("per-step", "accumulated")
 TRADES_INNERS = ("at-pgd", "trades-code")
 NO_HINGE = "none"  # --hinge none: ADT_IMP-AM's plain bound (Eq. A.3), no cap
+# Methods that train on clean inputs only: no perturbation, so no budget. --epsilon is refused
+# for them and resolves to None, as a method parameter they do not use does.
+CLEAN_METHODS = frozenset({"standard"})
 
 # Settings that may differ between a run and its --resume: where things are, how often snapshots
 # are written, how long to go on, and implementation choices that do not change the maths (the
@@ -154,11 +157,16 @@ class TrainConfig:
         path = Path(run_dir) / CONFIG_FILE
         try:
             stored = json.loads(path.read_text())
-            return _fill_later_settings(cls.from_dict(stored), stored)
+            return _without_unused_epsilon(_fill_later_settings(cls.from_dict(stored), stored))
         except FileNotFoundError:
             raise ConfigError(f"{path} does not exist: {run_dir} is not a run directory") from None
         except (json.JSONDecodeError, TypeError) as err:
             raise ConfigError(f"{path} is not a valid training config ({err})") from None
+
+    def given(self) -> dict:
+        """The settings this config gives: those not at their defaults. A field left at its default
+        counts as not given, as an unset flag does, so a resume takes it from the run."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
 
     # ----------------------------------------------------------------------------------------
     def resolve(self, dataset=None) -> "TrainConfig":
@@ -190,7 +198,11 @@ class TrainConfig:
             cfg.arch = info.default_arch
         if cfg.arch not in ARCHS:
             raise ConfigError(f"unknown arch {cfg.arch!r} (--arch); choose one of {', '.join(ARCHS)}")
-        if cfg.epsilon is None:
+        if cfg.method in CLEAN_METHODS:
+            if cfg.epsilon is not None:
+                raise ConfigError(f"--epsilon does not apply to --method {cfg.method}: it trains on clean "
+                                  f"inputs, without a perturbation (eval takes its own --epsilon)")
+        elif cfg.epsilon is None:
             cfg.epsilon = info.epsilon
         if not str(cfg.out):
             raise ConfigError("--out must name a run directory")
@@ -210,7 +222,8 @@ class TrainConfig:
         _real(cfg, "lr_gamma", low=0.0, strict=True)
         _real(cfg, "momentum", low=0.0)
         _real(cfg, "weight_decay", low=0.0)
-        _real(cfg, "epsilon", low=0.0, strict=True, high=MAX_EPSILON)
+        if cfg.epsilon is not None:
+            _real(cfg, "epsilon", low=0.0, strict=True, high=MAX_EPSILON)
         if cfg.lr_drop is None:
             # C.3's schedule (drop at epoch 75 of 76) scaled to the run's length.
             cfg.lr_drop = [max(2, round(cfg.epochs * 75 / 76))] if cfg.epochs >= 2 else []
@@ -270,11 +283,14 @@ class TrainConfig:
             cfg.hinge = float(cfg.hinge)
         if "alp_weight" in spec.params:
             _real(cfg, "alp_weight", low=0.0)
-        if "samples_per_pass" in spec.params and cfg.samples_per_pass != AUTO and (
-                isinstance(cfg.samples_per_pass, bool) or not isinstance(cfg.samples_per_pass, int)
-                or cfg.samples_per_pass < 1):
-            raise ConfigError(f"--samples-per-pass must be an integer >= 1 or {AUTO}, "
-                              f"got {cfg.samples_per_pass!r}")
+        if "samples_per_pass" in spec.params and cfg.samples_per_pass != AUTO:
+            per_pass = cfg.samples_per_pass
+            if isinstance(per_pass, bool) or not isinstance(per_pass, int) or per_pass < 1:
+                raise ConfigError(f"--samples-per-pass must be an integer >= 1 or {AUTO}, got {per_pass!r}")
+            if cfg.samples is not None and per_pass > cfg.samples:  # a pass of more would be reported, not run
+                raise ConfigError(f"--samples-per-pass {per_pass}: a pass cannot hold more than the "
+                                  f"--samples {cfg.samples} samples drawn per step; choose 1 to {cfg.samples} "
+                                  f"or {AUTO}")
         _choice(cfg, "generator_grad", GENERATOR_GRADS)
         _choice(cfg, "dist_grad", DIST_GRADS)
         _choice(cfg, "trades_inner", TRADES_INNERS)
@@ -324,6 +340,12 @@ class TrainConfig:
         return out
 
 
+def resume_config(saved: TrainConfig, given: dict) -> TrainConfig:
+    """A resume's settings: the run's saved ones under those given, as --resume takes every unset
+    flag from config.json (fit: the fields a TrainConfig gives, see TrainConfig.given)."""
+    return TrainConfig.from_dict({**saved.to_dict(), **given})
+
+
 def _method_default(cfg: TrainConfig, spec, name: str) -> Any:
     """A method setting's default, which may follow from the config's other settings."""
     default = spec.params[name]
@@ -350,6 +372,14 @@ def _fill_later_settings(cfg: TrainConfig, stored: dict) -> TrainConfig:
     for name in METHOD_PARAMS:
         if name not in stored and name in spec.params and not _unused_without_trades_loss(cfg, spec, name):
             setattr(cfg, name, _method_default(cfg, spec, name))
+    return cfg
+
+
+def _without_unused_epsilon(cfg: TrainConfig) -> TrainConfig:
+    """Runs of a clean method written before --epsilon was refused for them recorded the dataset's
+    epsilon (or a given one), which they never used: it goes, so they resume as runs made now."""
+    if cfg.method in CLEAN_METHODS:
+        cfg.epsilon = None
     return cfg
 
 

@@ -26,11 +26,12 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import re
 import shlex
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 from torch import nn
@@ -45,11 +46,12 @@ from ..files import (ATOMIC_LEFTOVER, FolderBusy, lock_folder, os_error_text, re
 from ..models import build_model
 from . import checkpoint as ckpt
 from . import runlog, tuning
-from .config import CONFIG_FILE, ConfigError, TrainConfig
+from .config import CONFIG_FILE, ConfigError, TrainConfig, resume_config
 from .methods import Method, Runtime, build_method, needs_two_examples
 from .parallel import DataParallel
 
 SNAPSHOT = "checkpoint_epoch{epoch}.pt"
+SNAPSHOT_NAME = re.compile(r"checkpoint_epoch([0-9]+)\.pt")
 JOB_FILE = "torchrun_job.json"  # which torchrun job last started or resumed the run
 EVAL_BATCH_SIZE = 500
 PROGRESS_EVERY = 10
@@ -81,12 +83,7 @@ class Trainer:
     def state(self) -> dict:
         """The full training state: weights-only types, so it loads with weights_only=True."""
         return {
-            "model_config": dict(self.model.config),
-            "model": self.model.state_dict(),
-            "method": self.config.method,
-            "config": self.config.to_dict(),
-            "epoch": self.epoch,
-            "history": list(self.history),
+            **self.final_payload(),
             "modules": {name: module.state_dict() for name, module in self.method.modules().items()},
             "optimisers": {name: opt.state_dict() for name, opt in self.optimisers.items()},
             "schedulers": {name: sched.state_dict() for name, sched in self.schedulers.items()},
@@ -129,8 +126,9 @@ class Trainer:
         return device.index if device.type == "cuda" else None
 
     def final_payload(self) -> dict:
+        """What model.pt holds; the config is the run's, as config.json records it."""
         return {"model_config": dict(self.model.config), "model": self.model.state_dict(),
-                "method": self.config.method, "config": self.config.to_dict(), "epoch": self.epoch,
+                "method": self.config.method, "config": run_record(self.config).to_dict(), "epoch": self.epoch,
                 "history": list(self.history)}
 
     # -------------------------------------------------------------------------------- epochs
@@ -236,22 +234,69 @@ def prepare_run_dir(config: TrainConfig, dataset: Optional[datasets.DatasetInfo]
         if not config_path.is_file():
             raise ConfigError(f"--resume: {run_dir} holds no {CONFIG_FILE}, so there is no run to resume "
                               f"(drop --resume to start a new run there)")
+        _check_starting_over_loses_nothing(run_dir)
         conflicts = config.conflicts(TrainConfig.load(run_dir), dataset)
         if conflicts:
             raise ConfigError(f"--resume: these settings differ from {config_path}:\n  "
                               + "\n  ".join(conflicts)
                               + "\nresume with the run's own settings (omit these flags) or start a "
                                 "new run in another --out directory")
-    elif run_dir.is_dir() and not _empty_for_a_new_run(run_dir):
-        restart = (" (torchrun restarted this job, which resumes only a run that it started itself: "
-                   "docs/distributed.md)") if distributed.restarted() else ""
-        raise ConfigError(f"--out {run_dir} is not empty; pass --resume to continue the run "
-                          f"there, or choose a new directory (nothing is ever overwritten){restart}")
+    elif run_dir.is_dir():
+        _check_free_for_a_new_run(run_dir)
     cfg = config.resolve(dataset)
     unwritable = unwritable_reason(run_dir)
     if unwritable is not None:
         raise ConfigError(f"--out {run_dir}: cannot write the run there ({unwritable})")
     return cfg
+
+
+def _check_free_for_a_new_run(run_dir: Path) -> None:
+    """A new run starts only in an empty directory (see _blocking_entries); --resume is suggested
+    only where there is a run to resume."""
+    blocking = _blocking_entries(run_dir)
+    if not blocking:
+        return
+    restart = (" (torchrun restarted this job, which resumes only a run that it started itself: "
+               "docs/distributed.md)") if distributed.restarted() else ""
+    if CONFIG_FILE in blocking:
+        raise ConfigError(f"--out {run_dir} is not empty; it holds a run ({CONFIG_FILE}): pass --resume to "
+                          f"continue it, or choose a new directory (nothing is ever overwritten){restart}")
+    shown = ", ".join(blocking[:3]) + (f" and {len(blocking) - 3} more" if len(blocking) > 3 else "")
+    raise ConfigError(f"--out {run_dir} is not empty; it holds other files ({shown}) and no run to resume "
+                      f"(no {CONFIG_FILE}): choose a new or empty directory (nothing is ever "
+                      f"overwritten){restart}")
+
+
+def _check_starting_over_loses_nothing(run_dir: Path) -> None:
+    """A resume without checkpoint.pt starts the run again from epoch 1, which is right only for a
+    run killed before its first checkpoint. model.pt, a metrics line or a snapshot past epoch 1
+    (written after a checkpoint.pt) show that one existed and went: starting over would overwrite
+    them and leave a stale model.pt. The first epoch's snapshot alone is a kill between it and
+    the first checkpoint.pt, and starting over writes it again."""
+    if (run_dir / ckpt.LATEST).is_file():
+        return
+    found = [ckpt.FINAL_MODEL] if (run_dir / ckpt.FINAL_MODEL).is_file() else []
+    snapshots = _snapshot_epochs(run_dir)
+    later = [SNAPSHOT.format(epoch=epoch) for epoch in snapshots if epoch > 1]
+    if later:
+        found.append(later[0] if len(later) == 1 else f"{len(later)} snapshots up to {later[-1]}")
+    metrics = run_dir / runlog.METRICS_FILE
+    lines = sum(1 for line in metrics.read_bytes().splitlines() if line.strip()) if metrics.is_file() else 0
+    if lines:
+        found.append(f"{runlog.METRICS_FILE} with {lines} epoch(s)")
+    if not found:
+        return
+    latest, newest = run_dir / ckpt.LATEST, run_dir / SNAPSHOT.format(epoch=max(snapshots, default=0))
+    how = (f"to go on from the newest snapshot, copy it: cp {shlex.quote(str(newest))} {shlex.quote(str(latest))}"
+           if snapshots else "start a new run in another --out")
+    raise ConfigError(f"--resume: {run_dir} holds no {ckpt.LATEST} but {', '.join(found)}: the run trained, and "
+                      f"starting it again from epoch 1 would overwrite them; {how}")
+
+
+def _snapshot_epochs(run_dir: Path) -> list:
+    """The epochs of the run's snapshots (checkpoint_epoch{N}.pt), in order."""
+    return sorted(int(match.group(1)) for entry in run_dir.iterdir()
+                  if (match := SNAPSHOT_NAME.fullmatch(entry.name)) and entry.is_file())
 
 
 def check_resumable(cfg: TrainConfig, done: int) -> None:
@@ -275,10 +320,16 @@ def _writing(run_dir: Path, started: bool = False):
                           + (f"; {note}" if note else "")) from None
 
 
+def run_record(cfg: TrainConfig) -> TrainConfig:
+    """The run's config as config.json and the checkpoints record it, not this invocation's: resume
+    false, and under torchrun the run's device `cuda`, not this rank's cuda:N."""
+    return dataclasses.replace(cfg, resume=False, device=distributed.run_device(cfg.device))
+
+
 def start_run(cfg: TrainConfig, history: list, source: dict) -> None:
     """The run's first writes: under torchrun the job that starts it (first, so that a restart
-    after a kill at any later point knows the directory is its own), config.json (resume=False: it
-    records the run, not this invocation), dataset.json (where the data came from) and
+    after a kill at any later point knows the directory is its own), config.json (run_record: the
+    run, not this invocation), dataset.json (where the data came from) and
     metrics.jsonl."""
     run_dir = Path(cfg.out)
     with _writing(run_dir):
@@ -286,7 +337,7 @@ def start_run(cfg: TrainConfig, history: list, source: dict) -> None:
         job = distributed.job_id()
         if job is not None:
             write_atomic(run_dir / JOB_FILE, lambda handle: handle.write(json.dumps({"job": job}) + "\n"), mode="w")
-        text = dataclasses.replace(cfg, resume=False, device=distributed.run_device(cfg.device)).to_json()
+        text = run_record(cfg).to_json()
         write_atomic(run_dir / CONFIG_FILE, lambda handle: handle.write(text), mode="w")
         record = json.dumps(source, indent=2, sort_keys=True) + "\n"
         write_atomic(run_dir / datasets.SOURCE_FILE, lambda handle: handle.write(record), mode="w")
@@ -383,7 +434,7 @@ def _announce(config: TrainConfig, cfg: TrainConfig, dataset: datasets.LoadedDat
         runlog.say(note)
     if dataset.source["kind"] == "named":
         return
-    if config.epsilon is None:
+    if config.epsilon is None and cfg.epsilon is not None:  # a clean method has no budget
         runlog.say(f"--epsilon not given: {cfg.epsilon:.6g} (8/255, the default for your own data; "
                    f"set --epsilon for your data's scale)")
     if config.arch is None:
@@ -485,19 +536,33 @@ def _check_two_examples(cfg: TrainConfig, num_train: int, world: World, networks
                           f"that divides {num_train} or leaves a last batch of at least {2 * world.size}")
 
 
-def eval_command(run_dir: Path, source: dict) -> str:
-    """How to evaluate the run; eval finds your own files from dataset.json by itself."""
+def eval_command(run_dir: Path, source: dict, epsilon: Optional[float] = None,
+                 dataset_epsilon: Optional[float] = None) -> str:
+    """How to evaluate the run; eval finds your own files from dataset.json by itself. eval's
+    budget defaults to the dataset's, so a run trained at another `epsilon` names its own."""
     dataset = {"named": f" --dataset {source.get('name')}", "arrays": " --dataset DATA"}.get(source["kind"], "")
-    return (f"adt-fast eval --checkpoint {shlex.quote(str(run_dir))}{dataset} "
+    budget = f" --epsilon {_budget_text(epsilon)}" if epsilon is not None and epsilon != dataset_epsilon else ""
+    return (f"adt-fast eval --checkpoint {shlex.quote(str(run_dir))}{dataset}{budget} "
             f"--out {shlex.quote(str(run_dir / 'report.json'))}")
 
 
-def fit(config: TrainConfig, data: Optional[tuple] = None) -> Path:
+def _budget_text(epsilon: float) -> str:
+    """A budget as eval's --epsilon reads it back exactly: k/255 when it is one, else the float's repr."""
+    k = round(epsilon * 255)
+    return f"{k}/255" if k and k / 255 == epsilon else repr(epsilon)
+
+
+def fit(config: TrainConfig, data: Optional[tuple] = None, *, given: Optional[Iterable[str]] = None) -> Path:
     """Train (or, with config.resume, continue) a run; returns the run directory.
 
     ``data=(x_train, y_train, x_test, y_test)`` trains on arrays in memory (tensors or numpy;
     ``config.dataset`` then only names them); otherwise ``config.dataset`` is a dataset name, an
     .npz file or an image folder.
+
+    On resume the settings not given come from the run's config.json, as unset flags do for the
+    command: a field of ``config`` left at its default is not given (``TrainConfig.given``), so it
+    never conflicts with the run. ``given``: names of fields that count as given even at their
+    default values (the command passes its flags: ``--save-freq 25``, ``--max-batches all``).
 
     Everything is checked before the run directory is touched (settings, device, backend, run
     directory, data, and on resume the checkpoint): ConfigError for bad settings, a run directory
@@ -507,6 +572,9 @@ def fit(config: TrainConfig, data: Optional[tuple] = None) -> Path:
     if distributed.restarted() and not config.resume and _started_by_this_job(Path(config.out)):
         # torchrun restarted the group after a failure: continue from the last checkpoint.
         config = dataclasses.replace(config, resume=True)
+    if config.resume and (Path(config.out) / CONFIG_FILE).is_file():  # else prepare_run_dir says there is no run
+        asked = {**config.given(), **{name: getattr(config, name) for name in given or ()}}
+        config = resume_config(TrainConfig.load(config.out), asked)
     dataset = open_data(config, data)
     cfg = prepare_run_dir(config, dataset.info if dataset is not None else None)
     if dataset is None:
@@ -541,7 +609,7 @@ def _fit(cfg: TrainConfig, config: TrainConfig, dataset: datasets.LoadedDataset,
         check_resumable(cfg, trainer.epoch)
     world.barrier()  # every rank has checked the directory and read the checkpoint before rank 0 writes
     with claim_run_dir(cfg, loaded) if world.main else contextlib.nullcontext():
-        _train(trainer, dataset.source, resumed=loaded is not None)
+        _train(trainer, dataset, resumed=loaded is not None)
     world.barrier()  # no rank leaves (and tears the group down) while rank 0 still writes
     return run_dir
 
@@ -561,16 +629,19 @@ def _recorded_job(run_dir: Path) -> Optional[str]:
         return None
 
 
-def _empty_for_a_new_run(run_dir: Path) -> bool:
-    """Whether a new run may start in the existing run_dir: it is empty, or a torchrun restart
-    finds only what its own first attempt wrote before config.json (the job file, and temporary
-    files of writes that a kill cut short)."""
-    entries = list(run_dir.iterdir())
-    if not entries:
-        return True
+def _blocking_entries(run_dir: Path) -> list:
+    """The names in an existing run_dir that keep a new run out, sorted: all but the temporary files
+    of writes a kill cut short (a run killed while writing its first config.json leaves one;
+    claim_run_dir removes them) and, for a torchrun restart, the job file of its own first attempt."""
     job = distributed.job_id()
-    return (distributed.restarted() and job is not None and _recorded_job(run_dir) == job
-            and all(e.name == JOB_FILE or ATOMIC_LEFTOVER.fullmatch(e.name) for e in entries))
+    own_job = distributed.restarted() and job is not None and _recorded_job(run_dir) == job
+    return sorted(entry.name for entry in run_dir.iterdir()
+                  if not (_is_atomic_leftover(entry) or (own_job and entry.name == JOB_FILE)))
+
+
+def _is_atomic_leftover(entry: Path) -> bool:
+    """A file that remove_atomic_leftovers removes (by name, and a plain file)."""
+    return bool(ATOMIC_LEFTOVER.fullmatch(entry.name)) and entry.is_file() and not entry.is_symlink()
 
 
 def _identity(path: Path) -> Optional[tuple]:
@@ -597,24 +668,24 @@ def claim_run_dir(cfg: TrainConfig, loaded: Optional[tuple]):
         except FolderBusy:
             raise ConfigError(f"--out {run_dir}: another process is training this run directory (it holds "
                               f"its lock); wait for it to end, or choose another --out") from None
-        if not cfg.resume and not _empty_for_a_new_run(run_dir):
+        if not cfg.resume and _blocking_entries(run_dir):
             raise ConfigError(f"--out {run_dir}: another process started a run there while this one was "
                               f"starting; choose another --out (nothing is ever overwritten)")
         if not cfg.resume:
-            remove_atomic_leftovers(run_dir)  # of the first attempt's writes (_empty_for_a_new_run)
+            remove_atomic_leftovers(run_dir)  # of killed writes, which _blocking_entries let pass
         if cfg.resume and _identity(run_dir / ckpt.LATEST) != loaded:
             raise ConfigError(f"--out {run_dir}: another process wrote {ckpt.LATEST} while this resume was "
                               f"starting; resume again to continue from it")
         yield
 
 
-def _train(trainer: Trainer, source: dict, resumed: bool) -> None:
+def _train(trainer: Trainer, dataset: datasets.LoadedDataset, resumed: bool) -> None:
     """Write the run's start, train the remaining epochs (a checkpoint after each) and save model.pt."""
     cfg, run_dir, world = trainer.config, trainer.run_dir, trainer.world
     latest = run_dir / ckpt.LATEST
     say = runlog.say if world.main else (lambda message: None)
     if world.main:
-        start_run(cfg, trainer.history, source)
+        start_run(cfg, trainer.history, dataset.source)
         if cfg.resume:
             clear_for_resume(run_dir, trains_on=resumed and trainer.epoch < cfg.epochs)
     if resumed:
@@ -628,7 +699,7 @@ def _train(trainer: Trainer, source: dict, resumed: bool) -> None:
     say(tuning.mode_line(cfg, chosen, emulated))
     if emulated and world.main:
         warnings.warn(emulated, stacklevel=4)  # fit's caller
-    board = runlog.TensorBoard(run_dir, cfg.tensorboard and world.main, trainer.epoch)
+    board = runlog.TensorBoard(run_dir, cfg.tensorboard and world.main, trainer.history)
     try:
         while trainer.epoch < cfg.epochs:
             trained = trainer.train_epoch()
@@ -638,11 +709,14 @@ def _train(trainer: Trainer, source: dict, resumed: bool) -> None:
             trainer.epoch += 1
             trainer.history.append(record)
             if world.main:
+                # The snapshot first: a kill before checkpoint.pt then redoes the epoch, bit for bit,
+                # and writes it again; after, it would be lost. metrics.jsonl and TensorBoard are
+                # rewritten from checkpoint.pt's history on resume, so they may come last.
                 with _writing(run_dir, started=True):
                     state = trainer.state()
-                    ckpt.save_atomic(state, latest)
                     if cfg.save_freq and trainer.epoch % cfg.save_freq == 0:
                         ckpt.save_atomic(state, run_dir / SNAPSHOT.format(epoch=trainer.epoch))
+                    ckpt.save_atomic(state, latest)
                     runlog.append_metrics(run_dir, record)
                 board.log(record)
             say(runlog.epoch_line(record, cfg.epochs))
@@ -652,4 +726,4 @@ def _train(trainer: Trainer, source: dict, resumed: bool) -> None:
         with _writing(run_dir, started=True):
             final = ckpt.save_atomic(trainer.final_payload(), run_dir / ckpt.FINAL_MODEL)
         say(f"model saved to {final}")
-        say(f"evaluate it with:\n  {eval_command(run_dir, source)}")
+        say(f"evaluate it with:\n  {eval_command(run_dir, dataset.source, cfg.epsilon, dataset.info.epsilon)}")

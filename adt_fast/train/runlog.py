@@ -52,7 +52,11 @@ def read_metrics(run_dir) -> list:
 class TensorBoard:
     """Scalars under run_dir/tensorboard when torch.utils.tensorboard imports; else nothing."""
 
-    def __init__(self, run_dir: Path, enabled: bool, first_epoch: int):
+    def __init__(self, run_dir: Path, enabled: bool, history: list):
+        """`history`: the records of the epochs the run has checkpointed. Events from the last one's
+        step on are purged (a killed run may have written later epochs' after its last checkpoint,
+        or been killed before it logged that epoch's) and that epoch is logged again: one point per
+        finished epoch, as metrics.jsonl has one line."""
         self.writer = None
         if not enabled:
             return
@@ -60,8 +64,10 @@ class TensorBoard:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional
             return
-        # purge_step drops events a killed run wrote after its last checkpoint.
-        self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=first_epoch + 1)
+        last = history[-1] if history else None
+        self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=last["epoch"] if last else 1)
+        if last is not None:
+            self.log(last)
 
     def log(self, record: dict) -> None:
         if self.writer is None:
