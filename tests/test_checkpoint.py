@@ -154,6 +154,23 @@ def test_an_unsafe_checkpoint_is_refused_in_one_line_without_torchs_advice(tmp_p
                                   f"refuses (unpickling it could run arbitrary code)")
 
 
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_in_one_line_without_torchs_advice(tmp_path):
+    """torch refuses a blocked module's function with another message, whose first line is its advice."""
+    path = tmp_path / "evil.pt"
+    torch.save({"format": ckpt.FORMAT, "model": _RunsCode()}, path)
+    with pytest.raises(ckpt.CheckpointError) as refused:
+        ckpt.load(path)
+    message = str(refused.value)
+    assert message.startswith(f"refusing to load {path}: it is not a weights-only checkpoint: it refers to ")
+    assert "system, of the module" in message and "blocks" in message, message
+    assert "weights_only" not in message and "\n" not in message
+
+
 def test_checkpoints_record_the_runs_config_as_config_json_does(tmp_path):
     """Not the invocation's: after a resume (resume true) and under torchrun (the rank's cuda:N) the
     checkpoints hold what config.json holds, the run's settings."""

@@ -65,8 +65,8 @@ def _record(epoch, acc):
 
 def test_tensorboard_steps_are_epochs_and_a_resume_logs_its_checkpoints_epoch_once(tmp_path):
     """Scalars are logged at step = epoch. A run killed after epoch 2's checkpoint, before or after
-    it logged epoch 2, resumes with epoch 2's record: events from step 2 on are purged and it is
-    logged again, so each epoch has one point."""
+    it logged epoch 2, resumes with its checkpointed history, which is logged anew: each epoch has
+    one point."""
     pytest.importorskip("tensorboard")
     for logged_before_the_kill in ([1], [1, 2]):
         folder = tmp_path / str(len(logged_before_the_kill))
@@ -78,3 +78,23 @@ def test_tensorboard_steps_are_epochs_and_a_resume_logs_its_checkpoints_epoch_on
         board.log(_record(3, 0.75))
         board.close()
         assert _scalars(folder / runlog.TENSORBOARD_DIR)["test_acc"] == [(1, 0.25), (2, 0.5), (3, 0.75)]
+        assert len(list((folder / runlog.TENSORBOARD_DIR).glob(runlog.EVENT_FILES))) == 1
+
+
+def test_tensorboard_keeps_one_point_per_epoch_when_event_files_sort_against_their_writing(tmp_path, monkeypatch):
+    """Event files are named ...<seconds>.<host>.<pid>.<counter>: in one second, a writer with counter
+    10 sorts before one with 9, and readers take files in name order, so a purge marker in the
+    later file came first and the earlier file's points were lost."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.summary.writer import event_file_writer
+
+    monkeypatch.setattr(event_file_writer.time, "time", lambda: 1_700_000_000.0)
+    monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(9))
+    board = runlog.TensorBoard(tmp_path, True, history=[])
+    for epoch in (1, 2):
+        board.log(_record(epoch, epoch / 4))
+    board.close()
+    board = runlog.TensorBoard(tmp_path, True, history=[_record(1, 0.25), _record(2, 0.5)])
+    board.log(_record(3, 0.75))
+    board.close()
+    assert _scalars(tmp_path / runlog.TENSORBOARD_DIR)["test_acc"] == [(1, 0.25), (2, 0.5), (3, 0.75)]

@@ -158,10 +158,17 @@ def weights_only_refusal(err: Exception) -> str:
     if refused:
         return (f"it holds an object of class {refused.group(1)}, which weights-only loading refuses "
                 f"(unpickling it could run arbitrary code)")
+    blocked = re.search(r"unsupported GLOBAL ([\w.]+) whose module ([\w.]+) is blocked", text)
+    if blocked:
+        return (f"it refers to {blocked.group(1)}, of the module {blocked.group(2)} that weights-only loading "
+                f"blocks (unpickling it could run arbitrary code)")
     detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-    return (f"weights-only loading stopped at '{detail.group(1).strip() if detail else text.splitlines()[0]}' "
-            f"(a damaged file, one not written by torch.save, or one whose unpickling could run "
-            f"arbitrary code)")
+    # Never torch's first line, which advises loading with weights_only=False.
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line.startswith(("Weights only load failed", "Check the documentation"))]
+    where = detail.group(1).strip() if detail else (lines[0] if lines else "an unknown point")
+    return (f"weights-only loading stopped at '{where}' (a damaged file, one not written by torch.save, or one "
+            f"whose unpickling could run arbitrary code)")
 
 
 def _strip_wrapper_prefix(state: dict, model: nn.Module) -> dict:

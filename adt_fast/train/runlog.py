@@ -49,14 +49,19 @@ def read_metrics(run_dir) -> list:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+EVENT_FILES = "events.out.tfevents.*"  # what SummaryWriter writes in its folder
+
+
 class TensorBoard:
     """Scalars under run_dir/tensorboard when torch.utils.tensorboard imports; else nothing."""
 
     def __init__(self, run_dir: Path, enabled: bool, history: list):
-        """`history`: the records of the epochs the run has checkpointed. Events from the last one's
-        step on are purged (a killed run may have written later epochs' after its last checkpoint,
-        or been killed before it logged that epoch's) and that epoch is logged again: one point per
-        finished epoch, as metrics.jsonl has one line."""
+        """`history`: the records of the epochs the run has checkpointed. The run's event files are
+        written anew from them at each start, as metrics.jsonl is: a killed run may have logged
+        epochs after its last checkpoint, or been killed before logging that one, and each
+        finished epoch must have one point. (Not TensorBoard's purge_step: readers order a
+        folder's event files by name, and two writers of one process within a second can sort
+        against the order they were written in, e.g. counter 10 before 9.)"""
         self.writer = None
         if not enabled:
             return
@@ -64,10 +69,13 @@ class TensorBoard:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional
             return
-        last = history[-1] if history else None
-        self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=last["epoch"] if last else 1)
-        if last is not None:
-            self.log(last)
+        folder = run_dir / TENSORBOARD_DIR
+        for old in folder.glob(EVENT_FILES):
+            if old.is_file() and not old.is_symlink():
+                old.unlink()
+        self.writer = SummaryWriter(str(folder))
+        for record in history:
+            self.log(record)
 
     def log(self, record: dict) -> None:
         if self.writer is None:
