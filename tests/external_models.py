@@ -77,3 +77,8 @@ def sized(width: int = 4, num_classes: int = 10) -> nn.Module:
     """A factory with arguments, as torchvision's and timm's constructors have."""
     return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Flatten(),
                          nn.Linear(width * 64, num_classes))
+
+
+def mlp() -> nn.Module:
+    """No convolution: nothing for a memory format to change."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))

@@ -67,8 +67,9 @@ def test_eval_a_model_from_a_factory_with_weights_and_normalisation(weights, tmp
     (["--model", FACTORY, "--mean", "0.5", "--std", "0.2"], "--mean", "3 input channels"),
     (["--model", FACTORY, "--mean", "0.5,0.5,0.5", "--std", "0.2,0,0.2"], "--mean/--std", "> 0"),
     (["--weights", "WIDE", "--checkpoint", "x"], "--weights", "goes with --model"),
-    (["--model", FACTORY, "--checkpoint", "x"], "--checkpoint/--model", "exactly one"),
-    ([], "--checkpoint/--model", "exactly one"),
+    (["--model", FACTORY, "--weights", "WIDE", "--checkpoint", "x"], "--weights", "goes with --model alone"),
+    (["--model", FACTORY, "--checkpoint", "x"], "--checkpoint", "checkpoint x does not exist"),
+    ([], "--checkpoint/--model", "give --checkpoint for an adt_fast run or --model"),
     (["--model", FACTORY, "--protocol", "paper", "--feature-targets", "5"], "--feature-targets", "paper"),
 ])
 def test_bad_model_arguments_name_the_flag(args, flag, message, weights, tmp_path, capsys):
@@ -278,7 +279,9 @@ def test_a_source_model_trained_elsewhere_crafts_the_transfer_attack(tmp_path, c
 
 
 @pytest.mark.parametrize("args, flag, message", [
-    (["--source-model", FACTORY, "--source-checkpoint", "x"], "--source-checkpoint/--source-model", "at most one"),
+    (["--source-model", FACTORY, "--source-checkpoint", "x"], "--source-checkpoint", "checkpoint x does not exist"),
+    (["--source-model", FACTORY, "--source-checkpoint", "x", "--source-weights", "SOURCE"], "--source-weights",
+     "goes with --source-model alone"),
     (["--source-weights", "SOURCE"], "--source-weights", "goes with --source-model"),
     (["--source-mean", "0.5,0.5,0.5", "--source-std", "0.2,0.2,0.2"], "--source-mean/--source-std",
      "goes with --source-model"),

@@ -224,8 +224,8 @@ def _conv_weight(model):
 @pytest.fixture
 def built_models(monkeypatch):
     """The classifiers the runs build, to look at their memory format."""
-    built, real = [], loop.build_model
-    monkeypatch.setattr(loop, "build_model", lambda *a, **kw: built.append(real(*a, **kw)) or built[-1])
+    built, real = [], loop.build_classifier
+    monkeypatch.setattr(loop, "build_classifier", lambda *a, **kw: built.append(real(*a, **kw)) or built[-1])
     return built
 
 
@@ -283,13 +283,8 @@ def test_old_runs_resume_in_the_contiguous_format_they_ran_in(tmp_path, monkeypa
 
 
 def test_a_classifier_without_convolutions_is_not_measured(tmp_path, monkeypatch):
-    def without_convolutions(arch, num_classes, in_channels, image_size):
-        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_channels * image_size ** 2, num_classes))
-        model.config = {"arch": arch}
-        return model
-    monkeypatch.setattr(loop, "build_model", without_convolutions)
     monkeypatch.setattr(tuning, "time_memory_formats", lambda *a, **kw: pytest.fail("measured an MLP"))
-    fit(_cfg(tmp_path / "run", method="standard"))
+    fit(_cfg(tmp_path / "run", method="standard", arch="external_models:mlp"))
     recorded = json.loads((tmp_path / "run" / tuning.TUNING_FILE).read_text())
     assert recorded[tuning.MEMORY_FORMAT] == {"channels_last": False, "chosen_by": tuning.NOT_A_CONV_NET}
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -193,14 +192,22 @@ def _device(text: str):
         raise EvalError("--device", f"{text}: {err}") from None
 
 
-def _load_model(resolved, flag: str, info, device, fit_classes=None):
-    """The checkpoint's classifier, checked against the dataset before any attack runs, what
-    trained it (checkpoint.read_model), and the dataset's info with the model's number of classes
-    when the data takes it from the model (``fit_classes``, see ``_with_model_classes``)."""
+def _load_model(resolved, flags: "ModelFlags", seed: int, info, device, fit_classes=None):
+    """The checkpoint's classifier (built by the factory ``flags.spec`` names for a run trained with
+    --arch MODULE:FACTORY), checked against the dataset before any attack runs, what trained it
+    (checkpoint.read_model), and the dataset's info with the model's number of classes when the
+    data takes it from the model (``fit_classes``, see ``_with_model_classes``)."""
+    import torch
+
+    from ..models.external import import_from_working_dir
     from ..train.checkpoint import CheckpointError, read_model
 
+    flag = flags.flag("checkpoint")
+    if flags.spec is not None:
+        import_from_working_dir()
+        torch.manual_seed(seed)  # as for --model: randomness in the factory or the forward repeats
     try:
-        model, trained = read_model(resolved, device=device)
+        model, trained = read_model(resolved, device=device, factory=flags.spec)
     except CheckpointError as err:
         raise EvalError(flag, str(err)) from None
     config = getattr(model, "config", {}) or {}
@@ -259,8 +266,8 @@ class ModelFlags:
     evaluated model, their --source-* twins for the transfer attack's source."""
 
     prefix: str                     # "--" or "--source-"
-    checkpoint: Optional[str]       # the alternative: --checkpoint or --source-checkpoint
-    spec: Optional[str]
+    checkpoint: Optional[str]       # --checkpoint or --source-checkpoint
+    spec: Optional[str]             # alone: a model trained elsewhere; with the checkpoint: its factory
     weights: Optional[str]
     mean: Optional[List[float]]
     std: Optional[List[float]]
@@ -276,16 +283,16 @@ class ModelFlags:
 
     def check(self, required: bool) -> None:
         """The flags' combinations, before anything is read."""
-        given = (self.checkpoint is not None) + (self.spec is not None)
-        if given > 1 or (required and given == 0):
+        if required and self.checkpoint is None and self.spec is None:
             raise EvalError(self.flag("checkpoint", "model"),
-                            f"give {'exactly' if required else 'at most'} one: {self.flag('checkpoint')} for an "
-                            f"adt_fast run, {self.flag('model')} MODULE:FACTORY for a model trained elsewhere")
+                            f"give {self.flag('checkpoint')} for an adt_fast run or {self.flag('model')} "
+                            f"MODULE:FACTORY for a model trained elsewhere (both for a run trained with "
+                            f"--arch MODULE:FACTORY)")
         if (self.mean is None) != (self.std is None):
             raise EvalError(self.flag("mean", "std"), "give both or neither")
-        if self.spec is None and (self.mean is not None or self.weights is not None):
+        if (self.spec is None or self.checkpoint is not None) and (self.mean is not None or self.weights is not None):
             flag = self.flag("weights") if self.weights is not None else self.flag("mean", "std")
-            raise EvalError(flag, f"goes with {self.flag('model')} (an adt_fast checkpoint holds its own "
+            raise EvalError(flag, f"goes with {self.flag('model')} alone (an adt_fast checkpoint holds its own "
                                   f"weights and takes inputs in [0, 1])")
 
 
@@ -294,8 +301,8 @@ def _load_external(flags: ModelFlags, seed: int, info, device, fit_classes=None)
     with the model's number of classes where the data takes it (``fit_classes``)."""
     import torch
 
-    from ..models.external import (ExternalModelError, Normalized, build_from_factory,
-                                   check_normalisation, load_weights)
+    from ..models.external import (ExternalModelError, Normalized, build_from_factory, check_normalisation,
+                                   import_from_working_dir, load_weights, probe_classes)
 
     for name in ("mean", "std"):
         values = getattr(flags, name)
@@ -306,7 +313,7 @@ def _load_external(flags: ModelFlags, seed: int, info, device, fit_classes=None)
     try:
         check_normalisation(flags.mean, flags.std)
         flag = flags.flag("model")
-        _import_from_working_dir()
+        import_from_working_dir()
         # A factory's random initialisation, and randomness in the forward (a randomised defence),
         # then repeat with the seed.
         torch.manual_seed(seed)
@@ -323,43 +330,15 @@ def _load_external(flags: ModelFlags, seed: int, info, device, fit_classes=None)
         model = model.to(device).eval()
     except Exception as err:  # e.g. out of memory, or a model on the meta device
         raise EvalError(flag, f"cannot move the model to {device}: {type(err).__name__}: {err}") from None
-    num_classes = _probe(model, info, device, flag)
+    try:
+        num_classes = probe_classes(model, info.channels, info.image_size, device, info.name)
+    except ExternalModelError as err:
+        raise EvalError(flag, str(err)) from None
     info = _with_model_classes(info, fit_classes, num_classes)
     if num_classes != info.num_classes:
         raise EvalError(flag, f"the model returns (2, {num_classes}) for two inputs; {info.name} needs "
                               f"logits of shape (2, {info.num_classes})")
     return model, info
-
-
-def _import_from_working_dir() -> None:
-    """Let --model name a module in the current folder, as `python -m adt_fast` can, when started
-    as the installed `adt-fast` script (whose sys.path starts at the script's folder)."""
-    here = os.getcwd()
-    if not any(entry in ("", here) for entry in sys.path):
-        sys.path.insert(0, here)
-
-
-def _probe(model, info, device, flag: str) -> int:
-    """Run the model as the attacks will, on two inputs that require grad, with a backward pass, so
-    a model that fails the attacks says so before any attack runs; the number of classes it
-    predicts."""
-    import torch
-
-    probe = torch.zeros(2, info.channels, info.image_size, info.image_size, device=device,
-                        requires_grad=True)
-    try:
-        logits = model(probe)
-        if isinstance(logits, torch.Tensor) and logits.requires_grad:
-            torch.autograd.grad(logits.float().sum(), probe, allow_unused=True)
-    except Exception as err:  # the user's forward
-        raise EvalError(flag, f"the model fails on a {tuple(probe.shape)} input of {info.name} "
-                              f"that requires grad, as the attacks give it: "
-                              f"{type(err).__name__}: {err}") from None
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != 2:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise EvalError(flag, f"the model returns {shape} for two inputs; it must return logits of "
-                              f"shape (2, number of classes)")
-    return logits.shape[1]
 
 
 def _dataset(args, checkpoint: Optional[Path]):
@@ -504,14 +483,14 @@ def plan(args) -> EvalPlan:
         raise EvalError("--out", f"cannot write the report in {out.parent} ({unwritable})")
 
     trained = {}
-    if args.model is not None:
+    if checkpoint is None:
         model, info = _load_external(target, args.seed, info, device, fit_classes)
     else:
-        model, trained, info = _load_model(checkpoint, "--checkpoint", info, device, fit_classes)
+        model, trained, info = _load_model(checkpoint, target, args.seed, info, device, fit_classes)
     weights_sha256 = _digest(target, checkpoint)
     source = None
     if source_checkpoint is not None:
-        source = _load_model(source_checkpoint, "--source-checkpoint", info, device)[0]
+        source = _load_model(source_checkpoint, source_flags, args.seed, info, device)[0]
     elif source_flags.spec is not None:
         source = _load_external(source_flags, args.seed, info, device)[0]
     source_sha256 = _digest(source_flags, source_checkpoint)
@@ -586,8 +565,8 @@ def _run(args) -> int:
         raise EvalError(None, str(err)) from None
     except ValueError as err:
         source = "source model" in str(err) or "source_model" in str(err)
-        flag = ("--source-checkpoint" if args.source_model is None else "--source-model") if source else (
-            "--checkpoint" if args.model is None else "--model")
+        flag = ("--source-model" if job.source_checkpoint is None else "--source-checkpoint") if source else (
+            "--model" if job.checkpoint is None else "--checkpoint")
         raise EvalError(flag, str(err)) from None
     except Exception as err:
         # The user's forward failed on some batch or attack that the probe did not show.
@@ -623,7 +602,8 @@ def _origin(flags: ModelFlags, checkpoint: Optional[Path], sha256: Optional[str]
     """Which model was scored, for the report's meta: the checkpoint, or the --model flags (the
     weights file as an absolute path), with the SHA-256 of the file read."""
     if checkpoint is not None:
-        return {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256, **({"trained": trained} if trained else {})}
+        return {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256, **({"trained": trained} if trained else {}),
+                **({"model": flags.spec} if flags.spec is not None else {})}
     weights = None if flags.weights is None else str(Path(flags.weights).resolve())
     return {"model": flags.spec, "weights": weights, "weights_sha256": sha256,
             **({"mean": flags.mean, "std": flags.std} if flags.mean is not None else {})}

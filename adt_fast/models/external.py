@@ -1,5 +1,6 @@
-"""Models trained elsewhere: build one from an importable factory, load its weights safely, and
-wrap it so that it takes inputs in [0, 1] when it was trained on normalised ones.
+"""Models built by your own code: build one from an importable factory, load its weights safely,
+wrap it so that it takes inputs in [0, 1] when it was trained on normalised ones, and train one
+(a factory spec as the classifier's arch, recorded in its checkpoints).
 
     load_external_model("torchvision.models:resnet18", "weights.pt", mean=..., std=...)
 
@@ -14,15 +15,21 @@ import importlib
 import os
 import pickle
 import re
+import sys
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
 
+from .classifiers import Classifier, build_model
+
 # Wrappers that training scripts commonly put around a state dict.
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 # Prefixes that wrapping a model puts on every key of its state dict (DDP/DataParallel, torch.compile).
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Where a classifier built by a factory for training keeps what a built-in one keeps in .config
+# (its arch, classes, channels, image size). Not .config: the user's model may have its own.
+CONFIG_ATTRIBUTE = "adt_fast_config"
 
 
 class ExternalModelError(ValueError):
@@ -102,12 +109,19 @@ def _factory_arguments(spec: str) -> tuple[str, tuple, dict]:
             raise ValueError("the arguments must close the spec, as one call")
         if any(k.arg is None for k in call.keywords) or any(isinstance(a, ast.Starred) for a in call.args):
             raise ValueError("* and ** are not literals")
-        args = tuple(ast.literal_eval(a) for a in call.args)
-        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+        args = tuple(_literal(a) for a in call.args)
+        kwargs = {k.arg: _literal(k.value) for k in call.keywords}
     except (SyntaxError, ValueError) as err:
         raise ExternalModelError(f"{spec!r}: the factory's arguments must be Python literals "
                                  f"(numbers, strings, True/False/None, tuples, lists, dicts): {err}") from None
     return name, args, kwargs
+
+
+def _literal(node: ast.expr):
+    try:
+        return ast.literal_eval(node)
+    except ValueError:  # its own message names the node object, not the text
+        raise ValueError(f"{ast.unparse(node)} is not one") from None
 
 
 def build_from_factory(spec: str) -> nn.Module:
@@ -240,3 +254,65 @@ def load_external_model(spec: str, weights: Union[None, str, os.PathLike] = None
     if mean is not None:
         model = Normalized(model, mean, std)
     return model.to(device).eval()
+
+
+def import_from_working_dir() -> None:
+    """For the command line: let a factory spec name a module in the current folder, as `python -m
+    adt_fast` can, when started as the installed `adt-fast` script (whose sys.path starts at the
+    script's folder)."""
+    here = os.getcwd()
+    if not any(entry in ("", here) for entry in sys.path):
+        sys.path.insert(0, here)
+
+
+def is_factory_spec(arch: str) -> bool:
+    """Whether an arch names a factory ("module:factory(...)") rather than a built-in classifier."""
+    return ":" in arch
+
+
+def build_classifier(arch: str, num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn.Module:
+    """A classifier to train: a built-in one by name, or the model a factory spec builds, with
+    the shape it is trained for recorded (``classifier_config``) so checkpoints can say it."""
+    if not is_factory_spec(arch):
+        return build_model(arch, num_classes, in_channels=in_channels, image_size=image_size)
+    model = build_from_factory(arch)
+    setattr(model, CONFIG_ATTRIBUTE, {"arch": arch, "num_classes": num_classes, "in_channels": in_channels,
+                                      "image_size": image_size})
+    return model
+
+
+def classifier_config(model: nn.Module) -> dict:
+    """How a classifier was built, as checkpoints record it: {"arch", "num_classes",
+    "in_channels", "image_size"}; build_classifier(**it) builds it again."""
+    recorded = getattr(model, CONFIG_ATTRIBUTE, None)
+    if recorded is None and isinstance(model, Classifier):
+        recorded = model.config
+    if recorded is None:
+        raise ValueError(f"{type(model).__name__} was not built by build_classifier or build_model, "
+                         f"so nothing records its arch and input shape")
+    return dict(recorded)
+
+
+def probe_classes(model: nn.Module, in_channels: int, image_size: int, device, data_name: str) -> int:
+    """The number of classes the model predicts, found by running it as attacks and training do:
+    two inputs that require grad, forward and backward, in eval mode (no BatchNorm statistics
+    change; each module's mode is restored). ExternalModelError, naming the cause, when it fails
+    or does not return logits of shape (2, classes)."""
+    probe = torch.zeros(2, in_channels, image_size, image_size, device=device, requires_grad=True)
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        logits = model(probe)
+        if isinstance(logits, torch.Tensor) and logits.requires_grad:
+            torch.autograd.grad(logits.float().sum(), probe, allow_unused=True)
+    except Exception as err:  # the user's forward
+        raise ExternalModelError(f"the model fails on a {tuple(probe.shape)} input of {data_name} that "
+                                 f"requires grad, as the attacks give it: {type(err).__name__}: {err}") from None
+    finally:
+        for module, training in modes:
+            module.training = training
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ExternalModelError(f"the model returns {shape} for two inputs; it must return logits of "
+                                 f"shape (2, number of classes)")
+    return logits.shape[1]

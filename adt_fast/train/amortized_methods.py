@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .. import amortized as am
+from ..models import classifier_config
 from ..models.generators import PerturbationGenerator, QNetwork
 from .config import NO_HINGE
 from .methods import (CEInner, CEOuter, ComposedMethod, Method, MethodSpec, OuterLoss, Perturbation, PGD,
@@ -214,8 +215,8 @@ ALP_PARAMS = {"steps": 7, "step_size": _pgd_step_size, "alp_weight": am.ALP_WEIG
 
 
 def _generator(cfg, model: nn.Module, rt: Runtime, mode: str) -> PerturbationGenerator:
-    """A generator for the classifier's input shape (its config: channels, image size)."""
-    shape = model.config
+    """A generator for the classifier's input shape (channels, image size)."""
+    shape = classifier_config(model)
     return PerturbationGenerator(shape["in_channels"], shape["image_size"], mode,
                                  width=cfg.generator_width).to(rt.device)
 
@@ -238,7 +239,8 @@ def _build_adt_exp_am(cfg, model, rt):
 
 def _build_adt_imp_am(cfg, model, rt):
     generator = _generator(cfg, model, rt, "implicit")
-    q = QNetwork(model.config["in_channels"], model.config["image_size"], noise_dim=generator.noise_dim).to(rt.device)
+    shape = classifier_config(model)
+    q = QNetwork(shape["in_channels"], shape["image_size"], noise_dim=generator.noise_dim).to(rt.device)
     hinge = None if cfg.hinge == NO_HINGE else cfg.hinge
     perturbation = ImplicitGenerator(generator, q, epsilon=cfg.epsilon, hinge=hinge, batch_mean=_batch_mean(cfg))
     optimisers = {"generator": am.generator_optimizer(generator, lr=cfg.generator_lr), "q": am.q_optimizer(q)}

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import shlex
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 
@@ -82,24 +83,37 @@ def load(path: PathLike, map_location: Any = "cpu") -> dict:
     return payload
 
 
-def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> torch.nn.Module:
-    """The classifier stored in a run directory or checkpoint file, on `device`, in eval mode."""
-    return read_model(path, device)[0]
+def load_model(path: PathLike, device: Union[str, torch.device] = "cpu",
+               factory: Optional[str] = None) -> torch.nn.Module:
+    """The classifier stored in a run directory or checkpoint file, on `device`, in eval mode
+    (`factory`: see read_model)."""
+    return read_model(path, device, factory)[0]
 
 
-def read_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> tuple[torch.nn.Module, dict]:
+def read_model(path: PathLike, device: Union[str, torch.device] = "cpu",
+               factory: Optional[str] = None) -> tuple[torch.nn.Module, dict]:
     """load_model's classifier and what trained it ({"method", "epoch", "epochs"}, those the file
     holds), so a report can say which point of a run it scored: a checkpoint.pt mid-run, or the
-    final model.pt."""
-    from ..models import build_model
+    final model.pt.
+
+    A classifier trained with a factory as its arch (--arch MODULE:FACTORY) is built by calling
+    that factory, which imports and runs code: only when the caller names the same spec as
+    `factory`. A checkpoint never runs code by itself, as weights-only loading promises."""
+    from ..models import build_classifier
+    from ..models.external import ExternalModelError
 
     device = resolve_device(device)
     payload = load(path)  # onto the CPU: a checkpoint.pt also holds optimiser and generator state
+    path = resolve(path)
+    model_config = payload.get("model_config")
+    _check_factory(path, model_config.get("arch") if isinstance(model_config, dict) else None, factory)
     try:
-        model = build_model(**payload["model_config"])
+        model = build_classifier(**model_config)
         model.load_state_dict(payload["model"])
-    except (KeyError, TypeError, RuntimeError) as err:
-        raise CheckpointError(f"checkpoint {resolve(path)} does not hold a usable model ({err})") from None
+    except ExternalModelError as err:
+        raise CheckpointError(f"the classifier of {path} cannot be built: {err}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint {path} does not hold a usable model ({err})") from None
     config = payload.get("config")
     found = {"method": payload.get("method"), "epoch": payload.get("epoch"),
              "epochs": config.get("epochs") if isinstance(config, dict) else None}
@@ -107,6 +121,24 @@ def read_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> tupl
     trained = {key: value for key, value in found.items()
                if isinstance(value, kinds[key]) and not isinstance(value, bool)}
     return model.to(device).eval(), trained
+
+
+def _check_factory(path: Path, arch: Any, factory: Optional[str]) -> None:
+    """A factory runs only when named, and only the one that built the checkpoint's classifier."""
+    from ..models import is_factory_spec
+
+    built_by_factory = isinstance(arch, str) and is_factory_spec(arch)
+    if built_by_factory and factory is None:
+        quoted = shlex.quote(arch)
+        raise CheckpointError(f"the classifier in {path} was built by the factory {arch!r}, which a checkpoint "
+                              f"never imports by itself: name it to load it, as in adt-fast eval --model {quoted} "
+                              f"(--source-model {quoted} for a transfer source) or load_model(..., "
+                              f"factory={arch!r})")
+    if built_by_factory and factory != arch:
+        raise CheckpointError(f"the classifier in {path} was built by the factory {arch!r}, not {factory!r}")
+    if not built_by_factory and factory is not None:
+        raise CheckpointError(f"the classifier in {path} is adt_fast's {arch}, not one a factory builds: "
+                              f"load it without naming a factory ({factory!r})")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -83,7 +83,11 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     run.add_argument("--data-dir", metavar="D", help="where dataset files live (default $ADT_FAST_DATA_DIR "
                                                       "or ~/.cache/adt_fast/data)")
     run.add_argument("--download", action="store_true", help="fetch missing dataset files")
-    run.add_argument("--arch", choices=list(ARCHS), help="classifier (default: the dataset's)")
+    run.add_argument("--arch", metavar="NAME|MODULE:FACTORY",
+                     help=f"classifier: {', '.join(ARCHS)} (default: the dataset's), or your own model built "
+                          f"by an importable factory, with literal arguments if it takes any, e.g. "
+                          f"'mypackage.models:wrn34(num_classes=10)'; it must return logits for inputs in "
+                          f"[0, 1] (docs/training.md)")
     run.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     run.add_argument("--seed", type=int, metavar="S", help="seed (default 0)")
     run.add_argument("--save-freq", type=int, metavar="N",
@@ -184,13 +188,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..data import ChecksumError, DatasetFileError, DownloadError, MissingDependencyError
+    from ..models.external import import_from_working_dir, is_factory_spec
     from .checkpoint import CheckpointError
     from .loop import fit, interrupted_message
 
     try:
+        config = config_from_args(args)
+        if config.arch is not None and is_factory_spec(config.arch):
+            import_from_working_dir()
         # The flags given, by name: a flag that sets a default value is still given (fit takes a
         # TrainConfig field at its default as unset on resume).
-        fit(config_from_args(args), given=given_settings(args))
+        fit(config, given=given_settings(args))
     except (ConfigError, CheckpointError, DatasetFileError, ChecksumError, DownloadError,
             FileNotFoundError, MissingDependencyError) as err:
         print(f"adt-fast train: error: {err}", file=sys.stderr)

@@ -177,7 +177,7 @@ class TrainConfig:
         """
         from ..attacks.suite import MAX_EPSILON
         from ..data import DATASETS, DatasetSpecError, dataset_info, open_dataset
-        from ..models import ARCHS
+        from ..models import ARCHS, is_factory_spec
         from ..models.classifiers import MIN_IMAGE_SIZE
         from .methods import METHODS, method_spec
 
@@ -196,8 +196,9 @@ class TrainConfig:
         cfg.dataset = info.name
         if cfg.arch is None:
             cfg.arch = info.default_arch
-        if cfg.arch not in ARCHS:
-            raise ConfigError(f"unknown arch {cfg.arch!r} (--arch); choose one of {', '.join(ARCHS)}")
+        if not isinstance(cfg.arch, str) or (cfg.arch not in ARCHS and not is_factory_spec(cfg.arch)):
+            raise ConfigError(f"unknown arch {cfg.arch!r} (--arch); choose one of {', '.join(ARCHS)}, or name "
+                              f"your own model's factory as MODULE:FACTORY")
         if cfg.method in CLEAN_METHODS:
             if cfg.epsilon is not None:
                 raise ConfigError(f"--epsilon does not apply to --method {cfg.method}: it trains on clean "

@@ -43,7 +43,8 @@ from ..devices import bf16_emulation_warning
 from ..distributed import World
 from ..files import (ATOMIC_LEFTOVER, FolderBusy, lock_folder, os_error_text, remove_atomic_leftovers,
                      unwritable_reason, write_atomic)
-from ..models import build_model
+from ..models import ExternalModelError, build_classifier, classifier_config, is_factory_spec
+from ..models.external import probe_classes
 from . import checkpoint as ckpt
 from . import runlog, tuning
 from .config import CONFIG_FILE, ConfigError, TrainConfig, resume_config
@@ -127,7 +128,7 @@ class Trainer:
 
     def final_payload(self) -> dict:
         """What model.pt holds; the config is the run's, as config.json records it."""
-        return {"model_config": dict(self.model.config), "model": self.model.state_dict(),
+        return {"model_config": classifier_config(self.model), "model": self.model.state_dict(),
                 "method": self.config.method, "config": run_record(self.config).to_dict(), "epoch": self.epoch,
                 "history": list(self.history)}
 
@@ -459,8 +460,7 @@ def build_trainer(cfg: TrainConfig, dataset: datasets.LoadedDataset, world: Opti
     data_generator.manual_seed(cfg.seed)
     info = dataset.info
     (train_x, train_y), (test_x, test_y) = dataset.train, dataset.test
-    model = build_model(cfg.arch, info.num_classes, in_channels=info.channels, image_size=info.image_size)
-    model = model.to(device)
+    model = _classifier(cfg, info, device)
     runtime = Runtime(device=device, precision=cfg.precision, backend=cfg.backend)
     method = build_method(cfg, model, runtime)
     sgd = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
@@ -493,6 +493,27 @@ def build_trainer(cfg: TrainConfig, dataset: datasets.LoadedDataset, world: Opti
                    train_data=(train_x.to(device), train_y.to(device)),
                    test_data=(test_x.to(device), test_y.to(device)), augment=info.augment,
                    world=world)
+
+
+def _classifier(cfg: TrainConfig, info: datasets.DatasetInfo, device: torch.device) -> nn.Module:
+    """The classifier to train, on the device; one a factory builds (--arch MODULE:FACTORY) must
+    train on the data as the methods run it, which is checked before the run directory is touched."""
+    if not is_factory_spec(cfg.arch):
+        return build_classifier(cfg.arch, info.num_classes, in_channels=info.channels,
+                                image_size=info.image_size).to(device)
+    try:
+        model = build_classifier(cfg.arch, info.num_classes, in_channels=info.channels, image_size=info.image_size)
+        try:
+            model = model.to(device)
+        except Exception as err:  # the user's model: e.g. out of memory, or on the meta device
+            raise ExternalModelError(f"cannot move the model to {device}: {type(err).__name__}: {err}") from None
+        classes = probe_classes(model, info.channels, info.image_size, device, info.name)
+    except ExternalModelError as err:
+        raise ConfigError(f"--arch {cfg.arch}: {err}") from None
+    if classes != info.num_classes:
+        raise ConfigError(f"--arch {cfg.arch}: the model returns (2, {classes}) for two inputs; {info.name} needs "
+                          f"logits of shape (2, {info.num_classes})")
+    return model
 
 
 def _last_batch(cfg: TrainConfig, num_train: int) -> int:
@@ -537,12 +558,14 @@ def _check_two_examples(cfg: TrainConfig, num_train: int, world: World, networks
 
 
 def eval_command(run_dir: Path, source: dict, epsilon: Optional[float] = None,
-                 dataset_epsilon: Optional[float] = None) -> str:
+                 dataset_epsilon: Optional[float] = None, arch: Optional[str] = None) -> str:
     """How to evaluate the run; eval finds your own files from dataset.json by itself. eval's
-    budget defaults to the dataset's, so a run trained at another `epsilon` names its own."""
+    budget defaults to the dataset's, so a run trained at another `epsilon` names its own; a
+    classifier built by a factory (`arch`) is loaded only with its factory named."""
+    factory = f" --model {shlex.quote(arch)}" if arch is not None and is_factory_spec(arch) else ""
     dataset = {"named": f" --dataset {source.get('name')}", "arrays": " --dataset DATA"}.get(source["kind"], "")
     budget = f" --epsilon {_budget_text(epsilon)}" if epsilon is not None and epsilon != dataset_epsilon else ""
-    return (f"adt-fast eval --checkpoint {shlex.quote(str(run_dir))}{dataset}{budget} "
+    return (f"adt-fast eval --checkpoint {shlex.quote(str(run_dir))}{factory}{dataset}{budget} "
             f"--out {shlex.quote(str(run_dir / 'report.json'))}")
 
 
@@ -726,4 +749,5 @@ def _train(trainer: Trainer, dataset: datasets.LoadedDataset, resumed: bool) -> 
         with _writing(run_dir, started=True):
             final = ckpt.save_atomic(trainer.final_payload(), run_dir / ckpt.FINAL_MODEL)
         say(f"model saved to {final}")
-        say(f"evaluate it with:\n  {eval_command(run_dir, dataset.source, cfg.epsilon, dataset.info.epsilon)}")
+        say(f"evaluate it with:\n  "
+            f"{eval_command(run_dir, dataset.source, cfg.epsilon, dataset.info.epsilon, cfg.arch)}")
