@@ -266,17 +266,12 @@ def test_global_batch_must_split_over_the_processes(tmp_path):
     loop._check_world_batches(dataclasses.replace(cfg, max_batches=3), 500, World(0, 11))  # never reached
 
 
-def test_sync_bn_on_networks_without_batchnorm_is_an_error(tmp_path, monkeypatch):
-    def without_batchnorm(arch, num_classes, in_channels, image_size):
-        model = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, num_classes))
-        model.config = {"arch": arch}
-        return model
-
-    monkeypatch.setattr(loop, "build_model", without_batchnorm)
+def test_sync_bn_on_networks_without_batchnorm_is_an_error(tmp_path):
+    without_batchnorm = "external_models:mlp"
     with pytest.raises(ConfigError, match="--sync-bn: neither the classifier .* have BatchNorm"):
-        fit(small_config("standard", tmp_path / "run"))
+        fit(small_config("standard", tmp_path / "run", arch=without_batchnorm))
     assert not any(tmp_path.iterdir())
-    cfg = small_config("standard", tmp_path / "run", sync_bn=None).resolve()
+    cfg = small_config("standard", tmp_path / "run", sync_bn=None, arch=without_batchnorm).resolve()
     trainer = loop.build_trainer(cfg, datasets.open_dataset("synthetic"))
     assert trainer.config.sync_bn is False  # unset: off without BatchNorm
 
