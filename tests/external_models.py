@@ -82,3 +82,84 @@ def sized(width: int = 4, num_classes: int = 10) -> nn.Module:
 def mlp() -> nn.Module:
     """No convolution: nothing for a memory format to change."""
     return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+
+
+class Pooled(nn.Module):
+    """Any image size (global pooling), and a .config of its own, as many models carry."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = {"num_classes": 1000, "note": "the model's own settings, not adt_fast's"}
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.linear = nn.Linear(4, 10)
+
+    def forward(self, x):
+        return self.linear(self.conv(x).mean(dim=(2, 3)))
+
+
+class ViewNet(nn.Module):
+    """Flattens with .view, which channels_last inputs refuse."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.linear = nn.Linear(4 * 64, 10)
+
+    def forward(self, x):
+        features = self.conv(x)
+        return self.linear(features.view(features.size(0), -1))
+
+
+class Unused(nn.Module):
+    """An auxiliary layer the forward never calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = build()
+        self.aux = nn.Linear(10, 10)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class AuxInTraining(_Wrapped):
+    """(logits, aux) in train mode, as torchvision's GoogLeNet with aux_logits."""
+
+    def forward(self, x):
+        logits = self.net(x)
+        return (logits, logits) if self.training else logits
+
+
+class NoParameters(nn.Module):
+    def forward(self, x):
+        return x.flatten(1)[:, :10]
+
+
+def frozen() -> nn.Module:
+    model = build()
+    model.requires_grad_(False)
+    return model
+
+
+class FailsOnOne(_Wrapped):
+    """Fails on a batch of one example."""
+
+    def forward(self, x):
+        if x.shape[0] == 1:
+            raise RuntimeError("needs two examples")
+        return self.net(x)
+
+
+class ValueErrorOnBigBatches(_Wrapped):
+    def forward(self, x):
+        if x.shape[0] > 2:
+            raise ValueError("only small batches")
+        return self.net(x)
+
+
+_CACHED = build()
+
+
+def cached() -> nn.Module:
+    """A factory that hands out one object on every call."""
+    return _CACHED

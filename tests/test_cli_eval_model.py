@@ -294,6 +294,8 @@ def test_a_source_model_trained_elsewhere_crafts_the_transfer_attack(tmp_path, c
     (["--source-model", "external_models:FailsOnBigBatches"], "--model/--source-model",
      "one of the models failed during the attacks: RuntimeError: only small batches"),
     (["--attacks", "transfer"], "--attacks", "'transfer' needs --source-checkpoint or --source-model"),
+    (["--source-model", "external_models:ValueErrorOnBigBatches"], "--model/--source-model",
+     "one of the models failed during the attacks: ValueError: only small batches"),
 ])
 def test_bad_source_model_arguments_name_the_flag(args, flag, message, weights, tmp_path, capsys):
     root, _ = weights
@@ -306,3 +308,11 @@ def test_bad_source_model_arguments_name_the_flag(args, flag, message, weights, 
     assert f"error: {flag}: " in err and message in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "e.json").exists()
+
+
+def test_a_factory_that_hands_out_one_object_cannot_serve_as_model_and_source(tmp_path, capsys):
+    """Loading the source's weights would have replaced the evaluated model's."""
+    code = main(["eval", "--model", "external_models:cached", "--source-model", "external_models:cached", *FAST,
+                 "--out", str(tmp_path / "e.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: --source-model: the factory returned the very model object" in err, err

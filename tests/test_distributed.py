@@ -77,6 +77,15 @@ def assert_same_weights(parallel: dict, single: dict, atol: float = 1e-5) -> Non
 # ------------------------------------------------------------------------------------------------
 # launched: training, elastic restart, evaluation
 # ------------------------------------------------------------------------------------------------
+def test_your_own_model_with_parameters_its_forward_never_uses_trains_under_torchrun(tmp_path):
+    """DDP refuses such a model ("Expected to have finished reduction") unless it looks for unused
+    parameters, which it does for --arch MODULE:FACTORY."""
+    torchrun("-m", "adt_fast", "train", "--method", "standard", "--arch", "tests.external_models:Unused",
+             "--dataset", "synthetic", "--epochs", "1", "--max-batches", "2", "--batch-size", "16", "--device",
+             "cpu", "--no-tensorboard", "--out", str(tmp_path / "run"))
+    assert (tmp_path / "run" / "model.pt").is_file()
+
+
 def test_two_processes_train_as_one(tmp_path):
     """Same global batch and seed, --sync-bn: 2 ranks give 1 process's losses and weights."""
     torchrun(str(WORKER), "methods", str(tmp_path / "parallel"))

@@ -88,6 +88,10 @@ def test_the_printed_eval_command_names_the_factory(tmp_path, capsys):
     ("no_such_module_xyz:build", "cannot import 'no_such_module_xyz'"),
     ("external_models:sized(__import__('os'))", "must be Python literals (numbers, strings, True/False/None, "
                                                  "tuples, lists, dicts): __import__('os') is not one"),
+    ("external_models:AuxInTraining", "in train mode the model returns tuple for two inputs"),
+    ("external_models:NoParameters", "no parameters that require grad"),
+    ("external_models:frozen", "no parameters that require grad"),
+    ("external_models:FailsOnOne", "the model fails on a batch of one example: RuntimeError: needs two examples"),
 ])
 def test_a_factory_that_cannot_train_on_the_data_is_refused_before_the_run_directory(arch, message, tmp_path, capsys):
     out = tmp_path / "r"
@@ -131,3 +135,88 @@ def test_amortised_methods_build_their_generators_for_the_factory_classifiers_in
     """Their generators are sized from the recorded shape, which a factory's model does not carry."""
     out = fit(_cfg(tmp_path / method, method=method, epochs=1, max_batches=1, generator_width=8))
     assert ckpt.load(out / "model.pt")["model_config"]["arch"] == SPEC
+
+
+def test_a_model_instance_spec_gives_a_fresh_copy_on_each_load(tmp_path):
+    """Two loads of one instance once returned the same object: the second load's weights replaced
+    the first's, and a second run in one process started from the first run's weights."""
+    from adt_fast.models import load_external_model
+
+    x = torch.rand(2, 3, 8, 8)
+    a = load_external_model("external_models:instance")
+    b = load_external_model("external_models:instance")
+    assert a is not b and a is not external_models.instance
+    with torch.no_grad():
+        b[0].weight.add_(1.0)
+    torch.testing.assert_close(a(x), external_models.instance.eval()(x))
+    runs = [fit(_cfg(tmp_path / name, method="standard", arch="external_models:instance", epochs=1))
+            for name in ("one", "two")]
+    first_run, second_run = (ckpt.load(run / "model.pt")["model"] for run in runs)
+    for name, value in first_run.items():
+        assert torch.equal(value, second_run[name]), name
+
+
+def test_eval_checks_a_factory_runs_recorded_shape_not_the_models_own_config(tmp_path, capsys):
+    """The model's own .config (here with 1000 classes) is its business; the shape adt_fast trained
+    it for is what eval compares with the data, as for the built-in classifiers."""
+    np = pytest.importorskip("numpy")
+    run = fit(_cfg(tmp_path / "run", method="standard", arch="external_models:Pooled", epochs=1))
+    out = tmp_path / "e.json"
+    assert main(["eval", "--checkpoint", str(run), "--model", "external_models:Pooled", "--attacks", "fgsm",
+                 "--n-examples", "4", "--epsilon-curve", "", "--out", str(out)]) == 0, capsys.readouterr().err
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    np.savez(tmp_path / "big.npz", x_test=images, y_test=np.arange(6) % 5)
+    code = main(["eval", "--checkpoint", str(run), "--model", "external_models:Pooled", "--dataset",
+                 str(tmp_path / "big.npz"), "--attacks", "fgsm", "--out", str(tmp_path / "f.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: --checkpoint: " in err and "takes 8x8 images" in err and "16x16" in err, err
+
+
+def test_a_model_that_fails_in_channels_last_trains_in_contiguous_and_says_why(tmp_path, capsys, monkeypatch,
+                                                                              steady_memory_format):
+    """The memory format is measured by default; .view after a convolution refuses channels_last."""
+    from adt_fast.train import tuning
+
+    monkeypatch.setattr(tuning, "time_memory_formats", steady_memory_format)  # the real measurement
+
+    run = fit(_cfg(tmp_path / "run", method="standard", arch="external_models:ViewNet", epochs=1,
+                   channels_last=None))
+    recorded = json.loads((run / tuning.TUNING_FILE).read_text())[tuning.MEMORY_FORMAT]
+    assert recorded["channels_last"] is False
+    assert recorded["chosen_by"].startswith(f"{tuning.CHANNELS_LAST_FAILED} (RuntimeError: view size")
+    assert tuning.CHANNELS_LAST_FAILED in capsys.readouterr().out
+
+
+def test_the_train_mode_probe_leaves_batchnorm_statistics_as_they_were():
+    from adt_fast.models.external import check_trainable
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(10))
+    model(torch.rand(2, 3, 8, 8))  # materialise the lazy layer
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    check_trainable(model, 3, 8, "cpu", 10)
+    assert not model.training
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_the_factory_named_for_a_checkpoint_is_compared_as_a_call_not_as_text(run, tmp_path, capsys):
+    out = tmp_path / "e.json"
+    assert main(["eval", "--checkpoint", str(run), "--model", "external_models:sized( 4 )", "--attacks", "fgsm",
+                 "--n-examples", "4", "--epsilon-curve", "", "--out", str(out)]) == 0, capsys.readouterr().err
+
+
+def test_a_factory_named_for_a_built_in_checkpoint_blames_model(tmp_path, capsys):
+    run = fit(_cfg(tmp_path / "builtin", method="standard", arch="small-cnn", epochs=1))
+    code = main(["eval", "--checkpoint", str(run), "--model", SPEC, "--attacks", "fgsm",
+                 "--out", str(tmp_path / "e.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: --model: " in err and "is adt_fast's small-cnn" in err, err
+
+
+def test_a_checkpoint_with_a_malformed_arch_is_a_one_line_error(tmp_path):
+    path = ckpt.save_atomic({"model_config": {"arch": [":"], "num_classes": 10}, "model": {}}, tmp_path / "m.pt")
+    with pytest.raises(ckpt.CheckpointError, match="does not hold a usable model"):
+        adt_fast.load_model(path)

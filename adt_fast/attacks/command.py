@@ -104,11 +104,12 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=None, metavar="PATH",
                         help="a run directory (its model.pt, else checkpoint.pt) or a checkpoint "
-                             "file (or --model for a model trained elsewhere)")
+                             "file; with --model for a run trained with --arch MODULE:FACTORY")
     parser.add_argument("--model", default=None, metavar="MODULE:FACTORY",
-                        help="build the model by calling an importable factory, with no arguments "
-                             "or the literal ones given, e.g. mypackage.models:wrn28 or "
-                             "'torchvision.models:resnet18(num_classes=10)' (instead of --checkpoint)")
+                        help="a model trained elsewhere, built by calling an importable factory with no "
+                             "arguments or the literal ones given, e.g. mypackage.models:wrn28 or "
+                             "'torchvision.models:resnet18(num_classes=10)'; with --checkpoint, the "
+                             "factory the run was trained with (--arch)")
     parser.add_argument("--weights", default=None, metavar="FILE",
                         help="a state dict for --model, read with torch.load(weights_only=True)")
     parser.add_argument("--mean", type=_floats, default=None, metavar="M1,M2,...",
@@ -199,8 +200,9 @@ def _load_model(resolved, flags: "ModelFlags", seed: int, info, device, fit_clas
     data takes it from the model (``fit_classes``, see ``_with_model_classes``)."""
     import torch
 
+    from ..models import classifier_config
     from ..models.external import import_from_working_dir
-    from ..train.checkpoint import CheckpointError, read_model
+    from ..train.checkpoint import CheckpointError, WrongFactory, read_model
 
     flag = flags.flag("checkpoint")
     if flags.spec is not None:
@@ -208,9 +210,11 @@ def _load_model(resolved, flags: "ModelFlags", seed: int, info, device, fit_clas
         torch.manual_seed(seed)  # as for --model: randomness in the factory or the forward repeats
     try:
         model, trained = read_model(resolved, device=device, factory=flags.spec)
+    except WrongFactory as err:
+        raise EvalError(flags.flag("model"), str(err)) from None
     except CheckpointError as err:
         raise EvalError(flag, str(err)) from None
-    config = getattr(model, "config", {}) or {}
+    config = classifier_config(model)  # what the checkpoint records, whoever built the model
     if "num_classes" in config:
         info = _with_model_classes(info, fit_classes, config["num_classes"])
     expected = {"num_classes": info.num_classes, "in_channels": info.channels,
@@ -493,6 +497,10 @@ def plan(args) -> EvalPlan:
         source = _load_model(source_checkpoint, source_flags, args.seed, info, device)[0]
     elif source_flags.spec is not None:
         source = _load_external(source_flags, args.seed, info, device)[0]
+    if source is not None and source is model:  # a factory that hands out one cached object
+        raise EvalError(source_flags.flag("model"), "the factory returned the very model object the evaluated "
+                                                    "model is, so loading one's weights replaced the other's; a "
+                                                    "factory must build a new model on each call")
     source_sha256 = _digest(source_flags, source_checkpoint)
     # Both loaders made sure the models return the dataset's number of classes (your own test
     # split's is the evaluated model's).
@@ -564,18 +572,17 @@ def _run(args) -> int:
     except DistributedError as err:
         raise EvalError(None, str(err)) from None
     except ValueError as err:
+        failed = _model_failed(args, err)
+        if failed is not err and not _raised_by_adt_fast(err):  # your model's own ValueError
+            raise failed from None
         source = "source model" in str(err) or "source_model" in str(err)
         flag = ("--source-model" if job.source_checkpoint is None else "--source-checkpoint") if source else (
             "--model" if job.checkpoint is None else "--checkpoint")
         raise EvalError(flag, str(err)) from None
     except Exception as err:
-        # The user's forward failed on some batch or attack that the probe did not show.
-        elsewhere = "/".join(flag for flag, spec in (("--model", args.model), ("--source-model", args.source_model))
-                             if spec is not None)
-        if not elsewhere or isinstance(err, getattr(torch.distributed, "DistError", ())):
+        if isinstance(err, getattr(torch.distributed, "DistError", ())):
             raise
-        which = "the model" if "/" not in elsewhere else "one of the models"
-        raise EvalError(elsewhere, f"{which} failed during the attacks: {type(err).__name__}: {err}") from None
+        raise _model_failed(args, err) from None
     if not world.main:
         return 0
     elapsed = time.perf_counter() - started
@@ -595,6 +602,27 @@ def _run(args) -> int:
     on = f"{world.size} processes" if world.parallel else str(job.device)
     print(f"\nwrote {', '.join(str(p) for p in paths)} ({elapsed:.1f} s on {on})")
     return 0
+
+
+def _raised_by_adt_fast(err: BaseException) -> bool:
+    """Whether the innermost frame of err's traceback is adt_fast's own code: evaluate's argument
+    checks raise ValueError there, while your model's forward may raise one of its own."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    package = str(Path(__file__).resolve().parents[1])
+    return tb is not None and str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(package)
+
+
+def _model_failed(args, err: BaseException) -> BaseException:
+    """A failure of your own model's code during the attacks, which the probe did not show, as an
+    EvalError naming the flags that brought your code in; err itself when none did."""
+    elsewhere = "/".join(flag for flag, spec in (("--model", args.model), ("--source-model", args.source_model))
+                         if spec is not None)
+    if not elsewhere:
+        return err
+    which = "the model" if "/" not in elsewhere else "one of the models"
+    return EvalError(elsewhere, f"{which} failed during the attacks: {type(err).__name__}: {err}")
 
 
 def _origin(flags: ModelFlags, checkpoint: Optional[Path], sha256: Optional[str],

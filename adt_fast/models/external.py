@@ -11,6 +11,8 @@ refused. Every failure raises ExternalModelError with a message that says what w
 from __future__ import annotations
 
 import ast
+import contextlib
+import copy
 import importlib
 import os
 import pickle
@@ -126,8 +128,8 @@ def _literal(node: ast.expr):
 
 def build_from_factory(spec: str) -> nn.Module:
     """The model "package.module:attribute" names (attribute may be dotted): a factory called with
-    the literal arguments the spec gives, if any ("...:resnet18(num_classes=10)"), or a model
-    instance itself."""
+    the literal arguments the spec gives, if any ("...:resnet18(num_classes=10)"), or a copy of a
+    model instance."""
     spec, args, kwargs = _factory_arguments(spec)
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
@@ -150,7 +152,13 @@ def build_from_factory(spec: str) -> nn.Module:
     if isinstance(factory, nn.Module):
         if args or kwargs:
             raise ExternalModelError(f"{spec} is a model, not a factory: it takes no arguments")
-        return factory
+        # A copy: two loads (a model and a transfer source, two runs in one process) must not share
+        # weights, and a run must start from the instance as the module defines it.
+        try:
+            return copy.deepcopy(factory)
+        except Exception as err:
+            raise ExternalModelError(f"{spec} is a model instance that cannot be copied ({type(err).__name__}: "
+                                     f"{err}); name a factory that builds it instead") from None
     if not callable(factory):
         raise ExternalModelError(f"{spec} is neither a model nor callable (a function or class that "
                                  f"builds the model)")
@@ -265,9 +273,23 @@ def import_from_working_dir() -> None:
         sys.path.insert(0, here)
 
 
-def is_factory_spec(arch: str) -> bool:
+def is_factory_spec(arch) -> bool:
     """Whether an arch names a factory ("module:factory(...)") rather than a built-in classifier."""
-    return ":" in arch
+    return isinstance(arch, str) and ":" in arch
+
+
+def same_spec(a: str, b: str) -> bool:
+    """Whether two specs name the same call: "m:f", "m:f()" and "m:f( )" do, as "m:f(width = 4)" and
+    "m:f(width=4)" do; positional and keyword forms of one argument do not (that takes the factory)."""
+    try:
+        return _parsed_spec(a) == _parsed_spec(b)
+    except ExternalModelError:
+        return a == b
+
+
+def _parsed_spec(spec: str) -> tuple:
+    name, args, kwargs = _factory_arguments(spec.strip())
+    return name.strip(), args, sorted(kwargs.items())
 
 
 def build_classifier(arch: str, num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn.Module:
@@ -299,20 +321,57 @@ def probe_classes(model: nn.Module, in_channels: int, image_size: int, device, d
     change; each module's mode is restored). ExternalModelError, naming the cause, when it fails
     or does not return logits of shape (2, classes)."""
     probe = torch.zeros(2, in_channels, image_size, image_size, device=device, requires_grad=True)
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
     try:
-        logits = model(probe)
-        if isinstance(logits, torch.Tensor) and logits.requires_grad:
-            torch.autograd.grad(logits.float().sum(), probe, allow_unused=True)
+        with _in_mode(model, training=False):
+            logits = model(probe)
+            if isinstance(logits, torch.Tensor) and logits.requires_grad:
+                torch.autograd.grad(logits.float().sum(), probe, allow_unused=True)
     except Exception as err:  # the user's forward
         raise ExternalModelError(f"the model fails on a {tuple(probe.shape)} input of {data_name} that "
                                  f"requires grad, as the attacks give it: {type(err).__name__}: {err}") from None
-    finally:
-        for module, training in modes:
-            module.training = training
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != 2:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ExternalModelError(f"the model returns {shape} for two inputs; it must return logits of "
+        raise ExternalModelError(f"the model returns {_shape_of(logits)} for two inputs; it must return logits of "
                                  f"shape (2, number of classes)")
     return logits.shape[1]
+
+
+def check_trainable(model: nn.Module, in_channels: int, image_size: int, device, num_classes: int) -> None:
+    """What training needs of a model beyond probe_classes: parameters that require grad, and logits
+    of shape (2, num_classes) in train mode too (some models return auxiliary outputs there). One
+    train-mode forward and backward on two zero inputs, the model's state (BatchNorm statistics)
+    put back after it. ExternalModelError when training cannot work."""
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise ExternalModelError("the model has no parameters that require grad: there is nothing to train")
+    saved = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    try:
+        with _in_mode(model, training=True):
+            logits = model(torch.zeros(2, in_channels, image_size, image_size, device=device))
+            if isinstance(logits, torch.Tensor) and tuple(logits.shape) == (2, num_classes):
+                torch.autograd.grad(logits.float().sum(), [p for _, p in trainable], allow_unused=True)
+    except Exception as err:  # the user's forward
+        raise ExternalModelError(f"the model fails in train mode on a (2, {in_channels}, {image_size}, "
+                                 f"{image_size}) input: {type(err).__name__}: {err}") from None
+    finally:
+        with torch.no_grad():
+            for name, value in model.state_dict().items():
+                value.copy_(saved[name])
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (2, num_classes):
+        raise ExternalModelError(f"in train mode the model returns {_shape_of(logits)} for two inputs; training "
+                                 f"needs logits of shape (2, {num_classes}) in train mode as in eval mode")
+
+
+@contextlib.contextmanager
+def _in_mode(model: nn.Module, training: bool):
+    """The model in train or eval mode, each module's own mode put back afterwards."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.train(training)
+    try:
+        yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+def _shape_of(output) -> str:
+    return str(tuple(output.shape)) if isinstance(output, torch.Tensor) else type(output).__name__

@@ -30,6 +30,10 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, unsafe or not ours."""
 
 
+class WrongFactory(CheckpointError):
+    """The factory named to load a checkpoint is not the one that built its classifier."""
+
+
 def save_atomic(payload: dict, path: PathLike) -> Path:
     """torch.save to `path` through a temporary file and an atomic rename."""
     path = Path(path)
@@ -112,7 +116,7 @@ def read_model(path: PathLike, device: Union[str, torch.device] = "cpu",
         model.load_state_dict(payload["model"])
     except ExternalModelError as err:
         raise CheckpointError(f"the classifier of {path} cannot be built: {err}") from None
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint {path} does not hold a usable model ({err})") from None
     config = payload.get("config")
     found = {"method": payload.get("method"), "epoch": payload.get("epoch"),
@@ -125,7 +129,7 @@ def read_model(path: PathLike, device: Union[str, torch.device] = "cpu",
 
 def _check_factory(path: Path, arch: Any, factory: Optional[str]) -> None:
     """A factory runs only when named, and only the one that built the checkpoint's classifier."""
-    from ..models import is_factory_spec
+    from ..models.external import is_factory_spec, same_spec
 
     built_by_factory = isinstance(arch, str) and is_factory_spec(arch)
     if built_by_factory and factory is None:
@@ -134,11 +138,11 @@ def _check_factory(path: Path, arch: Any, factory: Optional[str]) -> None:
                               f"never imports by itself: name it to load it, as in adt-fast eval --model {quoted} "
                               f"(--source-model {quoted} for a transfer source) or load_model(..., "
                               f"factory={arch!r})")
-    if built_by_factory and factory != arch:
-        raise CheckpointError(f"the classifier in {path} was built by the factory {arch!r}, not {factory!r}")
+    if built_by_factory and not same_spec(factory, arch):
+        raise WrongFactory(f"the classifier in {path} was built by the factory {arch!r}, not {factory!r}")
     if not built_by_factory and factory is not None:
-        raise CheckpointError(f"the classifier in {path} is adt_fast's {arch}, not one a factory builds: "
-                              f"load it without naming a factory ({factory!r})")
+        raise WrongFactory(f"the classifier in {path} is adt_fast's {arch}, not one a factory builds: "
+                           f"load it without naming a factory ({factory!r})")
 
 
 # ------------------------------------------------------------------------------------------------

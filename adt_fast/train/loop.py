@@ -44,7 +44,7 @@ from ..distributed import World
 from ..files import (ATOMIC_LEFTOVER, FolderBusy, lock_folder, os_error_text, remove_atomic_leftovers,
                      unwritable_reason, write_atomic)
 from ..models import ExternalModelError, build_classifier, classifier_config, is_factory_spec
-from ..models.external import probe_classes
+from ..models.external import check_trainable, probe_classes
 from . import checkpoint as ckpt
 from . import runlog, tuning
 from .config import CONFIG_FILE, ConfigError, TrainConfig, resume_config
@@ -192,7 +192,9 @@ class Trainer:
         chosen = tuning.load_or_measure(self.run_dir, self.method, self.model, x[:share], y[:share],
                                         channels_last=cfg.channels_last, resume=cfg.resume, world=self.world)
         if self.world.parallel:
-            self.parallel = DataParallel(self.method, self.model, self.world, x.device)
+            # Your own model may hold parameters its forward does not use (DDP must then look for them).
+            self.parallel = DataParallel(self.method, self.model, self.world, x.device,
+                                         find_unused_parameters=is_factory_spec(cfg.arch))
         return chosen
 
     def test_accuracy(self) -> float:
@@ -483,7 +485,13 @@ def build_trainer(cfg: TrainConfig, dataset: datasets.LoadedDataset, world: Opti
     if world.parallel:
         _check_world_batches(cfg, len(train_y), world)
     one_example = train_x[:1].to(device)
-    cramped = [f"the classifier ({cfg.arch})"] if needs_two_examples(model, one_example) else []
+    try:
+        cramped = [f"the classifier ({cfg.arch})"] if needs_two_examples(model, one_example) else []
+    except Exception as err:  # only your own model's forward can fail here (the built-in ones take any batch)
+        if not is_factory_spec(cfg.arch):
+            raise
+        raise ConfigError(f"--arch {cfg.arch}: the model fails on a batch of one example: {type(err).__name__}: "
+                          f"{err}") from None
     _check_two_examples(cfg, len(train_y), world, cramped + method.networks_needing_two_examples(one_example))
     if world.parallel and cfg.sync_bn:
         for network in networks:
@@ -508,11 +516,12 @@ def _classifier(cfg: TrainConfig, info: datasets.DatasetInfo, device: torch.devi
         except Exception as err:  # the user's model: e.g. out of memory, or on the meta device
             raise ExternalModelError(f"cannot move the model to {device}: {type(err).__name__}: {err}") from None
         classes = probe_classes(model, info.channels, info.image_size, device, info.name)
+        if classes != info.num_classes:
+            raise ExternalModelError(f"the model returns (2, {classes}) for two inputs; {info.name} needs logits "
+                                     f"of shape (2, {info.num_classes})")
+        check_trainable(model, info.channels, info.image_size, device, info.num_classes)
     except ExternalModelError as err:
         raise ConfigError(f"--arch {cfg.arch}: {err}") from None
-    if classes != info.num_classes:
-        raise ConfigError(f"--arch {cfg.arch}: the model returns (2, {classes}) for two inputs; {info.name} needs "
-                          f"logits of shape (2, {info.num_classes})")
     return model
 
 

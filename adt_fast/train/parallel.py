@@ -45,10 +45,12 @@ class _StepModule(nn.Module):
 class DataParallel:
     """DDP over the method's step, and the split of each global batch into this rank's share."""
 
-    def __init__(self, method: Method, model: nn.Module, world: World, device: torch.device):
+    def __init__(self, method: Method, model: nn.Module, world: World, device: torch.device,
+                 find_unused_parameters: bool = False):
         self.method, self.world = method, world
         self.module = DistributedDataParallel(
-            _StepModule(method, model), device_ids=[device] if device.type == "cuda" else None)
+            _StepModule(method, model), device_ids=[device] if device.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters)
 
     def split(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's rows of a global batch; the step's random numbers follow the same split."""

@@ -38,6 +38,7 @@ MEMORY_FORMAT = "memory_format"
 # A classifier channels_last cannot speed up: its inputs are not images (N, C, H, W), or it has
 # no 4-D (convolution) weights to lay out.
 NOT_A_CONV_NET = "not a 2-D convolutional network"
+CHANNELS_LAST_FAILED = "default: channels_last could not be measured"
 
 
 def load_or_measure(run_dir: Path, method, model, x, y, *, channels_last, resume: bool,
@@ -75,7 +76,12 @@ def measure_memory_format(model, x, y, runtime) -> dict:
     """The memory format a run without a flag or a record takes, as recorded in tuning.json."""
     if x.dim() != 4 or not any(p.dim() == 4 for p in model.parameters()):
         return {"channels_last": False, "chosen_by": NOT_A_CONV_NET}
-    seconds = time_memory_formats(model, x, y, runtime)
+    try:
+        seconds = time_memory_formats(model, x, y, runtime)
+    except Exception as err:  # your own model (--arch MODULE:FACTORY) may not copy or take channels_last
+        runtime.set_memory_format(model, False)
+        return {"channels_last": False, "chosen_by": f"{CHANNELS_LAST_FAILED} ({type(err).__name__}: "
+                                                     f"{str(err).splitlines()[0] if str(err) else ''})"}
     return {"channels_last": prefers_channels_last(seconds), "chosen_by": "measurement", "seconds": seconds}
 
 
