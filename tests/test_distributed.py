@@ -384,7 +384,7 @@ def test_speed_settings_are_measured_on_one_ranks_share_of_a_batch(tmp_path, mon
     global batch (k times which, at a data-parallel batch size, need not fit on one GPU)."""
     measured = []
     monkeypatch.setattr(loop.tuning, "load_or_measure", lambda run_dir, method, model, x, y, **kw: measured.append(len(x)) or {})
-    monkeypatch.setattr(loop, "DataParallel", lambda *args: None)
+    monkeypatch.setattr(loop, "DataParallel", lambda *args, **kwargs: None)
     cfg = small_config("standard", tmp_path / "run", batch_size=16).resolve()
     dataset = datasets.open_dataset("synthetic")
     loop.build_trainer(cfg, dataset, World(rank=0, size=2)).tune()
