@@ -528,9 +528,32 @@ def test_epsilon_is_refused_for_standard_training_and_old_standard_runs_resume(t
     stored = json.loads((out / "config.json").read_text())
     assert stored["epsilon"] is None
     (out / "config.json").write_text(json.dumps({**stored, "epsilon": 0.1}))  # as an older run recorded it
+    with pytest.raises(ConfigError, match=re.escape("--epsilon 0.1 does not apply to --method standard")):
+        fit(_cfg("standard", out, epochs=2, max_batches=1, resume=True, epsilon=0.1))  # not "the run has null"
     fit(_cfg("standard", out, epochs=2, max_batches=1, resume=True))
     assert [r["epoch"] for r in read_metrics(out)] == [1, 2]
     assert json.loads((out / "config.json").read_text())["epsilon"] is None
+
+
+def test_an_older_run_with_more_samples_per_pass_than_samples_resumes(tmp_path):
+    """Such a run was accepted before the refusal, and a pass never held more than --samples."""
+    out = tmp_path / "run"
+    fit(_cfg("adt-exp", out, epochs=1, max_batches=1, samples=3, samples_per_pass=3))
+    stored = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**stored, "samples_per_pass": 5}))
+    fit(_cfg("adt-exp", out, epochs=2, max_batches=1, resume=True))
+    assert json.loads((out / "config.json").read_text())["samples_per_pass"] == 3
+
+
+@pytest.mark.parametrize("given, message", [
+    (["save-freq"], "given names no TrainConfig field: save-freq (did you mean save_freq?)"),
+    ("max_batches", "not the string 'max_batches'"),
+])
+def test_fit_names_what_is_wrong_with_given(tmp_path, given, message):
+    out = tmp_path / "run"
+    fit(_cfg("standard", out, epochs=1, max_batches=1))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        fit(_cfg("standard", out, epochs=2, max_batches=1, resume=True), given=given)
 
 
 @pytest.mark.parametrize("dataset,epochs", [("digits", 15), ("synthetic", 5), ("cifar10", 76)])

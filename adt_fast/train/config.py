@@ -157,7 +157,7 @@ class TrainConfig:
         path = Path(run_dir) / CONFIG_FILE
         try:
             stored = json.loads(path.read_text())
-            return _without_unused_epsilon(_fill_later_settings(cls.from_dict(stored), stored))
+            return _as_runs_made_now(_fill_later_settings(cls.from_dict(stored), stored))
         except FileNotFoundError:
             raise ConfigError(f"{path} does not exist: {run_dir} is not a run directory") from None
         except (json.JSONDecodeError, TypeError) as err:
@@ -325,6 +325,9 @@ class TrainConfig:
             asked["dataset"] = dataset.name
         if asked["lr_drop"] is not None:  # the run stores its drops sorted: --lr-drop 5 3 is its 3 5
             asked["lr_drop"] = _sorted_lr_drop(asked["lr_drop"])
+        if saved.method in CLEAN_METHODS and asked["epsilon"] is not None:  # not "the run has null"
+            return [f"--epsilon {_show(asked['epsilon'])} does not apply to --method {saved.method}: it trains "
+                    f"on clean inputs, without a perturbation (eval takes its own --epsilon)"]
         out = [f"{flag(name)} {_show(asked[name])} (the run has {_show(theirs.get(name))})"
                for name in sorted(asked) if name not in RESUMABLE_CHANGES
                and asked[name] is not None and asked[name] != theirs.get(name)]
@@ -376,11 +379,16 @@ def _fill_later_settings(cfg: TrainConfig, stored: dict) -> TrainConfig:
     return cfg
 
 
-def _without_unused_epsilon(cfg: TrainConfig) -> TrainConfig:
-    """Runs of a clean method written before --epsilon was refused for them recorded the dataset's
-    epsilon (or a given one), which they never used: it goes, so they resume as runs made now."""
+def _as_runs_made_now(cfg: TrainConfig) -> TrainConfig:
+    """Settings that older versions accepted and that did nothing, as today's validation wants them,
+    so that those runs resume with a plain --resume: a clean method's epsilon (it recorded the
+    dataset's, or a given one, and never used it) goes; --samples-per-pass above --samples (a pass
+    never held more than the samples drawn) becomes --samples."""
     if cfg.method in CLEAN_METHODS:
         cfg.epsilon = None
+    per_pass, samples = cfg.samples_per_pass, cfg.samples
+    if isinstance(per_pass, int) and not isinstance(per_pass, bool) and isinstance(samples, int) and per_pass > samples:
+        cfg.samples_per_pass = samples
     return cfg
 
 

@@ -605,7 +605,7 @@ def fit(config: TrainConfig, data: Optional[tuple] = None, *, given: Optional[It
         # torchrun restarted the group after a failure: continue from the last checkpoint.
         config = dataclasses.replace(config, resume=True)
     if config.resume and (Path(config.out) / CONFIG_FILE).is_file():  # else prepare_run_dir says there is no run
-        asked = {**config.given(), **{name: getattr(config, name) for name in given or ()}}
+        asked = {**config.given(), **{name: getattr(config, name) for name in _field_names(given)}}
         config = resume_config(TrainConfig.load(config.out), asked)
     dataset = open_data(config, data)
     cfg = prepare_run_dir(config, dataset.info if dataset is not None else None)
@@ -644,6 +644,22 @@ def _fit(cfg: TrainConfig, config: TrainConfig, dataset: datasets.LoadedDataset,
         _train(trainer, dataset, resumed=loaded is not None)
     world.barrier()  # no rank leaves (and tears the group down) while rank 0 still writes
     return run_dir
+
+
+def _field_names(given: Optional[Iterable[str]]) -> list:
+    """fit's `given`: TrainConfig field names (save_freq, not --save-freq or a bare string)."""
+    if given is None:
+        return []
+    if isinstance(given, str):
+        raise ConfigError(f"given must be a collection of TrainConfig field names, not the string {given!r} "
+                          f"(given={{{given!r}}})")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = [name for name in given if name not in names]
+    if unknown:
+        hints = [f"{name} (did you mean {name.lstrip('-').replace('-', '_')}?)"
+                 if name.lstrip("-").replace("-", "_") in names else name for name in unknown]
+        raise ConfigError(f"given names no TrainConfig field: {', '.join(hints)}")
+    return list(given)
 
 
 def _started_by_this_job(run_dir: Path) -> bool:
