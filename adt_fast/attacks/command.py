@@ -610,8 +610,8 @@ def _raised_by_adt_fast(err: BaseException) -> bool:
     tb = err.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    package = str(Path(__file__).resolve().parents[1])
-    return tb is not None and str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(package)
+    package = Path(__file__).resolve().parents[1]
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(package)
 
 
 def _model_failed(args, err: BaseException) -> BaseException:
