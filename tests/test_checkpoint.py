@@ -387,3 +387,46 @@ def test_make_writable_dir_tries_a_file_where_access_says_yes_but_creation_fails
 
     with pytest.raises(OSError):
         make_writable_dir("/sys/kernel")
+
+
+def _names_dtensor(path):
+    """A torch.save file whose pickle names torch.distributed.tensor.DTensor, as a DTensor (FSDP2)
+    state dict does: torch refuses it, while that module is not imported, with "... must be imported
+    to load DTensors" after a first line that advises weights_only=False."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    torch.save({"format": ckpt.FORMAT, "model": {"weight": _Placeholder()}}, buffer)
+    source = zipfile.ZipFile(io.BytesIO(buffer.getvalue()))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as out:
+        for info in source.infolist():
+            data = source.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                data = data.replace(f"c{__name__}\n_Placeholder\n".encode(), b"ctorch.distributed.tensor\nDTensor\n")
+            out.writestr(info.filename, data)
+    return path
+
+
+class _Placeholder:
+    pass
+
+
+def test_a_file_refused_for_a_missing_import_names_the_cause_not_torchs_advice(tmp_path, monkeypatch):
+    """weights_only_refusal's fallback dropped the line that holds the cause ("Weights only load
+    failed. ``torch.distributed.tensor`` must be imported ...") and quoted torch's advice to load
+    with weights_only set to False."""
+    from torch import _weights_only_unpickler
+
+    from adt_fast.models.external import ExternalModelError, load_weights
+
+    # As in a process that has not imported torch.distributed.tensor (which marks DTensor safe).
+    monkeypatch.setattr(_weights_only_unpickler, "_marked_safe_globals_set", set())
+    path = _names_dtensor(tmp_path / "dtensor.pt")
+    with pytest.raises(ckpt.CheckpointError) as refused:
+        ckpt.load(path)
+    with pytest.raises(ExternalModelError) as refused_weights:
+        load_weights(torch.nn.Linear(2, 2), path)
+    for message in (str(refused.value), str(refused_weights.value)):
+        assert "must be imported to load DTensors" in message, message
+        assert "weights_only" not in message and "will likely succeed" not in message, message

@@ -185,9 +185,11 @@ def weights_only_refusal(err: Exception) -> str:
         return (f"it refers to {blocked.group(1)}, of the module {blocked.group(2)} that weights-only loading "
                 f"blocks (unpickling it could run arbitrary code)")
     detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-    # Never torch's first line, which advises loading with weights_only=False.
-    lines = [line.strip() for line in text.splitlines()
-             if line.strip() and not line.startswith(("Weights only load failed", "Check the documentation"))]
+    # Never torch's advice to load with weights_only=False; the cause may share its first line
+    # ("Weights only load failed. X must be imported to load Y").
+    lines = [re.sub(r"^Weights only load failed\.\s*", "", line.strip()) for line in text.splitlines()]
+    lines = [line for line in lines
+             if line and "weights_only" not in line and not line.startswith("Check the documentation")]
     where = detail.group(1).strip() if detail else (lines[0] if lines else "an unknown point")
     return (f"weights-only loading stopped at '{where}' (a damaged file, one not written by torch.save, or one "
             f"whose unpickling could run arbitrary code)")
