@@ -163,3 +163,63 @@ _CACHED = build()
 def cached() -> nn.Module:
     """A factory that hands out one object on every call."""
     return _CACHED
+
+
+class BatchMean(_Wrapped):
+    """Averages over the batch: one row of logits for any number of inputs."""
+
+    def forward(self, x):
+        return self.net(x).mean(0, keepdim=True)
+
+
+class FewerClassesForOne(_Wrapped):
+    """Passes the probe (two inputs), then returns 5 logits for a batch of one."""
+
+    def forward(self, x):
+        logits = self.net(x)
+        return logits[:, :5] if x.shape[0] == 1 else logits
+
+
+class _NoBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("no backward here")
+
+
+class FailsInBackward(_Wrapped):
+    """Its forward works; its backward, which every attack needs, fails."""
+
+    def forward(self, x):
+        return self.net(_NoBackward.apply(x))
+
+
+class FailsInTrainBackward(_Wrapped):
+    """Forward and backward work in eval mode; in train mode the backward fails."""
+
+    def forward(self, x):
+        logits = self.net(x)
+        return _NoBackward.apply(logits) if self.training else logits
+
+
+class RefusesChannelsLast(nn.Module):
+    """A convolutional network that refuses channels_last inputs with a message of two lines."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.linear = nn.Linear(4 * 64, 10)
+
+    def forward(self, x):
+        if not x.is_contiguous():
+            raise ValueError("takes contiguous inputs only\n(a second line of detail)")
+        return self.linear(self.conv(x).flatten(1))
+
+
+def on_meta() -> nn.Module:
+    """A model whose parameters have no data (built on the meta device), so it cannot be moved."""
+    with torch.device("meta"):
+        return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))

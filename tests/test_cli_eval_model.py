@@ -57,6 +57,7 @@ def test_eval_a_model_from_a_factory_with_weights_and_normalisation(weights, tmp
     (["--model", "no_such_module_xyz:build"], "--model", "cannot import"),
     (["--model", "external_models:missing"], "--model", "no attribute"),
     (["--model", "external_models"], "--model", "MODULE:FACTORY"),
+    (["--model", "external_models:"], "--model", "MODULE:FACTORY"),
     (["--model", "external_models:fails"], "--model", "factory exploded"),
     (["--model", "external_models:not_a_module"], "--model", "not a torch.nn.Module"),
     (["--model", FACTORY, "--weights", "WIDE"], "--weights", "do not fit"),
@@ -132,6 +133,11 @@ def test_a_model_without_input_gradients_is_evaluated_and_flagged_as_masking(fac
     ("external_models:FailsOnBigBatches", None, "the model failed during the attacks: RuntimeError: only small batches"),
     ("RAISES:build", None, "importing 'raises_on_import' failed: RuntimeError: broken module"),
     ("external_models.py:build", None, "is a file path; give the module's import name"),
+    ("some_folder/external_models:build", None, "is a file path; give the module's import name"),
+    ("external_models:FailsInBackward", None, "fails on a (2, 3, 8, 8) input of synthetic that requires grad, as the "
+                                              "attacks give it: RuntimeError: no backward here"),
+    ("external_models:BatchMean", None, "the model returns (1, 10) for two inputs; it must return logits of shape "
+                                        "(2, number of classes)"),
     (FACTORY, "DIRECTORY", "is a directory, not a weights file"),
     (FACTORY, "WHOLE", "holds an object of class torch.nn.modules.container.Sequential"),
     (FACTORY, "TEXT", "weights-only loading stopped at 'Unsupported operand"),
@@ -231,8 +237,10 @@ def test_a_factory_takes_literal_arguments_from_the_spec(tmp_path, capsys):
     ("external_models:sized(**{'width': 3})", "must be Python literals"),
     ("external_models:sized(3", "arguments go in parentheses at the end"),
     ("external_models:sized(3) + sized(4)", "must close the spec, as one call"),
+    ("external_models:sized(3)(4)", "must close the spec, as one call"),
     ("external_models:sized(depth=3)", "calling external_models:sized(depth=3) failed: TypeError"),
     ("external_models:instance(3)", "is a model, not a factory"),
+    ("external_models:instance(width=3)", "is a model, not a factory"),
 ])
 def test_factory_arguments_that_are_not_literals_or_do_not_fit_are_refused(spec, message):
     with pytest.raises(ExternalModelError, match=re.escape(message)):
@@ -316,3 +324,116 @@ def test_a_factory_that_hands_out_one_object_cannot_serve_as_model_and_source(tm
                  "--out", str(tmp_path / "e.json")])
     err = capsys.readouterr().err
     assert code == 2 and "error: --source-model: the factory returned the very model object" in err, err
+
+
+def test_a_factory_may_be_a_dotted_attribute_of_its_module():
+    """MODULE:FACTORY's factory may be dotted (build_from_factory): a class in a submodule, a class's
+    factory method."""
+    model = load_external_model("torch.nn:modules.linear.Linear(2, 3)")
+    assert isinstance(model, nn.Linear) and (model.in_features, model.out_features) == (2, 3)
+
+
+def test_a_model_instance_that_cannot_be_copied_is_refused_by_name(tmp_path, monkeypatch):
+    """Each load copies a named instance (two loads must not share weights); one that deepcopy
+    refuses is an ExternalModelError that says to name a factory, not deepcopy's own TypeError."""
+    (tmp_path / "uncopyable_models.py").write_text(
+        "import threading\n"
+        "from external_models import build\n\n"
+        "instance = build()\n"
+        "instance.lock = threading.Lock()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ExternalModelError) as refused:
+        load_external_model("uncopyable_models:instance")
+    message = str(refused.value)
+    assert message.startswith("uncopyable_models:instance is a model instance that cannot be copied (TypeError: ")
+    assert message.endswith("name a factory that builds it instead"), message
+
+
+def test_a_relative_weights_path_is_recorded_absolute(weights, tmp_path, monkeypatch, capsys):
+    """The report names the file scored wherever it is read from later: a path relative to the
+    folder eval ran in would name another file, or none."""
+    root, _ = weights
+    monkeypatch.chdir(root)
+    out = tmp_path / "e.json"
+    assert main(["eval", "--model", FACTORY, "--weights", "plain.pt", *FAST, "--out", str(out)]) == 0, \
+        capsys.readouterr().err
+    assert json.loads(out.read_text())["meta"]["weights"] == str((root / "plain.pt").resolve())
+
+
+def _factory_checkpoint(path, arch, model):
+    """A checkpoint of `model` as `adt-fast train --arch ARCH` writes it (synthetic's shape)."""
+    from adt_fast.train import checkpoint as ckpt
+
+    config = {"arch": arch, "num_classes": 10, "in_channels": 3, "image_size": 8}
+    return ckpt.save_atomic({"model_config": config, "model": model.state_dict(), "method": "standard",
+                             "epoch": 1}, path)
+
+
+def test_a_checkpoints_factory_is_found_in_the_working_folder(tmp_path, monkeypatch, capsys):
+    """As for --model alone: with --checkpoint, --model may name a module in the folder eval runs
+    in, which the installed adt-fast script does not have on sys.path."""
+    (tmp_path / "my_local_factory.py").write_text("from external_models import build\n")
+    path = _factory_checkpoint(tmp_path / "model.pt", "my_local_factory:build", external_models.build())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path), ".")])
+    monkeypatch.delitem(sys.modules, "my_local_factory", raising=False)
+    code = main(["eval", "--checkpoint", str(path), "--model", "my_local_factory:build", *FAST,
+                 "--out", str(tmp_path / "e.json")])
+    assert code == 0, capsys.readouterr().err
+
+
+def test_the_seed_repeats_a_randomised_model_loaded_from_a_checkpoint(tmp_path, capsys):
+    """--seed seeds the randomness of a checkpoint's factory-built model too (its forward's noise):
+    whatever the process drew before, same seed, same report."""
+    path = _factory_checkpoint(tmp_path / "model.pt", "external_models:Randomised", external_models.Randomised())
+    reports = []
+    for name in ("a.json", "b.json"):
+        torch.manual_seed(len(reports))
+        assert main(["eval", "--checkpoint", str(path), "--model", "external_models:Randomised", *FAST[:3], "32",
+                     *FAST[4:-2], "--attacks", "fgsm,pgd:2", "--out", str(tmp_path / name)]) == 0, \
+            capsys.readouterr().err
+        reports.append((tmp_path / name).read_bytes())
+    assert reports[0] == reports[1]
+
+
+def test_transfer_alone_runs_with_a_source_model(tmp_path, capsys):
+    """--attacks transfer needs a source: --source-model is one, as --source-checkpoint is."""
+    out = tmp_path / "e.json"
+    assert main(["eval", "--model", FACTORY, *FAST[:-2], "--attacks", "transfer", "--source-model",
+                 "external_models:sized(6)", "--out", str(out)]) == 0, capsys.readouterr().err
+    assert set(json.loads(out.read_text())["robust_accuracy"]) == {"transfer"}
+
+
+def test_a_source_checkpoint_beside_a_model_and_a_source_model_beside_a_checkpoint(tmp_path, capsys):
+    """Each model is loaded with its own flags (the source checkpoint without --model's factory),
+    and the report hashes each one's own file."""
+    from adt_fast.models import build_model
+    from adt_fast.train import checkpoint as ckpt
+
+    builtin = build_model("small-cnn", 10, 3, 8)
+    run = ckpt.save_atomic({"model_config": dict(builtin.config), "model": builtin.state_dict(),
+                            "method": "standard", "epoch": 1}, tmp_path / "builtin" / "model.pt")
+    sha = lambda path: hashlib.sha256(path.read_bytes()).hexdigest()
+    out = tmp_path / "a.json"
+    assert main(["eval", "--model", FACTORY, *FAST, "--source-checkpoint", str(run), "--out", str(out)]) == 0, \
+        capsys.readouterr().err
+    meta = json.loads(out.read_text())["meta"]
+    assert meta["source_checkpoint"] == str(run) and meta["source_checkpoint_sha256"] == sha(run)
+    _source_weights(tmp_path / "source.pt")
+    out = tmp_path / "b.json"
+    assert main(["eval", "--checkpoint", str(run), *FAST, *SOURCE, "--source-weights", str(tmp_path / "source.pt"),
+                 "--out", str(out)]) == 0, capsys.readouterr().err
+    meta = json.loads(out.read_text())["meta"]
+    assert meta["checkpoint_sha256"] == sha(run)
+    assert meta["source_weights_sha256"] == sha(tmp_path / "source.pt")
+
+
+def test_evaluates_own_refusal_of_a_source_model_blames_source_model(tmp_path, capsys):
+    """evaluate's own check of the source's logits (one input: 5 classes for labels up to 8) is
+    adt_fast's ValueError, not the model's: it names --source-model, the flag that gave that model."""
+    code = main(["eval", "--model", FACTORY, *FAST, "--source-model", "external_models:FewerClassesForOne",
+                 "--out", str(tmp_path / "e.json")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("adt-fast eval: error: --source-model: the labels go up to "), err
+    assert "but the source model returns 5 logits" in err and len(err.strip().splitlines()) == 1, err

@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import re
 import sys
 import types
 import warnings
@@ -885,3 +886,17 @@ def test_backend_choice_is_cached_per_dtype(monkeypatch):
         dispatch.select("reference", CPU, torch.int32)
     with pytest.raises(RuntimeError, match="no backend can serve"):
         dispatch.select("auto", CPU, torch.int32)
+
+
+def test_epsilon_is_bounded_by_the_compute_dtype_not_the_storage_dtype():
+    """Half inputs compute in float32: any epsilon up to FLT_MAX is theirs (not half's 65504), and
+    FLT_MAX itself is legal for float32 inputs."""
+    half = torch.zeros(1, 2, dtype=torch.float16)
+    with pytest.raises(ValueError, match=re.escape("at most 3.403e+38 (the largest torch.float32, which the op "
+                                                   "computes in for torch.float16 inputs), got 1e+39")):
+        adt_fast.sample_and_entropy(half, half - 100, 1, 1e39, clamp=None)
+    out, _ = adt_fast.sample_and_entropy(half, half - 100, 1, 1e5, clamp=None)
+    assert torch.isfinite(out).all()
+    mean = torch.zeros(1, 2)
+    out, nlp = adt_fast.sample_and_entropy(mean, mean - 100, 1, torch.finfo(torch.float32).max, clamp=None)
+    assert torch.isfinite(out).all() and torch.isfinite(nlp).all()

@@ -98,3 +98,18 @@ def test_tensorboard_keeps_one_point_per_epoch_when_event_files_sort_against_the
     board.log(_record(3, 0.75))
     board.close()
     assert _scalars(tmp_path / runlog.TENSORBOARD_DIR)["test_acc"] == [(1, 0.25), (2, 0.5), (3, 0.75)]
+
+
+def test_tensorboard_rewrites_only_its_own_event_files_not_links_placed_there(tmp_path):
+    """The rewrite at each start removes the event files the run wrote (plain files), as the run
+    directory's other cleanups do; a link someone put in the folder, and what it points to, stay."""
+    pytest.importorskip("tensorboard")
+    elsewhere = tmp_path / "elsewhere.tfevents"
+    elsewhere.write_bytes(b"not the run's")
+    folder = tmp_path / "run" / runlog.TENSORBOARD_DIR
+    folder.mkdir(parents=True)
+    link = folder / "events.out.tfevents.1.linked"
+    link.symlink_to(elsewhere)
+    board = runlog.TensorBoard(tmp_path / "run", True, history=[_record(1, 0.25)])
+    board.close()
+    assert link.is_symlink() and elsewhere.read_bytes() == b"not the run's"

@@ -746,6 +746,9 @@ def test_more_samples_per_pass_than_samples_are_refused():
     assert str(refused.value) == ("--samples-per-pass 7: a pass cannot hold more than the --samples 2 samples "
                                   "drawn per step; choose 1 to 2 or auto")
     assert _resolved("adt-exp", samples=2, samples_per_pass=2).samples_per_pass == 2
+    with pytest.raises(ConfigError, match=re.escape("--samples-per-pass 3: a pass cannot hold more than the "
+                                                    "--samples 2 samples")):
+        _resolved("adt-exp", samples=2, samples_per_pass=3)  # one past the samples drawn
 
 
 def test_beta_is_dropped_with_the_ce_loss():

@@ -92,6 +92,9 @@ def test_the_printed_eval_command_names_the_factory(tmp_path, capsys):
     ("external_models:NoParameters", "no parameters that require grad"),
     ("external_models:frozen", "no parameters that require grad"),
     ("external_models:FailsOnOne", "the model fails on a batch of one example: RuntimeError: needs two examples"),
+    ("external_models:FailsInTrainBackward", "the model fails in train mode on a (2, 3, 8, 8) input: RuntimeError: "
+                                             "no backward here"),
+    ("external_models:on_meta", "cannot move the model to cpu: NotImplementedError: Cannot copy out of meta tensor"),
 ])
 def test_a_factory_that_cannot_train_on_the_data_is_refused_before_the_run_directory(arch, message, tmp_path, capsys):
     out = tmp_path / "r"
@@ -220,3 +223,82 @@ def test_a_checkpoint_with_a_malformed_arch_is_a_one_line_error(tmp_path):
     path = ckpt.save_atomic({"model_config": {"arch": [":"], "num_classes": 10}, "model": {}}, tmp_path / "m.pt")
     with pytest.raises(ckpt.CheckpointError, match="does not hold a usable model"):
         adt_fast.load_model(path)
+
+
+def test_a_wrong_factory_named_for_a_factory_run_blames_model(run, tmp_path, capsys):
+    """The checkpoint is fine; the factory named is not its own: the error names --model."""
+    code = main(["eval", "--checkpoint", str(run), "--model", "external_models:sized(5)", "--attacks", "fgsm",
+                 "--out", str(tmp_path / "e.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("adt-fast eval: error: --model: "), err
+    assert "was built by the factory 'external_models:sized(4)', not 'external_models:sized(5)'" in err, err
+
+
+def test_same_spec_compares_the_calls_specs_name():
+    """Spacing and the order of keyword arguments do not change the call; positional against
+    keyword does (that depends on the factory)."""
+    from adt_fast.models.external import same_spec
+
+    assert same_spec("m:f(a=1, b=2)", "m:f(b=2, a=1)")
+    assert same_spec("m:f (4)", "m:f(4)") and same_spec(" m:f(4) ", "m:f(4)") and same_spec("m:f", "m:f( )")
+    assert not same_spec("m:f(4)", "m:f(width=4)") and not same_spec("m:f(a=1)", "m:f(a=2)")
+
+
+def test_a_checkpoint_never_imports_its_factorys_module_unless_named(tmp_path, monkeypatch):
+    """Refusing after building would already have run the factory's module: the check comes first."""
+    import sys
+
+    (tmp_path / "counting_models.py").write_text("from external_models import build\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "counting_models", raising=False)
+    config = {"arch": "counting_models:build", "num_classes": 10, "in_channels": 3, "image_size": 8}
+    path = ckpt.save_atomic({"model_config": config, "model": external_models.build().state_dict()},
+                            tmp_path / "model.pt")
+    for factory in (None, "counting_models:build(1)"):
+        with pytest.raises(ckpt.CheckpointError):
+            adt_fast.load_model(path, factory=factory)
+        assert "counting_models" not in sys.modules, factory
+    adt_fast.load_model(path, factory="counting_models:build")
+    assert "counting_models" in sys.modules
+
+
+def test_a_built_in_classifiers_own_failure_is_not_blamed_on_the_arch(tmp_path, monkeypatch):
+    """Only your own model's forward is reported as "--arch ...: the model fails"; a failure of a
+    built-in classifier is adt_fast's and keeps its traceback."""
+    from adt_fast.train import loop
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug of adt_fast's own")
+    monkeypatch.setattr(loop, "needs_two_examples", broken)
+    with pytest.raises(RuntimeError, match="a bug of adt_fast's own"):
+        fit(_cfg(tmp_path / "run", method="standard", arch="small-cnn", epochs=1))
+
+
+def test_a_model_that_refuses_channels_last_with_any_error_trains_in_contiguous(tmp_path, capsys, monkeypatch,
+                                                                             steady_memory_format):
+    """Not only RuntimeError: whatever your model raises on channels_last inputs falls back to
+    contiguous, and tuning.json keeps the first line of the message (mode line, one line)."""
+    from adt_fast.train import tuning
+
+    monkeypatch.setattr(tuning, "time_memory_formats", steady_memory_format)  # the real measurement
+    run = fit(_cfg(tmp_path / "run", method="standard", arch="external_models:RefusesChannelsLast", epochs=1,
+                   channels_last=None))
+    recorded = json.loads((run / tuning.TUNING_FILE).read_text())[tuning.MEMORY_FORMAT]
+    assert recorded == {"channels_last": False,
+                        "chosen_by": f"{tuning.CHANNELS_LAST_FAILED} (ValueError: takes contiguous inputs only)"}
+
+
+def test_the_probe_leaves_every_modules_mode_and_batchnorm_statistics_as_they_were():
+    """The probe runs in eval mode throughout (no BatchNorm update, also in a submodule) and puts
+    back each module's own mode, also a submodule kept in eval mode inside a training model."""
+    from adt_fast.models.external import probe_classes
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 36, 10))
+    model.train()
+    model[2].eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert probe_classes(model, 3, 8, "cpu", "synthetic") == 10
+    assert [m.training for m in model.modules()] == [True, True, True, False, True, True]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
