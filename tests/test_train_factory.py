@@ -302,3 +302,23 @@ def test_the_probe_leaves_every_modules_mode_and_batchnorm_statistics_as_they_we
     assert [m.training for m in model.modules()] == [True, True, True, False, True, True]
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name
+
+
+def test_a_run_whose_factory_was_renamed_loads_with_the_route_the_error_names(run, tmp_path, monkeypatch, capsys):
+    """model.pt holds the model's own state dict, so the renamed factory plus --weights gives the
+    trained model; the refusal says so."""
+    (tmp_path / "renamed_models.py").write_text("from external_models import sized\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code = main(["eval", "--checkpoint", str(run), "--model", "renamed_models:sized(4)", "--attacks", "fgsm",
+                 "--out", str(tmp_path / "e.json")])
+    err = capsys.readouterr().err
+    route = f"eval --model 'renamed_models:sized(4)' --weights {run / 'model.pt'}"
+    assert code == 2 and route in err, err
+    out = tmp_path / "f.json"
+    assert main(["eval", "--model", "renamed_models:sized(4)", "--weights", str(run / "model.pt"), "--dataset",
+                 "synthetic", "--attacks", "fgsm", "--n-examples", "4", "--epsilon-curve", "",
+                 "--out", str(out)]) == 0, capsys.readouterr().err
+    reference = tmp_path / "g.json"
+    assert main(["eval", "--checkpoint", str(run), "--model", SPEC, "--attacks", "fgsm", "--n-examples", "4",
+                 "--epsilon-curve", "", "--out", str(reference)]) == 0
+    assert json.loads(out.read_text())["robust_accuracy"] == json.loads(reference.read_text())["robust_accuracy"]

@@ -139,7 +139,9 @@ def _check_factory(path: Path, arch: Any, factory: Optional[str]) -> None:
                               f"(--source-model {quoted} for a transfer source) or load_model(..., "
                               f"factory={arch!r})")
     if built_by_factory and not same_spec(factory, arch):
-        raise WrongFactory(f"the classifier in {path} was built by the factory {arch!r}, not {factory!r}")
+        raise WrongFactory(f"the classifier in {path} was built by the factory {arch!r}, not {factory!r} (if "
+                           f"only its name changed, load the weights into yours: eval --model "
+                           f"{shlex.quote(factory)} --weights {shlex.quote(str(path))})")
     if not built_by_factory and factory is not None:
         raise WrongFactory(f"the classifier in {path} is adt_fast's {arch}, not one a factory builds: "
                            f"load it without naming a factory ({factory!r})")
