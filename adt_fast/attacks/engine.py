@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
+from ..models.modes import module_mode
 from ..ops import reference
 
 PerExampleLoss = Callable[[torch.Tensor], torch.Tensor]
@@ -29,16 +30,9 @@ def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
     return fallback
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+def eval_mode(model: nn.Module) -> contextlib.AbstractContextManager:
     """Put every module in eval mode (BatchNorm frozen) and restore each one's flag afterwards."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in flags:
-            module.training = training
+    return module_mode(model, training=False)
 
 
 def uniform_start(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:

@@ -11,7 +11,6 @@ refused. Every failure raises ExternalModelError with a message that says what w
 from __future__ import annotations
 
 import ast
-import contextlib
 import copy
 import importlib
 import os
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from .classifiers import Classifier, build_model
+from .modes import module_mode
 
 # Wrappers that training scripts commonly put around a state dict.
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
@@ -324,7 +324,7 @@ def probe_classes(model: nn.Module, in_channels: int, image_size: int, device, d
     or does not return logits of shape (2, classes)."""
     probe = torch.zeros(2, in_channels, image_size, image_size, device=device, requires_grad=True)
     try:
-        with _in_mode(model, training=False):
+        with module_mode(model, training=False):
             logits = model(probe)
             if isinstance(logits, torch.Tensor) and logits.requires_grad:
                 torch.autograd.grad(logits.float().sum(), probe, allow_unused=True)
@@ -342,15 +342,15 @@ def check_trainable(model: nn.Module, in_channels: int, image_size: int, device,
     of shape (2, num_classes) in train mode too (some models return auxiliary outputs there). One
     train-mode forward and backward on two zero inputs, the model's state (BatchNorm statistics)
     put back after it. ExternalModelError when training cannot work."""
-    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ExternalModelError("the model has no parameters that require grad: there is nothing to train")
     saved = {name: value.detach().clone() for name, value in model.state_dict().items()}
     try:
-        with _in_mode(model, training=True):
+        with module_mode(model, training=True):
             logits = model(torch.zeros(2, in_channels, image_size, image_size, device=device))
             if isinstance(logits, torch.Tensor) and tuple(logits.shape) == (2, num_classes):
-                torch.autograd.grad(logits.float().sum(), [p for _, p in trainable], allow_unused=True)
+                torch.autograd.grad(logits.float().sum(), trainable, allow_unused=True)
     except Exception as err:  # the user's forward
         raise ExternalModelError(f"the model fails in train mode on a (2, {in_channels}, {image_size}, "
                                  f"{image_size}) input: {type(err).__name__}: {err}") from None
@@ -361,18 +361,6 @@ def check_trainable(model: nn.Module, in_channels: int, image_size: int, device,
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (2, num_classes):
         raise ExternalModelError(f"in train mode the model returns {_shape_of(logits)} for two inputs; training "
                                  f"needs logits of shape (2, {num_classes}) in train mode as in eval mode")
-
-
-@contextlib.contextmanager
-def _in_mode(model: nn.Module, training: bool):
-    """The model in train or eval mode, each module's own mode put back afterwards."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.train(training)
-    try:
-        yield
-    finally:
-        for module, mode in modes:
-            module.training = mode
 
 
 def _shape_of(output) -> str:
