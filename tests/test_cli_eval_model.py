@@ -299,6 +299,8 @@ def test_a_source_model_trained_elsewhere_crafts_the_transfer_attack(tmp_path, c
     (["--source-model", "external_models:fails"], "--source-model", "factory exploded"),
     (["--source-model", "external_models:sized(6)", "--source-weights", "WIDE"], "--source-weights", "do not fit"),
     (["--source-model", "external_models:sized(num_classes=5)"], "--source-model", "needs logits of shape (2, 10)"),
+    (["--source-model", "external_models:on_meta"], "--source-model",
+     "cannot move the model to cpu: NotImplementedError: Cannot copy out of meta tensor"),
     (["--source-model", "external_models:FailsOnBigBatches"], "--model/--source-model",
      "one of the models failed during the attacks: RuntimeError: only small batches"),
     (["--attacks", "transfer"], "--attacks", "'transfer' needs --source-checkpoint or --source-model"),

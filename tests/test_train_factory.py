@@ -95,6 +95,8 @@ def test_the_printed_eval_command_names_the_factory(tmp_path, capsys):
     ("external_models:FailsInTrainBackward", "the model fails in train mode on a (2, 3, 8, 8) input: RuntimeError: "
                                              "no backward here"),
     ("external_models:on_meta", "cannot move the model to cpu: NotImplementedError: Cannot copy out of meta tensor"),
+    ("external_models:sized(4, num_classes=5)", "the model returns (2, 5) for two inputs; synthetic needs logits of "
+                                                "shape (2, 10)"),
 ])
 def test_a_factory_that_cannot_train_on_the_data_is_refused_before_the_run_directory(arch, message, tmp_path, capsys):
     out = tmp_path / "r"

@@ -305,8 +305,9 @@ def _load_external(flags: ModelFlags, seed: int, info, device, fit_classes=None)
     with the model's number of classes where the data takes it (``fit_classes``)."""
     import torch
 
-    from ..models.external import (ExternalModelError, Normalized, build_from_factory, check_normalisation,
-                                   import_from_working_dir, load_weights, probe_classes)
+    from ..models.external import (ExternalModelError, Normalized, build_from_factory, check_classes,
+                                   check_normalisation, import_from_working_dir, load_weights, moved_to,
+                                   probe_classes)
 
     for name in ("mean", "std"):
         values = getattr(flags, name)
@@ -329,19 +330,13 @@ def _load_external(flags: ModelFlags, seed: int, info, device, fit_classes=None)
         raise EvalError(flag, str(err)) from None
     if flags.mean is not None:
         model = Normalized(model, flags.mean, flags.std)
-    flag = flags.flag("model")
     try:
-        model = model.to(device).eval()
-    except Exception as err:  # e.g. out of memory, or a model on the meta device
-        raise EvalError(flag, f"cannot move the model to {device}: {type(err).__name__}: {err}") from None
-    try:
+        model = moved_to(model, device).eval()
         num_classes = probe_classes(model, info.channels, info.image_size, device, info.name)
+        info = _with_model_classes(info, fit_classes, num_classes)
+        check_classes(num_classes, info.num_classes, info.name)
     except ExternalModelError as err:
-        raise EvalError(flag, str(err)) from None
-    info = _with_model_classes(info, fit_classes, num_classes)
-    if num_classes != info.num_classes:
-        raise EvalError(flag, f"the model returns (2, {num_classes}) for two inputs; {info.name} needs "
-                              f"logits of shape (2, {info.num_classes})")
+        raise EvalError(flags.flag("model"), str(err)) from None
     return model, info
 
 

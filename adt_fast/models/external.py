@@ -317,6 +317,22 @@ def classifier_config(model: nn.Module) -> dict:
     return dict(recorded)
 
 
+def moved_to(model: nn.Module, device) -> nn.Module:
+    """The model on the device; a model from elsewhere may not move (out of memory, parameters on
+    the meta device), which is the user's to know in one line rather than a traceback."""
+    try:
+        return model.to(device)
+    except Exception as err:  # the user's model
+        raise ExternalModelError(f"cannot move the model to {device}: {type(err).__name__}: {err}") from None
+
+
+def check_classes(found: int, needed: int, data_name: str) -> None:
+    """ExternalModelError when the model's number of classes (probe_classes) is not the data's."""
+    if found != needed:
+        raise ExternalModelError(f"the model returns (2, {found}) for two inputs; {data_name} needs logits of "
+                                 f"shape (2, {needed})")
+
+
 def probe_classes(model: nn.Module, in_channels: int, image_size: int, device, data_name: str) -> int:
     """The number of classes the model predicts, found by running it as attacks and training do:
     two inputs that require grad, forward and backward, in eval mode (no BatchNorm statistics

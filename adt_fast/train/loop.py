@@ -44,7 +44,7 @@ from ..distributed import World
 from ..files import (ATOMIC_LEFTOVER, FolderBusy, lock_folder, os_error_text, remove_atomic_leftovers,
                      unwritable_reason, write_atomic)
 from ..models import ExternalModelError, build_classifier, classifier_config, is_factory_spec
-from ..models.external import check_trainable, probe_classes
+from ..models.external import check_classes, check_trainable, moved_to, probe_classes
 from . import checkpoint as ckpt
 from . import runlog, tuning
 from .config import CONFIG_FILE, ConfigError, TrainConfig, resume_config
@@ -511,14 +511,9 @@ def _classifier(cfg: TrainConfig, info: datasets.DatasetInfo, device: torch.devi
                                 image_size=info.image_size).to(device)
     try:
         model = build_classifier(cfg.arch, info.num_classes, in_channels=info.channels, image_size=info.image_size)
-        try:
-            model = model.to(device)
-        except Exception as err:  # the user's model: e.g. out of memory, or on the meta device
-            raise ExternalModelError(f"cannot move the model to {device}: {type(err).__name__}: {err}") from None
-        classes = probe_classes(model, info.channels, info.image_size, device, info.name)
-        if classes != info.num_classes:
-            raise ExternalModelError(f"the model returns (2, {classes}) for two inputs; {info.name} needs logits "
-                                     f"of shape (2, {info.num_classes})")
+        model = moved_to(model, device)
+        check_classes(probe_classes(model, info.channels, info.image_size, device, info.name), info.num_classes,
+                      info.name)
         check_trainable(model, info.channels, info.image_size, device, info.num_classes)
     except ExternalModelError as err:
         raise ConfigError(f"--arch {cfg.arch}: {err}") from None
