@@ -1,6 +1,6 @@
 """`adt_fast.sample_and_entropy`: the public op, its torch.library registration and autograd.
 
-Two launch paths reach the same backend functions:
+Three launch paths reach the same backend functions:
 - under `torch.compile`, two custom ops (`adt_fast::sample_forward`, `adt_fast::sample_backward`)
   with fake implementations, so the op is traced as two opaque nodes without graph breaks (meta
   tensors take this path too: the fake implementations give their shapes); it draws
@@ -13,9 +13,12 @@ Two launch paths reach the same backend functions:
   (seed, offset) from the generator itself (the C++ and CUDA backends with no extra kernel launch)
   and returns the pair it used. Absent gradients stay None and expanded ones stay views: the
   backends read them in place, so nothing of size k x N is materialised for them.
-Either way x's gradient is computed only when x requires grad (the trainers' x does not): the
+Inside an eager torch.func transform (grad, jacrev, vmap), which takes only autograd Functions
+with a separate setup_context, a third path wraps the custom ops in one (seeded as under
+torch.compile); the custom ops' vmap rules run them slice by slice.
+Every path computes x's gradient only when x requires grad (the trainers' x does not): the
 backward then neither accumulates nor writes it.
-Either way the backward regenerates the normals from `seed_offset`: nothing of size k x N is
+Every path's backward regenerates the normals from `seed_offset`: nothing of size k x N is
 saved between the passes.
 """
 
@@ -34,6 +37,8 @@ from . import reference
 from .reference import compute_dtype
 
 _BACKEND_NAMES = ("auto", *dispatch.BACKENDS)
+_NO_SECOND_DERIVATIVE = ("adt_fast.sample_and_entropy has no second derivative: its fused backward is "
+                         "first-order only")
 
 
 def _check_op_arguments(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi, grads=()) -> None:
@@ -113,15 +118,70 @@ def _setup_context(ctx, inputs, output):
     ctx.settings = (num_samples, epsilon, lo, hi, backend)
 
 
-def _backward(ctx, grad_out, grad_nlp):
-    mean, std_param, x, noise, seed_offset = ctx.saved_tensors
-    need_grad_x = x is not None and ctx.needs_input_grad[2]
-    grad_mean, grad_std, grad_x = sample_backward(grad_out, grad_nlp, mean, std_param, x, noise,
-                                                  seed_offset, *ctx.settings, need_grad_x)
-    return grad_mean, grad_std, (grad_x if need_grad_x else None), None, None, None, None, None, None, None
+def _backward_through(run_backward):
+    """The backward of (mean, std_param, x, ...) whose fused gradients come from `run_backward`,
+    called as sample_backward is."""
+    def backward(ctx, grad_out, grad_nlp):
+        mean, std_param, x, noise, seed_offset = ctx.saved_tensors
+        need_grad_x = x is not None and ctx.needs_input_grad[2]
+        grad_mean, grad_std, grad_x = run_backward(grad_out, grad_nlp, mean, std_param, x, noise,
+                                                   seed_offset, *ctx.settings, need_grad_x)
+        return grad_mean, grad_std, (grad_x if need_grad_x else None), None, None, None, None, None, None, None
+    return backward
 
 
-sample_forward.register_autograd(_backward, setup_context=_setup_context)
+sample_forward.register_autograd(_backward_through(sample_backward), setup_context=_setup_context)
+
+
+def _vmap_slice_by_slice(op):
+    """A vmap rule that runs `op` once per slice of the vmapped dimension and stacks the results.
+    Each slice keeps its own (seed, offset): torch.randint under vmap gives one per slice with
+    randomness="different" and one for all with "same", so every slice sees the normals a call
+    on it alone would. (Folding the slices into the batch dimension would give "same" different
+    normals per slice: they depend on the element's index.)"""
+    def rule(info, in_dims, *args):
+        slices = [op(*(a if d is None else a.select(d, i) for a, d in zip(args, in_dims)))
+                  for i in range(info.batch_size)]
+        outputs = tuple(torch.stack(parts) for parts in zip(*slices))
+        return outputs, (0,) * len(outputs)
+    return rule
+
+
+sample_forward.register_vmap(_vmap_slice_by_slice(sample_forward))
+sample_backward.register_vmap(_vmap_slice_by_slice(sample_backward))
+
+
+class _TransformableBackward(torch.autograd.Function):
+    """sample_backward under eager torch.func transforms (jacrev vmaps the backward); a second
+    derivative raises rather than counting the fused gradients as constants."""
+
+    @staticmethod
+    def forward(*args):
+        return sample_backward(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(_NO_SECOND_DERIVATIVE)
+
+    generate_vmap_rule = True
+
+
+class _TransformableSampleAndEntropy(torch.autograd.Function):
+    """The launch path under eager torch.func transforms (grad, vjp, jacrev, vmap), which take only
+    autograd Functions with a separate setup_context (the custom ops' generated one has none).
+    The custom ops inside give vmap its rules."""
+
+    @staticmethod
+    def forward(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi, backend):
+        return sample_forward(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi, backend)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward_through(_TransformableBackward.apply))
+    generate_vmap_rule = True
 
 
 class _FirstOrderOnly(torch.autograd.Function):
@@ -137,8 +197,7 @@ class _FirstOrderOnly(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        raise RuntimeError("adt_fast.sample_and_entropy has no second derivative: its fused backward is "
-                           "first-order only")
+        raise RuntimeError(_NO_SECOND_DERIVATIVE)
 
 
 def _first_order_only(backward):
@@ -307,5 +366,8 @@ def sample_and_entropy(mean: torch.Tensor, std_param: torch.Tensor, num_samples:
     if torch.compiler.is_compiling() or mean.device.type == "meta":  # meta: the ops' fake kernels
         seed_offset = dispatch.python_seed_offset(mean, noise, None, generator)
         return sample_forward(*tensors, seed_offset, *settings, backend)
+    if torch._C._functorch.maybe_current_level() is not None:  # inside an eager torch.func transform
+        seed_offset = dispatch.python_seed_offset(mean, noise, None, generator)
+        return _TransformableSampleAndEntropy.apply(*tensors, seed_offset, *settings, backend)
     return _EagerSampleAndEntropy.apply(*tensors, generator, *settings,
                                         dispatch.select(backend, mean.device, mean.dtype))

@@ -1,0 +1,126 @@
+"""The op under torch.func's eager transforms (grad, jacrev, vmap and its randomness modes), and
+vmap under torch.compile: the same values and gradients as the plain autograd calls."""
+
+import pytest
+import torch
+
+import adt_fast
+
+from test_ops import make_inputs, runnable
+
+BACKENDS = ["reference", "cpu"]
+
+
+def _call(backend, noise=None, x=None, k=2, clamp=None):
+    return lambda mean, rho: adt_fast.sample_and_entropy(mean, rho, k, 0.1, x=x, clamp=clamp, noise=noise,
+                                                         backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("with_x", [False, True])
+def test_func_grad_equals_the_autograd_gradients(backend, with_x):
+    runnable(backend)
+    mean, rho, x, noise, _ = make_inputs((3, 4), 2, with_x=with_x, mean_scale=3.0)
+    x = None if x is None else x * 0 + 0.99  # the clamp binds for some samples
+    op = _call(backend, noise=noise, x=x, clamp=(0.0, 1.0))
+
+    def loss(mean, rho):
+        out, nlp = op(mean, rho)
+        return (out.square() * torch.arange(out.numel(), dtype=out.dtype).view(out.shape)).sum() + nlp.sum()
+
+    grads = torch.func.grad(loss, argnums=(0, 1))(mean, rho)
+    leaves = [t.clone().requires_grad_() for t in (mean, rho)]
+    want = torch.autograd.grad(loss(*leaves), leaves)
+    for got, expected in zip(grads, want):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_jacrev_equals_the_references_jacobian(backend):
+    """jacrev vmaps the backward over the rows of the Jacobian."""
+    runnable(backend)
+    mean, rho, _, noise, _ = make_inputs((2, 3), 2)
+    jac = torch.func.jacrev(lambda m: _call(backend, noise=noise)(m, rho)[1])(mean)
+    want = torch.autograd.functional.jacobian(lambda m: _call("reference", noise=noise)(m, rho)[1], mean)
+    assert jac.shape == (2, 2, 2, 3)
+    torch.testing.assert_close(jac, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_per_example_gradients_by_vmap_of_grad_equal_a_loop(backend):
+    runnable(backend)
+    means, rhos, _, _, _ = make_inputs((5, 2, 3), 1)
+    noise = make_inputs((2, 3), 3, seed=1)[3]
+
+    def loss(mean, rho):
+        out, nlp = _call(backend, noise=noise, k=3)(mean, rho)
+        return out.square().sum() + nlp.sum()
+
+    batched = torch.func.vmap(torch.func.grad(loss, argnums=(0, 1)))(means, rhos)
+    for i in range(len(means)):
+        one = torch.func.grad(loss, argnums=(0, 1))(means[i], rhos[i])
+        for got, expected in zip(batched, one):
+            torch.testing.assert_close(got[i], expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_vmap_randomness_same_gives_every_slice_the_eager_calls_samples(backend):
+    runnable(backend)
+    means = torch.zeros(3, 2, 5, dtype=torch.float64)
+    rho = torch.zeros(2, 5, dtype=torch.float64)
+    torch.manual_seed(7)
+    out, nlp = torch.func.vmap(lambda m: _call(backend)(m, rho), randomness="same")(means)
+    torch.manual_seed(7)
+    want_out, want_nlp = _call(backend)(means[0], rho)
+    for i in range(3):
+        torch.testing.assert_close(out[i], want_out, rtol=0, atol=0)
+        torch.testing.assert_close(nlp[i], want_nlp, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_vmap_randomness_different_draws_each_slice_anew(backend):
+    runnable(backend)
+    means = torch.zeros(3, 2, 5, dtype=torch.float64)
+    rho = torch.zeros(2, 5, dtype=torch.float64)
+    out, _ = torch.func.vmap(lambda m: _call(backend)(m, rho), randomness="different")(means)
+    assert out.shape == (3, 2, 2, 5)
+    assert not torch.equal(out[0], out[1]) and not torch.equal(out[1], out[2]) and not torch.equal(out[0], out[2])
+
+
+def test_vmap_without_a_randomness_mode_gets_torchs_refusal():
+    means = torch.zeros(3, 2, 5)
+    with pytest.raises(RuntimeError, match="randomness"):
+        torch.func.vmap(lambda m: _call("cpu")(m, torch.zeros(2, 5)))(means)
+
+
+def test_vmap_over_given_noise_and_x_equals_a_loop():
+    means, rhos, xs, _, _ = make_inputs((4, 2, 3), 1)
+    noises = make_inputs((4, 2, 2, 3), 1, seed=2)[0]
+    out, nlp = torch.func.vmap(lambda m, r, x, z: _call("cpu", noise=z, x=x, clamp=(0.0, 1.0))(m, r))(
+        means, rhos, xs, noises)
+    for i in range(4):
+        want_out, want_nlp = _call("cpu", noise=noises[i], x=xs[i], clamp=(0.0, 1.0))(means[i], rhos[i])
+        torch.testing.assert_close(out[i], want_out, rtol=0, atol=0)
+        torch.testing.assert_close(nlp[i], want_nlp, rtol=0, atol=0)
+
+
+def test_a_second_derivative_under_func_raises():
+    mean, rho, _, noise, _ = make_inputs((2, 3), 2)
+
+    def inner(m):
+        return _call("cpu", noise=noise)(m, rho)[1].sum()
+
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.func.grad(lambda m: torch.func.grad(inner)(m).square().sum())(mean)
+
+
+def test_vmap_under_torch_compile_equals_a_loop():
+    means, rhos, _, _, _ = make_inputs((3, 2, 4), 1, dtype=torch.float32)
+    noises = make_inputs((3, 2, 2, 4), 1, dtype=torch.float32, seed=3)[0]
+    op = torch.compile(torch.func.vmap(lambda m, r, z: _call("cpu", noise=z)(m, r)), fullgraph=True,
+                       backend="aot_eager")
+    out, nlp = op(means, rhos, noises)
+    for i in range(3):
+        want_out, want_nlp = _call("cpu", noise=noises[i])(means[i], rhos[i])
+        torch.testing.assert_close(out[i], want_out)
+        torch.testing.assert_close(nlp[i], want_nlp)
