@@ -515,6 +515,71 @@ def test_fit_steps_both_the_mean_and_the_std_parameter_by_lr_sign():
     torch.testing.assert_close(fit.std_param.abs(), torch.full_like(x, 0.3), rtol=0, atol=1e-5)
 
 
+def _authors_accumulated_fit(model, x, y, noise, *, epsilon, lbd, steps, samples):
+    """The inner loop of the authors' adt_exp.py (adt_loss), written out: batch-mean CE and entropy
+    per sample, one backward per sample, and Adam's gradients never zeroed."""
+    mean = torch.zeros_like(x, requires_grad=True)
+    var = torch.zeros_like(x, requires_grad=True)
+    optimiser = torch.optim.Adam([mean, var], lr=0.3, betas=(0.0, 0.0))
+    for step in range(steps):
+        for s in range(samples):
+            std, r = F.softplus(var), noise[step][s]
+            adv = torch.tanh(mean + r * std)
+            entropy = (r ** 2 / 2 + std.log() + (1 - adv ** 2).log()).mean()
+            loss = -F.cross_entropy(model(torch.clamp(x + epsilon * adv, 0, 1)), y) - lbd * entropy
+            loss.backward()
+        optimiser.step()
+    return mean.detach(), var.detach()
+
+
+def test_accumulated_fit_takes_the_authors_steps_adam_eps_included():
+    """Their gradients are k/B of ours; Adam is scale-free but for eps, so with eps scaled by B/k
+    the fits agree to rounding. A classifier whose input gradients are near eps in places makes
+    torch's default eps move some components elsewhere."""
+    g = torch.Generator().manual_seed(0)
+    batch, samples, steps, epsilon, lbd = 4, 5, 7, 8 / 255, 0.01
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 10)).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 1e-3)
+    x = torch.rand(batch, 3, 6, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (batch,), generator=g)
+    noise = torch.randn(steps, samples, *x.shape, generator=g, dtype=torch.float64)
+    theirs = _authors_accumulated_fit(model, x, y, noise, epsilon=epsilon, lbd=lbd, steps=steps, samples=samples)
+
+    def fit(adam_eps):
+        return fit_distribution(lambda z: F.cross_entropy(model(z), y.repeat(z.shape[0] // batch), reduction="none"),
+                                x, epsilon=epsilon, steps=steps, num_samples=samples, lbd=lbd, accumulate_grads=True,
+                                adam_eps=adam_eps, backend="reference", noise=lambda step: noise[step])
+
+    ours = fit(1e-8 * batch / samples)
+    torch.testing.assert_close(ours.mean, theirs[0], rtol=0, atol=1e-9)
+    torch.testing.assert_close(ours.std_param, theirs[1], rtol=0, atol=1e-9)
+    unscaled = fit(1e-8)
+    assert (unscaled.mean - theirs[0]).abs().max() > 0.1
+
+
+def test_adt_exp_passes_the_authors_adam_eps_only_with_accumulated_grads(monkeypatch):
+    from adt_fast.distributed import BatchShard
+    from adt_fast.train import methods
+
+    seen = []
+
+    def recording_fit(loss_fn, x, **kwargs):
+        seen.append(kwargs["adam_eps"])
+        return fit_distribution(loss_fn, x, **kwargs)
+
+    monkeypatch.setattr(methods, "fit_distribution", recording_fit)
+    model, x, y = TinyNet(), torch.rand(6, 3, 8, 8), torch.randint(0, 10, (6,))
+    for accumulate in (False, True):
+        dist = methods.ExplicitDistribution(methods.CEInner(), epsilon=0.1, steps=1, samples=3, lbd=0.01,
+                                            accumulate_grads=accumulate)
+        dist(model, x, y, methods.Runtime())
+    # A data-parallel rank holding 6 of a global batch of 12 scales by the global batch.
+    dist(model, x, y, methods.Runtime(shard=BatchShard(0, 6, 12, 2)))
+    assert seen == [1e-8, 1e-8 * 6 / 3, 1e-8 * 12 / 3]
+
+
 def test_accumulated_grads_sum_every_step_for_both_parameters(monkeypatch):
     """--dist-grad accumulated (the authors' adt_exp.py never zeroes Adam's gradients): step t sees
     (t + 1) times the step's own gradient, for the mean and for std_param alike, when every step

@@ -296,7 +296,8 @@ def test_trades_outer_runs_both_forwards_in_train_mode(batch, model):
 
 def test_explicit_distribution_fits_with_its_own_settings(batch, model):
     """ExplicitDistribution is fit_distribution on the inner loss, with the steps, samples,
-    lambda, Adam lr and betas and step rule it was given (non-default here), nothing else."""
+    lambda, Adam lr and betas and step rule it was given (non-default here), nothing else; the
+    accumulated rule takes Adam's eps at the authors' gradient scale (B/k times torch's)."""
     from adt_fast.attacks.distribution import fit_distribution
     x, y = batch
     settings = dict(epsilon=EPS, steps=3, lbd=0.5)
@@ -306,7 +307,7 @@ def test_explicit_distribution_fits_with_its_own_settings(batch, model):
     dist(model, x, y, Runtime())
     torch.manual_seed(7)
     loss_fn = CEInner().bind(model.eval(), x, y, Runtime())  # the inner problem's eval mode
-    fit = fit_distribution(loss_fn, x, num_samples=3, track=True, **settings, **adam)
+    fit = fit_distribution(loss_fn, x, num_samples=3, track=True, adam_eps=1e-8 * len(x) / 3, **settings, **adam)
     torch.testing.assert_close(dist.last_fit.mean, fit.mean)
     torch.testing.assert_close(dist.last_fit.std_param, fit.std_param)
 

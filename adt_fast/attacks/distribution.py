@@ -18,6 +18,8 @@ from ..devices import best_seconds
 from ..ops import sample_and_entropy
 from .engine import input_gradient
 
+ADAM_EPS = 1e-8  # torch's default, which the authors' adt_exp.py uses
+
 BatchedLoss = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -50,7 +52,7 @@ def check_non_negative(value, name: str) -> float:
 
 def fit_distribution(loss_fn: BatchedLoss, x: torch.Tensor, *, epsilon: float, steps: int,
                      num_samples: int, lbd: float, lr: float = 0.3, betas=(0.0, 0.0),
-                     accumulate_grads: bool = False,
+                     accumulate_grads: bool = False, adam_eps: float = ADAM_EPS,
                      generator: Optional[torch.Generator] = None, backend: str = "auto",
                      track: bool = False,
                      noise: Optional[Callable[[int], torch.Tensor]] = None,
@@ -70,7 +72,10 @@ def fit_distribution(loss_fn: BatchedLoss, x: torch.Tensor, *, epsilon: float, s
     parameters, and so every sample, into NaN.
     `accumulate_grads=True` steps on the sum of every step's gradient so far instead of the
     step's own (Alg. 2): what the authors' adt_exp.py does, which never zeroes its Adam's
-    gradients; with betas (0, 0) a step then follows the sign of the running sum.
+    gradients; with betas (0, 0) a step then follows the sign of the running sum. Its gradients are
+    k/B of these (a batch-mean loss summed over k samples, against each example's mean over k),
+    which Adam feels only through its eps: `adam_eps` = ADAM_EPS * B / k gives its steps exactly
+    (ExplicitDistribution passes it with accumulate_grads, B the global batch).
     The k*B batch is drawn and differentiated through the op as one; only the classifier's
     passes are split, so the result is the same up to how the classifier's kernels treat batch
     size (bit-identical with oneDNN on CPU in fp32: tests/test_speed_modes.py,
@@ -82,12 +87,13 @@ def fit_distribution(loss_fn: BatchedLoss, x: torch.Tensor, *, epsilon: float, s
         raise ValueError(f"steps must be >= 0, got {steps}")
     check_non_negative(lbd, "lbd")
     check_non_negative(lr, "lr")
+    check_non_negative(adam_eps, "adam_eps")
     if samples_per_pass is not None and (isinstance(samples_per_pass, bool) or samples_per_pass < 1):
         raise ValueError(f"samples_per_pass must be an integer >= 1 or None, got {samples_per_pass!r}")
     x = x.detach()
     mean = torch.zeros_like(x, requires_grad=True)
     std_param = torch.zeros_like(mean, requires_grad=True)
-    optimiser = torch.optim.Adam([mean, std_param], lr=lr, betas=betas)
+    optimiser = torch.optim.Adam([mean, std_param], lr=lr, betas=betas, eps=adam_eps)
     fit = DistributionFit(mean, std_param)
     dims = x[0].numel()
     per_pass = num_samples if samples_per_pass is None else min(samples_per_pass, num_samples)

@@ -32,7 +32,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ..attacks.distribution import DistributionFit, choose_samples_per_pass, fit_distribution
+from ..attacks.distribution import ADAM_EPS, DistributionFit, choose_samples_per_pass, fit_distribution
 from ..attacks.engine import eval_mode, iterative_attack, uniform_start
 from ..attacks.losses import cross_entropy, trades_kl, trades_loss
 from ..distributed import BatchShard
@@ -261,7 +261,8 @@ class ExplicitDistribution(Perturbation):
     distribution. ``track=True`` keeps the last fit (with its per-step objective) in ``last_fit``.
     ``samples_per_pass`` splits the k*B batch into classifier passes of that many samples (None:
     one pass; "auto": one pass until ``tune`` has measured the fastest split).
-    ``accumulate_grads``: the authors' adt_exp.py's step rule (see fit_distribution).
+    ``accumulate_grads``: the authors' adt_exp.py's step rule and Adam eps, scaled to their
+    gradients' size by the global batch (see fit_distribution).
     """
 
     def __init__(self, inner: InnerLoss, *, epsilon: float, steps: int, samples: int, lbd: float,
@@ -291,13 +292,19 @@ class ExplicitDistribution(Perturbation):
         if self.measure_passes and "samples_per_pass" in tuning:
             self.samples_per_pass = int(tuning["samples_per_pass"])
 
+    def _adam_eps(self, x, rt) -> float:
+        if not self.accumulate_grads:
+            return ADAM_EPS
+        batch = x.shape[0] if rt.shard is None else rt.shard.total
+        return ADAM_EPS * batch / self.samples
+
     def __call__(self, model, x, y, rt):
         with eval_mode(model):
             loss_fn = self.inner.bind(model, x, y, rt)
             fit = fit_distribution(loss_fn, x, epsilon=self.epsilon, steps=self.steps,
                                    num_samples=self.samples, lbd=self.lbd, lr=self.lr,
                                    betas=self.betas, accumulate_grads=self.accumulate_grads,
-                                   backend=self.backend, track=self.track,
+                                   adam_eps=self._adam_eps(x, rt), backend=self.backend, track=self.track,
                                    noise=lambda step: rt.op_noise(x, self.samples),
                                    samples_per_pass=self.samples_per_pass)
         if self.track:
