@@ -22,7 +22,8 @@ Body (C.2, Table 7 and the authors' code, ``resnet_3blocks`` with ``ngf = width 
 
 Table 7 writes "Residual block, 512 filters" three times; the authors' code widens in the first
 block and narrows back in the last, so the final conv reads 256 channels. We follow the code.
-Every convolution has stride 1 and padding 1, so the network is fully convolutional and works for
+Every convolution has stride 1 and keeps the image size (3x3 with padding 1, the 1x1 shortcuts
+without), so the network is fully convolutional and works for
 any channel count and any image size (1x8x8 digits included); only the implicit mode's noise
 encoder depends on H*W. The noise encoder is FC(noise_dim -> 256) + ReLU, FC(256 -> H*W) + ReLU,
 reshaped to 1xHxW (1024 = 32*32 in Table 7); the ReLUs are the authors' code (the table lists no
