@@ -5,7 +5,7 @@ it over the target, so a reader (or a kill at any moment) sees the old file or t
 half of one; only a kill during the write leaves its temporary file, which
 `remove_atomic_leftovers` clears. `unwritable_reason` and `make_writable_dir` let a command check
 where its results will go before it spends hours computing them. `lock_folder` keeps two
-processes from writing the same folder at once.
+processes from writing the same folder at once, or makes the second wait for the first.
 """
 
 from __future__ import annotations
@@ -25,10 +25,14 @@ ATOMIC_SUFFIX = ".tmp"
 ATOMIC_LEFTOVER = re.compile(r"\..+\.[a-z0-9_]{8}" + re.escape(ATOMIC_SUFFIX))
 
 
-def write_atomic(path: PathLike, write: Callable[[IO], None], mode: str = "wb") -> Path:
-    """Call write(handle) on a temporary file beside `path`, then rename it over `path`."""
+def write_atomic(path: PathLike, write: Callable[[IO], None], mode: str = "wb", suffix: str = ATOMIC_SUFFIX) -> Path:
+    """Call write(handle) on a temporary file beside `path`, then rename it over `path`.
+
+    An exception from `write` deletes the temporary file and leaves `path` as it was. `suffix`
+    names the temporary file: another one keeps it from the files remove_atomic_leftovers clears.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=ATOMIC_SUFFIX, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
         with os.fdopen(fd, mode) as handle:
             write(handle)
@@ -63,16 +67,29 @@ class FolderBusy(OSError):
 
 
 @contextlib.contextmanager
-def lock_folder(folder: PathLike) -> Iterator[None]:
+def lock_folder(folder: PathLike, wait: bool = False, lock_file: Optional[str] = None) -> Iterator[None]:
     """Hold an exclusive flock(2) on `folder` itself for the block; FolderBusy at once when another
-    process holds it. Locking the folder writes no lock file, and the kernel drops the lock when
-    its holder dies, so a killed run never blocks the next one."""
+    process holds it, or with `wait`, wait until it is free. Locking the folder writes no lock file,
+    and the kernel drops the lock when its holder dies, so a killed run never blocks the next one.
+
+    `lock_file` locks the file of that name in `folder` instead (created if missing, and left there,
+    since deleting a lock file lets two processes lock two different files): NFS passes a file's
+    lock on to the other machines, not a folder's, and only for a file opened for writing. Another
+    user's lock file that this one may not write is opened for reading, which a local lock needs.
+    """
     import fcntl  # POSIX only, as flock is
 
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    if lock_file is None:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    else:
+        path = os.path.join(folder, lock_file)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:
+            fd = os.open(path, os.O_RDONLY)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise FolderBusy(f"{folder} is locked by another process") from None
         yield

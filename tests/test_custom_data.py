@@ -382,6 +382,20 @@ def test_hidden_files_are_skipped(tmp_path, monkeypatch):
     assert open_dataset(str(tmp_path / "images")).train[0].shape[0] == 9
 
 
+def test_linked_folders_in_a_class_folder_are_read_once(tmp_path, monkeypatch):
+    """As ImageFolder, images in a linked sub-folder belong to the class; a link back up (a cycle)
+    or a second link to the same folder reads nothing twice (and does not loop)."""
+    monkeypatch.setenv("ADT_FAST_CACHE_DIR", str(tmp_path / "cache"))
+    _write_folder(tmp_path / "images")
+    _write_folder(tmp_path / "more", classes=("extra",), per_class=(4, 1))
+    ant = tmp_path / "images" / "train" / "ant"
+    (ant / "linked").symlink_to(tmp_path / "more" / "train" / "extra", target_is_directory=True)
+    (ant / "linked again").symlink_to(tmp_path / "more" / "train" / "extra", target_is_directory=True)
+    (ant / "cycle").symlink_to(ant, target_is_directory=True)
+    loaded = open_dataset(str(tmp_path / "images"))
+    assert loaded.train[1].bincount().tolist() == [3 + 4, 3, 3]    # ant, bee, cat
+
+
 def _deep_gray(mode: str):
     """(pixels as fractions of white, the image, the format to save it in) for a grayscale mode
     deeper than 8 bits; Pillow reads the file back in that mode."""

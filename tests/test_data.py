@@ -4,6 +4,7 @@ import os
 import pickle
 import sys
 import tarfile
+import time
 
 import numpy as np
 import pytest
@@ -160,7 +161,7 @@ def test_download_fetches_verifies_and_unpacks(tmp_path, file_server, monkeypatc
     data_dir = tmp_path / "data"
     assert download("cifar10", data_dir, base_url=base_url) == data_dir
     _assert_loaded(*load("cifar10", "train", data_dir=data_dir), *written["train"])
-    assert sorted(os.listdir(data_dir)) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
+    assert sorted(os.listdir(data_dir)) == [fetch.LOCK_FILE, "cifar-10-batches-py", "cifar-10-python.tar.gz"]
     # A verified archive is reused: this host refuses connections, so a fetch would fail.
     download("cifar10", data_dir, base_url="http://127.0.0.1:9")
 
@@ -185,6 +186,19 @@ def test_download_true_unpacks_a_damaged_batch_again(tmp_path, file_server, monk
         load("cifar10", "test", data_dir=data_dir)
     message = str(error.value)
     assert str(damaged) in message and "; delete it, or rerun with download=True (CLI: --download)" in message
+    monkeypatch.setenv("ADT_FAST_DATA_URL", base_url)
+    _assert_loaded(*load("cifar10", "test", data_dir=data_dir, download=True), *written["test"])
+
+
+def test_download_true_unpacks_a_batch_with_labels_of_no_class_again(tmp_path, file_server, monkeypatch):
+    """Labels that are not class indices are a DatasetFileError, which download=True repairs (a raw
+    TypeError skipped the repair)."""
+    served, base_url = file_server
+    written, checksum = _serve_cifar10_archive(tmp_path, served)
+    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", checksum)
+    data_dir = tmp_path / "data"
+    download("cifar10", data_dir, base_url=base_url)
+    _write_cifar_batch(data_dir / "cifar-10-batches-py" / "test_batch", written["test"][0], [None, None], b"labels")
     monkeypatch.setenv("ADT_FAST_DATA_URL", base_url)
     _assert_loaded(*load("cifar10", "test", data_dir=data_dir, download=True), *written["test"])
 
@@ -215,14 +229,14 @@ def test_download_with_wrong_checksum_leaves_nothing_behind(tmp_path, file_serve
         download("cifar10", data_dir, base_url=base_url)
     message = str(error.value)
     assert "cifar-10-python.tar.gz" in message and "0" * 32 in message and checksum in message
-    assert os.listdir(data_dir) == []
+    assert os.listdir(data_dir) == [fetch.LOCK_FILE]
 
 
 def test_download_of_a_missing_url_fails_cleanly(tmp_path, file_server):
     _, base_url = file_server
     with pytest.raises(OSError, match="cifar-100-python.tar.gz"):
         download("cifar100", tmp_path / "data", base_url=base_url)
-    assert os.listdir(tmp_path / "data") == []
+    assert os.listdir(tmp_path / "data") == [fetch.LOCK_FILE]
 
 
 def _tar_member(tar, name, kind=tarfile.REGTYPE, linkname=""):
@@ -251,7 +265,57 @@ def test_unsafe_archive_members_are_refused(tmp_path, file_server, monkeypatch, 
     with pytest.raises(DatasetFileError, match="refusing"):
         download("cifar10", data_dir, base_url=base_url)
     assert not (tmp_path / "escaped").exists()
-    assert os.listdir(data_dir) == ["cifar-10-python.tar.gz"]
+    assert sorted(os.listdir(data_dir)) == [fetch.LOCK_FILE, "cifar-10-python.tar.gz"]
+
+
+def _load_when_started(start, results):
+    start.wait()
+    try:
+        results.put(load("cifar10", "test", data_dir=os.environ["DATA_DIR"], download=True)[1].tolist())
+    except BaseException as error:  # reported to the test, not as a child's traceback
+        results.put(repr(error))
+
+
+def test_processes_downloading_into_one_folder_take_turns(tmp_path, monkeypatch):
+    """The ranks of a data-parallel run all load(download=True) into one folder at once: the first
+    fetches and unpacks, the others wait for it and then find the files. Unlocked, each fetched
+    the archive and unpacked it over the others' (OSError: Directory not empty)."""
+    import http.server
+    import multiprocessing
+    from test_fetch import serving
+
+    served = tmp_path / "served"
+    served.mkdir()
+    written, checksum = _serve_cifar10_archive(tmp_path, served)
+    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", checksum)
+    requests = []
+
+    class SlowHandler(http.server.SimpleHTTPRequestHandler):   # slow enough for every process to ask
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def do_GET(self):
+            requests.append(self.path)
+            time.sleep(0.5)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    context = multiprocessing.get_context("fork")   # the children inherit the test's checksum
+    start, results = context.Event(), context.Queue()
+    with serving(SlowHandler) as base_url:
+        monkeypatch.setenv("ADT_FAST_DATA_URL", base_url)
+        monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+        processes = [context.Process(target=_load_when_started, args=(start, results)) for _ in range(4)]
+        for process in processes:
+            process.start()
+        start.set()
+        outcomes = [results.get(timeout=120) for _ in processes]
+        for process in processes:
+            process.join(timeout=30)
+    assert outcomes == [written["test"][1].tolist()] * 4
+    assert requests == ["/cifar-10-python.tar.gz"]
 
 
 def test_download_rejects_names_without_files(tmp_path):

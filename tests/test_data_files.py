@@ -2,6 +2,7 @@
 
 Stated against the file formats documented in files.py's docstring, the appendix (C.1) and
 load()/open_dataset() docstrings."""
+import errno
 import gzip
 import hashlib
 import pickle
@@ -145,28 +146,101 @@ def test_idx_magic_number_must_start_with_two_zero_bytes(tmp_path):
             load("mnist", "test", data_dir=tmp_path)
 
 
-def test_idx_split_with_no_examples_loads_as_empty_tensors(tmp_path):
-    """The label-range check looks at the labels only when there are some: a split that holds
-    zero examples reads as empty tensors, not as numpy's 'zero-size array' error."""
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    (raw / "t10k-images-idx3-ubyte").write_bytes(_idx_bytes(np.zeros((0, 28, 28), np.uint8)))
-    (raw / "t10k-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(0, np.uint8)))
-    x, y = load("mnist", "test", data_dir=tmp_path)
-    assert tuple(x.shape) == (0, 1, 28, 28) and tuple(y.shape) == (0,)
+def _empty_split(root, name):
+    if name == "mnist":
+        raw = root / "MNIST" / "raw"
+        raw.mkdir(parents=True)
+        (raw / "t10k-images-idx3-ubyte").write_bytes(_idx_bytes(np.zeros((0, 28, 28), np.uint8)))
+        (raw / "t10k-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(0, np.uint8)))
+        return raw / "t10k-images-idx3-ubyte"
+    if name == "svhn":
+        scipy_io = pytest.importorskip("scipy.io")
+        scipy_io.savemat(root / "test_32x32.mat",
+                         {"X": np.zeros((32, 32, 3, 0), np.uint8), "y": np.zeros((0, 1), np.uint8)})
+        return root / "test_32x32.mat"
+    _cifar10(root)
+    path = root / "cifar-10-batches-py" / "test_batch"
+    with open(path, "wb") as handle:   # protocol 2 would pickle the empty data with a global the reader refuses
+        pickle.dump({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, handle, protocol=3)
+    return path
 
 
-def test_idx_images_that_are_not_square_keep_rows_and_columns(tmp_path):
-    """IDX images are (N, rows, cols) and load() returns NCHW: x[n, 0] is image n as stored, also
-    when rows != cols (a square test cannot tell rows from columns)."""
+@pytest.mark.parametrize("name", ["mnist", "svhn", "cifar10"])
+def test_a_file_with_no_images_is_refused_naming_it(tmp_path, name):
+    """An empty split would train on nothing, or report a test accuracy of 0, without a word."""
+    path = _empty_split(tmp_path, name)
+    with pytest.raises(DatasetFileError, match="holds no images") as error:
+        load(name, "test", data_dir=tmp_path)
+    assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("shape", [(2, 12, 12), (2, 28, 30)])
+def test_idx_images_of_another_size_than_the_datasets_are_refused(tmp_path, shape):
+    """MNIST's models take 1x28x28: other images would fail deep inside one (a matmul's shapes)."""
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    images = np.arange(2 * 28 * 30, dtype=np.uint32).astype(np.uint8).reshape(2, 28, 30)
-    (raw / "t10k-images-idx3-ubyte").write_bytes(_idx_bytes(images))
+    (raw / "t10k-images-idx3-ubyte").write_bytes(_idx_bytes(np.zeros(shape, np.uint8)))
     (raw / "t10k-labels-idx1-ubyte").write_bytes(_idx_bytes(np.array([3, 4], np.uint8)))
-    x, _ = load("mnist", "test", data_dir=tmp_path)
-    assert tuple(x.shape) == (2, 1, 28, 30)
-    assert x[1, 0, 5, 29].item() == pytest.approx(images[1, 5, 29] / 255)
+    message = f"holds images of {shape[1]}x{shape[2]} pixels, mnist's are 28x28"
+    with pytest.raises(DatasetFileError, match=message) as error:
+        load("mnist", "test", data_dir=tmp_path)
+    assert str(raw / "t10k-images-idx3-ubyte") in str(error.value)
+
+
+@pytest.mark.parametrize("labels,message", [
+    ([0.9, 1.5], "must hold whole-number labels, found 0.9"),
+    (np.array([2.0, np.nan]), "must hold whole-number labels, found nan"),
+    ([b"cat", b"dog"], "must hold integer labels, got \\|S3"),
+    (None, "must hold one label per image"),
+    ({1: 2}, "must hold one label per image"),
+    ([True, False], "must hold integer labels, got bool"),
+    ([[1], [2, 3]], "is not an array of labels"),
+    ([2 ** 70, 0], "must hold integer labels, got object"),
+    (np.array([2 ** 64 - 1, 0], np.uint64), r"labels must lie in \[0, 10\), found \[0, 18446744073709551615\]"),
+])
+def test_cifar_labels_that_are_not_class_indices_are_refused_naming_file_and_key(tmp_path, labels, message):
+    """A cast would truncate 0.9 to class 0, and bytes, None or a huge number raised a raw
+    ValueError, TypeError or OverflowError that named no file (nor reached download=True's repair)."""
+    _cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    with open(path, "wb") as handle:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}, handle, protocol=2)
+    with pytest.raises(DatasetFileError, match=message) as error:
+        load("cifar10", "test", data_dir=tmp_path)
+    assert str(path) in str(error.value)
+    if "lie in" not in message:
+        assert "b'labels'" in str(error.value)
+
+
+def test_svhn_labels_must_be_whole_numbers_one_per_image(tmp_path):
+    """SVHN's y is uint8 or double (N, 1): whole doubles are labels (10.0 is the digit 0), 2.5 is
+    not class 2, and an (N, 2) y is not N labels, even when 2N is the number of images."""
+    scipy_io = pytest.importorskip("scipy.io")
+    path = tmp_path / "test_32x32.mat"
+    scipy_io.savemat(path, {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": np.array([[10.0], [3.0]])})
+    assert load("svhn", "test", data_dir=tmp_path)[1].tolist() == [0, 3]
+    scipy_io.savemat(path, {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": np.array([[2.5], [3.0]])})
+    with pytest.raises(DatasetFileError, match=f"{path}: y must hold whole-number labels, found 2.5"):
+        load("svhn", "test", data_dir=tmp_path)
+    scipy_io.savemat(path, {"X": np.zeros((32, 32, 3, 4), np.uint8), "y": np.ones((2, 2), np.uint8)})
+    with pytest.raises(DatasetFileError, match=r"y must hold one label per image, of shape \(N,\) or \(N, 1\), "
+                                               r"got shape \(2, 2\)"):
+        load("svhn", "test", data_dir=tmp_path)
+
+
+def test_a_file_this_user_may_not_read_is_called_a_permission_problem(tmp_path, monkeypatch):
+    """Deleting it or downloading it again is no answer to EACCES; its permissions are."""
+    from adt_fast.data import files as data_files
+    _cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+
+    def refuse(name, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(name))
+
+    monkeypatch.setattr(data_files, "open", refuse, raising=False)   # root reads any file
+    with pytest.raises(DatasetFileError, match=f"cannot read cifar10 file {path}: permission denied") as error:
+        load("cifar10", "test", data_dir=tmp_path)
+    assert "delete it" not in str(error.value) and "chmod" in str(error.value)
 
 
 def test_data_dir_default_without_the_environment_variable_is_the_documented_cache(tmp_path, monkeypatch):

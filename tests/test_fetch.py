@@ -1,13 +1,18 @@
 """adt_fast/data/fetch.py against its contract: host precedence, progress bar, official URLs, published sums.
 No network: the repo's file_server fixture (127.0.0.1) and a refusing port."""
 import contextlib
+import errno
 import hashlib
+import http.server
+import os
+import stat
 import tarfile
+import threading
 
 import numpy as np
 import pytest
 
-from adt_fast.data import download
+from adt_fast.data import DownloadError, download
 from adt_fast.data import fetch
 
 
@@ -112,3 +117,150 @@ def test_archive_unpacks_into_a_data_dir_reached_through_a_symlink(tmp_path, fil
     monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
     download("cifar10", tmp_path / "data", base_url=base_url)
     assert (real / "cifar-10-batches-py" / "x").read_bytes() == b"payload" * 1000
+
+
+@contextlib.contextmanager
+def serving(handler):
+    """A local HTTP server answering with ``handler`` (a BaseHTTPRequestHandler class); yields its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _answer(body: bytes, content_length: str, sent: int):
+    """A handler that announces ``content_length``, sends ``sent`` bytes of ``body`` and closes."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", content_length)
+            self.end_headers()
+            self.wfile.write(body[:sent])
+
+        def log_message(self, *args):
+            pass
+    return Handler
+
+
+def test_a_connection_closed_midway_is_a_download_error_not_a_checksum_one(tmp_path, monkeypatch):
+    """http.client ends a body cut short quietly; the bytes are counted against Content-Length, so
+    the mirror is not blamed for a bad file it never sent. Nothing is left behind."""
+    body = b"payload" * 1000
+    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(body).hexdigest())
+    with serving(_answer(body, str(len(body)), len(body) // 2)) as base_url:
+        with pytest.raises(DownloadError, match=f"connection closed after {len(body) // 2} of {len(body)} bytes"):
+            download("cifar10", tmp_path / "data", base_url=base_url)
+    assert os.listdir(tmp_path / "data") == [fetch.LOCK_FILE]
+
+
+def test_a_content_length_that_is_no_number_counts_as_unknown(tmp_path, monkeypatch):
+    """As http.client takes it: the download goes on, checked by its MD5 alone."""
+    archive = _serve_tiny_cifar(tmp_path, tmp_path)
+    body = archive.read_bytes()
+    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(body).hexdigest())
+    with serving(_answer(body, "lots", len(body))) as base_url:
+        download("cifar10", tmp_path / "data", base_url=base_url)
+    assert (tmp_path / "data" / "cifar-10-batches-py" / "x").read_bytes() == b"payload" * 1000
+
+
+def test_downloaded_files_are_fsynced_and_get_the_mode_of_a_new_file(tmp_path, file_server, monkeypatch):
+    """Stored as write_atomic stores files: synced before the rename, and 0666 less the umask, not
+    the temporary file's 0600, so others can read a shared --data-dir."""
+    served, base_url = file_server
+    archive = _serve_tiny_cifar(tmp_path, served)
+    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+    synced, real_fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_size), real_fsync(fd)))
+    old = os.umask(0o022)
+    try:
+        download("cifar10", tmp_path / "data", base_url=base_url)
+    finally:
+        os.umask(old)
+    stored = tmp_path / "data" / "cifar-10-python.tar.gz"
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o644
+    assert archive.stat().st_size in synced
+
+
+def test_a_complete_download_is_not_unpacked_again(tmp_path, file_server, monkeypatch):
+    """Unpacking replaces the folder, which other processes may be reading: a verified archive whose
+    files are all in place, byte for byte, is left as it is; a changed file is unpacked again."""
+    served, base_url = file_server
+    archive = _serve_tiny_cifar(tmp_path, served)
+    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+    data_dir = tmp_path / "data"
+    download("cifar10", data_dir, base_url=base_url)
+    unpacked = data_dir / "cifar-10-batches-py" / "x"
+    inode = unpacked.stat().st_ino
+    download("cifar10", data_dir, base_url=base_url)
+    assert unpacked.stat().st_ino == inode
+    unpacked.write_bytes(b"payload" * 999 + b"damaged")   # same size, other bytes
+    download("cifar10", data_dir, base_url=base_url)
+    assert unpacked.read_bytes() == b"payload" * 1000
+
+
+def test_leftovers_of_killed_downloads_are_removed_and_nothing_else(tmp_path, file_server, monkeypatch):
+    """A killed download leaves its temporary file (.NAME.XXXXXXXX.part) or unpacking folder
+    (.unpack-XXXXXXXX); the next download clears them, and only entries named exactly so."""
+    served, base_url = file_server
+    archive = _serve_tiny_cifar(tmp_path, served)
+    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+    data_dir = tmp_path / "data"
+    (data_dir / ".unpack-k1ll_3d0" / "unpacked").mkdir(parents=True)
+    (data_dir / ".cifar-10-python.tar.gz.k1ll_3d0.part").write_bytes(b"half")
+    kept = [".unpack-short", "unpack-k1ll_3d0", ".cifar-10-python.tar.gz.k1ll_3d0.tmp", ".other.tar.gz.k1ll_3d0.part",
+            ".cifar-10-python.tar.gz.k1ll_3d0.part.mine", "notes.txt"]
+    for name in kept:
+        (data_dir / name).write_bytes(b"keep")
+    (tmp_path / "elsewhere").mkdir()
+    (data_dir / ".unpack-l1nked00").symlink_to(tmp_path / "elsewhere")   # a link is not our folder
+    download("cifar10", data_dir, base_url=base_url)
+    assert sorted(os.listdir(data_dir)) == sorted(kept + [".unpack-l1nked00", fetch.LOCK_FILE, "cifar-10-batches-py",
+                                                          "cifar-10-python.tar.gz"])
+    assert (tmp_path / "elsewhere").is_dir()
+
+
+def test_a_folder_that_cannot_be_written_is_a_download_error(tmp_path):
+    """The train and eval commands report DownloadError: a file where the folder (or a folder in
+    it) goes must be one, naming the path, not a raw FileExistsError."""
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(DownloadError, match=f"{tmp_path / 'file'} is a file, not a folder"):
+        download("cifar10", tmp_path / "file")
+    with pytest.raises(DownloadError, match=f"{tmp_path / 'file'} is a file, not a folder"):
+        download("cifar10", tmp_path / "file" / "data")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "MNIST").write_bytes(b"")
+    with pytest.raises(DownloadError, match=f"downloading mnist into {tmp_path / 'data'} failed: .*MNIST"):
+        download("mnist", tmp_path / "data")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_a_read_only_folder_is_a_download_error(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(DownloadError, match=f"{locked} is not writable"):
+            download("cifar10", locked / "data")
+    finally:
+        locked.chmod(0o755)
+
+
+def test_unpacking_refused_by_the_disk_says_why_not_to_download_again(tmp_path, file_server, monkeypatch):
+    """The archive was just verified: a full disk is no reason to delete it and download again."""
+    served, base_url = file_server
+    archive = _serve_tiny_cifar(tmp_path, served)
+    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+
+    def full_disk(self, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", os.path.join(path, "cifar-10-batches-py", "x"))
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", full_disk)
+    with pytest.raises(DownloadError) as error:
+        download("cifar10", tmp_path / "data", base_url=base_url)
+    assert "No space left on device" in str(error.value) and "download again" not in str(error.value)
+    assert sorted(os.listdir(tmp_path / "data")) == [fetch.LOCK_FILE, "cifar-10-python.tar.gz"]

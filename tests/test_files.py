@@ -3,6 +3,7 @@ import errno
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,43 @@ def test_lock_folder_is_exclusive_across_processes(tmp_path):
         child.kill()
         child.wait()
     with files.lock_folder(tmp_path):   # free again once its holder died
+        pass
+
+
+def test_lock_folder_with_wait_waits_for_the_holder_of_its_lock_file(tmp_path):
+    """lock_folder(wait=True, lock_file=...): the second process waits until the first lets go
+    (as processes downloading into one folder must) instead of FolderBusy; the lock file stays."""
+    code = ("import sys, time; from adt_fast.files import lock_folder\n"
+            "with lock_folder(sys.argv[1], lock_file='.lock'):\n    print('held', flush=True); time.sleep(1)\n")
+    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        assert child.stdout.readline().strip() == "held"
+        with pytest.raises(files.FolderBusy):
+            with files.lock_folder(tmp_path, lock_file=".lock"):
+                pass
+        started = time.monotonic()
+        with files.lock_folder(tmp_path, wait=True, lock_file=".lock"):
+            waited = time.monotonic() - started
+    finally:
+        child.kill()
+        child.wait()
+    assert waited > 0.3 and (tmp_path / ".lock").is_file()
+
+
+def test_lock_folder_locks_a_lock_file_it_may_only_read(tmp_path, monkeypatch):
+    """In a shared folder the lock file may be another user's, readable but not writable: a local
+    lock needs no more, so the lock is taken, not refused with a PermissionError."""
+    (tmp_path / ".lock").write_bytes(b"")
+    real_open = os.open
+
+    def open_as_another_user(path, flags, *args):   # root may write any file
+        if flags & os.O_RDWR:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", open_as_another_user)
+    with files.lock_folder(tmp_path, wait=True, lock_file=".lock"):
         pass
 
 

@@ -272,12 +272,18 @@ def default_cache_dir() -> Path:
 def _class_files(class_dir: str) -> list[tuple[str, int, int]]:
     """(path, size, mtime_ns) of every visible file under a class folder, sorted by path.
 
-    os.walk and os.stat on strings: on 10,000 files pathlib's rglob and relative_to took
-    seconds, which was most of a cached load.
+    Linked folders are followed, as ImageFolder follows them; one reached again (a link to a
+    folder above it, or a second link to one) is read once. os.walk and os.stat on strings: on
+    10,000 files pathlib's rglob and relative_to took seconds, which was most of a cached load.
     """
-    files = []
-    for folder, subfolders, names in os.walk(class_dir):
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+    files, seen = [], set()
+    for folder, subfolders, names in os.walk(class_dir, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
         for name in names:
             if name.startswith("."):
                 continue

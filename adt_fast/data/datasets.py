@@ -91,7 +91,8 @@ def load(name: str, split: str, data_dir: str | os.PathLike | None = None,
     and a file that cannot be read is repaired: ``fetch.download`` checks the published files
     against their MD5, fetches a damaged one again and unpacks archives again, and the split is
     read once more. Only then, not on every run: data-parallel ranks share the folder, and
-    unpacking replaces it. digits and synthetic need no files.
+    unpacking replaces it. Ranks that download at once take turns (a lock in the folder): the
+    first fetches, the others then find its files. digits and synthetic need no files.
     """
     dataset_info(name)
     if split not in SPLITS:

@@ -3,14 +3,18 @@
 Each file is streamed to a temporary file next to its destination, verified, then renamed into
 place, so an interrupted or tampered download never leaves a file that looks complete. Archives
 are unpacked into a staging folder after every member has been checked to stay inside it.
+Processes downloading into one folder (the ranks of a data-parallel run) take turns: the first
+fetches and unpacks, the others then find the files in place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import http.client
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -19,13 +23,19 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..files import file_digest
+from ..files import file_digest, lock_folder, os_error_text, unwritable_reason, write_atomic
 from .errors import ChecksumError, DatasetFileError, DownloadError
 
 BASE_URL_ENV = "ADT_FAST_DATA_URL"
 NO_PROGRESS_ENV = "ADT_FAST_NO_PROGRESS"
 CHUNK_BYTES = 1 << 20
 TIMEOUT_SECONDS = 60
+LOCK_FILE = ".adt_fast-download.lock"
+# The temporary names of a download (".FILENAME." + mkstemp's 8 random characters + PART_SUFFIX)
+# and of an unpacking (UNPACK_PREFIX + mkdtemp's 8): what a killed download leaves behind.
+PART_SUFFIX = ".part"
+UNPACK_PREFIX = ".unpack-"
+_RANDOM_PART = r"[a-z0-9_]{8}"
 
 
 @dataclass(frozen=True)
@@ -96,25 +106,54 @@ def download(name: str, data_dir: str | os.PathLike, base_url: str | None = None
     ``base_url`` (or the ADT_FAST_DATA_URL environment variable) replaces the official host,
     e.g. for a mirror, which serves each file at its path under the data directory
     (``MNIST/raw/train-images-idx3-ubyte.gz``, ``cifar-10-python.tar.gz``). A file already
-    present with the right checksum is not fetched again.
+    present with the right checksum is not fetched again, nor an archive unpacked again whose
+    files are all in place. Processes downloading into one ``data_dir`` wait for each other
+    (a lock file there), so the first fetches and the others find its files. DownloadError for
+    a network failure or a folder that cannot be written.
     """
     resources = _resources(name)
     data_dir = Path(data_dir).expanduser()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    reason = unwritable_reason(data_dir)
+    if reason is not None:
+        raise DownloadError(f"cannot download {name} into {data_dir}: {reason}")
     host_override = base_url or os.environ.get(BASE_URL_ENV)
-    for resource in resources:
-        destination = data_dir / resource.path
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        expected_md5 = MD5_CHECKSUMS[resource.path]
-        if not (destination.is_file() and file_digest(destination, "md5") == expected_md5):
-            if host_override:
-                url = f"{host_override.rstrip('/')}/{resource.path}"
-            else:
-                url = f"{resource.official_base_url}/{resource.filename}"
-            _fetch_verified(url, destination, expected_md5)
-        if resource.extract:
-            _extract_tar_safely(destination, data_dir)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with lock_folder(data_dir, wait=True, lock_file=LOCK_FILE):
+            _remove_leftovers(data_dir, resources)
+            for resource in resources:
+                destination = data_dir / resource.path
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                expected_md5 = MD5_CHECKSUMS[resource.path]
+                if not (destination.is_file() and file_digest(destination, "md5") == expected_md5):
+                    if host_override:
+                        url = f"{host_override.rstrip('/')}/{resource.path}"
+                    else:
+                        url = f"{resource.official_base_url}/{resource.filename}"
+                    _fetch_verified(url, destination, expected_md5)
+                if resource.extract and not _unpacked(destination, data_dir):
+                    _extract_tar_safely(destination, data_dir)
+    except DownloadError:
+        raise
+    except OSError as error:  # the local disk: full, read-only, a file where a folder goes
+        raise DownloadError(f"downloading {name} into {data_dir} failed: {os_error_text(error)}") from error
     return data_dir
+
+
+def _remove_leftovers(data_dir: Path, resources: tuple[Resource, ...]) -> None:
+    """Delete what killed downloads left, by its exact names only: unpacking folders, and the
+    temporary files of these resources. Called under the download lock, which every process
+    writing them holds, so none is in use."""
+    unpacking = re.compile(re.escape(UNPACK_PREFIX) + _RANDOM_PART)
+    for entry in os.scandir(data_dir):
+        if unpacking.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+    for resource in resources:
+        folder = data_dir / resource.folder
+        part = re.compile(re.escape(f".{resource.filename}.") + _RANDOM_PART + re.escape(PART_SUFFIX))
+        for entry in os.scandir(folder) if folder.is_dir() else ():
+            if part.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
 
 
 def _resources(name: str) -> tuple[Resource, ...]:
@@ -135,31 +174,44 @@ def _progress_bar(total_bytes: int | None, description: str):
 
 
 def _fetch_verified(url: str, destination: Path, expected_md5: str) -> None:
-    handle = tempfile.NamedTemporaryFile(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part", delete=False)
-    temporary = Path(handle.name)
-    try:
+    """Stream ``url`` into a temporary file beside ``destination`` and rename it into place only
+    once its MD5 is ``expected_md5`` (write_atomic: fsynced, and the mode any new file gets)."""
+    def stream(handle) -> None:
         digest = hashlib.md5(usedforsecurity=False)  # integrity check only
-        with handle:
-            try:
-                with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
-                    length = response.headers.get("Content-Length")
-                    with _progress_bar(int(length) if length else None, destination.name) as bar:
-                        while chunk := response.read(CHUNK_BYTES):
-                            handle.write(chunk)
-                            digest.update(chunk)
-                            if bar is not None:
-                                bar.update(len(chunk))
-            except (OSError, http.client.HTTPException) as error:  # URLError is an OSError
-                raise DownloadError(f"could not download {destination.name} from {url}: {error}") from error
+        received = 0
+        try:
+            with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
+                length = _content_length(response)
+                with _progress_bar(length, destination.name) as bar:
+                    while chunk := response.read(CHUNK_BYTES):
+                        handle.write(chunk)
+                        digest.update(chunk)
+                        received += len(chunk)
+                        if bar is not None:
+                            bar.update(len(chunk))
+        except (OSError, http.client.HTTPException) as error:  # URLError is an OSError
+            raise DownloadError(f"could not download {destination.name} from {url}: {error}") from error
+        if length is not None and received < length:  # http.client ends a cut-off body quietly
+            raise DownloadError(f"could not download {destination.name} from {url}: the connection closed "
+                                f"after {received} of {length} bytes; the download was discarded")
         actual_md5 = digest.hexdigest()
         if actual_md5 != expected_md5:
             raise ChecksumError(
                 f"checksum mismatch for {destination.name} downloaded from {url}: expected md5 "
                 f"{expected_md5}, got {actual_md5}; the download was discarded"
             )
-        os.replace(temporary, destination)
-    finally:
-        temporary.unlink(missing_ok=True)
+
+    write_atomic(destination, stream, suffix=PART_SUFFIX)
+
+
+def _content_length(response) -> int | None:
+    """The size the server announces; None when it announces none or no number (as http.client
+    takes it), so the download goes on with its size unknown."""
+    try:
+        length = int(response.headers.get("Content-Length", ""))
+    except ValueError:
+        return None
+    return length if length >= 0 else None
 
 
 def _check_member(member: tarfile.TarInfo, root: str, archive: Path) -> None:
@@ -171,25 +223,55 @@ def _check_member(member: tarfile.TarInfo, root: str, archive: Path) -> None:
         raise DatasetFileError(f"refusing to unpack {archive}: member {member.name!r} would be written outside the data directory")
 
 
-def _extract_tar_safely(archive: Path, data_dir: Path) -> None:
-    staging = os.path.realpath(tempfile.mkdtemp(dir=data_dir, prefix=".unpack-"))
+def _unpacked(archive: Path, data_dir: Path) -> bool:
+    """Whether every file of ``archive`` is in ``data_dir`` already, byte for byte: unpacking again
+    would then only replace files that other processes may be reading."""
+    root = os.path.realpath(data_dir)
     try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar:
+                _check_member(member, root, archive)
+                if member.isfile() and not _same_bytes(tar.extractfile(member), data_dir / member.name, member.size):
+                    return False
+    except (tarfile.TarError, EOFError, OSError, zlib.error):  # unpacking reports what is wrong
+        return False
+    return True
+
+
+def _same_bytes(packed, path: Path, size: int) -> bool:
+    if not path.is_file() or path.stat().st_size != size:
+        return False
+    with packed, open(path, "rb") as unpacked:
+        while block := packed.read(CHUNK_BYTES):
+            if unpacked.read(len(block)) != block:
+                return False
+    return True
+
+
+def _extract_tar_safely(archive: Path, data_dir: Path) -> None:
+    """Unpack into a staging folder, then move each top-level entry into place, the old one first
+    renamed aside into the staging folder (deleted with it), not deleted in place: a reader finds
+    the old entry or the new one, missing only between the two renames."""
+    staging = os.path.realpath(tempfile.mkdtemp(dir=data_dir, prefix=UNPACK_PREFIX))
+    unpacked, replaced = os.path.join(staging, "unpacked"), os.path.join(staging, "replaced")
+    try:
+        os.mkdir(unpacked)
+        os.mkdir(replaced)
         try:
             with tarfile.open(archive, "r:gz") as tar:
                 for member in tar.getmembers():
-                    _check_member(member, staging, archive)
+                    _check_member(member, unpacked, archive)
                 if hasattr(tarfile, "data_filter"):
-                    tar.extractall(staging, filter="data")
+                    tar.extractall(unpacked, filter="data")
                 else:
-                    tar.extractall(staging)
-        except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+                    tar.extractall(unpacked)
+        except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as error:
+            # A failure to write (a full disk, say) is an OSError, which download() reports.
             raise DatasetFileError(f"cannot unpack {archive}: {error}; delete it and download again") from error
-        for entry in os.listdir(staging):
+        for entry in os.listdir(unpacked):
             target = data_dir / entry
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            elif target.is_symlink() or target.exists():
-                target.unlink()
-            os.replace(os.path.join(staging, entry), target)
+            if os.path.lexists(target):
+                os.replace(target, os.path.join(replaced, entry))
+            os.replace(os.path.join(unpacked, entry), target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

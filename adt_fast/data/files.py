@@ -16,9 +16,9 @@ The layouts are the ones the official archives unpack to (and torchvision reads)
   zero bytes, a type byte (0x08 = uint8), the number of dimensions, each dimension as a big-endian
   uint32, then the data.
 
-Readers return ``(images uint8 (N, C, H, W), labels int64 (N,))`` as numpy arrays.
-A missing file raises FileNotFoundError; an unreadable one raises DatasetFileError (both say
-how to get or repair the file).
+Readers return ``(images uint8 (N, C, H, W), labels int64 (N,))`` as numpy arrays, N >= 1 and
+(C, H, W) the dataset's. A missing file raises FileNotFoundError; an unreadable one raises
+DatasetFileError (both say how to get or repair the file).
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ IDX_UBYTE = 0x08
 IDX_SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 SVHN_IMAGE_SHAPE = (32, 32, 3)
 CIFAR_ROW_SHAPE = (3, 32, 32)
+IDX_IMAGE_SHAPE = (28, 28)
 
 
 def required_files(name: str, split: str, data_dir: Path) -> list[Path]:
@@ -87,7 +88,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         with opener(path, "rb") as handle:
             raw = handle.read()
     except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
-        raise DatasetFileError(f"cannot read IDX file {path}: {error}; {_how_to_repair(path)}") from error
+        raise _unreadable("IDX file", path, error) from error
     header_bytes = 4 + 4 * ndim
     if len(raw) < header_bytes:
         raise DatasetFileError(f"IDX file {path} is truncated: {len(raw)} bytes, shorter than its header; "
@@ -111,12 +112,15 @@ def read_idx_dataset(name: str, split: str, data_dir: Path) -> tuple[np.ndarray,
     images_path, labels_path = required_files(name, split, data_dir)
     for path in (images_path, labels_path):
         _require_file(path, name, data_dir)
-    images, labels = read_idx(images_path, 3), read_idx(labels_path, 1).astype(np.int64)
+    images, labels = read_idx(images_path, 3), read_idx(labels_path, 1)
+    _require_images(images.shape[0], images_path)
+    if images.shape[1:] != IDX_IMAGE_SHAPE:  # the models are built for the dataset's size
+        raise DatasetFileError(f"IDX file {images_path} holds images of {images.shape[1]}x{images.shape[2]} pixels, "
+                               f"{name}'s are {IDX_IMAGE_SHAPE[0]}x{IDX_IMAGE_SHAPE[1]}; {_how_to_repair(images_path)}")
     if labels.shape[0] != images.shape[0]:
         raise DatasetFileError(f"{name}: {images_path} holds {images.shape[0]} images but {labels_path} "
                                f"holds {labels.shape[0]} labels")
-    _check_label_range(labels, IDX_NUM_CLASSES, labels_path)
-    return images[:, None], labels
+    return images[:, None], _class_indices(labels, IDX_NUM_CLASSES, labels_path)
 
 
 def read_cifar(name: str, split: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -137,7 +141,7 @@ def read_svhn(split: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         contents = scipy.io.loadmat(path, variable_names=("X", "y"))
     except Exception as error:  # as for pickles, a corrupt file can fail in many ways
-        raise DatasetFileError(f"cannot read SVHN file {path}: {error}; {_how_to_repair(path)}") from error
+        raise _unreadable("SVHN file", path, error) from error
     images, labels = contents.get("X"), contents.get("y")
     if images is None or labels is None:
         raise DatasetFileError(f"SVHN file {path} lacks the variables X and y")
@@ -145,11 +149,9 @@ def read_svhn(split: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetFileError(
             f"SVHN file {path}: X must be uint8 of shape (32, 32, 3, N), got {images.dtype} {images.shape}"
         )
-    labels = labels.reshape(-1).astype(np.int64)
-    if labels.shape[0] != images.shape[3]:
-        raise DatasetFileError(f"SVHN file {path}: {images.shape[3]} images but {labels.shape[0]} labels")
-    labels[labels == 10] = 0
-    _check_label_range(labels, SVHN_NUM_CLASSES, path)
+    _require_images(images.shape[3], path)
+    labels = _label_vector(labels, path, "y", images.shape[3])
+    labels = _class_indices(np.where(labels == 10, 0, labels), SVHN_NUM_CLASSES, path)
     return np.ascontiguousarray(images.transpose(3, 2, 0, 1)), labels
 
 
@@ -188,25 +190,55 @@ def _read_cifar_batch(path: Path, name: str, data_dir: Path, layout: CifarLayout
         with open(path, "rb") as handle:
             batch = _CifarUnpickler(handle, encoding="bytes").load()
     except Exception as error:  # fuzzed files raise a dozen types, MemoryError and SystemError among them
-        raise DatasetFileError(f"cannot read {name} file {path}: {error}; {_how_to_repair(path)}") from error
+        raise _unreadable(f"{name} file", path, error) from error
     if not isinstance(batch, dict) or b"data" not in batch or layout.label_key not in batch:
         raise DatasetFileError(f"{name} file {path} is not a batch dict with keys b'data' and {layout.label_key!r}")
     images = batch[b"data"]
-    labels = np.asarray(batch[layout.label_key], dtype=np.int64).reshape(-1)
     row_size = int(np.prod(CIFAR_ROW_SHAPE))
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != row_size:
         raise DatasetFileError(f"{name} file {path}: b'data' must be a uint8 array of shape (N, {row_size})")
-    if labels.shape[0] != images.shape[0]:
-        raise DatasetFileError(f"{name} file {path}: {images.shape[0]} images but {labels.shape[0]} labels")
-    _check_label_range(labels, layout.num_classes, path)
-    return images.reshape(-1, *CIFAR_ROW_SHAPE), labels
+    _require_images(images.shape[0], path)
+    labels = _label_vector(batch[layout.label_key], path, repr(layout.label_key), images.shape[0])
+    return images.reshape(-1, *CIFAR_ROW_SHAPE), _class_indices(labels, layout.num_classes, path)
 
 
-def _check_label_range(labels: np.ndarray, num_classes: int, path: Path) -> None:
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+def _require_images(count: int, path: Path) -> None:
+    """An empty file would train on nothing, or score an accuracy of 0, without a word."""
+    if count == 0:
+        raise DatasetFileError(f"{path} holds no images; {_how_to_repair(path)}")
+
+
+def _label_vector(values, path: Path, key: str, num_images: int) -> np.ndarray:
+    """``values`` as one whole-number label per image, shape (N,) (its dtype kept), or
+    DatasetFileError naming the file and the key. Floats pass only when whole (SVHN's .mat files
+    hold y as uint8 or as double): a cast would silently make 2.5 class 2."""
+    try:
+        labels = np.asarray(values)
+    except ValueError as error:  # a ragged list
+        raise DatasetFileError(f"{path}: {key} is not an array of labels ({error})") from None
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise DatasetFileError(f"{path}: {key} must hold one label per image, of shape (N,) or (N, 1), "
+                               f"got shape {labels.shape}")
+    if labels.shape[0] != num_images:
+        raise DatasetFileError(f"{path}: {num_images} images but {labels.shape[0]} labels in {key}")
+    if labels.dtype.kind == "f":
+        fractional = labels[~(np.isfinite(labels) & (labels == np.trunc(labels)))]
+        if fractional.size:
+            raise DatasetFileError(f"{path}: {key} must hold whole-number labels, found {fractional[0]}")
+    elif labels.dtype.kind not in "iu":
+        raise DatasetFileError(f"{path}: {key} must hold integer labels, got {labels.dtype}")
+    return labels
+
+
+def _class_indices(labels: np.ndarray, num_classes: int, path: Path) -> np.ndarray:
+    """int64 labels, checked to lie in [0, num_classes) before the cast (which would wrap a huge one)."""
+    if labels.min() < 0 or labels.max() >= num_classes:
         raise DatasetFileError(
             f"{path}: labels must lie in [0, {num_classes}), found [{labels.min()}, {labels.max()}]"
         )
+    return labels.astype(np.int64)
 
 
 def _how_to_get(name: str, data_dir: Path) -> str:
@@ -225,6 +257,15 @@ def _how_to_repair(path: Path) -> str:
                 f"--download, fetches that if missing)")
     return ("delete it, or rerun with download=True (CLI: --download) to check the downloaded files against "
             "their published MD5, fetch any missing or damaged one again and unpack archives again")
+
+
+def _unreadable(what: str, path: Path, error: BaseException) -> DatasetFileError:
+    """The error for a file that exists but cannot be read. A file this user may not read is not
+    damaged: deleting it or downloading it again is no answer, its permissions are."""
+    if isinstance(error, PermissionError):
+        return DatasetFileError(f"cannot read {what} {path}: permission denied; its owner can make it readable "
+                                f"(chmod a+r), or pass a data_dir (CLI: --data-dir) of your own")
+    return DatasetFileError(f"cannot read {what} {path}: {error}; {_how_to_repair(path)}")
 
 
 def _require_file(path: Path, name: str, data_dir: Path) -> None:
