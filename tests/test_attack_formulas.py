@@ -16,7 +16,8 @@ from torch import nn
 from adt_fast.attacks import AttackContext, DistributionAttack, evaluate, make_attack, suite
 from adt_fast.attacks import losses
 from adt_fast.attacks.distribution import _losses_and_input_grads, fit_distribution
-from adt_fast.attacks.engine import example_seed, iterative_attack, per_example_normals, per_example_start
+from adt_fast.attacks.engine import (apgd, example_seed, iterative_attack, per_example_normals,
+                                     per_example_start)
 from adt_fast.attacks.evaluation import masking_gains
 
 from test_attacks import TinyNet
@@ -602,3 +603,94 @@ def test_accumulated_grads_sum_every_step_for_both_parameters(monkeypatch):
         assert own[0].abs().max() > 0 and own[1].abs().max() > 0
         for mine, total in zip(own, summed):
             torch.testing.assert_close(total, (t + 1) * mine)
+
+
+class _SqrtNet(nn.Module):
+    """Logits from sqrt(x): the input gradient is +-inf at every zero pixel."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.linear(x.flatten(1).sqrt())
+
+
+def test_mim_follows_infinite_gradients_as_pgd_does():
+    """With two or more components at +-inf (taken as +-float max), the float32 mean |g| overflowed
+    to inf: g / mean was 0 everywhere and MIM never moved. Its first step is PGD's sign step."""
+    model = _SqrtNet().eval()
+    x = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(1)) * 0.8 + 0.1
+    x.view(4, -1)[:, :3] = 0.0  # three infinite gradient components per example
+    y = model(x).argmax(1)
+
+    def loss(z):
+        return F.cross_entropy(model(z), y, reduction="none")
+    z = x.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(loss(z).sum(), z)
+    assert int(torch.isinf(grad).flatten(1).sum(1).min()) >= 2
+    pgd_step = iterative_attack(loss, x, epsilon=0.1, steps=1, step_size=0.025)
+    mim_step = iterative_attack(loss, x, epsilon=0.1, steps=1, step_size=0.025, momentum=1.0)
+    assert int(((pgd_step - x).abs() > 0).flatten(1).sum(1).min()) >= 13
+    torch.testing.assert_close(mim_step, pgd_step, rtol=0, atol=0)
+
+
+def _saturated_float64_model() -> nn.Module:
+    """float64 logits with class 0 ahead by about 130: the cross-entropy's input gradient is
+    about 1e-56, zero once cast to float32."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).double().eval()
+    with torch.no_grad():
+        model[1].weight.mul_(40)
+        model[1].bias.zero_()
+        model[1].bias[0] = 160.0
+    return model
+
+
+def test_float64_gradients_keep_their_sign_in_the_engine():
+    """A float32 cast of the gradient rounded 1e-56 to 0 (sign 0): neither the sign step nor
+    APGD moved. The losses and the engine keep float64 logits and gradients in float64."""
+    model = _saturated_float64_model()
+    x = torch.rand(4, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(4, dtype=torch.long)
+
+    def loss(z):  # the attacks' own cross-entropy: in float32 this gradient is 0
+        return losses.cross_entropy(model(z), y)
+    z = x.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(loss(z).sum(), z)
+    assert 0 < grad.abs().max() < 1e-50
+    fgsm = iterative_attack(loss, x, epsilon=0.1, steps=1, step_size=0.1)
+    torch.testing.assert_close(fgsm, torch.clamp(x + 0.1 * grad.sign(), 0, 1), rtol=0, atol=0)
+    iterates = []
+
+    def loss_and_hit(z):
+        iterates.append(z.detach())
+        return loss(z), torch.zeros(len(z), dtype=torch.bool)
+    apgd(loss_and_hit, x, epsilon=0.1, steps=1)
+    torch.testing.assert_close(iterates[1], torch.clamp(x + 0.1 * grad.sign(), 0, 1), rtol=0, atol=0)
+
+
+def test_feature_targets_and_starts_draw_from_different_streams(monkeypatch):
+    """FeaAttack's start for pair (input e, target t) is keyed by id e * targets + t; target choice
+    used the same stream keyed by e, so input e' drew its targets from the generator of the start
+    of pair (e' // targets, e' % targets)."""
+    seeds = {}
+    real_choose, real_start = suite.choose_targets, suite.per_example_start
+
+    def choose(y, ids, pool_y, count, seed):
+        seeds["targets"] = seed
+        return real_choose(y, ids, pool_y, count, seed)
+
+    def start(x, ids, seed):
+        seeds["starts"] = seed
+        return real_start(x, ids, seed)
+    monkeypatch.setattr(suite, "choose_targets", choose)
+    monkeypatch.setattr(suite, "per_example_start", start)
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    x, targets = torch.rand(4, 3, 8, 8), 2
+    suite.feature_attack(model, x, torch.tensor([0, 1, 2, 3]), 0.08, targets=targets, steps=1)
+    target_keys = {example_seed(seeds["targets"], e) for e in range(4)}
+    start_keys = {example_seed(seeds["starts"], e * targets + t) for e in range(4) for t in range(targets)}
+    assert not target_keys & start_keys

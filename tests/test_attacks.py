@@ -554,6 +554,41 @@ def test_per_example_normals_are_standard_normal_and_keyed_by_example():
     assert not torch.equal(r, per_example_normals(x, ids, seed=4, draw=0, num_samples=6))
 
 
+
+def test_per_example_streams_use_every_bit_of_seed_and_id():
+    """Stream seeds are seed * 16 + attack (up to 2^36), and Philox's key takes 32 bits of seed
+    and id: evaluation seeds 0 and 2^28, and ids 2^32 apart, shared the distribution attack's
+    normals and Square's words."""
+    from adt_fast.attacks.engine import per_example_normals, per_example_words
+    from adt_fast.attacks.suite import stream_seed
+
+    x, ids, draws = torch.zeros(2, 1, 4, 4), torch.tensor([0, 5]), torch.arange(3)
+    for name in ("dist", "square"):
+        low, high = stream_seed(0, name), stream_seed(2**28, name)
+        assert not torch.equal(per_example_normals(x, ids, low, 0, 4), per_example_normals(x, ids, high, 0, 4))
+        assert not torch.equal(per_example_words(ids, low, draws), per_example_words(ids, high, draws))
+    far = ids + 2**32
+    assert not torch.equal(per_example_normals(x, ids, 9, 0, 4), per_example_normals(x, far, 9, 0, 4))
+    assert not torch.equal(per_example_words(ids, 9, draws), per_example_words(far, 9, draws))
+    # redraws (Square) get words of their own
+    assert not torch.equal(per_example_words(ids, 9, draws), per_example_words(ids, 9, draws, attempt=1))
+
+
+def test_per_example_streams_below_2_to_32_keep_their_published_values():
+    """Values computed before the high bits of seed and id entered the counter: reports made with
+    seeds and ids below 2^32 stay reproducible."""
+    from adt_fast.attacks.engine import per_example_normals, per_example_words
+
+    x, ids = torch.zeros(2, 1, 2, 2, dtype=torch.float64), torch.tensor([3, 2**31 + 5])
+    normals = per_example_normals(x, ids, 2**32 - 7, 1, 5)
+    assert normals[4, 1].flatten().tolist() == pytest.approx(
+        [1.0494503915317315, -0.8023349345190366, 0.12893850413279107, -0.7055610267992679], rel=1e-12)
+    assert normals[0, :, 0, 0, :2].flatten().tolist() == pytest.approx(
+        [-0.06709168776409248, 0.6437661223006207, 0.4013538525882948, -1.018212748162426], rel=1e-12)
+    assert per_example_words(ids, 123456789, torch.tensor([0, 4999])).tolist() == [
+        [[1512538024, 3123925720, 2454667004, 2449799414], [2988583684, 3866642167, 256599912, 453210084]],
+        [[1831573448, 3484631442, 2722264926, 1941271357], [3237809954, 1430512247, 241275368, 549123501]]]
+
 def test_star_import_gives_every_public_name():
     import adt_fast.attacks as attacks
 

@@ -697,6 +697,36 @@ def test_square_side_is_the_rounded_root_of_p_times_the_pixels():
     assert int(rows.max()) == 9
 
 
+def test_square_redraws_signs_that_would_not_move_the_point():
+    """The reference's `while` loop redraws a square's signs while the proposal equals the current
+    point. Without it, on grayscale images (one sign per square) and small late squares about half
+    the queries were spent on the current point again; with up to 8 redraws, 1 in 256 of those."""
+    x = 0.3 + 0.4 * torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    model = Constant()  # never improves, so the current point stays the stripes
+    SquareAttack(EPS, queries=600).run(AttackContext(model), x, torch.zeros(4, dtype=torch.long),
+                                       torch.arange(4))
+    stripes, proposals = model.seen[1], torch.stack(model.seen[2:])
+    assert len(proposals) == 600
+    wasted = int((proposals == stripes).flatten(2).all(2).sum())
+    assert wasted <= 0.005 * proposals.shape[0] * proposals.shape[1], wasted  # 344 of 2,400 without
+    alone = Constant()  # the redraws come from the example's own stream: the batch plays no part
+    SquareAttack(EPS, queries=600).run(AttackContext(alone), x[2:3], torch.zeros(1, dtype=torch.long),
+                                       torch.tensor([2]))
+    assert torch.equal(torch.stack(alone.seen[2:])[:, 0], proposals[:, 2])
+
+
+def test_square_side_stays_below_the_image_side():
+    """The reference's s = min(max(s, 1), h - 1): at p_init = 1 a square covers at most 7 x 7 of an
+    8 x 8 image, never all of it."""
+    x = 0.3 + 0.4 * torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    model = Constant()
+    SquareAttack(EPS, queries=1, p_init=1.0).run(AttackContext(model), x, torch.zeros(6, dtype=torch.long),
+                                                 torch.arange(6))
+    stripes, proposal = model.seen[1], model.seen[2]
+    changed = (stripes != proposal).any(1)  # (B, H, W); stripes are vertical: a square changes all its rows or none
+    assert int(changed.any(2).sum(1).max()) == 7
+
+
 # ----------------------------------------------------------------------------- APGD's step rule corners
 
 

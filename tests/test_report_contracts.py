@@ -152,3 +152,18 @@ def test_only_exact_earlier_reports_are_replaced(tmp_path):
         report_paths(tmp_path / "b.json")
     _small().save(tmp_path / "c.json", plot=False)
     report_paths(tmp_path / "c.json")  # its own earlier report is fine
+
+
+def test_arob_paper_line_names_the_settings_that_are_not_the_papers():
+    """Under the default protocol Arob-paper is taken with 5 FeaAttack targets and 30 C&W steps,
+    not the paper's 200 and 20: its line says so, and says "as in Tables 9-11" only when they match."""
+    def line(feature_targets, cw_steps):
+        report = _small(paper_worst_case_accuracy=0.5,
+                        attacks={"feature": {"targets": feature_targets}, "cw": {"steps": cw_steps}})
+        return next(text for text in report.table().splitlines() if text.startswith("Arob-paper:"))
+    default = line(5, 30)
+    assert "as in Tables 9-11" not in default
+    assert "FeaAttack 5 targets per input and C&W 30 steps (the paper's: 200 and 20" in default
+    assert line(200, 20).endswith("as in Tables 9-11")
+    only_cw = line(200, 30)
+    assert "C&W 30 steps" in only_cw and "FeaAttack" not in only_cw.split("),", 1)[1]

@@ -35,6 +35,9 @@ APGD_STEPS, APGD_RESTARTS, APGD_RHO, APGD_MOMENTUM = 100, 1, 0.75, 0.75
 TARGETS = 9
 FAB_STEPS, FAB_ALPHA_MAX, FAB_ETA, FAB_BETA = 100, 0.1, 1.05, 0.9
 SQUARE_QUERIES, SQUARE_P_INIT = 5000, 0.8
+# Square's redraws of the signs of a square that would not move its point (the reference redraws
+# until one does; one of two grayscale draws would not, late in the search)
+SQUARE_REDRAWS = 8
 _WORD_BLOCK = 256  # Square's random words are drawn for this many queries at a time
 COMPONENTS = {"autoattack": ("apgd-ce", "apgd-t", "fab-t", "square"),
               "autoattack-fast": ("apgd-ce", "apgd-t")}
@@ -307,7 +310,8 @@ class SquareAttack(Attack):
     Starts from vertical stripes (x + epsilon * a random sign per channel and column); each query
     proposes, for every example still robust, a square of side s (from the p schedule) at a
     random position set to x +- epsilon (one random sign per channel), and keeps it if the margin
-    drops. An example is broken once its margin is <= 0.
+    drops. Signs that would leave the point unchanged are redrawn, up to SQUARE_REDRAWS times
+    (the reference redraws until they change it). An example is broken once its margin is <= 0.
     """
 
     epsilon: float
@@ -347,7 +351,7 @@ class SquareAttack(Attack):
             wrong = wrong | ~correct
             rows = torch.arange(height, device=x.device).view(1, 1, -1, 1)
             cols = torch.arange(width, device=x.device).view(1, 1, 1, -1)
-            bits = torch.arange(channels, device=x.device)
+            ids = example_ids.to(x.device)
             for query in range(self.queries):
                 index = (margin > 0).nonzero().squeeze(1)
                 if len(index) == 0:
@@ -356,26 +360,41 @@ class SquareAttack(Attack):
                     block = per_example_words(example_ids, seed, torch.arange(
                         query, min(query + _WORD_BLOCK, self.queries)), x.device)
                 p = square_p(self.p_init, query)
-                side = min(max(int(round(math.sqrt(p * height * width))), 1), height, width)
+                # the reference's min(max(s, 1), h - 1): the square never covers a whole side
+                side = max(1, min(int(round(math.sqrt(p * height * width))), height - 1, width - 1))
                 words = block[index, query % _WORD_BLOCK]
                 top = (words[:, 0] % (height - side + 1)).view(-1, 1, 1, 1)
                 left = (words[:, 1] % (width - side + 1)).view(-1, 1, 1, 1)
-                sign_bits = torch.where(bits < 32, words[:, 2:3] >> (bits % 32), words[:, 3:4] >> (bits % 32)) & 1
-                signs = (2 * sign_bits - 1).to(x.dtype).view(-1, channels, 1, 1)
                 inside = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
+                x_here, current = x[index], x_best[index]
+                shifted = self._shifted(x_here, words)
+                for attempt in range(1, SQUARE_REDRAWS + 1):
+                    # as the reference, new signs while the square would leave the point as it is
+                    # (a wasted query), from the example's own words: the batch plays no part
+                    stale = torch.where(inside, shifted == current, True).flatten(1).all(1)
+                    if not bool(stale.any()):
+                        break
+                    redraw = per_example_words(ids[index], seed, [query], x.device, attempt)[:, 0]
+                    shifted = torch.where(stale.view(-1, 1, 1, 1), self._shifted(x_here, redraw), shifted)
                 # inside the square x +- epsilon, outside the best point: in the ball already
-                proposal = torch.where(inside, torch.clamp(x[index] + self.epsilon * signs, 0, 1),
-                                       x_best[index])
+                proposal = torch.where(inside, shifted, current)
                 new_margin, new_wrong = self._margin(ctx, proposal, y[index])
                 better = new_margin < margin[index]
                 margin[index] = torch.where(better, new_margin, margin[index])
                 wrong[index] = torch.where(better, new_wrong, wrong[index])
-                x_best[index] = torch.where(better.view(-1, 1, 1, 1), proposal, x_best[index])
+                x_best[index] = torch.where(better.view(-1, 1, 1, 1), proposal, current)
         # The search stops at margin <= 0, as the reference's does; a point counts as broken when
         # the model misclassifies it (argmax), as for every other attack: at an exact tie of the
         # logits the two differ.
         x_adv = torch.where(wrong.view(-1, 1, 1, 1), x_best, x)
         return AttackOutcome((~wrong).cpu(), x_adv)
+
+    def _shifted(self, x: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        """x + epsilon * one sign per channel (bit c of words 2, 3), clamped to [0, 1]."""
+        bits = torch.arange(x.shape[1], device=x.device)
+        sign_bits = torch.where(bits < 32, words[:, 2:3] >> (bits % 32), words[:, 3:4] >> (bits % 32)) & 1
+        signs = (2 * sign_bits - 1).to(x.dtype).view(len(x), -1, 1, 1)
+        return torch.clamp(x + self.epsilon * signs, 0, 1)
 
     @staticmethod
     def _margin(ctx: AttackContext, z: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -74,42 +74,59 @@ def per_example_start(x: torch.Tensor, example_ids: torch.Tensor, seed: int) -> 
     return (torch.stack(draws) * 2 - 1).to(device=x.device, dtype=x.dtype)
 
 
+def _example_stream(ids: torch.Tensor, seed: int, kind: int) -> Tuple[tuple, torch.Tensor, torch.Tensor]:
+    """The Philox key (id mod 2^32, seed mod 2^32) of the per-example streams, and their
+    counter words 1 and 3: 2 (id div 2^32) + kind and seed div 2^32 (each mod 2^32).
+
+    Without the two counter words, seeds s and s + 2^32 (stream seeds reach 2^36) or ids 2^32
+    apart would share a stream. Below 2^32 they are kind and 0, the counters of every earlier
+    report. kind (0: normals, 1: words) keeps the two functions' counters apart. Distinct for ids
+    in [0, 2^63) and seeds in [0, 2^64).
+    """
+    seed = int(seed)
+    key = (ids & reference.MASK32, torch.full_like(ids, seed & reference.MASK32))
+    id_word = ((ids >> 32) * 2 + kind) & reference.MASK32
+    return key, id_word, torch.full_like(ids, (seed >> 32) & reference.MASK32)
+
+
 def per_example_normals(x: torch.Tensor, example_ids: torch.Tensor, seed: int, draw: int,
                         num_samples: int) -> torch.Tensor:
     """Standard normals (k, *x.shape) where example i's depend only on (seed, example_ids[i], draw).
 
-    Philox4x32-10 and the Box-Muller of docs/randomness.md, keyed by (example id, seed) instead of
-    one seed per call, with counter (element, 0, draw * ceil(k/4) + group, 0): one call serves
-    samples 4 group .. 4 group + 3 of an element (the op's stream gives a call to a quad of
-    elements instead). Used where the op's own per-call stream would tie an example's samples to
-    its batch position.
+    Philox4x32-10 and the Box-Muller of docs/randomness.md, keyed by (id mod 2^32, seed mod 2^32)
+    instead of one seed per call, with counter (element, 2 (id div 2^32),
+    draw * ceil(k/4) + group, seed div 2^32): one call serves samples 4 group .. 4 group + 3 of an
+    element (the op's stream gives a call to a quad of elements instead). Used where the op's own
+    per-call stream would tie an example's samples to its batch position.
     """
     groups = -(-num_samples // reference.NORMALS_PER_CALL)
     ids = example_ids.to(device=x.device, dtype=torch.int64)[:, None]
-    key = (ids & reference.MASK32, torch.full_like(ids, int(seed) & reference.MASK32))
+    key, id_word, seed_word = _example_stream(ids, seed, kind=0)
     element = torch.arange(x[0].numel(), device=x.device, dtype=torch.int64).expand(len(x), -1)
     zero = torch.zeros_like(element)
     words = torch.stack([torch.stack(reference.philox4x32(
-        (element, zero, torch.full_like(element, draw * groups + g), zero), key), dim=-1)
-        for g in range(groups)])                                                   # (G, B, D, 4)
+        (element, zero + id_word, torch.full_like(element, draw * groups + g), zero + seed_word),
+        key), dim=-1) for g in range(groups)])                                     # (G, B, D, 4)
     normals = reference.words_to_normals(words).permute(0, 3, 1, 2).reshape(groups * 4, *x.shape)
     return normals[:num_samples].to(x.dtype).contiguous()
 
 
 def per_example_words(example_ids: torch.Tensor, seed: int, draws: torch.Tensor,
-                      device: Union[None, str, torch.device] = None) -> torch.Tensor:
+                      device: Union[None, str, torch.device] = None, attempt: int = 0) -> torch.Tensor:
     """(B, D, 4) random 32-bit words (int64): row i, draw j depends only on
-    (seed, example_ids[i], draws[j]).
+    (seed, example_ids[i], draws[j], attempt).
 
-    Philox4x32-10 keyed by (example id, seed) with counter (0, 1, draw, 0): a counter that
+    Philox4x32-10 keyed as per_example_normals, with counter
+    (attempt, 2 (id div 2^32) + 1, draw, seed div 2^32): an odd second word, which
     per_example_normals never uses, so the two never share words. One call serves a block of
-    draws (Square's queries), which keeps the per-query cost on the host negligible.
+    draws (Square's queries), which keeps the per-query cost on the host negligible; `attempt`
+    gives a draw further words (Square's redraws of a proposal that would not move its point).
     """
     ids = example_ids.to(device=device, dtype=torch.int64)[:, None]
     draws = torch.as_tensor(draws, dtype=torch.int64, device=ids.device)[None, :] & reference.MASK32
-    key = (ids & reference.MASK32, torch.full_like(ids, int(seed) & reference.MASK32))
+    key, id_word, seed_word = _example_stream(ids, seed, kind=1)
     zero = torch.zeros_like(ids * draws)
-    counter = (zero, zero + 1, zero + draws, zero)
+    counter = (zero + (int(attempt) & reference.MASK32), zero + id_word, zero + draws, zero + seed_word)
     return torch.stack(reference.philox4x32(counter, key), dim=-1)
 
 
@@ -131,6 +148,27 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, epsilon: float,
             bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
     """Onto the epsilon-ball around x, then into the valid input range."""
     return torch.clamp(x + torch.clamp(x_adv - x, -epsilon, epsilon), *bounds)
+
+
+def _ascent_direction(grad: torch.Tensor) -> torch.Tensor:
+    """The gradient the sign steps follow: NaN components as 0, +-inf as +-the dtype's maximum.
+
+    Kept in float64 for a float64 model (float32 at least): a float32 cast rounds gradients below
+    1e-45 to 0, and their sign with them, so the attack would not move.
+    """
+    return torch.nan_to_num(grad.to(torch.promote_types(grad.dtype, torch.float32)), nan=0.0)
+
+
+def _normalise_per_example(direction: torch.Tensor) -> torch.Tensor:
+    """direction / its per-example mean |.| (MIM's normalisation; all-zero rows stay 0).
+
+    Divided by the row's largest |.| first: the mean of two components at the dtype's maximum
+    (infinite gradients) overflows to inf, which made the whole step 0 instead of following them.
+    """
+    view = (-1,) + (1,) * (direction.dim() - 1)
+    magnitude = direction.abs().flatten(1)
+    unit = direction / magnitude.amax(1).clamp_min(torch.finfo(direction.dtype).tiny).view(view)
+    return unit / unit.abs().flatten(1).mean(1).clamp_min(torch.finfo(direction.dtype).tiny).view(view)
 
 
 def iterative_attack(loss_fn: PerExampleLoss, x: torch.Tensor, *, epsilon: float, steps: int,
@@ -159,12 +197,11 @@ def iterative_attack(loss_fn: PerExampleLoss, x: torch.Tensor, *, epsilon: float
         with torch.enable_grad():
             loss = loss_fn(x_adv)
             grad = input_gradient(loss.sum(), x_adv)
-        direction = torch.nan_to_num(grad.float(), nan=0.0)
+        direction = _ascent_direction(grad)
         if minimize:
             direction = -direction
         if velocity is not None:
-            scale = direction.abs().flatten(1).mean(1).clamp_min(1e-12)
-            velocity = momentum * velocity + direction / scale.view(-1, *[1] * (x.dim() - 1))
+            velocity = momentum * velocity + _normalise_per_example(direction)
             direction = velocity
         x_adv = project(x_adv.detach() + step_size * direction.sign().to(x.dtype), x, epsilon, bounds)
     return x_adv.detach()
@@ -237,7 +274,7 @@ def apgd(loss_fn: LossAndHit, x: torch.Tensor, *, epsilon: float, steps: int,
         with torch.enable_grad():
             loss, hit = loss_fn(z)
             grad = input_gradient(loss.sum(), z)
-        return loss.detach().float(), hit.detach(), torch.nan_to_num(grad.float(), nan=0.0)
+        return loss.detach().float(), hit.detach(), _ascent_direction(grad)
 
     loss, hit, grad = value_and_grad(x_adv)
     broken, x_hit = hit.clone(), x_adv.clone()

@@ -153,7 +153,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         given. "autoattack" runs AutoAttack's standard version, "autoattack-fast" APGD-CE + APGD-T.
     protocol: "paper" runs the six columns of Tables 9-11 (plus any `attacks` given) with the
         authors' settings: FeaAttack with 200 targets per input, C&W with 20 steps; the report
-        then also holds the paper's A_rob over exactly those six.
+        then also holds the paper's A_rob over exactly those six. FeaAttack's features stay the
+        map before pooling (appendix C.5), where the authors' code used the pooled vector.
     feature_targets, cw_steps: FeaAttack's targets per input (default 5) and C&W's steps
         (default 30); fixed by protocol="paper".
     example_ids: one id per example (default 0..n-1; pass dataset indices) keying the random

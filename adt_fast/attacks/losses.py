@@ -6,14 +6,20 @@ import torch
 import torch.nn.functional as F
 
 
+def _accurate(t: torch.Tensor) -> torch.Tensor:
+    """Float32 at least (bf16/fp16 logits under autocast), float64 kept: a float64 model's tiny
+    gradients would round to 0 in float32, and the attacks' signs with them."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float(), y, reduction="none")
+    return F.cross_entropy(_accurate(logits), y, reduction="none")
 
 
 def trades_kl(adv_logits: torch.Tensor, clean_logits: torch.Tensor) -> torch.Tensor:
     """KL(p(x) || p(x + delta)) per example, as TRADES' code computes its robust term."""
-    clean_log_probs = F.log_softmax(clean_logits.float(), dim=1)
-    adv_log_probs = F.log_softmax(adv_logits.float(), dim=1)
+    clean_log_probs = F.log_softmax(_accurate(clean_logits), dim=1)
+    adv_log_probs = F.log_softmax(_accurate(adv_logits), dim=1)
     return (clean_log_probs.exp() * (clean_log_probs - adv_log_probs)).sum(1)
 
 
@@ -28,7 +34,7 @@ def cw_margin(logits: torch.Tensor, y: torch.Tensor, kappa: float = 50.0) -> tor
 
     The true class is masked with -inf, so the max is right even when every other logit is negative.
     """
-    logits = logits.float()
+    logits = _accurate(logits)
     true_logit = logits.gather(1, y[:, None]).squeeze(1)
     others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
     return torch.clamp(others.max(1).values - true_logit, max=kappa)
@@ -40,7 +46,8 @@ def cosine_distance(features: torch.Tensor, target_features: torch.Tensor) -> to
     FeaAttack (appendix C.5) minimises this towards a target image of another class: the original
     code's `pair_cos_dist`, i.e. the adversarial features are pulled towards the target's.
     """
-    return 1 - F.cosine_similarity(features.float().flatten(1), target_features.float().flatten(1), dim=1)
+    return 1 - F.cosine_similarity(_accurate(features).flatten(1), _accurate(target_features).flatten(1),
+                                   dim=1)
 
 
 # The DLR losses' denominators read the 3rd (untargeted) and 4th (targeted) largest logits.
@@ -61,7 +68,7 @@ def dlr(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     margin from the attack. Needs at least 3 classes.
     """
     _check_dlr_classes(logits, DLR_CLASSES, "DLR")
-    logits = logits.float()
+    logits = _accurate(logits)
     top = logits.sort(dim=1, descending=True).values
     return cw_margin(logits, y, float("inf")) / (top[:, 0] - top[:, 2] + 1e-12)
 
@@ -69,7 +76,7 @@ def dlr(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def dlr_targeted(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The targeted DLR: -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12). Needs 4 classes."""
     _check_dlr_classes(logits, DLR_TARGETED_CLASSES, "targeted DLR")
-    logits = logits.float()
+    logits = _accurate(logits)
     top = logits.sort(dim=1, descending=True).values
     gap = logits.gather(1, y[:, None]).squeeze(1) - logits.gather(1, target[:, None]).squeeze(1)
     return -gap / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)

@@ -20,7 +20,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 
 from ..files import os_error_text, write_atomic
-from .suite import PAPER_ATTACKS, label, pgd_steps
+from .suite import PAPER_ATTACKS, PAPER_CW_STEPS, PAPER_FEATURE_TARGETS, label, pgd_steps
 
 PathLike = Union[str, os.PathLike]
 
@@ -246,7 +246,7 @@ class Report:
             lines.append(f"{label(name)} skipped: {reason}")
         if self.paper_worst_case_accuracy is not None:
             lines.append("Arob-paper: worst case over the natural input and the paper's six attacks "
-                         f"({', '.join(label(name) for name in PAPER_ATTACKS)}), as in Tables 9-11")
+                         f"({', '.join(label(name) for name in PAPER_ATTACKS)}), {self._paper_settings()}")
         ran = [label(name) for name in attack_order(list(self.robust_accuracy))]
         lines.append(f"Arob: worst case over the natural input and every attack run ({', '.join(ran)})")
         for name in ("autoattack", "autoattack-fast"):
@@ -255,6 +255,22 @@ class Report:
                 steps = [f"{label(p['attack'])} {p['robust']}/{p['attacked']}" for p in curve["points"]]
                 lines.append(f"{label(name)}, robust/attacked per component in turn: {', '.join(steps)}")
         return "\n".join(line.rstrip() for line in lines)
+
+    def _paper_settings(self) -> str:
+        """How the paper columns' settings compare with the paper's protocol: the default
+        protocol's FeaAttack targets and C&W steps are not the paper's, and they move Arob-paper."""
+        checks = (("feature", "targets", PAPER_FEATURE_TARGETS, "FeaAttack {} targets per input"),
+                  ("cw", "steps", PAPER_CW_STEPS, "C&W {} steps"))
+        ours, theirs = [], []
+        for name, key, paper, text in checks:
+            used = self.attacks.get(name, {}).get(key)
+            if used is not None and used != paper:
+                ours.append(text.format(used))
+                theirs.append(str(paper))
+        if not ours:
+            return "as in Tables 9-11"
+        return (f"with {' and '.join(ours)} (the paper's: {' and '.join(theirs)}, "
+                f"which --protocol paper runs)")
 
     # ------------------------------------------------------------------ files
     def save(self, path: PathLike, plot: bool = True,

@@ -56,11 +56,13 @@ TRANSFER_STEPS = 20
 
 # Each attack draws its random numbers from its own stream of the seed. Every pgdN shares one
 # stream (so PGD-20 is exactly the first 20 steps of PGD-100), and the other attacks start
-# elsewhere, which makes the worst case over attacks a little stronger.
+# elsewhere, which makes the worst case over attacks a little stronger. FeaAttack's target choice
+# has a stream of its own: under "feature" its key for example e would be the start of the pair
+# (e // targets, e % targets). At most 16 streams (stream_seed's factor).
 _STREAMS = {"pgd": 0, "mim": 1, "cw": 2, "feature": 3, "dist": 4, "transfer": 5, "fgsm": 6,
-            "apgd-ce": 7, "apgd-t": 8, "square": 9, "apgd-dlr": 10}
-# The largest evaluation seed: the per-example streams key Philox on 32 bits of it, and a larger
-# one would also overflow torch's 64-bit manual_seed once stream_seed and engine.example_seed scale it.
+            "apgd-ce": 7, "apgd-t": 8, "square": 9, "apgd-dlr": 10, "feature-targets": 11}
+# The largest evaluation seed: a larger one would overflow torch's 64-bit manual_seed once
+# stream_seed and engine.example_seed scale it.
 MAX_SEED = 2**32 - 1
 
 
@@ -446,7 +448,8 @@ class FeatureAttack(Attack):
         model = ctx.model
         pool_x, pool_y = (x, y) if ctx.pool_x is None else (ctx.pool_x, ctx.pool_y)
         seed = stream_seed(ctx.seed, "feature")
-        targets = choose_targets(y, example_ids, pool_y, self.targets, seed)
+        targets = choose_targets(y, example_ids, pool_y, self.targets,
+                                 stream_seed(ctx.seed, "feature-targets"))
         batch = len(x)
         broken = torch.zeros(batch, dtype=torch.bool)
         x_out = x.detach().clone()
