@@ -124,3 +124,27 @@ def test_vmap_under_torch_compile_equals_a_loop():
         want_out, want_nlp = _call("cpu", noise=noises[i])(means[i], rhos[i])
         torch.testing.assert_close(out[i], want_out)
         torch.testing.assert_close(nlp[i], want_nlp)
+
+
+@pytest.mark.parametrize("transform", ["grad", "jacrev"])
+def test_reverse_mode_transforms_under_torch_compile_equal_eager(transform):
+    mean, rho, _, noise, _ = make_inputs((2, 3), 2, dtype=torch.float32)
+
+    def nlp(m):
+        return _call("cpu", noise=noise)(m, rho)[1]
+
+    fn = torch.func.grad(lambda m: nlp(m).sum()) if transform == "grad" else torch.func.jacrev(nlp)
+    torch.testing.assert_close(torch.compile(fn, fullgraph=True, backend="aot_eager")(mean), fn(mean),
+                               rtol=0, atol=0)
+
+
+def test_vmap_over_no_slices_gives_empty_outputs_of_the_right_shape():
+    out, nlp = torch.func.vmap(lambda m: _call("cpu", noise=torch.zeros(2, 2, 3))(m, torch.zeros(2, 3)))(
+        torch.zeros(0, 2, 3))
+    assert out.shape == (0, 2, 2, 3) and nlp.shape == (0, 2, 2) and nlp.dtype == torch.float32
+
+
+def test_grad_of_meta_tensors_gives_shapes():
+    mean = torch.empty(4, 3, device="meta")
+    grad = torch.func.grad(lambda m: _call("cpu")(m, torch.empty_like(m))[1].sum())(mean)
+    assert grad.shape == (4, 3) and grad.device.type == "meta"

@@ -1,9 +1,13 @@
 """`adt_fast.sample_and_entropy`: the public op, its torch.library registration and autograd.
 
-Three launch paths reach the same backend functions:
-- under `torch.compile`, two custom ops (`adt_fast::sample_forward`, `adt_fast::sample_backward`)
-  with fake implementations, so the op is traced as two opaque nodes without graph breaks (meta
-  tensors take this path too: the fake implementations give their shapes); it draws
+Two launch paths reach the same backend functions:
+- under `torch.compile`, and inside an eager torch.func transform (grad, vjp, jacrev, vmap), two
+  custom ops (`adt_fast::sample_forward`, `adt_fast::sample_backward`) with fake implementations
+  and vmap rules, so the op is traced as two opaque nodes without graph breaks (meta tensors take
+  this path too: the fake implementations give their shapes). An autograd Function in
+  setup_context style wraps them (`_TransformableSampleAndEntropy`): torch.func takes no other
+  kind, and the custom ops' own generated one is not. The backward's k x N incoming gradients are
+  materialised here (zeros for an unused output). This path draws
   `seed_offset` in Python with torch.randint (a traced tensor op) and passes it explicitly. On
   the CPU that is the draw the eager path makes; on CUDA it is not (the eager cuda backend takes
   the generator's Philox state, as torch's dropout does), so there eager and compiled runs of one
@@ -13,12 +17,9 @@ Three launch paths reach the same backend functions:
   (seed, offset) from the generator itself (the C++ and CUDA backends with no extra kernel launch)
   and returns the pair it used. Absent gradients stay None and expanded ones stay views: the
   backends read them in place, so nothing of size k x N is materialised for them.
-Inside an eager torch.func transform (grad, jacrev, vmap), which takes only autograd Functions
-with a separate setup_context, a third path wraps the custom ops in one (seeded as under
-torch.compile); the custom ops' vmap rules run them slice by slice.
-Every path computes x's gradient only when x requires grad (the trainers' x does not): the
+Either path computes x's gradient only when x requires grad (the trainers' x does not): the
 backward then neither accumulates nor writes it.
-Every path's backward regenerates the normals from `seed_offset`: nothing of size k x N is
+Either path's backward regenerates the normals from `seed_offset`: nothing of size k x N is
 saved between the passes.
 """
 
@@ -140,11 +141,24 @@ def _vmap_slice_by_slice(op):
     on it alone would. (Folding the slices into the batch dimension would give "same" different
     normals per slice: they depend on the element's index.)"""
     def rule(info, in_dims, *args):
-        slices = [op(*(a if d is None else a.select(d, i) for a, d in zip(args, in_dims)))
-                  for i in range(info.batch_size)]
-        outputs = tuple(torch.stack(parts) for parts in zip(*slices))
+        if info.batch_size == 0:  # no slice to run: the fake kernel gives one slice's outputs
+            device = next(a.device for a in args if isinstance(a, torch.Tensor))
+            one = op(*(_meta_slice(a, d) for a, d in zip(args, in_dims)))
+            outputs = tuple(torch.empty((0, *o.shape), dtype=o.dtype, device=device) for o in one)
+        else:
+            slices = [op(*(a if d is None else a.select(d, i) for a, d in zip(args, in_dims)))
+                      for i in range(info.batch_size)]
+            outputs = tuple(torch.stack(parts) for parts in zip(*slices))
         return outputs, (0,) * len(outputs)
     return rule
+
+
+def _meta_slice(arg, dim):
+    """A meta tensor shaped as one slice of `arg` along `dim` (None: `arg` itself); other values as they are."""
+    if not isinstance(arg, torch.Tensor):
+        return arg
+    shape = arg.shape if dim is None else arg.shape[:dim] + arg.shape[dim + 1:]
+    return torch.empty(shape, dtype=arg.dtype, device="meta")
 
 
 sample_forward.register_vmap(_vmap_slice_by_slice(sample_forward))
@@ -152,12 +166,14 @@ sample_backward.register_vmap(_vmap_slice_by_slice(sample_backward))
 
 
 class _TransformableBackward(torch.autograd.Function):
-    """sample_backward under eager torch.func transforms (jacrev vmaps the backward); a second
+    """sample_backward as the custom ops' path runs it (jacrev vmaps the backward); a second
     derivative raises rather than counting the fused gradients as constants."""
 
     @staticmethod
-    def forward(*args):
-        return sample_backward(*args)
+    def forward(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi, backend,
+                need_grad_x):
+        return sample_backward(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, num_samples, epsilon,
+                               lo, hi, backend, need_grad_x)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -171,17 +187,26 @@ class _TransformableBackward(torch.autograd.Function):
 
 
 class _TransformableSampleAndEntropy(torch.autograd.Function):
-    """The launch path under eager torch.func transforms (grad, vjp, jacrev, vmap), which take only
-    autograd Functions with a separate setup_context (the custom ops' generated one has none).
-    The custom ops inside give vmap its rules."""
+    """The custom ops' launch path (torch.compile, meta tensors, eager torch.func transforms), in
+    the setup_context style torch.func needs; the custom ops inside give vmap its rules. The
+    methods are plain staticmethods so that Dynamo traces them."""
 
     @staticmethod
     def forward(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi, backend):
         return sample_forward(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi, backend)
 
-    setup_context = staticmethod(_setup_context)
-    backward = staticmethod(_backward_through(_TransformableBackward.apply))
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _setup_context(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_nlp):
+        return _transformable_backward(ctx, grad_out, grad_nlp)
+
     generate_vmap_rule = True
+
+
+_transformable_backward = _backward_through(_TransformableBackward.apply)
 
 
 class _FirstOrderOnly(torch.autograd.Function):
@@ -363,10 +388,9 @@ def sample_and_entropy(mean: torch.Tensor, std_param: torch.Tensor, num_samples:
     tensors = (mean.contiguous(), std_param.contiguous(), None if x is None else x.contiguous(),
                None if noise is None else noise.contiguous())
     settings = (num_samples, epsilon, lo, hi)
-    if torch.compiler.is_compiling() or mean.device.type == "meta":  # meta: the ops' fake kernels
-        seed_offset = dispatch.python_seed_offset(mean, noise, None, generator)
-        return sample_forward(*tensors, seed_offset, *settings, backend)
-    if torch._C._functorch.maybe_current_level() is not None:  # inside an eager torch.func transform
+    # meta: the ops' fake kernels; maybe_current_level: inside an eager torch.func transform
+    if (torch.compiler.is_compiling() or mean.device.type == "meta"
+            or torch._C._functorch.maybe_current_level() is not None):
         seed_offset = dispatch.python_seed_offset(mean, noise, None, generator)
         return _TransformableSampleAndEntropy.apply(*tensors, seed_offset, *settings, backend)
     return _EagerSampleAndEntropy.apply(*tensors, generator, *settings,
