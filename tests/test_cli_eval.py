@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adt_fast.attacks.evaluation import progress_enabled
+from adt_fast.progress import progress_enabled
 from adt_fast.cli import main
 from adt_fast.models import build_model
 from adt_fast.train.checkpoint import save_atomic

@@ -4,8 +4,10 @@ import contextlib
 import errno
 import hashlib
 import http.server
+import io
 import os
 import stat
+import sys
 import tarfile
 import threading
 
@@ -14,6 +16,12 @@ import pytest
 
 from adt_fast.data import DownloadError, download
 from adt_fast.data import fetch
+from adt_fast.progress import NO_PROGRESS_ENV
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
 
 
 def _serve_tiny_cifar(tmp_path, served):
@@ -37,11 +45,16 @@ def test_base_url_argument_wins_over_the_environment(tmp_path, file_server, monk
     assert (tmp_path / "data" / "cifar-10-batches-py" / "x").is_file()
 
 
-def test_progress_bar_honours_no_progress(monkeypatch):
+def test_progress_bar_only_on_a_terminal_and_honours_no_progress(monkeypatch):
+    """Not into a log file (every torchrun rank's download wrote carriage-return lines there)."""
     pytest.importorskip("tqdm")
-    monkeypatch.setenv(fetch.NO_PROGRESS_ENV, "1")
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.delenv(NO_PROGRESS_ENV, raising=False)
     assert isinstance(fetch._progress_bar(10, "f"), contextlib.nullcontext)
-    monkeypatch.setenv(fetch.NO_PROGRESS_ENV, "0")
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    monkeypatch.setenv(NO_PROGRESS_ENV, "1")
+    assert isinstance(fetch._progress_bar(10, "f"), contextlib.nullcontext)
+    monkeypatch.setenv(NO_PROGRESS_ENV, "0")
     bar = fetch._progress_bar(10, "f")
     try:
         assert not isinstance(bar, contextlib.nullcontext) and bar.total == 10

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from adt_fast.progress import NO_PROGRESS_ENV
 from adt_fast.train import runlog
 
 
@@ -15,20 +16,20 @@ class _Tty:
 
 
 def test_progress_only_on_a_terminal_and_never_with_no_progress(monkeypatch):
-    monkeypatch.delenv(runlog.NO_PROGRESS_ENV, raising=False)
+    monkeypatch.delenv(NO_PROGRESS_ENV, raising=False)
     assert runlog.progress_enabled(_Tty(True)) is True
     assert runlog.progress_enabled(_Tty(False)) is False
     assert runlog.progress_enabled(object()) is False          # no isatty at all: a pipe-like object
-    monkeypatch.setenv(runlog.NO_PROGRESS_ENV, "0")
+    monkeypatch.setenv(NO_PROGRESS_ENV, "0")
     assert runlog.progress_enabled(_Tty(True)) is True
-    monkeypatch.setenv(runlog.NO_PROGRESS_ENV, "1")
+    monkeypatch.setenv(NO_PROGRESS_ENV, "1")
     assert runlog.progress_enabled(_Tty(True)) is False
 
 
 def test_progress_bar_is_disabled_when_not_shown(monkeypatch):
     """progress_bar(show=False) is a no-op even on a terminal (the non-main ranks)."""
     pytest.importorskip("tqdm")
-    monkeypatch.delenv(runlog.NO_PROGRESS_ENV, raising=False)
+    monkeypatch.delenv(NO_PROGRESS_ENV, raising=False)
     monkeypatch.setattr(runlog, "progress_enabled", lambda stream=None: False)
     bar = runlog.progress_bar(3, "x", show=True)
     assert bar.disable

@@ -551,7 +551,8 @@ def run_eval(args) -> int:
 def _run(args) -> int:
     import torch
 
-    from .evaluation import evaluate, progress_enabled
+    from ..progress import progress_enabled
+    from .evaluation import evaluate
 
     job = plan(args)
     started = time.perf_counter()

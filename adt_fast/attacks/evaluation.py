@@ -10,7 +10,6 @@ separate PGD-20 run would give), and the same run gives the accuracy-against-ste
 from __future__ import annotations
 
 import math
-import os
 import sys
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 from warnings import warn
@@ -36,18 +35,6 @@ DEFAULT_EPSILON_CURVE = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
 DEFAULT_EPSILON = 8 / 255  # the CIFAR-10 budget of the paper and of RobustBench
 PROTOCOLS = ("default", "paper")
 EPSILON_CURVE_STEPS = 20
-PROGRESS_ENV = "ADT_FAST_NO_PROGRESS"
-
-
-def progress_enabled(stream=None) -> bool:
-    """Progress bars show unless $ADT_FAST_NO_PROGRESS=1 or the stream is not a terminal."""
-    stream = sys.stderr if stream is None else stream
-    if os.environ.get(PROGRESS_ENV, "") not in ("", "0"):
-        return False
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
 
 
 def _check_on_device(model: nn.Module, device: torch.device, name: str) -> None:

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..files import file_digest, lock_folder, os_error_text, unwritable_reason, write_atomic
+from ..progress import progress_enabled
 from .errors import ChecksumError, DatasetFileError, DownloadError
 
 BASE_URL_ENV = "ADT_FAST_DATA_URL"
-NO_PROGRESS_ENV = "ADT_FAST_NO_PROGRESS"
 CHUNK_BYTES = 1 << 20
 TIMEOUT_SECONDS = 60
 LOCK_FILE = ".adt_fast-download.lock"
@@ -163,8 +163,8 @@ def _resources(name: str) -> tuple[Resource, ...]:
 
 
 def _progress_bar(total_bytes: int | None, description: str):
-    """A tqdm bar when tqdm is installed and ADT_FAST_NO_PROGRESS is unset, else a context yielding None."""
-    if os.environ.get(NO_PROGRESS_ENV, "") not in ("", "0"):
+    """A tqdm bar on stderr when tqdm is installed and progress_enabled(), else a context yielding None."""
+    if not progress_enabled():
         return contextlib.nullcontext(None)
     try:
         from tqdm import tqdm

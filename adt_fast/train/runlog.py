@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 from ..files import write_atomic
+from ..progress import progress_enabled
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
-NO_PROGRESS_ENV = "ADT_FAST_NO_PROGRESS"
 SCALARS = ("train_loss", "train_acc", "test_acc", "lr", "seconds")
-
-
-def progress_enabled(stream=None) -> bool:
-    """A progress bar only on a terminal, and never with ADT_FAST_NO_PROGRESS=1."""
-    if os.environ.get(NO_PROGRESS_ENV, "") not in ("", "0"):
-        return False
-    stream = sys.stderr if stream is None else stream
-    return bool(getattr(stream, "isatty", lambda: False)())
 
 
 def progress_bar(total: int, desc: str, show: bool = True):
