@@ -63,15 +63,20 @@ def test_per_example_gradients_by_vmap_of_grad_equal_a_loop(backend):
             torch.testing.assert_close(got[i], expected, rtol=0, atol=0)
 
 
+def _vmapped_over_three_slices(backend, randomness):
+    """The op vmapped over 3 slices of zero means and std_params (2, 5), and the slices' means."""
+    means = torch.zeros(3, 2, 5, dtype=torch.float64)
+    rho = torch.zeros(2, 5, dtype=torch.float64)
+    return torch.func.vmap(lambda m: _call(backend)(m, rho), randomness=randomness)(means), means[0]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_vmap_randomness_same_gives_every_slice_the_eager_calls_samples(backend):
     runnable(backend)
-    means = torch.zeros(3, 2, 5, dtype=torch.float64)
-    rho = torch.zeros(2, 5, dtype=torch.float64)
     torch.manual_seed(7)
-    out, nlp = torch.func.vmap(lambda m: _call(backend)(m, rho), randomness="same")(means)
+    (out, nlp), mean = _vmapped_over_three_slices(backend, "same")
     torch.manual_seed(7)
-    want_out, want_nlp = _call(backend)(means[0], rho)
+    want_out, want_nlp = _call(backend)(mean, torch.zeros_like(mean))
     for i in range(3):
         torch.testing.assert_close(out[i], want_out, rtol=0, atol=0)
         torch.testing.assert_close(nlp[i], want_nlp, rtol=0, atol=0)
@@ -80,9 +85,7 @@ def test_vmap_randomness_same_gives_every_slice_the_eager_calls_samples(backend)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_vmap_randomness_different_draws_each_slice_anew(backend):
     runnable(backend)
-    means = torch.zeros(3, 2, 5, dtype=torch.float64)
-    rho = torch.zeros(2, 5, dtype=torch.float64)
-    out, _ = torch.func.vmap(lambda m: _call(backend)(m, rho), randomness="different")(means)
+    (out, _), _ = _vmapped_over_three_slices(backend, "different")
     assert out.shape == (3, 2, 2, 5)
     assert not torch.equal(out[0], out[1]) and not torch.equal(out[1], out[2]) and not torch.equal(out[0], out[2])
 
