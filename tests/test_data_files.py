@@ -160,8 +160,8 @@ def _empty_split(root, name):
         return root / "test_32x32.mat"
     _cifar10(root)
     path = root / "cifar-10-batches-py" / "test_batch"
-    with open(path, "wb") as handle:   # protocol 2 would pickle the empty data with a global the reader refuses
-        pickle.dump({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, handle, protocol=3)
+    with open(path, "wb") as handle:   # protocol 2 pickles the empty data as __builtin__.bytes()
+        pickle.dump({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, handle, protocol=2)
     return path
 
 
@@ -241,6 +241,23 @@ def test_a_file_this_user_may_not_read_is_called_a_permission_problem(tmp_path, 
     with pytest.raises(DatasetFileError, match=f"cannot read cifar10 file {path}: permission denied") as error:
         load("cifar10", "test", data_dir=tmp_path)
     assert "delete it" not in str(error.value) and "chmod" in str(error.value)
+
+
+@pytest.mark.parametrize("name,download", [("cifar10", False), ("mnist", False), ("cifar10", True)])
+def test_a_folder_this_user_may_not_search_is_called_a_permission_problem(tmp_path, monkeypatch, name, download):
+    """Path.is_file raises EACCES (not False) in a folder without search permission: a bare
+    PermissionError traceback from load(), and from the CLI, before this was said in words."""
+    import pathlib
+    real_is_file = pathlib.Path.is_file
+
+    def refuse(path):
+        if tmp_path in path.parents:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_is_file(path)
+
+    monkeypatch.setattr(pathlib.Path, "is_file", refuse)   # root searches any folder
+    with pytest.raises(DatasetFileError, match="permission denied; its owner can make the folder searchable"):
+        load(name, "test", data_dir=tmp_path, download=download)
 
 
 def test_data_dir_default_without_the_environment_variable_is_the_documented_cache(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from . import fetch
 from .custom import (MIN_IMAGE_SIZE, Splits, class_list, read_image_folder, read_image_folder_test, read_npz,
                      read_npz_test, splits_from_arrays)
 from .errors import DatasetFileError
-from .files import CIFAR_LAYOUTS, IDX_FOLDERS, read_cifar, read_idx_dataset, read_svhn, required_files
+from .files import CIFAR_LAYOUTS, IDX_FOLDERS, file_present, read_cifar, read_idx_dataset, read_svhn, required_files
 from .small_datasets import make_synthetic, read_digits
 
 SPLITS = ("train", "test")
@@ -103,7 +103,7 @@ def load(name: str, split: str, data_dir: str | os.PathLike | None = None,
         images, labels = make_synthetic(split)
     else:
         directory = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-        if download and not all(path.is_file() for path in required_files(name, split, directory)):
+        if download and not all(file_present(path) for path in required_files(name, split, directory)):
             fetch.download(name, directory)
         try:
             images, labels = _read_files(name, split, directory)

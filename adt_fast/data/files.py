@@ -78,7 +78,7 @@ def required_files(name: str, split: str, data_dir: Path) -> list[Path]:
 
 def _idx_file(unpacked: Path) -> Path:
     """The unpacked IDX file if present, else the published .gz next to it."""
-    return unpacked if unpacked.is_file() else unpacked.with_name(unpacked.name + ".gz")
+    return unpacked if file_present(unpacked) else unpacked.with_name(unpacked.name + ".gz")
 
 
 def read_idx(path: Path, ndim: int) -> np.ndarray:
@@ -177,6 +177,9 @@ def _allowed_cifar_globals() -> dict[tuple[str, str], object]:
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
         ("_codecs", "encode"): _codecs.encode,
+        # Python 3 writes bytes (the batch's keys) under protocols 0-2 as __builtin__.bytes
+        ("__builtin__", "bytes"): bytes,
+        ("builtins", "bytes"): bytes,
     }
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(module, "_reconstruct")] = multiarray._reconstruct
@@ -268,8 +271,19 @@ def _unreadable(what: str, path: Path, error: BaseException) -> DatasetFileError
     return DatasetFileError(f"cannot read {what} {path}: {error}; {_how_to_repair(path)}")
 
 
+def file_present(path: Path) -> bool:
+    """Path.is_file, except that a folder this user may not search is said to be one, not raised
+    as a bare PermissionError."""
+    try:
+        return path.is_file()
+    except PermissionError:
+        raise DatasetFileError(f"cannot look for {path.name} in {path.parent}: permission denied; its owner can "
+                               f"make the folder searchable (chmod a+rx), or pass a data_dir (CLI: --data-dir) "
+                               f"of your own") from None
+
+
 def _require_file(path: Path, name: str, data_dir: Path) -> None:
-    if not path.is_file():
+    if not file_present(path):
         shown = path.name.removesuffix(".gz") + "[.gz]" if name in IDX_FOLDERS else path.name
         raise FileNotFoundError(
             f"{name} file {shown!r} not found in {path.parent}; {_how_to_get(name, data_dir)}"
