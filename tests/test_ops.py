@@ -93,6 +93,34 @@ def test_extreme_inputs_are_finite_and_exact(backend):
             assert rel_err(g, w) <= tol
 
 
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("std_param,mean", [(INF, 0.3), (-INF, 0.3), (NAN, 0.3), (0.5, NAN), (0.5, INF)])
+def test_non_finite_inputs_give_the_references_nan_or_inf(backend, std_param, mean):
+    """A diverged optimiser hands the op inf or NaN: each output is NaN exactly where the
+    reference's is, and agrees with it elsewhere. std_param = +inf (sigma = inf) gives -log p =
+    inf - inf = NaN; the host's polynomial log once took log(inf) as finite and made it -inf."""
+    runnable(backend)
+    k = 3
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        if dispatch.get(backend).why_not(CPU, dtype) is not None:
+            continue
+        means = torch.full((2, 4), mean, dtype=dtype)
+        rho = torch.full((2, 4), std_param, dtype=dtype)
+        rho[1] = 0.2   # one finite example beside it
+        noise = torch.randn((k, 2, 4), generator=torch.Generator().manual_seed(0), dtype=dtype)
+        got, want = run_both(backend, means, rho, None, noise, torch.zeros(2, dtype=torch.int64), k, eps=0.5)
+        for name, g, w in zip(("out", "neg_log_prob", "grad_mean", "grad_std_param"), got, want):
+            g = g.double()
+            assert torch.equal(g.isnan(), w.isnan()), f"{name}: NaN at {g.isnan().tolist()}, reference {w.isnan().tolist()}"
+            assert torch.equal(g.isinf(), w.isinf()), name
+            finite = torch.isfinite(w)
+            if finite.any():
+                assert rel_err(g[finite], w[finite]) <= tol, name
+
+
 @pytest.mark.parametrize("backend", ["reference", *KERNEL_BACKENDS])
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # the interpreter casting 1e300
 def test_huge_epsilon_and_clamp_bounds_past_float32_match_the_reference(backend):

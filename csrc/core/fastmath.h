@@ -40,6 +40,7 @@ struct Traits<float> {
   static constexpr float kLogLn2Hi = 6.9313812256e-01f;  // fdlibm e_logf.c split of ln 2
   static constexpr float kLogLn2Lo = 9.0580006145e-06f;
   static constexpr float kMinNormal = 1.17549435e-38f;
+  static constexpr float kMaxFinite = 3.40282347e+38f;
 };
 
 template <>
@@ -61,6 +62,7 @@ struct Traits<double> {
   static constexpr double kLogLn2Hi = 6.93147180369123816490e-01;
   static constexpr double kLogLn2Lo = 1.90821492927058770002e-10;
   static constexpr double kMinNormal = 2.2250738585072014e-308;
+  static constexpr double kMaxFinite = 1.7976931348623157e+308;
 };
 
 // Rounds x (|x| < 2^22 for float, 2^51 for double) to the nearest integer: returns it as T and
@@ -250,6 +252,14 @@ ADT_FN void log_reduce(T x, T& k, T& m) {
 template <class T>
 ADT_FN T log_poly(T x);
 
+// log(+inf) = +inf and log(NaN) = NaN, as the device's log and lg2 give, so that softplus(+inf)
+// makes -log p NaN (inf - inf) on the host too, as in the reference, not a finite log sigma.
+// (x <= max is false for both; the select costs the vectorised loop next to nothing.)
+template <class T>
+ADT_FN T log_non_finite(T x, T result) {
+  return x <= Traits<T>::kMaxFinite ? result : x;
+}
+
 // float: fdlibm's form with a 4-term series (on AVX-512 this measured slightly faster than
 // Cephes' division-free degree-9 polynomial), ~1 ulp.
 template <>
@@ -261,7 +271,8 @@ ADT_FN float log_poly<float>(float x) {
   const float s = f / (2.0f + f);
   const float R = poly::log_series<float>(s * s);
   const float hfsq = 0.5f * f * f;
-  return k * Tr::kLogLn2Hi - ((hfsq - (s * (hfsq + R) + k * Tr::kLogLn2Lo)) - f);
+  const float result = k * Tr::kLogLn2Hi - ((hfsq - (s * (hfsq + R) + k * Tr::kLogLn2Lo)) - f);
+  return log_non_finite(x, result);
 }
 
 // double: fdlibm's form log(1+f) = f - f^2/2 + s (f^2/2 + R(s^2)), s = f / (2 + f), with a
@@ -275,7 +286,8 @@ ADT_FN double log_poly<double>(double x) {
   const double s = f / (2.0 + f);
   const double R = poly::log_series<double>(s * s);
   const double hfsq = 0.5 * f * f;
-  return k * Tr::kLogLn2Hi - ((hfsq - (s * (hfsq + R) + k * Tr::kLogLn2Lo)) - f);
+  const double result = k * Tr::kLogLn2Hi - ((hfsq - (s * (hfsq + R) + k * Tr::kLogLn2Lo)) - f);
+  return log_non_finite(x, result);
 }
 
 // Host polynomial sin(2 pi b), cos(2 pi b) for b in [0, 1): exact quadrant reduction of 4b.
