@@ -38,6 +38,7 @@ from torch import nn
 from .attacks.engine import eval_mode, iterative_attack, project
 from .attacks.losses import cross_entropy
 from .attacks.suite import check_epsilon
+from .checks import check_int
 from .ops import sample_and_entropy
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -76,6 +77,8 @@ def generator_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon
     ``model(inp)`` (e.g. the trainer's autocast and channels_last wrapper).
     """
     check_epsilon(epsilon)
+    if batch_size is not None:
+        check_int(batch_size, "batch_size")
     fwd = forward if forward is not None else model
     x = x.detach()
     scale = 1.0 / (batch_size or x.shape[0]) if batch_mean else 1.0
@@ -145,6 +148,7 @@ def explicit_perturbation(generator_out: torch.Tensor, x: torch.Tensor, epsilon:
     authors' code leaves out, are included; they change no gradient. ``noise`` (1, B, C, H, W)
     replaces the normals; ``generator`` seeds them otherwise.
     """
+    _check_perturbation_inputs(generator_out, x, epsilon, bounds)
     if x.dim() != 4:
         raise ValueError(f"x must be a batch of images (B, C, H, W), got shape {tuple(x.shape)}")
     b, c, h, w = x.shape
@@ -154,7 +158,21 @@ def explicit_perturbation(generator_out: torch.Tensor, x: torch.Tensor, epsilon:
     mean, std_param = out[:, :c], out[:, c:]
     x_adv, neg_log_prob = sample_and_entropy(mean, std_param, 1, epsilon, x=x.detach(), clamp=bounds,
                                              noise=noise, generator=generator, backend=backend)
-    return x_adv[0], neg_log_prob[0] / x[0].numel()
+    return x_adv[0], neg_log_prob[0] / (c * h * w)
+
+
+def _check_perturbation_inputs(generator_out: torch.Tensor, x: torch.Tensor, epsilon: float,
+                               bounds: tuple[float, float]) -> None:
+    """Floating images and output (a cast of the output to integer images' dtype would cut its
+    gradient and truncate it, without a word), an epsilon as the attacks take it, lo < hi."""
+    check_epsilon(epsilon)
+    for name, value in (("x", x), ("generator_out", generator_out)):
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            got = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+            raise TypeError(f"{name} must be a floating tensor (images scaled to the bounds), got {got}")
+    lo, hi = bounds
+    if not lo < hi:
+        raise ValueError(f"bounds must satisfy lo < hi, got {tuple(bounds)}")
 
 
 def tanh_perturbation(generator_out: torch.Tensor, x: torch.Tensor, epsilon: float, *,
@@ -164,7 +182,7 @@ def tanh_perturbation(generator_out: torch.Tensor, x: torch.Tensor, epsilon: flo
     x_adv = clamp(x + delta, *bounds) (the engine's ``project``), differentiable w.r.t.
     generator_out; t in (-1, 1), shape (B, C, H, W), is what the q-network reads.
     """
-    check_epsilon(epsilon)
+    _check_perturbation_inputs(generator_out, x, epsilon, bounds)
     if generator_out.shape != x.shape:
         raise ValueError(f"generator_out must have the shape of x {tuple(x.shape)}, "
                          f"got {tuple(generator_out.shape)}")

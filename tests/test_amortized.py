@@ -177,13 +177,41 @@ def test_tanh_perturbation():
     torch.testing.assert_close(out.grad[inside], (0.2 * (1 - torch.tanh(out) ** 2))[inside].detach())
 
 
-@pytest.mark.parametrize("epsilon", [-0.1, 0.0, math.nan, math.inf])
+@pytest.mark.parametrize("epsilon", [-0.1, 0.0, math.nan, math.inf, 2.0])
 def test_perturbations_refuse_a_bad_epsilon(epsilon):
     x, out = torch.rand(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
     with pytest.raises(ValueError, match="epsilon must be a finite number"):
         am.tanh_perturbation(out, x, epsilon)  # a negative one once clamped every pixel to x - |epsilon|
     with pytest.raises(ValueError, match="epsilon must be a finite number"):
+        am.explicit_perturbation(torch.randn(2, 2, 8, 8), x, epsilon)  # 2.0 once passed the op's wider check
+    with pytest.raises(ValueError, match="epsilon must be a finite number"):
         am.generator_inputs(nn.Flatten(), x, torch.zeros(2, dtype=torch.long), epsilon)
+
+
+@pytest.mark.parametrize("perturb,channels", [(am.tanh_perturbation, 1), (am.explicit_perturbation, 2)])
+def test_perturbations_refuse_integer_images_and_reversed_bounds(perturb, channels):
+    """uint8 images once cast the generator's output to uint8: no gradient, truncated values, and
+    no error (explicit_perturbation's error named the op's `mean`); bounds (1, 0) once set every pixel to 1."""
+    x, out = torch.rand(2, 1, 8, 8), torch.randn(2, channels, 8, 8, requires_grad=True)
+    with pytest.raises(TypeError, match="x must be a floating tensor"):
+        perturb(out, (x * 255).to(torch.uint8), 0.1)
+    with pytest.raises(ValueError, match=r"bounds must satisfy lo < hi, got \(1.0, 0.0\)"):
+        perturb(out, x, 0.1, bounds=(1.0, 0.0))
+
+
+def test_explicit_perturbation_of_an_empty_batch_is_empty():
+    """Its per-dimension scale once read x[0], an IndexError at B = 0, where the op itself is fine."""
+    x_adv, entropy = am.explicit_perturbation(torch.randn(0, 2, 8, 8), torch.rand(0, 1, 8, 8), 0.1)
+    assert x_adv.shape == (0, 1, 8, 8) and entropy.shape == (0,)
+
+
+@pytest.mark.parametrize("batch_size", [0, -4])
+def test_generator_inputs_refuse_a_batch_size_below_one(batch_size):
+    """-4 once flipped g1's and g2's signs, 0 silently meant x's rows."""
+    x = torch.rand(2, 1, 8, 8)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        am.generator_inputs(nn.Flatten(), x, torch.zeros(2, dtype=torch.long), 0.1, batch_mean=True,
+                            batch_size=batch_size)
 
 
 def test_sample_noise_is_uniform_and_seedable():

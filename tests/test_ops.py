@@ -489,6 +489,28 @@ def test_a_number_of_samples_past_int64_is_refused_by_name():
         adt_fast.sample_and_entropy(mean, mean, 2**63, backend="cpu")
 
 
+def test_an_output_past_a_tensors_size_is_refused_by_name():
+    """torch's allocator once answered 'Storage size calculation overflowed', naming nothing."""
+    mean = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match=r"num_samples=4611686018427387904 samples of a mean of shape \(2, 3\)"):
+        adt_fast.sample_and_entropy(mean, mean, 2**62, backend="cpu")
+
+
+@pytest.mark.parametrize("layout", ["sparse", "nested"])
+def test_sparse_and_nested_tensors_are_refused_by_name(layout):
+    mean = torch.zeros(2, 3)
+    bad = mean.to_sparse() if layout == "sparse" else torch.nested.nested_tensor([torch.zeros(3), torch.zeros(2)])
+    with pytest.raises(TypeError, match=f"mean must be a dense tensor, got a {'torch.sparse_coo' if layout == 'sparse' else 'nested'} one"):
+        adt_fast.sample_and_entropy(bad, bad, backend="cpu")
+
+
+def test_custom_ops_called_directly_refuse_a_0d_mean():
+    """_check_op_arguments exists for direct torch.ops calls; a 0-d mean raised a bare IndexError there."""
+    scalar = torch.tensor(1.0)
+    with pytest.raises(ValueError, match="mean must have a batch dimension"):
+        sample_forward(scalar, scalar, None, None, torch.zeros(2, dtype=torch.int64), 1, 0.1, 0.0, 1.0, "cpu")
+
+
 def test_an_epsilon_past_the_compute_dtype_is_refused_not_turned_into_inf():
     """float32 kernels would compute with inf and return -inf or NaN perturbations."""
     mean = torch.zeros(1, 2)
@@ -782,6 +804,13 @@ def test_eager_op_passes_an_unused_outputs_gradient_as_none(monkeypatch, used):
     (delta.sum() if used == "delta" else nlp.sum()).backward()
     unused = "grad_nlp" if used == "delta" else "grad_out"
     assert seen[-1][unused] is None
+
+
+def test_draw_normals_of_an_empty_batch_are_empty():
+    """As the op at B = 0; it once said 'rows must be ..., got None' to a caller who gave no rows."""
+    assert draw_normals((0, 5), 2, device="cpu").shape == (2, 0, 5)
+    with pytest.raises(ValueError, match="num_samples must be >= 1"):
+        draw_normals((0, 5), 0, device="cpu")
 
 
 def test_draw_normals_refuses_an_empty_row_range():

@@ -50,7 +50,7 @@ def _check_op_arguments(mean, std_param, x, noise, seed_offset, num_samples, eps
     _check_num_samples(num_samples)
     if not lo < hi:
         raise ValueError(f"the clamp bounds must satisfy lo < hi, got lo={lo} hi={hi}")
-    _check_tensor("mean", mean)
+    _check_mean(mean, num_samples)
     _check_epsilon(epsilon, mean.dtype)
     _check_tensor("std_param", std_param, like=mean)
     if x is not None:
@@ -276,9 +276,10 @@ def draw_normals(shape: Sequence[int], num_samples: int, *, rows: Optional[tuple
     data-parallel rank's share of a global batch gets exactly the normals a single process would
     give those examples.
     """
+    _check_num_samples(num_samples)
     numel, row = math.prod(shape), math.prod(shape[1:])
     start, stop = (0, shape[0]) if rows is None else rows
-    if not 0 <= start < stop <= shape[0]:
+    if rows is not None and not 0 <= start < stop <= shape[0]:
         raise ValueError(f"rows must be (start, stop) with 0 <= start < stop <= {shape[0]} (the batch of "
                          f"shape {tuple(shape)}), got {rows}")
     chosen = dispatch.get(dispatch.select(backend, torch.device(device), dtype))
@@ -298,6 +299,9 @@ def _check_tensor(name: str, value, like: Optional[torch.Tensor] = None,
     with `device` alone, on that device and of `shape`, in any floating dtype."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.is_nested or value.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense tensor, got a {'nested' if value.is_nested else value.layout} "
+                        f"one (convert it with .to_dense() or torch.stack)")
     if value.dtype not in dispatch.FLOAT_DTYPES:
         raise TypeError(f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), "
                         f"got {value.dtype}")
@@ -316,6 +320,17 @@ def _check_tensor(name: str, value, like: Optional[torch.Tensor] = None,
 def _check_num_samples(num_samples: int) -> None:
     if not 1 <= num_samples < 2**63:
         raise ValueError(f"num_samples must be >= 1 and < 2**63, got {num_samples}")
+
+
+def _check_mean(mean, num_samples: int) -> None:
+    """A floating tensor with a batch dimension, whose k samples' bytes a 64-bit size can hold
+    (else torch's allocator reports an overflow that names neither argument)."""
+    _check_tensor("mean", mean)
+    if mean.dim() < 1:
+        raise ValueError("mean must have a batch dimension: shape (B, *S), got a 0-d tensor")
+    if num_samples * mean.numel() * mean.element_size() >= 2**63:
+        raise ValueError(f"num_samples={num_samples} samples of a mean of shape {tuple(mean.shape)} make an output "
+                         f"of {num_samples * mean.numel()} elements, past what a tensor can hold")
 
 
 def _check_epsilon(epsilon: float, dtype: torch.dtype) -> None:
@@ -355,13 +370,12 @@ def sample_and_entropy(mean: torch.Tensor, std_param: torch.Tensor, num_samples:
     `backend` is "auto" (or $ADT_FAST_BACKEND), "reference", "cpu", "cuda" or "triton".
     """
     _check_tensor("mean", mean)
-    _check_tensor("std_param", std_param, like=mean)
-    if mean.dim() < 1:
-        raise ValueError("mean must have a batch dimension: shape (B, *S), got a 0-d tensor")
     if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
         raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
     num_samples = operator.index(num_samples)
     _check_num_samples(num_samples)
+    _check_mean(mean, num_samples)
+    _check_tensor("std_param", std_param, like=mean)
     epsilon = _check_number("epsilon", epsilon)
     _check_epsilon(epsilon, mean.dtype)
     lo, hi = -math.inf, math.inf
