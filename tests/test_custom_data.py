@@ -208,6 +208,8 @@ BAD_NPZ = {
     "float labels": (lambda a: _bad(a, y_train=a["y_train"].astype(np.float32)), "labels must be integers"),
     "one-hot labels": (lambda a: _bad(a, y_train=np.eye(3)[a["y_train"]].astype(int)), "one-hot"),
     "1-based labels": (lambda a: _bad(a, y_train=a["y_train"] + 1, y_test=a["y_test"] + 1), "no example of class"),
+    "one class": (lambda a: _bad(a, y_train=a["y_train"] * 0, y_test=a["y_test"] * 0),
+                  "y_train has one class .* at least 2 classes"),
     "lengths": (lambda a: _bad(a, y_train=a["y_train"][:-1]), "9 labels for 10 images"),
     "nan": (lambda a: _bad(a, x_train=np.where(np.arange(8) == 3, np.nan, a["x_train"]).astype(np.float32)),
             "NaN or infinite"),
@@ -356,6 +358,8 @@ BAD_FOLDERS = {
                       "x.png: cannot be read as an image"),
     "class mismatch": (lambda r: __import__("shutil").rmtree(r / "test" / "cat"), "only in train/: \\['cat'\\]"),
     "no test folder": (lambda r: __import__("shutil").rmtree(r / "test"), "no test/ folder"),
+    "one class": (lambda r: [__import__("shutil").rmtree(r / split / name) for split in ("train", "test")
+                             for name in ("ant", "bee")], r"train/ has one class folder \(cat\)"),
     "stray file": (lambda r: (r / "train" / "readme.png").write_bytes(b""), "a file directly in train/"),
     "float beyond 1": (lambda r: PIL.fromarray(np.full((8, 8), 255, np.float32)).save(r / "test" / "ant" / "f.tif"),
                        r"f.tif: a mode F image's pixels must lie in \[0, 1\] \(1 is white\), found \[255, 255\]"),
@@ -498,3 +502,16 @@ def test_image_cache_notices_a_rewritten_file_of_the_same_size(tmp_path):
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     second = custom.read_image_folder(root, cache_dir=tmp_path / "cache")
     assert first.x_train[0].max() == 10 and second.x_train[0].max() == 200
+
+
+def test_a_test_split_of_one_class_is_evaluated(tmp_path, monkeypatch):
+    """The 2-class minimum is training's: a test split read alone may hold one class (scored
+    against a model of many), as an .npz or as a folder whose train/ has one class folder."""
+    from adt_fast.data import open_test_split
+
+    path = tmp_path / "one.npz"
+    np.savez(path, **_valid_arrays(y_train=np.zeros(4, int), y_test=np.zeros(2, int)))
+    assert open_test_split(str(path)).info(10).num_classes == 10
+    root = tmp_path / "images"
+    _write_folder(root, classes=("cat",))
+    assert open_test_split(str(root), cache_dir=tmp_path / "cache").info(1).num_classes == 1

@@ -141,6 +141,18 @@ def test_bad_data_leaves_no_run_directory(tmp_path, capsys):
     assert not run.exists()
 
 
+def test_one_class_data_is_refused_before_training(tmp_path, capsys):
+    """All-zero labels trained to loss 0 and accuracy 1 and saved a model that learned nothing."""
+    arrays = _tiny_arrays()
+    arrays["y_train"], arrays["y_test"] = arrays["y_train"] * 0, arrays["y_test"] * 0
+    one = tmp_path / "one.npz"
+    np.savez(one, **arrays)
+    run = tmp_path / "run"
+    assert main(["train", "--method", "standard", "--dataset", str(one), *FAST, "--out", str(run)]) == 2
+    assert "one.npz: y_train has one class" in capsys.readouterr().err
+    assert not run.exists()
+
+
 def test_eval_without_dataset_on_a_bare_checkpoint_asks_for_one(tmp_path, capsys):
     from adt_fast.train.checkpoint import save_atomic
 

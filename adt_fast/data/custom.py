@@ -14,7 +14,7 @@ then needs only ``x_test``, ``y_test`` and a folder only ``test/``; the number o
 the model's (``datasets.TestSplit``), since test labels need not show every class.
 
 Images are uint8 in 0..255 or floats in [0, 1], shaped N x H x W, N x H x W x C or N x C x H x W
-(``detect_layout``); labels are integers 0..C-1 with every class present in the training split.
+(``detect_layout``); labels are integers 0..C-1, C >= 2, with every class present in the training split.
 The content hash (``fingerprint``) is what a run directory records so that evaluation and resume
 can tell whether the data changed.
 """
@@ -196,6 +196,9 @@ def splits_from_arrays(arrays: dict, origin: str, classes: tuple[str, ...] = ())
         raise DatasetFileError(f"{origin}: x_train images are {_chw(images['train'])} but x_test images are "
                                f"{_chw(images['test'])}")
     num_classes = int(labels["train"].max()) + 1
+    if num_classes < 2:  # one class: the loss is 0 from the start and the "perfect" model learns nothing
+        raise DatasetFileError(f"{origin}: y_train has one class (every label is 0); a classifier needs "
+                               f"at least 2 classes, labelled 0..C-1")
     present = np.bincount(labels["train"], minlength=num_classes)
     empty = np.flatnonzero(present == 0)
     if empty.size:
@@ -324,6 +327,9 @@ def scan_image_folder(root: Path, splits: tuple[str, ...] = SPLITS
             classes.append((entry.name, files))
         if not classes:
             raise DatasetFileError(f"{split_dir}: no class folders; {layout}")
+        if split == "train" and len(classes) < 2:  # training only: a test split may show one class
+            raise DatasetFileError(f"{root}: train/ has one class folder ({classes[0][0]}); a classifier "
+                                   f"needs at least 2 classes, one folder each; {layout}")
         found[split] = classes
     test_names = [name for name, _ in found["test"]]
     if "train" in found:
