@@ -38,7 +38,18 @@ def save_atomic(payload: dict, path: PathLike) -> Path:
     """torch.save to `path` through a temporary file and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_atomic(path, lambda handle: torch.save({"format": FORMAT, **payload}, handle))
+    return write_atomic(path, lambda handle: _save(payload, handle))
+
+
+def _save(payload: dict, handle) -> None:
+    """torch.save, failing with the OSError of a refused write (a full disk, a file size limit):
+    torch's zip writer hides it behind the RuntimeError ("unexpected pos") of closing the archive."""
+    try:
+        torch.save({"format": FORMAT, **payload}, handle)
+    except RuntimeError as err:
+        if isinstance(err.__context__, OSError):
+            raise err.__context__ from None
+        raise
 
 
 def resolve(path: PathLike) -> Path:
