@@ -204,6 +204,28 @@ def test_resume_from_a_damaged_checkpoint_changes_nothing(run_copy, capsys):
     assert snapshot(run_copy) == before
 
 
+@pytest.mark.parametrize("damage,why", [
+    ("out is a file", "cannot be read (Not a directory: {config})"),
+    ("config.json is a folder", "cannot be read (Is a directory: {config})"),
+    ("config.json is not UTF-8", "is not a valid training config ('utf-8' codec can't decode byte 0xff"),
+])
+def test_resume_from_an_unreadable_config_json_is_one_line_naming_it(run_copy, tmp_path, capsys, damage, why):
+    out, config = run_copy, run_copy / "config.json"
+    if damage == "out is a file":
+        out = tmp_path / "afile"
+        out.write_text("x")
+        config = out / "config.json"
+    elif damage == "config.json is a folder":
+        config.unlink()
+        config.mkdir()
+    else:
+        config.write_bytes(b"\xff\xfe" + config.read_bytes())
+    before = snapshot(tmp_path)
+    err = refused(["train", "--resume", "--out", str(out)], capsys)
+    assert err.startswith(f"adt-fast train: error: {config} {why.format(config=config)}"), err
+    assert snapshot(tmp_path) == before
+
+
 # 5. never record fewer epochs than were trained -------------------------------------------------
 def test_resume_with_fewer_epochs_than_done_is_refused(run_copy, capsys):
     before = snapshot(run_copy)

@@ -21,6 +21,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from ..files import os_error_text
+
 CONFIG_FILE = "config.json"
 PRECISIONS = ("fp32", "bf16")
 LOSSES = ("ce", "trades")
@@ -156,11 +158,13 @@ class TrainConfig:
         """The resolved config stored in a run directory's config.json."""
         path = Path(run_dir) / CONFIG_FILE
         try:
-            stored = json.loads(path.read_text())
+            stored = json.loads(path.read_text(encoding="utf-8"))
             return _as_runs_made_now(_fill_later_settings(cls.from_dict(stored), stored))
         except FileNotFoundError:
             raise ConfigError(f"{path} does not exist: {run_dir} is not a run directory") from None
-        except (json.JSONDecodeError, TypeError) as err:
+        except OSError as err:  # run_dir a file, config.json a folder, no permission
+            raise ConfigError(f"{path} cannot be read ({os_error_text(err)})") from None
+        except (ValueError, TypeError) as err:  # not JSON, not UTF-8, not a dict of settings
             raise ConfigError(f"{path} is not a valid training config ({err})") from None
 
     def given(self) -> dict:
