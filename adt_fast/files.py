@@ -6,6 +6,7 @@ half of one; only a kill during the write leaves its temporary file, which
 `remove_atomic_leftovers` clears. `unwritable_reason` and `make_writable_dir` let a command check
 where its results will go before it spends hours computing them. `lock_folder` keeps two
 processes from writing the same folder at once, or makes the second wait for the first.
+`zip_damage` checks what was written when it is read back (torch.load checks no CRC-32s).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import hashlib
 import os
 import re
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import IO, Callable, Iterator, Optional, Union
 
@@ -142,3 +145,15 @@ def os_error_text(err: OSError) -> str:
     if err.strerror is None:
         return str(err)
     return f"{err.strerror}: {err.filename}" if err.filename else err.strerror
+
+
+def zip_damage(path: PathLike) -> Optional[str]:
+    """What is damaged in the zip archive at `path` (a torch.save file), or None when every member
+    reads back intact. torch.load checks no CRC-32s, so bytes flipped in a checkpoint's weights
+    would load silently; this reads the file once more and checks them."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError, zlib.error) as err:
+        return f"not a readable zip archive: {type(err).__name__}: {err}"
+    return None if bad is None else f"its member {bad} does not match its CRC-32: its bytes changed"

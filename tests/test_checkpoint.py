@@ -6,6 +6,7 @@ import random
 import signal
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import torch
@@ -105,6 +106,24 @@ def test_corrupt_checkpoint_is_refused(run_dir, tmp_path, damage):
         ckpt.load(bad)
     with pytest.raises(ckpt.CheckpointError):
         load_model(bad)
+
+
+def test_bytes_flipped_in_the_weights_are_refused_by_every_reader(run_dir, tmp_path):
+    """torch.load checks no CRC-32s: a checkpoint whose weight bytes changed loads silently with it,
+    so load checks the archive's CRCs first (resume, load_model and eval all read through it)."""
+    path = tmp_path / "flipped.pt"
+    data = bytearray((run_dir / ckpt.LATEST).read_bytes())
+    with zipfile.ZipFile(run_dir / ckpt.LATEST) as archive:
+        member = max(archive.infolist(), key=lambda info: info.file_size)  # a weight tensor's storage
+        offset = member.header_offset + 30 + len(member.filename.encode()) + len(member.extra)
+    data[offset + 100:offset + 104] = bytes(255 - b for b in data[offset + 100:offset + 104])
+    path.write_bytes(bytes(data))
+    torch.load(path, weights_only=True)  # the test's own check: torch alone does not notice
+    for read in (ckpt.load, load_model):
+        with pytest.raises(ckpt.CheckpointError) as refused:
+            read(path)
+        assert str(refused.value) == (f"checkpoint {path} is corrupt or truncated (its member {member.filename} "
+                                      f"does not match its CRC-32: its bytes changed)")
 
 
 def test_foreign_file_is_refused(tmp_path):

@@ -1,8 +1,9 @@
 """Checkpoints that survive a kill at any moment and never run code when read.
 
 Writes go to a temporary file in the same directory, are flushed to disk and then renamed over
-the target, so a reader sees the old file or the new one, never half of one. Reads use
-torch.load(weights_only=True): a file that would need arbitrary unpickling is refused.
+the target, so a reader sees the old file or the new one, never half of one. Reads check every
+member's CRC-32 (torch.load does not), then use torch.load(weights_only=True): a file that would
+need arbitrary unpickling is refused.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Optional, Union
 import torch
 
 from ..devices import resolve_device
-from ..files import write_atomic
+from ..files import write_atomic, zip_damage
 from ..models.external import weights_only_refusal
 
 FORMAT = "adt_fast.checkpoint/1"
@@ -85,6 +86,9 @@ def load(path: PathLike, map_location: Any = "cpu") -> dict:
         if not ZIP_MAGIC.startswith(handle.read(len(ZIP_MAGIC))):  # a shorter head: truncated
             raise CheckpointError(f"{path} is not an adt_fast checkpoint (not a torch.save zip "
                                   f"archive)")
+    damage = zip_damage(path)
+    if damage is not None:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({damage})")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:  # torch's message is many lines and advises unsafe loading
