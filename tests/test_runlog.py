@@ -114,3 +114,27 @@ def test_tensorboard_rewrites_only_its_own_event_files_not_links_placed_there(tm
     board = runlog.TensorBoard(tmp_path / "run", True, history=[_record(1, 0.25)])
     board.close()
     assert link.is_symlink() and elsewhere.read_bytes() == b"not the run's"
+
+
+def _metrics(tmp_path, text: bytes):
+    (tmp_path / runlog.METRICS_FILE).write_bytes(text)
+    return tmp_path
+
+
+def test_read_metrics_skips_a_last_line_cut_short(tmp_path):
+    """A kill or a full disk during an append leaves half a line, with no newline after it."""
+    whole = json.dumps({"epoch": 1, "train_loss": 0.5}) + "\n"
+    assert runlog.read_metrics(_metrics(tmp_path, (whole + '{"epoch": 2, "train_lo').encode())) == [json.loads(whole)]
+    assert runlog.read_metrics(_metrics(tmp_path, (whole + whole.strip()).encode())) == [json.loads(whole)] * 2
+
+
+@pytest.mark.parametrize("text,line,why", [
+    ('{"epoch": 1, "train_lo\n{"epoch": 2}\n', 1, "Unterminated string starting at"),
+    ('{"epoch": 1}\n{"epoch": 2, \n', 2, "Expecting property name enclosed in double quotes"),
+    ('{"epoch": 1}\n[1, 2]\n{"epoch": 3}', 2, "a JSON list, not an object"),
+])
+def test_read_metrics_names_the_file_and_line_of_any_other_bad_line(tmp_path, text, line, why):
+    run = _metrics(tmp_path, text.encode())
+    with pytest.raises(runlog.MetricsError) as bad:
+        runlog.read_metrics(run)
+    assert str(bad.value) == f"{run / runlog.METRICS_FILE}, line {line}: not a metrics record ({why})"

@@ -34,10 +34,33 @@ def append_metrics(run_dir: Path, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
+class MetricsError(ValueError):
+    """A line of metrics.jsonl that is not a record (other than the last one, cut short)."""
+
+
 def read_metrics(run_dir) -> list:
-    """The per-epoch records of a run directory's metrics.jsonl."""
+    """The per-epoch records of a run directory's metrics.jsonl.
+
+    A last line that does not parse and has no newline after it is an append that a kill or a
+    full disk cut short; it is skipped (the epoch's record is in checkpoint.pt's history, and
+    --resume writes the line again). Any other line that is not a JSON object is a MetricsError
+    naming the file and the line."""
     path = Path(run_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_bytes().split(b"\n")  # the last item: b"" after a newline, else a line cut short
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError(f"a JSON {type(record).__name__}, not an object")
+        except ValueError as err:  # bad JSON, bad UTF-8, not an object
+            if number == len(lines):
+                break
+            raise MetricsError(f"{path}, line {number}: not a metrics record ({getattr(err, 'msg', err)})") from None
+        records.append(record)
+    return records
 
 
 EVENT_FILES = "events.out.tfevents.*"  # what SummaryWriter writes in its folder
