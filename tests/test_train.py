@@ -188,6 +188,25 @@ def test_resume_accepts_the_runs_lr_drop_in_any_order(tmp_path):
         fit(_cfg("standard", out, epochs=2, max_batches=1, lr_drop=[4, 3], resume=True))
 
 
+def test_an_lr_drop_epoch_given_twice_is_refused_and_an_older_run_with_one_resumes(tmp_path):
+    """MultiStepLR drops once per listed epoch: [2, 2] multiplies the lr by gamma twice at epoch 2.
+    A run made before the refusal ran so; it resumes as it ran."""
+    with pytest.raises(ConfigError, match=r"^--lr-drop names epoch 2 more than once, which would multiply "
+                                          r"the lr by --lr-gamma 0.1 twice there; give each epoch once$"):
+        fit(_cfg("standard", tmp_path / "new", lr_drop=[3, 2, 2]))
+    assert not (tmp_path / "new").exists()
+    out = tmp_path / "old"
+    fit(_cfg("standard", out, epochs=1, max_batches=1, lr_drop=[3]))
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "lr_drop": [3, 3]}))
+    payload = ckpt.load(out / ckpt.LATEST)
+    payload["config"]["lr_drop"] = [3, 3]
+    payload["schedulers"]["model"]["milestones"][2] += 1  # MultiStepLR's Counter of 0-based epochs
+    ckpt.save_atomic(payload, out / ckpt.LATEST)
+    fit(_cfg("standard", out, epochs=3, max_batches=1, resume=True))
+    assert [r["lr"] for r in read_metrics(out)] == pytest.approx([0.1, 0.1, 0.1 * 0.1 * 0.1])
+
+
 def test_the_largest_seed_trains(tmp_path):
     out = fit(_cfg("standard", tmp_path / "run", epochs=1, max_batches=1, seed=MAX_SEED))
     assert TrainConfig.load(out).seed == 2**64 - 1

@@ -233,6 +233,10 @@ class TrainConfig:
             # C.3's schedule (drop at epoch 75 of 76) scaled to the run's length.
             cfg.lr_drop = [max(2, round(cfg.epochs * 75 / 76))] if cfg.epochs >= 2 else []
         cfg.lr_drop = _sorted_lr_drop(cfg.lr_drop)
+        repeated = sorted({e for e in cfg.lr_drop if cfg.lr_drop.count(e) > 1})
+        if repeated and not cfg.resume:  # a run made before this check resumes as it ran
+            raise ConfigError(f"--lr-drop names epoch {repeated[0]} more than once, which would multiply the lr "
+                              f"by --lr-gamma {cfg.lr_gamma:g} twice there; give each epoch once")
         if cfg.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
         if cfg.channels_last is None:
