@@ -207,6 +207,16 @@ def test_an_lr_drop_epoch_given_twice_is_refused_and_an_older_run_with_one_resum
     assert [r["lr"] for r in read_metrics(out)] == pytest.approx([0.1, 0.1, 0.1 * 0.1 * 0.1])
 
 
+def test_an_epoch_whose_loss_is_not_finite_is_named_on_stderr_and_the_run_goes_on(tmp_path, capsys):
+    out = fit(_cfg("standard", tmp_path / "run", epochs=2, max_batches=2, lr=1e30))
+    err = capsys.readouterr().err
+    assert [int(n) for n in re.findall(r"warning: epoch (\d)/2: the training loss is nan, not a finite number: "
+                                       r"the run has diverged \(a smaller --lr may keep it stable\)", err)] == [1, 2]
+    assert (out / ckpt.FINAL_MODEL).is_file()
+    fit(_cfg("standard", tmp_path / "fine", epochs=1, max_batches=2))
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_the_largest_seed_trains(tmp_path):
     out = fit(_cfg("standard", tmp_path / "run", epochs=1, max_batches=1, seed=MAX_SEED))
     assert TrainConfig.load(out).seed == 2**64 - 1
@@ -415,7 +425,8 @@ def test_resume_before_the_first_checkpoint_starts_over(tmp_path, monkeypatch):
     ({"lr": 0.0}, "--lr"), ({"precision": "fp8"}, "--precision"), ({"loss": "hinge"}, "--loss"),
     ({"lbd": -0.1}, "--lbd"), ({"dist_betas": (0.0, 1.0)}, "--dist-betas"), ({"device": "tpu"}, "--device"),
     ({"backend": "magic"}, "--backend"), ({"lr_drop": [0]}, "--lr-drop"), ({"max_batches": 0}, "--max-batches"),
-    ({"epsilon": float("nan")}, "--epsilon"), ({"seed": 2**64}, "--seed"),
+    ({"epsilon": float("nan")}, "--epsilon"), ({"seed": 2**64}, "--seed"), ({"momentum": 1.0}, "--momentum"),
+    ({"momentum": 5.0}, "--momentum"), ({"lr_drop": [3, 3]}, "--lr-drop"),
 ])
 def test_bad_settings_name_their_flag(tmp_path, changes, flag):
     settings = {"method": "adt-exp", **changes}

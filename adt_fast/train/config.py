@@ -226,6 +226,9 @@ class TrainConfig:
         _real(cfg, "lr", low=0.0, strict=True)
         _real(cfg, "lr_gamma", low=0.0, strict=True)
         _real(cfg, "momentum", low=0.0)
+        if cfg.momentum >= 1:
+            raise ConfigError(f"--momentum must be below 1 (from 1 on SGD's velocity never decays and training "
+                              f"diverges), got {cfg.momentum!r}")
         _real(cfg, "weight_decay", low=0.0)
         if cfg.epsilon is not None:
             _real(cfg, "epsilon", low=0.0, strict=True, high=MAX_EPSILON)

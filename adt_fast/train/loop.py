@@ -26,8 +26,10 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import math
 import re
 import shlex
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -763,6 +765,10 @@ def _train(trainer: Trainer, dataset: datasets.LoadedDataset, resumed: bool) -> 
                     runlog.append_metrics(run_dir, record)
                 board.log(record)
             say(runlog.epoch_line(record, cfg.epochs))
+            if world.main and not math.isfinite(record["train_loss"]):
+                runlog.say(f"warning: epoch {record['epoch']}/{cfg.epochs}: the training loss is "
+                           f"{record['train_loss']}, not a finite number: the run has diverged (a smaller --lr "
+                           f"may keep it stable)", sys.stderr)
     finally:
         board.close()
     if world.main:
