@@ -36,7 +36,13 @@ if dist.is_available():
 
 TIMEOUT_ENV = "ADT_FAST_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600
+# A year: far above any wait a run needs, and within what the store's sockets take (1e10 s made
+# the TCP store's connection time out at once, and timedelta overflows near 1e14 s).
+MAX_TIMEOUT_S = 365 * 24 * 3600
 _LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+_RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT")  # where init_method env:// finds rank 0's store
+_REMEDY = (f"start the command with torchrun (which sets them all), or unset {' '.join(_LAUNCH_ENV)} to run "
+           f"as a single process")
 
 
 class DistributedError(ValueError):
@@ -73,15 +79,44 @@ def timeout() -> datetime.timedelta:
         seconds = float(text) if text else DEFAULT_TIMEOUT_S
     except ValueError:
         raise DistributedError(f"${TIMEOUT_ENV} must be a number of seconds, got {text!r}") from None
-    if seconds <= 0:
-        raise DistributedError(f"${TIMEOUT_ENV} must be > 0 seconds, got {text!r}")
+    if not 0 < seconds <= MAX_TIMEOUT_S:  # NaN fails too
+        raise DistributedError(f"${TIMEOUT_ENV} must be a number of seconds in (0, {MAX_TIMEOUT_S}] (at most "
+                               f"a year), got {text!r}")
     return datetime.timedelta(seconds=seconds)
 
 
+def _check_launch_env() -> None:
+    """A launched process's variables: the rendezvous's present, the ranks integers.
+
+    RANK, WORLD_SIZE and LOCAL_RANK alone can be left over from a shell or set by a SLURM or MPI
+    wrapper; torchrun sets all of them with MASTER_ADDR and MASTER_PORT, and without those two
+    torch's env:// rendezvous fails with a bare ValueError.
+    """
+    missing = [name for name in _RENDEZVOUS_ENV if not os.environ.get(name)]
+    if missing:
+        raise DistributedError(f"{', '.join(_LAUNCH_ENV)} are set, as a launcher sets them, but "
+                               f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: {_REMEDY}")
+    _env_int("MASTER_PORT")
+    _env_int("LOCAL_RANK")
+    rank, size = _env_int("RANK"), _env_int("WORLD_SIZE")
+    if rank >= size:
+        raise DistributedError(f"$RANK {rank} is not below $WORLD_SIZE {size}: {_REMEDY}")
+
+
+def _env_int(name: str) -> int:
+    """A launcher's variable that must be a non-negative integer; DistributedError if not."""
+    text = os.environ[name].strip()
+    if not (text.isascii() and text.isdigit()):
+        raise DistributedError(f"${name} must be a non-negative integer, got {os.environ[name]!r}: {_REMEDY}")
+    return int(text)
+
+
 def check_timeout() -> None:
-    """Under a launcher, $ADT_FAST_DIST_TIMEOUT read before any work: a bad value is a setup error
-    (DistributedError), not a traceback from inside the process group's setup."""
+    """Under a launcher, its environment and $ADT_FAST_DIST_TIMEOUT read before any work: a bad
+    value is a setup error (DistributedError), not a traceback from inside the process group's
+    setup."""
     if launched():
+        _check_launch_env()
         timeout()
 
 
@@ -162,7 +197,7 @@ def local_device(requested: str) -> str:
     device = torch.device(requested)
     if not launched() or device.type != "cuda":
         return str(device)
-    local_rank = int(os.environ["LOCAL_RANK"])
+    local_rank = _env_int("LOCAL_RANK")
     if device.index is not None and device.index != local_rank:
         raise DistributedError(f"under torchrun each process uses the GPU its "
                                f"LOCAL_RANK names (cuda:{local_rank} here); pass --device cuda "
@@ -191,6 +226,7 @@ def setup(device: str) -> World:
     if not launched():
         return World()
     if not dist.is_initialized():
+        _check_launch_env()
         device = torch.device(device)
         store, rank, size = next(dist.rendezvous("env://", timeout=timeout()))
         # Keys of each torchrun attempt apart: a restarted group must not read the addresses

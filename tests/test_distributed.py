@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -350,21 +351,76 @@ def test_a_restart_after_a_kill_before_config_json_starts_the_run_afresh(tmp_pat
     assert json.loads((run / loop.JOB_FILE).read_text()) == {"job": "this-job"}
 
 
-@pytest.mark.parametrize("value,problem", [("abc", "must be a number of seconds"), ("0", "must be > 0 seconds")])
-def test_a_bad_dist_timeout_is_a_one_line_error_before_any_work(tmp_path, monkeypatch, capsys, value, problem):
-    """It once surfaced as a traceback from the group's setup in train, and as a --checkpoint
-    error in eval."""
+def _launcher_env(monkeypatch, **values) -> None:
+    """A launcher's environment for one process; a value of None unsets the variable."""
+    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port()), **values}
+    for name, value in env.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+
+
+def _train_and_eval_errors(tmp_path, capsys) -> list:
+    """stderr of `train` and `eval`, each of which must fail (exit 2) before any work."""
     from adt_fast.cli import main
 
-    monkeypatch.setattr(distributed, "launched", lambda: True)
-    monkeypatch.setenv(distributed.TIMEOUT_ENV, value)
-    expected = f"error: ${distributed.TIMEOUT_ENV} {problem}, got '{value}'"
     assert main(["train", "--method", "standard", "--dataset", "synthetic", "--out", str(tmp_path / "run")]) == 2
     assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--dataset", "synthetic",
                  "--out", str(tmp_path / "report.json")]) == 2
-    err = capsys.readouterr().err.splitlines()
-    assert err == [f"adt-fast train: {expected}", f"adt-fast eval: {expected}"]
     assert not any(tmp_path.iterdir())
+    return capsys.readouterr().err.splitlines()
+
+
+BAD_TIMEOUTS = {"abc": "must be a number of seconds", "0": "must be a number of seconds in",
+                "inf": "must be a number of seconds in", "nan": "must be a number of seconds in",
+                "1e20": "must be a number of seconds in", str(distributed.MAX_TIMEOUT_S + 1): "at most a year"}
+
+
+@pytest.mark.parametrize("value", list(BAD_TIMEOUTS))
+def test_a_bad_dist_timeout_is_a_one_line_error_before_any_work(tmp_path, monkeypatch, capsys, value):
+    """It once surfaced as a traceback from the group's setup in train, and as a --checkpoint
+    error in eval; inf, nan and 1e20 as OverflowError or ValueError tracebacks on every rank."""
+    _launcher_env(monkeypatch)
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, value)
+    err = _train_and_eval_errors(tmp_path, capsys)
+    assert [line.split(": error: ")[0] for line in err] == ["adt-fast train", "adt-fast eval"]
+    for line in err:
+        assert line.endswith(f"got '{value}'") and BAD_TIMEOUTS[value] in line
+        assert f"error: ${distributed.TIMEOUT_ENV} must be" in line
+    with pytest.raises(distributed.DistributedError, match=distributed.TIMEOUT_ENV):
+        distributed.setup("cpu")
+
+
+def test_a_year_of_dist_timeout_is_accepted(monkeypatch):
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, str(distributed.MAX_TIMEOUT_S))
+    assert distributed.timeout().days == 365
+
+
+@pytest.mark.parametrize("unset,problem", [
+    (("MASTER_ADDR", "MASTER_PORT"), "but MASTER_ADDR and MASTER_PORT are not"),
+    (("MASTER_PORT",), "but MASTER_PORT is not"),
+    ((), None),
+])
+def test_ranks_without_a_rendezvous_address_are_a_one_line_error(tmp_path, monkeypatch, capsys, unset, problem):
+    """RANK, WORLD_SIZE and LOCAL_RANK left in the shell or set by a SLURM or MPI wrapper, without
+    torchrun's MASTER_ADDR and MASTER_PORT: torch's env:// rendezvous raised a bare ValueError, a
+    traceback in train and a --checkpoint error in eval. Bad ranks likewise."""
+    _launcher_env(monkeypatch, **dict.fromkeys(unset))
+    if problem is None:  # the ranks themselves
+        monkeypatch.setenv("RANK", "1")
+        problem = "$RANK 1 is not below $WORLD_SIZE 1"
+    err = _train_and_eval_errors(tmp_path, capsys)
+    remedy = "start the command with torchrun (which sets them all), or unset RANK WORLD_SIZE LOCAL_RANK"
+    assert [line.split(": error: ")[0] for line in err] == ["adt-fast train", "adt-fast eval"]
+    for line in err:
+        assert problem in line and remedy in line and "--checkpoint" not in line
+    with pytest.raises(distributed.DistributedError, match=re.escape(problem)):
+        distributed.setup("cpu")
+    monkeypatch.setenv("LOCAL_RANK", "x")
+    with pytest.raises(distributed.DistributedError, match=r"\$LOCAL_RANK must be a non-negative integer, got 'x'"):
+        distributed.local_device("cuda")
 
 
 def test_a_torchrun_run_records_cuda_not_rank_0s_gpu(tmp_path, monkeypatch):
