@@ -41,3 +41,47 @@ def test_a_checkpoint_write_the_system_refuses_says_what_was_kept(tmp_path):
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
     assert main(["train", "--resume", "--epochs", "2", "--out", str(out)]) == 0
     assert ckpt.load(out)["epoch"] == 2
+
+
+def _sigterm_after(argv, line: str):
+    """Run `adt-fast ARGV` in a child and SIGTERM it once its stdout printed `line`; (code, stderr)."""
+    child = subprocess.Popen([sys.executable, "-m", "adt_fast", *argv], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        for printed in child.stdout:
+            if printed.startswith(line):
+                child.send_signal(signal.SIGTERM)
+                break
+        child.stdout.read()
+        return child.wait(timeout=300), child.stderr.read()
+    finally:
+        child.kill()
+
+
+def test_sigterm_ends_train_as_ctrl_c_does_with_exit_code_143(tmp_path):
+    """scancel, docker stop and torchrun (stopping the other workers when one fails) send SIGTERM."""
+    out = tmp_path / "run"
+    code, err = _sigterm_after(["train", *TINY, "--epochs", "100000", "--out", str(out)], "epoch 2/")
+    assert code == 128 + signal.SIGTERM, err
+    assert err.strip() == (f"adt-fast train: stopped by SIGTERM: {out / ckpt.LATEST} (the last completed epoch) "
+                           f"is intact; continue with: adt-fast train --resume --out {out}")
+    assert ckpt.load(out)["epoch"] >= 2
+
+
+def test_the_sigterm_handler_is_the_commands_alone_and_put_back_after(tmp_path, monkeypatch):
+    """fit from a program keeps the program's SIGTERM handler; the command restores it when it ends."""
+    from adt_fast.train import TrainConfig, fit, loop
+
+    seen = []
+    build = loop.build_trainer
+
+    def spy(*args, **kwargs):
+        seen.append(signal.getsignal(signal.SIGTERM))
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "build_trainer", spy)
+    before = signal.getsignal(signal.SIGTERM)
+    fit(TrainConfig("standard", "synthetic", str(tmp_path / "lib"), epochs=1, max_batches=1, tensorboard=False))
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(tmp_path / "cli")]) == 0
+    assert seen[0] is before and seen[1] is not before
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -8,7 +8,10 @@ the run's config.json and refuses flags that contradict it.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -186,6 +189,36 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(given)
 
 
+TERMINATED_EXIT = 128 + signal.SIGTERM  # 143, as a shell reports a process SIGTERM ended
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (scancel, docker stop, torchrun stopping the other workers when one fails), which
+    the command ends as it ends a Ctrl-C: every write is atomic, so the last checkpoint is whole."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises Terminated in the block; the command's own, not fit's, since a program that
+    calls fit keeps its handlers. The first SIGTERM puts the previous handler back, so a second
+    one acts as it did before (by default: the process ends at once); so does the block's end."""
+    if threading.current_thread() is not threading.main_thread():  # only it may set handlers
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    previous = signal.SIG_DFL if previous is None else previous  # None: set outside Python
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, previous)
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_train(args: argparse.Namespace) -> int:
     from ..data import ChecksumError, DatasetFileError, DownloadError, MissingDependencyError
     from ..models.external import import_from_working_dir, is_factory_spec
@@ -193,17 +226,22 @@ def run_train(args: argparse.Namespace) -> int:
     from .loop import fit, interrupted_message
 
     try:
-        config = config_from_args(args)
-        if config.arch is not None and is_factory_spec(config.arch):
-            import_from_working_dir()
-        # The flags given, by name: a flag that sets a default value is still given (fit takes a
-        # TrainConfig field at its default as unset on resume).
-        fit(config, given=given_settings(args))
+        with sigterm_as_interrupt():
+            config = config_from_args(args)
+            if config.arch is not None and is_factory_spec(config.arch):
+                import_from_working_dir()
+            # The flags given, by name: a flag that sets a default value is still given (fit takes a
+            # TrainConfig field at its default as unset on resume).
+            fit(config, given=given_settings(args))
     except (ConfigError, CheckpointError, DatasetFileError, ChecksumError, DownloadError,
             FileNotFoundError, MissingDependencyError) as err:
         print(f"adt-fast train: error: {err}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"adt-fast train: {interrupted_message(Path(args.out), 'stopped by SIGTERM')}", file=sys.stderr)
+        return TERMINATED_EXIT
     except KeyboardInterrupt:
         print(f"adt-fast train: {interrupted_message(Path(args.out))}", file=sys.stderr)
         return 130
     return 0
+

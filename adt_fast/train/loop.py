@@ -380,14 +380,14 @@ def _how_to_go_on(run_dir: Path) -> Optional[str]:
     return None
 
 
-def interrupted_message(run_dir: Path) -> str:
-    """What an interrupt left behind, and how to go on from it."""
+def interrupted_message(run_dir: Path, stopped: str = "interrupted") -> str:
+    """What an interrupt left behind, and how to go on from it; `stopped` says what stopped the run."""
     note = _how_to_go_on(run_dir)
     if (run_dir / ckpt.LATEST).is_file():
-        return f"interrupted: {note}"
+        return f"{stopped}: {note}"
     if note is not None:
-        return f"interrupted before the first epoch finished, so {note}"
-    return "interrupted before the run started; nothing was written"
+        return f"{stopped} before the first epoch finished, so {note}"
+    return f"{stopped} before the run started; nothing was written"
 
 
 def open_data(config: TrainConfig, data: Optional[tuple] = None) -> Optional[datasets.LoadedDataset]:
