@@ -14,6 +14,9 @@
     python -m torch.distributed.run ... tests/distributed_worker.py sync-bn OUT
         each rank runs its share of sync_bn_batch() through a synchronised BatchNorm, in float32
         and in bfloat16 under autocast, and saves what came out to OUT/rank<R>.pt.
+
+and `adt-fast eval --model tests.distributed_worker:failing_on_rank_1` builds a model that fails on
+rank 1 in the middle of the attacks.
 """
 
 from __future__ import annotations
@@ -126,6 +129,23 @@ def sync_bn_layer(out: Path) -> None:
                                  "running_var": layer.running_var}
         out.mkdir(parents=True, exist_ok=True)
         torch.save(saved, out / f"rank{rank}.pt")
+
+
+def failing_on_rank_1(calls: int = 3):
+    """A linear classifier of synthetic's 3 x 8 x 8 images whose forward raises FAILURE on rank 1
+    after `calls` calls (the probe's and the first attack steps')."""
+    import torch
+    from torch import nn
+
+    class FailingOnRank1(nn.Linear):
+        def forward(self, x):
+            self.calls = getattr(self, "calls", 0) + 1
+            if os.environ.get("RANK") == "1" and self.calls > calls:
+                raise RuntimeError(FAILURE)
+            return super().forward(x.flatten(1))
+
+    torch.manual_seed(0)
+    return FailingOnRank1(3 * 8 * 8, 10)
 
 
 def stop_after(steps: int, argv: list, kill: bool) -> int:

@@ -224,6 +224,23 @@ def test_two_process_eval_report_equals_one_process(tmp_path):
     assert (tmp_path / "two" / "r.csv").read_text() == (tmp_path / "one" / "r.csv").read_text()
 
 
+def test_in_eval_a_rank_that_sees_another_fail_does_not_blame_the_model(tmp_path):
+    """Rank 1's model raises in the middle of the attacks: rank 1 names --model, while rank 0,
+    whose next collective then fails (gloo: 'Connection reset by peer', a plain RuntimeError),
+    once reported that as its own model's failure. --monitor-interval gives rank 0 the time to
+    reach that collective before torchrun stops it; --tee labels each rank's lines."""
+    result = torchrun("-m", "adt_fast", "eval", "--model", "tests.distributed_worker:failing_on_rank_1",
+                      "--dataset", "synthetic", "--n-examples", "32", "--batch-size", "8", "--attacks", "fgsm,pgd:3",
+                      "--epsilon-curve", "", "--device", "cpu", "--out", str(tmp_path / "r.json"),
+                      extra=("--tee", "3", "--monitor-interval", "3"), ok=False)
+    lines = (result.stdout + result.stderr).splitlines()
+    errors = dict(line.split("]:", 1) for line in lines if line.startswith("[default") and ": error:" in line)
+    assert errors["[default1"] == f"adt-fast eval: error: --model: the model failed during the attacks: " \
+                                  f"RuntimeError: {FAILURE}"
+    assert errors["[default0"].startswith("adt-fast eval: error: another process failed (see its error above)")
+    assert not (tmp_path / "r.json").exists()
+
+
 # ------------------------------------------------------------------------------------------------
 # in-process: shares, random numbers, bad setups
 # ------------------------------------------------------------------------------------------------

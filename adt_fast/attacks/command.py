@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional
 
-from ..distributed import DistributedError, check_timeout, local_device, session
+from ..distributed import DistributedError, check_timeout, launched, local_device, session
 from .suite import (DEFAULT_ATTACKS, DIST_STEPS, FEATURE_TARGETS, MAX_EPSILON, MAX_SEED, PAPER_ATTACKS,
                     PAPER_FEATURE_TARGETS, PRECISIONS, class_shortfall, make_attack, parse_attacks)
 
@@ -549,8 +549,6 @@ def run_eval(args) -> int:
 
 
 def _run(args) -> int:
-    import torch
-
     from ..progress import progress_enabled
     from .evaluation import evaluate
 
@@ -567,7 +565,12 @@ def _run(args) -> int:
                               progress=progress_enabled(), distributed=world.parallel)
     except DistributedError as err:
         raise EvalError(None, str(err)) from None
-    except ValueError as err:
+    except Exception as err:
+        if launched() and _collective_failed(err):  # the group's failure, most likely another rank's
+            raise EvalError(None, f"another process failed (see its error above), or the processes "
+                                  f"could not communicate: {type(err).__name__}: {err}") from None
+        if not isinstance(err, ValueError):
+            raise _model_failed(args, err) from None
         failed = _model_failed(args, err)
         if failed is not err and not _raised_by_adt_fast(err):  # your model's own ValueError
             raise failed from None
@@ -575,10 +578,6 @@ def _run(args) -> int:
         flag = ("--source-model" if job.source_checkpoint is None else "--source-checkpoint") if source else (
             "--model" if job.checkpoint is None else "--checkpoint")
         raise EvalError(flag, str(err)) from None
-    except Exception as err:
-        if isinstance(err, getattr(torch.distributed, "DistError", ())):
-            raise
-        raise _model_failed(args, err) from None
     if not world.main:
         return 0
     elapsed = time.perf_counter() - started
@@ -600,14 +599,29 @@ def _run(args) -> int:
     return 0
 
 
-def _raised_by_adt_fast(err: BaseException) -> bool:
-    """Whether the innermost frame of err's traceback is adt_fast's own code: evaluate's argument
-    checks raise ValueError there, while your model's forward may raise one of its own."""
+def _raised_in(err: BaseException, package: Path) -> bool:
+    """Whether the innermost frame of err's traceback is code of ``package`` (a folder)."""
     tb = err.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    package = Path(__file__).resolve().parents[1]
     return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(package)
+
+
+def _raised_by_adt_fast(err: BaseException) -> bool:
+    """Whether err was raised by adt_fast's own code: evaluate's argument checks raise ValueError
+    there, while your model's forward may raise one of its own."""
+    return _raised_in(err, Path(__file__).resolve().parents[1])
+
+
+def _collective_failed(err: BaseException) -> bool:
+    """Whether err is a failure of torch.distributed's communication (a collective, the store):
+    a DistError, or any error raised inside torch.distributed, since gloo reports a peer that
+    exited or timed out as a plain RuntimeError ('Connection reset by peer'). Your model's own
+    failure is raised in its code, never there."""
+    import torch.distributed
+
+    return (isinstance(err, getattr(torch.distributed, "DistError", ()))
+            or _raised_in(err, Path(torch.distributed.__file__).resolve().parent))
 
 
 def _model_failed(args, err: BaseException) -> BaseException:
