@@ -226,6 +226,22 @@ def test_resume_from_an_unreadable_config_json_is_one_line_naming_it(run_copy, t
     assert snapshot(tmp_path) == before
 
 
+def test_resume_from_another_runs_checkpoint_of_the_same_method_is_refused(run_copy, tmp_path, capsys):
+    """A checkpoint.pt copied in from another run (another lr and seed) would go on as this run."""
+    other = tmp_path / "other"
+    assert main(["train", *ADT_TINY, "--epochs", "1", "--lr-drop", "3", "--lr", "0.05", "--seed", "1",
+                 "--out", str(other)]) == 0
+    shutil.copyfile(other / "checkpoint.pt", run_copy / "checkpoint.pt")
+    capsys.readouterr()
+    before = snapshot(run_copy)
+    err = refused(["train", "--resume", "--out", str(run_copy), "--epochs", "5"], capsys)
+    assert err == (f"adt-fast train: error: cannot resume from {run_copy / 'checkpoint.pt'}: it was written by "
+                   f"another run: its settings differ from this run's config.json: --lr 0.05 (config.json has "
+                   f"0.1); --seed 1 (config.json has 0); put this run's own checkpoint back (or copy its newest "
+                   f"snapshot, checkpoint_epoch{{N}}.pt, over it)")
+    assert snapshot(run_copy) == before
+
+
 # 5. never record fewer epochs than were trained -------------------------------------------------
 def test_resume_with_fewer_epochs_than_done_is_refused(run_copy, capsys):
     before = snapshot(run_copy)

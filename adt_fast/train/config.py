@@ -158,14 +158,20 @@ class TrainConfig:
         """The resolved config stored in a run directory's config.json."""
         path = Path(run_dir) / CONFIG_FILE
         try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-            return _as_runs_made_now(_fill_later_settings(cls.from_dict(stored), stored))
+            return cls.from_record(json.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError:
             raise ConfigError(f"{path} does not exist: {run_dir} is not a run directory") from None
         except OSError as err:  # run_dir a file, config.json a folder, no permission
             raise ConfigError(f"{path} cannot be read ({os_error_text(err)})") from None
         except (ValueError, TypeError) as err:  # not JSON, not UTF-8, not a dict of settings
             raise ConfigError(f"{path} is not a valid training config ({err})") from None
+
+    @classmethod
+    def from_record(cls, stored: dict) -> "TrainConfig":
+        """A run's config as it recorded it (config.json, a checkpoint's "config"), read as a run
+        made now: settings added since take their defaults, and those older versions accepted
+        without effect are cleared (see _fill_later_settings, _as_runs_made_now)."""
+        return _as_runs_made_now(_fill_later_settings(cls.from_dict(stored), stored))
 
     def given(self) -> dict:
         """The settings this config gives: those not at their defaults. A field left at its default
@@ -339,20 +345,23 @@ class TrainConfig:
         if saved.method in CLEAN_METHODS and asked["epsilon"] is not None:  # not "the run has null"
             return [f"--epsilon {_show(asked['epsilon'])} does not apply to --method {saved.method}: it trains "
                     f"on clean inputs, without a perturbation (eval takes its own --epsilon)"]
-        out = [f"{flag(name)} {_show(asked[name])} (the run has {_show(theirs.get(name))})"
-               for name in sorted(asked) if name not in RESUMABLE_CHANGES
-               and asked[name] is not None and asked[name] != theirs.get(name)]
+        out = [line for name, line in resume_differences(asked, theirs).items() if asked[name] is not None]
         if not out:
             mine = self.resolve(dataset).to_dict()
-            out = [f"{flag(name)} {_show(mine[name])} (the run has {_show(theirs.get(name))})"
-                   for name in sorted(mine)
-                   if name not in RESUMABLE_CHANGES and mine[name] != theirs.get(name)
-                   and not (name == "sync_bn" and mine[name] is None)]  # unset: the run's
+            out = [line for name, line in resume_differences(mine, theirs).items()
+                   if not (name == "sync_bn" and mine[name] is None)]  # unset: the run's
         device = _resolve_device(self.device)
         if _device_type(device) != _device_type(theirs["device"]):
             out.append(f"--device {device} (the run has {theirs['device']}: the saved random "
                        f"states belong to that device type)")
         return out
+
+
+def resume_differences(mine: dict, theirs: dict, whose: str = "the run has") -> dict:
+    """The settings a resume may not change (all but RESUMABLE_CHANGES) on which two configs (as
+    to_dict gives them) differ, by name: 'FLAG MINE (WHOSE THEIRS)'."""
+    return {name: f"{flag(name)} {_show(mine[name])} ({whose} {_show(theirs.get(name))})"
+            for name in sorted(mine) if name not in RESUMABLE_CHANGES and mine[name] != theirs.get(name)}
 
 
 def resume_config(saved: TrainConfig, given: dict) -> TrainConfig:

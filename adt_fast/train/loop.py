@@ -49,7 +49,7 @@ from ..models import ExternalModelError, build_classifier, classifier_config, is
 from ..models.external import check_classes, check_trainable, moved_to, probe_classes
 from . import checkpoint as ckpt
 from . import runlog, tuning
-from .config import CONFIG_FILE, ConfigError, TrainConfig, resume_config
+from .config import CONFIG_FILE, ConfigError, TrainConfig, resume_config, resume_differences
 from .methods import Method, Runtime, build_method, needs_two_examples
 from .parallel import DataParallel
 
@@ -101,6 +101,16 @@ class Trainer:
         modules = self.method.modules()
         if payload.get("method") != self.config.method:
             raise refuse(f"it was written by method {payload.get('method')!r}, not {self.config.method!r}")
+        # A checkpoint.pt copied in from another run of the method would go on as this one.
+        try:
+            recorded = TrainConfig.from_record(payload["config"]).to_dict()
+        except (KeyError, TypeError, ValueError) as err:
+            raise refuse(f"the run config it records cannot be read ({err})") from None
+        differ = resume_differences(recorded, self.config.to_dict(), whose=f"{CONFIG_FILE} has")
+        if differ:
+            raise refuse(f"it was written by another run: its settings differ from this run's {CONFIG_FILE}: "
+                         f"{'; '.join(differ.values())}; put this run's own checkpoint back (or copy its newest "
+                         f"snapshot, checkpoint_epoch{{N}}.pt, over it)")
         for kind, ours in (("modules", modules), ("optimisers", self.optimisers),
                            ("schedulers", self.schedulers)):
             theirs = payload.get(kind)
