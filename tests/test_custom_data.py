@@ -361,6 +361,8 @@ BAD_FOLDERS = {
     "one class": (lambda r: [__import__("shutil").rmtree(r / split / name) for split in ("train", "test")
                              for name in ("ant", "bee")], r"train/ has one class folder \(cat\)"),
     "stray file": (lambda r: (r / "train" / "readme.png").write_bytes(b""), "a file directly in train/"),
+    "broken link": (lambda r: (r / "train" / "ant" / "9.png").symlink_to(r / "gone.png"),
+                    r"9.png: cannot be read: a broken link \(to .*gone.png\)"),
     "float beyond 1": (lambda r: PIL.fromarray(np.full((8, 8), 255, np.float32)).save(r / "test" / "ant" / "f.tif"),
                        r"f.tif: a mode F image's pixels must lie in \[0, 1\] \(1 is white\), found \[255, 255\]"),
     "int beyond 16 bits": (lambda r: PIL.fromarray(np.full((8, 8), 70000, np.int32)).save(r / "train" / "bee" / "i.tif"),

@@ -294,7 +294,12 @@ def _class_files(class_dir: str) -> list[tuple[str, int, int]]:
             if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
                 raise DatasetFileError(f"{path}: not an image file (expected one of "
                                        f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
-            stat = os.stat(path)
+            try:
+                stat = os.stat(path)
+            except OSError as error:  # `ls` lists a broken link, so say that it is one
+                broken = os.path.islink(path)
+                reason = f"a broken link (to {os.readlink(path)})" if broken else error.strerror
+                raise DatasetFileError(f"{path}: cannot be read: {reason}") from None
             files.append((path, stat.st_size, stat.st_mtime_ns))
     return sorted(files)
 
