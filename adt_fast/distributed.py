@@ -111,6 +111,12 @@ def _env_int(name: str) -> int:
     return int(text)
 
 
+def launch_rank() -> int:
+    """This process's rank as the launcher set it (0 without one), known before the group is
+    joined: notes printed while a command checks its settings come from rank 0 alone."""
+    return _env_int("RANK") if launched() else 0
+
+
 def check_timeout() -> None:
     """Under a launcher, its environment and $ADT_FAST_DIST_TIMEOUT read before any work: a bad
     value is a setup error (DistributedError), not a traceback from inside the process group's

@@ -61,6 +61,32 @@ def test_train_then_eval_on_an_npz_finds_the_data_by_itself(tmp_path, capsys):
     assert "has changed since the run recorded it" in capsys.readouterr().err
 
 
+def test_under_torchrun_the_notes_of_evals_checks_come_from_rank_0_alone(tmp_path, capsys, monkeypatch):
+    """stdout and notes belong to rank 0 (docs/distributed.md); eval's checks, which run before the
+    group is joined, printed the data they read and --n-examples' note once per rank."""
+    from adt_fast.attacks.command import plan
+    from adt_fast.cli import build_parser
+
+    data = tmp_path / "tiny.npz"
+    np.savez(data, **_tiny_arrays())
+    run = tmp_path / "run"
+    assert main(["train", "--method", "standard", "--dataset", str(data), *FAST, "--out", str(run)]) == 0
+    capsys.readouterr()
+    argv = ["eval", "--checkpoint", str(run), "--n-examples", "100", "--attacks", "fgsm", "--epsilon-curve", "",
+            "--device", "cpu", "--out", str(tmp_path / "r.json")]
+    for rank in ("1", "0"):
+        for name, value in {"RANK": rank, "WORLD_SIZE": "2", "LOCAL_RANK": rank, "MASTER_ADDR": "127.0.0.1",
+                            "MASTER_PORT": "29500"}.items():
+            monkeypatch.setenv(name, value)
+        plan(build_parser().parse_args(argv))  # joins no group: the checks alone
+        err = capsys.readouterr().err
+        if rank == "1":
+            assert err == ""
+        else:
+            assert f"data: {data.resolve()} (from {run / 'dataset.json'}, content hash checked)" in err
+            assert "note: --n-examples 100 exceeds the 8 test examples" in err
+
+
 def test_train_then_eval_on_an_image_folder(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ADT_FAST_CACHE_DIR", str(tmp_path / "cache"))
     arrays = _tiny_arrays()

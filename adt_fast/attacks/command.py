@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional
 
-from ..distributed import DistributedError, check_timeout, launched, local_device, session
+from ..distributed import DistributedError, check_timeout, launch_rank, launched, local_device, session
 from .suite import (DEFAULT_ATTACKS, DIST_STEPS, FEATURE_TARGETS, MAX_EPSILON, MAX_SEED, PAPER_ATTACKS,
                     PAPER_FEATURE_TARGETS, PRECISIONS, class_shortfall, make_attack, parse_attacks)
 
@@ -366,7 +366,7 @@ def _dataset(args, checkpoint: Optional[Path]):
         if name is None and record["kind"] != "named":
             _check_recorded_size(args.image_size, record)
             loaded = reopen(record, data_dir=args.data_dir, download=args.download)
-            print(f"data: {loaded.info.name} (from {run_dir / SOURCE_FILE}, content hash checked)", file=sys.stderr)
+            _note(f"data: {loaded.info.name} (from {run_dir / SOURCE_FILE}, content hash checked)")
             return loaded.info, lambda: loaded.test, None
         name = record["name"] if name is None else name
         problem = resize_problem(name, args.image_size)
@@ -409,11 +409,18 @@ def _check_recorded_size(image_size: Optional[int], record: dict) -> None:
                                         f"pass the folder as --dataset")
 
 
+def _note(message: str) -> None:
+    """An informational line on stderr, from rank 0 alone under torchrun. Errors are printed by
+    every rank that hits them: one rank's error may be its own (its GPU, its model)."""
+    if launch_rank() == 0:
+        print(message, file=sys.stderr)
+
+
 def _limit(args, info, x, y):
     if args.n_examples is not None:
         if args.n_examples > len(x):
-            print(f"note: --n-examples {args.n_examples} exceeds the {len(x)} test examples of "
-                  f"{info.name}; attacking all of them", file=sys.stderr)
+            _note(f"note: --n-examples {args.n_examples} exceeds the {len(x)} test examples of "
+                  f"{info.name}; attacking all of them")
         x, y = x[:args.n_examples], y[:args.n_examples]
     return x, y
 
