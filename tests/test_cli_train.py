@@ -156,3 +156,26 @@ def test_python_dash_m_runs_the_command(tmp_path):
                            "--out", str(out)], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (out / "model.pt").is_file() and "adt-fast eval" in done.stdout
+
+
+def test_a_process_group_that_cannot_form_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    """distributed.setup's DistributedError (here $RANK and friends without torchrun's MASTER_ADDR
+    and MASTER_PORT, then any other) ends train in one line, exit 2, with nothing written."""
+    from adt_fast import distributed
+
+    out = tmp_path / "run"
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["train", "--method", "standard", *FAST, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("adt-fast train: error: RANK, WORLD_SIZE, LOCAL_RANK are set") and "\n" not in err
+
+    def cannot_form(device):
+        raise distributed.DistributedError("the group cannot form")
+
+    monkeypatch.setattr(distributed, "setup", cannot_form)
+    assert main(["train", "--method", "standard", *FAST, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == "adt-fast train: error: the group cannot form\n"
+    assert not out.exists()

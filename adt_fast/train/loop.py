@@ -624,11 +624,11 @@ def fit(config: TrainConfig, data: Optional[tuple] = None, *, given: Optional[It
         device = distributed.local_device(cfg.device)
     except distributed.DistributedError as err:
         raise ConfigError(f"--device {cfg.device}: {err}") from None
-    try:
-        distributed.check_timeout()
-    except distributed.DistributedError as err:
-        raise ConfigError(str(err)) from None
-    with distributed.session(device) as world:
+    with contextlib.ExitStack() as held:
+        try:  # a launcher's environment that cannot form the group ($RANK without $MASTER_ADDR, ...)
+            world = held.enter_context(distributed.session(device))
+        except distributed.DistributedError as err:
+            raise ConfigError(str(err)) from None
         return _fit(dataclasses.replace(cfg, device=device), config, dataset, world)
 
 
