@@ -262,3 +262,24 @@ def test_batchnorm_layers_have_pytorch_defaults(arch):
     model = _built(arch, num_classes=10)
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert bns and all(bn.momentum == 0.1 and bn.eps == 1e-5 for bn in bns)
+
+
+def test_weights_with_flipped_bytes_are_refused_by_load_weights(tmp_path):
+    """eval --model --weights reads a plain state dict with torch.load, which checks no CRC-32s:
+    changed weight bytes once loaded silently (as checkpoints did before checkpoint.load checked)."""
+    import zipfile
+
+    from adt_fast.models.external import ExternalModelError, load_weights
+    model = build_model("small-cnn", 10)
+    path = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), path)
+    load_weights(build_model("small-cnn", 10), path)  # intact: loads
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        member = max(archive.infolist(), key=lambda info: info.file_size)
+        offset = member.header_offset + 30 + len(member.filename.encode()) + len(member.extra)
+    data[offset + 100:offset + 104] = bytes(255 - b for b in data[offset + 100:offset + 104])
+    path.write_bytes(bytes(data))
+    torch.load(path, weights_only=True)  # torch alone does not notice
+    with pytest.raises(ExternalModelError, match=f"weights file {path} is corrupt or truncated \\(its member "):
+        load_weights(build_model("small-cnn", 10), path)

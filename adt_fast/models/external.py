@@ -17,11 +17,13 @@ import os
 import pickle
 import re
 import sys
+import zipfile
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
 
+from ..files import zip_damage
 from .classifiers import Classifier, build_model
 from .modes import module_mode
 
@@ -228,6 +230,9 @@ def load_weights(model: nn.Module, path: Union[str, os.PathLike]) -> None:
         raise ExternalModelError(f"{path} is a directory, not a weights file")
     if not os.path.isfile(path):
         raise ExternalModelError(f"weights file {path} does not exist")
+    damage = zip_damage(path) if zipfile.is_zipfile(path) else None  # torch's legacy format has no CRCs
+    if damage is not None:
+        raise ExternalModelError(f"weights file {path} is corrupt or truncated ({damage})")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
