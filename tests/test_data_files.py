@@ -267,3 +267,13 @@ def test_data_dir_default_without_the_environment_variable_is_the_documented_cac
     written = _write_mnist(tmp_path / ".cache" / "adt_fast" / "data", compressed=False)
     x, y = load("mnist", "test")
     assert y.tolist() == written["test"][1].tolist()
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist"])
+def test_one_channel_images_have_standard_strides(tmp_path, name):
+    """images[:, None] of (N, H, W) has strides (HW, 1, W, 1): 'contiguous', yet conv ran the whole
+    network channels_last on it (--no-channels-last too) and DDP warned of mismatched grad strides."""
+    if name == "mnist":
+        _write_mnist(tmp_path, compressed=False)
+    x, _ = load(name, "train", data_dir=tmp_path)
+    assert x.shape[1] == 1 and x.stride() == torch.empty(x.shape).stride()

@@ -124,9 +124,14 @@ def _read_files(name: str, split: str, directory: Path) -> tuple[np.ndarray, np.
 
 
 def _to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.from_numpy(np.ascontiguousarray(images))
-    x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
-    return x.contiguous(), torch.from_numpy(labels).long()
+    """float32 images in a fresh tensor of standard strides: a one-channel images[:, None] has
+    strides (HW, 1, W, 1), which counts as contiguous yet makes convolutions run channels_last
+    (and DDP warn that the first weight's gradient strides do not match its bucket)."""
+    source = torch.from_numpy(np.ascontiguousarray(images))
+    x = torch.empty(source.shape, dtype=torch.float32).copy_(source)
+    if source.dtype == torch.uint8:
+        x.div_(255)
+    return x, torch.from_numpy(labels).long()
 
 
 # ------------------------------------------------------------------------------------------------
