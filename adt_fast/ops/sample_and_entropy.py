@@ -369,7 +369,6 @@ def sample_and_entropy(mean: torch.Tensor, std_param: torch.Tensor, num_samples:
     `noise` (k, B, *S) replaces the generator's normals; `generator` seeds them otherwise.
     `backend` is "auto" (or $ADT_FAST_BACKEND), "reference", "cpu", "cuda" or "triton".
     """
-    _check_tensor("mean", mean)
     if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
         raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
     num_samples = operator.index(num_samples)

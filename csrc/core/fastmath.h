@@ -252,14 +252,6 @@ ADT_FN void log_reduce(T x, T& k, T& m) {
 template <class T>
 ADT_FN T log_poly(T x);
 
-// log(+inf) = +inf and log(NaN) = NaN, as the device's log and lg2 give, so that softplus(+inf)
-// makes -log p NaN (inf - inf) on the host too, as in the reference, not a finite log sigma.
-// (x <= max is false for both; the select costs the vectorised loop next to nothing.)
-template <class T>
-ADT_FN T log_non_finite(T x, T result) {
-  return x <= Traits<T>::kMaxFinite ? result : x;
-}
-
 // float: fdlibm's form with a 4-term series (on AVX-512 this measured slightly faster than
 // Cephes' division-free degree-9 polynomial), ~1 ulp.
 template <>
@@ -271,8 +263,7 @@ ADT_FN float log_poly<float>(float x) {
   const float s = f / (2.0f + f);
   const float R = poly::log_series<float>(s * s);
   const float hfsq = 0.5f * f * f;
-  const float result = k * Tr::kLogLn2Hi - ((hfsq - (s * (hfsq + R) + k * Tr::kLogLn2Lo)) - f);
-  return log_non_finite(x, result);
+  return k * Tr::kLogLn2Hi - ((hfsq - (s * (hfsq + R) + k * Tr::kLogLn2Lo)) - f);
 }
 
 // double: fdlibm's form log(1+f) = f - f^2/2 + s (f^2/2 + R(s^2)), s = f / (2 + f), with a
@@ -286,8 +277,7 @@ ADT_FN double log_poly<double>(double x) {
   const double s = f / (2.0 + f);
   const double R = poly::log_series<double>(s * s);
   const double hfsq = 0.5 * f * f;
-  const double result = k * Tr::kLogLn2Hi - ((hfsq - (s * (hfsq + R) + k * Tr::kLogLn2Lo)) - f);
-  return log_non_finite(x, result);
+  return k * Tr::kLogLn2Hi - ((hfsq - (s * (hfsq + R) + k * Tr::kLogLn2Lo)) - f);
 }
 
 // Host polynomial sin(2 pi b), cos(2 pi b) for b in [0, 1): exact quadrant reduction of 4b.
@@ -455,15 +445,29 @@ ADT_FN double abs_(double x) {
 
 // log(x) for positive normal x, where an absolute error of ~2e-7 (float) is enough: log sigma,
 // which only enters -log p as a summand.
+// It alone takes +inf (sigma = softplus(+inf)): the host polynomial, which reads +inf as a finite
+// number, gives +inf there (and NaN for NaN), as the device's lg2 and log do, so -log p is the
+// reference's inf - inf = NaN. Once per element; the per-sample logs keep the bare polynomial.
+template <class T>
+ADT_FN T log_poly_non_finite(T x) {
+  return x <= Traits<T>::kMaxFinite ? log_poly<T>(x) : x;
+}
+
 ADT_FN float log_abs_err(float x) {
 #if ADT_FAST_DEVICE_MATH()
   return ptx_lg2(x) * 0.69314718055994530942f;
 #else
-  return log_poly<float>(x);
+  return log_poly_non_finite<float>(x);
 #endif
 }
 
-ADT_FN double log_abs_err(double x) { return log_(x); }
+ADT_FN double log_abs_err(double x) {
+#if ADT_FAST_DEVICE_MATH()
+  return log(x);
+#else
+  return log_poly_non_finite<double>(x);
+#endif
+}
 
 // a / b for b in [2^-126, 2^126] (float: one rcp.approx.ftz and a multiply on the device;
 // __fdividef's non-ftz reciprocal adds a rescaling for subnormal b, which cannot occur here).
