@@ -35,10 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attacks.distribution import check_non_negative
 from .attacks.engine import eval_mode, iterative_attack, project
 from .attacks.losses import cross_entropy
 from .attacks.suite import check_epsilon
-from .checks import check_int
+from .checks import check_finite, check_int
 from .ops import sample_and_entropy
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -120,8 +121,10 @@ def amortized_loss(loss: torch.Tensor, entropy: Optional[torch.Tensor], lbd: flo
     ``loss`` is the classifier's per-example loss computed through ``reverse_gradient``;
     ``entropy`` the per-example entropy estimate (explicit_perturbation) or bound
     (entropy_lower_bound), or None for L2L. See the module docstring for the signs. The entropy
-    term is kept at ``lbd == 0`` (times 0: its networks get zero gradients, not none).
+    term is kept at ``lbd == 0`` (times 0: its networks get zero gradients, not none). A negative
+    ``lbd`` would make the generator shrink the entropy, so it is refused, as is NaN or inf.
     """
+    check_non_negative(lbd, "lbd")
     total = loss.mean()
     if entropy is not None:
         # Also at lbd == 0: the entropy's networks (q) then stay in the graph with exactly zero
@@ -197,6 +200,8 @@ def tanh_perturbation(generator_out: torch.Tensor, x: torch.Tensor, epsilon: flo
 def sample_noise(batch: int, noise_dim: int = NOISE_DIM, device=None,
                  generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """z ~ U(-1, 1)^noise_dim, shape (batch, noise_dim), from ``generator`` or torch's default."""
+    check_int(batch, "batch", minimum=0)
+    check_int(noise_dim, "noise_dim")
     return torch.rand(batch, noise_dim, device=device, dtype=dtype, generator=generator) * 2 - 1
 
 
@@ -222,7 +227,13 @@ def entropy_lower_bound(q_mean: torch.Tensor, q_std: torch.Tensor, z: torch.Tens
     Under data parallelism, where the rows are one process's share of a global batch, pass a
     differentiable mean over the global batch (an all-reduced sum over the global batch size), so
     that the hinge acts on the global batch as in one process.
+
+    ``hinge`` must be a finite number (or None). ``q_std`` must be > 0 everywhere; that is not
+    checked, as reading a tensor's values costs a device sync on every training step, and
+    QNetwork's std is at least its ``min_std`` > 0 by construction. A zero or negative std gives NaN.
     """
+    if hinge is not None:
+        hinge = check_finite(hinge, "hinge")
     if q_mean.dim() != 2 or q_std.shape != q_mean.shape or z.shape != q_mean.shape:
         raise ValueError(f"q_mean, q_std and z must all have shape (B, noise_dim); got "
                          f"{tuple(q_mean.shape)}, {tuple(q_std.shape)}, {tuple(z.shape)}")
@@ -249,6 +260,7 @@ def least_likely_fgsm(model: nn.Module, x: torch.Tensor, epsilon: float, *,
     """AT-FGSM's examples (Kurakin et al., "step l.l."): one targeted FGSM step toward the
     least-likely class, x_adv = clamp(x - eps * sign(grad_x CE(f(x), y_ll)), *bounds) with
     y_ll = argmin f(x). Classifier in eval mode; one step of the shared engine; detached."""
+    check_epsilon(epsilon)
     fwd = forward if forward is not None else model
     with eval_mode(model):
         with torch.no_grad():
@@ -261,8 +273,10 @@ def alp_penalty(clean_logits: torch.Tensor, adv_logits: torch.Tensor, weight: fl
     """ALP's logit pairing term per example: weight * mean over classes of (f(x) - f(x'))^2.
 
     Its batch mean is Kannan et al.'s ``weight * mean_squared_error(logits, adv_logits)``.
-    Gradients flow into both logits, as in their code.
+    Gradients flow into both logits, as in their code. ``weight`` is a finite number >= 0 (a
+    negative one would push the logits apart).
     """
+    check_non_negative(weight, "weight")
     if clean_logits.shape != adv_logits.shape:
         raise ValueError(f"logit shapes differ: {tuple(clean_logits.shape)} vs {tuple(adv_logits.shape)}")
     return weight * (adv_logits.float() - clean_logits.float()).pow(2).mean(dim=1)
@@ -296,7 +310,10 @@ def generator_lr_factor(epoch: int, *, constant_epochs: int = 100, decay_epochs:
     1 for the first ``constant_epochs`` epochs, then linearly to 1/(decay_epochs + 1) over the
     next ``decay_epochs``, then 0. With their defaults (100, 50) and the paper's 76 epochs it is
     1 throughout: the generator's learning rate is a constant 2e-4 for the whole run.
+    Both counts are integers >= 0; ``decay_epochs=0`` drops the factor from 1 straight to 0.
     """
+    check_int(constant_epochs, "constant_epochs", minimum=0)
+    check_int(decay_epochs, "decay_epochs", minimum=0)
     return max(0.0, 1.0 - max(0, epoch + 1 - constant_epochs) / float(decay_epochs + 1))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 
@@ -13,3 +14,11 @@ def check_int(value, name: str, minimum: int = 1, maximum: Optional[int] = None)
         bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
         raise ValueError(f"{name} must be an integer {bounds}, got {value!r}")
     return value
+
+
+def check_finite(value, name: str) -> float:
+    """``value`` as a float if it is a finite real number (not a bool); a ValueError naming
+    ``name`` otherwise. NaN or inf in a coefficient would spread to every value it touches, silently."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)

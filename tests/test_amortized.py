@@ -535,3 +535,69 @@ def test_the_batch_hinge_on_the_global_mean_gives_each_share_one_process_gradien
     torch.testing.assert_close(grad, expected)
     values, grad = ranks(global_mean=False)
     assert not torch.allclose(values, single) and not torch.allclose(grad, expected)
+
+
+# ------------------------------------------------------------------------------------------------
+# Argument checks of the Python API (the CLI's config validation refuses the same values)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("epsilon", [-0.1, 0.0, math.nan, math.inf, 5.0])
+def test_least_likely_fgsm_refuses_a_bad_epsilon(epsilon):
+    """NaN once returned an all-NaN batch, 5.0 a batch pushed to the bounds."""
+    with pytest.raises(ValueError, match="epsilon must be a finite number"):
+        am.least_likely_fgsm(_bn_classifier(), torch.rand(2, 1, 8, 8), epsilon)
+
+
+def test_entropy_bound_refuses_a_hinge_that_is_not_a_finite_number():
+    """hinge=NaN once made every value NaN; the q_std > 0 requirement is documented, not checked
+    (the check would cost a device sync every training step, and QNetwork's std is > 0 by construction)."""
+    z = am.sample_noise(4, 3, generator=torch.Generator().manual_seed(0))
+    q_mean, q_std = torch.zeros(4, 3), torch.ones(4, 3)
+    for hinge in (math.nan, math.inf, -math.inf, "0.9", True):
+        with pytest.raises(ValueError, match="hinge must be a finite number"):
+            am.entropy_lower_bound(q_mean, q_std, z, hinge=hinge)
+    assert torch.isfinite(am.entropy_lower_bound(q_mean, q_std, z, hinge=-0.5)).all()  # any finite cap
+
+
+@pytest.mark.parametrize("argument", ["constant_epochs", "decay_epochs"])
+@pytest.mark.parametrize("value", [-1, 2.5, None, True])
+def test_generator_schedule_refuses_a_bad_epoch_count(argument, value):
+    """decay_epochs=-1 once raised ZeroDivisionError at the end of the constant phase."""
+    with pytest.raises(ValueError, match=f"{argument} must be an integer >= 0"):
+        am.generator_lr_factor(200, **{argument: value})
+    with pytest.raises(ValueError, match=f"{argument} must be an integer >= 0"):
+        am.generator_scheduler(am.generator_optimizer(nn.Linear(2, 2)), **{argument: value})
+
+
+def test_generator_schedule_without_decay_steps_to_zero():
+    """decay_epochs=0: the factor is 1 for constant_epochs epochs, then 0 (no linear phase)."""
+    factors = [am.generator_lr_factor(e, constant_epochs=3, decay_epochs=0) for e in range(6)]
+    assert factors == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    assert am.generator_lr_factor(0, constant_epochs=0, decay_epochs=0) == 0.0
+
+
+def test_sample_noise_refuses_bad_shapes():
+    """-1 once surfaced as torch's 'negative dimension' RuntimeError; an empty batch is fine."""
+    with pytest.raises(ValueError, match="batch must be an integer >= 0"):
+        am.sample_noise(-1)
+    with pytest.raises(ValueError, match="batch must be an integer >= 0"):
+        am.sample_noise(2.0)
+    with pytest.raises(ValueError, match="noise_dim must be an integer >= 1"):
+        am.sample_noise(2, 0)
+    assert am.sample_noise(0).shape == (0, am.NOISE_DIM)
+
+
+@pytest.mark.parametrize("value", [-0.01, math.nan, math.inf, "1", True])
+def test_entropy_and_pairing_weights_refuse_negative_or_non_finite_values(value):
+    """A negative lbd once made the generator shrink the entropy, a negative ALP weight pushed the
+    logits apart; NaN made the loss NaN. 0 stays allowed (L2L, no pairing)."""
+    loss, entropy, logits = torch.rand(3), torch.rand(3), torch.randn(3, 4)
+    with pytest.raises(ValueError, match="lbd must be a finite number >= 0"):
+        am.amortized_loss(loss, entropy, value)
+    with pytest.raises(ValueError, match="lbd must be a finite number >= 0"):
+        am.amortized_loss(loss, None, value)
+    with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
+        am.alp_penalty(logits, logits + 1, value)
+    with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
+        am.alp_loss(logits, logits + 1, torch.zeros(3, dtype=torch.long), value)
+    assert am.amortized_loss(loss, entropy, 0).item() == pytest.approx(loss.mean().item())
+    assert torch.equal(am.alp_penalty(logits, logits + 1, 0.0), torch.zeros(3))
