@@ -1,11 +1,16 @@
 """setup.py's decisions, tested as functions: which CUDA targets are recorded, when the CUDA kernels
-are skipped (and why), and ADT_FAST_REQUIRE_CUDA=1. No build runs here; `make cuda-build` (CI,
-whenever nvcc is present) does the real CUDA build against torch's CUDA wheel."""
+are skipped (and why), and ADT_FAST_REQUIRE_CUDA=1; and what the sdist holds. No compiler runs
+here; `make cuda-build` (CI, whenever nvcc is present) does the real CUDA build against torch's
+CUDA wheel."""
 
 import importlib.util
+import os
+import re
 import shutil
 import stat
 import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -216,3 +221,59 @@ def test_a_failed_build_is_recorded_unless_cuda_is_required(cuda_torch, monkeypa
     else:
         command.run()  # the package installs without the extension
         assert "Unknown option '-g0'" in record.read_text()
+
+
+# ---- the sdist ------------------------------------------------------------------------------------
+
+INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
+
+
+def quoted_includes(sources, include_dirs):
+    """Every file that `sources` #include "..." transitively (whatever #if guards them), as paths
+    relative to ROOT. Resolved as the compiler does: next to the including file, then in
+    `include_dirs`; one found in neither fails, naming the file that includes it."""
+    found, pending = set(), [ROOT / source for source in sources]
+    while pending:
+        including = pending.pop()
+        for name in INCLUDE.findall(including.read_text()):
+            candidates = [including.parent / name, *(ROOT / folder / name for folder in include_dirs)]
+            path = next((c.resolve() for c in candidates if c.is_file()), None)
+            assert path is not None, f"{including.relative_to(ROOT)} includes {name!r}, found nowhere"
+            if path not in found:
+                found.add(path)
+                pending.append(path)
+    return {path.relative_to(ROOT).as_posix() for path in found}
+
+
+@pytest.fixture(scope="module")
+def sdist_files(tmp_path_factory):
+    """The files of an sdist built from this tree, relative to its top folder. ADT_FAST_NO_EXTENSION=1
+    (no torch import, and no sources added by the extension's configuration): everything comes
+    from MANIFEST.in. The egg-info goes to a fresh folder, since setuptools keeps whatever an
+    existing SOURCES.txt lists."""
+    out = tmp_path_factory.mktemp("sdist")
+    subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(out),
+                    "sdist", "--formats=tar", "--dist-dir", str(out)],
+                   cwd=ROOT, env={**os.environ, "ADT_FAST_NO_EXTENSION": "1"},
+                   check=True, capture_output=True)
+    (archive,) = out.glob("*.tar")
+    with tarfile.open(archive) as tar:
+        return {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+
+
+def test_quoted_includes_follow_relative_and_include_dir_paths():
+    assert quoted_includes(["csrc/cpu/kernels_avx2.cpp"], ["csrc"]) >= {
+        "csrc/cpu/kernels_impl.h", "csrc/cpu/kernels.h", "csrc/core/philox.h", "csrc/core/common.h"}
+    assert "csrc/cuda/adt_cuda.h" in quoted_includes(["csrc/binding.cpp"], ["csrc"])  # under #ifdef
+
+
+def test_sdist_holds_what_building_and_testing_need(sdist_files):
+    sources = setup_py.CPU_SOURCES + setup_py.CUDA_SOURCES
+    needed = set(sources) | quoted_includes(sources, ["csrc"])
+    needed |= {"CMakeLists.txt", "Makefile", "scripts/setup.sh", "MANIFEST.in"}
+    for folder in ("csrc", "tests"):  # the C++ tests and the pytest helpers (conftest.py, workers)
+        needed |= {path.relative_to(ROOT).as_posix() for path in (ROOT / folder).rglob("*")
+                   if path.is_file() and "__pycache__" not in path.parts}
+    assert needed - sdist_files == set()
+    assert not {name for name in sdist_files if name.endswith((".so", ".pyc", "_C_build_error.txt"))}
+
