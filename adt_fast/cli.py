@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from . import __version__
+
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -23,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .train.command import add_train_parser
 
     parser = Parser(prog="adt-fast", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)  # subparsers are Parsers too
     add_train_parser(commands)
     add_eval_parser(commands)

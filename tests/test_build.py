@@ -277,3 +277,17 @@ def test_sdist_holds_what_building_and_testing_need(sdist_files):
     assert needed - sdist_files == set()
     assert not {name for name in sdist_files if name.endswith((".so", ".pyc", "_C_build_error.txt"))}
 
+
+# ---- the version ----------------------------------------------------------------------------------
+
+def test_one_version_everywhere(capsys):
+    """adt_fast.__version__ (reports record it) is pyproject.toml's, which setup.py reads too, and
+    `adt-fast --version` prints it."""
+    import adt_fast
+    from adt_fast.cli import main
+
+    assert adt_fast.__version__ == setup_py.VERSION
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"adt-fast {setup_py.VERSION}\n"
