@@ -23,12 +23,12 @@ test: setup
 bench: setup
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-group-by=func,param:batch
 
+# Every suite once, untimed, so none can rot; training iterations only in the default mode (the
+# other modes are tested in tests/, and resnet18 or emulated bf16 take tens of seconds a step
+# on a CPU); the digits epoch without the amortised methods, whose default generators take
+# about 70 s an epoch here (their training is tested in tests/test_amortized_methods.py, the
+# benchmark's code path by the other methods); make bench times them all.
 bench-smoke: setup
-	# Every suite once, untimed, so none can rot; training iterations only in the default mode (the
-	# other modes are tested in tests/, and resnet18 or emulated bf16 take tens of seconds a step
-	# on a CPU); the digits epoch without the amortised methods, whose default generators take
-	# about 70 s an epoch here (their training is tested in tests/test_amortized_methods.py, the
-	# benchmark's code path by the other methods); make bench times them all.
 	$(PY) -m pytest benchmarks --benchmark-disable -q -k "not resnet18 and not (test_training_iteration and (fp32 or bf16)) and not (test_digits_epoch and (exp-am or imp-am or l2l))"
 
 cmake-test:
