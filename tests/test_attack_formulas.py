@@ -485,6 +485,11 @@ def test_fit_distribution_defaults_and_step_bookkeeping_are_alg2s():
     torch.testing.assert_close(default.std_param, explicit.std_param)
     with pytest.raises(ValueError, match="lbd"):
         fit_distribution(loss_fn, x, epsilon=0.1, steps=1, num_samples=1, lbd=-0.1)
+    # counts that are not integers: 1.5 failed inside range(), True ran one step
+    for bad in ({"steps": 1.5}, {"steps": True}, {"steps": -1}, {"num_samples": 0},
+                {"samples_per_pass": 1.5}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be an integer"):
+            fit_distribution(loss_fn, x, **{**dict(epsilon=0.1, steps=1, num_samples=1, lbd=0.0), **bad})
 
 
 # Killers from a second mutation review of fit_distribution (Alg. 2's inner loop): the entropy's

@@ -541,6 +541,73 @@ def test_other_bad_inputs(synthetic):
         evaluate(model, x, y[:-1], epsilon=EPS, attacks="fgsm")
 
 
+_STANDALONE = {
+    "pgd": lambda model, x, y, **kw: pgd(model, x, y, EPS, steps=2, **kw),
+    "perturb": lambda model, x, y, **kw: make_attack("square", EPS).perturb(model, x, y, **kw),
+    "feature": lambda model, x, y, **kw: feature_attack(model, x, y, EPS, targets=1, steps=1, **kw),
+    "transfer": lambda model, x, y, **kw: transfer(_random_net(1), model, x, y, EPS, steps=1, **kw),
+}
+_BAD_BATCHES = {
+    # a normalised batch: the attacks would clamp it to [0, 1], far more than epsilon away
+    "normalised x": (lambda x, y: ((x - 0.5) / 0.25, y), ValueError, r"x must lie in \[0, 1\]"),
+    "float labels": (lambda x, y: (x, y.float()), TypeError, "y must be an integer tensor"),
+    "labels of another length": (lambda x, y: (x, y[:-1]), ValueError, r"y must have shape \(6,\)"),
+    "a label the model lacks": (lambda x, y: (x, y + 10), ValueError, "labels go up to 1[0-9] but the model returns 10"),
+    "negative labels": (lambda x, y: (x, y - 1), ValueError, "labels must be >= 0"),
+    "unbatched x": (lambda x, y: (x.flatten()[:6], y), ValueError, "x must be batched"),
+}
+
+
+@pytest.mark.parametrize("bad", list(_BAD_BATCHES))
+@pytest.mark.parametrize("entry", list(_STANDALONE))
+def test_stand_alone_attacks_check_their_batch_as_evaluate_does(entry, bad):
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(6)
+    spoil, error, message = _BAD_BATCHES[bad]
+    with pytest.raises(error, match=message):
+        _STANDALONE[entry](_random_net(), *spoil(x, y))
+
+
+def test_stand_alone_attacks_check_the_source_model_and_the_pool():
+    x, y = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(4)
+    with pytest.raises(ValueError, match="the source model returns 3 logits"):
+        transfer(_random_net(classes=3), _random_net(), x, y, EPS, steps=1)
+    with pytest.raises(ValueError, match="pool_x and pool_y go together"):
+        feature_attack(_random_net(), x, y, EPS, targets=1, pool_x=x)
+    with pytest.raises(ValueError, match=r"pool_x must lie in \[0, 1\]"):
+        feature_attack(_random_net(), x, y, EPS, targets=1, pool_x=x * 3, pool_y=y)
+    # narrower integer labels are taken, as evaluate takes them
+    assert pgd(_random_net(), x, y.to(torch.int32), EPS, steps=1).shape == x.shape
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: suite.mim_attack(EPS, decay=-1.0), "MIM's decay"),
+    (lambda: suite.mim_attack(EPS, decay=float("nan")), "MIM's decay"),
+    (lambda: suite.mim_attack(EPS, decay=float("inf")), "MIM's decay"),
+    (lambda: suite.cw_attack(EPS, kappa=-5.0), "C&W's kappa"),
+    (lambda: suite.cw_attack(EPS, kappa=float("nan")), "C&W's kappa"),
+    (lambda: FeatureAttack(EPS, steps=1.5), "FeaAttack's steps"),
+    (lambda: FeatureAttack(EPS, steps=-1), "FeaAttack's steps"),
+    (lambda: FeatureAttack(EPS, step_size=float("nan")), "FeaAttack's step_size"),
+    (lambda: FeatureAttack(EPS, step_size=-0.01), "FeaAttack's step_size"),
+    (lambda: AttackContext(_random_net(), seed=-1), "seed"),
+    (lambda: AttackContext(_random_net(), batch_size=0), "batch_size"),
+])
+def test_attack_settings_that_would_give_wrong_accuracies_are_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_settings_at_the_edge_of_their_range_run():
+    """decay 0 is PGD on the normalised gradient, kappa 0 stops at the decision boundary (C&W's
+    confidence 0), FeaAttack with 0 steps keeps its random start: all meaningful."""
+    x, y = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(3)
+    model = _random_net()
+    for x_adv in (mim(model, x, y, EPS, steps=2, decay=0.0), cw(model, x, y, EPS, steps=2, kappa=0.0),
+                  feature_attack(model, x, y, EPS, targets=1, steps=0).x_adv):
+        assert (x_adv - x).abs().max() <= EPS + 1e-6
+
+
 def test_per_example_normals_are_standard_normal_and_keyed_by_example():
     from adt_fast.attacks.engine import per_example_normals
 

@@ -337,6 +337,18 @@ def test_square_beating_gradient_attacks_is_flagged_by_evaluate(monkeypatch):
     (lambda: FABAttack(EPS, targets=0), "targets"),
     (lambda: SquareAttack(EPS, queries=0), "queries"),
     (lambda: SquareAttack(EPS, p_init=0), "p_init"),
+    (lambda: SquareAttack(EPS, p_init=True), "p_init"),
+    (lambda: APGDAttack("apgd-ce", EPS, momentum=True), "momentum"),
+    (lambda: APGDAttack("apgd-ce", EPS, rho=float("nan")), "rho"),
+    # FAB's factors, which ran with any value before (NaN, a mix weight above 1, an undershoot)
+    (lambda: FABAttack(EPS, alpha_max=float("nan")), "alpha_max"),
+    (lambda: FABAttack(EPS, alpha_max=1.5), "alpha_max"),
+    (lambda: FABAttack(EPS, alpha_max=-0.1), "alpha_max"),
+    (lambda: FABAttack(EPS, eta=0.5), r"eta .* must lie in \[1, inf\)"),
+    (lambda: FABAttack(EPS, eta=float("inf")), "eta"),
+    (lambda: FABAttack(EPS, beta=0.0), "beta"),
+    (lambda: FABAttack(EPS, beta=1.0), "beta"),
+    (lambda: FABAttack(EPS, beta=float("nan")), "beta"),
     (lambda: AutoAttack("autoattack-plus", EPS), "version"),
 ])
 def test_bad_settings_are_refused(build, message):
@@ -623,6 +635,19 @@ def test_fab_follows_its_update_rule_on_a_linear_model(steps, beta):
 
 
 # ----------------------------------------------------------------------------- Square
+
+
+def test_square_reports_the_rule_it_scores_by():
+    """Square stops at margin <= 0 but scores argmax != y (docs/evaluation.md); at an exact tie of
+    the logits the two differ, and the report must state the one the accuracy follows."""
+    tie = nn.Sequential(nn.Flatten(), nn.Linear(48, 10)).double()
+    nn.init.zeros_(tie[1].weight), nn.init.zeros_(tie[1].bias)  # all logits tie: margin 0, argmax 0
+    x = torch.rand(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    attack = SquareAttack(EPS, queries=2)
+    outcome = attack.run(AttackContext(tie), x, torch.zeros(2, dtype=torch.long), torch.arange(2))
+    assert bool(outcome.correct.all())  # margin 0, yet classified correctly: not broken
+    assert "argmax != y" in attack.settings()["broken_if"]
+    assert "margin" not in attack.settings()["broken_if"]
 
 
 class Counting(nn.Module):

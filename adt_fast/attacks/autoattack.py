@@ -26,7 +26,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from ..checks import check_int
+from ..checks import check_finite, check_int
 from .engine import apgd, eval_mode, input_gradient, per_example_start, per_example_words
 from .losses import DLR_CLASSES, DLR_TARGETED_CLASSES, cross_entropy, cw_margin, dlr, dlr_targeted
 from .suite import Attack, AttackContext, AttackOutcome, check_epsilon, stream_seed
@@ -57,6 +57,17 @@ def _clean(ctx: AttackContext, attack: Attack, x: torch.Tensor, y: torch.Tensor)
     if problem is not None:
         raise ValueError(problem)
     return logits, logits.argmax(1) == y
+
+
+def _check_interval(value, name: str, low: float, high: float, *, low_closed: bool = False,
+                    high_closed: bool = True) -> float:
+    """A finite number (not a bool) in the interval; a ValueError naming `name` otherwise: these
+    settings are fractions or factors whose every value outside it runs, with wrong results."""
+    value = check_finite(value, name)
+    if not ((low <= value if low_closed else low < value) and (value <= high if high_closed else value < high)):
+        raise ValueError(f"{name} must lie in {'[' if low_closed else '('}{low:g}, {high:g}"
+                         f"{']' if high_closed else ')'}, got {value!r}")
+    return value
 
 
 def _targets(logits: torch.Tensor, count: int) -> torch.Tensor:
@@ -117,10 +128,8 @@ class APGDAttack(Attack):
         check_int(self.steps, "APGD's steps")
         check_int(self.restarts, "APGD's restarts")
         check_int(self.targets, "APGD's targets")
-        if not 0 < self.rho < 1:
-            raise ValueError(f"APGD's rho must lie in (0, 1), got {self.rho}")
-        if not 0 < self.momentum <= 1:
-            raise ValueError(f"APGD's momentum must lie in (0, 1], got {self.momentum}")
+        _check_interval(self.rho, "APGD's rho", 0, 1, high_closed=False)
+        _check_interval(self.momentum, "APGD's momentum", 0, 1)
 
     @property
     def targeted(self) -> bool:
@@ -234,6 +243,9 @@ class FABAttack(Attack):
         check_epsilon(self.epsilon)
         check_int(self.steps, "FAB's steps")
         check_int(self.targets, "FAB's targets")
+        _check_interval(self.alpha_max, "FAB's alpha_max", 0, 1, low_closed=True)
+        _check_interval(self.eta, "FAB's eta (overshoot)", 1, math.inf, low_closed=True, high_closed=False)
+        _check_interval(self.beta, "FAB's beta (step back)", 0, 1, high_closed=False)
 
     def settings(self) -> dict:
         return {"norm": "linf", "epsilon": self.epsilon, "steps": self.steps,
@@ -311,7 +323,9 @@ class SquareAttack(Attack):
     proposes, for every example still robust, a square of side s (from the p schedule) at a
     random position set to x +- epsilon (one random sign per channel), and keeps it if the margin
     drops. Signs that would leave the point unchanged are redrawn, up to SQUARE_REDRAWS times
-    (the reference redraws until they change it). An example is broken once its margin is <= 0.
+    (the reference redraws until they change it). The search of an example stops once its margin
+    is <= 0; it counts as broken when the model misclassifies a point found (argmax != y, as for
+    every other attack: at an exact tie of the logits the two differ).
     """
 
     epsilon: float
@@ -322,13 +336,12 @@ class SquareAttack(Attack):
     def __post_init__(self):
         check_epsilon(self.epsilon)
         check_int(self.queries, "Square's queries")
-        if not 0 < self.p_init <= 1:
-            raise ValueError(f"Square's p_init must lie in (0, 1], got {self.p_init}")
+        _check_interval(self.p_init, "Square's p_init", 0, 1)
 
     def settings(self) -> dict:
         return {"norm": "linf", "epsilon": self.epsilon, "queries": self.queries,
                 "p_init": self.p_init, "loss": "margin", "gradients": False,
-                "broken_if": "the margin z_y - max_{j != y} z_j reaches <= 0"}
+                "broken_if": "some query's point is misclassified (argmax != y)"}
 
     def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor,
             example_ids: torch.Tensor) -> AttackOutcome:

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ..checks import check_int
 from ..devices import best_seconds
 from ..ops import sample_and_entropy
 from .engine import input_gradient
@@ -83,13 +84,13 @@ def fit_distribution(loss_fn: BatchedLoss, x: torch.Tensor, *, epsilon: float, s
     smaller pass keeps the activations in cache: on a 2-core CPU with a 32 MiB L3, five 64-image
     passes of small-cnn ran faster than one of 320 images (benchmarks/RESULTS.md).
     """
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+    check_int(steps, "steps", minimum=0)
+    check_int(num_samples, "num_samples")
     check_non_negative(lbd, "lbd")
     check_non_negative(lr, "lr")
     check_non_negative(adam_eps, "adam_eps")
-    if samples_per_pass is not None and (isinstance(samples_per_pass, bool) or samples_per_pass < 1):
-        raise ValueError(f"samples_per_pass must be an integer >= 1 or None, got {samples_per_pass!r}")
+    if samples_per_pass is not None:
+        check_int(samples_per_pass, "samples_per_pass")
     x = x.detach()
     mean = torch.zeros_like(x, requires_grad=True)
     std_param = torch.zeros_like(mean, requires_grad=True)

@@ -23,6 +23,7 @@ from ..distributed import World, current as dist_world
 from .autoattack import COMPONENTS as AUTOATTACK_VERSIONS, GRADIENT_COMPONENTS
 from .distribution import check_non_negative
 from .engine import eval_mode, input_gradient, model_device
+from .inputs import check_batch, check_classes
 from .losses import cross_entropy
 from .report import Report, attack_order, sanity_warnings, worst_case
 from .suite import (CW_STEPS, DEFAULT_ATTACKS, DIST_LAMBDA, DIST_SAMPLES, DIST_STEPS,
@@ -43,24 +44,6 @@ def _check_on_device(model: nn.Module, device: torch.device, name: str) -> None:
     if where.type != device.type or None not in (where.index, device.index) and where.index != device.index:
         raise ValueError(f"{name} is on {where} but device={str(device)!r}: move it there first "
                          f"({name}.to({str(device)!r})), or leave device unset to run where the model is")
-
-
-def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError("x must be a floating-point tensor of inputs in [0, 1]")
-    if x.dim() < 2:
-        raise ValueError(f"x must be batched, shape (N, ...), got {tuple(x.shape)}")
-    if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-        raise TypeError("y must be an integer tensor of class labels")
-    if y.shape != (len(x),):
-        raise ValueError(f"y must have shape ({len(x)},) to match x, got {tuple(y.shape)}")
-    if len(x) == 0:
-        raise ValueError("no examples to evaluate (x is empty)")
-    if not bool(torch.isfinite(x).all()) or float(x.min()) < 0 or float(x.max()) > 1:
-        raise ValueError("x must lie in [0, 1] (the attacks clamp to that range; a model that "
-                         "normalises its inputs must do it inside its forward)")
-    if int(y.min()) < 0:
-        raise ValueError("labels must be >= 0")
 
 
 def check_epsilon_curve(multiples: Optional[Iterable[float]], epsilon: float) -> List[float]:
@@ -89,19 +72,6 @@ def check_attacks_can_run(names: Sequence[str], device: torch.device, dtype: tor
             dispatch.select("auto", device, dtype)
         except (RuntimeError, ValueError) as err:
             raise ValueError(f"the distribution attack cannot run on {device}: {err}") from None
-
-
-def _check_classes(ctx: AttackContext, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                   what: str) -> int:
-    """The number of classes `model` returns, checked against the labels with one forward."""
-    with eval_mode(model), torch.no_grad():
-        logits = ctx.logits(x[:1], model)
-    if logits.dim() != 2:
-        raise ValueError(f"the {what} must return logits of shape (N, classes), got {tuple(logits.shape)}")
-    if int(y.max()) >= logits.shape[1]:
-        raise ValueError(f"the labels go up to {int(y.max())} but the {what} returns "
-                         f"{logits.shape[1]} logits: it was trained for another dataset")
-    return logits.shape[1]
 
 
 def _input_gradients(ctx: AttackContext, x: torch.Tensor, y: torch.Tensor):
@@ -158,7 +128,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     """
     epsilon = check_epsilon(epsilon)
     check_precision(precision)
-    _check_inputs(x, y)
+    y = check_batch(x, y)
     batch_size = check_int(batch_size, "batch_size")
     names, feature_targets, cw_steps = _protocol(protocol, attacks, feature_targets, cw_steps)
     check_int(dist_steps, "dist_steps", minimum=0)
@@ -173,7 +143,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     multiples = check_epsilon_curve(epsilon_curve, epsilon)
 
     n = len(x)
-    y = y.long()
     ids = (torch.arange(n) if example_ids is None else torch.as_tensor(example_ids).reshape(-1).long().cpu())
     if len(ids) != n:
         raise ValueError(f"example_ids has {len(ids)} entries for {n} examples")
@@ -194,12 +163,12 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                      for name in names}
     ctx = AttackContext(model, seed=seed, precision=precision, pool_x=x, pool_y=y,
                         source_model=source_model, batch_size=batch_size)
-    num_classes = _check_classes(ctx, model, x[:1].to(device), y, "model")
+    num_classes = check_classes(ctx, model, x[:1].to(device), y, "model")
     too_few = class_shortfall(attacks_asked.values(), num_classes)
     if too_few is not None:
         raise ValueError(f"attacks: {too_few}")
     if source_model is not None:
-        _check_classes(ctx, source_model, x[:1].to(device), y, "source model")
+        check_classes(ctx, source_model, x[:1].to(device), y, "source model")
 
     # The suite: every pgdN is served by one PGD run of the largest N.
     pgd_names = [name for name in names if pgd_steps(name) is not None]

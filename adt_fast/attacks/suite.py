@@ -34,6 +34,7 @@ from ..models.external import has_feature_split
 from .distribution import check_non_negative, fit_distribution
 from .engine import (eval_mode, example_seed, iterative_attack, model_device, per_example_normals,
                      per_example_start)
+from .inputs import check_batch, check_classes
 from .losses import cosine_distance, cross_entropy, cw_margin
 
 DEFAULT_ATTACKS = ("fgsm", "pgd20", "pgd100", "mim", "cw", "feature", "dist")
@@ -173,6 +174,8 @@ class AttackContext:
 
     def __post_init__(self):
         check_precision(self.precision)
+        check_int(self.seed, "seed", 0, MAX_SEED)
+        check_int(self.batch_size, "batch_size")
 
     @staticmethod
     def _full(out: torch.Tensor) -> torch.Tensor:
@@ -273,11 +276,27 @@ class Attack:
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0,
                 example_ids: Optional[torch.Tensor] = None, **context) -> torch.Tensor:
         """The adversarial inputs for (x, y): a convenience around run()."""
-        ctx = AttackContext(model, seed=seed, **context)
+        return self.run_checked(AttackContext(model, seed=seed, **context), x, y, example_ids).x_adv
+
+    def run_checked(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor,
+                    example_ids: Optional[torch.Tensor] = None) -> AttackOutcome:
+        """run() behind the checks of a stand-alone call, made once: x in [0, 1], labels that
+        the model's (and source model's) logits have, FeaAttack's pool, the attack's needs.
+        (evaluate makes the same checks once for the whole set and calls run() per batch.)"""
+        y = check_batch(x, y)
+        if (ctx.pool_x is None) != (ctx.pool_y is None):
+            raise ValueError("pool_x and pool_y go together: give both or neither")
+        if ctx.pool_x is not None:
+            check_batch(ctx.pool_x, ctx.pool_y, "pool_x", "pool_y")
         reason = self.unavailable(ctx)
         if reason is not None:
             raise ValueError(f"attack {self.name!r} cannot run: {reason}")
-        return self.run(ctx, x, y, _example_ids(x, example_ids)).x_adv
+        problem = self.too_few_classes(check_classes(ctx, ctx.model, x, y, "model"))
+        if problem is not None:
+            raise ValueError(problem)
+        if ctx.source_model is not None:
+            check_classes(ctx, ctx.source_model, x, y, "source model")
+        return self.run(ctx, x, y, _example_ids(x, example_ids))
 
 
 @dataclass
@@ -300,6 +319,11 @@ class GradientAttack(Attack):
             raise ValueError(f"loss must be 'ce' or 'cw', got {self.loss!r}")
         check_int(self.steps, "steps")
         check_epsilon(self.step_size, "step_size")
+        if self.momentum is not None:  # 0 is plain PGD on the normalised gradient
+            check_non_negative(self.momentum, f"{self.label}'s decay (momentum)")
+        # kappa caps the margin loss: at 0 the attack stops at the decision boundary (C&W's
+        # confidence 0); below 0 it would stop while the example is still classified correctly
+        check_non_negative(self.kappa, f"{self.label}'s kappa")
 
     def settings(self) -> dict:
         out = {"norm": "linf", "epsilon": self.epsilon, "steps": self.steps,
@@ -408,6 +432,8 @@ class FeatureAttack(Attack):
         check_epsilon(self.epsilon)
         if self.step_size is None:
             self.step_size = self.epsilon / 8
+        check_epsilon(self.step_size, "FeaAttack's step_size")
+        check_int(self.steps, "FeaAttack's steps", minimum=0)
         check_int(self.targets, "the number of FeaAttack targets")
 
     def settings(self) -> dict:
@@ -692,10 +718,7 @@ def feature_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: 
     attack = FeatureAttack(epsilon, targets=targets, steps=steps)
     ctx = AttackContext(model, seed=seed, precision=precision, pool_x=pool_x, pool_y=pool_y,
                         batch_size=batch_size)
-    reason = attack.unavailable(ctx)
-    if reason is not None:
-        raise ValueError(f"attack 'feature' cannot run: {reason}")
-    return attack.run(ctx, x, y, _example_ids(x, example_ids))
+    return attack.run_checked(ctx, x, y, example_ids)
 
 
 def transfer(source_model: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -704,4 +727,4 @@ def transfer(source_model: nn.Module, model: nn.Module, x: torch.Tensor, y: torc
     """PGD-steps crafted on source_model; `correct` is measured on model."""
     attack = TransferAttack(epsilon, steps=steps)
     ctx = AttackContext(model, seed=seed, precision=precision, source_model=source_model)
-    return attack.run(ctx, x, y, _example_ids(x, example_ids))
+    return attack.run_checked(ctx, x, y, example_ids)

@@ -1,0 +1,55 @@
+"""The checks every public attack entry point runs once per call on what it is given.
+
+`evaluate` and the stand-alone attacks (``Attack.perturb``, ``fgsm`` ... ``cw``,
+``feature_attack``, ``transfer``) share them: the engine projects onto the epsilon-ball *and*
+clamps to [0, 1], so inputs outside [0, 1] (a normalised batch) would come back far more than
+epsilon away, silently; and bad labels would fail deep inside a loss (on CUDA, as a device-side
+assert). The engine's per-step primitives (``project``, ``iterative_attack``, ``apgd``) take their
+inputs as given: they run inside trainers' steps, where a check per call would cost a sync.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .engine import eval_mode
+
+LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
+
+
+def check_batch(x: torch.Tensor, y: torch.Tensor, x_name: str = "x", y_name: str = "y") -> torch.Tensor:
+    """Refuse a batch the attacks cannot score honestly; return the labels as int64.
+
+    x: floating point, (N, ...) with N >= 1, finite and in [0, 1]; y: integers >= 0, shape (N,).
+    """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"{x_name} must be a floating-point tensor of inputs in [0, 1]")
+    if x.dim() < 2:
+        raise ValueError(f"{x_name} must be batched, shape (N, ...), got {tuple(x.shape)}")
+    if not isinstance(y, torch.Tensor) or y.dtype not in LABEL_DTYPES:
+        got = y.dtype if isinstance(y, torch.Tensor) else type(y).__name__
+        raise TypeError(f"{y_name} must be an integer tensor of class labels, got {got}")
+    if y.shape != (len(x),):
+        raise ValueError(f"{y_name} must have shape ({len(x)},) to match {x_name}, got {tuple(y.shape)}")
+    if len(x) == 0:
+        raise ValueError(f"no examples to attack ({x_name} is empty)")
+    if not bool(torch.isfinite(x).all()) or float(x.min()) < 0 or float(x.max()) > 1:
+        raise ValueError(f"{x_name} must lie in [0, 1] (the attacks clamp to that range; a model "
+                         f"that normalises its inputs must do it inside its forward)")
+    if int(y.min()) < 0:
+        raise ValueError(f"labels must be >= 0 ({y_name})")
+    return y.long()
+
+
+def check_classes(ctx, model: nn.Module, x: torch.Tensor, y: torch.Tensor, what: str) -> int:
+    """The number of classes `model` returns (through ctx's forward), checked against the labels
+    with one forward of one example."""
+    with eval_mode(model), torch.no_grad():
+        logits = ctx.logits(x[:1], model)
+    if logits.dim() != 2:
+        raise ValueError(f"the {what} must return logits of shape (N, classes), got {tuple(logits.shape)}")
+    if int(y.max()) >= logits.shape[1]:
+        raise ValueError(f"the labels go up to {int(y.max())} but the {what} returns "
+                         f"{logits.shape[1]} logits: it was trained for another dataset")
+    return logits.shape[1]
