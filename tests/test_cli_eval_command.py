@@ -60,3 +60,46 @@ def test_std_without_mean_is_refused_also_with_a_checkpoint(finished_run, tmp_pa
     assert code == 2
     assert "error: --mean/--std" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_ctrl_c_while_the_report_is_written_says_which_files_are_new(finished_run, tmp_path, monkeypatch, capsys):
+    """The message once claimed no file was changed although REPORT.json had been replaced: it
+    must name what was written and what is still the previous run's, and keep the results."""
+    from adt_fast.attacks import report as report_module
+
+    out = tmp_path / "r.json"
+    assert main(["eval", "--checkpoint", str(finished_run), *FAST, "--out", str(out)]) == 0
+    inode = {suffix: out.with_suffix(suffix).stat().st_ino for suffix in (".json", ".csv", ".png")}
+    capsys.readouterr()
+    real, calls = report_module.write_atomic, []
+
+    def interrupted_at_the_csv(path, write, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(path, write, *args, **kwargs)
+
+    monkeypatch.setattr(report_module, "write_atomic", interrupted_at_the_csv)
+    assert main(["eval", "--checkpoint", str(finished_run), *FAST, "--out", str(out)]) == 130
+    printed = capsys.readouterr()
+    assert "FGSM" in printed.out  # the results table
+    assert "no file was changed" not in printed.err
+    assert f"{out} written" in printed.err and f"{out.with_suffix('.csv')} being written" in printed.err
+    assert f"{out.with_suffix('.png')} not written" in printed.err
+    # write_atomic replaces a file by renaming a new one over it: a new inode is a new file
+    assert out.stat().st_ino != inode[".json"]
+    assert [out.with_suffix(suffix).stat().st_ino for suffix in (".csv", ".png")] == [inode[".csv"], inode[".png"]]
+
+
+def test_the_report_records_the_checkpoint_absolute_and_torch_and_the_device(finished_run, tmp_path, monkeypatch):
+    """A relative --checkpoint is recorded as the absolute path it named (as --weights is), with
+    torch's version and the device's model: a report must say what produced its numbers."""
+    import json
+
+    monkeypatch.chdir(finished_run.parent)
+    out = tmp_path / "r.json"
+    assert main(["eval", "--checkpoint", finished_run.name, *FAST, "--out", str(out)]) == 0
+    meta = json.loads(out.read_text())["meta"]
+    assert meta["checkpoint"] == str((finished_run / "model.pt").resolve())
+    assert meta["torch_version"] == torch.__version__
+    assert isinstance(meta["device_name"], str) and meta["device_name"]

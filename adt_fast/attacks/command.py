@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 from ..distributed import DistributedError, check_timeout, launch_rank, launched, local_device, session
+from .report import SaveInterrupted
 from .suite import (DEFAULT_ATTACKS, DIST_STEPS, FEATURE_TARGETS, MAX_EPSILON, MAX_SEED, PAPER_ATTACKS,
                     PAPER_FEATURE_TARGETS, PRECISIONS, class_shortfall, make_attack, parse_attacks)
 
@@ -549,7 +550,7 @@ def run_eval(args) -> int:
     except EvalError as err:
         print(f"adt-fast eval: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # _run catches the one that comes while the report is written
         print("adt-fast eval: interrupted before the report was written; no file was changed "
               "(rerun the command to evaluate)", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -592,6 +593,7 @@ def _run(args) -> int:
                                                    job.source_sha256)
     report.meta = {**_origin(ModelFlags.read(args, "--"), job.checkpoint, job.weights_sha256, job.trained),
                    "dataset": job.dataset, "split": "test", "device": job.device.type,
+                   **_environment(job.device),
                    **{f"source_{key}": value for key, value in source.items()}}
     protect = [p for p in (job.checkpoint, job.source_checkpoint) if p]
     try:
@@ -600,6 +602,12 @@ def _run(args) -> int:
         _print_results(report, job, args)  # the attacks' results are not lost
         raise EvalError("--out", f"the report could not be written: {err} (the results are printed "
                                  f"above)") from None
+    except KeyboardInterrupt as err:  # some of the files may be this report's already: say which
+        _print_results(report, job, args)
+        state = err if isinstance(err, SaveInterrupted) else "no file was changed"
+        print(f"adt-fast eval: interrupted while writing the report: {state} (the results are "
+              f"printed above)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     _print_results(report, job, args)
     on = f"{world.size} processes" if world.parallel else str(job.device)
     print(f"\nwrote {', '.join(str(p) for p in paths)} ({elapsed:.1f} s on {on})")
@@ -647,11 +655,30 @@ def _origin(flags: ModelFlags, checkpoint: Optional[Path], sha256: Optional[str]
     """Which model was scored, for the report's meta: the checkpoint, or the --model flags (the
     weights file as an absolute path), with the SHA-256 of the file read."""
     if checkpoint is not None:
-        return {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256, **({"trained": trained} if trained else {}),
+        return {"checkpoint": str(Path(checkpoint).resolve()), "checkpoint_sha256": sha256, **({"trained": trained} if trained else {}),
                 **({"model": flags.spec} if flags.spec is not None else {})}
     weights = None if flags.weights is None else str(Path(flags.weights).resolve())
     return {"model": flags.spec, "weights": weights, "weights_sha256": sha256,
             **({"mean": flags.mean, "std": flags.std} if flags.mean is not None else {})}
+
+
+def _environment(device) -> dict:
+    """The GPU's (or CPU's) model and torch's version, for the report's meta: the last bits of a
+    result may depend on either."""
+    import platform
+
+    import torch
+
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+                names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+        except OSError:  # not Linux
+            names = []
+        name = names[0] if names else (platform.processor() or platform.machine())
+    return {"device_name": name, "torch_version": torch.__version__}
 
 
 def _print_results(report, job, args) -> None:

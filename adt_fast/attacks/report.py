@@ -162,6 +162,21 @@ def sanity_warnings(natural: torch.Tensor, masks: Mapping[str, torch.Tensor], *,
     return warnings
 
 
+class SaveInterrupted(KeyboardInterrupt):
+    """Ctrl-C while Report.save wrote its files: which are this report's and which are not."""
+
+    def __init__(self, written: Sequence[Path], unwritten: Sequence[Path]):
+        self.written, self.unwritten = list(written), list(unwritten)
+        parts = [f"{', '.join(map(str, self.written))} written"] if self.written else []
+        if self.unwritten:  # write_atomic replaces a file whole: the one in flight is either
+            parts.append(f"{self.unwritten[0]} being written (it holds the previous file, if any, "
+                         f"or this report's)")
+        if self.unwritten[1:]:
+            parts.append(f"{', '.join(map(str, self.unwritten[1:]))} not written (the previous "
+                         f"files, if any, are still there)")
+        super().__init__("; ".join(parts) or "every file written")
+
+
 @dataclass
 class Report:
     """The result of :func:`adt_fast.attacks.evaluate`.
@@ -291,15 +306,18 @@ class Report:
                 warnings.warn(f"{png_path} not written: {err}", stacklevel=2)
         json_path.parent.mkdir(parents=True, exist_ok=True)
         written: List[Path] = []
-        for target, data in staged.items():
-            try:
-                write_atomic(target, lambda handle, data=data: handle.write(data))
-            except OSError as err:  # a full disk: say which files of the set are there
-                kept = f"; {', '.join(map(str, written))} written before it" if written else ""
-                raise OSError(f"{target}: {os_error_text(err)}{kept}") from None
-            written.append(target)
-        if png_path not in staged and png_path.exists():
-            png_path.unlink()  # an earlier report's plot (report_paths checked), no longer this one's
+        try:
+            for target, data in staged.items():
+                try:
+                    write_atomic(target, lambda handle, data=data: handle.write(data))
+                except OSError as err:  # a full disk: say which files of the set are there
+                    kept = f"; {', '.join(map(str, written))} written before it" if written else ""
+                    raise OSError(f"{target}: {os_error_text(err)}{kept}") from None
+                written.append(target)
+            if png_path not in staged and png_path.exists():
+                png_path.unlink()  # an earlier report's plot (report_paths checked), no longer this one's
+        except KeyboardInterrupt:
+            raise SaveInterrupted(written, [target for target in staged if target not in written]) from None
         return tuple(staged)
 
     def json_text(self) -> str:
