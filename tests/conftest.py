@@ -20,6 +20,21 @@ os.environ.setdefault("ADT_FAST_NO_PROGRESS", "1")
 # The test models are tiny: one intra-op thread is faster than two and steadier on a shared box.
 torch.set_num_threads(1)
 
+REQUIRE_EXTENSION_ENV = "ADT_FAST_REQUIRE_EXTENSION"
+
+
+def pytest_configure(config):
+    """With ADT_FAST_REQUIRE_EXTENSION=1 (CI) a run without the cpu backend stops at once: every
+    test of the C++ kernels would skip and the run pass. Without it, such a run (a platform the
+    extension does not build on) still tests the pure-Python code."""
+    if os.environ.get(REQUIRE_EXTENSION_ENV, "0").strip().lower() not in ("1", "true", "yes", "on"):
+        return
+    import adt_fast
+
+    cpu = {status.name: status for status in adt_fast.backends()}["cpu"]
+    if not cpu.available:
+        raise pytest.UsageError(f"{REQUIRE_EXTENSION_ENV}=1, but the cpu backend is unavailable: {cpu.reason}")
+
 
 @pytest.fixture
 def file_server(tmp_path):

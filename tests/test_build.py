@@ -291,3 +291,21 @@ def test_one_version_everywhere(capsys):
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out == f"adt-fast {setup_py.VERSION}\n"
+
+
+# ---- ADT_FAST_REQUIRE_EXTENSION=1 (tests/conftest.py) -----------------------------------------------
+
+@pytest.mark.parametrize("require", ["1", "0"])
+def test_require_extension_stops_a_test_run_without_the_cpu_backend(require):
+    # A fresh pytest in which importing adt_fast._C fails, as where it did not build
+    code = ("import sys; sys.modules['adt_fast._C'] = None; import pytest; "
+            "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '--collect-only', "
+            "'tests/test_build.py::test_one_version_everywhere']))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "ADT_FAST_REQUIRE_EXTENSION": require})
+    if require == "1":
+        assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
+        assert ("ADT_FAST_REQUIRE_EXTENSION=1, but the cpu backend is unavailable: the C++ extension "
+                "adt_fast._C is not built") in result.stderr
+    else:  # the pure-Python tests still run
+        assert result.returncode == 0, result.stdout + result.stderr
