@@ -19,7 +19,7 @@ import math  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-triton = pytest.importorskip("triton")
+triton = pytest.importorskip("triton", minversion="3.6")
 tl = pytest.importorskip("triton.language")
 
 import adt_fast.ops  # noqa: E402
