@@ -486,8 +486,10 @@ for store, has_x, has_noise, gout, d in (("fp32", True, False, 1, 3072), ("bf16"
         # a quad per thread, one warp: no layout conversion or reduction through shared memory
         assert kernel.metadata.shared == 0, (store, d, fn.__name__, kernel.metadata.shared)
         assert kernel.asm["cubin"]
-for forward in (True, False):  # D % 4 != 0: one Philox call per element instead of per quad
-    assert philox["fp32", 3073, forward] == 4 * philox["fp32", 3072, forward], philox
+for forward in (True, False):  # D % 4 != 0: one Philox call per element instead of per quad, about 4x
+    # the products (triton 3.9 emits exactly 4x; 3.6 shares a few of them between calls: 77 for 80)
+    assert 3 * philox["fp32", 3072, forward] < philox["fp32", 3073, forward] <= 4 * philox["fp32", 3072, forward], \
+        philox
 print("OK")
 """
 
