@@ -9,29 +9,37 @@ import adt_fast
 from test_ops import make_inputs, runnable
 
 BACKENDS = ["reference", "cpu"]
+# Not the op's defaults, so that a transform path that dropped either (used a default or a
+# constant in its place) gives other values than the eager calls these tests compare it with.
+EPSILON = 0.3
+CLAMP = (0.1, 0.9)
 
 
-def _call(backend, noise=None, x=None, k=2, clamp=None):
-    return lambda mean, rho: adt_fast.sample_and_entropy(mean, rho, k, 0.1, x=x, clamp=clamp, noise=noise,
+def _call(backend, noise=None, x=None, k=2):
+    return lambda mean, rho: adt_fast.sample_and_entropy(mean, rho, k, EPSILON, x=x, clamp=CLAMP, noise=noise,
                                                          backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("with_x", [False, True])
 def test_func_grad_equals_the_autograd_gradients(backend, with_x):
+    """The loss too: a sample the clamp binds has gradient 0 whichever bound it hit, so the
+    gradients alone would not tell a wrong bound from the right one."""
     runnable(backend)
     mean, rho, x, noise, _ = make_inputs((3, 4), 2, with_x=with_x, mean_scale=3.0)
-    x = None if x is None else x * 0 + 0.99  # the clamp binds for some samples
-    op = _call(backend, noise=noise, x=x, clamp=(0.0, 1.0))
+    # near either bound: each bound of the clamp binds for some samples and not for others
+    x = None if x is None else torch.where(x < 0.5, CLAMP[0] + 0.05, CLAMP[1] - 0.05).to(x.dtype)
+    op = _call(backend, noise=noise, x=x)
 
     def loss(mean, rho):
         out, nlp = op(mean, rho)
         return (out.square() * torch.arange(out.numel(), dtype=out.dtype).view(out.shape)).sum() + nlp.sum()
 
-    grads = torch.func.grad(loss, argnums=(0, 1))(mean, rho)
+    grads, value = torch.func.grad_and_value(loss, argnums=(0, 1))(mean, rho)
     leaves = [t.clone().requires_grad_() for t in (mean, rho)]
-    want = torch.autograd.grad(loss(*leaves), leaves)
-    for got, expected in zip(grads, want):
+    want_value = loss(*leaves)
+    want = torch.autograd.grad(want_value, leaves)
+    for got, expected in zip((value, *grads), (want_value.detach(), *want)):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
@@ -99,10 +107,9 @@ def test_vmap_without_a_randomness_mode_gets_torchs_refusal():
 def test_vmap_over_given_noise_and_x_equals_a_loop():
     means, rhos, xs, _, _ = make_inputs((4, 2, 3), 1)
     noises = make_inputs((4, 2, 2, 3), 1, seed=2)[0]
-    out, nlp = torch.func.vmap(lambda m, r, x, z: _call("cpu", noise=z, x=x, clamp=(0.0, 1.0))(m, r))(
-        means, rhos, xs, noises)
+    out, nlp = torch.func.vmap(lambda m, r, x, z: _call("cpu", noise=z, x=x)(m, r))(means, rhos, xs, noises)
     for i in range(4):
-        want_out, want_nlp = _call("cpu", noise=noises[i], x=xs[i], clamp=(0.0, 1.0))(means[i], rhos[i])
+        want_out, want_nlp = _call("cpu", noise=noises[i], x=xs[i])(means[i], rhos[i])
         torch.testing.assert_close(out[i], want_out, rtol=0, atol=0)
         torch.testing.assert_close(nlp[i], want_nlp, rtol=0, atol=0)
 

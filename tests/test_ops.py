@@ -559,19 +559,29 @@ def test_custom_ops_called_directly_refuse_a_bad_seed_offset(bad):
 
 def test_torch_compile_has_no_graph_breaks():
     """Also when epsilon varies between calls (Dynamo then traces it as a symbolic float, which
-    the argument checks must handle: math.isfinite on it would break the graph)."""
-    mean = torch.randn(2, 3, requires_grad=True)
-    rho = torch.randn(2, 3, requires_grad=True)
+    the argument checks must handle: math.isfinite on it would break the graph). The compiled
+    loss and gradients are the eager ones for each epsilon and the clamp, bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    mean = torch.randn(2, 3, generator=g, requires_grad=True)
+    rho = torch.randn(2, 3, generator=g, requires_grad=True)
+    x = torch.tensor([[0.15, 0.85, 0.5], [0.85, 0.15, 0.5]])  # near the clamp's bounds: each binds at each eps
 
     def loss(m, r, eps):
-        delta, nlp = adt_fast.sample_and_entropy(m, r, 4, eps)
-        return delta.square().sum() + nlp.mean()
+        out, nlp = adt_fast.sample_and_entropy(m, r, 4, eps, x=x, clamp=(0.1, 0.9))
+        return out.square().sum() + nlp.mean()
+
+    def loss_and_grads(fn, eps):
+        torch.manual_seed(0)  # the same draws for compiled and eager
+        mean.grad = rho.grad = None
+        value = fn(mean, rho, eps)
+        value.backward()
+        return value.detach(), mean.grad, rho.grad
 
     compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
     for eps in (0.1, 0.2, 0.3):
-        mean.grad = None
-        compiled(mean, rho, eps).backward()
-        assert torch.isfinite(mean.grad).all() and mean.grad.abs().sum() > 0
+        got, want = loss_and_grads(compiled, eps), loss_and_grads(loss, eps)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=0, atol=0)
 
 
 def test_meta_tensors_give_shapes():
