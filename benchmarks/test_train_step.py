@@ -12,13 +12,19 @@ generators use Table 7's width 256 on GPU and 32 on CPU. The original code's ite
 (mode `fp32-torch-compile`: what a user of that code gets from one line; the warm-up call
 compiles, outside the timed rounds).
 
+Untimed, test_original_step_computes_our_adt_exp_step checks that the baseline does the work of
+our ADT_EXP iteration, so that the timings compare like with like.
+
 Run: pytest benchmarks/test_train_step.py --benchmark-only --benchmark-group-by=param:arch,param:mode
 (-k "adt-exp or original" for the decisive rows; -k digits for the epochs).
 """
 
+import copy
+
 import pytest
 import torch
 
+from adt_fast.data.small_datasets import read_digits
 from adt_fast.models import build_model
 from adt_fast.train import TrainConfig, fit
 from adt_fast.train.methods import METHODS, Runtime, build_method
@@ -106,6 +112,84 @@ def test_original_code_adt_exp_iteration(timed, benchmark, arch, mode, batch):
     x, y = make_batch(batch)
     benchmark.extra_info.update(device=str(DEVICE), arch=arch)
     timed(original_step(arch, x, y, compiled=mode == "fp32-torch-compile"), rounds=rounds(arch))
+
+
+def recorded_train_inputs(model):
+    """The inputs of `model`'s train-mode forwards (the outer step's x_adv), as they come."""
+    inputs = []
+    model.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach()) if module.training else None)
+    return inputs
+
+
+def handed_out(noise):
+    """take(n): the next n rows of `noise`, in order; take.left(): how many were never taken."""
+    taken = 0
+
+    def take(n):
+        nonlocal taken
+        taken += n
+        if taken > len(noise):
+            raise AssertionError(f"drew more than the {len(noise)} prepared normals")
+        return noise[taken - n:taken].clone()
+    take.left = lambda: len(noise) - taken
+    return take
+
+
+@pytest.mark.parametrize("samples_per_pass", [5, 2])
+def test_original_step_computes_our_adt_exp_step(monkeypatch, samples_per_pass):
+    """Untimed: from the same weights, batch (8 digits) and normals, in float64, the original
+    code's iteration gives our `--dist-grad accumulated` ADT_EXP step's x_adv, loss, classifier
+    gradients and updated state (`samples_per_pass` 2: our k = 5 samples in passes of 2, 2, 1).
+
+    Both draw T steps of k samples, then one, in the same order: each form gets those normals
+    (torch.randn_like for the original, Runtime.op_noise for ours). Documented differences:
+    our default `--dist-grad per-step` fits another distribution (docs/training.md §2a), so the
+    timed rows compare the same work with another update rule; their gradients are k/B of ours,
+    which `accumulated` matches by scaling Adam's eps. The original's +1e-8 inside its logs is
+    the only difference left (without it the two agree to 1e-13): where tanh nears saturation it
+    moves the fit, x_adv by up to 1.2e-5 and the gradients by up to 7e-6 of their largest (12
+    noise seeds), hence the tolerances; a flipped entropy sign, a doubled lambda or a missing
+    clamp, in either form, moves x_adv by 0.1 to 0.2 (epsilon is 0.1), torch's Adam eps unscaled
+    by 0.056.
+    """
+    images, labels = read_digits("train")
+    x = torch.from_numpy(images[:8]).to(DEVICE, torch.float64)
+    y = torch.from_numpy(labels[:8]).to(DEVICE)
+    cfg = TrainConfig(method="adt-exp", dataset="digits", out="unused", device=str(DEVICE),
+                      dist_grad="accumulated", samples_per_pass=samples_per_pass).resolve()
+    torch.manual_seed(0)
+    start = build_model(cfg.arch, 10, in_channels=x.shape[1], image_size=x.shape[-1]).to(DEVICE, torch.float64)
+    noise = torch.randn((cfg.steps * cfg.samples + 1, *x.shape), device=DEVICE, dtype=torch.float64,
+                        generator=torch.Generator(device=DEVICE).manual_seed(1))
+    results = {}
+    for form in ("original", "ours"):
+        model = copy.deepcopy(start).train()
+        inputs = recorded_train_inputs(model)
+        optimiser = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        take = handed_out(noise)
+        if form == "original":
+            with monkeypatch.context() as patch:
+                patch.setattr(torch, "randn_like", lambda like, **kwargs: take(1)[0])
+                loss = original_adt_exp_step(model, optimiser, x, y, epsilon=cfg.epsilon, steps=cfg.steps,
+                                             samples=cfg.samples, lbd=cfg.lbd)
+        else:
+            runtime = Runtime(device=DEVICE, precision=cfg.precision, backend=cfg.backend)
+            monkeypatch.setattr(runtime, "op_noise", lambda like, num_samples: take(num_samples))
+            method = build_method(cfg, model, runtime)
+            loss = method.train_step(model, x, y, {"model": optimiser, **method.optimisers()}).loss
+        assert take.left() == 0, f"{form}: {take.left()} of the normals were never drawn"
+        assert len(inputs) == 1, f"{form}: {len(inputs)} train-mode forwards, not one"
+        results[form] = inputs[0], loss.detach(), model
+    (x_adv, loss, model), (want_x_adv, want_loss, want_model) = results["original"], results["ours"]
+    assert (want_x_adv - x).abs().max() > cfg.epsilon / 2  # the fit moved x_adv away from x
+    torch.testing.assert_close(x_adv, want_x_adv, rtol=0, atol=1e-4)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-6, atol=0)
+    for (name, param), want in zip(model.named_parameters(), want_model.parameters()):
+        torch.testing.assert_close(param.grad, want.grad, rtol=0, atol=1e-4 * want.grad.abs().max().item(),
+                                   msg=lambda m: f"{name}.grad: {m}")
+    want_state = want_model.state_dict()
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, want_state[name], rtol=1e-6, atol=1e-6, msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("batch", [BATCH])
