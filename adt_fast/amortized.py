@@ -35,11 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks.distribution import check_non_negative
 from .attacks.engine import eval_mode, iterative_attack, project
 from .attacks.losses import cross_entropy
 from .attacks.suite import check_epsilon
-from .checks import check_finite, check_int
+from .checks import check_finite, check_int, check_non_negative
 from .ops import sample_and_entropy
 
 Forward = Callable[[torch.Tensor], torch.Tensor]

@@ -7,14 +7,13 @@ E_k[loss(x + delta)] + lambda * H, where delta = epsilon * tanh(mean + softplus(
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Optional
 
 import torch
 
-from ..checks import check_int
+from ..checks import check_int, check_non_negative
 from ..devices import best_seconds
 from ..ops import sample_and_entropy
 from .engine import input_gradient
@@ -42,13 +41,6 @@ class DistributionFit:
             x_adv, _ = sample_and_entropy(self.mean, self.std_param, num_samples, epsilon, x=x,
                                           noise=noise, generator=generator, backend=backend)
         return x_adv
-
-
-def check_non_negative(value, name: str) -> float:
-    """A finite real number >= 0 (lambda, a learning rate), or ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 def fit_distribution(loss_fn: BatchedLoss, x: torch.Tensor, *, epsilon: float, steps: int,

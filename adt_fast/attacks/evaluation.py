@@ -17,11 +17,10 @@ from warnings import warn
 import torch
 from torch import nn
 
-from ..checks import check_int
+from ..checks import check_int, check_non_negative
 from ..devices import bf16_emulation_warning
 from ..distributed import World, current as dist_world
 from .autoattack import COMPONENTS as AUTOATTACK_VERSIONS, GRADIENT_COMPONENTS
-from .distribution import check_non_negative
 from .engine import eval_mode, input_gradient, model_device
 from .inputs import check_batch, check_classes
 from .losses import cross_entropy

@@ -29,9 +29,9 @@ from typing import Dict, Iterable, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..checks import check_int
+from ..checks import check_int, check_non_negative
 from ..models.external import has_feature_split
-from .distribution import check_non_negative, fit_distribution
+from .distribution import fit_distribution
 from .engine import (eval_mode, example_seed, iterative_attack, model_device, per_example_normals,
                      per_example_start)
 from .inputs import check_batch, check_classes
