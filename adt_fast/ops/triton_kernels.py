@@ -29,22 +29,16 @@ import contextlib
 import functools
 import math
 import os
-import re
 import struct
 
 import torch
 import triton
 import triton.language as tl
+from torch.torch_version import TorchVersion
 
 OLDEST_TRITON = (3, 6)
 
-
-def _release(version: str) -> tuple[int, ...]:
-    """(3, 1, 0) from "3.1.0", "3.6.0+git1a2b" or "3.7.0rc1"."""
-    return tuple(int(re.match(r"\d*", part).group() or 0) for part in version.split("+")[0].split(".")[:3])
-
-
-if _release(triton.__version__) < OLDEST_TRITON:
+if TorchVersion(triton.__version__) < OLDEST_TRITON:  # torch's version comparison, local tags and all
     # Older releases import these kernels and only fail when one is first run (triton 3.1, which
     # torch 2.5 pins, lacks tl.mul), so dispatch must hear of it here to leave them out of `auto`.
     raise ImportError(f"triton {triton.__version__} is older than 3.6, the oldest these kernels are written for")
