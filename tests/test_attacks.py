@@ -550,6 +550,10 @@ _STANDALONE = {
 _BAD_BATCHES = {
     # a normalised batch: the attacks would clamp it to [0, 1], far more than epsilon away
     "normalised x": (lambda x, y: ((x - 0.5) / 0.25, y), ValueError, r"x must lie in \[0, 1\]"),
+    "x with a NaN": (lambda x, y: (x.index_fill(0, torch.tensor([2]), float("nan")), y), ValueError,
+                     r"x must lie in \[0, 1\]"),
+    "x with -inf": (lambda x, y: (x.index_fill(0, torch.tensor([5]), -float("inf")), y), ValueError,
+                    r"x must lie in \[0, 1\]"),
     "float labels": (lambda x, y: (x, y.float()), TypeError, "y must be an integer tensor"),
     "labels of another length": (lambda x, y: (x, y[:-1]), ValueError, r"y must have shape \(6,\)"),
     "a label the model lacks": (lambda x, y: (x, y + 10), ValueError, "labels go up to 1[0-9] but the model returns 10"),

@@ -34,12 +34,20 @@ def check_batch(x: torch.Tensor, y: torch.Tensor, x_name: str = "x", y_name: str
         raise ValueError(f"{y_name} must have shape ({len(x)},) to match {x_name}, got {tuple(y.shape)}")
     if len(x) == 0:
         raise ValueError(f"no examples to attack ({x_name} is empty)")
-    if not bool(torch.isfinite(x).all()) or float(x.min()) < 0 or float(x.max()) > 1:
+    x_min, x_max, y_min = _extremes(x, y)
+    if not (x_min >= 0 and x_max <= 1):   # NaN fails both comparisons; +-inf fails one
         raise ValueError(f"{x_name} must lie in [0, 1] (the attacks clamp to that range; a model "
                          f"that normalises its inputs must do it inside its forward)")
-    if int(y.min()) < 0:
+    if y_min < 0:
         raise ValueError(f"labels must be >= 0 ({y_name})")
     return y.long()
+
+
+def _extremes(x: torch.Tensor, y: torch.Tensor) -> list:
+    """x's min and max (NaN where x holds one) and y's min, read back together: one device sync."""
+    x_min, x_max = torch.aminmax(x)
+    y_min = y.min().to(device=x.device, dtype=torch.float64)
+    return torch.stack([x_min.double(), x_max.double(), y_min]).tolist()
 
 
 def check_classes(ctx, model: nn.Module, x: torch.Tensor, y: torch.Tensor, what: str) -> int:
