@@ -44,16 +44,33 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(*args: str, nproc: int = 2, extra: tuple = (), ok: bool = True) -> subprocess.CompletedProcess:
+def torchrun(*args: str, nproc: int = 2, nodes: int = 1, extra: tuple = (),
+             ok: bool = True) -> subprocess.CompletedProcess:
+    """`nodes` torchrun agents started at once with the same line, each with `nproc` processes:
+    with more than one they rendezvous by id as on that many machines (each rank's LOCAL_RANK
+    counts on its own node). The result holds the agents' output one after the other."""
+    port = free_port()
+    several = ("--nnodes", str(nodes), "--rdzv-id", f"adt_fast_test_{port}") if nodes > 1 else ()
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", *extra, *args]
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", *several, *extra, *args]
     # torchrun leaves a torchelastic_* log folder in the temporary directory after every launch.
     with tempfile.TemporaryDirectory(prefix="adt_fast_torchrun_") as scratch:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "ADT_FAST_NO_PROGRESS": "1",
                "ADT_FAST_DIST_TIMEOUT": "120", "TMPDIR": scratch}
-        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                                timeout=LAUNCH_TIMEOUT_S)
-    assert (result.returncode == 0) == ok, result.stdout[-3000:] + result.stderr[-6000:]
+        logs = [(Path(scratch, f"node{node}.out"), Path(scratch, f"node{node}.err")) for node in range(nodes)]
+        agents = []
+        try:
+            for out, err in logs:  # files, not pipes: an agent whose pipe is full would stall the others
+                with out.open("w") as stdout, err.open("w") as stderr:
+                    agents.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=stdout, stderr=stderr))
+            codes = [agent.wait(timeout=LAUNCH_TIMEOUT_S) for agent in agents]
+        finally:
+            for agent in agents:
+                agent.kill()  # after a timeout; an agent that ended is left as it is
+                agent.wait()
+        stdout, stderr = ("".join(path.read_text() for path in paths) for paths in zip(*logs))
+    result = subprocess.CompletedProcess(command, next((code for code in codes if code), 0), stdout, stderr)
+    assert all((code == 0) == ok for code in codes), stdout[-3000:] + stderr[-6000:]
     return result
 
 
@@ -216,12 +233,37 @@ def test_two_process_eval_report_equals_one_process(tmp_path):
     assert main(["eval", *args, "--out", str(tmp_path / "one" / "r.json")]) == 0
     result = torchrun("-m", "adt_fast", "eval", *args, "--out", str(tmp_path / "two" / "r.json"))
     assert "on 2 processes" in result.stdout
-    one = json.loads((tmp_path / "one" / "r.json").read_text())
-    two = json.loads((tmp_path / "two" / "r.json").read_text())
+    assert_same_report(tmp_path / "two", tmp_path / "one")
+
+
+def assert_same_report(parallel: Path, single: Path) -> None:
+    """The r.json reports in two folders agree field by field, and their CSVs byte for byte."""
+    one = json.loads((single / "r.json").read_text())
+    two = json.loads((parallel / "r.json").read_text())
     assert one.keys() == two.keys()
     for key in one:
         assert two[key] == one[key], key
-    assert (tmp_path / "two" / "r.csv").read_text() == (tmp_path / "one" / "r.csv").read_text()
+    assert (parallel / "r.csv").read_text() == (single / "r.csv").read_text()
+
+
+def test_two_nodes_train_and_evaluate_as_one_process(tmp_path):
+    """Two torchrun agents of one process each, which rendezvous by --rdzv-id as on two machines:
+    both ranks have LOCAL_RANK 0, so a rank 0 taken from LOCAL_RANK would make two writers (and
+    two measurers of the speed settings, which the worker refuses). Training and the sharded
+    evaluation of its model are one process's."""
+    from adt_fast.cli import main
+
+    torchrun(str(WORKER), "methods", str(tmp_path / "parallel"), "adt-exp", nproc=1, nodes=2)
+    parallel = tmp_path / "parallel" / "adt-exp"
+    single = fit(small_config("adt-exp", tmp_path / "single"))
+    assert_same_run(parallel, single)
+    assert_same_weights(load(parallel / "model.pt")["model"], load(single / "model.pt")["model"])
+    args = ["--checkpoint", str(parallel), "--dataset", "synthetic", "--n-examples", "24", "--batch-size", "8",
+            "--attacks", "fgsm,pgd:3,dist", "--dist-steps", "2", "--epsilon-curve", "0,2", "--device", "cpu"]
+    assert main(["eval", *args, "--out", str(tmp_path / "one" / "r.json")]) == 0
+    result = torchrun("-m", "adt_fast", "eval", *args, "--out", str(tmp_path / "two" / "r.json"), nproc=1, nodes=2)
+    assert "on 2 processes" in result.stdout
+    assert_same_report(tmp_path / "two", tmp_path / "one")
 
 
 def test_in_eval_a_rank_that_sees_another_fail_does_not_blame_the_model(tmp_path):
