@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import os
 import socket
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
@@ -55,8 +58,9 @@ def launched() -> bool:
 
 
 def restarted() -> bool:
-    """Whether torchrun restarted the worker group after a failure (--max-restarts)."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+    """Whether torchrun restarted the worker group after a failure (--max-restarts), on any node:
+    the same answer on every rank of the attempt (see _handshake). False outside torchrun."""
+    return launched() and _joined()[3].restarted
 
 
 def job_id() -> Optional[str]:
@@ -232,18 +236,99 @@ def setup(device: str) -> World:
     if not launched():
         return World()
     if not dist.is_initialized():
-        _check_launch_env()
+        store, rank, size, attempt = _joined()
         device = torch.device(device)
-        store, rank, size = next(dist.rendezvous("env://", timeout=timeout()))
         # Keys of each torchrun attempt apart: a restarted group must not read the addresses
         # its killed predecessor published (gloo then connects to a dead port).
-        store = dist.PrefixStore(f"adt_fast/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+        store = dist.PrefixStore(f"{_attempt_keys(attempt.token)}/group", store)
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank,
                                 world_size=size, timeout=timeout(),
                                 device_id=device if device.type == "cuda" else None)
     return current()
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One torchrun attempt of the worker group, as all its ranks agreed on it."""
+
+    token: str  # rank 0's, fresh for the attempt
+    restarted: bool  # some node's torchrun restarted its workers after a failure
+
+
+def _attempt_keys(token: str) -> str:
+    """The prefix of an attempt's keys in torchrun's store, which no earlier attempt used."""
+    return f"adt_fast/{token}"
+
+
+HANDSHAKE_POLL_S = 0.02
+
+
+@functools.lru_cache(maxsize=None)
+def _joined() -> tuple:
+    """torchrun's store, this rank, the world size and the :class:`Attempt`, once per process."""
+    _check_launch_env()
+    store, rank, size = next(dist.rendezvous("env://", timeout=timeout()))
+    count = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+    return store, rank, size, _handshake(store, rank, size, count, timeout())
+
+
+def _handshake(store: dist.Store, rank: int, size: int, restart_count: int,
+               limit: datetime.timedelta) -> Attempt:
+    """Agree on this attempt with every rank through torchrun's store: rank 0's fresh token, and
+    whether any rank's TORCHELASTIC_RESTART_COUNT is above 0.
+
+    Across nodes the count is each node's agent's: a node whose workers failed is restarted with
+    count + 1, one whose workers still ran only as a membership change, count unchanged. Keyed by
+    their own counts, the nodes would part (gloo cannot connect) and disagree on resuming. The
+    store outlives attempts and holds their keys, so a rank accepts only what carries its own
+    fresh nonce (rank 0's reply) or lies under the fresh token (the acks, the answer).
+    DistributedError after `limit`: on rank 0 naming the ranks that did not answer, on another
+    rank when rank 0 did not.
+    """
+    deadline = time.monotonic() + limit.total_seconds()
+    if rank == 0:
+        return _lead(store, size, restart_count, deadline, limit)
+    nonce = uuid.uuid4().hex
+    store.set(f"adt_fast/hello/{rank}", nonce)
+    while True:
+        if store.check([f"adt_fast/reply/{rank}"]):
+            answered, _, token = store.get(f"adt_fast/reply/{rank}").decode().partition("|")
+            if answered == nonce:  # not an earlier attempt's reply
+                break
+        if time.monotonic() > deadline:
+            raise DistributedError(f"rank 0 did not answer rank {rank} within {limit.total_seconds():g} s "
+                                   f"(${TIMEOUT_ENV}) when the processes met")
+        time.sleep(HANDSHAKE_POLL_S)
+    keys = _attempt_keys(token)
+    store.set(f"{keys}/ack/{rank}", str(restart_count))
+    return Attempt(token, store.get(f"{keys}/restarted") == b"1")
+
+
+def _lead(store: dist.Store, size: int, restart_count: int, deadline: float,
+          limit: datetime.timedelta) -> Attempt:
+    """Rank 0's side of :func:`_handshake`: answer every rank's hello with the token until it acks."""
+    token = uuid.uuid4().hex
+    keys = _attempt_keys(token)
+    counts, pending = [restart_count], list(range(1, size))
+    while pending:
+        for rank in list(pending):
+            if store.check([f"{keys}/ack/{rank}"]):
+                counts.append(int(store.get(f"{keys}/ack/{rank}")))
+                pending.remove(rank)
+            elif store.check([f"adt_fast/hello/{rank}"]):  # perhaps an earlier attempt's: answered again
+                hello = store.get(f"adt_fast/hello/{rank}").decode()
+                store.set(f"adt_fast/reply/{rank}", f"{hello}|{token}")
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            raise DistributedError(f"rank{'s' if len(pending) > 1 else ''} {', '.join(map(str, pending))} of "
+                                   f"{size} did not join within {limit.total_seconds():g} s (${TIMEOUT_ENV})")
+        time.sleep(HANDSHAKE_POLL_S)
+    attempt = Attempt(token, any(count > 0 for count in counts))
+    store.set(f"{keys}/restarted", "1" if attempt.restarted else "0")
+    return attempt
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ timeout; the runs are tiny (synthetic data, a few steps) so that each launch tak
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import re
@@ -14,6 +15,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -359,8 +362,6 @@ def test_torchrun_device_is_the_local_rank(monkeypatch):
     assert distributed.local_device("cpu") == "cpu"
     with pytest.raises(distributed.DistributedError, match=r"LOCAL_RANK names \(cuda:1 here\)"):
         distributed.local_device("cuda:0")
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    assert distributed.restarted()
 
 
 @pytest.mark.parametrize("run_id,recorded", [("this-job", None), ("this-job", "another-job"),
@@ -370,7 +371,7 @@ def test_a_restarted_job_resumes_only_a_run_that_it_started(tmp_path, monkeypatc
     train the run that was there before the job (torchrun restarts on any failure). A job with
     rendezvous id "none" (an explicit endpoint without --rdzv-id) is known by its agent."""
     run = fit(small_config("standard", tmp_path / "run", epochs=1))
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    monkeypatch.setattr(distributed, "restarted", lambda: True)  # what the attempt's ranks agreed
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", run_id)
     ours = distributed.job_id()
     assert ours == run_id or (run_id == "none" and ours.startswith("agent "))
@@ -395,7 +396,7 @@ def test_a_restart_after_a_kill_before_config_json_starts_the_run_afresh(tmp_pat
     refuse a directory that its own job made. Another job's such directory stays refused."""
     run = tmp_path / "run"
     run.mkdir()
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    monkeypatch.setattr(distributed, "restarted", lambda: True)  # what the attempt's ranks agreed
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "this-job")
     (run / loop.JOB_FILE).write_text(json.dumps({"job": recorded}))
     leftover = run / ".config.json.abcd1234.tmp"
@@ -508,15 +509,91 @@ def test_speed_settings_are_measured_on_one_ranks_share_of_a_batch(tmp_path, mon
 
 
 # restarted(), the agent's job id across attempts, and a shard's mid-quad rows (mutation review 2026-12-05).
-def test_restarted_only_after_a_restart(monkeypatch):
-    """The first attempt (TORCHELASTIC_RESTART_COUNT 0, or no torchrun) is no restart (mutant:
-    `>= 0`, which calls every run a restart and may resume a run another job with the same
-    --rdzv-id left)."""
-    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+STALE_TOKEN = "0" * 32
+
+
+def stale_store(size: int) -> torch.distributed.TCPStore:
+    """A TCP store server, as torchrun's agent keeps it across attempts, with the handshake keys of
+    an earlier attempt on which every rank restarted: hellos and replies of other nonces, acks
+    and an answer under another token."""
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                                       timeout=datetime.timedelta(seconds=10))
+    for rank in range(1, size):
+        store.set(f"adt_fast/hello/{rank}", f"old{rank}")
+        store.set(f"adt_fast/reply/{rank}", f"old{rank}|{STALE_TOKEN}")
+        store.set(f"adt_fast/{STALE_TOKEN}/ack/{rank}", "1")
+    store.set(f"adt_fast/{STALE_TOKEN}/restarted", "1")
+    return store
+
+
+def handshake_in_threads(server, counts: dict, size: int, limit_s: float = 20.0, late_s: float = 0.0) -> dict:
+    """_handshake on each rank of `counts` (rank: its TORCHELASTIC_RESTART_COUNT), a thread and a
+    store client each, the ranks but 0 `late_s` after rank 0; rank: Attempt or the exception."""
+    results = {}
+
+    def rank_thread(rank):
+        time.sleep(late_s if rank else 0.0)
+        client = torch.distributed.TCPStore("127.0.0.1", server.port, is_master=False,
+                                            timeout=datetime.timedelta(seconds=limit_s + 2))
+        try:
+            results[rank] = distributed._handshake(client, rank, size, counts[rank],
+                                                   datetime.timedelta(seconds=limit_s))
+        except Exception as err:  # noqa: BLE001 - the test looks at it
+            results[rank] = err
+
+    threads = [threading.Thread(target=rank_thread, args=(rank,)) for rank in counts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=limit_s + 10)
+    assert not any(thread.is_alive() for thread in threads)
+    return results
+
+
+@pytest.mark.parametrize("late_s", [0.0, 0.3])
+@pytest.mark.parametrize("counts,restarted", [([0, 1, 0], True), ([1, 0, 0], True), ([0, 0, 0], False)])
+def test_the_ranks_of_an_attempt_agree_on_fresh_keys_and_on_any_nodes_restart(counts, restarted, late_s):
+    """Across nodes each torchrun agent keeps its own restart count: a node whose workers still ran
+    is restarted with its count unchanged, so the ranks' counts differ (once they keyed the group
+    by them: gloo could not connect, and a rank 0 whose count was 0 refused to resume). The
+    handshake gives every rank one token, not the stale one the store still holds, and one answer:
+    restarted if any count is above 0, whatever the earlier attempt's keys say (late_s: the other
+    ranks' hellos come after rank 0 has read and answered the stale ones)."""
+    server = stale_store(len(counts))
+    results = handshake_in_threads(server, dict(enumerate(counts)), len(counts), late_s=late_s)
+    assert all(isinstance(result, distributed.Attempt) for result in results.values()), results
+    assert len({result.token for result in results.values()}) == 1
+    assert results[0].token != STALE_TOKEN
+    assert all(result.restarted is restarted for result in results.values())
+
+
+def test_a_rank_that_never_joins_the_handshake_is_named(monkeypatch):
+    """Rank 2 of 3 never comes (its stale hello is answered, in vain): rank 0 names it after the
+    limit. A rank whose rank 0 never comes says so. Outside torchrun there is no handshake."""
+    server = stale_store(3)
+    results = handshake_in_threads(server, {0: 0, 1: 0}, 3, limit_s=1.0)
+    assert isinstance(results[0], distributed.DistributedError)
+    assert str(results[0]).startswith(f"rank 2 of 3 did not join within 1 s (${distributed.TIMEOUT_ENV})")
+    results = handshake_in_threads(stale_store(2), {1: 0}, 2, limit_s=0.5)
+    assert isinstance(results[1], distributed.DistributedError)
+    assert str(results[1]).startswith("rank 0 did not answer rank 1 within 0.5 s")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    monkeypatch.setattr(distributed, "_joined", lambda: pytest.fail("a handshake outside torchrun"))
     assert not distributed.restarted()
-    for count, restarted in (("0", False), ("", False), ("1", True), ("3", True)):
-        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", count)
-        assert distributed.restarted() is restarted, count
+
+
+def test_restarted_is_the_handshakes_answer_under_a_launcher(monkeypatch):
+    """One rank under a launcher's environment (env:// then hosts the store in this process): the
+    attempt's answer is its count's, taken once; setup joins the group under the attempt's keys."""
+    _launcher_env(monkeypatch, TORCHELASTIC_RESTART_COUNT="1")
+    distributed._joined.cache_clear()
+    try:
+        assert distributed.restarted() and distributed.restarted()
+        assert distributed._joined.cache_info().misses == 1
+        with distributed.session("cpu") as world:
+            assert world.size == 1 and world.sum([2.0], torch.device("cpu")) == [2.0]
+    finally:
+        distributed._joined.cache_clear()
 
 
 @pytest.mark.parametrize("run_id", ["none", ""])

@@ -272,7 +272,7 @@ def _check_free_for_a_new_run(run_dir: Path) -> None:
     if not blocking:
         return
     restart = (" (torchrun restarted this job, which resumes only a run that it started itself: "
-               "docs/distributed.md)") if distributed.restarted() else ""
+               "docs/distributed.md)") if _restarted() else ""
     if CONFIG_FILE in blocking:
         raise ConfigError(f"--out {run_dir} is not empty; it holds a run ({CONFIG_FILE}): pass --resume to "
                           f"continue it, or choose a new directory (nothing is ever overwritten){restart}")
@@ -608,8 +608,8 @@ def fit(config: TrainConfig, data: Optional[tuple] = None, *, given: Optional[It
     that conflicts with them or cannot be written, CheckpointError for a checkpoint that cannot
     be read safely, DatasetFileError for invalid data (or data that changed under a resume).
     """
-    if distributed.restarted() and not config.resume and _started_by_this_job(Path(config.out)):
-        # torchrun restarted the group after a failure: continue from the last checkpoint.
+    if not config.resume and _started_by_this_job(Path(config.out)) and _restarted():
+        # torchrun restarted the group after a failure (on any node): continue from the last checkpoint.
         config = dataclasses.replace(config, resume=True)
     if config.resume and (Path(config.out) / CONFIG_FILE).is_file():  # else prepare_run_dir says there is no run
         asked = {**config.given(), **{name: getattr(config, name) for name in _field_names(given)}}
@@ -677,6 +677,16 @@ def _started_by_this_job(run_dir: Path) -> bool:
     return job is not None and _recorded_job(run_dir) == job and (run_dir / CONFIG_FILE).is_file()
 
 
+def _restarted() -> bool:
+    """distributed.restarted(), asked only where a run directory makes it matter: under torchrun
+    it meets the other ranks (or the group's setup does), and a launcher's environment that
+    cannot form the group is a ConfigError."""
+    try:
+        return distributed.restarted()
+    except distributed.DistributedError as err:
+        raise ConfigError(str(err)) from None
+
+
 def _recorded_job(run_dir: Path) -> Optional[str]:
     try:
         return json.loads((run_dir / JOB_FILE).read_text()).get("job")
@@ -689,7 +699,7 @@ def _blocking_entries(run_dir: Path) -> list:
     of writes a kill cut short (a run killed while writing its first config.json leaves one;
     claim_run_dir removes them) and, for a torchrun restart, the job file of its own first attempt."""
     job = distributed.job_id()
-    own_job = distributed.restarted() and job is not None and _recorded_job(run_dir) == job
+    own_job = job is not None and _recorded_job(run_dir) == job and _restarted()
     return sorted(entry.name for entry in run_dir.iterdir()
                   if not (_is_atomic_leftover(entry) or (own_job and entry.name == JOB_FILE)))
 
