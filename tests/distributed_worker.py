@@ -9,6 +9,10 @@
     python -m torch.distributed.run ... tests/distributed_worker.py kill-after STEPS -- TRAIN ARGS
         `adt-fast train TRAIN ARGS`, except that on the group's first attempt rank 1 SIGKILLs
         itself after STEPS training steps (torchrun --max-restarts then restarts the group);
+    python -m torch.distributed.run ... tests/distributed_worker.py kill-alone-after STEPS -- TRAIN ARGS
+        kill-after, except that rank 0 waits at its next step until torchrun stops it: only rank
+        1's worker fails (on two nodes, torchrun restarts the other node as a membership change,
+        with its TORCHELASTIC_RESTART_COUNT unchanged); each rank says its count on stderr;
     python -m torch.distributed.run ... tests/distributed_worker.py fail-after STEPS -- TRAIN ARGS
         the same, but rank 1 raises FAILURE instead (a real error, which must end the run);
     python -m torch.distributed.run ... tests/distributed_worker.py sync-bn OUT
@@ -24,10 +28,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 METHODS = ("standard", "at-pgd", "adt-exp", "adt-exp-am")
 FAILURE = "a corrupt batch on rank 1"
+WAIT_TO_BE_STOPPED_S = 60  # torchrun stops it within seconds; failing after this, rank 0 would count a restart
 OTHER_METHODS = ("trades", "adt-imp-am", "at-fgsm", "alp", "l2l")
 # name: (method, settings). ADT_IMP-AM with no entropy term (q must stay in DDP's graph), and with
 # a hinge of 1.2, within the spread of the tiny runs' batch-mean bounds (about -1.13 to -1.26):
@@ -148,10 +154,24 @@ def failing_on_rank_1(calls: int = 3):
     return FailingOnRank1(3 * 8 * 8, 10)
 
 
-def stop_after(steps: int, argv: list, kill: bool) -> int:
+def stop_after(steps: int, argv: list, kill: bool, alone: bool = False) -> int:
+    from adt_fast import distributed
     from adt_fast.cli import main
     from adt_fast.train.methods import Method
 
+    if alone:
+        print(f"rank {os.environ.get('RANK')}, restart count {os.environ.get('TORCHELASTIC_RESTART_COUNT')}",
+              file=sys.stderr, flush=True)
+    if alone and os.environ.get("RANK") == "0":
+        original, taken = Method.train_step, []
+
+        def train_step(self, *args, **kwargs):
+            taken.append(1)
+            if len(taken) > steps and not distributed.restarted():
+                time.sleep(WAIT_TO_BE_STOPPED_S)  # not in a collective, which rank 1's death would fail
+            return original(self, *args, **kwargs)
+
+        Method.train_step = train_step
     if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" and os.environ.get("RANK") == "1":
         original, taken = Method.train_step, []
 
@@ -174,8 +194,9 @@ if __name__ == "__main__":
         train_methods(Path(sys.argv[2]), sys.argv[3:] or METHODS)
     elif mode == "sync-bn":
         sync_bn_layer(Path(sys.argv[2]))
-    elif mode in ("kill-after", "fail-after"):
+    elif mode in ("kill-after", "kill-alone-after", "fail-after"):
         pin_memory_format(channels_last=False)
-        sys.exit(stop_after(int(sys.argv[2]), sys.argv[4:], kill=mode == "kill-after"))
+        sys.exit(stop_after(int(sys.argv[2]), sys.argv[4:], kill=mode != "fail-after",
+                            alone=mode == "kill-alone-after"))
     else:
         sys.exit(f"unknown mode {mode!r}")

@@ -218,6 +218,27 @@ def test_killed_worker_restarts_and_resumes_then_continues_on_one_process(tmp_pa
     assert_same_weights(load(run / "model.pt")["model"], load(single / "model.pt")["model"])
 
 
+def test_two_nodes_resume_when_only_the_failed_nodes_restart_count_goes_up(tmp_path):
+    """Rank 1's worker dies while rank 0's still runs: torchrun restarts rank 1's node with restart
+    count 1 and rank 0's as a membership change, count 0. The ranks once keyed the group by their
+    own counts (gloo could not connect) and rank 0 took its 0 for a first attempt and refused the
+    run's --out: the job failed under --max-restarts 1. It resumes as one run."""
+    run = tmp_path / "run"
+    argv = ["--method", "at-pgd", "--dataset", "synthetic", "--out", str(run), "--epochs", "3",
+            "--max-batches", "3", "--batch-size", "16", "--lr-drop", "--steps", "2", "--no-tensorboard",
+            "--sync-bn", "--device", "cpu"]
+    result = torchrun(str(WORKER), "kill-alone-after", "4", "--", *argv, nproc=1, nodes=2,
+                      extra=("--max-restarts", "1"))
+    starts = sorted(line for line in result.stderr.splitlines() if re.fullmatch(r"rank \d, restart count \d+", line))
+    # two attempts, the second after a membership change on rank 0's node (no third, which a
+    # failure on the restart would need: rank 0's node then restarts with count 1)
+    assert starts == ["rank 0, restart count 0"] * 2 + ["rank 1, restart count 0", "rank 1, restart count 1"], starts
+    assert f"resuming {run} after epoch 1/3 on 2 processes" in result.stdout
+    single = fit(small_config("at-pgd", tmp_path / "single", epochs=3, max_batches=3))
+    assert_same_run(run, single)
+    assert_same_weights(load(run / "model.pt")["model"], load(single / "model.pt")["model"])
+
+
 def test_a_failing_worker_ends_the_run_with_its_reason(tmp_path):
     argv = ["--method", "standard", "--dataset", "synthetic", "--out", str(tmp_path / "run"), "--epochs", "2",
             "--batch-size", "16", "--no-tensorboard", "--device", "cpu"]
