@@ -132,11 +132,10 @@ def check_timeout() -> None:
 
 @dataclass(frozen=True)
 class World:
-    """This process's place in the group: rank, size, and its local rank on the node."""
+    """This process's place in the group: its rank and the group's size."""
 
     rank: int = 0
     size: int = 1
-    local_rank: int = 0
 
     @property
     def main(self) -> bool:
@@ -199,7 +198,7 @@ def current() -> World:
     """The world this process belongs to (a world of one when no group is initialised)."""
     if not dist.is_initialized():
         return World()
-    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return World(dist.get_rank(), dist.get_world_size())
 
 
 def local_device(requested: str) -> str:
