@@ -617,6 +617,29 @@ def test_restarted_is_the_handshakes_answer_under_a_launcher(monkeypatch):
         distributed._joined.cache_clear()
 
 
+def test_a_session_meets_the_other_ranks_before_teardown_unless_it_failed(monkeypatch):
+    """A session that ends normally waits at a barrier before destroying the group (torch 2.6 and
+    2.7's gloo teardown hung when a peer had already gone); one that raised must not wait for
+    ranks that may be dead."""
+    _launcher_env(monkeypatch)
+    distributed._joined.cache_clear()
+    calls = []
+    monkeypatch.setattr(distributed.World, "barrier", lambda self: calls.append("barrier"))
+    real_destroy = distributed.dist.destroy_process_group
+    monkeypatch.setattr(distributed.dist, "destroy_process_group",
+                        lambda: (calls.append("destroy"), real_destroy()))
+    try:
+        with distributed.session("cpu"):
+            pass
+        assert calls == ["barrier", "destroy"]
+        calls.clear()
+        with pytest.raises(RuntimeError, match="a failed command"), distributed.session("cpu"):
+            raise RuntimeError("a failed command")
+        assert calls == ["destroy"]
+    finally:
+        distributed._joined.cache_clear()
+
+
 @pytest.mark.parametrize("run_id", ["none", ""])
 def test_a_job_without_a_rendezvous_id_is_known_by_its_agent_in_every_attempt(monkeypatch, run_id):
     """Without a rendezvous id the job is this node's torchrun agent, the workers' parent: two
