@@ -109,6 +109,9 @@ def test_training_iteration(timed, benchmark, method, arch, mode, batch):
 @pytest.mark.parametrize("mode", ["fp32", "fp32-torch-compile"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_original_code_adt_exp_iteration(timed, benchmark, arch, mode, batch):
+    if mode == "fp32-torch-compile" and DEVICE.type == "cpu" and "2.7" <= torch.__version__ < "2.8":
+        pytest.skip("torch 2.7's inductor writes C++ for this backward that g++ rejects (two declarations "
+                    "of tmp_acc0_arr in one scope; torch 2.6, 2.8 and 2.9 compile it)")
     x, y = make_batch(batch)
     benchmark.extra_info.update(device=str(DEVICE), arch=arch)
     timed(original_step(arch, x, y, compiled=mode == "fp32-torch-compile"), rounds=rounds(arch))
