@@ -136,8 +136,8 @@ def test_vmap_under_torch_compile_equals_a_loop():
         torch.testing.assert_close(nlp[i], want_nlp)
 
 
-@pytest.mark.skipif(torch.__version__ < "2.11", reason="torch 2.10's Dynamo refuses torch.func.grad of the op's "
-                    "autograd Function (README, 'Installing'); seen to work on 2.11, 2.12 and 2.13")
+@pytest.mark.skipif(torch.__version__ < "2.11", reason="Dynamo before torch 2.11 refuses torch.func.grad of the op's "
+                    "autograd Function (README, 'Installing': seen on 2.7 to 2.10); works on 2.11, 2.12 and 2.13")
 @pytest.mark.parametrize("transform", ["grad", "jacrev"])
 def test_reverse_mode_transforms_under_torch_compile_equal_eager(transform):
     mean, rho, _, noise, _ = make_inputs((2, 3), 2, dtype=torch.float32)
