@@ -24,7 +24,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import torch
 import torch.distributed as dist
@@ -60,7 +60,7 @@ def launched() -> bool:
 def restarted() -> bool:
     """Whether torchrun restarted the worker group after a failure (--max-restarts), on any node:
     the same answer on every rank of the attempt (see _handshake). False outside torchrun."""
-    return launched() and _joined()[3].restarted
+    return launched() and _joined().attempt.restarted
 
 
 def job_id() -> Optional[str]:
@@ -264,13 +264,22 @@ def _attempt_keys(token: str) -> str:
 HANDSHAKE_POLL_S = 0.02
 
 
+class Joined(NamedTuple):
+    """What this process learnt on meeting the others: torchrun's store, its place, the attempt."""
+
+    store: dist.Store
+    rank: int
+    size: int
+    attempt: Attempt
+
+
 @functools.lru_cache(maxsize=None)
-def _joined() -> tuple:
-    """torchrun's store, this rank, the world size and the :class:`Attempt`, once per process."""
+def _joined() -> Joined:
+    """Meet the other ranks in torchrun's store, once per process."""
     _check_launch_env()
     store, rank, size = next(dist.rendezvous("env://", timeout=timeout()))
     count = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
-    return store, rank, size, _handshake(store, rank, size, count, timeout())
+    return Joined(store, rank, size, _handshake(store, rank, size, count, timeout()))
 
 
 def _handshake(store: dist.Store, rank: int, size: int, restart_count: int,
@@ -335,9 +344,10 @@ def session(device: str) -> Iterator[World]:
     """:func:`setup` for the length of a command; leaves the group as it was found.
 
     A command that ends normally meets the other ranks before the group is torn down: on torch
-    2.6 and 2.7, gloo's teardown could hang for good on a rank whose peer had already left (2 of 6
-    and 1 of 6 runs of the sync-BatchNorm test; none of 10 with this barrier). After an error no
-    rank waits for the others, which may be dead.
+    2.7.1 gloo's teardown hung for good on a rank whose peer had already left (2 of 6 runs of the
+    sync-BatchNorm test; none of 10 with this barrier). On 2.6.0 it still hung once with it, in a
+    restart test, which is one reason 2.6 is not supported. After an error no rank waits for the
+    others, which may be dead.
     """
     owned = launched() and not dist.is_initialized()
     world = setup(device)
