@@ -13,6 +13,10 @@
         kill-after, except that rank 0 waits at its next step until torchrun stops it: only rank
         1's worker fails (on two nodes, torchrun restarts the other node as a membership change,
         with its TORCHELASTIC_RESTART_COUNT unchanged); each rank says its count on stderr;
+    python -m torch.distributed.run ... tests/distributed_worker.py wait-for-a-node-after STEPS -- TRAIN ARGS
+        `adt-fast train TRAIN ARGS`, except that in a group of one process, rank 0 says "waiting for a
+        node" on stderr after STEPS steps and waits at its next step until torchrun stops it (on a
+        node joining the elastic job, a change of membership); each rank says its count on stderr;
     python -m torch.distributed.run ... tests/distributed_worker.py fail-after STEPS -- TRAIN ARGS
         the same, but rank 1 raises FAILURE instead (a real error, which must end the run);
     python -m torch.distributed.run ... tests/distributed_worker.py sync-bn OUT
@@ -154,24 +158,47 @@ def failing_on_rank_1(calls: int = 3):
     return FailingOnRank1(3 * 8 * 8, 10)
 
 
+def say_restart_count() -> None:
+    print(f"rank {os.environ.get('RANK')}, restart count {os.environ.get('TORCHELASTIC_RESTART_COUNT')}",
+          file=sys.stderr, flush=True)
+
+
+def wait_to_be_stopped_after(steps: int, waiting, note: str = "") -> None:
+    """Training steps past `steps` wait for torchrun to stop this worker while waiting() holds
+    (outside any collective, which a peer's death would fail), saying `note` on stderr first."""
+    from adt_fast.train.methods import Method
+
+    original, taken = Method.train_step, []
+
+    def train_step(self, *args, **kwargs):
+        taken.append(1)
+        if len(taken) > steps and waiting():
+            if note:
+                print(note, file=sys.stderr, flush=True)
+            time.sleep(WAIT_TO_BE_STOPPED_S)
+        return original(self, *args, **kwargs)
+
+    Method.train_step = train_step
+
+
+def wait_for_a_node_after(steps: int, argv: list) -> int:
+    from adt_fast.cli import main
+
+    say_restart_count()
+    if os.environ.get("WORLD_SIZE") == "1":
+        wait_to_be_stopped_after(steps, lambda: True, note="waiting for a node")
+    return main(["train", *argv])
+
+
 def stop_after(steps: int, argv: list, kill: bool, alone: bool = False) -> int:
     from adt_fast import distributed
     from adt_fast.cli import main
     from adt_fast.train.methods import Method
 
     if alone:
-        print(f"rank {os.environ.get('RANK')}, restart count {os.environ.get('TORCHELASTIC_RESTART_COUNT')}",
-              file=sys.stderr, flush=True)
+        say_restart_count()
     if alone and os.environ.get("RANK") == "0":
-        original, taken = Method.train_step, []
-
-        def train_step(self, *args, **kwargs):
-            taken.append(1)
-            if len(taken) > steps and not distributed.restarted():
-                time.sleep(WAIT_TO_BE_STOPPED_S)  # not in a collective, which rank 1's death would fail
-            return original(self, *args, **kwargs)
-
-        Method.train_step = train_step
+        wait_to_be_stopped_after(steps, lambda: not distributed.restarted())
     if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" and os.environ.get("RANK") == "1":
         original, taken = Method.train_step, []
 
@@ -194,6 +221,9 @@ if __name__ == "__main__":
         train_methods(Path(sys.argv[2]), sys.argv[3:] or METHODS)
     elif mode == "sync-bn":
         sync_bn_layer(Path(sys.argv[2]))
+    elif mode == "wait-for-a-node-after":
+        pin_memory_format(channels_last=False)
+        sys.exit(wait_for_a_node_after(int(sys.argv[2]), sys.argv[4:]))
     elif mode in ("kill-after", "kill-alone-after", "fail-after"):
         pin_memory_format(channels_last=False)
         sys.exit(stop_after(int(sys.argv[2]), sys.argv[4:], kill=mode != "fail-after",

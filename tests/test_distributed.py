@@ -47,23 +47,33 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(*args: str, nproc: int = 2, nodes: int = 1, extra: tuple = (),
-             ok: bool = True) -> subprocess.CompletedProcess:
+def torchrun(*args: str, nproc: int = 2, nodes: int = 1, extra: tuple = (), ok: bool = True,
+             join_when=None) -> subprocess.CompletedProcess:
     """`nodes` torchrun agents started at once with the same line, each with `nproc` processes:
     with more than one they rendezvous by id as on that many machines (each rank's LOCAL_RANK
-    counts on its own node). The result holds the agents' output one after the other."""
+    counts on its own node). The result holds the agents' output one after the other.
+
+    join_when(stderr): the first agent starts alone in an elastic job of 1 to `nodes` nodes, and
+    the others join it once its stderr so far makes join_when true."""
     port = free_port()
-    several = ("--nnodes", str(nodes), "--rdzv-id", f"adt_fast_test_{port}") if nodes > 1 else ()
+    sizes = f"1:{nodes}" if join_when else str(nodes)
+    several = ("--nnodes", sizes, "--rdzv-id", f"adt_fast_test_{port}") if nodes > 1 else ()
+    if join_when:  # the first agent waits this long for others before it starts alone (30 s by default)
+        several += ("--rdzv-conf", "last_call_timeout=1")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", *several, *extra, *args]
     # torchrun leaves a torchelastic_* log folder in the temporary directory after every launch.
     with tempfile.TemporaryDirectory(prefix="adt_fast_torchrun_") as scratch:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "ADT_FAST_NO_PROGRESS": "1",
-               "ADT_FAST_DIST_TIMEOUT": "120", "TMPDIR": scratch}
+               "ADT_FAST_DIST_TIMEOUT": "120", "TMPDIR": scratch,
+               # a node joining gets through torchrun's rendezvous only with this (docs/distributed.md)
+               **({"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"} if join_when else {})}
         logs = [(Path(scratch, f"node{node}.out"), Path(scratch, f"node{node}.err")) for node in range(nodes)]
         agents = []
         try:
             for out, err in logs:  # files, not pipes: an agent whose pipe is full would stall the others
+                if agents and join_when:
+                    _wait_for(lambda: join_when(logs[0][1].read_text()) or agents[0].poll() is not None)
                 with out.open("w") as stdout, err.open("w") as stderr:
                     agents.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=stdout, stderr=stderr))
             codes = [agent.wait(timeout=LAUNCH_TIMEOUT_S) for agent in agents]
@@ -75,6 +85,13 @@ def torchrun(*args: str, nproc: int = 2, nodes: int = 1, extra: tuple = (),
     result = subprocess.CompletedProcess(command, next((code for code in codes if code), 0), stdout, stderr)
     assert all((code == 0) == ok for code in codes), stdout[-3000:] + stderr[-6000:]
     return result
+
+
+def _wait_for(condition, limit_s: float = LAUNCH_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not met within {limit_s} s"
+        time.sleep(0.1)
 
 
 def assert_same_run(parallel: Path, single: Path, epochs=None) -> None:
@@ -233,6 +250,28 @@ def test_two_nodes_resume_when_only_the_failed_nodes_restart_count_goes_up(tmp_p
     # two attempts, the second after a membership change on rank 0's node (no third, which a
     # failure on the restart would need: rank 0's node then restarts with count 1)
     assert starts == ["rank 0, restart count 0"] * 2 + ["rank 1, restart count 0", "rank 1, restart count 1"], starts
+    assert f"resuming {run} after epoch 1/3 on 2 processes" in result.stdout
+    single = fit(small_config("at-pgd", tmp_path / "single", epochs=3, max_batches=3))
+    assert_same_run(run, single)
+    assert_same_weights(load(run / "model.pt")["model"], load(single / "model.pt")["model"])
+
+
+def test_a_node_joining_the_job_costs_one_attempt_then_the_run_goes_on_on_both_nodes(tmp_path):
+    """A second node joins an elastic job (--nnodes 1:2) in epoch 2, as docs/distributed.md
+    describes: torchrun restarts the first node's workers as a change of membership, and every
+    restart count stays 0, so that attempt cannot tell itself from the job's first: it refuses the
+    run's --out, a failure that counts. The next attempt (counts 1) resumes the run on two
+    processes, which ends as one uninterrupted process would."""
+    run = tmp_path / "run"
+    argv = ["--method", "at-pgd", "--dataset", "synthetic", "--out", str(run), "--epochs", "3",
+            "--max-batches", "3", "--batch-size", "16", "--lr-drop", "--steps", "2", "--no-tensorboard",
+            "--sync-bn", "--device", "cpu"]
+    result = torchrun(str(WORKER), "wait-for-a-node-after", "4", "--", *argv, nproc=1, nodes=2,
+                      extra=("--max-restarts", "1"), join_when=lambda stderr: "waiting for a node" in stderr)
+    starts = sorted(line for line in result.stderr.splitlines() if re.fullmatch(r"rank \d, restart count \d+", line))
+    assert starts == ["rank 0, restart count 0"] * 2 + ["rank 0, restart count 1",
+                                                        "rank 1, restart count 0", "rank 1, restart count 1"], starts
+    assert f"--out {run} is not empty; it holds a run" in result.stderr
     assert f"resuming {run} after epoch 1/3 on 2 processes" in result.stdout
     single = fit(small_config("at-pgd", tmp_path / "single", epochs=3, max_batches=3))
     assert_same_run(run, single)
