@@ -184,6 +184,54 @@ def test_nan_logits_are_never_counted_correct():
     assert report.natural_accuracy == 0.0
 
 
+class NanAwayFromData(nn.Module):
+    """10 logits, finite while every pixel is <= 0.5 and NaN as soon as one is above: natural
+    inputs below 0.45 are class 0, and raising the pixels (what the loss wants) breaks the model.
+    features / head: the identity and the logits, for FeaAttack."""
+
+    def features(self, x):
+        return x
+
+    def head(self, features):
+        flat = features.flatten(1)
+        base = torch.tensor([5.0] + [0.0] * 9)
+        slope = torch.tensor([-1.0] + [1.0] * 9)
+        gate = 0 * torch.sqrt(0.5 - flat.amax(1, keepdim=True))  # 0, or NaN above 0.5
+        return base + slope * flat.mean(1, keepdim=True) + gate
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def test_an_attack_that_drives_the_logits_to_nan_breaks_the_example():
+    # argmax of an all-NaN row is 0, the label: every attack used to score these "robust"
+    x = 0.4 + 0.05 * torch.rand(4, 1, 4, 4)
+    y = torch.zeros(4, dtype=torch.long)
+    attacks = "fgsm,pgd:3,mim,cw,feature,dist,apgd-ce,apgd-t,apgd-dlr,square,autoattack"
+    report = evaluate(NanAwayFromData(), x, y, epsilon=0.1, attacks=attacks, dist_steps=1,
+                      source_model=NanAwayFromData(), epsilon_curve=())
+    assert report.natural_accuracy == 1.0
+    assert report.robust_accuracy == {name: 0.0 for name in report.robust_accuracy}
+    assert report.worst_case_accuracy == 0.0
+
+
+class NanWhenColumnSplits(nn.Module):
+    """Constant finite logits (class 0 by a margin) while pixels (0, 0) and (3, 0) agree, NaN
+    when they differ: Square's stripes keep them equal, only a square over one of them splits them."""
+
+    def forward(self, x):
+        split = (x[:, 0, 0, 0] - x[:, 0, 3, 0]).abs()[:, None]
+        return torch.tensor([1.0, 0.0, 0.0]) + torch.where(split > 0, float("nan"), 0.0) + 0 * x.sum()
+
+
+def test_square_keeps_a_proposal_that_the_model_cannot_classify():
+    x = torch.full((2, 1, 4, 4), 0.5)
+    outcome = make_attack("square", 0.1).run_checked(AttackContext(NanWhenColumnSplits()), x,
+                                                      torch.zeros(2, dtype=torch.long))
+    assert not outcome.correct.any()
+    assert torch.isnan(NanWhenColumnSplits()(outcome.x_adv)).all()
+
+
 class FirstPixel(nn.Module):
     def __init__(self):
         super().__init__()

@@ -27,7 +27,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from ..checks import check_finite, check_int
-from .engine import apgd, eval_mode, input_gradient, per_example_start, per_example_words
+from .engine import apgd, classified, eval_mode, input_gradient, per_example_start, per_example_words
 from .losses import DLR_CLASSES, DLR_TARGETED_CLASSES, cross_entropy, cw_margin, dlr, dlr_targeted
 from .suite import Attack, AttackContext, AttackOutcome, check_epsilon, stream_seed
 
@@ -56,7 +56,7 @@ def _clean(ctx: AttackContext, attack: Attack, x: torch.Tensor, y: torch.Tensor)
     problem = attack.too_few_classes(logits.shape[1])
     if problem is not None:
         raise ValueError(problem)
-    return logits, logits.argmax(1) == y
+    return logits, classified(logits, y)
 
 
 def _check_interval(value, name: str, low: float, high: float, *, low_closed: bool = False,
@@ -186,7 +186,7 @@ class APGDAttack(Attack):
                 loss = dlr(logits, y)
             else:
                 loss = dlr_targeted(logits, y, target)
-            return loss, logits.detach().argmax(1) != y
+            return loss, ~classified(logits.detach(), y)
         return loss_and_hit
 
 
@@ -294,7 +294,7 @@ class FABAttack(Attack):
             x1 = ((x1 + self.eta * d_iterate) * (1 - alpha)
                   + (flat0 + self.eta * d_original) * alpha).clamp(0, 1)
             with torch.no_grad():
-                adversarial = ctx.logits(x1.view_as(x0)).argmax(1) != y
+                adversarial = ~classified(ctx.logits(x1.view_as(x0)), y)
             norm = (x1 - flat0).abs().amax(1)
             better = adversarial & (norm < best_norm)
             best = torch.where(better[:, None], x1, best)
@@ -392,7 +392,8 @@ class SquareAttack(Attack):
                 # inside the square x +- epsilon, outside the best point: in the ball already
                 proposal = torch.where(inside, shifted, current)
                 new_margin, new_wrong = self._margin(ctx, proposal, y[index])
-                better = new_margin < margin[index]
+                # a lower margin, or a point the model cannot classify (NaN logits: no margin)
+                better = (new_margin < margin[index]) | new_wrong
                 margin[index] = torch.where(better, new_margin, margin[index])
                 wrong[index] = torch.where(better, new_wrong, wrong[index])
                 x_best[index] = torch.where(better.view(-1, 1, 1, 1), proposal, current)
@@ -413,7 +414,7 @@ class SquareAttack(Attack):
     def _margin(ctx: AttackContext, z: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The margin the search lowers, and whether the model misclassifies z, from one forward."""
         logits = ctx.logits(z)
-        return -cw_margin(logits, y, float("inf")), logits.argmax(1) != y
+        return -cw_margin(logits, y, float("inf")), ~classified(logits, y)
 
 
 @dataclass

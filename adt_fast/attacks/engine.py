@@ -130,6 +130,16 @@ def per_example_words(example_ids: torch.Tensor, seed: int, draws: torch.Tensor,
     return torch.stack(reference.philox4x32(counter, key), dim=-1)
 
 
+def classified(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the model's answer is y, with every logit finite.
+
+    How every attack and the natural accuracy score an input. Non-finite logits are never a
+    correct answer: argmax picks the index of a NaN, so an all-NaN row would "predict" class 0,
+    and an attack that drives the model to NaN would leave examples of class 0 robust.
+    """
+    return (logits.argmax(1) == y) & torch.isfinite(logits).all(1)
+
+
 def input_gradient(loss: torch.Tensor, inputs: torch.Tensor,
                    weight: Optional[torch.Tensor] = None) -> torch.Tensor:
     """d(loss)/d(inputs), or d(loss . weight)/d(inputs) for a weighted sum.

@@ -21,7 +21,7 @@ from ..checks import check_int, check_non_negative
 from ..devices import bf16_emulation_warning
 from ..distributed import World, current as dist_world
 from .autoattack import COMPONENTS as AUTOATTACK_VERSIONS, GRADIENT_COMPONENTS
-from .engine import eval_mode, input_gradient, model_device
+from .engine import classified, eval_mode, input_gradient, model_device
 from .inputs import check_batch, check_classes
 from .losses import cross_entropy
 from .report import Report, attack_order, sanity_warnings, worst_case
@@ -83,7 +83,7 @@ def _input_gradients(ctx: AttackContext, x: torch.Tensor, y: torch.Tensor):
     finite = torch.isfinite(grad).all(1)
     zero = finite & (grad == 0).all(1)
     bad_logits = ~torch.isfinite(logits.detach()).all(1)
-    correct = (logits.detach().argmax(1) == y) & ~bad_logits
+    correct = classified(logits.detach(), y)
     return correct.cpu(), zero.cpu(), (~finite).cpu(), bad_logits.cpu()
 
 

@@ -32,8 +32,8 @@ from torch import nn
 from ..checks import check_int, check_non_negative
 from ..models.external import has_feature_split
 from .distribution import fit_distribution
-from .engine import (eval_mode, example_seed, iterative_attack, model_device, per_example_normals,
-                     per_example_start)
+from .engine import (classified, eval_mode, example_seed, iterative_attack, model_device,
+                     per_example_normals, per_example_start)
 from .inputs import check_batch, check_classes
 from .losses import cosine_distance, cross_entropy, cw_margin
 
@@ -346,7 +346,7 @@ class GradientAttack(Attack):
 
         def loss_fn(z: torch.Tensor) -> torch.Tensor:
             logits = ctx.logits(z, model)
-            history.append(logits.detach().argmax(1) == y)  # stays on the device: no sync
+            history.append(classified(logits.detach(), y))  # stays on the device: no sync
             return self._loss(logits, y)
 
         start = None
@@ -356,7 +356,7 @@ class GradientAttack(Attack):
             x_adv = iterative_attack(loss_fn, x, epsilon=self.epsilon, steps=self.steps,
                                      step_size=self.step_size, start=start, momentum=self.momentum)
             with torch.no_grad():
-                final = ctx.logits(x_adv, model).argmax(1) == y
+                final = classified(ctx.logits(x_adv, model), y)
         history.append(final)
         return AttackOutcome(final.cpu(), x_adv, iterate_correct=torch.stack(history).cpu())
 
@@ -512,7 +512,7 @@ class FeatureAttack(Attack):
 
         def record(z: torch.Tensor, features: torch.Tensor) -> None:
             # branch-free, so that no step waits for the device
-            new = (ctx.head(features).detach().argmax(1) != y) & ~state["hit"]
+            new = ~classified(ctx.head(features).detach(), y) & ~state["hit"]
             state["witness"] = torch.where(new.view(-1, *[1] * (z.dim() - 1)),
                                            z.detach().to(state["witness"].dtype), state["witness"])
             state["hit"] = state["hit"] | new
@@ -574,7 +574,7 @@ class DistributionAttack(Attack):
             logits = ctx.logits(z)
             loss = cross_entropy(logits, y_k)
             losses.append(_sample_mean(loss.detach().view(k, batch)))
-            correct.append((logits.detach().argmax(1) == y_k).view(k, batch))
+            correct.append(classified(logits.detach(), y_k).view(k, batch))
             return loss
 
         seed = stream_seed(ctx.seed, "dist")
@@ -635,7 +635,7 @@ class TransferAttack(Attack):
             example_ids: torch.Tensor) -> AttackOutcome:
         crafted = self.inner.run(ctx, x, y, example_ids, model=ctx.source_model)
         with eval_mode(ctx.model), torch.no_grad():
-            correct = (ctx.logits(crafted.x_adv).argmax(1) == y).cpu()
+            correct = classified(ctx.logits(crafted.x_adv), y).cpu()
         return AttackOutcome(correct, crafted.x_adv)
 
 
