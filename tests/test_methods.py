@@ -1,5 +1,7 @@
 """The training methods' pieces: perturbations, inner and outer losses, the registry."""
 
+import re
+
 import pytest
 import torch
 
@@ -84,6 +86,21 @@ def test_pgd_raises_the_loss(batch, model):
     x_adv = PGD(CEInner(), epsilon=EPS, steps=7, step_size=EPS / 4)(model, x, y, Runtime())
     with torch.no_grad():
         assert cross_entropy(model(x_adv), y).mean() > cross_entropy(model(x), y).mean()
+
+
+@pytest.mark.parametrize("setting,value,message", [
+    ("step_size", -EPS / 4, "step_size must be > 0"), ("step_size", 0.0, "step_size must be > 0"),
+    ("step_size", float("nan"), "step_size must be a finite number"),
+    ("epsilon", 0.0, "epsilon must be a finite number in (0, 1]"),
+    ("epsilon", float("inf"), "epsilon must be a finite number in (0, 1]"),
+    ("steps", -1, "steps must be an integer >= 0"), ("steps", 7.0, "steps must be an integer >= 0"),
+])
+def test_pgd_composed_in_python_refuses_what_the_cli_refuses(setting, value, message):
+    """A negative step once descended the loss and a NaN one returned NaN inputs, silently, for a
+    method composed from the pieces (docs/training.md) rather than built from a TrainConfig."""
+    settings = {"epsilon": EPS, "steps": 7, "step_size": EPS / 4, setting: value}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        PGD(CEInner(), **settings)
 
 
 @pytest.mark.parametrize("inner", [CEInner(), TradesInner(beta=6.0)], ids=["ce", "trades"])

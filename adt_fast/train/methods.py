@@ -35,6 +35,8 @@ from torch import nn
 from ..attacks.distribution import ADAM_EPS, DistributionFit, choose_samples_per_pass, fit_distribution
 from ..attacks.engine import eval_mode, iterative_attack, uniform_start
 from ..attacks.losses import cross_entropy, trades_kl, trades_loss
+from ..attacks.suite import check_epsilon
+from ..checks import check_finite, check_int
 from ..distributed import BatchShard
 from .config import AUTO
 
@@ -236,7 +238,14 @@ class PGD(Perturbation):
                  start: str = "uniform"):
         if start not in self.STARTS:
             raise ValueError(f"start must be one of {self.STARTS}, got {start!r}")
-        self.inner, self.epsilon, self.steps, self.step_size, self.start = inner, epsilon, steps, step_size, start
+        # TrainConfig checks these for the CLI; a method composed in Python gets the same refusals
+        # (a negative step descends the loss and NaN gives NaN inputs, both silently).
+        self.inner, self.start = inner, start
+        self.epsilon = check_epsilon(epsilon)
+        self.steps = check_int(steps, "steps", minimum=0)
+        self.step_size = check_finite(step_size, "step_size")
+        if self.step_size <= 0:
+            raise ValueError(f"step_size must be > 0 (a step up the loss), got {step_size!r}")
 
     def _start(self, x, rt):
         if self.start == "uniform":
