@@ -30,6 +30,13 @@ class _Wrapped(nn.Module):
         self.net = build()
 
 
+class NaNLogits(_Wrapped):
+    """A network gone wrong: every logit NaN (and, after one step, every weight)."""
+
+    def forward(self, x):
+        return self.net(x) * float("nan")
+
+
 class Detached(_Wrapped):
     """Non-differentiable preprocessing: no gradient reaches the input."""
 

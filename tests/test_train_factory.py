@@ -324,3 +324,11 @@ def test_a_run_whose_factory_was_renamed_loads_with_the_route_the_error_names(ru
     assert main(["eval", "--checkpoint", str(run), "--model", SPEC, "--attacks", "fgsm", "--n-examples", "4",
                  "--epsilon-curve", "", "--out", str(reference)]) == 0
     assert json.loads(out.read_text())["robust_accuracy"] == json.loads(reference.read_text())["robust_accuracy"]
+
+
+def test_a_model_whose_logits_are_nan_scores_no_accuracy(tmp_path, capsys):
+    """argmax reads an all-NaN row as class 0: the run log once gave such a model the share of
+    class-0 examples as its train and test accuracy. Its loss is NaN, which the loop warns of."""
+    out = fit(_cfg(tmp_path / "r", method="standard", arch="external_models:NaNLogits", exact_train_acc=True))
+    assert "epoch 2/2: the training loss is nan, not a finite number" in capsys.readouterr().err
+    assert [(r["train_acc"], r["test_acc"]) for r in adt_fast.train.read_metrics(out)] == [(0.0, 0.0)] * 2

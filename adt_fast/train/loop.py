@@ -40,7 +40,7 @@ from torch import nn
 
 from .. import data as datasets
 from .. import distributed
-from ..attacks.engine import eval_mode
+from ..attacks.engine import classified, eval_mode
 from ..devices import bf16_emulation_warning
 from ..distributed import World
 from ..files import (ATOMIC_LEFTOVER, FolderBusy, lock_folder, os_error_text, remove_atomic_leftovers,
@@ -172,7 +172,7 @@ class Trainer:
                 with torch.no_grad():
                     loss_sum += out.loss.detach().float() * yb.shape[0]
                     if out.clean_logits is not None:
-                        correct += (out.clean_logits.argmax(1) == yb).sum()
+                        correct += classified(out.clean_logits, yb).sum()
                         counted += yb.shape[0]
                 seen += yb.shape[0]
                 bar.update(1)
@@ -226,7 +226,7 @@ def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, runtim
     with eval_mode(model), torch.no_grad():
         for begin in world.share(begins):
             xb, yb = x[begin:begin + batch_size], y[begin:begin + batch_size]
-            correct += (runtime.forward(model, xb).argmax(1) == yb).sum()
+            correct += classified(runtime.forward(model, xb), yb).sum()
             seen += yb.shape[0]
     correct_total, seen = world.sum([correct.item(), seen], x.device)
     return correct_total / max(seen, 1)
