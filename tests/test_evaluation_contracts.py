@@ -36,6 +36,23 @@ def test_a_label_equal_to_the_number_of_classes_is_refused():
         evaluate(_linear(10), x, y, epsilon=0.1, attacks="fgsm", epsilon_curve=())
 
 
+def test_inputs_of_another_dtype_than_the_models_are_named():
+    """A float64 batch straight from numpy once failed inside the model with torch's 'mat1 and mat2
+    must have the same dtype'; a model that casts its inputs itself still takes them."""
+    x, y = _data()
+    with pytest.raises(TypeError, match=r"the inputs are torch.float64 but the model's parameters are torch.float32"):
+        evaluate(_linear(), x.double(), y, epsilon=0.1, attacks="fgsm", epsilon_curve=())
+    casting = nn.Sequential(_Float(), _linear())
+    ours = evaluate(casting, x.double(), y, epsilon=0.1, attacks="fgsm", epsilon_curve=())
+    theirs = evaluate(_linear(), x, y, epsilon=0.1, attacks="fgsm", epsilon_curve=())
+    assert torch.equal(ours.correct["natural"], theirs.correct["natural"])
+
+
+class _Float(nn.Module):
+    def forward(self, x):
+        return x.float()
+
+
 def test_duplicate_example_ids_are_refused():
     x, y = _data(4)
     with pytest.raises(ValueError, match="distinct"):

@@ -54,7 +54,15 @@ def check_classes(ctx, model: nn.Module, x: torch.Tensor, y: torch.Tensor, what:
     """The number of classes `model` returns (through ctx's forward), checked against the labels
     with one forward of one example."""
     with eval_mode(model), torch.no_grad():
-        logits = ctx.logits(x[:1], model)
+        try:
+            logits = ctx.logits(x[:1], model)
+        except RuntimeError as err:  # a float64 batch from numpy and a float32 model, most often
+            dtypes = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()})
+            if dtypes and str(x.dtype) not in dtypes:
+                raise TypeError(f"the inputs are {x.dtype} but the {what}'s parameters are {', '.join(dtypes)}: "
+                                f"convert the inputs (x.to({dtypes[0]})), and the {what} failed on them: "
+                                f"{err}") from err
+            raise
     if logits.dim() != 2:
         raise ValueError(f"the {what} must return logits of shape (N, classes), got {tuple(logits.shape)}")
     if int(y.max()) >= logits.shape[1]:
