@@ -51,6 +51,24 @@ def test_paper_protocol_extras_are_checked_against_the_classes_before_attacking(
     assert code == 2
     assert "error: --attacks: 'apgd-t'" in capsys.readouterr().err
 
+def test_square_on_more_channels_than_it_can_sign_is_refused_before_attacking(tmp_path, monkeypatch, capsys):
+    """Your own .npz may have any number of channels; Square draws one sign per channel from 64
+    random bits. AutoAttack once ran APGD-CE, APGD-T and FAB-T on them (hours, on real data) and
+    only then failed at Square."""
+    np = pytest.importorskip("numpy")
+    images = np.random.default_rng(0).random((10, 65, 8, 8), dtype=np.float32)
+    labels = np.arange(10)
+    np.savez(tmp_path / "wide.npz", x_train=images, y_train=labels, x_test=images, y_test=labels)
+    (tmp_path / "wide_models.py").write_text(
+        "from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Flatten(), nn.Linear(65 * 8 * 8, 10))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code = main(["eval", "--model", "wide_models:build", "--dataset", str(tmp_path / "wide.npz"),
+                 "--attacks", "autoattack", "--epsilon-curve", "", "--out", str(tmp_path / "e.json")])
+    assert code == 2
+    assert ("error: --attacks: its 'square' (Square) draws one sign per channel from 64 random bits; "
+            "the inputs have 65 channels") in capsys.readouterr().err
+
+
 def test_std_without_mean_is_refused_also_with_a_checkpoint(finished_run, tmp_path, capsys):
     """--mean and --std: 'give both or neither'. With --checkpoint, only --mean is caught by the
     goes-with---model check; a lone --std must be refused too, not silently ignored while the

@@ -4,6 +4,8 @@ existing tests let pass)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -51,6 +53,23 @@ def test_inputs_of_another_dtype_than_the_models_are_named():
 class _Float(nn.Module):
     def forward(self, x):
         return x.float()
+
+
+def test_inputs_square_cannot_take_are_refused_before_any_attack_runs():
+    """Square needs images: evaluate once ran every attack before it and failed at Square's turn.
+    Now the model sees one forward (the class count's probe), and Attack.perturb refuses too."""
+    from adt_fast.attacks import make_attack
+
+    calls = []
+    model = nn.Sequential(nn.Linear(12, 10)).eval()
+    model.register_forward_hook(lambda *_: calls.append(1))
+    x, y = torch.rand(4, 12), torch.arange(4)
+    with pytest.raises(ValueError, match=re.escape("attacks: its 'square' (Square) needs images (N, C, H, W), "
+                                                   "got shape (4, 12)")):
+        evaluate(model, x, y, epsilon=0.1, attacks=["pgd20", "autoattack"], epsilon_curve=())
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match=re.escape("'square' (Square) needs images")):
+        make_attack("square", 0.1).perturb(model, x, y)
 
 
 def test_duplicate_example_ids_are_refused():

@@ -343,14 +343,17 @@ class SquareAttack(Attack):
                 "p_init": self.p_init, "loss": "margin", "gradients": False,
                 "broken_if": "some query's point is misclassified (argmax != y)"}
 
+    def input_problem(self, shape: Tuple[int, ...]) -> Optional[str]:
+        if len(shape) != 4:
+            return f"{self.name!r} ({self.label}) needs images (N, C, H, W), got shape {shape}"
+        if shape[1] > 64:
+            return (f"{self.name!r} ({self.label}) draws one sign per channel from 64 random bits; the "
+                    f"inputs have {shape[1]} channels")
+        return None
+
     def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor,
             example_ids: torch.Tensor) -> AttackOutcome:
-        if x.dim() != 4:
-            raise ValueError(f"Square needs images (N, C, H, W), got shape {tuple(x.shape)}")
         channels, height, width = x.shape[1:]
-        if channels > 64:
-            raise ValueError(f"Square draws one sign per channel from 64 random bits; "
-                             f"the input has {channels} channels")
         seed = stream_seed(ctx.seed, self.name)
         with eval_mode(ctx.model), torch.no_grad():
             stripes = per_example_start(x, example_ids, seed)[:, :, :1, :].sign()
@@ -453,6 +456,11 @@ class AutoAttack(Attack):
             return None
         (count, why), attack = max(needs, key=lambda pair: pair[0][0])
         return count, f"its {attack.label}: {why}"
+
+    def input_problem(self, shape: Tuple[int, ...]) -> Optional[str]:
+        """The first component's that cannot take them: any component may get to run."""
+        return next((f"its {problem}" for attack in self.components
+                     if (problem := attack.input_problem(shape)) is not None), None)
 
     def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor,
             example_ids: torch.Tensor) -> AttackOutcome:

@@ -269,6 +269,11 @@ class Attack:
         return (f"{self.name!r} ({self.label}) needs a model with at least {count} classes "
                 f"({why}); the model returns {num_classes}")
 
+    def input_problem(self, shape: Tuple[int, ...]) -> Optional[str]:
+        """Why this attack cannot take inputs of `shape` (N, ...), else None: checked, as
+        classes_needed is, before any attack runs, not when this one's turn comes."""
+        return None
+
     def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor,
             example_ids: torch.Tensor) -> AttackOutcome:
         raise NotImplementedError
@@ -291,7 +296,8 @@ class Attack:
         reason = self.unavailable(ctx)
         if reason is not None:
             raise ValueError(f"attack {self.name!r} cannot run: {reason}")
-        problem = self.too_few_classes(check_classes(ctx, ctx.model, x, y, "model"))
+        problem = self.input_problem(tuple(x.shape)) or self.too_few_classes(check_classes(ctx, ctx.model, x, y,
+                                                                                            "model"))
         if problem is not None:
             raise ValueError(problem)
         if ctx.source_model is not None:
@@ -642,6 +648,12 @@ class TransferAttack(Attack):
 def class_shortfall(attacks: Iterable[Attack], num_classes: int) -> Optional[str]:
     """Why the first of `attacks` that needs more than `num_classes` classes cannot run, else None."""
     problems = (attack.too_few_classes(num_classes) for attack in attacks)
+    return next((problem for problem in problems if problem is not None), None)
+
+
+def input_shortfall(attacks: Iterable[Attack], shape: Tuple[int, ...]) -> Optional[str]:
+    """Why the first of `attacks` that cannot take inputs of `shape` cannot run, else None."""
+    problems = (attack.input_problem(shape) for attack in attacks)
     return next((problem for problem in problems if problem is not None), None)
 
 
