@@ -18,7 +18,7 @@ from adt_fast.train import (METHODS, ComposedMethod, ConfigError, Method, Method
                             TrainConfig, fit, read_metrics, register_method)
 from adt_fast.train import checkpoint as ckpt
 from adt_fast.train import loop
-from adt_fast.train.config import MAX_SEED, RESUMABLE_CHANGES, flag
+from adt_fast.train.config import MAX_SEED, RESUMABLE_CHANGES, flag, resume_config
 
 
 def _cfg(method, out, **kw):
@@ -678,6 +678,19 @@ def test_c3_defaults_batch_size_and_the_lr_drop_at_epoch_75_of_76():
     assert TrainConfig("standard", "cifar10", "run", epochs=20, device="cpu").resolve().lr_drop == [20]
     assert TrainConfig("standard", "cifar10", "run", epochs=2, device="cpu").resolve().lr_drop == [2]
     assert TrainConfig("standard", "cifar10", "run", epochs=1, device="cpu").resolve().lr_drop == []
+
+
+def test_madry_cnn_defaults_to_lr_0_01_and_an_explicit_lr_is_kept(tmp_path):
+    """Madry et al.'s CNN has no BatchNorm and stalled at chance with C.3's lr 0.1 (docs/training.md):
+    MNIST's default arch, or madry-cnn asked for any data, starts from 0.01; --lr still decides,
+    and a run that recorded 0.1 resumes with it."""
+    resolve = lambda **kw: TrainConfig("at-pgd", "mnist", str(tmp_path / "r"), device="cpu", **kw).resolve()
+    assert (resolve().arch, resolve().lr) == ("madry-cnn", 0.01)
+    assert resolve(arch="small-cnn").lr == 0.1 and resolve(lr=0.1).lr == 0.1
+    assert TrainConfig("at-pgd", "synthetic", "r", arch="madry-cnn", device="cpu").resolve().lr == 0.01
+    recorded = resolve(lr=0.1)
+    asked = TrainConfig("at-pgd", "mnist", str(tmp_path / "r"), device="cpu", resume=True)
+    assert "lr" not in asked.given() and resume_config(recorded, asked.given()).resolve().lr == 0.1
 
 
 def test_resume_refuses_another_seed(tmp_path):

@@ -107,7 +107,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     outer = parser.add_argument_group("outer training (appendix C.3)")
     outer.add_argument("--epochs", type=int, metavar="N", help="default 76 (C.3); 15 for digits, 5 for synthetic")
     outer.add_argument("--batch-size", type=int, metavar="B", help="default 64")
-    outer.add_argument("--lr", type=number, metavar="LR", help="SGD learning rate, default 0.1")
+    outer.add_argument("--lr", type=number, metavar="LR", help="SGD learning rate, default 0.1 (0.01 for madry-cnn)")
     outer.add_argument("--lr-drop", type=int, nargs="*", metavar="EPOCH",
                        help="1-based epochs from which lr is multiplied by --lr-gamma "
                             "(default 75 for 76 epochs; round(75 N / 76) for N epochs)")

@@ -61,6 +61,10 @@ MAX_SEED = 2**64 - 1  # torch.manual_seed takes an unsigned 64-bit seed
 # The offline sets are tiny (digits: 1,438 training images); their demo runs in about a minute on
 # a laptop CPU instead of C.3's 76 epochs, which were tuned for CIFAR-10.
 SMALL_DATASET_EPOCHS = {"digits": 15, "synthetic": 5}
+PAPER_LR = 0.1
+# Madry et al.'s CNN has no BatchNorm: at C.3's lr 0.1 (SGD, momentum 0.9) it stalled at chance
+# where 0.01, TRADES' MNIST setting, trained (docs/training.md, "The learning rate").
+ARCH_LR = {"madry-cnn": 0.01}
 
 
 def flag(name: str) -> str:
@@ -73,7 +77,7 @@ class TrainConfig:
     """Every setting of a training run. ``None`` means "the dataset's / method's default".
 
     The defaults are appendix C.3's: SGD with momentum 0.9, weight decay 2e-4, batch size 64,
-    lr 0.1 reduced tenfold from epoch 75 of 76 (epochs 75-76 at 0.01, as the original code's
+    lr 0.1 (0.01 for madry-cnn, which has no BatchNorm) reduced tenfold from epoch 75 of 76 (epochs 75-76 at 0.01, as the original code's
     ``if epoch >= 75``; other lengths N drop at round(75 N / 76)); PGD-style inner loops T=7 with step epsilon/4; ADT_EXP k=5, lambda=0.01,
     Adam lr 0.3 with betas (0, 0) on the distribution parameters; the amortised methods' generator
     Adam lr 2e-4 (docs/amortized.md).
@@ -88,7 +92,7 @@ class TrainConfig:
     arch: Optional[str] = None
     epochs: Optional[int] = None       # C.3's 76; the small offline sets default to SMALL_DATASET_EPOCHS
     batch_size: int = 64
-    lr: float = 0.1
+    lr: Optional[float] = None          # PAPER_LR, or the arch's ARCH_LR
     lr_drop: Optional[list] = None      # 1-based epochs from which lr is multiplied by lr_gamma
     lr_gamma: float = 0.1
     momentum: float = 0.9
@@ -229,6 +233,8 @@ class TrainConfig:
         _int(cfg, "save_freq", 0)
         if cfg.max_batches is not None:
             _int(cfg, "max_batches", 1)
+        if cfg.lr is None:
+            cfg.lr = ARCH_LR.get(cfg.arch, PAPER_LR)
         _real(cfg, "lr", low=0.0, strict=True)
         _real(cfg, "lr_gamma", low=0.0, strict=True)
         _real(cfg, "momentum", low=0.0)
