@@ -1,5 +1,6 @@
 """adt_fast/train/runlog.py (metrics.jsonl, progress, TensorBoard scalars)."""
 import json
+import os
 
 import pytest
 
@@ -138,3 +139,23 @@ def test_read_metrics_names_the_file_and_line_of_any_other_bad_line(tmp_path, te
     with pytest.raises(runlog.MetricsError) as bad:
         runlog.read_metrics(run)
     assert str(bad.value) == f"{run / runlog.METRICS_FILE}, line {line}: not a metrics record ({why})"
+
+
+def test_a_reader_that_goes_away_does_not_stop_the_training(tmp_path):
+    """`adt-fast train ... | head -1`: the next epoch line once raised BrokenPipeError and ended the
+    run after epoch 1 with exit code 1, no model.pt. The log now goes to /dev/null and the run ends."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    env = {**os.environ, NO_PROGRESS_ENV: "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "adt_fast", "train", "--method", "standard", "--dataset",
+                             "synthetic", "--epochs", "3", "--max-batches", "2", "--out", str(out),
+                             "--no-tensorboard", "--device", "cpu", "--no-channels-last"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout.readline().startswith(b"mode: ")
+    proc.stdout.close()  # as head does after its line
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert [record["epoch"] for record in runlog.read_metrics(out)] == [1, 2, 3]
+    assert (out / "model.pt").is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -111,4 +112,10 @@ def epoch_line(record: dict, epochs: int) -> str:
 
 
 def say(message: str, stream: Optional[object] = None) -> None:
-    print(message, file=stream or sys.stdout, flush=True)
+    """One line of the run's log. A reader that went away (`adt-fast train ... | head`) must not
+    stop the training: the stream then goes to /dev/null, and the run's files keep everything."""
+    stream = stream or sys.stdout
+    try:
+        print(message, file=stream, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
