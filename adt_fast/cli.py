@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Optional, Sequence
 
 from . import __version__
@@ -35,11 +36,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Each command reports its own interrupts (what was kept, how to go on)."""
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except KeyboardInterrupt:  # before a command could say anything more precise
-        print(f"adt-fast {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warnings(args.command)
+        try:
+            return int(args.run(args) or 0)
+        except KeyboardInterrupt:  # before a command could say anything more precise
+            print(f"adt-fast {args.command}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+
+def _one_line_warnings(command: str):
+    """Python warnings as the command's own lines: the source line Python would show with one is
+    the library's (`fit(config, ...)`), which tells a user of the command nothing."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"adt-fast {command}: warning: {message}", file=file or sys.stderr)
+    return show
 
 
 if __name__ == "__main__":

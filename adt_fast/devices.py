@@ -49,6 +49,9 @@ def has_native_bf16(device: Union[str, torch.device]) -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+BF16_EMULATED = "bf16 is emulated on"  # how bf16_emulation_warning's messages begin
+
+
 def bf16_emulation_warning(device: Union[str, torch.device]) -> Optional[str]:
     """What to tell a user who asked for bf16 on `device` where it is emulated; None where it is native."""
     device = torch.device(device)
@@ -56,10 +59,10 @@ def bf16_emulation_warning(device: Union[str, torch.device]) -> Optional[str]:
         return None
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
-        return (f"bf16 is emulated on {torch.cuda.get_device_name(device)} (compute capability "
+        return (f"{BF16_EMULATED} {torch.cuda.get_device_name(device)} (compute capability "
                 f"{major}.{minor}, native bf16 needs 8.0 or later) and runs slower than fp32; "
                 f"use --precision fp32 on this GPU")
-    return (f"bf16 is emulated on this CPU ({CPU_BF16_CHECK} is False: no AVX-512 BF16 or AMX) "
+    return (f"{BF16_EMULATED} this CPU ({CPU_BF16_CHECK} is False: no AVX-512 BF16 or AMX) "
             f"and runs many times slower than fp32 (16x for an ADT_EXP iteration in our measurement); "
             f"use --precision fp32 on this machine")
 

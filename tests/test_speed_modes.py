@@ -372,3 +372,26 @@ def test_each_memory_format_is_timed_under_its_own_name(steady_memory_format, mo
     x, y = torch.rand(2, 3, 8, 8), torch.tensor([0, 1])
     seen = steady_memory_format(model, x, y, Runtime())
     assert seen == {"contiguous": (True, False), "channels_last": (False, True)}  # (input NCHW, weights NHWC)
+
+
+def test_the_commands_say_emulated_bf16_once_and_warnings_without_library_source_lines(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """`adt-fast train --precision bf16` printed the emulation warning twice (the mode line, then
+    fit's UserWarning with the line `fit(config, given=...)`); eval's came with `report = evaluate(...`.
+    Each command now says a warning once, as one line of its own."""
+    from adt_fast.cli import main
+
+    monkeypatch.setattr(devices, "has_native_bf16", lambda device: False)
+    run = tmp_path / "run"
+    with warnings.catch_warnings(record=True) as escaped:  # what the commands left to Python's display
+        warnings.simplefilter("always")
+        assert main(["train", "--method", "standard", "--dataset", "synthetic", "--epochs", "1", "--max-batches",
+                     "1", "--precision", "bf16", "--out", str(run), "--no-tensorboard", "--device", "cpu"]) == 0
+        said = capsys.readouterr()
+        assert main(["eval", "--checkpoint", str(run), "--attacks", "fgsm", "--epsilon-curve", "", "--n-examples",
+                     "8", "--precision", "bf16", "--out", str(tmp_path / "r.json")]) == 0
+        err = capsys.readouterr().err
+    assert [str(w.message) for w in escaped if devices.BF16_EMULATED in str(w.message)] == []
+    assert (said.out + said.err).count(devices.BF16_EMULATED) == 1 and "UserWarning" not in said.err
+    assert f"adt-fast eval: warning: {devices.BF16_EMULATED} this CPU" in err
+    assert err.count(devices.BF16_EMULATED) == 1 and "UserWarning" not in err and "evaluate(" not in err

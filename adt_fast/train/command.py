@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import signal
 import sys
 import threading
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
+from ..devices import BF16_EMULATED
 from .config import (AUTO, DIST_GRADS, GENERATOR_GRADS, LOSSES, NO_HINGE, PRECISIONS, TRADES_INNERS, ConfigError,
                      TrainConfig, resume_config)
 
@@ -232,7 +235,10 @@ def run_train(args: argparse.Namespace) -> int:
                 import_from_working_dir()
             # The flags given, by name: a flag that sets a default value is still given (fit takes a
             # TrainConfig field at its default as unset on resume).
-            fit(config, given=given_settings(args))
+            with warnings.catch_warnings():
+                # fit warns its Python callers that bf16 is emulated; the command's mode line says it
+                warnings.filterwarnings("ignore", message=re.escape(BF16_EMULATED), category=UserWarning)
+                fit(config, given=given_settings(args))
     except (ConfigError, CheckpointError, DatasetFileError, ChecksumError, DownloadError,
             FileNotFoundError, MissingDependencyError) as err:
         print(f"adt-fast train: error: {err}", file=sys.stderr)
