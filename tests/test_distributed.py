@@ -566,6 +566,16 @@ def test_speed_settings_are_measured_on_one_ranks_share_of_a_batch(tmp_path, mon
     loop.build_trainer(cfg, dataset, World(rank=0, size=2)).tune()
     loop.build_trainer(cfg, dataset, World()).tune()
     assert measured == [8, 16]
+    # A batch larger than the data holds all of it, and rank 0 steps on its share of that (the
+    # extra example of an odd count, as BatchShard deals them). The mode line prints the same
+    # count; it once printed --batch-size.
+    whole = small_config("standard", tmp_path / "run", batch_size=10**6).resolve()
+    measured.clear()
+    trainers = [loop.build_trainer(whole, dataset, World(rank=0, size=2)), loop.build_trainer(whole, dataset, World())]
+    for trainer in trainers:
+        trainer.tune()
+    n = len(dataset.train[1])
+    assert measured == [(n + 1) // 2, n] == [trainer.step_inputs for trainer in trainers]
 
 
 # restarted(), the agent's job id across attempts, and a shard's mid-quad rows (mutation review 2026-12-05).

@@ -190,12 +190,16 @@ def test_mode_line_names_precision_memory_format_and_passes(monkeypatch):
     monkeypatch.setattr(devices, "has_native_bf16", lambda device: True)
     cfg = _cfg("unused", precision="bf16", channels_last=True).resolve()
     memory = {"channels_last": True, "chosen_by": "--channels-last"}
-    line = tuning.mode_line(cfg, {"samples_per_pass": 1, "chosen_by": "measurement", tuning.MEMORY_FORMAT: memory})
+    line = tuning.mode_line(cfg, {"samples_per_pass": 1, "chosen_by": "measurement", tuning.MEMORY_FORMAT: memory},
+                            16)
     assert line.startswith("mode: cpu, bf16 autocast") and "channels_last, chosen by --channels-last" in line
     assert "3 samples x 16 inputs in passes of 1 sample, chosen by measurement" in line
+    parallel = tuning.mode_line(cfg, {"samples_per_pass": 1, "chosen_by": "measurement",
+                                      tuning.MEMORY_FORMAT: memory}, 8, processes=2)
+    assert "3 samples x 8 inputs per process in passes of 1 sample" in parallel
     memory = {"channels_last": False, "chosen_by": "measurement",
               "seconds": {"contiguous": 0.0441, "channels_last": 0.0893}}
-    plain = tuning.mode_line(_cfg("unused", method="at-pgd").resolve(), {tuning.MEMORY_FORMAT: memory})
+    plain = tuning.mode_line(_cfg("unused", method="at-pgd").resolve(), {tuning.MEMORY_FORMAT: memory}, 16)
     assert plain == ("mode: cpu, fp32, memory format contiguous (NCHW), chosen by measurement (contiguous "
                      "44.1 ms, channels_last 89.3 ms per forward + input gradient)")
 

@@ -101,5 +101,5 @@ def test_mode_line_pluralises_samples_per_pass():
     memory = {"channels_last": False, "chosen_by": "--no-channels-last"}
     for per_pass, words in ((1, "passes of 1 sample,"), (2, "passes of 2 samples,"), (8, "passes of 8 samples,")):
         line = tuning.mode_line(cfg, {"samples_per_pass": per_pass, "chosen_by": "measurement",
-                                      tuning.MEMORY_FORMAT: memory})
+                                      tuning.MEMORY_FORMAT: memory}, 4)
         assert words in line, line

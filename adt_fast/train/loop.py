@@ -42,7 +42,7 @@ from .. import data as datasets
 from .. import distributed
 from ..attacks.engine import classified, eval_mode
 from ..devices import bf16_emulation_warning
-from ..distributed import World
+from ..distributed import BatchShard, World
 from ..files import (ATOMIC_LEFTOVER, FolderBusy, lock_folder, os_error_text, remove_atomic_leftovers,
                      unwritable_reason, write_atomic)
 from ..models import ExternalModelError, build_classifier, classifier_config, is_factory_spec
@@ -200,7 +200,7 @@ class Trainer:
         a world of several processes, wrap the training step in DDP, whose gradient buckets take
         the parameters' final layout. Measured on one rank's share of a batch, what each step runs."""
         cfg, (x, y) = self.config, self.train_data
-        share = cfg.batch_size // self.world.size
+        share = self.step_inputs
         chosen = tuning.load_or_measure(self.run_dir, self.method, self.model, x[:share], y[:share],
                                         channels_last=cfg.channels_last, resume=cfg.resume, world=self.world)
         if self.world.parallel:
@@ -208,6 +208,13 @@ class Trainer:
             self.parallel = DataParallel(self.method, self.model, self.world, x.device,
                                          find_unused_parameters=is_factory_spec(cfg.arch))
         return chosen
+
+    @property
+    def step_inputs(self) -> int:
+        """Rank 0's inputs in a training step: its share of a batch, which the data may make
+        smaller than --batch-size."""
+        shard = BatchShard.of(min(self.config.batch_size, len(self.train_data[1])), self.world)
+        return shard.stop - shard.start
 
     def test_accuracy(self) -> float:
         return clean_accuracy(self.model, *self.test_data, runtime=self.method.runtime,
@@ -761,7 +768,7 @@ def _train(trainer: Trainer, dataset: datasets.LoadedDataset, resumed: bool) -> 
     with _writing(run_dir, started=True):  # tuning.json
         chosen = trainer.tune()
     emulated = bf16_emulation_warning(cfg.device) if cfg.precision == "bf16" else None
-    say(tuning.mode_line(cfg, chosen, emulated))
+    say(tuning.mode_line(cfg, chosen, trainer.step_inputs, emulated, processes=world.size))
     if emulated and world.main:
         warnings.warn(emulated, stacklevel=4)  # fit's caller
     board = runlog.TensorBoard(run_dir, cfg.tensorboard and world.main, trainer.history)

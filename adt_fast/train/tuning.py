@@ -126,9 +126,10 @@ def _read(path: Path):
     return data if isinstance(data, dict) else None
 
 
-def mode_line(cfg, tuning: dict, emulated: Optional[str] = None) -> str:
-    """What `adt-fast train` prints before the first epoch: device, precision, memory format, passes;
-    and a second line, WARNING: ..., with `emulated` (devices.bf16_emulation_warning) if given."""
+def mode_line(cfg, tuning: dict, inputs: int, emulated: Optional[str] = None, processes: int = 1) -> str:
+    """What `adt-fast train` prints before the first epoch: device, precision, memory format, passes
+    (of `inputs` per training step, per process of `processes`); and a second line, WARNING: ...,
+    with `emulated` (devices.bf16_emulation_warning) if given."""
     precision = "fp32"
     if cfg.precision == "bf16":
         precision = "bf16 autocast (fp32 weights, op and distribution parameters)"
@@ -137,7 +138,8 @@ def mode_line(cfg, tuning: dict, emulated: Optional[str] = None) -> str:
     line = f"mode: {cfg.device}, {precision}, memory format {_describe_memory_format(tuning[MEMORY_FORMAT])}"
     if "samples_per_pass" in tuning:
         per_pass = tuning["samples_per_pass"]
-        line += (f", inner loop {cfg.samples} samples x {cfg.batch_size} inputs in passes of "
+        each = " per process" if processes > 1 else ""
+        line += (f", inner loop {cfg.samples} samples x {inputs} inputs{each} in passes of "
                  f"{per_pass} sample{'s' if per_pass != 1 else ''}, chosen by {tuning.get('chosen_by', 'record')}")
     return line + (f"\nWARNING: {emulated}" if emulated else "")
 
