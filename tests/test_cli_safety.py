@@ -196,12 +196,22 @@ def test_resume_with_a_backend_that_cannot_serve_changes_nothing(run_copy, capsy
 
 # 4. a damaged checkpoint leaves config.json alone -----------------------------------------------
 def test_resume_from_a_damaged_checkpoint_changes_nothing(run_copy, capsys):
+    """The error names --resume and says what the run can still do: go on from its newest
+    snapshot (the command to copy it), or start a new run where it has none."""
     latest = run_copy / "checkpoint.pt"
+    for stale in run_copy.glob("checkpoint_epoch*.pt"):
+        stale.unlink()
     latest.write_bytes(latest.read_bytes()[:1000])
     before = snapshot(run_copy)
     err = refused(["train", "--resume", "--out", str(run_copy), "--epochs", "5"], capsys)
-    assert "corrupt or truncated" in err
+    assert err.startswith(f"adt-fast train: error: --resume: checkpoint {latest} is corrupt or truncated")
+    assert err.rstrip().endswith("; start a new run in another --out")
     assert snapshot(run_copy) == before
+    for epoch in (1, 2):
+        (run_copy / f"checkpoint_epoch{epoch}.pt").write_bytes(b"a snapshot")
+    err = refused(["train", "--resume", "--out", str(run_copy), "--epochs", "5"], capsys)
+    assert err.rstrip().endswith(f"; to go on from the newest snapshot, copy it: cp {run_copy / 'checkpoint_epoch2.pt'} "
+                                 f"{latest}")
 
 
 @pytest.mark.parametrize("damage,why", [

@@ -308,11 +308,17 @@ def _check_starting_over_loses_nothing(run_dir: Path) -> None:
         found.append(f"{runlog.METRICS_FILE} with {lines} epoch(s)")
     if not found:
         return
-    latest, newest = run_dir / ckpt.LATEST, run_dir / SNAPSHOT.format(epoch=max(snapshots, default=0))
-    how = (f"to go on from the newest snapshot, copy it: cp {shlex.quote(str(newest))} {shlex.quote(str(latest))}"
-           if snapshots else "start a new run in another --out")
     raise ConfigError(f"--resume: {run_dir} holds no {ckpt.LATEST} but {', '.join(found)}: the run trained, and "
-                      f"starting it again from epoch 1 would overwrite them; {how}")
+                      f"starting it again from epoch 1 would overwrite them; {_without_checkpoint(run_dir)}")
+
+
+def _without_checkpoint(run_dir: Path) -> str:
+    """What a run whose checkpoint.pt is gone or unreadable can still do."""
+    snapshots = _snapshot_epochs(run_dir)
+    if not snapshots:
+        return "start a new run in another --out"
+    latest, newest = run_dir / ckpt.LATEST, run_dir / SNAPSHOT.format(epoch=snapshots[-1])
+    return f"to go on from the newest snapshot, copy it: cp {shlex.quote(str(newest))} {shlex.quote(str(latest))}"
 
 
 def _snapshot_epochs(run_dir: Path) -> list:
@@ -651,7 +657,11 @@ def _fit(cfg: TrainConfig, config: TrainConfig, dataset: datasets.LoadedDataset,
         # Read onto the CPU: load_state_dict puts weights and optimiser state on the parameters'
         # devices, and Adam's step counts stay on the CPU as in a fresh run (on the GPU, every step
         # would read each one back to the host).
-        trainer.load_state(ckpt.load(latest, map_location="cpu"), latest)
+        try:
+            payload = ckpt.load(latest, map_location="cpu")
+        except ckpt.CheckpointError as err:
+            raise ckpt.CheckpointError(f"--resume: {err}; {_without_checkpoint(run_dir)}") from None
+        trainer.load_state(payload, latest)
         check_resumable(cfg, trainer.epoch)
     world.barrier()  # every rank has checked the directory and read the checkpoint before rank 0 writes
     with claim_run_dir(cfg, loaded) if world.main else contextlib.nullcontext():
