@@ -217,7 +217,6 @@ def test_adt_imp_am_without_entropy_and_with_an_active_hinge_trains_as_one_proce
 
 def test_killed_worker_restarts_and_resumes_then_continues_on_one_process(tmp_path):
     run = tmp_path / "run"
-    cfg = small_config("at-pgd", run, epochs=3, max_batches=3)
     argv = ["--method", "at-pgd", "--dataset", "synthetic", "--out", str(run), "--epochs", "3",
             "--max-batches", "3", "--batch-size", "16", "--lr-drop", "--steps", "2", "--no-tensorboard",
             "--sync-bn", "--device", "cpu"]

@@ -11,7 +11,6 @@ import sys
 import tarfile
 import threading
 
-import numpy as np
 import pytest
 
 from adt_fast.data import DownloadError, download

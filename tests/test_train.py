@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-import adt_fast
 from adt_fast import data as datasets
 from adt_fast.attacks.losses import cross_entropy
 from adt_fast.distributed import World

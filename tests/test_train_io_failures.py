@@ -7,7 +7,6 @@ import resource
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 from adt_fast.cli import main
 from adt_fast.train import checkpoint as ckpt
