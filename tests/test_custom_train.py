@@ -53,12 +53,18 @@ def test_train_then_eval_on_an_npz_finds_the_data_by_itself(tmp_path, capsys):
     meta = json.loads(report.read_text())
     assert meta["meta"]["dataset"] == str(data.resolve()) and meta["epsilon"] == pytest.approx(8 / 255)
 
-    # The data changes: eval (without --dataset) and resume both refuse it.
+    # The data changes: eval (without --dataset) and resume both refuse it. Eval says how to
+    # evaluate the model on the data as it is now, which it then does; resume cannot mix data.
     np.savez(data, **_tiny_arrays(seed=1))
     assert main(["eval", "--checkpoint", str(run), *EVAL_FAST, "--out", str(report)]) == 2
-    assert "has changed since the run recorded it" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "has changed since the run recorded it" in err
+    assert err.rstrip().endswith(f"; to evaluate on the data as it is now, pass --dataset {data.resolve()}")
+    assert main(["eval", "--checkpoint", str(run), *EVAL_FAST, "--dataset", str(data.resolve()),
+                 "--out", str(report)]) == 0
     assert main(["train", "--resume", "--out", str(run), "--epochs", "2"]) == 2
-    assert "has changed since the run recorded it" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "has changed since the run recorded it" in err and "pass --dataset" not in err
 
 
 def test_under_torchrun_the_notes_of_evals_checks_come_from_rank_0_alone(tmp_path, capsys, monkeypatch):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -353,8 +354,8 @@ def _dataset(args, checkpoint: Optional[Path]):
     info for the model's count; it is None for data that knows its classes (a named dataset, a
     run's recorded data, re-read whole to check its content hash).
     """
-    from ..data import (DATASETS, SOURCE_FILE, ChecksumError, DatasetFileError, DatasetSpecError, DownloadError,
-                        dataset_info, load, open_test_split, read_source, reopen, resize_problem)
+    from ..data import (DATASETS, SOURCE_FILE, ChecksumError, DataChangedError, DatasetFileError, DatasetSpecError,
+                        DownloadError, dataset_info, load, open_test_split, read_source, reopen, resize_problem)
 
     name = args.dataset
     if checkpoint is None and name is None:
@@ -367,7 +368,11 @@ def _dataset(args, checkpoint: Optional[Path]):
                                          f"model was trained on; pass --dataset NAME|PATH")
         if name is None and record["kind"] != "named":
             _check_recorded_size(args.image_size, record)
-            loaded = reopen(record, data_dir=args.data_dir, download=args.download)
+            try:
+                loaded = reopen(record, data_dir=args.data_dir, download=args.download)
+            except DataChangedError as err:  # a model may be evaluated on other data; it is asked for
+                raise EvalError("--dataset", f"{err}; to evaluate on the data as it is now, pass --dataset "
+                                             f"{shlex.quote(record['path'])}") from None
             _note(f"data: {loaded.info.name} (from {run_dir / SOURCE_FILE}, content hash checked)")
             return loaded.info, lambda: loaded.test, None
         name = record["name"] if name is None else name

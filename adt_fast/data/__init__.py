@@ -9,7 +9,7 @@ from .custom import default_cache_dir, detect_layout
 from .datasets import (CUSTOM_SMALL_IMAGE, DATASETS, SOURCE_FILE, SPLITS, DatasetInfo, DatasetSpecError, LoadedDataset,
                        TestSplit, check_source, dataset_info, default_data_dir, from_arrays, load, open_dataset,
                        open_test_split, read_source, reopen, resize_problem)
-from .errors import ChecksumError, DatasetFileError, DownloadError, MissingDependencyError
+from .errors import ChecksumError, DataChangedError, DatasetFileError, DownloadError, MissingDependencyError
 from .fetch import download
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "CUSTOM_SMALL_IMAGE",
     "ChecksumError",
     "DATASETS",
+    "DataChangedError",
     "DatasetFileError",
     "DatasetInfo",
     "DatasetSpecError",

@@ -15,7 +15,7 @@ import torch
 from . import fetch
 from .custom import (MIN_IMAGE_SIZE, Splits, class_list, read_image_folder, read_image_folder_test, read_npz,
                      read_npz_test, splits_from_arrays)
-from .errors import DatasetFileError
+from .errors import DataChangedError, DatasetFileError
 from .files import CIFAR_LAYOUTS, IDX_FOLDERS, file_present, read_cifar, read_idx_dataset, read_svhn, required_files
 from .small_datasets import make_synthetic, read_digits
 
@@ -323,6 +323,6 @@ def check_source(loaded: LoadedDataset, record: dict) -> None:
     expected, actual = record.get("sha256"), loaded.source.get("sha256")
     if expected is not None and actual != expected:
         where = record.get("path") or record.get("name")
-        raise DatasetFileError(f"{where} has changed since the run recorded it: its content hash was "
+        raise DataChangedError(f"{where} has changed since the run recorded it: its content hash was "
                                f"sha256 {expected[:16]}..., it is now {str(actual)[:16]}...; refusing to "
                                f"mix data (train a new run, or restore the original data)")

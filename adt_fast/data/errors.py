@@ -5,6 +5,10 @@ class DatasetFileError(ValueError):
     """A dataset file exists but cannot be read: truncated, corrupt or of the wrong layout."""
 
 
+class DataChangedError(DatasetFileError):
+    """Data whose content hash differs from the one a run recorded."""
+
+
 class ChecksumError(ValueError):
     """A downloaded file's MD5 does not match the published checksum."""
 
