@@ -421,6 +421,16 @@ def test_dlr_refuses_too_few_classes_clearly():
         APGDAttack("apgd-dlr", EPS, loss="dlr").perturb(model, x, torch.tensor([0, 1]))
 
 
+def test_autoattack_on_too_few_classes_names_its_attacks_that_can_run():
+    """A 3-class model: AutoAttack's refusal says which of its attacks run there, not only why it
+    cannot (apgd-t's 9 targets and fab-t's need 10 classes)."""
+    problem = AutoAttack("autoattack", EPS).too_few_classes(3)
+    assert problem.endswith("; of its attacks, apgd-ce, square can run on it: name them in the attacks instead")
+    assert AutoAttack("autoattack-fast", EPS).too_few_classes(3).endswith("of its attacks, apgd-ce can run on it: "
+                                                                           "name them in the attacks instead")
+    assert AutoAttack("autoattack", EPS).too_few_classes(10) is None
+
+
 def test_class_needs_follow_the_number_of_targets():
     assert APGDAttack("apgd-t", EPS, loss="dlr-targeted", targets=5).classes_needed()[0] == 6
     assert APGDAttack("apgd-t", EPS, loss="dlr-targeted", targets=1).classes_needed()[0] == 4

@@ -457,6 +457,14 @@ class AutoAttack(Attack):
         (count, why), attack = max(needs, key=lambda pair: pair[0][0])
         return count, f"its {attack.label}: {why}"
 
+    def too_few_classes(self, num_classes: int) -> Optional[str]:
+        """The base class's reason, and which of the components can run instead."""
+        problem = super().too_few_classes(num_classes)
+        able = [attack.name for attack in self.components if attack.too_few_classes(num_classes) is None]
+        if problem is None or not able:
+            return problem
+        return f"{problem}; of its attacks, {', '.join(able)} can run on it: name them in the attacks instead"
+
     def input_problem(self, shape: Tuple[int, ...]) -> Optional[str]:
         """The first component's that cannot take them: any component may get to run."""
         return next((f"its {problem}" for attack in self.components
