@@ -89,8 +89,10 @@ def test_pgd_raises_the_loss(batch, model):
 
 
 @pytest.mark.parametrize("setting,value,message", [
-    ("step_size", -EPS / 4, "step_size must be > 0"), ("step_size", 0.0, "step_size must be > 0"),
-    ("step_size", float("nan"), "step_size must be a finite number"),
+    ("step_size", -EPS / 4, "step_size must be a finite number in (0, 1]"),
+    ("step_size", 0.0, "step_size must be a finite number in (0, 1]"),
+    ("step_size", float("nan"), "step_size must be a finite number in (0, 1]"),
+    ("step_size", 1.5, "step_size must be a finite number in (0, 1]"),
     ("epsilon", 0.0, "epsilon must be a finite number in (0, 1]"),
     ("epsilon", float("inf"), "epsilon must be a finite number in (0, 1]"),
     ("steps", -1, "steps must be an integer >= 0"), ("steps", 7.0, "steps must be an integer >= 0"),

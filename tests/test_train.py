@@ -783,10 +783,11 @@ def test_trades_code_inner_is_ten_steps_of_0_007_at_8_255():
 @pytest.mark.parametrize("settings", [
     dict(method="adt-exp", dist_betas=(0.5, 1.0)), dict(method="adt-exp", samples=0),
     dict(method="adt-exp", dist_lr=0.0), dict(method="at-pgd", step_size=0.0),
-    dict(method="trades", beta=-1.0), dict(method="at-pgd", epsilon=1.5),
+    dict(method="trades", beta=-1.0), dict(method="at-pgd", epsilon=1.5), dict(method="at-pgd", step_size=5.0),
 ])
 def test_out_of_range_method_settings_are_refused(settings):
-    """Adam's betas lie in [0, 1), k >= 1, learning and step sizes > 0, beta >= 0, eps <= the cap."""
+    """Adam's betas lie in [0, 1), k >= 1, learning rates > 0, beta >= 0, eps and the step size in
+    (0, 1] (a step of 5 was once trained with, while eval's attacks refused it)."""
     with pytest.raises(ConfigError):
         _resolved(**settings)
 

@@ -282,7 +282,7 @@ class TrainConfig:
         if "steps" in spec.params:
             _int(cfg, "steps", 0)
         if "step_size" in spec.params:
-            _real(cfg, "step_size", low=0.0, strict=True)
+            _real(cfg, "step_size", low=0.0, strict=True, high=MAX_EPSILON)  # as eval's attacks take it
         if "samples" in spec.params:
             _int(cfg, "samples", 1)
         if "lbd" in spec.params:

@@ -36,7 +36,7 @@ from ..attacks.distribution import ADAM_EPS, DistributionFit, choose_samples_per
 from ..attacks.engine import eval_mode, iterative_attack, uniform_start
 from ..attacks.losses import cross_entropy, trades_kl, trades_loss
 from ..attacks.suite import check_epsilon
-from ..checks import check_finite, check_int
+from ..checks import check_int
 from ..distributed import BatchShard
 from .config import AUTO
 
@@ -243,9 +243,7 @@ class PGD(Perturbation):
         self.inner, self.start = inner, start
         self.epsilon = check_epsilon(epsilon)
         self.steps = check_int(steps, "steps", minimum=0)
-        self.step_size = check_finite(step_size, "step_size")
-        if self.step_size <= 0:
-            raise ValueError(f"step_size must be > 0 (a step up the loss), got {step_size!r}")
+        self.step_size = check_epsilon(step_size, "step_size")
 
     def _start(self, x, rt):
         if self.start == "uniform":
