@@ -290,8 +290,9 @@ def _handshake(store: dist.Store, rank: int, size: int, restart_count: int,
     Across nodes the count is each node's agent's: a node whose workers failed is restarted with
     count + 1, one whose workers still ran only as a membership change, count unchanged. Keyed by
     their own counts, the nodes would part (gloo cannot connect) and disagree on resuming. The
-    store (torchrun's agent's, by default) outlives attempts and holds their keys, so a rank accepts only what carries its own
-    fresh nonce (rank 0's reply) or lies under the fresh token (the acks, the answer).
+    store (torchrun's agent's, by default) outlives attempts and holds their keys, so a rank
+    accepts only what carries its own fresh nonce (rank 0's reply) or lies under the fresh token
+    (the acks, the answer).
     DistributedError after `limit`: on rank 0 naming the ranks that did not answer, on another
     rank when rank 0 did not.
     """

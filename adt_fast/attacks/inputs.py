@@ -59,9 +59,9 @@ def check_classes(ctx, model: nn.Module, x: torch.Tensor, y: torch.Tensor, what:
         except RuntimeError as err:  # a float64 batch from numpy and a float32 model, most often
             dtypes = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()})
             if dtypes and str(x.dtype) not in dtypes:
-                raise TypeError(f"the inputs are {x.dtype} but the {what}'s parameters are {', '.join(dtypes)}: "
-                                f"convert the inputs (x.to({dtypes[0]})), and the {what} failed on them: "
-                                f"{err}") from err
+                raise TypeError(f"the inputs are {x.dtype} but the {what}'s parameters are {', '.join(dtypes)}, "
+                                f"and the {what} failed on them ({err}): convert the inputs, e.g. "
+                                f"x.to({dtypes[0]})") from err
             raise
     if logits.dim() != 2:
         raise ValueError(f"the {what} must return logits of shape (N, classes), got {tuple(logits.shape)}")

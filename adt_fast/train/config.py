@@ -77,8 +77,9 @@ class TrainConfig:
     """Every setting of a training run. ``None`` means "the dataset's / method's default".
 
     The defaults are appendix C.3's: SGD with momentum 0.9, weight decay 2e-4, batch size 64,
-    lr 0.1 (0.01 for madry-cnn, which has no BatchNorm) reduced tenfold from epoch 75 of 76 (epochs 75-76 at 0.01, as the original code's
-    ``if epoch >= 75``; other lengths N drop at round(75 N / 76)); PGD-style inner loops T=7 with step epsilon/4; ADT_EXP k=5, lambda=0.01,
+    lr 0.1 (0.01 for madry-cnn, which has no BatchNorm) reduced tenfold from epoch 75 of 76
+    (epochs 75-76 at 0.01, as the original code's ``if epoch >= 75``; other lengths N drop at
+    round(75 N / 76)); PGD-style inner loops T=7 with step epsilon/4; ADT_EXP k=5, lambda=0.01,
     Adam lr 0.3 with betas (0, 0) on the distribution parameters; the amortised methods' generator
     Adam lr 2e-4 (docs/amortized.md).
     """
