@@ -51,6 +51,7 @@ def test_paper_protocol_extras_are_checked_against_the_classes_before_attacking(
     assert code == 2
     assert "error: --attacks: 'apgd-t'" in capsys.readouterr().err
 
+
 def test_square_on_more_channels_than_it_can_sign_is_refused_before_attacking(tmp_path, monkeypatch, capsys):
     """Your own .npz may have any number of channels; Square draws one sign per channel from 64
     random bits. AutoAttack once ran APGD-CE, APGD-T and FAB-T on them (hours, on real data) and

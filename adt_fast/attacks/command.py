@@ -21,8 +21,7 @@ from typing import Any, List, Optional
 from ..distributed import DistributedError, check_timeout, launch_rank, launched, local_device, session
 from .report import SaveInterrupted
 from .suite import (DEFAULT_ATTACKS, DIST_STEPS, FEATURE_TARGETS, MAX_EPSILON, MAX_SEED, PAPER_ATTACKS,
-                    PAPER_FEATURE_TARGETS, PRECISIONS, class_shortfall, input_shortfall, make_attack,
-                    parse_attacks)
+                    PAPER_FEATURE_TARGETS, PRECISIONS, make_attack, parse_attacks, shortfall)
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -514,9 +513,8 @@ def plan(args) -> EvalPlan:
     # Both loaders made sure the models return the dataset's number of classes (your own test
     # split's is the evaluated model's).
     names = _attacks_to_run(args.protocol, attacks)
-    asked = [make_attack(name, epsilon) for name in names]
-    too_few = (class_shortfall(asked, info.num_classes)
-               or input_shortfall(asked, (1, info.channels, info.image_size, info.image_size)))
+    too_few = shortfall((make_attack(name, epsilon) for name in names), info.num_classes,
+                        (1, info.channels, info.image_size, info.image_size))
     if too_few is not None:
         raise EvalError("--attacks", too_few)
     x, y = _limit(args, info, *test_split())

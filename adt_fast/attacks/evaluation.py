@@ -28,8 +28,7 @@ from .report import Report, attack_order, sanity_warnings, worst_case
 from .suite import (CW_STEPS, DEFAULT_ATTACKS, DIST_LAMBDA, DIST_SAMPLES, DIST_STEPS,
                     FEATURE_TARGETS, MAX_EPSILON, MAX_SEED, PAPER_ATTACKS, PAPER_CW_STEPS,
                     PAPER_FEATURE_TARGETS, AttackContext, check_epsilon, check_precision,
-                    class_shortfall, default_step_size, input_shortfall, make_attack, parse_attacks, pgd_attack,
-                    pgd_steps)
+                    default_step_size, make_attack, parse_attacks, pgd_attack, pgd_steps, shortfall)
 
 DEFAULT_EPSILON_CURVE = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
 DEFAULT_EPSILON = 8 / 255  # the CIFAR-10 budget of the paper and of RobustBench
@@ -163,8 +162,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     ctx = AttackContext(model, seed=seed, precision=precision, pool_x=x, pool_y=y,
                         source_model=source_model, batch_size=batch_size)
     num_classes = check_classes(ctx, model, x[:1].to(device), y, "model")
-    too_few = class_shortfall(attacks_asked.values(), num_classes) or input_shortfall(attacks_asked.values(),
-                                                                                    tuple(x.shape))
+    too_few = shortfall(attacks_asked.values(), num_classes, tuple(x.shape))
     if too_few is not None:
         raise ValueError(f"attacks: {too_few}")
     if source_model is not None:

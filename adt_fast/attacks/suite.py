@@ -274,6 +274,10 @@ class Attack:
         classes_needed is, before any attack runs, not when this one's turn comes."""
         return None
 
+    def shortfall(self, num_classes: int, shape: Tuple[int, ...]) -> Optional[str]:
+        """Why this attack cannot run on a model of `num_classes` logits and inputs of `shape`."""
+        return self.too_few_classes(num_classes) or self.input_problem(shape)
+
     def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor,
             example_ids: torch.Tensor) -> AttackOutcome:
         raise NotImplementedError
@@ -296,8 +300,7 @@ class Attack:
         reason = self.unavailable(ctx)
         if reason is not None:
             raise ValueError(f"attack {self.name!r} cannot run: {reason}")
-        problem = self.input_problem(tuple(x.shape)) or self.too_few_classes(check_classes(ctx, ctx.model, x, y,
-                                                                                            "model"))
+        problem = self.shortfall(check_classes(ctx, ctx.model, x, y, "model"), tuple(x.shape))
         if problem is not None:
             raise ValueError(problem)
         if ctx.source_model is not None:
@@ -645,15 +648,10 @@ class TransferAttack(Attack):
         return AttackOutcome(correct, crafted.x_adv)
 
 
-def class_shortfall(attacks: Iterable[Attack], num_classes: int) -> Optional[str]:
-    """Why the first of `attacks` that needs more than `num_classes` classes cannot run, else None."""
-    problems = (attack.too_few_classes(num_classes) for attack in attacks)
-    return next((problem for problem in problems if problem is not None), None)
-
-
-def input_shortfall(attacks: Iterable[Attack], shape: Tuple[int, ...]) -> Optional[str]:
-    """Why the first of `attacks` that cannot take inputs of `shape` cannot run, else None."""
-    problems = (attack.input_problem(shape) for attack in attacks)
+def shortfall(attacks: Iterable[Attack], num_classes: int, shape: Tuple[int, ...]) -> Optional[str]:
+    """Why the first of `attacks` that cannot run on a model of `num_classes` logits and inputs of
+    `shape` cannot, else None: checked before any of them runs."""
+    problems = (attack.shortfall(num_classes, shape) for attack in attacks)
     return next((problem for problem in problems if problem is not None), None)
 
 
