@@ -207,12 +207,47 @@ def test_an_attack_that_drives_the_logits_to_nan_breaks_the_example():
     # argmax of an all-NaN row is 0, the label: every attack used to score these "robust"
     x = 0.4 + 0.05 * torch.rand(4, 1, 4, 4)
     y = torch.zeros(4, dtype=torch.long)
-    attacks = "fgsm,pgd:3,mim,cw,feature,dist,apgd-ce,apgd-t,apgd-dlr,square,autoattack"
+    # pgd1 is read from pgd3's trajectory: its first iterate's score, not the final one's
+    attacks = "fgsm,pgd1,pgd:3,mim,cw,feature,dist,apgd-ce,apgd-t,apgd-dlr,square,autoattack"
     report = evaluate(NanAwayFromData(), x, y, epsilon=0.1, attacks=attacks, dist_steps=1,
                       source_model=NanAwayFromData(), epsilon_curve=())
     assert report.natural_accuracy == 1.0
+    assert "pgd1" in report.robust_accuracy
     assert report.robust_accuracy == {name: 0.0 for name in report.robust_accuracy}
     assert report.worst_case_accuracy == 0.0
+
+
+def test_fab_and_feaattack_break_an_example_whose_iterate_gives_nan_logits():
+    # evaluate's pool above holds one class (FeaAttack is skipped) and APGD-CE breaks every
+    # example before FAB-T sees it, so each runs alone here; no finite point is misclassified
+    x = 0.4 + 0.05 * torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(4, dtype=torch.long)
+    outcome = make_attack("fab-t", 1.0).run_checked(AttackContext(NanAwayFromData()), x, y)
+    assert not outcome.correct.any()
+    target = torch.zeros(1, 1, 4, 4)
+    target[..., :2] = 1.0  # a class-1 image whose features pull half the pixels up, past 0.5
+    ctx = AttackContext(NanAwayFromData(), pool_x=torch.cat([x, target]),
+                        pool_y=torch.cat([y, torch.ones(1, dtype=torch.long)]))
+    assert not make_attack("feature", 0.1).run_checked(ctx, x, y).correct.any()
+
+
+class NanAtData(nn.Module):
+    """Class 0 by a margin of 5 wherever some pixel is above 0.5; NaN where every pixel is
+    below (the natural inputs, so no attack needs to move them)."""
+
+    def forward(self, x):
+        flat = x.flatten(1)
+        gate = 0 * torch.sqrt(flat.amax(1, keepdim=True) - 0.5)  # NaN below 0.5
+        return torch.tensor([5.0] + [0.0] * 9) + gate + 0 * flat.mean(1, keepdim=True)
+
+
+@pytest.mark.parametrize("name", ["apgd-ce", "apgd-t", "square"])
+def test_an_autoattack_component_run_alone_breaks_an_input_with_nan_logits(name):
+    # their first forward picks the examples worth attacking: a NaN row is not one of them
+    x = 0.4 + 0.05 * torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    outcome = make_attack(name, 0.1).run_checked(AttackContext(NanAtData()), x,
+                                                 torch.zeros(4, dtype=torch.long))
+    assert not outcome.correct.any()
 
 
 class NanWhenColumnSplits(nn.Module):
