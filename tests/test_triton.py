@@ -417,6 +417,22 @@ def test_same_seed_same_samples_and_offsets_differ(d):
     assert not torch.equal(c[0][5], a[0][0])
 
 
+def test_strided_seed_offset_reads_its_own_values():
+    """A (seed, offset) view with a stride (a direct call of the custom op, or a vmap over it,
+    may pass one) gives the samples of its values, not of the words next to the seed."""
+    mean, std, _ = _inputs((2, 8), torch.float32)
+    so = _seed_offset(5, 10)
+    strided = torch.stack([so, torch.full((2,), 99)], dim=1)[:, 0]
+    assert not strided.is_contiguous() and torch.equal(strided, so)
+    out, nlp = tk.sample_forward(mean, std, None, None, so, 2, EPS, -math.inf, math.inf)
+    out_s, nlp_s = tk.sample_forward(mean, std, None, None, strided, 2, EPS, -math.inf, math.inf)
+    assert torch.equal(out_s, out) and torch.equal(nlp_s, nlp)
+    grads = tk.sample_backward(out, nlp, mean, std, None, None, so, 2, EPS, -math.inf, math.inf)
+    grads_s = tk.sample_backward(out, nlp, mean, std, None, None, strided, 2, EPS, -math.inf, math.inf)
+    assert all(torch.equal(a, b) for a, b in zip(grads_s[:2], grads[:2]))
+    assert torch.equal(tk.philox_words(strided, 8, 2), reference.philox_words(5, 10, 8, 2))
+
+
 def test_launch_config():
     """Tiles of TILE elements, one quad of four consecutive elements per thread."""
     assert tk.TILE == tk.NORMALS_PER_CALL * 32 * tk.NUM_WARPS

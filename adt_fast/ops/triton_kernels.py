@@ -587,14 +587,15 @@ def sample_constexprs(*, per_example: int) -> dict:
 
 
 def _contiguous(*tensors):
-    """The kernels index rows flat: a strided view (the public op passes none, a direct call of
-    the custom op may) is copied first; free for contiguous tensors."""
+    """The kernels index rows flat and read seed_offset as two adjacent words: a strided view (the
+    public op passes none, a direct call of the custom op or a vmap over it may) is copied first;
+    free for contiguous tensors."""
     return tuple(None if t is None else t.contiguous() for t in tensors)
 
 
 def sample_forward(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi):
     """Triton version of `reference.sample_forward`."""
-    mean, std_param, x, noise = _contiguous(mean, std_param, x, noise)
+    mean, std_param, x, noise, seed_offset = _contiguous(mean, std_param, x, noise, seed_offset)
     k = num_samples
     batch = mean.shape[0]
     numel = mean.numel()
@@ -639,7 +640,7 @@ def sample_backward(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, 
                     epsilon, lo, hi, need_grad_x=True):
     """Triton version of `reference.sample_backward`: (grad_mean, grad_std_param, grad_x|None).
     A None gradient is zero; grad_out may be expanded (`grad_out_layout`), grad_nlp any strides."""
-    mean, std_param, x, noise = _contiguous(mean, std_param, x, noise)
+    mean, std_param, x, noise, seed_offset = _contiguous(mean, std_param, x, noise, seed_offset)
     k = num_samples
     batch = mean.shape[0]
     numel = mean.numel()
@@ -669,6 +670,7 @@ def sample_backward(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, 
 
 def philox_words(seed_offset, numel, num_samples):
     """Raw Philox words, int64 of shape (k, ceil(numel/4), 4), as `reference.philox_words`."""
+    (seed_offset,) = _contiguous(seed_offset)
     n_quads = triton.cdiv(numel, NORMALS_PER_CALL)
     out = torch.empty((num_samples, n_quads, 4), dtype=torch.int64, device=seed_offset.device)
     if num_samples == 0 or n_quads == 0:
