@@ -429,6 +429,9 @@ def test_autoattack_on_too_few_classes_names_its_attacks_that_can_run():
     assert AutoAttack("autoattack-fast", EPS).too_few_classes(3).endswith("of its attacks, apgd-ce can run on it: "
                                                                            "name them in the attacks instead")
     assert AutoAttack("autoattack", EPS).too_few_classes(10) is None
+    # components of your own, none of which can run: no empty list of attacks to name
+    only_targeted = AutoAttack("autoattack", EPS, components=[APGDAttack("apgd-t", EPS, loss="dlr-targeted")])
+    assert only_targeted.too_few_classes(3).endswith("the model returns 3")
 
 
 def test_class_needs_follow_the_number_of_targets():
