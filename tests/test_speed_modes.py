@@ -399,3 +399,10 @@ def test_the_commands_say_emulated_bf16_once_and_warnings_without_library_source
     assert (said.out + said.err).count(devices.BF16_EMULATED) == 1 and "UserWarning" not in said.err
     assert f"adt-fast eval: warning: {devices.BF16_EMULATED} this CPU" in err
     assert err.count(devices.BF16_EMULATED) == 1 and "UserWarning" not in err and "evaluate(" not in err
+
+
+def test_the_mode_line_counts_the_inputs_of_a_step_not_the_batch_size(tmp_path, capsys):
+    """A --batch-size above the data's size steps on all of it: the mode line once printed
+    'inner loop 3 samples x 1000000 inputs' for synthetic's 500 training images."""
+    fit(_cfg(tmp_path / "run", batch_size=10**6, max_batches=1, samples_per_pass=1))
+    assert "inner loop 3 samples x 500 inputs in passes of 1 sample" in capsys.readouterr().out
