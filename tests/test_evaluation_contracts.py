@@ -48,6 +48,9 @@ def test_inputs_of_another_dtype_than_the_models_are_named():
     ours = evaluate(casting, x.double(), y, epsilon=0.1, attacks="fgsm", epsilon_curve=())
     theirs = evaluate(_linear(), x, y, epsilon=0.1, attacks="fgsm", epsilon_curve=())
     assert torch.equal(ours.correct["natural"], theirs.correct["natural"])
+    # a model that fails on inputs of its own dtype fails with its own error, not a dtype story
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        evaluate(_linear(), x[:, :2], y, epsilon=0.1, attacks="fgsm", epsilon_curve=())
 
 
 class _Float(nn.Module):
