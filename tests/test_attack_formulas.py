@@ -267,6 +267,26 @@ def test_square_keeps_a_proposal_that_the_model_cannot_classify():
     assert torch.isnan(NanWhenColumnSplits()(outcome.x_adv)).all()
 
 
+class InfWhenColumnSplits(nn.Module):
+    """As NanWhenColumnSplits, but the true class's logit is +inf when the pixels differ: the
+    margin is then infinite, and a later point that joins them again lowers it."""
+
+    def forward(self, x):
+        split = (x[:, 0, 0, 0] - x[:, 0, 3, 0]).abs()[:, None] > 0
+        true_logit = torch.where(split, float("inf"), 1.0)
+        return torch.cat([true_logit, torch.zeros(len(x), 2)], 1) + 0 * x.sum()
+
+
+def test_square_stops_at_a_point_whose_logits_are_not_finite_whatever_its_margin():
+    # the search went on past such a point (margin +inf > 0) and gave it up for a finite one:
+    # 26 of these 64 scored robust
+    x = torch.full((64, 1, 4, 4), 0.5)
+    outcome = make_attack("square", 0.1).run_checked(AttackContext(InfWhenColumnSplits()), x,
+                                                      torch.zeros(64, dtype=torch.long))
+    assert not outcome.correct.any()
+    assert torch.isinf(InfWhenColumnSplits()(outcome.x_adv)[:, 0]).all()
+
+
 class FirstPixel(nn.Module):
     def __init__(self):
         super().__init__()

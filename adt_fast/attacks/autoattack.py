@@ -324,8 +324,9 @@ class SquareAttack(Attack):
     random position set to x +- epsilon (one random sign per channel), and keeps it if the margin
     drops. Signs that would leave the point unchanged are redrawn, up to SQUARE_REDRAWS times
     (the reference redraws until they change it). The search of an example stops once its margin
-    is <= 0; it counts as broken when the model misclassifies a point found (argmax != y, as for
-    every other attack: at an exact tie of the logits the two differ).
+    is <= 0, or once a point found is scored wrong at any margin (non-finite logits); it counts as
+    broken when the model misclassifies a point found (argmax != y, as for every other attack: at
+    an exact tie of the logits the two differ).
     """
 
     epsilon: float
@@ -369,7 +370,9 @@ class SquareAttack(Attack):
             cols = torch.arange(width, device=x.device).view(1, 1, 1, -1)
             ids = example_ids.to(x.device)
             for query in range(self.queries):
-                index = (margin > 0).nonzero().squeeze(1)
+                # searching goes on while the margin is above 0 and no point found is scored wrong
+                # (non-finite logits are wrong at any margin: +inf for y gives an infinite one)
+                index = ((margin > 0) & ~wrong).nonzero().squeeze(1)
                 if len(index) == 0:
                     break
                 if query % _WORD_BLOCK == 0:
