@@ -143,6 +143,9 @@ def _images(array: np.ndarray, where: str) -> tuple[np.ndarray, str]:
     channels, height, width = array.shape[1:]
     if array.shape[0] == 0:
         raise DatasetFileError(f"{where}: holds no images")
+    if channels == 0:
+        raise DatasetFileError(f"{where}: shape {tuple(array.shape[:1]) + _original_shape(array.shape, layout)} read as "
+                               f"{LAYOUT_NAMES[layout]}: images of {height}x{width} with 0 channels")
     if height < MIN_IMAGE_SIZE:
         raise DatasetFileError(f"{where}: images are {height}x{width}; the classifiers need at least "
                                f"{MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}")

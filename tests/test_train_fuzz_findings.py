@@ -1,0 +1,25 @@
+"""Defects found by fuzzing `adt-fast train`, each pinned by the command line (or call) that hit it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from adt_fast.cli import main
+
+
+def _train(capsys, *argv) -> tuple[int, str]:
+    code = main(["train", "--epochs", "1", "--max-batches", "1", "--device", "cpu", "--no-tensorboard", *argv])
+    return code, capsys.readouterr().err
+
+
+def test_npz_images_without_channels_are_refused_naming_the_file(tmp_path, capsys):
+    """x_train of shape (N, 8, 8, 0) passed every check, then crashed hashing the arrays (TypeError)."""
+    path = tmp_path / "no-channels.npz"
+    np.savez(path, x_train=np.zeros((4, 8, 8, 0), np.uint8), y_train=np.array([0, 1, 0, 1]),
+             x_test=np.zeros((2, 8, 8, 0), np.uint8), y_test=np.array([0, 1]))
+    code, err = _train(capsys, "--method", "standard", "--dataset", str(path), "--out", str(tmp_path / "run"))
+    assert code == 2
+    assert "Traceback" not in err
+    assert f"{path.resolve()}: x_train: shape (4, 8, 8, 0) read as N x H x W x C (channels last): images of 8x8 " \
+           f"with 0 channels" in err
+    assert not (tmp_path / "run").exists()
