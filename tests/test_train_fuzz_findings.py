@@ -23,3 +23,14 @@ def test_npz_images_without_channels_are_refused_naming_the_file(tmp_path, capsy
     assert f"{path.resolve()}: x_train: shape (4, 8, 8, 0) read as N x H x W x C (channels last): images of 8x8 " \
            f"with 0 channels" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_dataset_or_data_dir_is_refused_not_taken_as_the_working_directory(tmp_path, capsys, monkeypatch):
+    """`--dataset "$DATA"` with DATA unset read the working directory as an image folder, and
+    `--data-dir ""` looked for (or downloaded) the dataset files there."""
+    monkeypatch.chdir(tmp_path)
+    code, err = _train(capsys, "--method", "standard", "--dataset", "", "--out", "run")
+    assert code == 2 and "--dataset is empty" in err and str(tmp_path) not in err
+    code, err = _train(capsys, "--method", "standard", "--dataset", "synthetic", "--data-dir", "", "--out", "run")
+    assert code == 2 and "--data-dir is empty" in err
+    assert not (tmp_path / "run").exists()

@@ -192,6 +192,9 @@ def _check_resize(spec: str, image_size) -> None:
 def _own_data_path(spec: str, data_dir, download: bool) -> Path:
     """The absolute path of your own data; DatasetSpecError if there is none, or for the options
     of named datasets."""
+    if not spec:  # Path("") is the working directory, which the user did not name
+        raise DatasetSpecError(f"--dataset is empty: give a dataset name ({', '.join(DATASETS)}) or the path of an "
+                               f".npz file or image folder")
     path = Path(spec).expanduser()
     if not path.exists():
         raise DatasetSpecError(f"--dataset {spec!r} is neither a dataset name ({', '.join(DATASETS)}) nor an "

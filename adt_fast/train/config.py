@@ -225,6 +225,9 @@ class TrainConfig:
         cfg.out = str(cfg.out)
         if cfg.data_dir is not None:
             cfg.data_dir = str(cfg.data_dir)
+            if not cfg.data_dir:  # Path("") is the working directory, which the user did not name
+                raise ConfigError("--data-dir is empty: name the folder of the dataset files, or omit it for "
+                                  "$ADT_FAST_DATA_DIR or ~/.cache/adt_fast/data")
 
         if cfg.epochs is None:
             cfg.epochs = SMALL_DATASET_EPOCHS.get(cfg.dataset, PAPER_EPOCHS)
