@@ -1,0 +1,48 @@
+"""Bad input and broken models found by fuzzing `adt-fast eval` and the Python evaluation API:
+each gets a clear error naming what was wrong, or an honest result, never a stray traceback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from adt_fast.attacks import evaluate, feature_attack, pgd, transfer
+
+
+class _Split(nn.Module):
+    """A classifier with FeaAttack's .features / .head split."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(4 * 4 * 4, 10))
+
+    def features(self, x):
+        return self.body(x)
+
+    def head(self, features):
+        return self.fc(features)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def _data(n: int = 6):
+    x = torch.rand(n, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    return x, torch.arange(n) % 10
+
+
+def test_a_model_whose_weights_went_nan_is_scored_broken_by_feaattack_not_a_crash():
+    # A run that diverged leaves NaN weights: the split check's tolerance came from the NaN
+    # logits (atol = NaN), and torch.allclose raised.
+    model = _Split().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    x, y = _data()
+    report = evaluate(model, x, y, epsilon=0.1, attacks="fgsm,feature", epsilon_curve=())
+    assert "feature" not in report.skipped
+    assert report.robust_accuracy["feature"] == 0.0  # NaN logits are never a correct answer
+    assert report.natural_accuracy == 0.0
