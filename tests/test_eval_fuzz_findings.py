@@ -46,3 +46,18 @@ def test_a_model_whose_weights_went_nan_is_scored_broken_by_feaattack_not_a_cras
     assert "feature" not in report.skipped
     assert report.robust_accuracy["feature"] == 0.0  # NaN logits are never a correct answer
     assert report.natural_accuracy == 0.0
+
+
+@pytest.mark.parametrize("wrap", [lambda z: (z, z), lambda z: {"logits": z}], ids=["tuple", "dict"])
+def test_a_model_returning_no_tensor_is_named(wrap):
+    class Wrapped(_Split):
+        def forward(self, x):
+            return wrap(super().forward(x))
+
+    x, y = _data()
+    for call in (lambda: evaluate(Wrapped(), x, y, epsilon=0.1, attacks="fgsm", epsilon_curve=()),
+                 lambda: pgd(Wrapped(), x, y, 0.1, steps=2)):
+        with pytest.raises(TypeError, match=r"the model must return a tensor of logits .*, got (tuple|dict)"):
+            call()
+    with pytest.raises(TypeError, match=r"the source model must return a tensor of logits .*, got (tuple|dict)"):
+        transfer(Wrapped(), _Split(), x, y, 0.1, steps=2)

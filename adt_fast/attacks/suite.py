@@ -178,8 +178,11 @@ class AttackContext:
         check_int(self.batch_size, "batch_size")
 
     @staticmethod
-    def _full(out: torch.Tensor) -> torch.Tensor:
-        """Autocast's bf16 outputs back to float32; float32/float64 outputs unchanged."""
+    def _full(out: torch.Tensor, expected: str) -> torch.Tensor:
+        """Autocast's bf16 outputs back to float32; float32/float64 outputs unchanged. An output
+        that is no tensor (a tuple, a dict) is refused with ``expected``, which names its source."""
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"{expected}, got {type(out).__name__}")
         return out if out.dtype in (torch.float32, torch.float64) else out.float()
 
     @contextlib.contextmanager
@@ -195,17 +198,18 @@ class AttackContext:
         model = self.model if model is None else model
         with self._autocast(x):
             out = model(x)
-        return self._full(out)
+        which = "the model" if model is self.model else "the source model"
+        return self._full(out, f"{which} must return a tensor of logits (N, classes)")
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         with self._autocast(x):
             out = self.model.features(x)
-        return self._full(out)
+        return self._full(out, "the model's .features(x) must return a tensor")
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         with self._autocast(features):
             out = self.model.head(features)
-        return self._full(out)
+        return self._full(out, "the model's .head(features) must return a tensor")
 
 
 @dataclass
