@@ -61,3 +61,24 @@ def test_a_model_returning_no_tensor_is_named(wrap):
             call()
     with pytest.raises(TypeError, match=r"the source model must return a tensor of logits .*, got (tuple|dict)"):
         transfer(Wrapped(), _Split(), x, y, 0.1, steps=2)
+
+
+@pytest.mark.parametrize("model", [lambda z: z.flatten(1)[:, :10], None], ids=["function", "none"])
+def test_a_model_that_is_no_module_is_named(model):
+    x, y = _data()
+    with pytest.raises(TypeError, match=r"^model must be a torch.nn.Module .*, got (function|NoneType)"):
+        evaluate(model, x, y, epsilon=0.1, attacks="fgsm", epsilon_curve=())
+    with pytest.raises(TypeError, match=r"^source_model must be a torch.nn.Module"):
+        evaluate(_Split(), x, y, epsilon=0.1, attacks="fgsm", source_model=model or (lambda z: z),
+                 epsilon_curve=())
+    with pytest.raises(TypeError, match=r"^model must be a torch.nn.Module"):
+        pgd(model, x, y, 0.1, steps=2)
+    with pytest.raises(TypeError, match=r"^source_model must be a torch.nn.Module"):
+        transfer(model or (lambda z: z), _Split(), x, y, 0.1, steps=2)
+
+
+@pytest.mark.parametrize("device", ["nonsense", "cuda:x", 1.5])
+def test_a_device_that_is_no_torch_device_is_named(device):
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"^device must be a torch device"):
+        evaluate(_Split(), x, y, epsilon=0.1, attacks="fgsm", epsilon_curve=(), device=device)

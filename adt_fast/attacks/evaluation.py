@@ -22,7 +22,7 @@ from ..devices import bf16_emulation_warning
 from ..distributed import World, current as dist_world
 from .autoattack import COMPONENTS as AUTOATTACK_VERSIONS, GRADIENT_COMPONENTS
 from .engine import classified, eval_mode, input_gradient, model_device
-from .inputs import check_batch, check_classes
+from .inputs import check_batch, check_classes, check_module
 from .losses import cross_entropy
 from .report import Report, attack_order, sanity_warnings, worst_case
 from .suite import (CW_STEPS, DEFAULT_ATTACKS, DIST_LAMBDA, DIST_SAMPLES, DIST_STEPS,
@@ -124,6 +124,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         returns the full report, identical to a single process's (the batches are the same, and
         each example's attack is keyed by its id).
     """
+    check_module(model, "model")
+    if source_model is not None:
+        check_module(source_model, "source_model")
     epsilon = check_epsilon(epsilon)
     check_precision(precision)
     y = check_batch(x, y)
@@ -146,7 +149,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         raise ValueError(f"example_ids has {len(ids)} entries for {n} examples")
     if len(torch.unique(ids)) != n or int(ids.min()) < 0:
         raise ValueError("example_ids must be distinct integers >= 0")
-    device = torch.device(device) if device is not None else model_device(model, x.device)
+    try:
+        device = torch.device(device) if device is not None else model_device(model, x.device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r} ({err})") from None
     _check_on_device(model, device, "model")
     if source_model is not None:
         _check_on_device(source_model, device, "source_model")

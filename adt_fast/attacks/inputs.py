@@ -18,6 +18,14 @@ from .engine import eval_mode
 LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
 
 
+def check_module(model, name: str) -> None:
+    """The attacks call the model, its .parameters() and its .train(): a plain function (or None)
+    would fail deep inside with an AttributeError."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module mapping inputs in [0, 1] to logits, got "
+                        f"{type(model).__name__} (wrap a function in an nn.Module whose forward calls it)")
+
+
 def check_batch(x: torch.Tensor, y: torch.Tensor, x_name: str = "x", y_name: str = "y") -> torch.Tensor:
     """Refuse a batch the attacks cannot score honestly; return the labels as int64.
 

@@ -34,7 +34,7 @@ from ..models.external import has_feature_split
 from .distribution import fit_distribution
 from .engine import (classified, eval_mode, example_seed, iterative_attack, model_device,
                      per_example_normals, per_example_start)
-from .inputs import check_batch, check_classes
+from .inputs import check_batch, check_classes, check_module
 from .losses import cosine_distance, cross_entropy, cw_margin
 
 DEFAULT_ATTACKS = ("fgsm", "pgd20", "pgd100", "mim", "cw", "feature", "dist")
@@ -173,6 +173,9 @@ class AttackContext:
     batch_size: int = 256
 
     def __post_init__(self):
+        check_module(self.model, "model")
+        if self.source_model is not None:
+            check_module(self.source_model, "source_model")
         check_precision(self.precision)
         check_int(self.seed, "seed", 0, MAX_SEED)
         check_int(self.batch_size, "batch_size")
