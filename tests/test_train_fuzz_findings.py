@@ -34,3 +34,11 @@ def test_an_empty_dataset_or_data_dir_is_refused_not_taken_as_the_working_direct
     code, err = _train(capsys, "--method", "standard", "--dataset", "synthetic", "--data-dir", "", "--out", "run")
     assert code == 2 and "--data-dir is empty" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_out_name_too_long_for_the_file_system_is_a_one_line_error(tmp_path, capsys):
+    """A 300-character folder name (runs named after their settings) was an OSError traceback."""
+    out = tmp_path / ("x" * 300)
+    code, err = _train(capsys, "--method", "standard", "--dataset", "synthetic", "--out", str(out))
+    assert code == 2
+    assert err.startswith(f"adt-fast train: error: --out {out}: cannot write the run there (File name too long")

@@ -621,6 +621,7 @@ def fit(config: TrainConfig, data: Optional[tuple] = None, *, given: Optional[It
     that conflicts with them or cannot be written, CheckpointError for a checkpoint that cannot
     be read safely, DatasetFileError for invalid data (or data that changed under a resume).
     """
+    _check_out(config.out)
     if not config.resume and _started_by_this_job(Path(config.out)) and _restarted():
         # torchrun restarted the group after a failure (on any node): continue from the last checkpoint.
         config = dataclasses.replace(config, resume=True)
@@ -668,6 +669,15 @@ def _fit(cfg: TrainConfig, config: TrainConfig, dataset: datasets.LoadedDataset,
         _train(trainer, dataset, resumed=loaded is not None)
     world.barrier()  # no rank leaves (and tears the group down) while rank 0 still writes
     return run_dir
+
+
+def _check_out(out) -> None:
+    """--out must be a path the system can look up (a name too long for the file system makes
+    every lookup fail with an OSError)."""
+    try:
+        Path(out).exists()
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot write the run there ({os_error_text(err)})") from None
 
 
 def _field_names(given: Optional[Iterable[str]]) -> list:
