@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from adt_fast.cli import main
+from adt_fast.train import tuning
 
 
 def _train(capsys, *argv) -> tuple[int, str]:
@@ -42,3 +45,18 @@ def test_an_out_name_too_long_for_the_file_system_is_a_one_line_error(tmp_path, 
     code, err = _train(capsys, "--method", "standard", "--dataset", "synthetic", "--out", str(out))
     assert code == 2
     assert err.startswith(f"adt-fast train: error: --out {out}: cannot write the run there (File name too long")
+
+
+def test_a_tuning_record_with_seconds_that_are_not_numbers_is_measured_again(tmp_path, capsys):
+    """A hand-edited tuning.json whose memory format had text for seconds passed as valid, and the
+    mode line then failed formatting it (ValueError traceback) on every --resume."""
+    run = tmp_path / "run"
+    assert _train(capsys, "--method", "standard", "--dataset", "synthetic", "--out", str(run))[0] == 0
+    record = json.loads((run / tuning.TUNING_FILE).read_text())
+    record[tuning.MEMORY_FORMAT] = {"channels_last": True, "chosen_by": "measurement",
+                                    "seconds": {"contiguous": "fast", "channels_last": "faster"}}
+    (run / tuning.TUNING_FILE).write_text(json.dumps(record))
+    code, err = _train(capsys, "--resume", "--epochs", "2", "--out", str(run))
+    assert code == 0, err
+    seconds = json.loads((run / tuning.TUNING_FILE).read_text())[tuning.MEMORY_FORMAT]["seconds"]
+    assert all(isinstance(value, float) for value in seconds.values())

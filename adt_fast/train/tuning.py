@@ -66,8 +66,11 @@ def load_or_measure(run_dir: Path, method, model, x, y, *, channels_last, resume
 def _memory_format(flag, recorded, model, x, y, runtime) -> dict:
     if isinstance(flag, bool):
         return {"channels_last": flag, "chosen_by": "--channels-last" if flag else "--no-channels-last"}
+    seconds = recorded.get("seconds") if isinstance(recorded, dict) else None
     if isinstance(recorded, dict) and isinstance(recorded.get("channels_last"), bool) \
-            and isinstance(recorded.get("chosen_by"), str):
+            and isinstance(recorded.get("chosen_by"), str) \
+            and (seconds is None or (isinstance(seconds, dict) and all(
+                isinstance(value, (int, float)) and not isinstance(value, bool) for value in seconds.values()))):
         return recorded  # a record that is not valid is measured again
     return measure_memory_format(model, x, y, runtime)
 
