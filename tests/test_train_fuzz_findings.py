@@ -60,3 +60,15 @@ def test_a_tuning_record_with_seconds_that_are_not_numbers_is_measured_again(tmp
     assert code == 0, err
     seconds = json.loads((run / tuning.TUNING_FILE).read_text())[tuning.MEMORY_FORMAT]["seconds"]
     assert all(isinstance(value, float) for value in seconds.values())
+
+
+def test_model_pt_copied_over_checkpoint_pt_is_refused_saying_what_it_lacks(tmp_path, capsys):
+    """model.pt copied to checkpoint.pt (to train a finished run further) was refused as
+    'it holds modules None, this run has []', which says nothing a user can act on."""
+    run = tmp_path / "run"
+    assert _train(capsys, "--method", "standard", "--dataset", "synthetic", "--out", str(run))[0] == 0
+    (run / "checkpoint.pt").write_bytes((run / "model.pt").read_bytes())
+    code, err = _train(capsys, "--resume", "--epochs", "2", "--out", str(run))
+    assert code == 2
+    assert "it holds a final model (model.pt's content: the classifier's weights) without the training state" in err
+    assert "start a new run in another --out" in err and "None" not in err

@@ -111,6 +111,10 @@ class Trainer:
             raise refuse(f"it was written by another run: its settings differ from this run's {CONFIG_FILE}: "
                          f"{'; '.join(differ.values())}; put this run's own checkpoint back (or copy its newest "
                          f"snapshot, checkpoint_epoch{{N}}.pt, over it)")
+        if not any(kind in payload for kind in ("modules", "optimisers", "schedulers", "rng")):  # model.pt's keys only
+            raise refuse(f"it holds a final model ({ckpt.FINAL_MODEL}'s content: the classifier's weights) without the "
+                         f"training state a resume needs (optimisers, schedules, random states); "
+                         f"{_without_checkpoint(source.parent)}")
         for kind, ours in (("modules", modules), ("optimisers", self.optimisers),
                            ("schedulers", self.schedulers)):
             theirs = payload.get(kind)
