@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from adt_fast.attacks import evaluate, feature_attack, pgd, transfer
+from adt_fast.attacks import cw, evaluate, mim, pgd, transfer
 
 
 class _Split(nn.Module):
@@ -82,3 +82,13 @@ def test_a_device_that_is_no_torch_device_is_named(device):
     x, y = _data()
     with pytest.raises(ValueError, match=r"^device must be a torch device"):
         evaluate(_Split(), x, y, epsilon=0.1, attacks="fgsm", epsilon_curve=(), device=device)
+
+
+@pytest.mark.parametrize("attack", [pgd, mim, cw])
+@pytest.mark.parametrize("epsilon", ["0.1", None])
+def test_an_epsilon_that_is_no_number_is_named_by_the_stand_alone_attacks(attack, epsilon):
+    # The default step (epsilon / 4) was computed before epsilon was checked: "unsupported
+    # operand type(s) for /: 'str' and 'int'".
+    x, y = _data()
+    with pytest.raises(TypeError, match=r"^epsilon must be a number"):
+        attack(_Split(), x, y, epsilon, steps=2)

@@ -322,7 +322,7 @@ class GradientAttack(Attack):
     name: str
     epsilon: float
     steps: int
-    step_size: float
+    step_size: Optional[float]      # None: default_step_size(epsilon)
     loss: str = "ce"
     random_start: bool = True
     momentum: Optional[float] = None
@@ -330,7 +330,9 @@ class GradientAttack(Attack):
     stream: str = "pgd"
 
     def __post_init__(self):
-        check_epsilon(self.epsilon)
+        check_epsilon(self.epsilon)  # before the default step divides it
+        if self.step_size is None:
+            self.step_size = default_step_size(self.epsilon)
         if self.loss not in ("ce", "cw"):
             raise ValueError(f"loss must be 'ce' or 'cw', got {self.loss!r}")
         check_int(self.steps, "steps")
@@ -384,20 +386,17 @@ def fgsm_attack(epsilon: float) -> GradientAttack:
 
 def pgd_attack(epsilon: float, steps: int = 20, step_size: Optional[float] = None,
                stream: str = "pgd") -> GradientAttack:
-    step = default_step_size(epsilon) if step_size is None else step_size
-    return GradientAttack(f"pgd{steps}", epsilon, steps=steps, step_size=step, stream=stream)
+    return GradientAttack(f"pgd{steps}", epsilon, steps=steps, step_size=step_size, stream=stream)
 
 
 def mim_attack(epsilon: float, steps: int = MIM_STEPS, decay: float = MIM_DECAY,
                step_size: Optional[float] = None) -> GradientAttack:
-    step = default_step_size(epsilon) if step_size is None else step_size
-    return GradientAttack("mim", epsilon, steps=steps, step_size=step, momentum=decay, stream="mim")
+    return GradientAttack("mim", epsilon, steps=steps, step_size=step_size, momentum=decay, stream="mim")
 
 
 def cw_attack(epsilon: float, steps: int = CW_STEPS, kappa: float = CW_KAPPA,
               step_size: Optional[float] = None) -> GradientAttack:
-    step = default_step_size(epsilon) if step_size is None else step_size
-    return GradientAttack("cw", epsilon, steps=steps, step_size=step, loss="cw", kappa=kappa,
+    return GradientAttack("cw", epsilon, steps=steps, step_size=step_size, loss="cw", kappa=kappa,
                           stream="cw")
 
 
