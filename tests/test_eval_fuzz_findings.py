@@ -92,3 +92,13 @@ def test_an_epsilon_that_is_no_number_is_named_by_the_stand_alone_attacks(attack
     x, y = _data()
     with pytest.raises(TypeError, match=r"^epsilon must be a number"):
         attack(_Split(), x, y, epsilon, steps=2)
+
+
+def test_report_save_under_a_file_says_the_folder_is_a_file(tmp_path):
+    # mkdir(parents=True) said "[Errno 17] File exists: '.../notes'", as if the report existed.
+    x, y = _data()
+    report = evaluate(_Split(), x, y, epsilon=0.1, attacks="fgsm", epsilon_curve=())
+    (tmp_path / "notes").write_text("mine")
+    with pytest.raises(OSError, match=r"notes is a file, not a folder"):
+        report.save(tmp_path / "notes" / "eval.json", plot=False)
+    assert (tmp_path / "notes").read_text() == "mine"

@@ -19,7 +19,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..files import os_error_text, write_atomic
+from ..files import make_writable_dir, os_error_text, write_atomic
 from .suite import PAPER_ATTACKS, PAPER_CW_STEPS, PAPER_FEATURE_TARGETS, label, pgd_steps
 
 PathLike = Union[str, os.PathLike]
@@ -304,7 +304,7 @@ class Report:
                 staged[png_path] = self.png_bytes()
             except ImportError as err:
                 warnings.warn(f"{png_path} not written: {err}", stacklevel=2)
-        json_path.parent.mkdir(parents=True, exist_ok=True)
+        make_writable_dir(json_path.parent)  # a folder that is a file, or read-only, named as such
         written: List[Path] = []
         try:
             for target, data in staged.items():
