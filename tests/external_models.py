@@ -230,3 +230,9 @@ def on_meta() -> nn.Module:
     """A model whose parameters have no data (built on the meta device), so it cannot be moved."""
     with torch.device("meta"):
         return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+
+
+def one_logit() -> nn.Module:
+    """A binary classifier with a single logit (as trained with BCEWithLogitsLoss)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 1))

@@ -102,3 +102,30 @@ def test_report_save_under_a_file_says_the_folder_is_a_file(tmp_path):
     with pytest.raises(OSError, match=r"notes is a file, not a folder"):
         report.save(tmp_path / "notes" / "eval.json", plot=False)
     assert (tmp_path / "notes").read_text() == "mine"
+
+
+def test_a_model_with_a_single_logit_is_refused_not_scored_fully_robust():
+    # argmax over one logit is always 0: every example of class 0 counted as robust, at any epsilon.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 1))
+    x, _ = _data()
+    y = torch.zeros(len(x), dtype=torch.long)
+    with pytest.raises(ValueError, match=r"the model returns 1 logit\(s\) per input: a classifier needs at least 2"):
+        evaluate(model, x, y, epsilon=1.0, attacks="fgsm,pgd:2", epsilon_curve=())
+    with pytest.raises(ValueError, match=r"at least 2 logits"):
+        pgd(model, x, y, 1.0, steps=2)
+
+
+def test_eval_refuses_a_single_logit_model_under_model(tmp_path, capsys):
+    import numpy as np
+
+    from adt_fast.cli import main
+
+    data = tmp_path / "zeros.npz"
+    np.savez(data, x_test=np.random.default_rng(0).random((4, 3, 8, 8)).astype(np.float32),
+             y_test=np.zeros(4, dtype=np.int64))
+    code = main(["eval", "--model", "external_models:one_logit", "--dataset", str(data), "--attacks", "fgsm",
+                 "--epsilon-curve", "", "--device", "cpu", "--out", str(tmp_path / "eval.json")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "--model: the model returns (2, 1) for two inputs: a classifier needs at least 2 logits" in err
+    assert not (tmp_path / "eval.json").exists()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..models.external import TOO_FEW_LOGITS
 from .engine import eval_mode
 
 LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
@@ -73,6 +74,8 @@ def check_classes(ctx, model: nn.Module, x: torch.Tensor, y: torch.Tensor, what:
             raise
     if logits.dim() != 2:
         raise ValueError(f"the {what} must return logits of shape (N, classes), got {tuple(logits.shape)}")
+    if logits.shape[1] < 2:
+        raise ValueError(f"the {what} returns {logits.shape[1]} logit(s) per input: {TOO_FEW_LOGITS}")
     if int(y.max()) >= logits.shape[1]:
         raise ValueError(f"the labels go up to {int(y.max())} but the {what} returns "
                          f"{logits.shape[1]} logits: it was trained for another dataset")

@@ -40,6 +40,13 @@ class ExternalModelError(ValueError):
     """The factory, the weights or the normalisation cannot give a usable model."""
 
 
+# A model of fewer than 2 logits is no classifier the attacks can score: argmax over one logit is
+# always class 0, so every example of class 0 would count as robust under every attack.
+TOO_FEW_LOGITS = ("a classifier needs at least 2 logits per input (argmax over a single logit is always class 0, "
+                  "so every example of class 0 would count as robust); for a binary model with one logit z, "
+                  "return torch.cat([-z, z], dim=1) / 2, whose softmax is sigmoid(z)")
+
+
 def has_feature_split(model: nn.Module) -> bool:
     """Whether model has FeaAttack's .features(x) / .head(features) split."""
     return callable(getattr(model, "features", None)) and callable(getattr(model, "head", None))
@@ -355,6 +362,8 @@ def probe_classes(model: nn.Module, in_channels: int, image_size: int, device, d
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != 2:
         raise ExternalModelError(f"the model returns {_shape_of(logits)} for two inputs; it must return logits of "
                                  f"shape (2, number of classes)")
+    if logits.shape[1] < 2:
+        raise ExternalModelError(f"the model returns {_shape_of(logits)} for two inputs: {TOO_FEW_LOGITS}")
     return logits.shape[1]
 
 
