@@ -129,3 +129,23 @@ def test_eval_refuses_a_single_logit_model_under_model(tmp_path, capsys):
     assert code == 2, err
     assert "--model: the model returns (2, 1) for two inputs: a classifier needs at least 2 logits" in err
     assert not (tmp_path / "eval.json").exists()
+
+
+def test_the_json_report_of_a_nan_model_is_strict_json(tmp_path):
+    # The dist curve's loss of a model gone NaN was written as a bare NaN token, which JSON does
+    # not have: jq, JavaScript's JSON.parse and other strict readers refused the whole report.
+    import json
+
+    model = _Split().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    x, y = _data(4)
+    report = evaluate(model, x, y, epsilon=0.1, attacks="dist", dist_steps=1, epsilon_curve=())
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    saved = json.loads(report.json_text(), parse_constant=refuse)
+    assert [point["loss"] for point in saved["curves"]["dist"]["points"]] == [None, None]
+    assert saved["robust_accuracy"]["dist"] == 0.0

@@ -162,6 +162,17 @@ def sanity_warnings(natural: torch.Tensor, masks: Mapping[str, torch.Tensor], *,
     return warnings
 
 
+def _finite_or_null(value):
+    """value with every NaN or infinite float, at any depth, replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value
+
+
 class SaveInterrupted(KeyboardInterrupt):
     """Ctrl-C while Report.save wrote its files: which are this report's and which are not."""
 
@@ -321,8 +332,9 @@ class Report:
         return tuple(staged)
 
     def json_text(self) -> str:
-        """The JSON report, full precision."""
-        return json.dumps(self.to_dict(), indent=2, allow_nan=True) + "\n"
+        """The JSON report, full precision; a non-finite number (the dist curve's loss on a model
+        whose logits are NaN) as null, since JSON has no NaN and strict readers refuse one."""
+        return json.dumps(_finite_or_null(self.to_dict()), indent=2, allow_nan=False) + "\n"
 
     def csv_rows(self) -> List[dict]:
         """Long-format rows: section, name, steps, epsilon, accuracy, sample_accuracy, loss."""
