@@ -67,6 +67,43 @@ def test_train_then_eval_on_an_npz_finds_the_data_by_itself(tmp_path, capsys):
     assert "has changed since the run recorded it" in err and "pass --dataset" not in err
 
 
+def test_a_run_on_files_that_moved_resumes_from_their_new_path_and_records_it(tmp_path, capsys):
+    """Your own files are known by their content hash, not their path: a run whose .npz moved (to
+    another disk, behind a re-pointed link) resumes from where it is now, and records that path
+    for later resumes and eval; other content at the new path is refused."""
+    data, moved = tmp_path / "tiny.npz", tmp_path / "elsewhere" / "tiny.npz"
+    np.savez(data, **_tiny_arrays())
+    run = tmp_path / "run"
+    assert main(["train", "--method", "standard", "--dataset", str(data), *FAST, "--out", str(run)]) == 0
+    moved.parent.mkdir()
+    data.rename(moved)
+    capsys.readouterr()
+
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"the data the run was trained on, {data}, is not there any more" in err
+    assert "give its new path with --dataset" in err
+
+    other = tmp_path / "other.npz"
+    np.savez(other, **_tiny_arrays(seed=1))
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2", "--dataset", str(other)]) == 2
+    assert f"{other} is not the data the run was trained on ({data})" in capsys.readouterr().err
+
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2", "--dataset", str(moved)]) == 0
+    assert f"data: {moved} holds what the run recorded at {data}" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["dataset"] == str(moved)
+    assert json.loads((run / "dataset.json").read_text())["path"] == str(moved)
+    assert [record["epoch"] for record in read_metrics(run)] == [1, 2]
+
+    # moved back, with a link left where the run now looks: a plain resume follows the link
+    moved.rename(data)
+    moved.symlink_to(data)
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "3"]) == 0
+    assert json.loads((run / "config.json").read_text())["dataset"] == str(data)
+    assert [record["epoch"] for record in read_metrics(run)] == [1, 2, 3]
+    report = tmp_path / "report.json"
+    assert main(["eval", "--checkpoint", str(run), *EVAL_FAST, "--out", str(report)]) == 0
+
 def test_under_torchrun_the_notes_of_evals_checks_come_from_rank_0_alone(tmp_path, capsys, monkeypatch):
     """stdout and notes belong to rank 0 (docs/distributed.md); eval's checks, which run before the
     group is joined, printed the data they read and --n-examples' note once per rank."""

@@ -326,6 +326,11 @@ def check_source(loaded: LoadedDataset, record: dict) -> None:
     expected, actual = record.get("sha256"), loaded.source.get("sha256")
     if expected is not None and actual != expected:
         where = record.get("path") or record.get("name")
+        now = loaded.source.get("path")
+        if now is not None and where is not None and now != where:  # given at another path than recorded
+            raise DataChangedError(f"{now} is not the data the run was trained on ({where}): its content hash "
+                                   f"is sha256 {str(actual)[:16]}..., the run recorded {expected[:16]}...; "
+                                   f"refusing to mix data (give the run's own data, or train a new run)")
         raise DataChangedError(f"{where} has changed since the run recorded it: its content hash was "
                                f"sha256 {expected[:16]}..., it is now {str(actual)[:16]}...; refusing to "
                                f"mix data (train a new run, or restore the original data)")

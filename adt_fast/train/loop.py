@@ -94,7 +94,9 @@ class Trainer:
             "rng": ckpt.capture_rng({"data": self.data_generator}, self._cuda_device()),
         }
 
-    def load_state(self, payload: dict, source: Path) -> None:
+    def load_state(self, payload: dict, source: Path, data_moved_from: Optional[str] = None) -> None:
+        """``data_moved_from``: the path the run recorded for its data, now elsewhere with the
+        same content (`_data_moved_to`); the checkpoint names that path."""
         def refuse(why: str):
             return ckpt.CheckpointError(f"cannot resume from {source}: {why}")
 
@@ -106,6 +108,8 @@ class Trainer:
             recorded = TrainConfig.from_record(payload["config"]).to_dict()
         except (KeyError, TypeError, ValueError) as err:
             raise refuse(f"the run config it records cannot be read ({err})") from None
+        if data_moved_from is not None and recorded["dataset"] == data_moved_from:
+            recorded["dataset"] = self.config.dataset
         differ = resume_differences(recorded, self.config.to_dict(), whose=f"{CONFIG_FILE} has")
         if differ:
             raise refuse(f"it was written by another run: its settings differ from this run's {CONFIG_FILE}: "
@@ -244,13 +248,16 @@ def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, runtim
 
 
 # ------------------------------------------------------------------------------------------------
-def prepare_run_dir(config: TrainConfig, dataset: Optional[datasets.DatasetInfo] = None) -> TrainConfig:
+def prepare_run_dir(config: TrainConfig, dataset: Optional[datasets.DatasetInfo] = None,
+                    saved: Optional[TrainConfig] = None) -> TrainConfig:
     """Resolve the config against the run directory: refuse to overwrite, check resume conflicts
     and that the run directory can be written.
 
     Writes nothing: the run directory is written only once the data, model and checkpoint are
     loaded (`start_run`), so a run that fails to start leaves nothing behind to block a retry.
-    ``dataset`` is the info of data already opened (your own data; see ``TrainConfig.resolve``).
+    ``dataset`` is the info of data already opened (your own data; see ``TrainConfig.resolve``);
+    ``saved``: the run's config as the resume reads it (its data's path updated if they moved), by
+    default config.json's.
     """
     run_dir = Path(config.out)
     if run_dir.exists() and not run_dir.is_dir():
@@ -261,7 +268,7 @@ def prepare_run_dir(config: TrainConfig, dataset: Optional[datasets.DatasetInfo]
             raise ConfigError(f"--resume: {run_dir} holds no {CONFIG_FILE}, so there is no run to resume "
                               f"(drop --resume to start a new run there)")
         _check_starting_over_loses_nothing(run_dir)
-        conflicts = config.conflicts(TrainConfig.load(run_dir), dataset)
+        conflicts = config.conflicts(saved if saved is not None else TrainConfig.load(run_dir), dataset)
         if conflicts:
             raise ConfigError(f"--resume: these settings differ from {config_path}:\n  "
                               + "\n  ".join(conflicts)
@@ -453,6 +460,32 @@ def _trained_on_arrays(run_dir: Path) -> bool:
     return record is not None and record.get("kind") == "arrays"
 
 
+def _data_moved_to(run_dir: Path, saved: TrainConfig, asked: dict) -> Optional[str]:
+    """A resume of a run trained on your own files that are now elsewhere: their new absolute
+    path, when --dataset gives another path or the recorded one now leads elsewhere (a link
+    re-pointed); else None. Files are known by content, not by path: `_check_same_data` then
+    refuses them unless their hash is the one in the run's dataset.json."""
+    try:
+        record = datasets.read_source(run_dir)
+    except datasets.DatasetFileError:
+        return None  # _check_same_data reports the unreadable record
+    if record is None or record.get("kind") not in ("npz", "image-folder") or record.get("path") != saved.dataset:
+        return None  # a named dataset, arrays, or a run from before dataset.json: the path is its identity
+    given = asked.get("dataset")  # the command passes the recorded path when --dataset is not given
+    spec = saved.dataset if given is None else str(given)
+    if spec in datasets.DATASETS:
+        return None  # a named dataset for a run on files: a conflict, reported as such
+    path = Path(spec).expanduser()
+    if not path.exists():
+        if spec == saved.dataset:
+            raise ConfigError(f"--resume: the data the run was trained on, {saved.dataset}, is not there any "
+                              f"more; if you moved it, give its new path with --dataset (its content is checked "
+                              f"against the hash in {run_dir / datasets.SOURCE_FILE})")
+        return None  # open_data names the missing --dataset
+    now = str(path.resolve())
+    return now if now != saved.dataset else None
+
+
 def _check_same_data(run_dir: Path, dataset: datasets.LoadedDataset) -> None:
     """--resume: the data must be the data the run started on (its recorded content hash)."""
     record = datasets.read_source(run_dir)
@@ -629,11 +662,16 @@ def fit(config: TrainConfig, data: Optional[tuple] = None, *, given: Optional[It
     if not config.resume and _started_by_this_job(Path(config.out)) and _restarted():
         # torchrun restarted the group after a failure (on any node): continue from the last checkpoint.
         config = dataclasses.replace(config, resume=True)
+    saved = moved_from = None
     if config.resume and (Path(config.out) / CONFIG_FILE).is_file():  # else prepare_run_dir says there is no run
         asked = {**config.given(), **{name: getattr(config, name) for name in _field_names(given)}}
-        config = resume_config(TrainConfig.load(config.out), asked)
+        saved = TrainConfig.load(config.out)
+        moved_to_path = None if data is not None else _data_moved_to(Path(config.out), saved, asked)
+        if moved_to_path is not None:
+            moved_from, saved = saved.dataset, dataclasses.replace(saved, dataset=moved_to_path)
+        config = resume_config(saved, asked)
     dataset = open_data(config, data)
-    cfg = prepare_run_dir(config, dataset.info if dataset is not None else None)
+    cfg = prepare_run_dir(config, dataset.info if dataset is not None else None, saved)
     if dataset is None:
         dataset = datasets.open_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download)
     if cfg.resume:
@@ -647,14 +685,18 @@ def fit(config: TrainConfig, data: Optional[tuple] = None, *, given: Optional[It
             world = held.enter_context(distributed.session(device))
         except distributed.DistributedError as err:
             raise ConfigError(str(err)) from None
-        return _fit(dataclasses.replace(cfg, device=device), config, dataset, world)
+        return _fit(dataclasses.replace(cfg, device=device), config, dataset, world, moved_from)
 
 
-def _fit(cfg: TrainConfig, config: TrainConfig, dataset: datasets.LoadedDataset, world: World) -> Path:
+def _fit(cfg: TrainConfig, config: TrainConfig, dataset: datasets.LoadedDataset, world: World,
+         data_moved_from: Optional[str] = None) -> Path:
     """The run itself; rank 0 alone writes the run directory, holding its lock, and prints."""
     run_dir = Path(cfg.out)
     if world.main:
         _announce(config, cfg, dataset)
+        if data_moved_from is not None:
+            runlog.say(f"data: {cfg.dataset} holds what the run recorded at {data_moved_from} (the same content "
+                       f"hash); the run now records the new path")
     trainer = build_trainer(cfg, dataset)  # in `world`, the process group joined by fit
     latest = run_dir / ckpt.LATEST
     loaded = _identity(latest) if cfg.resume else None
@@ -666,7 +708,7 @@ def _fit(cfg: TrainConfig, config: TrainConfig, dataset: datasets.LoadedDataset,
             payload = ckpt.load(latest, map_location="cpu")
         except ckpt.CheckpointError as err:
             raise ckpt.CheckpointError(f"--resume: {err}; {_without_checkpoint(run_dir)}") from None
-        trainer.load_state(payload, latest)
+        trainer.load_state(payload, latest, data_moved_from)
         check_resumable(cfg, trainer.epoch)
     world.barrier()  # every rank has checked the directory and read the checkpoint before rank 0 writes
     with claim_run_dir(cfg, loaded) if world.main else contextlib.nullcontext():
