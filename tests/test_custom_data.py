@@ -349,6 +349,22 @@ def test_image_size_resizes_mixed_sizes(tmp_path, monkeypatch):
     assert loaded.train[0].shape == (10, 3, 10, 10) and loaded.source["resize"] == 10
 
 
+
+def test_an_image_size_whose_images_cannot_fit_in_memory_is_refused_before_decoding(tmp_path, monkeypatch):
+    # Pillow resizes without a limit: --image-size 100000 allocated 30 GB per image until the
+    # system killed the process
+    monkeypatch.setenv("ADT_FAST_CACHE_DIR", str(tmp_path / "cache"))
+    _write_folder(tmp_path / "images")
+    with monkeypatch.context() as patched:
+        patched.setattr(custom, "_decode", lambda *args: pytest.fail("decoded an image it cannot hold"))
+        with pytest.raises(DatasetFileError, match=r"images: --image-size 100000 needs about .* GiB for its 15 "
+                                                   r"images at 100000 x 100000, more than the .* GiB of memory"):
+            open_dataset(str(tmp_path / "images"), image_size=100000)
+    monkeypatch.setattr(custom, "available_memory", lambda: 15 * 3 * 10 ** 2 * 5)  # exactly what size 10 needs
+    assert open_dataset(str(tmp_path / "images"), image_size=10).train[0].shape[-1] == 10
+    with pytest.raises(DatasetFileError, match="choose a smaller --image-size"):
+        open_dataset(str(tmp_path / "images"), image_size=11)
+
 BAD_FOLDERS = {
     "mixed sizes": (lambda r: PIL.fromarray(np.zeros((9, 9, 3), np.uint8)).save(r / "train" / "cat" / "z.png"),
                     "z.png: image is 9x9 but"),

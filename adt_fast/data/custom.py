@@ -473,6 +473,8 @@ def _decoded_folder(root: Path, image_size: int | None, cache_dir: Path | None,
                     splits: tuple[str, ...]) -> tuple[dict, tuple[str, ...], str]:
     """(the ``splits``' arrays, decoded or from the cache; the class names; a note on the cache)."""
     found = scan_image_folder(root, splits)
+    if image_size is not None:
+        _check_resized_fit_in_memory(root, found, image_size)
     classes = tuple(name for name, _ in found["test"])
     manifest = _manifest(root, found, image_size)
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -484,6 +486,32 @@ def _decoded_folder(root: Path, image_size: int | None, cache_dir: Path | None,
         arrays = _decode_folder(found, image_size)
         return arrays, classes, _write_cache(cache_file, manifest, arrays)
     return arrays, classes, f"decoded images read from the cache {cache_file}"
+
+
+def _check_resized_fit_in_memory(root: Path, found: dict, image_size: int) -> None:
+    """Refuse an --image-size whose images cannot fit in memory, before decoding one: Pillow
+    resizes without a limit, and the process is killed (one 100000 px RGB image is 30 GB)."""
+    available = available_memory()
+    count = sum(len(files) for classes in found.values() for _, files in classes)
+    # the float32 tensors a run holds (3 channels at most), beside the decoded uint8 images
+    needed = count * 3 * image_size ** 2 * (4 + 1)
+    if available is not None and needed > available:
+        raise DatasetFileError(f"{root}: --image-size {image_size} needs about {needed / 2**30:.3g} GiB for its "
+                               f"{count} images at {image_size} x {image_size}, more than the "
+                               f"{available / 2**30:.3g} GiB of memory available; choose a smaller --image-size")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable), or None where the
+    system does not say."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def class_list(classes: tuple[str, ...]) -> str:
