@@ -315,7 +315,10 @@ class Report:
                 staged[png_path] = self.png_bytes()
             except ImportError as err:
                 warnings.warn(f"{png_path} not written: {err}", stacklevel=2)
-        make_writable_dir(json_path.parent)  # a folder that is a file, or read-only, named as such
+        try:  # a folder that is a file, read-only, or refusing files (/proc), named as such
+            make_writable_dir(json_path.parent)
+        except OSError as err:
+            raise OSError(f"cannot write the report in {json_path.parent} ({os_error_text(err)})") from None
         written: List[Path] = []
         try:
             for target, data in staged.items():
