@@ -149,3 +149,11 @@ def test_the_json_report_of_a_nan_model_is_strict_json(tmp_path):
     saved = json.loads(report.json_text(), parse_constant=refuse)
     assert [point["loss"] for point in saved["curves"]["dist"]["points"]] == [None, None]
     assert saved["robust_accuracy"]["dist"] == 0.0
+
+
+def test_an_epsilon_curve_budget_just_above_one_is_printed_as_such():
+    # ':g' printed "multiple 2 of epsilon 0.5 is a budget of 1, above 1".
+    from adt_fast.attacks.evaluation import check_epsilon_curve
+
+    with pytest.raises(ValueError, match=r"multiple 2\.0000001 of epsilon 0\.5 is a budget of 1\.00000005, above 1 "):
+        check_epsilon_curve([2.0000001], 0.5)

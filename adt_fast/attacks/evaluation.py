@@ -56,8 +56,9 @@ def check_epsilon_curve(multiples: Optional[Iterable[float]], epsilon: float) ->
         if not math.isfinite(m) or m < 0:
             raise ValueError(f"epsilon_curve holds multiples of epsilon >= 0, got {m:g}")
         if m * epsilon > MAX_EPSILON:
-            raise ValueError(f"epsilon_curve's multiple {m:g} of epsilon {epsilon:.6g} is a budget of "
-                             f"{m * epsilon:.6g}, above {MAX_EPSILON:g} (inputs lie in [0, 1])")
+            # 12 digits: a budget just above 1 must not print as "1, above 1"
+            raise ValueError(f"epsilon_curve's multiple {m:.12g} of epsilon {epsilon:.12g} is a budget of "
+                             f"{m * epsilon:.12g}, above {MAX_EPSILON:g} (inputs lie in [0, 1])")
     return checked
 
 
