@@ -286,6 +286,20 @@ def test_a_run_directory_resolves_to_its_final_model_before_its_checkpoint(tmp_p
     assert ckpt.resolve(tmp_path) == tmp_path / ckpt.LATEST
 
 
+
+def test_a_checkpoint_path_that_is_a_device_or_a_pipe_is_named_as_such_not_missing(tmp_path, capsys):
+    """/dev/null or a FIFO exists: "does not exist" sent the user looking for a typo."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for path in ("/dev/null", fifo):
+        with pytest.raises(ckpt.CheckpointError, match=f"checkpoint {path} is not a file or a run directory"):
+            ckpt.resolve(path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ckpt.resolve(tmp_path / "missing.pt")
+    from adt_fast.cli import main
+    assert main(["eval", "--checkpoint", "/dev/null", "--dataset", "digits", "--out", str(tmp_path / "r.json")]) == 2
+    assert "--checkpoint: checkpoint /dev/null is not a file or a run directory" in capsys.readouterr().err
+
 def test_a_map_location_this_machine_lacks_is_a_device_error_not_a_damaged_file(run_dir):
     """load's docstring: a device name is checked first, so a missing GPU is never called corruption
     (mutant: the check dropped; torch.load's RuntimeError is then reported as a corrupt file)."""

@@ -64,8 +64,10 @@ def resolve(path: PathLike) -> Path:
             if (path / name).is_file():
                 return path / name
         raise CheckpointError(f"run directory {path} holds neither {FINAL_MODEL} nor {LATEST}")
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not path.is_file():  # a device, a pipe: reading one could hang, and it holds no checkpoint
+        raise CheckpointError(f"checkpoint {path} is not a file or a run directory")
     return path
 
 
