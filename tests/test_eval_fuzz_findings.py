@@ -157,3 +157,20 @@ def test_an_epsilon_curve_budget_just_above_one_is_printed_as_such():
 
     with pytest.raises(ValueError, match=r"multiple 2\.0000001 of epsilon 0\.5 is a budget of 1\.00000005, above 1 "):
         check_epsilon_curve([2.0000001], 0.5)
+
+
+@pytest.mark.parametrize("ids, error, message", [
+    ([0.5, 1.5, 2.5, 3.5, 4.5, 5.5], TypeError, "example_ids must be integers, got torch.float32"),
+    ([0, 1, 2, 3, 4, 4], ValueError, "distinct integers >= 0"),
+    ([-1, 1, 2, 3, 4, 5], ValueError, "distinct integers >= 0"),
+    ([0, 1, 2], ValueError, "example_ids has 3 entries for 6 examples"),
+])
+def test_example_ids_that_would_share_random_draws_are_refused_by_evaluate_and_every_attack(ids, error, message):
+    # float ids were truncated (0.5 and 0.7 both became 0), and the stand-alone attacks took
+    # repeated or negative ones: two examples then share their random start
+    model, (x, y) = _Split().eval(), _data()
+    with pytest.raises(error, match=message):
+        evaluate(model, x, y, epsilon=0.1, attacks="fgsm", example_ids=ids)
+    for attack in (pgd, mim):
+        with pytest.raises(error, match=message):
+            attack(model, x, y, 0.1, steps=1, example_ids=ids)

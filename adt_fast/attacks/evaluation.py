@@ -28,7 +28,8 @@ from .report import Report, attack_order, sanity_warnings, worst_case
 from .suite import (CW_STEPS, DEFAULT_ATTACKS, DIST_LAMBDA, DIST_SAMPLES, DIST_STEPS,
                     FEATURE_TARGETS, MAX_EPSILON, MAX_SEED, PAPER_ATTACKS, PAPER_CW_STEPS,
                     PAPER_FEATURE_TARGETS, AttackContext, check_epsilon, check_precision,
-                    default_step_size, make_attack, parse_attacks, pgd_attack, pgd_steps, shortfall)
+                    default_step_size, example_id_tensor, make_attack, parse_attacks, pgd_attack, pgd_steps,
+                    shortfall)
 
 DEFAULT_EPSILON_CURVE = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
 DEFAULT_EPSILON = 8 / 255  # the CIFAR-10 budget of the paper and of RobustBench
@@ -145,11 +146,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     multiples = check_epsilon_curve(epsilon_curve, epsilon)
 
     n = len(x)
-    ids = (torch.arange(n) if example_ids is None else torch.as_tensor(example_ids).reshape(-1).long().cpu())
-    if len(ids) != n:
-        raise ValueError(f"example_ids has {len(ids)} entries for {n} examples")
-    if len(torch.unique(ids)) != n or int(ids.min()) < 0:
-        raise ValueError("example_ids must be distinct integers >= 0")
+    ids = example_id_tensor(example_ids, n)
     try:
         device = torch.device(device) if device is not None else model_device(model, x.device)
     except (RuntimeError, TypeError) as err:

@@ -233,13 +233,21 @@ class AttackOutcome:
     trace: Dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def _example_ids(x: torch.Tensor, example_ids: Optional[torch.Tensor]) -> torch.Tensor:
+def example_id_tensor(example_ids, n: int) -> torch.Tensor:
+    """One id per example, int64 on the CPU (0..n-1 when None). The ids key every example's random
+    draws, so they must be whole, distinct and >= 0: a float id truncated, or a repeated one, would
+    give two examples the same draws."""
     if example_ids is None:
-        return torch.arange(len(x))
-    example_ids = torch.as_tensor(example_ids).reshape(-1).long().cpu()
-    if len(example_ids) != len(x):
-        raise ValueError(f"example_ids has {len(example_ids)} entries for {len(x)} inputs")
-    return example_ids
+        return torch.arange(n)
+    ids = torch.as_tensor(example_ids).reshape(-1)
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise TypeError(f"example_ids must be integers, got {ids.dtype}")
+    ids = ids.long().cpu()
+    if len(ids) != n:
+        raise ValueError(f"example_ids has {len(ids)} entries for {n} examples")
+    if n and (len(torch.unique(ids)) != n or int(ids.min()) < 0):
+        raise ValueError("example_ids must be distinct integers >= 0")
+    return ids
 
 
 # ----------------------------------------------------------------------------- attacks
@@ -312,7 +320,7 @@ class Attack:
             raise ValueError(problem)
         if ctx.source_model is not None:
             check_classes(ctx, ctx.source_model, x, y, "source model")
-        return self.run(ctx, x, y, _example_ids(x, example_ids))
+        return self.run(ctx, x, y, example_id_tensor(example_ids, len(x)))
 
 
 @dataclass
