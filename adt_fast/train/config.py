@@ -128,6 +128,12 @@ class TrainConfig:
     sync_bn: Optional[bool] = None     # None: on when the networks have BatchNorm (resolved by the trainer)
     exact_train_acc: bool = False       # train accuracy on every batch, even at one extra forward
 
+    def __post_init__(self) -> None:
+        # numpy scalars (a sweep over np.arange / np.linspace) as the Python numbers they hold:
+        # validation takes them as such, and config.json and the resume messages can write them.
+        for f in fields(self):
+            setattr(self, f.name, _plain(getattr(self, f.name)))
+
     # ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -420,6 +426,17 @@ def _as_runs_made_now(cfg: TrainConfig) -> TrainConfig:
     if isinstance(per_pass, int) and not isinstance(per_pass, bool) and isinstance(samples, int) and per_pass > samples:
         cfg.samples_per_pass = samples
     return cfg
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python bool, int or float it holds, also inside a list or tuple."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(item) for item in value)
+    return value
 
 
 def _show(value: Any) -> str:

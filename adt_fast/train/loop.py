@@ -27,6 +27,7 @@ import dataclasses
 import itertools
 import json
 import math
+import os
 import re
 import shlex
 import sys
@@ -659,12 +660,13 @@ def fit(config: TrainConfig, data: Optional[tuple] = None, *, given: Optional[It
     be read safely, DatasetFileError for invalid data (or data that changed under a resume).
     """
     _check_out(config.out)
+    given = _field_names(given)
     if not config.resume and _started_by_this_job(Path(config.out)) and _restarted():
         # torchrun restarted the group after a failure (on any node): continue from the last checkpoint.
         config = dataclasses.replace(config, resume=True)
     saved = moved_from = None
     if config.resume and (Path(config.out) / CONFIG_FILE).is_file():  # else prepare_run_dir says there is no run
-        asked = {**config.given(), **{name: getattr(config, name) for name in _field_names(given)}}
+        asked = {**config.given(), **{name: getattr(config, name) for name in given}}
         saved = TrainConfig.load(config.out)
         moved_to_path = None if data is not None else _data_moved_to(Path(config.out), saved, asked)
         if moved_to_path is not None:
@@ -718,8 +720,12 @@ def _fit(cfg: TrainConfig, config: TrainConfig, dataset: datasets.LoadedDataset,
 
 
 def _check_out(out) -> None:
-    """--out must be a path the system can look up (a name too long for the file system makes
-    every lookup fail with an OSError)."""
+    """--out must name a folder (not "", which would be the working directory) by a path the
+    system can look up (a name too long for the file system makes every lookup fail with an OSError)."""
+    if isinstance(out, bytes) or not isinstance(out, (str, os.PathLike)):
+        raise ConfigError(f"--out must be a path (a str or pathlib.Path) naming the run directory, got {out!r}")
+    if not str(out):
+        raise ConfigError("--out is empty: name the run directory (\"\" would be the working directory)")
     try:
         Path(out).exists()
     except OSError as err:
@@ -733,6 +739,8 @@ def _field_names(given: Optional[Iterable[str]]) -> list:
     if isinstance(given, str):
         raise ConfigError(f"given must be a collection of TrainConfig field names, not the string {given!r} "
                           f"(given={{{given!r}}})")
+    if not isinstance(given, Iterable):
+        raise ConfigError(f"given must be a collection of TrainConfig field names, got {given!r}")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = [name for name in given if name not in names]
     if unknown:

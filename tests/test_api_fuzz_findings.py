@@ -1,0 +1,93 @@
+"""Defects found by fuzzing the Python training API (TrainConfig, fit, register_method, load_model),
+each pinned by the call that hit it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from adt_fast.attacks.losses import cross_entropy
+from adt_fast.train import METHODS, ConfigError, Method, MethodSpec, StepOutput, TrainConfig, fit, register_method
+from adt_fast.train.methods import _build_standard
+
+TINY = dict(dataset="synthetic", epochs=1, max_batches=1, device="cpu", tensorboard=False)
+
+
+def test_numpy_scalars_are_taken_as_the_numbers_they_hold(tmp_path, capsys):
+    """Settings from a numpy sweep were refused ('--epochs must be an integer >= 1, got
+    np.int64(1)'), np.float64 taken but np.float32 not; and a resume naming one that differs from
+    the run crashed writing the conflict (TypeError: Object of type int64 is not JSON serializable)."""
+    run = tmp_path / "run"
+    fit(TrainConfig(method="at-pgd", out=str(run), **{**TINY, "epochs": np.int64(1)}, batch_size=np.int32(8),
+                    lr=np.float32(0.5), epsilon=np.float32(0.25), steps=np.int64(1), lr_drop=[np.int64(2)],
+                    exact_train_acc=np.bool_(False)))
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["epochs"], saved["batch_size"], saved["lr"], saved["epsilon"], saved["steps"]) == (1, 8, 0.5, 0.25, 1)
+    with pytest.raises(ConfigError, match=r"--seed 1 \(the run has 0\)"):
+        fit(TrainConfig(method="at-pgd", out=str(run), **TINY, resume=True, seed=np.int64(1)))
+
+
+@pytest.mark.parametrize("out, message", [(None, "--out must be a path"), (5, "--out must be a path"),
+                                          (b"run", "--out must be a path"), ("", "--out is empty")])
+def test_an_out_that_is_no_path_is_named(out, message, tmp_path, monkeypatch):
+    """out=None/5/b"run" was a TypeError from pathlib; out="" trained into the working directory
+    when it was empty (and else blamed '--out .')."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        fit(TrainConfig(method="standard", out=out, **TINY))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_given_that_is_not_a_collection_is_named(tmp_path):
+    """given=5 was "TypeError: 'int' object is not iterable" from inside fit."""
+    with pytest.raises(ConfigError, match="given must be a collection of TrainConfig field names, got 5"):
+        fit(TrainConfig(method="standard", out=str(tmp_path / "run"), **TINY, resume=True), given=5)
+
+
+def _register_once(spec):
+    if spec.name not in METHODS:
+        register_method(spec)
+    return spec.name
+
+
+@pytest.mark.parametrize("spec, message", [
+    (MethodSpec(5, _build_standard), "MethodSpec.name must be a non-empty string"),
+    (MethodSpec("", _build_standard), "MethodSpec.name must be a non-empty string"),
+    (MethodSpec("fuzz-build", 5), "'fuzz-build': build must be callable"),
+    (MethodSpec("fuzz-params", _build_standard, params=["steps"]), "params must be a dict"),
+    (MethodSpec("fuzz-knob", _build_standard, params={"my_knob": 3}), "params names 'my_knob', which TrainConfig"),
+    (MethodSpec("fuzz-losses", _build_standard, params={"loss": "ce"}, losses="ce"), "losses must be a tuple"),
+])
+def test_register_method_refuses_a_spec_the_registry_cannot_use(spec, message):
+    """A name of 5 was registered and then broke every 'choose one of' message (TypeError in join);
+    a params key TrainConfig has no field for was silently ignored; losses="ce" let --loss "c" pass
+    (a substring test); a build that is no function failed only inside fit."""
+    with pytest.raises(ValueError, match=message):
+        register_method(spec)
+    assert spec.name not in METHODS
+
+
+def _method_stepping(step):
+    return type("Fuzz", (Method,), {"step": lambda self, model, x, y: step(model, x, y)})
+
+
+@pytest.mark.parametrize("name, build, message", [
+    ("fuzz-returns-none", lambda cfg, model, rt: None, "returned NoneType, not a Method"),
+    ("fuzz-per-example", lambda cfg, model, rt: _method_stepping(
+        lambda model, x, y: StepOutput(cross_entropy(model(x), y), None))(cfg, model, rt),
+     r"the step's loss must be a scalar tensor \(the batch mean\), got \(8,\)"),
+    ("fuzz-no-grad", lambda cfg, model, rt: _method_stepping(
+        lambda model, x, y: StepOutput(cross_entropy(model(x), y).mean().detach(), None))(cfg, model, rt),
+     "the step's loss has no gradient"),
+    ("fuzz-tuple", lambda cfg, model, rt: _method_stepping(
+        lambda model, x, y: (cross_entropy(model(x), y).mean(), None))(cfg, model, rt),
+     "step returned tuple, not a StepOutput"),
+])
+def test_a_registered_method_that_breaks_its_contract_is_named(name, build, message, tmp_path):
+    """A build returning None was "AttributeError: 'NoneType' object has no attribute 'optimisers'"
+    from the loop; a per-example loss, a detached one and a tuple failed inside backward."""
+    _register_once(MethodSpec(name, build))
+    with pytest.raises(TypeError, match=message):
+        fit(TrainConfig(method=name, out=str(tmp_path / "run"), **{**TINY, "batch_size": 8}))
