@@ -429,13 +429,29 @@ class Method:
         backward)."""
         for optimiser in optimisers.values():
             optimiser.zero_grad(set_to_none=True)
-        out = (step or self.step)(model, x, y)
+        out = _checked_step_output((step or self.step)(model, x, y), getattr(self.config, "method", self.name))
         if measure_accuracy and out.clean_logits is None:
             out.clean_logits = accuracy_logits(model, x, None, self.runtime)
         (out.loss if out.objective is None else out.objective).backward()
         for optimiser in optimisers.values():
             optimiser.step()
         return out
+
+
+def _checked_step_output(out, method: str) -> StepOutput:
+    """A step's result as train_step can backward it, else a TypeError naming the method: a
+    StepOutput whose loss (or objective, when set) is a scalar tensor with a gradient."""
+    if not isinstance(out, StepOutput):
+        raise TypeError(f"method {method}: step returned {type(out).__name__}, not a StepOutput(loss, clean_logits)")
+    target = "objective" if out.objective is not None else "loss"
+    value = getattr(out, target)
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise TypeError(f"method {method}: the step's {target} must be a scalar tensor (the batch mean), got {shape}")
+    if not value.requires_grad:
+        raise TypeError(f"method {method}: the step's {target} has no gradient (computed under no_grad or "
+                        f"detached), so the update would not change the networks")
+    return out
 
 
 class ComposedMethod(Method):
@@ -485,10 +501,36 @@ METHODS: dict = {}
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:
+    _check_spec(spec)
     if spec.name in METHODS:
         raise ValueError(f"method {spec.name!r} is already registered")
     METHODS[spec.name] = spec
     return spec
+
+
+def _check_spec(spec: MethodSpec) -> None:
+    """A spec that the registry, TrainConfig.resolve and the loop can use (ValueError naming the field):
+    a setting its params name but TrainConfig lacks would be ignored, not used."""
+    from .config import METHOD_PARAMS
+
+    if not isinstance(spec, MethodSpec):
+        raise ValueError(f"register_method takes a MethodSpec, got {spec!r}")
+    if not isinstance(spec.name, str) or not spec.name:
+        raise ValueError(f"MethodSpec.name must be a non-empty string (the --method name), got {spec.name!r}")
+    for name in ("build", "validate"):
+        if not callable(getattr(spec, name)):
+            raise ValueError(f"MethodSpec {spec.name!r}: {name} must be callable, got {getattr(spec, name)!r}")
+    if not isinstance(spec.params, dict):
+        raise ValueError(f"MethodSpec {spec.name!r}: params must be a dict of setting name -> default, "
+                         f"got {spec.params!r}")
+    unknown = [name for name in spec.params if name not in METHOD_PARAMS]
+    if unknown:
+        raise ValueError(f"MethodSpec {spec.name!r}: params names {', '.join(map(repr, unknown))}, which "
+                         f"TrainConfig has no setting for; use those of config.METHOD_PARAMS "
+                         f"({', '.join(METHOD_PARAMS)}), or add the field (docs/training.md, section 5)")
+    if (not isinstance(spec.losses, (tuple, list)) or not spec.losses
+            or not all(isinstance(loss, str) for loss in spec.losses)):
+        raise ValueError(f"MethodSpec {spec.name!r}: losses must be a tuple of --loss values, got {spec.losses!r}")
 
 
 def method_spec(name: str) -> MethodSpec:
@@ -499,7 +541,11 @@ def method_spec(name: str) -> MethodSpec:
 
 def build_method(config, model: nn.Module, runtime: Runtime) -> Method:
     """The method of a resolved config, for this classifier and runtime."""
-    return method_spec(config.method).build(config, model, runtime)
+    method = method_spec(config.method).build(config, model, runtime)
+    if not isinstance(method, Method):
+        raise TypeError(f"the build of method {config.method!r} returned {type(method).__name__}, not a Method "
+                        f"(adt_fast.train.Method or a subclass)")
+    return method
 
 
 def _pgd_step_size(cfg) -> float:
