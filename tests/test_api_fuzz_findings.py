@@ -40,6 +40,17 @@ def test_an_out_that_is_no_path_is_named(out, message, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+
+@pytest.mark.parametrize("name", ["lr", "weight_decay"])
+def test_an_lr_or_weight_decay_past_float32_is_refused_before_the_run_begins(name, tmp_path):
+    """lr=1e300 passed the checks, then torch's SGD raised 'value cannot be converted to type float
+    without overflow' after the run directory was made; the largest float32 itself still trains."""
+    flag = "--" + name.replace("_", "-")
+    with pytest.raises(ConfigError, match=f"{flag} must be <= 3.40282e\\+38, got 1e\\+300"):
+        fit(TrainConfig(method="standard", out=str(tmp_path / "run"), **TINY, **{name: 1e300}))
+    assert list(tmp_path.iterdir()) == []
+    fit(TrainConfig(method="standard", out=str(tmp_path / "run"), **TINY, **{name: float(np.finfo(np.float32).max)}))
+
 def test_given_that_is_not_a_collection_is_named(tmp_path):
     """given=5 was "TypeError: 'int' object is not iterable" from inside fit."""
     with pytest.raises(ConfigError, match="given must be a collection of TrainConfig field names, got 5"):

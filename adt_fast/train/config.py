@@ -58,6 +58,7 @@ class ConfigError(ValueError):
 
 PAPER_EPOCHS = 76
 MAX_SEED = 2**64 - 1  # torch.manual_seed takes an unsigned 64-bit seed
+FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: the bound of --lr and --weight-decay
 # The offline sets are tiny (digits: 1,438 training images); their demo runs in about a minute on
 # a laptop CPU instead of C.3's 76 epochs, which were tuned for CIFAR-10.
 SMALL_DATASET_EPOCHS = {"digits": 15, "synthetic": 5}
@@ -245,13 +246,14 @@ class TrainConfig:
             _int(cfg, "max_batches", 1)
         if cfg.lr is None:
             cfg.lr = ARCH_LR.get(cfg.arch, PAPER_LR)
-        _real(cfg, "lr", low=0.0, strict=True)
+        # the optimisers take both as float32 multipliers: larger failed in torch after the run began
+        _real(cfg, "lr", low=0.0, strict=True, high=FLOAT32_MAX)
         _real(cfg, "lr_gamma", low=0.0, strict=True)
         _real(cfg, "momentum", low=0.0)
         if cfg.momentum >= 1:
             raise ConfigError(f"--momentum must be below 1 (from 1 on SGD's velocity never decays and training "
                               f"diverges), got {cfg.momentum!r}")
-        _real(cfg, "weight_decay", low=0.0)
+        _real(cfg, "weight_decay", low=0.0, high=FLOAT32_MAX)
         if cfg.epsilon is not None:
             _real(cfg, "epsilon", low=0.0, strict=True, high=MAX_EPSILON)
         if cfg.lr_drop is None:
