@@ -102,3 +102,23 @@ def test_a_registered_method_that_breaks_its_contract_is_named(name, build, mess
     _register_once(MethodSpec(name, build))
     with pytest.raises(TypeError, match=message):
         fit(TrainConfig(method=name, out=str(tmp_path / "run"), **{**TINY, "batch_size": 8}))
+
+
+class _Counter:
+    """Pickles, but weights-only loading refuses it (a class of the user's code)."""
+
+
+@pytest.mark.parametrize("name, state, message", [
+    ("fuzz-state-lambda", {"schedule": lambda epoch: epoch}, "extra_state\\(\\) must hold what a checkpoint can save"),
+    ("fuzz-state-object", {"counter": _Counter()}, "it holds an object of class .*_Counter, which weights-only"),
+])
+def test_a_method_state_no_checkpoint_can_round_trip_is_refused_before_training(name, state, message, tmp_path):
+    """A lambda in extra_state() failed at the first checkpoint, losing the epoch; an object of the
+    user's class saved fine and was refused at the resume, after the whole run had trained."""
+    method = type("Fuzz", (Method,), {"step": lambda self, model, x, y: StepOutput(cross_entropy(model(x), y).mean(),
+                                                                                     None),
+                                      "extra_state": lambda self: state})
+    _register_once(MethodSpec(name, lambda cfg, model, rt: method(cfg, model, rt)))
+    with pytest.raises(TypeError, match=message):
+        fit(TrainConfig(method=name, out=str(tmp_path / "run"), **TINY))
+    assert not (tmp_path / "run").exists()

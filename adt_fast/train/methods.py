@@ -25,7 +25,9 @@ all of them with the classifier's. Register a new method with ``register_method(
 from __future__ import annotations
 
 import contextlib
+import io
 import math
+import pickle
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -38,6 +40,7 @@ from ..attacks.losses import cross_entropy, trades_kl, trades_loss
 from ..attacks.suite import check_epsilon
 from ..checks import check_int
 from ..distributed import BatchShard
+from ..models.external import weights_only_refusal
 from .config import AUTO
 
 PerExampleLoss = Callable[[torch.Tensor], torch.Tensor]
@@ -545,7 +548,26 @@ def build_method(config, model: nn.Module, runtime: Runtime) -> Method:
     if not isinstance(method, Method):
         raise TypeError(f"the build of method {config.method!r} returned {type(method).__name__}, not a Method "
                         f"(adt_fast.train.Method or a subclass)")
+    _check_extra_state(method, config.method)
     return method
+
+
+def _check_extra_state(method: Method, name: str) -> None:
+    """Every checkpoint saves extra_state() and a resume reads it back weights-only: state that
+    cannot make that round trip failed at the first checkpoint (losing the epoch), or only at the
+    resume, after the whole run had trained."""
+    state = method.extra_state()
+    if isinstance(state, dict) and not state:
+        return
+    buffer = io.BytesIO()
+    try:
+        torch.save(state, buffer)
+        buffer.seek(0)
+        torch.load(buffer, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - pickling and the weights-only unpickler raise many types
+        why = weights_only_refusal(err) if isinstance(err, pickle.UnpicklingError) else f"{type(err).__name__}: {err}"
+        raise TypeError(f"method {name}: extra_state() must hold what a checkpoint can save and read back "
+                        f"weights-only (tensors, numbers, strings, and lists, tuples and dicts of them): {why}") from None
 
 
 def _pgd_step_size(cfg) -> float:
