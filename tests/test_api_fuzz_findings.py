@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from torch import nn
 
 from adt_fast.attacks.losses import cross_entropy
 from adt_fast.train import METHODS, ConfigError, Method, MethodSpec, StepOutput, TrainConfig, fit, register_method
@@ -92,6 +93,8 @@ def _method_stepping(step):
     ("fuzz-no-grad", lambda cfg, model, rt: _method_stepping(
         lambda model, x, y: StepOutput(cross_entropy(model(x), y).mean().detach(), None))(cfg, model, rt),
      "the step's loss has no gradient"),
+    ("fuzz-module-list", lambda cfg, model, rt: type("Fuzz", (Method,), {"modules": lambda self: [nn.Linear(1, 1)]})(
+        cfg, model, rt), "modules\\(\\) must return a dict of name -> nn.Module .*, got list"),
     ("fuzz-tuple", lambda cfg, model, rt: _method_stepping(
         lambda model, x, y: (cross_entropy(model(x), y).mean(), None))(cfg, model, rt),
      "step returned tuple, not a StepOutput"),

@@ -548,6 +548,10 @@ def build_method(config, model: nn.Module, runtime: Runtime) -> Method:
     if not isinstance(method, Method):
         raise TypeError(f"the build of method {config.method!r} returned {type(method).__name__}, not a Method "
                         f"(adt_fast.train.Method or a subclass)")
+    modules = method.modules()
+    if not isinstance(modules, dict) or not all(isinstance(module, nn.Module) for module in modules.values()):
+        raise TypeError(f"method {config.method}: modules() must return a dict of name -> nn.Module (the networks "
+                        f"it trains besides the classifier), got {type(modules).__name__}")
     _check_extra_state(method, config.method)
     return method
 
