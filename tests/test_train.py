@@ -817,3 +817,55 @@ def test_beta_is_dropped_with_the_ce_loss():
     """beta only applies to --loss trades: a CE run stores none (so --resume compares nothing)."""
     cfg = _resolved("adt-exp")
     assert cfg.beta is None and cfg.beta_scales_entropy is None
+
+
+def _runs_out_of_memory_above(monkeypatch, examples: int) -> list:
+    """Runtime.forward raising torch's out-of-memory error on an eval-mode batch of more than
+    `examples`, as a large test batch beside training's state does on a GPU; returns the sizes tried."""
+    tried = []
+    forward = loop.Runtime.forward
+
+    def limited(self, model, x, *args, **kwargs):
+        if not model.training:
+            tried.append(x.shape[0])
+            if x.shape[0] > examples:
+                raise torch.OutOfMemoryError(f"CUDA out of memory (stand-in, {x.shape[0]} examples)")
+        return forward(self, model, x, *args, **kwargs)
+
+    monkeypatch.setattr(loop.Runtime, "forward", limited)
+    return tried
+
+
+def test_clean_accuracy_tests_a_batch_that_runs_out_of_memory_in_halves(monkeypatch):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    x, y = torch.rand(23, 4), torch.randint(0, 3, (23,))
+    expected = loop.clean_accuracy(model, x, y, batch_size=10)
+    tried = _runs_out_of_memory_above(monkeypatch, 3)
+    with pytest.warns(RuntimeWarning) as warned:
+        assert loop.clean_accuracy(model, x, y, batch_size=10) == expected
+    assert [str(w.message) for w in warned] == [
+        f"the test pass ran out of memory on {n} examples a batch; it goes on with {n // 2}" for n in (10, 5)]
+    # 10 fails, 5 fails, then 2 at a time within each batch of 10 (the last batch holds 3)
+    assert tried == [10, 5, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 1]
+    _runs_out_of_memory_above(monkeypatch, 0)
+    with pytest.raises(torch.OutOfMemoryError), pytest.warns(RuntimeWarning):
+        loop.clean_accuracy(model, x, y, batch_size=10)     # not even one example fits: torch's error
+
+
+def test_a_test_pass_out_of_memory_costs_no_epoch_and_is_halved_once_a_run(tmp_path, monkeypatch):
+    flags = dict(epochs=2, channels_last=False)  # the flag: no eval-mode timing at the start
+    plain = read_metrics(fit(_standard_cfg(tmp_path / "plain", **flags), given={"channels_last"}))
+    tried = _runs_out_of_memory_above(monkeypatch, 30)
+    with pytest.warns(RuntimeWarning, match="test pass ran out of memory") as warned:
+        run = fit(_standard_cfg(tmp_path / "oom", **flags), given={"channels_last"})
+    tests = tried[0]  # max_batches 2: the test pass is one or two batches of at most 500
+    # epoch 1 halves its first batch down to <= 30, the size that epoch 2 starts with: no
+    # out-of-memory error there
+    halvings = []
+    while not halvings or halvings[-1] > 30:
+        halvings.append((halvings[-1] if halvings else tests) // 2)
+    assert len(warned) == len(halvings) and tried.count(tests) == 1
+    assert tried[:len(halvings) + 1] == [tests] + halvings and tests > 30
+    assert [r["test_acc"] for r in read_metrics(run)] == [r["test_acc"] for r in plain]
+    assert (run / "model.pt").is_file()

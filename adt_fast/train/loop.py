@@ -82,6 +82,7 @@ class Trainer:
     history: list = dataclasses.field(default_factory=list)
     world: World = World()
     parallel: Optional[DataParallel] = None
+    test_chunk: int = EVAL_BATCH_SIZE  # examples a test forward; halved for good on running out of memory
 
     # -------------------------------------------------------------------------------- state
     def state(self) -> dict:
@@ -226,8 +227,10 @@ class Trainer:
         return shard.stop - shard.start
 
     def test_accuracy(self) -> float:
-        return clean_accuracy(self.model, *self.test_data, runtime=self.method.runtime,
-                              max_batches=self.config.max_batches, world=self.world)
+        accuracy, self.test_chunk = _clean_accuracy(self.model, *self.test_data, self.method.runtime,
+                                                    EVAL_BATCH_SIZE, self.config.max_batches, self.world,
+                                                    self.test_chunk)
+        return accuracy
 
 
 def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, runtime: Optional[Runtime] = None,
@@ -235,17 +238,46 @@ def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, runtim
                    world: World = World()) -> float:
     """Accuracy on clean inputs, classifier in eval mode (its mode is restored afterwards).
 
-    Under data parallelism each rank tests its round-robin share of the batches."""
+    Under data parallelism each rank tests its round-robin share of the batches. A batch that runs
+    out of memory is tested in halves instead (down to one example): the test pass comes after an
+    epoch's training, and a fixed batch that training's smaller one fits beside (large images)
+    must not cost that epoch. The halves count the same examples, so the accuracy is unchanged."""
+    return _clean_accuracy(model, x, y, runtime, batch_size, max_batches, world, batch_size)[0]
+
+
+def _clean_accuracy(model, x, y, runtime, batch_size, max_batches, world, chunk) -> tuple:
+    """clean_accuracy, trying `chunk` examples a forward first; also returns the chunk that fitted,
+    which a trainer passes to its next test pass (one out-of-memory error a run, not one an epoch)."""
     runtime = runtime or Runtime(device=x.device)
     correct, seen = torch.zeros((), dtype=torch.int64, device=x.device), 0
     begins = list(range(0, x.shape[0], batch_size))[:max_batches]
     with eval_mode(model), torch.no_grad():
         for begin in world.share(begins):
-            xb, yb = x[begin:begin + batch_size], y[begin:begin + batch_size]
-            correct += classified(runtime.forward(model, xb), yb).sum()
-            seen += yb.shape[0]
+            end = min(begin + batch_size, x.shape[0])
+            while begin < end:
+                stop = min(begin + chunk, end)
+                try:
+                    correct += classified(runtime.forward(model, x[begin:stop]), y[begin:stop]).sum()
+                except torch.OutOfMemoryError:
+                    if stop - begin == 1:
+                        raise
+                else:
+                    seen += stop - begin
+                    begin = stop
+                    continue
+                chunk = _halved_after_oom(stop - begin, x.device)
     correct_total, seen = world.sum([correct.item(), seen], x.device)
-    return correct_total / max(seen, 1)
+    return correct_total / max(seen, 1), chunk
+
+
+def _halved_after_oom(chunk: int, device: torch.device) -> int:
+    """Called once the failed batch's handler has ended (its traceback held the batch's tensors
+    until then): release them to the device and say what the test pass goes on with."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    warnings.warn(f"the test pass ran out of memory on {chunk} examples a batch; it goes on with "
+                  f"{chunk // 2}", RuntimeWarning, stacklevel=3)
+    return chunk // 2
 
 
 # ------------------------------------------------------------------------------------------------
