@@ -92,6 +92,26 @@ def test_choice_of_samples_per_pass_measures_every_candidate_without_randomness(
     assert seconds[best] == min(seconds.values()) and all(t > 0 for t in seconds.values())
 
 
+def test_a_pass_that_runs_out_of_memory_is_no_choice(classifier_loss):
+    """Passes of more than 2 samples raise torch's out-of-memory error (as a large model's would
+    on a GPU): they are left out, not measured, and the choice is among 1 and 2; when not even one
+    sample fits, torch's error comes through."""
+    loss_fn, x = classifier_loss
+    sizes = []
+
+    def limited(inputs):
+        sizes.append(inputs.shape[0] // x.shape[0])
+        if inputs.shape[0] > 2 * x.shape[0]:
+            raise torch.OutOfMemoryError("CUDA out of memory (stand-in)")
+        return loss_fn(inputs)
+
+    best, seconds = choose_samples_per_pass(limited, x, SAMPLES, repeats=1)
+    assert set(seconds) == {1, 2} and best in (1, 2)
+    assert sizes.count(4) == 1 and SAMPLES not in sizes      # 4 tried once, the rest never
+    with pytest.raises(torch.OutOfMemoryError):
+        choose_samples_per_pass(lambda inputs: limited(inputs.repeat(3, *[1] * (x.dim() - 1))), x, SAMPLES)
+
+
 def _cfg(out, method="adt-exp", **kw):
     # CPU on any machine: the tests compare runs bit for bit and read "mode: cpu"
     settings = dict(epochs=1, max_batches=2, batch_size=16, tensorboard=False, lr_drop=[], device="cpu")

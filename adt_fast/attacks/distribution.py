@@ -138,10 +138,24 @@ def choose_samples_per_pass(loss_fn: BatchedLoss, x: torch.Tensor, num_samples: 
 
     Times loss_fn's forward plus its input gradient on m copies of the batch x for m in
     1, 2, 4, ... and num_samples (best of `repeats`, in turns, after one warm-up each) and returns the
-    fastest m with the measured seconds per sample by m. Uses no random numbers.
+    fastest m with the measured seconds per sample by m. Uses no random numbers. The warm-ups go
+    smallest first, and the first m that runs out of device memory is left out with every larger
+    one: a pass that does not fit is not a choice (torch's error when not even m = 1 fits).
     """
     candidates = sorted({min(2 ** i, num_samples) for i in range(num_samples.bit_length())} | {num_samples})
-    runs = {m: partial(_losses_and_input_grads, loss_fn, x.detach().unsqueeze(0).repeat(m, *[1] * x.dim()), m)
-            for m in candidates}
+    runs = {}
+    for m in candidates:
+        try:
+            run = partial(_losses_and_input_grads, loss_fn, x.detach().unsqueeze(0).repeat(m, *[1] * x.dim()), m)
+            run()
+        except torch.OutOfMemoryError:
+            if not runs:
+                raise
+        else:
+            runs[m] = run
+            continue
+        if x.device.type == "cuda":  # the failed pass's tensors, freed once its handler ended
+            torch.cuda.empty_cache()
+        break
     seconds = {m: total / m for m, total in best_seconds(runs, x.device, repeats).items()}
     return min(seconds, key=seconds.get), seconds
