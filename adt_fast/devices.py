@@ -67,6 +67,13 @@ def bf16_emulation_warning(device: Union[str, torch.device]) -> Optional[str]:
             f"use --precision fp32 on this machine")
 
 
+def out_of_memory_text(err: BaseException) -> str:
+    """The first line of torch's out-of-memory message (what it tried to allocate); the rest is a
+    paragraph on the allocator that a one-line error has no room for."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def seconds_in_turns(runs: Mapping[Hashable, Callable[[], object]], device: Union[str, torch.device],
                      rounds: int) -> dict:
     """Seconds of `rounds` timed calls of each of `runs`, by key. Every run is called once untimed

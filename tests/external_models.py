@@ -66,6 +66,17 @@ class FailsOnBigBatches(_Wrapped):
         return self.net(x)
 
 
+class OutOfMemoryOnBigBatches(_Wrapped):
+    """Passes eval's probe (two inputs), then runs out of device memory on the attacks' batches, as
+    a large model on a GPU does (torch's own exception, raised here on any device)."""
+
+    def forward(self, x):
+        if x.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (stand-in)\n"
+                                         "See the documentation for Memory Management")
+        return self.net(x)
+
+
 class Randomised(nn.Module):
     """A randomised defence whose predictions are mostly its noise, with unseeded initialisation."""
 

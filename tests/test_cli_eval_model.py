@@ -170,6 +170,18 @@ def test_model_failures_are_one_line_errors_naming_the_flag(spec, weights, messa
     assert not (tmp_path / "e.json").exists()
 
 
+def test_running_out_of_device_memory_names_the_batch_size(tmp_path, capsys):
+    """Not "the model failed": a smaller --batch-size is the fix, and no result depends on it."""
+    code = main(["eval", "--model", "external_models:OutOfMemoryOnBigBatches", *FAST, "--batch-size", "3",
+                 "--out", str(tmp_path / "e.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert ("adt-fast eval: error: --batch-size: 3 examples a batch ran out of device memory during the "
+            "attacks (CUDA out of memory. Tried to allocate 20.00 GiB (stand-in)); a smaller --batch-size "
+            "needs less, and no result depends on it") in err, err
+    assert not (tmp_path / "e.json").exists()
+
+
 @pytest.mark.parametrize("prefix", ["module.", "_orig_mod."])
 def test_weights_saved_from_a_wrapped_model_load_without_their_prefix(prefix, tmp_path):
     """DistributedDataParallel and torch.compile prefix every key; such files are the common case."""

@@ -179,3 +179,26 @@ def test_a_process_group_that_cannot_form_is_one_line_and_writes_nothing(tmp_pat
     assert main(["train", "--method", "standard", *FAST, "--out", str(out)]) == 2
     assert capsys.readouterr().err == "adt-fast train: error: the group cannot form\n"
     assert not out.exists()
+
+
+def test_out_of_device_memory_says_what_was_kept_and_what_needs_less(tmp_path, monkeypatch, capsys):
+    """One line, no traceback: torch's allocation, the intact checkpoint, the resume command."""
+    trained = loop.Trainer.train_epoch
+
+    def train_epoch(self):
+        if self.epoch == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (stand-in)\n"
+                                         "See the documentation for Memory Management")
+        return trained(self)
+    monkeypatch.setattr(loop.Trainer, "train_epoch", train_epoch)
+    out = tmp_path / "run"
+    args = ["train", "--method", "standard", "--dataset", "synthetic", "--epochs", "2", *FAST[4:], "--out", str(out)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err == (f"adt-fast train: error: out of device memory (CUDA out of memory. Tried to allocate 2.00 GiB "
+                   f"(stand-in)): {out / 'checkpoint.pt'} (the last completed epoch) is intact; continue with: "
+                   f"adt-fast train --resume --out {out}. Training needs less with a smaller --batch-size (a new "
+                   f"run) or, for adt-exp, a smaller --samples-per-pass (a resume may lower it)\n")
+    monkeypatch.setattr(loop.Trainer, "train_epoch", trained)
+    assert main(["train", "--resume", "--out", str(out)]) == 0
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2]

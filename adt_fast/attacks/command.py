@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional
 
+import torch
+
+from ..devices import DeviceError, out_of_memory_text, resolve_device
 from ..distributed import DistributedError, check_timeout, launch_rank, launched, local_device, session
 from .report import SaveInterrupted
 from .suite import (DEFAULT_ATTACKS, DIST_STEPS, FEATURE_TARGETS, MAX_EPSILON, MAX_SEED, PAPER_ATTACKS,
@@ -181,10 +184,6 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _device(text: str):
-    import torch
-
-    from ..devices import DeviceError, resolve_device
-
     try:
         device = resolve_device(text)
     except DeviceError as err:
@@ -200,8 +199,6 @@ def _load_model(resolved, flags: "ModelFlags", seed: int, info, device, fit_clas
     --arch MODULE:FACTORY), checked against the dataset before any attack runs, what trained it
     (checkpoint.read_model), and the dataset's info with the model's number of classes when the
     data takes it from the model (``fit_classes``, see ``_with_model_classes``)."""
-    import torch
-
     from ..models import classifier_config
     from ..models.external import import_from_working_dir
     from ..train.checkpoint import CheckpointError, WrongFactory, read_model
@@ -305,8 +302,6 @@ class ModelFlags:
 def _load_external(flags: ModelFlags, seed: int, info, device, fit_classes=None):
     """A model trained elsewhere (``flags``), checked as the attacks run it; and the dataset's info
     with the model's number of classes where the data takes it (``fit_classes``)."""
-    import torch
-
     from ..models.external import (ExternalModelError, Normalized, build_from_factory, check_classes,
                                    check_normalisation, import_from_working_dir, load_weights, moved_to,
                                    probe_classes)
@@ -580,6 +575,10 @@ def _run(args) -> int:
     except DistributedError as err:
         raise EvalError(None, str(err)) from None
     except Exception as err:
+        if isinstance(err, torch.OutOfMemoryError):  # this process's own, under torchrun too
+            raise EvalError("--batch-size", f"{args.batch_size} examples a batch ran out of device memory "
+                                            f"during the attacks ({out_of_memory_text(err)}); a smaller --batch-size "
+                                            f"needs less, and no result depends on it") from None
         if launched() and _collective_failed(err):  # the group's failure, most likely another rank's
             raise EvalError(None, f"another process failed (see its error above), or the processes "
                                   f"could not communicate: {type(err).__name__}: {err}") from None
@@ -672,8 +671,6 @@ def _environment(device) -> dict:
     """The GPU's (or CPU's) model and torch's version, for the report's meta: the last bits of a
     result may depend on either."""
     import platform
-
-    import torch
 
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)

@@ -17,7 +17,9 @@ import warnings
 from fractions import Fraction
 from pathlib import Path
 
-from ..devices import BF16_EMULATED
+import torch
+
+from ..devices import BF16_EMULATED, out_of_memory_text
 from .config import (AUTO, DIST_GRADS, GENERATOR_GRADS, LOSSES, NO_HINGE, PRECISIONS, TRADES_INNERS, ConfigError,
                      TrainConfig, resume_config)
 
@@ -243,6 +245,12 @@ def run_train(args: argparse.Namespace) -> int:
             FileNotFoundError, MissingDependencyError) as err:
         print(f"adt-fast train: error: {err}", file=sys.stderr)
         return 2
+    except torch.OutOfMemoryError as err:
+        stopped = f"error: out of device memory ({out_of_memory_text(err)})"
+        print(f"adt-fast train: {interrupted_message(Path(args.out), stopped)}. Training needs less with a "
+              f"smaller --batch-size (a new run) or, for adt-exp, a smaller --samples-per-pass (a resume may "
+              f"lower it)", file=sys.stderr)
+        return 1
     except Terminated:
         print(f"adt-fast train: {interrupted_message(Path(args.out), 'stopped by SIGTERM')}", file=sys.stderr)
         return TERMINATED_EXIT
