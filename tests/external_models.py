@@ -1,5 +1,7 @@
 """Factories for `adt-fast eval --model tests_module:factory` in tests/test_cli_eval_model.py."""
 
+import sys
+
 import torch
 from torch import nn
 
@@ -20,6 +22,11 @@ def fails() -> nn.Module:
 
 def not_a_module():
     return 3
+
+
+def exits() -> nn.Module:
+    """A factory that ends the program, as a script's main code does."""
+    sys.exit(0)
 
 
 class _Wrapped(nn.Module):
@@ -63,6 +70,20 @@ class FailsOnBigBatches(_Wrapped):
     def forward(self, x):
         if x.shape[0] > 2:
             raise RuntimeError("only small batches")
+        return self.net(x)
+
+
+class ExitsInForward(_Wrapped):
+    def forward(self, x):
+        sys.exit(3)
+
+
+class ExitsOnBigBatches(_Wrapped):
+    """Passes the probes (two inputs, one), then calls sys.exit(0) on training's or the attacks' batches."""
+
+    def forward(self, x):
+        if x.shape[0] > 2:
+            sys.exit(0)
         return self.net(x)
 
 

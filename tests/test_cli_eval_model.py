@@ -132,6 +132,12 @@ def test_a_model_without_input_gradients_is_evaluated_and_flagged_as_masking(fac
     ("external_models:ThroughNumpy", None, "fails on a (2, 3, 8, 8) input of synthetic that requires grad"),
     ("external_models:FailsOnBigBatches", None, "the model failed during the attacks: RuntimeError: only small batches"),
     ("RAISES:build", None, "importing 'raises_on_import' failed: RuntimeError: broken module"),
+    ("EXITS:build", None, "importing 'exits_on_import' failed: it called sys.exit(0) (argparse does on a command "
+                          "line it does not know, such as adt-fast's); put a script's own code under "
+                          "if __name__ == \"__main__\":"),
+    ("external_models:exits", None, "calling external_models:exits() failed: it called sys.exit(0)"),
+    ("external_models:ExitsInForward", None, "requires grad, as the attacks give it: it called sys.exit(3)"),
+    ("external_models:ExitsOnBigBatches", None, "the model failed during the attacks: it called sys.exit(0)"),
     ("external_models.py:build", None, "is a file path; give the module's import name"),
     ("some_folder/external_models:build", None, "is a file path; give the module's import name"),
     ("external_models:FailsInBackward", None, "fails on a (2, 3, 8, 8) input of synthetic that requires grad, as the "
@@ -146,8 +152,10 @@ def test_a_model_without_input_gradients_is_evaluated_and_flagged_as_masking(fac
     (FACTORY, "RENAMED", "4 missing (0.weight, 0.bias, 3.weight and 1 more); 4 unexpected (net.0.weight"),
 ])
 def test_model_failures_are_one_line_errors_naming_the_flag(spec, weights, message, tmp_path, monkeypatch, capsys):
-    """The user's import, forward and weights file fail with the flag and the cause, no traceback."""
+    """The user's import, forward and weights file fail with the flag and the cause, no traceback;
+    a sys.exit() there too, which would otherwise end the command silently (and with 0)."""
     (tmp_path / "raises_on_import.py").write_text("raise RuntimeError('broken module')\n")
+    (tmp_path / "exits_on_import.py").write_text("import sys\nsys.exit(0)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     (tmp_path / "folder").mkdir()
     torch.save(external_models.build(), tmp_path / "whole.pt")
@@ -158,7 +166,7 @@ def test_model_failures_are_one_line_errors_naming_the_flag(spec, weights, messa
     torch.save(external_models.Detached().state_dict(), tmp_path / "renamed.pt")
     files = {"DIRECTORY": "folder", "WHOLE": "whole.pt", "TEXT": "text.pt", "EMPTY": "empty.pt",
              "WIDE": "wide.pt", "RENAMED": "renamed.pt"}
-    args = ["--model", spec.replace("RAISES", "raises_on_import")]
+    args = ["--model", spec.replace("RAISES", "raises_on_import").replace("EXITS", "exits_on_import")]
     if weights is not None:
         args += ["--weights", str(tmp_path / files[weights])]
     code = main(["eval", *args, *FAST, "--out", str(tmp_path / "e.json")])

@@ -2,6 +2,8 @@
 checkpoints, resume, and evaluating the run (`eval --checkpoint RUN --model MODULE:FACTORY`)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -95,6 +97,8 @@ def test_the_printed_eval_command_names_the_factory(tmp_path, capsys):
     ("external_models:FailsInTrainBackward", "the model fails in train mode on a (2, 3, 8, 8) input: RuntimeError: "
                                              "no backward here"),
     ("external_models:on_meta", "cannot move the model to cpu: NotImplementedError: Cannot copy out of meta tensor"),
+    ("external_models:exits", "calling external_models:exits() failed: it called sys.exit(0)"),
+    ("external_models:ExitsInForward", "requires grad, as the attacks give it: it called sys.exit(3)"),
     ("external_models:sized(4, num_classes=5)", "the model returns (2, 5) for two inputs; synthetic needs logits of "
                                                 "shape (2, 10)"),
 ])
@@ -105,6 +109,35 @@ def test_a_factory_that_cannot_train_on_the_data_is_refused_before_the_run_direc
     assert code == 2 and f"error: --arch {arch}: " in err and message in err, err
     assert len(err.strip().splitlines()) == 1
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_script_whose_argparse_exits_when_imported_is_an_error_not_a_silent_end(tmp_path):
+    """A training script imported for its factory parses adt-fast's command line and exits (2 here,
+    0 for --help-like flags): the command must fail naming --arch, not end as if it had trained."""
+    (tmp_path / "script.py").write_text("import argparse\nargparse.ArgumentParser().parse_args()\n"
+                                        "def build():\n    pass\n")
+    out = tmp_path / "r"
+    done = subprocess.run([sys.executable, "-m", "adt_fast", "train", "--method", "standard", "--arch",
+                           "script:build", *FAST, "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "adt-fast train: error: --arch script:build: importing 'script' failed: it called sys.exit(2) (argparse "
+        "does on a command line it does not know, such as adt-fast's); put a script's own code under "
+        "if __name__ == \"__main__\":")
+    assert not out.exists()
+
+
+def test_a_model_that_exits_during_training_says_what_was_kept(tmp_path, capsys):
+    """After the probes, in training's batches: the line of what was kept, as for an interrupt."""
+    out = tmp_path / "r"
+    code = main(["train", "--method", "standard", "--arch", "external_models:ExitsOnBigBatches", *FAST,
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert err == (f"adt-fast train: error: --arch external_models:ExitsOnBigBatches: the model failed (it called "
+                   f"sys.exit(0)) before the first epoch finished, so there is no checkpoint yet; adt-fast train "
+                   f"--resume --out {out} starts it again from epoch 1\n")
 
 
 def test_an_arch_that_is_neither_a_built_in_name_nor_a_factory_is_refused(tmp_path, capsys):

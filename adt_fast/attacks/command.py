@@ -574,7 +574,7 @@ def _run(args) -> int:
                               progress=progress_enabled(), distributed=world.parallel)
     except DistributedError as err:
         raise EvalError(None, str(err)) from None
-    except Exception as err:
+    except (Exception, SystemExit) as err:  # SystemExit: your model's sys.exit(), which would end the command silently
         if isinstance(err, torch.OutOfMemoryError):  # this process's own, under torchrun too
             raise EvalError("--batch-size", f"{args.batch_size} examples a batch ran out of device memory "
                                             f"during the attacks ({out_of_memory_text(err)}); a smaller --batch-size "
@@ -647,12 +647,14 @@ def _collective_failed(err: BaseException) -> bool:
 def _model_failed(args, err: BaseException) -> BaseException:
     """A failure of your own model's code during the attacks, which the probe did not show, as an
     EvalError naming the flags that brought your code in; err itself when none did."""
+    from ..models.external import raised
+
     elsewhere = "/".join(flag for flag, spec in (("--model", args.model), ("--source-model", args.source_model))
                          if spec is not None)
     if not elsewhere:
         return err
     which = "the model" if "/" not in elsewhere else "one of the models"
-    return EvalError(elsewhere, f"{which} failed during the attacks: {type(err).__name__}: {err}")
+    return EvalError(elsewhere, f"{which} failed during the attacks: {raised(err)}")
 
 
 def _origin(flags: ModelFlags, checkpoint: Optional[Path], sha256: Optional[str],

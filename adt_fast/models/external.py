@@ -5,7 +5,8 @@ wrap it so that it takes inputs in [0, 1] when it was trained on normalised ones
     load_external_model("torchvision.models:resnet18", "weights.pt", mean=..., std=...)
 
 Weights are read with torch.load(weights_only=True): a file that needs arbitrary unpickling is
-refused. Every failure raises ExternalModelError with a message that says what went wrong.
+refused. Every failure raises ExternalModelError with a message that says what went wrong, a
+sys.exit() in your code included.
 """
 
 from __future__ import annotations
@@ -45,6 +46,15 @@ class ExternalModelError(ValueError):
 TOO_FEW_LOGITS = ("a classifier needs at least 2 logits per input (argmax over a single logit is always class 0, "
                   "so every example of class 0 would count as robust); for a binary model with one logit z, "
                   "return torch.cat([-z, z], dim=1) / 2, whose softmax is sigmoid(z)")
+
+
+def raised(err: BaseException) -> str:
+    """What your code raised, for a message: its type and text; a SystemExit (sys.exit(), exit(), an
+    argparse parser refusing a command line) as the call, since escaping the command's error handling
+    it would end the command with no word, and with exit code 0 for sys.exit(0) as if it had worked."""
+    if isinstance(err, SystemExit):
+        return f"it called sys.exit({'' if err.code is None else repr(err.code)})"
+    return f"{type(err).__name__}: {err}"
 
 
 def has_feature_split(model: nn.Module) -> bool:
@@ -151,8 +161,10 @@ def build_from_factory(spec: str) -> nn.Module:
     except ImportError as err:
         raise ExternalModelError(f"cannot import {module_name!r} ({err}); is it installed, or on "
                                  f"PYTHONPATH?") from None
-    except Exception as err:  # the user's module raised while being imported (SyntaxError included)
-        raise ExternalModelError(f"importing {module_name!r} failed: {type(err).__name__}: {err}") from None
+    except (Exception, SystemExit) as err:  # the user's module raised or exited while being imported
+        exited = (" (argparse does on a command line it does not know, such as adt-fast's); put a script's own "
+                  "code under if __name__ == \"__main__\":") if isinstance(err, SystemExit) else ""
+        raise ExternalModelError(f"importing {module_name!r} failed: {raised(err)}{exited}") from None
     factory = module
     for part in attribute.split("."):
         if not hasattr(factory, part):
@@ -165,17 +177,17 @@ def build_from_factory(spec: str) -> nn.Module:
         # weights, and a run must start from the instance as the module defines it.
         try:
             return copy.deepcopy(factory)
-        except Exception as err:
-            raise ExternalModelError(f"{spec} is a model instance that cannot be copied ({type(err).__name__}: "
-                                     f"{err}); name a factory that builds it instead") from None
+        except (Exception, SystemExit) as err:
+            raise ExternalModelError(f"{spec} is a model instance that cannot be copied ({raised(err)}); name a "
+                                     f"factory that builds it instead") from None
     if not callable(factory):
         raise ExternalModelError(f"{spec} is neither a model nor callable (a function or class that "
                                  f"builds the model)")
     call = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
     try:
         model = factory(*args, **kwargs)
-    except Exception as err:  # the user's code: report whatever it raised, with its type
-        raise ExternalModelError(f"calling {spec}({call}) failed: {type(err).__name__}: {err}") from None
+    except (Exception, SystemExit) as err:  # the user's code: report whatever it raised, with its type
+        raise ExternalModelError(f"calling {spec}({call}) failed: {raised(err)}") from None
     if not isinstance(model, nn.Module):
         raise ExternalModelError(f"{spec}({call}) returned a {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -334,8 +346,8 @@ def moved_to(model: nn.Module, device) -> nn.Module:
     the meta device), which is the user's to know in one line rather than a traceback."""
     try:
         return model.to(device)
-    except Exception as err:  # the user's model
-        raise ExternalModelError(f"cannot move the model to {device}: {type(err).__name__}: {err}") from None
+    except (Exception, SystemExit) as err:  # the user's model
+        raise ExternalModelError(f"cannot move the model to {device}: {raised(err)}") from None
 
 
 def check_classes(found: int, needed: int, data_name: str) -> None:
@@ -356,9 +368,9 @@ def probe_classes(model: nn.Module, in_channels: int, image_size: int, device, d
             logits = model(probe)
             if isinstance(logits, torch.Tensor) and logits.requires_grad:
                 torch.autograd.grad(logits.float().sum(), probe, allow_unused=True)
-    except Exception as err:  # the user's forward
+    except (Exception, SystemExit) as err:  # the user's forward
         raise ExternalModelError(f"the model fails on a {tuple(probe.shape)} input of {data_name} that "
-                                 f"requires grad, as the attacks give it: {type(err).__name__}: {err}") from None
+                                 f"requires grad, as the attacks give it: {raised(err)}") from None
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != 2:
         raise ExternalModelError(f"the model returns {_shape_of(logits)} for two inputs; it must return logits of "
                                  f"shape (2, number of classes)")
@@ -381,9 +393,9 @@ def check_trainable(model: nn.Module, in_channels: int, image_size: int, device,
             logits = model(torch.zeros(2, in_channels, image_size, image_size, device=device))
             if isinstance(logits, torch.Tensor) and tuple(logits.shape) == (2, num_classes):
                 torch.autograd.grad(logits.float().sum(), trainable, allow_unused=True)
-    except Exception as err:  # the user's forward
+    except (Exception, SystemExit) as err:  # the user's forward
         raise ExternalModelError(f"the model fails in train mode on a (2, {in_channels}, {image_size}, "
-                                 f"{image_size}) input: {type(err).__name__}: {err}") from None
+                                 f"{image_size}) input: {raised(err)}") from None
     finally:
         with torch.no_grad():
             for name, value in model.state_dict().items():

@@ -226,7 +226,7 @@ def sigterm_as_interrupt():
 
 def run_train(args: argparse.Namespace) -> int:
     from ..data import ChecksumError, DatasetFileError, DownloadError, MissingDependencyError
-    from ..models.external import import_from_working_dir, is_factory_spec
+    from ..models.external import import_from_working_dir, is_factory_spec, raised
     from .checkpoint import CheckpointError
     from .loop import fit, interrupted_message
 
@@ -250,6 +250,12 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"adt-fast train: {interrupted_message(Path(args.out), stopped)}. Training needs less with a "
               f"smaller --batch-size (a new run) or, for adt-exp, a smaller --samples-per-pass (a resume may "
               f"lower it)", file=sys.stderr)
+        return 1
+    except SystemExit as err:  # no code of adt_fast's exits; the probes report an exit before the run
+        if not is_factory_spec(config.arch):
+            raise
+        stopped = f"error: --arch {config.arch}: the model failed ({raised(err)})"
+        print(f"adt-fast train: {interrupted_message(Path(args.out), stopped)}", file=sys.stderr)
         return 1
     except Terminated:
         print(f"adt-fast train: {interrupted_message(Path(args.out), 'stopped by SIGTERM')}", file=sys.stderr)
