@@ -42,10 +42,10 @@ def test_a_checkpoint_write_the_system_refuses_says_what_was_kept(tmp_path):
     assert ckpt.load(out)["epoch"] == 2
 
 
-def _sigterm_after(argv, line: str):
+def _sigterm_after(argv, line: str, cwd=None):
     """Run `adt-fast ARGV` in a child and SIGTERM it once its stdout printed `line`; (code, stderr)."""
     child = subprocess.Popen([sys.executable, "-m", "adt_fast", *argv], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, cwd=cwd)
     try:
         for printed in child.stdout:
             if printed.startswith(line):
@@ -65,6 +65,18 @@ def test_sigterm_ends_train_as_ctrl_c_does_with_exit_code_143(tmp_path):
     assert err.strip() == (f"adt-fast train: stopped by SIGTERM: {out / ckpt.LATEST} (the last completed epoch) "
                            f"is intact; continue with: adt-fast train --resume --out {out}")
     assert ckpt.load(out)["epoch"] >= 2
+
+
+def test_sigterm_while_importing_the_arch_module_is_reported_too(tmp_path):
+    """The handler is in place before your --arch module is imported (a slow import: a large
+    framework, a network file system), not only once training runs."""
+    (tmp_path / "slow_import.py").write_text("import time\nprint('importing', flush=True)\ntime.sleep(300)\n")
+    out = tmp_path / "run"
+    code, err = _sigterm_after(["train", *TINY, "--arch", "slow_import:build", "--out", str(out)], "importing",
+                               cwd=tmp_path)
+    assert code == 128 + signal.SIGTERM, err
+    assert err.strip() == "adt-fast train: stopped by SIGTERM before the run started; nothing was written"
+    assert not out.exists()
 
 
 def test_the_sigterm_handler_is_the_commands_alone_and_put_back_after(tmp_path, monkeypatch):
