@@ -7,9 +7,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from torch import nn
 
 from adt_fast.attacks.losses import cross_entropy
+from adt_fast.data import DatasetFileError
 from adt_fast.train import METHODS, ConfigError, Method, MethodSpec, StepOutput, TrainConfig, fit, register_method
 from adt_fast.train.methods import _build_standard
 
@@ -125,3 +127,30 @@ def test_a_method_state_no_checkpoint_can_round_trip_is_refused_before_training(
     with pytest.raises(TypeError, match=message):
         fit(TrainConfig(method=name, out=str(tmp_path / "run"), **TINY))
     assert not (tmp_path / "run").exists()
+
+
+def _arrays(**replace):
+    """Valid data= arrays (two classes of 8x8 grayscale images), some replaced."""
+    x, y = torch.rand(8, 1, 8, 8), torch.arange(8) % 2
+    return tuple(replace.get(key, value) for key, value in
+                 (("x_train", x), ("y_train", y), ("x_test", x), ("y_test", y)))
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+@pytest.mark.parametrize("key, make, message", [
+    ("x_train", lambda: torch.rand(8, 1, 8, 8).to_sparse(),
+     r"x_train: must be a dense tensor, got layout torch.sparse_coo"),
+    ("y_test", lambda: (torch.arange(8) % 2).to_sparse(),
+     r"y_test: must be a dense tensor, got layout torch.sparse_coo"),
+    ("x_train", lambda: torch.rand(8, 64).to_sparse_csr(),
+     r"x_train: must be a dense tensor, got layout torch.sparse_csr"),
+    ("x_test", lambda: torch.rand(8, 1, 8, 8, device="meta"), r"x_test: is on the meta device, which holds no values"),
+    ("y_train", lambda: torch.zeros(8, dtype=torch.int64, device="meta"), r"y_train: is on the meta device"),
+])
+def test_sparse_or_meta_tensors_as_data_are_named(key, make, message, tmp_path):
+    """A sparse tensor was torch's TypeError from the numpy conversion, a meta-device one
+    "NotImplementedError: Cannot copy out of meta tensor; no data!", neither naming the array."""
+    with pytest.raises(DatasetFileError, match=r"data \(mine\): " + message):
+        fit(TrainConfig(method="standard", out=str(tmp_path / "run"), **{**TINY, "dataset": "mine"}),
+            data=_arrays(**{key: make()}))
+    assert list(tmp_path.iterdir()) == []

@@ -260,14 +260,23 @@ def open_test_split(spec: str | os.PathLike, *, image_size: int | None = None,
 
 def from_arrays(x_train, y_train, x_test, y_test, name: str = "arrays") -> LoadedDataset:
     """In-memory data (torch tensors or numpy arrays), validated as an .npz's arrays are."""
-    arrays = {key: _as_numpy(value) for key, value in
+    origin = f"data ({name})"
+    arrays = {key: _as_numpy(value, f"{origin}: {key}") for key, value in
               zip(("x_train", "y_train", "x_test", "y_test"), (x_train, y_train, x_test, y_test))}
-    splits = splits_from_arrays(arrays, f"data ({name})")
+    splits = splits_from_arrays(arrays, origin)
     return _custom_dataset(name, splits, {"kind": "arrays", "name": name})
 
 
-def _as_numpy(value) -> np.ndarray:
+def _as_numpy(value, where: str) -> np.ndarray:
+    """A tensor's values as numpy; a sparse or meta-device one is refused by name (`where`), not
+    with torch's conversion error from inside."""
     if isinstance(value, torch.Tensor):
+        if value.layout != torch.strided:
+            raise DatasetFileError(f"{where}: must be a dense tensor, got layout {value.layout}; convert it "
+                                   f"with .to_dense()")
+        if value.is_meta:
+            raise DatasetFileError(f"{where}: is on the meta device, which holds no values (only a shape); "
+                                   f"pass the tensor with its data, on the CPU or a GPU")
         value = value.detach().cpu()
         if value.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds every value
             value = value.float()
