@@ -100,6 +100,15 @@ def lock_folder(folder: PathLike, wait: bool = False, lock_file: Optional[str] =
         os.close(fd)
 
 
+def check_path(value, name: str, naming: str, error: type = ValueError) -> str:
+    """``value`` as a str if it is a path (a str, or an os.PathLike giving one); else ``error``
+    naming ``name`` and what the path names: not pathlib's TypeError from deep inside, nor str(5)
+    taken for the folder "5". bytes are refused: the paths a run records (config.json) are text."""
+    if not isinstance(value, (str, os.PathLike)) or not isinstance(os.fspath(value), str):
+        raise error(f"{name} must be a path (a str or pathlib.Path) naming {naming}, got {value!r}")
+    return os.fspath(value)
+
+
 def unwritable_reason(folder: PathLike) -> Optional[str]:
     """Why files could not be created in `folder` (or in the folders that would be made for it).
 

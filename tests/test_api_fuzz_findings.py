@@ -4,6 +4,7 @@ each pinned by the call that hit it."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ from torch import nn
 
 from adt_fast.attacks.losses import cross_entropy
 from adt_fast.data import DatasetFileError
-from adt_fast.train import METHODS, ConfigError, Method, MethodSpec, StepOutput, TrainConfig, fit, register_method
+from adt_fast.train import (METHODS, CheckpointError, ConfigError, Method, MethodSpec, StepOutput, TrainConfig, fit,
+                            load_model, register_method)
 from adt_fast.train.methods import _build_standard
 
 TINY = dict(dataset="synthetic", epochs=1, max_batches=1, device="cpu", tensorboard=False)
@@ -153,4 +155,26 @@ def test_sparse_or_meta_tensors_as_data_are_named(key, make, message, tmp_path):
     with pytest.raises(DatasetFileError, match=r"data \(mine\): " + message):
         fit(TrainConfig(method="standard", out=str(tmp_path / "run"), **{**TINY, "dataset": "mine"}),
             data=_arrays(**{key: make()}))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("path, message", [
+    (None, "the checkpoint must be a path .* naming a run directory or a checkpoint file, got None"),
+    (5, "the checkpoint must be a path .*, got 5"), (b"run", "the checkpoint must be a path .*, got b'run'"),
+    ("", "the checkpoint path is empty"),
+])
+def test_load_model_names_a_path_that_is_no_path(path, message, tmp_path, monkeypatch):
+    """load_model(None) / load_model(5) was pathlib's TypeError ("expected str, bytes or os.PathLike
+    object, not NoneType"); load_model("") blamed "run directory .", the working directory."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match=message):
+        load_model(path)
+
+
+@pytest.mark.parametrize("data_dir", [5, b"data", ["data"]])
+def test_a_data_dir_that_is_no_path_is_named(data_dir, tmp_path):
+    """data_dir=5 was taken as the folder "5" (str(5)) and recorded so in config.json."""
+    with pytest.raises(ConfigError, match=f"--data-dir must be a path \\(a str or pathlib.Path\\) naming the folder "
+                                          f"of the dataset files, got {re.escape(repr(data_dir))}"):
+        fit(TrainConfig(method="standard", out=str(tmp_path / "run"), **TINY, data_dir=data_dir))
     assert list(tmp_path.iterdir()) == []

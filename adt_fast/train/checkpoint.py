@@ -17,7 +17,7 @@ from typing import Any, Optional, Union
 import torch
 
 from ..devices import resolve_device
-from ..files import write_atomic, zip_damage
+from ..files import check_path, write_atomic, zip_damage
 from ..models.external import weights_only_refusal
 
 FORMAT = "adt_fast.checkpoint/1"
@@ -57,7 +57,12 @@ def resolve(path: PathLike) -> Path:
     """A checkpoint file: `path` itself, or a run directory's final model, else its latest checkpoint.
 
     model.pt is never older than checkpoint.pt: a resume that trains further removes it first
-    (loop.clear_for_resume), so a run directory always resolves to its newest model."""
+    (loop.clear_for_resume), so a run directory always resolves to its newest model.
+    "" is refused, not read as the working directory."""
+    path = check_path(path, "the checkpoint", "a run directory or a checkpoint file", CheckpointError)
+    if not path:
+        raise CheckpointError("the checkpoint path is empty: name a run directory or a checkpoint file "
+                              "(\"\" would be the working directory)")
     path = Path(path)
     if path.is_dir():
         for name in (FINAL_MODEL, LATEST):

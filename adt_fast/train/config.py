@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..files import os_error_text
+from ..files import check_path, os_error_text
 
 CONFIG_FILE = "config.json"
 PRECISIONS = ("fp32", "bf16")
@@ -231,7 +231,7 @@ class TrainConfig:
             raise ConfigError("--out must name a run directory")
         cfg.out = str(cfg.out)
         if cfg.data_dir is not None:
-            cfg.data_dir = str(cfg.data_dir)
+            cfg.data_dir = check_path(cfg.data_dir, "--data-dir", "the folder of the dataset files", ConfigError)
             if not cfg.data_dir:  # Path("") is the working directory, which the user did not name
                 raise ConfigError("--data-dir is empty: name the folder of the dataset files, or omit it for "
                                   "$ADT_FAST_DATA_DIR or ~/.cache/adt_fast/data")

@@ -27,7 +27,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 import re
 import shlex
 import sys
@@ -44,7 +43,7 @@ from .. import distributed
 from ..attacks.engine import classified, eval_mode
 from ..devices import bf16_emulation_warning
 from ..distributed import BatchShard, World
-from ..files import (ATOMIC_LEFTOVER, FolderBusy, lock_folder, os_error_text, remove_atomic_leftovers,
+from ..files import (ATOMIC_LEFTOVER, FolderBusy, check_path, lock_folder, os_error_text, remove_atomic_leftovers,
                      unwritable_reason, write_atomic)
 from ..models import ExternalModelError, build_classifier, classifier_config, is_factory_spec
 from ..models.external import check_classes, check_trainable, moved_to, probe_classes
@@ -754,9 +753,8 @@ def _fit(cfg: TrainConfig, config: TrainConfig, dataset: datasets.LoadedDataset,
 def _check_out(out) -> None:
     """--out must name a folder (not "", which would be the working directory) by a path the
     system can look up (a name too long for the file system makes every lookup fail with an OSError)."""
-    if isinstance(out, bytes) or not isinstance(out, (str, os.PathLike)):
-        raise ConfigError(f"--out must be a path (a str or pathlib.Path) naming the run directory, got {out!r}")
-    if not str(out):
+    out = check_path(out, "--out", "the run directory", ConfigError)
+    if not out:
         raise ConfigError("--out is empty: name the run directory (\"\" would be the working directory)")
     try:
         Path(out).exists()
