@@ -178,3 +178,25 @@ def test_a_data_dir_that_is_no_path_is_named(data_dir, tmp_path):
                                           f"of the dataset files, got {re.escape(repr(data_dir))}"):
         fit(TrainConfig(method="standard", out=str(tmp_path / "run"), **TINY, data_dir=data_dir))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, tuned, message", [
+    ("fuzz-tune-none", None, r"got NoneType"),
+    ("fuzz-tune-tensor", {"seconds": {"fast": torch.ones(1)}},
+     r"but tune\(\)\['seconds'\]\['fast'\] is of type Tensor \(tensor\(\[1\.\]\)\)"),
+    ("fuzz-tune-set", {"passes": [1, {2, 3}]}, r"but tune\(\)\['passes'\]\[1\] is of type set"),
+    ("fuzz-tune-key", {"per_pass": {4: 0.5}}, r"but tune\(\)\['per_pass'\] has the key 4 \(int\)"),
+    ("fuzz-tune-numpy", {"per_pass": np.int64(4)}, r"but tune\(\)\['per_pass'\] is of type int64"),
+])
+def test_a_tune_that_returns_what_tuning_json_cannot_hold_is_named(name, tuned, message, tmp_path):
+    """A tensor or a set in tune()'s dict was "TypeError: Object of type Tensor is not JSON
+    serializable" from json's encoder, and None "'NoneType' object is not a mapping", neither naming
+    the method's tune(); an int key was written as a string, so a resume read back another dict."""
+    method = type("Fuzz", (Method,), {"step": lambda self, model, x, y: StepOutput(cross_entropy(model(x), y).mean(),
+                                                                                     None),
+                                      "tune": lambda self, model, x, y, recorded=None: tuned})
+    _register_once(MethodSpec(name, lambda cfg, model, rt: method(cfg, model, rt)))
+    with pytest.raises(TypeError, match=f"method {name}: tune\\(\\) must return a dict of JSON types .* for "
+                                        f"tuning.json, " + message):
+        fit(TrainConfig(method=name, out=str(tmp_path / "run"), **TINY))
+    assert not (tmp_path / "run" / "tuning.json").exists()

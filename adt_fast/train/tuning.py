@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import reprlib
 from copy import deepcopy
 from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -54,13 +55,43 @@ def load_or_measure(run_dir: Path, method, model, x, y, *, channels_last, resume
         memory = _memory_format(channels_last, recorded.get(MEMORY_FORMAT), model, x, y, method.runtime)
         method.runtime.set_memory_format(model, memory["channels_last"])  # the method measures in it
         ours = {key: value for key, value in recorded.items() if key != MEMORY_FORMAT}
-        tuning = {**method.tune(model, x, y, recorded=ours), MEMORY_FORMAT: memory}
+        tuning = {**_checked_tuning(method.tune(model, x, y, recorded=ours), method), MEMORY_FORMAT: memory}
         text = json.dumps(tuning, indent=2, sort_keys=True) + "\n"
         write_atomic(path, lambda handle: handle.write(text), mode="w")
     tuning = world.broadcast(tuning)
     method.runtime.set_memory_format(model, tuning[MEMORY_FORMAT]["channels_last"])
     method.apply_tuning(tuning)
     return tuning
+
+
+def _checked_tuning(tuned: Any, method) -> dict:
+    """What a method's tune() returned, if tuning.json can write it and a resume read it back as it
+    was; else a TypeError naming the method and what is not JSON, instead of json's error from
+    inside the write (which never begins: the file is not touched)."""
+    problem = f"got {type(tuned).__name__}" if not isinstance(tuned, dict) else _not_json(tuned, "tune()")
+    if problem is not None:
+        raise TypeError(f"method {getattr(method.config, 'method', method.name)}: tune() must return a dict of "
+                        f"JSON types (str keys; str, int, float, bool, None, and lists and dicts of them) for "
+                        f"{TUNING_FILE}, {problem}")
+    return tuned
+
+
+def _not_json(value: Any, at: str, inside: tuple = ()) -> Optional[str]:
+    """Where `value` holds what JSON cannot write, or would read back as something else (a key that
+    is not a str), and what; None if nothing. `inside`: the ids of the containers on the way."""
+    if value is None or isinstance(value, (str, int, float)):  # bool is an int
+        return None
+    if not isinstance(value, (dict, list, tuple)):
+        return f"but {at} is of type {type(value).__name__} ({reprlib.repr(value)})"
+    if id(value) in inside:
+        return f"but {at} holds itself (a circular reference)"
+    for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+        if isinstance(value, dict) and not isinstance(key, str):
+            return f"but {at} has the key {key!r} ({type(key).__name__}), which JSON would write as a string"
+        problem = _not_json(item, f"{at}[{key!r}]", (*inside, id(value)))
+        if problem is not None:
+            return problem
+    return None
 
 
 def _memory_format(flag, recorded, model, x, y, runtime) -> dict:
