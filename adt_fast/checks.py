@@ -5,6 +5,12 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+# The most steps (or queries) one attack, or one inner loop of training, takes per example: the
+# paper's longest attack takes 100, Square 5,000 queries. A typo such as pgd:10000000000 would
+# otherwise run for days, while PGD's per-step record of which examples survive grows by one byte
+# per example and step.
+MAX_ATTACK_STEPS = 100_000
+
 
 def check_int(value, name: str, minimum: int = 1, maximum: Optional[int] = None) -> int:
     """``value`` if it is an int (not a bool) in [minimum, maximum]; a ValueError naming ``name``
@@ -14,6 +20,11 @@ def check_int(value, name: str, minimum: int = 1, maximum: Optional[int] = None)
         bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
         raise ValueError(f"{name} must be an integer {bounds}, got {value!r}")
     return value
+
+
+def check_steps(value, name: str, minimum: int = 1) -> int:
+    """``value`` if it is an int in [minimum, MAX_ATTACK_STEPS]; a ValueError naming ``name`` otherwise."""
+    return check_int(value, name, minimum, MAX_ATTACK_STEPS)
 
 
 def check_finite(value, name: str) -> float:

@@ -174,3 +174,92 @@ def test_example_ids_that_would_share_random_draws_are_refused_by_evaluate_and_e
     for attack in (pgd, mim):
         with pytest.raises(error, match=message):
             attack(model, x, y, 0.1, steps=1, example_ids=ids)
+
+
+# ----------------------------------------------------------------------------- step counts
+# `--attacks pgd:99999999999999999999` (a typo) was accepted and ran for days, PGD's per-step
+# record of survivors growing by a byte per example and step; every attack's step or query count
+# now has the one bound MAX_ATTACK_STEPS, and MAX_ATTACK_STEPS itself is still accepted.
+
+
+def _bounded_attacks():
+    from adt_fast.attacks import APGDAttack, DistributionAttack, FABAttack, FeatureAttack, SquareAttack, TransferAttack
+    from adt_fast.attacks.suite import cw_attack, mim_attack, pgd_attack
+
+    return [  # (id, build(count), what the error calls the count, its least value)
+        ("pgd", lambda n: pgd_attack(0.1, n), "steps", 1),
+        ("mim", lambda n: mim_attack(0.1, n), "steps", 1),
+        ("cw", lambda n: cw_attack(0.1, n), "steps", 1),
+        ("transfer", lambda n: TransferAttack(0.1, steps=n), "steps", 1),
+        ("feature", lambda n: FeatureAttack(0.1, steps=n), "FeaAttack's steps", 0),
+        ("dist", lambda n: DistributionAttack(0.1, steps=n), "the distribution attack's steps", 0),
+        ("apgd", lambda n: APGDAttack("apgd-ce", 0.1, steps=n), "APGD's steps", 1),
+        ("fab", lambda n: FABAttack(0.1, steps=n), "FAB's steps", 1),
+        ("square", lambda n: SquareAttack(0.1, queries=n), "Square's queries", 1),
+    ]
+
+
+@pytest.mark.parametrize("build, what, least", [case[1:] for case in _bounded_attacks()],
+                         ids=[case[0] for case in _bounded_attacks()])
+def test_every_attack_takes_at_most_max_attack_steps(build, what, least):
+    import re
+
+    from adt_fast.checks import MAX_ATTACK_STEPS
+
+    build(MAX_ATTACK_STEPS)  # only built: running it would take that many steps
+    for count in (MAX_ATTACK_STEPS + 1, 10**12):
+        with pytest.raises(ValueError, match=re.escape(f"{what} must be an integer in [{least}, {MAX_ATTACK_STEPS}], "
+                                                       f"got {count}")):
+            build(count)
+
+
+@pytest.mark.parametrize("spec", ["pgd:100001", "pgd100001", "PGD-100001", "pgd:99999999999999999999",
+                                  "pgd:" + "9" * 5000])
+def test_parse_attacks_refuses_a_pgd_step_count_past_the_bound_naming_the_attack(spec):
+    from adt_fast.attacks.suite import parse_attacks
+
+    with pytest.raises(ValueError, match=r"^attack '.+': PGD's steps must lie in \[1, 100000\]$"):
+        parse_attacks(f"fgsm,{spec}")
+    assert parse_attacks("pgd:100000") == ["pgd100000"]
+
+
+def test_the_stand_alone_attacks_and_evaluate_refuse_a_step_count_past_the_bound_before_any_step():
+    from adt_fast.attacks import feature_attack
+    from adt_fast.attacks.distribution import fit_distribution
+    from adt_fast.attacks.engine import apgd, iterative_attack
+
+    model, (x, y) = _Split().eval(), _data()
+    for call in (lambda: pgd(model, x, y, 0.1, steps=10**12), lambda: mim(model, x, y, 0.1, steps=10**12),
+                 lambda: cw(model, x, y, 0.1, steps=10**12), lambda: transfer(model, model, x, y, 0.1, steps=10**12),
+                 lambda: feature_attack(model, x, y, 0.1, steps=10**12)):
+        with pytest.raises(ValueError, match=r"steps must be an integer in \[[01], 100000\], got 1000000000000"):
+            call()
+    never = lambda z: pytest.fail("a step ran")  # noqa: E731
+    for call in (lambda: iterative_attack(never, x, epsilon=0.1, steps=10**12, step_size=0.1),
+                 lambda: apgd(never, x, epsilon=0.1, steps=10**12),
+                 lambda: fit_distribution(never, x, epsilon=0.1, steps=10**12, num_samples=1, lbd=0.0)):
+        with pytest.raises(ValueError, match=r"^steps must be an integer in \[0, 100000\], got 1000000000000"):
+            call()
+    for kwargs, name in (({"dist_steps": 100001}, "dist_steps"), ({"cw_steps": 100001}, "cw_steps")):
+        with pytest.raises(ValueError, match=rf"^{name} must be an integer in \[[01], 100000\], got 100001"):
+            evaluate(model, x, y, epsilon=0.1, attacks="fgsm", epsilon_curve=(), **kwargs)
+    with pytest.raises(ValueError, match=r"^attack 'pgd:100001': PGD's steps must lie in \[1, 100000\]"):
+        evaluate(model, x, y, epsilon=0.1, attacks="pgd:100001", epsilon_curve=())
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--attacks", "fgsm,pgd:100001", "argument --attacks: attack 'pgd:100001': PGD's steps must lie in [1, 100000]"),
+    ("--attacks", "pgd:99999999999999999999",
+     "argument --attacks: attack 'pgd:99999999999999999999': PGD's steps must lie in [1, 100000]"),
+    ("--dist-steps", "100001", "argument --dist-steps: must be in [0, 100000], got 100001"),
+])
+def test_eval_refuses_a_step_count_past_the_bound_when_it_parses_the_flag(flag, value, message, capsys):
+    from adt_fast.cli import build_parser
+
+    args = ["eval", "--checkpoint", "run", "--out", "r.json"]
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*args, flag, value])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"adt-fast eval: error: {message}")
+    parsed = build_parser().parse_args([*args, "--attacks", "pgd:100000", "--dist-steps", "100000"])
+    assert (parsed.attacks, parsed.dist_steps) == (["pgd100000"], 100000)

@@ -26,7 +26,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from ..checks import check_finite, check_int
+from ..checks import check_finite, check_int, check_steps
 from .engine import apgd, classified, eval_mode, input_gradient, per_example_start, per_example_words
 from .losses import DLR_CLASSES, DLR_TARGETED_CLASSES, cross_entropy, cw_margin, dlr, dlr_targeted
 from .suite import Attack, AttackContext, AttackOutcome, check_epsilon, stream_seed
@@ -125,7 +125,7 @@ class APGDAttack(Attack):
         check_epsilon(self.epsilon)
         if self.loss not in ("ce", "dlr", "dlr-targeted"):
             raise ValueError(f"APGD's loss must be 'ce', 'dlr' or 'dlr-targeted', got {self.loss!r}")
-        check_int(self.steps, "APGD's steps")
+        check_steps(self.steps, "APGD's steps")
         check_int(self.restarts, "APGD's restarts")
         check_int(self.targets, "APGD's targets")
         _check_interval(self.rho, "APGD's rho", 0, 1, high_closed=False)
@@ -241,7 +241,7 @@ class FABAttack(Attack):
 
     def __post_init__(self):
         check_epsilon(self.epsilon)
-        check_int(self.steps, "FAB's steps")
+        check_steps(self.steps, "FAB's steps")
         check_int(self.targets, "FAB's targets")
         _check_interval(self.alpha_max, "FAB's alpha_max", 0, 1, low_closed=True)
         _check_interval(self.eta, "FAB's eta (overshoot)", 1, math.inf, low_closed=True, high_closed=False)
@@ -336,7 +336,7 @@ class SquareAttack(Attack):
 
     def __post_init__(self):
         check_epsilon(self.epsilon)
-        check_int(self.queries, "Square's queries")
+        check_steps(self.queries, "Square's queries")
         _check_interval(self.p_init, "Square's p_init", 0, 1)
 
     def settings(self) -> dict:

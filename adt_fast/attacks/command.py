@@ -20,6 +20,7 @@ from typing import Any, List, Optional
 
 import torch
 
+from ..checks import MAX_ATTACK_STEPS
 from ..devices import DeviceError, out_of_memory_text, resolve_device
 from ..distributed import DistributedError, check_timeout, launch_rank, launched, local_device, session
 from .report import SaveInterrupted
@@ -137,10 +138,10 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                         help="where the dataset files are (default: $ADT_FAST_DATA_DIR or ~/.cache/adt_fast/data)")
     parser.add_argument("--download", action="store_true", help="download missing dataset files")
     parser.add_argument("--attacks", type=_attack_list, default=None, metavar="LIST",
-                        help="comma-separated: fgsm, pgd20, pgd100, pgd:N, mim, cw, feature, dist, "
+                        help="comma-separated: fgsm, pgd20, pgd100, pgd:N (N <= %d), mim, cw, feature, dist, "
                              "transfer, autoattack, autoattack-fast, apgd-ce, apgd-t, fab-t, square, "
                              "apgd-dlr (default: %s; with --protocol paper: %s)"
-                             % (",".join(DEFAULT_ATTACKS), ",".join(PAPER_ATTACKS)))
+                             % (MAX_ATTACK_STEPS, ",".join(DEFAULT_ATTACKS), ",".join(PAPER_ATTACKS)))
     parser.add_argument("--n-examples", type=_int_at_least(1), default=None, metavar="N",
                         help="attack the first N test examples (default: the whole test split)")
     parser.add_argument("--batch-size", type=_int_at_least(1), default=256, metavar="B",
@@ -165,8 +166,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                              "runs (default 0); same seed, same report")
     parser.add_argument("--device", default="auto", metavar="DEV",
                         help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
-    parser.add_argument("--dist-steps", type=_int_at_least(0), default=DIST_STEPS, metavar="T",
-                        help=f"steps of the distribution attack (default {DIST_STEPS})")
+    parser.add_argument("--dist-steps", type=_int_at_least(0, MAX_ATTACK_STEPS), default=DIST_STEPS,
+                        metavar="T", help=f"steps of the distribution attack (default {DIST_STEPS}, at most "
+                                          f"{MAX_ATTACK_STEPS})")
     parser.add_argument("--feature-targets", type=_int_at_least(1), default=None, metavar="N",
                         help=f"FeaAttack target images per input (default {FEATURE_TARGETS}; the paper "
                              f"uses {PAPER_FEATURE_TARGETS}, which --protocol paper sets)")

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..checks import check_int, check_non_negative
+from ..checks import check_int, check_non_negative, check_steps
 from ..devices import best_seconds
 from ..ops import sample_and_entropy
 from .engine import input_gradient
@@ -76,7 +76,7 @@ def fit_distribution(loss_fn: BatchedLoss, x: torch.Tensor, *, epsilon: float, s
     smaller pass keeps the activations in cache: on a 2-core CPU with a 32 MiB L3, five 64-image
     passes of small-cnn ran faster than one of 320 images (benchmarks/RESULTS.md).
     """
-    check_int(steps, "steps", minimum=0)
+    check_steps(steps, "steps", minimum=0)
     check_int(num_samples, "num_samples")
     check_non_negative(lbd, "lbd")
     check_non_negative(lr, "lr")

@@ -29,7 +29,7 @@ from typing import Dict, Iterable, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..checks import check_int, check_non_negative
+from ..checks import MAX_ATTACK_STEPS, check_int, check_non_negative, check_steps
 from ..models.external import has_feature_split
 from .distribution import fit_distribution
 from .engine import (classified, eval_mode, example_seed, iterative_attack, model_device,
@@ -110,14 +110,15 @@ def canonical_name(name: str) -> str:
     key = name.strip().lower()
     match = _PGD_NAME.match(key)
     if match:
-        steps = int(match.group(1))
-        if steps < 1:
-            raise ValueError(f"attack {name!r}: PGD needs at least 1 step")
-        return f"pgd{steps}"
+        # the length is compared first: int() refuses more than 4,300 digits with an error of its own
+        digits = match.group(1).lstrip("0")
+        if not digits or len(digits) > len(str(MAX_ATTACK_STEPS)) or int(digits) > MAX_ATTACK_STEPS:
+            raise ValueError(f"attack {name!r}: PGD's steps must lie in [1, {MAX_ATTACK_STEPS}]")
+        return f"pgd{int(digits)}"
     if key in ("fgsm", "mim", "cw", "feature", "dist", "transfer") + AUTOATTACK_NAMES:
         return key
     raise ValueError(f"unknown attack {name!r}; known attacks: {', '.join(ATTACK_NAMES)} "
-                     f"(pgd:N for N >= 1 steps)")
+                     f"(pgd:N for 1 <= N <= {MAX_ATTACK_STEPS} steps)")
 
 
 def parse_attacks(spec: Union[str, Iterable[str]]) -> List[str]:
@@ -343,7 +344,7 @@ class GradientAttack(Attack):
             self.step_size = default_step_size(self.epsilon)
         if self.loss not in ("ce", "cw"):
             raise ValueError(f"loss must be 'ce' or 'cw', got {self.loss!r}")
-        check_int(self.steps, "steps")
+        check_steps(self.steps, "steps")
         check_epsilon(self.step_size, "step_size")
         if self.momentum is not None:  # 0 is plain PGD on the normalised gradient
             check_non_negative(self.momentum, f"{self.label}'s decay (momentum)")
@@ -456,7 +457,7 @@ class FeatureAttack(Attack):
         if self.step_size is None:
             self.step_size = self.epsilon / 8
         check_epsilon(self.step_size, "FeaAttack's step_size")
-        check_int(self.steps, "FeaAttack's steps", minimum=0)
+        check_steps(self.steps, "FeaAttack's steps", minimum=0)
         check_int(self.targets, "the number of FeaAttack targets")
 
     def settings(self) -> dict:
@@ -579,7 +580,7 @@ class DistributionAttack(Attack):
 
     def __post_init__(self):
         check_epsilon(self.epsilon)
-        check_int(self.steps, "the distribution attack's steps", minimum=0)
+        check_steps(self.steps, "the distribution attack's steps", minimum=0)
         check_int(self.samples, "the distribution attack's samples")
         for name in ("lbd", "lr"):
             check_non_negative(getattr(self, name), f"the distribution attack's {name}")

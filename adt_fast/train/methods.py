@@ -38,7 +38,7 @@ from ..attacks.distribution import ADAM_EPS, DistributionFit, choose_samples_per
 from ..attacks.engine import eval_mode, iterative_attack, uniform_start
 from ..attacks.losses import cross_entropy, trades_kl, trades_loss
 from ..attacks.suite import check_epsilon
-from ..checks import check_int
+from ..checks import check_steps
 from ..distributed import BatchShard
 from ..models.external import weights_only_refusal
 from .config import AUTO
@@ -245,7 +245,7 @@ class PGD(Perturbation):
         # (a negative step descends the loss and NaN gives NaN inputs, both silently).
         self.inner, self.start = inner, start
         self.epsilon = check_epsilon(epsilon)
-        self.steps = check_int(steps, "steps", minimum=0)
+        self.steps = check_steps(steps, "steps", minimum=0)
         self.step_size = check_epsilon(step_size, "step_size")
 
     def _start(self, x, rt):
