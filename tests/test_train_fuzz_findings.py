@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from adt_fast.cli import main
 from adt_fast.train import tuning
@@ -72,3 +73,37 @@ def test_model_pt_copied_over_checkpoint_pt_is_refused_saying_what_it_lacks(tmp_
     assert code == 2
     assert "it holds a final model (model.pt's content: the classifier's weights) without the training state" in err
     assert "start a new run in another --out" in err and "None" not in err
+
+
+@pytest.mark.parametrize("method", ["at-pgd", "trades", "adt-exp", "alp"])
+def test_inner_steps_past_max_attack_steps_are_refused_by_the_config(method, tmp_path):
+    """--steps 10000000000 (a typo) was accepted, and every batch's inner loop then ran for days;
+    the bound is eval's attacks' own, MAX_ATTACK_STEPS, which is still accepted (only resolved here)."""
+    from adt_fast.checks import MAX_ATTACK_STEPS
+    from adt_fast.train.config import ConfigError, TrainConfig
+
+    def config(steps):
+        return TrainConfig(method=method, dataset="synthetic", out=str(tmp_path / "run"), device="cpu", steps=steps)
+
+    assert config(MAX_ATTACK_STEPS).resolve().steps == MAX_ATTACK_STEPS
+    for steps in (MAX_ATTACK_STEPS + 1, 10**12):
+        with pytest.raises(ConfigError, match=rf"^--steps must be an integer from 0 to {MAX_ATTACK_STEPS}, "
+                                              rf"got {steps}$"):
+            config(steps).resolve()
+
+
+def test_train_refuses_inner_steps_past_the_bound_in_one_line_before_the_run_starts(tmp_path, capsys):
+    code, err = _train(capsys, "--method", "at-pgd", "--dataset", "synthetic", "--steps", "10000000000",
+                       "--out", str(tmp_path / "run"))
+    assert code == 2
+    assert err == "adt-fast train: error: --steps must be an integer from 0 to 100000, got 10000000000\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_pgd_perturbation_composed_in_python_takes_at_most_max_attack_steps():
+    from adt_fast.checks import MAX_ATTACK_STEPS
+    from adt_fast.train.methods import PGD, CEInner
+
+    assert PGD(CEInner(), epsilon=0.1, steps=MAX_ATTACK_STEPS, step_size=0.025).steps == MAX_ATTACK_STEPS
+    with pytest.raises(ValueError, match=rf"^steps must be an integer in \[0, {MAX_ATTACK_STEPS}\], got 10000000000$"):
+        PGD(CEInner(), epsilon=0.1, steps=10**10, step_size=0.025)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from ..checks import MAX_ATTACK_STEPS
 from ..files import check_path, os_error_text
 
 CONFIG_FILE = "config.json"
@@ -292,7 +293,7 @@ class TrainConfig:
             raise ConfigError(f"--loss must be one of {', '.join(spec.losses)} for --method "
                               f"{cfg.method}, got {cfg.loss!r}")
         if "steps" in spec.params:
-            _int(cfg, "steps", 0)
+            _int(cfg, "steps", 0, high=MAX_ATTACK_STEPS)  # as eval's attacks: a typo would run for days
         if "step_size" in spec.params:
             _real(cfg, "step_size", low=0.0, strict=True, high=MAX_EPSILON)  # as eval's attacks take it
         if "samples" in spec.params:
