@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -173,6 +174,55 @@ def test_eval_creates_its_output_folder_before_attacking_and_says_so_on_interrup
     assert err == ("adt-fast eval: interrupted before the report was written; no file was changed "
                    "(rerun the command to evaluate)")
     assert not any(out.parent.iterdir())
+
+
+def test_eval_ends_a_sigterm_as_a_ctrl_c_with_exit_code_143(run_copy, tmp_path, capsys, monkeypatch):
+    """scancel, docker stop and torchrun stopping the other workers send SIGTERM: the same line as
+    a Ctrl-C, with what stopped it, before the report and while it is written."""
+    from adt_fast.attacks.report import Report, SaveInterrupted
+    from adt_fast.interrupts import Terminated
+
+    out = tmp_path / "r.json"
+    monkeypatch.setattr(evaluation, "evaluate", lambda *args, **kwargs: (_ for _ in ()).throw(Terminated()))
+    err = refused(["eval", "--checkpoint", str(run_copy), *EVAL_FAST, "--out", str(out)], capsys, code=143)
+    assert err == ("adt-fast eval: stopped by SIGTERM before the report was written; no file was changed "
+                   "(rerun the command to evaluate)")
+    monkeypatch.undo()
+
+    def save(self, path, **kwargs):
+        raise SaveInterrupted([], [out], Terminated())
+    monkeypatch.setattr(Report, "save", save)
+    assert main(["eval", "--checkpoint", str(run_copy), *EVAL_FAST, "--out", str(out)]) == 143
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"adt-fast eval: stopped by SIGTERM while writing the report: {out} being written"), err
+
+
+def test_a_real_sigterm_during_the_attacks_is_reported(tmp_path):
+    """The handler is the command's: a SIGTERM that arrives inside the model's forward, in a child."""
+    (tmp_path / "slow_model.py").write_text(
+        "import time\nfrom torch import nn\n\n\nclass Slow(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.net = nn.Sequential(nn.Flatten(), nn.Linear(192, 10))\n\n"
+        "    def forward(self, x):\n        if x.shape[0] > 2:  # the attacks, not eval's probe\n"
+        "            print('attacking', flush=True)\n            time.sleep(0.2)\n"
+        "        return self.net(x)\n\n\ndef build():\n    return Slow()\n")
+    env = {**os.environ, "ADT_FAST_NO_PROGRESS": "1",
+           "PYTHONPATH": str(Path(adt_fast.__file__).resolve().parents[1])}
+    child = subprocess.Popen([sys.executable, "-m", "adt_fast", "eval", "--model", "slow_model:build",
+                              *EVAL_FAST[:-4], "--attacks", "pgd:100", "--epsilon-curve", "",
+                              "--out", str(tmp_path / "r.json")],
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "attacking\n"
+        child.send_signal(signal.SIGTERM)
+        child.stdout.read()
+        code, err = child.wait(timeout=120), child.stderr.read()
+    finally:
+        child.kill()
+    assert code == 143, err
+    assert err.strip().splitlines()[-1] == ("adt-fast eval: stopped by SIGTERM before the report was written; "
+                                            "no file was changed (rerun the command to evaluate)")
+    assert not (tmp_path / "r.json").exists()
 
 
 # 3. a backend that cannot serve stops train before anything is written --------------------------

@@ -23,6 +23,7 @@ import torch
 from ..checks import MAX_ATTACK_STEPS
 from ..devices import DeviceError, out_of_memory_text, resolve_device
 from ..distributed import DistributedError, check_timeout, launch_rank, launched, local_device, session
+from ..interrupts import TERMINATED_EXIT, Terminated, sigterm_as_interrupt
 from .report import SaveInterrupted
 from .suite import (DEFAULT_ATTACKS, DIST_STEPS, FEATURE_TARGETS, MAX_EPSILON, MAX_SEED, PAPER_ATTACKS,
                     PAPER_FEATURE_TARGETS, PRECISIONS, make_attack, parse_attacks, shortfall)
@@ -549,14 +550,24 @@ def _attacks_to_run(protocol: str, attacks: Optional[List[str]]) -> List[str]:
 
 def run_eval(args) -> int:
     try:
-        return _run(args)
+        with sigterm_as_interrupt():
+            return _run(args)
     except EvalError as err:
         print(f"adt-fast eval: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:  # _run catches the one that comes while the report is written
-        print("adt-fast eval: interrupted before the report was written; no file was changed "
-              "(rerun the command to evaluate)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as err:  # _run catches the one that comes while the report is written
+        stopped, code = _stopped_by(err)
+        print(f"adt-fast eval: {stopped} before the report was written; no file was changed "
+              f"(rerun the command to evaluate)", file=sys.stderr)
+        return code
+
+
+def _stopped_by(interrupt: KeyboardInterrupt) -> tuple:
+    """What stopped the command, as its line says it, and the exit code: 143 for a SIGTERM (as a
+    shell reports one), 130 for a Ctrl-C."""
+    if isinstance(getattr(interrupt, "interrupt", interrupt), Terminated):  # SaveInterrupted: its cause
+        return "stopped by SIGTERM", TERMINATED_EXIT
+    return "interrupted", EXIT_INTERRUPTED
 
 
 def _run(args) -> int:
@@ -612,9 +623,10 @@ def _run(args) -> int:
     except KeyboardInterrupt as err:  # some of the files may be this report's already: say which
         _print_results(report, job, args)
         state = err if isinstance(err, SaveInterrupted) else "no file was changed"
-        print(f"adt-fast eval: interrupted while writing the report: {state} (the results are "
+        stopped, code = _stopped_by(err)
+        print(f"adt-fast eval: {stopped} while writing the report: {state} (the results are "
               f"printed above)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return code
     _print_results(report, job, args)
     on = f"{world.size} processes" if world.parallel else str(job.device)
     print(f"\nwrote {', '.join(str(p) for p in paths)} ({elapsed:.1f} s on {on})")

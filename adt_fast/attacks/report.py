@@ -176,8 +176,10 @@ def _finite_or_null(value):
 class SaveInterrupted(KeyboardInterrupt):
     """Ctrl-C while Report.save wrote its files: which are this report's and which are not."""
 
-    def __init__(self, written: Sequence[Path], unwritten: Sequence[Path]):
+    def __init__(self, written: Sequence[Path], unwritten: Sequence[Path],
+                 interrupt: Optional[KeyboardInterrupt] = None):
         self.written, self.unwritten = list(written), list(unwritten)
+        self.interrupt = interrupt  # what stopped the save: a Ctrl-C, or a command's SIGTERM
         parts = [f"{', '.join(map(str, self.written))} written"] if self.written else []
         if self.unwritten:  # write_atomic replaces a file whole: the one in flight is either
             parts.append(f"{self.unwritten[0]} being written (it holds the previous file, if any, "
@@ -330,8 +332,8 @@ class Report:
                 written.append(target)
             if png_path not in staged and png_path.exists():
                 png_path.unlink()  # an earlier report's plot (report_paths checked), no longer this one's
-        except KeyboardInterrupt:
-            raise SaveInterrupted(written, [target for target in staged if target not in written]) from None
+        except KeyboardInterrupt as stop:
+            raise SaveInterrupted(written, [target for target in staged if target not in written], stop) from None
         return tuple(staged)
 
     def json_text(self) -> str:

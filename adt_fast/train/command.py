@@ -8,11 +8,8 @@ the run's config.json and refuses flags that contradict it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import re
-import signal
 import sys
-import threading
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -20,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..devices import BF16_EMULATED, out_of_memory_text
+from ..interrupts import TERMINATED_EXIT, Terminated, sigterm_as_interrupt
 from .config import (AUTO, DIST_GRADS, GENERATOR_GRADS, LOSSES, NO_HINGE, PRECISIONS, TRADES_INNERS, ConfigError,
                      TrainConfig, resume_config)
 
@@ -192,36 +190,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise ConfigError("a new run needs " + " and ".join(f"--{m}" for m in missing)
                           + " (or --resume to continue the run in --out)")
     return TrainConfig.from_dict(given)
-
-
-TERMINATED_EXIT = 128 + signal.SIGTERM  # 143, as a shell reports a process SIGTERM ended
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (scancel, docker stop, torchrun stopping the other workers when one fails), which
-    the command ends as it ends a Ctrl-C: every write is atomic, so the last checkpoint is whole."""
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM raises Terminated in the block; the command's own, not fit's, since a program that
-    calls fit keeps its handlers. The first SIGTERM puts the previous handler back, so a second
-    one acts as it did before (by default: the process ends at once); so does the block's end."""
-    if threading.current_thread() is not threading.main_thread():  # only it may set handlers
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    previous = signal.SIG_DFL if previous is None else previous  # None: set outside Python
-
-    def stop(signum, frame):
-        signal.signal(signal.SIGTERM, previous)
-        raise Terminated
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def run_train(args: argparse.Namespace) -> int:
