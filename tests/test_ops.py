@@ -6,6 +6,7 @@ import re
 import sys
 import types
 import warnings
+from unittest import mock
 
 import pytest
 import torch
@@ -870,10 +871,70 @@ def test_draw_normals_are_the_eager_calls_with_a_generator(backend, rows):
 
 def test_a_generator_of_another_device_type_is_refused():
     """A CPU generator for meta (or CUDA) tensors names `generator` (mutant: the check dropped; the
-    meta call then succeeds and a CUDA one fails deep in the backend)."""
+    meta call then succeeds and a CUDA one fails deep in the backend). Under noise= the generator
+    draws nothing and is not checked."""
     meta = torch.zeros(2, 3, device="meta")
     with pytest.raises(ValueError, match="generator is on cpu but mean is on meta"):
         adt_fast.sample_and_entropy(meta, meta, 2, generator=torch.Generator())
+    noise = torch.zeros(2, 2, 3, device="meta")
+    assert adt_fast.sample_and_entropy(meta, meta, 2, noise=noise, generator=torch.Generator())[0].shape == (2, 2, 3)
+
+
+def _fake_generator(device):
+    """A stand-in for a torch.Generator on `device`: this machine may have no CUDA device to make
+    one on (torch.Generator(device="cuda") needs one)."""
+    generator = mock.Mock(spec=torch.Generator)
+    generator.device = torch.device(device)
+    return generator
+
+
+def test_check_generator_compares_device_types():
+    """The one check: another device type is refused naming both devices, another index of the same
+    type is taken (as torch's ops take it), and nothing is checked when the call draws nothing."""
+    from adt_fast.ops.sample_and_entropy import _check_generator
+
+    with pytest.raises(ValueError, match=r"generator is on cuda:0 but mean is on cpu: .*device='cpu'"):
+        _check_generator(_fake_generator("cuda:0"), CPU, "mean is on cpu")
+    with pytest.raises(ValueError, match=r"generator is on cpu but mean is on cuda:1: .*device='cuda'"):
+        _check_generator(_fake_generator("cpu"), torch.device("cuda", 1), "mean is on cuda:1")
+    _check_generator(_fake_generator("cuda:0"), torch.device("cuda", 1), "mean is on cuda:1")
+    _check_generator(_fake_generator("cuda:0"), CPU, "mean is on cpu", draws=False)
+    _check_generator(None, CPU, "mean is on cpu")
+    with pytest.raises(TypeError, match="generator must be a torch.Generator, got int"):
+        _check_generator(3, CPU, "mean is on cpu")
+
+
+@pytest.mark.parametrize("backend", ["auto", *KERNEL_BACKENDS, "reference"])
+def test_a_cuda_generator_with_cpu_tensors_is_refused(backend):
+    """Both entry points that take a generator refuse one of another device type before any backend
+    sees it, whichever backend is asked for (mutant: draw_normals without the check hands it to the
+    backend's seed draw, which fails with torch's or the binding's own error)."""
+    mean = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="generator is on cuda:0 but mean is on cpu"):
+        adt_fast.sample_and_entropy(mean, mean, 2, generator=_fake_generator("cuda:0"), backend=backend)
+    with pytest.raises(ValueError, match="generator is on cuda:0 but device is cpu"):
+        draw_normals((2, 3), 2, device="cpu", generator=_fake_generator("cuda:0"), backend=backend)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["auto", *GPU_BACKENDS, "reference"])
+def test_gpu_generator_of_another_device_type_is_refused(backend):
+    """A CPU generator with CUDA tensors and a CUDA generator with CPU tensors, real ones: the op's
+    ValueError, not torch's "Expected a 'cuda' device type for generator" from inside a backend."""
+    if backend != "auto" and dispatch.get(backend).why_not(torch.device("cuda"), torch.float32) is not None:
+        pytest.skip(dispatch.get(backend).why_not(torch.device("cuda"), torch.float32))
+    gpu = torch.zeros(2, 3, device="cuda")
+    with pytest.raises(ValueError, match="generator is on cpu but mean is on cuda:0"):
+        adt_fast.sample_and_entropy(gpu, gpu, 2, generator=torch.Generator(), backend=backend)
+    with pytest.raises(ValueError, match="generator is on cpu but device is cuda"):
+        draw_normals((2, 3), 2, device="cuda", generator=torch.Generator(), backend=backend)
+    cpu = torch.zeros(2, 3)
+    cuda_generator = torch.Generator(device="cuda")
+    with pytest.raises(ValueError, match="generator is on cuda:0 but mean is on cpu"):
+        adt_fast.sample_and_entropy(cpu, cpu, 2, generator=cuda_generator)
+    with pytest.raises(ValueError, match="generator is on cuda:0 but device is cpu"):
+        draw_normals((2, 3), 2, device="cpu", generator=cuda_generator)
 
 
 def test_compiled_call_takes_its_generator():

@@ -277,12 +277,14 @@ def draw_normals(shape: Sequence[int], num_samples: int, *, rows: Optional[tuple
     give those examples.
     """
     _check_num_samples(num_samples)
+    device = torch.device(device)
+    _check_generator(generator, device, f"device is {device}")
     numel, row = math.prod(shape), math.prod(shape[1:])
     start, stop = (0, shape[0]) if rows is None else rows
     if rows is not None and not 0 <= start < stop <= shape[0]:
         raise ValueError(f"rows must be (start, stop) with 0 <= start < stop <= {shape[0]} (the batch of "
                          f"shape {tuple(shape)}), got {rows}")
-    chosen = dispatch.get(dispatch.select(backend, torch.device(device), dtype))
+    chosen = dispatch.get(dispatch.select(backend, device, dtype))
     seed_offset = chosen.draw_seed(device, generator, num_samples)
     words = chosen.philox_words(seed_offset, numel, num_samples)
     # Only the quads that hold rows [start, stop) are turned into normals.
@@ -315,6 +317,22 @@ def _check_tensor(name: str, value, like: Optional[torch.Tensor] = None,
     expected = tuple(like.shape if shape is None else shape)
     if tuple(value.shape) != expected:
         raise ValueError(f"{name} must have shape {expected}, got {tuple(value.shape)}")
+
+
+def _check_generator(generator, device: torch.device, where: str, *, draws: bool = True) -> None:
+    """None, or a torch.Generator that can draw for `device` (`where` says whose device it is, for
+    the message). Its device type must be the tensors' (torch's random ops refuse another one: "Expected a
+    'cuda' device type for generator"), checked here, before any backend, so that every backend
+    and launch path refuses it alike, naming `generator`, instead of failing inside one. Not when
+    the call `draws` nothing (under noise=, the generator is not used). Like torch, a generator of
+    another index of the same device type is taken."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if draws and generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device} but {where}: pass a generator of that device "
+                         f"type, torch.Generator(device={device.type!r})")
 
 
 def _check_num_samples(num_samples: int) -> None:
@@ -393,10 +411,7 @@ def sample_and_entropy(mean: torch.Tensor, std_param: torch.Tensor, num_samples:
                              "or learn mean and std_param instead (the reparameterisation)")
     if backend not in _BACKEND_NAMES:
         raise ValueError(f"backend must be one of {list(_BACKEND_NAMES)}, got {backend!r}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if generator is not None and noise is None and generator.device.type != mean.device.type:
-        raise ValueError(f"generator is on {generator.device} but mean is on {mean.device}")
+    _check_generator(generator, mean.device, f"mean is on {mean.device}", draws=noise is None)
 
     tensors = (mean.contiguous(), std_param.contiguous(), None if x is None else x.contiguous(),
                None if noise is None else noise.contiguous())
