@@ -204,6 +204,70 @@ def test_tile_normals_follow_the_quad_stream(shape, dtype):
         assert (err <= bound * expected.abs().clamp(min=1.0)).all(), (aligned, err.max())
 
 
+@triton.jit
+def _tile_indices_kernel(pid, B, D, n_chunks, ge_stride, out_ptr, QUAD_ALIGNED: tl.constexpr,
+                         BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, QUADS_D: tl.constexpr):
+    """The indices `_tile_indices` gives program `pid` (passed in: no grid of that size is
+    launched), and the backward's grad_nlp offsets rows * example stride, as int64."""
+    c, rows, row_ok, mask, n, quads = tk._tile_indices(pid, B, D, n_chunks, QUAD_ALIGNED, BLOCK_B, BLOCK_D)
+    i = tl.arange(0, BLOCK_B)
+    tile = i[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
+    tl.store(out_ptr + tile, n)
+    tl.store(out_ptr + BLOCK_B * BLOCK_D + tile, mask.to(tl.int64))
+    tl.store(out_ptr + 2 * BLOCK_B * BLOCK_D + i[:, None] * QUADS_D + tl.arange(0, QUADS_D)[None, :], quads)
+    tl.store(out_ptr + 3 * BLOCK_B * BLOCK_D + i, rows * ge_stride)
+
+
+@pytest.mark.parametrize("batch, d, ge_stride", [
+    (5, 12, 3),            # small, for the arithmetic itself
+    (2**31 + 5, 3, 1),     # rows past 2^31 (the last program's pb * BLOCK_B)
+    (2, 2**31 + 12, 1),    # columns past 2^31 (the last chunk's c * BLOCK_D), aligned quads
+    (2**28, 1, 16),        # rows below 2^31, but grad_nlp (k = 16, transposed) read past 2^31
+])
+def test_tile_indices_are_64_bit(batch, d, ge_stride):
+    """The element, quad and grad_nlp offsets of the last program stay exact where B, D or B times
+    grad_nlp's example stride pass 2^31 (sizes the op takes: a GPU holds such tensors); in int32
+    they wrapped to negative offsets (mutant: rows and columns from int32 products)."""
+    block_b, block_d, n_chunks, n_programs, _ = tk.launch_config(batch, d)
+    aligned = tk.sample_constexprs(per_example=d)["QUAD_ALIGNED"]
+    quads_d = block_d // 4 if aligned else block_d
+    pid = n_programs - 1
+    pb, c = divmod(pid, n_chunks)
+    rows = [pb * block_b + i for i in range(block_b)]
+    cols = [c * block_d + j for j in range(block_d)]
+    n = [[r * d + col for col in cols] for r in rows]
+    mask = [[int(r < batch and col < d) for col in cols] for r in rows]
+    quads = ([[(r * d + c * block_d) // 4 + j for j in range(quads_d)] for r in rows] if aligned
+             else [[v >> 2 for v in row] for row in n])
+    out = torch.zeros(3 * block_b * block_d + block_b, dtype=torch.int64)
+    _tile_indices_kernel[(1,)](pid, batch, d, n_chunks, ge_stride, out, QUAD_ALIGNED=aligned, BLOCK_B=block_b,
+                               BLOCK_D=block_d, QUADS_D=quads_d)
+    size = block_b * block_d
+    assert out[:size].view(block_b, block_d).tolist() == n
+    assert out[size:2 * size].view(block_b, block_d).tolist() == mask
+    assert out[2 * size:2 * size + block_b * quads_d].view(block_b, quads_d).tolist() == quads
+    assert out[3 * size:].tolist() == [r * ge_stride for r in rows]
+
+
+@triton.jit
+def _words_indices_kernel(pid_s, s0, n_quads, out_ptr, BLOCK: tl.constexpr):
+    s, q, mask, at = tk._words_indices(tl.program_id(0), pid_s, s0, n_quads, BLOCK)
+    tl.store(out_ptr, s)
+    tl.store(out_ptr + 1 + tl.arange(0, BLOCK), at)
+
+
+def test_words_indices_are_64_bit():
+    """The words kernel's sample s0 + program_id(1) and its output index: with more than 2^31
+    samples (about 68 GB of words at one quad) the launch that starts just below 2^31 reaches
+    past it (mutant: s in int32)."""
+    s0 = (2**31 // tk.MAX_GRID_Y) * tk.MAX_GRID_Y
+    pid_s, n_quads, block = tk.MAX_GRID_Y - 1, 3, 4
+    out = torch.zeros(1 + block, dtype=torch.int64)
+    _words_indices_kernel[(1,)](pid_s, s0, n_quads, out, BLOCK=block)
+    s = s0 + pid_s
+    assert s >= 2**31 and out.tolist() == [s] + [(s * n_quads + q) * 4 for q in range(block)]
+
+
 # ------------------------------------------------------------------------------------------------
 # The op against the float64 reference
 # ------------------------------------------------------------------------------------------------

@@ -316,21 +316,29 @@ def _softplus_parts(rho, IS_FP64: tl.constexpr):
 
 
 @triton.jit
-def _load_tile(mean_ptr, std_ptr, x_ptr, seed_offset_ptr, B, D, n_chunks, eps_bits, lo_bits, hi_bits,
-               QUAD_ALIGNED: tl.constexpr, HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr,
-               IS_FP64: tl.constexpr, CT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
-    """This program's tile of (examples x elements), its inputs, the per-element rho terms and the
-    Philox quad indices of `_sample_normals`."""
-    pid = tl.program_id(0)
+def _tile_indices(pid, B, D, n_chunks, QUAD_ALIGNED: tl.constexpr, BLOCK_B: tl.constexpr,
+                  BLOCK_D: tl.constexpr):
+    """Program `pid`'s tile: (c, rows, row_ok, mask, n, quads): its chunk c of each example, the
+    example rows, the element mask, the flat element indices n = row * D + col and the Philox quads
+    of `_sample_normals`.
+
+    The tile's first row and column are int64, and so are rows, n, quads and every offset formed
+    from rows (-log p's parts, grad_nlp's rows * stride): the op takes B, D, B D and B times
+    grad_nlp's stride past 2^31, where int32 products wrapped to negative offsets. pid, pb and c
+    stay int32 (the grid is below 2^31), and so do the division and the masks' compares, which
+    count within the tile."""
     pb = pid // n_chunks
     c = pid - pb * n_chunks
-    rows = pb * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = c * BLOCK_D + tl.arange(0, BLOCK_D)
-    row_ok = rows < B
-    mask = row_ok[:, None] & (cols < D)[None, :]
-    n = rows.to(tl.int64)[:, None] * D + cols[None, :]
+    row0 = pb.to(tl.int64) * BLOCK_B
+    col0 = c.to(tl.int64) * BLOCK_D
+    rows = row0 + tl.arange(0, BLOCK_B)
+    row_ok = tl.arange(0, BLOCK_B) < tl.minimum(B - row0, BLOCK_B).to(tl.int32)
+    col_ok = tl.arange(0, BLOCK_D) < tl.minimum(D - col0, BLOCK_D).to(tl.int32)
+    mask = row_ok[:, None] & col_ok[None, :]
+    start = rows * D + col0  # each row's first element in the tile
+    n = start[:, None] + tl.arange(0, BLOCK_D)[None, :]
     if QUAD_ALIGNED:  # D % 4 == 0: the tile's BLOCK_D // 4 quads of each row are whole
-        first = (rows.to(tl.int64) * D + c * BLOCK_D) >> 2  # each row's first quad in the tile
+        first = start >> 2  # each row's first quad in the tile
         quads = first[:, None] + tl.arange(0, BLOCK_D // 4)[None, :]
         # ... which the compiler infers only where it specialises D % 16 == 0. Told, it gives each
         # thread a whole quad in loads and stores too, as in the normals: 16-byte accesses and no
@@ -339,6 +347,17 @@ def _load_tile(mean_ptr, std_ptr, x_ptr, seed_offset_ptr, B, D, n_chunks, eps_bi
         mask = tl.max_constancy(mask, [1, 4])
     else:  # each element's own quad
         quads = n >> 2
+    return c, rows, row_ok, mask, n, quads
+
+
+@triton.jit
+def _load_tile(mean_ptr, std_ptr, x_ptr, seed_offset_ptr, B, D, n_chunks, eps_bits, lo_bits, hi_bits,
+               QUAD_ALIGNED: tl.constexpr, HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr,
+               IS_FP64: tl.constexpr, CT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's tile of (examples x elements), its inputs, the per-element rho terms and the
+    Philox quad indices of `_sample_normals`."""
+    c, rows, row_ok, mask, n, quads = _tile_indices(tl.program_id(0), B, D, n_chunks, QUAD_ALIGNED, BLOCK_B,
+                                                    BLOCK_D)
     eps = _f64_from_bits(eps_bits).to(CT)
     lo = _f64_from_bits(lo_bits).to(CT)
     hi = _f64_from_bits(hi_bits).to(CT)
@@ -422,7 +441,7 @@ def _forward_kernel(mean_ptr, std_ptr, x_ptr, noise_ptr, seed_offset_ptr, out_pt
      offset) = _load_tile(mean_ptr, std_ptr, x_ptr, seed_offset_ptr, B, D, n_chunks, eps_bits, lo_bits,
                           hi_bits, QUAD_ALIGNED, HAS_X, HAS_NOISE, IS_FP64, CT, BLOCK_B, BLOCK_D)
     cadd = tl.where(c == 0, _f64_from_bits(const_bits), 0.0).to(CT)  # chunk 0 adds the constant
-    part_s = part_ptr + (rows.to(tl.int64) * n_chunks + c)  # part c of each row, advanced per sample
+    part_s = part_ptr + (rows * n_chunks + c)  # part c of each row, advanced per sample
     part_step = B.to(tl.int64) * n_chunks
     out_s = out_ptr + n  # pointers of sample s, advanced by one sample at a time
     noise_s = noise_ptr + n
@@ -515,14 +534,22 @@ def _backward_kernel(gout_ptr, gnlp_ptr, mean_ptr, std_ptr, x_ptr, noise_ptr, se
 
 
 @triton.jit
+def _words_indices(pid_q, pid_s, s0, n_quads, BLOCK: tl.constexpr):
+    """Program (pid_q, pid_s)'s sample s, quads q, their mask and the index of their first words in
+    the (k, n_quads, 4) output. s is int64: s0 below 2^31 is passed as int32, and s0 + pid_s may
+    pass 2^31 (more than 2^31 samples)."""
+    s = s0 + pid_s.to(tl.int64)
+    q = pid_q.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return s, q, q < n_quads, (s * n_quads + q) * 4
+
+
+@triton.jit
 def _philox_words_kernel(seed_offset_ptr, out_ptr, n_quads, s0, BLOCK: tl.constexpr):
-    s = s0 + tl.program_id(1)
-    q = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = q < n_quads
+    s, q, mask, at = _words_indices(tl.program_id(0), tl.program_id(1), s0, n_quads, BLOCK)
     seed = tl.load(seed_offset_ptr)
     offset = tl.load(seed_offset_ptr + 1)
     w0, w1, w2, w3 = _philox_block(q, seed, offset + s)
-    base = out_ptr + (s.to(tl.int64) * n_quads + q) * 4
+    base = out_ptr + at
     tl.store(base, w0.to(tl.int64), mask=mask)
     tl.store(base + 1, w1.to(tl.int64), mask=mask)
     tl.store(base + 2, w2.to(tl.int64), mask=mask)
