@@ -24,8 +24,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import stat
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -250,9 +252,11 @@ def _npz_arrays(path: Path, keys: tuple[str, ...]) -> dict:
     """``keys`` of an .npz file, never unpickled.
 
     The zip check comes first: given anything else, numpy returns an .npy's bare array, or
-    takes the file (a .mat, text) for a pickle and suggests allow_pickle, an unsafe fix.
+    takes the file (a .mat, text) for a pickle and suggests allow_pickle, an unsafe fix. Before
+    it, a named pipe (or device) is refused: opening one waits for a writer, for ever.
     """
     try:
+        _require_regular_file(path, os.stat(path).st_mode)
         with open(path, "rb") as handle:
             if not zipfile.is_zipfile(handle):
                 raise DatasetFileError(f"{path}: not an .npz archive, or a truncated one (an .npz is a zip of "
@@ -263,8 +267,14 @@ def _npz_arrays(path: Path, keys: tuple[str, ...]) -> dict:
                 return {key: contents[key] for key in keys}
     except (FileNotFoundError, DatasetFileError):
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as error:  # zlib: savez_compressed's
         raise DatasetFileError(f"cannot read {path} as an .npz file: {error}") from error
+
+
+def _require_regular_file(path, mode: int) -> None:
+    """Refuse a named pipe, socket or device: reading one waits for a writer, or never ends."""
+    if not stat.S_ISREG(mode):
+        raise DatasetFileError(f"{path}: not a regular file (a named pipe or device?); give the data as a file")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -298,12 +308,13 @@ def _class_files(class_dir: str) -> list[tuple[str, int, int]]:
                 raise DatasetFileError(f"{path}: not an image file (expected one of "
                                        f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
             try:
-                stat = os.stat(path)
+                status = os.stat(path)
             except OSError as error:  # `ls` lists a broken link, so say that it is one
                 broken = os.path.islink(path)
                 reason = f"a broken link (to {os.readlink(path)})" if broken else error.strerror
                 raise DatasetFileError(f"{path}: cannot be read: {reason}") from None
-            files.append((path, stat.st_size, stat.st_mtime_ns))
+            _require_regular_file(path, status.st_mode)
+            files.append((path, status.st_size, status.st_mtime_ns))
     return sorted(files)
 
 

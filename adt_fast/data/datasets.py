@@ -267,6 +267,9 @@ def from_arrays(x_train, y_train, x_test, y_test, name: str = "arrays") -> Loade
     return _custom_dataset(name, splits, {"kind": "arrays", "name": name})
 
 
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
+
+
 def _as_numpy(value, where: str) -> np.ndarray:
     """A tensor's values as numpy; a sparse or meta-device one is refused by name (`where`), not
     with torch's conversion error from inside."""
@@ -278,10 +281,13 @@ def _as_numpy(value, where: str) -> np.ndarray:
             raise DatasetFileError(f"{where}: is on the meta device, which holds no values (only a shape); "
                                    f"pass the tensor with its data, on the CPU or a GPU")
         value = value.detach().cpu()
-        if value.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds every value
+        if value.is_floating_point() and value.dtype not in _NUMPY_FLOATS:  # bfloat16, float8: float32 holds them
             value = value.float()
         return value.numpy()
-    return np.asarray(value)
+    try:
+        return np.asarray(value)
+    except ValueError as error:  # nested lists of unequal lengths
+        raise DatasetFileError(f"{where}: not an array ({error})") from None
 
 
 def _custom_info(name: str, num_classes: int, channels: int, size: int) -> DatasetInfo:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gzip
 import importlib
+import math
 import pickle
 import zlib
 from dataclasses import dataclass
@@ -99,7 +100,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
             f"(uint8 data of {ndim} dimension{'s' if ndim > 1 else ''}); {_how_to_repair(path)}"
         )
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64))
+    expected = math.prod(shape)  # Python ints: in int64, 2^31 x 2^31 x 2^31 wraps to 0, an empty file's size
     actual = len(raw) - header_bytes
     if actual != expected:
         what = "truncated" if actual < expected else "longer than its header says"
@@ -140,6 +141,10 @@ def read_svhn(split: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         raise MissingDependencyError("reading SVHN", "scipy") from error
     try:
         contents = scipy.io.loadmat(path, variable_names=("X", "y"))
+    except NotImplementedError:  # loadmat's answer to a v7.3 file, whose "use h5py" would not help here
+        raise DatasetFileError(f"SVHN file {path} is a MATLAB v7.3 (HDF5) file, which scipy.io.loadmat does not "
+                               f"read; save X and y as MATLAB v7 (save(..., '-v7')) or use the published "
+                               f"file") from None
     except Exception as error:  # as for pickles, a corrupt file can fail in many ways
         raise _unreadable("SVHN file", path, error) from error
     images, labels = contents.get("X"), contents.get("y")
@@ -169,8 +174,10 @@ def _allowed_cifar_globals() -> dict[tuple[str, str], object]:
     # numpy 2 renamed numpy.core to numpy._core; the official files (Python 2 era) use the old name.
     try:
         multiarray = importlib.import_module("numpy._core.multiarray")
+        numeric = importlib.import_module("numpy._core.numeric")
     except ImportError:
         multiarray = importlib.import_module("numpy.core.multiarray")
+        numeric = importlib.import_module("numpy.core.numeric")
     import _codecs
 
     allowed: dict[tuple[str, str], object] = {
@@ -184,6 +191,9 @@ def _allowed_cifar_globals() -> dict[tuple[str, str], object]:
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(module, "_reconstruct")] = multiarray._reconstruct
         allowed[(module, "scalar")] = multiarray.scalar
+    # pickle protocol 5 (Python 3.14's default) rebuilds an array from its bytes with _frombuffer
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):
+        allowed[(module, "_frombuffer")] = numeric._frombuffer
     return allowed
 
 
