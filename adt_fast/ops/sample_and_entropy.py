@@ -276,11 +276,17 @@ def draw_normals(shape: Sequence[int], num_samples: int, *, rows: Optional[tuple
     data-parallel rank's share of a global batch gets exactly the normals a single process would
     give those examples.
     """
-    _check_num_samples(num_samples)
+    shape = _check_shape(shape)
+    num_samples = _check_num_samples(num_samples)
+    if dtype not in dispatch.FLOAT_DTYPES:
+        raise TypeError(f"dtype must be torch.float16, torch.bfloat16, torch.float32 or torch.float64, got {dtype!r}")
     device = torch.device(device)
     _check_generator(generator, device, f"device is {device}")
     numel, row = math.prod(shape), math.prod(shape[1:])
-    start, stop = (0, shape[0]) if rows is None else rows
+    if rows is not None and not (isinstance(rows, (tuple, list)) and len(rows) == 2
+                                 and all(_is_int(v) for v in rows)):
+        raise TypeError(f"rows must be a pair of ints (start, stop), got {rows!r}")
+    start, stop = (0, shape[0]) if rows is None else (operator.index(v) for v in rows)
     if rows is not None and not 0 <= start < stop <= shape[0]:
         raise ValueError(f"rows must be (start, stop) with 0 <= start < stop <= {shape[0]} (the batch of "
                          f"shape {tuple(shape)}), got {rows}")
@@ -331,13 +337,45 @@ def _check_generator(generator, device: torch.device, where: str, *, draws: bool
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if draws and generator.device.type != device.type:
-        raise ValueError(f"generator is on {generator.device} but {where}: pass a generator of that device "
-                         f"type, torch.Generator(device={device.type!r})")
+        # torch makes no meta generator: name the one thing that works there
+        fix = ("pass generator=None (meta tensors give shapes only)" if device.type == "meta" else
+               f"pass a generator of that device type, torch.Generator(device={device.type!r})")
+        raise ValueError(f"generator is on {generator.device} but {where}: {fix}")
 
 
-def _check_num_samples(num_samples: int) -> None:
+def _is_int(value) -> bool:
+    """An integer (numpy's and 0-d integer tensors' too), not a bool."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.is_floating_point() and not value.is_complex() \
+            and value.dtype != torch.bool
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_num_samples(num_samples) -> int:
+    """An int in [1, 2**63) (not a bool, a float or a tensor: the op's sample count is a Python number)."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
+        raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
+    num_samples = operator.index(num_samples)
     if not 1 <= num_samples < 2**63:
         raise ValueError(f"num_samples must be >= 1 and < 2**63, got {num_samples}")
+    return num_samples
+
+
+def _check_shape(shape) -> tuple[int, ...]:
+    """draw_normals' shape, (B, *S) as the op's mean has it, as a tuple of ints (torch.Size, numpy
+    or 0-d tensor sizes too); else the binding's errors name its numel, not the shape."""
+    try:
+        sizes = tuple(shape)
+    except TypeError:
+        sizes = None
+    if sizes is None or not all(_is_int(size) for size in sizes):
+        raise TypeError(f"shape must be a sequence of ints, got {shape!r}")
+    sizes = tuple(operator.index(size) for size in sizes)
+    if not sizes:
+        raise ValueError("shape must have a batch dimension (B, *S), got ()")
+    if min(sizes) < 0:
+        raise ValueError(f"shape must hold sizes >= 0, got {sizes}")
+    return sizes
 
 
 def _check_mean(mean, num_samples: int) -> None:
@@ -387,10 +425,7 @@ def sample_and_entropy(mean: torch.Tensor, std_param: torch.Tensor, num_samples:
     `noise` (k, B, *S) replaces the generator's normals; `generator` seeds them otherwise.
     `backend` is "auto" (or $ADT_FAST_BACKEND), "reference", "cpu", "cuda" or "triton".
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
-        raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
-    num_samples = operator.index(num_samples)
-    _check_num_samples(num_samples)
+    num_samples = _check_num_samples(num_samples)
     _check_mean(mean, num_samples)
     _check_tensor("std_param", std_param, like=mean)
     epsilon = _check_number("epsilon", epsilon)

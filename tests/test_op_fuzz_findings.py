@@ -1,0 +1,65 @@
+"""Defects found by fuzzing adt_fast.sample_and_entropy and draw_normals, each pinned by the call
+that hit it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import adt_fast
+from adt_fast.ops.sample_and_entropy import draw_normals
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((), r"shape must have a batch dimension \(B, \*S\), got \(\)"),  # was IndexError: tuple index out of range
+    ((3, -1), r"shape must hold sizes >= 0, got \(3, -1\)"),  # was the binding's "numel must be >= 0, got -3"
+    ((4.0, 2), r"shape must be a sequence of ints, got \(4.0, 2\)"),  # was the binding's cast error on numel
+    (5, r"shape must be a sequence of ints, got 5"),  # was TypeError: 'int' object is not iterable
+])
+def test_draw_normals_names_a_shape_it_cannot_draw_for(shape, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        draw_normals(shape, 2, device="cpu")
+
+
+@pytest.mark.parametrize("num_samples, message", [
+    (2.0, "num_samples must be an int, got float"),  # was the binding's cast error on sample_forward
+    (True, "num_samples must be an int, got bool"),  # was TypeError: reshape() takes 1 positional argument
+    (torch.tensor(2), "num_samples must be an int, got Tensor"),  # was "must be >= 1 and < 2**63, got 2"
+])
+def test_draw_normals_checks_num_samples_as_the_op_does(num_samples, message):
+    with pytest.raises(TypeError, match=message):
+        adt_fast.sample_and_entropy(torch.zeros(4, 2), torch.zeros(4, 2), num_samples)
+    with pytest.raises(TypeError, match=message):
+        draw_normals((4, 2), num_samples, device="cpu")
+
+
+def test_draw_normals_names_a_dtype_that_is_no_floating_dtype():
+    """dtype="float32" was 'cpu supports dtypes float16, bfloat16, float32, float64, not float32'."""
+    with pytest.raises(TypeError, match="dtype must be torch.float16, torch.bfloat16, torch.float32 or "
+                                        "torch.float64, got 'float32'"):
+        draw_normals((4, 2), 2, device="cpu", dtype="float32")
+    assert draw_normals((4, 2), 2, device="cpu", dtype=torch.float16).dtype == torch.float16
+
+
+@pytest.mark.parametrize("rows", [(1.0, 2.0), (1,)])
+def test_draw_normals_names_rows_that_are_no_pair_of_ints(rows):
+    """rows=(1.0, 2.0) was 'slice indices must be integers', rows=(1,) 'not enough values to unpack'."""
+    with pytest.raises(TypeError, match=r"rows must be a pair of ints \(start, stop\), got"):
+        draw_normals((4, 2), 2, device="cpu", rows=rows)
+
+
+def test_draw_normals_takes_shapes_of_integers_of_any_kind():
+    """torch.Size, numpy and 0-d tensor sizes are sizes (the checks above must not refuse them)."""
+    np = pytest.importorskip("numpy")
+    for shape in (torch.Size([4, 2]), (np.int64(4), 2), torch.tensor([4, 2])):
+        assert draw_normals(shape, 3, device="cpu").shape == (3, 4, 2)
+    assert draw_normals((4, 0), 3, device="cpu").shape == (3, 4, 0)
+
+
+def test_a_generator_for_meta_tensors_is_refused_with_advice_that_can_be_followed():
+    """The refusal told the user to pass torch.Generator(device='meta'), which torch cannot make
+    ("META device type not an accelerator")."""
+    meta = torch.zeros(2, 3, device="meta")
+    with pytest.raises(ValueError, match="generator is on cpu but mean is on meta") as raised:
+        adt_fast.sample_and_entropy(meta, meta, 2, generator=torch.Generator())
+    assert "device='meta'" not in str(raised.value) and "generator=None" in str(raised.value)
