@@ -8,10 +8,10 @@ import warnings
 from typing import Optional, Sequence
 
 from . import __version__
+from .interrupts import INTERRUPTED_EXIT
 
 
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 
 class Parser(argparse.ArgumentParser):
@@ -42,7 +42,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return int(args.run(args) or 0)
         except KeyboardInterrupt:  # before a command could say anything more precise
             print(f"adt-fast {args.command}: interrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return INTERRUPTED_EXIT
 
 
 def _one_line_warnings(command: str):

@@ -75,11 +75,11 @@ def out_of_memory_text(err: BaseException) -> str:
 
 
 def seconds_in_turns(runs: Mapping[Hashable, Callable[[], object]], device: Union[str, torch.device],
-                     rounds: int) -> dict:
+                     rounds: int, warmed_up: bool = False) -> dict:
     """Seconds of `rounds` timed calls of each of `runs`, by key. Every run is called once untimed
-    first (kernels, allocator), then the runs take turns, round after round, so a change in the
-    machine's load or speed falls on all of them alike; CUDA work is waited for before the clock
-    is read."""
+    first (kernels, allocator; not again when the caller has, `warmed_up`), then the runs take
+    turns, round after round, so a change in the machine's load or speed falls on all of them
+    alike; CUDA work is waited for before the clock is read."""
     device = torch.device(device)
 
     def timed(run) -> float:
@@ -91,7 +91,7 @@ def seconds_in_turns(runs: Mapping[Hashable, Callable[[], object]], device: Unio
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
-    for run in runs.values():
+    for run in () if warmed_up else runs.values():
         run()
     seconds = {key: [] for key in runs}
     for _ in range(rounds):
@@ -101,6 +101,6 @@ def seconds_in_turns(runs: Mapping[Hashable, Callable[[], object]], device: Unio
 
 
 def best_seconds(runs: Mapping[Hashable, Callable[[], object]], device: Union[str, torch.device],
-                 repeats: int = 2) -> dict:
+                 repeats: int = 2, warmed_up: bool = False) -> dict:
     """The fastest of `repeats` calls of each of `runs` taken in turns (seconds_in_turns), by key."""
-    return {key: min(values) for key, values in seconds_in_turns(runs, device, repeats).items()}
+    return {key: min(values) for key, values in seconds_in_turns(runs, device, repeats, warmed_up).items()}

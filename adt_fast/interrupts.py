@@ -8,7 +8,9 @@ import contextlib
 import signal
 import threading
 
+INTERRUPTED_EXIT = 128 + signal.SIGINT  # 130, as a shell reports a process Ctrl-C ended
 TERMINATED_EXIT = 128 + signal.SIGTERM  # 143, as a shell reports a process SIGTERM ended
+
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, which a command ends as it ends a Ctrl-C: every write is atomic, so what it kept

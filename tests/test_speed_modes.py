@@ -2,9 +2,11 @@
 without an extra forward per step."""
 
 import dataclasses
+import functools
 import json
 import math
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -92,12 +94,12 @@ def test_choice_of_samples_per_pass_measures_every_candidate_without_randomness(
     assert seconds[best] == min(seconds.values()) and all(t > 0 for t in seconds.values())
 
 
-def test_a_pass_that_runs_out_of_memory_is_no_choice(classifier_loss):
+def test_a_pass_that_runs_out_of_memory_is_no_choice(classifier_loss, monkeypatch):
     """Passes of more than 2 samples raise torch's out-of-memory error (as a large model's would
-    on a GPU): they are left out, not measured, and the choice is among 1 and 2; when not even one
-    sample fits, torch's error comes through."""
+    on a GPU): they are left out, not measured, and their input is freed before the others are
+    timed; the choice is among 1 and 2; when not even one sample fits, torch's error comes through."""
     loss_fn, x = classifier_loss
-    sizes = []
+    sizes, inputs_of = [], {}
 
     def limited(inputs):
         sizes.append(inputs.shape[0] // x.shape[0])
@@ -105,9 +107,22 @@ def test_a_pass_that_runs_out_of_memory_is_no_choice(classifier_loss):
             raise torch.OutOfMemoryError("CUDA out of memory (stand-in)")
         return loss_fn(inputs)
 
+    def recording_partial(run, loss, copies, m):  # each pass's m copies of the batch, weakly
+        inputs_of[m] = weakref.ref(copies)
+        return functools.partial(run, loss, copies, m)
+
+    timing = distribution.best_seconds
+
+    def timed(*args, **kwargs):
+        assert inputs_of[4]() is None, "the failed pass's input is still held"
+        return timing(*args, **kwargs)
+    monkeypatch.setattr(distribution, "partial", recording_partial)
+    monkeypatch.setattr(distribution, "best_seconds", timed)
     best, seconds = choose_samples_per_pass(limited, x, SAMPLES, repeats=1)
     assert set(seconds) == {1, 2} and best in (1, 2)
-    assert sizes.count(4) == 1 and SAMPLES not in sizes      # 4 tried once, the rest never
+    # the first call of a pass is its warm-up (no second one), then one timed call (repeats=1);
+    # 4 is tried once, the rest never
+    assert sizes == [1, 2, 4, 1, 2]
     with pytest.raises(torch.OutOfMemoryError):
         choose_samples_per_pass(lambda inputs: limited(inputs.repeat(3, *[1] * (x.dim() - 1))), x, SAMPLES)
 

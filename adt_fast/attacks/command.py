@@ -23,13 +23,12 @@ import torch
 from ..checks import MAX_ATTACK_STEPS
 from ..devices import DeviceError, out_of_memory_text, resolve_device
 from ..distributed import DistributedError, check_timeout, launch_rank, launched, local_device, session
-from ..interrupts import TERMINATED_EXIT, Terminated, sigterm_as_interrupt
+from ..interrupts import INTERRUPTED_EXIT, TERMINATED_EXIT, Terminated, sigterm_as_interrupt
 from .report import SaveInterrupted
 from .suite import (DEFAULT_ATTACKS, DIST_STEPS, FEATURE_TARGETS, MAX_EPSILON, MAX_SEED, PAPER_ATTACKS,
                     PAPER_FEATURE_TARGETS, PRECISIONS, make_attack, parse_attacks, shortfall)
 
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 
 class EvalError(Exception):
@@ -567,7 +566,7 @@ def _stopped_by(interrupt: KeyboardInterrupt) -> tuple:
     shell reports one), 130 for a Ctrl-C."""
     if isinstance(getattr(interrupt, "interrupt", interrupt), Terminated):  # SaveInterrupted: its cause
         return "stopped by SIGTERM", TERMINATED_EXIT
-    return "interrupted", EXIT_INTERRUPTED
+    return "interrupted", INTERRUPTED_EXIT
 
 
 def _run(args) -> int:

@@ -143,19 +143,18 @@ def choose_samples_per_pass(loss_fn: BatchedLoss, x: torch.Tensor, num_samples: 
     one: a pass that does not fit is not a choice (torch's error when not even m = 1 fits).
     """
     candidates = sorted({min(2 ** i, num_samples) for i in range(num_samples.bit_length())} | {num_samples})
-    runs = {}
+    runs, out_of_memory = {}, False
     for m in candidates:
         try:
-            run = partial(_losses_and_input_grads, loss_fn, x.detach().unsqueeze(0).repeat(m, *[1] * x.dim()), m)
-            run()
+            runs[m] = partial(_losses_and_input_grads, loss_fn, x.detach().unsqueeze(0).repeat(m, *[1] * x.dim()), m)
+            runs[m]()  # its warm-up
         except torch.OutOfMemoryError:
-            if not runs:
+            if m == candidates[0]:
                 raise
-        else:
-            runs[m] = run
-            continue
-        if x.device.type == "cuda":  # the failed pass's tensors, freed once its handler ended
-            torch.cuda.empty_cache()
-        break
-    seconds = {m: total / m for m, total in best_seconds(runs, x.device, repeats).items()}
+            runs.pop(m, None)  # and with it the m copies of the batch
+            out_of_memory = True
+            break
+    if out_of_memory and x.device.type == "cuda":  # what the failed pass held, free once its handler ended
+        torch.cuda.empty_cache()
+    seconds = {m: total / m for m, total in best_seconds(runs, x.device, repeats, warmed_up=True).items()}
     return min(seconds, key=seconds.get), seconds

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..devices import BF16_EMULATED, out_of_memory_text
-from ..interrupts import TERMINATED_EXIT, Terminated, sigterm_as_interrupt
+from ..interrupts import INTERRUPTED_EXIT, TERMINATED_EXIT, Terminated, sigterm_as_interrupt
 from .config import (AUTO, DIST_GRADS, GENERATOR_GRADS, LOSSES, NO_HINGE, PRECISIONS, TRADES_INNERS, ConfigError,
                      TrainConfig, resume_config)
 
@@ -230,6 +230,6 @@ def run_train(args: argparse.Namespace) -> int:
         return TERMINATED_EXIT
     except KeyboardInterrupt:
         print(f"adt-fast train: {interrupted_message(Path(args.out))}", file=sys.stderr)
-        return 130
+        return INTERRUPTED_EXIT
     return 0
 
