@@ -140,6 +140,43 @@ def test_a_model_that_exits_during_training_says_what_was_kept(tmp_path, capsys)
                    f"--resume --out {out} starts it again from epoch 1\n")
 
 
+def _user_module(tmp_path, monkeypatch, name: str, source: str) -> None:
+    """Your own module `name`, importable for --arch name:FACTORY (it may use external_models)."""
+    (tmp_path / f"{name}.py").write_text("import os\nimport sys\n\nfrom external_models import _Wrapped\n\n\n" + source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+
+
+def test_a_model_that_exits_on_one_example_is_refused_as_one_that_fails_there(tmp_path, monkeypatch, capsys):
+    """The one-example check reports a sys.exit() as it reports a RuntimeError: a ConfigError naming
+    --arch before the run (exit 2), not a failure in training (exit 1)."""
+    _user_module(tmp_path, monkeypatch, "exits_on_one", "class ExitsOnOne(_Wrapped):\n"
+                 "    def forward(self, x):\n        if x.shape[0] == 1:\n            sys.exit(0)\n"
+                 "        return self.net(x)\n")
+    out = tmp_path / "r"
+    code = main(["train", "--method", "standard", "--arch", "exits_on_one:ExitsOnOne", *FAST, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err == ("adt-fast train: error: --arch exits_on_one:ExitsOnOne: the model fails on a batch of one "
+                   "example: it called sys.exit(0)\n")
+    assert not out.exists()
+
+
+def test_a_model_that_exits_in_channels_last_trains_in_contiguous_and_says_why(tmp_path, monkeypatch, capsys,
+                                                                              steady_memory_format):
+    """The memory-format timing falls back to contiguous on a sys.exit() as on any error of your model."""
+    from adt_fast.train import tuning
+
+    _user_module(tmp_path, monkeypatch, "exits_in_channels_last", "class ExitsInChannelsLast(_Wrapped):\n"
+                 "    def forward(self, x):\n"
+                 "        if not x.is_contiguous():\n            sys.exit(5)\n        return self.net(x)\n")
+    monkeypatch.setattr(tuning, "time_memory_formats", steady_memory_format)  # the real measurement
+    run = fit(_cfg(tmp_path / "run", method="standard", arch="exits_in_channels_last:ExitsInChannelsLast",
+                   epochs=1, channels_last=None))
+    recorded = json.loads((run / tuning.TUNING_FILE).read_text())[tuning.MEMORY_FORMAT]
+    assert recorded == {"channels_last": False, "chosen_by": f"{tuning.CHANNELS_LAST_FAILED} (it called sys.exit(5))"}
+
+
 def test_an_arch_that_is_neither_a_built_in_name_nor_a_factory_is_refused(tmp_path, capsys):
     """--arch is no longer a parser choice (it takes factories), so the config names the choices."""
     assert main(["train", "--method", "at-pgd", "--arch", "vgg", *FAST, "--out", str(tmp_path / "r")]) == 2
@@ -281,8 +318,6 @@ def test_same_spec_compares_the_calls_specs_name():
 
 def test_a_checkpoint_never_imports_its_factorys_module_unless_named(tmp_path, monkeypatch):
     """Refusing after building would already have run the factory's module: the check comes first."""
-    import sys
-
     (tmp_path / "counting_models.py").write_text("from external_models import build\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "counting_models", raising=False)

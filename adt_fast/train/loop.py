@@ -46,7 +46,7 @@ from ..distributed import BatchShard, World
 from ..files import (ATOMIC_LEFTOVER, FolderBusy, check_path, lock_folder, os_error_text, remove_atomic_leftovers,
                      unwritable_reason, write_atomic)
 from ..models import ExternalModelError, build_classifier, classifier_config, is_factory_spec
-from ..models.external import check_classes, check_trainable, moved_to, probe_classes
+from ..models.external import check_classes, check_trainable, moved_to, probe_classes, raised
 from . import checkpoint as ckpt
 from . import runlog, tuning
 from .config import CONFIG_FILE, ConfigError, TrainConfig, resume_config, resume_differences
@@ -581,11 +581,10 @@ def build_trainer(cfg: TrainConfig, dataset: datasets.LoadedDataset, world: Opti
     one_example = train_x[:1].to(device)
     try:
         cramped = [f"the classifier ({cfg.arch})"] if needs_two_examples(model, one_example) else []
-    except Exception as err:  # only your own model's forward can fail here (the built-in ones take any batch)
+    except (Exception, SystemExit) as err:  # only your own model can fail here (the built-in ones take any batch)
         if not is_factory_spec(cfg.arch):
             raise
-        raise ConfigError(f"--arch {cfg.arch}: the model fails on a batch of one example: {type(err).__name__}: "
-                          f"{err}") from None
+        raise ConfigError(f"--arch {cfg.arch}: the model fails on a batch of one example: {raised(err)}") from None
     _check_two_examples(cfg, len(train_y), world, cramped + method.networks_needing_two_examples(one_example))
     if world.parallel and cfg.sync_bn:
         for network in networks:

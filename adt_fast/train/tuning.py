@@ -33,6 +33,7 @@ from ..attacks.losses import cross_entropy
 from ..devices import best_seconds
 from ..distributed import World
 from ..files import write_atomic
+from ..models.external import raised
 
 TUNING_FILE = "tuning.json"
 MEMORY_FORMAT = "memory_format"
@@ -112,10 +113,9 @@ def measure_memory_format(model, x, y, runtime) -> dict:
         return {"channels_last": False, "chosen_by": NOT_A_CONV_NET}
     try:
         seconds = time_memory_formats(model, x, y, runtime)
-    except Exception as err:  # your own model (--arch MODULE:FACTORY) may not copy or take channels_last
+    except (Exception, SystemExit) as err:  # your own model (--arch MODULE:FACTORY) may not copy or take channels_last
         runtime.set_memory_format(model, False)
-        return {"channels_last": False, "chosen_by": f"{CHANNELS_LAST_FAILED} ({type(err).__name__}: "
-                                                     f"{str(err).splitlines()[0] if str(err) else ''})"}
+        return {"channels_last": False, "chosen_by": f"{CHANNELS_LAST_FAILED} ({raised(err).splitlines()[0]})"}
     return {"channels_last": prefers_channels_last(seconds), "chosen_by": "measurement", "seconds": seconds}
 
 
