@@ -10,6 +10,28 @@ from typing import Optional
 # otherwise run for days, while PGD's per-step record of which examples survive grows by one byte
 # per example and step.
 MAX_ATTACK_STEPS = 100_000
+# The most tries one attack makes per example: APGD's restarts, APGD-T's and FAB-T's targets,
+# FeaAttack's target images, the distribution attack's samples. Each multiplies the attack's cost
+# (a restart or a target is a whole run of its steps; the samples multiply the batch at every step),
+# so a typo such as 100000000 would run for days or exhaust the memory. The most any protocol uses
+# is FeaAttack's 200 targets (the paper's); 1,000 also covers every target of a 1,000-class model.
+MAX_ATTACK_TRIES = 1_000
+_SHOWN = 40  # the most characters of a value an error message quotes
+
+
+def shown(value) -> str:
+    """repr(value) for an error message, cut to about 40 characters: a flag or an attack name of
+    5,000 digits is named by its start and length rather than echoed (the repr of an int of more
+    than 4,300 digits raises a ValueError of its own)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 3 * _SHOWN:
+        return f"an integer of about {round(value.bit_length() * math.log10(2))} digits"
+    text = repr(value)
+    return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}... ({len(text)} characters)"
+
+
+def int_range(minimum: int, maximum: Optional[int] = None) -> str:
+    """The one wording of an integer's range in every message: "must be an integer from 0 to 100000"."""
+    return f"must be an integer >= {minimum}" if maximum is None else f"must be an integer from {minimum} to {maximum}"
 
 
 def check_int(value, name: str, minimum: int = 1, maximum: Optional[int] = None) -> int:
@@ -17,14 +39,35 @@ def check_int(value, name: str, minimum: int = 1, maximum: Optional[int] = None)
     otherwise. A float such as 5.0 is refused: a count given as a float is usually a mistake."""
     if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
             or (maximum is not None and value > maximum)):
-        bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"{name} must be an integer {bounds}, got {value!r}")
+        raise ValueError(f"{name} {int_range(minimum, maximum)}, got {shown(value)}")
+    return value
+
+
+def parse_int(text: str, minimum: int = 1, maximum: Optional[int] = None) -> int:
+    """The integer that ``text`` (a flag's value, pgd:N's N) writes, if in [minimum, maximum]; else a
+    ValueError in check_int's words, without a name: the caller's flag or attack names it. A numeral
+    longer than ``maximum``'s is refused before int() reads it, which refuses more than 4,300 digits
+    with an error of its own."""
+    numeral = text.strip().lstrip("+-").replace("_", "").lstrip("0")
+    value = None
+    if maximum is None or not numeral.isdigit() or len(numeral) <= len(str(maximum)):
+        try:
+            value = int(text)
+        except ValueError:
+            pass
+    if value is None or value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"{int_range(minimum, maximum)}, got {shown(text)}")
     return value
 
 
 def check_steps(value, name: str, minimum: int = 1) -> int:
     """``value`` if it is an int in [minimum, MAX_ATTACK_STEPS]; a ValueError naming ``name`` otherwise."""
     return check_int(value, name, minimum, MAX_ATTACK_STEPS)
+
+
+def check_tries(value, name: str) -> int:
+    """``value`` if it is an int in [1, MAX_ATTACK_TRIES]; a ValueError naming ``name`` otherwise."""
+    return check_int(value, name, 1, MAX_ATTACK_TRIES)
 
 
 def check_finite(value, name: str) -> float:

@@ -300,7 +300,7 @@ def test_nan_gradients_do_not_turn_the_distribution_attack_into_nan(synthetic):
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(dist_lambda=float("nan")), r"dist_lambda must be a finite number >= 0, got nan"),
-    (dict(seed=2**32), r"seed must be an integer in \[0, 4294967295\], got 4294967296"),
+    (dict(seed=2**32), r"seed must be an integer from 0 to 4294967295, got 4294967296"),
     (dict(epsilon_curve="0,1"), r"epsilon_curve is a sequence of numbers .* not the string '0,1'"),
     (dict(epsilon_curve=(0.5, "x")), r"epsilon_curve holds numbers"),
 ])

@@ -208,19 +208,63 @@ def test_every_attack_takes_at_most_max_attack_steps(build, what, least):
 
     build(MAX_ATTACK_STEPS)  # only built: running it would take that many steps
     for count in (MAX_ATTACK_STEPS + 1, 10**12):
-        with pytest.raises(ValueError, match=re.escape(f"{what} must be an integer in [{least}, {MAX_ATTACK_STEPS}], "
+        with pytest.raises(ValueError, match=re.escape(f"{what} must be an integer from {least} to {MAX_ATTACK_STEPS}, "
                                                        f"got {count}")):
             build(count)
 
 
-@pytest.mark.parametrize("spec", ["pgd:100001", "pgd100001", "PGD-100001", "pgd:99999999999999999999",
-                                  "pgd:" + "9" * 5000])
-def test_parse_attacks_refuses_a_pgd_step_count_past_the_bound_naming_the_attack(spec):
+def _tried_attacks():
+    from adt_fast.attacks import APGDAttack, DistributionAttack, FABAttack, FeatureAttack
+
+    return [  # (id, build(count), what the error calls the count)
+        ("apgd-restarts", lambda n: APGDAttack("apgd-ce", 0.1, restarts=n), "APGD's restarts"),
+        ("apgd-targets", lambda n: APGDAttack("apgd-t", 0.1, loss="dlr-targeted", targets=n), "APGD's targets"),
+        ("fab-targets", lambda n: FABAttack(0.1, targets=n), "FAB's targets"),
+        ("feature-targets", lambda n: FeatureAttack(0.1, targets=n), "the number of FeaAttack targets"),
+        ("dist-samples", lambda n: DistributionAttack(0.1, samples=n), "the distribution attack's samples"),
+    ]
+
+
+@pytest.mark.parametrize("build, what", [case[1:] for case in _tried_attacks()],
+                         ids=[case[0] for case in _tried_attacks()])
+def test_every_attack_makes_at_most_max_attack_tries_per_example(build, what):
+    """Restarts, targets and samples each multiply an attack's cost, and were unbounded: a typo such
+    as 100000000 ran for days (or, as samples, exhausted the memory)."""
+    from adt_fast.checks import MAX_ATTACK_TRIES
+
+    assert MAX_ATTACK_TRIES == 1000
+    build(MAX_ATTACK_TRIES)  # only built
+    for count in (MAX_ATTACK_TRIES + 1, 10**8):
+        with pytest.raises(ValueError, match=f"^{what} must be an integer from 1 to 1000, got {count}$"):
+            build(count)
+
+
+def test_evaluate_refuses_feature_targets_and_dist_samples_past_the_bound_before_any_attack():
+    model, (x, y) = _Split().eval(), _data()
+    for kwargs, name in (({"dist_samples": 10**8}, "dist_samples"), ({"feature_targets": 10**8}, "feature_targets")):
+        with pytest.raises(ValueError, match=rf"^{name} must be an integer from 1 to 1000, got 100000000$"):
+            evaluate(model, x, y, epsilon=0.1, attacks="fgsm", epsilon_curve=(), **kwargs)
+
+
+@pytest.mark.parametrize("spec, got", [("pgd:100001", "100001"), ("pgd100001", "100001"), ("PGD-100001", "100001"),
+                                       ("pgd:99999999999999999999", "99999999999999999999"), ("pgd0", "0")])
+def test_parse_attacks_refuses_a_pgd_step_count_past_the_bound_naming_the_attack(spec, got):
     from adt_fast.attacks.suite import parse_attacks
 
-    with pytest.raises(ValueError, match=r"^attack '.+': PGD's steps must lie in \[1, 100000\]$"):
+    with pytest.raises(ValueError) as info:
         parse_attacks(f"fgsm,{spec}")
+    assert str(info.value) == f"attack {spec!r}: PGD's steps must be an integer from 1 to 100000, got {got!r}"
     assert parse_attacks("pgd:100000") == ["pgd100000"]
+
+
+def test_a_pgd_step_count_of_5000_digits_is_refused_in_a_short_message():
+    """The name was echoed whole: 5,000 digits of error message."""
+    from adt_fast.attacks.suite import parse_attacks
+
+    for spec in ("pgd:" + "9" * 5000, "pgd:" + "9" * 5000 + "x"):
+        with pytest.raises(ValueError, match=r"^(attack|unknown attack) 'pgd:9+\.\.\. \(50\d\d characters\)") as info:
+            parse_attacks(spec)
+        assert len(str(info.value)) < 400
 
 
 def test_the_stand_alone_attacks_and_evaluate_refuse_a_step_count_past_the_bound_before_any_step():
@@ -232,34 +276,40 @@ def test_the_stand_alone_attacks_and_evaluate_refuse_a_step_count_past_the_bound
     for call in (lambda: pgd(model, x, y, 0.1, steps=10**12), lambda: mim(model, x, y, 0.1, steps=10**12),
                  lambda: cw(model, x, y, 0.1, steps=10**12), lambda: transfer(model, model, x, y, 0.1, steps=10**12),
                  lambda: feature_attack(model, x, y, 0.1, steps=10**12)):
-        with pytest.raises(ValueError, match=r"steps must be an integer in \[[01], 100000\], got 1000000000000"):
+        with pytest.raises(ValueError, match=r"steps must be an integer from [01] to 100000, got 1000000000000"):
             call()
     never = lambda z: pytest.fail("a step ran")  # noqa: E731
     for call in (lambda: iterative_attack(never, x, epsilon=0.1, steps=10**12, step_size=0.1),
                  lambda: apgd(never, x, epsilon=0.1, steps=10**12),
                  lambda: fit_distribution(never, x, epsilon=0.1, steps=10**12, num_samples=1, lbd=0.0)):
-        with pytest.raises(ValueError, match=r"^steps must be an integer in \[0, 100000\], got 1000000000000"):
+        with pytest.raises(ValueError, match=r"^steps must be an integer from 0 to 100000, got 1000000000000"):
             call()
     for kwargs, name in (({"dist_steps": 100001}, "dist_steps"), ({"cw_steps": 100001}, "cw_steps")):
-        with pytest.raises(ValueError, match=rf"^{name} must be an integer in \[[01], 100000\], got 100001"):
+        with pytest.raises(ValueError, match=rf"^{name} must be an integer from [01] to 100000, got 100001"):
             evaluate(model, x, y, epsilon=0.1, attacks="fgsm", epsilon_curve=(), **kwargs)
-    with pytest.raises(ValueError, match=r"^attack 'pgd:100001': PGD's steps must lie in \[1, 100000\]"):
+    with pytest.raises(ValueError, match=r"^attack 'pgd:100001': PGD's steps must be an integer from 1 to 100000"):
         evaluate(model, x, y, epsilon=0.1, attacks="pgd:100001", epsilon_curve=())
 
 
 @pytest.mark.parametrize("flag, value, message", [
-    ("--attacks", "fgsm,pgd:100001", "argument --attacks: attack 'pgd:100001': PGD's steps must lie in [1, 100000]"),
-    ("--attacks", "pgd:99999999999999999999",
-     "argument --attacks: attack 'pgd:99999999999999999999': PGD's steps must lie in [1, 100000]"),
-    ("--dist-steps", "100001", "argument --dist-steps: must be in [0, 100000], got 100001"),
+    ("--attacks", "fgsm,pgd:100001",
+     "argument --attacks: attack 'pgd:100001': PGD's steps must be an integer from 1 to 100000, got '100001'"),
+    ("--attacks", "pgd:99999999999999999999", "argument --attacks: attack 'pgd:99999999999999999999': PGD's steps "
+                                              "must be an integer from 1 to 100000, got '99999999999999999999'"),
+    ("--dist-steps", "100001", "argument --dist-steps: must be an integer from 0 to 100000, got '100001'"),
+    # int() refused the 5,000 digits, and the message quoted them all
+    ("--dist-steps", "9" * 5000, "argument --dist-steps: must be an integer from 0 to 100000, got '"
+                                 + "9" * 39 + "... (5002 characters)"),
+    ("--feature-targets", "1001", "argument --feature-targets: must be an integer from 1 to 1000, got '1001'"),
 ])
-def test_eval_refuses_a_step_count_past_the_bound_when_it_parses_the_flag(flag, value, message, capsys):
+def test_eval_refuses_a_count_past_its_bound_when_it_parses_the_flag(flag, value, message, capsys):
     from adt_fast.cli import build_parser
 
     args = ["eval", "--checkpoint", "run", "--out", "r.json"]
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([*args, flag, value])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1].startswith(f"adt-fast eval: error: {message}")
-    parsed = build_parser().parse_args([*args, "--attacks", "pgd:100000", "--dist-steps", "100000"])
-    assert (parsed.attacks, parsed.dist_steps) == (["pgd100000"], 100000)
+    assert capsys.readouterr().err.splitlines()[-1] == f"adt-fast eval: error: {message} (see adt-fast eval --help)"
+    parsed = build_parser().parse_args([*args, "--attacks", "pgd:100000", "--dist-steps", "100000",
+                                        "--feature-targets", "1000"])
+    assert (parsed.attacks, parsed.dist_steps, parsed.feature_targets) == (["pgd100000"], 100000, 1000)

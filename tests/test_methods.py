@@ -95,8 +95,8 @@ def test_pgd_raises_the_loss(batch, model):
     ("step_size", 1.5, "step_size must be a finite number in (0, 1]"),
     ("epsilon", 0.0, "epsilon must be a finite number in (0, 1]"),
     ("epsilon", float("inf"), "epsilon must be a finite number in (0, 1]"),
-    ("steps", -1, "steps must be an integer in [0, 100000]"), ("steps", 7.0, "steps must be an integer in [0, 100000]"),
-    ("steps", 100001, "steps must be an integer in [0, 100000]"),
+    ("steps", -1, "steps must be an integer from 0 to 100000"), ("steps", 7.0, "steps must be an integer from 0 to 100000"),
+    ("steps", 100001, "steps must be an integer from 0 to 100000"),
 ])
 def test_pgd_composed_in_python_refuses_what_the_cli_refuses(setting, value, message):
     """A negative step once descended the loss and a NaN one returned NaN inputs, silently, for a

@@ -26,7 +26,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from ..checks import check_finite, check_int, check_steps
+from ..checks import check_finite, check_steps, check_tries
 from .engine import apgd, classified, eval_mode, input_gradient, per_example_start, per_example_words
 from .losses import DLR_CLASSES, DLR_TARGETED_CLASSES, cross_entropy, cw_margin, dlr, dlr_targeted
 from .suite import Attack, AttackContext, AttackOutcome, check_epsilon, stream_seed
@@ -126,8 +126,8 @@ class APGDAttack(Attack):
         if self.loss not in ("ce", "dlr", "dlr-targeted"):
             raise ValueError(f"APGD's loss must be 'ce', 'dlr' or 'dlr-targeted', got {self.loss!r}")
         check_steps(self.steps, "APGD's steps")
-        check_int(self.restarts, "APGD's restarts")
-        check_int(self.targets, "APGD's targets")
+        check_tries(self.restarts, "APGD's restarts")
+        check_tries(self.targets, "APGD's targets")
         _check_interval(self.rho, "APGD's rho", 0, 1, high_closed=False)
         _check_interval(self.momentum, "APGD's momentum", 0, 1)
 
@@ -242,7 +242,7 @@ class FABAttack(Attack):
     def __post_init__(self):
         check_epsilon(self.epsilon)
         check_steps(self.steps, "FAB's steps")
-        check_int(self.targets, "FAB's targets")
+        check_tries(self.targets, "FAB's targets")
         _check_interval(self.alpha_max, "FAB's alpha_max", 0, 1, low_closed=True)
         _check_interval(self.eta, "FAB's eta (overshoot)", 1, math.inf, low_closed=True, high_closed=False)
         _check_interval(self.beta, "FAB's beta (step back)", 0, 1, high_closed=False)

@@ -20,7 +20,7 @@ from typing import Any, List, Optional
 
 import torch
 
-from ..checks import MAX_ATTACK_STEPS
+from ..checks import MAX_ATTACK_STEPS, MAX_ATTACK_TRIES, parse_int
 from ..devices import DeviceError, out_of_memory_text, resolve_device
 from ..distributed import DistributedError, check_timeout, launch_rank, launched, local_device, session
 from ..interrupts import INTERRUPTED_EXIT, TERMINATED_EXIT, Terminated, sigterm_as_interrupt
@@ -56,16 +56,13 @@ def _epsilon(text: str) -> float:
     return value
 
 
-def _int_at_least(minimum: int, maximum: Optional[int] = None):
+def _int_flag(minimum: int, maximum: Optional[int] = None):
+    """argparse's type for an integer flag in [minimum, maximum], refused in check_int's words."""
     def parse(text: str) -> int:
         try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}" if maximum is None
-                                             else f"must be in [{minimum}, {maximum}], got {value}")
-        return value
+            return parse_int(text, minimum, maximum)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
     return parse
 
 
@@ -142,9 +139,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                              "transfer, autoattack, autoattack-fast, apgd-ce, apgd-t, fab-t, square, "
                              "apgd-dlr (default: %s; with --protocol paper: %s)"
                              % (MAX_ATTACK_STEPS, ",".join(DEFAULT_ATTACKS), ",".join(PAPER_ATTACKS)))
-    parser.add_argument("--n-examples", type=_int_at_least(1), default=None, metavar="N",
+    parser.add_argument("--n-examples", type=_int_flag(1), default=None, metavar="N",
                         help="attack the first N test examples (default: the whole test split)")
-    parser.add_argument("--batch-size", type=_int_at_least(1), default=256, metavar="B",
+    parser.add_argument("--batch-size", type=_int_flag(1), default=256, metavar="B",
                         help="examples per batch (default 256); no result depends on it")
     parser.add_argument("--epsilon", type=_epsilon, default=None, metavar="E",
                         help="l_inf budget for inputs in [0, 1], a number or a fraction such as 8/255 "
@@ -160,18 +157,18 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                         help="per-channel mean the --source-model expects (with --source-std)")
     parser.add_argument("--source-std", type=_floats, default=None, metavar="S1,S2,...",
                         help="per-channel standard deviation, with --source-mean")
-    parser.add_argument("--seed", type=_int_at_least(0, MAX_SEED), default=0, metavar="S",
+    parser.add_argument("--seed", type=_int_flag(0, MAX_SEED), default=0, metavar="S",
                         help="random starts, FeaAttack targets and the distribution attack's samples, "
                              "and with --model or --source-model torch's generator before each factory "
                              "runs (default 0); same seed, same report")
     parser.add_argument("--device", default="auto", metavar="DEV",
                         help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
-    parser.add_argument("--dist-steps", type=_int_at_least(0, MAX_ATTACK_STEPS), default=DIST_STEPS,
+    parser.add_argument("--dist-steps", type=_int_flag(0, MAX_ATTACK_STEPS), default=DIST_STEPS,
                         metavar="T", help=f"steps of the distribution attack (default {DIST_STEPS}, at most "
                                           f"{MAX_ATTACK_STEPS})")
-    parser.add_argument("--feature-targets", type=_int_at_least(1), default=None, metavar="N",
+    parser.add_argument("--feature-targets", type=_int_flag(1, MAX_ATTACK_TRIES), default=None, metavar="N",
                         help=f"FeaAttack target images per input (default {FEATURE_TARGETS}; the paper "
-                             f"uses {PAPER_FEATURE_TARGETS}, which --protocol paper sets)")
+                             f"uses {PAPER_FEATURE_TARGETS}, which --protocol paper sets; at most {MAX_ATTACK_TRIES})")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="bf16 runs the model under autocast (default fp32)")
     parser.add_argument("--epsilon-curve", type=_multiples,

@@ -17,7 +17,7 @@ from warnings import warn
 import torch
 from torch import nn
 
-from ..checks import check_int, check_non_negative, check_steps
+from ..checks import check_int, check_non_negative, check_steps, check_tries
 from ..devices import bf16_emulation_warning
 from ..distributed import World, current as dist_world
 from .autoattack import COMPONENTS as AUTOATTACK_VERSIONS, GRADIENT_COMPONENTS
@@ -135,7 +135,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     batch_size = check_int(batch_size, "batch_size")
     names, feature_targets, cw_steps = _protocol(protocol, attacks, feature_targets, cw_steps)
     check_steps(dist_steps, "dist_steps", minimum=0)
-    check_int(dist_samples, "dist_samples")
+    check_tries(dist_samples, "dist_samples")
     check_int(seed, "seed", 0, MAX_SEED)
     check_non_negative(dist_lambda, "dist_lambda")
     if source_model is not None and "transfer" not in names:
@@ -322,7 +322,7 @@ def _protocol(protocol: str, attacks, feature_targets: Optional[int], cw_steps: 
         extra = [] if attacks is None else parse_attacks(attacks)
         names = list(PAPER_ATTACKS) + [name for name in extra if name not in PAPER_ATTACKS]
         targets, steps = PAPER_FEATURE_TARGETS, PAPER_CW_STEPS
-    return names, check_int(targets, "feature_targets"), check_steps(steps, "cw_steps")
+    return names, check_tries(targets, "feature_targets"), check_steps(steps, "cw_steps")
 
 
 def autoattack_curve(stage: Dict[str, torch.Tensor], n: int) -> dict:

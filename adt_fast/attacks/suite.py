@@ -29,7 +29,7 @@ from typing import Dict, Iterable, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..checks import MAX_ATTACK_STEPS, check_int, check_non_negative, check_steps
+from ..checks import MAX_ATTACK_STEPS, check_int, check_non_negative, check_steps, check_tries, parse_int, shown
 from ..models.external import has_feature_split
 from .distribution import fit_distribution
 from .engine import (classified, eval_mode, example_seed, iterative_attack, model_device,
@@ -110,14 +110,13 @@ def canonical_name(name: str) -> str:
     key = name.strip().lower()
     match = _PGD_NAME.match(key)
     if match:
-        # the length is compared first: int() refuses more than 4,300 digits with an error of its own
-        digits = match.group(1).lstrip("0")
-        if not digits or len(digits) > len(str(MAX_ATTACK_STEPS)) or int(digits) > MAX_ATTACK_STEPS:
-            raise ValueError(f"attack {name!r}: PGD's steps must lie in [1, {MAX_ATTACK_STEPS}]")
-        return f"pgd{int(digits)}"
+        try:
+            return f"pgd{parse_int(match.group(1), 1, MAX_ATTACK_STEPS)}"
+        except ValueError as err:
+            raise ValueError(f"attack {shown(name)}: PGD's steps {err}") from None
     if key in ("fgsm", "mim", "cw", "feature", "dist", "transfer") + AUTOATTACK_NAMES:
         return key
-    raise ValueError(f"unknown attack {name!r}; known attacks: {', '.join(ATTACK_NAMES)} "
+    raise ValueError(f"unknown attack {shown(name)}; known attacks: {', '.join(ATTACK_NAMES)} "
                      f"(pgd:N for 1 <= N <= {MAX_ATTACK_STEPS} steps)")
 
 
@@ -458,7 +457,7 @@ class FeatureAttack(Attack):
             self.step_size = self.epsilon / 8
         check_epsilon(self.step_size, "FeaAttack's step_size")
         check_steps(self.steps, "FeaAttack's steps", minimum=0)
-        check_int(self.targets, "the number of FeaAttack targets")
+        check_tries(self.targets, "the number of FeaAttack targets")
 
     def settings(self) -> dict:
         return {"norm": "linf", "epsilon": self.epsilon, "steps": self.steps,
@@ -581,7 +580,7 @@ class DistributionAttack(Attack):
     def __post_init__(self):
         check_epsilon(self.epsilon)
         check_steps(self.steps, "the distribution attack's steps", minimum=0)
-        check_int(self.samples, "the distribution attack's samples")
+        check_tries(self.samples, "the distribution attack's samples")
         for name in ("lbd", "lr"):
             check_non_negative(getattr(self, name), f"the distribution attack's {name}")
 

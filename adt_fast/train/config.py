@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..checks import MAX_ATTACK_STEPS
+from ..checks import MAX_ATTACK_STEPS, check_int
 from ..files import check_path, os_error_text
 
 CONFIG_FILE = "config.json"
@@ -447,11 +447,11 @@ def _show(value: Any) -> str:
 
 
 def _int(cfg: TrainConfig, name: str, low: int, high: Optional[int] = None) -> None:
-    value = getattr(cfg, name)
-    if (isinstance(value, bool) or not isinstance(value, int) or value < low
-            or (high is not None and value > high)):
-        bounds = f">= {low}" if high is None else f"from {low} to {high}"
-        raise ConfigError(f"{flag(name)} must be an integer {bounds}, got {value!r}")
+    """check_int's check and words, as a ConfigError naming the flag."""
+    try:
+        check_int(getattr(cfg, name), flag(name), low, high)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _sorted_lr_drop(epochs: Any) -> list:
