@@ -4,7 +4,9 @@ each pinned by the call that hit it."""
 from __future__ import annotations
 
 import json
+import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,6 +45,16 @@ def test_an_out_that_is_no_path_is_named(out, message, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=message):
         fit(TrainConfig(method="standard", out=out, **TINY))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("out, message", [(None, "--out must be a path"), (5, "--out must be a path"),
+                                          (b"run", "--out must be a path"), ("", "--out is empty")])
+def test_resolve_refuses_an_out_that_is_no_path(out, message):
+    """TrainConfig.resolve turned out=5 into the folder '5' and out=None into 'None', where fit
+    refused them (data_dir, a few lines below, was checked already)."""
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(method="standard", out=out, **TINY).resolve()
+    assert TrainConfig(method="standard", out=Path("runs") / "a", **TINY).resolve().out == os.path.join("runs", "a")
 
 
 

@@ -228,9 +228,9 @@ class TrainConfig:
                                   f"inputs, without a perturbation (eval takes its own --epsilon)")
         elif cfg.epsilon is None:
             cfg.epsilon = info.epsilon
-        if not str(cfg.out):
-            raise ConfigError("--out must name a run directory")
-        cfg.out = str(cfg.out)
+        cfg.out = check_path(cfg.out, "--out", "the run directory", ConfigError)
+        if not cfg.out:
+            raise ConfigError("--out is empty: name the run directory (\"\" would be the working directory)")
         if cfg.data_dir is not None:
             cfg.data_dir = check_path(cfg.data_dir, "--data-dir", "the folder of the dataset files", ConfigError)
             if not cfg.data_dir:  # Path("") is the working directory, which the user did not name
