@@ -164,11 +164,11 @@ def test_box_muller_matches_reference(dtype):
 
 @triton.jit
 def _tile_normals_kernel(mean_ptr, seed_offset_ptr, out_ptr, B, D, N, num_samples, n_chunks, bits,
-                         QUAD_ALIGNED: tl.constexpr, IS_FP64: tl.constexpr, CT: tl.constexpr,
-                         BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+                         QUAD_ALIGNED: tl.constexpr, WIDE: tl.constexpr, IS_FP64: tl.constexpr,
+                         CT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
     """The normals r[s, n] exactly as the op's kernels draw them for their tiles."""
     tile = tk._load_tile(mean_ptr, mean_ptr, mean_ptr, seed_offset_ptr, B, D, n_chunks, bits, bits, bits,
-                         QUAD_ALIGNED, False, False, IS_FP64, CT, BLOCK_B, BLOCK_D)
+                         QUAD_ALIGNED, WIDE, False, False, IS_FP64, CT, BLOCK_B, BLOCK_D)
     mask, n, quads, mu, seed, offset = tile[3], tile[4], tile[5], tile[9], tile[15], tile[16]
     for s in range(0, num_samples):
         r = tk._sample_normals(n, quads, seed, offset + s, mu, QUAD_ALIGNED, False, IS_FP64, CT)
@@ -187,29 +187,33 @@ def _tile_normals_kernel(mean_ptr, seed_offset_ptr, out_ptr, B, D, N, num_sample
 def test_tile_normals_follow_the_quad_stream(shape, dtype):
     """Element n of sample s takes lane n mod 4 of the Philox call for quad n // 4 and counter word
     offset + s (reference.philox_normals), on the aligned path (one call per quad, the four
-    normals interleaved) and on the per-element fallback, which must agree with it for any D."""
+    normals interleaved) and on the per-element fallback, which must agree with it for any D, with
+    32-bit and with 64-bit tile indices (WIDE, which only sizes past 2^31 launch)."""
     batch, d = shape
     k, seed, offset = 3, 0xDEADBEEF12345678, (1 << 32) - 2  # offset + s carries
     block_b, block_d, n_chunks, n_programs, warps = tk.launch_config(batch, d)
     expected = reference.philox_normals(seed, offset, batch * d, k, torch.float64)
     is_fp64 = dtype == torch.float64
     for aligned in sorted({False, tk.sample_constexprs(per_example=d)["QUAD_ALIGNED"]}):
-        out = torch.zeros(k, batch * d, dtype=dtype)
-        _tile_normals_kernel[(n_programs,)](
-            torch.zeros(shape, dtype=dtype), _seed_offset(seed, offset), out, batch, d, batch * d, k,
-            n_chunks, 0, QUAD_ALIGNED=aligned, IS_FP64=is_fp64,
-            CT=tl.float64 if is_fp64 else tl.float32, BLOCK_B=block_b, BLOCK_D=block_d, num_warps=warps)
-        err = (out.double() - expected).abs()
-        bound = 1e-14 if is_fp64 else 4 * 2.0**-23  # as test_box_muller_matches_reference
-        assert (err <= bound * expected.abs().clamp(min=1.0)).all(), (aligned, err.max())
+        for wide in (False, True):
+            out = torch.zeros(k, batch * d, dtype=dtype)
+            _tile_normals_kernel[(n_programs,)](
+                torch.zeros(shape, dtype=dtype), _seed_offset(seed, offset), out, batch, d, batch * d, k,
+                n_chunks, 0, QUAD_ALIGNED=aligned, WIDE=wide, IS_FP64=is_fp64,
+                CT=tl.float64 if is_fp64 else tl.float32, BLOCK_B=block_b, BLOCK_D=block_d, num_warps=warps)
+            err = (out.double() - expected).abs()
+            bound = 1e-14 if is_fp64 else 4 * 2.0**-23  # as test_box_muller_matches_reference
+            assert (err <= bound * expected.abs().clamp(min=1.0)).all(), (aligned, wide, err.max())
 
 
 @triton.jit
 def _tile_indices_kernel(pid, B, D, n_chunks, ge_stride, out_ptr, QUAD_ALIGNED: tl.constexpr,
-                         BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, QUADS_D: tl.constexpr):
+                         WIDE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+                         QUADS_D: tl.constexpr):
     """The indices `_tile_indices` gives program `pid` (passed in: no grid of that size is
-    launched), and the backward's grad_nlp offsets rows * example stride, as int64."""
-    c, rows, row_ok, mask, n, quads = tk._tile_indices(pid, B, D, n_chunks, QUAD_ALIGNED, BLOCK_B, BLOCK_D)
+    launched), and the backward's grad_nlp offsets rows * example stride, stored as int64."""
+    c, rows, row_ok, mask, n, quads = tk._tile_indices(pid, B, D, n_chunks, QUAD_ALIGNED, WIDE, BLOCK_B,
+                                                       BLOCK_D)
     i = tl.arange(0, BLOCK_B)
     tile = i[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
     tl.store(out_ptr + tile, n)
@@ -218,18 +222,22 @@ def _tile_indices_kernel(pid, B, D, n_chunks, ge_stride, out_ptr, QUAD_ALIGNED: 
     tl.store(out_ptr + 3 * BLOCK_B * BLOCK_D + i, rows * ge_stride)
 
 
-@pytest.mark.parametrize("batch, d, ge_stride", [
-    (5, 12, 3),            # small, for the arithmetic itself
-    (2**31 + 5, 3, 1),     # rows past 2^31 (the last program's pb * BLOCK_B)
-    (2, 2**31 + 12, 1),    # columns past 2^31 (the last chunk's c * BLOCK_D), aligned quads
-    (2**28, 1, 16),        # rows below 2^31, but grad_nlp (k = 16, transposed) read past 2^31
+@pytest.mark.parametrize("batch, d, ge_stride, wide", [
+    (5, 12, 3, False),            # small, for the arithmetic itself (32-bit rows and columns)
+    (2**28, 12, 7, False),        # B D past 2^31 with 32-bit rows: the element indices are int64
+    (2**31 + 5, 3, 1, True),      # rows past 2^31 (the last program's pb * BLOCK_B)
+    (2, 2**31 + 12, 1, True),     # columns past 2^31 (the last chunk's c * BLOCK_D), aligned quads
+    (2**28, 1, 16, True),         # rows below 2^31, but grad_nlp (k = 16, transposed) read past 2^31
 ])
-def test_tile_indices_are_64_bit(batch, d, ge_stride):
+def test_tile_indices_are_64_bit(batch, d, ge_stride, wide):
     """The element, quad and grad_nlp offsets of the last program stay exact where B, D or B times
-    grad_nlp's example stride pass 2^31 (sizes the op takes: a GPU holds such tensors); in int32
-    they wrapped to negative offsets (mutant: rows and columns from int32 products)."""
+    grad_nlp's example stride pass 2^31 (sizes the op takes: a GPU holds such tensors), with the
+    index width the launch picks (WIDE); in int32 they wrapped to negative offsets (mutant: WIDE
+    off, or rows and columns from int32 products)."""
     block_b, block_d, n_chunks, n_programs, _ = tk.launch_config(batch, d)
-    aligned = tk.sample_constexprs(per_example=d)["QUAD_ALIGNED"]
+    constexprs = tk.sample_constexprs(per_example=d, batch=batch, example_stride=ge_stride)
+    assert constexprs["WIDE"] == wide
+    aligned = constexprs["QUAD_ALIGNED"]
     quads_d = block_d // 4 if aligned else block_d
     pid = n_programs - 1
     pb, c = divmod(pid, n_chunks)
@@ -240,7 +248,7 @@ def test_tile_indices_are_64_bit(batch, d, ge_stride):
     quads = ([[(r * d + c * block_d) // 4 + j for j in range(quads_d)] for r in rows] if aligned
              else [[v >> 2 for v in row] for row in n])
     out = torch.zeros(3 * block_b * block_d + block_b, dtype=torch.int64)
-    _tile_indices_kernel[(1,)](pid, batch, d, n_chunks, ge_stride, out, QUAD_ALIGNED=aligned, BLOCK_B=block_b,
+    _tile_indices_kernel[(1,)](pid, batch, d, n_chunks, ge_stride, out, **constexprs, BLOCK_B=block_b,
                                BLOCK_D=block_d, QUADS_D=quads_d)
     size = block_b * block_d
     assert out[:size].view(block_b, block_d).tolist() == n
@@ -266,6 +274,51 @@ def test_words_indices_are_64_bit():
     _words_indices_kernel[(1,)](pid_s, s0, n_quads, out, BLOCK=block)
     s = s0 + pid_s
     assert s >= 2**31 and out.tolist() == [s] + [(s * n_quads + q) * 4 for q in range(block)]
+
+
+@pytest.mark.parametrize("batch, d, example_stride, wide", [
+    (2**31, 128, 1, False),       # the last row is 2^31 - 1 (one example per tile)
+    (2**31 + 1, 128, 1, True),
+    (2**31, 4, 0, False),         # eight rows per tile, the last one 2^31 - 1
+    (2**31 + 1, 4, 0, True),      # ... the last tile's padded rows past it
+    (1, 2**31, 0, False),         # the last column is 2^31 - 1
+    (1, 2**31 + 1, 0, True),      # the last chunk's columns past it
+    (2**27, 128, 16, False),      # grad_nlp's last offset (2^27 - 1) 16 = 2^31 - 16
+    (2**27 + 1, 128, 16, True),   # ... 2^27 16 = 2^31
+    (2**24, 2**10, 256, True),    # B D = 2^34 (int64 either way): WIDE only for grad_nlp's stride
+    (2**24, 2**10, 0, False),
+])
+def test_wide_indices_exactly_where_an_int32_index_would_wrap(batch, d, example_stride, wide):
+    """The launch takes the 64-bit tile indices (and their registers) only where a row, a column
+    or a grad_nlp offset of the 32-bit path passes 2^31 - 1: every size up to there keeps the
+    32-bit path, every size past it takes the 64-bit one."""
+    assert tk.wide_indices(batch, d, example_stride) is wide
+    assert tk.sample_constexprs(per_example=d, batch=batch, example_stride=example_stride)["WIDE"] is wide
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_launchers_pass_the_index_width_they_are_given(monkeypatch, transposed):
+    """sample_forward and sample_backward ask `wide_indices` with B, D and grad_nlp's example
+    stride (1 contiguous, k transposed), and the 64-bit path they launch when told to gives the
+    32-bit path's results bit for bit."""
+    shape, k = (3, 10), 4
+    mean, std, x = _inputs(shape, torch.float64)
+    seed_offset = _seed_offset(5, 6)
+    g = torch.Generator().manual_seed(1)
+    grad_out = torch.randn((k, *shape), dtype=torch.float64, generator=g)
+    grad_nlp = (torch.randn((shape[0], k), dtype=torch.float64, generator=g).t() if transposed
+                else torch.randn((k, shape[0]), dtype=torch.float64, generator=g))
+
+    def run():
+        return (*tk.sample_forward(mean, std, x, None, seed_offset, k, EPS, 0.0, 1.0),
+                *tk.sample_backward(grad_out, grad_nlp, mean, std, x, None, seed_offset, k, EPS, 0.0, 1.0))
+
+    narrow = run()
+    asked = []
+    monkeypatch.setattr(tk, "wide_indices", lambda *args: asked.append(args) or True)
+    wide = run()
+    assert asked == [(shape[0], shape[1], 0), (shape[0], shape[1], k if transposed else 1)]
+    assert all(torch.equal(a, b) for a, b in zip(wide, narrow))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -509,8 +562,8 @@ def test_launch_config():
         assert block_b * block_d == tk.TILE or block_b * block_d < tk.TILE and block_b >= batch
     assert tk.launch_config(64, 3072)[:4] == (1, 128, 24, 1536)
     assert tk.sample_loop_trips(5) == 5
-    assert tk.sample_constexprs(per_example=12) == {"QUAD_ALIGNED": True}
-    assert tk.sample_constexprs(per_example=70) == {"QUAD_ALIGNED": False}
+    assert tk.sample_constexprs(per_example=12) == {"QUAD_ALIGNED": True, "WIDE": False}
+    assert tk.sample_constexprs(per_example=70, batch=3) == {"QUAD_ALIGNED": False, "WIDE": False}
 
 
 _COMPILE_SCRIPT = r"""

@@ -316,26 +316,28 @@ def _softplus_parts(rho, IS_FP64: tl.constexpr):
 
 
 @triton.jit
-def _tile_indices(pid, B, D, n_chunks, QUAD_ALIGNED: tl.constexpr, BLOCK_B: tl.constexpr,
-                  BLOCK_D: tl.constexpr):
+def _tile_indices(pid, B, D, n_chunks, QUAD_ALIGNED: tl.constexpr, WIDE: tl.constexpr,
+                  BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
     """Program `pid`'s tile: (c, rows, row_ok, mask, n, quads): its chunk c of each example, the
     example rows, the element mask, the flat element indices n = row * D + col and the Philox quads
     of `_sample_normals`.
 
-    The tile's first row and column are int64, and so are rows, n, quads and every offset formed
-    from rows (-log p's parts, grad_nlp's rows * stride): the op takes B, D, B D and B times
-    grad_nlp's stride past 2^31, where int32 products wrapped to negative offsets. pid, pb and c
-    stay int32 (the grid is below 2^31), and so do the division and the masks' compares, which
-    count within the tile."""
+    The tile's first row and column, hence rows and the offsets formed from them (grad_nlp's rows
+    * stride), are int32, or int64 where WIDE (`wide_indices`: a launch whose padded rows, columns
+    or grad_nlp offsets pass 2^31 - 1, which in int32 wrapped to negative offsets); n, quads and
+    -log p's part offsets are int64 either way. int32 rows take fewer registers where a tile packs
+    several examples (D <= 64: docs/triton.md). pid, pb and c stay int32 (the grid is below 2^31),
+    and so do the masks' compares, which count within the tile."""
+    IDX: tl.constexpr = tl.int64 if WIDE else tl.int32
     pb = pid // n_chunks
     c = pid - pb * n_chunks
-    row0 = pb.to(tl.int64) * BLOCK_B
-    col0 = c.to(tl.int64) * BLOCK_D
+    row0 = pb.to(IDX) * BLOCK_B
+    col0 = c.to(IDX) * BLOCK_D
     rows = row0 + tl.arange(0, BLOCK_B)
     row_ok = tl.arange(0, BLOCK_B) < tl.minimum(B - row0, BLOCK_B).to(tl.int32)
     col_ok = tl.arange(0, BLOCK_D) < tl.minimum(D - col0, BLOCK_D).to(tl.int32)
     mask = row_ok[:, None] & col_ok[None, :]
-    start = rows * D + col0  # each row's first element in the tile
+    start = rows.to(tl.int64) * D + col0  # each row's first element in the tile
     n = start[:, None] + tl.arange(0, BLOCK_D)[None, :]
     if QUAD_ALIGNED:  # D % 4 == 0: the tile's BLOCK_D // 4 quads of each row are whole
         first = start >> 2  # each row's first quad in the tile
@@ -352,12 +354,13 @@ def _tile_indices(pid, B, D, n_chunks, QUAD_ALIGNED: tl.constexpr, BLOCK_B: tl.c
 
 @triton.jit
 def _load_tile(mean_ptr, std_ptr, x_ptr, seed_offset_ptr, B, D, n_chunks, eps_bits, lo_bits, hi_bits,
-               QUAD_ALIGNED: tl.constexpr, HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr,
-               IS_FP64: tl.constexpr, CT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+               QUAD_ALIGNED: tl.constexpr, WIDE: tl.constexpr, HAS_X: tl.constexpr,
+               HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr, CT: tl.constexpr, BLOCK_B: tl.constexpr,
+               BLOCK_D: tl.constexpr):
     """This program's tile of (examples x elements), its inputs, the per-element rho terms and the
     Philox quad indices of `_sample_normals`."""
-    c, rows, row_ok, mask, n, quads = _tile_indices(tl.program_id(0), B, D, n_chunks, QUAD_ALIGNED, BLOCK_B,
-                                                    BLOCK_D)
+    c, rows, row_ok, mask, n, quads = _tile_indices(tl.program_id(0), B, D, n_chunks, QUAD_ALIGNED, WIDE,
+                                                    BLOCK_B, BLOCK_D)
     eps = _f64_from_bits(eps_bits).to(CT)
     lo = _f64_from_bits(lo_bits).to(CT)
     hi = _f64_from_bits(hi_bits).to(CT)
@@ -434,14 +437,14 @@ def _forward_sample(r, out_s, part_s, noise_s, mask, row_ok, cadd, mu, sigma, lo
 @triton.jit(do_not_specialize=["eps_bits", "lo_bits", "hi_bits", "const_bits"])
 def _forward_kernel(mean_ptr, std_ptr, x_ptr, noise_ptr, seed_offset_ptr, out_ptr, part_ptr,
                     B, D, N, num_samples, n_chunks, eps_bits, lo_bits, hi_bits, const_bits,
-                    QUAD_ALIGNED: tl.constexpr, HAS_X: tl.constexpr, HAS_NOISE: tl.constexpr,
-                    IS_FP64: tl.constexpr, CT: tl.constexpr, BLOCK_B: tl.constexpr,
+                    QUAD_ALIGNED: tl.constexpr, WIDE: tl.constexpr, HAS_X: tl.constexpr,
+                    HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr, CT: tl.constexpr, BLOCK_B: tl.constexpr,
                     BLOCK_D: tl.constexpr):
     (c, rows, row_ok, mask, n, quads, eps, lo, hi, mu, sigma, log_sigma, sigmoid, sig_over_sp, xv, seed,
      offset) = _load_tile(mean_ptr, std_ptr, x_ptr, seed_offset_ptr, B, D, n_chunks, eps_bits, lo_bits,
-                          hi_bits, QUAD_ALIGNED, HAS_X, HAS_NOISE, IS_FP64, CT, BLOCK_B, BLOCK_D)
+                          hi_bits, QUAD_ALIGNED, WIDE, HAS_X, HAS_NOISE, IS_FP64, CT, BLOCK_B, BLOCK_D)
     cadd = tl.where(c == 0, _f64_from_bits(const_bits), 0.0).to(CT)  # chunk 0 adds the constant
-    part_s = part_ptr + (rows * n_chunks + c)  # part c of each row, advanced per sample
+    part_s = part_ptr + (rows.to(tl.int64) * n_chunks + c)  # part c of each row, advanced per sample
     part_step = B.to(tl.int64) * n_chunks
     out_s = out_ptr + n  # pointers of sample s, advanced by one sample at a time
     noise_s = noise_ptr + n
@@ -494,8 +497,8 @@ def _backward_kernel(gout_ptr, gnlp_ptr, mean_ptr, std_ptr, x_ptr, noise_ptr, se
                      gmean_ptr, gstd_ptr, gx_ptr,
                      B, D, N, num_samples, n_chunks, eps_bits, lo_bits, hi_bits, gnlp_sample_stride,
                      gnlp_example_stride,
-                     QUAD_ALIGNED: tl.constexpr, GOUT: tl.constexpr, HAS_GNLP: tl.constexpr,
-                     HAS_X: tl.constexpr, WANT_GX: tl.constexpr, HAS_NOISE: tl.constexpr,
+                     QUAD_ALIGNED: tl.constexpr, WIDE: tl.constexpr, GOUT: tl.constexpr,
+                     HAS_GNLP: tl.constexpr, HAS_X: tl.constexpr, WANT_GX: tl.constexpr, HAS_NOISE: tl.constexpr,
                      IS_FP64: tl.constexpr, CT: tl.constexpr, BLOCK_B: tl.constexpr,
                      BLOCK_D: tl.constexpr):
     """GOUT: 0 no grad_out (zero), 1 contiguous (k, N), 2 expanded over k (one value per element,
@@ -503,7 +506,7 @@ def _backward_kernel(gout_ptr, gnlp_ptr, mean_ptr, std_ptr, x_ptr, noise_ptr, se
     grad_nlp (k, B) is read with its own strides."""
     (c, rows, row_ok, mask, n, quads, eps, lo, hi, mu, sigma, log_sigma, sigmoid, sig_over_sp, xv, seed,
      offset) = _load_tile(mean_ptr, std_ptr, x_ptr, seed_offset_ptr, B, D, n_chunks, eps_bits, lo_bits,
-                          hi_bits, QUAD_ALIGNED, HAS_X, HAS_NOISE, IS_FP64, CT, BLOCK_B, BLOCK_D)
+                          hi_bits, QUAD_ALIGNED, WIDE, HAS_X, HAS_NOISE, IS_FP64, CT, BLOCK_B, BLOCK_D)
     if GOUT == 2:
         g_pre = tl.load(gout_ptr + n, mask=mask, other=0.0).to(CT)
     elif GOUT == 3:
@@ -606,11 +609,30 @@ def sample_loop_trips(num_samples: int) -> int:
     return num_samples
 
 
-def sample_constexprs(*, per_example: int) -> dict:
+INT32_MAX = 2**31 - 1
+
+
+def wide_indices(batch: int, per_example: int, example_stride: int = 0) -> bool:
+    """Whether a launch needs the kernels' 64-bit tile indices (WIDE in `_tile_indices`): whether
+    an int32 index of the 32-bit path would pass 2^31 - 1. That path forms the rows and columns of
+    every tile, padding included (the last tile's pb * BLOCK_B + BLOCK_B - 1 and the last chunk's
+    c * BLOCK_D + BLOCK_D - 1), and the backward's grad_nlp offsets rows * example_stride (0
+    without grad_nlp); the element indices n = row * D + col, the quads and -log p's part offsets
+    are int64 on both paths, and per-sample steps are pointer increments."""
+    block_b, block_d, n_chunks, _, _ = launch_config(batch, per_example)
+    last_row = triton.cdiv(batch, block_b) * block_b - 1
+    last_col = n_chunks * block_d - 1
+    return max(last_row, last_col, last_row * example_stride) > INT32_MAX
+
+
+def sample_constexprs(*, per_example: int, batch: int = 1, example_stride: int = 0) -> dict:
     """The kernels' compile-time parameters of a launch besides dtypes, optional inputs and the
     tile: QUAD_ALIGNED = D % 4 == 0, whether a tile's quads are whole (one Philox call per quad)
-    or may straddle rows (one call per element). Keyword-only: it does not depend on k."""
-    return {"QUAD_ALIGNED": per_example % NORMALS_PER_CALL == 0}
+    or may straddle rows (one call per element), and WIDE = `wide_indices(batch, per_example,
+    example_stride)` (grad_nlp's example stride, for the backward). Keyword-only: it does not
+    depend on k."""
+    return {"QUAD_ALIGNED": per_example % NORMALS_PER_CALL == 0,
+            "WIDE": wide_indices(batch, per_example, example_stride)}
 
 
 def _contiguous(*tensors):
@@ -639,7 +661,8 @@ def sample_forward(mean, std_param, x, noise, seed_offset, num_samples, epsilon,
         _forward_kernel[(n_programs,)](
             mean, std_param, mean if x is None else x, mean if noise is None else noise,
             seed_offset, out, part, batch, per_example, numel, sample_loop_trips(k), n_chunks,
-            eps_bits, lo_bits, hi_bits, const_bits, **sample_constexprs(per_example=per_example),
+            eps_bits, lo_bits, hi_bits, const_bits,
+            **sample_constexprs(per_example=per_example, batch=batch),
             HAS_X=x is not None, HAS_NOISE=noise is not None, IS_FP64=is_fp64, CT=ct,
             BLOCK_B=block_b, BLOCK_D=block_d, num_warps=warps, **COMPILE_OPTIONS)
     return out, (part.sum(-1) if n_chunks > 1 else part)
@@ -681,14 +704,16 @@ def sample_backward(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, 
     gout_mode, grad_out = grad_out_layout(grad_out, k, mean.shape)
     block_b, block_d, n_chunks, n_programs, warps = launch_config(batch, per_example)
     eps_bits, lo_bits, hi_bits, _ = _scalar_bits(epsilon, lo, hi, per_example)
+    gnlp_strides = (0, 0) if grad_nlp is None else grad_nlp.stride()
     with _device_guard(mean):
         _backward_kernel[(n_programs,)](
             mean if grad_out is None else grad_out, mean if grad_nlp is None else grad_nlp,
             mean, std_param, mean if x is None else x, mean if noise is None else noise, seed_offset,
             grad_mean, grad_std, grad_mean if grad_x is None else grad_x,
             batch, per_example, numel, sample_loop_trips(k), n_chunks, eps_bits, lo_bits, hi_bits,
-            *((0, 0) if grad_nlp is None else grad_nlp.stride()),
-            **sample_constexprs(per_example=per_example), GOUT=gout_mode, HAS_GNLP=grad_nlp is not None,
+            *gnlp_strides,
+            **sample_constexprs(per_example=per_example, batch=batch, example_stride=gnlp_strides[1]),
+            GOUT=gout_mode, HAS_GNLP=grad_nlp is not None,
             HAS_X=x is not None, WANT_GX=grad_x is not None, HAS_NOISE=noise is not None, IS_FP64=is_fp64,
             CT=ct,
             BLOCK_B=block_b, BLOCK_D=block_d, num_warps=warps, **COMPILE_OPTIONS)
