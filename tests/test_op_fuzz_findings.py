@@ -56,10 +56,12 @@ def test_draw_normals_takes_shapes_of_integers_of_any_kind():
     assert draw_normals((4, 0), 3, device="cpu").shape == (3, 4, 0)
 
 
-def test_a_generator_for_meta_tensors_is_refused_with_advice_that_can_be_followed():
-    """The refusal told the user to pass torch.Generator(device='meta'), which torch cannot make
-    ("META device type not an accelerator")."""
+def test_a_generator_for_meta_tensors_is_taken_as_torch_takes_it():
+    """A generator for meta tensors was refused, first with advice torch cannot follow
+    (torch.Generator(device='meta'): "META device type not an accelerator"), then with
+    generator=None, although torch's own random ops take a CPU generator there and meta tensors
+    draw nothing: shape-tracing code that passes generator= now works, as torch.randn does."""
     meta = torch.zeros(2, 3, device="meta")
-    with pytest.raises(ValueError, match="generator is on cpu but mean is on meta") as raised:
-        adt_fast.sample_and_entropy(meta, meta, 2, generator=torch.Generator())
-    assert "device='meta'" not in str(raised.value) and "generator=None" in str(raised.value)
+    assert torch.randn(3, device="meta", generator=torch.Generator()).shape == (3,)
+    delta, nlp = adt_fast.sample_and_entropy(meta, meta, 2, generator=torch.Generator())
+    assert delta.shape == (2, 2, 3) and nlp.shape == (2, 2) and delta.device.type == "meta"

@@ -869,15 +869,23 @@ def test_draw_normals_are_the_eager_calls_with_a_generator(backend, rows):
     torch.testing.assert_close(my_nlp, nlp[:, start:stop], rtol=1e-5, atol=1e-4)
 
 
-def test_a_generator_of_another_device_type_is_refused():
-    """A CPU generator for meta (or CUDA) tensors names `generator` (mutant: the check dropped; the
-    meta call then succeeds and a CUDA one fails deep in the backend). Under noise= the generator
-    draws nothing and is not checked."""
-    meta = torch.zeros(2, 3, device="meta")
-    with pytest.raises(ValueError, match="generator is on cpu but mean is on meta"):
-        adt_fast.sample_and_entropy(meta, meta, 2, generator=torch.Generator())
+def test_meta_tensors_take_a_generator():
+    """Meta tensors draw nothing, and torch's random ops take any generator for them (torch makes no
+    meta one): shape-tracing code that passes generator= gets the shapes, forward and backward,
+    and its generator does not advance (mutant: the device-type check applied to meta, a
+    ValueError). Under noise= too. A CPU generator for CUDA tensors is refused
+    (test_check_generator_compares_device_types)."""
+    mean = torch.zeros(2, 3, device="meta", requires_grad=True)
+    rho = torch.zeros(2, 3, device="meta", requires_grad=True)
+    gen = torch.Generator().manual_seed(3)
+    state = gen.get_state()
+    delta, nlp = adt_fast.sample_and_entropy(mean, rho, 2, generator=gen)
+    assert delta.shape == (2, 2, 3) and nlp.shape == (2, 2) and delta.device.type == "meta"
+    (delta.sum() + nlp.sum()).backward()
+    assert mean.grad.shape == rho.grad.shape == (2, 3) and mean.grad.device.type == "meta"
+    assert torch.equal(gen.get_state(), state)
     noise = torch.zeros(2, 2, 3, device="meta")
-    assert adt_fast.sample_and_entropy(meta, meta, 2, noise=noise, generator=torch.Generator())[0].shape == (2, 2, 3)
+    assert adt_fast.sample_and_entropy(mean, rho, 2, noise=noise, generator=gen)[0].shape == (2, 2, 3)
 
 
 def _fake_generator(device):
@@ -899,6 +907,8 @@ def test_check_generator_compares_device_types():
         _check_generator(_fake_generator("cpu"), torch.device("cuda", 1), "mean is on cuda:1")
     _check_generator(_fake_generator("cuda:0"), torch.device("cuda", 1), "mean is on cuda:1")
     _check_generator(_fake_generator("cuda:0"), CPU, "mean is on cpu", draws=False)
+    for device in ("cpu", "cuda:0"):  # meta tensors draw nothing: any generator, as torch's ops take
+        _check_generator(_fake_generator(device), torch.device("meta"), "mean is on meta")
     _check_generator(None, CPU, "mean is on cpu")
     with pytest.raises(TypeError, match="generator must be a torch.Generator, got int"):
         _check_generator(3, CPU, "mean is on cpu")

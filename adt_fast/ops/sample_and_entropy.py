@@ -330,17 +330,17 @@ def _check_generator(generator, device: torch.device, where: str, *, draws: bool
     the message). Its device type must be the tensors' (torch's random ops refuse another one: "Expected a
     'cuda' device type for generator"), checked here, before any backend, so that every backend
     and launch path refuses it alike, naming `generator`, instead of failing inside one. Not when
-    the call `draws` nothing (under noise=, the generator is not used). Like torch, a generator of
-    another index of the same device type is taken."""
+    the call `draws` nothing: under noise= the generator is not used, and meta tensors draw
+    nothing (torch's random ops take any generator for them, and torch makes no meta one, so
+    shape-tracing code keeps its generator=). Like torch, a generator of another index of the same
+    device type is taken."""
     if generator is None:
         return
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if draws and generator.device.type != device.type:
-        # torch makes no meta generator: name the one thing that works there
-        fix = ("pass generator=None (meta tensors give shapes only)" if device.type == "meta" else
-               f"pass a generator of that device type, torch.Generator(device={device.type!r})")
-        raise ValueError(f"generator is on {generator.device} but {where}: {fix}")
+    if draws and device.type != "meta" and generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device} but {where}: pass a generator of that device type, "
+                         f"torch.Generator(device={device.type!r})")
 
 
 def _is_int(value) -> bool:
