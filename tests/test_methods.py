@@ -352,3 +352,15 @@ def test_trades_method_uses_the_configured_beta_outside():
     """--beta of --method trades weighs the KL of the outer loss."""
     cfg = TrainConfig("trades", "synthetic", "unused", tensorboard=False, beta=2.0).resolve()
     assert build_method(cfg, build_model("small-cnn", 10, 3, 8), Runtime()).outer.beta == 2.0
+
+
+def test_a_method_is_labelled_by_its_configs_method_else_its_class_name(model):
+    """Messages name a method by Method.label, one rule for the loop, tuning and train_step (the
+    getattr was copied where each needed it)."""
+    from types import SimpleNamespace
+
+    from adt_fast.train import Method
+
+    plugin = type("Plugin", (Method,), {"name": "plugin"})
+    assert plugin(SimpleNamespace(method="my-method"), model, Runtime()).label == "my-method"
+    assert plugin(SimpleNamespace(), model, Runtime()).label == "plugin"

@@ -388,6 +388,12 @@ class Method:
         self.config = config
         self.runtime = runtime
 
+    @property
+    def label(self) -> str:
+        """The method's name in messages: the config's --method when it has one (a registered
+        method, whatever class serves it), else the class's ``name``."""
+        return getattr(self.config, "method", self.name)
+
     def modules(self) -> dict:
         return {}
 
@@ -432,7 +438,7 @@ class Method:
         backward)."""
         for optimiser in optimisers.values():
             optimiser.zero_grad(set_to_none=True)
-        out = _checked_step_output((step or self.step)(model, x, y), getattr(self.config, "method", self.name))
+        out = _checked_step_output((step or self.step)(model, x, y), self.label)
         if measure_accuracy and out.clean_logits is None:
             out.clean_logits = accuracy_logits(model, x, None, self.runtime)
         (out.loss if out.objective is None else out.objective).backward()
