@@ -71,7 +71,7 @@ def _checked_tuning(tuned: Any, method) -> dict:
     inside the write (which never begins: the file is not touched)."""
     problem = f"got {type(tuned).__name__}" if not isinstance(tuned, dict) else _not_json(tuned, "tune()")
     if problem is not None:
-        raise TypeError(f"method {getattr(method.config, 'method', method.name)}: tune() must return a dict of "
+        raise TypeError(f"method {method.label}: tune() must return a dict of "
                         f"JSON types (str keys; str, int, float, bool, None, and lists and dicts of them) for "
                         f"{TUNING_FILE}, {problem}")
     return tuned
