@@ -10,7 +10,7 @@ import torch
 
 import adt_fast
 from adt_fast.cli import main
-from adt_fast.train import ComposedMethod, TrainConfig, fit
+from adt_fast.train import METHODS, ComposedMethod, Method, MethodSpec, TrainConfig, fit, register_method
 from adt_fast.train import checkpoint as ckpt
 
 import external_models
@@ -175,6 +175,75 @@ def test_a_model_that_exits_in_channels_last_trains_in_contiguous_and_says_why(t
                    epochs=1, channels_last=None))
     recorded = json.loads((run / tuning.TUNING_FILE).read_text())[tuning.MEMORY_FORMAT]
     assert recorded == {"channels_last": False, "chosen_by": f"{tuning.CHANNELS_LAST_FAILED} (it called sys.exit(5))"}
+
+
+def test_a_resumed_factory_run_whose_model_exits_says_what_was_kept(tmp_path, monkeypatch, capsys):
+    """On --resume the arch comes from the run's config.json: the exit is still named, not silent."""
+    _user_module(tmp_path, monkeypatch, "exits_when_told", "class ExitsWhenTold(_Wrapped):\n"
+                 "    def forward(self, x):\n        if x.shape[0] > 2 and os.environ.get('EXIT_NOW'):\n"
+                 "            sys.exit(0)\n        return self.net(x)\n")
+    out = tmp_path / "r"
+    assert main(["train", "--method", "standard", "--arch", "exits_when_told:ExitsWhenTold", *FAST, "--epochs", "1",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("EXIT_NOW", "1")
+    code = main(["train", "--resume", "--epochs", "2", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert err == (f"adt-fast train: error: --arch exits_when_told:ExitsWhenTold: the model failed (it called "
+                   f"sys.exit(0)): {out / ckpt.LATEST} (the last completed epoch) is intact; continue with: "
+                   f"adt-fast train --resume --out {out}\n")
+
+
+class _ExitsInStep(Method):
+    """A registered method whose own code ends the program."""
+
+    def step(self, model, x, y):
+        sys.exit(4)
+
+
+def _exits_reading_the_settings(cfg):
+    sys.exit(6)
+
+
+@pytest.fixture
+def exiting_method():
+    """test-exits exits in its step; test-exits-reading in its --steps default, which --resume reads
+    with config.json when the run was written before the setting existed."""
+    register_method(MethodSpec("test-exits", _ExitsInStep, {}, description="test only"))
+    register_method(MethodSpec("test-exits-reading", _ExitsInStep, {"steps": _exits_reading_the_settings}))
+    yield "test-exits"
+    METHODS.pop("test-exits")
+    METHODS.pop("test-exits-reading")
+
+
+@pytest.mark.parametrize("arch, whose", [
+    (None, "--method test-exits: the registered method failed"),
+    ("external_models:build", "--arch external_models:build or --method test-exits: your code failed"),
+])
+def test_a_registered_method_that_exits_is_named_not_silent(arch, whose, exiting_method, tmp_path, capsys):
+    """adt_fast's own code never exits: with a built-in --arch the method's code did (the command ended
+    silently, with exit code 0 here); with a factory too, either may have, so both are named."""
+    out = tmp_path / "r"
+    code = main(["train", "--method", exiting_method, *(["--arch", arch] if arch else []), *FAST, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert err == (f"adt-fast train: error: {whose} (it called sys.exit(4)) before the first epoch finished, so "
+                   f"there is no checkpoint yet; adt-fast train --resume --out {out} starts it again from epoch 1\n")
+
+
+def test_an_exit_while_the_resumes_settings_are_read_is_named_too(exiting_method, tmp_path, capsys):
+    """Before the settings are read there is no arch or method to name (it was an UnboundLocalError)."""
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"method": "test-exits-reading", "dataset": "synthetic",
+                                                 "out": str(out)}))
+    code = main(["train", "--resume", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert err == (f"adt-fast train: error: your code (the --arch model or a registered method) failed (it called "
+                   f"sys.exit(6)) before the first epoch finished, so there is no checkpoint yet; adt-fast train "
+                   f"--resume --out {out} starts it again from epoch 1\n")
 
 
 def test_an_arch_that_is_neither_a_built_in_name_nor_a_factory_is_refused(tmp_path, capsys):

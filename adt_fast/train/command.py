@@ -192,12 +192,30 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(given)
 
 
+def whose_exit(arch, method) -> str:
+    """Who failed when a run ended in sys.exit(): adt_fast's own code never exits, so your code did,
+    the --arch model (a factory spec) or a registered method's (one adt_fast does not build); a run
+    with both names both, and one whose settings are not read yet neither."""
+    from ..models.external import is_factory_spec
+    from .methods import METHODS
+
+    model = arch is not None and is_factory_spec(arch)
+    spec = METHODS.get(method)
+    registered = spec is not None and not getattr(spec.build, "__module__", "").startswith("adt_fast.")
+    if model and registered:
+        return f"--arch {arch} or --method {method}: your code failed"
+    if registered:
+        return f"--method {method}: the registered method failed"
+    return f"--arch {arch}: the model failed" if model else "your code (the --arch model or a registered method) failed"
+
+
 def run_train(args: argparse.Namespace) -> int:
     from ..data import ChecksumError, DatasetFileError, DownloadError, MissingDependencyError
     from ..models.external import import_from_working_dir, is_factory_spec, raised
     from .checkpoint import CheckpointError
     from .loop import fit, interrupted_message
 
+    config = None  # a registered method's setting defaults run while the flags are read
     try:
         with sigterm_as_interrupt():
             config = config_from_args(args)
@@ -219,10 +237,10 @@ def run_train(args: argparse.Namespace) -> int:
               f"smaller --batch-size (a new run) or, for adt-exp, a smaller --samples-per-pass (a resume may "
               f"lower it)", file=sys.stderr)
         return 1
-    except SystemExit as err:  # no code of adt_fast's exits; the probes report an exit before the run
-        if not is_factory_spec(config.arch):
-            raise
-        stopped = f"error: --arch {config.arch}: the model failed ({raised(err)})"
+    except SystemExit as err:  # your code's (the --arch probes report theirs before the run)
+        given = given_settings(args)
+        arch, method = (given.get("arch"), given.get("method")) if config is None else (config.arch, config.method)
+        stopped = f"error: {whose_exit(arch, method)} ({raised(err)})"
         print(f"adt-fast train: {interrupted_message(Path(args.out), stopped)}", file=sys.stderr)
         return 1
     except Terminated:
