@@ -22,6 +22,18 @@ torch.set_num_threads(1)
 
 REQUIRE_EXTENSION_ENV = "ADT_FAST_REQUIRE_EXTENSION"
 
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def adt_fast_env(drop=()) -> dict:
+    """The environment of a `python -m adt_fast` child: this checkout first on its path, which a
+    child run in another folder (tmp_path) would otherwise not test (it would import whatever
+    adt_fast is installed), and no progress bars; without the variables named in `drop`."""
+    env = {name: value for name, value in os.environ.items() if name not in drop}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [CHECKOUT, env.get("PYTHONPATH")]))
+    env["ADT_FAST_NO_PROGRESS"] = "1"
+    return env
+
 
 def pytest_configure(config):
     """With ADT_FAST_REQUIRE_EXTENSION=1 (CI) a run without the cpu backend stops at once: every

@@ -24,6 +24,8 @@ from adt_fast.files import lock_folder
 from adt_fast.train import loop
 from adt_fast.train.checkpoint import save_atomic
 
+from conftest import adt_fast_env
+
 TINY = ["--dataset", "synthetic", "--max-batches", "1", "--batch-size", "16", "--no-tensorboard"]
 ADT_TINY = ["--method", "adt-exp", "--steps", "1", "--samples", "1", *TINY]
 EVAL_FAST = ["--dataset", "synthetic", "--n-examples", "4", "--attacks", "fgsm",
@@ -77,11 +79,8 @@ def no_attacks(monkeypatch):
 
 
 def _subprocess(argv, env_drop=()):
-    env = {k: v for k, v in os.environ.items() if k not in env_drop}
-    env["ADT_FAST_NO_PROGRESS"] = "1"
-    env["PYTHONPATH"] = str(Path(adt_fast.__file__).resolve().parents[1])
     return subprocess.run([sys.executable, "-m", "adt_fast", *argv], capture_output=True, text=True,
-                          env=env, timeout=120)
+                          env=adt_fast_env(drop=env_drop), timeout=120)
 
 
 # 1. eval never replaces what it did not write ---------------------------------------------------

@@ -14,6 +14,7 @@ from adt_fast.train import METHODS, ComposedMethod, Method, MethodSpec, TrainCon
 from adt_fast.train import checkpoint as ckpt
 
 import external_models
+from conftest import adt_fast_env
 
 SPEC = "external_models:sized(4)"
 FAST = ["--dataset", "synthetic", "--epochs", "2", "--max-batches", "2", "--batch-size", "16", "--device", "cpu",
@@ -119,7 +120,7 @@ def test_a_script_whose_argparse_exits_when_imported_is_an_error_not_a_silent_en
     out = tmp_path / "r"
     done = subprocess.run([sys.executable, "-m", "adt_fast", "train", "--method", "standard", "--arch",
                            "script:build", *FAST, "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=adt_fast_env())
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines()[-1] == (
         "adt-fast train: error: --arch script:build: importing 'script' failed: it called sys.exit(2) (argparse "

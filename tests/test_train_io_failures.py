@@ -11,6 +11,8 @@ import sys
 from adt_fast.cli import main
 from adt_fast.train import checkpoint as ckpt
 
+from conftest import adt_fast_env
+
 TINY = ["--method", "standard", "--dataset", "synthetic", "--max-batches", "1", "--batch-size", "16",
         "--no-tensorboard"]
 # Room for config.json and the other small files, not for a checkpoint of synthetic's small-cnn.
@@ -45,7 +47,7 @@ def test_a_checkpoint_write_the_system_refuses_says_what_was_kept(tmp_path):
 def _sigterm_after(argv, line: str, cwd=None):
     """Run `adt-fast ARGV` in a child and SIGTERM it once its stdout printed `line`; (code, stderr)."""
     child = subprocess.Popen([sys.executable, "-m", "adt_fast", *argv], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, cwd=cwd)
+                             stderr=subprocess.PIPE, text=True, cwd=cwd, env=adt_fast_env())
     try:
         for printed in child.stdout:
             if printed.startswith(line):
