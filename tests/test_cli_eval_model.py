@@ -220,6 +220,24 @@ def test_the_seed_repeats_a_randomised_model(tmp_path, capsys):
     assert reports[0] == reports[1]
 
 
+def test_a_feature_split_that_exits_skips_feaattack_as_one_that_fails(tmp_path, monkeypatch, capsys):
+    """FeaAttack's check of head(features(x)) reports a sys.exit() as any error there: the attack is
+    skipped with the reason and the others run (it ended eval as a model failure)."""
+    (tmp_path / "exiting_split.py").write_text(
+        "import sys\nfrom torch import nn\n\nfrom external_models import _Wrapped\n\n\n"
+        "class ExitingHead(_Wrapped):\n    def features(self, x):\n        return self.net[0](x)\n\n"
+        "    def head(self, features):\n        sys.exit(4)\n\n"
+        "    def forward(self, x):\n        return self.net(x)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "e.json"
+    code = main(["eval", "--model", "exiting_split:ExitingHead", *FAST, "--attacks", "fgsm,feature", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    attacks = json.loads(out.read_text())["attacks"]
+    assert attacks["feature"]["skipped"] == ("head(features(x)) fails on the model (it called sys.exit(4)), so "
+                                             "FeaAttack cannot run")
+    assert "fgsm" in json.loads(out.read_text())["robust_accuracy"]
+
+
 def test_a_module_in_the_working_folder_is_found_when_it_is_not_on_sys_path(tmp_path, monkeypatch, capsys):
     """The installed adt-fast script's sys.path starts at its own folder, not at the working one."""
     (tmp_path / "my_local_models.py").write_text(

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..checks import MAX_ATTACK_STEPS, check_int, check_non_negative, check_steps, check_tries, parse_int, shown
-from ..models.external import has_feature_split
+from ..models.external import has_feature_split, raised
 from .distribution import fit_distribution
 from .engine import (classified, eval_mode, example_seed, iterative_attack, model_device,
                      per_example_normals, per_example_start)
@@ -484,8 +484,8 @@ class FeatureAttack(Attack):
         try:
             with eval_mode(ctx.model), torch.no_grad():
                 whole, split = ctx.logits(probe), ctx.head(ctx.features(probe))
-        except Exception as err:  # noqa: BLE001 - the user's split, whatever it raises
-            return f"head(features(x)) fails on the model ({type(err).__name__}: {err}), so FeaAttack cannot run"
+        except (Exception, SystemExit) as err:  # noqa: BLE001 - the user's split, whatever it raises
+            return f"head(features(x)) fails on the model ({raised(err)}), so FeaAttack cannot run"
         # The tolerance scales with the finite logits: a model gone NaN (a diverged run) agrees
         # with its split where both are NaN, and FeaAttack then scores it broken, as every attack does.
         finite = whole[torch.isfinite(whole)]
