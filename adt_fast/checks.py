@@ -43,11 +43,12 @@ def check_int(value, name: str, minimum: int = 1, maximum: Optional[int] = None)
     return value
 
 
-def parse_int(text: str, minimum: int = 1, maximum: Optional[int] = None) -> int:
+def parse_int(text: str, minimum: Optional[int] = 1, maximum: Optional[int] = None) -> int:
     """The integer that ``text`` (a flag's value, pgd:N's N) writes, if in [minimum, maximum]; else a
     ValueError in check_int's words, without a name: the caller's flag or attack names it. A numeral
     longer than ``maximum``'s is refused before int() reads it, which refuses more than 4,300 digits
-    with an error of its own."""
+    with an error of its own. ``minimum=None``: any integer (a caller that checks the range later,
+    as TrainConfig does for train's flags)."""
     numeral = text.strip().lstrip("+-").replace("_", "").lstrip("0")
     value = None
     if maximum is None or not numeral.isdigit() or len(numeral) <= len(str(maximum)):
@@ -55,7 +56,10 @@ def parse_int(text: str, minimum: int = 1, maximum: Optional[int] = None) -> int
             value = int(text)
         except ValueError:
             pass
-    if value is None or value < minimum or (maximum is not None and value > maximum):
+    if value is None and minimum is None:
+        too_long = numeral.isdigit()  # past int()'s 4,300 digits
+        raise ValueError(f"{'is too long a number' if too_long else 'must be an integer'}, got {shown(text)}")
+    if value is None or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ValueError(f"{int_range(minimum, maximum)}, got {shown(text)}")
     return value
 

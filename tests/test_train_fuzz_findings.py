@@ -107,3 +107,48 @@ def test_a_pgd_perturbation_composed_in_python_takes_at_most_max_attack_steps():
     assert PGD(CEInner(), epsilon=0.1, steps=MAX_ATTACK_STEPS, step_size=0.025).steps == MAX_ATTACK_STEPS
     with pytest.raises(ValueError, match=rf"^steps must be an integer from 0 to {MAX_ATTACK_STEPS}, got 10000000000$"):
         PGD(CEInner(), epsilon=0.1, steps=10**10, step_size=0.025)
+
+
+@pytest.mark.parametrize("field, method, bound, low", [
+    ("epochs", "standard", 2**63 - 1, 1),          # 10**400: OverflowError in the lr-drop epoch's float
+    ("batch_size", "standard", 2**63 - 1, 1),      # 10**400: epochs of no batch, loss 0, nothing trained
+    ("save_freq", "standard", 2**63 - 1, 0),
+    ("max_batches", "standard", 2**63 - 1, 1),
+    ("samples", "adt-exp", 1000, 1),               # 10**400: the process was killed for memory (24 GB)
+    ("generator_width", "adt-exp-am", 4096, 1),    # 100000: a traceback asking for 720 GB
+])
+def test_counts_past_their_bound_are_refused_by_the_config(field, method, bound, low, tmp_path):
+    """argparse reads any integer, so a typo or a huge number reached the run: each count now has a
+    bound (MAX_COUNT, MAX_ATTACK_TRIES, MAX_GENERATOR_WIDTH), which is still accepted."""
+    from adt_fast.train.config import ConfigError, TrainConfig
+
+    def config(value):
+        return TrainConfig(method=method, dataset="synthetic", out=str(tmp_path / "run"), device="cpu",
+                           **{field: value})
+
+    assert getattr(config(bound).resolve(), field) == bound
+    for value in (bound + 1, 10**400):
+        shown = str(value) if value < 10**40 else "an integer of about 400 digits"
+        with pytest.raises(ConfigError, match=rf"^--{field.replace('_', '-')} must be an integer from {low} to "
+                                              rf"{bound}, got {shown}$"):
+            config(value).resolve()
+
+
+def test_lr_drop_epochs_past_the_count_bound_are_refused(tmp_path):
+    from adt_fast.train.config import ConfigError, TrainConfig
+
+    for drop in ([2**63], [10**400]):
+        with pytest.raises(ConfigError, match=r"^--lr-drop must be a list of epochs from 2 to 9223372036854775807"):
+            TrainConfig(method="standard", dataset="synthetic", out=str(tmp_path / "run"), device="cpu",
+                        lr_drop=drop).resolve()
+
+
+@pytest.mark.parametrize("flag", ["--epochs", "--batch-size", "--seed", "--steps", "--lr-drop", "--max-batches"])
+def test_an_integer_flag_of_5000_digits_is_one_short_line(flag, tmp_path, capsys):
+    """argparse's int() refuses more than 4,300 digits and the message quoted all 5,000 of them."""
+    with pytest.raises(SystemExit) as stopped:  # argparse's usage error
+        _train(capsys, "--method", "at-pgd", "--dataset", "synthetic", flag, "1" * 5000, "--out", str(tmp_path / "run"))
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and len(err) < 300 and err.count("\n") == 1, err
+    assert f"argument {flag}: " in err and "(5002 characters)" in err  # the repr's, quotes included
+    assert not (tmp_path / "run").exists()

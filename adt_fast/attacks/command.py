@@ -56,8 +56,9 @@ def _epsilon(text: str) -> float:
     return value
 
 
-def _int_flag(minimum: int, maximum: Optional[int] = None):
-    """argparse's type for an integer flag in [minimum, maximum], refused in check_int's words."""
+def _int_flag(minimum: Optional[int], maximum: Optional[int] = None):
+    """argparse's type for an integer flag in [minimum, maximum], refused in check_int's words
+    (minimum None: any integer, whose range a later check states)."""
     def parse(text: str) -> int:
         try:
             return parse_int(text, minimum, maximum)
@@ -128,7 +129,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                         help=f"the dataset whose test split is attacked: {', '.join(DATASETS)}, an .npz "
                              f"file (only x_test, y_test are read) or an image folder (only test/ is read) "
                              f"(default: the one the run recorded in dataset.json)")
-    parser.add_argument("--image-size", type=int, default=None, metavar="N",
+    parser.add_argument("--image-size", type=_int_flag(None), default=None, metavar="N",
                         help="resize an image folder's images to N x N, the size the model takes (default: "
                              "their one size; for the run's own folder, the size the run recorded)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",

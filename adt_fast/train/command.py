@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..checks import parse_int, shown
 from ..devices import BF16_EMULATED, out_of_memory_text
 from ..interrupts import INTERRUPTED_EXIT, TERMINATED_EXIT, Terminated, sigterm_as_interrupt
 from .config import (AUTO, DIST_GRADS, GENERATOR_GRADS, LOSSES, NO_HINGE, PRECISIONS, TRADES_INNERS, ConfigError,
@@ -31,7 +32,15 @@ def number(text: str) -> float:
     try:
         return float(Fraction(text)) if "/" in text else float(text)
     except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 0.031 or 8/255)") from None
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a number (e.g. 0.031 or 8/255)") from None
+
+
+def integer(text: str) -> int:
+    """An integer flag; its range is TrainConfig's to check, in the words fit uses too."""
+    try:
+        return parse_int(text, minimum=None)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def hinge(text: str):
@@ -41,7 +50,7 @@ def hinge(text: str):
     try:
         return number(text)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor {NO_HINGE}") from None
+        raise argparse.ArgumentTypeError(f"{shown(text)} is neither a number nor {NO_HINGE}") from None
 
 
 def integer_or(word: str, meaning):
@@ -50,9 +59,9 @@ def integer_or(word: str, meaning):
         if text.strip().lower() == word:
             return meaning
         try:
-            return int(text)
+            return parse_int(text, minimum=None)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is neither an integer nor {word}") from None
+            raise argparse.ArgumentTypeError(f"{shown(text)} is neither an integer nor {word}") from None
     return parse
 
 
@@ -80,7 +89,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                      help=f"{', '.join(DATASETS)}; or your own data: an .npz file (x_train, y_train, "
                           f"x_test, y_test) or an image folder (train/<class>/*, test/<class>/*); "
                           f"see docs/data.md")
-    run.add_argument("--image-size", type=int, metavar="N",
+    run.add_argument("--image-size", type=integer, metavar="N",
                      help="resize an image folder's images to N x N (default: keep their one size)")
     run.add_argument("--out", required=True, metavar="RUN_DIR",
                      help="run directory; must be new or empty unless --resume")
@@ -95,8 +104,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                           f"'mypackage.models:wrn34(num_classes=10)'; it must return logits for inputs in "
                           f"[0, 1] (docs/training.md)")
     run.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    run.add_argument("--seed", type=int, metavar="S", help="seed (default 0)")
-    run.add_argument("--save-freq", type=int, metavar="N",
+    run.add_argument("--seed", type=integer, metavar="S", help="seed (default 0)")
+    run.add_argument("--save-freq", type=integer, metavar="N",
                      help="also keep checkpoint_epoch{N}.pt every N epochs; 0 = never (default 25)")
     run.add_argument("--max-batches", type=max_batches, metavar="N|all",
                      help="cap the batches per epoch (train and test), for smoke runs; 'all' lifts "
@@ -108,10 +117,10 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                           "methods without clean logits (default: from a sample of batches)")
 
     outer = parser.add_argument_group("outer training (appendix C.3)")
-    outer.add_argument("--epochs", type=int, metavar="N", help="default 76 (C.3); 15 for digits, 5 for synthetic")
-    outer.add_argument("--batch-size", type=int, metavar="B", help="default 64")
+    outer.add_argument("--epochs", type=integer, metavar="N", help="default 76 (C.3); 15 for digits, 5 for synthetic")
+    outer.add_argument("--batch-size", type=integer, metavar="B", help="default 64")
     outer.add_argument("--lr", type=number, metavar="LR", help="SGD learning rate, default 0.1 (0.01 for madry-cnn)")
-    outer.add_argument("--lr-drop", type=int, nargs="*", metavar="EPOCH",
+    outer.add_argument("--lr-drop", type=integer, nargs="*", metavar="EPOCH",
                        help="1-based epochs from which lr is multiplied by --lr-gamma "
                             "(default 75 for 76 epochs; round(75 N / 76) for N epochs)")
     outer.add_argument("--lr-gamma", type=number, metavar="G", help="default 0.1")
@@ -131,9 +140,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     inner = parser.add_argument_group("perturbation / inner problem")
     inner.add_argument("--epsilon", type=number, metavar="E",
                        help="l_inf budget for inputs in [0, 1] (default: the dataset's, e.g. 8/255)")
-    inner.add_argument("--steps", type=int, metavar="T", help="inner steps (default 7)")
+    inner.add_argument("--steps", type=integer, metavar="T", help="inner steps (default 7)")
     inner.add_argument("--step-size", type=number, metavar="A", help="PGD step (default epsilon/4)")
-    inner.add_argument("--samples", type=int, metavar="K", help="ADT MC samples per step (default 5)")
+    inner.add_argument("--samples", type=integer, metavar="K", help="ADT MC samples per step (default 5)")
     inner.add_argument("--lbd", type=number, metavar="L",
                        help="ADT entropy weight lambda (default 0.01; 1.0 for adt-imp-am)")
     inner.add_argument("--dist-lr", type=number, metavar="LR",
@@ -161,7 +170,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     amortised = parser.add_argument_group("amortised ADT and baselines (docs/amortized.md)")
     amortised.add_argument("--generator-lr", type=number, metavar="LR",
                            help="Adam lr of the generator (adt-exp-am, adt-imp-am, l2l; default 2e-4, constant)")
-    amortised.add_argument("--generator-width", type=int, metavar="W",
+    amortised.add_argument("--generator-width", type=integer, metavar="W",
                            help="generator width, Table 7's 256 filters (default 256)")
     amortised.add_argument("--generator-grad", choices=GENERATOR_GRADS,
                            help="the generator's input gradients g1, g2: per-example (default, the "

@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..checks import MAX_ATTACK_STEPS, check_int
+from ..checks import MAX_ATTACK_STEPS, MAX_ATTACK_TRIES, check_int, shown
 from ..files import check_path, os_error_text
 
 CONFIG_FILE = "config.json"
@@ -60,6 +60,13 @@ class ConfigError(ValueError):
 PAPER_EPOCHS = 76
 MAX_SEED = 2**64 - 1  # torch.manual_seed takes an unsigned 64-bit seed
 FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: the bound of --lr and --weight-decay
+# Counts (epochs, batch size, batches): torch's sizes and the run's counters are int64; a number past
+# that (argparse reads any integer) broke in arithmetic after the run began, e.g. an epoch count
+# whose lr-drop epoch overflowed a float, or a batch size that gave epochs of no batch.
+MAX_COUNT = 2**63 - 1
+# The generator's width: its weights grow with the square (about 1.2 GB at 4,096, 16 times the
+# paper's 256); a typo such as 100000 asked the allocator for 720 GB.
+MAX_GENERATOR_WIDTH = 4096
 # The offline sets are tiny (digits: 1,438 training images); their demo runs in about a minute on
 # a laptop CPU instead of C.3's 76 epochs, which were tuned for CIFAR-10.
 SMALL_DATASET_EPOCHS = {"digits": 15, "synthetic": 5}
@@ -239,12 +246,12 @@ class TrainConfig:
 
         if cfg.epochs is None:
             cfg.epochs = SMALL_DATASET_EPOCHS.get(cfg.dataset, PAPER_EPOCHS)
-        _int(cfg, "epochs", 1)
-        _int(cfg, "batch_size", 1)
+        _int(cfg, "epochs", 1, high=MAX_COUNT)
+        _int(cfg, "batch_size", 1, high=MAX_COUNT)
         _int(cfg, "seed", 0, high=MAX_SEED)
-        _int(cfg, "save_freq", 0)
+        _int(cfg, "save_freq", 0, high=MAX_COUNT)
         if cfg.max_batches is not None:
-            _int(cfg, "max_batches", 1)
+            _int(cfg, "max_batches", 1, high=MAX_COUNT)
         if cfg.lr is None:
             cfg.lr = ARCH_LR.get(cfg.arch, PAPER_LR)
         # the optimisers take both as float32 multipliers: larger failed in torch after the run began
@@ -297,7 +304,7 @@ class TrainConfig:
         if "step_size" in spec.params:
             _real(cfg, "step_size", low=0.0, strict=True, high=MAX_EPSILON)  # as eval's attacks take it
         if "samples" in spec.params:
-            _int(cfg, "samples", 1)
+            _int(cfg, "samples", 1, high=MAX_ATTACK_TRIES)  # as eval's distribution attack: memory grows with it
         if "lbd" in spec.params:
             _real(cfg, "lbd", low=0.0)
         if "dist_lr" in spec.params:
@@ -312,7 +319,7 @@ class TrainConfig:
         if "generator_lr" in spec.params:
             _real(cfg, "generator_lr", low=0.0, strict=True)
         if "generator_width" in spec.params:
-            _int(cfg, "generator_width", 1)
+            _int(cfg, "generator_width", 1, high=MAX_GENERATOR_WIDTH)
         if "hinge" in spec.params and cfg.hinge != NO_HINGE:
             if isinstance(cfg.hinge, bool) or not isinstance(cfg.hinge, (int, float)) \
                     or not math.isfinite(cfg.hinge):
@@ -457,8 +464,8 @@ def _int(cfg: TrainConfig, name: str, low: int, high: Optional[int] = None) -> N
 def _sorted_lr_drop(epochs: Any) -> list:
     """--lr-drop validated and in order (the scheduler and config.json keep it sorted)."""
     if not isinstance(epochs, (list, tuple)) or any(
-            isinstance(e, bool) or not isinstance(e, int) or e < 2 for e in epochs):
-        raise ConfigError(f"--lr-drop must be a list of epochs >= 2 (1-based), got {epochs!r}")
+            isinstance(e, bool) or not isinstance(e, int) or not 2 <= e <= MAX_COUNT for e in epochs):
+        raise ConfigError(f"--lr-drop must be a list of epochs from 2 to {MAX_COUNT} (1-based), got {shown(epochs)}")
     return sorted(int(e) for e in epochs)
 
 
