@@ -212,3 +212,17 @@ def test_a_tune_that_returns_what_tuning_json_cannot_hold_is_named(name, tuned, 
                                         f"tuning.json, " + message):
         fit(TrainConfig(method=name, out=str(tmp_path / "run"), **TINY))
     assert not (tmp_path / "run" / "tuning.json").exists()
+
+
+def test_a_tune_that_returns_tuples_is_applied_as_its_resumes_read_it_back(tmp_path):
+    """tuning.json writes a tuple as a list: the first run applied the tuple and every resume the
+    list, so a method that compared or hashed it behaved differently after a resume."""
+    applied = []
+    method = type("FuzzTuples", (Method,), {
+        "step": lambda self, model, x, y: StepOutput(cross_entropy(model(x), y).mean(), None),
+        "tune": lambda self, model, x, y, recorded=None: recorded or {"sizes": (2, 4)},
+        "apply_tuning": lambda self, tuning: applied.append(tuning)})
+    name = _register_once(MethodSpec("fuzz-tune-tuples", lambda cfg, model, rt: method(cfg, model, rt)))
+    fit(TrainConfig(method=name, out=str(tmp_path / "run"), **TINY))
+    fit(TrainConfig(method=name, out=str(tmp_path / "run"), resume=True, **{**TINY, "epochs": 2}))
+    assert [a["sizes"] for a in applied] == [[2, 4], [2, 4]]

@@ -66,15 +66,16 @@ def load_or_measure(run_dir: Path, method, model, x, y, *, channels_last, resume
 
 
 def _checked_tuning(tuned: Any, method) -> dict:
-    """What a method's tune() returned, if tuning.json can write it and a resume read it back as it
-    was; else a TypeError naming the method and what is not JSON, instead of json's error from
-    inside the write (which never begins: the file is not touched)."""
+    """What a method's tune() returned, as tuning.json holds it (tuples as lists: the run applies
+    what its resumes will read back), if JSON can write it; else a TypeError naming the method and
+    what is not JSON, instead of json's error from inside the write (which never begins: the file
+    is not touched)."""
     problem = f"got {type(tuned).__name__}" if not isinstance(tuned, dict) else _not_json(tuned, "tune()")
     if problem is not None:
         raise TypeError(f"method {method.label}: tune() must return a dict of "
                         f"JSON types (str keys; str, int, float, bool, None, and lists and dicts of them) for "
                         f"{TUNING_FILE}, {problem}")
-    return tuned
+    return json.loads(json.dumps(tuned))
 
 
 def _not_json(value: Any, at: str, inside: tuple = ()) -> Optional[str]:
