@@ -67,11 +67,25 @@ def bf16_emulation_warning(device: Union[str, torch.device]) -> Optional[str]:
             f"use --precision fp32 on this machine")
 
 
+# What torch's CPU allocator says when the system refuses an allocation (a RuntimeError: only a
+# GPU's is a torch.OutOfMemoryError), after a prefix naming its C++ source line.
+CPU_ALLOCATION_REFUSED = "DefaultCPUAllocator: can't allocate memory"
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether torch ran out of memory: a GPU's torch.OutOfMemoryError, or the CPU allocator's
+    refusal, which a batch too large for the machine meets on CPU alike."""
+    return isinstance(err, torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and CPU_ALLOCATION_REFUSED in str(err))
+
+
 def out_of_memory_text(err: BaseException) -> str:
-    """The first line of torch's out-of-memory message (what it tried to allocate); the rest is a
-    paragraph on the allocator that a one-line error has no room for."""
+    """The first line of torch's out-of-memory message (what it tried to allocate), from the CPU
+    allocator's own words on; the rest is a paragraph on the allocator that a one-line error has
+    no room for."""
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    first = text.splitlines()[0] if text else type(err).__name__
+    return first[max(first.find(CPU_ALLOCATION_REFUSED), 0):]
 
 
 def seconds_in_turns(runs: Mapping[Hashable, Callable[[], object]], device: Union[str, torch.device],

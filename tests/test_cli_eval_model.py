@@ -184,7 +184,7 @@ def test_running_out_of_device_memory_names_the_batch_size(tmp_path, capsys):
                  "--out", str(tmp_path / "e.json")])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert ("adt-fast eval: error: --batch-size: 3 examples a batch ran out of device memory during the "
+    assert ("adt-fast eval: error: --batch-size: 3 examples a batch ran out of memory during the "
             "attacks (CUDA out of memory. Tried to allocate 20.00 GiB (stand-in)); a smaller --batch-size "
             "needs less, and no result depends on it") in err, err
     assert not (tmp_path / "e.json").exists()
@@ -477,3 +477,21 @@ def test_evaluates_own_refusal_of_a_source_model_blames_source_model(tmp_path, c
     assert code == 2, err
     assert err.startswith("adt-fast eval: error: --source-model: the labels go up to "), err
     assert "but the source model returns 5 logits" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_cpu_allocators_refusal_is_out_of_memory_too(tmp_path, capsys, monkeypatch):
+    """On CPU torch raises a RuntimeError, not torch.OutOfMemoryError, when the system refuses an
+    allocation: the same line, with the allocator's words from 'DefaultCPUAllocator' on."""
+    def refused(self, x):
+        if x.shape[0] > 2:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                               "memory: you tried to allocate 1000000000000 bytes. Error code 12 (Cannot allocate memory)")
+        return self.net(x)
+    monkeypatch.setattr(external_models.OutOfMemoryOnBigBatches, "forward", refused)
+    code = main(["eval", "--model", "external_models:OutOfMemoryOnBigBatches", *FAST, "--batch-size", "3",
+                 "--out", str(tmp_path / "e.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and err == (
+        "adt-fast eval: error: --batch-size: 3 examples a batch ran out of memory during the attacks "
+        "(DefaultCPUAllocator: can't allocate memory: you tried to allocate 1000000000000 bytes. Error code 12 "
+        "(Cannot allocate memory)); a smaller --batch-size needs less, and no result depends on it\n"), err

@@ -195,7 +195,7 @@ def test_out_of_device_memory_says_what_was_kept_and_what_needs_less(tmp_path, m
     args = ["train", "--method", "standard", "--dataset", "synthetic", "--epochs", "2", *FAST[4:], "--out", str(out)]
     assert main(args) == 1
     err = capsys.readouterr().err
-    assert err == (f"adt-fast train: error: out of device memory (CUDA out of memory. Tried to allocate 2.00 GiB "
+    assert err == (f"adt-fast train: error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB "
                    f"(stand-in)): {out / 'checkpoint.pt'} (the last completed epoch) is intact; continue with: "
                    f"adt-fast train --resume --out {out}. Training needs less with a smaller --batch-size (a new "
                    f"run) or, for adt-exp, a smaller --samples-per-pass (a resume may lower it)\n")

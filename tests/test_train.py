@@ -4,6 +4,7 @@ import dataclasses
 import json
 import re
 import shlex
+from typing import Optional
 
 import pytest
 import torch
@@ -819,7 +820,7 @@ def test_beta_is_dropped_with_the_ce_loss():
     assert cfg.beta is None and cfg.beta_scales_entropy is None
 
 
-def _runs_out_of_memory_above(monkeypatch, examples: int) -> list:
+def _runs_out_of_memory_above(monkeypatch, examples: int, error: Optional[Exception] = None) -> list:
     """Runtime.forward raising torch's out-of-memory error on an eval-mode batch of more than
     `examples`, as a large test batch beside training's state does on a GPU; returns the sizes tried."""
     tried = []
@@ -829,7 +830,7 @@ def _runs_out_of_memory_above(monkeypatch, examples: int) -> list:
         if not model.training:
             tried.append(x.shape[0])
             if x.shape[0] > examples:
-                raise torch.OutOfMemoryError(f"CUDA out of memory (stand-in, {x.shape[0]} examples)")
+                raise error or torch.OutOfMemoryError(f"CUDA out of memory (stand-in, {x.shape[0]} examples)")
         return forward(self, model, x, *args, **kwargs)
 
     monkeypatch.setattr(loop.Runtime, "forward", limited)
@@ -851,6 +852,15 @@ def test_clean_accuracy_tests_a_batch_that_runs_out_of_memory_in_halves(monkeypa
     _runs_out_of_memory_above(monkeypatch, 0)
     with pytest.raises(torch.OutOfMemoryError), pytest.warns(RuntimeWarning):
         loop.clean_accuracy(model, x, y, batch_size=10)     # not even one example fits: torch's error
+    monkeypatch.undo()
+    _runs_out_of_memory_above(monkeypatch, 3, RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. "
+                                                           "DefaultCPUAllocator: can't allocate memory: ..."))
+    with pytest.warns(RuntimeWarning):   # the CPU allocator's refusal is running out of memory too
+        assert loop.clean_accuracy(model, x, y, batch_size=10) == expected
+    monkeypatch.undo()
+    _runs_out_of_memory_above(monkeypatch, 3, RuntimeError("a bug in the model"))
+    with pytest.raises(RuntimeError, match="a bug in the model"):  # any other error is not halved
+        loop.clean_accuracy(model, x, y, batch_size=10)
 
 
 def test_a_test_pass_out_of_memory_costs_no_epoch_and_is_halved_once_a_run(tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from typing import Any, List, Optional
 import torch
 
 from ..checks import MAX_ATTACK_STEPS, MAX_ATTACK_TRIES, parse_int
-from ..devices import DeviceError, out_of_memory_text, resolve_device
+from ..devices import DeviceError, is_out_of_memory, out_of_memory_text, resolve_device
 from ..distributed import DistributedError, check_timeout, launch_rank, launched, local_device, session
 from ..interrupts import INTERRUPTED_EXIT, TERMINATED_EXIT, Terminated, sigterm_as_interrupt
 from .report import SaveInterrupted
@@ -585,8 +585,8 @@ def _run(args) -> int:
     except DistributedError as err:
         raise EvalError(None, str(err)) from None
     except (Exception, SystemExit) as err:  # SystemExit: your model's sys.exit(), which would end the command silently
-        if isinstance(err, torch.OutOfMemoryError):  # this process's own, under torchrun too
-            raise EvalError("--batch-size", f"{args.batch_size} examples a batch ran out of device memory "
+        if is_out_of_memory(err):  # this process's own, under torchrun too
+            raise EvalError("--batch-size", f"{args.batch_size} examples a batch ran out of memory "
                                             f"during the attacks ({out_of_memory_text(err)}); a smaller --batch-size "
                                             f"needs less, and no result depends on it") from None
         if launched() and _collective_failed(err):  # the group's failure, most likely another rank's

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import torch
 
 from ..checks import check_int, check_non_negative, check_steps
-from ..devices import best_seconds
+from ..devices import best_seconds, is_out_of_memory
 from ..ops import sample_and_entropy
 from .engine import input_gradient
 
@@ -139,7 +139,7 @@ def choose_samples_per_pass(loss_fn: BatchedLoss, x: torch.Tensor, num_samples: 
     Times loss_fn's forward plus its input gradient on m copies of the batch x for m in
     1, 2, 4, ... and num_samples (best of `repeats`, in turns, after one warm-up each) and returns the
     fastest m with the measured seconds per sample by m. Uses no random numbers. The warm-ups go
-    smallest first, and the first m that runs out of device memory is left out with every larger
+    smallest first, and the first m that runs out of memory is left out with every larger
     one: a pass that does not fit is not a choice (torch's error when not even m = 1 fits).
     """
     candidates = sorted({min(2 ** i, num_samples) for i in range(num_samples.bit_length())} | {num_samples})
@@ -148,8 +148,8 @@ def choose_samples_per_pass(loss_fn: BatchedLoss, x: torch.Tensor, num_samples: 
         try:
             runs[m] = partial(_losses_and_input_grads, loss_fn, x.detach().unsqueeze(0).repeat(m, *[1] * x.dim()), m)
             runs[m]()  # its warm-up
-        except torch.OutOfMemoryError:
-            if m == candidates[0]:
+        except RuntimeError as err:
+            if m == candidates[0] or not is_out_of_memory(err):
                 raise
             runs.pop(m, None)  # and with it the m copies of the batch
             out_of_memory = True

@@ -14,10 +14,8 @@ import warnings
 from fractions import Fraction
 from pathlib import Path
 
-import torch
-
 from ..checks import parse_int, shown
-from ..devices import BF16_EMULATED, out_of_memory_text
+from ..devices import BF16_EMULATED, is_out_of_memory, out_of_memory_text
 from ..interrupts import INTERRUPTED_EXIT, TERMINATED_EXIT, Terminated, sigterm_as_interrupt
 from .config import (AUTO, DIST_GRADS, GENERATOR_GRADS, LOSSES, NO_HINGE, PRECISIONS, TRADES_INNERS, ConfigError,
                      TrainConfig, resume_config)
@@ -240,8 +238,10 @@ def run_train(args: argparse.Namespace) -> int:
             FileNotFoundError, MissingDependencyError) as err:
         print(f"adt-fast train: error: {err}", file=sys.stderr)
         return 2
-    except torch.OutOfMemoryError as err:
-        stopped = f"error: out of device memory ({out_of_memory_text(err)})"
+    except RuntimeError as err:
+        if not is_out_of_memory(err):
+            raise
+        stopped = f"error: out of memory ({out_of_memory_text(err)})"
         print(f"adt-fast train: {interrupted_message(Path(args.out), stopped)}. Training needs less with a "
               f"smaller --batch-size (a new run) or, for adt-exp, a smaller --samples-per-pass (a resume may "
               f"lower it)", file=sys.stderr)

@@ -41,7 +41,7 @@ from torch import nn
 from .. import data as datasets
 from .. import distributed
 from ..attacks.engine import classified, eval_mode
-from ..devices import bf16_emulation_warning
+from ..devices import bf16_emulation_warning, is_out_of_memory
 from ..distributed import BatchShard, World
 from ..files import (ATOMIC_LEFTOVER, FolderBusy, check_path, lock_folder, os_error_text, remove_atomic_leftovers,
                      unwritable_reason, write_atomic)
@@ -257,8 +257,8 @@ def _clean_accuracy(model, x, y, runtime, batch_size, max_batches, world, chunk)
                 stop = min(begin + chunk, end)
                 try:
                     correct += classified(runtime.forward(model, x[begin:stop]), y[begin:stop]).sum()
-                except torch.OutOfMemoryError:
-                    if stop - begin == 1:
+                except RuntimeError as err:
+                    if stop - begin == 1 or not is_out_of_memory(err):
                         raise
                 else:
                     seen += stop - begin
