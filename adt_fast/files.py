@@ -12,6 +12,7 @@ processes from writing the same folder at once, or makes the second wait for the
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -33,8 +34,12 @@ def write_atomic(path: PathLike, write: Callable[[IO], None], mode: str = "wb", 
 
     An exception from `write` deletes the temporary file and leaves `path` as it was. `suffix`
     names the temporary file: another one keeps it from the files remove_atomic_leftovers clears.
+    A folder at `path` is refused before anything is written (the rename could not replace it,
+    and its error would name the temporary file, after a write that may be a whole download).
     """
     path = Path(path)
+    if path.is_dir() and not path.is_symlink():  # a link is replaced, whatever it points to
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
         with os.fdopen(fd, mode) as handle:

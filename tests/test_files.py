@@ -33,6 +33,17 @@ def test_write_atomic_writes_its_temporary_file_beside_the_target(tmp_path):
     assert (tmp_path / "out.bin").read_bytes() == b"x"
 
 
+def test_write_atomic_refuses_a_folder_at_its_target_before_writing(tmp_path):
+    """It wrote the whole file (a download, say), then the rename failed naming the temporary file."""
+    (tmp_path / "target").mkdir()
+    written = []
+    with pytest.raises(IsADirectoryError) as refused:
+        files.write_atomic(tmp_path / "target", written.append)
+    assert refused.value.filename == str(tmp_path / "target") and not written
+    assert files.os_error_text(refused.value) == f"Is a directory: {tmp_path / 'target'}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+
+
 def test_lock_folder_is_exclusive_across_processes(tmp_path):
     """lock_folder: FolderBusy at once when another process holds it - also while that process
     holds it (a shared lock would let both in)."""
