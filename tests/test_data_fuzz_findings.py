@@ -148,3 +148,15 @@ def test_float8_tensors_are_read_as_float32(dtype):
     x = torch.full((6, 8, 8), 0.5).to(dtype)
     loaded = from_arrays(x, [0, 1] * 3, x[:3], [0, 1, 1])
     assert loaded.train[0].dtype == torch.float32 and torch.all(loaded.train[0] == 0.5)
+
+
+@pytest.mark.parametrize("name, folder, file", [
+    ("cifar10", "cifar-10-batches-py", "data_batch_1"),
+    ("svhn", ".", "train_32x32.mat"),
+])
+def test_a_folder_where_a_dataset_file_belongs_is_named_not_reported_missing(name, folder, file, tmp_path):
+    """'file not found; pass download=True' sent the user to a download that could not replace it."""
+    (tmp_path / folder / file).mkdir(parents=True)
+    with pytest.raises(DatasetFileError, match=rf"^{name} file {tmp_path / folder / file} is a folder; move it "
+                                               rf"away, then pass download=True"):
+        load(name, "train", data_dir=tmp_path)

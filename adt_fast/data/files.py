@@ -294,6 +294,10 @@ def file_present(path: Path) -> bool:
 
 def _require_file(path: Path, name: str, data_dir: Path) -> None:
     if not file_present(path):
+        if path.exists():  # a folder or a pipe of the file's name: "not found" would mislead
+            kind = "a folder" if path.is_dir() else "not a regular file"
+            raise DatasetFileError(f"{name} file {path} is {kind}; move it away, then "
+                                   f"{_how_to_get(name, data_dir)}")
         shown = path.name.removesuffix(".gz") + "[.gz]" if name in IDX_FOLDERS else path.name
         raise FileNotFoundError(
             f"{name} file {shown!r} not found in {path.parent}; {_how_to_get(name, data_dir)}"
