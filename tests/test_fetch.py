@@ -215,6 +215,27 @@ def test_a_complete_download_is_not_unpacked_again(tmp_path, file_server, monkey
     assert unpacked.read_bytes() == b"payload" * 1000
 
 
+def test_a_dataset_folder_linked_to_a_shared_copy_is_read_through_the_link(tmp_path, file_server, monkeypatch):
+    """cifar-10-batches-py as a link to a shared copy: --download refused it ('member would be
+    written outside the data directory', as for a malicious archive). A complete copy is now left
+    as it is; a damaged one is replaced by a folder of this data directory's own, the shared copy
+    untouched."""
+    served, base_url = file_server
+    archive = _serve_tiny_cifar(tmp_path, served)
+    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+    shared, data_dir = tmp_path / "shared", tmp_path / "data"
+    download("cifar10", shared, base_url=base_url)
+    data_dir.mkdir()
+    (data_dir / "cifar-10-batches-py").symlink_to(shared / "cifar-10-batches-py")
+    download("cifar10", data_dir, base_url=base_url)
+    assert (data_dir / "cifar-10-batches-py").is_symlink()
+    (shared / "cifar-10-batches-py" / "x").write_bytes(b"damaged")
+    download("cifar10", data_dir, base_url=base_url)
+    assert not (data_dir / "cifar-10-batches-py").is_symlink()
+    assert (data_dir / "cifar-10-batches-py" / "x").read_bytes() == b"payload" * 1000
+    assert (shared / "cifar-10-batches-py" / "x").read_bytes() == b"damaged"
+
+
 def test_leftovers_of_killed_downloads_are_removed_and_nothing_else(tmp_path, file_server, monkeypatch):
     """A killed download leaves its temporary file (.NAME.XXXXXXXX.part) or unpacking folder
     (.unpack-XXXXXXXX); the next download clears them, and only entries named exactly so."""

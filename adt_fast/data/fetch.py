@@ -214,11 +214,14 @@ def _content_length(response) -> int | None:
     return length if length >= 0 else None
 
 
-def _check_member(member: tarfile.TarInfo, root: str, archive: Path) -> None:
-    """Reject links, devices and paths that would land outside ``root``."""
+def _check_member(member: tarfile.TarInfo, root: str, archive: Path, follow_links: bool = True) -> None:
+    """Reject links, devices and paths that would land outside ``root``. ``follow_links=False``
+    judges the name alone (an absolute path, ``..``): for the data directory as it is, where a
+    folder may be a link to a shared copy that only a reader follows."""
     if not (member.isfile() or member.isdir()):
         raise DatasetFileError(f"refusing to unpack {archive}: member {member.name!r} is not a regular file or folder")
-    target = os.path.realpath(os.path.join(root, member.name))
+    joined = os.path.join(root, member.name)
+    target = os.path.realpath(joined) if follow_links else os.path.normpath(joined)
     if os.path.commonpath([root, target]) != root:
         raise DatasetFileError(f"refusing to unpack {archive}: member {member.name!r} would be written outside the data directory")
 
@@ -226,11 +229,11 @@ def _check_member(member: tarfile.TarInfo, root: str, archive: Path) -> None:
 def _unpacked(archive: Path, data_dir: Path) -> bool:
     """Whether every file of ``archive`` is in ``data_dir`` already, byte for byte: unpacking again
     would then only replace files that other processes may be reading."""
-    root = os.path.realpath(data_dir)
+    root = os.path.abspath(data_dir)
     try:
         with tarfile.open(archive, "r:gz") as tar:
             for member in tar:
-                _check_member(member, root, archive)
+                _check_member(member, root, archive, follow_links=False)  # it only reads: unpacking checks again
                 if member.isfile() and not _same_bytes(tar.extractfile(member), data_dir / member.name, member.size):
                     return False
     except (tarfile.TarError, EOFError, OSError, zlib.error):  # unpacking reports what is wrong
