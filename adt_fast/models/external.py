@@ -226,7 +226,7 @@ def _strip_wrapper_prefix(state: dict, model: nn.Module) -> dict:
     return state
 
 
-def _misfit(model: nn.Module, state: dict) -> str:
+def misfit(model: nn.Module, state: dict) -> str:
     """What differs between the weights and the model, in one line."""
     wanted = model.state_dict()
     missing = [k for k in wanted if k not in state]
@@ -272,8 +272,8 @@ def load_weights(model: nn.Module, path: Union[str, os.PathLike]) -> None:
     try:
         model.load_state_dict(payload)
     except RuntimeError as err:
-        misfit = _misfit(model, payload) or f"{err}".splitlines()[0]
-        raise ExternalModelError(f"the weights in {path} do not fit the model: {misfit}") from None
+        raise ExternalModelError(f"the weights in {path} do not fit the model: "
+                                 f"{misfit(model, payload) or str(err).splitlines()[0]}") from None
 
 
 def load_external_model(spec: str, weights: Union[None, str, os.PathLike] = None, *,

@@ -18,7 +18,7 @@ import torch
 
 from ..devices import resolve_device
 from ..files import check_path, write_atomic, zip_damage
-from ..models.external import weights_only_refusal
+from ..models.external import misfit, weights_only_refusal
 
 FORMAT = "adt_fast.checkpoint/1"
 LATEST = "checkpoint.pt"
@@ -135,7 +135,7 @@ def read_model(path: PathLike, device: Union[str, torch.device] = "cpu",
     _check_factory(path, model_config.get("arch") if isinstance(model_config, dict) else None, factory)
     try:
         model = build_classifier(**model_config)
-        model.load_state_dict(payload["model"])
+        load_weights(model, payload["model"], "the classifier")
     except ExternalModelError as err:
         raise CheckpointError(f"the classifier of {path} cannot be built: {err}") from None
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
@@ -147,6 +147,50 @@ def read_model(path: PathLike, device: Union[str, torch.device] = "cpu",
     trained = {key: value for key, value in found.items()
                if isinstance(value, kinds[key]) and not isinstance(value, bool)}
     return model.to(device).eval(), trained
+
+
+def load_weights(module: torch.nn.Module, state: Any, what: str) -> None:
+    """module.load_state_dict(state), failing with a ValueError of one line (torch's message puts
+    every missing key or shape on a line of its own, and a CLI error is one line); the caller names
+    the file."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        tensors = isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+        why = (misfit(module, state) if tensors else "") or str(err).strip().splitlines()[0]
+        raise ValueError(f"the weights for {what} do not fit: {why}") from None
+
+
+def load_schedule(scheduler, state: Any, name: str) -> None:
+    """scheduler.load_state_dict(state), which takes any dict (it updates the scheduler's
+    attributes with it): one lacking a setting the scheduler has would leave that setting fresh,
+    restarting the lr schedule without a word, so it is a ValueError naming what is missing."""
+    if not isinstance(state, dict):
+        raise ValueError(f"the {name} schedule's state must be a dict, got a {type(state).__name__}")
+    missing = sorted(key for key in set(scheduler.state_dict()) - set(state)
+                     if not key.startswith("_"))  # torch's private counters change between versions
+    if missing:
+        raise ValueError(f"the {name} schedule's state lacks {', '.join(missing)}")
+    scheduler.load_state_dict(state)
+
+
+def training_progress(payload: dict) -> tuple[int, list]:
+    """The epochs a checkpoint has finished and their metrics records, checked before a resume goes
+    on from them: a count that is not a whole number >= 0 (a negative one would train epochs that
+    do not exist) or a history that is not one record (a dict) per finished epoch (metrics.jsonl
+    is rewritten from it) is a ValueError, raised before the run directory is touched."""
+    epoch, history = payload.get("epoch"), payload.get("history")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"its epoch (the epochs finished) must be a whole number >= 0, got {epoch!r}")
+    if not isinstance(history, list):
+        raise ValueError(f"its history (the metrics records) must be a list, got a {type(history).__name__}")
+    if len(history) != epoch:
+        raise ValueError(f"its history must hold one metrics record per finished epoch: it holds {len(history)} "
+                         f"for epoch {epoch}")
+    if not all(isinstance(record, dict) for record in history):
+        raise ValueError("its history must hold metrics records (dicts), it holds "
+                         + ", ".join(sorted({type(record).__name__ for record in history})))
+    return epoch, list(history)
 
 
 def _check_factory(path: Path, arch: Any, factory: Optional[str]) -> None:
@@ -191,6 +235,9 @@ def restore_rng(state: dict, generators: dict | None = None, cuda_device: int | 
     With `cuda_device`, the stream of the GPU the saved run trained on goes to that device
     (under torchrun every rank holds the same streams, and each trains on its own GPU).
     The states may come from a checkpoint loaded onto the GPU; torch takes them as CPU tensors."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"the checkpoint holds no random-number states (rng is {type(state).__name__}, "
+                              f"not a dict)")
     try:
         torch.set_rng_state(_on_cpu(state["torch"]))
         saved_device = state.get("cuda_device")

@@ -127,20 +127,19 @@ class Trainer:
                 raise refuse(f"it holds {kind} {sorted(theirs) if isinstance(theirs, dict) else theirs!r}, "
                              f"this run has {sorted(ours)}")
         try:
-            self.model.load_state_dict(payload["model"])
+            ckpt.load_weights(self.model, payload["model"], "the classifier")
             for name, module in modules.items():
-                module.load_state_dict(payload["modules"][name])
+                ckpt.load_weights(module, payload["modules"][name], f"the {name} network")
             for name, opt in self.optimisers.items():
                 opt.load_state_dict(payload["optimisers"][name])
             for name, sched in self.schedulers.items():
-                sched.load_state_dict(payload["schedulers"][name])
+                ckpt.load_schedule(sched, payload["schedulers"][name], name)
             self.method.load_extra_state(payload.get("method_state", {}))
-            self.epoch = int(payload["epoch"])
-            self.history = list(payload["history"])
+            self.epoch, self.history = ckpt.training_progress(payload)
+            # Last: building the model and method above consumed random numbers.
+            ckpt.restore_rng(payload.get("rng"), {"data": self.data_generator}, self._cuda_device())
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise ckpt.CheckpointError(f"cannot resume from {source}: {err}") from None
-        # Last: building the model and method above consumed random numbers.
-        ckpt.restore_rng(payload["rng"], {"data": self.data_generator}, self._cuda_device())
 
     def _cuda_device(self) -> Optional[int]:
         """The GPU whose random stream is the run's (every rank's stream is the same)."""
