@@ -3,6 +3,8 @@ each gets a clear error naming what was wrong, or an honest result, never a stra
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -313,3 +315,56 @@ def test_eval_refuses_a_count_past_its_bound_when_it_parses_the_flag(flag, value
     parsed = build_parser().parse_args([*args, "--attacks", "pgd:100000", "--dist-steps", "100000",
                                         "--feature-targets", "1000"])
     assert (parsed.attacks, parsed.dist_steps, parsed.feature_targets) == (["pgd100000"], 100000, 1000)
+
+
+def _npz(tmp_path):
+    import numpy as np
+
+    data = tmp_path / "data.npz"
+    np.savez(data, x_test=np.random.default_rng(0).random((4, 3, 8, 8)).astype(np.float32),
+             y_test=np.arange(4, dtype=np.int64))
+    return data
+
+
+def test_an_out_name_too_long_for_the_reports_temporary_files_is_refused_before_the_attacks(tmp_path, monkeypatch, capsys):
+    # A 255-byte name fit the file system, but write_atomic's '.NAME.xxxxxxxx.tmp' beside it did
+    # not: every attack ran, then the save failed with 'File name too long'.
+    import adt_fast.attacks.evaluation as evaluation
+    from adt_fast.cli import main
+
+    def no_attacks(*args, **kwargs):
+        raise AssertionError("the attacks ran")
+
+    monkeypatch.setattr(evaluation, "evaluate", no_attacks)
+    for name in ("x" * 250 + ".json", "y" * 251 + ".json"):
+        code = main(["eval", "--model", "external_models:build", "--dataset", str(_npz(tmp_path)),
+                     "--attacks", "fgsm", "--device", "cpu", "--out", str(tmp_path / name)])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert f"--out: {tmp_path / name}: a name of {len(name)} bytes; the report's file names here may " \
+               f"have at most 241" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz"]
+
+
+def test_report_save_refuses_an_out_name_too_long_before_writing(tmp_path):
+    from adt_fast.attacks.report import report_paths
+
+    x, y = _data()
+    report = evaluate(_Split(), x, y, epsilon=0.1, attacks="fgsm", epsilon_curve=())
+    with pytest.raises(ValueError, match=r"a name of 255 bytes; the report's file names here may have at most 241"):
+        report.save(tmp_path / ("x" * 250 + ".json"), plot=False)
+    assert list(tmp_path.iterdir()) == []
+    # the longest name that fits is written, and unicode counts in bytes
+    assert report_paths(tmp_path / ("x" * 236 + ".json"))
+    with pytest.raises(ValueError, match=r"a name of 243 bytes"):
+        report_paths(tmp_path / ("é" * 119 + ".json"))
+
+
+@pytest.mark.parametrize("name", [".json", ".JSON"])
+def test_an_out_of_only_the_suffix_says_it_needs_a_name(name, tmp_path):
+    # Path('.json').suffix is '': "'.json' must name the JSON report, ending in .json".
+    from adt_fast.attacks.report import report_paths
+
+    with pytest.raises(ValueError, match=rf"{name} needs a name before its \.json"):
+        report_paths(tmp_path / name)
+

@@ -19,7 +19,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..files import make_writable_dir, os_error_text, write_atomic
+from ..files import ATOMIC_SUFFIX, make_writable_dir, os_error_text, write_atomic
 from .suite import PAPER_ATTACKS, PAPER_CW_STEPS, PAPER_FEATURE_TARGETS, label, pgd_steps
 
 PathLike = Union[str, os.PathLike]
@@ -460,9 +460,12 @@ def report_paths(path: PathLike, protect: Sequence[PathLike] = ()) -> Tuple[Path
     FileExistsError say which and why.
     """
     path = Path(path)
+    if path.name.lower() == ".json":  # a dot file to pathlib, with no suffix to replace
+        raise ValueError(f"{path} needs a name before its .json (REPORT.json gives REPORT.csv and REPORT.png)")
     if path.suffix.lower() != ".json":
         raise ValueError(f"{path} must name the JSON report, ending in .json (REPORT.csv and "
                          f"REPORT.png are written beside it)")
+    _check_name_length(path)
     paths = (path, path.with_suffix(".csv"), path.with_suffix(".png"))
     for target in paths:
         if target.is_dir():
@@ -476,6 +479,26 @@ def report_paths(path: PathLike, protect: Sequence[PathLike] = ()) -> Tuple[Path
             raise FileExistsError(f"{target} exists and is not an earlier adt_fast report; "
                                   f"choose another name (nothing else is ever overwritten)")
     return paths
+
+
+def _check_name_length(path: Path) -> None:
+    """Each file is written as '.NAME.xxxxxxxx.tmp' beside it (write_atomic) and then renamed: a
+    name that fits the file system without those bytes would fail only after the attacks."""
+    folder = Path(os.path.abspath(path.parent))
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        name_max = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no limit to ask for (not POSIX)
+        return
+    if name_max < 0:  # indeterminate
+        return
+    extra = len(f"..xxxxxxxx{ATOMIC_SUFFIX}")
+    length = len(os.fsencode(path.name))
+    if length + extra > name_max:
+        raise ValueError(f"{path}: a name of {length} bytes; the report's file names here may have at most "
+                         f"{name_max - extra} (each is first written as .NAME.xxxxxxxx{ATOMIC_SUFFIX}, and "
+                         f"this file system takes names of at most {name_max} bytes)")
 
 
 def _is_earlier_report(path: Path) -> bool:
