@@ -368,3 +368,28 @@ def test_an_out_of_only_the_suffix_says_it_needs_a_name(name, tmp_path):
     with pytest.raises(ValueError, match=rf"{name} needs a name before its \.json"):
         report_paths(tmp_path / name)
 
+
+def test_a_negative_zero_multiple_is_a_budget_of_zero_not_minus_zero():
+    # '--epsilon-curve -0' wrote "epsilon": -0.0 in the JSON and -0 in the CSV.
+    from adt_fast.attacks.evaluation import check_epsilon_curve
+
+    x, y = _data()
+    report = evaluate(_Split(), x, y, epsilon=0.1, attacks="fgsm", epsilon_curve=[-0.0, 1])
+    points = report.curves["pgd_epsilon"]["points"]
+    assert [(p["multiple"], p["epsilon"]) for p in points] == [(0.0, 0.0), (1.0, 0.1)]
+    assert math.copysign(1, points[0]["multiple"]) == math.copysign(1, points[0]["epsilon"]) == 1
+    assert "pgd_epsilon,pgd20,0,0," in report.csv_text()
+    assert check_epsilon_curve([-0.0, 0.0], 0.1) == [0.0]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_multiple_that_is_not_finite_is_called_so(value, capsys):
+    # "multiples of epsilon must be >= 0, got nan"
+    from adt_fast.attacks.evaluation import check_epsilon_curve
+    from adt_fast.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "--checkpoint", "run", "--out", "r.json", "--epsilon-curve", f"0,{value}"])
+    assert f"argument --epsilon-curve: multiples of epsilon must be finite numbers >= 0, got {value}" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=rf"epsilon_curve holds finite multiples of epsilon >= 0, got {value}"):
+        check_epsilon_curve([float(value)], 0.1)

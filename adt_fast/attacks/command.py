@@ -84,7 +84,7 @@ def _multiples(text: str) -> List[float]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
         if not math.isfinite(value) or value < 0:
-            raise argparse.ArgumentTypeError(f"multiples of epsilon must be >= 0, got {part}")
+            raise argparse.ArgumentTypeError(f"multiples of epsilon must be finite numbers >= 0, got {part.strip()}")
         values.append(value)
     return values
 

@@ -50,12 +50,13 @@ def check_epsilon_curve(multiples: Optional[Iterable[float]], epsilon: float) ->
     if isinstance(multiples, (str, bytes)):
         raise ValueError(f"epsilon_curve is a sequence of numbers (multiples of epsilon), not the string {multiples!r}")
     try:
-        checked = sorted({float(m) for m in (() if multiples is None else multiples)})
+        # + 0.0: a multiple of -0 is a budget of 0, not "-0" in the report
+        checked = sorted({float(m) + 0.0 for m in (() if multiples is None else multiples)})
     except (TypeError, ValueError, RuntimeError):
         raise ValueError(f"epsilon_curve holds numbers (multiples of epsilon), got {multiples!r}") from None
     for m in checked:
         if not math.isfinite(m) or m < 0:
-            raise ValueError(f"epsilon_curve holds multiples of epsilon >= 0, got {m:g}")
+            raise ValueError(f"epsilon_curve holds finite multiples of epsilon >= 0, got {m:g}")
         if m * epsilon > MAX_EPSILON:
             # 12 digits: a budget just above 1 must not print as "1, above 1"
             raise ValueError(f"epsilon_curve's multiple {m:.12g} of epsilon {epsilon:.12g} is a budget of "
