@@ -110,3 +110,19 @@ def test_a_classifier_of_another_number_of_classes_is_one_line(runs, tmp_path):
     with pytest.raises(ckpt.CheckpointError, match=why) as refused:
         load_model(run)
     assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("image_size", [8.0, None])
+def test_a_generator_image_size_that_is_not_an_int_or_pair_is_refused_by_name(image_size):
+    """8.0 and None were a TypeError ("'float' object is not iterable") naming nothing."""
+    from adt_fast.models.generators import PerturbationGenerator, QNetwork
+    for build in (lambda: PerturbationGenerator(3, image_size, "implicit", width=4), lambda: QNetwork(3, image_size)):
+        with pytest.raises(ValueError, match=r"image_size must be a positive int or an \(H, W\) pair, got"):
+            build()
+
+
+def test_q_network_min_std_refuses_a_bool():
+    """True was taken as 1.0, where every other setting of the networks refuses a bool."""
+    from adt_fast.models.generators import QNetwork
+    with pytest.raises(ValueError, match="min_std must be a finite number > 0, got True"):
+        QNetwork(3, 8, min_std=True)

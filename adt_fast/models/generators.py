@@ -74,8 +74,10 @@ def _pair(image_size: ImageSize) -> tuple[int, int]:
         raise ValueError(f"image_size must be a positive int or an (H, W) pair, got {image_size!r}")
     if isinstance(image_size, int):
         size = (image_size, image_size)
-    else:
+    elif isinstance(image_size, (tuple, list, torch.Size)):  # a float or None: not "not iterable"
         size = tuple(image_size)
+    else:
+        size = ()
     if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size):
         raise ValueError(f"image_size must be a positive int or an (H, W) pair, got {image_size!r}")
     return size
@@ -200,7 +202,8 @@ class QNetwork(nn.Module):
         self.in_channels = check_int(in_channels, "in_channels")
         self.image_size = _pair(image_size)
         self.noise_dim = check_int(noise_dim, "noise_dim")
-        if not (isinstance(min_std, (int, float)) and math.isfinite(min_std) and min_std > 0):
+        if not (isinstance(min_std, (int, float)) and not isinstance(min_std, bool) and math.isfinite(min_std)
+                and min_std > 0):
             raise ValueError(f"min_std must be a finite number > 0, got {min_std!r}")
         self.min_std = float(min_std)
 
