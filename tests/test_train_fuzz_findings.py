@@ -152,3 +152,36 @@ def test_an_integer_flag_of_5000_digits_is_one_short_line(flag, tmp_path, capsys
     assert stopped.value.code == 2 and len(err) < 300 and err.count("\n") == 1, err
     assert f"argument {flag}: " in err and "(5002 characters)" in err  # the repr's, quotes included
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("method, field", [("adt-exp", "dist_lr"), ("adt-exp-am", "generator_lr")])
+def test_adam_learning_rates_past_float32_are_refused(method, field, tmp_path):
+    """1e300 passed the config, then Adam's first step failed: 'value cannot be converted to type
+    float without overflow'. The largest float32 is the bound, as for --lr."""
+    from adt_fast.train.config import FLOAT32_MAX, ConfigError, TrainConfig
+
+    def config(value):
+        return TrainConfig(method=method, dataset="synthetic", out=str(tmp_path / "run"), device="cpu",
+                           **{field: value})
+
+    assert getattr(config(FLOAT32_MAX).resolve(), field) == FLOAT32_MAX
+    with pytest.raises(ConfigError, match=rf"^--{field.replace('_', '-')} must be <= 3.40282e\+38, got 1e\+300$"):
+        config(1e300).resolve()
+
+
+def test_an_lr_gamma_that_raises_the_lr_past_float32_is_refused_before_the_run(tmp_path):
+    """--lr-gamma 1e300 --lr-drop 2 trained epoch 1, then SGD failed at epoch 2 with a traceback."""
+    from adt_fast.train.config import ConfigError, TrainConfig
+
+    def config(gamma, drops, epochs=3):
+        return TrainConfig(method="standard", dataset="synthetic", out=str(tmp_path / "run"), device="cpu",
+                           lr=0.1, lr_gamma=gamma, lr_drop=drops, epochs=epochs)
+
+    with pytest.raises(ConfigError, match=r"^--lr-gamma 1e\+300 at the 1 drop\(s\) of --lr-drop takes --lr 0.1 to "
+                                          r"about 10\^299, past the largest float32"):
+        config(1e300, [2]).resolve()
+    with pytest.raises(ConfigError, match=r"at the 2 drop\(s\)"):
+        config(1e20, [2, 3]).resolve()                  # 0.1 * 1e40: past float32 only at the second drop
+    assert config(1e20, [2]).resolve().lr_gamma == 1e20  # 1e19 fits
+    assert config(1e300, [5]).resolve().lr_gamma == 1e300  # a drop after the last epoch never happens
+    assert config(1e-300, [2, 3]).resolve().lr_gamma == 1e-300  # a falling lr only reaches 0

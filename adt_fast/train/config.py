@@ -272,6 +272,7 @@ class TrainConfig:
         if repeated and not cfg.resume:  # a run made before this check resumes as it ran
             raise ConfigError(f"--lr-drop names epoch {repeated[0]} more than once, which would multiply the lr "
                               f"by --lr-gamma {cfg.lr_gamma:g} twice there; give each epoch once")
+        _check_lr_schedule(cfg)
         if cfg.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
         if cfg.channels_last is None:
@@ -308,7 +309,7 @@ class TrainConfig:
         if "lbd" in spec.params:
             _real(cfg, "lbd", low=0.0)
         if "dist_lr" in spec.params:
-            _real(cfg, "dist_lr", low=0.0, strict=True)
+            _real(cfg, "dist_lr", low=0.0, strict=True, high=FLOAT32_MAX)  # Adam takes it as a float32
         if "dist_betas" in spec.params:
             betas = cfg.dist_betas
             if (not isinstance(betas, (list, tuple)) or len(betas) != 2
@@ -317,7 +318,7 @@ class TrainConfig:
                 raise ConfigError(f"--dist-betas must be two numbers in [0, 1), got {betas!r}")
             cfg.dist_betas = (float(betas[0]), float(betas[1]))
         if "generator_lr" in spec.params:
-            _real(cfg, "generator_lr", low=0.0, strict=True)
+            _real(cfg, "generator_lr", low=0.0, strict=True, high=FLOAT32_MAX)  # as --dist-lr
         if "generator_width" in spec.params:
             _int(cfg, "generator_width", 1, high=MAX_GENERATOR_WIDTH)
         if "hinge" in spec.params and cfg.hinge != NO_HINGE:
@@ -459,6 +460,19 @@ def _int(cfg: TrainConfig, name: str, low: int, high: Optional[int] = None) -> N
         check_int(getattr(cfg, name), flag(name), low, high)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def _check_lr_schedule(cfg: TrainConfig) -> None:
+    """The lr every epoch of the run reaches is a float32 the optimiser can take: an --lr-gamma
+    above 1 raises it at each drop, and past FLOAT32_MAX SGD failed there, epochs into the run."""
+    drops = sum(1 for epoch in cfg.lr_drop if epoch <= cfg.epochs)
+    if cfg.lr_gamma <= 1 or not drops:
+        return
+    log_lr = math.log(cfg.lr) + drops * math.log(cfg.lr_gamma)  # in logs: the product may overflow
+    if log_lr > math.log(FLOAT32_MAX):
+        raise ConfigError(f"--lr-gamma {cfg.lr_gamma:g} at the {drops} drop(s) of --lr-drop takes --lr {cfg.lr:g} "
+                          f"to about 10^{log_lr / math.log(10):.0f}, past the largest float32 (3.4e38) that the "
+                          f"optimiser takes")
 
 
 def _sorted_lr_drop(epochs: Any) -> list:
