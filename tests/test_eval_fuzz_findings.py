@@ -393,3 +393,14 @@ def test_a_multiple_that_is_not_finite_is_called_so(value, capsys):
     assert f"argument --epsilon-curve: multiples of epsilon must be finite numbers >= 0, got {value}" in capsys.readouterr().err
     with pytest.raises(ValueError, match=rf"epsilon_curve holds finite multiples of epsilon >= 0, got {value}"):
         check_epsilon_curve([float(value)], 0.1)
+
+
+def test_a_fraction_in_the_epsilon_curve_is_told_the_curve_takes_multiples_of_epsilon(capsys):
+    # --epsilon takes 8/255; --epsilon-curve 2/255,8/255 said "expected comma-separated numbers",
+    # leaving the user to guess that the curve wants multiples of epsilon, not budgets.
+    from adt_fast.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "--checkpoint", "run", "--out", "r.json", "--epsilon-curve", "0,2/255,8/255"])
+    assert ("argument --epsilon-curve: '2/255' is no number: the curve takes multiples of --epsilon such as "
+            "0,0.5,1,2 (budgets m * epsilon), not budgets") in capsys.readouterr().err

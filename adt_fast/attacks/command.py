@@ -82,6 +82,10 @@ def _multiples(text: str) -> List[float]:
         try:
             value = float(part)
         except ValueError:
+            if "/" in part:  # a budget such as 8/255, as --epsilon takes
+                raise argparse.ArgumentTypeError(
+                    f"{part.strip()!r} is no number: the curve takes multiples of --epsilon such as 0,0.5,1,2 "
+                    f"(budgets m * epsilon), not budgets") from None
             raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
         if not math.isfinite(value) or value < 0:
             raise argparse.ArgumentTypeError(f"multiples of epsilon must be finite numbers >= 0, got {part.strip()}")
