@@ -404,3 +404,28 @@ def test_a_fraction_in_the_epsilon_curve_is_told_the_curve_takes_multiples_of_ep
         build_parser().parse_args(["eval", "--checkpoint", "run", "--out", "r.json", "--epsilon-curve", "0,2/255,8/255"])
     assert ("argument --epsilon-curve: '2/255' is no number: the curve takes multiples of --epsilon such as "
             "0,0.5,1,2 (budgets m * epsilon), not budgets") in capsys.readouterr().err
+
+
+def test_a_large_epsilon_is_not_refused_for_the_default_curve_it_never_asked_for(tmp_path, capsys):
+    # --epsilon 0.6 (or 1, which --epsilon allows) failed with "--epsilon-curve: epsilon_curve's
+    # multiple 2 of epsilon 0.6 is a budget of 1.2, above 1": a flag the user never gave.
+    import json
+
+    from adt_fast.attacks.evaluation import check_epsilon_curve
+    from adt_fast.cli import main
+
+    x, y = _data()
+    report = evaluate(_Split(), x, y, epsilon=0.6, attacks="fgsm")
+    assert [p["multiple"] for p in report.curves["pgd_epsilon"]["points"]] == [0.0, 0.25, 0.5, 1.0, 1.5]
+    with pytest.raises(ValueError, match="multiple 2 of epsilon 0.6 is a budget of 1.2"):
+        check_epsilon_curve([0, 2], 0.6)  # asked for, still refused
+    out = tmp_path / "eval.json"
+    code = main(["eval", "--model", "external_models:build", "--dataset", str(_npz(tmp_path)), "--attacks", "fgsm",
+                 "--epsilon", "1", "--device", "cpu", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    points = json.loads(out.read_text())["curves"]["pgd_epsilon"]["points"]
+    assert [p["multiple"] for p in points] == [0.0, 0.25, 0.5, 1.0]
+    code = main(["eval", "--model", "external_models:build", "--dataset", str(_npz(tmp_path)), "--attacks", "fgsm",
+                 "--epsilon", "1", "--epsilon-curve", "1,2", "--device", "cpu", "--out", str(out)])
+    assert code == 2
+    assert "--epsilon-curve: epsilon_curve's multiple 2 of epsilon 1 is a budget of 2, above 1" in capsys.readouterr().err

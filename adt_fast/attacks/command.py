@@ -176,10 +176,10 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                              f"uses {PAPER_FEATURE_TARGETS}, which --protocol paper sets; at most {MAX_ATTACK_TRIES})")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="bf16 runs the model under autocast (default fp32)")
-    parser.add_argument("--epsilon-curve", type=_multiples,
-                        default=list(DEFAULT_EPSILON_CURVE), metavar="MULTIPLES",
+    parser.add_argument("--epsilon-curve", type=_multiples, default=None, metavar="MULTIPLES",
                         help="multiples of epsilon for the PGD-20 accuracy-against-epsilon curve "
-                             "(default %s; '' for none)" % ",".join(f"{m:g}" for m in DEFAULT_EPSILON_CURVE))
+                             "(default %s, those with a budget of at most 1; '' for none)"
+                             % ",".join(f"{m:g}" for m in DEFAULT_EPSILON_CURVE))
     parser.add_argument("--out", required=True, metavar="REPORT.json",
                         help="the report, a name ending in .json; REPORT.csv and REPORT.png are "
                              "written beside it. Only earlier reports are ever replaced")
@@ -448,13 +448,14 @@ class EvalPlan:
     dataset: str            # the name or absolute path of the data attacked
     weights_sha256: Optional[str]   # of the checkpoint or --weights file, as read for the model
     source_sha256: Optional[str]    # the same for the source model
+    epsilon_curve: List[float]      # --epsilon-curve, or the default's multiples within a budget of 1
 
 
 def plan(args) -> EvalPlan:
     """Check everything before any work: settings, device, output paths, checkpoints, data, and
     that the attacks can run on the device; create the output folder last. EvalError if not."""
     from ..files import make_writable_dir, os_error_text, unwritable_reason
-    from .evaluation import check_attacks_can_run, check_epsilon_curve
+    from .evaluation import check_attacks_can_run, check_epsilon_curve, default_epsilon_curve
     from .report import report_paths
 
     device = _device(args.device)
@@ -481,8 +482,9 @@ def plan(args) -> EvalPlan:
     # The data after the checkpoint: without --dataset, the run directory says which it is.
     info, test_split, fit_classes = _dataset(args, checkpoint)
     epsilon = args.epsilon if args.epsilon is not None else info.epsilon
+    curve = default_epsilon_curve(epsilon) if args.epsilon_curve is None else args.epsilon_curve
     try:
-        check_epsilon_curve(args.epsilon_curve, epsilon)
+        check_epsilon_curve(curve, epsilon)
     except ValueError as err:
         raise EvalError("--epsilon-curve", str(err)) from None
     try:
@@ -527,7 +529,7 @@ def plan(args) -> EvalPlan:
         raise EvalError("--out", f"cannot write the report in {out.parent} "
                                  f"({os_error_text(err)})") from None
     return EvalPlan(device, epsilon, attacks, model, checkpoint, trained, source, source_checkpoint, x, y, out,
-                    info.name, weights_sha256, source_sha256)
+                    info.name, weights_sha256, source_sha256, curve)
 
 
 def _digest(flags: ModelFlags, checkpoint: Optional[Path]) -> Optional[str]:
@@ -584,7 +586,7 @@ def _run(args) -> int:
                               seed=args.seed, source_model=job.source, batch_size=args.batch_size,
                               dist_steps=args.dist_steps, feature_targets=args.feature_targets,
                               protocol=args.protocol, precision=args.precision,
-                              epsilon_curve=args.epsilon_curve, device=job.device,
+                              epsilon_curve=job.epsilon_curve, device=job.device,
                               progress=progress_enabled(), distributed=world.parallel)
     except DistributedError as err:
         raise EvalError(None, str(err)) from None

@@ -64,6 +64,12 @@ def check_epsilon_curve(multiples: Optional[Iterable[float]], epsilon: float) ->
     return checked
 
 
+def default_epsilon_curve(epsilon: float) -> List[float]:
+    """DEFAULT_EPSILON_CURVE's multiples whose budget stays within inputs in [0, 1]: a large
+    epsilon (0.6, or 1) is not refused for a curve the caller never asked for."""
+    return [m for m in DEFAULT_EPSILON_CURVE if m * epsilon <= MAX_EPSILON]
+
+
 def check_attacks_can_run(names: Sequence[str], device: torch.device, dtype: torch.dtype) -> None:
     """The distribution attack samples with the op: some backend must serve this device now."""
     from ..ops import dispatch
@@ -118,7 +124,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     example_ids: one id per example (default 0..n-1; pass dataset indices) keying the random
         starts and FeaAttack targets, so results do not depend on batching.
     epsilon_curve: multiples of epsilon at which to run PGD-20 for the accuracy-against-epsilon
-        curve (empty or None: no curve).
+        curve (empty or None: no curve); by default those of DEFAULT_EPSILON_CURVE whose budget
+        m * epsilon is at most 1, while a multiple given beyond that is refused.
     precision: "fp32" or "bf16" (autocast around the model's forward).
     device: where to run (default: the model's device), where the models must already be; x and y
         may live anywhere.
@@ -144,6 +151,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     if "transfer" in names and source_model is None:
         raise ValueError("the 'transfer' attack needs a source model (source_model= in Python, "
                          "--source-checkpoint or --source-model on the command line)")
+    if epsilon_curve is DEFAULT_EPSILON_CURVE:  # not given
+        epsilon_curve = default_epsilon_curve(epsilon)
     multiples = check_epsilon_curve(epsilon_curve, epsilon)
 
     n = len(x)
