@@ -429,3 +429,25 @@ def test_a_large_epsilon_is_not_refused_for_the_default_curve_it_never_asked_for
                  "--epsilon", "1", "--epsilon-curve", "1,2", "--device", "cpu", "--out", str(out)])
     assert code == 2
     assert "--epsilon-curve: epsilon_curve's multiple 2 of epsilon 1 is a budget of 2, above 1" in capsys.readouterr().err
+
+
+def test_a_budget_whose_attack_steps_round_to_zero_is_refused_by_the_flag_that_gave_it(tmp_path, capsys):
+    # --epsilon 5e-324 --attacks pgd:2 ended in a traceback (PGD's step epsilon/4 is 0.0), and
+    # --epsilon-curve 1e-322 in "--checkpoint: step_size must be a finite number in (0, 1], got 0.0".
+    # Budgets below the smallest normal double are refused: a fixed fraction of one is then above 0.
+    from adt_fast.attacks.evaluation import check_epsilon_curve
+    from adt_fast.cli import build_parser, main
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "--checkpoint", "run", "--out", "r.json", "--epsilon", "5e-324"])
+    assert "argument --epsilon: epsilon 4.94065645841e-324 is below 2.23e-308, where the attacks' steps (epsilon/4, " \
+           "epsilon/8) may round to 0" in capsys.readouterr().err
+    code = main(["eval", "--model", "external_models:build", "--dataset", str(_npz(tmp_path)), "--attacks", "fgsm",
+                 "--epsilon-curve", "0,1e-307", "--device", "cpu", "--out", str(tmp_path / "r.json")])
+    assert code == 2
+    assert ("--epsilon-curve: epsilon_curve's multiple 1e-307 of epsilon 0.0313725490196 is a budget of "
+            "3.13725490196e-309, below 2.23e-308") in capsys.readouterr().err
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"^epsilon 4\.94065645841e-324 is below 2\.23e-308"):
+        evaluate(_Split(), x, y, epsilon=5e-324, attacks="pgd:2", epsilon_curve=())
+    assert check_epsilon_curve([0, 1e-300], 0.1) == [0.0, 1e-300]  # small, but its steps are not 0

@@ -53,7 +53,12 @@ def _epsilon(text: str) -> float:
     if not math.isfinite(value) or value <= 0 or value > MAX_EPSILON:
         raise argparse.ArgumentTypeError(f"must be a number in (0, {MAX_EPSILON:g}] for inputs in "
                                          f"[0, 1], got {text}")
-    return value
+    from .evaluation import check_budget
+
+    try:
+        return check_budget(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _int_flag(minimum: Optional[int], maximum: Optional[int] = None):

@@ -35,6 +35,9 @@ DEFAULT_EPSILON_CURVE = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
 DEFAULT_EPSILON = 8 / 255  # the CIFAR-10 budget of the paper and of RobustBench
 PROTOCOLS = ("default", "paper")
 EPSILON_CURVE_STEPS = 20
+# The smallest budget: the smallest normal double, so that every attack's step, a fixed fraction of
+# its budget (PGD's epsilon/4, FeaAttack's epsilon/8), is still above 0.
+MIN_BUDGET = sys.float_info.min
 
 
 def _check_on_device(model: nn.Module, device: torch.device, name: str) -> None:
@@ -43,6 +46,14 @@ def _check_on_device(model: nn.Module, device: torch.device, name: str) -> None:
     if where.type != device.type or None not in (where.index, device.index) and where.index != device.index:
         raise ValueError(f"{name} is on {where} but device={str(device)!r}: move it there first "
                          f"({name}.to({str(device)!r})), or leave device unset to run where the model is")
+
+
+def check_budget(epsilon: float) -> float:
+    """epsilon, unless it is so small that the attacks' steps would round to 0 (ValueError)."""
+    if 0 < epsilon < MIN_BUDGET:
+        raise ValueError(f"epsilon {epsilon:.12g} is below {MIN_BUDGET:.3g}, where the attacks' steps "
+                         f"(epsilon/4, epsilon/8) may round to 0")
+    return epsilon
 
 
 def check_epsilon_curve(multiples: Optional[Iterable[float]], epsilon: float) -> List[float]:
@@ -57,6 +68,9 @@ def check_epsilon_curve(multiples: Optional[Iterable[float]], epsilon: float) ->
     for m in checked:
         if not math.isfinite(m) or m < 0:
             raise ValueError(f"epsilon_curve holds finite multiples of epsilon >= 0, got {m:g}")
+        if 0 < m * epsilon < MIN_BUDGET:
+            raise ValueError(f"epsilon_curve's multiple {m:.12g} of epsilon {epsilon:.12g} is a budget of "
+                             f"{m * epsilon:.12g}, below {MIN_BUDGET:.3g}, where PGD's step may round to 0")
         if m * epsilon > MAX_EPSILON:
             # 12 digits: a budget just above 1 must not print as "1, above 1"
             raise ValueError(f"epsilon_curve's multiple {m:.12g} of epsilon {epsilon:.12g} is a budget of "
@@ -137,7 +151,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     check_module(model, "model")
     if source_model is not None:
         check_module(source_model, "source_model")
-    epsilon = check_epsilon(epsilon)
+    epsilon = check_budget(check_epsilon(epsilon))
     check_precision(precision)
     y = check_batch(x, y)
     batch_size = check_int(batch_size, "batch_size")
