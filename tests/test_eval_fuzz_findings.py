@@ -451,3 +451,33 @@ def test_a_budget_whose_attack_steps_round_to_zero_is_refused_by_the_flag_that_g
     with pytest.raises(ValueError, match=r"^epsilon 4\.94065645841e-324 is below 2\.23e-308"):
         evaluate(_Split(), x, y, epsilon=5e-324, attacks="pgd:2", epsilon_curve=())
     assert check_epsilon_curve([0, 1e-300], 0.1) == [0.0, 1e-300]  # small, but its steps are not 0
+
+
+@pytest.mark.parametrize("which", ["json", "csv", "png"])
+def test_an_out_that_is_a_fifo_is_refused_not_waited_on_forever(which, tmp_path):
+    # Checking whether REPORT.json (or its CSV or PNG) was an earlier report opened it for reading:
+    # on a named pipe that blocks until some writer comes, so eval hung before any attack.
+    import os
+    import threading
+
+    from adt_fast.attacks.report import report_paths
+
+    fifo = tmp_path / f"eval.{which}"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def check():
+        try:
+            report_paths(tmp_path / "eval.json")
+        except FileExistsError as err:
+            outcome.append(str(err))
+
+    thread = threading.Thread(target=check, daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():  # release the blocked reader before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(10)
+        pytest.fail("report_paths waited on the FIFO")
+    assert outcome == [f"{fifo} exists and is not an earlier adt_fast report; choose another name "
+                       f"(nothing else is ever overwritten)"]

@@ -475,7 +475,9 @@ def report_paths(path: PathLike, protect: Sequence[PathLike] = ()) -> Tuple[Path
         for kept in protect:
             if os.path.exists(kept) and os.path.samefile(target, kept):
                 raise FileExistsError(f"{target} is the checkpoint being evaluated")
-        if not _is_earlier_report(target):
+        # Not a regular file (a named pipe, whose read would wait for a writer forever, a device, a
+        # socket): no earlier report either.
+        if not target.is_file() or not _is_earlier_report(target):
             raise FileExistsError(f"{target} exists and is not an earlier adt_fast report; "
                                   f"choose another name (nothing else is ever overwritten)")
     return paths
