@@ -481,3 +481,21 @@ def test_an_out_that_is_a_fifo_is_refused_not_waited_on_forever(which, tmp_path)
         pytest.fail("report_paths waited on the FIFO")
     assert outcome == [f"{fifo} exists and is not an earlier adt_fast report; choose another name "
                        f"(nothing else is ever overwritten)"]
+
+
+def test_a_large_json_that_is_no_report_is_refused_without_reading_it_whole(tmp_path, monkeypatch):
+    # Telling an earlier report from another JSON parsed the whole file: --out naming a data set's
+    # 1 GB annotations.json read and parsed all of it (GBs of memory) before refusing it.
+    import adt_fast.attacks.report as report_module
+
+    big = tmp_path / "annotations.json"
+    with open(big, "wb") as handle:
+        handle.write(b"[")
+        handle.truncate(getattr(report_module, "MAX_REPORT_BYTES", 64 << 20) + 1)
+
+    def parse(*args, **kwargs):
+        raise AssertionError("parsed the whole file")
+
+    monkeypatch.setattr(report_module.json, "loads", parse)
+    with pytest.raises(FileExistsError, match="exists and is not an earlier adt_fast report"):
+        report_module.report_paths(big)

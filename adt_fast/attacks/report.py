@@ -48,6 +48,9 @@ CSV_DIGITS = 6
 JSON_MARK_KEYS = {"natural_accuracy", "robust_accuracy", "worst_case_accuracy", "adt_fast_version"}
 PNG_MARK_KEY, PNG_MARK = "Title", "adt_fast eval report"
 MARK_WITHIN = 4096  # the first bytes hold the marks (matplotlib writes text chunks before the image)
+# A JSON report is far smaller (pgd:100000's curve of 100,001 points takes about 9 MB): a larger
+# JSON is another file, refused without parsing it whole.
+MAX_REPORT_BYTES = 64 << 20
 
 _ORDER = ("fgsm", "pgd", "mim", "cw", "feature", "dist", "transfer", "apgd-ce", "apgd-dlr",
           "apgd-t", "fab-t", "square", "autoattack-fast", "autoattack")
@@ -514,6 +517,8 @@ def _is_earlier_report(path: Path) -> bool:
                 return head.startswith(b"\x89PNG") and f"{PNG_MARK_KEY}\0{PNG_MARK}".encode() in head
             if suffix == ".csv":
                 return head.startswith((",".join(CSV_FIELDS) + "\n").encode())
+            if os.fstat(handle.fileno()).st_size > MAX_REPORT_BYTES:
+                return False
             report = json.loads(head + handle.read())
     except (OSError, ValueError):
         return False
