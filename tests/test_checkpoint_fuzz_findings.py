@@ -91,7 +91,24 @@ def test_a_broken_random_state_names_the_file(runs, tmp_path):
 def test_a_schedule_state_without_its_settings_is_refused(runs, tmp_path):
     """load_state_dict takes any dict: the schedule went on from a fresh one (last_epoch 0)."""
     run = _edited(runs, tmp_path, "standard", lambda p: p["schedulers"].__setitem__("model", {"x": 1}))
-    _refused_resume(run, "standard", "the model schedule's state lacks base_lrs, gamma, last_epoch, milestones")
+    _refused_resume(run, "standard", "the model schedule's state lacks last_epoch, base_lrs")
+
+
+def test_a_schedule_state_from_an_older_torch_loads_with_the_new_setting_at_its_default():
+    """torch adds settings to its schedulers between releases (ReduceLROnPlateau's default_min_lr):
+    a state saved before one must still load, as torch's load_state_dict loads it."""
+    import torch
+
+    from adt_fast.train import checkpoint as ckpt
+
+    def plateau():
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1))
+    saved = plateau().state_dict()
+    saved["last_epoch"] = 7
+    older = {key: value for key, value in saved.items() if key != "default_min_lr"}
+    scheduler = plateau()
+    ckpt.load_schedule(scheduler, older, "generator")
+    assert scheduler.last_epoch == 7
 
 
 def test_a_generator_state_that_does_not_fit_is_one_line(runs, tmp_path):

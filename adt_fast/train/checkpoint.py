@@ -161,14 +161,19 @@ def load_weights(module: torch.nn.Module, state: Any, what: str) -> None:
         raise ValueError(f"the weights for {what} do not fit: {why}") from None
 
 
+# What carries a schedule's progress: without it the lr schedule would restart.
+SCHEDULE_PROGRESS = ("last_epoch", "base_lrs")
+
+
 def load_schedule(scheduler, state: Any, name: str) -> None:
     """scheduler.load_state_dict(state), which takes any dict (it updates the scheduler's
-    attributes with it): one lacking a setting the scheduler has would leave that setting fresh,
-    restarting the lr schedule without a word, so it is a ValueError naming what is missing."""
+    attributes with it): one lacking the schedule's progress would restart the lr schedule without
+    a word, so it is a ValueError naming what is missing. Only the progress is required: torch adds
+    settings to its schedulers between releases (ReduceLROnPlateau's default_min_lr), and a state
+    saved before one keeps its fresh default, as load_state_dict itself does."""
     if not isinstance(state, dict):
         raise ValueError(f"the {name} schedule's state must be a dict, got a {type(state).__name__}")
-    missing = sorted(key for key in set(scheduler.state_dict()) - set(state)
-                     if not key.startswith("_"))  # torch's private counters change between versions
+    missing = [key for key in SCHEDULE_PROGRESS if key in scheduler.state_dict() and key not in state]
     if missing:
         raise ValueError(f"the {name} schedule's state lacks {', '.join(missing)}")
     scheduler.load_state_dict(state)
