@@ -115,7 +115,7 @@ def test_a_pgd_perturbation_composed_in_python_takes_at_most_max_attack_steps():
     ("save_freq", "standard", 2**63 - 1, 0),
     ("max_batches", "standard", 2**63 - 1, 1),
     ("samples", "adt-exp", 1000, 1),               # 10**400: the process was killed for memory (24 GB)
-    ("generator_width", "adt-exp-am", 4096, 1),    # 100000: a traceback asking for 720 GB
+    ("generator_width", "adt-exp-am", 16384, 1),   # 100000: a traceback asking for 720 GB
 ])
 def test_counts_past_their_bound_are_refused_by_the_config(field, method, bound, low, tmp_path):
     """argparse reads any integer, so a typo or a huge number reached the run: each count now has a
@@ -132,6 +132,16 @@ def test_counts_past_their_bound_are_refused_by_the_config(field, method, bound,
         with pytest.raises(ConfigError, match=rf"^--{field.replace('_', '-')} must be an integer from {low} to "
                                               rf"{bound}, got {shown}$"):
             config(value).resolve()
+
+
+@pytest.mark.parametrize("field, method, value", [("samples", "adt-exp", 1001), ("generator_width", "adt-exp-am", 16385)])
+def test_a_run_made_before_a_bound_resumes_as_it_ran(field, method, value, tmp_path):
+    """The bounds on --samples and --generator-width came later than runs that may hold more."""
+    from adt_fast.train.config import TrainConfig
+
+    resumed = TrainConfig(method=method, dataset="synthetic", out=str(tmp_path / "run"), device="cpu", resume=True,
+                          **{field: value}).resolve()
+    assert getattr(resumed, field) == value
 
 
 def test_lr_drop_epochs_past_the_count_bound_are_refused(tmp_path):

@@ -64,9 +64,9 @@ FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: the bound of --lr an
 # that (argparse reads any integer) broke in arithmetic after the run began, e.g. an epoch count
 # whose lr-drop epoch overflowed a float, or a batch size that gave epochs of no batch.
 MAX_COUNT = 2**63 - 1
-# The generator's width: its weights grow with the square (about 1.2 GB at 4,096, 16 times the
-# paper's 256); a typo such as 100000 asked the allocator for 720 GB.
-MAX_GENERATOR_WIDTH = 4096
+# The generator's width: its weights grow with the square (about 19 GB at 16,384, 64 times the
+# paper's 256, which Adam's state triples); a typo such as 100000 asked the allocator for 720 GB.
+MAX_GENERATOR_WIDTH = 16384
 # The offline sets are tiny (digits: 1,438 training images); their demo runs in about a minute on
 # a laptop CPU instead of C.3's 76 epochs, which were tuned for CIFAR-10.
 SMALL_DATASET_EPOCHS = {"digits": 15, "synthetic": 5}
@@ -305,7 +305,8 @@ class TrainConfig:
         if "step_size" in spec.params:
             _real(cfg, "step_size", low=0.0, strict=True, high=MAX_EPSILON)  # as eval's attacks take it
         if "samples" in spec.params:
-            _int(cfg, "samples", 1, high=MAX_ATTACK_TRIES)  # as eval's distribution attack: memory grows with it
+            # as eval's distribution attack (memory grows with it); a run made before resumes as it ran
+            _int(cfg, "samples", 1, high=None if cfg.resume else MAX_ATTACK_TRIES)
         if "lbd" in spec.params:
             _real(cfg, "lbd", low=0.0)
         if "dist_lr" in spec.params:
@@ -320,7 +321,7 @@ class TrainConfig:
         if "generator_lr" in spec.params:
             _real(cfg, "generator_lr", low=0.0, strict=True, high=FLOAT32_MAX)  # as --dist-lr
         if "generator_width" in spec.params:
-            _int(cfg, "generator_width", 1, high=MAX_GENERATOR_WIDTH)
+            _int(cfg, "generator_width", 1, high=None if cfg.resume else MAX_GENERATOR_WIDTH)
         if "hinge" in spec.params and cfg.hinge != NO_HINGE:
             if isinstance(cfg.hinge, bool) or not isinstance(cfg.hinge, (int, float)) \
                     or not math.isfinite(cfg.hinge):
