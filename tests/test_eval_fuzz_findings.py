@@ -499,3 +499,13 @@ def test_a_large_json_that_is_no_report_is_refused_without_reading_it_whole(tmp_
     monkeypatch.setattr(report_module.json, "loads", parse)
     with pytest.raises(FileExistsError, match="exists and is not an earlier adt_fast report"):
         report_module.report_paths(big)
+
+
+def test_a_tiny_epsilon_is_not_refused_for_the_default_curve_it_never_asked_for():
+    """--epsilon 3e-308 passed its own check, then the default multiple 0.25 (a budget of 7.5e-309)
+    failed as '--epsilon-curve: ... below 2.23e-308': a flag the user never gave."""
+    from adt_fast.attacks.evaluation import check_epsilon_curve, default_epsilon_curve
+
+    curve = default_epsilon_curve(3e-308)
+    assert 0.25 not in curve and 0.0 in curve and 1.0 in curve
+    check_epsilon_curve(curve, 3e-308)  # every default multiple left is one the attacks take

@@ -20,7 +20,7 @@ from typing import Any, List, Optional
 
 import torch
 
-from ..checks import MAX_ATTACK_STEPS, MAX_ATTACK_TRIES, parse_int
+from ..checks import MAX_ATTACK_STEPS, MAX_ATTACK_TRIES, parse_int, shown
 from ..devices import DeviceError, is_out_of_memory, out_of_memory_text, resolve_device
 from ..distributed import DistributedError, check_timeout, launch_rank, launched, local_device, session
 from ..interrupts import INTERRUPTED_EXIT, TERMINATED_EXIT, Terminated, sigterm_as_interrupt
@@ -49,10 +49,10 @@ def _epsilon(text: str) -> float:
         else:
             value = float(text)
     except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"expected a number such as 0.031 or 8/255, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.031 or 8/255, got {shown(text)}") from None
     if not math.isfinite(value) or value <= 0 or value > MAX_EPSILON:
         raise argparse.ArgumentTypeError(f"must be a number in (0, {MAX_EPSILON:g}] for inputs in "
-                                         f"[0, 1], got {text}")
+                                         f"[0, 1], got {shown(text)}")
     from .evaluation import check_budget
 
     try:
@@ -91,7 +91,7 @@ def _multiples(text: str) -> List[float]:
                 raise argparse.ArgumentTypeError(
                     f"{part.strip()!r} is no number: the curve takes multiples of --epsilon such as 0,0.5,1,2 "
                     f"(budgets m * epsilon), not budgets") from None
-            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {shown(text)}") from None
         if not math.isfinite(value) or value < 0:
             raise argparse.ArgumentTypeError(f"multiples of epsilon must be finite numbers >= 0, got {part.strip()}")
         values.append(value)
@@ -102,9 +102,9 @@ def _floats(text: str) -> List[float]:
     try:
         values = [float(part) for part in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {shown(text)}") from None
     if not all(math.isfinite(v) for v in values):
-        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {shown(text)}")
     return values
 
 

@@ -79,9 +79,10 @@ def check_epsilon_curve(multiples: Optional[Iterable[float]], epsilon: float) ->
 
 
 def default_epsilon_curve(epsilon: float) -> List[float]:
-    """DEFAULT_EPSILON_CURVE's multiples whose budget stays within inputs in [0, 1]: a large
-    epsilon (0.6, or 1) is not refused for a curve the caller never asked for."""
-    return [m for m in DEFAULT_EPSILON_CURVE if m * epsilon <= MAX_EPSILON]
+    """DEFAULT_EPSILON_CURVE's multiples whose budget the attacks take (check_epsilon_curve): within
+    inputs in [0, 1] and not below MIN_BUDGET, so that a large epsilon (0.6, or 1) or a tiny one
+    is not refused for a curve the caller never asked for."""
+    return [m for m in DEFAULT_EPSILON_CURVE if m * epsilon <= MAX_EPSILON and not 0 < m * epsilon < MIN_BUDGET]
 
 
 def check_attacks_can_run(names: Sequence[str], device: torch.device, dtype: torch.dtype) -> None:
