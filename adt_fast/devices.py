@@ -67,16 +67,19 @@ def bf16_emulation_warning(device: Union[str, torch.device]) -> Optional[str]:
             f"use --precision fp32 on this machine")
 
 
-# What torch's CPU allocator says when the system refuses an allocation (a RuntimeError: only a
-# GPU's is a torch.OutOfMemoryError), after a prefix naming its C++ source line.
-CPU_ALLOCATION_REFUSED = "DefaultCPUAllocator: can't allocate memory"
+# How torch's CPU allocator starts its refusal of an allocation (a RuntimeError: only a GPU's is a
+# torch.OutOfMemoryError), after a prefix naming its C++ source line; the words after it differ
+# by system: "can't allocate memory" (POSIX), "not enough memory" (Windows).
+CPU_ALLOCATOR = "DefaultCPUAllocator: "
 
 
 def is_out_of_memory(err: BaseException) -> bool:
     """Whether torch ran out of memory: a GPU's torch.OutOfMemoryError, or the CPU allocator's
     refusal, which a batch too large for the machine meets on CPU alike."""
-    return isinstance(err, torch.OutOfMemoryError) or (
-        isinstance(err, RuntimeError) and CPU_ALLOCATION_REFUSED in str(err))
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and CPU_ALLOCATOR in text and "memory" in text.split(CPU_ALLOCATOR, 1)[1]
 
 
 def out_of_memory_text(err: BaseException) -> str:
@@ -85,7 +88,7 @@ def out_of_memory_text(err: BaseException) -> str:
     no room for."""
     text = str(err).strip()
     first = text.splitlines()[0] if text else type(err).__name__
-    return first[max(first.find(CPU_ALLOCATION_REFUSED), 0):]
+    return first[max(first.find(CPU_ALLOCATOR), 0):]
 
 
 def seconds_in_turns(runs: Mapping[Hashable, Callable[[], object]], device: Union[str, torch.device],

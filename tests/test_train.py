@@ -879,3 +879,16 @@ def test_a_test_pass_out_of_memory_costs_no_epoch_and_is_halved_once_a_run(tmp_p
     assert tried[:len(halvings) + 1] == [tests] + halvings and tests > 30
     assert [r["test_acc"] for r in read_metrics(run)] == [r["test_acc"] for r in plain]
     assert (run / "model.pt").is_file()
+
+
+def test_the_cpu_allocators_refusal_is_out_of_memory_in_its_posix_and_windows_words():
+    from adt_fast.devices import is_out_of_memory, out_of_memory_text
+
+    posix = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                         "you tried to allocate 8 bytes. Error code 12 (Cannot allocate memory)")
+    windows = RuntimeError("[enforce fail at alloc_cpu.cpp:72] data. DefaultCPUAllocator: not enough memory: you "
+                           "tried to allocate 8 bytes.")
+    assert is_out_of_memory(posix) and is_out_of_memory(windows) and is_out_of_memory(torch.OutOfMemoryError("x"))
+    assert out_of_memory_text(windows) == "DefaultCPUAllocator: not enough memory: you tried to allocate 8 bytes."
+    assert not is_out_of_memory(RuntimeError("DefaultCPUAllocator: alignment must be a power of 2"))
+    assert not is_out_of_memory(ValueError("DefaultCPUAllocator: can't allocate memory"))  # not torch's
