@@ -355,12 +355,12 @@ def test_trades_method_uses_the_configured_beta_outside():
 
 
 def test_a_method_is_labelled_by_its_configs_method_else_its_class_name(model):
-    """Messages name a method by Method.label, one rule for the loop, tuning and train_step (the
+    """Messages name a method by Method.name_in_messages, one rule for the loop, tuning and train_step (the
     getattr was copied where each needed it)."""
     from types import SimpleNamespace
 
     from adt_fast.train import Method
 
     plugin = type("Plugin", (Method,), {"name": "plugin"})
-    assert plugin(SimpleNamespace(method="my-method"), model, Runtime()).label == "my-method"
-    assert plugin(SimpleNamespace(), model, Runtime()).label == "plugin"
+    assert plugin(SimpleNamespace(method="my-method"), model, Runtime()).name_in_messages == "my-method"
+    assert plugin(SimpleNamespace(), model, Runtime()).name_in_messages == "plugin"

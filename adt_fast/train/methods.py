@@ -389,7 +389,7 @@ class Method:
         self.runtime = runtime
 
     @property
-    def label(self) -> str:
+    def name_in_messages(self) -> str:
         """The method's name in messages: the config's --method when it has one (a registered
         method, whatever class serves it), else the class's ``name``."""
         return getattr(self.config, "method", self.name)
@@ -438,7 +438,7 @@ class Method:
         backward)."""
         for optimiser in optimisers.values():
             optimiser.zero_grad(set_to_none=True)
-        out = _checked_step_output((step or self.step)(model, x, y), self.label)
+        out = _checked_step_output((step or self.step)(model, x, y), self.name_in_messages)
         if measure_accuracy and out.clean_logits is None:
             out.clean_logits = accuracy_logits(model, x, None, self.runtime)
         (out.loss if out.objective is None else out.objective).backward()

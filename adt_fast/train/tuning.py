@@ -72,7 +72,7 @@ def _checked_tuning(tuned: Any, method) -> dict:
     is not touched)."""
     problem = f"got {type(tuned).__name__}" if not isinstance(tuned, dict) else _not_json(tuned, "tune()")
     if problem is not None:
-        raise TypeError(f"method {method.label}: tune() must return a dict of "
+        raise TypeError(f"method {method.name_in_messages}: tune() must return a dict of "
                         f"JSON types (str keys; str, int, float, bool, None, and lists and dicts of them) for "
                         f"{TUNING_FILE}, {problem}")
     return json.loads(json.dumps(tuned))
