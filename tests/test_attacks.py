@@ -265,7 +265,17 @@ class PoolingInForwardNet(nn.Module):
         return self.head(self.features(x).mean((2, 3)))
 
 
-@pytest.mark.parametrize("net,reason", [(NormalisingNet, "does not give model"), (PoolingInForwardNet, "fails")])
+class RandomisedSplitNet(TinyNet):
+    """A randomised defence with a true split (noise added to the logits in forward): head(features(x))
+    cannot equal a forward that is new noise each call, and the reason used to blame normalisation."""
+
+    def forward(self, x):
+        return self.head(self.features(x)) + torch.randn(x.shape[0], 10)
+
+
+@pytest.mark.parametrize("net,reason", [(NormalisingNet, "does not give model"), (PoolingInForwardNet, "fails"),
+                                        (RandomisedSplitNet, "other logits for the same inputs on each call "
+                                                             "(a randomised model)")])
 def test_feature_attack_is_skipped_when_the_split_is_not_the_forward(synthetic, net, reason):
     _, _, x, y = synthetic
     torch.manual_seed(0)

@@ -490,8 +490,15 @@ class FeatureAttack(Attack):
         # with its split where both are NaN, and FeaAttack then scores it broken, as every attack does.
         finite = whole[torch.isfinite(whole)]
         scale = 1.0 + float(finite.abs().max()) if finite.numel() else 1.0
-        if split.shape != whole.shape or not torch.allclose(split, whole, rtol=1e-3, atol=1e-3 * scale,
-                                                            equal_nan=True):
+        def agree(a: torch.Tensor, b: torch.Tensor) -> bool:
+            return a.shape == b.shape and torch.allclose(a, b, rtol=1e-3, atol=1e-3 * scale, equal_nan=True)
+
+        if not agree(split, whole):
+            with eval_mode(ctx.model), torch.no_grad():
+                again = ctx.logits(probe)  # only now: a model that disagrees with itself is no split's fault
+            if not agree(again, whole):
+                return ("the model gives other logits for the same inputs on each call (a randomised model), "
+                        "so its head(features(x)) cannot be checked against model(x), and FeaAttack is skipped")
             return ("head(features(x)) does not give model(x) (normalisation or pooling left in forward?), "
                     "so FeaAttack would attack another function")
         return None
