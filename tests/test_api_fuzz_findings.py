@@ -226,3 +226,15 @@ def test_a_tune_that_returns_tuples_is_applied_as_its_resumes_read_it_back(tmp_p
     fit(TrainConfig(method=name, out=str(tmp_path / "run"), **TINY))
     fit(TrainConfig(method=name, out=str(tmp_path / "run"), resume=True, **{**TINY, "epochs": 2}))
     assert [a["sizes"] for a in applied] == [[2, 4], [2, 4]]
+
+
+@pytest.mark.parametrize("data_dir", [5, b"data"])
+def test_the_data_functions_name_a_data_dir_that_is_no_path(data_dir):
+    """adt_fast.data.load and download gave pathlib's TypeError ('expected str, bytes or
+    os.PathLike object, not int'); fit's TrainConfig already named it."""
+    from adt_fast import data
+
+    for call in (lambda: data.load("cifar10", "train", data_dir=data_dir), lambda: data.download("cifar10", data_dir)):
+        with pytest.raises(ValueError, match=f"^data_dir must be a path \\(a str or pathlib.Path\\) naming the folder "
+                                             f"of the dataset files, got {re.escape(repr(data_dir))}$"):
+            call()

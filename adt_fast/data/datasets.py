@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import check_path
 from . import fetch
+from .fetch import DATA_DIR_NAMES
 from .custom import (MIN_IMAGE_SIZE, Splits, class_list, read_image_folder, read_image_folder_test, read_npz,
                      read_npz_test, splits_from_arrays)
 from .errors import DataChangedError, DatasetFileError
@@ -102,7 +104,8 @@ def load(name: str, split: str, data_dir: str | os.PathLike | None = None,
     elif name == "synthetic":
         images, labels = make_synthetic(split)
     else:
-        directory = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+        directory = (Path(check_path(data_dir, "data_dir", DATA_DIR_NAMES)).expanduser() if data_dir is not None
+                     else default_data_dir())
         if download and not all(file_present(path) for path in required_files(name, split, directory)):
             fetch.download(name, directory)
         try:

@@ -23,9 +23,11 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..files import file_digest, lock_folder, os_error_text, unwritable_reason, write_atomic
+from ..files import check_path, file_digest, lock_folder, os_error_text, unwritable_reason, write_atomic
 from ..progress import progress_enabled
 from .errors import ChecksumError, DatasetFileError, DownloadError
+
+DATA_DIR_NAMES = "the folder of the dataset files"  # what a data_dir names, in messages
 
 BASE_URL_ENV = "ADT_FAST_DATA_URL"
 CHUNK_BYTES = 1 << 20
@@ -112,7 +114,7 @@ def download(name: str, data_dir: str | os.PathLike, base_url: str | None = None
     a network failure or a folder that cannot be written.
     """
     resources = _resources(name)
-    data_dir = Path(data_dir).expanduser()
+    data_dir = Path(check_path(data_dir, "data_dir", DATA_DIR_NAMES)).expanduser()
     reason = unwritable_reason(data_dir)
     if reason is not None:
         raise DownloadError(f"cannot download {name} into {data_dir}: {reason}")
