@@ -245,6 +245,22 @@ def test_a_model_on_another_device_than_device_is_a_clear_error(synthetic):
         evaluate(_random_net(), x[:4], y[:4], epsilon=EPS, attacks="fgsm", source_model=_random_net().to("meta"))
 
 
+def test_transfer_from_a_source_with_no_finite_logit_is_skipped_with_the_reason(synthetic):
+    """A NaN source gave no gradient, so 'transfer' was PGD's random start alone, scored without a word."""
+    _, _, x, y = synthetic
+
+    class NaNSource(nn.Module):
+        def forward(self, z):
+            return torch.full((z.shape[0], 10), float("nan"))
+    report = evaluate(_random_net(), x[:8], y[:8], epsilon=EPS, attacks="fgsm,transfer", source_model=NaNSource(),
+                      epsilon_curve=())
+    assert "transfer" not in report.robust_accuracy and "fgsm" in report.robust_accuracy
+    assert "source model's logits are not finite" in report.attacks["transfer"]["skipped"]
+    working = evaluate(_random_net(), x[:8], y[:8], epsilon=EPS, attacks="transfer", source_model=_random_net(3),
+                       epsilon_curve=())
+    assert "transfer" in working.robust_accuracy
+
+
 class NormalisingNet(TinyNet):
     """Normalises in forward, which head(features(x)) skips: FeaAttack would attack another function."""
 

@@ -48,7 +48,7 @@ PRECISIONS = ("fp32", "bf16")
 MIM_STEPS, MIM_DECAY = 20, 1.0
 CW_STEPS, CW_KAPPA = 30, 50.0
 FEATURE_STEPS, FEATURE_TARGETS = 50, 5
-FEATURE_SPLIT_PROBE = 4  # inputs on which FeaAttack checks that head(features(x)) is model(x)
+FEATURE_SPLIT_PROBE = 4  # inputs on which FeaAttack checks its split, and transfer its source model
 # --protocol paper: the authors' settings where the appendix is silent (FeaAttack's targets per
 # input are C.5's 200; their evaluation script runs C&W for 20 steps).
 PAPER_FEATURE_TARGETS, PAPER_CW_STEPS = 200, 20
@@ -663,6 +663,15 @@ class TransferAttack(Attack):
     def unavailable(self, ctx: AttackContext) -> Optional[str]:
         if ctx.source_model is None:
             return "no source model (source_model= / --source-checkpoint / --source-model) to craft examples on"
+        if ctx.pool_x is not None:
+            # A source that gives no finite logit gives no gradient: the attack would be its random
+            # start alone, scored as a transfer attack (the sanity checks look at the evaluated model).
+            probe = ctx.pool_x[:FEATURE_SPLIT_PROBE]
+            probe = probe.to(model_device(ctx.source_model, probe.device))
+            with eval_mode(ctx.source_model), torch.no_grad():
+                if not torch.isfinite(ctx.logits(probe, ctx.source_model)).any():
+                    return ("the source model's logits are not finite (NaN or inf) on the evaluated inputs, so it "
+                            "gives no gradient to craft examples with")
         return None
 
     def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor,
