@@ -195,3 +195,18 @@ def test_an_lr_gamma_that_raises_the_lr_past_float32_is_refused_before_the_run(t
     assert config(1e20, [2]).resolve().lr_gamma == 1e20  # 1e19 fits
     assert config(1e300, [5]).resolve().lr_gamma == 1e300  # a drop after the last epoch never happens
     assert config(1e-300, [2, 3]).resolve().lr_gamma == 1e-300  # a falling lr only reaches 0
+
+
+def test_a_config_json_edited_to_hold_nan_is_refused_for_the_nan(tmp_path, capsys):
+    """It was refused as a change: '--generator-lr NaN (the run has NaN)', since NaN != NaN."""
+    from adt_fast.train.config import resume_differences
+
+    nan = float("nan")
+    assert resume_differences({"generator_lr": nan}, {"generator_lr": nan}) == {}
+    assert list(resume_differences({"generator_lr": nan}, {"generator_lr": 1e-3})) == ["generator_lr"]
+    out = tmp_path / "run"
+    assert _train(capsys, "--method", "standard", "--dataset", "synthetic", "--out", str(out))[0] == 0
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "lr": nan}))
+    code, err = _train(capsys, "--resume", "--epochs", "2", "--out", str(out))
+    assert code == 2 and err == "adt-fast train: error: --lr must be a finite number, got nan\n", err

@@ -389,7 +389,14 @@ def resume_differences(mine: dict, theirs: dict, whose: str = "the run has") -> 
     """The settings a resume may not change (all but RESUMABLE_CHANGES) on which two configs (as
     to_dict gives them) differ, by name: 'FLAG MINE (WHOSE THEIRS)'."""
     return {name: f"{flag(name)} {_show(mine[name])} ({whose} {_show(theirs.get(name))})"
-            for name in sorted(mine) if name not in RESUMABLE_CHANGES and mine[name] != theirs.get(name)}
+            for name in sorted(mine) if name not in RESUMABLE_CHANGES and not _same(mine[name], theirs.get(name))}
+
+
+def _same(mine: Any, theirs: Any) -> bool:
+    """Equal settings, NaN included (NaN != NaN): a config.json edited to hold NaN is then refused
+    for the NaN itself, by the check of that setting, not as a change from NaN to NaN."""
+    nan = isinstance(mine, float) and isinstance(theirs, float) and math.isnan(mine) and math.isnan(theirs)
+    return nan or mine == theirs
 
 
 def resume_config(saved: TrainConfig, given: dict) -> TrainConfig:
