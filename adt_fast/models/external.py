@@ -19,7 +19,7 @@ import pickle
 import re
 import sys
 import zipfile
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -226,7 +226,18 @@ def _strip_wrapper_prefix(state: dict, model: nn.Module) -> dict:
     return state
 
 
-def misfit(model: nn.Module, state: dict) -> str:
+def load_fitting(module: nn.Module, state: Any) -> Optional[str]:
+    """module.load_state_dict(state); None, or why the weights do not fit, in one line (torch's
+    message puts every missing key or shape on a line of its own, and a CLI error is one line)."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        tensors = isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+        return (_misfit(module, state) if tensors else "") or str(err).strip().splitlines()[0]
+    return None
+
+
+def _misfit(model: nn.Module, state: dict) -> str:
     """What differs between the weights and the model, in one line."""
     wanted = model.state_dict()
     missing = [k for k in wanted if k not in state]
@@ -268,12 +279,9 @@ def load_weights(model: nn.Module, path: Union[str, os.PathLike]) -> None:
     if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
         raise ExternalModelError(f"{path} holds no state dict (a dict of tensors, or one under "
                                  f"{', '.join(_STATE_DICT_KEYS)})")
-    payload = _strip_wrapper_prefix(payload, model)
-    try:
-        model.load_state_dict(payload)
-    except RuntimeError as err:
-        raise ExternalModelError(f"the weights in {path} do not fit the model: "
-                                 f"{misfit(model, payload) or str(err).splitlines()[0]}") from None
+    why = load_fitting(model, _strip_wrapper_prefix(payload, model))
+    if why is not None:
+        raise ExternalModelError(f"the weights in {path} do not fit the model: {why}")
 
 
 def load_external_model(spec: str, weights: Union[None, str, os.PathLike] = None, *,

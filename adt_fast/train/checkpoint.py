@@ -18,7 +18,7 @@ import torch
 
 from ..devices import resolve_device
 from ..files import check_path, write_atomic, zip_damage
-from ..models.external import misfit, weights_only_refusal
+from ..models.external import load_fitting, weights_only_refusal
 
 FORMAT = "adt_fast.checkpoint/1"
 LATEST = "checkpoint.pt"
@@ -150,15 +150,11 @@ def read_model(path: PathLike, device: Union[str, torch.device] = "cpu",
 
 
 def load_weights(module: torch.nn.Module, state: Any, what: str) -> None:
-    """module.load_state_dict(state), failing with a ValueError of one line (torch's message puts
-    every missing key or shape on a line of its own, and a CLI error is one line); the caller names
-    the file."""
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as err:
-        tensors = isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
-        why = (misfit(module, state) if tensors else "") or str(err).strip().splitlines()[0]
-        raise ValueError(f"the weights for {what} do not fit: {why}") from None
+    """module.load_state_dict(state), failing with a ValueError of one line (load_fitting); the
+    caller names the file."""
+    why = load_fitting(module, state)
+    if why is not None:
+        raise ValueError(f"the weights for {what} do not fit: {why}")
 
 
 # What carries a schedule's progress: without it the lr schedule would restart.
