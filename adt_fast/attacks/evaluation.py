@@ -68,21 +68,29 @@ def check_epsilon_curve(multiples: Optional[Iterable[float]], epsilon: float) ->
     for m in checked:
         if not math.isfinite(m) or m < 0:
             raise ValueError(f"epsilon_curve holds finite multiples of epsilon >= 0, got {m:g}")
-        if 0 < m * epsilon < MIN_BUDGET:
-            raise ValueError(f"epsilon_curve's multiple {m:.12g} of epsilon {epsilon:.12g} is a budget of "
-                             f"{m * epsilon:.12g}, below {MIN_BUDGET:.3g}, where PGD's step may round to 0")
-        if m * epsilon > MAX_EPSILON:
+        problem = _budget_problem(m, epsilon)
+        if problem is not None:
             # 12 digits: a budget just above 1 must not print as "1, above 1"
             raise ValueError(f"epsilon_curve's multiple {m:.12g} of epsilon {epsilon:.12g} is a budget of "
-                             f"{m * epsilon:.12g}, above {MAX_EPSILON:g} (inputs lie in [0, 1])")
+                             f"{m * epsilon:.12g}, {problem}")
     return checked
 
 
+def _budget_problem(multiple: float, epsilon: float) -> Optional[str]:
+    """Why the attacks cannot take the budget multiple * epsilon, or None: the one rule of the
+    curve given (check_epsilon_curve) and of the default one (default_epsilon_curve)."""
+    budget = multiple * epsilon
+    if 0 < budget < MIN_BUDGET:
+        return f"below {MIN_BUDGET:.3g}, where PGD's step may round to 0"
+    if budget > MAX_EPSILON:
+        return f"above {MAX_EPSILON:g} (inputs lie in [0, 1])"
+    return None
+
+
 def default_epsilon_curve(epsilon: float) -> List[float]:
-    """DEFAULT_EPSILON_CURVE's multiples whose budget the attacks take (check_epsilon_curve): within
-    inputs in [0, 1] and not below MIN_BUDGET, so that a large epsilon (0.6, or 1) or a tiny one
-    is not refused for a curve the caller never asked for."""
-    return [m for m in DEFAULT_EPSILON_CURVE if m * epsilon <= MAX_EPSILON and not 0 < m * epsilon < MIN_BUDGET]
+    """DEFAULT_EPSILON_CURVE's multiples whose budget the attacks take, so that a large epsilon
+    (0.6, or 1) or a tiny one is not refused for a curve the caller never asked for."""
+    return [m for m in DEFAULT_EPSILON_CURVE if _budget_problem(m, epsilon) is None]
 
 
 def check_attacks_can_run(names: Sequence[str], device: torch.device, dtype: torch.dtype) -> None:
