@@ -105,6 +105,21 @@ def lock_folder(folder: PathLike, wait: bool = False, lock_file: Optional[str] =
         os.close(fd)
 
 
+def atomic_name_limit(folder: PathLike, suffix: str = ATOMIC_SUFFIX) -> Optional[int]:
+    """The longest name (in bytes) write_atomic can write in `folder` (or in the folders that would
+    be made for it): its temporary name adds ".", "." and 8 random characters and `suffix`, so a
+    name the file system takes may still fail, after the work that made the file. None when the
+    file system states no limit."""
+    existing = Path(os.path.abspath(folder))
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no limit to ask for (not POSIX)
+        return None
+    return None if name_max < 0 else name_max - len(f"..xxxxxxxx{suffix}")
+
+
 def check_path(value, name: str, naming: str, error: type = ValueError) -> str:
     """``value`` as a str if it is a path (a str, or an os.PathLike giving one); else ``error``
     naming ``name`` and what the path names: not pathlib's TypeError from deep inside, nor str(5)

@@ -19,7 +19,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..files import ATOMIC_SUFFIX, make_writable_dir, os_error_text, write_atomic
+from ..files import ATOMIC_SUFFIX, atomic_name_limit, make_writable_dir, os_error_text, write_atomic
 from .suite import PAPER_ATTACKS, PAPER_CW_STEPS, PAPER_FEATURE_TARGETS, label, pgd_steps
 
 PathLike = Union[str, os.PathLike]
@@ -488,23 +488,14 @@ def report_paths(path: PathLike, protect: Sequence[PathLike] = ()) -> Tuple[Path
 
 
 def _check_name_length(path: Path) -> None:
-    """Each file is written as '.NAME.xxxxxxxx.tmp' beside it (write_atomic) and then renamed: a
-    name that fits the file system without those bytes would fail only after the attacks."""
-    folder = Path(os.path.abspath(path.parent))
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        name_max = os.pathconf(folder, "PC_NAME_MAX")
-    except (OSError, ValueError, AttributeError):  # no limit to ask for (not POSIX)
-        return
-    if name_max < 0:  # indeterminate
-        return
-    extra = len(f"..xxxxxxxx{ATOMIC_SUFFIX}")
+    """Each file is written under a longer temporary name (write_atomic) and then renamed: a name
+    that fits the file system without those bytes would fail only after the attacks."""
+    limit = atomic_name_limit(path.parent)
     length = len(os.fsencode(path.name))
-    if length + extra > name_max:
+    if limit is not None and length > limit:
         raise ValueError(f"{path}: a name of {length} bytes; the report's file names here may have at most "
-                         f"{name_max - extra} (each is first written as .NAME.xxxxxxxx{ATOMIC_SUFFIX}, and "
-                         f"this file system takes names of at most {name_max} bytes)")
+                         f"{limit} (each is first written as .NAME.xxxxxxxx{ATOMIC_SUFFIX}, which this file "
+                         f"system must take as a name)")
 
 
 def _is_earlier_report(path: Path) -> bool:
