@@ -35,6 +35,27 @@ def adt_fast_env(drop=()) -> dict:
     return env
 
 
+def returns_in_time(path, call):
+    """Run ``call`` in a thread; if it blocks opening the FIFO ``path``, unblock it by opening the
+    other end, so a failing test does not hang. Returns what it raised, or None if it blocked."""
+    outcome = {}
+
+    def target():
+        try:
+            call()
+        except Exception as error:  # noqa: BLE001 - handed to the test
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(10)
+        return None
+    return outcome.get("error")
+
+
 def pytest_configure(config):
     """With ADT_FAST_REQUIRE_EXTENSION=1 (CI) a run without the cpu backend stops at once: every
     test of the C++ kernels would skip and the run pass. Without it, such a run (a platform the

@@ -205,8 +205,7 @@ def test_a_real_sigterm_during_the_attacks_is_reported(tmp_path):
         "    def forward(self, x):\n        if x.shape[0] > 2:  # the attacks, not eval's probe\n"
         "            print('attacking', flush=True)\n            time.sleep(0.2)\n"
         "        return self.net(x)\n\n\ndef build():\n    return Slow()\n")
-    env = {**os.environ, "ADT_FAST_NO_PROGRESS": "1",
-           "PYTHONPATH": str(Path(adt_fast.__file__).resolve().parents[1])}
+    env = adt_fast_env()
     child = subprocess.Popen([sys.executable, "-m", "adt_fast", "eval", "--model", "slow_model:build",
                               *EVAL_FAST[:-4], "--attacks", "pgd:100", "--epsilon-curve", "",
                               "--out", str(tmp_path / "r.json")],

@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import pickle
 import struct
-import threading
 import zipfile
 
 import numpy as np
 import pytest
 import torch
+
+from conftest import returns_in_time
 
 from adt_fast.data import DatasetFileError, from_arrays, load, open_dataset, open_test_split
 
@@ -92,32 +93,11 @@ def test_a_cifar_batch_pickled_with_protocol_5_is_read(tmp_path):
     assert y.tolist() == [3, 7] * 5
 
 
-def _returns_in_time(path, call):
-    """Run ``call`` in a thread; if it blocks opening the FIFO ``path``, unblock it by opening the
-    other end, so a failing test does not hang. Returns what it raised, or None if it blocked."""
-    outcome = {}
-
-    def target():
-        try:
-            call()
-        except Exception as error:  # noqa: BLE001 - handed to the test
-            outcome["error"] = error
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(10)
-    if thread.is_alive():
-        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
-        thread.join(10)
-        return None
-    return outcome.get("error")
-
-
 def test_a_named_pipe_given_as_npz_is_refused_not_waited_on(tmp_path):
     """open() of a FIFO waits for a writer: the command hung before anything was written."""
     path = tmp_path / "data.npz"
     os.mkfifo(path)
-    error = _returns_in_time(path, lambda: open_dataset(str(path)))
+    error = returns_in_time(path, lambda: open_dataset(str(path)))
     assert isinstance(error, DatasetFileError), "open_dataset blocked on a named pipe"
     assert str(path) in str(error) and "not a regular file" in str(error)
 
@@ -130,7 +110,7 @@ def test_a_named_pipe_in_an_image_folder_is_refused_not_waited_on(tmp_path):
             PIL.new("L", (8, 8), 9).save(tmp_path / split / name / "1.png")
     pipe = tmp_path / "train" / "a" / "2.png"
     os.mkfifo(pipe)
-    error = _returns_in_time(pipe, lambda: open_dataset(str(tmp_path), cache_dir=tmp_path / "cache"))
+    error = returns_in_time(pipe, lambda: open_dataset(str(tmp_path), cache_dir=tmp_path / "cache"))
     assert isinstance(error, DatasetFileError), "open_dataset blocked on a named pipe"
     assert str(pipe) in str(error) and "not a regular file" in str(error)
 

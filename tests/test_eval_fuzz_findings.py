@@ -458,29 +458,17 @@ def test_an_out_that_is_a_fifo_is_refused_not_waited_on_forever(which, tmp_path)
     # Checking whether REPORT.json (or its CSV or PNG) was an earlier report opened it for reading:
     # on a named pipe that blocks until some writer comes, so eval hung before any attack.
     import os
-    import threading
+
+    from conftest import returns_in_time
 
     from adt_fast.attacks.report import report_paths
 
     fifo = tmp_path / f"eval.{which}"
     os.mkfifo(fifo)
-    outcome = []
-
-    def check():
-        try:
-            report_paths(tmp_path / "eval.json")
-        except FileExistsError as err:
-            outcome.append(str(err))
-
-    thread = threading.Thread(target=check, daemon=True)
-    thread.start()
-    thread.join(10)
-    if thread.is_alive():  # release the blocked reader before failing
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        thread.join(10)
-        pytest.fail("report_paths waited on the FIFO")
-    assert outcome == [f"{fifo} exists and is not an earlier adt_fast report; choose another name "
-                       f"(nothing else is ever overwritten)"]
+    error = returns_in_time(fifo, lambda: report_paths(tmp_path / "eval.json"))
+    assert error is not None, "report_paths waited on the FIFO"
+    assert isinstance(error, FileExistsError) and str(error) == (
+        f"{fifo} exists and is not an earlier adt_fast report; choose another name (nothing else is ever overwritten)")
 
 
 def test_a_large_json_that_is_no_report_is_refused_without_reading_it_whole(tmp_path, monkeypatch):
