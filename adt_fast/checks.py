@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+import unicodedata
 from typing import Optional
 
 # The most steps (or queries) one attack, or one inner loop of training, takes per example: the
@@ -17,6 +19,9 @@ MAX_ATTACK_STEPS = 100_000
 # is FeaAttack's 200 targets (the paper's); 1,000 also covers every target of a 1,000-class model.
 MAX_ATTACK_TRIES = 1_000
 _SHOWN = 40  # the most characters of a value an error message quotes
+# What int() reads in base 10: a sign and decimal digits of any script, single underscores between
+# them, within spaces (Unicode's, but of ASCII's separators \x1c-\x1f none).
+_INT_NUMERAL = re.compile(r"[^\S\x1c-\x1f]*([+-]?)(\d+(?:_\d+)*)[^\S\x1c-\x1f]*")
 
 
 def shown(value) -> str:
@@ -45,20 +50,22 @@ def check_int(value, name: str, minimum: int = 1, maximum: Optional[int] = None)
 
 def parse_int(text: str, minimum: Optional[int] = 1, maximum: Optional[int] = None) -> int:
     """The integer that ``text`` (a flag's value, pgd:N's N) writes, if in [minimum, maximum]; else a
-    ValueError in check_int's words, without a name: the caller's flag or attack names it. A numeral
-    longer than ``maximum``'s is refused before int() reads it, which refuses more than 4,300 digits
-    with an error of its own. ``minimum=None``: any integer (a caller that checks the range later,
-    as TrainConfig does for train's flags)."""
-    numeral = text.strip().lstrip("+-").replace("_", "").lstrip("0")
+    ValueError in check_int's words, without a name: the caller's flag or attack names it. int()
+    refuses more than 4,300 digits, leading zeros included, with an error of its own: the numeral
+    (int()'s: spaces, a sign, decimal digits of any script, single underscores between them) is
+    read without its leading zeros, and one longer than ``maximum``'s is refused unread.
+    ``minimum=None``: any integer (a caller that checks the range later, as TrainConfig does for
+    train's flags)."""
+    numeral = _INT_NUMERAL.fullmatch(text)
+    digits = numeral and "".join(str(unicodedata.decimal(c)) for c in numeral[2] if c != "_").lstrip("0")
     value = None
-    if maximum is None or not numeral.isdigit() or len(numeral) <= len(str(maximum)):
+    if numeral and (maximum is None or len(digits) <= len(str(maximum))):
         try:
-            value = int(text)
-        except ValueError:
+            value = int(numeral[1] + (digits or "0"))
+        except ValueError:  # past int()'s 4,300 digits
             pass
     if value is None and minimum is None:
-        too_long = numeral.isdigit()  # past int()'s 4,300 digits
-        raise ValueError(f"{'is too long a number' if too_long else 'must be an integer'}, got {shown(text)}")
+        raise ValueError(f"{'is too long a number' if numeral else 'must be an integer'}, got {shown(text)}")
     if value is None or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ValueError(f"{int_range(minimum, maximum)}, got {shown(text)}")
     return value
