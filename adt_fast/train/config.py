@@ -402,7 +402,12 @@ def _same(mine: Any, theirs: Any) -> bool:
 
 def resume_config(saved: TrainConfig, given: dict) -> TrainConfig:
     """A resume's settings: the run's saved ones under those given, as --resume takes every unset
-    flag from config.json (fit: the fields a TrainConfig gives, see TrainConfig.given)."""
+    flag from config.json (fit: the fields a TrainConfig gives, see TrainConfig.given). A given
+    --step-size that PGD takes as the run's step is the run's, so that the command line that
+    started a run with a step above 1 (before 409fae2) resumes it."""
+    step = given.get("step_size")
+    if step is not None and _step_in_effect(step) == saved.step_size:
+        given = {**given, "step_size": saved.step_size}
     return TrainConfig.from_dict({**saved.to_dict(), **given})
 
 
@@ -439,13 +444,27 @@ def _as_runs_made_now(cfg: TrainConfig) -> TrainConfig:
     """Settings that older versions accepted and that did nothing, as today's validation wants them,
     so that those runs resume with a plain --resume: a clean method's epsilon (it recorded the
     dataset's, or a given one, and never used it) goes; --samples-per-pass above --samples (a pass
-    never held more than the samples drawn) becomes --samples."""
+    never held more than the samples drawn) becomes --samples; a --step-size above 1 becomes the
+    step of 1 it took in effect (_step_in_effect)."""
     if cfg.method in CLEAN_METHODS:
         cfg.epsilon = None
     per_pass, samples = cfg.samples_per_pass, cfg.samples
     if isinstance(per_pass, int) and not isinstance(per_pass, bool) and isinstance(samples, int) and per_pass > samples:
         cfg.samples_per_pass = samples
+    cfg.step_size = _step_in_effect(cfg.step_size)
     return cfg
+
+
+def _step_in_effect(step: Any) -> Any:
+    """The step PGD takes in effect: a --step-size above 1, which training took before 409fae2,
+    moves its iterates as 1 does (a signed step of 1 from an input in [0, 1] already reaches the
+    face of the ball or of [0, 1] that a longer one is projected back onto). Any other value as it
+    is, for resolve to check (inf, which no version took, is refused there)."""
+    from ..attacks.suite import MAX_EPSILON
+
+    if isinstance(step, (int, float)) and not isinstance(step, bool) and MAX_EPSILON < step < math.inf:
+        return MAX_EPSILON
+    return step
 
 
 def _plain(value: Any) -> Any:

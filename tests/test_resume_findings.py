@@ -1,0 +1,64 @@
+"""Resume findings: runs recorded before a later check, and checkpoints or snapshots that are not
+what their names say, met on `adt-fast train --resume` (docs/training.md, section 4)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from adt_fast.cli import main
+from adt_fast.train import checkpoint as ckpt
+from adt_fast.train import fit
+from adt_fast.train.config import ConfigError, TrainConfig, resume_config
+
+TINY = ["--dataset", "synthetic", "--epochs", "1", "--max-batches", "2", "--batch-size", "16",
+        "--no-tensorboard", "--device", "cpu", "--save-freq", "0", "--no-channels-last", "--lr-drop"]
+
+
+def _rewrite(path, **changes):
+    """Edit a checkpoint's payload as a hand (or an older version) would, keeping it loadable."""
+    payload = ckpt.load(path)
+    payload.update(changes)
+    ckpt.save_atomic(payload, path)
+
+
+def _record_step(run, step):
+    """Make the run's records (config.json, and the config checkpoint.pt holds) say it took `step`."""
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "step_size": step}))
+    _rewrite(run / ckpt.LATEST, config={**ckpt.load(run / ckpt.LATEST)["config"], "step_size": step})
+
+
+def test_a_run_that_took_a_step_above_1_resumes_as_it_ran(tmp_path, capsys):
+    """Training took any --step-size > 0 before 409fae2, which refused it above 1 for new runs and
+    for the run's resume alike. A step of 1 moves PGD's iterates as any longer one does (they lie
+    in [0, 1]), so the resume goes on with 1, bit for bit as the run would have."""
+    straight, old = tmp_path / "straight", tmp_path / "old"
+    assert main(["train", "--method", "at-pgd", "--step-size", "1", *TINY, "--epochs", "2", "--out", str(straight)]) == 0
+    assert main(["train", "--method", "at-pgd", "--step-size", "1", *TINY, "--out", str(old)]) == 0
+    _record_step(old, 5.0)  # what a run made with --step-size 5 before the check recorded
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(old), "--epochs", "2"]) == 0, capsys.readouterr().err
+    # the command line that started it, with --resume (as a script that always passes its flags)
+    again = ["train", "--method", "at-pgd", "--step-size", "5", *TINY, "--epochs", "2", "--resume", "--out", str(old)]
+    assert main(again) == 0, capsys.readouterr().err
+    a, b = ckpt.load(straight / ckpt.LATEST), ckpt.load(old / ckpt.LATEST)
+    assert b["epoch"] == 2 and all(torch.equal(a["model"][name], b["model"][name]) for name in a["model"])
+    assert TrainConfig.load(old).step_size == 1.0
+
+
+@pytest.mark.parametrize("recorded", [float("inf"), "5"])
+def test_a_step_no_version_took_is_still_refused_on_resume(recorded, tmp_path):
+    """Only a step that ran becomes 1: one that no version took stays, for the check to refuse."""
+    stored = {"method": "at-pgd", "dataset": "synthetic", "out": str(tmp_path), "resume": True, "step_size": recorded}
+    with pytest.raises(ConfigError, match="--step-size must be a finite number"):
+        TrainConfig.from_record(stored).resolve()
+
+
+@pytest.mark.parametrize("saved, given, taken", [(1.0, 5.0, 1.0), (1.0, 1.0, 1.0), (0.5, 5.0, 5.0), (0.5, 0.25, 0.25)])
+def test_a_given_step_is_the_runs_only_where_pgd_takes_it_as_the_runs(saved, given, taken, tmp_path):
+    """A step of 5 on a run that steps by 0.5 stays 5, for the resume to name as a change."""
+    run = TrainConfig("at-pgd", "synthetic", str(tmp_path), step_size=saved)
+    assert resume_config(run, {"step_size": given}).step_size == taken
