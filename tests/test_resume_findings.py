@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from adt_fast.cli import main
+from adt_fast.train import METHODS, ComposedMethod, MethodSpec, fit, register_method
 from adt_fast.train import checkpoint as ckpt
-from adt_fast.train import fit
+from adt_fast.train.methods import CEOuter, Clean
 from adt_fast.train.config import ConfigError, TrainConfig, resume_config
 
 TINY = ["--dataset", "synthetic", "--epochs", "1", "--max-batches", "2", "--batch-size", "16",
@@ -62,3 +63,63 @@ def test_a_given_step_is_the_runs_only_where_pgd_takes_it_as_the_runs(saved, giv
     """A step of 5 on a run that steps by 0.5 stays 5, for the resume to name as a change."""
     run = TrainConfig("at-pgd", "synthetic", str(tmp_path), step_size=saved)
     assert resume_config(run, {"step_size": given}).step_size == taken
+
+
+class _Counting(ComposedMethod):
+    """Clean training that keeps a count of its steps as extra state."""
+
+    def __init__(self, config, model, runtime):
+        super().__init__(config, model, runtime, Clean(), CEOuter(), "test-counting")
+        self.calls = 0
+
+    def extra_state(self):
+        return {"calls": self.calls}
+
+    def load_extra_state(self, state):
+        self.calls = state["calls"]
+
+    def step(self, model, x, y):
+        self.calls += 1
+        return super().step(model, x, y)
+
+
+@pytest.fixture
+def counting():
+    register_method(MethodSpec("test-counting", _Counting, {}, description="test only"))
+    yield
+    METHODS.pop("test-counting")
+
+
+def _files(run):
+    return {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+
+
+@pytest.mark.parametrize("method, state, why", [
+    ("standard", [], "its method_state must be a dict, as method standard keeps, got a list"),
+    ("standard", "calls", "its method_state must be a dict, as method standard keeps, got a str"),
+    ("standard", {"calls": 2}, "its method_state holds keys 'calls', method standard keeps no keys"),
+    ("test-counting", [2], "its method_state must be a dict, as method test-counting keeps, got a list"),
+    ("test-counting", {}, "its method_state holds no keys, method test-counting keeps keys 'calls'"),
+    ("test-counting", {"count": 2}, "its method_state holds keys 'count', method test-counting keeps keys 'calls'"),
+])
+def test_a_method_state_of_another_form_is_refused_before_the_run_changes(method, state, why, tmp_path, counting):
+    """A hand-edited or foreign method_state went to load_extra_state unchecked: ignored by the
+    methods without state, a KeyError of the method's own (or wrong values) in one with state."""
+    run = tmp_path / "run"
+    fit(TrainConfig(method, "synthetic", str(run), epochs=1, max_batches=2, batch_size=16, device="cpu",
+                    tensorboard=False))
+    _rewrite(run / ckpt.LATEST, method_state=state)
+    before = _files(run)
+    with pytest.raises(ckpt.CheckpointError) as refused:
+        fit(TrainConfig(method, "synthetic", str(run), epochs=2, device="cpu", resume=True))
+    assert str(refused.value) == f"cannot resume from {run / ckpt.LATEST}: {why}"
+    assert _files(run) == before
+
+
+def test_a_method_state_of_the_methods_form_resumes(tmp_path, counting):
+    run = tmp_path / "run"
+    fit(TrainConfig("test-counting", "synthetic", str(run), epochs=1, max_batches=2, batch_size=16, device="cpu",
+                    tensorboard=False))
+    assert ckpt.load(run / ckpt.LATEST)["method_state"] == {"calls": 2}
+    fit(TrainConfig("test-counting", "synthetic", str(run), epochs=2, device="cpu", resume=True))
+    assert ckpt.load(run / ckpt.LATEST)["method_state"] == {"calls": 4}

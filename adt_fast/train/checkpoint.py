@@ -175,6 +175,25 @@ def load_schedule(scheduler, state: Any, name: str) -> None:
     scheduler.load_state_dict(state)
 
 
+def load_method_state(method, state: Any) -> None:
+    """method.load_extra_state(state), once the state has the form of the method's own
+    extra_state(): the same type and, for a dict, the same keys. Else a ValueError: the methods
+    without state ({}) ignored any other silently, and a method with state failed in a traceback
+    of its own, or went on from the wrong values."""
+    ours = method.extra_state()
+    name, kind = method.name_in_messages, dict if isinstance(ours, dict) else type(ours)  # an OrderedDict too
+    if not isinstance(state, kind):
+        raise ValueError(f"its method_state must be a {kind.__name__}, as method {name} keeps, got a "
+                         f"{type(state).__name__}")
+    if isinstance(ours, dict) and set(state) != set(ours):
+        raise ValueError(f"its method_state holds {_keys(state)}, method {name} keeps {_keys(ours)}")
+    method.load_extra_state(state)
+
+
+def _keys(state: dict) -> str:
+    return "no keys" if not state else "keys " + ", ".join(sorted(map(repr, state)))
+
+
 def training_progress(payload: dict) -> tuple[int, list]:
     """The epochs a checkpoint has finished and their metrics records, checked before a resume goes
     on from them: a count that is not a whole number >= 0 (a negative one would train epochs that

@@ -134,7 +134,7 @@ class Trainer:
                 opt.load_state_dict(payload["optimisers"][name])
             for name, sched in self.schedulers.items():
                 ckpt.load_schedule(sched, payload["schedulers"][name], name)
-            self.method.load_extra_state(payload.get("method_state", {}))
+            ckpt.load_method_state(self.method, payload.get("method_state", {}))
             self.epoch, self.history = ckpt.training_progress(payload)
             # Last: building the model and method above consumed random numbers.
             ckpt.restore_rng(payload.get("rng"), {"data": self.data_generator}, self._cuda_device())
