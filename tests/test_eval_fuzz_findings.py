@@ -382,15 +382,17 @@ def test_a_negative_zero_multiple_is_a_budget_of_zero_not_minus_zero():
     assert check_epsilon_curve([-0.0, 0.0], 0.1) == [0.0]
 
 
-@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
-def test_a_multiple_that_is_not_finite_is_called_so(value, capsys):
-    # "multiples of epsilon must be >= 0, got nan"
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1"])
+def test_a_multiple_that_is_not_finite_is_called_so(value, tmp_path, capsys):
+    # "multiples of epsilon must be >= 0, got nan"; the flag's rule is evaluate's, in its words
     from adt_fast.attacks.evaluation import check_epsilon_curve
-    from adt_fast.cli import build_parser
+    from adt_fast.cli import main
 
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["eval", "--checkpoint", "run", "--out", "r.json", "--epsilon-curve", f"0,{value}"])
-    assert f"argument --epsilon-curve: multiples of epsilon must be finite numbers >= 0, got {value}" in capsys.readouterr().err
+    code = main(["eval", "--model", "external_models:build", "--dataset", str(_npz(tmp_path)), "--attacks", "fgsm",
+                 "--epsilon-curve", f"0,{value}", "--device", "cpu", "--out", str(tmp_path / "r.json")])
+    assert code == 2
+    assert capsys.readouterr().err == (f"adt-fast eval: error: --epsilon-curve: epsilon_curve holds finite multiples "
+                                       f"of epsilon >= 0, got {value}\n")
     with pytest.raises(ValueError, match=rf"epsilon_curve holds finite multiples of epsilon >= 0, got {value}"):
         check_epsilon_curve([float(value)], 0.1)
 

@@ -80,21 +80,19 @@ def _attack_list(text: str) -> List[str]:
 
 
 def _multiples(text: str) -> List[float]:
+    """The numbers --epsilon-curve writes; plan() checks them, with --epsilon, as evaluate does."""
     if not text.strip():
         return []
     values = []
     for part in text.split(","):
         try:
-            value = float(part)
+            values.append(float(part))
         except ValueError:
             if "/" in part:  # a budget such as 8/255, as --epsilon takes
                 raise argparse.ArgumentTypeError(
                     f"{part.strip()!r} is no number: the curve takes multiples of --epsilon such as 0,0.5,1,2 "
                     f"(budgets m * epsilon), not budgets") from None
             raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {shown(text)}") from None
-        if not math.isfinite(value) or value < 0:
-            raise argparse.ArgumentTypeError(f"multiples of epsilon must be finite numbers >= 0, got {part.strip()}")
-        values.append(value)
     return values
 
 
@@ -487,9 +485,9 @@ def plan(args) -> EvalPlan:
     # The data after the checkpoint: without --dataset, the run directory says which it is.
     info, test_split, fit_classes = _dataset(args, checkpoint)
     epsilon = args.epsilon if args.epsilon is not None else info.epsilon
-    curve = default_epsilon_curve(epsilon) if args.epsilon_curve is None else args.epsilon_curve
-    try:
-        check_epsilon_curve(curve, epsilon)
+    try:  # the default curve keeps only the multiples that pass the check
+        curve = (default_epsilon_curve(epsilon) if args.epsilon_curve is None
+                 else check_epsilon_curve(args.epsilon_curve, epsilon))
     except ValueError as err:
         raise EvalError("--epsilon-curve", str(err)) from None
     try:
