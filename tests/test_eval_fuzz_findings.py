@@ -397,6 +397,26 @@ def test_a_multiple_that_is_not_finite_is_called_so(value, tmp_path, capsys):
         check_epsilon_curve([float(value)], 0.1)
 
 
+def test_an_epsilon_curve_of_more_multiples_than_an_attack_makes_tries_is_refused(tmp_path, capsys):
+    # --epsilon-curve with 10,000 multiples ran 10,000 PGD-20s over every example.
+    from adt_fast.attacks.evaluation import check_epsilon_curve
+    from adt_fast.checks import MAX_ATTACK_TRIES
+    from adt_fast.cli import main
+
+    many = [m / 10_000 for m in range(10_000)]
+    code = main(["eval", "--model", "external_models:build", "--dataset", str(_npz(tmp_path)), "--attacks", "fgsm",
+                 "--epsilon-curve", ",".join(map(str, many)), "--device", "cpu", "--out", str(tmp_path / "r.json")])
+    assert code == 2
+    assert capsys.readouterr().err == ("adt-fast eval: error: --epsilon-curve: the number of epsilon_curve's distinct "
+                                       "multiples (each a PGD-20 run over every example) must be an integer from 0 "
+                                       "to 1000, got 10000\n")
+    assert not (tmp_path / "r.json").exists()
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"^the number of epsilon_curve's distinct .* from 0 to 1000, got 1001$"):
+        evaluate(_Split(), x, y, epsilon=0.1, attacks="fgsm", epsilon_curve=many[:MAX_ATTACK_TRIES + 1])
+    assert len(check_epsilon_curve(many[:MAX_ATTACK_TRIES] * 3, 0.1)) == MAX_ATTACK_TRIES  # repeats count once
+
+
 def test_a_fraction_in_the_epsilon_curve_is_told_the_curve_takes_multiples_of_epsilon(capsys):
     # --epsilon takes 8/255; --epsilon-curve 2/255,8/255 said "expected comma-separated numbers",
     # leaving the user to guess that the curve wants multiples of epsilon, not budgets.

@@ -180,9 +180,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="bf16 runs the model under autocast (default fp32)")
     parser.add_argument("--epsilon-curve", type=_multiples, default=None, metavar="MULTIPLES",
-                        help="multiples of epsilon for the PGD-20 accuracy-against-epsilon curve "
+                        help="multiples of epsilon for the PGD-20 accuracy-against-epsilon curve, at most %d "
                              "(default %s, those with a budget of at most 1; '' for none)"
-                             % ",".join(f"{m:g}" for m in DEFAULT_EPSILON_CURVE))
+                             % (MAX_ATTACK_TRIES, ",".join(f"{m:g}" for m in DEFAULT_EPSILON_CURVE)))
     parser.add_argument("--out", required=True, metavar="REPORT.json",
                         help="the report, a name ending in .json; REPORT.csv and REPORT.png are "
                              "written beside it. Only earlier reports are ever replaced")

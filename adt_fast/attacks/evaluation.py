@@ -17,7 +17,7 @@ from warnings import warn
 import torch
 from torch import nn
 
-from ..checks import check_int, check_non_negative, check_steps, check_tries
+from ..checks import MAX_ATTACK_TRIES, check_int, check_non_negative, check_steps, check_tries
 from ..devices import bf16_emulation_warning
 from ..distributed import World, current as dist_world
 from .autoattack import COMPONENTS as AUTOATTACK_VERSIONS, GRADIENT_COMPONENTS
@@ -57,7 +57,9 @@ def check_budget(epsilon: float) -> float:
 
 
 def check_epsilon_curve(multiples: Optional[Iterable[float]], epsilon: float) -> List[float]:
-    """The curve's multiples of epsilon, sorted and distinct; each budget m * epsilon in [0, 1]."""
+    """The curve's multiples of epsilon, sorted and distinct; each budget m * epsilon in [0, 1].
+    At most MAX_ATTACK_TRIES of them: each is a PGD-20 run over every example, a try as an
+    attack's restart or target is."""
     if isinstance(multiples, (str, bytes)):
         raise ValueError(f"epsilon_curve is a sequence of numbers (multiples of epsilon), not the string {multiples!r}")
     try:
@@ -65,6 +67,8 @@ def check_epsilon_curve(multiples: Optional[Iterable[float]], epsilon: float) ->
         checked = sorted({float(m) + 0.0 for m in (() if multiples is None else multiples)})
     except (TypeError, ValueError, RuntimeError):
         raise ValueError(f"epsilon_curve holds numbers (multiples of epsilon), got {multiples!r}") from None
+    check_int(len(checked), f"the number of epsilon_curve's distinct multiples (each a PGD-{EPSILON_CURVE_STEPS} "
+                            f"run over every example)", 0, MAX_ATTACK_TRIES)
     for m in checked:
         if not math.isfinite(m) or m < 0:
             raise ValueError(f"epsilon_curve holds finite multiples of epsilon >= 0, got {m:g}")
