@@ -255,8 +255,8 @@ def test_resume_from_a_damaged_checkpoint_changes_nothing(run_copy, capsys):
     assert err.startswith(f"adt-fast train: error: --resume: checkpoint {latest} is corrupt or truncated")
     assert err.rstrip().endswith("; start a new run in another --out")
     assert snapshot(run_copy) == before
-    for epoch in (10, 2, 9):  # the newest by number, not by name or by the folder's order
-        (run_copy / f"checkpoint_epoch{epoch}.pt").write_bytes(b"a snapshot")
+    for epoch in (10, 2, 9):  # the newest by the epoch it holds, not by the folder's order
+        save_atomic({"epoch": epoch}, run_copy / f"checkpoint_epoch{epoch}.pt")
     err = refused(["train", "--resume", "--out", str(run_copy), "--epochs", "5"], capsys)
     assert err.rstrip().endswith(f"; to go on from the newest snapshot, copy it: cp {run_copy / 'checkpoint_epoch10.pt'} "
                                  f"{latest}")

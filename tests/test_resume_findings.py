@@ -123,3 +123,56 @@ def test_a_method_state_of_the_methods_form_resumes(tmp_path, counting):
     assert ckpt.load(run / ckpt.LATEST)["method_state"] == {"calls": 2}
     fit(TrainConfig("test-counting", "synthetic", str(run), epochs=2, device="cpu", resume=True))
     assert ckpt.load(run / ckpt.LATEST)["method_state"] == {"calls": 4}
+
+
+def _snapshots_only(run):
+    """A finished 3-epoch run with a snapshot per epoch, whose checkpoint.pt, model.pt and metrics are gone."""
+    fit(TrainConfig("standard", "synthetic", str(run), epochs=3, max_batches=1, batch_size=16, save_freq=1,
+                    device="cpu", tensorboard=False))
+    for name in (ckpt.LATEST, ckpt.FINAL_MODEL):
+        (run / name).unlink()
+    (run / "metrics.jsonl").write_text("")
+
+
+def _resume_refused(run):
+    before = _files(run)
+    with pytest.raises(ConfigError) as refused:
+        fit(TrainConfig("standard", "synthetic", str(run), device="cpu", resume=True))
+    assert _files(run) == before
+    return str(refused.value)
+
+
+def test_the_snapshot_suggested_is_the_one_holding_the_newest_epoch_whatever_its_name(tmp_path):
+    """checkpoint_epoch9.pt, a copy of epoch 2's snapshot, was suggested over epoch 3's by its name;
+    a file that cannot be read as a checkpoint (here by the largest number) is suggested never."""
+    run = tmp_path / "run"
+    _snapshots_only(run)
+    (run / "checkpoint_epoch2.pt").rename(run / "checkpoint_epoch9.pt")
+    (run / "checkpoint_epoch12.pt").write_bytes(b"not a checkpoint")
+    copy = f"cp {run / 'checkpoint_epoch3.pt'} {run / ckpt.LATEST}"
+    assert _resume_refused(run) == (f"--resume: {run} holds no checkpoint.pt but 3 snapshots up to checkpoint_epoch12.pt: "
+                                    f"the run trained, and starting it again from epoch 1 would overwrite them; to go "
+                                    f"on from the newest snapshot, copy it: {copy}")
+
+
+def test_a_later_snapshot_named_as_the_first_keeps_the_run_from_starting_over(tmp_path):
+    """Epoch 3's snapshot renamed checkpoint_epoch1.pt passed for a kill before the first
+    checkpoint, and the resume started the run over, writing epoch 1's snapshot over it."""
+    run = tmp_path / "run"
+    _snapshots_only(run)
+    (run / "checkpoint_epoch1.pt").unlink()
+    (run / "checkpoint_epoch2.pt").unlink()
+    (run / "checkpoint_epoch3.pt").rename(run / "checkpoint_epoch1.pt")
+    assert _resume_refused(run).endswith(f"holds no checkpoint.pt but checkpoint_epoch1.pt: the run trained, and "
+                                         f"starting it again from epoch 1 would overwrite them; to go on from the "
+                                         f"newest snapshot, copy it: cp {run / 'checkpoint_epoch1.pt'} {run / ckpt.LATEST}")
+
+
+def test_held_epoch_reads_the_count_without_reading_the_file_in_full(tmp_path):
+    path = ckpt.save_atomic({"epoch": 4, "model": {"w": torch.zeros(3)}}, tmp_path / "c.pt")
+    assert ckpt.held_epoch(path) == 4
+    for payload in ({"epoch": -1}, {"epoch": True}, {"epoch": "4"}, {}):
+        assert ckpt.held_epoch(ckpt.save_atomic(payload, tmp_path / "c.pt")) is None
+    torch.save({"epoch": 4}, tmp_path / "foreign.pt")  # not ours: no format
+    (tmp_path / "short.pt").write_bytes(path.read_bytes()[:100])
+    assert ckpt.held_epoch(tmp_path / "foreign.pt") is None and ckpt.held_epoch(tmp_path / "short.pt") is None

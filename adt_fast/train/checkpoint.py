@@ -109,6 +109,19 @@ def load(path: PathLike, map_location: Any = "cpu") -> dict:
     return payload
 
 
+def held_epoch(path: PathLike) -> Optional[int]:
+    """The epochs a checkpoint file has finished, read cheaply: its pickle only (torch.load with
+    mmap maps the tensors instead of reading them, and load's CRC-32 pass over the whole file is
+    left out), still weights-only, so nothing in it runs. None for a file that cannot be read so
+    or holds no such count. Only for what to suggest: a resume reads the file in full."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - a damaged file can fail anywhere inside the zip/unpickler
+        return None
+    epoch = payload.get("epoch") if isinstance(payload, dict) and payload.get("format") == FORMAT else None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0 else None
+
+
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu",
                factory: Optional[str] = None) -> torch.nn.Module:
     """The classifier stored in a run directory or checkpoint file, on `device`, in eval mode

@@ -340,8 +340,7 @@ def _check_starting_over_loses_nothing(run_dir: Path) -> None:
     if (run_dir / ckpt.LATEST).is_file():
         return
     found = [ckpt.FINAL_MODEL] if (run_dir / ckpt.FINAL_MODEL).is_file() else []
-    snapshots = _snapshot_epochs(run_dir)
-    later = [SNAPSHOT.format(epoch=epoch) for epoch in snapshots if epoch > 1]
+    later = [name for epoch, name, _ in _snapshots(run_dir) if epoch > 1]
     if later:
         found.append(later[0] if len(later) == 1 else f"{len(later)} snapshots up to {later[-1]}")
     metrics = run_dir / runlog.METRICS_FILE
@@ -356,17 +355,24 @@ def _check_starting_over_loses_nothing(run_dir: Path) -> None:
 
 def _without_checkpoint(run_dir: Path) -> str:
     """What a run whose checkpoint.pt is gone or unreadable can still do."""
-    snapshots = _snapshot_epochs(run_dir)
-    if not snapshots:
+    readable = [name for _, name, held in _snapshots(run_dir) if held]
+    if not readable:
         return "start a new run in another --out"
-    latest, newest = run_dir / ckpt.LATEST, run_dir / SNAPSHOT.format(epoch=snapshots[-1])
+    latest, newest = run_dir / ckpt.LATEST, run_dir / readable[-1]
     return f"to go on from the newest snapshot, copy it: cp {shlex.quote(str(newest))} {shlex.quote(str(latest))}"
 
 
-def _snapshot_epochs(run_dir: Path) -> list:
-    """The epochs of the run's snapshots (checkpoint_epoch{N}.pt), in order."""
-    return sorted(int(match.group(1)) for entry in run_dir.iterdir()
-                  if (match := SNAPSHOT_NAME.fullmatch(entry.name)) and entry.is_file())
+def _snapshots(run_dir: Path) -> list:
+    """The run's snapshots (checkpoint_epoch{N}.pt) as (epoch, name, held), in order of epoch: the
+    epoch the file holds (held, read cheaply: ckpt.held_epoch), since a renamed or copied snapshot's
+    name may say another; else, for a file that cannot be read so, its name's N."""
+    found = []
+    for entry in run_dir.iterdir():
+        match = SNAPSHOT_NAME.fullmatch(entry.name)
+        if match and entry.is_file():
+            epoch = ckpt.held_epoch(entry)
+            found.append((int(match.group(1)) if epoch is None else epoch, entry.name, epoch is not None))
+    return sorted(found)
 
 
 def check_resumable(cfg: TrainConfig, done: int) -> None:
