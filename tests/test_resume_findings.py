@@ -11,8 +11,8 @@ import torch
 from adt_fast.cli import main
 from adt_fast.train import METHODS, ComposedMethod, MethodSpec, fit, register_method
 from adt_fast.train import checkpoint as ckpt
-from adt_fast.train.methods import CEOuter, Clean
 from adt_fast.train.config import ConfigError, TrainConfig, resume_config
+from adt_fast.train.methods import CEOuter, Clean
 
 TINY = ["--dataset", "synthetic", "--epochs", "1", "--max-batches", "2", "--batch-size", "16",
         "--no-tensorboard", "--device", "cpu", "--save-freq", "0", "--no-channels-last", "--lr-drop"]
@@ -37,8 +37,9 @@ def test_a_run_that_took_a_step_above_1_resumes_as_it_ran(tmp_path, capsys):
     for the run's resume alike. A step of 1 moves PGD's iterates as any longer one does (they lie
     in [0, 1]), so the resume goes on with 1, bit for bit as the run would have."""
     straight, old = tmp_path / "straight", tmp_path / "old"
-    assert main(["train", "--method", "at-pgd", "--step-size", "1", *TINY, "--epochs", "2", "--out", str(straight)]) == 0
-    assert main(["train", "--method", "at-pgd", "--step-size", "1", *TINY, "--out", str(old)]) == 0
+    first = ["train", "--method", "at-pgd", "--step-size", "1", *TINY]
+    assert main([*first, "--epochs", "2", "--out", str(straight)]) == 0
+    assert main([*first, "--out", str(old)]) == 0
     _record_step(old, 5.0)  # what a run made with --step-size 5 before the check recorded
     capsys.readouterr()
     assert main(["train", "--resume", "--out", str(old), "--epochs", "2"]) == 0, capsys.readouterr().err
@@ -150,8 +151,9 @@ def test_the_snapshot_suggested_is_the_one_holding_the_newest_epoch_whatever_its
     (run / "checkpoint_epoch2.pt").rename(run / "checkpoint_epoch9.pt")
     (run / "checkpoint_epoch12.pt").write_bytes(b"not a checkpoint")
     copy = f"cp {run / 'checkpoint_epoch3.pt'} {run / ckpt.LATEST}"
-    assert _resume_refused(run) == (f"--resume: {run} holds no checkpoint.pt but 3 snapshots up to checkpoint_epoch12.pt: "
-                                    f"the run trained, and starting it again from epoch 1 would overwrite them; to go "
+    assert _resume_refused(run) == (f"--resume: {run} holds no checkpoint.pt but 3 snapshots up to "
+                                    f"checkpoint_epoch12.pt: the run trained, and starting it again from epoch 1 "
+                                    f"would overwrite them; to go "
                                     f"on from the newest snapshot, copy it: {copy}")
 
 
@@ -165,7 +167,8 @@ def test_a_later_snapshot_named_as_the_first_keeps_the_run_from_starting_over(tm
     (run / "checkpoint_epoch3.pt").rename(run / "checkpoint_epoch1.pt")
     assert _resume_refused(run).endswith(f"holds no checkpoint.pt but checkpoint_epoch1.pt: the run trained, and "
                                          f"starting it again from epoch 1 would overwrite them; to go on from the "
-                                         f"newest snapshot, copy it: cp {run / 'checkpoint_epoch1.pt'} {run / ckpt.LATEST}")
+                                         f"newest snapshot, copy it: cp {run / 'checkpoint_epoch1.pt'} "
+                                         f"{run / ckpt.LATEST}")
 
 
 def test_held_epoch_reads_the_count_without_reading_the_file_in_full(tmp_path):
