@@ -115,6 +115,18 @@ def _env_int(name: str) -> int:
     return int(text)
 
 
+def _check_not_half_launched() -> None:
+    """Without all of RANK, WORLD_SIZE and LOCAL_RANK, a WORLD_SIZE above 1 still says that
+    several processes were started for one job: each would run the whole job alone (a manual
+    env:// launch, as torch's documentation sets it, has no LOCAL_RANK)."""
+    text = os.environ.get("WORLD_SIZE", "").strip()
+    if text.isascii() and text.isdigit() and int(text) > 1:
+        missing = [name for name in _LAUNCH_ENV if name not in os.environ]
+        raise DistributedError(f"$WORLD_SIZE is {text}, as a launcher sets it for a group of processes, but "
+                               f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set, so every "
+                               f"process would run the whole job alone: {_REMEDY}")
+
+
 def launch_rank() -> int:
     """This process's rank as the launcher set it (0 without one), known before the group is
     joined: notes printed while a command checks its settings come from rank 0 alone."""
@@ -124,10 +136,12 @@ def launch_rank() -> int:
 def check_timeout() -> None:
     """Under a launcher, its environment and $ADT_FAST_DIST_TIMEOUT read before any work: a bad
     value is a setup error (DistributedError), not a traceback from inside the process group's
-    setup."""
+    setup. Without one, a WORLD_SIZE that only a launcher would set is refused likewise."""
     if launched():
         _check_launch_env()
         timeout()
+    else:
+        _check_not_half_launched()
 
 
 @dataclass(frozen=True)
@@ -233,6 +247,7 @@ def setup(device: str) -> World:
     seconds (600 by default), so a worker that died or failed ends the run with an error.
     """
     if not launched():
+        _check_not_half_launched()
         return World()
     if not dist.is_initialized():
         store, rank, size, attempt = _joined()

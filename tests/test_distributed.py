@@ -542,6 +542,26 @@ def test_ranks_without_a_rendezvous_address_are_a_one_line_error(tmp_path, monke
         distributed.local_device("cuda")
 
 
+@pytest.mark.parametrize("unset,problem", [
+    (("LOCAL_RANK",), "$WORLD_SIZE is 2, as a launcher sets it for a group of processes, but LOCAL_RANK is not set"),
+    (("RANK", "LOCAL_RANK"), "but RANK and LOCAL_RANK are not set"),
+])
+def test_a_world_size_above_1_without_the_ranks_is_a_one_line_error(tmp_path, monkeypatch, capsys, unset, problem):
+    """Two processes started by hand for one job as torch's env:// documentation starts them
+    (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, no LOCAL_RANK) each ran the whole job as a
+    single process: train's rank 0 trained the run alone and rank 1 failed on its lock, eval's
+    ranks each attacked every example and wrote the report."""
+    _launcher_env(monkeypatch, WORLD_SIZE="2", **dict.fromkeys(unset))
+    err = _train_and_eval_errors(tmp_path, capsys)
+    assert [line.split(": error: ")[0] for line in err] == ["adt-fast train", "adt-fast eval"]
+    for line in err:
+        assert problem in line and "start the command with torchrun" in line
+    with pytest.raises(distributed.DistributedError, match=re.escape(problem)):
+        distributed.setup("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process whatever the others say
+    assert distributed.setup("cpu") == World()
+
+
 def test_a_torchrun_run_records_cuda_not_rank_0s_gpu(tmp_path, monkeypatch):
     """Rank 0 trains on cuda:0; config.json must say `cuda`, or a later --resume under torchrun
     would hand cuda:0 to every rank and rank 1 would refuse it."""
