@@ -34,11 +34,13 @@ def check_batch(x: torch.Tensor, y: torch.Tensor, x_name: str = "x", y_name: str
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"{x_name} must be a floating-point tensor of inputs in [0, 1]")
+    _check_values(x, x_name)
     if x.dim() < 2:
         raise ValueError(f"{x_name} must be batched, shape (N, ...), got {tuple(x.shape)}")
     if not isinstance(y, torch.Tensor) or y.dtype not in LABEL_DTYPES:
         got = y.dtype if isinstance(y, torch.Tensor) else type(y).__name__
         raise TypeError(f"{y_name} must be an integer tensor of class labels, got {got}")
+    _check_values(y, y_name)
     if y.shape != (len(x),):
         raise ValueError(f"{y_name} must have shape ({len(x)},) to match {x_name}, got {tuple(y.shape)}")
     if len(x) == 0:
@@ -50,6 +52,18 @@ def check_batch(x: torch.Tensor, y: torch.Tensor, x_name: str = "x", y_name: str
     if y_min < 0:
         raise ValueError(f"labels must be >= 0 ({y_name})")
     return y.long()
+
+
+def _check_values(tensor: torch.Tensor, name: str) -> None:
+    """A tensor whose values the checks and the attacks can read: torch's own error for a sparse
+    or meta one names no argument (a meta tensor holds a shape and no values)."""
+    if tensor.is_nested:
+        raise TypeError(f"{name} must be a dense tensor, got a nested one; stack its examples into one (N, ...) tensor")
+    if tensor.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense tensor, got a {tensor.layout} one; convert it with .to_dense()")
+    if tensor.is_meta:
+        raise ValueError(f"{name} is on the meta device, which holds no values (only a shape); pass it with "
+                         f"its data, on the CPU or a GPU")
 
 
 def _extremes(x: torch.Tensor, y: torch.Tensor) -> list:

@@ -1,0 +1,72 @@
+"""Defects found by fuzzing the Python API of the attacks (evaluate, the stand-alone attacks and
+the attack classes), each pinned by the call that hit it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from adt_fast.attacks import (APGDAttack, AutoAttack, DistributionAttack, FABAttack, SquareAttack, cw, evaluate,
+                              feature_attack, fgsm, mim, pgd, transfer)
+
+EPS = 0.1
+
+
+class _Net(nn.Module):
+    """A tiny classifier with BatchNorm and FeaAttack's .features / .head split."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(4 * 4 * 4, 10))
+
+    def features(self, x):
+        return self.body(x)
+
+    def head(self, features):
+        return self.fc(features)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def _data(n: int = 6):
+    x = torch.rand(n, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    return x, torch.arange(n) % 10
+
+
+# Every public way to attack (model, x, y), with the fewest steps each takes.
+CALLS = {
+    "evaluate": lambda m, x, y: evaluate(m, x, y, epsilon=EPS, attacks="fgsm", epsilon_curve=()),
+    "fgsm": lambda m, x, y: fgsm(m, x, y, EPS),
+    "pgd": lambda m, x, y: pgd(m, x, y, EPS, 1),
+    "mim": lambda m, x, y: mim(m, x, y, EPS, 1),
+    "cw": lambda m, x, y: cw(m, x, y, EPS, 1),
+    "feature_attack": lambda m, x, y: feature_attack(m, x, y, EPS, targets=1, steps=1),
+    "transfer": lambda m, x, y: transfer(_Net().eval(), m, x, y, EPS, steps=1),
+    "APGDAttack": lambda m, x, y: APGDAttack("apgd-ce", EPS, steps=1).perturb(m, x, y),
+    "FABAttack": lambda m, x, y: FABAttack(EPS, targets=1, steps=1).perturb(m, x, y),
+    "SquareAttack": lambda m, x, y: SquareAttack(EPS, queries=1).perturb(m, x, y),
+    "DistributionAttack": lambda m, x, y: DistributionAttack(EPS, steps=1, samples=2).perturb(m, x, y),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta", "ignore:The PyTorch API of nested tensors")
+@pytest.mark.parametrize("make, error, message", [
+    (lambda x, y: (x.to_sparse(), y), TypeError, r"^x must be a dense tensor, got a torch\.sparse_coo one; "
+                                                 r"convert it with \.to_dense\(\)$"),
+    (lambda x, y: (x.flatten(1).to_sparse_csr(), y), TypeError, r"^x must be a dense tensor, got a torch\.sparse_csr"),
+    (lambda x, y: (torch.nested.nested_tensor(list(x)), y), TypeError, r"^x must be a dense tensor, got a nested one"),
+    (lambda x, y: (x.to("meta"), y), ValueError, r"^x is on the meta device, which holds no values \(only a shape\)"),
+    (lambda x, y: (x, y.to_sparse()), TypeError, r"^y must be a dense tensor, got a torch\.sparse_coo one"),
+    (lambda x, y: (x, y.to("meta")), ValueError, r"^y is on the meta device, which holds no values"),
+], ids=["sparse x", "csr x", "nested x", "meta x", "sparse y", "meta y"])
+@pytest.mark.parametrize("call", CALLS.values(), ids=CALLS.keys())
+def test_a_sparse_or_meta_batch_is_named(call, make, error, message):
+    """torch's NotImplementedError from inside the [0, 1] check ("Could not run 'aten::aminmax' with
+    arguments from the 'SparseCPU' backend", "Cannot copy out of meta tensor; no data!")."""
+    x, y = make(*_data())
+    with pytest.raises(error, match=message):
+        call(_Net().eval(), x, y)
