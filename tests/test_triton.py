@@ -228,6 +228,7 @@ def _tile_indices_kernel(pid, B, D, n_chunks, ge_stride, out_ptr, QUAD_ALIGNED: 
     (2**31 + 5, 3, 1, True),      # rows past 2^31 (the last program's pb * BLOCK_B)
     (2, 2**31 + 12, 1, True),     # columns past 2^31 (the last chunk's c * BLOCK_D), aligned quads
     (2**28, 1, 16, True),         # rows below 2^31, but grad_nlp (k = 16, transposed) read past 2^31
+    (2**35, 4, 1, True),          # program numbers past 2^31 (`launch_grid`'s second axis)
 ])
 def test_tile_indices_are_64_bit(batch, d, ge_stride, wide):
     """The element, quad and grad_nlp offsets of the last program stay exact where B, D or B times
@@ -277,7 +278,8 @@ def test_words_indices_are_64_bit():
 
 
 @pytest.mark.parametrize("batch, d, example_stride, wide", [
-    (2**31, 128, 1, False),       # the last row is 2^31 - 1 (one example per tile)
+    (2**31 - 1, 128, 1, False),   # one example per tile: 2^31 - 1 programs, CUDA's most on x
+    (2**31, 128, 0, True),        # ... 2^31 programs (a second grid axis), although the last row fits
     (2**31 + 1, 128, 1, True),
     (2**31, 4, 0, False),         # eight rows per tile, the last one 2^31 - 1
     (2**31 + 1, 4, 0, True),      # ... the last tile's padded rows past it
@@ -290,10 +292,56 @@ def test_words_indices_are_64_bit():
 ])
 def test_wide_indices_exactly_where_an_int32_index_would_wrap(batch, d, example_stride, wide):
     """The launch takes the 64-bit tile indices (and their registers) only where a row, a column
-    or a grad_nlp offset of the 32-bit path passes 2^31 - 1: every size up to there keeps the
-    32-bit path, every size past it takes the 64-bit one."""
+    or a grad_nlp offset of the 32-bit path passes 2^31 - 1, or the programs pass the grid's x
+    axis: every size up to there keeps the 32-bit path, every size past it takes the 64-bit one."""
     assert tk.wide_indices(batch, d, example_stride) is wide
     assert tk.sample_constexprs(per_example=d, batch=batch, example_stride=example_stride)["WIDE"] is wide
+
+
+@pytest.mark.parametrize("batch, d", [
+    (64, 3072), (2**31 - 1, 128), (2**31, 128), (2**34 - 8, 16), (2**34, 16), (2**34 + 1, 1), (2**40, 3),
+    (2**20, 2**30), (8 * (2**31 - 1) * 65535, 1),  # the most both axes hold
+])
+def test_launch_grid_stays_within_cuda_s_limits(batch, d):
+    """The tile programs' grid has at most 2^31 - 1 programs on x and 65535 on y (past them the
+    launch failed, at B >= 2^34 with D <= 16 first), covers every program with fewer surplus ones
+    than rows, and has a second row only where the launch takes the WIDE kernels, which number
+    the programs of both axes (a pure function: nothing of that size is allocated)."""
+    n_programs = tk.launch_config(batch, d)[3]
+    x, y = tk.launch_grid(batch, d)
+    assert 1 <= x <= tk.MAX_GRID_X == 2**31 - 1 and 1 <= y <= tk.MAX_GRID_Y == 65535
+    assert 0 <= x * y - n_programs < y
+    assert y == 1 or tk.wide_indices(batch, d)
+    assert (y > 1) == (n_programs > 2**31 - 1)
+
+
+def test_launch_grid_refuses_more_programs_than_both_axes_hold():
+    batch = 8 * (2**31 - 1) * 65535 + 1
+    with pytest.raises(ValueError, match=rf"^B = {batch} examples of D = 1 elements take \d+ tile programs, past "
+                                         r"the triton backend's grid of 65535 x 2147483647$"):
+        tk.launch_grid(batch, 1)
+
+
+def test_a_two_axis_grid_gives_the_one_axis_results(monkeypatch):
+    """With the grid's x axis capped at 3 programs, the 10 programs of (5, 132) launch on 4 rows
+    of 3 (2 surplus) in the WIDE kernels, and give the 1-D grid's results bit for bit (mutant: the
+    kernels numbering programs by program_id(0) alone)."""
+    shape, k = (5, 132), 2
+    mean, std, x = _inputs(shape, torch.float64)
+    seed_offset = _seed_offset(3, 4)
+    g = torch.Generator().manual_seed(1)
+    grad_out = torch.randn((k, *shape), dtype=torch.float64, generator=g)
+    grad_nlp = torch.randn((k, shape[0]), dtype=torch.float64, generator=g)
+
+    def run():
+        return (*tk.sample_forward(mean, std, x, None, seed_offset, k, EPS, 0.0, 1.0),
+                *tk.sample_backward(grad_out, grad_nlp, mean, std, x, None, seed_offset, k, EPS, 0.0, 1.0))
+
+    one_axis = run()
+    monkeypatch.setattr(tk, "MAX_GRID_X", 3)
+    assert tk.launch_grid(*shape) == (3, 4) and tk.wide_indices(*shape)
+    two_axes = run()
+    assert all(torch.equal(a, b) for a, b in zip(two_axes, one_axis))
 
 
 @pytest.mark.parametrize("transposed", [False, True])
@@ -590,18 +638,20 @@ import sass_report
 from adt_fast.ops import triton_kernels as tk
 
 philox = {}
-for store, has_x, has_noise, gout, d in (("fp32", True, False, 1, 3072), ("bf16", False, False, 3, 3072),
-                                         ("fp64", True, True, 0, 3072),
-                                         ("fp32", True, False, 2, 3073)):  # D % 4 != 0
+for store, has_x, has_noise, gout, d, batch in (("fp32", True, False, 1, 3072, 64), ("bf16", False, False, 3, 3072, 64),
+                                                ("fp64", True, True, 0, 3072, 64),
+                                                ("fp32", True, False, 2, 3073, 64),  # D % 4 != 0
+                                                ("fp32", True, False, 1, 12, 2**35)):  # WIDE, 2-D grid
     is_fp64 = store == "fp64"
-    block_b, block_d, _, _, warps = tk.launch_config(64, d)
+    block_b, block_d, _, _, warps = tk.launch_config(batch, d)
     constexprs = dict(HAS_X=has_x, WANT_GX=has_x, HAS_NOISE=has_noise, GOUT=gout, HAS_GNLP=gout != 0,
-                      BLOCK_B=block_b, BLOCK_D=block_d, **tk.sample_constexprs(per_example=d))
+                      BLOCK_B=block_b, BLOCK_D=block_d, **tk.sample_constexprs(per_example=d, batch=batch))
+    assert constexprs["WIDE"] == (batch > 64)
     for fn in (tk._forward_kernel, tk._backward_kernel):
         try:
             # specialised as a launch is: aligned pointers, B, D and N divisible by 16 where they are
             kernel = sass_report.compile_triton(tk, fn, store, constexprs, warps,
-                                                {"B": 64, "D": d, "N": 64 * d})
+                                                {"B": batch, "D": d, "N": batch * d})
         except TypeError as err:
             print("SKIP compile API differs:", err)
             sys.exit(0)

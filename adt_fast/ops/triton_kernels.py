@@ -43,7 +43,8 @@ if TorchVersion(triton.__version__) < OLDEST_TRITON:  # torch's version comparis
     # torch 2.5 pins, lacks tl.mul), so dispatch must hear of it here to leave them out of `auto`.
     raise ImportError(f"triton {triton.__version__} is older than 3.6, the oldest these kernels are written for")
 
-__all__ = ["sample_forward", "sample_backward", "philox_words", "launch_config", "grad_out_layout"]
+__all__ = ["sample_forward", "sample_backward", "philox_words", "launch_config", "launch_grid",
+           "grad_out_layout"]
 
 LOG2 = math.log(2.0)
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -61,7 +62,8 @@ TILE = NORMALS_PER_CALL * 32 * NUM_WARPS
 MIN_BLOCK_D = 16
 WORDS_BLOCK = 512
 WORDS_NUM_WARPS = 4
-MAX_GRID_Y = 65535  # CUDA's limit on a grid's y dimension
+MAX_GRID_X = 2**31 - 1  # CUDA's limits on a grid's x and y dimensions
+MAX_GRID_Y = 65535
 # What the kernels are written for, said at every launch: FMA contraction on (Triton >= 3.10
 # turns it off by default; the float32 error budget in docs/triton.md assumes it).
 COMPILE_OPTIONS = {"enable_fp_fusion": True}
@@ -326,8 +328,10 @@ def _tile_indices(pid, B, D, n_chunks, QUAD_ALIGNED: tl.constexpr, WIDE: tl.cons
     * stride), are int32, or int64 where WIDE (`wide_indices`: a launch whose padded rows, columns
     or grad_nlp offsets pass 2^31 - 1, which in int32 wrapped to negative offsets); n, quads and
     -log p's part offsets are int64 either way. int32 rows take fewer registers where a tile packs
-    several examples (D <= 64: docs/triton.md). pid, pb and c stay int32 (the grid is below 2^31),
-    and so do the masks' compares, which count within the tile."""
+    several examples (D <= 64: docs/triton.md). pid, pb and c are int32 on the 32-bit path (its
+    grid is 1-D, below 2^31 programs) and int64 where WIDE (`_program_id`); the masks' compares
+    stay int32, counting within the tile. A pid past the last tile (the 2-D grid's surplus) has
+    rows past B: all masked."""
     IDX: tl.constexpr = tl.int64 if WIDE else tl.int32
     pb = pid // n_chunks
     c = pid - pb * n_chunks
@@ -353,13 +357,24 @@ def _tile_indices(pid, B, D, n_chunks, QUAD_ALIGNED: tl.constexpr, WIDE: tl.cons
 
 
 @triton.jit
+def _program_id(WIDE: tl.constexpr):
+    """This program's tile number: program_id(0) on a 1-D grid; where WIDE, the int64 number on
+    `launch_grid`'s grid, which takes a second axis past CUDA's 2^31 - 1 programs on x."""
+    if WIDE:
+        pid = tl.program_id(1).to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
+    else:
+        pid = tl.program_id(0)
+    return pid
+
+
+@triton.jit
 def _load_tile(mean_ptr, std_ptr, x_ptr, seed_offset_ptr, B, D, n_chunks, eps_bits, lo_bits, hi_bits,
                QUAD_ALIGNED: tl.constexpr, WIDE: tl.constexpr, HAS_X: tl.constexpr,
                HAS_NOISE: tl.constexpr, IS_FP64: tl.constexpr, CT: tl.constexpr, BLOCK_B: tl.constexpr,
                BLOCK_D: tl.constexpr):
     """This program's tile of (examples x elements), its inputs, the per-element rho terms and the
     Philox quad indices of `_sample_normals`."""
-    c, rows, row_ok, mask, n, quads = _tile_indices(tl.program_id(0), B, D, n_chunks, QUAD_ALIGNED, WIDE,
+    c, rows, row_ok, mask, n, quads = _tile_indices(_program_id(WIDE), B, D, n_chunks, QUAD_ALIGNED, WIDE,
                                                     BLOCK_B, BLOCK_D)
     eps = _f64_from_bits(eps_bits).to(CT)
     lo = _f64_from_bits(lo_bits).to(CT)
@@ -618,11 +633,26 @@ def wide_indices(batch: int, per_example: int, example_stride: int = 0) -> bool:
     every tile, padding included (the last tile's pb * BLOCK_B + BLOCK_B - 1 and the last chunk's
     c * BLOCK_D + BLOCK_D - 1), and the backward's grad_nlp offsets rows * example_stride (0
     without grad_nlp); the element indices n = row * D + col, the quads and -log p's part offsets
-    are int64 on both paths, and per-sample steps are pointer increments."""
-    block_b, block_d, n_chunks, _, _ = launch_config(batch, per_example)
+    are int64 on both paths, and per-sample steps are pointer increments. Also where the programs
+    pass MAX_GRID_X (B >= 2^31 at D = 128, for one): `launch_grid` then makes the grid 2-D, whose
+    program numbers only the 64-bit path forms (`_program_id`)."""
+    block_b, block_d, n_chunks, n_programs, _ = launch_config(batch, per_example)
     last_row = triton.cdiv(batch, block_b) * block_b - 1
     last_col = n_chunks * block_d - 1
-    return max(last_row, last_col, last_row * example_stride) > INT32_MAX
+    return max(last_row, last_col, last_row * example_stride) > INT32_MAX or n_programs > MAX_GRID_X
+
+
+def launch_grid(batch: int, per_example: int) -> tuple[int, int]:
+    """The tile programs' grid: (n_programs, 1) up to CUDA's cap of MAX_GRID_X programs on x; past
+    it (B > 2^34 - 8 at D <= 16) rows of at most MAX_GRID_X programs, which only the WIDE
+    kernels number (`_program_id`; `wide_indices` picks them there), with fewer surplus programs
+    than rows, all masked out."""
+    n_programs = launch_config(batch, per_example)[3]
+    rows = triton.cdiv(n_programs, MAX_GRID_X)
+    if rows > MAX_GRID_Y:  # about 2^47 programs of 8 elements or more: past any GPU's memory
+        raise ValueError(f"B = {batch} examples of D = {per_example} elements take {n_programs} tile programs, "
+                         f"past the triton backend's grid of {MAX_GRID_Y} x {MAX_GRID_X}")
+    return triton.cdiv(n_programs, rows), rows
 
 
 def sample_constexprs(*, per_example: int, batch: int = 1, example_stride: int = 0) -> dict:
@@ -653,12 +683,12 @@ def sample_forward(mean, std_param, x, noise, seed_offset, num_samples, epsilon,
     out = torch.empty((k, *mean.shape), dtype=mean.dtype, device=mean.device)
     if numel == 0 or k == 0:
         return out, torch.zeros((k, batch), dtype=ctype, device=mean.device)
-    block_b, block_d, n_chunks, n_programs, warps = launch_config(batch, per_example)
+    block_b, block_d, n_chunks, _, warps = launch_config(batch, per_example)
     eps_bits, lo_bits, hi_bits, const_bits = _scalar_bits(epsilon, lo, hi, per_example)
     part = torch.empty((k, batch, n_chunks) if n_chunks > 1 else (k, batch), dtype=ctype,
                        device=mean.device)
     with _device_guard(mean):
-        _forward_kernel[(n_programs,)](
+        _forward_kernel[launch_grid(batch, per_example)](
             mean, std_param, mean if x is None else x, mean if noise is None else noise,
             seed_offset, out, part, batch, per_example, numel, sample_loop_trips(k), n_chunks,
             eps_bits, lo_bits, hi_bits, const_bits,
@@ -702,11 +732,11 @@ def sample_backward(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, 
     if numel == 0:
         return grad_mean, grad_std, grad_x
     gout_mode, grad_out = grad_out_layout(grad_out, k, mean.shape)
-    block_b, block_d, n_chunks, n_programs, warps = launch_config(batch, per_example)
+    block_b, block_d, n_chunks, _, warps = launch_config(batch, per_example)
     eps_bits, lo_bits, hi_bits, _ = _scalar_bits(epsilon, lo, hi, per_example)
     gnlp_strides = (0, 0) if grad_nlp is None else grad_nlp.stride()
     with _device_guard(mean):
-        _backward_kernel[(n_programs,)](
+        _backward_kernel[launch_grid(batch, per_example)](
             mean if grad_out is None else grad_out, mean if grad_nlp is None else grad_nlp,
             mean, std_param, mean if x is None else x, mean if noise is None else noise, seed_offset,
             grad_mean, grad_std, grad_mean if grad_x is None else grad_x,
