@@ -70,3 +70,15 @@ def test_a_sparse_or_meta_batch_is_named(call, make, error, message):
     x, y = make(*_data())
     with pytest.raises(error, match=message):
         call(_Net().eval(), x, y)
+
+
+@pytest.mark.parametrize("call", CALLS.values(), ids=CALLS.keys())
+def test_a_model_on_the_meta_device_is_named(call):
+    """A model built on the meta device and never loaded: 'Tensor on device meta is not on the
+    expected device cpu!' from inside its forward, or evaluate's 'Cannot copy out of meta tensor'."""
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"^model has parameters on the meta device, which hold no values \(only "
+                                         r"shapes\): load its weights first, e\.g\. model\.to_empty"):
+        call(_Net().to("meta"), x, y)
+    with pytest.raises(ValueError, match=r"^source_model has parameters on the meta device"):
+        transfer(_Net().to("meta"), _Net(), x, y, EPS, steps=1)

@@ -10,6 +10,8 @@ inputs as given: they run inside trainers' steps, where a check per call would c
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -21,10 +23,14 @@ LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
 
 def check_module(model, name: str) -> None:
     """The attacks call the model, its .parameters() and its .train(): a plain function (or None)
-    would fail deep inside with an AttributeError."""
+    would fail deep inside with an AttributeError, and a model on the meta device (built there to
+    be loaded later) in torch, at the first value read back."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"{name} must be a torch.nn.Module mapping inputs in [0, 1] to logits, got "
                         f"{type(model).__name__} (wrap a function in an nn.Module whose forward calls it)")
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        raise ValueError(f"{name} has parameters on the meta device, which hold no values (only shapes): load "
+                         f"its weights first, e.g. {name}.to_empty(device='cpu') then load_state_dict")
 
 
 def check_batch(x: torch.Tensor, y: torch.Tensor, x_name: str = "x", y_name: str = "y") -> torch.Tensor:
