@@ -82,3 +82,24 @@ def test_a_model_on_the_meta_device_is_named(call):
         call(_Net().to("meta"), x, y)
     with pytest.raises(ValueError, match=r"^source_model has parameters on the meta device"):
         transfer(_Net().to("meta"), _Net(), x, y, EPS, steps=1)
+
+
+class _BatchMean(_Net):
+    """One row of logits for the whole batch: passed a probe of one input."""
+
+    def forward(self, x):
+        return super().forward(x).mean(0, keepdim=True)
+
+
+@pytest.mark.parametrize("call", CALLS.values(), ids=CALLS.keys())
+def test_a_model_returning_one_row_for_the_batch_is_named(call):
+    """'Expected input batch_size (1) to match target batch_size (6)' from cross_entropy, an
+    IndexError in APGD-T and FAB, and APGD-DLR ran to the end on the broadcast rows."""
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"^the model returns \(1, 10\) for 2 inputs; it must return logits of "
+                                         r"shape \(2, number of classes\)$"):
+        call(_BatchMean().eval(), x, y)
+    with pytest.raises(ValueError, match=r"^the source model returns \(1, 10\) for 2 inputs"):
+        transfer(_BatchMean().eval(), _Net().eval(), x, y, EPS, steps=1)
+    with pytest.raises(ValueError, match=r"^the model returns \(1, 10\) for 2 inputs"):
+        APGDAttack("apgd-dlr", EPS, loss="dlr", steps=1).perturb(_BatchMean().eval(), x, y)

@@ -469,9 +469,9 @@ def test_a_source_checkpoint_beside_a_model_and_a_source_model_beside_a_checkpoi
 
 
 def test_evaluates_own_refusal_of_a_source_model_blames_source_model(tmp_path, capsys):
-    """evaluate's own check of the source's logits (one input: 5 classes for labels up to 8) is
+    """evaluate's own check of the source's logits (on the data: 5 classes for labels up to 8) is
     adt_fast's ValueError, not the model's: it names --source-model, the flag that gave that model."""
-    code = main(["eval", "--model", FACTORY, *FAST, "--source-model", "external_models:FewerClassesForOne",
+    code = main(["eval", "--model", FACTORY, *FAST, "--source-model", "external_models:FewerClassesOnData",
                  "--out", str(tmp_path / "e.json")])
     err = capsys.readouterr().err
     assert code == 2, err

@@ -22,7 +22,7 @@ from ..devices import bf16_emulation_warning
 from ..distributed import World, current as dist_world
 from .autoattack import COMPONENTS as AUTOATTACK_VERSIONS, GRADIENT_COMPONENTS
 from .engine import classified, eval_mode, input_gradient, model_device
-from .inputs import check_batch, check_classes, check_module
+from .inputs import PROBE_INPUTS, check_batch, check_classes, check_module
 from .losses import cross_entropy
 from .report import Report, attack_order, sanity_warnings, worst_case
 from .suite import (CW_STEPS, DEFAULT_ATTACKS, DIST_LAMBDA, DIST_SAMPLES, DIST_STEPS,
@@ -202,12 +202,12 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                      for name in names}
     ctx = AttackContext(model, seed=seed, precision=precision, pool_x=x, pool_y=y,
                         source_model=source_model, batch_size=batch_size)
-    num_classes = check_classes(ctx, model, x[:1].to(device), y, "model")
+    num_classes = check_classes(ctx, model, x[:PROBE_INPUTS].to(device), y, "model")
     too_few = shortfall(attacks_asked.values(), num_classes, tuple(x.shape))
     if too_few is not None:
         raise ValueError(f"attacks: {too_few}")
     if source_model is not None:
-        check_classes(ctx, source_model, x[:1].to(device), y, "source model")
+        check_classes(ctx, source_model, x[:PROBE_INPUTS].to(device), y, "source model")
 
     # The suite: every pgdN is served by one PGD run of the largest N.
     pgd_names = [name for name in names if pgd_steps(name) is not None]

@@ -79,12 +79,18 @@ def _extremes(x: torch.Tensor, y: torch.Tensor) -> list:
     return torch.stack([x_min.double(), x_max.double(), y_min]).tolist()
 
 
+# The inputs check_classes runs the model on: with one, a model that returns one row of logits for
+# its whole batch (a mean over it, z[:1]) would pass, then fail deep in a loss or score garbage.
+PROBE_INPUTS = 2
+
+
 def check_classes(ctx, model: nn.Module, x: torch.Tensor, y: torch.Tensor, what: str) -> int:
     """The number of classes `model` returns (through ctx's forward), checked against the labels
-    with one forward of one example."""
+    with one forward of x's first PROBE_INPUTS examples."""
+    probe = x[:PROBE_INPUTS]
     with eval_mode(model), torch.no_grad():
         try:
-            logits = ctx.logits(x[:1], model)
+            logits = ctx.logits(probe, model)
         except RuntimeError as err:  # a float64 batch from numpy and a float32 model, most often
             dtypes = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()})
             if dtypes and str(x.dtype) not in dtypes:
@@ -92,8 +98,10 @@ def check_classes(ctx, model: nn.Module, x: torch.Tensor, y: torch.Tensor, what:
                                 f"and the {what} failed on them ({err}): convert the inputs, e.g. "
                                 f"x.to({dtypes[0]})") from err
             raise
-    if logits.dim() != 2:
-        raise ValueError(f"the {what} must return logits of shape (N, classes), got {tuple(logits.shape)}")
+    if logits.dim() != 2 or len(logits) != len(probe):
+        inputs = "one input" if len(probe) == 1 else f"{len(probe)} inputs"
+        raise ValueError(f"the {what} returns {tuple(logits.shape)} for {inputs}; it must return logits of shape "
+                         f"({len(probe)}, number of classes)")
     if logits.shape[1] < 2:
         raise ValueError(f"the {what} returns {logits.shape[1]} logit(s) per input: {TOO_FEW_LOGITS}")
     if int(y.max()) >= logits.shape[1]:
