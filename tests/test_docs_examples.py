@@ -1,0 +1,93 @@
+"""What the README and the docs show runs as shown: the README's Python examples execute, every
+`adt-fast train|eval` line of a fenced block parses, and the docs list what the commands take.
+Each check reads the Markdown itself, so an example cannot rot without a test failing."""
+
+import argparse
+import ast
+import re
+import shlex
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from adt_fast.cli import build_parser
+from adt_fast.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
+FLAG = re.compile(r"--[a-z][a-z0-9-]*")
+COMMAND = re.compile(r"(adt-fast|-m adt_fast) (train|eval)\b")
+
+
+def fenced(path: Path) -> list:
+    """The fenced blocks of a Markdown file, as (language, text)."""
+    return [(m.group(1), m.group(2)) for m in FENCE.finditer(path.read_text(encoding="utf-8"))]
+
+
+def command_lines() -> list:
+    """Each `adt-fast train|eval` line of a fenced block (also `python -m adt_fast` and torchrun's
+    `-m adt_fast`), continuations joined and comments dropped, as (where, argv from the command
+    on). Synopses (blocks with `[--`) are test_synopsis_lists_every_flag's."""
+    found = []
+    for path in DOCS:
+        for _, block in fenced(path):
+            if "[--" in block:
+                continue
+            for line in block.replace("\\\n", " ").splitlines():
+                if not COMMAND.search(line):
+                    continue
+                words = shlex.split(line, comments=True)
+                start = next(i for i, word in enumerate(words[:-1]) if word in ("adt-fast", "adt_fast")
+                             and words[i + 1] in ("train", "eval"))
+                argv = words[start + 1:]
+                found.append(pytest.param(argv, id=f"{path.name}: {' '.join(argv)[:70]}"))
+    return found
+
+
+def subcommand(name: str) -> argparse.ArgumentParser:
+    actions = build_parser()._actions
+    return next(a for a in actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+
+
+def options(name: str) -> set:
+    return {s for a in subcommand(name)._actions for s in a.option_strings} - {"-h", "--help"}
+
+
+@pytest.mark.parametrize("block", [b for language, b in fenced(README) if language == "python"])
+def test_readme_python_example_runs(block):
+    exec(compile(block, str(README), "exec"), {"__name__": "readme_example"})
+
+
+@pytest.mark.parametrize("argv", command_lines())
+def test_documented_command_parses(argv):
+    build_parser().parse_args(argv)  # a flag or value the command does not take exits with 2
+    unknown = {word.split("=")[0] for word in argv if word.startswith("--")} - options(argv[0])
+    assert not unknown, f"not the command's own flags (argparse takes abbreviations): {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("command, doc", [("train", "training.md"), ("eval", "evaluation.md")])
+def test_synopsis_lists_every_flag(command, doc):
+    synopsis = next(b for _, b in fenced(ROOT / "docs" / doc) if b.startswith(f"adt-fast {command}") and "[--" in b)
+    shown, taken = set(FLAG.findall(synopsis)), options(command)
+    assert shown == taken, f"docs/{doc}'s synopsis lacks {sorted(taken - shown)}, names {sorted(shown - taken)}"
+
+
+def test_every_eval_flag_has_a_row():
+    rows = [line.split("|")[1] for line in (ROOT / "docs" / "evaluation.md").read_text().splitlines()
+            if line.startswith("| `--")]
+    missing = options("eval") - {flag for row in rows for flag in FLAG.findall(row)}
+    assert not missing, f"docs/evaluation.md's flag table has no row for {sorted(missing)}"
+
+
+def test_fields_named_as_left_at_their_defaults_are_defaults():
+    """docs/training.md, "Resuming from Python": the fields it names as defaults are the defaults."""
+    text = (ROOT / "docs" / "training.md").read_text()
+    listed = re.search(r"every `TrainConfig` field left at its\s+default \((.*?)\) counts as", text, re.S).group(1)
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    named = re.findall(r"`(\w+)=([^`]+)`", listed)
+    assert named
+    for name, value in named:
+        assert defaults[name] == ast.literal_eval(value), f"TrainConfig.{name} defaults to {defaults[name]!r}"
