@@ -103,3 +103,16 @@ def test_a_model_returning_one_row_for_the_batch_is_named(call):
         transfer(_BatchMean().eval(), _Net().eval(), x, y, EPS, steps=1)
     with pytest.raises(ValueError, match=r"^the model returns \(1, 10\) for 2 inputs"):
         APGDAttack("apgd-dlr", EPS, loss="dlr", steps=1).perturb(_BatchMean().eval(), x, y)
+
+
+def test_the_distribution_attack_on_a_float16_model_samples_finite_inputs():
+    """Adam's eps (1e-8) is 0 in float16: a zero gradient stepped the distribution by 0/0, so every
+    sample was NaN and the attack scored every example broken."""
+    x, y = _data()
+    model, x = _Net().half().eval(), x.half()
+    x_adv = DistributionAttack(EPS, steps=2, samples=2).perturb(model, x, y)
+    assert x_adv.dtype == torch.float16 and torch.isfinite(x_adv).all()
+    assert (x_adv.float() - x.float()).abs().max() <= EPS + 1e-3  # float16's rounding of the ball
+    report = evaluate(model, x, y, epsilon=EPS, attacks="dist", dist_steps=2, epsilon_curve=())
+    assert all(point["loss"] == point["loss"] for point in report.curves["dist"]["points"])  # no NaN
+    assert report.gradient_check["nonfinite_logits_fraction"] == 0.0

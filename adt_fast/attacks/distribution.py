@@ -36,11 +36,13 @@ class DistributionFit:
     def sample(self, x: torch.Tensor, epsilon: float, num_samples: int = 1,
                generator: Optional[torch.Generator] = None, backend: str = "auto",
                noise: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """clamp(x + delta, 0, 1) for num_samples draws, shape (k, B, *S), detached."""
+        """clamp(x + delta, 0, 1) for num_samples draws, shape (k, B, *S) in x's dtype, detached."""
+        work = self.mean.dtype  # fit_distribution's, float32 for a float16 or bfloat16 x
         with torch.no_grad():
-            x_adv, _ = sample_and_entropy(self.mean, self.std_param, num_samples, epsilon, x=x,
-                                          noise=noise, generator=generator, backend=backend)
-        return x_adv
+            x_adv, _ = sample_and_entropy(self.mean, self.std_param, num_samples, epsilon, x=x.to(work),
+                                          noise=None if noise is None else noise.to(work), generator=generator,
+                                          backend=backend)
+        return x_adv.to(x.dtype)
 
 
 def fit_distribution(loss_fn: BatchedLoss, x: torch.Tensor, *, epsilon: float, steps: int,
@@ -84,23 +86,29 @@ def fit_distribution(loss_fn: BatchedLoss, x: torch.Tensor, *, epsilon: float, s
     if samples_per_pass is not None:
         check_int(samples_per_pass, "samples_per_pass")
     x = x.detach()
-    mean = torch.zeros_like(x, requires_grad=True)
+    # The distribution lives in float32 at least: Adam's eps (1e-8) is 0 in float16, where a zero
+    # gradient then steps by 0/0, and every sample of a float16 batch came out NaN. The classifier
+    # sees its own dtype.
+    work = torch.promote_types(x.dtype, torch.float32)
+    mean = torch.zeros_like(x, dtype=work, requires_grad=True)
     std_param = torch.zeros_like(mean, requires_grad=True)
+    x_work = x.to(work)
     optimiser = torch.optim.Adam([mean, std_param], lr=lr, betas=betas, eps=adam_eps)
     fit = DistributionFit(mean, std_param)
     dims = x[0].numel()
     per_pass = num_samples if samples_per_pass is None else min(samples_per_pass, num_samples)
     for step in range(steps):
         with torch.enable_grad():
-            x_adv, neg_log_prob = sample_and_entropy(mean, std_param, num_samples, epsilon, x=x,
-                                                     noise=None if noise is None else noise(step),
+            normals = None if noise is None else noise(step)
+            x_adv, neg_log_prob = sample_and_entropy(mean, std_param, num_samples, epsilon, x=x_work,
+                                                     noise=None if normals is None else normals.to(work),
                                                      generator=generator, backend=backend)
-            per_example, input_grad = _losses_and_input_grads(loss_fn, x_adv.detach(), per_pass)
+            per_example, input_grad = _losses_and_input_grads(loss_fn, x_adv.detach().to(x.dtype), per_pass)
             loss = per_example.view(num_samples, -1).mean(0)
             entropy = neg_log_prob.mean(0) / dims
             # d(-objective.sum())/d(entropy) = -lbd; input_grad is d(-objective.sum())/d(x_adv).
             grads = torch.autograd.grad([x_adv, entropy], [mean, std_param],
-                                        [input_grad, torch.full_like(entropy, -lbd)])
+                                        [input_grad.to(work), torch.full_like(entropy, -lbd)])
         if accumulate_grads and step > 0:
             mean.grad += grads[0]
             std_param.grad += grads[1]
