@@ -116,3 +116,15 @@ def test_the_distribution_attack_on_a_float16_model_samples_finite_inputs():
     report = evaluate(model, x, y, epsilon=EPS, attacks="dist", dist_steps=2, epsilon_curve=())
     assert all(point["loss"] == point["loss"] for point in report.curves["dist"]["points"])  # no NaN
     assert report.gradient_check["nonfinite_logits_fraction"] == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_feaattack_runs_on_a_half_precision_model(dtype):
+    """The context handed the head float32 features: 'mat1 and mat2 must have the same dtype' from a
+    float16 model's head, and evaluate skipped FeaAttack blaming the model's split."""
+    x, y = _data()
+    model, x = _Net().to(dtype).eval(), x.to(dtype)
+    outcome = feature_attack(model, x, y, EPS, targets=1, steps=1)
+    assert outcome.x_adv.dtype == dtype and torch.isfinite(outcome.x_adv).all()
+    report = evaluate(model, x, y, epsilon=EPS, attacks="feature", feature_targets=1, epsilon_curve=())
+    assert report.skipped == {} and "feature" in report.robust_accuracy

@@ -181,11 +181,17 @@ class AttackContext:
         check_int(self.batch_size, "batch_size")
 
     @staticmethod
-    def _full(out: torch.Tensor, expected: str) -> torch.Tensor:
-        """Autocast's bf16 outputs back to float32; float32/float64 outputs unchanged. An output
-        that is no tensor (a tuple, a dict) is refused with ``expected``, which names its source."""
+    def _tensor(out, expected: str) -> torch.Tensor:
+        """out, if a tensor; an output that is no tensor (a tuple, a dict) is refused with
+        ``expected``, which names its source."""
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"{expected}, got {type(out).__name__}")
+        return out
+
+    @classmethod
+    def _full(cls, out, expected: str) -> torch.Tensor:
+        """Autocast's bf16 outputs back to float32; float32/float64 outputs unchanged."""
+        out = cls._tensor(out, expected)
         return out if out.dtype in (torch.float32, torch.float64) else out.float()
 
     @contextlib.contextmanager
@@ -205,9 +211,11 @@ class AttackContext:
         return self._full(out, f"{which} must return a tensor of logits (N, classes)")
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """model.features(x) in the chosen precision, in the dtype it comes in: the head takes it
+        so (a float16 model's head refused float32 features), and the loss reads it in float32."""
         with self._autocast(x):
             out = self.model.features(x)
-        return self._full(out, "the model's .features(x) must return a tensor")
+        return self._tensor(out, "the model's .features(x) must return a tensor")
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         with self._autocast(features):
