@@ -128,3 +128,16 @@ def test_feaattack_runs_on_a_half_precision_model(dtype):
     assert outcome.x_adv.dtype == dtype and torch.isfinite(outcome.x_adv).all()
     report = evaluate(model, x, y, epsilon=EPS, attacks="feature", feature_targets=1, epsilon_curve=())
     assert report.skipped == {} and "feature" in report.robust_accuracy
+
+
+ATTACKS = {name: call for name, call in CALLS.items() if name != "evaluate"}
+
+
+@pytest.mark.parametrize("call", ATTACKS.values(), ids=ATTACKS.keys())
+def test_an_x_that_requires_grad_comes_back_detached(call):
+    """Square returned x itself for the points it did not break, so its x_adv required grad and
+    carried the caller's graph, unlike every other attack's."""
+    x, y = _data()
+    out = call(_Net().eval(), x.requires_grad_(True), y)
+    x_adv = getattr(out, "x_adv", out)  # feature_attack and transfer return an AttackOutcome
+    assert not x_adv.requires_grad and x_adv.grad_fn is None

@@ -403,10 +403,10 @@ class SquareAttack(Attack):
                 margin[index] = torch.where(better, new_margin, margin[index])
                 wrong[index] = torch.where(better, new_wrong, wrong[index])
                 x_best[index] = torch.where(better.view(-1, 1, 1, 1), proposal, current)
-        # The search stops at margin <= 0, as the reference's does; a point counts as broken when
-        # the model misclassifies it (argmax), as for every other attack: at an exact tie of the
-        # logits the two differ.
-        x_adv = torch.where(wrong.view(-1, 1, 1, 1), x_best, x)
+            # The search stops at margin <= 0, as the reference's does; a point counts as broken when
+            # the model misclassifies it (argmax), as for every other attack: at an exact tie of the
+            # logits the two differ. Under no_grad: an x that requires grad must not come back in x_adv's graph.
+            x_adv = torch.where(wrong.view(-1, 1, 1, 1), x_best, x)
         return AttackOutcome((~wrong).cpu(), x_adv)
 
     def _shifted(self, x: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
