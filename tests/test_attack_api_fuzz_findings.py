@@ -45,7 +45,7 @@ CALLS = {
     "mim": lambda m, x, y: mim(m, x, y, EPS, 1),
     "cw": lambda m, x, y: cw(m, x, y, EPS, 1),
     "feature_attack": lambda m, x, y: feature_attack(m, x, y, EPS, targets=1, steps=1),
-    "transfer": lambda m, x, y: transfer(_Net().eval(), m, x, y, EPS, steps=1),
+    "transfer": lambda m, x, y: transfer(_Net().to(next(m.parameters()).device).eval(), m, x, y, EPS, steps=1),
     "APGDAttack": lambda m, x, y: APGDAttack("apgd-ce", EPS, steps=1).perturb(m, x, y),
     "FABAttack": lambda m, x, y: FABAttack(EPS, targets=1, steps=1).perturb(m, x, y),
     "SquareAttack": lambda m, x, y: SquareAttack(EPS, queries=1).perturb(m, x, y),
@@ -141,3 +141,26 @@ def test_an_x_that_requires_grad_comes_back_detached(call):
     out = call(_Net().eval(), x.requires_grad_(True), y)
     x_adv = getattr(out, "x_adv", out)  # feature_attack and transfer return an AttackOutcome
     assert not x_adv.requires_grad and x_adv.grad_fn is None
+
+
+def test_a_model_on_another_device_than_x_is_named():
+    """pgd(model.cuda(), x, y) with x on the CPU failed in the model's first layer with torch's
+    device-mismatch error; without a second device here, a model on the meta device stands in (the
+    public calls refuse it before, for holding no values)."""
+    from adt_fast.attacks import AttackContext
+    from adt_fast.attacks.inputs import check_classes
+
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"^the inputs are on cpu but the model's parameters are on meta, and the "
+                                         r"model failed on them \(.*\): move the inputs, e\.g\. x\.to\('meta'\)$"):
+        check_classes(AttackContext(_Net()), _Net().to("meta"), x, y, "model")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("call", ATTACKS.values(), ids=ATTACKS.keys())
+def test_x_left_on_the_cpu_is_named_and_labels_left_there_are_moved(call):
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"^the inputs are on cpu but the model's parameters are on cuda:0"):
+        call(_Net().cuda().eval(), x, y)
+    out = call(_Net().cuda().eval(), x.cuda(), y)  # labels from a CPU loader, as evaluate takes them
+    assert getattr(out, "x_adv", out).device.type == "cuda"

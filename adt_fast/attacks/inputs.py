@@ -91,7 +91,12 @@ def check_classes(ctx, model: nn.Module, x: torch.Tensor, y: torch.Tensor, what:
     with eval_mode(model), torch.no_grad():
         try:
             logits = ctx.logits(probe, model)
-        except RuntimeError as err:  # a float64 batch from numpy and a float32 model, most often
+        except RuntimeError as err:  # inputs left on the CPU, or a float64 batch from numpy, most often
+            devices = sorted({str(t.device) for t in itertools.chain(model.parameters(), model.buffers())})
+            if devices and str(x.device) not in devices:
+                raise ValueError(f"the inputs are on {x.device} but the {what}'s parameters are on "
+                                 f"{', '.join(devices)}, and the {what} failed on them ({err}): move the inputs, "
+                                 f"e.g. x.to({devices[0]!r})") from err
             dtypes = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()})
             if dtypes and str(x.dtype) not in dtypes:
                 raise TypeError(f"the inputs are {x.dtype} but the {what}'s parameters are {', '.join(dtypes)}, "

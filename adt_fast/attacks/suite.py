@@ -314,8 +314,9 @@ class Attack:
                     example_ids: Optional[torch.Tensor] = None) -> AttackOutcome:
         """run() behind the checks of a stand-alone call, made once: x in [0, 1], labels that
         the model's (and source model's) logits have, FeaAttack's pool, the attack's needs.
-        (evaluate makes the same checks once for the whole set and calls run() per batch.)"""
-        y = check_batch(x, y)
+        (evaluate makes the same checks once for the whole set and calls run() per batch.)
+        The labels go where x is, as evaluate moves both; x must be where the model is."""
+        y = check_batch(x, y).to(x.device)
         if (ctx.pool_x is None) != (ctx.pool_y is None):
             raise ValueError("pool_x and pool_y go together: give both or neither")
         if ctx.pool_x is not None:
