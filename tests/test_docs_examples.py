@@ -4,6 +4,8 @@ Each check reads the Markdown itself, so an example cannot rot without a test fa
 
 import argparse
 import ast
+import importlib
+import inspect
 import re
 import shlex
 from dataclasses import fields
@@ -20,6 +22,10 @@ DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 FLAG = re.compile(r"--[a-z][a-z0-9-]*")
 COMMAND = re.compile(r"(adt-fast|-m adt_fast) (train|eval)\b")
+CALL = re.compile(r"`([A-Za-z_][\w.]*)\(([^`]*)\)`")
+# Where a bare name the docs write out with its arguments (`generator_inputs(model, x, ...)`) lives.
+MODULES = ["adt_fast", "adt_fast.amortized", "adt_fast.attacks", "adt_fast.data", "adt_fast.data.small_datasets",
+           "adt_fast.models", "adt_fast.models.generators", "adt_fast.ops.reference", "adt_fast.train"]
 
 
 def fenced(path: Path) -> list:
@@ -45,6 +51,48 @@ def command_lines() -> list:
                 argv = words[start + 1:]
                 found.append(pytest.param(argv, id=f"{path.name}: {' '.join(argv)[:70]}"))
     return found
+
+
+def written_calls() -> list:
+    """Each backticked `name(arg, key=value)` of the docs whose name is one of adt_fast's functions
+    or classes, as (callable, the call parsed): a parameter list or a call written out. Those with
+    `...` (arguments left out) or no positional argument are not; names after a bare `*` are
+    keyword-only parameters."""
+    found = []
+    for path in DOCS:
+        for name, args in CALL.findall(path.read_text(encoding="utf-8")):
+            target = _resolve(name)
+            if target is None or "..." in args:
+                continue
+            before, _, after = args.partition("*,")
+            keyword_only = [a if "=" in a else f"{a.strip()}={a.strip()}" for a in after.split(",") if a.strip()]
+            parts = [p for p in (before.strip().rstrip(","), *keyword_only) if p]
+            try:
+                call = ast.parse(f"f({', '.join(parts)})", mode="eval").body
+            except SyntaxError:  # a description in a table: `PGD(CEInner, uniform start)`
+                continue
+            if not call.args:  # `evaluate(precision="bf16")` shows one setting, not the call
+                continue
+            found.append(pytest.param(target, call, id=f"{path.name}: {name}({args})"[:80]))
+    return found
+
+
+def _resolve(name: str):
+    """The adt_fast callable a documented name means, or None (torch's, a method, a formula)."""
+    module, _, attr = name.rpartition(".")
+    if module:
+        places = [module] if module.startswith("adt_fast") else []  # torch.load, attacks.eval_mode
+    else:
+        places = MODULES
+    for where in places:
+        target = getattr(importlib.import_module(where), attr, None)
+        if callable(target):
+            try:
+                inspect.signature(target)
+            except ValueError:  # a C++ function
+                return None
+            return target
+    return None
 
 
 def subcommand(name: str) -> argparse.ArgumentParser:
@@ -91,3 +139,18 @@ def test_fields_named_as_left_at_their_defaults_are_defaults():
     assert named
     for name, value in named:
         assert defaults[name] == ast.literal_eval(value), f"TrainConfig.{name} defaults to {defaults[name]!r}"
+
+
+@pytest.mark.parametrize("target, call", written_calls())
+def test_written_calls_bind_with_their_defaults(target, call):
+    """A call the docs write out takes those arguments, and in a parameter list (names only before
+    the keywords) a literal, `hinge=0.9`, is that parameter's default."""
+    signature = inspect.signature(target)
+    keywords = {k.arg: k.value for k in call.keywords}
+    signature.bind(*call.args, **keywords)
+    if not all(isinstance(arg, ast.Name) for arg in call.args):  # a call with values: `pgd(model, x, y, 8 / 255)`
+        return
+    for name, node in keywords.items():
+        if isinstance(node, (ast.Constant, ast.UnaryOp)):
+            written = ast.literal_eval(node)
+            assert signature.parameters[name].default == written, f"{name}: the doc says {written!r}"
