@@ -164,3 +164,10 @@ def test_x_left_on_the_cpu_is_named_and_labels_left_there_are_moved(call):
         call(_Net().cuda().eval(), x, y)
     out = call(_Net().cuda().eval(), x.cuda(), y)  # labels from a CPU loader, as evaluate takes them
     assert getattr(out, "x_adv", out).device.type == "cuda"
+
+
+def test_an_apgd_attack_of_another_name_is_refused_when_built():
+    """APGDAttack('apgd', ...) was built, then failed on its first batch with KeyError: 'apgd' (the
+    name keys the attack's random stream)."""
+    with pytest.raises(ValueError, match=r"^APGD's name must be one of apgd-ce, apgd-dlr, apgd-t, got 'apgd'$"):
+        APGDAttack("apgd", EPS)

@@ -32,6 +32,7 @@ from .losses import DLR_CLASSES, DLR_TARGETED_CLASSES, cross_entropy, cw_margin,
 from .suite import Attack, AttackContext, AttackOutcome, check_epsilon, stream_seed
 
 APGD_STEPS, APGD_RESTARTS, APGD_RHO, APGD_MOMENTUM = 100, 1, 0.75, 0.75
+APGD_NAMES = ("apgd-ce", "apgd-dlr", "apgd-t")
 TARGETS = 9
 FAB_STEPS, FAB_ALPHA_MAX, FAB_ETA, FAB_BETA = 100, 0.1, 1.05, 0.9
 SQUARE_QUERIES, SQUARE_P_INIT = 5000, 0.8
@@ -123,6 +124,8 @@ class APGDAttack(Attack):
 
     def __post_init__(self):
         check_epsilon(self.epsilon)
+        if self.name not in APGD_NAMES:  # the name keys the attack's random stream
+            raise ValueError(f"APGD's name must be one of {', '.join(APGD_NAMES)}, got {self.name!r}")
         if self.loss not in ("ce", "dlr", "dlr-targeted"):
             raise ValueError(f"APGD's loss must be 'ce', 'dlr' or 'dlr-targeted', got {self.loss!r}")
         check_steps(self.steps, "APGD's steps")
