@@ -171,3 +171,11 @@ def test_an_apgd_attack_of_another_name_is_refused_when_built():
     name keys the attack's random stream)."""
     with pytest.raises(ValueError, match=r"^APGD's name must be one of apgd-ce, apgd-dlr, apgd-t, got 'apgd'$"):
         APGDAttack("apgd", EPS)
+
+
+def test_a_feaattack_pool_of_other_inputs_than_x_is_named():
+    """A pool of 5x5 images for 4x4 inputs: 'attack 'feature' cannot run: head(features(x)) fails on
+    the model (mat1 and mat2 shapes cannot be multiplied)', blaming the model's split."""
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"^pool_x holds inputs of shape \(3, 5, 5\) but x's are \(3, 4, 4\)"):
+        feature_attack(_Net().eval(), x, y, EPS, targets=1, steps=1, pool_x=torch.rand(6, 3, 5, 5), pool_y=y)

@@ -321,6 +321,9 @@ class Attack:
             raise ValueError("pool_x and pool_y go together: give both or neither")
         if ctx.pool_x is not None:
             check_batch(ctx.pool_x, ctx.pool_y, "pool_x", "pool_y")
+            if ctx.pool_x.shape[1:] != x.shape[1:]:  # FeaAttack's split check would blame the model
+                raise ValueError(f"pool_x holds inputs of shape {tuple(ctx.pool_x.shape[1:])} but x's are "
+                                 f"{tuple(x.shape[1:])}: the targets are inputs of the model, as x's are")
         reason = self.unavailable(ctx)
         if reason is not None:
             raise ValueError(f"attack {self.name!r} cannot run: {reason}")
