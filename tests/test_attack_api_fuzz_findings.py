@@ -179,3 +179,11 @@ def test_a_feaattack_pool_of_other_inputs_than_x_is_named():
     x, y = _data()
     with pytest.raises(ValueError, match=r"^pool_x holds inputs of shape \(3, 5, 5\) but x's are \(3, 4, 4\)"):
         feature_attack(_Net().eval(), x, y, EPS, targets=1, steps=1, pool_x=torch.rand(6, 3, 5, 5), pool_y=y)
+
+
+def test_autoattack_components_that_are_not_attacks_are_named():
+    """components=['apgd-ce', 'square'] was built, then failed on its first batch with
+    AttributeError: 'str' object has no attribute 'classes_needed'."""
+    with pytest.raises(TypeError, match=r"^AutoAttack's components must be attacks such as make_attack\('apgd-ce', "
+                                        r"epsilon\), got str 'square'$"):
+        AutoAttack("autoattack", EPS, components=[APGDAttack("apgd-ce", EPS), "square"])

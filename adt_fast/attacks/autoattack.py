@@ -26,7 +26,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from ..checks import check_finite, check_steps, check_tries
+from ..checks import check_finite, check_steps, check_tries, shown
 from .engine import apgd, classified, eval_mode, input_gradient, per_example_start, per_example_words
 from .losses import DLR_CLASSES, DLR_TARGETED_CLASSES, cross_entropy, cw_margin, dlr, dlr_targeted
 from .suite import Attack, AttackContext, AttackOutcome, check_epsilon, stream_seed
@@ -446,6 +446,10 @@ class AutoAttack(Attack):
             raise ValueError(f"AutoAttack's version must be one of {', '.join(COMPONENTS)}, got {self.name!r}")
         if not self.components:
             self.components = [make_component(name, self.epsilon) for name in COMPONENTS[self.name]]
+        for attack in self.components:
+            if not isinstance(attack, Attack):
+                raise TypeError(f"AutoAttack's components must be attacks such as make_attack('apgd-ce', epsilon), "
+                                f"got {type(attack).__name__} {shown(attack)}")
 
     def settings(self) -> dict:
         return {"norm": "linf", "epsilon": self.epsilon,
