@@ -164,6 +164,26 @@ class World:
         if dist.is_initialized():
             dist.barrier()
 
+    def check_same(self, values: dict, what: str) -> None:
+        """Every rank's `values`, torch's version and adt_fast's are rank 0's; else DistributedError
+        on every rank, naming what differs. For what each rank takes from its own command line,
+        environment and files (on several nodes, each node's own), which no collective compares:
+        a rank that differs would compute something else, silently or until a collective times
+        out. It meets the other ranks, as a barrier does."""
+        if not self.parallel:
+            return
+        from . import __version__
+
+        ranks = [None] * self.size
+        dist.all_gather_object(ranks, {**values, "torch": torch.__version__, "adt_fast": __version__})
+        ours = ranks[0]
+        for rank, theirs in enumerate(ranks[1:], start=1):
+            differ = [f"{name} {theirs.get(name)!r} (rank 0: {ours.get(name)!r})"
+                      for name in dict.fromkeys([*ours, *theirs]) if theirs.get(name) != ours.get(name)]
+            if differ:
+                raise DistributedError(f"rank {rank}'s {what} differ from rank 0's: {'; '.join(differ)}; start "
+                                       f"every process with the same command, software and files")
+
     def sum(self, values: list, device: torch.device) -> list:
         """Element-wise sum over ranks of a list of numbers (float64 on the wire)."""
         if not dist.is_initialized():

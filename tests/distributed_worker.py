@@ -19,6 +19,8 @@
         node joining the elastic job, a change of membership); each rank says its count on stderr;
     python -m torch.distributed.run ... tests/distributed_worker.py fail-after STEPS -- TRAIN ARGS
         the same, but rank 1 raises FAILURE instead (a real error, which must end the run);
+    python -m torch.distributed.run ... tests/distributed_worker.py rank-1-adds ARGS -- COMMAND ARGS
+        `adt-fast COMMAND ARGS`, with ARGS added on rank 1 (as if its node had been given another line);
     python -m torch.distributed.run ... tests/distributed_worker.py sync-bn OUT
         each rank runs its share of sync_bn_batch() through a synchronised BatchNorm, in float32
         and in bfloat16 under autocast, and saves what came out to OUT/rank<R>.pt.
@@ -219,6 +221,12 @@ if __name__ == "__main__":
     if mode in ("methods", "methods-channels-last"):
         pin_memory_format(channels_last=mode == "methods-channels-last")
         train_methods(Path(sys.argv[2]), sys.argv[3:] or METHODS)
+    elif mode == "rank-1-adds":
+        from adt_fast.cli import main
+
+        split = sys.argv.index("--")
+        added = sys.argv[2:split] if os.environ.get("RANK") == "1" else []
+        sys.exit(main([*sys.argv[split + 1:], *added]))
     elif mode == "sync-bn":
         sync_bn_layer(Path(sys.argv[2]))
     elif mode == "wait-for-a-node-after":

@@ -277,6 +277,24 @@ def test_a_node_joining_the_job_costs_one_attempt_then_the_run_goes_on_on_both_n
     assert_same_weights(load(run / "model.pt")["model"], load(single / "model.pt")["model"])
 
 
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_ranks_started_with_other_settings_refuse_the_job_before_any_write(tmp_path, command):
+    """Nodes given different lines (or software, data, checkpoints): another --seed on rank 1 once
+    trained silently, each rank on its own permutation of the data (another --epochs waited out
+    $ADT_FAST_DIST_TIMEOUT for a collective that never came), and made a report of the ranks'
+    different random starts."""
+    argv = {"train": ["--method", "standard", "--epochs", "1", "--max-batches", "2", "--batch-size", "16",
+                      "--no-tensorboard"],
+            "eval": ["--model", "tests.external_models:build", "--n-examples", "16", "--batch-size", "8",
+                     "--attacks", "pgd:2", "--epsilon-curve", ""]}[command]
+    out = tmp_path / "out"
+    result = torchrun(str(WORKER), "rank-1-adds", "--seed", "1", "--", command, *argv, "--dataset", "synthetic",
+                      "--device", "cpu", "--out", str(out / "r.json" if command == "eval" else out), ok=False)
+    refusal = f"adt-fast {command}: error: rank 1's settings differ from rank 0's: seed 1 (rank 0: 0); start every"
+    assert result.stderr.count(refusal) == 2  # each rank says it
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_a_failing_worker_ends_the_run_with_its_reason(tmp_path):
     argv = ["--method", "standard", "--dataset", "synthetic", "--out", str(tmp_path / "run"), "--epochs", "2",
             "--batch-size", "16", "--no-tensorboard", "--device", "cpu"]

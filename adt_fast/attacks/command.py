@@ -585,6 +585,8 @@ def _run(args) -> int:
     try:
         # Under torchrun the ranks share the batches; each gets the whole report, rank 0 writes it.
         with session(str(job.device)) as world:
+            world.check_same({**{name: value for name, value in vars(args).items() if name != "run"},
+                              "weights sha256": job.weights_sha256, "source sha256": job.source_sha256}, "settings")
             report = evaluate(job.model, job.x, job.y, epsilon=job.epsilon, attacks=job.attacks,
                               seed=args.seed, source_model=job.source, batch_size=args.batch_size,
                               dist_steps=args.dist_steps, feature_targets=args.feature_targets,

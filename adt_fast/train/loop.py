@@ -747,7 +747,11 @@ def _fit(cfg: TrainConfig, config: TrainConfig, dataset: datasets.LoadedDataset,
             raise ckpt.CheckpointError(f"--resume: {err}; {_without_checkpoint(run_dir)}") from None
         trainer.load_state(payload, latest, data_moved_from)
         check_resumable(cfg, trainer.epoch)
-    world.barrier()  # every rank has checked the directory and read the checkpoint before rank 0 writes
+    try:  # a meeting too: every rank has checked the directory and read the checkpoint before rank 0 writes
+        world.check_same({**run_record(cfg).to_dict(), "data sha256": dataset.source.get("sha256"),
+                          "epoch": trainer.epoch}, "settings")
+    except distributed.DistributedError as err:
+        raise ConfigError(str(err)) from None
     with claim_run_dir(cfg, loaded) if world.main else contextlib.nullcontext():
         _train(trainer, dataset, resumed=loaded is not None)
     world.barrier()  # no rank leaves (and tears the group down) while rank 0 still writes
