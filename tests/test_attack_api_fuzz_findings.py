@@ -187,3 +187,15 @@ def test_autoattack_components_that_are_not_attacks_are_named():
     with pytest.raises(TypeError, match=r"^AutoAttack's components must be attacks such as make_attack\('apgd-ce', "
                                         r"epsilon\), got str 'square'$"):
         AutoAttack("autoattack", EPS, components=[APGDAttack("apgd-ce", EPS), "square"])
+
+
+@pytest.mark.parametrize("call", CALLS.values(), ids=CALLS.keys())
+def test_an_x_of_bytes_or_no_tensor_says_what_it_got(call):
+    """'x must be a floating-point tensor of inputs in [0, 1]' said nothing of what x was: most
+    often uint8 images as a dataset stores them."""
+    x, y = _data()
+    with pytest.raises(TypeError, match=r"^x must be a floating-point tensor of inputs in \[0, 1\], got "
+                                        r"torch\.uint8 \(images as bytes\? x\.float\(\) / 255\)$"):
+        call(_Net().eval(), (x * 255).to(torch.uint8), y)
+    with pytest.raises(TypeError, match=r"^x must be a floating-point tensor of inputs in \[0, 1\], got list$"):
+        call(_Net().eval(), x.tolist(), y)

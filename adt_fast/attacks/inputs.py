@@ -39,7 +39,9 @@ def check_batch(x: torch.Tensor, y: torch.Tensor, x_name: str = "x", y_name: str
     x: floating point, (N, ...) with N >= 1, finite and in [0, 1]; y: integers >= 0, shape (N,).
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"{x_name} must be a floating-point tensor of inputs in [0, 1]")
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        hint = f" (images as bytes? {x_name}.float() / 255)" if got == torch.uint8 else ""
+        raise TypeError(f"{x_name} must be a floating-point tensor of inputs in [0, 1], got {got}{hint}")
     _check_values(x, x_name)
     if x.dim() < 2:
         raise ValueError(f"{x_name} must be batched, shape (N, ...), got {tuple(x.shape)}")
