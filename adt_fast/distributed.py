@@ -22,8 +22,10 @@ import functools
 import os
 import socket
 import time
+import traceback
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Optional
 
 import torch
@@ -394,6 +396,18 @@ def session(device: str) -> Iterator[World]:
     finally:
         if owned and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def collective_failed(err: BaseException) -> bool:
+    """Whether err is a failure of torch.distributed's communication (a collective, the store),
+    most likely another rank's failure: a DistError, any error raised inside torch.distributed, or
+    one of gloo's transport, which reports a peer that exited or timed out as a plain RuntimeError
+    ('[.../gloo/transport/tcp/pair.cc:553] Connection closed by peer'), also where DDP's own code
+    called it (its buffer broadcast, its gradient all-reduce in the backward). Your own code's
+    failures are raised in its code, never there."""
+    frames = [frame for frame, _ in traceback.walk_tb(err.__traceback__)]
+    return (isinstance(err, getattr(dist, "DistError", ())) or "gloo/transport/" in str(err) or bool(frames)
+            and Path(frames[-1].f_code.co_filename).resolve().is_relative_to(Path(dist.__file__).resolve().parent))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -296,11 +296,22 @@ def test_ranks_started_with_other_settings_refuse_the_job_before_any_write(tmp_p
 
 
 def test_a_failing_worker_ends_the_run_with_its_reason(tmp_path):
+    """Rank 0, whose next collective fails when rank 1 raises, says so in one line and what the
+    run kept; it once printed gloo's 'Connection closed by peer' as a traceback of its own, which
+    read as a second failure. --monitor-interval gives rank 0 the time to reach that collective
+    before torchrun stops it; --tee labels each rank's lines."""
     argv = ["--method", "standard", "--dataset", "synthetic", "--out", str(tmp_path / "run"), "--epochs", "2",
             "--batch-size", "16", "--no-tensorboard", "--device", "cpu"]
-    result = torchrun(str(WORKER), "fail-after", "2", "--", *argv, ok=False)
+    result = torchrun(str(WORKER), "fail-after", "2", "--", *argv, ok=False,
+                      extra=("--tee", "3", "--monitor-interval", "3"))
     assert FAILURE in result.stderr
     assert not (tmp_path / "run" / "model.pt").exists()
+    rank_0 = [line.split("]:", 1)[1] for line in result.stderr.splitlines() if line.startswith("[default0]:")]
+    assert not any("Traceback" in line for line in rank_0), rank_0
+    said = [line for line in rank_0 if line.startswith("adt-fast train: ")]
+    assert len(said) == 1 and said[0].startswith("adt-fast train: error: another process failed (see its error "
+                                                 "above), or the processes could not communicate (RuntimeError: ")
+    assert f"adt-fast train --resume --out {tmp_path / 'run'} starts it again from epoch 1" in said[0]
 
 
 def test_two_process_eval_report_equals_one_process(tmp_path):
@@ -366,6 +377,18 @@ def test_in_eval_a_rank_that_sees_another_fail_does_not_blame_the_model(tmp_path
 # ------------------------------------------------------------------------------------------------
 # in-process: shares, random numbers, bad setups
 # ------------------------------------------------------------------------------------------------
+def test_a_collective_failure_is_told_from_your_own_error():
+    """gloo's transport errors count wherever they surface: DDP's own code calls it (its buffer
+    broadcast), so the innermost frame is DDP's, not torch.distributed's."""
+    gloo = RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection "
+                        "closed by peer [127.0.0.1]:7601. This is typically caused by a remote worker crashing.")
+    assert distributed.collective_failed(gloo)
+    try:
+        raise RuntimeError("a corrupt batch")
+    except RuntimeError as err:
+        assert not distributed.collective_failed(err)
+
+
 def test_batch_shares_cover_the_batch_and_weight_the_mean():
     for total, size in ((16, 2), (15, 4), (5, 5)):
         shards = [BatchShard.of(total, World(rank, size)) for rank in range(size)]

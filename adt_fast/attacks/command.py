@@ -22,7 +22,8 @@ import torch
 
 from ..checks import MAX_ATTACK_STEPS, MAX_ATTACK_TRIES, parse_int, shown
 from ..devices import DeviceError, is_out_of_memory, out_of_memory_text, resolve_device
-from ..distributed import DistributedError, check_timeout, launch_rank, launched, local_device, session
+from ..distributed import (DistributedError, check_timeout, collective_failed, launch_rank, launched,
+                           local_device, session)
 from ..interrupts import INTERRUPTED_EXIT, TERMINATED_EXIT, Terminated, sigterm_as_interrupt
 from .report import SaveInterrupted
 from .suite import (DEFAULT_ATTACKS, DIST_STEPS, FEATURE_TARGETS, MAX_EPSILON, MAX_SEED, PAPER_ATTACKS,
@@ -600,7 +601,7 @@ def _run(args) -> int:
             raise EvalError("--batch-size", f"{args.batch_size} examples a batch ran out of memory "
                                             f"during the attacks ({out_of_memory_text(err)}); a smaller --batch-size "
                                             f"needs less, and no result depends on it") from None
-        if launched() and _collective_failed(err):  # the group's failure, most likely another rank's
+        if launched() and collective_failed(err):  # the group's failure, most likely another rank's
             raise EvalError(None, f"another process failed (see its error above), or the processes "
                                   f"could not communicate: {type(err).__name__}: {err}") from None
         if not isinstance(err, ValueError):
@@ -653,17 +654,6 @@ def _raised_by_adt_fast(err: BaseException) -> bool:
     """Whether err was raised by adt_fast's own code: evaluate's argument checks raise ValueError
     there, while your model's forward may raise one of its own."""
     return _raised_in(err, Path(__file__).resolve().parents[1])
-
-
-def _collective_failed(err: BaseException) -> bool:
-    """Whether err is a failure of torch.distributed's communication (a collective, the store):
-    a DistError, or any error raised inside torch.distributed, since gloo reports a peer that
-    exited or timed out as a plain RuntimeError ('Connection reset by peer'). Your model's own
-    failure is raised in its code, never there."""
-    import torch.distributed
-
-    return (isinstance(err, getattr(torch.distributed, "DistError", ()))
-            or _raised_in(err, Path(torch.distributed.__file__).resolve().parent))
 
 
 def _model_failed(args, err: BaseException) -> BaseException:

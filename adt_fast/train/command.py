@@ -218,6 +218,7 @@ def whose_exit(arch, method) -> str:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..data import ChecksumError, DatasetFileError, DownloadError, MissingDependencyError
+    from ..distributed import collective_failed, launched
     from ..models.external import import_from_working_dir, is_factory_spec, raised
     from .checkpoint import CheckpointError
     from .loop import fit, interrupted_message
@@ -239,6 +240,11 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"adt-fast train: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:
+        if launched() and collective_failed(err):  # the group's failure, most likely another rank's
+            stopped = (f"error: another process failed (see its error above), or the processes could not "
+                       f"communicate ({type(err).__name__}: {err})")
+            print(f"adt-fast train: {interrupted_message(Path(args.out), stopped)}", file=sys.stderr)
+            return 1
         if not is_out_of_memory(err):
             raise
         stopped = f"error: out of memory ({out_of_memory_text(err)})"
