@@ -52,7 +52,7 @@ def check_batch(x: torch.Tensor, y: torch.Tensor, x_name: str = "x", y_name: str
     if y.shape != (len(x),):
         raise ValueError(f"{y_name} must have shape ({len(x)},) to match {x_name}, got {tuple(y.shape)}")
     if len(x) == 0:
-        raise ValueError(f"no examples to attack ({x_name} is empty)")
+        raise ValueError(f"no examples ({x_name} is empty)")
     x_min, x_max, y_min = _extremes(x, y)
     if not (x_min >= 0 and x_max <= 1):   # NaN fails both comparisons; +-inf fails one
         raise ValueError(f"{x_name} must lie in [0, 1] (the attacks clamp to that range; a model "

@@ -41,6 +41,8 @@ from torch import nn
 from .. import data as datasets
 from .. import distributed
 from ..attacks.engine import classified, eval_mode
+from ..attacks.inputs import check_batch
+from ..checks import check_int
 from ..devices import bf16_emulation_warning, is_out_of_memory
 from ..distributed import BatchShard, World
 from ..files import (ATOMIC_LEFTOVER, FolderBusy, check_path, lock_folder, os_error_text, remove_atomic_leftovers,
@@ -239,7 +241,13 @@ def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, runtim
     Under data parallelism each rank tests its round-robin share of the batches. A batch that runs
     out of memory is tested in halves instead (down to one example): the test pass comes after an
     epoch's training, and a fixed batch that training's smaller one fits beside (large images)
-    must not cost that epoch. The halves count the same examples, so the accuracy is unchanged."""
+    must not cost that epoch. The halves count the same examples, so the accuracy is unchanged.
+    The batch is checked as the attacks check theirs (check_batch): torch's errors name no
+    argument, and float labels, an empty x or too few batches would score 0.0 silently."""
+    y = check_batch(x, y)
+    batch_size = check_int(batch_size, "batch_size")
+    if max_batches is not None:
+        max_batches = check_int(max_batches, "max_batches")
     return _clean_accuracy(model, x, y, runtime, batch_size, max_batches, world, batch_size)[0]
 
 
