@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import re
 import unicodedata
 from typing import Optional
@@ -39,13 +40,31 @@ def int_range(minimum: int, maximum: Optional[int] = None) -> str:
     return f"must be an integer >= {minimum}" if maximum is None else f"must be an integer from {minimum} to {maximum}"
 
 
+def as_int(value) -> Optional[int]:
+    """``value`` as a Python int if it is an integer of any type but bool (numpy's, from a sweep
+    over np.arange, say), else None: callers keep the plain int, which a report's JSON can write."""
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else None
+
+
+def as_real(value) -> Optional[float]:
+    """``value`` as a Python float if it is a real number of any type but bool (numpy's float32, a
+    Fraction), else None; an int too large for a float as +-inf, which every caller refuses."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def check_int(value, name: str, minimum: int = 1, maximum: Optional[int] = None) -> int:
-    """``value`` if it is an int (not a bool) in [minimum, maximum]; a ValueError naming ``name``
-    otherwise. A float such as 5.0 is refused: a count given as a float is usually a mistake."""
-    if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
-            or (maximum is not None and value > maximum)):
+    """``value`` as a Python int if it is an integer (not a bool) in [minimum, maximum]; a ValueError
+    naming ``name`` otherwise. A float such as 5.0 is refused: a count given as a float is usually
+    a mistake."""
+    number = as_int(value)
+    if number is None or number < minimum or (maximum is not None and number > maximum):
         raise ValueError(f"{name} {int_range(minimum, maximum)}, got {shown(value)}")
-    return value
+    return number
 
 
 def parse_int(text: str, minimum: Optional[int] = 1, maximum: Optional[int] = None) -> int:
@@ -72,25 +91,27 @@ def parse_int(text: str, minimum: Optional[int] = 1, maximum: Optional[int] = No
 
 
 def check_steps(value, name: str, minimum: int = 1) -> int:
-    """``value`` if it is an int in [minimum, MAX_ATTACK_STEPS]; a ValueError naming ``name`` otherwise."""
+    """``value`` as an int if it is one in [minimum, MAX_ATTACK_STEPS]; a ValueError naming ``name`` otherwise."""
     return check_int(value, name, minimum, MAX_ATTACK_STEPS)
 
 
 def check_tries(value, name: str) -> int:
-    """``value`` if it is an int in [1, MAX_ATTACK_TRIES]; a ValueError naming ``name`` otherwise."""
+    """``value`` as an int if it is one in [1, MAX_ATTACK_TRIES]; a ValueError naming ``name`` otherwise."""
     return check_int(value, name, 1, MAX_ATTACK_TRIES)
 
 
 def check_finite(value, name: str) -> float:
     """``value`` as a float if it is a finite real number (not a bool); a ValueError naming
     ``name`` otherwise. NaN or inf in a coefficient would spread to every value it touches, silently."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+    number = as_real(value)
+    if number is None or not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {shown(value)}")
+    return number
 
 
 def check_non_negative(value, name: str) -> float:
     """A finite real number >= 0 (a weight such as lambda, a learning rate), or ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    number = as_real(value)
+    if number is None or not math.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {shown(value)}")
+    return number

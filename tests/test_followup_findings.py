@@ -3,10 +3,16 @@ line's parsers, worst_case and parse_attacks, each pinned by the call that hit i
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from adt_fast.attacks import APGDAttack, DistributionAttack, FABAttack, FeatureAttack, SquareAttack, evaluate, pgd
+from adt_fast.attacks.suite import check_epsilon, mim_attack, pgd_attack
+from adt_fast.checks import check_finite, check_int, check_non_negative, check_steps, check_tries
 from adt_fast.train import clean_accuracy
 
 
@@ -44,3 +50,55 @@ def test_clean_accuracy_still_scores_int32_labels_of_a_good_batch():
     model, x = _model(), torch.rand(4, 1, 2, 2)
     y = model(x).argmax(1)
     assert clean_accuracy(model, x, y.int(), batch_size=3) == 1.0
+
+
+# --- numpy scalars (a sweep over np.arange / np.linspace) are the numbers they hold -------------
+
+@pytest.mark.parametrize("check, value, plain", [
+    (check_int, np.int64(20), 20), (check_int, np.uint8(3), 3),
+    (check_steps, np.int32(7), 7), (check_tries, np.int16(5), 5),
+    (check_finite, np.float32(0.5), 0.5), (check_finite, np.int64(-2), -2.0),
+    (check_non_negative, np.float16(0.25), 0.25), (check_epsilon, np.float32(0.125), 0.125),
+])
+def test_the_checks_take_numpy_scalars_and_return_python_numbers(check, value, plain):
+    checked = check(value, "n")
+    assert checked == plain and type(checked) is type(plain)
+
+
+@pytest.mark.parametrize("check, value", [
+    (check_int, True), (check_int, np.bool_(True)), (check_int, 5.0), (check_int, np.float64(5)),
+    (check_finite, True), (check_finite, np.bool_(False)), (check_finite, "1"),
+    (check_finite, 10 ** 400), (check_finite, np.float32("inf")),
+    (check_non_negative, -(10 ** 400)), (check_non_negative, np.float32(-1)),
+], ids=lambda v: v.__name__ if callable(v) else repr(v)[:20])
+def test_the_checks_still_refuse_bools_and_non_finite_numbers_in_their_words(check, value):
+    with pytest.raises(ValueError, match="^n must be a"):
+        check(value, "n")
+
+
+def test_attacks_built_with_numpy_scalars_run_and_report_python_numbers():
+    model, x = _model(), torch.rand(4, 1, 2, 2)
+    y = torch.tensor([0, 1, 2, 0])
+    attacks = [pgd_attack(np.float32(0.1), np.int64(2)), mim_attack(np.float64(0.1), np.int64(2), np.float32(1)),
+               APGDAttack("apgd-ce", np.float32(0.1), steps=np.int64(2), restarts=np.int64(1),
+                          rho=np.float32(0.75), momentum=np.float32(0.75)),
+               FABAttack(np.float32(0.1), targets=np.int64(2), steps=np.int64(2), eta=np.float32(1.05)),
+               SquareAttack(np.float32(0.1), queries=np.int64(2), p_init=np.float32(0.8)),
+               FeatureAttack(np.float32(0.1), targets=np.int64(1), steps=np.int64(1)),
+               DistributionAttack(np.float32(0.1), steps=np.int64(1), samples=np.int64(2), lr=np.float32(0.3))]
+    for attack in attacks:
+        settings = json.loads(json.dumps(attack.settings()))     # numpy numbers are no JSON
+        assert settings["epsilon"] == pytest.approx(0.1)
+    x_adv = pgd(model, x, y, np.float32(0.1), np.int64(2), seed=np.int64(3))
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6
+
+
+def test_evaluate_with_numpy_scalars_writes_a_report_of_python_numbers(tmp_path):
+    model, x = _model(), torch.rand(4, 1, 2, 2)
+    report = evaluate(model, x, torch.tensor([0, 1, 2, 0]), epsilon=np.float32(0.125), attacks="fgsm,pgd:2,dist",
+                      seed=np.int64(3), batch_size=np.int64(2), dist_steps=np.int64(1), dist_samples=np.int64(2),
+                      dist_lambda=np.float32(0), epsilon_curve=np.array([0.5]))
+    report.save(tmp_path / "report.json", plot=False)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["epsilon"] == 0.125 and saved["seed"] == 3 and saved["batch_size"] == 2
+    assert saved["attacks"]["dist"]["steps"] == 1 and saved["attacks"]["dist"]["samples"] == 2

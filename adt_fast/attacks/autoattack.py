@@ -123,16 +123,16 @@ class APGDAttack(Attack):
     momentum: float = APGD_MOMENTUM
 
     def __post_init__(self):
-        check_epsilon(self.epsilon)
+        self.epsilon = check_epsilon(self.epsilon)
         if self.name not in APGD_NAMES:  # the name keys the attack's random stream
             raise ValueError(f"APGD's name must be one of {', '.join(APGD_NAMES)}, got {self.name!r}")
         if self.loss not in ("ce", "dlr", "dlr-targeted"):
             raise ValueError(f"APGD's loss must be 'ce', 'dlr' or 'dlr-targeted', got {self.loss!r}")
-        check_steps(self.steps, "APGD's steps")
-        check_tries(self.restarts, "APGD's restarts")
-        check_tries(self.targets, "APGD's targets")
-        _check_interval(self.rho, "APGD's rho", 0, 1, high_closed=False)
-        _check_interval(self.momentum, "APGD's momentum", 0, 1)
+        self.steps = check_steps(self.steps, "APGD's steps")
+        self.restarts = check_tries(self.restarts, "APGD's restarts")
+        self.targets = check_tries(self.targets, "APGD's targets")
+        self.rho = _check_interval(self.rho, "APGD's rho", 0, 1, high_closed=False)
+        self.momentum = _check_interval(self.momentum, "APGD's momentum", 0, 1)
 
     @property
     def targeted(self) -> bool:
@@ -243,12 +243,12 @@ class FABAttack(Attack):
     name: str = "fab-t"
 
     def __post_init__(self):
-        check_epsilon(self.epsilon)
-        check_steps(self.steps, "FAB's steps")
-        check_tries(self.targets, "FAB's targets")
-        _check_interval(self.alpha_max, "FAB's alpha_max", 0, 1, low_closed=True)
-        _check_interval(self.eta, "FAB's eta (overshoot)", 1, math.inf, low_closed=True, high_closed=False)
-        _check_interval(self.beta, "FAB's beta (step back)", 0, 1, high_closed=False)
+        self.epsilon = check_epsilon(self.epsilon)
+        self.steps = check_steps(self.steps, "FAB's steps")
+        self.targets = check_tries(self.targets, "FAB's targets")
+        self.alpha_max = _check_interval(self.alpha_max, "FAB's alpha_max", 0, 1, low_closed=True)
+        self.eta = _check_interval(self.eta, "FAB's eta (overshoot)", 1, math.inf, low_closed=True, high_closed=False)
+        self.beta = _check_interval(self.beta, "FAB's beta (step back)", 0, 1, high_closed=False)
 
     def settings(self) -> dict:
         return {"norm": "linf", "epsilon": self.epsilon, "steps": self.steps,
@@ -338,9 +338,9 @@ class SquareAttack(Attack):
     name: str = "square"
 
     def __post_init__(self):
-        check_epsilon(self.epsilon)
-        check_steps(self.queries, "Square's queries")
-        _check_interval(self.p_init, "Square's p_init", 0, 1)
+        self.epsilon = check_epsilon(self.epsilon)
+        self.queries = check_steps(self.queries, "Square's queries")
+        self.p_init = _check_interval(self.p_init, "Square's p_init", 0, 1)
 
     def settings(self) -> dict:
         return {"norm": "linf", "epsilon": self.epsilon, "queries": self.queries,
@@ -441,7 +441,7 @@ class AutoAttack(Attack):
     components: List[Attack] = field(default_factory=list)
 
     def __post_init__(self):
-        check_epsilon(self.epsilon)
+        self.epsilon = check_epsilon(self.epsilon)
         if self.name not in COMPONENTS:
             raise ValueError(f"AutoAttack's version must be one of {', '.join(COMPONENTS)}, got {self.name!r}")
         if not self.components:

@@ -78,13 +78,13 @@ def fit_distribution(loss_fn: BatchedLoss, x: torch.Tensor, *, epsilon: float, s
     smaller pass keeps the activations in cache: on a 2-core CPU with a 32 MiB L3, five 64-image
     passes of small-cnn ran faster than one of 320 images (benchmarks/RESULTS.md).
     """
-    check_steps(steps, "steps", minimum=0)
-    check_int(num_samples, "num_samples")
-    check_non_negative(lbd, "lbd")
-    check_non_negative(lr, "lr")
-    check_non_negative(adam_eps, "adam_eps")
+    steps = check_steps(steps, "steps", minimum=0)
+    num_samples = check_int(num_samples, "num_samples")
+    lbd = check_non_negative(lbd, "lbd")
+    lr = check_non_negative(lr, "lr")
+    adam_eps = check_non_negative(adam_eps, "adam_eps")
     if samples_per_pass is not None:
-        check_int(samples_per_pass, "samples_per_pass")
+        samples_per_pass = check_int(samples_per_pass, "samples_per_pass")
     x = x.detach()
     # The distribution lives in float32 at least: Adam's eps (1e-8) is 0 in float16, where a zero
     # gradient then steps by 0/0, and every sample of a float16 batch came out NaN. The classifier

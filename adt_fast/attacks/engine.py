@@ -198,7 +198,7 @@ def iterative_attack(loss_fn: PerExampleLoss, x: torch.Tensor, *, epsilon: float
     """
     if epsilon <= 0:
         raise ValueError(f"epsilon must be > 0, got {epsilon}")
-    check_steps(steps, "steps", minimum=0)
+    steps = check_steps(steps, "steps", minimum=0)
     x = x.detach()
     x_adv = x.clone() if start is None else project(x + epsilon * start, x, epsilon, bounds)
     velocity = torch.zeros_like(x) if momentum is not None else None
@@ -269,7 +269,7 @@ def apgd(loss_fn: LossAndHit, x: torch.Tensor, *, epsilon: float, steps: int,
     """
     if epsilon <= 0:
         raise ValueError(f"epsilon must be > 0, got {epsilon}")
-    check_steps(steps, "steps", minimum=0)
+    steps = check_steps(steps, "steps", minimum=0)
     x = x.detach()
     view = (-1,) + (1,) * (x.dim() - 1)
     if start is None:

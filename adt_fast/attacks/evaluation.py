@@ -169,10 +169,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     y = check_batch(x, y)
     batch_size = check_int(batch_size, "batch_size")
     names, feature_targets, cw_steps = _protocol(protocol, attacks, feature_targets, cw_steps)
-    check_steps(dist_steps, "dist_steps", minimum=0)
-    check_tries(dist_samples, "dist_samples")
-    check_int(seed, "seed", 0, MAX_SEED)
-    check_non_negative(dist_lambda, "dist_lambda")
+    dist_steps = check_steps(dist_steps, "dist_steps", minimum=0)
+    dist_samples = check_tries(dist_samples, "dist_samples")
+    seed = check_int(seed, "seed", 0, MAX_SEED)
+    dist_lambda = check_non_negative(dist_lambda, "dist_lambda")
     if source_model is not None and "transfer" not in names:
         names.append("transfer")
     if "transfer" in names and source_model is None:

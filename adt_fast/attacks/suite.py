@@ -29,7 +29,8 @@ from typing import Dict, Iterable, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..checks import MAX_ATTACK_STEPS, check_int, check_non_negative, check_steps, check_tries, parse_int, shown
+from ..checks import (MAX_ATTACK_STEPS, as_real, check_int, check_non_negative, check_steps, check_tries, parse_int,
+                      shown)
 from ..models.external import has_feature_split, raised
 from .distribution import fit_distribution
 from .engine import (classified, eval_mode, example_seed, iterative_attack, model_device,
@@ -86,12 +87,13 @@ MAX_EPSILON = 1.0
 
 
 def check_epsilon(epsilon, name: str = "epsilon") -> float:
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
+    number = as_real(epsilon)
+    if number is None:
         raise TypeError(f"{name} must be a number, got {type(epsilon).__name__}")
-    if not math.isfinite(epsilon) or epsilon <= 0 or epsilon > MAX_EPSILON:
+    if not math.isfinite(number) or number <= 0 or number > MAX_EPSILON:
         hint = " (an l_inf budget for inputs in [0, 1], e.g. 8/255)" if name == "epsilon" else ""
         raise ValueError(f"{name} must be a finite number in (0, {MAX_EPSILON:g}]{hint}, got {epsilon}")
-    return float(epsilon)
+    return number
 
 
 def check_precision(precision: str) -> str:
@@ -177,8 +179,8 @@ class AttackContext:
         if self.source_model is not None:
             check_module(self.source_model, "source_model")
         check_precision(self.precision)
-        check_int(self.seed, "seed", 0, MAX_SEED)
-        check_int(self.batch_size, "batch_size")
+        self.seed = check_int(self.seed, "seed", 0, MAX_SEED)
+        self.batch_size = check_int(self.batch_size, "batch_size")
 
     @staticmethod
     def _tensor(out, expected: str) -> torch.Tensor:
@@ -350,18 +352,18 @@ class GradientAttack(Attack):
     stream: str = "pgd"
 
     def __post_init__(self):
-        check_epsilon(self.epsilon)  # before the default step divides it
+        self.epsilon = check_epsilon(self.epsilon)  # before the default step divides it
         if self.step_size is None:
             self.step_size = default_step_size(self.epsilon)
         if self.loss not in ("ce", "cw"):
             raise ValueError(f"loss must be 'ce' or 'cw', got {self.loss!r}")
-        check_steps(self.steps, "steps")
-        check_epsilon(self.step_size, "step_size")
+        self.steps = check_steps(self.steps, "steps")
+        self.step_size = check_epsilon(self.step_size, "step_size")
         if self.momentum is not None:  # 0 is plain PGD on the normalised gradient
-            check_non_negative(self.momentum, f"{self.label}'s decay (momentum)")
+            self.momentum = check_non_negative(self.momentum, f"{self.label}'s decay (momentum)")
         # kappa caps the margin loss: at 0 the attack stops at the decision boundary (C&W's
         # confidence 0); below 0 it would stop while the example is still classified correctly
-        check_non_negative(self.kappa, f"{self.label}'s kappa")
+        self.kappa = check_non_negative(self.kappa, f"{self.label}'s kappa")
 
     def settings(self) -> dict:
         out = {"norm": "linf", "epsilon": self.epsilon, "steps": self.steps,
@@ -464,12 +466,12 @@ class FeatureAttack(Attack):
     name: str = "feature"
 
     def __post_init__(self):
-        check_epsilon(self.epsilon)
+        self.epsilon = check_epsilon(self.epsilon)
         if self.step_size is None:
             self.step_size = self.epsilon / 8
-        check_epsilon(self.step_size, "FeaAttack's step_size")
-        check_steps(self.steps, "FeaAttack's steps", minimum=0)
-        check_tries(self.targets, "the number of FeaAttack targets")
+        self.step_size = check_epsilon(self.step_size, "FeaAttack's step_size")
+        self.steps = check_steps(self.steps, "FeaAttack's steps", minimum=0)
+        self.targets = check_tries(self.targets, "the number of FeaAttack targets")
 
     def settings(self) -> dict:
         return {"norm": "linf", "epsilon": self.epsilon, "steps": self.steps,
@@ -597,11 +599,11 @@ class DistributionAttack(Attack):
     name: str = "dist"
 
     def __post_init__(self):
-        check_epsilon(self.epsilon)
-        check_steps(self.steps, "the distribution attack's steps", minimum=0)
-        check_tries(self.samples, "the distribution attack's samples")
+        self.epsilon = check_epsilon(self.epsilon)
+        self.steps = check_steps(self.steps, "the distribution attack's steps", minimum=0)
+        self.samples = check_tries(self.samples, "the distribution attack's samples")
         for name in ("lbd", "lr"):
-            check_non_negative(getattr(self, name), f"the distribution attack's {name}")
+            setattr(self, name, check_non_negative(getattr(self, name), f"the distribution attack's {name}"))
 
     def settings(self) -> dict:
         return {"norm": "linf", "epsilon": self.epsilon, "steps": self.steps,
@@ -666,7 +668,7 @@ class TransferAttack(Attack):
     name: str = "transfer"
 
     def __post_init__(self):
-        check_epsilon(self.epsilon)
+        self.epsilon = check_epsilon(self.epsilon)
         self.inner = pgd_attack(self.epsilon, self.steps, self.step_size, stream="transfer")
 
     def settings(self) -> dict:
