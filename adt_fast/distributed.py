@@ -314,7 +314,12 @@ class Joined(NamedTuple):
 def _joined() -> Joined:
     """Meet the other ranks in torchrun's store, once per process."""
     _check_launch_env()
-    store, rank, size = next(dist.rendezvous("env://", timeout=timeout()))
+    try:
+        store, rank, size = next(dist.rendezvous("env://", timeout=timeout()))
+    except dist.DistError as err:  # rank 0's port taken, or no rank 0 there: the setup's, not a peer's failure
+        address = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+        raise DistributedError(f"the processes could not meet at $MASTER_ADDR:$MASTER_PORT ({address}): "
+                               f"{type(err).__name__}: {err}") from None
     count = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
     return Joined(store, rank, size, _handshake(store, rank, size, count, timeout()))
 

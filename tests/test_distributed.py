@@ -603,6 +603,29 @@ def test_a_world_size_above_1_without_the_ranks_is_a_one_line_error(tmp_path, mo
     assert distributed.setup("cpu") == World()
 
 
+def test_a_master_port_in_use_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    """Processes started by hand whose MASTER_PORT another program holds: train once said another
+    process had failed (eval likewise), after torch's traceback of the store."""
+    from adt_fast.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        _launcher_env(monkeypatch, MASTER_PORT=str(port))
+        assert main(["train", "--method", "standard", "--dataset", "synthetic", "--out", str(tmp_path / "run")]) == 2
+        assert main(["eval", "--model", "tests.external_models:build", "--dataset", "synthetic", "--attacks", "fgsm",
+                     "--n-examples", "4", "--device", "cpu", "--out", str(tmp_path / "report.json")]) == 2
+        with pytest.raises(distributed.DistributedError, match="address already in use"):
+            distributed.setup("cpu")
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(": error: ")[0] for line in err if ": error: " in line] == ["adt-fast train", "adt-fast eval"]
+    for line in (line for line in err if ": error: " in line):
+        assert f"the processes could not meet at $MASTER_ADDR:$MASTER_PORT (127.0.0.1:{port}): " in line
+        assert "address already in use" in line and "another process failed" not in line
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_torchrun_run_records_cuda_not_rank_0s_gpu(tmp_path, monkeypatch):
     """Rank 0 trains on cuda:0; config.json must say `cuda`, or a later --resume under torchrun
     would hand cuda:0 to every rank and rank 1 would refuse it."""
