@@ -15,7 +15,23 @@ EXIT_USAGE = 2
 
 
 class Parser(argparse.ArgumentParser):
-    """Usage errors as one line, `adt-fast train: error: ...`; --help still prints everything."""
+    """Usage errors as one line, `adt-fast train: error: ...`; --help still prints everything.
+    Flags only by their full names: argparse's default reads `--epoch` as --epochs, which a later
+    flag (`--epoch-size`, say) would make ambiguous or another flag."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+
+class CommandParser(Parser):
+    """A command's parser refuses the flags it does not know itself, naming the command (whose
+    --help lists its flags), where argparse would leave them to adt-fast's parser."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -27,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = Parser(prog="adt-fast", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)  # subparsers are Parsers too
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
     add_train_parser(commands)
     add_eval_parser(commands)
     return parser

@@ -13,6 +13,7 @@ from torch import nn
 from adt_fast.attacks import APGDAttack, DistributionAttack, FABAttack, FeatureAttack, SquareAttack, evaluate, pgd
 from adt_fast.attacks.suite import check_epsilon, mim_attack, pgd_attack
 from adt_fast.checks import check_finite, check_int, check_non_negative, check_steps, check_tries
+from adt_fast.cli import main
 from adt_fast.train import clean_accuracy
 
 
@@ -102,3 +103,21 @@ def test_evaluate_with_numpy_scalars_writes_a_report_of_python_numbers(tmp_path)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["epsilon"] == 0.125 and saved["seed"] == 3 and saved["batch_size"] == 2
     assert saved["attacks"]["dist"]["steps"] == 1 and saved["attacks"]["dist"]["samples"] == 2
+
+
+# --- the command line takes flags by their full names only --------------------------------------
+
+@pytest.mark.parametrize("argv, command, unknown", [
+    (["train", "--method", "standard", "--dataset", "synthetic", "--epoch", "1", "--max-b", "1"], "train",
+     "--epoch 1 --max-b 1"),
+    (["eval", "--checkpoint", "run", "--attack", "fgsm", "--out", "r.json"], "eval", "--attack fgsm"),
+    (["eval", "--checkpoint", "run", "--out=r.json", "--epsilon=0.1", "--seed=1", "--dist-step=3"], "eval",
+     "--dist-step=3"),
+])
+def test_an_abbreviated_flag_is_refused_as_unknown_by_its_command(tmp_path, capsys, argv, command, unknown):
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--out", str(tmp_path / "run")] if command == "train" else argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and not (tmp_path / "run").exists()
+    assert err == (f"adt-fast {command}: error: unrecognized arguments: {unknown} "
+                   f"(see adt-fast {command} --help)\n")
