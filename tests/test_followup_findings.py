@@ -121,3 +121,10 @@ def test_an_abbreviated_flag_is_refused_as_unknown_by_its_command(tmp_path, caps
     assert exit_.value.code == 2 and not (tmp_path / "run").exists()
     assert err == (f"adt-fast {command}: error: unrecognized arguments: {unknown} "
                    f"(see adt-fast {command} --help)\n")
+
+
+def test_adt_fast_s_own_flags_are_not_abbreviated_either(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:      # --vers was --version: it printed the version
+        main(["--vers", "train", "--method", "standard", "--dataset", "synthetic", "--out", str(tmp_path / "run")])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "adt-fast: error: unrecognized arguments: --vers (see adt-fast --help)\n"
