@@ -343,6 +343,18 @@ def _check_generator(generator, device: torch.device, where: str, *, draws: bool
                          f"torch.Generator(device={device.type!r})")
 
 
+@torch.compiler.disable(reason="asks autograd whether a backward pass runs")  # compiled regions are recomputed too
+def _check_not_recomputed_with_generator() -> None:
+    """A call with `generator=` while autograd runs a backward pass is torch.utils.checkpoint
+    recomputing its region (or a hook): checkpoint restores only the default generators, so
+    `generator` has moved on, and the recomputation would draw other samples than the forward
+    returned, giving the gradients of those, silently."""
+    if torch._C._current_graph_task_id() != -1:
+        raise RuntimeError("sample_and_entropy got generator= during a backward pass (torch.utils.checkpoint "
+                           "recomputing it?): the recomputation would draw other samples than the forward did; "
+                           "use torch's default generator, which checkpoint restores, or pass noise=")
+
+
 def _is_int(value) -> bool:
     """An integer (numpy's and 0-d integer tensors' too), not a bool."""
     if isinstance(value, torch.Tensor):
@@ -447,6 +459,8 @@ def sample_and_entropy(mean: torch.Tensor, std_param: torch.Tensor, num_samples:
     if backend not in _BACKEND_NAMES:
         raise ValueError(f"backend must be one of {list(_BACKEND_NAMES)}, got {backend!r}")
     _check_generator(generator, mean.device, f"mean is on {mean.device}", draws=noise is None)
+    if generator is not None and noise is None and mean.device.type != "meta":
+        _check_not_recomputed_with_generator()
 
     tensors = (mean.contiguous(), std_param.contiguous(), None if x is None else x.contiguous(),
                None if noise is None else noise.contiguous())

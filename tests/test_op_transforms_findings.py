@@ -1,0 +1,53 @@
+"""The op under the ways PyTorch users compose ops (activation checkpointing, torch.compile,
+torch.export, torch.func's transforms): what a fuzzing review found, locked in."""
+
+import pytest
+import torch
+from torch.utils.checkpoint import checkpoint
+
+import adt_fast
+
+from test_ops import runnable
+
+BACKENDS = ["reference", "cpu"]
+
+
+def _loss(mean, rho, generator=None, backend="cpu"):
+    out, nlp = adt_fast.sample_and_entropy(mean, rho, 3, 0.3, clamp=None, generator=generator, backend=backend)
+    return out.square().sum() + nlp.square().sum()
+
+
+def _leaves():
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(3, 5, dtype=torch.float64, generator=g).requires_grad_() for _ in range(2)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_checkpoint_recomputes_the_forwards_samples(backend, reentrant):
+    """checkpoint restores the default generator before recomputing, so the backward sees the
+    forward's samples even when other draws come in between."""
+    runnable(backend)
+    mean, rho = _leaves()
+    torch.manual_seed(1)
+    checkpoint(_loss, mean, rho, None, backend, use_reentrant=reentrant).backward()
+    torch.randn(10)
+    want = [t.grad for t in (mean, rho)]
+    mean.grad = rho.grad = None
+    torch.manual_seed(1)
+    _loss(mean, rho, None, backend).backward()
+    for t, w in zip((mean, rho), want):
+        torch.testing.assert_close(t.grad, w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_checkpoint_around_a_call_with_a_generator_is_refused(compiled, reentrant):
+    """checkpoint cannot restore a generator= it does not know: the recomputation drew a new
+    (seed, offset), and the gradients were those of other samples than the forward returned, with
+    no error (eager and compiled alike)."""
+    mean, rho = _leaves()
+    fn = torch.compile(_loss, backend="eager") if compiled else _loss
+    loss = checkpoint(fn, mean, rho, torch.Generator().manual_seed(1), use_reentrant=reentrant)
+    with pytest.raises(RuntimeError, match="generator= during a backward pass"):
+        loss.backward()
