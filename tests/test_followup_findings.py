@@ -4,6 +4,7 @@ line's parsers, worst_case and parse_attacks, each pinned by the call that hit i
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from adt_fast.attacks import APGDAttack, DistributionAttack, FABAttack, FeatureAttack, SquareAttack, evaluate, pgd
+from adt_fast.attacks.report import worst_case
 from adt_fast.attacks.suite import check_epsilon, mim_attack, pgd_attack
 from adt_fast.checks import check_finite, check_int, check_non_negative, check_steps, check_tries
 from adt_fast.cli import main
@@ -128,3 +130,15 @@ def test_adt_fast_s_own_flags_are_not_abbreviated_either(tmp_path, capsys):
         main(["--vers", "train", "--method", "standard", "--dataset", "synthetic", "--out", str(tmp_path / "run")])
     assert exit_.value.code == 2
     assert capsys.readouterr().err == "adt-fast: error: unrecognized arguments: --vers (see adt-fast --help)\n"
+
+
+# --- worst_case and parse_attacks name what they were given ------------------------------------
+
+@pytest.mark.parametrize("mask, shape", [(torch.ones(4, dtype=torch.bool), "(4,)"),
+                                         (torch.zeros(1, dtype=torch.bool), "(1,)"),   # broadcast silently
+                                         (torch.ones(3, 1, dtype=torch.bool), "(3, 1)")])
+def test_worst_case_names_a_mask_of_another_shape(mask, shape):
+    masks = {"fgsm": torch.ones(3, dtype=torch.bool), "pgd20": mask}
+    with pytest.raises(ValueError, match=re.escape(f"worst_case: the mask of 'pgd20' has shape {shape}, not the "
+                                                   f"natural mask's (3,) (one entry per example)")):
+        worst_case(torch.ones(3, dtype=torch.bool), masks)

@@ -70,8 +70,13 @@ def worst_case(natural: torch.Tensor, masks: Mapping[str, torch.Tensor]) -> torc
     """Eq. 12: robust only if correct on the natural input and under every attack that was run.
 
     The natural input lies in every epsilon-ball, so an example the model gets wrong unattacked is
-    not robust either.
+    not robust either. Every mask holds one entry per example, as natural does: torch would fail
+    on another length without naming the mask, or broadcast a mask of one silently.
     """
+    for name, mask in masks.items():
+        if mask.shape != natural.shape:
+            raise ValueError(f"worst_case: the mask of {name!r} has shape {tuple(mask.shape)}, not the natural "
+                             f"mask's {tuple(natural.shape)} (one entry per example)")
     result = natural.clone().bool()
     for mask in masks.values():
         result &= mask.bool()
