@@ -13,7 +13,7 @@ from torch import nn
 
 from adt_fast.attacks import APGDAttack, DistributionAttack, FABAttack, FeatureAttack, SquareAttack, evaluate, pgd
 from adt_fast.attacks.report import worst_case
-from adt_fast.attacks.suite import check_epsilon, mim_attack, pgd_attack
+from adt_fast.attacks.suite import check_epsilon, mim_attack, parse_attacks, pgd_attack
 from adt_fast.checks import check_finite, check_int, check_non_negative, check_steps, check_tries
 from adt_fast.cli import main
 from adt_fast.train import clean_accuracy
@@ -142,3 +142,16 @@ def test_worst_case_names_a_mask_of_another_shape(mask, shape):
     with pytest.raises(ValueError, match=re.escape(f"worst_case: the mask of 'pgd20' has shape {shape}, not the "
                                                    f"natural mask's (3,) (one entry per example)")):
         worst_case(torch.ones(3, dtype=torch.bool), masks)
+
+
+@pytest.mark.parametrize("spec, given", [(5, "5 (int)"), (b"fgsm", "b'fgsm' (bytes)"), (None, "None (NoneType)")])
+def test_parse_attacks_says_what_it_takes_and_what_it_got(spec, given):
+    expected = re.escape(f"attacks must be a comma-separated string or a list of attack names, got {given}")
+    with pytest.raises(TypeError, match=f"^{expected}$"):
+        parse_attacks(spec)
+
+
+@pytest.mark.parametrize("spec", [5, b"fgsm"])
+def test_evaluate_says_what_attacks_it_takes(spec):
+    with pytest.raises(TypeError, match="^attacks must be a comma-separated string or a list of attack names, got "):
+        evaluate(_model(), torch.rand(2, 1, 2, 2), torch.tensor([0, 1]), attacks=spec)

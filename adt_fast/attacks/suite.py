@@ -23,8 +23,9 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -124,7 +125,13 @@ def canonical_name(name: str) -> str:
 
 def parse_attacks(spec: Union[str, Iterable[str]]) -> List[str]:
     """A comma-separated string or a list of names -> canonical names, in the given order."""
-    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    if isinstance(spec, str):
+        names = spec.split(",")
+    elif isinstance(spec, Iterable) and not isinstance(spec, (bytes, bytearray)):  # bytes iterate as ints
+        names = list(spec)
+    else:
+        raise TypeError(f"attacks must be a comma-separated string or a list of attack names, got {shown(spec)} "
+                        f"({type(spec).__name__})")
     names = [name for name in names if not (isinstance(name, str) and not name.strip())]
     if not names:
         raise ValueError(f"no attack given; known attacks: {', '.join(ATTACK_NAMES)}")
