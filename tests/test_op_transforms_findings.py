@@ -51,3 +51,24 @@ def test_checkpoint_around_a_call_with_a_generator_is_refused(compiled, reentran
     loss = checkpoint(fn, mean, rho, torch.Generator().manual_seed(1), use_reentrant=reentrant)
     with pytest.raises(RuntimeError, match="generator= during a backward pass"):
         loss.backward()
+
+
+class _Sampler(torch.nn.Module):
+    def forward(self, mean, rho, x):
+        return adt_fast.sample_and_entropy(mean, rho, 2, 0.3, x=x, clamp=(0.1, 0.9))
+
+
+def test_export_with_a_dynamic_batch_equals_eager():
+    """The check that k B D elements fit in a tensor was traced as a guard B <= 2**63 / (8 k D),
+    which torch.export refuses for an unbounded Dim ("Constraints violated (B)"); it now runs
+    when the op does."""
+    batch = torch.export.Dim("batch")
+    example = [torch.rand(3, 4) for _ in range(3)]
+    exported = torch.export.export(_Sampler(), tuple(example), dynamic_shapes=({0: batch},) * 3)
+    inputs = [torch.rand(7, 4) for _ in range(3)]
+    torch.manual_seed(2)
+    got = exported.module()(*inputs)
+    torch.manual_seed(2)
+    want = _Sampler()(*inputs)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)

@@ -392,11 +392,15 @@ def _check_shape(shape) -> tuple[int, ...]:
 
 def _check_mean(mean, num_samples: int) -> None:
     """A floating tensor with a batch dimension, whose k samples' bytes a 64-bit size can hold
-    (else torch's allocator reports an overflow that names neither argument)."""
+    (else torch's allocator reports an overflow that names neither argument). Symbolic sizes
+    (torch.compile's dynamic shapes, torch.export's Dim) are checked when the op runs, not traced:
+    comparing them would bound the batch size below 2**63 / (k D), a guard that torch.export
+    refuses for an unbounded Dim."""
     _check_tensor("mean", mean)
     if mean.dim() < 1:
         raise ValueError("mean must have a batch dimension: shape (B, *S), got a 0-d tensor")
-    if num_samples * mean.numel() * mean.element_size() >= 2**63:
+    size = num_samples * mean.numel() * mean.element_size()
+    if isinstance(size, int) and size >= 2**63:
         raise ValueError(f"num_samples={num_samples} samples of a mean of shape {tuple(mean.shape)} make an output "
                          f"of {num_samples * mean.numel()} elements, past what a tensor can hold")
 
