@@ -72,3 +72,20 @@ def test_export_with_a_dynamic_batch_equals_eager():
     want = _Sampler()(*inputs)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+def test_compile_takes_a_varying_number_of_samples_without_recompiling():
+    """The check of num_samples called operator.index on it, which specialised Dynamo's symbolic
+    k: a recompilation for every k, and eager fallback after torch's recompile limit (8)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+    counter = CompileCounterWithBackend("aot_eager")
+    mean, rho = torch.randn(2, 3), torch.randn(2, 3)
+    compiled = torch.compile(lambda m, r, k: adt_fast.sample_and_entropy(m, r, k, 0.3), backend=counter)
+    for k in (2, 3, 4, 5):
+        torch.manual_seed(k)
+        got = compiled(mean, rho, k)
+        torch.manual_seed(k)
+        want = adt_fast.sample_and_entropy(mean, rho, k, 0.3)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=0, atol=0)
+    assert counter.frame_count == 2  # k = 2 specialised, then k symbolic

@@ -364,10 +364,13 @@ def _is_int(value) -> bool:
 
 
 def _check_num_samples(num_samples) -> int:
-    """An int in [1, 2**63) (not a bool, a float or a tensor: the op's sample count is a Python number)."""
-    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
+    """An int in [1, 2**63) (not a bool, a float or a tensor: the op's sample count is a Python number).
+    A torch.SymInt (torch.compile's dynamic k, which Dynamo calls an int) stays one: operator.index
+    would specialise it, a recompilation for every k."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (numbers.Integral, torch.SymInt)):
         raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
-    num_samples = operator.index(num_samples)
+    if not isinstance(num_samples, (int, torch.SymInt)):
+        num_samples = operator.index(num_samples)
     if not 1 <= num_samples < 2**63:
         raise ValueError(f"num_samples must be >= 1 and < 2**63, got {num_samples}")
     return num_samples
