@@ -89,3 +89,43 @@ def test_compile_takes_a_varying_number_of_samples_without_recompiling():
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, rtol=0, atol=0)
     assert counter.frame_count == 2  # k = 2 specialised, then k symbolic
+
+
+def _nlp(mean, rho=None):
+    return adt_fast.sample_and_entropy(mean, torch.zeros_like(mean) if rho is None else rho, 2, 0.3)[1]
+
+
+@pytest.mark.parametrize("how", ["func.jvp", "jacfwd", "forward_ad", "compiled jvp", "forward_ad into compiled",
+                                 "custom op"])
+def test_forward_mode_is_refused_not_zero(how):
+    """Forward-mode AD is not implemented. torch's custom ops look at requires_grad only, so under
+    torch.compile the op's tangents were zeros (torch.func.jvp) or None (dual tensors into a
+    compiled function), and so were those of the custom op called directly; eagerly torch's own
+    refusal named no op."""
+    import torch.autograd.forward_ad as fwAD
+    from adt_fast.ops.sample_and_entropy import sample_forward
+    mean = torch.randn(2, 3)
+
+    def dual_through(fn):
+        with fwAD.dual_level():
+            return fwAD.unpack_dual(fn(fwAD.make_dual(mean, torch.ones_like(mean)))).tangent
+
+    calls = {
+        "func.jvp": lambda: torch.func.jvp(_nlp, (mean,), (mean,)),
+        "jacfwd": lambda: torch.func.jacfwd(_nlp, randomness="same")(mean),
+        "forward_ad": lambda: dual_through(_nlp),
+        "compiled jvp": lambda: torch.compile(lambda m: torch.func.jvp(_nlp, (m,), (m,)), backend="eager")(mean),
+        "forward_ad into compiled": lambda: dual_through(torch.compile(_nlp, backend="aot_eager")),
+        "custom op": lambda: dual_through(lambda m: sample_forward(m, torch.zeros_like(m), None, None,
+                                                                   torch.tensor([1, 2]), 2, 0.3, 0.0, 1.0, "auto")[1]),
+    }
+    with pytest.raises(RuntimeError, match="no forward-mode derivative"):
+        calls[how]()
+
+
+def test_forward_mode_around_the_op_without_tangents_through_it_works():
+    """Only tangents that reach the op are refused (eagerly): w * nlp differentiates in w."""
+    mean = torch.randn(2, 3)
+    w = torch.tensor(2.0)
+    value, tangent = torch.func.jvp(lambda w: w * _nlp(mean).sum(), (w,), (torch.tensor(1.0),))
+    torch.testing.assert_close(tangent, value / w)

@@ -20,7 +20,8 @@ Two launch paths reach the same backend functions:
 Either path computes x's gradient only when x requires grad (the trainers' x does not): the
 backward then neither accumulates nor writes it.
 Either path's backward regenerates the normals from `seed_offset`: nothing of size k x N is
-saved between the passes.
+saved between the passes. Neither has a forward-mode derivative: a tangent that reaches the op is
+refused (torch's custom ops would drop it, and give zero tangents under torch.compile).
 """
 
 from __future__ import annotations
@@ -40,6 +41,26 @@ from .reference import compute_dtype
 _BACKEND_NAMES = ("auto", *dispatch.BACKENDS)
 _NO_SECOND_DERIVATIVE = ("adt_fast.sample_and_entropy has no second derivative: its fused backward is "
                          "first-order only")
+_NO_FORWARD_MODE = ("adt_fast.sample_and_entropy has no forward-mode derivative (torch.autograd.forward_ad, "
+                    "torch.func.jvp, jacfwd, hessian): differentiate it in reverse mode (backward, torch.func.grad, "
+                    "vjp, jacrev)")
+
+
+def _refuse_tangents(*tensors) -> None:
+    """Forward-mode AD is not implemented. torch's custom ops look at requires_grad only, so a
+    tangent reaching them was dropped: zero or no tangents came out, with no error."""
+    if torch.autograd.forward_ad._current_level >= 0 and any(
+            t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+        raise RuntimeError(_NO_FORWARD_MODE)
+
+
+@torch.compiler.disable(reason="adt_fast.sample_and_entropy has no forward-mode derivative: raised eagerly")
+def _refuse_forward_ad_compiled() -> None:
+    """Under torch.compile, within a forward-AD level: Dynamo cannot tell which inputs carry
+    tangents (unpack_dual fails on its fake tensors). Raised eagerly: raised while tracing inside
+    torch.func.jvp, the graph break sent dual tensors into a compiled frame and an internal assert
+    of torch's."""
+    raise RuntimeError(f"{_NO_FORWARD_MODE}; under torch.compile it refuses any forward-AD level")
 
 
 def _check_op_arguments(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi, grads=()) -> None:
@@ -73,6 +94,7 @@ def sample_forward(mean: torch.Tensor, std_param: torch.Tensor, x: Optional[torc
                    noise: Optional[torch.Tensor], seed_offset: torch.Tensor, num_samples: int,
                    epsilon: float, lo: float, hi: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     _check_op_arguments(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi)
+    _refuse_tangents(mean, std_param, x, noise)  # called directly, or by a compiled graph given dual tensors
     name = dispatch.select(backend, mean.device, mean.dtype)
     out, nlp, _ = dispatch.get(name).forward(mean, std_param, x, noise, seed_offset, None, num_samples, epsilon,
                                              lo, hi)
@@ -466,6 +488,10 @@ def sample_and_entropy(mean: torch.Tensor, std_param: torch.Tensor, num_samples:
     if backend not in _BACKEND_NAMES:
         raise ValueError(f"backend must be one of {list(_BACKEND_NAMES)}, got {backend!r}")
     _check_generator(generator, mean.device, f"mean is on {mean.device}", draws=noise is None)
+    if not torch.compiler.is_compiling():
+        _refuse_tangents(mean, std_param, x, noise)
+    elif torch.autograd.forward_ad._current_level >= 0:
+        _refuse_forward_ad_compiled()
     if generator is not None and noise is None and mean.device.type != "meta":
         _check_not_recomputed_with_generator()
 
