@@ -129,3 +129,26 @@ def test_forward_mode_around_the_op_without_tangents_through_it_works():
     w = torch.tensor(2.0)
     value, tangent = torch.func.jvp(lambda w: w * _nlp(mean).sum(), (w,), (torch.tensor(1.0),))
     torch.testing.assert_close(tangent, value / w)
+
+
+def test_functionalize_traces_the_op_and_keeps_its_samples_and_gradients():
+    """torch has no functionalize rule for autograd Functions: functionalize (make_fx's way to an
+    export-ready graph) refused the op with "NYI: Functionalize rule for custom_function_call";
+    it now runs the custom op, whose own autograd gives plain backward its gradients."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    mean, rho = _leaves()
+
+    def loss(mean, rho):
+        out, nlp = adt_fast.sample_and_entropy(mean, rho, 2, 0.3)
+        return out.square().sum() + nlp.sum()
+
+    graph = make_fx(torch.func.functionalize(loss))(mean.detach(), rho.detach())
+    assert "adt_fast.sample_forward" in graph.code
+    results = []
+    for fn in (torch.func.functionalize(loss), graph, loss):
+        torch.manual_seed(3)
+        value = fn(mean, rho)
+        results.append((value, *torch.autograd.grad(value, (mean, rho))))
+    for got in results[:2]:
+        for g, w in zip(got, results[2]):
+            torch.testing.assert_close(g, w, rtol=0, atol=0)

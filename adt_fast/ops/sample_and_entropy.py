@@ -6,7 +6,9 @@ Two launch paths reach the same backend functions:
   and vmap rules, so the op is traced as two opaque nodes without graph breaks (meta tensors take
   this path too: the fake implementations give their shapes). An autograd Function in
   setup_context style wraps them (`_TransformableSampleAndEntropy`): torch.func takes no other
-  kind, and the custom ops' own generated one is not. The backward's k x N incoming gradients are
+  kind, and the custom ops' own generated one is not (under functionalize, which takes no
+  autograd Function, and no grad-like transform, the custom op is called directly, with its own
+  autograd for a plain backward). The backward's k x N incoming gradients are
   materialised here (zeros for an unused output). This path draws
   `seed_offset` in Python with torch.randint (a traced tensor op) and passes it explicitly. On
   the CPU that is the draw the eager path makes; on CUDA it is not (the eager cuda backend takes
@@ -33,6 +35,7 @@ import operator
 from typing import Optional, Sequence
 
 import torch
+from torch._C._functorch import TransformType
 
 from . import dispatch
 from . import reference
@@ -61,6 +64,15 @@ def _refuse_forward_ad_compiled() -> None:
     torch.func.jvp, the graph break sent dual tensors into a compiled frame and an internal assert
     of torch's."""
     raise RuntimeError(f"{_NO_FORWARD_MODE}; under torch.compile it refuses any forward-AD level")
+
+
+def _functionalize_without_differentiation() -> bool:
+    """Inside an eager torch.func.functionalize and no grad-like transform: torch has no
+    functionalize rule for autograd Functions ("NYI: Functionalize rule for custom_function_call"),
+    and none is needed there; the custom op, with its own autograd for plain backward, serves."""
+    kinds = {level.key() for level in torch._C._functorch.get_interpreter_stack() or ()}
+    return (TransformType.Functionalize in kinds
+            and not kinds & {TransformType.Grad, TransformType.Jvp})
 
 
 def _check_op_arguments(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi, grads=()) -> None:
@@ -502,6 +514,8 @@ def sample_and_entropy(mean: torch.Tensor, std_param: torch.Tensor, num_samples:
     if (torch.compiler.is_compiling() or mean.device.type == "meta"
             or torch._C._functorch.maybe_current_level() is not None):
         seed_offset = dispatch.python_seed_offset(mean, noise, None, generator)
+        if not torch.compiler.is_compiling() and _functionalize_without_differentiation():
+            return sample_forward(*tensors, seed_offset, *settings, backend)
         return _TransformableSampleAndEntropy.apply(*tensors, seed_offset, *settings, backend)
     return _EagerSampleAndEntropy.apply(*tensors, generator, *settings,
                                         dispatch.select(backend, mean.device, mean.dtype))
