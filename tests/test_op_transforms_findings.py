@@ -152,3 +152,18 @@ def test_functionalize_traces_the_op_and_keeps_its_samples_and_gradients():
     for got in results[:2]:
         for g, w in zip(got, results[2]):
             torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("path", ["custom op", "functionalize"])
+def test_a_second_derivative_through_the_custom_op_names_the_op(path):
+    """The custom op's own autograd (called directly, or under functionalize) had no backward for
+    sample_backward: torch said only "no autograd formula was registered"."""
+    from adt_fast.ops.sample_and_entropy import sample_forward
+    mean, rho = _leaves()
+    if path == "custom op":
+        nlp = sample_forward(mean, rho, None, None, torch.tensor([1, 2]), 2, 0.3, 0.0, 1.0, "auto")[1]
+    else:
+        nlp = torch.func.functionalize(lambda m, r: adt_fast.sample_and_entropy(m, r, 2, 0.3)[1])(mean, rho)
+    (grad,) = torch.autograd.grad(nlp.sum(), mean, create_graph=True)
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        grad.sum().backward()

@@ -168,6 +168,15 @@ def _backward_through(run_backward):
 sample_forward.register_autograd(_backward_through(sample_backward), setup_context=_setup_context)
 
 
+def _no_second_derivative(ctx, *grads):
+    """sample_backward's own backward (the custom ops called directly, or under functionalize),
+    which torch would refuse naming no reason."""
+    raise RuntimeError(_NO_SECOND_DERIVATIVE)
+
+
+sample_backward.register_autograd(_no_second_derivative)
+
+
 def _vmap_slice_by_slice(op):
     """A vmap rule that runs `op` once per slice of the vmapped dimension and stacks the results.
     Each slice keeps its own (seed, offset): torch.randint under vmap gives one per slice with
