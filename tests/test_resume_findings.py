@@ -66,49 +66,60 @@ def test_a_given_step_is_the_runs_only_where_pgd_takes_it_as_the_runs(saved, giv
     assert resume_config(run, {"step_size": given}).step_size == taken
 
 
-class _Counting(ComposedMethod):
-    """Clean training that keeps a count of its steps as extra state."""
+class _Averaging(ComposedMethod):
+    """Clean training that keeps a running mean of its loss, from its first step on: the state it
+    saves ({"ema_loss": float}) is not the form of a freshly built one's ({})."""
 
     def __init__(self, config, model, runtime):
-        super().__init__(config, model, runtime, Clean(), CEOuter(), "test-counting")
-        self.calls = 0
+        super().__init__(config, model, runtime, Clean(), CEOuter(), "test-averaging")
+        self.state = {}
 
     def extra_state(self):
-        return {"calls": self.calls}
+        return dict(self.state)
 
     def load_extra_state(self, state):
-        self.calls = state["calls"]
+        self.state = {"ema_loss": float(state["ema_loss"])}
 
     def step(self, model, x, y):
-        self.calls += 1
-        return super().step(model, x, y)
+        out = super().step(model, x, y)
+        loss = out.loss.item()
+        self.state["ema_loss"] = 0.9 * self.state.get("ema_loss", loss) + 0.1 * loss
+        return out
 
 
 @pytest.fixture
-def counting():
-    register_method(MethodSpec("test-counting", _Counting, {}, description="test only"))
+def averaging():
+    register_method(MethodSpec("test-averaging", _Averaging, {}, description="test only"))
     yield
-    METHODS.pop("test-counting")
+    METHODS.pop("test-averaging")
 
 
 def _files(run):
     return {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
 
 
+def _fit(method, run, epochs=1):
+    """Without lr drops, so that 1 epoch and a resume to 2 train as 2 epochs straight do."""
+    fit(TrainConfig(method, "synthetic", str(run), epochs=epochs, max_batches=2, batch_size=16, lr_drop=[],
+                    device="cpu", tensorboard=False))
+
+
 @pytest.mark.parametrize("method, state, why", [
-    ("standard", [], "its method_state must be a dict, as method standard keeps, got a list"),
-    ("standard", "calls", "its method_state must be a dict, as method standard keeps, got a str"),
-    ("standard", {"calls": 2}, "its method_state holds keys 'calls', method standard keeps no keys"),
-    ("test-counting", [2], "its method_state must be a dict, as method test-counting keeps, got a list"),
-    ("test-counting", {}, "its method_state holds no keys, method test-counting keeps keys 'calls'"),
-    ("test-counting", {"count": 2}, "its method_state holds keys 'count', method test-counting keeps keys 'calls'"),
+    ("standard", [], "its method_state must be {}, as method standard keeps no state, got a list"),
+    ("standard", "calls", "its method_state must be {}, as method standard keeps no state, got a str"),
+    ("standard", {"calls": 2}, "its method_state must be {}, as method standard keeps no state, got keys 'calls'"),
+    ("test-averaging", [2], "its method_state does not fit method test-averaging: TypeError: list indices must be "
+                            "integers or slices, not str"),
+    ("test-averaging", {}, "its method_state does not fit method test-averaging: KeyError: 'ema_loss'"),
+    ("test-averaging", {"ema_loss": "high"}, "its method_state does not fit method test-averaging: ValueError: "
+                                             "could not convert string to float: 'high'"),
 ])
-def test_a_method_state_of_another_form_is_refused_before_the_run_changes(method, state, why, tmp_path, counting):
+def test_a_method_state_the_method_cannot_take_is_refused_before_the_run_changes(method, state, why, tmp_path,
+                                                                                 averaging):
     """A hand-edited or foreign method_state went to load_extra_state unchecked: ignored by the
-    methods without state, a KeyError of the method's own (or wrong values) in one with state."""
+    methods without state, a traceback of the method's own in one with state."""
     run = tmp_path / "run"
-    fit(TrainConfig(method, "synthetic", str(run), epochs=1, max_batches=2, batch_size=16, device="cpu",
-                    tensorboard=False))
+    _fit(method, run)
     _rewrite(run / ckpt.LATEST, method_state=state)
     before = _files(run)
     with pytest.raises(ckpt.CheckpointError) as refused:
@@ -117,13 +128,15 @@ def test_a_method_state_of_another_form_is_refused_before_the_run_changes(method
     assert _files(run) == before
 
 
-def test_a_method_state_of_the_methods_form_resumes(tmp_path, counting):
-    run = tmp_path / "run"
-    fit(TrainConfig("test-counting", "synthetic", str(run), epochs=1, max_batches=2, batch_size=16, device="cpu",
-                    tensorboard=False))
-    assert ckpt.load(run / ckpt.LATEST)["method_state"] == {"calls": 2}
-    fit(TrainConfig("test-counting", "synthetic", str(run), epochs=2, device="cpu", resume=True))
-    assert ckpt.load(run / ckpt.LATEST)["method_state"] == {"calls": 4}
+def test_a_method_state_that_appears_as_the_method_trains_resumes(tmp_path, averaging):
+    """The state was compared with a freshly built method's ({}, no keys) and refused at every
+    resume of a method that fills it as it trains, after the start-of-run check had passed."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _fit("test-averaging", straight, epochs=2)
+    _fit("test-averaging", resumed)
+    assert set(ckpt.load(resumed / ckpt.LATEST)["method_state"]) == {"ema_loss"}
+    fit(TrainConfig("test-averaging", "synthetic", str(resumed), epochs=2, device="cpu", resume=True))
+    assert ckpt.load(resumed / ckpt.LATEST)["method_state"] == ckpt.load(straight / ckpt.LATEST)["method_state"]
 
 
 def _snapshots_only(run):

@@ -18,7 +18,7 @@ import torch
 
 from ..devices import resolve_device
 from ..files import check_path, write_atomic, zip_damage
-from ..models.external import load_fitting, weights_only_refusal
+from ..models.external import load_fitting, raised, weights_only_refusal
 
 FORMAT = "adt_fast.checkpoint/1"
 LATEST = "checkpoint.pt"
@@ -189,22 +189,27 @@ def load_schedule(scheduler, state: Any, name: str) -> None:
 
 
 def load_method_state(method, state: Any) -> None:
-    """method.load_extra_state(state), once the state has the form of the method's own
-    extra_state(): the same type and, for a dict, the same keys. Else a ValueError: the methods
-    without state ({}) ignored any other silently, and a method with state failed in a traceback
-    of its own, or went on from the wrong values."""
-    ours = method.extra_state()
-    name, kind = method.name_in_messages, dict if isinstance(ours, dict) else type(ours)  # an OrderedDict too
-    if not isinstance(state, kind):
-        raise ValueError(f"its method_state must be a {kind.__name__}, as method {name} keeps, got a "
-                         f"{type(state).__name__}")
-    if isinstance(ours, dict) and set(state) != set(ours):
-        raise ValueError(f"its method_state holds {_keys(state)}, method {name} keeps {_keys(ours)}")
-    method.load_extra_state(state)
+    """method.load_extra_state(state), failing with a ValueError of one line naming method_state.
 
+    A method without state (Method's extra_state and load_extra_state, which ignores any) takes
+    only its {}: another state is a hand's edit or another method's. A method with state reads it
+    in its own load_extra_state, whatever it raises becoming the one line: its state's form may
+    change as it trains (a dict filled on the first step, a best value None until it holds a
+    float), so it is not compared with a freshly built method's."""
+    from .methods import Method
 
-def _keys(state: dict) -> str:
-    return "no keys" if not state else "keys " + ", ".join(sorted(map(repr, state)))
+    name = method.name_in_messages
+    if all(getattr(type(method), hook) is getattr(Method, hook) for hook in ("extra_state", "load_extra_state")):
+        if not isinstance(state, dict) or state:
+            got = (f"keys {', '.join(sorted(map(repr, state)))}" if isinstance(state, dict)
+                   else f"a {type(state).__name__}")
+            raise ValueError(f"its method_state must be {{}}, as method {name} keeps no state, got {got}")
+        return
+    try:
+        method.load_extra_state(state)
+    except Exception as err:  # noqa: BLE001 - a method's own code can raise anything
+        raise ValueError(f"its method_state does not fit method {name}: "
+                         f"{raised(err).strip().splitlines()[0]}") from None
 
 
 def training_progress(payload: dict) -> tuple[int, list]:
