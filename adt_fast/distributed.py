@@ -167,17 +167,21 @@ class World:
             dist.barrier()
 
     def check_same(self, values: dict, what: str) -> None:
-        """Every rank's `values`, torch's version and adt_fast's are rank 0's; else DistributedError
-        on every rank, naming what differs. For what each rank takes from its own command line,
-        environment and files (on several nodes, each node's own), which no collective compares:
-        a rank that differs would compute something else, silently or until a collective times
-        out. It meets the other ranks, as a barrier does."""
+        """Every rank's `values`, torch's release and adt_fast's version are rank 0's; else
+        DistributedError on every rank, naming what differs. For what each rank takes from its own
+        command line, environment and files (on several nodes, each node's own), which no collective
+        compares: a rank that differs would compute something else, silently or until a collective
+        times out. It meets the other ranks, as a barrier does.
+
+        torch's version without its local part: 2.7.1+cu126 and 2.7.1+cu128 are builds of one
+        release for other CUDA versions (or +cpu), which interoperate. adt_fast's is compared whole:
+        a local part of its own would name other code."""
         if not self.parallel:
             return
         from . import __version__
 
         ranks = [None] * self.size
-        dist.all_gather_object(ranks, {**values, "torch": torch.__version__, "adt_fast": __version__})
+        dist.all_gather_object(ranks, {**values, "torch": torch.__version__.split("+")[0], "adt_fast": __version__})
         ours = ranks[0]
         for rank, theirs in enumerate(ranks[1:], start=1):
             differ = [f"{name} {theirs.get(name)!r} (rank 0: {ours.get(name)!r})"

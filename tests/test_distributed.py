@@ -389,6 +389,31 @@ def test_a_collective_failure_is_told_from_your_own_error():
         assert not distributed.collective_failed(err)
 
 
+def test_nodes_with_builds_of_one_torch_release_for_other_cuda_versions_run_together(monkeypatch):
+    """torch 2.7.1+cu126 on one node and 2.7.1+cu128 on another interoperate, and check_same
+    refused them; another release is still refused. Each rank's part of the gather is what
+    check_same sends under that rank's torch.__version__."""
+    def sent(version: str) -> dict:
+        monkeypatch.setattr(torch, "__version__", version)
+        box = []
+        monkeypatch.setattr(distributed.dist, "all_gather_object",
+                            lambda ranks, ours: (box.append(ours), ranks.__setitem__(slice(None), [ours, ours])))
+        World(1, 2).check_same({"seed": 0}, "settings")
+        return box[0]
+
+    def meet(*versions: str) -> None:
+        parts = [sent(version) for version in versions]
+        monkeypatch.setattr(distributed.dist, "all_gather_object",
+                            lambda ranks, ours: ranks.__setitem__(slice(None), parts))
+        World(0, 2).check_same({"seed": 0}, "settings")
+
+    meet("2.7.1+cu126", "2.7.1+cu128")
+    meet("2.7.1+cu126", "2.7.1")
+    with pytest.raises(distributed.DistributedError,
+                       match=r"^rank 1's settings differ from rank 0's: torch '2\.8\.0' \(rank 0: '2\.7\.1'\);"):
+        meet("2.7.1+cu126", "2.8.0+cu126")
+
+
 def test_batch_shares_cover_the_batch_and_weight_the_mean():
     for total, size in ((16, 2), (15, 4), (5, 5)):
         shards = [BatchShard.of(total, World(rank, size)) for rank in range(size)]
