@@ -31,7 +31,7 @@ def _model():
     (torch.rand(2, 1, 2, 2), torch.tensor([0.0, 1.0]), "y must be an integer tensor of class labels, got torch.float32"),
     (torch.rand(0, 1, 2, 2), torch.zeros(0, dtype=torch.int64), r"no examples \(x is empty\)"),
     (torch.rand(2, 1, 2, 2), torch.tensor([0, 1, 2]), r"y must have shape \(2,\) to match x, got \(3,\)"),
-    (torch.rand(2, 1, 2, 2) * 255, torch.tensor([0, 1]), r"x must lie in \[0, 1\]"),
+    (torch.rand(2, 1, 2, 2), torch.tensor([0, -1]), r"labels must be >= 0 \(y\)"),
 ])
 def test_clean_accuracy_refuses_a_batch_it_cannot_score_naming_the_argument(x, y, message):
     with pytest.raises((TypeError, ValueError), match=message):
@@ -49,10 +49,23 @@ def test_clean_accuracy_refuses_batch_settings_that_score_too_few_examples(setti
         clean_accuracy(_model(), torch.rand(4, 1, 2, 2), torch.tensor([0, 1, 2, 0]), **settings)
 
 
-def test_clean_accuracy_still_scores_int32_labels_of_a_good_batch():
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.uint16])
+def test_clean_accuracy_and_the_attacks_take_labels_of_any_integer_dtype(dtype):
+    """int8 labels were refused (uint8 taken) for no reason: both read the labels as int64."""
     model, x = _model(), torch.rand(4, 1, 2, 2)
     y = model(x).argmax(1)
-    assert clean_accuracy(model, x, y.int(), batch_size=3) == 1.0
+    assert clean_accuracy(model, x, y.to(dtype), batch_size=3) == 1.0
+    assert pgd(model, x, y.to(dtype), 0.1, 2).shape == x.shape
+
+
+def test_clean_accuracy_scores_a_normalised_batch_that_the_attacks_refuse():
+    """clean_accuracy clamps nothing, so a classifier of normalised inputs has a clean accuracy; it
+    took check_batch's [0, 1] rule, whose reason is the attacks' clamp, and raised on it."""
+    model, x = _model(), torch.randn(8, 1, 2, 2)
+    y = model(x).argmax(1)
+    assert clean_accuracy(model, x, y) == 1.0
+    with pytest.raises(ValueError, match=r"^x must lie in \[0, 1\] \(the attacks clamp to that range"):
+        pgd(model, x, y, 0.1, 2)
 
 
 # --- numpy scalars (a sweep over np.arange / np.linspace) are the numbers they hold -------------

@@ -18,7 +18,10 @@ from torch import nn
 from ..models.external import TOO_FEW_LOGITS
 from .engine import eval_mode
 
-LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
+# Every integer dtype: the labels are read as int64 (torch's losses take no other), so an int8 or
+# uint16 tensor of class indices is as good as any.
+LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint64, torch.uint32, torch.uint16,
+                torch.uint8)
 
 
 def check_module(model, name: str) -> None:
@@ -36,12 +39,29 @@ def check_module(model, name: str) -> None:
 def check_batch(x: torch.Tensor, y: torch.Tensor, x_name: str = "x", y_name: str = "y") -> torch.Tensor:
     """Refuse a batch the attacks cannot score honestly; return the labels as int64.
 
-    x: floating point, (N, ...) with N >= 1, finite and in [0, 1]; y: integers >= 0, shape (N,).
+    check_batch_form's batch, whose x is also finite and in [0, 1]: the attacks clamp to that range.
+    """
+    y = check_batch_form(x, y, x_name, y_name, inputs="inputs in [0, 1]")
+    x_min, x_max = torch.stack(torch.aminmax(x)).tolist()  # NaN where x holds one
+    if not (x_min >= 0 and x_max <= 1):   # NaN fails both comparisons; +-inf fails one
+        raise ValueError(f"{x_name} must lie in [0, 1] (the attacks clamp to that range; a model "
+                         f"that normalises its inputs must do it inside its forward)")
+    return y
+
+
+def check_batch_form(x: torch.Tensor, y: torch.Tensor, x_name: str = "x", y_name: str = "y", *,
+                     inputs: str = "inputs") -> torch.Tensor:
+    """Refuse a batch that cannot be scored, whatever the range of its inputs (clean accuracy on a
+    normalised batch is a score); return the labels as int64. torch's errors name no argument, and
+    float or negative labels or an empty x would score wrongly without one.
+
+    x: floating point, dense, (N, ...) with N >= 1; y: integers >= 0 of any integer dtype, shape (N,).
+    `inputs`: what x holds, for the message refusing an x that is not a floating-point tensor.
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
         hint = f" (images as bytes? {x_name}.float() / 255)" if got == torch.uint8 else ""
-        raise TypeError(f"{x_name} must be a floating-point tensor of inputs in [0, 1], got {got}{hint}")
+        raise TypeError(f"{x_name} must be a floating-point tensor of {inputs}, got {got}{hint}")
     _check_values(x, x_name)
     if x.dim() < 2:
         raise ValueError(f"{x_name} must be batched, shape (N, ...), got {tuple(x.shape)}")
@@ -53,13 +73,10 @@ def check_batch(x: torch.Tensor, y: torch.Tensor, x_name: str = "x", y_name: str
         raise ValueError(f"{y_name} must have shape ({len(x)},) to match {x_name}, got {tuple(y.shape)}")
     if len(x) == 0:
         raise ValueError(f"no examples ({x_name} is empty)")
-    x_min, x_max, y_min = _extremes(x, y)
-    if not (x_min >= 0 and x_max <= 1):   # NaN fails both comparisons; +-inf fails one
-        raise ValueError(f"{x_name} must lie in [0, 1] (the attacks clamp to that range; a model "
-                         f"that normalises its inputs must do it inside its forward)")
-    if y_min < 0:
+    y = y.long()  # first: torch has no min of a uint16, uint32 or uint64; a uint64 past 2**63 turns < 0
+    if y.min() < 0:
         raise ValueError(f"labels must be >= 0 ({y_name})")
-    return y.long()
+    return y
 
 
 def _check_values(tensor: torch.Tensor, name: str) -> None:
@@ -72,13 +89,6 @@ def _check_values(tensor: torch.Tensor, name: str) -> None:
     if tensor.is_meta:
         raise ValueError(f"{name} is on the meta device, which holds no values (only a shape); pass it with "
                          f"its data, on the CPU or a GPU")
-
-
-def _extremes(x: torch.Tensor, y: torch.Tensor) -> list:
-    """x's min and max (NaN where x holds one) and y's min, read back together: one device sync."""
-    x_min, x_max = torch.aminmax(x)
-    y_min = y.min().to(device=x.device, dtype=torch.float64)
-    return torch.stack([x_min.double(), x_max.double(), y_min]).tolist()
 
 
 # The inputs check_classes runs the model on: with one, a model that returns one row of logits for

@@ -41,7 +41,7 @@ from torch import nn
 from .. import data as datasets
 from .. import distributed
 from ..attacks.engine import classified, eval_mode
-from ..attacks.inputs import check_batch
+from ..attacks.inputs import check_batch_form
 from ..checks import check_int
 from ..devices import bf16_emulation_warning, is_out_of_memory
 from ..distributed import BatchShard, World
@@ -242,9 +242,10 @@ def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, runtim
     out of memory is tested in halves instead (down to one example): the test pass comes after an
     epoch's training, and a fixed batch that training's smaller one fits beside (large images)
     must not cost that epoch. The halves count the same examples, so the accuracy is unchanged.
-    The batch is checked as the attacks check theirs (check_batch): torch's errors name no
-    argument, and float labels, an empty x or too few batches would score 0.0 silently."""
-    y = check_batch(x, y)
+    The batch is checked as the attacks check theirs, but for their [0, 1] range (check_batch_form):
+    a classifier of normalised inputs has a clean accuracy. torch's errors name no argument, and
+    float labels, an empty x or too few batches would score 0.0 silently."""
+    y = check_batch_form(x, y)
     batch_size = check_int(batch_size, "batch_size")
     if max_batches is not None:
         max_batches = check_int(max_batches, "max_batches")
