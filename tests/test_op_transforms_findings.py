@@ -167,3 +167,25 @@ def test_a_second_derivative_through_the_custom_op_names_the_op(path):
     (grad,) = torch.autograd.grad(nlp.sum(), mean, create_graph=True)
     with pytest.raises(RuntimeError, match="no second derivative"):
         grad.sum().backward()
+
+
+def test_compiled_autograd_traces_the_eager_backward_without_warnings(monkeypatch):
+    """Compiled autograd traces the eager backward with Dynamo, which warned twice that the
+    backend's functools.cache-wrapped helpers might be silently wrong."""
+    import warnings
+    monkeypatch.setattr(torch._dynamo.utils, "warn_once_cache", set())
+    torch._dynamo.reset()
+    mean, rho = _leaves()
+    torch.manual_seed(4)
+    loss = _loss(mean, rho)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch._dynamo.compiled_autograd._enable(torch.compile(backend="eager")):
+            loss.backward()
+    assert not [w for w in caught if "lru_cache" in str(w.message)]
+    got = [t.grad for t in (mean, rho)]
+    mean.grad = rho.grad = None
+    torch.manual_seed(4)
+    _loss(mean, rho).backward()
+    for g, t in zip(got, (mean, rho)):
+        torch.testing.assert_close(g, t.grad, rtol=0, atol=0)

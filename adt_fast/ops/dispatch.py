@@ -94,14 +94,21 @@ def python_seed_offset(mean, noise, seed_offset, generator) -> torch.Tensor:
     return draw_seed_offset(mean.device, generator)
 
 
-@functools.cache
+# Filled all at once, by the first call: compiled autograd traces the eager backward with Dynamo,
+# which warns at a functools.cache-wrapped call ("Silent incorrectness is only a *potential* risk").
+_EXTENSION_OPS: dict = {}
+
+
 def _extension_op(name: str):
     """The op's single overload, resolved once (calling the packet resolves it on every call).
     Loads the extension first, so a backend called without select() works too."""
-    reason = _load_extension()
-    if reason is not None:
-        raise RuntimeError(reason)
-    return getattr(torch.ops.adt_fast_C, name).default
+    if not _EXTENSION_OPS:
+        reason = _load_extension()
+        if reason is not None:
+            raise RuntimeError(reason)
+        _EXTENSION_OPS.update((op, getattr(torch.ops.adt_fast_C, op).default)
+                              for op in ("sample_forward", "sample_backward", "philox_words"))
+    return _EXTENSION_OPS[name]
 
 
 def _extension_forward(*args):
