@@ -382,35 +382,42 @@ def test_a_negative_zero_multiple_is_a_budget_of_zero_not_minus_zero():
     assert check_epsilon_curve([-0.0, 0.0], 0.1) == [0.0]
 
 
-@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1"])
-def test_a_multiple_that_is_not_finite_is_called_so(value, tmp_path, capsys):
-    # "multiples of epsilon must be >= 0, got nan"; the flag's rule is evaluate's, in its words
-    from adt_fast.attacks.evaluation import check_epsilon_curve
+def _parse_error(argv: list, monkeypatch, capsys) -> str:
+    """The one line `adt-fast eval ARGV` fails with (exit 2) before the data is read: your own
+    test split is read and hashed in full first."""
+    import adt_fast.attacks.command as command
     from adt_fast.cli import main
 
-    code = main(["eval", "--model", "external_models:build", "--dataset", str(_npz(tmp_path)), "--attacks", "fgsm",
-                 "--epsilon-curve", f"0,{value}", "--device", "cpu", "--out", str(tmp_path / "r.json")])
-    assert code == 2
-    assert capsys.readouterr().err == (f"adt-fast eval: error: --epsilon-curve: epsilon_curve holds finite multiples "
-                                       f"of epsilon >= 0, got {value}\n")
+    monkeypatch.setattr(command, "_dataset", lambda *args: pytest.fail("the data was read"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--model", "external_models:build", "--dataset", "data.npz", "--attacks", "fgsm",
+              "--device", "cpu", "--out", "r.json", *argv])
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1"])
+def test_a_multiple_that_is_not_finite_is_called_so_before_the_data_is_read(value, monkeypatch, capsys):
+    # "multiples of epsilon must be >= 0, got nan"; the flag's rule is evaluate's, in its words,
+    # and no budget is needed to check it (2f2126d checked it after the data was read)
+    from adt_fast.attacks.evaluation import check_epsilon_curve
+
+    assert _parse_error(["--epsilon-curve", f"0,{value}"], monkeypatch, capsys) == (
+        f"adt-fast eval: error: argument --epsilon-curve: epsilon_curve holds finite multiples of epsilon >= 0, "
+        f"got {value} (see adt-fast eval --help)\n")
     with pytest.raises(ValueError, match=rf"epsilon_curve holds finite multiples of epsilon >= 0, got {value}"):
         check_epsilon_curve([float(value)], 0.1)
 
 
-def test_an_epsilon_curve_of_more_multiples_than_an_attack_makes_tries_is_refused(tmp_path, capsys):
+def test_an_epsilon_curve_of_more_multiples_than_an_attack_makes_tries_is_refused(monkeypatch, capsys):
     # --epsilon-curve with 10,000 multiples ran 10,000 PGD-20s over every example.
     from adt_fast.attacks.evaluation import check_epsilon_curve
     from adt_fast.checks import MAX_ATTACK_TRIES
-    from adt_fast.cli import main
 
     many = [m / 10_000 for m in range(10_000)]
-    code = main(["eval", "--model", "external_models:build", "--dataset", str(_npz(tmp_path)), "--attacks", "fgsm",
-                 "--epsilon-curve", ",".join(map(str, many)), "--device", "cpu", "--out", str(tmp_path / "r.json")])
-    assert code == 2
-    assert capsys.readouterr().err == ("adt-fast eval: error: --epsilon-curve: the number of epsilon_curve's distinct "
-                                       "multiples (each a PGD-20 run over every example) must be an integer from 0 "
-                                       "to 1000, got 10000\n")
-    assert not (tmp_path / "r.json").exists()
+    assert _parse_error(["--epsilon-curve", ",".join(map(str, many))], monkeypatch, capsys) == (
+        "adt-fast eval: error: argument --epsilon-curve: the number of epsilon_curve's distinct multiples (each a "
+        "PGD-20 run over every example) must be an integer from 0 to 1000, got 10000 (see adt-fast eval --help)\n")
     x, y = _data()
     with pytest.raises(ValueError, match=r"^the number of epsilon_curve's distinct .* from 0 to 1000, got 1001$"):
         evaluate(_Split(), x, y, epsilon=0.1, attacks="fgsm", epsilon_curve=many[:MAX_ATTACK_TRIES + 1])

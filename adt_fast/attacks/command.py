@@ -81,7 +81,11 @@ def _attack_list(text: str) -> List[str]:
 
 
 def _multiples(text: str) -> List[float]:
-    """The numbers --epsilon-curve writes; plan() checks them, with --epsilon, as evaluate does."""
+    """The multiples --epsilon-curve writes, checked as evaluate checks them, in its words, as far as
+    no budget is concerned: plan() checks the budgets once --epsilon (or the dataset's) is known,
+    after reading the data."""
+    from .evaluation import check_multiples
+
     if not text.strip():
         return []
     values = []
@@ -94,7 +98,10 @@ def _multiples(text: str) -> List[float]:
                     f"{part.strip()!r} is no number: the curve takes multiples of --epsilon such as 0,0.5,1,2 "
                     f"(budgets m * epsilon), not budgets") from None
             raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {shown(text)}") from None
-    return values
+    try:
+        return check_multiples(values)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _floats(text: str) -> List[float]:

@@ -56,10 +56,10 @@ def check_budget(epsilon: float) -> float:
     return epsilon
 
 
-def check_epsilon_curve(multiples: Optional[Iterable[float]], epsilon: float) -> List[float]:
-    """The curve's multiples of epsilon, sorted and distinct; each budget m * epsilon in [0, 1].
-    At most MAX_ATTACK_TRIES of them: each is a PGD-20 run over every example, a try as an
-    attack's restart or target is."""
+def check_multiples(multiples: Optional[Iterable[float]]) -> List[float]:
+    """The curve's multiples of epsilon, sorted and distinct, each finite and >= 0: what holds
+    whatever epsilon is, which --epsilon-curve checks as it is parsed. At most MAX_ATTACK_TRIES of
+    them: each is a PGD-20 run over every example, a try as an attack's restart or target is."""
     if isinstance(multiples, (str, bytes)):
         raise ValueError(f"epsilon_curve is a sequence of numbers (multiples of epsilon), not the string {multiples!r}")
     try:
@@ -72,6 +72,13 @@ def check_epsilon_curve(multiples: Optional[Iterable[float]], epsilon: float) ->
     for m in checked:
         if not math.isfinite(m) or m < 0:
             raise ValueError(f"epsilon_curve holds finite multiples of epsilon >= 0, got {m:g}")
+    return checked
+
+
+def check_epsilon_curve(multiples: Optional[Iterable[float]], epsilon: float) -> List[float]:
+    """check_multiples's multiples, each a budget m * epsilon in [0, 1]."""
+    checked = check_multiples(multiples)
+    for m in checked:
         problem = _budget_problem(m, epsilon)
         if problem is not None:
             # 12 digits: a budget just above 1 must not print as "1, above 1"
