@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import adt_fast
+from adt_fast import distributed
 from adt_fast.cli import main
 from adt_fast.train import loop, read_metrics
 
@@ -161,7 +162,6 @@ def test_python_dash_m_runs_the_command(tmp_path):
 def test_a_process_group_that_cannot_form_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
     """distributed.setup's DistributedError (here $RANK and friends without torchrun's MASTER_ADDR
     and MASTER_PORT, then any other) ends train in one line, exit 2, with nothing written."""
-    from adt_fast import distributed
 
     out = tmp_path / "run"
     for name, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
@@ -202,3 +202,21 @@ def test_out_of_device_memory_says_what_was_kept_and_what_needs_less(tmp_path, m
     monkeypatch.setattr(loop.Trainer, "train_epoch", trained)
     assert main(["train", "--resume", "--out", str(out)]) == 0
     assert [r["epoch"] for r in read_metrics(out)] == [1, 2]
+
+
+def test_out_of_memory_inside_a_collective_is_told_as_out_of_memory(tmp_path, monkeypatch, capsys):
+    """Under torchrun, an out-of-memory error raised in torch.distributed's code (SyncBatchNorm's
+    all_gather allocating its output) counts as a collective's failure too, and was reported as
+    'another process failed'; it is this process's own, as eval already said."""
+    def fit(config, given):
+        oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (stand-in)")
+        torch_distributed = Path(torch.distributed.__file__).parent / "distributed_c10d.py"
+        scope = {"oom": oom}
+        exec(compile("def all_gather():\n    raise oom\n", str(torch_distributed), "exec"), scope)
+        scope["all_gather"]()  # its innermost frame is torch.distributed's, as collective_failed looks for
+    monkeypatch.setattr(loop, "fit", fit)
+    monkeypatch.setattr(distributed, "launched", lambda: True)
+    assert main(["train", "--method", "standard", *FAST, "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("adt-fast train: error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB "
+                          "(stand-in))") and "another process failed" not in err, err

@@ -240,17 +240,18 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"adt-fast train: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:
-        if launched() and collective_failed(err):  # the group's failure, most likely another rank's
-            stopped = (f"error: another process failed (see its error above), or the processes could not "
-                       f"communicate ({type(err).__name__}: {err})")
-            print(f"adt-fast train: {interrupted_message(Path(args.out), stopped)}", file=sys.stderr)
+        if is_out_of_memory(err):  # this process's own, also where torch.distributed's code allocated
+            stopped = f"error: out of memory ({out_of_memory_text(err)})"
+            print(f"adt-fast train: {interrupted_message(Path(args.out), stopped)}. Training needs less with a "
+                  f"smaller --batch-size (a new run) or, for adt-exp, a smaller --samples-per-pass (a resume may "
+                  f"lower it)", file=sys.stderr)
             return 1
-        if not is_out_of_memory(err):
+        if not (launched() and collective_failed(err)):
             raise
-        stopped = f"error: out of memory ({out_of_memory_text(err)})"
-        print(f"adt-fast train: {interrupted_message(Path(args.out), stopped)}. Training needs less with a "
-              f"smaller --batch-size (a new run) or, for adt-exp, a smaller --samples-per-pass (a resume may "
-              f"lower it)", file=sys.stderr)
+        # The group's failure, most likely another rank's.
+        stopped = (f"error: another process failed (see its error above), or the processes could not "
+                   f"communicate ({type(err).__name__}: {err})")
+        print(f"adt-fast train: {interrupted_message(Path(args.out), stopped)}", file=sys.stderr)
         return 1
     except SystemExit as err:  # your code's (the --arch probes report theirs before the run)
         given = given_settings(args)
