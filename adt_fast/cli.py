@@ -19,22 +19,13 @@ class Parser(argparse.ArgumentParser):
     Flags only by their full names: argparse's default reads `--epoch` as --epochs, which a later
     flag (`--epoch-size`, say) would make ambiguous or another flag."""
 
+    commands: Optional[argparse.Action] = None  # adt-fast's: its subcommands, by name in .choices
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-class CommandParser(Parser):
-    """A command's parser refuses the flags it does not know itself, naming the command (whose
-    --help lists its flags), where argparse would leave them to adt-fast's parser."""
-
-    def parse_known_args(self, args=None, namespace=None):
-        parsed, extras = super().parse_known_args(args, namespace)
-        if extras:
-            self.error(f"unrecognized arguments: {' '.join(extras)}")
-        return parsed, extras
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,15 +34,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = Parser(prog="adt-fast", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
-    add_train_parser(commands)
-    add_eval_parser(commands)
+    parser.commands = parser.add_subparsers(dest="command", required=True)
+    add_train_parser(parser.commands)
+    add_eval_parser(parser.commands)
     return parser
+
+
+def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The command line, whose flags that no parser knows are refused by the parser they were given
+    to: those before the command by adt-fast's, the others by the command's (whose --help lists
+    its flags), not all by adt-fast's as parse_args would."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        # adt-fast's own flags take no value: the command is the first word that names it
+        ours = [word for word in argv[:argv.index(args.command)] if word in extras]
+        (parser if ours else parser.commands.choices[args.command]).error(
+            f"unrecognized arguments: {' '.join(ours or extras)}")
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Each command reports its own interrupts (what was kept, how to go on)."""
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warnings(args.command)
         try:
