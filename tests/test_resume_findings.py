@@ -184,11 +184,25 @@ def test_a_later_snapshot_named_as_the_first_keeps_the_run_from_starting_over(tm
                                          f"{run / ckpt.LATEST}")
 
 
-def test_held_epoch_reads_the_count_without_reading_the_file_in_full(tmp_path):
-    path = ckpt.save_atomic({"epoch": 4, "model": {"w": torch.zeros(3)}}, tmp_path / "c.pt")
+def test_held_epoch_reads_the_count_without_reading_the_file_in_full(tmp_path, monkeypatch):
+    """Only the pickle is read: the tensors are mapped (torch.load's mmap), and no CRC-32 pass goes
+    over them, so a snapshot whose weights are damaged still tells its epoch (load refuses it)."""
+    weights = torch.full((4096,), 7.0)
+    path = ckpt.save_atomic({"epoch": 4, "model": {"w": weights}}, tmp_path / "c.pt")
+    data = bytearray(path.read_bytes())
+    data[data.index(weights.numpy().tobytes()) + 100] ^= 0xFF
+    path.write_bytes(data)
+    loads, real_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: loads.append(kwargs) or real_load(*args, **kwargs))
     assert ckpt.held_epoch(path) == 4
+    assert [kwargs.get("mmap") for kwargs in loads] == [True]
+    with pytest.raises(ckpt.CheckpointError, match="corrupt or truncated"):
+        ckpt.load(path)
+
+
+def test_held_epoch_is_none_for_a_file_that_holds_no_count_of_ours(tmp_path):
     for payload in ({"epoch": -1}, {"epoch": True}, {"epoch": "4"}, {}):
         assert ckpt.held_epoch(ckpt.save_atomic(payload, tmp_path / "c.pt")) is None
     torch.save({"epoch": 4}, tmp_path / "foreign.pt")  # not ours: no format
-    (tmp_path / "short.pt").write_bytes(path.read_bytes()[:100])
+    (tmp_path / "short.pt").write_bytes(ckpt.save_atomic({"epoch": 4}, tmp_path / "c.pt").read_bytes()[:100])
     assert ckpt.held_epoch(tmp_path / "foreign.pt") is None and ckpt.held_epoch(tmp_path / "short.pt") is None
