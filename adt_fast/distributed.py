@@ -22,7 +22,6 @@ import functools
 import os
 import socket
 import time
-import traceback
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import Callable, Iterator, NamedTuple, Optional
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from .tracebacks import raised_in
 
 if dist.is_available():
     # Before any process group exists: its functions take group=group.WORLD as a default, bound at
@@ -414,9 +415,8 @@ def collective_failed(err: BaseException) -> bool:
     ('[.../gloo/transport/tcp/pair.cc:553] Connection closed by peer'), also where DDP's own code
     called it (its buffer broadcast, its gradient all-reduce in the backward). Your own code's
     failures are raised in its code, never there."""
-    frames = [frame for frame, _ in traceback.walk_tb(err.__traceback__)]
-    return (isinstance(err, getattr(dist, "DistError", ())) or "gloo/transport/" in str(err) or bool(frames)
-            and Path(frames[-1].f_code.co_filename).resolve().is_relative_to(Path(dist.__file__).resolve().parent))
+    return (isinstance(err, dist.DistError) or "gloo/transport/" in str(err)
+            or raised_in(err, Path(dist.__file__).parent))
 
 
 # ------------------------------------------------------------------------------------------------

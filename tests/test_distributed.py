@@ -383,6 +383,9 @@ def test_a_collective_failure_is_told_from_your_own_error():
     gloo = RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection "
                         "closed by peer [127.0.0.1]:7601. This is typically caused by a remote worker crashing.")
     assert distributed.collective_failed(gloo)
+    with pytest.raises((RuntimeError, ValueError)) as inside:
+        torch.distributed.get_rank()  # raised inside torch.distributed: no process group
+    assert distributed.collective_failed(inside.value)
     try:
         raise RuntimeError("a corrupt batch")
     except RuntimeError as err:

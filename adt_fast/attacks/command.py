@@ -25,6 +25,7 @@ from ..devices import DeviceError, is_out_of_memory, out_of_memory_text, resolve
 from ..distributed import (DistributedError, check_timeout, collective_failed, launch_rank, launched,
                            local_device, session)
 from ..interrupts import INTERRUPTED_EXIT, TERMINATED_EXIT, Terminated, sigterm_as_interrupt
+from ..tracebacks import raised_in
 from .report import SaveInterrupted
 from .suite import (DEFAULT_ATTACKS, DIST_STEPS, FEATURE_TARGETS, MAX_EPSILON, MAX_SEED, PAPER_ATTACKS,
                     PAPER_FEATURE_TARGETS, PRECISIONS, make_attack, parse_attacks, shortfall)
@@ -649,18 +650,10 @@ def _run(args) -> int:
     return 0
 
 
-def _raised_in(err: BaseException, package: Path) -> bool:
-    """Whether the innermost frame of err's traceback is code of ``package`` (a folder)."""
-    tb = err.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(package)
-
-
 def _raised_by_adt_fast(err: BaseException) -> bool:
     """Whether err was raised by adt_fast's own code: evaluate's argument checks raise ValueError
     there, while your model's forward may raise one of its own."""
-    return _raised_in(err, Path(__file__).resolve().parents[1])
+    return raised_in(err, Path(__file__).parents[1])
 
 
 def _model_failed(args, err: BaseException) -> BaseException:
