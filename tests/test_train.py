@@ -892,3 +892,21 @@ def test_the_cpu_allocators_refusal_is_out_of_memory_in_its_posix_and_windows_wo
     assert out_of_memory_text(windows) == "DefaultCPUAllocator: not enough memory: you tried to allocate 8 bytes."
     assert not is_out_of_memory(RuntimeError("DefaultCPUAllocator: alignment must be a power of 2"))
     assert not is_out_of_memory(ValueError("DefaultCPUAllocator: can't allocate memory"))  # not torch's
+
+
+@pytest.mark.parametrize("batch_size, processes, why", [
+    (15, 2, "--batch-size 15 (the run's, which a resume keeps) is the global batch and must be divisible by the "
+            "number of processes (2); each would train on 7.5 examples; resume with a number of processes that "
+            "divides 15"),
+    (33, 11, "--batch-size 33 (the run's, which a resume keeps): the last batch of each epoch holds 5 of the 500 "
+             "training examples, fewer than the 11 processes; resume with a number of processes that divides 33 "
+             "and is at most 5"),
+])
+def test_a_resume_names_the_runs_batch_size_as_the_runs_where_the_processes_cannot_split_it(batch_size, processes,
+                                                                                             why, tmp_path):
+    """A resume keeps the run's --batch-size: where another number of processes cannot split it,
+    the refusal named a --batch-size its command line did not pass, and advised changing it."""
+    cfg = _cfg("standard", tmp_path, batch_size=batch_size, max_batches=None, resume=True).resolve()
+    with pytest.raises(ConfigError) as refused:
+        loop._check_world_batches(cfg, 500, World(0, processes))
+    assert str(refused.value) == why

@@ -636,16 +636,20 @@ def _last_batch(cfg: TrainConfig, num_train: int) -> int:
 
 
 def _check_world_batches(cfg: TrainConfig, num_train: int, world: World) -> None:
-    """--batch-size is global: it must split evenly, and so must reach every rank at the epoch's end."""
+    """--batch-size is global: it must split evenly, and so must reach every rank at the epoch's end.
+    A resume keeps the run's, which its command line need not name: the message says whose it is,
+    and that another number of processes is what a resume can change."""
+    batch = f"--batch-size {cfg.batch_size}" + (" (the run's, which a resume keeps)" if cfg.resume else "")
     if cfg.batch_size % world.size:
-        raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch and must be divisible by the "
-                          f"number of processes ({world.size}); each would train on "
-                          f"{cfg.batch_size / world.size:g} examples")
+        fix = f"; resume with a number of processes that divides {cfg.batch_size}" if cfg.resume else ""
+        raise ConfigError(f"{batch} is the global batch and must be divisible by the number of processes "
+                          f"({world.size}); each would train on {cfg.batch_size / world.size:g} examples{fix}")
     last = _last_batch(cfg, num_train)
     if 0 < last < world.size:
-        raise ConfigError(f"--batch-size {cfg.batch_size}: the last batch of each epoch holds {last} of the "
-                          f"{num_train} training examples, fewer than the {world.size} processes; choose a "
-                          f"batch size that leaves no remainder or one of at least {world.size}")
+        fix = (f"resume with a number of processes that divides {cfg.batch_size} and is at most {last}" if cfg.resume
+               else f"choose a batch size that leaves no remainder or one of at least {world.size}")
+        raise ConfigError(f"{batch}: the last batch of each epoch holds {last} of the {num_train} training "
+                          f"examples, fewer than the {world.size} processes; {fix}")
 
 
 def _check_two_examples(cfg: TrainConfig, num_train: int, world: World, networks: list) -> None:
