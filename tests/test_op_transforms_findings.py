@@ -58,13 +58,14 @@ class _Sampler(torch.nn.Module):
         return adt_fast.sample_and_entropy(mean, rho, 2, 0.3, x=x, clamp=(0.1, 0.9))
 
 
-def test_export_with_a_dynamic_batch_equals_eager():
+@pytest.mark.parametrize("strict", [False, True])
+def test_export_with_a_dynamic_batch_equals_eager(strict):
     """The check that k B D elements fit in a tensor was traced as a guard B <= 2**63 / (8 k D),
     which torch.export refuses for an unbounded Dim ("Constraints violated (B)"); it now runs
     when the op does."""
     batch = torch.export.Dim("batch")
     example = [torch.rand(3, 4) for _ in range(3)]
-    exported = torch.export.export(_Sampler(), tuple(example), dynamic_shapes=({0: batch},) * 3)
+    exported = torch.export.export(_Sampler(), tuple(example), dynamic_shapes=({0: batch},) * 3, strict=strict)
     inputs = [torch.rand(7, 4) for _ in range(3)]
     torch.manual_seed(2)
     got = exported.module()(*inputs)
@@ -189,3 +190,21 @@ def test_compiled_autograd_traces_the_eager_backward_without_warnings(monkeypatc
     _loss(mean, rho).backward()
     for g, t in zip(got, (mean, rho)):
         torch.testing.assert_close(g, t.grad, rtol=0, atol=0)
+
+
+def test_compile_with_dynamic_shapes_equals_eager_without_recompiling():
+    from torch._dynamo.testing import CompileCounterWithBackend
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(lambda m, r, x: adt_fast.sample_and_entropy(m, r, 2, 0.3, x=x), backend=counter,
+                             dynamic=True, fullgraph=True)
+    frames = []
+    for shape in ((2, 3), (5, 3), (4, 6)):
+        inputs = [torch.rand(shape) for _ in range(3)]
+        torch.manual_seed(6)
+        got = compiled(*inputs)
+        torch.manual_seed(6)
+        want = adt_fast.sample_and_entropy(*inputs[:2], 2, 0.3, x=inputs[2])
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=0, atol=0)
+        frames.append(counter.frame_count)
+    assert frames[0] == frames[-1]  # (the first call's count includes a restart of Dynamo's analysis)

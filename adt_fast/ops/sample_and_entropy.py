@@ -83,7 +83,8 @@ def _check_op_arguments(mean, std_param, x, noise, seed_offset, num_samples, eps
     _check_num_samples(num_samples)
     if not lo < hi:
         raise ValueError(f"the clamp bounds must satisfy lo < hi, got lo={lo} hi={hi}")
-    _check_mean(mean, num_samples)
+    _check_mean(mean)
+    _check_output_size(mean, num_samples)
     _check_epsilon(epsilon, mean.dtype)
     _check_tensor("std_param", std_param, like=mean)
     if x is not None:
@@ -436,15 +437,18 @@ def _check_shape(shape) -> tuple[int, ...]:
     return sizes
 
 
-def _check_mean(mean, num_samples: int) -> None:
-    """A floating tensor with a batch dimension, whose k samples' bytes a 64-bit size can hold
-    (else torch's allocator reports an overflow that names neither argument). Symbolic sizes
-    (torch.compile's dynamic shapes, torch.export's Dim) are checked when the op runs, not traced:
-    comparing them would bound the batch size below 2**63 / (k D), a guard that torch.export
-    refuses for an unbounded Dim."""
+def _check_mean(mean) -> None:
+    """A floating tensor with a batch dimension."""
     _check_tensor("mean", mean)
     if mean.dim() < 1:
         raise ValueError("mean must have a batch dimension: shape (B, *S), got a 0-d tensor")
+
+
+def _check_output_size(mean, num_samples: int) -> None:
+    """k samples of mean whose bytes a 64-bit size can hold (else torch's allocator reports an
+    overflow that names neither argument). Symbolic sizes (torch.compile's dynamic shapes,
+    torch.export's Dim) are checked when the op runs, not traced: comparing them would bound the
+    batch size below 2**63 / (k D), a guard that torch.export refuses for an unbounded Dim."""
     size = num_samples * mean.numel() * mean.element_size()
     if isinstance(size, int) and size >= 2**63:
         raise ValueError(f"num_samples={num_samples} samples of a mean of shape {tuple(mean.shape)} make an output "
@@ -488,7 +492,9 @@ def sample_and_entropy(mean: torch.Tensor, std_param: torch.Tensor, num_samples:
     `backend` is "auto" (or $ADT_FAST_BACKEND), "reference", "cpu", "cuda" or "triton".
     """
     num_samples = _check_num_samples(num_samples)
-    _check_mean(mean, num_samples)
+    _check_mean(mean)
+    if not torch.compiler.is_compiling():  # Dynamo calls a SymInt an int: the fake kernel checks there
+        _check_output_size(mean, num_samples)
     _check_tensor("std_param", std_param, like=mean)
     epsilon = _check_number("epsilon", epsilon)
     _check_epsilon(epsilon, mean.dtype)
