@@ -18,7 +18,6 @@ from adt_fast.attacks import (AttackContext, DistributionAttack, FeatureAttack,
                               parse_attacks, pgd, transfer)
 from adt_fast.attacks import suite
 from adt_fast.attacks.engine import iterative_attack
-from adt_fast.attacks.evaluation import _check_on_device
 from adt_fast.attacks.losses import cw_margin
 
 EPS = 0.1
@@ -242,9 +241,10 @@ def test_a_model_on_another_device_than_device_is_a_clear_error(synthetic):
     _, _, x, y = synthetic
     with pytest.raises(ValueError, match=r"model is on cpu but device='meta': move it there first"):
         evaluate(_random_net(), x[:4], y[:4], epsilon=EPS, attacks="fgsm", device="meta")
-    # without a second device, the meta one stands in (evaluate refuses a meta model before, for holding no values)
-    with pytest.raises(ValueError, match=r"source_model is on meta but device='cpu'"):
-        _check_on_device(_random_net().to("meta"), torch.device("cpu"), "source_model")
+    # meta stands in for a second device: a model without parameters or buffers is taken to be on
+    # any (a source model on meta is refused before, for holding no values)
+    with pytest.raises(ValueError, match=r"source_model is on cpu but device='meta': move it there first"):
+        evaluate(nn.Flatten(), x[:4], y[:4], epsilon=EPS, attacks="fgsm", source_model=_random_net(), device="meta")
 
 
 def test_transfer_from_a_source_with_no_finite_logit_is_skipped_with_the_reason(synthetic):
