@@ -5,36 +5,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from adt_fast.attacks import (APGDAttack, AutoAttack, DistributionAttack, FABAttack, SquareAttack, cw, evaluate,
                               feature_attack, fgsm, mim, pgd, transfer)
 
+from split_net import SplitNet, split_data as _data
+
 EPS = 0.1
 
 
-class _Net(nn.Module):
-    """A tiny classifier with BatchNorm and FeaAttack's .features / .head split."""
+class _Net(SplitNet):
+    """SplitNet with BatchNorm."""
 
     def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(4 * 4 * 4, 10))
-
-    def features(self, x):
-        return self.body(x)
-
-    def head(self, features):
-        return self.fc(features)
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
-
-def _data(n: int = 6):
-    x = torch.rand(n, 3, 4, 4, generator=torch.Generator().manual_seed(1))
-    return x, torch.arange(n) % 10
+        super().__init__(batchnorm=True)
 
 
 # Every public way to attack (model, x, y), with the fewest steps each takes.

@@ -11,29 +11,7 @@ from torch import nn
 
 from adt_fast.attacks import cw, evaluate, mim, pgd, transfer
 
-
-class _Split(nn.Module):
-    """A classifier with FeaAttack's .features / .head split."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(4 * 4 * 4, 10))
-
-    def features(self, x):
-        return self.body(x)
-
-    def head(self, features):
-        return self.fc(features)
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
-
-def _data(n: int = 6):
-    x = torch.rand(n, 3, 4, 4, generator=torch.Generator().manual_seed(1))
-    return x, torch.arange(n) % 10
+from split_net import SplitNet as _Split, split_data as _data
 
 
 def test_a_model_whose_weights_went_nan_is_scored_broken_by_feaattack_not_a_crash():
