@@ -408,6 +408,13 @@ def session(device: str) -> Iterator[World]:
             dist.destroy_process_group()
 
 
+# What a rank whose collective failed (collective_failed) says of it. The process that failed
+# printed its error, unless a signal killed it (SIGKILL, the kernel out of memory): then only
+# torchrun's summary of the failure names it.
+PEER_FAILED = ("another process failed (see its error, or torchrun's summary for a process that was killed), or "
+               "the processes could not communicate")
+
+
 def collective_failed(err: BaseException) -> bool:
     """Whether err is a failure of torch.distributed's communication (a collective, the store),
     most likely another rank's failure: a DistError, any error raised inside torch.distributed, or

@@ -706,8 +706,9 @@ def test_in_eval_a_rank_whose_collective_fails_does_not_blame_the_model(tmp_path
     finally:
         distributed._joined.cache_clear()
     assert code == 2
-    assert capsys.readouterr().err == (f"adt-fast eval: error: another process failed (see its error above), or the "
-                                       f"processes could not communicate: RuntimeError: {GLOO_CLOSED}\n")
+    assert capsys.readouterr().err == (f"adt-fast eval: error: another process failed (see its error, or torchrun's "
+                                       f"summary for a process that was killed), or the processes could not "
+                                       f"communicate: RuntimeError: {GLOO_CLOSED}\n")
     assert not (tmp_path / "r.json").exists()
 
 
