@@ -57,7 +57,7 @@ def _refuse_tangents(*tensors) -> None:
         raise RuntimeError(_NO_FORWARD_MODE)
 
 
-@torch.compiler.disable(reason="adt_fast.sample_and_entropy has no forward-mode derivative: raised eagerly")
+@torch.compiler.disable  # raised eagerly (disable() takes a reason= only from torch 2.8)
 def _refuse_forward_ad_compiled() -> None:
     """Under torch.compile, within a forward-AD level: Dynamo cannot tell which inputs carry
     tangents (unpack_dual fails on its fake tensors). Raised eagerly: raised while tracing inside
@@ -387,7 +387,7 @@ def _check_generator(generator, device: torch.device, where: str, *, draws: bool
                          f"torch.Generator(device={device.type!r})")
 
 
-@torch.compiler.disable(reason="asks autograd whether a backward pass runs")  # compiled regions are recomputed too
+@torch.compiler.disable  # asks autograd whether a backward pass runs; compiled regions are recomputed too
 def _check_not_recomputed_with_generator() -> None:
     """A call with `generator=` while autograd runs a backward pass is torch.utils.checkpoint
     recomputing its region (or a hook): checkpoint restores only the default generators, so
