@@ -297,3 +297,26 @@ def test_unpacking_refused_by_the_disk_says_why_not_to_download_again(tmp_path, 
         download("cifar10", tmp_path / "data", base_url=base_url)
     assert "No space left on device" in str(error.value) and "download again" not in str(error.value)
     assert sorted(os.listdir(tmp_path / "data")) == [fetch.LOCK_FILE, "cifar-10-python.tar.gz"]
+
+
+class _FullDisk:
+    """A file on a full disk: every write fails."""
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_while_downloading_is_reported_as_local_not_as_the_network(tmp_path, file_server, monkeypatch):
+    """The write failed, not the transfer: 'could not download X from URL: [Errno 28] ...' sent the
+    user to the network or the mirror. It names the folder, and the partial file is deleted."""
+    served, base_url = file_server
+    archive = _serve_tiny_cifar(tmp_path, served)
+    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+    real = fetch.write_atomic
+    monkeypatch.setattr(fetch, "write_atomic",
+                        lambda path, write, **kwargs: real(path, lambda handle: write(_FullDisk()), **kwargs))
+    data_dir = tmp_path / "data"
+    with pytest.raises(DownloadError) as error:
+        download("cifar10", data_dir, base_url=base_url)
+    assert str(error.value) == f"downloading cifar10 into {data_dir} failed: No space left on device"
+    assert os.listdir(data_dir) == [fetch.LOCK_FILE]

@@ -180,22 +180,16 @@ def _fetch_verified(url: str, destination: Path, expected_md5: str) -> None:
     once its MD5 is ``expected_md5`` (write_atomic: fsynced, and the mode any new file gets)."""
     def stream(handle) -> None:
         digest = hashlib.md5(usedforsecurity=False)  # integrity check only
-        received = 0
-        try:
-            with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
-                length = _content_length(response)
-                with _progress_bar(length, destination.name) as bar:
-                    while chunk := response.read(CHUNK_BYTES):
-                        handle.write(chunk)
-                        digest.update(chunk)
-                        received += len(chunk)
-                        if bar is not None:
-                            bar.update(len(chunk))
-        except (OSError, http.client.HTTPException) as error:  # URLError is an OSError
-            raise DownloadError(f"could not download {destination.name} from {url}: {error}") from error
-        if length is not None and received < length:  # http.client ends a cut-off body quietly
-            raise DownloadError(f"could not download {destination.name} from {url}: the connection closed "
-                                f"after {received} of {length} bytes; the download was discarded")
+        with _network_errors(url, destination.name):
+            response = urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS)
+        with response:
+            length = _content_length(response)
+            with _progress_bar(length, destination.name) as bar:
+                for chunk in _body(response, length, url, destination.name):
+                    handle.write(chunk)  # a full disk is an OSError: download() names the folder
+                    digest.update(chunk)
+                    if bar is not None:
+                        bar.update(len(chunk))
         actual_md5 = digest.hexdigest()
         if actual_md5 != expected_md5:
             raise ChecksumError(
@@ -204,6 +198,31 @@ def _fetch_verified(url: str, destination: Path, expected_md5: str) -> None:
             )
 
     write_atomic(destination, stream, suffix=PART_SUFFIX)
+
+
+@contextlib.contextmanager
+def _network_errors(url: str, name: str):
+    """A failure to receive ``name`` as a DownloadError naming the file and the URL."""
+    try:
+        yield
+    except (OSError, http.client.HTTPException) as error:  # URLError is an OSError
+        raise DownloadError(f"could not download {name} from {url}: {error}") from error
+
+
+def _body(response, length: int | None, url: str, name: str):
+    """The response's body in chunks. Only receiving is wrapped in _network_errors, not the
+    caller's writing: a full disk is no network failure, and is reported as the local one it is."""
+    received = 0
+    while True:
+        with _network_errors(url, name):
+            chunk = response.read(CHUNK_BYTES)
+        if not chunk:
+            break
+        received += len(chunk)
+        yield chunk
+    if length is not None and received < length:  # http.client ends a cut-off body quietly
+        raise DownloadError(f"could not download {name} from {url}: the connection closed "
+                            f"after {received} of {length} bytes; the download was discarded")
 
 
 def _content_length(response) -> int | None:
