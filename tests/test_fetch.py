@@ -320,3 +320,47 @@ def test_a_full_disk_while_downloading_is_reported_as_local_not_as_the_network(t
         download("cifar10", data_dir, base_url=base_url)
     assert str(error.value) == f"downloading cifar10 into {data_dir} failed: No space left on device"
     assert os.listdir(data_dir) == [fetch.LOCK_FILE]
+
+
+@pytest.mark.parametrize("sent", [None, 100])
+def test_a_stalled_server_times_out_saying_how_long_it_waited(tmp_path, monkeypatch, sent):
+    """A server that stops sending, before its headers or midway, fails the download after
+    TIMEOUT_SECONDS rather than hanging, and the message says so ('timed out' alone did not say
+    after how long nor of what)."""
+    body = b"payload" * 1000
+    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(body).hexdigest())
+    monkeypatch.setattr(fetch, "TIMEOUT_SECONDS", 0.2)
+    resume = threading.Event()
+
+    class Stalling(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if sent is not None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[:sent])
+                self.wfile.flush()
+            resume.wait(5)
+
+        def log_message(self, *args):
+            pass
+
+    with serving(Stalling) as base_url:
+        try:
+            with pytest.raises(DownloadError, match=r"tar.gz from .*: timed out: nothing received for 0.2 s$"):
+                download("cifar10", tmp_path / "data", base_url=base_url)
+        finally:
+            resume.set()
+    assert os.listdir(tmp_path / "data") == [fetch.LOCK_FILE]
+
+
+def test_a_connection_that_times_out_says_how_long_it_waited(tmp_path, monkeypatch):
+    """urllib wraps a connect's timeout in URLError, where the read's comes bare: both say so."""
+    import urllib.error
+
+    def unanswered(url, timeout):
+        raise urllib.error.URLError(TimeoutError("timed out"))
+
+    monkeypatch.setattr(fetch.urllib.request, "urlopen", unanswered)
+    with pytest.raises(DownloadError, match=f"timed out: nothing received for {fetch.TIMEOUT_SECONDS} s$"):
+        download("cifar10", tmp_path / "data", base_url="http://192.0.2.1")

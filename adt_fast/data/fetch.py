@@ -111,7 +111,8 @@ def download(name: str, data_dir: str | os.PathLike, base_url: str | None = None
     present with the right checksum is not fetched again, nor an archive unpacked again whose
     files are all in place. Processes downloading into one ``data_dir`` wait for each other
     (a lock file there), so the first fetches and the others find its files. DownloadError for
-    a network failure or a folder that cannot be written.
+    a network failure (a server that sends nothing for TIMEOUT_SECONDS, 60 s, included) or a
+    folder that cannot be written.
     """
     resources = _resources(name)
     data_dir = Path(check_path(data_dir, "data_dir", DATA_DIR_NAMES)).expanduser()
@@ -206,7 +207,9 @@ def _network_errors(url: str, name: str):
     try:
         yield
     except (OSError, http.client.HTTPException) as error:  # URLError is an OSError
-        raise DownloadError(f"could not download {name} from {url}: {error}") from error
+        stalled = isinstance(getattr(error, "reason", error), TimeoutError)  # URLError wraps a connect's
+        reason = f"timed out: nothing received for {TIMEOUT_SECONDS} s" if stalled else error
+        raise DownloadError(f"could not download {name} from {url}: {reason}") from error
 
 
 def _body(response, length: int | None, url: str, name: str):
