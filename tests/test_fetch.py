@@ -170,6 +170,35 @@ def test_a_connection_closed_midway_is_a_download_error_not_a_checksum_one(tmp_p
     assert os.listdir(tmp_path / "data") == [fetch.LOCK_FILE]
 
 
+@pytest.mark.parametrize("read_size", [1000, 100_000])
+def test_a_chunked_body_cut_short_says_how_much_came(tmp_path, monkeypatch, read_size):
+    """Without a Content-Length (chunked), http.client raises IncompleteRead, which the message
+    showed as 'IncompleteRead(N bytes read)', N counting the last read alone, not the download.
+    The bytes of the chunk cut short are not counted: http.client drops them."""
+    body = b"payload" * 1000
+    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(body).hexdigest())
+    monkeypatch.setattr(fetch, "CHUNK_BYTES", read_size)
+
+    class CutChunked(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(body), body))   # no last (empty) chunk
+            self.wfile.write(b"%x\r\n%s" % (len(body), body[:500]))   # and the next chunk cut
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    with serving(CutChunked) as base_url:
+        with pytest.raises(DownloadError, match=f"connection closed after {len(body)} bytes, before the last"):
+            download("cifar10", tmp_path / "data", base_url=base_url)
+    assert os.listdir(tmp_path / "data") == [fetch.LOCK_FILE]
+
+
 def test_a_content_length_that_is_no_number_counts_as_unknown(tmp_path, monkeypatch):
     """As http.client takes it: the download goes on, checked by its MD5 alone."""
     archive = _serve_tiny_cifar(tmp_path, tmp_path)

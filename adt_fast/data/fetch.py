@@ -202,10 +202,15 @@ def _fetch_verified(url: str, destination: Path, expected_md5: str) -> None:
 
 
 @contextlib.contextmanager
-def _network_errors(url: str, name: str):
-    """A failure to receive ``name`` as a DownloadError naming the file and the URL."""
+def _network_errors(url: str, name: str, received: int = 0):
+    """A failure to receive ``name`` as a DownloadError naming the file and the URL; ``received``:
+    the bytes of it that came before."""
     try:
         yield
+    except http.client.IncompleteRead as error:  # a chunked body cut short; its partial is this read's
+        raise DownloadError(f"could not download {name} from {url}: the connection closed after "
+                            f"{received + len(error.partial)} bytes, before the last chunk; the download "
+                            f"was discarded") from error
     except (OSError, http.client.HTTPException) as error:  # URLError is an OSError
         stalled = isinstance(getattr(error, "reason", error), TimeoutError)  # URLError wraps a connect's
         reason = f"timed out: nothing received for {TIMEOUT_SECONDS} s" if stalled else error
@@ -217,7 +222,7 @@ def _body(response, length: int | None, url: str, name: str):
     caller's writing: a full disk is no network failure, and is reported as the local one it is."""
     received = 0
     while True:
-        with _network_errors(url, name):
+        with _network_errors(url, name, received):
             chunk = response.read(CHUNK_BYTES)
         if not chunk:
             break
