@@ -393,3 +393,19 @@ def test_a_connection_that_times_out_says_how_long_it_waited(tmp_path, monkeypat
     monkeypatch.setattr(fetch.urllib.request, "urlopen", unanswered)
     with pytest.raises(DownloadError, match=f"timed out: nothing received for {fetch.TIMEOUT_SECONDS} s$"):
         download("cifar10", tmp_path / "data", base_url="http://192.0.2.1")
+
+
+@pytest.mark.parametrize("refusal", [errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP])
+def test_a_file_system_that_cannot_lock_is_named_as_the_reason(tmp_path, monkeypatch, refusal):
+    """flock fails on some NFS and Lustre mounts with an error of no file: 'downloading cifar10 into
+    DIR failed: Function not implemented' did not say what was not implemented."""
+    import fcntl
+
+    def unsupported(fd, operation):
+        raise OSError(refusal, os.strerror(refusal))
+
+    monkeypatch.setattr(fcntl, "flock", unsupported)
+    data_dir = tmp_path / "data"
+    with pytest.raises(DownloadError, match=f"cannot lock {data_dir / fetch.LOCK_FILE} \\({os.strerror(refusal)}\\), "
+                                            "by which processes downloading into one folder take turns"):
+        download("cifar10", data_dir, base_url="http://127.0.0.1:9")

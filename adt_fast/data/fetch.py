@@ -10,6 +10,7 @@ fetches and unpacks, the others then find the files in place.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import http.client
@@ -122,7 +123,7 @@ def download(name: str, data_dir: str | os.PathLike, base_url: str | None = None
     host_override = base_url or os.environ.get(BASE_URL_ENV)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        with lock_folder(data_dir, wait=True, lock_file=LOCK_FILE):
+        with _download_lock(name, data_dir):
             _remove_leftovers(data_dir, resources)
             for resource in resources:
                 destination = data_dir / resource.path
@@ -141,6 +142,24 @@ def download(name: str, data_dir: str | os.PathLike, base_url: str | None = None
     except OSError as error:  # the local disk: full, read-only, a file where a folder goes
         raise DownloadError(f"downloading {name} into {data_dir} failed: {os_error_text(error)}") from error
     return data_dir
+
+
+@contextlib.contextmanager
+def _download_lock(name: str, data_dir: Path):
+    """lock_folder on LOCK_FILE. A file system without flock (some NFS and Lustre mounts) fails
+    with a bare 'No locks available' or 'Function not implemented', said of no file: the
+    DownloadError names the lock and what it is for."""
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(lock_folder(data_dir, wait=True, lock_file=LOCK_FILE))
+        except OSError as error:
+            if error.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise  # opening the lock file: an error naming it, which download() reports
+            raise DownloadError(
+                f"cannot download {name} into {data_dir}: cannot lock {data_dir / LOCK_FILE} "
+                f"({error.strerror or error}), by which processes downloading into one folder take turns; "
+                f"download into a folder on a file system that supports flock, then copy the files here") from error
+        yield
 
 
 def _remove_leftovers(data_dir: Path, resources: tuple[Resource, ...]) -> None:
