@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import io
 import os
+import pathlib
 import stat
 import sys
 import tarfile
@@ -409,3 +410,27 @@ def test_a_file_system_that_cannot_lock_is_named_as_the_reason(tmp_path, monkeyp
     with pytest.raises(DownloadError, match=f"cannot lock {data_dir / fetch.LOCK_FILE} \\({os.strerror(refusal)}\\), "
                                             "by which processes downloading into one folder take turns"):
         download("cifar10", data_dir, base_url="http://127.0.0.1:9")
+
+
+def test_a_mirror_url_that_is_no_url_is_refused_naming_where_it_came_from(tmp_path, monkeypatch):
+    """A Path failed with AttributeError ('PosixPath' object has no attribute 'rstrip'), and a URL
+    without its scheme as '<urlopen error unknown url type: localhost>'."""
+    with pytest.raises(ValueError, match=r"base_url must be a URL \(a str .*\), got PosixPath\('/srv/mirror'\)"):
+        download("cifar10", tmp_path / "data", base_url=pathlib.Path("/srv/mirror"))
+    with pytest.raises(DownloadError, match="^base_url must be a URL starting with http://, https://, ftp:// or "
+                                            "file://, got 'localhost:8000'$"):
+        download("cifar10", tmp_path / "data", base_url="localhost:8000")
+    monkeypatch.setenv(fetch.BASE_URL_ENV, "mirror.example.org/data")
+    with pytest.raises(DownloadError, match=f"^{fetch.BASE_URL_ENV} must be a URL .*, got 'mirror.example.org/data'$"):
+        download("cifar10", tmp_path / "data")
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_mirror_on_disk_is_a_file_url(tmp_path, monkeypatch):
+    served = tmp_path / "mirror"
+    served.mkdir()
+    archive = _serve_tiny_cifar(tmp_path, served)
+    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.setenv(fetch.BASE_URL_ENV, served.as_uri())
+    download("cifar10", tmp_path / "data")
+    assert (tmp_path / "data" / "cifar-10-batches-py" / "x").read_bytes() == b"payload" * 1000

@@ -19,6 +19,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import urllib.parse
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from .errors import ChecksumError, DatasetFileError, DownloadError
 DATA_DIR_NAMES = "the folder of the dataset files"  # what a data_dir names, in messages
 
 BASE_URL_ENV = "ADT_FAST_DATA_URL"
+URL_SCHEMES = ("http", "https", "ftp", "file")  # those urllib fetches from (a mirror on disk: file:///...)
 CHUNK_BYTES = 1 << 20
 TIMEOUT_SECONDS = 60
 LOCK_FILE = ".adt_fast-download.lock"
@@ -117,10 +119,10 @@ def download(name: str, data_dir: str | os.PathLike, base_url: str | None = None
     """
     resources = _resources(name)
     data_dir = Path(check_path(data_dir, "data_dir", DATA_DIR_NAMES)).expanduser()
+    host_override = _host_override(base_url)
     reason = unwritable_reason(data_dir)
     if reason is not None:
         raise DownloadError(f"cannot download {name} into {data_dir}: {reason}")
-    host_override = base_url or os.environ.get(BASE_URL_ENV)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         with _download_lock(name, data_dir):
@@ -142,6 +144,21 @@ def download(name: str, data_dir: str | os.PathLike, base_url: str | None = None
     except OSError as error:  # the local disk: full, read-only, a file where a folder goes
         raise DownloadError(f"downloading {name} into {data_dir} failed: {os_error_text(error)}") from error
     return data_dir
+
+
+def _host_override(base_url) -> str | None:
+    """``base_url``, else $ADT_FAST_DATA_URL, else None, checked before anything is fetched: a
+    Path failed on .rstrip, and 'localhost:8000' (no scheme) as '<urlopen error unknown url type:
+    localhost>', naming neither where the URL came from nor what was wrong with it."""
+    if base_url is not None and not isinstance(base_url, str):
+        raise ValueError(f"base_url must be a URL (a str such as 'https://host/data' or 'file:///srv/data'), "
+                         f"got {base_url!r}")
+    host, source = (base_url, "base_url") if base_url else (os.environ.get(BASE_URL_ENV), BASE_URL_ENV)
+    if host and urllib.parse.urlsplit(host).scheme.lower() not in URL_SCHEMES:
+        schemes = [f"{scheme}://" for scheme in URL_SCHEMES]
+        raise DownloadError(f"{source} must be a URL starting with {', '.join(schemes[:-1])} or {schemes[-1]}, "
+                            f"got {host!r}")
+    return host or None
 
 
 @contextlib.contextmanager
