@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from adt_fast.data import DownloadError, download
+from adt_fast.data import DatasetFileError, DownloadError, download
 from adt_fast.data import fetch
 from adt_fast.progress import NO_PROGRESS_ENV
 
@@ -434,3 +434,58 @@ def test_a_mirror_on_disk_is_a_file_url(tmp_path, monkeypatch):
     monkeypatch.setenv(fetch.BASE_URL_ENV, served.as_uri())
     download("cifar10", tmp_path / "data")
     assert (tmp_path / "data" / "cifar-10-batches-py" / "x").read_bytes() == b"payload" * 1000
+
+
+def test_a_download_interrupted_midway_leaves_nothing_the_next_one_takes(tmp_path, file_server, monkeypatch):
+    """Ctrl-C (or the commands' SIGTERM, raised as an exception) mid-transfer deletes the partial
+    file; the next download fetches the whole file again. (A SIGKILL leaves the .part file, which
+    the next download deletes: test_leftovers_of_killed_downloads_are_removed_and_nothing_else.)"""
+    served, base_url = file_server
+    archive = _serve_tiny_cifar(tmp_path, served)
+    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.setattr(fetch, "CHUNK_BYTES", 10)
+
+    class CtrlC:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            raise KeyboardInterrupt
+
+    data_dir = tmp_path / "data"
+    with monkeypatch.context() as interrupted:
+        interrupted.setattr(fetch, "_progress_bar", lambda total, desc: CtrlC())
+        with pytest.raises(KeyboardInterrupt):
+            download("cifar10", data_dir, base_url=base_url)
+    assert os.listdir(data_dir) == [fetch.LOCK_FILE]
+    download("cifar10", data_dir, base_url=base_url)
+    assert (data_dir / "cifar-10-python.tar.gz").read_bytes() == archive.read_bytes()
+
+
+@pytest.mark.parametrize("kind", [tarfile.LNKTYPE, tarfile.CHRTYPE, tarfile.FIFOTYPE])
+def test_hard_links_and_devices_in_an_archive_are_refused(tmp_path, file_server, monkeypatch, kind):
+    served, base_url = file_server
+    archive = served / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        member = tarfile.TarInfo("cifar-10-batches-py/x")
+        member.type, member.linkname = kind, "../../escaped" if kind == tarfile.LNKTYPE else ""
+        tar.addfile(member)
+    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+    with pytest.raises(DatasetFileError, match="member 'cifar-10-batches-py/x' is not a regular file or folder"):
+        download("cifar10", tmp_path / "data", base_url=base_url)
+    assert sorted(os.listdir(tmp_path / "data")) == [fetch.LOCK_FILE, "cifar-10-python.tar.gz"]
+
+
+def test_the_progress_bar_counts_bytes_when_no_size_is_announced(tmp_path, monkeypatch):
+    pytest.importorskip("tqdm")
+    archive = _serve_tiny_cifar(tmp_path, tmp_path)
+    body = archive.read_bytes()
+    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(body).hexdigest())
+    monkeypatch.setenv(NO_PROGRESS_ENV, "0")
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    with serving(_answer(body, "", len(body))) as base_url:
+        download("cifar10", tmp_path / "data", base_url=base_url)
+    assert f"cifar-10-python.tar.gz: {len(body)}B " in sys.stderr.getvalue()
