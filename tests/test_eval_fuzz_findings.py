@@ -402,6 +402,20 @@ def test_an_epsilon_curve_of_more_multiples_than_an_attack_makes_tries_is_refuse
     assert len(check_epsilon_curve(many[:MAX_ATTACK_TRIES] * 3, 0.1)) == MAX_ATTACK_TRIES  # repeats count once
 
 
+def test_a_curve_beyond_the_epsilon_given_is_refused_before_the_data_is_read(monkeypatch, capsys):
+    # 70b48b1 checked the multiples as the flag is parsed, but their budgets against --epsilon
+    # only after _dataset had read and hashed your own test split in full.
+    import adt_fast.attacks.command as command
+    from adt_fast.cli import main
+
+    monkeypatch.setattr(command, "_dataset", lambda *args: pytest.fail("the data was read"))
+    code = main(["eval", "--model", "external_models:build", "--dataset", "data.npz", "--attacks", "fgsm",
+                 "--epsilon", "0.1", "--epsilon-curve", "0,20", "--device", "cpu", "--out", "r.json"])
+    assert code == 2
+    assert capsys.readouterr().err == ("adt-fast eval: error: --epsilon-curve: epsilon_curve's multiple 20 of epsilon "
+                                       "0.1 is a budget of 2, above 1 (inputs lie in [0, 1])\n")
+
+
 def test_a_fraction_in_the_epsilon_curve_is_told_the_curve_takes_multiples_of_epsilon(capsys):
     # --epsilon takes 8/255; --epsilon-curve 2/255,8/255 said "expected comma-separated numbers",
     # leaving the user to guess that the curve wants multiples of epsilon, not budgets.

@@ -83,8 +83,8 @@ def _attack_list(text: str) -> List[str]:
 
 def _multiples(text: str) -> List[float]:
     """The multiples --epsilon-curve writes, checked as evaluate checks them, in its words, as far as
-    no budget is concerned: plan() checks the budgets once --epsilon (or the dataset's) is known,
-    after reading the data."""
+    no budget is concerned: plan() checks the budgets against --epsilon before reading the data,
+    or against the dataset's after."""
     from .evaluation import check_multiples
 
     if not text.strip():
@@ -467,7 +467,7 @@ def plan(args) -> EvalPlan:
     """Check everything before any work: settings, device, output paths, checkpoints, data, and
     that the attacks can run on the device; create the output folder last. EvalError if not."""
     from ..files import make_writable_dir, os_error_text, unwritable_reason
-    from .evaluation import check_attacks_can_run, check_epsilon_curve, default_epsilon_curve
+    from .evaluation import check_attacks_can_run
     from .report import report_paths
 
     device = _device(args.device)
@@ -491,14 +491,14 @@ def plan(args) -> EvalPlan:
     source_checkpoint = None
     if args.source_checkpoint is not None:
         source_checkpoint = _resolve_checkpoint(args.source_checkpoint, "--source-checkpoint")
+    # --epsilon's curve before the data, which _dataset reads and hashes in full; the dataset's
+    # budget is known only after it.
+    curve = None if args.epsilon is None else _epsilon_curve(args.epsilon_curve, args.epsilon)
     # The data after the checkpoint: without --dataset, the run directory says which it is.
     info, test_split, fit_classes = _dataset(args, checkpoint)
     epsilon = args.epsilon if args.epsilon is not None else info.epsilon
-    try:  # the default curve keeps only the multiples that pass the check
-        curve = (default_epsilon_curve(epsilon) if args.epsilon_curve is None
-                 else check_epsilon_curve(args.epsilon_curve, epsilon))
-    except ValueError as err:
-        raise EvalError("--epsilon-curve", str(err)) from None
+    if curve is None:
+        curve = _epsilon_curve(args.epsilon_curve, epsilon)
     try:
         out = report_paths(args.out, protect=[p for p in (checkpoint, source_checkpoint) if p])[0]
     except (ValueError, OSError) as err:
@@ -542,6 +542,17 @@ def plan(args) -> EvalPlan:
                                  f"({os_error_text(err)})") from None
     return EvalPlan(device, epsilon, attacks, model, checkpoint, trained, source, source_checkpoint, x, y, out,
                     info.name, weights_sha256, source_sha256, curve)
+
+
+def _epsilon_curve(multiples: Optional[List[float]], epsilon: float) -> List[float]:
+    """--epsilon-curve's multiples checked against the budget epsilon, or the default curve's that
+    it takes (default_epsilon_curve keeps only the multiples that pass the check)."""
+    from .evaluation import check_epsilon_curve, default_epsilon_curve
+
+    try:
+        return default_epsilon_curve(epsilon) if multiples is None else check_epsilon_curve(multiples, epsilon)
+    except ValueError as err:
+        raise EvalError("--epsilon-curve", str(err)) from None
 
 
 def _digest(flags: ModelFlags, checkpoint: Optional[Path]) -> Optional[str]:
