@@ -33,6 +33,10 @@ def _model():
     (torch.rand(0, 1, 2, 2), torch.zeros(0, dtype=torch.int64), r"no examples \(x is empty\)"),
     (torch.rand(2, 1, 2, 2), torch.tensor([0, 1, 2]), r"y must have shape \(2,\) to match x, got \(3,\)"),
     (torch.rand(2, 1, 2, 2), torch.tensor([0, -1]), r"labels must be >= 0 \(y\)"),
+    # scored 0.0 (8536697 dropped the finiteness check with the [0, 1] rule)
+    (torch.full((2, 1, 2, 2), float("nan")), torch.tensor([0, 1]), r"^x must be finite, got NaN or inf in it$"),
+    (torch.rand(2, 1, 2, 2).index_fill(0, torch.tensor([1]), float("inf")), torch.tensor([0, 1]),
+     r"^x must be finite"),
 ])
 def test_clean_accuracy_refuses_a_batch_it_cannot_score_naming_the_argument(x, y, message):
     with pytest.raises((TypeError, ValueError), match=message):

@@ -39,25 +39,21 @@ def check_module(model, name: str) -> None:
 def check_batch(x: torch.Tensor, y: torch.Tensor, x_name: str = "x", y_name: str = "y") -> torch.Tensor:
     """Refuse a batch the attacks cannot score honestly; return the labels as int64.
 
-    check_batch_form's batch, whose x is also finite and in [0, 1]: the attacks clamp to that range.
+    check_batch_form's batch, whose x also lies in [0, 1]: the attacks clamp to that range.
     """
-    y = check_batch_form(x, y, x_name, y_name, inputs="inputs in [0, 1]")
-    x_min, x_max = torch.stack(torch.aminmax(x)).tolist()  # NaN where x holds one
-    if not (x_min >= 0 and x_max <= 1):   # NaN fails both comparisons; +-inf fails one
-        raise ValueError(f"{x_name} must lie in [0, 1] (the attacks clamp to that range; a model "
-                         f"that normalises its inputs must do it inside its forward)")
-    return y
+    return check_batch_form(x, y, x_name, y_name, unit_range=True)
 
 
 def check_batch_form(x: torch.Tensor, y: torch.Tensor, x_name: str = "x", y_name: str = "y", *,
-                     inputs: str = "inputs") -> torch.Tensor:
+                     unit_range: bool = False) -> torch.Tensor:
     """Refuse a batch that cannot be scored, whatever the range of its inputs (clean accuracy on a
     normalised batch is a score); return the labels as int64. torch's errors name no argument, and
-    float or negative labels or an empty x would score wrongly without one.
+    float or negative labels, an empty x or a NaN in x would score wrongly without one.
 
-    x: floating point, dense, (N, ...) with N >= 1; y: integers >= 0 of any integer dtype, shape (N,).
-    `inputs`: what x holds, for the message refusing an x that is not a floating-point tensor.
+    x: floating point, dense, finite, (N, ...) with N >= 1; y: integers >= 0 of any integer dtype,
+    shape (N,). `unit_range`: x must also lie in [0, 1] (check_batch's rule, finiteness included).
     """
+    inputs = "inputs in [0, 1]" if unit_range else "inputs"
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
         hint = f" (images as bytes? {x_name}.float() / 255)" if got == torch.uint8 else ""
@@ -74,7 +70,13 @@ def check_batch_form(x: torch.Tensor, y: torch.Tensor, x_name: str = "x", y_name
     if len(x) == 0:
         raise ValueError(f"no examples ({x_name} is empty)")
     y = y.long()  # first: torch has no min of a uint16, uint32 or uint64; a uint64 past 2**63 turns < 0
-    if y.min() < 0:
+    x_ok, y_min = _read_back(x, y, unit_range)
+    if not x_ok and unit_range:
+        raise ValueError(f"{x_name} must lie in [0, 1] (the attacks clamp to that range; a model "
+                         f"that normalises its inputs must do it inside its forward)")
+    if not x_ok:
+        raise ValueError(f"{x_name} must be finite, got NaN or inf in it")
+    if y_min < 0:
         raise ValueError(f"labels must be >= 0 ({y_name})")
     return y
 
@@ -89,6 +91,19 @@ def _check_values(tensor: torch.Tensor, name: str) -> None:
     if tensor.is_meta:
         raise ValueError(f"{name} is on the meta device, which holds no values (only a shape); pass it with "
                          f"its data, on the CPU or a GPU")
+
+
+def _read_back(x: torch.Tensor, y: torch.Tensor, unit_range: bool) -> tuple:
+    """Whether x passes its value check (in [0, 1] with unit_range, else finite) and y's min, read
+    back together: one device sync per checked batch."""
+    if unit_range:
+        x_min, x_max = torch.aminmax(x)  # NaN where x holds one
+        x_ok = (x_min >= 0) & (x_max <= 1)  # NaN fails both comparisons; +-inf fails one
+    else:
+        x_ok = torch.isfinite(x).all()
+    y_min = y.min().to(device=x.device, dtype=torch.float64)
+    x_ok, y_min = torch.stack([x_ok.double(), y_min]).tolist()
+    return bool(x_ok), y_min
 
 
 # The inputs check_classes runs the model on: with one, a model that returns one row of logits for
