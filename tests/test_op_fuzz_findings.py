@@ -65,3 +65,19 @@ def test_a_generator_for_meta_tensors_is_taken_as_torch_takes_it():
     assert torch.randn(3, device="meta", generator=torch.Generator()).shape == (3,)
     delta, nlp = adt_fast.sample_and_entropy(meta, meta, 2, generator=torch.Generator())
     assert delta.shape == (2, 2, 3) and nlp.shape == (2, 2) and delta.device.type == "meta"
+
+
+def test_an_extension_build_lacking_an_op_says_so_on_every_call(monkeypatch):
+    """A stale adt_fast._C without one op filled the op table partly: the first call raised
+    AttributeError, every later one a bare KeyError."""
+    from types import SimpleNamespace
+    from adt_fast.ops import dispatch
+    stale = SimpleNamespace(sample_forward=SimpleNamespace(default=None),
+                            sample_backward=SimpleNamespace(default=None))
+    monkeypatch.setattr(dispatch, "_load_extension", lambda: None)
+    monkeypatch.setattr(torch.ops, "adt_fast_C", stale)
+    monkeypatch.setattr(dispatch, "_EXTENSION_OPS", {})
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="adt_fast._C has no op philox_words: it was built from older sources"):
+            dispatch._extension_op("sample_forward")
+    assert dispatch._EXTENSION_OPS == {}

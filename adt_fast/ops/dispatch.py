@@ -101,13 +101,19 @@ _EXTENSION_OPS: dict = {}
 
 def _extension_op(name: str):
     """The op's single overload, resolved once (calling the packet resolves it on every call).
-    Loads the extension first, so a backend called without select() works too."""
+    Loads the extension first, so a backend called without select() works too. The dict is
+    filled only once every op resolved: a build that lacks one raises the same error each call."""
     if not _EXTENSION_OPS:
         reason = _load_extension()
         if reason is not None:
             raise RuntimeError(reason)
-        _EXTENSION_OPS.update((op, getattr(torch.ops.adt_fast_C, op).default)
-                              for op in ("sample_forward", "sample_backward", "philox_words"))
+        ops = {}
+        for op in ("sample_forward", "sample_backward", "philox_words"):
+            if not hasattr(torch.ops.adt_fast_C, op):
+                raise RuntimeError(f"adt_fast._C has no op {op}: it was built from older sources; rebuild it "
+                                   f"with `pip install --no-build-isolation -v -e .`")
+            ops[op] = getattr(torch.ops.adt_fast_C, op).default
+        _EXTENSION_OPS.update(ops)
     return _EXTENSION_OPS[name]
 
 
