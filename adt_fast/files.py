@@ -112,6 +112,8 @@ def atomic_name_limit(folder: PathLike, suffix: str = ATOMIC_SUFFIX) -> Optional
     file system states no limit."""
     existing = Path(os.path.abspath(folder))
     while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # mkdir would meet the link: "File exists", naming no target
+            return f"{existing} is a link to {os.readlink(existing)}, which does not exist"
         existing = existing.parent
     try:
         name_max = os.pathconf(existing, "PC_NAME_MAX")
@@ -138,6 +140,8 @@ def unwritable_reason(folder: PathLike) -> Optional[str]:
     """
     existing = Path(os.path.abspath(folder))
     while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # mkdir would meet the link: "File exists", naming no target
+            return f"{existing} is a link to {os.readlink(existing)}, which does not exist"
         existing = existing.parent
     if not existing.is_dir():
         return f"{existing} is a file, not a folder"

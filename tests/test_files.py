@@ -126,3 +126,15 @@ def test_write_atomic_leaves_a_reader_of_the_old_file_reading_the_old_file_whole
         rest = reader.read()
     assert first + rest == b"old" * 1000
     assert target.read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("below", ["", "run/one"])
+def test_unwritable_reason_names_a_broken_link_and_its_target(tmp_path, below):
+    """A data folder or --out that is a link to an unmounted disk: mkdir failed with 'File exists'."""
+    link = tmp_path / "data"
+    link.symlink_to(tmp_path / "gone")
+    folder = link / below if below else link
+    reason = files.unwritable_reason(folder)
+    assert reason == f"{link} is a link to {tmp_path / 'gone'}, which does not exist"
+    with pytest.raises(PermissionError, match="which does not exist"):
+        files.make_writable_dir(folder)
