@@ -92,6 +92,20 @@ def test_compile_takes_a_varying_number_of_samples_without_recompiling():
     assert counter.frame_count == 2  # k = 2 specialised, then k symbolic
 
 
+def test_compile_with_static_shapes_refuses_an_oversized_output_naming_num_samples():
+    """Under torch.compile the public op's output-size check is skipped (Dynamo calls a SymInt an
+    int, and comparing one would guard the batch size: torch.export refuses that for a dynamic
+    Dim); the fake kernel refuses it, and Dynamo wraps its ValueError in a TorchRuntimeError
+    (torch 2.7 offers no trace-safe test of a concrete size). The op's words must come through."""
+    mean = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="num_samples=2305843009213693952 samples"):
+        adt_fast.sample_and_entropy(mean, mean, 2**61)
+    compiled = torch.compile(lambda m, r: adt_fast.sample_and_entropy(m, r, 2**61), dynamic=False, backend="eager")
+    with pytest.raises(RuntimeError, match=r"ValueError\('num_samples=2305843009213693952 samples of a mean of "
+                                           r"shape \(3, 4\) .* past what a tensor can hold"):
+        compiled(mean, mean)
+
+
 def _nlp(mean, rho=None):
     return adt_fast.sample_and_entropy(mean, torch.zeros_like(mean) if rho is None else rho, 2, 0.3)[1]
 
