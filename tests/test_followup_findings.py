@@ -33,6 +33,9 @@ def _model():
     (torch.rand(0, 1, 2, 2), torch.zeros(0, dtype=torch.int64), r"no examples \(x is empty\)"),
     (torch.rand(2, 1, 2, 2), torch.tensor([0, 1, 2]), r"y must have shape \(2,\) to match x, got \(3,\)"),
     (torch.rand(2, 1, 2, 2), torch.tensor([0, -1]), r"labels must be >= 0 \(y\)"),
+    # "labels must be >= 0": the uint64 2**63 is read as int64's -2**63
+    (torch.rand(2, 1, 2, 2), torch.tensor([0, 2**63], dtype=torch.uint64),
+     r"^labels must be < 2\*\*63 \(y, a uint64 tensor, is read as int64\)$"),
     # scored 0.0 (8536697 dropped the finiteness check with the [0, 1] rule)
     (torch.full((2, 1, 2, 2), float("nan")), torch.tensor([0, 1]), r"^x must be finite, got NaN or inf in it$"),
     (torch.rand(2, 1, 2, 2).index_fill(0, torch.tensor([1]), float("inf")), torch.tensor([0, 1]),

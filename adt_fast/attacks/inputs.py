@@ -69,7 +69,9 @@ def check_batch_form(x: torch.Tensor, y: torch.Tensor, x_name: str = "x", y_name
         raise ValueError(f"{y_name} must have shape ({len(x)},) to match {x_name}, got {tuple(y.shape)}")
     if len(x) == 0:
         raise ValueError(f"no examples ({x_name} is empty)")
-    y = y.long()  # first: torch has no min of a uint16, uint32 or uint64; a uint64 past 2**63 turns < 0
+    # int64 first: torch has no min of a uint16, uint32 or uint64; a uint64 from 2**63 on turns < 0
+    rule = f"< 2**63 ({y_name}, a uint64 tensor, is read as int64)" if y.dtype == torch.uint64 else f">= 0 ({y_name})"
+    y = y.long()
     x_ok, y_min = _read_back(x, y, unit_range)
     if not x_ok and unit_range:
         raise ValueError(f"{x_name} must lie in [0, 1] (the attacks clamp to that range; a model "
@@ -77,7 +79,7 @@ def check_batch_form(x: torch.Tensor, y: torch.Tensor, x_name: str = "x", y_name
     if not x_ok:
         raise ValueError(f"{x_name} must be finite, got NaN or inf in it")
     if y_min < 0:
-        raise ValueError(f"labels must be >= 0 ({y_name})")
+        raise ValueError(f"labels must be {rule}")
     return y
 
 
