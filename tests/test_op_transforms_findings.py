@@ -49,7 +49,19 @@ def test_checkpoint_around_a_call_with_a_generator_is_refused(compiled, reentran
     mean, rho = _leaves()
     fn = torch.compile(_loss, backend="eager") if compiled else _loss
     loss = checkpoint(fn, mean, rho, torch.Generator().manual_seed(1), use_reentrant=reentrant)
-    with pytest.raises(RuntimeError, match="generator= during a backward pass"):
+    with pytest.raises(RuntimeError, match="refuses generator= in any call during a backward pass"):
+        loss.backward()
+
+
+def test_generator_in_a_hook_during_backward_is_refused_naming_the_way_out():
+    """Every call with generator= during a backward pass is refused, not only checkpoint's
+    recomputation (which the op cannot tell from a hook's call); the message said only
+    "checkpoint recomputing it?", misleading here."""
+    mean, rho = _leaves()
+    loss = _loss(mean, rho, backend="reference")
+    mean.register_hook(lambda grad: _loss(mean.detach(), rho.detach(), torch.Generator(), "reference") and None)
+    with pytest.raises(RuntimeError, match="refuses generator= in any call during a backward pass .*a hook.*"
+                                           "pass noise= or use torch's default generator"):
         loss.backward()
 
 

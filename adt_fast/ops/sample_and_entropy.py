@@ -389,14 +389,17 @@ def _check_generator(generator, device: torch.device, where: str, *, draws: bool
 
 @torch.compiler.disable  # asks autograd whether a backward pass runs; compiled regions are recomputed too
 def _check_not_recomputed_with_generator() -> None:
-    """A call with `generator=` while autograd runs a backward pass is torch.utils.checkpoint
-    recomputing its region (or a hook): checkpoint restores only the default generators, so
-    `generator` has moved on, and the recomputation would draw other samples than the forward
-    returned, giving the gradients of those, silently."""
+    """Any call with `generator=` while autograd runs a backward pass (checkpoint's recomputation,
+    a custom autograd.Function's backward, a tensor hook) is refused: checkpoint restores only the
+    default generators, so `generator` has moved on, and the recomputation would draw other
+    samples than the forward returned, giving the gradients of those, silently. The other calls
+    cannot be told from a recomputation (a no_grad draw inside a checkpointed region is one)."""
     if torch._C._current_graph_task_id() != -1:
-        raise RuntimeError("sample_and_entropy got generator= during a backward pass (torch.utils.checkpoint "
-                           "recomputing it?): the recomputation would draw other samples than the forward did; "
-                           "use torch's default generator, which checkpoint restores, or pass noise=")
+        raise RuntimeError("sample_and_entropy refuses generator= in any call during a backward pass (a "
+                           "torch.utils.checkpoint recomputation, an autograd.Function's backward, a hook): a "
+                           "recomputation would draw other samples than the forward did, as checkpoint restores "
+                           "only the default generator, and the op cannot tell it from other calls; pass noise= "
+                           "or use torch's default generator")
 
 
 def _is_int(value) -> bool:
