@@ -408,11 +408,13 @@ def session(device: str) -> Iterator[World]:
             dist.destroy_process_group()
 
 
-# What a rank whose collective failed (collective_failed) says of it. The process that failed
-# printed its error, unless a signal killed it (SIGKILL, the kernel out of memory): then only
-# torchrun's summary of the failure names it.
-PEER_FAILED = ("another process failed (see its error, or torchrun's summary for a process that was killed), or "
-               "the processes could not communicate")
+def peer_failed(err: BaseException) -> str:
+    """What a rank whose collective failed (collective_failed) says of it, in train's and eval's
+    words alike, with torch's error in brackets as their out-of-memory lines show theirs. The process
+    that failed printed its error, unless a signal killed it (SIGKILL, the kernel out of memory):
+    then only torchrun's summary of the failure names it."""
+    return (f"another process failed (see its error, or torchrun's summary for a process that was killed), or "
+            f"the processes could not communicate ({type(err).__name__}: {err})")
 
 
 def collective_failed(err: BaseException) -> bool:

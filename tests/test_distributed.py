@@ -708,7 +708,7 @@ def test_in_eval_a_rank_whose_collective_fails_does_not_blame_the_model(tmp_path
     assert code == 2
     assert capsys.readouterr().err == (f"adt-fast eval: error: another process failed (see its error, or torchrun's "
                                        f"summary for a process that was killed), or the processes could not "
-                                       f"communicate: RuntimeError: {GLOO_CLOSED}\n")
+                                       f"communicate (RuntimeError: {GLOO_CLOSED})\n")
     assert not (tmp_path / "r.json").exists()
 
 

@@ -22,8 +22,8 @@ import torch
 
 from ..checks import MAX_ATTACK_STEPS, MAX_ATTACK_TRIES, parse_int, shown
 from ..devices import DeviceError, is_out_of_memory, out_of_memory_text, resolve_device
-from ..distributed import (PEER_FAILED, DistributedError, check_timeout, collective_failed, launch_rank, launched,
-                           local_device, session)
+from ..distributed import (DistributedError, check_timeout, collective_failed, launch_rank, launched, local_device,
+                           peer_failed, session)
 from ..interrupts import INTERRUPTED_EXIT, TERMINATED_EXIT, Terminated, sigterm_as_interrupt
 from ..tracebacks import raised_in
 from .report import SaveInterrupted
@@ -621,7 +621,7 @@ def _run(args) -> int:
                                             f"during the attacks ({out_of_memory_text(err)}); a smaller --batch-size "
                                             f"needs less, and no result depends on it") from None
         if launched() and collective_failed(err):  # the group's failure, most likely another rank's
-            raise EvalError(None, f"{PEER_FAILED}: {type(err).__name__}: {err}") from None
+            raise EvalError(None, peer_failed(err)) from None
         if not isinstance(err, ValueError):
             raise _model_failed(args, err) from None
         failed = _model_failed(args, err)

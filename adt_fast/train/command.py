@@ -218,7 +218,7 @@ def whose_exit(arch, method) -> str:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..data import ChecksumError, DatasetFileError, DownloadError, MissingDependencyError
-    from ..distributed import PEER_FAILED, collective_failed, launched
+    from ..distributed import collective_failed, launched, peer_failed
     from ..models.external import import_from_working_dir, is_factory_spec, raised
     from .checkpoint import CheckpointError
     from .loop import fit, interrupted_message
@@ -249,7 +249,7 @@ def run_train(args: argparse.Namespace) -> int:
         if not (launched() and collective_failed(err)):
             raise
         # The group's failure, most likely another rank's.
-        stopped = f"error: {PEER_FAILED} ({type(err).__name__}: {err})"
+        stopped = f"error: {peer_failed(err)}"
         print(f"adt-fast train: {interrupted_message(Path(args.out), stopped)}", file=sys.stderr)
         return 1
     except SystemExit as err:  # your code's (the --arch probes report theirs before the run)
