@@ -181,6 +181,19 @@ def test_functionalize_traces_the_op_and_keeps_its_samples_and_gradients():
             torch.testing.assert_close(g, w, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("order", ["functionalize(grad)", "grad(functionalize)"])
+def test_functionalize_composed_with_grad_is_refused_naming_the_op(order):
+    """torch.func needs the op's autograd Function, which functionalize has no rule for: torch said
+    only "NYI: Functionalize rule for custom_function_call"."""
+    mean = torch.randn(2, 3)
+    grad = torch.func.grad(lambda m: _nlp(m).sum())
+    fn = torch.func.functionalize(grad) if order == "functionalize(grad)" else \
+        torch.func.grad(torch.func.functionalize(lambda m: _nlp(m).sum()))
+    with pytest.raises(RuntimeError, match="sample_and_entropy does not run under torch.func.functionalize "
+                                           "composed with grad"):
+        fn(mean)
+
+
 @pytest.mark.parametrize("path", ["custom op", "functionalize"])
 def test_a_second_derivative_through_the_custom_op_names_the_op(path):
     """The custom op's own autograd (called directly, or under functionalize) had no backward for

@@ -69,10 +69,16 @@ def _refuse_forward_ad_compiled() -> None:
 def _functionalize_without_differentiation() -> bool:
     """Inside an eager torch.func.functionalize and no grad-like transform: torch has no
     functionalize rule for autograd Functions ("NYI: Functionalize rule for custom_function_call"),
-    and none is needed there; the custom op, with its own autograd for plain backward, serves."""
+    and none is needed there; the custom op, with its own autograd for plain backward, serves.
+    With a grad-like transform too, torch.func needs an autograd Function: refused, naming the op."""
     kinds = {level.key() for level in torch._C._functorch.get_interpreter_stack() or ()}
-    return (TransformType.Functionalize in kinds
-            and not kinds & {TransformType.Grad, TransformType.Jvp})
+    if TransformType.Functionalize not in kinds:
+        return False
+    if kinds & {TransformType.Grad, TransformType.Jvp}:
+        raise RuntimeError("adt_fast.sample_and_entropy does not run under torch.func.functionalize composed "
+                           "with grad, vjp or jacrev (torch has no functionalize rule for the autograd Function "
+                           "they need): functionalize alone, or differentiate without functionalize")
+    return True
 
 
 def _check_op_arguments(mean, std_param, x, noise, seed_offset, num_samples, epsilon, lo, hi, grads=()) -> None:
