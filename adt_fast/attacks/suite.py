@@ -33,7 +33,7 @@ from torch import nn
 from ..checks import (MAX_ATTACK_STEPS, as_real, check_int, check_non_negative, check_steps, check_tries, parse_int,
                       shown)
 from ..models.external import has_feature_split, raised
-from .distribution import fit_distribution
+from .distribution import check_betas, fit_distribution
 from .engine import (classified, eval_mode, example_seed, iterative_attack, model_device,
                      per_example_normals, per_example_start)
 from .inputs import check_batch, check_classes, check_module
@@ -611,6 +611,7 @@ class DistributionAttack(Attack):
         self.samples = check_tries(self.samples, "the distribution attack's samples")
         for name in ("lbd", "lr"):
             setattr(self, name, check_non_negative(getattr(self, name), f"the distribution attack's {name}"))
+        self.betas = check_betas(self.betas, "the distribution attack's betas")
 
     def settings(self) -> dict:
         return {"norm": "linf", "epsilon": self.epsilon, "steps": self.steps,
