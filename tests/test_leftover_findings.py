@@ -10,6 +10,7 @@ import torch
 
 from adt_fast.attacks import DistributionAttack
 from adt_fast.attacks.distribution import fit_distribution
+from adt_fast.attacks.suite import canonical_name, parse_attacks
 
 EPS = 0.1
 
@@ -30,3 +31,11 @@ def test_bad_betas_are_named(betas):
     with pytest.raises(ValueError, match=r"^betas must be two numbers in \[0, 1\)"):
         fit_distribution(lambda z: z.flatten(1).sum(1), torch.rand(2, 3), epsilon=EPS, steps=1, num_samples=1,
                          lbd=0.0, betas=betas)
+
+
+@pytest.mark.parametrize("call", [canonical_name, lambda name: parse_attacks(["fgsm", name])],
+                         ids=["canonical_name", "parse_attacks"])
+def test_an_attack_name_that_is_no_string_is_quoted(call):
+    """'attack names are strings, got int' did not say which entry of a list was meant."""
+    with pytest.raises(TypeError, match=r"^attack names are strings, got 20 \(int\)$"):
+        call(20)

@@ -109,7 +109,7 @@ _PGD_NAME = re.compile(r"^pgd(?::|-)?(\d+)$")
 def canonical_name(name: str) -> str:
     """'PGD:20', 'pgd-20' and 'pgd20' -> 'pgd20'; other known names lower-cased."""
     if not isinstance(name, str):
-        raise TypeError(f"attack names are strings, got {type(name).__name__}")
+        raise TypeError(f"attack names are strings, got {shown(name)} ({type(name).__name__})")
     key = name.strip().lower()
     match = _PGD_NAME.match(key)
     if match:
