@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from adt_fast.attacks import DistributionAttack
+from adt_fast.attacks import DistributionAttack, evaluate, pgd
 from adt_fast.attacks.distribution import fit_distribution
 from adt_fast.attacks.suite import canonical_name, parse_attacks
+from adt_fast.train.loop import clean_accuracy
 
 EPS = 0.1
 
@@ -39,3 +40,26 @@ def test_an_attack_name_that_is_no_string_is_quoted(call):
     """'attack names are strings, got int' did not say which entry of a list was meant."""
     with pytest.raises(TypeError, match=r"^attack names are strings, got 20 \(int\)$"):
         call(20)
+
+
+class _Constant(torch.nn.Module):
+    """Ten logits whatever the input, so that only the checks can refuse an input of no values."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(10))
+
+    def forward(self, x):
+        return self.bias.expand(len(x), 10)
+
+
+@pytest.mark.parametrize("shape", [(2, 0), (2, 3, 0, 4)])
+@pytest.mark.parametrize("call", [lambda m, x, y: pgd(m, x, y, EPS, 1),
+                                  lambda m, x, y: evaluate(m, x, y, epsilon=EPS, attacks="fgsm", epsilon_curve=()),
+                                  lambda m, x, y: clean_accuracy(m, x, y)], ids=["pgd", "evaluate", "clean_accuracy"])
+def test_an_x_of_inputs_with_no_values_is_named(call, shape):
+    """aminmax's 'Expected reduction dim to be specified for input.numel() == 0' for the attacks;
+    clean_accuracy scored the model's constant guesses."""
+    with pytest.raises(ValueError, match=r"^x holds inputs of no values, shape \(2, [0-9, ]*\): each input needs at "
+                                         r"least one$"):
+        call(_Constant(), torch.zeros(shape), torch.tensor([0, 1]))

@@ -50,8 +50,8 @@ def check_batch_form(x: torch.Tensor, y: torch.Tensor, x_name: str = "x", y_name
     normalised batch is a score); return the labels as int64. torch's errors name no argument, and
     float or negative labels, an empty x or a NaN in x would score wrongly without one.
 
-    x: floating point, dense, finite, (N, ...) with N >= 1; y: integers >= 0 of any integer dtype,
-    shape (N,). `unit_range`: x must also lie in [0, 1] (check_batch's rule, finiteness included).
+    x: floating point, dense, finite, (N, ...) with N >= 1 and at least one value per input; y:
+    integers >= 0 of any integer dtype, shape (N,). `unit_range`: x must also lie in [0, 1] (check_batch's rule, finiteness included).
     """
     inputs = "inputs in [0, 1]" if unit_range else "inputs"
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -69,6 +69,8 @@ def check_batch_form(x: torch.Tensor, y: torch.Tensor, x_name: str = "x", y_name
         raise ValueError(f"{y_name} must have shape ({len(x)},) to match {x_name}, got {tuple(y.shape)}")
     if len(x) == 0:
         raise ValueError(f"no examples ({x_name} is empty)")
+    if x.shape[1:].numel() == 0:  # aminmax refuses it with an error of its own; no model scores it
+        raise ValueError(f"{x_name} holds inputs of no values, shape {tuple(x.shape)}: each input needs at least one")
     # int64 first: torch has no min of a uint16, uint32 or uint64; a uint64 from 2**63 on turns < 0
     rule = f"< 2**63 ({y_name}, a uint64 tensor, is read as int64)" if y.dtype == torch.uint64 else f">= 0 ({y_name})"
     y = y.long()
