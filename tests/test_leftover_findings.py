@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from adt_fast.attacks import DistributionAttack, evaluate, pgd
+from adt_fast.attacks import APGDAttack, DistributionAttack, FeatureAttack, evaluate, feature_attack, pgd
 from adt_fast.attacks.distribution import fit_distribution
 from adt_fast.attacks.suite import canonical_name, parse_attacks
 from adt_fast.train.loop import clean_accuracy
+
+from split_net import SplitNet, split_data
 
 EPS = 0.1
 
@@ -63,3 +65,23 @@ def test_an_x_of_inputs_with_no_values_is_named(call, shape):
     with pytest.raises(ValueError, match=r"^x holds inputs of no values, shape \(2, [0-9, ]*\): each input needs at "
                                          r"least one$"):
         call(_Constant(), torch.zeros(shape), torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("call", [lambda x, y: pgd(SplitNet().eval(), x, y, 5e-324, 1),
+                                  lambda x, y: DistributionAttack(1e-310, steps=1),
+                                  lambda x, y: feature_attack(SplitNet().eval(), x, y, 1e-310, targets=1, steps=1),
+                                  lambda x, y: APGDAttack("apgd-ce", 1e-310, steps=1),
+                                  lambda x, y: evaluate(SplitNet().eval(), x, y, epsilon=5e-324, attacks="fgsm")],
+                         ids=["pgd", "DistributionAttack", "feature_attack", "APGDAttack", "evaluate"])
+def test_a_subnormal_epsilon_is_refused_by_every_attack_as_by_evaluate(call):
+    """The stand-alone attacks took a budget below the smallest normal double, which evaluate refused."""
+    with pytest.raises(ValueError, match=r"^epsilon \S+ is below 2\.23e-308, where the attacks' steps \(epsilon/4, "
+                                         r"epsilon/8\) may round to 0$"):
+        call(*split_data())
+
+
+def test_a_subnormal_step_of_a_small_normal_epsilon_is_taken():
+    """A fixed fraction of a budget just above the smallest normal double is a subnormal step, still above 0."""
+    x, y = split_data()
+    assert FeatureAttack(3e-308).step_size == 3e-308 / 8
+    assert pgd(SplitNet().eval(), x, y, 3e-308, 1, step_size=1e-310).shape == x.shape

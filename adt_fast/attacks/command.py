@@ -28,7 +28,7 @@ from ..interrupts import INTERRUPTED_EXIT, TERMINATED_EXIT, Terminated, sigterm_
 from ..tracebacks import raised_in
 from .report import SaveInterrupted
 from .suite import (DEFAULT_ATTACKS, DIST_STEPS, FEATURE_TARGETS, MAX_EPSILON, MAX_SEED, PAPER_ATTACKS,
-                    PAPER_FEATURE_TARGETS, PRECISIONS, make_attack, parse_attacks, shortfall)
+                    PAPER_FEATURE_TARGETS, PRECISIONS, check_epsilon, make_attack, parse_attacks, shortfall)
 
 EXIT_USAGE = 2
 
@@ -55,10 +55,8 @@ def _epsilon(text: str) -> float:
     if not math.isfinite(value) or value <= 0 or value > MAX_EPSILON:
         raise argparse.ArgumentTypeError(f"must be a number in (0, {MAX_EPSILON:g}] for inputs in "
                                          f"[0, 1], got {shown(text)}")
-    from .evaluation import check_budget
-
     try:
-        return check_budget(value)
+        return check_epsilon(value)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 

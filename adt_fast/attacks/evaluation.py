@@ -26,7 +26,7 @@ from .inputs import PROBE_INPUTS, check_batch, check_classes, check_module
 from .losses import cross_entropy
 from .report import Report, attack_order, sanity_warnings, worst_case
 from .suite import (CW_STEPS, DEFAULT_ATTACKS, DIST_LAMBDA, DIST_SAMPLES, DIST_STEPS,
-                    FEATURE_TARGETS, MAX_EPSILON, MAX_SEED, PAPER_ATTACKS, PAPER_CW_STEPS,
+                    FEATURE_TARGETS, MAX_EPSILON, MAX_SEED, MIN_BUDGET, PAPER_ATTACKS, PAPER_CW_STEPS,
                     PAPER_FEATURE_TARGETS, AttackContext, check_epsilon, check_precision,
                     default_step_size, example_id_tensor, make_attack, parse_attacks, pgd_attack, pgd_steps,
                     shortfall)
@@ -35,9 +35,6 @@ DEFAULT_EPSILON_CURVE = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
 DEFAULT_EPSILON = 8 / 255  # the CIFAR-10 budget of the paper and of RobustBench
 PROTOCOLS = ("default", "paper")
 EPSILON_CURVE_STEPS = 20
-# The smallest budget: the smallest normal double, so that every attack's step, a fixed fraction of
-# its budget (PGD's epsilon/4, FeaAttack's epsilon/8), is still above 0.
-MIN_BUDGET = sys.float_info.min
 
 
 def _check_on_device(model: nn.Module, device: torch.device, name: str) -> None:
@@ -46,14 +43,6 @@ def _check_on_device(model: nn.Module, device: torch.device, name: str) -> None:
     if where.type != device.type or None not in (where.index, device.index) and where.index != device.index:
         raise ValueError(f"{name} is on {where} but device={str(device)!r}: move it there first "
                          f"({name}.to({str(device)!r})), or leave device unset to run where the model is")
-
-
-def check_budget(epsilon: float) -> float:
-    """epsilon, unless it is so small that the attacks' steps would round to 0 (ValueError)."""
-    if 0 < epsilon < MIN_BUDGET:
-        raise ValueError(f"epsilon {epsilon:.12g} is below {MIN_BUDGET:.3g}, where the attacks' steps "
-                         f"(epsilon/4, epsilon/8) may round to 0")
-    return epsilon
 
 
 def check_multiples(multiples: Optional[Iterable[float]]) -> List[float]:
@@ -171,7 +160,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     check_module(model, "model")
     if source_model is not None:
         check_module(source_model, "source_model")
-    epsilon = check_budget(check_epsilon(epsilon))
+    epsilon = check_epsilon(epsilon)
     check_precision(precision)
     y = check_batch(x, y)
     batch_size = check_int(batch_size, "batch_size")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple, Union
@@ -85,15 +86,30 @@ def default_step_size(epsilon: float) -> float:
 
 # Inputs lie in [0, 1]: an l_inf budget of 1 already reaches every input, a larger one means nothing.
 MAX_EPSILON = 1.0
+# The smallest budget: the smallest normal double, so that every attack's step, a fixed fraction of
+# its budget (PGD's epsilon/4, FeaAttack's epsilon/8), is still above 0.
+MIN_BUDGET = sys.float_info.min
 
 
-def check_epsilon(epsilon, name: str = "epsilon") -> float:
-    number = as_real(epsilon)
+def check_step_size(value, name: str = "step_size") -> float:
+    """A step as a float in (0, MAX_EPSILON]; a step may be subnormal, as a fraction of a budget
+    just above MIN_BUDGET is."""
+    number = as_real(value)
     if number is None:
-        raise TypeError(f"{name} must be a number, got {type(epsilon).__name__}")
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not math.isfinite(number) or number <= 0 or number > MAX_EPSILON:
         hint = " (an l_inf budget for inputs in [0, 1], e.g. 8/255)" if name == "epsilon" else ""
-        raise ValueError(f"{name} must be a finite number in (0, {MAX_EPSILON:g}]{hint}, got {epsilon}")
+        raise ValueError(f"{name} must be a finite number in (0, {MAX_EPSILON:g}]{hint}, got {value}")
+    return number
+
+
+def check_epsilon(epsilon) -> float:
+    """A budget as a float in [MIN_BUDGET, MAX_EPSILON]: the one check of evaluate, the stand-alone
+    attacks and the trainers."""
+    number = check_step_size(epsilon, "epsilon")
+    if number < MIN_BUDGET:
+        raise ValueError(f"epsilon {number:.12g} is below {MIN_BUDGET:.3g}, where the attacks' steps "
+                         f"(epsilon/4, epsilon/8) may round to 0")
     return number
 
 
@@ -365,7 +381,7 @@ class GradientAttack(Attack):
         if self.loss not in ("ce", "cw"):
             raise ValueError(f"loss must be 'ce' or 'cw', got {self.loss!r}")
         self.steps = check_steps(self.steps, "steps")
-        self.step_size = check_epsilon(self.step_size, "step_size")
+        self.step_size = check_step_size(self.step_size)
         if self.momentum is not None:  # 0 is plain PGD on the normalised gradient
             self.momentum = check_non_negative(self.momentum, f"{self.label}'s decay (momentum)")
         # kappa caps the margin loss: at 0 the attack stops at the decision boundary (C&W's
@@ -476,7 +492,7 @@ class FeatureAttack(Attack):
         self.epsilon = check_epsilon(self.epsilon)
         if self.step_size is None:
             self.step_size = self.epsilon / 8
-        self.step_size = check_epsilon(self.step_size, "FeaAttack's step_size")
+        self.step_size = check_step_size(self.step_size, "FeaAttack's step_size")
         self.steps = check_steps(self.steps, "FeaAttack's steps", minimum=0)
         self.targets = check_tries(self.targets, "the number of FeaAttack targets")
 

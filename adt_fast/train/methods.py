@@ -37,7 +37,7 @@ from torch import nn
 from ..attacks.distribution import ADAM_EPS, DistributionFit, choose_samples_per_pass, fit_distribution
 from ..attacks.engine import eval_mode, iterative_attack, uniform_start
 from ..attacks.losses import cross_entropy, trades_kl, trades_loss
-from ..attacks.suite import check_epsilon
+from ..attacks.suite import check_epsilon, check_step_size
 from ..checks import check_steps
 from ..distributed import BatchShard
 from ..models.external import weights_only_refusal
@@ -246,7 +246,7 @@ class PGD(Perturbation):
         self.inner, self.start = inner, start
         self.epsilon = check_epsilon(epsilon)
         self.steps = check_steps(steps, "steps", minimum=0)
-        self.step_size = check_epsilon(step_size, "step_size")
+        self.step_size = check_step_size(step_size)
 
     def _start(self, x, rt):
         if self.start == "uniform":
