@@ -85,3 +85,11 @@ def test_a_subnormal_step_of_a_small_normal_epsilon_is_taken():
     x, y = split_data()
     assert FeatureAttack(3e-308).step_size == 3e-308 / 8
     assert pgd(SplitNet().eval(), x, y, 3e-308, 1, step_size=1e-310).shape == x.shape
+
+
+def test_a_feaattack_pool_label_the_model_lacks_is_named():
+    """pool_y labels past the model's classes were taken as one more class to draw targets from."""
+    x, y = split_data()
+    with pytest.raises(ValueError, match=r"^pool_y's labels go up to 12 but the model returns 10 logits: pool_y's "
+                                         r"labels and the model come from different datasets$"):
+        feature_attack(SplitNet().eval(), x, y, EPS, targets=1, steps=1, pool_x=x, pool_y=y + 7)

@@ -140,7 +140,14 @@ def check_classes(ctx, model: nn.Module, x: torch.Tensor, y: torch.Tensor, what:
                          f"({len(probe)}, number of classes)")
     if logits.shape[1] < 2:
         raise ValueError(f"the {what} returns {logits.shape[1]} logit(s) per input: {TOO_FEW_LOGITS}")
-    if int(y.max()) >= logits.shape[1]:
-        raise ValueError(f"the labels go up to {int(y.max())} but the {what} returns "
-                         f"{logits.shape[1]} logits: it was trained for another dataset")
+    check_labels_fit(y, logits.shape[1], what)
     return logits.shape[1]
+
+
+def check_labels_fit(y: torch.Tensor, num_classes: int, what: str, labels: str = "the labels") -> None:
+    """Refuse labels past the `num_classes` logits of the `what` (the model): a label it lacks
+    fails deep in a loss, or (FeaAttack's pool) names an image of some other dataset's class."""
+    top = int(y.max())
+    if top >= num_classes:
+        raise ValueError(f"{labels} go up to {top} but the {what} returns {num_classes} logits: "
+                         f"{labels} and the {what} come from different datasets")

@@ -37,7 +37,7 @@ from ..models.external import has_feature_split, raised
 from .distribution import check_betas, fit_distribution
 from .engine import (classified, eval_mode, example_seed, iterative_attack, model_device,
                      per_example_normals, per_example_start)
-from .inputs import check_batch, check_classes, check_module
+from .inputs import check_batch, check_classes, check_labels_fit, check_module
 from .losses import cosine_distance, cross_entropy, cw_margin
 
 DEFAULT_ATTACKS = ("fgsm", "pgd20", "pgd100", "mim", "cw", "feature", "dist")
@@ -352,7 +352,10 @@ class Attack:
         reason = self.unavailable(ctx)
         if reason is not None:
             raise ValueError(f"attack {self.name!r} cannot run: {reason}")
-        problem = self.shortfall(check_classes(ctx, ctx.model, x, y, "model"), tuple(x.shape))
+        num_classes = check_classes(ctx, ctx.model, x, y, "model")
+        if ctx.pool_y is not None:
+            check_labels_fit(ctx.pool_y, num_classes, "model", "pool_y's labels")
+        problem = self.shortfall(num_classes, tuple(x.shape))
         if problem is not None:
             raise ValueError(problem)
         if ctx.source_model is not None:
