@@ -6,6 +6,7 @@ import math
 import numbers
 import re
 import unicodedata
+from collections.abc import Mapping, Set
 from typing import Optional
 
 # The most steps (or queries) one attack, or one inner loop of training, takes per example: the
@@ -55,6 +56,20 @@ def as_real(value) -> Optional[float]:
         return float(value)
     except OverflowError:
         return math.inf if value > 0 else -math.inf
+
+
+def check_betas(betas, name: str = "betas") -> tuple[float, float]:
+    """Adam's betas as two Python floats in [0, 1) (numpy's too, which a report's JSON cannot
+    write); a ValueError naming ``name`` otherwise, where torch's Adam would fail without one."""
+    try:  # a sequence or an array: a set's or a dict's order is no pair's, an iterator may not end
+        ordered = not isinstance(betas, (str, bytes, Set, Mapping)) and iter(betas) is not betas
+    except TypeError:  # not iterable
+        ordered = False
+    pair = tuple(betas) if ordered else ()
+    values = [as_real(b) for b in pair]
+    if len(values) != 2 or any(b is None or not 0 <= b < 1 for b in values):  # NaN fails 0 <= b
+        raise ValueError(f"{name} must be two numbers in [0, 1) (Adam's), got {shown(betas)}")
+    return values[0], values[1]
 
 
 def check_int(value, name: str, minimum: int = 1, maximum: Optional[int] = None) -> int:

@@ -1,10 +1,12 @@
 """adt_fast.checks: the argument checks every layer shares."""
 
+import itertools
 import random
 
+import numpy as np
 import pytest
 
-from adt_fast.checks import parse_int
+from adt_fast.checks import check_betas, parse_int
 
 ZEROS = "0" * 5000  # past int()'s 4,300 digits
 
@@ -55,3 +57,17 @@ def test_parse_int_reads_what_int_reads():
                 parse_int(text, minimum=None)
         else:
             assert parse_int(text, minimum=None) == expected, repr(text)
+
+
+@pytest.mark.parametrize("betas", [{0.1, 0.2}, {0.1: 0, 0.2: 0}, iter([0.1, 0.2]), itertools.count(), "ab", 0.5,
+                                   (0.1, 1.0), (0.1, float("nan")), (0.1,), (True, 0.5)])
+def test_check_betas_takes_an_ordered_pair_in_unit_range_only(betas):
+    """A set's or a dict's order is no pair's (the betas would swap silently), and an endless
+    iterator would hang: refused with the rest, naming the argument."""
+    with pytest.raises(ValueError, match=r"^opt's betas must be two numbers in \[0, 1\) \(Adam's\), got "):
+        check_betas(betas, "opt's betas")
+
+
+def test_check_betas_returns_python_floats_from_numpy():
+    pair = check_betas(np.array([0.5, 0.999], dtype=np.float32))
+    assert pair == (0.5, float(np.float32(0.999))) and all(type(b) is float for b in pair)

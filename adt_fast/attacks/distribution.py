@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..checks import as_real, check_int, check_non_negative, check_steps, shown
+from ..checks import check_betas, check_int, check_non_negative, check_steps
 from ..devices import best_seconds, is_out_of_memory
 from ..ops import sample_and_entropy
 from .engine import input_gradient
@@ -21,19 +21,6 @@ from .engine import input_gradient
 ADAM_EPS = 1e-8  # torch's default, which the authors' adt_exp.py uses
 
 BatchedLoss = Callable[[torch.Tensor], torch.Tensor]
-
-
-def check_betas(betas, name: str = "betas") -> tuple[float, float]:
-    """Adam's betas as two Python floats in [0, 1) (numpy's too, which a report's JSON cannot
-    write); a ValueError naming ``name`` otherwise, where torch's Adam would fail without one."""
-    try:
-        pair = () if isinstance(betas, (str, bytes)) else tuple(betas)
-    except TypeError:  # not iterable
-        pair = ()
-    numbers = [as_real(b) for b in pair]
-    if len(numbers) != 2 or any(b is None or not 0 <= b < 1 for b in numbers):  # NaN fails 0 <= b
-        raise ValueError(f"{name} must be two numbers in [0, 1) (Adam's), got {shown(betas)}")
-    return numbers[0], numbers[1]
 
 
 @dataclass

@@ -31,10 +31,10 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..checks import (MAX_ATTACK_STEPS, as_real, check_int, check_non_negative, check_steps, check_tries, parse_int,
-                      shown)
+from ..checks import (MAX_ATTACK_STEPS, as_real, check_betas, check_int, check_non_negative, check_steps, check_tries,
+                      parse_int, shown)
 from ..models.external import has_feature_split, raised
-from .distribution import check_betas, fit_distribution
+from .distribution import fit_distribution
 from .engine import (classified, eval_mode, example_seed, iterative_attack, model_device,
                      per_example_normals, per_example_start)
 from .inputs import check_batch, check_classes, check_labels_fit, check_module

@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..checks import MAX_ATTACK_STEPS, MAX_ATTACK_TRIES, check_int, shown
+from ..checks import MAX_ATTACK_STEPS, MAX_ATTACK_TRIES, check_betas, check_int, shown
 from ..files import check_path, os_error_text
 
 CONFIG_FILE = "config.json"
@@ -313,12 +313,10 @@ class TrainConfig:
         if "dist_lr" in spec.params:
             _real(cfg, "dist_lr", low=0.0, strict=True, high=FLOAT32_MAX)  # Adam takes it as a float32
         if "dist_betas" in spec.params:
-            betas = cfg.dist_betas
-            if (not isinstance(betas, (list, tuple)) or len(betas) != 2
-                    or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
-                               for b in betas)):
-                raise ConfigError(f"--dist-betas must be two numbers in [0, 1), got {betas!r}")
-            cfg.dist_betas = (float(betas[0]), float(betas[1]))
+            try:
+                cfg.dist_betas = check_betas(cfg.dist_betas, flag("dist_betas"))
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
         if "generator_lr" in spec.params:
             _real(cfg, "generator_lr", low=0.0, strict=True, high=FLOAT32_MAX)  # as --dist-lr
         if "generator_width" in spec.params:
