@@ -76,9 +76,9 @@ def generator_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon
     process's rows under data parallelism), else x's rows. ``forward(inp)`` replaces
     ``model(inp)`` (e.g. the trainer's autocast and channels_last wrapper).
     """
-    check_epsilon(epsilon)
+    epsilon = check_epsilon(epsilon)
     if batch_size is not None:
-        check_int(batch_size, "batch_size")
+        batch_size = check_int(batch_size, "batch_size")
     fwd = forward if forward is not None else model
     x = x.detach()
     scale = 1.0 / (batch_size or x.shape[0]) if batch_mean else 1.0
@@ -123,7 +123,7 @@ def amortized_loss(loss: torch.Tensor, entropy: Optional[torch.Tensor], lbd: flo
     term is kept at ``lbd == 0`` (times 0: its networks get zero gradients, not none). A negative
     ``lbd`` would make the generator shrink the entropy, so it is refused, as is NaN or inf.
     """
-    check_non_negative(lbd, "lbd")
+    lbd = check_non_negative(lbd, "lbd")
     total = loss.mean()
     if entropy is not None:
         # Also at lbd == 0: the entropy's networks (q) then stay in the graph with exactly zero
@@ -150,7 +150,7 @@ def explicit_perturbation(generator_out: torch.Tensor, x: torch.Tensor, epsilon:
     authors' code leaves out, are included; they change no gradient. ``noise`` (1, B, C, H, W)
     replaces the normals; ``generator`` seeds them otherwise.
     """
-    _check_perturbation_inputs(generator_out, x, epsilon, bounds)
+    epsilon = _check_perturbation_inputs(generator_out, x, epsilon, bounds)
     if x.dim() != 4:
         raise ValueError(f"x must be a batch of images (B, C, H, W), got shape {tuple(x.shape)}")
     b, c, h, w = x.shape
@@ -164,10 +164,11 @@ def explicit_perturbation(generator_out: torch.Tensor, x: torch.Tensor, epsilon:
 
 
 def _check_perturbation_inputs(generator_out: torch.Tensor, x: torch.Tensor, epsilon: float,
-                               bounds: tuple[float, float]) -> None:
+                               bounds: tuple[float, float]) -> float:
     """Floating images and output (a cast of the output to integer images' dtype would cut its
-    gradient and truncate it, without a word), an epsilon as the attacks take it, lo < hi."""
-    check_epsilon(epsilon)
+    gradient and truncate it, without a word), an epsilon as the attacks take it, lo < hi.
+    Returns epsilon as a float."""
+    epsilon = check_epsilon(epsilon)
     for name, value in (("x", x), ("generator_out", generator_out)):
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
             got = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
@@ -175,6 +176,7 @@ def _check_perturbation_inputs(generator_out: torch.Tensor, x: torch.Tensor, eps
     lo, hi = bounds
     if not lo < hi:
         raise ValueError(f"bounds must satisfy lo < hi, got {tuple(bounds)}")
+    return epsilon
 
 
 def tanh_perturbation(generator_out: torch.Tensor, x: torch.Tensor, epsilon: float, *,
@@ -184,7 +186,7 @@ def tanh_perturbation(generator_out: torch.Tensor, x: torch.Tensor, epsilon: flo
     x_adv = clamp(x + delta, *bounds) (the engine's ``project``), differentiable w.r.t.
     generator_out; t in (-1, 1), shape (B, C, H, W), is what the q-network reads.
     """
-    _check_perturbation_inputs(generator_out, x, epsilon, bounds)
+    epsilon = _check_perturbation_inputs(generator_out, x, epsilon, bounds)
     if generator_out.shape != x.shape:
         raise ValueError(f"generator_out must have the shape of x {tuple(x.shape)}, "
                          f"got {tuple(generator_out.shape)}")
@@ -199,8 +201,8 @@ def tanh_perturbation(generator_out: torch.Tensor, x: torch.Tensor, epsilon: flo
 def sample_noise(batch: int, noise_dim: int = NOISE_DIM, device=None,
                  generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """z ~ U(-1, 1)^noise_dim, shape (batch, noise_dim), from ``generator`` or torch's default."""
-    check_int(batch, "batch", minimum=0)
-    check_int(noise_dim, "noise_dim")
+    batch = check_int(batch, "batch", minimum=0)
+    noise_dim = check_int(noise_dim, "noise_dim")
     return torch.rand(batch, noise_dim, device=device, dtype=dtype, generator=generator) * 2 - 1
 
 
@@ -259,7 +261,7 @@ def least_likely_fgsm(model: nn.Module, x: torch.Tensor, epsilon: float, *,
     """AT-FGSM's examples (Kurakin et al., "step l.l."): one targeted FGSM step toward the
     least-likely class, x_adv = clamp(x - eps * sign(grad_x CE(f(x), y_ll)), *bounds) with
     y_ll = argmin f(x). Classifier in eval mode; one step of the shared engine; detached."""
-    check_epsilon(epsilon)
+    epsilon = check_epsilon(epsilon)
     fwd = forward if forward is not None else model
     with eval_mode(model):
         with torch.no_grad():
@@ -275,7 +277,7 @@ def alp_penalty(clean_logits: torch.Tensor, adv_logits: torch.Tensor, weight: fl
     Gradients flow into both logits, as in their code. ``weight`` is a finite number >= 0 (a
     negative one would push the logits apart).
     """
-    check_non_negative(weight, "weight")
+    weight = check_non_negative(weight, "weight")
     if clean_logits.shape != adv_logits.shape:
         raise ValueError(f"logit shapes differ: {tuple(clean_logits.shape)} vs {tuple(adv_logits.shape)}")
     return weight * (adv_logits.float() - clean_logits.float()).pow(2).mean(dim=1)
@@ -311,9 +313,9 @@ def generator_lr_factor(epoch: int, *, constant_epochs: int = 100, decay_epochs:
     1 throughout: the generator's learning rate is a constant 2e-4 for the whole run.
     Both counts are integers >= 0; ``decay_epochs=0`` drops the factor from 1 straight to 0.
     """
-    check_int(constant_epochs, "constant_epochs", minimum=0)
-    check_int(decay_epochs, "decay_epochs", minimum=0)
-    return max(0.0, 1.0 - max(0, epoch + 1 - constant_epochs) / float(decay_epochs + 1))
+    constant_epochs = check_int(constant_epochs, "constant_epochs", minimum=0)
+    decay_epochs = check_int(decay_epochs, "decay_epochs", minimum=0)
+    return max(0.0, 1.0 - max(0, epoch + 1 - constant_epochs) / (decay_epochs + 1))
 
 
 def generator_scheduler(optimizer: torch.optim.Optimizer, *, constant_epochs: int = 100,

@@ -1,0 +1,40 @@
+"""Findings of fuzzing the amortised methods' Python API (generators, amortized.py) over the inputs
+users have: numbers of other types than Python's, image sizes as sequences, out-of-range sizes."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from adt_fast import amortized as am
+
+
+def _classifier():
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 3))
+
+
+# The checks accept any real number (a Fraction, numpy's) but the value was dropped: a Fraction then
+# failed deep in torch ("unsupported operand type(s) for *: 'Fraction' and 'Tensor'").
+def test_checked_numbers_are_used_as_the_floats_the_checks_return():
+    torch.manual_seed(0)
+    x, out, y = torch.rand(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.tensor([0, 2])
+    model = _classifier()
+    eps, eps_f = Fraction(1, 8), 0.125
+    for a, b in zip(am.tanh_perturbation(out, x, eps), am.tanh_perturbation(out, x, eps_f)):
+        assert torch.equal(a, b)
+    assert torch.equal(am.generator_inputs(model, x, y, eps, batch_mean=True, batch_size=np.int64(4)),
+                       am.generator_inputs(model, x, y, eps_f, batch_mean=True, batch_size=4))
+    assert torch.equal(am.least_likely_fgsm(model, x, eps), am.least_likely_fgsm(model, x, eps_f))
+    loss, entropy = torch.rand(2), torch.rand(2)
+    assert torch.equal(am.amortized_loss(loss, entropy, Fraction(1, 2)), am.amortized_loss(loss, entropy, 0.5))
+    logits = torch.rand(2, 3), torch.rand(2, 3)
+    assert torch.equal(am.alp_penalty(*logits, Fraction(1, 2)), am.alp_penalty(*logits, 0.5))
+
+
+def test_generator_lr_factor_is_a_float_for_any_integer_epoch_counts():
+    factor = am.generator_lr_factor(120, constant_epochs=np.int64(100), decay_epochs=np.int64(50))
+    assert type(factor) is float and factor == am.generator_lr_factor(120)
+    # an int too large for a float divided without converting it (was an OverflowError)
+    assert am.generator_lr_factor(120, constant_epochs=100, decay_epochs=2**2000) == 1.0
