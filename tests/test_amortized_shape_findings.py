@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from adt_fast import amortized as am
+from adt_fast.models.generators import PerturbationGenerator, QNetwork
 
 
 def _classifier():
@@ -38,3 +39,19 @@ def test_generator_lr_factor_is_a_float_for_any_integer_epoch_counts():
     assert type(factor) is float and factor == am.generator_lr_factor(120)
     # an int too large for a float divided without converting it (was an OverflowError)
     assert am.generator_lr_factor(120, constant_epochs=100, decay_epochs=2**2000) == 1.0
+
+
+# _pair's hint said any Sequence of ints, but it took only tuple, list and torch.Size, and refused
+# numpy's integers, which every other count of these networks (in_channels, width) accepts.
+@pytest.mark.parametrize("image_size", [range(5, 8, 2), (np.int64(5), 7), [5, np.int32(7)], torch.Size([5, 7])])
+def test_image_size_is_any_sequence_of_two_integers(image_size):
+    for net in (PerturbationGenerator(2, image_size, "implicit", width=2), QNetwork(2, image_size)):
+        assert net.image_size == (5, 7) and all(type(s) is int for s in net.image_size)
+    assert PerturbationGenerator(2, np.int64(6), "implicit", width=2).image_size == (6, 6)
+
+
+@pytest.mark.parametrize("image_size", ["ab", (5, 7.0), (5, True), np.array([5, 7]), torch.tensor([5, 7]), (5,),
+                                        range(10**12), 0, None, 8.0])
+def test_image_size_that_is_not_two_positive_integers_is_refused_naming_it(image_size):
+    with pytest.raises(ValueError, match="image_size must be a positive int or an \\(H, W\\) pair"):
+        PerturbationGenerator(2, image_size, "implicit", width=2)

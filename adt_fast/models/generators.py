@@ -53,13 +53,14 @@ never run away to +inf even when z is exactly recoverable from delta.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_int
+from ..checks import as_int, check_int, shown
 
 MODES = ("explicit", "implicit", "direct")
 NOISE_DIM = 64
@@ -70,16 +71,17 @@ ImageSize = Union[int, Sequence[int]]
 
 
 def _pair(image_size: ImageSize) -> tuple[int, int]:
-    if isinstance(image_size, bool):
-        raise ValueError(f"image_size must be a positive int or an (H, W) pair, got {image_size!r}")
-    if isinstance(image_size, int):
-        size = (image_size, image_size)
-    elif isinstance(image_size, (tuple, list, torch.Size)):  # a float or None: not "not iterable"
-        size = tuple(image_size)
+    """(H, W) as Python ints from an integer (square images) or any sequence of two integers (a
+    tuple, a list, torch.Size, a range); numpy's integers count, as they do for check_int."""
+    side = as_int(image_size)
+    if side is not None:
+        size = (side, side)
+    elif isinstance(image_size, Sequence) and len(image_size) == 2:  # not a float, None or an array
+        size = tuple(as_int(s) for s in image_size)
     else:
-        size = ()
-    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size):
-        raise ValueError(f"image_size must be a positive int or an (H, W) pair, got {image_size!r}")
+        size = (None,)
+    if not all(s is not None and s >= 1 for s in size):
+        raise ValueError(f"image_size must be a positive int or an (H, W) pair, got {shown(image_size)}")
     return size
 
 
