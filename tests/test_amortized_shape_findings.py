@@ -1,6 +1,7 @@
 """Findings of fuzzing the amortised methods' Python API (generators, amortized.py) over the inputs
 users have: numbers of other types than Python's, image sizes as sequences, out-of-range sizes."""
 
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from adt_fast import amortized as am
-from adt_fast.models.generators import PerturbationGenerator, QNetwork
+from adt_fast.models.generators import MAX_WIDTH, PerturbationGenerator, QNetwork
 
 
 def _classifier():
@@ -55,3 +56,12 @@ def test_image_size_is_any_sequence_of_two_integers(image_size):
 def test_image_size_that_is_not_two_positive_integers_is_refused_naming_it(image_size):
     with pytest.raises(ValueError, match="image_size must be a positive int or an \\(H, W\\) pair"):
         PerturbationGenerator(2, image_size, "implicit", width=2)
+
+
+# A huge width reached the allocator (10**9: "you tried to allocate 360000000000 bytes") or overflowed
+# inside torch (2**70: "Overflow when unpacking long long").
+@pytest.mark.parametrize("width", [MAX_WIDTH + 1, 10**9, 2**70, np.int64(2**40)])
+def test_a_generator_width_past_the_bound_is_refused_naming_it(width):
+    why = rf"^width must be an integer from 1 to {MAX_WIDTH}, got {re.escape(repr(width))}$"
+    with pytest.raises(ValueError, match=why):
+        PerturbationGenerator(3, 8, "direct", width=width)
