@@ -65,3 +65,16 @@ def test_a_generator_width_past_the_bound_is_refused_naming_it(width):
     why = rf"^width must be an integer from 1 to {MAX_WIDTH}, got {re.escape(repr(width))}$"
     with pytest.raises(ValueError, match=why):
         PerturbationGenerator(3, 8, "direct", width=width)
+
+
+# min_std refused numpy's floats, which every other number of the package accepts; negative_slope was
+# not checked: NaN made q's outputs NaN without a word, a string failed at the first forward; a numpy
+# in_channels was checked but its numpy value used (out_channels a numpy integer).
+def test_q_network_takes_any_real_min_std_and_refuses_a_bad_negative_slope_and_counts_are_ints():
+    q = QNetwork(np.int64(1), 8, min_std=np.float32(0.5))
+    assert type(q.min_std) is float and q.min_std == 0.5 and type(q.in_channels) is int
+    for slope in (float("nan"), float("inf"), "x", None, True):
+        with pytest.raises(ValueError, match=r"^negative_slope must be a finite number, got"):
+            QNetwork(1, 8, negative_slope=slope)
+    assert QNetwork(1, 8, negative_slope=np.float64(0.2)).features[2].negative_slope == 0.2
+    assert type(PerturbationGenerator(np.int64(1), 8, width=2).out_channels) is int

@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import as_int, check_int, shown
+from ..checks import as_int, as_real, check_finite, check_int, shown
 
 MODES = ("explicit", "implicit", "direct")
 NOISE_DIM = 64
@@ -134,7 +134,7 @@ class PerturbationGenerator(nn.Module):
         self.mode = mode
         self.noise_dim = check_int(noise_dim, "noise_dim") if mode == "implicit" else 0
         self.width = check_int(width, "width", maximum=MAX_WIDTH)
-        self.out_channels = 2 * in_channels if mode == "explicit" else in_channels
+        self.out_channels = 2 * self.in_channels if mode == "explicit" else self.in_channels
         height, width_px = self.image_size
 
         if mode == "implicit":
@@ -143,7 +143,7 @@ class PerturbationGenerator(nn.Module):
                 nn.Linear(NOISE_HIDDEN, height * width_px), nn.ReLU(inplace=True))
         else:
             self.noise_encoder = None
-        stem_in = 3 * in_channels + (1 if mode == "implicit" else 0)
+        stem_in = 3 * self.in_channels + (1 if mode == "implicit" else 0)
         w = self.width
         self.body = nn.Sequential(
             _conv3x3(stem_in, w), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
@@ -209,16 +209,16 @@ class QNetwork(nn.Module):
         self.in_channels = check_int(in_channels, "in_channels")
         self.image_size = _pair(image_size)
         self.noise_dim = check_int(noise_dim, "noise_dim")
-        if not (isinstance(min_std, (int, float)) and not isinstance(min_std, bool) and math.isfinite(min_std)
-                and min_std > 0):
-            raise ValueError(f"min_std must be a finite number > 0, got {min_std!r}")
-        self.min_std = float(min_std)
+        self.min_std = as_real(min_std)
+        if self.min_std is None or not math.isfinite(self.min_std) or self.min_std <= 0:
+            raise ValueError(f"min_std must be a finite number > 0, got {shown(min_std)}")
+        negative_slope = check_finite(negative_slope, "negative_slope")
 
         def block(cin, cout, kernel, stride):
             return [nn.Conv2d(cin, cout, kernel, stride=stride, bias=False), nn.BatchNorm2d(cout),
                     nn.LeakyReLU(negative_slope, inplace=True)]
 
-        self.features = nn.Sequential(*block(in_channels, 32, 5, 1), *block(32, 64, 4, 2),
+        self.features = nn.Sequential(*block(self.in_channels, 32, 5, 1), *block(32, 64, 4, 2),
                                       *block(64, 128, 4, 1), *block(128, 256, 4, 2))
         self.out = nn.Linear(256, 2 * self.noise_dim)
         self.reset_parameters()
