@@ -13,7 +13,7 @@ from torch import nn
 
 from adt_fast.attacks import APGDAttack, DistributionAttack, FABAttack, FeatureAttack, SquareAttack, evaluate, pgd
 from adt_fast.attacks.report import worst_case
-from adt_fast.attacks.suite import check_epsilon, mim_attack, parse_attacks, pgd_attack
+from adt_fast.attacks.suite import check_epsilon, check_step_size, mim_attack, parse_attacks, pgd_attack
 from adt_fast.checks import check_finite, check_int, check_non_negative, check_steps, check_tries
 from adt_fast.cli import main
 from adt_fast.train import clean_accuracy
@@ -82,11 +82,16 @@ def test_clean_accuracy_scores_a_normalised_batch_that_the_attacks_refuse():
     (check_int, np.int64(20), 20), (check_int, np.uint8(3), 3),
     (check_steps, np.int32(7), 7), (check_tries, np.int16(5), 5),
     (check_finite, np.float32(0.5), 0.5), (check_finite, np.int64(-2), -2.0),
-    (check_non_negative, np.float16(0.25), 0.25), (check_epsilon, np.float32(0.125), 0.125),
+    (check_non_negative, np.float16(0.25), 0.25), (check_step_size, np.float32(0.125), 0.125),
 ])
 def test_the_checks_take_numpy_scalars_and_return_python_numbers(check, value, plain):
     checked = check(value, "n")
     assert checked == plain and type(checked) is type(plain)
+
+
+def test_check_epsilon_takes_a_numpy_scalar_and_returns_a_python_float():
+    checked = check_epsilon(np.float32(0.125))
+    assert checked == 0.125 and type(checked) is float
 
 
 @pytest.mark.parametrize("check, value", [
