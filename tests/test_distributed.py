@@ -291,7 +291,8 @@ def test_ranks_started_with_other_settings_refuse_the_job_before_any_write(tmp_p
     result = torchrun(str(WORKER), "rank-1-adds", "--seed", "1", "--", command, *argv, "--dataset", "synthetic",
                       "--device", "cpu", "--out", str(out / "r.json" if command == "eval" else out), ok=False)
     refusal = f"adt-fast {command}: error: rank 1's settings differ from rank 0's: seed 1 (rank 0: 0); start every"
-    assert result.stderr.count(refusal) == 2  # each rank says it
+    # Each rank says it, unless torchrun stops the other first, when one ends: one or two lines.
+    assert result.stderr.count(refusal) in (1, 2), result.stderr[-3000:]
     assert not out.exists() or not any(out.iterdir())
 
 
