@@ -280,10 +280,10 @@ def _first_order_only(backward):
     through _FirstOrderOnly, anchored to everything they depend on that requires grad."""
     @functools.wraps(backward)
     def wrapper(ctx, *grads):
+        if not torch.is_grad_enabled():  # a plain backward: no graph to keep out of
+            return backward(ctx, *grads)
         with torch.no_grad():
             outputs = backward(ctx, *grads)
-        if not torch.is_grad_enabled():
-            return outputs
         anchors = [t for t in (*grads, *ctx.saved_tensors) if t is not None and t.requires_grad]
         tensors = outputs[:3]
         return (*_FirstOrderOnly.apply(len(tensors), *tensors, *anchors), *outputs[3:])
@@ -294,11 +294,13 @@ class _EagerSampleAndEntropy(torch.autograd.Function):
     """The eager launch path: the same backend calls as the custom ops, minus their dispatch."""
 
     @staticmethod
-    def forward(ctx, mean, std_param, x, noise, generator, num_samples, epsilon, lo, hi, name):
-        out, nlp, seed_offset = dispatch.get(name).forward(mean, std_param, x, noise, None, generator,
-                                                           num_samples, epsilon, lo, hi)
+    def forward(ctx, mean, std_param, x, noise, call):
+        """`call`: (generator, settings, backend name) in one argument, since autograd and functorch
+        go over every argument of each apply (a few hundred ns apiece)."""
+        generator, settings, name = call
+        out, nlp, seed_offset = dispatch.get(name).forward(mean, std_param, x, noise, None, generator, *settings)
         ctx.save_for_backward(mean, std_param, x, noise, seed_offset)
-        ctx.settings = (num_samples, epsilon, lo, hi)
+        ctx.settings = settings
         ctx.backend = name
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not k x N zeros
         return out, nlp
@@ -307,11 +309,11 @@ class _EagerSampleAndEntropy(torch.autograd.Function):
     @_first_order_only  # the fused backward has no derivative of its own: say so, never return 0
     def backward(ctx, grad_out, grad_nlp):
         if grad_out is None and grad_nlp is None:
-            return (None,) * 10
+            return (None,) * 5
         grad_mean, grad_std, grad_x = dispatch.get(ctx.backend).backward(grad_out, grad_nlp, *ctx.saved_tensors,
                                                                          *ctx.settings,
                                                                          need_grad_x=ctx.needs_input_grad[2])
-        return grad_mean, grad_std, grad_x, None, None, None, None, None, None, None
+        return grad_mean, grad_std, grad_x, None, None
 
 
 def draw_normals(shape: Sequence[int], num_samples: int, *, rows: Optional[tuple[int, int]] = None,
@@ -511,7 +513,8 @@ def sample_and_entropy(mean: torch.Tensor, std_param: torch.Tensor, num_samples:
     if clamp is not None:
         if not isinstance(clamp, (tuple, list)) or len(clamp) != 2:
             raise TypeError(f"clamp must be None or a pair (lo, hi), got {clamp!r}")
-        lo, hi = (_check_number(f"clamp[{i}]", v, infinite_ok=True) for i, v in enumerate(clamp))
+        lo, hi = _check_number("clamp[0]", clamp[0], infinite_ok=True), _check_number("clamp[1]", clamp[1],
+                                                                                        infinite_ok=True)
         if lo >= hi:
             raise ValueError(f"clamp must have lo < hi, got ({lo}, {hi})")
     if x is not None:
@@ -523,7 +526,8 @@ def sample_and_entropy(mean: torch.Tensor, std_param: torch.Tensor, num_samples:
                              "or learn mean and std_param instead (the reparameterisation)")
     if backend not in _BACKEND_NAMES:
         raise ValueError(f"backend must be one of {list(_BACKEND_NAMES)}, got {backend!r}")
-    _check_generator(generator, mean.device, f"mean is on {mean.device}", draws=noise is None)
+    if generator is not None:  # (the message's f-string costs as much as the check)
+        _check_generator(generator, mean.device, f"mean is on {mean.device}", draws=noise is None)
     if not torch.compiler.is_compiling():
         _refuse_tangents(mean, std_param, x, noise)
     elif torch.autograd.forward_ad._current_level >= 0:
@@ -541,5 +545,5 @@ def sample_and_entropy(mean: torch.Tensor, std_param: torch.Tensor, num_samples:
         if not torch.compiler.is_compiling() and _functionalize_without_differentiation():
             return sample_forward(*tensors, seed_offset, *settings, backend)
         return _TransformableSampleAndEntropy.apply(*tensors, seed_offset, *settings, backend)
-    return _EagerSampleAndEntropy.apply(*tensors, generator, *settings,
-                                        dispatch.select(backend, mean.device, mean.dtype))
+    return _EagerSampleAndEntropy.apply(*tensors, (generator, settings, dispatch.select(backend, mean.device,
+                                                                                        mean.dtype)))
