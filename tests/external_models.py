@@ -1,5 +1,6 @@
 """Factories for `adt-fast eval --model tests_module:factory` in tests/test_cli_eval_model.py."""
 
+import os
 import sys
 
 import torch
@@ -9,6 +10,13 @@ from torch import nn
 def build() -> nn.Module:
     """A plain classifier for the synthetic dataset (3 x 8 x 8, 10 classes), no .features."""
     torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10))
+
+
+def build_per_process() -> nn.Module:
+    """build's network initialised from the process id, as a factory drawing from the clock or
+    numpy would be: each rank of a torchrun gets other weights."""
+    torch.manual_seed(os.getpid())
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10))
 
 

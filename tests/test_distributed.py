@@ -296,6 +296,17 @@ def test_ranks_started_with_other_settings_refuse_the_job_before_any_write(tmp_p
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_ranks_whose_model_factory_gives_other_weights_refuse_to_attack(tmp_path):
+    """A --model factory that initialises from the clock or numpy (here the process id) built
+    another model on each rank, and the report merged their scores, silently."""
+    out = tmp_path / "out" / "r.json"
+    result = torchrun("-m", "adt_fast", "eval", "--model", "tests.external_models:build_per_process",
+                      "--dataset", "synthetic", "--n-examples", "16", "--batch-size", "8", "--attacks", "fgsm",
+                      "--epsilon-curve", "", "--device", "cpu", "--out", str(out), ok=False)
+    assert "adt-fast eval: error: rank 1's settings differ from rank 0's: model's state sha256 '" in result.stderr
+    assert not out.exists()
+
+
 def test_a_failing_worker_ends_the_run_with_its_reason(tmp_path):
     """Rank 1 raises: the run ends with its error, and rank 0, stopped by torchrun or failing in its
     next collective (test_a_rank_whose_collective_fails_says_so_in_one_line pins that line), prints

@@ -10,6 +10,7 @@ eval.csv and eval.png (see docs/evaluation.md).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import shlex
 import sys
@@ -594,6 +595,15 @@ def _stopped_by(interrupt: KeyboardInterrupt) -> tuple:
     return "interrupted", INTERRUPTED_EXIT
 
 
+def _state_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the model's parameters and buffers, by name, as bytes."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _run(args) -> int:
     from ..progress import progress_enabled
     from .evaluation import evaluate
@@ -603,8 +613,12 @@ def _run(args) -> int:
     try:
         # Under torchrun the ranks share the batches; each gets the whole report, rank 0 writes it.
         with session(str(job.device)) as world:
-            world.check_same({**{name: value for name, value in vars(args).items() if name != "run"},
-                              "weights sha256": job.weights_sha256, "source sha256": job.source_sha256}, "settings")
+            same = {**{name: value for name, value in vars(args).items() if name != "run"},
+                    "weights sha256": job.weights_sha256, "source sha256": job.source_sha256}
+            if world.parallel:  # each rank built its models itself: a --model factory may draw from numpy or the clock
+                same.update({"model's state sha256": _state_digest(job.model),
+                             "source model's state sha256": job.source and _state_digest(job.source)})
+            world.check_same(same, "settings")
             report = evaluate(job.model, job.x, job.y, epsilon=job.epsilon, attacks=job.attacks,
                               seed=args.seed, source_model=job.source, batch_size=args.batch_size,
                               dist_steps=args.dist_steps, feature_targets=args.feature_targets,
