@@ -6,6 +6,7 @@ timeout; the runs are tiny (synthetic data, a few steps) so that each launch tak
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import json
@@ -305,6 +306,28 @@ def test_ranks_whose_model_factory_gives_other_weights_refuse_to_attack(tmp_path
                       "--epsilon-curve", "", "--device", "cpu", "--out", str(out), ok=False)
     assert "adt-fast eval: error: rank 1's settings differ from rank 0's: model's state sha256 '" in result.stderr
     assert not out.exists()
+
+
+def test_state_digest_follows_every_value_of_any_layout_and_dtype():
+    """The digest the ranks compare: equal for equal states, other for one changed value, and
+    sparse, bool and bfloat16 buffers taken as they are, with a module's non-tensor extra state."""
+    from adt_fast.attacks.command import _state_digest
+
+    class Extra(nn.Sequential):
+        def get_extra_state(self):
+            return {"note": "not a tensor"}
+
+        def set_extra_state(self, state):
+            pass
+
+    model = Extra(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    model.register_buffer("sparse", torch.eye(3).to_sparse())
+    model.register_buffer("flag", torch.tensor(True))
+    model.register_buffer("half", torch.ones(2, dtype=torch.bfloat16))
+    twin = copy.deepcopy(model)
+    assert _state_digest(twin) == _state_digest(model)
+    twin.sparse = torch.eye(3).mul(2).to_sparse()
+    assert _state_digest(twin) != _state_digest(model)
 
 
 def test_a_failing_worker_ends_the_run_with_its_reason(tmp_path):

@@ -596,11 +596,15 @@ def _stopped_by(interrupt: KeyboardInterrupt) -> tuple:
 
 
 def _state_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of the model's parameters and buffers, by name, as bytes."""
+    """SHA-256 of the model's parameters and buffers (dense values; a quantized one's integers), by name."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
+        if not isinstance(tensor, torch.Tensor):  # a module's own extra state
+            continue
+        values = tensor.detach().cpu()
+        values = values.int_repr() if values.is_quantized else values.to_dense() if values.is_sparse else values
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(values.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
