@@ -323,7 +323,7 @@ def test_state_digest_follows_every_value_of_any_layout_and_dtype():
     model = Extra(nn.Linear(3, 2), nn.BatchNorm1d(2))
     model.register_buffer("sparse", torch.eye(3).to_sparse())
     model.register_buffer("flag", torch.tensor(True))
-    model.register_buffer("half", torch.ones(2, dtype=torch.bfloat16))
+    model.register_buffer("bf16", torch.ones(2, dtype=torch.bfloat16))
     twin = copy.deepcopy(model)
     assert _state_digest(twin) == _state_digest(model)
     twin.sparse = torch.eye(3).mul(2).to_sparse()
