@@ -105,16 +105,20 @@ def lock_folder(folder: PathLike, wait: bool = False, lock_file: Optional[str] =
         os.close(fd)
 
 
+def _nearest_existing(folder: PathLike) -> Path:
+    """`folder` or the nearest of its parents that exists, or a link to nothing on the way there."""
+    existing = Path(os.path.abspath(folder))
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+        existing = existing.parent
+    return existing
+
+
 def atomic_name_limit(folder: PathLike, suffix: str = ATOMIC_SUFFIX) -> Optional[int]:
     """The longest name (in bytes) write_atomic can write in `folder` (or in the folders that would
     be made for it): its temporary name adds ".", "." and 8 random characters and `suffix`, so a
     name the file system takes may still fail, after the work that made the file. None when the
     file system states no limit."""
-    existing = Path(os.path.abspath(folder))
-    while not existing.exists() and existing != existing.parent:
-        if existing.is_symlink():  # mkdir would meet the link: "File exists", naming no target
-            return f"{existing} is a link to {os.readlink(existing)}, which does not exist"
-        existing = existing.parent
+    existing = _nearest_existing(folder)
     try:
         name_max = os.pathconf(existing, "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):  # no limit to ask for (not POSIX)
@@ -138,11 +142,9 @@ def unwritable_reason(folder: PathLike) -> Optional[str]:
     refusal (root passes permission bits; some pseudo file systems refuse anyway), so a writer
     still turns the OSError of a later write into a clean error.
     """
-    existing = Path(os.path.abspath(folder))
-    while not existing.exists() and existing != existing.parent:
-        if existing.is_symlink():  # mkdir would meet the link: "File exists", naming no target
-            return f"{existing} is a link to {os.readlink(existing)}, which does not exist"
-        existing = existing.parent
+    existing = _nearest_existing(folder)
+    if not existing.exists():  # mkdir would meet the link: "File exists", naming no target
+        return f"{existing} is a link to {os.readlink(existing)}, which does not exist"
     if not existing.is_dir():
         return f"{existing} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):

@@ -138,3 +138,10 @@ def test_unwritable_reason_names_a_broken_link_and_its_target(tmp_path, below):
     assert reason == f"{link} is a link to {tmp_path / 'gone'}, which does not exist"
     with pytest.raises(PermissionError, match="which does not exist"):
         files.make_writable_dir(folder)
+
+
+def test_atomic_name_limit_under_a_broken_link_states_no_limit(tmp_path):
+    """It shared unwritable_reason's walk up, and returned that function's message, a str, where
+    report_paths compares an int: eval's --out under such a link raised a bare TypeError."""
+    (tmp_path / "data").symlink_to(tmp_path / "gone")
+    assert files.atomic_name_limit(tmp_path / "data" / "run") is None
