@@ -96,8 +96,7 @@ def _resolve(name: str):
 
 
 def subcommand(name: str) -> argparse.ArgumentParser:
-    actions = build_parser()._actions
-    return next(a for a in actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    return build_parser().commands.choices[name]
 
 
 def options(name: str) -> set:
