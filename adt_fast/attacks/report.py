@@ -48,8 +48,8 @@ CSV_DIGITS = 6
 JSON_MARK_KEYS = {"natural_accuracy", "robust_accuracy", "worst_case_accuracy", "adt_fast_version"}
 PNG_MARK_KEY, PNG_MARK = "Title", "adt_fast eval report"
 MARK_WITHIN = 4096  # the first bytes hold the marks (matplotlib writes text chunks before the image)
-# A JSON report is far smaller (pgd:100000's curve of 100,001 points takes about 9 MB): a larger
-# JSON is another file, refused without parsing it whole.
+# A JSON report is far smaller (pgd:100000's curve holds 100,001 numbers): a larger JSON is
+# another file, refused without parsing it whole.
 MAX_REPORT_BYTES = 64 << 20
 
 _ORDER = ("fgsm", "pgd", "mim", "cw", "feature", "dist", "transfer", "apgd-ce", "apgd-dlr",

@@ -296,7 +296,7 @@ class _EagerSampleAndEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mean, std_param, x, noise, call):
         """`call`: (generator, settings, backend name) in one argument, since autograd and functorch
-        go over every argument of each apply (a few hundred ns apiece)."""
+        go over every argument of each apply (RESULTS.md, the host cost of one eager call)."""
         generator, settings, name = call
         out, nlp, seed_offset = dispatch.get(name).forward(mean, std_param, x, noise, None, generator, *settings)
         ctx.save_for_backward(mean, std_param, x, noise, seed_offset)
