@@ -277,17 +277,21 @@ def backends() -> list[BackendStatus]:
 
 # (requested, device type, dtype, $ADT_FAST_BACKEND, $TRITON_INTERPRET) -> backend name. The two
 # variables are part of the key because they may change after import; whether the extension
-# and triton load, and whether CUDA is present, cannot change within a process.
+# and triton load, and whether CUDA is present, cannot change within a process. A variable that
+# cannot change the answer is not read (None in the key): $ADT_FAST_BACKEND counts for "auto"
+# only, and $TRITON_INTERPRET for triton on CPU tensors only.
 _SELECTED: dict[tuple, str] = {}
 
 
 def select(requested: str, device: torch.device, dtype: torch.dtype) -> str:
     """The backend name that serves this call, or a ValueError/RuntimeError saying why none can.
-    Cached, so a call costs two environment reads and a dict lookup (errors are not cached)."""
+    Cached, so a call costs a dict lookup and at most two environment reads (errors are not cached)."""
     if not isinstance(requested, str):
         raise TypeError(f"backend must be a string, got {type(requested).__name__}")
-    env = os.environ.get(BACKEND_ENV)
-    key = (requested, device.type, dtype, env, os.environ.get("TRITON_INTERPRET"))
+    env = os.environ.get(BACKEND_ENV) if requested == "auto" else None
+    interpret = (os.environ.get("TRITON_INTERPRET") if device.type == "cpu" and "triton" in (requested, env)
+                 else None)
+    key = (requested, device.type, dtype, env, interpret)
     name = _SELECTED.get(key)
     if name is None:
         name = _SELECTED[key] = _resolve(requested, device, dtype, env)

@@ -285,8 +285,7 @@ def _first_order_only(backward):
         with torch.no_grad():
             outputs = backward(ctx, *grads)
         anchors = [t for t in (*grads, *ctx.saved_tensors) if t is not None and t.requires_grad]
-        tensors = outputs[:3]
-        return (*_FirstOrderOnly.apply(len(tensors), *tensors, *anchors), *outputs[3:])
+        return _FirstOrderOnly.apply(len(outputs), *outputs, *anchors)
     return wrapper
 
 
@@ -294,14 +293,16 @@ class _EagerSampleAndEntropy(torch.autograd.Function):
     """The eager launch path: the same backend calls as the custom ops, minus their dispatch."""
 
     @staticmethod
-    def forward(ctx, mean, std_param, x, noise, call):
-        """`call`: (generator, settings, backend name) in one argument, since autograd and functorch
-        go over every argument of each apply (RESULTS.md, the host cost of one eager call)."""
+    def forward(ctx, mean, std_param, call, *x_noise):
+        """`call`: (generator, settings, backend name) in one argument, and `x_noise` as short as
+        the call allows ((), (x,) or (x, noise)), since autograd and functorch go over every
+        argument of each apply (RESULTS.md, the host cost of one eager call). The backward's
+        trailing None gradients for absent arguments are dropped by autograd."""
         generator, settings, name = call
+        x, noise = (*x_noise, None, None)[:2]
         out, nlp, seed_offset = dispatch.get(name).forward(mean, std_param, x, noise, None, generator, *settings)
         ctx.save_for_backward(mean, std_param, x, noise, seed_offset)
-        ctx.settings = settings
-        ctx.backend = name
+        ctx.call = (dispatch.get(name).backward, settings, x is not None and ctx.needs_input_grad[3])
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not k x N zeros
         return out, nlp
 
@@ -310,10 +311,10 @@ class _EagerSampleAndEntropy(torch.autograd.Function):
     def backward(ctx, grad_out, grad_nlp):
         if grad_out is None and grad_nlp is None:
             return (None,) * 5
-        grad_mean, grad_std, grad_x = dispatch.get(ctx.backend).backward(grad_out, grad_nlp, *ctx.saved_tensors,
-                                                                         *ctx.settings,
-                                                                         need_grad_x=ctx.needs_input_grad[2])
-        return grad_mean, grad_std, grad_x, None, None
+        backward, settings, need_grad_x = ctx.call
+        grad_mean, grad_std, grad_x = backward(grad_out, grad_nlp, *ctx.saved_tensors, *settings,
+                                               need_grad_x=need_grad_x)
+        return grad_mean, grad_std, None, grad_x, None
 
 
 def draw_normals(shape: Sequence[int], num_samples: int, *, rows: Optional[tuple[int, int]] = None,
@@ -372,9 +373,9 @@ def _check_tensor(name: str, value, like: Optional[torch.Tensor] = None,
         raise ValueError(f"{name} is on {value.device} but mean is on {device}")
     if like is not None and value.dtype != like.dtype:
         raise TypeError(f"{name} has dtype {value.dtype} but mean has dtype {like.dtype}")
-    expected = tuple(like.shape if shape is None else shape)
-    if tuple(value.shape) != expected:
-        raise ValueError(f"{name} must have shape {expected}, got {tuple(value.shape)}")
+    expected = like.shape if shape is None else shape
+    if value.shape != expected:  # (torch.Size is a tuple: no conversion on the common path)
+        raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(value.shape)}")
 
 
 def _check_generator(generator, device: torch.device, where: str, *, draws: bool = True) -> None:
@@ -422,10 +423,11 @@ def _check_num_samples(num_samples) -> int:
     """An int in [1, 2**63) (not a bool, a float or a tensor: the op's sample count is a Python number).
     A torch.SymInt (torch.compile's dynamic k, which Dynamo calls an int) stays one: operator.index
     would specialise it, a recompilation for every k."""
-    if isinstance(num_samples, bool) or not isinstance(num_samples, (numbers.Integral, torch.SymInt)):
-        raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
-    if not isinstance(num_samples, (int, torch.SymInt)):
-        num_samples = operator.index(num_samples)
+    if type(num_samples) is not int:  # (the common case skips the abstract-class checks)
+        if isinstance(num_samples, bool) or not isinstance(num_samples, (numbers.Integral, torch.SymInt)):
+            raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
+        if not isinstance(num_samples, torch.SymInt):
+            num_samples = operator.index(num_samples)
     if not 1 <= num_samples < 2**63:
         raise ValueError(f"num_samples must be >= 1 and < 2**63, got {num_samples}")
     return num_samples
@@ -466,9 +468,12 @@ def _check_output_size(mean, num_samples: int) -> None:
                          f"of {num_samples * mean.numel()} elements, past what a tensor can hold")
 
 
+_LARGEST = {dtype: torch.finfo(compute_dtype(dtype)).max for dtype in dispatch.FLOAT_DTYPES}
+
+
 def _check_epsilon(epsilon: float, dtype: torch.dtype) -> None:
     """Finite and > 0 in the dtype the kernels compute in: a larger one would become inf there."""
-    largest = torch.finfo(compute_dtype(dtype)).max
+    largest = _LARGEST[dtype]
     if not 0 < epsilon <= largest:
         raise ValueError(f"epsilon must be > 0 and at most {largest:.4g} (the largest {compute_dtype(dtype)}, "
                          f"which the op computes in for {dtype} inputs), got {epsilon}")
@@ -477,9 +482,10 @@ def _check_epsilon(epsilon: float, dtype: torch.dtype) -> None:
 def _check_number(name: str, value, *, infinite_ok: bool = False) -> float:
     """A real number (numpy scalars too) as a float. Comparisons rather than math.isfinite, which
     torch.compile cannot trace on a varying value."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
+    if type(value) is not float:  # (the common case skips the abstract-class check)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        value = float(value)
     if value != value or not (infinite_ok or -math.inf < value < math.inf):
         raise ValueError(f"{name} must be {'a number' if infinite_ok else 'finite'}, got {value}")
     return value
@@ -504,7 +510,8 @@ def sample_and_entropy(mean: torch.Tensor, std_param: torch.Tensor, num_samples:
     """
     num_samples = _check_num_samples(num_samples)
     _check_mean(mean)
-    if not torch.compiler.is_compiling():  # Dynamo calls a SymInt an int: the fake kernel checks there
+    compiling = torch.compiler.is_compiling()
+    if not compiling:  # Dynamo calls a SymInt an int: the fake kernel checks there
         _check_output_size(mean, num_samples)
     _check_tensor("std_param", std_param, like=mean)
     epsilon = _check_number("epsilon", epsilon)
@@ -528,22 +535,22 @@ def sample_and_entropy(mean: torch.Tensor, std_param: torch.Tensor, num_samples:
         raise ValueError(f"backend must be one of {list(_BACKEND_NAMES)}, got {backend!r}")
     if generator is not None:  # (the message's f-string costs as much as the check)
         _check_generator(generator, mean.device, f"mean is on {mean.device}", draws=noise is None)
-    if not torch.compiler.is_compiling():
+    if not compiling:
         _refuse_tangents(mean, std_param, x, noise)
     elif torch.autograd.forward_ad._current_level >= 0:
         _refuse_forward_ad_compiled()
-    if generator is not None and noise is None and mean.device.type != "meta":
+    if generator is not None and noise is None and not mean.is_meta:
         _check_not_recomputed_with_generator()
 
-    tensors = (mean.contiguous(), std_param.contiguous(), None if x is None else x.contiguous(),
-               None if noise is None else noise.contiguous())
+    mean, std_param = mean.contiguous(), std_param.contiguous()
+    x, noise = None if x is None else x.contiguous(), None if noise is None else noise.contiguous()
     settings = (num_samples, epsilon, lo, hi)
     # meta: the ops' fake kernels; maybe_current_level: inside an eager torch.func transform
-    if (torch.compiler.is_compiling() or mean.device.type == "meta"
-            or torch._C._functorch.maybe_current_level() is not None):
+    if compiling or mean.is_meta or torch._C._functorch.maybe_current_level() is not None:
         seed_offset = dispatch.python_seed_offset(mean, noise, None, generator)
-        if not torch.compiler.is_compiling() and _functionalize_without_differentiation():
-            return sample_forward(*tensors, seed_offset, *settings, backend)
-        return _TransformableSampleAndEntropy.apply(*tensors, seed_offset, *settings, backend)
-    return _EagerSampleAndEntropy.apply(*tensors, (generator, settings, dispatch.select(backend, mean.device,
-                                                                                        mean.dtype)))
+        if not compiling and _functionalize_without_differentiation():
+            return sample_forward(mean, std_param, x, noise, seed_offset, *settings, backend)
+        return _TransformableSampleAndEntropy.apply(mean, std_param, x, noise, seed_offset, *settings, backend)
+    call = (generator, settings, dispatch.select(backend, mean.device, mean.dtype))
+    x_noise = () if x is None and noise is None else (x,) if noise is None else (x, noise)
+    return _EagerSampleAndEntropy.apply(mean, std_param, call, *x_noise)
