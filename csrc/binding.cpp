@@ -146,6 +146,10 @@ void check_grads(const char* op, const OptTensor& grad_out, const OptTensor& gra
   }
 }
 
+// t in `dtype`, without a trip through the dispatcher when it already is (Tensor::to would return
+// t itself, after that trip: the op's host cost is measured, benchmarks/RESULTS.md).
+Tensor as_dtype(const Tensor& t, at::ScalarType dtype) { return t.scalar_type() == dtype ? t : t.to(dtype); }
+
 // grad_out as the kernels read it: element (s, n) at data[s * sample_stride + n * element_stride].
 // Contiguous, expanded over the samples (g.expand(k, ...) of a contiguous (B, *S): strides (0, 1))
 // and a broadcast scalar (delta.sum()'s gradient: (0, 0)) are read in place; any other layout is
@@ -161,12 +165,12 @@ GradOut grad_out_layout(const OptTensor& g_in, at::ScalarType dtype, int64_t num
   const Tensor& t = *g_in;
   const bool all_zero = std::all_of(t.strides().begin(), t.strides().end(), [](int64_t v) { return v == 0; });
   if (t.numel() > 0 && !t.is_contiguous() && all_zero) {
-    g.data = t.as_strided({1}, {1}).to(dtype);
+    g.data = t.scalar_type() == dtype ? t : t.as_strided({1}, {1}).to(dtype);  // its first element, read k x N times
   } else if (t.numel() > 0 && t.dim() >= 1 && t.stride(0) == 0 && t.size(0) > 1 && t.select(0, 0).is_contiguous()) {
-    g.data = t.select(0, 0).to(dtype).contiguous();
+    g.data = as_dtype(t.select(0, 0), dtype).contiguous();
     g.element_stride = 1;
   } else {
-    g.data = t.to(dtype).contiguous();
+    g.data = as_dtype(t, dtype).contiguous();
     g.sample_stride = numel;
     g.element_stride = 1;
   }
@@ -183,7 +187,7 @@ struct GradNlp {
 GradNlp grad_nlp_layout(const OptTensor& g_in, at::ScalarType ctype) {
   GradNlp g;
   if (!present(g_in)) return g;
-  g.data = g_in->to(ctype);
+  g.data = as_dtype(*g_in, ctype);
   g.sample_stride = g.data.stride(0);
   g.example_stride = g.data.stride(1);
   return g;
@@ -197,7 +201,7 @@ Tensor grad_x_buffer(const OptTensor& x, bool need_grad_x, const Tensor& like) {
 
 OptTensor contiguous_as(const OptTensor& t, at::ScalarType dtype) {
   if (!present(t)) return c10::nullopt;
-  return t->to(dtype).contiguous();
+  return as_dtype(*t, dtype).contiguous();
 }
 
 template <class T>
@@ -279,7 +283,7 @@ std::tuple<Tensor, Tensor, Tensor> backward_cpu(const OptTensor& grad_out_in, co
   const at::ScalarType ctype = compute_type(dtype);
   const bool half = dtype == at::kHalf || dtype == at::kBFloat16;  // computed in float32, stored back
   const at::ScalarType kdtype = half ? at::kFloat : dtype;
-  const Tensor mean = mean_in.to(kdtype).contiguous(), std_param = std_in.to(kdtype).contiguous();
+  const Tensor mean = as_dtype(mean_in, kdtype).contiguous(), std_param = as_dtype(std_in, kdtype).contiguous();
   const GradOut go = grad_out_layout(grad_out_in, kdtype, d.batch * d.dim);
   const GradNlp ge = grad_nlp_layout(grad_nlp_in, ctype);
   const OptTensor x = contiguous_as(x_in, kdtype), noise = contiguous_as(noise_in, kdtype);
