@@ -10,6 +10,9 @@
 //                               -> (grad_mean, grad_std_param, grad_x; empty without x or need_grad_x)
 //   adt_fast_C::philox_words(seed_offset, numel, num_samples) -> int64 [k, ceil(numel/4), 4]
 //
+// and, in adt_fast._C, `sample_forward_eager` and `sample_backward_eager`: the first two ops'
+// kernels called without torch.ops, or None where the call must go through it (see below).
+//
 // Without seed_offset and noise, the forward draws (seed, offset) here from `generator` or the
 // device's default generator (docs/randomness.md) and returns the pair it used; the backward is
 // given that pair. An absent gradient is zero; grad_out expanded over the samples or from a
@@ -20,6 +23,12 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
+#include <ATen/PythonTorchFunctionTLS.h>
+#include <ATen/record_function.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/Generator.h>
+#include <torch/csrc/autograd/python_variable.h>
 
 #include <mutex>
 
@@ -50,6 +59,7 @@
 
 namespace {
 
+namespace py = pybind11;
 using at::Tensor;
 using OptTensor = c10::optional<Tensor>;
 
@@ -480,6 +490,121 @@ Tensor philox_words_cuda(const Tensor& seed_offset_in, int64_t numel, int64_t k)
 
 #endif  // ADT_FAST_WITH_CUDA
 
+// ---- Eager entry points (adt_fast._C.sample_forward_eager / sample_backward_eager) ---------------
+// A registered op called from Python goes through torch.ops' argument parsing and the boxed
+// dispatcher: about 2 us of a 5 us call of the forward or the backward at small sizes (benchmarks/RESULTS.md,
+// the host cost of one eager call). These entries run the same kernels directly, only where
+// nothing could see or redirect the op: every tensor exactly a torch.Tensor or Parameter (no
+// __torch_function__), no torch-function mode, and no dispatch key before the device's kernel but
+// those these ops fall through (autograd's, autocast's, BackendSelect). So a dispatch mode, a fake,
+// wrapper or lazily negated tensor, the JIT tracer or a functorch transform still meets
+// adt_fast_C::sample_forward: there the entries return None, and the caller takes torch.ops
+// (adt_fast/ops/dispatch.py). They release the GIL, name themselves to the profiler and raise
+// torch's Python exceptions, as torch.ops does.
+class DirectCall {
+  // Keys whose kernels these ops fall through (BackendSelect is included by default).
+  static constexpr c10::DispatchKeySet kPassedThrough = c10::autograd_dispatch_keyset_with_ADInplaceOrView |
+                                                        c10::autocast_dispatch_keyset |
+                                                        c10::DispatchKeySet(c10::DispatchKey::BackendSelect);
+
+ public:
+  // The tensor `obj` holds; nullopt for None (or for what only torch.ops may take).
+  OptTensor optional(py::handle obj) {
+    if (obj.is_none()) return c10::nullopt;
+    if (!THPVariable_CheckExact(obj.ptr())) {
+      direct_ = false;
+      return c10::nullopt;
+    }
+    const Tensor& t = THPVariable_Unpack(obj.ptr());
+    keys_ = keys_ | t.key_set();
+    return t;
+  }
+  Tensor required(py::handle obj) {
+    OptTensor t = optional(obj);
+    direct_ = direct_ && t.has_value();
+    return t.has_value() ? *t : Tensor();
+  }
+  c10::optional<at::Generator> generator(py::handle obj) {
+    if (obj.is_none()) return c10::nullopt;
+    if (!THPGenerator_Check(obj.ptr())) {
+      direct_ = false;
+      return c10::nullopt;
+    }
+    return reinterpret_cast<THPGenerator*>(obj.ptr())->cdata;
+  }
+  // Where the dispatcher would reach the kernel named by `key` with nothing in between that counts.
+  bool direct(c10::DispatchKey* key) const {
+    if (!direct_ || at::impl::torch_function_mode_enabled()) return false;
+    const c10::impl::LocalDispatchKeySet local = c10::impl::tls_local_dispatch_key_set();
+    const c10::DispatchKeySet seen = ((keys_ | local.included_) - local.excluded_) - kPassedThrough;
+    *key = seen.highestPriorityTypeId();
+#if defined(ADT_FAST_WITH_CUDA)
+    return *key == c10::DispatchKey::CPU || *key == c10::DispatchKey::CUDA;
+#else
+    return *key == c10::DispatchKey::CPU;
+#endif
+  }
+
+ private:
+  bool direct_ = true;
+  c10::DispatchKeySet keys_;
+};
+
+// The kernel `fn`_cpu or `fn`_cuda, as `key` says.
+#if defined(ADT_FAST_WITH_CUDA)
+#define ADT_FAST_ON_DEVICE(key, fn, ...) \
+  ((key) == c10::DispatchKey::CUDA ? fn##_cuda(__VA_ARGS__) : fn##_cpu(__VA_ARGS__))
+#else
+#define ADT_FAST_ON_DEVICE(key, fn, ...) ((void)(key), fn##_cpu(__VA_ARGS__))
+#endif
+
+// `kernel`'s results, run as torch.ops runs an op: named to the profiler, the GIL released.
+template <class Kernel>
+py::object run_directly(const char* name, const Tensor& mean, const Tensor& std_param, const Kernel& kernel) {
+  RECORD_FUNCTION(name, std::vector<c10::IValue>({mean, std_param}));
+  std::tuple<Tensor, Tensor, Tensor> result;
+  {
+    const py::gil_scoped_release no_gil;
+    result = kernel();
+  }
+  return py::cast(result);
+}
+
+py::object sample_forward_eager(py::handle mean_obj, py::handle std_obj, py::handle x_obj, py::handle noise_obj,
+                                py::handle seed_offset_obj, py::handle generator_obj, int64_t k, double epsilon,
+                                double lo, double hi) {
+  HANDLE_TH_ERRORS
+  DirectCall call;
+  const Tensor mean = call.required(mean_obj), std_param = call.required(std_obj);
+  const OptTensor x = call.optional(x_obj), noise = call.optional(noise_obj),
+                  seed_offset = call.optional(seed_offset_obj);
+  const c10::optional<at::Generator> generator = call.generator(generator_obj);
+  c10::DispatchKey key;
+  if (!call.direct(&key)) return py::none();
+  return run_directly("adt_fast_C::sample_forward", mean, std_param, [&] {
+    return ADT_FAST_ON_DEVICE(key, forward, mean, std_param, x, noise, seed_offset, generator, k, epsilon, lo, hi);
+  });
+  END_HANDLE_TH_ERRORS_PYBIND
+}
+
+py::object sample_backward_eager(py::handle grad_out_obj, py::handle grad_nlp_obj, py::handle mean_obj,
+                                 py::handle std_obj, py::handle x_obj, py::handle noise_obj, py::handle seed_offset_obj,
+                                 int64_t k, double epsilon, double lo, double hi, bool need_grad_x) {
+  HANDLE_TH_ERRORS
+  DirectCall call;
+  const OptTensor grad_out = call.optional(grad_out_obj), grad_nlp = call.optional(grad_nlp_obj);
+  const Tensor mean = call.required(mean_obj), std_param = call.required(std_obj);
+  const OptTensor x = call.optional(x_obj), noise = call.optional(noise_obj);
+  const Tensor seed_offset = call.required(seed_offset_obj);
+  c10::DispatchKey key;
+  if (!call.direct(&key)) return py::none();
+  return run_directly("adt_fast_C::sample_backward", mean, std_param, [&] {
+    return ADT_FAST_ON_DEVICE(key, backward, grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, k, epsilon,
+                              lo, hi, need_grad_x);
+  });
+  END_HANDLE_TH_ERRORS_PYBIND
+}
+
 }  // namespace
 
 TORCH_LIBRARY(adt_fast_C, m) {
@@ -513,8 +638,6 @@ TORCH_LIBRARY_IMPL(adt_fast_C, CUDA, m) {
 }
 #endif
 
-namespace py = pybind11;
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "adt_fast C++/CUDA kernels. Importing this module registers torch.ops.adt_fast_C.";
   m.def(
@@ -539,6 +662,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         return info;
       },
       "How the extension was built: version, CPU instruction set in use, OpenMP, CUDA.");
+  m.def("sample_forward_eager", &sample_forward_eager,
+        "adt_fast_C::sample_forward's kernel without torch.ops, or None where the call needs torch.ops.");
+  m.def("sample_backward_eager", &sample_backward_eager,
+        "adt_fast_C::sample_backward's kernel without torch.ops, or None where the call needs torch.ops.");
   m.def("cpu_isa", [] { return std::string(adt_fast::cpu::isa()); },
         "The instruction set the CPU kernels run with (avx512, avx2 or generic).");
   m.def(

@@ -3,8 +3,11 @@ OpenMP results independent of the thread count, every compiled CPU instruction s
 and (with a GPU) the CUDA kernels against the CPU ones. The cross-backend agreement with the
 reference lives in test_ops.py; this file calls torch.ops.adt_fast_C directly."""
 
+import contextlib
 import math
 import os
+import threading
+import time
 
 import pytest
 import torch
@@ -630,3 +633,141 @@ def test_opcheck_schemas_and_fake_kernels():
     go, gn = torch.randn(5, 2, 3, 4, 5, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
     torch.library.opcheck(ops.sample_backward, (go, gn, mean, rho, x, None, so, 5, 0.3, 0.1, 0.9),
                           test_utils=utils)
+
+
+# ---- The eager entries (adt_fast._C.sample_forward_eager / sample_backward_eager) ----------------
+
+def _eager_args(dtype=torch.float32, use_x=True, use_noise=False, k=3):
+    t = make((3, 5), k, dtype=dtype, seed=4)
+    x, noise = (t["x"] if use_x else None), (t["noise"] if use_noise else None)
+    forward = (t["mean"], t["rho"], x, noise, t["seed_offset"], None, k, 0.3, 0.1, 0.9)
+    backward = (t["grad_out"], t["grad_nlp"], t["mean"], t["rho"], x, noise, t["seed_offset"], k, 0.3, 0.1, 0.9,
+                True)
+    return forward, backward
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("use_x,use_noise", [(False, False), (True, False), (True, True)])
+def test_eager_entries_give_what_the_registered_ops_give(dtype, use_x, use_noise):
+    forward, backward = _eager_args(dtype, use_x, use_noise)
+    for got, want in ((C.sample_forward_eager(*forward), ops.sample_forward(*forward)),
+                      (C.sample_backward_eager(*backward), ops.sample_backward(*backward))):
+        assert isinstance(got, tuple) and len(got) == len(want) == 3
+        for a, b in zip(got, want):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_eager_entries_draw_from_the_generator_as_the_op_does():
+    mean = torch.zeros(2, 5)
+    first = C.sample_forward_eager(mean, mean, None, None, None, torch.Generator().manual_seed(3), 2, 0.3, 0.0, 1.0)
+    second = ops.sample_forward(mean, mean, None, None, None, torch.Generator().manual_seed(3), 2, 0.3, 0.0, 1.0)
+    assert torch.equal(first[2], second[2]) and torch.equal(first[0], second[0])
+
+
+class _SeenOps(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+class _SeenFunctions(torch.overrides.TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+class _Subclass(torch.Tensor):
+    pass
+
+
+@pytest.mark.parametrize("case", ["subclass", "negated view", "dispatch mode", "function mode", "fake tensors",
+                                  "not a generator", "no mean"])
+def test_eager_entries_leave_to_torch_ops_what_the_dispatcher_must_see(case):
+    forward, backward = _eager_args()
+    forward, backward = list(forward), list(backward)
+    context = contextlib.nullcontext()
+    if case == "subclass":
+        forward[0] = backward[2] = forward[0].as_subclass(_Subclass)
+    elif case == "negated view":  # the Negative key: read raw, every sample would take -mean
+        forward[0] = backward[2] = torch._neg_view(forward[0])
+    elif case == "dispatch mode":
+        context = _SeenOps()
+    elif case == "function mode":
+        context = _SeenFunctions()
+    elif case == "fake tensors":
+        context = torch._subclasses.fake_tensor.FakeTensorMode(allow_non_fake_inputs=True)
+    elif case == "not a generator":
+        forward[4], forward[5] = None, 7
+    else:
+        forward[0] = backward[2] = None
+    with context:
+        assert C.sample_forward_eager(*forward) is None
+        if case != "not a generator":  # (the backward takes none)
+            assert C.sample_backward_eager(*backward) is None
+    # The control: the same call, plain, is served directly.
+    forward, backward = _eager_args()
+    assert C.sample_forward_eager(*forward) is not None and C.sample_backward_eager(*backward) is not None
+
+
+def test_the_op_through_the_eager_entries_honours_a_negated_view_and_a_dispatch_mode():
+    import adt_fast
+    mean, rho = torch.randn(3, 4, generator=torch.Generator().manual_seed(0)), torch.zeros(3, 4)
+    noise = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(1))
+    want, _ = adt_fast.sample_and_entropy(-mean, rho, 2, 0.5, noise=noise, clamp=None, backend="cpu")
+    got, _ = adt_fast.sample_and_entropy(torch._neg_view(mean), rho, 2, 0.5, noise=noise, clamp=None, backend="cpu")
+    assert torch.equal(got, want)
+    mean.requires_grad_()
+    with _SeenOps() as seen:
+        out, nlp = adt_fast.sample_and_entropy(mean, rho, 2, 0.5, backend="cpu")
+        (out.sum() + nlp.sum()).backward()
+    assert "adt_fast_C.sample_forward.default" in seen.names and "adt_fast_C.sample_backward.default" in seen.names
+
+
+def test_eager_entries_name_themselves_to_the_profiler():
+    import adt_fast
+    mean = torch.zeros(3, 4, requires_grad=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out, nlp = adt_fast.sample_and_entropy(mean, torch.zeros(3, 4), 2, backend="cpu")
+        (out.sum() + nlp.sum()).backward()
+    names = {event.name for event in prof.events()}
+    assert {"adt_fast_C::sample_forward", "adt_fast_C::sample_backward"} <= names
+
+
+def test_eager_entries_raise_what_torch_ops_raises():
+    forward, _ = _eager_args()
+    bad = list(forward)
+    bad[1] = bad[1][:2]
+    with pytest.raises(RuntimeError) as direct:
+        C.sample_forward_eager(*bad)
+    with pytest.raises(RuntimeError) as registered:
+        ops.sample_forward(*bad)
+    assert str(direct.value) == str(registered.value) and "std_param" in str(direct.value)
+
+
+def test_eager_entries_release_the_gil():
+    """A Python thread runs while the kernel does, as torch.ops lets it. Held, the GIL would let it
+    run only at the call's edges (the interpreter switches threads every few ms), never in the
+    middle of a call of tens of ms."""
+    mean = torch.zeros(1024, 4096)
+    stamps, stop = [], threading.Event()
+
+    def stamp():
+        while not stop.is_set():
+            stamps.append(time.perf_counter())
+
+    thread = threading.Thread(target=stamp)
+    thread.start()
+    try:
+        while not stamps:
+            time.sleep(0.001)
+        start = time.perf_counter()
+        C.sample_forward_eager(mean, mean, None, None, None, None, 8, 0.3, 0.0, 1.0)
+        end = time.perf_counter()
+    finally:
+        stop.set()
+        thread.join()
+    middle = (start + 0.4 * (end - start), start + 0.6 * (end - start))
+    assert end - start > 0.02 and any(middle[0] < t < middle[1] for t in stamps)

@@ -81,3 +81,22 @@ def test_an_extension_build_lacking_an_op_says_so_on_every_call(monkeypatch):
         with pytest.raises(RuntimeError, match="adt_fast._C has no op philox_words: it was built from older sources"):
             dispatch._extension_op("sample_forward")
     assert dispatch._EXTENSION_OPS == {}
+
+
+def test_an_extension_build_lacking_an_eager_entry_says_so_on_every_call(monkeypatch):
+    """A _C built before the eager entries (sample_forward_eager, sample_backward_eager) has every
+    registered op: the same one-line advice, not an AttributeError from the first eager call."""
+    import sys
+    from types import ModuleType
+    from adt_fast.ops import dispatch
+    pytest.importorskip("adt_fast._C", reason="the C++ extension is not built")
+    stale = ModuleType("adt_fast._C")
+    stale.sample_forward_eager = sys.modules["adt_fast._C"].sample_forward_eager
+    monkeypatch.setitem(sys.modules, "adt_fast._C", stale)
+    monkeypatch.setattr(dispatch, "_load_extension", lambda: None)
+    monkeypatch.setattr(dispatch, "_EXTENSION_OPS", {})
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="adt_fast._C has no function sample_backward_eager: it was built "
+                                               "from older sources"):
+            dispatch._extension_op("sample_forward")
+    assert dispatch._EXTENSION_OPS == {}

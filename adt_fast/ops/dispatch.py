@@ -100,30 +100,40 @@ _EXTENSION_OPS: dict = {}
 
 
 def _extension_op(name: str):
-    """The op's single overload, resolved once (calling the packet resolves it on every call).
-    Loads the extension first, so a backend called without select() works too. The dict is
-    filled only once every op resolved: a build that lacks one raises the same error each call."""
+    """The op's single overload, resolved once (calling the packet resolves it on every call), or
+    one of adt_fast._C's eager entries ("sample_forward_eager", "sample_backward_eager"). Loads
+    the extension first, so a backend called without select() works too. The dict is filled only
+    once everything resolved: a build that lacks one raises the same error each call."""
     if not _EXTENSION_OPS:
         reason = _load_extension()
         if reason is not None:
             raise RuntimeError(reason)
+        stale = ("it was built from older sources; rebuild it with `pip install --no-build-isolation -v -e .`")
         ops = {}
         for op in ("sample_forward", "sample_backward", "philox_words"):
             if not hasattr(torch.ops.adt_fast_C, op):
-                raise RuntimeError(f"adt_fast._C has no op {op}: it was built from older sources; rebuild it "
-                                   f"with `pip install --no-build-isolation -v -e .`")
+                raise RuntimeError(f"adt_fast._C has no op {op}: {stale}")
             ops[op] = getattr(torch.ops.adt_fast_C, op).default
+        extension = sys.modules["adt_fast._C"]
+        for entry in ("sample_forward_eager", "sample_backward_eager"):
+            if not hasattr(extension, entry):
+                raise RuntimeError(f"adt_fast._C has no function {entry}: {stale}")
+            ops[entry] = getattr(extension, entry)
         _EXTENSION_OPS.update(ops)
     return _EXTENSION_OPS[name]
 
 
+# The cpu and cuda backends call the kernels through adt_fast._C's eager entries, which skip
+# torch.ops' parsing and boxed dispatch (about 2 us each way at small sizes) and answer None where
+# the op must be seen by the dispatcher (modes, subclasses, fake tensors: csrc/binding.cpp); then torch.ops.
 def _extension_forward(*args):
-    return _extension_op("sample_forward")(*args)
+    return _extension_op("sample_forward_eager")(*args) or _extension_op("sample_forward")(*args)
 
 
 def _extension_backward(grad_out, grad_nlp, mean, std_param, x, *rest, need_grad_x=True):
-    grad_mean, grad_std, grad_x = _extension_op("sample_backward")(grad_out, grad_nlp, mean, std_param, x, *rest,
-                                                                   need_grad_x)
+    args = (grad_out, grad_nlp, mean, std_param, x, *rest, need_grad_x)
+    grad_mean, grad_std, grad_x = (_extension_op("sample_backward_eager")(*args)
+                                   or _extension_op("sample_backward")(*args))
     return grad_mean, grad_std, (grad_x if x is not None and need_grad_x else None)
 
 

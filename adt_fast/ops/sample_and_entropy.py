@@ -15,8 +15,10 @@ Two launch paths reach the same backend functions:
   the generator's Philox state, as torch's dropout does), so there eager and compiled runs of one
   seed see different samples, each run reproducible;
 - in eager mode, a plain autograd.Function, which skips the custom-op machinery's Python
-  overhead (about 60 us a call on the development CPU). It passes no seed: the backend draws
-  (seed, offset) from the generator itself (the C++ and CUDA backends with no extra kernel launch)
+  overhead (about 60 us a call on the development CPU), and whose cpu and cuda backends reach the
+  kernels through adt_fast._C's eager entries, not torch.ops (docs/kernels.md). It passes no
+  seed: the backend draws (seed, offset) from the generator itself (the C++ and CUDA backends with
+  no extra kernel launch)
   and returns the pair it used. Absent gradients stay None and expanded ones stay views: the
   backends read them in place, so nothing of size k x N is materialised for them.
 Either path computes x's gradient only when x requires grad (the trainers' x does not): the
