@@ -119,7 +119,13 @@ def held_epoch(path: PathLike) -> Optional[int]:
     except Exception:  # noqa: BLE001 - a damaged file can fail anywhere inside the zip/unpickler
         return None
     epoch = payload.get("epoch") if isinstance(payload, dict) and payload.get("format") == FORMAT else None
-    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0 else None
+    return epoch if _is_epoch_count(epoch) else None
+
+
+def _is_epoch_count(value: Any) -> bool:
+    """Whether `value` can be a checkpoint's count of finished epochs: a whole number >= 0 (a bool
+    is not one, and a negative count would have a resume train epochs that do not exist)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu",
@@ -214,11 +220,11 @@ def load_method_state(method, state: Any) -> None:
 
 def training_progress(payload: dict) -> tuple[int, list]:
     """The epochs a checkpoint has finished and their metrics records, checked before a resume goes
-    on from them: a count that is not a whole number >= 0 (a negative one would train epochs that
-    do not exist) or a history that is not one record (a dict) per finished epoch (metrics.jsonl
-    is rewritten from it) is a ValueError, raised before the run directory is touched."""
+    on from them: a count that is not one (_is_epoch_count) or a history that is not one record (a
+    dict) per finished epoch (metrics.jsonl is rewritten from it) is a ValueError, raised before
+    the run directory is touched."""
     epoch, history = payload.get("epoch"), payload.get("history")
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+    if not _is_epoch_count(epoch):
         raise ValueError(f"its epoch (the epochs finished) must be a whole number >= 0, got {epoch!r}")
     if not isinstance(history, list):
         raise ValueError(f"its history (the metrics records) must be a list, got a {type(history).__name__}")
