@@ -91,14 +91,13 @@ MAX_EPSILON = 1.0
 MIN_BUDGET = sys.float_info.min
 
 
-def check_step_size(value, name: str = "step_size") -> float:
+def check_step_size(value, name: str = "step_size", *, hint: str = "") -> float:
     """A step as a float in (0, MAX_EPSILON]; a step may be subnormal, as a fraction of a budget
-    just above MIN_BUDGET is."""
+    just above MIN_BUDGET is. `hint` says, when the value is refused, what it is."""
     number = as_real(value)
     if number is None:
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not math.isfinite(number) or number <= 0 or number > MAX_EPSILON:
-        hint = " (an l_inf budget for inputs in [0, 1], e.g. 8/255)" if name == "epsilon" else ""
         raise ValueError(f"{name} must be a finite number in (0, {MAX_EPSILON:g}]{hint}, got {value}")
     return number
 
@@ -106,7 +105,7 @@ def check_step_size(value, name: str = "step_size") -> float:
 def check_epsilon(epsilon) -> float:
     """A budget as a float in [MIN_BUDGET, MAX_EPSILON]: the one check of evaluate, the stand-alone
     attacks and the trainers."""
-    number = check_step_size(epsilon, "epsilon")
+    number = check_step_size(epsilon, "epsilon", hint=" (an l_inf budget for inputs in [0, 1], e.g. 8/255)")
     if number < MIN_BUDGET:
         raise ValueError(f"epsilon {number:.12g} is below {MIN_BUDGET:.3g}, where the attacks' steps "
                          f"(epsilon/4, epsilon/8) may round to 0")
