@@ -154,7 +154,7 @@ def read_model(path: PathLike, device: Union[str, torch.device] = "cpu",
     _check_factory(path, model_config.get("arch") if isinstance(model_config, dict) else None, factory)
     try:
         model = build_classifier(**model_config)
-        load_weights(model, payload["model"], "the classifier")
+        load_state_into(model, payload["model"], "the classifier")
     except ExternalModelError as err:
         raise CheckpointError(f"the classifier of {path} cannot be built: {err}") from None
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
@@ -168,8 +168,9 @@ def read_model(path: PathLike, device: Union[str, torch.device] = "cpu",
     return model.to(device).eval(), trained
 
 
-def load_weights(module: torch.nn.Module, state: Any, what: str) -> None:
-    """module.load_state_dict(state), failing with a ValueError of one line (load_fitting); the
+def load_state_into(module: torch.nn.Module, state: Any, what: str) -> None:
+    """module.load_state_dict(state) for a state already read from a checkpoint (models.external's
+    load_weights reads a weights file), failing with a ValueError of one line (load_fitting); the
     caller names the file."""
     why = load_fitting(module, state)
     if why is not None:

@@ -129,9 +129,9 @@ class Trainer:
                 raise refuse(f"it holds {kind} {sorted(theirs) if isinstance(theirs, dict) else theirs!r}, "
                              f"this run has {sorted(ours)}")
         try:
-            ckpt.load_weights(self.model, payload["model"], "the classifier")
+            ckpt.load_state_into(self.model, payload["model"], "the classifier")
             for name, module in modules.items():
-                ckpt.load_weights(module, payload["modules"][name], f"the {name} network")
+                ckpt.load_state_into(module, payload["modules"][name], f"the {name} network")
             for name, opt in self.optimisers.items():
                 opt.load_state_dict(payload["optimisers"][name])
             for name, sched in self.schedulers.items():
