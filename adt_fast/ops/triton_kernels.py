@@ -582,6 +582,12 @@ def _next_pow2(v: int) -> int:
     return 1 << max(0, (v - 1).bit_length())
 
 
+def _cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for the host's launch arithmetic: triton.cdiv is a ConstexprFunction from triton
+    3.9 on, about 2 us a call from Python, and an op call made several."""
+    return -(-a // b)
+
+
 @functools.lru_cache(maxsize=1024)
 def launch_config(batch: int, per_example: int) -> tuple[int, int, int, int, int]:
     """(BLOCK_B, BLOCK_D, n_chunks, n_programs, num_warps) for B examples of D elements (N > 0).
@@ -591,8 +597,8 @@ def launch_config(batch: int, per_example: int) -> tuple[int, int, int, int, int
     """
     block_d = min(TILE, max(MIN_BLOCK_D, _next_pow2(per_example)))
     block_b = max(1, min(TILE // block_d, _next_pow2(batch)))
-    n_chunks = triton.cdiv(per_example, block_d)
-    n_programs = triton.cdiv(batch, block_b) * n_chunks
+    n_chunks = _cdiv(per_example, block_d)
+    n_programs = _cdiv(batch, block_b) * n_chunks
     return block_b, block_d, n_chunks, n_programs, NUM_WARPS
 
 
@@ -637,7 +643,7 @@ def wide_indices(batch: int, per_example: int, example_stride: int = 0) -> bool:
     pass MAX_GRID_X (B >= 2^31 at D = 128, for one): `launch_grid` then makes the grid 2-D, whose
     program numbers only the 64-bit path forms (`_program_id`)."""
     block_b, block_d, n_chunks, n_programs, _ = launch_config(batch, per_example)
-    last_row = triton.cdiv(batch, block_b) * block_b - 1
+    last_row = _cdiv(batch, block_b) * block_b - 1
     last_col = n_chunks * block_d - 1
     return max(last_row, last_col, last_row * example_stride) > INT32_MAX or n_programs > MAX_GRID_X
 
@@ -648,11 +654,11 @@ def launch_grid(batch: int, per_example: int) -> tuple[int, int]:
     kernels number (`_program_id`; `wide_indices` picks them there), with fewer surplus programs
     than rows, all masked out."""
     n_programs = launch_config(batch, per_example)[3]
-    rows = triton.cdiv(n_programs, MAX_GRID_X)
+    rows = _cdiv(n_programs, MAX_GRID_X)
     if rows > MAX_GRID_Y:  # about 2^47 programs of 8 elements or more: past any GPU's memory
         raise ValueError(f"B = {batch} examples of D = {per_example} elements take {n_programs} tile programs, "
                          f"past the triton backend's grid of {MAX_GRID_Y} x {MAX_GRID_X}")
-    return triton.cdiv(n_programs, rows), rows
+    return _cdiv(n_programs, rows), rows
 
 
 def sample_constexprs(*, per_example: int, batch: int = 1, example_stride: int = 0) -> dict:
@@ -753,12 +759,12 @@ def sample_backward(grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, 
 def philox_words(seed_offset, numel, num_samples):
     """Raw Philox words, int64 of shape (k, ceil(numel/4), 4), as `reference.philox_words`."""
     (seed_offset,) = _contiguous(seed_offset)
-    n_quads = triton.cdiv(numel, NORMALS_PER_CALL)
+    n_quads = _cdiv(numel, NORMALS_PER_CALL)
     out = torch.empty((num_samples, n_quads, 4), dtype=torch.int64, device=seed_offset.device)
     if num_samples == 0 or n_quads == 0:
         return out
     with _device_guard(seed_offset):
         for s0 in range(0, num_samples, MAX_GRID_Y):  # the samples are the grid's y axis
-            _philox_words_kernel[(triton.cdiv(n_quads, WORDS_BLOCK), min(MAX_GRID_Y, num_samples - s0))](
+            _philox_words_kernel[(_cdiv(n_quads, WORDS_BLOCK), min(MAX_GRID_Y, num_samples - s0))](
                 seed_offset, out, n_quads, s0, BLOCK=WORDS_BLOCK, num_warps=WORDS_NUM_WARPS)
     return out
