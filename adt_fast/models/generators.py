@@ -66,10 +66,11 @@ MODES = ("explicit", "implicit", "direct")
 NOISE_DIM = 64
 NOISE_HIDDEN = 256
 Q_MIN_SIZE = 20  # the smallest H (and W) the unpadded Table-8 convolutions accept
-# The widest generator built: its parameters grow as about 158 width^2 (10.3 M at Table 7's 256), so
-# at 16,384 the float32 weights alone are about 170 GB, more than any one accelerator holds. A typo
-# such as 10**9 asked the allocator for 360 GB for one weight, and 2**70 overflowed inside torch.
-# (train's --generator-width stops new runs at 4,096, train.config.MAX_GENERATOR_WIDTH.)
+# The widest generator built: its parameters grow as about 158 width^2 (10,330,886 at Table 7's 256,
+# explicit mode, 3 channels), so at 16,384 the float32 weights alone are about 170 GB, more than any
+# one accelerator holds. A typo such as 10**9 asked the allocator for 360 GB for one weight, and
+# 2**70 overflowed inside torch. (train's --generator-width stops new runs sooner, at 4,096, for the
+# memory training takes: train.config.MAX_GENERATOR_WIDTH.)
 MAX_WIDTH = 16_384
 
 ImageSize = Union[int, Sequence[int]]

@@ -64,9 +64,9 @@ FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: the bound of --lr an
 # that (argparse reads any integer) broke in arithmetic after the run began, e.g. an epoch count
 # whose lr-drop epoch overflowed a float, or a batch size that gave epochs of no batch.
 MAX_COUNT = 2**63 - 1
-# The generator's width: its parameters grow with the square (10,330,886 at the paper's 256, about
-# 158 w^2), so 4,096 is about 10.6 GB of float32 weights and 42 GB with their gradients and Adam's
-# two states; a typo such as 100000 asked the allocator for 720 GB for one weight alone.
+# A new run's --generator-width: at 4,096 the generator (its size against its width:
+# models.generators.MAX_WIDTH, the bound of any generator) holds about 10.6 GB of float32 weights,
+# 42 GB with their gradients and Adam's two states.
 MAX_GENERATOR_WIDTH = 4096
 # The offline sets are tiny (digits: 1,438 training images); their demo runs in about a minute on
 # a laptop CPU instead of C.3's 76 epochs, which were tuned for CIFAR-10.
