@@ -12,3 +12,25 @@ def test_the_budget_hint_is_check_epsilons_and_a_step_gets_none():
         suite.check_epsilon(1.5)
     with pytest.raises(ValueError, match=r"^step_size must be a finite number in \(0, 1\], got 1\.5$"):
         suite.check_step_size(1.5)
+
+
+@pytest.mark.parametrize("budget", [5e-324, 1.0000001])
+def test_a_budget_of_the_curve_is_refused_for_check_epsilons_reason(budget):
+    """evaluate's curve restated check_epsilon's [MIN_BUDGET, MAX_EPSILON] in words of its own
+    ("where PGD's step may round to 0" against "where the attacks' steps (epsilon/4, epsilon/8) may
+    round to 0"); both now read suite.budget_problem."""
+    from adt_fast.attacks.evaluation import check_epsilon_curve
+
+    reason = suite.budget_problem(budget)
+    assert reason is not None
+    with pytest.raises(ValueError) as refused:
+        check_epsilon_curve([budget], 1.0)
+    assert str(refused.value).endswith(f"is a budget of {budget:.12g}, {reason}")
+    if budget < suite.MIN_BUDGET:
+        with pytest.raises(ValueError, match=r"^epsilon 4\.94065645841e-324 is below 2\.23e-308, where the attacks' "
+                                             r"steps \(epsilon/4, epsilon/8\) may round to 0$"):
+            suite.check_epsilon(budget)
+
+
+def test_a_budget_of_zero_or_in_range_has_no_problem():
+    assert [suite.budget_problem(b) for b in (0.0, suite.MIN_BUDGET, 8 / 255, suite.MAX_EPSILON)] == [None] * 4

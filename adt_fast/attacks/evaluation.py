@@ -26,8 +26,8 @@ from .inputs import PROBE_INPUTS, check_batch, check_classes, check_module
 from .losses import cross_entropy
 from .report import Report, attack_order, sanity_warnings, worst_case
 from .suite import (CW_STEPS, DEFAULT_ATTACKS, DIST_LAMBDA, DIST_SAMPLES, DIST_STEPS,
-                    FEATURE_TARGETS, MAX_EPSILON, MAX_SEED, MIN_BUDGET, PAPER_ATTACKS, PAPER_CW_STEPS,
-                    PAPER_FEATURE_TARGETS, AttackContext, check_epsilon, check_precision,
+                    FEATURE_TARGETS, MAX_SEED, PAPER_ATTACKS, PAPER_CW_STEPS, PAPER_FEATURE_TARGETS,
+                    AttackContext, budget_problem, check_epsilon, check_precision,
                     default_step_size, example_id_tensor, make_attack, parse_attacks, pgd_attack, pgd_steps,
                     shortfall)
 
@@ -68,7 +68,7 @@ def check_epsilon_curve(multiples: Optional[Iterable[float]], epsilon: float) ->
     """check_multiples's multiples, each a budget m * epsilon in [0, 1]."""
     checked = check_multiples(multiples)
     for m in checked:
-        problem = _budget_problem(m, epsilon)
+        problem = budget_problem(m * epsilon)
         if problem is not None:
             # 12 digits: a budget just above 1 must not print as "1, above 1"
             raise ValueError(f"epsilon_curve's multiple {m:.12g} of epsilon {epsilon:.12g} is a budget of "
@@ -76,21 +76,10 @@ def check_epsilon_curve(multiples: Optional[Iterable[float]], epsilon: float) ->
     return checked
 
 
-def _budget_problem(multiple: float, epsilon: float) -> Optional[str]:
-    """Why the attacks cannot take the budget multiple * epsilon, or None: the one rule of the
-    curve given (check_epsilon_curve) and of the default one (default_epsilon_curve)."""
-    budget = multiple * epsilon
-    if 0 < budget < MIN_BUDGET:
-        return f"below {MIN_BUDGET:.3g}, where PGD's step may round to 0"
-    if budget > MAX_EPSILON:
-        return f"above {MAX_EPSILON:g} (inputs lie in [0, 1])"
-    return None
-
-
 def default_epsilon_curve(epsilon: float) -> List[float]:
     """DEFAULT_EPSILON_CURVE's multiples whose budget the attacks take, so that a large epsilon
     (0.6, or 1) or a tiny one is not refused for a curve the caller never asked for."""
-    return [m for m in DEFAULT_EPSILON_CURVE if _budget_problem(m, epsilon) is None]
+    return [m for m in DEFAULT_EPSILON_CURVE if budget_problem(m * epsilon) is None]
 
 
 def check_attacks_can_run(names: Sequence[str], device: torch.device, dtype: torch.dtype) -> None:

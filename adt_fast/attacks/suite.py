@@ -106,10 +106,20 @@ def check_epsilon(epsilon) -> float:
     """A budget as a float in [MIN_BUDGET, MAX_EPSILON]: the one check of evaluate, the stand-alone
     attacks and the trainers."""
     number = check_step_size(epsilon, "epsilon", hint=" (an l_inf budget for inputs in [0, 1], e.g. 8/255)")
-    if number < MIN_BUDGET:
-        raise ValueError(f"epsilon {number:.12g} is below {MIN_BUDGET:.3g}, where the attacks' steps "
-                         f"(epsilon/4, epsilon/8) may round to 0")
+    problem = budget_problem(number)
+    if problem is not None:
+        raise ValueError(f"epsilon {number:.12g} is {problem}")
     return number
+
+
+def budget_problem(budget: float) -> Optional[str]:
+    """Why the attacks cannot take the l_inf budget `budget` (a float >= 0; 0 attacks nothing), or
+    None: the one rule of check_epsilon and of evaluate's epsilon curve."""
+    if budget > MAX_EPSILON:
+        return f"above {MAX_EPSILON:g} (inputs lie in [0, 1])"
+    if 0 < budget < MIN_BUDGET:
+        return f"below {MIN_BUDGET:.3g}, where the attacks' steps (epsilon/4, epsilon/8) may round to 0"
+    return None
 
 
 def check_precision(precision: str) -> str:
