@@ -34,3 +34,18 @@ def test_a_budget_of_the_curve_is_refused_for_check_epsilons_reason(budget):
 
 def test_a_budget_of_zero_or_in_range_has_no_problem():
     assert [suite.budget_problem(b) for b in (0.0, suite.MIN_BUDGET, 8 / 255, suite.MAX_EPSILON)] == [None] * 4
+
+
+def test_the_default_curve_passed_is_a_curve_given_and_checked_whole():
+    """evaluate read `epsilon_curve is DEFAULT_EPSILON_CURVE` as "not given", so passing the public
+    tuple at epsilon 0.6 dropped its multiple 2 (a budget of 1.2) unasked, where any equal curve
+    given was refused for it; left out, the curve still leaves it out."""
+    from adt_fast.attacks import DEFAULT_EPSILON_CURVE, evaluate
+
+    from split_net import SplitNet, split_data
+
+    x, y = split_data()
+    with pytest.raises(ValueError, match=r"^epsilon_curve's multiple 2 of epsilon 0\.6 is a budget of 1\.2, above 1 "):
+        evaluate(SplitNet(), x, y, epsilon=0.6, attacks="fgsm", epsilon_curve=DEFAULT_EPSILON_CURVE)
+    report = evaluate(SplitNet(), x, y, epsilon=0.6, attacks="fgsm")
+    assert [p["multiple"] for p in report.curves["pgd_epsilon"]["points"]] == [0.0, 0.25, 0.5, 1.0, 1.5]

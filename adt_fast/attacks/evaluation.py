@@ -37,6 +37,17 @@ PROTOCOLS = ("default", "paper")
 EPSILON_CURVE_STEPS = 20
 
 
+class _DefaultCurve:
+    """evaluate's epsilon_curve left out: default_epsilon_curve(epsilon), where a curve given (even
+    DEFAULT_EPSILON_CURVE itself) is checked whole."""
+
+    def __repr__(self) -> str:
+        return "<DEFAULT_EPSILON_CURVE's multiples whose budget the attacks take>"
+
+
+_DEFAULT_CURVE = _DefaultCurve()
+
+
 def _check_on_device(model: nn.Module, device: torch.device, name: str) -> None:
     """evaluate moves the batches, not the models: a model elsewhere is the caller's to move."""
     where = model_device(model, device)
@@ -115,7 +126,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
              dist_samples: int = DIST_SAMPLES, dist_lambda: float = DIST_LAMBDA,
              feature_targets: Optional[int] = None, cw_steps: Optional[int] = None,
              protocol: str = "default", precision: str = "fp32",
-             epsilon_curve: Optional[Iterable[float]] = DEFAULT_EPSILON_CURVE,
+             epsilon_curve: Union[None, Iterable[float], _DefaultCurve] = _DEFAULT_CURVE,
              device: Union[None, str, torch.device] = None, progress: bool = False,
              distributed: bool = False) -> Report:
     """Attack `model` on (x, y) with every attack in `attacks` and report robust accuracies.
@@ -163,7 +174,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     if "transfer" in names and source_model is None:
         raise ValueError("the 'transfer' attack needs a source model (source_model= in Python, "
                          "--source-checkpoint or --source-model on the command line)")
-    if epsilon_curve is DEFAULT_EPSILON_CURVE:  # not given
+    if epsilon_curve is _DEFAULT_CURVE:  # not given
         epsilon_curve = default_epsilon_curve(epsilon)
     multiples = check_epsilon_curve(epsilon_curve, epsilon)
 
