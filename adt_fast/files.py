@@ -74,6 +74,10 @@ class FolderBusy(OSError):
     """Another process holds the folder's lock (lock_folder)."""
 
 
+# flock's errors on a file system that does not support it (some NFS and Lustre mounts).
+_FLOCK_UNSUPPORTED = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)
+
+
 @contextlib.contextmanager
 def lock_folder(folder: PathLike, wait: bool = False, lock_file: Optional[str] = None) -> Iterator[None]:
     """Hold an exclusive flock(2) on `folder` itself for the block; FolderBusy at once when another
@@ -84,13 +88,17 @@ def lock_folder(folder: PathLike, wait: bool = False, lock_file: Optional[str] =
     since deleting a lock file lets two processes lock two different files): NFS passes a file's
     lock on to the other machines, not a folder's, and only for a file opened for writing. Another
     user's lock file that this one may not write is opened for reading, which a local lock needs.
+
+    A file system without flock (some NFS and Lustre mounts) fails with a bare 'No locks available'
+    or 'Function not implemented', said of no file: the OSError raised instead (same errno) names
+    what could not be locked and what the lock is for, in one line.
     """
     import fcntl  # POSIX only, as flock is
 
+    path = folder if lock_file is None else os.path.join(folder, lock_file)
     if lock_file is None:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     else:
-        path = os.path.join(folder, lock_file)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except PermissionError:
@@ -100,6 +108,12 @@ def lock_folder(folder: PathLike, wait: bool = False, lock_file: Optional[str] =
             fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise FolderBusy(f"{folder} is locked by another process") from None
+        except OSError as error:
+            if error.errno not in _FLOCK_UNSUPPORTED:
+                raise
+            raise OSError(error.errno, f"cannot lock {path} ({error.strerror or error}), by which processes "
+                                       f"writing into one folder take turns: use a folder on a file system that "
+                                       f"supports flock") from error
         yield
     finally:
         os.close(fd)

@@ -100,6 +100,31 @@ def test_lock_folder_locks_a_lock_file_it_may_only_read(tmp_path, monkeypatch):
         pass
 
 
+@pytest.mark.parametrize("refusal", [errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP])
+def test_a_file_system_that_cannot_lock_is_named_by_every_user_of_the_lock(tmp_path, monkeypatch, refusal):
+    """flock fails on some NFS and Lustre mounts with an error of no file ('No locks available'):
+    only the download said what could not be locked; training's lock on its --out (claim_run_dir)
+    ended in the bare error."""
+    import fcntl
+
+    from adt_fast.train import TrainConfig
+    from adt_fast.train.loop import claim_run_dir
+
+    def unsupported(fd, operation):
+        raise OSError(refusal, os.strerror(refusal))
+
+    monkeypatch.setattr(fcntl, "flock", unsupported)
+    remedy = (f" ({os.strerror(refusal)}), by which processes writing into one folder take turns: use a folder "
+              f"on a file system that supports flock")
+    run = TrainConfig("standard", "synthetic", out=str(tmp_path / "run"))
+    for locked, held in ((tmp_path, files.lock_folder(tmp_path)),
+                         (tmp_path / ".lock", files.lock_folder(tmp_path, wait=True, lock_file=".lock")),
+                         (tmp_path / "run", claim_run_dir(run, None))):
+        with pytest.raises(OSError) as raised, held:
+            pass
+        assert raised.value.errno == refusal and files.os_error_text(raised.value) == f"cannot lock {locked}{remedy}"
+
+
 @pytest.mark.parametrize("mode,data", [("wb", b"abc" * 10), ("w", "abc" * 10)])
 def test_write_atomic_fsyncs_all_the_written_bytes(tmp_path, monkeypatch, mode, data):
     """files.py: the temporary file is flushed and fsynced before the rename, so the fsync must

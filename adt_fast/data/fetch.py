@@ -10,7 +10,6 @@ fetches and unpacks, the others then find the files in place.
 from __future__ import annotations
 
 import contextlib
-import errno
 import gzip
 import hashlib
 import http.client
@@ -125,7 +124,7 @@ def download(name: str, data_dir: str | os.PathLike, base_url: str | None = None
         raise DownloadError(f"cannot download {name} into {data_dir}: {reason}")
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        with _download_lock(name, data_dir):
+        with lock_folder(data_dir, wait=True, lock_file=LOCK_FILE):  # its errors name the lock
             _remove_leftovers(data_dir, resources)
             for resource in resources:
                 destination = data_dir / resource.path
@@ -159,24 +158,6 @@ def _host_override(base_url) -> str | None:
         raise DownloadError(f"{source} must be a URL starting with {', '.join(schemes[:-1])} or {schemes[-1]}, "
                             f"got {host!r}")
     return host or None
-
-
-@contextlib.contextmanager
-def _download_lock(name: str, data_dir: Path):
-    """lock_folder on LOCK_FILE. A file system without flock (some NFS and Lustre mounts) fails
-    with a bare 'No locks available' or 'Function not implemented', said of no file: the
-    DownloadError names the lock and what it is for."""
-    with contextlib.ExitStack() as held:
-        try:
-            held.enter_context(lock_folder(data_dir, wait=True, lock_file=LOCK_FILE))
-        except OSError as error:
-            if error.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
-                raise  # opening the lock file: an error naming it, which download() reports
-            raise DownloadError(
-                f"cannot download {name} into {data_dir}: cannot lock {data_dir / LOCK_FILE} "
-                f"({error.strerror or error}), by which processes downloading into one folder take turns; "
-                f"download into a folder on a file system that supports flock, then copy the files here") from error
-        yield
 
 
 def _remove_leftovers(data_dir: Path, resources: tuple[Resource, ...]) -> None:
