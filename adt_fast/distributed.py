@@ -139,7 +139,8 @@ def launch_rank() -> int:
 def check_timeout() -> None:
     """Under a launcher, its environment and $ADT_FAST_DIST_TIMEOUT read before any work: a bad
     value is a setup error (DistributedError), not a traceback from inside the process group's
-    setup. Without one, a WORLD_SIZE that only a launcher would set is refused likewise."""
+    setup. Without one, a WORLD_SIZE that only a launcher would set is refused likewise. Each
+    command (train's fit, eval's plan) calls it once, first; setup does not repeat it."""
     if launched():
         _check_launch_env()
         timeout()
@@ -271,10 +272,10 @@ def setup(device: str) -> World:
     """Join torchrun's process group (once) for work on `device`; a world of one without torchrun.
 
     NCCL for CUDA devices, gloo for CPU; every collective times out after $ADT_FAST_DIST_TIMEOUT
-    seconds (600 by default), so a worker that died or failed ends the run with an error.
+    seconds (600 by default), so a worker that died or failed ends the run with an error. Its
+    caller has checked the environment (check_timeout).
     """
     if not launched():
-        _check_not_half_launched()
         return World()
     if not dist.is_initialized():
         store, rank, size, attempt = _joined()

@@ -593,10 +593,13 @@ def _launcher_env(monkeypatch, **values) -> None:
 
 
 def _train_and_eval_errors(tmp_path, capsys) -> list:
-    """stderr of `train` and `eval`, each of which must fail (exit 2) before any work."""
+    """stderr of `train` and `eval`, each of which must fail (exit 2) before any work: train's
+    dataset is a file that does not exist, so its error would come first if the data were read
+    (it was, before train checked the launch environment at the start of fit)."""
     from adt_fast.cli import main
 
-    assert main(["train", "--method", "standard", "--dataset", "synthetic", "--out", str(tmp_path / "run")]) == 2
+    absent = str(tmp_path / "absent" / "data.npz")
+    assert main(["train", "--method", "standard", "--dataset", absent, "--out", str(tmp_path / "run")]) == 2
     assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--dataset", "synthetic",
                  "--out", str(tmp_path / "report.json")]) == 2
     assert not any(tmp_path.iterdir())
@@ -668,8 +671,9 @@ def test_a_world_size_above_1_without_the_ranks_is_a_one_line_error(tmp_path, mo
     for line in err:
         assert problem in line and "start the command with torchrun" in line
     with pytest.raises(distributed.DistributedError, match=re.escape(problem)):
-        distributed.setup("cpu")
+        distributed.check_timeout()
     monkeypatch.setenv("WORLD_SIZE", "1")  # one process whatever the others say
+    distributed.check_timeout()
     assert distributed.setup("cpu") == World()
 
 

@@ -708,6 +708,10 @@ def fit(config: TrainConfig, data: Optional[tuple] = None, *, given: Optional[It
     be read safely, DatasetFileError for invalid data (or data that changed under a resume).
     """
     _check_out(config.out)
+    try:  # the launcher's environment, before any work (eval's plan reads it first too)
+        distributed.check_timeout()
+    except distributed.DistributedError as err:
+        raise ConfigError(str(err)) from None
     given = _field_names(given)
     if not config.resume and _started_by_this_job(Path(config.out)) and _restarted():
         # torchrun restarted the group after a failure (on any node): continue from the last checkpoint.
