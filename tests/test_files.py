@@ -107,7 +107,7 @@ def test_a_file_system_that_cannot_lock_is_named_by_every_user_of_the_lock(tmp_p
     ended in the bare error."""
     import fcntl
 
-    from adt_fast.train import TrainConfig
+    from adt_fast.train import ConfigError, TrainConfig
     from adt_fast.train.loop import claim_run_dir
 
     def unsupported(fd, operation):
@@ -116,13 +116,15 @@ def test_a_file_system_that_cannot_lock_is_named_by_every_user_of_the_lock(tmp_p
     monkeypatch.setattr(fcntl, "flock", unsupported)
     remedy = (f" ({os.strerror(refusal)}), by which processes writing into one folder take turns: use a folder "
               f"on a file system that supports flock")
-    run = TrainConfig("standard", "synthetic", out=str(tmp_path / "run"))
     for locked, held in ((tmp_path, files.lock_folder(tmp_path)),
-                         (tmp_path / ".lock", files.lock_folder(tmp_path, wait=True, lock_file=".lock")),
-                         (tmp_path / "run", claim_run_dir(run, None))):
+                         (tmp_path / ".lock", files.lock_folder(tmp_path, wait=True, lock_file=".lock"))):
         with pytest.raises(OSError) as raised, held:
             pass
         assert raised.value.errno == refusal and files.os_error_text(raised.value) == f"cannot lock {locked}{remedy}"
+    run = TrainConfig("standard", "synthetic", out=str(tmp_path / "run"))
+    with pytest.raises(ConfigError) as raised, claim_run_dir(run, None):  # the command's one line
+        pass
+    assert str(raised.value) == f"--out {run.out}: cannot lock {run.out}{remedy}"
 
 
 @pytest.mark.parametrize("mode,data", [("wb", b"abc" * 10), ("w", "abc" * 10)])

@@ -869,6 +869,8 @@ def claim_run_dir(cfg: TrainConfig, loaded: Optional[tuple]):
         except FolderBusy:
             raise ConfigError(f"--out {run_dir}: another process is training this run directory (it holds "
                               f"its lock); wait for it to end, or choose another --out") from None
+        except OSError as err:  # a file system without flock: lock_folder's line, not a traceback
+            raise ConfigError(f"--out {run_dir}: {os_error_text(err)}") from None
         if not cfg.resume and _blocking_entries(run_dir):
             raise ConfigError(f"--out {run_dir}: another process started a run there while this one was "
                               f"starting; choose another --out (nothing is ever overwritten)")
