@@ -492,3 +492,69 @@ def test_the_progress_bar_counts_bytes_when_no_size_is_announced(tmp_path, monke
     with serving(_answer(body, "", len(body))) as base_url:
         download("cifar10", tmp_path / "data", base_url=base_url)
     assert f"cifar-10-python.tar.gz: {len(body)}B " in sys.stderr.getvalue()
+
+
+def test_every_file_has_its_published_size():
+    assert fetch.FILE_SIZES.keys() == fetch.MD5_CHECKSUMS.keys()
+    assert fetch.FILE_SIZES["cifar-10-python.tar.gz"] == 170498071
+    assert fetch.FILE_SIZES["train_32x32.mat"] == 182040794
+
+
+class _Counting:
+    """A progress bar that counts the bytes written to the download's file."""
+
+    def __init__(self):
+        self.done = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n):
+        self.done += n
+
+
+@pytest.mark.parametrize("content_length", [None, str(1 << 40)])
+def test_a_server_that_sends_more_than_the_file_is_cut_off_at_its_size(tmp_path, monkeypatch, content_length):
+    """An endless body (or a wrong, larger file) filled the disk before the MD5 check could fail:
+    reading stops at the published size, whatever size the server announces, and the partial file
+    is deleted."""
+    size = 10_000
+    monkeypatch.setitem(fetch.FILE_SIZES, "cifar-10-python.tar.gz", size)
+    monkeypatch.setattr(fetch, "CHUNK_BYTES", 4096)
+    bar = _Counting()
+    monkeypatch.setattr(fetch, "_progress_bar", lambda total, desc: bar)
+
+    class Endless(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            if content_length is not None:
+                self.send_header("Content-Length", content_length)
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                for _ in range(1000):   # 4 MB: an end for the code before the cut-off, which read on
+                    self.wfile.write(b"x" * 4096)
+
+        def log_message(self, *args):
+            pass
+
+    with serving(Endless) as base_url:
+        with pytest.raises(DownloadError, match=f"^could not download cifar-10-python.tar.gz from {base_url}/"
+                                                f"cifar-10-python.tar.gz: received more than the {size} bytes "
+                                                f"the file has; the download was discarded$"):
+            download("cifar10", tmp_path / "data", base_url=base_url)
+    assert bar.done <= size
+    assert os.listdir(tmp_path / "data") == [fetch.LOCK_FILE]
+
+
+def test_a_mirror_on_disk_with_a_larger_file_is_cut_off_at_its_size(tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "train_32x32.mat").write_bytes(b"x" * 5000)
+    monkeypatch.setitem(fetch.FILE_SIZES, "train_32x32.mat", 3000)
+    monkeypatch.setenv(fetch.BASE_URL_ENV, mirror.as_uri())
+    with pytest.raises(DownloadError, match="train_32x32.mat from file:.*: received more than the 3000 bytes"):
+        download("svhn", tmp_path / "data")
+    assert os.listdir(tmp_path / "data") == [fetch.LOCK_FILE]

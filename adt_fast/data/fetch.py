@@ -98,6 +98,23 @@ MD5_CHECKSUMS: dict[str, str] = {
     "FashionMNIST/raw/t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
 }
 
+# The published files' sizes in bytes, keyed as MD5_CHECKSUMS: a server that sends more (an
+# endless body, a wrong file) is cut off there instead of filling the disk before the MD5 check.
+FILE_SIZES: dict[str, int] = {
+    "cifar-10-python.tar.gz": 170498071,
+    "cifar-100-python.tar.gz": 169001437,
+    "train_32x32.mat": 182040794,
+    "test_32x32.mat": 64275384,
+    "MNIST/raw/train-images-idx3-ubyte.gz": 9912422,
+    "MNIST/raw/train-labels-idx1-ubyte.gz": 28881,
+    "MNIST/raw/t10k-images-idx3-ubyte.gz": 1648877,
+    "MNIST/raw/t10k-labels-idx1-ubyte.gz": 4542,
+    "FashionMNIST/raw/train-images-idx3-ubyte.gz": 26421880,
+    "FashionMNIST/raw/train-labels-idx1-ubyte.gz": 29515,
+    "FashionMNIST/raw/t10k-images-idx3-ubyte.gz": 4422102,
+    "FashionMNIST/raw/t10k-labels-idx1-ubyte.gz": 5148,
+}
+
 
 def official_urls(name: str) -> list[str]:
     """The URLs the dataset ``name`` is published at (used in error messages too)."""
@@ -113,8 +130,8 @@ def download(name: str, data_dir: str | os.PathLike, base_url: str | None = None
     present with the right checksum is not fetched again, nor an archive unpacked again whose
     files are all in place. Processes downloading into one ``data_dir`` wait for each other
     (a lock file there), so the first fetches and the others find its files. DownloadError for
-    a network failure (a server that sends nothing for TIMEOUT_SECONDS, 60 s, included) or a
-    folder that cannot be written.
+    a network failure (a server that sends nothing for TIMEOUT_SECONDS, 60 s, included), a
+    server that sends more than the file's size (FILE_SIZES), or a folder that cannot be written.
     """
     resources = _resources(name)
     data_dir = Path(check_path(data_dir, "data_dir", DATA_DIR_NAMES)).expanduser()
@@ -135,7 +152,7 @@ def download(name: str, data_dir: str | os.PathLike, base_url: str | None = None
                         url = f"{host_override.rstrip('/')}/{resource.path}"
                     else:
                         url = f"{resource.official_base_url}/{resource.filename}"
-                    _fetch_verified(url, destination, expected_md5)
+                    _fetch_verified(url, destination, expected_md5, FILE_SIZES[resource.path])
                 if resource.extract and not _unpacked(destination, data_dir):
                     _extract_tar_safely(destination, data_dir)
     except DownloadError:
@@ -193,9 +210,10 @@ def _progress_bar(total_bytes: int | None, description: str):
     return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=description)
 
 
-def _fetch_verified(url: str, destination: Path, expected_md5: str) -> None:
+def _fetch_verified(url: str, destination: Path, expected_md5: str, expected_bytes: int) -> None:
     """Stream ``url`` into a temporary file beside ``destination`` and rename it into place only
-    once its MD5 is ``expected_md5`` (write_atomic: fsynced, and the mode any new file gets)."""
+    once its MD5 is ``expected_md5`` (write_atomic: fsynced, and the mode any new file gets);
+    more than ``expected_bytes`` stops the download."""
     def stream(handle) -> None:
         digest = hashlib.md5(usedforsecurity=False)  # integrity check only
         with _network_errors(url, destination.name):
@@ -203,7 +221,7 @@ def _fetch_verified(url: str, destination: Path, expected_md5: str) -> None:
         with response:
             length = _content_length(response)
             with _progress_bar(length, destination.name) as bar:
-                for chunk in _body(response, length, url, destination.name):
+                for chunk in _body(response, length, expected_bytes, url, destination.name):
                     handle.write(chunk)  # a full disk is an OSError: download() names the folder
                     digest.update(chunk)
                     if bar is not None:
@@ -234,16 +252,20 @@ def _network_errors(url: str, name: str, received: int = 0):
         raise DownloadError(f"could not download {name} from {url}: {reason}") from error
 
 
-def _body(response, length: int | None, url: str, name: str):
-    """The response's body in chunks. Only receiving is wrapped in _network_errors, not the
-    caller's writing: a full disk is no network failure, and is reported as the local one it is."""
+def _body(response, length: int | None, expected_bytes: int, url: str, name: str):
+    """The response's body in chunks, and no byte past the first one beyond ``expected_bytes``,
+    which fails the download. Only receiving is wrapped in _network_errors, not the caller's
+    writing: a full disk is no network failure, and is reported as the local one it is."""
     received = 0
     while True:
         with _network_errors(url, name, received):
-            chunk = response.read(CHUNK_BYTES)
+            chunk = response.read(min(CHUNK_BYTES, expected_bytes + 1 - received))
         if not chunk:
             break
         received += len(chunk)
+        if received > expected_bytes:
+            raise DownloadError(f"could not download {name} from {url}: received more than the "
+                                f"{expected_bytes} bytes the file has; the download was discarded")
         yield chunk
     if length is not None and received < length:  # http.client ends a cut-off body quietly
         raise DownloadError(f"could not download {name} from {url}: the connection closed "
