@@ -7,10 +7,12 @@ import http.server
 import io
 import os
 import pathlib
+import re
 import stat
 import sys
 import tarfile
 import threading
+import time
 
 import pytest
 
@@ -175,7 +177,7 @@ def test_a_connection_closed_midway_is_a_download_error_not_a_checksum_one(tmp_p
 def test_a_chunked_body_cut_short_says_how_much_came(tmp_path, monkeypatch, read_size):
     """Without a Content-Length (chunked), http.client raises IncompleteRead, which the message
     showed as 'IncompleteRead(N bytes read)', N counting the last read alone, not the download.
-    The bytes of the chunk cut short are not counted: http.client drops them."""
+    The bytes of the chunk cut short count too: they came, and were read as they came."""
     body = b"payload" * 1000
     monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(body).hexdigest())
     monkeypatch.setattr(fetch, "CHUNK_BYTES", read_size)
@@ -195,7 +197,7 @@ def test_a_chunked_body_cut_short_says_how_much_came(tmp_path, monkeypatch, read
             pass
 
     with serving(CutChunked) as base_url:
-        with pytest.raises(DownloadError, match=f"connection closed after {len(body)} bytes, before the last"):
+        with pytest.raises(DownloadError, match=f"connection closed after {len(body) + 500} bytes, before the last"):
             download("cifar10", tmp_path / "data", base_url=base_url)
     assert os.listdir(tmp_path / "data") == [fetch.LOCK_FILE]
 
@@ -558,3 +560,56 @@ def test_a_mirror_on_disk_with_a_larger_file_is_cut_off_at_its_size(tmp_path, mo
     with pytest.raises(DownloadError, match="train_32x32.mat from file:.*: received more than the 3000 bytes"):
         download("svhn", tmp_path / "data")
     assert os.listdir(tmp_path / "data") == [fetch.LOCK_FILE]
+
+
+def _trickling(body: bytes, pause: float):
+    """A handler that announces ``body`` and sends it a byte at a time, ``pause`` seconds apart:
+    never stalling long enough for the read timeout."""
+    class Trickling(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            with contextlib.suppress(OSError):   # the client hung up
+                for byte in body:
+                    self.wfile.write(bytes([byte]))
+                    time.sleep(pause)
+
+        def log_message(self, *args):
+            pass
+    return Trickling
+
+
+def test_a_trickling_server_fails_once_the_grace_is_over(tmp_path, monkeypatch):
+    """A byte every 5 ms (about 200 bytes/s) never stalls for TIMEOUT_SECONDS, so the download
+    went on for as long as the server liked; it fails once its average falls under the floor after
+    the grace, while the bytes still trickle in (not once a whole chunk has come), saying how to
+    get the file another way, and leaves nothing behind."""
+    body = b"p" * 1000
+    for served in ("train_32x32.mat", "test_32x32.mat"):
+        monkeypatch.setitem(fetch.MD5_CHECKSUMS, served, hashlib.md5(body).hexdigest())
+    monkeypatch.setattr(fetch, "MIN_BYTES_PER_SECOND", 10_000)
+    monkeypatch.setattr(fetch, "RATE_GRACE_SECONDS", 0.2)
+    data_dir = tmp_path / "data"
+    with serving(_trickling(body, pause=0.005)) as base_url:
+        with pytest.raises(DownloadError) as raised:
+            download("svhn", data_dir, base_url=base_url)
+    message = str(raised.value)
+    slow = re.fullmatch(
+        rf"could not download train_32x32.mat from {base_url}/train_32x32.mat: too slow, (\d+) bytes "
+        rf"in \d+\.\d s, under the 10000 bytes/s a download must average after 0.2 s; the download was discarded. "
+        rf"Fetch the file another way \(a browser, wget -c, a mirror as {fetch.BASE_URL_ENV}\) and save it as "
+        rf"{re.escape(str(data_dir / 'train_32x32.mat'))}: the next download checks its MD5 and keeps it",
+        message)
+    assert slow and int(slow[1]) < len(body), message
+    assert os.listdir(data_dir) == [fetch.LOCK_FILE]
+
+
+def test_a_slow_download_that_ends_within_the_grace_is_kept(tmp_path, monkeypatch):
+    """The floor is an average after the grace: a small file over a slow link is no failure."""
+    body = b"p" * 20
+    for served in ("train_32x32.mat", "test_32x32.mat"):
+        monkeypatch.setitem(fetch.MD5_CHECKSUMS, served, hashlib.md5(body).hexdigest())
+    with serving(_trickling(body, pause=0.005)) as base_url:
+        download("svhn", tmp_path / "data", base_url=base_url)
+    assert (tmp_path / "data" / "test_32x32.mat").read_bytes() == body

@@ -18,6 +18,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import time
 import urllib.parse
 import urllib.request
 import zlib
@@ -34,6 +35,10 @@ BASE_URL_ENV = "ADT_FAST_DATA_URL"
 URL_SCHEMES = ("http", "https", "ftp", "file")  # those urllib fetches from (a mirror on disk: file:///...)
 CHUNK_BYTES = 1 << 20
 TIMEOUT_SECONDS = 60
+# A server that trickles bytes never stalls for TIMEOUT_SECONDS, yet may never finish: once
+# RATE_GRACE_SECONDS have passed, a download averaging under MIN_BYTES_PER_SECOND fails.
+MIN_BYTES_PER_SECOND = 10 * 1024
+RATE_GRACE_SECONDS = 60
 LOCK_FILE = ".adt_fast-download.lock"
 # The temporary names of a download (".FILENAME." + mkstemp's 8 random characters + PART_SUFFIX)
 # and of an unpacking (UNPACK_PREFIX + mkdtemp's 8): what a killed download leaves behind.
@@ -131,6 +136,7 @@ def download(name: str, data_dir: str | os.PathLike, base_url: str | None = None
     files are all in place. Processes downloading into one ``data_dir`` wait for each other
     (a lock file there), so the first fetches and the others find its files. DownloadError for
     a network failure (a server that sends nothing for TIMEOUT_SECONDS, 60 s, included), a
+    download averaging under MIN_BYTES_PER_SECOND (10 KiB/s) after RATE_GRACE_SECONDS (60 s), a
     server that sends more than the file's size (FILE_SIZES), or a folder that cannot be written.
     """
     resources = _resources(name)
@@ -221,7 +227,7 @@ def _fetch_verified(url: str, destination: Path, expected_md5: str, expected_byt
         with response:
             length = _content_length(response)
             with _progress_bar(length, destination.name) as bar:
-                for chunk in _body(response, length, expected_bytes, url, destination.name):
+                for chunk in _body(response, length, expected_bytes, url, destination):
                     handle.write(chunk)  # a full disk is an OSError: download() names the folder
                     digest.update(chunk)
                     if bar is not None:
@@ -242,30 +248,41 @@ def _network_errors(url: str, name: str, received: int = 0):
     the bytes of it that came before."""
     try:
         yield
-    except http.client.IncompleteRead as error:  # a chunked body cut short; its partial is this read's
+    except http.client.IncompleteRead as error:  # a chunked body cut short; read1 handed over all of it
         raise DownloadError(f"could not download {name} from {url}: the connection closed after "
-                            f"{received + len(error.partial)} bytes, before the last chunk; the download "
-                            f"was discarded") from error
+                            f"{received} bytes, before the last chunk; the download was discarded") from error
     except (OSError, http.client.HTTPException) as error:  # URLError is an OSError
         stalled = isinstance(getattr(error, "reason", error), TimeoutError)  # URLError wraps a connect's
         reason = f"timed out: nothing received for {TIMEOUT_SECONDS} s" if stalled else error
         raise DownloadError(f"could not download {name} from {url}: {reason}") from error
 
 
-def _body(response, length: int | None, expected_bytes: int, url: str, name: str):
+def _body(response, length: int | None, expected_bytes: int, url: str, destination: Path):
     """The response's body in chunks, and no byte past the first one beyond ``expected_bytes``,
-    which fails the download. Only receiving is wrapped in _network_errors, not the caller's
-    writing: a full disk is no network failure, and is reported as the local one it is."""
+    which fails the download, as does an average rate under MIN_BYTES_PER_SECOND after the grace.
+    read1 returns what has arrived, where read waits for a whole chunk, so a trickle is measured
+    as it comes. Only receiving is wrapped in _network_errors, not the caller's writing: a full
+    disk is no network failure, and is reported as the local one it is."""
+    name = destination.name
     received = 0
+    started = time.monotonic()
     while True:
         with _network_errors(url, name, received):
-            chunk = response.read(min(CHUNK_BYTES, expected_bytes + 1 - received))
+            chunk = response.read1(min(CHUNK_BYTES, expected_bytes + 1 - received))
         if not chunk:
             break
         received += len(chunk)
         if received > expected_bytes:
             raise DownloadError(f"could not download {name} from {url}: received more than the "
                                 f"{expected_bytes} bytes the file has; the download was discarded")
+        elapsed = time.monotonic() - started
+        if elapsed > RATE_GRACE_SECONDS and received < MIN_BYTES_PER_SECOND * elapsed:
+            raise DownloadError(
+                f"could not download {name} from {url}: too slow, {received} bytes in {elapsed:.1f} s, under "
+                f"the {MIN_BYTES_PER_SECOND} bytes/s a download must average after {RATE_GRACE_SECONDS} s; the "
+                f"download was discarded. Fetch the file another way (a browser, wget -c, a mirror as "
+                f"{BASE_URL_ENV}) and save it as {destination}: the next download checks its MD5 and keeps it"
+            )
         yield chunk
     if length is not None and received < length:  # http.client ends a cut-off body quietly
         raise DownloadError(f"could not download {name} from {url}: the connection closed "
