@@ -496,15 +496,17 @@ Tensor philox_words_cuda(const Tensor& seed_offset_in, int64_t numel, int64_t k)
 // the host cost of one eager call). These entries run the same kernels directly, only where
 // nothing could see or redirect the op: every tensor exactly a torch.Tensor or Parameter (no
 // __torch_function__), no torch-function mode, and no dispatch key before the device's kernel but
-// those these ops fall through (autograd's, autocast's, BackendSelect). So a dispatch mode, a fake,
+// those that pass these ops on unchanged (DirectCall::kPassedThrough). So a dispatch mode, a fake,
 // wrapper or lazily negated tensor, the JIT tracer or a functorch transform still meets
 // adt_fast_C::sample_forward: there the entries return None, and the caller takes torch.ops
 // (adt_fast/ops/dispatch.py). They release the GIL, name themselves to the profiler and raise
 // torch's Python exceptions, as torch.ops does.
 class DirectCall {
-  // Keys whose kernels these ops fall through (BackendSelect is included by default).
+  // Keys the dispatcher passes these ops through unchanged: BackendSelect (included by default)
+  // and ADInplaceOrView fall through; autograd's fallback only redispatches when no input requires
+  // grad or grad mode is off (direct() checks); autocast falls through unless a kernel was
+  // registered for it since (direct() checks too).
   static constexpr c10::DispatchKeySet kPassedThrough = c10::autograd_dispatch_keyset_with_ADInplaceOrView |
-                                                        c10::autocast_dispatch_keyset |
                                                         c10::DispatchKeySet(c10::DispatchKey::BackendSelect);
 
  public:
@@ -517,6 +519,7 @@ class DirectCall {
     }
     const Tensor& t = THPVariable_Unpack(obj.ptr());
     keys_ = keys_ | t.key_set();
+    requires_grad_ = requires_grad_ || t.requires_grad();
     return t;
   }
   Tensor required(py::handle obj) {
@@ -532,11 +535,18 @@ class DirectCall {
     }
     return reinterpret_cast<THPGenerator*>(obj.ptr())->cdata;
   }
-  // Where the dispatcher would reach the kernel named by `key` with nothing in between that counts.
-  bool direct(c10::DispatchKey* key) const {
+  // Where the dispatcher would take `op` to the kernel named by `key` with nothing in between that
+  // counts. (A tensor that requires grad under grad mode meets autograd's not-implemented fallback,
+  // which marks the outputs; a user's register_autograd or register_autocast kernel must run.)
+  bool direct(const c10::OperatorHandle& op, c10::DispatchKey* key) const {
     if (!direct_ || at::impl::torch_function_mode_enabled()) return false;
+    if (requires_grad_ && at::GradMode::is_enabled()) return false;
     const c10::impl::LocalDispatchKeySet local = c10::impl::tls_local_dispatch_key_set();
-    const c10::DispatchKeySet seen = ((keys_ | local.included_) - local.excluded_) - kPassedThrough;
+    c10::DispatchKeySet seen = ((keys_ | local.included_) - local.excluded_) - kPassedThrough;
+    if (!(seen & c10::autocast_dispatch_keyset).empty()) {  // autocast is on
+      if (op.hasKernelForAnyDispatchKey(c10::autocast_dispatch_keyset)) return false;
+      seen = seen - c10::autocast_dispatch_keyset;
+    }
     *key = seen.highestPriorityTypeId();
 #if defined(ADT_FAST_WITH_CUDA)
     return *key == c10::DispatchKey::CPU || *key == c10::DispatchKey::CUDA;
@@ -546,9 +556,21 @@ class DirectCall {
   }
 
  private:
-  bool direct_ = true;
+  bool direct_ = true, requires_grad_ = false;
   c10::DispatchKeySet keys_;
 };
+
+// The registered ops (TORCH_LIBRARY below registers them when the module loads).
+const c10::OperatorHandle& forward_op() {
+  static const c10::OperatorHandle op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("adt_fast_C::sample_forward", "");
+  return op;
+}
+const c10::OperatorHandle& backward_op() {
+  static const c10::OperatorHandle op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("adt_fast_C::sample_backward", "");
+  return op;
+}
 
 // The kernel `fn`_cpu or `fn`_cuda, as `key` says.
 #if defined(ADT_FAST_WITH_CUDA)
@@ -580,7 +602,7 @@ py::object sample_forward_eager(py::handle mean_obj, py::handle std_obj, py::han
                   seed_offset = call.optional(seed_offset_obj);
   const c10::optional<at::Generator> generator = call.generator(generator_obj);
   c10::DispatchKey key;
-  if (!call.direct(&key)) return py::none();
+  if (!call.direct(forward_op(), &key)) return py::none();
   return run_directly("adt_fast_C::sample_forward", mean, std_param, [&] {
     return ADT_FAST_ON_DEVICE(key, forward, mean, std_param, x, noise, seed_offset, generator, k, epsilon, lo, hi);
   });
@@ -597,7 +619,7 @@ py::object sample_backward_eager(py::handle grad_out_obj, py::handle grad_nlp_ob
   const OptTensor x = call.optional(x_obj), noise = call.optional(noise_obj);
   const Tensor seed_offset = call.required(seed_offset_obj);
   c10::DispatchKey key;
-  if (!call.direct(&key)) return py::none();
+  if (!call.direct(backward_op(), &key)) return py::none();
   return run_directly("adt_fast_C::sample_backward", mean, std_param, [&] {
     return ADT_FAST_ON_DEVICE(key, backward, grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, k, epsilon,
                               lo, hi, need_grad_x);

@@ -683,8 +683,22 @@ class _Subclass(torch.Tensor):
     pass
 
 
+@contextlib.contextmanager
+def _autocast_kernels_registered():
+    """Autocast on, with an autocast kernel registered for both ops (which it falls through
+    otherwise), taken away again after."""
+    lib = torch.library.Library("adt_fast_C", "IMPL")
+    try:
+        for op in ("sample_forward", "sample_backward"):
+            torch.library.register_autocast(f"adt_fast_C::{op}", "cpu", torch.bfloat16, lib=lib)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            yield
+    finally:
+        lib._destroy()
+
+
 @pytest.mark.parametrize("case", ["subclass", "negated view", "dispatch mode", "function mode", "fake tensors",
-                                  "not a generator", "no mean"])
+                                  "not a generator", "no mean", "grad to record", "autocast kernel"])
 def test_eager_entries_leave_to_torch_ops_what_the_dispatcher_must_see(case):
     forward, backward = _eager_args()
     forward, backward = list(forward), list(backward)
@@ -701,15 +715,48 @@ def test_eager_entries_leave_to_torch_ops_what_the_dispatcher_must_see(case):
         context = torch._subclasses.fake_tensor.FakeTensorMode(allow_non_fake_inputs=True)
     elif case == "not a generator":
         forward[4], forward[5] = None, 7
+    elif case == "grad to record":  # under grad mode: the autograd fallback marks torch.ops' outputs
+        forward[0] = backward[2] = forward[0].clone().requires_grad_()
+    elif case == "autocast kernel":
+        context = _autocast_kernels_registered()
     else:
         forward[0] = backward[2] = None
     with context:
         assert C.sample_forward_eager(*forward) is None
         if case != "not a generator":  # (the backward takes none)
             assert C.sample_backward_eager(*backward) is None
-    # The control: the same call, plain, is served directly.
+    # The controls: the same call, plain, is served directly; so are autocast without a kernel of its
+    # own and a tensor that requires grad with grad mode off (as inside the autograd Function).
     forward, backward = _eager_args()
     assert C.sample_forward_eager(*forward) is not None and C.sample_backward_eager(*backward) is not None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert C.sample_forward_eager(*forward) is not None
+    forward[0].requires_grad_()
+    with torch.no_grad():
+        assert C.sample_forward_eager(*forward) is not None
+
+
+def test_the_common_call_takes_the_eager_entries(monkeypatch):
+    """Each path checked: a plain call reaches no torch.ops op, a call under a dispatch mode both."""
+    import adt_fast
+    from adt_fast.ops import dispatch
+    dispatch._extension_op("sample_forward")  # resolved
+    through_torch_ops = []
+    for name in ("sample_forward", "sample_backward"):
+        monkeypatch.setitem(dispatch._EXTENSION_OPS, name,
+                            lambda *args, op=dispatch._EXTENSION_OPS[name], name=name:
+                            (through_torch_ops.append(name), op(*args))[1])
+
+    def call():
+        mean = torch.zeros(3, 4, requires_grad=True)
+        out, nlp = adt_fast.sample_and_entropy(mean, torch.zeros(3, 4, requires_grad=True), 2, backend="cpu")
+        (out.sum() + nlp.sum()).backward()
+
+    call()
+    assert through_torch_ops == []
+    with _SeenOps():
+        call()
+    assert through_torch_ops == ["sample_forward", "sample_backward"]
 
 
 def test_the_op_through_the_eager_entries_honours_a_negated_view_and_a_dispatch_mode():

@@ -231,6 +231,30 @@ def test_compiled_autograd_traces_the_eager_backward_without_warnings(monkeypatc
         torch.testing.assert_close(g, t.grad, rtol=0, atol=0)
 
 
+def test_compiled_autograd_traces_the_eager_backward_in_one_graph():
+    """The cpu backend's eager entries (adt_fast._C) are pybind functions, which Dynamo cannot
+    trace: under compiled autograd fullgraph=True failed ('Attempted to call function marked as
+    skipped'), and without it the backward broke into graphs. While Dynamo traces, the backend
+    takes torch.ops."""
+    from torch._dynamo.testing import CompileCounter
+    torch._dynamo.reset()
+    mean, rho = _leaves()
+    loss = _loss(mean, rho)
+    counter = CompileCounter()
+    with torch._dynamo.compiled_autograd._enable(torch.compile(backend=counter, fullgraph=True)):
+        loss.backward()
+    assert counter.frame_count == 1
+
+
+def test_draw_normals_compiles_in_one_graph():
+    """draw_normals draws its seed through the cpu backend's forward (as the op would): in one graph."""
+    from adt_fast.ops.sample_and_entropy import draw_normals
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda: draw_normals((3, 4), 2, device="cpu", backend="cpu") * 2, backend="eager",
+                             fullgraph=True)
+    assert compiled().shape == (2, 3, 4)
+
+
 def test_compile_with_dynamic_shapes_equals_eager_without_recompiling():
     from torch._dynamo.testing import CompileCounterWithBackend
     counter = CompileCounterWithBackend("aot_eager")

@@ -123,17 +123,26 @@ def _extension_op(name: str):
     return _EXTENSION_OPS[name]
 
 
-# The cpu and cuda backends call the kernels through adt_fast._C's eager entries, which skip
-# torch.ops' parsing and boxed dispatch (about 2 us each way at small sizes) and answer None where
-# the op must be seen by the dispatcher (modes, subclasses, fake tensors: csrc/binding.cpp); then torch.ops.
+def _extension_call(name: str, args: tuple):
+    """The op `name` through adt_fast._C's eager entry, which skips torch.ops' parsing and boxed
+    dispatch (about 2 us each way at small sizes), or through torch.ops: where the entry answers
+    None (modes, subclasses, fake tensors, grad to record: csrc/binding.cpp), and while Dynamo
+    traces (compiled autograd traces the eager backward; torch.compile, draw_normals), since it
+    can trace the registered op but not a pybind function."""
+    if not torch.compiler.is_compiling():
+        result = _extension_op(f"{name}_eager")(*args)
+        if result is not None:
+            return result
+    return _extension_op(name)(*args)
+
+
 def _extension_forward(*args):
-    return _extension_op("sample_forward_eager")(*args) or _extension_op("sample_forward")(*args)
+    return _extension_call("sample_forward", args)
 
 
 def _extension_backward(grad_out, grad_nlp, mean, std_param, x, *rest, need_grad_x=True):
-    args = (grad_out, grad_nlp, mean, std_param, x, *rest, need_grad_x)
-    grad_mean, grad_std, grad_x = (_extension_op("sample_backward_eager")(*args)
-                                   or _extension_op("sample_backward")(*args))
+    grad_mean, grad_std, grad_x = _extension_call("sample_backward",
+                                                  (grad_out, grad_nlp, mean, std_param, x, *rest, need_grad_x))
     return grad_mean, grad_std, (grad_x if x is not None and need_grad_x else None)
 
 
