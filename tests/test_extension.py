@@ -637,8 +637,8 @@ def test_opcheck_schemas_and_fake_kernels():
 
 # ---- The eager entries (adt_fast._C.sample_forward_eager / sample_backward_eager) ----------------
 
-def _eager_args(dtype=torch.float32, use_x=True, use_noise=False, k=3):
-    t = make((3, 5), k, dtype=dtype, seed=4)
+def _eager_args(dtype=torch.float32, use_x=True, use_noise=False, k=3, device="cpu"):
+    t = make((3, 5), k, dtype=dtype, seed=4, device=device)
     x, noise = (t["x"] if use_x else None), (t["noise"] if use_noise else None)
     forward = (t["mean"], t["rho"], x, noise, t["seed_offset"], None, k, 0.3, 0.1, 0.9)
     backward = (t["grad_out"], t["grad_nlp"], t["mean"], t["rho"], x, noise, t["seed_offset"], k, 0.3, 0.1, 0.9,
@@ -646,10 +646,14 @@ def _eager_args(dtype=torch.float32, use_x=True, use_noise=False, k=3):
     return forward, backward
 
 
+ON_DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, cuda_only])]
+
+
+@pytest.mark.parametrize("device", ON_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 @pytest.mark.parametrize("use_x,use_noise", [(False, False), (True, False), (True, True)])
-def test_eager_entries_give_what_the_registered_ops_give(dtype, use_x, use_noise):
-    forward, backward = _eager_args(dtype, use_x, use_noise)
+def test_eager_entries_give_what_the_registered_ops_give(dtype, use_x, use_noise, device):
+    forward, backward = _eager_args(dtype, use_x, use_noise, device=device)
     for got, want in ((C.sample_forward_eager(*forward), ops.sample_forward(*forward)),
                       (C.sample_backward_eager(*backward), ops.sample_backward(*backward))):
         assert isinstance(got, tuple) and len(got) == len(want) == 3
@@ -657,10 +661,14 @@ def test_eager_entries_give_what_the_registered_ops_give(dtype, use_x, use_noise
             assert a.dtype == b.dtype and torch.equal(a, b)
 
 
-def test_eager_entries_draw_from_the_generator_as_the_op_does():
-    mean = torch.zeros(2, 5)
-    first = C.sample_forward_eager(mean, mean, None, None, None, torch.Generator().manual_seed(3), 2, 0.3, 0.0, 1.0)
-    second = ops.sample_forward(mean, mean, None, None, None, torch.Generator().manual_seed(3), 2, 0.3, 0.0, 1.0)
+@pytest.mark.parametrize("device", ON_DEVICES)
+def test_eager_entries_draw_from_the_generator_as_the_op_does(device):
+    """On CUDA from the generator's Philox state, as the registered op takes it."""
+    mean = torch.zeros(2, 5, device=device)
+    first = C.sample_forward_eager(mean, mean, None, None, None, torch.Generator(device).manual_seed(3), 2, 0.3,
+                                   0.0, 1.0)
+    second = ops.sample_forward(mean, mean, None, None, None, torch.Generator(device).manual_seed(3), 2, 0.3, 0.0,
+                                1.0)
     assert torch.equal(first[2], second[2]) and torch.equal(first[0], second[0])
 
 
