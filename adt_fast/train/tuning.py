@@ -56,8 +56,9 @@ def load_or_measure(run_dir: Path, method, model, x, y, *, channels_last, resume
         memory = _memory_format(channels_last, recorded.get(MEMORY_FORMAT), model, x, y, method.runtime)
         method.runtime.set_memory_format(model, memory["channels_last"])  # the method measures in it
         ours = {key: value for key, value in recorded.items() if key != MEMORY_FORMAT}
-        tuning = {**_checked_tuning(method.tune(model, x, y, recorded=ours), method), MEMORY_FORMAT: memory}
-        text = json.dumps(tuning, indent=2, sort_keys=True) + "\n"
+        tuned = _checked_tuning(method.tune(model, x, y, recorded=ours), method)
+        text = json.dumps({**tuned, MEMORY_FORMAT: memory}, indent=2, sort_keys=True) + "\n"
+        tuning = json.loads(text)  # tuples as lists: the run applies what its resumes will read back
         write_atomic(path, lambda handle: handle.write(text), mode="w")
     tuning = world.broadcast(tuning)
     method.runtime.set_memory_format(model, tuning[MEMORY_FORMAT]["channels_last"])
@@ -66,16 +67,15 @@ def load_or_measure(run_dir: Path, method, model, x, y, *, channels_last, resume
 
 
 def _checked_tuning(tuned: Any, method) -> dict:
-    """What a method's tune() returned, as tuning.json holds it (tuples as lists: the run applies
-    what its resumes will read back), if JSON can write it; else a TypeError naming the method and
-    what is not JSON, instead of json's error from inside the write (which never begins: the file
-    is not touched)."""
+    """What a method's tune() returned, if JSON can write it as tuning.json; else a TypeError naming
+    the method and what is not JSON, instead of json's error from inside the write (which never
+    begins: the file is not touched)."""
     problem = f"got {type(tuned).__name__}" if not isinstance(tuned, dict) else _not_json(tuned, "tune()")
     if problem is not None:
         raise TypeError(f"method {method.name_in_messages}: tune() must return a dict of "
                         f"JSON types (str keys; str, int, float, bool, None, and lists and dicts of them) for "
                         f"{TUNING_FILE}, {problem}")
-    return json.loads(json.dumps(tuned))
+    return tuned
 
 
 def _not_json(value: Any, at: str, inside: tuple = ()) -> Optional[str]:
