@@ -39,6 +39,7 @@ from .attacks.engine import eval_mode, iterative_attack, project
 from .attacks.losses import cross_entropy
 from .attacks.suite import check_epsilon
 from .checks import check_finite, check_int, check_non_negative
+from .models.generators import MAX_NOISE_DIM
 from .ops import sample_and_entropy
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -200,9 +201,10 @@ def tanh_perturbation(generator_out: torch.Tensor, x: torch.Tensor, epsilon: flo
 # ------------------------------------------------------------------------------------------------
 def sample_noise(batch: int, noise_dim: int = NOISE_DIM, device=None,
                  generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """z ~ U(-1, 1)^noise_dim, shape (batch, noise_dim), from ``generator`` or torch's default."""
+    """z ~ U(-1, 1)^noise_dim, shape (batch, noise_dim), from ``generator`` or torch's default;
+    noise_dim at most what the generators read (MAX_NOISE_DIM)."""
     batch = check_int(batch, "batch", minimum=0)
-    noise_dim = check_int(noise_dim, "noise_dim")
+    noise_dim = check_int(noise_dim, "noise_dim", maximum=MAX_NOISE_DIM)
     return torch.rand(batch, noise_dim, device=device, dtype=dtype, generator=generator) * 2 - 1
 
 

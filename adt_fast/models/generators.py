@@ -23,9 +23,9 @@ Body (C.2, Table 7 and the authors' code, ``resnet_3blocks`` with ``ngf = width 
 Table 7 writes "Residual block, 512 filters" three times; the authors' code widens in the first
 block and narrows back in the last, so the final conv reads 256 channels. We follow the code.
 Every convolution has stride 1 and keeps the image size (3x3 with padding 1, the 1x1 shortcuts
-without), so the network is fully convolutional and works for
-any channel count and any image size (1x8x8 digits included); only the implicit mode's noise
-encoder depends on H*W. The noise encoder is FC(noise_dim -> 256) + ReLU, FC(256 -> H*W) + ReLU,
+without), so the network is fully convolutional and works for any channel count and any image
+size up to MAX_IMAGE_PIXELS (1x8x8 digits included); only the implicit mode's noise encoder
+depends on H*W. The noise encoder is FC(noise_dim -> 256) + ReLU, FC(256 -> H*W) + ReLU,
 reshaped to 1xHxW (1024 = 32*32 in Table 7); the ReLUs are the authors' code (the table lists no
 activations, and the "conv + BN + ReLU" rule of C.2 is about convolutions).
 
@@ -72,13 +72,26 @@ Q_MIN_SIZE = 20  # the smallest H (and W) the unpadded Table-8 convolutions acce
 # 2**70 overflowed inside torch. (train's --generator-width stops new runs sooner, at 4,096, for the
 # memory training takes: train.config.MAX_GENERATOR_WIDTH.)
 MAX_WIDTH = 16_384
+Q_FEATURES = 256  # the q-network's last convolution's channels, which its output layer reads
+# Three layers grow with the image or the noise: the implicit mode's noise encoder,
+# Linear(noise_dim -> NOISE_HIDDEN) then Linear(NOISE_HIDDEN -> H*W), and the q-network's output,
+# Linear(Q_FEATURES -> 2*noise_dim). Each is capped at MAX_LAYER_WEIGHTS = 2**36 weights, 256 GiB of
+# float32, more than the widest generator's 170 GB above: H*W at most 2**28 pixels (16,384 x 16,384;
+# ImageNet's 224 x 224 is 50,176) and noise_dim at most 2**27 (Table 7's is 64). (100000, 100000)
+# images asked the allocator for 10 TB, noise_dim 10**12 for 2 PB. The pixel cap holds in every mode
+# and in the q-network too: at 2**28 pixels one image's widest activation in the generator, 2*width
+# channels at Table 7's width, is 512 GiB of float32.
+MAX_LAYER_WEIGHTS = 2**36
+MAX_IMAGE_PIXELS = MAX_LAYER_WEIGHTS // NOISE_HIDDEN
+MAX_NOISE_DIM = MAX_LAYER_WEIGHTS // (2 * Q_FEATURES)
 
 ImageSize = Union[int, Sequence[int]]
 
 
 def _pair(image_size: ImageSize) -> tuple[int, int]:
     """(H, W) as Python ints from an integer (square images) or any sequence of two integers (a
-    tuple, a list, torch.Size, a range); numpy's integers count, as they do for check_int."""
+    tuple, a list, torch.Size, a range); numpy's integers count, as they do for check_int. At most
+    MAX_IMAGE_PIXELS pixels."""
     side = as_int(image_size)
     if side is not None:
         size = (side, side)
@@ -88,6 +101,10 @@ def _pair(image_size: ImageSize) -> tuple[int, int]:
         size = (None,)
     if not all(s is not None and s >= 1 for s in size):
         raise ValueError(f"image_size must be a positive int or an (H, W) pair, got {shown(image_size)}")
+    if size[0] * size[1] > MAX_IMAGE_PIXELS:
+        side = math.isqrt(MAX_IMAGE_PIXELS)
+        raise ValueError(f"image_size must have at most {MAX_IMAGE_PIXELS:,} pixels (H*W, as {side} x {side}), "
+                         f"got {shown(image_size)}")
     return size
 
 
@@ -133,7 +150,7 @@ class PerturbationGenerator(nn.Module):
         self.in_channels = check_int(in_channels, "in_channels")
         self.image_size = _pair(image_size)
         self.mode = mode
-        self.noise_dim = check_int(noise_dim, "noise_dim") if mode == "implicit" else 0
+        self.noise_dim = check_int(noise_dim, "noise_dim", maximum=MAX_NOISE_DIM) if mode == "implicit" else 0
         self.width = check_int(width, "width", maximum=MAX_WIDTH)
         self.out_channels = 2 * self.in_channels if mode == "explicit" else self.in_channels
         height, width_px = self.image_size
@@ -209,7 +226,7 @@ class QNetwork(nn.Module):
         super().__init__()
         self.in_channels = check_int(in_channels, "in_channels")
         self.image_size = _pair(image_size)
-        self.noise_dim = check_int(noise_dim, "noise_dim")
+        self.noise_dim = check_int(noise_dim, "noise_dim", maximum=MAX_NOISE_DIM)
         self.min_std = as_real(min_std)
         if self.min_std is None or not math.isfinite(self.min_std) or self.min_std <= 0:
             raise ValueError(f"min_std must be a finite number > 0, got {shown(min_std)}")
@@ -220,8 +237,8 @@ class QNetwork(nn.Module):
                     nn.LeakyReLU(negative_slope, inplace=True)]
 
         self.features = nn.Sequential(*block(self.in_channels, 32, 5, 1), *block(32, 64, 4, 2),
-                                      *block(64, 128, 4, 1), *block(128, 256, 4, 2))
-        self.out = nn.Linear(256, 2 * self.noise_dim)
+                                      *block(64, 128, 4, 1), *block(128, Q_FEATURES, 4, 2))
+        self.out = nn.Linear(Q_FEATURES, 2 * self.noise_dim)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
