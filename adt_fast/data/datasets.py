@@ -274,19 +274,30 @@ _NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
 
 
 def _as_numpy(value, where: str) -> np.ndarray:
-    """A tensor's values as numpy; a sparse or meta-device one is refused by name (`where`), not
-    with torch's conversion error from inside."""
+    """A tensor's values as numpy; a sparse, nested, quantized or meta-device one, or one of a dtype
+    numpy has no match for, is refused by name (`where`), not with torch's conversion error from
+    inside."""
     if isinstance(value, torch.Tensor):
+        if value.is_nested:
+            raise DatasetFileError(f"{where}: must be a dense tensor, got a nested one; stack its items, of "
+                                   f"one shape, into one tensor")
         if value.layout != torch.strided:
             raise DatasetFileError(f"{where}: must be a dense tensor, got layout {value.layout}; convert it "
                                    f"with .to_dense()")
         if value.is_meta:
             raise DatasetFileError(f"{where}: is on the meta device, which holds no values (only a shape); "
                                    f"pass the tensor with its data, on the CPU or a GPU")
-        value = value.detach().cpu()
-        if value.is_floating_point() and value.dtype not in _NUMPY_FLOATS:  # bfloat16, float8: float32 holds them
-            value = value.float()
-        return value.numpy()
+        if value.is_quantized:
+            raise DatasetFileError(f"{where}: is a quantized tensor ({value.dtype}); convert it with .dequantize() "
+                                   f"(its real values) or .int_repr() (its stored integers)")
+        value = value.detach().cpu().resolve_conj().resolve_neg()  # numpy() refuses the lazy conj/neg views
+        try:
+            if value.is_floating_point() and value.dtype not in _NUMPY_FLOATS:  # bfloat16, float8: float32 holds them
+                value = value.float()
+            return value.numpy()
+        except (TypeError, NotImplementedError):  # complex32, bits8, uint4, float4_e2m1fn_x2: no numpy dtype
+            raise DatasetFileError(f"{where}: has dtype {value.dtype}, which numpy has no match for; pixels must "
+                                   f"be uint8 (0-255) or float (0-1), labels integers") from None
     try:
         return np.asarray(value)
     except ValueError as error:  # nested lists of unequal lengths
