@@ -484,22 +484,30 @@ def test_hard_links_and_devices_in_an_archive_are_refused(tmp_path, file_server,
     assert sorted(os.listdir(tmp_path / "data")) == [fetch.LOCK_FILE, "cifar-10-python.tar.gz"]
 
 
-def test_the_progress_bar_counts_bytes_when_no_size_is_announced(tmp_path, monkeypatch):
+def test_the_progress_bar_shows_the_published_size_when_none_is_announced(tmp_path, monkeypatch):
     pytest.importorskip("tqdm")
     archive = _serve_tiny_cifar(tmp_path, tmp_path)
     body = archive.read_bytes()
     monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(body).hexdigest())
+    monkeypatch.setitem(fetch.FILE_SIZES, "cifar-10-python.tar.gz", len(body))
     monkeypatch.setenv(NO_PROGRESS_ENV, "0")
     monkeypatch.setattr(sys, "stderr", _Terminal())
     with serving(_answer(body, "", len(body))) as base_url:
         download("cifar10", tmp_path / "data", base_url=base_url)
-    assert f"cifar-10-python.tar.gz: {len(body)}B " in sys.stderr.getvalue()
+    assert f"| {len(body)}/{len(body)} [" in sys.stderr.getvalue()
 
 
 def test_every_file_has_its_published_size():
+    """Each size as published (a wrong one would break that dataset's real download): the CIFAR and
+    SVHN hosts' Content-Length, and torchvision's MNIST and Fashion-MNIST downloads."""
+    assert fetch.FILE_SIZES == {
+        "cifar-10-python.tar.gz": 170498071, "cifar-100-python.tar.gz": 169001437,
+        "train_32x32.mat": 182040794, "test_32x32.mat": 64275384,
+        "MNIST/raw/train-images-idx3-ubyte.gz": 9912422, "MNIST/raw/train-labels-idx1-ubyte.gz": 28881,
+        "MNIST/raw/t10k-images-idx3-ubyte.gz": 1648877, "MNIST/raw/t10k-labels-idx1-ubyte.gz": 4542,
+        "FashionMNIST/raw/train-images-idx3-ubyte.gz": 26421880, "FashionMNIST/raw/train-labels-idx1-ubyte.gz": 29515,
+        "FashionMNIST/raw/t10k-images-idx3-ubyte.gz": 4422102, "FashionMNIST/raw/t10k-labels-idx1-ubyte.gz": 5148}
     assert fetch.FILE_SIZES.keys() == fetch.MD5_CHECKSUMS.keys()
-    assert fetch.FILE_SIZES["cifar-10-python.tar.gz"] == 170498071
-    assert fetch.FILE_SIZES["train_32x32.mat"] == 182040794
 
 
 class _Counting:
@@ -521,8 +529,8 @@ class _Counting:
 @pytest.mark.parametrize("content_length", [None, str(1 << 40)])
 def test_a_server_that_sends_more_than_the_file_is_cut_off_at_its_size(tmp_path, monkeypatch, content_length):
     """An endless body (or a wrong, larger file) filled the disk before the MD5 check could fail:
-    reading stops at the published size, whatever size the server announces, and the partial file
-    is deleted."""
+    reading stops at the published size, and the partial file is deleted; a server that announces
+    more than that is refused before any byte is read."""
     size = 10_000
     monkeypatch.setitem(fetch.FILE_SIZES, "cifar-10-python.tar.gz", size)
     monkeypatch.setattr(fetch, "CHUNK_BYTES", 4096)
@@ -543,11 +551,13 @@ def test_a_server_that_sends_more_than_the_file_is_cut_off_at_its_size(tmp_path,
             pass
 
     with serving(Endless) as base_url:
+        why = ("received more than the 10000 bytes the file has; the download was discarded" if content_length is None
+               else f"the server announces {content_length} bytes, more than the 10000 bytes the file has; nothing "
+                    f"was kept")
         with pytest.raises(DownloadError, match=f"^could not download cifar-10-python.tar.gz from {base_url}/"
-                                                f"cifar-10-python.tar.gz: received more than the {size} bytes "
-                                                f"the file has; the download was discarded$"):
+                                                f"cifar-10-python.tar.gz: {why}$"):
             download("cifar10", tmp_path / "data", base_url=base_url)
-    assert bar.done <= size
+    assert bar.done <= (size if content_length is None else 0)
     assert os.listdir(tmp_path / "data") == [fetch.LOCK_FILE]
 
 
@@ -557,56 +567,109 @@ def test_a_mirror_on_disk_with_a_larger_file_is_cut_off_at_its_size(tmp_path, mo
     (mirror / "train_32x32.mat").write_bytes(b"x" * 5000)
     monkeypatch.setitem(fetch.FILE_SIZES, "train_32x32.mat", 3000)
     monkeypatch.setenv(fetch.BASE_URL_ENV, mirror.as_uri())
-    with pytest.raises(DownloadError, match="train_32x32.mat from file:.*: received more than the 3000 bytes"):
+    with pytest.raises(DownloadError, match="train_32x32.mat from file:.*: the server announces 5000 bytes, more "
+                                            "than the 3000 bytes the file has"):
         download("svhn", tmp_path / "data")
     assert os.listdir(tmp_path / "data") == [fetch.LOCK_FILE]
 
 
-def _trickling(body: bytes, pause: float):
-    """A handler that announces ``body`` and sends it a byte at a time, ``pause`` seconds apart:
-    never stalling long enough for the read timeout."""
-    class Trickling(http.server.BaseHTTPRequestHandler):
+def _paced(body: bytes, pieces):
+    """A handler that announces ``body`` and sends it as ``pieces``: (bytes, then a pause in s)
+    pairs, the rest of the body at the end; never stalling long enough for the read timeout."""
+    class Paced(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            sent = 0
             with contextlib.suppress(OSError):   # the client hung up
-                for byte in body:
-                    self.wfile.write(bytes([byte]))
+                for size, pause in pieces:
+                    self.wfile.write(body[sent:sent + size])
+                    self.wfile.flush()
+                    sent += size
                     time.sleep(pause)
+                self.wfile.write(body[sent:])
 
         def log_message(self, *args):
             pass
-    return Trickling
+    return Paced
 
 
-def test_a_trickling_server_fails_once_the_grace_is_over(tmp_path, monkeypatch):
-    """A byte every 5 ms (about 200 bytes/s) never stalls for TIMEOUT_SECONDS, so the download
-    went on for as long as the server liked; it fails once its average falls under the floor after
-    the grace, while the bytes still trickle in (not once a whole chunk has come), saying how to
-    get the file another way, and leaves nothing behind."""
-    body = b"p" * 1000
+def _trickling(body: bytes, pause: float):
+    """A byte at a time, ``pause`` seconds apart."""
+    return _paced(body, [(1, pause)] * len(body))
+
+
+def _slow_floor(monkeypatch, body: bytes):
+    """The svhn files served as ``body``, and a floor of 10,000 bytes/s over 0.2 s windows."""
     for served in ("train_32x32.mat", "test_32x32.mat"):
         monkeypatch.setitem(fetch.MD5_CHECKSUMS, served, hashlib.md5(body).hexdigest())
     monkeypatch.setattr(fetch, "MIN_BYTES_PER_SECOND", 10_000)
-    monkeypatch.setattr(fetch, "RATE_GRACE_SECONDS", 0.2)
+    monkeypatch.setattr(fetch, "RATE_WINDOW_SECONDS", 0.2)
+
+
+def test_a_trickling_server_fails_after_a_window_under_the_floor(tmp_path, monkeypatch):
+    """A byte every 5 ms (about 200 bytes/s) never stalls for TIMEOUT_SECONDS, so the download
+    went on for as long as the server liked; it fails after its first window under the floor,
+    while the bytes still trickle in (not once a whole chunk has come), saying how to get the file
+    another way and how to move the floor, and leaves nothing behind."""
+    body = b"p" * 1000
+    _slow_floor(monkeypatch, body)
     data_dir = tmp_path / "data"
     with serving(_trickling(body, pause=0.005)) as base_url:
         with pytest.raises(DownloadError) as raised:
             download("svhn", data_dir, base_url=base_url)
     message = str(raised.value)
     slow = re.fullmatch(
-        rf"could not download train_32x32.mat from {base_url}/train_32x32.mat: too slow, (\d+) bytes "
-        rf"in \d+\.\d s, under the 10000 bytes/s a download must average after 0.2 s; the download was discarded. "
+        rf"could not download train_32x32.mat from {base_url}/train_32x32.mat: too slow, (\d+) bytes in the last "
+        rf"\d+\.\d s \((\d+) in all\), under the 10000 bytes/s a download must bring in over every 0.2 s "
+        rf"\(\${fetch.MIN_RATE_ENV} sets that floor, 0 turns it off\); the download was discarded. "
         rf"Fetch the file another way \(a browser, wget -c, a mirror as {fetch.BASE_URL_ENV}\) and save it as "
         rf"{re.escape(str(data_dir / 'train_32x32.mat'))}: the next download checks its MD5 and keeps it",
         message)
-    assert slow and int(slow[1]) < len(body), message
+    assert slow and int(slow[2]) < len(body), message
     assert os.listdir(data_dir) == [fetch.LOCK_FILE]
 
 
-def test_a_slow_download_that_ends_within_the_grace_is_kept(tmp_path, monkeypatch):
-    """The floor is an average after the grace: a small file over a slow link is no failure."""
+def test_the_floor_is_set_or_turned_off_by_the_environment(tmp_path, monkeypatch):
+    """$ADT_FAST_DOWNLOAD_MIN_RATE=0 lets a trickle finish (a link that slow may be all a user has);
+    a value that is no rate is refused before anything is fetched."""
+    body = b"p" * 60
+    _slow_floor(monkeypatch, body)
+    monkeypatch.setenv(fetch.MIN_RATE_ENV, "0")
+    with serving(_trickling(body, pause=0.005)) as base_url:
+        download("svhn", tmp_path / "data", base_url=base_url)
+    assert (tmp_path / "data" / "train_32x32.mat").read_bytes() == body
+    for bad in ("-1", "fast", "inf", "nan"):
+        monkeypatch.setenv(fetch.MIN_RATE_ENV, bad)
+        with pytest.raises(DownloadError, match=rf"\${fetch.MIN_RATE_ENV} must be a number of bytes per second >= 0 "
+                                                rf"\(0 turns the check off\), got '{bad}'"):
+            download("svhn", tmp_path / "other", base_url="http://127.0.0.1:9")
+        assert not (tmp_path / "other").exists()
+
+
+def test_a_complete_body_is_kept_however_slow_its_last_window(tmp_path, monkeypatch):
+    """The last bytes may come in a window under the floor (a pause within the read timeout):
+    the file is whole, and was once thrown away as too slow."""
+    body = bytes(range(256)) * 40
+    _slow_floor(monkeypatch, body)
+    with serving(_paced(body, [(len(body) - 1000, 0.3), (500, 0.6)])) as base_url:
+        download("svhn", tmp_path / "data", base_url=base_url)
+    assert (tmp_path / "data" / "train_32x32.mat").read_bytes() == body
+
+
+def test_the_windows_start_at_the_first_byte(tmp_path, monkeypatch):
+    """A server that thinks before it sends (within the read timeout), then sends at several times
+    the floor, is no trickle: the pause before the first byte counted against the average once."""
+    body = bytes(range(256)) * 40
+    _slow_floor(monkeypatch, body)
+    with serving(_paced(body, [(0, 0.5)] + [(500, 0.005)] * 19)) as base_url:
+        download("svhn", tmp_path / "data", base_url=base_url)
+    assert (tmp_path / "data" / "train_32x32.mat").read_bytes() == body
+
+
+def test_a_slow_download_that_ends_within_a_window_is_kept(tmp_path, monkeypatch):
+    """The floor is judged over whole windows: a small file over a slow link is no failure."""
     body = b"p" * 20
     for served in ("train_32x32.mat", "test_32x32.mat"):
         monkeypatch.setitem(fetch.MD5_CHECKSUMS, served, hashlib.md5(body).hexdigest())

@@ -35,10 +35,13 @@ BASE_URL_ENV = "ADT_FAST_DATA_URL"
 URL_SCHEMES = ("http", "https", "ftp", "file")  # those urllib fetches from (a mirror on disk: file:///...)
 CHUNK_BYTES = 1 << 20
 TIMEOUT_SECONDS = 60
-# A server that trickles bytes never stalls for TIMEOUT_SECONDS, yet may never finish: once
-# RATE_GRACE_SECONDS have passed, a download averaging under MIN_BYTES_PER_SECOND fails.
-MIN_BYTES_PER_SECOND = 10 * 1024
-RATE_GRACE_SECONDS = 60
+# A server that trickles bytes never stalls for TIMEOUT_SECONDS, yet may never finish: from its
+# first byte, a download must bring in MIN_BYTES_PER_SECOND on average over every RATE_WINDOW_SECONDS
+# (a floor meant to stop a trickle, far below a slow but working link), or it fails;
+# $ADT_FAST_DOWNLOAD_MIN_RATE sets the floor (0 turns the check off).
+MIN_BYTES_PER_SECOND = 1024
+RATE_WINDOW_SECONDS = 60
+MIN_RATE_ENV = "ADT_FAST_DOWNLOAD_MIN_RATE"
 LOCK_FILE = ".adt_fast-download.lock"
 # The temporary names of a download (".FILENAME." + mkstemp's 8 random characters + PART_SUFFIX)
 # and of an unpacking (UNPACK_PREFIX + mkdtemp's 8): what a killed download leaves behind.
@@ -136,10 +139,12 @@ def download(name: str, data_dir: str | os.PathLike, base_url: str | None = None
     files are all in place. Processes downloading into one ``data_dir`` wait for each other
     (a lock file there), so the first fetches and the others find its files. DownloadError for
     a network failure (a server that sends nothing for TIMEOUT_SECONDS, 60 s, included), a
-    download averaging under MIN_BYTES_PER_SECOND (10 KiB/s) after RATE_GRACE_SECONDS (60 s), a
-    server that sends more than the file's size (FILE_SIZES), or a folder that cannot be written.
+    download bringing in under MIN_BYTES_PER_SECOND (1 KiB/s, or $ADT_FAST_DOWNLOAD_MIN_RATE) over
+    a RATE_WINDOW_SECONDS (60 s) window, a server that sends more than the file's size
+    (FILE_SIZES), or a folder that cannot be written.
     """
     resources = _resources(name)
+    min_rate = _min_rate()
     data_dir = Path(check_path(data_dir, "data_dir", DATA_DIR_NAMES)).expanduser()
     host_override = _host_override(base_url)
     reason = unwritable_reason(data_dir)
@@ -158,7 +163,7 @@ def download(name: str, data_dir: str | os.PathLike, base_url: str | None = None
                         url = f"{host_override.rstrip('/')}/{resource.path}"
                     else:
                         url = f"{resource.official_base_url}/{resource.filename}"
-                    _fetch_verified(url, destination, expected_md5, FILE_SIZES[resource.path])
+                    _fetch_verified(url, destination, expected_md5, FILE_SIZES[resource.path], min_rate)
                 if resource.extract and not _unpacked(destination, data_dir):
                     _extract_tar_safely(destination, data_dir)
     except DownloadError:
@@ -216,18 +221,37 @@ def _progress_bar(total_bytes: int | None, description: str):
     return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=description)
 
 
-def _fetch_verified(url: str, destination: Path, expected_md5: str, expected_bytes: int) -> None:
+def _min_rate() -> float:
+    """The download's floor in bytes per second: $ADT_FAST_DOWNLOAD_MIN_RATE, else MIN_BYTES_PER_SECOND."""
+    text = os.environ.get(MIN_RATE_ENV)
+    if text is None:
+        return MIN_BYTES_PER_SECOND
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = -1.0
+    if not 0 <= rate < float("inf"):
+        raise DownloadError(f"${MIN_RATE_ENV} must be a number of bytes per second >= 0 (0 turns the check "
+                            f"off), got {text!r}")
+    return rate
+
+
+def _fetch_verified(url: str, destination: Path, expected_md5: str, expected_bytes: int, min_rate: float) -> None:
     """Stream ``url`` into a temporary file beside ``destination`` and rename it into place only
     once its MD5 is ``expected_md5`` (write_atomic: fsynced, and the mode any new file gets);
-    more than ``expected_bytes`` stops the download."""
+    more than ``expected_bytes`` stops the download, as does a rate under ``min_rate`` (_body)."""
     def stream(handle) -> None:
         digest = hashlib.md5(usedforsecurity=False)  # integrity check only
         with _network_errors(url, destination.name):
             response = urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS)
         with response:
             length = _content_length(response)
-            with _progress_bar(length, destination.name) as bar:
-                for chunk in _body(response, length, expected_bytes, url, destination):
+            if length is not None and length > expected_bytes:
+                raise DownloadError(f"could not download {destination.name} from {url}: the server announces "
+                                    f"{length} bytes, more than the {expected_bytes} bytes the file has; nothing "
+                                    f"was kept")
+            with _progress_bar(expected_bytes if length is None else length, destination.name) as bar:
+                for chunk in _body(response, length, expected_bytes, min_rate, url, destination):
                     handle.write(chunk)  # a full disk is an OSError: download() names the folder
                     digest.update(chunk)
                     if bar is not None:
@@ -257,15 +281,18 @@ def _network_errors(url: str, name: str, received: int = 0):
         raise DownloadError(f"could not download {name} from {url}: {reason}") from error
 
 
-def _body(response, length: int | None, expected_bytes: int, url: str, destination: Path):
+def _body(response, length: int | None, expected_bytes: int, min_rate: float, url: str, destination: Path):
     """The response's body in chunks, and no byte past the first one beyond ``expected_bytes``,
-    which fails the download, as does an average rate under MIN_BYTES_PER_SECOND after the grace.
-    read1 returns what has arrived, where read waits for a whole chunk, so a trickle is measured
-    as it comes. Only receiving is wrapped in _network_errors, not the caller's writing: a full
-    disk is no network failure, and is reported as the local one it is."""
+    which fails the download, as does a window of RATE_WINDOW_SECONDS from the first byte on that
+    brings in under ``min_rate`` bytes per second on average (a pause before the first byte is the
+    read timeout's to judge; a body that is complete is kept, however slow its last window). read1
+    returns what has arrived, where read waits for a whole chunk, so a trickle is measured as it
+    comes. Only receiving is wrapped in _network_errors, not the caller's writing: a full disk is
+    no network failure, and is reported as the local one it is."""
     name = destination.name
-    received = 0
-    started = time.monotonic()
+    complete = expected_bytes if length is None else length
+    received = window_received = 0
+    window_start = None
     while True:
         with _network_errors(url, name, received):
             chunk = response.read1(min(CHUNK_BYTES, expected_bytes + 1 - received))
@@ -275,14 +302,20 @@ def _body(response, length: int | None, expected_bytes: int, url: str, destinati
         if received > expected_bytes:
             raise DownloadError(f"could not download {name} from {url}: received more than the "
                                 f"{expected_bytes} bytes the file has; the download was discarded")
-        elapsed = time.monotonic() - started
-        if elapsed > RATE_GRACE_SECONDS and received < MIN_BYTES_PER_SECOND * elapsed:
-            raise DownloadError(
-                f"could not download {name} from {url}: too slow, {received} bytes in {elapsed:.1f} s, under "
-                f"the {MIN_BYTES_PER_SECOND} bytes/s a download must average after {RATE_GRACE_SECONDS} s; the "
-                f"download was discarded. Fetch the file another way (a browser, wget -c, a mirror as "
-                f"{BASE_URL_ENV}) and save it as {destination}: the next download checks its MD5 and keeps it"
-            )
+        now = time.monotonic()
+        if window_start is None:
+            window_start = now
+        elif now - window_start >= RATE_WINDOW_SECONDS:
+            brought = received - window_received
+            if min_rate and brought < min_rate * (now - window_start) and received < complete:
+                raise DownloadError(
+                    f"could not download {name} from {url}: too slow, {brought} bytes in the last "
+                    f"{now - window_start:.1f} s ({received} in all), under the {min_rate:g} bytes/s a download "
+                    f"must bring in over every {RATE_WINDOW_SECONDS:g} s (${MIN_RATE_ENV} sets that floor, 0 "
+                    f"turns it off); the download was discarded. Fetch the file another way (a browser, wget -c, "
+                    f"a mirror as {BASE_URL_ENV}) and save it as {destination}: the next download checks its MD5 "
+                    f"and keeps it")
+            window_start, window_received = now, received
         yield chunk
     if length is not None and received < length:  # http.client ends a cut-off body quietly
         raise DownloadError(f"could not download {name} from {url}: the connection closed "
