@@ -96,19 +96,25 @@ def lock_folder(folder: PathLike, wait: bool = False, lock_file: Optional[str] =
     import fcntl  # POSIX only, as flock is
 
     path = folder if lock_file is None else os.path.join(folder, lock_file)
+    read_only = False
     if lock_file is None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     else:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except PermissionError:
-            fd = os.open(path, os.O_RDONLY)
+            fd, read_only = os.open(path, os.O_RDONLY), True
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise FolderBusy(f"{folder} is locked by another process") from None
         except OSError as error:
+            if read_only and error.errno == errno.EBADF:  # NFS: an exclusive lock needs a file open for writing
+                raise OSError(error.errno, f"cannot lock {path}: this user may only read it, and on this file "
+                                           f"system (NFS) a lock needs a file it may write; make it writable by "
+                                           f"every user of {folder} (chmod a+w), or use a folder of your "
+                                           f"own") from error
             if error.errno not in _FLOCK_UNSUPPORTED:
                 raise
             raise OSError(error.errno, f"cannot lock {path} ({error.strerror or error}), by which processes "

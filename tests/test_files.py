@@ -100,6 +100,32 @@ def test_lock_folder_locks_a_lock_file_it_may_only_read(tmp_path, monkeypatch):
         pass
 
 
+def test_another_users_lock_file_on_nfs_says_it_must_be_writable(tmp_path, monkeypatch):
+    """A shared data folder whose lock file another user made (mode 0644): it is opened for
+    reading, and NFS refuses an exclusive lock on such a file with a bare 'Bad file descriptor'
+    (flock(2): NFS emulates it with byte-range locks, which need a file open for writing)."""
+    import fcntl
+
+    real_open = os.open
+
+    def others_file(path, flags, *args):
+        if str(path).endswith(".lock") and flags & os.O_RDWR:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return real_open(path, flags, *args)
+
+    def nfs_flock(fd, operation):
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+    (tmp_path / ".lock").touch()
+    monkeypatch.setattr(os, "open", others_file)
+    monkeypatch.setattr(fcntl, "flock", nfs_flock)
+    with pytest.raises(OSError) as raised, files.lock_folder(tmp_path, wait=True, lock_file=".lock"):
+        pass
+    assert files.os_error_text(raised.value) == (
+        f"cannot lock {tmp_path / '.lock'}: this user may only read it, and on this file system (NFS) a lock needs "
+        f"a file it may write; make it writable by every user of {tmp_path} (chmod a+w), or use a folder of your own")
+
+
 @pytest.mark.parametrize("refusal", [errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP])
 def test_a_file_system_that_cannot_lock_is_named_by_every_user_of_the_lock(tmp_path, monkeypatch, refusal):
     """flock fails on some NFS and Lustre mounts with an error of no file ('No locks available'):
