@@ -492,8 +492,8 @@ Tensor philox_words_cuda(const Tensor& seed_offset_in, int64_t numel, int64_t k)
 
 // ---- Eager entry points (adt_fast._C.sample_forward_eager / sample_backward_eager) ---------------
 // A registered op called from Python goes through torch.ops' argument parsing and the boxed
-// dispatcher: about 2 us of a 5 us call of the forward or the backward at small sizes (benchmarks/RESULTS.md,
-// the host cost of one eager call). These entries run the same kernels directly, only where
+// dispatcher: about 2 us of a 5 us call of the forward or the backward at small sizes
+// (benchmarks/RESULTS.md, the host cost of one eager call). These entries run the same kernels directly, only where
 // nothing could see or redirect the op: every tensor exactly a torch.Tensor or Parameter (no
 // __torch_function__), no torch-function mode, and no dispatch key before the device's kernel but
 // those that pass these ops on unchanged (DirectCall::kPassedThrough). So a dispatch mode, a fake,
@@ -506,8 +506,8 @@ class DirectCall {
   // and ADInplaceOrView fall through; autograd's fallback only redispatches when no input requires
   // grad or grad mode is off (direct() checks); autocast falls through unless a kernel was
   // registered for it since (direct() checks too).
-  static constexpr c10::DispatchKeySet kPassedThrough = c10::autograd_dispatch_keyset_with_ADInplaceOrView |
-                                                        c10::DispatchKeySet(c10::DispatchKey::BackendSelect);
+  static constexpr c10::DispatchKeySet kPassedThrough =
+      c10::autograd_dispatch_keyset_with_ADInplaceOrView | c10::DispatchKeySet(c10::DispatchKey::BackendSelect);
 
  public:
   // The tensor `obj` holds; nullopt for None (or for what only torch.ops may take).
