@@ -39,13 +39,12 @@ from .attacks.engine import eval_mode, iterative_attack, project
 from .attacks.losses import cross_entropy
 from .attacks.suite import check_epsilon
 from .checks import check_finite, check_int, check_non_negative
-from .models.generators import MAX_NOISE_DIM
+from .models.generators import MAX_NOISE_DIM, NOISE_DIM
 from .ops import sample_and_entropy
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
-# Settings from the paper (C.3) and the authors' code.
-NOISE_DIM = 64                       # z ~ U(-1, 1)^64 (C.2)
+# Settings from the paper (C.3) and the authors' code; NOISE_DIM (z ~ U(-1, 1)^64, C.2) is the generators'.
 EXP_AM_LAMBDA = 0.01                 # lambda of ADT_EXP-AM, on the per-dimension entropy (as ADT_EXP)
 IMP_AM_LAMBDA = 1.0                  # lambda of ADT_IMP-AM, on the per-z-dimension bound
 DEFAULT_HINGE = 0.9                  # the authors' --entropy_th, see entropy_lower_bound

@@ -63,7 +63,7 @@ from torch import nn
 from ..checks import as_int, as_real, check_finite, check_int, shown
 
 MODES = ("explicit", "implicit", "direct")
-NOISE_DIM = 64
+NOISE_DIM = 64  # z ~ U(-1, 1)^64 (C.2); adt_fast.amortized samples it
 NOISE_HIDDEN = 256
 Q_MIN_SIZE = 20  # the smallest H (and W) the unpadded Table-8 convolutions accept
 # The widest generator built: its parameters grow as about 158 width^2 (10,330,886 at Table 7's 256,
