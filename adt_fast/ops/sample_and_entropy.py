@@ -302,9 +302,10 @@ class _EagerSampleAndEntropy(torch.autograd.Function):
         trailing None gradients for absent arguments are dropped by autograd."""
         generator, settings, name = call
         x, noise = (*x_noise, None, None)[:2]
-        out, nlp, seed_offset = dispatch.get(name).forward(mean, std_param, x, noise, None, generator, *settings)
+        backend = dispatch.get(name)
+        out, nlp, seed_offset = backend.forward(mean, std_param, x, noise, None, generator, *settings)
         ctx.save_for_backward(mean, std_param, x, noise, seed_offset)
-        ctx.call = (dispatch.get(name).backward, settings, x is not None and ctx.needs_input_grad[3])
+        ctx.call = (backend.backward, settings, x is not None and ctx.needs_input_grad[3])
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not k x N zeros
         return out, nlp
 

@@ -123,16 +123,16 @@ int resolve_threads(int requested, int64_t tasks, int64_t work) {
 template <class Fn>
 void run_tasks(int64_t tasks, int threads, const Fn& fn) {
 #if defined(_OPENMP)
-  if (threads <= 1) {  // not through the runtime: an `if (false)` parallel region still starts a team of one
+  if (threads > 1) {
+#pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t t = 0; t < tasks; ++t) fn(t);
     return;
   }
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t t = 0; t < tasks; ++t) fn(t);
 #else
   (void)threads;
-  for (int64_t t = 0; t < tasks; ++t) fn(t);
 #endif
+  // One thread: not through the runtime (an `if (false)` parallel region still starts a team of one).
+  for (int64_t t = 0; t < tasks; ++t) fn(t);
 }
 
 template <class T>
