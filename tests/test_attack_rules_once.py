@@ -1,5 +1,5 @@
 """Each rule of the attacks' arguments is stated in one place, and every caller says it in the
-same words: the budget (suite.check_epsilon, evaluate's curve, eval's --epsilon) and Adam's betas."""
+same words: the budget (suite.check_epsilon, evaluate's curve, eval's --epsilon)."""
 
 import pytest
 

@@ -328,6 +328,10 @@ def test_state_digest_follows_every_value_of_any_layout_and_dtype():
     assert _state_digest(twin) == _state_digest(model)
     twin.sparse = torch.eye(3).mul(2).to_sparse()
     assert _state_digest(twin) != _state_digest(model)
+    for name, other in (("flag", torch.tensor(False)), ("bf16", torch.full((2,), 2.0, dtype=torch.bfloat16))):
+        twin = copy.deepcopy(model)
+        setattr(twin, name, other)
+        assert _state_digest(twin) != _state_digest(model), name
 
 
 def test_a_failing_worker_ends_the_run_with_its_reason(tmp_path):
