@@ -9,6 +9,8 @@ import unicodedata
 from collections.abc import Mapping, Set
 from typing import Optional
 
+import torch
+
 # The most steps (or queries) one attack, or one inner loop of training, takes per example: the
 # paper's longest attack takes 100, Square 5,000 queries. A typo such as pgd:10000000000 would
 # otherwise run for days, while PGD's per-step record of which examples survive grows by one byte
@@ -56,6 +58,21 @@ def as_real(value) -> Optional[float]:
         return float(value)
     except OverflowError:
         return math.inf if value > 0 else -math.inf
+
+
+def unreadable_tensor_problem(tensor: torch.Tensor) -> Optional[str]:
+    """Why `tensor`'s values cannot be read as a plain array, worded to follow its name in an error
+    ("x must be a dense tensor, ..."), or None: torch's own errors for these name no argument."""
+    if tensor.is_nested:
+        return "must be a dense tensor, got a nested one; stack its items, of one shape, into one tensor"
+    if tensor.layout != torch.strided:
+        return f"must be a dense tensor, got a {tensor.layout} one; convert it with .to_dense()"
+    if tensor.is_meta:
+        return "is on the meta device, which holds no values (only a shape); pass it with its data, on the CPU or a GPU"
+    if tensor.is_quantized:
+        return (f"is a quantized tensor ({tensor.dtype}); convert it with .dequantize() (its real values) or "
+                f".int_repr() (its stored integers)")
+    return None
 
 
 def check_betas(betas, name: str = "betas") -> tuple[float, float]:

@@ -153,11 +153,11 @@ def _arrays(**replace):
 @pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 @pytest.mark.parametrize("key, make, message", [
     ("x_train", lambda: torch.rand(8, 1, 8, 8).to_sparse(),
-     r"x_train: must be a dense tensor, got layout torch.sparse_coo"),
+     r"x_train: must be a dense tensor, got a torch.sparse_coo one; convert it with \.to_dense\(\)$"),
     ("y_test", lambda: (torch.arange(8) % 2).to_sparse(),
-     r"y_test: must be a dense tensor, got layout torch.sparse_coo"),
+     r"y_test: must be a dense tensor, got a torch.sparse_coo one"),
     ("x_train", lambda: torch.rand(8, 64).to_sparse_csr(),
-     r"x_train: must be a dense tensor, got layout torch.sparse_csr"),
+     r"x_train: must be a dense tensor, got a torch.sparse_csr one"),
     ("x_test", lambda: torch.rand(8, 1, 8, 8, device="meta"), r"x_test: is on the meta device, which holds no values"),
     ("y_train", lambda: torch.zeros(8, dtype=torch.int64, device="meta"), r"y_train: is on the meta device"),
 ])

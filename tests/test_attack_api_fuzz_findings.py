@@ -37,7 +37,12 @@ CALLS = {
 }
 
 
-@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta", "ignore:The PyTorch API of nested tensors")
+def _quantized(t):
+    return torch.quantize_per_tensor(t.float(), 1 / 255, 0, torch.quint8)
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta", "ignore:The PyTorch API of nested tensors",
+                            "ignore:.*quantized tensor creation functions.*are deprecated")
 @pytest.mark.parametrize("make, error, message", [
     (lambda x, y: (x.to_sparse(), y), TypeError, r"^x must be a dense tensor, got a torch\.sparse_coo one; "
                                                  r"convert it with \.to_dense\(\)$"),
@@ -46,11 +51,18 @@ CALLS = {
     (lambda x, y: (x.to("meta"), y), ValueError, r"^x is on the meta device, which holds no values \(only a shape\)"),
     (lambda x, y: (x, y.to_sparse()), TypeError, r"^y must be a dense tensor, got a torch\.sparse_coo one"),
     (lambda x, y: (x, y.to("meta")), ValueError, r"^y is on the meta device, which holds no values"),
-], ids=["sparse x", "csr x", "nested x", "meta x", "sparse y", "meta y"])
+    (lambda x, y: (_quantized(x), y), TypeError, r"^x is a quantized tensor \(torch\.quint8\); convert it with "
+                                                 r"\.dequantize\(\) \(its real values\)"),
+    (lambda x, y: (x, _quantized(y)), TypeError, r"^y is a quantized tensor \(torch\.quint8\); convert it with "
+                                                 r"\.dequantize\(\) \(its real values\) or \.int_repr\(\) "
+                                                 r"\(its stored integers\)$"),
+], ids=["sparse x", "csr x", "nested x", "meta x", "sparse y", "meta y", "quantized x", "quantized y"])
 @pytest.mark.parametrize("call", CALLS.values(), ids=CALLS.keys())
-def test_a_sparse_or_meta_batch_is_named(call, make, error, message):
+def test_a_sparse_meta_or_quantized_batch_is_named(call, make, error, message):
     """torch's NotImplementedError from inside the [0, 1] check ("Could not run 'aten::aminmax' with
-    arguments from the 'SparseCPU' backend", "Cannot copy out of meta tensor; no data!")."""
+    arguments from the 'SparseCPU' backend", "Cannot copy out of meta tensor; no data!"); a quantized
+    batch was refused by its dtype ("x must be a floating-point tensor ..., got torch.quint8"),
+    without saying how to convert it."""
     x, y = make(*_data())
     with pytest.raises(error, match=message):
         call(_Net().eval(), x, y)

@@ -15,6 +15,7 @@ import itertools
 import torch
 from torch import nn
 
+from ..checks import unreadable_tensor_problem
 from ..models.external import TOO_FEW_LOGITS
 from .engine import eval_mode
 
@@ -54,17 +55,17 @@ def check_batch_form(x: torch.Tensor, y: torch.Tensor, x_name: str = "x", y_name
     integers >= 0 of any integer dtype, shape (N,). `unit_range`: x must also lie in [0, 1] (check_batch's rule, finiteness included).
     """
     inputs = "inputs in [0, 1]" if unit_range else "inputs"
+    _check_values(x, x_name)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
         hint = f" (images as bytes? {x_name}.float() / 255)" if got == torch.uint8 else ""
         raise TypeError(f"{x_name} must be a floating-point tensor of {inputs}, got {got}{hint}")
-    _check_values(x, x_name)
     if x.dim() < 2:
         raise ValueError(f"{x_name} must be batched, shape (N, ...), got {tuple(x.shape)}")
+    _check_values(y, y_name)
     if not isinstance(y, torch.Tensor) or y.dtype not in LABEL_DTYPES:
         got = y.dtype if isinstance(y, torch.Tensor) else type(y).__name__
         raise TypeError(f"{y_name} must be an integer tensor of class labels, got {got}")
-    _check_values(y, y_name)
     if y.shape != (len(x),):
         raise ValueError(f"{y_name} must have shape ({len(x)},) to match {x_name}, got {tuple(y.shape)}")
     if len(x) == 0:
@@ -85,16 +86,13 @@ def check_batch_form(x: torch.Tensor, y: torch.Tensor, x_name: str = "x", y_name
     return y
 
 
-def _check_values(tensor: torch.Tensor, name: str) -> None:
-    """A tensor whose values the checks and the attacks can read: torch's own error for a sparse
-    or meta one names no argument (a meta tensor holds a shape and no values)."""
-    if tensor.is_nested:
-        raise TypeError(f"{name} must be a dense tensor, got a nested one; stack its examples into one (N, ...) tensor")
-    if tensor.layout != torch.strided:
-        raise TypeError(f"{name} must be a dense tensor, got a {tensor.layout} one; convert it with .to_dense()")
-    if tensor.is_meta:
-        raise ValueError(f"{name} is on the meta device, which holds no values (only a shape); pass it with "
-                         f"its data, on the CPU or a GPU")
+def _check_values(value, name: str) -> None:
+    """Refuse a tensor whose values the checks and the attacks cannot read (sparse, nested, meta,
+    quantized), before its dtype: a quantized one's error then says how to convert it. A ValueError
+    for a meta tensor (the right kind, in a place without values), a TypeError for the others."""
+    problem = isinstance(value, torch.Tensor) and unreadable_tensor_problem(value)
+    if problem:
+        raise (ValueError if value.is_meta else TypeError)(f"{name} {problem}")
 
 
 def _read_back(x: torch.Tensor, y: torch.Tensor, unit_range: bool) -> tuple:

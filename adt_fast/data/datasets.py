@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checks import unreadable_tensor_problem
 from ..files import check_path
 from . import fetch
 from .fetch import DATA_DIR_NAMES
@@ -278,18 +279,9 @@ def _as_numpy(value, where: str) -> np.ndarray:
     numpy has no match for, is refused by name (`where`), not with torch's conversion error from
     inside."""
     if isinstance(value, torch.Tensor):
-        if value.is_nested:
-            raise DatasetFileError(f"{where}: must be a dense tensor, got a nested one; stack its items, of "
-                                   f"one shape, into one tensor")
-        if value.layout != torch.strided:
-            raise DatasetFileError(f"{where}: must be a dense tensor, got layout {value.layout}; convert it "
-                                   f"with .to_dense()")
-        if value.is_meta:
-            raise DatasetFileError(f"{where}: is on the meta device, which holds no values (only a shape); "
-                                   f"pass the tensor with its data, on the CPU or a GPU")
-        if value.is_quantized:
-            raise DatasetFileError(f"{where}: is a quantized tensor ({value.dtype}); convert it with .dequantize() "
-                                   f"(its real values) or .int_repr() (its stored integers)")
+        problem = unreadable_tensor_problem(value)
+        if problem:
+            raise DatasetFileError(f"{where}: {problem}")
         value = value.detach().cpu().resolve_conj().resolve_neg()  # numpy() refuses the lazy conj/neg views
         try:
             if value.is_floating_point() and value.dtype not in _NUMPY_FLOATS:  # bfloat16, float8: float32 holds them
