@@ -63,6 +63,10 @@ namespace py = pybind11;
 using at::Tensor;
 using OptTensor = c10::optional<Tensor>;
 
+// The two ops' qualified names: error messages, the profiler and the dispatcher lookups use them.
+constexpr char kForwardOp[] = "adt_fast_C::sample_forward";
+constexpr char kBackwardOp[] = "adt_fast_C::sample_backward";
+
 bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
@@ -251,7 +255,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_cpu(const Tensor& mean_in, const Tens
                                                const OptTensor& noise_in, const OptTensor& seed_offset_in,
                                                const c10::optional<at::Generator>& generator, int64_t k,
                                                double epsilon, double lo, double hi) {
-  const char* op = "adt_fast_C::sample_forward";
+  const char* op = kForwardOp;
   const Dims d = check_common(op, mean_in, std_in, x_in, noise_in, seed_offset_in, k, epsilon, lo, hi);
   uint64_t seed = 0, offset = 0;
   if (!present(noise_in)) {
@@ -286,7 +290,7 @@ std::tuple<Tensor, Tensor, Tensor> backward_cpu(const OptTensor& grad_out_in, co
                                                 const Tensor& mean_in, const Tensor& std_in, const OptTensor& x_in,
                                                 const OptTensor& noise_in, const Tensor& seed_offset, int64_t k,
                                                 double epsilon, double lo, double hi, bool need_grad_x) {
-  const char* op = "adt_fast_C::sample_backward";
+  const char* op = kBackwardOp;
   const Dims d = check_common(op, mean_in, std_in, x_in, noise_in, seed_offset, k, epsilon, lo, hi);
   check_grads(op, grad_out_in, grad_nlp_in, mean_in, k);
   const at::ScalarType dtype = mean_in.scalar_type();
@@ -347,7 +351,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_meta(const Tensor& mean, const Tensor
                                                 const c10::optional<at::Generator>& generator, int64_t k,
                                                 double epsilon, double lo, double hi) {
   (void)generator;
-  check_arguments("adt_fast_C::sample_forward", mean, std_param, x, noise, seed_offset, k, epsilon, lo, hi);
+  check_arguments(kForwardOp, mean, std_param, x, noise, seed_offset, k, epsilon, lo, hi);
   return {at::empty_symint(with_samples(k, mean.sym_sizes()), mean.options()),
           at::empty_symint({c10::SymInt(k), mean.sym_size(0)}, mean.options().dtype(compute_type(mean.scalar_type()))),
           at::empty({2}, mean.options().dtype(at::kLong))};
@@ -357,7 +361,7 @@ std::tuple<Tensor, Tensor, Tensor> backward_meta(const OptTensor& grad_out, cons
                                                  const Tensor& mean, const Tensor& std_param, const OptTensor& x,
                                                  const OptTensor& noise, const Tensor& seed_offset, int64_t k,
                                                  double epsilon, double lo, double hi, bool need_grad_x) {
-  const char* op = "adt_fast_C::sample_backward";
+  const char* op = kBackwardOp;
   check_arguments(op, mean, std_param, x, noise, seed_offset, k, epsilon, lo, hi);
   check_grads(op, grad_out, grad_nlp, mean, k);
   // Contiguous, as the kernels write them (empty_like would keep a channels_last input's strides).
@@ -427,7 +431,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_cuda(const Tensor& mean_in, const Ten
                                                 const OptTensor& noise_in, const OptTensor& seed_offset_in,
                                                 const c10::optional<at::Generator>& generator, int64_t k,
                                                 double epsilon, double lo, double hi) {
-  const char* op = "adt_fast_C::sample_forward";
+  const char* op = kForwardOp;
   const Dims d = check_common(op, mean_in, std_in, x_in, noise_in, seed_offset_in, k, epsilon, lo, hi);
   const c10::cuda::CUDAGuard guard(mean_in.device());
   const at::ScalarType dtype = mean_in.scalar_type();
@@ -456,7 +460,7 @@ std::tuple<Tensor, Tensor, Tensor> backward_cuda(const OptTensor& grad_out_in, c
                                                  const OptTensor& x_in, const OptTensor& noise_in,
                                                  const Tensor& seed_offset_in, int64_t k, double epsilon,
                                                  double lo, double hi, bool need_grad_x) {
-  const char* op = "adt_fast_C::sample_backward";
+  const char* op = kBackwardOp;
   const Dims d = check_common(op, mean_in, std_in, x_in, noise_in, seed_offset_in, k, epsilon, lo, hi);
   check_grads(op, grad_out_in, grad_nlp_in, mean_in, k);
   const c10::cuda::CUDAGuard guard(mean_in.device());
@@ -560,15 +564,10 @@ class DirectCall {
   c10::DispatchKeySet keys_;
 };
 
-// The registered ops (TORCH_LIBRARY below registers them when the module loads).
-const c10::OperatorHandle& forward_op() {
-  static const c10::OperatorHandle op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("adt_fast_C::sample_forward", "");
-  return op;
-}
-const c10::OperatorHandle& backward_op() {
-  static const c10::OperatorHandle op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("adt_fast_C::sample_backward", "");
+// The registered op `kName` (TORCH_LIBRARY below registers them when the module loads).
+template <const char* kName>
+const c10::OperatorHandle& registered_op() {
+  static const c10::OperatorHandle op = c10::Dispatcher::singleton().findSchemaOrThrow(kName, "");
   return op;
 }
 
@@ -602,8 +601,8 @@ py::object sample_forward_eager(py::handle mean_obj, py::handle std_obj, py::han
                   seed_offset = call.optional(seed_offset_obj);
   const c10::optional<at::Generator> generator = call.generator(generator_obj);
   c10::DispatchKey key;
-  if (!call.direct(forward_op(), &key)) return py::none();
-  return run_directly("adt_fast_C::sample_forward", mean, std_param, [&] {
+  if (!call.direct(registered_op<kForwardOp>(), &key)) return py::none();
+  return run_directly(kForwardOp, mean, std_param, [&] {
     return ADT_FAST_ON_DEVICE(key, forward, mean, std_param, x, noise, seed_offset, generator, k, epsilon, lo, hi);
   });
   END_HANDLE_TH_ERRORS_PYBIND
@@ -619,8 +618,8 @@ py::object sample_backward_eager(py::handle grad_out_obj, py::handle grad_nlp_ob
   const OptTensor x = call.optional(x_obj), noise = call.optional(noise_obj);
   const Tensor seed_offset = call.required(seed_offset_obj);
   c10::DispatchKey key;
-  if (!call.direct(backward_op(), &key)) return py::none();
-  return run_directly("adt_fast_C::sample_backward", mean, std_param, [&] {
+  if (!call.direct(registered_op<kBackwardOp>(), &key)) return py::none();
+  return run_directly(kBackwardOp, mean, std_param, [&] {
     return ADT_FAST_ON_DEVICE(key, backward, grad_out, grad_nlp, mean, std_param, x, noise, seed_offset, k, epsilon,
                               lo, hi, need_grad_x);
   });
