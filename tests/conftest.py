@@ -1,4 +1,5 @@
 import functools
+import hashlib
 import http.server
 import os
 import threading
@@ -54,6 +55,14 @@ def returns_in_time(path, call):
         thread.join(10)
         return None
     return outcome.get("error")
+
+
+def publish(monkeypatch, path: str, body: bytes) -> None:
+    """Make ``body`` the published file at ``path`` (a Resource.path) for this test: its MD5 sum
+    and its size, so a server or mirror serving ``body`` there passes both checks."""
+    from adt_fast.data import fetch
+
+    monkeypatch.setitem(fetch.PUBLISHED, path, fetch.Published(hashlib.md5(body).hexdigest(), len(body)))
 
 
 def pytest_configure(config):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import struct
 
@@ -16,6 +15,7 @@ from adt_fast.data import (DatasetFileError, DatasetSpecError, dataset_info, det
 from adt_fast.data import custom, fetch
 from adt_fast.models import build_model
 from adt_fast.models.classifiers import MIN_IMAGE_SIZE
+from conftest import publish
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -107,15 +107,16 @@ def test_mnist_download_fetches_verifies_and_reads(tmp_path, file_server, monkey
     served, base_url = file_server
     written = _write_mnist(served, compressed=True)
     for resource in fetch.RESOURCES["mnist"]:
-        monkeypatch.setitem(fetch.MD5_CHECKSUMS, resource.path,
-                            hashlib.md5((served / resource.path).read_bytes()).hexdigest())
+        publish(monkeypatch, resource.path, (served / resource.path).read_bytes())
     data_dir = tmp_path / "data"
     monkeypatch.setenv("ADT_FAST_DATA_URL", base_url)
     x, y = load("mnist", "test", data_dir=data_dir, download=True)
     assert y.tolist() == written["test"][1].tolist()
     assert sorted(os.listdir(data_dir / "MNIST" / "raw")) == sorted(r.filename for r in fetch.RESOURCES["mnist"])
-    # A wrong published checksum: the download is discarded.
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "FashionMNIST/raw/train-images-idx3-ubyte.gz", "0" * 32)
+    # A wrong published checksum (and the served file's size): the download is discarded.
+    served_size = (served / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").stat().st_size
+    monkeypatch.setitem(fetch.PUBLISHED, "FashionMNIST/raw/train-images-idx3-ubyte.gz",
+                        fetch.Published("0" * 32, served_size))
     (served / "FashionMNIST").symlink_to(served / "MNIST")
     with pytest.raises(ValueError, match="checksum mismatch"):
         download("fashion-mnist", data_dir, base_url=base_url)
@@ -123,9 +124,9 @@ def test_mnist_download_fetches_verifies_and_reads(tmp_path, file_server, monkey
 
 
 def test_published_checksums_are_torchvisions():
-    assert fetch.MD5_CHECKSUMS["MNIST/raw/train-images-idx3-ubyte.gz"] == "f68b3c2dcbeaaa9fbdd348bbdeb94873"
-    assert fetch.MD5_CHECKSUMS["FashionMNIST/raw/t10k-labels-idx1-ubyte.gz"] == "bb300cfdad3c16e7a12a480ee83cd310"
-    assert all(r.path in fetch.MD5_CHECKSUMS for name in ("mnist", "fashion-mnist") for r in fetch.RESOURCES[name])
+    assert fetch.PUBLISHED["MNIST/raw/train-images-idx3-ubyte.gz"].md5 == "f68b3c2dcbeaaa9fbdd348bbdeb94873"
+    assert fetch.PUBLISHED["FashionMNIST/raw/t10k-labels-idx1-ubyte.gz"].md5 == "bb300cfdad3c16e7a12a480ee83cd310"
+    assert all(r.path in fetch.PUBLISHED for name in ("mnist", "fashion-mnist") for r in fetch.RESOURCES[name])
 
 
 # ---------------------------------------------------------------------------------- npz

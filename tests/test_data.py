@@ -23,6 +23,7 @@ from adt_fast.data import (
 )
 from adt_fast.data import fetch
 from adt_fast.data.small_datasets import make_synthetic
+from conftest import publish
 
 CIFAR10_TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 
@@ -151,13 +152,13 @@ def _serve_cifar10_archive(tmp_path, served):
     archive = served / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(tmp_path / "source" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
-    return written, hashlib.md5(archive.read_bytes()).hexdigest()
+    return written, archive.read_bytes()
 
 
 def test_download_fetches_verifies_and_unpacks(tmp_path, file_server, monkeypatch):
     served, base_url = file_server
-    written, checksum = _serve_cifar10_archive(tmp_path, served)
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", checksum)
+    written, body = _serve_cifar10_archive(tmp_path, served)
+    publish(monkeypatch, "cifar-10-python.tar.gz", body)
     data_dir = tmp_path / "data"
     assert download("cifar10", data_dir, base_url=base_url) == data_dir
     _assert_loaded(*load("cifar10", "train", data_dir=data_dir), *written["train"])
@@ -168,16 +169,16 @@ def test_download_fetches_verifies_and_unpacks(tmp_path, file_server, monkeypatc
 
 def test_load_downloads_from_the_environment_url(tmp_path, file_server, monkeypatch):
     served, base_url = file_server
-    written, checksum = _serve_cifar10_archive(tmp_path, served)
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", checksum)
+    written, body = _serve_cifar10_archive(tmp_path, served)
+    publish(monkeypatch, "cifar-10-python.tar.gz", body)
     monkeypatch.setenv("ADT_FAST_DATA_URL", base_url)
     _assert_loaded(*load("cifar10", "test", data_dir=tmp_path / "data", download=True), *written["test"])
 
 
 def test_download_true_unpacks_a_damaged_batch_again(tmp_path, file_server, monkeypatch):
     served, base_url = file_server
-    written, checksum = _serve_cifar10_archive(tmp_path, served)
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", checksum)
+    written, body = _serve_cifar10_archive(tmp_path, served)
+    publish(monkeypatch, "cifar-10-python.tar.gz", body)
     data_dir = tmp_path / "data"
     download("cifar10", data_dir, base_url=base_url)
     damaged = data_dir / "cifar-10-batches-py" / "test_batch"
@@ -194,8 +195,8 @@ def test_download_true_unpacks_a_batch_with_labels_of_no_class_again(tmp_path, f
     """Labels that are not class indices are a DatasetFileError, which download=True repairs (a raw
     TypeError skipped the repair)."""
     served, base_url = file_server
-    written, checksum = _serve_cifar10_archive(tmp_path, served)
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", checksum)
+    written, body = _serve_cifar10_archive(tmp_path, served)
+    publish(monkeypatch, "cifar-10-python.tar.gz", body)
     data_dir = tmp_path / "data"
     download("cifar10", data_dir, base_url=base_url)
     _write_cifar_batch(data_dir / "cifar-10-batches-py" / "test_batch", written["test"][0], [None, None], b"labels")
@@ -209,7 +210,7 @@ def test_download_true_fetches_a_truncated_file_again(tmp_path, file_server, mon
     stored = np.random.default_rng(3).integers(0, 256, size=(32, 32, 3, 2), dtype=np.uint8)
     for filename in ("train_32x32.mat", "test_32x32.mat"):
         scipy_io.savemat(served / filename, {"X": stored, "y": np.array([[1], [2]], dtype=np.uint8)})
-        monkeypatch.setitem(fetch.MD5_CHECKSUMS, filename, hashlib.md5((served / filename).read_bytes()).hexdigest())
+        publish(monkeypatch, filename, (served / filename).read_bytes())
     published = (served / "test_32x32.mat").read_bytes()
     data_dir = tmp_path / "data"
     data_dir.mkdir()
@@ -222,8 +223,10 @@ def test_download_true_fetches_a_truncated_file_again(tmp_path, file_server, mon
 
 def test_download_with_wrong_checksum_leaves_nothing_behind(tmp_path, file_server, monkeypatch):
     served, base_url = file_server
-    _, checksum = _serve_cifar10_archive(tmp_path, served)
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", "0" * 32)
+    _, body = _serve_cifar10_archive(tmp_path, served)
+    checksum = hashlib.md5(body).hexdigest()
+    # The served file's size and another sum: the download fails on its checksum alone.
+    monkeypatch.setitem(fetch.PUBLISHED, "cifar-10-python.tar.gz", fetch.Published("0" * 32, len(body)))
     data_dir = tmp_path / "data"
     with pytest.raises(ChecksumError) as error:
         download("cifar10", data_dir, base_url=base_url)
@@ -260,7 +263,7 @@ def test_unsafe_archive_members_are_refused(tmp_path, file_server, monkeypatch, 
     archive = served / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         _tar_member(tar, **member)
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+    publish(monkeypatch, "cifar-10-python.tar.gz", archive.read_bytes())
     data_dir = tmp_path / "data"
     with pytest.raises(DatasetFileError, match="refusing"):
         download("cifar10", data_dir, base_url=base_url)
@@ -286,8 +289,8 @@ def test_processes_downloading_into_one_folder_take_turns(tmp_path, monkeypatch)
 
     served = tmp_path / "served"
     served.mkdir()
-    written, checksum = _serve_cifar10_archive(tmp_path, served)
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", checksum)
+    written, body = _serve_cifar10_archive(tmp_path, served)
+    publish(monkeypatch, "cifar-10-python.tar.gz", body)
     requests = []
 
     class SlowHandler(http.server.SimpleHTTPRequestHandler):   # slow enough for every process to ask
@@ -302,7 +305,7 @@ def test_processes_downloading_into_one_folder_take_turns(tmp_path, monkeypatch)
         def log_message(self, *args):
             pass
 
-    context = multiprocessing.get_context("fork")   # the children inherit the test's checksum
+    context = multiprocessing.get_context("fork")   # the children inherit the test's PUBLISHED entry
     start, results = context.Event(), context.Queue()
     with serving(SlowHandler) as base_url:
         monkeypatch.setenv("ADT_FAST_DATA_URL", base_url)

@@ -4,7 +4,6 @@ Stated against the file formats documented in files.py's docstring, the appendix
 load()/open_dataset() docstrings."""
 import errno
 import gzip
-import hashlib
 import pickle
 import tarfile
 
@@ -13,7 +12,7 @@ import pytest
 import torch
 
 from adt_fast.data import DatasetFileError, dataset_info, load, open_dataset
-from adt_fast.data import fetch
+from conftest import publish
 from test_custom_data import _idx_bytes, _write_mnist  # torchvision's MNIST layout
 
 
@@ -110,7 +109,7 @@ def test_download_true_fetches_when_only_some_files_are_present(tmp_path, file_s
     archive = served / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(tmp_path / "source" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+    publish(monkeypatch, "cifar-10-python.tar.gz", archive.read_bytes())
     data = tmp_path / "data" / "cifar-10-batches-py"
     data.mkdir(parents=True)
     (data / "data_batch_1").write_bytes((tmp_path / "source" / "cifar-10-batches-py" / "data_batch_1").read_bytes())

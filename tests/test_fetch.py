@@ -1,8 +1,8 @@
 """adt_fast/data/fetch.py against its contract: host precedence, progress bar, official URLs, published sums.
 No network: the repo's file_server fixture (127.0.0.1) and a refusing port."""
 import contextlib
+import dataclasses
 import errno
-import hashlib
 import http.server
 import io
 import os
@@ -19,6 +19,7 @@ import pytest
 from adt_fast.data import DatasetFileError, DownloadError, download
 from adt_fast.data import fetch
 from adt_fast.progress import NO_PROGRESS_ENV
+from conftest import publish
 
 
 class _Terminal(io.StringIO):
@@ -41,7 +42,7 @@ def test_base_url_argument_wins_over_the_environment(tmp_path, file_server, monk
     argument is the stronger request; the environment is only the fallback."""
     served, base_url = file_server
     archive = _serve_tiny_cifar(tmp_path, served)
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+    publish(monkeypatch, "cifar-10-python.tar.gz", archive.read_bytes())
     monkeypatch.setenv(fetch.BASE_URL_ENV, "http://127.0.0.1:9")   # refuses connections
     download("cifar10", tmp_path / "data", base_url=base_url)
     assert (tmp_path / "data" / "cifar-10-batches-py" / "x").is_file()
@@ -68,7 +69,7 @@ def test_progress_bar_counts_bytes_of_the_content_length(tmp_path, file_server, 
     served, base_url = file_server
     archive = _serve_tiny_cifar(tmp_path, served)
     size = archive.stat().st_size
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+    publish(monkeypatch, "cifar-10-python.tar.gz", archive.read_bytes())
     monkeypatch.setattr(fetch, "CHUNK_BYTES", 1000)   # several chunks
     seen = {}
 
@@ -100,25 +101,27 @@ def test_official_urls_are_the_publishers_paths():
                                             "http://ufldl.stanford.edu/housenumbers/test_32x32.mat"]
 
 
-# torchvision (datasets/cifar.py, svhn.py, mnist.py) publishes these MD5 sums.
-PUBLISHED = {
-    "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
-    "cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85",
-    "train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
-    "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
-    "MNIST/raw/train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-    "MNIST/raw/train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-    "MNIST/raw/t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-    "MNIST/raw/t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-    "FashionMNIST/raw/train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-    "FashionMNIST/raw/train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-    "FashionMNIST/raw/t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-    "FashionMNIST/raw/t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
-}
+def test_every_file_has_its_published_sum_and_size():
+    """Each MD5 sum as torchvision (datasets/cifar.py, svhn.py, mnist.py) publishes it, and each
+    size as published (a wrong one would break that dataset's real download): the CIFAR and SVHN
+    hosts' Content-Length, and torchvision's MNIST and Fashion-MNIST downloads. Every resource has
+    its entry, and no other file does."""
+    assert fetch.PUBLISHED == {
+        "cifar-10-python.tar.gz": fetch.Published("c58f30108f718f92721af3b95e74349a", 170498071),
+        "cifar-100-python.tar.gz": fetch.Published("eb9058c3a382ffc7106e4002c42a8d85", 169001437),
+        "train_32x32.mat": fetch.Published("e26dedcc434d2e4c54c9b2d4a06d8373", 182040794),
+        "test_32x32.mat": fetch.Published("eb5a983be6a315427106f1b164d9cef3", 64275384),
+        "MNIST/raw/train-images-idx3-ubyte.gz": fetch.Published("f68b3c2dcbeaaa9fbdd348bbdeb94873", 9912422),
+        "MNIST/raw/train-labels-idx1-ubyte.gz": fetch.Published("d53e105ee54ea40749a09fcbcd1e9432", 28881),
+        "MNIST/raw/t10k-images-idx3-ubyte.gz": fetch.Published("9fb629c4189551a2d022fa330f9573f3", 1648877),
+        "MNIST/raw/t10k-labels-idx1-ubyte.gz": fetch.Published("ec29112dd5afa0611ce80d1b7f02629c", 4542),
+        "FashionMNIST/raw/train-images-idx3-ubyte.gz": fetch.Published("8d4fb7e6c68d591d4c3dfef9ec88bf0d", 26421880),
+        "FashionMNIST/raw/train-labels-idx1-ubyte.gz": fetch.Published("25c81989df183df01b3e8a0aad5dffbe", 29515),
+        "FashionMNIST/raw/t10k-images-idx3-ubyte.gz": fetch.Published("bef4ecab320f06d8554ea6380940ec79", 4422102),
+        "FashionMNIST/raw/t10k-labels-idx1-ubyte.gz": fetch.Published("bb300cfdad3c16e7a12a480ee83cd310", 5148),
+    }
+    assert {r.path for resources in fetch.RESOURCES.values() for r in resources} == fetch.PUBLISHED.keys()
 
-
-def test_every_published_checksum_is_torchvisions():
-    assert fetch.MD5_CHECKSUMS == PUBLISHED
 
 def test_archive_unpacks_into_a_data_dir_reached_through_a_symlink(tmp_path, file_server, monkeypatch):
     """The unsafe-member check compares resolved paths: the staging folder must be resolved too,
@@ -129,7 +132,7 @@ def test_archive_unpacks_into_a_data_dir_reached_through_a_symlink(tmp_path, fil
     real = tmp_path / "disk" / "data"
     real.mkdir(parents=True)
     (tmp_path / "data").symlink_to(real, target_is_directory=True)
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+    publish(monkeypatch, "cifar-10-python.tar.gz", archive.read_bytes())
     download("cifar10", tmp_path / "data", base_url=base_url)
     assert (real / "cifar-10-batches-py" / "x").read_bytes() == b"payload" * 1000
 
@@ -166,7 +169,7 @@ def test_a_connection_closed_midway_is_a_download_error_not_a_checksum_one(tmp_p
     """http.client ends a body cut short quietly; the bytes are counted against Content-Length, so
     the mirror is not blamed for a bad file it never sent. Nothing is left behind."""
     body = b"payload" * 1000
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(body).hexdigest())
+    publish(monkeypatch, "cifar-10-python.tar.gz", body)
     with serving(_answer(body, str(len(body)), len(body) // 2)) as base_url:
         with pytest.raises(DownloadError, match=f"connection closed after {len(body) // 2} of {len(body)} bytes"):
             download("cifar10", tmp_path / "data", base_url=base_url)
@@ -179,7 +182,7 @@ def test_a_chunked_body_cut_short_says_how_much_came(tmp_path, monkeypatch, read
     showed as 'IncompleteRead(N bytes read)', N counting the last read alone, not the download.
     The bytes of the chunk cut short count too: they came, and were read as they came."""
     body = b"payload" * 1000
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(body).hexdigest())
+    publish(monkeypatch, "cifar-10-python.tar.gz", body + body)   # sent as two chunks, the second cut
     monkeypatch.setattr(fetch, "CHUNK_BYTES", read_size)
 
     class CutChunked(http.server.BaseHTTPRequestHandler):
@@ -206,7 +209,7 @@ def test_a_content_length_that_is_no_number_counts_as_unknown(tmp_path, monkeypa
     """As http.client takes it: the download goes on, checked by its MD5 alone."""
     archive = _serve_tiny_cifar(tmp_path, tmp_path)
     body = archive.read_bytes()
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(body).hexdigest())
+    publish(monkeypatch, "cifar-10-python.tar.gz", body)
     with serving(_answer(body, "lots", len(body))) as base_url:
         download("cifar10", tmp_path / "data", base_url=base_url)
     assert (tmp_path / "data" / "cifar-10-batches-py" / "x").read_bytes() == b"payload" * 1000
@@ -217,7 +220,7 @@ def test_downloaded_files_are_fsynced_and_get_the_mode_of_a_new_file(tmp_path, f
     the temporary file's 0600, so others can read a shared --data-dir."""
     served, base_url = file_server
     archive = _serve_tiny_cifar(tmp_path, served)
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+    publish(monkeypatch, "cifar-10-python.tar.gz", archive.read_bytes())
     synced, real_fsync = [], os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_size), real_fsync(fd)))
     old = os.umask(0o022)
@@ -235,7 +238,7 @@ def test_a_complete_download_is_not_unpacked_again(tmp_path, file_server, monkey
     files are all in place, byte for byte, is left as it is; a changed file is unpacked again."""
     served, base_url = file_server
     archive = _serve_tiny_cifar(tmp_path, served)
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+    publish(monkeypatch, "cifar-10-python.tar.gz", archive.read_bytes())
     data_dir = tmp_path / "data"
     download("cifar10", data_dir, base_url=base_url)
     unpacked = data_dir / "cifar-10-batches-py" / "x"
@@ -254,7 +257,7 @@ def test_a_dataset_folder_linked_to_a_shared_copy_is_read_through_the_link(tmp_p
     untouched."""
     served, base_url = file_server
     archive = _serve_tiny_cifar(tmp_path, served)
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+    publish(monkeypatch, "cifar-10-python.tar.gz", archive.read_bytes())
     shared, data_dir = tmp_path / "shared", tmp_path / "data"
     download("cifar10", shared, base_url=base_url)
     data_dir.mkdir()
@@ -273,7 +276,7 @@ def test_leftovers_of_killed_downloads_are_removed_and_nothing_else(tmp_path, fi
     (.unpack-XXXXXXXX); the next download clears them, and only entries named exactly so."""
     served, base_url = file_server
     archive = _serve_tiny_cifar(tmp_path, served)
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+    publish(monkeypatch, "cifar-10-python.tar.gz", archive.read_bytes())
     data_dir = tmp_path / "data"
     (data_dir / ".unpack-k1ll_3d0" / "unpacked").mkdir(parents=True)
     (data_dir / ".cifar-10-python.tar.gz.k1ll_3d0.part").write_bytes(b"half")
@@ -319,7 +322,7 @@ def test_unpacking_refused_by_the_disk_says_why_not_to_download_again(tmp_path, 
     """The archive was just verified: a full disk is no reason to delete it and download again."""
     served, base_url = file_server
     archive = _serve_tiny_cifar(tmp_path, served)
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+    publish(monkeypatch, "cifar-10-python.tar.gz", archive.read_bytes())
 
     def full_disk(self, path, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", os.path.join(path, "cifar-10-batches-py", "x"))
@@ -343,7 +346,7 @@ def test_a_full_disk_while_downloading_is_reported_as_local_not_as_the_network(t
     user to the network or the mirror. It names the folder, and the partial file is deleted."""
     served, base_url = file_server
     archive = _serve_tiny_cifar(tmp_path, served)
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+    publish(monkeypatch, "cifar-10-python.tar.gz", archive.read_bytes())
     real = fetch.write_atomic
     monkeypatch.setattr(fetch, "write_atomic",
                         lambda path, write, **kwargs: real(path, lambda handle: write(_FullDisk()), **kwargs))
@@ -360,7 +363,7 @@ def test_a_stalled_server_times_out_saying_how_long_it_waited(tmp_path, monkeypa
     TIMEOUT_SECONDS rather than hanging, and the message says so ('timed out' alone did not say
     after how long nor of what)."""
     body = b"payload" * 1000
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(body).hexdigest())
+    publish(monkeypatch, "cifar-10-python.tar.gz", body)
     monkeypatch.setattr(fetch, "TIMEOUT_SECONDS", 0.2)
     resume = threading.Event()
 
@@ -435,7 +438,7 @@ def test_a_mirror_on_disk_is_a_file_url(tmp_path, monkeypatch):
     served = tmp_path / "mirror"
     served.mkdir()
     archive = _serve_tiny_cifar(tmp_path, served)
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+    publish(monkeypatch, "cifar-10-python.tar.gz", archive.read_bytes())
     monkeypatch.setenv(fetch.BASE_URL_ENV, served.as_uri())
     download("cifar10", tmp_path / "data")
     assert (tmp_path / "data" / "cifar-10-batches-py" / "x").read_bytes() == b"payload" * 1000
@@ -447,7 +450,7 @@ def test_a_download_interrupted_midway_leaves_nothing_the_next_one_takes(tmp_pat
     the next download deletes: test_leftovers_of_killed_downloads_are_removed_and_nothing_else.)"""
     served, base_url = file_server
     archive = _serve_tiny_cifar(tmp_path, served)
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+    publish(monkeypatch, "cifar-10-python.tar.gz", archive.read_bytes())
     monkeypatch.setattr(fetch, "CHUNK_BYTES", 10)
 
     class CtrlC:
@@ -478,7 +481,7 @@ def test_hard_links_and_devices_in_an_archive_are_refused(tmp_path, file_server,
         member = tarfile.TarInfo("cifar-10-batches-py/x")
         member.type, member.linkname = kind, "../../escaped" if kind == tarfile.LNKTYPE else ""
         tar.addfile(member)
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+    publish(monkeypatch, "cifar-10-python.tar.gz", archive.read_bytes())
     with pytest.raises(DatasetFileError, match="member 'cifar-10-batches-py/x' is not a regular file or folder"):
         download("cifar10", tmp_path / "data", base_url=base_url)
     assert sorted(os.listdir(tmp_path / "data")) == [fetch.LOCK_FILE, "cifar-10-python.tar.gz"]
@@ -488,8 +491,7 @@ def test_the_progress_bar_shows_the_published_size_when_none_is_announced(tmp_pa
     pytest.importorskip("tqdm")
     archive = _serve_tiny_cifar(tmp_path, tmp_path)
     body = archive.read_bytes()
-    monkeypatch.setitem(fetch.MD5_CHECKSUMS, "cifar-10-python.tar.gz", hashlib.md5(body).hexdigest())
-    monkeypatch.setitem(fetch.FILE_SIZES, "cifar-10-python.tar.gz", len(body))
+    publish(monkeypatch, "cifar-10-python.tar.gz", body)
     monkeypatch.setenv(NO_PROGRESS_ENV, "0")
     monkeypatch.setattr(sys, "stderr", _Terminal())
     with serving(_answer(body, "", len(body))) as base_url:
@@ -497,17 +499,9 @@ def test_the_progress_bar_shows_the_published_size_when_none_is_announced(tmp_pa
     assert f"| {len(body)}/{len(body)} [" in sys.stderr.getvalue()
 
 
-def test_every_file_has_its_published_size():
-    """Each size as published (a wrong one would break that dataset's real download): the CIFAR and
-    SVHN hosts' Content-Length, and torchvision's MNIST and Fashion-MNIST downloads."""
-    assert fetch.FILE_SIZES == {
-        "cifar-10-python.tar.gz": 170498071, "cifar-100-python.tar.gz": 169001437,
-        "train_32x32.mat": 182040794, "test_32x32.mat": 64275384,
-        "MNIST/raw/train-images-idx3-ubyte.gz": 9912422, "MNIST/raw/train-labels-idx1-ubyte.gz": 28881,
-        "MNIST/raw/t10k-images-idx3-ubyte.gz": 1648877, "MNIST/raw/t10k-labels-idx1-ubyte.gz": 4542,
-        "FashionMNIST/raw/train-images-idx3-ubyte.gz": 26421880, "FashionMNIST/raw/train-labels-idx1-ubyte.gz": 29515,
-        "FashionMNIST/raw/t10k-images-idx3-ubyte.gz": 4422102, "FashionMNIST/raw/t10k-labels-idx1-ubyte.gz": 5148}
-    assert fetch.FILE_SIZES.keys() == fetch.MD5_CHECKSUMS.keys()
+def _publish_size(monkeypatch, path: str, size: int) -> None:
+    """Publish the file at ``path`` as ``size`` bytes, its MD5 sum unchanged."""
+    monkeypatch.setitem(fetch.PUBLISHED, path, dataclasses.replace(fetch.PUBLISHED[path], size=size))
 
 
 class _Counting:
@@ -532,7 +526,7 @@ def test_a_server_that_sends_more_than_the_file_is_cut_off_at_its_size(tmp_path,
     reading stops at the published size, and the partial file is deleted; a server that announces
     more than that is refused before any byte is read."""
     size = 10_000
-    monkeypatch.setitem(fetch.FILE_SIZES, "cifar-10-python.tar.gz", size)
+    _publish_size(monkeypatch, "cifar-10-python.tar.gz", size)
     monkeypatch.setattr(fetch, "CHUNK_BYTES", 4096)
     bar = _Counting()
     monkeypatch.setattr(fetch, "_progress_bar", lambda total, desc: bar)
@@ -565,7 +559,7 @@ def test_a_mirror_on_disk_with_a_larger_file_is_cut_off_at_its_size(tmp_path, mo
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     (mirror / "train_32x32.mat").write_bytes(b"x" * 5000)
-    monkeypatch.setitem(fetch.FILE_SIZES, "train_32x32.mat", 3000)
+    _publish_size(monkeypatch, "train_32x32.mat", 3000)
     monkeypatch.setenv(fetch.BASE_URL_ENV, mirror.as_uri())
     with pytest.raises(DownloadError, match="train_32x32.mat from file:.*: the server announces 5000 bytes, more "
                                             "than the 3000 bytes the file has"):
@@ -603,7 +597,7 @@ def _trickling(body: bytes, pause: float):
 def _slow_floor(monkeypatch, body: bytes):
     """The svhn files served as ``body``, and a floor of 10,000 bytes/s over 0.2 s windows."""
     for served in ("train_32x32.mat", "test_32x32.mat"):
-        monkeypatch.setitem(fetch.MD5_CHECKSUMS, served, hashlib.md5(body).hexdigest())
+        publish(monkeypatch, served, body)
     monkeypatch.setattr(fetch, "MIN_BYTES_PER_SECOND", 10_000)
     monkeypatch.setattr(fetch, "RATE_WINDOW_SECONDS", 0.2)
 
@@ -672,7 +666,7 @@ def test_a_slow_download_that_ends_within_a_window_is_kept(tmp_path, monkeypatch
     """The floor is judged over whole windows: a small file over a slow link is no failure."""
     body = b"p" * 20
     for served in ("train_32x32.mat", "test_32x32.mat"):
-        monkeypatch.setitem(fetch.MD5_CHECKSUMS, served, hashlib.md5(body).hexdigest())
+        publish(monkeypatch, served, body)
     with serving(_trickling(body, pause=0.005)) as base_url:
         download("svhn", tmp_path / "data", base_url=base_url)
     assert (tmp_path / "data" / "test_32x32.mat").read_bytes() == body

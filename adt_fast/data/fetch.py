@@ -55,7 +55,7 @@ class Resource:
     """One file published for a dataset; ``extract`` marks a tar.gz to unpack.
 
     ``folder`` is where it goes under the data directory (torchvision's ``MNIST/raw`` layout, say);
-    ``path`` (folder/filename) is its key in MD5_CHECKSUMS and where a mirror serves it.
+    ``path`` (folder/filename) is its key in PUBLISHED and where a mirror serves it.
     """
 
     filename: str
@@ -89,38 +89,32 @@ RESOURCES: dict[str, tuple[Resource, ...]] = {
        for name, host in (("mnist", _MNIST_HOST), ("fashion-mnist", _FASHION_MNIST_HOST))},
 }
 
-# Keyed by Resource.path; tests replace entries to serve their own files. The MNIST and
-# Fashion-MNIST sums are the ones torchvision's datasets/mnist.py publishes.
-MD5_CHECKSUMS: dict[str, str] = {
-    "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
-    "cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85",
-    "train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
-    "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
-    "MNIST/raw/train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-    "MNIST/raw/train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-    "MNIST/raw/t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-    "MNIST/raw/t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-    "FashionMNIST/raw/train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-    "FashionMNIST/raw/train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-    "FashionMNIST/raw/t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-    "FashionMNIST/raw/t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
-}
 
-# The published files' sizes in bytes, keyed as MD5_CHECKSUMS: a server that sends more (an
-# endless body, a wrong file) is cut off there instead of filling the disk before the MD5 check.
-FILE_SIZES: dict[str, int] = {
-    "cifar-10-python.tar.gz": 170498071,
-    "cifar-100-python.tar.gz": 169001437,
-    "train_32x32.mat": 182040794,
-    "test_32x32.mat": 64275384,
-    "MNIST/raw/train-images-idx3-ubyte.gz": 9912422,
-    "MNIST/raw/train-labels-idx1-ubyte.gz": 28881,
-    "MNIST/raw/t10k-images-idx3-ubyte.gz": 1648877,
-    "MNIST/raw/t10k-labels-idx1-ubyte.gz": 4542,
-    "FashionMNIST/raw/train-images-idx3-ubyte.gz": 26421880,
-    "FashionMNIST/raw/train-labels-idx1-ubyte.gz": 29515,
-    "FashionMNIST/raw/t10k-images-idx3-ubyte.gz": 4422102,
-    "FashionMNIST/raw/t10k-labels-idx1-ubyte.gz": 5148,
+@dataclass(frozen=True)
+class Published:
+    """What a published file must be: its MD5 sum and its size in bytes."""
+
+    md5: str
+    size: int
+
+
+# Keyed by Resource.path; tests replace entries to serve their own files. The MNIST and
+# Fashion-MNIST sums are the ones torchvision's datasets/mnist.py publishes. The size is enforced
+# while downloading: a server that sends more (an endless body, a wrong file) is cut off there
+# instead of filling the disk before the MD5 check.
+PUBLISHED: dict[str, Published] = {
+    "cifar-10-python.tar.gz": Published("c58f30108f718f92721af3b95e74349a", 170498071),
+    "cifar-100-python.tar.gz": Published("eb9058c3a382ffc7106e4002c42a8d85", 169001437),
+    "train_32x32.mat": Published("e26dedcc434d2e4c54c9b2d4a06d8373", 182040794),
+    "test_32x32.mat": Published("eb5a983be6a315427106f1b164d9cef3", 64275384),
+    "MNIST/raw/train-images-idx3-ubyte.gz": Published("f68b3c2dcbeaaa9fbdd348bbdeb94873", 9912422),
+    "MNIST/raw/train-labels-idx1-ubyte.gz": Published("d53e105ee54ea40749a09fcbcd1e9432", 28881),
+    "MNIST/raw/t10k-images-idx3-ubyte.gz": Published("9fb629c4189551a2d022fa330f9573f3", 1648877),
+    "MNIST/raw/t10k-labels-idx1-ubyte.gz": Published("ec29112dd5afa0611ce80d1b7f02629c", 4542),
+    "FashionMNIST/raw/train-images-idx3-ubyte.gz": Published("8d4fb7e6c68d591d4c3dfef9ec88bf0d", 26421880),
+    "FashionMNIST/raw/train-labels-idx1-ubyte.gz": Published("25c81989df183df01b3e8a0aad5dffbe", 29515),
+    "FashionMNIST/raw/t10k-images-idx3-ubyte.gz": Published("bef4ecab320f06d8554ea6380940ec79", 4422102),
+    "FashionMNIST/raw/t10k-labels-idx1-ubyte.gz": Published("bb300cfdad3c16e7a12a480ee83cd310", 5148),
 }
 
 
@@ -141,7 +135,7 @@ def download(name: str, data_dir: str | os.PathLike, base_url: str | None = None
     a network failure (a server that sends nothing for TIMEOUT_SECONDS, 60 s, included), a
     download bringing in under MIN_BYTES_PER_SECOND (1 KiB/s, or $ADT_FAST_DOWNLOAD_MIN_RATE) over
     a RATE_WINDOW_SECONDS (60 s) window, a server that sends more than the file's size
-    (FILE_SIZES), or a folder that cannot be written.
+    (PUBLISHED), or a folder that cannot be written.
     """
     resources = _resources(name)
     min_rate = _min_rate()
@@ -157,13 +151,13 @@ def download(name: str, data_dir: str | os.PathLike, base_url: str | None = None
             for resource in resources:
                 destination = data_dir / resource.path
                 destination.parent.mkdir(parents=True, exist_ok=True)
-                expected_md5 = MD5_CHECKSUMS[resource.path]
-                if not (destination.is_file() and file_digest(destination, "md5") == expected_md5):
+                published = PUBLISHED[resource.path]
+                if not (destination.is_file() and file_digest(destination, "md5") == published.md5):
                     if host_override:
                         url = f"{host_override.rstrip('/')}/{resource.path}"
                     else:
                         url = f"{resource.official_base_url}/{resource.filename}"
-                    _fetch_verified(url, destination, expected_md5, FILE_SIZES[resource.path], min_rate)
+                    _fetch_verified(url, destination, published, min_rate)
                 if resource.extract and not _unpacked(destination, data_dir):
                     _extract_tar_safely(destination, data_dir)
     except DownloadError:
@@ -236,31 +230,31 @@ def _min_rate() -> float:
     return rate
 
 
-def _fetch_verified(url: str, destination: Path, expected_md5: str, expected_bytes: int, min_rate: float) -> None:
+def _fetch_verified(url: str, destination: Path, published: Published, min_rate: float) -> None:
     """Stream ``url`` into a temporary file beside ``destination`` and rename it into place only
-    once its MD5 is ``expected_md5`` (write_atomic: fsynced, and the mode any new file gets);
-    more than ``expected_bytes`` stops the download, as does a rate under ``min_rate`` (_body)."""
+    once its MD5 is ``published.md5`` (write_atomic: fsynced, and the mode any new file gets);
+    more than ``published.size`` bytes stops the download, as does a rate under ``min_rate`` (_body)."""
     def stream(handle) -> None:
         digest = hashlib.md5(usedforsecurity=False)  # integrity check only
         with _network_errors(url, destination.name):
             response = urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS)
         with response:
             length = _content_length(response)
-            if length is not None and length > expected_bytes:
+            if length is not None and length > published.size:
                 raise DownloadError(f"could not download {destination.name} from {url}: the server announces "
-                                    f"{length} bytes, more than the {expected_bytes} bytes the file has; nothing "
+                                    f"{length} bytes, more than the {published.size} bytes the file has; nothing "
                                     f"was kept")
-            with _progress_bar(expected_bytes if length is None else length, destination.name) as bar:
-                for chunk in _body(response, length, expected_bytes, min_rate, url, destination):
+            with _progress_bar(published.size if length is None else length, destination.name) as bar:
+                for chunk in _body(response, length, published.size, min_rate, url, destination):
                     handle.write(chunk)  # a full disk is an OSError: download() names the folder
                     digest.update(chunk)
                     if bar is not None:
                         bar.update(len(chunk))
         actual_md5 = digest.hexdigest()
-        if actual_md5 != expected_md5:
+        if actual_md5 != published.md5:
             raise ChecksumError(
                 f"checksum mismatch for {destination.name} downloaded from {url}: expected md5 "
-                f"{expected_md5}, got {actual_md5}; the download was discarded"
+                f"{published.md5}, got {actual_md5}; the download was discarded"
             )
 
     write_atomic(destination, stream, suffix=PART_SUFFIX)
