@@ -38,7 +38,7 @@ from torch import nn
 from .attacks.engine import eval_mode, iterative_attack, project
 from .attacks.losses import cross_entropy
 from .attacks.suite import check_epsilon
-from .checks import check_finite, check_int, check_non_negative
+from .checks import as_real, check_finite, check_int, check_non_negative, shown
 from .models.generators import MAX_NOISE_DIM, NOISE_DIM
 from .ops import sample_and_entropy
 
@@ -53,6 +53,7 @@ GENERATOR_BETAS = (0.5, 0.999)
 Q_LR = 2e-4
 Q_BETAS = (0.9, 0.999)               # Adam's defaults (C.3 gives no momentum for q)
 ALP_WEIGHT = 0.5                     # Kannan et al.'s released ALP code (C.4 gives no value)
+AT_FGSM_CLEAN_WEIGHT = 0.5           # the authors' fgsm_loss (trades.py): (CE clean + CE adversarial) / 2
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -284,12 +285,22 @@ def alp_penalty(clean_logits: torch.Tensor, adv_logits: torch.Tensor, weight: fl
     return weight * (adv_logits.float() - clean_logits.float()).pow(2).mean(dim=1)
 
 
+def mixed_cross_entropy(clean_logits: torch.Tensor, adv_logits: torch.Tensor, y: torch.Tensor,
+                        clean_weight: float = 0.5) -> torch.Tensor:
+    """CE on clean and adversarial examples together, per example:
+    ``clean_weight * CE(f(x), y) + (1 - clean_weight) * CE(f(x'), y)``. 0.5 weighs the two halves
+    of a mixed minibatch alike (AT-FGSM, ALP); ``clean_weight`` is a number in [0, 1]."""
+    share = as_real(clean_weight)
+    if share is None or not 0 <= share <= 1:  # NaN fails both comparisons
+        raise ValueError(f"clean_weight must be a number in [0, 1], got {shown(clean_weight)}")
+    return share * cross_entropy(clean_logits, y) + (1 - share) * cross_entropy(adv_logits, y)
+
+
 def alp_loss(clean_logits: torch.Tensor, adv_logits: torch.Tensor, y: torch.Tensor,
              weight: float = ALP_WEIGHT) -> torch.Tensor:
-    """ALP's training loss per example: mixed-batch CE (half clean, half adversarial) plus the
-    pairing term, ``(CE(f(x), y) + CE(f(x'), y)) / 2 + alp_penalty``."""
-    mixed = 0.5 * (cross_entropy(clean_logits, y) + cross_entropy(adv_logits, y))
-    return mixed + alp_penalty(clean_logits, adv_logits, weight)
+    """ALP's training loss per example: the even mixed CE plus the pairing term,
+    ``(CE(f(x), y) + CE(f(x'), y)) / 2 + alp_penalty``."""
+    return mixed_cross_entropy(clean_logits, adv_logits, y) + alp_penalty(clean_logits, adv_logits, weight)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -328,9 +339,10 @@ def generator_scheduler(optimizer: torch.optim.Optimizer, *, constant_epochs: in
 
 
 __all__ = [
-    "ALP_WEIGHT", "DEFAULT_HINGE", "EXP_AM_LAMBDA", "GENERATOR_BETAS", "GENERATOR_LR", "IMP_AM_LAMBDA",
-    "NOISE_DIM", "Q_BETAS", "Q_LR",
+    "ALP_WEIGHT", "AT_FGSM_CLEAN_WEIGHT", "DEFAULT_HINGE", "EXP_AM_LAMBDA", "GENERATOR_BETAS", "GENERATOR_LR",
+    "IMP_AM_LAMBDA", "NOISE_DIM", "Q_BETAS", "Q_LR",
     "alp_loss", "alp_penalty", "amortized_loss", "entropy_lower_bound", "explicit_perturbation",
     "generator_inputs", "generator_lr_factor", "generator_optimizer", "generator_scheduler",
-    "least_likely_fgsm", "q_optimizer", "reverse_gradient", "sample_noise", "tanh_perturbation",
+    "least_likely_fgsm", "mixed_cross_entropy", "q_optimizer", "reverse_gradient", "sample_noise",
+    "tanh_perturbation",
 ]

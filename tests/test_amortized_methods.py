@@ -17,7 +17,8 @@ from adt_fast.models import build_model
 from adt_fast.models.generators import PerturbationGenerator, QNetwork
 from adt_fast.train import ComposedMethod, ConfigError, Runtime, TrainConfig, build_method, fit, read_metrics
 from adt_fast.train import checkpoint as ckpt
-from adt_fast.train.amortized_methods import AmortizedMethod, ImplicitGenerator, LeastLikelyFGSM
+from adt_fast.train.amortized_methods import AmortizedMethod, ImplicitGenerator, LeastLikelyFGSM, MixedCEOuter
+from adt_fast.train.methods import CEOuter
 
 from test_train import _kill_after, _same_state  # the loop's resume-test helpers
 
@@ -200,6 +201,7 @@ def test_defaults_follow_the_paper():
     assert (alp.steps, alp.step_size, alp.alp_weight) == (7, pytest.approx(2 / 255), 0.5)
     fgsm = TrainConfig("at-fgsm", "synthetic", "unused").resolve()
     assert all(getattr(fgsm, p) is None for p in ("steps", "lbd", "generator_lr", "alp_weight", "hinge"))
+    assert fgsm.clean_weight == 0.5 and alp.clean_weight is None and exp.clean_weight is None
     model = build_model("small-cnn", 10, in_channels=3, image_size=8)
     method = build_method(dataclasses.replace(imp, generator_width=4), model, Runtime())
     gen_opt, q_opt = method.optimisers()["generator"], method.optimisers()["q"]
@@ -247,6 +249,10 @@ def test_alp_loss_is_the_mixed_batch_alp_loss():
     ("l2l", {"loss": "trades"}, "--loss"), ("at-fgsm", {"steps": 3}, "--steps"),
     ("adt-exp-am", {"beta": 1.0}, "--beta"), ("adt-imp-am", {"loss": "hinge"}, "--loss"),
     ("at-fgsm", {"generator_width": 8}, "--generator-width"), ("adt-exp", {"generator_lr": 1e-3}, "--generator-lr"),
+    ("at-fgsm", {"clean_weight": 1.5}, "--clean-weight must be <= 1"),
+    ("at-fgsm", {"clean_weight": -0.5}, "--clean-weight must be >= 0"),
+    ("at-fgsm", {"clean_weight": "half"}, "--clean-weight must be a finite number"),
+    ("alp", {"clean_weight": 0.5}, "--clean-weight does not apply to --method alp"),
 ])
 def test_bad_or_inapplicable_settings_name_their_flag(method, changes, flag):
     with pytest.raises(ConfigError, match=flag):
@@ -280,6 +286,9 @@ def test_flags_reach_the_config(tmp_path, capsys):
     out2 = tmp_path / "alp"
     assert main(["train", "--method", "alp", *FAST, "--out", str(out2), "--alp-weight", "1/4", "--steps", "1"]) == 0
     assert json.loads((out2 / "config.json").read_text())["alp_weight"] == 0.25
+    out3 = tmp_path / "fgsm"
+    assert main(["train", "--method", "at-fgsm", *FAST, "--out", str(out3), "--clean-weight", "1/4"]) == 0
+    assert json.loads((out3 / "config.json").read_text())["clean_weight"] == 0.25
     with pytest.raises(SystemExit):
         main(["train", "--method", "adt-imp-am", *FAST, "--out", str(tmp_path / "x"), "--hinge", "big"])
     assert "--hinge" in capsys.readouterr().err
@@ -393,6 +402,100 @@ def test_at_fgsm_picks_the_least_likely_class_with_the_classifier_in_eval_mode()
     assert model.training
     expected = am.least_likely_fgsm(copy.deepcopy(model).eval(), x, 8 / 255)
     torch.testing.assert_close(x_adv, expected)
+
+
+@pytest.mark.parametrize("clean_weight", [None, 0.3, 1.0])
+def test_at_fgsm_loss_mixes_clean_and_adversarial_ce(clean_weight):
+    """The authors' fgsm_loss (af3529d:trades.py) and Kurakin et al.: 0.5 * (CE(f(x)) + CE(f(x')))
+    by default, W * CE(f(x)) + (1 - W) * CE(f(x')) with --clean-weight W; the clean logits come
+    back for train accuracy. On a linear model the mixed batch is two plain forwards."""
+    gen = torch.Generator().manual_seed(0)
+    model = _Linear(torch.randn(10, 12, generator=gen))
+    x, y = 0.2 + 0.6 * torch.rand(4, 3, 2, 2, generator=gen), torch.randint(0, 10, (4,), generator=gen)
+    given = {} if clean_weight is None else {"clean_weight": clean_weight}
+    cfg = TrainConfig("at-fgsm", "synthetic", "unused", **given).resolve()
+    method = build_method(cfg, model, Runtime())
+    out = method.step(model, x, y)
+    w = 0.5 if clean_weight is None else clean_weight
+    with torch.no_grad():
+        expected = w * cross_entropy(model(x), y) + (1 - w) * cross_entropy(model(out.x_adv), y)
+        torch.testing.assert_close(out.clean_logits, model(x))
+    torch.testing.assert_close(out.loss.detach(), expected.mean())
+
+
+def test_at_fgsm_outer_is_one_mixed_batch():
+    """Clean and adversarial halves share one train-mode forward (BatchNorm statistics of the 2B
+    batch), as ALP's."""
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 10, 3, 8).train()
+    x, x_adv, y = torch.rand(8, 3, 8, 8), torch.rand(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    outer = build_method(TrainConfig("at-fgsm", "synthetic", "unused").resolve(), model, Runtime()).outer
+    assert isinstance(outer, MixedCEOuter)
+    loss, clean = outer(model, x, x_adv, y, Runtime())
+    with torch.no_grad():
+        logits = model(torch.cat([x, x_adv]))
+        torch.testing.assert_close(clean.detach(), logits[:8])
+        expected = 0.5 * (cross_entropy(logits[:8], y) + cross_entropy(logits[8:], y))
+        torch.testing.assert_close(loss.detach(), expected)
+
+
+def test_at_fgsm_clean_weight_zero_trains_on_the_adversarial_batch_alone():
+    """--clean-weight 0: CE(f(x')) of a B-batch forward (no clean half in BatchNorm's statistics),
+    the loss AT-FGSM had before the flag existed."""
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 10, 3, 8).train()
+    cfg = TrainConfig("at-fgsm", "synthetic", "unused", clean_weight=0.0).resolve()
+    method = build_method(cfg, model, Runtime())
+    assert type(method.outer) is CEOuter
+    x, y = torch.rand(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    reference = copy.deepcopy(model)
+    out = method.step(model, x, y)
+    with torch.no_grad():
+        torch.testing.assert_close(out.loss.detach(), cross_entropy(reference(out.x_adv), y).mean())
+    assert out.clean_logits is None
+
+
+def _forget_setting(run_dir, name):
+    """The run as a version without `name` wrote it: no entry in config.json or in any checkpoint's
+    recorded config."""
+    path = run_dir / "config.json"
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != name}))
+    for file in run_dir.glob("*.pt"):
+        payload = ckpt.load(file)
+        payload["config"] = {k: v for k, v in payload["config"].items() if k != name}
+        ckpt.save_atomic(payload, file)
+
+
+def test_an_at_fgsm_run_from_before_clean_weight_resumes_adversarial_only(tmp_path):
+    """Such a run trained on the adversarial examples only; its resume goes on with that loss (bit
+    for bit the run with --clean-weight 0), not with today's default half-and-half, and refuses
+    --clean-weight 0.5 instead of switching objective mid-run."""
+    def cfg(out, epochs, **kw):
+        return TrainConfig("at-fgsm", "synthetic", str(out), epochs=epochs, max_batches=2, batch_size=16,
+                           lr_drop=[], tensorboard=False, device="cpu", **kw)
+
+    fit(cfg(tmp_path / "straight", 2, clean_weight=0.0))
+    old = tmp_path / "old"
+    fit(cfg(old, 1, clean_weight=0.0))
+    _forget_setting(old, "clean_weight")
+    assert TrainConfig.load(old).clean_weight == 0.0
+    with pytest.raises(ConfigError, match=r"--clean-weight 0\.5 \(the run has 0\.0\)"):
+        fit(cfg(old, 2, clean_weight=0.5, resume=True))
+    fit(cfg(old, 2, resume=True))
+    assert json.loads((old / "config.json").read_text())["clean_weight"] == 0.0
+    _same_state(tmp_path / "straight" / "checkpoint.pt", old / "checkpoint.pt")
+
+
+@pytest.mark.parametrize("former", [["clean_weight"], {"steps": 7}])
+def test_register_method_refuses_former_defaults_of_settings_it_does_not_use(former):
+    """A former default of a setting outside params would fill a field the method refuses."""
+    from adt_fast.train.methods import METHODS, MethodSpec, register_method
+
+    spec = MethodSpec("fuzz-former", lambda cfg, model, rt: None, {"clean_weight": 0.5}, former_defaults=former)
+    with pytest.raises(ValueError, match="'fuzz-former': former_defaults must be a dict of setting name -> value "
+                                         "for settings its params name"):
+        register_method(spec)
+    assert "fuzz-former" not in METHODS
 
 
 def test_alp_loss_is_mixed_ce_plus_weighted_mean_squared_logit_gap():

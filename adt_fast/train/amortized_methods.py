@@ -11,7 +11,8 @@ the objective's pieces come from ``adt_fast.models.generators`` and ``adt_fast.a
     adt-imp-am --loss trades
                   = Amortized(ImplicitGenerator, q)      + TradesOuter(beta)
     l2l           = Amortized(DirectGenerator)           + CEOuter()      no entropy
-    at-fgsm       = LeastLikelyFGSM()                    + CEOuter()      (ComposedMethod)
+    at-fgsm       = LeastLikelyFGSM()                    + MixedCEOuter(c) clean weight c 0.5
+                                                           (CEOuter() at c = 0; ComposedMethod)
     alp           = PGD(CEInner(), uniform start)        + ALPOuter(w)    (ComposedMethod)
 
 **One simultaneous update (Alg. 3, 4).** An amortised step computes the generator's inputs
@@ -186,20 +187,35 @@ class LeastLikelyFGSM(Perturbation):
         return am.least_likely_fgsm(model, x, self.epsilon, forward=lambda inp: rt.forward(model, inp))
 
 
-class ALPOuter(OuterLoss):
-    """ALP (Kannan et al.): (CE(f(x)) + CE(f(x'))) / 2 + weight * mean_c (f(x) - f(x'))^2.
+def _mixed_batch(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, rt: Runtime):
+    """f(x) and f(x') from one train-mode forward of the mixed batch [x; x'] of 2B inputs (Kurakin
+    et al.'s and Kannan et al.'s mixed minibatch): BatchNorm normalises both halves with the same
+    statistics."""
+    logits = rt.forward(model, torch.cat([x, x_adv]))
+    return logits[:x.shape[0]], logits[x.shape[0]:]
 
-    Clean and adversarial inputs go through the classifier (train mode) as one mixed batch of 2B,
-    Kannan et al.'s mixed minibatch: BatchNorm normalises both halves with the same statistics.
-    Returns the clean half's logits for train accuracy.
-    """
+
+class MixedCEOuter(OuterLoss):
+    """AT-FGSM (Kurakin et al.): clean_weight * CE(f(x)) + (1 - clean_weight) * CE(f(x')) on one
+    mixed batch. Returns the clean half's logits for train accuracy."""
+
+    def __init__(self, clean_weight: float = am.AT_FGSM_CLEAN_WEIGHT):
+        self.clean_weight = clean_weight
+
+    def __call__(self, model, x, x_adv, y, rt):
+        clean, adv = _mixed_batch(model, x, x_adv, rt)
+        return am.mixed_cross_entropy(clean, adv, y, self.clean_weight), clean
+
+
+class ALPOuter(OuterLoss):
+    """ALP (Kannan et al.): the even mixed CE (CE(f(x)) + CE(f(x'))) / 2 plus the pairing term
+    weight * mean_c (f(x) - f(x'))^2, on one mixed batch. Returns the clean half's logits."""
 
     def __init__(self, weight: float = am.ALP_WEIGHT):
         self.weight = weight
 
     def __call__(self, model, x, x_adv, y, rt):
-        logits = rt.forward(model, torch.cat([x, x_adv]))
-        clean, adv = logits[:x.shape[0]], logits[x.shape[0]:]
+        clean, adv = _mixed_batch(model, x, x_adv, rt)
         return am.alp_loss(clean, adv, y, self.weight), clean
 
 
@@ -255,7 +271,10 @@ def _build_l2l(cfg, model, rt):
 
 
 def _build_at_fgsm(cfg, model, rt):
-    return ComposedMethod(cfg, model, rt, LeastLikelyFGSM(epsilon=cfg.epsilon), CEOuter(), "at-fgsm")
+    """--clean-weight 0 trains on the adversarial batch alone: a mixed batch would also put the
+    clean half into BatchNorm's statistics, which the adversarial-only loss never had."""
+    outer = CEOuter() if cfg.clean_weight == 0 else MixedCEOuter(cfg.clean_weight)
+    return ComposedMethod(cfg, model, rt, LeastLikelyFGSM(epsilon=cfg.epsilon), outer, "at-fgsm")
 
 
 def _build_alp(cfg, model, rt):
@@ -270,8 +289,10 @@ register_method(MethodSpec("adt-exp-am", _build_adt_exp_am, dict(ADT_EXP_AM_PARA
 register_method(MethodSpec("adt-imp-am", _build_adt_imp_am, dict(ADT_IMP_AM_PARAMS), losses=("ce", "trades"),
                            description="ADT_IMP-AM (Alg. 4): a noise-driven generator and q-network, "
                                        "entropy lower bound, one simultaneous update"))
-register_method(MethodSpec("at-fgsm", _build_at_fgsm, {},
-                           description="Kurakin et al.: train on least-likely targeted FGSM examples"))
+register_method(MethodSpec("at-fgsm", _build_at_fgsm, {"clean_weight": am.AT_FGSM_CLEAN_WEIGHT},
+                           former_defaults={"clean_weight": 0.0},
+                           description="Kurakin et al.: train on a mix of clean and least-likely targeted "
+                                       "FGSM examples"))
 register_method(MethodSpec("alp", _build_alp, dict(ALP_PARAMS),
                            description="Kannan et al.'s adversarial logit pairing on PGD examples "
                                        "(T=7, step eps/4)"))
@@ -280,4 +301,4 @@ register_method(MethodSpec("l2l", _build_l2l, dict(GENERATOR_PARAMS),
                                        "one example, no entropy"))
 
 __all__ = ["ALPOuter", "AmortizedMethod", "DirectGenerator", "ExplicitGenerator",
-           "GeneratorPerturbation", "ImplicitGenerator", "LeastLikelyFGSM"]
+           "GeneratorPerturbation", "ImplicitGenerator", "LeastLikelyFGSM", "MixedCEOuter"]

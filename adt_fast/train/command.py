@@ -178,6 +178,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                                 "plain bound (default 0.9, the authors' code)")
     amortised.add_argument("--alp-weight", type=number, metavar="W",
                            help="alp: weight of the logit pairing penalty (default 0.5)")
+    amortised.add_argument("--clean-weight", type=number, metavar="W",
+                           help="at-fgsm: W * CE(clean) + (1 - W) * CE(adversarial) on one mixed batch, W in "
+                                "[0, 1] (default 0.5, the authors' code; 0 = adversarial examples only)")
     parser.set_defaults(run=run_train)
     return parser
 

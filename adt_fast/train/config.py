@@ -34,7 +34,7 @@ AUTO = "auto"  # --samples-per-pass, memory format: measured at the start of the
 # trades_inner comes first: the defaults of steps and step_size depend on it.
 METHOD_PARAMS = ("trades_inner", "steps", "step_size", "samples", "lbd", "dist_lr", "dist_betas", "dist_grad",
                  "loss", "beta", "beta_scales_entropy", "generator_lr", "generator_width", "generator_grad", "hinge",
-                 "alp_weight", "samples_per_pass")
+                 "alp_weight", "clean_weight", "samples_per_pass")
 # Used only with --loss trades: dropped with --loss ce, refused there when given.
 TRADES_LOSS_PARAMS = ("beta", "beta_scales_entropy")
 GENERATOR_GRADS = ("per-example", "batch-mean")
@@ -125,6 +125,7 @@ class TrainConfig:
     generator_grad: Optional[str] = None
     hinge: Optional[Union[float, str]] = None   # a number, or NO_HINGE
     alp_weight: Optional[float] = None
+    clean_weight: Optional[float] = None   # at-fgsm: the clean examples' share of the loss, in [0, 1]
     samples_per_pass: Optional[Union[int, str]] = None   # an integer, or AUTO
     precision: str = "fp32"
     channels_last: Optional[Union[bool, str]] = None   # true, false, or AUTO (the default): measured
@@ -328,6 +329,8 @@ class TrainConfig:
             cfg.hinge = float(cfg.hinge)
         if "alp_weight" in spec.params:
             _real(cfg, "alp_weight", low=0.0)
+        if "clean_weight" in spec.params:
+            _real(cfg, "clean_weight", low=0.0, high=1.0)
         if "samples_per_pass" in spec.params and cfg.samples_per_pass != AUTO:
             per_pass = cfg.samples_per_pass
             if isinstance(per_pass, bool) or not isinstance(per_pass, int) or per_pass < 1:
@@ -423,10 +426,11 @@ def _unused_without_trades_loss(cfg: TrainConfig, spec, name: str) -> bool:
 
 def _fill_later_settings(cfg: TrainConfig, stored: dict) -> TrainConfig:
     """A run written before one of its method's settings existed (--generator-grad,
-    --beta-scales-entropy, --trades-inner, ...) has no entry for it in config.json. It ran with
-    that setting's default, since a new setting's default keeps the old behaviour, so the default
-    fills the gap: --resume then compares and continues with it instead of reporting a conflict
-    with a null."""
+    --beta-scales-entropy, --trades-inner, --clean-weight, ...) has no entry for it in config.json.
+    It ran with the behaviour the setting had then: its default, or where the default has changed
+    since, the spec's former default (at-fgsm's --clean-weight 0, the adversarial-only loss). That
+    value fills the gap: --resume then continues with the run's own objective and compares against
+    it instead of reporting a conflict with a null."""
     from .methods import METHODS
 
     spec = METHODS.get(cfg.method)
@@ -434,7 +438,8 @@ def _fill_later_settings(cfg: TrainConfig, stored: dict) -> TrainConfig:
         return cfg
     for name in METHOD_PARAMS:
         if name not in stored and name in spec.params and not _unused_without_trades_loss(cfg, spec, name):
-            setattr(cfg, name, _method_default(cfg, spec, name))
+            value = spec.former_defaults[name] if name in spec.former_defaults else _method_default(cfg, spec, name)
+            setattr(cfg, name, value)
     return cfg
 
 

@@ -495,6 +495,9 @@ class MethodSpec:
     build: (resolved config, classifier, runtime) -> Method.
     validate: extra checks on the resolved config (raise config.ConfigError).
     uses_sampling_op: whether it calls adt_fast.sample_and_entropy, so --backend applies.
+    former_defaults: for a setting of params whose default changed, the value a run whose
+        config.json has no entry for it ran with (it was written before the setting existed), so
+        that it resumes with its own objective (config.TrainConfig.from_record).
     """
 
     name: str
@@ -504,6 +507,7 @@ class MethodSpec:
     description: str = ""
     validate: Callable = lambda cfg: None
     uses_sampling_op: bool = False
+    former_defaults: dict = field(default_factory=dict)
 
 
 METHODS: dict = {}
@@ -537,6 +541,9 @@ def _check_spec(spec: MethodSpec) -> None:
         raise ValueError(f"MethodSpec {spec.name!r}: params names {', '.join(map(repr, unknown))}, which "
                          f"TrainConfig has no setting for; use those of config.METHOD_PARAMS "
                          f"({', '.join(METHOD_PARAMS)}), or add the field (docs/training.md, section 5)")
+    if not isinstance(spec.former_defaults, dict) or not set(spec.former_defaults) <= set(spec.params):
+        raise ValueError(f"MethodSpec {spec.name!r}: former_defaults must be a dict of setting name -> value "
+                         f"for settings its params name, got {spec.former_defaults!r}")
     if (not isinstance(spec.losses, (tuple, list)) or not spec.losses
             or not all(isinstance(loss, str) for loss in spec.losses)):
         raise ValueError(f"MethodSpec {spec.name!r}: losses must be a tuple of --loss values, got {spec.losses!r}")
