@@ -22,8 +22,10 @@ exactly once on the path generator -> classifier (on x_adv), so that one backwar
 The entropy term does not go through the classifier, so it is not reversed; it enters ``total``
 with a minus sign because the generator maximises it, and it has no effect on theta. For the
 TRADES variants the classifier's loss is trades_loss(model(reverse_gradient(x_adv)), model(x), y,
-beta): the clean term does not depend on phi, and the generator ascends beta * KL. L2L is the same
-with no entropy (lbd = 0). The authors' code does the same thing with a hook on x_adv.
+beta): the clean term does not depend on phi, and the generator ascends beta * KL + lbd * H. L2L is
+the same with no entropy (lbd = 0). The authors' code does the same thing with a hook on x_adv,
+which for their TRADES variants also divides by beta (KL + lambda * H): the trainer passes
+lbd = beta * lambda for that balance (docs/training.md, section 2a).
 """
 
 from __future__ import annotations

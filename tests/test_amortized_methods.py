@@ -121,7 +121,8 @@ def _manual(method, model, gen, q, x, y, cfg):
     else:
         loss = cross_entropy(model(x_adv), y).mean()
     grad = lambda out, net: torch.autograd.grad(out, _params(net), retain_graph=True)  # noqa: E731
-    lbd = cfg.lbd or 0.0
+    # with --loss trades beta * lambda by default: the authors' KL + lambda * H, times beta
+    lbd = (cfg.lbd or 0.0) * (cfg.beta if cfg.beta_scales_entropy else 1.0)
     g_model = grad(loss, model)
     g_gen = grad(loss + lbd * entropy.mean(), gen) if entropy is not None else grad(loss, gen)
     g_q = grad(lbd * entropy.mean(), q) if q is not None else None
@@ -472,7 +473,7 @@ def test_an_at_fgsm_run_from_before_clean_weight_resumes_adversarial_only(tmp_pa
     --clean-weight 0.5 instead of switching objective mid-run."""
     def cfg(out, epochs, **kw):
         return TrainConfig("at-fgsm", "synthetic", str(out), epochs=epochs, max_batches=2, batch_size=16,
-                           lr_drop=[], tensorboard=False, device="cpu", **kw)
+                           lr_drop=[], tensorboard=False, device="cpu", channels_last=False, **kw)
 
     fit(cfg(tmp_path / "straight", 2, clean_weight=0.0))
     old = tmp_path / "old"
@@ -484,6 +485,49 @@ def test_an_at_fgsm_run_from_before_clean_weight_resumes_adversarial_only(tmp_pa
     fit(cfg(old, 2, resume=True))
     assert json.loads((old / "config.json").read_text())["clean_weight"] == 0.0
     _same_state(tmp_path / "straight" / "checkpoint.pt", old / "checkpoint.pt")
+
+
+@pytest.mark.parametrize("method", ["adt-exp-am", "adt-imp-am"])
+def test_amortised_trades_variants_weigh_the_entropy_against_the_kl_by_default(method):
+    """The authors' TRADES variants (adt_expam.py, adt_impam.py up to 69294c5) divide the generator's
+    gradient through x_adv by beta and leave the entropy's alone: the generator ascends KL + lambda * H,
+    i.e. the backwarded entropy weight is beta * lambda. --no-beta-scales-entropy gives lambda; ADT_EXP
+    keeps lambda by default; with --loss ce the flag does not apply."""
+    def built(name, **kw):
+        cfg = TrainConfig(name, "synthetic", "unused", generator_width=4, lbd=0.5, **kw).resolve()
+        return cfg, build_method(cfg, build_model("small-cnn", 10, 3, 8), Runtime())
+
+    cfg, am_method = built(method, loss="trades", beta=4.0)
+    assert cfg.beta_scales_entropy is True and am_method.lbd == 2.0
+    assert built(method, loss="trades", beta=4.0, beta_scales_entropy=False)[1].lbd == 0.5
+    cfg, ce_method = built(method)
+    assert cfg.beta_scales_entropy is None and ce_method.lbd == 0.5
+    exp = TrainConfig("adt-exp", "synthetic", "unused", loss="trades", beta=4.0, lbd=0.5).resolve()
+    assert exp.beta_scales_entropy is False
+
+
+def test_an_amortised_trades_run_from_before_beta_scales_entropy_resumes_with_its_objective(tmp_path):
+    """A run written before --beta-scales-entropy existed ran CE + beta * KL + lambda * H: its
+    resume goes on with it (bit for bit the run with --no-beta-scales-entropy), not with today's
+    default, and refuses --beta-scales-entropy rather than switch objective mid-run."""
+    def cfg(out, epochs, **kw):
+        return TrainConfig("adt-imp-am", "synthetic", str(out), loss="trades", generator_width=4, epochs=epochs,
+                           max_batches=2, batch_size=16, lr_drop=[], tensorboard=False, device="cpu",
+                           channels_last=False, **kw)
+
+    fit(cfg(tmp_path / "straight", 2, beta_scales_entropy=False))
+    old = tmp_path / "old"
+    fit(cfg(old, 1, beta_scales_entropy=False))
+    _forget_setting(old, "beta_scales_entropy")
+    assert TrainConfig.load(old).beta_scales_entropy is False
+    with pytest.raises(ConfigError, match=r"--beta-scales-entropy true \(the run has false\)"):
+        fit(cfg(old, 2, beta_scales_entropy=True, resume=True))
+    fit(cfg(old, 2, resume=True))
+    assert json.loads((old / "config.json").read_text())["beta_scales_entropy"] is False
+    straight, resumed = _same_state(tmp_path / "straight" / "checkpoint.pt", old / "checkpoint.pt")
+    for name in ("generator", "q"):
+        for key, value in straight["modules"][name].items():
+            assert torch.equal(value, resumed["modules"][name][key]), (name, key)
 
 
 @pytest.mark.parametrize("former", [["clean_weight"], {"steps": 7}])

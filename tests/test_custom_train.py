@@ -274,7 +274,8 @@ def test_beta_scales_entropy_multiplies_lambda_by_beta(method):
         cfg, built = _method(method, loss="trades", beta=4.0, lbd=0.5, **kw)
         return built.perturbation.lbd if method == "adt-exp" else built.lbd
 
-    assert weight() == 0.5
+    assert weight() == (0.5 if method == "adt-exp" else 2.0)  # the amortised ones: the authors' balance
+    assert weight(beta_scales_entropy=False) == 0.5
     assert weight(beta_scales_entropy=True) == 2.0
     with pytest.raises(ConfigError, match="--beta-scales-entropy applies only with --loss trades"):
         _method(method, beta_scales_entropy=True)

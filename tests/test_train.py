@@ -623,8 +623,9 @@ LATER_SETTINGS = ("generator_grad", "beta_scales_entropy", "trades_inner", "imag
     ("trades", {"steps": 1}, {"trades_inner": "at-pgd"}),
     ("adt-exp", {"steps": 1, "samples": 1, "loss": "trades"}, {"beta_scales_entropy": False}),
     ("adt-exp-am", {"generator_width": 4}, {"generator_grad": "per-example"}),
-    ("adt-imp-am", {"generator_width": 4, "loss": "trades"}, {"generator_grad": "per-example",
-                                                              "beta_scales_entropy": False}),
+    # a run from before --beta-scales-entropy ran without it (today's default for adt-imp-am is on)
+    ("adt-imp-am", {"generator_width": 4, "loss": "trades", "beta_scales_entropy": False},
+     {"generator_grad": "per-example", "beta_scales_entropy": False}),
     ("l2l", {"generator_width": 4}, {"generator_grad": "per-example"}),
 ])
 def test_runs_older_than_a_setting_resume_with_its_default(tmp_path, method, settings, default):

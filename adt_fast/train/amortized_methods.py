@@ -6,10 +6,10 @@ the objective's pieces come from ``adt_fast.models.generators`` and ``adt_fast.a
 
     adt-exp-am    = Amortized(ExplicitGenerator)         + CEOuter()      lambda 0.01
     adt-exp-am --loss trades
-                  = Amortized(ExplicitGenerator)         + TradesOuter(beta)
+                  = Amortized(ExplicitGenerator)         + TradesOuter(beta)  weight beta * lambda
     adt-imp-am    = Amortized(ImplicitGenerator, q)      + CEOuter()      lambda 1.0, hinge 0.9
     adt-imp-am --loss trades
-                  = Amortized(ImplicitGenerator, q)      + TradesOuter(beta)
+                  = Amortized(ImplicitGenerator, q)      + TradesOuter(beta)  weight beta * lambda
     l2l           = Amortized(DirectGenerator)           + CEOuter()      no entropy
     at-fgsm       = LeastLikelyFGSM()                    + MixedCEOuter(c) clean weight c 0.5
                                                            (CEOuter() at c = 0; ComposedMethod)
@@ -223,10 +223,14 @@ class ALPOuter(OuterLoss):
 # Builders and registration
 # ------------------------------------------------------------------------------------------------
 GENERATOR_PARAMS = {"generator_lr": am.GENERATOR_LR, "generator_width": 256, "generator_grad": "per-example"}
-ADT_EXP_AM_PARAMS = {"lbd": am.EXP_AM_LAMBDA, "loss": "ce", "beta": 6.0, "beta_scales_entropy": False,
+# --loss trades: the generator ascends beta * (KL + lambda * H), lambda against the KL as in the
+# authors' TRADES variants (adt_expam.py, adt_impam.py up to 69294c5: the gradient through x_adv
+# divided by beta, the entropy's not). Runs recorded before the flag existed ran with it off.
+ADT_EXP_AM_PARAMS = {"lbd": am.EXP_AM_LAMBDA, "loss": "ce", "beta": 6.0, "beta_scales_entropy": True,
                      **GENERATOR_PARAMS}
 ADT_IMP_AM_PARAMS = {"lbd": am.IMP_AM_LAMBDA, "hinge": am.DEFAULT_HINGE, "loss": "ce", "beta": 6.0,
-                     "beta_scales_entropy": False, **GENERATOR_PARAMS}
+                     "beta_scales_entropy": True, **GENERATOR_PARAMS}
+AM_FORMER_DEFAULTS = {"beta_scales_entropy": False}
 ALP_PARAMS = {"steps": 7, "step_size": _pgd_step_size, "alp_weight": am.ALP_WEIGHT}
 
 
@@ -283,10 +287,11 @@ def _build_alp(cfg, model, rt):
 
 
 register_method(MethodSpec("adt-exp-am", _build_adt_exp_am, dict(ADT_EXP_AM_PARAMS), losses=("ce", "trades"),
-                           uses_sampling_op=True,
+                           uses_sampling_op=True, former_defaults=dict(AM_FORMER_DEFAULTS),
                            description="ADT_EXP-AM (Alg. 3): a generator outputs the explicit distribution, "
                                        "one sample, one simultaneous update"))
 register_method(MethodSpec("adt-imp-am", _build_adt_imp_am, dict(ADT_IMP_AM_PARAMS), losses=("ce", "trades"),
+                           former_defaults=dict(AM_FORMER_DEFAULTS),
                            description="ADT_IMP-AM (Alg. 4): a noise-driven generator and q-network, "
                                        "entropy lower bound, one simultaneous update"))
 register_method(MethodSpec("at-fgsm", _build_at_fgsm, {"clean_weight": am.AT_FGSM_CLEAN_WEIGHT},

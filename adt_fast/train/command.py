@@ -157,8 +157,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                        help="adt-exp: send the k samples through the classifier M at a time "
                             "(same result; default auto: measured at the start of the run)")
     inner.add_argument("--beta-scales-entropy", action=argparse.BooleanOptionalAction,
-                       help="ADT with --loss trades: inner objective CE + beta*(KL + lambda*H) instead of "
-                            "the default CE + beta*KL + lambda*H (docs/training.md)")
+                       help="ADT with --loss trades: inner objective CE + beta*(KL + lambda*H) (default for "
+                            "adt-exp-am, adt-imp-am: the authors' balance) or, with --no-beta-scales-entropy, "
+                            "CE + beta*KL + lambda*H (default for adt-exp) (docs/training.md)")
     inner.add_argument("--trades-inner", choices=TRADES_INNERS,
                        help="trades: at-pgd = T=7, step eps/4 (default, C.4's AT-PGD); trades-code = 10 "
                             "steps of 0.007 at eps 8/255 (TRADES' own code; the step scales with eps)")

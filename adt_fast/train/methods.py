@@ -594,10 +594,11 @@ def _pgd_step_size(cfg) -> float:
 def inner_entropy_weight(cfg) -> float:
     """lambda, or beta * lambda with --loss trades --beta-scales-entropy.
 
-    The ADT inner objective with the TRADES loss is CE + beta * KL + lambda * H by default, so
-    relative to the KL term the entropy weighs lambda / beta; --beta-scales-entropy makes it
-    CE + beta * (KL + lambda * H), the entropy weighing lambda against the KL as against CE
-    without TRADES (docs/training.md).
+    With the TRADES loss, --no-beta-scales-entropy (adt-exp's default) makes the ADT inner
+    objective CE + beta * KL + lambda * H, so relative to the KL term the entropy weighs
+    lambda / beta; --beta-scales-entropy (the amortised methods' default, the authors' balance)
+    makes it CE + beta * (KL + lambda * H), the entropy weighing lambda against the KL as against
+    CE without TRADES (docs/training.md, section 2a).
     """
     return cfg.lbd * cfg.beta if cfg.loss == "trades" and cfg.beta_scales_entropy else cfg.lbd
 
