@@ -376,6 +376,20 @@ def test_a_wrong_factory_named_for_a_factory_run_blames_model(run, tmp_path, cap
     assert "was built by the factory 'external_models:sized(4)', not 'external_models:sized(5)'" in err, err
 
 
+def test_a_factory_that_cannot_be_imported_for_its_checkpoint_blames_model(tmp_path, capsys):
+    """The checkpoint names the factory given, whose module is gone: --model is what to fix."""
+    config = {"arch": "no_such_module_xyz:build", "num_classes": 10, "in_channels": 3, "image_size": 8}
+    path = ckpt.save_atomic({"model_config": config, "model": external_models.build().state_dict()},
+                            tmp_path / "model.pt")
+    code = main(["eval", "--checkpoint", str(path), "--model", "no_such_module_xyz:build", "--dataset", "synthetic",
+                 "--attacks", "fgsm", "--out", str(tmp_path / "e.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("adt-fast eval: error: --model: "), err
+    assert "cannot import 'no_such_module_xyz'" in err, err
+    with pytest.raises(ckpt.FactoryFailed, match="factory 'no_such_module_xyz:build' cannot build the classifier"):
+        adt_fast.load_model(path, factory="no_such_module_xyz:build")
+
+
 def test_same_spec_compares_the_calls_specs_name():
     """Spacing and the order of keyword arguments do not change the call; positional against
     keyword does (that depends on the factory)."""

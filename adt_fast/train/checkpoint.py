@@ -35,6 +35,12 @@ class WrongFactory(CheckpointError):
     """The factory named to load a checkpoint is not the one that built its classifier."""
 
 
+class FactoryFailed(WrongFactory):
+    """The factory named to load a checkpoint is the one that built its classifier but cannot build
+    it here (its module does not import, calling it fails): as for WrongFactory, what to fix is the
+    factory named (eval's --model), not the file."""
+
+
 def save_atomic(payload: dict, path: PathLike) -> Path:
     """torch.save to `path` through a temporary file and an atomic rename."""
     path = Path(path)
@@ -155,8 +161,8 @@ def read_model(path: PathLike, device: Union[str, torch.device] = "cpu",
     try:
         model = build_classifier(**model_config)
         load_state_into(model, payload["model"], "the classifier")
-    except ExternalModelError as err:
-        raise CheckpointError(f"the classifier of {path} cannot be built: {err}") from None
+    except ExternalModelError as err:  # only a factory named as `factory` raises it (_check_factory)
+        raise FactoryFailed(f"the factory {factory!r} cannot build the classifier of {path}: {err}") from None
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint {path} does not hold a usable model ({err})") from None
     config = payload.get("config")
