@@ -129,6 +129,25 @@ def test_a_classifier_of_another_number_of_classes_is_one_line(runs, tmp_path):
     assert "\n" not in str(refused.value)
 
 
+def test_sparse_classifier_weights_name_the_first_tensor_and_what_is_wrong(runs, tmp_path):
+    """torch's message was cut to its heading, "Error(s) in loading state_dict for Classifier:"."""
+    def edit(payload):
+        payload["model"] = {k: v.to_sparse() if v.is_floating_point() else v for k, v in payload["model"].items()}
+    run = _edited(runs, tmp_path, "standard", edit)
+    why = (r"the weights for the classifier do not fit: body.0.weight must be a dense tensor, got a "
+           r"torch.sparse_coo one; convert it with .to_dense\(\) \(\d+ more tensors cannot be loaded either\)")
+    _refused_resume(run, "standard", why)
+    with pytest.raises(ckpt.CheckpointError, match=why):
+        load_model(run)
+
+
+def test_weights_torch_cannot_read_give_its_first_complaint_not_its_heading():
+    from adt_fast.models.external import load_fitting
+
+    why = load_fitting(torch.nn.Linear(2, 2), {"weight": [[1.0, 2.0], [3.0, 4.0]], "bias": torch.zeros(2)})
+    assert why.startswith('While copying the parameter named "weight"') and "list" in why, why
+
+
 @pytest.mark.parametrize("image_size", [8.0, None])
 def test_a_generator_image_size_that_is_not_an_int_or_pair_is_refused_by_name(image_size):
     """8.0 and None were a TypeError ("'float' object is not iterable") naming nothing."""

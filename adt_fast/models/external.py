@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..checks import unreadable_tensor_problem
 from ..files import zip_damage
 from .classifiers import Classifier, build_model
 from .modes import module_mode
@@ -233,23 +234,39 @@ def load_fitting(module: nn.Module, state: Any) -> Optional[str]:
         module.load_state_dict(state)
     except RuntimeError as err:
         tensors = isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
-        return (_misfit(module, state) if tensors else "") or str(err).strip().splitlines()[0]
+        return (_misfit(module, state) if tensors else "") or _first_complaint(err)
     return None
 
 
 def _misfit(model: nn.Module, state: dict) -> str:
-    """What differs between the weights and the model, in one line."""
+    """What differs between the weights and the model, in one line: keys missing or unexpected,
+    shapes that differ, tensors whose values cannot be copied in (sparse, meta, ...)."""
     wanted = model.state_dict()
+    unloadable = {k: problem for k in wanted if k in state and (problem := unreadable_tensor_problem(state[k]))}
     missing = [k for k in wanted if k not in state]
     unexpected = [k for k in state if k not in wanted]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(wanted[k].shape)}" for k in wanted
-              if k in state and state[k].shape != wanted[k].shape]
+              if k in state and k not in unloadable and state[k].shape != wanted[k].shape]  # a nested one has none
     parts = []
     for label, names in (("missing", missing), ("unexpected", unexpected), ("shape differs", shapes)):
         if names:
             more = f" and {len(names) - 3} more" if len(names) > 3 else ""
             parts.append(f"{len(names)} {label} ({', '.join(names[:3])}{more})")
+    if unloadable:  # last: its advice holds a "; " of its own
+        first, problem = next(iter(unloadable.items()))
+        more = f" ({len(unloadable) - 1} more tensors cannot be loaded either)" if len(unloadable) > 1 else ""
+        parts.append(f"{first} {problem}{more}")
     return "; ".join(parts)
+
+
+def _first_complaint(err: RuntimeError) -> str:
+    """torch's first complaint about a state dict: its message heads one line per key with
+    "Error(s) in loading state_dict for NAME:", which alone says nothing."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+        return f"{lines[1]}{more}"
+    return lines[0] if lines else type(err).__name__
 
 
 def load_weights(model: nn.Module, path: Union[str, os.PathLike]) -> None:
