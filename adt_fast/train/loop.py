@@ -368,7 +368,7 @@ def _without_checkpoint(run_dir: Path) -> str:
     if not readable:
         return "start a new run in another --out"
     latest, newest = run_dir / ckpt.LATEST, run_dir / readable[-1]
-    return f"to go on from the newest snapshot, copy it: cp {shlex.quote(str(newest))} {shlex.quote(str(latest))}"
+    return f"to go on from the newest snapshot, copy it: cp {shell_path(newest)} {shell_path(latest)}"
 
 
 def _snapshots(run_dir: Path) -> list:
@@ -447,12 +447,12 @@ def clear_for_resume(run_dir: Path, trains_on: bool) -> None:
     if retire:
         runlog.say(f"removed {final}, written when the run last ended: until this run ends, "
                    f"{run_dir / ckpt.LATEST} holds the newest model (what eval --checkpoint "
-                   f"{shlex.quote(str(run_dir))} reads)")
+                   f"{shell_path(run_dir)} reads)")
 
 
 def _how_to_go_on(run_dir: Path) -> Optional[str]:
     """What a run cut short kept, and the command that goes on from it (None: nothing was written)."""
-    resume = f"adt-fast train --resume --out {shlex.quote(str(run_dir))}"
+    resume = f"adt-fast train --resume --out {shell_path(run_dir)}"
     if (run_dir / ckpt.LATEST).is_file():
         return f"{run_dir / ckpt.LATEST} (the last completed epoch) is intact; continue with: {resume}"
     if (run_dir / CONFIG_FILE).is_file():
@@ -680,8 +680,16 @@ def eval_command(run_dir: Path, source: dict, epsilon: Optional[float] = None,
     factory = f" --model {shlex.quote(arch)}" if arch is not None and is_factory_spec(arch) else ""
     dataset = {"named": f" --dataset {source.get('name')}", "arrays": " --dataset DATA"}.get(source["kind"], "")
     budget = f" --epsilon {_budget_text(epsilon)}" if epsilon is not None and epsilon != dataset_epsilon else ""
-    return (f"adt-fast eval --checkpoint {shlex.quote(str(run_dir))}{factory}{dataset}{budget} "
-            f"--out {shlex.quote(str(run_dir / 'report.json'))}")
+    return (f"adt-fast eval --checkpoint {shell_path(run_dir)}{factory}{dataset}{budget} "
+            f"--out {shell_path(run_dir / 'report.json')}")
+
+
+def shell_path(path: Path) -> str:
+    """A path as one word of a printed command that reads it back: quoted for the shell (spaces,
+    quotes), and a relative one that starts with '-' as ./-name, which argparse and cp would
+    otherwise take for an option (pathlib drops a leading ./, so it is added to the text)."""
+    text = str(path)
+    return shlex.quote(f"./{text}" if text.startswith("-") else text)
 
 
 def _budget_text(epsilon: float) -> str:
