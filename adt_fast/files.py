@@ -3,9 +3,11 @@
 `write_atomic` writes a temporary file in the target's folder, flushes and fsyncs it, and renames
 it over the target, so a reader (or a kill at any moment) sees the old file or the new one, never
 half of one; only a kill during the write leaves its temporary file, which
-`remove_atomic_leftovers` clears. `unwritable_reason` and `make_writable_dir` let a command check
-where its results will go before it spends hours computing them. `lock_folder` keeps two
-processes from writing the same folder at once, or makes the second wait for the first.
+`remove_atomic_leftovers` clears. That rename replaces a link: `link_target` names the file to
+write instead, to write through it, and `broken_link_reason` says when there is none.
+`unwritable_reason` and `make_writable_dir` let a command check where its results will go before
+it spends hours computing them. `lock_folder` keeps two processes from writing the same folder
+at once, or makes the second wait for the first.
 `zip_damage` checks what was written when it is read back (torch.load checks no CRC-32s).
 """
 
@@ -163,13 +165,30 @@ def unwritable_reason(folder: PathLike) -> Optional[str]:
     still turns the OSError of a later write into a clean error.
     """
     existing = _nearest_existing(folder)
-    if not existing.exists():  # mkdir would meet the link: "File exists", naming no target
-        return f"{existing} is a link to {os.readlink(existing)}, which does not exist"
+    broken = broken_link_reason(existing)  # mkdir would meet it: "File exists", naming no target
+    if broken is not None:
+        return broken
     if not existing.is_dir():
         return f"{existing} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{existing} is not writable"
     return None
+
+
+def broken_link_reason(path: PathLike) -> Optional[str]:
+    """Why nothing can be written through `path`: it is a link to nothing (an unmounted disk, a
+    moved or deleted target), named with where it points; None for anything else. A folder would
+    meet it in mkdir ("File exists"), a file's rename would replace the link with a file."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"{path} is a link to {os.readlink(path)}, which does not exist"
+    return None
+
+
+def link_target(path: PathLike) -> Path:
+    """The file that writing `path` should replace: `path` itself, or the file its link (through
+    any chain of links) points to, so that a file written through a link keeps the link. Pass it
+    to write_atomic, whose rename would otherwise replace the link itself."""
+    return Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
 
 
 def make_writable_dir(folder: PathLike) -> Path:

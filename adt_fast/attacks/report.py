@@ -19,7 +19,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..files import ATOMIC_SUFFIX, atomic_name_limit, make_writable_dir, os_error_text, write_atomic
+from ..files import (ATOMIC_SUFFIX, atomic_name_limit, broken_link_reason, link_target, make_writable_dir,
+                     os_error_text, unwritable_reason, write_atomic)
 from .suite import PAPER_ATTACKS, PAPER_CW_STEPS, PAPER_FEATURE_TARGETS, label, pgd_steps
 
 PathLike = Union[str, os.PathLike]
@@ -315,9 +316,11 @@ class Report:
         """Write REPORT.json, REPORT.csv and (plot=True) REPORT.png; returns the paths written.
 
         The paths are checked first (:func:`report_paths`), and all three files are rendered before
-        the first is written, each atomically. Without matplotlib the PNG is skipped with a
-        warning: the attacks' results are never lost. An earlier report's PNG is removed when no
-        PNG is written, so the plot beside a report is always its own.
+        the first is written, each atomically. One that is a link is written through: the file it
+        points to is replaced, in that file's folder, and the link kept. Without matplotlib the PNG
+        is skipped with a warning: the attacks' results are never lost. An earlier report's PNG is
+        removed when no PNG is written (a link to one, with the file it points to), so the plot
+        beside a report is always its own.
         """
         json_path, csv_path, png_path = report_paths(path, protect)
         staged = {json_path: self.json_text().encode(), csv_path: self.csv_text().encode()}
@@ -334,13 +337,15 @@ class Report:
         try:
             for target, data in staged.items():
                 try:
-                    write_atomic(target, lambda handle, data=data: handle.write(data))
+                    write_atomic(link_target(target), lambda handle, data=data: handle.write(data))
                 except OSError as err:  # a full disk: say which files of the set are there
                     kept = f"; {', '.join(map(str, written))} written before it" if written else ""
                     raise OSError(f"{target}: {os_error_text(err)}{kept}") from None
                 written.append(target)
             if png_path not in staged and png_path.exists():
-                png_path.unlink()  # an earlier report's plot (report_paths checked), no longer this one's
+                # an earlier report's plot (report_paths checked), no longer this one's
+                link_target(png_path).unlink()
+                png_path.unlink(missing_ok=True)  # and a link to it, which would now lead nowhere
         except KeyboardInterrupt as stop:
             raise SaveInterrupted(written, [target for target in staged if target not in written], stop) from None
         return tuple(staged)
@@ -466,7 +471,9 @@ def report_paths(path: PathLike, protect: Sequence[PathLike] = ()) -> Tuple[Path
     The name must end in .json. Each of the three may replace only an earlier report of its own
     kind (a JSON report, the report CSV's header, a PNG carrying the report's mark), never another
     file and never one of `protect` (the checkpoints being evaluated): ValueError or
-    FileExistsError say which and why.
+    FileExistsError say which and why. Each may be a link, which Report.save writes through, to
+    such a report in a folder it can write (else PermissionError), but not a link to nothing
+    (FileNotFoundError): its rename would replace the link with a file.
     """
     path = Path(path)
     if path.name.lower() == ".json":  # a dot file to pathlib, with no suffix to replace
@@ -474,9 +481,17 @@ def report_paths(path: PathLike, protect: Sequence[PathLike] = ()) -> Tuple[Path
     if path.suffix.lower() != ".json":
         raise ValueError(f"{path} must name the JSON report, ending in .json (REPORT.csv and "
                          f"REPORT.png are written beside it)")
-    _check_name_length(path)
     paths = (path, path.with_suffix(".csv"), path.with_suffix(".png"))
     for target in paths:
+        broken = broken_link_reason(target)
+        if broken is not None:
+            raise FileNotFoundError(f"cannot write the report ({broken})")
+        written = link_target(target)
+        _check_name_length(written)
+        if written != target:
+            unwritable = unwritable_reason(written.parent)
+            if unwritable is not None:
+                raise PermissionError(f"cannot write the report through the link {target} ({unwritable})")
         if target.is_dir():
             raise FileExistsError(f"{target} is a directory")
         if not target.exists():

@@ -1,0 +1,106 @@
+"""Findings of a user-level review of `adt-fast eval` and its report: --out through links, a report
+whose every attack was skipped, a randomised model, and examples that cover few classes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from adt_fast import files
+from adt_fast.attacks import Report
+from adt_fast.attacks.report import report_paths
+from adt_fast.cli import main
+from adt_fast.models import build_model
+from adt_fast.train.checkpoint import save_atomic
+
+
+def _report(n_examples: int = 8) -> Report:
+    return Report(natural_accuracy=0.75, robust_accuracy={"fgsm": 0.625}, worst_case_accuracy=0.5,
+                  n_examples=n_examples, epsilon=8 / 255, warnings=[], attacks={"fgsm": {"steps": 1}})
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 10, 3, 8)
+    return save_atomic({"model_config": model.config, "model": model.state_dict()},
+                       tmp_path_factory.mktemp("eval") / "model.pt")
+
+
+def _eval(checkpoint, out, *flags) -> int:
+    return main(["eval", "--checkpoint", str(checkpoint), "--dataset", "synthetic", "--n-examples", "4",
+                 "--attacks", "fgsm", "--epsilon-curve", "", *flags, "--out", str(out)])
+
+
+# ------------------------------------------------------------------ F1: --out through links
+def test_a_report_through_a_link_replaces_the_file_linked_to_and_keeps_the_link(tmp_path):
+    """The earlier-report check read through the link while the rename replaced the link itself:
+    the shared report it pointed to kept the old results."""
+    shared = tmp_path / "shared"
+    _report(n_examples=8).save(shared / "latest.json")
+    for suffix in (".json", ".csv"):  # the PNG beside it is no link: it is written as a file
+        (tmp_path / f"lk{suffix}").symlink_to(shared / f"latest{suffix}")
+    written = _report(n_examples=30).save(tmp_path / "lk.json")
+    assert [path.name for path in written] == ["lk.json", "lk.csv", "lk.png"]
+    assert (tmp_path / "lk.json").is_symlink() and (tmp_path / "lk.csv").is_symlink()
+    assert json.loads((shared / "latest.json").read_text())["n_examples"] == 30
+    assert (shared / "latest.csv").read_text() == _report(n_examples=30).csv_text()
+    assert not (tmp_path / "lk.png").is_symlink() and (tmp_path / "lk.png").is_file()
+    assert sorted(p.name for p in shared.iterdir()) == ["latest.csv", "latest.json", "latest.png"]
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv", ".png"])
+def test_a_link_to_nothing_among_the_reports_files_is_refused_before_writing(tmp_path, suffix):
+    """The rename turned a link to nothing into a file, silently; train's --out refuses such a link."""
+    link = tmp_path / f"r{suffix}"
+    link.symlink_to(tmp_path / "gone" / f"latest{suffix}")
+    with pytest.raises(FileNotFoundError, match=f"{link} is a link to .*gone.*, which does not exist"):
+        report_paths(tmp_path / "r.json")
+    with pytest.raises(FileNotFoundError):
+        _report().save(tmp_path / "r.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [link.name] and link.is_symlink()
+
+
+def test_a_link_to_an_earlier_plot_goes_with_it_when_no_plot_is_written(tmp_path):
+    _report().save(tmp_path / "shared" / "latest.json")
+    (tmp_path / "lk.png").symlink_to(tmp_path / "shared" / "latest.png")
+    _report().save(tmp_path / "lk.json", plot=False)
+    assert not os.path.lexists(tmp_path / "lk.png") and not (tmp_path / "shared" / "latest.png").exists()
+
+
+def test_a_link_to_another_file_is_refused_as_the_file_is(tmp_path):
+    (tmp_path / "mine.json").write_text("{}")
+    (tmp_path / "lk.json").symlink_to(tmp_path / "mine.json")
+    with pytest.raises(FileExistsError, match="not an earlier adt_fast report"):
+        report_paths(tmp_path / "lk.json")
+
+
+def test_broken_link_reason_and_link_target(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "one").symlink_to(tmp_path / "file")
+    (tmp_path / "two").symlink_to(tmp_path / "one")
+    (tmp_path / "dangling").symlink_to("nowhere")
+    assert files.link_target(tmp_path / "two") == tmp_path / "file"
+    assert files.link_target(tmp_path / "file") == tmp_path / "file"
+    assert files.broken_link_reason(tmp_path / "two") is None
+    assert files.broken_link_reason(tmp_path / "absent") is None
+    assert files.broken_link_reason(tmp_path / "dangling") == (
+        f"{tmp_path / 'dangling'} is a link to nowhere, which does not exist")
+
+
+def test_eval_writes_through_an_out_link_and_refuses_one_to_nothing(checkpoint, tmp_path, capsys):
+    shared = tmp_path / "shared"
+    assert _eval(checkpoint, shared / "latest.json", "--n-examples", "2") == 0
+    (tmp_path / "lk.json").symlink_to(shared / "latest.json")
+    assert _eval(checkpoint, tmp_path / "lk.json") == 0
+    assert (tmp_path / "lk.json").is_symlink()
+    assert json.loads((shared / "latest.json").read_text())["n_examples"] == 4
+    (tmp_path / "dl.json").symlink_to(tmp_path / "nothere.json")
+    capsys.readouterr()
+    assert _eval(checkpoint, tmp_path / "dl.json") == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and f"{tmp_path / 'dl.json'} is a link to" in err and "which does not exist" in err
+    assert (tmp_path / "dl.json").is_symlink() and not (tmp_path / "dl.csv").exists()
