@@ -75,6 +75,23 @@ def test_an_epoch_that_is_not_a_whole_number_is_refused(runs, tmp_path, epoch):
     _refused_resume(run, "standard", r"its epoch \(the epochs finished\) must be a whole number >= 0, got ")
 
 
+def test_an_epoch_past_the_runs_epochs_is_refused_where_the_checkpoint_is_read(runs, tmp_path):
+    """eval reported such a file's model as "after 5 of 1 epochs"."""
+    def edit(payload):
+        payload["epoch"], payload["history"] = 5, payload["history"] * 5
+    run = _edited(runs, tmp_path, "standard", edit)
+    why = r"its epoch \(the epochs finished\) is 5, past the 1 epochs its run config records"
+    _refused_resume(run, "standard", why)
+    with pytest.raises(ckpt.CheckpointError, match=f"contradicts itself: {why}") as refused:
+        load_model(run)
+    assert str(run / ckpt.LATEST) in str(refused.value)
+
+
+def test_a_negative_epoch_is_not_reported_as_what_trained_the_model(runs, tmp_path):
+    run = _edited(runs, tmp_path, "standard", lambda p: p.__setitem__("epoch", -1))
+    assert ckpt.read_model(run)[1] == {"method": "standard", "epochs": 1}
+
+
 def test_a_checkpoint_without_random_states_is_refused(runs, tmp_path):
     """It was a KeyError traceback."""
     run = _edited(runs, tmp_path, "standard", lambda p: p.pop("rng"))

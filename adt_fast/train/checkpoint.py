@@ -165,13 +165,29 @@ def read_model(path: PathLike, device: Union[str, torch.device] = "cpu",
         raise FactoryFailed(f"the factory {factory!r} cannot build the classifier of {path}: {err}") from None
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint {path} does not hold a usable model ({err})") from None
-    config = payload.get("config")
-    found = {"method": payload.get("method"), "epoch": payload.get("epoch"),
-             "epochs": config.get("epochs") if isinstance(config, dict) else None}
-    kinds = {"method": str, "epoch": int, "epochs": int}
-    trained = {key: value for key, value in found.items()
-               if isinstance(value, kinds[key]) and not isinstance(value, bool)}
+    past = _epoch_past_total(payload)
+    if past is not None:
+        raise CheckpointError(f"checkpoint {path} contradicts itself: {past}")
+    found = {"method": payload.get("method"), "epoch": payload.get("epoch"), "epochs": _recorded_epochs(payload)}
+    usable = {"method": lambda value: isinstance(value, str), "epoch": _is_epoch_count, "epochs": _is_epoch_count}
+    trained = {key: value for key, value in found.items() if usable[key](value)}
     return model.to(device).eval(), trained
+
+
+def _recorded_epochs(payload: dict) -> Any:
+    """The epochs of the run a checkpoint records in its config (None where it records none)."""
+    config = payload.get("config")
+    return config.get("epochs") if isinstance(config, dict) else None
+
+
+def _epoch_past_total(payload: dict) -> Optional[str]:
+    """Why a checkpoint's count of finished epochs cannot be its run's, or None: training never
+    saves a count past the run's epochs (a resume that trains longer records its new total), so
+    only a hand's edit makes one, and a report would say "after 5 of 2 epochs"."""
+    epoch, total = payload.get("epoch"), _recorded_epochs(payload)
+    if _is_epoch_count(epoch) and _is_epoch_count(total) and epoch > total:
+        return f"its epoch (the epochs finished) is {epoch}, past the {total} epochs its run config records"
+    return None
 
 
 def load_state_into(module: torch.nn.Module, state: Any, what: str) -> None:
@@ -227,12 +243,15 @@ def load_method_state(method, state: Any) -> None:
 
 def training_progress(payload: dict) -> tuple[int, list]:
     """The epochs a checkpoint has finished and their metrics records, checked before a resume goes
-    on from them: a count that is not one (_is_epoch_count) or a history that is not one record (a
-    dict) per finished epoch (metrics.jsonl is rewritten from it) is a ValueError, raised before
-    the run directory is touched."""
+    on from them: a count that is not one (_is_epoch_count) or is past its run's epochs
+    (_epoch_past_total), or a history that is not one record (a dict) per finished epoch
+    (metrics.jsonl is rewritten from it) is a ValueError, raised before the run directory is touched."""
     epoch, history = payload.get("epoch"), payload.get("history")
     if not _is_epoch_count(epoch):
         raise ValueError(f"its epoch (the epochs finished) must be a whole number >= 0, got {epoch!r}")
+    past = _epoch_past_total(payload)
+    if past is not None:
+        raise ValueError(past)
     if not isinstance(history, list):
         raise ValueError(f"its history (the metrics records) must be a list, got a {type(history).__name__}")
     if len(history) != epoch:
