@@ -40,3 +40,40 @@ def test_the_printed_resume_command_reads_a_run_folder_that_starts_with_a_dash(t
     note = loop.interrupted_message(loop.Path("-dash"))
     command = note.split("adt-fast ", 1)[1].split(" starts it again")[0]
     assert build_parser().parse_args(shlex.split(command)).out == "./-dash"
+
+
+def _cifar10_run(root, capsys, data_dir="fakedata", *flags):
+    """A standard run (cf) on a fake CIFAR-10 in root/fakedata, given as `data_dir`; its printed eval command."""
+    from test_data_files import _cifar10  # torchvision's CIFAR-10 layout
+
+    _cifar10(root / "fakedata")
+    assert main(["train", "--method", "standard", "--dataset", "cifar10", "--data-dir", data_dir, "--arch",
+                 "small-cnn", "--epochs", "1", "--no-tensorboard", "--device", "cpu", "--out", "cf", *flags]) == 0
+    return _printed_eval_command(capsys.readouterr().out)
+
+
+def test_eval_reads_the_run_s_dataset_from_the_run_s_data_dir(tmp_path, monkeypatch, capsys):
+    """eval --checkpoint RUN looked for the run's CIFAR-10 in the default folder, and the command
+    the run printed did not name its --data-dir."""
+    monkeypatch.chdir(tmp_path)
+    folder = str(tmp_path / "fakedata")
+    command = _cifar10_run(tmp_path, capsys, folder)
+    assert command == ["eval", "--checkpoint", "cf", "--dataset", "cifar10", "--data-dir", folder,
+                       "--out", "cf/report.json"]
+    assert main([*command, "--device", "cpu", *QUICK_EVAL]) == 0
+    capsys.readouterr()
+    for dataset in (["--dataset", "cifar10"], []):  # given, or taken from the run
+        assert main(["eval", "--checkpoint", "cf", *dataset, "--out", "cf/again.json", "--device", "cpu",
+                     *QUICK_EVAL]) == 0
+        assert f"data: cifar10 from {folder} (the run's --data-dir, recorded in cf/config.json)" in \
+            capsys.readouterr().err
+
+
+def test_an_explicit_data_dir_wins_over_the_run_s(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _cifar10_run(tmp_path, capsys)
+    (tmp_path / "empty").mkdir()
+    assert main(["eval", "--checkpoint", "cf", "--data-dir", "empty", "--out", "cf/r.json", "--device", "cpu",
+                 *QUICK_EVAL]) == 2
+    err = capsys.readouterr().err
+    assert "not found in empty/cifar-10-batches-py" in err and "the run's --data-dir" not in err

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import shlex
 import sys
@@ -385,6 +386,7 @@ def _dataset(args, checkpoint: Optional[Path]):
             _note(f"data: {loaded.info.name} (from {run_dir / SOURCE_FILE}, content hash checked)")
             return loaded.info, lambda: loaded.test, None
         name = record["name"] if name is None else name
+        data_dir = _data_dir(args.data_dir, run_dir, name)
         problem = resize_problem(name, args.image_size)
         if problem is not None:
             raise EvalError("--image-size", problem)
@@ -395,7 +397,7 @@ def _dataset(args, checkpoint: Optional[Path]):
             image_size = args.image_size
             if image_size is None and same:
                 image_size = record.get("resize")
-            data = open_test_split(name, image_size=image_size, data_dir=args.data_dir, download=args.download)
+            data = open_test_split(name, image_size=image_size, data_dir=data_dir, download=args.download)
             return data.info(data.fewest_classes), lambda: data.test, data.info
     except DatasetSpecError as err:
         raise EvalError("--dataset", str(err)) from None
@@ -404,11 +406,31 @@ def _dataset(args, checkpoint: Optional[Path]):
 
     def test_split():
         try:
-            return load(name, "test", data_dir=args.data_dir, download=args.download)
+            return load(name, "test", data_dir=data_dir, download=args.download)
         except (DatasetFileError, DownloadError, ChecksumError, FileNotFoundError, ImportError) as err:
             hint = "" if args.download or isinstance(err, ImportError) else " (pass --download to fetch it)"
             raise EvalError("--dataset/--data-dir", f"cannot read the {name} test split: {err}{hint}") from None
     return dataset_info(name), test_split, None
+
+
+def _data_dir(given: Optional[str], run_dir: Optional[Path], name: str) -> Optional[str]:
+    """Where the files of `name` are read from: --data-dir; without it, for the run's own dataset,
+    the --data-dir the run read it from (its config.json's data_dir), as eval takes the dataset
+    from the run, and says so. None (the default folder) for another dataset, a run that read the
+    default folder, or a checkpoint without a readable config.json beside it."""
+    from ..train.config import CONFIG_FILE
+
+    if given is not None or run_dir is None:
+        return given
+    try:
+        recorded = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    data_dir = recorded.get("data_dir") if isinstance(recorded, dict) and recorded.get("dataset") == name else None
+    if not isinstance(data_dir, str) or not data_dir:
+        return None
+    _note(f"data: {name} from {data_dir} (the run's --data-dir, recorded in {run_dir / CONFIG_FILE})")
+    return data_dir
 
 
 def _check_recorded_size(image_size: Optional[int], record: dict) -> None:

@@ -673,12 +673,16 @@ def _check_two_examples(cfg: TrainConfig, num_train: int, world: World, networks
 
 
 def eval_command(run_dir: Path, source: dict, epsilon: Optional[float] = None,
-                 dataset_epsilon: Optional[float] = None, arch: Optional[str] = None) -> str:
+                 dataset_epsilon: Optional[float] = None, arch: Optional[str] = None,
+                 data_dir: Optional[str] = None) -> str:
     """How to evaluate the run; eval finds your own files from dataset.json by itself. eval's
     budget defaults to the dataset's, so a run trained at another `epsilon` names its own; a
-    classifier built by a factory (`arch`) is loaded only with its factory named."""
+    classifier built by a factory (`arch`) is loaded only with its factory named; a named
+    dataset read from the run's `data_dir` is read from there."""
     factory = f" --model {shlex.quote(arch)}" if arch is not None and is_factory_spec(arch) else ""
     dataset = {"named": f" --dataset {source.get('name')}", "arrays": " --dataset DATA"}.get(source["kind"], "")
+    if data_dir is not None and source["kind"] == "named":
+        dataset += f" --data-dir {shell_path(Path(data_dir))}"
     budget = f" --epsilon {_budget_text(epsilon)}" if epsilon is not None and epsilon != dataset_epsilon else ""
     return (f"adt-fast eval --checkpoint {shell_path(run_dir)}{factory}{dataset}{budget} "
             f"--out {shell_path(run_dir / 'report.json')}")
@@ -942,4 +946,4 @@ def _train(trainer: Trainer, dataset: datasets.LoadedDataset, resumed: bool) -> 
             final = ckpt.save_atomic(trainer.final_payload(), run_dir / ckpt.FINAL_MODEL)
         say(f"model saved to {final}")
         say(f"evaluate it with:\n  "
-            f"{eval_command(run_dir, dataset.source, cfg.epsilon, dataset.info.epsilon, cfg.arch)}")
+            f"{eval_command(run_dir, dataset.source, cfg.epsilon, dataset.info.epsilon, cfg.arch, cfg.data_dir)}")
