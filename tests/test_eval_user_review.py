@@ -8,9 +8,10 @@ import os
 
 import pytest
 import torch
+from torch import nn
 
 from adt_fast import files
-from adt_fast.attacks import Report
+from adt_fast.attacks import Report, evaluate
 from adt_fast.attacks.report import report_paths
 from adt_fast.cli import main
 from adt_fast.models import build_model
@@ -104,3 +105,40 @@ def test_eval_writes_through_an_out_link_and_refuses_one_to_nothing(checkpoint, 
     err = capsys.readouterr().err
     assert "--out" in err and f"{tmp_path / 'dl.json'} is a link to" in err and "which does not exist" in err
     assert (tmp_path / "dl.json").is_symlink() and not (tmp_path / "dl.csv").exists()
+
+
+def _linear(classes: int = 10) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, classes)).eval()
+
+
+def _data(n: int = 10, classes: int = 10):
+    x = torch.rand(n, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    return x, torch.arange(n) % classes
+
+
+# ------------------------------------------------------------------ F2: no attack ran
+def test_a_report_whose_every_attack_was_skipped_claims_no_robust_accuracy(tmp_path):
+    """FeaAttack alone on a model without .features: Arob printed the natural accuracy (100 % on a
+    correct example) as "worst case over ... every attack run ()"."""
+    x, y = _data()
+    report = evaluate(_linear(), x, y, attacks="feature", epsilon_curve=())
+    assert report.skipped and not report.robust_accuracy
+    assert report.worst_case_accuracy is None and "worst_case" not in report.correct
+    assert any(w.startswith("no attack ran, so there is no robust accuracy") for w in report.warnings)
+    lines = report.table().splitlines()
+    assert lines[2].split()[-1] == "n/a"
+    assert "Arob: n/a, since no attack ran (each one asked for was skipped)" in report.table()
+    paths = report.save(tmp_path / "r.json")
+    data = json.loads(paths[0].read_text())
+    assert data["worst_case_accuracy"] is None and data["worst_case_over"] == []
+    assert "summary,worst_case,,0.0313725,,,\n" in paths[1].read_text()
+    report.save(tmp_path / "r.json")  # it is an earlier report, to be replaced
+
+
+def test_a_report_where_an_attack_ran_keeps_its_worst_case():
+    x, y = _data()
+    report = evaluate(_linear(), x, y, attacks="fgsm,feature", epsilon_curve=())
+    assert "feature" in report.skipped and report.worst_case_accuracy is not None
+    assert not any(w.startswith("no attack ran") for w in report.warnings)
+    assert "Arob: worst case over the natural input and every attack run (FGSM)" in report.table()

@@ -271,7 +271,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
 
     natural_mask = torch.cat(natural)
     correct = {name: torch.cat(parts) for name, parts in masks.items()}
-    worst = worst_case(natural_mask, correct)
+    worst = worst_case(natural_mask, correct) if correct else None  # no attack ran: no worst case
     zero_count, nonfinite_count = int(torch.cat(zero_grad).sum()), int(torch.cat(nonfinite_grad).sum())
     bad_count = int(torch.cat(bad_logits).sum())
 
@@ -312,13 +312,16 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
              if all(name in correct for name in PAPER_ATTACKS) else None)
 
     warnings = [f"{name} skipped: {reason}" for name, reason in skipped.items()]
+    if worst is None:
+        warnings.append("no attack ran, so there is no robust accuracy: the worst case (Arob) is n/a (null "
+                        "in the JSON), not the natural accuracy; ask for an attack that can run")
     warnings += sanity_warnings(natural_mask, correct, zero_gradients=zero_count,
                                 nonfinite_gradients=nonfinite_count, nonfinite_logits=bad_count,
                                 **masking_gains(natural_mask, correct, stages))
     return Report(
         natural_accuracy=_fraction(natural_mask),
         robust_accuracy={name: _fraction(mask) for name, mask in correct.items()},
-        worst_case_accuracy=_fraction(worst),
+        worst_case_accuracy=None if worst is None else _fraction(worst),
         paper_worst_case_accuracy=None if paper is None else _fraction(paper),
         protocol=protocol,
         n_examples=n,
@@ -333,7 +336,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         seed=seed,
         precision=precision,
         batch_size=batch_size,
-        correct={"natural": natural_mask, **correct, "worst_case": worst,
+        correct={"natural": natural_mask, **correct, **({} if worst is None else {"worst_case": worst}),
                  **({} if paper is None else {"paper_worst_case": paper})},
         example_ids=ids,
     )

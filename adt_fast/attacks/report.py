@@ -204,16 +204,18 @@ class Report:
     """The result of :func:`adt_fast.attacks.evaluate`.
 
     Accuracies are fractions in [0, 1]. worst_case_accuracy is A_rob over the natural input and
-    every attack that ran; paper_worst_case_accuracy, when all six ran, A_rob over exactly the
+    every attack that ran, None when none ran (each one asked for was skipped: the natural
+    accuracy alone measures no robustness); paper_worst_case_accuracy, when all six ran, A_rob over exactly the
     paper's six columns (FGSM, PGD-20, PGD-100, MIM, C&W, FeaAttack), as in Tables 9-11. `correct` holds the per-example masks (bool tensors of
-    length n_examples, in the order of `example_ids`): "natural", each attack, "worst_case", and
+    length n_examples, in the order of `example_ids`): "natural", each attack, "worst_case" (when an
+    attack ran), and
     "paper_worst_case" when all six ran. `curves` holds "pgd_steps", "pgd_epsilon", "dist",
     "autoattack" and "autoattack-fast" when they were computed.
     """
 
     natural_accuracy: float
     robust_accuracy: Dict[str, float]
-    worst_case_accuracy: float
+    worst_case_accuracy: Optional[float]
     n_examples: int
     epsilon: float
     warnings: List[str]
@@ -240,7 +242,7 @@ class Report:
             "natural_accuracy": self.natural_accuracy,
             "robust_accuracy": {name: self.robust_accuracy[name] for name in order},
             "worst_case_accuracy": self.worst_case_accuracy,
-            "worst_case_over": ["natural", *order],
+            "worst_case_over": [] if self.worst_case_accuracy is None else ["natural", *order],
             **({} if self.paper_worst_case_accuracy is None else {
                 "paper_worst_case_accuracy": self.paper_worst_case_accuracy,
                 "paper_worst_case_over": ["natural", *PAPER_ATTACKS]}),
@@ -285,8 +287,12 @@ class Report:
         if self.paper_worst_case_accuracy is not None:
             lines.append("Arob-paper: worst case over the natural input and the paper's six attacks "
                          f"({', '.join(label(name) for name in PAPER_ATTACKS)}), {self._paper_settings()}")
-        ran = [label(name) for name in attack_order(list(self.robust_accuracy))]
-        lines.append(f"Arob: worst case over the natural input and every attack run ({', '.join(ran)})")
+        if self.worst_case_accuracy is None:
+            lines.append("Arob: n/a, since no attack ran (each one asked for was skipped); the natural "
+                         "accuracy alone is no robust accuracy")
+        else:
+            ran = [label(name) for name in attack_order(list(self.robust_accuracy))]
+            lines.append(f"Arob: worst case over the natural input and every attack run ({', '.join(ran)})")
         for name in ("autoattack", "autoattack-fast"):
             curve = self.curves.get(name)
             if curve:
