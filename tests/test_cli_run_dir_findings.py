@@ -3,6 +3,7 @@ the run prints, hand-edited run records and flags that do nothing."""
 
 from __future__ import annotations
 
+import json
 import shlex
 
 import pytest
@@ -77,3 +78,37 @@ def test_an_explicit_data_dir_wins_over_the_run_s(tmp_path, monkeypatch, capsys)
                  *QUICK_EVAL]) == 2
     err = capsys.readouterr().err
     assert "not found in empty/cifar-10-batches-py" in err and "the run's --data-dir" not in err
+
+
+def test_a_relative_data_dir_is_recorded_absolute_so_a_resume_from_elsewhere_finds_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _cifar10_run(tmp_path, capsys)
+    folder = str(tmp_path / "fakedata")
+    assert json.loads((tmp_path / "cf" / "config.json").read_text())["data_dir"] == folder
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    assert main(["train", "--resume", "--out", "../cf", "--epochs", "2"]) == 0
+    assert f"--data-dir {folder} --out ../cf/report.json" in capsys.readouterr().out
+
+
+def test_an_old_run_s_relative_data_dir_resumes_from_its_folder_and_is_named_elsewhere(tmp_path, monkeypatch,
+                                                                                     capsys):
+    """Runs recorded --data-dir as typed; resumed from another folder, the data error named the
+    relative folder there, and not --data-dir."""
+    monkeypatch.chdir(tmp_path)
+    _cifar10_run(tmp_path, capsys)
+    config = tmp_path / "cf" / "config.json"
+    recorded = json.loads(config.read_text())
+    config.write_text(json.dumps({**recorded, "data_dir": "fakedata"}))  # as a run made before
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    assert main(["train", "--resume", "--out", "../cf", "--epochs", "2"]) == 2
+    assert capsys.readouterr().err == (
+        f"adt-fast train: error: --resume: the folder of the cifar10 files that the run recorded, --data-dir "
+        f"fakedata in ../cf/config.json, does not exist here ({tmp_path / 'sub'}; the run recorded it relative "
+        f"to the folder it was started in); pass --data-dir with the folder that holds them now\n")
+    assert main(["train", "--resume", "--out", "../cf", "--epochs", "2", "--data-dir", "../fakedata"]) == 0
+    config.write_text(json.dumps({**recorded, "data_dir": "fakedata"}))
+    monkeypatch.chdir(tmp_path)  # where it was started
+    assert main(["train", "--resume", "--out", "cf", "--epochs", "3"]) == 0
+    assert json.loads(config.read_text())["data_dir"] == str(tmp_path / "fakedata")

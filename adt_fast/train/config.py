@@ -245,6 +245,8 @@ class TrainConfig:
             if not cfg.data_dir:  # Path("") is the working directory, which the user did not name
                 raise ConfigError("--data-dir is empty: name the folder of the dataset files, or omit it for "
                                   "$ADT_FAST_DATA_DIR or ~/.cache/adt_fast/data")
+            # absolute, as your own data's path: a --resume (or eval) from another folder finds it
+            cfg.data_dir = str(Path(cfg.data_dir).expanduser().resolve())
 
         if cfg.epochs is None:
             cfg.epochs = SMALL_DATASET_EPOCHS.get(cfg.dataset, PAPER_EPOCHS)

@@ -532,6 +532,23 @@ def _data_moved_to(run_dir: Path, saved: TrainConfig, asked: dict) -> Optional[s
     return now if now != saved.dataset else None
 
 
+def _check_recorded_data_dir(config: TrainConfig, saved: TrainConfig) -> None:
+    """A resume reads its dataset's files from the folder the run recorded (--data-dir) unless
+    given another. Runs made before it was recorded as an absolute path recorded it as typed,
+    relative to the folder they were started in, and resume from there as before; from elsewhere,
+    or where the folder has gone, the refusal names --data-dir, which a resume may change
+    (--download, which would create the folder, lets it pass)."""
+    data_dir = config.data_dir
+    if (data_dir is None or data_dir != saved.data_dir or config.download or config.dataset not in
+            datasets.fetch.RESOURCES or Path(data_dir).expanduser().is_dir()):
+        return
+    relative = ("" if Path(data_dir).expanduser().is_absolute()
+                else f" here ({Path.cwd()}; the run recorded it relative to the folder it was started in)")
+    raise ConfigError(f"--resume: the folder of the {config.dataset} files that the run recorded, --data-dir "
+                      f"{data_dir} in {Path(config.out) / CONFIG_FILE}, does not exist{relative}; pass --data-dir "
+                      f"with the folder that holds them now")
+
+
 def _check_same_data(run_dir: Path, dataset: datasets.LoadedDataset) -> None:
     """--resume: the data must be the data the run started on (its recorded content hash)."""
     record = datasets.read_source(run_dir)
@@ -736,6 +753,7 @@ def fit(config: TrainConfig, data: Optional[tuple] = None, *, given: Optional[It
         if moved_to_path is not None:
             moved_from, saved = saved.dataset, dataclasses.replace(saved, dataset=moved_to_path)
         config = resume_config(saved, asked)
+        _check_recorded_data_dir(config, saved)
     dataset = open_data(config, data)
     cfg = prepare_run_dir(config, dataset.info if dataset is not None else None, saved)
     if dataset is None:
