@@ -4,6 +4,7 @@ the run prints, hand-edited run records and flags that do nothing."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 
 import pytest
@@ -112,3 +113,14 @@ def test_an_old_run_s_relative_data_dir_resumes_from_its_folder_and_is_named_els
     monkeypatch.chdir(tmp_path)  # where it was started
     assert main(["train", "--resume", "--out", "cf", "--epochs", "3"]) == 0
     assert json.loads(config.read_text())["data_dir"] == str(tmp_path / "fakedata")
+
+
+@pytest.mark.parametrize("data_dir, why", [("a\0b", "embedded null byte"), ("loop", "Symlink loop"),
+                                           ("~no-such-user-here/data", "home directory")])
+def test_a_data_dir_that_cannot_be_made_absolute_is_a_config_error(tmp_path, monkeypatch, data_dir, why):
+    from adt_fast.train import ConfigError, TrainConfig
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "loop").symlink_to("loop")
+    with pytest.raises(ConfigError, match=f"^--data-dir {re.escape(repr(data_dir))} cannot be used as a folder .*{why}"):
+        TrainConfig(method="standard", dataset="cifar10", out="run", data_dir=data_dir).resolve()

@@ -246,7 +246,10 @@ class TrainConfig:
                 raise ConfigError("--data-dir is empty: name the folder of the dataset files, or omit it for "
                                   "$ADT_FAST_DATA_DIR or ~/.cache/adt_fast/data")
             # absolute, as your own data's path: a --resume (or eval) from another folder finds it
-            cfg.data_dir = str(Path(cfg.data_dir).expanduser().resolve())
+            try:
+                cfg.data_dir = str(Path(cfg.data_dir).expanduser().resolve())
+            except (OSError, ValueError, RuntimeError) as err:  # a NUL, ~nosuchuser, a loop of links
+                raise ConfigError(f"--data-dir {cfg.data_dir!r} cannot be used as a folder ({err})") from None
 
         if cfg.epochs is None:
             cfg.epochs = SMALL_DATASET_EPOCHS.get(cfg.dataset, PAPER_EPOCHS)
