@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,6 +101,12 @@ def load(name: str, split: str, data_dir: str | os.PathLike | None = None,
     dataset_info(name)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    _warn_if_shadowing(name)
+    return _read_split(name, split, data_dir, download)
+
+
+def _read_split(name: str, split: str, data_dir: str | os.PathLike | None, download: bool):
+    """load's split, its name and split already checked."""
     if name == "digits":
         images, labels = read_digits(split)
     elif name == "synthetic":
@@ -117,6 +124,24 @@ def load(name: str, split: str, data_dir: str | os.PathLike | None = None,
             fetch.download(name, directory)
             images, labels = _read_files(name, split, directory)
     return _to_tensors(images, labels)
+
+
+def _warn_if_shadowing(name: str) -> None:
+    """A warning (one line under adt-fast) when the named dataset taken is also a path here."""
+    shadowed = _shadowed_path(name)
+    if shadowed is not None:
+        warnings.warn(f"--dataset {name} is the built-in dataset {name}, not {shadowed}", stacklevel=3)
+
+
+def _shadowed_path(name: str) -> str | None:
+    """For a dataset name that is also a file or folder in the working directory: what that is and
+    how to read it instead, or None. A name is always the named dataset, so a command reads the same
+    data wherever it runs; a path that reads the same as a name is given as one (./digits)."""
+    path = Path(name)
+    if name not in _DATASETS or not path.exists():
+        return None
+    kind = "folder" if path.is_dir() else "file"
+    return f"the {kind} {name} in the working directory; to read that {kind}, pass --dataset ./{name}"
 
 
 def _read_files(name: str, split: str, directory: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -165,8 +190,8 @@ def open_dataset(spec: str, *, data_dir: str | os.PathLike | None = None, downlo
     spec = str(spec)
     _check_resize(spec, image_size)
     if spec in _DATASETS:
-        train = load(spec, "train", data_dir=data_dir, download=download)
-        test = load(spec, "test", data_dir=data_dir, download=download)
+        _warn_if_shadowing(spec)
+        train, test = (_read_split(spec, split, data_dir, download) for split in SPLITS)
         return LoadedDataset(dataset_info(spec), train, test, {"kind": "named", "name": spec})
     path = _own_data_path(spec, data_dir, download)
     if path.is_dir():
@@ -182,8 +207,10 @@ def resize_problem(spec: str, image_size) -> str | None:
         return None
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
         return f"must be an integer >= {MIN_IMAGE_SIZE}, got {image_size!r}"
-    if not Path(spec).expanduser().is_dir():
-        return f"resizes the images of an image folder; --dataset {spec} is not one"
+    if spec in _DATASETS or not Path(spec).expanduser().is_dir():
+        shadowed = _shadowed_path(spec)
+        return (f"resizes the images of an image folder; --dataset {spec} is not one"
+                + ("" if shadowed is None else f" but the built-in dataset {spec}, not {shadowed}"))
     return None
 
 
@@ -255,7 +282,9 @@ def open_test_split(spec: str | os.PathLike, *, image_size: int | None = None,
     """
     spec = str(spec)
     if spec in _DATASETS:
-        raise DatasetSpecError(f"{spec} is a named dataset; load({spec!r}, 'test') reads its test split")
+        shadowed = _shadowed_path(spec)
+        raise DatasetSpecError(f"{spec} is a named dataset; load({spec!r}, 'test') reads its test split"
+                               + ("" if shadowed is None else f" (and {shadowed})"))
     _check_resize(spec, image_size)
     path = _own_data_path(spec, data_dir, download)
     arrays = read_image_folder_test(path, image_size, cache_dir) if path.is_dir() else read_npz_test(path)
