@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from adt_fast import files
-from adt_fast.attacks import Report, evaluate
+from adt_fast.attacks import Report, evaluate, sanity_warnings
 from adt_fast.attacks.report import report_paths
 from adt_fast.cli import main
 from adt_fast.models import build_model
@@ -142,3 +142,46 @@ def test_a_report_where_an_attack_ran_keeps_its_worst_case():
     assert "feature" in report.skipped and report.worst_case_accuracy is not None
     assert not any(w.startswith("no attack ran") for w in report.warnings)
     assert "Arob: worst case over the natural input and every attack run (FGSM)" in report.table()
+
+
+# ------------------------------------------------------------------ F3: a randomised model
+class _Noisy(nn.Module):
+    """A randomised defence at its crudest: fresh noise on the logits in every forward."""
+
+    def __init__(self, scale: float = 3.0):
+        super().__init__()
+        self.linear, self.scale = _linear(), scale
+
+    def forward(self, x):
+        logits = self.linear(x)
+        return logits + self.scale * torch.randn_like(logits)
+
+
+class _NaN(nn.Module):
+    def forward(self, x):
+        return torch.full((len(x), 10), float("nan")) + 0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def _randomised_warnings(report: Report):
+    return [w for w in report.warnings if "a randomised model" in w]
+
+
+def test_a_randomised_model_is_named_in_the_sanity_checks():
+    """Noise in forward gave FGSM, PGD and Arob from other draws, and "no sign of gradient masking"."""
+    x, y = _data()
+    report = evaluate(_Noisy(), x, y, attacks="fgsm,pgd:2", epsilon_curve=())
+    (warning,) = _randomised_warnings(report)
+    assert "the worst case is no single model's" in warning and "EOT" in warning and "version='rand'" in warning
+
+
+@pytest.mark.parametrize("model", [_linear(), _NaN(), _Noisy(scale=1e-6)], ids=["linear", "nan", "float-noise"])
+def test_a_model_that_repeats_itself_is_not_called_randomised(model):
+    x, y = _data()
+    assert _randomised_warnings(evaluate(model, x, y, attacks="fgsm", epsilon_curve=())) == []
+
+
+def test_sanity_warnings_name_a_randomised_model_only_when_told():
+    natural = torch.ones(10, dtype=torch.bool)
+    assert sanity_warnings(natural, {"fgsm": natural}) == []
+    (warning,) = sanity_warnings(natural, {"fgsm": natural}, randomised=True)
+    assert warning.startswith("the model gives other logits for the same inputs on each forward")

@@ -25,11 +25,11 @@ from .engine import classified, eval_mode, input_gradient, model_device
 from .inputs import PROBE_INPUTS, check_batch, check_classes, check_module
 from .losses import cross_entropy
 from .report import Report, attack_order, sanity_warnings, worst_case
-from .suite import (CW_STEPS, DEFAULT_ATTACKS, DIST_LAMBDA, DIST_SAMPLES, DIST_STEPS,
+from .suite import (CW_STEPS, DEFAULT_ATTACKS, DIST_LAMBDA, DIST_SAMPLES, DIST_STEPS, FEATURE_SPLIT_PROBE,
                     FEATURE_TARGETS, MAX_SEED, PAPER_ATTACKS, PAPER_CW_STEPS, PAPER_FEATURE_TARGETS,
                     AttackContext, budget_problem, check_epsilon, check_precision,
-                    default_step_size, example_id_tensor, make_attack, parse_attacks, pgd_attack, pgd_steps,
-                    shortfall)
+                    default_step_size, example_id_tensor, gives_other_logits, make_attack, parse_attacks,
+                    pgd_attack, pgd_steps, shortfall)
 
 DEFAULT_EPSILON_CURVE = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
 DEFAULT_EPSILON = 8 / 255  # the CIFAR-10 budget of the paper and of RobustBench
@@ -204,6 +204,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         raise ValueError(f"attacks: {too_few}")
     if source_model is not None:
         check_classes(ctx, source_model, x[:PROBE_INPUTS].to(device), y, "source model")
+    randomised = gives_other_logits(ctx, x[:FEATURE_SPLIT_PROBE].to(device))
 
     # The suite: every pgdN is served by one PGD run of the largest N.
     pgd_names = [name for name in names if pgd_steps(name) is not None]
@@ -317,7 +318,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                         "in the JSON), not the natural accuracy; ask for an attack that can run")
     warnings += sanity_warnings(natural_mask, correct, zero_gradients=zero_count,
                                 nonfinite_gradients=nonfinite_count, nonfinite_logits=bad_count,
-                                **masking_gains(natural_mask, correct, stages))
+                                randomised=randomised, **masking_gains(natural_mask, correct, stages))
     return Report(
         natural_accuracy=_fraction(natural_mask),
         robust_accuracy={name: _fraction(mask) for name, mask in correct.items()},

@@ -96,7 +96,7 @@ def _pct(count: int, n: int) -> str:
 def sanity_warnings(natural: torch.Tensor, masks: Mapping[str, torch.Tensor], *,
                     zero_gradients: int = 0, nonfinite_gradients: int = 0,
                     nonfinite_logits: int = 0, gradient_free_gain: int = 0,
-                    targeted_gain: int = 0) -> List[str]:
+                    targeted_gain: int = 0, randomised: bool = False) -> List[str]:
     """Signs that an attack is too weak to trust (gradient masking, broken attacks).
 
     - a white-box iterative attack (PGD-N, MIM, C&W) weaker than the transfer attack;
@@ -107,7 +107,8 @@ def sanity_warnings(natural: torch.Tensor, masks: Mapping[str, torch.Tensor], *,
     - non-finite logits;
     - Square breaking more than 1 % of the points that every gradient attack left robust
       (`gradient_free_gain` of them), APGD-T breaking more than 5 % that APGD-CE left robust
-      (`targeted_gain`).
+      (`targeted_gain`);
+    - a `randomised` model (other logits for the same inputs on each forward).
     Attack results count as out of line when they differ by more than `tolerance(n)` examples.
     """
     n = len(natural)
@@ -168,6 +169,13 @@ def sanity_warnings(natural: torch.Tensor, masks: Mapping[str, torch.Tensor], *,
             f"the targeted APGD-T broke {targeted_gain} of {n} points ({_pct(targeted_gain, n)}) "
             f"that the untargeted APGD-CE left robust: the cross-entropy's gradient misleads "
             f"(saturated softmax or rescaled logits?)")
+    if randomised:
+        warnings.append(
+            "the model gives other logits for the same inputs on each forward (a randomised model, noise "
+            "in eval mode): the natural accuracy and each attack saw other randomness, so the worst case "
+            "is no single model's, and an attack that breaks one draw may not break the next; attack "
+            "the expected logits instead (EOT: adt_fast has none; the reference autoattack package's "
+            "version='rand' runs APGD-CE and APGD-DLR with EOT over 20 draws)")
     return warnings
 
 

@@ -483,6 +483,25 @@ def choose_targets(y: torch.Tensor, example_ids: torch.Tensor, pool_y: torch.Ten
     return torch.stack(rows) if rows else torch.zeros(0, num_targets, dtype=torch.long)
 
 
+def logits_agree(logits: torch.Tensor, reference: torch.Tensor) -> bool:
+    """Whether `logits` are `reference`'s up to float noise (1e-3, relative and of the largest
+    finite logit). The tolerance scales with the finite logits, and NaN agrees with NaN: a model
+    gone NaN (a diverged run) is no randomised one, and every attack scores it broken."""
+    finite = reference[torch.isfinite(reference)]
+    scale = 1.0 + float(finite.abs().max()) if finite.numel() else 1.0
+    return logits.shape == reference.shape and torch.allclose(logits, reference, rtol=1e-3, atol=1e-3 * scale,
+                                                              equal_nan=True)
+
+
+def gives_other_logits(ctx: AttackContext, probe: torch.Tensor, logits: Optional[torch.Tensor] = None) -> bool:
+    """Whether the model, in eval mode, gives other logits for `probe` on another forward than
+    `logits` (a first forward when None): a randomised model (noise in its forward), which every
+    attack and the natural accuracy see in another draw."""
+    with eval_mode(ctx.model), torch.no_grad():
+        first = ctx.logits(probe) if logits is None else logits
+        return not logits_agree(ctx.logits(probe), first)
+
+
 @dataclass
 class FeatureAttack(Attack):
     """FeaAttack (appendix C.5): features pulled towards those of another class's image.
@@ -535,17 +554,9 @@ class FeatureAttack(Attack):
                 whole, split = ctx.logits(probe), ctx.head(ctx.features(probe))
         except (Exception, SystemExit) as err:  # noqa: BLE001 - the user's split, whatever it raises
             return f"head(features(x)) fails on the model ({raised(err)}), so FeaAttack cannot run"
-        # The tolerance scales with the finite logits: a model gone NaN (a diverged run) agrees
-        # with its split where both are NaN, and FeaAttack then scores it broken, as every attack does.
-        finite = whole[torch.isfinite(whole)]
-        scale = 1.0 + float(finite.abs().max()) if finite.numel() else 1.0
-        def agree(a: torch.Tensor, b: torch.Tensor) -> bool:
-            return a.shape == b.shape and torch.allclose(a, b, rtol=1e-3, atol=1e-3 * scale, equal_nan=True)
-
-        if not agree(split, whole):
-            with eval_mode(ctx.model), torch.no_grad():
-                again = ctx.logits(probe)  # only now: a model that disagrees with itself is no split's fault
-            if not agree(again, whole):
+        if not logits_agree(split, whole):
+            # only now: a model that disagrees with itself is no split's fault
+            if gives_other_logits(ctx, probe, whole):
                 return ("the model gives other logits for the same inputs on each call (a randomised model), "
                         "so its head(features(x)) cannot be checked against model(x), and FeaAttack is skipped")
             return ("head(features(x)) does not give model(x) (normalisation or pooling left in forward?), "
