@@ -124,3 +124,34 @@ def test_a_data_dir_that_cannot_be_made_absolute_is_a_config_error(tmp_path, mon
     (tmp_path / "loop").symlink_to("loop")
     with pytest.raises(ConfigError, match=f"^--data-dir {re.escape(repr(data_dir))} cannot be used as a folder .*{why}"):
         TrainConfig(method="standard", dataset="cifar10", out="run", data_dir=data_dir).resolve()
+
+
+def _edited_run(tmp_path, capsys, edit):
+    """A finished synthetic run whose config.json `edit` changed; the --resume refusal."""
+    out = tmp_path / "run"
+    assert main(["train", "--method", "standard", *FAST, "--out", str(out)]) == 0
+    config = out / "config.json"
+    recorded = json.loads(config.read_text())
+    edit(recorded)
+    config.write_text(json.dumps(recorded))
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(out), "--epochs", "2"]) == 2
+    return out, capsys.readouterr().err
+
+
+def test_a_hand_edited_config_json_is_named_as_such_not_as_another_run_s_checkpoint(tmp_path, capsys):
+    out, err = _edited_run(tmp_path, capsys, lambda recorded: recorded.update(lr=0.05))
+    assert err == (f"adt-fast train: error: cannot resume from {out / 'checkpoint.pt'}: the run settings it records "
+                   f"and {out / 'config.json'} disagree: --lr 0.1 (config.json has 0.05). If you edited config.json, "
+                   f"restore it (the checkpoint holds what the run trained with); if checkpoint.pt came from another "
+                   f"run, put this run's own back (or copy its newest snapshot, checkpoint_epoch{{N}}.pt, over it)\n")
+
+
+@pytest.mark.parametrize("edit", [lambda recorded: recorded.pop("lr"), lambda recorded: recorded.update(lr=None)],
+                         ids=["deleted", "null"])
+def test_a_setting_deleted_from_config_json_is_not_reported_as_a_flag(tmp_path, capsys, edit):
+    """It read `--lr 0.1 (the run has null)`, a flag the user never passed."""
+    out, err = _edited_run(tmp_path, capsys, edit)
+    assert err == (f"adt-fast train: error: --resume: {out / 'config.json'} has no value for \"lr\" (a new run would "
+                   f"take --lr 0.1); if you edited it, restore it (the run's checkpoints record the settings it "
+                   f"trained with)\n")

@@ -293,10 +293,11 @@ def test_resume_from_another_runs_checkpoint_of_the_same_method_is_refused(run_c
     capsys.readouterr()
     before = snapshot(run_copy)
     err = refused(["train", "--resume", "--out", str(run_copy), "--epochs", "5"], capsys)
-    assert err == (f"adt-fast train: error: cannot resume from {run_copy / 'checkpoint.pt'}: it was written by "
-                   f"another run: its settings differ from this run's config.json: --lr 0.05 (config.json has "
-                   f"0.1); --seed 1 (config.json has 0); put this run's own checkpoint back (or copy its newest "
-                   f"snapshot, checkpoint_epoch{{N}}.pt, over it)")
+    assert err == (f"adt-fast train: error: cannot resume from {run_copy / 'checkpoint.pt'}: the run settings it "
+                   f"records and {run_copy / 'config.json'} disagree: --lr 0.05 (config.json has 0.1); --seed 1 "
+                   f"(config.json has 0). If you edited config.json, restore it (the checkpoint holds what the run "
+                   f"trained with); if checkpoint.pt came from another run, put this run's own back (or copy its "
+                   f"newest snapshot, checkpoint_epoch{{N}}.pt, over it)")
     assert snapshot(run_copy) == before
 
 

@@ -369,8 +369,9 @@ class TrainConfig:
 
         The settings asked for (not None) are compared as given, so only they are named: --method,
         not the --steps default that would follow from it. Only when none differs are the resolved
-        configs compared, for a difference that no asked-for setting explains. ``dataset``: as
-        for ``resolve`` (a dataset path is compared as the absolute path it resolves to).
+        configs compared, for a difference that no asked-for setting explains; a setting that
+        config.json has no value for is then a ConfigError of its own (no flag to omit). ``dataset``:
+        as for ``resolve`` (a dataset path is compared as the absolute path it resolves to).
         """
         theirs, asked = saved.to_dict(), self.to_dict()
         if dataset is not None:
@@ -383,8 +384,10 @@ class TrainConfig:
         out = [line for name, line in resume_differences(asked, theirs).items() if asked[name] is not None]
         if not out:
             mine = self.resolve(dataset).to_dict()
-            out = [line for name, line in resume_differences(mine, theirs).items()
-                   if not (name == "sync_bn" and mine[name] is None)]  # unset: the run's
+            differ = {name: line for name, line in resume_differences(mine, theirs).items()
+                      if not (name == "sync_bn" and mine[name] is None)}  # unset: the run's
+            _check_recorded(self.out, {name: mine[name] for name in differ if theirs.get(name) is None})
+            out = list(differ.values())
         device = _resolve_device(self.device)
         if _device_type(device) != _device_type(theirs["device"]):
             out.append(f"--device {device} (the run has {theirs['device']}: the saved random "
@@ -397,6 +400,17 @@ def resume_differences(mine: dict, theirs: dict, whose: str = "the run has") -> 
     to_dict gives them) differ, by name: 'FLAG MINE (WHOSE THEIRS)'."""
     return {name: f"{flag(name)} {_show(mine[name])} ({whose} {_show(theirs.get(name))})"
             for name in sorted(mine) if name not in RESUMABLE_CHANGES and not _same(mine[name], theirs.get(name))}
+
+
+def _check_recorded(out: str, lacking: dict) -> None:
+    """Settings that the run's config.json has no value for (deleted, or set to null, by hand; a
+    new run would take `lacking`'s values) are a fault of config.json, not of a flag: the resume
+    cannot know the run's values, and no flag was given to omit."""
+    if lacking:
+        shown_defaults = ", ".join(f"{flag(name)} {_show(value)}" for name, value in lacking.items())
+        raise ConfigError(f"--resume: {Path(out) / CONFIG_FILE} has no value for {', '.join(map(_show, lacking))} "
+                          f"(a new run would take {shown_defaults}); if you edited it, restore it (the run's "
+                          f"checkpoints record the settings it trained with)")
 
 
 def _same(mine: Any, theirs: Any) -> bool:

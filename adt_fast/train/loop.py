@@ -113,11 +113,13 @@ class Trainer:
             raise refuse(f"the run config it records cannot be read ({err})") from None
         if data_moved_from is not None and recorded["dataset"] == data_moved_from:
             recorded["dataset"] = self.config.dataset
+        # Either file may be the odd one: config.json edited by hand, or a checkpoint copied in.
         differ = resume_differences(recorded, self.config.to_dict(), whose=f"{CONFIG_FILE} has")
         if differ:
-            raise refuse(f"it was written by another run: its settings differ from this run's {CONFIG_FILE}: "
-                         f"{'; '.join(differ.values())}; put this run's own checkpoint back (or copy its newest "
-                         f"snapshot, checkpoint_epoch{{N}}.pt, over it)")
+            raise refuse(f"the run settings it records and {source.parent / CONFIG_FILE} disagree: "
+                         f"{'; '.join(differ.values())}. If you edited {CONFIG_FILE}, restore it (the checkpoint "
+                         f"holds what the run trained with); if {source.name} came from another run, put this "
+                         f"run's own back (or copy its newest snapshot, checkpoint_epoch{{N}}.pt, over it)")
         if not any(kind in payload for kind in ("modules", "optimisers", "schedulers", "rng")):  # model.pt's keys only
             raise refuse(f"it holds a final model ({ckpt.FINAL_MODEL}'s content: the classifier's weights) without the "
                          f"training state a resume needs (optimisers, schedules, random states); "
