@@ -49,8 +49,26 @@ def test_inputs_of_another_dtype_than_the_models_are_named():
     theirs = evaluate(_linear(), x, y, epsilon=0.1, attacks="fgsm", epsilon_curve=())
     assert torch.equal(ours.correct["natural"], theirs.correct["natural"])
     # a model that fails on inputs of its own dtype fails with its own error, not a dtype story
-    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+    with pytest.raises(ValueError, match=r"the model fails on x, of shape \(N, 2, 4, 4\): RuntimeError: mat1 and "
+                                         r"mat2 shapes cannot be multiplied"):
         evaluate(_linear(), x[:, :2], y, epsilon=0.1, attacks="fgsm", epsilon_curve=())
+
+
+def test_inputs_the_model_fails_on_are_named_with_their_shape_whatever_their_rank():
+    """A 3-D x for an image model failed with torch's conv error, which names neither x nor its
+    shape; an x of other ranks that the model takes is scored: the model decides its inputs."""
+    from adt_fast.attacks import fgsm
+
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(10)).eval()
+    x, y = _data()
+    conv(x)  # the lazy layer's size
+    why = r"the model fails on x, of shape \(N, 4, 4\): RuntimeError: .*; x must hold the inputs the model's forward"
+    with pytest.raises(ValueError, match=why):
+        evaluate(conv, x[:, 0], y, epsilon=0.1, attacks="fgsm", epsilon_curve=())
+    with pytest.raises(ValueError, match=why):
+        fgsm(conv, x[:, 0], y, epsilon=0.1)
+    flat = nn.Linear(48, 10).eval()
+    evaluate(flat, x.flatten(1), y, epsilon=0.1, attacks="fgsm", epsilon_curve=())
 
 
 class _Float(nn.Module):

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ..checks import unreadable_tensor_problem
-from ..models.external import TOO_FEW_LOGITS
+from ..devices import is_out_of_memory
+from ..models.external import TOO_FEW_LOGITS, raised
 from .engine import eval_mode
 
 # Every integer dtype: the labels are read as int64 (torch's losses take no other), so an int8 or
@@ -113,14 +114,18 @@ def _read_back(x: torch.Tensor, y: torch.Tensor, unit_range: bool) -> tuple:
 PROBE_INPUTS = 2
 
 
-def check_classes(ctx, model: nn.Module, x: torch.Tensor, y: torch.Tensor, what: str) -> int:
+def check_classes(ctx, model: nn.Module, x: torch.Tensor, y: torch.Tensor, what: str, x_name: str = "x") -> int:
     """The number of classes `model` returns (through ctx's forward), checked against the labels
-    with one forward of x's first PROBE_INPUTS examples."""
+    with one forward of x's first PROBE_INPUTS examples. A forward that fails there is a ValueError
+    naming x and its shape (torch's own error names neither), whatever x's number of dimensions:
+    the model decides what its inputs are."""
     probe = x[:PROBE_INPUTS]
     with eval_mode(model), torch.no_grad():
         try:
             logits = ctx.logits(probe, model)
         except RuntimeError as err:  # inputs left on the CPU, or a float64 batch from numpy, most often
+            if is_out_of_memory(err):
+                raise
             devices = sorted({str(t.device) for t in itertools.chain(model.parameters(), model.buffers())})
             if devices and str(x.device) not in devices:
                 raise ValueError(f"the inputs are on {x.device} but the {what}'s parameters are on "
@@ -131,7 +136,10 @@ def check_classes(ctx, model: nn.Module, x: torch.Tensor, y: torch.Tensor, what:
                 raise TypeError(f"the inputs are {x.dtype} but the {what}'s parameters are {', '.join(dtypes)}, "
                                 f"and the {what} failed on them ({err}): convert the inputs, e.g. "
                                 f"x.to({dtypes[0]})") from err
-            raise
+            shape = ", ".join(["N", *map(str, x.shape[1:])])
+            raise ValueError(f"the {what} fails on {x_name}, of shape ({shape}): {raised(err).splitlines()[0]}; "
+                             f"{x_name} must hold the inputs the {what}'s forward takes (an image classifier's: "
+                             f"(N, C, H, W))") from err
     if logits.dim() != 2 or len(logits) != len(probe):
         inputs = "one input" if len(probe) == 1 else f"{len(probe)} inputs"
         raise ValueError(f"the {what} returns {tuple(logits.shape)} for {inputs}; it must return logits of shape "
