@@ -114,7 +114,7 @@ def _read_back(x: torch.Tensor, y: torch.Tensor, unit_range: bool) -> tuple:
 PROBE_INPUTS = 2
 
 
-def check_classes(ctx, model: nn.Module, x: torch.Tensor, y: torch.Tensor, what: str, x_name: str = "x") -> int:
+def check_classes(ctx, model: nn.Module, x: torch.Tensor, y: torch.Tensor, what: str) -> int:
     """The number of classes `model` returns (through ctx's forward), checked against the labels
     with one forward of x's first PROBE_INPUTS examples. A forward that fails there is a ValueError
     naming x and its shape (torch's own error names neither), whatever x's number of dimensions:
@@ -137,9 +137,8 @@ def check_classes(ctx, model: nn.Module, x: torch.Tensor, y: torch.Tensor, what:
                                 f"and the {what} failed on them ({err}): convert the inputs, e.g. "
                                 f"x.to({dtypes[0]})") from err
             shape = ", ".join(["N", *map(str, x.shape[1:])])
-            raise ValueError(f"the {what} fails on {x_name}, of shape ({shape}): {raised(err).splitlines()[0]}; "
-                             f"{x_name} must hold the inputs the {what}'s forward takes (an image classifier's: "
-                             f"(N, C, H, W))") from err
+            raise ValueError(f"the {what} fails on x, of shape ({shape}): {raised(err).splitlines()[0]}; x must "
+                             f"hold the inputs the {what}'s forward takes (an image classifier's: (N, C, H, W))") from err
     if logits.dim() != 2 or len(logits) != len(probe):
         inputs = "one input" if len(probe) == 1 else f"{len(probe)} inputs"
         raise ValueError(f"the {what} returns {tuple(logits.shape)} for {inputs}; it must return logits of shape "
