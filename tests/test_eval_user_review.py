@@ -185,3 +185,23 @@ def test_sanity_warnings_name_a_randomised_model_only_when_told():
     assert sanity_warnings(natural, {"fgsm": natural}) == []
     (warning,) = sanity_warnings(natural, {"fgsm": natural}, randomised=True)
     assert warning.startswith("the model gives other logits for the same inputs on each forward")
+
+
+# ------------------------------------------------------------------ F4: examples of few classes
+def _coverage_warnings(report: Report):
+    return [w for w in report.warnings if "of the model's" in w and "classes" in w]
+
+
+def test_examples_that_cover_few_of_the_models_classes_are_named():
+    """--n-examples 100 of digits as an image folder (sorted by class) scored classes 0-2 only, silently."""
+    x, y = _data(n=12)
+    y = torch.arange(12) // 4  # the first 12 examples of a class-sorted split: classes 0, 1, 2
+    (warning,) = _coverage_warnings(evaluate(_linear(), x, y, attacks="fgsm", epsilon_curve=()))
+    assert warning.startswith("the 12 evaluated examples cover 3 of the model's 10 classes")
+    assert "without --n-examples" in warning
+
+
+def test_examples_of_every_class_give_no_coverage_warning():
+    x, y = _data(n=20)
+    assert _coverage_warnings(evaluate(_linear(), x, y, attacks="fgsm", epsilon_curve=())) == []
+    assert sanity_warnings(torch.ones(4, dtype=torch.bool), {}, classes_covered=2, num_classes=2) == []

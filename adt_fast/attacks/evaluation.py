@@ -318,7 +318,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                         "in the JSON), not the natural accuracy; ask for an attack that can run")
     warnings += sanity_warnings(natural_mask, correct, zero_gradients=zero_count,
                                 nonfinite_gradients=nonfinite_count, nonfinite_logits=bad_count,
-                                randomised=randomised, **masking_gains(natural_mask, correct, stages))
+                                randomised=randomised, classes_covered=len(torch.unique(y)),
+                                num_classes=num_classes, **masking_gains(natural_mask, correct, stages))
     return Report(
         natural_accuracy=_fraction(natural_mask),
         robust_accuracy={name: _fraction(mask) for name, mask in correct.items()},

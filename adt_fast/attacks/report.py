@@ -96,7 +96,8 @@ def _pct(count: int, n: int) -> str:
 def sanity_warnings(natural: torch.Tensor, masks: Mapping[str, torch.Tensor], *,
                     zero_gradients: int = 0, nonfinite_gradients: int = 0,
                     nonfinite_logits: int = 0, gradient_free_gain: int = 0,
-                    targeted_gain: int = 0, randomised: bool = False) -> List[str]:
+                    targeted_gain: int = 0, randomised: bool = False,
+                    classes_covered: int = 0, num_classes: int = 0) -> List[str]:
     """Signs that an attack is too weak to trust (gradient masking, broken attacks).
 
     - a white-box iterative attack (PGD-N, MIM, C&W) weaker than the transfer attack;
@@ -108,7 +109,8 @@ def sanity_warnings(natural: torch.Tensor, masks: Mapping[str, torch.Tensor], *,
     - Square breaking more than 1 % of the points that every gradient attack left robust
       (`gradient_free_gain` of them), APGD-T breaking more than 5 % that APGD-CE left robust
       (`targeted_gain`);
-    - a `randomised` model (other logits for the same inputs on each forward).
+    - a `randomised` model (other logits for the same inputs on each forward);
+    - examples whose labels cover fewer classes (`classes_covered`) than the model's `num_classes`.
     Attack results count as out of line when they differ by more than `tolerance(n)` examples.
     """
     n = len(natural)
@@ -176,6 +178,12 @@ def sanity_warnings(natural: torch.Tensor, masks: Mapping[str, torch.Tensor], *,
             "is no single model's, and an attack that breaks one draw may not break the next; attack "
             "the expected logits instead (EOT: adt_fast has none; the reference autoattack package's "
             "version='rand' runs APGD-CE and APGD-DLR with EOT over 20 draws)")
+    if classes_covered < num_classes:
+        warnings.append(
+            f"the {n} evaluated examples cover {classes_covered} of the model's {num_classes} classes, so "
+            f"every accuracy here is over those classes only (the first examples of a split sorted by "
+            f"class, as an image folder is, hold its first classes): evaluate every example (adt-fast eval "
+            f"without --n-examples), or in Python a subset that holds every class")
     return warnings
 
 
