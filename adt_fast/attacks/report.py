@@ -221,10 +221,10 @@ class Report:
 
     Accuracies are fractions in [0, 1]. worst_case_accuracy is A_rob over the natural input and
     every attack that ran, None when none ran (each one asked for was skipped: the natural
-    accuracy alone measures no robustness); paper_worst_case_accuracy, when all six ran, A_rob over exactly the
-    paper's six columns (FGSM, PGD-20, PGD-100, MIM, C&W, FeaAttack), as in Tables 9-11. `correct` holds the per-example masks (bool tensors of
-    length n_examples, in the order of `example_ids`): "natural", each attack, "worst_case" (when an
-    attack ran), and
+    accuracy alone measures no robustness); paper_worst_case_accuracy, when all six ran, A_rob
+    over exactly the paper's six columns (FGSM, PGD-20, PGD-100, MIM, C&W, FeaAttack), as in
+    Tables 9-11. `correct` holds the per-example masks (bool tensors of length n_examples, in the
+    order of `example_ids`): "natural", each attack, "worst_case" when an attack ran, and
     "paper_worst_case" when all six ran. `curves` holds "pgd_steps", "pgd_epsilon", "dist",
     "autoattack" and "autoattack-fast" when they were computed.
     """
