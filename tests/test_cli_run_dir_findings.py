@@ -11,8 +11,9 @@ import pytest
 
 from adt_fast.cli import build_parser, main
 
-FAST = ["--dataset", "synthetic", "--epochs", "1", "--max-batches", "1", "--batch-size", "32", "--no-tensorboard",
-        "--device", "cpu"]
+ANY_LENGTH = ["--dataset", "synthetic", "--max-batches", "1", "--batch-size", "32", "--no-tensorboard", "--device",
+              "cpu"]
+FAST = [*ANY_LENGTH, "--epochs", "1"]
 QUICK_EVAL = ["--attacks", "fgsm", "--n-examples", "4", "--epsilon-curve", ""]
 
 
@@ -155,3 +156,28 @@ def test_a_setting_deleted_from_config_json_is_not_reported_as_a_flag(tmp_path, 
     assert err == (f"adt-fast train: error: --resume: {out / 'config.json'} has no value for \"lr\" (a new run would "
                    f"take --lr 0.1); if you edited it, restore it (the run's checkpoints record the settings it "
                    f"trained with)\n")
+
+
+@pytest.mark.parametrize("flags, warning", [
+    (["--epochs", "2", "--lr-drop", "5"], "--lr-drop 5: past the run's last epoch (--epochs 2), so the lr does not "
+                                          "drop there; a --resume with --epochs 5 or more reaches it"),
+    (["--epochs", "2", "--lr-drop", "2", "4", "6"], "--lr-drop 4 6: past the run's last epoch (--epochs 2), so the lr "
+                                                    "does not drop there; a --resume with --epochs 4 or more reaches it"),
+    (["--epochs", "1", "--lr-gamma", "0.5"], "--lr-gamma 0.5: the run has no --lr-drop epoch, so the lr never changes"),
+    (["--epochs", "2", "--save-freq", "3"], "--save-freq 3: past the run's last epoch (--epochs 2), so no "
+                                            "checkpoint_epoch{N}.pt is kept; a --resume with --epochs 3 or more keeps "
+                                            "them"),
+])
+def test_a_flag_the_run_ends_before_is_warned_about_once(tmp_path, capsys, flags, warning):
+    """--lr-drop 5 --epochs 2 did nothing, silently; it is not refused: a longer --resume reaches it."""
+    assert main(["train", "--method", "standard", *ANY_LENGTH, *flags, "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines().count(f"warning: {warning}") == 1, err
+    assert err.count("warning:") == 1
+
+
+def test_flags_the_run_reaches_and_default_settings_are_not_warned_about(tmp_path, capsys):
+    assert main(["train", "--method", "standard", *ANY_LENGTH, "--epochs", "2", "--lr-drop", "2", "--lr-gamma", "0.5",
+                 "--save-freq", "2", "--out", str(tmp_path / "run")]) == 0
+    assert main(["train", "--method", "standard", *FAST, "--out", str(tmp_path / "default")]) == 0  # save-freq 25
+    assert "warning" not in capsys.readouterr().err

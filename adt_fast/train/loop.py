@@ -654,6 +654,30 @@ def _last_batch(cfg: TrainConfig, num_train: int) -> int:
     return last if reached else 0
 
 
+def unreached_settings(cfg: TrainConfig) -> list:
+    """The settings that do nothing in this run because it ends first, one line each naming the
+    flag: an --lr-drop epoch past --epochs, an --lr-gamma without a drop, a --save-freq past
+    --epochs. Warned about, not refused: a --resume with more --epochs reaches the drop and the
+    snapshots (a --save-freq at its default says nothing: short runs are common)."""
+    lines = []
+    past = [epoch for epoch in cfg.lr_drop if epoch > cfg.epochs]
+    if past:
+        lines.append(f"--lr-drop {' '.join(map(str, past))}: past the run's last epoch (--epochs {cfg.epochs}), so "
+                     f"the lr does not drop there; a --resume with --epochs {past[0]} or more reaches it")
+    if not cfg.lr_drop and cfg.lr_gamma != _default("lr_gamma"):
+        lines.append(f"--lr-gamma {cfg.lr_gamma:g}: the run has no --lr-drop epoch, so the lr never changes")
+    if cfg.save_freq > cfg.epochs and cfg.save_freq != _default("save_freq"):
+        lines.append(f"--save-freq {cfg.save_freq}: past the run's last epoch (--epochs {cfg.epochs}), so no "
+                     f"{SNAPSHOT.format(epoch='{N}')} is kept; a --resume with --epochs {cfg.save_freq} or more "
+                     f"keeps them")
+    return lines
+
+
+def _default(name: str):
+    """A TrainConfig field's default value."""
+    return TrainConfig.__dataclass_fields__[name].default
+
+
 def _check_world_batches(cfg: TrainConfig, num_train: int, world: World) -> None:
     """--batch-size is global: it must split evenly, and so must reach every rank at the epoch's end.
     A resume keeps the run's, which its command line need not name: the message says whose it is,
@@ -928,6 +952,9 @@ def _train(trainer: Trainer, dataset: datasets.LoadedDataset, resumed: bool) -> 
             + (f" on {world.size} processes" if world.parallel else ""))
     elif cfg.resume:
         say(f"resuming {run_dir}: no checkpoint yet, starting at epoch 1")
+    if world.main:
+        for warning in unreached_settings(cfg):
+            runlog.say(f"warning: {warning}", sys.stderr)
     with _writing(run_dir, started=True):  # tuning.json
         chosen = trainer.tune()
     emulated = bf16_emulation_warning(cfg.device) if cfg.precision == "bf16" else None
