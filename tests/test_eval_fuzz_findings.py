@@ -276,11 +276,13 @@ def test_the_stand_alone_attacks_and_evaluate_refuse_a_step_count_past_the_bound
      "argument --attacks: attack 'pgd:100001': PGD's steps must be an integer from 1 to 100000, got '100001'"),
     ("--attacks", "pgd:99999999999999999999", "argument --attacks: attack 'pgd:99999999999999999999': PGD's steps "
                                               "must be an integer from 1 to 100000, got '99999999999999999999'"),
-    ("--dist-steps", "100001", "argument --dist-steps: must be an integer from 0 to 100000, got '100001'"),
+    ("--dist-steps", "100001", "argument --dist-steps: must be an integer from 1 to 100000, got '100001'"),
     # int() refused the 5,000 digits, and the message quoted them all
-    ("--dist-steps", "9" * 5000, "argument --dist-steps: must be an integer from 0 to 100000, got '"
+    ("--dist-steps", "9" * 5000, "argument --dist-steps: must be an integer from 1 to 100000, got '"
                                  + "9" * 39 + "... (5002 characters)"),
     ("--feature-targets", "1001", "argument --feature-targets: must be an integer from 1 to 1000, got '1001'"),
+    # as pgd:0: a Dist column of 0 steps scored random noise under the attack's name
+    ("--dist-steps", "0", "argument --dist-steps: must be an integer from 1 to 100000, got '0'"),
 ])
 def test_eval_refuses_a_count_past_its_bound_when_it_parses_the_flag(flag, value, message, capsys):
     from adt_fast.cli import build_parser

@@ -180,9 +180,11 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                              "runs (default 0); same seed, same report")
     parser.add_argument("--device", default="auto", metavar="DEV",
                         help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
-    parser.add_argument("--dist-steps", type=_int_flag(0, MAX_ATTACK_STEPS), default=DIST_STEPS,
-                        metavar="T", help=f"steps of the distribution attack (default {DIST_STEPS}, at most "
-                                          f"{MAX_ATTACK_STEPS})")
+    # From 1, as pgd:N: a Dist column of 0 steps would score samples of a distribution no step has
+    # fitted to the model (random noise in the ball) under the attack's name, as PGD-0 would a random start.
+    parser.add_argument("--dist-steps", type=_int_flag(1, MAX_ATTACK_STEPS), default=DIST_STEPS,
+                        metavar="T", help=f"steps of the distribution attack, 1 to {MAX_ATTACK_STEPS} as pgd:N's "
+                                          f"(0 would report random noise as Dist; default {DIST_STEPS})")
     parser.add_argument("--feature-targets", type=_int_flag(1, MAX_ATTACK_TRIES), default=None, metavar="N",
                         help=f"FeaAttack target images per input (default {FEATURE_TARGETS}; the paper "
                              f"uses {PAPER_FEATURE_TARGETS}, which --protocol paper sets; at most {MAX_ATTACK_TRIES})")
