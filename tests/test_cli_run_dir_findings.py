@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -40,18 +41,18 @@ def test_the_printed_resume_command_reads_a_run_folder_that_starts_with_a_dash(t
     monkeypatch.chdir(tmp_path)
     (tmp_path / "-dash").mkdir()
     (tmp_path / "-dash" / "config.json").write_text("{}")
-    note = loop.interrupted_message(loop.Path("-dash"))
+    note = loop.interrupted_message(Path("-dash"))
     command = note.split("adt-fast ", 1)[1].split(" starts it again")[0]
     assert build_parser().parse_args(shlex.split(command)).out == "./-dash"
 
 
-def _cifar10_run(root, capsys, data_dir="fakedata", *flags):
+def _cifar10_run(root, capsys, data_dir="fakedata"):
     """A standard run (cf) on a fake CIFAR-10 in root/fakedata, given as `data_dir`; its printed eval command."""
     from test_data_files import _cifar10  # torchvision's CIFAR-10 layout
 
     _cifar10(root / "fakedata")
     assert main(["train", "--method", "standard", "--dataset", "cifar10", "--data-dir", data_dir, "--arch",
-                 "small-cnn", "--epochs", "1", "--no-tensorboard", "--device", "cpu", "--out", "cf", *flags]) == 0
+                 "small-cnn", "--epochs", "1", "--no-tensorboard", "--device", "cpu", "--out", "cf"]) == 0
     return _printed_eval_command(capsys.readouterr().out)
 
 
@@ -123,7 +124,8 @@ def test_a_data_dir_that_cannot_be_made_absolute_is_a_config_error(tmp_path, mon
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "loop").symlink_to("loop")
-    with pytest.raises(ConfigError, match=f"^--data-dir {re.escape(repr(data_dir))} cannot be used as a folder .*{why}"):
+    refusal = f"^--data-dir {re.escape(repr(data_dir))} cannot be used as a folder .*{why}"
+    with pytest.raises(ConfigError, match=refusal):
         TrainConfig(method="standard", dataset="cifar10", out="run", data_dir=data_dir).resolve()
 
 
@@ -161,8 +163,9 @@ def test_a_setting_deleted_from_config_json_is_not_reported_as_a_flag(tmp_path, 
 @pytest.mark.parametrize("flags, warning", [
     (["--epochs", "2", "--lr-drop", "5"], "--lr-drop 5: past the run's last epoch (--epochs 2), so the lr does not "
                                           "drop there; a --resume with --epochs 5 or more reaches it"),
-    (["--epochs", "2", "--lr-drop", "2", "4", "6"], "--lr-drop 4 6: past the run's last epoch (--epochs 2), so the lr "
-                                                    "does not drop there; a --resume with --epochs 4 or more reaches it"),
+    (["--epochs", "2", "--lr-drop", "2", "4", "6"],
+     "--lr-drop 4 6: past the run's last epoch (--epochs 2), so the lr does not drop there; a --resume with --epochs 4 "
+     "or more reaches it"),
     (["--epochs", "1", "--lr-gamma", "0.5"], "--lr-gamma 0.5: the run has no --lr-drop epoch, so the lr never changes"),
     (["--epochs", "2", "--save-freq", "3"], "--save-freq 3: past the run's last epoch (--epochs 2), so no "
                                             "checkpoint_epoch{N}.pt is kept; a --resume with --epochs 3 or more keeps "
