@@ -370,7 +370,7 @@ def _without_checkpoint(run_dir: Path) -> str:
     if not readable:
         return "start a new run in another --out"
     latest, newest = run_dir / ckpt.LATEST, run_dir / readable[-1]
-    return f"to go on from the newest snapshot, copy it: cp {shell_path(newest)} {shell_path(latest)}"
+    return f"to go on from the newest snapshot, copy it: cp {_shell_path(newest)} {_shell_path(latest)}"
 
 
 def _snapshots(run_dir: Path) -> list:
@@ -449,12 +449,12 @@ def clear_for_resume(run_dir: Path, trains_on: bool) -> None:
     if retire:
         runlog.say(f"removed {final}, written when the run last ended: until this run ends, "
                    f"{run_dir / ckpt.LATEST} holds the newest model (what eval --checkpoint "
-                   f"{shell_path(run_dir)} reads)")
+                   f"{_shell_path(run_dir)} reads)")
 
 
 def _how_to_go_on(run_dir: Path) -> Optional[str]:
     """What a run cut short kept, and the command that goes on from it (None: nothing was written)."""
-    resume = f"adt-fast train --resume --out {shell_path(run_dir)}"
+    resume = f"adt-fast train --resume --out {_shell_path(run_dir)}"
     if (run_dir / ckpt.LATEST).is_file():
         return f"{run_dir / ckpt.LATEST} (the last completed epoch) is intact; continue with: {resume}"
     if (run_dir / CONFIG_FILE).is_file():
@@ -654,7 +654,7 @@ def _last_batch(cfg: TrainConfig, num_train: int) -> int:
     return last if reached else 0
 
 
-def unreached_settings(cfg: TrainConfig) -> list:
+def _unreached_settings(cfg: TrainConfig) -> list:
     """The settings that do nothing in this run because it ends first, one line each naming the
     flag: an --lr-drop epoch past --epochs, an --lr-gamma without a drop, a --save-freq past
     --epochs. Warned about, not refused: a --resume with more --epochs reaches the drop and the
@@ -725,13 +725,13 @@ def eval_command(run_dir: Path, source: dict, epsilon: Optional[float] = None,
     factory = f" --model {shlex.quote(arch)}" if arch is not None and is_factory_spec(arch) else ""
     dataset = {"named": f" --dataset {source.get('name')}", "arrays": " --dataset DATA"}.get(source["kind"], "")
     if data_dir is not None and source["kind"] == "named":
-        dataset += f" --data-dir {shell_path(Path(data_dir))}"
+        dataset += f" --data-dir {_shell_path(Path(data_dir))}"
     budget = f" --epsilon {_budget_text(epsilon)}" if epsilon is not None and epsilon != dataset_epsilon else ""
-    return (f"adt-fast eval --checkpoint {shell_path(run_dir)}{factory}{dataset}{budget} "
-            f"--out {shell_path(run_dir / 'report.json')}")
+    return (f"adt-fast eval --checkpoint {_shell_path(run_dir)}{factory}{dataset}{budget} "
+            f"--out {_shell_path(run_dir / 'report.json')}")
 
 
-def shell_path(path: Path) -> str:
+def _shell_path(path: Path) -> str:
     """A path as one word of a printed command that reads it back: quoted for the shell (spaces,
     quotes), and a relative one that starts with '-' as ./-name, which argparse and cp would
     otherwise take for an option (pathlib drops a leading ./, so it is added to the text)."""
@@ -953,7 +953,7 @@ def _train(trainer: Trainer, dataset: datasets.LoadedDataset, resumed: bool) -> 
     elif cfg.resume:
         say(f"resuming {run_dir}: no checkpoint yet, starting at epoch 1")
     if world.main:
-        for warning in unreached_settings(cfg):
+        for warning in _unreached_settings(cfg):
             runlog.say(f"warning: {warning}", sys.stderr)
     with _writing(run_dir, started=True):  # tuning.json
         chosen = trainer.tune()
