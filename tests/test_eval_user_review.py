@@ -205,3 +205,14 @@ def test_examples_of_every_class_give_no_coverage_warning():
     x, y = _data(n=20)
     assert _coverage_warnings(evaluate(_linear(), x, y, attacks="fgsm", epsilon_curve=())) == []
     assert sanity_warnings(torch.ones(4, dtype=torch.bool), {}, classes_covered=2, num_classes=2) == []
+
+
+@pytest.mark.parametrize("build", [
+    lambda: evaluate(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), torch.rand(2, 1, 2, 2), torch.tensor([0, 1]),
+                     epsilon=8 / 255, attacks=["dist"], dist_steps=0),
+    lambda: __import__("adt_fast.attacks.suite", fromlist=["DistributionAttack"]).DistributionAttack(8 / 255, steps=0),
+], ids=["evaluate", "DistributionAttack"])
+def test_the_distribution_attack_takes_one_step_at_least(build):
+    """As pgd:N and eval's --dist-steps: 0 steps would report unfitted noise as the Dist column."""
+    with pytest.raises(ValueError, match="steps must be an integer from 1 to "):
+        build()

@@ -165,7 +165,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     y = check_batch(x, y)
     batch_size = check_int(batch_size, "batch_size")
     names, feature_targets, cw_steps = _protocol(protocol, attacks, feature_targets, cw_steps)
-    dist_steps = check_steps(dist_steps, "dist_steps", minimum=0)
+    dist_steps = check_steps(dist_steps, "dist_steps")
     dist_samples = check_tries(dist_samples, "dist_samples")
     seed = check_int(seed, "seed", 0, MAX_SEED)
     dist_lambda = check_non_negative(dist_lambda, "dist_lambda")

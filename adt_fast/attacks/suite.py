@@ -646,7 +646,9 @@ class DistributionAttack(Attack):
 
     def __post_init__(self):
         self.epsilon = check_epsilon(self.epsilon)
-        self.steps = check_steps(self.steps, "the distribution attack's steps", minimum=0)
+        # From 1, as PGD's: 0 steps would score samples of a distribution no step has fitted to the
+        # model (random noise in the ball) under the attack's name.
+        self.steps = check_steps(self.steps, "the distribution attack's steps")
         self.samples = check_tries(self.samples, "the distribution attack's samples")
         for name in ("lbd", "lr"):
             setattr(self, name, check_non_negative(getattr(self, name), f"the distribution attack's {name}"))
