@@ -172,7 +172,7 @@ def _bounded_attacks():
         ("cw", lambda n: cw_attack(0.1, n), "steps", 1),
         ("transfer", lambda n: TransferAttack(0.1, steps=n), "steps", 1),
         ("feature", lambda n: FeatureAttack(0.1, steps=n), "FeaAttack's steps", 0),
-        ("dist", lambda n: DistributionAttack(0.1, steps=n), "the distribution attack's steps", 0),
+        ("dist", lambda n: DistributionAttack(0.1, steps=n), "the distribution attack's steps", 1),
         ("apgd", lambda n: APGDAttack("apgd-ce", 0.1, steps=n), "APGD's steps", 1),
         ("fab", lambda n: FABAttack(0.1, steps=n), "FAB's steps", 1),
         ("square", lambda n: SquareAttack(0.1, queries=n), "Square's queries", 1),

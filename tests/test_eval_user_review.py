@@ -13,6 +13,7 @@ from torch import nn
 from adt_fast import files
 from adt_fast.attacks import Report, evaluate, sanity_warnings
 from adt_fast.attacks.report import report_paths
+from adt_fast.attacks.suite import DistributionAttack
 from adt_fast.cli import main
 from adt_fast.models import build_model
 from adt_fast.train.checkpoint import save_atomic
@@ -210,7 +211,7 @@ def test_examples_of_every_class_give_no_coverage_warning():
 @pytest.mark.parametrize("build", [
     lambda: evaluate(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), torch.rand(2, 1, 2, 2), torch.tensor([0, 1]),
                      epsilon=8 / 255, attacks=["dist"], dist_steps=0),
-    lambda: __import__("adt_fast.attacks.suite", fromlist=["DistributionAttack"]).DistributionAttack(8 / 255, steps=0),
+    lambda: DistributionAttack(8 / 255, steps=0),
 ], ids=["evaluate", "DistributionAttack"])
 def test_the_distribution_attack_takes_one_step_at_least(build):
     """As pgd:N and eval's --dist-steps: 0 steps would report unfitted noise as the Dist column."""
