@@ -117,6 +117,20 @@ def test_an_old_run_s_relative_data_dir_resumes_from_its_folder_and_is_named_els
     assert json.loads(config.read_text())["data_dir"] == str(tmp_path / "fakedata")
 
 
+def test_eval_of_an_old_run_with_a_relative_data_dir_reads_the_default_folder(tmp_path, monkeypatch, capsys):
+    """A relative data_dir (a run recorded before it was made absolute) names no folder eval can
+    find: eval reads the default folder, as it did for such runs, not sub/fakedata."""
+    monkeypatch.chdir(tmp_path)
+    _cifar10_run(tmp_path, capsys)
+    config = tmp_path / "cf" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "data_dir": "fakedata"}))
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    monkeypatch.setenv("ADT_FAST_DATA_DIR", str(tmp_path / "fakedata"))
+    assert main(["eval", "--checkpoint", "../cf", "--out", "r.json", "--device", "cpu", *QUICK_EVAL]) == 0
+    assert "the run's --data-dir" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("data_dir, why", [("a\0b", "embedded null byte"), ("loop", "Symlink loop"),
                                            ("~no-such-user-here/data", "home directory")])
 def test_a_data_dir_that_cannot_be_made_absolute_is_a_config_error(tmp_path, monkeypatch, data_dir, why):

@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import shlex
 import sys
 import time
@@ -419,7 +420,8 @@ def _data_dir(given: Optional[str], run_dir: Optional[Path], name: str) -> Optio
     """Where the files of `name` are read from: --data-dir; without it, for the run's own dataset,
     the --data-dir the run read it from (its config.json's data_dir), as eval takes the dataset
     from the run, and says so. None (the default folder) for another dataset, a run that read the
-    default folder, or a checkpoint without a readable config.json beside it."""
+    default folder, an older run's relative data_dir, or a checkpoint without a readable
+    config.json beside it."""
     from ..train.config import CONFIG_FILE
 
     if given is not None or run_dir is None:
@@ -429,7 +431,9 @@ def _data_dir(given: Optional[str], run_dir: Optional[Path], name: str) -> Optio
     except (OSError, ValueError):
         return None
     data_dir = recorded.get("data_dir") if isinstance(recorded, dict) and recorded.get("dataset") == name else None
-    if not isinstance(data_dir, str) or not data_dir:
+    # A run recorded before data_dir was made absolute holds it as typed, relative to a folder the
+    # record does not name: the default folder, as eval read it then.
+    if not isinstance(data_dir, str) or not os.path.isabs(data_dir):
         return None
     _note(f"data: {name} from {data_dir} (the run's --data-dir, recorded in {run_dir / CONFIG_FILE})")
     return data_dir
@@ -489,7 +493,7 @@ class EvalPlan:
 def plan(args) -> EvalPlan:
     """Check everything before any work: settings, device, output paths, checkpoints, data, and
     that the attacks can run on the device; create the output folder last. EvalError if not."""
-    from ..files import make_writable_dir, os_error_text, unwritable_reason
+    from ..files import link_target, make_writable_dir, os_error_text, unwritable_reason
     from .evaluation import check_attacks_can_run
     from .report import report_paths
 
@@ -523,10 +527,12 @@ def plan(args) -> EvalPlan:
     if curve is None:
         curve = _epsilon_curve(args.epsilon_curve, epsilon)
     try:
-        out = report_paths(args.out, protect=[p for p in (checkpoint, source_checkpoint) if p])[0]
+        paths = report_paths(args.out, protect=[p for p in (checkpoint, source_checkpoint) if p])
     except (ValueError, OSError) as err:
         raise EvalError("--out", str(err)) from None
-    unwritable = unwritable_reason(out.parent)
+    out = paths[0]
+    # A file that is not a link is written in out's folder; report_paths checked the links' targets.
+    unwritable = unwritable_reason(out.parent) if any(link_target(p) == p for p in paths) else None
     if unwritable is not None:
         raise EvalError("--out", f"cannot write the report in {out.parent} ({unwritable})")
 
