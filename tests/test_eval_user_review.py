@@ -109,8 +109,9 @@ def test_eval_writes_through_an_out_link_and_refuses_one_to_nothing(checkpoint, 
 
 
 def _linear(classes: int = 10) -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, classes)).eval()
+    with torch.random.fork_rng(devices=[]):  # built at collection too: leave the global seed alone
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, classes)).eval()
 
 
 def _data(n: int = 10, classes: int = 10):
@@ -173,6 +174,24 @@ def test_a_randomised_model_is_named_in_the_sanity_checks():
     report = evaluate(_Noisy(), x, y, attacks="fgsm,pgd:2", epsilon_curve=())
     (warning,) = _randomised_warnings(report)
     assert "the worst case is no single model's" in warning and "EOT" in warning and "version='rand'" in warning
+
+
+def test_the_randomised_model_check_leaves_the_seeded_draws_alone(monkeypatch):
+    """The check's two forwards drew the model's noise (torch's global generator, which the caller
+    seeds) before the attacks: a seeded run gave other numbers than before the check existed."""
+    from adt_fast.attacks import evaluation
+
+    x, y = _data()
+
+    def scores():
+        model = _Noisy()
+        torch.manual_seed(3)
+        report = evaluate(model, x, y, attacks="fgsm,pgd:2", epsilon_curve=(), seed=3)
+        return report.natural_accuracy, report.robust_accuracy
+
+    checked = scores()
+    monkeypatch.setattr(evaluation, "gives_other_logits", lambda ctx, probe: True)  # draws nothing
+    assert scores() == checked
 
 
 @pytest.mark.parametrize("model", [_linear(), _NaN(), _Noisy(scale=1e-6)], ids=["linear", "nan", "float-noise"])

@@ -204,7 +204,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         raise ValueError(f"attacks: {too_few}")
     if source_model is not None:
         check_classes(ctx, source_model, x[:PROBE_INPUTS].to(device), y, "source model")
-    randomised = gives_other_logits(ctx, x[:FEATURE_SPLIT_PROBE].to(device))
+    # Its draws leave the generators as they were: a seed gives the attacks the same random starts
+    # with the check as without it.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        randomised = gives_other_logits(ctx, x[:FEATURE_SPLIT_PROBE].to(device))
 
     # The suite: every pgdN is served by one PGD run of the largest N.
     pgd_names = [name for name in names if pgd_steps(name) is not None]

@@ -181,9 +181,9 @@ def sanity_warnings(natural: torch.Tensor, masks: Mapping[str, torch.Tensor], *,
     if classes_covered < num_classes:
         warnings.append(
             f"the {n} evaluated examples cover {classes_covered} of the model's {num_classes} classes, so "
-            f"every accuracy here is over those classes only (the first examples of a split sorted by "
-            f"class, as an image folder is, hold its first classes): evaluate every example (adt-fast eval "
-            f"without --n-examples), or in Python a subset that holds every class")
+            f"every accuracy here is over those classes only; if they are the first examples of a split "
+            f"sorted by class (as an image folder is), evaluate every example (adt-fast eval without "
+            f"--n-examples), or in Python a subset that holds every class")
     return warnings
 
 
