@@ -132,8 +132,13 @@ def _check_not_half_launched() -> None:
 
 def launch_rank() -> int:
     """This process's rank as the launcher set it (0 without one), known before the group is
-    joined: notes printed while a command checks its settings come from rank 0 alone."""
-    return _env_int("RANK") if launched() else 0
+    joined: notes and warnings printed while a command checks its settings or reads its data come
+    from rank 0 alone. A $RANK that is no rank counts as 0: printing a note never fails, and each
+    command refuses it, naming it (check_timeout)."""
+    try:
+        return _env_int("RANK") if launched() else 0
+    except DistributedError:
+        return 0
 
 
 def check_timeout() -> None:

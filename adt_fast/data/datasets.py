@@ -14,11 +14,12 @@ import numpy as np
 import torch
 
 from ..checks import unreadable_tensor_problem
+from ..distributed import launch_rank
 from ..files import check_path
 from . import fetch
 from .fetch import DATA_DIR_NAMES
-from .custom import (MIN_IMAGE_SIZE, Splits, class_list, read_image_folder, read_image_folder_test, read_npz,
-                     read_npz_test, splits_from_arrays)
+from .custom import (MIN_IMAGE_SIZE, TEST_ONLY, Splits, class_list, read_image_folder, read_image_folder_test,
+                     read_npz, read_npz_test, scan_image_folder, splits_from_arrays)
 from .errors import DataChangedError, DatasetFileError
 from .files import CIFAR_LAYOUTS, IDX_FOLDERS, file_present, read_cifar, read_idx_dataset, read_svhn, required_files
 from .small_datasets import make_synthetic, read_digits
@@ -127,21 +128,38 @@ def _read_split(name: str, split: str, data_dir: str | os.PathLike | None, downl
 
 
 def _warn_if_shadowing(name: str) -> None:
-    """A warning (one line under adt-fast) when the named dataset taken is also a path here."""
+    """A warning (one line under adt-fast) when the named dataset taken is also data here; from rank
+    0 alone under torchrun, whose ranks all read the data before they form a group."""
+    if launch_rank() != 0:
+        return
     shadowed = _shadowed_path(name)
     if shadowed is not None:
         warnings.warn(f"--dataset {name} is the built-in dataset {name}, not {shadowed}", stacklevel=3)
 
 
 def _shadowed_path(name: str) -> str | None:
-    """For a dataset name that is also a file or folder in the working directory: what that is and
+    """For a dataset name that is also your own data in the working directory: what that is and
     how to read it instead, or None. A name is always the named dataset, so a command reads the same
     data wherever it runs; a path that reads the same as a name is given as one (./digits)."""
     path = Path(name)
-    if name not in _DATASETS or not path.exists():
+    if name not in _DATASETS or not _reads_as_own_data(path):
         return None
     kind = "folder" if path.is_dir() else "file"
     return f"the {kind} {name} in the working directory; to read that {kind}, pass --dataset ./{name}"
+
+
+def _reads_as_own_data(path: Path) -> bool:
+    """Whether --dataset ./NAME would read ``path``, as the readers check it: an image folder's
+    layout (test/ alone will do, as for eval) or an .npz file's test arrays. Anything else named
+    after a dataset, as a run folder is (--out synthetic), is not data the name hides."""
+    try:
+        if path.is_dir():
+            scan_image_folder(path, TEST_ONLY)
+        else:
+            read_npz_test(path)
+    except (DatasetFileError, OSError):  # OSError: a missing file, one that may not be read
+        return False
+    return True
 
 
 def _read_files(name: str, split: str, directory: Path) -> tuple[np.ndarray, np.ndarray]:
