@@ -9,6 +9,7 @@ write instead, to write through it, and `broken_link_reason` says when there is 
 it spends hours computing them. `lock_folder` keeps two processes from writing the same folder
 at once, or makes the second wait for the first.
 `zip_damage` checks what was written when it is read back (torch.load checks no CRC-32s).
+`shell_path` writes a path into a printed command that reads it back.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import errno
 import hashlib
 import os
 import re
+import shlex
 import tempfile
 import zipfile
 import zlib
@@ -155,6 +157,14 @@ def check_path(value, name: str, naming: str, error: type = ValueError) -> str:
     if not isinstance(value, (str, os.PathLike)) or not isinstance(os.fspath(value), str):
         raise error(f"{name} must be a path (a str or pathlib.Path) naming {naming}, got {value!r}")
     return os.fspath(value)
+
+
+def shell_path(path: PathLike) -> str:
+    """A path as one word of a printed command that reads it back: quoted for the shell (spaces,
+    quotes), and a relative one that starts with '-' as ./-name, which argparse and cp would
+    otherwise take for an option (pathlib drops a leading ./, so it is added to the text)."""
+    text = os.fspath(path)
+    return shlex.quote(f"./{text}" if text.startswith("-") else text)
 
 
 def unwritable_reason(folder: PathLike) -> Optional[str]:

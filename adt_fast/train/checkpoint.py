@@ -17,7 +17,7 @@ from typing import Any, Optional, Union
 import torch
 
 from ..devices import resolve_device
-from ..files import check_path, write_atomic, zip_damage
+from ..files import check_path, shell_path, write_atomic, zip_damage
 from ..models.external import load_fitting, raised, weights_only_refusal
 
 FORMAT = "adt_fast.checkpoint/1"
@@ -277,7 +277,7 @@ def _check_factory(path: Path, arch: Any, factory: Optional[str]) -> None:
     if built_by_factory and not same_spec(factory, arch):
         raise WrongFactory(f"the classifier in {path} was built by the factory {arch!r}, not {factory!r} (if "
                            f"only its name changed, load the weights into yours: eval --model "
-                           f"{shlex.quote(factory)} --weights {shlex.quote(str(path))})")
+                           f"{shlex.quote(factory)} --weights {shell_path(path)})")
     if not built_by_factory and factory is not None:
         raise WrongFactory(f"the classifier in {path} is adt_fast's {arch}, not one a factory builds: "
                            f"load it without naming a factory ({factory!r})")

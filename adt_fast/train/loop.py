@@ -46,7 +46,7 @@ from ..checks import check_int
 from ..devices import bf16_emulation_warning, is_out_of_memory
 from ..distributed import BatchShard, World
 from ..files import (ATOMIC_LEFTOVER, FolderBusy, check_path, lock_folder, os_error_text, remove_atomic_leftovers,
-                     unwritable_reason, write_atomic)
+                     shell_path, unwritable_reason, write_atomic)
 from ..models import ExternalModelError, build_classifier, classifier_config, is_factory_spec
 from ..models.external import check_classes, check_trainable, moved_to, probe_classes, raised
 from . import checkpoint as ckpt
@@ -370,7 +370,7 @@ def _without_checkpoint(run_dir: Path) -> str:
     if not readable:
         return "start a new run in another --out"
     latest, newest = run_dir / ckpt.LATEST, run_dir / readable[-1]
-    return f"to go on from the newest snapshot, copy it: cp {_shell_path(newest)} {_shell_path(latest)}"
+    return f"to go on from the newest snapshot, copy it: cp {shell_path(newest)} {shell_path(latest)}"
 
 
 def _snapshots(run_dir: Path) -> list:
@@ -449,12 +449,12 @@ def clear_for_resume(run_dir: Path, trains_on: bool) -> None:
     if retire:
         runlog.say(f"removed {final}, written when the run last ended: until this run ends, "
                    f"{run_dir / ckpt.LATEST} holds the newest model (what eval --checkpoint "
-                   f"{_shell_path(run_dir)} reads)")
+                   f"{shell_path(run_dir)} reads)")
 
 
 def _how_to_go_on(run_dir: Path) -> Optional[str]:
     """What a run cut short kept, and the command that goes on from it (None: nothing was written)."""
-    resume = f"adt-fast train --resume --out {_shell_path(run_dir)}"
+    resume = f"adt-fast train --resume --out {shell_path(run_dir)}"
     if (run_dir / ckpt.LATEST).is_file():
         return f"{run_dir / ckpt.LATEST} (the last completed epoch) is intact; continue with: {resume}"
     if (run_dir / CONFIG_FILE).is_file():
@@ -725,18 +725,10 @@ def eval_command(run_dir: Path, source: dict, epsilon: Optional[float] = None,
     factory = f" --model {shlex.quote(arch)}" if arch is not None and is_factory_spec(arch) else ""
     dataset = {"named": f" --dataset {source.get('name')}", "arrays": " --dataset DATA"}.get(source["kind"], "")
     if data_dir is not None and source["kind"] == "named":
-        dataset += f" --data-dir {_shell_path(Path(data_dir))}"
+        dataset += f" --data-dir {shell_path(data_dir)}"
     budget = f" --epsilon {_budget_text(epsilon)}" if epsilon is not None and epsilon != dataset_epsilon else ""
-    return (f"adt-fast eval --checkpoint {_shell_path(run_dir)}{factory}{dataset}{budget} "
-            f"--out {_shell_path(run_dir / 'report.json')}")
-
-
-def _shell_path(path: Path) -> str:
-    """A path as one word of a printed command that reads it back: quoted for the shell (spaces,
-    quotes), and a relative one that starts with '-' as ./-name, which argparse and cp would
-    otherwise take for an option (pathlib drops a leading ./, so it is added to the text)."""
-    text = str(path)
-    return shlex.quote(f"./{text}" if text.startswith("-") else text)
+    return (f"adt-fast eval --checkpoint {shell_path(run_dir)}{factory}{dataset}{budget} "
+            f"--out {shell_path(run_dir / 'report.json')}")
 
 
 def _budget_text(epsilon: float) -> str:
