@@ -493,7 +493,7 @@ class EvalPlan:
 def plan(args) -> EvalPlan:
     """Check everything before any work: settings, device, output paths, checkpoints, data, and
     that the attacks can run on the device; create the output folder last. EvalError if not."""
-    from ..files import link_target, make_writable_dir, os_error_text, unwritable_reason
+    from ..files import make_writable_dir, os_error_text, unwritable_reason
     from .evaluation import check_attacks_can_run
     from .report import report_paths
 
@@ -531,8 +531,9 @@ def plan(args) -> EvalPlan:
     except (ValueError, OSError) as err:
         raise EvalError("--out", str(err)) from None
     out = paths[0]
-    # A file that is not a link is written in out's folder; report_paths checked the links' targets.
-    unwritable = unwritable_reason(out.parent) if any(link_target(p) == p for p in paths) else None
+    # Checked before the model and the data are read, as the save will (make_writable_dir): the
+    # folder holding --out, links or not (report_paths checked the folders that links point to).
+    unwritable = unwritable_reason(out.parent)
     if unwritable is not None:
         raise EvalError("--out", f"cannot write the report in {out.parent} ({unwritable})")
 
