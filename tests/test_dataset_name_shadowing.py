@@ -132,3 +132,20 @@ def test_train_says_so_in_one_warning_line(shadowing_folder, capsys):
     assert main([*TRAIN, "--out", "run"]) == 0
     warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert warned == [f"adt-fast train: warning: --dataset synthetic is the built-in dataset synthetic, not {SHADOWED}"]
+
+
+def test_a_file_too_large_to_read_leaves_the_named_dataset_loading(tmp_path, monkeypatch):
+    """The check reads the file's test arrays: running out of memory there stopped the load of the
+    named dataset over what is only a warning."""
+    from adt_fast.data import datasets
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "synthetic").write_bytes(b"PK")
+
+    def too_large(path):
+        raise MemoryError
+
+    monkeypatch.setattr(datasets, "read_npz_test", too_large)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(load("synthetic", "test")[0]) > 0

@@ -157,7 +157,9 @@ def _reads_as_own_data(path: Path) -> bool:
             scan_image_folder(path, TEST_ONLY)
         else:
             read_npz_test(path)
-    except (DatasetFileError, OSError):  # OSError: a missing file, one that may not be read
+    # OSError: a missing file, one that may not be read; MemoryError: arrays too large to hold, which
+    # must not stop the named dataset from loading over a warning.
+    except (DatasetFileError, OSError, MemoryError):
         return False
     return True
 
