@@ -248,8 +248,18 @@ def read_npz_test(path: Path) -> TestArrays:
     return test_split_from_arrays(_npz_arrays(path, TEST_KEYS), str(path))
 
 
-def _npz_arrays(path: Path, keys: tuple[str, ...]) -> dict:
-    """``keys`` of an .npz file, never unpickled.
+def holds_npz_test(path: Path) -> bool:
+    """Whether ``path`` is an .npz file that holds ``x_test`` and ``y_test``, as read_npz_test would
+    read them: the archive's names alone, no array is read."""
+    try:
+        _npz_arrays(path, TEST_KEYS, read=False)
+    except (DatasetFileError, OSError):
+        return False
+    return True
+
+
+def _npz_arrays(path: Path, keys: tuple[str, ...], read: bool = True) -> dict:
+    """``keys`` of an .npz file, never unpickled (with ``read`` False, only checked to be there: {}).
 
     The zip check comes first: given anything else, numpy returns an .npy's bare array, or
     takes the file (a .mat, text) for a pickle and suggests allow_pickle, an unsafe fix. Before
@@ -264,7 +274,7 @@ def _npz_arrays(path: Path, keys: tuple[str, ...]) -> dict:
             handle.seek(0)
             with np.load(handle, allow_pickle=False) as contents:
                 _require_keys(contents.files, str(path), keys)
-                return {key: contents[key] for key in keys}
+                return {key: contents[key] for key in keys} if read else {}
     except (FileNotFoundError, DatasetFileError):
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as error:  # zlib: savez_compressed's

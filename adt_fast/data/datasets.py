@@ -18,8 +18,8 @@ from ..distributed import launch_rank
 from ..files import check_path
 from . import fetch
 from .fetch import DATA_DIR_NAMES
-from .custom import (MIN_IMAGE_SIZE, TEST_ONLY, Splits, class_list, read_image_folder, read_image_folder_test,
-                     read_npz, read_npz_test, scan_image_folder, splits_from_arrays)
+from .custom import (MIN_IMAGE_SIZE, TEST_ONLY, Splits, class_list, holds_npz_test, read_image_folder,
+                     read_image_folder_test, read_npz, read_npz_test, scan_image_folder, splits_from_arrays)
 from .errors import DataChangedError, DatasetFileError
 from .files import CIFAR_LAYOUTS, IDX_FOLDERS, file_present, read_cifar, read_idx_dataset, read_svhn, required_files
 from .small_datasets import make_synthetic, read_digits
@@ -150,16 +150,13 @@ def _shadowed_path(name: str) -> str | None:
 
 def _reads_as_own_data(path: Path) -> bool:
     """Whether --dataset ./NAME would read ``path``, as the readers check it: an image folder's
-    layout (test/ alone will do, as for eval) or an .npz file's test arrays. Anything else named
+    layout (test/ alone will do, as for eval) or an .npz file that holds test arrays. Anything else named
     after a dataset, as a run folder is (--out synthetic), is not data the name hides."""
+    if not path.is_dir():
+        return holds_npz_test(path)  # the archive's names: no array is read for a warning
     try:
-        if path.is_dir():
-            scan_image_folder(path, TEST_ONLY)
-        else:
-            read_npz_test(path)
-    # OSError: a missing file, one that may not be read; MemoryError: arrays too large to hold, which
-    # must not stop the named dataset from loading over a warning.
-    except (DatasetFileError, OSError, MemoryError):
+        scan_image_folder(path, TEST_ONLY)
+    except (DatasetFileError, OSError):  # OSError: a folder that may not be read
         return False
     return True
 
