@@ -386,7 +386,7 @@ def test_a_factory_that_cannot_be_imported_for_its_checkpoint_blames_model(tmp_p
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("adt-fast eval: error: --model: "), err
     assert "cannot import 'no_such_module_xyz'" in err, err
-    with pytest.raises(ckpt.FactoryFailed, match="factory 'no_such_module_xyz:build' cannot build the classifier"):
+    with pytest.raises(ckpt.WrongFactory, match="factory 'no_such_module_xyz:build' cannot build the classifier"):
         adt_fast.load_model(path, factory="no_such_module_xyz:build")
 
 

@@ -32,13 +32,9 @@ class CheckpointError(ValueError):
 
 
 class WrongFactory(CheckpointError):
-    """The factory named to load a checkpoint is not the one that built its classifier."""
-
-
-class FactoryFailed(WrongFactory):
-    """The factory named to load a checkpoint is the one that built its classifier but cannot build
-    it here (its module does not import, calling it fails): as for WrongFactory, what to fix is the
-    factory named (eval's --model), not the file."""
+    """The factory named to load a checkpoint is not the one that built its classifier, or cannot
+    build it here (its module does not import, calling it fails): what to fix is the factory named
+    (eval's --model), not the file."""
 
 
 def save_atomic(payload: dict, path: PathLike) -> Path:
@@ -162,7 +158,7 @@ def read_model(path: PathLike, device: Union[str, torch.device] = "cpu",
         model = build_classifier(**model_config)
         load_state_into(model, payload["model"], "the classifier")
     except ExternalModelError as err:  # only a factory named as `factory` raises it (_check_factory)
-        raise FactoryFailed(f"the factory {factory!r} cannot build the classifier of {path}: {err}") from None
+        raise WrongFactory(f"the factory {factory!r} cannot build the classifier of {path}: {err}") from None
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint {path} does not hold a usable model ({err})") from None
     past = _epoch_past_total(payload)
