@@ -659,23 +659,18 @@ def _unreached_settings(cfg: TrainConfig) -> list:
     flag: an --lr-drop epoch past --epochs, an --lr-gamma without a drop, a --save-freq past
     --epochs. Warned about, not refused: a --resume with more --epochs reaches the drop and the
     snapshots (a --save-freq at its default says nothing: short runs are common)."""
-    lines = []
+    lines, given = [], cfg.given()
     past = [epoch for epoch in cfg.lr_drop if epoch > cfg.epochs]
     if past:
         lines.append(f"--lr-drop {' '.join(map(str, past))}: past the run's last epoch (--epochs {cfg.epochs}), so "
                      f"the lr does not drop there; a --resume with --epochs {past[0]} or more reaches it")
-    if not cfg.lr_drop and cfg.lr_gamma != _default("lr_gamma"):
+    if not cfg.lr_drop and "lr_gamma" in given:
         lines.append(f"--lr-gamma {cfg.lr_gamma:g}: the run has no --lr-drop epoch, so the lr never changes")
-    if cfg.save_freq > cfg.epochs and cfg.save_freq != _default("save_freq"):
+    if cfg.save_freq > cfg.epochs and "save_freq" in given:
         lines.append(f"--save-freq {cfg.save_freq}: past the run's last epoch (--epochs {cfg.epochs}), so no "
                      f"{SNAPSHOT.format(epoch='{N}')} is kept; a --resume with --epochs {cfg.save_freq} or more "
                      f"keeps them")
     return lines
-
-
-def _default(name: str):
-    """A TrainConfig field's default value."""
-    return TrainConfig.__dataclass_fields__[name].default
 
 
 def _check_world_batches(cfg: TrainConfig, num_train: int, world: World) -> None:
