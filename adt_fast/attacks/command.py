@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import os
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from ..checks import MAX_ATTACK_STEPS, MAX_ATTACK_TRIES, parse_int, shown
 from ..devices import DeviceError, is_out_of_memory, out_of_memory_text, resolve_device
 from ..distributed import (DistributedError, check_timeout, collective_failed, launch_rank, launched, local_device,
                            peer_failed, session)
+from ..files import shell_path
 from ..interrupts import INTERRUPTED_EXIT, TERMINATED_EXIT, Terminated, sigterm_as_interrupt
 from ..tracebacks import raised_in
 from .report import SaveInterrupted
@@ -385,7 +385,7 @@ def _dataset(args, checkpoint: Optional[Path]):
                 loaded = reopen(record, data_dir=args.data_dir, download=args.download)
             except DataChangedError as err:  # a model may be evaluated on other data; it is asked for
                 raise EvalError("--dataset", f"{err}; to evaluate on the data as it is now, pass --dataset "
-                                             f"{shlex.quote(record['path'])}") from None
+                                             f"{shell_path(record['path'])}") from None
             _note(f"data: {loaded.info.name} (from {run_dir / SOURCE_FILE}, content hash checked)")
             return loaded.info, lambda: loaded.test, None
         name = record["name"] if name is None else name
